@@ -1,0 +1,135 @@
+"""Module base class and the containers Sequential and Residual.
+
+A module keeps what its backward needs in `self.cache` during forward (training or not), and its
+backward returns dx and *accumulates* parameter gradients into `param.grad` (views into the
+arena's gradient buffer), so a shared parameter or a residual branch sums correctly.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..arena import Parameter
+
+
+class Module:
+    def __init__(self):
+        self.training = True
+        self._params: dict[str, Parameter] = {}
+        self._children: list[tuple[str, Module]] = []
+        self.cache = None
+        self.step = 0
+        self.name = type(self).__name__
+
+    # -- construction ---------------------------------------------------------------------------
+    def add_param(self, name: str, shape, init, decay: bool = True) -> Parameter:
+        p = Parameter(shape, init, decay=decay, name=name)
+        self._params[name] = p
+        return p
+
+    def add_child(self, name: str, module: "Module") -> "Module":
+        if not isinstance(module, Module):
+            raise TypeError(f"{self.name}: child {name!r} must be a Module, got {type(module).__name__}")
+        self._children.append((name, module))
+        return module
+
+    # -- traversal ------------------------------------------------------------------------------
+    def children(self) -> list["Module"]:
+        return [m for _, m in self._children]
+
+    def named_modules(self, prefix: str = ""):
+        """(path, module) pairs, the root's path being ''."""
+        yield prefix, self
+        for name, child in self._children:
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def parameters(self) -> list[Parameter]:
+        """All parameters in forward order, named by their path (e.g. '0.weight')."""
+        out = []
+        for path, module in self.named_modules():
+            for pname, p in module._params.items():
+                p.name = f"{path}.{pname}" if path else pname
+                out.append(p)
+        return out
+
+    def train(self, mode: bool = True) -> "Module":
+        for _, m in self.named_modules():
+            m.training = mode
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    def set_step(self, step: int) -> None:
+        """Tell every stochastic module the training step: dropout masks are a pure function of
+        (seed, step, layer), so backward and a resumed run regenerate the same masks."""
+        for _, m in self.named_modules():
+            m.step = int(step)
+
+    # -- computation ----------------------------------------------------------------------------
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self):
+        if not self._children:
+            return f"{self.name}({self.extra_repr()})"
+        inner = "\n".join(f"  ({n}): " + repr(m).replace("\n", "\n  ") for n, m in self._children)
+        return f"{self.name}(\n{inner}\n)"
+
+
+class Sequential(Module):
+    def __init__(self, *layers: Module):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            self.add_child(str(i), layer)
+
+    def __getitem__(self, i):
+        return self._children[i][1]
+
+    def __len__(self):
+        return len(self._children)
+
+    def forward(self, x):
+        for _, layer in self._children:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dy):
+        for _, layer in reversed(self._children):
+            dy = layer.backward(dy)
+        return dy
+
+
+class Residual(Module):
+    """y = body(x) + shortcut(x); shortcut is the identity unless a module is given (e.g. a 1x1
+    strided conv when shapes change). He et al., "Deep Residual Learning", 2016."""
+
+    def __init__(self, body: Module, shortcut: Module | None = None, post: Module | None = None):
+        super().__init__()
+        self.body = self.add_child("body", body)
+        self.shortcut = self.add_child("shortcut", shortcut) if shortcut is not None else None
+        self.post = self.add_child("post", post) if post is not None else None
+
+    def forward(self, x):
+        y = self.body.forward(x)
+        s = self.shortcut.forward(x) if self.shortcut is not None else x
+        if y.shape != s.shape:
+            raise ValueError(f"Residual: body output {y.shape} and shortcut output {s.shape} differ; "
+                             "give a shortcut module that maps the input to the body's output shape")
+        out = y + s
+        return self.post.forward(out) if self.post is not None else out
+
+    def backward(self, dy):
+        if self.post is not None:
+            dy = self.post.backward(dy)
+        dx = self.body.backward(dy)
+        ds = self.shortcut.backward(dy) if self.shortcut is not None else dy
+        return dx + ds
