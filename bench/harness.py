@@ -1,0 +1,192 @@
+"""Timing, machine limits and reporting shared by every bench entry.
+
+Every figure is measured in the same run as what it is compared with: a ratio is two records of
+one run, never a stored number. Records are JSON lines with at least: suite, name, backend, shape,
+threads, median_s, min_s, max_s, bytes, flops, pct_of_limit.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+import fasttrain as ft
+from fasttrain import settings
+
+
+@dataclass
+class Record:
+    suite: str
+    name: str
+    backend: str
+    shape: str
+    threads: int
+    median_s: float
+    min_s: float
+    max_s: float
+    bytes: float | None = None
+    flops: float | None = None
+    gbps: float | None = None
+    gflops: float | None = None
+    pct_of_limit: float | None = None
+    limit: str | None = None
+    ranks: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({k: v for k, v in asdict(self).items() if v is not None and v != {}})
+
+
+def time_fn(fn, repeat: int = 7, warmup: int = 2, min_time: float = 0.0) -> list[float]:
+    """Wall times of `repeat` calls after `warmup` calls. With min_time, each sample loops the
+    call until at least min_time seconds have passed (for microsecond kernels)."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeat):
+        n = 0
+        t0 = time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            elapsed = time.perf_counter() - t0
+            if elapsed >= min_time:
+                break
+        samples.append(elapsed / n)
+    return samples
+
+
+def make_record(suite, name, backend, shape, samples, nbytes=None, flops=None, limits=None, **extra) -> Record:
+    med = statistics.median(samples)
+    rec = Record(suite, name, backend, str(shape), settings.num_threads, med, min(samples), max(samples),
+                 bytes=nbytes, flops=flops, extra=extra)
+    if nbytes:
+        rec.gbps = nbytes / med / 1e9
+    if flops:
+        rec.gflops = flops / med / 1e9
+    if limits is not None:
+        # A kernel is limited by whichever resource it would saturate first at the machine's peak.
+        t_mem = nbytes / limits.bandwidth if nbytes else 0.0
+        t_flop = flops / limits.flops if flops else 0.0
+        if t_mem or t_flop:
+            rec.limit = "bandwidth" if t_mem >= t_flop else "flops"
+            rec.pct_of_limit = 100.0 * max(t_mem, t_flop) / med
+    return rec
+
+
+@dataclass
+class Limits:
+    bandwidth: float   # bytes/s, STREAM add counting bytes actually moved (2 reads + 1 write)
+    flops: float       # FLOP/s of sgemm through the BLAS in use
+    bandwidth_source: str
+    flops_source: str
+
+
+def stream_add_numpy(a, b, c):
+    np.add(a, b, out=c)
+
+
+def measure_limits(quick: bool = False) -> tuple[Limits, list[Record]]:
+    """Memory bandwidth (STREAM add over arrays far larger than the last-level cache) and sgemm
+    FLOP/s, measured now. Uses our own C++ STREAM kernel (threads = the package setting) when built."""
+    n = (4 << 20) if quick else (32 << 20)  # 3 arrays x 128 MiB: far beyond any LLC
+    a = np.full(n, 1.0, np.float32)
+    b = np.full(n, 2.0, np.float32)
+    c = np.empty_like(a)
+    records = []
+    try:
+        from fasttrain import _C
+
+        stream = _C.stream_add
+        source = "cpp stream_add"
+    except (ImportError, AttributeError):
+        stream = stream_add_numpy
+        source = "numpy add (1 thread)"
+    samples = time_fn(lambda: stream(a, b, c), repeat=5 if quick else 11)
+    assert np.all(c == 3.0), "stream_add gave a wrong result"
+    nbytes = 3 * 4 * n
+    records.append(make_record("limits", "stream_add", source.split()[0], n, samples, nbytes=nbytes))
+    bandwidth = nbytes / min(samples)  # the best sample approximates the sustainable peak
+
+    m = 512 if quick else 2048
+    x = np.random.default_rng(0).standard_normal((m, m), dtype=np.float32)
+    y = np.empty_like(x)
+    samples = time_fn(lambda: np.matmul(x, x, out=y), repeat=3 if quick else 7)
+    flops = 2.0 * m ** 3
+    records.append(make_record("limits", "sgemm", "numpy-blas", f"{m}x{m}x{m}", samples, flops=flops))
+    return Limits(bandwidth, flops / min(samples), source, "numpy matmul (OpenBLAS)"), records
+
+
+def print_table(records: list[Record], file=None) -> None:
+    header = f"{'suite':<10} {'name':<22} {'backend':<10} {'shape':<28} {'median ms':>10} {'GB/s':>7} {'GFLOP/s':>8} {'% limit':>8}"
+    print(header, file=file)
+    print("-" * len(header), file=file)
+    for r in records:
+        gb = f"{r.gbps:7.1f}" if r.gbps else " " * 7
+        gf = f"{r.gflops:8.1f}" if r.gflops else " " * 8
+        pct = f"{r.pct_of_limit:7.1f}%" if r.pct_of_limit is not None else " " * 8
+        print(f"{r.suite:<10} {r.name:<22} {r.backend:<10} {r.shape[:28]:<28} {r.median_s * 1e3:10.3f} {gb} {gf} {pct}",
+              file=file)
+
+
+def ratios(records: list[Record]) -> list[dict]:
+    """For each (name, shape), every backend's speed relative to every alternative measured in the run."""
+    out = []
+    groups: dict[tuple, dict[str, Record]] = {}
+    for r in records:
+        groups.setdefault((r.suite, r.name, r.shape), {})[r.backend] = r
+    for (suite, name, shape), by_backend in groups.items():
+        for ours in ("cpp", "numba", "cuda", "ring"):
+            if ours not in by_backend:
+                continue
+            for alt, rec in by_backend.items():
+                if alt != ours:
+                    out.append({"suite": suite, "name": name, "shape": shape, "ours": ours, "vs": alt,
+                                "speedup": rec.median_s / by_backend[ours].median_s})
+    return out
+
+
+def write_jsonl(path, records: list[Record]) -> None:
+    with open(path, "w") as f:
+        for r in records:
+            f.write(r.to_json() + "\n")
+
+
+def plot(records: list[Record], path) -> None:
+    """Per-kernel % of limit and speedup vs the best alternative, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ours = [r for r in records if r.backend in ("cpp", "numba", "cuda") and r.pct_of_limit is not None]
+    rs = [x for x in ratios(records) if x["vs"] in ("numpy", "torch")]
+    fig, axes = plt.subplots(1, 2, figsize=(13, max(3, 0.35 * max(len(ours), len(rs)) + 1)))
+    labels = [f"{r.name} [{r.backend}]" for r in ours]
+    axes[0].barh(labels, [r.pct_of_limit for r in ours], color="tab:blue")
+    axes[0].set_xlabel("% of machine limit (bandwidth or FLOP/s, measured in the same run)")
+    axes[0].axvline(100, color="k", lw=0.5)
+    labels = [f"{x['name']} {x['ours']} vs {x['vs']}" for x in rs]
+    axes[1].barh(labels, [x["speedup"] for x in rs], color="tab:green")
+    axes[1].axvline(1, color="k", lw=0.5)
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("speedup (alternative time / ours)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def torch_or_none():
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(settings.num_threads)
+    return torch
+
+
+__all__ = ["Record", "Limits", "time_fn", "make_record", "measure_limits", "print_table", "ratios",
+           "write_jsonl", "plot", "torch_or_none", "ft"]

@@ -1,0 +1,267 @@
+"""Kernel bench entries: each declares the bytes it must move and the FLOPs it must do, runs every
+available fasttrain backend (checked against the NumPy reference first) and PyTorch when importable."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from fasttrain import backend as B
+
+from .harness import make_record, time_fn, torch_or_none
+
+
+@dataclass
+class Entry:
+    name: str
+    shape: tuple
+    nbytes: float
+    flops: float
+    inputs: Callable[[], dict]                 # fresh float32 inputs (same seed every call)
+    run: Callable[[Callable, dict], None]      # (kernel lookup: op -> fn, arrays) -> writes outputs
+    outputs: tuple[str, ...]                   # names in the arrays dict compared with the reference
+    torch: Callable[[object, dict], Callable] | None = None   # (torch, arrays) -> zero-arg callable
+    ops: tuple[str, ...] = ()
+    rtol: float = 1e-4
+
+
+def _rng_inputs(shapes: dict, seed=0, positive=()):
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k, shape in shapes.items():
+        a = rng.standard_normal(shape, dtype=np.float32)
+        out[k] = np.abs(a) if k in positive else a
+    return out
+
+
+# ---- optimizers ---------------------------------------------------------------------------------
+
+def _adam_entry(n, decoupled):
+    name = "adamw" if decoupled else "adam"
+    hyper = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8)
+
+    def run(k, a):
+        k("adam_step")(a["p"], a["g"], a["m"], a["v"], hyper["lr"], hyper["beta1"], hyper["beta2"], hyper["eps"],
+                       1 - 0.9 ** 3, 1 - 0.999 ** 3, 0.0, 0.0, 1e-2 if decoupled else 0.0)
+
+    def torch_fn(torch, a):
+        p = torch.nn.Parameter(torch.from_numpy(a["p"].copy()))
+        p.grad = torch.from_numpy(a["g"].copy())
+        cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+        opt = cls([p], lr=1e-3, weight_decay=1e-2 if decoupled else 0.0, fused=True)
+        return opt.step
+
+    return Entry(name, (n,), 28.0 * n, 0.0, lambda: _rng_inputs({"p": n, "g": n, "m": n, "v": n}, positive=("v",)),
+                 run, ("p", "m", "v"), torch_fn, ("adam_step",), rtol=1e-5)
+
+
+def _rmsprop_entry(n):
+    def run(k, a):
+        k("rmsprop_step")(a["p"], a["g"], a["s"], 1e-3, 0.99, 1e-8, 0.0, 0.0)
+
+    def torch_fn(torch, a):
+        p = torch.nn.Parameter(torch.from_numpy(a["p"].copy()))
+        p.grad = torch.from_numpy(a["g"].copy())
+        opt = torch.optim.RMSprop([p], lr=1e-3, alpha=0.99, eps=1e-8)
+        return opt.step
+
+    return Entry("rmsprop", (n,), 20.0 * n, 0.0, lambda: _rng_inputs({"p": n, "g": n, "s": n}, positive=("s",)),
+                 run, ("p", "s"), torch_fn, ("rmsprop_step",), rtol=1e-5)
+
+
+def _momentum_entry(n):
+    def run(k, a):
+        k("momentum_step")(a["p"], a["g"], a["v"], 1e-2, 0.9, 1e-4, 0.0)
+
+    def torch_fn(torch, a):
+        p = torch.nn.Parameter(torch.from_numpy(a["p"].copy()))
+        p.grad = torch.from_numpy(a["g"].copy())
+        opt = torch.optim.SGD([p], lr=1e-2, momentum=0.9, weight_decay=1e-4)
+        return opt.step
+
+    return Entry("sgd_momentum", (n,), 20.0 * n, 0.0, lambda: _rng_inputs({"p": n, "g": n, "v": n}),
+                 run, ("p", "v"), torch_fn, ("momentum_step",), rtol=1e-5)
+
+
+# ---- element-wise and reductions ----------------------------------------------------------------
+
+def _dropout_entry(n):
+    def run(k, a):
+        k("dropout_fwd")(a["x"], a["y"], 0.5, 1234, 7, 3)
+        k("dropout_bwd")(a["dy"], a["dx"], 0.5, 1234, 7, 3)
+
+    def inputs():
+        a = _rng_inputs({"x": n, "dy": n})
+        a["y"] = np.empty(n, np.float32)
+        a["dx"] = np.empty(n, np.float32)
+        return a
+
+    def torch_fn(torch, a):
+        x = torch.from_numpy(a["x"]).requires_grad_(True)
+        dy = torch.from_numpy(a["dy"])
+
+        def step():
+            x.grad = None
+            torch.nn.functional.dropout(x, 0.5, True).backward(dy)
+        return step
+
+    # fwd reads x, writes y; bwd reads dy, writes dx (no mask stored or read)
+    return Entry("dropout_fwd_bwd", (n,), 16.0 * n, 0.0, inputs, run, ("y", "dx"), torch_fn,
+                 ("dropout_fwd", "dropout_bwd"), rtol=0)
+
+
+def _relu_entry(n):
+    def inputs():
+        a = _rng_inputs({"x": n})
+        a["y"] = np.empty(n, np.float32)
+        return a
+
+    def torch_fn(torch, a):
+        x = torch.from_numpy(a["x"])
+        y = torch.from_numpy(a["y"])
+        return lambda: torch.clamp_min(x, 0, out=y)
+
+    return Entry("relu_fwd", (n,), 8.0 * n, 0.0, inputs, lambda k, a: k("relu_fwd")(a["x"], a["y"]),
+                 ("y",), torch_fn, ("relu_fwd",), rtol=0)
+
+
+def _batchnorm_entry(N, C, H, W):
+    n = N * C * H * W
+
+    def inputs():
+        a = _rng_inputs({"x": (N, C, H, W), "dy": (N, C, H, W)})
+        a.update(gamma=np.ones(C, np.float32), beta=np.zeros(C, np.float32), y=np.empty((N, C, H, W), np.float32),
+                 mean=np.empty(C, np.float32), invstd=np.empty(C, np.float32), dx=np.empty((N, C, H, W), np.float32),
+                 dgamma=np.zeros(C, np.float32), dbeta=np.zeros(C, np.float32))
+        return a
+
+    def run(k, a):
+        k("batchnorm_fwd_train")(a["x"], a["gamma"], a["beta"], 1e-5, a["y"], a["mean"], a["invstd"])
+        k("batchnorm_bwd")(a["x"], a["dy"], a["gamma"], a["mean"], a["invstd"], a["dx"], a["dgamma"], a["dbeta"])
+
+    def torch_fn(torch, a):
+        bn = torch.nn.BatchNorm2d(C)
+        x = torch.from_numpy(a["x"]).requires_grad_(True)
+        dy = torch.from_numpy(a["dy"])
+
+        def step():
+            x.grad = None
+            bn.zero_grad()
+            bn(x).backward(dy)
+        return step
+
+    # fwd: stats pass reads x, normalize pass reads x and writes y; bwd: reduction pass reads x, dy,
+    # dx pass reads x, dy and writes dx.
+    return Entry("batchnorm_fwd_bwd", (N, C, H, W), 4.0 * n * 8, 0.0, inputs, run, ("y", "dx"), torch_fn,
+                 ("batchnorm_fwd_train", "batchnorm_bwd"), rtol=1e-3)
+
+
+def _softmax_xent_entry(N, C):
+    def inputs():
+        a = _rng_inputs({"logits": (N, C)})
+        a["labels"] = np.random.default_rng(1).integers(0, C, N).astype(np.int64)
+        a["dlogits"] = np.empty((N, C), np.float32)
+        return a
+
+    def torch_fn(torch, a):
+        x = torch.from_numpy(a["logits"]).requires_grad_(True)
+        y = torch.from_numpy(a["labels"])
+
+        def step():
+            x.grad = None
+            torch.nn.functional.cross_entropy(x, y).backward()
+        return step
+
+    return Entry("softmax_xent", (N, C), 8.0 * N * C, 0.0, inputs,
+                 lambda k, a: k("softmax_xent")(a["logits"], a["labels"], a["dlogits"]), ("dlogits",), torch_fn,
+                 ("softmax_xent",), rtol=1e-4)
+
+
+# ---- conv2d ---------------------------------------------------------------------------------------
+
+def _conv_entry(N, C, H, W, K, R=3, pad=1):
+    P, Q = H + 2 * pad - R + 1, W + 2 * pad - R + 1
+
+    def inputs():
+        a = _rng_inputs({"x": (N, C, H, W), "w": (K, C, R, R), "b": (K,), "dy": (N, K, P, Q)})
+        a["w"] *= np.float32(np.sqrt(2.0 / (C * R * R)))
+        a.update(y=np.empty((N, K, P, Q), np.float32), dx=np.empty((N, C, H, W), np.float32),
+                 dw=np.zeros((K, C, R, R), np.float32), db=np.zeros(K, np.float32))
+        return a
+
+    def run(k, a):
+        k("conv2d_fwd")(a["x"], a["w"], a["b"], a["y"], 1, 1, pad, pad, False)
+        k("conv2d_bwd_data")(a["dy"], a["w"], a["dx"], 1, 1, pad, pad)
+        a["dw"][...] = 0
+        a["db"][...] = 0
+        k("conv2d_bwd_weight")(a["x"], a["dy"], a["dw"], a["db"], 1, 1, pad, pad)
+
+    def torch_fn(torch, a):
+        conv = torch.nn.Conv2d(C, K, R, padding=pad)
+        x = torch.from_numpy(a["x"]).requires_grad_(True)
+        dy = torch.from_numpy(a["dy"])
+
+        def step():
+            x.grad = None
+            conv.zero_grad()
+            conv(x).backward(dy)
+        return step
+
+    flops = 3 * 2.0 * N * K * C * R * R * P * Q  # forward, input gradient, weight gradient
+    return Entry("conv2d_fwd_bwd", (N, C, H, W, K), 0.0, flops, inputs, run, ("y", "dx", "dw", "db"), torch_fn,
+                 ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_weight"), rtol=2e-3)
+
+
+def entries(quick: bool) -> list[Entry]:
+    if quick:
+        return [_adam_entry(1 << 14, False), _rmsprop_entry(1 << 14), _dropout_entry(1 << 14),
+                _relu_entry(1 << 14), _batchnorm_entry(2, 3, 5, 7), _softmax_xent_entry(8, 10),
+                _conv_entry(2, 3, 8, 8, 4)]
+    n_opt = 10_000_000
+    return [_adam_entry(n_opt, False), _adam_entry(n_opt, True), _rmsprop_entry(n_opt), _momentum_entry(n_opt),
+            _dropout_entry(4_194_304), _relu_entry(16_777_216), _batchnorm_entry(64, 64, 32, 32),
+            _softmax_xent_entry(1024, 1000),
+            _conv_entry(64, 64, 32, 32, 64), _conv_entry(128, 3, 32, 32, 32), _conv_entry(32, 128, 16, 16, 128)]
+
+
+def _backends_for(entry: Entry) -> list[str]:
+    per_op = [set(B.available_backends_for(op)) for op in entry.ops]
+    return [b for b in B.CPU_ORDER if all(b in s for s in per_op)]
+
+
+def _check(entry: Entry, backend: str) -> None:
+    ref = entry.inputs()
+    entry.run(lambda op: B.kernel(op, backend="numpy"), ref)
+    got = entry.inputs()
+    entry.run(lambda op: B.kernel(op, backend=backend), got)
+    for name in entry.outputs:
+        scale = max(float(np.abs(ref[name]).max()) if ref[name].size else 0.0, 1e-30)
+        err = float(np.abs(ref[name].astype(np.float64) - got[name]).max()) / scale if ref[name].size else 0.0
+        if err > max(entry.rtol, 1e-6):
+            raise AssertionError(f"bench {entry.name} [{backend}]: output {name} differs from the reference "
+                                 f"(max error {err:.2e} relative to max |ref|)")
+
+
+def run(limits, quick: bool = False, repeat: int = 7, log=print) -> list:
+    torch = torch_or_none()
+    records = []
+    for entry in entries(quick):
+        for backend in _backends_for(entry):
+            _check(entry, backend)
+            arrays = entry.inputs()
+            fn = B.kernel  # bind the lookup outside the timed region
+            kernels = {op: fn(op, backend=backend) for op in entry.ops}
+            samples = time_fn(lambda: entry.run(kernels.__getitem__, arrays),
+                              repeat=3 if (quick or backend == "numpy") else repeat, warmup=1)
+            _check(entry, backend)  # still correct after the timed runs (no state corruption)
+            records.append(make_record("kernels", entry.name, backend, entry.shape, samples,
+                                       entry.nbytes or None, entry.flops or None, limits))
+            log(f"  {entry.name:<20} {backend:<6} {records[-1].median_s * 1e3:9.3f} ms")
+        if torch is not None and entry.torch is not None:
+            arrays = entry.inputs()
+            samples = time_fn(entry.torch(torch, arrays), repeat=3 if quick else repeat, warmup=1)
+            records.append(make_record("kernels", entry.name, "torch", entry.shape, samples,
+                                       entry.nbytes or None, entry.flops or None, limits))
+            log(f"  {entry.name:<20} torch  {records[-1].median_s * 1e3:9.3f} ms")
+    return records
