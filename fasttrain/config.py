@@ -1,0 +1,98 @@
+"""Run configuration: one dataclass; defaults < TOML file < command-line flags. Every field is a
+CLI flag (`--batch-size` for `batch_size`) and a top-level TOML key."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from typing import Optional
+
+
+@dataclass
+class Config:
+    model: str = "simple_cnn"         # mlp | simple_cnn | convnet_classic | resnet8 | resnet20
+    dataset: str = "digits"           # digits | synthetic_cifar | mnist | cifar10 | npz
+    data_path: Optional[str] = None   # directory (mnist, cifar10) or file (npz)
+    limit: Optional[int] = None       # use only the first N training/validation examples
+    val_fraction: float = 0.2
+    epochs: int = 15
+    batch_size: int = 32
+    optimizer: str = "adam"           # any class name in fasttrain.optim, case-insensitive
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"          # constant | cosine
+    warmup_steps: int = 0
+    dropout: Optional[float] = None   # None: the model's default
+    seed: int = 0
+    run_dir: Optional[str] = None     # None: runs/<timestamp>
+    resume: Optional[str] = None      # checkpoint to continue from
+    threads: Optional[int] = None     # None: FASTTRAIN_THREADS or all cores
+    backend: str = "auto"             # auto | cpp | numba | numpy | cuda
+    plot: bool = True
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def field_types() -> dict[str, type]:
+    """Field name -> the Python type of its values (Optional[X] -> X)."""
+    out = {}
+    for f in fields(Config):
+        t = f.type if not isinstance(f.type, str) else eval(f.type, {"Optional": Optional})
+        args = [a for a in getattr(t, "__args__", ()) if a is not type(None)]
+        out[f.name] = args[0] if args else t
+    return out
+
+
+def _coerce(name: str, value, typ: type):
+    if value is None:
+        return None
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise ValueError(f"config key {name!r}: expected {typ.__name__}, got {value!r}")
+    return value
+
+
+def make_config(overrides: dict | None = None, base: Config | None = None) -> Config:
+    """`base` (or the defaults) with `overrides` applied; unknown keys and wrong types raise."""
+    types = field_types()
+    values = (base or Config()).to_dict()
+    for k, v in (overrides or {}).items():
+        if k not in types:
+            raise KeyError(f"config: unknown key {k!r}; expected one of {sorted(types)}")
+        values[k] = _coerce(k, v, types[k])
+    return Config(**values)
+
+
+def load_config(path) -> Config:
+    """A Config from a TOML file of top-level keys (missing keys keep their defaults)."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        try:
+            data = tomllib.load(f)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{path}: invalid TOML ({exc})") from None
+    try:
+        return make_config(data)
+    except (KeyError, ValueError) as exc:
+        raise type(exc)(f"{path}: {exc.args[0]}") from None
+
+
+def save_config(config: Config, path) -> None:
+    """Write the resolved config as TOML (None values left out: they mean 'default')."""
+    lines = []
+    for k, v in config.to_dict().items():
+        if v is None:
+            continue
+        if isinstance(v, bool):
+            text = "true" if v else "false"
+        elif isinstance(v, (int, float)):
+            text = repr(v)
+        else:
+            text = json.dumps(str(v))  # a JSON string is a valid TOML basic string
+        lines.append(f"{k} = {text}")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")

@@ -1,0 +1,109 @@
+"""Model builders: an MLP, a small CNN sized for 8x8 digits, a classic VGG-style CIFAR net and
+CIFAR ResNets (He et al., "Deep Residual Learning for Image Recognition", 2016, section 4.2)."""
+from __future__ import annotations
+
+import math
+
+from . import nn
+
+
+def mlp(in_features: int, num_classes: int = 10, hidden: tuple = (128,), dropout: float = 0.0):
+    """Flatten, then (Linear, ReLU[, Dropout]) per hidden width, then a Linear classifier."""
+    layers = [nn.Flatten()]
+    width = int(in_features)
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = h
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+def _conv_bn_relu(cin: int, cout: int, stride: int = 1):
+    return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+def simple_cnn(in_ch: int = 1, num_classes: int = 10, image_size: int = 8, width: int = 32,
+               dropout: float = 0.25):
+    """conv-BN-ReLU, 2x2 max-pool, conv-BN-ReLU, pool, dropout, linear.
+
+    For small images (<= 16 px) the second pool is a 2x2 max-pool and the classifier sees every
+    remaining position (on 8x8 digits: 2x(2w) x 2 x 2 features); for larger images it is a global
+    average pool so the classifier stays small."""
+    if image_size < 4:
+        raise ValueError(f"simple_cnn(image_size): expected >= 4 (two 2x2 pools), got {image_size}")
+    layers = _conv_bn_relu(in_ch, width) + [nn.MaxPool2d(2)] + _conv_bn_relu(width, 2 * width)
+    if image_size <= 16:
+        side = image_size // 4
+        layers += [nn.MaxPool2d(2), nn.Flatten()]
+        features = 2 * width * side * side
+    else:
+        layers += [nn.GlobalAvgPool2d(), nn.Flatten()]
+        features = 2 * width
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(features, num_classes))
+    return nn.Sequential(*layers)
+
+
+def convnet_classic(in_ch: int = 3, num_classes: int = 10, image_size: int = 32, width: int = 32,
+                    dropout: float = 0.5):
+    """(conv w-BN-ReLU) x2, pool, (conv 2w-BN-ReLU) x2, pool, dropout, linear: the classic
+    VGG-style CIFAR-10 baseline (Simonyan & Zisserman 2015, scaled down)."""
+    if image_size % 4:
+        raise ValueError(f"convnet_classic(image_size): expected a multiple of 4, got {image_size}")
+    layers = (_conv_bn_relu(in_ch, width) + _conv_bn_relu(width, width) + [nn.MaxPool2d(2)]
+              + _conv_bn_relu(width, 2 * width) + _conv_bn_relu(2 * width, 2 * width) + [nn.MaxPool2d(2)]
+              + [nn.Flatten()])
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    side = image_size // 4
+    layers.append(nn.Linear(2 * width * side * side, num_classes))
+    return nn.Sequential(*layers)
+
+
+def _basic_block(cin: int, cout: int, stride: int):
+    """conv-BN-ReLU-conv-BN plus shortcut, then ReLU. When the shape changes the shortcut is a
+    strided 1x1 conv + BN (the paper's option B)."""
+    body = nn.Sequential(*_conv_bn_relu(cin, cout, stride), nn.Conv2d(cout, cout, 3, padding=1),
+                         nn.BatchNorm2d(cout))
+    shortcut = None
+    if stride != 1 or cin != cout:
+        shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride), nn.BatchNorm2d(cout))
+    return nn.Residual(body, shortcut, post=nn.ReLU())
+
+
+def resnet(depth: int = 20, in_ch: int = 3, num_classes: int = 10, width: int = 16):
+    """CIFAR ResNet of depth 6n+2 (8, 20, 32, ...): a 3x3 stem, three stages of n basic blocks at
+    widths w, 2w, 4w (stride 2 entering stages 2 and 3), global average pool, linear."""
+    if depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"resnet(depth): expected 6n+2 with n >= 1 (8, 20, 32, ...), got {depth}")
+    n = (depth - 2) // 6
+    layers = _conv_bn_relu(in_ch, width)
+    cin = width
+    for stage, cout in enumerate((width, 2 * width, 4 * width)):
+        for i in range(n):
+            stride = 2 if stage > 0 and i == 0 else 1
+            layers.append(_basic_block(cin, cout, stride))
+            cin = cout
+    layers += [nn.GlobalAvgPool2d(), nn.Flatten(), nn.Linear(cin, num_classes)]
+    return nn.Sequential(*layers)
+
+
+MODEL_NAMES = ("mlp", "simple_cnn", "convnet_classic", "resnet8", "resnet20")
+
+
+def build(name: str, input_shape: tuple, num_classes: int, dropout: float | None = None):
+    """A model by name for inputs of shape (C, H, W)."""
+    c, h = input_shape[0], input_shape[-1]
+    kw = {} if dropout is None else {"dropout": dropout}
+    if name == "mlp":
+        return mlp(math.prod(input_shape), num_classes, **kw)
+    if name == "simple_cnn":
+        return simple_cnn(c, num_classes, h, **kw)
+    if name == "convnet_classic":
+        return convnet_classic(c, num_classes, h, **kw)
+    if name in ("resnet8", "resnet20"):
+        return resnet(int(name[6:]), c, num_classes)
+    raise ValueError(f"model: expected one of {list(MODEL_NAMES)}, got {name!r}")

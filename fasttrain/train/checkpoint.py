@@ -1,0 +1,79 @@
+"""Checkpoints as one .npz: parameters (by name), module buffers (BatchNorm running statistics),
+optimizer state (flattened to 'opt/<key>'), and a JSON 'meta' entry with step, epoch, seeds,
+trainer state and the config. Everything a resumed run needs to continue bit-for-bit: the data
+order is a pure function of (seed, epoch) and dropout masks of (seed, step, layer)."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+
+def module_buffers(model) -> dict:
+    """'<module path>.<name>' -> (module, name) for every entry of a module's `buffers` dict:
+    non-parameter state carried across steps (BatchNorm running statistics)."""
+    out = {}
+    for path, m in model.named_modules():
+        for name in getattr(m, "buffers", None) or {}:
+            out[f"{path}.{name}" if path else name] = (m, name)
+    return out
+
+
+def _flatten(prefix: str, value, out: dict) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}/{k}", v, out)
+    else:
+        out[prefix] = np.asarray(_to_host(value))
+
+
+def _unflatten(prefix: str, arrays: dict) -> dict:
+    root: dict = {}
+    for key, value in arrays.items():
+        if not key.startswith(prefix + "/"):
+            continue
+        parts = key[len(prefix) + 1:].split("/")
+        node = root
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value.item() if value.ndim == 0 else value
+    return root
+
+
+def _to_host(a):
+    return a.get() if hasattr(a, "get") and not isinstance(a, (dict, np.ndarray)) else a
+
+
+def save_checkpoint(path, model, arena, optimizer=None, meta: dict | None = None) -> None:
+    arrays = {f"param/{name}": np.asarray(_to_host(a)) for name, a in arena.state_dict().items()}
+    for key, (m, name) in module_buffers(model).items():
+        arrays[f"buffer/{key}"] = np.asarray(_to_host(m.buffers[name]))
+    if optimizer is not None:
+        _flatten("opt", optimizer.state_dict(), arrays)
+    arrays["meta"] = np.array(json.dumps(meta or {}))
+    tmp = os.fspath(path) + ".tmp.npz"  # write then rename: a crash never leaves half a checkpoint
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, model, arena, optimizer=None) -> dict:
+    """Restore parameters, buffers and optimizer state in place; returns the meta dict."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    if "meta" not in arrays:
+        raise ValueError(f"{path}: not a fasttrain checkpoint (no 'meta' entry)")
+    arena.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
+    buffers = module_buffers(model)
+    saved = {k[7:]: v for k, v in arrays.items() if k.startswith("buffer/")}
+    if set(saved) != set(buffers):
+        raise KeyError(f"{path}: buffers {sorted(saved)} do not match the model's {sorted(buffers)}")
+    for key, (m, name) in buffers.items():
+        old = m.buffers[name]
+        m.buffers[name] = arena.xp.asarray(saved[key], dtype=old.dtype)
+    if optimizer is not None:
+        optimizer.load_state_dict(_unflatten("opt", arrays))
+    return json.loads(str(arrays["meta"]))

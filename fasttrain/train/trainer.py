@@ -1,0 +1,201 @@
+"""The training loop: forward, loss, backward, one fused optimizer step; validation each epoch;
+metrics as JSON lines; a checkpoint per epoch; a learning-curve PNG; and the cs231n-style
+'command center' safety stop when the loss explodes (> 3x its initial value, or NaN)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..settings import get_logger
+from .checkpoint import load_checkpoint, save_checkpoint
+
+log = get_logger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised by Trainer.fit when the loss explodes; `history` holds what was recorded."""
+
+    def __init__(self, message: str, history: "History"):
+        super().__init__(message)
+        self.history = history
+
+
+@dataclass
+class History:
+    steps: list = field(default_factory=list)
+    losses: list = field(default_factory=list)
+    epochs: list = field(default_factory=list)   # one dict per epoch (train/val loss and accuracy)
+    initial_loss: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"steps": self.steps, "losses": self.losses, "epochs": self.epochs,
+                "initial_loss": self.initial_loss}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "History":
+        return cls(list(d["steps"]), list(d["losses"]), list(d["epochs"]), d["initial_loss"])
+
+
+class Trainer:
+    """Trains `model` whose parameters live in `arena`.
+
+    schedule: None (constant lr) or a function step -> lr (schedules are pure functions of the
+    step; the trainer owns the step counter). run_dir: where metrics.jsonl, checkpoint.npz and
+    learning_curve.png go (None: nothing is written). config: a dict stored in checkpoints.
+    progress: tqdm's `disable` (None hides the bar when the output is not a terminal)."""
+
+    def __init__(self, model, arena, optimizer, loss_fn, schedule=None, run_dir=None, config: dict | None = None,
+                 explode_factor: float = 3.0, progress: bool | None = None, plot: bool = True,
+                 checkpoint: bool = True):
+        self.model, self.arena, self.optimizer, self.loss_fn = model, arena, optimizer, loss_fn
+        self.schedule = schedule
+        self.run_dir = os.fspath(run_dir) if run_dir is not None else None
+        self.config = dict(config or {})
+        self.explode_factor = explode_factor
+        self.progress_disable = None if progress is None else not progress
+        self.plot = plot
+        self.checkpoint = checkpoint
+        self.step = 0
+        self.epoch = 0
+        self.history = History()
+        if self.run_dir is not None:
+            os.makedirs(self.run_dir, exist_ok=True)
+
+    # -- files ----------------------------------------------------------------------------------
+    def _path(self, name: str) -> str | None:
+        return None if self.run_dir is None else os.path.join(self.run_dir, name)
+
+    def _log_metrics(self, record: dict) -> None:
+        path = self._path("metrics.jsonl")
+        if path is not None:
+            with open(path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def save(self, path) -> None:
+        meta = {"step": self.step, "epoch": self.epoch, "history": self.history.to_dict(),
+                "config": self.config}
+        save_checkpoint(path, self.model, self.arena, self.optimizer, meta)
+
+    def resume(self, path) -> None:
+        """Continue from a checkpoint: parameters, buffers, optimizer state, step, epoch, history."""
+        meta = load_checkpoint(path, self.model, self.arena, self.optimizer)
+        self.step, self.epoch = int(meta["step"]), int(meta["epoch"])
+        self.history = History.from_dict(meta["history"])
+
+    # -- steps ----------------------------------------------------------------------------------
+    def _lr(self) -> float:
+        if self.schedule is not None:
+            self.optimizer.lr = float(self.schedule(self.step))
+        return float(self.optimizer.lr)
+
+    def train_step(self, xb, yb) -> tuple[float, int]:
+        """One optimizer step; returns (loss, number of correct predictions in the batch)."""
+        xp = self.arena.xp
+        xb, yb = xp.asarray(xb), xp.asarray(yb)
+        self.model.set_step(self.step)
+        self._lr()
+        self.arena.zero_grad()
+        logits = self.model.forward(xb)
+        loss, dlogits = self.loss_fn(logits, yb)
+        loss = float(loss)
+        if not math.isfinite(loss):  # do not push NaN/inf gradients into the parameters
+            return loss, 0
+        self.model.backward(dlogits)
+        self.optimizer.step()
+        self.step += 1
+        return loss, int((logits.argmax(axis=1) == yb).sum())
+
+    def evaluate(self, loader) -> tuple[float, float]:
+        """(mean loss, accuracy) over a loader, in eval mode (BN running stats, no dropout)."""
+        self.model.eval()
+        xp = self.arena.xp
+        total_loss, correct, n = 0.0, 0, 0
+        try:
+            for xb, yb in loader.batches(0):
+                xb, yb = xp.asarray(xb), xp.asarray(yb)
+                logits = self.model.forward(xb)
+                loss, _ = self.loss_fn(logits, yb)
+                total_loss += float(loss) * len(yb)
+                correct += int((logits.argmax(axis=1) == yb).sum())
+                n += len(yb)
+        finally:
+            self.model.train()
+        if n == 0:
+            raise ValueError("Trainer.evaluate: the loader yielded no examples")
+        return total_loss / n, correct / n
+
+    def _explosion(self, loss: float) -> str | None:
+        if self.history.initial_loss is None:
+            self.history.initial_loss = loss
+        limit = self.explode_factor * self.history.initial_loss
+        if math.isfinite(loss) and loss <= limit:
+            return None
+        return (f"training stopped at step {self.step}: loss {loss:.4g} exceeds {self.explode_factor:g}x the initial "
+                f"loss {self.history.initial_loss:.4g} (limit {limit:.4g}); the learning rate "
+                f"(lr={self.optimizer.lr:g}) is probably too high: try a 3-10x smaller --lr")
+
+    # -- the loop -------------------------------------------------------------------------------
+    def fit(self, train_loader, val_loader=None, epochs: int = 1) -> History:
+        """Train until `epochs` epochs in total are done (a resumed trainer continues from its
+        epoch). Raises TrainingDiverged when the loss explodes."""
+        from tqdm.auto import tqdm
+
+        steps_per_epoch = len(train_loader)
+        if steps_per_epoch == 0:
+            raise ValueError("Trainer.fit(train_loader): the loader yields no batches")
+        self.model.train()
+        total = max(epochs - self.epoch, 0) * steps_per_epoch
+        bar = tqdm(total=total, disable=self.progress_disable, unit="step", dynamic_ncols=True)
+        try:
+            while self.epoch < epochs:
+                t0 = time.perf_counter()
+                seen, correct, loss_sum = 0, 0, 0.0
+                bar.set_description(f"epoch {self.epoch + 1}/{epochs}")
+                for xb, yb in train_loader.batches(self.epoch):
+                    loss, ok = self.train_step(xb, yb)
+                    self.history.steps.append(self.step)
+                    self.history.losses.append(loss)
+                    reason = self._explosion(loss)
+                    if reason is not None:
+                        self._log_metrics({"event": "diverged", "step": self.step, "loss": loss, "message": reason})
+                        self._finish()
+                        log.error(reason)
+                        raise TrainingDiverged(reason, self.history)
+                    seen += len(yb)
+                    correct += ok
+                    loss_sum += loss * len(yb)
+                    rate = seen / max(time.perf_counter() - t0, 1e-9)
+                    self._log_metrics({"step": self.step, "epoch": self.epoch, "loss": loss,
+                                       "acc": ok / len(yb), "lr": self.optimizer.lr})
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", acc=f"{correct / seen:.3f}",
+                                    lr=f"{self.optimizer.lr:.2e}", img_s=f"{rate:.0f}", refresh=False)
+                train_time = time.perf_counter() - t0
+                record = {"epoch": self.epoch + 1, "step": self.step, "train_loss": loss_sum / seen,
+                          "train_acc": correct / seen, "images_per_s": seen / train_time,
+                          "epoch_time_s": train_time}
+                if val_loader is not None:
+                    record["val_loss"], record["val_acc"] = self.evaluate(val_loader)
+                self.epoch += 1
+                self.history.epochs.append(record)
+                self._log_metrics(record)
+                if val_loader is not None:
+                    bar.write(f"epoch {self.epoch}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}"
+                              f" | val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}")
+                if self.checkpoint and self.run_dir is not None:
+                    self.save(self._path("checkpoint.npz"))
+        finally:
+            bar.close()
+        self._finish()
+        return self.history
+
+    def _finish(self) -> None:
+        if self.plot and self.run_dir is not None and self.history.steps:
+            from .plots import plot_learning_curves
+
+            plot_learning_curves(self.history, self._path("learning_curve.png"))
