@@ -1,0 +1,51 @@
+"""Batch normalization kernels (reference). Ioffe & Szegedy, "Batch Normalization", ICML 2015.
+
+x is viewed as (N, C, S) with S = H*W for 2d input and S = 1 for (N, C); statistics are per
+channel over the M = N*S values of that channel. See docs/KERNELS.md for the contract.
+"""
+import numpy as np
+
+OPS = ["batchnorm_fwd_train", "batchnorm_fwd_eval", "batchnorm_bwd"]
+
+
+def _ncs(a):
+    # (N, C, ...) -> (N, C, S); a view for C-contiguous input, so writes through y/dx land.
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
+def _per_channel(v):
+    # (C,) -> (1, C, 1), to broadcast against (N, C, S)
+    return v.reshape(1, -1, 1)
+
+
+def batchnorm_fwd_train_ref(x, gamma, beta, eps, y, mean, invstd):
+    # x, y: (N, C, ...); gamma, beta, mean, invstd: (C,)
+    xs = _ncs(x)
+    mu = xs.mean(axis=(0, 2))
+    # two passes (mean, then centered squares): the biased variance without cancellation
+    var = np.square(xs - _per_channel(mu)).mean(axis=(0, 2))
+    inv = 1.0 / np.sqrt(var + eps)
+    mean[...] = mu
+    invstd[...] = inv
+    _ncs(y)[...] = (xs - _per_channel(mu)) * _per_channel(inv * gamma) + _per_channel(beta)
+
+
+def batchnorm_fwd_eval_ref(x, gamma, beta, running_mean, running_var, eps, y):
+    # x, y: (N, C, ...); gamma, beta, running_mean, running_var: (C,)
+    scale = gamma / np.sqrt(running_var + eps)
+    _ncs(y)[...] = (_ncs(x) - _per_channel(running_mean)) * _per_channel(scale) + _per_channel(beta)
+
+
+def batchnorm_bwd_ref(x, dy, gamma, mean, invstd, dx, dgamma, dbeta):
+    # x, dy, dx: (N, C, ...); gamma, mean, invstd, dgamma, dbeta: (C,)
+    # Compact form of the chain rule through mean and variance (llm.c / cs231n):
+    #   dx = gamma*invstd/M * (M*dy - sum(dy) - xhat*sum(dy*xhat)),  sums per channel.
+    xs, dys = _ncs(x), _ncs(dy)
+    m = xs.shape[0] * xs.shape[2]
+    xhat = (xs - _per_channel(mean)) * _per_channel(invstd)
+    sum_dy = dys.sum(axis=(0, 2))
+    sum_dy_xhat = (dys * xhat).sum(axis=(0, 2))
+    _ncs(dx)[...] = _per_channel(gamma * invstd / m) * (
+        m * dys - _per_channel(sum_dy) - xhat * _per_channel(sum_dy_xhat))
+    dgamma += sum_dy_xhat
+    dbeta += sum_dy

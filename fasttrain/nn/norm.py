@@ -1,0 +1,154 @@
+"""Batch normalization layers. Ioffe & Szegedy, "Batch Normalization: Accelerating Deep Network
+Training by Reducing Internal Covariate Shift", ICML 2015.
+
+Training normalizes with the batch's statistics (biased variance) and updates the running
+statistics like torch.nn.BatchNorm: r = (1 - momentum) * r + momentum * batch, with the
+*unbiased* batch variance. Evaluation normalizes with the running statistics, so the layer is a
+fixed per-channel affine map and its backward is that map's.
+
+gamma (`weight`) and beta (`bias`) are arena parameters without weight decay; running_mean and
+running_var are float32 buffers in `self.buffers`, where checkpoints and distributed code find them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from .module import Module
+
+
+def _ones(shape, rng, dtype):
+    return np.ones(shape, dtype)
+
+
+def _zeros(shape, rng, dtype):
+    return np.zeros(shape, dtype)
+
+
+def _array_module(x):
+    if backend._is_gpu(x):
+        import cupy
+
+        return cupy
+    return np
+
+
+class _BatchNorm(Module):
+    _ndims: tuple = ()          # accepted input ranks
+    _layout: str = ""           # for error messages
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        if not isinstance(num_features, (int, np.integer)) or num_features < 1:
+            raise ValueError(f"{type(self).__name__}(num_features): expected a positive int, got {num_features!r}")
+        if not eps > 0:
+            raise ValueError(f"{type(self).__name__}(eps): expected > 0, got {eps!r}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"{type(self).__name__}(momentum): expected a value in [0, 1], got {momentum!r}")
+        self.num_features = int(num_features)
+        self.eps = float(eps)
+        self.momentum = float(momentum)
+        self.weight = self.add_param("weight", (self.num_features,), _ones, decay=False)
+        self.bias = self.add_param("bias", (self.num_features,), _zeros, decay=False)
+        self.buffers = {"running_mean": np.zeros(self.num_features, np.float32),
+                        "running_var": np.ones(self.num_features, np.float32)}
+
+    @property
+    def running_mean(self):
+        return self.buffers["running_mean"]
+
+    @property
+    def running_var(self):
+        return self.buffers["running_var"]
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+    def _where(self) -> str:
+        return f"{type(self).__name__}(num_features={self.num_features})"
+
+    def _check_input(self, x):
+        if getattr(x, "ndim", None) not in self._ndims or x.shape[1] != self.num_features:
+            raise ValueError(f"{self._where()}: expected input {self._layout.format(C=self.num_features)}, "
+                             f"got {getattr(x, 'shape', type(x).__name__)}")
+        if x.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{self._where()}: expected a float32 or float64 input, got {x.dtype}")
+        if self.weight.data is None:
+            raise RuntimeError(f"{self._where()}: parameters are not bound; call ParamArena.for_model(model) first")
+        if x.dtype != self.weight.data.dtype:
+            raise TypeError(f"{self._where()}: input dtype {x.dtype} differs from the parameters' "
+                            f"{self.weight.data.dtype}; bind the arena with dtype={x.dtype}")
+
+    def _buffers_on(self, xp):
+        # Buffers follow the input's device (moved once, on the first GPU forward).
+        for k, v in self.buffers.items():
+            if _array_module(v) is not xp:
+                self.buffers[k] = xp.asarray(v)
+        return self.buffers["running_mean"], self.buffers["running_var"]
+
+    def forward(self, x):
+        self._check_input(x)
+        xp = _array_module(x)
+        x = xp.ascontiguousarray(x)
+        n, c = x.shape[0], x.shape[1]
+        m = x.size // c                       # N*S values per channel
+        gamma, beta = self.weight.data, self.bias.data
+        rmean, rvar = self._buffers_on(xp)
+        y = xp.empty_like(x)
+        if self.training:
+            if m <= 1:
+                raise ValueError(f"{self._where()}: training needs more than one value per channel to "
+                                 f"compute a variance, got input {x.shape} (N*S = {m}); use a larger batch "
+                                 "or call .eval()")
+            mean = xp.empty(c, x.dtype)
+            invstd = xp.empty(c, x.dtype)
+            backend.kernel("batchnorm_fwd_train", like=x)(x, gamma, beta, self.eps, y, mean, invstd)
+            # The kernel returns invstd = 1/sqrt(var + eps); recover the biased variance from it
+            # (one pass fewer than recomputing), then make it unbiased with M/(M-1) as torch does.
+            var = xp.maximum(1.0 / (invstd.astype(np.float64) ** 2) - self.eps, 0.0)
+            mom = self.momentum
+            rmean[...] = (1.0 - mom) * rmean + mom * mean
+            rvar[...] = (1.0 - mom) * rvar + mom * (var * (m / (m - 1)))
+            self.cache = (x, mean, invstd, True)
+        else:
+            rm = rmean.astype(x.dtype, copy=False)
+            rv = rvar.astype(x.dtype, copy=False)
+            backend.kernel("batchnorm_fwd_eval", like=x)(x, gamma, beta, rm, rv, self.eps, y)
+            self.cache = (x, rm, 1.0 / xp.sqrt(rv + self.eps), False)
+        return y
+
+    def backward(self, dy):
+        if self.cache is None:
+            raise RuntimeError(f"{self._where()}: backward called before forward")
+        x, mean, invstd, trained = self.cache
+        if dy.shape != x.shape or dy.dtype != x.dtype:
+            raise ValueError(f"{self._where()}: expected dy {x.shape} {x.dtype} (the forward output), "
+                             f"got {dy.shape} {dy.dtype}")
+        xp = _array_module(dy)
+        dy = xp.ascontiguousarray(dy)
+        gamma = self.weight.data
+        if trained:
+            dx = xp.empty_like(x)
+            backend.kernel("batchnorm_bwd", like=x)(x, dy, gamma, mean, invstd, dx, self.weight.grad, self.bias.grad)
+            return dx
+        # Eval: y = gamma*invstd*(x - mean) + beta with constant mean/invstd, an affine map.
+        c = self.num_features
+        xs, dys = x.reshape(x.shape[0], c, -1), dy.reshape(x.shape[0], c, -1)
+        xhat = (xs - mean.reshape(1, c, 1)) * invstd.reshape(1, c, 1)
+        self.weight.grad += (dys * xhat).sum(axis=(0, 2))
+        self.bias.grad += dys.sum(axis=(0, 2))
+        return dy * (gamma * invstd).reshape((1, c) + (1,) * (x.ndim - 2))
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalization over (N, C, H, W): statistics per channel over N*H*W."""
+
+    _ndims = (4,)
+    _layout = "(N, {C}, H, W)"
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalization over (N, C) (or (N, C, L)): statistics per channel over N (or N*L)."""
+
+    _ndims = (2, 3)
+    _layout = "(N, {C}) or (N, {C}, L)"

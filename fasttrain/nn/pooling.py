@@ -1,0 +1,137 @@
+"""Pooling layers over NCHW input: MaxPool2d, AvgPool2d (padding counts in the divisor, like
+torch's default count_include_pad=True) and GlobalAvgPool2d ((N, C, H, W) -> (N, C)).
+
+Output size P = (H + 2*padding - kernel) // stride + 1 (floor, no ceil mode). Padding is limited
+to half the kernel (as in torch), so every window holds at least one real element.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from .module import Module
+
+
+def _pair(name, v, where, minimum):
+    pair = (v, v) if isinstance(v, (int, np.integer)) else tuple(v) if isinstance(v, (tuple, list)) else None
+    if pair is None or len(pair) != 2 or not all(isinstance(k, (int, np.integer)) and k >= minimum for k in pair):
+        raise ValueError(f"{where}: {name} must be an int >= {minimum} or a pair of them, got {v!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _array_module(x):
+    if backend._is_gpu(x):
+        import cupy
+
+        return cupy
+    return np
+
+
+def _check_nchw(x, where):
+    if getattr(x, "ndim", None) != 4:
+        raise ValueError(f"{where}: expected input (N, C, H, W), got {getattr(x, 'shape', type(x).__name__)}")
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{where}: expected a float32 or float64 input, got {x.dtype}")
+
+
+class _Pool2d(Module):
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        where = f"{type(self).__name__}(kernel_size={kernel_size!r})"
+        self.kernel_size = _pair("kernel_size", kernel_size, where, 1)
+        self.stride = self.kernel_size if stride is None else _pair("stride", stride, where, 1)
+        self.padding = _pair("padding", padding, where, 0)
+        for p, k in zip(self.padding, self.kernel_size):
+            if 2 * p > k:
+                raise ValueError(f"{where}: padding must be at most half the kernel size, got padding={padding!r}")
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+    def _where(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def _out_shape(self, x):
+        _check_nchw(x, self._where())
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        n, c, h, w = x.shape
+        p, q = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        if p < 1 or q < 1:
+            raise ValueError(f"{self._where()}: input {x.shape} is too small, output would be {p} x {q}; "
+                             f"expected H + 2*padding >= {kh} and W + 2*padding >= {kw}")
+        return n, c, p, q
+
+    def _args(self):
+        return (*self.kernel_size, *self.stride, *self.padding)
+
+    def _check_dy(self, dy, shape, dtype):
+        if self.cache is None:
+            raise RuntimeError(f"{self._where()}: backward called before forward")
+        if dy.shape != shape or dy.dtype != dtype:
+            raise ValueError(f"{self._where()}: expected dy {shape} {dtype} (the forward output), got {dy.shape} {dy.dtype}")
+        return _array_module(dy).ascontiguousarray(dy)
+
+
+class MaxPool2d(_Pool2d):
+    """Maximum over each window; backward routes dy to the (first) maximum's position."""
+
+    def forward(self, x):
+        shape = self._out_shape(x)
+        xp = _array_module(x)
+        x = xp.ascontiguousarray(x)
+        y = xp.empty(shape, x.dtype)
+        argmax = xp.empty(shape, np.int64)
+        backend.kernel("maxpool2d_fwd", like=x)(x, y, argmax, *self._args())
+        self.cache = (argmax, x.shape, y.shape, x.dtype)
+        return y
+
+    def backward(self, dy):
+        argmax, x_shape, y_shape, dtype = self.cache or (None, None, None, None)
+        dy = self._check_dy(dy, y_shape, dtype)
+        dx = _array_module(dy).empty(x_shape, dy.dtype)
+        backend.kernel("maxpool2d_bwd", like=dy)(dy, argmax, dx)
+        return dx
+
+
+class AvgPool2d(_Pool2d):
+    """Mean over each window, padding counted in the divisor (kernel_h * kernel_w)."""
+
+    def forward(self, x):
+        shape = self._out_shape(x)
+        xp = _array_module(x)
+        x = xp.ascontiguousarray(x)
+        y = xp.empty(shape, x.dtype)
+        backend.kernel("avgpool2d_fwd", like=x)(x, y, *self._args())
+        self.cache = (x.shape, y.shape, x.dtype)
+        return y
+
+    def backward(self, dy):
+        x_shape, y_shape, dtype = self.cache or (None, None, None)
+        dy = self._check_dy(dy, y_shape, dtype)
+        dx = _array_module(dy).empty(x_shape, dy.dtype)
+        backend.kernel("avgpool2d_bwd", like=dy)(dy, dx, *self._args())
+        return dx
+
+
+class GlobalAvgPool2d(Module):
+    """(N, C, H, W) -> (N, C), the mean over each plane (Lin et al., "Network in Network", 2014).
+    A single contiguous reduction, which NumPy/CuPy already run at memory bandwidth, so no kernel."""
+
+    def forward(self, x):
+        _check_nchw(x, "GlobalAvgPool2d()")
+        if x.shape[2] < 1 or x.shape[3] < 1:
+            raise ValueError(f"GlobalAvgPool2d(): expected H, W >= 1, got input {x.shape}")
+        self.cache = (x.shape, x.dtype)
+        return x.mean(axis=(2, 3))
+
+    def backward(self, dy):
+        if self.cache is None:
+            raise RuntimeError("GlobalAvgPool2d(): backward called before forward")
+        (n, c, h, w), dtype = self.cache
+        if dy.shape != (n, c) or dy.dtype != dtype:
+            raise ValueError(f"GlobalAvgPool2d(): expected dy {(n, c)} {dtype} (the forward output), "
+                             f"got {dy.shape} {dy.dtype}")
+        xp = _array_module(dy)
+        dx = xp.empty((n, c, h, w), dtype)
+        dx[...] = (dy / (h * w))[:, :, None, None]
+        return dx
