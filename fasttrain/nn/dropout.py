@@ -1,0 +1,71 @@
+"""Dropout (Srivastava et al., JMLR 2014), inverted: kept units are scaled by 1/(1-p) at training
+time so evaluation is the identity.
+
+The mask comes from Philox-4x32-10 keyed by (seed, step, layer) (docs/KERNELS.md), so backward
+regenerates it: the layer stores nothing but the input shape and the mask's key. `step` is set
+for the whole model by `Module.set_step` (the trainer owns the counter); `layer_id` tells layers
+apart, so two Dropout layers in one model draw different masks at the same step.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from ..backend import kernel
+from .module import Module
+
+_U32 = 2 ** 32
+
+
+class Dropout(Module):
+    _ids = itertools.count()   # auto layer ids, in construction order
+
+    def __init__(self, p: float = 0.5, seed: int = 0, layer_id: int | None = None):
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, (int, float, np.floating, np.integer)) or not 0 <= p < 1:
+            raise ValueError(f"Dropout(p): expected a probability in [0, 1), got {p!r}")
+        if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 64:
+            raise ValueError(f"Dropout(seed): expected an int in [0, 2**64), got {seed!r}")
+        if layer_id is None:
+            layer_id = next(Dropout._ids)
+        if not isinstance(layer_id, (int, np.integer)) or not 0 <= layer_id < _U32:
+            raise ValueError(f"Dropout(layer_id): expected an int in [0, 2**32) or None, got {layer_id!r}")
+        self.p = float(p)
+        self.seed = int(seed)
+        self.layer_id = int(layer_id)
+
+    def extra_repr(self):
+        return f"p={self.p}, seed={self.seed}, layer_id={self.layer_id}"
+
+    def _key(self):
+        if not 0 <= self.step < _U32:
+            raise ValueError(f"Dropout: step must be in [0, 2**32) (it is a Philox counter word), got {self.step}")
+        return self.p, self.seed, self.step, self.layer_id
+
+    def forward(self, x):
+        if getattr(x, "dtype", None) not in (np.float32, np.float64):
+            raise TypeError(f"Dropout: expected a float32 or float64 array, got {getattr(x, 'dtype', type(x).__name__)}")
+        # the cache is the shape and the mask's key (a few ints), never the mask itself; keeping
+        # the key means a set_step between forward and backward cannot desynchronize the masks
+        key = self._key() if self.training and self.p > 0 else None
+        self.cache = (tuple(x.shape), key)
+        if key is None:
+            return x
+        x = np.ascontiguousarray(x)
+        y = np.empty_like(x)
+        kernel("dropout_fwd", like=x)(x, y, *key)
+        return y
+
+    def backward(self, dy):
+        if self.cache is None:
+            raise RuntimeError("Dropout.backward: call forward first")
+        shape, key = self.cache
+        if tuple(dy.shape) != shape:
+            raise ValueError(f"Dropout.backward: expected dy of shape {shape} (the forward output), got {tuple(dy.shape)}")
+        if key is None:
+            return dy
+        dy = np.ascontiguousarray(dy)
+        dx = np.empty_like(dy)
+        kernel("dropout_bwd", like=dy)(dy, dx, *key)
+        return dx
