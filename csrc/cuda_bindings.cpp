@@ -1,8 +1,11 @@
-// pybind11 module fasttrain._cuda: takes CuPy (or any __cuda_array_interface__) arrays.
+// pybind11 module fasttrain._cuda: takes CuPy (or any __cuda_array_interface__) arrays and the
+// integer handle of the stream to launch on (CuPy's current stream: cupy.cuda.get_current_stream().ptr).
+// Argument checks and calls only, no math here.
 #include <pybind11/pybind11.h>
 #include <cuda_runtime.h>
 
 #include <string>
+#include <vector>
 
 #include "fasttrain/check.h"
 #include "fasttrain/cuda.h"
@@ -14,29 +17,75 @@ namespace {
 struct DevArray {
   void* ptr;
   int64_t size;
+  std::vector<int64_t> shape;
 };
 
-// Reads __cuda_array_interface__ (v2/v3): float32 ('<f4'), C-contiguous (strides None).
-DevArray dev_array(const py::object& a, const char* name) {
+// Reads __cuda_array_interface__ (v2/v3): the expected dtype, C-contiguous (strides None).
+DevArray dev_array(const py::object& a, const char* name, const char* typestr = "<f4") {
   FT_CHECK(py::hasattr(a, "__cuda_array_interface__"),
            name << ": expected a GPU array with __cuda_array_interface__ (e.g. a CuPy array)");
   py::dict cai = a.attr("__cuda_array_interface__");
-  std::string typestr = py::str(cai["typestr"]);
-  FT_CHECK(typestr == "<f4", name << ": expected dtype float32 ('<f4'), got '" << typestr << "'");
-  FT_CHECK(!cai.contains("strides") || cai["strides"].is_none(),
-           name << ": expected a C-contiguous array");
-  int64_t size = 1;
-  for (auto d : py::tuple(cai["shape"])) size *= d.cast<int64_t>();
+  std::string got = py::str(cai["typestr"]);
+  FT_CHECK(got == typestr, name << ": expected dtype '" << typestr << "', got '" << got << "'");
+  FT_CHECK(!cai.contains("strides") || cai["strides"].is_none(), name << ": expected a C-contiguous array");
+  DevArray d{nullptr, 1, {}};
+  for (auto s : py::tuple(cai["shape"])) {
+    d.shape.push_back(s.cast<int64_t>());
+    d.size *= d.shape.back();
+  }
   py::tuple data = cai["data"];
-  return {reinterpret_cast<void*>(data[0].cast<uintptr_t>()), size};
+  d.ptr = reinterpret_cast<void*>(data[0].cast<uintptr_t>());
+  return d;
 }
 
+float* f32(const DevArray& d) { return static_cast<float*>(d.ptr); }
 cudaStream_t stream_of(uintptr_t handle) { return reinterpret_cast<cudaStream_t>(handle); }
+
+void same_size(const DevArray& a, const DevArray& b, const char* bn) {
+  FT_CHECK(a.size == b.size, bn << ": expected " << a.size << " elements, got " << b.size);
+}
+
+// (N, C, S) view of an NCHW or NC array, for batchnorm
+void ncs(const DevArray& x, int64_t& n, int64_t& c, int64_t& s) {
+  FT_CHECK(x.shape.size() >= 2, "x: expected (N, C, ...), got " << x.shape.size() << " dims");
+  n = x.shape[0];
+  c = x.shape[1];
+  s = c && n ? x.size / (n * c) : 0;
+}
+
+void bind_activation(py::module_& m, const char* op, bool has_alpha, bool bwd_uses_output) {
+  std::string fwd = std::string(op) + "_fwd", bwd = std::string(op) + "_bwd";
+  std::string opname = op;
+  if (has_alpha) {
+    m.def(fwd.c_str(), [opname](py::object x, py::object y, float alpha, uintptr_t st) {
+      auto dx = dev_array(x, "x"), dy = dev_array(y, "y");
+      same_size(dx, dy, "y");
+      ft::cuda::activation_fwd(opname.c_str(), f32(dx), f32(dy), dx.size, alpha, stream_of(st));
+    }, py::arg("x"), py::arg("y"), py::arg("alpha"), py::arg("stream") = 0);
+    m.def(bwd.c_str(), [opname](py::object x, py::object dy, py::object dx, float alpha, uintptr_t st) {
+      auto a = dev_array(x, "x"), g = dev_array(dy, "dy"), o = dev_array(dx, "dx");
+      same_size(a, g, "dy"); same_size(a, o, "dx");
+      ft::cuda::activation_bwd(opname.c_str(), f32(a), f32(g), f32(o), a.size, alpha, stream_of(st));
+    }, py::arg("x"), py::arg("dy"), py::arg("dx"), py::arg("alpha"), py::arg("stream") = 0);
+  } else {
+    m.def(fwd.c_str(), [opname](py::object x, py::object y, uintptr_t st) {
+      auto dx = dev_array(x, "x"), dy = dev_array(y, "y");
+      same_size(dx, dy, "y");
+      ft::cuda::activation_fwd(opname.c_str(), f32(dx), f32(dy), dx.size, 0.f, stream_of(st));
+    }, py::arg("x"), py::arg("y"), py::arg("stream") = 0);
+    const char* first = bwd_uses_output ? "y" : "x";
+    m.def(bwd.c_str(), [opname, first](py::object a_, py::object dy, py::object dx, uintptr_t st) {
+      auto a = dev_array(a_, first), g = dev_array(dy, "dy"), o = dev_array(dx, "dx");
+      same_size(a, g, "dy"); same_size(a, o, "dx");
+      ft::cuda::activation_bwd(opname.c_str(), f32(a), f32(g), f32(o), a.size, 0.f, stream_of(st));
+    }, py::arg(first), py::arg("dy"), py::arg("dx"), py::arg("stream") = 0);
+  }
+}
 
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
-  m.doc() = "fasttrain CUDA kernels";
+  m.doc() = "fasttrain CUDA kernels (arrays through __cuda_array_interface__, launches on the given stream)";
   m.def("device_count", [] {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) { cudaGetLastError(); return 0; }
@@ -48,10 +97,108 @@ PYBIND11_MODULE(_cuda, m) {
     d["architectures"] = FT_CUDA_ARCHS;
     return d;
   });
-  m.def("relu_fwd", [](py::object x, py::object y, uintptr_t stream) {
-    DevArray dx = dev_array(x, "x"), dy = dev_array(y, "y");
-    FT_CHECK(dx.size == dy.size, "y: expected " << dx.size << " elements, got " << dy.size);
-    ft::cuda::relu_fwd(static_cast<const float*>(dx.ptr), static_cast<float*>(dy.ptr), dx.size,
-                       stream_of(stream));
-  }, py::arg("x"), py::arg("y"), py::arg("stream") = 0);
+
+  bind_activation(m, "relu", false, false);
+  bind_activation(m, "leaky_relu", true, false);
+  bind_activation(m, "elu", true, false);
+  bind_activation(m, "sigmoid", false, true);
+  bind_activation(m, "tanh", false, true);
+
+  // ---- optimizers: one launch per call over a flat range ----
+  m.def("sgd_step", [](py::object p, py::object g, float lr, float l2, float l1, uintptr_t st) {
+    auto P = dev_array(p, "p"), G = dev_array(g, "g");
+    same_size(P, G, "g");
+    ft::cuda::sgd_step(f32(P), f32(G), P.size, lr, l2, l1, stream_of(st));
+  }, py::arg("p"), py::arg("g"), py::arg("lr"), py::arg("l2"), py::arg("l1"), py::arg("stream") = 0);
+  for (bool nesterov : {false, true}) {
+    m.def(nesterov ? "nesterov_step" : "momentum_step",
+          [nesterov](py::object p, py::object g, py::object v, float lr, float mu, float l2, float l1, uintptr_t st) {
+      auto P = dev_array(p, "p"), G = dev_array(g, "g"), V = dev_array(v, "v");
+      same_size(P, G, "g"); same_size(P, V, "v");
+      ft::cuda::momentum_step(f32(P), f32(G), f32(V), P.size, lr, mu, l2, l1, nesterov, stream_of(st));
+    }, py::arg("p"), py::arg("g"), py::arg("v"), py::arg("lr"), py::arg("mu"), py::arg("l2"), py::arg("l1"),
+       py::arg("stream") = 0);
+  }
+  m.def("adagrad_step", [](py::object p, py::object g, py::object h, float lr, float eps, float l2, float l1,
+                           uintptr_t st) {
+    auto P = dev_array(p, "p"), G = dev_array(g, "g"), H = dev_array(h, "h");
+    same_size(P, G, "g"); same_size(P, H, "h");
+    ft::cuda::adagrad_step(f32(P), f32(G), f32(H), P.size, lr, eps, l2, l1, stream_of(st));
+  }, py::arg("p"), py::arg("g"), py::arg("h"), py::arg("lr"), py::arg("eps"), py::arg("l2"), py::arg("l1"),
+     py::arg("stream") = 0);
+  m.def("rmsprop_step", [](py::object p, py::object g, py::object s, float lr, float rho, float eps, float l2,
+                           float l1, uintptr_t st) {
+    auto P = dev_array(p, "p"), G = dev_array(g, "g"), S = dev_array(s, "s");
+    same_size(P, G, "g"); same_size(P, S, "s");
+    ft::cuda::rmsprop_step(f32(P), f32(G), f32(S), nullptr, P.size, lr, rho, eps, l2, l1, stream_of(st));
+  }, py::arg("p"), py::arg("g"), py::arg("s"), py::arg("lr"), py::arg("rho"), py::arg("eps"), py::arg("l2"),
+     py::arg("l1"), py::arg("stream") = 0);
+  m.def("rmsprop_centered_step", [](py::object p, py::object g, py::object s, py::object mg, float lr, float rho,
+                                    float eps, float l2, float l1, uintptr_t st) {
+    auto P = dev_array(p, "p"), G = dev_array(g, "g"), S = dev_array(s, "s"), M = dev_array(mg, "mg");
+    same_size(P, G, "g"); same_size(P, S, "s"); same_size(P, M, "mg");
+    ft::cuda::rmsprop_step(f32(P), f32(G), f32(S), f32(M), P.size, lr, rho, eps, l2, l1, stream_of(st));
+  }, py::arg("p"), py::arg("g"), py::arg("s"), py::arg("mg"), py::arg("lr"), py::arg("rho"), py::arg("eps"),
+     py::arg("l2"), py::arg("l1"), py::arg("stream") = 0);
+  m.def("adam_step", [](py::object p, py::object g, py::object mm, py::object v, float lr, float b1, float b2,
+                        float eps, float bc1, float bc2, float l2, float l1, float decoupled_wd, uintptr_t st) {
+    auto P = dev_array(p, "p"), G = dev_array(g, "g"), M = dev_array(mm, "m"), V = dev_array(v, "v");
+    same_size(P, G, "g"); same_size(P, M, "m"); same_size(P, V, "v");
+    FT_CHECK(bc1 > 0.f && bc2 > 0.f, "bc1, bc2: expected bias corrections in (0, 1], got " << bc1 << ", " << bc2);
+    ft::cuda::adam_step(f32(P), f32(G), f32(M), f32(V), P.size, lr, b1, b2, eps, bc1, bc2, l2, l1, decoupled_wd,
+                        stream_of(st));
+  }, py::arg("p"), py::arg("g"), py::arg("m"), py::arg("v"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"),
+     py::arg("eps"), py::arg("bc1"), py::arg("bc2"), py::arg("l2"), py::arg("l1"), py::arg("decoupled_wd"),
+     py::arg("stream") = 0);
+
+  // ---- softmax cross-entropy: row_loss (N,) float32 workspace; returns nothing, caller sums it ----
+  m.def("softmax_xent_rows", [](py::object logits, py::object labels, py::object dlogits, py::object row_loss,
+                                uintptr_t st) {
+    auto L = dev_array(logits, "logits"), Y = dev_array(labels, "labels", "<i8"), D = dev_array(dlogits, "dlogits"),
+         R = dev_array(row_loss, "row_loss");
+    FT_CHECK(L.shape.size() == 2, "logits: expected (N, C), got " << L.shape.size() << " dims");
+    same_size(L, D, "dlogits");
+    FT_CHECK(Y.size == L.shape[0], "labels: expected " << L.shape[0] << " labels, got " << Y.size);
+    FT_CHECK(R.size == L.shape[0], "row_loss: expected " << L.shape[0] << " elements, got " << R.size);
+    ft::cuda::softmax_xent(f32(L), static_cast<const int64_t*>(Y.ptr), f32(D), f32(R), L.shape[0], L.shape[1],
+                           stream_of(st));
+  }, py::arg("logits"), py::arg("labels"), py::arg("dlogits"), py::arg("row_loss"), py::arg("stream") = 0);
+
+  // ---- batchnorm ----
+  m.def("batchnorm_fwd_train", [](py::object x, py::object gamma, py::object beta, float eps, py::object y,
+                                  py::object mean, py::object invstd, uintptr_t st) {
+    auto X = dev_array(x, "x"), Gm = dev_array(gamma, "gamma"), Bt = dev_array(beta, "beta"), Y = dev_array(y, "y"),
+         M = dev_array(mean, "mean"), I = dev_array(invstd, "invstd");
+    int64_t n, c, s;
+    ncs(X, n, c, s);
+    same_size(X, Y, "y");
+    FT_CHECK(Gm.size == c && Bt.size == c && M.size == c && I.size == c, "gamma/beta/mean/invstd: expected " << c << " elements");
+    ft::cuda::batchnorm_fwd_train(f32(X), f32(Gm), f32(Bt), eps, f32(Y), f32(M), f32(I), n, c, s, stream_of(st));
+  }, py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("eps"), py::arg("y"), py::arg("mean"),
+     py::arg("invstd"), py::arg("stream") = 0);
+  m.def("batchnorm_fwd_eval", [](py::object x, py::object gamma, py::object beta, py::object rmean, py::object rvar,
+                                 float eps, py::object y, uintptr_t st) {
+    auto X = dev_array(x, "x"), Gm = dev_array(gamma, "gamma"), Bt = dev_array(beta, "beta"),
+         RM = dev_array(rmean, "running_mean"), RV = dev_array(rvar, "running_var"), Y = dev_array(y, "y");
+    int64_t n, c, s;
+    ncs(X, n, c, s);
+    same_size(X, Y, "y");
+    FT_CHECK(Gm.size == c && Bt.size == c && RM.size == c && RV.size == c, "gamma/beta/running stats: expected " << c << " elements");
+    ft::cuda::batchnorm_fwd_eval(f32(X), f32(Gm), f32(Bt), f32(RM), f32(RV), eps, f32(Y), n, c, s, stream_of(st));
+  }, py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("running_mean"), py::arg("running_var"), py::arg("eps"),
+     py::arg("y"), py::arg("stream") = 0);
+  m.def("batchnorm_bwd", [](py::object x, py::object dy, py::object gamma, py::object mean, py::object invstd,
+                            py::object dx, py::object dgamma, py::object dbeta, uintptr_t st) {
+    auto X = dev_array(x, "x"), DY = dev_array(dy, "dy"), Gm = dev_array(gamma, "gamma"), M = dev_array(mean, "mean"),
+         I = dev_array(invstd, "invstd"), DX = dev_array(dx, "dx"), DG = dev_array(dgamma, "dgamma"),
+         DB = dev_array(dbeta, "dbeta");
+    int64_t n, c, s;
+    ncs(X, n, c, s);
+    same_size(X, DY, "dy"); same_size(X, DX, "dx");
+    FT_CHECK(Gm.size == c && M.size == c && I.size == c && DG.size == c && DB.size == c,
+             "gamma/mean/invstd/dgamma/dbeta: expected " << c << " elements");
+    ft::cuda::batchnorm_bwd(f32(X), f32(DY), f32(Gm), f32(M), f32(I), f32(DX), f32(DG), f32(DB), n, c, s,
+                            stream_of(st));
+  }, py::arg("x"), py::arg("dy"), py::arg("gamma"), py::arg("mean"), py::arg("invstd"), py::arg("dx"),
+     py::arg("dgamma"), py::arg("dbeta"), py::arg("stream") = 0);
 }

@@ -22,5 +22,32 @@ inline int grid_for(int64_t n) {
   int64_t blocks = (n + kBlock - 1) / kBlock;
   return static_cast<int>(blocks < 65535 * 8 ? blocks : 65535 * 8);
 }
-void relu_fwd(const float* x, float* y, int64_t n, cudaStream_t stream);
+
+// activations.cu; op: "relu" | "leaky_relu" | "elu" | "sigmoid" | "tanh"
+void activation_fwd(const char* op, const float* x, float* y, int64_t n, float alpha, cudaStream_t st);
+void activation_bwd(const char* op, const float* a, const float* dy, float* dx, int64_t n, float alpha,
+                    cudaStream_t st);
+
+// optim.cu
+void sgd_step(float* p, const float* g, int64_t n, float lr, float l2, float l1, cudaStream_t st);
+void momentum_step(float* p, const float* g, float* v, int64_t n, float lr, float mu, float l2, float l1,
+                   bool nesterov, cudaStream_t st);
+void adagrad_step(float* p, const float* g, float* h, int64_t n, float lr, float eps, float l2, float l1,
+                  cudaStream_t st);
+void rmsprop_step(float* p, const float* g, float* s, float* mg, int64_t n, float lr, float rho, float eps, float l2,
+                  float l1, cudaStream_t st);
+void adam_step(float* p, const float* g, float* m, float* v, int64_t n, float lr, float b1, float b2, float eps,
+               float bc1, float bc2, float l2, float l1, float decoupled_wd, cudaStream_t st);
+
+// losses.cu: row_loss is an (N,) workspace the caller sums
+void softmax_xent(const float* logits, const int64_t* labels, float* dlogits, float* row_loss, int64_t n, int64_t c,
+                  cudaStream_t st);
+
+// batchnorm.cu: x viewed as (N, C, S)
+void batchnorm_fwd_train(const float* x, const float* gamma, const float* beta, float eps, float* y, float* mean,
+                         float* invstd, int64_t n, int64_t c, int64_t s, cudaStream_t st);
+void batchnorm_fwd_eval(const float* x, const float* gamma, const float* beta, const float* rmean, const float* rvar,
+                        float eps, float* y, int64_t n, int64_t c, int64_t s, cudaStream_t st);
+void batchnorm_bwd(const float* x, const float* dy, const float* gamma, const float* mean, const float* invstd,
+                   float* dx, float* dgamma, float* dbeta, int64_t n, int64_t c, int64_t s, cudaStream_t st);
 }  // namespace ft::cuda

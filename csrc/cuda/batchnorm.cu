@@ -1,0 +1,137 @@
+// Batch normalization on the GPU, x viewed as (N, C, S): one block per channel reduces the
+// statistics in one pass (sum and sum of squares), normalize + affine is a second pass; backward
+// is a per-channel reduction then an element-wise pass (docs/KERNELS.md).
+#include "fasttrain/cuda.h"
+
+namespace ft::cuda {
+
+
+__device__ __forceinline__ double block_sum_d(double v, double* smem) {
+  smem[threadIdx.x] = v;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) smem[threadIdx.x] += smem[threadIdx.x + s];
+    __syncthreads();
+  }
+  double r = smem[0];
+  __syncthreads();
+  return r;
+}
+
+constexpr int kBnBlock = 256;
+
+__global__ void bn_stats_kernel(const float* __restrict__ x, int64_t n, int64_t c, int64_t s, float eps,
+                                float* __restrict__ mean, float* __restrict__ invstd) {
+  __shared__ double smem[kBnBlock];
+  int64_t ch = blockIdx.x, m = n * s;
+  double acc = 0, acc2 = 0;
+  for (int64_t k = threadIdx.x; k < m; k += blockDim.x) {
+    float v = x[(k / s) * c * s + ch * s + k % s];
+    acc += v;
+    acc2 += (double)v * v;
+  }
+  acc = block_sum_d(acc, smem);
+  acc2 = block_sum_d(acc2, smem);
+  if (threadIdx.x == 0) {
+    double mu = acc / m, var = fmax(acc2 / m - mu * mu, 0.0);
+    mean[ch] = (float)mu;
+    invstd[ch] = (float)(1.0 / sqrt(var + eps));
+  }
+}
+
+__global__ void bn_affine_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t total, int64_t c,
+                                 int64_t s, const float* __restrict__ scale, const float* __restrict__ shift) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    int64_t ch = (i / s) % c;
+    y[i] = x[i] * scale[ch] + shift[ch];
+  }
+}
+
+__global__ void bn_scale_shift_kernel(const float* gamma, const float* beta, const float* mean, const float* invstd,
+                                      int64_t c, float* scale, float* shift) {
+  int64_t ch = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (ch < c) {
+    scale[ch] = gamma[ch] * invstd[ch];
+    shift[ch] = beta[ch] - mean[ch] * scale[ch];
+  }
+}
+
+__global__ void bn_eval_invstd_kernel(const float* rvar, float eps, int64_t c, float* invstd) {
+  int64_t ch = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (ch < c) invstd[ch] = rsqrtf(rvar[ch] + eps);
+}
+
+__global__ void bn_bwd_reduce_kernel(const float* __restrict__ x, const float* __restrict__ dy, int64_t n, int64_t c,
+                                     int64_t s, const float* __restrict__ mean, const float* __restrict__ invstd,
+                                     float* __restrict__ sdy_out, float* __restrict__ sdyx_out,
+                                     float* __restrict__ dgamma, float* __restrict__ dbeta) {
+  __shared__ double smem[kBnBlock];
+  int64_t ch = blockIdx.x, m = n * s;
+  float mu = mean[ch], inv = invstd[ch];
+  double sdy = 0, sdyx = 0;
+  for (int64_t k = threadIdx.x; k < m; k += blockDim.x) {
+    int64_t idx = (k / s) * c * s + ch * s + k % s;
+    float d = dy[idx];
+    sdy += d;
+    sdyx += (double)d * (x[idx] - mu) * inv;
+  }
+  sdy = block_sum_d(sdy, smem);
+  sdyx = block_sum_d(sdyx, smem);
+  if (threadIdx.x == 0) {
+    sdy_out[ch] = (float)sdy;
+    sdyx_out[ch] = (float)sdyx;
+    dgamma[ch] += (float)sdyx;
+    dbeta[ch] += (float)sdy;
+  }
+}
+
+__global__ void bn_bwd_dx_kernel(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dx,
+                                 int64_t total, int64_t c, int64_t s, float m, const float* __restrict__ gamma,
+                                 const float* __restrict__ mean, const float* __restrict__ invstd,
+                                 const float* __restrict__ sdy, const float* __restrict__ sdyx) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    int64_t ch = (i / s) % c;
+    float inv = invstd[ch], xhat = (x[i] - mean[ch]) * inv;
+    dx[i] = gamma[ch] * inv / m * (m * dy[i] - sdy[ch] - xhat * sdyx[ch]);
+  }
+}
+
+// workspace: 2*C floats owned by the caller's stream-ordered allocation (we use cudaMallocAsync)
+void batchnorm_fwd_train(const float* x, const float* gamma, const float* beta, float eps, float* y, float* mean,
+                         float* invstd, int64_t n, int64_t c, int64_t s, cudaStream_t st) {
+  if (n * c * s == 0) return;
+  bn_stats_kernel<<<(unsigned)c, kBnBlock, 0, st>>>(x, n, c, s, eps, mean, invstd);
+  float* ws = nullptr;
+  CUDA_CHECK(cudaMallocAsync(&ws, 2 * c * sizeof(float), st));
+  bn_scale_shift_kernel<<<(unsigned)((c + 255) / 256), 256, 0, st>>>(gamma, beta, mean, invstd, c, ws, ws + c);
+  bn_affine_kernel<<<grid_for(n * c * s), kBlock, 0, st>>>(x, y, n * c * s, c, s, ws, ws + c);
+  CUDA_CHECK(cudaFreeAsync(ws, st));
+  CUDA_CHECK(cudaGetLastError());
+}
+
+void batchnorm_fwd_eval(const float* x, const float* gamma, const float* beta, const float* rmean, const float* rvar,
+                        float eps, float* y, int64_t n, int64_t c, int64_t s, cudaStream_t st) {
+  if (n * c * s == 0) return;
+  float* ws = nullptr;
+  CUDA_CHECK(cudaMallocAsync(&ws, 3 * c * sizeof(float), st));
+  unsigned cb = (unsigned)((c + 255) / 256);
+  bn_eval_invstd_kernel<<<cb, 256, 0, st>>>(rvar, eps, c, ws + 2 * c);
+  bn_scale_shift_kernel<<<cb, 256, 0, st>>>(gamma, beta, rmean, ws + 2 * c, c, ws, ws + c);
+  bn_affine_kernel<<<grid_for(n * c * s), kBlock, 0, st>>>(x, y, n * c * s, c, s, ws, ws + c);
+  CUDA_CHECK(cudaFreeAsync(ws, st));
+  CUDA_CHECK(cudaGetLastError());
+}
+
+void batchnorm_bwd(const float* x, const float* dy, const float* gamma, const float* mean, const float* invstd,
+                   float* dx, float* dgamma, float* dbeta, int64_t n, int64_t c, int64_t s, cudaStream_t st) {
+  if (n * c * s == 0) return;
+  float* ws = nullptr;
+  CUDA_CHECK(cudaMallocAsync(&ws, 2 * c * sizeof(float), st));
+  bn_bwd_reduce_kernel<<<(unsigned)c, kBnBlock, 0, st>>>(x, dy, n, c, s, mean, invstd, ws, ws + c, dgamma, dbeta);
+  bn_bwd_dx_kernel<<<grid_for(n * c * s), kBlock, 0, st>>>(x, dy, dx, n * c * s, c, s, (float)(n * s), gamma, mean,
+                                                           invstd, ws, ws + c);
+  CUDA_CHECK(cudaFreeAsync(ws, st));
+  CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace ft::cuda

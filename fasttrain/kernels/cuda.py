@@ -1,0 +1,34 @@
+"""The CUDA backend as seen by the registry: fasttrain._cuda's kernels with CuPy's current stream
+passed explicitly, under the op names and signatures of docs/KERNELS.md. Imported only when the
+cuda backend is asked for (it imports cupy)."""
+from __future__ import annotations
+
+import cupy
+
+from .. import _cuda
+
+
+def _stream() -> int:
+    return cupy.cuda.get_current_stream().ptr
+
+
+def _with_stream(fn):
+    def call(*args):
+        return fn(*args, _stream())
+
+    call.__name__ = fn.__name__
+    return call
+
+
+_STREAMED = ["relu_fwd", "relu_bwd", "leaky_relu_fwd", "leaky_relu_bwd", "elu_fwd", "elu_bwd", "sigmoid_fwd",
+             "sigmoid_bwd", "tanh_fwd", "tanh_bwd", "sgd_step", "momentum_step", "nesterov_step", "adagrad_step",
+             "rmsprop_step", "rmsprop_centered_step", "adam_step", "batchnorm_fwd_train", "batchnorm_fwd_eval",
+             "batchnorm_bwd"]
+globals().update({name: _with_stream(getattr(_cuda, name)) for name in _STREAMED})
+
+
+def softmax_xent(logits, labels, dlogits):
+    """Mean loss as a Python float (one device-to-host copy of a scalar per call)."""
+    row_loss = cupy.empty(logits.shape[0], cupy.float32)
+    _cuda.softmax_xent_rows(logits, labels, dlogits, row_loss, _stream())
+    return float(row_loss.mean()) if row_loss.size else 0.0
