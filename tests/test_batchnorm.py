@@ -1,0 +1,296 @@
+"""Batch normalization: reference kernels vs a naive per-element loop (float64), every backend vs
+the reference (float32), gradient checks of the layers, running statistics, bad inputs."""
+import math
+
+import numpy as np
+import pytest
+
+from fasttrain import ParamArena, backend
+from fasttrain.check import gradcheck
+from fasttrain.kernels import batchnorm as ref
+from fasttrain.nn.norm import BatchNorm1d, BatchNorm2d
+
+# (N, C, ...) shapes: batch 1 with S > 1, C = 1/3/7, H != W, odd sizes, S = 1 (1d), N*S = 2
+SHAPES = [(1, 3, 2, 5), (4, 1, 3, 3), (3, 7, 5, 4), (2, 3, 1, 1), (6, 7), (2, 3), (5, 2, 3), (2, 1, 1, 1)]
+TOL32 = dict(rtol=2e-5, atol=2e-5)
+
+
+def _data(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    c = shape[1]
+    x = rng.standard_normal(shape) * 2.0 + 3.0      # offset mean: cancellation-prone
+    dy = rng.standard_normal(shape)
+    gamma = rng.uniform(0.5, 1.5, c)
+    beta = rng.standard_normal(c)
+    return x, dy, gamma, beta
+
+
+# -- naive loops: one element at a time, textbook formulas (Ioffe & Szegedy, Algorithm 1) -------
+def _elements(shape, ch):
+    """Every index of channel ch in an (N, C, ...) array."""
+    for idx in np.ndindex(*shape):
+        if idx[1] == ch:
+            yield idx
+
+
+def naive_fwd_train(x, gamma, beta, eps):
+    y = np.empty_like(x)
+    c = x.shape[1]
+    mean, invstd = np.empty(c), np.empty(c)
+    for ch in range(c):
+        vals = [x[i] for i in _elements(x.shape, ch)]
+        mu = sum(vals) / len(vals)
+        var = sum((v - mu) ** 2 for v in vals) / len(vals)
+        mean[ch], invstd[ch] = mu, 1.0 / math.sqrt(var + eps)
+        for i in _elements(x.shape, ch):
+            y[i] = gamma[ch] * (x[i] - mu) * invstd[ch] + beta[ch]
+    return y, mean, invstd
+
+
+def naive_bwd(x, dy, gamma, eps):
+    """The long-form chain rule through mu and sigma^2 (not the compact formula under test)."""
+    dx = np.empty_like(x)
+    c = x.shape[1]
+    dgamma, dbeta = np.zeros(c), np.zeros(c)
+    for ch in range(c):
+        idx = list(_elements(x.shape, ch))
+        m = len(idx)
+        mu = sum(x[i] for i in idx) / m
+        var = sum((x[i] - mu) ** 2 for i in idx) / m
+        inv = 1.0 / math.sqrt(var + eps)
+        dxhat = {i: dy[i] * gamma[ch] for i in idx}
+        dvar = sum(dxhat[i] * (x[i] - mu) * -0.5 * inv ** 3 for i in idx)
+        dmu = sum(-dxhat[i] * inv for i in idx) + dvar * sum(-2.0 * (x[i] - mu) for i in idx) / m
+        for i in idx:
+            dx[i] = dxhat[i] * inv + dvar * 2.0 * (x[i] - mu) / m + dmu / m
+            dgamma[ch] += dy[i] * (x[i] - mu) * inv
+            dbeta[ch] += dy[i]
+    return dx, dgamma, dbeta
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_reference_train_forward_and_backward_match_naive_loops(shape):
+    x, dy, gamma, beta = _data(shape)
+    eps = 1e-5
+    c = shape[1]
+    y, mean, invstd = np.empty_like(x), np.empty(c), np.empty(c)
+    ref.batchnorm_fwd_train_ref(x, gamma, beta, eps, y, mean, invstd)
+    ey, emean, einvstd = naive_fwd_train(x, gamma, beta, eps)
+    np.testing.assert_allclose(mean, emean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(invstd, einvstd, rtol=1e-12)
+    np.testing.assert_allclose(y, ey, rtol=1e-11, atol=1e-11)
+
+    dx = np.full_like(x, np.nan)                   # overwritten
+    dgamma, dbeta = np.full(c, 0.25), np.full(c, -0.5)   # accumulated into
+    ref.batchnorm_bwd_ref(x, dy, gamma, mean, invstd, dx, dgamma, dbeta)
+    edx, edgamma, edbeta = naive_bwd(x, dy, gamma, eps)
+    np.testing.assert_allclose(dx, edx, rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(dgamma, edgamma + 0.25, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(dbeta, edbeta - 0.5, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("shape", SHAPES[:4])
+def test_reference_eval_forward_matches_naive_loop(shape):
+    x, _, gamma, beta = _data(shape)
+    c = shape[1]
+    rng = np.random.default_rng(1)
+    rm, rv = rng.standard_normal(c), rng.uniform(0.1, 4.0, c)
+    y = np.empty_like(x)
+    ref.batchnorm_fwd_eval_ref(x, gamma, beta, rm, rv, 1e-3, y)
+    e = np.empty_like(x)
+    for i in np.ndindex(*shape):
+        ch = i[1]
+        e[i] = gamma[ch] * (x[i] - rm[ch]) / math.sqrt(rv[ch] + 1e-3) + beta[ch]
+    np.testing.assert_allclose(y, e, rtol=1e-12, atol=1e-12)
+
+
+def test_reference_runs_in_float32():
+    x, dy, gamma, beta = (a.astype(np.float32) for a in _data((3, 7, 5, 4)))
+    y, mean, invstd = np.empty_like(x), np.empty(7, np.float32), np.empty(7, np.float32)
+    ref.batchnorm_fwd_train_ref(x, gamma, beta, 1e-5, y, mean, invstd)
+    dx, dg, db = np.empty_like(x), np.zeros(7, np.float32), np.zeros(7, np.float32)
+    ref.batchnorm_bwd_ref(x, dy, gamma, mean, invstd, dx, dg, db)
+    assert y.dtype == dx.dtype == mean.dtype == np.float32
+    ey, _, _ = naive_fwd_train(x.astype(np.float64), gamma.astype(np.float64), beta.astype(np.float64), 1e-5)
+    np.testing.assert_allclose(y, ey, **TOL32)
+
+
+# -- every available backend vs the reference (float32) -------------------------------------------
+def _cases(op):
+    return [pytest.param(b, id=b) for b in backend.available_backends_for(op)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("name", _cases("batchnorm_fwd_train"))
+def test_backend_fwd_train_matches_reference(name, shape):
+    x64, _, g64, b64 = _data(shape, seed=2)
+    c = shape[1]
+    ey, em, ei = np.empty_like(x64), np.empty(c), np.empty(c)
+    ref.batchnorm_fwd_train_ref(x64, g64, b64, 1e-5, ey, em, ei)
+    x, g, b = (a.astype(np.float32) for a in (x64, g64, b64))
+    y, m, i = np.full_like(x, np.nan), np.full(c, np.nan, np.float32), np.full(c, np.nan, np.float32)
+    backend.kernel("batchnorm_fwd_train", backend=name)(x, g, b, 1e-5, y, m, i)
+    np.testing.assert_allclose(m, em, **TOL32)
+    np.testing.assert_allclose(i, ei, rtol=1e-4)
+    np.testing.assert_allclose(y, ey, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("name", _cases("batchnorm_fwd_eval"))
+def test_backend_fwd_eval_matches_reference(name, shape):
+    x64, _, g64, b64 = _data(shape, seed=3)
+    c = shape[1]
+    rng = np.random.default_rng(4)
+    rm, rv = rng.standard_normal(c), rng.uniform(0.1, 4.0, c)
+    ey = np.empty_like(x64)
+    ref.batchnorm_fwd_eval_ref(x64, g64, b64, rm, rv, 1e-5, ey)
+    f = [a.astype(np.float32) for a in (x64, g64, b64, rm, rv)]
+    y = np.full_like(f[0], np.nan)
+    backend.kernel("batchnorm_fwd_eval", backend=name)(*f[:5], 1e-5, y)
+    np.testing.assert_allclose(y, ey, **TOL32)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("name", _cases("batchnorm_bwd"))
+def test_backend_bwd_matches_reference(name, shape):
+    x64, dy64, g64, b64 = _data(shape, seed=5)
+    c = shape[1]
+    m64, i64 = np.empty(c), np.empty(c)
+    ref.batchnorm_fwd_train_ref(x64, g64, b64, 1e-5, np.empty_like(x64), m64, i64)
+    edx, edg, edb = np.empty_like(x64), np.full(c, 1.0), np.full(c, 2.0)
+    ref.batchnorm_bwd_ref(x64, dy64, g64, m64, i64, edx, edg, edb)
+    x, dy, g, m, i = (a.astype(np.float32) for a in (x64, dy64, g64, m64, i64))
+    dx, dg, db = np.full_like(x, np.nan), np.full(c, 1.0, np.float32), np.full(c, 2.0, np.float32)
+    backend.kernel("batchnorm_bwd", backend=name)(x, dy, g, m, i, dx, dg, db)
+    # dx is a difference of terms of size gamma*invstd*|dy|; float32 rounding is relative to those
+    # (for M = 2 the exact dx is ~eps-small, pure cancellation)
+    scale = np.abs(g64 * i64).max() * np.abs(dy64).max()
+    np.testing.assert_allclose(dx, edx, rtol=1e-4, atol=1e-5 * scale)
+    np.testing.assert_allclose(dg, edg, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(db, edb, rtol=1e-4, atol=1e-4)
+
+
+# -- layers -----------------------------------------------------------------------------------------
+def _bound(layer, seed=0):
+    """Bind to a float64 arena and give gamma/beta non-trivial values."""
+    ParamArena.for_model(layer, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    layer.weight.data[...] = rng.uniform(0.5, 1.5, layer.num_features)
+    layer.bias.data[...] = rng.standard_normal(layer.num_features)
+    return layer
+
+
+@pytest.mark.parametrize("cls,shape", [(BatchNorm2d, (2, 3, 5, 4)), (BatchNorm2d, (1, 1, 3, 2)),
+                                       (BatchNorm2d, (3, 7, 1, 1)), (BatchNorm1d, (5, 7)),
+                                       (BatchNorm1d, (3, 5)), (BatchNorm1d, (3, 2, 4))])
+# (M = N*S = 2 is left to the kernel tests: there the exact dx is eps-small and the check is noise)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_gradcheck(cls, shape, training):
+    layer = _bound(cls(shape[1]))
+    rng = np.random.default_rng(7)
+    layer.buffers["running_mean"][...] = rng.standard_normal(shape[1])
+    layer.buffers["running_var"][...] = rng.uniform(0.2, 3.0, shape[1])
+    layer.train(training)
+    x = rng.standard_normal(shape) * 1.5 + 0.5
+    for result in gradcheck(layer, x, tol=1e-6):
+        assert result.passed, str(result)
+
+
+def test_train_gradcheck_catches_a_wrong_backward():
+    """gradcheck in train mode must fail if backward ignores the batch statistics (eval formula)."""
+    layer = _bound(BatchNorm2d(3))
+    x = np.random.default_rng(0).standard_normal((2, 3, 3, 3))
+    layer.train()
+    layer.forward(x)
+    cache = layer.cache
+    layer.cache = (cache[0], cache[1], cache[2], False)     # pretend it was an eval forward
+    dy = np.ones_like(x)
+    wrong = layer.backward(dy)
+    layer.cache = cache
+    layer.weight.grad[...] = 0
+    right = layer.backward(dy)
+    # with dy constant, the true dx is 0 (a shift of x changes nothing after normalization)
+    np.testing.assert_allclose(right, 0, atol=1e-12)
+    assert np.abs(wrong).max() > 0.1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_running_statistics_over_two_steps(dtype):
+    c, momentum = 3, 0.25
+    layer = BatchNorm2d(c, momentum=momentum)
+    ParamArena.for_model(layer, dtype=dtype)
+    rng = np.random.default_rng(11)
+    batches = [(rng.standard_normal((4, c, 3, 2)) * [[[[1.0]], [[2.0]], [[0.5]]]] + [[[[1.0]], [[-2.0]], [[5.0]]]])
+               for _ in range(2)]
+    rm, rv = np.zeros(c), np.ones(c)
+    for xb in batches:
+        layer.forward(xb.astype(dtype))
+        per_channel = xb.transpose(1, 0, 2, 3).reshape(c, -1)      # (C, N*H*W)
+        rm = (1 - momentum) * rm + momentum * per_channel.mean(axis=1)
+        rv = (1 - momentum) * rv + momentum * per_channel.var(axis=1, ddof=1)   # unbiased
+    assert layer.buffers["running_mean"].dtype == np.float32
+    assert layer.buffers["running_var"].dtype == np.float32
+    np.testing.assert_allclose(layer.buffers["running_mean"], rm, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(layer.buffers["running_var"], rv, rtol=2e-5)
+
+    # eval normalizes with the running statistics, not the batch's
+    layer.eval()
+    x = rng.standard_normal((2, c, 2, 2))
+    y = layer.forward(x.astype(dtype))
+    expect = (x - rm.reshape(1, c, 1, 1)) / np.sqrt(rv.reshape(1, c, 1, 1) + 1e-5)   # gamma 1, beta 0
+    np.testing.assert_allclose(y, expect, rtol=1e-5, atol=1e-5)
+    # and does not touch them
+    np.testing.assert_allclose(layer.buffers["running_mean"], rm, rtol=2e-6, atol=1e-6)
+
+
+def test_buffers_and_params_layout():
+    layer = BatchNorm1d(5)
+    assert set(layer.buffers) == {"running_mean", "running_var"}
+    np.testing.assert_array_equal(layer.running_mean, 0)
+    np.testing.assert_array_equal(layer.running_var, 1)
+    arena = ParamArena.for_model(layer)
+    assert [p.decay for p in layer.parameters()] == [False, False]
+    assert {p.name for p in layer.parameters()} == {"weight", "bias"}
+    np.testing.assert_array_equal(layer.weight.data, 1)
+    np.testing.assert_array_equal(layer.bias.data, 0)
+    assert [g.name for g in arena.groups] == ["no_decay"]
+
+
+def test_single_value_per_channel_raises_in_training_only():
+    layer = BatchNorm1d(4)
+    ParamArena.for_model(layer)
+    x = np.ones((1, 4), np.float32)
+    with pytest.raises(ValueError, match=r"BatchNorm1d\(num_features=4\).*N\*S = 1"):
+        layer.forward(x)
+    layer2 = BatchNorm2d(2)
+    ParamArena.for_model(layer2)
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        layer2.forward(np.ones((1, 2, 1, 1), np.float32))
+    layer.eval()
+    assert layer.forward(x).shape == (1, 4)
+
+
+def test_bad_inputs_raise():
+    layer = BatchNorm2d(3)
+    with pytest.raises(RuntimeError, match="not bound"):
+        layer.forward(np.ones((2, 3, 2, 2), np.float32))
+    ParamArena.for_model(layer)
+    with pytest.raises(ValueError, match=r"expected input \(N, 3, H, W\), got \(2, 4, 2, 2\)"):
+        layer.forward(np.ones((2, 4, 2, 2), np.float32))
+    with pytest.raises(ValueError, match="expected input"):
+        layer.forward(np.ones((2, 3), np.float32))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        layer.forward(np.ones((2, 3, 2, 2), np.int32))
+    with pytest.raises(TypeError, match="bind the arena with dtype=float64"):
+        layer.forward(np.ones((2, 3, 2, 2), np.float64))
+    bn1 = BatchNorm1d(3)
+    ParamArena.for_model(bn1)
+    with pytest.raises(ValueError, match=r"expected input \(N, 3\) or \(N, 3, L\)"):
+        bn1.forward(np.ones((2, 3, 2, 2), np.float32))
+    layer.forward(np.ones((2, 3, 2, 2), np.float32))
+    with pytest.raises(ValueError, match="expected dy"):
+        layer.backward(np.ones((2, 3, 2, 1), np.float32))
+    for kwargs, match in [(dict(num_features=0), "num_features"), (dict(num_features=2, eps=0.0), "eps"),
+                          (dict(num_features=2, momentum=1.5), "momentum")]:
+        with pytest.raises(ValueError, match=match):
+            BatchNorm2d(**kwargs)
