@@ -1,0 +1,43 @@
+"""The bench suite runs end to end on tiny sizes, so it cannot rot; timings are not asserted."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRED = {"suite", "name", "backend", "shape", "threads", "median_s", "min_s", "max_s"}
+
+
+@pytest.mark.timeout(300)
+def test_bench_quick_writes_records_chart_and_report(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    png = tmp_path / "bench.png"
+    md = tmp_path / "RESULTS.md"
+    proc = subprocess.run([sys.executable, "-m", "bench", "kernels", "--quick", "--json", str(out), "--png", str(png),
+                           "--results", str(md)], cwd=ROOT, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    names = {(r["suite"], r["name"]) for r in records}
+    assert ("limits", "stream_add") in names and ("limits", "sgemm") in names
+    for r in records:
+        assert REQUIRED <= set(r), r
+        assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"]
+    kernels = [r for r in records if r["suite"] == "kernels"]
+    # every kernel entry ran at least the reference and reports its share of the machine limit
+    assert {r["name"] for r in kernels} >= {"adam", "rmsprop", "dropout_fwd_bwd", "batchnorm_fwd_bwd",
+                                            "softmax_xent", "conv2d_fwd_bwd"}
+    assert all("pct_of_limit" in r for r in kernels)
+    assert png.stat().st_size > 1000 and "Ratios" in md.read_text()
+
+
+@pytest.mark.timeout(300)
+def test_bench_train_quick_reports_images_per_second(tmp_path):
+    out = tmp_path / "train.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "bench", "train", "--quick", "--json", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = [json.loads(line) for line in out.read_text().splitlines() if '"train"' in line]
+    assert {r["name"] for r in records} == {"convnet_classic_step", "resnet8_step"}
+    assert all(r["extra"]["images_per_s"] > 0 for r in records)
