@@ -14,4 +14,43 @@ int num_threads();
 void relu_fwd(const float* x, float* y, int64_t n);
 void relu_bwd(const float* x, const float* dy, float* dx, int64_t n);
 
+// conv2d.cpp (x N,C,H,W; w K,C,R,S; y N,K,P,Q with P = (H + 2ph - R)/sh + 1)
+void conv2d_fwd(const float* x, const float* w, const float* b, float* y, int64_t N, int64_t C,
+                int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh, int64_t sw,
+                int64_t ph, int64_t pw, bool relu);
+void conv2d_bwd_data(const float* dy, const float* w, float* dx, int64_t N, int64_t C, int64_t H,
+                     int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph,
+                     int64_t pw);
+void conv2d_bwd_weight(const float* x, const float* dy, float* dw, float* db, int64_t N, int64_t C,
+                       int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
+                       int64_t sw, int64_t ph, int64_t pw);
+
+// linear.cpp (x N,I; w O,I; y N,O)
+void linear_fwd(const float* x, const float* w, const float* b, float* y, int64_t N, int64_t I,
+                int64_t O);
+void linear_bwd(const float* x, const float* w, const float* dy, float* dx, float* dw, float* db,
+                int64_t N, int64_t I, int64_t O);
+
+// batchnorm.cpp (x viewed as N,C,S)
+void batchnorm_fwd_train(const float* x, const float* gamma, const float* beta, float eps, float* y,
+                         float* mean, float* invstd, int64_t N, int64_t C, int64_t S);
+void batchnorm_fwd_eval(const float* x, const float* gamma, const float* beta,
+                        const float* running_mean, const float* running_var, float eps, float* y,
+                        int64_t N, int64_t C, int64_t S);
+void batchnorm_bwd(const float* x, const float* dy, const float* gamma, const float* mean,
+                   const float* invstd, float* dx, float* dgamma, float* dbeta, int64_t N,
+                   int64_t C, int64_t S);
+
+// pooling.cpp (NC planes of H,W -> P,Q)
+void maxpool2d_fwd(const float* x, float* y, int64_t* argmax, int64_t NC, int64_t H, int64_t W,
+                   int64_t P, int64_t Q, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                   int64_t ph, int64_t pw);
+void maxpool2d_bwd(const float* dy, const int64_t* argmax, float* dx, int64_t NC, int64_t HW,
+                   int64_t PQ);
+void avgpool2d_fwd(const float* x, float* y, int64_t NC, int64_t H, int64_t W, int64_t P, int64_t Q,
+                   int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw);
+void avgpool2d_bwd(const float* dy, float* dx, int64_t NC, int64_t H, int64_t W, int64_t P,
+                   int64_t Q, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                   int64_t pw);
+
 }  // namespace ft::cpu

@@ -1,0 +1,228 @@
+// conv2d as im2col + GEMM (Chellapilla et al. 2006, "High performance convolutional neural
+// networks for document processing"): per image, unfold x into col (C*R*S x P*Q), then
+//   forward      y[n]  (K x PQ)   = W (K x CRS) * col,  bias (+ ReLU) fused in the epilogue
+//   bwd_data     dcol  (CRS x PQ) = W^T * dy[n],  dx[n] = col2im(dcol)
+//   bwd_weight   dw    (K x CRS) += dy[n] * col^T,  db += sum over P*Q of dy[n]
+// 1x1, stride-1, unpadded convolutions use x[n] itself as col (no unfolding).
+//
+// Threads: with at least as many images as threads, each thread takes whole images and runs
+// single-threaded GEMMs (no synchronisation inside an image, the unfold stays in its cache);
+// with fewer images, images go one after another and OpenBLAS splits each GEMM.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include <omp.h>
+
+#include "blas.h"
+#include "fasttrain/cpu.h"
+
+namespace ft::cpu {
+namespace {
+
+struct Geom {
+  int64_t N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw;
+  int64_t crs() const { return C * R * S; }
+  int64_t pq() const { return P * Q; }
+  bool direct() const { return R == 1 && S == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
+};
+
+// Output columns q whose input column q*sw - pw + s lies inside [0, W): q in [lo, hi).
+inline void valid_q(const Geom& g, int64_t s, int64_t& lo, int64_t& hi) {
+  int64_t off = s - g.pw;  // input column = q*sw + off
+  lo = off >= 0 ? 0 : (-off + g.sw - 1) / g.sw;
+  hi = off >= g.W ? 0 : std::min<int64_t>(g.Q, (g.W - 1 - off) / g.sw + 1);
+  if (hi < lo) hi = lo;
+}
+
+// col (CRS x PQ) from one image x (C x H x W); out-of-image taps are zero.
+void im2col(const Geom& g, const float* x, float* col) {
+  for (int64_t c = 0; c < g.C; ++c)
+    for (int64_t r = 0; r < g.R; ++r)
+      for (int64_t s = 0; s < g.S; ++s) {
+        float* row = col + ((c * g.R + r) * g.S + s) * g.pq();
+        int64_t lo, hi;
+        valid_q(g, s, lo, hi);
+        for (int64_t p = 0; p < g.P; ++p) {
+          float* out = row + p * g.Q;
+          int64_t h = p * g.sh - g.ph + r;
+          if (h < 0 || h >= g.H) {
+            std::memset(out, 0, sizeof(float) * g.Q);
+            continue;
+          }
+          const float* in = x + (c * g.H + h) * g.W + (s - g.pw);
+          for (int64_t q = 0; q < lo; ++q) out[q] = 0.f;
+          if (g.sw == 1) {
+            std::memcpy(out + lo, in + lo, sizeof(float) * (hi - lo));
+          } else {
+            for (int64_t q = lo; q < hi; ++q) out[q] = in[q * g.sw];
+          }
+          for (int64_t q = hi; q < g.Q; ++q) out[q] = 0.f;
+        }
+      }
+}
+
+// dx (C x H x W) = sum of the taps of dcol (CRS x PQ): the adjoint of im2col.
+void col2im(const Geom& g, const float* dcol, float* dx) {
+  std::memset(dx, 0, sizeof(float) * g.C * g.H * g.W);
+  for (int64_t c = 0; c < g.C; ++c)
+    for (int64_t r = 0; r < g.R; ++r)
+      for (int64_t s = 0; s < g.S; ++s) {
+        const float* row = dcol + ((c * g.R + r) * g.S + s) * g.pq();
+        int64_t lo, hi;
+        valid_q(g, s, lo, hi);
+        for (int64_t p = 0; p < g.P; ++p) {
+          int64_t h = p * g.sh - g.ph + r;
+          if (h < 0 || h >= g.H) continue;
+          const float* in = row + p * g.Q;
+          float* out = dx + (c * g.H + h) * g.W + (s - g.pw);
+          if (g.sw == 1) {
+#pragma omp simd
+            for (int64_t q = lo; q < hi; ++q) out[q] += in[q];
+          } else {
+            for (int64_t q = lo; q < hi; ++q) out[q * g.sw] += in[q];
+          }
+        }
+      }
+}
+
+// A per-thread scratch buffer that only grows: OpenMP's pool threads persist between calls, so
+// the unfold buffer is allocated (and page-faulted) once, not on every call.
+float* scratch(int64_t n) {
+  thread_local std::vector<float> buf;
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
+  return buf.data();
+}
+
+bool per_image_threads(int64_t N, int nt) { return nt > 1 && N >= nt; }
+
+void fwd_image(const Geom& g, const float* x, const float* w, const float* b, float* y, bool relu) {
+  const float* col = x;
+  if (!g.direct()) {
+    float* buf = scratch(g.crs() * g.pq());
+    im2col(g, x, buf);
+    col = buf;
+  }
+  blas::sgemm(false, false, g.K, g.pq(), g.crs(), 1.f, w, g.crs(), col, g.pq(), 0.f, y, g.pq());
+  for (int64_t k = 0; k < g.K; ++k) {  // epilogue while the rows are still in cache
+    float* yk = y + k * g.pq();
+    const float bk = b[k];
+    if (relu) {
+#pragma omp simd
+      for (int64_t i = 0; i < g.pq(); ++i) yk[i] = std::max(yk[i] + bk, 0.f);
+    } else {
+#pragma omp simd
+      for (int64_t i = 0; i < g.pq(); ++i) yk[i] += bk;
+    }
+  }
+}
+
+void bwd_data_image(const Geom& g, const float* dy, const float* w, float* dx) {
+  if (g.direct()) {  // dx[n] (C x HW) = W^T (C x K) * dy[n] (K x HW)
+    blas::sgemm(true, false, g.C, g.pq(), g.K, 1.f, w, g.crs(), dy, g.pq(), 0.f, dx, g.pq());
+    return;
+  }
+  float* dcol = scratch(g.crs() * g.pq());
+  blas::sgemm(true, false, g.crs(), g.pq(), g.K, 1.f, w, g.crs(), dy, g.pq(), 0.f, dcol, g.pq());
+  col2im(g, dcol, dx);
+}
+
+// dw_acc (K x CRS) += dy[n] * col^T; db_acc (K) += row sums of dy[n] (in double: P*Q*N terms).
+void bwd_weight_image(const Geom& g, const float* x, const float* dy, float* dw_acc, double* db_acc) {
+  const float* col = x;
+  if (!g.direct()) {
+    float* buf = scratch(g.crs() * g.pq());
+    im2col(g, x, buf);
+    col = buf;
+  }
+  blas::sgemm(false, true, g.K, g.crs(), g.pq(), 1.f, dy, g.pq(), col, g.pq(), 1.f, dw_acc, g.crs());
+  for (int64_t k = 0; k < g.K; ++k) {
+    const float* dyk = dy + k * g.pq();
+    float s = 0.f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < g.pq(); ++i) s += dyk[i];
+    db_acc[k] += s;
+  }
+}
+
+Geom geom(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
+          int64_t sw, int64_t ph, int64_t pw) {
+  return {N, C, H, W, K, R, S, (H + 2 * ph - R) / sh + 1, (W + 2 * pw - S) / sw + 1, sh, sw, ph, pw};
+}
+
+}  // namespace
+
+void conv2d_fwd(const float* x, const float* w, const float* b, float* y, int64_t N, int64_t C,
+                int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh, int64_t sw,
+                int64_t ph, int64_t pw, bool relu) {
+  const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
+  const int nt = num_threads();
+  const int64_t xs = C * H * W, ys = K * g.pq();
+  if (per_image_threads(N, nt)) {
+    blas::SingleThreaded one;
+#pragma omp parallel num_threads(nt)
+    {
+#pragma omp for schedule(static)
+      for (int64_t n = 0; n < N; ++n) fwd_image(g, x + n * xs, w, b, y + n * ys, relu);
+    }
+  } else {
+    for (int64_t n = 0; n < N; ++n) fwd_image(g, x + n * xs, w, b, y + n * ys, relu);
+  }
+}
+
+void conv2d_bwd_data(const float* dy, const float* w, float* dx, int64_t N, int64_t C, int64_t H,
+                     int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph,
+                     int64_t pw) {
+  const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
+  const int nt = num_threads();
+  const int64_t xs = C * H * W, ys = K * g.pq();
+  if (per_image_threads(N, nt)) {
+    blas::SingleThreaded one;
+#pragma omp parallel num_threads(nt)
+    {
+#pragma omp for schedule(static)
+      for (int64_t n = 0; n < N; ++n) bwd_data_image(g, dy + n * ys, w, dx + n * xs);
+    }
+  } else {
+    for (int64_t n = 0; n < N; ++n) bwd_data_image(g, dy + n * ys, w, dx + n * xs);
+  }
+}
+
+void conv2d_bwd_weight(const float* x, const float* dy, float* dw, float* db, int64_t N, int64_t C,
+                       int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
+                       int64_t sw, int64_t ph, int64_t pw) {
+  const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
+  const int nt = num_threads();
+  const int64_t xs = C * H * W, ys = K * g.pq(), wsz = K * g.crs();
+  if (per_image_threads(N, nt)) {
+    // Each thread accumulates its images into a private dw/db; the partials are then added into
+    // dw, db in thread order (a fixed order for a given thread count).
+    std::vector<float> part_w(static_cast<size_t>(nt) * wsz, 0.f);
+    std::vector<double> part_b(static_cast<size_t>(nt) * K, 0.0);
+    blas::SingleThreaded one;
+#pragma omp parallel num_threads(nt)
+    {
+      const int t = omp_get_thread_num();
+#pragma omp for schedule(static)
+      for (int64_t n = 0; n < N; ++n)
+        bwd_weight_image(g, x + n * xs, dy + n * ys, part_w.data() + t * wsz, part_b.data() + t * K);
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < wsz; ++i) {
+        float s = 0.f;
+        for (int u = 0; u < nt; ++u) s += part_w[u * wsz + i];
+        dw[i] += s;
+      }
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      double s = 0.0;
+      for (int u = 0; u < nt; ++u) s += part_b[u * K + k];
+      db[k] += static_cast<float>(s);
+    }
+  } else {
+    std::vector<double> acc_b(K, 0.0);
+    for (int64_t n = 0; n < N; ++n) bwd_weight_image(g, x + n * xs, dy + n * ys, dw, acc_b.data());
+    for (int64_t k = 0; k < K; ++k) db[k] += static_cast<float>(acc_b[k]);
+  }
+}
+
+}  // namespace ft::cpu
