@@ -1,9 +1,10 @@
 """Data: the bundled digits set, a synthetic CIFAR-shaped set, loaders for standard file formats
 (MNIST IDX, CIFAR-10 binary, .npz), per-channel normalization and a prefetching batch loader."""
+from .catalog import DATASETS, load_dataset
 from .datasets import Dataset, load_digits_dataset, stratified_split, synthetic_cifar
 from .formats import load_cifar10_batches, load_mnist, load_mnist_idx, load_npz
 from .loader import DataLoader
 from .transforms import Normalizer
 
-__all__ = ["Dataset", "load_digits_dataset", "stratified_split", "synthetic_cifar", "load_mnist", "load_mnist_idx",
+__all__ = ["DATASETS", "load_dataset", "Dataset", "load_digits_dataset", "stratified_split", "synthetic_cifar", "load_mnist", "load_mnist_idx",
            "load_cifar10_batches", "load_npz", "DataLoader", "Normalizer"]
