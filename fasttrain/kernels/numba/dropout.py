@@ -20,7 +20,9 @@ def _philox(c0, c1, c2, c3, k0, k1):
         lo0 = np.uint32(p0 & _MASK32)
         hi1 = np.uint32(p1 >> _S32)
         lo1 = np.uint32(p1 & _MASK32)
-        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        # cast back to uint32: Numba widens uint32 ^ uint32, and a mixed-type tuple cannot be
+        # indexed by the run-time lane below
+        c0, c1, c2, c3 = np.uint32(hi1 ^ c1 ^ k0), lo1, np.uint32(hi0 ^ c3 ^ k1), lo0
         k0 = np.uint32(k0 + _W0)
         k1 = np.uint32(k1 + _W1)
     return c0, c1, c2, c3
