@@ -1,7 +1,10 @@
 // Batch normalization (Ioffe & Szegedy 2015) over x viewed as (N, C, S): statistics per channel
-// over the N*S values. Training forward is two passes over x: (1) sum and sum of squares in
-// double (float32 data: the E[x^2] - E[x]^2 cancellation loses ~1e-16 relative, far below
-// float32 resolution), (2) y = x * a + c with a = gamma * invstd, c = beta - mean * a.
+// over the N*S values. Training forward is two passes over x: (1) sums of d = x - K and d^2 with
+// the shift K = the channel's first value ("shifted data" variance, Chan, Golub & LeVeque 1983,
+// "Algorithms for computing the sample variance"): without the shift, E[x^2] - E[x]^2 cancels
+// catastrophically when |mean| >> std; with it the cancellation is bounded by (mean - K)^2 / var.
+// Row partials are float (vectorized), rows are combined in double.
+// (2) y = x * a + c with a = gamma * invstd, c = beta - mean * a.
 // Backward is two passes too: (1) sum dy and sum dy*xhat, (2) the closed-form dx
 //   dx = gamma * invstd / M * (M dy - sum(dy) - xhat * sum(dy xhat)),  M = N*S.
 // Channels are split across threads (each channel's sums in one thread, so results do not
@@ -32,22 +35,23 @@ void batchnorm_fwd_train(const float* x, const float* gamma, const float* beta, 
   const double M = static_cast<double>(N) * S;
 #pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1)
   for (int64_t c = 0; c < C; ++c) {
-    double sum = 0.0, sumsq = 0.0;
+    const float shift = N * S > 0 ? x[c * S] : 0.f;  // empty: 0/0 gives NaN statistics
+    double sum = 0.0, sumsq = 0.0;  // of d = x - shift
     for (int64_t n = 0; n < N; ++n) {
       const float* xs = x + (n * C + c) * S;
-      // float partials per row keep the loop vectorized; rows are short enough (H*W) that
-      // float accumulation inside one row is accurate, and rows are combined in double.
       float s = 0.f, s2 = 0.f;
 #pragma omp simd reduction(+ : s, s2)
       for (int64_t i = 0; i < S; ++i) {
-        s += xs[i];
-        s2 += xs[i] * xs[i];
+        const float d = xs[i] - shift;
+        s += d;
+        s2 += d * d;
       }
       sum += s;
       sumsq += s2;
     }
-    const double mu = sum / M;
-    const double var = std::max(sumsq / M - mu * mu, 0.0);
+    const double dmean = sum / M;
+    const double mu = shift + dmean;
+    const double var = std::max(sumsq / M - dmean * dmean, 0.0);
     const double is = 1.0 / std::sqrt(var + eps);
     mean[c] = static_cast<float>(mu);
     invstd[c] = static_cast<float>(is);
