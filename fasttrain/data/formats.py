@@ -96,9 +96,9 @@ def load_npz(path) -> tuple[np.ndarray, np.ndarray]:
         archive = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise ValueError(f"{path}: not a readable .npz archive ({exc})") from None
+    if not hasattr(archive, "files"):
+        raise ValueError(f"{path}: expected an .npz archive with keys x and y, got a single array")
     with archive:
-        if not hasattr(archive, "files"):
-            raise ValueError(f"{path}: expected an .npz archive with keys x and y, got a single array")
         missing = [k for k in ("x", "y") if k not in archive.files]
         if missing:
             raise ValueError(f"{path}: missing keys {missing}; expected x and y, found {archive.files}")
