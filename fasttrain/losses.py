@@ -99,7 +99,8 @@ class MulticlassHinge(_Classification):
         margins = x - x[rows, labels][:, None] + x.dtype.type(self.margin)
         margins[rows, labels] = 0
         violated = margins > 0
-        value = np.sum(np.where(violated, margins, 0), dtype=np.float64) / n
+        # np.maximum (not np.where on `violated`) so a NaN logit yields a NaN loss, not a silent 0
+        value = np.sum(np.maximum(margins, 0), dtype=np.float64) / n
         dlogits = violated.astype(x.dtype)
         dlogits[rows, labels] = -violated.sum(axis=1)
         dlogits /= n
