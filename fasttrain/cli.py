@@ -93,7 +93,7 @@ def train(cfg: Config, progress: bool | None = None) -> dict:
     train_loader = DataLoader(x_train, data.y_train, cfg.batch_size, shuffle=True, seed=cfg.seed)
     val_loader = DataLoader(x_val, data.y_val, 256, shuffle=False)
 
-    model = build(cfg.model, data.input_shape, data.num_classes, cfg.dropout)
+    model = build(cfg.model, data.input_shape, data.num_classes, cfg.dropout, seed=cfg.seed)
     arena = ft.ParamArena.for_model(model, seed=cfg.seed)
     opt = make_optimizer(cfg.optimizer, arena, cfg.lr, cfg.weight_decay)
     schedule = make_schedule(cfg, cfg.epochs * len(train_loader))

@@ -1,5 +1,8 @@
 """Model builders: an MLP, a small CNN sized for 8x8 digits, a classic VGG-style CIFAR net and
-CIFAR ResNets (He et al., "Deep Residual Learning for Image Recognition", 2016, section 4.2)."""
+CIFAR ResNets (He et al., "Deep Residual Learning for Image Recognition", 2016, section 4.2).
+
+Dropout layers get an explicit (seed, layer_id) so their masks depend only on the model and the
+step, never on how many models the process built before (resume and reproducibility)."""
 from __future__ import annotations
 
 import math
@@ -7,14 +10,14 @@ import math
 from . import nn
 
 
-def mlp(in_features: int, num_classes: int = 10, hidden: tuple = (128,), dropout: float = 0.0):
+def mlp(in_features: int, num_classes: int = 10, hidden: tuple = (128,), dropout: float = 0.0, seed: int = 0):
     """Flatten, then (Linear, ReLU[, Dropout]) per hidden width, then a Linear classifier."""
     layers = [nn.Flatten()]
     width = int(in_features)
-    for h in hidden:
+    for i, h in enumerate(hidden):
         layers += [nn.Linear(width, h), nn.ReLU()]
         if dropout > 0:
-            layers.append(nn.Dropout(dropout))
+            layers.append(nn.Dropout(dropout, seed=seed, layer_id=i))
         width = h
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
@@ -25,7 +28,7 @@ def _conv_bn_relu(cin: int, cout: int, stride: int = 1):
 
 
 def simple_cnn(in_ch: int = 1, num_classes: int = 10, image_size: int = 8, width: int = 32,
-               dropout: float = 0.25):
+               dropout: float = 0.25, seed: int = 0):
     """conv-BN-ReLU, 2x2 max-pool, conv-BN-ReLU, pool, dropout, linear.
 
     For small images (<= 16 px) the second pool is a 2x2 max-pool and the classifier sees every
@@ -42,13 +45,13 @@ def simple_cnn(in_ch: int = 1, num_classes: int = 10, image_size: int = 8, width
         layers += [nn.GlobalAvgPool2d(), nn.Flatten()]
         features = 2 * width
     if dropout > 0:
-        layers.append(nn.Dropout(dropout))
+        layers.append(nn.Dropout(dropout, seed=seed, layer_id=0))
     layers.append(nn.Linear(features, num_classes))
     return nn.Sequential(*layers)
 
 
 def convnet_classic(in_ch: int = 3, num_classes: int = 10, image_size: int = 32, width: int = 32,
-                    dropout: float = 0.5):
+                    dropout: float = 0.5, seed: int = 0):
     """(conv w-BN-ReLU) x2, pool, (conv 2w-BN-ReLU) x2, pool, dropout, linear: the classic
     VGG-style CIFAR-10 baseline (Simonyan & Zisserman 2015, scaled down)."""
     if image_size % 4:
@@ -57,7 +60,7 @@ def convnet_classic(in_ch: int = 3, num_classes: int = 10, image_size: int = 32,
               + _conv_bn_relu(width, 2 * width) + _conv_bn_relu(2 * width, 2 * width) + [nn.MaxPool2d(2)]
               + [nn.Flatten()])
     if dropout > 0:
-        layers.append(nn.Dropout(dropout))
+        layers.append(nn.Dropout(dropout, seed=seed, layer_id=0))
     side = image_size // 4
     layers.append(nn.Linear(2 * width * side * side, num_classes))
     return nn.Sequential(*layers)
@@ -94,10 +97,10 @@ def resnet(depth: int = 20, in_ch: int = 3, num_classes: int = 10, width: int = 
 MODEL_NAMES = ("mlp", "simple_cnn", "convnet_classic", "resnet8", "resnet20")
 
 
-def build(name: str, input_shape: tuple, num_classes: int, dropout: float | None = None):
+def build(name: str, input_shape: tuple, num_classes: int, dropout: float | None = None, seed: int = 0):
     """A model by name for inputs of shape (C, H, W)."""
     c, h = input_shape[0], input_shape[-1]
-    kw = {} if dropout is None else {"dropout": dropout}
+    kw = {"seed": seed} if dropout is None else {"dropout": dropout, "seed": seed}
     if name == "mlp":
         return mlp(math.prod(input_shape), num_classes, **kw)
     if name == "simple_cnn":
