@@ -82,7 +82,8 @@ def train(cfg: Config, progress: bool | None = None) -> dict:
 
     if cfg.threads is not None:
         ft.set_num_threads(cfg.threads)
-    ft.set_backend(cfg.backend)
+    if cfg.backend is not None:
+        ft.set_backend(cfg.backend)
     run_dir = cfg.run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     os.makedirs(run_dir, exist_ok=True)
     save_config(cfg, os.path.join(run_dir, "config.toml"))

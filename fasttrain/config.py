@@ -29,7 +29,7 @@ class Config:
     run_dir: Optional[str] = None     # None: runs/<timestamp>
     resume: Optional[str] = None      # checkpoint to continue from
     threads: Optional[int] = None     # None: FASTTRAIN_THREADS or all cores
-    backend: str = "auto"             # auto | cpp | numba | numpy | cuda
+    backend: Optional[str] = None     # auto | cpp | numba | numpy | cuda; None: FASTTRAIN_BACKEND or auto
     plot: bool = True
 
     def to_dict(self) -> dict:

@@ -1,0 +1,84 @@
+"""Config resolution (defaults < TOML < flags) and the CLI end to end on a small subset."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fasttrain.cli import build_parser, main, resolve_config
+from fasttrain.config import Config, load_config, make_config, save_config
+
+
+def test_config_toml_and_flags_precedence(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('epochs = 7\nlr = 1\nmodel = "mlp"\nplot = false\n')
+    cfg = load_config(p)
+    assert (cfg.epochs, cfg.lr, cfg.model, cfg.plot) == (7, 1.0, "mlp", False)
+    assert cfg.batch_size == Config().batch_size
+    args = build_parser().parse_args(["train", "--config", str(p), "--epochs", "2", "--batch-size", "8", "--plot"])
+    cfg = resolve_config(args)
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.model, cfg.plot) == (2, 8, 1.0, "mlp", True)
+
+
+def test_every_config_key_is_a_flag():
+    flags = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions}
+    assert set(Config().to_dict()) <= flags
+
+
+def test_config_errors(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text("epochz = 3\n")
+    with pytest.raises(KeyError, match="epochz"):
+        load_config(p)
+    p.write_text('epochs = "three"\n')
+    with pytest.raises(ValueError, match="epochs.*expected int"):
+        load_config(p)
+    p.write_text("epochs = \n")
+    with pytest.raises(ValueError, match="invalid TOML"):
+        load_config(p)
+    assert main(["train", "--config", str(p)]) == 1
+
+
+def test_saved_config_roundtrips(tmp_path):
+    cfg = make_config({"epochs": 3, "limit": 50, "run_dir": "x/y", "dropout": 0.1, "plot": False})
+    save_config(cfg, tmp_path / "c.toml")
+    assert load_config(tmp_path / "c.toml") == cfg
+
+
+def test_train_one_epoch_writes_run_folder(tmp_path, capsys):
+    run = tmp_path / "run"
+    rc = main(["train", "--epochs", "1", "--limit", "200", "--run-dir", str(run), "--quiet"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "final validation accuracy" in out and "wall time" in out
+    for name in ("config.toml", "metrics.jsonl", "checkpoint.npz", "learning_curve.png", "summary.json"):
+        assert (run / name).is_file(), name
+    cfg = load_config(run / "config.toml")
+    assert cfg.epochs == 1 and cfg.limit == 200 and cfg.run_dir == str(run)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 1 and summary["steps"] == -(-200 // cfg.batch_size)
+    assert summary["val_acc"] > 0.3   # one epoch on 200 digits, far above chance (0.1)
+
+
+def test_train_resume_continues(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--limit", "64", "--run-dir", str(run), "--quiet", "--no-plot"]) == 0
+    rc = main(["train", "--epochs", "2", "--limit", "64", "--run-dir", str(run), "--quiet", "--no-plot",
+               "--resume", str(run / "checkpoint.npz")])
+    assert rc == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["steps"] == 4
+
+
+def test_explosion_exit_code(tmp_path, capsys):
+    rc = main(["train", "--epochs", "3", "--limit", "300", "--lr", "10000", "--schedule", "constant",
+               "--run-dir", str(tmp_path), "--quiet"])
+    assert rc == 2
+    assert "too high" in capsys.readouterr().err
+
+
+def test_python_dash_m_info():
+    out = subprocess.run([sys.executable, "-m", "fasttrain", "info"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert "numpy" in info["backends"] and "python" in info["build_info"]
