@@ -63,6 +63,7 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.history = History()
+        self._metrics = None   # metrics.jsonl, open (append, line-buffered) during fit
         if self.run_dir is not None:
             os.makedirs(self.run_dir, exist_ok=True)
 
@@ -71,10 +72,8 @@ class Trainer:
         return None if self.run_dir is None else os.path.join(self.run_dir, name)
 
     def _log_metrics(self, record: dict) -> None:
-        path = self._path("metrics.jsonl")
-        if path is not None:
-            with open(path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+        if self._metrics is not None:
+            self._metrics.write(json.dumps(record) + "\n")
 
     def save(self, path) -> None:
         meta = {"step": self.step, "epoch": self.epoch, "history": self.history.to_dict(),
@@ -151,6 +150,8 @@ class Trainer:
         self.model.train()
         total = max(epochs - self.epoch, 0) * steps_per_epoch
         bar = tqdm(total=total, disable=self.progress_disable, unit="step", dynamic_ncols=True)
+        if self.run_dir is not None:
+            self._metrics = open(self._path("metrics.jsonl"), "a", buffering=1)
         try:
             while self.epoch < epochs:
                 t0 = time.perf_counter()
@@ -191,6 +192,9 @@ class Trainer:
                     self.save(self._path("checkpoint.npz"))
         finally:
             bar.close()
+            if self._metrics is not None:
+                self._metrics.close()
+                self._metrics = None
         self._finish()
         return self.history
 
