@@ -100,7 +100,10 @@ class Trainer:
         self._lr()
         self.arena.zero_grad()
         logits = self.model.forward(xb)
-        loss, dlogits = self.loss_fn(logits, yb)
+        try:
+            loss, dlogits = self.loss_fn(logits, yb)
+        except FloatingPointError:  # a loss that refuses non-finite values: the explosion stop reports it
+            return math.nan, 0
         loss = float(loss)
         if not math.isfinite(loss):  # do not push NaN/inf gradients into the parameters
             return loss, 0
