@@ -317,6 +317,260 @@ void bind(py::module_& m) {
 
 }  // namespace layers
 
+// ---- training ops: activations, optimizers, dropout, softmax cross-entropy ----
+namespace train_ops {
+
+// Arrays of other dtypes (uint8 masks, uint32 Philox words, int64 labels): same rules as ptr_of.
+template <class T>
+T* typed_ptr(py::array& a, const char* name, const char* dtype_name, bool write) {
+  FT_CHECK(a.dtype().is(py::dtype::of<T>()),
+           name << ": expected dtype " << dtype_name << ", got " << std::string(py::str(a.dtype())));
+  FT_CHECK(a.flags() & py::array::c_style, name << ": expected a C-contiguous array");
+  FT_CHECK(!write || a.writeable(), name << ": expected a writeable array");
+  return static_cast<T*>(write ? a.mutable_data() : const_cast<void*>(a.data()));
+}
+
+// Python ints of any size reduced like the reference does (seed & (2^64 - 1), word & (2^32 - 1)).
+uint64_t masked_int(const py::int_& v, uint64_t mask) {
+  py::object r = v.attr("__and__")(py::int_(mask));
+  return r.cast<uint64_t>();
+}
+
+void check_p(const char* op, double p) {
+  FT_CHECK(p >= 0.0 && p < 1.0, op << "(p): expected a probability in [0, 1), got " << p);
+}
+
+void bind_activations(py::module_& m) {
+  // f(x, y) and f(x, y, alpha): y = f(x)
+  auto unary = [&m](const char* name, void (*fn)(const float*, float*, int64_t)) {
+    m.def(name, [fn](py::array x, py::array y) {
+      same_size(x, y, "x", "y");
+      const float* px = ptr_of(x, "x");
+      float* py_ = ptr_of(y, "y");
+      py::gil_scoped_release nogil;
+      fn(px, py_, x.size());
+    }, py::arg("x"), py::arg("y"));
+  };
+  auto unary_a = [&m](const char* name, void (*fn)(const float*, float*, int64_t, float)) {
+    m.def(name, [fn](py::array x, py::array y, double alpha) {
+      same_size(x, y, "x", "y");
+      const float* px = ptr_of(x, "x");
+      float* py_ = ptr_of(y, "y");
+      py::gil_scoped_release nogil;
+      fn(px, py_, x.size(), static_cast<float>(alpha));
+    }, py::arg("x"), py::arg("y"), py::arg("alpha"));
+  };
+  // g(a, dy, dx) and g(a, dy, dx, alpha), a = x or y as the op's signature names it
+  auto grad = [&m](const char* name, const char* an,
+                   void (*fn)(const float*, const float*, float*, int64_t)) {
+    m.def(name, [fn, an](py::array a, py::array dy, py::array dx) {
+      same_size(a, dy, an, "dy");
+      same_size(a, dx, an, "dx");
+      const float *pa = ptr_of(a, an), *pdy = ptr_of(dy, "dy");
+      float* pdx = ptr_of(dx, "dx");
+      py::gil_scoped_release nogil;
+      fn(pa, pdy, pdx, a.size());
+    }, py::arg(an), py::arg("dy"), py::arg("dx"));
+  };
+  auto grad_a = [&m](const char* name,
+                     void (*fn)(const float*, const float*, float*, int64_t, float)) {
+    m.def(name, [fn](py::array x, py::array dy, py::array dx, double alpha) {
+      same_size(x, dy, "x", "dy");
+      same_size(x, dx, "x", "dx");
+      const float *px = ptr_of(x, "x"), *pdy = ptr_of(dy, "dy");
+      float* pdx = ptr_of(dx, "dx");
+      py::gil_scoped_release nogil;
+      fn(px, pdy, pdx, x.size(), static_cast<float>(alpha));
+    }, py::arg("x"), py::arg("dy"), py::arg("dx"), py::arg("alpha"));
+  };
+  unary("relu_fwd", ft::cpu::relu_fwd);
+  grad("relu_bwd", "x", ft::cpu::relu_bwd);
+  unary_a("leaky_relu_fwd", ft::cpu::leaky_relu_fwd);
+  grad_a("leaky_relu_bwd", ft::cpu::leaky_relu_bwd);
+  unary_a("elu_fwd", ft::cpu::elu_fwd);
+  grad_a("elu_bwd", ft::cpu::elu_bwd);
+  unary("sigmoid_fwd", ft::cpu::sigmoid_fwd);
+  grad("sigmoid_bwd", "y", ft::cpu::sigmoid_bwd);
+  unary("tanh_fwd", ft::cpu::tanh_fwd);
+  grad("tanh_bwd", "y", ft::cpu::tanh_bwd);
+
+  // x (N, C, ...) viewed as (N, C, S); alpha (C,)
+  auto prelu_geom = [](const char* op, const py::array& x, const py::array& alpha, int64_t& N,
+                       int64_t& C, int64_t& S) {
+    layers::bn_geom(op, x, N, C, S);
+    layers::expect_shape(op, "alpha", alpha, {C});
+  };
+  m.def("prelu_fwd", [prelu_geom](py::array x, py::array alpha, py::array y) {
+    int64_t N, C, S;
+    prelu_geom("prelu_fwd", x, alpha, N, C, S);
+    same_size(x, y, "x", "y");
+    const float *px = ptr_of(x, "x"), *pa = ptr_of(alpha, "alpha");
+    float* py_ = ptr_of(y, "y");
+    py::gil_scoped_release nogil;
+    ft::cpu::prelu_fwd(px, pa, py_, N, C, S);
+  }, py::arg("x"), py::arg("alpha"), py::arg("y"));
+  m.def("prelu_bwd", [prelu_geom](py::array x, py::array alpha, py::array dy, py::array dx,
+                                  py::array dalpha) {
+    int64_t N, C, S;
+    prelu_geom("prelu_bwd", x, alpha, N, C, S);
+    same_size(x, dy, "x", "dy");
+    same_size(x, dx, "x", "dx");
+    layers::expect_shape("prelu_bwd", "dalpha", dalpha, {C});
+    const float *px = ptr_of(x, "x"), *pa = ptr_of(alpha, "alpha"), *pdy = ptr_of(dy, "dy");
+    float *pdx = ptr_of(dx, "dx"), *pda = ptr_of(dalpha, "dalpha");
+    py::gil_scoped_release nogil;
+    ft::cpu::prelu_bwd(px, pa, pdy, pdx, pda, N, C, S);
+  }, py::arg("x"), py::arg("alpha"), py::arg("dy"), py::arg("dx"), py::arg("dalpha"));
+}
+
+void bind_optim(py::module_& m) {
+  using A = py::array;
+  auto f = [](double v) { return static_cast<float>(v); };
+  m.def("sgd_step", [f](A p, A g, double lr, double l2, double l1) {
+    same_size(p, g, "p", "g");
+    float* pp = ptr_of(p, "p");
+    const float* pg = ptr_of(g, "g");
+    py::gil_scoped_release nogil;
+    ft::cpu::sgd_step(pp, pg, p.size(), f(lr), f(l2), f(l1));
+  }, py::arg("p"), py::arg("g"), py::arg("lr"), py::arg("l2"), py::arg("l1"));
+  m.def("momentum_step", [f](A p, A g, A v, double lr, double mu, double l2, double l1) {
+    same_size(p, g, "p", "g");
+    same_size(p, v, "p", "v");
+    float *pp = ptr_of(p, "p"), *pv = ptr_of(v, "v");
+    const float* pg = ptr_of(g, "g");
+    py::gil_scoped_release nogil;
+    ft::cpu::momentum_step(pp, pg, pv, p.size(), f(lr), f(mu), f(l2), f(l1));
+  }, py::arg("p"), py::arg("g"), py::arg("v"), py::arg("lr"), py::arg("mu"), py::arg("l2"),
+     py::arg("l1"));
+  m.def("nesterov_step", [f](A p, A g, A v, double lr, double mu, double l2, double l1) {
+    same_size(p, g, "p", "g");
+    same_size(p, v, "p", "v");
+    float *pp = ptr_of(p, "p"), *pv = ptr_of(v, "v");
+    const float* pg = ptr_of(g, "g");
+    py::gil_scoped_release nogil;
+    ft::cpu::nesterov_step(pp, pg, pv, p.size(), f(lr), f(mu), f(l2), f(l1));
+  }, py::arg("p"), py::arg("g"), py::arg("v"), py::arg("lr"), py::arg("mu"), py::arg("l2"),
+     py::arg("l1"));
+  m.def("adagrad_step", [f](A p, A g, A h, double lr, double eps, double l2, double l1) {
+    same_size(p, g, "p", "g");
+    same_size(p, h, "p", "h");
+    float *pp = ptr_of(p, "p"), *ph = ptr_of(h, "h");
+    const float* pg = ptr_of(g, "g");
+    py::gil_scoped_release nogil;
+    ft::cpu::adagrad_step(pp, pg, ph, p.size(), f(lr), f(eps), f(l2), f(l1));
+  }, py::arg("p"), py::arg("g"), py::arg("h"), py::arg("lr"), py::arg("eps"), py::arg("l2"),
+     py::arg("l1"));
+  m.def("rmsprop_step", [f](A p, A g, A s, double lr, double rho, double eps, double l2,
+                            double l1) {
+    same_size(p, g, "p", "g");
+    same_size(p, s, "p", "s");
+    float *pp = ptr_of(p, "p"), *ps = ptr_of(s, "s");
+    const float* pg = ptr_of(g, "g");
+    py::gil_scoped_release nogil;
+    ft::cpu::rmsprop_step(pp, pg, ps, p.size(), f(lr), f(rho), f(eps), f(l2), f(l1));
+  }, py::arg("p"), py::arg("g"), py::arg("s"), py::arg("lr"), py::arg("rho"), py::arg("eps"),
+     py::arg("l2"), py::arg("l1"));
+  m.def("rmsprop_centered_step", [f](A p, A g, A s, A mg, double lr, double rho, double eps,
+                                     double l2, double l1) {
+    same_size(p, g, "p", "g");
+    same_size(p, s, "p", "s");
+    same_size(p, mg, "p", "mg");
+    float *pp = ptr_of(p, "p"), *ps = ptr_of(s, "s"), *pm = ptr_of(mg, "mg");
+    const float* pg = ptr_of(g, "g");
+    py::gil_scoped_release nogil;
+    ft::cpu::rmsprop_centered_step(pp, pg, ps, pm, p.size(), f(lr), f(rho), f(eps), f(l2), f(l1));
+  }, py::arg("p"), py::arg("g"), py::arg("s"), py::arg("mg"), py::arg("lr"), py::arg("rho"),
+     py::arg("eps"), py::arg("l2"), py::arg("l1"));
+  m.def("adam_step", [f](A p, A g, A mm, A v, double lr, double beta1, double beta2, double eps,
+                         double bc1, double bc2, double l2, double l1, double decoupled_wd) {
+    same_size(p, g, "p", "g");
+    same_size(p, mm, "p", "m");
+    same_size(p, v, "p", "v");
+    FT_CHECK(bc1 > 0 && bc2 > 0, "adam_step(bc1, bc2): expected bias corrections 1 - beta^t > 0, got ("
+                                     << bc1 << ", " << bc2 << ")");
+    float *pp = ptr_of(p, "p"), *pm = ptr_of(mm, "m"), *pv = ptr_of(v, "v");
+    const float* pg = ptr_of(g, "g");
+    py::gil_scoped_release nogil;
+    ft::cpu::adam_step(pp, pg, pm, pv, p.size(), f(lr), f(beta1), f(beta2), f(eps), f(bc1), f(bc2),
+                       f(l2), f(l1), f(decoupled_wd));
+  }, py::arg("p"), py::arg("g"), py::arg("m"), py::arg("v"), py::arg("lr"), py::arg("beta1"),
+     py::arg("beta2"), py::arg("eps"), py::arg("bc1"), py::arg("bc2"), py::arg("l2"),
+     py::arg("l1"), py::arg("decoupled_wd"));
+}
+
+void bind_dropout(py::module_& m) {
+  m.def("philox4x32", [](py::array counter, py::array key, py::array out) {
+    const char* op = "philox4x32";
+    layers::expect_ndim(op, "counter", counter, 2);
+    const int64_t N = counter.shape(0);
+    layers::expect_shape(op, "counter", counter, {N, 4});
+    layers::expect_shape(op, "key", key, {2});
+    layers::expect_shape(op, "out", out, {N, 4});
+    const uint32_t* pc = typed_ptr<uint32_t>(counter, "counter", "uint32", false);
+    const uint32_t* pk = typed_ptr<uint32_t>(key, "key", "uint32", false);
+    uint32_t* po = typed_ptr<uint32_t>(out, "out", "uint32", true);
+    py::gil_scoped_release nogil;
+    ft::cpu::philox4x32(pc, pk, po, N);
+  }, py::arg("counter"), py::arg("key"), py::arg("out"));
+  m.def("dropout_mask", [](py::array mask, double p, py::int_ seed, py::int_ step, py::int_ layer) {
+    check_p("dropout_mask", p);
+    const uint64_t s = masked_int(seed, ~0ull);
+    const auto st = static_cast<uint32_t>(masked_int(step, 0xFFFFFFFFull));
+    const auto ly = static_cast<uint32_t>(masked_int(layer, 0xFFFFFFFFull));
+    uint8_t* pm = typed_ptr<uint8_t>(mask, "mask", "uint8", true);
+    py::gil_scoped_release nogil;
+    ft::cpu::dropout_mask(pm, mask.size(), p, s, st, ly);
+  }, py::arg("mask"), py::arg("p"), py::arg("seed"), py::arg("step"), py::arg("layer"));
+  auto apply = [&m](const char* name, const char* in, const char* out,
+                    void (*fn)(const float*, float*, int64_t, double, uint64_t, uint32_t, uint32_t)) {
+    m.def(name, [name, in, out, fn](py::array x, py::array y, double p, py::int_ seed,
+                                    py::int_ step, py::int_ layer) {
+      check_p(name, p);
+      same_size(x, y, in, out);
+      const uint64_t s = masked_int(seed, ~0ull);
+      const auto st = static_cast<uint32_t>(masked_int(step, 0xFFFFFFFFull));
+      const auto ly = static_cast<uint32_t>(masked_int(layer, 0xFFFFFFFFull));
+      const float* px = ptr_of(x, in);
+      float* py_ = ptr_of(y, out);
+      py::gil_scoped_release nogil;
+      fn(px, py_, x.size(), p, s, st, ly);
+    }, py::arg(in), py::arg(out), py::arg("p"), py::arg("seed"), py::arg("step"), py::arg("layer"));
+  };
+  apply("dropout_fwd", "x", "y", ft::cpu::dropout_fwd);
+  apply("dropout_bwd", "dy", "dx", ft::cpu::dropout_bwd);
+}
+
+void bind_losses(py::module_& m) {
+  m.def("softmax_xent", [](py::array logits, py::array labels, py::array dlogits) {
+    const char* op = "softmax_xent";
+    layers::expect_ndim(op, "logits", logits, 2);
+    const int64_t N = logits.shape(0), C = logits.shape(1);
+    layers::expect_shape(op, "labels", labels, {N});
+    layers::expect_shape(op, "dlogits", dlogits, {N, C});
+    const float* px = ptr_of(logits, "logits");
+    const int64_t* pl = typed_ptr<int64_t>(labels, "labels", "int64", false);
+    float* pd = ptr_of(dlogits, "dlogits");
+    for (int64_t r = 0; r < N; ++r)  // an out-of-range label would read/write out of bounds
+      FT_CHECK(pl[r] >= 0 && pl[r] < C, op << "(labels): expected class indices in [0, " << C
+                                            << "), got " << pl[r] << " at row " << r);
+    double loss;
+    {
+      py::gil_scoped_release nogil;
+      loss = ft::cpu::softmax_xent(px, pl, pd, N, C);
+    }
+    return loss;
+  }, py::arg("logits"), py::arg("labels"), py::arg("dlogits"));
+}
+
+void bind(py::module_& m) {
+  bind_activations(m);
+  bind_optim(m);
+  bind_dropout(m);
+  bind_losses(m);
+}
+
+}  // namespace train_ops
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fasttrain C++/OpenMP kernels";
 
@@ -335,17 +589,6 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("num_threads", &ft::cpu::num_threads);
 
-  m.def("relu_fwd", [](py::array x, py::array y) {
-    same_size(x, y, "x", "y");
-    const float* px = ptr_of(x, "x"); float* py_ = ptr_of(y, "y");
-    py::gil_scoped_release nogil;
-    ft::cpu::relu_fwd(px, py_, x.size());
-  }, py::arg("x"), py::arg("y"));
-  m.def("relu_bwd", [](py::array x, py::array dy, py::array dx) {
-    same_size(x, dy, "x", "dy"); same_size(x, dx, "x", "dx");
-    const float* px = ptr_of(x, "x"); const float* pdy = ptr_of(dy, "dy"); float* pdx = ptr_of(dx, "dx");
-    py::gil_scoped_release nogil;
-    ft::cpu::relu_bwd(px, pdy, pdx, x.size());
-  }, py::arg("x"), py::arg("dy"), py::arg("dx"));
+  train_ops::bind(m);  // activations, optimizers, dropout, softmax cross-entropy
   layers::bind(m);  // conv2d, linear, batchnorm, pooling
 }

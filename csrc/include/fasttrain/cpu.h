@@ -10,9 +10,48 @@ namespace ft::cpu {
 void set_num_threads(int n);
 int num_threads();
 
-// activations.cpp
+// activations.cpp (n elements; PReLU: x viewed as N,C,S with one slope per channel)
 void relu_fwd(const float* x, float* y, int64_t n);
 void relu_bwd(const float* x, const float* dy, float* dx, int64_t n);
+void leaky_relu_fwd(const float* x, float* y, int64_t n, float alpha);
+void leaky_relu_bwd(const float* x, const float* dy, float* dx, int64_t n, float alpha);
+void elu_fwd(const float* x, float* y, int64_t n, float alpha);
+void elu_bwd(const float* x, const float* dy, float* dx, int64_t n, float alpha);
+void sigmoid_fwd(const float* x, float* y, int64_t n);
+void sigmoid_bwd(const float* y, const float* dy, float* dx, int64_t n);
+void tanh_fwd(const float* x, float* y, int64_t n);
+void tanh_bwd(const float* y, const float* dy, float* dx, int64_t n);
+void prelu_fwd(const float* x, const float* alpha, float* y, int64_t N, int64_t C, int64_t S);
+void prelu_bwd(const float* x, const float* alpha, const float* dy, float* dx, float* dalpha,
+               int64_t N, int64_t C, int64_t S);
+
+// optim.cpp (flat arrays of n elements, updated in place)
+void sgd_step(float* p, const float* g, int64_t n, float lr, float l2, float l1);
+void momentum_step(float* p, const float* g, float* v, int64_t n, float lr, float mu, float l2,
+                   float l1);
+void nesterov_step(float* p, const float* g, float* v, int64_t n, float lr, float mu, float l2,
+                   float l1);
+void adagrad_step(float* p, const float* g, float* h, int64_t n, float lr, float eps, float l2,
+                  float l1);
+void rmsprop_step(float* p, const float* g, float* s, int64_t n, float lr, float rho, float eps,
+                  float l2, float l1);
+void rmsprop_centered_step(float* p, const float* g, float* s, float* mg, int64_t n, float lr,
+                           float rho, float eps, float l2, float l1);
+void adam_step(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1,
+               float beta2, float eps, float bc1, float bc2, float l2, float l1,
+               float decoupled_wd);
+
+// dropout.cpp (Philox-4x32-10; seed = key, counter = (block lo, block hi, step, layer))
+void philox4x32(const uint32_t* counter, const uint32_t* key, uint32_t* out, int64_t n_rows);
+void dropout_mask(uint8_t* mask, int64_t n, double p, uint64_t seed, uint32_t step, uint32_t layer);
+void dropout_fwd(const float* x, float* y, int64_t n, double p, uint64_t seed, uint32_t step,
+                 uint32_t layer);
+void dropout_bwd(const float* dy, float* dx, int64_t n, double p, uint64_t seed, uint32_t step,
+                 uint32_t layer);
+
+// losses.cpp (logits N,C; labels in [0, C), checked by the binding) -> mean loss
+double softmax_xent(const float* logits, const int64_t* labels, float* dlogits, int64_t N,
+                    int64_t C);
 
 // conv2d.cpp (x N,C,H,W; w K,C,R,S; y N,K,P,Q with P = (H + 2ph - R)/sh + 1)
 void conv2d_fwd(const float* x, const float* w, const float* b, float* y, int64_t N, int64_t C,

@@ -1,0 +1,44 @@
+// Fused softmax cross-entropy (docs/KERNELS.md; reference fasttrain/kernels/losses.py): one visit
+// per row computes the max, the sum of exp, the row's loss and its gradient while the row sits in
+// L1. Rows run in parallel; each row's loss goes to its own slot and the slots are summed in row
+// order, so the loss does not depend on the thread count.
+#include <cmath>
+#include <vector>
+
+#include "fasttrain/cpu.h"
+
+namespace ft::cpu {
+
+double softmax_xent(const float* logits, const int64_t* labels, float* dlogits, int64_t N,
+                    int64_t C) {
+  if (N == 0) return 0.0;
+  std::vector<double> row_loss(static_cast<size_t>(N));
+  const float inv_n = 1.f / static_cast<float>(N);
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t r = 0; r < N; ++r) {
+    const float* x = logits + r * C;
+    float* d = dlogits + r * C;
+    float m = x[0];
+#pragma omp simd reduction(max : m)
+    for (int64_t j = 1; j < C; ++j) m = std::fmax(m, x[j]);
+    // subtracting the max: every exp argument is <= 0, so nothing overflows
+    float s = 0.f;
+    for (int64_t j = 0; j < C; ++j) {
+      const float e = std::exp(x[j] - m);
+      d[j] = e;
+      s += e;
+    }
+    const int64_t y = labels[r];
+    // loss_r = log(sum_j exp(x_j)) - x_y = log(s) - (x_y - m), in double like the reference
+    row_loss[r] = std::log(static_cast<double>(s)) - static_cast<double>(x[y] - m);
+    const float denom = s * static_cast<float>(N);  // e / (s N), rounded as the reference does
+#pragma omp simd
+    for (int64_t j = 0; j < C; ++j) d[j] /= denom;
+    d[y] -= inv_n;
+  }
+  double total = 0.0;
+  for (int64_t r = 0; r < N; ++r) total += row_loss[r];
+  return total / static_cast<double>(N);
+}
+
+}  // namespace ft::cpu
