@@ -1,0 +1,258 @@
+"""Ring all-reduce (Patarasuk & Yuan 2009, "Bandwidth optimal all-reduce algorithms for clusters
+of workstations"; the scheme Baidu's ring-allreduce and Horovod popularized).
+
+n ranks, buffer split into n chunks. Reduce-scatter: in step s rank r sends chunk (r - s) to its
+right neighbour and adds chunk (r - s - 1) arriving from its left; after n - 1 steps rank r holds
+the full sum of chunk (r + 1). All-gather: n - 1 more steps forward the owners' reduced chunks
+around the ring. Each rank sends 2 (n - 1) / n of the buffer, independent of n.
+
+Pipelining: every chunk is cut into segments; a segment is forwarded as soon as it has been
+reduced, so the ring's steps overlap (a long message would otherwise serialize receive, add and
+send). Receives are posted before the matching sends and waited in order; sends from one rank to
+its neighbour go out in (step, segment) order, so one tag suffices (MPI's non-overtaking rule).
+
+Every rank ends bit-identical: a chunk is summed once, by a fixed chain of ranks, and the
+all-gather copies the owner's result. With a codec ("once" schedule) the owner encodes its
+reduced chunk, the all-gather forwards those bytes unchanged and every rank (owner included)
+decodes the same bytes.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+
+import numpy as np
+
+from .codecs import ErrorFeedback, get_codec
+from .comm import Communicator
+
+DEFAULT_SEGMENT_BYTES = 1 << 19
+_TAG = 77
+
+
+def chunk_offsets(n: int, parts: int) -> np.ndarray:
+    """Boundaries of `parts` chunks of n values, as np.array_split makes them: the first n % parts
+    chunks get one more value. offsets[i]:offsets[i+1] is chunk i (possibly empty)."""
+    if parts < 1 or n < 0:
+        raise ValueError(f"chunk_offsets(n={n}, parts={parts}): expected n >= 0 and parts >= 1")
+    base, extra = divmod(n, parts)
+    i = np.arange(parts + 1)
+    return i * base + np.minimum(i, extra)
+
+
+def segment_bounds(start: int, stop: int, seg: int) -> list[tuple[int, int]]:
+    """[start, stop) cut into pieces of at most seg values (empty range -> no pieces)."""
+    if seg < 1:
+        raise ValueError(f"segment size: expected >= 1 value, got {seg}")
+    return [(a, min(a + seg, stop)) for a in range(start, stop, seg)]
+
+
+def wire_bytes(n: int, size: int, itemsize: int = 4, codec=None, rank: int = 0) -> int:
+    """Bytes `rank` sends in a ring all-reduce of n values: in reduce-scatter every chunk but the
+    one it ends up owning (rank + 1), in the all-gather every chunk but rank + 2 (encoded by the
+    codec in the 'once' schedule)."""
+    if size <= 1:
+        return 0
+    sizes = np.diff(chunk_offsets(n, size))
+    codec = get_codec(codec)
+    rs = itemsize * (n - int(sizes[(rank + 1) % size]))
+    ag = [int(sizes[c]) for c in range(size) if c != (rank + 2) % size]
+    if codec is None:
+        return rs + itemsize * sum(ag)
+    return rs + sum(codec.nbytes(s) for s in ag)
+
+
+def _check_buf(buf, name="buf"):
+    if not isinstance(buf, np.ndarray) or buf.ndim != 1 or not buf.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a contiguous 1-D NumPy array, got "
+                         f"{type(buf).__name__} {getattr(buf, 'shape', '')}")
+    if buf.dtype not in (np.float32, np.float64):
+        raise ValueError(f"{name}: expected float32 or float64, got {buf.dtype}")
+
+
+def ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
+                   segment_bytes: int = DEFAULT_SEGMENT_BYTES, codec=None,
+                   rng: np.random.Generator | None = None, offset: int = 0) -> np.ndarray:
+    """All-reduce `buf` in place over `comm` with the ring; returns buf.
+
+    op: 'sum' or 'mean'. codec: None, a name from `codecs`, a Codec or an ErrorFeedback
+    ('once' schedule, float32 only). offset: where buf starts inside the buffer an ErrorFeedback
+    residual covers (used by BucketedAllreduce). rng: stochastic rounding source."""
+    if op not in ("sum", "mean"):
+        raise ValueError(f"op: expected 'sum' or 'mean', got {op!r}")
+    _check_buf(buf)
+    codec = get_codec(codec)
+    if codec is not None and buf.dtype != np.float32:
+        raise ValueError(f"codec={codec.name}: expected a float32 buffer, got {buf.dtype}")
+    p = comm.size
+    if p == 1:
+        return buf
+    seg = max(1, int(segment_bytes) // buf.itemsize)
+    r = comm.rank
+    right, left = (r + 1) % p, (r - 1) % p
+    off = chunk_offsets(buf.size, p)
+    chunk = lambda c: (int(off[c % p]), int(off[c % p + 1]))  # noqa: E731
+
+    # ---- reduce-scatter, pipelined: a reduced segment is forwarded at once ----
+    maxc = int(np.diff(off).max())
+    scratch = [np.empty(maxc, buf.dtype), np.empty(maxc, buf.dtype)]
+
+    def post_recvs(step):
+        a, b = chunk(r - step - 1)
+        s = scratch[step % 2]
+        return [(x, y, comm.irecv(s[x - a:y - a], left, _TAG)) for x, y in segment_bounds(a, b, seg)]
+
+    sends = [comm.isend(buf[x:y], right, _TAG) for x, y in segment_bounds(*chunk(r), seg)]
+    recvs = post_recvs(0)
+    for step in range(p - 1):
+        last = step == p - 2
+        nxt = None if last else post_recvs(step + 1)
+        a = chunk(r - step - 1)[0]
+        s = scratch[step % 2]
+        for x, y, req in recvs:
+            comm.wait(req)
+            np.add(buf[x:y], s[x - a:y - a], out=buf[x:y])
+            if not last:
+                sends.append(comm.isend(buf[x:y], right, _TAG))
+        recvs = nxt
+    comm.waitall(sends)  # the all-gather overwrites chunks sent above
+
+    own = r + 1
+    oa, ob = chunk(own)
+    if op == "mean":
+        buf[oa:ob] /= p  # by the owner only, then copied: ranks stay bit-identical
+
+    if codec is None:
+        # ---- all-gather straight into buf ----
+        recvs = []
+        for step in range(p - 1):
+            recvs += [comm.irecv(buf[x:y], left, _TAG) for x, y in segment_bounds(*chunk(r - step), seg)]
+        sends = [comm.isend(buf[x:y], right, _TAG) for x, y in segment_bounds(oa, ob, seg)]
+        k = 0
+        for step in range(p - 1):
+            for x, y in segment_bounds(*chunk(r - step), seg):
+                comm.wait(recvs[k])
+                k += 1
+                if step < p - 2:
+                    sends.append(comm.isend(buf[x:y], right, _TAG))
+        comm.waitall(sends)
+        return buf
+
+    # ---- compressed all-gather ('once'): forward the owner's encoded bytes unchanged ----
+    nbytes = [codec.nbytes(int(b - a)) for a, b in zip(off[:-1], off[1:])]
+    starts = np.concatenate([[0], np.cumsum([(nb + 63) // 64 * 64 for nb in nbytes])]).astype(int)
+    wire = np.empty(int(starts[-1]), np.uint8)
+    blob = lambda c: wire[starts[c % p]:starts[c % p] + nbytes[c % p]]  # noqa: E731
+    bseg = max(1, int(segment_bytes))
+    recvs = []
+    for step in range(p - 1):
+        bl = blob(r - step)
+        recvs += [comm.irecv(bl[x:y], left, _TAG) for x, y in segment_bounds(0, bl.size, bseg)]
+    mine = blob(own)
+    rng = rng if rng is not None else np.random.default_rng()
+    if ob == oa:
+        pass
+    elif isinstance(codec, ErrorFeedback):
+        codec.encode(buf[oa:ob], mine, rng, offset=offset + oa)
+    else:
+        codec.encode(buf[oa:ob], mine, rng)
+    sends = [comm.isend(mine[x:y], right, _TAG) for x, y in segment_bounds(0, mine.size, bseg)]
+    k = 0
+    for step in range(p - 1):
+        bl = blob(r - step)
+        for x, y in segment_bounds(0, bl.size, bseg):
+            comm.wait(recvs[k])
+            k += 1
+            if step < p - 2:
+                sends.append(comm.isend(bl[x:y], right, _TAG))
+    for c in range(p):
+        a, b = chunk(c)
+        if b > a:
+            codec.decode(blob(c), buf[a:b])
+    comm.waitall(sends)
+    return buf
+
+
+class BucketedAllreduce:
+    """All-reduce a flat gradient arena in contiguous buckets, so communication of the buckets
+    backward has finished overlaps the rest of backward.
+
+    start(i) queues bucket i; wait() blocks until every started bucket is reduced. Buckets run
+    in start order on one background thread over a duplicated communicator (its own message
+    space), which needs MPI_THREAD_MULTIPLE (mpi4py asks for it by default); without it start()
+    reduces synchronously. A failure on the thread is re-raised by wait()."""
+
+    def __init__(self, comm: Communicator, arena_grad: np.ndarray, bucket_bytes: int = 1 << 22,
+                 op: str = "mean", codec=None, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+                 threaded: bool | None = None):
+        _check_buf(arena_grad, "arena_grad")
+        if bucket_bytes < arena_grad.itemsize:
+            raise ValueError(f"bucket_bytes: expected at least one value ({arena_grad.itemsize} bytes), got {bucket_bytes}")
+        self.comm, self.grad, self.op, self.segment_bytes = comm, arena_grad, op, segment_bytes
+        self.codec = get_codec(codec)
+        per = bucket_bytes // arena_grad.itemsize
+        self.bounds = segment_bounds(0, arena_grad.size, per)
+        if threaded is None:
+            threaded = comm.size > 1 and comm.thread_multiple
+        if threaded and not comm.thread_multiple:
+            raise ValueError("BucketedAllreduce(threaded=True): the MPI library was not initialized with MPI_THREAD_MULTIPLE")
+        self.threaded = threaded
+        self._pending = 0
+        self._error: BaseException | None = None
+        self._rng = np.random.default_rng()
+        if threaded:
+            self._comm = comm.dup()
+            self._queue: queue.Queue = queue.Queue()
+            self._done = threading.Condition()
+            self._thread = threading.Thread(target=self._worker, daemon=True, name="ft-allreduce")
+            self._thread.start()
+
+    def __len__(self):
+        return len(self.bounds)
+
+    def _reduce(self, comm, i):
+        a, b = self.bounds[i]
+        ring_allreduce(comm, self.grad[a:b], op=self.op, segment_bytes=self.segment_bytes,
+                       codec=self.codec, rng=self._rng, offset=a)
+
+    def _worker(self):
+        while True:
+            i = self._queue.get()
+            if i is None:
+                return
+            try:
+                if self._error is None:
+                    self._reduce(self._comm, i)
+            except BaseException as e:  # noqa: BLE001 - handed to wait()
+                self._error = e
+            with self._done:
+                self._pending -= 1
+                self._done.notify_all()
+
+    def start(self, i: int) -> None:
+        if not 0 <= i < len(self.bounds):
+            raise IndexError(f"BucketedAllreduce.start(bucket={i}): expected 0 <= bucket < {len(self.bounds)}")
+        if not self.threaded:
+            self._reduce(self.comm, i)
+            return
+        with self._done:
+            self._pending += 1
+        self._queue.put(i)
+
+    def start_all(self) -> None:
+        for i in range(len(self.bounds)):
+            self.start(i)
+
+    def wait(self) -> None:
+        if self.threaded:
+            with self._done:
+                while self._pending:
+                    self._done.wait()
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise RuntimeError("BucketedAllreduce: a bucket failed on the communication thread") from err
+
+    def close(self) -> None:
+        if self.threaded and self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()

@@ -1,0 +1,65 @@
+"""Run under mpiexec: ring all-reduce (plain, bucketed, compressed) against the float64 NumPy sum of
+every rank's data. Rank 0 regenerates every rank's data from its seed and prints one JSON line."""
+import hashlib
+import json
+import sys
+
+import numpy as np
+
+from fasttrain.dist import BucketedAllreduce, ErrorFeedback, get_comm, ring_allreduce
+
+
+def data(rank, n, seed=0):
+    # positive values keep the sum away from zero, so a relative tolerance is meaningful
+    return np.random.default_rng([seed, rank, n]).uniform(0.5, 1.5, n).astype(np.float32)
+
+
+def digest(a):
+    return hashlib.sha256(a.tobytes()).hexdigest()
+
+
+comm = get_comm()
+sizes = [int(s) for s in sys.argv[1].split(",")]
+seg = int(sys.argv[2]) if len(sys.argv) > 2 else 4096
+p, r = comm.size, comm.rank
+out = {"size": p, "cases": []}
+for n in sizes:
+    ref = np.sum([data(k, n).astype(np.float64) for k in range(p)], axis=0) if r == 0 else None
+    case = {"n": n}
+    for op in ("sum", "mean"):
+        buf = data(r, n)
+        ring_allreduce(comm, buf, op=op, segment_bytes=seg)
+        hashes = comm.allgather(digest(buf))
+        if r == 0:
+            want = ref / p if op == "mean" else ref
+            case[op + "_relerr"] = float(np.max(np.abs(buf - want) / np.abs(want))) if n else 0.0
+            case[op + "_identical"] = len(set(hashes)) == 1
+    # MPI's own Allreduce, the reference implementation, on the same data
+    buf = data(r, n)
+    comm.allreduce_mpi(buf)
+    if r == 0:
+        case["mpi_relerr"] = float(np.max(np.abs(buf - ref) / np.abs(ref))) if n else 0.0
+    # bucketed (background thread when MPI_THREAD_MULTIPLE), buckets of 3 KB
+    buf = data(r, n)
+    br = BucketedAllreduce(comm, buf, bucket_bytes=3000, op="sum", segment_bytes=seg)
+    for i in reversed(range(len(br))):
+        br.start(i)
+    br.wait()
+    br.close()
+    hashes = comm.allgather(digest(buf))
+    if r == 0:
+        case["bucketed_threaded"] = br.threaded
+        case["bucketed_relerr"] = float(np.max(np.abs(buf - ref) / np.abs(ref))) if n else 0.0
+        case["bucketed_identical"] = len(set(hashes)) == 1
+    # compressed, 'once' schedule: error relative to the largest value, ranks identical
+    for codec in ("fp16", "bf16", "int8", "int4", "sign", "ef-int8"):
+        buf = data(r, n)
+        c = ErrorFeedback("int8", n) if codec == "ef-int8" else codec
+        ring_allreduce(comm, buf, op="sum", segment_bytes=seg, codec=c, rng=np.random.default_rng(r))
+        hashes = comm.allgather(digest(buf))
+        if r == 0:
+            case[codec + "_err"] = float(np.max(np.abs(buf - ref)) / np.max(np.abs(ref))) if n else 0.0
+            case[codec + "_identical"] = len(set(hashes)) == 1
+    out["cases"].append(case)
+if r == 0:
+    print(json.dumps(out))
