@@ -2,6 +2,8 @@
 // streamed once from memory, so a step runs at memory bandwidth. Scalars (bias corrections,
 // decay factors) are folded once per call, outside the loop. restrict: p, g and the state are
 // distinct ranges of different arenas, which lets the compiler vectorize without alias checks.
+// The loops with a square root vectorize only without errno semantics: CMakeLists.txt compiles
+// this file with -fno-math-errno (IEEE sqrt is correctly rounded, so results are unchanged).
 #include <cmath>
 
 #include "fasttrain/cpu.h"
