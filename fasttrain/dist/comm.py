@@ -176,7 +176,10 @@ class _RecvReq:
 
 class ThreadComm(Communicator):
     """Rank `rank` of a world of `size` threads sharing mailboxes. Sends are buffered (the data is
-    copied at isend time); messages between a pair with one tag arrive in order, as in MPI."""
+    copied at isend time); messages between a pair with one tag arrive in order, as in MPI.
+    No dup(): bucketed reduction over threads runs synchronously."""
+
+    thread_multiple = False
 
     def __init__(self, world: "ThreadWorld", rank: int):
         self.world, self.rank, self.size = world, rank, world.size

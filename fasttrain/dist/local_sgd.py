@@ -24,7 +24,7 @@ class LocalSGD:
         if int(warmup_sync_steps) < 0:
             raise ValueError(f"LocalSGD(warmup_sync_steps={warmup_sync_steps}): expected >= 0")
         self.comm = comm
-        self.params = arena.data if hasattr(arena, "data") else arena
+        self.params = arena if isinstance(arena, np.ndarray) else getattr(arena, "data", None)
         if not isinstance(self.params, np.ndarray) or self.params.ndim != 1:
             raise ValueError(f"LocalSGD(arena): expected a ParamArena or a flat array, got {type(arena).__name__}")
         self.H, self.warmup = int(period_H), int(warmup_sync_steps)

@@ -39,9 +39,9 @@ for n in sizes:
     comm.allreduce_mpi(buf)
     if r == 0:
         case["mpi_relerr"] = float(np.max(np.abs(buf - ref) / np.abs(ref))) if n else 0.0
-    # bucketed (background thread when MPI_THREAD_MULTIPLE), buckets of 3 KB
+    # bucketed (background thread when MPI_THREAD_MULTIPLE), buckets not dividing the size
     buf = data(r, n)
-    br = BucketedAllreduce(comm, buf, bucket_bytes=3000, op="sum", segment_bytes=seg)
+    br = BucketedAllreduce(comm, buf, bucket_bytes=3000 if n < 10000 else 700000, op="sum", segment_bytes=seg)
     for i in reversed(range(len(br))):
         br.start(i)
     br.wait()

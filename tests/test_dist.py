@@ -1,0 +1,292 @@
+"""fasttrain.dist without an MPI launcher: chunk/segment arithmetic, the ring over threads standing
+in for ranks (ThreadWorld), codecs against independent references, error feedback, LocalComm."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fasttrain.dist import (BucketedAllreduce, ErrorFeedback, LocalComm, LocalSGD, ThreadWorld, chunk_offsets,
+                            get_codec, get_comm, ring_allreduce, segment_bounds, wire_bytes)
+
+
+# ---------------------------------------------------------------- chunk and segment arithmetic
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 16, 1000, 131071])
+@pytest.mark.parametrize("parts", [1, 2, 3, 4, 5, 8])
+def test_chunk_offsets_match_array_split(n, parts):
+    off = chunk_offsets(n, parts)
+    pieces = np.array_split(np.arange(n), parts)
+    assert len(off) == parts + 1 and off[0] == 0 and off[-1] == n
+    assert [int(b - a) for a, b in zip(off[:-1], off[1:])] == [len(q) for q in pieces]
+    for q, a in zip(pieces, off[:-1]):
+        if len(q):
+            assert q[0] == a
+
+
+@pytest.mark.parametrize("start,stop,seg", [(0, 0, 4), (3, 4, 4), (5, 21, 4), (5, 22, 4), (0, 10, 1), (7, 9, 100)])
+def test_segment_bounds_cover_range(start, stop, seg):
+    pieces = segment_bounds(start, stop, seg)
+    covered = [i for a, b in pieces for i in range(a, b)]
+    assert covered == list(range(start, stop))
+    assert all(0 < b - a <= seg for a, b in pieces)
+
+
+def test_bad_arguments_name_the_value():
+    with pytest.raises(ValueError, match="parts=0"):
+        chunk_offsets(5, 0)
+    with pytest.raises(ValueError, match="got 0"):
+        segment_bounds(0, 5, 0)
+    with pytest.raises(ValueError, match="op"):
+        ring_allreduce(LocalComm(), np.zeros(3, np.float32), op="max")
+    with pytest.raises(ValueError, match=r"1-D.*\(2, 2\)"):
+        ring_allreduce(LocalComm(), np.zeros((2, 2), np.float32))
+    with pytest.raises(ValueError, match="int32"):
+        ring_allreduce(LocalComm(), np.zeros(3, np.int32))
+    with pytest.raises(ValueError, match="'int3'"):
+        get_codec("int3")
+    with pytest.raises(ValueError, match="float32 buffer, got float64"):
+        ring_allreduce(LocalComm(), np.zeros(3), codec="int8")
+
+
+def test_wire_bytes():
+    n, p = 1 << 20, 4
+    plain = wire_bytes(n, p)
+    assert plain == 4 * 2 * (p - 1) * n // p          # 2 (p - 1) / p of the buffer, divisible case
+    assert wire_bytes(n, 1) == 0
+    assert get_codec("int8").ratio(n) <= 0.27
+    assert get_codec("int4").ratio(n) <= 0.14
+    assert get_codec("sign").ratio(n) <= 0.05
+    # once schedule: full-precision reduce-scatter + encoded all-gather
+    int8 = wire_bytes(n, p, codec="int8")
+    assert int8 < plain and abs(int8 / plain - (1 + get_codec("int8").ratio(n)) / 2) < 1e-3
+    # uneven sizes: every rank's count is the sum of the chunks it sends
+    for r in range(3):
+        sizes = np.diff(chunk_offsets(10, 3))
+        assert wire_bytes(10, 3, rank=r) == 4 * (20 - sizes[(r + 1) % 3] - sizes[(r + 2) % 3])
+
+
+# ---------------------------------------------------------------- ring over threads
+
+def _rank_data(rank, n, dtype=np.float32):
+    return np.random.default_rng([rank, n]).uniform(0.5, 1.5, n).astype(dtype)
+
+
+@pytest.mark.parametrize("K", [2, 3, 4])
+@pytest.mark.parametrize("n_kind", ["one", "K-1", "7", "prime"])
+@pytest.mark.parametrize("op", ["sum", "mean"])
+def test_ring_over_threads_matches_float64_sum(K, n_kind, op):
+    n = {"one": 1, "K-1": K - 1, "7": 7, "prime": 131071}[n_kind]
+    ref = np.sum([_rank_data(k, n).astype(np.float64) for k in range(K)], axis=0)
+    if op == "mean":
+        ref /= K
+
+    def body(comm):
+        buf = _rank_data(comm.rank, n)
+        ring_allreduce(comm, buf, op=op, segment_bytes=40 if n < 1000 else 4096)  # many segments
+        return buf
+
+    outs = ThreadWorld(K).run(body)
+    np.testing.assert_allclose(outs[0], ref, rtol=1e-5)
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
+
+
+def test_ring_float64_buffers():
+    K, n = 3, 1001
+    ref = np.sum([_rank_data(k, n, np.float64) for k in range(K)], axis=0)
+    outs = ThreadWorld(K).run(lambda c: ring_allreduce(c, _rank_data(c.rank, n, np.float64), segment_bytes=256))
+    np.testing.assert_allclose(outs[0], ref, rtol=1e-14)
+
+
+@pytest.mark.parametrize("codec", ["fp16", "bf16", "int8", "int4", "sign"])
+def test_compressed_ring_over_threads_identical(codec):
+    K, n = 3, 5003
+    ref = np.sum([_rank_data(k, n).astype(np.float64) for k in range(K)], axis=0)
+
+    def body(comm):
+        buf = _rank_data(comm.rank, n)
+        return ring_allreduce(comm, buf, codec=codec, segment_bytes=999, rng=np.random.default_rng(comm.rank))
+
+    outs = ThreadWorld(K).run(body)
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
+    bound = {"fp16": 2 ** -11, "bf16": 2 ** -8, "int8": 1 / 127, "int4": 1 / 7, "sign": 1.0}[codec]
+    assert np.max(np.abs(outs[0] - ref)) <= bound * np.max(np.abs(ref)) * 1.0001
+
+
+def test_bucketed_over_threads_matches_ring():
+    K, n = 3, 10007
+    ref = np.sum([_rank_data(k, n).astype(np.float64) for k in range(K)], axis=0) / K
+
+    def body(comm):
+        buf = _rank_data(comm.rank, n)
+        br = BucketedAllreduce(comm, buf, bucket_bytes=4 * 999, op="mean")
+        assert not br.threaded and len(br) == 11
+        for i in reversed(range(len(br))):
+            br.start(i)
+        br.wait()
+        return buf
+
+    outs = ThreadWorld(K).run(body)
+    np.testing.assert_allclose(outs[0], ref, rtol=1e-5)
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
+
+
+# ---------------------------------------------------------------- codecs
+
+def _bf16_reference(x):
+    """Nearest bfloat16 by exhaustive comparison of the two neighbours (float64), ties to even."""
+    with np.errstate(invalid="ignore"):  # the upper neighbour of inf is a NaN pattern; never picked
+        return _bf16_nearest(x)
+
+
+def _bf16_nearest(x):
+    u = x.view(np.uint32).astype(np.uint64)
+    lo = (u >> 16) << 16
+    hi = lo + (1 << 16)
+    flo = lo.astype(np.uint32).view(np.float32).astype(np.float64)
+    fhi = hi.astype(np.uint32).view(np.float32).astype(np.float64)
+    dlo, dhi = np.abs(x - flo), np.abs(fhi - x)
+    pick_hi = (dhi < dlo) | ((dhi == dlo) & (((lo >> 16) & 1) == 1))
+    return np.where(pick_hi, fhi, flo).astype(np.float32)
+
+
+def test_bf16_round_to_nearest_even():
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(100_000) * 10.0 ** rng.integers(-20, 20, 100_000)).astype(np.float32)
+    # exact ties: low 16 bits 0x8000 with an even and an odd kept bit
+    ties = np.array([0x3F808000, 0x3F818000, 0xBF808000, 0xBF818000, 0x00008000], np.uint32).view(np.float32)
+    x = np.concatenate([x, ties, np.float32([0.0, -0.0, np.inf, -np.inf])])
+    got = get_codec("bf16").roundtrip(x)
+    assert np.array_equal(got.view(np.uint32), _bf16_reference(x).view(np.uint32))
+    assert got[-9] == np.float32(1.0) and got[-8] == np.uint32(0x3F820000).view(np.float32)
+    assert np.isnan(get_codec("bf16").roundtrip(np.float32([np.nan]))).all()
+
+
+def test_fp16_is_numpy_half_rounding():
+    x = np.random.default_rng(1).standard_normal(1001).astype(np.float32) * 100
+    assert np.array_equal(get_codec("fp16").roundtrip(x), x.astype(np.float16).astype(np.float32))
+
+
+@pytest.mark.parametrize("name,levels", [("int8", 127), ("int4", 7)])
+@pytest.mark.parametrize("n", [1, 255, 256, 257, 1031])
+def test_int_codecs_error_within_one_step_per_block(name, levels, n):
+    codec = get_codec(name)
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal(n).astype(np.float32) * np.repeat(10.0 ** rng.integers(-3, 3, n // 256 + 1), 256)[:n]
+    x = x.astype(np.float32)
+    got = codec.roundtrip(x, rng)
+    assert got.shape == x.shape and codec.nbytes(n) == 4 * -(-n // 256) + (n if name == "int8" else (n + 1) // 2)
+    for a in range(0, n, 256):
+        blk = x[a:a + 256].astype(np.float64)
+        step = np.max(np.abs(blk)) / levels
+        assert np.max(np.abs(got[a:a + 256] - blk)) <= step * (1 + 1e-5)
+    z = np.zeros(n, np.float32)
+    assert np.array_equal(codec.roundtrip(z, rng), z)
+
+
+@pytest.mark.parametrize("name,levels", [("int8", 127), ("int4", 7)])
+def test_stochastic_rounding_is_unbiased(name, levels):
+    codec = get_codec(name)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(300).astype(np.float32)
+    T = 4000
+    mean = np.mean([codec.roundtrip(x, rng) for _ in range(T)], axis=0, dtype=np.float64)
+    step = np.concatenate([np.full(256, np.abs(x[:256]).max()), np.full(44, np.abs(x[256:]).max())]) / levels
+    # per element variance <= step^2 / 4: 6 standard errors of the mean
+    assert np.all(np.abs(mean - x) <= 6 * step / (2 * np.sqrt(T)) + 1e-7)
+    # and the rounding is not deterministic (round-to-nearest would be biased)
+    assert len({codec.roundtrip(x, rng).tobytes() for _ in range(3)}) > 1
+
+
+def test_sign_codec_keeps_signs_and_block_mean_magnitude():
+    x = np.random.default_rng(3).standard_normal(700).astype(np.float32)
+    got = get_codec("sign").roundtrip(x)
+    assert np.array_equal(got >= 0, x >= 0)
+    for a in range(0, 700, 256):
+        np.testing.assert_allclose(np.abs(got[a:a + 256]), np.abs(x[a:a + 256]).mean(), rtol=1e-6)
+    assert get_codec("sign").nbytes(700) == 4 * 3 + 88
+
+
+@pytest.mark.parametrize("name", ["sign", "int4"])
+def test_error_feedback_keeps_accumulated_error_bounded(name):
+    rng = np.random.default_rng(5)
+    g = rng.standard_normal(512).astype(np.float32) * np.linspace(0.01, 3, 512).astype(np.float32)
+    ef = ErrorFeedback(name, g.size)
+    codec = get_codec(name)
+    buf = np.empty(codec.nbytes(g.size), np.uint8)
+    dec = np.empty_like(g)
+    total_ef = np.zeros(g.size)
+    total_plain = np.zeros(g.size)
+    errs, plain_errs = [], []
+    for t in range(1, 401):
+        ef.encode(g, buf, rng)
+        ef.decode(buf, dec)
+        total_ef += dec
+        total_plain += codec.roundtrip(g, rng)
+        errs.append(np.max(np.abs(total_ef - t * g.astype(np.float64))))
+        plain_errs.append(np.max(np.abs(total_plain - t * g.astype(np.float64))))
+    # the accumulated error equals the residual, which stays bounded: it does not grow with t
+    np.testing.assert_allclose(total_ef - 400 * g.astype(np.float64), -ef.residual, atol=1e-2)
+    assert max(errs[200:]) <= 2 * max(errs[:200]) + 1e-6
+    if name == "sign":  # without feedback the sign codec's bias accumulates linearly in t
+        assert plain_errs[399] > 1.9 * plain_errs[199] and plain_errs[399] > 2 * max(errs)
+    state = ef.state_dict()
+    ef2 = ErrorFeedback(name, g.size)
+    ef2.load_state_dict(state)
+    assert np.array_equal(ef2.residual, ef.residual)
+    with pytest.raises(ValueError, match="residual shape"):
+        ErrorFeedback(name, 3).load_state_dict(state)
+
+
+# ---------------------------------------------------------------- LocalComm path
+
+def test_local_comm_is_identity():
+    comm = LocalComm()
+    x = np.arange(5, dtype=np.float32)
+    ring_allreduce(comm, x, op="mean", codec="int8")
+    assert np.array_equal(x, np.arange(5, dtype=np.float32))
+    assert comm.allgather({"a": 1}) == [{"a": 1}] and comm.bcast(3) == 3
+    comm.allreduce_mpi(x, op="mean")
+    assert np.array_equal(x, np.arange(5, dtype=np.float32))
+    br = BucketedAllreduce(comm, x, bucket_bytes=8)
+    br.start_all()
+    br.wait()
+    assert not br.threaded and len(br) == 3
+    with pytest.raises(ValueError, match="no peer"):
+        comm.isend(x, 1)
+
+
+def test_local_sgd_schedule_on_local_comm():
+    w = np.ones(4, np.float32)
+    sgd = LocalSGD(LocalComm(), w, period_H=4, warmup_sync_steps=3)
+    assert [s for s in range(1, 14) if sgd.after_step(s)] == [1, 2, 3, 4, 8, 12]
+    assert np.array_equal(w, np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="period_H=0"):
+        LocalSGD(LocalComm(), w, period_H=0)
+
+
+def test_local_sgd_over_threads_averages_params_and_extras():
+    def body(comm):
+        w = np.full(6, float(comm.rank), np.float32)
+        extra = [np.full((2, 2), 2.0 * comm.rank), np.full(3, -float(comm.rank), np.float32)]
+        LocalSGD(comm, w, period_H=1, extra=extra).after_step(1)
+        return w, extra
+
+    for w, extra in ThreadWorld(3).run(body):
+        assert np.array_equal(w, np.full(6, 1.0, np.float32))
+        assert np.allclose(extra[0], 2.0) and extra[0].dtype == np.float64 and np.allclose(extra[1], -1.0)
+
+
+def test_get_comm_without_launcher_is_local_and_does_not_import_mpi():
+    env = {k: v for k, v in os.environ.items() if k not in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")}
+    code = "import sys; from fasttrain.dist import get_comm; c = get_comm(); print(type(c).__name__, 'mpi4py' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["LocalComm", "False"]
+
+
+def test_launched_world_size_rejects_garbage(monkeypatch):
+    monkeypatch.setenv("PMI_SIZE", "four")
+    with pytest.raises(ValueError, match="'four'"):
+        get_comm()
