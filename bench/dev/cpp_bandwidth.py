@@ -2,7 +2,7 @@
 STREAM-like copy measured in the same run. Usage: python bench/dev/cpp_bandwidth.py [--threads N]
 
 Bytes counted per element: adam 28 (read p, g, m, v; write p, m, v), rmsprop 20 (read p, g, s;
-write p, s), dropout fwd+bwd 16 (each reads 4 and writes 4), copy 8 (read 4, write 4).
+write p, s), dropout fwd+bwd 16 (each reads 4 and writes 4), copy and relu 8 (read 4, write 4).
 """
 import argparse
 import time
@@ -39,7 +39,9 @@ def main():
 
     rows = []
     t = median_time(lambda: np.copyto(dst, src), args.runs)
-    rows.append(("numpy copy", n, t, 8 * n / t / 1e9))
+    rows.append(("numpy copy (1 thread)", n, t, 8 * n / t / 1e9))
+    t = median_time(lambda: _C.relu_fwd(src, dst), args.runs)  # a copy-like pass on all threads
+    rows.append(("C++ relu_fwd", n, t, 8 * n / t / 1e9))
     t = median_time(lambda: _C.adam_step(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.1, 0.001, 0.0, 0.0, 0.01), args.runs)
     rows.append(("adam_step", n, t, 28 * n / t / 1e9))
     t = median_time(lambda: _C.rmsprop_step(p, g, s, 1e-3, 0.9, 1e-8, 0.0, 0.0), args.runs)
@@ -56,7 +58,7 @@ def main():
     rows.append(("dropout fwd+bwd", nd, t, 16 * nd / t / 1e9))
     print(f"threads={_C.num_threads()} {_C.build_info()['simd']}")
     for name, size, t, gbs in rows:
-        print(f"{name:16s} n={size:>9d}  median {t * 1e3:8.3f} ms  {gbs:6.1f} GB/s")
+        print(f"{name:22s} n={size:>9d}  median {t * 1e3:8.3f} ms  {gbs:6.1f} GB/s")
 
 
 if __name__ == "__main__":
