@@ -62,3 +62,16 @@ def test_exception_on_one_rank_aborts_the_job():
     proc = mpirun(2, "fail.py", timeout=60, check=False)
     assert proc.returncode != 0
     assert "deliberate failure on rank 1" in proc.stderr
+
+
+def test_collectives_bench_quick_writes_records(tmp_path):
+    out = tmp_path / "coll.jsonl"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "collectives.py"), "--quick", "--ranks", "2",
+                           "--json", str(out)], capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {(r["backend"], r["size"]) for r in records} == {(b, s) for b in ("ring", "mpi") for s in (4096, 262144, 4194304)}
+    for r in records:
+        assert {"suite", "name", "backend", "size", "ranks", "median_s", "min_s", "max_s", "bytes", "pct_of_limit"} <= set(r)
+        assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"] and r["ranks"] == 2
+    assert "int8  codec 0.25" in proc.stdout

@@ -1,0 +1,124 @@
+"""Ring all-reduce vs MPI's own Allreduce, float32 sum, sizes 4 KB..64 MB, K = 2 and 4 ranks.
+
+    python bench/collectives.py [--quick] [--json out.jsonl] [--ranks 2,4] [--segment-bytes N]
+
+Without a launcher it re-runs itself under `mpiexec -n K python -m mpi4py` for each K; under
+mpiexec it benches that world. Checks first (ring == MPI result within float32 rounding, ranks
+bit-identical), then times: a sample is the slowest rank's time for one call between barriers;
+median of several samples. Bus bandwidth 2 (K - 1) / K * S / t (the bytes each rank must move,
+per the NCCL-tests convention). pct_of_limit is null: no separate limit is measured here.
+Also prints bytes on the wire per codec (ring 'once' schedule).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fasttrain.dist import get_codec, get_comm, launched_world_size, ring_allreduce, wire_bytes  # noqa: E402
+from fasttrain.dist.ring import DEFAULT_SEGMENT_BYTES  # noqa: E402
+
+FULL_SIZES = [4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20]
+QUICK_SIZES = [4 << 10, 256 << 10, 4 << 20]
+
+
+def _samples(comm, fn, reset, nbytes):
+    repeat = 21 if nbytes <= (1 << 20) else 9 if nbytes <= (16 << 20) else 5
+    inner = 20 if nbytes <= (64 << 10) else 1  # microsecond calls: time a loop of them
+    out = []
+    for i in range(repeat + 2):
+        reset()
+        comm.barrier()
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        dt = (time.perf_counter() - t0) / inner
+        slowest = max(comm.allgather(dt))
+        if i >= 2:  # two warm-up rounds
+            out.append(slowest)
+    return out
+
+
+def child(args):
+    comm = get_comm()
+    p, r = comm.size, comm.rank
+    sizes = QUICK_SIZES if args.quick else FULL_SIZES
+    for size in sizes:
+        n = size // 4
+        src = np.random.default_rng([r, n]).standard_normal(n).astype(np.float32)
+        a, b = src.copy(), src.copy()
+        ring_allreduce(comm, a, segment_bytes=args.segment_bytes)
+        comm.allreduce_mpi(b)
+        if not np.allclose(a, b, rtol=1e-5, atol=1e-5 * p):
+            raise AssertionError(f"size={size}: ring and MPI Allreduce disagree, max diff {np.max(np.abs(a - b))}")
+        if len(set(comm.allgather(hashlib.sha256(a.tobytes()).hexdigest()))) != 1:
+            raise AssertionError(f"size={size}: ring results differ between ranks")
+        buf = src.copy()
+        reset = lambda: np.copyto(buf, src)  # noqa: E731
+        for backend, fn in (("ring", lambda: ring_allreduce(comm, buf, segment_bytes=args.segment_bytes)),
+                            ("mpi", lambda: comm.allreduce_mpi(buf))):
+            s = _samples(comm, fn, reset, size)
+            if r == 0:
+                print(json.dumps({"suite": "collectives", "name": "allreduce_f32_sum", "backend": backend,
+                                  "size": size, "ranks": p, "median_s": statistics.median(s), "min_s": min(s),
+                                  "max_s": max(s), "bytes": wire_bytes(n, p), "pct_of_limit": None,
+                                  "segment_bytes": args.segment_bytes}), flush=True)
+
+
+def parent(args):
+    records = []
+    for k in [int(x) for x in args.ranks.split(",")]:
+        cmd = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(k), sys.executable, "-m", "mpi4py",
+               str(Path(__file__).resolve()), "--segment-bytes", str(args.segment_bytes)] + (["--quick"] if args.quick else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0:
+            sys.exit(f"collectives: mpiexec -n {k} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        records += [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    by = {(x["ranks"], x["size"], x["backend"]): x for x in records}
+    print(f"{'K':>2} {'size':>8} {'ring ms':>9} {'mpi ms':>9} {'ring GB/s':>9} {'mpi GB/s':>9} {'ring/mpi':>8}")
+    for (k, size, backend), x in sorted(by.items()):
+        if backend != "ring":
+            continue
+        m = by[(k, size, "mpi")]
+        bus = 2 * (k - 1) / k * size
+        label = f"{size >> 20}M" if size >= 1 << 20 else f"{size >> 10}K"
+        print(f"{k:>2} {label:>8} {x['median_s'] * 1e3:9.3f} {m['median_s'] * 1e3:9.3f} "
+              f"{bus / x['median_s'] / 1e9:9.2f} {bus / m['median_s'] / 1e9:9.2f} {m['median_s'] / x['median_s']:8.2f}x")
+    n = 1 << 24
+    print("\nbytes on the wire per rank, 64 MB, K=4 (ring, 'once' schedule: fp32 reduce-scatter + encoded all-gather):")
+    plain = wire_bytes(n, 4)
+    for name in ("fp16", "bf16", "int8", "int4", "sign"):
+        c = get_codec(name)
+        print(f"  {name:5s} codec {c.ratio(n):.4f}x fp32   ring total {wire_bytes(n, 4, codec=c) / plain:.4f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            for x in records:
+                f.write(json.dumps(x) + "\n")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="three sizes only")
+    ap.add_argument("--json", help="write JSON lines here")
+    ap.add_argument("--ranks", default="2,4", help="rank counts to launch (without a launcher)")
+    ap.add_argument("--segment-bytes", type=int, default=DEFAULT_SEGMENT_BYTES)
+    args = ap.parse_args(argv)
+    if launched_world_size() > 1:
+        child(args)
+    else:
+        parent(args)
+
+
+if __name__ == "__main__":
+    main()
