@@ -588,6 +588,13 @@ PYBIND11_MODULE(_C, m) {
     ft::cpu::set_num_threads(n);
   });
   m.def("num_threads", &ft::cpu::num_threads);
+  m.def("stream_add", [](py::array a, py::array b, py::array c) {
+    same_size(a, b, "a", "b"); same_size(a, c, "a", "c");
+    const float *pa = ptr_of(a, "a"), *pb = ptr_of(b, "b");
+    float* pc = ptr_of(c, "c");
+    py::gil_scoped_release nogil;
+    ft::cpu::stream_add(pa, pb, pc, a.size());
+  }, py::arg("a"), py::arg("b"), py::arg("c"));
 
   train_ops::bind(m);  // activations, optimizers, dropout, softmax cross-entropy
   layers::bind(m);  // conv2d, linear, batchnorm, pooling

@@ -104,6 +104,22 @@ PYBIND11_MODULE(_cuda, m) {
   bind_activation(m, "sigmoid", false, true);
   bind_activation(m, "tanh", false, true);
 
+  // ---- dropout: Philox masks regenerated from (seed, step, layer) ----
+  for (const char* name : {"dropout_fwd", "dropout_bwd"}) {
+    m.def(name, [](py::object x, py::object y, double p, uint64_t seed, uint32_t step, uint32_t layer, uintptr_t st) {
+      auto X = dev_array(x, "x"), Y = dev_array(y, "y");
+      same_size(X, Y, "y");
+      FT_CHECK(p >= 0.0 && p < 1.0, "p: expected a drop probability in [0, 1), got " << p);
+      ft::cuda::dropout_apply(f32(X), f32(Y), X.size, p, seed, step, layer, stream_of(st));
+    }, py::arg("x"), py::arg("y"), py::arg("p"), py::arg("seed"), py::arg("step"), py::arg("layer"),
+       py::arg("stream") = 0);
+  }
+  m.def("dropout_mask", [](py::object mask, double p, uint64_t seed, uint32_t step, uint32_t layer, uintptr_t st) {
+    auto M = dev_array(mask, "mask", "|u1");
+    FT_CHECK(p >= 0.0 && p < 1.0, "p: expected a drop probability in [0, 1), got " << p);
+    ft::cuda::dropout_mask(static_cast<uint8_t*>(M.ptr), M.size, p, seed, step, layer, stream_of(st));
+  }, py::arg("mask"), py::arg("p"), py::arg("seed"), py::arg("step"), py::arg("layer"), py::arg("stream") = 0);
+
   // ---- optimizers: one launch per call over a flat range ----
   m.def("sgd_step", [](py::object p, py::object g, float lr, float l2, float l1, uintptr_t st) {
     auto P = dev_array(p, "p"), G = dev_array(g, "g");

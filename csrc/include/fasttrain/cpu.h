@@ -10,6 +10,9 @@ namespace ft::cpu {
 void set_num_threads(int n);
 int num_threads();
 
+// stream.cpp: c = a + b, the bench's memory-bandwidth probe
+void stream_add(const float* a, const float* b, float* c, int64_t n);
+
 // activations.cpp (n elements; PReLU: x viewed as N,C,S with one slope per channel)
 void relu_fwd(const float* x, float* y, int64_t n);
 void relu_bwd(const float* x, const float* dy, float* dx, int64_t n);

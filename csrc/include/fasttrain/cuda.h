@@ -28,6 +28,11 @@ void activation_fwd(const char* op, const float* x, float* y, int64_t n, float a
 void activation_bwd(const char* op, const float* a, const float* dy, float* dx, int64_t n, float alpha,
                     cudaStream_t st);
 
+// dropout.cu: y = x * keep / (1-p) (also the backward, on dy); mask: 1 = kept
+void dropout_apply(const float* x, float* y, int64_t n, double p, uint64_t seed, uint32_t step, uint32_t layer,
+                   cudaStream_t st);
+void dropout_mask(uint8_t* mask, int64_t n, double p, uint64_t seed, uint32_t step, uint32_t layer, cudaStream_t st);
+
 // optim.cu
 void sgd_step(float* p, const float* g, int64_t n, float lr, float l2, float l1, cudaStream_t st);
 void momentum_step(float* p, const float* g, float* v, int64_t n, float lr, float mu, float l2, float l1,
