@@ -29,20 +29,33 @@ def _philox(c0, c1, c2, c3, k0, k1):
 
 
 @nb.njit(parallel=True, cache=True)
-def _apply(x, y, threshold, scale, k0, k1, step, layer, write_mask):
+def _apply_full_blocks(x, y, threshold, scale, k0, k1, step, layer):
+    # Whole 4-element blocks with the lanes written out and no bounds checks: straight-line code
+    # per block (about 1.4x faster than indexing the lanes in a loop).
+    zero = scale * 0
+    for b in nb.prange(x.size // 4):
+        w0, w1, w2, w3 = _philox(np.uint32(b & 0xFFFFFFFF), np.uint32(b >> 32), step, layer, k0, k1)
+        i = 4 * b
+        y[i] = x[i] * (scale if w0 >= threshold else zero)
+        y[i + 1] = x[i + 1] * (scale if w1 >= threshold else zero)
+        y[i + 2] = x[i + 2] * (scale if w2 >= threshold else zero)
+        y[i + 3] = x[i + 3] * (scale if w3 >= threshold else zero)
+
+
+@nb.njit(cache=True)
+def _apply_tail(x, y, threshold, scale, k0, k1, step, layer):
     n = x.size
-    nblocks = (n + 3) // 4
-    for b in nb.prange(nblocks):
-        w = _philox(np.uint32(b & 0xFFFFFFFF), np.uint32(b >> 32), step, layer, k0, k1)
-        base = b * 4
-        for lane in range(4):
-            i = base + lane
-            if i < n:
-                keep = w[lane] >= threshold
-                if write_mask:
-                    y[i] = 1 if keep else 0
-                else:
-                    y[i] = x[i] * scale if keep else 0
+    b = n // 4
+    if b * 4 == n:
+        return
+    w = _philox(np.uint32(b & 0xFFFFFFFF), np.uint32(b >> 32), step, layer, k0, k1)
+    for lane in range(n - b * 4):
+        y[b * 4 + lane] = x[b * 4 + lane] * (scale if w[lane] >= threshold else scale * 0)
+
+
+def _apply(x, y, threshold, scale, k0, k1, step, layer):
+    _apply_full_blocks(x, y, threshold, scale, k0, k1, step, layer)
+    _apply_tail(x, y, threshold, scale, k0, k1, step, layer)
 
 
 def _params(p, seed, step, layer):
@@ -54,12 +67,13 @@ def _params(p, seed, step, layer):
 
 def dropout_mask(mask, p, seed, step, layer):
     t, k0, k1, s, l = _params(p, seed, step, layer)
-    _apply(mask, mask, t, np.uint8(1), k0, k1, s, l, True)
+    # the mask is dropout applied to ones with scale 1
+    _apply(np.ones(mask.size, np.uint8), mask.reshape(-1), t, np.uint8(1), k0, k1, s, l)
 
 
 def dropout_fwd(x, y, p, seed, step, layer):
     t, k0, k1, s, l = _params(p, seed, step, layer)
-    _apply(x.reshape(-1), y.reshape(-1), t, np.float32(1.0 / (1.0 - p)), k0, k1, s, l, False)
+    _apply(x.reshape(-1), y.reshape(-1), t, x.dtype.type(1.0 / (1.0 - p)), k0, k1, s, l)
 
 
 def dropout_bwd(dy, dx, p, seed, step, layer):
