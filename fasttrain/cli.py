@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -44,21 +43,16 @@ def resolve_config(args: argparse.Namespace) -> Config:
 
 
 def make_schedule(cfg: Config, total_steps: int):
-    """step -> lr: linear warmup over cfg.warmup_steps, then constant or cosine decay to 0
-    (Loshchilov & Hutter, "SGDR", 2017, without restarts)."""
+    """step -> lr from fasttrain.schedules: constant or cosine decay to 0 over the run (Loshchilov &
+    Hutter, "SGDR", 2017, without restarts), after a linear warmup of cfg.warmup_steps."""
+    from . import schedules
+
     if cfg.schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule: expected 'constant' or 'cosine', got {cfg.schedule!r}")
-    warm, lr = cfg.warmup_steps, cfg.lr
-
-    def schedule(step: int) -> float:
-        if step < warm:
-            return lr * (step + 1) / warm
-        if cfg.schedule == "constant":
-            return lr
-        t = min((step - warm) / max(total_steps - warm, 1), 1.0)
-        return 0.5 * lr * (1.0 + math.cos(math.pi * t))
-
-    return schedule
+    spec = {"name": cfg.schedule, "lr": cfg.lr, "warmup_steps": cfg.warmup_steps}
+    if cfg.schedule == "cosine":
+        spec["total_steps"] = max(total_steps, 1)
+    return schedules.from_config(spec)
 
 
 def make_optimizer(name: str, arena, lr: float, weight_decay: float):
