@@ -35,6 +35,21 @@ def naive_conv(x, w, b, s, p):
     return y
 
 
+def naive_conv_bwd(x, w, dy, s, p):
+    """dx, dw, db by the same direct loops over output positions (each output position
+    scatters its dy back over the window it read)."""
+    n, c, h, wd = x.shape
+    k, _, r, t = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])))
+    dxp, dw = np.zeros_like(xp), np.zeros_like(w)
+    for i in range(dy.shape[2]):
+        for j in range(dy.shape[3]):
+            win = (slice(None), slice(None), slice(i * s[0], i * s[0] + r), slice(j * s[1], j * s[1] + t))
+            dxp[win] += np.tensordot(dy[:, :, i, j], w, axes=([1], [0]))
+            dw += np.tensordot(dy[:, :, i, j], xp[win], axes=([0], [0]))
+    return dxp[:, :, p[0]:p[0] + h, p[1]:p[1] + wd], dw, dy.sum(axis=(0, 2, 3))
+
+
 def _inputs(xs, ws, s, p, dtype, seed=0):
     rng = np.random.default_rng(seed)
     x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
@@ -56,16 +71,28 @@ def _run(call, x, w, b, dy, s, p, relu=False):
 
 
 @pytest.mark.parametrize("xs,ws,s,p", CONFIGS, ids=IDS)
-def test_reference_matches_naive_loops_and_adjoint(xs, ws, s, p):
+@pytest.mark.parametrize("relu", [False, True])
+def test_reference_matches_naive_loops(xs, ws, s, p, relu):
     x, w, b, dy = _inputs(xs, ws, s, p, np.float64)
-    y, dx, dw, db = _run(lambda op: backend.kernel(op, backend="numpy"), x, w, b, dy, s, p)
-    np.testing.assert_allclose(y, naive_conv(x, w, b, s, p), rtol=1e-12, atol=1e-12)
-    # the data gradient is the adjoint of the convolution: <conv(x), dy> = <x, conv_T(dy)>
-    zero = np.zeros_like(b)
-    np.testing.assert_allclose(np.sum(naive_conv(x, w, zero, s, p) * dy), np.sum(x * dx), rtol=1e-10, atol=1e-10)
-    # the weight gradient is linear in w's slot: <conv_w(x), dy> = <w, dw>
-    np.testing.assert_allclose(np.sum(naive_conv(x, w, zero, s, p) * dy), np.sum(w * dw), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(db, dy.sum(axis=(0, 2, 3)), rtol=1e-12, atol=1e-12)
+    y, dx, dw, db = _run(lambda op: backend.kernel(op, backend="numpy"), x, w, b, dy, s, p, relu)
+    want = naive_conv(x, w, b, s, p)
+    np.testing.assert_allclose(y, np.maximum(want, 0) if relu else want, rtol=1e-12, atol=1e-12)
+    for g, r, what in zip((dx, dw, db), naive_conv_bwd(x, w, dy, s, p), ("dx", "dw", "db")):
+        np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-12, err_msg=what)
+
+
+@pytest.mark.parametrize("xs,ws,s,p", CONFIGS, ids=IDS)
+def test_col2im_is_the_adjoint_of_im2col(xs, ws, s, p):
+    """<im2col(x), c> == <x, col2im(c)> for random x and c: what the data gradient relies on."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(xs)
+    cols = ref.im2col_ref(x, ws[2], ws[3], *s, *p)
+    P, Q = ref.out_size(xs[2], xs[3], ws[2], ws[3], *s, *p)
+    assert cols.shape == (xs[0], xs[1], ws[2], ws[3], P, Q)
+    c = rng.standard_normal(cols.shape)
+    back = ref.col2im_ref(c, xs[2], xs[3], *s, *p)
+    assert back.shape == xs
+    np.testing.assert_allclose(np.sum(cols * c), np.sum(x * back), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("name", backend.available_backends_for("conv2d_fwd"))
@@ -92,6 +119,32 @@ def test_conv2d_layer_gradcheck(args, xs):
     x = np.random.default_rng(4).standard_normal(xs)
     for r in gradcheck(layer, x, tol=1e-6):
         assert r.passed, str(r)
+
+
+@pytest.mark.parametrize("relu,bias", [(False, True), (True, True), (True, False)])
+def test_conv2d_layer_float32_on_default_backend(relu, bias):
+    """The layer through `kernel(op, like=x)` (the fastest built backend) against the naive loops;
+    backward with relu=True masks dy where the output is not positive."""
+    layer = Conv2d(5, 4, (3, 2), stride=(2, 1), padding=(1, 2), bias=bias, relu=relu)
+    arena = ParamArena.for_model(layer, seed=2)
+    if bias:
+        layer.bias.data[...] = np.linspace(-0.5, 0.5, 4)  # a zero bias would hide a missing bias add
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 5, 7, 6)).astype(np.float32)
+    y = layer.forward(x)
+    w = layer.weight.data.astype(np.float64)
+    b = layer.bias.data.astype(np.float64) if bias else np.zeros(4)
+    pre = naive_conv(x.astype(np.float64), w, b, (2, 1), (1, 2))
+    np.testing.assert_allclose(y, np.maximum(pre, 0) if relu else pre, rtol=1e-4, atol=1e-4)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    arena.zero_grad()
+    dx = layer.backward(dy)
+    g = dy * (pre > 0) if relu else dy.astype(np.float64)
+    want = naive_conv_bwd(x.astype(np.float64), w, g, (2, 1), (1, 2))
+    np.testing.assert_allclose(dx, want[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(layer.weight.grad, want[1], rtol=1e-4, atol=1e-4)
+    if bias:
+        np.testing.assert_allclose(layer.bias.grad, want[2], rtol=1e-4, atol=1e-4)
 
 
 def test_flatten_round_trip():
@@ -129,3 +182,12 @@ def test_conv2d_bad_dtype_and_args():
         Conv2d(3, 2, 0)
     with pytest.raises(ValueError, match="stride"):
         Conv2d(3, 2, 3, stride=(1, 2, 3))
+    with pytest.raises(ValueError, match=r"padding must be an int >= 0.*got -1"):
+        Conv2d(3, 2, 3, padding=-1)
+    with pytest.raises(ValueError, match=r"in_channels must be a positive int, got 0"):
+        Conv2d(0, 2, 3)
+    with pytest.raises(RuntimeError, match="before forward"):
+        layer.backward(np.zeros((1, 2, 3, 3), np.float32))
+    layer.forward(np.zeros((1, 3, 5, 5), np.float32))
+    with pytest.raises(ValueError, match=r"expected dy of shape \(1, 2, 3, 3\).*got \(1, 2, 3, 4\)"):
+        layer.backward(np.zeros((1, 2, 3, 4), np.float32))
