@@ -36,7 +36,7 @@ def col2im_ref(cols, h, w, sh, sw, ph, pw):
 
 def conv2d_fwd_ref(x, w, b, y, sh, sw, ph, pw, relu):
     k, c, r, s = w.shape
-    cols = im2col_ref(x, r, s, sh, sw, ph, pw)                  # (N, CRS, PQ)
+    cols = im2col_ref(x, r, s, sh, sw, ph, pw)                  # (N, C, R, S, P, Q)
     n, _, _, _, p, q = cols.shape
     out = np.matmul(w.reshape(k, -1), cols.reshape(n, c * r * s, p * q))  # (N, K, PQ)
     out += b.reshape(1, k, 1)

@@ -61,9 +61,12 @@ class Conv2d(Module):
         (r, s), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         shape = (n, self.out_channels, (h + 2 * ph - r) // sh + 1, (w + 2 * pw - s) // sw + 1)
         dy = check_grad("Conv2d.backward", x, dy, shape, x.dtype)
-        if y is not None:
-            dy = dy * (y > 0)  # the fused ReLU's gradient
         xp = array_module(dy)
+        if y is not None:
+            # the fused ReLU's gradient: y > 0 exactly where the pre-activation was > 0
+            masked = xp.empty_like(dy)
+            kernel("relu_bwd", like=dy)(y, dy, masked)
+            dy = masked
         dx = xp.empty_like(x)
         kernel("conv2d_bwd_data", like=dy)(dy, self.weight.data, dx, sh, sw, ph, pw)
         db = self.bias.grad if self.bias is not None else xp.zeros(self.out_channels, dy.dtype)
