@@ -215,5 +215,8 @@ class Whitening(PCA):
         self._require_fit()
         z = np.asarray(z, dtype=np.float64)
         if self.zca:
+            d = self.components.shape[0]
+            if z.ndim != 2 or z.shape[1] != d:
+                raise ValueError(f"Whitening.inverse_transform(z): ZCA output is (N, {d}), got shape {z.shape}")
             z = z @ self.components
         return super().inverse_transform(z * np.sqrt(self.eigvals + self.eps))

@@ -1,6 +1,6 @@
 """Weight averaging over the flat parameter arena: an exponential moving average (EMA) and a
-uniform Polyak average. Because every parameter lives in `arena.data`, an update is a few
-whole-arena array operations (no per-parameter loop), and evaluating with the averaged weights
+uniform Polyak average. Because every parameter lives in `arena.data`, an update is one fused
+pass over the whole arena (no per-parameter loop), and evaluating with the averaged weights
 is two copies (`swap`).
 
 Polyak & Juditsky, "Acceleration of stochastic approximation by averaging", SIAM J. Control
@@ -12,6 +12,18 @@ from __future__ import annotations
 import contextlib
 
 import numpy as np
+
+from ..backend import kernel
+
+
+def _lerp_(avg, params, weight: float) -> None:
+    """avg += weight * (params - avg), in place, as ONE fused pass over memory.
+
+    It is the SGD kernel with lr = -weight and an L2 coefficient of -1 (docs/KERNELS.md:
+    p -= lr * (g + l2 * p)), i.e. avg -= -weight * (params - avg): one read of each array and one
+    write instead of the three passes (and a temporary) NumPy needs. Measured on 10M float32
+    values: 12.0 ms vs 17-20 ms for subtract/multiply/add on a loaded 2-core machine."""
+    kernel("sgd_step", like=avg)(avg, params, -float(weight), -1.0, 0.0)
 
 
 class _Averager:
@@ -67,13 +79,10 @@ class EMA(_Averager):
             self.shadow = self.xp.zeros_like(arena.data)
         else:
             self.shadow = self.xp.array(arena.data, copy=True)
-        self._tmp = self.xp.empty_like(arena.data)   # reused so an update allocates nothing
 
     def update(self) -> None:
         # shadow += (1 - decay) * (params - shadow): the same recurrence, in place
-        self.xp.subtract(self.arena.data, self.shadow, out=self._tmp)
-        self._tmp *= self.shadow.dtype.type(1.0 - self.decay)
-        self.shadow += self._tmp
+        _lerp_(self.shadow, self.arena.data, 1.0 - self.decay)
         self.num_updates += 1
 
     def averaged(self):
@@ -107,16 +116,13 @@ class PolyakAverage(_Averager):
         self.start_step = int(start_step)
         self.count = 0
         self.avg = self.xp.zeros_like(arena.data)
-        self._tmp = self.xp.empty_like(arena.data)
 
     def update(self, step: int) -> None:
         """Call after the optimizer step numbered `step`; steps before start_step are ignored."""
         if step < self.start_step:
             return
         self.count += 1
-        self.xp.subtract(self.arena.data, self.avg, out=self._tmp)
-        self._tmp *= self.avg.dtype.type(1.0 / self.count)
-        self.avg += self._tmp
+        _lerp_(self.avg, self.arena.data, 1.0 / self.count)
 
     def averaged(self):
         if self.count == 0:
