@@ -1,90 +1,152 @@
 """Optimizers over the parameter arena: state buffers have the arena's layout and `step()` makes
-ONE fused kernel call per parameter group (a contiguous range of the arena)."""
+ONE fused kernel call per parameter group (a contiguous range of the arena), docs/KERNELS.md."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from ..backend import kernel
 
+# Hyperparameters every optimizer understands; `frozen` skips a group entirely.
+COMMON = ("lr", "weight_decay", "l1", "frozen")
 
-def _check(name: str, value, lo=0.0, hi=None, lo_open=False, hi_open=True):
-    ok = isinstance(value, (int, float, np.floating)) and np.isfinite(value)
-    ok = ok and (value > lo if lo_open else value >= lo) and (hi is None or (value < hi if hi_open else value <= hi))
+
+def check_range(owner: str, name: str, value, lo: float = 0.0, hi: float | None = None,
+                lo_open: bool = False, hi_open: bool = True) -> float:
+    """`value` as a float, or a ValueError naming the argument, the value and the allowed range."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value)
+    ok = ok and (value > lo if lo_open else value >= lo)
+    ok = ok and (hi is None or (value < hi if hi_open else value <= hi))
     if not ok:
-        lo_b = "(" if lo_open else "["
-        hi_b = ")" if hi_open else "]"
-        raise ValueError(f"{name}: expected a number in {lo_b}{lo}, {hi if hi is not None else 'inf'}{hi_b}, got {value!r}")
+        rng = f"{'(' if lo_open else '['}{lo}, {'inf)' if hi is None else f'{hi}' + (')' if hi_open else ']')}"
+        raise ValueError(f"{owner}({name}): expected a finite number in {rng}, got {value!r}")
     return float(value)
 
 
 class Optimizer:
-    """Base class. Hyperparameters: defaults given to the constructor, overridden per group by the
-    group's `hyper` dict (the arena's 'no_decay' group sets weight_decay=0; l1 follows it)."""
+    """Base class. `defaults` are the constructor's hyperparameters; each group of the arena may
+    override them with its own `hyper` dict (the arena's 'no_decay' group sets weight_decay=0 and
+    then gets l1=0 too: biases and normalization parameters get no penalty at all). The optimizer
+    copies the groups' overrides at construction (`group_hyper`, like torch's param_groups); change
+    them afterwards with `set_lr(value, group=...)` or `set_hyper(group, **values)`.
+
+    A group with `frozen=True` or lr == 0 is skipped (its parameters and state stay untouched).
+    Subclasses set `op` (the kernel), `state_names` (one flat buffer each, the arena's size),
+    `HYPER` (their own hyperparameters with validation ranges) and `kernel_args(h)`."""
 
     op: str = ""
     state_names: tuple[str, ...] = ()
+    # name -> (lo, hi, lo_open, hi_open) for check_range
+    HYPER: dict[str, tuple] = {}
+    _RANGES = {"lr": (0.0, None, False, True), "weight_decay": (0.0, None, False, True),
+               "l1": (0.0, None, False, True)}
 
     def __init__(self, arena, lr: float, weight_decay: float = 0.0, l1: float = 0.0, **hyper):
         self.arena = arena
-        self.defaults = {"lr": _check("lr", lr), "weight_decay": _check("weight_decay", weight_decay),
-                         "l1": _check("l1", l1), **hyper}
-        self.state = {name: arena.xp.zeros(arena.size, arena.dtype) for name in self.state_names}
+        self.defaults = self._validate({"lr": lr, "weight_decay": weight_decay, "l1": l1, **hyper})
+        self.group_hyper = {g.name: self._validate(dict(g.hyper), where=f"group {g.name!r}") for g in arena.groups}
+        self.state = {name: arena.xp.zeros(arena.size, dtype=arena.dtype) for name in self.state_names}
         self.step_count = 0
 
     # -- hyperparameters -----------------------------------------------------------------------
+    def _validate(self, h: dict, where: str = "") -> dict:
+        owner = type(self).__name__ + (f"[{where}]" if where else "")
+        known = set(COMMON) | set(self.HYPER)
+        unknown = sorted(set(h) - known)
+        if unknown:
+            raise TypeError(f"{owner}: unknown hyperparameter(s) {unknown}; expected some of {sorted(known)}")
+        out = {}
+        for k, v in h.items():
+            if k == "frozen":
+                out[k] = bool(v)
+            else:
+                lo, hi, lo_open, hi_open = self._RANGES.get(k) or self.HYPER[k]
+                out[k] = check_range(owner, k, v, lo, hi, lo_open, hi_open)
+        return out
+
     @property
     def lr(self) -> float:
+        """The default learning rate (groups with their own lr keep it; see set_lr)."""
         return self.defaults["lr"]
 
     @lr.setter
     def lr(self, value: float) -> None:
-        self.defaults["lr"] = _check("lr", value)
+        self.defaults["lr"] = check_range(type(self).__name__, "lr", value)
 
-    def set_lr(self, value: float) -> None:
-        self.lr = value
+    def set_lr(self, value: float, group: str | None = None) -> None:
+        """Set the default lr (group=None) or one group's own lr (e.g. from a schedule per group)."""
+        if group is None:
+            self.lr = value
+        else:
+            self.set_hyper(group, lr=value)
+
+    def set_hyper(self, group: str, **values) -> None:
+        """Override hyperparameters of one group (validated like the constructor's)."""
+        if group not in self.group_hyper:
+            raise KeyError(f"{type(self).__name__}.set_hyper(group): expected one of {sorted(self.group_hyper)}, "
+                           f"got {group!r}")
+        self.group_hyper[group].update(self._validate(values, where=f"group {group!r}"))
 
     def hyper(self, group) -> dict:
-        h = dict(self.defaults)
-        h.update(group.hyper)
-        if group.hyper.get("weight_decay", None) == 0.0:
-            h["l1"] = 0.0  # groups without weight decay (biases, norms) get no penalty at all
+        """The effective hyperparameters of one arena group."""
+        own = self.group_hyper[group.name]
+        h = {**self.defaults, **own}
+        if own.get("weight_decay", None) == 0.0 and "l1" not in own:
+            h["l1"] = 0.0  # no weight decay means no penalty at all, L1 included
         return h
 
     # -- the update ----------------------------------------------------------------------------
     def step(self) -> None:
+        """One update of every (non-frozen) group from arena.grad: one kernel call per group."""
         self.step_count += 1
         p, g = self.arena.data, self.arena.grad
         fn = kernel(self.op, like=p)
         for group in self.arena.groups:
             h = self.hyper(group)
-            if h.get("frozen") or h["lr"] == 0.0:
+            if h.get("frozen", False) or h["lr"] == 0.0:
                 continue
             s = slice(group.start, group.stop)
             fn(p[s], g[s], *(self.state[n][s] for n in self.state_names), *self.kernel_args(h))
 
     def kernel_args(self, h: dict) -> tuple:
+        """The scalar arguments of `op` after the arrays, from a group's hyperparameters."""
         raise NotImplementedError
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """Step count, default and per-group hyperparameters, state buffers as NumPy arrays.
+        Nested dicts of Python scalars, strings and arrays (fasttrain.train.checkpoint flattens
+        them into an .npz; empty dicts may come back missing, load_state_dict accepts that)."""
+        host = getattr(self.arena.xp, "asnumpy", np.asarray)
         return {"type": type(self).__name__, "step": self.step_count, "defaults": dict(self.defaults),
-                "state": {k: np.array(self.arena.xp.asnumpy(v) if hasattr(self.arena.xp, "asnumpy") else v)
-                          for k, v in self.state.items()}}
+                "groups": {k: dict(v) for k, v in self.group_hyper.items()},
+                "state": {k: np.array(host(v)) for k, v in self.state.items()}}
 
     def load_state_dict(self, sd: dict) -> None:
-        if sd.get("type") != type(self).__name__:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: state is for {sd.get('type')!r}")
-        if set(sd["state"]) != set(self.state):
-            raise KeyError(f"{type(self).__name__}.load_state_dict: expected state {sorted(self.state)}, "
-                           f"got {sorted(sd['state'])}")
-        for k, v in sd["state"].items():
+        name = type(self).__name__
+        if sd.get("type") != name:
+            raise ValueError(f"{name}.load_state_dict: expected a state for {name}, got one for {sd.get('type')!r}")
+        state = sd.get("state", {})
+        if set(state) != set(self.state):
+            raise KeyError(f"{name}.load_state_dict(state): expected buffers {sorted(self.state)}, got {sorted(state)}")
+        groups = sd.get("groups", {})
+        extra = sorted(set(groups) - set(self.group_hyper))
+        if extra:
+            raise KeyError(f"{name}.load_state_dict(groups): arena has groups {sorted(self.group_hyper)}, got {extra}")
+        for k, v in state.items():
             if np.shape(v) != (self.arena.size,):
-                raise ValueError(f"{type(self).__name__}.load_state_dict({k}): expected ({self.arena.size},), "
+                raise ValueError(f"{name}.load_state_dict(state[{k!r}]): expected shape ({self.arena.size},), "
                                  f"got {np.shape(v)}")
+        # validate everything before changing anything
+        defaults = self._validate(dict(sd["defaults"]))
+        group_hyper = {g: self._validate(dict(groups.get(g, {})), where=f"group {g!r}") for g in self.group_hyper}
+        for k, v in state.items():
             self.state[k][...] = self.arena.xp.asarray(v, dtype=self.arena.dtype)
+        self.defaults, self.group_hyper = defaults, group_hyper
         self.step_count = int(sd["step"])
-        self.defaults = dict(sd["defaults"])
 
     def __repr__(self):
-        hp = ", ".join(f"{k}={v}" for k, v in self.defaults.items())
+        hp = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.defaults.items())
         return f"{type(self).__name__}({hp})"
