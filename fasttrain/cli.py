@@ -69,7 +69,7 @@ def train(cfg: Config, progress: bool | None = None) -> dict:
     """Run the training a config describes; returns a summary dict (also saved as summary.json)."""
     t_start = time.perf_counter()
     import fasttrain as ft
-    from .data import DataLoader, Normalizer, load_dataset
+    from .data import ChannelStandardizer, DataLoader, load_dataset
     from .losses import SoftmaxCrossEntropy
     from .models import build
     from .train import Trainer
@@ -83,7 +83,7 @@ def train(cfg: Config, progress: bool | None = None) -> dict:
     save_config(cfg, os.path.join(run_dir, "config.toml"))
 
     data = load_dataset(cfg.dataset, cfg.data_path, cfg.val_fraction, cfg.seed).limit(cfg.limit)
-    norm = Normalizer().fit(data.x_train)  # statistics of the training split only
+    norm = ChannelStandardizer().fit(data.x_train)  # statistics of the training split only
     x_train, x_val = norm(data.x_train), norm(data.x_val)
     train_loader = DataLoader(x_train, data.y_train, cfg.batch_size, shuffle=True, seed=cfg.seed)
     val_loader = DataLoader(x_val, data.y_val, 256, shuffle=False)

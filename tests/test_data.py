@@ -1,12 +1,12 @@
 """Data: bundled digits, synthetic CIFAR, file-format loaders on small files written here (and
-malformed ones), Normalizer, DataLoader shuffling and prefetching."""
+malformed ones), DataLoader shuffling and prefetching."""
 import gzip
 import struct
 
 import numpy as np
 import pytest
 
-from fasttrain.data import (DataLoader, Normalizer, load_cifar10_batches, load_dataset, load_digits_dataset,
+from fasttrain.data import (DataLoader, load_cifar10_batches, load_dataset, load_digits_dataset,
                             load_mnist, load_mnist_idx, load_npz, stratified_split, synthetic_cifar)
 
 
@@ -163,25 +163,6 @@ def test_catalog_errors():
         load_dataset("imagenet")
     with pytest.raises(ValueError, match="data_path"):
         load_dataset("mnist")
-
-
-# -- Normalizer ---------------------------------------------------------------------------------
-def test_normalizer_uses_training_statistics_only():
-    rng = np.random.default_rng(3)
-    train = (rng.normal(size=(50, 3, 4, 5)) * [[[2.0]], [[0.5]], [[3.0]]] + [[[1.0]], [[-2.0]], [[5.0]]]).astype(np.float32)
-    val = rng.normal(size=(7, 3, 4, 5)).astype(np.float32)
-    norm = Normalizer().fit(train)
-    t = norm(train)
-    np.testing.assert_allclose(t.mean(axis=(0, 2, 3)), 0, atol=1e-5)
-    np.testing.assert_allclose(t.std(axis=(0, 2, 3)), 1, atol=1e-4)
-    mean = train.astype(np.float64).mean(axis=(0, 2, 3)).reshape(1, 3, 1, 1)
-    std = train.astype(np.float64).std(axis=(0, 2, 3)).reshape(1, 3, 1, 1)
-    np.testing.assert_allclose(norm(val), (val - mean) / std, rtol=1e-5, atol=1e-6)
-    assert norm(val).dtype == np.float32
-    with pytest.raises(ValueError, match=r"expected \(N, 3, \.\.\.\)"):
-        norm(np.zeros((2, 4, 1, 1), np.float32))
-    with pytest.raises(RuntimeError, match="fit"):
-        Normalizer()(val)
 
 
 # -- DataLoader ---------------------------------------------------------------------------------

@@ -7,13 +7,13 @@ import pytest
 
 import fasttrain as ft
 from fasttrain import models
-from fasttrain.data import DataLoader, Normalizer, load_digits_dataset
+from fasttrain.data import ChannelStandardizer, DataLoader, load_digits_dataset
 from fasttrain.train import Trainer, TrainingDiverged
 
 
 def _digits(n_train=400, batch_size=32, seed=0):
     ds = load_digits_dataset(seed=seed)
-    norm = Normalizer().fit(ds.x_train[:n_train])
+    norm = ChannelStandardizer().fit(ds.x_train[:n_train])
     train = DataLoader(norm(ds.x_train[:n_train]), ds.y_train[:n_train], batch_size, seed=seed)
     val = DataLoader(norm(ds.x_val), ds.y_val, 128, shuffle=False)
     return train, val

@@ -1,5 +1,5 @@
 """Data: the bundled digits set, a synthetic CIFAR-shaped set, loaders for standard file formats
-(MNIST IDX, CIFAR-10 binary, .npz), per-channel normalization and a prefetching batch loader."""
+(MNIST IDX, CIFAR-10 binary, .npz), per-channel standardization (fitted on training data only), augmentation, PCA/whitening and a prefetching batch loader."""
 from .augment import (ColorJitter, Compose, Cutout, Mixup, PCANoise, RandomCrop, RandomHorizontalFlip,
                       RandomResizedCrop, mixup_loss, mixup_targets, tta_predict, tta_views)
 from .catalog import DATASETS, load_dataset
@@ -7,9 +7,8 @@ from .datasets import Dataset, load_digits_dataset, stratified_split, synthetic_
 from .formats import load_cifar10_batches, load_mnist, load_mnist_idx, load_npz
 from .loader import DataLoader
 from .preprocess import PCA, ChannelStandardizer, MeanImage, Whitening
-from .transforms import Normalizer
 
 __all__ = ["DATASETS", "load_dataset", "Dataset", "load_digits_dataset", "stratified_split", "synthetic_cifar", "load_mnist", "load_mnist_idx",
-           "load_cifar10_batches", "load_npz", "DataLoader", "Normalizer", "Compose", "RandomHorizontalFlip",
+           "load_cifar10_batches", "load_npz", "DataLoader", "Compose", "RandomHorizontalFlip",
            "RandomCrop", "RandomResizedCrop", "ColorJitter", "PCANoise", "Cutout", "Mixup", "mixup_targets", "mixup_loss",
            "tta_predict", "tta_views", "ChannelStandardizer", "MeanImage", "PCA", "Whitening"]
