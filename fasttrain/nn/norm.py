@@ -14,23 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
+from .. import init as initializers
+from ._util import array_module as _array_module
 from .module import Module
-
-
-def _ones(shape, rng, dtype):
-    return np.ones(shape, dtype)
-
-
-def _zeros(shape, rng, dtype):
-    return np.zeros(shape, dtype)
-
-
-def _array_module(x):
-    if backend._is_gpu(x):
-        import cupy
-
-        return cupy
-    return np
 
 
 class _BatchNorm(Module):
@@ -48,8 +34,8 @@ class _BatchNorm(Module):
         self.num_features = int(num_features)
         self.eps = float(eps)
         self.momentum = float(momentum)
-        self.weight = self.add_param("weight", (self.num_features,), _ones, decay=False)
-        self.bias = self.add_param("bias", (self.num_features,), _zeros, decay=False)
+        self.weight = self.add_param("weight", (self.num_features,), initializers.ones(), decay=False)
+        self.bias = self.add_param("bias", (self.num_features,), initializers.zeros(), decay=False)
         self.buffers = {"running_mean": np.zeros(self.num_features, np.float32),
                         "running_var": np.ones(self.num_features, np.float32)}
 

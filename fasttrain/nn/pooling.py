@@ -9,22 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
+from ._util import array_module as _array_module
+from ._util import pair as _pair
 from .module import Module
-
-
-def _pair(name, v, where, minimum):
-    pair = (v, v) if isinstance(v, (int, np.integer)) else tuple(v) if isinstance(v, (tuple, list)) else None
-    if pair is None or len(pair) != 2 or not all(isinstance(k, (int, np.integer)) and k >= minimum for k in pair):
-        raise ValueError(f"{where}: {name} must be an int >= {minimum} or a pair of them, got {v!r}")
-    return int(pair[0]), int(pair[1])
-
-
-def _array_module(x):
-    if backend._is_gpu(x):
-        import cupy
-
-        return cupy
-    return np
 
 
 def _check_nchw(x, where):
