@@ -89,11 +89,17 @@ def _collectives(quick: bool) -> list:
     cmd = [sys.executable, str(script), "--json", str(out)] + (["--quick"] if quick else [])
     subprocess.run(cmd, check=True)
     records = []
+    fields = harness.Record.__dataclass_fields__
     for line in out.read_text().splitlines():
         d = json.loads(line)
-        extra = {k: d.pop(k) for k in list(d) if k not in harness.Record.__dataclass_fields__}
+        # one shape string per (size, ranks) so ring and MPI of one run pair up in the ratios
+        d.setdefault("shape", f"{d.get('size')} B, K={d.get('ranks')}")
         d.setdefault("threads", 1)
-        records.append(harness.Record(**d, extra=extra) if "extra" not in d else harness.Record(**d))
+        extra = {k: d.pop(k) for k in list(d) if k not in fields}
+        extra.update(d.pop("extra", {}))
+        if d.get("bytes") and d.get("median_s"):
+            d.setdefault("gbps", d["bytes"] / d["median_s"] / 1e9)
+        records.append(harness.Record(**d, extra=extra))
     return records
 
 
