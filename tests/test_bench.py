@@ -41,3 +41,15 @@ def test_bench_train_quick_reports_images_per_second(tmp_path):
     records = [json.loads(line) for line in out.read_text().splitlines() if '"train"' in line]
     assert {r["name"] for r in records} == {"convnet_classic_step", "resnet8_step"}
     assert all(r["extra"]["images_per_s"] > 0 for r in records)
+
+
+@pytest.mark.timeout(300)
+def test_bench_collectives_quick_pairs_ring_with_mpi(tmp_path):
+    out = tmp_path / "coll.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "bench", "collectives", "--quick", "--json", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    coll = [r for r in records if r["suite"] == "collectives"]
+    assert {r["backend"] for r in coll} >= {"ring", "mpi"}
+    assert "ring vs mpi" in proc.stdout
