@@ -24,7 +24,8 @@ def mlp(in_features: int, num_classes: int = 10, hidden: tuple = (128,), dropout
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int = 1):
-    return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+    # no conv bias: the BN that follows subtracts the mean, so a bias would be a dead parameter
+    return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
 
 def simple_cnn(in_ch: int = 1, num_classes: int = 10, image_size: int = 8, width: int = 32,
@@ -69,11 +70,11 @@ def convnet_classic(in_ch: int = 3, num_classes: int = 10, image_size: int = 32,
 def _basic_block(cin: int, cout: int, stride: int):
     """conv-BN-ReLU-conv-BN plus shortcut, then ReLU. When the shape changes the shortcut is a
     strided 1x1 conv + BN (the paper's option B)."""
-    body = nn.Sequential(*_conv_bn_relu(cin, cout, stride), nn.Conv2d(cout, cout, 3, padding=1),
+    body = nn.Sequential(*_conv_bn_relu(cin, cout, stride), nn.Conv2d(cout, cout, 3, padding=1, bias=False),
                          nn.BatchNorm2d(cout))
     shortcut = None
     if stride != 1 or cin != cout:
-        shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride), nn.BatchNorm2d(cout))
+        shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
     return nn.Residual(body, shortcut, post=nn.ReLU())
 
 
