@@ -131,14 +131,14 @@ class Optimizer:
         state = sd.get("state", {})
         if set(state) != set(self.state):
             raise KeyError(f"{name}.load_state_dict(state): expected buffers {sorted(self.state)}, got {sorted(state)}")
-        groups = sd.get("groups", {})
-        extra = sorted(set(groups) - set(self.group_hyper))
-        if extra:
-            raise KeyError(f"{name}.load_state_dict(groups): arena has groups {sorted(self.group_hyper)}, got {extra}")
         for k, v in state.items():
             if np.shape(v) != (self.arena.size,):
                 raise ValueError(f"{name}.load_state_dict(state[{k!r}]): expected shape ({self.arena.size},), "
                                  f"got {np.shape(v)}")
+        groups = sd.get("groups", {})
+        extra = sorted(set(groups) - set(self.group_hyper))
+        if extra:
+            raise KeyError(f"{name}.load_state_dict(groups): arena has groups {sorted(self.group_hyper)}, got {extra}")
         # validate everything before changing anything
         defaults = self._validate(dict(sd["defaults"]))
         group_hyper = {g: self._validate(dict(groups.get(g, {})), where=f"group {g!r}") for g in self.group_hyper}
