@@ -114,3 +114,49 @@ def tanh_fwd(x, y):
 
 def tanh_bwd(y, dy, dx):
     _tanh_bwd(*_flat(y, dy, dx))
+
+
+# -- PReLU (He et al. 2015): x viewed as (N, C, S), alpha (C,) per channel ------------------------
+
+@_jit
+def _prelu_fwd(x, alpha, y):
+    n, c, s = x.shape
+    for plane in nb.prange(n * c):
+        i = plane // c
+        ch = plane % c
+        a = alpha[ch]
+        for k in range(s):
+            v = x[i, ch, k]
+            y[i, ch, k] = v if v > 0 else a * v
+
+
+@_jit
+def _prelu_bwd(x, alpha, dy, dx, dalpha):
+    # parallel over channels: each thread owns dalpha[ch], so the accumulation needs no atomics;
+    # the sum runs in float64 like the reference's
+    n, c, s = x.shape
+    for ch in nb.prange(c):
+        a = alpha[ch]
+        acc = 0.0
+        for i in range(n):
+            for k in range(s):
+                v = x[i, ch, k]
+                d = dy[i, ch, k]
+                if v > 0:
+                    dx[i, ch, k] = d
+                else:
+                    dx[i, ch, k] = a * d
+                    acc += d * v
+        dalpha[ch] += acc
+
+
+def _ncs(a):
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
+def prelu_fwd(x, alpha, y):
+    _prelu_fwd(_ncs(x), alpha, _ncs(y))
+
+
+def prelu_bwd(x, alpha, dy, dx, dalpha):
+    _prelu_bwd(_ncs(x), alpha, _ncs(dy), _ncs(dx), dalpha)

@@ -1,45 +1,245 @@
-"""conv2d with Numba: per-image im2col / col2im as parallel Numba loops, the matrix products
-through NumPy's BLAS (a hand-written GEMM in Numba would be far slower). docs/KERNELS.md."""
+"""conv2d with Numba (docs/KERNELS.md), batch-blocked im2col + one large GEMM per block.
+
+A block of B images is unfolded into one buffer col (C*R*S, B*P*Q) by a parallel Numba loop, and
+the block's product is a single sgemm through NumPy's BLAS (a GEMM written in Numba is far slower,
+and one (K x CRS) @ (CRS x B*PQ) product keeps BLAS's threads busy where B per-image products of
+width P*Q do not). Numba also does the passes around the GEMM: bias + ReLU epilogue while
+scattering (K, B*PQ) back to NCHW, the dy gather for the backward products, and col2im.
+The block size keeps col near 8 MiB so it stays in the last-level cache for the GEMM.
+"""
 import numba as nb
 import numpy as np
+
+_COL_BYTES = 8 << 20
+
+
+@nb.njit(inline="always")
+def _valid_range(sw, pw, s, w, q_):
+    # output columns j with 0 <= j*sw - pw + s < w, as [lo, hi): the inner loops then run
+    # branch-free and vectorize
+    lo = 0
+    if pw - s > 0:
+        lo = (pw - s + sw - 1) // sw
+    hi = 0
+    if w - 1 + pw - s >= 0:
+        hi = (w - 1 + pw - s) // sw + 1
+    return min(lo, q_), max(min(hi, q_), min(lo, q_))
 
 
 @nb.njit(parallel=True, cache=True)
 def _im2col(x, col, r_, s_, sh, sw, ph, pw, p_, q_):
-    # x: (C, H, W) -> col: (C*R*S, P*Q)
-    c_, h, w = x.shape
+    # x: (B, C, H, W) -> col: (C*R*S, B*P*Q), col[(c,r,s), (b,i,j)] = padded x[b, c, i*sh+r, j*sw+s]
+    nb_, c_, h, w = x.shape
+    pq = p_ * q_
     for row in nb.prange(c_ * r_ * s_):
         c = row // (r_ * s_)
         r = (row // s_) % r_
         s = row % s_
-        for i in range(p_):
-            hi = i * sh - ph + r
-            for j in range(q_):
-                wi = j * sw - pw + s
-                if 0 <= hi < h and 0 <= wi < w:
-                    col[row, i * q_ + j] = x[c, hi, wi]
-                else:
-                    col[row, i * q_ + j] = 0
+        lo, hi = _valid_range(sw, pw, s, w, q_)
+        for b in range(nb_):
+            base = b * pq
+            for i in range(p_):
+                hi_ = i * sh - ph + r
+                o = base + i * q_
+                if hi_ < 0 or hi_ >= h:
+                    for j in range(q_):
+                        col[row, o + j] = 0
+                    continue
+                for j in range(lo):
+                    col[row, o + j] = 0
+                off = s - pw
+                for j in range(lo, hi):
+                    col[row, o + j] = x[b, c, hi_, j * sw + off]
+                for j in range(hi, q_):
+                    col[row, o + j] = 0
 
 
 @nb.njit(parallel=True, cache=True)
 def _col2im(col, dx, r_, s_, sh, sw, ph, pw, p_, q_):
-    # scatter-add col (C*R*S, P*Q) into dx (C, H, W); parallel over channels, so no two threads
-    # write the same element
-    c_, h, w = dx.shape
-    for c in nb.prange(c_):
-        dx[c] = 0
+    # adjoint of _im2col: scatter-add col (C*R*S, B*P*Q) into dx (B, C, H, W) (overwritten);
+    # parallel over (image, channel) planes, so no two threads write one element
+    nb_, c_, h, w = dx.shape
+    pq = p_ * q_
+    for plane in nb.prange(nb_ * c_):
+        b = plane // c_
+        c = plane % c_
+        for i in range(h):
+            for j in range(w):
+                dx[b, c, i, j] = 0
         for r in range(r_):
             for s in range(s_):
                 row = (c * r_ + r) * s_ + s
+                lo, hi = _valid_range(sw, pw, s, w, q_)
+                off = s - pw
                 for i in range(p_):
-                    hi = i * sh - ph + r
-                    if hi < 0 or hi >= h:
+                    hi_ = i * sh - ph + r
+                    if hi_ < 0 or hi_ >= h:
                         continue
-                    for j in range(q_):
-                        wi = j * sw - pw + s
-                        if 0 <= wi < w:
-                            dx[c, hi, wi] += col[row, i * q_ + j]
+                    o = b * pq + i * q_
+                    for j in range(lo, hi):
+                        dx[b, c, hi_, j * sw + off] += col[row, o + j]
+
+
+@nb.njit(parallel=True, cache=True)
+def _scatter_bias(out, b, y, relu):
+    # out: (K, B*PQ) -> y: (B, K, PQ) with + b[k] and optional max(0, .)
+    nb_, k_, pq = y.shape
+    for plane in nb.prange(nb_ * k_):
+        i = plane // k_
+        k = plane % k_
+        bk = b[k]
+        if relu:
+            for j in range(pq):
+                v = out[k, i * pq + j] + bk
+                y[i, k, j] = v if v > 0 else 0
+        else:
+            for j in range(pq):
+                y[i, k, j] = out[k, i * pq + j] + bk
+
+
+@nb.njit(parallel=True, cache=True)
+def _gather(dy, g):
+    # dy: (B, K, PQ) -> g: (K, B*PQ)
+    nb_, k_, pq = dy.shape
+    for plane in nb.prange(nb_ * k_):
+        i = plane // k_
+        k = plane % k_
+        for j in range(pq):
+            g[k, i * pq + j] = dy[i, k, j]
+
+
+@nb.njit(parallel=True, cache=True)
+def _row_sums_acc(g, db):
+    # db[k] += sum of row k (float64 accumulation)
+    for k in nb.prange(g.shape[0]):
+        acc = 0.0
+        for j in range(g.shape[1]):
+            acc += g[k, j]
+        db[k] += acc
+
+
+
+# -- per-thread GEMM: one parallel region for the whole call ----------------------------------------
+# Handing work back and forth between Numba's OpenMP threads and OpenBLAS's own threads costs more
+# than the work on 2 cores (both pools spin-wait for the other: measured 2.5x the sum of the
+# parts). So each Numba thread takes a chunk of images and calls single-threaded BLAS (np.dot in
+# njit is scipy's sgemm) on its own im2col buffer; BLAS threads are pinned to 1 during the call.
+
+@nb.njit(parallel=True, cache=True)
+def _fwd(x, w2, b, y, r_, s_, sh, sw, ph, pw, p_, q_, relu, nchunk):
+    n = x.shape[0]
+    k_, crs = w2.shape
+    pq = p_ * q_
+    for t in nb.prange(nchunk):
+        col = np.empty((crs, pq), x.dtype)
+        out = np.empty((k_, pq), x.dtype)
+        for i in range(t * n // nchunk, (t + 1) * n // nchunk):
+            _im2col_one(x[i], col, r_, s_, sh, sw, ph, pw, p_, q_)
+            np.dot(w2, col, out)
+            for k in range(k_):
+                bk = b[k]
+                if relu:
+                    for j in range(pq):
+                        v = out[k, j] + bk
+                        y[i, k, j] = v if v > 0 else 0
+                else:
+                    for j in range(pq):
+                        y[i, k, j] = out[k, j] + bk
+
+
+@nb.njit(parallel=True, cache=True)
+def _bwd_data(dy, w2t, dx, r_, s_, sh, sw, ph, pw, p_, q_, nchunk):
+    n = dx.shape[0]
+    crs = w2t.shape[0]
+    pq = p_ * q_
+    for t in nb.prange(nchunk):
+        col = np.empty((crs, pq), dx.dtype)
+        for i in range(t * n // nchunk, (t + 1) * n // nchunk):
+            np.dot(w2t, dy[i], col)
+            _col2im_one(col, dx[i], r_, s_, sh, sw, ph, pw, p_, q_)
+
+
+@nb.njit(parallel=True, cache=True)
+def _bwd_weight(x, dy, dw2, db, r_, s_, sh, sw, ph, pw, p_, q_, nchunk):
+    n = x.shape[0]
+    k_, crs = dw2.shape
+    pq = p_ * q_
+    part = np.zeros((nchunk, k_, crs), dw2.dtype)
+    dbp = np.zeros((nchunk, k_), np.float64)
+    for t in nb.prange(nchunk):
+        col = np.empty((crs, pq), x.dtype)
+        acc = np.empty((k_, crs), x.dtype)
+        for i in range(t * n // nchunk, (t + 1) * n // nchunk):
+            _im2col_one(x[i], col, r_, s_, sh, sw, ph, pw, p_, q_)
+            np.dot(dy[i], col.T, acc)
+            part[t] += acc
+            for k in range(k_):
+                s = 0.0
+                for j in range(pq):
+                    s += dy[i, k, j]
+                dbp[t, k] += s
+    for t in range(nchunk):
+        dw2 += part[t]
+        for k in range(k_):
+            db[k] += dbp[t, k]
+
+
+@nb.njit(cache=True)
+def _im2col_one(x, col, r_, s_, sh, sw, ph, pw, p_, q_):
+    # x: (C, H, W) -> col: (C*R*S, P*Q); serial (called inside a parallel region)
+    c_, h, w = x.shape
+    for row in range(c_ * r_ * s_):
+        c = row // (r_ * s_)
+        r = (row // s_) % r_
+        s = row % s_
+        lo, hi = _valid_range(sw, pw, s, w, q_)
+        off = s - pw
+        for i in range(p_):
+            hi_ = i * sh - ph + r
+            o = i * q_
+            if hi_ < 0 or hi_ >= h:
+                for j in range(q_):
+                    col[row, o + j] = 0
+                continue
+            for j in range(lo):
+                col[row, o + j] = 0
+            for j in range(lo, hi):
+                col[row, o + j] = x[c, hi_, j * sw + off]
+            for j in range(hi, q_):
+                col[row, o + j] = 0
+
+
+@nb.njit(cache=True)
+def _col2im_one(col, dx, r_, s_, sh, sw, ph, pw, p_, q_):
+    c_, h, w = dx.shape
+    for c in range(c_):
+        for i in range(h):
+            for j in range(w):
+                dx[c, i, j] = 0
+        for r in range(r_):
+            for s in range(s_):
+                row = (c * r_ + r) * s_ + s
+                lo, hi = _valid_range(sw, pw, s, w, q_)
+                off = s - pw
+                for i in range(p_):
+                    hi_ = i * sh - ph + r
+                    if hi_ < 0 or hi_ >= h:
+                        continue
+                    o = i * q_
+                    for j in range(lo, hi):
+                        dx[c, hi_, j * sw + off] += col[row, o + j]
+
+
+_controller = None
+
+
+def _one_blas_thread():
+    """Context pinning every BLAS library to one thread (threadpoolctl, a scikit-learn dependency)."""
+    global _controller
+    if _controller is None:
+        import threadpoolctl
+        _controller = threadpoolctl.ThreadpoolController()
+    return _controller.limit(limits=1, user_api="blas")
 
 
 def _geometry(x_shape, w_shape, sh, sw, ph, pw):
@@ -48,40 +248,39 @@ def _geometry(x_shape, w_shape, sh, sw, ph, pw):
     return r, s, (h + 2 * ph - r) // sh + 1, (w + 2 * pw - s) // sw + 1
 
 
+def _chunks(n):
+    return max(1, min(n, nb.get_num_threads()))
+
+
 def conv2d_fwd(x, w, b, y, sh, sw, ph, pw, relu):
     n, c = x.shape[:2]
     k = w.shape[0]
     r, s, p, q = _geometry(x.shape, w.shape, sh, sw, ph, pw)
-    col = np.empty((c * r * s, p * q), x.dtype)
-    w2 = w.reshape(k, -1)
-    for i in range(n):
-        _im2col(x[i], col, r, s, sh, sw, ph, pw, p, q)
-        out = y[i].reshape(k, p * q)
-        np.matmul(w2, col, out=out)
-        out += b[:, None]
-        if relu:
-            np.maximum(out, 0, out=out)
+    if n == 0 or p * q == 0:
+        return
+    with _one_blas_thread():
+        _fwd(x, w.reshape(k, -1), b, y.reshape(n, k, p * q), r, s, sh, sw, ph, pw, p, q, bool(relu), _chunks(n))
 
 
 def conv2d_bwd_data(dy, w, dx, sh, sw, ph, pw):
     n, c = dx.shape[:2]
     k = w.shape[0]
     r, s, p, q = _geometry(dx.shape, w.shape, sh, sw, ph, pw)
-    w2t = w.reshape(k, -1).T
-    col = np.empty((c * r * s, p * q), dx.dtype)
-    for i in range(n):
-        np.matmul(w2t, dy[i].reshape(k, p * q), out=col)
-        _col2im(col, dx[i], r, s, sh, sw, ph, pw, p, q)
+    if n == 0:
+        return
+    if p * q == 0:
+        dx[...] = 0
+        return
+    w2t = np.ascontiguousarray(w.reshape(k, -1).T)
+    with _one_blas_thread():
+        _bwd_data(dy.reshape(n, k, p * q), w2t, dx, r, s, sh, sw, ph, pw, p, q, _chunks(n))
 
 
 def conv2d_bwd_weight(x, dy, dw, db, sh, sw, ph, pw):
     n, c = x.shape[:2]
     k = dw.shape[0]
     r, s, p, q = _geometry(x.shape, dw.shape, sh, sw, ph, pw)
-    col = np.empty((c * r * s, p * q), x.dtype)
-    dw2 = dw.reshape(k, -1)
-    for i in range(n):
-        _im2col(x[i], col, r, s, sh, sw, ph, pw, p, q)
-        g = dy[i].reshape(k, p * q)
-        dw2 += g @ col.T
-        db += g.sum(axis=1)
+    if n == 0 or p * q == 0:
+        return
+    with _one_blas_thread():
+        _bwd_weight(x, dy.reshape(n, k, p * q), dw.reshape(k, -1), db, r, s, sh, sw, ph, pw, p, q, _chunks(n))
