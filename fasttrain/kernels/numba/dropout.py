@@ -28,18 +28,42 @@ def _philox(c0, c1, c2, c3, k0, k1):
     return c0, c1, c2, c3
 
 
+_SUB = 512   # blocks per sub-chunk: 4 lane buffers of 2 KiB stay in L1
+
+
 @nb.njit(parallel=True, cache=True)
-def _apply_full_blocks(x, y, threshold, scale, k0, k1, step, layer):
-    # Whole 4-element blocks with the lanes written out and no bounds checks: straight-line code
-    # per block (about 1.4x faster than indexing the lanes in a loop).
+def _apply_full_blocks(x, y, threshold, scale, k0, k1, step, layer, nchunk):
+    # Whole 4-element blocks, in two passes per sub-chunk of _SUB blocks:
+    #  1. the Philox words of consecutive blocks into four lane buffers (contiguous stores, so LLVM
+    #     vectorizes the ten rounds across blocks: the 32x32->64 products become vpmuludq);
+    #  2. threshold and scale, reading the buffers.
+    # Measured on 4.19M floats, 2 threads: 8.5 ms with one fused loop storing y[4b+lane] (the
+    # strided stores kept it scalar), 6.2 ms this way (C++: 5.9 ms).
+    nblk = x.size // 4
     zero = scale * 0
-    for b in nb.prange(x.size // 4):
-        w0, w1, w2, w3 = _philox(np.uint32(b & 0xFFFFFFFF), np.uint32(b >> 32), step, layer, k0, k1)
-        i = 4 * b
-        y[i] = x[i] * (scale if w0 >= threshold else zero)
-        y[i + 1] = x[i + 1] * (scale if w1 >= threshold else zero)
-        y[i + 2] = x[i + 2] * (scale if w2 >= threshold else zero)
-        y[i + 3] = x[i + 3] * (scale if w3 >= threshold else zero)
+    for t in nb.prange(nchunk):
+        w0 = np.empty(_SUB, np.uint32)
+        w1 = np.empty(_SUB, np.uint32)
+        w2 = np.empty(_SUB, np.uint32)
+        w3 = np.empty(_SUB, np.uint32)
+        lo = t * nblk // nchunk
+        hi = (t + 1) * nblk // nchunk
+        for s0 in range(lo, hi, _SUB):
+            m = min(_SUB, hi - s0)
+            for j in range(m):
+                b = s0 + j
+                a0, a1, a2, a3 = _philox(np.uint32(b & 0xFFFFFFFF), np.uint32(b >> 32), step, layer, k0, k1)
+                w0[j] = a0
+                w1[j] = a1
+                w2[j] = a2
+                w3[j] = a3
+            base = 4 * s0
+            for j in range(m):
+                i = base + 4 * j
+                y[i] = x[i] * (scale if w0[j] >= threshold else zero)
+                y[i + 1] = x[i + 1] * (scale if w1[j] >= threshold else zero)
+                y[i + 2] = x[i + 2] * (scale if w2[j] >= threshold else zero)
+                y[i + 3] = x[i + 3] * (scale if w3[j] >= threshold else zero)
 
 
 @nb.njit(cache=True)
@@ -54,7 +78,8 @@ def _apply_tail(x, y, threshold, scale, k0, k1, step, layer):
 
 
 def _apply(x, y, threshold, scale, k0, k1, step, layer):
-    _apply_full_blocks(x, y, threshold, scale, k0, k1, step, layer)
+    nchunk = max(1, min(nb.get_num_threads(), x.size // (4 * _SUB)))
+    _apply_full_blocks(x, y, threshold, scale, k0, k1, step, layer, nchunk)
     _apply_tail(x, y, threshold, scale, k0, k1, step, layer)
 
 
