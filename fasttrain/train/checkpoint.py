@@ -1,6 +1,8 @@
-"""Checkpoints as one .npz: parameters (by name), module buffers (BatchNorm running statistics),
+"""Checkpoints as one .npz or one .safetensors file (the format is chosen by the file extension):
+parameters (by name), module buffers (BatchNorm running statistics),
 optimizer state (flattened to 'opt/<key>'), and a JSON 'meta' entry with step, epoch, seeds,
-trainer state and the config. Everything a resumed run needs to continue bit-for-bit: the data
+trainer state and the config (in safetensors: the file's string metadata, 'fasttrain_meta';
+string-valued optimizer entries such as its type go to 'fasttrain_strings'). Everything a resumed run needs to continue bit-for-bit: the data
 order is a pure function of (seed, epoch) and dropout masks of (seed, step, layer)."""
 from __future__ import annotations
 
@@ -45,27 +47,65 @@ def _to_host(a):
     return a.get() if hasattr(a, "get") and not isinstance(a, (dict, np.ndarray)) else a
 
 
+def _is_safetensors(path: str) -> bool:
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".npz", ".safetensors"):
+        raise ValueError(f"checkpoint path {path!r}: expected a .npz or .safetensors extension, got {ext or 'none'!r}")
+    return ext == ".safetensors"
+
+
 def save_checkpoint(path, model, arena, optimizer=None, meta: dict | None = None) -> None:
+    path = os.fspath(path)
     arrays = {f"param/{name}": np.asarray(_to_host(a)) for name, a in arena.state_dict().items()}
     for key, (m, name) in module_buffers(model).items():
         arrays[f"buffer/{key}"] = np.asarray(_to_host(m.buffers[name]))
     if optimizer is not None:
         _flatten("opt", optimizer.state_dict(), arrays)
+    if _is_safetensors(path):
+        from safetensors.numpy import save_file
+
+        # safetensors holds numeric tensors only; strings (the optimizer type) go to the metadata
+        strings = {k: str(v) for k, v in arrays.items() if v.dtype.kind in "US"}
+        tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items() if k not in strings}
+        tmp = path + ".tmp.safetensors"
+        save_file(tensors, tmp, metadata={"fasttrain_meta": json.dumps(meta or {}),
+                                          "fasttrain_strings": json.dumps(strings)})
+        os.replace(tmp, path)
+        return
     arrays["meta"] = np.array(json.dumps(meta or {}))
-    tmp = os.fspath(path) + ".tmp.npz"  # write then rename: a crash never leaves half a checkpoint
+    tmp = path + ".tmp.npz"  # write then rename: a crash never leaves half a checkpoint
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
+
+
+def read_checkpoint(path) -> tuple[dict, dict]:
+    """(arrays, meta) of a checkpoint file without applying it: arrays keyed 'param/<name>',
+    'buffer/<module path>.<name>', 'opt/...'."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    if _is_safetensors(path):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="numpy") as f:
+            metadata = f.metadata() or {}
+            arrays = {k: f.get_tensor(k) for k in f.keys()}
+        if "fasttrain_meta" not in metadata:
+            raise ValueError(f"{path}: not a fasttrain checkpoint (no 'fasttrain_meta' metadata)")
+        for k, v in json.loads(metadata.get("fasttrain_strings", "{}")).items():
+            arrays[k] = np.array(v)
+        return arrays, json.loads(metadata["fasttrain_meta"])
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    if "meta" not in arrays:
+        raise ValueError(f"{path}: not a fasttrain checkpoint (no 'meta' entry)")
+    return arrays, json.loads(str(arrays.pop("meta")))
 
 
 def load_checkpoint(path, model, arena, optimizer=None) -> dict:
     """Restore parameters, buffers and optimizer state in place; returns the meta dict."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    with np.load(path, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
-    if "meta" not in arrays:
-        raise ValueError(f"{path}: not a fasttrain checkpoint (no 'meta' entry)")
+    arrays, meta = read_checkpoint(path)
     arena.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
     buffers = module_buffers(model)
     saved = {k[7:]: v for k, v in arrays.items() if k.startswith("buffer/")}
@@ -76,4 +116,4 @@ def load_checkpoint(path, model, arena, optimizer=None) -> dict:
         m.buffers[name] = arena.xp.asarray(saved[key], dtype=old.dtype)
     if optimizer is not None:
         optimizer.load_state_dict(_unflatten("opt", arrays))
-    return json.loads(str(arrays["meta"]))
+    return meta

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..settings import get_logger
 from .checkpoint import load_checkpoint, save_checkpoint
+from .monitor import Monitor
 
 log = get_logger(__name__)
 
@@ -47,11 +48,20 @@ class Trainer:
     schedule: None (constant lr) or a function step -> lr (schedules are pure functions of the
     step; the trainer owns the step counter). run_dir: where metrics.jsonl, checkpoint.npz and
     learning_curve.png go (None: nothing is written). config: a dict stored in checkpoints.
-    progress: tqdm's `disable` (None hides the bar when the output is not a terminal)."""
+    progress: tqdm's `disable` (None hides the bar when the output is not a terminal).
+
+    monitor_every: sample the command center (fasttrain.train.monitor) every N steps (None: off).
+    early_stopping: patience in epochs without a val_loss improvement of more than min_delta; at
+    the end of fit the best epoch's weights (and BN statistics) are restored (None: off).
+    ema_decay: keep an EMA of the weights (fasttrain.train.EMA) and validate with it (None: off).
+    augment: callable(x, rng) -> x applied to each training batch with a generator keyed by
+    (seed, step); mixup_alpha: mix examples and labels (Zhang et al. 2018) with Beta(alpha, alpha)."""
 
     def __init__(self, model, arena, optimizer, loss_fn, schedule=None, run_dir=None, config: dict | None = None,
                  explode_factor: float = 3.0, progress: bool | None = None, plot: bool = True,
-                 checkpoint: bool = True):
+                 checkpoint: bool = True, monitor_every: int | None = 50, early_stopping: int | None = None,
+                 min_delta: float = 0.0, ema_decay: float | None = None, augment=None,
+                 mixup_alpha: float | None = None, seed: int = 0, checkpoint_name: str = "checkpoint.npz"):
         self.model, self.arena, self.optimizer, self.loss_fn = model, arena, optimizer, loss_fn
         self.schedule = schedule
         self.run_dir = os.fspath(run_dir) if run_dir is not None else None
@@ -64,6 +74,30 @@ class Trainer:
         self.epoch = 0
         self.history = History()
         self._metrics = None   # metrics.jsonl, open (append, line-buffered) during fit
+        self.monitor = Monitor(model, arena, monitor_every) if monitor_every else None
+        if early_stopping is not None and (isinstance(early_stopping, bool) or early_stopping < 1):
+            raise ValueError(f"Trainer(early_stopping): expected a patience >= 1 epochs or None, got {early_stopping!r}")
+        if min_delta < 0:
+            raise ValueError(f"Trainer(min_delta): expected >= 0, got {min_delta!r}")
+        self.early_stopping, self.min_delta = early_stopping, float(min_delta)
+        self.best_record: dict | None = None   # the best epoch's record (early stopping)
+        self._best_state = None                # (arena values, buffers) of that epoch
+        self._bad_epochs = 0
+        if ema_decay is not None:
+            from .averaging import EMA
+
+            self.ema = EMA(arena, ema_decay)
+        else:
+            self.ema = None
+        self.augment = augment
+        if mixup_alpha:
+            from ..data.augment import Mixup
+
+            self.mixup = Mixup(mixup_alpha)
+        else:
+            self.mixup = None
+        self.seed = int(seed)
+        self.checkpoint_name = checkpoint_name
         if self.run_dir is not None:
             os.makedirs(self.run_dir, exist_ok=True)
 
@@ -95,13 +129,35 @@ class Trainer:
     def train_step(self, xb, yb) -> tuple[float, int]:
         """One optimizer step; returns (loss, number of correct predictions in the batch)."""
         xp = self.arena.xp
+        mixed = None
+        if self.augment is not None or self.mixup is not None:
+            from .augmentation import batch_rng
+
+            rng = batch_rng(self.seed, self.step)
+            if self.augment is not None:
+                xb = self.augment(np.asarray(xb), rng)
+            if self.mixup is not None:
+                xb, _, y_b, lam = self.mixup(np.asarray(xb), np.asarray(yb), rng)
+                mixed = (xp.asarray(y_b), lam)
         xb, yb = xp.asarray(xb), xp.asarray(yb)
         self.model.set_step(self.step)
         self._lr()
         self.arena.zero_grad()
-        logits = self.model.forward(xb)
+        sample = self.monitor is not None and self.monitor.due(self.step)
+        if sample:
+            self.monitor.begin()
         try:
-            loss, dlogits = self.loss_fn(logits, yb)
+            logits = self.model.forward(xb)
+        finally:
+            if sample:
+                self.monitor.unhook()
+        try:
+            if mixed is None:
+                loss, dlogits = self.loss_fn(logits, yb)
+            else:
+                from ..data.augment import mixup_loss
+
+                loss, dlogits = mixup_loss(self.loss_fn, logits, yb, mixed[0], mixed[1])
         except FloatingPointError:  # a loss that refuses non-finite values: the explosion stop reports it
             return math.nan, 0
         loss = float(loss)
@@ -109,6 +165,10 @@ class Trainer:
             return loss, 0
         self.model.backward(dlogits)
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update()
+        if sample:
+            self._log_metrics(self.monitor.end(self.step, loss))
         self.step += 1
         return loss, int((logits.argmax(axis=1) == yb).sum())
 
@@ -167,6 +227,7 @@ class Trainer:
                     reason = self._explosion(loss)
                     if reason is not None:
                         self._log_metrics({"event": "diverged", "step": self.step, "loss": loss, "message": reason})
+                        self._report_monitor()
                         self._finish()
                         log.error(reason)
                         raise TrainingDiverged(reason, self.history)
@@ -184,15 +245,28 @@ class Trainer:
                           "train_acc": correct / seen, "images_per_s": seen / train_time,
                           "epoch_time_s": train_time}
                 if val_loader is not None:
-                    record["val_loss"], record["val_acc"] = self.evaluate(val_loader)
+                    if self.ema is not None:  # validate with the averaged weights; the raw ones for comparison
+                        record["val_loss_raw"], record["val_acc_raw"] = self.evaluate(val_loader)
+                        with self.ema.swap():
+                            record["val_loss"], record["val_acc"] = self.evaluate(val_loader)
+                    else:
+                        record["val_loss"], record["val_acc"] = self.evaluate(val_loader)
                 self.epoch += 1
                 self.history.epochs.append(record)
                 self._log_metrics(record)
                 if val_loader is not None:
                     bar.write(f"epoch {self.epoch}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}"
                               f" | val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}")
+                stop = self._early_stopping_step(record) if val_loader is not None else False
                 if self.checkpoint and self.run_dir is not None:
-                    self.save(self._path("checkpoint.npz"))
+                    self.save(self._path(self.checkpoint_name))
+                if stop:
+                    break
+            if self._best_state is not None:
+                self._restore_best()
+                if self.checkpoint and self.run_dir is not None:
+                    self.save(self._path(self.checkpoint_name))
+            self._report_monitor()
         finally:
             bar.close()
             if self._metrics is not None:
@@ -200,6 +274,48 @@ class Trainer:
                 self._metrics = None
         self._finish()
         return self.history
+
+    # -- early stopping, command center --------------------------------------------------------
+    def _early_stopping_step(self, record: dict) -> bool:
+        """Track the best val_loss (with EMA: of the averaged weights); True when patience ran out."""
+        if self.early_stopping is None:
+            return False
+        if self.best_record is None or record["val_loss"] < self.best_record["val_loss"] - self.min_delta:
+            self.best_record = dict(record)
+            weights = self.ema.averaged() if self.ema is not None else self.arena.xp.array(self.arena.data, copy=True)
+            buffers = {id(m): {k: m.buffers[k].copy() for k in m.buffers}
+                       for _, m in self.model.named_modules() if getattr(m, "buffers", None)}
+            self._best_state = (weights, buffers)
+            self._bad_epochs = 0
+            return False
+        self._bad_epochs += 1
+        if self._bad_epochs < self.early_stopping:
+            return False
+        msg = (f"early stopping after epoch {self.epoch}: val_loss did not improve by more than {self.min_delta:g} "
+               f"for {self.early_stopping} epochs; best epoch {self.best_record['epoch']} "
+               f"(val_loss {self.best_record['val_loss']:.4f}, val_acc {self.best_record['val_acc']:.4f})")
+        log.info(msg)
+        self._log_metrics({"event": "early_stop", "epoch": self.epoch, "best_epoch": self.best_record["epoch"],
+                           "message": msg})
+        return True
+
+    def _restore_best(self) -> None:
+        """Put the best epoch's weights and BN statistics back (the run's result)."""
+        weights, buffers = self._best_state
+        self.arena.data[...] = weights
+        for _, m in self.model.named_modules():
+            for k, v in buffers.get(id(m), {}).items():
+                m.buffers[k] = v.copy()
+        self._log_metrics({"event": "restored_best", "epoch": self.best_record["epoch"],
+                           "val_loss": self.best_record["val_loss"], "val_acc": self.best_record["val_acc"]})
+
+    def _report_monitor(self) -> None:
+        if self.monitor is None:
+            return
+        summary = self.monitor.summary()
+        self._log_metrics(summary)
+        if summary.get("samples"):
+            log.info(Monitor.format_summary(summary))
 
     def _finish(self) -> None:
         if self.plot and self.run_dir is not None and self.history.steps:
