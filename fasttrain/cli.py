@@ -1,4 +1,6 @@
-"""Command line: `fasttrain train [--config FILE] [--epochs N] ...` and `fasttrain info`.
+"""Command line: `fasttrain train [--config FILE] [--epochs N] ...`, `fasttrain check` (sanity
+checks), `fasttrain tune` (random search over lr and weight decay), `fasttrain bench` (the
+repository's benchmarks) and `fasttrain info`.
 Every Config field is a flag (`batch_size` -> `--batch-size`); flags override the TOML file,
 which overrides the defaults. The resolved config is saved as config.toml in the run folder."""
 from __future__ import annotations
@@ -20,6 +22,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         if typ is bool:
             parser.add_argument(flag, dest=name, default=None, action=argparse.BooleanOptionalAction,
                                 help=f"(default: {default})")
+        elif typ is list:  # comma-separated on the command line, a TOML array in a config file
+            parser.add_argument(flag, dest=name, default=None, metavar="A,B,...",
+                                type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
+                                help=f"comma-separated (default: {default})")
         else:
             parser.add_argument(flag, dest=name, default=None, type=typ, metavar=typ.__name__.upper(),
                                 help=f"(default: {default})")
@@ -33,6 +39,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_flags(train)
     sub.add_parser("info", help="print build information and available kernel backends")
+    check = sub.add_parser("check", help="sanity checks: initial loss ~ ln(C), overfit 20 examples, gradient check")
+    check.add_argument("--config", default=None, help="TOML file of config keys")
+    check.add_argument("--overfit-steps", type=int, default=300, help="step budget of the overfit check (default: 300)")
+    _add_config_flags(check)
+    tune = sub.add_parser("tune", help="random search in log space over lr and weight decay (coarse, then fine)")
+    tune.add_argument("--config", default=None, help="TOML file of config keys")
+    tune.add_argument("--coarse-trials", type=int, default=8)
+    tune.add_argument("--fine-trials", type=int, default=4)
+    tune.add_argument("--coarse-epochs", type=int, default=2)
+    tune.add_argument("--fine-epochs", type=int, default=4)
+    tune.add_argument("--lr-range", type=float, nargs=2, default=(1e-4, 1e-1), metavar=("LO", "HI"))
+    tune.add_argument("--wd-range", type=float, nargs=2, default=(1e-6, 1e-2), metavar=("LO", "HI"))
+    tune.add_argument("--workers", type=int, default=None, help="parallel trial processes (default: CPU count)")
+    tune.add_argument("--out", default=None, help="output folder (default: runs/tune-<timestamp>)")
+    _add_config_flags(tune)
+    sub.add_parser("bench", help="run the repository's benchmarks (bench.run; arguments are forwarded)",
+                   add_help=False)
     return parser
 
 
@@ -90,23 +113,74 @@ def train(cfg: Config, progress: bool | None = None) -> dict:
 
     model = build(cfg.model, data.input_shape, data.num_classes, cfg.dropout, seed=cfg.seed)
     arena = ft.ParamArena.for_model(model, seed=cfg.seed)
+    if cfg.init_from:  # transfer learning: a head of another size keeps its fresh initialization
+        from .train.transfer import load_pretrained
+
+        load_pretrained(model, arena, cfg.init_from)
+    if cfg.freeze_except:  # before the optimizer: it copies the arena groups' hyperparameters
+        from .train.transfer import freeze_except
+
+        freeze_except(model, arena, cfg.freeze_except)
     opt = make_optimizer(cfg.optimizer, arena, cfg.lr, cfg.weight_decay)
+    if cfg.checkpoint_format not in ("npz", "safetensors"):
+        raise ValueError(f"checkpoint_format: expected 'npz' or 'safetensors', got {cfg.checkpoint_format!r}")
+    from .train.augmentation import build_augment
+
+    augment = build_augment(cfg.augment, data.input_shape)
     schedule = make_schedule(cfg, cfg.epochs * len(train_loader))
     trainer = Trainer(model, arena, opt, SoftmaxCrossEntropy(), schedule=schedule, run_dir=run_dir,
-                      config=cfg.to_dict(), progress=progress, plot=cfg.plot)
+                      config=cfg.to_dict(), progress=progress, plot=cfg.plot,
+                      monitor_every=cfg.monitor_every or None, early_stopping=cfg.early_stopping,
+                      min_delta=cfg.min_delta, ema_decay=cfg.ema_decay, augment=augment, mixup_alpha=cfg.mixup,
+                      seed=cfg.seed, checkpoint_name=f"checkpoint.{cfg.checkpoint_format}")
     if cfg.resume:
         trainer.resume(cfg.resume)
     history = trainer.fit(train_loader, val_loader, cfg.epochs)
     last = history.epochs[-1] if history.epochs else {}
+    if trainer.best_record is not None:  # early stopping restored the best epoch's weights
+        last = trainer.best_record
     summary = {"val_acc": last.get("val_acc"), "val_loss": last.get("val_loss"), "train_acc": last.get("train_acc"),
                "epochs": trainer.epoch, "steps": trainer.step, "params": arena.size,
-               "wall_time_s": time.perf_counter() - t_start, "run_dir": run_dir}
+               "wall_time_s": time.perf_counter() - t_start, "run_dir": run_dir,
+               "best_epoch": last.get("epoch") if trainer.best_record is not None else None,
+               "monitor": trainer.monitor.summary() if trainer.monitor is not None else None}
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
 
 
+def bench(argv) -> int:
+    """Forward to bench.run.main(argv); `bench/` lives at the repository root (editable installs)."""
+    try:
+        import bench.run as bench_run
+    except ImportError:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if root not in sys.path:
+            sys.path.insert(0, root)
+        try:
+            import bench.run as bench_run
+        except ImportError as exc:
+            print(f"fasttrain bench: the benchmark package 'bench' is not available (looked on sys.path and in "
+                  f"{root}; it ships with the source repository, not with installed wheels): {exc}", file=sys.stderr)
+            return 1
+    return int(bench_run.main(list(argv)) or 0)
+
+
+def check(cfg: Config, overfit_steps: int = 300) -> int:
+    from .train.sanity import run_checks
+
+    results = run_checks(cfg, max_steps=overfit_steps)
+    for r in results:
+        print(r)
+    failed = [r for r in results if not r.passed]
+    print(f"{len(results) - len(failed)} of {len(results)} checks passed" + (": FAILED" if failed else ""))
+    return 1 if failed else 0
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # everything after 'bench' belongs to bench.run's own parser
+        return bench(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "info":
         import fasttrain as ft
@@ -120,6 +194,15 @@ def main(argv=None) -> int:
     except (ValueError, KeyError, FileNotFoundError) as exc:
         print(f"fasttrain: config error: {exc}", file=sys.stderr)
         return 1
+    if args.command == "check":
+        return check(cfg, args.overfit_steps)
+    if args.command == "tune":
+        from .train.tune import tune
+
+        tune(cfg, coarse_trials=args.coarse_trials, fine_trials=args.fine_trials, coarse_epochs=args.coarse_epochs,
+             fine_epochs=args.fine_epochs, lr_range=tuple(args.lr_range), wd_range=tuple(args.wd_range),
+             workers=args.workers, out_dir=args.out)
+        return 0
     try:
         summary = train(cfg, progress=False if args.quiet else None)
     except TrainingDiverged as exc:
@@ -128,6 +211,10 @@ def main(argv=None) -> int:
     print(f"final validation accuracy {summary['val_acc']:.4f} after {summary['epochs']} epochs "
           f"({summary['steps']} steps, {summary['params']} parameters); wall time {summary['wall_time_s']:.1f} s; "
           f"run folder {summary['run_dir']}")
+    if summary.get("monitor"):
+        from .train.monitor import Monitor
+
+        print(Monitor.format_summary(summary["monitor"]))
     return 0
 
 

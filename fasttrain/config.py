@@ -6,7 +6,7 @@ import dataclasses
 import json
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
 
@@ -31,6 +31,23 @@ class Config:
     threads: Optional[int] = None     # None: FASTTRAIN_THREADS or all cores
     backend: Optional[str] = None     # auto | cpp | numba | numpy | cuda; None: FASTTRAIN_BACKEND or auto
     plot: bool = True
+    monitor_every: Optional[int] = 50     # command center sample period in steps (0: off)
+    early_stopping: Optional[int] = None  # patience in epochs on val_loss; restores the best weights
+    min_delta: float = 0.0                # improvement of val_loss that resets the patience
+    ema_decay: Optional[float] = None     # validate with an EMA of the weights (e.g. 0.99)
+    augment: list = field(default_factory=list)  # e.g. ["flip", "crop"] (CLI: --augment flip,crop)
+    mixup: Optional[float] = None         # mixup alpha (e.g. 0.2); None/0: off
+    init_from: Optional[str] = None       # checkpoint to start from (transfer learning; new head if needed)
+    freeze_except: Optional[int] = None   # train only the last N parameterized layers
+    checkpoint_format: str = "npz"        # npz | safetensors
+    # -- data parallel (issue 8; `mpirun -n K fasttrain train --dist ring ...`) --
+    dist: str = "none"                    # none | ring | mpi (gradient all-reduce: our ring or MPI's Allreduce)
+    compress: str = "none"                # none | fp16 | bf16 | int8 | int4 | sign (ring only)
+    error_feedback: Optional[bool] = None  # None: on for sign and int4
+    local_sgd: int = 0                    # H > 0: local SGD, average parameters every H steps
+    local_sgd_warmup: int = 0             # post-local SGD: synchronous for the first K0 steps
+    lr_scaling: bool = True               # lr x ranks with a warmup (Goyal et al. 2017) when dist is on
+    fingerprint_every: int = 100          # compare collectives across ranks every N calls
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -51,6 +68,10 @@ def _coerce(name: str, value, typ: type):
         return None
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if typ is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"config key {name!r}: expected a list of strings, got {value!r}")
+        return list(value)
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
         raise ValueError(f"config key {name!r}: expected {typ.__name__}, got {value!r}")
     return value
@@ -91,6 +112,8 @@ def save_config(config: Config, path) -> None:
             text = "true" if v else "false"
         elif isinstance(v, (int, float)):
             text = repr(v)
+        elif isinstance(v, list):
+            text = json.dumps([str(x) for x in v])  # a JSON list of strings is a valid TOML array
         else:
             text = json.dumps(str(v))  # a JSON string is a valid TOML basic string
         lines.append(f"{k} = {text}")
