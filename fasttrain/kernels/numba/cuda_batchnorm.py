@@ -1,0 +1,124 @@
+"""Batch normalization with numba-cuda (docs/KERNELS.md): one block per channel reduces over the
+N*S elements of that channel (per-thread float64 partial sums, then a shared-memory tree), and the
+same block then normalizes or forms dx. Simple and exact enough; a C++ kernel that splits a
+channel over many blocks wins when C is small. See _cuda_common for how arrays are taken."""
+import math
+
+import numpy as np
+from numba import cuda, float64
+
+from ._cuda_common import THREADS, dev_nd, stream_of
+
+
+@cuda.jit(device=True, inline=True)
+def _block_sum2(a, b, sa, sb):
+    # sum of a and b over the block, returned to every thread
+    t = cuda.threadIdx.x
+    sa[t] = a
+    sb[t] = b
+    cuda.syncthreads()
+    half = THREADS // 2
+    while half > 0:
+        if t < half:
+            sa[t] += sa[t + half]
+            sb[t] += sb[t + half]
+        cuda.syncthreads()
+        half //= 2
+    ra, rb = sa[0], sb[0]
+    cuda.syncthreads()
+    return ra, rb
+
+
+@cuda.jit
+def _fwd_train(x, gamma, beta, eps, y, mean, invstd):
+    n, c, s = x.shape
+    ch = cuda.blockIdx.x
+    m = n * s
+    sa = cuda.shared.array(THREADS, float64)
+    sb = cuda.shared.array(THREADS, float64)
+    acc = 0.0
+    acc2 = 0.0
+    for e in range(cuda.threadIdx.x, m, THREADS):
+        v = float64(x[e // s, ch, e % s])
+        acc += v
+        acc2 += v * v
+    acc, acc2 = _block_sum2(acc, acc2, sa, sb)
+    mu = acc / m
+    var = max(acc2 / m - mu * mu, 0.0)   # biased variance
+    inv = 1.0 / math.sqrt(var + eps)
+    if cuda.threadIdx.x == 0:
+        mean[ch] = mu
+        invstd[ch] = inv
+    scale = gamma[ch] * inv
+    shift = beta[ch] - mu * scale
+    for e in range(cuda.threadIdx.x, m, THREADS):
+        y[e // s, ch, e % s] = x[e // s, ch, e % s] * scale + shift
+
+
+@cuda.jit
+def _fwd_eval(x, gamma, beta, rmean, rvar, eps, y):
+    n, c, s = x.shape
+    total = n * c * s
+    for e in range(cuda.grid(1), total, cuda.gridsize(1)):
+        ch = (e // s) % c
+        scale = gamma[ch] / math.sqrt(rvar[ch] + eps)
+        i = e // (c * s)
+        k = e % s
+        y[i, ch, k] = x[i, ch, k] * scale + (beta[ch] - rmean[ch] * scale)
+
+
+@cuda.jit
+def _bwd(x, dy, gamma, mean, invstd, dx, dgamma, dbeta):
+    n, c, s = x.shape
+    ch = cuda.blockIdx.x
+    m = n * s
+    sa = cuda.shared.array(THREADS, float64)
+    sb = cuda.shared.array(THREADS, float64)
+    mu = mean[ch]
+    inv = invstd[ch]
+    sdy = 0.0
+    sdyx = 0.0
+    for e in range(cuda.threadIdx.x, m, THREADS):
+        d = float64(dy[e // s, ch, e % s])
+        sdy += d
+        sdyx += d * (x[e // s, ch, e % s] - mu) * inv
+    sdy, sdyx = _block_sum2(sdy, sdyx, sa, sb)
+    if cuda.threadIdx.x == 0:
+        dgamma[ch] += sdyx
+        dbeta[ch] += sdy
+    a = gamma[ch] * inv / m
+    for e in range(cuda.threadIdx.x, m, THREADS):
+        i = e // s
+        k = e % s
+        xhat = (x[i, ch, k] - mu) * inv
+        dx[i, ch, k] = a * (m * dy[i, ch, k] - sdy - xhat * sdyx)
+
+
+def _ncs(a):
+    return (a.shape[0], a.shape[1], int(np.prod(a.shape[2:], dtype=np.int64)))
+
+
+def batchnorm_fwd_train(x, gamma, beta, eps, y, mean, invstd, stream=0):
+    sh = _ncs(x)
+    if x.size:
+        _fwd_train[sh[1], THREADS, stream_of(stream)](dev_nd(x, sh), dev_nd(gamma, gamma.shape), dev_nd(beta, beta.shape),
+                                                      float(eps), dev_nd(y, sh), dev_nd(mean, mean.shape),
+                                                      dev_nd(invstd, invstd.shape))
+
+
+def batchnorm_fwd_eval(x, gamma, beta, running_mean, running_var, eps, y, stream=0):
+    sh = _ncs(x)
+    if x.size:
+        blocks = max(1, min((x.size + THREADS - 1) // THREADS, 65535))
+        _fwd_eval[blocks, THREADS, stream_of(stream)](dev_nd(x, sh), dev_nd(gamma, gamma.shape),
+                                                      dev_nd(beta, beta.shape), dev_nd(running_mean, gamma.shape),
+                                                      dev_nd(running_var, gamma.shape), float(eps), dev_nd(y, sh))
+
+
+def batchnorm_bwd(x, dy, gamma, mean, invstd, dx, dgamma, dbeta, stream=0):
+    sh = _ncs(x)
+    if x.size:
+        c = gamma.shape
+        _bwd[sh[1], THREADS, stream_of(stream)](dev_nd(x, sh), dev_nd(dy, sh), dev_nd(gamma, c), dev_nd(mean, c),
+                                                dev_nd(invstd, c), dev_nd(dx, sh), dev_nd(dgamma, c),
+                                                dev_nd(dbeta, c))
