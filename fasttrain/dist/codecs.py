@@ -1,4 +1,4 @@
-"""Gradient compression on the wire, vectorized NumPy.
+"""Gradient compression on the wire: a NumPy reference and C++ kernels (csrc/cpu/codecs.cpp).
 
 A codec turns a flat float32 array of n values into `nbytes(n)` bytes and back:
 - `fp16`: IEEE half (NumPy's cast rounds to nearest even; |x| > 65504 becomes inf).
@@ -7,16 +7,66 @@ A codec turns a flat float32 array of n values into `nbytes(n)` bytes and back:
 - `int8`, `int4`: QSGD-style (Alistarh et al. 2017, "QSGD: Communication-Efficient SGD via
   Gradient Quantization and Encoding") per-block linear quantization with a float32 scale per
   block of `block` values (scale = max|x| / levels) and stochastic rounding
-  q = floor(x / scale + u), u ~ U[0, 1), so E[decode(encode(x))] = x (unbiased).
+  q = floor(x * (1 / scale) + u), u ~ U[0, 1), so E[decode(encode(x))] = x (unbiased).
+  The uniforms come from Philox-4x32-10 (the dropout generator, fasttrain/kernels/dropout.py):
+  each encode draws one 64-bit seed from the caller's np.random.Generator; value i takes lane
+  i % 4 of counter (i//4 lo, i//4 hi, 0, 0xC0DEC) under key (seed lo, seed hi), and
+  u = (word >> 8) * 2^-24. So C++ and NumPy encode the same bytes for the same generator state.
 - `sign`: 1 bit per value with a per-block scale mean|x| (signSGD with a scale, Bernstein et al.
   2018; biased, so use it with `ErrorFeedback`, Karimireddy et al. 2019, "Error Feedback Fixes
-  SignSGD").
+  SignSGD"). The block sum has a fixed order (8 strided lanes, then a fixed tree) that the C++
+  kernel repeats, so the scale is bit-identical too.
 Layout of the block codecs: [float32 scale per block][payload]; scales first, so they stay
 4-byte aligned when the encoded buffer is.
+
+Implementation: the C++ kernels when fasttrain._C has them (`IMPL == "cpp"`), else this NumPy
+code; `use_cpp(False)` forces the reference (tests compare the two byte for byte). Error feedback
+is fused into the C++ encode (`encode(..., residual=r)`: encode x + r, leave r = what was lost).
 """
 from __future__ import annotations
 
 import numpy as np
+
+from ..kernels.dropout import philox4x32_ref
+
+try:
+    from .. import _C
+    if not hasattr(_C, "codec_int_encode"):
+        _C = None
+except ImportError:  # the C++ module is optional: the NumPy reference then runs
+    _C = None
+
+_use_cpp = _C is not None
+CODEC_STREAM = 0xC0DEC  # Philox counter word 3 of the codecs' stochastic rounding
+
+
+def use_cpp(flag: bool = True) -> None:
+    """Route codecs to the C++ kernels (True) or the NumPy reference (False)."""
+    global _use_cpp
+    if flag and _C is None:
+        raise RuntimeError("codecs.use_cpp(True): fasttrain._C has no codec kernels (build the C++ module)")
+    _use_cpp = bool(flag)
+
+
+def impl() -> str:
+    """'cpp' or 'numpy': which implementation the codecs run now."""
+    return "cpp" if _use_cpp else "numpy"
+
+
+def draw_seed(rng: np.random.Generator) -> int:
+    """One 64-bit Philox key per encode, from the caller's generator."""
+    return int(rng.integers(0, 1 << 64, dtype=np.uint64))
+
+
+def philox_uniforms(n: int, seed: int) -> np.ndarray:
+    """The codecs' u ~ U[0, 1) for values 0..n-1 (float32, 24-bit resolution)."""
+    nblk = -(-n // 4)
+    b = np.arange(nblk, dtype=np.uint64)
+    counter = np.stack([(b & np.uint64(0xFFFFFFFF)).astype(np.uint32), (b >> np.uint64(32)).astype(np.uint32),
+                        np.zeros(nblk, np.uint32), np.full(nblk, CODEC_STREAM, np.uint32)], axis=1)
+    key = np.array([seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF], np.uint32)
+    w = philox4x32_ref(counter, key).reshape(-1)[:n]
+    return (w >> np.uint32(8)).astype(np.float32) * np.float32(2.0 ** -24)
 
 
 def _blocks(n: int, block: int) -> int:
@@ -39,13 +89,30 @@ class Codec:
     def nbytes(self, n: int) -> int:
         raise NotImplementedError
 
-    def encode(self, x: np.ndarray, out: np.ndarray, rng: np.random.Generator) -> None:
-        """x: (n,) float32 -> out: (nbytes(n),) uint8."""
-        raise NotImplementedError
+    def encode(self, x: np.ndarray, out: np.ndarray, rng: np.random.Generator,
+               residual: np.ndarray | None = None) -> None:
+        """x: (n,) float32 -> out: (nbytes(n),) uint8 (4-byte aligned). With residual (n,)
+        float32: encode x + residual and leave residual = (x + residual) - decode(out)."""
+        seed = draw_seed(rng) if self.stochastic else 0
+        if _use_cpp:
+            self._encode_cpp(x, out, residual, seed)
+            return
+        if residual is None:
+            self._encode_ref(x, out, seed)
+            return
+        v = x + residual
+        self._encode_ref(v, out, seed)
+        self._decode_ref(out, residual)
+        np.subtract(v, residual, out=residual)
 
     def decode(self, data: np.ndarray, out: np.ndarray) -> None:
         """data: (nbytes(n),) uint8 -> out: (n,) float32."""
-        raise NotImplementedError
+        if _use_cpp:
+            self._decode_cpp(data, out)
+        else:
+            self._decode_ref(data, out)
+
+    stochastic = False  # True: encode draws a Philox seed from rng
 
     def roundtrip(self, x: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32).ravel()
@@ -69,11 +136,17 @@ class FP16(Codec):
     def nbytes(self, n):
         return 2 * n
 
-    def encode(self, x, out, rng):
+    def _encode_ref(self, x, out, seed):
         np.copyto(out.view(np.float16), x, casting="same_kind")
 
-    def decode(self, data, out):
+    def _decode_ref(self, data, out):
         np.copyto(out, data.view(np.float16))
+
+    def _encode_cpp(self, x, out, residual, seed):
+        _C.codec_half_encode(x, out, residual, False)
+
+    def _decode_cpp(self, data, out):
+        _C.codec_half_decode(data, out, False)
 
 
 class BF16(Codec):
@@ -82,7 +155,7 @@ class BF16(Codec):
     def nbytes(self, n):
         return 2 * n
 
-    def encode(self, x, out, rng):
+    def _encode_ref(self, x, out, seed):
         u = x.view(np.uint32)
         # round to nearest, ties to even: add 0x7FFF plus the lowest kept bit, then truncate
         rounded = (u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)
@@ -91,8 +164,14 @@ class BF16(Codec):
             rounded[nan] = (u[nan] >> np.uint32(16)) | np.uint32(0x0040)
         np.copyto(out.view(np.uint16), rounded, casting="unsafe")
 
-    def decode(self, data, out):
+    def _decode_ref(self, data, out):
         np.copyto(out.view(np.uint32), data.view(np.uint16).astype(np.uint32) << np.uint32(16))
+
+    def _encode_cpp(self, x, out, residual, seed):
+        _C.codec_half_encode(x, out, residual, True)
+
+    def _decode_cpp(self, data, out):
+        _C.codec_half_decode(data, out, True)
 
 
 class _BlockCodec(Codec):
@@ -111,16 +190,26 @@ class _BlockCodec(Codec):
 
 class _StochasticInt(_BlockCodec):
     levels = 127  # q in [-levels, levels]
+    bits = 8
+    stochastic = True
 
-    def _quantize(self, x, rng):
+    def _quantize(self, x, seed):
         xb = _padded_blocks(x, self.block)
         scale = np.abs(xb).max(axis=1) / np.float32(self.levels)
         inv = np.divide(np.float32(1), scale, out=np.zeros_like(scale), where=scale > 0)
         y = xb * inv[:, None]
-        y += rng.random(y.shape, dtype=np.float32)
+        u = np.zeros(y.size, np.float32)
+        u[:x.size] = philox_uniforms(x.size, seed)
+        y += u.reshape(y.shape)
         np.floor(y, out=y)
         np.clip(y, -self.levels, self.levels, out=y)
         return scale, y.astype(np.int8).ravel()[:x.size]
+
+    def _encode_cpp(self, x, out, residual, seed):
+        _C.codec_int_encode(x, out, residual, self.block, self.bits, seed)
+
+    def _decode_cpp(self, data, out):
+        _C.codec_int_decode(data, out, self.block, self.bits)
 
 
 class Int8(_StochasticInt):
@@ -130,13 +219,13 @@ class Int8(_StochasticInt):
     def nbytes(self, n):
         return 4 * _blocks(n, self.block) + n
 
-    def encode(self, x, out, rng):
+    def _encode_ref(self, x, out, seed):
         scales, payload = self._split(out, x.size)
-        s, q = self._quantize(x, rng)
+        s, q = self._quantize(x, seed)
         scales[:] = s
         payload.view(np.int8)[:] = q
 
-    def decode(self, data, out):
+    def _decode_ref(self, data, out):
         scales, payload = self._split(data, out.size)
         q = payload.view(np.int8)
         nb = scales.size
@@ -150,20 +239,21 @@ class Int8(_StochasticInt):
 class Int4(_StochasticInt):
     name = "int4"
     levels = 7
+    bits = 4
 
     def nbytes(self, n):
         return 4 * _blocks(n, self.block) + (n + 1) // 2
 
-    def encode(self, x, out, rng):
+    def _encode_ref(self, x, out, seed):
         scales, payload = self._split(out, x.size)
-        s, q = self._quantize(x, rng)
+        s, q = self._quantize(x, seed)
         scales[:] = s
         nib = (q + 8).astype(np.uint8)  # 1..15
         if nib.size % 2:
             nib = np.append(nib, np.uint8(8))
         payload[:] = nib[0::2] | (nib[1::2] << np.uint8(4))
 
-    def decode(self, data, out):
+    def _decode_ref(self, data, out):
         scales, payload = self._split(data, out.size)
         n = out.size
         q = np.empty(2 * payload.size, np.int8)
@@ -180,15 +270,33 @@ class Sign(_BlockCodec):
     def nbytes(self, n):
         return 4 * _blocks(n, self.block) + (n + 7) // 8
 
-    def encode(self, x, out, rng):
+    def _encode_ref(self, x, out, seed):
         scales, payload = self._split(out, x.size)
         xb = _padded_blocks(x, self.block)
-        counts = np.full(xb.shape[0], self.block, np.float32)
-        counts[-1] = x.size - self.block * (xb.shape[0] - 1)
-        scales[:] = np.abs(xb).sum(axis=1) / counts  # mean |x| over the block's real values
+        nb = xb.shape[0]
+        counts = np.full(nb, self.block, np.float32)
+        counts[-1] = x.size - self.block * (nb - 1)
+        # mean |x| over the block's real values; the sum in a fixed order (8 strided lanes
+        # accumulated in index order, then a fixed tree) that the C++ kernel repeats exactly
+        w = -(-self.block // 8) * 8
+        a = np.zeros((nb, w), np.float32)
+        a[:, :self.block] = np.abs(xb)
+        a = a.reshape(nb, w // 8, 8)
+        lanes = np.zeros((nb, 8), np.float32)
+        for k in range(w // 8):
+            lanes += a[:, k, :]
+        half = lanes[:, :4] + lanes[:, 4:]            # l0+l4, l1+l5, l2+l6, l3+l7
+        total = (half[:, 0] + half[:, 2]) + (half[:, 1] + half[:, 3])
+        scales[:] = total / counts
         payload[:] = np.packbits(x >= 0)
 
-    def decode(self, data, out):
+    def _encode_cpp(self, x, out, residual, seed):
+        _C.codec_sign_encode(x, out, residual, self.block)
+
+    def _decode_cpp(self, data, out):
+        _C.codec_sign_decode(data, out, self.block)
+
+    def _decode_ref(self, data, out):
         scales, payload = self._split(data, out.size)
         n = out.size
         bits = np.unpackbits(payload, count=n)
@@ -236,11 +344,7 @@ class ErrorFeedback:
     def encode(self, x, out, rng, offset: int = 0):
         if offset < 0 or offset + x.size > self.residual.size:
             raise ValueError(f"ErrorFeedback.encode(offset={offset}, n={x.size}): outside the residual of size {self.residual.size}")
-        res = self.residual[offset:offset + x.size]
-        v = x + res
-        self.codec.encode(v, out, rng)
-        self.codec.decode(out, res)
-        np.subtract(v, res, out=res)
+        self.codec.encode(x, out, rng, residual=self.residual[offset:offset + x.size])
 
     def state_dict(self) -> dict:
         return {"residual": self.residual.copy()}
