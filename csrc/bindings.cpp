@@ -571,6 +571,84 @@ void bind(py::module_& m) {
 
 }  // namespace train_ops
 
+// ---- dist codecs: x float32 (n,), encoded bytes uint8 (nbytes(n),), optional residual (n,) ----
+namespace dist_codecs {
+
+float* residual_ptr(py::object r, int64_t n) {
+  if (r.is_none()) return nullptr;
+  py::array a = r.cast<py::array>();
+  FT_CHECK(a.size() == n, "residual: expected " << n << " elements (like x), got " << a.size());
+  return ptr_of(a, "residual");
+}
+
+uint8_t* bytes_ptr(py::array& a, int64_t want, bool write) {
+  uint8_t* p = train_ops::typed_ptr<uint8_t>(a, "data", "uint8", write);
+  FT_CHECK(a.size() == want, "data: expected " << want << " encoded bytes, got " << a.size());
+  FT_CHECK(reinterpret_cast<uintptr_t>(p) % 4 == 0, "data: expected a 4-byte aligned buffer");
+  return p;
+}
+
+int64_t block_bytes(int64_t n, int64_t block, int64_t payload) {
+  FT_CHECK(block >= 1, "block: expected >= 1, got " << block);
+  return 4 * ((n + block - 1) / block) + payload;
+}
+
+void bind(py::module_& m) {
+  m.def("codec_half_encode", [](py::array x, py::array out, py::object residual, bool bf16) {
+    const int64_t n = x.size();
+    const float* px = ptr_of(x, "x");
+    float* pr = residual_ptr(residual, n);
+    uint8_t* po = bytes_ptr(out, 2 * n, true);
+    py::gil_scoped_release nogil;
+    ft::cpu::codec_half_encode(px, pr, reinterpret_cast<uint16_t*>(po), n, bf16);
+  }, py::arg("x"), py::arg("out"), py::arg("residual"), py::arg("bf16"));
+  m.def("codec_half_decode", [](py::array data, py::array out, bool bf16) {
+    const int64_t n = out.size();
+    float* po = ptr_of(out, "out");
+    const uint8_t* pd = bytes_ptr(data, 2 * n, false);
+    py::gil_scoped_release nogil;
+    ft::cpu::codec_half_decode(reinterpret_cast<const uint16_t*>(pd), po, n, bf16);
+  }, py::arg("data"), py::arg("out"), py::arg("bf16"));
+  m.def("codec_int_encode", [](py::array x, py::array out, py::object residual, int64_t block,
+                               int bits, py::int_ seed) {
+    FT_CHECK(bits == 8 || bits == 4, "bits: expected 8 or 4, got " << bits);
+    const int64_t n = x.size();
+    const int64_t want = block_bytes(n, block, bits == 8 ? n : (n + 1) / 2);
+    const float* px = ptr_of(x, "x");
+    float* pr = residual_ptr(residual, n);
+    uint8_t* po = bytes_ptr(out, want, true);
+    const uint64_t s = train_ops::masked_int(seed, ~0ull);
+    py::gil_scoped_release nogil;
+    ft::cpu::codec_int_encode(px, pr, po, n, block, bits, s);
+  }, py::arg("x"), py::arg("out"), py::arg("residual"), py::arg("block"), py::arg("bits"),
+     py::arg("seed"));
+  m.def("codec_int_decode", [](py::array data, py::array out, int64_t block, int bits) {
+    FT_CHECK(bits == 8 || bits == 4, "bits: expected 8 or 4, got " << bits);
+    const int64_t n = out.size();
+    float* po = ptr_of(out, "out");
+    const uint8_t* pd = bytes_ptr(data, block_bytes(n, block, bits == 8 ? n : (n + 1) / 2), false);
+    py::gil_scoped_release nogil;
+    ft::cpu::codec_int_decode(pd, po, n, block, bits);
+  }, py::arg("data"), py::arg("out"), py::arg("block"), py::arg("bits"));
+  m.def("codec_sign_encode", [](py::array x, py::array out, py::object residual, int64_t block) {
+    const int64_t n = x.size();
+    const float* px = ptr_of(x, "x");
+    float* pr = residual_ptr(residual, n);
+    uint8_t* po = bytes_ptr(out, block_bytes(n, block, (n + 7) / 8), true);
+    py::gil_scoped_release nogil;
+    ft::cpu::codec_sign_encode(px, pr, po, n, block);
+  }, py::arg("x"), py::arg("out"), py::arg("residual"), py::arg("block"));
+  m.def("codec_sign_decode", [](py::array data, py::array out, int64_t block) {
+    const int64_t n = out.size();
+    float* po = ptr_of(out, "out");
+    const uint8_t* pd = bytes_ptr(data, block_bytes(n, block, (n + 7) / 8), false);
+    py::gil_scoped_release nogil;
+    ft::cpu::codec_sign_decode(pd, po, n, block);
+  }, py::arg("data"), py::arg("out"), py::arg("block"));
+}
+
+}  // namespace dist_codecs
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fasttrain C++/OpenMP kernels";
 
@@ -597,5 +675,6 @@ PYBIND11_MODULE(_C, m) {
   }, py::arg("a"), py::arg("b"), py::arg("c"));
 
   train_ops::bind(m);  // activations, optimizers, dropout, softmax cross-entropy
+  dist_codecs::bind(m);  // gradient codecs of fasttrain.dist
   layers::bind(m);  // conv2d, linear, batchnorm, pooling
 }

@@ -95,4 +95,13 @@ void avgpool2d_bwd(const float* dy, float* dx, int64_t NC, int64_t H, int64_t W,
                    int64_t Q, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
                    int64_t pw);
 
+// codecs.cpp (dist gradient codecs; residual may be null, else error feedback is fused in)
+void codec_half_encode(const float* x, float* residual, uint16_t* out, int64_t n, bool bf16);
+void codec_half_decode(const uint16_t* in, float* out, int64_t n, bool bf16);
+void codec_int_encode(const float* x, float* residual, uint8_t* out, int64_t n, int64_t block,
+                      int bits, uint64_t seed);
+void codec_int_decode(const uint8_t* in, float* out, int64_t n, int64_t block, int bits);
+void codec_sign_encode(const float* x, float* residual, uint8_t* out, int64_t n, int64_t block);
+void codec_sign_decode(const uint8_t* in, float* out, int64_t n, int64_t block);
+
 }  // namespace ft::cpu
