@@ -70,6 +70,9 @@ def run_trial(spec: dict) -> dict:
         row.update(val_acc=float("nan"), val_loss=float("nan"), train_acc=float("nan"), status="diverged")
         log.info(f"trial {spec['stage']}/{spec['trial']} diverged: {exc}")
     row["wall_s"] = time.perf_counter() - t0
+    from .. import settings
+
+    row["threads"] = settings.num_threads
     row["run_dir"] = cfg.run_dir
     return row
 
@@ -82,8 +85,16 @@ def _run_all(specs: list[dict], workers: int) -> list[dict]:
     os.environ.update(_CHILD_ENV)  # spawned children inherit the environment at start
     try:
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(processes=min(workers, len(specs))) as pool:
-            return pool.map(run_trial, specs, chunksize=1)
+        pool = ctx.Pool(processes=min(workers, len(specs)))
+        try:
+            rows = pool.map(run_trial, specs, chunksize=1)
+            pool.close()
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
+        return rows
     finally:
         for k, v in saved.items():
             if v is None:
@@ -150,7 +161,8 @@ def tune(cfg, coarse_trials: int = 8, fine_trials: int = 4, coarse_epochs: int =
     os.makedirs(out_dir, exist_ok=True)
     rng = np.random.default_rng(cfg.seed if seed is None else seed)
     base = cfg.to_dict()
-    base.update(plot=False, threads=None, resume=None)
+    # no plots per trial, and no command center (its per-trial warnings would drown the table)
+    base.update(plot=False, threads=None, resume=None, monitor_every=0)
 
     def specs(stage, lrs, wds, epochs):
         out = []
