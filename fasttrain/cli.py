@@ -6,6 +6,7 @@ which overrides the defaults. The resolved config is saved as config.toml in the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -101,17 +102,34 @@ def train(cfg: Config, progress: bool | None = None) -> dict:
         ft.set_num_threads(cfg.threads)
     if cfg.backend is not None:
         ft.set_backend(cfg.backend)
+    # -- data parallel (issue 8): one code path for 1 rank (LocalComm) and K ranks under mpirun --
+    from .dist.data_parallel import DataParallel, ShardedLoader, scaled_lr, world_comm
+
+    comm = world_comm(cfg.dist)
+    rank0 = comm.rank == 0   # progress, metrics, plots, checkpoints and validation: rank 0 only
+    if comm.size > 1 and cfg.threads is None:  # ranks on one machine share its cores
+        ft.set_num_threads(max(1, (os.cpu_count() or 1) // comm.size))
     run_dir = cfg.run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-    os.makedirs(run_dir, exist_ok=True)
-    save_config(cfg, os.path.join(run_dir, "config.toml"))
+    if comm.size > 1:
+        run_dir = comm.bcast(run_dir, root=0)  # one timestamp for every rank
+    if rank0:
+        os.makedirs(run_dir, exist_ok=True)
+        save_config(cfg, os.path.join(run_dir, "config.toml"))
 
     data = load_dataset(cfg.dataset, cfg.data_path, cfg.val_fraction, cfg.seed).limit(cfg.limit)
     norm = ChannelStandardizer().fit(data.x_train)  # statistics of the training split only
     x_train, x_val = norm(data.x_train), norm(data.x_val)
     train_loader = DataLoader(x_train, data.y_train, cfg.batch_size, shuffle=True, seed=cfg.seed)
     val_loader = DataLoader(x_val, data.y_val, 256, shuffle=False)
+    run_cfg = cfg  # dist (issue 8): the run's lr and warmup after linear scaling
+    if cfg.dist != "none":
+        train_loader = ShardedLoader(train_loader, comm.rank, comm.size)
+        lr, warmup = scaled_lr(cfg.lr, comm.size, cfg.warmup_steps, len(train_loader), cfg.lr_scaling)
+        run_cfg = dataclasses.replace(cfg, lr=lr, warmup_steps=warmup)
+        val_loader = val_loader if rank0 else None
 
-    model = build(cfg.model, data.input_shape, data.num_classes, cfg.dropout, seed=cfg.seed)
+    # dropout masks differ per rank (a rank's own stream); parameters come from rank 0's broadcast
+    model = build(cfg.model, data.input_shape, data.num_classes, cfg.dropout, seed=cfg.seed + 7919 * comm.rank)
     arena = ft.ParamArena.for_model(model, seed=cfg.seed)
     if cfg.init_from:  # transfer learning: a head of another size keeps its fresh initialization
         from .train.transfer import load_pretrained
@@ -121,13 +139,13 @@ def train(cfg: Config, progress: bool | None = None) -> dict:
         from .train.transfer import freeze_except
 
         freeze_except(model, arena, cfg.freeze_except)
-    opt = make_optimizer(cfg.optimizer, arena, cfg.lr, cfg.weight_decay)
+    opt = make_optimizer(cfg.optimizer, arena, run_cfg.lr, cfg.weight_decay)
     if cfg.checkpoint_format not in ("npz", "safetensors"):
         raise ValueError(f"checkpoint_format: expected 'npz' or 'safetensors', got {cfg.checkpoint_format!r}")
     from .train.augmentation import build_augment
 
     augment = build_augment(cfg.augment, data.input_shape)
-    schedule = make_schedule(cfg, cfg.epochs * len(train_loader))
+    schedule = make_schedule(run_cfg, cfg.epochs * len(train_loader))
     trainer = Trainer(model, arena, opt, SoftmaxCrossEntropy(), schedule=schedule, run_dir=run_dir,
                       config=cfg.to_dict(), progress=progress, plot=cfg.plot,
                       monitor_every=cfg.monitor_every or None, early_stopping=cfg.early_stopping,
@@ -135,6 +153,16 @@ def train(cfg: Config, progress: bool | None = None) -> dict:
                       seed=cfg.seed, checkpoint_name=f"checkpoint.{cfg.checkpoint_format}")
     if cfg.resume:
         trainer.resume(cfg.resume)
+    dp = None
+    if cfg.dist != "none":  # dist (issue 8)
+        dp = DataParallel(comm, model, arena, cfg.dist, cfg.compress, cfg.error_feedback, cfg.local_sgd,
+                          cfg.local_sgd_warmup, cfg.fingerprint_every, seed=cfg.seed)
+        trainer.dist = dp
+        if not rank0:
+            trainer.run_dir, trainer.progress_disable, trainer.plot, trainer.checkpoint = None, True, False, False
+        dp.setup()  # after resume / init: rank 0's parameters everywhere, verified by hash
+        if rank0:
+            print(f"fasttrain: {dp.describe()}; lr {run_cfg.lr:g} (warmup {run_cfg.warmup_steps} steps)", file=sys.stderr)
     history = trainer.fit(train_loader, val_loader, cfg.epochs)
     last = history.epochs[-1] if history.epochs else {}
     if trainer.best_record is not None:  # early stopping restored the best epoch's weights
@@ -144,8 +172,12 @@ def train(cfg: Config, progress: bool | None = None) -> dict:
                "wall_time_s": time.perf_counter() - t_start, "run_dir": run_dir,
                "best_epoch": last.get("epoch") if trainer.best_record is not None else None,
                "monitor": trainer.monitor.summary() if trainer.monitor is not None else None}
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    if dp is not None:  # dist (issue 8): every rank must end with rank 0's parameters
+        summary.update(rank=comm.rank, ranks=comm.size, param_hash=dp.finish(broadcast=bool(cfg.early_stopping)),
+                       bytes_sent_per_rank=dp.bytes_sent, allreduces=dp.allreduces, lr_run=run_cfg.lr)
+    if rank0:
+        with open(os.path.join(run_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
     return summary
 
 
@@ -204,10 +236,14 @@ def main(argv=None) -> int:
              workers=args.workers, out_dir=args.out)
         return 0
     try:
-        summary = train(cfg, progress=False if args.quiet else None)
+        from .dist.data_parallel import run_guarded  # under mpirun: a failing rank aborts the job
+
+        summary = run_guarded(lambda: train(cfg, progress=False if args.quiet else None))
     except TrainingDiverged as exc:
         print(f"fasttrain: {exc}", file=sys.stderr)
         return 2
+    if summary.get("rank", 0) != 0:
+        return 0
     print(f"final validation accuracy {summary['val_acc']:.4f} after {summary['epochs']} epochs "
           f"({summary['steps']} steps, {summary['params']} parameters); wall time {summary['wall_time_s']:.1f} s; "
           f"run folder {summary['run_dir']}")

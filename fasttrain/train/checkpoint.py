@@ -2,7 +2,7 @@
 parameters (by name), module buffers (BatchNorm running statistics),
 optimizer state (flattened to 'opt/<key>'), and a JSON 'meta' entry with step, epoch, seeds,
 trainer state and the config (in safetensors: the file's string metadata, 'fasttrain_meta';
-string-valued optimizer entries such as its type go to 'fasttrain_strings'). Everything a resumed run needs to continue bit-for-bit: the data
+scalar and string optimizer entries, such as its step and type, go to 'fasttrain_strings'). Everything a resumed run needs to continue bit-for-bit: the data
 order is a pure function of (seed, epoch) and dropout masks of (seed, step, layer)."""
 from __future__ import annotations
 
@@ -54,18 +54,22 @@ def _is_safetensors(path: str) -> bool:
     return ext == ".safetensors"
 
 
-def save_checkpoint(path, model, arena, optimizer=None, meta: dict | None = None) -> None:
+def save_checkpoint(path, model, arena, optimizer=None, meta: dict | None = None, extra: dict | None = None) -> None:
+    """extra: more arrays by name, stored as 'extra/<name>' (the error-feedback residuals of data-parallel runs)."""
     path = os.fspath(path)
     arrays = {f"param/{name}": np.asarray(_to_host(a)) for name, a in arena.state_dict().items()}
     for key, (m, name) in module_buffers(model).items():
         arrays[f"buffer/{key}"] = np.asarray(_to_host(m.buffers[name]))
     if optimizer is not None:
         _flatten("opt", optimizer.state_dict(), arrays)
+    for name, value in (extra or {}).items():
+        arrays[f"extra/{name}"] = np.asarray(_to_host(value))
     if _is_safetensors(path):
         from safetensors.numpy import save_file
 
-        # safetensors holds numeric tensors only; strings (the optimizer type) go to the metadata
-        strings = {k: str(v) for k, v in arrays.items() if v.dtype.kind in "US"}
+        # safetensors holds numeric tensors only, and reads 0-d ones back as shape (1,): strings
+        # (the optimizer type) and scalars (step, hyperparameters) go to the metadata as JSON
+        strings = {k: v.item() for k, v in arrays.items() if v.dtype.kind in "US" or v.ndim == 0}
         tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items() if k not in strings}
         tmp = path + ".tmp.safetensors"
         save_file(tensors, tmp, metadata={"fasttrain_meta": json.dumps(meta or {}),

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..settings import get_logger
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from .monitor import Monitor
 
 log = get_logger(__name__)
@@ -61,7 +61,8 @@ class Trainer:
                  explode_factor: float = 3.0, progress: bool | None = None, plot: bool = True,
                  checkpoint: bool = True, monitor_every: int | None = 50, early_stopping: int | None = None,
                  min_delta: float = 0.0, ema_decay: float | None = None, augment=None,
-                 mixup_alpha: float | None = None, seed: int = 0, checkpoint_name: str = "checkpoint.npz"):
+                 mixup_alpha: float | None = None, seed: int = 0, checkpoint_name: str = "checkpoint.npz",
+                 dist=None):
         self.model, self.arena, self.optimizer, self.loss_fn = model, arena, optimizer, loss_fn
         self.schedule = schedule
         self.run_dir = os.fspath(run_dir) if run_dir is not None else None
@@ -98,6 +99,7 @@ class Trainer:
             self.mixup = None
         self.seed = int(seed)
         self.checkpoint_name = checkpoint_name
+        self.dist = dist  # dist (issue 8): a fasttrain.dist.DataParallel policy, or None
         if self.run_dir is not None:
             os.makedirs(self.run_dir, exist_ok=True)
 
@@ -112,13 +114,17 @@ class Trainer:
     def save(self, path) -> None:
         meta = {"step": self.step, "epoch": self.epoch, "history": self.history.to_dict(),
                 "config": self.config}
-        save_checkpoint(path, self.model, self.arena, self.optimizer, meta)
+        extra = self.dist.state_dict() if self.dist is not None else None  # dist: error-feedback residuals
+        save_checkpoint(path, self.model, self.arena, self.optimizer, meta, extra=extra)
 
     def resume(self, path) -> None:
         """Continue from a checkpoint: parameters, buffers, optimizer state, step, epoch, history."""
         meta = load_checkpoint(path, self.model, self.arena, self.optimizer)
         self.step, self.epoch = int(meta["step"]), int(meta["epoch"])
         self.history = History.from_dict(meta["history"])
+        if self.dist is not None:  # dist (issue 8): this rank's error-feedback residual
+            arrays = read_checkpoint(path)[0]
+            self.dist.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("extra/")})
 
     # -- steps ----------------------------------------------------------------------------------
     def _lr(self) -> float:
@@ -164,12 +170,16 @@ class Trainer:
         if not math.isfinite(loss):  # do not push NaN/inf gradients into the parameters
             return loss, 0
         self.model.backward(dlogits)
+        if self.dist is not None:  # dist (issue 8): average the gradient arena across ranks
+            self.dist.after_backward(self.step)
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update()
         if sample:
             self._log_metrics(self.monitor.end(self.step, loss))
         self.step += 1
+        if self.dist is not None:  # dist (issue 8): local SGD parameter averaging
+            self.dist.after_step(self.step)
         return loss, int((logits.argmax(axis=1) == yb).sum())
 
     def evaluate(self, loader) -> tuple[float, float]:
@@ -244,6 +254,8 @@ class Trainer:
                 record = {"epoch": self.epoch + 1, "step": self.step, "train_loss": loss_sum / seen,
                           "train_acc": correct / seen, "images_per_s": seen / train_time,
                           "epoch_time_s": train_time}
+                if self.dist is not None:  # dist (issue 8): local SGD averages, residuals gathered
+                    self.dist.end_epoch(self.step)
                 if val_loader is not None:
                     if self.ema is not None:  # validate with the averaged weights; the raw ones for comparison
                         record["val_loss_raw"], record["val_acc_raw"] = self.evaluate(val_loader)
@@ -258,6 +270,8 @@ class Trainer:
                     bar.write(f"epoch {self.epoch}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}"
                               f" | val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}")
                 stop = self._early_stopping_step(record) if val_loader is not None else False
+                if self.dist is not None:  # dist (issue 8): rank 0 validates, so rank 0 decides
+                    stop = self.dist.agree(stop)
                 if self.checkpoint and self.run_dir is not None:
                     self.save(self._path(self.checkpoint_name))
                 if stop:
