@@ -9,9 +9,11 @@ _jit = nb.njit(parallel=True, fastmath=False, cache=True)
 
 @nb.njit(inline="always")
 def _eff_grad(g, p, l2, l1):
-    # g' = g + l2 p + l1 sign(p)
-    s = 1.0 if p > 0 else (-1.0 if p < 0 else 0.0)
-    return g + l2 * p + l1 * s
+    # g' = g + l2 p + l1 sign(p), all in float32: a Python literal such as 1.0 or 1 - rho is
+    # float64 in Numba and would widen the whole update (half the SIMD width); the C++ and the
+    # NumPy reference stay in float32
+    l1s = l1 if p > 0 else (-l1 if p < 0 else l1 - l1)
+    return g + l2 * p + l1s
 
 
 @_jit
@@ -47,35 +49,33 @@ def _adagrad(p, g, h, lr, eps, l2, l1):
 
 
 @_jit
-def _rmsprop(p, g, s, lr, rho, eps, l2, l1):
+def _rmsprop(p, g, s, lr, rho, one_m_rho, eps, l2, l1):
     for i in nb.prange(p.size):
         ge = _eff_grad(g[i], p[i], l2, l1)
-        si = rho * s[i] + (1 - rho) * ge * ge
+        si = rho * s[i] + one_m_rho * ge * ge
         s[i] = si
         p[i] -= lr * ge / (math.sqrt(si) + eps)
 
 
 @_jit
-def _rmsprop_centered(p, g, s, mg, lr, rho, eps, l2, l1):
+def _rmsprop_centered(p, g, s, mg, lr, rho, one_m_rho, eps, l2, l1):
     for i in nb.prange(p.size):
         ge = _eff_grad(g[i], p[i], l2, l1)
-        si = rho * s[i] + (1 - rho) * ge * ge
-        mi = rho * mg[i] + (1 - rho) * ge
+        si = rho * s[i] + one_m_rho * ge * ge
+        mi = rho * mg[i] + one_m_rho * ge
         s[i] = si
         mg[i] = mi
         p[i] -= lr * ge / (math.sqrt(si - mi * mi) + eps)
 
 
 @_jit
-def _adam(p, g, m, v, lr, b1, b2, eps, bc1, bc2, l2, l1, decoupled_wd):
-    shrink = 1 - lr * decoupled_wd
-    step = lr / bc1
-    inv_sqrt_bc2 = 1.0 / math.sqrt(bc2)
+def _adam(p, g, m, v, lr, b1, one_m_b1, b2, one_m_b2, eps, step, inv_sqrt_bc2, l2, l1, shrink):
+    # step = lr / bc1, inv_sqrt_bc2 = 1 / sqrt(bc2), shrink = 1 - lr * decoupled_wd: float32, host
     for i in nb.prange(p.size):
         pi = p[i]
         ge = _eff_grad(g[i], pi, l2, l1)
-        mi = b1 * m[i] + (1 - b1) * ge
-        vi = b2 * v[i] + (1 - b2) * ge * ge
+        mi = b1 * m[i] + one_m_b1 * ge
+        vi = b2 * v[i] + one_m_b2 * ge * ge
         m[i] = mi
         v[i] = vi
         p[i] = pi * shrink - step * mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps)
@@ -98,13 +98,16 @@ def adagrad_step(p, g, h, lr, eps, l2, l1):
 
 
 def rmsprop_step(p, g, s, lr, rho, eps, l2, l1):
-    _rmsprop(p, g, s, np.float32(lr), np.float32(rho), np.float32(eps), np.float32(l2), np.float32(l1))
+    f = np.float32
+    _rmsprop(p, g, s, f(lr), f(rho), f(1 - f(rho)), f(eps), f(l2), f(l1))
 
 
 def rmsprop_centered_step(p, g, s, mg, lr, rho, eps, l2, l1):
-    _rmsprop_centered(p, g, s, mg, np.float32(lr), np.float32(rho), np.float32(eps), np.float32(l2), np.float32(l1))
+    f = np.float32
+    _rmsprop_centered(p, g, s, mg, f(lr), f(rho), f(1 - f(rho)), f(eps), f(l2), f(l1))
 
 
 def adam_step(p, g, m, v, lr, beta1, beta2, eps, bc1, bc2, l2, l1, decoupled_wd):
     f = np.float32
-    _adam(p, g, m, v, f(lr), f(beta1), f(beta2), f(eps), f(bc1), f(bc2), f(l2), f(l1), f(decoupled_wd))
+    _adam(p, g, m, v, f(lr), f(beta1), f(1 - f(beta1)), f(beta2), f(1 - f(beta2)), f(eps), f(lr) / f(bc1),
+          f(1.0) / np.sqrt(f(bc2)), f(l2), f(l1), f(1) - f(lr) * f(decoupled_wd))
