@@ -98,7 +98,7 @@ void uniforms(float* u, int64_t a, int64_t b, uint32_t k0, uint32_t k1) {
 }  // namespace
 
 void codec_half_encode(const float* x, float* residual, uint16_t* out, int64_t n, bool bf16) {
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+#pragma omp parallel for schedule(static) num_threads(num_threads()) if (n >= kParallelMin)
   for (int64_t c = 0; c < n; c += 4096) {
     const int64_t e = std::min(n, c + 4096);
     if (bf16) {
@@ -135,7 +135,7 @@ void codec_half_encode(const float* x, float* residual, uint16_t* out, int64_t n
 }
 
 void codec_half_decode(const uint16_t* in, float* out, int64_t n, bool bf16) {
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+#pragma omp parallel for schedule(static) num_threads(num_threads()) if (n >= kParallelMin)
   for (int64_t c = 0; c < n; c += 4096) {
     const int64_t e = std::min(n, c + 4096);
     if (bf16) {
@@ -164,7 +164,7 @@ void codec_int_encode(const float* x, float* residual, uint8_t* out, int64_t n, 
   const int64_t tb = tile_blocks(block), tile = tb * block;
   const int64_t ntiles = (nb + tb - 1) / tb;
   const uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-#pragma omp parallel if (n >= kParallelMin)
+#pragma omp parallel num_threads(num_threads()) if (n >= kParallelMin)
   {
     std::vector<float> u(tile + 4), v(tile);
     std::vector<int8_t> q(tile);
@@ -211,7 +211,7 @@ void codec_int_decode(const uint8_t* in, float* out, int64_t n, int64_t block, i
   const int64_t nb = (n + block - 1) / block;
   const float* scales = reinterpret_cast<const float*>(in);
   const uint8_t* payload = in + 4 * nb;
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+#pragma omp parallel for schedule(static) num_threads(num_threads()) if (n >= kParallelMin)
   for (int64_t blk = 0; blk < nb; ++blk) {
     const int64_t s = blk * block, e = std::min(n, s + block);
     const float scale = scales[blk];
@@ -238,7 +238,7 @@ void codec_sign_encode(const float* x, float* residual, uint8_t* out, int64_t n,
   uint8_t* payload = out + 4 * nb;
   const int64_t tb = tile_blocks(block), tile = tb * block;
   const int64_t ntiles = (nb + tb - 1) / tb;
-#pragma omp parallel if (n >= kParallelMin)
+#pragma omp parallel num_threads(num_threads()) if (n >= kParallelMin)
   {
     std::vector<float> v(tile + 8);
 #pragma omp for schedule(static)
@@ -277,7 +277,7 @@ void codec_sign_decode(const uint8_t* in, float* out, int64_t n, int64_t block) 
   const int64_t nb = (n + block - 1) / block;
   const float* scales = reinterpret_cast<const float*>(in);
   const uint8_t* payload = in + 4 * nb;
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+#pragma omp parallel for schedule(static) num_threads(num_threads()) if (n >= kParallelMin)
   for (int64_t blk = 0; blk < nb; ++blk) {
     const int64_t s = blk * block, e = std::min(n, s + block);
     const float scale = scales[blk];
