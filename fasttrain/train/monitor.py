@@ -98,7 +98,7 @@ class Monitor:
             if w == 0.0:
                 continue
             ratios[name] = float(np.linalg.norm(after[s] - before[s])) / w
-        record = {"event": "monitor", "step": step, "loss": loss,
+        record = {"event": "monitor", "step": step,
                   "grad_norm": float(np.linalg.norm(grad)), "update_ratio": ratios,
                   "activations": self._acts}
         self._acts = {}

@@ -236,8 +236,8 @@ class Trainer:
                     self.history.losses.append(loss)
                     reason = self._explosion(loss)
                     if reason is not None:
+                        self._report_monitor()  # before the 'diverged' record, which stays the last line
                         self._log_metrics({"event": "diverged", "step": self.step, "loss": loss, "message": reason})
-                        self._report_monitor()
                         self._finish()
                         log.error(reason)
                         raise TrainingDiverged(reason, self.history)
