@@ -170,7 +170,7 @@ class DataParallel:
         if self.local is not None or self.size == 1:
             return
         g = self.arena.grad
-        self.fingerprint.check("allreduce_grad", g.size, g.dtype, f"{self.backend}/{self.compress}")
+        self.fingerprint.check("allreduce_grad", g.size, g.dtype, f"{self.backend}/{self.compress}", step=step)
         if self.backend == "mpi":
             self.comm.allreduce_mpi(g, op="mean")
             self.bytes_sent += self._wire(g.size)
@@ -187,7 +187,8 @@ class DataParallel:
     def _average(self, step: int) -> None:
         self.local.extra = self._buffers()
         n_extra = sum(e.size for e in self.local.extra)
-        self.fingerprint.check("average_params", self.arena.size + n_extra, self.arena.data.dtype, f"H={self.local.H}")
+        self.fingerprint.check("average_params", self.arena.size + n_extra, self.arena.data.dtype, f"H={self.local.H}",
+                               step=step)
         self.local.average()
         if self.size > 1:
             self.bytes_sent += self._wire(self.arena.size) + (self._wire(n_extra) if n_extra else 0)
@@ -200,7 +201,7 @@ class DataParallel:
         if self.local is not None and self._last_sync != step:
             self._average(step)
         if isinstance(self.codec, ErrorFeedback) and self.size > 1:
-            self.fingerprint.check("gather_residual", self.codec.residual.size, np.float32, "", force=True)
+            self.fingerprint.check("gather_residual", self.codec.residual.size, np.float32, step=step, force=True)
             parts = self.comm.allgather(self.codec.residual.copy())
             self._gathered_residual = np.stack(parts) if self.rank == 0 else None
         elif isinstance(self.codec, ErrorFeedback):

@@ -1,0 +1,285 @@
+"""Data-parallel training (fasttrain.dist.data_parallel): pieces in one process (threads as ranks),
+then whole runs under `mpiexec -n K` as subprocesses with timeouts (marked mpi)."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fasttrain.data import DataLoader
+from fasttrain.dist import LocalComm, ThreadWorld
+from fasttrain.dist.data_parallel import DataParallel, ShardedLoader, scaled_lr, world_comm
+from fasttrain.dist.fingerprint import CollectiveMismatch, Fingerprint
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(__file__).parent / "mpi_scripts"
+MPIEXEC = Path(sys.executable).parent / "mpiexec"
+FAST = ["--monitor-every", "0", "--quiet", "--no-plot"]
+
+
+# ---- in one process --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n,k,bs", [(1437, 2, 32), (1437, 3, 32), (10, 3, 4), (7, 7, 1), (100, 1, 33)])
+def test_sharded_loader_slices_the_shared_permutation(n, k, bs):
+    x = np.arange(n, dtype=np.float32)[:, None]
+    loader = DataLoader(x, np.arange(n), bs, shuffle=True, seed=5, prefetch=0)
+    for epoch in (0, 3):
+        shards = [ShardedLoader(loader, r, k) for r in range(k)]
+        seen = [np.concatenate([xb[:, 0] for xb, _ in s.batches(epoch)]).astype(int) for s in shards]
+        assert len({len(s) for s in shards}) == 1  # every rank the same number of batches
+        assert all(len(v) == n // k for v in seen)
+        together = np.concatenate(seen)
+        assert len(set(together)) == len(together)  # disjoint
+        assert np.array_equal(together, loader.order(epoch)[:k * (n // k)])
+    assert not np.array_equal(ShardedLoader(loader, 0, k).indices(0), ShardedLoader(loader, 0, k).indices(1)) or n // k < 2
+
+
+def test_sharded_loader_rejects_bad_rank_and_too_few_examples():
+    loader = DataLoader(np.zeros((2, 1), np.float32), np.zeros(2), 1)
+    with pytest.raises(ValueError, match="rank=3"):
+        ShardedLoader(loader, 3, 2)
+    with pytest.raises(ValueError, match="2 examples cannot be split over 3"):
+        ShardedLoader(loader, 0, 3)
+
+
+def test_scaled_lr_linear_rule_with_one_epoch_warmup():
+    assert scaled_lr(0.1, 4, 0, 50) == (0.4, 50)
+    assert scaled_lr(0.1, 4, 7, 50) == (0.4, 7)      # the user's warmup wins
+    assert scaled_lr(0.1, 1, 0, 50) == (0.1, 0)      # one rank: unchanged
+    assert scaled_lr(0.1, 4, 0, 50, enabled=False) == (0.1, 0)
+
+
+def test_fingerprint_mismatch_raises_on_every_rank_with_both_tags():
+    def body(comm):
+        fp = Fingerprint(comm, every=1)
+        fp.check("allreduce_grad", 10, np.float32, step=0)
+        try:
+            fp.check("allreduce_grad", 10 + comm.rank, np.float32, step=1)
+        except CollectiveMismatch as exc:
+            return str(exc)
+        return None
+
+    msgs = ThreadWorld(2).run(body)
+    assert msgs[0] == msgs[1] and msgs[0] is not None
+    assert "rank 0: allreduce_grad(10 x float32)" in msgs[0] and "rank 1: allreduce_grad(11 x float32)" in msgs[0]
+
+
+def test_fingerprint_checks_only_every_nth_call():
+    def body(comm):
+        fp = Fingerprint(comm, every=3)
+        for i in range(7):
+            fp.check("x", 1, step=i)
+        return fp.checks
+
+    assert ThreadWorld(2).run(body) == [3, 3]  # calls 0, 3, 6
+
+
+class _Arena:
+    def __init__(self, values):
+        self.data = np.asarray(values, np.float32)
+        self.grad = np.zeros_like(self.data)
+        self.size = self.data.size
+        self.params = []
+
+
+class _Model:
+    def named_modules(self):
+        return [("", self)]
+
+
+def test_setup_broadcasts_rank0_parameters_and_verifies():
+    def body(comm):
+        arena = _Arena(np.arange(5) + 10 * comm.rank)
+        dp = DataParallel(comm, _Model(), arena)
+        dp.setup()
+        return arena.data.copy()
+
+    out = ThreadWorld(3).run(body)
+    for a in out:
+        np.testing.assert_array_equal(a, np.arange(5, dtype=np.float32))
+
+
+def test_verify_identical_names_each_ranks_hash():
+    def body(comm):
+        arena = _Arena(np.full(4, comm.rank))
+        with pytest.raises(RuntimeError, match=r"parameters differ across ranks after the test \(rank 0: \w+, rank 1: \w+\)"):
+            DataParallel(comm, _Model(), arena).verify_identical("the test")
+        return True
+
+    assert ThreadWorld(2).run(body) == [True, True]
+
+
+def test_synchronous_gradient_mean_over_thread_ranks():
+    def body(comm):
+        arena = _Arena(np.zeros(7))
+        arena.grad[...] = np.arange(7) * (comm.rank + 1)
+        dp = DataParallel(comm, _Model(), arena, compress="int8", seed=1)
+        dp.after_backward(0)
+        return arena.grad.copy(), dp.bytes_sent
+
+    (g0, b0), (g1, b1) = ThreadWorld(2).run(body)
+    np.testing.assert_array_equal(g0, g1)
+    np.testing.assert_allclose(g0, np.arange(7) * 1.5, atol=6 * 3 / 127)  # one int8 step of max |x|
+    assert b0 > 0
+
+
+def test_bad_combinations_name_the_keys():
+    comm_arena = (LocalComm(), _Arena(np.zeros(3)))
+    with pytest.raises(ValueError, match="dist: expected one of"):
+        DataParallel(LocalComm(), _Model(), comm_arena[1], backend="nccl")
+    with pytest.raises(ValueError, match="compress='int8' with dist='mpi'"):
+        DataParallel(LocalComm(), _Model(), comm_arena[1], backend="mpi", compress="int8")
+    with pytest.raises(ValueError, match="compress='sign' with local_sgd=4"):
+        DataParallel(LocalComm(), _Model(), comm_arena[1], compress="sign", local_sgd=4)
+    with pytest.raises(ValueError, match="compress: expected one of"):
+        DataParallel(LocalComm(), _Model(), comm_arena[1], compress="int3")
+
+
+def test_error_feedback_default_on_for_sign_and_int4_only():
+    def make(compress, ef=None):
+        return DataParallel(LocalComm(), _Model(), _Arena(np.zeros(3)), compress=compress, error_feedback=ef)
+    assert make("sign").error_feedback and make("int4").error_feedback
+    assert not make("int8").error_feedback and make("int8", True).error_feedback
+    assert not make("none", True).error_feedback
+
+
+def test_dist_none_under_a_multi_rank_launch_is_an_error(monkeypatch):
+    monkeypatch.setenv("PMI_SIZE", "2")
+    with pytest.raises(ValueError, match="dist='none' but the job was launched with 2 ranks"):
+        world_comm("none")
+
+
+def test_single_process_dist_ring_is_the_plain_run(tmp_path):
+    """--dist ring without mpirun goes through LocalComm: same batches, same lr, same result."""
+    from fasttrain.cli import build_parser, resolve_config, train
+
+    flags = ["--epochs", "2", "--limit", "300", "--monitor-every", "0", "--no-plot"]
+    out = []
+    for extra in ([], ["--dist", "ring"]):
+        cfg = resolve_config(build_parser().parse_args(["train", *flags, *extra, "--run-dir", str(tmp_path / str(len(out)))]))
+        out.append(train(cfg, progress=False))
+    assert out[0]["val_acc"] == out[1]["val_acc"] and out[0]["val_loss"] == out[1]["val_loss"]
+    assert out[1]["ranks"] == 1 and out[1]["bytes_sent_per_rank"] == 0
+
+
+# ---- under mpiexec ---------------------------------------------------------------------------
+
+_skip = pytest.mark.skipif(not MPIEXEC.exists(), reason=f"no mpiexec beside {sys.executable}")
+
+
+def needs_mpi(fn):
+    return pytest.mark.mpi(_skip(fn))
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def mpirun(k, args, timeout=300, runner=True):
+    cmd = [str(MPIEXEC), "-n", str(k), sys.executable] + (["-m", "mpi4py"] if runner else []) + list(args)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=ROOT)
+    proc.elapsed = time.perf_counter() - t0
+    return proc
+
+
+def run_json(k, script, *args, timeout=300):
+    proc = mpirun(k, [str(SCRIPTS / script), *args], timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+
+
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory):
+    d = tmp_path_factory.mktemp("single")
+    proc = subprocess.run([sys.executable, "-m", "fasttrain", "train", *FAST, "--run-dir", str(d)],
+                          capture_output=True, text=True, timeout=300, env=_env(), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((d / "summary.json").read_text())
+
+
+@needs_mpi
+@pytest.mark.parametrize("backend", ["ring", "mpi"])
+def test_k2_reaches_single_process_accuracy_on_digits(backend, single_process, tmp_path):
+    proc = mpirun(2, ["-m", "fasttrain", "train", *FAST, "--dist", backend, "--run-dir", str(tmp_path)], runner=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["ranks"] == 2 and s["epochs"] == single_process["epochs"]
+    assert abs(s["val_acc"] - single_process["val_acc"]) <= 0.005, (s["val_acc"], single_process["val_acc"])
+    assert s["lr_run"] == pytest.approx(2 * 3e-3)
+    assert "final validation accuracy" in proc.stdout and proc.stdout.count("final validation accuracy") == 1
+    # rank 0 only writes files; the bytes counter is the ring's 2(K-1)/K of the arena per step
+    assert {p.name for p in tmp_path.iterdir()} >= {"summary.json", "checkpoint.npz", "metrics.jsonl", "config.toml"}
+    assert s["bytes_sent_per_rank"] == s["allreduces"] * 4 * s["params"]  # K=2: n/2 out in each phase
+
+
+@needs_mpi
+@pytest.mark.parametrize("k,compress", [(3, "none"), (3, "int8"), (2, "sign")])
+def test_ranks_bit_identical_after_training_and_codecs_converge(k, compress, tmp_path):
+    out = run_json(k, "train_run.py", "--epochs", "8", "--dist", "ring", "--compress", compress,
+                   "--monitor-every", "0", "--no-plot", "--run-dir", str(tmp_path))
+    assert len(out["hashes"]) == k and len(set(out["hashes"])) == 1, out["hashes"]
+    assert out["val_acc"] >= 0.95, out
+    if compress == "sign":  # error feedback is on by default; every rank's residual is in the checkpoint
+        from fasttrain.train.checkpoint import read_checkpoint
+
+        arrays, _ = read_checkpoint(tmp_path / "checkpoint.npz")
+        res = arrays["extra/ef_residual"]
+        assert res.shape == (k, out["params"]) and np.abs(res).max() > 0
+        assert not np.array_equal(res[0], res[1])  # per rank
+
+
+@needs_mpi
+def test_local_sgd_h1_equals_synchronous_training(tmp_path):
+    out = run_json(2, "train_local_sgd_h1.py", str(tmp_path))
+    assert out["identical_keys"] and out["steps"] >= 5
+    assert out["max_diff"] <= 1e-5 * max(1.0, out["scale"]), out
+
+
+@needs_mpi
+def test_local_sgd_h4_converges_and_ends_identical(tmp_path):
+    out = run_json(2, "train_run.py", "--epochs", "8", "--dist", "ring", "--local-sgd", "4", "--local-sgd-warmup", "10",
+                   "--monitor-every", "0", "--no-plot", "--run-dir", str(tmp_path))
+    assert len(set(out["hashes"])) == 1 and out["val_acc"] >= 0.95, out
+
+
+@needs_mpi
+def test_killed_rank_ends_the_job_in_bounded_time(tmp_path):
+    proc = mpirun(2, [str(SCRIPTS / "train_kill.py"), "10", *FAST, "--epochs", "50", "--dist", "ring",
+                      "--run-dir", str(tmp_path)], timeout=120, runner=False)
+    assert "SIGKILL at step 10" in proc.stderr
+    assert proc.returncode != 0
+    assert proc.elapsed < 60, proc.elapsed
+
+
+@needs_mpi
+def test_exception_on_one_rank_aborts_with_its_message(tmp_path):
+    proc = mpirun(2, [str(SCRIPTS / "train_raise.py"), *FAST, "--epochs", "50", "--dist", "ring",
+                      "--run-dir", str(tmp_path)], timeout=120, runner=False)
+    assert proc.returncode != 0 and proc.elapsed < 60
+    assert "rank 1 of 2 failed, aborting the job: ValueError: deliberate failure inside step 5 on rank 1" in proc.stderr
+
+
+@needs_mpi
+def test_collective_mismatch_mid_run_fails_fast_with_fingerprint(tmp_path):
+    proc = mpirun(2, [str(SCRIPTS / "train_mismatch.py"), *FAST, "--epochs", "50", "--dist", "ring",
+                      "--fingerprint-every", "1", "--run-dir", str(tmp_path)], timeout=120, runner=False)
+    assert proc.returncode != 0 and proc.elapsed < 60
+    assert "CollectiveMismatch: collective mismatch detected by fingerprint" in proc.stderr
+    assert "at step 5" in proc.stderr and "at step 6" in proc.stderr
+
+
+@needs_mpi
+def test_different_models_on_two_ranks_fail_at_start(tmp_path):
+    base = [sys.executable, "-m", "fasttrain", "train", *FAST, "--dist", "ring", "--run-dir", str(tmp_path)]
+    cmd = [str(MPIEXEC), "-n", "1", *base, "--model", "simple_cnn", ":", "-n", "1", *base, "--model", "mlp"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=_env(), cwd=ROOT)
+    assert proc.returncode != 0 and time.perf_counter() - t0 < 60
+    assert "collective mismatch detected by fingerprint" in proc.stderr and "broadcast_params" in proc.stderr
