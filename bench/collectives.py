@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fasttrain.dist import get_codec, get_comm, launched_world_size, ring_allreduce, wire_bytes  # noqa: E402
-from fasttrain.dist.ring import DEFAULT_SEGMENT_BYTES  # noqa: E402
+from fasttrain.dist.ring import DEFAULT_SEGMENT_BYTES, DEFAULT_SMALL_BYTES  # noqa: E402
 
 FULL_SIZES = [4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20]
 QUICK_SIZES = [4 << 10, 256 << 10, 4 << 20]
@@ -53,12 +53,12 @@ def _samples(comm, fn, reset, nbytes):
 def child(args):
     comm = get_comm()
     p, r = comm.size, comm.rank
-    sizes = QUICK_SIZES if args.quick else FULL_SIZES
+    sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else QUICK_SIZES if args.quick else FULL_SIZES
     for size in sizes:
         n = size // 4
         src = np.random.default_rng([r, n]).standard_normal(n).astype(np.float32)
         a, b = src.copy(), src.copy()
-        ring_allreduce(comm, a, segment_bytes=args.segment_bytes)
+        ring_allreduce(comm, a, segment_bytes=args.segment_bytes, small_bytes=args.small_bytes)
         comm.allreduce_mpi(b)
         if not np.allclose(a, b, rtol=1e-5, atol=1e-5 * p):
             raise AssertionError(f"size={size}: ring and MPI Allreduce disagree, max diff {np.max(np.abs(a - b))}")
@@ -66,21 +66,22 @@ def child(args):
             raise AssertionError(f"size={size}: ring results differ between ranks")
         buf = src.copy()
         reset = lambda: np.copyto(buf, src)  # noqa: E731
-        for backend, fn in (("ring", lambda: ring_allreduce(comm, buf, segment_bytes=args.segment_bytes)),
+        for backend, fn in (("ring", lambda: ring_allreduce(comm, buf, segment_bytes=args.segment_bytes, small_bytes=args.small_bytes)),
                             ("mpi", lambda: comm.allreduce_mpi(buf))):
             s = _samples(comm, fn, reset, size)
             if r == 0:
                 print(json.dumps({"suite": "collectives", "name": "allreduce_f32_sum", "backend": backend,
                                   "size": size, "ranks": p, "median_s": statistics.median(s), "min_s": min(s),
                                   "max_s": max(s), "bytes": wire_bytes(n, p), "pct_of_limit": None,
-                                  "segment_bytes": args.segment_bytes}), flush=True)
+                                  "segment_bytes": args.segment_bytes, "small_bytes": args.small_bytes}), flush=True)
 
 
 def parent(args):
     records = []
     for k in [int(x) for x in args.ranks.split(",")]:
         cmd = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(k), sys.executable, "-m", "mpi4py",
-               str(Path(__file__).resolve()), "--segment-bytes", str(args.segment_bytes)] + (["--quick"] if args.quick else [])
+               str(Path(__file__).resolve()), "--segment-bytes", str(args.segment_bytes),
+               "--small-bytes", str(args.small_bytes)] + (["--sizes", args.sizes] if args.sizes else []) + (["--quick"] if args.quick else [])
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
         if proc.returncode != 0:
             sys.exit(f"collectives: mpiexec -n {k} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -113,6 +114,9 @@ def main(argv=None):
     ap.add_argument("--json", help="write JSON lines here")
     ap.add_argument("--ranks", default="2,4", help="rank counts to launch (without a launcher)")
     ap.add_argument("--segment-bytes", type=int, default=DEFAULT_SEGMENT_BYTES)
+    ap.add_argument("--small-bytes", type=int, default=DEFAULT_SMALL_BYTES,
+                    help="below this size the ring module uses recursive doubling (0: always the ring)")
+    ap.add_argument("--sizes", help="comma-separated sizes in bytes (overrides --quick)")
     args = ap.parse_args(argv)
     if launched_world_size() > 1:
         child(args)

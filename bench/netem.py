@@ -1,0 +1,150 @@
+"""All-reduce over a bandwidth-limited link, per codec, with a fitted latency/bandwidth model.
+
+    python bench/netem.py [--ranks 2] [--gbits 1,0.1] [--sizes 262144,1048576,4194304,16777216]
+
+The link is throttled in-process (`ThrottledComm`): every rank's outgoing link carries at most
+B bytes/s, a send is posted only once the previous bytes would have left the wire (a token
+bucket of depth zero). No root, no `tc`, no real interface is touched. For each bandwidth and
+codec (ring 'once' schedule: fp32 reduce-scatter, encoded all-gather) we time the all-reduce at
+several sizes (median of a few runs, slowest rank), fit t = a + b * S by least squares and
+print it as the alpha-beta model t = 2 (n - 1) alpha + 2 (n - 1) / n * S / B_eff (Thakur et al.
+2005; Patarasuk & Yuan 2009), with B_eff the link rate seen by the fp32 bytes. Compression pays
+above the size where its line crosses the uncompressed one: S* = (a_c - a_0) / (b_0 - b_c).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fasttrain.dist import get_comm, launched_world_size, ring_allreduce  # noqa: E402
+from fasttrain.dist.comm import Communicator  # noqa: E402
+
+CODECS = ["none", "fp16", "int8", "int4", "sign"]
+
+
+class ThrottledComm(Communicator):
+    """Wraps a communicator; each isend waits until the link (bytes_per_s) is free for it."""
+
+    def __init__(self, inner: Communicator, bytes_per_s: float):
+        if bytes_per_s <= 0:
+            raise ValueError(f"ThrottledComm(bytes_per_s={bytes_per_s}): expected a positive rate")
+        self.inner, self.rate = inner, float(bytes_per_s)
+        self.rank, self.size, self.thread_multiple = inner.rank, inner.size, False
+        self._free = 0.0
+
+    def isend(self, buf, dest, tag=0):
+        now = time.perf_counter()
+        self._free = max(now, self._free) + buf.nbytes / self.rate
+        while (left := self._free - time.perf_counter()) > 0:
+            time.sleep(left if left > 2e-4 else 0)
+        return self.inner.isend(buf, dest, tag)
+
+    def irecv(self, buf, source, tag=0):
+        return self.inner.irecv(buf, source, tag)
+
+    def wait(self, req):
+        self.inner.wait(req)
+
+    def waitall(self, reqs):
+        self.inner.waitall(reqs)
+
+    def barrier(self):
+        self.inner.barrier()
+        self._free = 0.0
+
+    def allgather(self, obj):
+        return self.inner.allgather(obj)
+
+
+def child(args):
+    base = get_comm()
+    p, r = base.size, base.rank
+    sizes = [int(s) for s in args.sizes.split(",")]
+    for gbits in [float(g) for g in args.gbits.split(",")]:
+        comm = ThrottledComm(base, gbits * 1e9 / 8)
+        for size in sizes:
+            n = size // 4
+            src = np.random.default_rng([r, n]).standard_normal(n).astype(np.float32)
+            buf = src.copy()
+            for codec in CODECS:
+                rng = np.random.default_rng(r)
+                times = []
+                for i in range(args.repeat + 1):
+                    np.copyto(buf, src)
+                    comm.barrier()
+                    t0 = time.perf_counter()
+                    ring_allreduce(comm, buf, codec=None if codec == "none" else codec, rng=rng, small_bytes=0)
+                    dt = max(comm.allgather(time.perf_counter() - t0))
+                    if i:
+                        times.append(dt)
+                if r == 0:
+                    print(json.dumps({"suite": "netem", "name": "allreduce_throttled", "codec": codec, "gbits": gbits,
+                                      "size": size, "ranks": p, "median_s": statistics.median(times),
+                                      "min_s": min(times), "max_s": max(times)}), flush=True)
+
+
+def fit(xs, ys):
+    """Least-squares line y = a + b x."""
+    b, a = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)
+    return float(a), float(b)
+
+
+def parent(args):
+    k = args.ranks
+    cmd = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(k), sys.executable, "-m", "mpi4py",
+           str(Path(__file__).resolve()), "--gbits", args.gbits, "--sizes", args.sizes, "--repeat", str(args.repeat)]
+    # one core per rank: OpenMP teams inside the codecs would fight the other ranks' MPI polling
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
+    if proc.returncode != 0:
+        sys.exit(f"netem: mpiexec -n {k} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    recs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    if args.json:
+        Path(args.json).write_text("".join(json.dumps(x) + "\n" for x in recs))
+    sizes = sorted({x["size"] for x in recs})
+    for gbits in sorted({x["gbits"] for x in recs}, reverse=True):
+        at = {(x["codec"], x["size"]): x["median_s"] for x in recs if x["gbits"] == gbits}
+        print(f"\nK={k}, link {gbits:g} Gbit/s: ms per all-reduce (median of {args.repeat})")
+        print(f"{'size':>8} " + " ".join(f"{c:>8}" for c in CODECS))
+        for s in sizes:
+            print(f"{s >> 10:>7}K " + " ".join(f"{at[(c, s)] * 1e3:8.2f}" for c in CODECS))
+        steps = 2 * (k - 1)
+        a0, b0 = fit(sizes, [at[("none", s)] for s in sizes])
+        print(f"  model (fp32): alpha = {a0 / steps * 1e6:.1f} us/step, B_eff = "
+              f"{steps / k / b0 * 8 / 1e9:.3f} Gbit/s (link {gbits:g})")
+        for c in CODECS[1:]:
+            a, b = fit(sizes, [at[(c, s)] for s in sizes])
+            cross = (a - a0) / (b0 - b) if b < b0 else float("inf")
+            when = ("always (at every size)" if cross <= 0 else f"above {cross / 1024:.0f} KB"
+                    if np.isfinite(cross) else "never (no bandwidth saved)")
+            print(f"  {c:5s} t = {a * 1e3:.3f} ms + S * {b * 1e9:.3f} ns/B  "
+                  f"(slope {b / b0:.2f}x fp32)  compression pays {when}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ranks", type=int, default=2)
+    ap.add_argument("--gbits", default="1,0.1", help="link rates in Gbit/s")
+    ap.add_argument("--sizes", default="262144,1048576,4194304,16777216", help="buffer sizes in bytes")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", help="write JSON lines here")
+    args = ap.parse_args(argv)
+    if launched_world_size() > 1:
+        child(args)
+    else:
+        parent(args)
+
+
+if __name__ == "__main__":
+    main()
