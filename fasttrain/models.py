@@ -9,6 +9,10 @@ import math
 
 from . import nn
 
+# The classifier head starts with small weights, so the initial logits are near 0 and the initial
+# loss is near ln(C): the first sanity check of the lecture notes (`fasttrain check`).
+HEAD_INIT = "small_normal"
+
 
 def mlp(in_features: int, num_classes: int = 10, hidden: tuple = (128,), dropout: float = 0.0, seed: int = 0):
     """Flatten, then (Linear, ReLU[, Dropout]) per hidden width, then a Linear classifier."""
@@ -19,7 +23,7 @@ def mlp(in_features: int, num_classes: int = 10, hidden: tuple = (128,), dropout
         if dropout > 0:
             layers.append(nn.Dropout(dropout, seed=seed, layer_id=i))
         width = h
-    layers.append(nn.Linear(width, num_classes))
+    layers.append(nn.Linear(width, num_classes, init=HEAD_INIT))
     return nn.Sequential(*layers)
 
 
@@ -47,7 +51,7 @@ def simple_cnn(in_ch: int = 1, num_classes: int = 10, image_size: int = 8, width
         features = 2 * width
     if dropout > 0:
         layers.append(nn.Dropout(dropout, seed=seed, layer_id=0))
-    layers.append(nn.Linear(features, num_classes))
+    layers.append(nn.Linear(features, num_classes, init=HEAD_INIT))
     return nn.Sequential(*layers)
 
 
@@ -63,7 +67,7 @@ def convnet_classic(in_ch: int = 3, num_classes: int = 10, image_size: int = 32,
     if dropout > 0:
         layers.append(nn.Dropout(dropout, seed=seed, layer_id=0))
     side = image_size // 4
-    layers.append(nn.Linear(2 * width * side * side, num_classes))
+    layers.append(nn.Linear(2 * width * side * side, num_classes, init=HEAD_INIT))
     return nn.Sequential(*layers)
 
 
@@ -91,7 +95,7 @@ def resnet(depth: int = 20, in_ch: int = 3, num_classes: int = 10, width: int = 
             stride = 2 if stage > 0 and i == 0 else 1
             layers.append(_basic_block(cin, cout, stride))
             cin = cout
-    layers += [nn.GlobalAvgPool2d(), nn.Flatten(), nn.Linear(cin, num_classes)]
+    layers += [nn.GlobalAvgPool2d(), nn.Flatten(), nn.Linear(cin, num_classes, init=HEAD_INIT)]
     return nn.Sequential(*layers)
 
 
