@@ -272,7 +272,8 @@ def test_collective_mismatch_mid_run_fails_fast_with_fingerprint(tmp_path):
                       "--fingerprint-every", "1", "--run-dir", str(tmp_path)], timeout=120, runner=False)
     assert proc.returncode != 0 and proc.elapsed < 60
     assert "CollectiveMismatch: collective mismatch detected by fingerprint" in proc.stderr
-    assert "at step 5" in proc.stderr and "at step 6" in proc.stderr
+    # the first rank to see the mismatch aborts the job; the other may be killed before it prints
+    assert "at step 5" in proc.stderr or "at step 6" in proc.stderr
 
 
 @needs_mpi
