@@ -114,7 +114,8 @@ def _write_results(path, records, rs, limits, args, elapsed) -> None:
         f"{' --quick' if args.quick else ''}` (from the repository root, nothing else running).", "",
         f"- machine: {_machine()}",
         f"- threads: {ft.settings.num_threads}",
-        f"- measured limits: STREAM add {limits.bandwidth / 1e9:.1f} GB/s ({limits.bandwidth_source}), "
+        f"- measured limits: memory bandwidth {limits.bandwidth / 1e9:.1f} GB/s (best of STREAM add and in-place add, "
+        f"{limits.bandwidth_source}), "
         f"sgemm {limits.flops / 1e9:.1f} GFLOP/s ({limits.flops_source})",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, wall time {elapsed:.0f} s", "",
         "Times are medians of several runs; % of limit = the time the declared bytes (or FLOPs) would take at "
