@@ -46,8 +46,17 @@ inline float keep_or_zero(float v, uint32_t word, uint32_t t) {
   return r;
 }
 
+// Philox is multiply-bound: AVX-512 has 8 lanes of 32x32->64 multiplies (vpmuludq zmm) against
+// AVX2's 4, so where the CPU has it a second clone is picked at load time (GCC function
+// multiversioning); the bits are the same in both clones.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define FT_PHILOX_CLONES __attribute__((target_clones("arch=x86-64-v4", "default")))
+#else
+#define FT_PHILOX_CLONES
+#endif
+
 // y[4b..4b+3] = keep ? x * scale : 0 for blocks [b0, b1)
-void scale_blocks(const float* __restrict x, float* __restrict y, int64_t b0, int64_t b1,
+FT_PHILOX_CLONES void scale_blocks(const float* __restrict x, float* __restrict y, int64_t b0, int64_t b1,
                   float scale, uint32_t k0, uint32_t k1, uint32_t step, uint32_t layer,
                   uint32_t t) {
 #pragma omp simd
@@ -63,7 +72,7 @@ void scale_blocks(const float* __restrict x, float* __restrict y, int64_t b0, in
 }
 
 // mask[4b..4b+3] = keep for blocks [b0, b1)
-void mask_blocks(uint8_t* __restrict mask, int64_t b0, int64_t b1, uint32_t k0, uint32_t k1,
+FT_PHILOX_CLONES void mask_blocks(uint8_t* __restrict mask, int64_t b0, int64_t b1, uint32_t k0, uint32_t k1,
                  uint32_t step, uint32_t layer, uint32_t t) {
 #pragma omp simd
   for (int64_t b = b0; b < b1; ++b) {
