@@ -82,6 +82,48 @@ void bind_activation(py::module_& m, const char* op, bool has_alpha, bool bwd_us
   }
 }
 
+// ---- pooling / conv2d geometry: errors name the op, the argument, what was got and expected ----
+std::string dims(const std::vector<int64_t>& d) {
+  std::string s = "(";
+  for (size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
+  return s + (d.size() == 1 ? ",)" : ")");
+}
+
+void expect_dims(const char* op, const char* name, const DevArray& a, const std::vector<int64_t>& d) {
+  FT_CHECK(a.shape == d, op << "(" << name << "): expected shape " << dims(d) << ", got " << dims(a.shape));
+}
+
+void expect_4d(const char* op, const char* name, const DevArray& a) {
+  FT_CHECK(a.shape.size() == 4, op << "(" << name << "): expected a 4-D (N, C, H, W) array, got shape "
+                                   << dims(a.shape));
+}
+
+void check_window(const char* op, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+  FT_CHECK(sh >= 1 && sw >= 1, op << "(sh, sw): expected strides >= 1, got (" << sh << ", " << sw << ")");
+  FT_CHECK(ph >= 0 && pw >= 0, op << "(ph, pw): expected paddings >= 0, got (" << ph << ", " << pw << ")");
+}
+
+int64_t out_extent(const char* op, const char* what, int64_t in, int64_t k, int64_t s, int64_t p) {
+  FT_CHECK(k >= 1 && in + 2 * p >= k, op << ": " << what << " window " << k << " does not fit input " << in
+                                         << " with padding " << p);
+  return (in + 2 * p - k) / s + 1;
+}
+
+// x (N,C,H,W) and w (K,C,R,S) define the convolution
+ft::cuda::ConvShape conv_geom(const char* op, const DevArray& x, const DevArray& w, int64_t sh, int64_t sw,
+                              int64_t ph, int64_t pw, const char* xname) {
+  expect_4d(op, xname, x);
+  FT_CHECK(w.shape.size() == 4, op << "(w): expected a 4-D (K, C, R, S) array, got shape " << dims(w.shape));
+  check_window(op, sh, sw, ph, pw);
+  FT_CHECK(w.shape[1] == x.shape[1], op << "(w): expected shape (K, " << x.shape[1] << ", R, S) to match " << xname
+                                        << " " << dims(x.shape) << ", got " << dims(w.shape));
+  ft::cuda::ConvShape g{x.shape[0], x.shape[1], x.shape[2], x.shape[3], w.shape[0], w.shape[2], w.shape[3], 0, 0,
+                        (int)sh, (int)sw, (int)ph, (int)pw};
+  g.P = out_extent(op, "height", g.H, g.R, sh, ph);
+  g.Q = out_extent(op, "width", g.W, g.S, sw, pw);
+  return g;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
@@ -217,4 +259,90 @@ PYBIND11_MODULE(_cuda, m) {
                             stream_of(st));
   }, py::arg("x"), py::arg("dy"), py::arg("gamma"), py::arg("mean"), py::arg("invstd"), py::arg("dx"),
      py::arg("dgamma"), py::arg("dbeta"), py::arg("stream") = 0);
+
+  // ---- pooling (NCHW) ----
+  m.def("maxpool2d_fwd", [](py::object x, py::object y, py::object argmax, int64_t kh, int64_t kw, int64_t sh,
+                            int64_t sw, int64_t ph, int64_t pw, uintptr_t st) {
+    const char* op = "maxpool2d_fwd";
+    auto X = dev_array(x, "x"), Y = dev_array(y, "y"), A = dev_array(argmax, "argmax", "<i8");
+    expect_4d(op, "x", X);
+    check_window(op, sh, sw, ph, pw);
+    int64_t N = X.shape[0], C = X.shape[1], H = X.shape[2], W = X.shape[3];
+    int64_t P = out_extent(op, "height", H, kh, sh, ph), Q = out_extent(op, "width", W, kw, sw, pw);
+    expect_dims(op, "y", Y, {N, C, P, Q});
+    expect_dims(op, "argmax", A, {N, C, P, Q});
+    ft::cuda::maxpool2d_fwd(f32(X), f32(Y), static_cast<int64_t*>(A.ptr), N * C, H, W, P, Q, (int)kh, (int)kw,
+                            (int)sh, (int)sw, (int)ph, (int)pw, stream_of(st));
+  }, py::arg("x"), py::arg("y"), py::arg("argmax"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
+     py::arg("ph"), py::arg("pw"), py::arg("stream") = 0);
+  m.def("maxpool2d_bwd", [](py::object dy, py::object argmax, py::object dx, uintptr_t st) {
+    const char* op = "maxpool2d_bwd";
+    auto DY = dev_array(dy, "dy"), A = dev_array(argmax, "argmax", "<i8"), DX = dev_array(dx, "dx");
+    expect_4d(op, "dy", DY);
+    expect_4d(op, "dx", DX);
+    expect_dims(op, "argmax", A, DY.shape);
+    FT_CHECK(DX.shape[0] == DY.shape[0] && DX.shape[1] == DY.shape[1],
+             op << "(dx): expected shape (" << DY.shape[0] << ", " << DY.shape[1] << ", H, W), got " << dims(DX.shape));
+    // argmax indices are not range-checked on the host (that would copy it back); the kernel skips
+    // any index outside [0, H*W) instead of writing out of bounds
+    ft::cuda::maxpool2d_bwd(f32(DY), static_cast<const int64_t*>(A.ptr), f32(DX), DX.shape[0] * DX.shape[1],
+                            DX.shape[2] * DX.shape[3], DY.shape[2] * DY.shape[3], stream_of(st));
+  }, py::arg("dy"), py::arg("argmax"), py::arg("dx"), py::arg("stream") = 0);
+  m.def("avgpool2d_fwd", [](py::object x, py::object y, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                            int64_t pw, uintptr_t st) {
+    const char* op = "avgpool2d_fwd";
+    auto X = dev_array(x, "x"), Y = dev_array(y, "y");
+    expect_4d(op, "x", X);
+    check_window(op, sh, sw, ph, pw);
+    int64_t N = X.shape[0], C = X.shape[1], H = X.shape[2], W = X.shape[3];
+    int64_t P = out_extent(op, "height", H, kh, sh, ph), Q = out_extent(op, "width", W, kw, sw, pw);
+    expect_dims(op, "y", Y, {N, C, P, Q});
+    ft::cuda::avgpool2d_fwd(f32(X), f32(Y), N * C, H, W, P, Q, (int)kh, (int)kw, (int)sh, (int)sw, (int)ph, (int)pw,
+                            stream_of(st));
+  }, py::arg("x"), py::arg("y"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
+     py::arg("pw"), py::arg("stream") = 0);
+  m.def("avgpool2d_bwd", [](py::object dy, py::object dx, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                            int64_t pw, uintptr_t st) {
+    const char* op = "avgpool2d_bwd";
+    auto DY = dev_array(dy, "dy"), DX = dev_array(dx, "dx");
+    expect_4d(op, "dx", DX);
+    check_window(op, sh, sw, ph, pw);
+    int64_t N = DX.shape[0], C = DX.shape[1], H = DX.shape[2], W = DX.shape[3];
+    int64_t P = out_extent(op, "height", H, kh, sh, ph), Q = out_extent(op, "width", W, kw, sw, pw);
+    expect_dims(op, "dy", DY, {N, C, P, Q});
+    ft::cuda::avgpool2d_bwd(f32(DY), f32(DX), N * C, H, W, P, Q, (int)kh, (int)kw, (int)sh, (int)sw, (int)ph,
+                            (int)pw, stream_of(st));
+  }, py::arg("dy"), py::arg("dx"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
+     py::arg("pw"), py::arg("stream") = 0);
+
+  // ---- conv2d (NCHW): implicit-GEMM kernels ----
+  m.def("conv2d_fwd", [](py::object x, py::object w, py::object b, py::object y, int64_t sh, int64_t sw, int64_t ph,
+                         int64_t pw, bool relu, uintptr_t st) {
+    const char* op = "conv2d_fwd";
+    auto X = dev_array(x, "x"), Wt = dev_array(w, "w"), B = dev_array(b, "b"), Y = dev_array(y, "y");
+    auto g = conv_geom(op, X, Wt, sh, sw, ph, pw, "x");
+    expect_dims(op, "b", B, {g.K});
+    expect_dims(op, "y", Y, {g.N, g.K, g.P, g.Q});
+    ft::cuda::conv2d_fwd(f32(X), f32(Wt), f32(B), f32(Y), g, relu, stream_of(st));
+  }, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
+     py::arg("pw"), py::arg("relu"), py::arg("stream") = 0);
+  m.def("conv2d_bwd_data", [](py::object dy, py::object w, py::object dx, int64_t sh, int64_t sw, int64_t ph,
+                              int64_t pw, uintptr_t st) {
+    const char* op = "conv2d_bwd_data";
+    auto DY = dev_array(dy, "dy"), Wt = dev_array(w, "w"), DX = dev_array(dx, "dx");
+    auto g = conv_geom(op, DX, Wt, sh, sw, ph, pw, "dx");
+    expect_dims(op, "dy", DY, {g.N, g.K, g.P, g.Q});
+    ft::cuda::conv2d_bwd_data(f32(DY), f32(Wt), f32(DX), g, stream_of(st));
+  }, py::arg("dy"), py::arg("w"), py::arg("dx"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"),
+     py::arg("stream") = 0);
+  m.def("conv2d_bwd_weight", [](py::object x, py::object dy, py::object dw, py::object db, int64_t sh, int64_t sw,
+                                int64_t ph, int64_t pw, uintptr_t st) {
+    const char* op = "conv2d_bwd_weight";
+    auto X = dev_array(x, "x"), DY = dev_array(dy, "dy"), DW = dev_array(dw, "dw"), DB = dev_array(db, "db");
+    auto g = conv_geom(op, X, DW, sh, sw, ph, pw, "x");
+    expect_dims(op, "dy", DY, {g.N, g.K, g.P, g.Q});
+    expect_dims(op, "db", DB, {g.K});
+    ft::cuda::conv2d_bwd_weight(f32(X), f32(DY), f32(DW), f32(DB), g, stream_of(st));
+  }, py::arg("x"), py::arg("dy"), py::arg("dw"), py::arg("db"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
+     py::arg("pw"), py::arg("stream") = 0);
 }

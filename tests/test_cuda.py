@@ -108,3 +108,92 @@ def test_softmax_xent_matches_reference(n, c):
 def test_auto_backend_picks_cuda_for_cupy_arrays():
     x = cupy.arange(5, dtype=cupy.float32)
     assert backend.kernel("relu_fwd", like=x) is backend.kernel("relu_fwd", backend="cuda")
+
+
+# (N, C, H, W, kh, kw, sh, sw, ph, pw): size 1, primes, odd sizes with stride 2, overlapping windows
+POOL = [(1, 1, 1, 1, 1, 1, 1, 1, 0, 0), (2, 3, 7, 5, 3, 3, 2, 2, 1, 1), (3, 5, 13, 11, 2, 3, 1, 2, 1, 0),
+        (1, 2, 9, 9, 3, 3, 1, 1, 1, 1), (8, 17, 32, 31, 2, 2, 2, 2, 0, 0)]
+
+
+@pytest.mark.parametrize("n,c,h,w,kh,kw,sh,sw,ph,pw", POOL)
+def test_maxpool_matches_reference(n, c, h, w, kh, kw, sh, sw, ph, pw):
+    rng = np.random.default_rng(3)
+    # a coarse grid of values makes ties frequent, so the first-maximum rule is exercised
+    x = rng.integers(-3, 4, (n, c, h, w)).astype(np.float32)
+    p, q = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    y, am = np.empty((n, c, p, q), np.float32), np.empty((n, c, p, q), np.int64)
+    (wy, wa), (gy, ga) = _both("maxpool2d_fwd", [x, y, am, kh, kw, sh, sw, ph, pw], [1, 2])
+    np.testing.assert_array_equal(gy, wy.astype(np.float32))
+    np.testing.assert_array_equal(ga, wa)
+    dy = rng.standard_normal((n, c, p, q)).astype(np.float32)
+    (wdx,), (gdx,) = _both("maxpool2d_bwd", [dy, wa, np.full(x.shape, np.nan, np.float32)], [2])
+    np.testing.assert_allclose(gdx, wdx, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n,c,h,w,kh,kw,sh,sw,ph,pw", POOL)
+def test_avgpool_matches_reference(n, c, h, w, kh, kw, sh, sw, ph, pw):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    p, q = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    (wy,), (gy,) = _both("avgpool2d_fwd", [x, np.empty((n, c, p, q), np.float32), kh, kw, sh, sw, ph, pw], [1])
+    np.testing.assert_allclose(gy, wy, rtol=1e-5, atol=1e-6)
+    dy = rng.standard_normal((n, c, p, q)).astype(np.float32)
+    (wdx,), (gdx,) = _both("avgpool2d_bwd", [dy, np.full(x.shape, np.nan, np.float32), kh, kw, sh, sw, ph, pw], [1])
+    np.testing.assert_allclose(gdx, wdx, rtol=1e-5, atol=1e-6)
+
+
+# (N, C, H, W, K, R, S, sh, sw, ph, pw): 1x1, primes, stride 2 on odd sizes, tiles not multiples of 64/16,
+# a reduction long enough (N*P*Q) that bwd_weight splits it across blocks
+CONV = [(1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0), (2, 3, 7, 5, 5, 3, 3, 1, 1, 1, 1), (3, 5, 11, 13, 7, 3, 2, 2, 2, 1, 0),
+        (1, 4, 9, 9, 65, 5, 5, 2, 1, 2, 2), (2, 17, 8, 8, 3, 1, 1, 1, 1, 0, 0), (16, 32, 32, 32, 64, 3, 3, 1, 1, 1, 1)]
+
+
+def _conv_inputs(n, c, h, w, k, r, s, sh, sw, ph, pw):
+    rng = np.random.default_rng(5)
+    p, q = (h + 2 * ph - r) // sh + 1, (w + 2 * pw - s) // sw + 1
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = (rng.standard_normal((k, c, r, s)) / np.sqrt(c * r * s)).astype(np.float32)
+    b = rng.standard_normal(k).astype(np.float32)
+    dy = rng.standard_normal((n, k, p, q)).astype(np.float32)
+    return x, wt, b, dy
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("n,c,h,w,k,r,s,sh,sw,ph,pw", CONV)
+def test_conv2d_fwd_matches_reference(n, c, h, w, k, r, s, sh, sw, ph, pw, relu):
+    x, wt, b, dy = _conv_inputs(n, c, h, w, k, r, s, sh, sw, ph, pw)
+    y = np.full(dy.shape, np.nan, np.float32)
+    (want,), (got,) = _both("conv2d_fwd", [x, wt, b, y, sh, sw, ph, pw, relu], [3])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    if relu and want.size > 100:  # large enough that some outputs are clipped: the epilogue ran
+        assert (got >= 0).all() and (want == 0).any()
+
+
+@pytest.mark.parametrize("n,c,h,w,k,r,s,sh,sw,ph,pw", CONV)
+def test_conv2d_bwd_data_matches_reference(n, c, h, w, k, r, s, sh, sw, ph, pw):
+    x, wt, b, dy = _conv_inputs(n, c, h, w, k, r, s, sh, sw, ph, pw)
+    dx = np.full(x.shape, np.nan, np.float32)  # overwritten: NaN left anywhere fails the test
+    (want,), (got,) = _both("conv2d_bwd_data", [dy, wt, dx, sh, sw, ph, pw], [2])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("n,c,h,w,k,r,s,sh,sw,ph,pw", CONV)
+def test_conv2d_bwd_weight_accumulates_like_reference(n, c, h, w, k, r, s, sh, sw, ph, pw):
+    x, wt, b, dy = _conv_inputs(n, c, h, w, k, r, s, sh, sw, ph, pw)
+    rng = np.random.default_rng(6)
+    dw0, db0 = rng.standard_normal(wt.shape).astype(np.float32), rng.standard_normal(k).astype(np.float32)
+    (wdw, wdb), (gdw, gdb) = _both("conv2d_bwd_weight", [x, dy, dw0, db0, sh, sw, ph, pw], [2, 3])
+    # sums over up to N*P*Q = 16384 terms in float32 (split order differs): scale-aware tolerance
+    scale = np.sqrt(n * dy.shape[2] * dy.shape[3])
+    np.testing.assert_allclose(gdw, wdw, rtol=1e-4, atol=1e-5 * scale)
+    np.testing.assert_allclose(gdb, wdb, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_conv2d_cuda_errors_name_the_argument():
+    x = cupy.zeros((2, 3, 8, 8), cupy.float32)
+    w = cupy.zeros((4, 5, 3, 3), cupy.float32)
+    with pytest.raises(ValueError, match=r"conv2d_fwd\(w\): expected shape \(K, 3, R, S\)"):
+        backend.kernel("conv2d_fwd", backend="cuda")(x, w, cupy.zeros(4, cupy.float32),
+                                                      cupy.zeros((2, 4, 6, 6), cupy.float32), 1, 1, 0, 0, False)
+    with pytest.raises(ValueError, match=r"avgpool2d_fwd\(y\): expected shape \(2, 3, 4, 4\)"):
+        backend.kernel("avgpool2d_fwd", backend="cuda")(x, cupy.zeros((2, 3, 5, 5), cupy.float32), 2, 2, 2, 2, 0, 0)

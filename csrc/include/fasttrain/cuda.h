@@ -55,4 +55,23 @@ void batchnorm_fwd_eval(const float* x, const float* gamma, const float* beta, c
                         float eps, float* y, int64_t n, int64_t c, int64_t s, cudaStream_t st);
 void batchnorm_bwd(const float* x, const float* dy, const float* gamma, const float* mean, const float* invstd,
                    float* dx, float* dgamma, float* dbeta, int64_t n, int64_t c, int64_t s, cudaStream_t st);
+// pooling.cu (NCHW, nc = N*C planes; argmax: flat index into the H*W plane)
+void maxpool2d_fwd(const float* x, float* y, int64_t* argmax, int64_t nc, int64_t H, int64_t W, int64_t P, int64_t Q,
+                   int kh, int kw, int sh, int sw, int ph, int pw, cudaStream_t st);
+void maxpool2d_bwd(const float* dy, const int64_t* argmax, float* dx, int64_t nc, int64_t HW, int64_t PQ,
+                   cudaStream_t st);
+void avgpool2d_fwd(const float* x, float* y, int64_t nc, int64_t H, int64_t W, int64_t P, int64_t Q, int kh, int kw,
+                   int sh, int sw, int ph, int pw, cudaStream_t st);
+void avgpool2d_bwd(const float* dy, float* dx, int64_t nc, int64_t H, int64_t W, int64_t P, int64_t Q, int kh, int kw,
+                   int sh, int sw, int ph, int pw, cudaStream_t st);
+
+// conv2d.cu (NCHW; x (N,C,H,W), w (K,C,R,S), y (N,K,P,Q)): implicit-GEMM kernels
+struct ConvShape {
+  int64_t N, C, H, W, K, R, S, P, Q;
+  int sh, sw, ph, pw;
+};
+void conv2d_fwd(const float* x, const float* w, const float* b, float* y, const ConvShape& g, bool relu,
+                cudaStream_t st);
+void conv2d_bwd_data(const float* dy, const float* w, float* dx, const ConvShape& g, cudaStream_t st);
+void conv2d_bwd_weight(const float* x, const float* dy, float* dw, float* db, const ConvShape& g, cudaStream_t st);
 }  // namespace ft::cuda
