@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fasttrain.dist import get_codec, get_comm, launched_world_size, ring_allreduce, wire_bytes  # noqa: E402
-from fasttrain.dist.ring import DEFAULT_SEGMENT_BYTES, DEFAULT_SMALL_BYTES  # noqa: E402
+from fasttrain.dist.ring import DEFAULT_MID_BYTES, DEFAULT_SEGMENT_BYTES, DEFAULT_SMALL_BYTES  # noqa: E402
 
 FULL_SIZES = [4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20]
 QUICK_SIZES = [4 << 10, 256 << 10, 4 << 20]
@@ -58,7 +58,7 @@ def child(args):
         n = size // 4
         src = np.random.default_rng([r, n]).standard_normal(n).astype(np.float32)
         a, b = src.copy(), src.copy()
-        ring_allreduce(comm, a, segment_bytes=args.segment_bytes, small_bytes=args.small_bytes)
+        ring_allreduce(comm, a, segment_bytes=args.segment_bytes, small_bytes=args.small_bytes, mid_bytes=args.mid_bytes)
         comm.allreduce_mpi(b)
         if not np.allclose(a, b, rtol=1e-5, atol=1e-5 * p):
             raise AssertionError(f"size={size}: ring and MPI Allreduce disagree, max diff {np.max(np.abs(a - b))}")
@@ -66,14 +66,14 @@ def child(args):
             raise AssertionError(f"size={size}: ring results differ between ranks")
         buf = src.copy()
         reset = lambda: np.copyto(buf, src)  # noqa: E731
-        for backend, fn in (("ring", lambda: ring_allreduce(comm, buf, segment_bytes=args.segment_bytes, small_bytes=args.small_bytes)),
+        for backend, fn in (("ring", lambda: ring_allreduce(comm, buf, segment_bytes=args.segment_bytes, small_bytes=args.small_bytes, mid_bytes=args.mid_bytes)),
                             ("mpi", lambda: comm.allreduce_mpi(buf))):
             s = _samples(comm, fn, reset, size)
             if r == 0:
                 print(json.dumps({"suite": "collectives", "name": "allreduce_f32_sum", "backend": backend,
                                   "size": size, "ranks": p, "median_s": statistics.median(s), "min_s": min(s),
                                   "max_s": max(s), "bytes": wire_bytes(n, p), "pct_of_limit": None,
-                                  "segment_bytes": args.segment_bytes, "small_bytes": args.small_bytes}), flush=True)
+                                  "segment_bytes": args.segment_bytes, "small_bytes": args.small_bytes, "mid_bytes": args.mid_bytes}), flush=True)
 
 
 def parent(args):
@@ -81,7 +81,7 @@ def parent(args):
     for k in [int(x) for x in args.ranks.split(",")]:
         cmd = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(k), sys.executable, "-m", "mpi4py",
                str(Path(__file__).resolve()), "--segment-bytes", str(args.segment_bytes),
-               "--small-bytes", str(args.small_bytes)] + (["--sizes", args.sizes] if args.sizes else []) + (["--quick"] if args.quick else [])
+               "--small-bytes", str(args.small_bytes), "--mid-bytes", str(args.mid_bytes)] + (["--sizes", args.sizes] if args.sizes else []) + (["--quick"] if args.quick else [])
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
         if proc.returncode != 0:
             sys.exit(f"collectives: mpiexec -n {k} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -116,6 +116,8 @@ def main(argv=None):
     ap.add_argument("--segment-bytes", type=int, default=DEFAULT_SEGMENT_BYTES)
     ap.add_argument("--small-bytes", type=int, default=DEFAULT_SMALL_BYTES,
                     help="below this size the ring module uses recursive doubling (0: always the ring)")
+    ap.add_argument("--mid-bytes", type=int, default=DEFAULT_MID_BYTES,
+                    help="from --small-bytes up to this size halving-doubling runs (0: off)")
     ap.add_argument("--sizes", help="comma-separated sizes in bytes (overrides --quick)")
     args = ap.parse_args(argv)
     if launched_world_size() > 1:

@@ -84,7 +84,7 @@ def test_ring_over_threads_matches_float64_sum(K, n_kind, op):
 
     def body(comm):
         buf = _rank_data(comm.rank, n)
-        ring_allreduce(comm, buf, op=op, segment_bytes=40 if n < 1000 else 4096)  # many segments
+        ring_allreduce(comm, buf, op=op, segment_bytes=40 if n < 1000 else 4096, small_bytes=0, mid_bytes=0)  # many segments
         return buf
 
     outs = ThreadWorld(K).run(body)
@@ -95,7 +95,7 @@ def test_ring_over_threads_matches_float64_sum(K, n_kind, op):
 def test_ring_float64_buffers():
     K, n = 3, 1001
     ref = np.sum([_rank_data(k, n, np.float64) for k in range(K)], axis=0)
-    outs = ThreadWorld(K).run(lambda c: ring_allreduce(c, _rank_data(c.rank, n, np.float64), segment_bytes=256))
+    outs = ThreadWorld(K).run(lambda c: ring_allreduce(c, _rank_data(c.rank, n, np.float64), segment_bytes=256, small_bytes=0, mid_bytes=0))
     np.testing.assert_allclose(outs[0], ref, rtol=1e-14)
 
 

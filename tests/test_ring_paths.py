@@ -1,11 +1,12 @@
-"""Both all-reduce paths of fasttrain.dist.ring over threads standing in for ranks: recursive
-doubling (short buffers) and the pipelined ring (forced with small_bytes=0), against the float64
+"""The three all-reduce paths of fasttrain.dist.ring over threads standing in for ranks: recursive
+doubling (short buffers), halving-doubling (mid sizes) and the pipelined ring (forced with
+small_bytes=0, mid_bytes=0), against the float64
 sum, ranks bit-identical, K = 1..6 (powers of two and not)."""
 import numpy as np
 import pytest
 
 from fasttrain.dist import ThreadWorld, ring_allreduce
-from fasttrain.dist.ring import recursive_doubling_allreduce
+from fasttrain.dist.ring import halving_doubling_allreduce, recursive_doubling_allreduce
 
 
 def _data(rank, n):
@@ -14,7 +15,7 @@ def _data(rank, n):
 
 @pytest.mark.parametrize("K", [2, 3, 4, 5, 6])
 @pytest.mark.parametrize("n", [1, 2, 7, 1031])
-@pytest.mark.parametrize("path", ["doubling", "ring", "auto"])
+@pytest.mark.parametrize("path", ["doubling", "halving", "ring", "auto"])
 @pytest.mark.parametrize("op", ["sum", "mean"])
 def test_paths_match_float64_sum_and_ranks_identical(K, n, path, op):
     ref = np.sum([_data(k, n).astype(np.float64) for k in range(K)], axis=0) / (K if op == "mean" else 1)
@@ -23,7 +24,11 @@ def test_paths_match_float64_sum_and_ranks_identical(K, n, path, op):
         buf = _data(comm.rank, n)
         if path == "doubling":
             return recursive_doubling_allreduce(comm, buf, op)
-        return ring_allreduce(comm, buf, op=op, segment_bytes=64, small_bytes=0 if path == "ring" else 1 << 16)
+        if path == "halving":
+            return halving_doubling_allreduce(comm, buf, op)
+        if path == "ring":
+            return ring_allreduce(comm, buf, op=op, segment_bytes=64, small_bytes=0, mid_bytes=0)
+        return ring_allreduce(comm, buf, op=op, segment_bytes=64, small_bytes=16, mid_bytes=1 << 12)
 
     outs = ThreadWorld(K).run(body)
     np.testing.assert_allclose(outs[0], ref, rtol=1e-5, atol=1e-5)
@@ -35,7 +40,7 @@ def test_auto_switches_on_size():
     K, n = 3, 4099
     runs = {}
     for small in (0, 1 << 20):
-        runs[small] = ThreadWorld(K).run(lambda c: ring_allreduce(c, _data(c.rank, n), small_bytes=small))[0]
+        runs[small] = ThreadWorld(K).run(lambda c: ring_allreduce(c, _data(c.rank, n), small_bytes=small, mid_bytes=0))[0]
     by_doubling = ThreadWorld(K).run(lambda c: recursive_doubling_allreduce(c, _data(c.rank, n)))[0]
     assert np.array_equal(runs[1 << 20], by_doubling)
     np.testing.assert_allclose(runs[0], by_doubling, rtol=1e-5, atol=1e-5)
