@@ -32,7 +32,7 @@ def test_ring_allreduce_matches_float64_sum_and_ranks_identical(K):
     out = mpirun(K, "ring_check.py", ",".join(map(str, sizes)), "65536")
     assert out["size"] == K and [c["n"] for c in out["cases"]] == sizes
     for c in out["cases"]:
-        for key in ("sum", "mean", "bucketed"):
+        for key in ("sum", "mean", "ring_sum", "ring_mean", "bucketed"):
             assert c[key + "_identical"], (key, c)
             assert c[key + "_relerr"] <= 1e-5, (key, c)
         assert c["mpi_relerr"] <= 1e-5, c
@@ -48,6 +48,7 @@ def test_ring_with_tiny_segments_and_uneven_chunks():
     out = mpirun(3, "ring_check.py", "2,10,4099", "12")  # 3-value segments: many messages per chunk
     for c in out["cases"]:
         assert c["sum_identical"] and c["sum_relerr"] <= 1e-5 and c["int8_identical"], c
+        assert c["ring_sum_identical"] and c["ring_sum_relerr"] <= 1e-5, c
 
 
 def test_local_sgd_h1_equals_synchronous_averaging():
