@@ -244,13 +244,14 @@ def main(argv=None) -> int:
         return 2
     if summary.get("rank", 0) != 0:
         return 0
-    print(f"final validation accuracy {summary['val_acc']:.4f} after {summary['epochs']} epochs "
-          f"({summary['steps']} steps, {summary['params']} parameters); wall time {summary['wall_time_s']:.1f} s; "
-          f"run folder {summary['run_dir']}")
     if summary.get("monitor"):
         from .train.monitor import Monitor
 
         print(Monitor.format_summary(summary["monitor"]))
+    # the run's result is the last line a user sees
+    print(f"final validation accuracy {summary['val_acc']:.4f} after {summary['epochs']} epochs "
+          f"({summary['steps']} steps, {summary['params']} parameters); wall time {summary['wall_time_s']:.1f} s; "
+          f"run folder {summary['run_dir']}")
     return 0
 
 
