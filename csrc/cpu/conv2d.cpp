@@ -150,42 +150,36 @@ Geom geom(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int6
   return {N, C, H, W, K, R, S, (H + 2 * ph - R) / sh + 1, (W + 2 * pw - S) / sw + 1, sh, sw, ph, pw};
 }
 
+// body(n) for every image: whole images per thread with one-thread BLAS when there are enough
+// images, otherwise images in turn with OpenBLAS splitting each GEMM over the threads.
+template <class Body>
+void over_images(int64_t N, Body body) {
+  const int nt = num_threads();
+  if (per_image_threads(N, nt)) {
+    blas::SingleThreaded one;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t n = 0; n < N; ++n) body(n);
+  } else {
+    for (int64_t n = 0; n < N; ++n) body(n);
+  }
+}
+
 }  // namespace
 
 void conv2d_fwd(const float* x, const float* w, const float* b, float* y, int64_t N, int64_t C,
                 int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh, int64_t sw,
                 int64_t ph, int64_t pw, bool relu) {
   const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
-  const int nt = num_threads();
   const int64_t xs = C * H * W, ys = K * g.pq();
-  if (per_image_threads(N, nt)) {
-    blas::SingleThreaded one;
-#pragma omp parallel num_threads(nt)
-    {
-#pragma omp for schedule(static)
-      for (int64_t n = 0; n < N; ++n) fwd_image(g, x + n * xs, w, b, y + n * ys, relu);
-    }
-  } else {
-    for (int64_t n = 0; n < N; ++n) fwd_image(g, x + n * xs, w, b, y + n * ys, relu);
-  }
+  over_images(N, [&](int64_t n) { fwd_image(g, x + n * xs, w, b, y + n * ys, relu); });
 }
 
 void conv2d_bwd_data(const float* dy, const float* w, float* dx, int64_t N, int64_t C, int64_t H,
                      int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph,
                      int64_t pw) {
   const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
-  const int nt = num_threads();
   const int64_t xs = C * H * W, ys = K * g.pq();
-  if (per_image_threads(N, nt)) {
-    blas::SingleThreaded one;
-#pragma omp parallel num_threads(nt)
-    {
-#pragma omp for schedule(static)
-      for (int64_t n = 0; n < N; ++n) bwd_data_image(g, dy + n * ys, w, dx + n * xs);
-    }
-  } else {
-    for (int64_t n = 0; n < N; ++n) bwd_data_image(g, dy + n * ys, w, dx + n * xs);
-  }
+  over_images(N, [&](int64_t n) { bwd_data_image(g, dy + n * ys, w, dx + n * xs); });
 }
 
 void conv2d_bwd_weight(const float* x, const float* dy, float* dw, float* db, int64_t N, int64_t C,
