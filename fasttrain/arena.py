@@ -109,7 +109,8 @@ class ParamArena:
         return slice(self.offsets[i], self.offsets[i] + param.size)
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {p.name: np.array(p.data) for p in self.params}
+        """Host copies of every parameter (from the GPU too), by name."""
+        return {p.name: np.array(p.data.get() if self.xp is not np else p.data) for p in self.params}
 
     def load_state_dict(self, state: dict) -> None:
         names = self.named()

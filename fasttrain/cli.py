@@ -102,6 +102,12 @@ def train(cfg: Config, progress: bool | None = None) -> dict:
         ft.set_num_threads(cfg.threads)
     if cfg.backend is not None:
         ft.set_backend(cfg.backend)
+    from .device import array_module
+
+    xp = array_module(cfg.device)  # raises with the reason when the GPU cannot be used
+    if cfg.device == "cuda" and cfg.dist != "none":
+        raise ValueError(f"device='cuda' with dist={cfg.dist!r}: the data-parallel layer reduces host arrays; "
+                         "expected dist='none' on the GPU")
     # -- data parallel (issue 8): one code path for 1 rank (LocalComm) and K ranks under mpirun --
     from .dist.data_parallel import DataParallel, ShardedLoader, scaled_lr, world_comm
 
@@ -130,7 +136,7 @@ def train(cfg: Config, progress: bool | None = None) -> dict:
 
     # dropout masks differ per rank (a rank's own stream); parameters come from rank 0's broadcast
     model = build(cfg.model, data.input_shape, data.num_classes, cfg.dropout, seed=cfg.seed + 7919 * comm.rank)
-    arena = ft.ParamArena.for_model(model, seed=cfg.seed)
+    arena = ft.ParamArena.for_model(model, seed=cfg.seed, xp=xp)
     if cfg.init_from:  # transfer learning: a head of another size keeps its fresh initialization
         from .train.transfer import load_pretrained
 

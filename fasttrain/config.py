@@ -30,6 +30,7 @@ class Config:
     resume: Optional[str] = None      # checkpoint to continue from
     threads: Optional[int] = None     # None: FASTTRAIN_THREADS or all cores
     backend: Optional[str] = None     # auto | cpp | numba | numpy | cuda; None: FASTTRAIN_BACKEND or auto
+    device: str = "cpu"               # cpu | cuda (arena, optimizer state, activations on the GPU)
     plot: bool = True
     monitor_every: Optional[int] = 50     # command center sample period in steps (0: off)
     early_stopping: Optional[int] = None  # patience in epochs on val_loss; restores the best weights

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+import fasttrain as ft
 from fasttrain.cli import build_parser, main, resolve_config
 from fasttrain.config import Config, load_config, make_config, save_config
 
@@ -82,3 +83,15 @@ def test_python_dash_m_info():
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     assert "numpy" in info["backends"] and "python" in info["build_info"]
+
+
+def test_train_device_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="device: expected one of"):
+        main(["train", "--device", "gpu", "--epochs", "1", "--limit", "32", "--run-dir", str(tmp_path), "--quiet"])
+    if ft.backends()["cuda"] != "available":  # no GPU here: the reason is named, nothing is trained
+        with pytest.raises(RuntimeError, match="device='cuda': the cuda backend is not usable here"):
+            main(["train", "--device", "cuda", "--epochs", "1", "--limit", "32", "--run-dir", str(tmp_path),
+                  "--quiet"])
+    else:
+        with pytest.raises(ValueError, match="expected dist='none' on the GPU"):
+            main(["train", "--device", "cuda", "--dist", "ring", "--epochs", "1", "--run-dir", str(tmp_path), "--quiet"])

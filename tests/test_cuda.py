@@ -197,3 +197,47 @@ def test_conv2d_cuda_errors_name_the_argument():
                                                       cupy.zeros((2, 4, 6, 6), cupy.float32), 1, 1, 0, 0, False)
     with pytest.raises(ValueError, match=r"avgpool2d_fwd\(y\): expected shape \(2, 3, 4, 4\)"):
         backend.kernel("avgpool2d_fwd", backend="cuda")(x, cupy.zeros((2, 3, 5, 5), cupy.float32), 2, 2, 2, 2, 0, 0)
+
+
+@pytest.mark.parametrize("n,i,o", [(1, 1, 1), (7, 13, 5), (64, 256, 10)])
+def test_linear_matches_reference(n, i, o):
+    rng = np.random.default_rng(n + i)
+    x, w, b = (rng.standard_normal(s).astype(np.float32) for s in ((n, i), (o, i), (o,)))
+    (want,), (got,) = _both("linear_fwd", [x, w, b, np.empty((n, o), np.float32)], [3])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    dy = rng.standard_normal((n, o)).astype(np.float32)
+    dw0, db0 = rng.standard_normal((o, i)).astype(np.float32), rng.standard_normal(o).astype(np.float32)
+    want, got = _both("linear_bwd", [x, w, dy, np.empty_like(x), dw0, db0], [3, 4, 5])
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
+
+
+def test_training_on_the_gpu_keeps_state_there_and_matches_cpu(tmp_path):
+    """`fasttrain train --device cuda`: the arena, the optimizer state and the activations are CuPy
+    arrays, and a short run reaches the CPU run's accuracy (same seed; float32 on both, so the
+    trajectories differ only by summation order)."""
+    from fasttrain.cli import main
+    import json
+
+    summaries = {}
+    for device in ("cpu", "cuda"):
+        run = tmp_path / device
+        assert main(["train", "--epochs", "4", "--device", device, "--run-dir", str(run), "--quiet", "--no-plot"]) == 0
+        summaries[device] = json.loads((run / "summary.json").read_text())
+    assert summaries["cuda"]["val_acc"] >= summaries["cpu"]["val_acc"] - 0.01
+
+    from fasttrain.models import build
+    from fasttrain.losses import SoftmaxCrossEntropy
+
+    model = build("simple_cnn", (1, 8, 8), 10)
+    arena = ft.ParamArena.for_model(model, seed=0, xp=cupy)
+    opt = ft.optim.Adam(arena, lr=1e-3)
+    x = cupy.asarray(np.random.default_rng(0).standard_normal((16, 1, 8, 8)).astype(np.float32))
+    y = cupy.asarray(np.arange(16) % 10)
+    logits = model.forward(x)
+    assert isinstance(logits, cupy.ndarray)
+    _, dlogits = SoftmaxCrossEntropy()(logits, y)
+    arena.zero_grad()
+    model.backward(dlogits)
+    opt.step()
+    assert all(isinstance(v, cupy.ndarray) for v in (arena.data, arena.grad, *opt.state.values()))

@@ -33,3 +33,16 @@ def softmax_xent(logits, labels, dlogits):
     row_loss = cupy.empty(logits.shape[0], cupy.float32)
     _cuda.softmax_xent_rows(logits, labels, dlogits, row_loss, _stream())
     return float(row_loss.mean()) if row_loss.size else 0.0
+
+
+# The fully connected layer is one GEMM each way: cuBLAS (through CuPy, on its current stream) is
+# the right tool, and a hand-written GEMM would only be slower (csrc/cuda has none).
+def linear_fwd(x, w, b, y):
+    cupy.matmul(x, w.T, out=y)
+    y += b
+
+
+def linear_bwd(x, w, dy, dx, dw, db):
+    cupy.matmul(dy, w, out=dx)
+    dw += dy.T @ x          # accumulated, as docs/KERNELS.md requires of d<param> outputs
+    db += dy.sum(axis=0)
