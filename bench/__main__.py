@@ -1,4 +1,4 @@
-"""`python -m bench [kernels|collectives|train|all] [--quick] [--json FILE] [--png FILE] [--results FILE]`
+"""`python -m bench [kernels|collectives|train|gpu|all] [--quick] [--json FILE] [--png FILE] [--results FILE]`
 (also `fasttrain bench ...` from a source checkout)."""
 from .run import main
 

@@ -146,7 +146,7 @@ def ratios(records: list[Record]) -> list[dict]:
     for r in records:
         groups.setdefault((r.suite, r.name, r.shape), {})[r.backend] = r
     for (suite, name, shape), by_backend in groups.items():
-        for ours in ("cpp", "numba", "cuda", "ring"):
+        for ours in ("cpp", "numba", "cuda", "numba-cuda", "ring"):
             if ours not in by_backend:
                 continue
             for alt, rec in by_backend.items():
@@ -169,8 +169,8 @@ def plot(records: list[Record], path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ours = [r for r in records if r.backend in ("cpp", "numba", "cuda") and r.pct_of_limit is not None]
-    rs = [x for x in ratios(records) if x["vs"] in ("numpy", "torch")]
+    ours = [r for r in records if r.backend in ("cpp", "numba", "cuda", "numba-cuda") and r.pct_of_limit is not None]
+    rs = [x for x in ratios(records) if x["vs"] in ("numpy", "torch", "torch-cuda")]
     fig, axes = plt.subplots(1, 2, figsize=(13, max(3, 0.35 * max(len(ours), len(rs)) + 1)))
     labels = [f"{r.name} [{r.backend}]" for r in ours]
     axes[0].barh(labels, [r.pct_of_limit for r in ours], color="tab:blue")

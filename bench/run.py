@@ -30,7 +30,7 @@ def _machine() -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="fasttrain bench", description=__doc__)
-    ap.add_argument("suite", nargs="?", default="kernels", choices=["kernels", "collectives", "train", "all"])
+    ap.add_argument("suite", nargs="?", default="kernels", choices=["kernels", "collectives", "train", "gpu", "all"])
     ap.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds (used by the tests)")
     ap.add_argument("--repeat", type=int, default=7, help="timed runs per measurement (median reported)")
     ap.add_argument("--json", default=None, help="write JSON lines here")
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     limits, records = harness.measure_limits(args.quick)
     print(f"limits: bandwidth {limits.bandwidth / 1e9:.1f} GB/s ({limits.bandwidth_source}), "
           f"sgemm {limits.flops / 1e9:.1f} GFLOP/s ({limits.flops_source})")
-    suites = ["kernels", "collectives", "train"] if args.suite == "all" else [args.suite]
+    suites = ["kernels", "collectives", "train", "gpu"] if args.suite == "all" else [args.suite]
     for suite in suites:
         print(f"[{suite}]")
         if suite == "kernels":
@@ -60,6 +60,13 @@ def main(argv=None) -> int:
             records += train.run(limits, quick=args.quick, repeat=args.repeat)
         elif suite == "collectives":
             records += _collectives(args.quick)
+        elif suite == "gpu":
+            from . import gpu
+
+            gpu_records = gpu.run(quick=args.quick, repeat=args.repeat)
+            records += gpu_records
+            for line in gpu.summary(gpu_records):
+                print(f"  {line}")
     print()
     harness.print_table(records)
     rs = harness.ratios(records)

@@ -53,3 +53,20 @@ def test_bench_collectives_quick_pairs_ring_with_mpi(tmp_path):
     coll = [r for r in records if r["suite"] == "collectives"]
     assert {r["backend"] for r in coll} >= {"ring", "mpi"}
     assert "ring vs mpi" in proc.stdout
+
+
+@pytest.mark.timeout(300)
+def test_bench_gpu_quick_runs_or_says_why_not(tmp_path):
+    """Without CuPy or a GPU the GPU suite is skipped with the reason (exit 0); on the GPU machine
+    it writes the device limits and the cuda records, each checked against the reference."""
+    out = tmp_path / "gpu.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "bench", "gpu", "--quick", "--json", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    gpu = [json.loads(line) for line in out.read_text().splitlines() if '"suite": "gpu"' in line]
+    if "gpu suite skipped:" in proc.stdout:
+        assert gpu == []
+    else:
+        names = {(r["name"], r["backend"]) for r in gpu}
+        assert {("d2d_copy", "cupy"), ("sgemm_fp32", "cublas"), ("adam", "cuda"), ("conv2d_fwd_bwd", "cuda")} <= names
+        assert all(REQUIRED <= set(r) for r in gpu)
