@@ -17,8 +17,8 @@ all-gather forwards those bytes unchanged and every rank (owner included) decode
 Where the codec quantizes is the schedule: 'once' (reduce-scatter in full precision, the owner's
 encode is the only one) or 'hop' (every reduce-scatter message is the sender's encoded partial
 sum too, the receiver decodes and adds; error feedback after Seide et al. 2014 and Karimireddy
-et al. 2019 keeps each encode's loss on its sender for the next call). The partial sums may differ in rounding along
-the chain, but every value's final bytes come from one encode, so ranks stay bit-identical.
+et al. 2019 keeps each encode's loss on its sender for the next call). Only the owner's encode
+reaches the all-gather, whose bytes every rank decodes, so ranks stay bit-identical.
 """
 from __future__ import annotations
 
