@@ -7,7 +7,7 @@ mpiexec it benches that world. Checks first (ring == MPI result within float32 r
 bit-identical), then times: a sample is the slowest rank's time for one call between barriers;
 median of several samples. Bus bandwidth 2 (K - 1) / K * S / t (the bytes each rank must move,
 per the NCCL-tests convention). pct_of_limit is null: no separate limit is measured here.
-Also prints bytes on the wire per codec (ring 'once' schedule).
+Also prints bytes on the wire per codec and schedule ('once', 'hop').
 """
 from __future__ import annotations
 
@@ -97,11 +97,13 @@ def parent(args):
         print(f"{k:>2} {label:>8} {x['median_s'] * 1e3:9.3f} {m['median_s'] * 1e3:9.3f} "
               f"{bus / x['median_s'] / 1e9:9.2f} {bus / m['median_s'] / 1e9:9.2f} {m['median_s'] / x['median_s']:8.2f}x")
     n = 1 << 24
-    print("\nbytes on the wire per rank, 64 MB, K=4 (ring, 'once' schedule: fp32 reduce-scatter + encoded all-gather):")
+    print("\nbytes on the wire per rank, 64 MB, K=4 (ring; 'once': fp32 reduce-scatter + encoded all-gather, "
+          "'hop': every reduce-scatter send encoded too):")
     plain = wire_bytes(n, 4)
     for name in ("fp16", "bf16", "int8", "int4", "sign"):
         c = get_codec(name)
-        print(f"  {name:5s} codec {c.ratio(n):.4f}x fp32   ring total {wire_bytes(n, 4, codec=c) / plain:.4f}x")
+        print(f"  {name:5s} codec {c.ratio(n):.4f}x fp32   ring total {wire_bytes(n, 4, codec=c) / plain:.4f}x (once)"
+              f"  {wire_bytes(n, 4, codec=c, schedule='hop', segment_bytes=args.segment_bytes) / plain:.4f}x (hop)")
     if args.json:
         with open(args.json, "w") as f:
             for x in records:

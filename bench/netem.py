@@ -4,8 +4,9 @@
 
 The link is throttled in-process (`ThrottledComm`): every rank's outgoing link carries at most
 B bytes/s, a send is posted only once the previous bytes would have left the wire (a token
-bucket of depth zero). No root, no `tc`, no real interface is touched. For each bandwidth and
-codec (ring 'once' schedule: fp32 reduce-scatter, encoded all-gather) we time the all-reduce at
+bucket of depth zero). No root, no `tc`, no real interface is touched. For each bandwidth, codec
+and schedule (ring 'once': fp32 reduce-scatter, encoded all-gather; 'hop', columns CODEC/hop:
+every reduce-scatter send encoded too, no error feedback) we time the all-reduce at
 several sizes (median of a few runs, slowest rank), fit t = a + b * S by least squares and
 print it as the alpha-beta model t = 2 (n - 1) alpha + 2 (n - 1) / n * S / B_eff (Thakur et al.
 2005; Patarasuk & Yuan 2009), with B_eff the link rate seen by the fp32 bytes. Compression pays
@@ -31,6 +32,8 @@ from fasttrain.dist import get_comm, launched_world_size, ring_allreduce  # noqa
 from fasttrain.dist.comm import Communicator  # noqa: E402
 
 CODECS = ["none", "fp16", "int8", "int4", "sign"]
+#: (column label, codec, schedule): fp32, then each codec 'once' and 'hop'
+CONFIGS = [("none", None, "once")] + [(c, c, "once") for c in CODECS[1:]] + [(f"{c}/hop", c, "hop") for c in CODECS[1:]]
 
 
 class ThrottledComm(Communicator):
@@ -77,19 +80,20 @@ def child(args):
             n = size // 4
             src = np.random.default_rng([r, n]).standard_normal(n).astype(np.float32)
             buf = src.copy()
-            for codec in CODECS:
+            for label, codec, schedule in CONFIGS:
                 rng = np.random.default_rng(r)
                 times = []
                 for i in range(args.repeat + 1):
                     np.copyto(buf, src)
                     comm.barrier()
                     t0 = time.perf_counter()
-                    ring_allreduce(comm, buf, codec=None if codec == "none" else codec, rng=rng, small_bytes=0)
+                    ring_allreduce(comm, buf, codec=codec, rng=rng, small_bytes=0, schedule=schedule)
                     dt = max(comm.allgather(time.perf_counter() - t0))
                     if i:
                         times.append(dt)
                 if r == 0:
-                    print(json.dumps({"suite": "netem", "name": "allreduce_throttled", "codec": codec, "gbits": gbits,
+                    print(json.dumps({"suite": "netem", "name": "allreduce_throttled", "codec": codec or "none",
+                                      "schedule": schedule, "label": label, "gbits": gbits,
                                       "size": size, "ranks": p, "median_s": statistics.median(times),
                                       "min_s": min(times), "max_s": max(times)}), flush=True)
 
@@ -114,21 +118,22 @@ def parent(args):
         Path(args.json).write_text("".join(json.dumps(x) + "\n" for x in recs))
     sizes = sorted({x["size"] for x in recs})
     for gbits in sorted({x["gbits"] for x in recs}, reverse=True):
-        at = {(x["codec"], x["size"]): x["median_s"] for x in recs if x["gbits"] == gbits}
+        at = {(x["label"], x["size"]): x["median_s"] for x in recs if x["gbits"] == gbits}
+        labels = [c[0] for c in CONFIGS]
         print(f"\nK={k}, link {gbits:g} Gbit/s: ms per all-reduce (median of {args.repeat})")
-        print(f"{'size':>8} " + " ".join(f"{c:>8}" for c in CODECS))
+        print(f"{'size':>8} " + " ".join(f"{c:>8}" for c in labels))
         for s in sizes:
-            print(f"{s >> 10:>7}K " + " ".join(f"{at[(c, s)] * 1e3:8.2f}" for c in CODECS))
+            print(f"{s >> 10:>7}K " + " ".join(f"{at[(c, s)] * 1e3:8.2f}" for c in labels))
         steps = 2 * (k - 1)
         a0, b0 = fit(sizes, [at[("none", s)] for s in sizes])
         print(f"  model (fp32): alpha = {a0 / steps * 1e6:.1f} us/step, B_eff = "
               f"{steps / k / b0 * 8 / 1e9:.3f} Gbit/s (link {gbits:g})")
-        for c in CODECS[1:]:
+        for c in labels[1:]:
             a, b = fit(sizes, [at[(c, s)] for s in sizes])
             cross = (a - a0) / (b0 - b) if b < b0 else float("inf")
             when = ("always (at every size)" if cross <= 0 else f"above {cross / 1024:.0f} KB"
                     if np.isfinite(cross) else "never (no bandwidth saved)")
-            print(f"  {c:5s} t = {a * 1e3:.3f} ms + S * {b * 1e9:.3f} ns/B  "
+            print(f"  {c:8s} t = {a * 1e3:.3f} ms + S * {b * 1e9:.3f} ns/B  "
                   f"(slope {b / b0:.2f}x fp32)  compression pays {when}")
 
 

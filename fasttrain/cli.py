@@ -162,7 +162,8 @@ def train(cfg: Config, progress: bool | None = None) -> dict:
     dp = None
     if cfg.dist != "none":  # dist (issue 8)
         dp = DataParallel(comm, model, arena, cfg.dist, cfg.compress, cfg.error_feedback, cfg.local_sgd,
-                          cfg.local_sgd_warmup, cfg.fingerprint_every, seed=cfg.seed)
+                          cfg.local_sgd_warmup, cfg.fingerprint_every, seed=cfg.seed,
+                          compress_schedule=cfg.compress_schedule)
         trainer.dist = dp
         if not rank0:
             trainer.run_dir, trainer.progress_disable, trainer.plot, trainer.checkpoint = None, True, False, False

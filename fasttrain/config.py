@@ -44,6 +44,7 @@ class Config:
     # -- data parallel (issue 8; `mpirun -n K fasttrain train --dist ring ...`) --
     dist: str = "none"                    # none | ring | mpi (gradient all-reduce: our ring or MPI's Allreduce)
     compress: str = "none"                # none | fp16 | bf16 | int8 | int4 | sign (ring only)
+    compress_schedule: str = "once"       # once: encode reduced chunks only | hop: every reduce-scatter send too
     error_feedback: Optional[bool] = None  # None: on for sign and int4
     local_sgd: int = 0                    # H > 0: local SGD, average parameters every H steps
     local_sgd_warmup: int = 0             # post-local SGD: synchronous for the first K0 steps

@@ -127,6 +127,28 @@ def test_synchronous_gradient_mean_over_thread_ranks():
     assert b0 > 0
 
 
+@pytest.mark.parametrize("K", [2, 3])
+def test_synchronous_gradient_mean_hop_schedule(K):
+    from fasttrain.dist import wire_bytes
+
+    n = 1031
+    def body(comm):
+        arena = _Arena(np.zeros(n))
+        arena.grad[...] = np.linspace(-1, 1, n) * (comm.rank + 1)
+        dp = DataParallel(comm, _Model(), arena, compress="int8", seed=1, compress_schedule="hop", segment_bytes=4 * 300)
+        dp.after_backward(0)
+        return arena.grad.copy(), dp.bytes_sent, dp.describe()
+
+    outs = ThreadWorld(K).run(body)
+    assert all(np.array_equal(outs[0][0], g) for g, _, _ in outs[1:])
+    # K encodes in a chain (hop_bounds.py): partial sums up to K * 1, each encode within 1/127 of its block max
+    mean = np.linspace(-1, 1, n) * (K + 1) / 2
+    np.testing.assert_allclose(outs[0][0], mean, atol=(K + 1) / 2 * K * (1 / 127) * 1.01)
+    for r, (_, sent, text) in enumerate(outs):
+        assert sent == wire_bytes(n, K, codec="int8", rank=r, schedule="hop", segment_bytes=4 * 300)
+        assert "codec int8 (quantized hop)" in text
+
+
 def test_bad_combinations_name_the_keys():
     comm_arena = (LocalComm(), _Arena(np.zeros(3)))
     with pytest.raises(ValueError, match="dist: expected one of"):
@@ -137,6 +159,8 @@ def test_bad_combinations_name_the_keys():
         DataParallel(LocalComm(), _Model(), comm_arena[1], compress="sign", local_sgd=4)
     with pytest.raises(ValueError, match="compress: expected one of"):
         DataParallel(LocalComm(), _Model(), comm_arena[1], compress="int3")
+    with pytest.raises(ValueError, match=r"compress_schedule: expected one of \('once', 'hop'\), got 'twice'"):
+        DataParallel(LocalComm(), _Model(), comm_arena[1], compress="int8", compress_schedule="twice")
 
 
 def test_error_feedback_default_on_for_sign_and_int4_only():
@@ -233,6 +257,38 @@ def test_ranks_bit_identical_after_training_and_codecs_converge(k, compress, tmp
         res = arrays["extra/ef_residual"]
         assert res.shape == (k, out["params"]) and np.abs(res).max() > 0
         assert not np.array_equal(res[0], res[1])  # per rank
+
+
+@needs_mpi
+def test_hop_schedule_trains_like_once_with_fewer_bytes(tmp_path):
+    """K = 2, int8: quantizing every reduce-scatter send too reaches the 'once' schedule's
+    accuracy on digits with fewer bytes on the wire, ranks end bit-identical."""
+    from fasttrain.dist import wire_bytes
+
+    runs = {}
+    for sched in ("once", "hop"):
+        runs[sched] = run_json(2, "train_run.py", "--epochs", "8", "--dist", "ring", "--compress", "int8",
+                               "--compress-schedule", sched, "--monitor-every", "0", "--no-plot",
+                               "--run-dir", str(tmp_path / sched))
+    for sched, out in runs.items():
+        assert len(set(out["hashes"])) == 1, (sched, out["hashes"])
+        assert out["val_acc"] >= 0.95, (sched, out)
+        assert out["bytes_sent_per_rank"] == out["allreduces"] * wire_bytes(out["params"], 2, codec="int8",
+                                                                            schedule=sched)
+    assert abs(runs["hop"]["val_acc"] - runs["once"]["val_acc"]) <= 0.02, runs
+    assert runs["hop"]["bytes_sent_per_rank"] < 0.5 * runs["once"]["bytes_sent_per_rank"]
+
+
+@needs_mpi
+def test_hop_schedule_sign_saves_every_ranks_residual(tmp_path):
+    from fasttrain.train.checkpoint import read_checkpoint
+
+    out = run_json(3, "train_run.py", "--epochs", "8", "--dist", "ring", "--compress", "sign",
+                   "--compress-schedule", "hop", "--monitor-every", "0", "--no-plot", "--run-dir", str(tmp_path))
+    assert len(set(out["hashes"])) == 1 and out["val_acc"] >= 0.9, out
+    res = read_checkpoint(tmp_path / "checkpoint.npz")[0]["extra/ef_residual"]
+    # hop: every rank keeps a residual for every value (it sends or owns each one), not just its chunk
+    assert res.shape == (3, out["params"]) and (np.abs(res) > 0).mean(axis=1).min() > 0.9
 
 
 @needs_mpi

@@ -290,3 +290,183 @@ def test_launched_world_size_rejects_garbage(monkeypatch):
     monkeypatch.setenv("PMI_SIZE", "four")
     with pytest.raises(ValueError, match="'four'"):
         get_comm()
+
+
+# ---------------------------------------------------------------- 'hop' schedule (threads as ranks)
+
+from hop_bounds import data as _hop_data  # noqa: E402
+from hop_bounds import encoded_chain, hop_bound, once_bound  # noqa: E402
+
+from fasttrain.dist.ring import hop_segment  # noqa: E402
+
+HOP_CODECS = ["fp16", "bf16", "int8", "int4", "sign"]
+
+
+def _hop_run(K, n, codec, op="sum", schedule="hop", seg=1024, make=None):
+    def body(comm):
+        c = make(n) if make else codec
+        return ring_allreduce(comm, _hop_data(comm.rank, n), op=op, codec=c, segment_bytes=seg,
+                              rng=np.random.default_rng([comm.rank, 3]), schedule=schedule)
+    return ThreadWorld(K).run(body)
+
+
+@pytest.mark.parametrize("K", [2, 3, 4, 5])
+@pytest.mark.parametrize("n", [1, 2, 7, 1031, 5003])
+@pytest.mark.parametrize("codec", HOP_CODECS)
+def test_hop_ranks_identical_and_within_chain_bound(K, n, codec):
+    parts = [_hop_data(k, n) for k in range(K)]
+    ref = np.sum(np.asarray(parts, np.float64), axis=0)
+    for op in ("sum", "mean"):
+        want = ref / K if op == "mean" else ref
+        outs = _hop_run(K, n, codec, op)
+        assert all(np.array_equal(outs[0].view(np.uint32), o.view(np.uint32)) for o in outs[1:])
+        assert np.max(np.abs(outs[0] - want)) <= hop_bound(parts, codec, op), (op, np.max(np.abs(outs[0] - want)))
+
+
+@pytest.mark.parametrize("K", [2, 3, 4])
+@pytest.mark.parametrize("codec", ["fp16", "bf16"])
+@pytest.mark.parametrize("op", ["sum", "mean"])
+def test_hop_equals_the_encoded_chain_for_deterministic_codecs(K, codec, op):
+    """fp16/bf16 round deterministically per value: the ring must give exactly the chain of
+    encodes and additions in ring order (and not what 'once' gives)."""
+    n = 4099
+    parts = [_hop_data(k, n) for k in range(K)]
+    want = encoded_chain(parts, codec, op)
+    hop = _hop_run(K, n, codec, op, seg=4 * 300)[0]
+    once = _hop_run(K, n, codec, op, schedule="once")[0]
+    assert np.array_equal(hop, want)
+    assert not np.array_equal(once, want)
+    # the chain loses more than 'once' (p encodes instead of one), but stays within the bounds
+    ref = np.sum(np.asarray(parts, np.float64), axis=0) / (K if op == "mean" else 1)
+    assert np.max(np.abs(once - ref)) <= once_bound(parts, codec, op)
+
+
+class _CountingComm:
+    """Wraps a ThreadComm and counts the bytes this rank sends."""
+
+    def __init__(self, inner):
+        self.inner, self.rank, self.size, self.sent = inner, inner.rank, inner.size, 0
+
+    def isend(self, buf, dest, tag=0):
+        self.sent += buf.nbytes
+        return self.inner.isend(buf, dest, tag)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("K", [2, 3, 5])
+@pytest.mark.parametrize("n", [1, 4, 7, 1031, 5003])
+@pytest.mark.parametrize("codec,schedule", [(None, "once"), (None, "hop"), ("int8", "once"), ("int8", "hop"),
+                                            ("int4", "hop"), ("sign", "hop"), ("fp16", "hop")])
+def test_wire_bytes_counts_what_each_rank_sends(K, n, codec, schedule):
+    seg = 1100  # not a multiple of the codecs' quantum: hop rounds it down to 256 values
+
+    def body(comm):
+        cc = _CountingComm(comm)
+        ring_allreduce(cc, _hop_data(comm.rank, n), codec=codec, segment_bytes=seg, small_bytes=0, mid_bytes=0,
+                       rng=np.random.default_rng(comm.rank), schedule=schedule)
+        return cc.sent
+
+    sent = ThreadWorld(K).run(body)
+    assert sent == [wire_bytes(n, K, codec=codec, rank=r, schedule=schedule, segment_bytes=seg) for r in range(K)]
+
+
+def test_hop_wire_bytes_near_the_codec_ratio():
+    n, p = 1 << 20, 4
+    plain = wire_bytes(n, p)
+    for name in HOP_CODECS:
+        ratio = get_codec(name).ratio(n)
+        once, hop = wire_bytes(n, p, codec=name), wire_bytes(n, p, codec=name, schedule="hop")
+        assert hop < once < plain
+        assert abs(hop / plain - ratio) < 1e-3, name  # both phases encoded, segments cost no extra bytes
+    assert hop_segment(get_codec("int8"), 1100) == 256 and hop_segment(get_codec("int8"), 1 << 19) == 1 << 17
+    assert hop_segment(get_codec("fp16"), 100) == 24  # elementwise: whole bytes of 8 values
+
+
+@pytest.mark.parametrize("op", ["sum", "mean"])
+def test_hop_without_codec_is_the_plain_ring(op):
+    """No codec, nothing to quantize: schedule='hop' gives the plain ring's bits."""
+    for K, n in ((3, 5003), (4, 7), (2, 1)):
+        plain = ThreadWorld(K).run(lambda c: ring_allreduce(c, _hop_data(c.rank, n), op=op, small_bytes=0, mid_bytes=0))
+        hop = ThreadWorld(K).run(lambda c: ring_allreduce(c, _hop_data(c.rank, n), op=op, small_bytes=0, mid_bytes=0,
+                                                           schedule="hop"))
+        assert all(np.array_equal(a, b) for a, b in zip(plain, hop))
+
+
+def test_bad_schedule_names_the_value():
+    x = np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match=r"schedule: expected one of \('once', 'hop'\), got 'each'"):
+        ring_allreduce(LocalComm(), x, codec="int8", schedule="each")
+    with pytest.raises(ValueError, match="got 'each'"):
+        wire_bytes(10, 2, codec="int8", schedule="each")
+    with pytest.raises(ValueError, match="got 'Hop'"):
+        BucketedAllreduce(LocalComm(), x, schedule="Hop")
+
+
+def _ef_accumulate(K, n, codec, steps, bucket_bytes=None, feedback=True):
+    """steps all-reduces (sum) of drifting data with an ErrorFeedback per rank, in buckets when
+    bucket_bytes is set. Returns per-step max |sum of results - sum of exact|, the final
+    accumulated error and the sum over ranks of the final residuals."""
+    base = [np.random.default_rng([k, n, 1]).standard_normal(n).astype(np.float32) for k in range(K)]
+
+    def grad(k, t):
+        return base[k] + np.float32(0.3) * np.random.default_rng([k, n, t]).standard_normal(n).astype(np.float32)
+
+    def body(comm):
+        ef = ErrorFeedback(codec, n) if feedback else get_codec(codec)
+        rng = np.random.default_rng([comm.rank, 7])
+        outs = []
+        for t in range(steps):
+            g = grad(comm.rank, t)
+            if bucket_bytes:
+                br = BucketedAllreduce(comm, g, bucket_bytes=bucket_bytes, op="sum", codec=ef, segment_bytes=1024,
+                                       schedule="hop")
+                br._rng = rng
+                br.start_all()
+                br.wait()
+            else:
+                ring_allreduce(comm, g, codec=ef, rng=rng, segment_bytes=1024, schedule="hop")
+            outs.append(g)
+        return outs, (ef.residual.copy() if feedback else None)
+
+    res = ThreadWorld(K).run(body)
+    assert all(np.array_equal(np.stack(res[0][0]), np.stack(o)) for o, _ in res[1:])
+    total = np.zeros(n)
+    errs = []
+    for t in range(steps):
+        total += res[0][0][t] - np.sum([grad(k, t) for k in range(K)], axis=0, dtype=np.float64)
+        errs.append(float(np.max(np.abs(total))))
+    resid = np.sum([r for _, r in res], axis=0, dtype=np.float64) if feedback else None
+    return errs, total, resid
+
+
+@pytest.mark.parametrize("codec", HOP_CODECS)
+@pytest.mark.parametrize("K,buckets", [(2, None), (3, None), (4, None), (3, 4 * 1000)])
+def test_hop_error_feedback_accumulated_error_is_minus_the_residuals(codec, K, buckets):
+    """With error feedback every encode's loss is sent on the next call, so the sum over steps of
+    the all-reduced values differs from the sum of the exact sums by exactly minus the sum of
+    every rank's residual (one residual per value per rank: its role in the chain), bounded by
+    what the encodes lose, not growing with the steps as independent losses would. In buckets
+    the residual offsets must line up for this to hold."""
+    n, steps = 3001, 60
+    errs, total, resid = _ef_accumulate(K, n, codec, steps, buckets)
+    scale = K * 4.0  # |sum of K ranks' values| stays below ~K * 4 (normal, 0.3 drift)
+    # float32 rounding of each step's additions and residual updates, accumulated over the steps
+    np.testing.assert_allclose(total, -resid, atol=steps * 4 * K * 2.0 ** -24 * scale)
+    assert max(errs[steps // 2:]) <= 2 * max(errs[:steps // 2]) + 1e-6, errs
+
+
+def test_hop_without_feedback_the_error_grows_with_it_it_does_not():
+    K, n, steps = 3, 2003, 60
+    with_ef, _, _ = _ef_accumulate(K, n, "int4", steps)
+    without, _, _ = _ef_accumulate(K, n, "int4", steps, feedback=False)
+    assert without[-1] > 4 * max(with_ef)  # unbiased, but the losses add up as a random walk
+    # scaled sign is biased: without feedback the error grows linearly in the steps. With it the
+    # residual is bounded only through the codec's contraction ||x - C(x)||^2 = ||x||^2 -
+    # ||x||_1^2 / block, weak once a few values dominate a block, so it settles slowly (as for
+    # a single encode with feedback: a property of the codec, not of the schedule)
+    with_ef, _, _ = _ef_accumulate(K, n, "sign", steps)
+    without, _, _ = _ef_accumulate(K, n, "sign", steps, feedback=False)
+    assert without[-1] > 1.8 * without[steps // 2 - 1]
+    assert with_ef[-1] < 0.7 * without[-1]

@@ -76,3 +76,27 @@ def test_collectives_bench_quick_writes_records(tmp_path):
         assert {"suite", "name", "backend", "size", "ranks", "median_s", "min_s", "max_s", "bytes", "pct_of_limit"} <= set(r)
         assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"] and r["ranks"] == 2
     assert "int8  codec 0.25" in proc.stdout
+
+
+@pytest.mark.parametrize("K", [2, 3, 4])
+def test_ring_hop_schedule_under_mpi(K):
+    """'hop' schedule (tests/hop_bounds.py derives the bound: the chain of p encodes, so the
+    error may grow linearly with p); odd and prime sizes, n < p; segments of 300 values rounded
+    down to whole 256-value codec blocks."""
+    sizes = [1, K - 1, 7, 4099, 65537]
+    out = mpirun(K, "hop_check.py", ",".join(map(str, sizes)), str(4 * 300), "40")
+    assert out["size"] == K and [c["n"] for c in out["cases"]] == sizes
+    for c in out["cases"]:
+        assert c["none_equal"], c
+        for op in ("sum", "mean"):
+            for codec in ("fp16", "bf16", "int8", "int4", "sign", "ef-int8", "ef-sign"):
+                key = f"{codec}_{op}"
+                assert c[key + "_identical"], (key, c)
+                assert c[key + "_err"] <= c[key + "_bound"], (key, c)
+            assert c[f"fp16_{op}_chain"] and c[f"bf16_{op}_chain"], c
+    for codec in ("int8", "sign"):
+        ef = out[f"ef_{codec}"]
+        errs = ef["errs"]
+        # float32 rounding over the steps only (values ~ K x 0.5, 4 roundings per rank and step)
+        assert ef["identity_err"] <= ef["steps"] * 4 * K * 2.0 ** -24 * K, ef
+        assert max(errs[20:]) <= 2 * max(errs[:20]) + 1e-6, errs

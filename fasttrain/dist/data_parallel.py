@@ -12,7 +12,9 @@ What each piece does and why:
   * start: parameters and BN buffers are broadcast from rank 0, then every rank's parameter
     hash is allgathered; a difference is an error naming each rank's hash.
   * after backward: the gradient arena is averaged, by our ring (optionally through a codec,
-    with error feedback whose residual goes into checkpoints) or MPI's Allreduce.
+    with error feedback whose residual goes into checkpoints; compress_schedule 'once' encodes
+    each reduced chunk once, 'hop' every reduce-scatter message too, see ring.ring_allreduce)
+    or MPI's Allreduce.
   * local SGD (--local-sgd H): no gradient all-reduce; the parameter arena and the BN running
     statistics are averaged every H steps (after every step for the first local_sgd_warmup
     steps: post-local SGD, Lin et al. 2020) and at every epoch end, so validation and
@@ -37,7 +39,7 @@ from .codecs import ErrorFeedback, get_codec
 from .comm import Communicator, LocalComm, launched_world_size
 from .fingerprint import Fingerprint, array_digest
 from .local_sgd import LocalSGD
-from .ring import DEFAULT_SEGMENT_BYTES, ring_allreduce, wire_bytes
+from .ring import DEFAULT_SEGMENT_BYTES, SCHEDULES, ring_allreduce, wire_bytes
 
 BACKENDS = ("ring", "mpi")
 CODECS = ("none", "fp16", "bf16", "int8", "int4", "sign")
@@ -86,11 +88,14 @@ class DataParallel:
 
     def __init__(self, comm: Communicator, model, arena, backend: str = "ring", compress: str = "none",
                  error_feedback: bool | None = None, local_sgd: int = 0, local_sgd_warmup: int = 0,
-                 fingerprint_every: int = 100, seed: int = 0, segment_bytes: int = DEFAULT_SEGMENT_BYTES):
+                 fingerprint_every: int = 100, seed: int = 0, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+                 compress_schedule: str = "once"):
         if backend not in BACKENDS:
             raise ValueError(f"dist: expected one of {BACKENDS}, got {backend!r}")
         if compress not in CODECS:
             raise ValueError(f"compress: expected one of {CODECS}, got {compress!r}")
+        if compress_schedule not in SCHEDULES:
+            raise ValueError(f"compress_schedule: expected one of {SCHEDULES}, got {compress_schedule!r}")
         if backend == "mpi" and compress != "none":
             raise ValueError(f"compress={compress!r} with dist='mpi': codecs travel on our ring only; use --dist ring")
         if int(local_sgd) < 0 or int(local_sgd_warmup) < 0:
@@ -101,7 +106,7 @@ class DataParallel:
         if not isinstance(arena.grad, np.ndarray):
             raise ValueError(f"DataParallel: expected a host (NumPy) arena, got {type(arena.grad).__name__}")
         self.comm, self.model, self.arena = comm, model, arena
-        self.backend, self.compress = backend, compress
+        self.backend, self.compress, self.compress_schedule = backend, compress, compress_schedule
         if error_feedback is None:  # biased or coarse codecs need it (Karimireddy et al. 2019)
             error_feedback = compress in ("sign", "int4")
         self.error_feedback = bool(error_feedback) and compress != "none"
@@ -127,7 +132,8 @@ class DataParallel:
 
     def describe(self) -> str:
         mode = (f"local SGD H={self.local.H} (sync first {self.local.warmup} steps)" if self.local
-                else f"{self.backend} all-reduce, codec {self.compress}{' + error feedback' if self.error_feedback else ''}")
+                else f"{self.backend} all-reduce, codec {self.compress}{' + error feedback' if self.error_feedback else ''}"
+                     f"{f' (quantized {self.compress_schedule})' if self.compress != 'none' else ''}")
         return f"data parallel over {self.size} rank(s): {mode}"
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -141,7 +147,7 @@ class DataParallel:
 
     def _wire(self, n: int, codec=None) -> int:
         # MPI's own algorithm is not visible: count what a ring would send (the lower bound)
-        return wire_bytes(n, self.size, 4, codec, self.rank)
+        return wire_bytes(n, self.size, 4, codec, self.rank, self.compress_schedule, self.segment_bytes)
 
     # -- start ------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -170,12 +176,14 @@ class DataParallel:
         if self.local is not None or self.size == 1:
             return
         g = self.arena.grad
-        self.fingerprint.check("allreduce_grad", g.size, g.dtype, f"{self.backend}/{self.compress}", step=step)
+        self.fingerprint.check("allreduce_grad", g.size, g.dtype,
+                               f"{self.backend}/{self.compress}/{self.compress_schedule}", step=step)
         if self.backend == "mpi":
             self.comm.allreduce_mpi(g, op="mean")
             self.bytes_sent += self._wire(g.size)
         else:
-            ring_allreduce(self.comm, g, op="mean", segment_bytes=self.segment_bytes, codec=self.codec, rng=self.rng)
+            ring_allreduce(self.comm, g, op="mean", segment_bytes=self.segment_bytes, codec=self.codec, rng=self.rng,
+                           schedule=self.compress_schedule)
             self.bytes_sent += self._wire(g.size, self.codec)
         self.allreduces += 1
 

@@ -12,9 +12,13 @@ send). Receives are posted before the matching sends and waited in order; sends 
 its neighbour go out in (step, segment) order, so one tag suffices (MPI's non-overtaking rule).
 
 Every rank ends bit-identical: a chunk is summed once, by a fixed chain of ranks, and the
-all-gather copies the owner's result. With a codec ("once" schedule) the owner encodes its
-reduced chunk, the all-gather forwards those bytes unchanged and every rank (owner included)
-decodes the same bytes.
+all-gather copies the owner's result. With a codec the owner encodes its reduced chunk, the
+all-gather forwards those bytes unchanged and every rank (owner included) decodes the same bytes.
+Where the codec quantizes is the schedule: 'once' (reduce-scatter in full precision, the owner's
+encode is the only one) or 'hop' (every reduce-scatter message is the sender's encoded partial
+sum too, the receiver decodes and adds; error feedback after Seide et al. 2014 and Karimireddy
+et al. 2019 keeps each encode's loss on its sender for the next call). Only the owner's encode
+reaches the all-gather, whose bytes every rank decodes, so ranks stay bit-identical.
 """
 from __future__ import annotations
 
@@ -59,18 +63,57 @@ def segment_bounds(start: int, stop: int, seg: int) -> list[tuple[int, int]]:
     return [(a, min(a + seg, stop)) for a in range(start, stop, seg)]
 
 
-def wire_bytes(n: int, size: int, itemsize: int = 4, codec=None, rank: int = 0) -> int:
+SCHEDULES = ("once", "hop")
+
+
+def _check_schedule(schedule):
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
+
+
+def codec_quantum(codec) -> int:
+    """Values per 'quantum' of a codec: segments that are whole multiples of it encode to exactly
+    the bytes of one encode of their concatenation (no extra per-segment scale, padding nibble or
+    partial sign byte), so pipelining the 'hop' schedule costs no wire bytes. lcm(block, 8): a
+    block codec's scale covers `block` values; 8 values fill whole bytes at 1 and 4 bits."""
+    inner = codec.codec if isinstance(codec, ErrorFeedback) else codec
+    q = int(np.lcm(int(getattr(inner, "block", 1)), 8))
+    for k in (1, 3):  # additivity is what the byte count of the pipeline relies on
+        if codec.nbytes(2 * k * q) != 2 * codec.nbytes(k * q):
+            raise ValueError(f"codec {codec.name}: nbytes is not additive over segments of {q} values "
+                             f"(nbytes({2 * k * q}) = {codec.nbytes(2 * k * q)}, 2 x nbytes({k * q}) = "
+                             f"{2 * codec.nbytes(k * q)}); the 'hop' schedule cannot align its segments")
+    return q
+
+
+def hop_segment(codec, segment_bytes: int) -> int:
+    """Values per reduce-scatter segment of the 'hop' schedule: segment_bytes of float32 rounded
+    down to a whole number of codec quanta (at least one)."""
+    q = codec_quantum(codec)
+    return max(1, int(segment_bytes) // 4 // q) * q
+
+
+def wire_bytes(n: int, size: int, itemsize: int = 4, codec=None, rank: int = 0, schedule: str = "once",
+               segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> int:
     """Bytes `rank` sends in a ring all-reduce of n values: in reduce-scatter every chunk but the
     one it ends up owning (rank + 1), in the all-gather every chunk but rank + 2 (encoded by the
-    codec in the 'once' schedule)."""
+    codec). Reduce-scatter in full precision ('once') or encoded segment by segment ('hop', so
+    segment_bytes matters: each segment is encoded on its own)."""
+    _check_schedule(schedule)
     if size <= 1:
         return 0
-    sizes = np.diff(chunk_offsets(n, size))
+    off = chunk_offsets(n, size)
+    sizes = np.diff(off)
     codec = get_codec(codec)
-    rs = itemsize * (n - int(sizes[(rank + 1) % size]))
     ag = [int(sizes[c]) for c in range(size) if c != (rank + 2) % size]
     if codec is None:
-        return rs + itemsize * sum(ag)
+        return itemsize * (n - int(sizes[(rank + 1) % size])) + itemsize * sum(ag)
+    if schedule == "once":
+        rs = itemsize * (n - int(sizes[(rank + 1) % size]))
+    else:
+        seg = hop_segment(codec, segment_bytes)
+        rs = sum(codec.nbytes(b - a) for c in range(size) if c != (rank + 1) % size
+                 for a, b in segment_bounds(int(off[c]), int(off[c + 1]), seg))
     return rs + sum(codec.nbytes(s) for s in ag)
 
 
@@ -175,22 +218,43 @@ def halving_doubling_allreduce(comm: Communicator, buf: np.ndarray, op: str = "s
     return buf
 
 
+def _chunk(off: np.ndarray, c: int) -> tuple[int, int]:
+    p = off.size - 1
+    return int(off[c % p]), int(off[c % p + 1])
+
+
+def _encode(codec, x, out, rng, at: int) -> None:
+    """Encode x into out; an ErrorFeedback adds and keeps the residual of values at..at+x.size."""
+    if isinstance(codec, ErrorFeedback):
+        codec.encode(x, out, rng, offset=at)
+    else:
+        codec.encode(x, out, rng)
+
+
 def ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
                    segment_bytes: int = DEFAULT_SEGMENT_BYTES, codec=None,
                    rng: np.random.Generator | None = None, offset: int = 0,
                    small_bytes: int = DEFAULT_SMALL_BYTES,
-                   mid_bytes: int = DEFAULT_MID_BYTES) -> np.ndarray:
+                   mid_bytes: int = DEFAULT_MID_BYTES, schedule: str = "once") -> np.ndarray:
     """All-reduce `buf` in place over `comm` with the ring; returns buf.
 
     op: 'sum' or 'mean'. codec: None, a name from `codecs`, a Codec or an ErrorFeedback
-    ('once' schedule, float32 only). offset: where buf starts inside the buffer an ErrorFeedback
-    residual covers (used by BucketedAllreduce). rng: stochastic rounding source.
+    (float32 only). schedule, where a codec quantizes (ignored without one: nothing to quantize,
+    the result is the plain ring's, bit for bit):
+    - 'once': full-precision reduce-scatter; each chunk's owner encodes the reduced chunk once.
+    - 'hop': every reduce-scatter send is encoded too (the partial sum, segment by segment) and
+      the receiver decodes and adds; the all-gather is the 'once' one. Wire bytes fall to about
+      the codec ratio in both phases, at the price of p encodes in a chain per value, so the
+      error grows with p (an ErrorFeedback keeps each encode's loss and sends it next call).
+    offset: where buf starts inside the buffer an ErrorFeedback residual covers (used by
+    BucketedAllreduce). rng: stochastic rounding source.
     small_bytes: uncompressed buffers below this size take `recursive_doubling_allreduce`
     (0 forces the ring); those from small_bytes up to mid_bytes take
     `halving_doubling_allreduce` (mid_bytes <= small_bytes turns it off)."""
     if op not in ("sum", "mean"):
         raise ValueError(f"op: expected 'sum' or 'mean', got {op!r}")
     _check_buf(buf)
+    _check_schedule(schedule)
     codec = get_codec(codec)
     if codec is not None and buf.dtype != np.float32:
         raise ValueError(f"codec={codec.name}: expected a float32 buffer, got {buf.dtype}")
@@ -201,27 +265,42 @@ def ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
         return recursive_doubling_allreduce(comm, buf, op)
     if codec is None and buf.nbytes < mid_bytes:
         return halving_doubling_allreduce(comm, buf, op)
-    seg = max(1, int(segment_bytes) // buf.itemsize)
-    r = comm.rank
-    right, left = (r + 1) % p, (r - 1) % p
     off = chunk_offsets(buf.size, p)
-    chunk = lambda c: (int(off[c % p]), int(off[c % p + 1]))  # noqa: E731
+    if codec is not None and rng is None:
+        rng = np.random.default_rng()
+    if codec is not None and schedule == "hop":
+        _reduce_scatter_hop(comm, buf, off, codec, rng, offset, segment_bytes)
+    else:
+        _reduce_scatter(comm, buf, off, max(1, int(segment_bytes) // buf.itemsize))
+    oa, ob = _chunk(off, comm.rank + 1)
+    if op == "mean":
+        buf[oa:ob] /= p  # by the owner only, then copied: ranks stay bit-identical
+    if codec is None:
+        _allgather(comm, buf, off, max(1, int(segment_bytes) // buf.itemsize))
+    else:
+        _allgather_encoded(comm, buf, off, codec, rng, offset, segment_bytes)
+    return buf
 
-    # ---- reduce-scatter, pipelined: a reduced segment is forwarded at once ----
+
+def _reduce_scatter(comm, buf, off, seg):
+    """Pipelined full-precision reduce-scatter: a reduced segment is forwarded at once. Rank r
+    ends holding the sum of chunk r + 1."""
+    p, r = comm.size, comm.rank
+    right, left = (r + 1) % p, (r - 1) % p
     maxc = int(np.diff(off).max())
     scratch = [np.empty(maxc, buf.dtype), np.empty(maxc, buf.dtype)]
 
     def post_recvs(step):
-        a, b = chunk(r - step - 1)
+        a, b = _chunk(off, r - step - 1)
         s = scratch[step % 2]
         return [(x, y, comm.irecv(s[x - a:y - a], left, _TAG)) for x, y in segment_bounds(a, b, seg)]
 
-    sends = [comm.isend(buf[x:y], right, _TAG) for x, y in segment_bounds(*chunk(r), seg)]
+    sends = [comm.isend(buf[x:y], right, _TAG) for x, y in segment_bounds(*_chunk(off, r), seg)]
     recvs = post_recvs(0)
     for step in range(p - 1):
         last = step == p - 2
         nxt = None if last else post_recvs(step + 1)
-        a = chunk(r - step - 1)[0]
+        a = _chunk(off, r - step - 1)[0]
         s = scratch[step % 2]
         for x, y, req in recvs:
             comm.wait(req)
@@ -231,28 +310,77 @@ def ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
         recvs = nxt
     comm.waitall(sends)  # the all-gather overwrites chunks sent above
 
-    own = r + 1
-    oa, ob = chunk(own)
-    if op == "mean":
-        buf[oa:ob] /= p  # by the owner only, then copied: ranks stay bit-identical
 
-    if codec is None:
-        # ---- all-gather straight into buf ----
-        recvs = []
-        for step in range(p - 1):
-            recvs += [comm.irecv(buf[x:y], left, _TAG) for x, y in segment_bounds(*chunk(r - step), seg)]
-        sends = [comm.isend(buf[x:y], right, _TAG) for x, y in segment_bounds(oa, ob, seg)]
-        k = 0
-        for step in range(p - 1):
-            for x, y in segment_bounds(*chunk(r - step), seg):
-                comm.wait(recvs[k])
-                k += 1
-                if step < p - 2:
-                    sends.append(comm.isend(buf[x:y], right, _TAG))
-        comm.waitall(sends)
-        return buf
+def _reduce_scatter_hop(comm, buf, off, codec, rng, offset, segment_bytes):
+    """Reduce-scatter with every message encoded ('hop' schedule), pipelined like the fp32 one.
 
-    # ---- compressed all-gather ('once'): forward the owner's encoded bytes unchanged ----
+    Rank r sends chunks r, r - 1, ..., r + 2 (each once) and never chunk r + 1, which it owns and
+    encodes in the all-gather: with an ErrorFeedback, one residual the size of the buffer holds
+    every value's loss exactly once per all-reduce, always for the same role (the partial sum
+    this rank forwards, or the owner's result), so the next call sends it on. Segments are
+    whole codec quanta (`hop_segment`), each encoded on its own; a segment's bytes are received
+    into and re-encoded from the same place in one wire buffer (its receive completes before
+    this rank encodes and sends its own partial sum of that segment)."""
+    p, r = comm.size, comm.rank
+    right, left = (r + 1) % p, (r - 1) % p
+    seg = hop_segment(codec, segment_bytes)
+    segs = [segment_bounds(*_chunk(off, c), seg) for c in range(p)]
+    place, pos = {}, 0
+    for pieces in segs:
+        for x, y in pieces:  # 64-byte aligned pieces: the codecs want 4-byte aligned output
+            place[x] = (pos, codec.nbytes(y - x))
+            pos += -(-place[x][1] // 64) * 64
+    wire = np.empty(pos, np.uint8)
+    piece = lambda x: wire[place[x][0]:place[x][0] + place[x][1]]  # noqa: E731
+    decoded = np.empty(min(seg, int(np.diff(off).max())), np.float32)
+
+    def send(x, y):
+        w = piece(x)
+        _encode(codec, buf[x:y], w, rng, offset + x)
+        return comm.isend(w, right, _TAG)
+
+    def post_recvs(step):
+        return [(x, y, comm.irecv(piece(x), left, _TAG)) for x, y in segs[(r - step - 1) % p]]
+
+    sends = [send(x, y) for x, y in segs[r]]
+    recvs = post_recvs(0)
+    for step in range(p - 1):
+        last = step == p - 2
+        nxt = None if last else post_recvs(step + 1)
+        for x, y, req in recvs:
+            comm.wait(req)
+            d = decoded[:y - x]
+            codec.decode(piece(x), d)
+            np.add(buf[x:y], d, out=buf[x:y])
+            if not last:
+                sends.append(send(x, y))
+        recvs = nxt
+    comm.waitall(sends)
+
+
+def _allgather(comm, buf, off, seg):
+    """Full-precision all-gather straight into buf, forwarding each segment as it arrives."""
+    p, r = comm.size, comm.rank
+    right, left = (r + 1) % p, (r - 1) % p
+    recvs = []
+    for step in range(p - 1):
+        recvs += [comm.irecv(buf[x:y], left, _TAG) for x, y in segment_bounds(*_chunk(off, r - step), seg)]
+    sends = [comm.isend(buf[x:y], right, _TAG) for x, y in segment_bounds(*_chunk(off, r + 1), seg)]
+    k = 0
+    for step in range(p - 1):
+        for x, y in segment_bounds(*_chunk(off, r - step), seg):
+            comm.wait(recvs[k])
+            k += 1
+            if step < p - 2:
+                sends.append(comm.isend(buf[x:y], right, _TAG))
+    comm.waitall(sends)
+
+
+def _allgather_encoded(comm, buf, off, codec, rng, offset, segment_bytes):
+    """Compressed all-gather (both schedules): the owner encodes its reduced chunk once, the ring
+    forwards those bytes unchanged and every rank, owner included, decodes the same bytes."""
+    p, r = comm.size, comm.rank
+    right, left = (r + 1) % p, (r - 1) % p
     nbytes = [codec.nbytes(int(b - a)) for a, b in zip(off[:-1], off[1:])]
     starts = np.concatenate([[0], np.cumsum([(nb + 63) // 64 * 64 for nb in nbytes])]).astype(int)
     wire = np.empty(int(starts[-1]), np.uint8)
@@ -262,14 +390,10 @@ def ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
     for step in range(p - 1):
         bl = blob(r - step)
         recvs += [comm.irecv(bl[x:y], left, _TAG) for x, y in segment_bounds(0, bl.size, bseg)]
-    mine = blob(own)
-    rng = rng if rng is not None else np.random.default_rng()
-    if ob == oa:
-        pass
-    elif isinstance(codec, ErrorFeedback):
-        codec.encode(buf[oa:ob], mine, rng, offset=offset + oa)
-    else:
-        codec.encode(buf[oa:ob], mine, rng)
+    oa, ob = _chunk(off, r + 1)
+    mine = blob(r + 1)
+    if ob > oa:
+        _encode(codec, buf[oa:ob], mine, rng, offset + oa)
     sends = [comm.isend(mine[x:y], right, _TAG) for x, y in segment_bounds(0, mine.size, bseg)]
     k = 0
     for step in range(p - 1):
@@ -280,11 +404,10 @@ def ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
             if step < p - 2:
                 sends.append(comm.isend(bl[x:y], right, _TAG))
     for c in range(p):
-        a, b = chunk(c)
+        a, b = _chunk(off, c)
         if b > a:
             codec.decode(blob(c), buf[a:b])
     comm.waitall(sends)
-    return buf
 
 
 class BucketedAllreduce:
@@ -298,8 +421,10 @@ class BucketedAllreduce:
 
     def __init__(self, comm: Communicator, arena_grad: np.ndarray, bucket_bytes: int = 1 << 22,
                  op: str = "mean", codec=None, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
-                 threaded: bool | None = None):
+                 threaded: bool | None = None, schedule: str = "once"):
         _check_buf(arena_grad, "arena_grad")
+        _check_schedule(schedule)
+        self.schedule = schedule
         if bucket_bytes < arena_grad.itemsize:
             raise ValueError(f"bucket_bytes: expected at least one value ({arena_grad.itemsize} bytes), got {bucket_bytes}")
         self.comm, self.grad, self.op, self.segment_bytes = comm, arena_grad, op, segment_bytes
@@ -327,7 +452,7 @@ class BucketedAllreduce:
     def _reduce(self, comm, i):
         a, b = self.bounds[i]
         ring_allreduce(comm, self.grad[a:b], op=self.op, segment_bytes=self.segment_bytes,
-                       codec=self.codec, rng=self._rng, offset=a)
+                       codec=self.codec, rng=self._rng, offset=a, schedule=self.schedule)
 
     def _worker(self):
         while True:
