@@ -102,13 +102,22 @@ def test_special_values_fp16_bf16(reference):
 
 
 def test_philox_uniforms_are_the_dropout_generator():
-    """Value i: lane i % 4 of Philox(counter (i//4, 0, 0, 0xC0DEC), key (seed lo, seed hi)) >> 8, / 2^24."""
+    """Value 128 g + 64 h + 16 w + l: half h of word w of Philox(counter (16 g + l, 0, 0, 0xC0DEC),
+    key (seed lo, seed hi)); u = (2 k + 1) / 2^17 for that 16-bit k. Checked value by value."""
     seed = 0x0123456789ABCDEF
-    u = philox_uniforms(10, seed)
-    words = philox4x32_ref(np.array([[0, 0, 0, 0xC0DEC], [1, 0, 0, 0xC0DEC], [2, 0, 0, 0xC0DEC]], np.uint32),
-                           np.array([0x89ABCDEF, 0x01234567], np.uint32)).reshape(-1)[:10]
-    assert np.array_equal(u, (words >> 8).astype(np.float64) / 2 ** 24)
-    assert u.dtype == np.float32 and np.all((u >= 0) & (u < 1))
+    n = 1000
+    u = philox_uniforms(n, seed)
+    assert u.dtype == np.float32 and u.shape == (n,)
+    key = np.array([0x89ABCDEF, 0x01234567], np.uint32)
+    for i in [0, 1, 15, 16, 17, 63, 64, 65, 79, 80, 127, 128, 129, 255, 256, 700, 999]:
+        g, j = divmod(i, 128)
+        h, w, lane = j // 64, (j // 16) % 4, j % 16
+        word = int(philox4x32_ref(np.array([[16 * g + lane, 0, 0, 0xC0DEC]], np.uint32), key)[0, w])
+        k = (word >> (16 * h)) & 0xFFFF
+        assert u[i] == (2 * k + 1) / 2 ** 17, i
+    assert u.min() >= 2 ** -17 and u.max() <= 1 - 2 ** -17
+    # a prefix of a longer draw: the uniforms of value i do not depend on n
+    assert np.array_equal(philox_uniforms(77, seed), u[:77])
 
 
 def test_same_seed_same_bytes_and_seeds_differ():
