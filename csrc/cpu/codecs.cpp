@@ -354,6 +354,25 @@ FT_CODEC_CLONES void sign_residual(const float* __restrict x, float* __restrict 
   }
 }
 
+// Sign bits and residual of one block in a single pass, for blocks that start on a byte (block a
+// multiple of 8): v = x + r is loaded once for both (bits first: they use r before it changes).
+void sign_bits_residual(const float* __restrict x, float* __restrict r, uint8_t* __restrict dst,
+                        int64_t m, float scale) {
+  int64_t i = 0;
+#if defined(__AVX2__)
+  const __m256i rev = _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0);
+  const __m256 zero = _mm256_setzero_ps(), pos = _mm256_set1_ps(scale), neg = _mm256_set1_ps(-scale);
+  for (; i + 8 <= m; i += 8) {
+    const __m256 v = _mm256_add_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(r + i));
+    const __m256 ge = _mm256_cmp_ps(v, zero, _CMP_GE_OQ);
+    dst[i / 8] = static_cast<uint8_t>(_mm256_movemask_ps(_mm256_permutevar8x32_ps(ge, rev)));
+    _mm256_storeu_ps(r + i, _mm256_sub_ps(v, _mm256_blendv_ps(neg, pos, ge)));
+  }
+#endif
+  sign_bits(x + i, r + i, dst + i / 8, m - i);
+  sign_residual(x + i, r + i, m - i, scale);
+}
+
 // out[i] = bit i ? scale : -scale for values [s, e) of a packbits payload p
 void unpack_signs(const uint8_t* __restrict p, float* __restrict out, int64_t s, int64_t e,
                   float scale) {
@@ -506,6 +525,15 @@ void codec_sign_encode(const float* x, float* residual, uint8_t* out, int64_t n,
 #pragma omp parallel for schedule(static) num_threads(num_threads()) if (n >= kParallelMin)
   for (int64_t t = 0; t < ntiles; ++t) {
     const int64_t a = t * tile, b = std::min(n, a + tile);
+    if (residual && block % 8 == 0) {
+      for (int64_t blk = a / block; blk * block < b; ++blk) {
+        const int64_t s = blk * block, e = std::min(b, s + block);
+        const float scale = sign_scale(x + s, residual + s, e - s);
+        scales[blk] = scale;
+        sign_bits_residual(x + s, residual + s, payload + s / 8, e - s, scale);
+      }
+      continue;
+    }
     sign_bits(x + a, residual ? residual + a : nullptr, payload + a / 8, b - a);
     for (int64_t blk = a / block; blk * block < b; ++blk) {
       const int64_t s = blk * block, e = std::min(b, s + block);

@@ -293,7 +293,8 @@ class Sign(_BlockCodec):
         xb = _padded_blocks(x, self.block)
         nb = xb.shape[0]
         counts = np.full(nb, self.block, np.float32)
-        counts[-1] = x.size - self.block * (nb - 1)
+        if nb:  # n == 0 encodes to no bytes
+            counts[-1] = x.size - self.block * (nb - 1)
         # mean |x| over the block's real values; the sum in a fixed order (8 strided lanes
         # accumulated in index order, then a fixed tree) that the C++ kernel repeats exactly
         w = -(-self.block // 8) * 8
