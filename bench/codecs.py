@@ -84,3 +84,29 @@ def run(limits, quick: bool = False, repeat: int = 7, log=print) -> list:
         ft.set_num_threads(saved_threads)
         C.use_cpp(saved_impl == "cpp")
     return records
+
+
+def main(argv=None) -> int:
+    """`python -m bench.codecs [--quick] [--repeat R] [--json PATH]`: this group alone."""
+    import argparse
+
+    from .harness import measure_limits, print_table, ratios, write_jsonl
+
+    ap = argparse.ArgumentParser(prog="python -m bench.codecs", description=__doc__)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    limits, _ = measure_limits(quick=True)
+    records = run(limits, quick=args.quick, repeat=args.repeat)
+    print()
+    print_table(records)
+    for r in ratios(records):
+        print(f"  {r['name']:<22} {r['ours']} vs {r['vs']}: {r['speedup']:6.1f}x")
+    if args.json:
+        write_jsonl(args.json, records)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
