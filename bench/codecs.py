@@ -2,7 +2,8 @@
 with the fused error-feedback residual) and decode on ONE thread, C++ against the NumPy reference.
 
 GB/s counts the float32 side only (4 * n bytes: read by encode, written by decode), the figure the
-ring cares about (how fast a core turns a gradient into wire bytes and back). Each C++ record is
+ring cares about (how fast a core turns a gradient into wire bytes and back); % of limit uses the
+bytes really moved against the machine's bandwidth (all threads), so it is one core's share. Each C++ record is
 checked byte for byte against the reference before and after its timed runs.
 """
 from __future__ import annotations
@@ -56,6 +57,18 @@ def _check(name, codec, direction, a):
             raise AssertionError(f"bench {name}: C++ differs from the NumPy reference")
 
 
+def _record(name, impl, n, encoded, direction, samples, limits):
+    """GB/s on the float32 side (4 n bytes); % of the bandwidth limit on the bytes really moved
+    (x, the residual read and written back, the encoded bytes)."""
+    rec = make_record("kernels", name, impl, (n,), samples, 4.0 * n, None, None, encoded_bytes=encoded)
+    moved = {"encode": 4.0 * n + encoded, "encode_ef": 12.0 * n + encoded, "decode": 4.0 * n + encoded}[direction]
+    rec.extra["moved_bytes"] = moved
+    if limits is not None:
+        rec.limit = "bandwidth"
+        rec.pct_of_limit = 100.0 * moved / rec.median_s / limits.bandwidth
+    return rec
+
+
 def run(limits, quick: bool = False, repeat: int = 7, log=print) -> list:
     n = (1 << 16) if quick else (8 << 20)  # 32 MiB of float32: far beyond the last-level cache
     has_cpp = C._C is not None
@@ -76,8 +89,7 @@ def run(limits, quick: bool = False, repeat: int = 7, log=print) -> list:
                     samples = time_fn(_call(codec, direction, a), repeat=reps, warmup=1)
                     if impl == "cpp":
                         _check(name, codec, direction, a)
-                    records.append(make_record("kernels", name, impl, (n,), samples, 4.0 * n, None, limits,
-                                               encoded_bytes=codec.nbytes(n)))
+                    records.append(_record(name, impl, n, codec.nbytes(n), direction, samples, limits))
                     log(f"  {name:<20} {impl:<6} {records[-1].median_s * 1e3:9.3f} ms "
                         f"{records[-1].gbps:6.2f} GB/s/core")
     finally:
