@@ -137,6 +137,13 @@ def test_portable_philox_path_equals_reference():
     assert proc.returncode == 0 and "portable ok" in proc.stdout, proc.stdout + proc.stderr
 
 
+def test_unknown_simd_setting_is_an_error():
+    env = dict(os.environ, FASTTRAIN_CODEC_SIMD="avx9")
+    proc = subprocess.run([sys.executable, "-c", "import fasttrain.dist.codecs"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0 and "FASTTRAIN_CODEC_SIMD: expected 'auto' or 'portable', got 'avx9'" in proc.stderr
+
+
 def test_centred_uniforms_bias_at_most_2_pow_minus_17_of_a_step():
     """The docstring's claim: with u = (2k + 1) / 2^17 over all 2^16 k, E[floor(y + u)] - y stays
     within 2^-17 for any fraction of y (float32 arithmetic, as the kernels do it)."""

@@ -37,6 +37,8 @@ Throughput per core: `python -m bench.codecs` (C++ against this reference, one t
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .. import backend as _backend
@@ -50,6 +52,10 @@ if _C is not None and not hasattr(_C, "codec_int_encode"):
     _C = None
 
 _use_cpp = _C is not None
+# read by the C++ kernels once per process: "portable" forces the compiler-vectorized Philox loop
+_SIMD = os.environ.get("FASTTRAIN_CODEC_SIMD", "auto")
+if _SIMD not in ("auto", "portable"):
+    raise ValueError(f"FASTTRAIN_CODEC_SIMD: expected 'auto' or 'portable', got {_SIMD!r}")
 CODEC_STREAM = 0xC0DEC  # Philox counter word 3 of the codecs' stochastic rounding
 
 
