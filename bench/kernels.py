@@ -264,4 +264,7 @@ def run(limits, quick: bool = False, repeat: int = 7, log=print) -> list:
             records.append(make_record("kernels", entry.name, "torch", entry.shape, samples,
                                        entry.nbytes or None, entry.flops or None, limits))
             log(f"  {entry.name:<20} torch  {records[-1].median_s * 1e3:9.3f} ms")
+    from . import codecs  # the dist gradient codecs, per core (not registry kernels)
+
+    records += codecs.run(limits, quick=quick, repeat=repeat, log=log)
     return records

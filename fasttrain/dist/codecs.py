@@ -7,11 +7,20 @@ A codec turns a flat float32 array of n values into `nbytes(n)` bytes and back:
 - `int8`, `int4`: QSGD-style (Alistarh et al. 2017, "QSGD: Communication-Efficient SGD via
   Gradient Quantization and Encoding") per-block linear quantization with a float32 scale per
   block of `block` values (scale = max|x| / levels) and stochastic rounding
-  q = floor(x * (1 / scale) + u), u ~ U[0, 1), so E[decode(encode(x))] = x (unbiased).
+  q = floor(x * (1 / scale) + u), u ~ U(0, 1), so E[decode(encode(x))] = x (unbiased to
+  2^-17 of a step, see below).
   The uniforms come from Philox-4x32-10 (the dropout generator, fasttrain/kernels/dropout.py):
-  each encode draws one 64-bit seed from the caller's np.random.Generator; value i takes lane
-  i % 4 of counter (i//4 lo, i//4 hi, 0, 0xC0DEC) under key (seed lo, seed hi), and
-  u = (word >> 8) * 2^-24. So C++ and NumPy encode the same bytes for the same generator state.
+  each encode draws one 64-bit seed from the caller's np.random.Generator, and one Philox call
+  (4 words of 32 bits) feeds 8 values with 16 bits each: u = (2 k + 1) * 2^-17 for a 16-bit k.
+  Why 16 bits: Philox is most of the encode's cost (10 rounds of two 32x32->64 multiplies), and
+  halving the calls per value doubles the int8/int4 encode speed. The price is resolution: u
+  takes 2^16 equally spaced values centred in their cells, so P(round up) differs from the
+  fraction by at most 2^-17 and E[decode(encode(x))] is off by at most 2^-17 of a quantization
+  step (a relative 2^-17 / 127 of the block's max for int8), far below the quantization noise.
+  Which bits feed which value is laid out for SIMD lanes (`philox_uniforms`: 16 consecutive
+  Philox blocks fill 128 consecutive values, each word's low halves first), so the C++ kernel
+  stores whole vectors without shuffles. C++ and NumPy encode the same bytes for the same
+  generator state.
 - `sign`: 1 bit per value with a per-block scale mean|x| (signSGD with a scale, Bernstein et al.
   2018; biased, so use it with `ErrorFeedback`, Karimireddy et al. 2019, "Error Feedback Fixes
   SignSGD"). The block sum has a fixed order (8 strided lanes, then a fixed tree) that the C++
@@ -22,21 +31,31 @@ Layout of the block codecs: [float32 scale per block][payload]; scales first, so
 Implementation: the C++ kernels when fasttrain._C has them (`IMPL == "cpp"`), else this NumPy
 code; `use_cpp(False)` forces the reference (tests compare the two byte for byte). Error feedback
 is fused into the C++ encode (`encode(..., residual=r)`: encode x + r, leave r = what was lost).
+The C++ Philox runs a hand-vectorized AVX-512 loop where the CPU has it, else a portable loop the
+compiler vectorizes; FASTTRAIN_CODEC_SIMD=portable forces the latter (same bytes; for tests).
+Throughput per core: `python -m bench.codecs` (C++ against this reference, one thread).
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
+from .. import backend as _backend
 from ..kernels.dropout import philox4x32_ref
 
-try:
-    from .. import _C
-    if not hasattr(_C, "codec_int_encode"):
-        _C = None
-except ImportError:  # the C++ module is optional: the NumPy reference then runs
+# Through the backend registry, not a bare import: the registry hands the module the package's
+# thread count now and on every later ft.set_num_threads (a bare import ran the codecs with the
+# OpenMP default until some other C++ kernel happened to load the module).
+_C = _backend._load("cpp")  # None when the C++ module is not built: the NumPy reference then runs
+if _C is not None and not hasattr(_C, "codec_int_encode"):
     _C = None
 
 _use_cpp = _C is not None
+# read by the C++ kernels once per process: "portable" forces the compiler-vectorized Philox loop
+_SIMD = os.environ.get("FASTTRAIN_CODEC_SIMD", "auto")
+if _SIMD not in ("auto", "portable"):
+    raise ValueError(f"FASTTRAIN_CODEC_SIMD: expected 'auto' or 'portable', got {_SIMD!r}")
 CODEC_STREAM = 0xC0DEC  # Philox counter word 3 of the codecs' stochastic rounding
 
 
@@ -59,14 +78,20 @@ def draw_seed(rng: np.random.Generator) -> int:
 
 
 def philox_uniforms(n: int, seed: int) -> np.ndarray:
-    """The codecs' u ~ U[0, 1) for values 0..n-1 (float32, 24-bit resolution)."""
-    nblk = -(-n // 4)
-    b = np.arange(nblk, dtype=np.uint64)
-    counter = np.stack([(b & np.uint64(0xFFFFFFFF)).astype(np.uint32), (b >> np.uint64(32)).astype(np.uint32),
-                        np.zeros(nblk, np.uint32), np.full(nblk, CODEC_STREAM, np.uint32)], axis=1)
+    """The codecs' u ~ U(0, 1) for values 0..n-1 (float32, 16-bit resolution, centred).
+
+    Values come in groups of 128 fed by 16 Philox blocks: value 128 g + 64 h + 16 w + l takes
+    half h (0: low 16 bits, 1: high) of word w of block c = 16 g + l, whose counter is
+    (c lo, c hi, 0, CODEC_STREAM) under key (seed lo, seed hi); u = (2 k + 1) * 2^-17 for that
+    16-bit k."""
+    ngroups = -(-n // 128)
+    c = np.arange(16 * ngroups, dtype=np.uint64)
+    counter = np.stack([(c & np.uint64(0xFFFFFFFF)).astype(np.uint32), (c >> np.uint64(32)).astype(np.uint32),
+                        np.zeros(c.size, np.uint32), np.full(c.size, CODEC_STREAM, np.uint32)], axis=1)
     key = np.array([seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF], np.uint32)
-    w = philox4x32_ref(counter, key).reshape(-1)[:n]
-    return (w >> np.uint32(8)).astype(np.float32) * np.float32(2.0 ** -24)
+    w = philox4x32_ref(counter, key).reshape(ngroups, 16, 4).transpose(0, 2, 1)   # (g, w, l)
+    k = np.stack([w & np.uint32(0xFFFF), w >> np.uint32(16)], axis=1).reshape(-1)[:n]  # (g, h, w, l)
+    return (k * np.uint32(2) + np.uint32(1)).astype(np.float32) * np.float32(2.0 ** -17)
 
 
 def _blocks(n: int, block: int) -> int:
@@ -277,7 +302,8 @@ class Sign(_BlockCodec):
         xb = _padded_blocks(x, self.block)
         nb = xb.shape[0]
         counts = np.full(nb, self.block, np.float32)
-        counts[-1] = x.size - self.block * (nb - 1)
+        if nb:  # n == 0 encodes to no bytes
+            counts[-1] = x.size - self.block * (nb - 1)
         # mean |x| over the block's real values; the sum in a fixed order (8 strided lanes
         # accumulated in index order, then a fixed tree) that the C++ kernel repeats exactly
         w = -(-self.block // 8) * 8
