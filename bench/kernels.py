@@ -126,6 +126,24 @@ def _relu_entry(n):
                  ("y",), torch_fn, ("relu_fwd",), rtol=0)
 
 
+def _exp_activation_entry(op, n, torch_op):
+    # sigmoid/tanh forward: one exp per element (fasttrain/vmath.h in the C++ backend)
+    def inputs():
+        a = _rng_inputs({"x": n})
+        a["x"] *= 4
+        a["y"] = np.empty(n, np.float32)
+        return a
+
+    def torch_fn(torch, a):
+        x = torch.from_numpy(a["x"])
+        y = torch.from_numpy(a["y"])
+        fn = getattr(torch, torch_op)
+        return lambda: fn(x, out=y)
+
+    return Entry(op, (n,), 8.0 * n, 0.0, inputs, lambda k, a: k(op)(a["x"], a["y"]), ("y",), torch_fn, (op,),
+                 rtol=1e-5)
+
+
 def _batchnorm_entry(N, C, H, W):
     n = N * C * H * W
 
@@ -216,11 +234,15 @@ def _conv_entry(N, C, H, W, K, R=3, pad=1):
 def entries(quick: bool) -> list[Entry]:
     if quick:
         return [_adam_entry(1 << 14, False), _rmsprop_entry(1 << 14), _dropout_entry(1 << 14),
-                _relu_entry(1 << 14), _batchnorm_entry(2, 3, 5, 7), _softmax_xent_entry(8, 10),
+                _relu_entry(1 << 14), _exp_activation_entry("sigmoid_fwd", 1 << 14, "sigmoid"),
+                _exp_activation_entry("tanh_fwd", 1 << 14, "tanh"),
+                _batchnorm_entry(2, 3, 5, 7), _softmax_xent_entry(8, 10),
                 _conv_entry(2, 3, 8, 8, 4)]
     n_opt = 10_000_000
     return [_adam_entry(n_opt, False), _adam_entry(n_opt, True), _rmsprop_entry(n_opt), _momentum_entry(n_opt),
-            _dropout_entry(4_194_304), _relu_entry(16_777_216), _batchnorm_entry(64, 64, 32, 32),
+            _dropout_entry(4_194_304), _relu_entry(16_777_216),
+            _exp_activation_entry("sigmoid_fwd", 4_194_304, "sigmoid"), _exp_activation_entry("tanh_fwd", 4_194_304, "tanh"),
+            _batchnorm_entry(64, 64, 32, 32),
             _softmax_xent_entry(1024, 1000),
             _conv_entry(64, 64, 32, 32, 64), _conv_entry(128, 3, 32, 32, 32), _conv_entry(32, 128, 16, 16, 128)]
 

@@ -393,6 +393,9 @@ void bind_activations(py::module_& m) {
   grad("sigmoid_bwd", "y", ft::cpu::sigmoid_bwd);
   unary("tanh_fwd", ft::cpu::tanh_fwd);
   grad("tanh_bwd", "y", ft::cpu::tanh_bwd);
+  // not kernels: fasttrain/vmath.h elementwise, for its accuracy test (tests/test_vmath.py)
+  unary("vmath_exp", ft::cpu::vmath_exp);
+  unary("vmath_expm1", ft::cpu::vmath_expm1);
 
   // x (N, C, ...) viewed as (N, C, S); alpha (C,)
   auto prelu_geom = [](const char* op, const py::array& x, const py::array& alpha, int64_t& N,

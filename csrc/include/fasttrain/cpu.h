@@ -27,6 +27,9 @@ void tanh_bwd(const float* y, const float* dy, float* dx, int64_t n);
 void prelu_fwd(const float* x, const float* alpha, float* y, int64_t N, int64_t C, int64_t S);
 void prelu_bwd(const float* x, const float* alpha, const float* dy, float* dx, float* dalpha,
                int64_t N, int64_t C, int64_t S);
+// fasttrain/vmath.h's exp and expm1 over an array (bound for the accuracy test; not kernels)
+void vmath_exp(const float* x, float* y, int64_t n);
+void vmath_expm1(const float* x, float* y, int64_t n);
 
 // optim.cpp (flat arrays of n elements, updated in place)
 void sgd_step(float* p, const float* g, int64_t n, float lr, float l2, float l1);
