@@ -21,8 +21,10 @@ double softmax_xent(const float* logits, const int64_t* labels, float* dlogits, 
     const float* x = logits + r * C;
     float* d = dlogits + r * C;
     float m = x[0];
+    // a select, not std::fmax: GCC keeps fmax (NaN rules) a scalar call per element. A NaN
+    // logit makes the row's sum and loss NaN either way.
 #pragma omp simd reduction(max : m)
-    for (int64_t j = 1; j < C; ++j) m = std::fmax(m, x[j]);
+    for (int64_t j = 1; j < C; ++j) m = x[j] > m ? x[j] : m;
     // subtracting the max: every exp argument is <= 0, so nothing overflows
     float s = 0.f;
 #pragma omp simd reduction(+ : s)
