@@ -22,6 +22,16 @@
 #pragma once
 #include <cstdint>
 
+// Loops over these functions are compute-bound (relu over the same arrays takes half the time),
+// so functions holding them can carry FT_VMATH_CLONES: an AVX-512 (16-lane) clone picked at load
+// time where the CPU has it (GCC function multiversioning, as in dropout.cpp). Both clones run the
+// same IEEE operations (no approximate reciprocals without -ffast-math), so they give the same bits.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FT_VMATH_CLONES __attribute__((target_clones("arch=x86-64-v4", "default")))
+#else
+#define FT_VMATH_CLONES
+#endif
+
 namespace ft::vmath {
 namespace detail {
 
