@@ -286,7 +286,8 @@ def entries(quick: bool) -> list[Entry]:
     n_opt = 10_000_000
     return [_adam_entry(n_opt, False), _adam_entry(n_opt, True), _rmsprop_entry(n_opt), _momentum_entry(n_opt),
             _dropout_entry(4_194_304), _relu_entry(16_777_216),
-            _exp_activation_entry("sigmoid_fwd", 4_194_304, "sigmoid"), _exp_activation_entry("tanh_fwd", 4_194_304, "tanh"),
+            _exp_activation_entry("sigmoid_fwd", 4_194_304, "sigmoid"),
+            _exp_activation_entry("tanh_fwd", 4_194_304, "tanh"),
             _batchnorm_entry(64, 64, 32, 32), _batchnorm_relu_entry(64, 64, 32, 32, True),
             _batchnorm_relu_entry(64, 64, 32, 32, False),
             _softmax_xent_entry(1024, 1000),

@@ -63,8 +63,8 @@ FT_VMATH_CLONES void elu_fwd_range(const float* x, float* y, int64_t i0, int64_t
   }
 }
 
-FT_VMATH_CLONES void elu_bwd_range(const float* x, const float* dy, float* dx, int64_t i0, int64_t i1,
-                                   float alpha) {
+FT_VMATH_CLONES void elu_bwd_range(const float* x, const float* dy, float* dx, int64_t i0,
+                                   int64_t i1, float alpha) {
 #pragma omp simd
   for (int64_t i = i0; i < i1; ++i) {
     const float xi = x[i];

@@ -87,7 +87,8 @@ void bwd_channel(const float* x, const float* dy, const float* y, const float* g
     const float *xs = x + off, *dys = dy + off, *ys = kRelu ? y + off : nullptr;
     float* dxs = dx + off;
 #pragma omp simd
-    for (int64_t i = 0; i < S; ++i) dxs[i] = k * (grad_in<kRelu>(dys, ys, i) - m1 - (xs[i] - mu) * m2);
+    for (int64_t i = 0; i < S; ++i)
+      dxs[i] = k * (grad_in<kRelu>(dys, ys, i) - m1 - (xs[i] - mu) * m2);
   }
 }
 

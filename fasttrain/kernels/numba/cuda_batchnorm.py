@@ -1,7 +1,8 @@
 """Batch normalization with numba-cuda (docs/KERNELS.md): one block per channel reduces over the
 N*S elements of that channel (per-thread float64 partial sums, then a shared-memory tree), and the
-same block then normalizes (+ the fused ReLU) or forms dx (from dy masked by the fused ReLU's output). Simple and exact enough; a C++ kernel that splits a
-channel over many blocks wins when C is small. See _cuda_common for how arrays are taken."""
+same block then normalizes (+ the fused ReLU) or forms dx (from dy masked by the fused ReLU's
+output). Simple and exact enough; a C++ kernel that splits a channel over many blocks wins when C
+is small. See _cuda_common for how arrays are taken."""
 import math
 
 import numpy as np
@@ -112,9 +113,10 @@ def _ncs(a):
 def batchnorm_fwd_train(x, gamma, beta, eps, y, mean, invstd, relu=False, stream=0):
     sh = _ncs(x)
     if x.size:
-        _fwd_train[sh[1], THREADS, stream_of(stream)](dev_nd(x, sh), dev_nd(gamma, gamma.shape), dev_nd(beta, beta.shape),
-                                                      float(eps), dev_nd(y, sh), dev_nd(mean, mean.shape),
-                                                      dev_nd(invstd, invstd.shape), bool(relu))
+        _fwd_train[sh[1], THREADS, stream_of(stream)](dev_nd(x, sh), dev_nd(gamma, gamma.shape),
+                                                      dev_nd(beta, beta.shape), float(eps), dev_nd(y, sh),
+                                                      dev_nd(mean, mean.shape), dev_nd(invstd, invstd.shape),
+                                                      bool(relu))
 
 
 def batchnorm_fwd_eval(x, gamma, beta, running_mean, running_var, eps, y, relu=False, stream=0):
