@@ -126,6 +126,24 @@ def _relu_entry(n):
                  ("y",), torch_fn, ("relu_fwd",), rtol=0)
 
 
+def _exp_activation_entry(op, n, torch_op):
+    # sigmoid/tanh forward: one exp per element (fasttrain/vmath.h in the C++ backend)
+    def inputs():
+        a = _rng_inputs({"x": n})
+        a["x"] *= 4
+        a["y"] = np.empty(n, np.float32)
+        return a
+
+    def torch_fn(torch, a):
+        x = torch.from_numpy(a["x"])
+        y = torch.from_numpy(a["y"])
+        fn = getattr(torch, torch_op)
+        return lambda: fn(x, out=y)
+
+    return Entry(op, (n,), 8.0 * n, 0.0, inputs, lambda k, a: k(op)(a["x"], a["y"]), ("y",), torch_fn, (op,),
+                 rtol=1e-5)
+
+
 def _batchnorm_entry(N, C, H, W):
     n = N * C * H * W
 
@@ -155,6 +173,50 @@ def _batchnorm_entry(N, C, H, W):
     # dx pass reads x, dy and writes dx.
     return Entry("batchnorm_fwd_bwd", (N, C, H, W), 4.0 * n * 8, 0.0, inputs, run, ("y", "dx"), torch_fn,
                  ("batchnorm_fwd_train", "batchnorm_bwd"), rtol=1e-3)
+
+
+def _batchnorm_relu_entry(N, C, H, W, fused):
+    # BN + ReLU forward and backward: fused (relu=True, dy masked by the saved output) or as the
+    # separate batchnorm and relu kernels; torch: BatchNorm2d then ReLU.
+    n = N * C * H * W
+
+    def inputs():
+        a = _rng_inputs({"x": (N, C, H, W), "dy": (N, C, H, W)})
+        a.update(gamma=np.ones(C, np.float32), beta=np.zeros(C, np.float32), y=np.empty((N, C, H, W), np.float32),
+                 pre=np.empty((N, C, H, W), np.float32), dpre=np.empty((N, C, H, W), np.float32),
+                 mean=np.empty(C, np.float32), invstd=np.empty(C, np.float32), dx=np.empty((N, C, H, W), np.float32),
+                 dgamma=np.zeros(C, np.float32), dbeta=np.zeros(C, np.float32))
+        return a
+
+    def run(k, a):
+        if fused:
+            k("batchnorm_fwd_train")(a["x"], a["gamma"], a["beta"], 1e-5, a["y"], a["mean"], a["invstd"], True)
+            k("batchnorm_bwd")(a["x"], a["dy"], a["gamma"], a["mean"], a["invstd"], a["dx"], a["dgamma"], a["dbeta"],
+                               a["y"])
+        else:
+            k("batchnorm_fwd_train")(a["x"], a["gamma"], a["beta"], 1e-5, a["pre"], a["mean"], a["invstd"])
+            k("relu_fwd")(a["pre"], a["y"])
+            k("relu_bwd")(a["pre"], a["dy"], a["dpre"])
+            k("batchnorm_bwd")(a["x"], a["dpre"], a["gamma"], a["mean"], a["invstd"], a["dx"], a["dgamma"],
+                               a["dbeta"])
+
+    def torch_fn(torch, a):
+        bn = torch.nn.BatchNorm2d(C)
+        x = torch.from_numpy(a["x"]).requires_grad_(True)
+        dy = torch.from_numpy(a["dy"])
+
+        def step():
+            x.grad = None
+            bn.zero_grad()
+            torch.relu(bn(x)).backward(dy)
+        return step
+
+    # fused: stats pass reads x, normalize pass reads x, writes y; bwd passes read x, dy, y (twice),
+    # the second writes dx: 10 arrays. Unfused adds relu fwd (2) and bwd (3) and reads dpre instead of dy, y.
+    name = "bn_relu_fused" if fused else "bn_then_relu"
+    ops = ("batchnorm_fwd_train", "batchnorm_bwd") + (() if fused else ("relu_fwd", "relu_bwd"))
+    return Entry(name, (N, C, H, W), 4.0 * n * (10 if fused else 13), 0.0, inputs, run, ("y", "dx"),
+                 torch_fn if fused else None, ops, rtol=1e-3)
 
 
 def _softmax_xent_entry(N, C):
@@ -216,11 +278,18 @@ def _conv_entry(N, C, H, W, K, R=3, pad=1):
 def entries(quick: bool) -> list[Entry]:
     if quick:
         return [_adam_entry(1 << 14, False), _rmsprop_entry(1 << 14), _dropout_entry(1 << 14),
-                _relu_entry(1 << 14), _batchnorm_entry(2, 3, 5, 7), _softmax_xent_entry(8, 10),
+                _relu_entry(1 << 14), _exp_activation_entry("sigmoid_fwd", 1 << 14, "sigmoid"),
+                _exp_activation_entry("tanh_fwd", 1 << 14, "tanh"),
+                _batchnorm_entry(2, 3, 5, 7), _batchnorm_relu_entry(2, 3, 5, 7, True),
+                _batchnorm_relu_entry(2, 3, 5, 7, False), _softmax_xent_entry(8, 10),
                 _conv_entry(2, 3, 8, 8, 4)]
     n_opt = 10_000_000
     return [_adam_entry(n_opt, False), _adam_entry(n_opt, True), _rmsprop_entry(n_opt), _momentum_entry(n_opt),
-            _dropout_entry(4_194_304), _relu_entry(16_777_216), _batchnorm_entry(64, 64, 32, 32),
+            _dropout_entry(4_194_304), _relu_entry(16_777_216),
+            _exp_activation_entry("sigmoid_fwd", 4_194_304, "sigmoid"),
+            _exp_activation_entry("tanh_fwd", 4_194_304, "tanh"),
+            _batchnorm_entry(64, 64, 32, 32), _batchnorm_relu_entry(64, 64, 32, 32, True),
+            _batchnorm_relu_entry(64, 64, 32, 32, False),
             _softmax_xent_entry(1024, 1000),
             _conv_entry(64, 64, 32, 32, 64), _conv_entry(128, 3, 32, 32, 32), _conv_entry(32, 128, 16, 16, 128)]
 

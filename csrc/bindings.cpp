@@ -190,7 +190,7 @@ void bind(py::module_& m) {
   }, py::arg("x"), py::arg("w"), py::arg("dy"), py::arg("dx"), py::arg("dw"), py::arg("db"));
 
   m.def("batchnorm_fwd_train", [](py::array x, py::array gamma, py::array beta, double eps,
-                                  py::array y, py::array mean, py::array invstd) {
+                                  py::array y, py::array mean, py::array invstd, bool relu) {
     const char* op = "batchnorm_fwd_train";
     int64_t N, C, S;
     bn_geom(op, x, N, C, S);
@@ -203,13 +203,13 @@ void bind(py::module_& m) {
     const float *px = ptr_of(x, "x"), *pg = ptr_of(gamma, "gamma"), *pb = ptr_of(beta, "beta");
     float *py_ = ptr_of(y, "y"), *pm = ptr_of(mean, "mean"), *pi = ptr_of(invstd, "invstd");
     py::gil_scoped_release nogil;
-    ft::cpu::batchnorm_fwd_train(px, pg, pb, static_cast<float>(eps), py_, pm, pi, N, C, S);
+    ft::cpu::batchnorm_fwd_train(px, pg, pb, static_cast<float>(eps), py_, pm, pi, N, C, S, relu);
   }, py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("eps"), py::arg("y"),
-     py::arg("mean"), py::arg("invstd"));
+     py::arg("mean"), py::arg("invstd"), py::arg("relu") = false);
 
   m.def("batchnorm_fwd_eval", [](py::array x, py::array gamma, py::array beta,
                                  py::array running_mean, py::array running_var, double eps,
-                                 py::array y) {
+                                 py::array y, bool relu) {
     const char* op = "batchnorm_fwd_eval";
     int64_t N, C, S;
     bn_geom(op, x, N, C, S);
@@ -223,12 +223,13 @@ void bind(py::module_& m) {
                 *prm = ptr_of(running_mean, "running_mean"), *prv = ptr_of(running_var, "running_var");
     float* py_ = ptr_of(y, "y");
     py::gil_scoped_release nogil;
-    ft::cpu::batchnorm_fwd_eval(px, pg, pb, prm, prv, static_cast<float>(eps), py_, N, C, S);
+    ft::cpu::batchnorm_fwd_eval(px, pg, pb, prm, prv, static_cast<float>(eps), py_, N, C, S, relu);
   }, py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("running_mean"),
-     py::arg("running_var"), py::arg("eps"), py::arg("y"));
+     py::arg("running_var"), py::arg("eps"), py::arg("y"), py::arg("relu") = false);
 
   m.def("batchnorm_bwd", [](py::array x, py::array dy, py::array gamma, py::array mean,
-                            py::array invstd, py::array dx, py::array dgamma, py::array dbeta) {
+                            py::array invstd, py::array dx, py::array dgamma, py::array dbeta,
+                            py::object y) {
     const char* op = "batchnorm_bwd";
     int64_t N, C, S;
     bn_geom(op, x, N, C, S);
@@ -242,10 +243,17 @@ void bind(py::module_& m) {
     const float *px = ptr_of(x, "x"), *pdy = ptr_of(dy, "dy"), *pg = ptr_of(gamma, "gamma"),
                 *pm = ptr_of(mean, "mean"), *pi = ptr_of(invstd, "invstd");
     float *pdx = ptr_of(dx, "dx"), *pdg = ptr_of(dgamma, "dgamma"), *pdb = ptr_of(dbeta, "dbeta");
+    const float* pyo = nullptr;  // the fused ReLU's output, when the forward applied it
+    py::array ya;
+    if (!y.is_none()) {
+      ya = y.cast<py::array>();
+      same_size(x, ya, "x", "y");
+      pyo = ptr_of(ya, "y");
+    }
     py::gil_scoped_release nogil;
-    ft::cpu::batchnorm_bwd(px, pdy, pg, pm, pi, pdx, pdg, pdb, N, C, S);
+    ft::cpu::batchnorm_bwd(px, pdy, pg, pm, pi, pdx, pdg, pdb, N, C, S, pyo);
   }, py::arg("x"), py::arg("dy"), py::arg("gamma"), py::arg("mean"), py::arg("invstd"),
-     py::arg("dx"), py::arg("dgamma"), py::arg("dbeta"));
+     py::arg("dx"), py::arg("dgamma"), py::arg("dbeta"), py::arg("y") = py::none());
 
   m.def("maxpool2d_fwd", [](py::array x, py::array y, py::array argmax, int64_t kh, int64_t kw,
                             int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
@@ -393,6 +401,9 @@ void bind_activations(py::module_& m) {
   grad("sigmoid_bwd", "y", ft::cpu::sigmoid_bwd);
   unary("tanh_fwd", ft::cpu::tanh_fwd);
   grad("tanh_bwd", "y", ft::cpu::tanh_bwd);
+  // not kernels: fasttrain/vmath.h elementwise, for its accuracy test (tests/test_vmath.py)
+  unary("vmath_exp", ft::cpu::vmath_exp);
+  unary("vmath_expm1", ft::cpu::vmath_expm1);
 
   // x (N, C, ...) viewed as (N, C, S); alpha (C,)
   auto prelu_geom = [](const char* op, const py::array& x, const py::array& alpha, int64_t& N,

@@ -294,3 +294,185 @@ def test_bad_inputs_raise():
                           (dict(num_features=2, momentum=1.5), "momentum")]:
         with pytest.raises(ValueError, match=match):
             BatchNorm2d(**kwargs)
+
+
+# -- fused ReLU (relu=True): y = max(0, bn(x)), dy masked by y > 0 ----------------------------------
+from fasttrain.kernels import activations as act_ref  # noqa: E402
+from fasttrain.nn import ReLU, Sequential  # noqa: E402
+
+
+def _unfused_reference(x, dy, gamma, beta, eps):
+    """batchnorm then relu, forward and backward, composed from the separate references."""
+    c = x.shape[1]
+    pre, mean, invstd = np.empty_like(x), np.empty(c, x.dtype), np.empty(c, x.dtype)
+    ref.batchnorm_fwd_train_ref(x, gamma, beta, eps, pre, mean, invstd)
+    y, dpre = np.empty_like(x), np.empty_like(x)
+    act_ref.relu_fwd_ref(pre, y)
+    act_ref.relu_bwd_ref(pre, dy, dpre)
+    dx, dg, db = np.empty_like(x), np.zeros(c, x.dtype), np.zeros(c, x.dtype)
+    ref.batchnorm_bwd_ref(x, dpre, gamma, mean, invstd, dx, dg, db)
+    return pre, y, dx, dg, db
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_reference_fused_relu_equals_batchnorm_then_relu(shape):
+    x, dy, gamma, beta = _data(shape, seed=11)
+    c = shape[1]
+    pre, want_y, want_dx, want_dg, want_db = _unfused_reference(x, dy, gamma, beta, 1e-5)
+    assert (pre > 0).any() and (pre < 0).any() or pre.size <= 2   # both sides of the kink are exercised
+    y, mean, invstd = np.empty_like(x), np.empty(c), np.empty(c)
+    ref.batchnorm_fwd_train_ref(x, gamma, beta, 1e-5, y, mean, invstd, True)
+    dx, dg, db = np.empty_like(x), np.zeros(c), np.zeros(c)
+    ref.batchnorm_bwd_ref(x, dy, gamma, mean, invstd, dx, dg, db, y)
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(dx, want_dx)
+    np.testing.assert_array_equal(dg, want_dg)
+    np.testing.assert_array_equal(db, want_db)
+    # eval: the same composition with the running statistics
+    rm, rv = np.linspace(-1, 1, c), np.linspace(0.5, 2, c)
+    pre_e, ye = np.empty_like(x), np.empty_like(x)
+    ref.batchnorm_fwd_eval_ref(x, gamma, beta, rm, rv, 1e-5, pre_e)
+    ref.batchnorm_fwd_eval_ref(x, gamma, beta, rm, rv, 1e-5, ye, True)
+    np.testing.assert_array_equal(ye, np.maximum(pre_e, 0))
+
+
+def test_reference_fused_relu_keeps_nan_like_relu():
+    x = np.array([[1.0, np.nan], [2.0, 0.5], [3.0, 1.5]])
+    y, m, i = np.empty_like(x), np.empty(2), np.empty(2)
+    with np.errstate(invalid="ignore"):
+        ref.batchnorm_fwd_train_ref(x, np.ones(2), np.zeros(2), 1e-5, y, m, i, True)
+    assert np.isnan(y[:, 1]).all()                     # NaN statistics propagate, not clamped to 0
+    np.testing.assert_array_equal(y[:, 0] > 0, [False, False, True])
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("name", _cases("batchnorm_bwd"))
+def test_backend_fused_relu_matches_reference(name, shape):
+    x64, dy64, g64, b64 = _data(shape, seed=12)
+    c = shape[1]
+    _, ey, edx, edg, edb = _unfused_reference(x64, dy64, g64, b64, 1e-5)
+    x, dy, g, b = (a.astype(np.float32) for a in (x64, dy64, g64, b64))
+    k = lambda op: backend.kernel(op, backend=name)  # noqa: E731
+    y, m, i = np.full_like(x, np.nan), np.full(c, np.nan, np.float32), np.full(c, np.nan, np.float32)
+    k("batchnorm_fwd_train")(x, g, b, 1e-5, y, m, i, True)
+    np.testing.assert_allclose(y, ey, rtol=1e-4, atol=1e-4)
+    assert (y >= 0).all()
+    dx, dg, db = np.full_like(x, np.nan), np.full(c, 1.0, np.float32), np.full(c, 2.0, np.float32)
+    k("batchnorm_bwd")(x, dy, g, m, i, dx, dg, db, y)
+    per_channel_std = np.sqrt(x64.var(axis=tuple(a for a in range(x64.ndim) if a != 1)))
+    scale = np.abs(g64).max() * np.abs(dy64).max() / per_channel_std.min()   # |gamma * invstd * dy| bound
+    np.testing.assert_allclose(dx, edx, rtol=1e-4, atol=1e-5 * scale)
+    np.testing.assert_allclose(dg, edg + 1.0, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(db, edb + 2.0, rtol=1e-4, atol=1e-4)
+    # eval forward
+    rm, rv = np.linspace(-1, 1, c).astype(np.float32), np.linspace(0.5, 2, c).astype(np.float32)
+    want = np.empty_like(x64)
+    ref.batchnorm_fwd_eval_ref(x64, g64, b64, rm.astype(np.float64), rv.astype(np.float64), 1e-5, want, True)
+    ye = np.full_like(x, np.nan)
+    k("batchnorm_fwd_eval")(x, g, b, rm, rv, 1e-5, ye, True)
+    np.testing.assert_allclose(ye, want, **TOL32)
+
+
+@pytest.mark.parametrize("name", _cases("batchnorm_bwd"))
+def test_backend_fused_relu_is_bit_identical_to_batchnorm_then_relu(name):
+    """The fused pair must be a pure speedup: same bits as the separate kernels of that backend."""
+    x64, dy64, g64, b64 = _data((4, 5, 7, 3), seed=13)
+    x, dy, g, b = (a.astype(np.float32) for a in (x64, dy64, g64, b64))
+    k = lambda op: backend.kernel(op, backend=name)  # noqa: E731
+    pre, m0, i0 = np.empty_like(x), np.empty(5, np.float32), np.empty(5, np.float32)
+    k("batchnorm_fwd_train")(x, g, b, 1e-5, pre, m0, i0)
+    y0, dpre = np.empty_like(x), np.empty_like(x)
+    k("relu_fwd")(pre, y0)
+    k("relu_bwd")(pre, dy, dpre)
+    dx0, dg0, db0 = np.empty_like(x), np.zeros(5, np.float32), np.zeros(5, np.float32)
+    k("batchnorm_bwd")(x, dpre, g, m0, i0, dx0, dg0, db0)
+    y1, m1, i1 = np.empty_like(x), np.empty(5, np.float32), np.empty(5, np.float32)
+    k("batchnorm_fwd_train")(x, g, b, 1e-5, y1, m1, i1, True)
+    dx1, dg1, db1 = np.empty_like(x), np.zeros(5, np.float32), np.zeros(5, np.float32)
+    k("batchnorm_bwd")(x, dy, g, m1, i1, dx1, dg1, db1, y1)
+    for a, c in ((y0, y1), (m0, m1), (i0, i1), (dx0, dx1), (dg0, dg1), (db0, db1)):
+        np.testing.assert_array_equal(a, c, err_msg=name)
+
+
+def _away_from_kink(cls, shape, seed):
+    """Input whose normalized pre-activations all sit >= 0.02 from 0 (central differences must not
+    straddle the ReLU kink), with the layer's parameters as _bound sets them."""
+    for s in range(seed, seed + 50):
+        rng = np.random.default_rng(s)
+        x = rng.standard_normal(shape) * 1.5 + 0.5
+        probe = _bound(cls(shape[1]))
+        probe.train(True)
+        pre_train = probe.forward(x)
+        probe.train(False)
+        pre_eval = probe.forward(x)
+        if min(np.abs(pre_train).min(), np.abs(pre_eval).min()) >= 0.02:
+            return x
+    raise AssertionError("no input away from the kink found")
+
+
+@pytest.mark.parametrize("cls,shape", [(BatchNorm2d, (2, 3, 2, 3)), (BatchNorm2d, (3, 2, 1, 1)),
+                                       (BatchNorm1d, (5, 3)), (BatchNorm1d, (3, 2, 4))])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_fused_relu_layer_gradcheck(cls, shape, training):
+    x = _away_from_kink(cls, shape, seed=20)
+    layer = _bound(cls(shape[1], relu=True))
+    layer.train(training)
+    y = layer.forward(x)
+    assert (y == 0).any() and (y > 0).any()             # the mask matters
+    for result in gradcheck(layer, x, tol=1e-6):
+        assert result.passed, str(result)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_fused_relu_layer_equals_batchnorm_then_relu_module(dtype, training):
+    x, dy, _, _ = (a.astype(dtype) for a in _data((4, 3, 5, 6), seed=14))
+    fused = BatchNorm2d(3, relu=True)
+    pair = Sequential(BatchNorm2d(3), ReLU())
+    for model in (fused, pair):
+        ParamArena.for_model(model, dtype=dtype)
+        model.train(training)
+    fused.weight.data[...] = pair[0].weight.data[...] = [0.7, 1.2, 1.0]
+    fused.bias.data[...] = pair[0].bias.data[...] = [0.1, -0.3, 0.0]
+    y0, y1 = pair.forward(x), fused.forward(x)
+    np.testing.assert_array_equal(y1, y0)
+    np.testing.assert_array_equal(fused.backward(dy), pair.backward(dy))
+    np.testing.assert_array_equal(fused.weight.grad, pair[0].weight.grad)
+    np.testing.assert_array_equal(fused.bias.grad, pair[0].bias.grad)
+    np.testing.assert_array_equal(fused.running_mean, pair[0].running_mean)
+    assert "relu=True" in repr(fused) and "relu" not in repr(pair[0])
+
+
+def test_fused_relu_argument_and_y_checks():
+    with pytest.raises(TypeError, match=r"BatchNorm2d\(relu\): expected a bool, got 1"):
+        BatchNorm2d(3, relu=1)
+    _C = pytest.importorskip("fasttrain._C", reason="the C++ module is not built")
+    x = np.ones((2, 3, 2, 2), np.float32)
+    ones, zeros = np.ones(3, np.float32), np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match=r"y"):
+        _C.batchnorm_bwd(x, x, ones, zeros, ones, np.empty_like(x), zeros.copy(), zeros.copy(),
+                         np.ones((2, 3, 2, 1), np.float32))
+    with pytest.raises(ValueError, match=r"y: expected dtype float32"):
+        _C.batchnorm_bwd(x, x, ones, zeros, ones, np.empty_like(x), zeros.copy(), zeros.copy(),
+                         np.ones((2, 3, 2, 2)))
+
+
+def test_models_fuse_bn_relu_with_the_unfused_init_values_and_gradients():
+    """models.py builds conv-BN(relu=True): same parameters in the same order, the same seeded
+    initialization and the same outputs and gradients as the conv-BN-ReLU it replaces."""
+    from fasttrain import models, nn
+
+    fused = models.simple_cnn(1, 10, 8, width=4, dropout=0.0)
+    assert not any(type(m).__name__ == "ReLU" for _, m in fused.named_modules())
+    unfused = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1, bias=False), BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 8, 3, padding=1, bias=False), BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(8 * 2 * 2, 10, init=models.HEAD_INIT))
+    a_fused, a_unfused = ParamArena.for_model(fused, seed=3), ParamArena.for_model(unfused, seed=3)
+    assert [p.shape for p in a_fused.params] == [p.shape for p in a_unfused.params]
+    np.testing.assert_array_equal(a_fused.data, a_unfused.data)
+    x = np.random.default_rng(0).standard_normal((6, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(fused.forward(x), unfused.forward(x))
+    dy = np.random.default_rng(1).standard_normal((6, 10)).astype(np.float32)
+    np.testing.assert_array_equal(fused.backward(dy), unfused.backward(dy))
+    np.testing.assert_array_equal(a_fused.grad, a_unfused.grad)

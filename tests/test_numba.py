@@ -209,6 +209,22 @@ def cuda_checks(xp, sizes=(1, 5, 37)):
         cuda_batchnorm.batchnorm_bwd(to(xb), to(dyb), to(g), to(mu0), to(is0), dx1, dg1, dbt1)
         for name, a, b in (("dx", dx1, dx0), ("dgamma", dg1, dg0), ("dbeta", dbt1, dbt0)):
             np.testing.assert_allclose(back(a), b, rtol=1e-4, atol=1e-4, err_msg=f"batchnorm_bwd {name} n={n}")
+        # fused ReLU: forward max(0, bn), backward masked by that output
+        y0, mu0, is0 = np.empty_like(xb), np.empty(3, np.float32), np.empty(3, np.float32)
+        bn_ref.batchnorm_fwd_train_ref(xb, g, bt, 1e-5, y0, mu0, is0, True)
+        y1 = to(np.empty_like(xb))
+        cuda_batchnorm.batchnorm_fwd_train(to(xb), to(g), to(bt), 1e-5, y1, to(mu0.copy()), to(is0.copy()), True)
+        np.testing.assert_allclose(back(y1), y0, rtol=1e-4, atol=1e-5, err_msg=f"batchnorm_fwd_train relu n={n}")
+        ye0, ye1 = np.empty_like(xb), to(np.empty_like(xb))
+        bn_ref.batchnorm_fwd_eval_ref(xb, g, bt, rm, rv, 1e-5, ye0, True)
+        cuda_batchnorm.batchnorm_fwd_eval(to(xb), to(g), to(bt), to(rm), to(rv), 1e-5, ye1, True)
+        np.testing.assert_allclose(back(ye1), ye0, **tol, err_msg=f"batchnorm_fwd_eval relu n={n}")
+        dx0, dg0, dbt0 = np.empty_like(xb), np.ones(3, np.float32), np.ones(3, np.float32)
+        bn_ref.batchnorm_bwd_ref(xb, dyb, g, mu0, is0, dx0, dg0, dbt0, y0)
+        dx1, dg1, dbt1 = to(np.empty_like(xb)), to(np.ones(3, np.float32)), to(np.ones(3, np.float32))
+        cuda_batchnorm.batchnorm_bwd(to(xb), to(dyb), to(g), to(mu0), to(is0), dx1, dg1, dbt1, to(y0))
+        for name, a, b in (("dx", dx1, dx0), ("dgamma", dg1, dg0), ("dbeta", dbt1, dbt0)):
+            np.testing.assert_allclose(back(a), b, rtol=1e-4, atol=1e-4, err_msg=f"batchnorm_bwd relu {name} n={n}")
 
 
 def test_numba_cuda_kernels_on_the_simulator():

@@ -30,14 +30,14 @@ def test_load_pretrained_new_head_and_freeze(tmp_path):
     model, arena = _cnn(4, seed=2)          # a new task with 4 classes
     fresh_head = np.array(model[-1].weight.data)
     info = load_pretrained(model, arena, tmp_path / "src.npz")
-    assert set(info["skipped"]) == {"9.weight", "9.bias"}
+    assert set(info["skipped"]) == {"7.weight", "7.bias"}
     for p in arena.params:
-        if p.name.startswith("9."):
+        if p.name.startswith("7."):
             continue
         np.testing.assert_array_equal(p.data, arena_src.named()[p.name].data)
     np.testing.assert_array_equal(model[-1].weight.data, fresh_head)   # head keeps its fresh init
     frozen = freeze_except(model, arena, 1)                           # only the head trains
-    assert set(frozen) == {p.name for p in arena.params} - {"9.weight", "9.bias"}
+    assert set(frozen) == {p.name for p in arena.params} - {"7.weight", "7.bias"}
     # groups stay contiguous, cover the arena, trainable ones first in each section
     spans = sorted((g.start, g.stop) for g in arena.groups)
     assert spans[0][0] == 0 and spans[-1][1] == arena.size and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
@@ -59,9 +59,9 @@ def test_load_pretrained_new_head_and_freeze(tmp_path):
 def test_freeze_last_two_layers_and_errors():
     model, arena = _cnn()
     layers = [p for p, _ in parameterized_layers(model)]
-    assert layers == ["0", "1", "4", "5", "9"]
-    frozen = freeze_except(model, arena, 2)      # BN "5" and the head train
-    assert {n.split(".")[0] for n in frozen} == {"0", "1", "4"}
+    assert layers == ["0", "1", "3", "4", "7"]   # conv, BN(+ReLU), pool, conv, BN(+ReLU), pool, flatten, head
+    frozen = freeze_except(model, arena, 2)      # BN "4" and the head train
+    assert {n.split(".")[0] for n in frozen} == {"0", "1", "3"}
     with pytest.raises(ValueError, match=r"freeze_except\(n\)"):
         freeze_except(*_cnn(), 6)
 
@@ -72,7 +72,7 @@ def test_replace_head():
     assert model[-1] is new and new.out_features == 3 and new.in_features == 4 * 2 * 2 * 2
     arena = ft.ParamArena.for_model(model)
     assert model.forward(_batch(2)[0]).shape == (2, 3)
-    assert arena.named()["9.weight"].shape == (3, 32)
+    assert arena.named()["7.weight"].shape == (3, 32)
 
 
 def test_safetensors_checkpoint_roundtrip_and_metadata(tmp_path):

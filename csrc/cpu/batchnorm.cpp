@@ -9,6 +9,9 @@
 //   dx = gamma * invstd / M * (M dy - sum(dy) - xhat * sum(dy xhat)),  M = N*S.
 // Channels are split across threads (each channel's sums in one thread, so results do not
 // depend on the thread count).
+// Fused ReLU (relu = true): the forward's affine pass writes max(0, y), and the backward takes
+// that output and zeroes dy where it is <= 0 as it reads dy, so BN + ReLU costs no pass of its
+// own, and the gradient is bit-identical to relu_bwd followed by batchnorm_bwd.
 #include <algorithm>
 #include <cmath>
 
@@ -17,21 +20,82 @@
 namespace ft::cpu {
 namespace {
 
-// y[n, c, :] = x[n, c, :] * a + b for every n.
-inline void affine_channel(const float* x, float* y, int64_t N, int64_t C, int64_t S, int64_t c,
-                           float a, float b) {
+// y[n, c, :] = x[n, c, :] * a + b for every n, then max(0, .) when kRelu (NaN kept, like relu_fwd's
+// reference).
+template <bool kRelu>
+void affine_channel(const float* x, float* y, int64_t N, int64_t C, int64_t S, int64_t c, float a,
+                    float b) {
   for (int64_t n = 0; n < N; ++n) {
     const float* xs = x + (n * C + c) * S;
     float* ys = y + (n * C + c) * S;
 #pragma omp simd
-    for (int64_t i = 0; i < S; ++i) ys[i] = xs[i] * a + b;
+    for (int64_t i = 0; i < S; ++i) {
+      const float v = xs[i] * a + b;
+      ys[i] = kRelu && v < 0.f ? 0.f : v;
+    }
+  }
+}
+
+void affine_channel(const float* x, float* y, int64_t N, int64_t C, int64_t S, int64_t c, float a,
+                    float b, bool relu) {
+  if (relu)
+    affine_channel<true>(x, y, N, C, S, c, a, b);
+  else
+    affine_channel<false>(x, y, N, C, S, c, a, b);
+}
+
+// The gradient reaching the normalization: dy, or with the fused ReLU dy where its output y > 0.
+template <bool kRelu>
+inline float grad_in(const float* dy, const float* y, int64_t i) {
+  const float d = dy[i];  // loaded unconditionally: a conditional load would block vectorization
+  if constexpr (kRelu)
+    return y[i] > 0.f ? d : 0.f;
+  else
+    return d;
+}
+
+// One channel of the backward (the two passes of the header comment).
+template <bool kRelu>
+void bwd_channel(const float* x, const float* dy, const float* y, const float* gamma,
+                 const float* mean, const float* invstd, float* dx, float* dgamma, float* dbeta,
+                 int64_t N, int64_t C, int64_t S, int64_t c) {
+  const double M = static_cast<double>(N) * S;
+  const float mu = mean[c], is = invstd[c];
+  double sdy = 0.0, sdyx = 0.0;  // sum dy, sum dy * (x - mean)
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t off = (n * C + c) * S;
+    const float *xs = x + off, *dys = dy + off, *ys = kRelu ? y + off : nullptr;
+    float s = 0.f, s2 = 0.f;
+#pragma omp simd reduction(+ : s, s2)
+    for (int64_t i = 0; i < S; ++i) {
+      const float g = grad_in<kRelu>(dys, ys, i);
+      s += g;
+      s2 += g * (xs[i] - mu);
+    }
+    sdy += s;
+    sdyx += s2;
+  }
+  const double sdyxhat = sdyx * is;
+  dbeta[c] += static_cast<float>(sdy);
+  dgamma[c] += static_cast<float>(sdyxhat);
+  // dx = k * (dy - sdy/M - xhat * sdyxhat/M), k = gamma * invstd; xhat = (x - mu) * is
+  const float k = static_cast<float>(gamma[c] * static_cast<double>(is));
+  const float m1 = static_cast<float>(sdy / M);
+  const float m2 = static_cast<float>(sdyxhat / M * is);  // multiplies (x - mu)
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t off = (n * C + c) * S;
+    const float *xs = x + off, *dys = dy + off, *ys = kRelu ? y + off : nullptr;
+    float* dxs = dx + off;
+#pragma omp simd
+    for (int64_t i = 0; i < S; ++i)
+      dxs[i] = k * (grad_in<kRelu>(dys, ys, i) - m1 - (xs[i] - mu) * m2);
   }
 }
 
 }  // namespace
 
 void batchnorm_fwd_train(const float* x, const float* gamma, const float* beta, float eps, float* y,
-                         float* mean, float* invstd, int64_t N, int64_t C, int64_t S) {
+                         float* mean, float* invstd, int64_t N, int64_t C, int64_t S, bool relu) {
   const double M = static_cast<double>(N) * S;
 #pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1)
   for (int64_t c = 0; c < C; ++c) {
@@ -56,55 +120,31 @@ void batchnorm_fwd_train(const float* x, const float* gamma, const float* beta, 
     mean[c] = static_cast<float>(mu);
     invstd[c] = static_cast<float>(is);
     const double a = gamma[c] * is;
-    affine_channel(x, y, N, C, S, c, static_cast<float>(a), static_cast<float>(beta[c] - mu * a));
+    affine_channel(x, y, N, C, S, c, static_cast<float>(a), static_cast<float>(beta[c] - mu * a),
+                   relu);
   }
 }
 
 void batchnorm_fwd_eval(const float* x, const float* gamma, const float* beta,
                         const float* running_mean, const float* running_var, float eps, float* y,
-                        int64_t N, int64_t C, int64_t S) {
+                        int64_t N, int64_t C, int64_t S, bool relu) {
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
   for (int64_t c = 0; c < C; ++c) {
     const double a = gamma[c] / std::sqrt(static_cast<double>(running_var[c]) + eps);
     affine_channel(x, y, N, C, S, c, static_cast<float>(a),
-                   static_cast<float>(beta[c] - running_mean[c] * a));
+                   static_cast<float>(beta[c] - running_mean[c] * a), relu);
   }
 }
 
 void batchnorm_bwd(const float* x, const float* dy, const float* gamma, const float* mean,
                    const float* invstd, float* dx, float* dgamma, float* dbeta, int64_t N,
-                   int64_t C, int64_t S) {
-  const double M = static_cast<double>(N) * S;
+                   int64_t C, int64_t S, const float* y) {
 #pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1)
   for (int64_t c = 0; c < C; ++c) {
-    const float mu = mean[c], is = invstd[c];
-    double sdy = 0.0, sdyx = 0.0;  // sum dy, sum dy * (x - mean)
-    for (int64_t n = 0; n < N; ++n) {
-      const float* xs = x + (n * C + c) * S;
-      const float* dys = dy + (n * C + c) * S;
-      float s = 0.f, s2 = 0.f;
-#pragma omp simd reduction(+ : s, s2)
-      for (int64_t i = 0; i < S; ++i) {
-        s += dys[i];
-        s2 += dys[i] * (xs[i] - mu);
-      }
-      sdy += s;
-      sdyx += s2;
-    }
-    const double sdyxhat = sdyx * is;
-    dbeta[c] += static_cast<float>(sdy);
-    dgamma[c] += static_cast<float>(sdyxhat);
-    // dx = k * (dy - sdy/M - xhat * sdyxhat/M), k = gamma * invstd; xhat = (x - mu) * is
-    const float k = static_cast<float>(gamma[c] * static_cast<double>(is));
-    const float m1 = static_cast<float>(sdy / M);
-    const float m2 = static_cast<float>(sdyxhat / M * is);  // multiplies (x - mu)
-    for (int64_t n = 0; n < N; ++n) {
-      const float* xs = x + (n * C + c) * S;
-      const float* dys = dy + (n * C + c) * S;
-      float* dxs = dx + (n * C + c) * S;
-#pragma omp simd
-      for (int64_t i = 0; i < S; ++i) dxs[i] = k * (dys[i] - m1 - (xs[i] - mu) * m2);
-    }
+    if (y)
+      bwd_channel<true>(x, dy, y, gamma, mean, invstd, dx, dgamma, dbeta, N, C, S, c);
+    else
+      bwd_channel<false>(x, dy, y, gamma, mean, invstd, dx, dgamma, dbeta, N, C, S, c);
   }
 }
 

@@ -1,30 +1,36 @@
 // Fused softmax cross-entropy (docs/KERNELS.md; reference fasttrain/kernels/losses.py): one visit
 // per row computes the max, the sum of exp, the row's loss and its gradient while the row sits in
-// L1. Rows run in parallel; each row's loss goes to its own slot and the slots are summed in row
-// order, so the loss does not depend on the thread count.
+// L1. Rows run in parallel (one contiguous share per thread); each row's loss goes to its own
+// slot and the slots are summed in row order, so the loss does not depend on the thread count.
+// exp is fasttrain/vmath.h's, which vectorizes (std::exp stays a scalar call per element).
+#include <omp.h>
+
 #include <cmath>
 #include <vector>
 
 #include "fasttrain/cpu.h"
+#include "fasttrain/vmath.h"
 
 namespace ft::cpu {
+namespace {
 
-double softmax_xent(const float* logits, const int64_t* labels, float* dlogits, int64_t N,
-                    int64_t C) {
-  if (N == 0) return 0.0;
-  std::vector<double> row_loss(static_cast<size_t>(N));
+// Rows [r0, r1): each row's loss to row_loss[r], its gradient to dlogits.
+FT_VMATH_CLONES void xent_rows(const float* logits, const int64_t* labels, float* dlogits,
+                               double* row_loss, int64_t r0, int64_t r1, int64_t N, int64_t C) {
   const float inv_n = 1.f / static_cast<float>(N);
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
-  for (int64_t r = 0; r < N; ++r) {
+  for (int64_t r = r0; r < r1; ++r) {
     const float* x = logits + r * C;
     float* d = dlogits + r * C;
     float m = x[0];
+    // a select, not std::fmax: GCC keeps fmax (NaN rules) a scalar call per element. A NaN
+    // logit makes the row's sum and loss NaN either way.
 #pragma omp simd reduction(max : m)
-    for (int64_t j = 1; j < C; ++j) m = std::fmax(m, x[j]);
+    for (int64_t j = 1; j < C; ++j) m = x[j] > m ? x[j] : m;
     // subtracting the max: every exp argument is <= 0, so nothing overflows
     float s = 0.f;
+#pragma omp simd reduction(+ : s)
     for (int64_t j = 0; j < C; ++j) {
-      const float e = std::exp(x[j] - m);
+      const float e = vmath::expf_approx(x[j] - m);
       d[j] = e;
       s += e;
     }
@@ -35,6 +41,19 @@ double softmax_xent(const float* logits, const int64_t* labels, float* dlogits, 
 #pragma omp simd
     for (int64_t j = 0; j < C; ++j) d[j] /= denom;
     d[y] -= inv_n;
+  }
+}
+
+}  // namespace
+
+double softmax_xent(const float* logits, const int64_t* labels, float* dlogits, int64_t N,
+                    int64_t C) {
+  if (N == 0) return 0.0;
+  std::vector<double> row_loss(static_cast<size_t>(N));
+#pragma omp parallel num_threads(num_threads())
+  {
+    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    xent_rows(logits, labels, dlogits, row_loss.data(), N * t / nt, N * (t + 1) / nt, N, C);
   }
   double total = 0.0;
   for (int64_t r = 0; r < N; ++r) total += row_loss[r];

@@ -1,6 +1,8 @@
 // Batch normalization on the GPU, x viewed as (N, C, S): one block per channel reduces the
 // statistics in one pass (sum and sum of squares), normalize + affine is a second pass; backward
-// is a per-channel reduction then an element-wise pass (docs/KERNELS.md).
+// is a per-channel reduction then an element-wise pass (docs/KERNELS.md). Fused ReLU: the affine
+// pass writes max(0, y) when relu is set; the backward passes read dy masked by the forward's
+// output y > 0 when y is given (nullptr: no ReLU).
 #include "fasttrain/cuda.h"
 
 namespace ft::cuda {
@@ -40,11 +42,19 @@ __global__ void bn_stats_kernel(const float* __restrict__ x, int64_t n, int64_t 
 }
 
 __global__ void bn_affine_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t total, int64_t c,
-                                 int64_t s, const float* __restrict__ scale, const float* __restrict__ shift) {
+                                 int64_t s, const float* __restrict__ scale, const float* __restrict__ shift,
+                                 bool relu) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
     int64_t ch = (i / s) % c;
-    y[i] = x[i] * scale[ch] + shift[ch];
+    float v = x[i] * scale[ch] + shift[ch];
+    y[i] = relu && v < 0.f ? 0.f : v;  // NaN kept, like the reference's maximum
   }
+}
+
+// dy, or with the fused ReLU dy where the forward's output y > 0
+__device__ __forceinline__ float bn_grad_in(const float* __restrict__ dy, const float* __restrict__ y, int64_t i) {
+  float d = dy[i];
+  return y == nullptr || y[i] > 0.f ? d : 0.f;
 }
 
 __global__ void bn_scale_shift_kernel(const float* gamma, const float* beta, const float* mean, const float* invstd,
@@ -61,7 +71,8 @@ __global__ void bn_eval_invstd_kernel(const float* rvar, float eps, int64_t c, f
   if (ch < c) invstd[ch] = rsqrtf(rvar[ch] + eps);
 }
 
-__global__ void bn_bwd_reduce_kernel(const float* __restrict__ x, const float* __restrict__ dy, int64_t n, int64_t c,
+__global__ void bn_bwd_reduce_kernel(const float* __restrict__ x, const float* __restrict__ dy,
+                                     const float* __restrict__ y, int64_t n, int64_t c,
                                      int64_t s, const float* __restrict__ mean, const float* __restrict__ invstd,
                                      float* __restrict__ sdy_out, float* __restrict__ sdyx_out,
                                      float* __restrict__ dgamma, float* __restrict__ dbeta) {
@@ -71,7 +82,7 @@ __global__ void bn_bwd_reduce_kernel(const float* __restrict__ x, const float* _
   double sdy = 0, sdyx = 0;
   for (int64_t k = threadIdx.x; k < m; k += blockDim.x) {
     int64_t idx = (k / s) * c * s + ch * s + k % s;
-    float d = dy[idx];
+    float d = bn_grad_in(dy, y, idx);
     sdy += d;
     sdyx += (double)d * (x[idx] - mu) * inv;
   }
@@ -85,51 +96,53 @@ __global__ void bn_bwd_reduce_kernel(const float* __restrict__ x, const float* _
   }
 }
 
-__global__ void bn_bwd_dx_kernel(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dx,
-                                 int64_t total, int64_t c, int64_t s, float m, const float* __restrict__ gamma,
+__global__ void bn_bwd_dx_kernel(const float* __restrict__ x, const float* __restrict__ dy,
+                                 const float* __restrict__ y, float* __restrict__ dx, int64_t total, int64_t c, int64_t s, float m, const float* __restrict__ gamma,
                                  const float* __restrict__ mean, const float* __restrict__ invstd,
                                  const float* __restrict__ sdy, const float* __restrict__ sdyx) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
     int64_t ch = (i / s) % c;
     float inv = invstd[ch], xhat = (x[i] - mean[ch]) * inv;
-    dx[i] = gamma[ch] * inv / m * (m * dy[i] - sdy[ch] - xhat * sdyx[ch]);
+    dx[i] = gamma[ch] * inv / m * (m * bn_grad_in(dy, y, i) - sdy[ch] - xhat * sdyx[ch]);
   }
 }
 
 // workspace: 2*C floats owned by the caller's stream-ordered allocation (we use cudaMallocAsync)
 void batchnorm_fwd_train(const float* x, const float* gamma, const float* beta, float eps, float* y, float* mean,
-                         float* invstd, int64_t n, int64_t c, int64_t s, cudaStream_t st) {
+                         float* invstd, int64_t n, int64_t c, int64_t s, bool relu, cudaStream_t st) {
   if (n * c * s == 0) return;
   bn_stats_kernel<<<(unsigned)c, kBnBlock, 0, st>>>(x, n, c, s, eps, mean, invstd);
   float* ws = nullptr;
   CUDA_CHECK(cudaMallocAsync(&ws, 2 * c * sizeof(float), st));
   bn_scale_shift_kernel<<<(unsigned)((c + 255) / 256), 256, 0, st>>>(gamma, beta, mean, invstd, c, ws, ws + c);
-  bn_affine_kernel<<<grid_for(n * c * s), kBlock, 0, st>>>(x, y, n * c * s, c, s, ws, ws + c);
+  bn_affine_kernel<<<grid_for(n * c * s), kBlock, 0, st>>>(x, y, n * c * s, c, s, ws, ws + c, relu);
   CUDA_CHECK(cudaFreeAsync(ws, st));
   CUDA_CHECK(cudaGetLastError());
 }
 
 void batchnorm_fwd_eval(const float* x, const float* gamma, const float* beta, const float* rmean, const float* rvar,
-                        float eps, float* y, int64_t n, int64_t c, int64_t s, cudaStream_t st) {
+                        float eps, float* y, int64_t n, int64_t c, int64_t s, bool relu, cudaStream_t st) {
   if (n * c * s == 0) return;
   float* ws = nullptr;
   CUDA_CHECK(cudaMallocAsync(&ws, 3 * c * sizeof(float), st));
   unsigned cb = (unsigned)((c + 255) / 256);
   bn_eval_invstd_kernel<<<cb, 256, 0, st>>>(rvar, eps, c, ws + 2 * c);
   bn_scale_shift_kernel<<<cb, 256, 0, st>>>(gamma, beta, rmean, ws + 2 * c, c, ws, ws + c);
-  bn_affine_kernel<<<grid_for(n * c * s), kBlock, 0, st>>>(x, y, n * c * s, c, s, ws, ws + c);
+  bn_affine_kernel<<<grid_for(n * c * s), kBlock, 0, st>>>(x, y, n * c * s, c, s, ws, ws + c, relu);
   CUDA_CHECK(cudaFreeAsync(ws, st));
   CUDA_CHECK(cudaGetLastError());
 }
 
 void batchnorm_bwd(const float* x, const float* dy, const float* gamma, const float* mean, const float* invstd,
-                   float* dx, float* dgamma, float* dbeta, int64_t n, int64_t c, int64_t s, cudaStream_t st) {
+                   float* dx, float* dgamma, float* dbeta, int64_t n, int64_t c, int64_t s, const float* y,
+                   cudaStream_t st) {
   if (n * c * s == 0) return;
   float* ws = nullptr;
   CUDA_CHECK(cudaMallocAsync(&ws, 2 * c * sizeof(float), st));
-  bn_bwd_reduce_kernel<<<(unsigned)c, kBnBlock, 0, st>>>(x, dy, n, c, s, mean, invstd, ws, ws + c, dgamma, dbeta);
-  bn_bwd_dx_kernel<<<grid_for(n * c * s), kBlock, 0, st>>>(x, dy, dx, n * c * s, c, s, (float)(n * s), gamma, mean,
-                                                           invstd, ws, ws + c);
+  bn_bwd_reduce_kernel<<<(unsigned)c, kBnBlock, 0, st>>>(x, dy, y, n, c, s, mean, invstd, ws, ws + c, dgamma,
+                                                         dbeta);
+  bn_bwd_dx_kernel<<<grid_for(n * c * s), kBlock, 0, st>>>(x, dy, y, dx, n * c * s, c, s, (float)(n * s), gamma,
+                                                           mean, invstd, ws, ws + c);
   CUDA_CHECK(cudaFreeAsync(ws, st));
   CUDA_CHECK(cudaGetLastError());
 }

@@ -18,8 +18,13 @@ def _per_channel(v):
     return v.reshape(1, -1, 1)
 
 
-def batchnorm_fwd_train_ref(x, gamma, beta, eps, y, mean, invstd):
-    # x, y: (N, C, ...); gamma, beta, mean, invstd: (C,)
+def _relu_inplace(y):
+    # max(0, .) that keeps NaN, like relu_fwd_ref
+    np.maximum(y, 0, out=y)
+
+
+def batchnorm_fwd_train_ref(x, gamma, beta, eps, y, mean, invstd, relu=False):
+    # x, y: (N, C, ...); gamma, beta, mean, invstd: (C,); relu: y = max(0, bn(x)) (fused ReLU)
     xs = _ncs(x)
     mu = xs.mean(axis=(0, 2))
     # two passes (mean, then centered squares): the biased variance without cancellation
@@ -28,18 +33,26 @@ def batchnorm_fwd_train_ref(x, gamma, beta, eps, y, mean, invstd):
     mean[...] = mu
     invstd[...] = inv
     _ncs(y)[...] = (xs - _per_channel(mu)) * _per_channel(inv * gamma) + _per_channel(beta)
+    if relu:
+        _relu_inplace(y)
 
 
-def batchnorm_fwd_eval_ref(x, gamma, beta, running_mean, running_var, eps, y):
+def batchnorm_fwd_eval_ref(x, gamma, beta, running_mean, running_var, eps, y, relu=False):
     # x, y: (N, C, ...); gamma, beta, running_mean, running_var: (C,)
     scale = gamma / np.sqrt(running_var + eps)
     _ncs(y)[...] = (_ncs(x) - _per_channel(running_mean)) * _per_channel(scale) + _per_channel(beta)
+    if relu:
+        _relu_inplace(y)
 
 
-def batchnorm_bwd_ref(x, dy, gamma, mean, invstd, dx, dgamma, dbeta):
+def batchnorm_bwd_ref(x, dy, gamma, mean, invstd, dx, dgamma, dbeta, y=None):
     # x, dy, dx: (N, C, ...); gamma, mean, invstd, dgamma, dbeta: (C,)
+    # y: the forward's output when it applied the fused ReLU (None otherwise); the ReLU's gradient
+    # first: dy is zeroed where y <= 0, exactly as relu_bwd_ref would with the pre-activation.
     # Compact form of the chain rule through mean and variance (llm.c / cs231n):
     #   dx = gamma*invstd/M * (M*dy - sum(dy) - xhat*sum(dy*xhat)),  sums per channel.
+    if y is not None:
+        dy = dy * (y > 0)
     xs, dys = _ncs(x), _ncs(dy)
     m = xs.shape[0] * xs.shape[2]
     xhat = (xs - _per_channel(mean)) * _per_channel(invstd)

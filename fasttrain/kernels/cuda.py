@@ -13,8 +13,9 @@ def _stream() -> int:
 
 
 def _with_stream(fn):
+    # by keyword: ops with optional trailing arguments (batchnorm's relu / y) keep their defaults
     def call(*args):
-        return fn(*args, _stream())
+        return fn(*args, stream=_stream())
 
     call.__name__ = fn.__name__
     return call

@@ -8,6 +8,10 @@ fixed per-channel affine map and its backward is that map's.
 
 gamma (`weight`) and beta (`bias`) are arena parameters without weight decay; running_mean and
 running_var are float32 buffers in `self.buffers`, where checkpoints and distributed code find them.
+
+relu=True fuses a following ReLU: y = max(0, BN(x)) in the normalize pass, and the backward masks
+dy with the saved output (y > 0) as it reads it, so the pair costs the passes of BN alone. The
+result and the gradients equal BatchNorm followed by nn.ReLU().
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ class _BatchNorm(Module):
     _ndims: tuple = ()          # accepted input ranks
     _layout: str = ""           # for error messages
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, relu: bool = False):
         super().__init__()
         if not isinstance(num_features, (int, np.integer)) or num_features < 1:
             raise ValueError(f"{type(self).__name__}(num_features): expected a positive int, got {num_features!r}")
@@ -34,6 +38,10 @@ class _BatchNorm(Module):
         self.num_features = int(num_features)
         self.eps = float(eps)
         self.momentum = float(momentum)
+        if not isinstance(relu, (bool, np.bool_)):
+            raise TypeError(f"{type(self).__name__}(relu): expected a bool, got {relu!r}")
+        self.relu = bool(relu)
+        self._relu_out = None
         self.weight = self.add_param("weight", (self.num_features,), initializers.ones(), decay=False)
         self.bias = self.add_param("bias", (self.num_features,), initializers.zeros(), decay=False)
         self.buffers = {"running_mean": np.zeros(self.num_features, np.float32),
@@ -48,7 +56,7 @@ class _BatchNorm(Module):
         return self.buffers["running_var"]
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}" + (", relu=True" if self.relu else "")
 
     def _where(self) -> str:
         return f"{type(self).__name__}(num_features={self.num_features})"
@@ -88,7 +96,7 @@ class _BatchNorm(Module):
                                  "or call .eval()")
             mean = xp.empty(c, x.dtype)
             invstd = xp.empty(c, x.dtype)
-            backend.kernel("batchnorm_fwd_train", like=x)(x, gamma, beta, self.eps, y, mean, invstd)
+            backend.kernel("batchnorm_fwd_train", like=x)(x, gamma, beta, self.eps, y, mean, invstd, self.relu)
             # The kernel returns invstd = 1/sqrt(var + eps); recover the biased variance from it
             # (one pass fewer than recomputing), then make it unbiased with M/(M-1) as torch does.
             var = xp.maximum(1.0 / (invstd.astype(np.float64) ** 2) - self.eps, 0.0)
@@ -99,14 +107,16 @@ class _BatchNorm(Module):
         else:
             rm = rmean.astype(x.dtype, copy=False)
             rv = rvar.astype(x.dtype, copy=False)
-            backend.kernel("batchnorm_fwd_eval", like=x)(x, gamma, beta, rm, rv, self.eps, y)
+            backend.kernel("batchnorm_fwd_eval", like=x)(x, gamma, beta, rm, rv, self.eps, y, self.relu)
             self.cache = (x, rm, 1.0 / xp.sqrt(rv + self.eps), False)
+        self._relu_out = y if self.relu else None   # the fused ReLU's gradient mask (y > 0)
         return y
 
     def backward(self, dy):
         if self.cache is None:
             raise RuntimeError(f"{self._where()}: backward called before forward")
         x, mean, invstd, trained = self.cache
+        y = self._relu_out
         if dy.shape != x.shape or dy.dtype != x.dtype:
             raise ValueError(f"{self._where()}: expected dy {x.shape} {x.dtype} (the forward output), "
                              f"got {dy.shape} {dy.dtype}")
@@ -115,9 +125,12 @@ class _BatchNorm(Module):
         gamma = self.weight.data
         if trained:
             dx = xp.empty_like(x)
-            backend.kernel("batchnorm_bwd", like=x)(x, dy, gamma, mean, invstd, dx, self.weight.grad, self.bias.grad)
+            backend.kernel("batchnorm_bwd", like=x)(x, dy, gamma, mean, invstd, dx, self.weight.grad, self.bias.grad,
+                                                    y)
             return dx
         # Eval: y = gamma*invstd*(x - mean) + beta with constant mean/invstd, an affine map.
+        if y is not None:
+            dy = dy * (y > 0)           # the fused ReLU's gradient
         c = self.num_features
         xs, dys = x.reshape(x.shape[0], c, -1), dy.reshape(x.shape[0], c, -1)
         xhat = (xs - mean.reshape(1, c, 1)) * invstd.reshape(1, c, 1)

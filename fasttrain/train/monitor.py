@@ -6,8 +6,8 @@ every `every` steps, on that step only, it records
   < 1e-5: lr probably too low or the layer is not learning);
 - the mean and std of every child output of the top-level Sequential (the saturation /
   vanishing picture: stds collapsing towards 0 or exploding with depth);
-- the dead-ReLU fraction of every ReLU: the share of units (features, or channel x position)
-  that are zero for every example of the batch;
+- the dead-ReLU fraction of every ReLU (and of every layer with a fused ReLU, `relu=True`): the
+  share of units (features, or channel x position) that are zero for every example of the batch;
 - the global gradient norm ||arena.grad||.
 
 Cheap by design: nothing happens on the other steps; on a sampled step the cost is one copy of
@@ -65,7 +65,7 @@ class Monitor:
 
     def _wrap(self, key: str, module) -> None:
         original = module.forward
-        is_relu = type(module).__name__ == "ReLU"
+        is_relu = type(module).__name__ == "ReLU" or getattr(module, "relu", False) is True
         acts = self._acts
 
         def observed(x):

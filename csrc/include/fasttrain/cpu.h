@@ -27,6 +27,9 @@ void tanh_bwd(const float* y, const float* dy, float* dx, int64_t n);
 void prelu_fwd(const float* x, const float* alpha, float* y, int64_t N, int64_t C, int64_t S);
 void prelu_bwd(const float* x, const float* alpha, const float* dy, float* dx, float* dalpha,
                int64_t N, int64_t C, int64_t S);
+// fasttrain/vmath.h's exp and expm1 over an array (bound for the accuracy test; not kernels)
+void vmath_exp(const float* x, float* y, int64_t n);
+void vmath_expm1(const float* x, float* y, int64_t n);
 
 // optim.cpp (flat arrays of n elements, updated in place)
 void sgd_step(float* p, const float* g, int64_t n, float lr, float l2, float l1);
@@ -73,15 +76,16 @@ void linear_fwd(const float* x, const float* w, const float* b, float* y, int64_
 void linear_bwd(const float* x, const float* w, const float* dy, float* dx, float* dw, float* db,
                 int64_t N, int64_t I, int64_t O);
 
-// batchnorm.cpp (x viewed as N,C,S)
+// batchnorm.cpp (x viewed as N,C,S). relu: y = max(0, bn(x)); bwd's y: that output when the
+// forward applied the ReLU (dy is masked by y > 0), nullptr otherwise.
 void batchnorm_fwd_train(const float* x, const float* gamma, const float* beta, float eps, float* y,
-                         float* mean, float* invstd, int64_t N, int64_t C, int64_t S);
+                         float* mean, float* invstd, int64_t N, int64_t C, int64_t S, bool relu);
 void batchnorm_fwd_eval(const float* x, const float* gamma, const float* beta,
                         const float* running_mean, const float* running_var, float eps, float* y,
-                        int64_t N, int64_t C, int64_t S);
+                        int64_t N, int64_t C, int64_t S, bool relu);
 void batchnorm_bwd(const float* x, const float* dy, const float* gamma, const float* mean,
                    const float* invstd, float* dx, float* dgamma, float* dbeta, int64_t N,
-                   int64_t C, int64_t S);
+                   int64_t C, int64_t S, const float* y);
 
 // pooling.cpp (NC planes of H,W -> P,Q)
 void maxpool2d_fwd(const float* x, float* y, int64_t* argmax, int64_t NC, int64_t H, int64_t W,

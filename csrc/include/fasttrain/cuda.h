@@ -48,13 +48,15 @@ void adam_step(float* p, const float* g, float* m, float* v, int64_t n, float lr
 void softmax_xent(const float* logits, const int64_t* labels, float* dlogits, float* row_loss, int64_t n, int64_t c,
                   cudaStream_t st);
 
-// batchnorm.cu: x viewed as (N, C, S)
+// batchnorm.cu: x viewed as (N, C, S); relu: y = max(0, bn(x)); bwd's y: that output (dy masked by
+// y > 0) when the forward applied the ReLU, nullptr otherwise
 void batchnorm_fwd_train(const float* x, const float* gamma, const float* beta, float eps, float* y, float* mean,
-                         float* invstd, int64_t n, int64_t c, int64_t s, cudaStream_t st);
+                         float* invstd, int64_t n, int64_t c, int64_t s, bool relu, cudaStream_t st);
 void batchnorm_fwd_eval(const float* x, const float* gamma, const float* beta, const float* rmean, const float* rvar,
-                        float eps, float* y, int64_t n, int64_t c, int64_t s, cudaStream_t st);
+                        float eps, float* y, int64_t n, int64_t c, int64_t s, bool relu, cudaStream_t st);
 void batchnorm_bwd(const float* x, const float* dy, const float* gamma, const float* mean, const float* invstd,
-                   float* dx, float* dgamma, float* dbeta, int64_t n, int64_t c, int64_t s, cudaStream_t st);
+                   float* dx, float* dgamma, float* dbeta, int64_t n, int64_t c, int64_t s, const float* y,
+                   cudaStream_t st);
 // pooling.cu (NCHW, nc = N*C planes; argmax: flat index into the H*W plane)
 void maxpool2d_fwd(const float* x, float* y, int64_t* argmax, int64_t nc, int64_t H, int64_t W, int64_t P, int64_t Q,
                    int kh, int kw, int sh, int sw, int ph, int pw, cudaStream_t st);

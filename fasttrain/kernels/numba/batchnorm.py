@@ -1,13 +1,23 @@
 """Batch normalization with Numba (docs/KERNELS.md): statistics in one pass (sums in float64),
-normalize + affine in a second; backward in two passes. Parallel over channels."""
+normalize + affine (+ the fused ReLU) in a second; backward in two passes, reading dy masked by the
+fused ReLU's output when there is one. Parallel over channels."""
 import math
 
 import numba as nb
 import numpy as np
 
 
+@nb.njit(cache=True, inline="always")
+def _affine(x, y, ch, scale, shift, relu):
+    n, _, s = x.shape
+    for i in range(n):
+        for k in range(s):
+            v = x[i, ch, k] * scale + shift
+            y[i, ch, k] = 0.0 if relu and v < 0.0 else v   # NaN kept, like the reference
+
+
 @nb.njit(parallel=True, cache=True)
-def _fwd_train(x, gamma, beta, eps, y, mean, invstd):
+def _fwd_train(x, gamma, beta, eps, y, mean, invstd, relu):
     n, c, s = x.shape
     m = n * s
     for ch in nb.prange(c):
@@ -25,24 +35,21 @@ def _fwd_train(x, gamma, beta, eps, y, mean, invstd):
         invstd[ch] = inv
         scale = gamma[ch] * inv
         shift = beta[ch] - mu * scale
-        for i in range(n):
-            for k in range(s):
-                y[i, ch, k] = x[i, ch, k] * scale + shift
+        _affine(x, y, ch, scale, shift, relu)
 
 
 @nb.njit(parallel=True, cache=True)
-def _fwd_eval(x, gamma, beta, rmean, rvar, eps, y):
+def _fwd_eval(x, gamma, beta, rmean, rvar, eps, y, relu):
     n, c, s = x.shape
     for ch in nb.prange(c):
         scale = gamma[ch] / math.sqrt(rvar[ch] + eps)
         shift = beta[ch] - rmean[ch] * scale
-        for i in range(n):
-            for k in range(s):
-                y[i, ch, k] = x[i, ch, k] * scale + shift
+        _affine(x, y, ch, scale, shift, relu)
 
 
 @nb.njit(parallel=True, cache=True)
-def _bwd(x, dy, gamma, mean, invstd, dx, dgamma, dbeta):
+def _bwd(x, dy, gamma, mean, invstd, dx, dgamma, dbeta, y, relu):
+    # relu: dy counts only where the forward's output y > 0 (y is a dummy otherwise)
     n, c, s = x.shape
     m = n * s
     for ch in nb.prange(c):
@@ -53,6 +60,8 @@ def _bwd(x, dy, gamma, mean, invstd, dx, dgamma, dbeta):
         for i in range(n):
             for k in range(s):
                 d = dy[i, ch, k]
+                if relu and not y[i, ch, k] > 0:
+                    d = 0.0
                 sdy += d
                 sdyx += d * (x[i, ch, k] - mu) * inv
         dgamma[ch] += sdyx
@@ -61,20 +70,24 @@ def _bwd(x, dy, gamma, mean, invstd, dx, dgamma, dbeta):
         for i in range(n):
             for k in range(s):
                 xhat = (x[i, ch, k] - mu) * inv
-                dx[i, ch, k] = a * (m * dy[i, ch, k] - sdy - xhat * sdyx)
+                d = dy[i, ch, k]
+                if relu and not y[i, ch, k] > 0:
+                    d = 0.0
+                dx[i, ch, k] = a * (m * d - sdy - xhat * sdyx)
 
 
 def _ncs(a):
     return a.reshape(a.shape[0], a.shape[1], -1)
 
 
-def batchnorm_fwd_train(x, gamma, beta, eps, y, mean, invstd):
-    _fwd_train(_ncs(x), gamma, beta, float(eps), _ncs(y), mean, invstd)
+def batchnorm_fwd_train(x, gamma, beta, eps, y, mean, invstd, relu=False):
+    _fwd_train(_ncs(x), gamma, beta, float(eps), _ncs(y), mean, invstd, bool(relu))
 
 
-def batchnorm_fwd_eval(x, gamma, beta, running_mean, running_var, eps, y):
-    _fwd_eval(_ncs(x), gamma, beta, running_mean, running_var, float(eps), _ncs(y))
+def batchnorm_fwd_eval(x, gamma, beta, running_mean, running_var, eps, y, relu=False):
+    _fwd_eval(_ncs(x), gamma, beta, running_mean, running_var, float(eps), _ncs(y), bool(relu))
 
 
-def batchnorm_bwd(x, dy, gamma, mean, invstd, dx, dgamma, dbeta):
-    _bwd(_ncs(x), _ncs(dy), gamma, mean, invstd, _ncs(dx), dgamma, dbeta)
+def batchnorm_bwd(x, dy, gamma, mean, invstd, dx, dgamma, dbeta, y=None):
+    xs = _ncs(x)
+    _bwd(xs, _ncs(dy), gamma, mean, invstd, _ncs(dx), dgamma, dbeta, xs if y is None else _ncs(y), y is not None)

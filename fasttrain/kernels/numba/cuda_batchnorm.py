@@ -1,7 +1,8 @@
 """Batch normalization with numba-cuda (docs/KERNELS.md): one block per channel reduces over the
 N*S elements of that channel (per-thread float64 partial sums, then a shared-memory tree), and the
-same block then normalizes or forms dx. Simple and exact enough; a C++ kernel that splits a
-channel over many blocks wins when C is small. See _cuda_common for how arrays are taken."""
+same block then normalizes (+ the fused ReLU) or forms dx (from dy masked by the fused ReLU's
+output). Simple and exact enough; a C++ kernel that splits a channel over many blocks wins when C
+is small. See _cuda_common for how arrays are taken."""
 import math
 
 import numpy as np
@@ -30,7 +31,7 @@ def _block_sum2(a, b, sa, sb):
 
 
 @cuda.jit
-def _fwd_train(x, gamma, beta, eps, y, mean, invstd):
+def _fwd_train(x, gamma, beta, eps, y, mean, invstd, relu):
     n, c, s = x.shape
     ch = cuda.blockIdx.x
     m = n * s
@@ -52,11 +53,12 @@ def _fwd_train(x, gamma, beta, eps, y, mean, invstd):
     scale = gamma[ch] * inv
     shift = beta[ch] - mu * scale
     for e in range(cuda.threadIdx.x, m, THREADS):
-        y[e // s, ch, e % s] = x[e // s, ch, e % s] * scale + shift
+        v = x[e // s, ch, e % s] * scale + shift
+        y[e // s, ch, e % s] = 0.0 if relu and v < 0.0 else v   # NaN kept, like the reference
 
 
 @cuda.jit
-def _fwd_eval(x, gamma, beta, rmean, rvar, eps, y):
+def _fwd_eval(x, gamma, beta, rmean, rvar, eps, y, relu):
     n, c, s = x.shape
     total = n * c * s
     for e in range(cuda.grid(1), total, cuda.gridsize(1)):
@@ -64,11 +66,21 @@ def _fwd_eval(x, gamma, beta, rmean, rvar, eps, y):
         scale = gamma[ch] / math.sqrt(rvar[ch] + eps)
         i = e // (c * s)
         k = e % s
-        y[i, ch, k] = x[i, ch, k] * scale + (beta[ch] - rmean[ch] * scale)
+        v = x[i, ch, k] * scale + (beta[ch] - rmean[ch] * scale)
+        y[i, ch, k] = 0.0 if relu and v < 0.0 else v
+
+
+@cuda.jit(device=True, inline=True)
+def _grad_in(dy, y, relu, i, ch, k):
+    # dy, or with the fused ReLU dy where the forward's output y > 0 (y is a dummy otherwise)
+    d = dy[i, ch, k]
+    if relu and not y[i, ch, k] > 0:
+        d = 0.0
+    return d
 
 
 @cuda.jit
-def _bwd(x, dy, gamma, mean, invstd, dx, dgamma, dbeta):
+def _bwd(x, dy, gamma, mean, invstd, dx, dgamma, dbeta, y, relu):
     n, c, s = x.shape
     ch = cuda.blockIdx.x
     m = n * s
@@ -79,7 +91,7 @@ def _bwd(x, dy, gamma, mean, invstd, dx, dgamma, dbeta):
     sdy = 0.0
     sdyx = 0.0
     for e in range(cuda.threadIdx.x, m, THREADS):
-        d = float64(dy[e // s, ch, e % s])
+        d = float64(_grad_in(dy, y, relu, e // s, ch, e % s))
         sdy += d
         sdyx += d * (x[e // s, ch, e % s] - mu) * inv
     sdy, sdyx = _block_sum2(sdy, sdyx, sa, sb)
@@ -91,34 +103,37 @@ def _bwd(x, dy, gamma, mean, invstd, dx, dgamma, dbeta):
         i = e // s
         k = e % s
         xhat = (x[i, ch, k] - mu) * inv
-        dx[i, ch, k] = a * (m * dy[i, ch, k] - sdy - xhat * sdyx)
+        dx[i, ch, k] = a * (m * _grad_in(dy, y, relu, i, ch, k) - sdy - xhat * sdyx)
 
 
 def _ncs(a):
     return (a.shape[0], a.shape[1], int(np.prod(a.shape[2:], dtype=np.int64)))
 
 
-def batchnorm_fwd_train(x, gamma, beta, eps, y, mean, invstd, stream=0):
+def batchnorm_fwd_train(x, gamma, beta, eps, y, mean, invstd, relu=False, stream=0):
     sh = _ncs(x)
     if x.size:
-        _fwd_train[sh[1], THREADS, stream_of(stream)](dev_nd(x, sh), dev_nd(gamma, gamma.shape), dev_nd(beta, beta.shape),
-                                                      float(eps), dev_nd(y, sh), dev_nd(mean, mean.shape),
-                                                      dev_nd(invstd, invstd.shape))
+        _fwd_train[sh[1], THREADS, stream_of(stream)](dev_nd(x, sh), dev_nd(gamma, gamma.shape),
+                                                      dev_nd(beta, beta.shape), float(eps), dev_nd(y, sh),
+                                                      dev_nd(mean, mean.shape), dev_nd(invstd, invstd.shape),
+                                                      bool(relu))
 
 
-def batchnorm_fwd_eval(x, gamma, beta, running_mean, running_var, eps, y, stream=0):
+def batchnorm_fwd_eval(x, gamma, beta, running_mean, running_var, eps, y, relu=False, stream=0):
     sh = _ncs(x)
     if x.size:
         blocks = max(1, min((x.size + THREADS - 1) // THREADS, 65535))
         _fwd_eval[blocks, THREADS, stream_of(stream)](dev_nd(x, sh), dev_nd(gamma, gamma.shape),
                                                       dev_nd(beta, beta.shape), dev_nd(running_mean, gamma.shape),
-                                                      dev_nd(running_var, gamma.shape), float(eps), dev_nd(y, sh))
+                                                      dev_nd(running_var, gamma.shape), float(eps), dev_nd(y, sh),
+                                                      bool(relu))
 
 
-def batchnorm_bwd(x, dy, gamma, mean, invstd, dx, dgamma, dbeta, stream=0):
+def batchnorm_bwd(x, dy, gamma, mean, invstd, dx, dgamma, dbeta, y=None, stream=0):
     sh = _ncs(x)
     if x.size:
         c = gamma.shape
-        _bwd[sh[1], THREADS, stream_of(stream)](dev_nd(x, sh), dev_nd(dy, sh), dev_nd(gamma, c), dev_nd(mean, c),
+        xd = dev_nd(x, sh)
+        _bwd[sh[1], THREADS, stream_of(stream)](xd, dev_nd(dy, sh), dev_nd(gamma, c), dev_nd(mean, c),
                                                 dev_nd(invstd, c), dev_nd(dx, sh), dev_nd(dgamma, c),
-                                                dev_nd(dbeta, c))
+                                                dev_nd(dbeta, c), xd if y is None else dev_nd(y, sh), y is not None)
