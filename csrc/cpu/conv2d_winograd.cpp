@@ -7,8 +7,9 @@
 //   bwd_data     the same with dy as input and the flipped, channel-transposed weights
 //   bwd_weight   dU[xi] (K x C) += Z[xi] (K x T) * V[xi]^T,  Z = A dy A^T,  dw += G^T dU G
 // (bwd_weight is the adjoint of the forward map g -> y, so it reuses V and the same 16 GEMMs).
-// T is the tile count of a chunk of whole images, about kChunkCols columns so the GEMMs are wide
-// enough for OpenBLAS while V and M stay in the per-core caches. Chunks are fixed by the shape
+// T is the tile count of a chunk of whole images, about kChunkCols columns: wide enough for
+// OpenBLAS, small enough that V and M stay in the per-core caches (one 32x32 image per chunk
+// measured as fast as two to four). Chunks are fixed by the shape
 // alone, so results do not depend on the thread count (except how OpenBLAS splits a GEMM when
 // there are fewer chunks than threads).
 //
@@ -30,7 +31,7 @@ namespace ft::cpu::winograd {
 namespace {
 
 constexpr int64_t kPts = 16;         // transformed points per 4x4 tile
-constexpr int64_t kChunkCols = 256;  // target tiles per GEMM (measured on the bench shapes)
+constexpr int64_t kChunkCols = 128;  // target tiles per GEMM (measured on the bench shapes)
 
 // A 3x3 stride-1 convolution of Cin-channel H x W images into Cout channels, padding ph, pw.
 struct Tiles {
@@ -71,39 +72,58 @@ void over_chunks(int64_t chunks, Body body) {
 // Columns 2m - pad (even) and 2m - pad + 1 (odd) of one image row, m in [0, n); zero outside
 // the row (row == nullptr: a padding row).
 void split_row(const float* row, int64_t W, int64_t pad, int64_t n, float* even, float* odd) {
-  for (int64_t m = 0; m < n; ++m) {
-    const int64_t e = 2 * m - pad, o = e + 1;
-    even[m] = row && e >= 0 && e < W ? row[e] : 0.f;
-    odd[m] = row && o >= 0 && o < W ? row[o] : 0.f;
+  if (!row) {
+    std::fill(even, even + n, 0.f);
+    std::fill(odd, odd + n, 0.f);
+    return;
   }
+  // [lo, hi): both columns inside the row, so that stretch needs no bounds checks
+  const int64_t lo = std::min(n, (pad + 1) / 2);
+  const int64_t hi = std::max(lo, std::min(n, W + pad >= 2 ? (W + pad - 2) / 2 + 1 : 0));
+  auto edge = [&](int64_t m) {
+    const int64_t e = 2 * m - pad, o = e + 1;
+    even[m] = e >= 0 && e < W ? row[e] : 0.f;
+    odd[m] = o >= 0 && o < W ? row[o] : 0.f;
+  };
+  for (int64_t m = 0; m < lo; ++m) edge(m);
+  const float* r = row - pad;
+#pragma omp simd
+  for (int64_t m = lo; m < hi; ++m) {
+    even[m] = r[2 * m];
+    odd[m] = r[2 * m + 1];
+  }
+  for (int64_t m = hi; m < n; ++m) edge(m);
 }
 
 // V[xi][c][col0 + tile] = (B^T d B)[xi] for every tile of one Cin x H x W image.
 void input_transform(const Tiles& t, const float* x, float* V, int64_t T, int64_t col0) {
-  const int64_t n = t.tw + 1;  // tile j reads even/odd columns j and j + 1
-  std::vector<float> buf(16 * n);
-  float *ev = buf.data(), *od = ev + 4 * n, *re = od + 4 * n, *ro = re + 4 * n;
+  const int64_t n = t.tw + 1;      // tile j reads even/odd columns j and j + 1
+  const int64_t rows = 2 * t.th + 2;  // padded rows the tiles read
+  std::vector<float> buf(2 * n * rows + 8 * n);
+  float *split = buf.data(), *rt = split + 2 * n * rows;
   for (int64_t c = 0; c < t.Cin; ++c) {
     const float* plane = x + c * t.H * t.W;
+    for (int64_t r = 0; r < rows; ++r) {  // each row once (neighbouring tile rows share two)
+      const int64_t h = r - t.ph;
+      split_row(h >= 0 && h < t.H ? plane + h * t.W : nullptr, t.W, t.pw, n, split + 2 * n * r,
+                split + 2 * n * r + n);
+    }
     for (int64_t i = 0; i < t.th; ++i) {
-      for (int64_t r = 0; r < 4; ++r) {
-        const int64_t h = 2 * i - t.ph + r;
-        split_row(h >= 0 && h < t.H ? plane + h * t.W : nullptr, t.W, t.pw, n, ev + r * n, od + r * n);
-      }
-      // B^T d (rows), on the even and the odd columns alike
-      for (const auto& [s, d] : {std::pair{ev, re}, std::pair{od, ro}}) {
+      // B^T d (rows) over rows 2i..2i+3 of split; a row's even and odd halves are contiguous,
+      // so one loop covers both. rt[a] = [even | odd] of row a of B^T d.
+      const float* s = split + 2 * n * 2 * i;
+      const int64_t w2 = 2 * n;
 #pragma omp simd
-        for (int64_t m = 0; m < n; ++m) {
-          const float d0 = s[m], d1 = s[n + m], d2 = s[2 * n + m], d3 = s[3 * n + m];
-          d[m] = d0 - d2;
-          d[n + m] = d1 + d2;
-          d[2 * n + m] = d2 - d1;
-          d[3 * n + m] = d1 - d3;
-        }
+      for (int64_t m = 0; m < w2; ++m) {
+        const float d0 = s[m], d1 = s[w2 + m], d2 = s[2 * w2 + m], d3 = s[3 * w2 + m];
+        rt[m] = d0 - d2;
+        rt[w2 + m] = d1 + d2;
+        rt[2 * w2 + m] = d2 - d1;
+        rt[3 * w2 + m] = d1 - d3;
       }
       // (B^T d) B (columns): columns 2j..2j+3 are even j, odd j, even j+1, odd j+1
       for (int64_t a = 0; a < 4; ++a) {
-        const float *e = re + a * n, *o = ro + a * n;
+        const float *e = rt + a * w2, *o = e + n;
         float* out = V + (a * 4 * t.Cin + c) * T + col0 + i * t.tw;
         float *v0 = out, *v1 = out + t.Cin * T, *v2 = out + 2 * t.Cin * T, *v3 = out + 3 * t.Cin * T;
 #pragma omp simd
