@@ -167,9 +167,11 @@ def test_blas_threads_follow_the_setting(restore_threads):
 from fasttrain.kernels import conv2d as conv_ref  # noqa: E402
 
 # (N, C, H, W, K, pad): odd sizes (tiles crossing the border), batch 1, prime channel counts,
-# padding 0/1/2, a 1x1 image, an empty batch
+# padding 0/1/2, a 1x1 image, an empty batch; wide images whose Winograd chunks (about 128 tiles
+# of whole tile rows) split an image and span image borders
 WINO_CONFIGS = [(2, 5, 7, 9, 3, 1), (1, 3, 5, 5, 7, 0), (3, 7, 13, 5, 13, 2), (1, 13, 9, 13, 5, 1),
-                (2, 2, 1, 1, 3, 1), (4, 16, 8, 8, 16, 1), (0, 3, 5, 5, 2, 1), (5, 17, 3, 4, 2, 0)]
+                (2, 2, 1, 1, 3, 1), (4, 16, 8, 8, 16, 1), (0, 3, 5, 5, 2, 1), (5, 17, 3, 4, 2, 0),
+                (3, 3, 13, 67, 5, 1), (1, 2, 19, 64, 3, 0)]
 WINO_IDS = [f"N{n}-C{c}-{h}x{w}-K{k}-p{p}" for n, c, h, w, k, p in WINO_CONFIGS]
 
 
