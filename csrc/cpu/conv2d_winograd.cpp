@@ -105,26 +105,47 @@ void split_row(const float* row, int64_t W, int64_t pad, int64_t n, float* even,
   for (int64_t m = hi; m < n; ++m) edge(m);
 }
 
+// Padded image row (row == nullptr: a padding row) split into its even and odd columns: even[m]
+// = column 2m - pad, odd[m] = column 2m + 1 - pad, m in [0, ns). `line` (2 ns floats) holds the
+// padded row; its zero borders are written by the caller once, only the interior is copied here,
+// and ns is a multiple of the vector width so the split loop has no scalar remainder.
+void split_padded(const float* row, int64_t W, int64_t pad, int64_t ns, float* line, float* even,
+                  float* odd) {
+  if (!row) {
+    std::fill(even, even + ns, 0.f);
+    std::fill(odd, odd + ns, 0.f);
+    return;
+  }
+  std::copy(row, row + W, line + pad);
+#pragma omp simd
+  for (int64_t m = 0; m < ns; ++m) {
+    even[m] = line[2 * m];
+    odd[m] = line[2 * m + 1];
+  }
+}
+
 // V[xi][c][col0 + (i - i0) tw + j] = (B^T d B)[xi] for tiles (i, j), i in [i0, i1), of one
 // Cin x H x W image.
 void input_transform(const Tiles& t, const float* x, int64_t i0, int64_t i1, float* V, int64_t T,
                      int64_t col0) {
-  const int64_t n = t.tw + 1;             // tile j reads even/odd columns j and j + 1
+  // tile j reads even/odd columns j and j + 1: t.tw + 1 of each, rounded up to 8 (2 ns >= W + pw,
+  // so a padded row fits in `line`)
+  const int64_t ns = (t.tw + 1 + 7) / 8 * 8;
   const int64_t rows = 2 * (i1 - i0) + 2;  // padded rows the tiles read
-  std::vector<float> buf(2 * n * rows + 8 * n);
-  float *split = buf.data(), *rt = split + 2 * n * rows;
+  std::vector<float> buf(2 * ns * rows + 8 * ns + 2 * ns, 0.f);
+  float *split = buf.data(), *rt = split + 2 * ns * rows, *line = rt + 8 * ns;
   for (int64_t c = 0; c < t.Cin; ++c) {
     const float* plane = x + c * t.H * t.W;
     for (int64_t r = 0; r < rows; ++r) {  // each row once (neighbouring tile rows share two)
       const int64_t h = 2 * i0 + r - t.ph;
-      split_row(h >= 0 && h < t.H ? plane + h * t.W : nullptr, t.W, t.pw, n, split + 2 * n * r,
-                split + 2 * n * r + n);
+      split_padded(h >= 0 && h < t.H ? plane + h * t.W : nullptr, t.W, t.pw, ns, line,
+                   split + 2 * ns * r, split + 2 * ns * r + ns);
     }
     for (int64_t i = i0; i < i1; ++i) {
       // B^T d (rows) over rows 2i..2i+3 of split; a row's even and odd halves are contiguous,
       // so one loop covers both. rt[a] = [even | odd] of row a of B^T d.
-      const float* s = split + 2 * n * 2 * (i - i0);
-      const int64_t w2 = 2 * n;
+      const float* s = split + 2 * ns * 2 * (i - i0);
+      const int64_t w2 = 2 * ns;
 #pragma omp simd
       for (int64_t m = 0; m < w2; ++m) {
         const float d0 = s[m], d1 = s[w2 + m], d2 = s[2 * w2 + m], d3 = s[3 * w2 + m];
@@ -135,7 +156,7 @@ void input_transform(const Tiles& t, const float* x, int64_t i0, int64_t i1, flo
       }
       // (B^T d) B (columns): columns 2j..2j+3 are even j, odd j, even j+1, odd j+1
       for (int64_t a = 0; a < 4; ++a) {
-        const float *e = rt + a * w2, *o = e + n;
+        const float *e = rt + a * w2, *o = e + ns;
         float* out = V + (a * 4 * t.Cin + c) * T + col0 + (i - i0) * t.tw;
         float *v0 = out, *v1 = out + t.Cin * T, *v2 = out + 2 * t.Cin * T, *v3 = out + 3 * t.Cin * T;
 #pragma omp simd
