@@ -20,7 +20,6 @@
 #include "winograd.h"
 
 #include <algorithm>
-#include <utility>
 #include <vector>
 
 #include <omp.h>
