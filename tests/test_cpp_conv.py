@@ -224,7 +224,8 @@ def test_conv2d_algorithms_match_reference(algo, n, c, h, wd, k, p, relu, restor
 
 
 def test_conv2d_algorithm_choice_errors(restore_algo):
-    with pytest.raises(ValueError, match=r"set_conv2d_algo\(name\): expected 'auto', 'im2col' or 'winograd', got 'fft'"):
+    with pytest.raises(ValueError,
+                       match=r"set_conv2d_algo\(name\): expected 'auto', 'im2col' or 'winograd', got 'fft'"):
         C.set_conv2d_algo("fft")
     C.set_conv2d_algo("winograd")
     x, w, b = np.zeros((1, 2, 7, 7), f32), np.zeros((3, 2, 3, 3), f32), np.zeros(3, f32)
@@ -234,7 +235,8 @@ def test_conv2d_algorithm_choice_errors(restore_algo):
     with pytest.raises(ValueError, match=r"got 5x5 stride \(1, 1\)"):
         C.conv2d_fwd(x, np.zeros((3, 2, 5, 5), f32), b, np.zeros((1, 3, 3, 3), f32), 1, 1, 0, 0, False)
     # the data gradient is a convolution with padding 2 - p, so p = 3 cannot go through Winograd
-    with pytest.raises(ValueError, match=r"conv2d_bwd_data: .*and padding <= 2, got 3x3 stride \(1, 1\) padding \(3, 3\)"):
+    with pytest.raises(ValueError,
+                       match=r"conv2d_bwd_data: .*and padding <= 2, got 3x3 stride \(1, 1\) padding \(3, 3\)"):
         C.conv2d_bwd_data(np.zeros((1, 3, 11, 11), f32), w, np.zeros_like(x), 1, 1, 3, 3)
     # the weight gradient has no such limit
     dw, db = np.zeros_like(w), np.zeros_like(b)

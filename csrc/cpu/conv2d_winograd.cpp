@@ -157,7 +157,8 @@ void input_transform(const Tiles& t, const float* x, int64_t i0, int64_t i1, flo
       for (int64_t a = 0; a < 4; ++a) {
         const float *e = rt + a * w2, *o = e + ns;
         float* out = V + (a * 4 * t.Cin + c) * T + col0 + (i - i0) * t.tw;
-        float *v0 = out, *v1 = out + t.Cin * T, *v2 = out + 2 * t.Cin * T, *v3 = out + 3 * t.Cin * T;
+        const int64_t ld = t.Cin * T;  // distance between consecutive points xi
+        float *v0 = out, *v1 = out + ld, *v2 = out + 2 * ld, *v3 = out + 3 * ld;
 #pragma omp simd
         for (int64_t j = 0; j < t.tw; ++j) {
           v0[j] = e[j] - e[j + 1];
