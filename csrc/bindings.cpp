@@ -158,6 +158,10 @@ void bind(py::module_& m) {
   }, py::arg("x"), py::arg("dy"), py::arg("dw"), py::arg("db"), py::arg("sh"), py::arg("sw"),
      py::arg("ph"), py::arg("pw"));
 
+  m.def("set_conv2d_algo", &ft::cpu::set_conv2d_algo, py::arg("name"),
+        "conv2d algorithm: 'auto', 'im2col' or 'winograd' (3x3 stride-1 only; an error elsewhere)");
+  m.def("conv2d_algo", &ft::cpu::conv2d_algo);
+
   m.def("linear_fwd", [](py::array x, py::array w, py::array b, py::array y) {
     const char* op = "linear_fwd";
     expect_ndim(op, "x", x, 2);

@@ -70,3 +70,14 @@ def test_bench_gpu_quick_runs_or_says_why_not(tmp_path):
         names = {(r["name"], r["backend"]) for r in gpu}
         assert {("d2d_copy", "cupy"), ("sgemm_fp32", "cublas"), ("adam", "cuda"), ("conv2d_fwd_bwd", "cuda")} <= names
         assert all(REQUIRED <= set(r) for r in gpu)
+
+
+@pytest.mark.timeout(120)
+def test_bench_conv_algos_runs_on_a_tiny_shape():
+    pytest.importorskip("fasttrain._C", reason="C++ module not built")
+    proc = subprocess.run([sys.executable, "-m", "bench.conv_algos", "--repeat", "1", "--rounds", "1",
+                           "--shapes", "2,16,6,5,17"], cwd=ROOT, capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for row in ("auto", "im2col", "winograd", "numpy"):
+        assert f"\n  {row} " in proc.stdout, proc.stdout
+    assert "im2col/winograd" in proc.stdout and "numpy/auto" in proc.stdout

@@ -160,3 +160,121 @@ def test_blas_threads_follow_the_setting(restore_threads):
         C.conv2d_fwd(x, w, b, y, 1, 1, 1, 1, False)
         outs.append(y)
     np.testing.assert_allclose(outs[1], outs[0], rtol=1e-6, atol=1e-5)
+
+
+# ---- conv2d algorithms: Winograd F(2x2, 3x3) and im2col, each forced -------------------------
+
+from fasttrain.kernels import conv2d as conv_ref  # noqa: E402
+
+# (N, C, H, W, K, pad): odd sizes (tiles crossing the border), batch 1, prime channel counts,
+# padding 0/1/2, a 1x1 image, an empty batch; wide images whose Winograd chunks (about 128 tiles
+# of whole tile rows) split an image and span image borders
+WINO_CONFIGS = [(2, 5, 7, 9, 3, 1), (1, 3, 5, 5, 7, 0), (3, 7, 13, 5, 13, 2), (1, 13, 9, 13, 5, 1),
+                (2, 2, 1, 1, 3, 1), (4, 16, 8, 8, 16, 1), (0, 3, 5, 5, 2, 1), (5, 17, 3, 4, 2, 0),
+                (3, 3, 13, 67, 5, 1), (1, 2, 19, 64, 3, 0)]
+WINO_IDS = [f"N{n}-C{c}-{h}x{w}-K{k}-p{p}" for n, c, h, w, k, p in WINO_CONFIGS]
+
+
+@pytest.fixture
+def restore_algo():
+    yield
+    C.set_conv2d_algo("auto")
+
+
+def _ref_run(x, w, b, dy, p, relu):
+    """Reference results in float64 for (x, w, b, dy), and the same maps applied to |x|, |w|, |dy|
+    (no bias, no ReLU): the sum of |terms| that bounds each output's rounding error."""
+    def run(x, w, b, dy, relu):
+        y, dx = np.empty(dy.shape), np.empty(x.shape)
+        dw, db = np.zeros(w.shape), np.zeros(b.shape)
+        conv_ref.conv2d_fwd_ref(x, w, b, y, 1, 1, p, p, relu)
+        conv_ref.conv2d_bwd_data_ref(dy, w, dx, 1, 1, p, p)
+        conv_ref.conv2d_bwd_weight_ref(x, dy, dw, db, 1, 1, p, p)
+        return y, dx, dw, db
+    f64 = [a.astype(np.float64) for a in (x, w, b, dy)]
+    want = run(*f64, relu)
+    mag = run(*(np.abs(a) for a in f64[:2]), np.abs(f64[2]), np.abs(f64[3]), False)
+    return want, mag
+
+
+@pytest.mark.parametrize("algo", ["im2col", "winograd"])
+@pytest.mark.parametrize("n,c,h,wd,k,p", WINO_CONFIGS, ids=WINO_IDS)
+@pytest.mark.parametrize("relu", [False, True])
+def test_conv2d_algorithms_match_reference(algo, n, c, h, wd, k, p, relu, restore_algo):
+    rng = np.random.default_rng(n * 1000 + c * 10 + k)
+    x, w, b = _rand(rng, n, c, h, wd), _rand(rng, k, c, 3, 3), _rand(rng, k)
+    dy = _rand(rng, n, k, h + 2 * p - 2, wd + 2 * p - 2)
+    C.set_conv2d_algo(algo)
+    assert C.conv2d_algo() == algo
+    y, dx = np.empty(dy.shape, f32), np.empty_like(x)
+    C.conv2d_fwd(x, w, b, y, 1, 1, p, p, relu)
+    C.conv2d_bwd_data(dy, w, dx, 1, 1, p, p)
+    dw, db = np.full_like(w, 0.5), np.full_like(b, 0.5)   # gradients accumulate
+    C.conv2d_bwd_weight(x, dy, dw, db, 1, 1, p, p)
+    want, mag = _ref_run(x, w, b, dy, p, relu)
+    # Winograd's transforms only add, subtract and halve, but they grow the magnitudes that meet
+    # in the GEMM (B^T d B sums up to 4 inputs, G g G^T up to 9/4 of the largest weight, the output
+    # transform sums 9 products): the rounding error stays a small multiple of float32 eps
+    # (1.2e-7) times sum |w||x| for each output. 2e-5 leaves room for that multiple (observed
+    # up to 3e-6, in the data gradient) and is far below the error of a wrong tap (|w||x| per term).
+    for got, ref, m, what in zip((y, dx, dw - 0.5, db - 0.5), want, mag, ("y", "dx", "dw", "db")):
+        err = np.abs(got.astype(np.float64) - ref)
+        bound = 2e-5 * m + 1e-6
+        assert np.all(err <= bound), f"{algo} {what}: worst error/bound {np.max(err / bound, initial=0):.3g}"
+
+
+def test_conv2d_algorithm_choice_errors(restore_algo):
+    with pytest.raises(ValueError,
+                       match=r"set_conv2d_algo\(name\): expected 'auto', 'im2col' or 'winograd', got 'fft'"):
+        C.set_conv2d_algo("fft")
+    C.set_conv2d_algo("winograd")
+    x, w, b = np.zeros((1, 2, 7, 7), f32), np.zeros((3, 2, 3, 3), f32), np.zeros(3, f32)
+    with pytest.raises(ValueError, match=r"conv2d_fwd: conv2d algorithm 'winograd' needs a 3x3 kernel "
+                                         r"with stride 1, got 3x3 stride \(2, 2\) padding \(1, 1\)"):
+        C.conv2d_fwd(x, w, b, np.zeros((1, 3, 4, 4), f32), 2, 2, 1, 1, False)
+    with pytest.raises(ValueError, match=r"got 5x5 stride \(1, 1\)"):
+        C.conv2d_fwd(x, np.zeros((3, 2, 5, 5), f32), b, np.zeros((1, 3, 3, 3), f32), 1, 1, 0, 0, False)
+    # the data gradient is a convolution with padding 2 - p, so p = 3 cannot go through Winograd
+    with pytest.raises(ValueError,
+                       match=r"conv2d_bwd_data: .*and padding <= 2, got 3x3 stride \(1, 1\) padding \(3, 3\)"):
+        C.conv2d_bwd_data(np.zeros((1, 3, 11, 11), f32), w, np.zeros_like(x), 1, 1, 3, 3)
+    # the weight gradient has no such limit
+    dw, db = np.zeros_like(w), np.zeros_like(b)
+    C.conv2d_bwd_weight(x, np.ones((1, 3, 11, 11), f32), dw, db, 1, 1, 3, 3)
+    np.testing.assert_allclose(db, 121.0)
+
+
+@pytest.mark.parametrize("n", [1, 3, 8])
+def test_winograd_does_not_depend_on_thread_count(n, restore_threads, restore_algo):
+    rng = np.random.default_rng(11 + n)
+    x, w, b = _rand(rng, n, 17, 9, 11), _rand(rng, 19, 17, 3, 3), _rand(rng, 19)
+    dy = _rand(rng, n, 19, 9, 11)
+    C.set_conv2d_algo("winograd")
+    outs = []
+    for threads in (1, 2, 3):
+        C.set_num_threads(threads)
+        y, dx = np.empty(dy.shape, f32), np.empty_like(x)
+        C.conv2d_fwd(x, w, b, y, 1, 1, 1, 1, True)
+        C.conv2d_bwd_data(dy, w, dx, 1, 1, 1, 1)
+        dw, db = np.zeros_like(w), np.zeros_like(b)
+        C.conv2d_bwd_weight(x, dy, dw, db, 1, 1, 1, 1)
+        outs.append((y, dx, dw, db))
+    for threads, got in zip((2, 3), outs[1:]):
+        for g, r, what in zip(got, outs[0], ("y", "dx", "dw", "db")):
+            # images split into fixed chunks: per-image results are exact unless OpenBLAS splits a
+            # GEMM (fewer chunks than threads); dw/db add per-thread partials
+            np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5, err_msg=f"{what}, {threads} threads")
+
+
+def test_auto_algorithm_agrees_with_both(restore_algo):
+    # "auto" picks per op; whatever it picks must agree with both forced paths
+    rng = np.random.default_rng(5)
+    x, w, b = _rand(rng, 2, 16, 10, 10), _rand(rng, 24, 16, 3, 3), _rand(rng, 24)
+    res = {}
+    for algo in ("auto", "im2col", "winograd"):
+        C.set_conv2d_algo(algo)
+        y = np.empty((2, 24, 10, 10), f32)
+        C.conv2d_fwd(x, w, b, y, 1, 1, 1, 1, False)
+        res[algo] = y
+    np.testing.assert_allclose(res["auto"], res["im2col"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(res["auto"], res["winograd"], rtol=1e-4, atol=1e-4)

@@ -8,14 +8,20 @@
 // Threads: with at least as many images as threads, each thread takes whole images and runs
 // single-threaded GEMMs (no synchronisation inside an image, the unfold stays in its cache);
 // with fewer images, images go one after another and OpenBLAS splits each GEMM.
+//
+// 3x3 stride-1 convolutions go through Winograd F(2x2, 3x3) instead (conv2d_winograd.cpp) when
+// the channel counts make it pay; set_conv2d_algo forces either algorithm (tests cover both).
 #include <algorithm>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include <omp.h>
 
 #include "blas.h"
+#include "fasttrain/check.h"
 #include "fasttrain/cpu.h"
+#include "winograd.h"
 
 namespace ft::cpu {
 namespace {
@@ -94,6 +100,9 @@ float* scratch(int64_t n) {
   return buf.data();
 }
 
+// Below this many channels in or out, Auto keeps im2col (measured on the bench shapes).
+constexpr int64_t kWinogradMinChannels = 16;
+
 bool per_image_threads(int64_t N, int nt) { return nt > 1 && N >= nt; }
 
 void fwd_image(const Geom& g, const float* x, const float* w, const float* b, float* y, bool relu) {
@@ -164,12 +173,49 @@ void over_images(int64_t N, Body body) {
   }
 }
 
+enum class Algo { Auto, Im2col, Winograd };
+Algo g_algo = Algo::Auto;
+
+// Whether op runs through Winograd. Forcing it on a convolution it cannot do is an error, not a
+// quiet switch to im2col, so a test that forces it really tests it. `cin`, `cout`: the channels
+// the op reads and writes (swapped for the data gradient).
+bool use_winograd(const char* op, const Geom& g, bool data_grad, int64_t cin, int64_t cout) {
+  const bool fits = g.R == 3 && g.S == 3 && g.sh == 1 && g.sw == 1 &&
+                    (!data_grad || (g.ph <= 2 && g.pw <= 2));
+  switch (g_algo) {
+    case Algo::Im2col:
+      return false;
+    case Algo::Winograd:
+      FT_CHECK(fits, op << ": conv2d algorithm 'winograd' needs a 3x3 kernel with stride 1"
+                        << (data_grad ? " and padding <= 2" : "") << ", got " << g.R << "x" << g.S
+                        << " stride (" << g.sh << ", " << g.sw << ") padding (" << g.ph << ", "
+                        << g.pw << ")");
+      return true;
+    case Algo::Auto:
+      break;
+  }
+  // With few channels the transforms cost more than the GEMM multiplies they save.
+  return fits && std::min(cin, cout) >= kWinogradMinChannels;
+}
+
 }  // namespace
+
+void set_conv2d_algo(const std::string& name) {
+  FT_CHECK(name == "auto" || name == "im2col" || name == "winograd",
+           "set_conv2d_algo(name): expected 'auto', 'im2col' or 'winograd', got '" << name << "'");
+  g_algo = name == "auto" ? Algo::Auto : name == "im2col" ? Algo::Im2col : Algo::Winograd;
+}
+
+std::string conv2d_algo() {
+  return g_algo == Algo::Auto ? "auto" : g_algo == Algo::Im2col ? "im2col" : "winograd";
+}
 
 void conv2d_fwd(const float* x, const float* w, const float* b, float* y, int64_t N, int64_t C,
                 int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh, int64_t sw,
                 int64_t ph, int64_t pw, bool relu) {
   const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
+  if (use_winograd("conv2d_fwd", g, false, C, K))
+    return winograd::fwd(x, w, b, y, N, C, H, W, K, ph, pw, relu);
   const int64_t xs = C * H * W, ys = K * g.pq();
   over_images(N, [&](int64_t n) { fwd_image(g, x + n * xs, w, b, y + n * ys, relu); });
 }
@@ -178,6 +224,8 @@ void conv2d_bwd_data(const float* dy, const float* w, float* dx, int64_t N, int6
                      int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph,
                      int64_t pw) {
   const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
+  if (use_winograd("conv2d_bwd_data", g, true, K, C))
+    return winograd::bwd_data(dy, w, dx, N, C, H, W, K, ph, pw);
   const int64_t xs = C * H * W, ys = K * g.pq();
   over_images(N, [&](int64_t n) { bwd_data_image(g, dy + n * ys, w, dx + n * xs); });
 }
@@ -186,6 +234,8 @@ void conv2d_bwd_weight(const float* x, const float* dy, float* dw, float* db, in
                        int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
                        int64_t sw, int64_t ph, int64_t pw) {
   const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
+  if (use_winograd("conv2d_bwd_weight", g, false, C, K))
+    return winograd::bwd_weight(x, dy, dw, db, N, C, H, W, K, ph, pw);
   const int nt = num_threads();
   const int64_t xs = C * H * W, ys = K * g.pq(), wsz = K * g.crs();
   if (per_image_threads(N, nt)) {

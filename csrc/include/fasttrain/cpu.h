@@ -2,6 +2,7 @@
 // checked in bindings.cpp (and at the Python API boundary) before a kernel is called.
 #pragma once
 #include <cstdint>
+#include <string>
 
 namespace ft::cpu {
 
@@ -69,6 +70,10 @@ void conv2d_bwd_data(const float* dy, const float* w, float* dx, int64_t N, int6
 void conv2d_bwd_weight(const float* x, const float* dy, float* dw, float* db, int64_t N, int64_t C,
                        int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
                        int64_t sw, int64_t ph, int64_t pw);
+// "auto" (Winograd for 3x3 stride-1 layers with enough channels, else im2col), "im2col" or
+// "winograd" (an error on a convolution it cannot do); process-wide, for tests and benchmarks.
+void set_conv2d_algo(const std::string& name);
+std::string conv2d_algo();
 
 // linear.cpp (x N,I; w O,I; y N,O)
 void linear_fwd(const float* x, const float* w, const float* b, float* y, int64_t N, int64_t I,
