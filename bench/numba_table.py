@@ -113,9 +113,9 @@ print(json.dumps({"import_s": t_import, "first_calls_s": time.perf_counter() - t
 '''
 
 
-def compile_times(log=print) -> list[dict]:
+def compile_times(log=print, families=None) -> list[dict]:
     rows = []
-    for family in B.FAMILIES:
+    for family in families or B.FAMILIES:
         with tempfile.TemporaryDirectory() as cache:
             env = dict(os.environ, NUMBA_CACHE_DIR=cache)
             got = {}
@@ -142,6 +142,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--compile-only", action="store_true")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--families", default="", help="comma-separated numba modules to compile-time (default: all)")
     args = ap.parse_args(argv)
     if "numba" not in B.backends() or B.backends()["numba"] != "available":
         print(f"numba backend unavailable: {B.backends()['numba']}")
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
         print("\ncompile (cold cache) and cache load (warm), seconds: import + first call of every op;")
         print("process = whole fresh interpreter incl. numpy/fasttrain import")
         print(f"{'family':<12} {'cold':>8} {'warm':>8} {'cold proc':>10} {'warm proc':>10}")
-        compile_times()
+        compile_times(families=[f for f in args.families.split(",") if f] or None)
     return 0
 
 
