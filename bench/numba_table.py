@@ -65,7 +65,7 @@ HEADER = (f"{'kernel':<18} {'shape':<22} {'numpy ms':>10} {'cpp ms':>10} {'numba
 # One call of every op of a family on tiny float32 arrays (what a first training step triggers).
 _EXERCISE = r'''
 import sys, time, json
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 import numpy as np
 import importlib
 family = sys.argv[1]
@@ -109,13 +109,13 @@ elif family == "conv2d":
     x, w, b, dy = a(2, 3, 5, 5), a(4, 3, 3, 3), a(4), a(2, 4, 5, 5)
     m.conv2d_fwd(x, w, b, np.empty((2, 4, 5, 5), f), 1, 1, 1, 1, False)
     m.conv2d_bwd_data(dy, w, np.empty_like(x), 1, 1, 1, 1); m.conv2d_bwd_weight(x, dy, np.zeros_like(w), np.zeros(4, f), 1, 1, 1, 1)
-print(json.dumps({"import_s": t_import, "first_calls_s": time.perf_counter() - t1}))
+print(json.dumps({"import_s": t_import, "first_calls_s": time.perf_counter() - t1, "cpu_s": time.process_time() - c0}))
 '''
 
 
-def compile_times(log=print) -> list[dict]:
+def compile_times(log=print, families=None) -> list[dict]:
     rows = []
-    for family in B.FAMILIES:
+    for family in families or B.FAMILIES:
         with tempfile.TemporaryDirectory() as cache:
             env = dict(os.environ, NUMBA_CACHE_DIR=cache)
             got = {}
@@ -128,11 +128,12 @@ def compile_times(log=print) -> list[dict]:
                     raise RuntimeError(f"compile_times({family}, {phase}): {out.stderr[-2000:]}")
                 rec = json.loads(out.stdout.strip().splitlines()[-1])
                 got[phase] = rec["import_s"] + rec["first_calls_s"]
+                got[phase + "_cpu_s"] = rec["cpu_s"]
                 got[phase + "_process_s"] = wall
         row = {"family": family, **got}
         rows.append(row)
-        log(f"{family:<12} {got['cold']:8.2f} {got['warm']:8.2f} {got['cold_process_s']:10.2f} {got['warm_process_s']:10.2f}",
-            flush=True)
+        log(f"{family:<12} {got['cold']:8.2f} {got['warm']:8.2f} {got['cold_process_s']:10.2f} {got['warm_process_s']:10.2f}"
+            f" {got['cold_cpu_s']:9.2f} {got['warm_cpu_s']:9.2f}", flush=True)
     return rows
 
 
@@ -142,6 +143,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--compile-only", action="store_true")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--families", default="", help="comma-separated numba modules to compile-time (default: all)")
     args = ap.parse_args(argv)
     if "numba" not in B.backends() or B.backends()["numba"] != "available":
         print(f"numba backend unavailable: {B.backends()['numba']}")
@@ -154,9 +156,10 @@ def main(argv=None) -> int:
         table(args.quick, args.repeat)
     if not args.no_compile:
         print("\ncompile (cold cache) and cache load (warm), seconds: import + first call of every op;")
-        print("process = whole fresh interpreter incl. numpy/fasttrain import")
-        print(f"{'family':<12} {'cold':>8} {'warm':>8} {'cold proc':>10} {'warm proc':>10}")
-        compile_times()
+        print("process = whole fresh interpreter incl. numpy/fasttrain import; cpu = CPU seconds of import +")
+        print("first calls (steadier than wall time on a shared machine: compiling is single-threaded)")
+        print(f"{'family':<12} {'cold':>8} {'warm':>8} {'cold proc':>10} {'warm proc':>10} {'cold cpu':>9} {'warm cpu':>9}")
+        compile_times(families=[f for f in args.families.split(",") if f] or None)
     return 0
 
 

@@ -5,72 +5,75 @@ import numpy as np
 
 _M0 = np.uint64(0xD2511F53)
 _M1 = np.uint64(0xCD9E8D57)
-_W0 = np.uint32(0x9E3779B9)
-_W1 = np.uint32(0xBB67AE85)
+_W0 = np.uint64(0x9E3779B9)
+_W1 = np.uint64(0xBB67AE85)
 _MASK32 = np.uint64(0xFFFFFFFF)
 _S32 = np.uint64(32)
 
 
 @nb.njit(inline="always")
 def _philox(c0, c1, c2, c3, k0, k1):
+    # Every word lives in a uint64 holding a 32-bit value, so a vectorized round is vpmuludq,
+    # vpsrlq and xors on 8 blocks per zmm with no conversions. Kept as uint32 between rounds,
+    # LLVM packed and unpacked 64 <-> 32-bit lanes around every multiply (vpmovqd, vpmovzxdq,
+    # vpermt2d) and the Philox pass took twice as long. Upper bits of c0, c2 and the keys may hold
+    # garbage between rounds: only their low 32 bits reach a product (masked here) or an output
+    # (masked at the end); c1, c3 are low halves, already clean.
     for _ in range(10):
-        p0 = _M0 * np.uint64(c0)
-        p1 = _M1 * np.uint64(c2)
-        hi0 = np.uint32(p0 >> _S32)
-        lo0 = np.uint32(p0 & _MASK32)
-        hi1 = np.uint32(p1 >> _S32)
-        lo1 = np.uint32(p1 & _MASK32)
-        # cast back to uint32: Numba widens uint32 ^ uint32, and a mixed-type tuple cannot be
-        # indexed by the run-time lane below
-        c0, c1, c2, c3 = np.uint32(hi1 ^ c1 ^ k0), lo1, np.uint32(hi0 ^ c3 ^ k1), lo0
-        k0 = np.uint32(k0 + _W0)
-        k1 = np.uint32(k1 + _W1)
-    return c0, c1, c2, c3
+        p0 = _M0 * (c0 & _MASK32)
+        p1 = _M1 * (c2 & _MASK32)
+        c0, c1, c2, c3 = (p1 >> _S32) ^ c1 ^ k0, p1 & _MASK32, (p0 >> _S32) ^ c3 ^ k1, p0 & _MASK32
+        k0 = k0 + _W0
+        k1 = k1 + _W1
+    return c0 & _MASK32, c1, c2 & _MASK32, c3
 
 
-_SUB = 512   # blocks per sub-chunk: 4 lane buffers of 2 KiB stay in L1
+@nb.njit(inline="always")
+def _block_words(b, step, layer, k0, k1):
+    """The Philox words (as uint64) of 4-element block b: counter (b lo, b hi, step, layer)."""
+    ub = np.uint64(b)
+    return _philox(ub & _MASK32, ub >> _S32, np.uint64(step), np.uint64(layer), np.uint64(k0), np.uint64(k1))
+
+
+_SUB = 512   # blocks per sub-chunk: the 8 KiB word buffer stays in L1
 
 
 @nb.njit(parallel=True, cache=True)
 def _apply_full_blocks(x, y, threshold, scale, k0, k1, step, layer, nchunk):
     # Whole 4-element blocks, in two passes per sub-chunk of _SUB blocks:
-    #  1. the Philox words of consecutive blocks into four lane buffers (contiguous stores, so LLVM
-    #     vectorizes the ten rounds across blocks: the 32x32->64 products become vpmuludq);
-    #  2. threshold and scale, reading the buffers.
-    # Measured on 4.19M floats, 2 threads: 8.5 ms with one fused loop storing y[4b+lane] (the
-    # strided stores kept it scalar), 6.2 ms this way (C++: 5.9 ms).
+    #  1. the Philox words of consecutive blocks into a (_SUB, 4) buffer: the ten rounds
+    #     vectorize across blocks and the four words are interleaved by shuffles (vpermi2d);
+    #  2. threshold and scale as one contiguous loop over the 4 * m elements, the words read from
+    #     the flattened buffer in element order.
+    # The buffer is allocated inside the loop body, so its (_SUB, 4) shape is a constant LLVM sees,
+    # and the stride-4 stores of pass 1 vectorize. Storing y[4b + lane] directly (from the words,
+    # or from four lane buffers, also with unsigned indices) stayed scalar in inspect_asm.
+    # Measured on 4.19M floats, 2 threads, CPU time per forward call on a loaded machine
+    # (bench/dev/numba_vs_cpp.py): 6.3 ms with four lane buffers and uint32 Philox words,
+    # 3.7 ms this way (C++ 4.25 ms).
     # A dropped element is +0, like the reference: a select, not a multiply by 0 (-x * 0 = -0).
     # The product is formed before the select so LLVM emits a vector blend; with the multiply
     # inside the conditional expression it kept a branch per element and ran 3x slower.
     nblk = x.size // 4
     zero = scale * 0
     for t in nb.prange(nchunk):
-        w0 = np.empty(_SUB, np.uint32)
-        w1 = np.empty(_SUB, np.uint32)
-        w2 = np.empty(_SUB, np.uint32)
-        w3 = np.empty(_SUB, np.uint32)
+        w = np.empty((_SUB, 4), np.uint32)
+        wf = w.reshape(-1)
         lo = t * nblk // nchunk
         hi = (t + 1) * nblk // nchunk
         for s0 in range(lo, hi, _SUB):
             m = min(_SUB, hi - s0)
             for j in range(m):
-                b = s0 + j
-                a0, a1, a2, a3 = _philox(np.uint32(b & 0xFFFFFFFF), np.uint32(b >> 32), step, layer, k0, k1)
-                w0[j] = a0
-                w1[j] = a1
-                w2[j] = a2
-                w3[j] = a3
-            base = 4 * s0
-            for j in range(m):
-                i = base + 4 * j
-                v0 = x[i] * scale
-                y[i] = v0 if w0[j] >= threshold else zero
-                v1 = x[i + 1] * scale
-                y[i + 1] = v1 if w1[j] >= threshold else zero
-                v2 = x[i + 2] * scale
-                y[i + 2] = v2 if w2[j] >= threshold else zero
-                v3 = x[i + 3] * scale
-                y[i + 3] = v3 if w3[j] >= threshold else zero
+                a0, a1, a2, a3 = _block_words(s0 + j, step, layer, k0, k1)
+                w[j, 0] = a0
+                w[j, 1] = a1
+                w[j, 2] = a2
+                w[j, 3] = a3
+            xs = x[4 * s0:4 * (s0 + m)]
+            ys = y[4 * s0:4 * (s0 + m)]
+            for k in range(4 * m):
+                v = xs[k] * scale
+                ys[k] = v if wf[k] >= threshold else zero
 
 
 @nb.njit(cache=True)
@@ -79,7 +82,7 @@ def _apply_tail(x, y, threshold, scale, k0, k1, step, layer):
     b = n // 4
     if b * 4 == n:
         return
-    w = _philox(np.uint32(b & 0xFFFFFFFF), np.uint32(b >> 32), step, layer, k0, k1)
+    w = _block_words(b, step, layer, k0, k1)
     for lane in range(n - b * 4):
         y[b * 4 + lane] = x[b * 4 + lane] * scale if w[lane] >= threshold else scale * 0
 
