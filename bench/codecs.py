@@ -57,7 +57,7 @@ def _check(name, codec, direction, a):
             raise AssertionError(f"bench {name}: C++ differs from the NumPy reference")
 
 
-def _record(name, impl, n, encoded, direction, samples, limits):
+def _record(name, impl, n, encoded, direction, samples, limits, working_set, bandwidth):
     """GB/s on the float32 side (4 n bytes); % of the bandwidth limit on the bytes really moved
     (x, the residual read and written back, the encoded bytes)."""
     rec = make_record("kernels", name, impl, (n,), samples, 4.0 * n, None, None, encoded_bytes=encoded)
@@ -65,12 +65,13 @@ def _record(name, impl, n, encoded, direction, samples, limits):
     rec.extra["moved_bytes"] = moved
     if limits is not None:
         rec.limit = "bandwidth"
-        rec.pct_of_limit = 100.0 * moved / rec.median_s / limits.bandwidth
+        rec.pct_of_limit = 100.0 * moved / rec.median_s / bandwidth
+        rec.extra.update(working_set_bytes=int(working_set), limit_gbps=round(bandwidth / 1e9, 2))
     return rec
 
 
 def run(limits, quick: bool = False, repeat: int = 7, log=print) -> list:
-    n = (1 << 16) if quick else (8 << 20)  # 32 MiB of float32: far beyond the last-level cache
+    n = (1 << 16) if quick else (8 << 20)  # 32 MiB of float32
     has_cpp = C._C is not None
     saved_threads, saved_impl = settings.num_threads, C.impl()
     ft.set_num_threads(1)  # the figure is per core
@@ -79,6 +80,9 @@ def run(limits, quick: bool = False, repeat: int = 7, log=print) -> list:
         for cname in CODECS:
             codec = C.get_codec(cname)
             a = _arrays(codec, n)
+            working_set = sum(v.nbytes for v in a.values())
+            # per core: the probe runs on one thread too (the caller set it above)
+            bandwidth = limits.bandwidth_at(working_set) if limits is not None else None
             for direction in DIRECTIONS:
                 name = f"codec_{cname}_{direction}"
                 for impl in (["cpp"] if has_cpp else []) + ["numpy"]:
@@ -89,7 +93,8 @@ def run(limits, quick: bool = False, repeat: int = 7, log=print) -> list:
                     samples = time_fn(_call(codec, direction, a), repeat=reps, warmup=1)
                     if impl == "cpp":
                         _check(name, codec, direction, a)
-                    records.append(_record(name, impl, n, codec.nbytes(n), direction, samples, limits))
+                    records.append(_record(name, impl, n, codec.nbytes(n), direction, samples, limits,
+                                           working_set, bandwidth))
                     log(f"  {name:<20} {impl:<6} {records[-1].median_s * 1e3:9.3f} ms "
                         f"{records[-1].gbps:6.2f} GB/s/core")
     finally:

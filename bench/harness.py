@@ -59,7 +59,10 @@ def time_fn(fn, repeat: int = 7, warmup: int = 2, min_time: float = 0.0) -> list
     return samples
 
 
-def make_record(suite, name, backend, shape, samples, nbytes=None, flops=None, limits=None, **extra) -> Record:
+def make_record(suite, name, backend, shape, samples, nbytes=None, flops=None, limits=None, bandwidth=None,
+                **extra) -> Record:
+    """bandwidth: the limit in bytes/s for this record (from Limits.bandwidth_at, probed at the kernel's
+    working set); default: the main-memory figure of `limits`."""
     med = statistics.median(samples)
     rec = Record(suite, name, backend, str(shape), settings.num_threads, med, min(samples), max(samples),
                  bytes=nbytes, flops=flops, extra=extra)
@@ -69,54 +72,89 @@ def make_record(suite, name, backend, shape, samples, nbytes=None, flops=None, l
         rec.gflops = flops / med / 1e9
     if limits is not None:
         # A kernel is limited by whichever resource it would saturate first at the machine's peak.
-        t_mem = nbytes / limits.bandwidth if nbytes else 0.0
+        bandwidth = bandwidth or limits.bandwidth
+        t_mem = nbytes / bandwidth if nbytes else 0.0
         t_flop = flops / limits.flops if flops else 0.0
         if t_mem or t_flop:
             rec.limit = "bandwidth" if t_mem >= t_flop else "flops"
             rec.pct_of_limit = 100.0 * max(t_mem, t_flop) / med
+        if nbytes:
+            rec.extra["limit_gbps"] = round(bandwidth / 1e9, 2)
     return rec
 
 
 @dataclass
 class Limits:
-    bandwidth: float   # bytes/s, best of STREAM add and in-place add (2 reads + 1 write counted)
+    bandwidth: float   # bytes/s from main memory: the best STREAM probe over a working set far beyond the LLC
     flops: float       # FLOP/s of sgemm through the BLAS in use
     bandwidth_source: str
     flops_source: str
+    probe_bandwidth: object = None  # working-set bytes -> bytes/s, measured when called (None: no probe)
+
+    def bandwidth_at(self, working_set: int | None) -> float:
+        """The bandwidth limit for a kernel touching working_set bytes, measured now by the probes at
+        that working set: the cache level the kernel streams from and the memory system's current
+        state (on a shared VM it drifts by 2x within minutes) are both those of the kernel's own
+        run. Without a working set or a probe: main-memory bandwidth from the start of the run."""
+        if not working_set or self.probe_bandwidth is None:
+            return self.bandwidth
+        return self.probe_bandwidth(int(working_set))
 
 
 def stream_add_numpy(a, b, c):
     np.add(a, b, out=c)
 
 
-def measure_limits(quick: bool = False) -> tuple[Limits, list[Record]]:
-    """Memory bandwidth (STREAM add over arrays far larger than the last-level cache) and sgemm
-    FLOP/s, measured now. Uses our own C++ STREAM kernel (threads = the package setting) when built."""
-    n = (4 << 20) if quick else (32 << 20)  # 3 arrays x 128 MiB: far beyond any LLC
-    a = np.full(n, 1.0, np.float32)
-    b = np.full(n, 2.0, np.float32)
-    c = np.empty_like(a)
-    records = []
+def _probes():
     try:
         from fasttrain import _C
 
-        stream = _C.stream_add
-        source = "cpp stream_add"
+        return _C.stream_add, _C.stream_update3, "cpp stream probes"
     except (ImportError, AttributeError):
-        stream = stream_add_numpy
-        source = "numpy add (1 thread)"
-    nbytes = 3 * 4 * n
-    bandwidth = 0.0
-    # Two probes, both counting 2 reads + 1 write: c = a + b (the write costs an extra read for
-    # ownership on most CPUs) and a = a + b in place (the pattern of the optimizer updates). The
-    # faster one is the limit; the best sample approximates the sustainable peak.
-    for name, out in (("stream_add", c), ("stream_add_inplace", a)):
-        samples = time_fn(lambda: stream(a, b, out), repeat=5 if quick else 11)
-        records.append(make_record("limits", name, source.split()[0], n, samples, nbytes=nbytes))
-        bandwidth = max(bandwidth, nbytes / min(samples))
-    b[...] = 0.0
-    stream(a, b, c)
-    assert np.all(c == a), "stream_add gave a wrong result"
+        return stream_add_numpy, None, "numpy add (1 thread)"
+
+
+def stream_bandwidth(working_set: int, repeat: int = 7, records: list | None = None) -> float:
+    """Best bytes/s of our STREAM-style probes over `working_set` bytes in total, each counting the bytes
+    it moves: c = a + b (2 reads + 1 write; the write costs an extra read for ownership on most CPUs),
+    a = a + b in place (the optimizer updates' pattern), and three arrays updated in place from a
+    fourth (4 reads + 3 writes: an Adam step's traffic; more streams in flight can get more of the
+    memory system). The best sample approximates the sustainable peak."""
+    add, update3, source = _probes()
+    n2, n3, n4 = (max(working_set // (4 * k), 1024) for k in (2, 3, 4))
+    two, three = [np.ones(n2, np.float32) for _ in range(2)], [np.ones(n3, np.float32) for _ in range(3)]
+    probes = [("stream_add", lambda: add(*three), 12 * n3), ("stream_add_inplace", lambda: add(two[0], two[1], two[0]), 12 * n2)]
+    if update3 is not None:
+        four = [np.ones(n4, np.float32) for _ in range(4)]
+        probes.append(("stream_update3", lambda: update3(*four), 28 * n4))
+    best = 0.0
+    for name, probe, nbytes in probes:
+        samples = time_fn(probe, repeat=repeat, warmup=2)
+        if records is not None:
+            records.append(make_record("limits", name, source.split()[0], f"{working_set >> 20} MiB", samples, nbytes=nbytes))
+        best = max(best, nbytes / min(samples))
+    return best
+
+
+def _check_probes() -> None:
+    add, update3, _ = _probes()
+    a, b, c, d = (np.full(1000003, v, np.float32) for v in (2.0, 0.0, 1.0, 1.0))
+    out = np.empty_like(a)
+    add(a, b, out)
+    assert np.all(out == a), "stream_add gave a wrong result"
+    if update3 is not None:
+        update3(a, b, c, d)
+        assert np.all(b == 2.0) and np.all(c == 3.0) and np.all(d == 3.0), "stream_update3 gave a wrong result"
+
+
+def measure_limits(quick: bool = False) -> tuple[Limits, list[Record]]:
+    """Main-memory bandwidth (our STREAM-style probes over 1 GiB, far beyond any last-level cache) and
+    sgemm FLOP/s, measured now; kernels are later held to the bandwidth probed at their own working
+    set (Limits.bandwidth_at). Uses our C++ probes (threads = the package setting) when built."""
+    _check_probes()
+    records = []
+    main_memory = stream_bandwidth((16 << 20) if quick else (1 << 30), repeat=5 if quick else 9, records=records)
+    source = _probes()[2]
 
     m = 512 if quick else 2048
     x = np.random.default_rng(0).standard_normal((m, m), dtype=np.float32)
@@ -124,7 +162,8 @@ def measure_limits(quick: bool = False) -> tuple[Limits, list[Record]]:
     samples = time_fn(lambda: np.matmul(x, x, out=y), repeat=3 if quick else 7)
     flops = 2.0 * m ** 3
     records.append(make_record("limits", "sgemm", "numpy-blas", f"{m}x{m}x{m}", samples, flops=flops))
-    return Limits(bandwidth, flops / min(samples), source, "numpy matmul (OpenBLAS)"), records
+    probe = (lambda ws: stream_bandwidth(ws, repeat=3)) if quick else stream_bandwidth
+    return Limits(main_memory, flops / min(samples), source, "numpy matmul (OpenBLAS)", probe), records
 
 
 def print_table(records: list[Record], file=None) -> None:

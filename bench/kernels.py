@@ -312,10 +312,16 @@ def _check(entry: Entry, backend: str) -> None:
                                  f"(max error {err:.2e} relative to max |ref|)")
 
 
+def _working_set(arrays: dict) -> int:
+    return sum(a.nbytes for a in arrays.values() if isinstance(a, np.ndarray))
+
+
 def run(limits, quick: bool = False, repeat: int = 7, log=print) -> list:
     torch = torch_or_none()
     records = []
     for entry in entries(quick):
+        working_set = _working_set(entry.inputs())
+        bandwidth = limits.bandwidth_at(working_set) if entry.nbytes else None
         for backend in _backends_for(entry):
             _check(entry, backend)
             arrays = entry.inputs()
@@ -325,13 +331,15 @@ def run(limits, quick: bool = False, repeat: int = 7, log=print) -> list:
                               repeat=3 if (quick or backend == "numpy") else repeat, warmup=1)
             _check(entry, backend)  # still correct after the timed runs (no state corruption)
             records.append(make_record("kernels", entry.name, backend, entry.shape, samples,
-                                       entry.nbytes or None, entry.flops or None, limits))
+                                       entry.nbytes or None, entry.flops or None, limits, bandwidth,
+                                       working_set_bytes=working_set))
             log(f"  {entry.name:<20} {backend:<6} {records[-1].median_s * 1e3:9.3f} ms")
         if torch is not None and entry.torch is not None:
             arrays = entry.inputs()
             samples = time_fn(entry.torch(torch, arrays), repeat=3 if quick else repeat, warmup=1)
             records.append(make_record("kernels", entry.name, "torch", entry.shape, samples,
-                                       entry.nbytes or None, entry.flops or None, limits))
+                                       entry.nbytes or None, entry.flops or None, limits, bandwidth,
+                                       working_set_bytes=working_set))
             log(f"  {entry.name:<20} torch  {records[-1].median_s * 1e3:9.3f} ms")
     from . import codecs  # the dist gradient codecs, per core (not registry kernels)
 

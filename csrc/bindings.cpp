@@ -688,6 +688,15 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release nogil;
     ft::cpu::stream_add(pa, pb, pc, a.size());
   }, py::arg("a"), py::arg("b"), py::arg("c"));
+  m.def("stream_update3", [](py::array a, py::array b, py::array c, py::array d) {
+    same_size(a, b, "a", "b"); same_size(a, c, "a", "c"); same_size(a, d, "a", "d");
+    const float* pa = ptr_of(a, "a");
+    float *pb = ptr_of(b, "b"), *pc = ptr_of(c, "c"), *pd = ptr_of(d, "d");
+    FT_CHECK(pa != pb && pa != pc && pa != pd && pb != pc && pb != pd && pc != pd,
+             "stream_update3: expected four distinct arrays, got aliased ones");
+    py::gil_scoped_release nogil;
+    ft::cpu::stream_update3(pa, pb, pc, pd, a.size());
+  }, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("d"));
 
   train_ops::bind(m);  // activations, optimizers, dropout, softmax cross-entropy
   dist_codecs::bind(m);  // gradient codecs of fasttrain.dist

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +22,7 @@ def test_bench_quick_writes_records_chart_and_report(tmp_path):
     records = [json.loads(line) for line in out.read_text().splitlines()]
     names = {(r["suite"], r["name"]) for r in records}
     assert ("limits", "stream_add") in names and ("limits", "sgemm") in names
+    assert ("limits", "stream_update3") in names  # the C++ module is built in every install
     for r in records:
         assert REQUIRED <= set(r), r
         assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"]
@@ -81,3 +83,21 @@ def test_bench_conv_algos_runs_on_a_tiny_shape():
     for row in ("auto", "im2col", "winograd", "numpy"):
         assert f"\n  {row} " in proc.stdout, proc.stdout
     assert "im2col/winograd" in proc.stdout and "numpy/auto" in proc.stdout
+
+
+@pytest.mark.parametrize("n", [1, 7, 17, 1000003])
+def test_stream_probes_compute_what_they_count(n):
+    """The bandwidth probes divide bytes by time, so they must really read and write every element."""
+    C = pytest.importorskip("fasttrain._C", reason="C++ module not built")
+    rng = np.random.default_rng(n)
+    a, b, c, d = (rng.standard_normal(n).astype(np.float32) for _ in range(4))
+    want_b, want_c, want_d = b + a, c + a, d + a
+    C.stream_update3(a, b, c, d)
+    np.testing.assert_array_equal(b, want_b)
+    np.testing.assert_array_equal(c, want_c)
+    np.testing.assert_array_equal(d, want_d)
+    out = np.empty_like(a)
+    C.stream_add(a, b, out)
+    np.testing.assert_array_equal(out, a + b)
+    with pytest.raises(ValueError, match="distinct"):
+        C.stream_update3(a, b, b, d)

@@ -13,6 +13,8 @@ int num_threads();
 
 // stream.cpp: c = a + b, the bench's memory-bandwidth probe
 void stream_add(const float* a, const float* b, float* c, int64_t n);
+// b += a, c += a, d += a: the many-stream probe (4 reads + 3 writes per element)
+void stream_update3(const float* a, float* b, float* c, float* d, int64_t n);
 
 // activations.cpp (n elements; PReLU: x viewed as N,C,S with one slope per channel)
 void relu_fwd(const float* x, float* y, int64_t n);
