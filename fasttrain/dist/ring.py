@@ -117,6 +117,23 @@ def wire_bytes(n: int, size: int, itemsize: int = 4, codec=None, rank: int = 0, 
     return rs + sum(codec.nbytes(s) for s in ag)
 
 
+_scratch_pool = threading.local()
+
+
+def _scratch(role: str, n: int, dtype) -> np.ndarray:
+    """A reusable work array of n values for `role`, one pool per thread. Fresh arrays of megabytes
+    come from mmap, so every call would page-fault (and zero) its receive buffers again: at 16 MB,
+    K = 2 that was a third of the all-reduce's time."""
+    pool = getattr(_scratch_pool, "arrays", None)
+    if pool is None:
+        pool = _scratch_pool.arrays = {}
+    key = (role, np.dtype(dtype).str)
+    arr = pool.get(key)
+    if arr is None or arr.size < n:
+        arr = pool[key] = np.empty(max(n, 1), dtype)
+    return arr[:n]
+
+
 def _check_buf(buf, name="buf"):
     if not isinstance(buf, np.ndarray) or buf.ndim != 1 or not buf.flags.c_contiguous:
         raise ValueError(f"{name}: expected a contiguous 1-D NumPy array, got "
@@ -149,7 +166,7 @@ def recursive_doubling_allreduce(comm: Communicator, buf: np.ndarray, op: str = 
     p, r = comm.size, comm.rank
     if p == 1:
         return buf
-    tmp = np.empty_like(buf)
+    tmp = _scratch("tmp", buf.size, buf.dtype)
     sendrecv = _exchange(comm)
     p2 = 1 << (p.bit_length() - 1)
     if r >= p2:
@@ -189,9 +206,9 @@ def halving_doubling_allreduce(comm: Communicator, buf: np.ndarray, op: str = "s
         comm.wait(comm.isend(buf, r - p2, _TAG_SMALL))
         comm.wait(comm.irecv(buf, r - p2, _TAG_SMALL))
         return buf
-    tmp = np.empty(buf.size - buf.size // 2, buf.dtype)
+    tmp = _scratch("tmp", buf.size - buf.size // 2, buf.dtype)
     if r < p - p2:
-        t = np.empty_like(buf)
+        t = _scratch("fold", buf.size, buf.dtype)
         comm.wait(comm.irecv(t, r + p2, _TAG_SMALL))
         np.add(buf, t, out=buf)
     lo, hi = 0, buf.size
@@ -288,7 +305,7 @@ def _reduce_scatter(comm, buf, off, seg):
     p, r = comm.size, comm.rank
     right, left = (r + 1) % p, (r - 1) % p
     maxc = int(np.diff(off).max())
-    scratch = [np.empty(maxc, buf.dtype), np.empty(maxc, buf.dtype)]
+    scratch = [_scratch("recv0", maxc, buf.dtype), _scratch("recv1", maxc, buf.dtype)]
 
     def post_recvs(step):
         a, b = _chunk(off, r - step - 1)
@@ -330,9 +347,9 @@ def _reduce_scatter_hop(comm, buf, off, codec, rng, offset, segment_bytes):
         for x, y in pieces:  # 64-byte aligned pieces: the codecs want 4-byte aligned output
             place[x] = (pos, codec.nbytes(y - x))
             pos += -(-place[x][1] // 64) * 64
-    wire = np.empty(pos, np.uint8)
+    wire = _scratch("wire_hop", pos, np.uint8)
     piece = lambda x: wire[place[x][0]:place[x][0] + place[x][1]]  # noqa: E731
-    decoded = np.empty(min(seg, int(np.diff(off).max())), np.float32)
+    decoded = _scratch("decoded", min(seg, int(np.diff(off).max())), np.float32)
 
     def send(x, y):
         w = piece(x)
@@ -383,7 +400,7 @@ def _allgather_encoded(comm, buf, off, codec, rng, offset, segment_bytes):
     right, left = (r + 1) % p, (r - 1) % p
     nbytes = [codec.nbytes(int(b - a)) for a, b in zip(off[:-1], off[1:])]
     starts = np.concatenate([[0], np.cumsum([(nb + 63) // 64 * 64 for nb in nbytes])]).astype(int)
-    wire = np.empty(int(starts[-1]), np.uint8)
+    wire = _scratch("wire_gather", int(starts[-1]), np.uint8)
     blob = lambda c: wire[starts[c % p]:starts[c % p] + nbytes[c % p]]  # noqa: E731
     bseg = max(1, int(segment_bytes))
     recvs = []
