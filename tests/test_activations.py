@@ -147,6 +147,21 @@ def test_every_backend_matches_reference_float32(op, shape):
         np.testing.assert_allclose(got, want, **TOL32, err_msg=f"{name} {op} {shape}")
 
 
+@pytest.mark.parametrize("op", [op for op in ELEMENTWISE if op.endswith("_fwd")])
+def test_every_backend_keeps_special_values_like_the_reference(op):
+    """A NaN must survive every activation (it is how a diverged run is noticed), and inf/-0 map as
+    in the reference."""
+    x = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, 1.5, -1.5, 100.0, -100.0, np.nan, 3.0], np.float32)
+    want = np.empty_like(x)
+    with np.errstate(all="ignore"):
+        getattr(ref, f"{op}_ref")(x, want, *_case(op))
+    for name in backend.available_backends_for(op):
+        got = np.full_like(x, 7.0)
+        backend.kernel(op, backend=name)(x, got, *_case(op))
+        np.testing.assert_allclose(got, want, **TOL32, err_msg=f"{name} {op}")
+        assert np.array_equal(np.isnan(got), np.isnan(want)), f"{name} {op}: {got} vs {want}"
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (3, 7), (2, 3, 5, 4), (5, 16, 3)])
 def test_every_backend_prelu_matches_reference_float32(shape):
     rng = np.random.default_rng(6)

@@ -30,7 +30,7 @@ void over_ranges(int64_t n, Body body) {
 
 void relu_fwd(const float* x, float* y, int64_t n) {
   FT_EW_LOOP
-  for (int64_t i = 0; i < n; ++i) y[i] = x[i] > 0.f ? x[i] : 0.f;
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] <= 0.f ? 0.f : x[i];  // NaN stays NaN, like max(x, 0)
 }
 
 void relu_bwd(const float* x, const float* dy, float* dx, int64_t n) {

@@ -9,7 +9,7 @@ template <Act A>
 __global__ void act_fwd_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t n, float alpha) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
     float v = x[i];
-    if constexpr (A == Act::Relu) y[i] = v > 0.f ? v : 0.f;
+    if constexpr (A == Act::Relu) y[i] = v <= 0.f ? 0.f : v;  // NaN stays NaN
     if constexpr (A == Act::Leaky) y[i] = v > 0.f ? v : alpha * v;
     if constexpr (A == Act::Elu) y[i] = v > 0.f ? v : alpha * expm1f(v);
     if constexpr (A == Act::Sigmoid) y[i] = v >= 0.f ? 1.f / (1.f + __expf(-v)) : __expf(v) / (1.f + __expf(v));

@@ -10,7 +10,7 @@ _jit = nb.njit(parallel=True, cache=True)
 @_jit
 def _relu_fwd(x, y):
     for i in nb.prange(x.size):
-        y[i] = x[i] if x[i] > 0 else 0
+        y[i] = 0 if x[i] <= 0 else x[i]  # NaN stays NaN, like np.maximum
 
 
 @_jit

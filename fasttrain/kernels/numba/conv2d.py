@@ -48,7 +48,7 @@ def _fwd(x, w2, b, y, r_, s_, sh, sw, ph, pw, p_, q_, relu, nchunk):
                 if relu:
                     for j in range(pq):
                         v = out[k, j] + bk
-                        y[i, k, j] = v if v > 0 else 0
+                        y[i, k, j] = 0 if v <= 0 else v  # NaN stays NaN
                 else:
                     for j in range(pq):
                         y[i, k, j] = out[k, j] + bk
