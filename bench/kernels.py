@@ -144,20 +144,15 @@ def _exp_activation_entry(op, n, torch_op):
                  rtol=1e-5)
 
 
-def _batchnorm_entry(N, C, H, W):
-    n = N * C * H * W
+def _batchnorm_inputs(N, C, H, W, extra_activations):
+    a = _rng_inputs({"x": (N, C, H, W), "dy": (N, C, H, W)})
+    a.update({name: np.empty((N, C, H, W), np.float32) for name in ("y", "dx", *extra_activations)})
+    a.update(gamma=np.ones(C, np.float32), beta=np.zeros(C, np.float32), mean=np.empty(C, np.float32),
+             invstd=np.empty(C, np.float32), dgamma=np.zeros(C, np.float32), dbeta=np.zeros(C, np.float32))
+    return a
 
-    def inputs():
-        a = _rng_inputs({"x": (N, C, H, W), "dy": (N, C, H, W)})
-        a.update(gamma=np.ones(C, np.float32), beta=np.zeros(C, np.float32), y=np.empty((N, C, H, W), np.float32),
-                 mean=np.empty(C, np.float32), invstd=np.empty(C, np.float32), dx=np.empty((N, C, H, W), np.float32),
-                 dgamma=np.zeros(C, np.float32), dbeta=np.zeros(C, np.float32))
-        return a
 
-    def run(k, a):
-        k("batchnorm_fwd_train")(a["x"], a["gamma"], a["beta"], 1e-5, a["y"], a["mean"], a["invstd"])
-        k("batchnorm_bwd")(a["x"], a["dy"], a["gamma"], a["mean"], a["invstd"], a["dx"], a["dgamma"], a["dbeta"])
-
+def _batchnorm_torch(C, relu):
     def torch_fn(torch, a):
         bn = torch.nn.BatchNorm2d(C)
         x = torch.from_numpy(a["x"]).requires_grad_(True)
@@ -166,12 +161,26 @@ def _batchnorm_entry(N, C, H, W):
         def step():
             x.grad = None
             bn.zero_grad()
-            bn(x).backward(dy)
+            y = bn(x)
+            (torch.relu(y) if relu else y).backward(dy)
         return step
+    return torch_fn
+
+
+def _batchnorm_entry(N, C, H, W):
+    n = N * C * H * W
+
+    def inputs():
+        return _batchnorm_inputs(N, C, H, W, ())
+
+    def run(k, a):
+        k("batchnorm_fwd_train")(a["x"], a["gamma"], a["beta"], 1e-5, a["y"], a["mean"], a["invstd"])
+        k("batchnorm_bwd")(a["x"], a["dy"], a["gamma"], a["mean"], a["invstd"], a["dx"], a["dgamma"], a["dbeta"])
 
     # fwd: stats pass reads x, normalize pass reads x and writes y; bwd: reduction pass reads x, dy,
     # dx pass reads x, dy and writes dx.
-    return Entry("batchnorm_fwd_bwd", (N, C, H, W), 4.0 * n * 8, 0.0, inputs, run, ("y", "dx"), torch_fn,
+    return Entry("batchnorm_fwd_bwd", (N, C, H, W), 4.0 * n * 8, 0.0, inputs, run, ("y", "dx"),
+                 _batchnorm_torch(C, relu=False),
                  ("batchnorm_fwd_train", "batchnorm_bwd"), rtol=1e-3)
 
 
@@ -181,12 +190,7 @@ def _batchnorm_relu_entry(N, C, H, W, fused):
     n = N * C * H * W
 
     def inputs():
-        a = _rng_inputs({"x": (N, C, H, W), "dy": (N, C, H, W)})
-        a.update(gamma=np.ones(C, np.float32), beta=np.zeros(C, np.float32), y=np.empty((N, C, H, W), np.float32),
-                 pre=np.empty((N, C, H, W), np.float32), dpre=np.empty((N, C, H, W), np.float32),
-                 mean=np.empty(C, np.float32), invstd=np.empty(C, np.float32), dx=np.empty((N, C, H, W), np.float32),
-                 dgamma=np.zeros(C, np.float32), dbeta=np.zeros(C, np.float32))
-        return a
+        return _batchnorm_inputs(N, C, H, W, ("pre", "dpre"))
 
     def run(k, a):
         if fused:
@@ -200,23 +204,12 @@ def _batchnorm_relu_entry(N, C, H, W, fused):
             k("batchnorm_bwd")(a["x"], a["dpre"], a["gamma"], a["mean"], a["invstd"], a["dx"], a["dgamma"],
                                a["dbeta"])
 
-    def torch_fn(torch, a):
-        bn = torch.nn.BatchNorm2d(C)
-        x = torch.from_numpy(a["x"]).requires_grad_(True)
-        dy = torch.from_numpy(a["dy"])
-
-        def step():
-            x.grad = None
-            bn.zero_grad()
-            torch.relu(bn(x)).backward(dy)
-        return step
-
     # fused: stats pass reads x, normalize pass reads x, writes y; bwd passes read x, dy, y (twice),
     # the second writes dx: 10 arrays. Unfused adds relu fwd (2) and bwd (3) and reads dpre instead of dy, y.
     name = "bn_relu_fused" if fused else "bn_then_relu"
     ops = ("batchnorm_fwd_train", "batchnorm_bwd") + (() if fused else ("relu_fwd", "relu_bwd"))
     return Entry(name, (N, C, H, W), 4.0 * n * (10 if fused else 13), 0.0, inputs, run, ("y", "dx"),
-                 torch_fn if fused else None, ops, rtol=1e-3)
+                 _batchnorm_torch(C, relu=True) if fused else None, ops, rtol=1e-3)
 
 
 def _softmax_xent_entry(N, C):
