@@ -11,6 +11,7 @@ for GPU arrays, cuda. A backend asked for by name that is missing or lacks the o
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Callable
 
 import numpy as np
@@ -79,7 +80,8 @@ def set_num_threads(n: int) -> None:
     settings.num_threads = n
     if _modules.get("cpp") is not None:
         _modules["cpp"].set_num_threads(n)
-    if _modules.get("numba") is not None:
+    # the numba kernels may have been imported directly, not through the registry
+    if _modules.get("numba") is not None or "fasttrain.kernels.numba" in sys.modules:
         import numba
 
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
