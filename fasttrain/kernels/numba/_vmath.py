@@ -7,12 +7,21 @@ How the code stays vectorizable and exact:
 - float32 throughout: every constant is an np.float32 (a Python float literal would promote the
   arithmetic to float64) and the helpers take and return float32.
 - 2^n is written into the exponent bits through scalar `.view` (an LLVM bitcast, defined for every
-  bit pattern including NaN's); Numba does the integer steps in int64, which LLVM narrows back to
-  32-bit vector lanes because only the low 32 bits are kept.
+  bit pattern including NaN's). Numba does integer arithmetic in int64; LLVM narrows _pow2's
+  add-and-shift back to 32-bit lanes (only the low 32 bits are kept), n >> 1 stays in 64-bit
+  lanes (a few instructions per vector; computing it as a float floor measured slower).
 - clamps are comparisons and selects, not min/max, so NaN passes through to the result.
 - fastmath={'contract'} only: a * b + c may become one FMA, as in the C++ build (-ffp-contract=fast,
   which the accuracy bounds were measured with); no flag that assumes away NaN, inf or signed zero.
   Callers that want the FMAs in their own arithmetic pass the same flags (FASTMATH).
+- error_model='numpy' on every function holding a division: under the default 'python' model each
+  float division carries a zero-divisor check, a branch that keeps the loop scalar.
+Checked over every float32 input: exp_f32, expm1_f32, tanh_f32 and sigmoid_f32 give the same bits
+as vmath.h's functions in the C++ kernels (x86-64, both contracting to FMA), so vmath.h's measured
+error bounds hold here (tests/test_vmath.py runs its checks on both backends).
+
+Numba's on-disk cache keys a function on its own file only: after editing this module, clear the
+__pycache__ entries of the kernel modules that inline it (or they keep the old code).
 """
 import math
 
