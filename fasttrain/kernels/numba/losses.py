@@ -6,17 +6,16 @@ import math
 import numba as nb
 import numpy as np
 
-from ._vmath import FASTMATH, exp_f32, fmaximum
+from ._vmath import FASTMATH, exp_f32, fmax
 
 
 @nb.njit(cache=True)
 def _row_max(row):
-    """max(row) for a row of size >= 1; NaN if the row holds one (the row's loss is NaN then
-    anyway, through exp(NaN - m)). fmaximum rather than a compare-and-select, which LLVM does not
-    vectorize without the no-NaN flag."""
+    """max(row) for a row of size >= 1, NaNs skipped (NaN only for an all-NaN row): a NaN logit
+    still makes the row's sum, loss and gradient NaN, through exp(NaN - m)."""
     m = row[0]
     for j in range(1, row.size):
-        m = fmaximum(m, row[j])
+        m = fmax(m, row[j])
     return m
 
 
