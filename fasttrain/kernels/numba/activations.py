@@ -1,10 +1,13 @@
-"""Element-wise activations with Numba (docs/KERNELS.md)."""
-import math
-
+"""Element-wise activations with Numba (docs/KERNELS.md). exp, expm1, tanh and sigmoid come from
+_vmath.py (vmath.h's algorithm): math.exp / math.tanh are scalar libm calls that keep the loops
+from vectorizing."""
 import numba as nb
 import numpy as np
 
+from ._vmath import exp_f32, expm1_f32, sigmoid_f32, tanh_f32
+
 _jit = nb.njit(parallel=True, cache=True)
+_F0 = np.float32(0.0)
 
 
 @_jit
@@ -31,27 +34,29 @@ def _leaky_bwd(x, dy, dx, a):
         dx[i] = dy[i] if x[i] > 0 else a * dy[i]
 
 
+# Clevert, Unterthiner, Hochreiter 2016. expm1 / exp of the non-positive part, written as a select
+# that keeps NaN (min(NaN, 0) would give 0): accurate near 0, and the discarded side never
+# overflows. Both sides are computed and one is selected, so the loop has no branch to vectorize.
 @_jit
 def _elu_fwd(x, y, a):
     for i in nb.prange(x.size):
-        y[i] = x[i] if x[i] > 0 else a * (math.exp(x[i]) - 1)
+        xi = x[i]
+        e = a * expm1_f32(_F0 if xi > _F0 else xi)
+        y[i] = xi if xi > _F0 else e
 
 
 @_jit
 def _elu_bwd(x, dy, dx, a):
     for i in nb.prange(x.size):
-        dx[i] = dy[i] if x[i] > 0 else dy[i] * a * math.exp(x[i])
+        xi = x[i]
+        g = dy[i] * (a * exp_f32(_F0 if xi > _F0 else xi))
+        dx[i] = dy[i] if xi > _F0 else g
 
 
 @_jit
 def _sigmoid_fwd(x, y):
     for i in nb.prange(x.size):
-        # stable for large |x|: never exponentiate a positive number
-        if x[i] >= 0:
-            y[i] = 1 / (1 + math.exp(-x[i]))
-        else:
-            e = math.exp(x[i])
-            y[i] = e / (1 + e)
+        y[i] = sigmoid_f32(x[i])
 
 
 @_jit
@@ -63,7 +68,7 @@ def _sigmoid_bwd(y, dy, dx):
 @_jit
 def _tanh_fwd(x, y):
     for i in nb.prange(x.size):
-        y[i] = math.tanh(x[i])
+        y[i] = tanh_f32(x[i])
 
 
 @_jit
