@@ -33,20 +33,25 @@ FULL_SIZES = [4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20
 QUICK_SIZES = [4 << 10, 256 << 10, 4 << 20]
 
 
-def _samples(comm, fn, reset, nbytes):
+def _samples(comm, fns: dict, reset, nbytes) -> dict:
+    """Per implementation, the slowest rank's time per call, one sample of each per round with the
+    order alternating: this shared VM's speed drifts by up to 2x within seconds, and interleaving
+    lets both sides of a ratio see the same machine."""
     repeat = 21 if nbytes <= (1 << 20) else 9 if nbytes <= (16 << 20) else 5
     inner = 20 if nbytes <= (64 << 10) else 1  # microsecond calls: time a loop of them
-    out = []
+    out = {name: [] for name in fns}
+    order = list(fns)
     for i in range(repeat + 2):
-        reset()
-        comm.barrier()
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        dt = (time.perf_counter() - t0) / inner
-        slowest = max(comm.allgather(dt))
-        if i >= 2:  # two warm-up rounds
-            out.append(slowest)
+        for name in (order if i % 2 == 0 else order[::-1]):
+            reset()
+            comm.barrier()
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fns[name]()
+            dt = (time.perf_counter() - t0) / inner
+            slowest = max(comm.allgather(dt))
+            if i >= 2:  # two warm-up rounds
+                out[name].append(slowest)
     return out
 
 
@@ -66,9 +71,10 @@ def child(args):
             raise AssertionError(f"size={size}: ring results differ between ranks")
         buf = src.copy()
         reset = lambda: np.copyto(buf, src)  # noqa: E731
-        for backend, fn in (("ring", lambda: ring_allreduce(comm, buf, segment_bytes=args.segment_bytes, small_bytes=args.small_bytes, mid_bytes=args.mid_bytes)),
-                            ("mpi", lambda: comm.allreduce_mpi(buf))):
-            s = _samples(comm, fn, reset, size)
+        fns = {"ring": lambda: ring_allreduce(comm, buf, segment_bytes=args.segment_bytes, small_bytes=args.small_bytes,
+                                              mid_bytes=args.mid_bytes),
+               "mpi": lambda: comm.allreduce_mpi(buf)}
+        for backend, s in _samples(comm, fns, reset, size).items():
             if r == 0:
                 print(json.dumps({"suite": "collectives", "name": "allreduce_f32_sum", "backend": backend,
                                   "size": size, "ranks": p, "median_s": statistics.median(s), "min_s": min(s),
