@@ -59,6 +59,39 @@ def time_fn(fn, repeat: int = 7, warmup: int = 2, min_time: float = 0.0) -> list
     return samples
 
 
+def time_interleaved(fns: dict, repeats: dict, warmup: int = 1, settle_s: float = 0.005,
+                     min_time_s: float = 0.02) -> dict:
+    """Samples of several implementations of one thing, one call of each per round with the order
+    rotating, so that every side of a ratio runs under the same machine state: this shared VM's
+    memory bandwidth drifts by up to 2x within seconds, which timing one implementation after the
+    other turned into 30 % swings of a ratio between runs. repeats[name]: that implementation's
+    sample count (a slow reference needs fewer); it sits out the later rounds. settle_s: a pause
+    before each timed call, outside the timing, so that the thread pool of the previous
+    implementation (OpenMP workers spin for a while after a parallel region; torch, numba and our
+    kernels each have their own) is idle and does not take cores from the next. min_time_s: a
+    sample loops the call until this much time has passed (its time per call is reported), so a
+    sub-millisecond kernel is not charged the wake-up of its sleeping thread pool every call."""
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
+    samples = {name: [] for name in names}
+    for i in range(max(repeats.values())):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            if len(samples[name]) < repeats[name]:
+                time.sleep(settle_s)
+                calls, t0 = 0, time.perf_counter()
+                while True:
+                    fns[name]()
+                    calls += 1
+                    elapsed = time.perf_counter() - t0
+                    if elapsed >= min_time_s:
+                        break
+                samples[name].append(elapsed / calls)
+    return samples
+
+
 def make_record(suite, name, backend, shape, samples, nbytes=None, flops=None, limits=None, bandwidth=None,
                 **extra) -> Record:
     """bandwidth: the limit in bytes/s for this record (from Limits.bandwidth_at, probed at the kernel's
@@ -234,5 +267,5 @@ def torch_or_none():
     return torch
 
 
-__all__ = ["Record", "Limits", "time_fn", "make_record", "measure_limits", "print_table", "ratios",
+__all__ = ["Record", "Limits", "time_fn", "time_interleaved", "make_record", "measure_limits", "print_table", "ratios",
            "write_jsonl", "plot", "torch_or_none", "ft"]

@@ -8,7 +8,7 @@ import numpy as np
 import fasttrain as ft
 from fasttrain import models
 
-from .harness import make_record, time_fn, torch_or_none
+from .harness import make_record, time_interleaved, torch_or_none
 
 
 def _ours(name, batch, steps_per_sample):
@@ -81,8 +81,10 @@ def run(limits, quick: bool = False, repeat: int = 5, log=print) -> list:
         variants = [("cpp" if ft.backends()["cpp"] == "available" else "numpy", _ours(name, batch, steps))]
         if torch is not None:
             variants.append(("torch", _theirs(torch, name, batch, steps)))
-        for backend, fn in variants:
-            samples = [t / steps for t in time_fn(fn, repeat=2 if quick else repeat, warmup=1)]
+        fns = dict(variants)
+        interleaved = time_interleaved(fns, {b: 2 if quick else repeat for b in fns}, warmup=1)
+        for backend in fns:
+            samples = [t / steps for t in interleaved[backend]]
             rec = make_record("train", f"{name}_step", backend, (batch, 3, 32, 32), samples,
                               images_per_s=round(batch / np.median(samples), 1))
             records.append(rec)
