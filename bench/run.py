@@ -126,7 +126,8 @@ def _write_results(path, records, rs, limits, args, elapsed) -> None:
         f"sgemm {limits.flops / 1e9:.1f} GFLOP/s ({limits.flops_source})",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, wall time {elapsed:.0f} s", "",
         "Times are medians of several runs; % of limit = the time the declared bytes (or FLOPs) would take at "
-        "the measured limit, divided by the measured time. A kernel's bandwidth limit is measured just before it, by the "
+        "the measured limit, divided by the measured time. A kernel's bandwidth limit is the better of two "
+        "measurements just before and after it, by the "
         "same probes over the kernel's own working set (its arrays' bytes; `limit_gbps` in the JSON): a kernel "
         "whose arrays sit in a cache level is held to that level, and the drift of a shared machine's memory "
         "system over the run (2x within minutes here) does not show up as a kernel above 100 %. conv2d declares the FLOPs of direct convolution "
