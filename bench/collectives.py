@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fasttrain.dist import get_codec, get_comm, launched_world_size, ring_allreduce, wire_bytes  # noqa: E402
+from fasttrain.dist import allreduce_algorithm, get_codec, get_comm, launched_world_size, ring_allreduce, wire_bytes  # noqa: E402
 from fasttrain.dist.ring import DEFAULT_MID_BYTES, DEFAULT_SEGMENT_BYTES, DEFAULT_SMALL_BYTES  # noqa: E402
 
 FULL_SIZES = [4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20]
@@ -63,23 +63,27 @@ def child(args):
         n = size // 4
         src = np.random.default_rng([r, n]).standard_normal(n).astype(np.float32)
         a, b = src.copy(), src.copy()
-        ring_allreduce(comm, a, segment_bytes=args.segment_bytes, small_bytes=args.small_bytes, mid_bytes=args.mid_bytes)
+        ring_allreduce(comm, a, segment_bytes=args.segment_bytes, small_bytes=args.small_bytes, mid_bytes=args.mid_bytes,
+                       shared_bytes=args.shared_bytes)
         comm.allreduce_mpi(b)
         if not np.allclose(a, b, rtol=1e-5, atol=1e-5 * p):
             raise AssertionError(f"size={size}: ring and MPI Allreduce disagree, max diff {np.max(np.abs(a - b))}")
         if len(set(comm.allgather(hashlib.sha256(a.tobytes()).hexdigest()))) != 1:
             raise AssertionError(f"size={size}: ring results differ between ranks")
+        algorithm = allreduce_algorithm(comm, size, args.small_bytes, args.shared_bytes, args.mid_bytes)
         buf = src.copy()
         reset = lambda: np.copyto(buf, src)  # noqa: E731
         fns = {"ring": lambda: ring_allreduce(comm, buf, segment_bytes=args.segment_bytes, small_bytes=args.small_bytes,
-                                              mid_bytes=args.mid_bytes),
+                                              mid_bytes=args.mid_bytes, shared_bytes=args.shared_bytes),
                "mpi": lambda: comm.allreduce_mpi(buf)}
         for backend, s in _samples(comm, fns, reset, size).items():
             if r == 0:
                 print(json.dumps({"suite": "collectives", "name": "allreduce_f32_sum", "backend": backend,
                                   "size": size, "ranks": p, "median_s": statistics.median(s), "min_s": min(s),
                                   "max_s": max(s), "bytes": wire_bytes(n, p), "pct_of_limit": None,
-                                  "segment_bytes": args.segment_bytes, "small_bytes": args.small_bytes, "mid_bytes": args.mid_bytes}), flush=True)
+                                  "segment_bytes": args.segment_bytes, "small_bytes": args.small_bytes, "mid_bytes": args.mid_bytes,
+                                  "shared_bytes": args.shared_bytes, "algorithm": algorithm if backend == "ring" else None}),
+                      flush=True)
 
 
 def parent(args):
@@ -87,13 +91,13 @@ def parent(args):
     for k in [int(x) for x in args.ranks.split(",")]:
         cmd = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(k), sys.executable, "-m", "mpi4py",
                str(Path(__file__).resolve()), "--segment-bytes", str(args.segment_bytes),
-               "--small-bytes", str(args.small_bytes), "--mid-bytes", str(args.mid_bytes)] + (["--sizes", args.sizes] if args.sizes else []) + (["--quick"] if args.quick else [])
+               "--small-bytes", str(args.small_bytes), "--mid-bytes", str(args.mid_bytes)] + (["--shared-bytes", str(args.shared_bytes)] if args.shared_bytes is not None else []) + (["--sizes", args.sizes] if args.sizes else []) + (["--quick"] if args.quick else [])
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
         if proc.returncode != 0:
             sys.exit(f"collectives: mpiexec -n {k} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         records += [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     by = {(x["ranks"], x["size"], x["backend"]): x for x in records}
-    print(f"{'K':>2} {'size':>8} {'ring ms':>9} {'mpi ms':>9} {'ring GB/s':>9} {'mpi GB/s':>9} {'ring/mpi':>8}")
+    print(f"{'K':>2} {'size':>8} {'ring ms':>9} {'mpi ms':>9} {'ring GB/s':>9} {'mpi GB/s':>9} {'mpi/ring':>8}  algorithm")
     for (k, size, backend), x in sorted(by.items()):
         if backend != "ring":
             continue
@@ -101,7 +105,7 @@ def parent(args):
         bus = 2 * (k - 1) / k * size
         label = f"{size >> 20}M" if size >= 1 << 20 else f"{size >> 10}K"
         print(f"{k:>2} {label:>8} {x['median_s'] * 1e3:9.3f} {m['median_s'] * 1e3:9.3f} "
-              f"{bus / x['median_s'] / 1e9:9.2f} {bus / m['median_s'] / 1e9:9.2f} {m['median_s'] / x['median_s']:8.2f}x")
+              f"{bus / x['median_s'] / 1e9:9.2f} {bus / m['median_s'] / 1e9:9.2f} {m['median_s'] / x['median_s']:8.2f}x  {x.get('algorithm')}")
     n = 1 << 24
     print("\nbytes on the wire per rank, 64 MB, K=4 (ring; 'once': fp32 reduce-scatter + encoded all-gather, "
           "'hop': every reduce-scatter send encoded too):")
@@ -123,9 +127,12 @@ def main(argv=None):
     ap.add_argument("--ranks", default="2,4", help="rank counts to launch (without a launcher)")
     ap.add_argument("--segment-bytes", type=int, default=DEFAULT_SEGMENT_BYTES)
     ap.add_argument("--small-bytes", type=int, default=DEFAULT_SMALL_BYTES,
-                    help="below this size the ring module uses recursive doubling (0: always the ring)")
+                    help="below this size the ring module uses recursive doubling (0: off)")
     ap.add_argument("--mid-bytes", type=int, default=DEFAULT_MID_BYTES,
                     help="from --small-bytes up to this size halving-doubling runs (0: off)")
+    ap.add_argument("--shared-bytes", type=int, default=None,
+                    help="from --small-bytes up to this size the shared-memory window runs when all ranks share a "
+                         "node (default: by rank count, ring.default_shared_bytes; 0: off)")
     ap.add_argument("--sizes", help="comma-separated sizes in bytes (overrides --quick)")
     args = ap.parse_args(argv)
     if launched_world_size() > 1:

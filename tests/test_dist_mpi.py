@@ -31,11 +31,13 @@ def test_ring_allreduce_matches_float64_sum_and_ranks_identical(K):
     sizes = [1, K - 1, 7, 1000003, 131071]
     out = mpirun(K, "ring_check.py", ",".join(map(str, sizes)), "65536")
     assert out["size"] == K and [c["n"] for c in out["cases"]] == sizes
+    assert out["algorithm_256k"] == "shared_memory", out["algorithm_256k"]
     for c in out["cases"]:
-        for key in ("sum", "mean", "ring_sum", "ring_mean", "bucketed"):
+        for key in ("sum", "mean", "ring_sum", "ring_mean", "shm_sum", "shm_mean", "hd_sum", "bucketed"):
             assert c[key + "_identical"], (key, c)
             assert c[key + "_relerr"] <= 1e-5, (key, c)
         assert c["mpi_relerr"] <= 1e-5, c
+        assert c["shm_repeat_ok"], c
         assert c["bucketed_threaded"], "mpi4py initializes MPI_THREAD_MULTIPLE: buckets should run on a thread"
         # compressed 'once' schedule: identical bytes on every rank, error within one codec step
         bounds = {"fp16": 2 ** -11, "bf16": 2 ** -8, "int8": 1 / 127, "int4": 1 / 7, "sign": 1.0, "ef-int8": 1 / 127}
@@ -49,6 +51,7 @@ def test_ring_with_tiny_segments_and_uneven_chunks():
     for c in out["cases"]:
         assert c["sum_identical"] and c["sum_relerr"] <= 1e-5 and c["int8_identical"], c
         assert c["ring_sum_identical"] and c["ring_sum_relerr"] <= 1e-5, c
+        assert c["shm_sum_identical"] and c["shm_sum_relerr"] <= 1e-5, c
 
 
 def test_local_sgd_h1_equals_synchronous_averaging():

@@ -3,9 +3,9 @@ optionally compressed on the wire) and local SGD. mpi4py is imported only under 
 from .codecs import BF16, FP16, Codec, ErrorFeedback, Int4, Int8, Sign, get_codec
 from .comm import Communicator, LocalComm, MPIComm, ThreadComm, ThreadWorld, get_comm, launched_world_size
 from .local_sgd import LocalSGD
-from .ring import BucketedAllreduce, chunk_offsets, ring_allreduce, segment_bounds, wire_bytes
+from .ring import BucketedAllreduce, allreduce_algorithm, chunk_offsets, ring_allreduce, segment_bounds, wire_bytes
 
 __all__ = ["Communicator", "LocalComm", "MPIComm", "ThreadComm", "ThreadWorld", "get_comm",
-           "launched_world_size", "ring_allreduce", "BucketedAllreduce", "chunk_offsets",
+           "launched_world_size", "ring_allreduce", "allreduce_algorithm", "BucketedAllreduce", "chunk_offsets",
            "segment_bounds", "wire_bytes", "Codec", "FP16", "BF16", "Int8", "Int4", "Sign",
            "ErrorFeedback", "get_codec", "LocalSGD"]

@@ -29,6 +29,7 @@ import numpy as np
 
 from .codecs import ErrorFeedback, get_codec
 from .comm import Communicator
+from .shm import node_window
 
 DEFAULT_SEGMENT_BYTES = 1 << 19
 #: below this many bytes ring_allreduce (no codec) runs recursive doubling instead of the ring:
@@ -42,6 +43,15 @@ DEFAULT_SMALL_BYTES = 1 << 16
 #: ring's pipelining of the add with the transfer pays off. Tuned with bench/collectives.py
 #: (2 cores, K = 2 and 4): at 256 KB..4 MB halving-doubling was 1.5-2.5x faster than the ring.
 DEFAULT_MID_BYTES = 1 << 23
+#: from small_bytes up to this many bytes (no codec), when every rank is on one node, the
+#: shared-memory window all-reduce (`shm.NodeWindow`) runs instead: two barriers per call. Tuned
+#: with bench/collectives.py (2 cores): with 3 or 4 ranks it beat halving-doubling and MPICH from
+#: 64 KB to 16 MB (1.3-2.5x MPICH at 256 KB..4 MB), behind the ring at 64 MB; with 2 ranks only
+#: up to 1 MB, above which halving-doubling's single exchange moves fewer bytes than two copies.
+def default_shared_bytes(size: int) -> int:
+    return 1 << 20 if size <= 2 else 1 << 25
+
+
 _TAG = 77
 _TAG_SMALL = 78
 
@@ -260,11 +270,26 @@ def _encode(codec, x, out, rng, at: int) -> None:
         codec.encode(x, out, rng)
 
 
+def allreduce_algorithm(comm: Communicator, nbytes: int, small_bytes: int = DEFAULT_SMALL_BYTES,
+                        shared_bytes: int | None = None, mid_bytes: int = DEFAULT_MID_BYTES) -> str:
+    """Which algorithm `ring_allreduce` runs for an uncompressed buffer of nbytes (see there).
+    Collective on a communicator's first call (it asks MPI which ranks share a node)."""
+    if nbytes < small_bytes:
+        return "recursive_doubling"
+    if nbytes < (default_shared_bytes(comm.size) if shared_bytes is None else shared_bytes) \
+            and node_window(comm) is not None:
+        return "shared_memory"
+    if nbytes < mid_bytes:
+        return "halving_doubling"
+    return "ring"
+
+
 def ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
                    segment_bytes: int = DEFAULT_SEGMENT_BYTES, codec=None,
                    rng: np.random.Generator | None = None, offset: int = 0,
                    small_bytes: int = DEFAULT_SMALL_BYTES,
-                   mid_bytes: int = DEFAULT_MID_BYTES, schedule: str = "once") -> np.ndarray:
+                   mid_bytes: int = DEFAULT_MID_BYTES, schedule: str = "once",
+                   shared_bytes: int | None = None) -> np.ndarray:
     """All-reduce `buf` in place over `comm` with the ring; returns buf.
 
     op: 'sum' or 'mean'. codec: None, a name from `codecs`, a Codec or an ErrorFeedback
@@ -277,9 +302,11 @@ def ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
       error grows with p (an ErrorFeedback keeps each encode's loss and sends it next call).
     offset: where buf starts inside the buffer an ErrorFeedback residual covers (used by
     BucketedAllreduce). rng: stochastic rounding source.
-    small_bytes: uncompressed buffers below this size take `recursive_doubling_allreduce`
-    (0 forces the ring); those from small_bytes up to mid_bytes take
-    `halving_doubling_allreduce` (mid_bytes <= small_bytes turns it off)."""
+    small_bytes: uncompressed buffers below this size take `recursive_doubling_allreduce`;
+    those from small_bytes up to shared_bytes (None: `default_shared_bytes(comm.size)`) take the
+    shared-memory window (`shm.NodeWindow`) when all ranks are on one MPI node; those up to
+    mid_bytes take `halving_doubling_allreduce`. small_bytes=0, shared_bytes=0, mid_bytes=0
+    force the ring at every size."""
     if op not in ("sum", "mean"):
         raise ValueError(f"op: expected 'sum' or 'mean', got {op!r}")
     _check_buf(buf)
@@ -290,10 +317,14 @@ def ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
     p = comm.size
     if p == 1:
         return buf
-    if codec is None and buf.nbytes < small_bytes:
-        return recursive_doubling_allreduce(comm, buf, op)
-    if codec is None and buf.nbytes < mid_bytes:
-        return halving_doubling_allreduce(comm, buf, op)
+    if codec is None:
+        algorithm = allreduce_algorithm(comm, buf.nbytes, small_bytes, shared_bytes, mid_bytes)
+        if algorithm == "recursive_doubling":
+            return recursive_doubling_allreduce(comm, buf, op)
+        if algorithm == "shared_memory":
+            return node_window(comm).allreduce(buf, op)
+        if algorithm == "halving_doubling":
+            return halving_doubling_allreduce(comm, buf, op)
     off = chunk_offsets(buf.size, p)
     if codec is not None and rng is None:
         rng = np.random.default_rng()

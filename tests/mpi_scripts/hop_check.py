@@ -45,8 +45,8 @@ for n in sizes:
                     case[key + "_chain"] = bool(np.array_equal(buf, encoded_chain(parts, codec, op)))
     # no codec: 'hop' is the plain ring, bit for bit
     a, b = data(r, n), data(r, n)
-    ring_allreduce(comm, a, segment_bytes=seg, small_bytes=0, mid_bytes=0)
-    ring_allreduce(comm, b, segment_bytes=seg, small_bytes=0, mid_bytes=0, schedule="hop")
+    ring_allreduce(comm, a, segment_bytes=seg, small_bytes=0, shared_bytes=0, mid_bytes=0)
+    ring_allreduce(comm, b, segment_bytes=seg, small_bytes=0, shared_bytes=0, mid_bytes=0, schedule="hop")
     case["none_equal"] = all(comm.allgather(bool(np.array_equal(a, b))))
     out["cases"].append(case)
 

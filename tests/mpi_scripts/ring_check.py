@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from fasttrain.dist import BucketedAllreduce, ErrorFeedback, get_comm, ring_allreduce
+from fasttrain.dist import BucketedAllreduce, ErrorFeedback, allreduce_algorithm, get_comm, ring_allreduce
 
 
 def data(rank, n, seed=0):
@@ -22,15 +22,20 @@ comm = get_comm()
 sizes = [int(s) for s in sys.argv[1].split(",")]
 seg = int(sys.argv[2]) if len(sys.argv) > 2 else 4096
 p, r = comm.size, comm.rank
-out = {"size": p, "cases": []}
+# mpiexec starts every rank on this node: mid sizes must take the shared-memory window
+out = {"size": p, "cases": [], "algorithm_256k": allreduce_algorithm(comm, 1 << 18)}
 for n in sizes:
     ref = np.sum([data(k, n).astype(np.float64) for k in range(p)], axis=0) if r == 0 else None
     case = {"n": n}
-    # "sum"/"mean": the size-based choice of algorithm; "ring_*": the pipelined ring forced at every
-    # size, so it stays tested under real MPI whatever the thresholds are
+    # "sum"/"mean": the size-based choice of algorithm; "ring_*", "shm_*" (shared-memory window),
+    # "hd_sum" (halving-doubling): one algorithm forced at every size, so each stays tested under
+    # real MPI whatever the thresholds are
     for key, op, forced in (("sum", "sum", {}), ("mean", "mean", {}),
-                            ("ring_sum", "sum", {"small_bytes": 0, "mid_bytes": 0}),
-                            ("ring_mean", "mean", {"small_bytes": 0, "mid_bytes": 0})):
+                            ("ring_sum", "sum", {"small_bytes": 0, "shared_bytes": 0, "mid_bytes": 0}),
+                            ("ring_mean", "mean", {"small_bytes": 0, "shared_bytes": 0, "mid_bytes": 0}),
+                            ("shm_sum", "sum", {"small_bytes": 0, "shared_bytes": 1 << 62}),
+                            ("shm_mean", "mean", {"small_bytes": 0, "shared_bytes": 1 << 62}),
+                            ("hd_sum", "sum", {"small_bytes": 0, "shared_bytes": 0, "mid_bytes": 1 << 62})):
         buf = data(r, n)
         ring_allreduce(comm, buf, op=op, segment_bytes=seg, **forced)
         hashes = comm.allgather(digest(buf))
@@ -38,6 +43,14 @@ for n in sizes:
             want = ref / p if op == "mean" else ref
             case[key + "_relerr"] = float(np.max(np.abs(buf - want) / np.abs(want))) if n else 0.0
             case[key + "_identical"] = len(set(hashes)) == 1
+    # back-to-back shared-window calls (both halves of the slots reused): a missing barrier shows
+    # as a rank reading a slot another rank has already overwritten with the next call's values
+    ok = True
+    for i in range(24):
+        buf = np.full(n, r + 1 + i, np.float32)
+        ring_allreduce(comm, buf, small_bytes=0, shared_bytes=1 << 62)
+        ok &= bool(np.all(buf == p * (p + 1) // 2 + p * i))
+    case["shm_repeat_ok"] = all(comm.allgather(ok))
     # MPI's own Allreduce, the reference implementation, on the same data
     buf = data(r, n)
     comm.allreduce_mpi(buf)

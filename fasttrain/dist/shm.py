@@ -1,0 +1,102 @@
+"""All-reduce through an MPI-3 shared-memory window, for a communicator whose ranks share one node.
+
+The same reduce-scatter + all-gather as the ring, with the node's memory as the wire: every rank
+copies its buffer into its own slot of a window made by MPI_Win_allocate_shared (MPI-3.1
+section 11.2.3), then rank r sums chunk r of every slot into its own slot, then every rank
+copies chunk j out of slot j. Two barriers per call instead of the ring's 2 (p - 1) message
+rounds: on a node with more ranks than cores (4 ranks on this machine's 2) each round is a wait
+for the peer to be scheduled, and the barrier count is what the time follows. Each chunk is
+summed by one rank and copied by the others, so ranks end bit-identical.
+
+Synchronization is the "unified memory model" pattern of MPI-3.1 section 11.7 (example 11.21):
+a passive-target epoch (Lock_all) held for the window's life, and Win_sync + Barrier + Win_sync
+wherever one rank reads what another wrote. Slots have two halves used on alternate calls, so a
+rank may start the next call (and overwrite its slot) while a slower rank still copies chunks of
+the previous result: by the time anyone reads the half it rewrites, every rank has passed the
+next call's first barrier, after its copy-out.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import ring as _ring  # chunk_offsets; ring imports this module, so looked up at call time
+from .comm import Communicator, MPIComm
+
+_ALIGN = 64
+
+
+class NodeWindow:
+    """Shared slots of a single-node communicator, grown (collectively) to the largest buffer."""
+
+    def __init__(self, node_comm):
+        from mpi4py import MPI
+        self._MPI, self.node = MPI, node_comm
+        self.rank, self.size = node_comm.Get_rank(), node_comm.Get_size()
+        self.win, self.slots, self.half, self.parity = None, [], 0, 0
+
+    def _grow(self, nbytes: int) -> None:
+        """A window whose slots hold two buffers of nbytes. Collective: every rank asks for the same
+        nbytes (an all-reduce's buffers have one size on all ranks)."""
+        if self.win is not None:
+            self.win.Unlock_all()
+            self.win.Free()
+        half = -(-max(nbytes, 1) // _ALIGN) * _ALIGN
+        info = self._MPI.Info.Create()
+        info.Set("alloc_shared_noncontig", "true")  # each rank's slot on its own pages
+        self.win = self._MPI.Win.Allocate_shared(2 * half, 1, info=info, comm=self.node)
+        info.Free()
+        self.slots = [np.frombuffer(self.win.Shared_query(j)[0], np.uint8) for j in range(self.size)]
+        self.half, self.parity = half, 0
+        self.win.Lock_all()
+
+    def _fence(self) -> None:
+        self.win.Sync()
+        self.node.Barrier()
+        self.win.Sync()
+
+    def allreduce(self, buf: np.ndarray, op: str = "sum") -> np.ndarray:
+        if buf.nbytes > self.half:
+            self._grow(max(buf.nbytes, 2 * self.half))
+        base = self.parity * self.half
+        self.parity ^= 1
+        n, p, r = buf.size, self.size, self.rank
+        slot = [s[base:base + buf.nbytes].view(buf.dtype) for s in self.slots]
+        off = _ring.chunk_offsets(n, p)
+        a, b = int(off[r]), int(off[r + 1])
+        # only the chunks other ranks sum go through the slot: writing shared lines a peer has
+        # read costs a cross-core invalidation each, the copy-in is the most expensive step
+        slot[r][:a] = buf[:a]
+        slot[r][b:] = buf[b:]
+        self._fence()
+        mine = slot[r][a:b]
+        first = True
+        for j in range(p):  # own values first, then the others in rank order: a fixed order per chunk
+            if j != r:
+                np.add(buf[a:b] if first else mine, slot[j][a:b], out=mine)
+                first = False
+        if op == "mean":
+            mine /= p
+        self._fence()
+        for j in range(p):
+            buf[off[j]:off[j + 1]] = slot[j][off[j]:off[j + 1]]
+        return buf
+
+
+def node_window(comm: Communicator) -> NodeWindow | None:
+    """The shared-memory all-reduce of comm, or None when it has none: not an MPI communicator (a
+    thread world, a throttled wrapper that must see every byte) or ranks on more than one node.
+    The first call is collective (MPI_Comm_split_type); the answer is kept on comm."""
+    try:
+        return comm._node_window
+    except AttributeError:
+        pass
+    window = None
+    if type(comm) is MPIComm and comm.size > 1:
+        from mpi4py import MPI
+        node = comm.comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
+        if node.Get_size() == comm.size:
+            window = NodeWindow(node)
+        else:
+            node.Free()
+    comm._node_window = window
+    return window
