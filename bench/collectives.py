@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fasttrain.dist import allreduce_algorithm, get_codec, get_comm, launched_world_size, ring_allreduce, wire_bytes  # noqa: E402
-from fasttrain.dist.ring import DEFAULT_MID_BYTES, DEFAULT_SEGMENT_BYTES, DEFAULT_SMALL_BYTES  # noqa: E402
+from fasttrain.dist.ring import DEFAULT_MID_BYTES, DEFAULT_SEGMENT_BYTES, DEFAULT_SHARED_BYTES, DEFAULT_SMALL_BYTES  # noqa: E402
 
 FULL_SIZES = [4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20]
 QUICK_SIZES = [4 << 10, 256 << 10, 4 << 20]
@@ -91,7 +91,8 @@ def parent(args):
     for k in [int(x) for x in args.ranks.split(",")]:
         cmd = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(k), sys.executable, "-m", "mpi4py",
                str(Path(__file__).resolve()), "--segment-bytes", str(args.segment_bytes),
-               "--small-bytes", str(args.small_bytes), "--mid-bytes", str(args.mid_bytes)] + (["--shared-bytes", str(args.shared_bytes)] if args.shared_bytes is not None else []) + (["--sizes", args.sizes] if args.sizes else []) + (["--quick"] if args.quick else [])
+               "--small-bytes", str(args.small_bytes), "--mid-bytes", str(args.mid_bytes),
+               "--shared-bytes", str(args.shared_bytes)] + (["--sizes", args.sizes] if args.sizes else []) + (["--quick"] if args.quick else [])
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
         if proc.returncode != 0:
             sys.exit(f"collectives: mpiexec -n {k} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -130,9 +131,9 @@ def main(argv=None):
                     help="below this size the ring module uses recursive doubling (0: off)")
     ap.add_argument("--mid-bytes", type=int, default=DEFAULT_MID_BYTES,
                     help="from --small-bytes up to this size halving-doubling runs (0: off)")
-    ap.add_argument("--shared-bytes", type=int, default=None,
+    ap.add_argument("--shared-bytes", type=int, default=DEFAULT_SHARED_BYTES,
                     help="from --small-bytes up to this size the shared-memory window runs when all ranks share a "
-                         "node (default: by rank count, ring.default_shared_bytes; 0: off)")
+                         "node (0: off)")
     ap.add_argument("--sizes", help="comma-separated sizes in bytes (overrides --quick)")
     args = ap.parse_args(argv)
     if launched_world_size() > 1:

@@ -44,14 +44,12 @@ DEFAULT_SMALL_BYTES = 1 << 16
 #: (2 cores, K = 2 and 4): at 256 KB..4 MB halving-doubling was 1.5-2.5x faster than the ring.
 DEFAULT_MID_BYTES = 1 << 23
 #: from small_bytes up to this many bytes (no codec), when every rank is on one node, the
-#: shared-memory window all-reduce (`shm.NodeWindow`) runs instead: two barriers per call. Tuned
-#: with bench/collectives.py (2 cores): with 3 or 4 ranks it beat halving-doubling and MPICH from
-#: 64 KB to 16 MB (1.3-2.5x MPICH at 256 KB..4 MB), behind the ring at 64 MB; with 2 ranks only
-#: up to 1 MB, above which halving-doubling's single exchange moves fewer bytes than two copies.
-def default_shared_bytes(size: int) -> int:
-    return 1 << 20 if size <= 2 else 1 << 25
-
-
+#: shared-memory window all-reduce (`shm.NodeWindow`) runs instead: two barriers per call, no
+#: message rounds. Tuned on this machine (2 cores, each algorithm forced, interleaved with MPI's
+#: Allreduce in one run): with 3 or 4 ranks it was 1.3-2.9x MPICH from 256 KB to 16 MB (halving-
+#: doubling 0.8-1.3x), with 2 ranks 1.0-1.9x from 1 MB to 8 MB (halving-doubling 1.0-1.1x);
+#: at 32 MB and above halving-doubling or the ring were as fast or faster.
+DEFAULT_SHARED_BYTES = 1 << 25
 _TAG = 77
 _TAG_SMALL = 78
 
@@ -271,13 +269,12 @@ def _encode(codec, x, out, rng, at: int) -> None:
 
 
 def allreduce_algorithm(comm: Communicator, nbytes: int, small_bytes: int = DEFAULT_SMALL_BYTES,
-                        shared_bytes: int | None = None, mid_bytes: int = DEFAULT_MID_BYTES) -> str:
+                        shared_bytes: int = DEFAULT_SHARED_BYTES, mid_bytes: int = DEFAULT_MID_BYTES) -> str:
     """Which algorithm `ring_allreduce` runs for an uncompressed buffer of nbytes (see there).
     Collective on a communicator's first call (it asks MPI which ranks share a node)."""
     if nbytes < small_bytes:
         return "recursive_doubling"
-    if nbytes < (default_shared_bytes(comm.size) if shared_bytes is None else shared_bytes) \
-            and node_window(comm) is not None:
+    if nbytes < shared_bytes and node_window(comm) is not None:
         return "shared_memory"
     if nbytes < mid_bytes:
         return "halving_doubling"
@@ -289,7 +286,7 @@ def ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
                    rng: np.random.Generator | None = None, offset: int = 0,
                    small_bytes: int = DEFAULT_SMALL_BYTES,
                    mid_bytes: int = DEFAULT_MID_BYTES, schedule: str = "once",
-                   shared_bytes: int | None = None) -> np.ndarray:
+                   shared_bytes: int = DEFAULT_SHARED_BYTES) -> np.ndarray:
     """All-reduce `buf` in place over `comm` with the ring; returns buf.
 
     op: 'sum' or 'mean'. codec: None, a name from `codecs`, a Codec or an ErrorFeedback
@@ -303,9 +300,8 @@ def ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
     offset: where buf starts inside the buffer an ErrorFeedback residual covers (used by
     BucketedAllreduce). rng: stochastic rounding source.
     small_bytes: uncompressed buffers below this size take `recursive_doubling_allreduce`;
-    those from small_bytes up to shared_bytes (None: `default_shared_bytes(comm.size)`) take the
-    shared-memory window (`shm.NodeWindow`) when all ranks are on one MPI node; those up to
-    mid_bytes take `halving_doubling_allreduce`. small_bytes=0, shared_bytes=0, mid_bytes=0
+    those from small_bytes up to shared_bytes take the shared-memory window (`shm.NodeWindow`)
+    when all ranks are on one MPI node; otherwise those up to mid_bytes take `halving_doubling_allreduce`. small_bytes=0, shared_bytes=0, mid_bytes=0
     force the ring at every size."""
     if op not in ("sum", "mean"):
         raise ValueError(f"op: expected 'sum' or 'mean', got {op!r}")
