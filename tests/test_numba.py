@@ -64,6 +64,30 @@ def test_thread_setting_reaches_numba_kernels_imported_directly():
     assert out.stdout.split()[-1] == "1"
 
 
+def test_kernel_modules_get_the_mtime_of_an_edited_helper(tmp_path):
+    """Numba's cache would keep a kernel module's old machine code after an edit to a helper it
+    inlines; refresh_cache_stamps gives the importers the helper's newer mtime."""
+    from fasttrain.kernels.numba import refresh_cache_stamps
+    (tmp_path / "_helper.py").write_text("X = 1\n")
+    (tmp_path / "kern.py").write_text("import numba\nfrom ._helper import X\n")
+    (tmp_path / "plain.py").write_text("import numba\n")
+    for name, t in (("kern.py", 1000.0), ("plain.py", 1000.0), ("_helper.py", 2000.0)):
+        os.utime(tmp_path / name, (t, t))
+    assert refresh_cache_stamps(tmp_path) == ["kern.py"]
+    assert os.stat(tmp_path / "kern.py").st_mtime == 2000.0
+    assert os.stat(tmp_path / "plain.py").st_mtime == 1000.0
+    assert refresh_cache_stamps(tmp_path) == []          # once in step, nothing more to do
+    os.utime(tmp_path / "kern.py", (3000.0, 3000.0))     # a newer kernel module is left alone
+    assert refresh_cache_stamps(tmp_path) == []
+
+
+def test_installed_kernel_modules_are_not_older_than_their_helpers():
+    from pathlib import Path
+
+    from fasttrain.kernels import numba as nb_kernels
+    assert nb_kernels.refresh_cache_stamps(Path(nb_kernels.__file__).parent) == []
+
+
 @pytest.mark.parametrize("n", [0, 1, 5, 4 * 512 * 2 + 3, 40_001])
 def test_dropout_bits_large_seed_and_sub_chunk_edges(n):
     # sizes around the kernel's 512-block sub-chunks and the 2-thread split; a seed > 2^32

@@ -81,6 +81,34 @@ def test_resume_is_exact(tmp_path):
         np.testing.assert_array_equal(resumed.model[1].buffers[key], full.model[1].buffers[key])
 
 
+def test_resume_is_exact_with_ema_and_early_stopping(tmp_path):
+    """The EMA of the weights and the early-stopping state (best epoch, its weights and BN
+    statistics, patience count) travel in the checkpoint: a resumed run ends where one run does."""
+    train, val = _digits(n_train=200)
+    kw = dict(ema_decay=0.9, early_stopping=10)
+    full = _trainer(**kw)
+    full.fit(train, val, epochs=3)
+
+    first = _trainer(tmp_path / "a", **kw)
+    first.fit(train, val, epochs=2)
+    resumed = _trainer(**kw)
+    resumed.resume(tmp_path / "a" / "checkpoint.npz")
+    np.testing.assert_array_equal(resumed.ema.shadow, first.ema.shadow)
+    assert resumed.best_record == first.best_record and resumed._bad_epochs == first._bad_epochs
+    resumed.fit(train, val, epochs=3)
+    np.testing.assert_array_equal(resumed.ema.shadow, full.ema.shadow)
+    np.testing.assert_array_equal(resumed.arena.data, full.arena.data)
+    assert resumed.best_record == full.best_record
+    assert resumed.history.epochs == full.history.epochs
+
+
+def test_resume_with_ema_needs_a_checkpoint_with_one(tmp_path):
+    train, _ = _digits(n_train=64)
+    _trainer(tmp_path).fit(train, None, epochs=1)
+    with pytest.raises(ValueError, match="keeps an EMA.*has none"):
+        _trainer(ema_decay=0.9).resume(tmp_path / "checkpoint.npz")
+
+
 def test_resume_rejects_a_different_model(tmp_path):
     train, _ = _digits(n_train=64)
     t = _trainer(tmp_path)

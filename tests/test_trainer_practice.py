@@ -51,6 +51,12 @@ def test_early_stopping_restores_best(tmp_path):
     assert real_eval(val)[0] == pytest.approx(losses[best - 1])
     events = [json.loads(s).get("event") for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert "early_stop" in events and "restored_best" in events
+    # the best weights go to checkpoint_best.npz; checkpoint.npz stays the last epoch's, to resume
+    fresh = _trainer()
+    ft.train.load_checkpoint(tmp_path / "checkpoint_best.npz", fresh.model, fresh.arena)
+    np.testing.assert_array_equal(fresh.arena.data, snapshots[best][0])
+    ft.train.load_checkpoint(tmp_path / "checkpoint.npz", fresh.model, fresh.arena)
+    np.testing.assert_array_equal(fresh.arena.data, snapshots[tr.epoch][0])
     with pytest.raises(ValueError, match="early_stopping"):
         _trainer(early_stopping=0)
 

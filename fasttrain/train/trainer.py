@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..settings import get_logger
-from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, module_buffers, read_checkpoint, save_checkpoint
 from .monitor import Monitor
 
 log = get_logger(__name__)
@@ -52,7 +52,8 @@ class Trainer:
 
     monitor_every: sample the command center (fasttrain.train.monitor) every N steps (None: off).
     early_stopping: patience in epochs without a val_loss improvement of more than min_delta; at
-    the end of fit the best epoch's weights (and BN statistics) are restored (None: off).
+    the end of fit the best epoch's weights (and BN statistics) are restored and written to
+    checkpoint_best.npz; checkpoint.npz keeps the last step's state, which resumes exactly (None: off).
     ema_decay: keep an EMA of the weights (fasttrain.train.EMA) and validate with it (None: off).
     augment: callable(x, rng) -> x applied to each training batch with a generator keyed by
     (seed, step); mixup_alpha: mix examples and labels (Zhang et al. 2018) with Beta(alpha, alpha)."""
@@ -114,17 +115,46 @@ class Trainer:
     def save(self, path) -> None:
         meta = {"step": self.step, "epoch": self.epoch, "history": self.history.to_dict(),
                 "config": self.config}
-        extra = self.dist.state_dict() if self.dist is not None else None  # dist: error-feedback residuals
+        extra = dict(self.dist.state_dict()) if self.dist is not None else {}  # dist: error-feedback residuals
+        if self.ema is not None:
+            state = self.ema.state_dict()
+            extra["ema/shadow"] = state.pop("shadow")
+            meta["ema"] = state
+        if self.early_stopping is not None:
+            meta["best"] = {"record": self.best_record, "bad_epochs": self._bad_epochs}
+            if self._best_state is not None:
+                weights, buffers = self._best_state
+                extra["best/weights"] = weights
+                for key, (m, name) in module_buffers(self.model).items():
+                    extra[f"best/buffer/{key}"] = buffers[id(m)][name]
         save_checkpoint(path, self.model, self.arena, self.optimizer, meta, extra=extra)
 
     def resume(self, path) -> None:
-        """Continue from a checkpoint: parameters, buffers, optimizer state, step, epoch, history."""
+        """Continue from a checkpoint: parameters, buffers, optimizer state, step, epoch, history,
+        the EMA of the weights and the early-stopping state (best epoch's weights and buffers)."""
         meta = load_checkpoint(path, self.model, self.arena, self.optimizer)
         self.step, self.epoch = int(meta["step"]), int(meta["epoch"])
         self.history = History.from_dict(meta["history"])
+        extra = {k[6:]: v for k, v in read_checkpoint(path)[0].items() if k.startswith("extra/")}
         if self.dist is not None:  # dist (issue 8): this rank's error-feedback residual
-            arrays = read_checkpoint(path)[0]
-            self.dist.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("extra/")})
+            self.dist.load_state_dict(extra)
+        if self.ema is not None:
+            if "ema" not in meta:
+                raise ValueError(f"{path}: this trainer keeps an EMA of the weights (ema_decay={self.ema.decay}) "
+                                 f"but the checkpoint has none; resume without ema_decay or from a run that had it")
+            self.ema.load_state_dict({"shadow": extra["ema/shadow"], **meta["ema"]})
+        elif "ema" in meta:
+            log.warning("%s: the checkpoint's EMA of the weights is not resumed (this trainer has no ema_decay)", path)
+        best = meta.get("best")
+        if self.early_stopping is not None and best is not None:
+            self.best_record, self._bad_epochs = best["record"], int(best["bad_epochs"])
+            self._best_state = None
+            if "best/weights" in extra:
+                buffers: dict = {}
+                for key, (m, name) in module_buffers(self.model).items():
+                    buffers.setdefault(id(m), {})[name] = self.arena.xp.asarray(
+                        extra[f"best/buffer/{key}"], dtype=m.buffers[name].dtype)
+                self._best_state = (self.arena.xp.asarray(extra["best/weights"], dtype=self.arena.data.dtype), buffers)
 
     # -- steps ----------------------------------------------------------------------------------
     def _lr(self) -> float:
@@ -278,8 +308,9 @@ class Trainer:
                     break
             if self._best_state is not None:
                 self._restore_best()
-                if self.checkpoint and self.run_dir is not None:
-                    self.save(self._path(self.checkpoint_name))
+                if self.checkpoint and self.run_dir is not None:  # the checkpoint stays the last step's, to resume
+                    root, ext = os.path.splitext(self.checkpoint_name)
+                    self.save(self._path(f"{root}_best{ext}"))
             self._report_monitor()
         finally:
             bar.close()

@@ -20,8 +20,9 @@ Checked over every float32 input: exp_f32, expm1_f32, tanh_f32 and sigmoid_f32 g
 as vmath.h's functions in the C++ kernels (x86-64, both contracting to FMA), so vmath.h's measured
 error bounds hold here (tests/test_vmath.py runs its checks on both backends).
 
-Numba's on-disk cache keys a function on its own file only: after editing this module, clear the
-__pycache__ entries of the kernel modules that inline it (or they keep the old code).
+Numba's on-disk cache keys a function on its own file only; the package's __init__ gives the kernel
+modules that import this one its mtime when it is newer (`refresh_cache_stamps`), so an edit here
+recompiles them on the next import.
 """
 import math
 
