@@ -1,6 +1,6 @@
 """Overlap of the gradient all-reduce with backward (issue 8), classic conv net, K ranks.
 
-    python bench/dist_overlap.py [--ranks 2] [--batch 32] [--width 32] [--bucket-kb 256] [--repeat 10]
+    python bench/dist_overlap.py [--ranks 2] [--batch 32] [--width 32] [--bucket-kb 256] [--repeat 10] [--gbits G]
 
 Four timings per step (median over repeats of the slowest rank, after warm-up):
   backward only      forward + backward, no communication (the floor);
@@ -8,7 +8,8 @@ Four timings per step (median over repeats of the slowest rank, after warm-up):
   sequential         forward + backward, then one ring all-reduce of the arena;
   overlapped         forward + backward layer by layer; a bucket (a contiguous arena range,
                      BucketedAllreduce) is started on the communication thread as soon as every
-                     parameter it covers has its gradient, and all are waited for at the end.
+                     parameter it covers has its gradient, and all are waited for at the end
+                     (what `fasttrain train --dist ring --bucket-kb N` does each step).
 The gain is sequential - overlapped; at most min(backward, allreduce). Prints a table and JSON
 lines (suite="dist_overlap"). Re-launches itself under mpiexec when started without one.
 """
@@ -30,28 +31,16 @@ sys.path.insert(0, str(ROOT))
 
 import fasttrain as ft  # noqa: E402
 from fasttrain.dist import BucketedAllreduce, get_comm, launched_world_size, ring_allreduce  # noqa: E402
+from fasttrain.dist.data_parallel import bucket_schedule  # noqa: E402
 from fasttrain.losses import SoftmaxCrossEntropy  # noqa: E402
 from fasttrain.models import convnet_classic  # noqa: E402
 
 
-def bucket_plan(model, arena, bounds):
-    """For each top-level layer, in backward order, the buckets that become complete once its
-    backward has run (a bucket is complete when every parameter overlapping it has its grad)."""
-    owner = {}
-    layers = list(model._children)
-    for li, (_, layer) in enumerate(layers):
-        for p in layer.parameters():
-            owner[id(p)] = li
-    spans = [(off, off + p.size, owner[id(p)]) for p, off in zip(arena.params, arena.offsets)]
-    need = []  # bucket -> the smallest layer index whose backward completes it (backward runs high -> low)
-    for a, b in bounds:
-        need.append(min(li for s, e, li in spans if s < b and e > a))
-    plan = {li: [i for i, n in enumerate(need) if n == li] for li in range(len(layers))}
-    return layers, plan
-
-
 def child(args):
     comm = get_comm()
+    if args.gbits:  # a slow link, where the all-reduce is worth hiding behind backward
+        from bench.netem import ThrottledComm
+        comm = ThrottledComm(comm, args.gbits * 1e9 / 8)
     ft.set_num_threads(max(1, (os.cpu_count() or 1) // comm.size))
     rng = np.random.default_rng(comm.rank)
     model = convnet_classic(3, 10, 32, width=args.width, dropout=0.0)
@@ -60,7 +49,7 @@ def child(args):
     x = rng.standard_normal((args.batch, 3, 32, 32)).astype(np.float32)
     y = rng.integers(0, 10, args.batch)
     br = BucketedAllreduce(comm, arena.grad, bucket_bytes=args.bucket_kb * 1024, op="mean")
-    layers, plan = bucket_plan(model, arena, br.bounds)
+    layers, plan = model._children, bucket_schedule(model, arena, br.bounds)
 
     def fwd_bwd():
         arena.zero_grad()
@@ -103,7 +92,7 @@ def child(args):
                                              ("sequential", sequential), ("overlapped", overlapped))}
     br.close()
     if comm.rank == 0:
-        print(json.dumps({"suite": "dist_overlap", "ranks": comm.size, "batch": args.batch, "width": args.width,
+        print(json.dumps({"suite": "dist_overlap", "ranks": comm.size, "batch": args.batch, "width": args.width, "gbits": args.gbits or None,
                           "params": arena.size, "arena_bytes": arena.size * 4, "buckets": len(br.bounds),
                           "threaded": br.threaded, "overlap_equals_sequential": same,
                           **{k.replace(" ", "_") + "_ms": 1e3 * v for k, v in res.items()},
@@ -118,7 +107,7 @@ def parent(args, argv):
         sys.exit(proc.stderr[-3000:])
     r = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
     print(f"convnet_classic width {r['width']}, batch {r['batch']}, {r['params']} params "
-          f"({r['arena_bytes'] / 1e6:.2f} MB), K={r['ranks']}, {r['buckets']} buckets, threaded={r['threaded']}, "
+          f"({r['arena_bytes'] / 1e6:.2f} MB), K={r['ranks']}, link {str(r['gbits']) + ' Gbit/s' if r['gbits'] else 'unthrottled'}, {r['buckets']} buckets, threaded={r['threaded']}, "
           f"overlapped grads == sequential: {r['overlap_equals_sequential']}")
     for k in ("backward_only", "allreduce_only", "sequential", "overlapped"):
         print(f"  {k.replace('_', ' '):16s} {r[k + '_ms']:8.2f} ms")
@@ -134,6 +123,8 @@ def main(argv=None):
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--bucket-kb", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--gbits", type=float, default=0.0,
+                    help="throttle every rank's link to this many Gbit/s (bench/netem.py's ThrottledComm; 0: off)")
     args = ap.parse_args(argv)
     if launched_world_size() > 1:
         child(args)

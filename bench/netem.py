@@ -43,7 +43,7 @@ class ThrottledComm(Communicator):
         if bytes_per_s <= 0:
             raise ValueError(f"ThrottledComm(bytes_per_s={bytes_per_s}): expected a positive rate")
         self.inner, self.rate = inner, float(bytes_per_s)
-        self.rank, self.size, self.thread_multiple = inner.rank, inner.size, False
+        self.rank, self.size, self.thread_multiple = inner.rank, inner.size, inner.thread_multiple
         self._free = 0.0
 
     def isend(self, buf, dest, tag=0):
@@ -68,6 +68,11 @@ class ThrottledComm(Communicator):
 
     def allgather(self, obj):
         return self.inner.allgather(obj)
+
+    def dup(self, poll_interval_s=None):
+        """A duplicate (its own message space) over its own link of the same rate: what a
+        communication thread (BucketedAllreduce) sends is throttled too."""
+        return ThrottledComm(self.inner.dup(poll_interval_s), self.rate)
 
 
 def child(args):

@@ -163,7 +163,7 @@ def train(cfg: Config, progress: bool | None = None) -> dict:
     if cfg.dist != "none":  # dist (issue 8)
         dp = DataParallel(comm, model, arena, cfg.dist, cfg.compress, cfg.error_feedback, cfg.local_sgd,
                           cfg.local_sgd_warmup, cfg.fingerprint_every, seed=cfg.seed,
-                          compress_schedule=cfg.compress_schedule)
+                          compress_schedule=cfg.compress_schedule, bucket_bytes=cfg.bucket_kb * 1024)
         trainer.dist = dp
         if not rank0:
             trainer.run_dir, trainer.progress_disable, trainer.plot, trainer.checkpoint = None, True, False, False

@@ -46,6 +46,7 @@ class Config:
     compress: str = "none"                # none | fp16 | bf16 | int8 | int4 | sign (ring only)
     compress_schedule: str = "once"       # once: encode reduced chunks only | hop: every reduce-scatter send too
     error_feedback: Optional[bool] = None  # None: on for sign and int4
+    bucket_kb: int = 0                    # > 0: all-reduce KB-sized gradient buckets during backward (ring)
     local_sgd: int = 0                    # H > 0: local SGD, average parameters every H steps
     local_sgd_warmup: int = 0             # post-local SGD: synchronous for the first K0 steps
     lr_scaling: bool = True               # lr x ranks with a warmup (Goyal et al. 2017) when dist is on

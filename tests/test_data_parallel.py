@@ -149,6 +149,64 @@ def test_synchronous_gradient_mean_hop_schedule(K):
         assert "codec int8 (quantized hop)" in text
 
 
+def _mlp_step(comm, bucket_bytes, k_total):
+    """One data-parallel backward of a small MLP (this rank's batch), with or without buckets."""
+    import fasttrain as ft
+    from fasttrain import models
+
+    model = models.mlp(13, 5, hidden=(11, 7))
+    arena = ft.ParamArena.for_model(model, seed=0)
+    rng = np.random.default_rng([comm.rank, k_total])
+    x, y = rng.standard_normal((6, 13)).astype(np.float32), rng.integers(0, 5, 6)
+    dp = DataParallel(comm, model, arena, bucket_bytes=bucket_bytes)
+    dp.setup()
+    arena.zero_grad()
+    _, d = ft.losses.SoftmaxCrossEntropy()(model.forward(x), y)
+    dp.backward(model, d, 0)
+    dp.finish()
+    return arena.grad.copy(), dp.bytes_sent, dp.allreduces
+
+
+@pytest.mark.parametrize("K", [2, 3])
+@pytest.mark.parametrize("bucket_bytes", [4, 60, 1 << 20])
+def test_bucketed_backward_gives_the_gradient_mean(K, bucket_bytes):
+    """Buckets started layer by layer during backward average the same gradient as one all-reduce
+    after it, on every rank: bit for bit with K = 2 (a sum of two numbers has one order), to
+    float32 rounding otherwise (bucket boundaries move the chunk, so the order, of a value's sum)."""
+    from fasttrain.dist import wire_bytes
+    from fasttrain.dist.ring import segment_bounds
+
+    plain = ThreadWorld(K).run(lambda c: _mlp_step(c, 0, K))
+    bucketed = ThreadWorld(K).run(lambda c: _mlp_step(c, bucket_bytes, K))
+    n = plain[0][0].size
+    for r, ((g, sent, calls), (g_ref, _, _)) in enumerate(zip(bucketed, plain)):
+        np.testing.assert_allclose(g, g_ref, rtol=1e-6, atol=1e-7)
+        if K == 2:
+            np.testing.assert_array_equal(g, g_ref)
+        assert calls == 1
+        assert sent == sum(wire_bytes(b - a, K, rank=r) for a, b in segment_bounds(0, n, max(1, bucket_bytes // 4)))
+    assert all(np.array_equal(bucketed[0][0], g) for g, _, _ in bucketed[1:])
+
+
+def test_bucket_schedule_starts_each_bucket_once_after_its_last_gradient():
+    import fasttrain as ft
+    from fasttrain import models
+    from fasttrain.dist.data_parallel import bucket_schedule
+    from fasttrain.dist.ring import segment_bounds
+
+    model = models.simple_cnn(1, 10, 8, width=4)
+    arena = ft.ParamArena.for_model(model, seed=0)
+    bounds = segment_bounds(0, arena.size, 37)
+    plan = bucket_schedule(model, arena, bounds)
+    assert sorted(b for bs in plan.values() for b in bs) == list(range(len(bounds)))
+    owner = {id(p): li for li, (_, layer) in enumerate(model._children) for p in layer.parameters()}
+    for li, buckets in plan.items():
+        for b in buckets:
+            a, e = bounds[b]
+            layers = [owner[id(p)] for p, off in zip(arena.params, arena.offsets) if off < e and off + p.size > a]
+            assert min(layers) == li  # complete exactly when the lowest owning layer's backward ran
+
+
 def test_bad_combinations_name_the_keys():
     comm_arena = (LocalComm(), _Arena(np.zeros(3)))
     with pytest.raises(ValueError, match="dist: expected one of"):
@@ -161,6 +219,14 @@ def test_bad_combinations_name_the_keys():
         DataParallel(LocalComm(), _Model(), comm_arena[1], compress="int3")
     with pytest.raises(ValueError, match=r"compress_schedule: expected one of \('once', 'hop'\), got 'twice'"):
         DataParallel(LocalComm(), _Model(), comm_arena[1], compress="int8", compress_schedule="twice")
+    with pytest.raises(ValueError, match="bucket_bytes=4096 .* needs dist='ring' without local SGD, got dist='mpi'"):
+        DataParallel(LocalComm(), _Model(), comm_arena[1], backend="mpi", bucket_bytes=4096)
+    with pytest.raises(ValueError, match="local_sgd=2"):
+        DataParallel(LocalComm(), _Model(), comm_arena[1], local_sgd=2, bucket_bytes=4096)
+    with pytest.raises(ValueError, match="Sequential model one by one; got a _Model"):
+        DataParallel(LocalComm(), _Model(), comm_arena[1], bucket_bytes=4096)
+    with pytest.raises(ValueError, match="bucket_bytes: expected an integer >= 0"):
+        DataParallel(LocalComm(), _Model(), comm_arena[1], bucket_bytes=-1)
 
 
 def test_error_feedback_default_on_for_sign_and_int4_only():
@@ -257,6 +323,20 @@ def test_ranks_bit_identical_after_training_and_codecs_converge(k, compress, tmp
         res = arrays["extra/ef_residual"]
         assert res.shape == (k, out["params"]) and np.abs(res).max() > 0
         assert not np.array_equal(res[0], res[1])  # per rank
+
+
+@needs_mpi
+def test_buckets_overlapping_backward_train_bit_identically(tmp_path):
+    """K = 2 (every value a sum of two numbers, so bucket boundaries cannot change a bit): a run
+    whose gradient buckets are all-reduced during backward ends with the parameters of a run that
+    all-reduces after backward."""
+    runs = {}
+    for kb in (0, 16):
+        runs[kb] = run_json(2, "train_run.py", "--epochs", "2", "--dist", "ring", "--bucket-kb", str(kb),
+                            "--monitor-every", "0", "--no-plot", "--run-dir", str(tmp_path / str(kb)))
+    assert len(set(runs[16]["hashes"])) == 1
+    assert runs[16]["hashes"] == runs[0]["hashes"]
+    assert runs[16]["allreduces"] == runs[0]["allreduces"] and runs[16]["val_acc"] == runs[0]["val_acc"]
 
 
 @needs_mpi

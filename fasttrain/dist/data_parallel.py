@@ -11,6 +11,9 @@ What each piece does and why:
 - `DataParallel`, a trainer policy (DESIGN.md convention 11):
   * start: parameters and BN buffers are broadcast from rank 0, then every rank's parameter
     hash is allgathered; a difference is an error naming each rank's hash.
+  * with bucket_bytes > 0 (`--bucket-kb`): the gradient arena is cut into contiguous buckets and
+    each one's ring all-reduce starts on a communication thread as soon as backward has produced
+    every gradient in it (`bucket_schedule`), so communication overlaps the rest of backward.
   * after backward: the gradient arena is averaged, by our ring (optionally through a codec,
     with error feedback whose residual goes into checkpoints; compress_schedule 'once' encodes
     each reduced chunk once, 'hop' every reduce-scatter message too, see ring.ring_allreduce)
@@ -39,7 +42,8 @@ from .codecs import ErrorFeedback, get_codec
 from .comm import Communicator, LocalComm, launched_world_size
 from .fingerprint import Fingerprint, array_digest
 from .local_sgd import LocalSGD
-from .ring import DEFAULT_SEGMENT_BYTES, SCHEDULES, ring_allreduce, wire_bytes
+from ..nn.module import Sequential
+from .ring import DEFAULT_SEGMENT_BYTES, SCHEDULES, BucketedAllreduce, ring_allreduce, wire_bytes
 
 BACKENDS = ("ring", "mpi")
 CODECS = ("none", "fp16", "bf16", "int8", "int4", "sign")
@@ -73,6 +77,24 @@ class ShardedLoader:
             yield self.loader._batch(idx[k * bs:(k + 1) * bs])
 
 
+def bucket_schedule(model, arena, bounds) -> dict[int, list[int]]:
+    """Top-level layer index of a Sequential model -> the buckets (arena ranges `bounds`) whose
+    gradients are complete once that layer's backward has run. Backward runs from the last layer
+    to the first, so a bucket is complete after the lowest-indexed layer owning a parameter that
+    overlaps it; a bucket no parameter overlaps is ready at once (the last layer's entry)."""
+    owner = {id(p): li for li, (_, layer) in enumerate(model._children) for p in layer.parameters()}
+    spans = []
+    for p, off in zip(arena.params, arena.offsets):
+        if id(p) not in owner:
+            raise ValueError(f"bucket_schedule: parameter {p.name} belongs to no top-level layer of the model")
+        spans.append((int(off), int(off) + p.size, owner[id(p)]))
+    last = len(model._children) - 1
+    plan: dict[int, list[int]] = {li: [] for li in range(last + 1)}
+    for i, (a, b) in enumerate(bounds):
+        plan[min((li for s, e, li in spans if s < b and e > a), default=last)].append(i)
+    return plan
+
+
 def scaled_lr(lr: float, world: int, warmup_steps: int, steps_per_epoch: int, enabled: bool = True):
     """(lr, warmup_steps) after the linear scaling rule: lr x world, and when the caller asked for
     no warmup, one epoch of it (Goyal et al. use 5 of 90 epochs; our runs are short)."""
@@ -89,7 +111,7 @@ class DataParallel:
     def __init__(self, comm: Communicator, model, arena, backend: str = "ring", compress: str = "none",
                  error_feedback: bool | None = None, local_sgd: int = 0, local_sgd_warmup: int = 0,
                  fingerprint_every: int = 100, seed: int = 0, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
-                 compress_schedule: str = "once"):
+                 compress_schedule: str = "once", bucket_bytes: int = 0):
         if backend not in BACKENDS:
             raise ValueError(f"dist: expected one of {BACKENDS}, got {backend!r}")
         if compress not in CODECS:
@@ -103,6 +125,14 @@ class DataParallel:
         if local_sgd and compress != "none":
             raise ValueError(f"compress={compress!r} with local_sgd={local_sgd}: local SGD averages parameters "
                              "uncompressed; drop one of the two")
+        if isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, (int, np.integer)) or bucket_bytes < 0:
+            raise ValueError(f"bucket_bytes: expected an integer >= 0 (0: one all-reduce after backward), got {bucket_bytes!r}")
+        if bucket_bytes and (backend != "ring" or local_sgd):
+            raise ValueError(f"bucket_bytes={bucket_bytes} (overlap of the all-reduce with backward) needs dist='ring' "
+                             f"without local SGD, got dist={backend!r}, local_sgd={local_sgd}")
+        if bucket_bytes and (not isinstance(model, Sequential) or type(model).backward is not Sequential.backward):
+            raise ValueError(f"bucket_bytes={bucket_bytes}: overlapping the all-reduce with backward runs the layers of a "
+                             f"Sequential model one by one; got a {type(model).__name__}")
         if not isinstance(arena.grad, np.ndarray):
             raise ValueError(f"DataParallel: expected a host (NumPy) arena, got {type(arena.grad).__name__}")
         self.comm, self.model, self.arena = comm, model, arena
@@ -116,6 +146,9 @@ class DataParallel:
         self.rng = np.random.default_rng([seed, comm.rank, 0x5EED])  # stochastic rounding, per rank
         self.local = (LocalSGD(comm, arena, int(local_sgd), int(local_sgd_warmup), segment_bytes=segment_bytes)
                       if local_sgd else None)
+        self.bucket_bytes = int(bucket_bytes)
+        self._buckets: BucketedAllreduce | None = None  # made in setup(): its thread needs the world
+        self._bucket_plan: dict[int, list[int]] = {}
         self.fingerprint = Fingerprint(comm, fingerprint_every)
         self.bytes_sent = 0
         self.allreduces = 0
@@ -133,7 +166,8 @@ class DataParallel:
     def describe(self) -> str:
         mode = (f"local SGD H={self.local.H} (sync first {self.local.warmup} steps)" if self.local
                 else f"{self.backend} all-reduce, codec {self.compress}{' + error feedback' if self.error_feedback else ''}"
-                     f"{f' (quantized {self.compress_schedule})' if self.compress != 'none' else ''}")
+                     f"{f' (quantized {self.compress_schedule})' if self.compress != 'none' else ''}"
+                     f"{f', {self.bucket_bytes >> 10} KB buckets overlapping backward' if self.bucket_bytes else ''}")
         return f"data parallel over {self.size} rank(s): {mode}"
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -159,6 +193,12 @@ class DataParallel:
             for buf in self._buffers():
                 buf[...] = self.comm.bcast(buf if self.rank == 0 else None, root=0)
         self.verify_identical("the broadcast from rank 0")
+        if self.bucket_bytes and self.size > 1:
+            self._buckets = BucketedAllreduce(self.comm, self.arena.grad, self.bucket_bytes, op="mean", codec=self.codec,
+                                              segment_bytes=self.segment_bytes, schedule=self.compress_schedule,
+                                              rng=self.rng)
+            self._bucket_plan = bucket_schedule(self.model, self.arena, self._buckets.bounds)
+            self._bucket_wire = sum(self._wire(b - a, self.codec) for a, b in self._buckets.bounds)
 
     def verify_identical(self, when: str) -> str:
         """Allgather a hash of the parameter arena; raise if ranks differ. Returns the hash."""
@@ -171,9 +211,31 @@ class DataParallel:
         return mine
 
     # -- per step ---------------------------------------------------------------------------------
+    def backward(self, model, dy, step: int) -> None:
+        """model.backward(dy), then the gradient average (`after_backward`). With buckets, the
+        layers' backward runs one by one and each bucket's all-reduce starts as soon as its
+        gradients are complete; after_backward then waits for the last of them."""
+        if self._buckets is None:
+            model.backward(dy)
+            self.after_backward(step)
+            return
+        g = self.arena.grad
+        self.fingerprint.check("allreduce_grad_buckets", g.size, g.dtype,
+                               f"{self.backend}/{self.compress}/{self.compress_schedule}/{len(self._buckets)}", step=step)
+        for li in reversed(range(len(model._children))):
+            dy = model._children[li][1].backward(dy)
+            for b in self._bucket_plan[li]:
+                self._buckets.start(b)
+        self.after_backward(step)
+
     def after_backward(self, step: int) -> None:
-        """Average the gradient arena (synchronous mode)."""
+        """Average the gradient arena (synchronous mode); with buckets, wait for them."""
         if self.local is not None or self.size == 1:
+            return
+        if self._buckets is not None:
+            self._buckets.wait()
+            self.bytes_sent += self._bucket_wire
+            self.allreduces += 1
             return
         g = self.arena.grad
         self.fingerprint.check("allreduce_grad", g.size, g.dtype,
@@ -222,6 +284,9 @@ class DataParallel:
     def finish(self, broadcast: bool = False) -> str:
         """At the end of training every rank must hold the same parameters; returns their hash.
         broadcast=True first copies rank 0's (when rank 0 alone restored its best epoch)."""
+        if self._buckets is not None:
+            self._buckets.close()
+            self._buckets = None
         if broadcast and self.size > 1:
             self.arena.data[...] = self.comm.bcast(self.arena.data if self.rank == 0 else None, root=0)
         return self.verify_identical("training")

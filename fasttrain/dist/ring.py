@@ -162,7 +162,7 @@ def _exchange(comm: Communicator):
     except AttributeError:
         pass
     raw = getattr(comm, "comm", None)
-    if raw is not None and hasattr(raw, "Sendrecv"):
+    if raw is not None and hasattr(raw, "Sendrecv") and not getattr(comm, "poll_interval_s", 0):
         def sendrecv(send, recv, peer):
             raw.Sendrecv(send, peer, _TAG_SMALL, recv, peer, _TAG_SMALL)
     else:
@@ -473,11 +473,13 @@ class BucketedAllreduce:
     start(i) queues bucket i; wait() blocks until every started bucket is reduced. Buckets run
     in start order on one background thread over a duplicated communicator (its own message
     space), which needs MPI_THREAD_MULTIPLE (mpi4py asks for it by default); without it start()
-    reduces synchronously. A failure on the thread is re-raised by wait()."""
+    reduces synchronously. A failure on the thread is re-raised by wait(). The thread's waits
+    sleep poll_interval_s between tests of a request (see MPIComm) instead of spinning."""
 
     def __init__(self, comm: Communicator, arena_grad: np.ndarray, bucket_bytes: int = 1 << 22,
                  op: str = "mean", codec=None, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
-                 threaded: bool | None = None, schedule: str = "once"):
+                 threaded: bool | None = None, schedule: str = "once", rng: np.random.Generator | None = None,
+                 poll_interval_s: float = 50e-6):
         _check_buf(arena_grad, "arena_grad")
         _check_schedule(schedule)
         self.schedule = schedule
@@ -494,9 +496,9 @@ class BucketedAllreduce:
         self.threaded = threaded
         self._pending = 0
         self._error: BaseException | None = None
-        self._rng = np.random.default_rng()
+        self._rng = np.random.default_rng() if rng is None else rng  # a codec's stochastic rounding
         if threaded:
-            self._comm = comm.dup()
+            self._comm = comm.dup(poll_interval_s)  # sleeping waits: backward keeps the cores
             self._queue: queue.Queue = queue.Queue()
             self._done = threading.Condition()
             self._thread = threading.Thread(target=self._worker, daemon=True, name="ft-allreduce")

@@ -101,14 +101,17 @@ class NodeWindow:
 
 def node_window(comm: Communicator) -> NodeWindow | None:
     """The shared-memory all-reduce of comm, or None when it has none: not an MPI communicator (a
-    thread world, a throttled wrapper that must see every byte) or ranks on more than one node.
+    thread world, a throttled wrapper that must see every byte), one with sleeping waits, or
+    ranks on more than one node.
     The first call is collective (MPI_Comm_split_type); the answer is kept on comm."""
     try:
         return comm._node_window
     except AttributeError:
         pass
     window = None
-    if type(comm) is MPIComm and comm.size > 1:
+    # a communicator that sleeps in its waits (a communication thread's) keeps off MPI_Barrier,
+    # which spins: it takes the point-to-point algorithms
+    if type(comm) is MPIComm and comm.size > 1 and not comm.poll_interval_s:
         from mpi4py import MPI
         node = comm.comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
         if node.Get_size() == comm.size:

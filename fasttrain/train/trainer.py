@@ -199,9 +199,10 @@ class Trainer:
         loss = float(loss)
         if not math.isfinite(loss):  # do not push NaN/inf gradients into the parameters
             return loss, 0
-        self.model.backward(dlogits)
-        if self.dist is not None:  # dist (issue 8): average the gradient arena across ranks
-            self.dist.after_backward(self.step)
+        if self.dist is not None:  # dist (issue 8): backward, then the gradient average across ranks
+            self.dist.backward(self.model, dlogits, self.step)
+        else:
+            self.model.backward(dlogits)
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update()
