@@ -66,6 +66,36 @@ def test_freeze_last_two_layers_and_errors():
         freeze_except(*_cnn(), 6)
 
 
+@pytest.mark.parametrize("freeze_bn_stats", [True, False])
+def test_frozen_batchnorm_keeps_its_running_statistics(freeze_bn_stats):
+    """A frozen BN layer normalizes with its running statistics in training too and leaves them
+    alone (it is part of the fixed feature extractor); the trainable one keeps batch statistics."""
+    model, arena = _cnn()
+    frozen_bn, trained_bn = model[1], model[4]
+    frozen_bn.buffers["running_mean"][...] = np.linspace(-0.5, 0.5, frozen_bn.num_features)
+    frozen_bn.buffers["running_var"][...] = np.linspace(0.5, 2.0, frozen_bn.num_features)
+    freeze_except(model, arena, 2, freeze_bn_stats=freeze_bn_stats)
+    assert frozen_bn.use_running_stats is freeze_bn_stats and not trained_bn.use_running_stats
+    before = {k: v.copy() for k, v in frozen_bn.buffers.items()}
+    trained_before = trained_bn.buffers["running_mean"].copy()
+    x, y = _batch(seed=3)
+    h = model[0].forward(x)
+    out_train = frozen_bn.forward(h)
+    frozen_bn.eval()
+    out_eval = frozen_bn.forward(h)
+    frozen_bn.train()
+    tr = Trainer(model, arena, ft.optim.SGD(arena, lr=1e-2), ft.losses.SoftmaxCrossEntropy(), progress=False)
+    tr.train_step(x, y)
+    assert not np.array_equal(trained_bn.buffers["running_mean"], trained_before)
+    if freeze_bn_stats:
+        np.testing.assert_array_equal(out_train, out_eval)
+        for k, v in before.items():
+            np.testing.assert_array_equal(frozen_bn.buffers[k], v)
+    else:
+        assert not np.array_equal(out_train, out_eval)
+        assert not np.array_equal(frozen_bn.buffers["running_mean"], before["running_mean"])
+
+
 def test_replace_head():
     model, _ = _cnn(10)
     new = replace_head(model, 3)

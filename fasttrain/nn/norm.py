@@ -9,6 +9,10 @@ fixed per-channel affine map and its backward is that map's.
 gamma (`weight`) and beta (`bias`) are arena parameters without weight decay; running_mean and
 running_var are float32 buffers in `self.buffers`, where checkpoints and distributed code find them.
 
+use_running_stats=True makes training-mode forward normalize with the running statistics and
+leave them alone, as evaluation does: a frozen layer of a fine-tuned network (transfer.freeze_except)
+then stays the function it was trained to be instead of following the new data's batch statistics.
+
 relu=True fuses a following ReLU: y = max(0, BN(x)) in the normalize pass, and the backward masks
 dy with the saved output (y > 0) as it reads it, so the pair costs the passes of BN alone. The
 result and the gradients equal BatchNorm followed by nn.ReLU().
@@ -41,6 +45,7 @@ class _BatchNorm(Module):
         if not isinstance(relu, (bool, np.bool_)):
             raise TypeError(f"{type(self).__name__}(relu): expected a bool, got {relu!r}")
         self.relu = bool(relu)
+        self.use_running_stats = False
         self._relu_out = None
         self.weight = self.add_param("weight", (self.num_features,), initializers.ones(), decay=False)
         self.bias = self.add_param("bias", (self.num_features,), initializers.zeros(), decay=False)
@@ -56,7 +61,8 @@ class _BatchNorm(Module):
         return self.buffers["running_var"]
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}" + (", relu=True" if self.relu else "")
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}" + (", relu=True" if self.relu else "")
+                + (", use_running_stats=True" if self.use_running_stats else ""))
 
     def _where(self) -> str:
         return f"{type(self).__name__}(num_features={self.num_features})"
@@ -89,7 +95,7 @@ class _BatchNorm(Module):
         gamma, beta = self.weight.data, self.bias.data
         rmean, rvar = self._buffers_on(xp)
         y = xp.empty_like(x)
-        if self.training:
+        if self.training and not self.use_running_stats:
             if m <= 1:
                 raise ValueError(f"{self._where()}: training needs more than one value per channel to "
                                  f"compute a variance, got input {x.shape} (N*S = {m}); use a larger batch "

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..arena import ParamGroup
 from ..nn import Linear
+from ..nn.norm import _BatchNorm
 from ..settings import get_logger
 from .checkpoint import module_buffers, read_checkpoint
 
@@ -87,11 +88,13 @@ def load_pretrained(model, arena, path, skip_mismatched: bool = True) -> dict:
     return {"loaded": loaded, "skipped": skipped}
 
 
-def freeze_except(model, arena, n: int) -> list[str]:
+def freeze_except(model, arena, n: int, freeze_bn_stats: bool = True) -> list[str]:
     """Freeze every parameter except those of the last `n` parameterized layers (forward order):
     splits the arena's groups into trainable and frozen parts (see the module docstring) and
-    marks Parameter.frozen. Call it BEFORE building the optimizer (it copies the groups' hypers).
-    Returns the names of the frozen parameters."""
+    marks Parameter.frozen. freeze_bn_stats: a frozen batchnorm layer normalizes with its running
+    statistics in training too and stops updating them (use_running_stats), so the frozen part of
+    the network computes what it was trained to compute. Call it BEFORE building the optimizer
+    (it copies the groups' hypers). Returns the names of the frozen parameters."""
     layers = parameterized_layers(model)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(layers):
         raise ValueError(f"freeze_except(n): expected an int in [1, {len(layers)}] (the model's parameterized "
@@ -117,4 +120,7 @@ def freeze_except(model, arena, n: int) -> list[str]:
         p.frozen = id(p) not in trainable
         if p.frozen:
             frozen.append(p.name)
+    for _, m in layers[:len(layers) - n]:
+        if isinstance(m, _BatchNorm):
+            m.use_running_stats = bool(freeze_bn_stats)
     return frozen
