@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fasttrain.dist import allreduce_algorithm, get_codec, get_comm, launched_world_size, ring_allreduce, wire_bytes  # noqa: E402
+from bench.harness import mpiexec_records  # noqa: E402
 from fasttrain.dist.ring import DEFAULT_MID_BYTES, DEFAULT_SEGMENT_BYTES, DEFAULT_SHARED_BYTES, DEFAULT_SMALL_BYTES  # noqa: E402
 
 FULL_SIZES = [4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20]
@@ -89,14 +88,10 @@ def child(args):
 def parent(args):
     records = []
     for k in [int(x) for x in args.ranks.split(",")]:
-        cmd = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(k), sys.executable, "-m", "mpi4py",
-               str(Path(__file__).resolve()), "--segment-bytes", str(args.segment_bytes),
-               "--small-bytes", str(args.small_bytes), "--mid-bytes", str(args.mid_bytes),
-               "--shared-bytes", str(args.shared_bytes)] + (["--sizes", args.sizes] if args.sizes else []) + (["--quick"] if args.quick else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-        if proc.returncode != 0:
-            sys.exit(f"collectives: mpiexec -n {k} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-        records += [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        records += mpiexec_records(k, Path(__file__).resolve(), [
+            "--segment-bytes", args.segment_bytes, "--small-bytes", args.small_bytes, "--mid-bytes", args.mid_bytes,
+            "--shared-bytes", args.shared_bytes] + (["--sizes", args.sizes] if args.sizes else [])
+            + (["--quick"] if args.quick else []))
     by = {(x["ranks"], x["size"], x["backend"]): x for x in records}
     print(f"{'K':>2} {'size':>8} {'ring ms':>9} {'mpi ms':>9} {'ring GB/s':>9} {'mpi GB/s':>9} {'mpi/ring':>8}  algorithm")
     for (k, size, backend), x in sorted(by.items()):

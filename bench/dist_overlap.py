@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import fasttrain as ft  # noqa: E402
+from bench.harness import mpiexec_records  # noqa: E402
 from fasttrain.dist import BucketedAllreduce, get_comm, launched_world_size, ring_allreduce  # noqa: E402
 from fasttrain.dist.data_parallel import bucket_schedule  # noqa: E402
 from fasttrain.losses import SoftmaxCrossEntropy  # noqa: E402
@@ -100,12 +100,7 @@ def child(args):
 
 
 def parent(args, argv):
-    cmd = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(args.ranks), sys.executable, "-m", "mpi4py",
-           __file__, *argv]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    if proc.returncode != 0:
-        sys.exit(proc.stderr[-3000:])
-    r = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
+    r = mpiexec_records(args.ranks, Path(__file__).resolve(), argv, timeout_s=600)[-1]
     print(f"convnet_classic width {r['width']}, batch {r['batch']}, {r['params']} params "
           f"({r['arena_bytes'] / 1e6:.2f} MB), K={r['ranks']}, link {str(r['gbits']) + ' Gbit/s' if r['gbits'] else 'unthrottled'}, {r['buckets']} buckets, threaded={r['threaded']}, "
           f"overlapped grads == sequential: {r['overlap_equals_sequential']}")

@@ -269,3 +269,20 @@ def torch_or_none():
 
 __all__ = ["Record", "Limits", "time_fn", "time_interleaved", "make_record", "measure_limits", "print_table", "ratios",
            "write_jsonl", "plot", "torch_or_none", "ft"]
+
+
+def mpiexec_records(ranks: int, script, args, timeout_s: float = 1800, env: dict | None = None) -> list[dict]:
+    """Run `mpiexec -n ranks python -m mpi4py script args` (the mpiexec beside this Python; the
+    mpi4py runner aborts every rank when one raises) and return the JSON lines it printed. A
+    failed launch exits with the command's stderr tail, naming the script and the rank count."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cmd = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(ranks), sys.executable, "-m", "mpi4py",
+           str(script), *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env,
+                          cwd=Path(__file__).resolve().parents[1])
+    if proc.returncode != 0:
+        sys.exit(f"{Path(script).name}: mpiexec -n {ranks} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]

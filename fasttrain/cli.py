@@ -113,8 +113,6 @@ def train(cfg: Config, progress: bool | None = None) -> dict:
 
     comm = world_comm(cfg.dist)
     rank0 = comm.rank == 0   # progress, metrics, plots, checkpoints and validation: rank 0 only
-    if comm.size > 1 and cfg.threads is None:  # ranks on one machine share its cores
-        ft.set_num_threads(max(1, (os.cpu_count() or 1) // comm.size))
     run_dir = cfg.run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     if comm.size > 1:
         run_dir = comm.bcast(run_dir, root=0)  # one timestamp for every rank
