@@ -46,8 +46,14 @@ class NodeWindow:
         half = -(-max(nbytes, 1) // _ALIGN) * _ALIGN
         info = self._MPI.Info.Create()
         info.Set("alloc_shared_noncontig", "true")  # each rank's slot on its own pages
-        self.win = self._MPI.Win.Allocate_shared(2 * half, 1, info=info, comm=self.node)
-        info.Free()
+        try:
+            self.win = self._MPI.Win.Allocate_shared(2 * half, 1, info=info, comm=self.node)
+        except self._MPI.Exception as e:
+            raise RuntimeError(f"shared-memory all-reduce: MPI could not allocate a window of {2 * half} bytes per "
+                               f"rank ({e}); raise the node's shared-memory limits or pass shared_bytes=0 to "
+                               "ring_allreduce to use the point-to-point algorithms") from e
+        finally:
+            info.Free()
         self.slots = [np.frombuffer(self.win.Shared_query(j)[0], np.uint8) for j in range(self.size)]
         self.half, self.parity = half, 0
         self.win.Lock_all()
