@@ -155,16 +155,17 @@ def train(cfg: Config, progress: bool | None = None) -> dict:
                       monitor_every=cfg.monitor_every or None, early_stopping=cfg.early_stopping,
                       min_delta=cfg.min_delta, ema_decay=cfg.ema_decay, augment=augment, mixup_alpha=cfg.mixup,
                       seed=cfg.seed, checkpoint_name=f"checkpoint.{cfg.checkpoint_format}")
-    if cfg.resume:
-        trainer.resume(cfg.resume)
     dp = None
     if cfg.dist != "none":  # dist (issue 8)
         dp = DataParallel(comm, model, arena, cfg.dist, cfg.compress, cfg.error_feedback, cfg.local_sgd,
                           cfg.local_sgd_warmup, cfg.fingerprint_every, seed=cfg.seed,
                           compress_schedule=cfg.compress_schedule, bucket_bytes=cfg.bucket_kb * 1024)
-        trainer.dist = dp
+        trainer.dist = dp  # before resume: it restores this rank's error-feedback residual too
         if not rank0:
             trainer.run_dir, trainer.progress_disable, trainer.plot, trainer.checkpoint = None, True, False, False
+    if cfg.resume:
+        trainer.resume(cfg.resume)
+    if dp is not None:
         dp.setup()  # after resume / init: rank 0's parameters everywhere, verified by hash
         if rank0:
             print(f"fasttrain: {dp.describe()}; lr {run_cfg.lr:g} (warmup {run_cfg.warmup_steps} steps)", file=sys.stderr)

@@ -199,12 +199,15 @@ def test_bucket_schedule_starts_each_bucket_once_after_its_last_gradient():
     bounds = segment_bounds(0, arena.size, 37)
     plan = bucket_schedule(model, arena, bounds)
     assert sorted(b for bs in plan.values() for b in bs) == list(range(len(bounds)))
-    owner = {id(p): li for li, (_, layer) in enumerate(model._children) for p in layer.parameters()}
+    names = [p.name for p in arena.params]
+    owner = {id(p): li for li, (_, layer) in enumerate(model._children)
+             for _, m in layer.named_modules() for p in m._params.values()}
     for li, buckets in plan.items():
         for b in buckets:
             a, e = bounds[b]
             layers = [owner[id(p)] for p, off in zip(arena.params, arena.offsets) if off < e and off + p.size > a]
             assert min(layers) == li  # complete exactly when the lowest owning layer's backward ran
+    assert [p.name for p in arena.params] == names  # the checkpoint names are left alone
 
 
 def test_bad_combinations_name_the_keys():
@@ -337,6 +340,22 @@ def test_buckets_overlapping_backward_train_bit_identically(tmp_path):
     assert len(set(runs[16]["hashes"])) == 1
     assert runs[16]["hashes"] == runs[0]["hashes"]
     assert runs[16]["allreduces"] == runs[0]["allreduces"] and runs[16]["val_acc"] == runs[0]["val_acc"]
+
+
+@needs_mpi
+@pytest.mark.parametrize("k,compress,extra", [(2, "int8", []), (3, "sign", ["--bucket-kb", "16"])])
+def test_resumed_data_parallel_run_equals_the_uninterrupted_one(k, compress, extra, tmp_path):
+    """Error-feedback residuals (every rank's, from rank 0's checkpoint) and the stochastic
+    rounding stream (keyed by seed, rank, step) resume with the run: one epoch, a checkpoint and
+    a resumed second epoch end with the parameters of two epochs in one go, on every rank."""
+    flags = ["--dist", "ring", "--compress", compress, "--error-feedback", "--schedule", "constant", "--monitor-every", "0",
+             "--no-plot", *extra]
+    whole = run_json(k, "train_run.py", "--epochs", "2", *flags, "--run-dir", str(tmp_path / "whole"))
+    run_json(k, "train_run.py", "--epochs", "1", *flags, "--run-dir", str(tmp_path / "first"))
+    resumed = run_json(k, "train_run.py", "--epochs", "2", *flags, "--resume", str(tmp_path / "first" / "checkpoint.npz"),
+                       "--run-dir", str(tmp_path / "resumed"))
+    assert len(set(resumed["hashes"])) == 1
+    assert resumed["hashes"] == whole["hashes"]
 
 
 @needs_mpi

@@ -82,7 +82,9 @@ def bucket_schedule(model, arena, bounds) -> dict[int, list[int]]:
     gradients are complete once that layer's backward has run. Backward runs from the last layer
     to the first, so a bucket is complete after the lowest-indexed layer owning a parameter that
     overlaps it; a bucket no parameter overlaps is ready at once (the last layer's entry)."""
-    owner = {id(p): li for li, (_, layer) in enumerate(model._children) for p in layer.parameters()}
+    # _params directly: parameters() on a child would rename its parameters relative to the child
+    owner = {id(p): li for li, (_, layer) in enumerate(model._children)
+             for _, m in layer.named_modules() for p in m._params.values()}
     spans = []
     for p, off in zip(arena.params, arena.offsets):
         if id(p) not in owner:
@@ -143,7 +145,7 @@ class DataParallel:
         codec = get_codec(compress)
         self.codec = ErrorFeedback(codec, arena.size) if self.error_feedback else codec
         self.segment_bytes = segment_bytes
-        self.rng = np.random.default_rng([seed, comm.rank, 0x5EED])  # stochastic rounding, per rank
+        self.seed = seed
         self.local = (LocalSGD(comm, arena, int(local_sgd), int(local_sgd_warmup), segment_bytes=segment_bytes)
                       if local_sgd else None)
         self.bucket_bytes = int(bucket_bytes)
@@ -154,6 +156,11 @@ class DataParallel:
         self.allreduces = 0
         self._last_sync = 0
         self._gathered_residual = None
+
+    def rng(self, step: int) -> np.random.Generator:
+        """The stochastic rounding source of a step on this rank: a pure function of (seed, rank,
+        step), so a run resumed from a checkpoint rounds as the uninterrupted run did."""
+        return np.random.default_rng([self.seed, self.comm.rank, 0x5EED, step])
 
     @property
     def rank(self) -> int:
@@ -195,8 +202,7 @@ class DataParallel:
         self.verify_identical("the broadcast from rank 0")
         if self.bucket_bytes and self.size > 1:
             self._buckets = BucketedAllreduce(self.comm, self.arena.grad, self.bucket_bytes, op="mean", codec=self.codec,
-                                              segment_bytes=self.segment_bytes, schedule=self.compress_schedule,
-                                              rng=self.rng)
+                                              segment_bytes=self.segment_bytes, schedule=self.compress_schedule)
             self._bucket_plan = bucket_schedule(self.model, self.arena, self._buckets.bounds)
             self._bucket_wire = sum(self._wire(b - a, self.codec) for a, b in self._buckets.bounds)
 
@@ -222,6 +228,7 @@ class DataParallel:
         g = self.arena.grad
         self.fingerprint.check("allreduce_grad_buckets", g.size, g.dtype,
                                f"{self.backend}/{self.compress}/{self.compress_schedule}/{len(self._buckets)}", step=step)
+        self._buckets.rng = self.rng(step)
         for li in reversed(range(len(model._children))):
             dy = model._children[li][1].backward(dy)
             for b in self._bucket_plan[li]:
@@ -244,7 +251,7 @@ class DataParallel:
             self.comm.allreduce_mpi(g, op="mean")
             self.bytes_sent += self._wire(g.size)
         else:
-            ring_allreduce(self.comm, g, op="mean", segment_bytes=self.segment_bytes, codec=self.codec, rng=self.rng,
+            ring_allreduce(self.comm, g, op="mean", segment_bytes=self.segment_bytes, codec=self.codec, rng=self.rng(step),
                            schedule=self.compress_schedule)
             self.bytes_sent += self._wire(g.size, self.codec)
         self.allreduces += 1

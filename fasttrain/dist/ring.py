@@ -496,7 +496,8 @@ class BucketedAllreduce:
         self.threaded = threaded
         self._pending = 0
         self._error: BaseException | None = None
-        self._rng = np.random.default_rng() if rng is None else rng  # a codec's stochastic rounding
+        #: a codec's stochastic rounding source; the owner may replace it between steps
+        self.rng = np.random.default_rng() if rng is None else rng
         if threaded:
             self._comm = comm.dup(poll_interval_s)  # sleeping waits: backward keeps the cores
             self._queue: queue.Queue = queue.Queue()
@@ -510,7 +511,7 @@ class BucketedAllreduce:
     def _reduce(self, comm, i):
         a, b = self.bounds[i]
         ring_allreduce(comm, self.grad[a:b], op=self.op, segment_bytes=self.segment_bytes,
-                       codec=self.codec, rng=self._rng, offset=a, schedule=self.schedule)
+                       codec=self.codec, rng=self.rng, offset=a, schedule=self.schedule)
 
     def _worker(self):
         while True:
