@@ -28,7 +28,7 @@ def mpirun(k, script, *args, timeout=240, check=True):
 
 @pytest.mark.parametrize("K", [2, 3, 4])
 def test_ring_allreduce_matches_float64_sum_and_ranks_identical(K):
-    sizes = [1, K - 1, 7, 1000003, 131071]
+    sizes = [0, 1, K - 1, 7, 1000003, 131071]
     out = mpirun(K, "ring_check.py", ",".join(map(str, sizes)), "65536")
     assert out["size"] == K and [c["n"] for c in out["cases"]] == sizes
     assert out["algorithm_256k"] == "shared_memory", out["algorithm_256k"]

@@ -81,6 +81,8 @@ class NodeWindow:
         self.win.Sync()
 
     def allreduce(self, buf: np.ndarray, op: str = "sum") -> np.ndarray:
+        if buf.size == 0:
+            return buf
         if buf.nbytes > self.half:
             self._grow(max(buf.nbytes, 2 * self.half))
         mine_slot, a, b, peers, results = self._plan(buf.size, buf.dtype, self.parity * self.half)
