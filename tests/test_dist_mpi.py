@@ -38,6 +38,7 @@ def test_ring_allreduce_matches_float64_sum_and_ranks_identical(K):
             assert c[key + "_relerr"] <= 1e-5, (key, c)
         assert c["mpi_relerr"] <= 1e-5, c
         assert c["shm_repeat_ok"], c
+        assert c["shm_f64_identical"] and c["shm_f64_relerr"] <= 1e-12, c
         assert c["bucketed_threaded"], "mpi4py initializes MPI_THREAD_MULTIPLE: buckets should run on a thread"
         # compressed 'once' schedule: identical bytes on every rank, error within one codec step
         bounds = {"fp16": 2 ** -11, "bf16": 2 ** -8, "int8": 1 / 127, "int4": 1 / 7, "sign": 1.0, "ef-int8": 1 / 127}

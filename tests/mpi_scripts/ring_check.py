@@ -43,6 +43,13 @@ for n in sizes:
             want = ref / p if op == "mean" else ref
             case[key + "_relerr"] = float(np.max(np.abs(buf - want) / np.abs(want))) if n else 0.0
             case[key + "_identical"] = len(set(hashes)) == 1
+    # float64 through the shared window (slots are bytes, viewed per call in the buffer's dtype)
+    buf = data(r, n).astype(np.float64)
+    ring_allreduce(comm, buf, small_bytes=0, shared_bytes=1 << 62)
+    hashes = comm.allgather(digest(buf))
+    if r == 0:
+        case["shm_f64_relerr"] = float(np.max(np.abs(buf - ref) / np.abs(ref))) if n else 0.0
+        case["shm_f64_identical"] = len(set(hashes)) == 1
     # back-to-back shared-window calls (both halves of the slots reused): a missing barrier shows
     # as a rank reading a slot another rank has already overwritten with the next call's values
     ok = True
