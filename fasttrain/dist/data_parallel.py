@@ -33,6 +33,7 @@ What each piece does and why:
 from __future__ import annotations
 
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -352,4 +353,7 @@ def run_guarded(fn, diverged_code: int = 2):
     sys.stderr.write(f"fasttrain: rank {rank} of {k} failed, aborting the job: {message}\n")
     sys.stderr.flush()
     sys.stdout.flush()
+    # the launcher forwards our output through its proxies; an immediate abort can tear the job
+    # down before the message above got out (seen as a rare missing message under load)
+    time.sleep(0.2)
     MPI.COMM_WORLD.Abort(code)
