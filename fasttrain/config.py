@@ -49,6 +49,7 @@ class Config:
     bucket_kb: int = 0                    # > 0: all-reduce KB-sized gradient buckets during backward (ring)
     local_sgd: int = 0                    # H > 0: local SGD, average parameters every H steps
     local_sgd_warmup: int = 0             # post-local SGD: synchronous for the first K0 steps
+    local_sgd_optimizer: bool = False     # local SGD: average the optimizer state (momenta) at syncs too
     lr_scaling: bool = True               # lr x ranks with a warmup (Goyal et al. 2017) when dist is on
     fingerprint_every: int = 100          # compare collectives across ranks every N calls
 

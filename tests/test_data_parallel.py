@@ -210,6 +210,32 @@ def test_bucket_schedule_starts_each_bucket_once_after_its_last_gradient():
     assert [p.name for p in arena.params] == names  # the checkpoint names are left alone
 
 
+@pytest.mark.parametrize("average_state", [False, True])
+def test_local_sgd_averages_optimizer_state_when_asked(average_state):
+    import fasttrain as ft
+    from fasttrain import models
+
+    def body(comm):
+        model = models.mlp(5, 3, hidden=(4,))
+        arena = ft.ParamArena.for_model(model, seed=0)
+        opt = ft.optim.Adam(arena, lr=1e-2)
+        for k, v in opt.state.items():
+            v[...] = np.arange(v.size) * (comm.rank + 1) + len(k)
+        dp = DataParallel(comm, model, arena, local_sgd=2, optimizer=opt, average_optimizer_state=average_state)
+        dp.after_step(2)   # a sync step
+        return {k: v.copy() for k, v in opt.state.items()}, dp.bytes_sent, arena.size
+
+    from fasttrain.dist import wire_bytes
+
+    outs = ThreadWorld(3).run(body)
+    for r, (state, sent, n) in enumerate(outs):
+        for k, v in state.items():
+            scale = 2.0 if average_state else r + 1   # mean of ranks' factors 1, 2, 3
+            np.testing.assert_allclose(v, np.arange(v.size) * scale + len(k), rtol=1e-6)
+        # the parameters, plus Adam's two moments packed into one more all-reduce
+        assert sent == wire_bytes(n, 3, rank=r) + (wire_bytes(2 * n, 3, rank=r) if average_state else 0)
+
+
 def test_bad_combinations_name_the_keys():
     comm_arena = (LocalComm(), _Arena(np.zeros(3)))
     with pytest.raises(ValueError, match="dist: expected one of"):
@@ -228,6 +254,8 @@ def test_bad_combinations_name_the_keys():
         DataParallel(LocalComm(), _Model(), comm_arena[1], local_sgd=2, bucket_bytes=4096)
     with pytest.raises(ValueError, match="Sequential model one by one; got a _Model"):
         DataParallel(LocalComm(), _Model(), comm_arena[1], bucket_bytes=4096)
+    with pytest.raises(ValueError, match="average_optimizer_state=True: .* expected local_sgd > 0 and an optimizer"):
+        DataParallel(LocalComm(), _Model(), comm_arena[1], average_optimizer_state=True)
     with pytest.raises(ValueError, match="bucket_bytes: expected an integer >= 0"):
         DataParallel(LocalComm(), _Model(), comm_arena[1], bucket_bytes=-1)
 

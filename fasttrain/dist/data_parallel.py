@@ -21,7 +21,9 @@ What each piece does and why:
   * local SGD (--local-sgd H): no gradient all-reduce; the parameter arena and the BN running
     statistics are averaged every H steps (after every step for the first local_sgd_warmup
     steps: post-local SGD, Lin et al. 2020) and at every epoch end, so validation and
-    checkpoints see the averaged model. Optimizer state stays per rank.
+    checkpoints see the averaged model. Optimizer state stays per rank unless
+    average_optimizer_state (--local-sgd-optimizer): then its buffers (momentum, Adam's moments)
+    are averaged with the parameters.
   * BatchNorm statistics stay per rank in synchronous mode: each rank normalizes its batch with
     its own batch statistics (as in Goyal et al. 2017, section 5.1) and keeps its own running
     averages; validation and checkpoints use rank 0's.
@@ -114,7 +116,8 @@ class DataParallel:
     def __init__(self, comm: Communicator, model, arena, backend: str = "ring", compress: str = "none",
                  error_feedback: bool | None = None, local_sgd: int = 0, local_sgd_warmup: int = 0,
                  fingerprint_every: int = 100, seed: int = 0, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
-                 compress_schedule: str = "once", bucket_bytes: int = 0):
+                 compress_schedule: str = "once", bucket_bytes: int = 0, optimizer=None,
+                 average_optimizer_state: bool = False):
         if backend not in BACKENDS:
             raise ValueError(f"dist: expected one of {BACKENDS}, got {backend!r}")
         if compress not in CODECS:
@@ -128,6 +131,10 @@ class DataParallel:
         if local_sgd and compress != "none":
             raise ValueError(f"compress={compress!r} with local_sgd={local_sgd}: local SGD averages parameters "
                              "uncompressed; drop one of the two")
+        if average_optimizer_state and (not local_sgd or optimizer is None):
+            raise ValueError(f"average_optimizer_state=True: averages the optimizer's state at local SGD syncs; "
+                             f"expected local_sgd > 0 and an optimizer, got local_sgd={local_sgd}, "
+                             f"optimizer={type(optimizer).__name__ if optimizer is not None else None}")
         if isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, (int, np.integer)) or bucket_bytes < 0:
             raise ValueError(f"bucket_bytes: expected an integer >= 0 (0: one all-reduce after backward), got {bucket_bytes!r}")
         if bucket_bytes and (backend != "ring" or local_sgd):
@@ -149,6 +156,7 @@ class DataParallel:
         self.seed = seed
         self.local = (LocalSGD(comm, arena, int(local_sgd), int(local_sgd_warmup), segment_bytes=segment_bytes)
                       if local_sgd else None)
+        self.optimizer, self.average_optimizer_state = optimizer, bool(average_optimizer_state)
         self.bucket_bytes = int(bucket_bytes)
         self._buckets: BucketedAllreduce | None = None  # made in setup(): its thread needs the world
         self._bucket_plan: dict[int, list[int]] = {}
@@ -264,6 +272,8 @@ class DataParallel:
 
     def _average(self, step: int) -> None:
         self.local.extra = self._buffers()
+        if self.average_optimizer_state:  # momenta / moments join the BN statistics' packed all-reduce
+            self.local.extra += [v for _, v in sorted(self.optimizer.state.items())]
         n_extra = sum(e.size for e in self.local.extra)
         self.fingerprint.check("average_params", self.arena.size + n_extra, self.arena.data.dtype, f"H={self.local.H}",
                                step=step)
