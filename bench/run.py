@@ -137,4 +137,9 @@ def _write_results(path, records, rs, limits, args, elapsed) -> None:
         "| kernel | shape | ours | vs | speedup |", "|---|---|---|---|---|",
     ]
     lines += [f"| {r['name']} | {r['shape']} | {r['ours']} | {r['vs']} | {r['speedup']:.2f}x |" for r in rs]
+    chosen = [(r.shape, r.extra["algorithm"]) for r in records
+              if r.suite == "collectives" and r.backend == "ring" and r.extra.get("algorithm")]
+    if chosen:  # "ring" is our all-reduce; which of its algorithms ran depends on the size
+        lines += ["", "## Algorithm our all-reduce ran (`fasttrain.dist.allreduce_algorithm`)", "",
+                  "| shape | algorithm |", "|---|---|"] + [f"| {shape} | {algo} |" for shape, algo in chosen]
     Path(path).write_text("\n".join(lines) + "\n")
