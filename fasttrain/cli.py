@@ -63,7 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_config(args: argparse.Namespace) -> Config:
     base = load_config(args.config) if args.config else Config()
     flags = {k: getattr(args, k) for k in field_types() if getattr(args, k) is not None}
-    return make_config(flags, base)
+    cfg = make_config(flags, base)
+    from .dist.data_parallel import check_config  # no MPI import: option combinations only
+
+    check_config(cfg)
+    return cfg
 
 
 def make_schedule(cfg: Config, total_steps: int):

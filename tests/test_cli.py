@@ -1,5 +1,6 @@
 """Config resolution (defaults < TOML < flags) and the CLI end to end on a small subset."""
 import json
+import re
 import subprocess
 import sys
 
@@ -38,6 +39,22 @@ def test_config_errors(tmp_path):
     with pytest.raises(ValueError, match="invalid TOML"):
         load_config(p)
     assert main(["train", "--config", str(p)]) == 1
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--compress", "int8"], "compress='int8': data-parallel options, but dist='none'"),
+    (["--bucket-kb", "64", "--local-sgd", "4"], "bucket_kb=64, local_sgd=4: data-parallel options"),
+    (["--dist", "mpi", "--compress", "sign"], "compress='sign' with dist='mpi'"),
+    (["--dist", "ring", "--local-sgd-optimizer"], "average_optimizer_state=True: .* expected local_sgd > 0"),
+    (["--dist", "ring", "--compress", "int8", "--local-sgd", "2"], "local SGD averages parameters uncompressed"),
+])
+def test_data_parallel_option_errors_are_config_errors(flags, message, capsys):
+    """Caught when the config is resolved, before any data or model is built: one line, exit 1,
+    and options that only mean something under dist are not silently ignored without it."""
+    assert main(["train", *flags]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fasttrain: config error:") and err.count("\n") == 1
+    assert re.search(message, err), err
 
 
 def test_saved_config_roundtrips(tmp_path):

@@ -100,6 +100,55 @@ def bucket_schedule(model, arena, bounds) -> dict[int, list[int]]:
     return plan
 
 
+def check_options(backend: str = "ring", compress: str = "none", compress_schedule: str = "once",
+                  local_sgd: int = 0, local_sgd_warmup: int = 0, bucket_bytes: int = 0,
+                  average_optimizer_state: bool = False, has_optimizer: bool = True) -> None:
+    """Raise ValueError, naming the options, for a combination DataParallel cannot run; the CLI
+    calls it with the config before anything is built, DataParallel again with its arguments."""
+    if backend not in BACKENDS:
+        raise ValueError(f"dist: expected one of {BACKENDS}, got {backend!r}")
+    if compress not in CODECS:
+        raise ValueError(f"compress: expected one of {CODECS}, got {compress!r}")
+    if compress_schedule not in SCHEDULES:
+        raise ValueError(f"compress_schedule: expected one of {SCHEDULES}, got {compress_schedule!r}")
+    if backend == "mpi" and compress != "none":
+        raise ValueError(f"compress={compress!r} with dist='mpi': codecs travel on our ring only; use --dist ring")
+    if int(local_sgd) < 0 or int(local_sgd_warmup) < 0:
+        raise ValueError(f"local_sgd={local_sgd}, local_sgd_warmup={local_sgd_warmup}: expected integers >= 0")
+    if local_sgd and compress != "none":
+        raise ValueError(f"compress={compress!r} with local_sgd={local_sgd}: local SGD averages parameters "
+                         "uncompressed; drop one of the two")
+    if average_optimizer_state and (not local_sgd or not has_optimizer):
+        raise ValueError(f"average_optimizer_state=True: averages the optimizer's state at local SGD syncs; "
+                         f"expected local_sgd > 0 and an optimizer, got local_sgd={local_sgd}"
+                         f"{'' if has_optimizer else ' and no optimizer'}")
+    if isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, (int, np.integer)) or bucket_bytes < 0:
+        raise ValueError(f"bucket_bytes: expected an integer >= 0 (0: one all-reduce after backward), got {bucket_bytes!r}")
+    if bucket_bytes and (backend != "ring" or local_sgd):
+        raise ValueError(f"bucket_bytes={bucket_bytes} (overlap of the all-reduce with backward) needs dist='ring' "
+                         f"without local SGD, got dist={backend!r}, local_sgd={local_sgd}")
+
+
+#: config keys that only mean something with dist != 'none', and their defaults
+DIST_ONLY_DEFAULTS = {"compress": "none", "compress_schedule": "once", "error_feedback": None, "bucket_kb": 0,
+                      "local_sgd": 0, "local_sgd_warmup": 0, "local_sgd_optimizer": False}
+
+
+def check_config(cfg) -> None:
+    """The data-parallel keys of a run config (fasttrain.config.Config): what DataParallel would
+    refuse, and data-parallel options given without dist (they would be ignored), as ValueErrors."""
+    if cfg.dist == "none":
+        given = [f"{k}={getattr(cfg, k)!r}" for k, v in DIST_ONLY_DEFAULTS.items() if getattr(cfg, k) != v]
+        if given:
+            raise ValueError(f"{', '.join(given)}: data-parallel options, but dist='none'; expected dist 'ring' "
+                             "(or 'mpi'), launched with mpiexec -n K")
+        return
+    if cfg.dist not in BACKENDS:
+        raise ValueError(f"dist: expected 'none' or one of {BACKENDS}, got {cfg.dist!r}")
+    check_options(cfg.dist, cfg.compress, cfg.compress_schedule, cfg.local_sgd, cfg.local_sgd_warmup,
+                  cfg.bucket_kb * 1024, cfg.local_sgd_optimizer)
+
+
 def scaled_lr(lr: float, world: int, warmup_steps: int, steps_per_epoch: int, enabled: bool = True):
     """(lr, warmup_steps) after the linear scaling rule: lr x world, and when the caller asked for
     no warmup, one epoch of it (Goyal et al. use 5 of 90 epochs; our runs are short)."""
@@ -118,28 +167,8 @@ class DataParallel:
                  fingerprint_every: int = 100, seed: int = 0, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
                  compress_schedule: str = "once", bucket_bytes: int = 0, optimizer=None,
                  average_optimizer_state: bool = False):
-        if backend not in BACKENDS:
-            raise ValueError(f"dist: expected one of {BACKENDS}, got {backend!r}")
-        if compress not in CODECS:
-            raise ValueError(f"compress: expected one of {CODECS}, got {compress!r}")
-        if compress_schedule not in SCHEDULES:
-            raise ValueError(f"compress_schedule: expected one of {SCHEDULES}, got {compress_schedule!r}")
-        if backend == "mpi" and compress != "none":
-            raise ValueError(f"compress={compress!r} with dist='mpi': codecs travel on our ring only; use --dist ring")
-        if int(local_sgd) < 0 or int(local_sgd_warmup) < 0:
-            raise ValueError(f"local_sgd={local_sgd}, local_sgd_warmup={local_sgd_warmup}: expected integers >= 0")
-        if local_sgd and compress != "none":
-            raise ValueError(f"compress={compress!r} with local_sgd={local_sgd}: local SGD averages parameters "
-                             "uncompressed; drop one of the two")
-        if average_optimizer_state and (not local_sgd or optimizer is None):
-            raise ValueError(f"average_optimizer_state=True: averages the optimizer's state at local SGD syncs; "
-                             f"expected local_sgd > 0 and an optimizer, got local_sgd={local_sgd}, "
-                             f"optimizer={type(optimizer).__name__ if optimizer is not None else None}")
-        if isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, (int, np.integer)) or bucket_bytes < 0:
-            raise ValueError(f"bucket_bytes: expected an integer >= 0 (0: one all-reduce after backward), got {bucket_bytes!r}")
-        if bucket_bytes and (backend != "ring" or local_sgd):
-            raise ValueError(f"bucket_bytes={bucket_bytes} (overlap of the all-reduce with backward) needs dist='ring' "
-                             f"without local SGD, got dist={backend!r}, local_sgd={local_sgd}")
+        check_options(backend, compress, compress_schedule, local_sgd, local_sgd_warmup, bucket_bytes,
+                      average_optimizer_state, has_optimizer=optimizer is not None)
         if bucket_bytes and (not isinstance(model, Sequential) or type(model).backward is not Sequential.backward):
             raise ValueError(f"bucket_bytes={bucket_bytes}: overlapping the all-reduce with backward runs the layers of a "
                              f"Sequential model one by one; got a {type(model).__name__}")
