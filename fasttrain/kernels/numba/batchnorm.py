@@ -6,6 +6,10 @@ import math
 import numba as nb
 import numpy as np
 
+# The per-channel sums may be reassociated (so LLVM vectorizes them, several partial sums per
+# lane) and a * b + c contracted to FMA; nothing that assumes away NaN, inf or signed zero.
+_FASTMATH = {"reassoc", "contract"}
+
 
 @nb.njit(cache=True, inline="always")
 def _affine(x, y, ch, scale, shift, relu):
@@ -16,7 +20,7 @@ def _affine(x, y, ch, scale, shift, relu):
             y[i, ch, k] = 0.0 if relu and v < 0.0 else v   # NaN kept, like the reference
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _fwd_train(x, gamma, beta, eps, y, mean, invstd, relu):
     n, c, s = x.shape
     m = n * s
@@ -47,7 +51,7 @@ def _fwd_eval(x, gamma, beta, rmean, rvar, eps, y, relu):
         _affine(x, y, ch, scale, shift, relu)
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _bwd(x, dy, gamma, mean, invstd, dx, dgamma, dbeta, y, relu):
     # relu: dy counts only where the forward's output y > 0 (y is a dummy otherwise)
     n, c, s = x.shape
