@@ -12,24 +12,25 @@ import os
 import sys
 import time
 
-from .config import Config, field_types, load_config, make_config, save_config
+from .config import Config, field_help, field_types, load_config, make_config, save_config
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    defaults = Config()
+    defaults, described = Config(), field_help()
     for name, typ in field_types().items():
         flag = "--" + name.replace("_", "-")
         default = getattr(defaults, name)
+        about = described.get(name, "").replace("%", "%%")  # argparse %-formats help strings
         if typ is bool:
             parser.add_argument(flag, dest=name, default=None, action=argparse.BooleanOptionalAction,
-                                help=f"(default: {default})")
+                                help=f"{about} (default: {default})")
         elif typ is list:  # comma-separated on the command line, a TOML array in a config file
             parser.add_argument(flag, dest=name, default=None, metavar="A,B,...",
                                 type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
-                                help=f"comma-separated (default: {default})")
+                                help=f"{about}; comma-separated (default: {default})")
         else:
             parser.add_argument(flag, dest=name, default=None, type=typ, metavar=typ.__name__.upper(),
-                                help=f"(default: {default})")
+                                help=f"{about} (default: {default})")
 
 
 def build_parser() -> argparse.ArgumentParser:

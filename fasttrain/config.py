@@ -16,22 +16,22 @@ class Config:
     dataset: str = "digits"           # digits | synthetic_cifar | mnist | cifar10 | npz
     data_path: Optional[str] = None   # directory (mnist, cifar10) or file (npz)
     limit: Optional[int] = None       # use only the first N training/validation examples
-    val_fraction: float = 0.2
-    epochs: int = 15
-    batch_size: int = 32
+    val_fraction: float = 0.2         # share of the training data held out for validation
+    epochs: int = 15                  # passes over the training data
+    batch_size: int = 32              # examples per step (per rank under --dist)
     optimizer: str = "adam"           # any class name in fasttrain.optim, case-insensitive
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
+    lr: float = 3e-3                  # learning rate (x ranks under --dist, see lr_scaling)
+    weight_decay: float = 1e-4        # L2 decay on weights (not on biases or BN parameters)
     schedule: str = "cosine"          # constant | cosine
-    warmup_steps: int = 0
+    warmup_steps: int = 0             # linear learning-rate warmup from 0 over this many steps
     dropout: Optional[float] = None   # None: the model's default
-    seed: int = 0
+    seed: int = 0                     # initialization, data order, dropout masks, augmentation
     run_dir: Optional[str] = None     # None: runs/<timestamp>
     resume: Optional[str] = None      # checkpoint to continue from
     threads: Optional[int] = None     # None: FASTTRAIN_THREADS or all cores
     backend: Optional[str] = None     # auto | cpp | numba | numpy | cuda; None: FASTTRAIN_BACKEND or auto
     device: str = "cpu"               # cpu | cuda (arena, optimizer state, activations on the GPU)
-    plot: bool = True
+    plot: bool = True                 # write learning_curve.png into the run folder
     monitor_every: Optional[int] = 50     # command center sample period in steps (0: off)
     early_stopping: Optional[int] = None  # patience in epochs on val_loss; restores the best weights
     min_delta: float = 0.0                # improvement of val_loss that resets the patience
@@ -55,6 +55,19 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def field_help() -> dict[str, str]:
+    """Field name -> the comment after it in this file's Config: the one description of each key,
+    shown by `fasttrain train --help`. Empty when the source is not installed (help shows defaults)."""
+    import inspect
+    import re
+
+    try:
+        source = inspect.getsource(Config)
+    except (OSError, TypeError):
+        return {}
+    return dict(re.findall(r"^    (\w+): [^#\n]*#\s*(.+?)\s*$", source, re.M))
 
 
 def field_types() -> dict[str, type]:

@@ -27,6 +27,18 @@ def test_every_config_key_is_a_flag():
     assert set(Config().to_dict()) <= flags
 
 
+def test_every_config_key_is_described_in_help(capsys):
+    """The comment beside each Config field is its --help text: a new key needs one."""
+    from fasttrain.config import field_help
+
+    described = field_help()
+    assert set(described) == set(Config().to_dict()) and all(described.values())
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--bucket-kb INT > 0: all-reduce KB-sized gradient buckets during backward (ring) (default: 0)" in out
+
+
 def test_config_errors(tmp_path):
     p = tmp_path / "bad.toml"
     p.write_text("epochz = 3\n")
