@@ -286,3 +286,17 @@ def mpiexec_records(ranks: int, script, args, timeout_s: float = 1800, env: dict
     if proc.returncode != 0:
         sys.exit(f"{Path(script).name}: mpiexec -n {ranks} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def load_extension_build(path):
+    """Another build of fasttrain._C (the .so at `path`, e.g. of the commit before a change) as a
+    module beside this tree's, for A/B timing in one process. Its init symbol is PyInit__C, so
+    the module name must end in "._C"."""
+    import importlib.machinery
+    import importlib.util
+
+    loader = importlib.machinery.ExtensionFileLoader("fasttrain_base._C", str(path))
+    spec = importlib.util.spec_from_file_location("fasttrain_base._C", str(path), loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module

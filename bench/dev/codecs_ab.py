@@ -11,23 +11,18 @@ The other build, e.g. of the commit before a change (CUDA off, a few minutes on 
 GB/s = 4 n / time (float32 bytes in for encode, out for decode), one thread, n = 8M floats.
 """
 import argparse
-import importlib.machinery
-import importlib.util
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-import fasttrain as ft
-from fasttrain.dist import codecs as C
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-
-def load_other(path):
-    loader = importlib.machinery.ExtensionFileLoader("_C", path)
-    spec = importlib.util.spec_from_file_location("_C", path, loader=loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+import fasttrain as ft  # noqa: E402
+from bench.harness import load_extension_build  # noqa: E402
+from fasttrain.dist import codecs as C  # noqa: E402
 
 
 def main(argv=None):
@@ -37,7 +32,7 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=8 << 20)
     ap.add_argument("--codecs", default="fp16,bf16,int8,int4,sign")
     args = ap.parse_args(argv)
-    base, new = load_other(args.base), C._C
+    base, new = load_extension_build(args.base), C._C
     ft.set_num_threads(1)
     base.set_num_threads(1)
     n = args.n

@@ -6,23 +6,17 @@ Usage: python bench/dev/exp_kernels.py [--base /path/to/old/_C.cpython-*.so] [--
 Prints the median time per call of each variant and the ratios.
 """
 import argparse
-import importlib.machinery
-import importlib.util
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-import fasttrain
-from fasttrain import _C
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-
-def load_other_build(path):
-    # The module's init symbol is PyInit__C, so the module name must end in "._C".
-    loader = importlib.machinery.ExtensionFileLoader("fasttrain_base._C", path)
-    spec = importlib.util.spec_from_file_location("fasttrain_base._C", path, loader=loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
-    return mod
+import fasttrain  # noqa: E402
+from bench.harness import load_extension_build  # noqa: E402
+from fasttrain import _C  # noqa: E402
 
 
 def cases(torch):
@@ -71,7 +65,7 @@ def main():
     fasttrain.backends()
     variants = {"new": _C}
     if args.base:
-        base = load_other_build(args.base)
+        base = load_extension_build(args.base)
         base.set_num_threads(_C.num_threads())
         variants = {"base": base, "new": _C}
     try:
