@@ -169,25 +169,22 @@ def _torch_cuda(torch, entry, arrays):
             torch.nn.functional.cross_entropy(x, y).backward()
         return step
     if name == "batchnorm_fwd_bwd":
-        bn = torch.nn.BatchNorm2d(entry.shape[1]).to(dev)
-        x = t["x"].requires_grad_(True)
-
-        def step():
-            x.grad = None
-            bn.zero_grad()
-            bn(x).backward(t["dy"])
-        return step
+        return _module_fwd_bwd(torch.nn.BatchNorm2d(entry.shape[1]).to(dev), t["x"], t["dy"])
     if name == "conv2d_fwd_bwd":
         n, c, h, w, k = entry.shape
-        conv = torch.nn.Conv2d(c, k, 3, padding=1).to(dev)
-        x = t["x"].requires_grad_(True)
-
-        def step():
-            x.grad = None
-            conv.zero_grad()
-            conv(x).backward(t["dy"])
-        return step
+        return _module_fwd_bwd(torch.nn.Conv2d(c, k, 3, padding=1).to(dev), t["x"], t["dy"])
     return None
+
+
+def _module_fwd_bwd(module, x, dy):
+    """module(x) forward and backward with dy, gradients cleared first: one training step's work."""
+    x = x.requires_grad_(True)
+
+    def step():
+        x.grad = None
+        module.zero_grad()
+        module(x).backward(dy)
+    return step
 
 
 def run(quick: bool = False, repeat: int = 7, log=print) -> list:
