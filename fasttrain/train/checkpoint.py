@@ -110,6 +110,13 @@ def load_checkpoint(path, model, arena, optimizer=None) -> dict:
     """Restore parameters, buffers and optimizer state in place; returns the meta dict."""
     path = os.fspath(path)
     arrays, meta = read_checkpoint(path)
+    apply_checkpoint(path, arrays, model, arena, optimizer)
+    return meta
+
+
+def apply_checkpoint(path, arrays: dict, model, arena, optimizer=None) -> None:
+    """load_checkpoint's restore, from arrays read_checkpoint(path) already returned (path names
+    the file in errors): for callers that also need the file's other entries."""
     arena.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
     buffers = module_buffers(model)
     saved = {k[7:]: v for k, v in arrays.items() if k.startswith("buffer/")}
@@ -120,4 +127,3 @@ def load_checkpoint(path, model, arena, optimizer=None) -> dict:
         m.buffers[name] = arena.xp.asarray(saved[key], dtype=old.dtype)
     if optimizer is not None:
         optimizer.load_state_dict(_unflatten("opt", arrays))
-    return meta

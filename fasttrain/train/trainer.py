@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..settings import get_logger
-from .checkpoint import load_checkpoint, module_buffers, read_checkpoint, save_checkpoint
+from .checkpoint import apply_checkpoint, module_buffers, read_checkpoint, save_checkpoint
 from .monitor import Monitor
 
 log = get_logger(__name__)
@@ -132,10 +132,11 @@ class Trainer:
     def resume(self, path) -> None:
         """Continue from a checkpoint: parameters, buffers, optimizer state, step, epoch, history,
         the EMA of the weights and the early-stopping state (best epoch's weights and buffers)."""
-        meta = load_checkpoint(path, self.model, self.arena, self.optimizer)
+        arrays, meta = read_checkpoint(path)
+        apply_checkpoint(path, arrays, self.model, self.arena, self.optimizer)
         self.step, self.epoch = int(meta["step"]), int(meta["epoch"])
         self.history = History.from_dict(meta["history"])
-        extra = {k[6:]: v for k, v in read_checkpoint(path)[0].items() if k.startswith("extra/")}
+        extra = {k[6:]: v for k, v in arrays.items() if k.startswith("extra/")}
         if self.dist is not None:  # dist (issue 8): this rank's error-feedback residual
             self.dist.load_state_dict(extra)
         if self.ema is not None:
