@@ -19,8 +19,12 @@ def refresh_cache_stamps(folder: Path) -> list[str]:
     edited. Give every module that imports a newer helper that helper's mtime: Numba then sees a
     changed source and recompiles it once. Returns the modules touched."""
     touched = []
+    helper_mtimes = [h.stat().st_mtime for h in folder.glob("_[!_]*.py")]
+    newest_helper = max(helper_mtimes, default=0.0)
     for module in sorted(folder.glob("[!_]*.py")):
         stat = module.stat()
+        if stat.st_mtime >= newest_helper:  # newer than every helper: nothing to read (the usual case)
+            continue
         helpers = _HELPER_IMPORT.findall(module.read_text())
         newest = max((folder.joinpath(h + ".py").stat().st_mtime for h in helpers
                       if folder.joinpath(h + ".py").exists()), default=0.0)
