@@ -1,4 +1,4 @@
-"""Gradient codec throughput per core (fasttrain/dist/codecs.py): every codec's encode (plain and
+"""Gradient codec throughput per core (fasttrain/parallel/codecs.py): every codec's encode (plain and
 with the fused error-feedback residual) and decode on ONE thread, C++ against the NumPy reference.
 
 GB/s counts the float32 side only (4 * n bytes: read by encode, written by decode), the figure the
@@ -12,7 +12,7 @@ import numpy as np
 
 import fasttrain as ft
 from fasttrain import settings
-from fasttrain.dist import codecs as C
+from fasttrain.parallel import codecs as C
 
 from .harness import make_record, time_fn
 

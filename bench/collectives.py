@@ -24,9 +24,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fasttrain.dist import allreduce_algorithm, get_codec, get_comm, launched_world_size, ring_allreduce, wire_bytes  # noqa: E402
+from fasttrain.parallel import allreduce_algorithm, get_codec, get_comm, launched_world_size, ring_allreduce, wire_bytes  # noqa: E402
 from bench.harness import mpiexec_records  # noqa: E402
-from fasttrain.dist.ring import DEFAULT_MID_BYTES, DEFAULT_SEGMENT_BYTES, DEFAULT_SHARED_BYTES, DEFAULT_SMALL_BYTES  # noqa: E402
+from fasttrain.parallel.ring import DEFAULT_MID_BYTES, DEFAULT_SEGMENT_BYTES, DEFAULT_SHARED_BYTES, DEFAULT_SMALL_BYTES  # noqa: E402
 
 FULL_SIZES = [4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20]
 QUICK_SIZES = [4 << 10, 256 << 10, 4 << 20]

@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 import fasttrain as ft  # noqa: E402
 from bench.harness import mpiexec_records  # noqa: E402
-from fasttrain.dist import BucketedAllreduce, get_comm, launched_world_size, ring_allreduce  # noqa: E402
-from fasttrain.dist.data_parallel import bucket_schedule  # noqa: E402
+from fasttrain.parallel import BucketedAllreduce, get_comm, launched_world_size, ring_allreduce  # noqa: E402
+from fasttrain.parallel.data_parallel import bucket_schedule  # noqa: E402
 from fasttrain.losses import SoftmaxCrossEntropy  # noqa: E402
 from fasttrain.models import convnet_classic  # noqa: E402
 

@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.harness import mpiexec_records  # noqa: E402
-from fasttrain.dist import get_comm, launched_world_size, ring_allreduce  # noqa: E402
-from fasttrain.dist.comm import Communicator  # noqa: E402
+from fasttrain.parallel import get_comm, launched_world_size, ring_allreduce  # noqa: E402
+from fasttrain.parallel.comm import Communicator  # noqa: E402
 
 CODECS = ["none", "fp16", "int8", "int4", "sign"]
 #: (column label, codec, schedule): fp32, then each codec 'once' and 'hop'

@@ -140,6 +140,6 @@ def _write_results(path, records, rs, limits, args, elapsed) -> None:
     chosen = [(r.shape, r.extra["algorithm"]) for r in records
               if r.suite == "collectives" and r.backend == "ring" and r.extra.get("algorithm")]
     if chosen:  # "ring" is our all-reduce; which of its algorithms ran depends on the size
-        lines += ["", "## Algorithm our all-reduce ran (`fasttrain.dist.allreduce_algorithm`)", "",
+        lines += ["", "## Algorithm our all-reduce ran (`fasttrain.parallel.allreduce_algorithm`)", "",
                   "| shape | algorithm |", "|---|---|"] + [f"| {shape} | {algo} |" for shape, algo in chosen]
     Path(path).write_text("\n".join(lines) + "\n")

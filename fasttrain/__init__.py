@@ -11,7 +11,7 @@ from .info import build_info
 __version__ = "0.1.0"
 
 # Submodules load on first use so `import fasttrain` stays light (no numba, no MPI, no plotting).
-_SUBMODULES = ("nn", "optim", "losses", "init", "check", "schedules", "data", "train", "dist", "kernels")
+_SUBMODULES = ("nn", "optim", "losses", "init", "check", "schedules", "data", "train", "parallel", "dist", "kernels")
 
 
 def __getattr__(name):

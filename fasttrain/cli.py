@@ -65,7 +65,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
     base = load_config(args.config) if args.config else Config()
     flags = {k: getattr(args, k) for k in field_types() if getattr(args, k) is not None}
     cfg = make_config(flags, base)
-    from .dist.data_parallel import check_config  # no MPI import: option combinations only
+    from .parallel.data_parallel import check_config  # no MPI import: option combinations only
 
     check_config(cfg)
     return cfg
@@ -114,7 +114,7 @@ def train(cfg: Config, progress: bool | None = None) -> dict:
         raise ValueError(f"device='cuda' with dist={cfg.dist!r}: the data-parallel layer reduces host arrays; "
                          "expected dist='none' on the GPU")
     # -- data parallel (issue 8): one code path for 1 rank (LocalComm) and K ranks under mpirun --
-    from .dist.data_parallel import DataParallel, ShardedLoader, scaled_lr, world_comm
+    from .parallel.data_parallel import DataParallel, ShardedLoader, scaled_lr, world_comm
 
     comm = world_comm(cfg.dist)
     rank0 = comm.rank == 0   # progress, metrics, plots, checkpoints and validation: rank 0 only
@@ -248,7 +248,7 @@ def main(argv=None) -> int:
              workers=args.workers, out_dir=args.out)
         return 0
     try:
-        from .dist.data_parallel import run_guarded  # under mpirun: a failing rank aborts the job
+        from .parallel.data_parallel import run_guarded  # under mpirun: a failing rank aborts the job
 
         summary = run_guarded(lambda: train(cfg, progress=False if args.quiet else None))
     except TrainingDiverged as exc:

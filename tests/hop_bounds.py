@@ -53,7 +53,7 @@ def once_bound(parts, codec, op="sum"):
 def encoded_chain(parts, codec, op="sum"):
     """What the 'hop' schedule computes for a deterministic, elementwise codec (fp16, bf16): the
     chain of decode(encode(.)) and float32 additions in ring order, owner = chunk + p - 1."""
-    from fasttrain.dist import chunk_offsets, get_codec
+    from fasttrain.parallel import chunk_offsets, get_codec
 
     c = get_codec(codec)
     p, n = len(parts), len(parts[0])

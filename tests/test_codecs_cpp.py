@@ -1,4 +1,4 @@
-"""C++ codec kernels (csrc/cpu/codecs.cpp) against the NumPy reference in fasttrain/dist/codecs.py:
+"""C++ codec kernels (csrc/cpu/codecs.cpp) against the NumPy reference in fasttrain/parallel/codecs.py:
 encoded bytes, decoded values and error-feedback residuals equal bit for bit, for the same
 generator state (the stochastic codecs draw Philox-4x32-10 uniforms from one seed per encode)."""
 import os
@@ -10,8 +10,8 @@ import pytest
 
 import fasttrain as ft
 
-from fasttrain.dist import codecs
-from fasttrain.dist.codecs import ErrorFeedback, get_codec, philox_uniforms
+from fasttrain.parallel import codecs
+from fasttrain.parallel.codecs import ErrorFeedback, get_codec, philox_uniforms
 from fasttrain.kernels.dropout import philox4x32_ref
 
 pytestmark = pytest.mark.skipif(codecs._C is None, reason="fasttrain._C built without codec kernels")
@@ -119,7 +119,7 @@ def test_portable_philox_path_equals_reference():
     one; it must give the same bytes (run in a child: the choice is made once per process)."""
     code = (
         "import numpy as np\n"
-        "from fasttrain.dist import codecs as C\n"
+        "from fasttrain.parallel import codecs as C\n"
         "for name in ('int8', 'int4'):\n"
         "    c = C.get_codec(name)\n"
         "    for n in (1, 129, 2053, 70001):\n"
@@ -139,7 +139,7 @@ def test_portable_philox_path_equals_reference():
 
 def test_unknown_simd_setting_is_an_error():
     env = dict(os.environ, FASTTRAIN_CODEC_SIMD="avx9")
-    proc = subprocess.run([sys.executable, "-c", "import fasttrain.dist.codecs"], env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", "import fasttrain.parallel.codecs"], env=env, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode != 0 and "FASTTRAIN_CODEC_SIMD: expected 'auto' or 'portable', got 'avx9'" in proc.stderr
 

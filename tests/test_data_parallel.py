@@ -1,4 +1,4 @@
-"""Data-parallel training (fasttrain.dist.data_parallel): pieces in one process (threads as ranks),
+"""Data-parallel training (fasttrain.parallel.data_parallel): pieces in one process (threads as ranks),
 then whole runs under `mpiexec -n K` as subprocesses with timeouts (marked mpi)."""
 import json
 import os
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from fasttrain.data import DataLoader
-from fasttrain.dist import LocalComm, ThreadWorld
-from fasttrain.dist.data_parallel import DataParallel, ShardedLoader, scaled_lr, world_comm
-from fasttrain.dist.fingerprint import CollectiveMismatch, Fingerprint
+from fasttrain.parallel import LocalComm, ThreadWorld
+from fasttrain.parallel.data_parallel import DataParallel, ShardedLoader, scaled_lr, world_comm
+from fasttrain.parallel.fingerprint import CollectiveMismatch, Fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).parent / "mpi_scripts"
@@ -129,7 +129,7 @@ def test_synchronous_gradient_mean_over_thread_ranks():
 
 @pytest.mark.parametrize("K", [2, 3])
 def test_synchronous_gradient_mean_hop_schedule(K):
-    from fasttrain.dist import wire_bytes
+    from fasttrain.parallel import wire_bytes
 
     n = 1031
     def body(comm):
@@ -173,8 +173,8 @@ def test_bucketed_backward_gives_the_gradient_mean(K, bucket_bytes):
     """Buckets started layer by layer during backward average the same gradient as one all-reduce
     after it, on every rank: bit for bit with K = 2 (a sum of two numbers has one order), to
     float32 rounding otherwise (bucket boundaries move the chunk, so the order, of a value's sum)."""
-    from fasttrain.dist import wire_bytes
-    from fasttrain.dist.ring import segment_bounds
+    from fasttrain.parallel import wire_bytes
+    from fasttrain.parallel.ring import segment_bounds
 
     plain = ThreadWorld(K).run(lambda c: _mlp_step(c, 0, K))
     bucketed = ThreadWorld(K).run(lambda c: _mlp_step(c, bucket_bytes, K))
@@ -191,8 +191,8 @@ def test_bucketed_backward_gives_the_gradient_mean(K, bucket_bytes):
 def test_bucket_schedule_starts_each_bucket_once_after_its_last_gradient():
     import fasttrain as ft
     from fasttrain import models
-    from fasttrain.dist.data_parallel import bucket_schedule
-    from fasttrain.dist.ring import segment_bounds
+    from fasttrain.parallel.data_parallel import bucket_schedule
+    from fasttrain.parallel.ring import segment_bounds
 
     model = models.simple_cnn(1, 10, 8, width=4)
     arena = ft.ParamArena.for_model(model, seed=0)
@@ -225,7 +225,7 @@ def test_local_sgd_averages_optimizer_state_when_asked(average_state):
         dp.after_step(2)   # a sync step
         return {k: v.copy() for k, v in opt.state.items()}, dp.bytes_sent, arena.size
 
-    from fasttrain.dist import wire_bytes
+    from fasttrain.parallel import wire_bytes
 
     outs = ThreadWorld(3).run(body)
     for r, (state, sent, n) in enumerate(outs):
@@ -390,7 +390,7 @@ def test_resumed_data_parallel_run_equals_the_uninterrupted_one(k, compress, ext
 def test_hop_schedule_trains_like_once_with_fewer_bytes(tmp_path):
     """K = 2, int8: quantizing every reduce-scatter send too reaches the 'once' schedule's
     accuracy on digits with fewer bytes on the wire, ranks end bit-identical."""
-    from fasttrain.dist import wire_bytes
+    from fasttrain.parallel import wire_bytes
 
     runs = {}
     for sched in ("once", "hop"):

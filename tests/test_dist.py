@@ -1,4 +1,4 @@
-"""fasttrain.dist without an MPI launcher: chunk/segment arithmetic, the ring over threads standing
+"""fasttrain.parallel without an MPI launcher: chunk/segment arithmetic, the ring over threads standing
 in for ranks (ThreadWorld), codecs against independent references, error feedback, LocalComm."""
 import os
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from fasttrain.dist import (BucketedAllreduce, ErrorFeedback, LocalComm, LocalSGD, ThreadWorld, chunk_offsets,
+from fasttrain.parallel import (BucketedAllreduce, ErrorFeedback, LocalComm, LocalSGD, ThreadWorld, chunk_offsets,
                             get_codec, get_comm, ring_allreduce, segment_bounds, wire_bytes)
 
 
@@ -280,7 +280,7 @@ def test_local_sgd_over_threads_averages_params_and_extras():
 
 def test_get_comm_without_launcher_is_local_and_does_not_import_mpi():
     env = {k: v for k, v in os.environ.items() if k not in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")}
-    code = "import sys; from fasttrain.dist import get_comm; c = get_comm(); print(type(c).__name__, 'mpi4py' in sys.modules)"
+    code = "import sys; from fasttrain.parallel import get_comm; c = get_comm(); print(type(c).__name__, 'mpi4py' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["LocalComm", "False"]
@@ -297,7 +297,7 @@ def test_launched_world_size_rejects_garbage(monkeypatch):
 from hop_bounds import data as _hop_data  # noqa: E402
 from hop_bounds import encoded_chain, hop_bound, once_bound  # noqa: E402
 
-from fasttrain.dist.ring import hop_segment  # noqa: E402
+from fasttrain.parallel.ring import hop_segment  # noqa: E402
 
 HOP_CODECS = ["fp16", "bf16", "int8", "int4", "sign"]
 
@@ -470,3 +470,15 @@ def test_hop_without_feedback_the_error_grows_with_it_it_does_not():
     without, _, _ = _ef_accumulate(K, n, "sign", steps, feedback=False)
     assert without[-1] > 1.8 * without[steps // 2 - 1]
     assert with_ef[-1] < 0.7 * without[-1]
+
+
+def test_dist_alias_gives_the_parallel_modules_themselves():
+    import fasttrain
+    import fasttrain.dist
+    import fasttrain.dist.ring
+    import fasttrain.parallel
+    import fasttrain.parallel.ring
+
+    assert fasttrain.dist is fasttrain.parallel
+    assert fasttrain.dist.ring is fasttrain.parallel.ring
+    assert fasttrain.dist.ring_allreduce is fasttrain.parallel.ring.ring_allreduce

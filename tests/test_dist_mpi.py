@@ -1,4 +1,4 @@
-"""fasttrain.dist under a real MPI launcher: each test runs `mpiexec -n K python -m mpi4py script`
+"""fasttrain.parallel under a real MPI launcher: each test runs `mpiexec -n K python -m mpi4py script`
 (the runner aborts every rank when one raises) with a timeout; rank 0 prints one JSON line."""
 import json
 import os

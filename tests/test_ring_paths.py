@@ -1,12 +1,12 @@
-"""The three all-reduce paths of fasttrain.dist.ring over threads standing in for ranks: recursive
+"""The three all-reduce paths of fasttrain.parallel.ring over threads standing in for ranks: recursive
 doubling (short buffers), halving-doubling (mid sizes) and the pipelined ring (forced with
 small_bytes=0, mid_bytes=0), against the float64
 sum, ranks bit-identical, K = 1..6 (powers of two and not)."""
 import numpy as np
 import pytest
 
-from fasttrain.dist import ThreadWorld, ring_allreduce
-from fasttrain.dist.ring import halving_doubling_allreduce, recursive_doubling_allreduce
+from fasttrain.parallel import ThreadWorld, ring_allreduce
+from fasttrain.parallel.ring import halving_doubling_allreduce, recursive_doubling_allreduce
 
 
 def _data(rank, n):

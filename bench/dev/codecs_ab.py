@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import fasttrain as ft  # noqa: E402
 from bench.harness import load_extension_build  # noqa: E402
-from fasttrain.dist import codecs as C  # noqa: E402
+from fasttrain.parallel import codecs as C  # noqa: E402
 
 
 def main(argv=None):

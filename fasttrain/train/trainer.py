@@ -100,7 +100,7 @@ class Trainer:
             self.mixup = None
         self.seed = int(seed)
         self.checkpoint_name = checkpoint_name
-        self.dist = dist  # dist (issue 8): a fasttrain.dist.DataParallel policy, or None
+        self.dist = dist  # dist (issue 8): a fasttrain.parallel.DataParallel policy, or None
         if self.run_dir is not None:
             os.makedirs(self.run_dir, exist_ok=True)
 

@@ -2,7 +2,7 @@
 never comes; mpi4py's runner must abort the whole job."""
 import numpy as np
 
-from fasttrain.dist import get_comm
+from fasttrain.parallel import get_comm
 
 comm = get_comm()
 if comm.rank == 1:

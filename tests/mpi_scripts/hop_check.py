@@ -12,7 +12,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for hop_bounds
 from hop_bounds import data, encoded_chain, hop_bound  # noqa: E402
 
-from fasttrain.dist import ErrorFeedback, get_comm, ring_allreduce  # noqa: E402
+from fasttrain.parallel import ErrorFeedback, get_comm, ring_allreduce  # noqa: E402
 
 
 def digest(a):

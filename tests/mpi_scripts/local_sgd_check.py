@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 
-from fasttrain.dist import LocalSGD, get_comm, ring_allreduce
+from fasttrain.parallel import LocalSGD, get_comm, ring_allreduce
 
 comm = get_comm()
 p, r = comm.size, comm.rank

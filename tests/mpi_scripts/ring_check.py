@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from fasttrain.dist import BucketedAllreduce, ErrorFeedback, allreduce_algorithm, get_comm, ring_allreduce
+from fasttrain.parallel import BucketedAllreduce, ErrorFeedback, allreduce_algorithm, get_comm, ring_allreduce
 
 
 def data(rank, n, seed=0):

@@ -5,7 +5,7 @@ import signal
 import sys
 
 from fasttrain.cli import main
-from fasttrain.dist import data_parallel
+from fasttrain.parallel import data_parallel
 
 kill_after = int(sys.argv[1])
 original = data_parallel.DataParallel.after_backward

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 
 from fasttrain.cli import build_parser, resolve_config, train
-from fasttrain.dist import get_comm
+from fasttrain.parallel import get_comm
 from fasttrain.train.checkpoint import read_checkpoint
 
 out = sys.argv[1]

@@ -4,7 +4,7 @@ the job with the mismatch message instead of letting the ranks drift or hang."""
 import sys
 
 from fasttrain.cli import main
-from fasttrain.dist import data_parallel
+from fasttrain.parallel import data_parallel
 
 original = data_parallel.DataParallel.after_backward
 

@@ -3,7 +3,7 @@ print rank 1's message and abort every rank."""
 import sys
 
 from fasttrain.cli import main
-from fasttrain.dist import data_parallel
+from fasttrain.parallel import data_parallel
 
 original = data_parallel.DataParallel.after_backward
 

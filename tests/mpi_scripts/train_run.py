@@ -5,7 +5,7 @@ import json
 import sys
 
 from fasttrain.cli import build_parser, resolve_config, train
-from fasttrain.dist import get_comm
+from fasttrain.parallel import get_comm
 
 cfg = resolve_config(build_parser().parse_args(["train", *sys.argv[1:]]))
 summary = train(cfg, progress=False)
