@@ -41,7 +41,7 @@ class Config:
     init_from: Optional[str] = None       # checkpoint to start from (transfer learning; new head if needed)
     freeze_except: Optional[int] = None   # train only the last N parameterized layers
     checkpoint_format: str = "npz"        # npz | safetensors
-    # -- data parallel (issue 8; `mpirun -n K fasttrain train --dist ring ...`) --
+    # -- data parallel (`mpirun -n K fasttrain train --dist ring ...`) --
     dist: str = "none"                    # none | ring | mpi (gradient all-reduce: our ring or MPI's Allreduce)
     compress: str = "none"                # none | fp16 | bf16 | int8 | int4 | sign (ring only)
     compress_schedule: str = "once"       # once: encode reduced chunks only | hop: every reduce-scatter send too

@@ -276,7 +276,8 @@ def test_dist_none_under_a_multi_rank_launch_is_an_error(monkeypatch):
 
 def test_single_process_dist_ring_is_the_plain_run(tmp_path):
     """--dist ring without mpirun goes through LocalComm: same batches, same lr, same result."""
-    from fasttrain.cli import build_parser, resolve_config, train
+    from fasttrain.cli import build_parser, resolve_config
+    from fasttrain.train.run import run as train
 
     flags = ["--epochs", "2", "--limit", "300", "--monitor-every", "0", "--no-plot"]
     out = []

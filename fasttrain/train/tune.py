@@ -54,8 +54,8 @@ def narrow(values, full: tuple[float, float], margin: float = 0.25) -> tuple[flo
 
 def run_trial(spec: dict) -> dict:
     """One trial in a worker: train the config `spec['config']` and return its numbers."""
-    from ..cli import train
     from ..config import make_config
+    from .run import run
     from .trainer import TrainingDiverged
 
     cfg = make_config(spec["config"])
@@ -63,7 +63,7 @@ def run_trial(spec: dict) -> dict:
     row = {"stage": spec["stage"], "trial": spec["trial"], "lr": cfg.lr, "weight_decay": cfg.weight_decay,
            "epochs": cfg.epochs}
     try:
-        summary = train(cfg, progress=False)
+        summary = run(cfg, progress=False)
         row.update(val_acc=summary["val_acc"], val_loss=summary["val_loss"], train_acc=summary["train_acc"],
                    status="ok")
     except TrainingDiverged as exc:

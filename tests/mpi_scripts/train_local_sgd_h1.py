@@ -6,7 +6,8 @@ import sys
 
 import numpy as np
 
-from fasttrain.cli import build_parser, resolve_config, train
+from fasttrain.cli import build_parser, resolve_config
+from fasttrain.train.run import run as train
 from fasttrain.parallel import get_comm
 from fasttrain.train.checkpoint import read_checkpoint
 
