@@ -34,6 +34,7 @@ What each piece does and why:
 """
 from __future__ import annotations
 
+import socket
 import sys
 import time
 import traceback
@@ -46,7 +47,7 @@ from .comm import Communicator, LocalComm, launched_world_size
 from .fingerprint import Fingerprint, array_digest
 from .local_sgd import LocalSGD
 from ..nn.module import Sequential
-from .ring import DEFAULT_SEGMENT_BYTES, SCHEDULES, BucketedAllreduce, ring_allreduce, wire_bytes
+from .ring import DEFAULT_SEGMENT_BYTES, SCHEDULES, BucketedAllreduce, allreduce_algorithm, ring_allreduce, wire_bytes
 
 BACKENDS = ("ring", "mpi")
 CODECS = ("none", "fp16", "bf16", "int8", "int4", "sign")
@@ -194,6 +195,8 @@ class DataParallel:
         self.allreduces = 0
         self._last_sync = 0
         self._gathered_residual = None
+        self.hosts = [socket.gethostname()]  # every rank's host name, gathered in setup()
+        self.algorithm = ""  # known after setup()
 
     def rng(self, step: int) -> np.random.Generator:
         """The stochastic rounding source of a step on this rank: a pure function of (seed, rank,
@@ -213,7 +216,24 @@ class DataParallel:
                 else f"{self.backend} all-reduce, codec {self.compress}{' + error feedback' if self.error_feedback else ''}"
                      f"{f' (quantized {self.compress_schedule})' if self.compress != 'none' else ''}"
                      f"{f', {self.bucket_bytes >> 10} KB buckets overlapping backward' if self.bucket_bytes else ''}")
-        return f"data parallel over {self.size} rank(s): {mode}"
+        hosts = len(set(self.hosts))
+        return (f"data parallel over {self.size} rank(s){f' on {hosts} hosts' if hosts > 1 else ''}: {mode}"
+                + (f"; all-reduce algorithm {self.algorithm}" if self.algorithm else ""))
+
+    def _algorithm(self) -> str:
+        """How the gradients (local SGD: the parameters) are all-reduced: 'mpi', 'ring+CODEC',
+        or what ring_allreduce picks for the arena's (or a bucket's) size and the ranks' placement.
+        Collective (the first ask of a communicator's placement is)."""
+        if self.backend == "mpi" and self.local is None:
+            return "mpi"
+        if self.codec is not None and self.local is None:
+            return f"ring+{self.compress}"
+        if self.size == 1:
+            return "none"
+        nbytes = self.arena.data.nbytes
+        if self.bucket_bytes and self.local is None:
+            nbytes = min(nbytes, self.bucket_bytes)
+        return allreduce_algorithm(self.comm, nbytes)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _buffers(self) -> list[np.ndarray]:
@@ -234,10 +254,12 @@ class DataParallel:
         self.fingerprint.check("broadcast_params", self.arena.size, self.arena.data.dtype,
                                f"layout {self._layout()}, {self.describe()}", force=True)
         if self.size > 1:
+            self.hosts = self.comm.allgather(socket.gethostname())
             self.arena.data[...] = self.comm.bcast(self.arena.data if self.rank == 0 else None, root=0)
             for buf in self._buffers():
                 buf[...] = self.comm.bcast(buf if self.rank == 0 else None, root=0)
         self.verify_identical("the broadcast from rank 0")
+        self.algorithm = self._algorithm()
         if self.bucket_bytes and self.size > 1:
             self._buckets = BucketedAllreduce(self.comm, self.arena.grad, self.bucket_bytes, op="mean", codec=self.codec,
                                               segment_bytes=self.segment_bytes, schedule=self.compress_schedule)

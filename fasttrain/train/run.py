@@ -128,7 +128,8 @@ def run(cfg: Config, progress: bool | None = None) -> dict:
                "monitor": trainer.monitor.summary() if trainer.monitor is not None else None}
     if dp is not None:  # every rank must end with rank 0's parameters (checked by hash)
         summary.update(rank=comm.rank, ranks=comm.size, param_hash=dp.finish(broadcast=bool(cfg.early_stopping)),
-                       bytes_sent_per_rank=dp.bytes_sent, allreduces=dp.allreduces, lr_run=run_cfg.lr)
+                       bytes_sent_per_rank=dp.bytes_sent, allreduces=dp.allreduces, lr_run=run_cfg.lr,
+                       hosts=len(set(dp.hosts)), allreduce_algorithm=dp.algorithm)
     if rank0:
         with open(os.path.join(run_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)

@@ -2,6 +2,7 @@
 every rank's data. Rank 0 regenerates every rank's data from its seed and prints one JSON line."""
 import hashlib
 import json
+import socket
 import sys
 
 import numpy as np
@@ -22,8 +23,16 @@ comm = get_comm()
 sizes = [int(s) for s in sys.argv[1].split(",")]
 seg = int(sys.argv[2]) if len(sys.argv) > 2 else 4096
 p, r = comm.size, comm.rank
-# mpiexec starts every rank on this node: mid sizes must take the shared-memory window
-out = {"size": p, "cases": [], "algorithm_256k": allreduce_algorithm(comm, 1 << 18)}
+# on one node mid sizes take the shared-memory window; the cluster tests run it across hosts
+out = {"size": p, "cases": [], "algorithm_256k": allreduce_algorithm(comm, 1 << 18),
+       "algorithms": {str(b): allreduce_algorithm(comm, b) for b in (1 << 10, 1 << 18, 1 << 22, 1 << 26)},
+       "hosts": len(set(comm.allgather(socket.gethostname())))}
+#: every algorithm forced at every size (hierarchical and shared_memory fall back to the
+#: point-to-point ones where the ranks' placement has no use for them)
+FORCED = {"auto": {}, "recursive_doubling": {"small_bytes": 1 << 62},
+          "ring": {"small_bytes": 0, "shared_bytes": 0, "mid_bytes": 0},
+          "shared_memory": {"small_bytes": 0, "shared_bytes": 1 << 62},
+          "halving_doubling": {"small_bytes": 0, "shared_bytes": 0, "mid_bytes": 1 << 62}}
 for n in sizes:
     ref = np.sum([data(k, n).astype(np.float64) for k in range(p)], axis=0) if r == 0 else None
     case = {"n": n}
@@ -43,6 +52,15 @@ for n in sizes:
             want = ref / p if op == "mean" else ref
             case[key + "_relerr"] = float(np.max(np.abs(buf - want) / np.abs(want))) if n else 0.0
             case[key + "_identical"] = len(set(hashes)) == 1
+    # integers in float32: every algorithm must return the exact sum, on every rank
+    ints = lambda k: np.random.default_rng([1, k, n]).integers(-1000, 1000, n).astype(np.float32)  # noqa: E731
+    exact = np.sum([ints(k) for k in range(p)], axis=0) if r == 0 else None
+    for name, forced in FORCED.items():
+        buf = ints(r)
+        ring_allreduce(comm, buf, segment_bytes=seg, **forced)
+        gathered = comm.allgather(digest(buf))
+        if r == 0:
+            case["exact_" + name] = bool(np.array_equal(buf, exact)) and len(set(gathered)) == 1
     # float64 through the shared window (slots are bytes, viewed per call in the buffer's dtype)
     buf = data(r, n).astype(np.float64)
     ring_allreduce(comm, buf, small_bytes=0, shared_bytes=1 << 62)

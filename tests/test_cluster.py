@@ -1,0 +1,94 @@
+"""The data-parallel layer across emulated hosts (fasttrain.parallel.cluster: network namespaces,
+a bridge, TCP forced): exact all-reduces for every algorithm, training runs that end with one
+parameter hash on every rank, and the algorithm picked across hosts. Needs root and iproute2;
+skips with the reason elsewhere."""
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mpi4py")
+from fasttrain.parallel import cluster as cl  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(__file__).parent / "mpi_scripts"
+FAST = ["--monitor-every", "0", "--quiet", "--no-plot"]
+_why = cl.unavailable() or (None if cl.mpiexec_path().exists() else f"no mpiexec beside {sys.executable}")
+pytestmark = [pytest.mark.mpi, pytest.mark.skipif(_why is not None, reason=f"no emulated cluster: {_why}")]
+#: (hosts, ranks per host): two ranks sharing each of two hosts, and three single-rank hosts
+LAYOUTS = [(2, 2), (3, 1)]
+
+
+def env():
+    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def run_json(cluster, script, *args, timeout=180):
+    proc = cluster.run([sys.executable, "-m", "mpi4py", str(SCRIPTS / script), *args], timeout=timeout, env=env(),
+                       cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def across_hosts(cluster):
+    """The algorithm for mid sizes (64 KB .. 8 MB) when ranks span hosts."""
+    return "halving_doubling"
+
+
+@pytest.fixture(scope="module", params=LAYOUTS, ids=lambda hr: f"{hr[0]}hostsx{hr[1]}")
+def cluster(request):
+    hosts, per = request.param
+    with cl.Cluster(hosts, per) as c:
+        yield c
+
+
+def test_cluster_set_up_and_torn_down():
+    with cl.Cluster(2, [2, 1], rate="1gbit") as c:
+        assert c.size == 3 and [c.host_of(r) for r in range(3)] == ["h0", "h0", "h1"]
+        names = cl._sh("ip", "netns", "list").stdout
+        assert f"{c.id}-h0" in names and f"{c.id}-h1" in names
+        assert "htb" in cl._sh("tc", "qdisc", "show", "dev", c.veth(0)).stdout
+        proc = c.run(["sh", "-c", "echo $(hostname) $(ip -4 -o addr show eth0 | awk '{print $4}')"], timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        lines = sorted(proc.stdout.split("\n")[:-1])
+        assert [ln.split()[0] for ln in lines] == ["h0", "h0", "h1"]
+        assert all(ln.split()[1].startswith("198.1") for ln in lines), lines
+    names = cl._sh("ip", "netns", "list").stdout
+    assert c.id not in names and not Path(f"/sys/class/net/{c.bridge}").exists()
+
+
+def test_rate_parsing():
+    assert cl._rate_bits("1gbit") == 10 ** 9 and cl._rate_bits("100mbit") == 10 ** 8 and cl._rate_bits(5e6) == 5 * 10 ** 6
+    with pytest.raises(ValueError, match="rate"):
+        cl._rate_bits("fast")
+
+
+def test_every_algorithm_exact_across_hosts_over_tcp(cluster):
+    sizes = [0, 1, 3, 4099, 300007]
+    before = [cluster.link_bytes(h) for h in range(cluster.hosts)]
+    out = run_json(cluster, "ring_check.py", ",".join(map(str, sizes)), "65536")
+    moved = [cluster.link_bytes(h) - b for h, b in enumerate(before)]
+    assert out["size"] == cluster.size and out["hosts"] == cluster.hosts
+    # every rank's 300007 floats reach the other hosts: over TCP on the veth, not shared memory
+    assert min(moved) > 4 * 300007, moved
+    for c in out["cases"]:
+        for name in ("auto", "recursive_doubling", "ring", "shared_memory", "halving_doubling"):
+            assert c["exact_" + name], (name, c)
+        for key in ("sum", "mean", "ring_sum", "shm_sum", "hd_sum", "bucketed"):
+            assert c[key + "_identical"] and c[key + "_relerr"] <= 1e-5, (key, c)
+        assert c["shm_repeat_ok"] and c["int8_identical"] and c["int8_err"] <= 1 / 127 * 1.0001, c
+    # across hosts the shared-memory window alone cannot reduce: ranks on other hosts are not in it
+    assert out["algorithms"]["262144"] == across_hosts(cluster)
+    assert out["algorithms"]["1024"] == "recursive_doubling"
+
+
+@pytest.mark.parametrize("flags", [["--compress", "int8"], ["--local-sgd", "4"]], ids=["int8", "local-sgd-4"])
+def test_training_across_hosts_ends_identical(cluster, flags, tmp_path):
+    out = run_json(cluster, "train_run.py", *FAST, "--epochs", "2", "--limit", "600", "--dist", "ring", *flags,
+                   "--run-dir", str(tmp_path))
+    assert len(out["hashes"]) == cluster.size and len(set(out["hashes"])) == 1, out["hashes"]
+    assert out["hosts"] == cluster.hosts
+    expected = {"--compress": "ring+int8"}.get(flags[0], across_hosts(cluster))  # 86 KB of gradients
+    assert out["allreduce_algorithm"] == expected, out
