@@ -5,6 +5,10 @@ The mask comes from Philox-4x32-10 keyed by (seed, step, layer) (docs/KERNELS.md
 regenerates it: the layer stores nothing but the input shape and the mask's key. `step` is set
 for the whole model by `Module.set_step` (the trainer owns the counter); `layer_id` tells layers
 apart, so two Dropout layers in one model draw different masks at the same step.
+
+`rows = (start, total)` says the next forward sees rows [start, start + n) of a batch of `total`
+rows (a pipeline's micro-batch): the layer then applies those rows of the whole batch's mask, so
+a micro-batch's examples are dropped exactly as in the whole batch, whatever the cut.
 """
 from __future__ import annotations
 
@@ -34,6 +38,8 @@ class Dropout(Module):
         self.p = float(p)
         self.seed = int(seed)
         self.layer_id = int(layer_id)
+        self.rows = None      # (start, total): the next forward's rows within the whole batch
+        self._keep = None     # ((key, total, per-row size), the whole batch's uint8 keep mask)
 
     def extra_repr(self):
         return f"p={self.p}, seed={self.seed}, layer_id={self.layer_id}"
@@ -49,23 +55,38 @@ class Dropout(Module):
         # the cache is the shape and the mask's key (a few ints), never the mask itself; keeping
         # the key means a set_step between forward and backward cannot desynchronize the masks
         key = self._key() if self.training and self.p > 0 else None
-        self.cache = (tuple(x.shape), key)
+        rows = self.rows if key is not None else None
+        self.cache = (tuple(x.shape), key, rows)
         if key is None:
             return x
         x = np.ascontiguousarray(x)
         y = np.empty_like(x)
-        kernel("dropout_fwd", like=x)(x, y, *key)
+        self._apply("dropout_fwd", x, y, key, rows)
         return y
+
+    def _apply(self, op, a, out, key, rows):
+        if rows is None:
+            kernel(op, like=a)(a, out, *key)
+            return
+        start, total = rows
+        per = a.size // a.shape[0]
+        if self._keep is None or self._keep[0] != (key, total, per):
+            whole = np.empty(total * per, np.uint8)
+            kernel("dropout_mask", like=whole)(whole, *key)
+            self._keep = ((key, total, per), whole)
+        keep = self._keep[1][start * per:(start + a.shape[0]) * per].reshape(a.shape).view(bool)
+        # the formula of the reference kernel, so the values equal the whole batch's bit for bit
+        np.multiply(np.where(keep, a, 0), a.dtype.type(1.0 / (1.0 - self.p)), out=out)
 
     def backward(self, dy):
         if self.cache is None:
             raise RuntimeError("Dropout.backward: call forward first")
-        shape, key = self.cache
+        shape, key, rows = self.cache
         if tuple(dy.shape) != shape:
             raise ValueError(f"Dropout.backward: expected dy of shape {shape} (the forward output), got {tuple(dy.shape)}")
         if key is None:
             return dy
         dy = np.ascontiguousarray(dy)
         dx = np.empty_like(dy)
-        kernel("dropout_bwd", like=dy)(dy, dx, *key)
+        self._apply("dropout_bwd", dy, dx, key, rows)
         return dx

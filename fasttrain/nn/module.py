@@ -12,6 +12,10 @@ from ..arena import Parameter
 
 
 class Module:
+    #: attributes a forward sets and the matching backward reads (the per-call state): a pipeline
+    #: runs several micro-batches' forwards before their backwards and keeps each one's apart
+    cache_attrs: tuple[str, ...] = ("cache",)
+
     def __init__(self):
         self.training = True
         self._params: dict[str, Parameter] = {}
@@ -64,6 +68,26 @@ class Module:
         (seed, step, layer), so backward and a resumed run regenerate the same masks."""
         for _, m in self.named_modules():
             m.step = int(step)
+
+    def stash_cache(self, clear: bool = True) -> list:
+        """The per-call state (`cache_attrs`) of every module of the subtree, left by the last
+        forward; clear=True drops the modules' own references, so the stash alone holds it."""
+        out = []
+        for _, m in self.named_modules():
+            out.append(tuple(getattr(m, a) for a in m.cache_attrs))
+            if clear:
+                for a in m.cache_attrs:
+                    setattr(m, a, None)
+        return out
+
+    def restore_cache(self, stash: list) -> None:
+        """Put back what stash_cache returned, so the next backward is that forward's."""
+        modules = [m for _, m in self.named_modules()]
+        if len(stash) != len(modules):
+            raise ValueError(f"{self.name}.restore_cache: expected a stash of {len(modules)} modules, got {len(stash)}")
+        for m, values in zip(modules, stash):
+            for a, v in zip(m.cache_attrs, values):
+                setattr(m, a, v)
 
     # -- computation ----------------------------------------------------------------------------
     def forward(self, x):

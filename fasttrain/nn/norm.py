@@ -28,6 +28,7 @@ from .module import Module
 
 
 class _BatchNorm(Module):
+    cache_attrs = ("cache", "_relu_out")
     _ndims: tuple = ()          # accepted input ranks
     _layout: str = ""           # for error messages
 

@@ -1,0 +1,437 @@
+"""Pipeline (model) parallelism: the layers of a Sequential cut into S contiguous stages, one
+stage per rank, a batch cut into M micro-batches that flow through the stages.
+
+Why and when (the lecture notes' model parallelism, "idea #1: run different layers on different
+devices"): each rank holds only its stage's parameters, gradients and optimizer state, and sends
+only the activations at its stage boundary forward and their gradients back, instead of the
+whole gradient every step (data parallelism). Its problem is the one the notes name: "devices
+spend lots of time waiting". Run naively (M = 1) stage s idles while the others compute. Cutting
+the batch into M micro-batches (Huang et al., "GPipe", NeurIPS 2019) lets stage s work on
+micro-batch m + 1 while stage s + 1 works on m; what stays idle is the fill and drain of the
+pipeline, the bubble, a fraction (S - 1) / (M + S - 1) of the step when stages cost the same.
+
+Schedules (one list of ops per stage, `schedule_ops`):
+- 'gpipe': all M forwards, then all M backwards. Every stage holds the cached activations of
+  all M micro-batches at the turn.
+- '1f1b' (PipeDream-Flush, Narayanan et al., "Memory-Efficient Pipeline-Parallel DNN Training",
+  ICML 2021): stage s runs S - s - 1 warm-up forwards, then alternates one forward, one backward,
+  then drains. Same bubble, but stage s holds at most S - s micro-batches' activations.
+Backwards run in micro-batch order in both, so gradients accumulate into the stage's arena in the
+same order as a single process accumulating over the same micro-batches: the parameters after a
+step are bit-identical to that (the S = 1 pipeline), and equal to one whole-batch step within
+float32 reassociation (the micro-batch gradients are scaled by rows/N and summed; with M = 1 it
+is the same arithmetic, bit for bit).
+
+Semantics: BatchNorm normalizes each micro-batch with its own statistics and updates its running
+averages once per micro-batch (as GPipe does); dropout masks are the whole batch's rows
+(`nn.Dropout.rows`), so they depend on neither the stage split nor M.
+
+Communication: activations and gradients go by non-blocking point-to-point (Communicator.isend /
+irecv, so ThreadComm runs the same code without MPI). The receive an op needs is posted one op
+ahead, before the current op computes, so the transfer overlaps it; sends are waited when done
+(MPI_Test) or at the end of the step. The first message of each micro-batch size on a link is
+preceded by a shape header; after that only data flows.
+
+Stage balance ('cost'): each top-level layer (a residual block is one layer) costs
+6 x its multiply-adds per example (convolutions and linear layers: forward, backward-data and
+backward-weight) + 10 x its output values per example (element-wise layers, bandwidth-bound)
++ 4 x its parameters (the optimizer's pass); shapes come from a 2-example forward of each layer
+alone in eval mode. The cut minimizes the most expensive stage. A list of layer counts per stage
+overrides it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..arena import ParamArena
+from ..nn.conv import Conv2d
+from ..nn.dropout import Dropout
+from ..nn.linear import Linear
+from ..nn.module import Module, Sequential
+from ..train.checkpoint import module_buffers
+from .comm import Communicator
+
+SCHEDULES = ("gpipe", "1f1b")
+_ACT, _GRAD = 0, 1                      # message kinds: activations forward, their gradients back
+_TAGS = {_ACT: (301, 303), _GRAD: (302, 304)}   # (data tag, shape-header tag)
+_MAX_NDIM = 8
+
+
+def pipeline_layers(model) -> list[Module]:
+    """The top-level layers of a Sequential model, or a ValueError saying why it cannot be cut."""
+    if not isinstance(model, Sequential) or type(model).forward is not Sequential.forward \
+            or type(model).backward is not Sequential.backward:
+        raise ValueError(f"pipeline: expected a fasttrain.nn.Sequential model to cut into stages, got "
+                         f"{type(model).__name__}")
+    return [layer for _, layer in model._children]
+
+
+def check_split(layers: int, stages: int, micro_batches: int, batch_size: int | None = None) -> None:
+    """One-line errors for a split that cannot run, before anything is built."""
+    for name, v in (("pipeline_stages", stages), ("micro_batches", micro_batches)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
+    if stages > layers:
+        raise ValueError(f"pipeline_stages={stages}: the model has {layers} top-level layers (a residual block "
+                         f"counts as one); expected at most {layers} stages")
+    if batch_size is not None and micro_batches > batch_size:
+        raise ValueError(f"micro_batches={micro_batches}: a batch of {batch_size} examples cannot be cut into "
+                         f"{micro_batches} non-empty micro-batches; expected micro_batches <= batch_size")
+
+
+def schedule_ops(schedule: str, stages: int, stage: int, micro_batches: int) -> list[tuple[str, int]]:
+    """Stage `stage`'s ops for one step: ('F', m) forward and ('B', m) backward of micro-batch m."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"pipeline_schedule: expected one of {SCHEDULES}, got {schedule!r}")
+    M = micro_batches
+    if schedule == "gpipe":
+        return [("F", m) for m in range(M)] + [("B", m) for m in range(M)]
+    warm = min(stages - stage - 1, M)
+    ops = [("F", m) for m in range(warm)]
+    for m in range(M - warm):
+        ops += [("F", warm + m), ("B", m)]
+    return ops + [("B", m) for m in range(M - warm, M)]
+
+
+def micro_rows(n: int, micro_batches: int) -> list[tuple[int, int]]:
+    """(first row, rows) of each micro-batch: the first n % M get one row more (np.array_split)."""
+    base, extra = divmod(n, micro_batches)
+    out, start = [], 0
+    for m in range(micro_batches):
+        rows = base + (m < extra)
+        out.append((start, rows))
+        start += rows
+    return out
+
+
+def partition(costs, stages: int) -> list[int]:
+    """Layer counts of `stages` contiguous, non-empty stages minimizing the largest stage cost
+    (dynamic programming over cut points; ties go to the earlier cut)."""
+    L = len(costs)
+    check_split(L, stages, 1)
+    prefix = np.concatenate([[0.0], np.cumsum(np.asarray(costs, np.float64))])
+    inf = float("inf")
+    best = np.full((stages + 1, L + 1), inf)
+    cut = np.zeros((stages + 1, L + 1), np.int64)
+    best[0, 0] = 0.0
+    for s in range(1, stages + 1):
+        for j in range(s, L + 1):
+            for i in range(s - 1, j):
+                v = max(best[s - 1, i], prefix[j] - prefix[i])
+                if v < best[s, j]:
+                    best[s, j], cut[s, j] = v, i
+    counts, j = [], L
+    for s in range(stages, 0, -1):
+        i = int(cut[s, j])
+        counts.append(j - i)
+        j = i
+    return counts[::-1]
+
+
+def _own_params(module: Module) -> list:
+    # _params directly: parameters() on a child renames its parameters relative to that child
+    return [p for _, m in module.named_modules() for p in m._params.values()]
+
+
+def layer_costs(layers: list[Module], input_shape, dtype=np.float32) -> list[float]:
+    """The estimated cost of each layer (module docstring), from a 2-example forward of each layer
+    alone in eval mode. Parameters not yet bound get a temporary zero arena for it, one layer at
+    a time, so no rank ever holds the whole model's parameters."""
+    x = np.zeros((2,) + tuple(int(d) for d in input_shape), dtype)
+    costs = []
+    for i, layer in enumerate(layers):
+        params = _own_params(layer)
+        temporary = params and params[0].data is None
+        if temporary:
+            ParamArena(params, dtype=dtype, init=False)
+        modes = [(m, m.training) for _, m in layer.named_modules()]
+        layer.eval()
+        try:
+            y = layer.forward(x)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"pipeline: probing layer {i} ({type(layer).__name__}) with input {x.shape} failed: "
+                             f"{exc}") from None
+        macs = 0
+        for _, m in layer.named_modules():
+            if isinstance(m, Conv2d):
+                xin = m.cache[0]
+                r, s = m.kernel_size
+                (sh, sw), (ph, pw) = m.stride, m.padding
+                p = (xin.shape[2] + 2 * ph - r) // sh + 1
+                q = (xin.shape[3] + 2 * pw - s) // sw + 1
+                macs += m.out_channels * p * q * m.in_channels * r * s
+            elif isinstance(m, Linear):
+                macs += m.in_features * m.out_features
+        for m, mode in modes:
+            m.training = mode
+        layer.stash_cache(clear=True)
+        if temporary:
+            for p in params:
+                p.data = p.grad = None
+        costs.append(6.0 * macs + 10.0 * y[0].size + 4.0 * sum(p.size for p in params))
+        x = y
+    return costs
+
+
+def _test(req) -> bool:
+    """Whether a send request finished, without blocking (MPI_Test); requests that cannot say
+    (ThreadComm's are done at once) count as finished."""
+    test = getattr(req, "Test", None)
+    return bool(test()) if test is not None else True
+
+
+def _nbytes(obj, seen: set) -> int:
+    if isinstance(obj, np.ndarray):
+        base = obj if obj.base is None else obj.base
+        if id(base) in seen or not isinstance(base, np.ndarray):
+            return 0
+        seen.add(id(base))
+        return base.nbytes
+    if isinstance(obj, (tuple, list)):
+        return sum(_nbytes(o, seen) for o in obj)
+    return 0
+
+
+class Pipeline:
+    """Stage `comm.rank` of a `comm.size`-stage pipeline over `model` (a Sequential).
+
+    model: every rank builds the same model; parameters may be unbound (they are then
+    initialized as ParamArena.for_model(model, seed) would, each rank keeping its stage's) or
+    bound to a full arena (this rank's stage copies their values). input_shape: one example's
+    shape, (C, H, W) or (F,), for the cost probe. balance: 'cost' or a list of layer counts.
+    After construction: `arena` (this stage's parameters), `module` (a Sequential of its layers,
+    the module optimizers, DataParallel and checkpoints see), `bounds` (first, stop) per stage."""
+
+    def __init__(self, model, comm: Communicator, micro_batches: int = 1, schedule: str = "1f1b",
+                 input_shape=None, balance="cost", seed: int = 0, dtype=np.float32):
+        layers = pipeline_layers(model)
+        S = comm.size
+        check_split(len(layers), S, micro_batches)
+        if schedule not in SCHEDULES:
+            raise ValueError(f"pipeline_schedule: expected one of {SCHEDULES}, got {schedule!r}")
+        self.comm, self.model, self.stages, self.stage = comm, model, S, comm.rank
+        self.micro_batches, self.schedule, self.dtype = int(micro_batches), schedule, np.dtype(dtype)
+        all_params = model.parameters()   # names every parameter by its path in the whole model
+        bound = [p.data is not None for p in all_params]
+        if any(bound) and not all(bound):
+            raise ValueError("Pipeline(model): some parameters are bound to an arena and some are not; expected "
+                             "all (values are copied) or none (initialized from the seed)")
+        if isinstance(balance, str):
+            if balance != "cost":
+                raise ValueError(f"Pipeline(balance): expected 'cost' or a list of layer counts, got {balance!r}")
+            if input_shape is None:
+                raise ValueError("Pipeline(input_shape): the 'cost' balance probes the layers; expected one "
+                                 "example's shape, e.g. (3, 32, 32)")
+            self.costs = layer_costs(layers, input_shape, self.dtype)
+            counts = partition(self.costs, S)
+        else:
+            counts = [int(c) for c in balance]
+            if len(counts) != S or min(counts) < 1 or sum(counts) != len(layers):
+                raise ValueError(f"Pipeline(balance): expected {S} layer counts >= 1 summing to {len(layers)}, "
+                                 f"got {list(balance)}")
+            self.costs = None
+        starts = np.concatenate([[0], np.cumsum(counts)]).astype(int)
+        self.bounds = [(int(starts[s]), int(starts[s + 1])) for s in range(S)]
+        first, stop = self.bounds[self.stage]
+        self.layers = layers[first:stop]
+        self.module = Sequential(*self.layers)   # paths inside it are local; names stay global
+        mine = {id(p) for layer in self.layers for p in _own_params(layer)}
+        self.params = [p for p in all_params if id(p) in mine]
+        if not self.params:
+            raise ValueError(f"pipeline stage {self.stage} (layers {first}..{stop - 1}) has no parameters; "
+                             "give a balance that puts a parameterized layer in every stage")
+        values = [np.array(p.data) for p in self.params] if all(bound) else None
+        self.arena = ParamArena(self.params, dtype=self.dtype, init=False)
+        if values is not None:
+            for p, v in zip(self.params, values):
+                p.data[...] = v
+        else:
+            # the draws of ParamArena.initialize over the whole model, in forward order, so every
+            # parameter gets the value a single process gives it; other stages' values are dropped
+            rng = np.random.default_rng(seed)
+            for p in all_params:
+                v = np.asarray(p.init(p.shape, rng, np.float64), dtype=self.dtype)
+                if id(p) in mine:
+                    p.data[...] = v
+        mods = {id(m) for layer in self.layers for _, m in layer.named_modules()}
+        #: '<path in the whole model>.<name>' -> (module, name) of this stage's buffers
+        self.buffers = {k: v for k, v in module_buffers(model).items() if id(v[0]) in mods}
+        self._dropouts = [m for _, m in self.module.named_modules() if isinstance(m, Dropout)]
+        self._shapes = {_ACT: {}, _GRAD: {}}        # rows -> shape received on each link
+        self._header_pending = {_ACT: set(), _GRAD: set()}
+        self._sent_shapes = {_ACT: set(), _GRAD: set()}
+        self.peak_in_flight = 0          # most micro-batches forwarded but not yet backwarded, last step
+        self.peak_activation_bytes = 0   # their caches, received inputs and unfinished sends, last step
+
+    # -- description ----------------------------------------------------------------------------
+    @property
+    def first(self) -> bool:
+        return self.stage == 0
+
+    @property
+    def last(self) -> bool:
+        return self.stage == self.stages - 1
+
+    def describe(self) -> str:
+        cuts = ", ".join(f"{a}..{b - 1}" for a, b in self.bounds)
+        if self.costs is not None:
+            share = [sum(self.costs[a:b]) for a, b in self.bounds]
+            cuts += f" (estimated cost shares {', '.join(f'{c / sum(share):.2f}' for c in share)})"
+        bubble = (self.stages - 1) / (self.micro_batches + self.stages - 1)
+        return (f"pipeline of {self.stages} stages (layers {cuts}), {self.micro_batches} micro-batches, "
+                f"{self.schedule} (ideal bubble {bubble:.0%})")
+
+    # -- messages -------------------------------------------------------------------------------
+    def _peer(self, kind: int) -> int:
+        return self.stage - 1 if kind == _ACT else self.stage + 1
+
+    def _post(self, kind: int, m: int, force: bool = False) -> None:
+        """Post the receive of micro-batch m's activation (kind _ACT) or gradient (_GRAD)."""
+        if (kind, m) in self._recvs:
+            return
+        rows = self._rows[m][1]
+        shape = self._shapes[kind].get(rows)
+        tag, header_tag = _TAGS[kind]
+        if shape is not None:
+            buf = np.empty(shape, self.dtype)
+            self._recvs[kind, m] = ("data", buf, self.comm.irecv(buf, self._peer(kind), tag))
+        elif rows not in self._header_pending[kind]:
+            header = np.zeros(_MAX_NDIM + 1, np.int64)
+            self._recvs[kind, m] = ("header", header, self.comm.irecv(header, self._peer(kind), header_tag))
+            self._header_pending[kind].add(rows)
+        elif force:  # the earlier micro-batch of this size carries the header and was taken first
+            raise RuntimeError(f"pipeline stage {self.stage}: micro-batch {m}'s shape is unknown")
+        # else: posted later, once the earlier micro-batch's header told the shape
+
+    def _take(self, kind: int, m: int) -> np.ndarray:
+        if (kind, m) not in self._recvs:
+            self._post(kind, m, force=True)
+        what, buf, req = self._recvs.pop((kind, m))
+        self.comm.wait(req)
+        if what == "header":
+            rows = self._rows[m][1]
+            shape = tuple(int(d) for d in buf[1:1 + int(buf[0])])
+            self._shapes[kind][rows] = shape
+            self._header_pending[kind].discard(rows)
+            buf = np.empty(shape, self.dtype)
+            self.comm.wait(self.comm.irecv(buf, self._peer(kind), _TAGS[kind][0]))
+        return buf
+
+    def _send(self, kind: int, arr) -> None:
+        arr = np.ascontiguousarray(arr, dtype=self.dtype)
+        dest = self.stage + 1 if kind == _ACT else self.stage - 1
+        tag, header_tag = _TAGS[kind]
+        if arr.shape[0] not in self._sent_shapes[kind]:
+            if arr.ndim > _MAX_NDIM:
+                raise ValueError(f"pipeline stage {self.stage}: a {arr.ndim}-D activation; at most {_MAX_NDIM} dims")
+            header = np.zeros(_MAX_NDIM + 1, np.int64)
+            header[0], header[1:1 + arr.ndim] = arr.ndim, arr.shape
+            self._sends.append((self.comm.isend(header, dest, header_tag), header))
+            self._sent_shapes[kind].add(arr.shape[0])
+        self._sends.append((self.comm.isend(arr, dest, tag), arr))
+
+    def _reap(self) -> None:
+        self._sends = [(r, b) for r, b in self._sends if not _test(r)]
+
+    def _held_bytes(self) -> int:
+        seen: set = set()
+        return (_nbytes(list(self._stash.values()), seen) + _nbytes([b for _, b, _ in self._recvs.values()], seen)
+                + _nbytes([b for _, b in self._sends], seen) + _nbytes(list(self._dlogits.values()), seen))
+
+    # -- a step ---------------------------------------------------------------------------------
+    def _begin(self, x, y, n: int | None, need_y: bool = True) -> int:
+        """Check what this stage was given, cut the batch, reset the step's message state."""
+        if self.first and x is None:
+            raise ValueError("Pipeline: the first stage needs the batch's inputs x")
+        if self.last and need_y and y is None:
+            raise ValueError("Pipeline: the last stage needs the batch's targets y")
+        n = len(x) if x is not None else len(y) if y is not None else n
+        if n is None:
+            raise ValueError(f"Pipeline: stage {self.stage} got neither x nor y; pass the batch size n")
+        if self.micro_batches > n:
+            raise ValueError(f"micro_batches={self.micro_batches}: a batch of {n} examples cannot be cut into "
+                             f"{self.micro_batches} non-empty micro-batches; expected micro_batches <= batch size")
+        self._n, self._rows = n, micro_rows(n, self.micro_batches)
+        self._recvs, self._sends, self._stash, self._dlogits = {}, [], {}, {}
+        return n
+
+    def _forward(self, x, m: int):
+        start, rows = self._rows[m]
+        h = x[start:start + rows] if self.first else self._take(_ACT, m)
+        for d in self._dropouts:
+            d.rows = (start, self._n)
+        for layer in self.layers:
+            h = layer.forward(h)
+        for d in self._dropouts:
+            d.rows = None
+        return h
+
+    def _end(self):
+        self.comm.waitall([r for r, _ in self._sends])
+        self._sends = []
+
+    def train_step(self, x, y, loss_fn, step: int | None = None, n: int | None = None) -> tuple[float, int]:
+        """Forward and backward of the batch (x, y), micro-batch by micro-batch under the
+        schedule; gradients accumulate into `arena.grad` (zero it before, step the optimizer
+        after). The first stage reads x, the last y; the others may pass None for both and the
+        batch size n instead. Returns (mean loss over the batch, correct predictions) on every stage."""
+        n = self._begin(x, y, n)
+        if step is not None:
+            self.module.set_step(step)
+        ops = schedule_ops(self.schedule, self.stages, self.stage, self.micro_batches)
+        loss, correct, peak, peak_bytes = 0.0, 0, 0, 0
+        for k, (op, m) in enumerate(ops):
+            for op2, m2 in ops[k:k + 2]:  # this op's and the next op's receives, before computing
+                if op2 == "F" and not self.first:
+                    self._post(_ACT, m2)
+                elif op2 == "B" and not self.last:
+                    self._post(_GRAD, m2)
+            if op == "F":
+                h = self._forward(x, m)
+                self._stash[m] = self.module.stash_cache()
+                if self.last:
+                    start, rows = self._rows[m]
+                    target = y[start:start + rows]
+                    value, d = loss_fn(h, target)
+                    if rows != n:  # the loss is the batch mean: micro-batch m weighs rows / n
+                        d *= d.dtype.type(rows / n)
+                        value *= rows / n
+                    loss += value
+                    correct += int((h.argmax(axis=1) == np.asarray(target)).sum())
+                    self._dlogits[m] = d
+                else:
+                    self._send(_ACT, h)
+                peak = max(peak, len(self._stash))
+                peak_bytes = max(peak_bytes, self._held_bytes())
+            else:
+                dy = self._dlogits.pop(m) if self.last else self._take(_GRAD, m)
+                self.module.restore_cache(self._stash.pop(m))
+                for layer in reversed(self.layers):
+                    dy = layer.backward(dy)
+                self.module.stash_cache(clear=True)   # drop this micro-batch's activations now
+                if not self.first:
+                    self._send(_GRAD, dy)
+            self._reap()
+        self._end()
+        self.peak_in_flight, self.peak_activation_bytes = peak, peak_bytes
+        if self.stages > 1:
+            loss, correct = self.comm.bcast((loss, correct) if self.last else None, root=self.stages - 1)
+        return float(loss), int(correct)
+
+    def predict(self, x, n: int | None = None):
+        """Forward only (in the module's current mode), micro-batched: the last stage returns the
+        logits of the batch, the others None. Stages other than the first may pass x=None with n."""
+        self._begin(x, None, n, need_y=False)
+        outs = []
+        for m in range(self.micro_batches):
+            if not self.first and m + 1 < self.micro_batches:
+                self._post(_ACT, m + 1)
+            h = self._forward(x, m)
+            self.module.stash_cache(clear=True)
+            if self.last:
+                outs.append(h)
+            else:
+                self._send(_ACT, h)
+            self._reap()
+        self._end()
+        return np.concatenate(outs) if self.last else None
