@@ -476,3 +476,71 @@ def test_models_fuse_bn_relu_with_the_unfused_init_values_and_gradients():
     dy = np.random.default_rng(1).standard_normal((6, 10)).astype(np.float32)
     np.testing.assert_array_equal(fused.backward(dy), unfused.backward(dy))
     np.testing.assert_array_equal(a_fused.grad, a_unfused.grad)
+
+
+# -- conditioning: |mean| / std from 1 to 1e4 ------------------------------------------------------
+# E[x^2] - E[x]^2 in float32 loses ~log10(ratio^2) digits of the variance (all of them at 1e4);
+# every backend must stay as close to float64 as PyTorch's float32 batchnorm does.
+EPS32 = float(np.finfo(np.float32).eps)
+RATIOS = [1.0, 10.0, 1e2, 1e3, 1e4]
+
+
+def _conditioned(ratio, seed=0, shape=(8, 24, 7, 9)):
+    """float32 x whose channels have |mean| = ratio * std, std spread over 1e-3..1e3 (both signs);
+    and the float64 reference's statistics and output on those same float32 values."""
+    rng = np.random.default_rng(seed)
+    c = shape[1]
+    std = np.exp(rng.uniform(-7, 7, c))
+    mean = rng.choice([-1.0, 1.0], c) * ratio * std
+    x = (rng.standard_normal(shape) * std.reshape(1, c, 1, 1) + mean.reshape(1, c, 1, 1)).astype(np.float32)
+    g = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    want = np.empty(shape), np.empty(c), np.empty(c)
+    ref.batchnorm_fwd_train_ref(x.astype(np.float64), g.astype(np.float64), b.astype(np.float64), 1e-5, *want)
+    return x, g, b, want
+
+
+def _errors(got, want):
+    """Relative error of mean (to |mean| + std) and invstd, and y's error relative to max |y|."""
+    (y, m, i), (ey, em, ei) = got, want
+    return (np.max(np.abs(m - em) / (np.abs(em) + 1.0 / ei)), np.max(np.abs(i / ei - 1)),
+            np.max(np.abs(y - ey)) / np.max(np.abs(ey)))
+
+
+def _run_fwd_train(name, x, g, b):
+    c = x.shape[1]
+    got = np.full_like(x, np.nan), np.full(c, np.nan, np.float32), np.full(c, np.nan, np.float32)
+    backend.kernel("batchnorm_fwd_train", backend=name)(x, g, b, 1e-5, *got)
+    return got
+
+
+@pytest.mark.parametrize("ratio", RATIOS, ids=lambda r: f"mean/std={r:g}")
+@pytest.mark.parametrize("name", _cases("batchnorm_fwd_train"))
+def test_backend_statistics_stay_accurate_when_mean_dwarfs_std(name, ratio):
+    """Bounds from float32 rounding alone, so the test needs no oracle: the stored mean and invstd
+    are rounded to float32 (eps/2 each) after sums whose error, with the variance taken around a
+    value near the mean, does not grow with the ratio (a few eps with float32 partial sums); y is
+    x * a + c with |x * a| ~ gamma * ratio, so rounding there costs ~ratio * eps of max |y| /
+    max |y| ~ 4 (the formulation PyTorch uses too)."""
+    x, g, b, want = _conditioned(ratio)
+    em, ei, ey = _errors(_run_fwd_train(name, x, g, b), want)
+    assert em <= 4 * EPS32, f"{name}: mean relative error {em:.2g} at mean/std={ratio:g}"
+    assert ei <= 8 * EPS32, f"{name}: invstd relative error {ei:.2g} at mean/std={ratio:g}"
+    assert ey <= 2 * EPS32 * (ratio + 4), f"{name}: y error {ey:.2g} of max |y| at mean/std={ratio:g}"
+
+
+@pytest.mark.parametrize("name", _cases("batchnorm_fwd_train"))
+def test_backend_conditioning_sweep_within_2x_of_pytorch_float32(name):
+    """PyTorch float32 as a second oracle: at every ratio, each error is at most twice torch's (or
+    2 eps where torch's own error is below float32's resolution of the quantity)."""
+    torch = pytest.importorskip("torch")
+    for ratio in RATIOS:
+        x, g, b, want = _conditioned(ratio, seed=1)
+        t = torch.from_numpy(x)
+        var, m = torch.var_mean(t, dim=(0, 2, 3), unbiased=False)
+        y = torch.nn.functional.batch_norm(t, None, None, torch.from_numpy(g), torch.from_numpy(b), True, 0.1, 1e-5)
+        limits = [2 * max(e, 2 * EPS32) for e in _errors((y.numpy(), m.numpy(), (1 / torch.sqrt(var + 1e-5)).numpy()),
+                                                         want)]
+        got = _errors(_run_fwd_train(name, x, g, b), want)
+        for what, e, limit in zip(("mean", "invstd", "y"), got, limits):
+            assert e <= limit, f"{name}: {what} error {e:.2g} > 2x PyTorch's ({limit / 2:.2g}) at mean/std={ratio:g}"

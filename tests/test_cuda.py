@@ -100,6 +100,22 @@ def test_batchnorm_matches_reference(shape, relu):
     np.testing.assert_allclose(gye, ye, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("ratio", [1.0, 1e2, 1e4])
+def test_batchnorm_variance_stays_accurate_when_mean_dwarfs_std(ratio):
+    """|mean| / std up to 1e4: the bounds of test_batchnorm's CPU sweep (float32 rounding only)."""
+    rng = np.random.default_rng(3)
+    shape, eps32 = (8, 24, 7, 9), float(np.finfo(np.float32).eps)
+    std = np.exp(rng.uniform(-7, 7, shape[1])).reshape(1, -1, 1, 1)
+    x = (rng.standard_normal(shape) * std + ratio * std).astype(np.float32)
+    g, b = np.ones(shape[1], np.float32), np.zeros(shape[1], np.float32)
+    mean, inv = np.empty(shape[1], np.float32), np.empty(shape[1], np.float32)
+    (y, m, i), (gy, gm, gi) = _both("batchnorm_fwd_train", [x, g, b, 1e-5, np.empty_like(x), mean, inv],
+                                    [4, 5, 6])
+    assert np.max(np.abs(gi / i - 1)) <= 8 * eps32
+    assert np.max(np.abs(gm - m) / (np.abs(m) + 1 / i)) <= 4 * eps32
+    assert np.max(np.abs(gy - y)) <= 2 * eps32 * (ratio + 4) * np.max(np.abs(y))
+
+
 @pytest.mark.parametrize("n,c", [(1, 2), (7, 10), (128, 1000)])
 def test_softmax_xent_matches_reference(n, c):
     rng = np.random.default_rng(2)

@@ -245,6 +245,15 @@ def cuda_checks(xp, sizes=(1, 5, 37)):
         cuda_batchnorm.batchnorm_bwd(to(xb), to(dyb), to(g), to(mu0), to(is0), dx1, dg1, dbt1)
         for name, a, b in (("dx", dx1, dx0), ("dgamma", dg1, dg0), ("dbeta", dbt1, dbt0)):
             np.testing.assert_allclose(back(a), b, rtol=1e-4, atol=1e-4, err_msg=f"batchnorm_bwd {name} n={n}")
+        # |mean| / std = 1e4: the variance must not cancel (the bound of test_batchnorm's sweep)
+        xc = (rng.standard_normal(xb.shape) * 1e-2 + 1e2).astype(np.float32)
+        ic0 = np.empty(3)
+        bn_ref.batchnorm_fwd_train_ref(xc.astype(np.float64), g, bt, 1e-5, np.empty(xc.shape), np.empty(3), ic0)
+        ic1 = to(np.empty(3, np.float32))
+        cuda_batchnorm.batchnorm_fwd_train(to(xc), to(g), to(bt), 1e-5, to(np.empty_like(xc)),
+                                           to(np.empty(3, np.float32)), ic1)
+        np.testing.assert_allclose(back(ic1), ic0, rtol=8 * np.finfo(np.float32).eps,
+                                   err_msg=f"batchnorm_fwd_train invstd at mean/std 1e4 n={n}")
         # fused ReLU: forward max(0, bn), backward masked by that output
         y0, mu0, is0 = np.empty_like(xb), np.empty(3, np.float32), np.empty(3, np.float32)
         bn_ref.batchnorm_fwd_train_ref(xb, g, bt, 1e-5, y0, mu0, is0, True)

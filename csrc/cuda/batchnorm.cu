@@ -1,6 +1,6 @@
 // Batch normalization on the GPU, x viewed as (N, C, S): one block per channel reduces the
-// statistics in one pass (sum and sum of squares), normalize + affine is a second pass; backward
-// is a per-channel reduction then an element-wise pass (docs/KERNELS.md). Fused ReLU: the affine
+// statistics in one pass (sums of x - K and its square, K a value of the channel), normalize +
+// affine is a second pass; backward is a per-channel reduction then an element-wise pass (docs/KERNELS.md). Fused ReLU: the affine
 // pass writes max(0, y) when relu is set; the backward passes read dy masked by the forward's
 // output y > 0 when y is given (nullptr: no ReLU).
 #include "fasttrain/cuda.h"
@@ -26,16 +26,19 @@ __global__ void bn_stats_kernel(const float* __restrict__ x, int64_t n, int64_t 
                                 float* __restrict__ mean, float* __restrict__ invstd) {
   __shared__ double smem[kBnBlock];
   int64_t ch = blockIdx.x, m = n * s;
+  // sums of d = x - K, K = the channel's first value (the "shifted data" variance of Chan, Golub &
+  // LeVeque 1983): E[d^2] - E[d]^2 cancels only as much as (mean - K)^2 / var, not mean^2 / var
+  const double shift = m > 0 ? (double)x[ch * s] : 0.0;
   double acc = 0, acc2 = 0;
   for (int64_t k = threadIdx.x; k < m; k += blockDim.x) {
-    float v = x[(k / s) * c * s + ch * s + k % s];
-    acc += v;
-    acc2 += (double)v * v;
+    double d = (double)x[(k / s) * c * s + ch * s + k % s] - shift;
+    acc += d;
+    acc2 += d * d;
   }
   acc = block_sum_d(acc, smem);
   acc2 = block_sum_d(acc2, smem);
   if (threadIdx.x == 0) {
-    double mu = acc / m, var = fmax(acc2 / m - mu * mu, 0.0);
+    double dmu = acc / m, mu = shift + dmu, var = fmax(acc2 / m - dmu * dmu, 0.0);
     mean[ch] = (float)mu;
     invstd[ch] = (float)(1.0 / sqrt(var + eps));
   }

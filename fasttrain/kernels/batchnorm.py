@@ -25,14 +25,16 @@ def _relu_inplace(y):
 
 def batchnorm_fwd_train_ref(x, gamma, beta, eps, y, mean, invstd, relu=False):
     # x, y: (N, C, ...); gamma, beta, mean, invstd: (C,); relu: y = max(0, bn(x)) (fused ReLU)
+    # Two passes (mean, then centered squares): the biased variance without cancellation. In
+    # float64 whatever x's dtype, as the fast kernels accumulate: a float32 mean is off by up to
+    # |mean| * eps32 / 2, which at |mean| / std = 1e4 would cost float32 input 10 eps in invstd.
     xs = _ncs(x)
-    mu = xs.mean(axis=(0, 2))
-    # two passes (mean, then centered squares): the biased variance without cancellation
-    var = np.square(xs - _per_channel(mu)).mean(axis=(0, 2))
-    inv = 1.0 / np.sqrt(var + eps)
+    mu = xs.mean(axis=(0, 2), dtype=np.float64)
+    d = xs - _per_channel(mu)
+    inv = 1.0 / np.sqrt(np.square(d).mean(axis=(0, 2)) + eps)
     mean[...] = mu
     invstd[...] = inv
-    _ncs(y)[...] = (xs - _per_channel(mu)) * _per_channel(inv * gamma) + _per_channel(beta)
+    _ncs(y)[...] = d * _per_channel(inv * gamma) + _per_channel(beta)
     if relu:
         _relu_inplace(y)
 

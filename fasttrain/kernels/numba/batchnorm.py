@@ -1,5 +1,6 @@
-"""Batch normalization with Numba (docs/KERNELS.md): statistics in one pass (sums in float64),
-normalize + affine (+ the fused ReLU) in a second; backward in two passes, reading dy masked by the
+"""Batch normalization with Numba (docs/KERNELS.md): statistics in one pass (sums in float64 of
+the values shifted by the channel's first value, so the variance does not cancel when
+|mean| >> std), normalize + affine (+ the fused ReLU) in a second; backward in two passes, reading dy masked by the
 fused ReLU's output when there is one. Parallel over channels."""
 import math
 
@@ -25,15 +26,20 @@ def _fwd_train(x, gamma, beta, eps, y, mean, invstd, relu):
     n, c, s = x.shape
     m = n * s
     for ch in nb.prange(c):
+        # "shifted data" variance (Chan, Golub & LeVeque 1983): E[d^2] - E[d]^2 with d = x - K and
+        # K = a value of the channel, so the cancellation is bounded by (mean - K)^2 / var, where
+        # E[x^2] - E[x]^2 loses everything at |mean| / std ~ 1e4 in float32
+        shift = np.float64(x[0, ch, 0]) if m > 0 else 0.0
         acc = 0.0
         acc2 = 0.0
         for i in range(n):
             for k in range(s):
-                v = x[i, ch, k]
-                acc += v
-                acc2 += v * v
-        mu = acc / m
-        var = max(acc2 / m - mu * mu, 0.0)
+                d = np.float64(x[i, ch, k]) - shift
+                acc += d
+                acc2 += d * d
+        dmu = acc / m
+        mu = shift + dmu
+        var = max(acc2 / m - dmu * dmu, 0.0)
         inv = 1.0 / math.sqrt(var + eps)
         mean[ch] = mu
         invstd[ch] = inv

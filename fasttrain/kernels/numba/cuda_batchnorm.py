@@ -37,15 +37,19 @@ def _fwd_train(x, gamma, beta, eps, y, mean, invstd, relu):
     m = n * s
     sa = cuda.shared.array(THREADS, float64)
     sb = cuda.shared.array(THREADS, float64)
+    # sums of d = x - K with K the channel's first value (shifted-data variance, as the CPU
+    # kernels): the cancellation in E[d^2] - E[d]^2 is bounded by (mean - K)^2 / var
+    shift = float64(x[0, ch, 0])
     acc = 0.0
     acc2 = 0.0
     for e in range(cuda.threadIdx.x, m, THREADS):
-        v = float64(x[e // s, ch, e % s])
-        acc += v
-        acc2 += v * v
+        d = float64(x[e // s, ch, e % s]) - shift
+        acc += d
+        acc2 += d * d
     acc, acc2 = _block_sum2(acc, acc2, sa, sb)
-    mu = acc / m
-    var = max(acc2 / m - mu * mu, 0.0)   # biased variance
+    dmu = acc / m
+    mu = shift + dmu
+    var = max(acc2 / m - dmu * dmu, 0.0)   # biased variance
     inv = 1.0 / math.sqrt(var + eps)
     if cuda.threadIdx.x == 0:
         mean[ch] = mu
