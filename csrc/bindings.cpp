@@ -85,28 +85,38 @@ void check_window(const char* op, int64_t sh, int64_t sw, int64_t ph, int64_t pw
   FT_CHECK(ph >= 0 && pw >= 0, op << "(ph, pw): expected paddings >= 0, got (" << ph << ", " << pw << ")");
 }
 
-// Output extent of a window sweep; raises when the window does not fit the padded input.
-int64_t out_extent(const char* op, const char* what, int64_t in, int64_t k, int64_t s, int64_t p) {
-  FT_CHECK(k >= 1 && in + 2 * p >= k, op << ": " << what << " window " << k << " does not fit input "
-                                         << in << " with padding " << p);
-  return (in + 2 * p - k) / s + 1;
+// Output extent of a window sweep; raises when the window does not fit the padded input. `dil`:
+// the distance between taps, so the window spans dil * (k - 1) + 1 inputs.
+int64_t out_extent(const char* op, const char* what, int64_t in, int64_t k, int64_t s, int64_t p,
+                   int64_t dil = 1) {
+  const int64_t span = dil * (k - 1) + 1;
+  FT_CHECK(k >= 1 && in + 2 * p >= span, op << ": " << what << " window " << span
+                                             << " does not fit input " << in << " with padding " << p);
+  return (in + 2 * p - span) / s + 1;
 }
 
 struct Conv {
   int64_t N, C, H, W, K, R, S, P, Q;
 };
 
-// x (N,C,H,W) and w (K,C,R,S) define the convolution; y/dy must be (N,K,P,Q).
+// x (N,C,H,W) and w (K,C/groups,R,S) define the convolution; y/dy must be (N,K,P,Q).
 Conv conv_geom(const char* op, const py::array& x, const py::array& w, int64_t sh, int64_t sw,
-               int64_t ph, int64_t pw, const char* xname) {
+               int64_t ph, int64_t pw, int64_t dilh, int64_t dilw, int64_t groups,
+               const char* xname) {
   expect_ndim(op, xname, x, 4);
   expect_ndim(op, "w", w, 4);
   check_window(op, sh, sw, ph, pw);
+  FT_CHECK(dilh >= 1 && dilw >= 1,
+           op << "(dil_h, dil_w): expected dilations >= 1, got (" << dilh << ", " << dilw << ")");
   Conv g{x.shape(0), x.shape(1), x.shape(2), x.shape(3), w.shape(0), w.shape(2), w.shape(3), 0, 0};
-  FT_CHECK(w.shape(1) == g.C, op << "(w): expected shape (K, " << g.C << ", R, S) to match "
-                                 << xname << " " << shape_str(x) << ", got " << shape_str(w));
-  g.P = out_extent(op, "height", g.H, g.R, sh, ph);
-  g.Q = out_extent(op, "width", g.W, g.S, sw, pw);
+  FT_CHECK(groups >= 1 && g.C % groups == 0 && g.K % groups == 0,
+           op << "(groups): expected a positive divisor of the input channels " << g.C
+              << " and of the output channels " << g.K << ", got " << groups);
+  FT_CHECK(w.shape(1) == g.C / groups, op << "(w): expected shape (K, " << g.C / groups
+                                          << ", R, S) to match " << xname << " " << shape_str(x)
+                                          << " with groups " << groups << ", got " << shape_str(w));
+  g.P = out_extent(op, "height", g.H, g.R, sh, ph, dilh);
+  g.Q = out_extent(op, "width", g.W, g.S, sw, pw, dilw);
   return g;
 }
 
@@ -121,45 +131,51 @@ void bn_geom(const char* op, const py::array& x, int64_t& N, int64_t& C, int64_t
 
 void bind(py::module_& m) {
   m.def("conv2d_fwd", [](py::array x, py::array w, py::array b, py::array y, int64_t sh, int64_t sw,
-                         int64_t ph, int64_t pw, bool relu) {
+                         int64_t ph, int64_t pw, bool relu, int64_t dilh, int64_t dilw, int64_t groups) {
     const char* op = "conv2d_fwd";
-    Conv g = conv_geom(op, x, w, sh, sw, ph, pw, "x");
+    Conv g = conv_geom(op, x, w, sh, sw, ph, pw, dilh, dilw, groups, "x");
     expect_shape(op, "b", b, {g.K});
     expect_shape(op, "y", y, {g.N, g.K, g.P, g.Q});
     const float *px = ptr_of(x, "x"), *pw_ = ptr_of(w, "w"), *pb = ptr_of(b, "b");
     float* py_ = ptr_of(y, "y");
     py::gil_scoped_release nogil;
-    ft::cpu::conv2d_fwd(px, pw_, pb, py_, g.N, g.C, g.H, g.W, g.K, g.R, g.S, sh, sw, ph, pw, relu);
+    ft::cpu::conv2d_fwd(px, pw_, pb, py_, g.N, g.C, g.H, g.W, g.K, g.R, g.S, sh, sw, ph, pw, relu,
+                        dilh, dilw, groups);
   }, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("sh"), py::arg("sw"),
-     py::arg("ph"), py::arg("pw"), py::arg("relu"));
+     py::arg("ph"), py::arg("pw"), py::arg("relu"), py::arg("dil_h") = 1, py::arg("dil_w") = 1,
+     py::arg("groups") = 1);
 
   m.def("conv2d_bwd_data", [](py::array dy, py::array w, py::array dx, int64_t sh, int64_t sw,
-                              int64_t ph, int64_t pw) {
+                              int64_t ph, int64_t pw, int64_t dilh, int64_t dilw, int64_t groups) {
     const char* op = "conv2d_bwd_data";
-    Conv g = conv_geom(op, dx, w, sh, sw, ph, pw, "dx");
+    Conv g = conv_geom(op, dx, w, sh, sw, ph, pw, dilh, dilw, groups, "dx");
     expect_shape(op, "dy", dy, {g.N, g.K, g.P, g.Q});
     const float *pdy = ptr_of(dy, "dy"), *pw_ = ptr_of(w, "w");
     float* pdx = ptr_of(dx, "dx");
     py::gil_scoped_release nogil;
-    ft::cpu::conv2d_bwd_data(pdy, pw_, pdx, g.N, g.C, g.H, g.W, g.K, g.R, g.S, sh, sw, ph, pw);
+    ft::cpu::conv2d_bwd_data(pdy, pw_, pdx, g.N, g.C, g.H, g.W, g.K, g.R, g.S, sh, sw, ph, pw, dilh,
+                             dilw, groups);
   }, py::arg("dy"), py::arg("w"), py::arg("dx"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
-     py::arg("pw"));
+     py::arg("pw"), py::arg("dil_h") = 1, py::arg("dil_w") = 1, py::arg("groups") = 1);
 
   m.def("conv2d_bwd_weight", [](py::array x, py::array dy, py::array dw, py::array db, int64_t sh,
-                                int64_t sw, int64_t ph, int64_t pw) {
+                                int64_t sw, int64_t ph, int64_t pw, int64_t dilh, int64_t dilw,
+                                int64_t groups) {
     const char* op = "conv2d_bwd_weight";
-    Conv g = conv_geom(op, x, dw, sh, sw, ph, pw, "x");
+    Conv g = conv_geom(op, x, dw, sh, sw, ph, pw, dilh, dilw, groups, "x");
     expect_shape(op, "dy", dy, {g.N, g.K, g.P, g.Q});
     expect_shape(op, "db", db, {g.K});
     const float *px = ptr_of(x, "x"), *pdy = ptr_of(dy, "dy");
     float *pdw = ptr_of(dw, "dw"), *pdb = ptr_of(db, "db");
     py::gil_scoped_release nogil;
-    ft::cpu::conv2d_bwd_weight(px, pdy, pdw, pdb, g.N, g.C, g.H, g.W, g.K, g.R, g.S, sh, sw, ph, pw);
+    ft::cpu::conv2d_bwd_weight(px, pdy, pdw, pdb, g.N, g.C, g.H, g.W, g.K, g.R, g.S, sh, sw, ph, pw,
+                               dilh, dilw, groups);
   }, py::arg("x"), py::arg("dy"), py::arg("dw"), py::arg("db"), py::arg("sh"), py::arg("sw"),
-     py::arg("ph"), py::arg("pw"));
+     py::arg("ph"), py::arg("pw"), py::arg("dil_h") = 1, py::arg("dil_w") = 1, py::arg("groups") = 1);
 
   m.def("set_conv2d_algo", &ft::cpu::set_conv2d_algo, py::arg("name"),
-        "conv2d algorithm: 'auto', 'im2col' or 'winograd' (3x3 stride-1 only; an error elsewhere)");
+        "conv2d algorithm: 'auto', 'im2col', 'winograd' (3x3 stride-1 ungrouped only) or 'depthwise' "
+        "(groups == in_channels only; an error elsewhere)");
   m.def("conv2d_algo", &ft::cpu::conv2d_algo);
 
   m.def("linear_fwd", [](py::array x, py::array w, py::array b, py::array y) {

@@ -103,24 +103,32 @@ void check_window(const char* op, int64_t sh, int64_t sw, int64_t ph, int64_t pw
   FT_CHECK(ph >= 0 && pw >= 0, op << "(ph, pw): expected paddings >= 0, got (" << ph << ", " << pw << ")");
 }
 
-int64_t out_extent(const char* op, const char* what, int64_t in, int64_t k, int64_t s, int64_t p) {
-  FT_CHECK(k >= 1 && in + 2 * p >= k, op << ": " << what << " window " << k << " does not fit input " << in
-                                         << " with padding " << p);
-  return (in + 2 * p - k) / s + 1;
+// `dil`: the distance between taps, so the window spans dil * (k - 1) + 1 inputs
+int64_t out_extent(const char* op, const char* what, int64_t in, int64_t k, int64_t s, int64_t p, int64_t dil = 1) {
+  const int64_t span = dil * (k - 1) + 1;
+  FT_CHECK(k >= 1 && in + 2 * p >= span, op << ": " << what << " window " << span << " does not fit input " << in
+                                             << " with padding " << p);
+  return (in + 2 * p - span) / s + 1;
 }
 
-// x (N,C,H,W) and w (K,C,R,S) define the convolution
+// x (N,C,H,W) and w (K,C/groups,R,S) define the convolution
 ft::cuda::ConvShape conv_geom(const char* op, const DevArray& x, const DevArray& w, int64_t sh, int64_t sw,
-                              int64_t ph, int64_t pw, const char* xname) {
+                              int64_t ph, int64_t pw, int64_t dilh, int64_t dilw, int64_t groups, const char* xname) {
   expect_4d(op, xname, x);
   FT_CHECK(w.shape.size() == 4, op << "(w): expected a 4-D (K, C, R, S) array, got shape " << dims(w.shape));
   check_window(op, sh, sw, ph, pw);
-  FT_CHECK(w.shape[1] == x.shape[1], op << "(w): expected shape (K, " << x.shape[1] << ", R, S) to match " << xname
-                                        << " " << dims(x.shape) << ", got " << dims(w.shape));
+  FT_CHECK(dilh >= 1 && dilw >= 1, op << "(dil_h, dil_w): expected dilations >= 1, got (" << dilh << ", " << dilw
+                                      << ")");
+  FT_CHECK(groups >= 1 && x.shape[1] % groups == 0 && w.shape[0] % groups == 0,
+           op << "(groups): expected a positive divisor of the input channels " << x.shape[1]
+              << " and of the output channels " << w.shape[0] << ", got " << groups);
+  FT_CHECK(w.shape[1] == x.shape[1] / groups, op << "(w): expected shape (K, " << x.shape[1] / groups
+                                                 << ", R, S) to match " << xname << " " << dims(x.shape)
+                                                 << " with groups " << groups << ", got " << dims(w.shape));
   ft::cuda::ConvShape g{x.shape[0], x.shape[1], x.shape[2], x.shape[3], w.shape[0], w.shape[2], w.shape[3], 0, 0,
-                        (int)sh, (int)sw, (int)ph, (int)pw};
-  g.P = out_extent(op, "height", g.H, g.R, sh, ph);
-  g.Q = out_extent(op, "width", g.W, g.S, sw, pw);
+                        (int)sh, (int)sw, (int)ph, (int)pw, (int)dilh, (int)dilw, groups};
+  g.P = out_extent(op, "height", g.H, g.R, sh, ph, dilh);
+  g.Q = out_extent(op, "width", g.W, g.S, sw, pw, dilw);
   return g;
 }
 
@@ -325,32 +333,33 @@ PYBIND11_MODULE(_cuda, m) {
 
   // ---- conv2d (NCHW): implicit-GEMM kernels ----
   m.def("conv2d_fwd", [](py::object x, py::object w, py::object b, py::object y, int64_t sh, int64_t sw, int64_t ph,
-                         int64_t pw, bool relu, uintptr_t st) {
+                         int64_t pw, bool relu, int64_t dilh, int64_t dilw, int64_t groups, uintptr_t st) {
     const char* op = "conv2d_fwd";
     auto X = dev_array(x, "x"), Wt = dev_array(w, "w"), B = dev_array(b, "b"), Y = dev_array(y, "y");
-    auto g = conv_geom(op, X, Wt, sh, sw, ph, pw, "x");
+    auto g = conv_geom(op, X, Wt, sh, sw, ph, pw, dilh, dilw, groups, "x");
     expect_dims(op, "b", B, {g.K});
     expect_dims(op, "y", Y, {g.N, g.K, g.P, g.Q});
     ft::cuda::conv2d_fwd(f32(X), f32(Wt), f32(B), f32(Y), g, relu, stream_of(st));
   }, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
-     py::arg("pw"), py::arg("relu"), py::arg("stream") = 0);
+     py::arg("pw"), py::arg("relu"), py::arg("dil_h") = 1, py::arg("dil_w") = 1, py::arg("groups") = 1,
+     py::arg("stream") = 0);
   m.def("conv2d_bwd_data", [](py::object dy, py::object w, py::object dx, int64_t sh, int64_t sw, int64_t ph,
-                              int64_t pw, uintptr_t st) {
+                              int64_t pw, int64_t dilh, int64_t dilw, int64_t groups, uintptr_t st) {
     const char* op = "conv2d_bwd_data";
     auto DY = dev_array(dy, "dy"), Wt = dev_array(w, "w"), DX = dev_array(dx, "dx");
-    auto g = conv_geom(op, DX, Wt, sh, sw, ph, pw, "dx");
+    auto g = conv_geom(op, DX, Wt, sh, sw, ph, pw, dilh, dilw, groups, "dx");
     expect_dims(op, "dy", DY, {g.N, g.K, g.P, g.Q});
     ft::cuda::conv2d_bwd_data(f32(DY), f32(Wt), f32(DX), g, stream_of(st));
   }, py::arg("dy"), py::arg("w"), py::arg("dx"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"),
-     py::arg("stream") = 0);
+     py::arg("dil_h") = 1, py::arg("dil_w") = 1, py::arg("groups") = 1, py::arg("stream") = 0);
   m.def("conv2d_bwd_weight", [](py::object x, py::object dy, py::object dw, py::object db, int64_t sh, int64_t sw,
-                                int64_t ph, int64_t pw, uintptr_t st) {
+                                int64_t ph, int64_t pw, int64_t dilh, int64_t dilw, int64_t groups, uintptr_t st) {
     const char* op = "conv2d_bwd_weight";
     auto X = dev_array(x, "x"), DY = dev_array(dy, "dy"), DW = dev_array(dw, "dw"), DB = dev_array(db, "db");
-    auto g = conv_geom(op, X, DW, sh, sw, ph, pw, "x");
+    auto g = conv_geom(op, X, DW, sh, sw, ph, pw, dilh, dilw, groups, "x");
     expect_dims(op, "dy", DY, {g.N, g.K, g.P, g.Q});
     expect_dims(op, "db", DB, {g.K});
     ft::cuda::conv2d_bwd_weight(f32(X), f32(DY), f32(DW), f32(DB), g, stream_of(st));
   }, py::arg("x"), py::arg("dy"), py::arg("dw"), py::arg("db"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
-     py::arg("pw"), py::arg("stream") = 0);
+     py::arg("pw"), py::arg("dil_h") = 1, py::arg("dil_w") = 1, py::arg("groups") = 1, py::arg("stream") = 0);
 }

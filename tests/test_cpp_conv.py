@@ -225,18 +225,30 @@ def test_conv2d_algorithms_match_reference(algo, n, c, h, wd, k, p, relu, restor
 
 def test_conv2d_algorithm_choice_errors(restore_algo):
     with pytest.raises(ValueError,
-                       match=r"set_conv2d_algo\(name\): expected 'auto', 'im2col' or 'winograd', got 'fft'"):
+                       match=r"set_conv2d_algo\(name\): expected 'auto', 'im2col', 'winograd' or 'depthwise', "
+                             r"got 'fft'"):
         C.set_conv2d_algo("fft")
     C.set_conv2d_algo("winograd")
     x, w, b = np.zeros((1, 2, 7, 7), f32), np.zeros((3, 2, 3, 3), f32), np.zeros(3, f32)
     with pytest.raises(ValueError, match=r"conv2d_fwd: conv2d algorithm 'winograd' needs a 3x3 kernel "
-                                         r"with stride 1, got 3x3 stride \(2, 2\) padding \(1, 1\)"):
+                                         r"with stride 1, no dilation and groups 1, got 3x3 stride \(2, 2\) "
+                                         r"padding \(1, 1\) dilation \(1, 1\) groups 1"):
         C.conv2d_fwd(x, w, b, np.zeros((1, 3, 4, 4), f32), 2, 2, 1, 1, False)
     with pytest.raises(ValueError, match=r"got 5x5 stride \(1, 1\)"):
         C.conv2d_fwd(x, np.zeros((3, 2, 5, 5), f32), b, np.zeros((1, 3, 3, 3), f32), 1, 1, 0, 0, False)
+    with pytest.raises(ValueError, match=r"dilation \(2, 1\) groups 1"):
+        C.conv2d_fwd(x, w, b, np.zeros((1, 3, 3, 5), f32), 1, 1, 0, 0, False, 2, 1, 1)
+    with pytest.raises(ValueError, match=r"dilation \(1, 1\) groups 2"):
+        C.conv2d_fwd(x, np.zeros((2, 1, 3, 3), f32), np.zeros(2, f32), np.zeros((1, 2, 5, 5), f32), 1, 1, 0, 0, False,
+                     1, 1, 2)
+    C.set_conv2d_algo("depthwise")
+    with pytest.raises(ValueError, match=r"conv2d_fwd: conv2d algorithm 'depthwise' needs groups == in_channels > 1, "
+                                         r"got groups 1 with 2 input channels"):
+        C.conv2d_fwd(x, w, b, np.zeros((1, 3, 5, 5), f32), 1, 1, 0, 0, False)
+    C.set_conv2d_algo("winograd")
     # the data gradient is a convolution with padding 2 - p, so p = 3 cannot go through Winograd
     with pytest.raises(ValueError,
-                       match=r"conv2d_bwd_data: .*and padding <= 2, got 3x3 stride \(1, 1\) padding \(3, 3\)"):
+                       match=r"conv2d_bwd_data: .*and padding <= 2, no dilation and groups 1, got 3x3 stride \(1, 1\) padding \(3, 3\)"):
         C.conv2d_bwd_data(np.zeros((1, 3, 11, 11), f32), w, np.zeros_like(x), 1, 1, 3, 3)
     # the weight gradient has no such limit
     dw, db = np.zeros_like(w), np.zeros_like(b)

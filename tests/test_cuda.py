@@ -213,6 +213,32 @@ def test_conv2d_bwd_weight_accumulates_like_reference(n, c, h, w, k, r, s, sh, s
     np.testing.assert_allclose(gdb, wdb, rtol=1e-4, atol=1e-5 * scale)
 
 
+# (N, C, H, W, K, groups, R, S, stride, padding, dilation): depthwise (multiplier 1 and 2), grouped,
+# dilated, strided, padding beyond the kernel's reach
+CONV_OPTIONS = [(2, 5, 9, 8, 5, 5, 3, 3, 1, 1, 1), (2, 6, 9, 9, 12, 6, 3, 3, 2, 1, 2), (1, 6, 7, 8, 4, 2, 3, 2, 1, 2, 2),
+                (2, 17, 11, 9, 17, 17, 5, 5, 1, 3, 1), (8, 32, 16, 16, 32, 32, 3, 3, 1, 1, 1)]
+
+
+@pytest.mark.parametrize("n,c,h,w,k,g,r,s,st,pad,d", CONV_OPTIONS)
+def test_conv2d_groups_and_dilation_match_reference(n, c, h, w, k, g, r, s, st, pad, d):
+    rng = np.random.default_rng(9)
+    p, q = (h + 2 * pad - d * (r - 1) - 1) // st + 1, (w + 2 * pad - d * (s - 1) - 1) // st + 1
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = (rng.standard_normal((k, c // g, r, s)) / np.sqrt(c // g * r * s)).astype(np.float32)
+    b = rng.standard_normal(k).astype(np.float32)
+    dy = rng.standard_normal((n, k, p, q)).astype(np.float32)
+    geo = [st, st, pad, pad]
+    (want,), (got,) = _both("conv2d_fwd", [x, wt, b, np.full(dy.shape, np.nan, np.float32), *geo, True, d, d, g], [3])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    (want,), (got,) = _both("conv2d_bwd_data", [dy, wt, np.full(x.shape, np.nan, np.float32), *geo, d, d, g], [2])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    (wdw, wdb), (gdw, gdb) = _both("conv2d_bwd_weight", [x, dy, np.zeros_like(wt), np.zeros_like(b), *geo, d, d, g],
+                                   [2, 3])
+    scale = np.sqrt(n * p * q)
+    np.testing.assert_allclose(gdw, wdw, rtol=1e-4, atol=1e-5 * scale)
+    np.testing.assert_allclose(gdb, wdb, rtol=1e-4, atol=1e-5 * scale)
+
+
 def test_conv2d_cuda_errors_name_the_argument():
     x = cupy.zeros((2, 3, 8, 8), cupy.float32)
     w = cupy.zeros((4, 5, 3, 3), cupy.float32)

@@ -4,13 +4,17 @@
 //   bwd_data     dcol  (CRS x PQ) = W^T * dy[n],  dx[n] = col2im(dcol)
 //   bwd_weight   dw    (K x CRS) += dy[n] * col^T,  db += sum over P*Q of dy[n]
 // 1x1, stride-1, unpadded convolutions use x[n] itself as col (no unfolding).
+// Grouped convolutions (w is K x C/G x R x S) run these products once per group, on the group's
+// channel slices of x, y and w; dilation only changes which input pixel a tap reads in the unfold.
 //
 // Threads: with at least as many images as threads, each thread takes whole images and runs
 // single-threaded GEMMs (no synchronisation inside an image, the unfold stays in its cache);
 // with fewer images, images go one after another and OpenBLAS splits each GEMM.
 //
-// 3x3 stride-1 convolutions go through Winograd F(2x2, 3x3) instead (conv2d_winograd.cpp) when
-// the channel counts make it pay; set_conv2d_algo forces either algorithm (tests cover both).
+// 3x3 stride-1 undilated ungrouped convolutions go through Winograd F(2x2, 3x3) instead
+// (conv2d_winograd.cpp) when the channel counts make it pay, and depthwise convolutions (one input
+// channel per group) through their own direct kernel (conv2d_depthwise.cpp); set_conv2d_algo
+// forces any of them (tests cover each).
 #include <algorithm>
 #include <cstring>
 #include <string>
@@ -21,29 +25,33 @@
 #include "blas.h"
 #include "fasttrain/check.h"
 #include "fasttrain/cpu.h"
+#include "depthwise.h"
 #include "winograd.h"
 
 namespace ft::cpu {
 namespace {
 
+// C and K: all channels; G groups of cg() input and kg() output channels each.
 struct Geom {
-  int64_t N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw;
-  int64_t crs() const { return C * R * S; }
+  int64_t N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw, dilh, dilw, G;
+  int64_t cg() const { return C / G; }
+  int64_t kg() const { return K / G; }
+  int64_t crs() const { return cg() * R * S; }  // one group's unfolded rows
   int64_t pq() const { return P * Q; }
   bool direct() const { return R == 1 && S == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
 };
 
-// Output columns q whose input column q*sw - pw + s lies inside [0, W): q in [lo, hi).
+// Output columns q whose input column q*sw - pw + s*dilw lies inside [0, W): q in [lo, hi).
 inline void valid_q(const Geom& g, int64_t s, int64_t& lo, int64_t& hi) {
-  int64_t off = s - g.pw;  // input column = q*sw + off
+  int64_t off = s * g.dilw - g.pw;  // input column = q*sw + off
   lo = off >= 0 ? 0 : (-off + g.sw - 1) / g.sw;
   hi = off >= g.W ? 0 : std::min<int64_t>(g.Q, (g.W - 1 - off) / g.sw + 1);
   if (hi < lo) hi = lo;
 }
 
-// col (CRS x PQ) from one image x (C x H x W); out-of-image taps are zero.
+// col (CgRS x PQ) from one group's channels x (Cg x H x W); out-of-image taps are zero.
 void im2col(const Geom& g, const float* x, float* col) {
-  for (int64_t c = 0; c < g.C; ++c)
+  for (int64_t c = 0; c < g.cg(); ++c)
     for (int64_t r = 0; r < g.R; ++r)
       for (int64_t s = 0; s < g.S; ++s) {
         float* row = col + ((c * g.R + r) * g.S + s) * g.pq();
@@ -51,12 +59,12 @@ void im2col(const Geom& g, const float* x, float* col) {
         valid_q(g, s, lo, hi);
         for (int64_t p = 0; p < g.P; ++p) {
           float* out = row + p * g.Q;
-          int64_t h = p * g.sh - g.ph + r;
+          int64_t h = p * g.sh - g.ph + r * g.dilh;
           if (h < 0 || h >= g.H) {
             std::memset(out, 0, sizeof(float) * g.Q);
             continue;
           }
-          const float* in = x + (c * g.H + h) * g.W + (s - g.pw);
+          const float* in = x + (c * g.H + h) * g.W + (s * g.dilw - g.pw);
           for (int64_t q = 0; q < lo; ++q) out[q] = 0.f;
           if (g.sw == 1) {
             std::memcpy(out + lo, in + lo, sizeof(float) * (hi - lo));
@@ -68,20 +76,20 @@ void im2col(const Geom& g, const float* x, float* col) {
       }
 }
 
-// dx (C x H x W) = sum of the taps of dcol (CRS x PQ): the adjoint of im2col.
+// dx (Cg x H x W) = sum of the taps of dcol (CgRS x PQ): the adjoint of im2col.
 void col2im(const Geom& g, const float* dcol, float* dx) {
-  std::memset(dx, 0, sizeof(float) * g.C * g.H * g.W);
-  for (int64_t c = 0; c < g.C; ++c)
+  std::memset(dx, 0, sizeof(float) * g.cg() * g.H * g.W);
+  for (int64_t c = 0; c < g.cg(); ++c)
     for (int64_t r = 0; r < g.R; ++r)
       for (int64_t s = 0; s < g.S; ++s) {
         const float* row = dcol + ((c * g.R + r) * g.S + s) * g.pq();
         int64_t lo, hi;
         valid_q(g, s, lo, hi);
         for (int64_t p = 0; p < g.P; ++p) {
-          int64_t h = p * g.sh - g.ph + r;
+          int64_t h = p * g.sh - g.ph + r * g.dilh;
           if (h < 0 || h >= g.H) continue;
           const float* in = row + p * g.Q;
-          float* out = dx + (c * g.H + h) * g.W + (s - g.pw);
+          float* out = dx + (c * g.H + h) * g.W + (s * g.dilw - g.pw);
           if (g.sw == 1) {
 #pragma omp simd
             for (int64_t q = lo; q < hi; ++q) out[q] += in[q];
@@ -105,14 +113,26 @@ constexpr int64_t kWinogradMinChannels = 16;
 
 bool per_image_threads(int64_t N, int nt) { return nt > 1 && N >= nt; }
 
+depthwise::Shape dw_shape(const Geom& g) {
+  return {g.N, g.C, g.H, g.W, g.K / g.C, g.R, g.S, g.P, g.Q, g.sh, g.sw, g.ph, g.pw, g.dilh, g.dilw};
+}
+
+// The slices of group grp: its input channels of one image, its weight rows, its output rows.
+inline const float* x_group(const Geom& g, const float* x, int64_t grp) { return x + grp * g.cg() * g.H * g.W; }
+inline const float* w_group(const Geom& g, const float* w, int64_t grp) { return w + grp * g.kg() * g.crs(); }
+inline int64_t y_group(const Geom& g, int64_t grp) { return grp * g.kg() * g.pq(); }
+
 void fwd_image(const Geom& g, const float* x, const float* w, const float* b, float* y, bool relu) {
-  const float* col = x;
-  if (!g.direct()) {
-    float* buf = scratch(g.crs() * g.pq());
-    im2col(g, x, buf);
-    col = buf;
+  float* buf = g.direct() ? nullptr : scratch(g.crs() * g.pq());
+  for (int64_t grp = 0; grp < g.G; ++grp) {
+    const float* col = x_group(g, x, grp);
+    if (buf) {
+      im2col(g, col, buf);
+      col = buf;
+    }
+    blas::sgemm(false, false, g.kg(), g.pq(), g.crs(), 1.f, w_group(g, w, grp), g.crs(), col, g.pq(),
+                0.f, y + y_group(g, grp), g.pq());
   }
-  blas::sgemm(false, false, g.K, g.pq(), g.crs(), 1.f, w, g.crs(), col, g.pq(), 0.f, y, g.pq());
   for (int64_t k = 0; k < g.K; ++k) {  // epilogue while the rows are still in cache
     float* yk = y + k * g.pq();
     const float bk = b[k];
@@ -127,24 +147,32 @@ void fwd_image(const Geom& g, const float* x, const float* w, const float* b, fl
 }
 
 void bwd_data_image(const Geom& g, const float* dy, const float* w, float* dx) {
-  if (g.direct()) {  // dx[n] (C x HW) = W^T (C x K) * dy[n] (K x HW)
-    blas::sgemm(true, false, g.C, g.pq(), g.K, 1.f, w, g.crs(), dy, g.pq(), 0.f, dx, g.pq());
-    return;
+  float* dcol = g.direct() ? nullptr : scratch(g.crs() * g.pq());
+  for (int64_t grp = 0; grp < g.G; ++grp) {
+    float* dxg = dx + grp * g.cg() * g.H * g.W;
+    const float *wg = w_group(g, w, grp), *dyg = dy + y_group(g, grp);
+    if (!dcol) {  // dx[n] (Cg x HW) = W^T (Cg x Kg) * dy[n] (Kg x HW)
+      blas::sgemm(true, false, g.cg(), g.pq(), g.kg(), 1.f, wg, g.crs(), dyg, g.pq(), 0.f, dxg, g.pq());
+      continue;
+    }
+    blas::sgemm(true, false, g.crs(), g.pq(), g.kg(), 1.f, wg, g.crs(), dyg, g.pq(), 0.f, dcol, g.pq());
+    col2im(g, dcol, dxg);
   }
-  float* dcol = scratch(g.crs() * g.pq());
-  blas::sgemm(true, false, g.crs(), g.pq(), g.K, 1.f, w, g.crs(), dy, g.pq(), 0.f, dcol, g.pq());
-  col2im(g, dcol, dx);
 }
 
-// dw_acc (K x CRS) += dy[n] * col^T; db_acc (K) += row sums of dy[n] (in double: P*Q*N terms).
+// dw_acc (K x CgRS) += dy[n] * col^T per group; db_acc (K) += row sums of dy[n] (in double:
+// P*Q*N terms).
 void bwd_weight_image(const Geom& g, const float* x, const float* dy, float* dw_acc, double* db_acc) {
-  const float* col = x;
-  if (!g.direct()) {
-    float* buf = scratch(g.crs() * g.pq());
-    im2col(g, x, buf);
-    col = buf;
+  float* buf = g.direct() ? nullptr : scratch(g.crs() * g.pq());
+  for (int64_t grp = 0; grp < g.G; ++grp) {
+    const float* col = x_group(g, x, grp);
+    if (buf) {
+      im2col(g, col, buf);
+      col = buf;
+    }
+    blas::sgemm(false, true, g.kg(), g.crs(), g.pq(), 1.f, dy + y_group(g, grp), g.pq(), col, g.pq(),
+                1.f, dw_acc + grp * g.kg() * g.crs(), g.crs());
   }
-  blas::sgemm(false, true, g.K, g.crs(), g.pq(), 1.f, dy, g.pq(), col, g.pq(), 1.f, dw_acc, g.crs());
   for (int64_t k = 0; k < g.K; ++k) {
     const float* dyk = dy + k * g.pq();
     float s = 0.f;
@@ -155,8 +183,9 @@ void bwd_weight_image(const Geom& g, const float* x, const float* dy, float* dw_
 }
 
 Geom geom(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
-          int64_t sw, int64_t ph, int64_t pw) {
-  return {N, C, H, W, K, R, S, (H + 2 * ph - R) / sh + 1, (W + 2 * pw - S) / sw + 1, sh, sw, ph, pw};
+          int64_t sw, int64_t ph, int64_t pw, int64_t dilh, int64_t dilw, int64_t G) {
+  return {N, C, H, W, K, R, S, (H + 2 * ph - dilh * (R - 1) - 1) / sh + 1,
+          (W + 2 * pw - dilw * (S - 1) - 1) / sw + 1, sh, sw, ph, pw, dilh, dilw, G};
 }
 
 // body(n) for every image: whole images per thread with one-thread BLAS when there are enough
@@ -173,23 +202,25 @@ void over_images(int64_t N, Body body) {
   }
 }
 
-enum class Algo { Auto, Im2col, Winograd };
+enum class Algo { Auto, Im2col, Winograd, Depthwise };
 Algo g_algo = Algo::Auto;
 
 // Whether op runs through Winograd. Forcing it on a convolution it cannot do is an error, not a
 // quiet switch to im2col, so a test that forces it really tests it. `cin`, `cout`: the channels
 // the op reads and writes (swapped for the data gradient).
 bool use_winograd(const char* op, const Geom& g, bool data_grad, int64_t cin, int64_t cout) {
-  const bool fits = g.R == 3 && g.S == 3 && g.sh == 1 && g.sw == 1 &&
-                    (!data_grad || (g.ph <= 2 && g.pw <= 2));
+  const bool fits = g.R == 3 && g.S == 3 && g.sh == 1 && g.sw == 1 && g.dilh == 1 && g.dilw == 1 &&
+                    g.G == 1 && (!data_grad || (g.ph <= 2 && g.pw <= 2));
   switch (g_algo) {
     case Algo::Im2col:
+    case Algo::Depthwise:
       return false;
     case Algo::Winograd:
       FT_CHECK(fits, op << ": conv2d algorithm 'winograd' needs a 3x3 kernel with stride 1"
-                        << (data_grad ? " and padding <= 2" : "") << ", got " << g.R << "x" << g.S
-                        << " stride (" << g.sh << ", " << g.sw << ") padding (" << g.ph << ", "
-                        << g.pw << ")");
+                        << (data_grad ? " and padding <= 2" : "")
+                        << ", no dilation and groups 1, got " << g.R << "x" << g.S << " stride ("
+                        << g.sh << ", " << g.sw << ") padding (" << g.ph << ", " << g.pw
+                        << ") dilation (" << g.dilh << ", " << g.dilw << ") groups " << g.G);
       return true;
     case Algo::Auto:
       break;
@@ -198,22 +229,52 @@ bool use_winograd(const char* op, const Geom& g, bool data_grad, int64_t cin, in
   return fits && std::min(cin, cout) >= kWinogradMinChannels;
 }
 
+// Whether op runs through the depthwise kernel: every group reads one input channel. Under 'auto'
+// always (im2col would run G tiny GEMMs of Cg*R*S = R*S rows each).
+bool use_depthwise(const char* op, const Geom& g) {
+  const bool fits = g.G == g.C && g.G > 1;
+  switch (g_algo) {
+    case Algo::Im2col:
+    case Algo::Winograd:
+      return false;
+    case Algo::Depthwise:
+      FT_CHECK(fits, op << ": conv2d algorithm 'depthwise' needs groups == in_channels > 1, got groups "
+                        << g.G << " with " << g.C << " input channels");
+      return true;
+    case Algo::Auto:
+      break;
+  }
+  return fits;
+}
+
 }  // namespace
 
 void set_conv2d_algo(const std::string& name) {
-  FT_CHECK(name == "auto" || name == "im2col" || name == "winograd",
-           "set_conv2d_algo(name): expected 'auto', 'im2col' or 'winograd', got '" << name << "'");
-  g_algo = name == "auto" ? Algo::Auto : name == "im2col" ? Algo::Im2col : Algo::Winograd;
+  FT_CHECK(name == "auto" || name == "im2col" || name == "winograd" || name == "depthwise",
+           "set_conv2d_algo(name): expected 'auto', 'im2col', 'winograd' or 'depthwise', got '"
+               << name << "'");
+  g_algo = name == "auto"      ? Algo::Auto
+           : name == "im2col"  ? Algo::Im2col
+           : name == "winograd" ? Algo::Winograd
+                                : Algo::Depthwise;
 }
 
 std::string conv2d_algo() {
-  return g_algo == Algo::Auto ? "auto" : g_algo == Algo::Im2col ? "im2col" : "winograd";
+  switch (g_algo) {
+    case Algo::Im2col: return "im2col";
+    case Algo::Winograd: return "winograd";
+    case Algo::Depthwise: return "depthwise";
+    case Algo::Auto: break;
+  }
+  return "auto";
 }
 
 void conv2d_fwd(const float* x, const float* w, const float* b, float* y, int64_t N, int64_t C,
                 int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh, int64_t sw,
-                int64_t ph, int64_t pw, bool relu) {
-  const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
+                int64_t ph, int64_t pw, bool relu, int64_t dilh, int64_t dilw, int64_t groups) {
+  const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw, dilh, dilw, groups);
+  if (use_depthwise("conv2d_fwd", g))
+    return depthwise::fwd(x, w, b, y, dw_shape(g), relu);
   if (use_winograd("conv2d_fwd", g, false, C, K))
     return winograd::fwd(x, w, b, y, N, C, H, W, K, ph, pw, relu);
   const int64_t xs = C * H * W, ys = K * g.pq();
@@ -222,8 +283,10 @@ void conv2d_fwd(const float* x, const float* w, const float* b, float* y, int64_
 
 void conv2d_bwd_data(const float* dy, const float* w, float* dx, int64_t N, int64_t C, int64_t H,
                      int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph,
-                     int64_t pw) {
-  const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
+                     int64_t pw, int64_t dilh, int64_t dilw, int64_t groups) {
+  const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw, dilh, dilw, groups);
+  if (use_depthwise("conv2d_bwd_data", g))
+    return depthwise::bwd_data(dy, w, dx, dw_shape(g));
   if (use_winograd("conv2d_bwd_data", g, true, K, C))
     return winograd::bwd_data(dy, w, dx, N, C, H, W, K, ph, pw);
   const int64_t xs = C * H * W, ys = K * g.pq();
@@ -232,8 +295,11 @@ void conv2d_bwd_data(const float* dy, const float* w, float* dx, int64_t N, int6
 
 void conv2d_bwd_weight(const float* x, const float* dy, float* dw, float* db, int64_t N, int64_t C,
                        int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
-                       int64_t sw, int64_t ph, int64_t pw) {
-  const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
+                       int64_t sw, int64_t ph, int64_t pw, int64_t dilh, int64_t dilw,
+                       int64_t groups) {
+  const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw, dilh, dilw, groups);
+  if (use_depthwise("conv2d_bwd_weight", g))
+    return depthwise::bwd_weight(x, dy, dw, db, dw_shape(g));
   if (use_winograd("conv2d_bwd_weight", g, false, C, K))
     return winograd::bwd_weight(x, dy, dw, db, N, C, H, W, K, ph, pw);
   const int nt = num_threads();

@@ -10,6 +10,10 @@
 //               (the long reduction is split over blockIdx.z and accumulated with atomicAdd into dw,
 //               which the contract accumulates into anyway; the summation order is not deterministic)
 //
+// Groups: each group is its own GEMM of K/G rows over C/G*R*S (one launch per group; the operand
+// pointers are offset to the group's channels, the strides stay those of the whole tensors).
+// Dilation spaces the taps: input row p*sh - ph + r*dilh.
+//
 // Tiling: a 64x64 output tile per 256-thread block, each thread owning a 4x4 micro-tile, K-tile 16.
 // Per K-tile a block stages 64*16 + 16*64 floats = 8 KiB of shared memory and every staged value is
 // reused 64 times, i.e. 16 FMAs per 8 shared loads per thread in the inner loop (the 4x4 register
@@ -88,14 +92,15 @@ struct WeightRows {
   __device__ float operator()(int64_t k, int64_t t) const { return w[k * crs + t]; }
 };
 
-// im2col(x)[(c,r,s), (n,p,q)] = x[n, c, p*sh - ph + r, q*sw - pw + s], 0 in the padding
+// im2col(x)[(c,r,s), (n,p,q)] = x[n, c, p*sh - ph + r*dilh, q*sw - pw + s*dilw], 0 in the padding
+// (x offset to the group's first channel; c < C/G, the image stride is that of all C channels)
 struct Im2col {
   const float* x;
   ConvShape g;
   __device__ float at(int64_t crs, int64_t npq) const {
     int64_t s = crs % g.S, r = (crs / g.S) % g.R, c = crs / (g.R * g.S);
     int64_t q = npq % g.Q, p = (npq / g.Q) % g.P, n = npq / (g.P * g.Q);
-    int64_t h = p * g.sh - g.ph + r, w = q * g.sw - g.pw + s;
+    int64_t h = p * g.sh - g.ph + r * g.dilh, w = q * g.sw - g.pw + s * g.dilw;
     if (h < 0 || h >= g.H || w < 0 || w >= g.W) return 0.f;
     return x[((n * g.C + c) * g.H + h) * g.W + w];
   }
@@ -131,14 +136,15 @@ struct WeightT {
   }
 };
 
-// bwd_data B: B[(k,r,s), (n,h,w)] = dy[n, k, p, q] where h + ph - r = p*sh (same for w), else 0
+// bwd_data B: B[(k,r,s), (n,h,w)] = dy[n, k, p, q] where h + ph - r*dilh = p*sh (same for w), else 0
+// (dy offset to the group's first channel)
 struct DyGather {
   const float* dy;
   ConvShape g;
   __device__ float operator()(int64_t krs, int64_t nhw) const {
     int64_t s = krs % g.S, r = (krs / g.S) % g.R, k = krs / (g.R * g.S);
     int64_t w = nhw % g.W, h = (nhw / g.W) % g.H, n = nhw / (g.H * g.W);
-    int64_t hp = h + g.ph - r, wp = w + g.pw - s;
+    int64_t hp = h + g.ph - r * g.dilh, wp = w + g.pw - s * g.dilw;
     if (hp < 0 || wp < 0 || hp % g.sh || wp % g.sw) return 0.f;
     int64_t p = hp / g.sh, q = wp / g.sw;
     if (p >= g.P || q >= g.Q) return 0.f;
@@ -206,30 +212,33 @@ void launch_gemm(int64_t M, int64_t Ncols, int64_t Kred, int splits, LoadA la, L
 
 void conv2d_fwd(const float* x, const float* w, const float* b, float* y, const ConvShape& g, bool relu,
                 cudaStream_t st) {
-  int64_t crs = g.C * g.R * g.S, PQ = g.P * g.Q;
-  launch_gemm(g.K, g.N * PQ, crs, 1, WeightRows{w, crs}, Im2col{x, g}, StoreY{y, b, g.K, PQ, relu}, st);
+  const int64_t cg = g.C / g.G, kg = g.K / g.G, crs = cg * g.R * g.S, PQ = g.P * g.Q;
+  for (int64_t grp = 0; grp < g.G; ++grp)
+    launch_gemm(kg, g.N * PQ, crs, 1, WeightRows{w + grp * kg * crs, crs}, Im2col{x + grp * cg * g.H * g.W, g},
+                StoreY{y + grp * kg * PQ, b + grp * kg, g.K, PQ, relu}, st);
 }
 
 void conv2d_bwd_data(const float* dy, const float* w, float* dx, const ConvShape& g, cudaStream_t st) {
-  int64_t HW = g.H * g.W;
-  launch_gemm(g.C, g.N * HW, g.K * g.R * g.S, 1, WeightT{w, g.C, g.R * g.S}, DyGather{dy, g}, StoreDx{dx, g.C, HW},
-              st);
+  const int64_t cg = g.C / g.G, kg = g.K / g.G, HW = g.H * g.W, RS = g.R * g.S;
+  for (int64_t grp = 0; grp < g.G; ++grp)
+    launch_gemm(cg, g.N * HW, kg * RS, 1, WeightT{w + grp * kg * cg * RS, cg, RS},
+                DyGather{dy + grp * kg * g.P * g.Q, g}, StoreDx{dx + grp * cg * HW, g.C, HW}, st);
 }
 
 void conv2d_bwd_weight(const float* x, const float* dy, float* dw, float* db, const ConvShape& g, cudaStream_t st) {
-  int64_t crs = g.C * g.R * g.S, PQ = g.P * g.Q, npq = g.N * PQ;
+  const int64_t cg = g.C / g.G, kg = g.K / g.G, crs = cg * g.R * g.S, PQ = g.P * g.Q, npq = g.N * PQ;
   if (g.K == 0 || npq == 0) return;  // nothing to accumulate
-  {
-    // The output (K x CRS) is small and the reduction (N*P*Q) long: split it so that about 1024
-    // blocks run (several waves on 132 SMs), keeping each split at least 256 long so that the
-    // atomicAdd traffic stays small next to the FMAs.
-    int64_t tiles = ((g.K + kTM - 1) / kTM) * ((crs + kTN - 1) / kTN);
-    int64_t splits = (1024 + tiles - 1) / tiles, max_splits = (npq + 255) / 256;
-    if (splits > max_splits) splits = max_splits;
-    if (splits > 65535) splits = 65535;
-    if (splits < 1) splits = 1;
-    launch_gemm(g.K, crs, npq, (int)splits, DyRows{dy, g.K, PQ}, Im2colT{Im2col{x, g}}, AccumulateDw{dw, crs}, st);
-  }
+  // The output (K/G x C/G*R*S) is small and the reduction (N*P*Q) long: split it so that about 1024
+  // blocks run (several waves on 132 SMs), keeping each split at least 256 long so that the
+  // atomicAdd traffic stays small next to the FMAs.
+  int64_t tiles = g.G * ((kg + kTM - 1) / kTM) * ((crs + kTN - 1) / kTN);
+  int64_t splits = (1024 + tiles - 1) / tiles, max_splits = (npq + 255) / 256;
+  if (splits > max_splits) splits = max_splits;
+  if (splits > 65535) splits = 65535;
+  if (splits < 1) splits = 1;
+  for (int64_t grp = 0; grp < g.G; ++grp)
+    launch_gemm(kg, crs, npq, (int)splits, DyRows{dy + grp * kg * PQ, g.K, PQ},
+                Im2colT{Im2col{x + grp * cg * g.H * g.W, g}}, AccumulateDw{dw + grp * kg * crs, crs}, st);
   bias_grad_kernel<<<(unsigned)g.K, kBlock, 0, st>>>(dy, db, g.N, g.K, PQ);
   CUDA_CHECK(cudaGetLastError());
 }

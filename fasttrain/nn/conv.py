@@ -1,4 +1,12 @@
-"""2-D convolution over NCHW input, with an optional fused ReLU epilogue."""
+"""2-D convolution over NCHW input, with an optional fused ReLU epilogue.
+
+The arguments follow torch.nn.Conv2d (in the same order): `groups` splits the channels into that
+many independent convolutions (groups == in_channels: depthwise), `dilation` spaces the kernel
+taps, and `padding` is an int, a pair, 'valid' (no padding) or 'same' (output size = input size;
+stride 1 only, as in PyTorch). When 'same' needs an odd total padding along an axis (an even
+kernel span), the extra row or column goes at the bottom or right, as PyTorch does: the input is
+padded explicitly by that one row/column, so the kernels only ever see symmetric padding.
+"""
 from __future__ import annotations
 
 from .. import init as initializers
@@ -8,26 +16,50 @@ from .module import Module
 
 
 class Conv2d(Module):
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True,
-                 init="he_normal", relu: bool = False):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, init="he_normal", relu: bool = False):
         super().__init__()
         where = f"Conv2d(in_channels={in_channels}, out_channels={out_channels})"
-        for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{where}: {name} must be a positive int, got {v!r}")
-        self.in_channels, self.out_channels = in_channels, out_channels
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"{where}: groups must divide in_channels and out_channels, got groups={groups}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = pair("kernel_size", kernel_size, where, 1)
         self.stride = pair("stride", stride, where, 1)
-        self.padding = pair("padding", padding, where, 0)
+        self.dilation = pair("dilation", dilation, where, 1)
+        self.padding_arg = padding
+        # (top, left) padding given to the kernels, and the extra (bottom, right) row/column the
+        # layer adds itself (only 'same' with an even kernel span needs one)
+        self.padding, self._extra = self._resolve_padding(padding, where)
         self.relu = bool(relu)
         self.has_bias = bias
-        self.weight = self.add_param("weight", (out_channels, in_channels, *self.kernel_size), initializers.get(init))
+        # fans from (K, C/groups, R, S): each output sees C/groups * R * S inputs
+        self.weight = self.add_param("weight", (out_channels, in_channels // groups, *self.kernel_size),
+                                     initializers.get(init))
         self.bias = self.add_param("bias", (out_channels,), initializers.zeros(), decay=False) if bias else None
         self._zero_bias = None
 
+    def _resolve_padding(self, padding, where):
+        if isinstance(padding, str):
+            if padding == "valid":
+                return (0, 0), (0, 0)
+            if padding != "same":
+                raise ValueError(f"{where}: padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+            if self.stride != (1, 1):
+                raise ValueError(f"{where}: padding='same' needs stride 1 (the output size would depend on where "
+                                 f"the stride starts), got stride={self.stride}")
+            total = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+            return (total[0] // 2, total[1] // 2), (total[0] % 2, total[1] % 2)
+        return pair("padding", padding, where, 0), (0, 0)
+
     def extra_repr(self):
+        extra = "".join(f", {k}={v}" for k, v, default in (("dilation", self.dilation, (1, 1)),
+                                                            ("groups", self.groups, 1)) if v != default)
+        padding = self.padding_arg if isinstance(self.padding_arg, str) else self.padding
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, bias={self.has_bias}, relu={self.relu}")
+                f"padding={padding}{extra}, bias={self.has_bias}, relu={self.relu}")
 
     def _geometry(self):
         return (*self.stride, *self.padding)
@@ -39,17 +71,29 @@ class Conv2d(Module):
             self._zero_bias = array_module(x).zeros(self.out_channels, x.dtype)
         return self._zero_bias
 
+    def _out_shape(self, n, h, w):
+        (r, s), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        return n, self.out_channels, (h + 2 * ph - dh * (r - 1) - 1) // sh + 1, (w + 2 * pw - dw * (s - 1) - 1) // sw + 1
+
+    def _options(self):
+        return (*self.dilation, self.groups)
+
     def forward(self, x):
         where = f"Conv2d(in_channels={self.in_channels})"
         x = check_input(where, x, f"(N, {self.in_channels}, H, W)", 4, {1: self.in_channels})
+        if any(self._extra):
+            xp = array_module(x)
+            x = xp.pad(x, ((0, 0), (0, 0), (0, self._extra[0]), (0, self._extra[1])))
         n, _, h, w = x.shape
-        (r, s), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        p, q = (h + 2 * ph - r) // sh + 1, (w + 2 * pw - s) // sw + 1
-        if p < 1 or q < 1:
-            raise ValueError(f"{where}: input {tuple(x.shape)} is too small for kernel {self.kernel_size} with "
-                             f"padding {self.padding}; expected H + 2*padding >= {r} and W + 2*padding >= {s}")
-        y = array_module(x).empty((n, self.out_channels, p, q), x.dtype)
-        kernel("conv2d_fwd", like=x)(x, self.weight.data, self._b(x), y, sh, sw, ph, pw, self.relu)
+        shape = self._out_shape(n, h, w)
+        if shape[2] < 1 or shape[3] < 1:
+            span = tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_size))
+            raise ValueError(f"{where}: input {tuple(x.shape)} is too small for kernel {self.kernel_size} "
+                             f"(span {span} with dilation {self.dilation}) with padding {self.padding}; expected "
+                             f"H + 2*padding >= {span[0]} and W + 2*padding >= {span[1]}")
+        y = array_module(x).empty(shape, x.dtype)
+        kernel("conv2d_fwd", like=x)(x, self.weight.data, self._b(x), y, *self._geometry(), self.relu,
+                                     *self._options())
         self.cache = (x, y if self.relu else None)
         return y
 
@@ -58,9 +102,7 @@ class Conv2d(Module):
             raise RuntimeError("Conv2d.backward: backward called before forward")
         x, y = self.cache
         n, _, h, w = x.shape
-        (r, s), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        shape = (n, self.out_channels, (h + 2 * ph - r) // sh + 1, (w + 2 * pw - s) // sw + 1)
-        dy = check_grad("Conv2d.backward", x, dy, shape, x.dtype)
+        dy = check_grad("Conv2d.backward", x, dy, self._out_shape(n, h, w), x.dtype)
         xp = array_module(dy)
         if y is not None:
             # the fused ReLU's gradient: y > 0 exactly where the pre-activation was > 0
@@ -68,7 +110,9 @@ class Conv2d(Module):
             kernel("relu_bwd", like=dy)(y, dy, masked)
             dy = masked
         dx = xp.empty_like(x)
-        kernel("conv2d_bwd_data", like=dy)(dy, self.weight.data, dx, sh, sw, ph, pw)
+        kernel("conv2d_bwd_data", like=dy)(dy, self.weight.data, dx, *self._geometry(), *self._options())
         db = self.bias.grad if self.bias is not None else xp.zeros(self.out_channels, dy.dtype)
-        kernel("conv2d_bwd_weight", like=dy)(x, dy, self.weight.grad, db, sh, sw, ph, pw)
+        kernel("conv2d_bwd_weight", like=dy)(x, dy, self.weight.grad, db, *self._geometry(), *self._options())
+        if any(self._extra):  # the explicit bottom/right padding of 'same' gets no gradient
+            dx = xp.ascontiguousarray(dx[:, :, :h - self._extra[0], :w - self._extra[1]])
         return dx

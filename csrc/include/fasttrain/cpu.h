@@ -62,18 +62,22 @@ void dropout_bwd(const float* dy, float* dx, int64_t n, double p, uint64_t seed,
 double softmax_xent(const float* logits, const int64_t* labels, float* dlogits, int64_t N,
                     int64_t C);
 
-// conv2d.cpp (x N,C,H,W; w K,C,R,S; y N,K,P,Q with P = (H + 2ph - R)/sh + 1)
+// conv2d.cpp (x N,C,H,W; w K,C/groups,R,S; y N,K,P,Q with
+// P = (H + 2ph - dilh(R-1) - 1)/sh + 1; groups divides C and K, checked by the binding)
 void conv2d_fwd(const float* x, const float* w, const float* b, float* y, int64_t N, int64_t C,
                 int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh, int64_t sw,
-                int64_t ph, int64_t pw, bool relu);
+                int64_t ph, int64_t pw, bool relu, int64_t dilh = 1, int64_t dilw = 1,
+                int64_t groups = 1);
 void conv2d_bwd_data(const float* dy, const float* w, float* dx, int64_t N, int64_t C, int64_t H,
                      int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph,
-                     int64_t pw);
+                     int64_t pw, int64_t dilh = 1, int64_t dilw = 1, int64_t groups = 1);
 void conv2d_bwd_weight(const float* x, const float* dy, float* dw, float* db, int64_t N, int64_t C,
                        int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
-                       int64_t sw, int64_t ph, int64_t pw);
-// "auto" (Winograd for 3x3 stride-1 layers with enough channels, else im2col), "im2col" or
-// "winograd" (an error on a convolution it cannot do); process-wide, for tests and benchmarks.
+                       int64_t sw, int64_t ph, int64_t pw, int64_t dilh = 1, int64_t dilw = 1,
+                       int64_t groups = 1);
+// "auto" (depthwise kernel when groups == C; Winograd for 3x3 stride-1 layers with enough
+// channels; else im2col), "im2col", "winograd" or "depthwise" (an error on a convolution it
+// cannot do); process-wide, for tests and benchmarks.
 void set_conv2d_algo(const std::string& name);
 std::string conv2d_algo();
 

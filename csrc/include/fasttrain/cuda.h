@@ -67,10 +67,13 @@ void avgpool2d_fwd(const float* x, float* y, int64_t nc, int64_t H, int64_t W, i
 void avgpool2d_bwd(const float* dy, float* dx, int64_t nc, int64_t H, int64_t W, int64_t P, int64_t Q, int kh, int kw,
                    int sh, int sw, int ph, int pw, cudaStream_t st);
 
-// conv2d.cu (NCHW; x (N,C,H,W), w (K,C,R,S), y (N,K,P,Q)): implicit-GEMM kernels
+// conv2d.cu (NCHW; x (N,C,H,W), w (K,C/G,R,S), y (N,K,P,Q); G groups, dilation dilh, dilw):
+// implicit-GEMM kernels
 struct ConvShape {
   int64_t N, C, H, W, K, R, S, P, Q;
   int sh, sw, ph, pw;
+  int dilh = 1, dilw = 1;
+  int64_t G = 1;
 };
 void conv2d_fwd(const float* x, const float* w, const float* b, float* y, const ConvShape& g, bool relu,
                 cudaStream_t st);

@@ -9,6 +9,9 @@ region. Measured alternatives on 2 threads (N=64, C=K=64, 32x32, 3x3), forward:
   this (one parallel region, per-thread im2col + sgemm)                  84 ms  (C++ 35 ms)
 The blocked version lost to thread hand-offs: Numba's OpenMP pool and OpenBLAS's pool spin-wait
 for each other between the im2col and the GEMM of every block.
+
+Grouped convolutions run the unfold and the product once per group on the group's channel slices
+(w2 rows g*K/G.., x channels g*C/G..); dilation (dlh, dlw) spaces the taps in the unfold.
 """
 import numba as nb
 import numpy as np
@@ -33,16 +36,18 @@ def _valid_range(sw, pw, s, w, q_):
 # njit is scipy's sgemm) on its own im2col buffer; BLAS threads are pinned to 1 during the call.
 
 @nb.njit(parallel=True, cache=True)
-def _fwd(x, w2, b, y, r_, s_, sh, sw, ph, pw, p_, q_, relu, nchunk):
+def _fwd(x, w2, b, y, r_, s_, sh, sw, ph, pw, dlh, dlw, groups, p_, q_, relu, nchunk):
     n = x.shape[0]
     k_, crs = w2.shape
+    kg, cg = k_ // groups, x.shape[1] // groups
     pq = p_ * q_
     for t in nb.prange(nchunk):
         col = np.empty((crs, pq), x.dtype)
         out = np.empty((k_, pq), x.dtype)
         for i in range(t * n // nchunk, (t + 1) * n // nchunk):
-            _im2col_one(x[i], col, r_, s_, sh, sw, ph, pw, p_, q_)
-            np.dot(w2, col, out)
+            for g in range(groups):
+                _im2col_one(x[i, g * cg:(g + 1) * cg], col, r_, s_, sh, sw, ph, pw, dlh, dlw, p_, q_)
+                np.dot(w2[g * kg:(g + 1) * kg], col, out[g * kg:(g + 1) * kg])
             for k in range(k_):
                 bk = b[k]
                 if relu:
@@ -55,21 +60,25 @@ def _fwd(x, w2, b, y, r_, s_, sh, sw, ph, pw, p_, q_, relu, nchunk):
 
 
 @nb.njit(parallel=True, cache=True)
-def _bwd_data(dy, w2t, dx, r_, s_, sh, sw, ph, pw, p_, q_, nchunk):
+def _bwd_data(dy, w2t, dx, r_, s_, sh, sw, ph, pw, dlh, dlw, p_, q_, nchunk):
+    # w2t: (G, C/G*R*S, K/G), each group's weight rows transposed
     n = dx.shape[0]
-    crs = w2t.shape[0]
+    groups, crs, kg = w2t.shape
+    cg = dx.shape[1] // groups
     pq = p_ * q_
     for t in nb.prange(nchunk):
         col = np.empty((crs, pq), dx.dtype)
         for i in range(t * n // nchunk, (t + 1) * n // nchunk):
-            np.dot(w2t, dy[i], col)
-            _col2im_one(col, dx[i], r_, s_, sh, sw, ph, pw, p_, q_)
+            for g in range(groups):
+                np.dot(w2t[g], dy[i, g * kg:(g + 1) * kg], col)
+                _col2im_one(col, dx[i, g * cg:(g + 1) * cg], r_, s_, sh, sw, ph, pw, dlh, dlw, p_, q_)
 
 
 @nb.njit(parallel=True, cache=True)
-def _bwd_weight(x, dy, dw2, db, r_, s_, sh, sw, ph, pw, p_, q_, nchunk):
+def _bwd_weight(x, dy, dw2, db, r_, s_, sh, sw, ph, pw, dlh, dlw, groups, p_, q_, nchunk):
     n = x.shape[0]
     k_, crs = dw2.shape
+    kg, cg = k_ // groups, x.shape[1] // groups
     pq = p_ * q_
     # Plain loops instead of np.zeros and the array statements part[t] += acc, dw2 += part[t]:
     # under parallel=True each of those becomes a parfor of its own (a separate gufunc through
@@ -79,17 +88,18 @@ def _bwd_weight(x, dy, dw2, db, r_, s_, sh, sw, ph, pw, p_, q_, nchunk):
     dbp = np.empty((nchunk, k_), np.float64)
     for t in nb.prange(nchunk):
         col = np.empty((crs, pq), x.dtype)
-        acc = np.empty((k_, crs), x.dtype)
+        acc = np.empty((kg, crs), x.dtype)
         for k in range(k_):
             dbp[t, k] = 0
             for j in range(crs):
                 part[t, k, j] = 0
         for i in range(t * n // nchunk, (t + 1) * n // nchunk):
-            _im2col_one(x[i], col, r_, s_, sh, sw, ph, pw, p_, q_)
-            np.dot(dy[i], col.T, acc)
-            for k in range(k_):
-                for j in range(crs):
-                    part[t, k, j] += acc[k, j]
+            for g in range(groups):
+                _im2col_one(x[i, g * cg:(g + 1) * cg], col, r_, s_, sh, sw, ph, pw, dlh, dlw, p_, q_)
+                np.dot(dy[i, g * kg:(g + 1) * kg], col.T, acc)
+                for k in range(kg):
+                    for j in range(crs):
+                        part[t, g * kg + k, j] += acc[k, j]
             for k in range(k_):
                 s = 0.0
                 for j in range(pq):
@@ -104,17 +114,17 @@ def _bwd_weight(x, dy, dw2, db, r_, s_, sh, sw, ph, pw, p_, q_, nchunk):
 
 
 @nb.njit(cache=True)
-def _im2col_one(x, col, r_, s_, sh, sw, ph, pw, p_, q_):
+def _im2col_one(x, col, r_, s_, sh, sw, ph, pw, dlh, dlw, p_, q_):
     # x: (C, H, W) -> col: (C*R*S, P*Q); serial (called inside a parallel region)
     c_, h, w = x.shape
     for row in range(c_ * r_ * s_):
         c = row // (r_ * s_)
         r = (row // s_) % r_
         s = row % s_
-        lo, hi = _valid_range(sw, pw, s, w, q_)
-        off = s - pw
+        lo, hi = _valid_range(sw, pw, s * dlw, w, q_)
+        off = s * dlw - pw
         for i in range(p_):
-            hi_ = i * sh - ph + r
+            hi_ = i * sh - ph + r * dlh
             o = i * q_
             if hi_ < 0 or hi_ >= h:
                 for j in range(q_):
@@ -129,7 +139,7 @@ def _im2col_one(x, col, r_, s_, sh, sw, ph, pw, p_, q_):
 
 
 @nb.njit(cache=True)
-def _col2im_one(col, dx, r_, s_, sh, sw, ph, pw, p_, q_):
+def _col2im_one(col, dx, r_, s_, sh, sw, ph, pw, dlh, dlw, p_, q_):
     c_, h, w = dx.shape
     for c in range(c_):
         for i in range(h):
@@ -138,10 +148,10 @@ def _col2im_one(col, dx, r_, s_, sh, sw, ph, pw, p_, q_):
         for r in range(r_):
             for s in range(s_):
                 row = (c * r_ + r) * s_ + s
-                lo, hi = _valid_range(sw, pw, s, w, q_)
-                off = s - pw
+                lo, hi = _valid_range(sw, pw, s * dlw, w, q_)
+                off = s * dlw - pw
                 for i in range(p_):
-                    hi_ = i * sh - ph + r
+                    hi_ = i * sh - ph + r * dlh
                     if hi_ < 0 or hi_ >= h:
                         continue
                     o = i * q_
@@ -161,10 +171,10 @@ def _one_blas_thread():
     return _controller.limit(limits=1, user_api="blas")
 
 
-def _geometry(x_shape, w_shape, sh, sw, ph, pw):
+def _geometry(x_shape, w_shape, sh, sw, ph, pw, dlh, dlw):
     _, _, h, w = x_shape
     _, _, r, s = w_shape
-    return r, s, (h + 2 * ph - r) // sh + 1, (w + 2 * pw - s) // sw + 1
+    return r, s, (h + 2 * ph - dlh * (r - 1) - 1) // sh + 1, (w + 2 * pw - dlw * (s - 1) - 1) // sw + 1
 
 
 def _chunks(n):
@@ -173,35 +183,37 @@ def _chunks(n):
     return max(1, min(n, 4 * nb.get_num_threads()))
 
 
-def conv2d_fwd(x, w, b, y, sh, sw, ph, pw, relu):
+def conv2d_fwd(x, w, b, y, sh, sw, ph, pw, relu, dil_h=1, dil_w=1, groups=1):
     n, c = x.shape[:2]
     k = w.shape[0]
-    r, s, p, q = _geometry(x.shape, w.shape, sh, sw, ph, pw)
+    r, s, p, q = _geometry(x.shape, w.shape, sh, sw, ph, pw, dil_h, dil_w)
     if n == 0 or p * q == 0:
         return
     with _one_blas_thread():
-        _fwd(x, w.reshape(k, -1), b, y.reshape(n, k, p * q), r, s, sh, sw, ph, pw, p, q, bool(relu), _chunks(n))
+        _fwd(x, w.reshape(k, -1), b, y.reshape(n, k, p * q), r, s, sh, sw, ph, pw, dil_h, dil_w, groups, p, q,
+             bool(relu), _chunks(n))
 
 
-def conv2d_bwd_data(dy, w, dx, sh, sw, ph, pw):
+def conv2d_bwd_data(dy, w, dx, sh, sw, ph, pw, dil_h=1, dil_w=1, groups=1):
     n, c = dx.shape[:2]
     k = w.shape[0]
-    r, s, p, q = _geometry(dx.shape, w.shape, sh, sw, ph, pw)
+    r, s, p, q = _geometry(dx.shape, w.shape, sh, sw, ph, pw, dil_h, dil_w)
     if n == 0:
         return
     if p * q == 0:
         dx[...] = 0
         return
-    w2t = np.ascontiguousarray(w.reshape(k, -1).T)
+    w2t = np.ascontiguousarray(w.reshape(groups, k // groups, -1).transpose(0, 2, 1))
     with _one_blas_thread():
-        _bwd_data(dy.reshape(n, k, p * q), w2t, dx, r, s, sh, sw, ph, pw, p, q, _chunks(n))
+        _bwd_data(dy.reshape(n, k, p * q), w2t, dx, r, s, sh, sw, ph, pw, dil_h, dil_w, p, q, _chunks(n))
 
 
-def conv2d_bwd_weight(x, dy, dw, db, sh, sw, ph, pw):
+def conv2d_bwd_weight(x, dy, dw, db, sh, sw, ph, pw, dil_h=1, dil_w=1, groups=1):
     n, c = x.shape[:2]
     k = dw.shape[0]
-    r, s, p, q = _geometry(x.shape, dw.shape, sh, sw, ph, pw)
+    r, s, p, q = _geometry(x.shape, dw.shape, sh, sw, ph, pw, dil_h, dil_w)
     if n == 0 or p * q == 0:
         return
     with _one_blas_thread():
-        _bwd_weight(x, dy.reshape(n, k, p * q), dw.reshape(k, -1), db, r, s, sh, sw, ph, pw, p, q, _chunks(n))
+        _bwd_weight(x, dy.reshape(n, k, p * q), dw.reshape(k, -1), db, r, s, sh, sw, ph, pw, dil_h, dil_w, groups,
+                    p, q, _chunks(n))
