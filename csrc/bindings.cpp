@@ -174,9 +174,101 @@ void bind(py::module_& m) {
      py::arg("ph"), py::arg("pw"), py::arg("dil_h") = 1, py::arg("dil_w") = 1, py::arg("groups") = 1);
 
   m.def("set_conv2d_algo", &ft::cpu::set_conv2d_algo, py::arg("name"),
-        "conv2d algorithm: 'auto', 'im2col', 'winograd' (3x3 stride-1 ungrouped only) or 'depthwise' "
-        "(groups == in_channels only; an error elsewhere)");
+        "conv2d algorithm: 'auto', 'im2col', 'winograd' (3x3 stride-1 ungrouped only), 'depthwise' "
+        "(groups == in_channels only; an error elsewhere) or 'direct' (groups 1, no dilation)");
   m.def("conv2d_algo", &ft::cpu::conv2d_algo);
+  m.def("set_conv2d_isa", &ft::cpu::set_conv2d_isa, py::arg("name"),
+        "direct conv2d instruction set: 'auto', 'avx512', 'avx2' or 'portable'");
+  m.def("conv2d_isa", &ft::cpu::conv2d_isa);
+  // The direct convolution on its blocked layout (N, ceil(C/16), H', W', 16), see fasttrain/cpu.h.
+  m.def("to_blocked", [](py::array x, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+    expect_ndim("to_blocked", "x", x, 4);
+    FT_CHECK(pt >= 0 && pb >= 0 && pl >= 0 && pr >= 0, "to_blocked(pads): expected pads >= 0");
+    const float* px = ptr_of(x, "x");
+    const int64_t N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
+    f32arr xb({N, (C + 15) / 16, pt + H + pb, pl + W + pr, int64_t{16}});
+    float* pxb = xb.mutable_data();
+    py::gil_scoped_release nogil;
+    ft::cpu::conv2d_to_blocked(px, pxb, N, C, H, W, pt, pb, pl, pr);
+    return xb;
+  }, py::arg("x"), py::arg("pt") = 0, py::arg("pb") = 0, py::arg("pl") = 0, py::arg("pr") = 0);
+  m.def("from_blocked", [](py::array xb, int64_t C) {
+    expect_ndim("from_blocked", "xb", xb, 5);
+    FT_CHECK(C >= 1 && (C + 15) / 16 == xb.shape(1) && xb.shape(4) == 16,
+             "from_blocked(C): expected " << xb.shape(1) * 16 - 15 << ".." << xb.shape(1) * 16
+                                         << " channels for xb " << shape_str(xb) << ", got " << C);
+    const float* pxb = ptr_of(xb, "xb");
+    const int64_t N = xb.shape(0), H = xb.shape(2), W = xb.shape(3);
+    f32arr x({N, C, H, W});
+    float* px = x.mutable_data();
+    py::gil_scoped_release nogil;
+    ft::cpu::conv2d_from_blocked(pxb, px, N, C, H, W);
+    return x;
+  }, py::arg("xb"), py::arg("C"));
+  m.def("conv2d_blocked_dy_pads", [](int64_t H, int64_t W, int64_t R, int64_t S, int64_t sh,
+                                     int64_t sw, int64_t ph, int64_t pw) {
+    check_window("conv2d_blocked_dy_pads", sh, sw, ph, pw);
+    int64_t p[4];
+    ft::cpu::conv2d_blocked_dy_pads(H, W, R, S, sh, sw, ph, pw, p);
+    return py::make_tuple(p[0], p[1], p[2], p[3]);
+  });
+  // Blocked geometry: xb (N, Cb, H + 2ph, W + 2pw, 16) for the forward input; dy and y (N, Kb, ., ., 16).
+  auto blocked_geom = [](const char* op, const py::array& xb, const py::array& w, int64_t sh,
+                         int64_t sw, int64_t ph, int64_t pw, int64_t xpad_h, int64_t xpad_w) {
+    expect_ndim(op, "xb", xb, 5);
+    expect_ndim(op, "w", w, 4);
+    check_window(op, sh, sw, ph, pw);
+    Conv g{xb.shape(0), w.shape(1), xb.shape(2) - 2 * xpad_h, xb.shape(3) - 2 * xpad_w,
+           w.shape(0), w.shape(2), w.shape(3), 0, 0};
+    FT_CHECK(xb.shape(1) == (g.C + 15) / 16 && xb.shape(4) == 16 && g.H >= 1 && g.W >= 1,
+             op << "(xb): expected shape (N, " << (g.C + 15) / 16 << ", H" << (xpad_h ? " + 2ph" : "")
+                << ", W" << (xpad_w ? " + 2pw" : "") << ", 16) for w " << shape_str(w) << ", got "
+                << shape_str(xb));
+    g.P = out_extent(op, "height", g.H, g.R, sh, ph);
+    g.Q = out_extent(op, "width", g.W, g.S, sw, pw);
+    return g;
+  };
+  auto expect_dyp = [](const char* op, const py::array& dyp, const Conv& g, int64_t sh, int64_t sw,
+                       int64_t ph, int64_t pw) {
+    int64_t p[4];
+    ft::cpu::conv2d_blocked_dy_pads(g.H, g.W, g.R, g.S, sh, sw, ph, pw, p);
+    expect_shape(op, "dyb", dyp, {g.N, (g.K + 15) / 16, p[0] + g.P + p[1], p[2] + g.Q + p[3], 16});
+  };
+  m.def("conv2d_blocked_fwd", [=](py::array xb, py::array w, py::array b, py::array yb, int64_t sh,
+                                  int64_t sw, int64_t ph, int64_t pw, bool relu) {
+    const char* op = "conv2d_blocked_fwd";
+    Conv g = blocked_geom(op, xb, w, sh, sw, ph, pw, ph, pw);
+    expect_shape(op, "b", b, {g.K});
+    expect_shape(op, "yb", yb, {g.N, (g.K + 15) / 16, g.P, g.Q, 16});
+    const float *px = ptr_of(xb, "xb"), *pw_ = ptr_of(w, "w"), *pb = ptr_of(b, "b");
+    float* py_ = ptr_of(yb, "yb");
+    py::gil_scoped_release nogil;
+    ft::cpu::conv2d_blocked_fwd(px, pw_, pb, py_, g.N, g.C, g.H, g.W, g.K, g.R, g.S, sh, sw, ph, pw, relu);
+  }, py::arg("xb"), py::arg("w"), py::arg("b"), py::arg("yb"), py::arg("sh"), py::arg("sw"),
+     py::arg("ph"), py::arg("pw"), py::arg("relu"));
+  m.def("conv2d_blocked_bwd_data", [=](py::array dyb, py::array w, py::array dxb, int64_t sh,
+                                       int64_t sw, int64_t ph, int64_t pw) {
+    const char* op = "conv2d_blocked_bwd_data";
+    Conv g = blocked_geom(op, dxb, w, sh, sw, ph, pw, 0, 0);
+    expect_dyp(op, dyb, g, sh, sw, ph, pw);
+    const float *pdy = ptr_of(dyb, "dyb"), *pw_ = ptr_of(w, "w");
+    float* pdx = ptr_of(dxb, "dxb");
+    py::gil_scoped_release nogil;
+    ft::cpu::conv2d_blocked_bwd_data(pdy, pw_, pdx, g.N, g.C, g.H, g.W, g.K, g.R, g.S, sh, sw, ph, pw);
+  }, py::arg("dyb"), py::arg("w"), py::arg("dxb"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
+     py::arg("pw"));
+  m.def("conv2d_blocked_bwd_weight", [=](py::array xb, py::array dyb, py::array dw, py::array db,
+                                         int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+    const char* op = "conv2d_blocked_bwd_weight";
+    Conv g = blocked_geom(op, xb, dw, sh, sw, ph, pw, ph, pw);
+    expect_dyp(op, dyb, g, sh, sw, ph, pw);
+    expect_shape(op, "db", db, {g.K});
+    const float *px = ptr_of(xb, "xb"), *pdy = ptr_of(dyb, "dyb");
+    float *pdw = ptr_of(dw, "dw"), *pdb = ptr_of(db, "db");
+    py::gil_scoped_release nogil;
+    ft::cpu::conv2d_blocked_bwd_weight(px, pdy, pdw, pdb, g.N, g.C, g.H, g.W, g.K, g.R, g.S, sh, sw, ph, pw);
+  }, py::arg("xb"), py::arg("dyb"), py::arg("dw"), py::arg("db"), py::arg("sh"), py::arg("sw"),
+     py::arg("ph"), py::arg("pw"));
 
   m.def("linear_fwd", [](py::array x, py::array w, py::array b, py::array y) {
     const char* op = "linear_fwd";

@@ -202,7 +202,7 @@ void over_images(int64_t N, Body body) {
   }
 }
 
-enum class Algo { Auto, Im2col, Winograd, Depthwise };
+enum class Algo { Auto, Im2col, Winograd, Depthwise, Direct };
 Algo g_algo = Algo::Auto;
 
 // Whether op runs through Winograd. Forcing it on a convolution it cannot do is an error, not a
@@ -214,6 +214,7 @@ bool use_winograd(const char* op, const Geom& g, bool data_grad, int64_t cin, in
   switch (g_algo) {
     case Algo::Im2col:
     case Algo::Depthwise:
+    case Algo::Direct:
       return false;
     case Algo::Winograd:
       FT_CHECK(fits, op << ": conv2d algorithm 'winograd' needs a 3x3 kernel with stride 1"
@@ -236,6 +237,7 @@ bool use_depthwise(const char* op, const Geom& g) {
   switch (g_algo) {
     case Algo::Im2col:
     case Algo::Winograd:
+    case Algo::Direct:
       return false;
     case Algo::Depthwise:
       FT_CHECK(fits, op << ": conv2d algorithm 'depthwise' needs groups == in_channels > 1, got groups "
@@ -247,32 +249,38 @@ bool use_depthwise(const char* op, const Geom& g) {
   return fits;
 }
 
+// Whether op runs through the direct engine (conv2d_direct.cpp), which handles groups 1 without
+// dilation, any kernel size, stride and padding.
+bool use_direct(const char* op, const Geom& g) {
+  if (g_algo != Algo::Direct) return false;
+  FT_CHECK(g.G == 1 && g.dilh == 1 && g.dilw == 1,
+           op << ": conv2d algorithm 'direct' needs groups 1 and no dilation, got groups " << g.G
+              << " dilation (" << g.dilh << ", " << g.dilw << ")");
+  return true;
+}
+
 }  // namespace
 
+const char* const kAlgoNames[] = {"auto", "im2col", "winograd", "depthwise", "direct"};
+
 void set_conv2d_algo(const std::string& name) {
-  FT_CHECK(name == "auto" || name == "im2col" || name == "winograd" || name == "depthwise",
-           "set_conv2d_algo(name): expected 'auto', 'im2col', 'winograd' or 'depthwise', got '"
-               << name << "'");
-  g_algo = name == "auto"      ? Algo::Auto
-           : name == "im2col"  ? Algo::Im2col
-           : name == "winograd" ? Algo::Winograd
-                                : Algo::Depthwise;
+  for (int i = 0; i < 5; ++i)
+    if (name == kAlgoNames[i]) {
+      g_algo = static_cast<Algo>(i);
+      return;
+    }
+  FT_CHECK(false, "set_conv2d_algo(name): expected 'auto', 'im2col', 'winograd', 'depthwise' or "
+                  "'direct', got '" << name << "'");
 }
 
-std::string conv2d_algo() {
-  switch (g_algo) {
-    case Algo::Im2col: return "im2col";
-    case Algo::Winograd: return "winograd";
-    case Algo::Depthwise: return "depthwise";
-    case Algo::Auto: break;
-  }
-  return "auto";
-}
+std::string conv2d_algo() { return kAlgoNames[static_cast<int>(g_algo)]; }
 
 void conv2d_fwd(const float* x, const float* w, const float* b, float* y, int64_t N, int64_t C,
                 int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh, int64_t sw,
                 int64_t ph, int64_t pw, bool relu, int64_t dilh, int64_t dilw, int64_t groups) {
   const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw, dilh, dilw, groups);
+  if (use_direct("conv2d_fwd", g))
+    return conv2d_direct_fwd(x, w, b, y, N, C, H, W, K, R, S, sh, sw, ph, pw, relu);
   if (use_depthwise("conv2d_fwd", g))
     return depthwise::fwd(x, w, b, y, dw_shape(g), relu);
   if (use_winograd("conv2d_fwd", g, false, C, K))
@@ -285,6 +293,8 @@ void conv2d_bwd_data(const float* dy, const float* w, float* dx, int64_t N, int6
                      int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph,
                      int64_t pw, int64_t dilh, int64_t dilw, int64_t groups) {
   const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw, dilh, dilw, groups);
+  if (use_direct("conv2d_bwd_data", g))
+    return conv2d_direct_bwd_data(dy, w, dx, N, C, H, W, K, R, S, sh, sw, ph, pw);
   if (use_depthwise("conv2d_bwd_data", g))
     return depthwise::bwd_data(dy, w, dx, dw_shape(g));
   if (use_winograd("conv2d_bwd_data", g, true, K, C))
@@ -298,6 +308,8 @@ void conv2d_bwd_weight(const float* x, const float* dy, float* dw, float* db, in
                        int64_t sw, int64_t ph, int64_t pw, int64_t dilh, int64_t dilw,
                        int64_t groups) {
   const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw, dilh, dilw, groups);
+  if (use_direct("conv2d_bwd_weight", g))
+    return conv2d_direct_bwd_weight(x, dy, dw, db, N, C, H, W, K, R, S, sh, sw, ph, pw);
   if (use_depthwise("conv2d_bwd_weight", g))
     return depthwise::bwd_weight(x, dy, dw, db, dw_shape(g));
   if (use_winograd("conv2d_bwd_weight", g, false, C, K))

@@ -80,6 +80,39 @@ void conv2d_bwd_weight(const float* x, const float* dy, float* dw, float* db, in
 // cannot do); process-wide, for tests and benchmarks.
 void set_conv2d_algo(const std::string& name);
 std::string conv2d_algo();
+// conv2d_direct.cpp: the same three convolutions by direct convolution on the NCHW16c layout
+// (register-blocked micro-kernels per instruction set), converting NCHW in and out inside the call.
+void conv2d_direct_fwd(const float* x, const float* w, const float* b, float* y, int64_t N,
+                       int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
+                       int64_t sw, int64_t ph, int64_t pw, bool relu);
+void conv2d_direct_bwd_data(const float* dy, const float* w, float* dx, int64_t N, int64_t C,
+                            int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
+                            int64_t sw, int64_t ph, int64_t pw);
+void conv2d_direct_bwd_weight(const float* x, const float* dy, float* dw, float* db, int64_t N,
+                              int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
+                              int64_t sh, int64_t sw, int64_t ph, int64_t pw);
+// The blocked layout itself ([N][ceil(C/16)][pt+H+pb][pl+W+pr][16], zero border and channel
+// tail), for callers that keep activations blocked: x is the forward input padded by (ph, pw);
+// dy (the gradients' input) is padded by conv2d_blocked_dy_pads (top, bottom, left, right);
+// outputs y and dx are unpadded.
+void conv2d_to_blocked(const float* x, float* xb, int64_t N, int64_t C, int64_t H, int64_t W,
+                       int64_t pt, int64_t pb, int64_t pl, int64_t pr);
+void conv2d_from_blocked(const float* xb, float* x, int64_t N, int64_t C, int64_t H, int64_t W);
+void conv2d_blocked_dy_pads(int64_t H, int64_t W, int64_t R, int64_t S, int64_t sh, int64_t sw,
+                            int64_t ph, int64_t pw, int64_t pads[4]);
+void conv2d_blocked_fwd(const float* xp, const float* w, const float* b, float* yb, int64_t N,
+                        int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
+                        int64_t sw, int64_t ph, int64_t pw, bool relu);
+void conv2d_blocked_bwd_data(const float* dyp, const float* w, float* dxb, int64_t N, int64_t C,
+                             int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
+                             int64_t sw, int64_t ph, int64_t pw);
+void conv2d_blocked_bwd_weight(const float* xp, const float* dyp, float* dw, float* db, int64_t N,
+                               int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
+                               int64_t sh, int64_t sw, int64_t ph, int64_t pw);
+// The direct convolution's instruction set: "auto" (the best this CPU runs), "avx512", "avx2" or
+// "portable" (an error if this build or CPU lacks it); process-wide, for tests and benchmarks.
+void set_conv2d_isa(const std::string& name);
+std::string conv2d_isa();
 
 // linear.cpp (x N,I; w O,I; y N,O)
 void linear_fwd(const float* x, const float* w, const float* b, float* y, int64_t N, int64_t I,

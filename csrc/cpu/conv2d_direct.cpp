@@ -1,0 +1,483 @@
+// Direct convolution on the NCHW16c blocked layout (conv2d_direct.h): layouts, tiling, threads and
+// the instruction-set choice around the micro-kernels of conv2d_direct_kernels.h.
+//
+//   forward      y[n,k,p,q]  = b[k] + sum_{c,r,s} x[n,c,p*sh-ph+r,q*sw-pw+s] w[k,c,r,s]
+//   bwd_data     dx[n,c,h,w] = sum_{k,r,s : h = p*sh-ph+r, w = q*sw-pw+s} dy[n,k,p,q] w[k,c,r,s]
+//   bwd_weight   dw[k,c,r,s] += sum_{n,p,q} dy[n,k,p,q] x[n,c,p*sh-ph+r,q*sw-pw+s]
+//
+// Padding never reaches a micro-kernel: the input is copied into the blocked layout with a zero
+// border (the NCHW -> NCHW16c conversion has to touch every element anyway), so every tap of every
+// tile reads memory. The data gradient is a convolution of dy with the transposed weights; with
+// stride s it splits into s*s phases (dx rows h = a + s*i for a phase a), each a stride-1
+// convolution of dy over the taps r with (a + ph - r) divisible by s. Every phase writes its own
+// dx pixels, so no dx pixel is accumulated twice and no zeros are multiplied.
+//
+// Threads: forward and data-gradient tiles (image x output row x output-channel group x pixel
+// tile) are shared out statically, so batch 1 also fills both cores; the weight gradient splits
+// the batch between threads into private partial sums (added in thread order), or, with fewer
+// images than threads, the (output block, input block, kernel row) triples. No BLAS is called,
+// so OpenBLAS's pool never competes with these regions.
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <omp.h>
+
+#include "conv2d_direct.h"
+#include "fasttrain/check.h"
+#include "fasttrain/cpu.h"
+
+namespace ft::cpu {
+namespace direct {
+namespace {
+
+// ---- instruction set ----
+
+const Isa* best_isa() {
+#if defined(__x86_64__) || defined(__i386__)
+  if (isa_avx512() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma"))
+    return isa_avx512();
+  if (isa_avx2() && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return isa_avx2();
+#endif
+  return isa_portable();
+}
+
+const Isa* g_forced = nullptr;  // set_conv2d_isa; null: the best the CPU runs
+
+const Isa* current_isa() {
+  static const Isa* best = best_isa();
+  return g_forced ? g_forced : best;
+}
+
+// ---- buffers ----
+
+// Grow-only per-thread buffers (one per role): the blocked copies of a batch are megabytes, and
+// a fresh allocation each call would page-fault them in again every time.
+enum Buf { kX, kY, kW, kBias, kPartial, kNumBufs };
+float* buffer(Buf which, int64_t n) {
+  thread_local std::vector<float> bufs[kNumBufs];
+  auto& b = bufs[which];
+  if (static_cast<int64_t>(b.size()) < n) b.resize(n);
+  return b.data();
+}
+
+int64_t blocks(int64_t c) { return (c + kBlock - 1) / kBlock; }
+
+// ---- layout conversion ----
+
+// x (N, C, H, W) -> [N][Cb][pt + H + pb][pl + W + pr][16], zero border and zero channel tail.
+void to_blocked(const float* x, float* xb, int64_t N, int64_t C, int64_t H, int64_t W, int64_t pt,
+                int64_t pb, int64_t pl, int64_t pr) {
+  const int64_t Cb = blocks(C), Hp = pt + H + pb, Wp = pl + W + pr;
+#pragma omp parallel for collapse(2) num_threads(num_threads()) schedule(static)
+  for (int64_t nb = 0; nb < N * Cb; ++nb)
+    for (int64_t hp = 0; hp < Hp; ++hp) {
+      const int64_t n = nb / Cb, cb = nb % Cb, h = hp - pt;
+      float* out = xb + (nb * Hp + hp) * Wp * kBlock;
+      const int64_t nc = std::min<int64_t>(kBlock, C - cb * kBlock);
+      if (h < 0 || h >= H) {
+        std::memset(out, 0, sizeof(float) * Wp * kBlock);
+        continue;
+      }
+      std::memset(out, 0, sizeof(float) * pl * kBlock);
+      std::memset(out + (pl + W) * kBlock, 0, sizeof(float) * pr * kBlock);
+      float* o = out + pl * kBlock;
+      const float* in = x + ((n * C + cb * kBlock) * H + h) * W;
+      if (nc < kBlock)
+        for (int64_t w = 0; w < W; ++w)
+          for (int64_t c = nc; c < kBlock; ++c) o[w * kBlock + c] = 0.f;
+      for (int64_t c = 0; c < nc; ++c) {
+        const float* ic = in + c * H * W;
+        for (int64_t w = 0; w < W; ++w) o[w * kBlock + c] = ic[w];
+      }
+    }
+}
+
+// [N][Cb][P][Q][16] -> y (N, C, P, Q)
+void from_blocked(const float* yb, float* y, int64_t N, int64_t C, int64_t P, int64_t Q) {
+  const int64_t Cb = blocks(C);
+#pragma omp parallel for collapse(2) num_threads(num_threads()) schedule(static)
+  for (int64_t nb = 0; nb < N * Cb; ++nb)
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t n = nb / Cb, cb = nb % Cb;
+      const float* in = yb + (nb * P + p) * Q * kBlock;
+      const int64_t nc = std::min<int64_t>(kBlock, C - cb * kBlock);
+      for (int64_t c = 0; c < nc; ++c) {
+        float* out = y + ((n * C + cb * kBlock + c) * P + p) * Q;
+        for (int64_t q = 0; q < Q; ++q) out[q] = in[q * kBlock + c];
+      }
+    }
+}
+
+// w (K, C, R, S) -> [Kb][Cb][R][S][16 c][16 k] (forward) or, transposed for the data gradient,
+// [Cb][Kb][R][S][16 k][16 c]; zero where a block runs past K or C.
+void weights_blocked(const float* w, float* wb, int64_t K, int64_t C, int64_t R, int64_t S,
+                     bool transpose) {
+  const int64_t Kb = blocks(K), Cb = blocks(C);
+  const int64_t ob = transpose ? Cb : Kb, ib = transpose ? Kb : Cb;
+  std::memset(wb, 0, sizeof(float) * ob * ib * R * S * kWBlock);
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t s = 0; s < S; ++s) {
+          const int64_t o = transpose ? c : k, i = transpose ? k : c;
+          wb[((((o / kBlock) * ib + i / kBlock) * R + r) * S + s) * kWBlock +
+             (i % kBlock) * kBlock + o % kBlock] = w[((k * C + c) * R + r) * S + s];
+        }
+}
+
+// ---- tiling ----
+
+struct Tiling {
+  int kv, qt;        // output blocks and pixels per tile
+  int64_t groups;    // output-block groups of kv
+  int64_t qtiles;    // pixel tiles per output row
+};
+
+// The widest tile the registers hold, with the row split into equal tiles (Q = 32 with 16-pixel
+// tiles is two full tiles, not 28 + 4).
+Tiling tiling(const Isa& isa, int64_t out_blocks, int64_t Q, int64_t stride) {
+  Tiling t;
+  t.kv = std::min<int64_t>(isa.max_kv, out_blocks);
+  int64_t maxq = isa.max_qt[t.kv];
+  if (stride > 2) maxq = 1;  // micro-kernels exist for input pixel strides 1 and 2
+  t.qtiles = (Q + maxq - 1) / maxq;
+  t.qt = static_cast<int>((Q + t.qtiles - 1) / t.qtiles);
+  t.groups = (out_blocks + t.kv - 1) / t.kv;
+  return t;
+}
+
+// Runs the tiles of one output plane family: for image n, output row i, block group g and pixel
+// tile u, fill(tile, n, i, kb0, q0) sets the pointers of a tile whose other fields come from
+// `base`; the micro-kernel is then chosen for the tile's kv and width.
+template <class Fill>
+void run_tiles(const Isa& isa, const Tiling& t, const ConvTile& base, int64_t N, int64_t rows,
+               int64_t Q, int64_t out_blocks, int64_t in_stride, Fill fill) {
+  const int64_t items = N * rows * t.groups * t.qtiles;
+  const int sw = in_stride == 2 ? 2 : 1;
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t it = 0; it < items; ++it) {
+    const int64_t u = it % t.qtiles, g = (it / t.qtiles) % t.groups;
+    const int64_t i = (it / (t.qtiles * t.groups)) % rows, n = it / (t.qtiles * t.groups * rows);
+    const int64_t kb0 = g * t.kv, q0 = u * t.qt;
+    const int kv = static_cast<int>(std::min<int64_t>(t.kv, out_blocks - kb0));
+    const int qt = static_cast<int>(std::min<int64_t>(t.qt, Q - q0));
+    ConvTile tile = base;
+    fill(tile, n, i, kb0, q0);
+    isa.conv(kv, qt, sw)(tile);
+  }
+}
+
+struct Geom {
+  int64_t N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw, Cb, Kb;
+};
+
+Geom geom(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
+          int64_t sw, int64_t ph, int64_t pw) {
+  return {N, C, H, W, K, R, S, (H + 2 * ph - R) / sh + 1, (W + 2 * pw - S) / sw + 1,
+          sh, sw, ph, pw, blocks(C), blocks(K)};
+}
+
+// ---- the three convolutions on blocked buffers ----
+
+// xp: [N][Cb][H+2ph][W+2pw][16]; yb: [N][Kb][P][Q][16]; wf: forward weight blocks; bias: Kb*16.
+void fwd_blocked(const Isa& isa, const Geom& g, const float* xp, const float* wf,
+                 const float* bias, float* yb, bool relu) {
+  const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw;
+  std::vector<int64_t> tap_in(g.R * g.S), tap_w(g.R * g.S);
+  for (int64_t r = 0; r < g.R; ++r)
+    for (int64_t s = 0; s < g.S; ++s) {
+      tap_in[r * g.S + s] = (r * Wp + s) * kBlock;
+      tap_w[r * g.S + s] = (r * g.S + s) * kWBlock;
+    }
+  const Tiling t = tiling(isa, g.Kb, g.Q, g.sw);
+  ConvTile base{};
+  base.in_cb = Hp * Wp * kBlock;
+  base.tap_in = tap_in.data();
+  base.tap_w = tap_w.data();
+  base.ntaps = static_cast<int>(g.R * g.S);
+  base.Cb = static_cast<int>(g.Cb);
+  base.w_cb = g.R * g.S * kWBlock;
+  base.w_kb = g.Cb * base.w_cb;
+  base.out_px = kBlock;
+  base.out_kb = g.P * g.Q * kBlock;
+  base.relu = relu;
+  run_tiles(isa, t, base, g.N, g.P, g.Q, g.Kb, g.sw,
+            [&](ConvTile& a, int64_t n, int64_t p, int64_t kb0, int64_t q0) {
+              a.in = xp + ((n * g.Cb * Hp) + p * g.sh) * Wp * kBlock + q0 * g.sw * kBlock;
+              a.w = wf + kb0 * a.w_kb;
+              a.out = yb + ((n * g.Kb + kb0) * g.P + p) * g.Q * kBlock + q0 * kBlock;
+              a.bias = bias + kb0 * kBlock;
+            });
+}
+
+// The zero border dy needs for the data gradient's phases: rows p = i + dp with
+// dp = (a + ph - r) / sh over the phases a and the taps r that reach them.
+struct Pads {
+  int64_t top, bottom;
+};
+Pads dy_pads(int64_t H, int64_t R, int64_t sh, int64_t ph, int64_t P) {
+  Pads d{0, 0};
+  for (int64_t a = 0; a < sh && a < H; ++a) {
+    const int64_t rows = (H - a + sh - 1) / sh;
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t num = a + ph - r;
+      if (((num % sh) + sh) % sh) continue;
+      const int64_t dp = num >= 0 ? num / sh : -((-num) / sh);
+      d.top = std::max(d.top, -dp);
+      d.bottom = std::max(d.bottom, rows - 1 + dp - (P - 1));
+    }
+  }
+  return d;
+}
+
+// dyp: [N][Kb][pt+P+pb][pl+Q+pr][16] with the pads of dy_pads; dxb: [N][Cb][H][W][16];
+// wd: transposed weight blocks.
+void bwd_data_blocked(const Isa& isa, const Geom& g, const float* dyp, Pads ph_, Pads pw_,
+                      const float* wd, float* dxb) {
+  const int64_t Pp = ph_.top + g.P + ph_.bottom, Qp = pw_.top + g.Q + pw_.bottom;
+  ConvTile base{};
+  base.in_cb = Pp * Qp * kBlock;
+  base.Cb = static_cast<int>(g.Kb);
+  base.w_cb = g.R * g.S * kWBlock;
+  base.w_kb = g.Kb * base.w_cb;
+  base.out_px = g.sw * kBlock;
+  base.out_kb = g.H * g.W * kBlock;
+  std::vector<int64_t> tap_in, tap_w;
+  for (int64_t a = 0; a < std::min(g.sh, g.H); ++a)
+    for (int64_t b = 0; b < std::min(g.sw, g.W); ++b) {
+      tap_in.clear();
+      tap_w.clear();
+      for (int64_t r = 0; r < g.R; ++r)
+        for (int64_t s = 0; s < g.S; ++s) {
+          const int64_t nr = a + g.ph - r, ns = b + g.pw - s;
+          if ((((nr % g.sh) + g.sh) % g.sh) || (((ns % g.sw) + g.sw) % g.sw)) continue;
+          const int64_t dp = nr >= 0 ? nr / g.sh : -((-nr) / g.sh);
+          const int64_t dq = ns >= 0 ? ns / g.sw : -((-ns) / g.sw);
+          tap_in.push_back(((dp + ph_.top) * Qp + dq + pw_.top) * kBlock);
+          tap_w.push_back((r * g.S + s) * kWBlock);
+        }
+      const int64_t rows = (g.H - a + g.sh - 1) / g.sh, cols = (g.W - b + g.sw - 1) / g.sw;
+      ConvTile pb = base;
+      pb.tap_in = tap_in.data();
+      pb.tap_w = tap_w.data();
+      pb.ntaps = static_cast<int>(tap_in.size());
+      const Tiling t = tiling(isa, g.Cb, cols, 1);
+      run_tiles(isa, t, pb, g.N, rows, cols, g.Cb, 1,
+                [&](ConvTile& tl, int64_t n, int64_t i, int64_t cb0, int64_t j0) {
+                  tl.in = dyp + (n * g.Kb * Pp + i) * Qp * kBlock + j0 * kBlock;
+                  tl.w = wd + cb0 * tl.w_kb;
+                  tl.out = dxb + ((n * g.Cb + cb0) * g.H + a + g.sh * i) * g.W * kBlock +
+                           (b + g.sw * j0) * kBlock;
+                });
+    }
+}
+
+// dwb [Kb][Cb][R][S][16 c][16 k] = sum over the batch (overwritten); dbd (Kb*16) = sums of dy.
+// xp as in the forward; dy's interior starts at row pt, column pl of dyp ([N][Kb][Pp][Qp][16]).
+void bwd_weight_blocked(const Isa& isa, const Geom& g, const float* xp, const float* dyp,
+                        int64_t Pp, int64_t Qp, int64_t pt, int64_t pl, float* dwb, double* dbd) {
+  const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw;
+  const int64_t wsz = g.Kb * g.Cb * g.R * g.S * kWBlock;
+  const int nt = num_threads();
+  auto tile = [&](int64_t n, int64_t kb, int64_t cb, int64_t r, int64_t s, float* dw) {
+    WgradTile a;
+    a.x = xp + ((n * g.Cb + cb) * Hp + r) * Wp * kBlock + s * kBlock;
+    a.x_row = Wp * kBlock;
+    a.dy = dyp + ((n * g.Kb + kb) * Pp + pt) * Qp * kBlock + pl * kBlock;
+    a.dy_row = Qp * kBlock;
+    a.P = g.P;
+    a.Q = g.Q;
+    a.sh = g.sh;
+    a.sw = g.sw;
+    a.dw = dw + (((kb * g.Cb + cb) * g.R + r) * g.S + s) * kWBlock;
+    isa.wgrad(a);
+  };
+  const bool by_image = g.N >= nt;
+  const int parts = by_image ? nt : 1;
+  float* part = buffer(kPartial, parts * wsz);
+  std::memset(part, 0, sizeof(float) * parts * wsz);
+  std::vector<double> dbp(static_cast<size_t>(nt) * g.Kb * kBlock, 0.0);
+#pragma omp parallel num_threads(nt)
+  {
+    const int th = omp_get_thread_num();
+    if (by_image) {
+      float* mine = part + th * wsz;
+#pragma omp for schedule(static)
+      for (int64_t n = 0; n < g.N; ++n)
+        for (int64_t kb = 0; kb < g.Kb; ++kb)
+          for (int64_t cb = 0; cb < g.Cb; ++cb)
+            for (int64_t r = 0; r < g.R; ++r)
+              for (int64_t s = 0; s < g.S; ++s) tile(n, kb, cb, r, s, mine);
+    } else {
+#pragma omp for schedule(static)
+      for (int64_t it = 0; it < g.Kb * g.Cb * g.R; ++it)
+        for (int64_t n = 0; n < g.N; ++n)
+          for (int64_t s = 0; s < g.S; ++s)
+            tile(n, it / (g.Cb * g.R), (it / g.R) % g.Cb, it % g.R, s, part);
+    }
+    double* db = dbp.data() + th * g.Kb * kBlock;
+#pragma omp for schedule(static)
+    for (int64_t nk = 0; nk < g.N * g.Kb; ++nk) {
+      float s[kBlock] = {};
+      const float* d = dyp + (nk * Pp + pt) * Qp * kBlock + pl * kBlock;
+      for (int64_t p = 0; p < g.P; ++p)
+        for (int64_t q = 0; q < g.Q; ++q)
+          for (int c = 0; c < kBlock; ++c) s[c] += d[(p * Qp + q) * kBlock + c];
+      for (int c = 0; c < kBlock; ++c) db[(nk % g.Kb) * kBlock + c] += s[c];
+    }
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < wsz; ++i) {
+      float s = 0.f;
+      for (int u = 0; u < parts; ++u) s += part[u * wsz + i];
+      dwb[i] = s;
+    }
+  }
+  for (int64_t k = 0; k < g.Kb * kBlock; ++k) {
+    double s = 0.0;
+    for (int u = 0; u < nt; ++u) s += dbp[u * g.Kb * kBlock + k];
+    dbd[k] = s;
+  }
+}
+
+}  // namespace
+}  // namespace direct
+
+using direct::kBlock;
+
+void set_conv2d_isa(const std::string& name) {
+  using namespace direct;
+  const Isa* isa = nullptr;
+  if (name == "auto") {
+    g_forced = nullptr;
+    return;
+  }
+  FT_CHECK(name == "avx512" || name == "avx2" || name == "portable",
+           "set_conv2d_isa(name): expected 'auto', 'avx512', 'avx2' or 'portable', got '" << name << "'");
+  if (name == "portable") {
+    isa = isa_portable();
+  } else {
+#if defined(__x86_64__) || defined(__i386__)
+    const bool cpu = name == "avx512" ? __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma")
+                                      : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    const bool cpu = false;
+#endif
+    isa = name == "avx512" ? isa_avx512() : isa_avx2();
+    FT_CHECK(isa != nullptr, "set_conv2d_isa(name): '" << name << "' was not compiled into this build");
+    FT_CHECK(cpu, "set_conv2d_isa(name): this CPU does not support '" << name << "'");
+  }
+  g_forced = isa;
+}
+
+std::string conv2d_isa() { return direct::current_isa()->name; }
+
+void conv2d_to_blocked(const float* x, float* xb, int64_t N, int64_t C, int64_t H, int64_t W,
+                       int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  direct::to_blocked(x, xb, N, C, H, W, pt, pb, pl, pr);
+}
+
+void conv2d_from_blocked(const float* xb, float* x, int64_t N, int64_t C, int64_t H, int64_t W) {
+  direct::from_blocked(xb, x, N, C, H, W);
+}
+
+void conv2d_blocked_dy_pads(int64_t H, int64_t W, int64_t R, int64_t S, int64_t sh, int64_t sw,
+                            int64_t ph, int64_t pw, int64_t pads[4]) {
+  const int64_t P = (H + 2 * ph - R) / sh + 1, Q = (W + 2 * pw - S) / sw + 1;
+  const direct::Pads pv = direct::dy_pads(H, R, sh, ph, P), pq = direct::dy_pads(W, S, sw, pw, Q);
+  pads[0] = pv.top;
+  pads[1] = pv.bottom;
+  pads[2] = pq.top;
+  pads[3] = pq.bottom;
+}
+
+void conv2d_blocked_fwd(const float* xp, const float* w, const float* b, float* yb, int64_t N,
+                        int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
+                        int64_t sw, int64_t ph, int64_t pw, bool relu) {
+  using namespace direct;
+  const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
+  float* wf = buffer(kW, g.Kb * g.Cb * R * S * kWBlock);
+  float* bias = buffer(kBias, g.Kb * kBlock);
+  std::fill(bias, bias + g.Kb * kBlock, 0.f);
+  std::copy(b, b + K, bias);
+  weights_blocked(w, wf, K, C, R, S, false);
+  fwd_blocked(*current_isa(), g, xp, wf, bias, yb, relu);
+}
+
+void conv2d_blocked_bwd_data(const float* dyp, const float* w, float* dxb, int64_t N, int64_t C,
+                             int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
+                             int64_t sw, int64_t ph, int64_t pw) {
+  using namespace direct;
+  const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
+  const Pads pv = dy_pads(H, R, sh, ph, g.P), pq = dy_pads(W, S, sw, pw, g.Q);
+  float* wd = buffer(kW, g.Kb * g.Cb * R * S * kWBlock);
+  weights_blocked(w, wd, K, C, R, S, true);
+  bwd_data_blocked(*current_isa(), g, dyp, pv, pq, wd, dxb);
+}
+
+void conv2d_blocked_bwd_weight(const float* xp, const float* dyp, float* dw, float* db, int64_t N,
+                               int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
+                               int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+  using namespace direct;
+  const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
+  const Pads pv = dy_pads(H, R, sh, ph, g.P), pq = dy_pads(W, S, sw, pw, g.Q);
+  float* dwb = buffer(kW, g.Kb * g.Cb * R * S * kWBlock);
+  std::vector<double> dbd(g.Kb * kBlock);
+  bwd_weight_blocked(*current_isa(), g, xp, dyp, pv.top + g.P + pv.bottom, pq.top + g.Q + pq.bottom,
+                     pv.top, pq.top, dwb, dbd.data());
+  for (int64_t k = 0; k < K; ++k) {
+    db[k] += static_cast<float>(dbd[k]);
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t s = 0; s < S; ++s)
+          dw[((k * C + c) * R + r) * S + s] +=
+              dwb[((((k / kBlock) * g.Cb + c / kBlock) * R + r) * S + s) * kWBlock +
+                  (c % kBlock) * kBlock + k % kBlock];
+  }
+}
+
+// The NCHW entry points: convert in, run on the blocked layout, convert out. The data and weight
+// gradients share one blocked dy format (padded for the data gradient's phases).
+void conv2d_direct_fwd(const float* x, const float* w, const float* b, float* y, int64_t N,
+                       int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
+                       int64_t sw, int64_t ph, int64_t pw, bool relu) {
+  using namespace direct;
+  const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
+  float* xp = buffer(kX, N * g.Cb * (H + 2 * ph) * (W + 2 * pw) * kBlock);
+  float* yb = buffer(kY, N * g.Kb * g.P * g.Q * kBlock);
+  to_blocked(x, xp, N, C, H, W, ph, ph, pw, pw);
+  conv2d_blocked_fwd(xp, w, b, yb, N, C, H, W, K, R, S, sh, sw, ph, pw, relu);
+  from_blocked(yb, y, N, K, g.P, g.Q);
+}
+
+void conv2d_direct_bwd_data(const float* dy, const float* w, float* dx, int64_t N, int64_t C,
+                            int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
+                            int64_t sw, int64_t ph, int64_t pw) {
+  using namespace direct;
+  const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
+  int64_t pads[4];
+  conv2d_blocked_dy_pads(H, W, R, S, sh, sw, ph, pw, pads);
+  float* dyp = buffer(kY, N * g.Kb * (pads[0] + g.P + pads[1]) * (pads[2] + g.Q + pads[3]) * kBlock);
+  float* dxb = buffer(kX, N * g.Cb * H * W * kBlock);
+  to_blocked(dy, dyp, N, K, g.P, g.Q, pads[0], pads[1], pads[2], pads[3]);
+  conv2d_blocked_bwd_data(dyp, w, dxb, N, C, H, W, K, R, S, sh, sw, ph, pw);
+  from_blocked(dxb, dx, N, C, H, W);
+}
+
+void conv2d_direct_bwd_weight(const float* x, const float* dy, float* dw, float* db, int64_t N,
+                              int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
+                              int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+  using namespace direct;
+  const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
+  int64_t pads[4];
+  conv2d_blocked_dy_pads(H, W, R, S, sh, sw, ph, pw, pads);
+  float* xp = buffer(kX, N * g.Cb * (H + 2 * ph) * (W + 2 * pw) * kBlock);
+  float* dyp = buffer(kY, N * g.Kb * (pads[0] + g.P + pads[1]) * (pads[2] + g.Q + pads[3]) * kBlock);
+  to_blocked(x, xp, N, C, H, W, ph, ph, pw, pw);
+  to_blocked(dy, dyp, N, K, g.P, g.Q, pads[0], pads[1], pads[2], pads[3]);
+  conv2d_blocked_bwd_weight(xp, dyp, dw, db, N, C, H, W, K, R, S, sh, sw, ph, pw);
+}
+
+}  // namespace ft::cpu

@@ -1,0 +1,67 @@
+// Direct convolution on a channel-blocked layout: the interface between the driver
+// (conv2d_direct.cpp: layouts, tiling, threads, instruction-set choice) and the register-blocked
+// micro-kernels, compiled once per instruction set (conv2d_direct_{avx512,avx2,portable}.cpp from
+// the one template in conv2d_direct_kernels.h).
+//
+// Layout: activations are [N][C/16][H][W][16] ("NCHW16c"): 16 channels of one pixel are one
+// AVX-512 vector (two AVX2 vectors); channels past C are zero. Weights are blocks of 16 input
+// channels x 16 output channels per kernel tap: [out block][in block][R][S][16 in][16 out].
+#pragma once
+#include <cstdint>
+
+namespace ft::cpu::direct {
+
+constexpr int kBlock = 16;
+constexpr int64_t kWBlock = kBlock * kBlock;  // floats in one 16 x 16 weight block
+
+// One output tile: QT pixels of one output row x KV blocks of 16 output channels, accumulated in
+// registers over every input channel block and every kernel tap, then stored once.
+//   out[t][j] = bias[j] + sum_{cb, tap, c} in[cb*in_cb + tap_in[tap] + t*in_px + c]
+//                                          * w[j*w_kb + cb*w_cb + tap_w[tap] + c*16 + (0..15)]
+struct ConvTile {
+  const float* in;        // input at (channel block 0, tile pixel 0, tap offset 0)
+  int64_t in_cb;          // floats between input channel blocks
+  const int64_t* tap_in;  // per tap: floats from `in` to the tap's input pixel
+  const int64_t* tap_w;   // per tap: floats from `w` to the tap's 16 x 16 block
+  int ntaps;              // 0 gives zeros (a stride phase that no tap reaches)
+  int Cb;                 // input channel blocks
+  const float* w;         // weights at (output block j = 0, input block 0)
+  int64_t w_cb, w_kb;     // floats between input blocks, between output blocks
+  float* out;             // output at (block 0, tile pixel 0)
+  int64_t out_px, out_kb; // floats between tile pixels, between output blocks
+  const float* bias;      // KV*16 values, or nullptr for zero
+  bool relu;
+};
+
+// One kernel tap's weight gradient for one (output block, input block) pair, accumulated over a
+// sweep of output pixels: dw[c][k] += sum_{p<P, q<Q} x[(p*sh)*x_row + q*sw*16 + c] * dy[p*dy_row + q*16 + k].
+// `x` points at the tap's first input pixel, `dy` at output pixel (0, 0).
+struct WgradTile {
+  const float* x;
+  int64_t x_row;
+  const float* dy;
+  int64_t dy_row;
+  int64_t P, Q, sh, sw;
+  float* dw;  // 16 x 16 block, accumulated into
+};
+
+using ConvTileFn = void (*)(const ConvTile&);
+using WgradTileFn = void (*)(const WgradTile&);
+
+// What one instruction set offers. conv(kv, qt, sw) is the micro-kernel for kv output blocks
+// (1..max_kv) and qt pixels (1..max_qt(kv)) whose input pixels are sw*16 floats apart (sw 1 or 2;
+// any other stride runs qt = 1 tiles, where the stride does not matter).
+struct Isa {
+  const char* name;
+  int max_kv;
+  int max_qt[3];  // by kv (index 0 unused)
+  ConvTileFn (*conv)(int kv, int qt, int sw);
+  WgradTileFn wgrad;
+};
+
+// Each is null where the compiler could not build that instruction set (non-x86 hosts).
+const Isa* isa_avx512();
+const Isa* isa_avx2();
+const Isa* isa_portable();
+
+}  // namespace ft::cpu::direct

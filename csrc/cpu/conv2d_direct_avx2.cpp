@@ -1,0 +1,47 @@
+// The direct-convolution micro-kernels for AVX2 + FMA: a 16-channel block is two ymm registers.
+#include "conv2d_direct.h"
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+
+#include "conv2d_direct_kernels.h"
+
+namespace ft::cpu::direct {
+namespace {
+
+struct V256x2 {
+  struct T {
+    __m256 lo, hi;
+  };
+  static constexpr int kWgradC = 4;  // 8 accumulator ymm + 2 for dy + 1 broadcast, of 16
+  static T zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+  static T load(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+  static void store(float* p, T v) {
+    _mm256_storeu_ps(p, v.lo);
+    _mm256_storeu_ps(p + 8, v.hi);
+  }
+  static T fma(T acc, T w, const float* s) {
+    const __m256 b = _mm256_broadcast_ss(s);
+    return {_mm256_fmadd_ps(w.lo, b, acc.lo), _mm256_fmadd_ps(w.hi, b, acc.hi)};
+  }
+  static T relu(T v) {
+    return {_mm256_max_ps(v.lo, _mm256_setzero_ps()), _mm256_max_ps(v.hi, _mm256_setzero_ps())};
+  }
+};
+
+// 16 ymm: 6 pixels x 2 halves = 12 accumulators, 2 for the weights, 1 broadcast.
+const Isa kIsa{"avx2", 1, {0, 6, 0}, &pick_conv<V256x2, 6, 0>, &wgrad_tile<V256x2>};
+
+}  // namespace
+
+const Isa* isa_avx2() { return &kIsa; }
+
+}  // namespace ft::cpu::direct
+
+#else
+
+namespace ft::cpu::direct {
+const Isa* isa_avx2() { return nullptr; }
+}  // namespace ft::cpu::direct
+
+#endif

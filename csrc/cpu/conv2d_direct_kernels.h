@@ -1,0 +1,103 @@
+// The direct-convolution micro-kernels, written once over a "16 floats" vector type V and compiled
+// once per instruction set (see conv2d_direct.h for the tile contracts). Each including file
+// defines V inside an anonymous namespace, so every instantiation here has internal linkage: the
+// AVX-512 code can never be picked by the linker for the AVX2 or portable path.
+//
+// V provides: type T (16 floats), zero(), load(p), store(p, v), fma(acc, w, s) = acc + w * s[0]
+// (s a pointer: with AVX-512 the broadcast folds into the FMA as a memory operand), relu(v),
+// and kWgradC, the input channels one weight-gradient pass keeps in registers.
+//
+// Register blocking (Georganas et al., SC18): the accumulators of a tile (QT output pixels x KV
+// vectors of 16 output channels) stay in registers over the whole reduction (input channel blocks
+// x kernel taps x 16 channels); each weight vector loaded is used QT times, each input value once
+// per output vector, from a broadcast.
+#pragma once
+#include <utility>
+
+#include "conv2d_direct.h"
+
+namespace ft::cpu::direct {
+
+template <class V, int KV, int QT, int SW>
+void conv_tile(const ConvTile& a) {
+  using T = typename V::T;
+  T acc[QT][KV];
+#pragma GCC unroll 16
+  for (int j = 0; j < KV; ++j) {
+    const T b = a.bias ? V::load(a.bias + j * kBlock) : V::zero();
+#pragma GCC unroll 32
+    for (int t = 0; t < QT; ++t) acc[t][j] = b;
+  }
+  for (int cb = 0; cb < a.Cb; ++cb) {
+    const float* xin = a.in + cb * a.in_cb;
+    const float* win = a.w + cb * a.w_cb;
+    for (int tap = 0; tap < a.ntaps; ++tap) {
+      const float* xi = xin + a.tap_in[tap];
+      const float* wi = win + a.tap_w[tap];
+#pragma GCC unroll 16
+      for (int c = 0; c < kBlock; ++c) {
+        T wv[KV];
+#pragma GCC unroll 16
+        for (int j = 0; j < KV; ++j) wv[j] = V::load(wi + j * a.w_kb + c * kBlock);
+#pragma GCC unroll 32
+        for (int t = 0; t < QT; ++t)
+#pragma GCC unroll 16
+          for (int j = 0; j < KV; ++j) acc[t][j] = V::fma(acc[t][j], wv[j], xi + t * SW * kBlock + c);
+      }
+    }
+  }
+#pragma GCC unroll 32
+  for (int t = 0; t < QT; ++t)
+#pragma GCC unroll 16
+    for (int j = 0; j < KV; ++j)
+      V::store(a.out + t * a.out_px + j * a.out_kb, a.relu ? V::relu(acc[t][j]) : acc[t][j]);
+}
+
+// Input channels [c0, c0 + CN) of one weight-gradient block; the block's rows stay in registers
+// over the whole pixel sweep.
+template <class V, int CN>
+void wgrad_channels(const WgradTile& a, int c0) {
+  using T = typename V::T;
+  T acc[CN];
+#pragma GCC unroll 16
+  for (int i = 0; i < CN; ++i) acc[i] = V::load(a.dw + (c0 + i) * kBlock);
+  for (int64_t p = 0; p < a.P; ++p) {
+    const float* xr = a.x + p * a.sh * a.x_row + c0;
+    const float* dr = a.dy + p * a.dy_row;
+    for (int64_t q = 0; q < a.Q; ++q) {
+      const T d = V::load(dr + q * kBlock);
+      const float* xq = xr + q * a.sw * kBlock;
+#pragma GCC unroll 16
+      for (int i = 0; i < CN; ++i) acc[i] = V::fma(acc[i], d, xq + i);
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < CN; ++i) V::store(a.dw + (c0 + i) * kBlock, acc[i]);
+}
+
+template <class V>
+void wgrad_tile(const WgradTile& a) {
+  static_assert(kBlock % V::kWgradC == 0, "the weight-gradient pass must divide the block");
+  for (int c0 = 0; c0 < kBlock; c0 += V::kWgradC) wgrad_channels<V, V::kWgradC>(a, c0);
+}
+
+template <class V, int KV, int SW, int... Q>
+ConvTileFn pick_qt(int qt, std::integer_sequence<int, Q...>) {
+  static constexpr ConvTileFn fns[] = {&conv_tile<V, KV, Q + 1, SW>...};
+  return fns[qt - 1];
+}
+
+// The table behind Isa::conv for micro-kernels up to MAXQ1 pixels (KV = 1) and MAXQ2 (KV = 2).
+template <class V, int MAXQ1, int MAXQ2>
+ConvTileFn pick_conv(int kv, int qt, int sw) {
+  if (kv == 1)
+    return sw == 2 ? pick_qt<V, 1, 2>(qt, std::make_integer_sequence<int, MAXQ1>{})
+                   : pick_qt<V, 1, 1>(qt, std::make_integer_sequence<int, MAXQ1>{});
+  if constexpr (MAXQ2 > 0) {
+    return sw == 2 ? pick_qt<V, 2, 2>(qt, std::make_integer_sequence<int, MAXQ2>{})
+                   : pick_qt<V, 2, 1>(qt, std::make_integer_sequence<int, MAXQ2>{});
+  }
+  return nullptr;
+}
+
+}  // namespace ft::cpu::direct
