@@ -1,12 +1,24 @@
-"""conv2d per op and forward + backward: C++ im2col, C++ Winograd, PyTorch CPU, NumPy reference.
+"""conv2d per op and forward + backward: our algorithms (im2col, Winograd, direct) against PyTorch.
 
-    python -m bench.conv_algos [--repeat 7] [--rounds 2] [--threads 2] [--shapes 64,64,32,32,64 ...]
+    python -m bench.conv_algos [--set resnet20|default] [--repeat 7] [--rounds 2] [--threads 2]
+                               [--shapes N,C,H,W,K[,R,stride,pad] ...] [--peak-gflops 495] [--no-numpy]
 
-Shapes are (N, C, H, W, K), 3x3 stride 1 padding 1 (bench/kernels.py's conv2d entries by default).
-The backends are timed in turn within one process, for `rounds` rounds, so a burst of load on a
-shared machine hits them alike; each figure is the smallest median over the rounds (ms). The C++
-algorithm is forced with fasttrain._C.set_conv2d_algo ("auto": what the kernels pick by
-themselves, the row the ratios to torch and numpy use); "auto" is restored at the end.
+Shapes are (N, C, H, W, K) with an R x R kernel, stride and padding (default 3, 1, 1). `--set
+resnet20` (the default) takes every distinct convolution of the CIFAR ResNet-20 at batch 128: the
+3-channel stem, 3x3 stride 1 at 16/32/64 channels on 32/16/8 pixels, the 3x3 stride-2 first
+convolution of stages 2 and 3 and their 1x1 stride-2 shortcuts. `--set default` the older
+bench/kernels.py shapes.
+
+Rows: the C++ algorithms forced one by one with fasttrain._C.set_conv2d_algo (NCHW in and out, as
+the Conv2d layer calls them; "auto" is what fasttrain picks, and the algorithm it picks per op is
+printed beside it), "direct-blocked" (the direct kernels alone on activations already in their
+NCHW16c layout, as a network that keeps that layout runs them), PyTorch with channels_last tensors
+(oneDNN's fast path, the comparator) and in its NCHW default, and the NumPy reference.
+All rows of one op are timed interleaved (bench.harness.time_interleaved: one call of each per
+round, the order rotating), so load from the other users of this shared machine hits them alike;
+figures are medians (ms). GFLOP/s count the direct-convolution FLOPs, 2*N*K*C*R*S*P*Q per op, and
+"%peak" divides them by the register-only FMA peak (--peak-gflops, for 2 threads; scaled by the
+thread count), 495 GFLOP/s with AVX-512 on this machine kind (PLATFORM.md).
 """
 from __future__ import annotations
 
@@ -18,99 +30,156 @@ import numpy as np
 import fasttrain as ft
 from fasttrain import backend as B
 
-from .harness import time_fn, torch_or_none
+from .harness import time_interleaved, torch_or_none
 
-SHAPES = [(64, 64, 32, 32, 64), (128, 3, 32, 32, 32), (32, 128, 16, 16, 128)]
+RESNET20 = [(128, 3, 32, 32, 16, 3, 1, 1), (128, 16, 32, 32, 16, 3, 1, 1), (128, 16, 32, 32, 32, 3, 2, 1),
+            (128, 16, 32, 32, 32, 1, 2, 0), (128, 32, 16, 16, 32, 3, 1, 1), (128, 32, 16, 16, 64, 3, 2, 1),
+            (128, 32, 16, 16, 64, 1, 2, 0), (128, 64, 8, 8, 64, 3, 1, 1)]
+DEFAULT = [(64, 64, 32, 32, 64, 3, 1, 1), (128, 3, 32, 32, 32, 3, 1, 1), (32, 128, 16, 16, 128, 3, 1, 1)]
 OPS = ("fwd", "bwd_data", "bwd_weight")
+COLS = OPS + ("fwd+bwd",)
 
 
-def _arrays(N, C, H, W, K):
+def _geom(shape):
+    N, C, H, W, K, R, st, pad = shape
+    P, Q = (H + 2 * pad - R) // st + 1, (W + 2 * pad - R) // st + 1
+    return N, C, H, W, K, R, st, pad, P, Q
+
+
+def _arrays(shape):
+    N, C, H, W, K, R, st, pad, P, Q = _geom(shape)
     rng = np.random.default_rng(0)
-    a = {"x": rng.standard_normal((N, C, H, W)), "w": rng.standard_normal((K, C, 3, 3)) * np.sqrt(2 / (9 * C)),
-         "b": rng.standard_normal(K), "dy": rng.standard_normal((N, K, H, W))}
+    a = {"x": rng.standard_normal((N, C, H, W)), "w": rng.standard_normal((K, C, R, R)) * np.sqrt(2 / (R * R * C)),
+         "b": rng.standard_normal(K), "dy": rng.standard_normal((N, K, P, Q))}
     a = {k: v.astype(np.float32) for k, v in a.items()}
-    a.update(y=np.empty((N, K, H, W), np.float32), dx=np.empty((N, C, H, W), np.float32),
-             dw=np.zeros((K, C, 3, 3), np.float32), db=np.zeros(K, np.float32))
+    a.update(y=np.empty((N, K, P, Q), np.float32), dx=np.empty((N, C, H, W), np.float32),
+             dw=np.zeros((K, C, R, R), np.float32), db=np.zeros(K, np.float32))
     return a
 
 
-def _ops(kernel, a):
+def _ops(kernel, a, st, pad):
     """The three kernel calls, each a no-argument function; kernel(op) gives the implementation."""
     fwd, bwd_data, bwd_weight = (kernel(f"conv2d_{op}") for op in OPS)
-    return {"fwd": lambda: fwd(a["x"], a["w"], a["b"], a["y"], 1, 1, 1, 1, False),
-            "bwd_data": lambda: bwd_data(a["dy"], a["w"], a["dx"], 1, 1, 1, 1),
-            "bwd_weight": lambda: bwd_weight(a["x"], a["dy"], a["dw"], a["db"], 1, 1, 1, 1)}
+    g = (st, st, pad, pad)
+    return {"fwd": lambda: fwd(a["x"], a["w"], a["b"], a["y"], *g, False),
+            "bwd_data": lambda: bwd_data(a["dy"], a["w"], a["dx"], *g),
+            "bwd_weight": lambda: bwd_weight(a["x"], a["dy"], a["dw"], a["db"], *g)}
 
 
-def _torch_ops(torch, a, K):
-    x, w, b, dy = (torch.from_numpy(a[k]) for k in ("x", "w", "b", "dy"))
+def _blocked_ops(C, a, st, pad):
+    """The direct kernels on inputs already in their blocked layout (converted once, outside)."""
+    N, Cc, H, W = a["x"].shape
+    K, _, R, S = a["w"].shape
+    g = (st, st, pad, pad)
+    xb = C.to_blocked(a["x"], pad, pad, pad, pad)
+    dyb = C.to_blocked(a["dy"], *C.conv2d_blocked_dy_pads(H, W, R, S, *g))
+    yb = np.empty((N, (K + 15) // 16) + a["y"].shape[2:] + (16,), np.float32)
+    dxb = np.empty((N, (Cc + 15) // 16, H, W, 16), np.float32)
+    return {"fwd": lambda: C.conv2d_blocked_fwd(xb, a["w"], a["b"], yb, *g, False),
+            "bwd_data": lambda: C.conv2d_blocked_bwd_data(dyb, a["w"], dxb, *g),
+            "bwd_weight": lambda: C.conv2d_blocked_bwd_weight(xb, dyb, a["dw"], a["db"], *g)}
+
+
+def _torch_ops(torch, a, st, pad, channels_last):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x, w, dy = (torch.from_numpy(a[k]).contiguous(memory_format=fmt) for k in ("x", "w", "dy"))
+    b = torch.from_numpy(a["b"])
     conv_bwd = torch.ops.aten.convolution_backward
-    args = (dy, x, w, [K], [1, 1], [1, 1], [1, 1], False, [0, 0], 1)
-    xg = x.clone().requires_grad_(True)
-    wg, bg = w.clone().requires_grad_(True), b.clone().requires_grad_(True)
-
-    def fwd_bwd():
-        xg.grad = wg.grad = bg.grad = None
-        torch.conv2d(xg, wg, bg, 1, 1).backward(dy)
-    return {"fwd": lambda: torch.conv2d(x, w, b, 1, 1), "bwd_data": lambda: conv_bwd(*args, [True, False, False]),
-            "bwd_weight": lambda: conv_bwd(*args, [False, True, True]), "fwd+bwd": fwd_bwd}
+    args = (dy, x, w, [w.shape[0]], [st, st], [pad, pad], [1, 1], False, [0, 0], 1)
+    return {"fwd": lambda: torch.conv2d(x, w, b, st, pad), "bwd_data": lambda: conv_bwd(*args, [True, False, False]),
+            "bwd_weight": lambda: conv_bwd(*args, [False, True, True])}
 
 
-def run(shapes, repeat, rounds, numpy_too=True):
+def _fits_winograd(shape):
+    return shape[5] == 3 and shape[6] == 1
+
+
+def run(shapes, repeat, rounds, numpy_too=True, peak_gflops=495.0):
     from fasttrain import _C as C
     C.set_num_threads(ft.settings.num_threads)  # the module may load after set_num_threads
     torch = torch_or_none()
     if torch is not None:
         torch.set_num_threads(ft.settings.num_threads)
+    peak = peak_gflops * ft.settings.num_threads / 2
     cpp = lambda op: getattr(C, op)  # noqa: E731
     ref = lambda op: B.kernel(op, backend="numpy")  # noqa: E731
+    summary = []
     for shape in shapes:
-        a = _arrays(*shape)
-        best: dict[tuple[str, str], float] = {}
+        N, Cc, H, W, K, R, st, pad, P, Q = _geom(shape)
+        a = _arrays(shape)
+        flops = 2.0 * N * K * Cc * R * R * P * Q
+        algos = ["auto", "im2col"] + (["winograd"] if _fits_winograd(shape) else []) + ["direct"]
+        choice = [C.conv2d_choice(op, N, Cc, H, W, K, R, R, st, st, pad, pad) for op in OPS]
 
-        def note(who, op, fn, rep):
-            med = statistics.median(time_fn(fn, repeat=rep, warmup=1)) * 1e3
-            best[who, op] = min(best.get((who, op), float("inf")), med)
+        def forced(algo, ops):
+            # each call runs under its own algorithm, whatever the previous call set
+            return {op: (lambda f=f: (C.set_conv2d_algo(algo), f())) for op, f in ops.items()}
 
-        for _ in range(rounds):
-            for algo in ("auto", "im2col", "winograd"):
-                C.set_conv2d_algo(algo)
-                ops = _ops(cpp, a)
-                for op, fn in ops.items():
-                    note(algo, op, fn, repeat)
-                note(algo, "fwd+bwd", lambda: [f() for f in ops.values()], repeat)
-            if torch is not None:
-                for op, fn in _torch_ops(torch, a, shape[4]).items():
-                    note("torch", op, fn, repeat)
-            if numpy_too:
-                ops = _ops(ref, a)
-                note("numpy", "fwd+bwd", lambda: [f() for f in ops.values()], 3)
+        rows = {algo: forced(algo, _ops(cpp, a, st, pad)) for algo in algos}
+        rows["direct-blocked"] = _blocked_ops(C, a, st, pad)
+        if torch is not None:
+            rows["torch-cl"] = _torch_ops(torch, a, st, pad, True)
+            rows["torch-nchw"] = _torch_ops(torch, a, st, pad, False)
+        if numpy_too:
+            rows["numpy"] = _ops(ref, a, st, pad)
+        med: dict[tuple[str, str], float] = {}
+        reps = {who: (1 if who == "numpy" else repeat * rounds) for who in rows}
+        for op in OPS:
+            samples = time_interleaved({who: ops[op] for who, ops in rows.items()}, reps)
+            for who, s in samples.items():
+                med[who, op] = statistics.median(s) * 1e3
         C.set_conv2d_algo("auto")
-        print(f"(N, C, H, W, K) = {shape}, {ft.settings.num_threads} threads, ms (smallest median of {rounds} rounds)")
-        cols = OPS + ("fwd+bwd",)
-        print(f"  {'':9}" + "".join(f"{c:>12}" for c in cols))
-        for who in ("auto", "im2col", "winograd", "torch", "numpy"):
-            if any((who, c) in best for c in cols):
-                print(f"  {who:9}" + "".join(f"{best[who, c]:12.1f}" if (who, c) in best else f"{'':12}" for c in cols))
-        auto = best["auto", "fwd+bwd"]
-        ratios = [f"im2col/winograd {best['im2col', 'fwd+bwd'] / best['winograd', 'fwd+bwd']:.2f}x"]
-        ratios += [f"{who}/auto {best[who, 'fwd+bwd'] / auto:.2f}x" for who in ("torch", "numpy")
-                   if (who, "fwd+bwd") in best]
+        for who in rows:
+            med[who, "fwd+bwd"] = sum(med[who, op] for op in OPS)
+        print(f"(N, C, H, W, K) = {(N, Cc, H, W, K)}, {R}x{R} stride {st} pad {pad}, {ft.settings.num_threads} threads, "
+              f"{flops / 1e9:.3f} GFLOP per op; auto runs {'/'.join(choice)} (fwd/bwd_data/bwd_weight); "
+              f"ms, medians of {repeat * rounds} interleaved samples")
+        print(f"  {'':15}" + "".join(f"{c:>11}" for c in COLS) + f"{'GFLOP/s':>9}{'%peak':>7}{'torch-cl/x':>11}")
+        tcl = med.get(("torch-cl", "fwd+bwd"))
+        for who in rows:
+            tot = med[who, "fwd+bwd"]
+            gf = 3 * flops / tot / 1e6
+            ratio = f"{tcl / tot:11.2f}" if tcl else ""
+            print(f"  {who:15}" + "".join(f"{med[who, c]:11.2f}" for c in COLS) + f"{gf:9.0f}{100 * gf / peak:7.0f}" + ratio)
+        ratios = []
+        if "winograd" in algos:
+            ratios.append(f"im2col/winograd {med['im2col', 'fwd+bwd'] / med['winograd', 'fwd+bwd']:.2f}x")
+        ratios += [f"{who}/auto {med[who, 'fwd+bwd'] / med['auto', 'fwd+bwd']:.2f}x" for who in ("torch-cl", "numpy")
+                   if (who, "fwd+bwd") in med]
         print("  " + ", ".join(ratios), flush=True)
+        summary.append((shape, choice, med))
+    if torch is not None and len(summary) > 1:
+        print("\nsummary: fwd+bwd, torch channels_last time / ours (> 1: ours faster)")
+        print(f"  {'shape N,C,H,W,K,R,stride,pad':34}{'auto picks':>28}{'auto':>8}{'direct':>8}{'blocked':>9}")
+        for shape, choice, med in summary:
+            t = med["torch-cl", "fwd+bwd"]
+            print(f"  {','.join(map(str, shape)):34}{'/'.join(choice):>28}" +
+                  "".join(f"{t / med[who, 'fwd+bwd']:8.2f}" for who in ("auto", "direct")) +
+                  f"{t / med['direct-blocked', 'fwd+bwd']:9.2f}")
+
+
+def _shape(text):
+    v = [int(s) for s in text.split(",")]
+    if len(v) not in (5, 8):
+        raise argparse.ArgumentTypeError(f"--shapes: expected N,C,H,W,K or N,C,H,W,K,R,stride,pad, got {text!r}")
+    return tuple(v) if len(v) == 8 else tuple(v) + (3, 1, 1)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=7)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2, help="samples per row = repeat * rounds")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-numpy", action="store_true", help="skip the (slow) NumPy reference")
-    ap.add_argument("--shapes", nargs="*", default=None, help="N,C,H,W,K (3x3, stride 1, padding 1)")
+    ap.add_argument("--set", choices=("resnet20", "default"), default="resnet20")
+    ap.add_argument("--shapes", nargs="*", type=_shape, default=None, help="N,C,H,W,K[,R,stride,pad]")
+    ap.add_argument("--peak-gflops", type=float, default=495.0,
+                    help="FMA peak at 2 threads for the %%peak column (AVX-512 on this machine kind)")
     args = ap.parse_args(argv)
     if args.threads:
         ft.set_num_threads(args.threads)
-    shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
-    run(shapes, args.repeat, args.rounds, not args.no_numpy)
+    shapes = args.shapes or (RESNET20 if args.set == "resnet20" else DEFAULT)
+    run(shapes, args.repeat, args.rounds, not args.no_numpy, args.peak_gflops)
 
 
 if __name__ == "__main__":

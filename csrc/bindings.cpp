@@ -177,6 +177,10 @@ void bind(py::module_& m) {
         "conv2d algorithm: 'auto', 'im2col', 'winograd' (3x3 stride-1 ungrouped only), 'depthwise' "
         "(groups == in_channels only; an error elsewhere) or 'direct' (groups 1, no dilation)");
   m.def("conv2d_algo", &ft::cpu::conv2d_algo);
+  m.def("conv2d_choice", &ft::cpu::conv2d_choice, py::arg("op"), py::arg("N"), py::arg("C"),
+        py::arg("H"), py::arg("W"), py::arg("K"), py::arg("R"), py::arg("S"), py::arg("sh"),
+        py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("dil_h") = 1, py::arg("dil_w") = 1,
+        py::arg("groups") = 1, "the algorithm conv2d_<op> runs for this shape under the current setting");
   m.def("set_conv2d_isa", &ft::cpu::set_conv2d_isa, py::arg("name"),
         "direct conv2d instruction set: 'auto', 'avx512', 'avx2' or 'portable'");
   m.def("conv2d_isa", &ft::cpu::conv2d_isa);

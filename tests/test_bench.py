@@ -80,7 +80,7 @@ def test_bench_conv_algos_runs_on_a_tiny_shape():
     proc = subprocess.run([sys.executable, "-m", "bench.conv_algos", "--repeat", "1", "--rounds", "1",
                            "--shapes", "2,16,6,5,17"], cwd=ROOT, capture_output=True, text=True, timeout=100)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for row in ("auto", "im2col", "winograd", "numpy"):
+    for row in ("auto", "im2col", "winograd", "direct", "direct-blocked", "numpy"):
         assert f"\n  {row} " in proc.stdout, proc.stdout
     assert "im2col/winograd" in proc.stdout and "numpy/auto" in proc.stdout
 

@@ -15,6 +15,14 @@
 // (conv2d_winograd.cpp) when the channel counts make it pay, and depthwise convolutions (one input
 // channel per group) through their own direct kernel (conv2d_depthwise.cpp); set_conv2d_algo
 // forces any of them (tests cover each).
+//
+// Under 'auto', ungrouped undilated convolutions run the direct engine (conv2d_direct.cpp) when its
+// AVX-512 kernels run and both channel counts fill at least half a 16-channel block: on the
+// ResNet shapes it beats im2col and Winograd over OpenBLAS (whose kernel here is AVX2, see
+// bench/conv_algos.py), and below 8 channels most of its block's multiplies would be by zero
+// padding (a 3-channel input uses 3 of 16 lanes). With the AVX2 or portable kernels the older
+// rule stands (Winograd for 3x3 stride 1 with >= 16 channels, else im2col). The rule is fixed,
+// not measured at run time, so results do not change from run to run with the machine's load.
 #include <algorithm>
 #include <cstring>
 #include <string>
@@ -249,14 +257,25 @@ bool use_depthwise(const char* op, const Geom& g) {
   return fits;
 }
 
+constexpr int64_t kDirectMinChannels = 8;
+
 // Whether op runs through the direct engine (conv2d_direct.cpp), which handles groups 1 without
 // dilation, any kernel size, stride and padding.
 bool use_direct(const char* op, const Geom& g) {
+  const bool fits = g.G == 1 && g.dilh == 1 && g.dilw == 1;
+  if (g_algo == Algo::Auto)
+    return fits && conv2d_isa() == "avx512" && std::min(g.C, g.K) >= kDirectMinChannels;
   if (g_algo != Algo::Direct) return false;
-  FT_CHECK(g.G == 1 && g.dilh == 1 && g.dilw == 1,
-           op << ": conv2d algorithm 'direct' needs groups 1 and no dilation, got groups " << g.G
-              << " dilation (" << g.dilh << ", " << g.dilw << ")");
+  FT_CHECK(fits, op << ": conv2d algorithm 'direct' needs groups 1 and no dilation, got groups "
+                    << g.G << " dilation (" << g.dilh << ", " << g.dilw << ")");
   return true;
+}
+
+Algo choose(const char* op, const Geom& g, bool data_grad) {
+  if (use_direct(op, g)) return Algo::Direct;
+  if (use_depthwise(op, g)) return Algo::Depthwise;
+  const int64_t cin = data_grad ? g.K : g.C, cout = data_grad ? g.C : g.K;
+  return use_winograd(op, g, data_grad, cin, cout) ? Algo::Winograd : Algo::Im2col;
 }
 
 }  // namespace
@@ -274,6 +293,15 @@ void set_conv2d_algo(const std::string& name) {
 }
 
 std::string conv2d_algo() { return kAlgoNames[static_cast<int>(g_algo)]; }
+
+std::string conv2d_choice(const std::string& op, int64_t N, int64_t C, int64_t H, int64_t W,
+                          int64_t K, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph,
+                          int64_t pw, int64_t dilh, int64_t dilw, int64_t groups) {
+  FT_CHECK(op == "fwd" || op == "bwd_data" || op == "bwd_weight",
+           "conv2d_choice(op): expected 'fwd', 'bwd_data' or 'bwd_weight', got '" << op << "'");
+  const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw, dilh, dilw, groups);
+  return kAlgoNames[static_cast<int>(choose(op.c_str(), g, op == "bwd_data"))];
+}
 
 void conv2d_fwd(const float* x, const float* w, const float* b, float* y, int64_t N, int64_t C,
                 int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh, int64_t sw,

@@ -80,6 +80,10 @@ void conv2d_bwd_weight(const float* x, const float* dy, float* dw, float* db, in
 // cannot do); process-wide, for tests and benchmarks.
 void set_conv2d_algo(const std::string& name);
 std::string conv2d_algo();
+// The algorithm conv2d_<op> (op: "fwd", "bwd_data", "bwd_weight") runs for this shape now.
+std::string conv2d_choice(const std::string& op, int64_t N, int64_t C, int64_t H, int64_t W,
+                          int64_t K, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph,
+                          int64_t pw, int64_t dilh, int64_t dilw, int64_t groups);
 // conv2d_direct.cpp: the same three convolutions by direct convolution on the NCHW16c layout
 // (register-blocked micro-kernels per instruction set), converting NCHW in and out inside the call.
 void conv2d_direct_fwd(const float* x, const float* w, const float* b, float* y, int64_t N,
