@@ -25,6 +25,7 @@ class Parameter:
         self.name = name
         self.data = None
         self.grad = None
+        self.arena = None         # the ParamArena data and grad are views into
         self.frozen = False
 
     def __repr__(self):
@@ -53,6 +54,7 @@ class ParamArena:
             raise ValueError("ParamArena: expected at least one parameter, got none")
         self.dtype = np.dtype(dtype)
         self.xp = xp
+        self.rebound = False      # some parameter was bound to another arena since (check_current)
         decayed = [p for p in params if p.decay]
         plain = [p for p in params if not p.decay]
         self.forward_order = list(params)
@@ -85,8 +87,19 @@ class ParamArena:
 
     def _bind(self):
         for p, off in zip(self.params, self.offsets):
+            if p.arena is not None and p.arena is not self:
+                p.arena.rebound = True
             p.data = self.data[off:off + p.size].reshape(p.shape)
             p.grad = self.grad[off:off + p.size].reshape(p.shape)
+            p.arena = self
+
+    def check_current(self, where: str) -> None:
+        """Raise if a parameter of this arena was bound to another arena since: the model then
+        reads the other arena's values, and updating this one would silently change nothing."""
+        if self.rebound:
+            raise RuntimeError(f"{where}: the model's parameters were bound to another ParamArena since this one "
+                               "was made (a second ParamArena.for_model), so this arena no longer holds the weights "
+                               "the model uses; build the optimizer on the new arena")
 
     def initialize(self, seed: int = 0) -> None:
         """Initialize every parameter with its own init; a parameter's values depend only on the

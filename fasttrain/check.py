@@ -70,11 +70,18 @@ def gradcheck(module, x: np.ndarray, seed: int = 0, eps: float = 1e-6, tol: floa
     """
     x = np.array(x, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    y = module.forward(x)
+    counters = module.draw_counters()
+
+    def forward():
+        # every forward replays the first one's random draws (dropout masks advance per forward)
+        module.set_draw_counters(counters)
+        return module.forward(x)
+
+    y = forward()
     r = rng.standard_normal(np.shape(y))
 
     def loss():
-        return float(np.sum(module.forward(x) * r))
+        return float(np.sum(forward() * r))
 
     params = module.parameters() if check_params else []
     for p in params:
@@ -83,12 +90,13 @@ def gradcheck(module, x: np.ndarray, seed: int = 0, eps: float = 1e-6, tol: floa
         if p.data.dtype != np.float64:
             raise ValueError(f"gradcheck: parameter {p.name} is {p.data.dtype}; expected float64 for a gradient check")
         p.grad[...] = 0
-    module.forward(x)
+    forward()
     dx = module.backward(r)
     results = [compare("input", dx, numeric_grad(loss, x, eps, max_checks, seed), tol)]
     for p in params:
         analytic = np.array(p.grad)
         results.append(compare(p.name, analytic, numeric_grad(loss, p.data, eps, max_checks, seed), tol))
+    module.set_draw_counters(counters)   # a check consumes no draws: the next forward is as without it
     return results
 
 

@@ -190,6 +190,7 @@ def test_layer_ids_are_auto_assigned_and_distinct():
     x = np.ones((64, 64), np.float32)
     assert not np.array_equal(a.forward(x), b.forward(x))
     c = Dropout(0.5, layer_id=a.layer_id)
+    a.set_step(0)                        # the same (seed, step, layer): the same mask
     np.testing.assert_array_equal(c.forward(x), a.forward(x))
 
 
@@ -220,3 +221,41 @@ def test_layer_gradcheck_train_mode(shape):
     x = np.random.default_rng(2).standard_normal(shape)
     for r in gradcheck(d, x):
         assert r.passed, str(r)
+
+
+def test_layer_draws_a_fresh_mask_at_every_training_forward_by_itself():
+    """No set_step: the step advances once per training forward, backward regenerates the mask of
+    the forward it follows, eval forwards draw nothing, and set_step still pins the key."""
+    x = np.random.default_rng(3).standard_normal((6, 40)).astype(np.float32) + 10   # no zeros
+    d = Dropout(0.5, seed=2, layer_id=7)
+    masks = []
+    for step in range(3):
+        y = d.forward(x)
+        keep = _mask(x.size, 0.5, 2, step, 7).reshape(x.shape).astype(bool)
+        np.testing.assert_array_equal(y != 0, keep)
+        np.testing.assert_array_equal(d.backward(np.ones_like(x)) != 0, keep)
+        masks.append(keep)
+    assert d.step == 3
+    assert not np.array_equal(masks[0], masks[1]) and not np.array_equal(masks[1], masks[2])
+    d.eval()
+    d.forward(x)
+    assert d.step == 3                   # evaluation consumes no draw
+    d.train()
+    d.set_step(1)                        # the trainer's way: the key is its step
+    np.testing.assert_array_equal(d.forward(x) != 0, masks[1])
+
+
+@pytest.mark.parametrize("name", backend.available_backends_for("dropout_fwd"))
+def test_layer_mask_sequence_is_the_same_bits_in_every_backend(name):
+    x = np.random.default_rng(4).standard_normal((5, 33)).astype(np.float32)
+    old = backend.get_backend()
+    try:
+        backend.set_backend(name)
+        d = Dropout(0.3, seed=11, layer_id=2)
+        got = [d.forward(x) for _ in range(3)]
+    finally:
+        backend.set_backend(old)
+    for step, y in enumerate(got):
+        want = np.empty_like(x)
+        ref.dropout_fwd_ref(x, want, 0.3, 11, step, 2)
+        np.testing.assert_array_equal(y.view(np.uint32), want.view(np.uint32), err_msg=f"{name} step {step}")

@@ -40,8 +40,10 @@ def reference(micro_batches=None, **kw):
     loss = ft.losses.SoftmaxCrossEntropy()
     for s in range(STEPS):
         model.set_step(s)
+        counters = model.draw_counters()   # every micro-batch replays the step's draws
         arena.zero_grad()
         for start, rows in micro_rows(BATCH, micro_batches or 1):
+            model.set_draw_counters(counters)
             for _, m in model.named_modules():
                 if isinstance(m, nn.Dropout):
                     m.rows = (start, BATCH) if micro_batches else None

@@ -126,7 +126,7 @@ def test_dropconnect_argument_errors():
     ParamArena.for_model(layer, dtype=np.float64)
     with pytest.raises(ValueError, match=r"expected input \(N, 3\), got \(4, 2\)"):
         layer.forward(np.zeros((4, 2)))
-    with pytest.raises(TypeError, match="input dtype float32 differs from the weights' float64"):
+    with pytest.raises(TypeError, match="input dtype float32 differs from the parameters' float64"):
         layer.forward(np.zeros((4, 3), np.float32))
 
 
@@ -171,6 +171,7 @@ def test_stochastic_depth_forward_train_and_eval(shortcut, post):
     kept, dropped = find_steps(sd)
     sd.set_step(kept)
     np.testing.assert_allclose(sd.forward(x), fin(body + short), rtol=1e-13)
+    sd.set_step(kept)                    # (a training forward advances the step)
     np.testing.assert_allclose(sd.forward(x), res.forward(x), rtol=1e-13)    # kept = the plain block
     sd.set_step(dropped)
     np.testing.assert_allclose(sd.forward(x), fin(short), rtol=1e-13)

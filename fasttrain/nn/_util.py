@@ -35,6 +35,19 @@ def check_input(where: str, x, expected: str, ndim: int, dims: dict | None = Non
     return array_module(x).ascontiguousarray(x)
 
 
+def check_params(where: str, module, x) -> None:
+    """The module's parameters are bound to an arena of x's dtype: an unbound parameter (None) or a
+    dtype mismatch would otherwise reach a compiled kernel and fail there with a dump of its
+    accepted signatures instead of saying what to do."""
+    for p in module._params.values():
+        if p.data is None:
+            raise RuntimeError(f"{where}: parameters are not bound to a ParamArena; "
+                               "call ft.ParamArena.for_model(model) before forward")
+        if p.data.dtype != x.dtype:
+            raise TypeError(f"{where}: input dtype {x.dtype} differs from the parameters' {p.data.dtype}; "
+                            f"bind the arena with dtype={x.dtype} or pass {p.data.dtype} input")
+
+
 def check_grad(where: str, cache, dy, shape, dtype):
     if cache is None:
         raise RuntimeError(f"{where}: backward called before forward")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import kernel
+from ._util import check_params
 from .module import Module
 
 _FLOATS = (np.float32, np.float64)
@@ -129,8 +130,7 @@ class PReLU(Module):
         if x.ndim < 2 or x.shape[1] != self.num_channels:
             raise ValueError(f"PReLU(num_channels={self.num_channels}): expected input (N, {self.num_channels}, ...), "
                              f"got {tuple(x.shape)}")
-        if self.alpha.data is None:
-            raise RuntimeError("PReLU: parameter alpha is not bound; call ParamArena.for_model(model) first")
+        check_params(f"PReLU(num_channels={self.num_channels})", self, x)
         y = np.empty_like(x)
         kernel("prelu_fwd", like=x)(x, self.alpha.data, y)
         self.cache = x

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .. import init as initializers
 from ..backend import kernel
-from ._util import array_module, check_grad, check_input, pair
+from ._util import array_module, check_grad, check_input, check_params, pair
 from .module import Module
 
 
@@ -81,6 +81,7 @@ class Conv2d(Module):
     def forward(self, x):
         where = f"Conv2d(in_channels={self.in_channels})"
         x = check_input(where, x, f"(N, {self.in_channels}, H, W)", 4, {1: self.in_channels})
+        check_params(where, self, x)
         if any(self._extra):
             xp = array_module(x)
             x = xp.pad(x, ((0, 0), (0, 0), (0, self._extra[0]), (0, self._extra[1])))

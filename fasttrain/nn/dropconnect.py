@@ -14,12 +14,14 @@ moment-matching sampler.
 from __future__ import annotations
 
 from ..backend import kernel
-from ._util import array_module, check_grad, check_input
+from ._util import array_module, check_grad, check_input, check_params
 from .dropout import _U32, Dropout
 from .linear import Linear
 
 
 class DropConnectLinear(Linear):
+    stochastic = True
+
     def __init__(self, in_features: int, out_features: int, p: float = 0.5, bias: bool = True,
                  init="he_normal", seed: int = 0, layer_id: int | None = None):
         super().__init__(in_features, out_features, bias=bias, init=init)
@@ -37,9 +39,7 @@ class DropConnectLinear(Linear):
         return super().extra_repr() + f", p={self.p}, seed={self.seed}, layer_id={self.layer_id}"
 
     def _key(self):
-        if not 0 <= self.step < _U32:
-            raise ValueError(f"DropConnectLinear: step must be in [0, 2**32) (a Philox counter word), got {self.step}")
-        return self.p, self.seed, self.step, self.layer_id
+        return self.p, self.seed, self.draw_step(), self.layer_id
 
     def masked_weight(self, key):
         """M * W / (1 - p) for the mask keyed by (p, seed, step, layer)."""
@@ -49,10 +49,9 @@ class DropConnectLinear(Linear):
         return out
 
     def forward(self, x):
-        x = check_input(f"DropConnectLinear(in_features={self.in_features})", x, f"(N, {self.in_features})", 2,
-                        {1: self.in_features})
-        if x.dtype != self.weight.data.dtype:
-            raise TypeError(f"DropConnectLinear: input dtype {x.dtype} differs from the weights' {self.weight.data.dtype}")
+        where = f"DropConnectLinear(in_features={self.in_features})"
+        x = check_input(where, x, f"(N, {self.in_features})", 2, {1: self.in_features})
+        check_params(where, self, x)
         # keep the key, not the mask: a set_step between forward and backward cannot desynchronize them
         key = self._key() if self.training and self.p > 0 else None
         w = self.masked_weight(key) if key is not None else self.weight.data

@@ -2,9 +2,11 @@
 time so evaluation is the identity.
 
 The mask comes from Philox-4x32-10 keyed by (seed, step, layer) (docs/KERNELS.md), so backward
-regenerates it: the layer stores nothing but the input shape and the mask's key. `step` is set
-for the whole model by `Module.set_step` (the trainer owns the counter); `layer_id` tells layers
-apart, so two Dropout layers in one model draw different masks at the same step.
+regenerates it: the layer stores nothing but the input shape and the mask's key. `step` advances
+by one at every training forward (`Module.draw_step`), so a plain training loop draws a fresh
+mask each step; the trainer sets it to its own step (`Module.set_step`), and checkpoints keep it;
+`layer_id` tells layers apart, so two Dropout layers in one model draw different masks at the
+same step.
 
 `rows = (start, total)` says the next forward sees rows [start, start + n) of a batch of `total`
 rows (a pipeline's micro-batch): the layer then applies those rows of the whole batch's mask, so
@@ -24,6 +26,7 @@ _U32 = 2 ** 32
 
 class Dropout(Module):
     _ids = itertools.count()   # auto layer ids, in construction order
+    stochastic = True
 
     def __init__(self, p: float = 0.5, seed: int = 0, layer_id: int | None = None):
         super().__init__()
@@ -45,9 +48,7 @@ class Dropout(Module):
         return f"p={self.p}, seed={self.seed}, layer_id={self.layer_id}"
 
     def _key(self):
-        if not 0 <= self.step < _U32:
-            raise ValueError(f"Dropout: step must be in [0, 2**32) (it is a Philox counter word), got {self.step}")
-        return self.p, self.seed, self.step, self.layer_id
+        return self.p, self.seed, self.draw_step(), self.layer_id
 
     def forward(self, x):
         if getattr(x, "dtype", None) not in (np.float32, np.float64):

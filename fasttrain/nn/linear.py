@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .. import init as initializers
 from ..backend import kernel
-from ._util import array_module, check_grad, check_input
+from ._util import array_module, check_grad, check_input, check_params
 from .module import Module
 
 
@@ -31,8 +31,9 @@ class Linear(Module):
         return self._zero_bias
 
     def forward(self, x):
-        x = check_input(f"Linear(in_features={self.in_features})", x, f"(N, {self.in_features})", 2,
-                        {1: self.in_features})
+        where = f"Linear(in_features={self.in_features})"
+        x = check_input(where, x, f"(N, {self.in_features})", 2, {1: self.in_features})
+        check_params(where, self, x)
         y = array_module(x).empty((x.shape[0], self.out_features), x.dtype)
         kernel("linear_fwd", like=x)(x, self.weight.data, self._b(x), y)
         self.cache = x

@@ -63,10 +63,38 @@ class Module:
     def eval(self) -> "Module":
         return self.train(False)
 
+    #: whether the module draws random numbers keyed by `step` in training (dropout and kin);
+    #: checkpoints keep those modules' counters
+    stochastic = False
+
     def set_step(self, step: int) -> None:
-        """Tell every stochastic module the training step: dropout masks are a pure function of
-        (seed, step, layer), so backward and a resumed run regenerate the same masks."""
+        """Set every module's draw counter to the training step: dropout masks are a pure
+        function of (seed, step, layer), so backward and a resumed run regenerate the same masks.
+        Without it the counters still advance by one per training forward (draw_step)."""
         for _, m in self.named_modules():
+            m.step = int(step)
+
+    def draw_step(self) -> int:
+        """The step keying this training forward's draw; the counter then advances, so every
+        forward draws afresh by itself (a plain training loop needs no set_step; the trainer
+        calls set_step each step, which gives the same keys)."""
+        step = self.step
+        if not 0 <= step < 2 ** 32:
+            raise ValueError(f"{self.name}: step must be in [0, 2**32) (a Philox counter word), got {step}")
+        self.step = step + 1
+        return step
+
+    def draw_counters(self) -> list[int]:
+        """Every module's draw counter (`step`), in named_modules order. Restoring them with
+        set_draw_counters before a forward replays that forward's random draws: a gradient check's
+        repeated forwards, a pipeline's micro-batches of one batch."""
+        return [m.step for _, m in self.named_modules()]
+
+    def set_draw_counters(self, counters: list[int]) -> None:
+        modules = [m for _, m in self.named_modules()]
+        if len(counters) != len(modules):
+            raise ValueError(f"{self.name}.set_draw_counters: expected {len(modules)} counters, got {len(counters)}")
+        for m, step in zip(modules, counters):
             m.step = int(step)
 
     def stash_cache(self, clear: bool = True) -> list:

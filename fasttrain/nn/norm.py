@@ -24,6 +24,7 @@ import numpy as np
 from .. import backend
 from .. import init as initializers
 from ._util import array_module as _array_module
+from ._util import check_params
 from .module import Module
 
 
@@ -74,11 +75,7 @@ class _BatchNorm(Module):
                              f"got {getattr(x, 'shape', type(x).__name__)}")
         if x.dtype not in (np.float32, np.float64):
             raise TypeError(f"{self._where()}: expected a float32 or float64 input, got {x.dtype}")
-        if self.weight.data is None:
-            raise RuntimeError(f"{self._where()}: parameters are not bound; call ParamArena.for_model(model) first")
-        if x.dtype != self.weight.data.dtype:
-            raise TypeError(f"{self._where()}: input dtype {x.dtype} differs from the parameters' "
-                            f"{self.weight.data.dtype}; bind the arena with dtype={x.dtype}")
+        check_params(self._where(), self, x)
 
     def _buffers_on(self, xp):
         # Buffers follow the input's device (moved once, on the first GPU forward).

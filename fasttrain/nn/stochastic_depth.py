@@ -27,6 +27,8 @@ def linear_decay(block_index: int, num_blocks: int, p_last: float = 0.5) -> floa
 
 
 class StochasticDepth(Module):
+    stochastic = True
+
     def __init__(self, block: Residual, p_drop: float = 0.5, seed: int = 0, layer_id: int | None = None):
         super().__init__()
         if not isinstance(block, Residual):
@@ -55,7 +57,7 @@ class StochasticDepth(Module):
     def forward(self, x):
         blk = self.block
         # body scale: 1 (kept) or 0 (dropped) in training, the survival probability in eval
-        scale = (1.0 if self.keeps(self.step) else 0.0) if self.training else 1.0 - self.p_drop
+        scale = (1.0 if self.keeps(self.draw_step()) else 0.0) if self.training else 1.0 - self.p_drop
         s = blk.shortcut.forward(x) if blk.shortcut is not None else x
         if scale:
             y = blk.body.forward(x)

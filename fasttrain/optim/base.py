@@ -100,6 +100,7 @@ class Optimizer:
     # -- the update ----------------------------------------------------------------------------
     def step(self) -> None:
         """One update of every (non-frozen) group from arena.grad: one kernel call per group."""
+        self.arena.check_current(f"{type(self).__name__}.step")
         self.step_count += 1
         p, g = self.arena.data, self.arena.grad
         fn = kernel(self.op, like=p)

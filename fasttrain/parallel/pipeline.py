@@ -235,6 +235,7 @@ class Pipeline:
         first, stop = self.bounds[self.stage]
         self.layers = layers[first:stop]
         self.module = Sequential(*self.layers)   # paths inside it are local; names stay global
+        self._counters = None   # the draw counters at train_step's start, while it runs
         mine = {id(p) for layer in self.layers for p in _own_params(layer)}
         self.params = [p for p in all_params if id(p) in mine]
         if not self.params:
@@ -360,6 +361,8 @@ class Pipeline:
         h = x[start:start + rows] if self.first else self._take(_ACT, m)
         for d in self._dropouts:
             d.rows = (start, self._n)
+        if self._counters is not None:   # in train_step: every micro-batch replays the batch's draws
+            self.module.set_draw_counters(self._counters)
         for layer in self.layers:
             h = layer.forward(h)
         for d in self._dropouts:
@@ -378,6 +381,9 @@ class Pipeline:
         n = self._begin(x, y, n)
         if step is not None:
             self.module.set_step(step)
+        # each micro-batch replays the batch's draws (a training forward advances the counters);
+        # after the last one every counter has advanced once, as after a whole-batch forward
+        self._counters = self.module.draw_counters()
         ops = schedule_ops(self.schedule, self.stages, self.stage, self.micro_batches)
         loss, correct, peak, peak_bytes = 0.0, 0, 0, 0
         for k, (op, m) in enumerate(ops):
@@ -413,6 +419,7 @@ class Pipeline:
                     self._send(_GRAD, dy)
             self._reap()
         self._end()
+        self._counters = None
         self.peak_in_flight, self.peak_activation_bytes = peak, peak_bytes
         if self.stages > 1:
             loss, correct = self.comm.bcast((loss, correct) if self.last else None, root=self.stages - 1)

@@ -1,5 +1,6 @@
 """Checkpoints as one .npz or one .safetensors file (the format is chosen by the file extension):
-parameters (by name), module buffers (BatchNorm running statistics),
+parameters (by name), module buffers (BatchNorm running statistics), the draw counters of
+stochastic modules (dropout's step, 'draw_step/<module path>'),
 optimizer state (flattened to 'opt/<key>'), and a JSON 'meta' entry with step, epoch, seeds,
 trainer state and the config (in safetensors: the file's string metadata, 'fasttrain_meta';
 scalar and string optimizer entries, such as its step and type, go to 'fasttrain_strings'). Everything a resumed run needs to continue bit-for-bit: the data
@@ -20,6 +21,11 @@ def module_buffers(model) -> dict:
         for name in getattr(m, "buffers", None) or {}:
             out[f"{path}.{name}" if path else name] = (m, name)
     return out
+
+
+def _stochastic(model) -> dict:
+    """'<module path>' -> module, for each module whose random draws are keyed by its counter."""
+    return {path: m for path, m in model.named_modules() if m.stochastic}
 
 
 def _flatten(prefix: str, value, out: dict) -> None:
@@ -60,6 +66,8 @@ def save_checkpoint(path, model, arena, optimizer=None, meta: dict | None = None
     arrays = {f"param/{name}": np.asarray(_to_host(a)) for name, a in arena.state_dict().items()}
     for key, (m, name) in module_buffers(model).items():
         arrays[f"buffer/{key}"] = np.asarray(_to_host(m.buffers[name]))
+    for where, m in _stochastic(model).items():
+        arrays[f"draw_step/{where}"] = np.asarray(m.step, dtype=np.int64)
     if optimizer is not None:
         _flatten("opt", optimizer.state_dict(), arrays)
     for name, value in (extra or {}).items():
@@ -125,5 +133,8 @@ def apply_checkpoint(path, arrays: dict, model, arena, optimizer=None) -> None:
     for key, (m, name) in buffers.items():
         old = m.buffers[name]
         m.buffers[name] = arena.xp.asarray(saved[key], dtype=old.dtype)
+    for where, m in _stochastic(model).items():   # absent from checkpoints older than the counters
+        if f"draw_step/{where}" in arrays:
+            m.step = int(arrays[f"draw_step/{where}"])
     if optimizer is not None:
         optimizer.load_state_dict(_unflatten("opt", arrays))
