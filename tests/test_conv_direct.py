@@ -198,3 +198,40 @@ def test_direct_refuses_groups_and_dilation(direct_algo):
         C.conv2d_fwd(x, np.zeros((4, 2, 3, 3), f32), b, np.zeros((1, 4, 5, 5), f32), 1, 1, 0, 0, False, groups=2)
     with pytest.raises(ValueError, match=r"got groups 1 dilation \(2, 2\)"):
         C.conv2d_bwd_data(np.zeros((1, 4, 3, 3), f32), np.zeros((4, 4, 3, 3), f32), x, 1, 1, 0, 0, dil_h=2, dil_w=2)
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("args", [dict(in_channels=17, out_channels=5, kernel_size=3, stride=2, padding=1, relu=True),
+                                  dict(in_channels=3, out_channels=33, kernel_size=(1, 3), padding=(0, 1)),
+                                  dict(in_channels=5, out_channels=17, kernel_size=2, padding="same", bias=False)],
+                         ids=["s2_relu", "1x3", "same_even"])
+def test_conv2d_layer_keeps_blocked_tensors_between_passes(isa, args):
+    """The Conv2d layer on the direct engine (blocked x kept from the forward for the weight
+    gradient, one blocked dy for both gradients) against the same layer on im2col."""
+    import fasttrain as ft
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, args["in_channels"], 9, 7)).astype(f32)
+    out = {}
+    before = C.conv2d_algo()
+    try:
+        for algo in ("im2col", "direct"):
+            C.set_conv2d_algo(algo)
+            layer = ft.nn.Conv2d(**args)
+            arena = ft.ParamArena.for_model(layer, seed=1)
+            if layer.bias is not None:
+                layer.bias.data[...] = np.linspace(-0.5, 0.5, layer.out_channels)
+            y = layer.forward(x)
+            assert (layer.cache[2] is not None) == (algo == "direct"), "the direct engine keeps x blocked"
+            if "dy" not in out:
+                out["dy"] = rng.standard_normal(y.shape).astype(f32)
+            arena.zero_grad()
+            dx = layer.backward(out["dy"])
+            grads = [layer.weight.grad.copy()] + ([layer.bias.grad.copy()] if layer.bias is not None else [])
+            out[algo] = (y, dx, grads)
+    finally:
+        C.set_conv2d_algo(before)
+    (y0, dx0, g0), (y1, dx1, g1) = out["im2col"], out["direct"]
+    _close(y1, y0, "layer y")
+    _close(dx1, dx0, "layer dx")
+    for a, b in zip(g1, g0):
+        _close(a, b, "layer grads")

@@ -6,8 +6,18 @@ taps, and `padding` is an int, a pair, 'valid' (no padding) or 'same' (output si
 stride 1 only, as in PyTorch). When 'same' needs an odd total padding along an axis (an even
 kernel span), the extra row or column goes at the bottom or right, as PyTorch does: the input is
 padded explicitly by that one row/column, so the kernels only ever see symmetric padding.
+
+When the C++ kernels run this layer through their direct engine (csrc/cpu/conv2d_direct.cpp, on a
+16-channel-blocked layout), the layer calls the engine's blocked entry points itself: x is
+converted to the blocked layout once in the forward and kept for the weight gradient, and dy once
+for both gradients, instead of once per kernel call (the NCHW entry points convert every input
+and output of every call).
 """
 from __future__ import annotations
+
+import sys
+
+import numpy as np
 
 from .. import init as initializers
 from ..backend import kernel
@@ -78,6 +88,17 @@ class Conv2d(Module):
     def _options(self):
         return (*self.dilation, self.groups)
 
+    def _direct_engine(self, op, arr, x_shape):
+        """fasttrain._C when the registry runs `op` for `arr` there and that runs the direct engine
+        for this shape (else None)."""
+        C = sys.modules.get("fasttrain._C")
+        if C is None or kernel(op, like=arr) is not getattr(C, op, None):
+            return None
+        n, c, h, w = x_shape
+        choice = C.conv2d_choice(op[len("conv2d_"):], n, c, h, w, self.out_channels, *self.kernel_size,
+                                 *self._geometry(), *self._options())
+        return C if choice == "direct" else None
+
     def forward(self, x):
         where = f"Conv2d(in_channels={self.in_channels})"
         x = check_input(where, x, f"(N, {self.in_channels}, H, W)", 4, {1: self.in_channels})
@@ -92,17 +113,26 @@ class Conv2d(Module):
             raise ValueError(f"{where}: input {tuple(x.shape)} is too small for kernel {self.kernel_size} "
                              f"(span {span} with dilation {self.dilation}) with padding {self.padding}; expected "
                              f"H + 2*padding >= {span[0]} and W + 2*padding >= {span[1]}")
-        y = array_module(x).empty(shape, x.dtype)
-        kernel("conv2d_fwd", like=x)(x, self.weight.data, self._b(x), y, *self._geometry(), self.relu,
-                                     *self._options())
-        self.cache = (x, y if self.relu else None)
+        C = self._direct_engine("conv2d_fwd", x, x.shape)
+        xb = None
+        if C is not None:
+            sh, sw, ph, pw = self._geometry()
+            xb = C.to_blocked(x, ph, ph, pw, pw)
+            yb = np.empty((n, -(-self.out_channels // 16), *shape[2:], 16), np.float32)
+            C.conv2d_blocked_fwd(xb, self.weight.data, self._b(x), yb, sh, sw, ph, pw, self.relu)
+            y = C.from_blocked(yb, self.out_channels)
+        else:
+            y = array_module(x).empty(shape, x.dtype)
+            kernel("conv2d_fwd", like=x)(x, self.weight.data, self._b(x), y, *self._geometry(), self.relu,
+                                         *self._options())
+        self.cache = (x, y if self.relu else None, xb)
         return y
 
     def backward(self, dy):
         if self.cache is None:
             raise RuntimeError("Conv2d.backward: backward called before forward")
-        x, y = self.cache
-        n, _, h, w = x.shape
+        x, y, xb = self.cache
+        n, c, h, w = x.shape
         dy = check_grad("Conv2d.backward", x, dy, self._out_shape(n, h, w), x.dtype)
         xp = array_module(dy)
         if y is not None:
@@ -110,10 +140,19 @@ class Conv2d(Module):
             masked = xp.empty_like(dy)
             kernel("relu_bwd", like=dy)(y, dy, masked)
             dy = masked
-        dx = xp.empty_like(x)
-        kernel("conv2d_bwd_data", like=dy)(dy, self.weight.data, dx, *self._geometry(), *self._options())
         db = self.bias.grad if self.bias is not None else xp.zeros(self.out_channels, dy.dtype)
-        kernel("conv2d_bwd_weight", like=dy)(x, dy, self.weight.grad, db, *self._geometry(), *self._options())
+        C = self._direct_engine("conv2d_bwd_data", dy, x.shape) if xb is not None else None
+        if C is not None and self._direct_engine("conv2d_bwd_weight", dy, x.shape) is C:
+            g = self._geometry()
+            dyb = C.to_blocked(dy, *C.conv2d_blocked_dy_pads(h, w, *self.kernel_size, *g))
+            dxb = np.empty((n, xb.shape[1], h, w, 16), np.float32)
+            C.conv2d_blocked_bwd_data(dyb, self.weight.data, dxb, *g)
+            dx = C.from_blocked(dxb, c)
+            C.conv2d_blocked_bwd_weight(xb, dyb, self.weight.grad, db, *g)
+        else:
+            dx = xp.empty_like(x)
+            kernel("conv2d_bwd_data", like=dy)(dy, self.weight.data, dx, *self._geometry(), *self._options())
+            kernel("conv2d_bwd_weight", like=dy)(x, dy, self.weight.grad, db, *self._geometry(), *self._options())
         if any(self._extra):  # the explicit bottom/right padding of 'same' gets no gradient
             dx = xp.ascontiguousarray(dx[:, :, :h - self._extra[0], :w - self._extra[1]])
         return dx
