@@ -52,12 +52,15 @@ def _load(backend: str):
     return module
 
 
+def backend_status(name: str) -> str:
+    """'available' or the reason backend `name` is not; loads only that backend (a config check
+    of --backend cuda need not import numba)."""
+    return "available" if _load(name) is not None else _unavailable.get(name, "unavailable")
+
+
 def backends() -> dict[str, str]:
     """Each backend and either 'available' or the reason it is not."""
-    out = {}
-    for name in ("cpp", "numba", "numpy", "cuda"):
-        out[name] = "available" if _load(name) is not None else _unavailable.get(name, "unavailable")
-    return out
+    return {name: backend_status(name) for name in ("cpp", "numba", "numpy", "cuda")}
 
 
 def set_backend(name: str) -> None:

@@ -8,9 +8,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 from .config import Config, field_help, field_types, load_config, make_config
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors (exit status 2, no usage block), and values such
+    as -1e-4 or -inf read as negative numbers rather than as unknown options."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$", re.I)
+
+    def error(self, message):
+        self.exit(error(f"{message} (see {self.prog} --help)"))
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -31,42 +44,92 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                                 help=f"{about} (default: {default})")
 
 
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="TOML file of config keys")
+    parser.add_argument("--debug", action="store_true",
+                        help="full Python tracebacks instead of one-line errors (also FASTTRAIN_DEBUG=1)")
+    _add_config_flags(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fasttrain", description=__doc__.splitlines()[0])
+    parser = _Parser(
+        prog="fasttrain", description="fasttrain: train, check and tune small neural networks on the CPU (or a GPU), "
+        "one process or many under mpiexec.",
+        epilog="Every config key is a flag of train, check and tune (batch_size -> --batch-size); flags override "
+        "the --config TOML file, which overrides the defaults. `fasttrain train --help` lists them.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a model (default: a small CNN on the bundled digits)")
-    train.add_argument("--config", default=None, help="TOML file of config keys")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_config_flags(train)
+    _add_common(train)
     sub.add_parser("info", help="print build information and available kernel backends")
     check = sub.add_parser("check", help="sanity checks: initial loss ~ ln(C), overfit 20 examples, gradient check")
-    check.add_argument("--config", default=None, help="TOML file of config keys")
     check.add_argument("--overfit-steps", type=int, default=300, help="step budget of the overfit check (default: 300)")
-    _add_config_flags(check)
+    _add_common(check)
     tune = sub.add_parser("tune", help="random search in log space over lr and weight decay (coarse, then fine)")
-    tune.add_argument("--config", default=None, help="TOML file of config keys")
-    tune.add_argument("--coarse-trials", type=int, default=8)
-    tune.add_argument("--fine-trials", type=int, default=4)
-    tune.add_argument("--coarse-epochs", type=int, default=2)
-    tune.add_argument("--fine-epochs", type=int, default=4)
-    tune.add_argument("--lr-range", type=float, nargs=2, default=(1e-4, 1e-1), metavar=("LO", "HI"))
-    tune.add_argument("--wd-range", type=float, nargs=2, default=(1e-6, 1e-2), metavar=("LO", "HI"))
+    tune.add_argument("--coarse-trials", type=int, default=8, help="random trials of the coarse stage (default: 8)")
+    tune.add_argument("--fine-trials", type=int, default=4,
+                      help="trials of the fine stage, in ranges narrowed around the best coarse ones (default: 4)")
+    tune.add_argument("--coarse-epochs", type=int, default=2, help="epochs each coarse trial trains (default: 2)")
+    tune.add_argument("--fine-epochs", type=int, default=4, help="epochs each fine trial trains (default: 4)")
+    tune.add_argument("--lr-range", type=float, nargs=2, default=(1e-4, 1e-1), metavar=("LO", "HI"),
+                      help="learning rates to sample, log-uniformly (default: 1e-4 1e-1)")
+    tune.add_argument("--wd-range", type=float, nargs=2, default=(1e-6, 1e-2), metavar=("LO", "HI"),
+                      help="weight decays to sample, log-uniformly (default: 1e-6 1e-2)")
     tune.add_argument("--workers", type=int, default=None, help="parallel trial processes (default: CPU count)")
     tune.add_argument("--out", default=None, help="output folder (default: runs/tune-<timestamp>)")
-    _add_config_flags(tune)
     sub.add_parser("bench", help="run the repository's benchmarks (bench.run; arguments are forwarded)",
                    add_help=False)
     return parser
 
 
-def resolve_config(args: argparse.Namespace) -> Config:
-    base = load_config(args.config) if args.config else Config()
-    flags = {k: getattr(args, k) for k in field_types() if getattr(args, k) is not None}
-    cfg = make_config(flags, base)
-    from .parallel.data_parallel import check_config  # no MPI import: option combinations only
+def config_sources(args: argparse.Namespace) -> dict[str, str]:
+    """Key -> how the user named it: '--flag' for flags given, 'key (in FILE)' for TOML keys."""
+    sources = {}
+    if args.config:
+        from .config import read_toml
 
-    check_config(cfg)
+        try:
+            sources = {k: f"{k} (in {args.config})" for k in read_toml(args.config)}
+        except (ValueError, OSError):  # resolve_config reports the file
+            pass
+    sources.update({k: "--" + k.replace("_", "-") for k in field_types() if getattr(args, k, None) is not None})
+    return sources
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    """Defaults < TOML file < flags, every key checked (fasttrain.validation): a ConfigError names
+    the flag, key or environment variable, the value and what was expected."""
+    try:
+        base = load_config(args.config) if args.config else Config()
+        flags = {k: getattr(args, k) for k in field_types() if getattr(args, k) is not None}
+        cfg = make_config(flags, base)
+    except (KeyError, ValueError, OSError) as exc:
+        from .validation import ConfigError
+
+        raise ConfigError("--config", args.config, "a TOML file of config keys",
+                          detail=f"got {exc.args[-1] if isinstance(exc, OSError) else exc.args[0]}") from None
+    from .validation import validate
+
+    validate(cfg)
     return cfg
+
+
+def _name(key: str, sources: dict) -> str:
+    if key in sources:
+        return sources[key]
+    return "--" + key.replace("_", "-") if key in field_types() else key
+
+
+def error(message: str) -> int:
+    """The CLI's one-line error (rank 0 only under an MPI launcher: every rank checks the same
+    config, and lines written by several ranks at once arrive glued together); exit status 2."""
+    from .settings import launcher_rank
+
+    if launcher_rank() == 0:
+        sys.stderr.flush()  # then the whole line goes out in one write
+        sys.stderr.write(f"fasttrain: error: {' '.join(str(message).split())}\n")
+        sys.stderr.flush()
+    return 2
 
 
 def bench(argv) -> int:
@@ -107,13 +170,35 @@ def main(argv=None) -> int:
 
         print(json.dumps({"build_info": ft.build_info(), "backends": ft.backends()}, indent=2, default=str))
         return 0
-    from .train import TrainingDiverged
+    from . import settings
+    from .validation import ConfigError
 
+    if args.debug:  # the run's own layers (run_guarded under MPI) read the setting too
+        os.environ["FASTTRAIN_DEBUG"] = "1"
+    debug = settings.debug()
+    sources: dict = {}
     try:
+        sources = config_sources(args)
         cfg = resolve_config(args)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        print(f"fasttrain: config error: {exc}", file=sys.stderr)
+        return _command(args, cfg)
+    except ConfigError as exc:
+        if debug:
+            raise
+        return error(exc.render(_name(exc.key, sources)))
+    except KeyboardInterrupt:
+        return error("interrupted") + 128
+    except Exception as exc:  # noqa: BLE001 - one line for the user; --debug shows the traceback
+        from .train import TrainingDiverged
+
+        if debug:
+            raise
+        if isinstance(exc, TrainingDiverged):
+            return error(str(exc))
+        error(f"{type(exc).__name__}: {exc} (--debug or FASTTRAIN_DEBUG=1 shows the traceback)")
         return 1
+
+
+def _command(args, cfg: Config) -> int:
     if args.command == "check":
         return check(cfg, args.overfit_steps)
     if args.command == "tune":
@@ -123,23 +208,16 @@ def main(argv=None) -> int:
              fine_epochs=args.fine_epochs, lr_range=tuple(args.lr_range), wd_range=tuple(args.wd_range),
              workers=args.workers, out_dir=args.out)
         return 0
-    try:
-        from .parallel.data_parallel import run_guarded  # under mpirun: a failing rank aborts the job
+    from .parallel.data_parallel import run_guarded  # under mpirun: a failing rank aborts the job
+    from .train.run import preflight, run
 
-        from .train.run import run
-
-        summary = run_guarded(lambda: run(cfg, progress=False if args.quiet else None))
-    except TrainingDiverged as exc:
-        print(f"fasttrain: {exc}", file=sys.stderr)
-        return 2
+    checkpoints = preflight(cfg)  # before run_guarded: a config error is one line, not an aborted job
+    summary = run_guarded(lambda: run(cfg, progress=False if args.quiet else None, checkpoints=checkpoints))
     if summary.get("rank", 0) != 0:
         return 0
-    if summary.get("monitor"):
-        from .train.monitor import Monitor
-
-        print(Monitor.format_summary(summary["monitor"]))
     # the run's result is the last line a user sees
-    print(f"final validation accuracy {summary['val_acc']:.4f} after {summary['epochs']} epochs "
+    acc = "none" if summary["val_acc"] is None else f"{summary['val_acc']:.4f}"
+    print(f"final validation accuracy {acc} after {summary['epochs']} epochs "
           f"({summary['steps']} steps, {summary['params']} parameters); wall time {summary['wall_time_s']:.1f} s; "
           f"run folder {summary['run_dir']}")
     return 0

@@ -105,14 +105,20 @@ def make_config(overrides: dict | None = None, base: Config | None = None) -> Co
     return Config(**values)
 
 
-def load_config(path) -> Config:
-    """A Config from a TOML file of top-level keys (missing keys keep their defaults)."""
+def read_toml(path) -> dict:
+    """The top-level keys of a TOML file, as written (not yet checked)."""
     path = os.fspath(path)
     with open(path, "rb") as f:
         try:
-            data = tomllib.load(f)
+            return tomllib.load(f)
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"{path}: invalid TOML ({exc})") from None
+
+
+def load_config(path) -> Config:
+    """A Config from a TOML file of top-level keys (missing keys keep their defaults)."""
+    path = os.fspath(path)
+    data = read_toml(path)
     try:
         return make_config(data)
     except (KeyError, ValueError) as exc:

@@ -1,6 +1,7 @@
 """One place for settings: environment flags are read here and nowhere else.
 
 FASTTRAIN_BACKEND   default kernel backend ("auto", "cpp", "numba", "numpy", "cuda")
+FASTTRAIN_DEBUG     1: full Python tracebacks from the command line instead of one-line errors
 FASTTRAIN_THREADS   CPU threads for the C++ and Numba kernels (default: the cores this process may
                     run on; under an MPI launcher that did not bind ranks to cores, those cores
                     shared out among the ranks it started on this machine)
@@ -16,7 +17,7 @@ _BACKEND_NAMES = ("auto", "cuda", "cpp", "numba", "numpy")
 def _env_backend() -> str:
     value = os.environ.get("FASTTRAIN_BACKEND", "auto").strip().lower()
     if value not in _BACKEND_NAMES:
-        raise ValueError(f"FASTTRAIN_BACKEND: expected one of {_BACKEND_NAMES}, got {value!r}")
+        raise ValueError(f"FASTTRAIN_BACKEND: expected one of {', '.join(_BACKEND_NAMES)}, got {value!r}")
     return value
 
 
@@ -61,8 +62,39 @@ def _env_threads() -> int:
     return default_threads() if raw is None else _positive_int("FASTTRAIN_THREADS", raw, "")
 
 
-backend: str = _env_backend()
-num_threads: int = _env_threads()
+def debug() -> bool:
+    """FASTTRAIN_DEBUG=1: the CLI shows full tracebacks instead of one-line errors."""
+    return os.environ.get("FASTTRAIN_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def launcher_rank() -> int:
+    """This process's rank as the MPI launcher numbered it (0 without one), without importing MPI."""
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):
+        raw = os.environ.get(var, "")
+        if raw.isdigit():
+            return int(raw)
+    return 0
+
+
+_FROM_ENV = {"backend": _env_backend, "num_threads": _env_threads}
+
+
+def __getattr__(name):
+    # `backend` and `num_threads` are read from the environment on first use, not at import, so
+    # that `import fasttrain` succeeds with a bad FASTTRAIN_BACKEND / FASTTRAIN_THREADS and the
+    # CLI can report the variable in its one-line error format (set_backend/set_num_threads
+    # assign the module attribute, which then shadows this hook)
+    if name in _FROM_ENV:
+        value = _FROM_ENV[name]()
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def check_environment() -> None:
+    """Read every environment setting now: a bad value raises ValueError naming the variable."""
+    for name in _FROM_ENV:
+        __getattr__(name) if name not in globals() else None
 
 
 def rank_prefix() -> str:

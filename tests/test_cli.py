@@ -50,22 +50,22 @@ def test_config_errors(tmp_path):
     p.write_text("epochs = \n")
     with pytest.raises(ValueError, match="invalid TOML"):
         load_config(p)
-    assert main(["train", "--config", str(p)]) == 1
+    assert main(["train", "--config", str(p)]) == 2
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--compress", "int8"], "compress='int8': data-parallel options, but dist='none'"),
-    (["--bucket-kb", "64", "--local-sgd", "4"], "bucket_kb=64, local_sgd=4: data-parallel options"),
+    (["--compress", "int8"], "--compress: expected --dist ring or mpi with it .*got 'int8' with dist 'none'"),
+    (["--bucket-kb", "64", "--local-sgd", "4"], "--bucket-kb: expected --dist ring or mpi"),
     (["--dist", "mpi", "--compress", "sign"], "compress='sign' with dist='mpi'"),
     (["--dist", "ring", "--local-sgd-optimizer"], "average_optimizer_state=True: .* expected local_sgd > 0"),
     (["--dist", "ring", "--compress", "int8", "--local-sgd", "2"], "local SGD averages parameters uncompressed"),
 ])
 def test_data_parallel_option_errors_are_config_errors(flags, message, capsys):
-    """Caught when the config is resolved, before any data or model is built: one line, exit 1,
+    """Caught when the config is resolved, before any data or model is built: one line, exit 2,
     and options that only mean something under dist are not silently ignored without it."""
-    assert main(["train", *flags]) == 1
+    assert main(["train", *flags]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("fasttrain: config error:") and err.count("\n") == 1
+    assert err.startswith("fasttrain: error:") and err.count("\n") == 1
     assert re.search(message, err), err
 
 
@@ -114,13 +114,24 @@ def test_python_dash_m_info():
     assert "numpy" in info["backends"] and "python" in info["build_info"]
 
 
-def test_train_device_is_checked(tmp_path):
-    with pytest.raises(ValueError, match="device: expected one of"):
-        main(["train", "--device", "gpu", "--epochs", "1", "--limit", "32", "--run-dir", str(tmp_path), "--quiet"])
+def test_train_device_is_checked(tmp_path, capsys):
+    flags = ["--epochs", "1", "--limit", "32", "--run-dir", str(tmp_path / "run"), "--quiet"]
+    assert main(["train", "--device", "gpu", *flags]) == 2
+    assert "--device: expected one of cpu, cuda, got 'gpu'" in capsys.readouterr().err
     if ft.backends()["cuda"] != "available":  # no GPU here: the reason is named, nothing is trained
-        with pytest.raises(RuntimeError, match="device='cuda': the cuda backend is not usable here"):
-            main(["train", "--device", "cuda", "--epochs", "1", "--limit", "32", "--run-dir", str(tmp_path),
-                  "--quiet"])
+        assert main(["train", "--device", "cuda", *flags]) == 2
+        assert "--device: expected a usable CUDA GPU, got 'cuda', but" in capsys.readouterr().err
     else:
-        with pytest.raises(ValueError, match="expected dist='none' on the GPU"):
-            main(["train", "--device", "cuda", "--dist", "ring", "--epochs", "1", "--run-dir", str(tmp_path), "--quiet"])
+        assert main(["train", "--device", "cuda", "--dist", "ring", *flags]) == 2
+        assert "--device: expected device 'cpu' with --dist" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_config_key_has_a_rule():
+    """A new config key (and so a new flag) must say what values it takes: see fasttrain/validation.py."""
+    from fasttrain.config import field_types
+    from fasttrain.validation import RULES
+
+    missing = sorted(set(field_types()) - set(RULES))
+    assert not missing, f"add a rule for {missing} to fasttrain.validation.RULES"
+    assert not sorted(set(RULES) - set(field_types())), "a rule for a key that no longer exists"

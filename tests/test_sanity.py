@@ -73,6 +73,6 @@ def test_cli_check_exit_codes(capsys):
     code = main(["check", "--model", "resnet8", "--limit", "64", "--threads", "1"])
     out = capsys.readouterr().out
     assert out.count("[PASS]") == 3 and code == 0, out
-    code = main(["check", "--model", "resnet8", "--limit", "64", "--lr", "0", "--overfit-steps", "5"])
+    code = main(["check", "--model", "resnet8", "--limit", "64", "--lr", "1e-9", "--overfit-steps", "5"])
     out = capsys.readouterr().out
     assert code != 0 and "[FAIL] overfit" in out and "FAILED" in out

@@ -31,6 +31,16 @@ def _split(x, y, val_fraction, seed) -> Dataset:
     return Dataset(x[tr], y[tr], x[va], y[va], int(y.max()) + 1)
 
 
+#: (input shape, classes) of the datasets known without reading them (files may hold fewer classes)
+_SHAPES = {"digits": ((1, 8, 8), 10), "synthetic_cifar": ((3, 32, 32), 10)}
+
+
+def peek_dataset(name: str, data_path=None):
+    """(input_shape, num_classes) of dataset `name` when known without loading it, else None: lets
+    the run check the model against checkpoints before spending the time to load the data."""
+    return _SHAPES.get(name)
+
+
 def load_dataset(name: str, data_path=None, val_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """digits (bundled); synthetic_cifar (generated, 5000 train / 1000 val); mnist (directory with
     the four IDX files, training set split for validation); cifar10 (directory with

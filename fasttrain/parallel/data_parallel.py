@@ -34,6 +34,7 @@ What each piece does and why:
 """
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import time
@@ -407,12 +408,15 @@ def run_guarded(fn, diverged_code: int = 2):
 
         code = diverged_code if isinstance(exc, TrainingDiverged) else 1
         message = f"{type(exc).__name__}: {exc}"
-        traceback.print_exc(file=sys.stderr)
+        from ..settings import debug
+
+        if debug():  # otherwise the one line below, written whole so ranks' lines do not interleave
+            traceback.print_exc(file=sys.stderr)
     from mpi4py import MPI
 
     rank = MPI.COMM_WORLD.Get_rank()
-    sys.stderr.write(f"fasttrain: rank {rank} of {k} failed, aborting the job: {message}\n")
     sys.stderr.flush()
+    os.write(2, f"fasttrain: error: rank {rank} of {k} failed, aborting the job: {' '.join(message.split())}\n".encode())
     sys.stdout.flush()
     # the launcher forwards our output through its proxies; an immediate abort can tear the job
     # down before the message above got out (seen as a rare missing message under load)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 
 import numpy as np
 
@@ -99,16 +100,27 @@ def read_checkpoint(path) -> tuple[dict, dict]:
     if _is_safetensors(path):
         from safetensors import safe_open
 
-        with safe_open(path, framework="numpy") as f:
-            metadata = f.metadata() or {}
-            arrays = {k: f.get_tensor(k) for k in f.keys()}
+        try:
+            with safe_open(path, framework="numpy") as f:
+                metadata = f.metadata() or {}
+                arrays = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type (a Rust panic, header errors)
+            raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
         if "fasttrain_meta" not in metadata:
             raise ValueError(f"{path}: not a fasttrain checkpoint (no 'fasttrain_meta' metadata)")
         for k, v in json.loads(metadata.get("fasttrain_strings", "{}")).items():
             arrays[k] = np.array(v)
         return arrays, json.loads(metadata["fasttrain_meta"])
-    with np.load(path, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if not hasattr(f, "files"):  # a bare .npy file saved under a .npz name
+                raise ValueError("a single array, not an .npz archive")
+            arrays = {k: f[k] for k in f.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        # numpy's own messages name neither the file nor the format (a truncated archive says
+        # "File is not a zip file", random bytes talk about allow_pickle)
+        reason = "random bytes or another format" if "pickle" in str(exc) else exc
+        raise ValueError(f"{path}: not a readable .npz checkpoint ({reason})") from exc
     if "meta" not in arrays:
         raise ValueError(f"{path}: not a fasttrain checkpoint (no 'meta' entry)")
     return arrays, json.loads(str(arrays.pop("meta")))

@@ -12,13 +12,17 @@ import time
 from ..config import Config, save_config
 
 
+#: the --schedule names `make_schedule` builds
+SCHEDULES = ("constant", "cosine")
+
+
 def make_schedule(cfg: Config, total_steps: int):
     """step -> lr from fasttrain.schedules: constant or cosine decay to 0 over the run (Loshchilov &
     Hutter, "SGDR", 2017, without restarts), after a linear warmup of cfg.warmup_steps."""
     from .. import schedules
 
-    if cfg.schedule not in ("constant", "cosine"):
-        raise ValueError(f"schedule: expected 'constant' or 'cosine', got {cfg.schedule!r}")
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
     spec = {"name": cfg.schedule, "lr": cfg.lr, "warmup_steps": cfg.warmup_steps}
     if cfg.schedule == "cosine":
         spec["total_steps"] = max(total_steps, 1)
@@ -27,21 +31,37 @@ def make_schedule(cfg: Config, total_steps: int):
 
 def make_optimizer(name: str, arena, lr: float, weight_decay: float):
     from .. import optim
+    from ..validation import optimizer_names
 
-    classes = {k.lower(): getattr(optim, k) for k in dir(optim) if isinstance(getattr(optim, k), type)}
-    cls = classes.get(name.lower())
-    if cls is None:
-        raise ValueError(f"optimizer: expected one of {sorted(classes)}, got {name!r}")
+    if name.lower() not in optimizer_names():
+        raise ValueError(f"optimizer: expected one of {', '.join(optimizer_names())}, got {name!r}")
+    cls = {k.lower(): getattr(optim, k) for k in optim.__all__}[name.lower()]
     return cls(arena, lr=lr, weight_decay=weight_decay)
 
 
-def run(cfg: Config, progress: bool | None = None) -> dict:
-    """Run the training a config describes; returns a summary dict (also saved as summary.json)."""
+def preflight(cfg: Config) -> dict:
+    """Every check that needs neither the data nor the run folder: the config's keys
+    (fasttrain.validation) and the checkpoint files it names, read once here: returns
+    {'resume' | 'init_from': (arrays, meta)}. Raises ConfigError."""
+    from ..validation import read_checkpoint_for, validate
+
+    validate(cfg)
+    return {key: read_checkpoint_for(key, getattr(cfg, key)) for key in ("init_from", "resume") if getattr(cfg, key)}
+
+
+def run(cfg: Config, progress: bool | None = None, checkpoints: dict | None = None) -> dict:
+    """Run the training a config describes; returns a summary dict (also saved as summary.json).
+    Every check runs before the data loads (ConfigError) and the run folder is made only after
+    the data, the model and the checkpoints it names passed theirs. checkpoints: what preflight(cfg)
+    returned, when the caller ran it already."""
     t_start = time.perf_counter()
+    checkpoints = preflight(cfg) if checkpoints is None else checkpoints
     import fasttrain as ft
     from ..data import ChannelStandardizer, DataLoader, load_dataset
+    from ..data.catalog import peek_dataset
     from ..losses import SoftmaxCrossEntropy
     from ..models import build
+    from ..validation import check_data, check_model
     from .trainer import Trainer
 
     if cfg.threads is not None:
@@ -50,16 +70,32 @@ def run(cfg: Config, progress: bool | None = None) -> dict:
         ft.set_backend(cfg.backend)
     from ..device import array_module
 
-    xp = array_module(cfg.device)  # raises with the reason when the GPU cannot be used
-    if cfg.device == "cuda" and cfg.dist != "none":
-        raise ValueError(f"device='cuda' with dist={cfg.dist!r}: the data-parallel layer reduces host arrays; "
-                         "expected dist='none' on the GPU")
+    xp = array_module(cfg.device)
     # data parallel: one code path for 1 rank (LocalComm) and K ranks under mpirun, so the
     # single-process run is the K=1 case of the distributed one rather than a separate loop
     from ..parallel.data_parallel import DataParallel, ShardedLoader, scaled_lr, world_comm
 
     comm = world_comm(cfg.dist)
     rank0 = comm.rank == 0   # progress, metrics, plots, checkpoints and validation: rank 0 only
+
+    def build_model(input_shape, num_classes):
+        # dropout masks differ per rank (a rank's own stream); parameters come from rank 0's broadcast
+        model = build(cfg.model, input_shape, num_classes, cfg.dropout, seed=cfg.seed + 7919 * comm.rank)
+        arena = ft.ParamArena.for_model(model, seed=cfg.seed, xp=xp)
+        check_model(cfg, model, arena, checkpoints)
+        return model, arena
+
+    # the model (and so the checkpoints and --freeze-except) is checked before the data loads
+    # whenever the dataset's shape is known without reading it
+    shape = peek_dataset(cfg.dataset, cfg.data_path)
+    model_arena = build_model(*shape) if shape is not None else None
+    data = load_dataset(cfg.dataset, cfg.data_path, cfg.val_fraction, cfg.seed).limit(cfg.limit)
+    check_data(cfg, data)
+    if shape is not None and tuple(shape) != (data.input_shape, data.num_classes):
+        raise RuntimeError(f"dataset {cfg.dataset!r}: peek_dataset said {shape}, the data has "
+                           f"{(data.input_shape, data.num_classes)}")
+    model, arena = model_arena or build_model(data.input_shape, data.num_classes)
+
     run_dir = cfg.run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     if comm.size > 1:
         run_dir = comm.bcast(run_dir, root=0)  # one timestamp for every rank
@@ -67,7 +103,6 @@ def run(cfg: Config, progress: bool | None = None) -> dict:
         os.makedirs(run_dir, exist_ok=True)
         save_config(cfg, os.path.join(run_dir, "config.toml"))
 
-    data = load_dataset(cfg.dataset, cfg.data_path, cfg.val_fraction, cfg.seed).limit(cfg.limit)
     norm = ChannelStandardizer().fit(data.x_train)  # statistics of the training split only
     x_train, x_val = norm(data.x_train), norm(data.x_val)
     train_loader = DataLoader(x_train, data.y_train, cfg.batch_size, shuffle=True, seed=cfg.seed)
@@ -79,9 +114,6 @@ def run(cfg: Config, progress: bool | None = None) -> dict:
         run_cfg = dataclasses.replace(cfg, lr=lr, warmup_steps=warmup)
         val_loader = val_loader if rank0 else None
 
-    # dropout masks differ per rank (a rank's own stream); parameters come from rank 0's broadcast
-    model = build(cfg.model, data.input_shape, data.num_classes, cfg.dropout, seed=cfg.seed + 7919 * comm.rank)
-    arena = ft.ParamArena.for_model(model, seed=cfg.seed, xp=xp)
     if cfg.init_from:  # transfer learning: a head of another size keeps its fresh initialization
         from .transfer import load_pretrained
 
@@ -91,8 +123,6 @@ def run(cfg: Config, progress: bool | None = None) -> dict:
 
         freeze_except(model, arena, cfg.freeze_except)
     opt = make_optimizer(cfg.optimizer, arena, run_cfg.lr, cfg.weight_decay)
-    if cfg.checkpoint_format not in ("npz", "safetensors"):
-        raise ValueError(f"checkpoint_format: expected 'npz' or 'safetensors', got {cfg.checkpoint_format!r}")
     from .augmentation import build_augment
 
     augment = build_augment(cfg.augment, data.input_shape)
