@@ -94,7 +94,7 @@ def _fits_winograd(shape):
     return shape[5] == 3 and shape[6] == 1
 
 
-def run(shapes, repeat, rounds, numpy_too=True, peak_gflops=495.0):
+def run(shapes, repeat, rounds, numpy_too=True, peak_gflops=495.0, stat="median"):
     from fasttrain import _C as C
     C.set_num_threads(ft.settings.num_threads)  # the module may load after set_num_threads
     torch = torch_or_none()
@@ -127,13 +127,13 @@ def run(shapes, repeat, rounds, numpy_too=True, peak_gflops=495.0):
         for op in OPS:
             samples = time_interleaved({who: ops[op] for who, ops in rows.items()}, reps)
             for who, s in samples.items():
-                med[who, op] = statistics.median(s) * 1e3
+                med[who, op] = (statistics.median(s) if stat == "median" else min(s)) * 1e3
         C.set_conv2d_algo("auto")
         for who in rows:
             med[who, "fwd+bwd"] = sum(med[who, op] for op in OPS)
         print(f"(N, C, H, W, K) = {(N, Cc, H, W, K)}, {R}x{R} stride {st} pad {pad}, {ft.settings.num_threads} threads, "
               f"{flops / 1e9:.3f} GFLOP per op; auto runs {'/'.join(choice)} (fwd/bwd_data/bwd_weight); "
-              f"ms, medians of {repeat * rounds} interleaved samples")
+              f"ms, {stat}s of {repeat * rounds} interleaved samples")
         print(f"  {'':15}" + "".join(f"{c:>11}" for c in COLS) + f"{'GFLOP/s':>9}{'%peak':>7}{'torch-cl/x':>11}")
         tcl = med.get(("torch-cl", "fwd+bwd"))
         for who in rows:
@@ -173,13 +173,15 @@ def main(argv=None):
     ap.add_argument("--no-numpy", action="store_true", help="skip the (slow) NumPy reference")
     ap.add_argument("--set", choices=("resnet20", "default"), default="resnet20")
     ap.add_argument("--shapes", nargs="*", type=_shape, default=None, help="N,C,H,W,K[,R,stride,pad]")
+    ap.add_argument("--stat", choices=("median", "min"), default="median",
+                    help="min: the least-disturbed sample, for a machine other jobs load heavily")
     ap.add_argument("--peak-gflops", type=float, default=495.0,
                     help="FMA peak at 2 threads for the %%peak column (AVX-512 on this machine kind)")
     args = ap.parse_args(argv)
     if args.threads:
         ft.set_num_threads(args.threads)
     shapes = args.shapes or (RESNET20 if args.set == "resnet20" else DEFAULT)
-    run(shapes, args.repeat, args.rounds, not args.no_numpy, args.peak_gflops)
+    run(shapes, args.repeat, args.rounds, not args.no_numpy, args.peak_gflops, args.stat)
 
 
 if __name__ == "__main__":

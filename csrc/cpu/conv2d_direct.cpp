@@ -70,6 +70,7 @@ int64_t blocks(int64_t c) { return (c + kBlock - 1) / kBlock; }
 // x (N, C, H, W) -> [N][Cb][pt + H + pb][pl + W + pr][16], zero border and zero channel tail.
 void to_blocked(const float* x, float* xb, int64_t N, int64_t C, int64_t H, int64_t W, int64_t pt,
                 int64_t pb, int64_t pl, int64_t pr) {
+  const Isa& isa = *current_isa();
   const int64_t Cb = blocks(C), Hp = pt + H + pb, Wp = pl + W + pr;
 #pragma omp parallel for collapse(2) num_threads(num_threads()) schedule(static)
   for (int64_t nb = 0; nb < N * Cb; ++nb)
@@ -83,20 +84,14 @@ void to_blocked(const float* x, float* xb, int64_t N, int64_t C, int64_t H, int6
       }
       std::memset(out, 0, sizeof(float) * pl * kBlock);
       std::memset(out + (pl + W) * kBlock, 0, sizeof(float) * pr * kBlock);
-      float* o = out + pl * kBlock;
-      const float* in = x + ((n * C + cb * kBlock) * H + h) * W;
-      if (nc < kBlock)
-        for (int64_t w = 0; w < W; ++w)
-          for (int64_t c = nc; c < kBlock; ++c) o[w * kBlock + c] = 0.f;
-      for (int64_t c = 0; c < nc; ++c) {
-        const float* ic = in + c * H * W;
-        for (int64_t w = 0; w < W; ++w) o[w * kBlock + c] = ic[w];
-      }
+      isa.pack(x + ((n * C + cb * kBlock) * H + h) * W, H * W, static_cast<int>(nc), W,
+               out + pl * kBlock);
     }
 }
 
 // [N][Cb][P][Q][16] -> y (N, C, P, Q)
 void from_blocked(const float* yb, float* y, int64_t N, int64_t C, int64_t P, int64_t Q) {
+  const Isa& isa = *current_isa();
   const int64_t Cb = blocks(C);
 #pragma omp parallel for collapse(2) num_threads(num_threads()) schedule(static)
   for (int64_t nb = 0; nb < N * Cb; ++nb)
@@ -104,10 +99,7 @@ void from_blocked(const float* yb, float* y, int64_t N, int64_t C, int64_t P, in
       const int64_t n = nb / Cb, cb = nb % Cb;
       const float* in = yb + (nb * P + p) * Q * kBlock;
       const int64_t nc = std::min<int64_t>(kBlock, C - cb * kBlock);
-      for (int64_t c = 0; c < nc; ++c) {
-        float* out = y + ((n * C + cb * kBlock + c) * P + p) * Q;
-        for (int64_t q = 0; q < Q; ++q) out[q] = in[q * kBlock + c];
-      }
+      isa.unpack(in, static_cast<int>(nc), Q, y + ((n * C + cb * kBlock) * P + p) * Q, P * Q);
     }
 }
 

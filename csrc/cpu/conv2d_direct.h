@@ -47,6 +47,10 @@ struct WgradTile {
 
 using ConvTileFn = void (*)(const ConvTile&);
 using WgradTileFn = void (*)(const WgradTile&);
+// One image row between the layouts: `in` holds nc <= 16 channel rows of W floats, `plane` floats
+// apart; `out` holds W pixels of 16 channels (channels past nc zero), and back.
+using PackRowFn = void (*)(const float* in, int64_t plane, int nc, int64_t W, float* out);
+using UnpackRowFn = void (*)(const float* in, int nc, int64_t W, float* out, int64_t plane);
 
 // What one instruction set offers. conv(kv, qt, sw) is the micro-kernel for kv output blocks
 // (1..max_kv) and qt pixels (1..max_qt(kv)) whose input pixels are sw*16 floats apart (sw 1 or 2;
@@ -57,6 +61,8 @@ struct Isa {
   int max_qt[3];  // by kv (index 0 unused)
   ConvTileFn (*conv)(int kv, int qt, int sw);
   WgradTileFn wgrad;
+  PackRowFn pack;
+  UnpackRowFn unpack;
 };
 
 // Each is null where the compiler could not build that instruction set (non-x86 hosts).

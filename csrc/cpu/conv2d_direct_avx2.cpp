@@ -30,7 +30,8 @@ struct V256x2 {
 };
 
 // 16 ymm: 6 pixels x 2 halves = 12 accumulators, 2 for the weights, 1 broadcast.
-const Isa kIsa{"avx2", 1, {0, 6, 0}, &pick_conv<V256x2, 6, 0>, &wgrad_tile<V256x2>};
+const Isa kIsa{"avx2", 1, {0, 6, 0}, &pick_conv<V256x2, 6, 0>, &wgrad_tile<V256x2>,
+               &pack_row<V256x2>, &unpack_row<V256x2>};
 
 }  // namespace
 

@@ -81,6 +81,22 @@ void wgrad_tile(const WgradTile& a) {
   for (int c0 = 0; c0 < kBlock; c0 += V::kWgradC) wgrad_channels<V, V::kWgradC>(a, c0);
 }
 
+// The layout conversion of one row, written plainly (the AVX-512 build has its own, by 16 x 16
+// register transposes); V only gives each instruction set its own copy.
+template <class V>
+void pack_row(const float* in, int64_t plane, int nc, int64_t W, float* out) {
+  for (int64_t w = 0; w < W; ++w)
+    for (int c = nc; c < kBlock; ++c) out[w * kBlock + c] = 0.f;
+  for (int c = 0; c < nc; ++c)
+    for (int64_t w = 0; w < W; ++w) out[w * kBlock + c] = in[c * plane + w];
+}
+
+template <class V>
+void unpack_row(const float* in, int nc, int64_t W, float* out, int64_t plane) {
+  for (int c = 0; c < nc; ++c)
+    for (int64_t w = 0; w < W; ++w) out[c * plane + w] = in[w * kBlock + c];
+}
+
 template <class V, int KV, int SW, int... Q>
 ConvTileFn pick_qt(int qt, std::integer_sequence<int, Q...>) {
   static constexpr ConvTileFn fns[] = {&conv_tile<V, KV, Q + 1, SW>...};

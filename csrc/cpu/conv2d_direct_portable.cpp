@@ -33,7 +33,8 @@ struct VScalar {
   }
 };
 
-const Isa kIsa{"portable", 1, {0, 4, 0}, &pick_conv<VScalar, 4, 0>, &wgrad_tile<VScalar>};
+const Isa kIsa{"portable", 1, {0, 4, 0}, &pick_conv<VScalar, 4, 0>, &wgrad_tile<VScalar>,
+               &pack_row<VScalar>, &unpack_row<VScalar>};
 
 }  // namespace
 
