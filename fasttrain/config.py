@@ -13,8 +13,9 @@ from typing import Optional
 @dataclass
 class Config:
     model: str = "simple_cnn"         # mlp | simple_cnn | convnet_classic | resnet8 | resnet20
-    dataset: str = "digits"           # digits | synthetic_cifar | mnist | cifar10 | npz
-    data_path: Optional[str] = None   # directory (mnist, cifar10) or file (npz)
+    dataset: str = "digits"           # digits | synthetic_cifar | mnist | cifar10 | npz | image_folder
+    data_path: Optional[str] = None   # directory (mnist, cifar10, image_folder) or file (npz)
+    image_size: Optional[int] = None  # image_folder: resize every image to S x S (None: all share one size)
     limit: Optional[int] = None       # use only the first N training/validation examples
     val_fraction: float = 0.2         # share of the training data held out for validation
     epochs: int = 15                  # passes over the training data

@@ -5,14 +5,19 @@ wrong when a file is malformed, and FileNotFoundError when it is missing.
   byte, one big-endian uint32 per dimension, then the values big-endian. Raw or gzip'ed.
 - CIFAR-10 binary (https://www.cs.toronto.edu/~kriz/cifar.html): records of 1 label byte then
   3072 pixel bytes (1024 red, 1024 green, 1024 blue, each 32x32 row-major).
-- .npz with arrays `x` (N, ...) and `y` (N,).
+- .npz with arrays `x` (N, ...) and `y` (N,); uint8 x (pixels) is scaled to [0, 1].
+- Image folders (PNG/JPEG, one subfolder per class): fasttrain.data.images.
 """
 from __future__ import annotations
 
 import gzip
 import os
+import zipfile
+import zlib
 
 import numpy as np
+
+from .validate import DataError
 
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _CIFAR_RECORD = 1 + 3 * 32 * 32
@@ -92,19 +97,29 @@ def load_npz(path) -> tuple[np.ndarray, np.ndarray]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic.startswith(b"\x93NUMPY"):
+        raise DataError(f"{path}: expected an .npz archive with keys x and y, got a single array (.npy); "
+                        "write both with numpy.savez(path, x=x, y=y)")
+    if not magic.startswith(b"PK"):
+        raise DataError(f"{path}: not an .npz archive (it starts with bytes {magic.hex()}, not a zip header); "
+                        "expected a file written by numpy.savez(path, x=x, y=y)")
     try:
-        archive = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise ValueError(f"{path}: not a readable .npz archive ({exc})") from None
-    if not hasattr(archive, "files"):
-        raise ValueError(f"{path}: expected an .npz archive with keys x and y, got a single array")
-    with archive:
-        missing = [k for k in ("x", "y") if k not in archive.files]
-        if missing:
-            raise ValueError(f"{path}: missing keys {missing}; expected x and y, found {archive.files}")
-        x, y = archive["x"], archive["y"]
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [k for k in ("x", "y") if k not in archive.files]
+            if missing:
+                raise DataError(f"{path}: missing keys {missing}; expected x and y, found {archive.files}")
+            x, y = archive["x"], archive["y"]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"{path}: a damaged .npz archive ({type(exc).__name__}: {exc}); expected a complete "
+                        "file written by numpy.savez (truncated by a copy?)") from None
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
-        raise ValueError(f"{path}: expected y of shape ({x.shape[0]},) to match x {x.shape}, got {y.shape}")
+        raise DataError(f"{path}: expected y of shape ({x.shape[0]},) to match x {x.shape}, got {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{path}: expected integer labels y, got dtype {y.dtype}")
+        raise DataError(f"{path}: expected integer labels y, got dtype {y.dtype}")
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / np.float32(255), y.astype(np.int64)
     return x.astype(np.float32, copy=False), y.astype(np.int64)

@@ -89,7 +89,8 @@ def run(cfg: Config, progress: bool | None = None, checkpoints: dict | None = No
     # whenever the dataset's shape is known without reading it
     shape = peek_dataset(cfg.dataset, cfg.data_path)
     model_arena = build_model(*shape) if shape is not None else None
-    data = load_dataset(cfg.dataset, cfg.data_path, cfg.val_fraction, cfg.seed).limit(cfg.limit)
+    data = load_dataset(cfg.dataset, cfg.data_path, cfg.val_fraction, cfg.seed,
+                        image_size=cfg.image_size).limit(cfg.limit)
     check_data(cfg, data)
     if shape is not None and tuple(shape) != (data.input_shape, data.num_classes):
         raise RuntimeError(f"dataset {cfg.dataset!r}: peek_dataset said {shape}, the data has "

@@ -116,7 +116,7 @@ def run_checks(cfg, n_overfit: int = 20, n_gradcheck: int = 2, max_steps: int = 
         ft.set_num_threads(cfg.threads)
     if cfg.backend is not None:
         ft.set_backend(cfg.backend)
-    data = load_dataset(cfg.dataset, cfg.data_path, cfg.val_fraction, cfg.seed).limit(cfg.limit)
+    data = load_dataset(cfg.dataset, cfg.data_path, cfg.val_fraction, cfg.seed, image_size=cfg.image_size).limit(cfg.limit)
     norm = ChannelStandardizer().fit(data.x_train)
     x, y = norm(data.x_train), data.y_train
     results = []
