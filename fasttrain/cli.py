@@ -188,11 +188,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         return error("interrupted") + 128
     except Exception as exc:  # noqa: BLE001 - one line for the user; --debug shows the traceback
+        from .data import DataError
         from .train import TrainingDiverged
 
         if debug:
             raise
-        if isinstance(exc, TrainingDiverged):
+        if isinstance(exc, (TrainingDiverged, DataError)):   # their messages are the one line
             return error(str(exc))
         error(f"{type(exc).__name__}: {exc} (--debug or FASTTRAIN_DEBUG=1 shows the traceback)")
         return 1

@@ -151,6 +151,7 @@ RULES: dict[str, Rule] = {
     "model": one_of(_models),
     "dataset": one_of(_datasets),
     "data_path": lambda key, value: None,  # checked with the dataset (CROSS_CHECKS)
+    "image_size": integer(lo=1, optional=True, meaning="pixels per side"),
     "limit": integer(lo=1, optional=True, meaning="training examples to keep"),
     "val_fraction": number(0, 1, lo_open=True, hi_open=True),
     "epochs": integer(lo=1),
@@ -195,7 +196,8 @@ BUNDLED_DATASETS = ("digits", "synthetic_cifar")
 def _data_path(cfg) -> None:
     if cfg.dataset in BUNDLED_DATASETS and cfg.data_path:
         raise ConfigError("data_path", cfg.data_path, f"no data path with dataset {cfg.dataset!r} (it is generated "
-                          "or bundled and reads no files); for your own files use --dataset npz, mnist or cifar10")
+                          "or bundled and reads no files); for your own files use --dataset npz, mnist, cifar10 "
+                          "or image_folder")
     if cfg.dataset not in BUNDLED_DATASETS and not cfg.data_path:
         raise ConfigError("data_path", None, f"the location of the {cfg.dataset!r} data (dataset {cfg.dataset!r} "
                           "reads files)")
@@ -245,7 +247,13 @@ def _early_stopping(cfg) -> None:
 
 
 #: checks of several keys together, run after every key passed its own rule
-CROSS_CHECKS: list[Callable] = [_data_path, _dist, _gpu, _early_stopping]
+def _image_size(cfg) -> None:
+    if cfg.image_size is not None and cfg.dataset != "image_folder":
+        raise ConfigError("image_size", cfg.image_size, f"no image size with dataset {cfg.dataset!r} (only "
+                          "--dataset image_folder resizes its images)")
+
+
+CROSS_CHECKS: list[Callable] = [_data_path, _image_size, _dist, _gpu, _early_stopping]
 
 
 def check_environment() -> None:

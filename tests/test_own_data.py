@@ -208,6 +208,15 @@ def test_cli_nan_in_the_data_is_reported_as_the_data_not_the_learning_rate(tmp_p
     path = _npz(tmp_path / "mine.npz", _bad_x(), _labels(10))
     run = _cli("--dataset", "npz", "--data-path", str(path), "--epochs", "1", "--run-dir", str(tmp_path / "run"),
                cwd=tmp_path)
-    assert run.returncode != 0
-    assert "mine.npz: x holds 2 NaN/inf values" in run.stderr
+    assert run.returncode == 2, run.stderr[-3000:]
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"fasttrain: error: {path}: x holds 2 NaN/inf values")
     assert "learning rate" not in run.stderr + run.stdout
+    assert not (tmp_path / "run").exists()                 # checked before the run folder is made
+
+
+def test_cli_image_size_without_an_image_folder_is_a_config_error(tmp_path):
+    path = _npz(tmp_path / "mine.npz", np.ones((6, 1, 4, 4)), _labels(6))
+    run = _cli("--dataset", "npz", "--data-path", str(path), "--image-size", "8", cwd=tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.startswith("fasttrain: error: --image-size: expected no image size with dataset 'npz'")
