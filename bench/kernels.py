@@ -269,6 +269,55 @@ def _conv_entry(N, C, H, W, K, R=3, pad=1):
                  ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_weight"), rtol=2e-3)
 
 
+def _depthwise_entry(N, C, H, W, R=3, stride=1, backward=True):
+    """Depthwise R x R convolution (groups = C, padding R//2), as in MobileNet's separable blocks.
+    Memory-bound (R*R/2 FLOPs per byte of fp32 moved per pass): its limit is the bandwidth of moving
+    every operand once (fwd: x in, y out; bwd_data: dy in, dx out; bwd_weight: x and dy in).
+    PyTorch runs it as its expert users do: channels_last (its fast depthwise layout on CPU)."""
+    pad = R // 2
+    P, Q = (H + 2 * pad - R) // stride + 1, (W + 2 * pad - R) // stride + 1
+    geo = (stride, stride, pad, pad)
+
+    def inputs():
+        a = _rng_inputs({"x": (N, C, H, W), "w": (C, 1, R, R), "b": (C,), "dy": (N, C, P, Q)})
+        a["w"] *= np.float32(np.sqrt(2.0 / (R * R)))
+        a.update(y=np.empty((N, C, P, Q), np.float32), dx=np.empty((N, C, H, W), np.float32),
+                 dw=np.zeros((C, 1, R, R), np.float32), db=np.zeros(C, np.float32))
+        return a
+
+    def run(k, a):
+        k("conv2d_fwd")(a["x"], a["w"], a["b"], a["y"], *geo, False, 1, 1, C)
+        if backward:
+            k("conv2d_bwd_data")(a["dy"], a["w"], a["dx"], *geo, 1, 1, C)
+            a["dw"][...] = 0
+            a["db"][...] = 0
+            k("conv2d_bwd_weight")(a["x"], a["dy"], a["dw"], a["db"], *geo, 1, 1, C)
+
+    def torch_fn(torch, a):
+        cl = torch.channels_last
+        conv = torch.nn.Conv2d(C, C, R, stride=stride, padding=pad, groups=C).to(memory_format=cl)
+        x = torch.from_numpy(a["x"]).contiguous(memory_format=cl).requires_grad_(backward)
+        dy = torch.from_numpy(a["dy"]).contiguous(memory_format=cl)
+
+        def step():
+            if not backward:
+                with torch.no_grad():
+                    conv(x)
+                return
+            x.grad = None
+            conv.zero_grad()
+            conv(x).backward(dy)
+        return step
+
+    xb, yb = 4.0 * N * C * H * W, 4.0 * N * C * P * Q
+    nbytes = xb + yb + ((yb + xb) + (xb + yb) if backward else 0.0)
+    flops = (3 if backward else 1) * 2.0 * N * C * R * R * P * Q
+    outputs = ("y", "dx", "dw", "db") if backward else ("y",)
+    ops = ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_weight") if backward else ("conv2d_fwd",)
+    return Entry("depthwise_fwd_bwd" if backward else "depthwise_fwd", (N, C, H, W, R, stride), nbytes, flops,
+                 inputs, run, outputs, torch_fn, ops, rtol=2e-4)
+
+
 def entries(quick: bool) -> list[Entry]:
     if quick:
         return [_adam_entry(1 << 14, False), _rmsprop_entry(1 << 14), _dropout_entry(1 << 14),
@@ -276,7 +325,7 @@ def entries(quick: bool) -> list[Entry]:
                 _exp_activation_entry("tanh_fwd", 1 << 14, "tanh"),
                 _batchnorm_entry(2, 3, 5, 7), _batchnorm_relu_entry(2, 3, 5, 7, True),
                 _batchnorm_relu_entry(2, 3, 5, 7, False), _softmax_xent_entry(8, 10),
-                _conv_entry(2, 3, 8, 8, 4)]
+                _conv_entry(2, 3, 8, 8, 4), _depthwise_entry(2, 5, 9, 8)]
     n_opt = 10_000_000
     return [_adam_entry(n_opt, False), _adam_entry(n_opt, True), _rmsprop_entry(n_opt), _momentum_entry(n_opt),
             _dropout_entry(4_194_304), _relu_entry(16_777_216),
@@ -285,7 +334,9 @@ def entries(quick: bool) -> list[Entry]:
             _batchnorm_entry(64, 64, 32, 32), _batchnorm_relu_entry(64, 64, 32, 32, True),
             _batchnorm_relu_entry(64, 64, 32, 32, False),
             _softmax_xent_entry(1024, 1000),
-            _conv_entry(64, 64, 32, 32, 64), _conv_entry(128, 3, 32, 32, 32), _conv_entry(32, 128, 16, 16, 128)]
+            _conv_entry(64, 64, 32, 32, 64), _conv_entry(128, 3, 32, 32, 32), _conv_entry(32, 128, 16, 16, 128),
+            _depthwise_entry(64, 64, 32, 32, backward=False), _depthwise_entry(64, 64, 32, 32),
+            _depthwise_entry(128, 128, 16, 16), _depthwise_entry(128, 256, 8, 8, stride=2)]
 
 
 def _backends_for(entry: Entry) -> list[str]:

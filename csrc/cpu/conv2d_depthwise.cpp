@@ -11,12 +11,14 @@
 //   fwd           y[p, q] = b + sum_rs w[r, s] * xpad[p*sh + r*dilh, q*sw + s*dilw]
 //   bwd_data      stride 1: the same correlation of a padded dy with the flipped kernel;
 //                 stride > 1: every dy tap scattered into a padded dx plane
-//   bwd_weight    dw[r, s] = sum_pq dy[p, q] * xpad[p*sh + r*dilh, q*sw + s*dilw]: one task per
-//                 channel c over all images (no partial buffers to combine), float sums per plane
-//                 added in double across the images.
+//   bwd_weight    dw[r, s] = sum_pq dy[p, q] * xpad[p*sh + r*dilh, q*sw + s*dilw]: each thread a
+//                 range of channels over all images (no partial buffers to combine), float sums
+//                 per plane added in double across the images.
 #include <algorithm>
 #include <cstring>
 #include <vector>
+
+#include <omp.h>
 
 #include "depthwise.h"
 #include "fasttrain/cpu.h"
@@ -34,24 +36,30 @@ float* scratch(int64_t n) {
 // be negative (rows/columns of src cut off).
 void place(const float* src, int64_t src_rows, int64_t src_cols, float* dst, int64_t rows, int64_t cols,
            int64_t top, int64_t left) {
-  const int64_t c0 = std::max<int64_t>(left, 0), c1 = std::min(cols, left + src_cols);
+  // plain loops rather than memset/memcpy: the pieces are a few floats to a few dozen, where a
+  // library call per piece (three per row) cost more than the copy
+  const int64_t c0 = std::clamp<int64_t>(left, 0, cols), c1 = std::clamp<int64_t>(left + src_cols, c0, cols);
   for (int64_t u = 0; u < rows; ++u) {
     float* d = dst + u * cols;
     const int64_t h = u - top;
-    if (h < 0 || h >= src_rows || c1 <= c0) {
-      std::memset(d, 0, sizeof(float) * cols);
+    if (h < 0 || h >= src_rows) {
+      for (int64_t v = 0; v < cols; ++v) d[v] = 0.f;
       continue;
     }
-    std::memset(d, 0, sizeof(float) * c0);
-    std::memcpy(d + c0, src + h * src_cols + (c0 - left), sizeof(float) * (c1 - c0));
-    std::memset(d + c1, 0, sizeof(float) * (cols - c1));
+    const float* srow = src + h * src_cols - left;
+    for (int64_t v = 0; v < c0; ++v) d[v] = 0.f;
+    for (int64_t v = c0; v < c1; ++v) d[v] = srow[v];
+    for (int64_t v = c1; v < cols; ++v) d[v] = 0.f;
   }
 }
 
 // out (P x Q) = [out +] bias + correlation of in (leading dimension ld) with taps (R x S), output
 // pixel (p, q) reading in[(p*sh + r*dilh) * ld + q*sw + s*dilw]. The tap counts and the column
-// stride are template parameters where they are known (0: read at run time), so the common 3x3
-// stride-1 case keeps its accumulator in a register across the fully unrolled taps.
+// stride are template parameters where they are known (0: read at run time). A row is done in
+// chunks of kChunk outputs whose accumulators stay in registers across all the taps (the fixed
+// trip counts are what lets the compiler keep them there and vectorize each tap's update).
+constexpr int64_t kChunk = 16;
+
 template <int KR, int KS, int SW>
 void correlate(const float* in, int64_t ld, const float* taps, int64_t R_, int64_t S_, int64_t sh,
                int64_t sw_, int64_t dilh, int64_t dilw, float* out, int64_t P, int64_t Q, float bias,
@@ -60,8 +68,22 @@ void correlate(const float* in, int64_t ld, const float* taps, int64_t R_, int64
   for (int64_t p = 0; p < P; ++p) {
     const float* base = in + p * sh * ld;
     float* o = out + p * Q;
+    int64_t q0 = 0;
+    for (; q0 + kChunk <= Q; q0 += kChunk) {
+      float acc[kChunk];
 #pragma omp simd
-    for (int64_t q = 0; q < Q; ++q) {
+      for (int64_t i = 0; i < kChunk; ++i) acc[i] = accumulate ? o[q0 + i] : bias;
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t s = 0; s < S; ++s) {
+          const float wv = taps[r * S + s];
+          const float* src = base + r * dilh * ld + q0 * sw + s * dilw;
+#pragma omp simd
+          for (int64_t i = 0; i < kChunk; ++i) acc[i] += wv * src[i * sw];
+        }
+#pragma omp simd
+      for (int64_t i = 0; i < kChunk; ++i) o[q0 + i] = relu ? std::max(acc[i], 0.f) : acc[i];
+    }
+    for (int64_t q = q0; q < Q; ++q) {
       float acc = accumulate ? o[q] : bias;
       for (int64_t r = 0; r < R; ++r)
         for (int64_t s = 0; s < S; ++s) acc += taps[r * S + s] * base[r * dilh * ld + q * sw + s * dilw];
@@ -77,6 +99,91 @@ CorrelateFn pick(int64_t R, int64_t S, int64_t sw) {
   if (R == 3 && S == 3) return sw == 1 ? correlate<3, 3, 1> : sw == 2 ? correlate<3, 3, 2> : correlate<3, 3, 0>;
   if (R == 5 && S == 5 && sw == 1) return correlate<5, 5, 1>;
   return sw == 1 ? correlate<0, 0, 1> : correlate<0, 0, 0>;
+}
+
+// sums[r*S + s] = sum over (p, q) of dy[p*Q + q] * in[(p*sh + r*dilh) * ld + q*sw + s*dilw]: the
+// weight gradient of one plane. For known tap counts each tap keeps a vector of kWChunk partial
+// sums in registers over the whole plane (one horizontal sum per tap at the end, instead of one
+// per row); otherwise one reduction per tap and row.
+constexpr int64_t kWChunk = 8;
+
+template <int KR, int KS, int SW>
+void weight_sums(const float* in, int64_t ld, const float* dy, int64_t R_, int64_t S_, int64_t sh,
+                 int64_t sw_, int64_t dilh, int64_t dilw, int64_t P, int64_t Q, float* sums) {
+  const int64_t sw = SW ? SW : sw_;
+  if constexpr (KR > 0 && KS > 0 && SW == 1) {
+    // GCC/Clang vector types: the KR*KS accumulators are values, so they live in registers (as a
+    // float array they were stored and reloaded around every FMA)
+    typedef float vec __attribute__((vector_size(kWChunk * sizeof(float))));
+    vec acc[KR * KS] = {};
+    float tail[KR * KS] = {};
+    for (int64_t p = 0; p < P; ++p) {
+      const float* base = in + p * sh * ld;
+      const float* d = dy + p * Q;
+      int64_t q0 = 0;
+      for (; q0 + kWChunk <= Q; q0 += kWChunk) {
+        vec dv;
+        std::memcpy(&dv, d + q0, sizeof(vec));
+        for (int64_t r = 0; r < KR; ++r)
+          for (int64_t s = 0; s < KS; ++s) {
+            vec xv;
+            std::memcpy(&xv, base + r * dilh * ld + q0 + s * dilw, sizeof(vec));
+            acc[r * KS + s] += dv * xv;
+          }
+      }
+      for (int64_t q = q0; q < Q; ++q)
+        for (int64_t r = 0; r < KR; ++r)
+          for (int64_t s = 0; s < KS; ++s) tail[r * KS + s] += d[q] * base[r * dilh * ld + q + s * dilw];
+    }
+    for (int64_t t = 0; t < KR * KS; ++t) {
+      float v = tail[t];
+      for (int64_t i = 0; i < kWChunk; ++i) v += acc[t][i];
+      sums[t] = v;
+    }
+  } else if constexpr (KR > 0 && KS > 0) {
+    float acc[KR * KS][kWChunk] = {};
+    float tail[KR * KS] = {};
+    for (int64_t p = 0; p < P; ++p) {
+      const float* base = in + p * sh * ld;
+      const float* d = dy + p * Q;
+      int64_t q0 = 0;
+      for (; q0 + kWChunk <= Q; q0 += kWChunk)
+        for (int64_t r = 0; r < KR; ++r)
+          for (int64_t s = 0; s < KS; ++s) {
+            const float* src = base + r * dilh * ld + q0 * sw + s * dilw;
+#pragma omp simd
+            for (int64_t i = 0; i < kWChunk; ++i) acc[r * KS + s][i] += d[q0 + i] * src[i * sw];
+          }
+      for (int64_t q = q0; q < Q; ++q)
+        for (int64_t r = 0; r < KR; ++r)
+          for (int64_t s = 0; s < KS; ++s) tail[r * KS + s] += d[q] * base[r * dilh * ld + q * sw + s * dilw];
+    }
+    for (int64_t t = 0; t < KR * KS; ++t) {
+      float v = tail[t];
+      for (int64_t i = 0; i < kWChunk; ++i) v += acc[t][i];
+      sums[t] = v;
+    }
+  } else {
+    for (int64_t r = 0; r < R_; ++r)
+      for (int64_t s = 0; s < S_; ++s) {
+        float sum = 0.f;
+        for (int64_t p = 0; p < P; ++p) {
+          const float* row = in + (p * sh + r * dilh) * ld + s * dilw;
+          const float* d = dy + p * Q;
+#pragma omp simd reduction(+ : sum)
+          for (int64_t q = 0; q < Q; ++q) sum += d[q] * row[q * sw];
+        }
+        sums[r * S_ + s] = sum;
+      }
+  }
+}
+
+using WeightSumsFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, int64_t, int64_t,
+                              int64_t, int64_t, int64_t, int64_t, float*);
+
+WeightSumsFn pick_weight_sums(int64_t R, int64_t S, int64_t sw) {
+  if (R == 3 && S == 3) return sw == 1 ? weight_sums<3, 3, 1> : sw == 2 ? weight_sums<3, 3, 2> : weight_sums<3, 3, 0>;
+  return sw == 1 ? weight_sums<0, 0, 1> : weight_sums<0, 0, 0>;
 }
 
 }  // namespace
@@ -142,40 +249,38 @@ void bwd_data(const float* dy, const float* w, float* dx, const Shape& g) {
 
 void bwd_weight(const float* x, const float* dy, float* dw, float* db, const Shape& g) {
   const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, RS = g.R * g.S, PQ = g.P * g.Q, K = g.C * g.M;
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
-  for (int64_t c = 0; c < g.C; ++c) {
-    float* buf = scratch(Hp * Wp);
-    std::vector<double> acc_w(g.M * RS, 0.0), acc_b(g.M, 0.0);
-    for (int64_t n = 0; n < g.N; ++n) {
-      place(x + (n * g.C + c) * g.H * g.W, g.H, g.W, buf, Hp, Wp, g.ph, g.pw);
-      for (int64_t j = 0; j < g.M; ++j) {
-        const float* dyk = dy + (n * K + c * g.M + j) * PQ;
-        for (int64_t r = 0; r < g.R; ++r)
-          for (int64_t s = 0; s < g.S; ++s) {
-            float sum = 0.f;
-            for (int64_t p = 0; p < g.P; ++p) {
-              const float* row = buf + (p * g.sh + r * g.dilh) * Wp + s * g.dilw;
-              const float* d = dyk + p * g.Q;
-              if (g.sw == 1) {
-#pragma omp simd reduction(+ : sum)
-                for (int64_t q = 0; q < g.Q; ++q) sum += d[q] * row[q];
-              } else {
-#pragma omp simd reduction(+ : sum)
-                for (int64_t q = 0; q < g.Q; ++q) sum += d[q] * row[q * g.sw];
-              }
-            }
-            acc_w[j * RS + r * g.S + s] += sum;
-          }
-        float sb = 0.f;
+  const WeightSumsFn sums_of = pick_weight_sums(g.R, g.S, g.sw);
+  const int nt = static_cast<int>(std::min<int64_t>(num_threads(), std::max<int64_t>(g.C, 1)));
+  // Each thread owns a contiguous range of channels and walks the images in order, reading its
+  // channels' planes of each image as one contiguous stretch (a channel's planes alone sit
+  // C*H*W apart: one page each, where the hardware prefetcher starts cold every time). The sums
+  // of a channel run over the images in order whatever the thread count: results are bitwise
+  // independent of it.
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+    const int64_t c_lo = g.C * t / T, c_hi = g.C * (t + 1) / T, nc = c_hi - c_lo;
+    float* buf = scratch(Hp * Wp + RS);
+    float* sums = buf + Hp * Wp;
+    std::vector<double> acc_w(nc * g.M * RS, 0.0), acc_b(nc * g.M, 0.0);
+    for (int64_t n = 0; n < g.N; ++n)
+      for (int64_t c = c_lo; c < c_hi; ++c) {
+        place(x + (n * g.C + c) * g.H * g.W, g.H, g.W, buf, Hp, Wp, g.ph, g.pw);
+        for (int64_t j = 0; j < g.M; ++j) {
+          const int64_t a = (c - c_lo) * g.M + j;
+          const float* dyk = dy + (n * K + c * g.M + j) * PQ;
+          sums_of(buf, Wp, dyk, g.R, g.S, g.sh, g.sw, g.dilh, g.dilw, g.P, g.Q, sums);
+          for (int64_t i = 0; i < RS; ++i) acc_w[a * RS + i] += sums[i];
+          float sb = 0.f;
 #pragma omp simd reduction(+ : sb)
-        for (int64_t i = 0; i < PQ; ++i) sb += dyk[i];
-        acc_b[j] += sb;
+          for (int64_t i = 0; i < PQ; ++i) sb += dyk[i];
+          acc_b[a] += sb;
+        }
       }
-    }
-    for (int64_t j = 0; j < g.M; ++j) {
-      const int64_t k = c * g.M + j;
-      for (int64_t i = 0; i < RS; ++i) dw[k * RS + i] += static_cast<float>(acc_w[j * RS + i]);
-      db[k] += static_cast<float>(acc_b[j]);
+    for (int64_t a = 0; a < nc * g.M; ++a) {
+      const int64_t k = c_lo * g.M + a;
+      for (int64_t i = 0; i < RS; ++i) dw[k * RS + i] += static_cast<float>(acc_w[a * RS + i]);
+      db[k] += static_cast<float>(acc_b[a]);
     }
   }
 }
