@@ -95,6 +95,17 @@ int64_t out_extent(const char* op, const char* what, int64_t in, int64_t k, int6
   return (in + 2 * p - span) / s + 1;
 }
 
+// A pooling window sweep's output extent (PyTorch's rule): with ceil_mode the last partial
+// window counts unless it would start beyond the input and its top/left padding.
+int64_t pool_extent(const char* op, const char* what, int64_t in, int64_t k, int64_t s, int64_t p,
+                    int64_t dil, bool ceil_mode) {
+  const int64_t floor_out = out_extent(op, what, in, k, s, p, dil);
+  if (!ceil_mode) return floor_out;
+  int64_t out = (in + 2 * p - dil * (k - 1) - 1 + s - 1) / s + 1;
+  if ((out - 1) * s >= in + p) --out;
+  return out;
+}
+
 struct Conv {
   int64_t N, C, H, W, K, R, S, P, Q;
 };
@@ -372,12 +383,15 @@ void bind(py::module_& m) {
      py::arg("dx"), py::arg("dgamma"), py::arg("dbeta"), py::arg("y") = py::none());
 
   m.def("maxpool2d_fwd", [](py::array x, py::array y, py::array argmax, int64_t kh, int64_t kw,
-                            int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+                            int64_t sh, int64_t sw, int64_t ph, int64_t pw, bool ceil_mode, int64_t dh,
+                            int64_t dw) {
     const char* op = "maxpool2d_fwd";
     expect_ndim(op, "x", x, 4);
     check_window(op, sh, sw, ph, pw);
+    FT_CHECK(dh >= 1 && dw >= 1, op << "(dil_h, dil_w): expected dilations >= 1, got (" << dh << ", " << dw << ")");
     const int64_t N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
-    const int64_t P = out_extent(op, "height", H, kh, sh, ph), Q = out_extent(op, "width", W, kw, sw, pw);
+    const int64_t P = pool_extent(op, "height", H, kh, sh, ph, dh, ceil_mode),
+                  Q = pool_extent(op, "width", W, kw, sw, pw, dw, ceil_mode);
     expect_shape(op, "y", y, {N, C, P, Q});
     expect_shape(op, "argmax", argmax, {N, C, P, Q});
     FT_CHECK(argmax.writeable(), "argmax: expected a writeable array");
@@ -385,9 +399,10 @@ void bind(py::module_& m) {
     float* py_ = ptr_of(y, "y");
     int64_t* pa = const_cast<int64_t*>(i64_ptr(argmax, "argmax"));
     py::gil_scoped_release nogil;
-    ft::cpu::maxpool2d_fwd(px, py_, pa, N * C, H, W, P, Q, kh, kw, sh, sw, ph, pw);
+    ft::cpu::maxpool2d_fwd(px, py_, pa, N * C, H, W, P, Q, kh, kw, sh, sw, ph, pw, dh, dw);
   }, py::arg("x"), py::arg("y"), py::arg("argmax"), py::arg("kh"), py::arg("kw"), py::arg("sh"),
-     py::arg("sw"), py::arg("ph"), py::arg("pw"));
+     py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("ceil_mode") = false, py::arg("dil_h") = 1,
+     py::arg("dil_w") = 1);
 
   m.def("maxpool2d_bwd", [](py::array dy, py::array argmax, py::array dx) {
     const char* op = "maxpool2d_bwd";
@@ -409,34 +424,36 @@ void bind(py::module_& m) {
   }, py::arg("dy"), py::arg("argmax"), py::arg("dx"));
 
   m.def("avgpool2d_fwd", [](py::array x, py::array y, int64_t kh, int64_t kw, int64_t sh,
-                            int64_t sw, int64_t ph, int64_t pw) {
+                            int64_t sw, int64_t ph, int64_t pw, bool ceil_mode, bool count_include_pad) {
     const char* op = "avgpool2d_fwd";
     expect_ndim(op, "x", x, 4);
     check_window(op, sh, sw, ph, pw);
     const int64_t N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
-    const int64_t P = out_extent(op, "height", H, kh, sh, ph), Q = out_extent(op, "width", W, kw, sw, pw);
+    const int64_t P = pool_extent(op, "height", H, kh, sh, ph, 1, ceil_mode),
+                  Q = pool_extent(op, "width", W, kw, sw, pw, 1, ceil_mode);
     expect_shape(op, "y", y, {N, C, P, Q});
     const float* px = ptr_of(x, "x");
     float* py_ = ptr_of(y, "y");
     py::gil_scoped_release nogil;
-    ft::cpu::avgpool2d_fwd(px, py_, N * C, H, W, P, Q, kh, kw, sh, sw, ph, pw);
+    ft::cpu::avgpool2d_fwd(px, py_, N * C, H, W, P, Q, kh, kw, sh, sw, ph, pw, count_include_pad);
   }, py::arg("x"), py::arg("y"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
-     py::arg("ph"), py::arg("pw"));
+     py::arg("ph"), py::arg("pw"), py::arg("ceil_mode") = false, py::arg("count_include_pad") = true);
 
   m.def("avgpool2d_bwd", [](py::array dy, py::array dx, int64_t kh, int64_t kw, int64_t sh,
-                            int64_t sw, int64_t ph, int64_t pw) {
+                            int64_t sw, int64_t ph, int64_t pw, bool ceil_mode, bool count_include_pad) {
     const char* op = "avgpool2d_bwd";
     expect_ndim(op, "dx", dx, 4);
     check_window(op, sh, sw, ph, pw);
     const int64_t N = dx.shape(0), C = dx.shape(1), H = dx.shape(2), W = dx.shape(3);
-    const int64_t P = out_extent(op, "height", H, kh, sh, ph), Q = out_extent(op, "width", W, kw, sw, pw);
+    const int64_t P = pool_extent(op, "height", H, kh, sh, ph, 1, ceil_mode),
+                  Q = pool_extent(op, "width", W, kw, sw, pw, 1, ceil_mode);
     expect_shape(op, "dy", dy, {N, C, P, Q});
     const float* pdy = ptr_of(dy, "dy");
     float* pdx = ptr_of(dx, "dx");
     py::gil_scoped_release nogil;
-    ft::cpu::avgpool2d_bwd(pdy, pdx, N * C, H, W, P, Q, kh, kw, sh, sw, ph, pw);
+    ft::cpu::avgpool2d_bwd(pdy, pdx, N * C, H, W, P, Q, kh, kw, sh, sw, ph, pw, count_include_pad);
   }, py::arg("dy"), py::arg("dx"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
-     py::arg("ph"), py::arg("pw"));
+     py::arg("ph"), py::arg("pw"), py::arg("ceil_mode") = false, py::arg("count_include_pad") = true);
 }
 
 }  // namespace layers

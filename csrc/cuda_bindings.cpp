@@ -111,6 +111,17 @@ int64_t out_extent(const char* op, const char* what, int64_t in, int64_t k, int6
   return (in + 2 * p - span) / s + 1;
 }
 
+// A pooling window sweep's output extent (PyTorch's rule): with ceil_mode the last partial window
+// counts unless it would start beyond the input and its top/left padding.
+int64_t pool_extent(const char* op, const char* what, int64_t in, int64_t k, int64_t s, int64_t p, int64_t dil,
+                    bool ceil_mode) {
+  const int64_t floor_out = out_extent(op, what, in, k, s, p, dil);
+  if (!ceil_mode) return floor_out;
+  int64_t out = (in + 2 * p - dil * (k - 1) - 1 + s - 1) / s + 1;
+  if ((out - 1) * s >= in + p) --out;
+  return out;
+}
+
 // x (N,C,H,W) and w (K,C/groups,R,S) define the convolution
 ft::cuda::ConvShape conv_geom(const char* op, const DevArray& x, const DevArray& w, int64_t sh, int64_t sw,
                               int64_t ph, int64_t pw, int64_t dilh, int64_t dilw, int64_t groups, const char* xname) {
@@ -278,19 +289,22 @@ PYBIND11_MODULE(_cuda, m) {
 
   // ---- pooling (NCHW) ----
   m.def("maxpool2d_fwd", [](py::object x, py::object y, py::object argmax, int64_t kh, int64_t kw, int64_t sh,
-                            int64_t sw, int64_t ph, int64_t pw, uintptr_t st) {
+                            int64_t sw, int64_t ph, int64_t pw, bool ceil_mode, int64_t dh, int64_t dw, uintptr_t st) {
     const char* op = "maxpool2d_fwd";
     auto X = dev_array(x, "x"), Y = dev_array(y, "y"), A = dev_array(argmax, "argmax", "<i8");
     expect_4d(op, "x", X);
     check_window(op, sh, sw, ph, pw);
+    FT_CHECK(dh >= 1 && dw >= 1, op << "(dil_h, dil_w): expected dilations >= 1, got (" << dh << ", " << dw << ")");
     int64_t N = X.shape[0], C = X.shape[1], H = X.shape[2], W = X.shape[3];
-    int64_t P = out_extent(op, "height", H, kh, sh, ph), Q = out_extent(op, "width", W, kw, sw, pw);
+    int64_t P = pool_extent(op, "height", H, kh, sh, ph, dh, ceil_mode),
+            Q = pool_extent(op, "width", W, kw, sw, pw, dw, ceil_mode);
     expect_dims(op, "y", Y, {N, C, P, Q});
     expect_dims(op, "argmax", A, {N, C, P, Q});
     ft::cuda::maxpool2d_fwd(f32(X), f32(Y), static_cast<int64_t*>(A.ptr), N * C, H, W, P, Q, (int)kh, (int)kw,
-                            (int)sh, (int)sw, (int)ph, (int)pw, stream_of(st));
+                            (int)sh, (int)sw, (int)ph, (int)pw, (int)dh, (int)dw, stream_of(st));
   }, py::arg("x"), py::arg("y"), py::arg("argmax"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
-     py::arg("ph"), py::arg("pw"), py::arg("stream") = 0);
+     py::arg("ph"), py::arg("pw"), py::arg("ceil_mode") = false, py::arg("dil_h") = 1, py::arg("dil_w") = 1,
+     py::arg("stream") = 0);
   m.def("maxpool2d_bwd", [](py::object dy, py::object argmax, py::object dx, uintptr_t st) {
     const char* op = "maxpool2d_bwd";
     auto DY = dev_array(dy, "dy"), A = dev_array(argmax, "argmax", "<i8"), DX = dev_array(dx, "dx");
@@ -305,31 +319,33 @@ PYBIND11_MODULE(_cuda, m) {
                             DX.shape[2] * DX.shape[3], DY.shape[2] * DY.shape[3], stream_of(st));
   }, py::arg("dy"), py::arg("argmax"), py::arg("dx"), py::arg("stream") = 0);
   m.def("avgpool2d_fwd", [](py::object x, py::object y, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
-                            int64_t pw, uintptr_t st) {
+                            int64_t pw, bool ceil_mode, bool count_include_pad, uintptr_t st) {
     const char* op = "avgpool2d_fwd";
     auto X = dev_array(x, "x"), Y = dev_array(y, "y");
     expect_4d(op, "x", X);
     check_window(op, sh, sw, ph, pw);
     int64_t N = X.shape[0], C = X.shape[1], H = X.shape[2], W = X.shape[3];
-    int64_t P = out_extent(op, "height", H, kh, sh, ph), Q = out_extent(op, "width", W, kw, sw, pw);
+    int64_t P = pool_extent(op, "height", H, kh, sh, ph, 1, ceil_mode),
+            Q = pool_extent(op, "width", W, kw, sw, pw, 1, ceil_mode);
     expect_dims(op, "y", Y, {N, C, P, Q});
     ft::cuda::avgpool2d_fwd(f32(X), f32(Y), N * C, H, W, P, Q, (int)kh, (int)kw, (int)sh, (int)sw, (int)ph, (int)pw,
-                            stream_of(st));
+                            count_include_pad, stream_of(st));
   }, py::arg("x"), py::arg("y"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
-     py::arg("pw"), py::arg("stream") = 0);
+     py::arg("pw"), py::arg("ceil_mode") = false, py::arg("count_include_pad") = true, py::arg("stream") = 0);
   m.def("avgpool2d_bwd", [](py::object dy, py::object dx, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
-                            int64_t pw, uintptr_t st) {
+                            int64_t pw, bool ceil_mode, bool count_include_pad, uintptr_t st) {
     const char* op = "avgpool2d_bwd";
     auto DY = dev_array(dy, "dy"), DX = dev_array(dx, "dx");
     expect_4d(op, "dx", DX);
     check_window(op, sh, sw, ph, pw);
     int64_t N = DX.shape[0], C = DX.shape[1], H = DX.shape[2], W = DX.shape[3];
-    int64_t P = out_extent(op, "height", H, kh, sh, ph), Q = out_extent(op, "width", W, kw, sw, pw);
+    int64_t P = pool_extent(op, "height", H, kh, sh, ph, 1, ceil_mode),
+            Q = pool_extent(op, "width", W, kw, sw, pw, 1, ceil_mode);
     expect_dims(op, "dy", DY, {N, C, P, Q});
     ft::cuda::avgpool2d_bwd(f32(DY), f32(DX), N * C, H, W, P, Q, (int)kh, (int)kw, (int)sh, (int)sw, (int)ph,
-                            (int)pw, stream_of(st));
+                            (int)pw, count_include_pad, stream_of(st));
   }, py::arg("dy"), py::arg("dx"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
-     py::arg("pw"), py::arg("stream") = 0);
+     py::arg("pw"), py::arg("ceil_mode") = false, py::arg("count_include_pad") = true, py::arg("stream") = 0);
 
   // ---- conv2d (NCHW): implicit-GEMM kernels ----
   m.def("conv2d_fwd", [](py::object x, py::object w, py::object b, py::object y, int64_t sh, int64_t sw, int64_t ph,

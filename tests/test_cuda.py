@@ -239,6 +239,33 @@ def test_conv2d_groups_and_dilation_match_reference(n, c, h, w, k, g, r, s, st, 
     np.testing.assert_allclose(gdb, wdb, rtol=1e-4, atol=1e-5 * scale)
 
 
+# (x shape, (kh, kw), (sh, sw), (ph, pw), (dh, dw), ceil_mode): ceil windows over the bottom/right
+# padding, dilation, count_include_pad both ways
+POOL_OPTIONS = [((2, 3, 7, 6), (3, 3), (2, 2), (1, 1), (1, 1), True), ((2, 5, 9, 8), (3, 3), (2, 2), (1, 0), (2, 2), True),
+                ((1, 3, 10, 7), (3, 3), (3, 3), (1, 1), (1, 1), True), ((2, 3, 8, 9), (3, 2), (2, 1), (1, 1), (2, 1), False)]
+
+
+@pytest.mark.parametrize("include_pad", [True, False])
+@pytest.mark.parametrize("shape,k,s,p,d,ceil", POOL_OPTIONS)
+def test_pooling_options_match_reference(shape, k, s, p, d, ceil, include_pad):
+    from fasttrain.kernels.pooling import out_size
+    rng = np.random.default_rng(3)
+    x = rng.permutation(int(np.prod(shape))).reshape(shape).astype(np.float32)
+    n, c, h, w = shape
+    om = (n, c, out_size(h, k[0], s[0], p[0], d[0], ceil), out_size(w, k[1], s[1], p[1], d[1], ceil))
+    (wy, wa), (gy, ga) = _both("maxpool2d_fwd", [x, np.empty(om, np.float32), np.empty(om, np.int64), *k, *s, *p, ceil, *d],
+                               [1, 2])
+    np.testing.assert_array_equal(gy, wy)
+    np.testing.assert_array_equal(ga, wa)
+    oa = (n, c, out_size(h, k[0], s[0], p[0], 1, ceil), out_size(w, k[1], s[1], p[1], 1, ceil))
+    args = [*k, *s, *p, ceil, include_pad]
+    (wy,), (gy,) = _both("avgpool2d_fwd", [x, np.empty(oa, np.float32), *args], [1])
+    np.testing.assert_allclose(gy, wy, rtol=1e-5, atol=1e-5)
+    dy = rng.standard_normal(oa).astype(np.float32)
+    (wdx,), (gdx,) = _both("avgpool2d_bwd", [dy, np.full(shape, np.nan, np.float32), *args], [1])
+    np.testing.assert_allclose(gdx, wdx, rtol=1e-5, atol=1e-6)
+
+
 def test_conv2d_cuda_errors_name_the_argument():
     x = cupy.zeros((2, 3, 8, 8), cupy.float32)
     w = cupy.zeros((4, 5, 3, 3), cupy.float32)

@@ -1,28 +1,50 @@
 """Max and average pooling kernels (reference), NCHW. See docs/KERNELS.md for the contract.
 
-Output size P = (H + 2*ph - kh) // sh + 1 (floor), Q likewise. Each loop below runs over the
-kh*kw window offsets and handles every output position at once with a strided slice of the
-padded input.
+Output size (PyTorch's rule): P = (H + 2*ph - dil_h*(kh - 1) - 1) / sh + 1, rounded down, or up
+with ceil_mode, where a last window that would start beyond the input and its left/top padding
+is dropped (`out_size`); Q likewise. dil_h, dil_w: MaxPool's dilation (the distance between taps).
+Each loop below runs over the kh*kw window offsets and handles every output position at once
+with a strided slice of the padded input (padded further at the bottom/right as far as a
+ceil-mode window reaches; those taps are never real).
 
 Max-pool tie rule: the first maximum in the window's row-major scan order wins (strict >), so
 every backend picks the same index. Padding never wins: the layer guarantees padding <= kernel/2,
 so every window holds at least one real element.
+
+Average-pool divisor: with count_include_pad, the window's taps inside the padded input (kh*kw
+except for a ceil-mode window hanging over the bottom/right padding); without, its real taps.
 """
 import numpy as np
 
 OPS = ["maxpool2d_fwd", "maxpool2d_bwd", "avgpool2d_fwd", "avgpool2d_bwd"]
 
 
+def out_size(n, k, s, p, d=1, ceil_mode=False):
+    """Output extent of a window of k taps d apart, stride s, padding p over n inputs."""
+    span = d * (k - 1) + 1
+    out = (n + 2 * p - span + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (out - 1) * s >= n + p:   # the last window would start in the bottom padding
+        out -= 1
+    return out
+
+
 def _window(a, r, s, sh, sw, p, q):
-    # a: (N, C, Hp, Wp) padded; the (r, s) element of every window: (N, C, P, Q)
+    # a: (N, C, Hp, Wp) padded; the (r, s) offset of every window: (N, C, P, Q)
     return a[:, :, r:r + sh * (p - 1) + 1:sh, s:s + sw * (q - 1) + 1:sw]
 
 
-def maxpool2d_fwd_ref(x, y, argmax, kh, kw, sh, sw, ph, pw):
+def _padded_extent(n, k, s, pad, out, d=1):
+    # rows of the padded input the windows touch: the symmetric padding, or further for ceil mode
+    return max(n + 2 * pad, (out - 1) * s + d * (k - 1) + 1)
+
+
+def maxpool2d_fwd_ref(x, y, argmax, kh, kw, sh, sw, ph, pw, ceil_mode=False, dil_h=1, dil_w=1):
     # x: (N, C, H, W); y, argmax: (N, C, P, Q); argmax = flat index h*W + w into the H*W plane
+    dh, dw = dil_h, dil_w
     n, c, h, w = x.shape
     p, q = y.shape[2], y.shape[3]
-    xp = np.full((n, c, h + 2 * ph, w + 2 * pw), -np.inf, dtype=x.dtype)
+    hp, wp = _padded_extent(h, kh, sh, ph, p, dh), _padded_extent(w, kw, sw, pw, q, dw)
+    xp = np.full((n, c, hp, wp), -np.inf, dtype=x.dtype)
     xp[:, :, ph:ph + h, pw:pw + w] = x
     real = np.zeros(xp.shape[2:], dtype=bool)
     real[ph:ph + h, pw:pw + w] = True
@@ -32,12 +54,12 @@ def maxpool2d_fwd_ref(x, y, argmax, kh, kw, sh, sw, ph, pw):
     best_idx = np.full(y.shape, -1, dtype=np.int64)
     for r in range(kh):
         for s in range(kw):
-            v = _window(xp, r, s, sh, sw, p, q)
-            ok = _window(real[None, None], r, s, sh, sw, p, q)
+            v = _window(xp, r * dh, s * dw, sh, sw, p, q)
+            ok = _window(real[None, None], r * dh, s * dw, sh, sw, p, q)
             # strict >, or the first real element (so an all -inf window still gets an index)
             take = ok & ((v > best) | (best_idx < 0))
             best = np.where(take, v, best)
-            best_idx = np.where(take, (rows + r) * w + (cols + s), best_idx)
+            best_idx = np.where(take, (rows + r * dh) * w + (cols + s * dw), best_idx)
     y[...] = best
     argmax[...] = best_idx
 
@@ -51,25 +73,37 @@ def maxpool2d_bwd_ref(dy, argmax, dx):
     dx[...] = flat.reshape(dx.shape)
 
 
-def avgpool2d_fwd_ref(x, y, kh, kw, sh, sw, ph, pw):
-    # x: (N, C, H, W); y: (N, C, P, Q); divisor kh*kw always (padding counts, count_include_pad)
+def _counts(n, k, s, pad, out, count_include_pad):
+    # taps of each window along one axis that count in the divisor: (out,)
+    start = np.arange(out) * s - pad
+    if count_include_pad:
+        return np.minimum(start + k, n + pad) - start
+    return np.minimum(start + k, n) - np.maximum(start, 0)
+
+
+def _divisor(h, w, kh, kw, sh, sw, ph, pw, p, q, count_include_pad):
+    return np.outer(_counts(h, kh, sh, ph, p, count_include_pad), _counts(w, kw, sw, pw, q, count_include_pad))
+
+
+def avgpool2d_fwd_ref(x, y, kh, kw, sh, sw, ph, pw, ceil_mode=False, count_include_pad=True):
+    # x: (N, C, H, W); y: (N, C, P, Q)
     n, c, h, w = x.shape
     p, q = y.shape[2], y.shape[3]
-    xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
+    xp = np.zeros((n, c, _padded_extent(h, kh, sh, ph, p), _padded_extent(w, kw, sw, pw, q)), dtype=x.dtype)
     xp[:, :, ph:ph + h, pw:pw + w] = x
     acc = np.zeros(y.shape, dtype=x.dtype)
     for r in range(kh):
         for s in range(kw):
             acc += _window(xp, r, s, sh, sw, p, q)
-    y[...] = acc / (kh * kw)
+    y[...] = acc / _divisor(h, w, kh, kw, sh, sw, ph, pw, p, q, count_include_pad)
 
 
-def avgpool2d_bwd_ref(dy, dx, kh, kw, sh, sw, ph, pw):
+def avgpool2d_bwd_ref(dy, dx, kh, kw, sh, sw, ph, pw, ceil_mode=False, count_include_pad=True):
     # dy: (N, C, P, Q); dx: (N, C, H, W), overwritten
     n, c, h, w = dx.shape
     p, q = dy.shape[2], dy.shape[3]
-    dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dx.dtype)
-    g = dy / (kh * kw)
+    dxp = np.zeros((n, c, _padded_extent(h, kh, sh, ph, p), _padded_extent(w, kw, sw, pw, q)), dtype=dx.dtype)
+    g = dy / _divisor(h, w, kh, kw, sh, sw, ph, pw, p, q, count_include_pad)
     for r in range(kh):
         for s in range(kw):
             _window(dxp, r, s, sh, sw, p, q)[...] += g

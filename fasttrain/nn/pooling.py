@@ -1,14 +1,19 @@
-"""Pooling layers over NCHW input: MaxPool2d, AvgPool2d (padding counts in the divisor, like
-torch's default count_include_pad=True) and GlobalAvgPool2d ((N, C, H, W) -> (N, C)).
+"""Pooling layers over NCHW input: MaxPool2d, AvgPool2d and GlobalAvgPool2d ((N, C, H, W) ->
+(N, C)), with torch.nn's arguments, in its order and with its defaults.
 
-Output size P = (H + 2*padding - kernel) // stride + 1 (floor, no ceil mode). Padding is limited
-to half the kernel (as in torch), so every window holds at least one real element.
+Output size P = (H + 2*padding - dilation*(kernel - 1) - 1) / stride + 1, rounded down, or up
+with ceil_mode (a last window starting beyond the input and its top/left padding is dropped, as
+in torch). Padding is limited to half the kernel (as in torch), so every window holds at least
+one real element. AvgPool2d counts the padding in the divisor unless count_include_pad=False;
+MaxPool2d(return_indices=True) returns (y, indices), indices the flat position h*W + w of each
+maximum in its input plane, as torch's.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .. import backend
+from ..kernels.pooling import out_size
 from ._util import array_module as _array_module
 from ._util import pair as _pair
 from .module import Module
@@ -22,34 +27,39 @@ def _check_nchw(x, where):
 
 
 class _Pool2d(Module):
-    def __init__(self, kernel_size, stride=None, padding=0):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
         super().__init__()
         where = f"{type(self).__name__}(kernel_size={kernel_size!r})"
         self.kernel_size = _pair("kernel_size", kernel_size, where, 1)
         self.stride = self.kernel_size if stride is None else _pair("stride", stride, where, 1)
         self.padding = _pair("padding", padding, where, 0)
+        self.dilation = _pair("dilation", dilation, where, 1)
+        self.ceil_mode = bool(ceil_mode)
         for p, k in zip(self.padding, self.kernel_size):
             if 2 * p > k:
                 raise ValueError(f"{where}: padding must be at most half the kernel size, got padding={padding!r}")
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        extra = f", dilation={self.dilation}" if self.dilation != (1, 1) else ""
+        extra += ", ceil_mode=True" if self.ceil_mode else ""
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}{extra}"
 
     def _where(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
 
     def _out_shape(self, x):
         _check_nchw(x, self._where())
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         n, c, h, w = x.shape
-        p, q = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        p, q = (out_size(size, k, s, pad, d, self.ceil_mode)
+                for size, k, s, pad, d in zip((h, w), self.kernel_size, self.stride, self.padding, self.dilation))
         if p < 1 or q < 1:
+            span = [d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_size)]
             raise ValueError(f"{self._where()}: input {x.shape} is too small, output would be {p} x {q}; "
-                             f"expected H + 2*padding >= {kh} and W + 2*padding >= {kw}")
+                             f"expected H + 2*padding >= {span[0]} and W + 2*padding >= {span[1]}")
         return n, c, p, q
 
     def _args(self):
-        return (*self.kernel_size, *self.stride, *self.padding)
+        return (*self.kernel_size, *self.stride, *self.padding, self.ceil_mode)
 
     def _check_dy(self, dy, shape, dtype):
         if self.cache is None:
@@ -62,15 +72,22 @@ class _Pool2d(Module):
 class MaxPool2d(_Pool2d):
     """Maximum over each window; backward routes dy to the (first) maximum's position."""
 
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
+        super().__init__(kernel_size, stride, padding, dilation, ceil_mode)
+        self.return_indices = bool(return_indices)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", return_indices=True" if self.return_indices else "")
+
     def forward(self, x):
         shape = self._out_shape(x)
         xp = _array_module(x)
         x = xp.ascontiguousarray(x)
         y = xp.empty(shape, x.dtype)
         argmax = xp.empty(shape, np.int64)
-        backend.kernel("maxpool2d_fwd", like=x)(x, y, argmax, *self._args())
+        backend.kernel("maxpool2d_fwd", like=x)(x, y, argmax, *self._args(), *self.dilation)
         self.cache = (argmax, x.shape, y.shape, x.dtype)
-        return y
+        return (y, argmax.copy()) if self.return_indices else y
 
     def backward(self, dy):
         argmax, x_shape, y_shape, dtype = self.cache or (None, None, None, None)
@@ -81,14 +98,22 @@ class MaxPool2d(_Pool2d):
 
 
 class AvgPool2d(_Pool2d):
-    """Mean over each window, padding counted in the divisor (kernel_h * kernel_w)."""
+    """Mean over each window; the divisor counts the padding (kernel_h * kernel_w inside the padded
+    input) unless count_include_pad=False (then: the window's taps inside the input)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+        super().__init__(kernel_size, stride, padding, 1, ceil_mode)
+        self.count_include_pad = bool(count_include_pad)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.count_include_pad else ", count_include_pad=False")
 
     def forward(self, x):
         shape = self._out_shape(x)
         xp = _array_module(x)
         x = xp.ascontiguousarray(x)
         y = xp.empty(shape, x.dtype)
-        backend.kernel("avgpool2d_fwd", like=x)(x, y, *self._args())
+        backend.kernel("avgpool2d_fwd", like=x)(x, y, *self._args(), self.count_include_pad)
         self.cache = (x.shape, y.shape, x.dtype)
         return y
 
@@ -96,7 +121,7 @@ class AvgPool2d(_Pool2d):
         x_shape, y_shape, dtype = self.cache or (None, None, None)
         dy = self._check_dy(dy, y_shape, dtype)
         dx = _array_module(dy).empty(x_shape, dy.dtype)
-        backend.kernel("avgpool2d_bwd", like=dy)(dy, dx, *self._args())
+        backend.kernel("avgpool2d_bwd", like=dy)(dy, dx, *self._args(), self.count_include_pad)
         return dx
 
 

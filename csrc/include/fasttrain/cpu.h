@@ -135,17 +135,19 @@ void batchnorm_bwd(const float* x, const float* dy, const float* gamma, const fl
                    const float* invstd, float* dx, float* dgamma, float* dbeta, int64_t N,
                    int64_t C, int64_t S, const float* y);
 
-// pooling.cpp (NC planes of H,W -> P,Q)
+// pooling.cpp (NC planes of H,W -> P,Q; P, Q from the binding, ceil mode included; dh, dw:
+// max pooling's dilation; count_include_pad: average pooling's divisor rule)
 void maxpool2d_fwd(const float* x, float* y, int64_t* argmax, int64_t NC, int64_t H, int64_t W,
                    int64_t P, int64_t Q, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
-                   int64_t ph, int64_t pw);
+                   int64_t ph, int64_t pw, int64_t dh = 1, int64_t dw = 1);
 void maxpool2d_bwd(const float* dy, const int64_t* argmax, float* dx, int64_t NC, int64_t HW,
                    int64_t PQ);
 void avgpool2d_fwd(const float* x, float* y, int64_t NC, int64_t H, int64_t W, int64_t P, int64_t Q,
-                   int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw);
+                   int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                   bool count_include_pad = true);
 void avgpool2d_bwd(const float* dy, float* dx, int64_t NC, int64_t H, int64_t W, int64_t P,
                    int64_t Q, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
-                   int64_t pw);
+                   int64_t pw, bool count_include_pad = true);
 
 // codecs.cpp (dist gradient codecs; residual may be null, else error feedback is fused in)
 void codec_half_encode(const float* x, float* residual, uint16_t* out, int64_t n, bool bf16);

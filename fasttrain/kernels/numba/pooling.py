@@ -1,10 +1,12 @@
-"""Max and average pooling with Numba, parallel over the N*C planes (docs/KERNELS.md)."""
+"""Max and average pooling with Numba, parallel over the N*C planes (docs/KERNELS.md). Output
+sizes come from y (ceil mode included); max pooling's taps lie dh, dw apart; the average's
+divisor follows count_include_pad (see fasttrain/kernels/pooling.py)."""
 import numba as nb
 import numpy as np
 
 
 @nb.njit(parallel=True, cache=True)
-def _max_fwd(x, y, argmax, kh, kw, sh, sw, ph, pw):
+def _max_fwd(x, y, argmax, kh, kw, sh, sw, ph, pw, dh, dw):
     nc, h, w = x.shape
     _, p, q = y.shape
     for plane in nb.prange(nc):
@@ -13,11 +15,11 @@ def _max_fwd(x, y, argmax, kh, kw, sh, sw, ph, pw):
                 best = -np.inf
                 best_idx = -1
                 for r in range(kh):
-                    hi = i * sh - ph + r
+                    hi = i * sh - ph + r * dh
                     if hi < 0 or hi >= h:
                         continue
                     for s in range(kw):
-                        wi = j * sw - pw + s
+                        wi = j * sw - pw + s * dw
                         if wi < 0 or wi >= w:
                             continue
                         v = x[plane, hi, wi]
@@ -38,11 +40,17 @@ def _max_bwd(dy, argmax, dx):
             dx[plane, argmax[plane, k]] += dy[plane, k]
 
 
+@nb.njit(inline="always")
+def _divisor(h0, w0, h, w, kh, kw, ph, pw, include_pad):
+    if include_pad:
+        return (min(h0 + kh, h + ph) - h0) * (min(w0 + kw, w + pw) - w0)
+    return (min(h0 + kh, h) - max(h0, 0)) * (min(w0 + kw, w) - max(w0, 0))
+
+
 @nb.njit(parallel=True, cache=True)
-def _avg_fwd(x, y, kh, kw, sh, sw, ph, pw):
+def _avg_fwd(x, y, kh, kw, sh, sw, ph, pw, include_pad):
     nc, h, w = x.shape
     _, p, q = y.shape
-    inv = 1.0 / (kh * kw)
     for plane in nb.prange(nc):
         for i in range(p):
             for j in range(q):
@@ -55,21 +63,20 @@ def _avg_fwd(x, y, kh, kw, sh, sw, ph, pw):
                         wi = j * sw - pw + s
                         if 0 <= wi < w:
                             acc += x[plane, hi, wi]
-                y[plane, i, j] = acc * inv
+                y[plane, i, j] = acc / _divisor(i * sh - ph, j * sw - pw, h, w, kh, kw, ph, pw, include_pad)
 
 
 @nb.njit(parallel=True, cache=True)
-def _avg_bwd(dy, dx, kh, kw, sh, sw, ph, pw):
+def _avg_bwd(dy, dx, kh, kw, sh, sw, ph, pw, include_pad):
     nc, h, w = dx.shape
     _, p, q = dy.shape
-    inv = 1.0 / (kh * kw)
     for plane in nb.prange(nc):
         for i in range(h):
             for j in range(w):
                 dx[plane, i, j] = 0
         for i in range(p):
             for j in range(q):
-                g = dy[plane, i, j] * inv
+                g = dy[plane, i, j] / _divisor(i * sh - ph, j * sw - pw, h, w, kh, kw, ph, pw, include_pad)
                 for r in range(kh):
                     hi = i * sh - ph + r
                     if hi < 0 or hi >= h:
@@ -84,8 +91,8 @@ def _planes(a):
     return a.reshape(-1, a.shape[-2], a.shape[-1])
 
 
-def maxpool2d_fwd(x, y, argmax, kh, kw, sh, sw, ph, pw):
-    _max_fwd(_planes(x), _planes(y), _planes(argmax), kh, kw, sh, sw, ph, pw)
+def maxpool2d_fwd(x, y, argmax, kh, kw, sh, sw, ph, pw, ceil_mode=False, dil_h=1, dil_w=1):
+    _max_fwd(_planes(x), _planes(y), _planes(argmax), kh, kw, sh, sw, ph, pw, dil_h, dil_w)
 
 
 def maxpool2d_bwd(dy, argmax, dx):
@@ -93,9 +100,9 @@ def maxpool2d_bwd(dy, argmax, dx):
     _max_bwd(dy.reshape(nc, -1), argmax.reshape(nc, -1), dx.reshape(nc, -1))
 
 
-def avgpool2d_fwd(x, y, kh, kw, sh, sw, ph, pw):
-    _avg_fwd(_planes(x), _planes(y), kh, kw, sh, sw, ph, pw)
+def avgpool2d_fwd(x, y, kh, kw, sh, sw, ph, pw, ceil_mode=False, count_include_pad=True):
+    _avg_fwd(_planes(x), _planes(y), kh, kw, sh, sw, ph, pw, bool(count_include_pad))
 
 
-def avgpool2d_bwd(dy, dx, kh, kw, sh, sw, ph, pw):
-    _avg_bwd(_planes(dy), _planes(dx), kh, kw, sh, sw, ph, pw)
+def avgpool2d_bwd(dy, dx, kh, kw, sh, sw, ph, pw, ceil_mode=False, count_include_pad=True):
+    _avg_bwd(_planes(dy), _planes(dx), kh, kw, sh, sw, ph, pw, bool(count_include_pad))
