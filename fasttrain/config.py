@@ -53,6 +53,7 @@ class Config:
     local_sgd_optimizer: bool = False     # local SGD: average the optimizer state (momenta) at syncs too
     lr_scaling: bool = True               # lr x ranks with a warmup (Goyal et al. 2017) when dist is on
     fingerprint_every: int = 100          # compare collectives across ranks every N calls
+    collective_timeout: float = 300.0     # seconds a rank waits for a missing rank in a collective, then the job aborts (0: never)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

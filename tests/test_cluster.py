@@ -5,6 +5,7 @@ skips with the reason elsewhere."""
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,77 @@ def test_training_across_hosts_ends_identical(cluster, flags, tmp_path):
     assert out["hosts"] == cluster.hosts
     expected = {"--compress": "ring+int8"}.get(flags[0], across_hosts(cluster))  # 86 KB of gradients
     assert out["allreduce_algorithm"] == expected, out
+
+
+# ---- faults: every waiting rank names the missing ones, and the job ends -----------------------
+
+TIMEOUT_S = 4
+
+
+def fault_run(cluster, fault, where, tmp_path, cut_host=None, launcher=()):
+    """Train under the cluster with FAULT at step 4 on WHERE; returns (process, its stderr, seconds
+    from the fault to the end of the job)."""
+    mark = tmp_path / "mark"
+    argv = [sys.executable, str(SCRIPTS / "train_fault.py"), fault, where, "4", *FAST, "--epochs", "50", "--limit", "600",
+            "--dist", "ring", "--collective-timeout", str(TIMEOUT_S), "--run-dir", str(tmp_path / "run")]
+    proc = cluster.popen(argv, env=dict(env(), FT_FAULT_MARK=str(mark)), cwd=ROOT, launcher=list(launcher))
+    try:
+        if cut_host is not None:
+            t_end = time.monotonic() + 120
+            while not mark.exists() and time.monotonic() < t_end and proc.poll() is None:
+                time.sleep(0.05)
+            cluster.cut(cut_host)
+            t_fault = time.time()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        cluster.kill(proc)
+    t_end = time.time()
+    if cut_host is None:
+        t_fault = min(float(line.split()[-1]) for line in err.splitlines() if line.startswith(f"fault {fault} "))
+    return proc, err, t_end - t_fault
+
+
+@pytest.fixture(scope="module")
+def cluster2x2():
+    with cl.Cluster(2, 2) as c:
+        yield c
+
+
+def watchdog_lines(err):
+    return [ln for ln in err.splitlines() if "did not reach" in ln]
+
+
+@pytest.mark.parametrize("fault,where", [("stop", "rank:3"), ("exit0", "rank:1")])
+def test_stopped_or_vanished_rank_is_named_by_every_waiting_rank(cluster2x2, fault, where, tmp_path):
+    proc, err, elapsed = fault_run(cluster2x2, fault, where, tmp_path)
+    assert proc.returncode != 0, err[-3000:]
+    assert elapsed <= TIMEOUT_S + 10, (elapsed, err[-3000:])
+    r = int(where.split(":")[1])
+    lines = watchdog_lines(err)
+    assert lines, err[-3000:]
+    assert len(lines) == len({ln.split(":")[1] for ln in lines}), lines  # one line per waiting rank
+    for ln in lines:
+        assert f"rank {r} (host {cluster2x2.host_of(r)};" in ln and f"within {TIMEOUT_S} s" in ln, ln
+        assert "all-reduce #" in ln and "(gradients, step 4)" in ln, ln
+    assert "Traceback" not in err, err[-3000:]
+
+
+@pytest.mark.parametrize("launcher", [[], ["-disable-auto-cleanup"]], ids=["hydra-cleanup", "no-cleanup"])
+def test_killed_host_ends_the_job(cluster2x2, launcher, tmp_path):
+    """hydra ends the job itself as soon as it sees processes killed (naming no rank); with
+    -disable-auto-cleanup it leaves that to the watchdog, which names the host's ranks."""
+    proc, err, elapsed = fault_run(cluster2x2, "kill", "h1", tmp_path, launcher=launcher)
+    assert proc.returncode != 0 and elapsed <= TIMEOUT_S + 10, (elapsed, err[-3000:])
+    if launcher:
+        lines = watchdog_lines(err)
+        assert lines and all("rank 2 (host h1; no answer" in ln and "rank 3 (host h1; no answer" in ln
+                             for ln in lines), err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+
+
+def test_cut_link_ends_the_job_naming_the_unreachable_host(cluster2x2, tmp_path):
+    proc, err, elapsed = fault_run(cluster2x2, "mark", "h1", tmp_path, cut_host=1)
+    assert proc.returncode != 0 and elapsed <= TIMEOUT_S + 10, (elapsed, err[-3000:])
+    lines = watchdog_lines(err)
+    assert lines, err[-3000:]
+    assert any("(host h1; no answer" in ln for ln in lines), lines

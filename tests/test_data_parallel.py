@@ -12,7 +12,7 @@ import pytest
 
 from fasttrain.data import DataLoader
 from fasttrain.parallel import LocalComm, ThreadWorld
-from fasttrain.parallel.data_parallel import DataParallel, ShardedLoader, scaled_lr, world_comm
+from fasttrain.parallel.data_parallel import DataParallel, ShardedLoader, check_config, scaled_lr, world_comm
 from fasttrain.parallel.fingerprint import CollectiveMismatch, Fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -447,7 +447,8 @@ def test_exception_on_one_rank_aborts_with_its_message(tmp_path):
     proc = mpirun(2, [str(SCRIPTS / "train_raise.py"), *FAST, "--epochs", "50", "--dist", "ring",
                       "--run-dir", str(tmp_path)], timeout=120, runner=False)
     assert proc.returncode != 0 and proc.elapsed < 60
-    assert "rank 1 of 2 failed, aborting the job: ValueError: deliberate failure inside step 5 on rank 1" in proc.stderr
+    assert "rank 1 of 2 (host " in proc.stderr
+    assert "failed, aborting the job: ValueError: deliberate failure inside step 5 on rank 1" in proc.stderr
 
 
 @needs_mpi
@@ -468,3 +469,29 @@ def test_different_models_on_two_ranks_fail_at_start(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=_env(), cwd=ROOT)
     assert proc.returncode != 0 and time.perf_counter() - t0 < 60
     assert "collective mismatch detected by fingerprint" in proc.stderr and "broadcast_params" in proc.stderr
+
+
+@needs_mpi
+@pytest.mark.parametrize("k,fault,rank", [(2, "stop", 1), (3, "exit0", 0)])
+def test_watchdog_names_a_stopped_or_vanished_rank_and_ends_the_job(k, fault, rank, tmp_path):
+    """A rank that stops (SIGSTOP) or leaves (sys.exit(0)) before a gradient all-reduce: every
+    waiting rank prints one line naming it and the collective, and the job ends non-zero within
+    the collective timeout plus 10 s (it used to hang forever)."""
+    proc = mpirun(k, [str(SCRIPTS / "train_fault.py"), fault, f"rank:{rank}", "4", *FAST, "--epochs", "50", "--dist",
+                      "ring", "--collective-timeout", "3", "--run-dir", str(tmp_path)], timeout=120, runner=False)
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    assert proc.elapsed < 3 + 10 + 8, proc.elapsed  # + start-up and 4 steps
+    lines = [ln for ln in proc.stderr.splitlines() if "did not reach" in ln]
+    assert lines and len(lines) <= k - 1, proc.stderr[-3000:]
+    for ln in lines:
+        assert f"rank {rank} (host " in ln and "did not reach all-reduce #" in ln and "(gradients, step 4) within 3 s" in ln
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_collective_timeout_is_a_data_parallel_option():
+    from fasttrain.config import make_config
+
+    with pytest.raises(ValueError, match="collective_timeout=5.0: data-parallel options, but dist='none'"):
+        check_config(make_config({"collective_timeout": 5.0}))
+    with pytest.raises(ValueError, match="collective_timeout: expected seconds >= 0"):
+        check_config(make_config({"collective_timeout": -1.0, "dist": "ring"}))

@@ -104,3 +104,15 @@ def test_ring_hop_schedule_under_mpi(K):
         # float32 rounding over the steps only (values ~ K x 0.5, 4 roundings per rank and step)
         assert ef["identity_err"] <= ef["steps"] * 4 * K * 2.0 ** -24 * K, ef
         assert max(errs[20:]) <= 2 * max(errs[:20]) + 1e-6, errs
+
+
+@pytest.mark.parametrize("K", [2, 3])
+def test_raw_allreduce_with_mismatched_arguments_raises_on_every_rank(K):
+    out = mpirun(K, "raw_mismatch.py", timeout=120)
+    for case in ("size", "dtype", "op", "algorithm", "codec", "small_size"):
+        got = out[case]
+        assert len(got) == K and all(g.startswith("ring_allreduce: the ranks' calls differ") for g in got), (case, got)
+        assert len(set(got)) == 1, got  # the same message on every rank
+    assert "rank 0: values=1048576; rank 1: values=1048577" in out["size"][0]
+    assert "shared_bytes" in out["algorithm"][0] and "op='sum'" in out["op"][0]
+    assert out["after"]

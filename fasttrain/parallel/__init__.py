@@ -5,9 +5,9 @@ from .codecs import BF16, FP16, Codec, ErrorFeedback, Int4, Int8, Sign, get_code
 from .comm import Communicator, LocalComm, MPIComm, ThreadComm, ThreadWorld, get_comm, launched_world_size
 from .local_sgd import LocalSGD
 from .pipeline import Pipeline
-from .ring import BucketedAllreduce, allreduce_algorithm, chunk_offsets, ring_allreduce, segment_bounds, wire_bytes
+from .ring import AllreduceMismatch, BucketedAllreduce, allreduce_algorithm, chunk_offsets, ring_allreduce, segment_bounds, wire_bytes
 
 __all__ = ["Communicator", "LocalComm", "MPIComm", "ThreadComm", "ThreadWorld", "get_comm",
-           "launched_world_size", "ring_allreduce", "allreduce_algorithm", "BucketedAllreduce", "chunk_offsets",
+           "launched_world_size", "ring_allreduce", "AllreduceMismatch", "allreduce_algorithm", "BucketedAllreduce", "chunk_offsets",
            "segment_bounds", "wire_bytes", "Codec", "FP16", "BF16", "Int8", "Int4", "Sign",
            "ErrorFeedback", "get_codec", "LocalSGD", "Pipeline"]

@@ -236,18 +236,19 @@ class Cluster:
         self.stop()
 
     # -- use ---------------------------------------------------------------------------------------
-    def mpiexec_args(self, n: int | None = None) -> list[str]:
-        """`mpiexec ...` up to the program: every host with its rank count, TCP forced on eth0."""
+    def mpiexec_args(self, n: int | None = None, launcher: list[str] = ()) -> list[str]:
+        """`mpiexec ...` up to the program: every host with its rank count, TCP forced on eth0, then
+        any further launcher options."""
         hosts = ",".join(f"{name}:{k}" for name, k in zip(self.names, self.ranks_per_host))
         return [str(mpiexec_path()), "-hosts", hosts, "-n", str(self.size if n is None else n),
                 "-bootstrap", "ssh", "-bootstrap-exec", str(self.wrapper), "-iface", self.bridge,
-                "-genv", "UCX_TLS", "tcp,self", "-genv", "UCX_NET_DEVICES", "eth0"]
+                "-genv", "UCX_TLS", "tcp,self", "-genv", "UCX_NET_DEVICES", "eth0", *launcher]
 
     def run(self, argv: list[str], timeout: float = 120, env: dict | None = None, n: int | None = None,
-            **kwargs) -> subprocess.CompletedProcess:
+            launcher: list[str] = (), **kwargs) -> subprocess.CompletedProcess:
         """Run argv on every rank under mpiexec; on timeout the whole launch is killed and
         subprocess.TimeoutExpired raised (with the output so far)."""
-        proc = self.popen(argv, env=env, n=n, **kwargs)
+        proc = self.popen(argv, env=env, n=n, launcher=launcher, **kwargs)
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -256,13 +257,14 @@ class Cluster:
             raise subprocess.TimeoutExpired(proc.args, timeout, out, err) from None
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
-    def popen(self, argv: list[str], env: dict | None = None, n: int | None = None, **kwargs) -> subprocess.Popen:
+    def popen(self, argv: list[str], env: dict | None = None, n: int | None = None, launcher: list[str] = (),
+              **kwargs) -> subprocess.Popen:
         if not self.up:
             raise RuntimeError("cluster: start() it first (or use it as a context manager)")
         kwargs.setdefault("stdout", subprocess.PIPE)
         kwargs.setdefault("stderr", subprocess.PIPE)
         kwargs.setdefault("text", True)
-        return subprocess.Popen(self.mpiexec_args(n) + [str(a) for a in argv], env=env, start_new_session=True,
+        return subprocess.Popen(self.mpiexec_args(n, launcher) + [str(a) for a in argv], env=env, start_new_session=True,
                                 **kwargs)
 
     def kill(self, proc: subprocess.Popen) -> None:

@@ -48,6 +48,7 @@ from .comm import Communicator, LocalComm, launched_world_size
 from .fingerprint import Fingerprint, array_digest
 from .local_sgd import LocalSGD
 from ..nn.module import Sequential
+from .watchdog import Watchdog, watched
 from .ring import DEFAULT_SEGMENT_BYTES, SCHEDULES, BucketedAllreduce, allreduce_algorithm, ring_allreduce, wire_bytes
 
 BACKENDS = ("ring", "mpi")
@@ -133,7 +134,8 @@ def check_options(backend: str = "ring", compress: str = "none", compress_schedu
 
 #: config keys that only mean something with dist != 'none', and their defaults
 DIST_ONLY_DEFAULTS = {"compress": "none", "compress_schedule": "once", "error_feedback": None, "bucket_kb": 0,
-                      "local_sgd": 0, "local_sgd_warmup": 0, "local_sgd_optimizer": False}
+                      "local_sgd": 0, "local_sgd_warmup": 0, "local_sgd_optimizer": False,
+                      "collective_timeout": 300.0}
 
 
 def check_config(cfg) -> None:
@@ -149,6 +151,8 @@ def check_config(cfg) -> None:
         raise ValueError(f"dist: expected 'none' or one of {BACKENDS}, got {cfg.dist!r}")
     check_options(cfg.dist, cfg.compress, cfg.compress_schedule, cfg.local_sgd, cfg.local_sgd_warmup,
                   cfg.bucket_kb * 1024, cfg.local_sgd_optimizer)
+    if not cfg.collective_timeout >= 0:
+        raise ValueError(f"collective_timeout: expected seconds >= 0 (0: no watchdog), got {cfg.collective_timeout!r}")
 
 
 def scaled_lr(lr: float, world: int, warmup_steps: int, steps_per_epoch: int, enabled: bool = True):
@@ -168,7 +172,7 @@ class DataParallel:
                  error_feedback: bool | None = None, local_sgd: int = 0, local_sgd_warmup: int = 0,
                  fingerprint_every: int = 100, seed: int = 0, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
                  compress_schedule: str = "once", bucket_bytes: int = 0, optimizer=None,
-                 average_optimizer_state: bool = False):
+                 average_optimizer_state: bool = False, collective_timeout: float = 300.0):
         check_options(backend, compress, compress_schedule, local_sgd, local_sgd_warmup, bucket_bytes,
                       average_optimizer_state, has_optimizer=optimizer is not None)
         if bucket_bytes and (not isinstance(model, Sequential) or type(model).backward is not Sequential.backward):
@@ -198,6 +202,10 @@ class DataParallel:
         self._gathered_residual = None
         self.hosts = [socket.gethostname()]  # every rank's host name, gathered in setup()
         self.algorithm = ""  # known after setup()
+        if not collective_timeout >= 0:
+            raise ValueError(f"collective_timeout: expected seconds >= 0 (0: no watchdog), got {collective_timeout!r}")
+        self.collective_timeout = float(collective_timeout)
+        self.watchdog: Watchdog | None = None  # made in setup(): collective
 
     def rng(self, step: int) -> np.random.Generator:
         """The stochastic rounding source of a step on this rank: a pure function of (seed, rank,
@@ -252,25 +260,32 @@ class DataParallel:
     # -- start ------------------------------------------------------------------------------------
     def setup(self) -> None:
         """Broadcast parameters and BN buffers from rank 0, then verify every rank holds them."""
+        if self.size > 1:
+            self.watchdog = Watchdog(self.comm, self.collective_timeout)
+            self.hosts = self.watchdog.hosts
+            self.fingerprint.watchdog = self.watchdog
         self.fingerprint.check("broadcast_params", self.arena.size, self.arena.data.dtype,
                                f"layout {self._layout()}, {self.describe()}", force=True)
         if self.size > 1:
-            self.hosts = self.comm.allgather(socket.gethostname())
-            self.arena.data[...] = self.comm.bcast(self.arena.data if self.rank == 0 else None, root=0)
-            for buf in self._buffers():
-                buf[...] = self.comm.bcast(buf if self.rank == 0 else None, root=0)
+            with watched(self.watchdog, "broadcast", "parameters and BN statistics"):
+                self.arena.data[...] = self.comm.bcast(self.arena.data if self.rank == 0 else None, root=0)
+                for buf in self._buffers():
+                    buf[...] = self.comm.bcast(buf if self.rank == 0 else None, root=0)
         self.verify_identical("the broadcast from rank 0")
-        self.algorithm = self._algorithm()
+        with watched(self.watchdog, "placement query"):
+            self.algorithm = self._algorithm()
         if self.bucket_bytes and self.size > 1:
             self._buckets = BucketedAllreduce(self.comm, self.arena.grad, self.bucket_bytes, op="mean", codec=self.codec,
-                                              segment_bytes=self.segment_bytes, schedule=self.compress_schedule)
+                                              segment_bytes=self.segment_bytes, schedule=self.compress_schedule,
+                                              watchdog=self.watchdog)
             self._bucket_plan = bucket_schedule(self.model, self.arena, self._buckets.bounds)
             self._bucket_wire = sum(self._wire(b - a, self.codec) for a, b in self._buckets.bounds)
 
     def verify_identical(self, when: str) -> str:
         """Allgather a hash of the parameter arena; raise if ranks differ. Returns the hash."""
         mine = array_digest(self.arena.data)
-        hashes = self.comm.allgather(mine)
+        with watched(self.watchdog, "parameter hash check", when):
+            hashes = self.comm.allgather(mine)
         if any(h != hashes[0] for h in hashes):
             listing = ", ".join(f"rank {r}: {h}" for r, h in enumerate(hashes))
             raise RuntimeError(f"parameters differ across ranks after {when} ({listing}); expected one hash on "
@@ -308,13 +323,13 @@ class DataParallel:
         g = self.arena.grad
         self.fingerprint.check("allreduce_grad", g.size, g.dtype,
                                f"{self.backend}/{self.compress}/{self.compress_schedule}", step=step)
-        if self.backend == "mpi":
-            self.comm.allreduce_mpi(g, op="mean")
-            self.bytes_sent += self._wire(g.size)
-        else:
-            ring_allreduce(self.comm, g, op="mean", segment_bytes=self.segment_bytes, codec=self.codec, rng=self.rng(step),
-                           schedule=self.compress_schedule)
-            self.bytes_sent += self._wire(g.size, self.codec)
+        with watched(self.watchdog, "all-reduce", f"gradients, step {step}"):
+            if self.backend == "mpi":
+                self.comm.allreduce_mpi(g, op="mean")
+            else:
+                ring_allreduce(self.comm, g, op="mean", segment_bytes=self.segment_bytes, codec=self.codec,
+                               rng=self.rng(step), schedule=self.compress_schedule)
+        self.bytes_sent += self._wire(g.size, None if self.backend == "mpi" else self.codec)
         self.allreduces += 1
 
     def after_step(self, step: int) -> None:
@@ -329,7 +344,8 @@ class DataParallel:
         n_extra = sum(e.size for e in self.local.extra)
         self.fingerprint.check("average_params", self.arena.size + n_extra, self.arena.data.dtype, f"H={self.local.H}",
                                step=step)
-        self.local.average()
+        with watched(self.watchdog, "all-reduce", f"parameter average, step {step}"):
+            self.local.average()
         if self.size > 1:
             self.bytes_sent += self._wire(self.arena.size) + (self._wire(n_extra) if n_extra else 0)
             self.allreduces += 1 + bool(n_extra)
@@ -342,14 +358,18 @@ class DataParallel:
             self._average(step)
         if isinstance(self.codec, ErrorFeedback) and self.size > 1:
             self.fingerprint.check("gather_residual", self.codec.residual.size, np.float32, step=step, force=True)
-            parts = self.comm.allgather(self.codec.residual.copy())
+            with watched(self.watchdog, "gather", "error-feedback residuals"):
+                parts = self.comm.allgather(self.codec.residual.copy())
             self._gathered_residual = np.stack(parts) if self.rank == 0 else None
         elif isinstance(self.codec, ErrorFeedback):
             self._gathered_residual = self.codec.residual[None].copy()
 
     def agree(self, flag: bool) -> bool:
         """Rank 0's decision (it alone validates, e.g. early stopping) on every rank."""
-        return bool(self.comm.bcast(bool(flag), root=0)) if self.size > 1 else bool(flag)
+        if self.size == 1:
+            return bool(flag)
+        with watched(self.watchdog, "broadcast", "rank 0's decision"):
+            return bool(self.comm.bcast(bool(flag), root=0))
 
     def finish(self, broadcast: bool = False) -> str:
         """At the end of training every rank must hold the same parameters; returns their hash.
@@ -358,8 +378,12 @@ class DataParallel:
             self._buckets.close()
             self._buckets = None
         if broadcast and self.size > 1:
-            self.arena.data[...] = self.comm.bcast(self.arena.data if self.rank == 0 else None, root=0)
-        return self.verify_identical("training")
+            with watched(self.watchdog, "broadcast", "rank 0's best parameters"):
+                self.arena.data[...] = self.comm.bcast(self.arena.data if self.rank == 0 else None, root=0)
+        digest = self.verify_identical("training")
+        if self.watchdog is not None:
+            self.watchdog.close()
+        return digest
 
     # -- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -416,9 +440,15 @@ def run_guarded(fn, diverged_code: int = 2):
 
     rank = MPI.COMM_WORLD.Get_rank()
     sys.stderr.flush()
-    os.write(2, f"fasttrain: error: rank {rank} of {k} failed, aborting the job: {' '.join(message.split())}\n".encode())
+    os.write(2, f"fasttrain: error: rank {rank} of {k} (host {socket.gethostname()}) failed, aborting the job: "
+                f"{' '.join(message.split())}\n".encode())
     sys.stdout.flush()
     # the launcher forwards our output through its proxies; an immediate abort can tear the job
     # down before the message above got out (seen as a rare missing message under load)
     time.sleep(0.2)
-    MPI.COMM_WORLD.Abort(code)
+    try:
+        MPI.COMM_WORLD.Abort(code)
+    finally:
+        # MPI_Abort may return while the launcher tears the job down; returning from here would
+        # let the caller go on with no result (a stray traceback in the last moments)
+        os._exit(code)

@@ -17,6 +17,7 @@ import hashlib
 import numpy as np
 
 from .comm import Communicator
+from .watchdog import watched
 
 
 class CollectiveMismatch(RuntimeError):
@@ -30,6 +31,7 @@ class Fingerprint:
         self.comm, self.every = comm, int(every)
         self.calls = 0    # collectives announced on this rank
         self.checks = 0   # fingerprints exchanged
+        self.watchdog = None  # a watchdog.Watchdog the allgathers run under
 
     def check(self, name: str, size: int, dtype="float32", detail: str = "", step: int | None = None,
               force: bool = False) -> None:
@@ -42,7 +44,8 @@ class Fingerprint:
             return
         self.checks += 1
         mine = (str(name), int(size), str(np.dtype(dtype)), str(detail), call, step)
-        tags = self.comm.allgather(mine)
+        with watched(self.watchdog, "fingerprint", f"before {name}"):
+            tags = self.comm.allgather(mine)
         if all(t == tags[0] for t in tags):
             return
         lines = "; ".join(f"rank {r}: {t[0]}({t[1]} x {t[2]}{', ' + t[3] if t[3] else ''}) as collective #{t[4]}"

@@ -30,6 +30,7 @@ import numpy as np
 from .codecs import ErrorFeedback, get_codec
 from .comm import Communicator
 from .shm import node_window
+from .watchdog import watched
 
 DEFAULT_SEGMENT_BYTES = 1 << 19
 #: below this many bytes ring_allreduce (no codec) runs recursive doubling instead of the ring:
@@ -268,6 +269,41 @@ def _encode(codec, x, out, rng, at: int) -> None:
         codec.encode(x, out, rng)
 
 
+class AllreduceMismatch(ValueError):
+    """Ranks called ring_allreduce with different sizes, dtypes, ops, codecs or algorithm choices."""
+
+
+_LAYOUT_FIELDS = ("values", "dtype", "op", "codec", "schedule", "segment_bytes", "small_bytes", "shared_bytes",
+                  "mid_bytes")
+
+
+def verify_layout(comm: Communicator, layout: tuple) -> None:
+    """Raise AllreduceMismatch on every rank when the ranks' `layout` (one all-reduce's arguments)
+    differ. Collective on the first call for each layout only (one tiny allgather), cached on
+    comm afterwards: without it mismatched sizes return silently wrong values from the shared
+    window, and mismatched algorithms or segment sizes hang or fail on one rank only. (A rank
+    calling with a layout it has used before while a peer calls a new one is not caught here:
+    the data-parallel layer's fingerprint and watchdog cover that.)"""
+    try:
+        seen = comm._ring_layouts
+    except AttributeError:
+        seen = set()
+        try:
+            comm._ring_layouts = seen
+        except AttributeError:  # a communicator with __slots__: verified every call
+            pass
+    if layout in seen:
+        return
+    layouts = comm.allgather(layout)
+    if any(lay != layouts[0] for lay in layouts):
+        differ = [i for i, f in enumerate(_LAYOUT_FIELDS) if len({lay[i] for lay in layouts}) > 1]
+        per_rank = "; ".join(f"rank {r}: " + ", ".join(f"{_LAYOUT_FIELDS[i]}={lay[i]!r}" for i in differ)
+                             for r, lay in enumerate(layouts))
+        raise AllreduceMismatch(f"ring_allreduce: the ranks' calls differ ({per_rank}); expected the same "
+                                f"{', '.join(_LAYOUT_FIELDS[i] for i in differ)} on every rank")
+    seen.add(layout)
+
+
 def allreduce_algorithm(comm: Communicator, nbytes: int, small_bytes: int = DEFAULT_SMALL_BYTES,
                         shared_bytes: int = DEFAULT_SHARED_BYTES, mid_bytes: int = DEFAULT_MID_BYTES) -> str:
     """Which algorithm `ring_allreduce` runs for an uncompressed buffer of nbytes (see there).
@@ -313,6 +349,9 @@ def ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
     p = comm.size
     if p == 1:
         return buf
+    verify_layout(comm, (buf.size, buf.dtype.str, op, None if codec is None else codec.name,
+                         schedule if codec is not None else None, int(segment_bytes), int(small_bytes),
+                         int(shared_bytes), int(mid_bytes)))
     if codec is None:
         algorithm = allreduce_algorithm(comm, buf.nbytes, small_bytes, shared_bytes, mid_bytes)
         if algorithm == "recursive_doubling":
@@ -479,13 +518,14 @@ class BucketedAllreduce:
     def __init__(self, comm: Communicator, arena_grad: np.ndarray, bucket_bytes: int = 1 << 22,
                  op: str = "mean", codec=None, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
                  threaded: bool | None = None, schedule: str = "once", rng: np.random.Generator | None = None,
-                 poll_interval_s: float = 50e-6):
+                 poll_interval_s: float = 50e-6, watchdog=None):
         _check_buf(arena_grad, "arena_grad")
         _check_schedule(schedule)
         self.schedule = schedule
         if bucket_bytes < arena_grad.itemsize:
             raise ValueError(f"bucket_bytes: expected at least one value ({arena_grad.itemsize} bytes), got {bucket_bytes}")
         self.comm, self.grad, self.op, self.segment_bytes = comm, arena_grad, op, segment_bytes
+        self.watchdog = watchdog  # a watchdog.Watchdog each bucket's all-reduce runs under
         self.codec = get_codec(codec)
         per = bucket_bytes // arena_grad.itemsize
         self.bounds = segment_bounds(0, arena_grad.size, per)
@@ -510,8 +550,9 @@ class BucketedAllreduce:
 
     def _reduce(self, comm, i):
         a, b = self.bounds[i]
-        ring_allreduce(comm, self.grad[a:b], op=self.op, segment_bytes=self.segment_bytes,
-                       codec=self.codec, rng=self.rng, offset=a, schedule=self.schedule)
+        with watched(self.watchdog, "all-reduce", f"bucket {i}"):
+            ring_allreduce(comm, self.grad[a:b], op=self.op, segment_bytes=self.segment_bytes,
+                           codec=self.codec, rng=self.rng, offset=a, schedule=self.schedule)
 
     def _worker(self):
         while True:

@@ -138,7 +138,8 @@ def run(cfg: Config, progress: bool | None = None, checkpoints: dict | None = No
         dp = DataParallel(comm, model, arena, cfg.dist, cfg.compress, cfg.error_feedback, cfg.local_sgd,
                           cfg.local_sgd_warmup, cfg.fingerprint_every, seed=cfg.seed,
                           compress_schedule=cfg.compress_schedule, bucket_bytes=cfg.bucket_kb * 1024,
-                          optimizer=opt, average_optimizer_state=cfg.local_sgd_optimizer)
+                          optimizer=opt, average_optimizer_state=cfg.local_sgd_optimizer,
+                          collective_timeout=cfg.collective_timeout)
         trainer.dist = dp  # before resume: it restores this rank's error-feedback residual too
         if not rank0:
             trainer.run_dir, trainer.progress_disable, trainer.plot, trainer.checkpoint = None, True, False, False
