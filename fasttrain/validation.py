@@ -188,6 +188,7 @@ RULES: dict[str, Rule] = {
     "local_sgd_optimizer": boolean,
     "lr_scaling": boolean,
     "fingerprint_every": integer(lo=1),
+    "collective_timeout": number(0),
 }
 
 BUNDLED_DATASETS = ("digits", "synthetic_cifar")

@@ -12,7 +12,7 @@ import pytest
 
 from fasttrain.data import DataLoader
 from fasttrain.parallel import LocalComm, ThreadWorld
-from fasttrain.parallel.data_parallel import DataParallel, ShardedLoader, check_config, scaled_lr, world_comm
+from fasttrain.parallel.data_parallel import DataParallel, ShardedLoader, scaled_lr, world_comm
 from fasttrain.parallel.fingerprint import CollectiveMismatch, Fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -490,8 +490,10 @@ def test_watchdog_names_a_stopped_or_vanished_rank_and_ends_the_job(k, fault, ra
 
 def test_collective_timeout_is_a_data_parallel_option():
     from fasttrain.config import make_config
+    from fasttrain.validation import ConfigError, validate
 
-    with pytest.raises(ValueError, match="collective_timeout=5.0: data-parallel options, but dist='none'"):
-        check_config(make_config({"collective_timeout": 5.0}))
-    with pytest.raises(ValueError, match="collective_timeout: expected seconds >= 0"):
-        check_config(make_config({"collective_timeout": -1.0, "dist": "ring"}))
+    with pytest.raises(ConfigError, match="collective_timeout"):
+        validate(make_config({"collective_timeout": 5.0}))
+    with pytest.raises(ConfigError, match="collective_timeout"):
+        validate(make_config({"collective_timeout": -1.0, "dist": "ring"}))
+    validate(make_config({"collective_timeout": 0.0, "dist": "ring"}))
