@@ -1,6 +1,8 @@
 """End-to-end training throughput (images/s for forward + backward + optimizer step) of the classic
-conv-BN-ReLU net and ResNet-8 on 32x32x3 input at batch 128, next to the same model in PyTorch CPU
-when it is installed, measured in the same run."""
+conv-BN-ReLU net, ResNet-8 and MobileNet (width 0.5) on 32x32x3 input at batch 128, next to the same
+model in PyTorch CPU when it is installed, measured in the same run. PyTorch runs as its expert users
+run it: channels_last tensors (oneDNN's fast layout, and the one its depthwise kernels want) and
+Adam(fused=True)."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +14,7 @@ from .harness import make_record, time_interleaved, torch_or_none
 
 
 def _ours(name, batch, steps_per_sample):
-    model = models.convnet_classic(3, 10, 32) if name == "convnet_classic" else models.resnet(8, 3, 10)
+    model = models.build(name, (3, 32, 32), 10)
     arena = ft.ParamArena.for_model(model, seed=0)
     opt = ft.optim.Adam(arena, lr=1e-3)
     loss_fn = ft.losses.SoftmaxCrossEntropy()
@@ -52,16 +54,27 @@ def _torch_model(torch, name):
         def forward(self, x):
             return torch.relu(self.body(x) + self.short(x))
 
+    if name == "mobilenet":  # the layers of models.mobilenet(width=0.5), without conv biases as there
+        def separable(cin, cout, stride):
+            return [nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(),
+                    nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+        layers, cin = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()], 16
+        for cout, stride in models.MOBILENET_BLOCKS:
+            layers += separable(cin, cout // 2, stride)
+            cin = cout // 2
+        return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 10))
+
     return nn.Sequential(*cbr(3, 16), Block(16, 16, 1), Block(16, 32, 2), Block(32, 64, 2),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
 
 
 def _theirs(torch, name, batch, steps_per_sample):
-    model = _torch_model(torch, name)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model = _torch_model(torch, name).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     loss_fn = torch.nn.CrossEntropyLoss()
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, 32, 32, generator=g)
+    x = torch.randn(batch, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,), generator=g)
 
     def run():
@@ -77,7 +90,7 @@ def run(limits, quick: bool = False, repeat: int = 5, log=print) -> list:
     steps = 1 if quick else 2
     torch = torch_or_none()
     records = []
-    for name in ("convnet_classic", "resnet8"):
+    for name in ("convnet_classic", "resnet8", "mobilenet"):
         variants = [("cpp" if ft.backends()["cpp"] == "available" else "numpy", _ours(name, batch, steps))]
         if torch is not None:
             variants.append(("torch", _theirs(torch, name, batch, steps)))

@@ -12,7 +12,7 @@ from typing import Optional
 
 @dataclass
 class Config:
-    model: str = "simple_cnn"         # mlp | simple_cnn | convnet_classic | resnet8 | resnet20
+    model: str = "simple_cnn"         # mlp | simple_cnn | convnet_classic | resnet8 | resnet20 | mobilenet
     dataset: str = "digits"           # digits | synthetic_cifar | mnist | cifar10 | npz | image_folder
     data_path: Optional[str] = None   # directory (mnist, cifar10, image_folder) or file (npz)
     image_size: Optional[int] = None  # image_folder: resize every image to S x S (None: all share one size)

@@ -1,5 +1,6 @@
-"""Model builders: an MLP, a small CNN sized for 8x8 digits, a classic VGG-style CIFAR net and
-CIFAR ResNets (He et al., "Deep Residual Learning for Image Recognition", 2016, section 4.2).
+"""Model builders: an MLP, a small CNN sized for 8x8 digits, a classic VGG-style CIFAR net,
+CIFAR ResNets (He et al., "Deep Residual Learning for Image Recognition", 2016, section 4.2) and a
+CIFAR MobileNet (Howard et al., "MobileNets", 2017: depthwise-separable convolutions).
 
 Dropout layers get an explicit (seed, layer_id) so their masks depend only on the model and the
 step, never on how many models the process built before (resume and reproducibility)."""
@@ -102,7 +103,37 @@ def resnet(depth: int = 20, in_ch: int = 3, num_classes: int = 10, width: int = 
     return nn.Sequential(*layers)
 
 
-MODEL_NAMES = ("mlp", "simple_cnn", "convnet_classic", "resnet8", "resnet20")
+# (output channels at width 1, stride of the depthwise conv) of each separable block: MobileNet v1's
+# 13 blocks with the first stride-2 block made stride 1, the usual adaptation to 32x32 inputs
+# (the ImageNet net's stride-2 stem and first block would leave a 8x8 map after two layers).
+MOBILENET_BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1),
+                    (512, 1), (512, 1), (1024, 2), (1024, 1))
+
+
+def _separable(cin: int, cout: int, stride: int):
+    """3x3 depthwise conv (one filter per channel) - BN - ReLU, then a 1x1 pointwise conv that mixes
+    the channels - BN - ReLU: 9 + cout multiplies per input value where a full 3x3 conv needs 9*cout."""
+    return [nn.Conv2d(cin, cin, 3, stride=stride, padding=1, groups=cin, bias=False), nn.BatchNorm2d(cin, relu=True),
+            nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout, relu=True)]
+
+
+def mobilenet(in_ch: int = 3, num_classes: int = 10, width: float = 0.5, blocks=MOBILENET_BLOCKS):
+    """MobileNet v1 for small images: a 3x3 conv-BN-ReLU stem of 32*width channels, the separable
+    blocks (channels scaled by `width`, the paper's width multiplier alpha; 0.5 keeps a CPU step
+    short), global average pool, linear."""
+    if not width > 0:
+        raise ValueError(f"mobilenet(width): expected a positive width multiplier, got {width!r}")
+    ch = lambda c: max(8, int(round(c * width)))   # noqa: E731
+    cin = ch(32)
+    layers = _conv_bn_relu(in_ch, cin)
+    for cout, stride in blocks:
+        layers += _separable(cin, ch(cout), stride)
+        cin = ch(cout)
+    layers += [nn.GlobalAvgPool2d(), nn.Flatten(), nn.Linear(cin, num_classes, init=HEAD_INIT)]
+    return nn.Sequential(*layers)
+
+
+MODEL_NAMES = ("mlp", "simple_cnn", "convnet_classic", "resnet8", "resnet20", "mobilenet")
 
 
 def build(name: str, input_shape: tuple, num_classes: int, dropout: float | None = None, seed: int = 0):
@@ -117,4 +148,6 @@ def build(name: str, input_shape: tuple, num_classes: int, dropout: float | None
         return convnet_classic(c, num_classes, h, **kw)
     if name in ("resnet8", "resnet20"):
         return resnet(int(name[6:]), c, num_classes)
+    if name == "mobilenet":
+        return mobilenet(c, num_classes)
     raise ValueError(f"model: expected one of {list(MODEL_NAMES)}, got {name!r}")

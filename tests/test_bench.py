@@ -41,7 +41,7 @@ def test_bench_train_quick_reports_images_per_second(tmp_path):
                           capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     records = [json.loads(line) for line in out.read_text().splitlines() if '"train"' in line]
-    assert {r["name"] for r in records} == {"convnet_classic_step", "resnet8_step"}
+    assert {r["name"] for r in records} == {"convnet_classic_step", "resnet8_step", "mobilenet_step"}
     assert all(r["extra"]["images_per_s"] > 0 for r in records)
 
 
