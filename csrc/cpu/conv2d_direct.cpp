@@ -274,12 +274,15 @@ void bwd_weight_blocked(const Isa& isa, const Geom& g, const float* xp, const fl
   const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw;
   const int64_t wsz = g.Kb * g.Cb * g.R * g.S * kWBlock;
   const int nt = num_threads();
-  auto tile = [&](int64_t n, int64_t kb, int64_t cb, int64_t r, int64_t s, float* dw) {
+  auto tile = [&](int64_t n, int64_t images, int64_t kb, int64_t cb, int64_t r, int64_t s, float* dw) {
     WgradTile a;
     a.x = xp + ((n * g.Cb + cb) * Hp + r) * Wp * kBlock + s * kBlock;
     a.x_row = Wp * kBlock;
+    a.x_img = g.Cb * Hp * Wp * kBlock;
     a.dy = dyp + ((n * g.Kb + kb) * Pp + pt) * Qp * kBlock + pl * kBlock;
     a.dy_row = Qp * kBlock;
+    a.dy_img = g.Kb * Pp * Qp * kBlock;
+    a.images = images;
     a.P = g.P;
     a.Q = g.Q;
     a.sh = g.sh;
@@ -296,19 +299,23 @@ void bwd_weight_blocked(const Isa& isa, const Geom& g, const float* xp, const fl
   {
     const int th = omp_get_thread_num();
     if (by_image) {
+      // A thread's images in groups of about 256 output pixels per sweep, so that on small images
+      // the 16 accumulators are not loaded and stored (and the kernel called) for every 64 pixels:
+      // 8 x 8 images gained about 5% (single thread, 175-189 -> 191-200 GFLOP/s).
       float* mine = part + th * wsz;
-#pragma omp for schedule(static)
-      for (int64_t n = 0; n < g.N; ++n)
+      const int team = omp_get_num_threads();  // may be fewer than asked for
+      const int64_t lo = g.N * th / team, hi = g.N * (th + 1) / team;
+      const int64_t group = std::max<int64_t>(1, 256 / std::max<int64_t>(1, g.P * g.Q));
+      for (int64_t n = lo; n < hi; n += group)
         for (int64_t kb = 0; kb < g.Kb; ++kb)
           for (int64_t cb = 0; cb < g.Cb; ++cb)
             for (int64_t r = 0; r < g.R; ++r)
-              for (int64_t s = 0; s < g.S; ++s) tile(n, kb, cb, r, s, mine);
+              for (int64_t s = 0; s < g.S; ++s) tile(n, std::min(group, hi - n), kb, cb, r, s, mine);
     } else {
 #pragma omp for schedule(static)
       for (int64_t it = 0; it < g.Kb * g.Cb * g.R; ++it)
-        for (int64_t n = 0; n < g.N; ++n)
-          for (int64_t s = 0; s < g.S; ++s)
-            tile(n, it / (g.Cb * g.R), (it / g.R) % g.Cb, it % g.R, s, part);
+        for (int64_t s = 0; s < g.S; ++s)
+          tile(0, g.N, it / (g.Cb * g.R), (it / g.R) % g.Cb, it % g.R, s, part);
     }
     double* db = dbp.data() + th * g.Kb * kBlock;
 #pragma omp for schedule(static)

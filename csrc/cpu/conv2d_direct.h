@@ -34,13 +34,15 @@ struct ConvTile {
 };
 
 // One kernel tap's weight gradient for one (output block, input block) pair, accumulated over a
-// sweep of output pixels: dw[c][k] += sum_{p<P, q<Q} x[(p*sh)*x_row + q*sw*16 + c] * dy[p*dy_row + q*16 + k].
+// sweep of output pixels of `images` images:
+//   dw[c][k] += sum_{i, p<P, q<Q} x[i*x_img + (p*sh)*x_row + q*sw*16 + c] * dy[i*dy_img + p*dy_row + q*16 + k].
 // `x` points at the tap's first input pixel, `dy` at output pixel (0, 0).
 struct WgradTile {
   const float* x;
-  int64_t x_row;
+  int64_t x_row, x_img;
   const float* dy;
-  int64_t dy_row;
+  int64_t dy_row, dy_img;
+  int64_t images;
   int64_t P, Q, sh, sw;
   float* dw;  // 16 x 16 block, accumulated into
 };

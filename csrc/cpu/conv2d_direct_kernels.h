@@ -61,9 +61,10 @@ void wgrad_channels(const WgradTile& a, int c0) {
   T acc[CN];
 #pragma GCC unroll 16
   for (int i = 0; i < CN; ++i) acc[i] = V::load(a.dw + (c0 + i) * kBlock);
-  for (int64_t p = 0; p < a.P; ++p) {
-    const float* xr = a.x + p * a.sh * a.x_row + c0;
-    const float* dr = a.dy + p * a.dy_row;
+  for (int64_t ip = 0; ip < a.images * a.P; ++ip) {
+    const int64_t i = ip / a.P, p = ip % a.P;
+    const float* xr = a.x + i * a.x_img + p * a.sh * a.x_row + c0;
+    const float* dr = a.dy + i * a.dy_img + p * a.dy_row;
     for (int64_t q = 0; q < a.Q; ++q) {
       const T d = V::load(dr + q * kBlock);
       const float* xq = xr + q * a.sw * kBlock;
