@@ -112,5 +112,7 @@ def get_logger(name: str) -> logging.Logger:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter(rank_prefix() + "%(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
-        root.setLevel(logging.INFO)
+        # only rank 0 reports progress and warnings (every rank runs the same steps, and K copies
+        # of each line say nothing more); an error is shown by whichever rank meets it
+        root.setLevel(logging.INFO if launcher_rank() == 0 else logging.ERROR)
     return logger

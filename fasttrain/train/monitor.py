@@ -34,15 +34,28 @@ class Monitor:
     ratio_high / ratio_low: the update/weight ratio band outside which a warning is logged.
     Parameters whose weights have zero norm (fresh biases) have no meaningful ratio and are
     skipped; warnings are given for weight tensors (the decayed ones), whose ratio is the one
-    the notes' 1e-3 rule of thumb is about."""
+    the notes' 1e-3 rule of thumb is about.
 
-    def __init__(self, model, arena, every: int = 50, ratio_high: float = 1e-2, ratio_low: float = 1e-5):
+    A warning needs a sustained signal: the last `sustain` samples of a tensor all outside the
+    band. A single sample misleads: an adaptive optimizer's first steps are about lr per element
+    whatever the gradient (Adam's bias correction), so a small fresh head shows 0.3 at step 0 and
+    settles by itself. The low edge follows the schedule: with base_lr (the run's peak lr) and the
+    step's lr given to end(), it is ratio_low x lr / base_lr, so warmup and the end of a cosine
+    decay, where a small update is the plan, are not reported as "lr too low". Each tensor is
+    reported at most once per kind."""
+
+    def __init__(self, model, arena, every: int = 50, ratio_high: float = 1e-2, ratio_low: float = 1e-5,
+                 sustain: int = 3, base_lr: float | None = None):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"Monitor(every): expected a positive int, got {every!r}")
         if not 0 < ratio_low < ratio_high:
             raise ValueError(f"Monitor(ratio_low, ratio_high): expected 0 < low < high, got {ratio_low}, {ratio_high}")
+        if isinstance(sustain, bool) or not isinstance(sustain, int) or sustain < 1:
+            raise ValueError(f"Monitor(sustain): expected a positive int, got {sustain!r}")
         self.model, self.arena, self.every = model, arena, every
-        self.ratio_high, self.ratio_low = ratio_high, ratio_low
+        self.ratio_high, self.ratio_low, self.sustain, self.base_lr = ratio_high, ratio_low, sustain, base_lr
+        self._recent: dict[str, list] = {}   # tensor -> its last `sustain` (ratio, low edge)
+        self._reported: set = set()
         self.records: list[dict] = []
         self.warnings: list[str] = []
         self._before = None
@@ -86,7 +99,7 @@ class Monitor:
             m.__dict__.pop("forward", None)
         self._wrapped = []
 
-    def end(self, step: int, loss: float) -> dict:
+    def end(self, step: int, loss: float, lr: float | None = None) -> dict:
         """After the optimizer step: compute the record for this step, warn when far off."""
         self.unhook()
         before, after = _host(self._before), _host(self.arena.data)
@@ -103,15 +116,26 @@ class Monitor:
                   "activations": self._acts}
         self._acts = {}
         decayed = {n for n, d, _ in self._slices if d}
+        low = self.ratio_low
+        if lr is not None and self.base_lr:
+            low *= max(float(lr), 0.0) / self.base_lr
         for name, r in ratios.items():
             if name not in decayed:
                 continue
-            if r > self.ratio_high:
-                self._warn(f"step {step}: update/weight ratio of {name} is {r:.2e} (> {self.ratio_high:g}; healthy "
-                           f"~1e-3): the learning rate is probably too high")
-            elif r < self.ratio_low:
-                self._warn(f"step {step}: update/weight ratio of {name} is {r:.2e} (< {self.ratio_low:g}; healthy "
-                           f"~1e-3): the learning rate is probably too low, or the layer does not learn")
+            recent = self._recent.setdefault(name, [])
+            recent.append((r, low))
+            del recent[:-self.sustain]
+            if len(recent) < self.sustain:
+                continue
+            if all(ri > self.ratio_high for ri, _ in recent) and (name, "high") not in self._reported:
+                self._reported.add((name, "high"))
+                self._warn(f"step {step}: update/weight ratio of {name} is {r:.2e} (> {self.ratio_high:g} in the "
+                           f"last {self.sustain} samples; healthy ~1e-3): the learning rate is probably too high")
+            elif low > 0 and all(ri < li for ri, li in recent) and (name, "low") not in self._reported:
+                self._reported.add((name, "low"))
+                self._warn(f"step {step}: update/weight ratio of {name} is {r:.2e} (< {low:.2g} in the last "
+                           f"{self.sustain} samples; healthy ~1e-3 at the peak lr): the learning rate is probably "
+                           "too low, or the layer does not learn")
         for key, st in record["activations"].items():
             if st.get("dead", 0.0) > 0.5:
                 self._warn(f"step {step}: {st['dead']:.0%} of the units of {key} are dead (zero for the whole batch)")

@@ -143,6 +143,7 @@ def run(cfg: Config, progress: bool | None = None, checkpoints: dict | None = No
         trainer.dist = dp  # before resume: it restores this rank's error-feedback residual too
         if not rank0:
             trainer.run_dir, trainer.progress_disable, trainer.plot, trainer.checkpoint = None, True, False, False
+            trainer.monitor = None  # its warnings and summary are rank 0's to give
     if cfg.resume:
         trainer.resume(cfg.resume)
     if dp is not None:

@@ -76,7 +76,8 @@ class Trainer:
         self.epoch = 0
         self.history = History()
         self._metrics = None   # metrics.jsonl, open (append, line-buffered) during fit
-        self.monitor = Monitor(model, arena, monitor_every) if monitor_every else None
+        # the optimizer's lr before any schedule step is the run's peak: the monitor's reference
+        self.monitor = Monitor(model, arena, monitor_every, base_lr=float(optimizer.lr)) if monitor_every else None
         if early_stopping is not None and (isinstance(early_stopping, bool) or early_stopping < 1):
             raise ValueError(f"Trainer(early_stopping): expected a patience >= 1 epochs or None, got {early_stopping!r}")
         if min_delta < 0:
@@ -208,7 +209,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.update()
         if sample:
-            self._log_metrics(self.monitor.end(self.step, loss))
+            self._log_metrics(self.monitor.end(self.step, loss, lr=self.optimizer.lr))
         self.step += 1
         if self.dist is not None:  # dist (issue 8): local SGD parameter averaging
             self.dist.after_step(self.step)
