@@ -35,7 +35,7 @@ def run_json(cluster, script, *args, timeout=180):
 
 def across_hosts(cluster):
     """The algorithm for mid sizes (64 KB .. 8 MB) when ranks span hosts."""
-    return "halving_doubling"
+    return "hierarchical" if max(cluster.ranks_per_host) > 1 else "halving_doubling"
 
 
 @pytest.fixture(scope="module", params=LAYOUTS, ids=lambda hr: f"{hr[0]}hostsx{hr[1]}")
@@ -67,6 +67,15 @@ def test_rate_parsing():
 
 
 def test_every_algorithm_exact_across_hosts_over_tcp(cluster):
+    check_every_algorithm(cluster)
+
+
+def test_hosts_with_different_rank_counts_take_the_leader_hierarchy():
+    with cl.Cluster(2, [2, 1]) as c:
+        check_every_algorithm(c)
+
+
+def check_every_algorithm(cluster):
     sizes = [0, 1, 3, 4099, 300007]
     before = [cluster.link_bytes(h) for h in range(cluster.hosts)]
     out = run_json(cluster, "ring_check.py", ",".join(map(str, sizes)), "65536")
@@ -77,6 +86,11 @@ def test_every_algorithm_exact_across_hosts_over_tcp(cluster):
     for c in out["cases"]:
         for name in ("auto", "recursive_doubling", "ring", "shared_memory", "halving_doubling"):
             assert c["exact_" + name], (name, c)
+        shared = max(cluster.ranks_per_host) > 1
+        modes = (["slices"] if shared and len(set(cluster.ranks_per_host)) == 1 else []) + (["leader"] if shared else [])
+        assert sorted(k for k in c if k.startswith("exact_hierarchical_")) == sorted("exact_hierarchical_" + m
+                                                                                    for m in modes), c
+        assert all(c["exact_hierarchical_" + m] for m in modes), c
         for key in ("sum", "mean", "ring_sum", "shm_sum", "hd_sum", "bucketed"):
             assert c[key + "_identical"] and c[key + "_relerr"] <= 1e-5, (key, c)
         assert c["shm_repeat_ok"] and c["int8_identical"] and c["int8_err"] <= 1 / 127 * 1.0001, c
@@ -91,7 +105,9 @@ def test_training_across_hosts_ends_identical(cluster, flags, tmp_path):
                    "--run-dir", str(tmp_path))
     assert len(out["hashes"]) == cluster.size and len(set(out["hashes"])) == 1, out["hashes"]
     assert out["hosts"] == cluster.hosts
-    expected = {"--compress": "ring+int8"}.get(flags[0], across_hosts(cluster))  # 86 KB of gradients
+    expected = across_hosts(cluster)  # 86 KB of gradients
+    if flags[0] == "--compress":  # compressed across hosts only: the ring there, or inside the hierarchy
+        expected = "hierarchical+int8" if expected == "hierarchical" else "ring+int8"
     assert out["allreduce_algorithm"] == expected, out
 
 

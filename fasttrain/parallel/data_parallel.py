@@ -234,7 +234,8 @@ class DataParallel:
         if self.backend == "mpi" and self.local is None:
             return "mpi"
         if self.codec is not None and self.local is None:
-            return f"ring+{self.compress}"
+            coded = allreduce_algorithm(self.comm, self.arena.grad.nbytes)  # hierarchical: coded across hosts
+            return f"{'hierarchical' if coded == 'hierarchical' else 'ring'}+{self.compress}"
         if self.size == 1:
             return "none"
         nbytes = self.arena.data.nbytes

@@ -29,7 +29,7 @@ import numpy as np
 
 from .codecs import ErrorFeedback, get_codec
 from .comm import Communicator
-from .shm import node_window
+from .shm import hierarchy, node_window
 from .watchdog import watched
 
 DEFAULT_SEGMENT_BYTES = 1 << 19
@@ -312,6 +312,8 @@ def allreduce_algorithm(comm: Communicator, nbytes: int, small_bytes: int = DEFA
         return "recursive_doubling"
     if nbytes < shared_bytes and node_window(comm) is not None:
         return "shared_memory"
+    if nbytes < shared_bytes and hierarchy(comm) is not None:
+        return "hierarchical"
     if nbytes < mid_bytes:
         return "halving_doubling"
     return "ring"
@@ -337,7 +339,9 @@ def ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
     BucketedAllreduce). rng: stochastic rounding source.
     small_bytes: uncompressed buffers below this size take `recursive_doubling_allreduce`;
     those from small_bytes up to shared_bytes take the shared-memory window (`shm.NodeWindow`)
-    when all ranks are on one MPI node; otherwise those up to mid_bytes take `halving_doubling_allreduce`. small_bytes=0, shared_bytes=0, mid_bytes=0
+    when all ranks are on one MPI node, or `hierarchical_allreduce` when they span several nodes
+    and some node runs more than one (then with the codec too, across hosts only); otherwise
+    those up to mid_bytes take `halving_doubling_allreduce`. small_bytes=0, shared_bytes=0, mid_bytes=0
     force the ring at every size."""
     if op not in ("sum", "mean"):
         raise ValueError(f"op: expected 'sum' or 'mean', got {op!r}")
@@ -360,6 +364,10 @@ def ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
             return node_window(comm).allreduce(buf, op)
         if algorithm == "halving_doubling":
             return halving_doubling_allreduce(comm, buf, op)
+        if algorithm == "hierarchical":
+            return hierarchical_allreduce(comm, buf, op, segment_bytes=segment_bytes)
+    elif small_bytes <= buf.nbytes < shared_bytes and hierarchy(comm) is not None:
+        return hierarchical_allreduce(comm, buf, op, segment_bytes, codec, rng, offset, schedule)
     off = chunk_offsets(buf.size, p)
     if codec is not None and rng is None:
         rng = np.random.default_rng()
@@ -375,6 +383,39 @@ def ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
     else:
         _allgather_encoded(comm, buf, off, codec, rng, offset, segment_bytes)
     return buf
+
+
+#: how the hierarchical all-reduce crosses hosts: 'slices' (every rank all-reduces its node-reduced
+#: chunk with the same chunk's owners on the other hosts; needs equal ranks per host) or 'leader'
+#: (one rank per host all-reduces the node's whole sum). Measured with bench/cluster_allreduce.py.
+HIERARCHICAL_MODE = "slices"
+
+
+def hierarchical_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
+                           segment_bytes: int = DEFAULT_SEGMENT_BYTES, codec=None, rng=None, offset: int = 0,
+                           schedule: str = "once", mode: str | None = None) -> np.ndarray:
+    """All-reduce buf in place over ranks on several hosts: reduce-scatter within each host through
+    its shared-memory window, all-reduce across hosts (ring_allreduce's size-based choice, with
+    the codec if any: only the cross-host bytes are compressed), then share the result within
+    each host through the window. mode: HIERARCHICAL_MODE's choices ('leader' where hosts run
+    different rank counts). Ranks end bit-identical: each value crosses hosts in one all-reduce
+    whose ranks end identical, and is copied within the host."""
+    h = hierarchy(comm)
+    if h is None:
+        raise ValueError(f"hierarchical_allreduce: {comm!r} has no host with several ranks among several hosts")
+    mode = mode or (HIERARCHICAL_MODE if h.equal else "leader")
+    if mode not in ("slices", "leader"):
+        raise ValueError(f"mode: expected 'slices' or 'leader', got {mode!r}")
+    if mode == "slices" and not h.equal:
+        raise ValueError("mode='slices': expected the same number of ranks on every host")
+
+    def across(x, start):
+        ring_allreduce(h.slices if mode == "slices" else h.leaders, x, "sum", segment_bytes, codec, rng, offset + start,
+                       schedule=schedule)
+
+    if mode == "slices":
+        return h.window.allreduce(buf, op, across, divisor=comm.size)
+    return h.window.allreduce_via_leader(buf, op, across, divisor=comm.size)
 
 
 def _reduce_scatter(comm, buf, off, seg):

@@ -80,7 +80,11 @@ class NodeWindow:
         self.node.Barrier()
         self.win.Sync()
 
-    def allreduce(self, buf: np.ndarray, op: str = "sum") -> np.ndarray:
+    def allreduce(self, buf: np.ndarray, op: str = "sum", cross=None, divisor: int | None = None) -> np.ndarray:
+        """All-reduce buf over the node in place. cross(chunk, start): run on this rank's reduced
+        chunk (a view into its slot; start: its offset in buf) before the chunks are shared, to
+        reduce it further across hosts (the hierarchical all-reduce). divisor: what 'mean'
+        divides by (default: the node's rank count)."""
         if buf.size == 0:
             return buf
         if buf.nbytes > self.half:
@@ -99,19 +103,85 @@ class NodeWindow:
             src = mine
         if not peers:
             mine[...] = src
+        if cross is not None:
+            cross(mine, a)
         if op == "mean":
-            mine /= self.size
+            mine /= divisor or self.size
         self._fence()
         for x, y, result in results:
             buf[x:y] = result
         return buf
+
+    def allreduce_via_leader(self, buf: np.ndarray, op: str, cross, divisor: int) -> np.ndarray:
+        """All-reduce buf over the node, with node rank 0 (the leader) running cross(buf, 0) on the
+        node's whole sum in between: reduce-scatter through the slots, the leader gathers the
+        chunks, reduces across hosts and writes the result to its slot, every rank copies it."""
+        if buf.size == 0:
+            return buf
+        if buf.nbytes > self.half:
+            self._grow(max(buf.nbytes, 2 * self.half))
+        mine_slot, a, b, peers, results = self._plan(buf.size, buf.dtype, self.parity * self.half)
+        self.parity ^= 1
+        mine_slot[:a] = buf[:a]
+        mine_slot[b:] = buf[b:]
+        self._fence()
+        mine = mine_slot[a:b]
+        src = buf[a:b]
+        for peer in peers:
+            np.add(src, peer, out=mine)
+            src = mine
+        if not peers:
+            mine[...] = src
+        self._fence()
+        if self.rank == 0:
+            for x, y, result in results:
+                buf[x:y] = result
+            cross(buf, 0)
+            if op == "mean":
+                buf /= divisor
+            mine_slot[...] = buf
+        self._fence()
+        if self.rank != 0:
+            buf[...] = self._leader_slot(buf)
+        return buf
+
+    def _leader_slot(self, buf: np.ndarray) -> np.ndarray:
+        base = (self.parity ^ 1) * self.half  # the half this call used (parity flipped at its start)
+        return self.slots[0][base:base + buf.nbytes].view(buf.dtype)
+
+
+class Hierarchy:
+    """A communicator's ranks as hosts: this host's shared window, and the communicators the
+    hierarchical all-reduce reduces across hosts over: `slices` (the ranks with this rank's node
+    rank, one per host: usable when every host runs the same number of ranks) and `leaders` (node
+    rank 0 of every host; None on the other ranks)."""
+
+    def __init__(self, comm: MPIComm, node, placement: list[tuple[int, int]]):
+        from mpi4py import MPI
+
+        self.window = NodeWindow(node)
+        self.node_rank, self.node_size = node.Get_rank(), node.Get_size()
+        self.hosts = sum(1 for r, _ in placement if r == 0)
+        self.equal = len({size for _, size in placement}) == 1
+        raw = comm.comm
+        self.slices = MPIComm(raw.Split(self.node_rank, comm.rank)) if self.equal else None
+        leaders = raw.Split(0 if self.node_rank == 0 else MPI.UNDEFINED, comm.rank)
+        self.leaders = MPIComm(leaders) if self.node_rank == 0 else None
+
+
+def hierarchy(comm: Communicator) -> Hierarchy | None:
+    """comm's hosts (see Hierarchy) when its ranks span several nodes and some node runs more than
+    one of them, else None. Collective on a communicator's first call (with node_window)."""
+    node_window(comm)
+    return getattr(comm, "_hierarchy", None)
 
 
 def node_window(comm: Communicator) -> NodeWindow | None:
     """The shared-memory all-reduce of comm, or None when it has none: not an MPI communicator (a
     thread world, a throttled wrapper that must see every byte), one with sleeping waits, or
     ranks on more than one node.
-    The first call is collective (MPI_Comm_split_type); the answer is kept on comm."""
+    The first call is collective (MPI_Comm_split_type); the answer is kept on comm, and so is the
+    ranks' placement on hosts when they span several (`hierarchy`)."""
     try:
         return comm._node_window
     except AttributeError:
@@ -125,6 +195,10 @@ def node_window(comm: Communicator) -> NodeWindow | None:
         if node.Get_size() == comm.size:
             window = NodeWindow(node)
         else:
-            node.Free()
+            placement = comm.allgather((node.Get_rank(), node.Get_size()))
+            if max(size for _, size in placement) > 1:
+                comm._hierarchy = Hierarchy(comm, node, placement)
+            else:
+                node.Free()
     comm._node_window = window
     return window

@@ -8,6 +8,8 @@ import sys
 import numpy as np
 
 from fasttrain.parallel import BucketedAllreduce, ErrorFeedback, allreduce_algorithm, get_comm, ring_allreduce
+from fasttrain.parallel.ring import hierarchical_allreduce
+from fasttrain.parallel.shm import hierarchy
 
 
 def data(rank, n, seed=0):
@@ -61,6 +63,14 @@ for n in sizes:
         gathered = comm.allgather(digest(buf))
         if r == 0:
             case["exact_" + name] = bool(np.array_equal(buf, exact)) and len(set(gathered)) == 1
+    # the hierarchical all-reduce's two ways across hosts, where ranks share hosts
+    h = hierarchy(comm)
+    for mode in (["slices", "leader"] if h and h.equal else ["leader"] if h else []):
+        buf = ints(r)
+        hierarchical_allreduce(comm, buf, segment_bytes=seg, mode=mode)
+        gathered = comm.allgather(digest(buf))
+        if r == 0:
+            case["exact_hierarchical_" + mode] = bool(np.array_equal(buf, exact)) and len(set(gathered)) == 1
     # float64 through the shared window (slots are bytes, viewed per call in the buffer's dtype)
     buf = data(r, n).astype(np.float64)
     ring_allreduce(comm, buf, small_bytes=0, shared_bytes=1 << 62)
