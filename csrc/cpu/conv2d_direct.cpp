@@ -141,24 +141,44 @@ Tiling tiling(const Isa& isa, int64_t out_blocks, int64_t Q, int64_t stride) {
   return t;
 }
 
-// Runs the tiles of one output plane family: for image n, output row i, block group g and pixel
-// tile u, fill(tile, n, i, kb0, q0) sets the pointers of a tile whose other fields come from
-// `base`; the micro-kernel is then chosen for the tile's kv and width.
+// One family of output tiles: N images x `rows` output rows x output-block groups x pixel tiles
+// of a row of Q pixels; `base` holds the fields every tile shares.
+struct TileSet {
+  Tiling t;
+  ConvTile base;
+  int64_t rows, Q, out_blocks;
+  int sw;  // input pixel stride of the micro-kernel (1 or 2)
+  int64_t items(int64_t N) const { return N * rows * t.groups * t.qtiles; }
+};
+
+// Runs every tile of every set in one parallel loop (one fork and one barrier, however many
+// stride phases the data gradient has): fill(tile, set, n, i, kb0, q0) sets a tile's pointers;
+// the micro-kernel is chosen for the tile's kv and width.
 template <class Fill>
-void run_tiles(const Isa& isa, const Tiling& t, const ConvTile& base, int64_t N, int64_t rows,
-               int64_t Q, int64_t out_blocks, int64_t in_stride, Fill fill) {
-  const int64_t items = N * rows * t.groups * t.qtiles;
-  const int sw = in_stride == 2 ? 2 : 1;
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
-  for (int64_t it = 0; it < items; ++it) {
-    const int64_t u = it % t.qtiles, g = (it / t.qtiles) % t.groups;
-    const int64_t i = (it / (t.qtiles * t.groups)) % rows, n = it / (t.qtiles * t.groups * rows);
+void run_tiles(const Isa& isa, const std::vector<TileSet>& sets, int64_t N, Fill fill) {
+  std::vector<int64_t> first(sets.size() + 1, 0);
+  for (size_t k = 0; k < sets.size(); ++k) first[k + 1] = first[k] + sets[k].items(N);
+  // One set: each thread a contiguous share (neighbouring tiles read the same input rows). Several
+  // phases: small chunks dealt round-robin, so phases without taps (all zeros, e.g. three of the
+  // four of a 1x1 stride-2 layer) do not leave one thread with all the multiplies.
+  const int nt = num_threads();
+  const int64_t chunk = sets.size() == 1 ? std::max<int64_t>(1, (first.back() + nt - 1) / nt) : 4;
+#pragma omp parallel for num_threads(nt) schedule(static, chunk)
+  for (int64_t it = 0; it < first.back(); ++it) {
+    size_t k = 0;
+    while (it >= first[k + 1]) ++k;
+    const TileSet& ts = sets[k];
+    const Tiling& t = ts.t;
+    const int64_t local = it - first[k];
+    const int64_t u = local % t.qtiles, g = (local / t.qtiles) % t.groups;
+    const int64_t i = (local / (t.qtiles * t.groups)) % ts.rows;
+    const int64_t n = local / (t.qtiles * t.groups * ts.rows);
     const int64_t kb0 = g * t.kv, q0 = u * t.qt;
-    const int kv = static_cast<int>(std::min<int64_t>(t.kv, out_blocks - kb0));
-    const int qt = static_cast<int>(std::min<int64_t>(t.qt, Q - q0));
-    ConvTile tile = base;
-    fill(tile, n, i, kb0, q0);
-    isa.conv(kv, qt, sw)(tile);
+    const int kv = static_cast<int>(std::min<int64_t>(t.kv, ts.out_blocks - kb0));
+    const int qt = static_cast<int>(std::min<int64_t>(t.qt, ts.Q - q0));
+    ConvTile tile = ts.base;
+    fill(tile, k, n, i, kb0, q0);
+    isa.conv(kv, qt, ts.sw)(tile);
   }
 }
 
@@ -196,8 +216,9 @@ void fwd_blocked(const Isa& isa, const Geom& g, const float* xp, const float* wf
   base.out_px = kBlock;
   base.out_kb = g.P * g.Q * kBlock;
   base.relu = relu;
-  run_tiles(isa, t, base, g.N, g.P, g.Q, g.Kb, g.sw,
-            [&](ConvTile& a, int64_t n, int64_t p, int64_t kb0, int64_t q0) {
+  const std::vector<TileSet> sets{{t, base, g.P, g.Q, g.Kb, g.sw == 2 ? 2 : 1}};
+  run_tiles(isa, sets, g.N,
+            [&](ConvTile& a, size_t, int64_t n, int64_t p, int64_t kb0, int64_t q0) {
               a.in = xp + ((n * g.Cb * Hp) + p * g.sh) * Wp * kBlock + q0 * g.sw * kBlock;
               a.w = wf + kb0 * a.w_kb;
               a.out = yb + ((n * g.Kb + kb0) * g.P + p) * g.Q * kBlock + q0 * kBlock;
@@ -237,34 +258,38 @@ void bwd_data_blocked(const Isa& isa, const Geom& g, const float* dyp, Pads ph_,
   base.w_kb = g.Kb * base.w_cb;
   base.out_px = g.sw * kBlock;
   base.out_kb = g.H * g.W * kBlock;
-  std::vector<int64_t> tap_in, tap_w;
-  for (int64_t a = 0; a < std::min(g.sh, g.H); ++a)
-    for (int64_t b = 0; b < std::min(g.sw, g.W); ++b) {
-      tap_in.clear();
-      tap_w.clear();
+  // one tile set per stride phase (a, b), each with its own taps
+  const int64_t na = std::min(g.sh, g.H), nb = std::min(g.sw, g.W);
+  std::vector<std::vector<int64_t>> tap_in(na * nb), tap_w(na * nb);
+  std::vector<TileSet> sets;
+  for (int64_t a = 0; a < na; ++a)
+    for (int64_t b = 0; b < nb; ++b) {
+      auto& ti = tap_in[a * nb + b];
+      auto& tw = tap_w[a * nb + b];
       for (int64_t r = 0; r < g.R; ++r)
         for (int64_t s = 0; s < g.S; ++s) {
           const int64_t nr = a + g.ph - r, ns = b + g.pw - s;
           if ((((nr % g.sh) + g.sh) % g.sh) || (((ns % g.sw) + g.sw) % g.sw)) continue;
           const int64_t dp = nr >= 0 ? nr / g.sh : -((-nr) / g.sh);
           const int64_t dq = ns >= 0 ? ns / g.sw : -((-ns) / g.sw);
-          tap_in.push_back(((dp + ph_.top) * Qp + dq + pw_.top) * kBlock);
-          tap_w.push_back((r * g.S + s) * kWBlock);
+          ti.push_back(((dp + ph_.top) * Qp + dq + pw_.top) * kBlock);
+          tw.push_back((r * g.S + s) * kWBlock);
         }
       const int64_t rows = (g.H - a + g.sh - 1) / g.sh, cols = (g.W - b + g.sw - 1) / g.sw;
       ConvTile pb = base;
-      pb.tap_in = tap_in.data();
-      pb.tap_w = tap_w.data();
-      pb.ntaps = static_cast<int>(tap_in.size());
-      const Tiling t = tiling(isa, g.Cb, cols, 1);
-      run_tiles(isa, t, pb, g.N, rows, cols, g.Cb, 1,
-                [&](ConvTile& tl, int64_t n, int64_t i, int64_t cb0, int64_t j0) {
-                  tl.in = dyp + (n * g.Kb * Pp + i) * Qp * kBlock + j0 * kBlock;
-                  tl.w = wd + cb0 * tl.w_kb;
-                  tl.out = dxb + ((n * g.Cb + cb0) * g.H + a + g.sh * i) * g.W * kBlock +
-                           (b + g.sw * j0) * kBlock;
-                });
+      pb.tap_in = ti.data();
+      pb.tap_w = tw.data();
+      pb.ntaps = static_cast<int>(ti.size());
+      sets.push_back({tiling(isa, g.Cb, cols, 1), pb, rows, cols, g.Cb, 1});
     }
+  run_tiles(isa, sets, g.N,
+            [&](ConvTile& tl, size_t k, int64_t n, int64_t i, int64_t cb0, int64_t j0) {
+              const int64_t a = static_cast<int64_t>(k) / nb, b = static_cast<int64_t>(k) % nb;
+              tl.in = dyp + (n * g.Kb * Pp + i) * Qp * kBlock + j0 * kBlock;
+              tl.w = wd + cb0 * tl.w_kb;
+              tl.out = dxb + ((n * g.Cb + cb0) * g.H + a + g.sh * i) * g.W * kBlock +
+                       (b + g.sw * j0) * kBlock;
+            });
 }
 
 // dwb [Kb][Cb][R][S][16 c][16 k] = sum over the batch (overwritten); dbd (Kb*16) = sums of dy.
