@@ -96,9 +96,11 @@ def config_sources(args: argparse.Namespace) -> dict[str, str]:
     return sources
 
 
-def resolve_config(args: argparse.Namespace) -> Config:
+def resolve_config(args: argparse.Namespace, notes: list | None = None) -> Config:
     """Defaults < TOML file < flags, every key checked (fasttrain.validation): a ConfigError names
-    the flag, key or environment variable, the value and what was expected."""
+    the flag, key or environment variable, the value and what was expected. With --resume, the
+    checkpoint's run config < TOML file < flags; `notes` receives what the user should be told
+    once every check passed (the config's origin, each override)."""
     try:
         base = load_config(args.config) if args.config else Config()
         flags = {k: getattr(args, k) for k in field_types() if getattr(args, k) is not None}
@@ -108,6 +110,14 @@ def resolve_config(args: argparse.Namespace) -> Config:
 
         raise ConfigError("--config", args.config, "a TOML file of config keys",
                           detail=f"got {exc.args[-1] if isinstance(exc, OSError) else exc.args[0]}") from None
+    if cfg.resume:  # the run's own config, from its checkpoint; what the user gave again overrides it
+        from .train.run import resume_config
+
+        sources = config_sources(args)
+        cfg, overridden = resume_config(cfg.resume, {k: getattr(cfg, k) for k in sources})
+        notes = [] if notes is None else notes
+        notes.append(f"resuming {cfg.resume} with the config of its run; the run continues in {cfg.run_dir}")
+        notes += [f"{sources[key]} overrides the run's {key} = {old!r} with {new!r}" for key, old, new in overridden]
     from .validation import validate
 
     validate(cfg)
@@ -179,8 +189,9 @@ def main(argv=None) -> int:
     sources: dict = {}
     try:
         sources = config_sources(args)
-        cfg = resolve_config(args)
-        return _command(args, cfg)
+        notes: list = []
+        cfg = resolve_config(args, notes)
+        return _command(args, cfg, notes)
     except ConfigError as exc:
         if debug:
             raise
@@ -199,7 +210,12 @@ def main(argv=None) -> int:
         return 1
 
 
-def _command(args, cfg: Config) -> int:
+def _command(args, cfg: Config, notes: list) -> int:
+    from .validation import note
+
+    if args.command != "train":
+        for line in notes:
+            note(line)
     if args.command == "check":
         return check(cfg, args.overfit_steps)
     if args.command == "tune":
@@ -213,6 +229,8 @@ def _command(args, cfg: Config) -> int:
     from .train.run import preflight, run
 
     checkpoints = preflight(cfg)  # before run_guarded: a config error is one line, not an aborted job
+    for line in notes:
+        note(line)
     summary = run_guarded(lambda: run(cfg, progress=False if args.quiet else None, checkpoints=checkpoints))
     if summary.get("rank", 0) != 0:
         return 0

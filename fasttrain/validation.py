@@ -353,10 +353,15 @@ def check_data(cfg, data) -> None:
              "the accuracies of this run say nothing")
 
 
-def warn(message: str) -> None:
+def warn(message: str, kind: str = "warning") -> None:
     """A one-line warning on stderr from rank 0 only."""
     from .settings import launcher_rank
 
     if launcher_rank() == 0:
-        sys.stderr.write(f"fasttrain: warning: {message}\n")
+        sys.stderr.write(f"fasttrain: {kind}: {message}\n")
         sys.stderr.flush()
+
+
+def note(message: str) -> None:
+    """A one-line notice (what the run does that the user may not expect) on stderr from rank 0."""
+    warn(message, kind="note")

@@ -39,14 +39,54 @@ def make_optimizer(name: str, arena, lr: float, weight_decay: float):
     return cls(arena, lr=lr, weight_decay=weight_decay)
 
 
+def resume_config(path: str, given: dict) -> tuple[Config, list]:
+    """The config a resumed run continues with: the one stored in checkpoint `path` (the run's
+    own: its augmentation, schedule length, EMA, early stopping...), with `given` (the keys the
+    user set again, e.g. a longer --epochs) applied on top; run_dir defaults to the checkpoint's
+    folder, so the run continues where it was. Returns (config, [(key, run's value, new value)]
+    for each given key that changes the run's value)."""
+    from ..config import field_types, make_config
+    from ..validation import RULES, ConfigError, read_checkpoint_for
+
+    RULES["resume"]("resume", path)
+    _, meta = read_checkpoint_for("resume", path)
+    known = field_types()
+    # keys of an older version that no longer exist are left out; their behaviour is gone too
+    saved = {k: v for k, v in (meta.get("config") or {}).items() if k in known}
+    try:
+        base = make_config(saved)
+    except (KeyError, ValueError) as exc:
+        raise ConfigError("resume", path, "a checkpoint whose stored config this version reads",
+                          detail=f"got {path!r}: {exc.args[0]}") from None
+    overrides = {**given, "resume": path}
+    overrides.setdefault("run_dir", os.path.dirname(path) or ".")
+    cfg = make_config(overrides, base)
+    changed = [(k, getattr(base, k), getattr(cfg, k)) for k in given
+               if k not in ("resume", "run_dir") and getattr(base, k) != getattr(cfg, k)]
+    return cfg, changed
+
+
 def preflight(cfg: Config) -> dict:
     """Every check that needs neither the data nor the run folder: the config's keys
     (fasttrain.validation) and the checkpoint files it names, read once here: returns
     {'resume' | 'init_from': (arrays, meta)}. Raises ConfigError."""
-    from ..validation import read_checkpoint_for, validate
+    from ..validation import check_model, read_checkpoint_for, validate
 
     validate(cfg)
-    return {key: read_checkpoint_for(key, getattr(cfg, key)) for key in ("init_from", "resume") if getattr(cfg, key)}
+    checkpoints = {key: read_checkpoint_for(key, getattr(cfg, key)) for key in ("init_from", "resume")
+                   if getattr(cfg, key)}
+    from ..data.catalog import peek_dataset
+
+    # known without reading the data (and not resized by image_size)
+    shape = peek_dataset(cfg.dataset, cfg.data_path) if cfg.image_size is None else None
+    if shape is not None and (checkpoints or cfg.freeze_except is not None):
+        # the model's names and shapes, on the host: enough to hold the checkpoints against it
+        from ..arena import ParamArena
+        from ..models import build
+
+        model = build(cfg.model, *shape, cfg.dropout, seed=cfg.seed)
+        check_model(cfg, model, ParamArena.for_model(model, seed=cfg.seed), checkpoints)
+    return checkpoints
 
 
 def run(cfg: Config, progress: bool | None = None, checkpoints: dict | None = None) -> dict:
@@ -58,7 +98,6 @@ def run(cfg: Config, progress: bool | None = None, checkpoints: dict | None = No
     checkpoints = preflight(cfg) if checkpoints is None else checkpoints
     import fasttrain as ft
     from ..data import ChannelStandardizer, DataLoader, load_dataset
-    from ..data.catalog import peek_dataset
     from ..losses import SoftmaxCrossEntropy
     from ..models import build
     from ..validation import check_data, check_model
@@ -78,24 +117,13 @@ def run(cfg: Config, progress: bool | None = None, checkpoints: dict | None = No
     comm = world_comm(cfg.dist)
     rank0 = comm.rank == 0   # progress, metrics, plots, checkpoints and validation: rank 0 only
 
-    def build_model(input_shape, num_classes):
-        # dropout masks differ per rank (a rank's own stream); parameters come from rank 0's broadcast
-        model = build(cfg.model, input_shape, num_classes, cfg.dropout, seed=cfg.seed + 7919 * comm.rank)
-        arena = ft.ParamArena.for_model(model, seed=cfg.seed, xp=xp)
-        check_model(cfg, model, arena, checkpoints)
-        return model, arena
-
-    # the model (and so the checkpoints and --freeze-except) is checked before the data loads
-    # whenever the dataset's shape is known without reading it
-    shape = peek_dataset(cfg.dataset, cfg.data_path)
-    model_arena = build_model(*shape) if shape is not None else None
     data = load_dataset(cfg.dataset, cfg.data_path, cfg.val_fraction, cfg.seed,
                         image_size=cfg.image_size).limit(cfg.limit)
     check_data(cfg, data)
-    if shape is not None and tuple(shape) != (data.input_shape, data.num_classes):
-        raise RuntimeError(f"dataset {cfg.dataset!r}: peek_dataset said {shape}, the data has "
-                           f"{(data.input_shape, data.num_classes)}")
-    model, arena = model_arena or build_model(data.input_shape, data.num_classes)
+    # dropout masks differ per rank (a rank's own stream); parameters come from rank 0's broadcast
+    model = build(cfg.model, data.input_shape, data.num_classes, cfg.dropout, seed=cfg.seed + 7919 * comm.rank)
+    arena = ft.ParamArena.for_model(model, seed=cfg.seed, xp=xp)
+    check_model(cfg, model, arena, checkpoints)  # again: a dataset read from files may hold another shape
 
     run_dir = cfg.run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     if comm.size > 1:

@@ -1,0 +1,88 @@
+"""`fasttrain train --resume CKPT` continues the run the checkpoint came from: its config (flags
+given again override, and say so), its run folder, and a result bit-identical to the run that
+was never interrupted, with augmentation, mixup, a warmup + cosine schedule, dropout, EMA and
+early stopping all on."""
+import json
+
+import numpy as np
+import pytest
+
+from fasttrain.cli import main
+from fasttrain.train.checkpoint import read_checkpoint
+from fasttrain.train.trainer import Trainer
+
+FLAGS = ["--epochs", "4", "--limit", "300", "--augment", "flip,crop", "--mixup", "0.2", "--schedule", "cosine",
+         "--warmup-steps", "5", "--ema-decay", "0.9", "--early-stopping", "2", "--dropout", "0.3",
+         "--monitor-every", "0", "--quiet", "--no-plot"]
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def _same_checkpoint(a, b):
+    (arrays_a, meta_a), (arrays_b, meta_b) = read_checkpoint(a), read_checkpoint(b)
+    assert sorted(arrays_a) == sorted(arrays_b)
+    for k in arrays_a:
+        assert np.array_equal(arrays_a[k], arrays_b[k]), k
+    for k in ("step", "epoch", "ema"):
+        assert meta_a.get(k) == meta_b.get(k), k
+    best = [{k: v for k, v in (m.get("best") or {}).get("record", {}).items() if k not in ("images_per_s", "epoch_time_s")}
+            for m in (meta_a, meta_b)]
+    assert best[0] == best[1]
+    untimed = [[{k: v for k, v in r.items() if k not in ("images_per_s", "epoch_time_s")} for r in m["history"]["epochs"]]
+               for m in (meta_a, meta_b)]
+    assert untimed[0] == untimed[1] and len(untimed[0]) == meta_a["epoch"]
+    assert meta_a["history"]["losses"] == meta_b["history"]["losses"]
+
+
+def test_resume_is_bit_identical_to_the_uninterrupted_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *FLAGS, "--run-dir", "whole"]) == 0
+
+    save = Trainer.save
+
+    def crash_after_epoch_2(self, path):
+        save(self, path)
+        if self.epoch == 2:
+            raise Crash("simulated crash right after the epoch-2 checkpoint")
+
+    monkeypatch.setattr(Trainer, "save", crash_after_epoch_2)
+    assert main(["train", *FLAGS, "--run-dir", "cut"]) == 1
+    monkeypatch.setattr(Trainer, "save", save)
+    assert json.loads(open("cut/metrics.jsonl").readlines()[-1])["epoch"] == 2
+    capsys.readouterr()
+
+    # nothing but the checkpoint: the augmentation, schedule, EMA... come from the run's config
+    assert main(["train", "--resume", "cut/checkpoint.npz", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "fasttrain: note: resuming cut/checkpoint.npz with the config of its run; the run continues in cut" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut", "whole"]  # no new run folder
+    _same_checkpoint("whole/checkpoint.npz", "cut/checkpoint.npz")
+    _same_checkpoint("whole/checkpoint_best.npz", "cut/checkpoint_best.npz")
+    whole, cut = (json.load(open(f"{d}/summary.json")) for d in ("whole", "cut"))
+    assert whole["val_acc"] == cut["val_acc"] and whole["steps"] == cut["steps"] and whole["epochs"] == 4
+
+
+def test_resume_overrides_are_printed_and_applied(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    flags = ["--limit", "100", "--monitor-every", "0", "--quiet", "--no-plot", "--augment", "flip"]
+    assert main(["train", *flags, "--epochs", "1", "--run-dir", "r"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", "r/checkpoint.npz", "--epochs", "2", "--schedule", "cosine"]) == 0
+    err = capsys.readouterr().err
+    assert "fasttrain: note: --epochs overrides the run's epochs = 1 with 2" in err
+    assert "--schedule overrides" not in err  # given again, but the run's own value
+    saved = (tmp_path / "r" / "config.toml").read_text()
+    assert 'augment = ["flip"]' in saved and "epochs = 2" in saved
+    assert json.load(open("r/summary.json"))["epochs"] == 2
+
+
+def test_resume_into_another_folder_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    flags = ["--limit", "100", "--monitor-every", "0", "--quiet", "--no-plot", "--epochs", "1"]
+    assert main(["train", *flags, "--run-dir", "a"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", "a/checkpoint.npz", "--epochs", "2", "--run-dir", "b"]) == 0
+    assert "the run continues in b" in capsys.readouterr().err
+    assert json.load(open("b/summary.json"))["epochs"] == 2
