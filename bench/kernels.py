@@ -73,7 +73,7 @@ def _rmsprop_entry(n):
 
 def _momentum_entry(n):
     def run(k, a):
-        k("momentum_step")(a["p"], a["g"], a["v"], 1e-2, 0.9, 1e-4, 0.0)
+        k("momentum_step")(a["p"], a["g"], a["v"], 1e-2, 0.9, 0.0, 1e-4, 0.0)
 
     def torch_fn(torch, a):
         p = torch.nn.Parameter(torch.from_numpy(a["p"].copy()))

@@ -77,7 +77,7 @@ def a(*s): return r.standard_normal(s).astype(f)
 t1 = time.perf_counter()
 if family == "optim":
     p, g, s1, s2 = a(10), a(10), np.abs(a(10)) + 1, np.abs(a(10)) + 1
-    m.sgd_step(p, g, .1, 0., 0.); m.momentum_step(p, g, s1, .1, .9, 0., 0.); m.nesterov_step(p, g, s1, .1, .9, 0., 0.)
+    m.sgd_step(p, g, .1, 0., 0.); m.momentum_step(p, g, s1, .1, .9, 0., 0., 0.); m.nesterov_step(p, g, s1, .1, .9, 0., 0., 0.)
     m.adagrad_step(p, g, s1, .1, 1e-8, 0., 0.); m.rmsprop_step(p, g, s1, .1, .9, 1e-8, 0., 0.)
     m.rmsprop_centered_step(p, g, s1, s2 * 0, .1, .9, 1e-8, 0., 0.)
     m.adam_step(p, g, s1, s2, .1, .9, .99, 1e-8, .1, .01, 0., 0., 0.)

@@ -577,24 +577,19 @@ void bind_optim(py::module_& m) {
     py::gil_scoped_release nogil;
     ft::cpu::sgd_step(pp, pg, p.size(), f(lr), f(l2), f(l1));
   }, py::arg("p"), py::arg("g"), py::arg("lr"), py::arg("l2"), py::arg("l1"));
-  m.def("momentum_step", [f](A p, A g, A v, double lr, double mu, double l2, double l1) {
-    same_size(p, g, "p", "g");
-    same_size(p, v, "p", "v");
-    float *pp = ptr_of(p, "p"), *pv = ptr_of(v, "v");
-    const float* pg = ptr_of(g, "g");
-    py::gil_scoped_release nogil;
-    ft::cpu::momentum_step(pp, pg, pv, p.size(), f(lr), f(mu), f(l2), f(l1));
-  }, py::arg("p"), py::arg("g"), py::arg("v"), py::arg("lr"), py::arg("mu"), py::arg("l2"),
-     py::arg("l1"));
-  m.def("nesterov_step", [f](A p, A g, A v, double lr, double mu, double l2, double l1) {
-    same_size(p, g, "p", "g");
-    same_size(p, v, "p", "v");
-    float *pp = ptr_of(p, "p"), *pv = ptr_of(v, "v");
-    const float* pg = ptr_of(g, "g");
-    py::gil_scoped_release nogil;
-    ft::cpu::nesterov_step(pp, pg, pv, p.size(), f(lr), f(mu), f(l2), f(l1));
-  }, py::arg("p"), py::arg("g"), py::arg("v"), py::arg("lr"), py::arg("mu"), py::arg("l2"),
-     py::arg("l1"));
+  for (const bool nesterov : {false, true}) {
+    m.def(nesterov ? "nesterov_step" : "momentum_step",
+          [f, nesterov](A p, A g, A v, double lr, double mu, double dampening, double l2, double l1) {
+      same_size(p, g, "p", "g");
+      same_size(p, v, "p", "v");
+      float *pp = ptr_of(p, "p"), *pv = ptr_of(v, "v");
+      const float* pg = ptr_of(g, "g");
+      py::gil_scoped_release nogil;
+      (nesterov ? ft::cpu::nesterov_step : ft::cpu::momentum_step)(pp, pg, pv, p.size(), f(lr), f(mu),
+                                                                   f(dampening), f(l2), f(l1));
+    }, py::arg("p"), py::arg("g"), py::arg("v"), py::arg("lr"), py::arg("mu"), py::arg("dampening"),
+       py::arg("l2"), py::arg("l1"));
+  }
   m.def("adagrad_step", [f](A p, A g, A h, double lr, double eps, double l2, double l1) {
     same_size(p, g, "p", "g");
     same_size(p, h, "p", "h");
@@ -625,21 +620,70 @@ void bind_optim(py::module_& m) {
     ft::cpu::rmsprop_centered_step(pp, pg, ps, pm, p.size(), f(lr), f(rho), f(eps), f(l2), f(l1));
   }, py::arg("p"), py::arg("g"), py::arg("s"), py::arg("mg"), py::arg("lr"), py::arg("rho"),
      py::arg("eps"), py::arg("l2"), py::arg("l1"));
-  m.def("adam_step", [f](A p, A g, A mm, A v, double lr, double beta1, double beta2, double eps,
-                         double bc1, double bc2, double l2, double l1, double decoupled_wd) {
+  m.def("rmsprop_momentum_step", [f](A p, A g, A s, A b, double lr, double rho, double eps,
+                                     double mu, double l2, double l1) {
+    same_size(p, g, "p", "g");
+    same_size(p, s, "p", "s");
+    same_size(p, b, "p", "b");
+    float *pp = ptr_of(p, "p"), *ps = ptr_of(s, "s"), *pb = ptr_of(b, "b");
+    const float* pg = ptr_of(g, "g");
+    py::gil_scoped_release nogil;
+    ft::cpu::rmsprop_momentum_step(pp, pg, ps, pb, p.size(), f(lr), f(rho), f(eps), f(mu), f(l2), f(l1));
+  }, py::arg("p"), py::arg("g"), py::arg("s"), py::arg("b"), py::arg("lr"), py::arg("rho"),
+     py::arg("eps"), py::arg("mu"), py::arg("l2"), py::arg("l1"));
+  m.def("rmsprop_centered_momentum_step", [f](A p, A g, A s, A mg, A b, double lr, double rho,
+                                              double eps, double mu, double l2, double l1) {
+    same_size(p, g, "p", "g");
+    same_size(p, s, "p", "s");
+    same_size(p, mg, "p", "mg");
+    same_size(p, b, "p", "b");
+    float *pp = ptr_of(p, "p"), *ps = ptr_of(s, "s"), *pm = ptr_of(mg, "mg"), *pb = ptr_of(b, "b");
+    const float* pg = ptr_of(g, "g");
+    py::gil_scoped_release nogil;
+    ft::cpu::rmsprop_centered_momentum_step(pp, pg, ps, pm, pb, p.size(), f(lr), f(rho), f(eps), f(mu),
+                                            f(l2), f(l1));
+  }, py::arg("p"), py::arg("g"), py::arg("s"), py::arg("mg"), py::arg("b"), py::arg("lr"),
+     py::arg("rho"), py::arg("eps"), py::arg("mu"), py::arg("l2"), py::arg("l1"));
+  // adam_step(p, g, m, v, ...) and adam_amsgrad_step(p, g, m, v, vmax, ...): vmax is None for the former
+  auto adam = [f](const char* op, A p, A g, A mm, A v, py::object vmax, double lr, double beta1,
+                  double beta2, double eps, double bc1, double bc2, double l2, double l1,
+                  double decoupled_wd) {
     same_size(p, g, "p", "g");
     same_size(p, mm, "p", "m");
     same_size(p, v, "p", "v");
-    FT_CHECK(bc1 > 0 && bc2 > 0, "adam_step(bc1, bc2): expected bias corrections 1 - beta^t > 0, got ("
-                                     << bc1 << ", " << bc2 << ")");
+    FT_CHECK(bc1 > 0 && bc2 > 0, op << "(bc1, bc2): expected bias corrections 1 - beta^t > 0, got ("
+                                    << bc1 << ", " << bc2 << ")");
     float *pp = ptr_of(p, "p"), *pm = ptr_of(mm, "m"), *pv = ptr_of(v, "v");
     const float* pg = ptr_of(g, "g");
+    float* px = nullptr;
+    A vm;
+    if (!vmax.is_none()) {
+      vm = vmax.cast<A>();
+      same_size(p, vm, "p", "vmax");
+      px = ptr_of(vm, "vmax");
+    }
     py::gil_scoped_release nogil;
-    ft::cpu::adam_step(pp, pg, pm, pv, p.size(), f(lr), f(beta1), f(beta2), f(eps), f(bc1), f(bc2),
-                       f(l2), f(l1), f(decoupled_wd));
+    if (px == nullptr)
+      ft::cpu::adam_step(pp, pg, pm, pv, p.size(), f(lr), f(beta1), f(beta2), f(eps), f(bc1), f(bc2),
+                         f(l2), f(l1), f(decoupled_wd));
+    else
+      ft::cpu::adam_amsgrad_step(pp, pg, pm, pv, px, p.size(), f(lr), f(beta1), f(beta2), f(eps),
+                                 f(bc1), f(bc2), f(l2), f(l1), f(decoupled_wd));
+  };
+  m.def("adam_step", [adam](A p, A g, A mm, A v, double lr, double beta1, double beta2, double eps,
+                            double bc1, double bc2, double l2, double l1, double decoupled_wd) {
+    adam("adam_step", p, g, mm, v, py::none(), lr, beta1, beta2, eps, bc1, bc2, l2, l1, decoupled_wd);
   }, py::arg("p"), py::arg("g"), py::arg("m"), py::arg("v"), py::arg("lr"), py::arg("beta1"),
      py::arg("beta2"), py::arg("eps"), py::arg("bc1"), py::arg("bc2"), py::arg("l2"),
      py::arg("l1"), py::arg("decoupled_wd"));
+  m.def("adam_amsgrad_step", [adam](A p, A g, A mm, A v, A vmax, double lr, double beta1,
+                                    double beta2, double eps, double bc1, double bc2, double l2,
+                                    double l1, double decoupled_wd) {
+    adam("adam_amsgrad_step", p, g, mm, v, vmax, lr, beta1, beta2, eps, bc1, bc2, l2, l1,
+         decoupled_wd);
+  }, py::arg("p"), py::arg("g"), py::arg("m"), py::arg("v"), py::arg("vmax"), py::arg("lr"),
+     py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("bc1"), py::arg("bc2"),
+     py::arg("l2"), py::arg("l1"), py::arg("decoupled_wd"));
 }
 
 void bind_dropout(py::module_& m) {

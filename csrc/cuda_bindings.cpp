@@ -189,12 +189,13 @@ PYBIND11_MODULE(_cuda, m) {
   }, py::arg("p"), py::arg("g"), py::arg("lr"), py::arg("l2"), py::arg("l1"), py::arg("stream") = 0);
   for (bool nesterov : {false, true}) {
     m.def(nesterov ? "nesterov_step" : "momentum_step",
-          [nesterov](py::object p, py::object g, py::object v, float lr, float mu, float l2, float l1, uintptr_t st) {
+          [nesterov](py::object p, py::object g, py::object v, float lr, float mu, float dampening, float l2, float l1,
+                     uintptr_t st) {
       auto P = dev_array(p, "p"), G = dev_array(g, "g"), V = dev_array(v, "v");
       same_size(P, G, "g"); same_size(P, V, "v");
-      ft::cuda::momentum_step(f32(P), f32(G), f32(V), P.size, lr, mu, l2, l1, nesterov, stream_of(st));
-    }, py::arg("p"), py::arg("g"), py::arg("v"), py::arg("lr"), py::arg("mu"), py::arg("l2"), py::arg("l1"),
-       py::arg("stream") = 0);
+      ft::cuda::momentum_step(f32(P), f32(G), f32(V), P.size, lr, mu, dampening, l2, l1, nesterov, stream_of(st));
+    }, py::arg("p"), py::arg("g"), py::arg("v"), py::arg("lr"), py::arg("mu"), py::arg("dampening"), py::arg("l2"),
+       py::arg("l1"), py::arg("stream") = 0);
   }
   m.def("adagrad_step", [](py::object p, py::object g, py::object h, float lr, float eps, float l2, float l1,
                            uintptr_t st) {
@@ -203,30 +204,74 @@ PYBIND11_MODULE(_cuda, m) {
     ft::cuda::adagrad_step(f32(P), f32(G), f32(H), P.size, lr, eps, l2, l1, stream_of(st));
   }, py::arg("p"), py::arg("g"), py::arg("h"), py::arg("lr"), py::arg("eps"), py::arg("l2"), py::arg("l1"),
      py::arg("stream") = 0);
-  m.def("rmsprop_step", [](py::object p, py::object g, py::object s, float lr, float rho, float eps, float l2,
-                           float l1, uintptr_t st) {
+  // the four RMSProp variants: one kernel; mg (centered) and b (momentum) are None when unused
+  auto rmsprop = [](py::object p, py::object g, py::object s, py::object mg, py::object b, float lr, float rho,
+                    float eps, float mu, float l2, float l1, uintptr_t st) {
     auto P = dev_array(p, "p"), G = dev_array(g, "g"), S = dev_array(s, "s");
     same_size(P, G, "g"); same_size(P, S, "s");
-    ft::cuda::rmsprop_step(f32(P), f32(G), f32(S), nullptr, P.size, lr, rho, eps, l2, l1, stream_of(st));
+    float *pm = nullptr, *pb = nullptr;
+    if (!mg.is_none()) {
+      auto M = dev_array(mg, "mg");
+      same_size(P, M, "mg");
+      pm = f32(M);
+    }
+    if (!b.is_none()) {
+      auto B = dev_array(b, "b");
+      same_size(P, B, "b");
+      pb = f32(B);
+    }
+    ft::cuda::rmsprop_step(f32(P), f32(G), f32(S), pm, pb, P.size, lr, rho, eps, mu, l2, l1, stream_of(st));
+  };
+  m.def("rmsprop_step", [rmsprop](py::object p, py::object g, py::object s, float lr, float rho, float eps,
+                                        float l2, float l1, uintptr_t st) {
+    rmsprop(p, g, s, py::none(), py::none(), lr, rho, eps, 0.f, l2, l1, st);
   }, py::arg("p"), py::arg("g"), py::arg("s"), py::arg("lr"), py::arg("rho"), py::arg("eps"), py::arg("l2"),
      py::arg("l1"), py::arg("stream") = 0);
-  m.def("rmsprop_centered_step", [](py::object p, py::object g, py::object s, py::object mg, float lr, float rho,
-                                    float eps, float l2, float l1, uintptr_t st) {
-    auto P = dev_array(p, "p"), G = dev_array(g, "g"), S = dev_array(s, "s"), M = dev_array(mg, "mg");
-    same_size(P, G, "g"); same_size(P, S, "s"); same_size(P, M, "mg");
-    ft::cuda::rmsprop_step(f32(P), f32(G), f32(S), f32(M), P.size, lr, rho, eps, l2, l1, stream_of(st));
+  m.def("rmsprop_centered_step", [rmsprop](py::object p, py::object g, py::object s, py::object mg, float lr,
+                                                 float rho, float eps, float l2, float l1, uintptr_t st) {
+    rmsprop(p, g, s, mg, py::none(), lr, rho, eps, 0.f, l2, l1, st);
   }, py::arg("p"), py::arg("g"), py::arg("s"), py::arg("mg"), py::arg("lr"), py::arg("rho"), py::arg("eps"),
      py::arg("l2"), py::arg("l1"), py::arg("stream") = 0);
-  m.def("adam_step", [](py::object p, py::object g, py::object mm, py::object v, float lr, float b1, float b2,
-                        float eps, float bc1, float bc2, float l2, float l1, float decoupled_wd, uintptr_t st) {
+  m.def("rmsprop_momentum_step", [rmsprop](py::object p, py::object g, py::object s, py::object b, float lr,
+                                                 float rho, float eps, float mu, float l2, float l1, uintptr_t st) {
+    rmsprop(p, g, s, py::none(), b, lr, rho, eps, mu, l2, l1, st);
+  }, py::arg("p"), py::arg("g"), py::arg("s"), py::arg("b"), py::arg("lr"), py::arg("rho"), py::arg("eps"),
+     py::arg("mu"), py::arg("l2"), py::arg("l1"), py::arg("stream") = 0);
+  m.def("rmsprop_centered_momentum_step", [rmsprop](py::object p, py::object g, py::object s, py::object mg,
+                                                    py::object b, float lr, float rho, float eps, float mu, float l2,
+                                                    float l1, uintptr_t st) {
+    rmsprop(p, g, s, mg, b, lr, rho, eps, mu, l2, l1, st);
+  }, py::arg("p"), py::arg("g"), py::arg("s"), py::arg("mg"), py::arg("b"), py::arg("lr"), py::arg("rho"),
+     py::arg("eps"), py::arg("mu"), py::arg("l2"), py::arg("l1"), py::arg("stream") = 0);
+  // adam_step and adam_amsgrad_step (vmax: the running maximum of v, None for plain Adam)
+  auto adam = [](py::object p, py::object g, py::object mm, py::object v, py::object vmax, float lr, float b1,
+                 float b2, float eps, float bc1, float bc2, float l2, float l1, float decoupled_wd, uintptr_t st) {
     auto P = dev_array(p, "p"), G = dev_array(g, "g"), M = dev_array(mm, "m"), V = dev_array(v, "v");
     same_size(P, G, "g"); same_size(P, M, "m"); same_size(P, V, "v");
+    float* px = nullptr;
+    if (!vmax.is_none()) {
+      auto X = dev_array(vmax, "vmax");
+      same_size(P, X, "vmax");
+      px = f32(X);
+    }
     FT_CHECK(bc1 > 0.f && bc2 > 0.f, "bc1, bc2: expected bias corrections in (0, 1], got " << bc1 << ", " << bc2);
-    ft::cuda::adam_step(f32(P), f32(G), f32(M), f32(V), P.size, lr, b1, b2, eps, bc1, bc2, l2, l1, decoupled_wd,
+    ft::cuda::adam_step(f32(P), f32(G), f32(M), f32(V), px, P.size, lr, b1, b2, eps, bc1, bc2, l2, l1, decoupled_wd,
                         stream_of(st));
+  };
+  m.def("adam_step", [adam](py::object p, py::object g, py::object mm, py::object v, float lr, float b1,
+                                  float b2, float eps, float bc1, float bc2, float l2, float l1, float decoupled_wd,
+                                  uintptr_t st) {
+    adam(p, g, mm, v, py::none(), lr, b1, b2, eps, bc1, bc2, l2, l1, decoupled_wd, st);
   }, py::arg("p"), py::arg("g"), py::arg("m"), py::arg("v"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"),
      py::arg("eps"), py::arg("bc1"), py::arg("bc2"), py::arg("l2"), py::arg("l1"), py::arg("decoupled_wd"),
      py::arg("stream") = 0);
+  m.def("adam_amsgrad_step", [adam](py::object p, py::object g, py::object mm, py::object v, py::object vmax,
+                                    float lr, float b1, float b2, float eps, float bc1, float bc2, float l2, float l1,
+                                    float decoupled_wd, uintptr_t st) {
+    adam(p, g, mm, v, vmax, lr, b1, b2, eps, bc1, bc2, l2, l1, decoupled_wd, st);
+  }, py::arg("p"), py::arg("g"), py::arg("m"), py::arg("v"), py::arg("vmax"), py::arg("lr"), py::arg("beta1"),
+     py::arg("beta2"), py::arg("eps"), py::arg("bc1"), py::arg("bc2"), py::arg("l2"), py::arg("l1"),
+     py::arg("decoupled_wd"), py::arg("stream") = 0);
 
   // ---- softmax cross-entropy: row_loss (N,) float32 workspace; returns nothing, caller sums it ----
   m.def("softmax_xent_rows", [](py::object logits, py::object labels, py::object dlogits, py::object row_loss,

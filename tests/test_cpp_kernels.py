@@ -111,7 +111,7 @@ def test_other_dtype_checks():
 def test_size_mismatch_and_bad_scalars_raise():
     a, b = np.zeros(5, np.float32), np.zeros(6, np.float32)
     with pytest.raises(ValueError, match=r"v: expected 5 elements \(like p\), got 6"):
-        _C.momentum_step(a, a.copy(), b, 0.1, 0.9, 0.0, 0.0)
+        _C.momentum_step(a, a.copy(), b, 0.1, 0.9, 0.0, 0.0, 0.0)
     with pytest.raises(ValueError, match=r"dropout_fwd\(p\): expected a probability in \[0, 1\), got 1"):
         _C.dropout_fwd(a, a.copy(), 1.0, 0, 0, 0)
     with pytest.raises(ValueError, match=r"prelu_fwd\(alpha\): expected shape \(3,\), got \(4,\)"):
@@ -149,7 +149,7 @@ def _expected(op, p, g, state, h):
     if op == "sgd_step":
         return p - lr * ge, []
     if op in ("momentum_step", "nesterov_step"):
-        v = h["mu"] * state[0] + ge
+        v = h["mu"] * state[0] + (1 - h["dampening"]) * ge
         return p - lr * (v if op == "momentum_step" else ge + h["mu"] * v), [v]
     if op == "adagrad_step":
         s = state[0] + ge ** 2
@@ -167,12 +167,12 @@ def _expected(op, p, g, state, h):
     return pd - lr * (m / h["bc1"]) / (np.sqrt(v / h["bc2"]) + h["eps"]), [m, v]
 
 
-H = dict(lr=0.01, l2=1e-2, l1=1e-3, mu=0.9, eps=1e-8, rho=0.9, b1=0.9, b2=0.999,
+H = dict(lr=0.01, l2=1e-2, l1=1e-3, mu=0.9, dampening=0.1, eps=1e-8, rho=0.9, b1=0.9, b2=0.999,
          bc1=1 - 0.9 ** 3, bc2=1 - 0.999 ** 3, wd=0.1)
 CALLS = {
     "sgd_step": (0, lambda p, g, s, h: _C.sgd_step(p, g, h["lr"], h["l2"], h["l1"])),
-    "momentum_step": (1, lambda p, g, s, h: _C.momentum_step(p, g, *s, h["lr"], h["mu"], h["l2"], h["l1"])),
-    "nesterov_step": (1, lambda p, g, s, h: _C.nesterov_step(p, g, *s, h["lr"], h["mu"], h["l2"], h["l1"])),
+    "momentum_step": (1, lambda p, g, s, h: _C.momentum_step(p, g, *s, h["lr"], h["mu"], h["dampening"], h["l2"], h["l1"])),
+    "nesterov_step": (1, lambda p, g, s, h: _C.nesterov_step(p, g, *s, h["lr"], h["mu"], h["dampening"], h["l2"], h["l1"])),
     "adagrad_step": (1, lambda p, g, s, h: _C.adagrad_step(p, g, *s, h["lr"], h["eps"], h["l2"], h["l1"])),
     "rmsprop_step": (1, lambda p, g, s, h: _C.rmsprop_step(p, g, *s, h["lr"], h["rho"], h["eps"], h["l2"], h["l1"])),
     "rmsprop_centered_step": (2, lambda p, g, s, h: _C.rmsprop_centered_step(

@@ -37,12 +37,15 @@ def test_dropout_bits_match_reference(n):
 
 OPT = {
     "sgd_step": (0, (0.1, 0.01, 0.001)),
-    "momentum_step": (1, (0.1, 0.9, 0.01, 0.001)),
-    "nesterov_step": (1, (0.1, 0.9, 0.01, 0.001)),
+    "momentum_step": (1, (0.1, 0.9, 0.2, 0.01, 0.001)),
+    "nesterov_step": (1, (0.1, 0.9, 0.2, 0.01, 0.001)),
     "adagrad_step": (1, (0.1, 1e-3, 0.01, 0.001)),
     "rmsprop_step": (1, (0.01, 0.9, 1e-3, 0.01, 0.001)),
     "rmsprop_centered_step": (2, (0.01, 0.9, 1e-3, 0.01, 0.001)),
+    "rmsprop_momentum_step": (2, (0.01, 0.9, 1e-3, 0.7, 0.01, 0.001)),
+    "rmsprop_centered_momentum_step": (3, (0.01, 0.9, 1e-3, 0.7, 0.01, 0.001)),
     "adam_step": (2, (1e-3, 0.9, 0.999, 1e-8, 0.271, 0.003, 0.01, 0.001, 0.02)),
+    "adam_amsgrad_step": (3, (1e-3, 0.9, 0.999, 1e-8, 0.271, 0.003, 0.01, 0.001, 0.02)),
 }
 
 
@@ -53,8 +56,10 @@ def test_optimizers_match_reference(op, n):
     rng = np.random.default_rng(n)
     arrays = [rng.standard_normal(n).astype(np.float32) for _ in range(2)]
     states = [np.abs(rng.standard_normal(n)).astype(np.float32) + 0.5 for _ in range(k)]
-    if op == "rmsprop_centered_step":
+    if op.startswith("rmsprop_centered"):
         states[1] *= 0.1
+    if op == "adam_amsgrad_step":
+        states[2][::2] *= 0.1  # the maximum is the new v on some elements, the old on others
     idx = list(range(2 + k))
     idx.remove(1)
     want, got = _both(op, arrays + states + list(hyper), idx)

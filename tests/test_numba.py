@@ -177,19 +177,25 @@ def cuda_checks(xp, sizes=(1, 5, 37)):
             cuda_dropout.dropout_mask(m1, p, 5, 6, 7)
             assert np.array_equal(back(m1), m0), f"dropout_mask n={n} p={p}"
         # optimizers: each formula, with both penalties on
-        hyper = {"sgd_step": (0.1, 1e-2, 1e-3), "momentum_step": (0.1, 0.9, 1e-2, 1e-3),
-                 "nesterov_step": (0.1, 0.9, 1e-2, 1e-3), "adagrad_step": (0.1, 1e-8, 1e-2, 1e-3),
+        adam = (0.1, 0.9, 0.99, 1e-8, 0.19, 0.0199, 1e-2, 1e-3, 0.05)
+        hyper = {"sgd_step": (0.1, 1e-2, 1e-3), "momentum_step": (0.1, 0.9, 0.2, 1e-2, 1e-3),
+                 "nesterov_step": (0.1, 0.9, 0.2, 1e-2, 1e-3), "adagrad_step": (0.1, 1e-8, 1e-2, 1e-3),
                  "rmsprop_step": (0.1, 0.9, 1e-8, 1e-2, 1e-3), "rmsprop_centered_step": (0.1, 0.9, 1e-8, 1e-2, 1e-3),
-                 "adam_step": (0.1, 0.9, 0.99, 1e-8, 0.19, 0.0199, 1e-2, 1e-3, 0.05)}
-        nstate = {"sgd_step": 0, "adam_step": 2, "rmsprop_centered_step": 2}
+                 "rmsprop_momentum_step": (0.1, 0.9, 1e-8, 0.7, 1e-2, 1e-3),
+                 "rmsprop_centered_momentum_step": (0.1, 0.9, 1e-8, 0.7, 1e-2, 1e-3),
+                 "adam_step": adam, "adam_amsgrad_step": adam}
+        nstate = {"sgd_step": 0, "adam_step": 2, "rmsprop_centered_step": 2, "rmsprop_momentum_step": 2,
+                  "rmsprop_centered_momentum_step": 3, "adam_amsgrad_step": 3}
         for op, h in hyper.items():
             k = nstate.get(op, 1)
             arrs = [rng.standard_normal(n).astype(np.float32) for _ in range(2 + k)]
             if k:
                 arrs[2] = np.abs(arrs[2]) + 1       # second moments positive
-                if op == "adam_step":
+                if op.startswith("adam"):
                     arrs[3] = np.abs(arrs[3]) + 1
-                if op == "rmsprop_centered_step":
+                if op == "adam_amsgrad_step":
+                    arrs[4] = np.abs(arrs[4]) + 1   # the maximum is the old or the new v
+                if op.startswith("rmsprop_centered"):
                     arrs[3] *= 0.1                  # s - mg^2 > 0
             want = [a.copy() for a in arrs]
             getattr(optim_ref, f"{op}_ref")(*want, *h)

@@ -28,38 +28,52 @@ def scalar_loop(op, p, g, states, hp):
         if op == "sgd_step":
             p[i] -= hp["lr"] * ge
         elif op in ("momentum_step", "nesterov_step"):
-            v = hp["mu"] * states[0][i] + ge
+            v = hp["mu"] * states[0][i] + (1 - hp["dampening"]) * ge
             states[0][i] = v
             p[i] -= hp["lr"] * (v if op == "momentum_step" else ge + hp["mu"] * v)
         elif op == "adagrad_step":
             states[0][i] += ge * ge
             p[i] -= hp["lr"] * ge / (math.sqrt(states[0][i]) + hp["eps"])
-        elif op == "rmsprop_step":
+        elif op.startswith("rmsprop"):
             states[0][i] = hp["rho"] * states[0][i] + (1 - hp["rho"]) * ge * ge
-            p[i] -= hp["lr"] * ge / (math.sqrt(states[0][i]) + hp["eps"])
-        elif op == "rmsprop_centered_step":
-            states[0][i] = hp["rho"] * states[0][i] + (1 - hp["rho"]) * ge * ge
-            states[1][i] = hp["rho"] * states[1][i] + (1 - hp["rho"]) * ge
-            p[i] -= hp["lr"] * ge / (math.sqrt(states[0][i] - states[1][i] ** 2) + hp["eps"])
-        elif op == "adam_step":
+            ms = states[0][i]
+            if "centered" in op:
+                states[1][i] = hp["rho"] * states[1][i] + (1 - hp["rho"]) * ge
+                ms -= states[1][i] ** 2
+            step = ge / (math.sqrt(ms) + hp["eps"])
+            if "momentum" in op:
+                states[-1][i] = hp["mu"] * states[-1][i] + step
+                step = states[-1][i]
+            p[i] -= hp["lr"] * step
+        elif op in ("adam_step", "adam_amsgrad_step"):
             p[i] *= 1 - hp["lr"] * hp["wd"]  # decoupled decay; ge above used p before it
             states[0][i] = hp["b1"] * states[0][i] + (1 - hp["b1"]) * ge
             states[1][i] = hp["b2"] * states[1][i] + (1 - hp["b2"]) * ge * ge
-            p[i] -= hp["lr"] * (states[0][i] / hp["bc1"]) / (math.sqrt(states[1][i] / hp["bc2"]) + hp["eps"])
+            v = states[1][i]
+            if op == "adam_amsgrad_step":
+                states[2][i] = v = max(states[2][i], v)
+            p[i] -= hp["lr"] * (states[0][i] / hp["bc1"]) / (math.sqrt(v / hp["bc2"]) + hp["eps"])
         else:
             raise AssertionError(op)
     return np.array(p), [np.array(s) for s in states]
 
 
-HP = dict(lr=0.05, mu=0.9, eps=1e-3, rho=0.9, b1=0.9, b2=0.99, bc1=1 - 0.9 ** 3, bc2=1 - 0.99 ** 3)
+HP = dict(lr=0.05, mu=0.9, dampening=0.25, eps=1e-3, rho=0.9, b1=0.9, b2=0.99, bc1=1 - 0.9 ** 3,
+          bc2=1 - 0.99 ** 3)
+_RMS = lambda h: (h["lr"], h["rho"], h["eps"], h["l2"], h["l1"])  # noqa: E731
+_RMS_MU = lambda h: (h["lr"], h["rho"], h["eps"], h["mu"], h["l2"], h["l1"])  # noqa: E731
+_ADAM = lambda h: (h["lr"], h["b1"], h["b2"], h["eps"], h["bc1"], h["bc2"], h["l2"], h["l1"], h["wd"])  # noqa: E731
 CASES = {  # op: (number of state buffers, scalar arguments after the arrays, in the KERNELS.md order)
     "sgd_step": (0, lambda h: (h["lr"], h["l2"], h["l1"])),
-    "momentum_step": (1, lambda h: (h["lr"], h["mu"], h["l2"], h["l1"])),
-    "nesterov_step": (1, lambda h: (h["lr"], h["mu"], h["l2"], h["l1"])),
+    "momentum_step": (1, lambda h: (h["lr"], h["mu"], h["dampening"], h["l2"], h["l1"])),
+    "nesterov_step": (1, lambda h: (h["lr"], h["mu"], h["dampening"], h["l2"], h["l1"])),
     "adagrad_step": (1, lambda h: (h["lr"], h["eps"], h["l2"], h["l1"])),
-    "rmsprop_step": (1, lambda h: (h["lr"], h["rho"], h["eps"], h["l2"], h["l1"])),
-    "rmsprop_centered_step": (2, lambda h: (h["lr"], h["rho"], h["eps"], h["l2"], h["l1"])),
-    "adam_step": (2, lambda h: (h["lr"], h["b1"], h["b2"], h["eps"], h["bc1"], h["bc2"], h["l2"], h["l1"], h["wd"])),
+    "rmsprop_step": (1, _RMS),
+    "rmsprop_centered_step": (2, _RMS),
+    "rmsprop_momentum_step": (2, _RMS_MU),
+    "rmsprop_centered_momentum_step": (3, _RMS_MU),
+    "adam_step": (2, _ADAM),
+    "adam_amsgrad_step": (3, _ADAM),
 }
 PENALTIES = {"plain": dict(l2=0.0, l1=0.0, wd=0.0), "l2": dict(l2=0.01, l1=0.0, wd=0.0),
              "elastic+decoupled": dict(l2=0.01, l1=0.003, wd=0.02)}
@@ -74,12 +88,14 @@ def _data(op, n, dtype, seed=0):
     p, g = rng.standard_normal(n), rng.standard_normal(n)
     p[: n // 3] = 0.0  # sign(0) = 0 in the L1 term
     states = [np.abs(rng.standard_normal(n)) + 0.5 for _ in range(CASES[op][0])]
-    if op in ("momentum_step", "nesterov_step"):
-        states[0] = rng.standard_normal(n)  # velocity of either sign
-    if op == "rmsprop_centered_step":
+    if op in ("momentum_step", "nesterov_step", "rmsprop_momentum_step", "rmsprop_centered_momentum_step"):
+        states[-1] = rng.standard_normal(n)  # velocity of either sign
+    if op.startswith("rmsprop_centered"):
         states[1] = 0.1 * rng.standard_normal(n)  # keep s - mg^2 > 0
-    if op == "adam_step":
+    if op.startswith("adam"):
         states[0] = 0.3 * rng.standard_normal(n)
+    if op == "adam_amsgrad_step":
+        states[2][::2] = 0.5 * states[1][::2]  # the maximum is the new v on some elements, the old on others
     return p.astype(dtype), g.astype(dtype), [s.astype(dtype) for s in states]
 
 
@@ -164,25 +180,44 @@ ALL = [O.SGD, O.Momentum, O.Nesterov, O.AdaGrad, O.RMSProp, O.Adam, O.AdamW]
 # non-default hyperparameters for each class, and how they map onto the kernel's scalars
 CLASS_CASES = {
     "SGD": (O.SGD, {}, dict(lr=0.1, weight_decay=0.03, l1=0.01), "sgd_step"),
+    "SGDMomentum": (O.SGD, {}, dict(lr=0.1, momentum=0.7, dampening=0.2, weight_decay=0.03, l1=0.01),
+                    "momentum_step"),
+    "SGDNesterov": (O.SGD, dict(nesterov=True), dict(lr=0.1, momentum=0.7, weight_decay=0.03, l1=0.01),
+                    "nesterov_step"),
     "Momentum": (O.Momentum, {}, dict(lr=0.1, mu=0.7, weight_decay=0.03, l1=0.01), "momentum_step"),
     "Nesterov": (O.Nesterov, {}, dict(lr=0.1, mu=0.7, weight_decay=0.03, l1=0.01), "nesterov_step"),
     "AdaGrad": (O.AdaGrad, {}, dict(lr=0.1, eps=1e-3, weight_decay=0.03, l1=0.01), "adagrad_step"),
+    "AdaGradDecay": (O.AdaGrad, dict(initial_accumulator_value=0.3),
+                     dict(lr=0.1, eps=1e-3, lr_decay=0.2, weight_decay=0.03, l1=0.01), "adagrad_step"),
     "RMSProp": (O.RMSProp, {}, dict(lr=0.1, rho=0.8, eps=1e-3, weight_decay=0.03, l1=0.01), "rmsprop_step"),
     "RMSPropCentered": (O.RMSProp, dict(centered=True), dict(lr=0.1, rho=0.8, eps=1e-3, weight_decay=0.03, l1=0.01),
                         "rmsprop_centered_step"),
+    "RMSPropMomentum": (O.RMSProp, {}, dict(lr=0.1, alpha=0.8, eps=1e-3, momentum=0.6, weight_decay=0.03, l1=0.01),
+                        "rmsprop_momentum_step"),
+    "RMSPropCenteredMomentum": (O.RMSProp, dict(centered=True),
+                                dict(lr=0.1, rho=0.8, eps=1e-3, momentum=0.6, weight_decay=0.03, l1=0.01),
+                                "rmsprop_centered_momentum_step"),
     "Adam": (O.Adam, {}, dict(lr=0.1, beta1=0.8, beta2=0.95, eps=1e-3, weight_decay=0.03, l1=0.01), "adam_step"),
+    "AdamAmsgrad": (O.Adam, dict(amsgrad=True), dict(lr=0.1, betas=(0.8, 0.95), eps=1e-3, weight_decay=0.03, l1=0.01),
+                    "adam_amsgrad_step"),
     "AdamW": (O.AdamW, {}, dict(lr=0.1, beta1=0.8, beta2=0.95, eps=1e-3, weight_decay=0.03, l1=0.01), "adam_step"),
+    "AdamWAmsgrad": (O.AdamW, dict(amsgrad=True), dict(lr=0.1, betas=(0.8, 0.95), eps=1e-3, weight_decay=0.03,
+                                                       l1=0.01), "adam_amsgrad_step"),
 }
 
 
 def _kernel_hp(case, kw, t, decayed):
     """The kernel scalars a group should get at step t (the no_decay group: no L2, L1 or decay)."""
     wd, l1 = (kw["weight_decay"], kw["l1"]) if decayed else (0.0, 0.0)
-    hp = dict(lr=kw["lr"], mu=kw.get("mu"), eps=kw.get("eps"), rho=kw.get("rho"), l1=l1,
-              b1=kw.get("beta1"), b2=kw.get("beta2"), l2=0.0 if case == "AdamW" else wd,
-              wd=wd if case == "AdamW" else 0.0)
+    adamw = case.startswith("AdamW")
+    b1, b2 = kw.get("betas", (kw.get("beta1"), kw.get("beta2")))
+    hp = dict(lr=kw["lr"], mu=kw.get("mu", kw.get("momentum")), eps=kw.get("eps"), rho=kw.get("rho", kw.get("alpha")),
+              l1=l1, b1=b1, b2=b2, l2=0.0 if adamw else wd, wd=wd if adamw else 0.0,
+              dampening=0.0 if t == 1 else kw.get("dampening", 0.0))  # torch's undampened first step
     if hp["b1"] is not None:
         hp["bc1"], hp["bc2"] = 1 - hp["b1"] ** t, 1 - hp["b2"] ** t
+    if "lr_decay" in kw:
+        hp["lr"] /= 1 + (t - 1) * kw["lr_decay"]
     return hp
 
 
@@ -193,7 +228,9 @@ def test_class_passes_each_group_its_hyperparameters(case):
     cls, extra, kw, op = CLASS_CASES[case]
     arena = _arena(dtype=np.float64)
     opt = cls(arena, **extra, **kw)
-    p, states = arena.data.copy(), [np.zeros(arena.size) for _ in range(CASES[op][0])]
+    assert opt.op == op
+    init = extra.get("initial_accumulator_value", 0.0)
+    p, states = arena.data.copy(), [np.full(arena.size, init) for _ in range(CASES[op][0])]
     rng = np.random.default_rng(5)
     for t in (1, 2, 3):
         arena.grad[:] = rng.standard_normal(arena.size)
@@ -306,7 +343,7 @@ def test_no_decay_group_gets_no_penalty(case):
     opt.step()
     np.testing.assert_array_equal(arena.data[s:], w0[s:])
     for name, buf in opt.state.items():
-        assert np.all(buf[s:] == 0), (case, name)
+        assert np.all(buf[s:] == extra.get("initial_accumulator_value", 0.0)), (case, name)
 
 
 def test_l1_shrinks_by_lr_times_l1_sign():
@@ -357,7 +394,8 @@ def test_state_dict_round_trip_gives_identical_next_steps(case, via_npz):
         opt.step()
     b = _arena(seed=9)
     b.load_state_dict(a.state_dict())
-    opt_b = cls(b, **extra, lr=0.5)  # different lr and no group override: all must come from the state
+    # different lr (and momentum) and no group override: all must come from the state
+    opt_b = cls(b, **extra, lr=0.5, **({"momentum": 0.5} if "momentum" in kw else {}))
     sd = opt.state_dict()
     opt_b.load_state_dict(_npz_round_trip(sd) if via_npz else sd)
     assert opt_b.step_count == 3 and opt_b.lr == kw["lr"] and opt_b.group_hyper == opt.group_hyper
@@ -378,8 +416,12 @@ def test_load_state_dict_rejects_mismatches():
     adam = O.Adam(a, lr=0.1)
     with pytest.raises(ValueError, match="Adam"):
         adam.load_state_dict(O.SGD(a, lr=0.1).state_dict())
-    with pytest.raises(KeyError, match="grad_avg"):
+    with pytest.raises(ValueError, match="centered"):
         O.RMSProp(a, lr=0.1).load_state_dict(O.RMSProp(a, lr=0.1, centered=True).state_dict())
+    with pytest.raises(ValueError, match="amsgrad"):
+        adam.load_state_dict(O.Adam(a, lr=0.1, amsgrad=True).state_dict())
+    with pytest.raises(KeyError, match="momentum_buffer"):
+        O.RMSProp(a, lr=0.1).load_state_dict(O.RMSProp(a, lr=0.1, momentum=0.9).state_dict())
     small = ParamArena([Parameter((2,), _normal, name="w")])
     with pytest.raises(ValueError, match=r"expected shape \(2,\)"):
         O.Adam(small, lr=0.1).load_state_dict(adam.state_dict())
@@ -431,8 +473,8 @@ def test_bad_hyperparameters_name_the_argument(cls, kw, match):
 
 
 def test_unknown_hyperparameters_and_bad_lr_updates_raise():
-    with pytest.raises(TypeError, match="momentum"):
-        O.SGD(_arena(), lr=0.1, momentum=0.9)  # a typo must not be ignored
+    with pytest.raises(TypeError, match="betas"):
+        O.SGD(_arena(), lr=0.1, betas=(0.9, 0.99))  # a wrong name must not be ignored
     arena = _arena()
     arena.groups[1].hyper["beta1"] = 0.5
     with pytest.raises(TypeError, match="no_decay"):
@@ -471,31 +513,165 @@ def test_repr_shows_hyperparameters():
     assert r.startswith("AdamW(") and "lr=0.0003" in r and "weight_decay=0.01" in r and "beta2=0.999" in r
 
 
-TORCH_PAIRS = [  # ours, our kwargs, torch class name, torch kwargs
+TORCH_PAIRS = [  # ours, our kwargs, torch class name, torch kwargs (PyTorch's names where we accept them)
     ("SGD", dict(lr=0.1, weight_decay=0.1), "SGD", dict(lr=0.1, weight_decay=0.1)),
-    ("Momentum", dict(lr=0.1, mu=0.9, weight_decay=0.1), "SGD", dict(lr=0.1, momentum=0.9, weight_decay=0.1)),
-    ("Nesterov", dict(lr=0.1, mu=0.9), "SGD", dict(lr=0.1, momentum=0.9, nesterov=True)),
-    ("AdaGrad", dict(lr=0.1, eps=1e-10), "Adagrad", dict(lr=0.1, eps=1e-10)),
-    ("RMSProp", dict(lr=0.01), "RMSprop", dict(lr=0.01, alpha=0.99, eps=1e-8)),
-    ("RMSProp", dict(lr=0.01, rho=0.9, centered=True), "RMSprop", dict(lr=0.01, alpha=0.9, eps=1e-8, centered=True)),
+    ("SGD", dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=0.01), "SGD",
+     dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=0.01)),
+    ("SGD", dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.01), "SGD",
+     dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.01)),
+    ("Momentum", dict(lr=0.05, mu=0.9, weight_decay=0.1), "SGD", dict(lr=0.05, momentum=0.9, weight_decay=0.1)),
+    ("Nesterov", dict(lr=0.05, mu=0.9), "SGD", dict(lr=0.05, momentum=0.9, nesterov=True)),
+    ("AdaGrad", dict(lr=0.1, eps=1e-10), "Adagrad", dict(lr=0.1)),
+    ("AdaGrad", dict(lr=0.1, eps=1e-10, lr_decay=0.05, initial_accumulator_value=0.2, weight_decay=0.01), "Adagrad",
+     dict(lr=0.1, lr_decay=0.05, initial_accumulator_value=0.2, weight_decay=0.01)),
+    ("RMSProp", dict(lr=0.01), "RMSprop", dict(lr=0.01)),
+    ("RMSProp", dict(lr=0.01, rho=0.9, centered=True), "RMSprop", dict(lr=0.01, alpha=0.9, centered=True)),
+    ("RMSProp", dict(lr=0.01, alpha=0.9, momentum=0.7, weight_decay=0.01), "RMSprop",
+     dict(lr=0.01, alpha=0.9, momentum=0.7, weight_decay=0.01)),
+    ("RMSProp", dict(lr=0.01, alpha=0.95, momentum=0.5, centered=True), "RMSprop",
+     dict(lr=0.01, alpha=0.95, momentum=0.5, centered=True)),
     ("Adam", dict(lr=0.01, weight_decay=0.1), "Adam", dict(lr=0.01, weight_decay=0.1)),
+    ("Adam", dict(lr=0.01, betas=(0.8, 0.99), amsgrad=True, weight_decay=0.01), "Adam",
+     dict(lr=0.01, betas=(0.8, 0.99), amsgrad=True, weight_decay=0.01)),
     ("AdamW", dict(lr=0.01, weight_decay=0.1), "AdamW", dict(lr=0.01, weight_decay=0.1)),
+    ("AdamW", dict(lr=0.01, betas=(0.85, 0.995), amsgrad=True), "AdamW", dict(lr=0.01, betas=(0.85, 0.995),
+                                                                            amsgrad=True)),
 ]
+TORCH_STEPS = 25
 
 
-@pytest.mark.parametrize("ours,kw,theirs,tkw", TORCH_PAIRS, ids=[f"{p[0]}{i}" for i, p in enumerate(TORCH_PAIRS)])
-def test_matches_torch_when_installed(ours, kw, theirs, tkw):
-    torch = pytest.importorskip("torch")
-    arena = _arena(dtype=np.float64)
-    for g in arena.groups:
-        g.hyper = {}  # torch decays every parameter here
-    p = torch.nn.Parameter(torch.from_numpy(arena.data.copy()))
-    opt, topt = getattr(O, ours)(arena, **kw), getattr(torch.optim, theirs)([p], **tkw)
+def _odd_arena(dtype):
+    """Odd sizes (no SIMD width divides them) in both groups."""
+    return ParamArena([Parameter((7, 13), _normal, name="w1"), Parameter((11,), _normal, decay=False, name="b1"),
+                       Parameter((3, 5, 3), _normal, name="w2"), Parameter((5,), _normal, decay=False, name="b2")],
+                      seed=4, dtype=dtype)
+
+
+def _torch_run(torch, ours, kw, theirs, tkw, dtype, name):
+    """TORCH_STEPS steps of ours (decay_all: torch decays every parameter) on backend `name` and of
+    torch.optim on the same gradients; returns both parameter sets, ours in arena order."""
+    arena = _odd_arena(dtype)
+    tparams = [torch.nn.Parameter(torch.from_numpy(p.data.copy())) for p in arena.params]
+    opt = getattr(O, ours)(arena, decay_all=True, **kw)
+    topt = getattr(torch.optim, theirs)(tparams, **tkw)
     rng = np.random.default_rng(3)
-    for _ in range(5):
-        g = rng.standard_normal(arena.size)
-        arena.grad[:] = g
-        p.grad = torch.from_numpy(g.copy())
+    before = ft.get_backend()
+    ft.set_backend(name)
+    try:
+        for _ in range(TORCH_STEPS):
+            arena.grad[:] = rng.standard_normal(arena.size)
+            for p, tp in zip(arena.params, tparams):
+                tp.grad = torch.from_numpy(p.grad.copy())
+            opt.step()
+            topt.step()
+    finally:
+        ft.set_backend(before)
+    return arena.data, np.concatenate([tp.detach().numpy().ravel() for tp in tparams])
+
+
+_PAIR_IDS = [f"{p[0]}-{'-'.join(k for k in p[1] if k != 'lr')}" for p in TORCH_PAIRS]
+
+
+@pytest.mark.parametrize("ours,kw,theirs,tkw", TORCH_PAIRS, ids=_PAIR_IDS)
+def test_matches_torch_float64(ours, kw, theirs, tkw):
+    """The reference in float64 against torch.optim in float64: the same update to rounding."""
+    torch = pytest.importorskip("torch")
+    got, want = _torch_run(torch, ours, kw, theirs, tkw, np.float64, "numpy")
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12, err_msg=ours)
+
+
+@pytest.mark.parametrize("name", backend.CPU_ORDER)
+@pytest.mark.parametrize("ours,kw,theirs,tkw", TORCH_PAIRS, ids=_PAIR_IDS)
+def test_every_backend_matches_torch_float32(ours, kw, theirs, tkw, name):
+    """Each float32 backend against torch.optim in float32 over the same steps: float32 roundings
+    in a different order accumulate, so the bound is a few hundred float32 ulps of the values."""
+    torch = pytest.importorskip("torch")
+    cls = getattr(O, ours)
+    op = cls(_odd_arena(np.float32), lr=0.1, **{k: v for k, v in kw.items() if k != "lr"}).op
+    if name not in backend.available_backends_for(op):
+        pytest.skip(f"backend {name!r} lacks {op}: {backend.backends().get(name)}")
+    got, want = _torch_run(torch, ours, kw, theirs, tkw, np.float32, name)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6, err_msg=f"{ours} on {name}")
+
+
+# ---- PyTorch's names beside ours ------------------------------------------------------------------
+
+def test_torch_names_map_onto_ours():
+    a = _arena()
+    assert O.RMSProp(a, lr=0.1, alpha=0.8).defaults["rho"] == 0.8
+    assert O.RMSProp(a, lr=0.1).defaults["rho"] == 0.99  # both default to 0.99
+    adam = O.Adam(a, betas=(0.7, 0.98))
+    assert (adam.defaults["beta1"], adam.defaults["beta2"]) == (0.7, 0.98)
+    assert O.SGD(a, lr=0.1).op == "sgd_step" and O.SGD(a, lr=0.1).state_names == ()  # torch's momentum=0
+    assert O.SGD(a, lr=0.1, momentum=0.9).state_names == ("velocity",)
+    assert O.SGD(a, lr=0.1, momentum=0.9, nesterov=True).op == "nesterov_step"
+    np.testing.assert_array_equal(O.AdaGrad(a, lr=0.1, initial_accumulator_value=0.5).state["sum_sq"], 0.5)
+    leaky = ft.nn.LeakyReLU(negative_slope=0.2)
+    assert leaky.alpha == 0.2 and ft.nn.LeakyReLU().alpha == 0.01
+
+
+@pytest.mark.parametrize("make,err,match", [
+    (lambda a: O.RMSProp(a, lr=0.1, rho=0.9, alpha=0.9), TypeError, r"RMSProp: got both rho=0.9 and alpha=0.9"),
+    (lambda a: O.Adam(a, beta1=0.9, betas=(0.9, 0.99)), TypeError, r"Adam: got both betas"),
+    (lambda a: O.Adam(a, betas=0.9), ValueError, r"Adam\(betas\): expected a pair \(beta1, beta2\), got 0.9"),
+    (lambda a: O.Adam(a, betas=(0.9, 1.0)), ValueError, r"Adam\(beta2\): expected"),
+    (lambda a: O.SGD(a, lr=0.1, nesterov=True), ValueError, r"SGD\(nesterov=True\): expected momentum > 0"),
+    (lambda a: O.SGD(a, lr=0.1, momentum=0.9, dampening=0.1, nesterov=True), ValueError, r"dampening = 0"),
+    (lambda a: O.SGD(a, lr=0.1, momentum=-0.1), ValueError, r"SGD\(momentum\): expected"),
+    (lambda a: O.SGD(a, lr=0.1, momentum=0.9, dampening=1.5), ValueError, r"SGD\(dampening\): expected"),
+    (lambda a: O.SGD(a, lr=0.1).set_hyper("decay", momentum=0.9), ValueError,
+     r"SGD\[group 'decay'\]\(momentum\): expected 0 for an optimizer built without momentum"),
+    (lambda a: O.RMSProp(a, lr=0.1).set_hyper("decay", momentum=0.9), ValueError, r"no velocity buffer"),
+    (lambda a: O.AdaGrad(a, lr=0.1, lr_decay=-1), ValueError, r"AdaGrad\(lr_decay\): expected"),
+    (lambda a: O.AdaGrad(a, lr=0.1, initial_accumulator_value=-1), ValueError,
+     r"AdaGrad\(initial_accumulator_value\): expected"),
+    (lambda a: ft.nn.LeakyReLU(0.1, negative_slope=0.1), TypeError,
+     r"LeakyReLU: got both alpha=0.1 and negative_slope"),
+])
+def test_torch_name_errors(make, err, match):
+    with pytest.raises(err, match=match):
+        make(_arena())
+
+
+def test_a_group_may_turn_momentum_off():
+    """Built with momentum, a group at momentum 0 takes plain (dampened) SGD steps."""
+    arena = _arena(dtype=np.float64)
+    opt = O.SGD(arena, lr=0.1, momentum=0.9)
+    opt.set_hyper("no_decay", momentum=0.0)
+    s = arena.groups[0].stop
+    w0 = arena.data.copy()
+    for _ in range(2):
+        arena.grad[:] = 1.0
         opt.step()
-        topt.step()
-        np.testing.assert_allclose(arena.data, p.detach().numpy(), rtol=1e-9, atol=1e-12, err_msg=ours)
+    np.testing.assert_allclose(arena.data[s:], w0[s:] - 0.2, rtol=1e-14)
+    np.testing.assert_allclose(arena.data[:s], w0[:s] - 0.1 - 0.19, rtol=1e-14)
+
+
+@pytest.mark.parametrize("where", ["constructor", "group"])
+def test_decay_all_decays_biases_and_norm_parameters(where):
+    """decay_all=True is PyTorch's behaviour: the no_decay group gets the optimizer's weight_decay
+    and l1; without it the group is exempt. Per group, only that group changes."""
+    arena, plain = _arena(dtype=np.float64), _arena(dtype=np.float64)
+    if where == "constructor":
+        opt = O.SGD(arena, lr=0.1, weight_decay=0.5, l1=0.1, decay_all=True)
+    else:
+        opt = O.SGD(arena, lr=0.1, weight_decay=0.5, l1=0.1)
+        opt.set_hyper("no_decay", decay_all=True)
+    ref_opt = O.SGD(plain, lr=0.1, weight_decay=0.5, l1=0.1)
+    w0 = arena.data.copy()
+    arena.grad[:] = 0
+    plain.grad[:] = 0
+    opt.step()
+    ref_opt.step()
+    want = w0 - 0.1 * (0.5 * w0 + 0.1 * np.sign(w0))
+    np.testing.assert_allclose(arena.data, want, rtol=1e-14)
+    s = arena.groups[0].stop
+    np.testing.assert_array_equal(plain.data[s:], w0[s:])  # the default exempts them
+    np.testing.assert_allclose(plain.data[:s], want[:s], rtol=1e-14)
+    # a group's own weight_decay still wins over the switch
+    opt.set_hyper("no_decay", weight_decay=0.25)
+    assert opt.hyper(arena.groups[1])["weight_decay"] == 0.25
+    sd = _npz_round_trip(opt.state_dict())
+    again = O.SGD(_arena(dtype=np.float64), lr=0.1)
+    again.load_state_dict(sd)
+    assert again.hyper(arena.groups[1]) == opt.hyper(arena.groups[1])

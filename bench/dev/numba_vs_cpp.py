@@ -47,7 +47,7 @@ def cases():
                     lambda k, a: k("rmsprop_step")(a["p"], a["g"], a["s"], 1e-3, 0.99, 1e-8, 0.0, 0.0),
                     ("p", "s"), 1e-5),
         "sgd_momentum": (lambda: _arrays(N_OPT, ("p", "g", "v")),
-                         lambda k, a: k("momentum_step")(a["p"], a["g"], a["v"], 1e-2, 0.9, 1e-4, 0.0),
+                         lambda k, a: k("momentum_step")(a["p"], a["g"], a["v"], 1e-2, 0.9, 0.0, 1e-4, 0.0),
                          ("p", "v"), 1e-5),
     }
 

@@ -23,7 +23,8 @@ def _with_stream(fn):
 
 _STREAMED = ["relu_fwd", "relu_bwd", "leaky_relu_fwd", "leaky_relu_bwd", "elu_fwd", "elu_bwd", "sigmoid_fwd",
              "sigmoid_bwd", "tanh_fwd", "tanh_bwd", "sgd_step", "momentum_step", "nesterov_step", "adagrad_step",
-             "rmsprop_step", "rmsprop_centered_step", "adam_step", "batchnorm_fwd_train", "batchnorm_fwd_eval",
+             "rmsprop_step", "rmsprop_centered_step", "rmsprop_momentum_step", "rmsprop_centered_momentum_step",
+             "adam_step", "adam_amsgrad_step", "batchnorm_fwd_train", "batchnorm_fwd_eval",
              "batchnorm_bwd", "dropout_fwd", "dropout_bwd", "dropout_mask", "maxpool2d_fwd", "maxpool2d_bwd",
              "avgpool2d_fwd", "avgpool2d_bwd", "conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_weight"]
 globals().update({name: _with_stream(getattr(_cuda, name)) for name in _STREAMED})

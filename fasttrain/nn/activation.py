@@ -61,13 +61,18 @@ class ReLU(_Elementwise):
 
 
 class LeakyReLU(_Elementwise):
-    """Maas, Hannun, Ng 2013: a small slope alpha for x < 0 keeps units from dying."""
+    """Maas, Hannun, Ng 2013: a small slope alpha for x < 0 keeps units from dying.
+    `negative_slope` is PyTorch's name for alpha (the same default, 0.01)."""
 
     op = "leaky_relu"
 
-    def __init__(self, alpha: float = 0.01):
+    def __init__(self, alpha: float | None = None, negative_slope: float | None = None):
         super().__init__()
-        self.alpha = float(alpha)
+        if alpha is not None and negative_slope is not None:
+            raise TypeError(f"LeakyReLU: got both alpha={alpha!r} and negative_slope={negative_slope!r} (PyTorch's "
+                            "name for the same slope); give one")
+        slope = alpha if alpha is not None else negative_slope
+        self.alpha = 0.01 if slope is None else float(slope)
 
     def _args(self):
         return (self.alpha,)

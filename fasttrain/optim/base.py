@@ -8,8 +8,10 @@ import numpy as np
 
 from ..backend import kernel
 
-# Hyperparameters every optimizer understands; `frozen` skips a group entirely.
-COMMON = ("lr", "weight_decay", "l1", "frozen")
+# Hyperparameters every optimizer understands; `frozen` skips a group entirely; `decay_all`
+# switches off the arena's exemption of biases and normalization parameters (PyTorch's behaviour).
+COMMON = ("lr", "weight_decay", "l1", "frozen", "decay_all")
+_FLAGS = ("frozen", "decay_all")
 
 
 def check_range(owner: str, name: str, value, lo: float = 0.0, hi: float | None = None,
@@ -33,6 +35,12 @@ class Optimizer:
     them afterwards with `set_lr(value, group=...)` or `set_hyper(group, **values)`.
 
     A group with `frozen=True` or lr == 0 is skipped (its parameters and state stay untouched).
+
+    PyTorch decays every parameter unless told otherwise; we exempt biases and normalization
+    parameters (the arena's 'no_decay' group). `decay_all=True` restores PyTorch's behaviour: given
+    to the constructor it applies to every group, or per group with
+    `set_hyper('no_decay', decay_all=True)`; such a group then gets the optimizer's weight_decay
+    and l1 in place of the arena's zero.
     Subclasses set `op` (the kernel), `state_names` (one flat buffer each, the arena's size),
     `HYPER` (their own hyperparameters with validation ranges) and `kernel_args(h)`."""
 
@@ -43,9 +51,13 @@ class Optimizer:
     _RANGES = {"lr": (0.0, None, False, True), "weight_decay": (0.0, None, False, True),
                "l1": (0.0, None, False, True)}
 
-    def __init__(self, arena, lr: float, weight_decay: float = 0.0, l1: float = 0.0, **hyper):
+    options: dict = {}  # constructor choices that shape the state (e.g. amsgrad), checked on load
+
+    def __init__(self, arena, lr: float, weight_decay: float = 0.0, l1: float = 0.0, decay_all: bool = False,
+                 **hyper):
         self.arena = arena
-        self.defaults = self._validate({"lr": lr, "weight_decay": weight_decay, "l1": l1, **hyper})
+        self.defaults = self._validate({"lr": lr, "weight_decay": weight_decay, "l1": l1, "decay_all": decay_all,
+                                        **hyper})
         self.group_hyper = {g.name: self._validate(dict(g.hyper), where=f"group {g.name!r}") for g in arena.groups}
         self.state = {name: arena.xp.zeros(arena.size, dtype=arena.dtype) for name in self.state_names}
         self.step_count = 0
@@ -59,7 +71,7 @@ class Optimizer:
             raise TypeError(f"{owner}: unknown hyperparameter(s) {unknown}; expected some of {sorted(known)}")
         out = {}
         for k, v in h.items():
-            if k == "frozen":
+            if k in _FLAGS:
                 out[k] = bool(v)
             else:
                 lo, hi, lo_open, hi_open = self._RANGES.get(k) or self.HYPER[k]
@@ -93,7 +105,11 @@ class Optimizer:
         """The effective hyperparameters of one arena group."""
         own = self.group_hyper[group.name]
         h = {**self.defaults, **own}
-        if own.get("weight_decay", None) == 0.0 and "l1" not in own:
+        exempt = own.get("weight_decay", None) == 0.0
+        if exempt and h["decay_all"] and group.hyper.get("weight_decay", None) == 0.0:
+            # the zero is the arena's exemption, which decay_all switches off
+            h["weight_decay"] = self.defaults["weight_decay"]
+        elif exempt and "l1" not in own:
             h["l1"] = 0.0  # no weight decay means no penalty at all, L1 included
         return h
 
@@ -122,6 +138,7 @@ class Optimizer:
         them into an .npz; empty dicts may come back missing, load_state_dict accepts that)."""
         host = getattr(self.arena.xp, "asnumpy", np.asarray)
         return {"type": type(self).__name__, "step": self.step_count, "defaults": dict(self.defaults),
+                "options": dict(self.options),
                 "groups": {k: dict(v) for k, v in self.group_hyper.items()},
                 "state": {k: np.array(host(v)) for k, v in self.state.items()}}
 
@@ -129,6 +146,10 @@ class Optimizer:
         name = type(self).__name__
         if sd.get("type") != name:
             raise ValueError(f"{name}.load_state_dict: expected a state for {name}, got one for {sd.get('type')!r}")
+        options = {k: bool(v) for k, v in sd.get("options", {}).items()}
+        if options and options != self.options:
+            raise ValueError(f"{name}.load_state_dict(options): this optimizer was built with {self.options}, "
+                             f"the state is for {options}")
         state = sd.get("state", {})
         if set(state) != set(self.state):
             raise KeyError(f"{name}.load_state_dict(state): expected buffers {sorted(self.state)}, got {sorted(state)}")
@@ -141,7 +162,8 @@ class Optimizer:
         if extra:
             raise KeyError(f"{name}.load_state_dict(groups): arena has groups {sorted(self.group_hyper)}, got {extra}")
         # validate everything before changing anything
-        defaults = self._validate(dict(sd["defaults"]))
+        # a state from before a hyperparameter existed keeps the constructor's value for it
+        defaults = {**self.defaults, **self._validate(dict(sd["defaults"]))}
         group_hyper = {g: self._validate(dict(groups.get(g, {})), where=f"group {g!r}") for g in self.group_hyper}
         for k, v in state.items():
             self.state[k][...] = self.arena.xp.asarray(v, dtype=self.arena.dtype)

@@ -36,19 +36,27 @@ void vmath_expm1(const float* x, float* y, int64_t n);
 
 // optim.cpp (flat arrays of n elements, updated in place)
 void sgd_step(float* p, const float* g, int64_t n, float lr, float l2, float l1);
-void momentum_step(float* p, const float* g, float* v, int64_t n, float lr, float mu, float l2,
-                   float l1);
-void nesterov_step(float* p, const float* g, float* v, int64_t n, float lr, float mu, float l2,
-                   float l1);
+void momentum_step(float* p, const float* g, float* v, int64_t n, float lr, float mu,
+                   float dampening, float l2, float l1);
+void nesterov_step(float* p, const float* g, float* v, int64_t n, float lr, float mu,
+                   float dampening, float l2, float l1);
 void adagrad_step(float* p, const float* g, float* h, int64_t n, float lr, float eps, float l2,
                   float l1);
 void rmsprop_step(float* p, const float* g, float* s, int64_t n, float lr, float rho, float eps,
                   float l2, float l1);
 void rmsprop_centered_step(float* p, const float* g, float* s, float* mg, int64_t n, float lr,
                            float rho, float eps, float l2, float l1);
+void rmsprop_momentum_step(float* p, const float* g, float* s, float* b, int64_t n, float lr,
+                           float rho, float eps, float mu, float l2, float l1);
+void rmsprop_centered_momentum_step(float* p, const float* g, float* s, float* mg, float* b,
+                                    int64_t n, float lr, float rho, float eps, float mu, float l2,
+                                    float l1);
 void adam_step(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1,
                float beta2, float eps, float bc1, float bc2, float l2, float l1,
                float decoupled_wd);
+void adam_amsgrad_step(float* p, const float* g, float* m, float* v, float* vmax, int64_t n,
+                       float lr, float beta1, float beta2, float eps, float bc1, float bc2,
+                       float l2, float l1, float decoupled_wd);
 
 // dropout.cpp (Philox-4x32-10; seed = key, counter = (block lo, block hi, step, layer))
 void philox4x32(const uint32_t* counter, const uint32_t* key, uint32_t* out, int64_t n_rows);

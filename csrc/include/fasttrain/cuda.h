@@ -35,13 +35,15 @@ void dropout_mask(uint8_t* mask, int64_t n, double p, uint64_t seed, uint32_t st
 
 // optim.cu
 void sgd_step(float* p, const float* g, int64_t n, float lr, float l2, float l1, cudaStream_t st);
-void momentum_step(float* p, const float* g, float* v, int64_t n, float lr, float mu, float l2, float l1,
-                   bool nesterov, cudaStream_t st);
+void momentum_step(float* p, const float* g, float* v, int64_t n, float lr, float mu, float dampening, float l2,
+                   float l1, bool nesterov, cudaStream_t st);
 void adagrad_step(float* p, const float* g, float* h, int64_t n, float lr, float eps, float l2, float l1,
                   cudaStream_t st);
-void rmsprop_step(float* p, const float* g, float* s, float* mg, int64_t n, float lr, float rho, float eps, float l2,
-                  float l1, cudaStream_t st);
-void adam_step(float* p, const float* g, float* m, float* v, int64_t n, float lr, float b1, float b2, float eps,
+// mg: centered (or null); b: momentum buffer (or null)
+void rmsprop_step(float* p, const float* g, float* s, float* mg, float* b, int64_t n, float lr, float rho, float eps,
+                  float mu, float l2, float l1, cudaStream_t st);
+// vmax: AMSGrad's running maximum of v (or null)
+void adam_step(float* p, const float* g, float* m, float* v, float* vmax, int64_t n, float lr, float b1, float b2, float eps,
                float bc1, float bc2, float l2, float l1, float decoupled_wd, cudaStream_t st);
 
 // losses.cu: row_loss is an (N,) workspace the caller sums
