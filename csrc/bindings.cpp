@@ -748,6 +748,31 @@ void bind_losses(py::module_& m) {
     }
     return loss;
   }, py::arg("logits"), py::arg("labels"), py::arg("dlogits"));
+  m.def("softmax_xent_weighted", [](py::array logits, py::array labels, py::array weight,
+                                    double label_smoothing, int64_t ignore_index, double scale,
+                                    py::array dlogits, py::array row_loss) {
+    const char* op = "softmax_xent_weighted";
+    layers::expect_ndim(op, "logits", logits, 2);
+    const int64_t N = logits.shape(0), C = logits.shape(1);
+    layers::expect_shape(op, "labels", labels, {N});
+    layers::expect_shape(op, "weight", weight, {C});
+    layers::expect_shape(op, "dlogits", dlogits, {N, C});
+    layers::expect_shape(op, "row_loss", row_loss, {N});
+    FT_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0,
+             op << "(label_smoothing): expected a number in [0, 1], got " << label_smoothing);
+    const float *px = ptr_of(logits, "logits"), *pw = ptr_of(weight, "weight");
+    const int64_t* pl = typed_ptr<int64_t>(labels, "labels", "int64", false);
+    float* pd = ptr_of(dlogits, "dlogits");
+    double* pr = typed_ptr<double>(row_loss, "row_loss", "float64", true);
+    for (int64_t r = 0; r < N; ++r)  // an out-of-range label would read/write out of bounds
+      FT_CHECK((pl[r] >= 0 && pl[r] < C) || pl[r] == ignore_index,
+               op << "(labels): expected class indices in [0, " << C << ") or the ignore_index "
+                  << ignore_index << ", got " << pl[r] << " at row " << r);
+    py::gil_scoped_release nogil;
+    ft::cpu::softmax_xent_weighted(px, pl, pw, static_cast<float>(label_smoothing), ignore_index,
+                                   static_cast<float>(scale), pd, pr, N, C);
+  }, py::arg("logits"), py::arg("labels"), py::arg("weight"), py::arg("label_smoothing"),
+     py::arg("ignore_index"), py::arg("scale"), py::arg("dlogits"), py::arg("row_loss"));
 }
 
 void bind(py::module_& m) {

@@ -285,6 +285,22 @@ PYBIND11_MODULE(_cuda, m) {
     ft::cuda::softmax_xent(f32(L), static_cast<const int64_t*>(Y.ptr), f32(D), f32(R), L.shape[0], L.shape[1],
                            stream_of(st));
   }, py::arg("logits"), py::arg("labels"), py::arg("dlogits"), py::arg("row_loss"), py::arg("stream") = 0);
+  // labels in [0, C) or == ignore_index: checked by the caller (fasttrain.losses), as for softmax_xent_rows
+  m.def("softmax_xent_weighted", [](py::object logits, py::object labels, py::object weight, float label_smoothing,
+                                    int64_t ignore_index, float scale, float weight_sum, py::object dlogits,
+                                    py::object row_loss, uintptr_t st) {
+    auto L = dev_array(logits, "logits"), Y = dev_array(labels, "labels", "<i8"), W = dev_array(weight, "weight"),
+         D = dev_array(dlogits, "dlogits"), R = dev_array(row_loss, "row_loss", "<f8");
+    FT_CHECK(L.shape.size() == 2, "logits: expected (N, C), got " << L.shape.size() << " dims");
+    same_size(L, D, "dlogits");
+    FT_CHECK(Y.size == L.shape[0], "labels: expected " << L.shape[0] << " labels, got " << Y.size);
+    FT_CHECK(W.size == L.shape[1], "weight: expected " << L.shape[1] << " class weights, got " << W.size);
+    FT_CHECK(R.size == L.shape[0], "row_loss: expected " << L.shape[0] << " elements, got " << R.size);
+    ft::cuda::softmax_xent_weighted(f32(L), static_cast<const int64_t*>(Y.ptr), f32(W), label_smoothing, ignore_index,
+                                    scale, weight_sum, f32(D), static_cast<double*>(R.ptr), L.shape[0], L.shape[1],
+                                    stream_of(st));
+  }, py::arg("logits"), py::arg("labels"), py::arg("weight"), py::arg("label_smoothing"), py::arg("ignore_index"),
+     py::arg("scale"), py::arg("weight_sum"), py::arg("dlogits"), py::arg("row_loss"), py::arg("stream") = 0);
 
   // ---- batchnorm ----
   m.def("batchnorm_fwd_train", [](py::object x, py::object gamma, py::object beta, float eps, py::object y,

@@ -1,6 +1,8 @@
 """Losses: callables `loss(logits, target) -> (value: float, dlogits)`, averaged over the batch.
 
-- SoftmaxCrossEntropy: fused softmax + negative log-likelihood (kernel `softmax_xent`).
+- SoftmaxCrossEntropy: fused softmax + negative log-likelihood (kernel `softmax_xent`); with
+  PyTorch's options (class `weight`, `label_smoothing`, `ignore_index`, `reduction`) the kernel
+  `softmax_xent_weighted`, under torch.nn.functional.cross_entropy's exact semantics.
 - BinaryCrossEntropyWithLogits: sigmoid + binary cross-entropy, in the stable form
   max(x, 0) - x*y + log1p(exp(-|x|)).
 - MSE, L1: mean squared / absolute error over all elements (for (N,) targets: over the batch).
@@ -14,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import kernel
+from .nn._util import array_module
 
 _FLOATS = (np.float32, np.float64)
 
@@ -28,8 +31,9 @@ class Loss:
 
     def __call__(self, logits, target):
         value, dlogits = self._compute(*self._validate(logits, target))
-        value = float(value)
-        if self.check_finite and not np.isfinite(value):
+        # reduction='none' (SoftmaxCrossEntropy) gives one loss per row, an array
+        value = value if hasattr(value, "shape") else float(value)
+        if self.check_finite and not bool(np.all(np.isfinite(value))):
             raise FloatingPointError(
                 f"{self.name}: the loss is {value}; the learning rate is probably too high (or the inputs "
                 "hold NaN/inf). Lower the learning rate, or build the loss with check_finite=False to "
@@ -56,7 +60,10 @@ class Loss:
 
 
 class _Classification(Loss):
-    """Logits (N, C) and integer labels (N,) in [0, C)."""
+    """Logits (N, C) and integer labels (N,) in [0, C) (or equal to `ignore_index`, where a loss
+    has one)."""
+
+    ignore_index: int | None = None
 
     def _validate(self, logits, labels):
         logits = self._logits(logits, ndim=2)
@@ -68,21 +75,81 @@ class _Classification(Loss):
             raise ValueError(f"{self.name}(target): expected labels of shape ({n},) for logits {tuple(logits.shape)}, "
                              f"got {tuple(labels.shape)}")
         bad = (labels < 0) | (labels >= c)
+        if self.ignore_index is not None:
+            bad &= labels != self.ignore_index
         if bad.any():
             i = int(np.argmax(bad))
+            also = "" if self.ignore_index is None else f" or the ignore_index {self.ignore_index}"
             raise ValueError(f"{self.name}(target): label {int(labels[i])} at index {i} is out of range; "
-                             f"expected class labels in [0, {c}) for logits with C={c}")
+                             f"expected class labels in [0, {c}){also} for logits with C={c}")
         return logits, np.ascontiguousarray(labels, dtype=np.int64)
+
+
+REDUCTIONS = ("mean", "sum", "none")
 
 
 class SoftmaxCrossEntropy(_Classification):
     """-log softmax(x)_y averaged over the batch; at uniform logits it is ln C (a sanity check
-    for a freshly initialized classifier)."""
+    for a freshly initialized classifier).
+
+    PyTorch's options, with torch.nn.functional.cross_entropy's semantics:
+    - weight (C,): class weights; row i costs w_{y_i} times its loss, and reduction='mean' divides
+      by the sum of w_{y_i} over the rows not ignored (not by N);
+    - label_smoothing eps in [0, 1]: the target is (1 - eps) onehot(y) + eps / C (each class term
+      weighted by its w_c too);
+    - ignore_index (default -100, as PyTorch): rows with this label cost 0, get a zero gradient
+      and do not count in the mean (all rows ignored: the mean is NaN, as in PyTorch, and the
+      gradient zero);
+    - reduction: 'mean' | 'sum' | 'none'. With 'none' the value is the (N,) array of row losses and
+      dlogits row i is the gradient of row i's loss (scale it by the upstream gradient per row).
+    Without any of them (or labels never equal to ignore_index) the plain fused kernel runs."""
+
+    def __init__(self, weight=None, label_smoothing: float = 0.0, ignore_index: int = -100,
+                 reduction: str = "mean", check_finite: bool = True):
+        super().__init__(check_finite)
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"SoftmaxCrossEntropy(reduction): expected one of {REDUCTIONS}, got {reduction!r}")
+        eps = label_smoothing
+        if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not 0.0 <= eps <= 1.0:
+            raise ValueError(f"SoftmaxCrossEntropy(label_smoothing): expected a number in [0, 1], got {eps!r}")
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+            raise TypeError(f"SoftmaxCrossEntropy(ignore_index): expected an int, got {ignore_index!r}")
+        if weight is not None:
+            host = getattr(weight, "get", None)
+            weight = np.asarray(host() if host is not None else weight, dtype=np.float64)
+            if weight.ndim != 1 or weight.size == 0 or not np.all(np.isfinite(weight)):
+                raise ValueError(f"SoftmaxCrossEntropy(weight): expected a 1-D array of C finite class weights, "
+                                 f"got shape {weight.shape}" + ("" if weight.ndim != 1 else " with non-finite values"))
+        self.weight, self.label_smoothing = weight, float(eps)
+        self.ignore_index, self.reduction = int(ignore_index), reduction
 
     def _compute(self, logits, labels):
+        n, c = logits.shape
+        ignored = labels == self.ignore_index
         dlogits = np.empty_like(logits)
-        value = kernel("softmax_xent", like=logits)(logits, labels, dlogits)
-        return value, dlogits
+        if self.weight is None and not self.label_smoothing and self.reduction == "mean" and not ignored.any():
+            value = kernel("softmax_xent", like=logits)(logits, labels, dlogits)
+            return value, dlogits
+        if self.weight is not None and self.weight.shape != (c,):
+            raise ValueError(f"{self.name}(weight): expected {c} class weights for logits {tuple(logits.shape)}, "
+                             f"got {self.weight.shape[0]}")
+        xp = array_module(logits)
+        host_w = np.ones(c) if self.weight is None else self.weight
+        scale = 1.0
+        if self.reduction == "mean":
+            # PyTorch's weighted mean: the sum of the weights of the targets that count
+            kept = labels[~ignored]
+            total = float(host_w[getattr(kept, "get", lambda: kept)()].sum())
+            scale = 1.0 / total if total else 0.0
+        row_loss = xp.empty(n, dtype=np.float64)
+        w = xp.asarray(host_w, dtype=logits.dtype)
+        kernel("softmax_xent_weighted", like=logits)(logits, labels, w, self.label_smoothing, self.ignore_index,
+                                                    scale, dlogits, row_loss)
+        if self.reduction == "none":
+            return row_loss.astype(logits.dtype), dlogits
+        if self.reduction == "mean" and scale == 0.0:
+            return float("nan"), dlogits   # nothing counts: 0 / 0, as PyTorch (and a zero gradient)
+        return float(row_loss.sum()) * scale, dlogits
 
 
 class MulticlassHinge(_Classification):

@@ -221,3 +221,132 @@ def test_non_finite_loss_raises_with_hint_unless_disabled(loss, target):
     with np.errstate(invalid="ignore"):
         value, _ = loss(check_finite=False)(x, target)
     assert math.isnan(value)
+
+
+# ---- SoftmaxCrossEntropy with PyTorch's options (weight, label_smoothing, ignore_index, reduction) ----
+
+def naive_weighted_xent_rows(x, y, w, eps, ignore):
+    """Each row's loss from the definition: target distribution (1 - eps) onehot(y) + eps / C,
+    each class term weighted by its w_c; 0 for an ignored row."""
+    out = []
+    for row, label in zip(x, y):
+        if label == ignore:
+            out.append(0.0)
+            continue
+        lse = math.log(sum(math.exp(v) for v in row))
+        c = len(row)
+        out.append(sum(((1 - eps) * (j == label) + eps / c) * w[j] * (lse - row[j]) for j in range(c)))
+    return np.array(out)
+
+
+XENT_OPTIONS = {  # name: (weight?, label_smoothing, ignore some rows?, reduction)
+    "weight-mean": (True, 0.0, False, "mean"), "weight-ignore-mean": (True, 0.0, True, "mean"),
+    "smooth-mean": (False, 0.2, False, "mean"), "all-mean": (True, 0.3, True, "mean"),
+    "all-sum": (True, 0.3, True, "sum"), "all-none": (True, 0.3, True, "none"),
+    "ignore-sum": (False, 0.0, True, "sum"), "none": (False, 0.0, False, "none"),
+    "smooth1-sum": (True, 1.0, False, "sum"),
+}
+
+
+def _xent_case(option, shape, seed=5, ignore=-100):
+    use_w, eps, use_ignore, reduction = XENT_OPTIONS[option]
+    x, y = _classes(*shape, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    if use_ignore and len(y) > 1:
+        y[::3] = ignore
+    w = rng.uniform(0.2, 2.0, shape[1]) if use_w else None
+    return x, y, w, eps, reduction
+
+
+@pytest.mark.parametrize("option", list(XENT_OPTIONS))
+@pytest.mark.parametrize("shape", CLASS_SHAPES)
+def test_xent_options_value_from_the_definition_and_gradcheck(option, shape):
+    x, y, w, eps, reduction = _xent_case(option, shape)
+    loss = SoftmaxCrossEntropy(weight=w, label_smoothing=eps, reduction=reduction)
+    value, d = loss(x, y)
+    rows = naive_weighted_xent_rows(x, y, np.ones(shape[1]) if w is None else w, eps, -100)
+    keep = y != -100
+    if reduction == "none":
+        np.testing.assert_allclose(value, rows, rtol=1e-12, atol=1e-14)
+        assert d.shape == x.shape
+    else:
+        denom = (np.ones(shape[1]) if w is None else w)[y[keep]].sum() if reduction == "mean" else 1.0
+        assert value == pytest.approx(rows.sum() / denom, rel=1e-12)
+        # a wider step than the default: tiny gradient entries (p_j ~ 1e-6) against a loss of ~10
+        # leave the default step's central difference at the rounding noise of the value
+        r = gradcheck_loss(loss, x, y, eps=1e-4)
+        assert r.passed, str(r)
+    assert np.all(d[~keep] == 0)
+
+
+@pytest.mark.parametrize("name", backend.available_backends_for("softmax_xent_weighted"))
+@pytest.mark.parametrize("option", list(XENT_OPTIONS))
+@pytest.mark.parametrize("shape", CLASS_SHAPES + [(64, 10), (3, 1000)])
+def test_every_backend_softmax_xent_weighted_matches_reference_float32(name, option, shape):
+    x64, y, w, eps, _ = _xent_case(option, shape, seed=4)
+    x = x64.astype(np.float32)
+    w32 = (np.ones(shape[1]) if w is None else w).astype(np.float32)
+    scale = 0.37
+    want, want_rows = np.empty_like(x64), np.empty(shape[0])
+    ref.softmax_xent_weighted_ref(x.astype(np.float64), y, w32.astype(np.float64), eps, -100, scale, want,
+                                  want_rows)
+    d, rows = np.full_like(x, np.nan), np.full(shape[0], np.nan)
+    backend.kernel("softmax_xent_weighted", backend=name)(x, y.astype(np.int64), w32, eps, -100, scale, d, rows)
+    np.testing.assert_allclose(rows, want_rows, rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(d, want, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+@pytest.mark.parametrize("name", backend.CPU_ORDER)
+@pytest.mark.parametrize("option", list(XENT_OPTIONS))
+def test_xent_options_match_torch(name, option):
+    """The loss and its gradient on each backend against torch.nn.functional.cross_entropy
+    (float64 reference backend: to rounding; float32 backends: to float32 tolerance)."""
+    torch = pytest.importorskip("torch")
+    if name not in backend.available_backends_for("softmax_xent_weighted"):
+        pytest.skip(f"backend {name!r}: {backend.backends().get(name)}")
+    x, y, w, eps, reduction = _xent_case(option, (13, 7), seed=8)
+    dtype = np.float64 if name == "numpy" else np.float32
+    tol = dict(rtol=1e-10, atol=1e-12) if name == "numpy" else dict(rtol=2e-5, atol=1e-6)
+    xt = torch.tensor(x.astype(dtype), requires_grad=True)
+    wt = None if w is None else torch.tensor(w.astype(dtype))
+    lt = torch.nn.functional.cross_entropy(xt, torch.tensor(y), weight=wt, label_smoothing=eps, reduction=reduction)
+    lt.sum().backward()  # 'none': the sum's gradient is each row's own gradient
+    before = backend.get_backend()
+    backend.set_backend(name)
+    try:
+        value, d = SoftmaxCrossEntropy(weight=w, label_smoothing=eps, reduction=reduction)(x.astype(dtype), y)
+    finally:
+        backend.set_backend(before)
+    np.testing.assert_allclose(value, lt.detach().numpy(), **tol)
+    np.testing.assert_allclose(d, xt.grad.numpy(), **tol)
+
+
+def test_xent_default_ignore_index_and_all_ignored():
+    x, y = _classes(4, 5)
+    y[1] = -100  # PyTorch's default ignore_index
+    value, d = SoftmaxCrossEntropy()(x, y)
+    keep = y != -100
+    want, _ = SoftmaxCrossEntropy()(x[keep], y[keep])
+    assert value == pytest.approx(want, rel=1e-12) and np.all(d[1] == 0)
+    value, d = SoftmaxCrossEntropy(check_finite=False)(x, np.full(4, -100))
+    assert math.isnan(value) and np.all(d == 0)  # 0 / 0 as PyTorch; nothing to learn from
+    with pytest.raises(FloatingPointError):
+        SoftmaxCrossEntropy()(x, np.full(4, -100))
+    value, d = SoftmaxCrossEntropy(ignore_index=3)(x, np.array([3, 0, 3, 1]))
+    want, _ = SoftmaxCrossEntropy()(x[[1, 3]], np.array([0, 1]))
+    assert value == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("kw,shape,labels,err,match", [
+    (dict(reduction="avg"), (2, 3), [0, 1], ValueError, r"SoftmaxCrossEntropy\(reduction\): expected one of"),
+    (dict(label_smoothing=1.5), (2, 3), [0, 1], ValueError, r"label_smoothing\): expected a number in \[0, 1\]"),
+    (dict(ignore_index=1.0), (2, 3), [0, 1], TypeError, r"ignore_index\): expected an int"),
+    (dict(weight=[[1.0]]), (2, 3), [0, 1], ValueError, r"weight\): expected a 1-D array"),
+    (dict(weight=[1.0, np.nan, 1.0]), (2, 3), [0, 1], ValueError, r"non-finite"),
+    (dict(weight=[1.0, 2.0]), (2, 3), [0, 1], ValueError, r"weight\): expected 3 class weights .* got 2"),
+    (dict(), (2, 3), [0, -1], ValueError, r"label -1 at index 1 is out of range; expected class labels in "
+                                          r"\[0, 3\) or the ignore_index -100"),
+])
+def test_xent_option_errors(kw, shape, labels, err, match):
+    with pytest.raises(err, match=match):
+        SoftmaxCrossEntropy(**kw)(np.zeros(shape), np.array(labels))

@@ -44,7 +44,66 @@ FT_VMATH_CLONES void xent_rows(const float* logits, const int64_t* labels, float
   }
 }
 
+// softmax_xent_weighted's rows [r0, r1); W = sum of the class weights.
+FT_VMATH_CLONES void xent_weighted_rows(const float* logits, const int64_t* labels, const float* w,
+                                        float eps, int64_t ignore_index, float scale, double W,
+                                        float* dlogits, double* row_loss, int64_t r0, int64_t r1,
+                                        int64_t C) {
+  const float eps_c = eps / static_cast<float>(C);
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* x = logits + r * C;
+    float* d = dlogits + r * C;
+    const int64_t y = labels[r];
+    if (y == ignore_index) {  // costs nothing, moves nothing
+      row_loss[r] = 0.0;
+      for (int64_t j = 0; j < C; ++j) d[j] = 0.f;
+      continue;
+    }
+    float m = x[0];
+#pragma omp simd reduction(max : m)
+    for (int64_t j = 1; j < C; ++j) m = x[j] > m ? x[j] : m;
+    float s = 0.f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < C; ++j) {
+      const float e = vmath::expf_approx(x[j] - m);
+      d[j] = e;
+      s += e;
+    }
+    const double log_s = std::log(static_cast<double>(s));
+    const float wy = w[y];
+    // -log p_c = log s - z_c; the smoothing term needs sum_c w_c z_c (double, like the reference)
+    double loss = (1.0 - eps) * wy * (log_s - static_cast<double>(x[y] - m));
+    if (eps != 0.f) {
+      double wz = 0.0;
+#pragma omp simd reduction(+ : wz)
+      for (int64_t j = 0; j < C; ++j) wz += static_cast<double>(w[j]) * static_cast<double>(x[j] - m);
+      loss += static_cast<double>(eps_c) * (W * log_s - wz);
+    }
+    row_loss[r] = loss;
+    // d_j = scale (a p_j - (eps/C) w_j), a = (1 - eps) w_y + eps W / C; then the label's own term
+    const float a = (1.f - eps) * wy + static_cast<float>(eps * W / static_cast<double>(C));
+    const float pa = scale * a / s, pw = scale * eps_c;
+#pragma omp simd
+    for (int64_t j = 0; j < C; ++j) d[j] = pa * d[j] - pw * w[j];
+    d[y] -= scale * (1.f - eps) * wy;
+  }
+}
+
 }  // namespace
+
+void softmax_xent_weighted(const float* logits, const int64_t* labels, const float* weight,
+                           float label_smoothing, int64_t ignore_index, float scale,
+                           float* dlogits, double* row_loss, int64_t N, int64_t C) {
+  if (N == 0) return;
+  double W = 0.0;
+  for (int64_t j = 0; j < C; ++j) W += weight[j];
+#pragma omp parallel num_threads(num_threads())
+  {
+    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    xent_weighted_rows(logits, labels, weight, label_smoothing, ignore_index, scale, W, dlogits,
+                       row_loss, N * t / nt, N * (t + 1) / nt, C);
+  }
+}
 
 double softmax_xent(const float* logits, const int64_t* labels, float* dlogits, int64_t N,
                     int64_t C) {

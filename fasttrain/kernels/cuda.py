@@ -37,6 +37,11 @@ def softmax_xent(logits, labels, dlogits):
     return float(row_loss.mean()) if row_loss.size else 0.0
 
 
+def softmax_xent_weighted(logits, labels, weight, label_smoothing, ignore_index, scale, dlogits, row_loss):
+    _cuda.softmax_xent_weighted(logits, labels, weight, label_smoothing, ignore_index, scale, float(weight.sum()),
+                                dlogits, row_loss, _stream())
+
+
 # The fully connected layer is one GEMM each way: cuBLAS (through CuPy, on its current stream) is
 # the right tool, and a hand-written GEMM would only be slower (csrc/cuda has none).
 def linear_fwd(x, w, b, y):

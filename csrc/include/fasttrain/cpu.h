@@ -69,6 +69,11 @@ void dropout_bwd(const float* dy, float* dx, int64_t n, double p, uint64_t seed,
 // losses.cpp (logits N,C; labels in [0, C), checked by the binding) -> mean loss
 double softmax_xent(const float* logits, const int64_t* labels, float* dlogits, int64_t N,
                     int64_t C);
+// with class weights (C,), label smoothing and an ignored label (torch's cross_entropy): row
+// losses (unscaled) to row_loss (N,), dlogits = scale * each row's gradient (0 for ignored rows)
+void softmax_xent_weighted(const float* logits, const int64_t* labels, const float* weight,
+                           float label_smoothing, int64_t ignore_index, float scale,
+                           float* dlogits, double* row_loss, int64_t N, int64_t C);
 
 // conv2d.cpp (x N,C,H,W; w K,C/groups,R,S; y N,K,P,Q with
 // P = (H + 2ph - dilh(R-1) - 1)/sh + 1; groups divides C and K, checked by the binding)

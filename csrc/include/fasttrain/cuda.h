@@ -49,6 +49,10 @@ void adam_step(float* p, const float* g, float* m, float* v, float* vmax, int64_
 // losses.cu: row_loss is an (N,) workspace the caller sums
 void softmax_xent(const float* logits, const int64_t* labels, float* dlogits, float* row_loss, int64_t n, int64_t c,
                   cudaStream_t st);
+// class weights (C,), label smoothing, an ignored label; big_w = sum of the weights (host)
+void softmax_xent_weighted(const float* logits, const int64_t* labels, const float* weight, float label_smoothing,
+                           int64_t ignore_index, float scale, float big_w, float* dlogits, double* row_loss,
+                           int64_t n, int64_t c, cudaStream_t st);
 
 // batchnorm.cu: x viewed as (N, C, S); relu: y = max(0, bn(x)); bwd's y: that output (dy masked by
 // y > 0) when the forward applied the ReLU, nullptr otherwise

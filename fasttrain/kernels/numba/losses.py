@@ -63,3 +63,46 @@ def softmax_xent(logits, labels, dlogits):
     # summed outside the parallel function: inside it, .sum() becomes a parallel reduction whose
     # rounding depends on the thread count
     return float(_softmax_xent(logits, labels, dlogits).sum() / n)
+
+
+@nb.njit(parallel=True, cache=True, error_model="numpy")
+def _softmax_xent_weighted(logits, labels, w, eps, ignore_index, scale, big_w, dlogits, row_loss):
+    n, c = logits.shape
+    eps_c = eps / np.float32(c)
+    one = np.float32(1.0)
+    a_smooth = np.float32(np.float64(eps) * big_w / c)
+    for i in nb.prange(n):
+        row = logits[i]
+        d = dlogits[i]
+        y = labels[i]
+        if y == ignore_index:  # costs nothing, moves nothing
+            row_loss[i] = 0.0
+            for j in range(c):
+                d[j] = np.float32(0.0)
+            continue
+        m = _row_max(row)
+        s = _exp_shifted(row, m, d)
+        log_s = math.log(np.float64(s))
+        wy = w[y]
+        # -log p_c = log s - z_c; the smoothing term needs sum_c w_c z_c (float64, like the reference)
+        loss = (1.0 - np.float64(eps)) * np.float64(wy) * (log_s - np.float64(row[y] - m))
+        if eps != 0:
+            wz = 0.0
+            for j in range(c):
+                wz += np.float64(w[j]) * np.float64(row[j] - m)
+            loss += np.float64(eps_c) * (big_w * log_s - wz)
+        row_loss[i] = loss
+        # d_j = scale (a p_j - (eps/C) w_j), a = (1 - eps) w_y + eps W / C; then the label's own term
+        pa = scale * ((one - eps) * wy + a_smooth) / s
+        pw = scale * eps_c
+        for j in range(c):
+            d[j] = pa * d[j] - pw * w[j]
+        d[y] -= scale * (one - eps) * wy
+
+
+def softmax_xent_weighted(logits, labels, weight, label_smoothing, ignore_index, scale, dlogits, row_loss):
+    if logits.shape[0] == 0:
+        return
+    f = np.float32
+    _softmax_xent_weighted(logits, labels, weight, f(label_smoothing), np.int64(ignore_index), f(scale),
+                           float(weight.astype(np.float64).sum()), dlogits, row_loss)
