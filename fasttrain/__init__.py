@@ -11,7 +11,8 @@ from .info import build_info
 __version__ = "0.1.0"
 
 # Submodules load on first use so `import fasttrain` stays light (no numba, no MPI, no plotting).
-_SUBMODULES = ("nn", "optim", "losses", "init", "check", "schedules", "data", "train", "parallel", "dist", "kernels")
+_SUBMODULES = ("nn", "optim", "losses", "init", "check", "schedules", "data", "train", "parallel", "dist", "kernels",
+               "interop")
 
 
 def __getattr__(name):

@@ -58,7 +58,18 @@ def load_pretrained(model, arena, path, skip_mismatched: bool = True) -> dict:
 
     Entries whose shape differs (the old head, when the number of classes changed) are left at
     their fresh initialization when skip_mismatched, else a ValueError. Names missing on either
-    side raise a KeyError (a different architecture). Returns {'loaded': [...], 'skipped': [...]}."""
+    side raise a KeyError (a different architecture). Returns {'loaded': [...], 'skipped': [...]}.
+
+    A PyTorch state_dict (.pt/.pth, or a safetensors file PyTorch wrote) goes through
+    fasttrain.interop.load_torch, which pairs its modules with ours and logs the pairing."""
+    from .. import interop
+
+    if interop.is_torch_file(path):
+        rows = interop.load_torch(model, arena, path, skip_mismatched=skip_mismatched, verbose=False)
+        loaded = [our for _, _, our, _, skipped in rows if not skipped]
+        skipped = [our for _, _, our, _, skipped in rows if skipped]
+        log.info(f"loaded {len(loaded)} PyTorch entries from {path}; re-initialized {skipped or 'none'}")
+        return {"loaded": loaded, "skipped": skipped}
     arrays, _ = read_checkpoint(path)
     saved = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
     params = arena.named()
