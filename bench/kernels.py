@@ -57,6 +57,38 @@ def _adam_entry(n, decoupled):
                  run, ("p", "m", "v"), torch_fn, ("adam_step",), rtol=1e-5)
 
 
+def _amsgrad_entry(n):
+    def run(k, a):
+        k("adam_amsgrad_step")(a["p"], a["g"], a["m"], a["v"], a["vmax"], 1e-3, 0.9, 0.999, 1e-8, 1 - 0.9 ** 3,
+                               1 - 0.999 ** 3, 0.0, 0.0, 0.0)
+
+    def torch_fn(torch, a):
+        p = torch.nn.Parameter(torch.from_numpy(a["p"].copy()))
+        p.grad = torch.from_numpy(a["g"].copy())
+        opt = torch.optim.Adam([p], lr=1e-3, amsgrad=True, fused=True)
+        return opt.step
+
+    # reads p, g, m, v, vmax; writes p, m, v, vmax
+    return Entry("adam_amsgrad", (n,), 36.0 * n, 0.0,
+                 lambda: _rng_inputs({"p": n, "g": n, "m": n, "v": n, "vmax": n}, positive=("v", "vmax")),
+                 run, ("p", "m", "v", "vmax"), torch_fn, ("adam_amsgrad_step",), rtol=1e-5)
+
+
+def _rmsprop_momentum_entry(n):
+    def run(k, a):
+        k("rmsprop_momentum_step")(a["p"], a["g"], a["s"], a["b"], 1e-3, 0.99, 1e-8, 0.9, 0.0, 0.0)
+
+    def torch_fn(torch, a):
+        p = torch.nn.Parameter(torch.from_numpy(a["p"].copy()))
+        p.grad = torch.from_numpy(a["g"].copy())
+        opt = torch.optim.RMSprop([p], lr=1e-3, alpha=0.99, eps=1e-8, momentum=0.9)
+        return opt.step
+
+    return Entry("rmsprop_momentum", (n,), 28.0 * n, 0.0,
+                 lambda: _rng_inputs({"p": n, "g": n, "s": n, "b": n}, positive=("s",)),
+                 run, ("p", "s", "b"), torch_fn, ("rmsprop_momentum_step",), rtol=1e-5)
+
+
 def _rmsprop_entry(n):
     def run(k, a):
         k("rmsprop_step")(a["p"], a["g"], a["s"], 1e-3, 0.99, 1e-8, 0.0, 0.0)
@@ -234,6 +266,34 @@ def _softmax_xent_entry(N, C):
                  ("softmax_xent",), rtol=1e-4)
 
 
+def _softmax_xent_weighted_entry(N, C):
+    def inputs():
+        a = _rng_inputs({"logits": (N, C)})
+        rng = np.random.default_rng(1)
+        a["labels"] = rng.integers(0, C, N).astype(np.int64)
+        a["labels"][::16] = -100  # some ignored rows
+        a["weight"] = rng.uniform(0.5, 2.0, C).astype(np.float32)
+        a["dlogits"] = np.empty((N, C), np.float32)
+        a["row_loss"] = np.empty(N, np.float64)
+        return a
+
+    def run(k, a):
+        k("softmax_xent_weighted")(a["logits"], a["labels"], a["weight"], 0.1, -100, 1.0 / N, a["dlogits"],
+                                   a["row_loss"])
+
+    def torch_fn(torch, a):
+        x = torch.from_numpy(a["logits"]).requires_grad_(True)
+        y, w = torch.from_numpy(a["labels"]), torch.from_numpy(a["weight"])
+
+        def step():
+            x.grad = None
+            torch.nn.functional.cross_entropy(x, y, weight=w, label_smoothing=0.1).backward()
+        return step
+
+    return Entry("softmax_xent_weighted", (N, C), 12.0 * N * C, 0.0, inputs, run, ("dlogits", "row_loss"), torch_fn,
+                 ("softmax_xent_weighted",), rtol=1e-4)
+
+
 # ---- conv2d ---------------------------------------------------------------------------------------
 
 def _conv_entry(N, C, H, W, K, R=3, pad=1):
@@ -325,15 +385,15 @@ def entries(quick: bool) -> list[Entry]:
                 _exp_activation_entry("tanh_fwd", 1 << 14, "tanh"),
                 _batchnorm_entry(2, 3, 5, 7), _batchnorm_relu_entry(2, 3, 5, 7, True),
                 _batchnorm_relu_entry(2, 3, 5, 7, False), _softmax_xent_entry(8, 10),
-                _conv_entry(2, 3, 8, 8, 4), _depthwise_entry(2, 5, 9, 8)]
+                _softmax_xent_weighted_entry(8, 10), _conv_entry(2, 3, 8, 8, 4), _depthwise_entry(2, 5, 9, 8)]
     n_opt = 10_000_000
-    return [_adam_entry(n_opt, False), _adam_entry(n_opt, True), _rmsprop_entry(n_opt), _momentum_entry(n_opt),
-            _dropout_entry(4_194_304), _relu_entry(16_777_216),
+    return [_adam_entry(n_opt, False), _adam_entry(n_opt, True), _amsgrad_entry(n_opt), _rmsprop_entry(n_opt),
+            _rmsprop_momentum_entry(n_opt), _momentum_entry(n_opt), _dropout_entry(4_194_304), _relu_entry(16_777_216),
             _exp_activation_entry("sigmoid_fwd", 4_194_304, "sigmoid"),
             _exp_activation_entry("tanh_fwd", 4_194_304, "tanh"),
             _batchnorm_entry(64, 64, 32, 32), _batchnorm_relu_entry(64, 64, 32, 32, True),
             _batchnorm_relu_entry(64, 64, 32, 32, False),
-            _softmax_xent_entry(1024, 1000),
+            _softmax_xent_entry(1024, 1000), _softmax_xent_weighted_entry(1024, 1000),
             _conv_entry(64, 64, 32, 32, 64), _conv_entry(128, 3, 32, 32, 32), _conv_entry(32, 128, 16, 16, 128),
             _depthwise_entry(64, 64, 32, 32, backward=False), _depthwise_entry(64, 64, 32, 32),
             _depthwise_entry(128, 128, 16, 16), _depthwise_entry(128, 256, 8, 8, stride=2)]

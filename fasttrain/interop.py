@@ -162,6 +162,14 @@ def _pair(ours: OrderedDict, theirs: OrderedDict, ordered: bool, mapping: dict |
     return sorted(pairs, key=lambda p: order[p[1]])
 
 
+def pairing(model, source, mapping: dict | None = None, ordered: bool | None = None) -> list[tuple[str, str]]:
+    """[(their module, our module)] as load_torch would pair them, without loading anything (a
+    ValueError names what is left over). `ordered` overrides what the source says (a dict read
+    from a safetensors file earlier is not in definition order)."""
+    sd, in_order = read_state_dict(source)
+    return _pair(_ours(model), _group(sd), in_order if ordered is None else ordered, mapping)
+
+
 def format_mapping(rows) -> str:
     """The pairing as a table: their name, shape -> our name, shape (and 'skipped' where the
     shapes differ)."""

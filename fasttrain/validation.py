@@ -103,6 +103,18 @@ def checkpoint_path(key, value) -> None:
         raise ConfigError(key, value, "an existing checkpoint file", detail=f"got {value!r} (no such file)")
 
 
+def init_path(key, value) -> None:
+    """A checkpoint file as checkpoint_path, or a PyTorch state_dict (.pt/.pth/.bin; a safetensors
+    file without fasttrain's metadata is one too)."""
+    from .interop import TORCH_SUFFIXES
+
+    if value is not None and os.path.splitext(value)[1].lower() in TORCH_SUFFIXES:
+        if not os.path.isfile(value):
+            raise ConfigError(key, value, "an existing file", detail=f"got {value!r} (no such file)")
+        return
+    checkpoint_path(key, value)
+
+
 def run_folder(key, value) -> None:
     if value is not None and os.path.exists(value) and not os.path.isdir(value):
         raise ConfigError(key, value, "a folder for the run's files", detail=f"got {value!r}, which is a file")
@@ -175,7 +187,7 @@ RULES: dict[str, Rule] = {
     "ema_decay": number(0, 1, lo_open=True, hi_open=True, optional=True),
     "augment": some_of(_augmentations),
     "mixup": number(0, optional=True),
-    "init_from": checkpoint_path,
+    "init_from": init_path,
     "freeze_except": integer(lo=1, optional=True, meaning="parameterized layers to train"),
     "checkpoint_format": one_of(("npz", "safetensors")),
     "dist": one_of(("none", "ring", "mpi")),
@@ -283,6 +295,16 @@ def read_checkpoint_for(key: str, path: str):
     """(arrays, meta) of the checkpoint a config key names; an unreadable file is a ConfigError."""
     from .train.checkpoint import read_checkpoint
 
+    if key == "init_from":
+        from . import interop
+
+        if interop.is_torch_file(path):  # a PyTorch state_dict: paired with the model in check_model
+            try:
+                sd, ordered = interop.read_state_dict(path)
+            except (ValueError, OSError, ImportError) as exc:
+                raise ConfigError(key, path, "a fasttrain checkpoint or a PyTorch state_dict",
+                                  detail=f"got {path!r}: {str(exc).removeprefix(f'{path}: ')}") from None
+            return sd, {"format": "torch", "ordered": ordered}
     try:
         return read_checkpoint(path)
     except (ValueError, OSError, KeyError) as exc:
@@ -318,6 +340,15 @@ def check_model(cfg, model, arena, checkpoints: dict) -> None:
     params = {name: p.shape for name, p in arena.named().items()}
     for key, (arrays, meta) in checkpoints.items():
         path = getattr(cfg, key)
+        if meta.get("format") == "torch":
+            from . import interop
+
+            try:
+                interop.pairing(model, arrays, ordered=meta["ordered"])
+            except ValueError as exc:
+                raise ConfigError(key, path, f"a PyTorch state_dict of model {cfg.model!r}",
+                                  detail=f"got {path!r}: {exc}") from None
+            continue
         saved = {k[6:]: v.shape for k, v in arrays.items() if k.startswith("param/")}
         if key == "init_from":  # a new head may differ in shape: names must match, shapes may not
             saved = {k: params[k] if k in params else s for k, s in saved.items()}

@@ -211,6 +211,17 @@ def test_cli_init_from_a_torch_safetensors_file(tmp_path):
     assert a_dst["param/3.weight"].shape == (10, 128)                             # our own head
 
 
+def test_cli_init_from_a_torch_file_of_another_model_is_a_config_error(tmp_path, capsys):
+    from safetensors.numpy import save_file
+
+    src = tmp_path / "other.safetensors"
+    save_file({"conv.weight": np.zeros((4, 1, 3, 3), np.float32)}, str(src))
+    assert main(["train", "--quiet", "--model", "mlp", "--limit", "100", "--epochs", "1", "--no-plot",
+                 "--init-from", str(src), "--run-dir", str(tmp_path / "dst")]) == 2
+    err = capsys.readouterr().err
+    assert "init_from" in err.replace("-", "_") and "left in the state_dict: [conv {'weight': (4, 1, 3, 3)}]" in err
+
+
 def test_read_errors():
     with pytest.raises(ValueError, match="expected a .safetensors, .pt, .pth or .bin file"):
         interop.save_state_dict({}, "x.npz")

@@ -14,6 +14,26 @@
 namespace ft::cpu {
 namespace {
 
+// d = exp(x - max(x)) over one row of C >= 1 logits; returns sum(d), and the max in m. Inlined
+// into each caller's instruction-set clone.
+__attribute__((always_inline)) inline float shifted_exp(const float* x, float* d, int64_t C, float& m) {
+  m = x[0];
+  // a select, not std::fmax: GCC keeps fmax (NaN rules) a scalar call per element. A NaN
+  // logit makes the row's sum and loss NaN either way.
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 1; j < C; ++j) m = x[j] > m ? x[j] : m;
+  // subtracting the max: every exp argument is <= 0, so nothing overflows
+  float s = 0.f;
+  const float mm = m;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < C; ++j) {
+    const float e = vmath::expf_approx(x[j] - mm);
+    d[j] = e;
+    s += e;
+  }
+  return s;
+}
+
 // Rows [r0, r1): each row's loss to row_loss[r], its gradient to dlogits.
 FT_VMATH_CLONES void xent_rows(const float* logits, const int64_t* labels, float* dlogits,
                                double* row_loss, int64_t r0, int64_t r1, int64_t N, int64_t C) {
@@ -21,19 +41,8 @@ FT_VMATH_CLONES void xent_rows(const float* logits, const int64_t* labels, float
   for (int64_t r = r0; r < r1; ++r) {
     const float* x = logits + r * C;
     float* d = dlogits + r * C;
-    float m = x[0];
-    // a select, not std::fmax: GCC keeps fmax (NaN rules) a scalar call per element. A NaN
-    // logit makes the row's sum and loss NaN either way.
-#pragma omp simd reduction(max : m)
-    for (int64_t j = 1; j < C; ++j) m = x[j] > m ? x[j] : m;
-    // subtracting the max: every exp argument is <= 0, so nothing overflows
-    float s = 0.f;
-#pragma omp simd reduction(+ : s)
-    for (int64_t j = 0; j < C; ++j) {
-      const float e = vmath::expf_approx(x[j] - m);
-      d[j] = e;
-      s += e;
-    }
+    float m;
+    const float s = shifted_exp(x, d, C, m);
     const int64_t y = labels[r];
     // loss_r = log(sum_j exp(x_j)) - x_y = log(s) - (x_y - m), in double like the reference
     row_loss[r] = std::log(static_cast<double>(s)) - static_cast<double>(x[y] - m);
@@ -59,16 +68,8 @@ FT_VMATH_CLONES void xent_weighted_rows(const float* logits, const int64_t* labe
       for (int64_t j = 0; j < C; ++j) d[j] = 0.f;
       continue;
     }
-    float m = x[0];
-#pragma omp simd reduction(max : m)
-    for (int64_t j = 1; j < C; ++j) m = x[j] > m ? x[j] : m;
-    float s = 0.f;
-#pragma omp simd reduction(+ : s)
-    for (int64_t j = 0; j < C; ++j) {
-      const float e = vmath::expf_approx(x[j] - m);
-      d[j] = e;
-      s += e;
-    }
+    float m;
+    const float s = shifted_exp(x, d, C, m);
     const double log_s = std::log(static_cast<double>(s));
     const float wy = w[y];
     // -log p_c = log s - z_c; the smoothing term needs sum_c w_c z_c (double, like the reference)

@@ -93,16 +93,22 @@ def _rmsprop_centered_momentum(p, g, s, mg, b, lr, rho, one_m_rho, eps, mu, l2, 
         p[i] -= lr * bi
 
 
+@nb.njit(inline="always")
+def _adam_moments(m, v, i, ge, b1, one_m_b1, b2, one_m_b2):
+    """m[i], v[i] after one step, stored and returned."""
+    mi = b1 * m[i] + one_m_b1 * ge
+    vi = b2 * v[i] + one_m_b2 * ge * ge
+    m[i] = mi
+    v[i] = vi
+    return mi, vi
+
+
 @_jit
 def _adam(p, g, m, v, lr, b1, one_m_b1, b2, one_m_b2, eps, step, inv_sqrt_bc2, l2, l1, shrink):
     # step = lr / bc1, inv_sqrt_bc2 = 1 / sqrt(bc2), shrink = 1 - lr * decoupled_wd: float32, host
     for i in nb.prange(p.size):
         pi = p[i]
-        ge = _eff_grad(g[i], pi, l2, l1)
-        mi = b1 * m[i] + one_m_b1 * ge
-        vi = b2 * v[i] + one_m_b2 * ge * ge
-        m[i] = mi
-        v[i] = vi
+        mi, vi = _adam_moments(m, v, i, _eff_grad(g[i], pi, l2, l1), b1, one_m_b1, b2, one_m_b2)
         p[i] = pi * shrink - step * mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps)
 
 
@@ -110,11 +116,7 @@ def _adam(p, g, m, v, lr, b1, one_m_b1, b2, one_m_b2, eps, step, inv_sqrt_bc2, l
 def _adam_amsgrad(p, g, m, v, vmax, lr, b1, one_m_b1, b2, one_m_b2, eps, step, inv_sqrt_bc2, l2, l1, shrink):
     for i in nb.prange(p.size):
         pi = p[i]
-        ge = _eff_grad(g[i], pi, l2, l1)
-        mi = b1 * m[i] + one_m_b1 * ge
-        vi = b2 * v[i] + one_m_b2 * ge * ge
-        m[i] = mi
-        v[i] = vi
+        mi, vi = _adam_moments(m, v, i, _eff_grad(g[i], pi, l2, l1), b1, one_m_b1, b2, one_m_b2)
         vi = vmax[i] if vmax[i] > vi else vi  # a NaN in v propagates, as np.maximum
         vmax[i] = vi
         p[i] = pi * shrink - step * mi / (math.sqrt(vi) * inv_sqrt_bc2 + eps)
