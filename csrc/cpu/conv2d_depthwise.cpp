@@ -56,9 +56,25 @@ void place(const float* src, int64_t src_rows, int64_t src_cols, float* dst, int
 // out (P x Q) = [out +] bias + correlation of in (leading dimension ld) with taps (R x S), output
 // pixel (p, q) reading in[(p*sh + r*dilh) * ld + q*sw + s*dilw]. The tap counts and the column
 // stride are template parameters where they are known (0: read at run time). A row is done in
-// chunks of kChunk outputs whose accumulators stay in registers across all the taps (the fixed
-// trip counts are what lets the compiler keep them there and vectorize each tap's update).
-constexpr int64_t kChunk = 16;
+// chunks of L = 16, then 8, then 4 outputs (MobileNet's maps are 32, 16, 8, 4 and 2 wide) whose
+// accumulators stay in registers across all the taps (the fixed trip counts are what lets the
+// compiler keep them there and vectorize each tap's update); the rest one output at a time.
+template <int KR, int KS, int SW, int L>
+inline void correlate_chunk(const float* base, int64_t ld, const float* taps, int64_t R, int64_t S, int64_t sw,
+                            int64_t dilh, int64_t dilw, float* o, float bias, bool relu, bool accumulate) {
+  float acc[L];
+#pragma omp simd
+  for (int64_t i = 0; i < L; ++i) acc[i] = accumulate ? o[i] : bias;
+  for (int64_t r = 0; r < (KR ? KR : R); ++r)
+    for (int64_t s = 0; s < (KS ? KS : S); ++s) {
+      const float wv = taps[r * S + s];
+      const float* src = base + r * dilh * ld + s * dilw;
+#pragma omp simd
+      for (int64_t i = 0; i < L; ++i) acc[i] += wv * src[i * (SW ? SW : sw)];
+    }
+#pragma omp simd
+  for (int64_t i = 0; i < L; ++i) o[i] = relu ? std::max(acc[i], 0.f) : acc[i];
+}
 
 template <int KR, int KS, int SW>
 void correlate(const float* in, int64_t ld, const float* taps, int64_t R_, int64_t S_, int64_t sh,
@@ -69,19 +85,15 @@ void correlate(const float* in, int64_t ld, const float* taps, int64_t R_, int64
     const float* base = in + p * sh * ld;
     float* o = out + p * Q;
     int64_t q0 = 0;
-    for (; q0 + kChunk <= Q; q0 += kChunk) {
-      float acc[kChunk];
-#pragma omp simd
-      for (int64_t i = 0; i < kChunk; ++i) acc[i] = accumulate ? o[q0 + i] : bias;
-      for (int64_t r = 0; r < R; ++r)
-        for (int64_t s = 0; s < S; ++s) {
-          const float wv = taps[r * S + s];
-          const float* src = base + r * dilh * ld + q0 * sw + s * dilw;
-#pragma omp simd
-          for (int64_t i = 0; i < kChunk; ++i) acc[i] += wv * src[i * sw];
-        }
-#pragma omp simd
-      for (int64_t i = 0; i < kChunk; ++i) o[q0 + i] = relu ? std::max(acc[i], 0.f) : acc[i];
+    for (; q0 + 16 <= Q; q0 += 16)
+      correlate_chunk<KR, KS, SW, 16>(base + q0 * sw, ld, taps, R, S, sw, dilh, dilw, o + q0, bias, relu, accumulate);
+    if (q0 + 8 <= Q) {
+      correlate_chunk<KR, KS, SW, 8>(base + q0 * sw, ld, taps, R, S, sw, dilh, dilw, o + q0, bias, relu, accumulate);
+      q0 += 8;
+    }
+    if (q0 + 4 <= Q) {
+      correlate_chunk<KR, KS, SW, 4>(base + q0 * sw, ld, taps, R, S, sw, dilh, dilw, o + q0, bias, relu, accumulate);
+      q0 += 4;
     }
     for (int64_t q = q0; q < Q; ++q) {
       float acc = accumulate ? o[q] : bias;
@@ -115,7 +127,9 @@ void weight_sums(const float* in, int64_t ld, const float* dy, int64_t R_, int64
     // GCC/Clang vector types: the KR*KS accumulators are values, so they live in registers (as a
     // float array they were stored and reloaded around every FMA)
     typedef float vec __attribute__((vector_size(kWChunk * sizeof(float))));
+    typedef float vec4 __attribute__((vector_size(4 * sizeof(float))));  // rows 4 wide, or a rest of 4
     vec acc[KR * KS] = {};
+    vec4 acc4[KR * KS] = {};
     float tail[KR * KS] = {};
     for (int64_t p = 0; p < P; ++p) {
       const float* base = in + p * sh * ld;
@@ -131,6 +145,17 @@ void weight_sums(const float* in, int64_t ld, const float* dy, int64_t R_, int64
             acc[r * KS + s] += dv * xv;
           }
       }
+      if (q0 + 4 <= Q) {
+        vec4 dv;
+        std::memcpy(&dv, d + q0, sizeof(vec4));
+        for (int64_t r = 0; r < KR; ++r)
+          for (int64_t s = 0; s < KS; ++s) {
+            vec4 xv;
+            std::memcpy(&xv, base + r * dilh * ld + q0 + s * dilw, sizeof(vec4));
+            acc4[r * KS + s] += dv * xv;
+          }
+        q0 += 4;
+      }
       for (int64_t q = q0; q < Q; ++q)
         for (int64_t r = 0; r < KR; ++r)
           for (int64_t s = 0; s < KS; ++s) tail[r * KS + s] += d[q] * base[r * dilh * ld + q + s * dilw];
@@ -138,6 +163,7 @@ void weight_sums(const float* in, int64_t ld, const float* dy, int64_t R_, int64
     for (int64_t t = 0; t < KR * KS; ++t) {
       float v = tail[t];
       for (int64_t i = 0; i < kWChunk; ++i) v += acc[t][i];
+      for (int64_t i = 0; i < 4; ++i) v += acc4[t][i];
       sums[t] = v;
     }
   } else if constexpr (KR > 0 && KS > 0) {
