@@ -130,17 +130,19 @@ inline const float* x_group(const Geom& g, const float* x, int64_t grp) { return
 inline const float* w_group(const Geom& g, const float* w, int64_t grp) { return w + grp * g.kg() * g.crs(); }
 inline int64_t y_group(const Geom& g, int64_t grp) { return grp * g.kg() * g.pq(); }
 
+// The columns (CgRS x PQ) of group grp of one image: the unfold into buf, or x itself (buf null:
+// a 1x1 stride-1 unpadded convolution).
+inline const float* group_cols(const Geom& g, const float* x, int64_t grp, float* buf) {
+  if (!buf) return x_group(g, x, grp);
+  im2col(g, x_group(g, x, grp), buf);
+  return buf;
+}
+
 void fwd_image(const Geom& g, const float* x, const float* w, const float* b, float* y, bool relu) {
   float* buf = g.direct() ? nullptr : scratch(g.crs() * g.pq());
-  for (int64_t grp = 0; grp < g.G; ++grp) {
-    const float* col = x_group(g, x, grp);
-    if (buf) {
-      im2col(g, col, buf);
-      col = buf;
-    }
-    blas::sgemm(false, false, g.kg(), g.pq(), g.crs(), 1.f, w_group(g, w, grp), g.crs(), col, g.pq(),
-                0.f, y + y_group(g, grp), g.pq());
-  }
+  for (int64_t grp = 0; grp < g.G; ++grp)
+    blas::sgemm(false, false, g.kg(), g.pq(), g.crs(), 1.f, w_group(g, w, grp), g.crs(),
+                group_cols(g, x, grp, buf), g.pq(), 0.f, y + y_group(g, grp), g.pq());
   for (int64_t k = 0; k < g.K; ++k) {  // epilogue while the rows are still in cache
     float* yk = y + k * g.pq();
     const float bk = b[k];
@@ -172,15 +174,9 @@ void bwd_data_image(const Geom& g, const float* dy, const float* w, float* dx) {
 // P*Q*N terms).
 void bwd_weight_image(const Geom& g, const float* x, const float* dy, float* dw_acc, double* db_acc) {
   float* buf = g.direct() ? nullptr : scratch(g.crs() * g.pq());
-  for (int64_t grp = 0; grp < g.G; ++grp) {
-    const float* col = x_group(g, x, grp);
-    if (buf) {
-      im2col(g, col, buf);
-      col = buf;
-    }
-    blas::sgemm(false, true, g.kg(), g.crs(), g.pq(), 1.f, dy + y_group(g, grp), g.pq(), col, g.pq(),
-                1.f, dw_acc + grp * g.kg() * g.crs(), g.crs());
-  }
+  for (int64_t grp = 0; grp < g.G; ++grp)
+    blas::sgemm(false, true, g.kg(), g.crs(), g.pq(), 1.f, dy + y_group(g, grp), g.pq(),
+                group_cols(g, x, grp, buf), g.pq(), 1.f, dw_acc + grp * g.kg() * g.crs(), g.crs());
   for (int64_t k = 0; k < g.K; ++k) {
     const float* dyk = dy + k * g.pq();
     float s = 0.f;

@@ -119,6 +119,19 @@ CorrelateFn pick(int64_t R, int64_t S, int64_t sw) {
 // per row); otherwise one reduction per tap and row.
 constexpr int64_t kWChunk = 8;
 
+// acc[r*KS + s] += d[0:V] * base[r*dilh*ld + s*dilw : +V] for a vector type V of floats
+template <int KR, int KS, class V>
+inline void tap_products(V* acc, const float* d, const float* base, int64_t ld, int64_t dilh, int64_t dilw) {
+  V dv;
+  std::memcpy(&dv, d, sizeof(V));
+  for (int64_t r = 0; r < KR; ++r)
+    for (int64_t s = 0; s < KS; ++s) {
+      V xv;
+      std::memcpy(&xv, base + r * dilh * ld + s * dilw, sizeof(V));
+      acc[r * KS + s] += dv * xv;
+    }
+}
+
 template <int KR, int KS, int SW>
 void weight_sums(const float* in, int64_t ld, const float* dy, int64_t R_, int64_t S_, int64_t sh,
                  int64_t sw_, int64_t dilh, int64_t dilw, int64_t P, int64_t Q, float* sums) {
@@ -135,25 +148,9 @@ void weight_sums(const float* in, int64_t ld, const float* dy, int64_t R_, int64
       const float* base = in + p * sh * ld;
       const float* d = dy + p * Q;
       int64_t q0 = 0;
-      for (; q0 + kWChunk <= Q; q0 += kWChunk) {
-        vec dv;
-        std::memcpy(&dv, d + q0, sizeof(vec));
-        for (int64_t r = 0; r < KR; ++r)
-          for (int64_t s = 0; s < KS; ++s) {
-            vec xv;
-            std::memcpy(&xv, base + r * dilh * ld + q0 + s * dilw, sizeof(vec));
-            acc[r * KS + s] += dv * xv;
-          }
-      }
+      for (; q0 + kWChunk <= Q; q0 += kWChunk) tap_products<KR, KS>(acc, d + q0, base + q0, ld, dilh, dilw);
       if (q0 + 4 <= Q) {
-        vec4 dv;
-        std::memcpy(&dv, d + q0, sizeof(vec4));
-        for (int64_t r = 0; r < KR; ++r)
-          for (int64_t s = 0; s < KS; ++s) {
-            vec4 xv;
-            std::memcpy(&xv, base + r * dilh * ld + q0 + s * dilw, sizeof(vec4));
-            acc4[r * KS + s] += dv * xv;
-          }
+        tap_products<KR, KS>(acc4, d + q0, base + q0, ld, dilh, dilw);
         q0 += 4;
       }
       for (int64_t q = q0; q < Q; ++q)
