@@ -34,13 +34,22 @@ namespace {
 
 // ---- instruction set ----
 
-const Isa* best_isa() {
+// Whether this CPU runs the named kernels: every extension their file is compiled with
+// (CMakeLists.txt), since the compiler may use any of them.
+bool cpu_runs(const std::string& name) {
 #if defined(__x86_64__) || defined(__i386__)
-  if (isa_avx512() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma"))
-    return isa_avx512();
-  if (isa_avx2() && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    return isa_avx2();
+  if (name == "avx512")
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("fma");
+  if (name == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
+  return name == "portable";
+}
+
+const Isa* best_isa() {
+  if (isa_avx512() && cpu_runs("avx512")) return isa_avx512();
+  if (isa_avx2() && cpu_runs("avx2")) return isa_avx2();
   return isa_portable();
 }
 
@@ -383,15 +392,9 @@ void set_conv2d_isa(const std::string& name) {
   if (name == "portable") {
     isa = isa_portable();
   } else {
-#if defined(__x86_64__) || defined(__i386__)
-    const bool cpu = name == "avx512" ? __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma")
-                                      : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-    const bool cpu = false;
-#endif
     isa = name == "avx512" ? isa_avx512() : isa_avx2();
     FT_CHECK(isa != nullptr, "set_conv2d_isa(name): '" << name << "' was not compiled into this build");
-    FT_CHECK(cpu, "set_conv2d_isa(name): this CPU does not support '" << name << "'");
+    FT_CHECK(cpu_runs(name), "set_conv2d_isa(name): this CPU does not support '" << name << "'");
   }
   g_forced = isa;
 }
