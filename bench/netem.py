@@ -112,7 +112,8 @@ def child(args):
     p, r = base.size, base.rank
     sizes = [int(s) for s in args.sizes.split(",")]
     for gbits in [float(g) for g in args.gbits.split(",")]:
-        comm = ThrottledComm(base, gbits * 1e9 / 8)
+        # --tc: the link is a real one, shaped by tc on an emulated cluster (fasttrain.parallel.cluster)
+        comm = base if args.tc else ThrottledComm(base, gbits * 1e9 / 8)
         for size in sizes:
             n = size // 4
             src = np.random.default_rng([r, n]).standard_normal(n).astype(np.float32)
@@ -129,7 +130,7 @@ def child(args):
                     if i:
                         times.append(dt)
                 if r == 0:
-                    print(json.dumps({"suite": "netem", "name": "allreduce_throttled", "codec": codec or "none",
+                    print(json.dumps({"suite": "netem", "name": "allreduce_tc" if args.tc else "allreduce_throttled", "codec": codec or "none",
                                       "schedule": schedule, "label": label, "gbits": gbits,
                                       "size": size, "ranks": p, "median_s": statistics.median(times),
                                       "min_s": min(times), "max_s": max(times)}), flush=True)
@@ -144,15 +145,30 @@ def fit(xs, ys):
 def parent(args):
     k = args.ranks
     # each rank's codecs use its share of the cores (fasttrain.settings.default_threads)
-    recs = mpiexec_records(k, Path(__file__).resolve(),
-                           ["--gbits", args.gbits, "--sizes", args.sizes, "--repeat", args.repeat])
+    child_args = ["--sizes", args.sizes, "--repeat", args.repeat]
+    if args.cluster:  # one emulated host per rank, its link shaped by tc: TCP through the kernel
+        from fasttrain.parallel.cluster import Cluster, unavailable
+
+        if unavailable():
+            sys.exit(f"netem --cluster: no emulated cluster here: {unavailable()}")
+        recs = []
+        for gbits in args.gbits.split(","):
+            with Cluster(k, 1, rate=f"{gbits}gbit") as c:
+                proc = c.run([sys.executable, "-m", "mpi4py", str(Path(__file__).resolve()), "--tc", "--gbits", gbits,
+                              *map(str, child_args)], timeout=3600, cwd=ROOT)
+                if proc.returncode != 0:
+                    sys.exit(f"netem --cluster {gbits} Gbit/s failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+                recs += [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    else:
+        recs = mpiexec_records(k, Path(__file__).resolve(), ["--gbits", args.gbits, *child_args])
     if args.json:
         Path(args.json).write_text("".join(json.dumps(x) + "\n" for x in recs))
     sizes = sorted({x["size"] for x in recs})
     for gbits in sorted({x["gbits"] for x in recs}, reverse=True):
         at = {(x["label"], x["size"]): x["median_s"] for x in recs if x["gbits"] == gbits}
         labels = [c[0] for c in CONFIGS]
-        print(f"\nK={k}, link {gbits:g} Gbit/s: ms per all-reduce (median of {args.repeat})")
+        how = "tc-shaped veth between emulated hosts, TCP" if args.cluster else "in-process throttle"
+        print(f"\nK={k}, link {gbits:g} Gbit/s ({how}): ms per all-reduce (median of {args.repeat})")
         print(f"{'size':>8} " + " ".join(f"{c:>8}" for c in labels))
         for s in sizes:
             print(f"{s >> 10:>7}K " + " ".join(f"{at[(c, s)] * 1e3:8.2f}" for c in labels))
@@ -176,6 +192,9 @@ def main(argv=None):
     ap.add_argument("--sizes", default="262144,1048576,4194304,16777216", help="buffer sizes in bytes")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", help="write JSON lines here")
+    ap.add_argument("--cluster", action="store_true",
+                    help="real TCP instead of the in-process throttle: one emulated host per rank (needs root)")
+    ap.add_argument("--tc", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if launched_world_size() > 1:
         child(args)

@@ -97,6 +97,9 @@ def check_every_algorithm(cluster):
     # across hosts the shared-memory window alone cannot reduce: ranks on other hosts are not in it
     assert out["algorithms"]["262144"] == across_hosts(cluster)
     assert out["algorithms"]["1024"] == "recursive_doubling"
+    # 4 MB: over 3 hosts halving-doubling would send whole buffers to and from the third
+    assert out["algorithms"]["4194304"] == {(2, 2): "hierarchical", (3, 1): "ring"}.get(
+        (cluster.hosts, max(cluster.ranks_per_host)), out["algorithms"]["4194304"])
 
 
 @pytest.mark.parametrize("flags", [["--compress", "int8"], ["--local-sgd", "4"]], ids=["int8", "local-sgd-4"])

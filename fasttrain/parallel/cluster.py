@@ -240,7 +240,12 @@ class Cluster:
         """`mpiexec ...` up to the program: every host with its rank count, TCP forced on eth0, then
         any further launcher options."""
         hosts = ",".join(f"{name}:{k}" for name, k in zip(self.names, self.ranks_per_host))
+        # the emulated hosts share this machine's cores: each rank takes its share of them, as
+        # the ranks of one real host do (an OpenMP team per rank over all cores oversubscribes
+        # them, and every parallel region then waits for descheduled threads)
+        threads = os.environ.get("FASTTRAIN_THREADS") or str(max(1, len(os.sched_getaffinity(0)) // self.size))
         return [str(mpiexec_path()), "-hosts", hosts, "-n", str(self.size if n is None else n),
+                "-genv", "FASTTRAIN_THREADS", threads,
                 "-bootstrap", "ssh", "-bootstrap-exec", str(self.wrapper), "-iface", self.bridge,
                 "-genv", "UCX_TLS", "tcp,self", "-genv", "UCX_NET_DEVICES", "eth0", *launcher]
 

@@ -169,6 +169,13 @@ class Hierarchy:
         self.leaders = MPIComm(leaders) if self.node_rank == 0 else None
 
 
+def host_count(comm: Communicator) -> int:
+    """How many nodes comm's ranks run on (1 for a communicator that is not MPI's). Collective on a
+    communicator's first call (with node_window)."""
+    node_window(comm)
+    return getattr(comm, "_hosts", 1)
+
+
 def hierarchy(comm: Communicator) -> Hierarchy | None:
     """comm's hosts (see Hierarchy) when its ranks span several nodes and some node runs more than
     one of them, else None. Collective on a communicator's first call (with node_window)."""
@@ -196,6 +203,7 @@ def node_window(comm: Communicator) -> NodeWindow | None:
             window = NodeWindow(node)
         else:
             placement = comm.allgather((node.Get_rank(), node.Get_size()))
+            comm._hosts = sum(1 for r, _ in placement if r == 0)
             if max(size for _, size in placement) > 1:
                 comm._hierarchy = Hierarchy(comm, node, placement)
             else:
