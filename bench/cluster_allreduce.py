@@ -103,9 +103,7 @@ def parent(args):
         print(f"{layout:>6} {rate:>7} {label:>6} {mpi * 1e3:9.3f} " + " ".join(cells)
               + f"  {mpi / auto['median_s']:.2f}x {auto['algorithm']}")
     if args.json:
-        with open(args.json, "w") as f:
-            for x in records:
-                f.write(json.dumps(x) + "\n")
+        Path(args.json).write_text("".join(json.dumps(x) + "\n" for x in records))
 
 
 def main(argv=None):

@@ -35,11 +35,12 @@ STRATEGIES = [
 TARGET = {"int8": 0.5, "sign+EF": 1.0, "local SGD H=4": 1.0, "local SGD H=16": 1.0}
 
 
-def run(name, dist, extra, ranks, common, timeout):
+def run(name, dist, extra, ranks, common, timeout, cluster=None):
     with tempfile.TemporaryDirectory() as d:
         cmd = [sys.executable, "-m", "fasttrain", "train", *common, "--run-dir", d]
         if dist is not None:
-            cmd = [str(MPIEXEC), "-n", str(ranks), *cmd, "--dist", dist, *extra]
+            launch = cluster.mpiexec_args(ranks) if cluster is not None else [str(MPIEXEC), "-n", str(ranks)]
+            cmd = [*launch, *cmd, "--dist", dist, *extra]
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
         if proc.returncode != 0:
@@ -60,6 +61,8 @@ def main(argv=None):
     ap.add_argument("--only", default=None, help="comma-separated strategy names")
     ap.add_argument("--timeout", type=int, default=900)
     ap.add_argument("--json", help="also write the JSON lines here")
+    ap.add_argument("--cluster-rate", default=None,
+                    help="run the ranks on emulated hosts (one each) whose links carry this rate, e.g. 100mbit (root)")
     args = ap.parse_args(argv)
     common = ["--dataset", args.dataset, "--epochs", str(args.epochs), "--quiet", "--monitor-every", "0", "--no-plot"]
     if args.model:
@@ -68,13 +71,24 @@ def main(argv=None):
         common += ["--limit", str(args.limit)]
     todo = STRATEGIES if not args.only else [s for s in STRATEGIES if s[0] in args.only.split(",")]
     rows = []
-    for name, dist, extra in todo:
-        r = run(name, dist, extra, args.ranks, common, args.timeout)
-        r.update(suite="time_to_accuracy", name=name, dataset=args.dataset, epochs=args.epochs)
-        rows.append(r)
+    cluster = None
+    if args.cluster_rate:
+        from fasttrain.parallel.cluster import Cluster
+
+        cluster = Cluster(args.ranks, 1, rate=args.cluster_rate).start()
+    try:
+        for name, dist, extra in todo:
+            r = run(name, dist, extra, args.ranks, common, args.timeout, cluster)
+            r.update(suite="time_to_accuracy", name=name, dataset=args.dataset, epochs=args.epochs,
+                     link=args.cluster_rate)
+            rows.append(r)
+    finally:
+        if cluster is not None:
+            cluster.stop()
     sync = next((r["val_acc"] for r in rows if r["name"] == "sync ring"), None)
     lines = []
-    print(f"\ntime to accuracy: {args.dataset}, {args.epochs} epochs, K={args.ranks} (single process: K=1)")
+    where = f", one emulated host per rank, {args.cluster_rate} links" if args.cluster_rate else ""
+    print(f"\ntime to accuracy: {args.dataset}, {args.epochs} epochs, K={args.ranks} (single process: K=1){where}")
     print(f"{'strategy':16s} {'val acc':>8s} {'vs sync':>8s} {'target':>7s} {'wall s':>7s} {'MB sent/rank':>13s} {'collectives':>11s}")
     for r in rows:
         gap = None if sync is None else 100 * (r["val_acc"] - sync)

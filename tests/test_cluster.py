@@ -139,6 +139,7 @@ def fault_run(cluster, fault, where, tmp_path, cut_host=None, launcher=()):
     t_end = time.time()
     if cut_host is None:
         t_fault = min(float(line.split()[-1]) for line in err.splitlines() if line.startswith(f"fault {fault} "))
+    print(f"fault {fault} on {where}: the job ended {t_end - t_fault:.1f} s after it (timeout {TIMEOUT_S} s)")
     return proc, err, t_end - t_fault
 
 

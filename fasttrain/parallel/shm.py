@@ -80,13 +80,10 @@ class NodeWindow:
         self.node.Barrier()
         self.win.Sync()
 
-    def allreduce(self, buf: np.ndarray, op: str = "sum", cross=None, divisor: int | None = None) -> np.ndarray:
-        """All-reduce buf over the node in place. cross(chunk, start): run on this rank's reduced
-        chunk (a view into its slot; start: its offset in buf) before the chunks are shared, to
-        reduce it further across hosts (the hierarchical all-reduce). divisor: what 'mean'
-        divides by (default: the node's rank count)."""
-        if buf.size == 0:
-            return buf
+    def _reduce_own_chunk(self, buf: np.ndarray):
+        """The reduce-scatter half: every rank's buffer into its slot, then this rank's chunk summed
+        over all slots into its own. Returns (this rank's slot, its reduced chunk, the chunk's start,
+        every chunk's (start, stop, slot view))."""
         if buf.nbytes > self.half:
             self._grow(max(buf.nbytes, 2 * self.half))
         mine_slot, a, b, peers, results = self._plan(buf.size, buf.dtype, self.parity * self.half)
@@ -103,6 +100,16 @@ class NodeWindow:
             src = mine
         if not peers:
             mine[...] = src
+        return mine_slot, mine, a, results
+
+    def allreduce(self, buf: np.ndarray, op: str = "sum", cross=None, divisor: int | None = None) -> np.ndarray:
+        """All-reduce buf over the node in place. cross(chunk, start): run on this rank's reduced
+        chunk (a view into its slot; start: its offset in buf) before the chunks are shared, to
+        reduce it further across hosts (the hierarchical all-reduce). divisor: what 'mean'
+        divides by (default: the node's rank count)."""
+        if buf.size == 0:
+            return buf
+        _, mine, a, results = self._reduce_own_chunk(buf)
         if cross is not None:
             cross(mine, a)
         if op == "mean":
@@ -118,20 +125,7 @@ class NodeWindow:
         chunks, reduces across hosts and writes the result to its slot, every rank copies it."""
         if buf.size == 0:
             return buf
-        if buf.nbytes > self.half:
-            self._grow(max(buf.nbytes, 2 * self.half))
-        mine_slot, a, b, peers, results = self._plan(buf.size, buf.dtype, self.parity * self.half)
-        self.parity ^= 1
-        mine_slot[:a] = buf[:a]
-        mine_slot[b:] = buf[b:]
-        self._fence()
-        mine = mine_slot[a:b]
-        src = buf[a:b]
-        for peer in peers:
-            np.add(src, peer, out=mine)
-            src = mine
-        if not peers:
-            mine[...] = src
+        mine_slot, _, _, results = self._reduce_own_chunk(buf)
         self._fence()
         if self.rank == 0:
             for x, y, result in results:
