@@ -234,6 +234,9 @@ def _command(args, cfg: Config, notes: list) -> int:
     summary = run_guarded(lambda: run(cfg, progress=False if args.quiet else None, checkpoints=checkpoints))
     if summary.get("rank", 0) != 0:
         return 0
+    if summary.get("snapshot_val_acc") is not None:
+        print(f"snapshot ensemble of {len(summary['snapshot_steps'])} (steps {summary['snapshot_steps']}): "
+              f"validation accuracy {summary['snapshot_val_acc']:.4f}")
     # the run's result is the last line a user sees
     acc = "none" if summary["val_acc"] is None else f"{summary['val_acc']:.4f}"
     print(f"final validation accuracy {acc} after {summary['epochs']} epochs "

@@ -173,6 +173,11 @@ RULES: dict[str, Rule] = {
     "weight_decay": number(0),
     "schedule": one_of(_schedules),
     "warmup_steps": integer(lo=0),
+    "decay_epochs": integer(lo=1),
+    "lr_decay": number(0, 1, lo_open=True),
+    "restart_mult": number(1),
+    "min_lr": number(0),
+    "snapshots": integer(lo=0, meaning="SGDR cycles to ensemble; 0: off"),
     "dropout": number(0, 1, hi_open=True, optional=True),
     "seed": integer(lo=0),
     "run_dir": run_folder,
@@ -266,7 +271,18 @@ def _image_size(cfg) -> None:
                           "--dataset image_folder resizes its images)")
 
 
-CROSS_CHECKS: list[Callable] = [_data_path, _image_size, _dist, _gpu, _early_stopping]
+def _schedule(cfg) -> None:
+    if cfg.min_lr > cfg.lr and cfg.schedule in ("cosine", "cosine_restarts"):
+        raise ConfigError("min_lr", cfg.min_lr, f"at most lr = {cfg.lr:g} (the lr at the end of a cosine cycle)")
+    if cfg.snapshots and cfg.schedule != "cosine_restarts":
+        raise ConfigError("snapshots", cfg.snapshots, "--schedule cosine_restarts with it (a snapshot is taken at the "
+                          f"end of each SGDR cycle)", detail=f"got {cfg.snapshots} with schedule {cfg.schedule!r}")
+    if cfg.snapshots and cfg.decay_epochs > cfg.epochs:
+        raise ConfigError("decay_epochs", cfg.decay_epochs, f"at most epochs = {cfg.epochs}, so that at least one "
+                          "SGDR cycle ends inside the run for --snapshots")
+
+
+CROSS_CHECKS: list[Callable] = [_data_path, _image_size, _dist, _gpu, _early_stopping, _schedule]
 
 
 def check_environment() -> None:

@@ -1,7 +1,7 @@
 """`fasttrain train --resume CKPT` continues the run the checkpoint came from: its config (flags
 given again override, and say so), its run folder, and a result bit-identical to the run that
-was never interrupted, with augmentation, mixup, a warmup + cosine schedule, dropout, EMA and
-early stopping all on."""
+was never interrupted, with augmentation, mixup, a warmup + cosine schedule (or SGDR with a
+snapshot ensemble), dropout, EMA and early stopping all on."""
 import json
 
 import numpy as np
@@ -11,9 +11,11 @@ from fasttrain.cli import main
 from fasttrain.train.checkpoint import read_checkpoint
 from fasttrain.train.trainer import Trainer
 
-FLAGS = ["--epochs", "4", "--limit", "300", "--augment", "flip,crop", "--mixup", "0.2", "--schedule", "cosine",
-         "--warmup-steps", "5", "--ema-decay", "0.9", "--early-stopping", "2", "--dropout", "0.3",
-         "--monitor-every", "0", "--quiet", "--no-plot"]
+COMMON = ["--epochs", "4", "--limit", "300", "--ema-decay", "0.9", "--early-stopping", "2", "--dropout", "0.3",
+          "--monitor-every", "0", "--quiet", "--no-plot"]
+RUNS = {"cosine": COMMON + ["--augment", "flip,crop", "--mixup", "0.2", "--schedule", "cosine", "--warmup-steps", "5"],
+        "sgdr_snapshots": COMMON + ["--augment", "pca,cutout", "--schedule", "cosine_restarts", "--decay-epochs", "1",
+                                    "--snapshots", "3"]}
 
 
 class Crash(RuntimeError):
@@ -36,7 +38,9 @@ def _same_checkpoint(a, b):
     assert meta_a["history"]["losses"] == meta_b["history"]["losses"]
 
 
-def test_resume_is_bit_identical_to_the_uninterrupted_run(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("run", sorted(RUNS))
+def test_resume_is_bit_identical_to_the_uninterrupted_run(run, tmp_path, monkeypatch, capsys):
+    FLAGS = RUNS[run]
     monkeypatch.chdir(tmp_path)
     assert main(["train", *FLAGS, "--run-dir", "whole"]) == 0
 
@@ -62,6 +66,8 @@ def test_resume_is_bit_identical_to_the_uninterrupted_run(tmp_path, monkeypatch,
     _same_checkpoint("whole/checkpoint_best.npz", "cut/checkpoint_best.npz")
     whole, cut = (json.load(open(f"{d}/summary.json")) for d in ("whole", "cut"))
     assert whole["val_acc"] == cut["val_acc"] and whole["steps"] == cut["steps"] and whole["epochs"] == 4
+    assert whole.get("snapshot_val_acc") == cut.get("snapshot_val_acc")
+    assert whole.get("snapshot_steps") == cut.get("snapshot_steps") == ([20, 30, 40] if "snapshots" in run else None)
 
 
 def test_resume_overrides_are_printed_and_applied(tmp_path, monkeypatch, capsys):

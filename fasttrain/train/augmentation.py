@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.augment import ColorJitter, Compose, Cutout, RandomCrop, RandomHorizontalFlip, RandomResizedCrop
+from ..data.augment import ColorJitter, Compose, Cutout, PCANoise, RandomCrop, RandomHorizontalFlip, RandomResizedCrop
 
-AUGMENTATIONS = ("flip", "crop", "scale", "jitter", "cutout")
+AUGMENTATIONS = ("flip", "crop", "scale", "jitter", "pca", "cutout")
 
 
-def build_augment(names, input_shape) -> Compose | None:
+def build_augment(names, input_shape, x_train=None) -> Compose | None:
     """Compose for `names` (in the given order) on images of shape (C, H, W); None for no names.
 
     flip: horizontal flip p=0.5; crop: random crop of the image size with padding max(1, H/8)
     (4 px on 32x32 CIFAR, as He et al. 2016); scale: random resized crop, 50-100% of the area;
-    jitter: brightness/contrast/saturation 0.2 (RGB only); cutout: a square of side max(1, H/4)."""
+    jitter: brightness/contrast/saturation 0.2 (RGB only); pca: AlexNet's PCA colour noise with
+    alpha 0.1, fitted on x_train (the training images, as the batches will arrive); cutout: a
+    square of side max(1, H/4)."""
     if not names:
         return None
     if isinstance(names, str) or not all(isinstance(n, str) for n in names):
@@ -36,6 +38,10 @@ def build_augment(names, input_shape) -> Compose | None:
             if c != 3:
                 raise ValueError(f"augment 'jitter': expected RGB images (3 channels), got {c}")
             transforms.append(ColorJitter(0.2, 0.2, 0.2))
+        elif name == "pca":
+            if x_train is None:
+                raise ValueError("augment 'pca': expected the training images to fit the colour PCA, got none")
+            transforms.append(PCANoise(0.1).fit(x_train))
         elif name == "cutout":
             transforms.append(Cutout(max(1, h // 4)))
         else:

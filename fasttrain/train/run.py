@@ -12,21 +12,39 @@ import time
 from ..config import Config, save_config
 
 
-#: the --schedule names `make_schedule` builds
-SCHEDULES = ("constant", "cosine")
+#: the --schedule names `make_schedule` builds (every schedule of fasttrain.schedules)
+SCHEDULES = ("constant", "step", "exponential", "inverse_time", "cosine", "linear", "inverse_sqrt", "cosine_restarts")
 
 
-def make_schedule(cfg: Config, total_steps: int):
-    """step -> lr from fasttrain.schedules: constant or cosine decay to 0 over the run (Loshchilov &
-    Hutter, "SGDR", 2017, without restarts), after a linear warmup of cfg.warmup_steps."""
+def make_schedule(cfg: Config, total_steps: int, steps_per_epoch: int):
+    """step -> lr from fasttrain.schedules, after a linear warmup of cfg.warmup_steps. Decay
+    periods are given in epochs (cfg.decay_epochs) so a config means the same for any batch size:
+    step decay (Krizhevsky et al. 2012), exponential, 1/t, cosine to min_lr over the run
+    (Loshchilov & Hutter, "SGDR", 2017, one cycle), linear to min_lr, inverse square root
+    (Vaswani et al. 2017) and cosine with warm restarts (SGDR: cycles of decay_epochs, each
+    restart_mult times longer)."""
     from .. import schedules
 
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
-    spec = {"name": cfg.schedule, "lr": cfg.lr, "warmup_steps": cfg.warmup_steps}
-    if cfg.schedule == "cosine":
-        spec["total_steps"] = max(total_steps, 1)
-    return schedules.from_config(spec)
+    period = cfg.decay_epochs * max(steps_per_epoch, 1)
+    args = {"constant": {}, "step": {"step_size": period, "gamma": cfg.lr_decay},
+            "exponential": {"gamma": cfg.lr_decay ** (1.0 / period)},
+            "inverse_time": {"decay_rate": cfg.lr_decay, "decay_steps": period},
+            "cosine": {"total_steps": max(total_steps, 1), "min_lr": cfg.min_lr},
+            "linear": {"total_steps": max(total_steps, 1), "end_lr": cfg.min_lr},
+            "inverse_sqrt": {},
+            "cosine_restarts": {"period": period, "mult": cfg.restart_mult, "min_lr": cfg.min_lr}}[cfg.schedule]
+    return schedules.from_config({"name": cfg.schedule, "lr": cfg.lr, "warmup_steps": cfg.warmup_steps, **args})
+
+
+def snapshot_steps(cfg: Config, total_steps: int, steps_per_epoch: int) -> list[int]:
+    """The steps inside the run where a cosine_restarts cycle ends (snapshot ensembles)."""
+    from .ensemble import restart_boundaries
+
+    period = cfg.decay_epochs * max(steps_per_epoch, 1)
+    ends = restart_boundaries(period, total_steps // period + 1, cfg.restart_mult)  # cycles never shrink
+    return [e for e in ends if e <= total_steps]
 
 
 def make_optimizer(name: str, arena, lr: float, weight_decay: float):
@@ -154,13 +172,19 @@ def run(cfg: Config, progress: bool | None = None, checkpoints: dict | None = No
     opt = make_optimizer(cfg.optimizer, arena, run_cfg.lr, cfg.weight_decay)
     from .augmentation import build_augment
 
-    augment = build_augment(cfg.augment, data.input_shape)
-    schedule = make_schedule(run_cfg, cfg.epochs * len(train_loader))
+    augment = build_augment(cfg.augment, data.input_shape, x_train=x_train)
+    total_steps = cfg.epochs * len(train_loader)
+    schedule = make_schedule(run_cfg, total_steps, len(train_loader))
     trainer = Trainer(model, arena, opt, SoftmaxCrossEntropy(), schedule=schedule, run_dir=run_dir,
                       config=cfg.to_dict(), progress=progress, plot=cfg.plot,
                       monitor_every=cfg.monitor_every or None, early_stopping=cfg.early_stopping,
                       min_delta=cfg.min_delta, ema_decay=cfg.ema_decay, augment=augment, mixup_alpha=cfg.mixup,
                       seed=cfg.seed, checkpoint_name=f"checkpoint.{cfg.checkpoint_format}")
+    if cfg.snapshots:  # Huang et al. 2017: the weights at the ends of the last N SGDR cycles
+        from .ensemble import SnapshotEnsemble
+
+        trainer.snapshots = SnapshotEnsemble(arena, max_snapshots=cfg.snapshots)
+        trainer.snapshot_steps = snapshot_steps(cfg, total_steps, len(train_loader))
     dp = None
     if cfg.dist != "none":
         dp = DataParallel(comm, model, arena, cfg.dist, cfg.compress, cfg.error_feedback, cfg.local_sgd,
@@ -187,6 +211,12 @@ def run(cfg: Config, progress: bool | None = None, checkpoints: dict | None = No
                "wall_time_s": time.perf_counter() - t_start, "run_dir": run_dir,
                "best_epoch": last.get("epoch") if trainer.best_record is not None else None,
                "monitor": trainer.monitor.summary() if trainer.monitor is not None else None}
+    if trainer.snapshots is not None and len(trainer.snapshots) and val_loader is not None:
+        from .ensemble import ensemble_predict
+
+        probs = ensemble_predict(model, arena, trainer.snapshots, val_loader.x, batch_size=256)
+        summary.update(snapshot_val_acc=float((probs.argmax(axis=1) == val_loader.y).mean()),
+                       snapshot_steps=list(trainer.snapshots.steps))
     if dp is not None:  # every rank must end with rank 0's parameters (checked by hash)
         summary.update(rank=comm.rank, ranks=comm.size, param_hash=dp.finish(broadcast=bool(cfg.early_stopping)),
                        bytes_sent_per_rank=dp.bytes_sent, allreduces=dp.allreduces, lr_run=run_cfg.lr,

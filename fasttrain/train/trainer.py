@@ -101,7 +101,9 @@ class Trainer:
             self.mixup = None
         self.seed = int(seed)
         self.checkpoint_name = checkpoint_name
-        self.dist = dist  # dist (issue 8): a fasttrain.parallel.DataParallel policy, or None
+        self.dist = dist  # a fasttrain.parallel.DataParallel policy, or None
+        # snapshot ensembles: a SnapshotEnsemble and the steps at which it copies the weights
+        self.snapshots, self.snapshot_steps = None, ()
         if self.run_dir is not None:
             os.makedirs(self.run_dir, exist_ok=True)
 
@@ -121,6 +123,10 @@ class Trainer:
             state = self.ema.state_dict()
             extra["ema/shadow"] = state.pop("shadow")
             meta["ema"] = state
+        if self.snapshots is not None:
+            state = self.snapshots.state_dict()
+            meta["snapshot_steps"] = state["steps"]
+            extra.update({f"snapshot/{i}": a for i, a in enumerate(state["snapshots"])})
         if self.early_stopping is not None:
             meta["best"] = {"record": self.best_record, "bad_epochs": self._bad_epochs}
             if self._best_state is not None:
@@ -147,6 +153,9 @@ class Trainer:
             self.ema.load_state_dict({"shadow": extra["ema/shadow"], **meta["ema"]})
         elif "ema" in meta:
             log.warning("%s: the checkpoint's EMA of the weights is not resumed (this trainer has no ema_decay)", path)
+        if self.snapshots is not None and "snapshot_steps" in meta:
+            steps = meta["snapshot_steps"]
+            self.snapshots.load_state_dict({"steps": steps, "snapshots": [extra[f"snapshot/{i}"] for i in range(len(steps))]})
         best = meta.get("best")
         if self.early_stopping is not None and best is not None:
             self.best_record, self._bad_epochs = best["record"], int(best["bad_epochs"])
@@ -265,6 +274,8 @@ class Trainer:
                 bar.set_description(f"epoch {self.epoch + 1}/{epochs}")
                 for xb, yb in train_loader.batches(self.epoch):
                     loss, ok = self.train_step(xb, yb)
+                    if self.snapshots is not None:
+                        self.snapshots(self.step, self.snapshot_steps)
                     self.history.steps.append(self.step)
                     self.history.losses.append(loss)
                     reason = self._explosion(loss)
