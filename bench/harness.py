@@ -123,6 +123,12 @@ class Limits:
     bandwidth_source: str
     flops_source: str
     probe_bandwidth: object = None  # working-set bytes -> bytes/s, measured when called (None: no probe)
+    peaks: dict = field(default_factory=dict)  # instruction set ("avx512", "avx2") -> FMA-loop FLOP/s
+
+    @property
+    def peak(self) -> float | None:
+        """The widest instruction set's FMA peak: the ceiling for model-FLOP utilization."""
+        return self.peaks.get("avx512") or self.peaks.get("avx2")
 
     def bandwidth_at(self, working_set: int | None) -> float:
         """The bandwidth limit for a kernel touching working_set bytes, measured now by the probes at
@@ -180,6 +186,25 @@ def _check_probes() -> None:
         assert np.all(b == 2.0) and np.all(c == 3.0) and np.all(d == 3.0), "stream_update3 gave a wrong result"
 
 
+def fma_peaks(records: list, repeat: int = 5, iters: int = 2_000_000) -> dict:
+    """FLOP/s of our register-only FMA loop per instruction set the CPU has (best of `repeat` runs, on
+    the package's thread count), each added to `records` as a limits row. Empty without the C++ module."""
+    try:
+        from fasttrain import _C
+    except ImportError:
+        return {}
+    peaks = {}
+    for isa in ("avx512", "avx2"):
+        if not _C.fma_isa_supported(isa):
+            continue
+        flops = 2.0 * 12 * (16 if isa == "avx512" else 8) * iters * settings.num_threads
+        samples = [flops / _C.fma_peak_flops(isa, iters) for _ in range(repeat)]
+        records.append(make_record("limits", f"fma_peak_{isa}", "cpp", "12 accumulators, registers only", samples,
+                                   flops=flops))
+        peaks[isa] = flops / min(samples)
+    return peaks
+
+
 def measure_limits(quick: bool = False) -> tuple[Limits, list[Record]]:
     """Main-memory bandwidth (our STREAM-style probes over 1 GiB, far beyond any last-level cache) and
     sgemm FLOP/s, measured now; kernels are later held to the bandwidth probed at their own working
@@ -196,7 +221,8 @@ def measure_limits(quick: bool = False) -> tuple[Limits, list[Record]]:
     flops = 2.0 * m ** 3
     records.append(make_record("limits", "sgemm", "numpy-blas", f"{m}x{m}x{m}", samples, flops=flops))
     probe = (lambda ws: stream_bandwidth(ws, repeat=3)) if quick else stream_bandwidth
-    return Limits(main_memory, flops / min(samples), source, "numpy matmul (OpenBLAS)", probe), records
+    peaks = fma_peaks(records, repeat=3 if quick else 15)
+    return Limits(main_memory, flops / min(samples), source, "numpy matmul (OpenBLAS)", probe, peaks), records
 
 
 def print_table(records: list[Record], file=None) -> None:
@@ -211,51 +237,69 @@ def print_table(records: list[Record], file=None) -> None:
               file=file)
 
 
-def ratios(records: list[Record]) -> list[dict]:
-    """For each (name, shape), every backend's speed relative to every alternative measured in the run."""
-    out = []
+OURS = ("cpp", "numba", "cuda", "numba-cuda", "ring")
+
+
+def is_torch_cpu(backend: str) -> bool:
+    """PyTorch on the CPU: "torch" (its defaults: NCHW, foreach optimizers) or a tuned variant
+    ("torch-cl": channels_last, "torch-fused": fused optimizer, "torch-compile")."""
+    return backend == "torch" or (backend.startswith("torch-") and "cuda" not in backend)
+
+
+def _groups(records) -> dict:
     groups: dict[tuple, dict[str, Record]] = {}
     for r in records:
-        groups.setdefault((r.suite, r.name, r.shape), {})[r.backend] = r
-    for (suite, name, shape), by_backend in groups.items():
-        for ours in ("cpp", "numba", "cuda", "numba-cuda", "ring"):
+        if r.suite != "memory":  # their times are not the measurement
+            groups.setdefault((r.suite, r.name, r.shape), {})[r.backend] = r
+    return groups
+
+
+def fastest_torch(by_backend: dict) -> Record | None:
+    """The fastest PyTorch CPU variant measured for one workload: what every ratio is taken against."""
+    torch_recs = [r for b, r in by_backend.items() if is_torch_cpu(b)]
+    return min(torch_recs, key=lambda r: r.median_s) if torch_recs else None
+
+
+def ratios(records: list[Record]) -> list[dict]:
+    """For each (name, shape), every backend's speed relative to every alternative measured in the run,
+    plus one row against the fastest PyTorch variant (vs "torch-best", naming which variant won)."""
+    out = []
+    for (suite, name, shape), by_backend in _groups(records).items():
+        best = fastest_torch(by_backend)
+        for ours in OURS:
             if ours not in by_backend:
                 continue
             for alt, rec in by_backend.items():
                 if alt != ours:
                     out.append({"suite": suite, "name": name, "shape": shape, "ours": ours, "vs": alt,
                                 "speedup": rec.median_s / by_backend[ours].median_s})
+            if best is not None:
+                out.append({"suite": suite, "name": name, "shape": shape, "ours": ours, "vs": "torch-best",
+                            "variant": best.backend, "speedup": best.median_s / by_backend[ours].median_s})
     return out
+
+
+def annotate_vs_torch(records: list[Record]) -> None:
+    """Write into each of our records (extra) its speedup over the fastest PyTorch variant of the same
+    workload (vs_torch_best, torch_best naming the variant) and over PyTorch's defaults (vs_torch_default),
+    so the JSON lines carry the honest ratio next to the flattering one."""
+    for by_backend in _groups(records).values():
+        best = fastest_torch(by_backend)
+        if best is None:
+            continue
+        for ours in OURS:
+            if ours in by_backend:
+                rec = by_backend[ours]
+                rec.extra["vs_torch_best"] = round(best.median_s / rec.median_s, 3)
+                rec.extra["torch_best"] = best.backend
+                if "torch" in by_backend:
+                    rec.extra["vs_torch_default"] = round(by_backend["torch"].median_s / rec.median_s, 3)
 
 
 def write_jsonl(path, records: list[Record]) -> None:
     with open(path, "w") as f:
         for r in records:
             f.write(r.to_json() + "\n")
-
-
-def plot(records: list[Record], path) -> None:
-    """Per-kernel % of limit and speedup vs the best alternative, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ours = [r for r in records if r.backend in ("cpp", "numba", "cuda", "numba-cuda") and r.pct_of_limit is not None]
-    rs = [x for x in ratios(records) if x["vs"] in ("numpy", "torch", "torch-cuda")]
-    fig, axes = plt.subplots(1, 2, figsize=(13, max(3, 0.35 * max(len(ours), len(rs)) + 1)))
-    labels = [f"{r.name} [{r.backend}]" for r in ours]
-    axes[0].barh(labels, [r.pct_of_limit for r in ours], color="tab:blue")
-    axes[0].set_xlabel("% of machine limit (bandwidth or FLOP/s, measured in the same run)")
-    axes[0].axvline(100, color="k", lw=0.5)
-    labels = [f"{x['name']} {x['ours']} vs {x['vs']}" for x in rs]
-    axes[1].barh(labels, [x["speedup"] for x in rs], color="tab:green")
-    axes[1].axvline(1, color="k", lw=0.5)
-    axes[1].set_xscale("log")
-    axes[1].set_xlabel("speedup (alternative time / ours)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def torch_or_none():
@@ -268,7 +312,7 @@ def torch_or_none():
 
 
 __all__ = ["Record", "Limits", "time_fn", "time_interleaved", "make_record", "measure_limits", "print_table", "ratios",
-           "write_jsonl", "plot", "torch_or_none", "ft"]
+           "annotate_vs_torch", "fastest_torch", "write_jsonl", "torch_or_none", "ft"]
 
 
 def mpiexec_records(ranks: int, script, args, timeout_s: float = 1800, env: dict | None = None) -> list[dict]:

@@ -22,9 +22,16 @@ class Entry:
     inputs: Callable[[], dict]                 # fresh float32 inputs (same seed every call)
     run: Callable[[Callable, dict], None]      # (kernel lookup: op -> fn, arrays) -> writes outputs
     outputs: tuple[str, ...]                   # names in the arrays dict compared with the reference
-    torch: Callable[[object, dict], Callable] | None = None   # (torch, arrays) -> zero-arg callable
+    # (torch, arrays) -> zero-arg callable: PyTorch's default call ("torch"), or a dict of variants
+    # ("torch": default, "torch-fused": fused optimizer, "torch-cl": channels_last) timed side by side
+    torch: Callable[[object, dict], Callable] | dict | None = None
     ops: tuple[str, ...] = ()
     rtol: float = 1e-4
+
+    def torch_variants(self) -> dict:
+        if self.torch is None:
+            return {}
+        return self.torch if isinstance(self.torch, dict) else {"torch": self.torch}
 
 
 def _rng_inputs(shapes: dict, seed=0, positive=()):
@@ -46,15 +53,19 @@ def _adam_entry(n, decoupled):
         k("adam_step")(a["p"], a["g"], a["m"], a["v"], hyper["lr"], hyper["beta1"], hyper["beta2"], hyper["eps"],
                        1 - 0.9 ** 3, 1 - 0.999 ** 3, 0.0, 0.0, 1e-2 if decoupled else 0.0)
 
-    def torch_fn(torch, a):
+    def torch_fn(torch, a, fused):
         p = torch.nn.Parameter(torch.from_numpy(a["p"].copy()))
         p.grad = torch.from_numpy(a["g"].copy())
         cls = torch.optim.AdamW if decoupled else torch.optim.Adam
-        opt = cls([p], lr=1e-3, weight_decay=1e-2 if decoupled else 0.0, fused=True)
+        opt = cls([p], lr=1e-3, weight_decay=1e-2 if decoupled else 0.0, fused=fused)
         return opt.step
 
-    return Entry(name, (n,), 28.0 * n, 0.0, lambda: _rng_inputs({"p": n, "g": n, "m": n, "v": n}, positive=("v",)),
-                 run, ("p", "m", "v"), torch_fn, ("adam_step",), rtol=1e-5)
+    # FLOPs (for the roofline): the moments 3 + 4, bias corrections 2, sqrt + eps + divide + scale + update 5,
+    # and the decoupled decay 2 more
+    return Entry(name, (n,), 28.0 * n, (16.0 if decoupled else 14.0) * n,
+                 lambda: _rng_inputs({"p": n, "g": n, "m": n, "v": n}, positive=("v",)),
+                 run, ("p", "m", "v"), {"torch": partial(torch_fn, fused=None), "torch-fused": partial(torch_fn, fused=True)},
+                 ("adam_step",), rtol=1e-5)
 
 
 def _amsgrad_entry(n):
@@ -71,7 +82,7 @@ def _amsgrad_entry(n):
     # reads p, g, m, v, vmax; writes p, m, v, vmax
     return Entry("adam_amsgrad", (n,), 36.0 * n, 0.0,
                  lambda: _rng_inputs({"p": n, "g": n, "m": n, "v": n, "vmax": n}, positive=("v", "vmax")),
-                 run, ("p", "m", "v", "vmax"), torch_fn, ("adam_amsgrad_step",), rtol=1e-5)
+                 run, ("p", "m", "v", "vmax"), {"torch-fused": torch_fn}, ("adam_amsgrad_step",), rtol=1e-5)
 
 
 def _rmsprop_momentum_entry(n):
@@ -155,7 +166,7 @@ def _relu_entry(n):
         y = torch.from_numpy(a["y"])
         return lambda: torch.clamp_min(x, 0, out=y)
 
-    return Entry("relu_fwd", (n,), 8.0 * n, 0.0, inputs, lambda k, a: k("relu_fwd")(a["x"], a["y"]),
+    return Entry("relu_fwd", (n,), 8.0 * n, 1.0 * n, inputs, lambda k, a: k("relu_fwd")(a["x"], a["y"]),
                  ("y",), torch_fn, ("relu_fwd",), rtol=0)
 
 
@@ -186,10 +197,15 @@ def _batchnorm_inputs(N, C, H, W, extra_activations):
 
 
 def _batchnorm_torch(C, relu):
+    return {"torch": _batchnorm_torch_variant(C, relu, False), "torch-cl": _batchnorm_torch_variant(C, relu, True)}
+
+
+def _batchnorm_torch_variant(C, relu, channels_last):
     def torch_fn(torch, a):
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
         bn = torch.nn.BatchNorm2d(C)
-        x = torch.from_numpy(a["x"]).requires_grad_(True)
-        dy = torch.from_numpy(a["dy"])
+        x = torch.from_numpy(a["x"]).contiguous(memory_format=fmt).requires_grad_(True)
+        dy = torch.from_numpy(a["dy"]).contiguous(memory_format=fmt)
 
         def step():
             x.grad = None
@@ -212,7 +228,8 @@ def _batchnorm_entry(N, C, H, W):
 
     # fwd: stats pass reads x, normalize pass reads x and writes y; bwd: reduction pass reads x, dy,
     # dx pass reads x, dy and writes dx.
-    return Entry("batchnorm_fwd_bwd", (N, C, H, W), 4.0 * n * 8, 0.0, inputs, run, ("y", "dx"),
+    # FLOPs (roofline): statistics 4, normalize 2, backward sums 4, dx 5 per element
+    return Entry("batchnorm_fwd_bwd", (N, C, H, W), 4.0 * n * 8, 15.0 * n, inputs, run, ("y", "dx"),
                  _batchnorm_torch(C, relu=False),
                  ("batchnorm_fwd_train", "batchnorm_bwd"), rtol=1e-3)
 
@@ -241,7 +258,8 @@ def _batchnorm_relu_entry(N, C, H, W, fused):
     # the second writes dx: 10 arrays. Unfused adds relu fwd (2) and bwd (3) and reads dpre instead of dy, y.
     name = "bn_relu_fused" if fused else "bn_then_relu"
     ops = ("batchnorm_fwd_train", "batchnorm_bwd") + (() if fused else ("relu_fwd", "relu_bwd"))
-    return Entry(name, (N, C, H, W), 4.0 * n * (10 if fused else 13), 0.0, inputs, run, ("y", "dx"),
+    return Entry(name, (N, C, H, W), 4.0 * n * (10 if fused else 13), (17.0 if fused else 18.0) * n, inputs, run,
+                 ("y", "dx"),
                  _batchnorm_torch(C, relu=True) if fused else None, ops, rtol=1e-3)
 
 
@@ -296,8 +314,8 @@ def _softmax_xent_weighted_entry(N, C):
 
 # ---- conv2d ---------------------------------------------------------------------------------------
 
-def _conv_entry(N, C, H, W, K, R=3, pad=1):
-    P, Q = H + 2 * pad - R + 1, W + 2 * pad - R + 1
+def _conv_entry(N, C, H, W, K, R=3, stride=1, pad=1):
+    P, Q = (H + 2 * pad - R) // stride + 1, (W + 2 * pad - R) // stride + 1
 
     def inputs():
         a = _rng_inputs({"x": (N, C, H, W), "w": (K, C, R, R), "b": (K,), "dy": (N, K, P, Q)})
@@ -307,25 +325,31 @@ def _conv_entry(N, C, H, W, K, R=3, pad=1):
         return a
 
     def run(k, a):
-        k("conv2d_fwd")(a["x"], a["w"], a["b"], a["y"], 1, 1, pad, pad, False)
-        k("conv2d_bwd_data")(a["dy"], a["w"], a["dx"], 1, 1, pad, pad)
+        k("conv2d_fwd")(a["x"], a["w"], a["b"], a["y"], stride, stride, pad, pad, False)
+        k("conv2d_bwd_data")(a["dy"], a["w"], a["dx"], stride, stride, pad, pad)
         a["dw"][...] = 0
         a["db"][...] = 0
-        k("conv2d_bwd_weight")(a["x"], a["dy"], a["dw"], a["db"], 1, 1, pad, pad)
+        k("conv2d_bwd_weight")(a["x"], a["dy"], a["dw"], a["db"], stride, stride, pad, pad)
 
-    def torch_fn(torch, a):
-        conv = torch.nn.Conv2d(C, K, R, padding=pad)
-        x = torch.from_numpy(a["x"]).requires_grad_(True)
-        dy = torch.from_numpy(a["dy"])
+    def torch_variant(channels_last):
+        def torch_fn(torch, a):
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            conv = torch.nn.Conv2d(C, K, R, stride=stride, padding=pad).to(memory_format=fmt)
+            x = torch.from_numpy(a["x"]).contiguous(memory_format=fmt).requires_grad_(True)
+            dy = torch.from_numpy(a["dy"]).contiguous(memory_format=fmt)
 
-        def step():
-            x.grad = None
-            conv.zero_grad()
-            conv(x).backward(dy)
-        return step
+            def step():
+                x.grad = None
+                conv.zero_grad()
+                conv(x).backward(dy)
+            return step
+        return torch_fn
 
     flops = 3 * 2.0 * N * K * C * R * R * P * Q  # forward, input gradient, weight gradient
-    return Entry("conv2d_fwd_bwd", (N, C, H, W, K), 0.0, flops, inputs, run, ("y", "dx", "dw", "db"), torch_fn,
+    # compulsory traffic (roofline): x, dy and w read twice, y, dx and dw written once
+    nbytes = 4.0 * 3 * (N * C * H * W + N * K * P * Q + K * C * R * R)
+    return Entry("conv2d_fwd_bwd", (N, C, H, W, K, R, stride), nbytes, flops, inputs, run, ("y", "dx", "dw", "db"),
+                 {"torch": torch_variant(False), "torch-cl": torch_variant(True)},
                  ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_weight"), rtol=2e-3)
 
 
@@ -375,7 +399,13 @@ def _depthwise_entry(N, C, H, W, R=3, stride=1, backward=True):
     outputs = ("y", "dx", "dw", "db") if backward else ("y",)
     ops = ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_weight") if backward else ("conv2d_fwd",)
     return Entry("depthwise_fwd_bwd" if backward else "depthwise_fwd", (N, C, H, W, R, stride), nbytes, flops,
-                 inputs, run, outputs, torch_fn, ops, rtol=2e-4)
+                 inputs, run, outputs, {"torch-cl": torch_fn}, ops, rtol=2e-4)
+
+
+# Every distinct convolution of the CIFAR ResNet-20 at batch 128: (N, C, H, W, K, R, stride, pad)
+RESNET20_CONVS = [(128, 3, 32, 32, 16, 3, 1, 1), (128, 16, 32, 32, 16, 3, 1, 1), (128, 16, 32, 32, 32, 3, 2, 1),
+                  (128, 16, 32, 32, 32, 1, 2, 0), (128, 32, 16, 16, 32, 3, 1, 1), (128, 32, 16, 16, 64, 3, 2, 1),
+                  (128, 32, 16, 16, 64, 1, 2, 0), (128, 64, 8, 8, 64, 3, 1, 1)]
 
 
 def entries(quick: bool) -> list[Entry]:
@@ -385,7 +415,8 @@ def entries(quick: bool) -> list[Entry]:
                 _exp_activation_entry("tanh_fwd", 1 << 14, "tanh"),
                 _batchnorm_entry(2, 3, 5, 7), _batchnorm_relu_entry(2, 3, 5, 7, True),
                 _batchnorm_relu_entry(2, 3, 5, 7, False), _softmax_xent_entry(8, 10),
-                _softmax_xent_weighted_entry(8, 10), _conv_entry(2, 3, 8, 8, 4), _depthwise_entry(2, 5, 9, 8)]
+                _softmax_xent_weighted_entry(8, 10), _conv_entry(2, 3, 8, 8, 4), _conv_entry(2, 5, 7, 7, 6, 1, 2, 0),
+                _depthwise_entry(2, 5, 9, 8)]
     n_opt = 10_000_000
     return [_adam_entry(n_opt, False), _adam_entry(n_opt, True), _amsgrad_entry(n_opt), _rmsprop_entry(n_opt),
             _rmsprop_momentum_entry(n_opt), _momentum_entry(n_opt), _dropout_entry(4_194_304), _relu_entry(16_777_216),
@@ -394,7 +425,7 @@ def entries(quick: bool) -> list[Entry]:
             _batchnorm_entry(64, 64, 32, 32), _batchnorm_relu_entry(64, 64, 32, 32, True),
             _batchnorm_relu_entry(64, 64, 32, 32, False),
             _softmax_xent_entry(1024, 1000), _softmax_xent_weighted_entry(1024, 1000),
-            _conv_entry(64, 64, 32, 32, 64), _conv_entry(128, 3, 32, 32, 32), _conv_entry(32, 128, 16, 16, 128),
+            *(_conv_entry(*shape) for shape in RESNET20_CONVS),
             _depthwise_entry(64, 64, 32, 32, backward=False), _depthwise_entry(64, 64, 32, 32),
             _depthwise_entry(128, 128, 16, 16), _depthwise_entry(128, 256, 8, 8, stride=2)]
 
@@ -434,18 +465,21 @@ def run(limits, quick: bool = False, repeat: int = 7, log=print) -> list:
             kernels = {op: B.kernel(op, backend=backend) for op in entry.ops}  # lookups outside the timing
             fns[backend] = partial(entry.run, kernels.__getitem__, arrays)
             repeats[backend] = 3 if (quick or backend == "numpy") else repeat
-        if torch is not None and entry.torch is not None:
-            fns["torch"] = entry.torch(torch, entry.inputs())
-            repeats["torch"] = 3 if quick else repeat
+        if torch is not None:
+            for variant, make in entry.torch_variants().items():
+                fns[variant] = make(torch, entry.inputs())
+                repeats[variant] = 3 if quick else repeat
         samples = time_interleaved(fns, repeats, warmup=1)
         if bandwidth is not None:  # bracket the drift: the limit is the better of before and after
             bandwidth = max(bandwidth, limits.bandwidth_at(working_set))
         for backend in fns:
-            if backend != "torch":
+            if not backend.startswith("torch"):
                 _check(entry, backend)  # still correct after the timed runs (no state corruption)
-            records.append(make_record("kernels", entry.name, backend, entry.shape, samples[backend],
-                                       entry.nbytes or None, entry.flops or None, limits, bandwidth,
-                                       working_set_bytes=working_set))
+            rec = make_record("kernels", entry.name, backend, entry.shape, samples[backend], entry.nbytes or None,
+                              entry.flops or None, limits, bandwidth, working_set_bytes=working_set)
+            if entry.name.startswith("conv2d") and limits.peak:  # the FMA-bound kernels
+                rec.extra["pct_of_peak"] = round(100.0 * entry.flops / rec.median_s / limits.peak, 1)
+            records.append(rec)
             log(f"  {entry.name:<20} {backend:<6} {records[-1].median_s * 1e3:9.3f} ms")
     from . import codecs  # the dist gradient codecs, per core (not registry kernels)
 

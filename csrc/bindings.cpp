@@ -895,6 +895,14 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release nogil;
     ft::cpu::stream_update3(pa, pb, pc, pd, a.size());
   }, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("d"));
+  m.def("fma_isa_supported", &ft::cpu::fma_isa_supported, py::arg("isa"));
+  m.def("fma_peak_flops", [](const std::string& isa, int64_t iters) {
+    FT_CHECK(isa == "avx512" || isa == "avx2", "fma_peak_flops(isa): expected 'avx512' or 'avx2', got '" << isa << "'");
+    FT_CHECK(iters >= 1, "fma_peak_flops(iters): expected >= 1, got " << iters);
+    FT_CHECK(ft::cpu::fma_isa_supported(isa), "fma_peak_flops(isa='" << isa << "'): this CPU lacks it");
+    py::gil_scoped_release nogil;
+    return ft::cpu::fma_peak_flops(isa, iters);
+  }, py::arg("isa"), py::arg("iters") = 2000000);
 
   train_ops::bind(m);  // activations, optimizers, dropout, softmax cross-entropy
   dist_codecs::bind(m);  // gradient codecs of fasttrain.dist

@@ -23,6 +23,7 @@ def test_bench_quick_writes_records_chart_and_report(tmp_path):
     names = {(r["suite"], r["name"]) for r in records}
     assert ("limits", "stream_add") in names and ("limits", "sgemm") in names
     assert ("limits", "stream_update3") in names  # the C++ module is built in every install
+    assert ("limits", "fma_peak_avx2") in names or not _C_has_avx2()
     for r in records:
         assert REQUIRED <= set(r), r
         assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"]
@@ -32,6 +33,20 @@ def test_bench_quick_writes_records_chart_and_report(tmp_path):
                                             "softmax_xent", "conv2d_fwd_bwd"}
     assert all("pct_of_limit" in r for r in kernels)
     assert png.stat().st_size > 1000 and "Ratios" in md.read_text()
+    if any(r["backend"].startswith("torch") for r in kernels):
+        # every ratio is also taken against the fastest PyTorch variant, named in the record
+        ours = [r for r in kernels if r["backend"] == "cpp" and r["name"] in ("adam", "conv2d_fwd_bwd")]
+        assert ours and all(r["extra"]["torch_best"].startswith("torch") for r in ours)
+        assert {r["backend"] for r in kernels if r["name"] == "adam"} >= {"torch", "torch-fused"}
+        assert {r["backend"] for r in kernels if r["name"] == "conv2d_fwd_bwd"} >= {"torch", "torch-cl"}
+        assert "Kernels against PyTorch (fastest variant" in md.read_text()
+    convs = [r for r in kernels if r["name"] == "conv2d_fwd_bwd" and r["backend"] == "cpp"]
+    assert all("pct_of_peak" in r["extra"] for r in convs) or "fma_peak_avx2" not in str(names)
+
+
+def _C_has_avx2():
+    C = pytest.importorskip("fasttrain._C", reason="C++ module not built")
+    return C.fma_isa_supported("avx2")
 
 
 @pytest.mark.timeout(300)
@@ -40,9 +55,40 @@ def test_bench_train_quick_reports_images_per_second(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bench", "train", "--quick", "--json", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    records = [json.loads(line) for line in out.read_text().splitlines() if '"train"' in line]
-    assert {r["name"] for r in records} == {"convnet_classic_step", "resnet8_step", "mobilenet_step"}
-    assert all(r["extra"]["images_per_s"] > 0 for r in records)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    train = [r for r in records if r["suite"] == "train"]
+    assert {r["name"] for r in train} == {"convnet_classic_step", "resnet8_step", "mobilenet_step"}
+    assert all(r["extra"]["images_per_s"] > 0 and r["flops"] > 0 for r in train)
+    memory = [r for r in records if r["suite"] == "memory"]
+    assert "cpp" in {r["backend"] for r in memory}
+    assert all(r["extra"]["peak_rss_mib"] >= r["extra"]["rss_before_steps_mib"] > 0 for r in memory)
+    if any(r["backend"].startswith("torch") for r in train):
+        assert {r["backend"] for r in train} >= {"cpp", "torch", "torch-cl"}
+        assert all(r["extra"]["vs_torch_best"] > 0 for r in train if r["backend"] == "cpp")
+
+
+def test_useful_flops_counts_direct_convolution():
+    """The MFU numerator: 3 products per conv/linear layer (forward, weight and input gradients),
+    2 for the layer reading the images; here a 3x3 conv (C=3 -> K=4 on 6x5, padding 1) then a linear."""
+    import fasttrain as ft
+    from bench.train import useful_flops
+
+    model = ft.nn.Sequential(ft.nn.Conv2d(3, 4, 3, padding=1), ft.nn.Flatten(), ft.nn.Linear(4 * 6 * 5, 7))
+    conv = 2.0 * 2 * 4 * 6 * 5 * 3 * 9  # batch 2
+    linear = 2.0 * 2 * 7 * 4 * 6 * 5
+    assert useful_flops(model, (2, 3, 6, 5)) == pytest.approx(2 * conv + 3 * linear)
+    assert model[0].forward.__func__ is ft.nn.Conv2d.forward  # the counting wrappers are gone
+
+
+@pytest.mark.parametrize("net", ["convnet_classic", "resnet8", "resnet20", "mobilenet"])
+def test_torch_twin_has_our_parameter_count(net):
+    """The PyTorch comparator builds the same network: same parameters (count and shapes)."""
+    torch = pytest.importorskip("torch")
+    from bench.train import build_ours, torch_model
+
+    ours = sorted(tuple(p.shape) for p in build_ours(net).parameters())
+    theirs = sorted(tuple(p.shape) for p in torch_model(torch, net).parameters())
+    assert ours == theirs
 
 
 @pytest.mark.timeout(300)

@@ -15,6 +15,10 @@ int num_threads();
 void stream_add(const float* a, const float* b, float* c, int64_t n);
 // b += a, c += a, d += a: the many-stream probe (4 reads + 3 writes per element)
 void stream_update3(const float* a, float* b, float* c, float* d, int64_t n);
+// peak.cpp: FLOP/s of a register-only FMA loop on every thread ("avx512" or "avx2"; call only
+// where fma_isa_supported says the CPU has it)
+bool fma_isa_supported(const std::string& isa);
+double fma_peak_flops(const std::string& isa, int64_t iters);
 
 // activations.cpp (n elements; PReLU: x viewed as N,C,S with one slope per channel)
 void relu_fwd(const float* x, float* y, int64_t n);
