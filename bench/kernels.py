@@ -263,6 +263,76 @@ def _batchnorm_relu_entry(N, C, H, W, fused):
                  _batchnorm_torch(C, relu=True) if fused else None, ops, rtol=1e-3)
 
 
+def _bn_add_relu_entry(N, C, H, W):
+    # a ResNet block's tail, relu(BN(x) + shortcut), forward and backward (with the shortcut's
+    # gradient): ours fused into BN's passes (residual= / dres=); torch: BatchNorm2d, +, ReLU
+    n = N * C * H * W
+
+    def inputs():
+        a = _batchnorm_inputs(N, C, H, W, ("dres",))
+        a["res"] = np.random.default_rng(7).standard_normal((N, C, H, W), dtype=np.float32)
+        return a
+
+    def run(k, a):
+        k("batchnorm_fwd_train")(a["x"], a["gamma"], a["beta"], 1e-5, a["y"], a["mean"], a["invstd"], True,
+                                 residual=a["res"])
+        k("batchnorm_bwd")(a["x"], a["dy"], a["gamma"], a["mean"], a["invstd"], a["dx"], a["dgamma"], a["dbeta"],
+                           a["y"], dres=a["dres"])
+
+    def torch_variant(channels_last):
+        def torch_fn(torch, a):
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            bn = torch.nn.BatchNorm2d(C)
+            x = torch.from_numpy(a["x"]).contiguous(memory_format=fmt).requires_grad_(True)
+            r = torch.from_numpy(a["res"]).contiguous(memory_format=fmt).requires_grad_(True)
+            dy = torch.from_numpy(a["dy"]).contiguous(memory_format=fmt)
+
+            def step():
+                x.grad = r.grad = None
+                bn.zero_grad()
+                torch.relu(bn(x) + r).backward(dy)
+            return step
+        return torch_fn
+
+    # stats reads x; normalize reads x, res, writes y; bwd sums read x, dy, y; dx pass reads x, dy, y and
+    # writes dx, dres: 12 arrays. FLOPs: BN's 15 + the add 1 per element
+    return Entry("bn_add_relu_fused", (N, C, H, W), 4.0 * n * 12, 16.0 * n, inputs, run, ("y", "dx", "dres"),
+                 {"torch": torch_variant(False), "torch-cl": torch_variant(True)},
+                 ("batchnorm_fwd_train", "batchnorm_bwd"), rtol=1e-3)
+
+
+def _maxpool_entry(N, C, H, W):
+    P, Q = H // 2, W // 2
+
+    def inputs():
+        a = _rng_inputs({"x": (N, C, H, W), "dy": (N, C, P, Q)})
+        a.update(y=np.empty((N, C, P, Q), np.float32), argmax=np.empty((N, C, P, Q), np.int64),
+                 dx=np.empty((N, C, H, W), np.float32))
+        return a
+
+    def run(k, a):
+        k("maxpool2d_fwd")(a["x"], a["y"], a["argmax"], 2, 2, 2, 2, 0, 0)
+        k("maxpool2d_bwd")(a["dy"], a["argmax"], a["dx"])
+
+    def torch_variant(channels_last):
+        def torch_fn(torch, a):
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            x = torch.from_numpy(a["x"]).contiguous(memory_format=fmt).requires_grad_(True)
+            dy = torch.from_numpy(a["dy"]).contiguous(memory_format=fmt)
+
+            def step():
+                x.grad = None
+                torch.nn.functional.max_pool2d(x, 2).backward(dy)
+            return step
+        return torch_fn
+
+    # fwd reads x, writes y and the int64 argmax (2 floats' worth); bwd reads dy, argmax, writes dx
+    q = N * C * P * Q
+    return Entry("maxpool2x2_fwd_bwd", (N, C, H, W), 4.0 * (2 * N * C * H * W + 6 * q), 1.0 * N * C * H * W, inputs,
+                 run, ("y", "dx"), {"torch": torch_variant(False), "torch-cl": torch_variant(True)},
+                 ("maxpool2d_fwd", "maxpool2d_bwd"), rtol=0)
+
+
 def _softmax_xent_entry(N, C):
     def inputs():
         a = _rng_inputs({"logits": (N, C)})
@@ -414,9 +484,9 @@ def entries(quick: bool) -> list[Entry]:
                 _relu_entry(1 << 14), _exp_activation_entry("sigmoid_fwd", 1 << 14, "sigmoid"),
                 _exp_activation_entry("tanh_fwd", 1 << 14, "tanh"),
                 _batchnorm_entry(2, 3, 5, 7), _batchnorm_relu_entry(2, 3, 5, 7, True),
-                _batchnorm_relu_entry(2, 3, 5, 7, False), _softmax_xent_entry(8, 10),
-                _softmax_xent_weighted_entry(8, 10), _conv_entry(2, 3, 8, 8, 4), _conv_entry(2, 5, 7, 7, 6, 1, 2, 0),
-                _depthwise_entry(2, 5, 9, 8)]
+                _batchnorm_relu_entry(2, 3, 5, 7, False), _bn_add_relu_entry(2, 3, 5, 7), _maxpool_entry(2, 3, 6, 8),
+                _softmax_xent_entry(8, 10), _softmax_xent_weighted_entry(8, 10), _conv_entry(2, 3, 8, 8, 4),
+                _conv_entry(2, 5, 7, 7, 6, 1, 2, 0), _depthwise_entry(2, 5, 9, 8)]
     n_opt = 10_000_000
     return [_adam_entry(n_opt, False), _adam_entry(n_opt, True), _amsgrad_entry(n_opt), _rmsprop_entry(n_opt),
             _rmsprop_momentum_entry(n_opt), _momentum_entry(n_opt), _dropout_entry(4_194_304), _relu_entry(16_777_216),
@@ -424,6 +494,9 @@ def entries(quick: bool) -> list[Entry]:
             _exp_activation_entry("tanh_fwd", 4_194_304, "tanh"),
             _batchnorm_entry(64, 64, 32, 32), _batchnorm_relu_entry(64, 64, 32, 32, True),
             _batchnorm_relu_entry(64, 64, 32, 32, False),
+            # ResNet-20's activations at batch 128 (stage 1: 16 x 32 x 32; stage 3: 64 x 8 x 8)
+            _batchnorm_relu_entry(128, 16, 32, 32, True), _bn_add_relu_entry(128, 16, 32, 32),
+            _bn_add_relu_entry(128, 64, 8, 8), _maxpool_entry(128, 32, 32, 32),
             _softmax_xent_entry(1024, 1000), _softmax_xent_weighted_entry(1024, 1000),
             *(_conv_entry(*shape) for shape in RESNET20_CONVS),
             _depthwise_entry(64, 64, 32, 32, backward=False), _depthwise_entry(64, 64, 32, 32),

@@ -316,8 +316,21 @@ void bind(py::module_& m) {
     ft::cpu::linear_bwd(px, pw_, pdy, pdx, pdw, pdb, N, I, O);
   }, py::arg("x"), py::arg("w"), py::arg("dy"), py::arg("dx"), py::arg("dw"), py::arg("db"));
 
-  m.def("batchnorm_fwd_train", [](py::array x, py::array gamma, py::array beta, double eps,
-                                  py::array y, py::array mean, py::array invstd, bool relu) {
+  // The fused residual of a ResNet block: an optional array of x's size, distinct from `other`
+  // (the output it is read beside or written beside), or nullptr.
+  auto residual_of = [](py::object r, py::array& keep, const py::array& x, const py::array& other,
+                        const char* name, const char* other_name) -> float* {
+    if (r.is_none()) return nullptr;
+    keep = r.cast<py::array>();
+    same_size(x, keep, "x", name);
+    float* p = ptr_of(keep, name);
+    FT_CHECK(p != static_cast<const float*>(other.data()),
+             name << ": expected an array distinct from " << other_name << ", got the same one");
+    return p;
+  };
+  m.def("batchnorm_fwd_train", [residual_of](py::array x, py::array gamma, py::array beta, double eps,
+                                  py::array y, py::array mean, py::array invstd, bool relu,
+                                  py::object residual) {
     const char* op = "batchnorm_fwd_train";
     int64_t N, C, S;
     bn_geom(op, x, N, C, S);
@@ -329,14 +342,16 @@ void bind(py::module_& m) {
     same_size(x, y, "x", "y");
     const float *px = ptr_of(x, "x"), *pg = ptr_of(gamma, "gamma"), *pb = ptr_of(beta, "beta");
     float *py_ = ptr_of(y, "y"), *pm = ptr_of(mean, "mean"), *pi = ptr_of(invstd, "invstd");
+    py::array res;
+    const float* pr = residual_of(residual, res, x, y, "residual", "y");
     py::gil_scoped_release nogil;
-    ft::cpu::batchnorm_fwd_train(px, pg, pb, static_cast<float>(eps), py_, pm, pi, N, C, S, relu);
+    ft::cpu::batchnorm_fwd_train(px, pg, pb, static_cast<float>(eps), py_, pm, pi, N, C, S, relu, pr);
   }, py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("eps"), py::arg("y"),
-     py::arg("mean"), py::arg("invstd"), py::arg("relu") = false);
+     py::arg("mean"), py::arg("invstd"), py::arg("relu") = false, py::arg("residual") = py::none());
 
-  m.def("batchnorm_fwd_eval", [](py::array x, py::array gamma, py::array beta,
+  m.def("batchnorm_fwd_eval", [residual_of](py::array x, py::array gamma, py::array beta,
                                  py::array running_mean, py::array running_var, double eps,
-                                 py::array y, bool relu) {
+                                 py::array y, bool relu, py::object residual) {
     const char* op = "batchnorm_fwd_eval";
     int64_t N, C, S;
     bn_geom(op, x, N, C, S);
@@ -349,14 +364,17 @@ void bind(py::module_& m) {
     const float *px = ptr_of(x, "x"), *pg = ptr_of(gamma, "gamma"), *pb = ptr_of(beta, "beta"),
                 *prm = ptr_of(running_mean, "running_mean"), *prv = ptr_of(running_var, "running_var");
     float* py_ = ptr_of(y, "y");
+    py::array res;
+    const float* pr = residual_of(residual, res, x, y, "residual", "y");
     py::gil_scoped_release nogil;
-    ft::cpu::batchnorm_fwd_eval(px, pg, pb, prm, prv, static_cast<float>(eps), py_, N, C, S, relu);
+    ft::cpu::batchnorm_fwd_eval(px, pg, pb, prm, prv, static_cast<float>(eps), py_, N, C, S, relu, pr);
   }, py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("running_mean"),
-     py::arg("running_var"), py::arg("eps"), py::arg("y"), py::arg("relu") = false);
+     py::arg("running_var"), py::arg("eps"), py::arg("y"), py::arg("relu") = false,
+     py::arg("residual") = py::none());
 
-  m.def("batchnorm_bwd", [](py::array x, py::array dy, py::array gamma, py::array mean,
+  m.def("batchnorm_bwd", [residual_of](py::array x, py::array dy, py::array gamma, py::array mean,
                             py::array invstd, py::array dx, py::array dgamma, py::array dbeta,
-                            py::object y) {
+                            py::object y, py::object dres) {
     const char* op = "batchnorm_bwd";
     int64_t N, C, S;
     bn_geom(op, x, N, C, S);
@@ -377,10 +395,14 @@ void bind(py::module_& m) {
       same_size(x, ya, "x", "y");
       pyo = ptr_of(ya, "y");
     }
+    py::array dr;
+    float* pdr = residual_of(dres, dr, x, dx, "dres", "dx");
+    FT_CHECK(pdr == nullptr || pdr != pdy, "dres: expected an array distinct from dy, got the same one");
     py::gil_scoped_release nogil;
-    ft::cpu::batchnorm_bwd(px, pdy, pg, pm, pi, pdx, pdg, pdb, N, C, S, pyo);
+    ft::cpu::batchnorm_bwd(px, pdy, pg, pm, pi, pdx, pdg, pdb, N, C, S, pyo, pdr);
   }, py::arg("x"), py::arg("dy"), py::arg("gamma"), py::arg("mean"), py::arg("invstd"),
-     py::arg("dx"), py::arg("dgamma"), py::arg("dbeta"), py::arg("y") = py::none());
+     py::arg("dx"), py::arg("dgamma"), py::arg("dbeta"), py::arg("y") = py::none(),
+     py::arg("dres") = py::none());
 
   m.def("maxpool2d_fwd", [](py::array x, py::array y, py::array argmax, int64_t kh, int64_t kw,
                             int64_t sh, int64_t sw, int64_t ph, int64_t pw, bool ceil_mode, int64_t dh,

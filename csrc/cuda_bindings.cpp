@@ -303,8 +303,15 @@ PYBIND11_MODULE(_cuda, m) {
      py::arg("scale"), py::arg("weight_sum"), py::arg("dlogits"), py::arg("row_loss"), py::arg("stream") = 0);
 
   // ---- batchnorm ----
-  m.def("batchnorm_fwd_train", [](py::object x, py::object gamma, py::object beta, float eps, py::object y,
-                                  py::object mean, py::object invstd, bool relu, uintptr_t st) {
+  // the fused residual (a ResNet block's shortcut) or its gradient: an optional array of x's size
+  auto optional_like = [](py::object a, const DevArray& X, const char* name) -> float* {
+    if (a.is_none()) return nullptr;
+    auto A = dev_array(a, name);
+    same_size(X, A, name);
+    return f32(A);
+  };
+  m.def("batchnorm_fwd_train", [optional_like](py::object x, py::object gamma, py::object beta, float eps, py::object y,
+                                  py::object mean, py::object invstd, bool relu, py::object residual, uintptr_t st) {
     auto X = dev_array(x, "x"), Gm = dev_array(gamma, "gamma"), Bt = dev_array(beta, "beta"), Y = dev_array(y, "y"),
          M = dev_array(mean, "mean"), I = dev_array(invstd, "invstd");
     int64_t n, c, s;
@@ -312,11 +319,11 @@ PYBIND11_MODULE(_cuda, m) {
     same_size(X, Y, "y");
     FT_CHECK(Gm.size == c && Bt.size == c && M.size == c && I.size == c, "gamma/beta/mean/invstd: expected " << c << " elements");
     ft::cuda::batchnorm_fwd_train(f32(X), f32(Gm), f32(Bt), eps, f32(Y), f32(M), f32(I), n, c, s, relu,
-                                  stream_of(st));
+                                  optional_like(residual, X, "residual"), stream_of(st));
   }, py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("eps"), py::arg("y"), py::arg("mean"),
-     py::arg("invstd"), py::arg("relu") = false, py::arg("stream") = 0);
-  m.def("batchnorm_fwd_eval", [](py::object x, py::object gamma, py::object beta, py::object rmean, py::object rvar,
-                                 float eps, py::object y, bool relu, uintptr_t st) {
+     py::arg("invstd"), py::arg("relu") = false, py::arg("residual") = py::none(), py::arg("stream") = 0);
+  m.def("batchnorm_fwd_eval", [optional_like](py::object x, py::object gamma, py::object beta, py::object rmean, py::object rvar,
+                                 float eps, py::object y, bool relu, py::object residual, uintptr_t st) {
     auto X = dev_array(x, "x"), Gm = dev_array(gamma, "gamma"), Bt = dev_array(beta, "beta"),
          RM = dev_array(rmean, "running_mean"), RV = dev_array(rvar, "running_var"), Y = dev_array(y, "y");
     int64_t n, c, s;
@@ -324,11 +331,12 @@ PYBIND11_MODULE(_cuda, m) {
     same_size(X, Y, "y");
     FT_CHECK(Gm.size == c && Bt.size == c && RM.size == c && RV.size == c, "gamma/beta/running stats: expected " << c << " elements");
     ft::cuda::batchnorm_fwd_eval(f32(X), f32(Gm), f32(Bt), f32(RM), f32(RV), eps, f32(Y), n, c, s, relu,
-                                 stream_of(st));
+                                 optional_like(residual, X, "residual"), stream_of(st));
   }, py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("running_mean"), py::arg("running_var"), py::arg("eps"),
-     py::arg("y"), py::arg("relu") = false, py::arg("stream") = 0);
-  m.def("batchnorm_bwd", [](py::object x, py::object dy, py::object gamma, py::object mean, py::object invstd,
-                            py::object dx, py::object dgamma, py::object dbeta, py::object y, uintptr_t st) {
+     py::arg("y"), py::arg("relu") = false, py::arg("residual") = py::none(), py::arg("stream") = 0);
+  m.def("batchnorm_bwd", [optional_like](py::object x, py::object dy, py::object gamma, py::object mean, py::object invstd,
+                            py::object dx, py::object dgamma, py::object dbeta, py::object y, py::object dres,
+                            uintptr_t st) {
     auto X = dev_array(x, "x"), DY = dev_array(dy, "dy"), Gm = dev_array(gamma, "gamma"), M = dev_array(mean, "mean"),
          I = dev_array(invstd, "invstd"), DX = dev_array(dx, "dx"), DG = dev_array(dgamma, "dgamma"),
          DB = dev_array(dbeta, "dbeta");
@@ -344,9 +352,10 @@ PYBIND11_MODULE(_cuda, m) {
       py_out = f32(Yo);
     }
     ft::cuda::batchnorm_bwd(f32(X), f32(DY), f32(Gm), f32(M), f32(I), f32(DX), f32(DG), f32(DB), n, c, s, py_out,
-                            stream_of(st));
+                            optional_like(dres, X, "dres"), stream_of(st));
   }, py::arg("x"), py::arg("dy"), py::arg("gamma"), py::arg("mean"), py::arg("invstd"), py::arg("dx"),
-     py::arg("dgamma"), py::arg("dbeta"), py::arg("y") = py::none(), py::arg("stream") = 0);
+     py::arg("dgamma"), py::arg("dbeta"), py::arg("y") = py::none(), py::arg("dres") = py::none(),
+     py::arg("stream") = 0);
 
   // ---- pooling (NCHW) ----
   m.def("maxpool2d_fwd", [](py::object x, py::object y, py::object argmax, int64_t kh, int64_t kw, int64_t sh,

@@ -12,6 +12,10 @@
 // Fused ReLU (relu = true): the forward's affine pass writes max(0, y), and the backward takes
 // that output and zeroes dy where it is <= 0 as it reads dy, so BN + ReLU costs no pass of its
 // own, and the gradient is bit-identical to relu_bwd followed by batchnorm_bwd.
+// Fused residual add (a ResNet block's y = relu(bn(x) + shortcut)): the affine pass adds the
+// residual before the ReLU, and the backward's dx pass also writes the masked dy, which is the
+// residual's gradient, so the block's add, its ReLU and their backward cost one extra stream each
+// inside BN's passes instead of four passes of their own.
 #include <algorithm>
 #include <cmath>
 
@@ -20,28 +24,35 @@
 namespace ft::cpu {
 namespace {
 
-// y[n, c, :] = x[n, c, :] * a + b for every n, then max(0, .) when kRelu (NaN kept, like relu_fwd's
-// reference).
-template <bool kRelu>
-void affine_channel(const float* x, float* y, int64_t N, int64_t C, int64_t S, int64_t c, float a,
-                    float b) {
+// y[n, c, :] = x[n, c, :] * a + b (+ res[n, c, :] when kRes) for every n, then max(0, .) when
+// kRelu (NaN kept, like relu_fwd's reference).
+template <bool kRelu, bool kRes>
+void affine_channel(const float* __restrict x, const float* __restrict res, float* __restrict y,
+                    int64_t N, int64_t C, int64_t S, int64_t c, float a, float b) {
   for (int64_t n = 0; n < N; ++n) {
-    const float* xs = x + (n * C + c) * S;
-    float* ys = y + (n * C + c) * S;
+    const int64_t off = (n * C + c) * S;
+    const float* xs = x + off;
+    const float* rs = kRes ? res + off : nullptr;
+    float* ys = y + off;
 #pragma omp simd
     for (int64_t i = 0; i < S; ++i) {
-      const float v = xs[i] * a + b;
+      float v = xs[i] * a + b;
+      if constexpr (kRes) v += rs[i];
       ys[i] = kRelu && v < 0.f ? 0.f : v;
     }
   }
 }
 
-void affine_channel(const float* x, float* y, int64_t N, int64_t C, int64_t S, int64_t c, float a,
-                    float b, bool relu) {
-  if (relu)
-    affine_channel<true>(x, y, N, C, S, c, a, b);
+void affine_channel(const float* x, const float* res, float* y, int64_t N, int64_t C, int64_t S,
+                    int64_t c, float a, float b, bool relu) {
+  if (relu && res)
+    affine_channel<true, true>(x, res, y, N, C, S, c, a, b);
+  else if (relu)
+    affine_channel<true, false>(x, res, y, N, C, S, c, a, b);
+  else if (res)
+    affine_channel<false, true>(x, res, y, N, C, S, c, a, b);
   else
-    affine_channel<false>(x, y, N, C, S, c, a, b);
+    affine_channel<false, false>(x, res, y, N, C, S, c, a, b);
 }
 
 // The gradient reaching the normalization: dy, or with the fused ReLU dy where its output y > 0.
@@ -54,11 +65,12 @@ inline float grad_in(const float* dy, const float* y, int64_t i) {
     return d;
 }
 
-// One channel of the backward (the two passes of the header comment).
-template <bool kRelu>
+// One channel of the backward (the two passes of the header comment); with kRes the second
+// pass also writes the gradient reaching the sum (the residual's) to dres.
+template <bool kRelu, bool kRes>
 void bwd_channel(const float* x, const float* dy, const float* y, const float* gamma,
-                 const float* mean, const float* invstd, float* dx, float* dgamma, float* dbeta,
-                 int64_t N, int64_t C, int64_t S, int64_t c) {
+                 const float* mean, const float* invstd, float* dx, float* dres, float* dgamma,
+                 float* dbeta, int64_t N, int64_t C, int64_t S, int64_t c) {
   const double M = static_cast<double>(N) * S;
   const float mu = mean[c], is = invstd[c];
   double sdy = 0.0, sdyx = 0.0;  // sum dy, sum dy * (x - mean)
@@ -85,17 +97,22 @@ void bwd_channel(const float* x, const float* dy, const float* y, const float* g
   for (int64_t n = 0; n < N; ++n) {
     const int64_t off = (n * C + c) * S;
     const float *xs = x + off, *dys = dy + off, *ys = kRelu ? y + off : nullptr;
-    float* dxs = dx + off;
+    float* __restrict dxs = dx + off;
+    float* __restrict drs = kRes ? dres + off : nullptr;
 #pragma omp simd
-    for (int64_t i = 0; i < S; ++i)
-      dxs[i] = k * (grad_in<kRelu>(dys, ys, i) - m1 - (xs[i] - mu) * m2);
+    for (int64_t i = 0; i < S; ++i) {
+      const float g = grad_in<kRelu>(dys, ys, i);
+      if constexpr (kRes) drs[i] = g;
+      dxs[i] = k * (g - m1 - (xs[i] - mu) * m2);
+    }
   }
 }
 
 }  // namespace
 
 void batchnorm_fwd_train(const float* x, const float* gamma, const float* beta, float eps, float* y,
-                         float* mean, float* invstd, int64_t N, int64_t C, int64_t S, bool relu) {
+                         float* mean, float* invstd, int64_t N, int64_t C, int64_t S, bool relu,
+                         const float* residual) {
   const double M = static_cast<double>(N) * S;
 #pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1)
   for (int64_t c = 0; c < C; ++c) {
@@ -120,31 +137,35 @@ void batchnorm_fwd_train(const float* x, const float* gamma, const float* beta, 
     mean[c] = static_cast<float>(mu);
     invstd[c] = static_cast<float>(is);
     const double a = gamma[c] * is;
-    affine_channel(x, y, N, C, S, c, static_cast<float>(a), static_cast<float>(beta[c] - mu * a),
-                   relu);
+    affine_channel(x, residual, y, N, C, S, c, static_cast<float>(a),
+                   static_cast<float>(beta[c] - mu * a), relu);
   }
 }
 
 void batchnorm_fwd_eval(const float* x, const float* gamma, const float* beta,
                         const float* running_mean, const float* running_var, float eps, float* y,
-                        int64_t N, int64_t C, int64_t S, bool relu) {
+                        int64_t N, int64_t C, int64_t S, bool relu, const float* residual) {
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
   for (int64_t c = 0; c < C; ++c) {
     const double a = gamma[c] / std::sqrt(static_cast<double>(running_var[c]) + eps);
-    affine_channel(x, y, N, C, S, c, static_cast<float>(a),
+    affine_channel(x, residual, y, N, C, S, c, static_cast<float>(a),
                    static_cast<float>(beta[c] - running_mean[c] * a), relu);
   }
 }
 
 void batchnorm_bwd(const float* x, const float* dy, const float* gamma, const float* mean,
                    const float* invstd, float* dx, float* dgamma, float* dbeta, int64_t N,
-                   int64_t C, int64_t S, const float* y) {
+                   int64_t C, int64_t S, const float* y, float* dres) {
 #pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1)
   for (int64_t c = 0; c < C; ++c) {
-    if (y)
-      bwd_channel<true>(x, dy, y, gamma, mean, invstd, dx, dgamma, dbeta, N, C, S, c);
+    if (y && dres)
+      bwd_channel<true, true>(x, dy, y, gamma, mean, invstd, dx, dres, dgamma, dbeta, N, C, S, c);
+    else if (y)
+      bwd_channel<true, false>(x, dy, y, gamma, mean, invstd, dx, dres, dgamma, dbeta, N, C, S, c);
+    else if (dres)
+      bwd_channel<false, true>(x, dy, y, gamma, mean, invstd, dx, dres, dgamma, dbeta, N, C, S, c);
     else
-      bwd_channel<false>(x, dy, y, gamma, mean, invstd, dx, dgamma, dbeta, N, C, S, c);
+      bwd_channel<false, false>(x, dy, y, gamma, mean, invstd, dx, dres, dgamma, dbeta, N, C, S, c);
   }
 }
 

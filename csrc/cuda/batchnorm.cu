@@ -44,12 +44,14 @@ __global__ void bn_stats_kernel(const float* __restrict__ x, int64_t n, int64_t 
   }
 }
 
-__global__ void bn_affine_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t total, int64_t c,
-                                 int64_t s, const float* __restrict__ scale, const float* __restrict__ shift,
-                                 bool relu) {
+// res (or nullptr): a ResNet block's shortcut, added before the ReLU
+__global__ void bn_affine_kernel(const float* __restrict__ x, const float* __restrict__ res, float* __restrict__ y,
+                                 int64_t total, int64_t c, int64_t s, const float* __restrict__ scale,
+                                 const float* __restrict__ shift, bool relu) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
     int64_t ch = (i / s) % c;
     float v = x[i] * scale[ch] + shift[ch];
+    if (res != nullptr) v += res[i];
     y[i] = relu && v < 0.f ? 0.f : v;  // NaN kept, like the reference's maximum
   }
 }
@@ -99,52 +101,58 @@ __global__ void bn_bwd_reduce_kernel(const float* __restrict__ x, const float* _
   }
 }
 
+// dres (or nullptr): receives the masked dy, the fused residual's gradient
 __global__ void bn_bwd_dx_kernel(const float* __restrict__ x, const float* __restrict__ dy,
-                                 const float* __restrict__ y, float* __restrict__ dx, int64_t total, int64_t c, int64_t s, float m, const float* __restrict__ gamma,
+                                 const float* __restrict__ y, float* __restrict__ dx, float* __restrict__ dres,
+                                 int64_t total, int64_t c, int64_t s, float m, const float* __restrict__ gamma,
                                  const float* __restrict__ mean, const float* __restrict__ invstd,
                                  const float* __restrict__ sdy, const float* __restrict__ sdyx) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
     int64_t ch = (i / s) % c;
     float inv = invstd[ch], xhat = (x[i] - mean[ch]) * inv;
-    dx[i] = gamma[ch] * inv / m * (m * bn_grad_in(dy, y, i) - sdy[ch] - xhat * sdyx[ch]);
+    float g = bn_grad_in(dy, y, i);
+    if (dres != nullptr) dres[i] = g;
+    dx[i] = gamma[ch] * inv / m * (m * g - sdy[ch] - xhat * sdyx[ch]);
   }
 }
 
 // workspace: 2*C floats owned by the caller's stream-ordered allocation (we use cudaMallocAsync)
 void batchnorm_fwd_train(const float* x, const float* gamma, const float* beta, float eps, float* y, float* mean,
-                         float* invstd, int64_t n, int64_t c, int64_t s, bool relu, cudaStream_t st) {
+                         float* invstd, int64_t n, int64_t c, int64_t s, bool relu, const float* residual,
+                         cudaStream_t st) {
   if (n * c * s == 0) return;
   bn_stats_kernel<<<(unsigned)c, kBnBlock, 0, st>>>(x, n, c, s, eps, mean, invstd);
   float* ws = nullptr;
   CUDA_CHECK(cudaMallocAsync(&ws, 2 * c * sizeof(float), st));
   bn_scale_shift_kernel<<<(unsigned)((c + 255) / 256), 256, 0, st>>>(gamma, beta, mean, invstd, c, ws, ws + c);
-  bn_affine_kernel<<<grid_for(n * c * s), kBlock, 0, st>>>(x, y, n * c * s, c, s, ws, ws + c, relu);
+  bn_affine_kernel<<<grid_for(n * c * s), kBlock, 0, st>>>(x, residual, y, n * c * s, c, s, ws, ws + c, relu);
   CUDA_CHECK(cudaFreeAsync(ws, st));
   CUDA_CHECK(cudaGetLastError());
 }
 
 void batchnorm_fwd_eval(const float* x, const float* gamma, const float* beta, const float* rmean, const float* rvar,
-                        float eps, float* y, int64_t n, int64_t c, int64_t s, bool relu, cudaStream_t st) {
+                        float eps, float* y, int64_t n, int64_t c, int64_t s, bool relu, const float* residual,
+                        cudaStream_t st) {
   if (n * c * s == 0) return;
   float* ws = nullptr;
   CUDA_CHECK(cudaMallocAsync(&ws, 3 * c * sizeof(float), st));
   unsigned cb = (unsigned)((c + 255) / 256);
   bn_eval_invstd_kernel<<<cb, 256, 0, st>>>(rvar, eps, c, ws + 2 * c);
   bn_scale_shift_kernel<<<cb, 256, 0, st>>>(gamma, beta, rmean, ws + 2 * c, c, ws, ws + c);
-  bn_affine_kernel<<<grid_for(n * c * s), kBlock, 0, st>>>(x, y, n * c * s, c, s, ws, ws + c, relu);
+  bn_affine_kernel<<<grid_for(n * c * s), kBlock, 0, st>>>(x, residual, y, n * c * s, c, s, ws, ws + c, relu);
   CUDA_CHECK(cudaFreeAsync(ws, st));
   CUDA_CHECK(cudaGetLastError());
 }
 
 void batchnorm_bwd(const float* x, const float* dy, const float* gamma, const float* mean, const float* invstd,
                    float* dx, float* dgamma, float* dbeta, int64_t n, int64_t c, int64_t s, const float* y,
-                   cudaStream_t st) {
+                   float* dres, cudaStream_t st) {
   if (n * c * s == 0) return;
   float* ws = nullptr;
   CUDA_CHECK(cudaMallocAsync(&ws, 2 * c * sizeof(float), st));
   bn_bwd_reduce_kernel<<<(unsigned)c, kBnBlock, 0, st>>>(x, dy, y, n, c, s, mean, invstd, ws, ws + c, dgamma,
                                                          dbeta);
-  bn_bwd_dx_kernel<<<grid_for(n * c * s), kBlock, 0, st>>>(x, dy, y, dx, n * c * s, c, s, (float)(n * s), gamma,
+  bn_bwd_dx_kernel<<<grid_for(n * c * s), kBlock, 0, st>>>(x, dy, y, dx, dres, n * c * s, c, s, (float)(n * s), gamma,
                                                            mean, invstd, ws, ws + c);
   CUDA_CHECK(cudaFreeAsync(ws, st));
   CUDA_CHECK(cudaGetLastError());

@@ -23,8 +23,15 @@ def _relu_inplace(y):
     np.maximum(y, 0, out=y)
 
 
-def batchnorm_fwd_train_ref(x, gamma, beta, eps, y, mean, invstd, relu=False):
+def _add_residual(y, residual):
+    # the fused residual add of a ResNet block: y = bn(x) + residual, before the ReLU
+    if residual is not None:
+        y += residual
+
+
+def batchnorm_fwd_train_ref(x, gamma, beta, eps, y, mean, invstd, relu=False, residual=None):
     # x, y: (N, C, ...); gamma, beta, mean, invstd: (C,); relu: y = max(0, bn(x)) (fused ReLU)
+    # residual: (N, C, ...) or None; y = max(0, bn(x) + residual) (a ResNet block's add, fused)
     # Two passes (mean, then centered squares): the biased variance without cancellation. In
     # float64 whatever x's dtype, as the fast kernels accumulate: a float32 mean is off by up to
     # |mean| * eps32 / 2, which at |mean| / std = 1e4 would cost float32 input 10 eps in invstd.
@@ -35,26 +42,32 @@ def batchnorm_fwd_train_ref(x, gamma, beta, eps, y, mean, invstd, relu=False):
     mean[...] = mu
     invstd[...] = inv
     _ncs(y)[...] = d * _per_channel(inv * gamma) + _per_channel(beta)
+    _add_residual(y, residual)
     if relu:
         _relu_inplace(y)
 
 
-def batchnorm_fwd_eval_ref(x, gamma, beta, running_mean, running_var, eps, y, relu=False):
-    # x, y: (N, C, ...); gamma, beta, running_mean, running_var: (C,)
+def batchnorm_fwd_eval_ref(x, gamma, beta, running_mean, running_var, eps, y, relu=False, residual=None):
+    # x, y: (N, C, ...); gamma, beta, running_mean, running_var: (C,); residual as in training
     scale = gamma / np.sqrt(running_var + eps)
     _ncs(y)[...] = (_ncs(x) - _per_channel(running_mean)) * _per_channel(scale) + _per_channel(beta)
+    _add_residual(y, residual)
     if relu:
         _relu_inplace(y)
 
 
-def batchnorm_bwd_ref(x, dy, gamma, mean, invstd, dx, dgamma, dbeta, y=None):
+def batchnorm_bwd_ref(x, dy, gamma, mean, invstd, dx, dgamma, dbeta, y=None, dres=None):
     # x, dy, dx: (N, C, ...); gamma, mean, invstd, dgamma, dbeta: (C,)
     # y: the forward's output when it applied the fused ReLU (None otherwise); the ReLU's gradient
     # first: dy is zeroed where y <= 0, exactly as relu_bwd_ref would with the pre-activation.
+    # dres: (N, C, ...) or None; receives the gradient reaching the sum bn(x) + residual (dy after
+    # the ReLU's mask), i.e. the residual input's gradient, written in the same pass as dx.
     # Compact form of the chain rule through mean and variance (llm.c / cs231n):
     #   dx = gamma*invstd/M * (M*dy - sum(dy) - xhat*sum(dy*xhat)),  sums per channel.
     if y is not None:
         dy = dy * (y > 0)
+    if dres is not None:
+        dres[...] = dy
     xs, dys = _ncs(x), _ncs(dy)
     m = xs.shape[0] * xs.shape[2]
     xhat = (xs - _per_channel(mean)) * _per_channel(invstd)

@@ -13,9 +13,9 @@ def _stream() -> int:
 
 
 def _with_stream(fn):
-    # by keyword: ops with optional trailing arguments (batchnorm's relu / y) keep their defaults
-    def call(*args):
-        return fn(*args, stream=_stream())
+    # by keyword: ops with optional trailing arguments (batchnorm's relu / y / residual) keep their defaults
+    def call(*args, **kwargs):
+        return fn(*args, **kwargs, stream=_stream())
 
     call.__name__ = fn.__name__
     return call

@@ -16,6 +16,12 @@ then stays the function it was trained to be instead of following the new data's
 relu=True fuses a following ReLU: y = max(0, BN(x)) in the normalize pass, and the backward masks
 dy with the saved output (y > 0) as it reads it, so the pair costs the passes of BN alone. The
 result and the gradients equal BatchNorm followed by nn.ReLU().
+
+forward_add / backward_add fuse a ResNet block's tail, y = max(0, BN(x) + shortcut): the add and
+the ReLU ride in the normalize pass, and the backward's dx pass also writes the gradient of the
+shortcut (dy masked by y > 0), so the block's add and ReLU (two passes forward, two backward, plus
+their allocations) cost one extra stream inside BN's passes. nn.Residual uses them when its body
+ends with a batchnorm and its `post` is a ReLU (or absent).
 """
 from __future__ import annotations
 
@@ -85,6 +91,18 @@ class _BatchNorm(Module):
         return self.buffers["running_mean"], self.buffers["running_var"]
 
     def forward(self, x):
+        return self._forward(x, self.relu, None)
+
+    def forward_add(self, x, residual, relu: bool):
+        """y = BN(x) + residual, then max(0, .) when relu (and always when the layer has relu=True),
+        in BN's normalize pass; pair with backward_add."""
+        if getattr(residual, "shape", None) != x.shape or residual.dtype != x.dtype:
+            raise ValueError(f"{self._where()}: expected a residual {x.shape} {x.dtype} (like the input), got "
+                             f"{getattr(residual, 'shape', type(residual).__name__)} {getattr(residual, 'dtype', '')}")
+        xp = _array_module(x)
+        return self._forward(x, self.relu or bool(relu), xp.ascontiguousarray(residual))
+
+    def _forward(self, x, relu, residual):
         self._check_input(x)
         xp = _array_module(x)
         x = xp.ascontiguousarray(x)
@@ -100,7 +118,8 @@ class _BatchNorm(Module):
                                  "or call .eval()")
             mean = xp.empty(c, x.dtype)
             invstd = xp.empty(c, x.dtype)
-            backend.kernel("batchnorm_fwd_train", like=x)(x, gamma, beta, self.eps, y, mean, invstd, self.relu)
+            kw = {} if residual is None else {"residual": residual}
+            backend.kernel("batchnorm_fwd_train", like=x)(x, gamma, beta, self.eps, y, mean, invstd, relu, **kw)
             # The kernel returns invstd = 1/sqrt(var + eps); recover the biased variance from it
             # (one pass fewer than recomputing), then make it unbiased with M/(M-1) as torch does.
             var = xp.maximum(1.0 / (invstd.astype(np.float64) ** 2) - self.eps, 0.0)
@@ -111,12 +130,20 @@ class _BatchNorm(Module):
         else:
             rm = rmean.astype(x.dtype, copy=False)
             rv = rvar.astype(x.dtype, copy=False)
-            backend.kernel("batchnorm_fwd_eval", like=x)(x, gamma, beta, rm, rv, self.eps, y, self.relu)
+            kw = {} if residual is None else {"residual": residual}
+            backend.kernel("batchnorm_fwd_eval", like=x)(x, gamma, beta, rm, rv, self.eps, y, relu, **kw)
             self.cache = (x, rm, 1.0 / xp.sqrt(rv + self.eps), False)
-        self._relu_out = y if self.relu else None   # the fused ReLU's gradient mask (y > 0)
+        self._relu_out = y if relu else None   # the fused ReLU's gradient mask (y > 0)
         return y
 
     def backward(self, dy):
+        return self._backward(dy, False)[0]
+
+    def backward_add(self, dy):
+        """(dx, dresidual) after forward_add: the gradients of BN's input and of the residual."""
+        return self._backward(dy, True)
+
+    def _backward(self, dy, with_residual: bool):
         if self.cache is None:
             raise RuntimeError(f"{self._where()}: backward called before forward")
         x, mean, invstd, trained = self.cache
@@ -129,9 +156,11 @@ class _BatchNorm(Module):
         gamma = self.weight.data
         if trained:
             dx = xp.empty_like(x)
+            dres = xp.empty_like(x) if with_residual else None
+            kw = {"dres": dres} if with_residual else {}
             backend.kernel("batchnorm_bwd", like=x)(x, dy, gamma, mean, invstd, dx, self.weight.grad, self.bias.grad,
-                                                    y)
-            return dx
+                                                    y, **kw)
+            return dx, dres
         # Eval: y = gamma*invstd*(x - mean) + beta with constant mean/invstd, an affine map.
         if y is not None:
             dy = dy * (y > 0)           # the fused ReLU's gradient
@@ -140,7 +169,7 @@ class _BatchNorm(Module):
         xhat = (xs - mean.reshape(1, c, 1)) * invstd.reshape(1, c, 1)
         self.weight.grad += (dys * xhat).sum(axis=(0, 2))
         self.bias.grad += dys.sum(axis=(0, 2))
-        return dy * (gamma * invstd).reshape((1, c) + (1,) * (x.ndim - 2))
+        return dy * (gamma * invstd).reshape((1, c) + (1,) * (x.ndim - 2)), (dy if with_residual else None)
 
 
 class BatchNorm2d(_BatchNorm):

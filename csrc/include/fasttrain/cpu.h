@@ -142,15 +142,18 @@ void linear_bwd(const float* x, const float* w, const float* dy, float* dx, floa
                 int64_t N, int64_t I, int64_t O);
 
 // batchnorm.cpp (x viewed as N,C,S). relu: y = max(0, bn(x)); bwd's y: that output when the
-// forward applied the ReLU (dy is masked by y > 0), nullptr otherwise.
+// forward applied the ReLU (dy is masked by y > 0), nullptr otherwise. residual (or nullptr):
+// y = [max(0,] bn(x) + residual [)]; bwd's dres (or nullptr) receives the masked dy (the
+// residual's gradient).
 void batchnorm_fwd_train(const float* x, const float* gamma, const float* beta, float eps, float* y,
-                         float* mean, float* invstd, int64_t N, int64_t C, int64_t S, bool relu);
+                         float* mean, float* invstd, int64_t N, int64_t C, int64_t S, bool relu,
+                         const float* residual = nullptr);
 void batchnorm_fwd_eval(const float* x, const float* gamma, const float* beta,
                         const float* running_mean, const float* running_var, float eps, float* y,
-                        int64_t N, int64_t C, int64_t S, bool relu);
+                        int64_t N, int64_t C, int64_t S, bool relu, const float* residual = nullptr);
 void batchnorm_bwd(const float* x, const float* dy, const float* gamma, const float* mean,
                    const float* invstd, float* dx, float* dgamma, float* dbeta, int64_t N,
-                   int64_t C, int64_t S, const float* y);
+                   int64_t C, int64_t S, const float* y, float* dres = nullptr);
 
 // pooling.cpp (NC planes of H,W -> P,Q; P, Q from the binding, ceil mode included; dh, dw:
 // max pooling's dilation; count_include_pad: average pooling's divisor rule)

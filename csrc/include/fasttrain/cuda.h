@@ -55,14 +55,17 @@ void softmax_xent_weighted(const float* logits, const int64_t* labels, const flo
                            int64_t n, int64_t c, cudaStream_t st);
 
 // batchnorm.cu: x viewed as (N, C, S); relu: y = max(0, bn(x)); bwd's y: that output (dy masked by
-// y > 0) when the forward applied the ReLU, nullptr otherwise
+// y > 0) when the forward applied the ReLU, nullptr otherwise; residual (or nullptr) is added before
+// the ReLU, and bwd's dres (or nullptr) receives the masked dy (the residual's gradient)
 void batchnorm_fwd_train(const float* x, const float* gamma, const float* beta, float eps, float* y, float* mean,
-                         float* invstd, int64_t n, int64_t c, int64_t s, bool relu, cudaStream_t st);
+                         float* invstd, int64_t n, int64_t c, int64_t s, bool relu, const float* residual,
+                         cudaStream_t st);
 void batchnorm_fwd_eval(const float* x, const float* gamma, const float* beta, const float* rmean, const float* rvar,
-                        float eps, float* y, int64_t n, int64_t c, int64_t s, bool relu, cudaStream_t st);
+                        float eps, float* y, int64_t n, int64_t c, int64_t s, bool relu, const float* residual,
+                        cudaStream_t st);
 void batchnorm_bwd(const float* x, const float* dy, const float* gamma, const float* mean, const float* invstd,
                    float* dx, float* dgamma, float* dbeta, int64_t n, int64_t c, int64_t s, const float* y,
-                   cudaStream_t st);
+                   float* dres, cudaStream_t st);
 // pooling.cu (NCHW, nc = N*C planes; argmax: flat index into the H*W plane)
 void maxpool2d_fwd(const float* x, float* y, int64_t* argmax, int64_t nc, int64_t H, int64_t W, int64_t P, int64_t Q,
                    int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw, cudaStream_t st);

@@ -13,16 +13,19 @@ _FASTMATH = {"reassoc", "contract"}
 
 
 @nb.njit(cache=True, inline="always")
-def _affine(x, y, ch, scale, shift, relu):
+def _affine(x, y, ch, scale, shift, relu, res, has_res):
+    # res: the fused residual (a ResNet block's shortcut) added before the ReLU when has_res
     n, _, s = x.shape
     for i in range(n):
         for k in range(s):
             v = x[i, ch, k] * scale + shift
+            if has_res:
+                v += res[i, ch, k]
             y[i, ch, k] = 0.0 if relu and v < 0.0 else v   # NaN kept, like the reference
 
 
 @nb.njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _fwd_train(x, gamma, beta, eps, y, mean, invstd, relu):
+def _fwd_train(x, gamma, beta, eps, y, mean, invstd, relu, res, has_res):
     n, c, s = x.shape
     m = n * s
     for ch in nb.prange(c):
@@ -45,21 +48,22 @@ def _fwd_train(x, gamma, beta, eps, y, mean, invstd, relu):
         invstd[ch] = inv
         scale = gamma[ch] * inv
         shift = beta[ch] - mu * scale
-        _affine(x, y, ch, scale, shift, relu)
+        _affine(x, y, ch, scale, shift, relu, res, has_res)
 
 
 @nb.njit(parallel=True, cache=True)
-def _fwd_eval(x, gamma, beta, rmean, rvar, eps, y, relu):
+def _fwd_eval(x, gamma, beta, rmean, rvar, eps, y, relu, res, has_res):
     n, c, s = x.shape
     for ch in nb.prange(c):
         scale = gamma[ch] / math.sqrt(rvar[ch] + eps)
         shift = beta[ch] - rmean[ch] * scale
-        _affine(x, y, ch, scale, shift, relu)
+        _affine(x, y, ch, scale, shift, relu, res, has_res)
 
 
 @nb.njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _bwd(x, dy, gamma, mean, invstd, dx, dgamma, dbeta, y, relu):
-    # relu: dy counts only where the forward's output y > 0 (y is a dummy otherwise)
+def _bwd(x, dy, gamma, mean, invstd, dx, dgamma, dbeta, y, relu, dres, has_dres):
+    # relu: dy counts only where the forward's output y > 0 (y is a dummy otherwise); has_dres:
+    # dres receives that masked dy (the fused residual's gradient)
     n, c, s = x.shape
     m = n * s
     for ch in nb.prange(c):
@@ -83,6 +87,8 @@ def _bwd(x, dy, gamma, mean, invstd, dx, dgamma, dbeta, y, relu):
                 d = dy[i, ch, k]
                 if relu and not y[i, ch, k] > 0:
                     d = 0.0
+                if has_dres:
+                    dres[i, ch, k] = d
                 dx[i, ch, k] = a * (m * d - sdy - xhat * sdyx)
 
 
@@ -90,14 +96,19 @@ def _ncs(a):
     return a.reshape(a.shape[0], a.shape[1], -1)
 
 
-def batchnorm_fwd_train(x, gamma, beta, eps, y, mean, invstd, relu=False):
-    _fwd_train(_ncs(x), gamma, beta, float(eps), _ncs(y), mean, invstd, bool(relu))
-
-
-def batchnorm_fwd_eval(x, gamma, beta, running_mean, running_var, eps, y, relu=False):
-    _fwd_eval(_ncs(x), gamma, beta, running_mean, running_var, float(eps), _ncs(y), bool(relu))
-
-
-def batchnorm_bwd(x, dy, gamma, mean, invstd, dx, dgamma, dbeta, y=None):
+def batchnorm_fwd_train(x, gamma, beta, eps, y, mean, invstd, relu=False, residual=None):
     xs = _ncs(x)
-    _bwd(xs, _ncs(dy), gamma, mean, invstd, _ncs(dx), dgamma, dbeta, xs if y is None else _ncs(y), y is not None)
+    _fwd_train(xs, gamma, beta, float(eps), _ncs(y), mean, invstd, bool(relu),
+               xs if residual is None else _ncs(residual), residual is not None)
+
+
+def batchnorm_fwd_eval(x, gamma, beta, running_mean, running_var, eps, y, relu=False, residual=None):
+    xs = _ncs(x)
+    _fwd_eval(xs, gamma, beta, running_mean, running_var, float(eps), _ncs(y), bool(relu),
+              xs if residual is None else _ncs(residual), residual is not None)
+
+
+def batchnorm_bwd(x, dy, gamma, mean, invstd, dx, dgamma, dbeta, y=None, dres=None):
+    xs, dxs = _ncs(x), _ncs(dx)
+    _bwd(xs, _ncs(dy), gamma, mean, invstd, dxs, dgamma, dbeta, xs if y is None else _ncs(y), y is not None,
+         dxs if dres is None else _ncs(dres), dres is not None)

@@ -31,7 +31,8 @@ def _block_sum2(a, b, sa, sb):
 
 
 @cuda.jit
-def _fwd_train(x, gamma, beta, eps, y, mean, invstd, relu):
+def _fwd_train(x, gamma, beta, eps, y, mean, invstd, relu, res, has_res):
+    # res: the fused residual added before the ReLU when has_res (a dummy otherwise)
     n, c, s = x.shape
     ch = cuda.blockIdx.x
     m = n * s
@@ -58,11 +59,13 @@ def _fwd_train(x, gamma, beta, eps, y, mean, invstd, relu):
     shift = beta[ch] - mu * scale
     for e in range(cuda.threadIdx.x, m, THREADS):
         v = x[e // s, ch, e % s] * scale + shift
+        if has_res:
+            v += res[e // s, ch, e % s]
         y[e // s, ch, e % s] = 0.0 if relu and v < 0.0 else v   # NaN kept, like the reference
 
 
 @cuda.jit
-def _fwd_eval(x, gamma, beta, rmean, rvar, eps, y, relu):
+def _fwd_eval(x, gamma, beta, rmean, rvar, eps, y, relu, res, has_res):
     n, c, s = x.shape
     total = n * c * s
     for e in range(cuda.grid(1), total, cuda.gridsize(1)):
@@ -71,6 +74,8 @@ def _fwd_eval(x, gamma, beta, rmean, rvar, eps, y, relu):
         i = e // (c * s)
         k = e % s
         v = x[i, ch, k] * scale + (beta[ch] - rmean[ch] * scale)
+        if has_res:
+            v += res[i, ch, k]
         y[i, ch, k] = 0.0 if relu and v < 0.0 else v
 
 
@@ -84,7 +89,8 @@ def _grad_in(dy, y, relu, i, ch, k):
 
 
 @cuda.jit
-def _bwd(x, dy, gamma, mean, invstd, dx, dgamma, dbeta, y, relu):
+def _bwd(x, dy, gamma, mean, invstd, dx, dgamma, dbeta, y, relu, dres, has_dres):
+    # dres: receives the masked dy (the fused residual's gradient) when has_dres
     n, c, s = x.shape
     ch = cuda.blockIdx.x
     m = n * s
@@ -107,37 +113,47 @@ def _bwd(x, dy, gamma, mean, invstd, dx, dgamma, dbeta, y, relu):
         i = e // s
         k = e % s
         xhat = (x[i, ch, k] - mu) * inv
-        dx[i, ch, k] = a * (m * _grad_in(dy, y, relu, i, ch, k) - sdy - xhat * sdyx)
+        g = _grad_in(dy, y, relu, i, ch, k)
+        if has_dres:
+            dres[i, ch, k] = g
+        dx[i, ch, k] = a * (m * g - sdy - xhat * sdyx)
 
 
 def _ncs(a):
     return (a.shape[0], a.shape[1], int(np.prod(a.shape[2:], dtype=np.int64)))
 
 
-def batchnorm_fwd_train(x, gamma, beta, eps, y, mean, invstd, relu=False, stream=0):
+def batchnorm_fwd_train(x, gamma, beta, eps, y, mean, invstd, relu=False, residual=None, stream=0):
     sh = _ncs(x)
     if x.size:
-        _fwd_train[sh[1], THREADS, stream_of(stream)](dev_nd(x, sh), dev_nd(gamma, gamma.shape),
+        xd = dev_nd(x, sh)
+        _fwd_train[sh[1], THREADS, stream_of(stream)](xd, dev_nd(gamma, gamma.shape),
                                                       dev_nd(beta, beta.shape), float(eps), dev_nd(y, sh),
                                                       dev_nd(mean, mean.shape), dev_nd(invstd, invstd.shape),
-                                                      bool(relu))
+                                                      bool(relu), xd if residual is None else dev_nd(residual, sh),
+                                                      residual is not None)
 
 
-def batchnorm_fwd_eval(x, gamma, beta, running_mean, running_var, eps, y, relu=False, stream=0):
+def batchnorm_fwd_eval(x, gamma, beta, running_mean, running_var, eps, y, relu=False, residual=None, stream=0):
     sh = _ncs(x)
     if x.size:
         blocks = max(1, min((x.size + THREADS - 1) // THREADS, 65535))
-        _fwd_eval[blocks, THREADS, stream_of(stream)](dev_nd(x, sh), dev_nd(gamma, gamma.shape),
+        xd = dev_nd(x, sh)
+        _fwd_eval[blocks, THREADS, stream_of(stream)](xd, dev_nd(gamma, gamma.shape),
                                                       dev_nd(beta, beta.shape), dev_nd(running_mean, gamma.shape),
                                                       dev_nd(running_var, gamma.shape), float(eps), dev_nd(y, sh),
-                                                      bool(relu))
+                                                      bool(relu), xd if residual is None else dev_nd(residual, sh),
+                                                      residual is not None)
 
 
-def batchnorm_bwd(x, dy, gamma, mean, invstd, dx, dgamma, dbeta, y=None, stream=0):
+def batchnorm_bwd(x, dy, gamma, mean, invstd, dx, dgamma, dbeta, y=None, dres=None, stream=0):
     sh = _ncs(x)
     if x.size:
         c = gamma.shape
         xd = dev_nd(x, sh)
+        # unused optional arrays are stood in for by x, which the kernel only reads: with host arrays
+        # (numba copies them in and back) a written stand-in would overwrite the real output on the way back
         _bwd[sh[1], THREADS, stream_of(stream)](xd, dev_nd(dy, sh), dev_nd(gamma, c), dev_nd(mean, c),
                                                 dev_nd(invstd, c), dev_nd(dx, sh), dev_nd(dgamma, c),
-                                                dev_nd(dbeta, c), xd if y is None else dev_nd(y, sh), y is not None)
+                                                dev_nd(dbeta, c), xd if y is None else dev_nd(y, sh), y is not None,
+                                                xd if dres is None else dev_nd(dres, sh), dres is not None)
