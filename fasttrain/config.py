@@ -23,13 +23,13 @@ class Config:
     optimizer: str = "adam"           # any class name in fasttrain.optim, case-insensitive
     lr: float = 3e-3                  # learning rate (x ranks under --dist, see lr_scaling)
     weight_decay: float = 1e-4        # L2 decay on weights (not on biases or BN parameters)
-    schedule: str = "cosine"          # constant | step | exponential | inverse_time | cosine | linear | inverse_sqrt | cosine_restarts (SGDR)
-    warmup_steps: int = 0             # linear learning-rate warmup from 0 over this many steps (inverse_sqrt: also where its decay starts)
-    decay_epochs: int = 5             # step, exponential, inverse_time: epochs per decay; cosine_restarts: the first cycle's epochs
-    lr_decay: float = 0.1             # step: lr x this every decay_epochs; exponential: the same, smoothly; inverse_time: lr / (1 + this x epochs / decay_epochs)
-    restart_mult: float = 1.0         # cosine_restarts: each cycle this many times longer than the one before (SGDR's T_mult)
+    schedule: str = "cosine"          # constant|step|exponential|inverse_time|cosine|linear|inverse_sqrt|cosine_restarts
+    warmup_steps: int = 0             # linear lr warmup from 0 over this many steps, in front of any schedule
+    decay_epochs: int = 5             # step/exponential/inverse_time: epochs per decay; cosine_restarts: 1st cycle
+    lr_decay: float = 0.1             # step, exponential: lr x this per decay_epochs; inverse_time: its rate
+    restart_mult: float = 1.0         # cosine_restarts: each cycle this many times longer (SGDR's T_mult)
     min_lr: float = 0.0               # cosine, cosine_restarts: the lr at a cycle's end; linear: the last lr
-    snapshots: int = 0                # > 0: snapshot ensemble of the last N cosine_restarts cycles, validated at the end
+    snapshots: int = 0                # > 0: ensemble the last N cosine_restarts cycles' weights at the end
     dropout: Optional[float] = None   # None: the model's default
     seed: int = 0                     # initialization, data order, dropout masks, augmentation
     run_dir: Optional[str] = None     # None: runs/<timestamp>
@@ -42,7 +42,7 @@ class Config:
     early_stopping: Optional[int] = None  # patience in epochs on val_loss; restores the best weights
     min_delta: float = 0.0                # improvement of val_loss that resets the patience
     ema_decay: Optional[float] = None     # validate with an EMA of the weights (e.g. 0.99)
-    augment: list = field(default_factory=list)  # some of flip, crop, scale, jitter, pca, cutout (CLI: --augment flip,crop)
+    augment: list = field(default_factory=list)  # flip, crop, scale, jitter, pca, cutout (--augment flip,crop)
     mixup: Optional[float] = None         # mixup alpha (e.g. 0.2); None/0: off
     init_from: Optional[str] = None       # checkpoint to start from (transfer learning; new head if needed)
     freeze_except: Optional[int] = None   # train only the last N parameterized layers

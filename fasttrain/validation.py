@@ -261,7 +261,8 @@ def _gpu(cfg) -> None:
 
 def _early_stopping(cfg) -> None:
     if cfg.early_stopping is not None and cfg.early_stopping >= cfg.epochs:
-        warn(f"early_stopping={cfg.early_stopping} epochs of patience in a run of {cfg.epochs} epochs never stops early")
+        warn(f"early_stopping={cfg.early_stopping} epochs of patience in a run of {cfg.epochs} epochs never "
+             "stops early")
 
 
 #: checks of several keys together, run after every key passed its own rule

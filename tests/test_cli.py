@@ -135,3 +135,13 @@ def test_every_config_key_has_a_rule():
     missing = sorted(set(field_types()) - set(RULES))
     assert not missing, f"add a rule for {missing} to fasttrain.validation.RULES"
     assert not sorted(set(RULES) - set(field_types())), "a rule for a key that no longer exists"
+
+
+def test_run_assembly_is_not_in_the_cli():
+    """tune and the CLI both call fasttrain.train.run; nothing below the CLI imports it (no circle)."""
+    code = ("import sys, fasttrain.train.tune, fasttrain.train.run; "
+            "assert 'fasttrain.cli' not in sys.modules, 'fasttrain.cli imported below the CLI'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    import fasttrain.cli as cli
+
+    assert not hasattr(cli, "train") and not hasattr(cli, "make_optimizer")

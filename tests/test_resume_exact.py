@@ -22,6 +22,11 @@ class Crash(RuntimeError):
     pass
 
 
+def _untimed(record: dict) -> dict:
+    """An epoch record without its wall-clock numbers (the only thing a resume may change)."""
+    return {k: v for k, v in record.items() if k not in ("images_per_s", "epoch_time_s")}
+
+
 def _same_checkpoint(a, b):
     (arrays_a, meta_a), (arrays_b, meta_b) = read_checkpoint(a), read_checkpoint(b)
     assert sorted(arrays_a) == sorted(arrays_b)
@@ -29,11 +34,9 @@ def _same_checkpoint(a, b):
         assert np.array_equal(arrays_a[k], arrays_b[k]), k
     for k in ("step", "epoch", "ema"):
         assert meta_a.get(k) == meta_b.get(k), k
-    best = [{k: v for k, v in (m.get("best") or {}).get("record", {}).items() if k not in ("images_per_s", "epoch_time_s")}
-            for m in (meta_a, meta_b)]
+    best = [_untimed((m.get("best") or {}).get("record", {})) for m in (meta_a, meta_b)]
     assert best[0] == best[1]
-    untimed = [[{k: v for k, v in r.items() if k not in ("images_per_s", "epoch_time_s")} for r in m["history"]["epochs"]]
-               for m in (meta_a, meta_b)]
+    untimed = [[_untimed(r) for r in m["history"]["epochs"]] for m in (meta_a, meta_b)]
     assert untimed[0] == untimed[1] and len(untimed[0]) == meta_a["epoch"]
     assert meta_a["history"]["losses"] == meta_b["history"]["losses"]
 

@@ -77,7 +77,8 @@ class Trainer:
         self.history = History()
         self._metrics = None   # metrics.jsonl, open (append, line-buffered) during fit
         # the optimizer's lr before any schedule step is the run's peak: the monitor's reference
-        self.monitor = Monitor(model, arena, monitor_every, base_lr=float(optimizer.lr)) if monitor_every else None
+        self.monitor = (Monitor(model, arena, monitor_every, base_lr=float(optimizer.lr)) if monitor_every
+                        else None)
         if early_stopping is not None and (isinstance(early_stopping, bool) or early_stopping < 1):
             raise ValueError(f"Trainer(early_stopping): expected a patience >= 1 epochs or None, got {early_stopping!r}")
         if min_delta < 0:
@@ -144,7 +145,7 @@ class Trainer:
         self.step, self.epoch = int(meta["step"]), int(meta["epoch"])
         self.history = History.from_dict(meta["history"])
         extra = {k[6:]: v for k, v in arrays.items() if k.startswith("extra/")}
-        if self.dist is not None:  # dist (issue 8): this rank's error-feedback residual
+        if self.dist is not None:  # a compressed all-reduce's error-feedback residual, this rank's
             self.dist.load_state_dict(extra)
         if self.ema is not None:
             if "ema" not in meta:
@@ -155,7 +156,8 @@ class Trainer:
             log.warning("%s: the checkpoint's EMA of the weights is not resumed (this trainer has no ema_decay)", path)
         if self.snapshots is not None and "snapshot_steps" in meta:
             steps = meta["snapshot_steps"]
-            self.snapshots.load_state_dict({"steps": steps, "snapshots": [extra[f"snapshot/{i}"] for i in range(len(steps))]})
+            self.snapshots.load_state_dict({"steps": steps,
+                                            "snapshots": [extra[f"snapshot/{i}"] for i in range(len(steps))]})
         best = meta.get("best")
         if self.early_stopping is not None and best is not None:
             self.best_record, self._bad_epochs = best["record"], int(best["bad_epochs"])
@@ -210,7 +212,7 @@ class Trainer:
         loss = float(loss)
         if not math.isfinite(loss):  # do not push NaN/inf gradients into the parameters
             return loss, 0
-        if self.dist is not None:  # dist (issue 8): backward, then the gradient average across ranks
+        if self.dist is not None:  # data parallel: backward, then the gradient average across ranks
             self.dist.backward(self.model, dlogits, self.step)
         else:
             self.model.backward(dlogits)
@@ -220,7 +222,7 @@ class Trainer:
         if sample:
             self._log_metrics(self.monitor.end(self.step, loss, lr=self.optimizer.lr))
         self.step += 1
-        if self.dist is not None:  # dist (issue 8): local SGD parameter averaging
+        if self.dist is not None:  # local SGD averages the parameters every H steps
             self.dist.after_step(self.step)
         return loss, int((logits.argmax(axis=1) == yb).sum())
 
@@ -298,7 +300,7 @@ class Trainer:
                 record = {"epoch": self.epoch + 1, "step": self.step, "train_loss": loss_sum / seen,
                           "train_acc": correct / seen, "images_per_s": seen / train_time,
                           "epoch_time_s": train_time}
-                if self.dist is not None:  # dist (issue 8): local SGD averages, residuals gathered
+                if self.dist is not None:  # local SGD's average first: rank 0 validates the shared model
                     self.dist.end_epoch(self.step)
                 if val_loader is not None:
                     if self.ema is not None:  # validate with the averaged weights; the raw ones for comparison
@@ -314,7 +316,7 @@ class Trainer:
                     bar.write(f"epoch {self.epoch}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}"
                               f" | val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}")
                 stop = self._early_stopping_step(record) if val_loader is not None else False
-                if self.dist is not None:  # dist (issue 8): rank 0 validates, so rank 0 decides
+                if self.dist is not None:  # rank 0 validated: its early-stopping decision goes to all
                     stop = self.dist.agree(stop)
                 if self.checkpoint and self.run_dir is not None:
                     self.save(self._path(self.checkpoint_name))
