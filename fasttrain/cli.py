@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="weight decays to sample, log-uniformly (default: 1e-6 1e-2)")
     tune.add_argument("--workers", type=int, default=None, help="parallel trial processes (default: CPU count)")
     tune.add_argument("--out", default=None, help="output folder (default: runs/tune-<timestamp>)")
+    _add_common(tune)
     sub.add_parser("bench", help="run the repository's benchmarks (bench.run; arguments are forwarded)",
                    add_help=False)
     return parser
@@ -220,6 +221,18 @@ def _command(args, cfg: Config, notes: list) -> int:
         return check(cfg, args.overfit_steps)
     if args.command == "tune":
         from .train.tune import tune
+        from .validation import ConfigError, integer, number
+
+        for name, rule in (("coarse_trials", integer(lo=1)), ("fine_trials", integer(lo=0)),
+                           ("coarse_epochs", integer(lo=1)), ("fine_epochs", integer(lo=1)),
+                           ("workers", integer(lo=1, optional=True))):
+            rule("--" + name.replace("_", "-"), getattr(args, name))
+        for name in ("lr_range", "wd_range"):
+            lo, hi = getattr(args, name)
+            flag = "--" + name.replace("_", "-")
+            number(0, lo_open=True)(flag, lo)
+            if not lo <= hi < float("inf"):
+                raise ConfigError(flag, f"{lo:g} {hi:g}", "LO HI with 0 < LO <= HI, both finite")
 
         tune(cfg, coarse_trials=args.coarse_trials, fine_trials=args.fine_trials, coarse_epochs=args.coarse_epochs,
              fine_epochs=args.fine_epochs, lr_range=tuple(args.lr_range), wd_range=tuple(args.wd_range),

@@ -145,3 +145,23 @@ def test_run_assembly_is_not_in_the_cli():
     import fasttrain.cli as cli
 
     assert not hasattr(cli, "train") and not hasattr(cli, "make_optimizer")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--coarse-trials", "0"], "--coarse-trials: expected an integer >= 1, got 0"),
+    (["--fine-epochs", "-2"], "--fine-epochs: expected an integer >= 1, got -2"),
+    (["--lr-range", "0.1", "0.001"], "--lr-range: expected LO HI with 0 < LO <= HI, both finite, got '0.1 0.001'"),
+    (["--wd-range", "-1", "1"], "--wd-range: expected a finite number > 0, got -1.0"),
+])
+def test_tune_option_errors_are_one_line(flags, message, tmp_path, capsys):
+    assert main(["tune", *flags, "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"fasttrain: error: {message}\n"
+    assert not (tmp_path / "t").exists()
+
+
+def test_every_command_takes_the_config_flags():
+    parser = build_parser()
+    for command in ("train", "check", "tune"):
+        args = parser.parse_args([command, "--config", "c.toml", "--lr", "0.1", "--debug"])
+        assert (args.config, args.lr, args.debug) == ("c.toml", 0.1, True), command

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fasttrain.backend import backend_status
+
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
 
 
@@ -91,7 +93,7 @@ CASES = [
     (["--data-path", "x"], {}, "--data-path: expected no data path with dataset 'digits'"),
     (["--dataset", "npz"], {}, "--data-path: expected the location of the 'npz' data"),
 ]
-if os.environ.get("FASTTRAIN_TEST_GPU") != "1":  # no GPU here: asking for one is a config error
+if backend_status("cuda") != "available":  # no GPU here: asking for one is a config error
     CASES += [(["--device", "cuda"], {}, "--device: expected a usable CUDA GPU, got 'cuda', but"),
               (["--backend", "cuda"], {}, "--backend: expected a usable CUDA GPU, got 'cuda', but")]
 
