@@ -58,15 +58,21 @@ def _rmsprop(p, g, s, lr, rho, one_m_rho, eps, l2, l1):
         p[i] -= lr * ge / (math.sqrt(si) + eps)
 
 
+@nb.njit(inline="always")
+def _centered_rms(s, mg, i, ge, rho, one_m_rho):
+    """Updates s[i] and mg[i]; returns sqrt(s - mg^2), the running standard deviation (Graves 2013)."""
+    si = rho * s[i] + one_m_rho * ge * ge
+    mi = rho * mg[i] + one_m_rho * ge
+    s[i] = si
+    mg[i] = mi
+    return math.sqrt(si - mi * mi)
+
+
 @_jit
 def _rmsprop_centered(p, g, s, mg, lr, rho, one_m_rho, eps, l2, l1):
     for i in nb.prange(p.size):
         ge = _eff_grad(g[i], p[i], l2, l1)
-        si = rho * s[i] + one_m_rho * ge * ge
-        mi = rho * mg[i] + one_m_rho * ge
-        s[i] = si
-        mg[i] = mi
-        p[i] -= lr * ge / (math.sqrt(si - mi * mi) + eps)
+        p[i] -= lr * ge / (_centered_rms(s, mg, i, ge, rho, one_m_rho) + eps)
 
 
 @_jit
@@ -84,11 +90,7 @@ def _rmsprop_momentum(p, g, s, b, lr, rho, one_m_rho, eps, mu, l2, l1):
 def _rmsprop_centered_momentum(p, g, s, mg, b, lr, rho, one_m_rho, eps, mu, l2, l1):
     for i in nb.prange(p.size):
         ge = _eff_grad(g[i], p[i], l2, l1)
-        si = rho * s[i] + one_m_rho * ge * ge
-        mi = rho * mg[i] + one_m_rho * ge
-        s[i] = si
-        mg[i] = mi
-        bi = mu * b[i] + ge / (math.sqrt(si - mi * mi) + eps)
+        bi = mu * b[i] + ge / (_centered_rms(s, mg, i, ge, rho, one_m_rho) + eps)
         b[i] = bi
         p[i] -= lr * bi
 
