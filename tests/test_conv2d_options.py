@@ -28,6 +28,12 @@ CONFIGS = [
     # rows wide enough for every chunk width of the C++ depthwise kernel (16 + 4 + 1, 16 + 2 + 1)
     (1, 3, 6, 21, 3, 3, (3, 3), (1, 1), (1, 1), (1, 1)),
     (2, 2, 5, 37, 4, 2, (3, 3), (2, 2), (1, 1), (1, 1)),
+    # depthwise maps narrower than 8 (the C++ kernel's channel-interleaved path), channel counts
+    # that leave a partial block of 8, stride 2, dilation, padding beyond the kernel's reach
+    (2, 11, 5, 4, 11, 11, (3, 3), (2, 2), (1, 1), (1, 1)),
+    (3, 9, 4, 4, 9, 9, (3, 3), (1, 1), (1, 1), (1, 1)),
+    (1, 17, 6, 5, 17, 17, (3, 2), (1, 2), (2, 1), (2, 1)),
+    (2, 16, 2, 2, 16, 16, (3, 3), (1, 1), (1, 1), (1, 1)),
 ]
 IDS = ["n{}c{}-{}x{}-k{}-g{}-r{}-s{}-p{}-d{}".format(*c) for c in CONFIGS]
 
@@ -135,12 +141,13 @@ def test_every_backend_matches_torch(name, cpp_algo, cfg, algo):
 
 
 @pytest.mark.parametrize("nthreads", [1, 2, 3])
-def test_depthwise_kernel_does_not_depend_on_thread_count(nthreads):
+@pytest.mark.parametrize("cfg", [(3, 5, 9, 8, 10, 5, (3, 3), (1, 1), (1, 1), (1, 1)),
+                                 (3, 19, 4, 4, 19, 19, (3, 3), (2, 2), (1, 1), (1, 1))], ids=["rows", "narrow"])
+def test_depthwise_kernel_does_not_depend_on_thread_count(nthreads, cfg):
     C = pytest.importorskip("fasttrain._C", reason="C++ module not built")
     import fasttrain as ft
     from fasttrain import settings
 
-    cfg = (3, 5, 9, 8, 10, 5, (3, 3), (1, 1), (1, 1), (1, 1))
     x, w, b, dy = _inputs(cfg, np.float32, seed=5)
     before = settings.num_threads
     try:

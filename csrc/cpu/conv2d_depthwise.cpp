@@ -209,9 +209,141 @@ WeightSumsFn pick_weight_sums(int64_t R, int64_t S, int64_t sw) {
   return sw == 1 ? weight_sums<0, 0, 1> : weight_sums<0, 0, 0>;
 }
 
+// ---- narrow maps: kLanes channels at once -------------------------------------------------------
+// Rows narrower than one vector (MobileNet's 4x4 and 2x2 maps) leave the row kernels mostly
+// scalar, and the per-plane set-up outweighs the work. There the planes of kLanes consecutive
+// channels are interleaved into [row][column][channel] buffers (the transposes run in L1), so
+// every tap is one full-vector FMA with a vector of the channels' weights, at any stride, with
+// no wasted lanes; the results are de-interleaved back into the planes.
+constexpr int64_t kLanes = 8;
+typedef float lanes __attribute__((vector_size(kLanes * sizeof(float))));
+
+// dst (rows x cols x kLanes) = the planes src + j*plane_stride (j < nch; other lanes zero), each
+// src_rows x src_cols placed at (top, left), zero elsewhere.
+void interleave(const float* src, int64_t plane_stride, int64_t nch, int64_t src_rows, int64_t src_cols,
+                lanes* dst, int64_t rows, int64_t cols, int64_t top, int64_t left) {
+  // through a float view: a store to one lane of a vector value compiles to a read-modify-write
+  // of the whole vector
+  float* f = reinterpret_cast<float*>(dst);
+  std::memset(f, 0, sizeof(lanes) * rows * cols);
+  for (int64_t j = 0; j < nch; ++j)
+    for (int64_t h = 0; h < src_rows; ++h)
+      for (int64_t v = 0; v < src_cols; ++v)
+        f[((h + top) * cols + v + left) * kLanes + j] = src[j * plane_stride + h * src_cols + v];
+}
+
+// The planes dst + j*plane_stride (j < nch), rows x cols each, from the (top, left) corner of src.
+void deinterleave(const lanes* src, int64_t src_cols, int64_t top, int64_t left, float* dst, int64_t plane_stride,
+                  int64_t nch, int64_t rows, int64_t cols) {
+  const float* f = reinterpret_cast<const float*>(src);
+  for (int64_t j = 0; j < nch; ++j)
+    for (int64_t h = 0; h < rows; ++h)
+      for (int64_t v = 0; v < cols; ++v) dst[j * plane_stride + h * cols + v] = f[((h + top) * src_cols + v + left) * kLanes + j];
+}
+
+// taps[t][j] = w[(c0 + j) * RS + t] (zero for j >= nch)
+void lane_taps(const float* w, int64_t c0, int64_t nch, int64_t RS, lanes* taps) {
+  for (int64_t t = 0; t < RS; ++t) {
+    taps[t] = lanes{};
+    for (int64_t j = 0; j < nch; ++j) taps[t][j] = w[(c0 + j) * RS + t];
+  }
+}
+
+// Per-thread interleaved buffers (aligned for the vector type).
+lanes* lane_scratch(int64_t n) {
+  thread_local std::vector<lanes> buf;
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
+  return buf.data();
+}
+
+bool narrow(const Shape& g) { return g.M == 1 && g.Q < 8; }
+
+void fwd_narrow(const float* x, const float* w, const float* b, float* y, const Shape& g, bool relu) {
+  const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, RS = g.R * g.S, PQ = g.P * g.Q;
+  const int64_t blocks = (g.C + kLanes - 1) / kLanes;
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t task = 0; task < g.N * blocks; ++task) {
+    const int64_t n = task / blocks, c0 = task % blocks * kLanes, nch = std::min(kLanes, g.C - c0);
+    lanes* buf = lane_scratch(Hp * Wp + PQ + RS + 1);
+    lanes *out = buf + Hp * Wp, *taps = out + PQ, &bias = taps[RS];
+    interleave(x + (n * g.C + c0) * g.H * g.W, g.H * g.W, nch, g.H, g.W, buf, Hp, Wp, g.ph, g.pw);
+    lane_taps(w, c0, nch, RS, taps);
+    bias = lanes{};
+    for (int64_t j = 0; j < nch; ++j) bias[j] = b[c0 + j];
+    for (int64_t p = 0; p < g.P; ++p)
+      for (int64_t q = 0; q < g.Q; ++q) {
+        lanes acc = bias;
+        for (int64_t r = 0; r < g.R; ++r)
+          for (int64_t s = 0; s < g.S; ++s)
+            acc += taps[r * g.S + s] * buf[(p * g.sh + r * g.dilh) * Wp + q * g.sw + s * g.dilw];
+        if (relu) acc = acc < 0 ? lanes{} : acc;  // as std::max(acc, 0) in the row kernels: NaN stays
+        out[p * g.Q + q] = acc;
+      }
+    deinterleave(out, g.Q, 0, 0, y + (n * g.C + c0) * PQ, PQ, nch, g.P, g.Q);
+  }
+}
+
+void bwd_data_narrow(const float* dy, const float* w, float* dx, const Shape& g) {
+  const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, RS = g.R * g.S, PQ = g.P * g.Q;
+  const int64_t blocks = (g.C + kLanes - 1) / kLanes;
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t task = 0; task < g.N * blocks; ++task) {
+    const int64_t n = task / blocks, c0 = task % blocks * kLanes, nch = std::min(kLanes, g.C - c0);
+    lanes* buf = lane_scratch(Hp * Wp + PQ + RS);
+    lanes *d = buf + Hp * Wp, *taps = d + PQ;
+    std::memset(static_cast<void*>(buf), 0, sizeof(lanes) * Hp * Wp);
+    interleave(dy + (n * g.C + c0) * PQ, PQ, nch, g.P, g.Q, d, g.P, g.Q, 0, 0);
+    lane_taps(w, c0, nch, RS, taps);
+    for (int64_t p = 0; p < g.P; ++p)
+      for (int64_t q = 0; q < g.Q; ++q) {
+        const lanes gv = d[p * g.Q + q];
+        for (int64_t r = 0; r < g.R; ++r)
+          for (int64_t s = 0; s < g.S; ++s)
+            buf[(p * g.sh + r * g.dilh) * Wp + q * g.sw + s * g.dilw] += taps[r * g.S + s] * gv;
+      }
+    deinterleave(buf, Wp, g.ph, g.pw, dx + (n * g.C + c0) * g.H * g.W, g.H * g.W, nch, g.H, g.W);
+  }
+}
+
+void bwd_weight_narrow(const float* x, const float* dy, float* dw, float* db, const Shape& g) {
+  const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, RS = g.R * g.S, PQ = g.P * g.Q;
+  const int64_t blocks = (g.C + kLanes - 1) / kLanes;
+  // one task per channel block over all images in order: as in bwd_weight, no partials to combine
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t c0 = blk * kLanes, nch = std::min(kLanes, g.C - c0);
+    lanes* buf = lane_scratch(Hp * Wp + PQ + RS);
+    lanes *d = buf + Hp * Wp, *sums = d + PQ;
+    std::vector<double> acc_w(RS * kLanes, 0.0), acc_b(kLanes, 0.0);
+    for (int64_t n = 0; n < g.N; ++n) {
+      interleave(x + (n * g.C + c0) * g.H * g.W, g.H * g.W, nch, g.H, g.W, buf, Hp, Wp, g.ph, g.pw);
+      interleave(dy + (n * g.C + c0) * PQ, PQ, nch, g.P, g.Q, d, g.P, g.Q, 0, 0);
+      lanes sb{};
+      for (int64_t t = 0; t < RS; ++t) sums[t] = lanes{};
+      for (int64_t p = 0; p < g.P; ++p)
+        for (int64_t q = 0; q < g.Q; ++q) {
+          const lanes gv = d[p * g.Q + q];
+          sb += gv;
+          for (int64_t r = 0; r < g.R; ++r)
+            for (int64_t s = 0; s < g.S; ++s)
+              sums[r * g.S + s] += gv * buf[(p * g.sh + r * g.dilh) * Wp + q * g.sw + s * g.dilw];
+        }
+      for (int64_t j = 0; j < nch; ++j) {
+        for (int64_t t = 0; t < RS; ++t) acc_w[t * kLanes + j] += sums[t][j];
+        acc_b[j] += sb[j];
+      }
+    }
+    for (int64_t j = 0; j < nch; ++j) {
+      for (int64_t t = 0; t < RS; ++t) dw[(c0 + j) * RS + t] += static_cast<float>(acc_w[t * kLanes + j]);
+      db[c0 + j] += static_cast<float>(acc_b[j]);
+    }
+  }
+}
+
 }  // namespace
 
 void fwd(const float* x, const float* w, const float* b, float* y, const Shape& g, bool relu) {
+  if (narrow(g)) return fwd_narrow(x, w, b, y, g, relu);
   const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, RS = g.R * g.S, PQ = g.P * g.Q, K = g.C * g.M;
   const CorrelateFn corr = pick(g.R, g.S, g.sw);
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
@@ -228,6 +360,7 @@ void fwd(const float* x, const float* w, const float* b, float* y, const Shape& 
 }
 
 void bwd_data(const float* dy, const float* w, float* dx, const Shape& g) {
+  if (narrow(g)) return bwd_data_narrow(dy, w, dx, g);
   const int64_t RS = g.R * g.S, PQ = g.P * g.Q, K = g.C * g.M, HW = g.H * g.W;
   if (g.sh == 1 && g.sw == 1) {
     // dx[h, w] = sum_rs w[R-1-r, S-1-s] * dypad[h + r*dilh, w + s*dilw], dy placed at
@@ -271,6 +404,7 @@ void bwd_data(const float* dy, const float* w, float* dx, const Shape& g) {
 }
 
 void bwd_weight(const float* x, const float* dy, float* dw, float* db, const Shape& g) {
+  if (narrow(g)) return bwd_weight_narrow(x, dy, dw, db, g);
   const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, RS = g.R * g.S, PQ = g.P * g.Q, K = g.C * g.M;
   const WeightSumsFn sums_of = pick_weight_sums(g.R, g.S, g.sw);
   const int nt = static_cast<int>(std::min<int64_t>(num_threads(), std::max<int64_t>(g.C, 1)));
