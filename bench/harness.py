@@ -188,7 +188,9 @@ def _check_probes() -> None:
 
 def fma_peaks(records: list, repeat: int = 5, iters: int = 2_000_000) -> dict:
     """FLOP/s of our register-only FMA loop per instruction set the CPU has (best of `repeat` runs, on
-    the package's thread count), each added to `records` as a limits row. Empty without the C++ module."""
+    the package's thread count), each added to `records` as a limits row. Empty without the C++ module.
+    Many short runs, the best kept: on a shared machine most runs lose a core to someone else for part
+    of their time, and only an undisturbed one measures the core."""
     try:
         from fasttrain import _C
     except ImportError:
@@ -221,7 +223,7 @@ def measure_limits(quick: bool = False) -> tuple[Limits, list[Record]]:
     flops = 2.0 * m ** 3
     records.append(make_record("limits", "sgemm", "numpy-blas", f"{m}x{m}x{m}", samples, flops=flops))
     probe = (lambda ws: stream_bandwidth(ws, repeat=3)) if quick else stream_bandwidth
-    peaks = fma_peaks(records, repeat=3 if quick else 15)
+    peaks = fma_peaks(records, repeat=5 if quick else 60, iters=1_000_000)
     return Limits(main_memory, flops / min(samples), source, "numpy matmul (OpenBLAS)", probe, peaks), records
 
 

@@ -47,6 +47,7 @@ def main(argv=None) -> int:
         ft.set_num_threads(args.threads)
 
     t0 = time.time()
+    args.load_start = _load()
     print(f"machine: {_machine()}")
     print(f"build: {json.dumps(ft.build_info(), default=str)}")
     limits, records = harness.measure_limits(args.quick)
@@ -99,6 +100,13 @@ def main(argv=None) -> int:
     return 0
 
 
+def _load() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "n/a"
+
+
 def _collectives(quick: bool) -> list:
     """Collectives run under mpiexec in their own processes; their JSON lines are read back."""
     import tempfile
@@ -141,7 +149,10 @@ def _write_results(path, records, rs, limits, args, elapsed) -> None:
         f"sgemm {limits.flops / 1e9:.1f} GFLOP/s ({limits.flops_source}); FMA peak (register-only FMA loop, 12 "
         f"accumulators, every thread; `fma_peak_*` rows): "
         + (", ".join(f"{isa} {v / 1e9:.0f} GFLOP/s" for isa, v in limits.peaks.items()) or "not measured"),
-        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, wall time {elapsed:.0f} s", "",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, wall time {elapsed:.0f} s",
+        f"- load average (1 min) at the start and the end of the run: {args.load_start} and {_load()} "
+        f"(above the core count, other processes shared the cores and the memory bus: every figure of such a run "
+        f"is noisy, the limits included; ratios are interleaved so both sides see the same load)", "",
         "Times are medians of several runs; % of limit = the time the declared bytes (or FLOPs) would take at "
         "the measured limit, divided by the measured time. A kernel's bandwidth limit is the better of two "
         "measurements just before and after it, by the "

@@ -165,7 +165,7 @@ def _torch_variants(torch, name, batch, steps, log, compile_ok):
     out, notes = {}, {}
     for variant in TORCH_VARIANTS:
         if variant == "torch-compile" and not compile_ok:
-            notes[variant] = "skipped (--no-compile)"
+            notes[variant] = "skipped (--no-compile, or --quick)"
             continue
         try:
             step, compile_s = torch_step(torch, name, batch, variant)
