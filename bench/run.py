@@ -43,6 +43,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-compile", action="store_true", help="train suite: leave out the torch.compile variant")
     ap.add_argument("--no-memory", action="store_true", help="train suite: skip the peak-memory subprocesses")
     args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.threads:
         ft.set_num_threads(args.threads)
 
@@ -140,8 +141,8 @@ def _write_results(path, records, rs, limits, args, elapsed) -> None:
     harness.print_table(records, file=table)
     lines = [
         "# fasttrain bench results", "",
-        f"Regenerate with: `.venv/bin/python -m bench {' '.join(args.suite)} --results {path}"
-        f"{' --quick' if args.quick else ''}` (from the repository root, nothing else running).", "",
+        f"Regenerate with: `.venv/bin/python -m bench {' '.join(args.argv)}` (from the repository root, nothing "
+        "else running).", "",
         f"- machine: {_machine()}",
         f"- threads: {ft.settings.num_threads}",
         f"- measured limits: memory bandwidth {limits.bandwidth / 1e9:.1f} GB/s from main memory (best of the STREAM "
