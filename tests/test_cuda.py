@@ -134,6 +134,24 @@ def test_softmax_xent_matches_reference(n, c):
     np.testing.assert_allclose(cupy.asnumpy(d_gpu), d_ref, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("n,c", [(1, 2), (7, 10), (128, 1000)])
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+def test_softmax_xent_weighted_matches_reference(n, c, eps):
+    rng = np.random.default_rng(3)
+    logits = (rng.standard_normal((n, c)) * 5).astype(np.float32)
+    labels = rng.integers(0, c, n).astype(np.int64)
+    labels[::3] = -100
+    w = rng.uniform(0.2, 2.0, c).astype(np.float32)
+    d_ref, rows_ref = np.empty((n, c)), np.empty(n)
+    backend.kernel("softmax_xent_weighted", backend="numpy")(logits.astype(np.float64), labels, w.astype(np.float64),
+                                                             eps, -100, 0.3, d_ref, rows_ref)
+    d_gpu, rows_gpu = cupy.empty((n, c), cupy.float32), cupy.empty(n, cupy.float64)
+    backend.kernel("softmax_xent_weighted", backend="cuda")(cupy.asarray(logits), cupy.asarray(labels),
+                                                            cupy.asarray(w), eps, -100, 0.3, d_gpu, rows_gpu)
+    np.testing.assert_allclose(cupy.asnumpy(rows_gpu), rows_ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(cupy.asnumpy(d_gpu), d_ref, rtol=1e-4, atol=1e-6)
+
+
 def test_auto_backend_picks_cuda_for_cupy_arrays():
     x = cupy.arange(5, dtype=cupy.float32)
     assert backend.kernel("relu_fwd", like=x) is backend.kernel("relu_fwd", backend="cuda")
