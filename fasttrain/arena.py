@@ -55,20 +55,11 @@ class ParamArena:
         self.dtype = np.dtype(dtype)
         self.xp = xp
         self.rebound = False      # some parameter was bound to another arena since (check_current)
-        decayed = [p for p in params if p.decay]
-        plain = [p for p in params if not p.decay]
         self.forward_order = list(params)
-        # reverse forward order inside each group (see module docstring)
-        self.params: list[Parameter] = decayed[::-1] + plain[::-1]
-        self.offsets: list[int] = []
-        offset = 0
-        for p in self.params:
-            self.offsets.append(offset)
-            offset += p.size
-        self.size = offset
+        self.params, self.offsets, self.size = self.layout(params)
+        n_decay = sum(p.size for p in params if p.decay)
         self.data = xp.zeros(self.size, dtype=self.dtype)
         self.grad = xp.zeros(self.size, dtype=self.dtype)
-        n_decay = sum(p.size for p in decayed)
         self.groups: list[ParamGroup] = []
         if n_decay:
             self.groups.append(ParamGroup("decay", 0, n_decay))
@@ -77,6 +68,15 @@ class ParamArena:
         self._bind()
         if init:
             self.initialize(seed)
+
+    @staticmethod
+    def layout(params: list[Parameter]) -> tuple[list[Parameter], list[int], int]:
+        """(parameters in arena order, their offsets, total size) for `params` in forward order,
+        without allocating: decayed parameters first, reverse forward order inside each group (see
+        the module docstring). A pipeline stage maps its own arena to a whole model's with it."""
+        ordered = [p for p in params if p.decay][::-1] + [p for p in params if not p.decay][::-1]
+        offsets = np.cumsum([0] + [p.size for p in ordered]).tolist()
+        return ordered, offsets[:-1], offsets[-1]
 
     @classmethod
     def for_model(cls, model, seed: int = 0, dtype=np.float32, xp=np, init: bool = True) -> "ParamArena":

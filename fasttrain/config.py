@@ -59,6 +59,10 @@ class Config:
     lr_scaling: bool = True               # lr x ranks with a warmup (Goyal et al. 2017) when dist is on
     fingerprint_every: int = 100          # compare collectives across ranks every N calls
     collective_timeout: float = 300.0     # seconds a rank waits for a missing rank in a collective, then the job aborts (0: never)
+    # -- pipeline (model) parallelism: `mpiexec -n S*D fasttrain train --pipeline-stages S ...` --
+    pipeline_stages: int = 1              # S > 1: cut the model into S stages on S ranks (x D replicas with --dist)
+    micro_batches: int = 1                # M: micro-batches per batch flowing through the stages
+    pipeline_schedule: str = "1f1b"       # gpipe: all forwards, then all backwards | 1f1b: at most S in flight
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

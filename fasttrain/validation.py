@@ -206,6 +206,9 @@ RULES: dict[str, Rule] = {
     "lr_scaling": boolean,
     "fingerprint_every": integer(lo=1),
     "collective_timeout": number(0),
+    "pipeline_stages": integer(lo=1, meaning="stages of the model, one per rank"),
+    "micro_batches": integer(lo=1, meaning="micro-batches per batch"),
+    "pipeline_schedule": one_of(("gpipe", "1f1b")),
 }
 
 BUNDLED_DATASETS = ("digits", "synthetic_cifar")
@@ -283,7 +286,18 @@ def _schedule(cfg) -> None:
                           "SGDR cycle ends inside the run for --snapshots")
 
 
-CROSS_CHECKS: list[Callable] = [_data_path, _image_size, _dist, _gpu, _early_stopping, _schedule]
+def _pipeline(cfg) -> None:
+    from .parallel.pipeline import check_config
+
+    try:
+        check_config(cfg)
+    except ValueError as exc:
+        key = str(exc).split("=")[0].split(":")[0]  # check_config names the first key at fault
+        raise ConfigError(key if key in RULES else "pipeline_stages", getattr(cfg, key, cfg.pipeline_stages), "",
+                          detail=str(exc)) from None
+
+
+CROSS_CHECKS: list[Callable] = [_data_path, _image_size, _dist, _gpu, _early_stopping, _schedule, _pipeline]
 
 
 def check_environment() -> None:

@@ -146,13 +146,19 @@ def test_partition_is_optimal():
         L, S = int(rng.integers(1, 8)), int(rng.integers(1, 5))
         if S > L:
             continue
-        costs = rng.random(L)
-        counts = partition(costs, S)
+        costs, required = rng.random(L), rng.random(L) < 0.7
+        if required.sum() < S:
+            with pytest.raises(ValueError, match=f"pipeline_stages={S}: only {required.sum()} of"):
+                partition(costs, S, required)
+            continue
+        counts = partition(costs, S, required)
         assert len(counts) == S and min(counts) >= 1 and sum(counts) == L
-        best = min(max(costs[a:b].sum() for a, b in zip((0,) + cut, cut + (L,)))
-                   for cut in itertools.combinations(range(1, L), S - 1))
+        cuts = [cut for cut in itertools.combinations(range(1, L), S - 1)
+                if all(required[a:b].any() for a, b in zip((0,) + cut, cut + (L,)))]
+        best = min(max(costs[a:b].sum() for a, b in zip((0,) + cut, cut + (L,))) for cut in cuts)
         got = max(costs[a:b].sum() for a, b in zip(np.cumsum([0] + counts[:-1]), np.cumsum(counts)))
         assert got == pytest.approx(best)
+        assert all(required[a:b].any() for a, b in zip(np.cumsum([0] + counts[:-1]), np.cumsum(counts)))
 
 
 def test_each_stage_holds_only_its_parameters():
@@ -200,6 +206,8 @@ def test_bound_model_values_are_copied():
     (lambda comm: Pipeline(build(), comm, 2, "zigzag", input_shape=(1, 8, 8)), r"pipeline_schedule: expected"),
     (lambda comm: Pipeline(build(), comm, 2, balance=[7, 2]), r"balance\): expected 2 layer counts"),
     (lambda comm: Pipeline(build(), comm, 2), r"input_shape"),
+    (lambda comm: Pipeline(nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU()), comm, 1, input_shape=(4,)),
+     r"pipeline_stages=2: only 1 of the model's 3 top-level layers have parameters"),
 ])
 def test_bad_splits_are_one_line_errors(make, match):
     def rank(comm):
@@ -219,3 +227,20 @@ def test_more_micro_batches_than_examples():
             pipe.train_step(X[0, :3], Y[0, :3], ft.losses.SoftmaxCrossEntropy())
 
     ThreadWorld(2).run(rank)
+
+
+@pytest.mark.parametrize("flags,match", [
+    (["--pipeline-stages", "12"], "pipeline_stages=12: the model has 9 top-level layers"),
+    (["--pipeline-stages", "2", "--micro-batches", "40", "--batch-size", "32"], "micro_batches=40: a batch of 32"),
+    (["--pipeline-stages", "2", "--ema-decay", "0.9"], "ema_decay=0.9 with pipeline_stages=2"),
+    (["--pipeline-stages", "2", "--dist", "ring", "--compress", "sign"], "compress='sign' with pipeline_stages=2"),
+    (["--pipeline-schedule", "gpipe"], "pipeline_schedule='gpipe': a pipeline option"),
+    (["--pipeline-stages", "2", "--pipeline-schedule", "zigzag"], "pipeline_schedule: expected one of"),
+])
+def test_cli_pipeline_options_are_one_line_errors(flags, match, capsys, tmp_path):
+    from fasttrain.cli import main
+
+    assert main(["train", "--quiet", "--run-dir", str(tmp_path), *flags]) == 1
+    err = capsys.readouterr().err.strip()
+    assert match in err and "\n" not in err, err
+    assert not any(tmp_path.iterdir())   # nothing trained, nothing written

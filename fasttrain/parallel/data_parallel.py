@@ -401,13 +401,14 @@ class DataParallel:
         self.codec.load_state_dict({"residual": res[self.rank]})
 
 
-def world_comm(dist: str) -> Communicator:
+def world_comm(dist: str, pipeline_stages: int = 1) -> Communicator:
     """The communicator a run with config key `dist` uses: MPI when launched with K > 1 ranks,
-    LocalComm otherwise (so `--dist ring` without mpirun runs the same code on one rank)."""
+    LocalComm otherwise (so `--dist ring` without mpirun runs the same code on one rank). K ranks
+    that are the stages of one pipeline need no dist."""
     from .comm import get_comm
 
     k = launched_world_size()
-    if k > 1 and dist == "none":
+    if k > 1 and dist == "none" and k != pipeline_stages:
         raise ValueError(f"dist='none' but the job was launched with {k} ranks: pass --dist ring or --dist mpi "
                          "(otherwise every rank would train its own copy)")
     return get_comm() if k > 1 else LocalComm()

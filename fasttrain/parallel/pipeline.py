@@ -66,17 +66,68 @@ def pipeline_layers(model) -> list[Module]:
     return [layer for _, layer in model._children]
 
 
-def check_split(layers: int, stages: int, micro_batches: int, batch_size: int | None = None) -> None:
-    """One-line errors for a split that cannot run, before anything is built."""
+def check_split(layers: int, stages: int, micro_batches: int, batch_size: int | None = None,
+                parameterized: int | None = None) -> None:
+    """One-line errors for a split that cannot run, before anything is built. parameterized: how
+    many of the layers have parameters (every stage needs one: its optimizer steps an arena)."""
     for name, v in (("pipeline_stages", stages), ("micro_batches", micro_batches)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
     if stages > layers:
         raise ValueError(f"pipeline_stages={stages}: the model has {layers} top-level layers (a residual block "
                          f"counts as one); expected at most {layers} stages")
+    if parameterized is not None and stages > parameterized:
+        raise ValueError(f"pipeline_stages={stages}: only {parameterized} of the model's {layers} top-level layers have "
+                         f"parameters, and every stage needs one; expected at most {parameterized} stages")
     if batch_size is not None and micro_batches > batch_size:
         raise ValueError(f"micro_batches={micro_batches}: a batch of {batch_size} examples cannot be cut into "
                          f"{micro_batches} non-empty micro-batches; expected micro_batches <= batch_size")
+
+
+#: config keys a pipelined run cannot honour yet, with their defaults, and why
+PIPELINE_EXCLUDES = {
+    "ema_decay": (None, "the EMA would cover one stage's arena, not the model the checkpoint holds"),
+    "early_stopping": (None, "the best epoch's weights would be one stage's"),
+    "mixup": (None, "mixed targets are not cut into micro-batches"),
+    "init_from": (None, "transfer learning loads a whole model into one arena; start with --resume instead"),
+    "freeze_except": (None, "freezing counts layers of the whole model's arena"),
+    "bucket_kb": (0, "a stage's gradients are complete only after its last micro-batch; one all-reduce follows"),
+    "error_feedback": (None, "error-feedback residuals are per stage and do not fit the single checkpoint"),
+    "snapshots": (0, "a snapshot ensemble would hold and validate one stage's weights"),
+}
+
+
+def check_config(cfg) -> None:
+    """The pipeline keys of a run config (fasttrain.config.Config), as one-line ValueErrors."""
+    pipelined = cfg.pipeline_stages != 1 or cfg.micro_batches != 1
+    for name, v in (("pipeline_stages", cfg.pipeline_stages), ("micro_batches", cfg.micro_batches)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
+    if cfg.pipeline_schedule not in SCHEDULES:
+        raise ValueError(f"pipeline_schedule: expected one of {SCHEDULES}, got {cfg.pipeline_schedule!r}")
+    if not pipelined:
+        if cfg.pipeline_schedule != "1f1b":
+            raise ValueError(f"pipeline_schedule={cfg.pipeline_schedule!r}: a pipeline option, but pipeline_stages=1 "
+                             "and micro_batches=1; expected --pipeline-stages S or --micro-batches M")
+        return
+    if cfg.micro_batches > cfg.batch_size:
+        raise ValueError(f"micro_batches={cfg.micro_batches}: a batch of {cfg.batch_size} examples cannot be cut into "
+                         f"{cfg.micro_batches} non-empty micro-batches; expected micro_batches <= batch_size")
+    for key, (default, why) in PIPELINE_EXCLUDES.items():
+        if getattr(cfg, key) != default:
+            raise ValueError(f"{key}={getattr(cfg, key)!r} with pipeline_stages={cfg.pipeline_stages}: {why}")
+    if cfg.compress in ("sign", "int4"):
+        raise ValueError(f"compress={cfg.compress!r} with pipeline_stages={cfg.pipeline_stages}: this codec needs "
+                         f"error feedback, whose residuals do not fit the pipeline's single checkpoint; use fp16, "
+                         "bf16 or int8")
+    if cfg.device != "cpu":
+        raise ValueError(f"device={cfg.device!r} with pipeline_stages={cfg.pipeline_stages}: stages exchange host "
+                         "arrays; expected device='cpu'")
+    from ..models import build
+
+    layers = pipeline_layers(build(cfg.model, (3, 32, 32), 10, cfg.dropout))  # the count ignores the size
+    check_split(len(layers), cfg.pipeline_stages, cfg.micro_batches, cfg.batch_size,
+                sum(bool(_own_params(layer)) for layer in layers))
 
 
 def schedule_ops(schedule: str, stages: int, stage: int, micro_batches: int) -> list[tuple[str, int]]:
@@ -104,12 +155,15 @@ def micro_rows(n: int, micro_batches: int) -> list[tuple[int, int]]:
     return out
 
 
-def partition(costs, stages: int) -> list[int]:
+def partition(costs, stages: int, required=None) -> list[int]:
     """Layer counts of `stages` contiguous, non-empty stages minimizing the largest stage cost
-    (dynamic programming over cut points; ties go to the earlier cut)."""
+    (dynamic programming over cut points; ties go to the earlier cut). required: a bool per layer;
+    then every stage must hold at least one required layer (one with parameters)."""
     L = len(costs)
-    check_split(L, stages, 1)
+    required = np.ones(L, bool) if required is None else np.asarray(required, bool)
+    check_split(L, stages, 1, parameterized=int(required.sum()))
     prefix = np.concatenate([[0.0], np.cumsum(np.asarray(costs, np.float64))])
+    has = np.concatenate([[0], np.cumsum(required)])   # required layers in [i, j): has[j] - has[i]
     inf = float("inf")
     best = np.full((stages + 1, L + 1), inf)
     cut = np.zeros((stages + 1, L + 1), np.int64)
@@ -117,6 +171,8 @@ def partition(costs, stages: int) -> list[int]:
     for s in range(1, stages + 1):
         for j in range(s, L + 1):
             for i in range(s - 1, j):
+                if has[j] == has[i]:
+                    continue
                 v = max(best[s - 1, i], prefix[j] - prefix[i])
                 if v < best[s, j]:
                     best[s, j], cut[s, j] = v, i
@@ -206,7 +262,7 @@ class Pipeline:
                  input_shape=None, balance="cost", seed: int = 0, dtype=np.float32):
         layers = pipeline_layers(model)
         S = comm.size
-        check_split(len(layers), S, micro_batches)
+        check_split(len(layers), S, micro_batches, parameterized=sum(bool(_own_params(layer)) for layer in layers))
         if schedule not in SCHEDULES:
             raise ValueError(f"pipeline_schedule: expected one of {SCHEDULES}, got {schedule!r}")
         self.comm, self.model, self.stages, self.stage = comm, model, S, comm.rank
@@ -223,7 +279,7 @@ class Pipeline:
                 raise ValueError("Pipeline(input_shape): the 'cost' balance probes the layers; expected one "
                                  "example's shape, e.g. (3, 32, 32)")
             self.costs = layer_costs(layers, input_shape, self.dtype)
-            counts = partition(self.costs, S)
+            counts = partition(self.costs, S, [bool(_own_params(layer)) for layer in layers])
         else:
             counts = [int(c) for c in balance]
             if len(counts) != S or min(counts) < 1 or sum(counts) != len(layers):
@@ -398,7 +454,10 @@ class Pipeline:
                 if self.last:
                     start, rows = self._rows[m]
                     target = y[start:start + rows]
-                    value, d = loss_fn(h, target)
+                    try:
+                        value, d = loss_fn(h, target)
+                    except FloatingPointError:  # reported as a NaN loss on every stage (the trainer stops)
+                        value, d = float("nan"), np.zeros_like(h)
                     if rows != n:  # the loss is the batch mean: micro-batch m weighs rows / n
                         d *= d.dtype.type(rows / n)
                         value *= rows / n
@@ -427,18 +486,174 @@ class Pipeline:
 
     def predict(self, x, n: int | None = None):
         """Forward only (in the module's current mode), micro-batched: the last stage returns the
-        logits of the batch, the others None. Stages other than the first may pass x=None with n."""
-        self._begin(x, None, n, need_y=False)
-        outs = []
-        for m in range(self.micro_batches):
-            if not self.first and m + 1 < self.micro_batches:
-                self._post(_ACT, m + 1)
-            h = self._forward(x, m)
-            self.module.stash_cache(clear=True)
-            if self.last:
-                outs.append(h)
-            else:
-                self._send(_ACT, h)
-            self._reap()
-        self._end()
+        logits of the batch, the others None. Stages other than the first may pass x=None with n.
+        A batch smaller than micro_batches is cut into one-row micro-batches."""
+        n = len(x) if x is not None else n
+        micro, self.micro_batches = self.micro_batches, min(self.micro_batches, n or 1)
+        try:
+            self._begin(x, None, n, need_y=False)
+            outs = []
+            for m in range(self.micro_batches):
+                for m2 in range(m, min(m + 2, self.micro_batches)):  # in order: the first of a size gets the header
+                    if not self.first:
+                        self._post(_ACT, m2)
+                h = self._forward(x, m)
+                self.module.stash_cache(clear=True)
+                if self.last:
+                    outs.append(h)
+                else:
+                    self._send(_ACT, h)
+                self._reap()
+            self._end()
+        finally:
+            self.micro_batches = micro
         return np.concatenate(outs) if self.last else None
+
+    def evaluate(self, loader, loss_fn) -> tuple[float, float]:
+        """(mean loss, accuracy) over a loader in eval mode, on every stage (Trainer.evaluate's)."""
+        self.module.eval()
+        total, correct, n = 0.0, 0, 0
+        try:
+            for xb, yb in loader.batches(0):
+                logits = self.predict(xb if self.first else None, n=len(yb))
+                if self.last:
+                    loss, _ = loss_fn(logits, yb)
+                    total += float(loss) * len(yb)
+                    correct += int((logits.argmax(axis=1) == yb).sum())
+                n += len(yb)
+        finally:
+            self.module.train()
+        if n == 0:
+            raise ValueError("Pipeline.evaluate: the loader yielded no examples")
+        if self.stages > 1:
+            total, correct = self.comm.bcast((total, correct) if self.last else None, root=self.stages - 1)
+        return total / n, correct / n
+
+    # -- checkpoints: one file, in the single-process layout ------------------------------------
+    def _stage_entries(self, stage: int, optimizer) -> list[tuple[str, tuple]]:
+        """(key, shape) of what stage `stage` contributes to a checkpoint, in a fixed order every
+        rank can compute: its parameters, their optimizer state, its module buffers."""
+        first, stop = self.bounds[stage]
+        mine = {id(p) for layer in self.model._children[first:stop] for p in _own_params(layer[1])}
+        params = [p for p in self.model.parameters() if id(p) in mine]
+        mods = {id(m) for _, layer in self.model._children[first:stop] for _, m in layer.named_modules()}
+        entries = [(f"param/{p.name}", p.shape) for p in params]
+        entries += [(f"state/{k}/{p.name}", p.shape) for k in sorted(optimizer.state) for p in params]
+        entries += [(f"buffer/{k}", np.shape(m.buffers[name])) for k, (m, name) in sorted(module_buffers(self.model).items())
+                    if id(m) in mods]
+        return entries
+
+    def _own_values(self, optimizer) -> dict:
+        out = {f"param/{p.name}": p.data for p in self.params}
+        for k, buf in optimizer.state.items():
+            for p in self.params:
+                out[f"state/{k}/{p.name}"] = buf[self.arena.slice_of(p)].reshape(p.shape)
+        out.update({f"buffer/{k}": m.buffers[name] for k, (m, name) in self.buffers.items()})
+        return out
+
+    def gather_state(self, optimizer) -> dict | None:
+        """Every stage's parameters, optimizer state and buffers, on stage 0 (None elsewhere), keyed
+        as in `_stage_entries`. Collective over the stages; values travel packed in float64 (exact
+        for float32 parameters and buffers)."""
+        tag = _TAGS[_ACT][0] + 100
+        if not self.first:
+            mine = self._own_values(optimizer)
+            packed = np.concatenate([np.asarray(mine[k], np.float64).ravel()
+                                     for k, _ in self._stage_entries(self.stage, optimizer)])
+            self.comm.wait(self.comm.isend(packed, 0, tag))
+            return None
+        out = {k: np.array(v) for k, v in self._own_values(optimizer).items()}
+        for s in range(1, self.stages):
+            entries = self._stage_entries(s, optimizer)
+            packed = np.empty(sum(int(np.prod(shape)) for _, shape in entries), np.float64)
+            self.comm.wait(self.comm.irecv(packed, s, tag))
+            at = 0
+            for k, shape in entries:
+                size = int(np.prod(shape))
+                out[k] = packed[at:at + size].reshape(shape)
+                at += size
+        return out
+
+    def save_checkpoint(self, path, optimizer, meta: dict, extra: dict | None = None) -> None:
+        """One checkpoint of the whole model, as a single process would write it (parameters by
+        name, optimizer state in the whole model's arena layout, buffers by path), gathered on
+        stage 0, which writes it when `path` is not None. Collective over the stages."""
+        from ..train.checkpoint import save_checkpoint
+
+        state = self.gather_state(optimizer)
+        if state is None or path is None:
+            return
+        params = self.model.parameters()
+        whole = _Layout(params, self.dtype)
+        for p in params:
+            whole.named[p.name][...] = state[f"param/{p.name}"]
+        for k, (m, name) in module_buffers(self.model).items():   # other stages' modules: unused copies here
+            m.buffers[name] = np.asarray(state[f"buffer/{k}"], dtype=np.asarray(m.buffers[name]).dtype)
+        sd = optimizer.state_dict()
+        sd["state"] = {}
+        for k in optimizer.state:
+            flat = np.zeros(whole.size, self.dtype)
+            for p, off in zip(whole.order, whole.offsets):
+                flat[off:off + p.size] = state[f"state/{k}/{p.name}"].ravel()
+            sd["state"][k] = flat
+        save_checkpoint(path, self.model, whole, _Fixed(sd), meta, extra=extra)
+
+    def apply_checkpoint(self, path, arrays: dict, optimizer=None) -> None:
+        """This stage's share of a single-process (or pipelined) checkpoint's arrays
+        (train.checkpoint.read_checkpoint): parameters, buffers and optimizer state."""
+        from ..train.checkpoint import _unflatten
+
+        names = [k[6:] for k in arrays if k.startswith("param/")]
+        expected = [p.name for p in self.model.parameters()]
+        if sorted(names) != sorted(expected):
+            raise KeyError(f"{path}: parameters {sorted(set(names) ^ set(expected))} do not match the model's")
+        self.arena.load_state_dict({p.name: arrays[f"param/{p.name}"] for p in self.params})
+        for k, (m, name) in self.buffers.items():
+            if f"buffer/{k}" not in arrays:
+                raise KeyError(f"{path}: no buffer {k!r} for this model")
+            m.buffers[name] = np.asarray(arrays[f"buffer/{k}"], dtype=np.asarray(m.buffers[name]).dtype)
+        if optimizer is None:
+            return
+        sd = _unflatten("opt", arrays)
+        whole = _Layout(self.model.parameters(), None)
+        state = {}
+        for k, flat in (sd.get("state") or {}).items():
+            if np.shape(flat) != (whole.size,):
+                raise ValueError(f"{path}: optimizer state {k!r} has shape {np.shape(flat)}, expected ({whole.size},)")
+            mine = np.zeros(self.arena.size, self.dtype)
+            for p, off in zip(whole.order, whole.offsets):
+                if p.name in self._own_names:
+                    mine[self.arena.slice_of(self._own_names[p.name])] = flat[off:off + p.size]
+            state[k] = mine
+        sd["state"] = state
+        sd["groups"] = {g: v for g, v in (sd.get("groups") or {}).items() if g in optimizer.group_hyper}
+        optimizer.load_state_dict(sd)
+
+    @property
+    def _own_names(self) -> dict:
+        return {p.name: p for p in self.params}
+
+
+class _Layout:
+    """A whole model's arena layout without its parameters' own buffers: `named` gives a view of
+    `data` per parameter name (allocated only when dtype is given, on the stage that writes)."""
+
+    def __init__(self, params, dtype):
+        self.order, self.offsets, self.size = ParamArena.layout(params)
+        self.xp = np
+        if dtype is not None:
+            self.data = np.zeros(self.size, dtype)
+            self.named = {p.name: self.data[off:off + p.size].reshape(p.shape) for p, off in zip(self.order, self.offsets)}
+
+    def state_dict(self) -> dict:
+        return {name: np.array(v) for name, v in self.named.items()}
+
+
+class _Fixed:
+    """An optimizer stand-in whose state_dict() is a given dict (save_checkpoint asks for it)."""
+
+    def __init__(self, sd: dict):
+        self.sd = sd
+
+    def state_dict(self) -> dict:
+        return self.sd

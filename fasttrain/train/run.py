@@ -131,21 +131,36 @@ def run(cfg: Config, progress: bool | None = None, checkpoints: dict | None = No
     # data parallel: one code path for 1 rank (LocalComm) and K ranks under mpirun, so the
     # single-process run is the K=1 case of the distributed one rather than a separate loop
     from ..parallel.data_parallel import DataParallel, ShardedLoader, scaled_lr, world_comm
+    from ..parallel.grid import Grid
 
-    comm = world_comm(cfg.dist)
-    rank0 = comm.rank == 0   # progress, metrics, plots, checkpoints and validation: rank 0 only
+    world = world_comm(cfg.dist, cfg.pipeline_stages)
+    # pipeline parallelism: S stages x D replicas; `comm` is this rank's data-parallel group
+    grid = Grid(world, cfg.pipeline_stages)
+    comm = grid.dp
+    rank0 = world.rank == 0   # progress, metrics, plots, checkpoints and validation: rank 0 only
+    pipe = None
 
     data = load_dataset(cfg.dataset, cfg.data_path, cfg.val_fraction, cfg.seed,
                         image_size=cfg.image_size).limit(cfg.limit)
     check_data(cfg, data)
     # dropout masks differ per rank (a rank's own stream); parameters come from rank 0's broadcast
     model = build(cfg.model, data.input_shape, data.num_classes, cfg.dropout, seed=cfg.seed + 7919 * comm.rank)
-    arena = ft.ParamArena.for_model(model, seed=cfg.seed, xp=xp)
-    check_model(cfg, model, arena, checkpoints)  # again: a dataset read from files may hold another shape
+    if cfg.pipeline_stages > 1 or cfg.micro_batches > 1:  # this rank's stage of the model, in its own arena
+        from types import SimpleNamespace
+
+        from ..parallel.pipeline import Pipeline
+
+        pipe = Pipeline(model, grid.pipe, cfg.micro_batches, cfg.pipeline_schedule, data.input_shape, seed=cfg.seed)
+        # checkpoints hold the whole model: checked against its parameters, not the stage's
+        check_model(cfg, model, SimpleNamespace(named=lambda: {p.name: p for p in model.parameters()}), checkpoints)
+        model, arena = pipe.module, pipe.arena
+    else:
+        arena = ft.ParamArena.for_model(model, seed=cfg.seed, xp=xp)
+        check_model(cfg, model, arena, checkpoints)  # again: a dataset read from files may hold another shape
 
     run_dir = cfg.run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-    if comm.size > 1:
-        run_dir = comm.bcast(run_dir, root=0)  # one timestamp for every rank
+    if world.size > 1:
+        run_dir = world.bcast(run_dir, root=0)  # one timestamp for every rank
     if rank0:
         os.makedirs(run_dir, exist_ok=True)
         save_config(cfg, os.path.join(run_dir, "config.toml"))
@@ -159,7 +174,7 @@ def run(cfg: Config, progress: bool | None = None, checkpoints: dict | None = No
         train_loader = ShardedLoader(train_loader, comm.rank, comm.size)
         lr, warmup = scaled_lr(cfg.lr, comm.size, cfg.warmup_steps, len(train_loader), cfg.lr_scaling)
         run_cfg = dataclasses.replace(cfg, lr=lr, warmup_steps=warmup)
-        val_loader = val_loader if rank0 else None
+        val_loader = val_loader if comm.rank == 0 else None   # validated by replica 0 (all its stages)
 
     if cfg.init_from:  # transfer learning: a head of another size keeps its fresh initialization
         from .transfer import load_pretrained
@@ -185,6 +200,12 @@ def run(cfg: Config, progress: bool | None = None, checkpoints: dict | None = No
 
         trainer.snapshots = SnapshotEnsemble(arena, max_snapshots=cfg.snapshots)
         trainer.snapshot_steps = snapshot_steps(cfg, total_steps, len(train_loader))
+    trainer.pipeline = pipe
+    if not rank0:
+        trainer.run_dir, trainer.progress_disable, trainer.plot, trainer.checkpoint = None, True, False, False
+        trainer.monitor = None  # its warnings and summary are rank 0's to give
+    if pipe is not None:
+        trainer.checkpoint = comm.rank == 0   # replica 0's stages gather the one checkpoint on rank 0
     dp = None
     if cfg.dist != "none":
         dp = DataParallel(comm, model, arena, cfg.dist, cfg.compress, cfg.error_feedback, cfg.local_sgd,
@@ -193,15 +214,15 @@ def run(cfg: Config, progress: bool | None = None, checkpoints: dict | None = No
                           optimizer=opt, average_optimizer_state=cfg.local_sgd_optimizer,
                           collective_timeout=cfg.collective_timeout)
         trainer.dist = dp  # before resume: it restores this rank's error-feedback residual too
-        if not rank0:
-            trainer.run_dir, trainer.progress_disable, trainer.plot, trainer.checkpoint = None, True, False, False
-            trainer.monitor = None  # its warnings and summary are rank 0's to give
     if cfg.resume:
         trainer.resume(cfg.resume)
     if dp is not None:
         dp.setup()  # after resume / init: rank 0's parameters everywhere, verified by hash
         if rank0:
             print(f"fasttrain: {dp.describe()}; lr {run_cfg.lr:g} (warmup {run_cfg.warmup_steps} steps)", file=sys.stderr)
+    if pipe is not None and rank0:
+        print(f"fasttrain: {pipe.describe()}" + (f" x {grid.replicas} data-parallel replicas" if grid.replicas > 1 else ""),
+              file=sys.stderr)
     history = trainer.fit(train_loader, val_loader, cfg.epochs)
     last = history.epochs[-1] if history.epochs else {}
     if trainer.best_record is not None:  # early stopping restored the best epoch's weights
@@ -218,9 +239,12 @@ def run(cfg: Config, progress: bool | None = None, checkpoints: dict | None = No
         summary.update(snapshot_val_acc=float((probs.argmax(axis=1) == val_loader.y).mean()),
                        snapshot_steps=list(trainer.snapshots.steps))
     if dp is not None:  # every rank must end with rank 0's parameters (checked by hash)
-        summary.update(rank=comm.rank, ranks=comm.size, param_hash=dp.finish(broadcast=bool(cfg.early_stopping)),
+        summary.update(rank=world.rank, ranks=world.size, param_hash=dp.finish(broadcast=bool(cfg.early_stopping)),
                        bytes_sent_per_rank=dp.bytes_sent, allreduces=dp.allreduces, lr_run=run_cfg.lr,
                        hosts=len(set(dp.hosts)), allreduce_algorithm=dp.algorithm)
+    if pipe is not None:
+        summary.update(rank=world.rank, ranks=world.size, params=sum(p.size for p in pipe.model.parameters()),
+                       stage=grid.stage, stages=grid.stages, replicas=grid.replicas, pipeline=pipe.describe())
     if rank0:
         with open(os.path.join(run_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)

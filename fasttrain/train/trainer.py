@@ -105,6 +105,7 @@ class Trainer:
         self.dist = dist  # a fasttrain.parallel.DataParallel policy, or None
         # snapshot ensembles: a SnapshotEnsemble and the steps at which it copies the weights
         self.snapshots, self.snapshot_steps = None, ()
+        self.pipeline = None  # a fasttrain.parallel.Pipeline: `model` is then this rank's stage of it
         if self.run_dir is not None:
             os.makedirs(self.run_dir, exist_ok=True)
 
@@ -135,13 +136,19 @@ class Trainer:
                 extra["best/weights"] = weights
                 for key, (m, name) in module_buffers(self.model).items():
                     extra[f"best/buffer/{key}"] = buffers[id(m)][name]
+        if self.pipeline is not None:  # collective: every stage's share, written by the first (path None: not written)
+            self.pipeline.save_checkpoint(path, self.optimizer, meta, extra=extra)
+            return
         save_checkpoint(path, self.model, self.arena, self.optimizer, meta, extra=extra)
 
     def resume(self, path) -> None:
         """Continue from a checkpoint: parameters, buffers, optimizer state, step, epoch, history,
         the EMA of the weights and the early-stopping state (best epoch's weights and buffers)."""
         arrays, meta = read_checkpoint(path)
-        apply_checkpoint(path, arrays, self.model, self.arena, self.optimizer)
+        if self.pipeline is not None:  # this stage's share of a whole-model checkpoint
+            self.pipeline.apply_checkpoint(path, arrays, self.optimizer)
+        else:
+            apply_checkpoint(path, arrays, self.model, self.arena, self.optimizer)
         self.step, self.epoch = int(meta["step"]), int(meta["epoch"])
         self.history = History.from_dict(meta["history"])
         extra = {k[6:]: v for k, v in arrays.items() if k.startswith("extra/")}
@@ -195,6 +202,33 @@ class Trainer:
         sample = self.monitor is not None and self.monitor.due(self.step)
         if sample:
             self.monitor.begin()
+        if self.pipeline is not None:  # this rank's stage: forward, loss and backward of every micro-batch
+            try:
+                loss, correct = self.pipeline.train_step(xb, yb, self.loss_fn, self.step)
+            finally:
+                if sample:
+                    self.monitor.unhook()
+            if not math.isfinite(loss):
+                return loss, 0
+            if self.dist is not None:  # the stage's gradients averaged over its data-parallel replicas
+                self.dist.after_backward(self.step)
+        else:
+            loss, correct = self._forward_backward(xb, yb, mixed, sample)
+            if not math.isfinite(loss):
+                return loss, 0
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update()
+        if sample:
+            self._log_metrics(self.monitor.end(self.step, loss, lr=self.optimizer.lr))
+        self.step += 1
+        if self.dist is not None:  # local SGD averages the parameters every H steps
+            self.dist.after_step(self.step)
+        return loss, correct
+
+    def _forward_backward(self, xb, yb, mixed, sample: bool) -> tuple[float, int]:
+        """Forward, loss and backward of the batch on this process; (loss, correct predictions),
+        the loss NaN (nothing backpropagated) when it is not finite."""
         try:
             logits = self.model.forward(xb)
         finally:
@@ -216,18 +250,12 @@ class Trainer:
             self.dist.backward(self.model, dlogits, self.step)
         else:
             self.model.backward(dlogits)
-        self.optimizer.step()
-        if self.ema is not None:
-            self.ema.update()
-        if sample:
-            self._log_metrics(self.monitor.end(self.step, loss, lr=self.optimizer.lr))
-        self.step += 1
-        if self.dist is not None:  # local SGD averages the parameters every H steps
-            self.dist.after_step(self.step)
         return loss, int((logits.argmax(axis=1) == yb).sum())
 
     def evaluate(self, loader) -> tuple[float, float]:
         """(mean loss, accuracy) over a loader, in eval mode (BN running stats, no dropout)."""
+        if self.pipeline is not None:
+            return self.pipeline.evaluate(loader, self.loss_fn)
         self.model.eval()
         xp = self.arena.xp
         total_loss, correct, n = 0.0, 0, 0
@@ -318,7 +346,7 @@ class Trainer:
                 stop = self._early_stopping_step(record) if val_loader is not None else False
                 if self.dist is not None:  # rank 0 validated: its early-stopping decision goes to all
                     stop = self.dist.agree(stop)
-                if self.checkpoint and self.run_dir is not None:
+                if self.checkpoint and (self.run_dir is not None or self.pipeline is not None):
                     self.save(self._path(self.checkpoint_name))
                 if stop:
                     break

@@ -1,0 +1,72 @@
+"""Pipeline parallelism under a real MPI launcher: the Python API on S x D grids against
+single-process training, a dying stage, and `fasttrain train --pipeline-stages` runs whose one
+checkpoint a single process resumes (and the other way round)."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from test_dist_mpi import MPIEXEC, ROOT, mpirun
+
+pytestmark = [pytest.mark.mpi, pytest.mark.skipif(not MPIEXEC.exists(), reason=f"no mpiexec beside {sys.executable}")]
+
+
+@pytest.mark.parametrize("K,S,M,schedule", [(2, 2, 1, "gpipe"), (2, 2, 4, "1f1b"), (3, 3, 2, "gpipe"),
+                                             (3, 3, 4, "1f1b"), (4, 2, 2, "1f1b"), (4, 2, 4, "gpipe")])
+def test_pipeline_on_grid_equals_single_process(K, S, M, schedule):
+    out = mpirun(K, "pipeline_check.py", str(S), str(M), schedule)
+    assert out["stages"] == S and out["replicas"] == K // S
+    if K == S:  # bit-identical to one process accumulating over the same micro-batches
+        assert out["identical_to_accumulation"], out
+    # every grid equals whole-batch steps within float32 reassociation (replicas: the gradient mean)
+    assert out["max_diff_whole"] <= 1e-6 * out["scale"], out
+    expected = [M] * S if schedule == "gpipe" else [min(S - s, M) for s in range(S)]
+    assert out["peak_in_flight"] == expected, out
+
+
+def test_dead_stage_ends_the_job():
+    proc = mpirun(2, "pipeline_check.py", "2", "2", "1f1b", "die", timeout=120, check=False)
+    assert proc.returncode != 0
+    assert "stage 1 died" in proc.stderr
+
+
+def train(k, run_dir, *flags):
+    """`fasttrain train` on the digits MLP (no dropout, no batchnorm), under mpiexec when k > 1."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "fasttrain", "train", "--quiet", "--model", "mlp", "--dropout", "0", "--limit", "200",
+           "--batch-size", "20", "--schedule", "constant", "--threads", "1", "--monitor-every", "0", "--no-plot",
+           "--run-dir", str(run_dir), *flags]
+    if k > 1:
+        cmd = [str(MPIEXEC), "-n", str(k)] + cmd
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with np.load(run_dir / "checkpoint.npz") as f:
+        return {k: f[k] for k in f.files if k != "meta"}
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), f"{k}: max difference {np.abs(a[k] - b[k]).max()}"
+
+
+def test_checkpoints_cross_between_pipelined_and_single_process(tmp_path):
+    single2 = train(1, tmp_path / "single2", "--epochs", "2")
+    # one micro-batch: the pipelined run is the single-process arithmetic, checkpoint included
+    piped1 = train(2, tmp_path / "piped1", "--epochs", "1", "--pipeline-stages", "2")
+    assert_same(piped1, train(1, tmp_path / "single1", "--epochs", "1"))
+    # a single process resumes the pipelined run's one checkpoint ...
+    assert_same(train(1, tmp_path / "resumed1", "--epochs", "2", "--resume", str(tmp_path / "piped1/checkpoint.npz")),
+                single2)
+    # ... and a pipelined run resumes a single-process checkpoint
+    assert_same(train(2, tmp_path / "resumed2", "--epochs", "2", "--pipeline-stages", "2",
+                      "--resume", str(tmp_path / "single1/checkpoint.npz")), single2)
+
+
+def test_grid_of_two_pipelines_equals_two_data_parallel_ranks(tmp_path):
+    # 2 stages x 2 replicas: each stage's gradient mean is the element-wise mean pure data
+    # parallelism takes over the whole arena, so the runs agree bit for bit
+    grid = train(4, tmp_path / "grid", "--epochs", "1", "--pipeline-stages", "2", "--dist", "ring")
+    assert_same(grid, train(2, tmp_path / "dp", "--epochs", "1", "--dist", "ring"))
