@@ -41,6 +41,8 @@ overrides it.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from ..arena import ParamArena
@@ -49,7 +51,7 @@ from ..nn.dropout import Dropout
 from ..nn.linear import Linear
 from ..nn.module import Module, Sequential
 from ..train.checkpoint import module_buffers
-from .comm import Communicator
+from .comm import Communicator, _Done
 
 SCHEDULES = ("gpipe", "1f1b")
 _ACT, _GRAD = 0, 1                      # message kinds: activations forward, their gradients back
@@ -230,10 +232,12 @@ def layer_costs(layers: list[Module], input_shape, dtype=np.float32) -> list[flo
 
 
 def _test(req) -> bool:
-    """Whether a send request finished, without blocking (MPI_Test); requests that cannot say
-    (ThreadComm's are done at once) count as finished."""
+    """Whether a send request finished, without blocking: MPI_Test for MPI's, at once for
+    ThreadComm's (its sends are copies); others (a wrapper's) are waited at the end of the step."""
+    if isinstance(req, _Done):
+        return True
     test = getattr(req, "Test", None)
-    return bool(test()) if test is not None else True
+    return bool(test()) if test is not None else False
 
 
 def _nbytes(obj, seen: set) -> int:
@@ -319,6 +323,7 @@ class Pipeline:
         self._sent_shapes = {_ACT: set(), _GRAD: set()}
         self.peak_in_flight = 0          # most micro-batches forwarded but not yet backwarded, last step
         self.peak_activation_bytes = 0   # their caches, received inputs and unfinished sends, last step
+        self.wait_s = 0.0                # seconds this stage waited for its peers, last step (its bubble)
 
     # -- description ----------------------------------------------------------------------------
     @property
@@ -364,6 +369,7 @@ class Pipeline:
         if (kind, m) not in self._recvs:
             self._post(kind, m, force=True)
         what, buf, req = self._recvs.pop((kind, m))
+        t0 = time.perf_counter()
         self.comm.wait(req)
         if what == "header":
             rows = self._rows[m][1]
@@ -372,6 +378,7 @@ class Pipeline:
             self._header_pending[kind].discard(rows)
             buf = np.empty(shape, self.dtype)
             self.comm.wait(self.comm.irecv(buf, self._peer(kind), _TAGS[kind][0]))
+        self._wait_s += time.perf_counter() - t0
         return buf
 
     def _send(self, kind: int, arr) -> None:
@@ -410,6 +417,7 @@ class Pipeline:
                              f"{self.micro_batches} non-empty micro-batches; expected micro_batches <= batch size")
         self._n, self._rows = n, micro_rows(n, self.micro_batches)
         self._recvs, self._sends, self._stash, self._dlogits = {}, [], {}, {}
+        self._wait_s = 0.0
         return n
 
     def _forward(self, x, m: int):
@@ -426,8 +434,10 @@ class Pipeline:
         return h
 
     def _end(self):
+        t0 = time.perf_counter()
         self.comm.waitall([r for r, _ in self._sends])
         self._sends = []
+        self._wait_s += time.perf_counter() - t0
 
     def train_step(self, x, y, loss_fn, step: int | None = None, n: int | None = None) -> tuple[float, int]:
         """Forward and backward of the batch (x, y), micro-batch by micro-batch under the
@@ -479,7 +489,7 @@ class Pipeline:
             self._reap()
         self._end()
         self._counters = None
-        self.peak_in_flight, self.peak_activation_bytes = peak, peak_bytes
+        self.peak_in_flight, self.peak_activation_bytes, self.wait_s = peak, peak_bytes, self._wait_s
         if self.stages > 1:
             loss, correct = self.comm.bcast((loss, correct) if self.last else None, root=self.stages - 1)
         return float(loss), int(correct)
