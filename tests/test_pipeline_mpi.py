@@ -32,10 +32,10 @@ def test_dead_stage_ends_the_job():
     assert "stage 1 died" in proc.stderr
 
 
-def train(k, run_dir, *flags):
-    """`fasttrain train` on the digits MLP (no dropout, no batchnorm), under mpiexec when k > 1."""
+def train(k, run_dir, *flags, model=("--model", "mlp", "--dropout", "0")):
+    """`fasttrain train` on digits (default: the MLP, no dropout, no batchnorm), under mpiexec when k > 1."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "fasttrain", "train", "--quiet", "--model", "mlp", "--dropout", "0", "--limit", "200",
+    cmd = [sys.executable, "-m", "fasttrain", "train", "--quiet", *model, "--limit", "200",
            "--batch-size", "20", "--schedule", "constant", "--threads", "1", "--monitor-every", "0", "--no-plot",
            "--run-dir", str(run_dir), *flags]
     if k > 1:
@@ -52,17 +52,19 @@ def assert_same(a, b):
         assert np.array_equal(a[k], b[k]), f"{k}: max difference {np.abs(a[k] - b[k]).max()}"
 
 
-def test_checkpoints_cross_between_pipelined_and_single_process(tmp_path):
-    single2 = train(1, tmp_path / "single2", "--epochs", "2")
+@pytest.mark.parametrize("model", [("--model", "mlp", "--dropout", "0"),
+                                   ("--model", "simple_cnn", "--dropout", "0.25")])  # batchnorm, dropout
+def test_checkpoints_cross_between_pipelined_and_single_process(tmp_path, model):
+    single2 = train(1, tmp_path / "single2", "--epochs", "2", model=model)
     # one micro-batch: the pipelined run is the single-process arithmetic, checkpoint included
-    piped1 = train(2, tmp_path / "piped1", "--epochs", "1", "--pipeline-stages", "2")
-    assert_same(piped1, train(1, tmp_path / "single1", "--epochs", "1"))
+    piped1 = train(2, tmp_path / "piped1", "--epochs", "1", "--pipeline-stages", "2", model=model)
+    assert_same(piped1, train(1, tmp_path / "single1", "--epochs", "1", model=model))
     # a single process resumes the pipelined run's one checkpoint ...
-    assert_same(train(1, tmp_path / "resumed1", "--epochs", "2", "--resume", str(tmp_path / "piped1/checkpoint.npz")),
-                single2)
+    assert_same(train(1, tmp_path / "resumed1", "--epochs", "2", "--resume", str(tmp_path / "piped1/checkpoint.npz"),
+                      model=model), single2)
     # ... and a pipelined run resumes a single-process checkpoint
     assert_same(train(2, tmp_path / "resumed2", "--epochs", "2", "--pipeline-stages", "2",
-                      "--resume", str(tmp_path / "single1/checkpoint.npz")), single2)
+                      "--resume", str(tmp_path / "single1/checkpoint.npz"), model=model), single2)
 
 
 def test_grid_of_two_pipelines_equals_two_data_parallel_ranks(tmp_path):

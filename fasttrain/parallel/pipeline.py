@@ -542,7 +542,8 @@ class Pipeline:
     # -- checkpoints: one file, in the single-process layout ------------------------------------
     def _stage_entries(self, stage: int, optimizer) -> list[tuple[str, tuple]]:
         """(key, shape) of what stage `stage` contributes to a checkpoint, in a fixed order every
-        rank can compute: its parameters, their optimizer state, its module buffers."""
+        rank can compute: its parameters, their optimizer state, its module buffers, the draw
+        counters of its stochastic modules (dropout's step)."""
         first, stop = self.bounds[stage]
         mine = {id(p) for layer in self.model._children[first:stop] for p in _own_params(layer[1])}
         params = [p for p in self.model.parameters() if id(p) in mine]
@@ -551,6 +552,7 @@ class Pipeline:
         entries += [(f"state/{k}/{p.name}", p.shape) for k in sorted(optimizer.state) for p in params]
         entries += [(f"buffer/{k}", np.shape(m.buffers[name])) for k, (m, name) in sorted(module_buffers(self.model).items())
                     if id(m) in mods]
+        entries += [(f"draw_step/{path}", ()) for path, m in self.model.named_modules() if m.stochastic and id(m) in mods]
         return entries
 
     def _own_values(self, optimizer) -> dict:
@@ -559,7 +561,13 @@ class Pipeline:
             for p in self.params:
                 out[f"state/{k}/{p.name}"] = buf[self.arena.slice_of(p)].reshape(p.shape)
         out.update({f"buffer/{k}": m.buffers[name] for k, (m, name) in self.buffers.items()})
+        out.update({f"draw_step/{path}": np.float64(m.step) for path, m in self._stochastic().items()})
         return out
+
+    def _stochastic(self) -> dict:
+        """'<path in the whole model>' -> module, for this stage's stochastic modules."""
+        mods = {id(m) for _, m in self.module.named_modules()}
+        return {path: m for path, m in self.model.named_modules() if m.stochastic and id(m) in mods}
 
     def gather_state(self, optimizer) -> dict | None:
         """Every stage's parameters, optimizer state and buffers, on stage 0 (None elsewhere), keyed
@@ -599,6 +607,9 @@ class Pipeline:
             whole.named[p.name][...] = state[f"param/{p.name}"]
         for k, (m, name) in module_buffers(self.model).items():   # other stages' modules: unused copies here
             m.buffers[name] = np.asarray(state[f"buffer/{k}"], dtype=np.asarray(m.buffers[name]).dtype)
+        for where, m in self.model.named_modules():
+            if m.stochastic:
+                m.step = int(state[f"draw_step/{where}"])
         sd = optimizer.state_dict()
         sd["state"] = {}
         for k in optimizer.state:
@@ -622,6 +633,9 @@ class Pipeline:
             if f"buffer/{k}" not in arrays:
                 raise KeyError(f"{path}: no buffer {k!r} for this model")
             m.buffers[name] = np.asarray(arrays[f"buffer/{k}"], dtype=np.asarray(m.buffers[name]).dtype)
+        for where, m in self._stochastic().items():   # absent from checkpoints older than the counters
+            if f"draw_step/{where}" in arrays:
+                m.step = int(arrays[f"draw_step/{where}"])
         if optimizer is None:
             return
         sd = _unflatten("opt", arrays)
