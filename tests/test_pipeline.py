@@ -235,12 +235,12 @@ def test_more_micro_batches_than_examples():
     (["--pipeline-stages", "2", "--ema-decay", "0.9"], "ema_decay=0.9 with pipeline_stages=2"),
     (["--pipeline-stages", "2", "--dist", "ring", "--compress", "sign"], "compress='sign' with pipeline_stages=2"),
     (["--pipeline-schedule", "gpipe"], "pipeline_schedule='gpipe': a pipeline option"),
-    (["--pipeline-stages", "2", "--pipeline-schedule", "zigzag"], "pipeline_schedule: expected one of"),
+    (["--pipeline-stages", "2", "--pipeline-schedule", "zigzag"], "--pipeline-schedule: expected one of gpipe, 1f1b"),
 ])
 def test_cli_pipeline_options_are_one_line_errors(flags, match, capsys, tmp_path):
     from fasttrain.cli import main
 
-    assert main(["train", "--quiet", "--run-dir", str(tmp_path), *flags]) == 1
+    assert main(["train", "--quiet", "--run-dir", str(tmp_path), *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert match in err and "\n" not in err, err
     assert not any(tmp_path.iterdir())   # nothing trained, nothing written
