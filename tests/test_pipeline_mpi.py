@@ -4,6 +4,7 @@ checkpoint a single process resumes (and the other way round)."""
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -26,10 +27,15 @@ def test_pipeline_on_grid_equals_single_process(K, S, M, schedule):
     assert out["peak_in_flight"] == expected, out
 
 
-def test_dead_stage_ends_the_job():
-    proc = mpirun(2, "pipeline_check.py", "2", "2", "1f1b", "die", timeout=120, check=False)
+@pytest.mark.parametrize("fault", ["die", "kill"])
+def test_dead_stage_ends_the_job(fault):
+    # the first stage waits for the last one's gradients: the launcher must end it, not a hang
+    t0 = time.monotonic()
+    proc = mpirun(3, "pipeline_check.py", "3", "2", "1f1b", fault, timeout=120, check=False)
     assert proc.returncode != 0
-    assert "stage 1 died" in proc.stderr
+    assert time.monotonic() - t0 < 60
+    if fault == "die":
+        assert "stage 2 died" in proc.stderr
 
 
 def train(k, run_dir, *flags, model=("--model", "mlp", "--dropout", "0")):

@@ -1,9 +1,11 @@
-"""mpiexec -n S*D python -m mpi4py pipeline_check.py S M SCHEDULE [die]: D replicas of an S-stage
+"""mpiexec -n S*D python -m mpi4py pipeline_check.py S M SCHEDULE [die|kill]: D replicas of an S-stage
 pipeline train an MLP for a few steps through the Python API (Pipeline on the grid's stage
 communicator, DataParallel on its replica communicator); rank 0 compares the gathered parameters
 with single-process training in the same process and prints one JSON line. 'die': the last
-stage raises in step 1, which must end the job."""
+stage raises in step 1; 'kill': it is killed (SIGKILL) there; either must end the job."""
 import json
+import os
+import signal
 import sys
 
 import numpy as np
@@ -15,7 +17,7 @@ from fasttrain.parallel.grid import Grid
 from fasttrain.parallel.pipeline import Pipeline, micro_rows
 
 S, M, SCHEDULE = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-DIE = sys.argv[4:] == ["die"]
+FAULT = sys.argv[4] if len(sys.argv) > 4 else None
 STEPS, BATCH = 3, 12
 nn = ft.nn
 ft.set_num_threads(1)   # the single-process reference below runs with the ranks' thread count
@@ -41,7 +43,9 @@ per = BATCH // grid.replicas
 rows = slice(grid.replica * per, (grid.replica + 1) * per)
 for s in range(STEPS):
     pipe.arena.zero_grad()
-    if DIE and s == 1 and pipe.last:
+    if FAULT and s == 1 and pipe.last:
+        if FAULT == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
         raise RuntimeError(f"stage {pipe.stage} died")
     pipe.train_step(X[s, rows], Y[s, rows], loss, step=s)
     if dp is not None:
