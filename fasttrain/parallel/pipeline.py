@@ -86,6 +86,9 @@ def check_split(layers: int, stages: int, micro_batches: int, batch_size: int | 
                          f"{micro_batches} non-empty micro-batches; expected micro_batches <= batch_size")
 
 
+#: the pipeline's config keys and their defaults (a resumed run takes them from its launch)
+PIPELINE_DEFAULTS = {"pipeline_stages": 1, "micro_batches": 1, "pipeline_schedule": "1f1b"}
+
 #: config keys a pipelined run cannot honour yet, with their defaults, and why
 PIPELINE_EXCLUDES = {
     "ema_decay": (None, "the EMA would cover one stage's arena, not the model the checkpoint holds"),

@@ -71,6 +71,11 @@ def resume_config(path: str, given: dict) -> tuple[Config, list]:
     known = field_types()
     # keys of an older version that no longer exist are left out; their behaviour is gone too
     saved = {k: v for k, v in (meta.get("config") or {}).items() if k in known}
+    # how the model is cut across ranks is the launch's choice, not the run's: a pipelined
+    # checkpoint resumes in one process, and a single process's under --pipeline-stages
+    from ..parallel.pipeline import PIPELINE_DEFAULTS
+
+    saved.update(PIPELINE_DEFAULTS)
     try:
         base = make_config(saved)
     except (KeyError, ValueError) as exc:
