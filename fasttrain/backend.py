@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 from typing import Callable
 
 import numpy as np
@@ -166,12 +167,22 @@ FAMILIES = ("linear", "conv2d", "batchnorm", "dropout", "activations", "pooling"
 class _FamilyTable(dict):
     """op -> family, filled from the reference modules on first use."""
 
+    _lock = threading.Lock()
+
     def _fill(self):
-        if not dict.__len__(self):
+        # filled whole, under a lock: threads standing in for ranks (ThreadComm) call their first
+        # kernels together, and one must not read the table while another is half-way through it
+        if dict.__len__(self):
+            return
+        with self._lock:
+            if dict.__len__(self):
+                return
+            table = {}
             for family in FAMILIES:
                 mod = importlib.import_module(f"fasttrain.kernels.{family}")
                 for op in mod.OPS:
-                    dict.__setitem__(self, op, family)
+                    table[op] = family
+            dict.update(self, table)
 
     def __contains__(self, op):
         self._fill()
