@@ -1,6 +1,7 @@
 """Pipeline parallelism under a real MPI launcher: the Python API on S x D grids against
 single-process training, a dying stage, and `fasttrain train --pipeline-stages` runs whose one
 checkpoint a single process resumes (and the other way round)."""
+import json
 import os
 import subprocess
 import sys
@@ -78,3 +79,15 @@ def test_grid_of_two_pipelines_equals_two_data_parallel_ranks(tmp_path):
     # parallelism takes over the whole arena, so the runs agree bit for bit
     grid = train(4, tmp_path / "grid", "--epochs", "1", "--pipeline-stages", "2", "--dist", "ring")
     assert_same(grid, train(2, tmp_path / "dp", "--epochs", "1", "--dist", "ring"))
+
+
+def test_bench_quick_runs_every_part():
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "bench/pipeline.py", "--quick"], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    names = {r["name"] for r in records}
+    assert names == {"bubble", "memory", "versus"}, names
+    mem = {(r["schedule"], r["stage"]): r["peak_micro_batches"] for r in records if r["name"] == "memory"}
+    assert [mem["1f1b", s] for s in range(4)] == [4, 3, 2, 1] and mem["gpipe", 0] == 8
