@@ -244,3 +244,13 @@ def test_cli_pipeline_options_are_one_line_errors(flags, match, capsys, tmp_path
     err = capsys.readouterr().err.strip()
     assert match in err and "\n" not in err, err
     assert not any(tmp_path.iterdir())   # nothing trained, nothing written
+
+
+@pytest.mark.parametrize("loss", [ft.losses.SoftmaxCrossEntropy(weight=np.ones(5)),
+                                  ft.losses.SoftmaxCrossEntropy(reduction="sum"),
+                                  ft.losses.SoftmaxCrossEntropy(ignore_index=2)])
+def test_losses_that_are_not_a_plain_mean_are_refused(loss):
+    X, Y = data()
+    pipe = Pipeline(build(), ft.parallel.LocalComm(), 2, input_shape=(1, 8, 8))
+    with pytest.raises(ValueError, match="not a plain mean over the rows"):
+        pipe.train_step(X[0], Y[0], loss)

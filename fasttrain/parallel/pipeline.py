@@ -234,6 +234,17 @@ def layer_costs(layers: list[Module], input_shape, dtype=np.float32) -> list[flo
     return costs
 
 
+def _check_mean_loss(loss_fn, y) -> None:
+    """Micro-batch m's loss weighs rows_m / N in the batch's: right for a mean over the rows, not
+    for a weighted mean (class weights, ignored labels) or a sum."""
+    weight, reduction = getattr(loss_fn, "weight", None), getattr(loss_fn, "reduction", "mean")
+    ignore = getattr(loss_fn, "ignore_index", None)
+    if weight is not None or reduction != "mean" or (ignore is not None and np.any(np.asarray(y) == ignore)):
+        raise ValueError(f"Pipeline: the loss {type(loss_fn).__name__} is not a plain mean over the rows (weight="
+                         f"{'given' if weight is not None else None}, reduction={reduction!r}, labels equal to "
+                         f"ignore_index={ignore}); micro-batches weigh their losses by rows: expected a plain mean")
+
+
 def _test(req) -> bool:
     """Whether a send request finished, without blocking: MPI_Test for MPI's, at once for
     ThreadComm's (its sends are copies); others (a wrapper's) are waited at the end of the step."""
@@ -448,6 +459,8 @@ class Pipeline:
         after). The first stage reads x, the last y; the others may pass None for both and the
         batch size n instead. Returns (mean loss over the batch, correct predictions) on every stage."""
         n = self._begin(x, y, n)
+        if self.last:
+            _check_mean_loss(loss_fn, y)
         if step is not None:
             self.module.set_step(step)
         # each micro-batch replays the batch's draws (a training forward advances the counters);
