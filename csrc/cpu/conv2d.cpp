@@ -20,7 +20,10 @@
 // AVX-512 kernels run and both channel counts fill at least half a 16-channel block: on the
 // ResNet shapes it beats im2col and Winograd over OpenBLAS (whose kernel here is AVX2, see
 // bench/conv_algos.py), and below 8 channels most of its block's multiplies would be by zero
-// padding (a 3-channel input uses 3 of 16 lanes). With the AVX2 or portable kernels the older
+// padding (a 3-channel input uses 3 of 16 lanes). 1x1 kernels stay on im2col: with one tap per
+// output the NCHW <-> NCHW16c conversions around the direct kernels cost more than the GEMM
+// itself (ResNet's strided 1x1 shortcuts: 0.36-0.75x torch channels_last through the direct
+// engine vs 0.71-0.82x through im2col, bench/conv_algos.py). With the AVX2 or portable kernels the older
 // rule stands (Winograd for 3x3 stride 1 with >= 16 channels, else im2col). The rule is fixed,
 // not measured at run time, so results do not change from run to run with the machine's load.
 #include <algorithm>
@@ -260,7 +263,8 @@ constexpr int64_t kDirectMinChannels = 8;
 bool use_direct(const char* op, const Geom& g) {
   const bool fits = g.G == 1 && g.dilh == 1 && g.dilw == 1;
   if (g_algo == Algo::Auto)
-    return fits && conv2d_isa() == "avx512" && std::min(g.C, g.K) >= kDirectMinChannels;
+    return fits && conv2d_isa() == "avx512" && std::min(g.C, g.K) >= kDirectMinChannels &&
+           g.R * g.S > 1;
   if (g_algo != Algo::Direct) return false;
   FT_CHECK(fits, op << ": conv2d algorithm 'direct' needs groups 1 and no dilation, got groups "
                     << g.G << " dilation (" << g.dilh << ", " << g.dilw << ")");
