@@ -1,7 +1,7 @@
 """conv2d per op and forward + backward: our algorithms (im2col, Winograd, direct) against PyTorch.
 
     python -m bench.conv_algos [--set resnet20|default] [--repeat 7] [--rounds 2] [--threads 2]
-                               [--shapes N,C,H,W,K[,R,stride,pad] ...] [--peak-gflops 495] [--no-numpy]
+                               [--shapes N,C,H,W,K[,R,stride,pad] ...] [--peak-gflops G] [--no-numpy]
 
 Shapes are (N, C, H, W, K) with an R x R kernel, stride and padding (default 3, 1, 1). `--set
 resnet20` (the default) takes every distinct convolution of the CIFAR ResNet-20 at batch 128: the
@@ -17,8 +17,9 @@ NCHW16c layout, as a network that keeps that layout runs them), PyTorch with cha
 All rows of one op are timed interleaved (bench.harness.time_interleaved: one call of each per
 round, the order rotating), so load from the other users of this shared machine hits them alike;
 figures are medians (ms). GFLOP/s count the direct-convolution FLOPs, 2*N*K*C*R*S*P*Q per op, and
-"%peak" divides them by the register-only FMA peak (--peak-gflops, for 2 threads; scaled by the
-thread count), 495 GFLOP/s with AVX-512 on this machine kind (PLATFORM.md).
+"%peak" divides them by the register-only FMA peak of the best instruction set the CPU has, measured
+at the start of the run on the same thread count (bench.harness.fma_peaks; --peak-gflops G gives
+a 2-thread figure instead, scaled by the thread count).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import numpy as np
 import fasttrain as ft
 from fasttrain import backend as B
 
-from .harness import time_interleaved, torch_or_none
+from .harness import fma_peaks, time_interleaved, torch_or_none
 
 RESNET20 = [(128, 3, 32, 32, 16, 3, 1, 1), (128, 16, 32, 32, 16, 3, 1, 1), (128, 16, 32, 32, 32, 3, 2, 1),
             (128, 16, 32, 32, 32, 1, 2, 0), (128, 32, 16, 16, 32, 3, 1, 1), (128, 32, 16, 16, 64, 3, 2, 1),
@@ -94,13 +95,17 @@ def _fits_winograd(shape):
     return shape[5] == 3 and shape[6] == 1
 
 
-def run(shapes, repeat, rounds, numpy_too=True, peak_gflops=495.0, stat="median"):
+def run(shapes, repeat, rounds, numpy_too=True, peak_gflops=None, stat="median"):
     from fasttrain import _C as C
     C.set_num_threads(ft.settings.num_threads)  # the module may load after set_num_threads
     torch = torch_or_none()
     if torch is not None:
         torch.set_num_threads(ft.settings.num_threads)
-    peak = peak_gflops * ft.settings.num_threads / 2
+    if peak_gflops is None:
+        peak = max(fma_peaks([]).values()) / 1e9
+        print(f"FMA peak measured now: {peak:.0f} GFLOP/s at {ft.settings.num_threads} threads")
+    else:
+        peak = peak_gflops * ft.settings.num_threads / 2
     cpp = lambda op: getattr(C, op)  # noqa: E731
     ref = lambda op: B.kernel(op, backend="numpy")  # noqa: E731
     summary = []
@@ -175,8 +180,8 @@ def main(argv=None):
     ap.add_argument("--shapes", nargs="*", type=_shape, default=None, help="N,C,H,W,K[,R,stride,pad]")
     ap.add_argument("--stat", choices=("median", "min"), default="median",
                     help="min: the least-disturbed sample, for a machine other jobs load heavily")
-    ap.add_argument("--peak-gflops", type=float, default=495.0,
-                    help="FMA peak at 2 threads for the %%peak column (AVX-512 on this machine kind)")
+    ap.add_argument("--peak-gflops", type=float, default=None,
+                    help="FMA peak at 2 threads for the %%peak column (default: measured at the start)")
     args = ap.parse_args(argv)
     if args.threads:
         ft.set_num_threads(args.threads)

@@ -108,10 +108,14 @@ def init_path(key, value) -> None:
     file without fasttrain's metadata is one too)."""
     from .interop import TORCH_SUFFIXES
 
-    if value is not None and os.path.splitext(value)[1].lower() in TORCH_SUFFIXES:
+    ext = os.path.splitext(value)[1].lower() if value is not None else None
+    if ext in TORCH_SUFFIXES:
         if not os.path.isfile(value):
             raise ConfigError(key, value, "an existing file", detail=f"got {value!r} (no such file)")
         return
+    if value is not None and ext not in (".npz", ".safetensors"):
+        raise ConfigError(key, value, "a fasttrain checkpoint (.npz or .safetensors) or a PyTorch state_dict "
+                                      f"({', '.join(sorted(TORCH_SUFFIXES))} or .safetensors)")
     checkpoint_path(key, value)
 
 

@@ -73,8 +73,8 @@ CASES = [
                                           "(no such file)"),
     (["--resume", "{d}/adam.npz", "--optimizer", "sgd"], {}, "--optimizer: expected 'adam', the optimizer whose state "
                                                              "the checkpoint '{d}/adam.npz' holds"),
-    (["--init-from", "README.md"], {}, "--init-from: expected a fasttrain checkpoint file (.npz or .safetensors), "
-                                       "got 'README.md'"),
+    (["--init-from", "README.md"], {}, "--init-from: expected a fasttrain checkpoint (.npz or .safetensors) or a PyTorch state_dict "
+                                       "(.bin, .pt, .pth or .safetensors), got 'README.md'"),
     (["--run-dir", "{d}/afile"], {}, "--run-dir: expected a folder for the run's files, got '{d}/afile', which is a "
                                      "file"),
     (["--epochs", "0"], {}, "--epochs: expected an integer >= 1, got 0"),
