@@ -138,21 +138,6 @@ DIST_ONLY_DEFAULTS = {"compress": "none", "compress_schedule": "once", "error_fe
                       "collective_timeout": 300.0}
 
 
-def check_config(cfg) -> None:
-    """The data-parallel keys of a run config (fasttrain.config.Config): what DataParallel would
-    refuse, and data-parallel options given without dist (they would be ignored), as ValueErrors."""
-    if cfg.dist == "none":
-        given = [f"{k}={getattr(cfg, k)!r}" for k, v in DIST_ONLY_DEFAULTS.items() if getattr(cfg, k) != v]
-        if given:
-            raise ValueError(f"{', '.join(given)}: data-parallel options, but dist='none'; expected dist 'ring' "
-                             "(or 'mpi'), launched with mpiexec -n K")
-        return
-    if cfg.dist not in BACKENDS:
-        raise ValueError(f"dist: expected 'none' or one of {BACKENDS}, got {cfg.dist!r}")
-    check_options(cfg.dist, cfg.compress, cfg.compress_schedule, cfg.local_sgd, cfg.local_sgd_warmup,
-                  cfg.bucket_kb * 1024, cfg.local_sgd_optimizer)
-
-
 def scaled_lr(lr: float, world: int, warmup_steps: int, steps_per_epoch: int, enabled: bool = True):
     """(lr, warmup_steps) after the linear scaling rule: lr x world, and when the caller asked for
     no warmup, one epoch of it (Goyal et al. use 5 of 90 epochs; our runs are short)."""
