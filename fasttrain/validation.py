@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 
 class ConfigError(ValueError):
@@ -231,6 +231,14 @@ def _data_path(cfg) -> None:
                           detail=f"got {cfg.data_path!r} (no such file or folder)")
 
 
+def _keyed(exc: ValueError, cfg, fallback: str) -> NoReturn:
+    """A layer's own option check (data parallel, pipeline) as a ConfigError on the key its message
+    starts with ("key=value: ..." or "key: ..."), or on `fallback` when it names no config key."""
+    key = str(exc).split("=")[0].split(":")[0]
+    key = key if key in RULES else fallback
+    raise ConfigError(key, getattr(cfg, key), "", detail=str(exc)) from None
+
+
 def _dist(cfg) -> None:
     from .parallel.data_parallel import DIST_ONLY_DEFAULTS, check_options
 
@@ -244,8 +252,7 @@ def _dist(cfg) -> None:
         check_options(cfg.dist, cfg.compress, cfg.compress_schedule, cfg.local_sgd, cfg.local_sgd_warmup,
                       cfg.bucket_kb * 1024, cfg.local_sgd_optimizer)
     except ValueError as exc:
-        key = str(exc).split("=")[0].split(":")[0]  # check_options names the first option at fault
-        raise ConfigError(key if key in RULES else "dist", cfg.dist, "", detail=str(exc)) from None
+        _keyed(exc, cfg, fallback="dist")
     if cfg.device == "cuda":
         raise ConfigError("device", "cuda", "device 'cpu' with --dist (the data-parallel layer reduces host arrays)")
 
@@ -296,9 +303,7 @@ def _pipeline(cfg) -> None:
     try:
         check_config(cfg)
     except ValueError as exc:
-        key = str(exc).split("=")[0].split(":")[0]  # check_config names the first key at fault
-        raise ConfigError(key if key in RULES else "pipeline_stages", getattr(cfg, key, cfg.pipeline_stages), "",
-                          detail=str(exc)) from None
+        _keyed(exc, cfg, fallback="pipeline_stages")
 
 
 CROSS_CHECKS: list[Callable] = [_data_path, _image_size, _dist, _gpu, _early_stopping, _schedule, _pipeline]
