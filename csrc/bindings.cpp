@@ -249,18 +249,41 @@ void bind(py::module_& m) {
     ft::cpu::conv2d_blocked_dy_pads(g.H, g.W, g.R, g.S, sh, sw, ph, pw, p);
     expect_shape(op, "dyb", dyp, {g.N, (g.K + 15) / 16, p[0] + g.P + p[1], p[2] + g.Q + p[3], 16});
   };
+  // halo_x: the zero halo xb carries (-1: exactly the padding ph, pw); it may be wider than the
+  // padding, so one blocked activation serves a padded 3x3 and an unpadded 1x1 convolution.
+  auto x_halo = [](const char* op, int64_t halo_x, int64_t ph, int64_t pw) {
+    FT_CHECK(halo_x == -1 || (halo_x >= ph && halo_x >= pw),
+             op << "(halo_x): expected -1 (the padding) or a halo >= the padding (" << ph << ", " << pw
+                << "), got " << halo_x);
+    return halo_x == -1 ? std::pair<int64_t, int64_t>{ph, pw} : std::pair<int64_t, int64_t>{halo_x, halo_x};
+  };
   m.def("conv2d_blocked_fwd", [=](py::array xb, py::array w, py::array b, py::array yb, int64_t sh,
-                                  int64_t sw, int64_t ph, int64_t pw, bool relu) {
+                                  int64_t sw, int64_t ph, int64_t pw, bool relu, py::object stats,
+                                  int64_t halo_x) {
     const char* op = "conv2d_blocked_fwd";
-    Conv g = blocked_geom(op, xb, w, sh, sw, ph, pw, ph, pw);
+    const auto hx = x_halo(op, halo_x, ph, pw);
+    Conv g = blocked_geom(op, xb, w, sh, sw, ph, pw, hx.first, hx.second);
     expect_shape(op, "b", b, {g.K});
     expect_shape(op, "yb", yb, {g.N, (g.K + 15) / 16, g.P, g.Q, 16});
+    double* pst = nullptr;
+    if (!stats.is_none()) {
+      auto st = stats.cast<py::array>();
+      expect_shape(op, "stats", st, {2, g.K});
+      FT_CHECK(st.dtype().is(py::dtype::of<double>()) && (st.flags() & py::array::c_style) && st.writeable(),
+               op << "(stats): expected a writeable C-contiguous float64 array, got dtype "
+                  << std::string(py::str(st.dtype())));
+      pst = static_cast<double*>(st.mutable_data());
+    }
     const float *px = ptr_of(xb, "xb"), *pw_ = ptr_of(w, "w"), *pb = ptr_of(b, "b");
     float* py_ = ptr_of(yb, "yb");
     py::gil_scoped_release nogil;
-    ft::cpu::conv2d_blocked_fwd(px, pw_, pb, py_, g.N, g.C, g.H, g.W, g.K, g.R, g.S, sh, sw, ph, pw, relu);
+    ft::cpu::conv2d_blocked_fwd(px, pw_, pb, py_, g.N, g.C, g.H, g.W, g.K, g.R, g.S, sh, sw, ph, pw, relu,
+                                pst, hx.first, hx.second);
   }, py::arg("xb"), py::arg("w"), py::arg("b"), py::arg("yb"), py::arg("sh"), py::arg("sw"),
-     py::arg("ph"), py::arg("pw"), py::arg("relu"));
+     py::arg("ph"), py::arg("pw"), py::arg("relu"), py::arg("stats") = py::none(), py::kw_only(),
+     py::arg("halo_x") = -1,
+     "y = conv(x) (+ ReLU); stats, if given: (2, K) float64 overwritten with the sum and the sum of "
+     "squares of each output channel of y (after the ReLU), deterministic for any thread count");
   m.def("conv2d_blocked_bwd_data", [=](py::array dyb, py::array w, py::array dxb, int64_t sh,
                                        int64_t sw, int64_t ph, int64_t pw) {
     const char* op = "conv2d_blocked_bwd_data";
@@ -273,17 +296,19 @@ void bind(py::module_& m) {
   }, py::arg("dyb"), py::arg("w"), py::arg("dxb"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
      py::arg("pw"));
   m.def("conv2d_blocked_bwd_weight", [=](py::array xb, py::array dyb, py::array dw, py::array db,
-                                         int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+                                         int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t halo_x) {
     const char* op = "conv2d_blocked_bwd_weight";
-    Conv g = blocked_geom(op, xb, dw, sh, sw, ph, pw, ph, pw);
+    const auto hx = x_halo(op, halo_x, ph, pw);
+    Conv g = blocked_geom(op, xb, dw, sh, sw, ph, pw, hx.first, hx.second);
     expect_dyp(op, dyb, g, sh, sw, ph, pw);
     expect_shape(op, "db", db, {g.K});
     const float *px = ptr_of(xb, "xb"), *pdy = ptr_of(dyb, "dyb");
     float *pdw = ptr_of(dw, "dw"), *pdb = ptr_of(db, "db");
     py::gil_scoped_release nogil;
-    ft::cpu::conv2d_blocked_bwd_weight(px, pdy, pdw, pdb, g.N, g.C, g.H, g.W, g.K, g.R, g.S, sh, sw, ph, pw);
+    ft::cpu::conv2d_blocked_bwd_weight(px, pdy, pdw, pdb, g.N, g.C, g.H, g.W, g.K, g.R, g.S, sh, sw, ph, pw,
+                                       hx.first, hx.second);
   }, py::arg("xb"), py::arg("dyb"), py::arg("dw"), py::arg("db"), py::arg("sh"), py::arg("sw"),
-     py::arg("ph"), py::arg("pw"));
+     py::arg("ph"), py::arg("pw"), py::kw_only(), py::arg("halo_x") = -1);
 
   m.def("linear_fwd", [](py::array x, py::array w, py::array b, py::array y) {
     const char* op = "linear_fwd";

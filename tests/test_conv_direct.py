@@ -235,3 +235,87 @@ def test_conv2d_layer_keeps_blocked_tensors_between_passes(isa, args):
     _close(dx1, dx0, "layer dx")
     for a, b in zip(g1, g0):
         _close(a, b, "layer grads")
+
+
+def _stats_ref(y):
+    y = np.asarray(y, f64)
+    return np.stack([y.sum(axis=(0, 2, 3)), (y * y).sum(axis=(0, 2, 3))])
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "N{}C{}_{}x{}K{}_{}x{}s{}{}p{}{}".format(*c))
+def test_blocked_fwd_stats_epilogue(isa, case):
+    """The batchnorm statistics accumulated in the forward's epilogue: the float64 sum and sum of
+    squares of the output (after the fused ReLU), held to NumPy's float64 sums of the reference
+    output; the input carries a halo one wider than the padding (the shared-activation case)."""
+    p = _problem(case, seed=5)
+    sh, sw, ph, pw = p["geom"]
+    K = p["w"].shape[0]
+    N = p["x"].shape[0]
+    for relu in (False, True):
+        y_ref = _references(p, relu)[0]
+        halo = max(ph, pw) + 1
+        xb = C.to_blocked(p["x"], halo, halo, halo, halo)
+        yb = np.empty((N, (K + 15) // 16, p["P"], p["Q"], 16), f32)
+        stats = np.full((2, K), np.nan)
+        C.conv2d_blocked_fwd(xb, p["w"], p["b"], yb, sh, sw, ph, pw, relu, stats, halo_x=halo)
+        y = C.from_blocked(yb, K)
+        _close(y, y_ref, f"{isa} fwd with halo {halo}")
+        want = _stats_ref(y_ref)
+        # float32 tile partials of <= 16 terms, added in double: relative 16u of the sums of |y|, y^2
+        bound = 16 * 2.0 ** -24 * np.stack([np.abs(y_ref).sum(axis=(0, 2, 3)), want[1]]) + 1e-5
+        assert np.all(np.abs(stats - want) <= bound + 2e-5 * np.abs(want)), f"{isa} relu={relu}: {stats} vs {want}"
+
+
+def test_blocked_fwd_stats_deterministic_and_variance():
+    """The statistics are the same bits for 1, 2 and 3 threads, and the variance formed from them
+    (as the batchnorm does, in double) keeps float32 accuracy with a mean well away from zero."""
+    from fasttrain import settings
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 20, 13, 11)).astype(f32)
+    w = (rng.standard_normal((24, 20, 3, 3)) / np.sqrt(180)).astype(f32)
+    b = np.full(24, 4.0, f32)  # mean 4, standard deviation about 1
+    xb = C.to_blocked(x, 1, 1, 1, 1)
+    out = []
+    try:
+        for nt in (1, 2, 3):
+            C.set_num_threads(nt)
+            yb = np.empty((3, 2, 13, 11, 16), f32)
+            stats = np.zeros((2, 24))
+            C.conv2d_blocked_fwd(xb, w, b, yb, 1, 1, 1, 1, False, stats)
+            out.append((yb, stats))
+    finally:
+        C.set_num_threads(settings.num_threads)
+    for yb, stats in out[1:]:
+        np.testing.assert_array_equal(yb, out[0][0])
+        np.testing.assert_array_equal(stats, out[0][1])
+    y = C.from_blocked(out[0][0], 24).astype(f64)
+    n = y.size / 24
+    mean = out[0][1][0] / n
+    var = out[0][1][1] / n - mean ** 2
+    np.testing.assert_allclose(mean, y.mean(axis=(0, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(var, y.var(axis=(0, 2, 3)), rtol=2e-5)
+
+
+def test_blocked_halo_x_weight_gradient_and_errors():
+    """bwd_weight reads an input with a halo wider than the padding like the forward; a halo
+    narrower than the padding, or stats of the wrong shape or dtype, are errors naming them."""
+    p = _problem(CASES[6], seed=7)  # 1x1 stride 2, padding 0
+    sh, sw, ph, pw = p["geom"]
+    K, Cc, R, S = p["w"].shape
+    N, _, H, W = p["x"].shape
+    _, _, dw_ref, db_ref = _references(p, False)
+    xb = C.to_blocked(p["x"], 1, 1, 1, 1)
+    dyb = C.to_blocked(p["dy"], *C.conv2d_blocked_dy_pads(H, W, R, S, sh, sw, ph, pw))
+    dw, db = p["dw0"].copy(), p["db0"].copy()
+    C.conv2d_blocked_bwd_weight(xb, dyb, dw, db, sh, sw, ph, pw, halo_x=1)
+    _close(dw, dw_ref, "dw with halo 1")
+    _close(db, db_ref, "db with halo 1")
+    yb = np.empty((N, (K + 15) // 16, p["P"], p["Q"], 16), f32)
+    x3 = C.to_blocked(p["x"], 1, 1, 1, 1)
+    with pytest.raises(ValueError, match=r"conv2d_blocked_fwd\(halo_x\): expected -1 \(the padding\) or a halo >= the padding \(2, 2\), got 1"):
+        C.conv2d_blocked_fwd(x3, p["w"], p["b"], yb, 1, 1, 2, 2, False, halo_x=1)
+    with pytest.raises(ValueError, match=r"conv2d_blocked_fwd\(stats\): expected shape \(2, 17\), got \(17, 2\)"):
+        C.conv2d_blocked_fwd(xb, p["w"], p["b"], yb, sh, sw, ph, pw, False, np.zeros((17, 2)), halo_x=1)
+    with pytest.raises(ValueError, match=r"conv2d_blocked_fwd\(stats\): expected a writeable C-contiguous float64 array, got dtype float32"):
+        C.conv2d_blocked_fwd(xb, p["w"], p["b"], yb, sh, sw, ph, pw, False, np.zeros((2, 17), f32), halo_x=1)

@@ -203,10 +203,34 @@ Geom geom(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int6
 
 // ---- the three convolutions on blocked buffers ----
 
-// xp: [N][Cb][H+2ph][W+2pw][16]; yb: [N][Kb][P][Q][16]; wf: forward weight blocks; bias: Kb*16.
-void fwd_blocked(const Isa& isa, const Geom& g, const float* xp, const float* wf,
-                 const float* bias, float* yb, bool relu) {
-  const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw;
+// stats (2, K) = the sums over `tiles` partials [tile][Kb][sum 16, squares 16], in double, each
+// (block, sum-or-squares) pair by one thread in tile order: the same bits for any thread count.
+// Error: a partial of at most 16 float32 terms carries a relative error <= 15u (u = 2^-24) of
+// its sum of |y| (of y^2 for the squares, where no cancellation occurs), and the double additions
+// add (tiles)u_64; so the variance sumsq/n - mean^2 the batchnorm forms (in double) is off by at
+// most about 15u (E[y^2] + 2|mean| E|y|), a relative 1e-6 of the variance unless
+// mean^2 >> variance, which per-pixel float32 sums over the whole batch (error ~ n u) were not.
+void reduce_stats(const float* part, int64_t tiles, int64_t Kb, int64_t K, double* stats) {
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t kh = 0; kh < Kb * 2; ++kh) {
+    double s[kBlock] = {};
+    const float* p = part + kh * kBlock;
+    for (int64_t i = 0; i < tiles; ++i, p += Kb * 2 * kBlock)
+      for (int l = 0; l < kBlock; ++l) s[l] += p[l];
+    const int64_t kb = kh / 2, which = kh % 2;
+    for (int l = 0; l < kBlock && kb * kBlock + l < K; ++l) stats[which * K + kb * kBlock + l] = s[l];
+  }
+}
+
+// xp: [N][Cb][H+2hxh][W+2hxw][16] (hxh, hxw: the input's zero halo, >= ph and pw: the
+// convolution reads its padding from it); yb: [N][Kb][P][Q][16]; wf: forward weight blocks; bias: Kb*16.
+// stats (or null): (2, K) float64, the sum and the sum of squares of each output channel (after
+// the ReLU), from the tiles' float32 partials added in double in a fixed order (tile order, per
+// channel block), so the result does not depend on the thread count.
+void fwd_blocked(const Isa& isa, const Geom& g, const float* xp, int64_t hxh, int64_t hxw,
+                 const float* wf, const float* bias, float* yb, bool relu, double* stats) {
+  const int64_t Hp = g.H + 2 * hxh, Wp = g.W + 2 * hxw;
+  xp += ((hxh - g.ph) * Wp + (hxw - g.pw)) * kBlock;
   std::vector<int64_t> tap_in(g.R * g.S), tap_w(g.R * g.S);
   for (int64_t r = 0; r < g.R; ++r)
     for (int64_t s = 0; s < g.S; ++s) {
@@ -225,6 +249,9 @@ void fwd_blocked(const Isa& isa, const Geom& g, const float* xp, const float* wf
   base.out_px = kBlock;
   base.out_kb = g.P * g.Q * kBlock;
   base.relu = relu;
+  // the tiles' partial statistics: [n][p][pixel tile][Kb][sum 16, squares 16]
+  const int64_t row_tiles = g.N * g.P * t.qtiles;
+  float* part = stats ? buffer(kPartial, row_tiles * g.Kb * 2 * kBlock) : nullptr;
   const std::vector<TileSet> sets{{t, base, g.P, g.Q, g.Kb, g.sw == 2 ? 2 : 1}};
   run_tiles(isa, sets, g.N,
             [&](ConvTile& a, size_t, int64_t n, int64_t p, int64_t kb0, int64_t q0) {
@@ -232,7 +259,9 @@ void fwd_blocked(const Isa& isa, const Geom& g, const float* xp, const float* wf
               a.w = wf + kb0 * a.w_kb;
               a.out = yb + ((n * g.Kb + kb0) * g.P + p) * g.Q * kBlock + q0 * kBlock;
               a.bias = bias + kb0 * kBlock;
+              if (part) a.stats = part + (((n * g.P + p) * t.qtiles + q0 / t.qt) * g.Kb + kb0) * 2 * kBlock;
             });
+  if (stats) reduce_stats(part, row_tiles, g.Kb, g.K, stats);
 }
 
 // The zero border dy needs for the data gradient's phases: rows p = i + dp with
@@ -302,10 +331,13 @@ void bwd_data_blocked(const Isa& isa, const Geom& g, const float* dyp, Pads ph_,
 }
 
 // dwb [Kb][Cb][R][S][16 c][16 k] = sum over the batch (overwritten); dbd (Kb*16) = sums of dy.
-// xp as in the forward; dy's interior starts at row pt, column pl of dyp ([N][Kb][Pp][Qp][16]).
-void bwd_weight_blocked(const Isa& isa, const Geom& g, const float* xp, const float* dyp,
-                        int64_t Pp, int64_t Qp, int64_t pt, int64_t pl, float* dwb, double* dbd) {
-  const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw;
+// xp, hxh, hxw as in the forward; dy's interior starts at row pt, column pl of dyp
+// ([N][Kb][Pp][Qp][16]).
+void bwd_weight_blocked(const Isa& isa, const Geom& g, const float* xp, int64_t hxh, int64_t hxw,
+                        const float* dyp, int64_t Pp, int64_t Qp, int64_t pt, int64_t pl, float* dwb,
+                        double* dbd) {
+  const int64_t Hp = g.H + 2 * hxh, Wp = g.W + 2 * hxw;
+  xp += ((hxh - g.ph) * Wp + (hxw - g.pw)) * kBlock;
   const int64_t wsz = g.Kb * g.Cb * g.R * g.S * kWBlock;
   const int nt = num_threads();
   auto tile = [&](int64_t n, int64_t images, int64_t kb, int64_t cb, int64_t r, int64_t s, float* dw) {
@@ -422,7 +454,8 @@ void conv2d_blocked_dy_pads(int64_t H, int64_t W, int64_t R, int64_t S, int64_t 
 
 void conv2d_blocked_fwd(const float* xp, const float* w, const float* b, float* yb, int64_t N,
                         int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
-                        int64_t sw, int64_t ph, int64_t pw, bool relu) {
+                        int64_t sw, int64_t ph, int64_t pw, bool relu, double* stats, int64_t hxh,
+                        int64_t hxw) {
   using namespace direct;
   const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
   float* wf = buffer(kW, g.Kb * g.Cb * R * S * kWBlock);
@@ -430,7 +463,7 @@ void conv2d_blocked_fwd(const float* xp, const float* w, const float* b, float* 
   std::fill(bias, bias + g.Kb * kBlock, 0.f);
   std::copy(b, b + K, bias);
   weights_blocked(w, wf, K, C, R, S, false);
-  fwd_blocked(*current_isa(), g, xp, wf, bias, yb, relu);
+  fwd_blocked(*current_isa(), g, xp, hxh, hxw, wf, bias, yb, relu, stats);
 }
 
 void conv2d_blocked_bwd_data(const float* dyp, const float* w, float* dxb, int64_t N, int64_t C,
@@ -446,13 +479,14 @@ void conv2d_blocked_bwd_data(const float* dyp, const float* w, float* dxb, int64
 
 void conv2d_blocked_bwd_weight(const float* xp, const float* dyp, float* dw, float* db, int64_t N,
                                int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
-                               int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+                               int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t hxh,
+                               int64_t hxw) {
   using namespace direct;
   const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
   const Pads pv = dy_pads(H, R, sh, ph, g.P), pq = dy_pads(W, S, sw, pw, g.Q);
   float* dwb = buffer(kW, g.Kb * g.Cb * R * S * kWBlock);
   std::vector<double> dbd(g.Kb * kBlock);
-  bwd_weight_blocked(*current_isa(), g, xp, dyp, pv.top + g.P + pv.bottom, pq.top + g.Q + pq.bottom,
+  bwd_weight_blocked(*current_isa(), g, xp, hxh, hxw, dyp, pv.top + g.P + pv.bottom, pq.top + g.Q + pq.bottom,
                      pv.top, pq.top, dwb, dbd.data());
   for (int64_t k = 0; k < K; ++k) {
     db[k] += static_cast<float>(dbd[k]);
@@ -475,7 +509,7 @@ void conv2d_direct_fwd(const float* x, const float* w, const float* b, float* y,
   float* xp = buffer(kX, N * g.Cb * (H + 2 * ph) * (W + 2 * pw) * kBlock);
   float* yb = buffer(kY, N * g.Kb * g.P * g.Q * kBlock);
   to_blocked(x, xp, N, C, H, W, ph, ph, pw, pw);
-  conv2d_blocked_fwd(xp, w, b, yb, N, C, H, W, K, R, S, sh, sw, ph, pw, relu);
+  conv2d_blocked_fwd(xp, w, b, yb, N, C, H, W, K, R, S, sh, sw, ph, pw, relu, nullptr, ph, pw);
   from_blocked(yb, y, N, K, g.P, g.Q);
 }
 
@@ -504,7 +538,7 @@ void conv2d_direct_bwd_weight(const float* x, const float* dy, float* dw, float*
   float* dyp = buffer(kY, N * g.Kb * (pads[0] + g.P + pads[1]) * (pads[2] + g.Q + pads[3]) * kBlock);
   to_blocked(x, xp, N, C, H, W, ph, ph, pw, pw);
   to_blocked(dy, dyp, N, K, g.P, g.Q, pads[0], pads[1], pads[2], pads[3]);
-  conv2d_blocked_bwd_weight(xp, dyp, dw, db, N, C, H, W, K, R, S, sh, sw, ph, pw);
+  conv2d_blocked_bwd_weight(xp, dyp, dw, db, N, C, H, W, K, R, S, sh, sw, ph, pw, ph, pw);
 }
 
 }  // namespace ft::cpu

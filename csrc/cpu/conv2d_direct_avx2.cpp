@@ -27,6 +27,10 @@ struct V256x2 {
   static T relu(T v) {
     return {_mm256_max_ps(v.lo, _mm256_setzero_ps()), _mm256_max_ps(v.hi, _mm256_setzero_ps())};
   }
+  static T add(T a, T b) { return {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)}; }
+  static T madd(T acc, T a, T b) {
+    return {_mm256_fmadd_ps(a.lo, b.lo, acc.lo), _mm256_fmadd_ps(a.hi, b.hi, acc.hi)};
+  }
 };
 
 // 16 ymm: 6 pixels x 2 halves = 12 accumulators, 2 for the weights, 1 broadcast.

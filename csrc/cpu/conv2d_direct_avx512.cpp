@@ -18,6 +18,8 @@ struct V512 {
   static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
   static T fma(T acc, T w, const float* s) { return _mm512_fmadd_ps(w, _mm512_set1_ps(*s), acc); }
   static T relu(T v) { return _mm512_max_ps(v, _mm512_setzero_ps()); }
+  static T add(T a, T b) { return _mm512_add_ps(a, b); }
+  static T madd(T acc, T a, T b) { return _mm512_fmadd_ps(a, b, acc); }
 };
 
 // r[i] := column i of the 16 x 16 matrix whose rows were r[0..15]: unpack pairs of rows (32-bit),

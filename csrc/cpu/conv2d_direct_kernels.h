@@ -5,7 +5,7 @@
 //
 // V provides: type T (16 floats), zero(), load(p), store(p, v), fma(acc, w, s) = acc + w * s[0]
 // (s a pointer: with AVX-512 the broadcast folds into the FMA as a memory operand), relu(v),
-// and kWgradC, the input channels one weight-gradient pass keeps in registers.
+// add(a, b), madd(acc, a, b) = acc + a * b (the statistics epilogue), and kWgradC, the input channels one weight-gradient pass keeps in registers.
 //
 // Register blocking (Georganas et al., SC18): the accumulators of a tile (QT output pixels x KV
 // vectors of 16 output channels) stay in registers over the whole reduction (input channel blocks
@@ -46,11 +46,32 @@ void conv_tile(const ConvTile& a) {
       }
     }
   }
+  if (a.relu) {
+#pragma GCC unroll 32
+    for (int t = 0; t < QT; ++t)
+#pragma GCC unroll 16
+      for (int j = 0; j < KV; ++j) acc[t][j] = V::relu(acc[t][j]);
+  }
+  // Batchnorm statistics while the tile is in registers: the following BN then needs no pass of
+  // its own over the output. Sums of at most 16 terms in float32; the caller adds the tiles in
+  // double.
+  if (a.stats) {
+#pragma GCC unroll 16
+    for (int j = 0; j < KV; ++j) {
+      T s = acc[0][j], q = V::madd(V::zero(), acc[0][j], acc[0][j]);
+#pragma GCC unroll 32
+      for (int t = 1; t < QT; ++t) {
+        s = V::add(s, acc[t][j]);
+        q = V::madd(q, acc[t][j], acc[t][j]);
+      }
+      V::store(a.stats + j * 2 * kBlock, s);
+      V::store(a.stats + j * 2 * kBlock + kBlock, q);
+    }
+  }
 #pragma GCC unroll 32
   for (int t = 0; t < QT; ++t)
 #pragma GCC unroll 16
-    for (int j = 0; j < KV; ++j)
-      V::store(a.out + t * a.out_px + j * a.out_kb, a.relu ? V::relu(acc[t][j]) : acc[t][j]);
+    for (int j = 0; j < KV; ++j) V::store(a.out + t * a.out_px + j * a.out_kb, acc[t][j]);
 }
 
 // Input channels [c0, c0 + CN) of one weight-gradient block; the block's rows stay in registers

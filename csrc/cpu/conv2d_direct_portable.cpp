@@ -31,6 +31,16 @@ struct VScalar {
     for (int i = 0; i < kBlock; ++i) r.v[i] = v.v[i] > 0.f ? v.v[i] : 0.f;
     return r;
   }
+  static T add(const T& a, const T& b) {
+    T r;
+    for (int i = 0; i < kBlock; ++i) r.v[i] = a.v[i] + b.v[i];
+    return r;
+  }
+  static T madd(const T& acc, const T& a, const T& b) {
+    T r;
+    for (int i = 0; i < kBlock; ++i) r.v[i] = acc.v[i] + a.v[i] * b.v[i];
+    return r;
+  }
 };
 
 const Isa kIsa{"portable", 1, {0, 4, 0}, &pick_conv<VScalar, 4, 0>, &wgrad_tile<VScalar>,

@@ -115,7 +115,9 @@ void conv2d_direct_bwd_weight(const float* x, const float* dy, float* dw, float*
 // The blocked layout itself ([N][ceil(C/16)][pt+H+pb][pl+W+pr][16], zero border and channel
 // tail), for callers that keep activations blocked: x is the forward input padded by (ph, pw);
 // dy (the gradients' input) is padded by conv2d_blocked_dy_pads (top, bottom, left, right);
-// outputs y and dx are unpadded.
+// outputs y and dx are unpadded. The forward input x may carry a wider zero halo (hxh rows,
+// hxw columns, >= ph and pw) than the convolution's padding, as a blocked activation shared with
+// a padded 3x3 convolution does. stats (or null): (2, K) float64 sum and sum of squares of y.
 void conv2d_to_blocked(const float* x, float* xb, int64_t N, int64_t C, int64_t H, int64_t W,
                        int64_t pt, int64_t pb, int64_t pl, int64_t pr);
 void conv2d_from_blocked(const float* xb, float* x, int64_t N, int64_t C, int64_t H, int64_t W);
@@ -123,13 +125,15 @@ void conv2d_blocked_dy_pads(int64_t H, int64_t W, int64_t R, int64_t S, int64_t 
                             int64_t ph, int64_t pw, int64_t pads[4]);
 void conv2d_blocked_fwd(const float* xp, const float* w, const float* b, float* yb, int64_t N,
                         int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
-                        int64_t sw, int64_t ph, int64_t pw, bool relu);
+                        int64_t sw, int64_t ph, int64_t pw, bool relu, double* stats, int64_t hxh,
+                        int64_t hxw);
 void conv2d_blocked_bwd_data(const float* dyp, const float* w, float* dxb, int64_t N, int64_t C,
                              int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
                              int64_t sw, int64_t ph, int64_t pw);
 void conv2d_blocked_bwd_weight(const float* xp, const float* dyp, float* dw, float* db, int64_t N,
                                int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
-                               int64_t sh, int64_t sw, int64_t ph, int64_t pw);
+                               int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t hxh,
+                               int64_t hxw);
 // The direct convolution's instruction set: "auto" (the best this CPU runs), "avx512", "avx2" or
 // "portable" (an error if this build or CPU lacks it); process-wide, for tests and benchmarks.
 void set_conv2d_isa(const std::string& name);
