@@ -309,6 +309,70 @@ void bind(py::module_& m) {
                                        hx.first, hx.second);
   }, py::arg("xb"), py::arg("dyb"), py::arg("dw"), py::arg("db"), py::arg("sh"), py::arg("sw"),
      py::arg("ph"), py::arg("pw"), py::kw_only(), py::arg("halo_x") = -1);
+  // Depthwise on blocked arrays (groups == C == K): C from w (C, 1, R, S); `xname` (the forward
+  // input, or dx) gives H and W through its halo; the other blocked array must match.
+  auto dw_geom = [](const char* op, const char* xname, const py::array& xb, int64_t hx, const py::array& w,
+                    int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw) {
+    expect_ndim(op, xname, xb, 5);
+    expect_ndim(op, "w", w, 4);
+    check_window(op, sh, sw, ph, pw);
+    FT_CHECK(dh >= 1 && dw >= 1, op << "(dil_h, dil_w): expected dilations >= 1, got (" << dh << ", " << dw << ")");
+    FT_CHECK(hx >= 0, op << ": expected halos >= 0, got " << hx);
+    Conv g{xb.shape(0), w.shape(0), xb.shape(2) - 2 * hx, xb.shape(3) - 2 * hx, w.shape(0), w.shape(2), w.shape(3), 0, 0};
+    FT_CHECK(w.shape(1) == 1 && g.R <= 32 && g.S <= 32,
+             op << "(w): expected shape (C, 1, R, S) with R, S <= 32, got " << shape_str(w));
+    FT_CHECK(xb.shape(1) == (g.C + 15) / 16 && xb.shape(4) == 16 && g.H >= 1 && g.W >= 1,
+             op << "(" << xname << "): expected shape (N, " << (g.C + 15) / 16 << ", H + 2*halo, W + 2*halo, 16) "
+                << "with halo " << hx << " for w " << shape_str(w) << ", got " << shape_str(xb));
+    g.P = out_extent(op, "height", g.H, g.R, sh, ph, dh);
+    g.Q = out_extent(op, "width", g.W, g.S, sw, pw, dw);
+    return g;
+  };
+  auto dw_other = [](const char* op, const char* name, const py::array& a, const Conv& g, int64_t P, int64_t Q,
+                     int64_t halo) {
+    FT_CHECK(halo >= 0, op << ": expected halos >= 0, got " << halo);
+    expect_shape(op, name, a, {g.N, (g.C + 15) / 16, P + 2 * halo, Q + 2 * halo, 16});
+  };
+  m.def("depthwise_blocked_fwd", [=](py::array xb, py::array w, py::array b, py::array yb, int64_t sh, int64_t sw,
+                                     int64_t ph, int64_t pw, bool relu, int64_t dh, int64_t dw, int64_t hx,
+                                     int64_t hy) {
+    const char* op = "depthwise_blocked_fwd";
+    Conv g = dw_geom(op, "xb", xb, hx, w, sh, sw, ph, pw, dh, dw);
+    expect_shape(op, "b", b, {g.C});
+    dw_other(op, "yb", yb, g, g.P, g.Q, hy);
+    const float *px = ptr_of(xb, "xb"), *pw_ = ptr_of(w, "w"), *pb = ptr_of(b, "b");
+    float* py_ = ptr_of(yb, "yb");
+    py::gil_scoped_release nogil;
+    ft::cpu::depthwise_blocked_fwd(px, pw_, pb, py_, g.N, g.C, g.H, g.W, g.R, g.S, sh, sw, ph, pw, dh, dw, relu, hx, hy);
+  }, py::arg("xb"), py::arg("w"), py::arg("b"), py::arg("yb"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
+     py::arg("pw"), py::arg("relu") = false, py::arg("dil_h") = 1, py::arg("dil_w") = 1, py::kw_only(),
+     py::arg("halo_x") = 0, py::arg("halo_y") = 0);
+  m.def("depthwise_blocked_bwd_data", [=](py::array dyb, py::array w, py::array dxb, int64_t sh, int64_t sw,
+                                          int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t hdy, int64_t hdx) {
+    const char* op = "depthwise_blocked_bwd_data";
+    Conv g = dw_geom(op, "dxb", dxb, hdx, w, sh, sw, ph, pw, dh, dw);
+    dw_other(op, "dyb", dyb, g, g.P, g.Q, hdy);
+    const float *pdy = ptr_of(dyb, "dyb"), *pw_ = ptr_of(w, "w");
+    float* pdx = ptr_of(dxb, "dxb");
+    py::gil_scoped_release nogil;
+    ft::cpu::depthwise_blocked_bwd_data(pdy, pw_, pdx, g.N, g.C, g.H, g.W, g.R, g.S, sh, sw, ph, pw, dh, dw, hdy, hdx);
+  }, py::arg("dyb"), py::arg("w"), py::arg("dxb"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"),
+     py::arg("dil_h") = 1, py::arg("dil_w") = 1, py::kw_only(), py::arg("halo_dy") = 0, py::arg("halo_dx") = 0);
+  m.def("depthwise_blocked_bwd_weight", [=](py::array xb, py::array dyb, py::array dwt, py::array db, int64_t sh,
+                                            int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t hx,
+                                            int64_t hdy) {
+    const char* op = "depthwise_blocked_bwd_weight";
+    Conv g = dw_geom(op, "xb", xb, hx, dwt, sh, sw, ph, pw, dh, dw);
+    dw_other(op, "dyb", dyb, g, g.P, g.Q, hdy);
+    expect_shape(op, "db", db, {g.C});
+    const float *px = ptr_of(xb, "xb"), *pdy = ptr_of(dyb, "dyb");
+    float *pdw = ptr_of(dwt, "dw"), *pdb = ptr_of(db, "db");
+    py::gil_scoped_release nogil;
+    ft::cpu::depthwise_blocked_bwd_weight(px, pdy, pdw, pdb, g.N, g.C, g.H, g.W, g.R, g.S, sh, sw, ph, pw, dh, dw,
+                                          hx, hdy);
+  }, py::arg("xb"), py::arg("dyb"), py::arg("dw"), py::arg("db"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
+     py::arg("pw"), py::arg("dil_h") = 1, py::arg("dil_w") = 1, py::kw_only(), py::arg("halo_x") = 0,
+     py::arg("halo_dy") = 0);
 
   m.def("linear_fwd", [](py::array x, py::array w, py::array b, py::array y) {
     const char* op = "linear_fwd";

@@ -1,0 +1,158 @@
+// Depthwise convolution on the blocked layout (see depthwise_blocked.h): the driver. One OpenMP task
+// per output row of one (image, channel block) plane for the forward and the data gradient (rows
+// are independent, so the result does not depend on the thread count); the weight gradient runs
+// tasks of (channel block, fixed range of images) into private partial sums, added in a fixed order
+// afterwards, so its bits do not depend on the thread count either.
+//
+// Memory traffic is each operand once: fwd reads x and writes y, bwd_data reads dy and writes dx,
+// bwd_weight reads x and dy. The input halo is the padding (read in place, never copied); taps that
+// fall past the halo are skipped, so any padding works. The kernels write their output's halo zeros
+// (callers may allocate outputs with np.empty) and keep pad lanes (channels >= C) zero: the pad
+// lanes of the packed weights are zero.
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "depthwise_blocked.h"
+#include "fasttrain/cpu.h"
+
+namespace ft::cpu {
+namespace dwb {
+namespace {
+
+// The instruction set follows the direct convolution's choice (set_conv2d_isa forces both).
+const Isa& current_isa() {
+  const std::string name = conv2d_isa();
+  const Isa* isa = name == "avx512" ? isa_avx512() : name == "avx2" ? isa_avx2() : nullptr;
+  return isa ? *isa : *isa_portable();
+}
+
+int64_t blocks(int64_t c) { return (c + kBlock - 1) / kBlock; }
+
+// w (C, 1, R, S) -> [Cb][R*S][16], pad lanes zero; flip: taps reversed (the stride-1 data gradient).
+std::vector<float> pack_weights(const float* w, int64_t C, int64_t RS, bool flip) {
+  std::vector<float> wb(blocks(C) * RS * kBlock, 0.f);
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t t = 0; t < RS; ++t)
+      wb[((c / kBlock) * RS + t) * kBlock + c % kBlock] = w[c * RS + (flip ? RS - 1 - t : t)];
+  return wb;
+}
+
+// A blocked plane of rows x cols interior pixels with a halo of `halo`: its row `row`'s halo
+// columns, plus the whole top (row 0) or bottom (last row) halo rows, set to zero.
+void zero_halo(float* plane, int64_t rows, int64_t cols, int64_t halo, int64_t row) {
+  if (halo == 0) return;
+  const int64_t ld = (cols + 2 * halo) * kBlock;
+  float* r = plane + (halo + row) * ld;
+  std::memset(r, 0, sizeof(float) * halo * kBlock);
+  std::memset(r + (halo + cols) * kBlock, 0, sizeof(float) * halo * kBlock);
+  if (row == 0) std::memset(plane, 0, sizeof(float) * halo * ld);
+  if (row == rows - 1) std::memset(plane + (halo + rows) * ld, 0, sizeof(float) * halo * ld);
+}
+
+// out rows (one task each) = the correlation g of every (image, block) plane of `in`.
+void correlate_planes(const Isa& isa, const Corr& g, int64_t N, int64_t Cb, const float* in, const float* wb,
+                      const float* bias, float* out, int64_t hout, bool relu) {
+  const int64_t ldi = (g.W + 2 * g.hin) * kBlock, plane_i = (g.H + 2 * g.hin) * ldi;
+  const int64_t ldo = (g.Q + 2 * hout) * kBlock, plane_o = (g.P + 2 * hout) * ldo, RS = g.R * g.S;
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t task = 0; task < N * Cb * g.P; ++task) {
+    const int64_t nc = task / g.P, p = task % g.P, cb = nc % Cb;
+    float* po = out + nc * plane_o;
+    isa.fwd_row(g, in + nc * plane_i + g.hin * ldi + g.hin * kBlock, ldi, wb + cb * RS * kBlock,
+                bias ? bias + cb * kBlock : nullptr, po + (hout + p) * ldo + hout * kBlock, p, relu);
+    zero_halo(po, g.P, g.Q, hout, p);
+  }
+}
+
+Corr forward_corr(int64_t H, int64_t W, int64_t hx, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph,
+                  int64_t pw, int64_t dh, int64_t dw) {
+  return Corr{H, W, hx, (H + 2 * ph - dh * (R - 1) - 1) / sh + 1, (W + 2 * pw - dw * (S - 1) - 1) / sw + 1,
+              R, S, sh, sw, ph, pw, dh, dw};
+}
+
+}  // namespace
+}  // namespace dwb
+
+void depthwise_blocked_fwd(const float* xb, const float* w, const float* b, float* yb, int64_t N, int64_t C,
+                           int64_t H, int64_t W, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph,
+                           int64_t pw, int64_t dh, int64_t dw, bool relu, int64_t halo_x, int64_t halo_y) {
+  using namespace dwb;
+  const Corr g = forward_corr(H, W, halo_x, R, S, sh, sw, ph, pw, dh, dw);
+  const std::vector<float> wb = pack_weights(w, C, R * S, false);
+  std::vector<float> bias(blocks(C) * kBlock, 0.f);
+  std::copy(b, b + C, bias.begin());
+  correlate_planes(current_isa(), g, N, blocks(C), xb, wb.data(), bias.data(), yb, halo_y, relu);
+}
+
+void depthwise_blocked_bwd_data(const float* dyb, const float* w, float* dxb, int64_t N, int64_t C, int64_t H,
+                                int64_t W, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                                int64_t dh, int64_t dw, int64_t halo_dy, int64_t halo_dx) {
+  using namespace dwb;
+  const Isa& isa = current_isa();
+  const int64_t Cb = blocks(C), RS = R * S;
+  const Corr f = forward_corr(H, W, 0, R, S, sh, sw, ph, pw, dh, dw);
+  if (sh == 1 && sw == 1) {
+    // dx = dy correlated with the flipped filter, dy padded by the filter span minus the padding
+    const Corr g{f.P, f.Q, halo_dy, H, W, R, S, 1, 1, dh * (R - 1) - ph, dw * (S - 1) - pw, dh, dw};
+    const std::vector<float> wf = pack_weights(w, C, RS, true);
+    correlate_planes(isa, g, N, Cb, dyb, wf.data(), nullptr, dxb, halo_dx, false);
+    return;
+  }
+  const std::vector<float> wb = pack_weights(w, C, RS, false);
+  const int64_t ldy = (f.Q + 2 * halo_dy) * kBlock, plane_y = (f.P + 2 * halo_dy) * ldy;
+  const int64_t ldx = (W + 2 * halo_dx) * kBlock, plane_x = (H + 2 * halo_dx) * ldx;
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t task = 0; task < N * Cb * H; ++task) {
+    const int64_t nc = task / H, h = task % H, cb = nc % Cb;
+    float* px = dxb + nc * plane_x;
+    isa.bwd_data_row(f, dyb + nc * plane_y + halo_dy * ldy + halo_dy * kBlock, ldy, wb.data() + cb * RS * kBlock,
+                     px + (halo_dx + h) * ldx + halo_dx * kBlock, h);
+    zero_halo(px, H, W, halo_dx, h);
+  }
+}
+
+void depthwise_blocked_bwd_weight(const float* xb, const float* dyb, float* dwt, float* db, int64_t N, int64_t C,
+                                  int64_t H, int64_t W, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph,
+                                  int64_t pw, int64_t dh, int64_t dw, int64_t halo_x, int64_t halo_dy) {
+  using namespace dwb;
+  const Isa& isa = current_isa();
+  const Corr g = forward_corr(H, W, halo_x, R, S, sh, sw, ph, pw, dh, dw);
+  const int64_t Cb = blocks(C), RS = R * S, A = (RS + 1) * kBlock;  // per block: taps + bias sums
+  // Image ranges per block chosen from the shape alone (about 64 tasks in all), never from the
+  // thread count: the partial sums and the order they are added in are the same for any thread count.
+  const int64_t chunks = std::min<int64_t>(N, std::max<int64_t>(1, (64 + Cb - 1) / Cb));
+  const int64_t ldx = (W + 2 * halo_x) * kBlock, plane_x = (H + 2 * halo_x) * ldx;
+  const int64_t ldy = (g.Q + 2 * halo_dy) * kBlock, plane_y = (g.P + 2 * halo_dy) * ldy;
+  std::vector<double> part(Cb * chunks * A, 0.0);
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t task = 0; task < Cb * chunks; ++task) {
+    const int64_t cb = task / chunks, k = task % chunks;
+    thread_local std::vector<float> acc;
+    acc.resize(A);
+    double* out = part.data() + task * A;
+    // float sums over one image's plane, double across images
+    for (int64_t n = N * k / chunks; n < N * (k + 1) / chunks; ++n) {
+      std::fill(acc.begin(), acc.end(), 0.f);
+      const int64_t nc = n * Cb + cb;
+      const float* x = xb + nc * plane_x + halo_x * ldx + halo_x * kBlock;
+      const float* d = dyb + nc * plane_y + halo_dy * ldy + halo_dy * kBlock;
+      for (int64_t p = 0; p < g.P; ++p) isa.wgrad_row(g, x, ldx, d + p * ldy, acc.data(), p);
+      for (int64_t i = 0; i < A; ++i) out[i] += acc[i];
+    }
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    const int64_t cb = c / kBlock, lane = c % kBlock;
+    for (int64_t t = 0; t <= RS; ++t) {
+      double s = 0.0;
+      for (int64_t k = 0; k < chunks; ++k) s += part[(cb * chunks + k) * A + t * kBlock + lane];
+      if (t < RS)
+        dwt[c * RS + t] += static_cast<float>(s);
+      else
+        db[c] += static_cast<float>(s);
+    }
+  }
+}
+
+}  // namespace ft::cpu

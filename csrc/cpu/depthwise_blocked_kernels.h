@@ -1,0 +1,211 @@
+// The blocked depthwise row kernels, written once over a vector type V and compiled once per
+// instruction set (see depthwise_blocked.h for the contracts). Each including file defines V inside
+// an anonymous namespace, so every instantiation has internal linkage (the AVX-512 code can never be
+// picked by the linker for another path).
+//
+// V provides: T (V::kW floats, kW dividing 16), zero(), load(p), store(p, v), fma(acc, a, b) =
+// acc + a*b lane by lane, add(a, b), relu(v) (NaN stays NaN, as std::max(v, 0.f)). A 16-channel
+// pixel is 16 / kW vectors; the kernels sweep a row once per vector slice (lane offset l), so the
+// AVX2 build keeps 3x3 weights + accumulators inside its 16 registers.
+//
+// Every row has interior columns [qlo, qhi) whose taps all lie inside the input array (halo
+// included): there a 3x3 filter at stride 1 or 2 without dilation runs fully unrolled, four output
+// pixels at a time, with the nine weight vectors in registers; the few border columns (and other
+// filters) loop over their valid taps.
+#pragma once
+#include <algorithm>
+
+#include "depthwise_blocked.h"
+
+namespace ft::cpu::dwb {
+
+inline int64_t floordiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+inline int64_t ceildiv(int64_t a, int64_t b) { return -floordiv(-a, b); }
+
+// Taps k in [k0, k1) with -halo <= i0 + k*d < n + halo (a contiguous range: the coordinate grows with k).
+inline void tap_range(int64_t i0, int64_t d, int64_t K, int64_t n, int64_t halo, int64_t& k0, int64_t& k1) {
+  k0 = std::max<int64_t>(0, ceildiv(-halo - i0, d));
+  k1 = std::max(k0, std::min<int64_t>(K, floordiv(n + halo - 1 - i0, d) + 1));
+}
+
+// Output columns [qlo, qhi) whose S taps all lie inside the input array.
+inline void interior_cols(const Corr& g, int64_t& qlo, int64_t& qhi) {
+  qlo = std::clamp<int64_t>(ceildiv(g.pw - g.hin, g.sw), 0, g.Q);
+  qhi = std::clamp<int64_t>(floordiv(g.W + g.hin - 1 - (g.S - 1) * g.dw + g.pw, g.sw) + 1, qlo, g.Q);
+}
+
+template <class V, int SW, int QT>
+inline void fwd3x3(const float* base, int64_t ld, const typename V::T* wv, typename V::T b, float* out, bool relu) {
+  using T = typename V::T;
+  T acc[QT];
+#pragma GCC unroll 8
+  for (int i = 0; i < QT; ++i) acc[i] = b;
+#pragma GCC unroll 3
+  for (int r = 0; r < 3; ++r)
+#pragma GCC unroll 3
+    for (int s = 0; s < 3; ++s)
+#pragma GCC unroll 8
+      for (int i = 0; i < QT; ++i) acc[i] = V::fma(acc[i], wv[r * 3 + s], V::load(base + r * ld + (i * SW + s) * kBlock));
+#pragma GCC unroll 8
+  for (int i = 0; i < QT; ++i) V::store(out + i * kBlock, relu ? V::relu(acc[i]) : acc[i]);
+}
+
+template <class V, int SW>
+void fwd_row_3x3(const float* in, int64_t ld, const float* w, typename V::T b, float* out, int64_t q0, int64_t q1,
+                 int64_t ih0, int64_t pw, int l, bool relu) {
+  using T = typename V::T;
+  T wv[9];
+#pragma GCC unroll 9
+  for (int t = 0; t < 9; ++t) wv[t] = V::load(w + t * kBlock + l);
+  const float* base = in + ih0 * ld + (q0 * SW - pw) * kBlock + l;
+  float* o = out + q0 * kBlock + l;
+  int64_t q = q0;
+  for (; q + 4 <= q1; q += 4, base += 4 * SW * kBlock, o += 4 * kBlock) fwd3x3<V, SW, 4>(base, ld, wv, b, o, relu);
+  for (; q < q1; ++q, base += SW * kBlock, o += kBlock) fwd3x3<V, SW, 1>(base, ld, wv, b, o, relu);
+}
+
+template <class V>
+void fwd_row(const Corr& g, const float* in, int64_t ld, const float* w, const float* bias, float* out, int64_t p,
+             bool relu) {
+  using T = typename V::T;
+  const int64_t ih0 = p * g.sh - g.ph;
+  int64_t r0, r1, qlo, qhi;
+  tap_range(ih0, g.dh, g.R, g.H, g.hin, r0, r1);
+  interior_cols(g, qlo, qhi);
+  const bool fast = g.R == 3 && g.S == 3 && g.dh == 1 && g.dw == 1 && (g.sw == 1 || g.sw == 2) && r0 == 0 && r1 == 3;
+  for (int l = 0; l < kBlock; l += V::kW) {
+    const T b = bias ? V::load(bias + l) : V::zero();
+    auto one = [&](int64_t q) {
+      const int64_t iw0 = q * g.sw - g.pw;
+      int64_t s0, s1;
+      tap_range(iw0, g.dw, g.S, g.W, g.hin, s0, s1);
+      T acc = b;
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* row = in + (ih0 + r * g.dh) * ld + l;
+        for (int64_t s = s0; s < s1; ++s)
+          acc = V::fma(acc, V::load(w + (r * g.S + s) * kBlock + l), V::load(row + (iw0 + s * g.dw) * kBlock));
+      }
+      V::store(out + q * kBlock + l, relu ? V::relu(acc) : acc);
+    };
+    if (!fast) {
+      for (int64_t q = 0; q < g.Q; ++q) one(q);
+      continue;
+    }
+    for (int64_t q = 0; q < qlo; ++q) one(q);
+    if (g.sw == 1)
+      fwd_row_3x3<V, 1>(in, ld, w, b, out, qlo, qhi, ih0, g.pw, l, relu);
+    else
+      fwd_row_3x3<V, 2>(in, ld, w, b, out, qlo, qhi, ih0, g.pw, l, relu);
+    for (int64_t q = qhi; q < g.Q; ++q) one(q);
+  }
+}
+
+// Strided data gradient, gathered: each dx pixel sums the few (dy pixel, tap) pairs that reach it
+// (at stride 2 and 3x3: 1, 2 or 4), kept in a register, and is written once; no scatter into a
+// zeroed buffer. Along the row the tap phase (v + pw) mod sw advances by one per pixel, so no
+// division runs per pixel.
+template <class V>
+void bwd_data_row(const Corr& g, const float* dy, int64_t dy_ld, const float* w, float* dx, int64_t h) {
+  using T = typename V::T;
+  constexpr int kMaxR = 32;
+  int64_t rr[kMaxR], pp[kMaxR];
+  int nr = 0;
+  for (int64_t r = 0; r < g.R && nr < kMaxR; ++r) {
+    const int64_t t = h + g.ph - r * g.dh;
+    if (t < 0 || t % g.sh) continue;
+    if (t / g.sh >= g.P) continue;
+    rr[nr] = r;
+    pp[nr++] = t / g.sh;
+  }
+  for (int l = 0; l < kBlock; l += V::kW) {
+    int64_t phase = g.pw % g.sw, qbase = g.pw / g.sw;  // v + pw = qbase*sw + phase
+    for (int64_t v = 0; v < g.W; ++v) {
+      T acc = V::zero();
+      for (int i = 0; i < nr; ++i) {
+        const float* drow = dy + pp[i] * dy_ld + l;
+        const float* wr = w + rr[i] * g.S * kBlock + l;
+        if (g.dw == 1) {
+          // taps s = phase + k*sw read dy column qbase - k
+          for (int64_t s = phase, q = qbase; s < g.S; s += g.sw, --q)
+            if (q >= 0 && q < g.Q) acc = V::fma(acc, V::load(wr + s * kBlock), V::load(drow + q * kBlock));
+        } else {
+          for (int64_t s = 0; s < g.S; ++s) {
+            const int64_t t = v + g.pw - s * g.dw;
+            if (t < 0 || t % g.sw || t / g.sw >= g.Q) continue;
+            acc = V::fma(acc, V::load(wr + s * kBlock), V::load(drow + t / g.sw * kBlock));
+          }
+        }
+      }
+      V::store(dx + v * kBlock + l, acc);
+      if (++phase == g.sw) {
+        phase = 0;
+        ++qbase;
+      }
+    }
+  }
+}
+
+template <class V, int SW>
+void wgrad_row_3x3(const float* x, int64_t ld, const float* dy, float* acc, int64_t q0, int64_t q1, int64_t ih0,
+                   int64_t pw, int l, typename V::T& bsum) {
+  using T = typename V::T;
+  T a[9];
+#pragma GCC unroll 9
+  for (int t = 0; t < 9; ++t) a[t] = V::load(acc + t * kBlock + l);
+  const float* base = x + ih0 * ld + (q0 * SW - pw) * kBlock + l;
+  for (int64_t q = q0; q < q1; ++q, base += SW * kBlock) {
+    const T d = V::load(dy + q * kBlock + l);
+    bsum = V::add(bsum, d);
+#pragma GCC unroll 3
+    for (int r = 0; r < 3; ++r)
+#pragma GCC unroll 3
+      for (int s = 0; s < 3; ++s) a[r * 3 + s] = V::fma(a[r * 3 + s], d, V::load(base + r * ld + s * kBlock));
+  }
+#pragma GCC unroll 9
+  for (int t = 0; t < 9; ++t) V::store(acc + t * kBlock + l, a[t]);
+}
+
+template <class V>
+void wgrad_row(const Corr& g, const float* x, int64_t ld, const float* dy, float* acc, int64_t p) {
+  using T = typename V::T;
+  const int64_t ih0 = p * g.sh - g.ph, RS = g.R * g.S;
+  int64_t r0, r1, qlo, qhi;
+  tap_range(ih0, g.dh, g.R, g.H, g.hin, r0, r1);
+  interior_cols(g, qlo, qhi);
+  const bool fast = g.R == 3 && g.S == 3 && g.dh == 1 && g.dw == 1 && (g.sw == 1 || g.sw == 2) && r0 == 0 && r1 == 3;
+  for (int l = 0; l < kBlock; l += V::kW) {
+    T bsum = V::load(acc + RS * kBlock + l);
+    auto one = [&](int64_t q) {
+      const int64_t iw0 = q * g.sw - g.pw;
+      int64_t s0, s1;
+      tap_range(iw0, g.dw, g.S, g.W, g.hin, s0, s1);
+      const T d = V::load(dy + q * kBlock + l);
+      bsum = V::add(bsum, d);
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* row = x + (ih0 + r * g.dh) * ld + l;
+        for (int64_t s = s0; s < s1; ++s) {
+          float* a = acc + (r * g.S + s) * kBlock + l;
+          V::store(a, V::fma(V::load(a), d, V::load(row + (iw0 + s * g.dw) * kBlock)));
+        }
+      }
+    };
+    if (!fast) {
+      for (int64_t q = 0; q < g.Q; ++q) one(q);
+    } else {
+      for (int64_t q = 0; q < qlo; ++q) one(q);
+      if (g.sw == 1)
+        wgrad_row_3x3<V, 1>(x, ld, dy, acc, qlo, qhi, ih0, g.pw, l, bsum);
+      else
+        wgrad_row_3x3<V, 2>(x, ld, dy, acc, qlo, qhi, ih0, g.pw, l, bsum);
+      for (int64_t q = qhi; q < g.Q; ++q) one(q);
+    }
+    V::store(acc + RS * kBlock + l, bsum);
+  }
+}
+
+template <class V>
+Isa make_isa(const char* name) {
+  return Isa{name, &fwd_row<V>, &bwd_data_row<V>, &wgrad_row<V>};
+}
+
+}  // namespace ft::cpu::dwb

@@ -1,0 +1,177 @@
+"""The blocked depthwise kernels (csrc/cpu/depthwise_blocked*.cpp) held to the NumPy reference.
+
+The reference for the blocked op is the NCHW reference (fasttrain/kernels/conv2d.py, groups == C)
+with the arrays converted to and from the blocked layout in NumPy. Every instruction-set path is
+forced in turn (set_conv2d_isa), on channel counts that are not multiples of the 16-lane block
+(1, 3, 5, 17, 33), images from 1x1 to 33x33, strides 1 and 2 (and 3), paddings 0 / 1 / 2, halos
+on either side smaller than, equal to and larger than the padding, dilation and 5x5 filters.
+Outputs start as NaN, so any element the kernel fails to write (halo included) shows.
+"""
+import itertools
+
+import numpy as np
+import pytest
+
+C = pytest.importorskip("fasttrain._C", reason="C++ module not built")
+
+from fasttrain.kernels import conv2d as ref  # noqa: E402
+
+f32, f64 = np.float32, np.float64
+
+
+def _isa_available(name):
+    try:
+        C.set_conv2d_isa(name)
+    except ValueError:
+        return False
+    finally:
+        C.set_conv2d_isa("auto")
+    return True
+
+
+ISAS = [pytest.param(n, marks=pytest.mark.skipif(not _isa_available(n), reason=f"no {n} on this CPU/build"))
+        for n in ("avx512", "avx2", "portable")]
+
+
+@pytest.fixture
+def isa(request):
+    C.set_conv2d_isa(request.param)
+    yield request.param
+    C.set_conv2d_isa("auto")
+
+
+def to_blk(x, halo):
+    n, c, h, w = x.shape
+    cb = -(-c // 16)
+    full = np.zeros((n, cb * 16, h + 2 * halo, w + 2 * halo), f32)
+    full[:, :c, halo:halo + h, halo:halo + w] = x
+    return np.ascontiguousarray(full.reshape(n, cb, 16, h + 2 * halo, w + 2 * halo).transpose(0, 1, 3, 4, 2))
+
+
+def from_blk(xb, c, halo):
+    """The interior's channels, after checking the invariants: halo and pad lanes all zero."""
+    n, cb, hh, ww, _ = xb.shape
+    full = xb.transpose(0, 1, 4, 2, 3).reshape(n, cb * 16, hh, ww)
+    assert not np.isnan(full).any(), "an output element was never written"
+    assert not full[:, c:].any(), "pad lanes must stay zero"
+    inner = np.zeros_like(full, dtype=bool)
+    inner[:, :, halo:hh - halo, halo:ww - halo] = True
+    assert not full[~inner].any(), "the halo must be zero"
+    return full[:, :c, halo:hh - halo, halo:ww - halo]
+
+
+def _close(got, want, what, magnitude=None):
+    """Max error relative to max |ref|, or for the reductions to the same sums over |terms| (a float
+    sum of a thousand terms that nearly cancel is rightly off by more than 2e-6 of its result)."""
+    scale = max(float(np.abs(want if magnitude is None else magnitude).max()), 1e-6) if want.size else 1.0
+    err = float(np.abs(got.astype(f64) - want).max()) / scale if want.size else 0.0
+    assert err < 2e-6, f"{what}: max error {err:.2e} relative to max |ref|"
+
+
+# (N, C, H, W, R, stride, pad, dil, halo_in, halo_out)
+CASES = [
+    (1, 1, 1, 1, 3, 1, 1, 1, 1, 0),
+    (2, 3, 2, 2, 3, 1, 1, 1, 1, 1),
+    (1, 5, 7, 7, 3, 1, 1, 1, 0, 2),      # padding without a halo: the border taps are skipped
+    (1, 16, 7, 7, 3, 2, 1, 1, 1, 1),
+    (2, 17, 33, 33, 3, 1, 1, 1, 1, 1),
+    (1, 33, 33, 33, 3, 2, 1, 1, 1, 0),
+    (1, 17, 33, 33, 3, 2, 0, 1, 0, 1),
+    (1, 3, 7, 7, 3, 1, 2, 1, 2, 1),
+    (1, 5, 7, 7, 3, 1, 0, 1, 2, 0),      # a halo wider than the padding
+    (1, 33, 7, 33, 5, 1, 2, 1, 2, 2),
+    (1, 16, 33, 7, 5, 2, 2, 1, 1, 1),
+    (1, 3, 7, 7, 3, 1, 2, 2, 2, 0),      # dilation
+    (1, 17, 7, 7, 3, 2, 1, 2, 1, 1),
+    (1, 5, 33, 33, 3, 3, 1, 1, 1, 0),    # stride 3
+    (2, 1, 2, 2, 1, 1, 0, 1, 0, 1),      # 1x1
+    (1, 3, 1, 1, 3, 2, 1, 1, 1, 2),
+    (1, 33, 2, 2, 3, 2, 1, 1, 0, 0),
+]
+# the issue's grid: C x H/W x stride x padding at 3x3, halo = padding (the layout that flows)
+GRID = [(1, c, hw, hw, 3, s, p, 1, p, p) for c, hw, s, p in itertools.product((1, 3, 5, 16, 17, 33), (1, 2, 7, 33),
+                                                                              (1, 2), (0, 1, 2)) if hw + 2 * p >= 3]
+
+
+def _problem(case, seed=0):
+    n, c, h, w, r, s, p, d, hi, ho = case
+    rng = np.random.default_rng(seed)
+    P, Q = ref.out_size(h, w, r, r, s, s, p, p, d, d)
+    return dict(n=n, c=c, x=rng.standard_normal((n, c, h, w)).astype(f32),
+                w=rng.standard_normal((c, 1, r, r)).astype(f32), b=rng.standard_normal(c).astype(f32),
+                dy=rng.standard_normal((n, c, P, Q)).astype(f32), geom=(s, s, p, p), dil=(d, d), hi=hi, ho=ho)
+
+
+def _run_blocked(pb, relu=False):
+    c, hi, ho, g, d = pb["c"], pb["hi"], pb["ho"], pb["geom"], pb["dil"]
+    xb, dyb = to_blk(pb["x"], hi), to_blk(pb["dy"], hi)
+    yb = np.full((pb["n"], xb.shape[1], pb["dy"].shape[2] + 2 * ho, pb["dy"].shape[3] + 2 * ho, 16), np.nan, f32)
+    C.depthwise_blocked_fwd(xb, pb["w"], pb["b"], yb, *g, relu, *d, halo_x=hi, halo_y=ho)
+    dxb = np.full((pb["n"], xb.shape[1], pb["x"].shape[2] + 2 * ho, pb["x"].shape[3] + 2 * ho, 16), np.nan, f32)
+    C.depthwise_blocked_bwd_data(dyb, pb["w"], dxb, *g, *d, halo_dy=hi, halo_dx=ho)
+    dw, db = np.zeros_like(pb["w"]), np.zeros_like(pb["b"])
+    C.depthwise_blocked_bwd_weight(xb, dyb, dw, db, *g, *d, halo_x=hi, halo_dy=hi)
+    return from_blk(yb, c, ho), from_blk(dxb, c, ho), dw, db
+
+
+def _check(pb, relu=False):
+    x, w, b, dy = (pb[k].astype(f64) for k in ("x", "w", "b", "dy"))
+    g, d, c = pb["geom"], pb["dil"], pb["c"]
+    y_ref, dx_ref = np.empty(dy.shape), np.empty(x.shape)
+    ref.conv2d_fwd_ref(x, w, b, y_ref, *g, relu, *d, c)
+    ref.conv2d_bwd_data_ref(dy, w, dx_ref, *g, *d, c)
+    dw_ref, db_ref = np.zeros(w.shape), np.zeros(b.shape)
+    ref.conv2d_bwd_weight_ref(x, dy, dw_ref, db_ref, *g, *d, c)
+    dw_mag, db_mag = np.zeros(w.shape), np.zeros(b.shape)
+    ref.conv2d_bwd_weight_ref(np.abs(x), np.abs(dy), dw_mag, db_mag, *g, *d, c)
+    y, dx, dw, db = _run_blocked(pb, relu)
+    _close(y, y_ref, "y")
+    _close(dx, dx_ref, "dx")
+    _close(dw, dw_ref, "dw", dw_mag)
+    _close(db, db_ref, "db", db_mag)
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_matches_reference(isa, case):
+    _check(_problem(case))
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+def test_grid_matches_reference(isa):
+    for i, case in enumerate(GRID):
+        _check(_problem(case, seed=i))
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+def test_fused_relu(isa):
+    _check(_problem((2, 17, 7, 7, 3, 1, 1, 1, 1, 0), seed=5), relu=True)
+
+
+def test_thread_counts_give_the_same_bits():
+    from fasttrain import settings
+    pb = _problem((5, 33, 9, 9, 3, 2, 1, 1, 1, 1), seed=7)
+    outs = []
+    try:
+        for nt in (1, 2, 3):
+            C.set_num_threads(nt)
+            outs.append(_run_blocked(pb))
+    finally:
+        C.set_num_threads(settings.num_threads)
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other):
+            np.testing.assert_array_equal(a, b)  # the weight gradient's partial sums are fixed by the shape
+
+
+def test_errors_name_the_argument():
+    x = np.zeros((1, 1, 4, 4, 16), f32)
+    w, b = np.zeros((3, 1, 3, 3), f32), np.zeros(3, f32)
+    y = np.zeros((1, 1, 2, 2, 16), f32)
+    with pytest.raises(ValueError, match=r"depthwise_blocked_fwd\(yb\): expected shape \(1, 1, 4, 4, 16\)"):
+        C.depthwise_blocked_fwd(x, w, b, y, 1, 1, 1, 1, halo_x=0)
+    with pytest.raises(ValueError, match=r"depthwise_blocked_fwd\(w\): expected shape \(C, 1, R, S\)"):
+        C.depthwise_blocked_fwd(x, np.zeros((3, 2, 3, 3), f32), b, y, 1, 1, 1, 1)
+    with pytest.raises(ValueError, match=r"depthwise_blocked_fwd\(xb\): expected shape \(N, 1, H \+ 2\*halo"):
+        C.depthwise_blocked_fwd(np.zeros((1, 2, 4, 4, 16), f32), w, b, y, 1, 1, 1, 1)
+    with pytest.raises(ValueError, match="halos >= 0"):
+        C.depthwise_blocked_bwd_data(y, w, x, 1, 1, 1, 1, halo_dy=-1)
