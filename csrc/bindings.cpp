@@ -569,6 +569,253 @@ void bind(py::module_& m) {
 
 }  // namespace layers
 
+// ---- the blocked layout (N, ceil(C/16), H + 2h, W + 2h, 16) of csrc/cpu/blocked.cpp ----
+namespace blocked_layout {
+using namespace layers;
+
+struct Geo {
+  int64_t N, C, H, W;  // C: channels (a multiple of 16 where only the blocks are known)
+};
+
+void check_halo(const char* op, const char* halo_name, int64_t halo) {
+  FT_CHECK(halo >= 0, op << "(" << halo_name << "): expected a halo >= 0, got " << halo);
+}
+
+// A blocked array of C channels with the given halo: its geometry (interior H, W >= 1).
+Geo blocked_geo(const char* op, const char* name, const py::array& a, int64_t C, int64_t halo,
+                const char* halo_name) {
+  check_halo(op, halo_name, halo);
+  expect_ndim(op, name, a, 5);
+  const int64_t Cb = C > 0 ? (C + 15) / 16 : a.shape(1);
+  const Geo g{a.shape(0), C > 0 ? C : Cb * 16, a.shape(2) - 2 * halo, a.shape(3) - 2 * halo};
+  FT_CHECK(a.shape(1) == Cb && a.shape(4) == 16 && g.H >= 1 && g.W >= 1,
+           op << "(" << name << "): expected shape (N, " << Cb << ", H + " << 2 * halo << ", W + "
+              << 2 * halo << ", 16) with H, W >= 1 (" << (C > 0 ? std::to_string(C) + " channels, " : "")
+              << halo_name << "=" << halo << "), got " << shape_str(a));
+  return g;
+}
+
+// A blocked array with g's geometry and the given halo.
+void expect_blocked(const char* op, const char* name, const py::array& a, const Geo& g, int64_t halo,
+                    const char* halo_name) {
+  check_halo(op, halo_name, halo);
+  const int64_t Cb = (g.C + 15) / 16;
+  bool ok = a.ndim() == 5 && a.shape(0) == g.N && a.shape(1) == Cb && a.shape(2) == g.H + 2 * halo &&
+            a.shape(3) == g.W + 2 * halo && a.shape(4) == 16;
+  FT_CHECK(ok, op << "(" << name << "): expected shape " << dims_str({g.N, Cb, g.H + 2 * halo, g.W + 2 * halo, 16})
+                  << " (interior " << g.H << " x " << g.W << ", " << halo_name << "=" << halo << "), got "
+                  << shape_str(a));
+}
+
+// An optional blocked float32 array (None: nullptr) distinct from the arrays in `others`.
+float* optional_blocked(const char* op, const char* name, py::object o, py::array& keep, const Geo& g,
+                        int64_t halo, const char* halo_name,
+                        std::initializer_list<std::pair<const py::array*, const char*>> others) {
+  if (o.is_none()) return nullptr;
+  keep = o.cast<py::array>();
+  expect_blocked(op, name, keep, g, halo, halo_name);
+  float* p = ptr_of(keep, name);
+  for (const auto& [other, other_name] : others)
+    FT_CHECK(p != static_cast<const float*>(other->data()),
+             name << ": expected an array distinct from " << other_name << ", got the same one");
+  return p;
+}
+
+void expect_channels(const char* op, const char* name, const py::array& a, int64_t C) {
+  expect_shape(op, name, a, {C});
+}
+
+void bind(py::module_& m) {
+  m.def("batchnorm_blocked_fwd_train", [](py::array xb, py::array gamma, py::array beta, double eps,
+                                          py::array yb, py::array mean, py::array invstd, bool relu,
+                                          py::object residual, py::object stats, int64_t halo_x,
+                                          int64_t halo_y, int64_t halo_res) {
+    const char* op = "batchnorm_blocked_fwd_train";
+    expect_ndim(op, "gamma", gamma, 1);
+    const Geo g = blocked_geo(op, "xb", xb, gamma.shape(0), halo_x, "halo_x");
+    FT_CHECK(eps >= 0, op << "(eps): expected eps >= 0, got " << eps);
+    for (auto [a, n] : {std::pair{&beta, "beta"}, {&mean, "mean"}, {&invstd, "invstd"}}) expect_channels(op, n, *a, g.C);
+    expect_blocked(op, "yb", yb, g, halo_y, "halo_y");
+    const float *px = ptr_of(xb, "xb"), *pg = ptr_of(gamma, "gamma"), *pb = ptr_of(beta, "beta");
+    float *py_ = ptr_of(yb, "yb"), *pm = ptr_of(mean, "mean"), *pi = ptr_of(invstd, "invstd");
+    FT_CHECK(px != py_ || halo_x == halo_y, op << "(yb): an in-place call (yb is xb) needs halo_y == halo_x, got "
+                                               << halo_y << " and " << halo_x);
+    py::array res, st;
+    const float* pr = optional_blocked(op, "residual", residual, res, g, halo_res, "halo_res", {{&yb, "yb"}});
+    const double* ps = nullptr;
+    if (!stats.is_none()) {
+      st = stats.cast<py::array>();
+      FT_CHECK(st.dtype().is(py::dtype::of<double>()) && (st.flags() & py::array::c_style),
+               op << "(stats): expected a C-contiguous float64 array, got dtype " << std::string(py::str(st.dtype())));
+      expect_shape(op, "stats", st, {2, g.C});
+      ps = static_cast<const double*>(st.data());
+    }
+    py::gil_scoped_release nogil;
+    ft::cpu::batchnorm_blocked_fwd_train(px, pg, pb, static_cast<float>(eps), py_, pm, pi, g.N, g.C, g.H, g.W,
+                                         relu, pr, ps, halo_x, halo_y, halo_res);
+  }, py::arg("xb"), py::arg("gamma"), py::arg("beta"), py::arg("eps"), py::arg("yb"), py::arg("mean"),
+     py::arg("invstd"), py::arg("relu") = false, py::arg("residual") = py::none(), py::arg("stats") = py::none(),
+     py::kw_only(), py::arg("halo_x") = 0, py::arg("halo_y") = 0, py::arg("halo_res") = 0);
+
+  m.def("batchnorm_blocked_fwd_eval", [](py::array xb, py::array gamma, py::array beta, py::array running_mean,
+                                         py::array running_var, double eps, py::array yb, bool relu,
+                                         py::object residual, int64_t halo_x, int64_t halo_y, int64_t halo_res) {
+    const char* op = "batchnorm_blocked_fwd_eval";
+    expect_ndim(op, "gamma", gamma, 1);
+    const Geo g = blocked_geo(op, "xb", xb, gamma.shape(0), halo_x, "halo_x");
+    FT_CHECK(eps >= 0, op << "(eps): expected eps >= 0, got " << eps);
+    for (auto [a, n] : {std::pair{&beta, "beta"}, {&running_mean, "running_mean"}, {&running_var, "running_var"}})
+      expect_channels(op, n, *a, g.C);
+    expect_blocked(op, "yb", yb, g, halo_y, "halo_y");
+    const float *px = ptr_of(xb, "xb"), *pg = ptr_of(gamma, "gamma"), *pb = ptr_of(beta, "beta"),
+                *prm = ptr_of(running_mean, "running_mean"), *prv = ptr_of(running_var, "running_var");
+    float* py_ = ptr_of(yb, "yb");
+    FT_CHECK(px != py_ || halo_x == halo_y, op << "(yb): an in-place call (yb is xb) needs halo_y == halo_x, got "
+                                               << halo_y << " and " << halo_x);
+    py::array res;
+    const float* pr = optional_blocked(op, "residual", residual, res, g, halo_res, "halo_res", {{&yb, "yb"}});
+    py::gil_scoped_release nogil;
+    ft::cpu::batchnorm_blocked_fwd_eval(px, pg, pb, prm, prv, static_cast<float>(eps), py_, g.N, g.C, g.H, g.W,
+                                        relu, pr, halo_x, halo_y, halo_res);
+  }, py::arg("xb"), py::arg("gamma"), py::arg("beta"), py::arg("running_mean"), py::arg("running_var"),
+     py::arg("eps"), py::arg("yb"), py::arg("relu") = false, py::arg("residual") = py::none(), py::kw_only(),
+     py::arg("halo_x") = 0, py::arg("halo_y") = 0, py::arg("halo_res") = 0);
+
+  m.def("batchnorm_blocked_bwd", [](py::array xb, py::array dyb, py::array gamma, py::array mean,
+                                    py::array invstd, py::array dxb, py::array dgamma, py::array dbeta,
+                                    py::object y, py::object dres, int64_t halo_x, int64_t halo_y,
+                                    int64_t halo_dx) {
+    const char* op = "batchnorm_blocked_bwd";
+    expect_ndim(op, "gamma", gamma, 1);
+    const Geo g = blocked_geo(op, "xb", xb, gamma.shape(0), halo_x, "halo_x");
+    for (auto [a, n] : {std::pair{&mean, "mean"}, {&invstd, "invstd"}, {&dgamma, "dgamma"}, {&dbeta, "dbeta"}})
+      expect_channels(op, n, *a, g.C);
+    expect_blocked(op, "dyb", dyb, g, 0, "dy's halo");
+    expect_blocked(op, "dxb", dxb, g, halo_dx, "halo_dx");
+    const float *px = ptr_of(xb, "xb"), *pdy = ptr_of(dyb, "dyb"), *pg = ptr_of(gamma, "gamma"),
+                *pm = ptr_of(mean, "mean"), *pi = ptr_of(invstd, "invstd");
+    float *pdx = ptr_of(dxb, "dxb"), *pdg = ptr_of(dgamma, "dgamma"), *pdb = ptr_of(dbeta, "dbeta");
+    // dx is written while x and dy are still read for later pixels of the same plane: no aliasing
+    FT_CHECK(pdx != px && pdx != pdy, op << "(dxb): expected an array distinct from xb and dyb, got the same one");
+    py::array ya, dr;
+    const float* pyo = optional_blocked(op, "y", y, ya, g, halo_y, "halo_y", {{&dxb, "dxb"}});
+    float* pdr = optional_blocked(op, "dres", dres, dr, g, 0, "dres's halo", {{&dxb, "dxb"}, {&dyb, "dyb"}});
+    py::gil_scoped_release nogil;
+    ft::cpu::batchnorm_blocked_bwd(px, pdy, pg, pm, pi, pdx, pdg, pdb, g.N, g.C, g.H, g.W, pyo, pdr, halo_x,
+                                   halo_y, halo_dx);
+  }, py::arg("xb"), py::arg("dyb"), py::arg("gamma"), py::arg("mean"), py::arg("invstd"), py::arg("dxb"),
+     py::arg("dgamma"), py::arg("dbeta"), py::arg("y") = py::none(), py::arg("dres") = py::none(), py::kw_only(),
+     py::arg("halo_x") = 0, py::arg("halo_y") = 0, py::arg("halo_dx") = 0);
+
+  m.def("blocked_repad", [](py::array xb, int64_t channels, int64_t halo_in, py::array yb, int64_t halo_out) {
+    const char* op = "blocked_repad";
+    FT_CHECK(channels >= 1, op << "(channels): expected >= 1, got " << channels);
+    const Geo g = blocked_geo(op, "xb", xb, channels, halo_in, "halo_in");
+    expect_blocked(op, "yb", yb, g, halo_out, "halo_out");
+    const float* px = ptr_of(xb, "xb");
+    float* py_ = ptr_of(yb, "yb");
+    FT_CHECK(px != py_, op << "(yb): expected an array distinct from xb, got the same one");
+    py::gil_scoped_release nogil;
+    ft::cpu::blocked_repad(px, py_, g.N, g.C, g.H, g.W, halo_in, halo_out);
+  }, py::arg("xb"), py::arg("channels"), py::arg("halo_in"), py::arg("yb"), py::arg("halo_out"));
+
+  m.def("global_avgpool_blocked_fwd", [](py::array xb, py::array y, int64_t channels, int64_t halo_x) {
+    const char* op = "global_avgpool_blocked_fwd";
+    FT_CHECK(channels >= 1, op << "(channels): expected >= 1, got " << channels);
+    const Geo g = blocked_geo(op, "xb", xb, channels, halo_x, "halo_x");
+    expect_shape(op, "y", y, {g.N, g.C});
+    const float* px = ptr_of(xb, "xb");
+    float* py_ = ptr_of(y, "y");
+    py::gil_scoped_release nogil;
+    ft::cpu::global_avgpool_blocked_fwd(px, py_, g.N, g.C, g.H, g.W, halo_x);
+  }, py::arg("xb"), py::arg("y"), py::arg("channels"), py::kw_only(), py::arg("halo_x") = 0);
+
+  m.def("global_avgpool_blocked_bwd", [](py::array dy, py::array dxb, int64_t halo_dx) {
+    const char* op = "global_avgpool_blocked_bwd";
+    expect_ndim(op, "dy", dy, 2);
+    const Geo g = blocked_geo(op, "dxb", dxb, dy.shape(1), halo_dx, "halo_dx");
+    expect_shape(op, "dy", dy, {g.N, g.C});
+    const float* pdy = ptr_of(dy, "dy");
+    float* pdx = ptr_of(dxb, "dxb");
+    py::gil_scoped_release nogil;
+    ft::cpu::global_avgpool_blocked_bwd(pdy, pdx, g.N, g.C, g.H, g.W, halo_dx);
+  }, py::arg("dy"), py::arg("dxb"), py::kw_only(), py::arg("halo_dx") = 0);
+
+  m.def("maxpool2d_blocked_fwd", [](py::array xb, py::array yb, py::array argmax, int64_t kh, int64_t kw,
+                                    int64_t sh, int64_t sw, int64_t ph, int64_t pw, bool ceil_mode, int64_t dh,
+                                    int64_t dw, int64_t halo_x, int64_t halo_y) {
+    const char* op = "maxpool2d_blocked_fwd";
+    const Geo g = blocked_geo(op, "xb", xb, 0, halo_x, "halo_x");
+    check_window(op, sh, sw, ph, pw);
+    FT_CHECK(dh >= 1 && dw >= 1, op << "(dil_h, dil_w): expected dilations >= 1, got (" << dh << ", " << dw << ")");
+    const Geo go{g.N, g.C, pool_extent(op, "height", g.H, kh, sh, ph, dh, ceil_mode),
+                 pool_extent(op, "width", g.W, kw, sw, pw, dw, ceil_mode)};
+    expect_blocked(op, "yb", yb, go, halo_y, "halo_y");
+    expect_shape(op, "argmax", argmax, {go.N, go.C / 16, go.H, go.W, 16});
+    FT_CHECK(argmax.writeable(), op << "(argmax): expected a writeable array");
+    const float* px = ptr_of(xb, "xb");
+    float* py_ = ptr_of(yb, "yb");
+    int64_t* pa = const_cast<int64_t*>(i64_ptr(argmax, "argmax"));
+    py::gil_scoped_release nogil;
+    ft::cpu::maxpool2d_blocked_fwd(px, py_, pa, g.N, g.C, g.H, g.W, go.H, go.W, kh, kw, sh, sw, ph, pw, dh, dw,
+                                   halo_x, halo_y);
+  }, py::arg("xb"), py::arg("yb"), py::arg("argmax"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
+     py::arg("ph"), py::arg("pw"), py::arg("ceil_mode") = false, py::arg("dil_h") = 1, py::arg("dil_w") = 1,
+     py::kw_only(), py::arg("halo_x") = 0, py::arg("halo_y") = 0);
+
+  m.def("maxpool2d_blocked_bwd", [](py::array dyb, py::array argmax, py::array dxb, int64_t halo_dx) {
+    const char* op = "maxpool2d_blocked_bwd";
+    const Geo go = blocked_geo(op, "dyb", dyb, 0, 0, "dy's halo");
+    const Geo g = blocked_geo(op, "dxb", dxb, 0, halo_dx, "halo_dx");
+    FT_CHECK(g.N == go.N && g.C == go.C, op << "(dxb): expected " << go.N << " images of " << go.C / 16
+                                             << " channel blocks (like dyb), got " << shape_str(dxb));
+    expect_shape(op, "argmax", argmax, {go.N, go.C / 16, go.H, go.W, 16});
+    const float* pdy = ptr_of(dyb, "dyb");
+    const int64_t* pa = i64_ptr(argmax, "argmax");
+    float* pdx = ptr_of(dxb, "dxb");
+    py::gil_scoped_release nogil;
+    ft::cpu::maxpool2d_blocked_bwd(pdy, pa, pdx, g.N, g.C, go.H, go.W, g.H, g.W, halo_dx);
+  }, py::arg("dyb"), py::arg("argmax"), py::arg("dxb"), py::kw_only(), py::arg("halo_dx") = 0);
+
+  m.def("avgpool2d_blocked_fwd", [](py::array xb, py::array yb, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                                    int64_t ph, int64_t pw, bool ceil_mode, bool count_include_pad,
+                                    int64_t halo_x, int64_t halo_y) {
+    const char* op = "avgpool2d_blocked_fwd";
+    const Geo g = blocked_geo(op, "xb", xb, 0, halo_x, "halo_x");
+    check_window(op, sh, sw, ph, pw);
+    const Geo go{g.N, g.C, pool_extent(op, "height", g.H, kh, sh, ph, 1, ceil_mode),
+                 pool_extent(op, "width", g.W, kw, sw, pw, 1, ceil_mode)};
+    expect_blocked(op, "yb", yb, go, halo_y, "halo_y");
+    const float* px = ptr_of(xb, "xb");
+    float* py_ = ptr_of(yb, "yb");
+    py::gil_scoped_release nogil;
+    ft::cpu::avgpool2d_blocked_fwd(px, py_, g.N, g.C, g.H, g.W, go.H, go.W, kh, kw, sh, sw, ph, pw,
+                                   count_include_pad, halo_x, halo_y);
+  }, py::arg("xb"), py::arg("yb"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
+     py::arg("pw"), py::arg("ceil_mode") = false, py::arg("count_include_pad") = true, py::kw_only(),
+     py::arg("halo_x") = 0, py::arg("halo_y") = 0);
+
+  m.def("avgpool2d_blocked_bwd", [](py::array dyb, py::array dxb, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                                    int64_t ph, int64_t pw, bool ceil_mode, bool count_include_pad,
+                                    int64_t halo_dx) {
+    const char* op = "avgpool2d_blocked_bwd";
+    const Geo g = blocked_geo(op, "dxb", dxb, 0, halo_dx, "halo_dx");
+    check_window(op, sh, sw, ph, pw);
+    const Geo go{g.N, g.C, pool_extent(op, "height", g.H, kh, sh, ph, 1, ceil_mode),
+                 pool_extent(op, "width", g.W, kw, sw, pw, 1, ceil_mode)};
+    expect_blocked(op, "dyb", dyb, go, 0, "dy's halo");
+    const float* pdy = ptr_of(dyb, "dyb");
+    float* pdx = ptr_of(dxb, "dxb");
+    py::gil_scoped_release nogil;
+    ft::cpu::avgpool2d_blocked_bwd(pdy, pdx, g.N, g.C, g.H, g.W, go.H, go.W, kh, kw, sh, sw, ph, pw,
+                                   count_include_pad, halo_dx);
+  }, py::arg("dyb"), py::arg("dxb"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
+     py::arg("pw"), py::arg("ceil_mode") = false, py::arg("count_include_pad") = true, py::kw_only(),
+     py::arg("halo_dx") = 0);
+}
+
+}  // namespace blocked_layout
+
 // ---- training ops: activations, optimizers, dropout, softmax cross-entropy ----
 namespace train_ops {
 
@@ -1018,4 +1265,5 @@ PYBIND11_MODULE(_C, m) {
   train_ops::bind(m);  // activations, optimizers, dropout, softmax cross-entropy
   dist_codecs::bind(m);  // gradient codecs of fasttrain.dist
   layers::bind(m);  // conv2d, linear, batchnorm, pooling
+  blocked_layout::bind(m);  // batchnorm and pooling on the direct convolution's blocked layout
 }

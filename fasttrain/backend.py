@@ -161,7 +161,10 @@ def available_backends_for(op: str) -> list[str]:
 
 # Kernel families: each module fasttrain/kernels/<family>.py lists its ops in `OPS` and holds
 # `<op>_ref` for each; backends use the same op names.
-FAMILIES = ("linear", "conv2d", "batchnorm", "dropout", "activations", "pooling", "losses", "optim")
+FAMILIES = ("linear", "conv2d", "batchnorm", "dropout", "activations", "pooling", "losses", "optim", "blocked")
+# The blocked layout's kernels exist only in C++ (and their reference): the layout flows between
+# the direct convolutions, which only the C++ backend has.
+CPP_ONLY_FAMILIES = ("blocked",)
 
 
 class _FamilyTable(dict):

@@ -186,6 +186,43 @@ void avgpool2d_bwd(const float* dy, float* dx, int64_t NC, int64_t H, int64_t W,
                    int64_t Q, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
                    int64_t pw, bool count_include_pad = true);
 
+// blocked.cpp: batch norm, pooling and the halo copy on the direct convolution's blocked layout
+// [N][ceil(C/16)][H + 2h][W + 2h][16] (h: each array's halo, a zero border; H, W: the interior).
+// Same semantics as the NCHW kernels above; every output's halo is written (zeros) and its pad
+// lanes stay zero. dy / dres of the backward kernels have no halo; argmax is
+// [N][ceil(C/16)][P][Q][16] of flat interior indices h*W + w (the NCHW kernel's). stats: (2, C)
+// double [sum, sum of squares] of x's interior, or nullptr to compute them (shifted sums). Follow
+// set_conv2d_isa's instruction set.
+void batchnorm_blocked_fwd_train(const float* x, const float* gamma, const float* beta, float eps,
+                                 float* y, float* mean, float* invstd, int64_t N, int64_t C, int64_t H,
+                                 int64_t W, bool relu, const float* residual, const double* stats,
+                                 int64_t hx, int64_t hy, int64_t hr);
+void batchnorm_blocked_fwd_eval(const float* x, const float* gamma, const float* beta,
+                                const float* running_mean, const float* running_var, float eps, float* y,
+                                int64_t N, int64_t C, int64_t H, int64_t W, bool relu,
+                                const float* residual, int64_t hx, int64_t hy, int64_t hr);
+void batchnorm_blocked_bwd(const float* x, const float* dy, const float* gamma, const float* mean,
+                           const float* invstd, float* dx, float* dgamma, float* dbeta, int64_t N,
+                           int64_t C, int64_t H, int64_t W, const float* y, float* dres, int64_t hx,
+                           int64_t hy, int64_t hdx);
+void blocked_repad(const float* x, float* y, int64_t N, int64_t C, int64_t H, int64_t W, int64_t hin,
+                   int64_t hout);
+void global_avgpool_blocked_fwd(const float* x, float* y, int64_t N, int64_t C, int64_t H, int64_t W,
+                                int64_t hx);
+void global_avgpool_blocked_bwd(const float* dy, float* dx, int64_t N, int64_t C, int64_t H, int64_t W,
+                                int64_t hdx);
+void maxpool2d_blocked_fwd(const float* x, float* y, int64_t* argmax, int64_t N, int64_t C, int64_t H,
+                           int64_t W, int64_t P, int64_t Q, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                           int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t hx, int64_t hy);
+void maxpool2d_blocked_bwd(const float* dy, const int64_t* argmax, float* dx, int64_t N, int64_t C,
+                           int64_t P, int64_t Q, int64_t H, int64_t W, int64_t hdx);
+void avgpool2d_blocked_fwd(const float* x, float* y, int64_t N, int64_t C, int64_t H, int64_t W, int64_t P,
+                           int64_t Q, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                           bool count_include_pad, int64_t hx, int64_t hy);
+void avgpool2d_blocked_bwd(const float* dy, float* dx, int64_t N, int64_t C, int64_t H, int64_t W, int64_t P,
+                           int64_t Q, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                           bool count_include_pad, int64_t hdx);
+
 // codecs.cpp (dist gradient codecs; residual may be null, else error feedback is fused in)
 void codec_half_encode(const float* x, float* residual, uint16_t* out, int64_t n, bool bf16);
 void codec_half_decode(const uint16_t* in, float* out, int64_t n, bool bf16);

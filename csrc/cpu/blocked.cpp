@@ -1,0 +1,293 @@
+// Batch normalization, pooling and the halo copy on the blocked layout (blocked.h), around the
+// per-plane kernels of blocked_kernels.h.
+//
+// Threads: every pass is a loop over planes (image n, channel block cb), shared out statically.
+// Per-channel sums are computed per plane (float within a row, double across rows) into their own
+// slot, then added over the images in image order, so results are bit-identical for every thread
+// count. Batch-norm statistics follow batchnorm.cpp: sums of d = x - K and d^2 with the shift
+// K = the channel's first value ("shifted data", Chan, Golub & LeVeque 1983), so the variance
+// E[d^2] - E[d]^2 does not cancel when |mean| >> std.
+//
+// Outputs: every kernel writes its output's halo (zeros), so callers may allocate with np.empty.
+// Pad lanes of outputs are zero when those of the inputs are (per-channel constants are zero
+// there: y = 0 * x + 0, dx = 0 * (...)); the kernels never read or write an input's halo.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "blocked.h"
+#include "fasttrain/check.h"
+#include "fasttrain/cpu.h"
+
+namespace ft::cpu {
+namespace blocked {
+namespace {
+
+// The instruction set the direct convolution runs (set_conv2d_isa forces both).
+const Isa& isa() {
+  const std::string name = conv2d_isa();
+  const Isa* p = name == "avx512" ? isa_avx512() : name == "avx2" ? isa_avx2() : isa_portable();
+  return p ? *p : *isa_portable();
+}
+
+int64_t blocks(int64_t c) { return (c + kLanes - 1) / kLanes; }
+
+// One blocked array: [N][Cb][H + 2h][W + 2h][16].
+struct Arr {
+  int64_t Cb, H, W, h;
+  int64_t row() const { return (W + 2 * h) * kLanes; }
+  int64_t plane() const { return (H + 2 * h) * row(); }
+  int64_t interior(int64_t t) const { return t * plane() + h * row() + h * kLanes; }  // t = n * Cb + cb
+  In in(const float* base, int64_t t) const { return {base ? base + interior(t) : nullptr, row()}; }
+  Out out(float* base, int64_t t) const { return {base ? base + interior(t) : nullptr, row()}; }
+};
+
+// Zero the halo of plane t of `a` (the interior is the caller's).
+void zero_halo(const Arr& a, float* base, int64_t t) {
+  if (a.h == 0) return;
+  float* pl = base + t * a.plane();
+  const int64_t row = a.row(), side = a.h * kLanes;
+  std::memset(pl, 0, sizeof(float) * a.h * row);
+  std::memset(pl + (a.h + a.H) * row, 0, sizeof(float) * a.h * row);
+  for (int64_t r = a.h; r < a.h + a.H; ++r) {
+    std::memset(pl + r * row, 0, sizeof(float) * side);
+    std::memset(pl + r * row + row - side, 0, sizeof(float) * side);
+  }
+}
+
+// Per-plane partial sums: slot t holds `k` vectors of 16 doubles.
+struct Partials {
+  std::vector<double> v;
+  int k;
+  Partials(int64_t planes, int k_) : v(static_cast<size_t>(planes) * k_ * kLanes, 0.0), k(k_) {}
+  double* at(int64_t t, int j) { return v.data() + (t * k + j) * kLanes; }
+  // sum over the images, in image order, of channel block cb's vector j, lane l
+  double total(int64_t N, int64_t Cb, int64_t cb, int j, int l) {
+    double s = 0.0;
+    for (int64_t n = 0; n < N; ++n) s += at(n * Cb + cb, j)[l];
+    return s;
+  }
+};
+
+// y = relu?(x * a + b + res?) over every plane, halo of y zeroed; a, b: Cb * 16 floats.
+void apply(const Isa& k, const float* x, const Arr& ax, const float* res, const Arr& ar, float* y,
+           const Arr& ay, int64_t T, const float* a, const float* b, bool relu) {
+#pragma omp for schedule(static)
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t cb = t % ax.Cb;
+    k.bn_apply(ax.in(x, t), ar.in(res, t), ay.out(y, t), ax.H, ax.W, a + cb * kLanes, b + cb * kLanes, relu);
+    zero_halo(ay, y, t);
+  }
+}
+
+}  // namespace
+}  // namespace blocked
+
+using blocked::Arr;
+using blocked::kLanes;
+
+void batchnorm_blocked_fwd_train(const float* x, const float* gamma, const float* beta, float eps,
+                                 float* y, float* mean, float* invstd, int64_t N, int64_t C, int64_t H,
+                                 int64_t W, bool relu, const float* residual, const double* stats,
+                                 int64_t hx, int64_t hy, int64_t hr) {
+  const blocked::Isa& k = blocked::isa();
+  const int64_t Cb = blocked::blocks(C), T = N * Cb;
+  const Arr ax{Cb, H, W, hx}, ay{Cb, H, W, hy}, ar{Cb, H, W, hr};
+  const double M = static_cast<double>(N) * H * W;
+  std::vector<float> shift(Cb * kLanes, 0.f), a(Cb * kLanes, 0.f), b(Cb * kLanes, 0.f);
+  if (!stats && N > 0)
+    for (int64_t c = 0; c < C; ++c) shift[c] = x[ax.interior(c / kLanes) + c % kLanes];
+  blocked::Partials part(stats ? 0 : T, 2);
+#pragma omp parallel num_threads(num_threads())
+  {
+    if (!stats) {
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < T; ++t)
+        k.bn_sums(ax.in(x, t), H, W, shift.data() + (t % Cb) * kLanes, part.at(t, 0), part.at(t, 1));
+    }
+#pragma omp single
+    for (int64_t c = 0; c < C; ++c) {
+      double mu, var;
+      if (stats) {  // raw sums from the convolution's epilogue, accumulated in double there
+        mu = stats[c] / M;
+        var = stats[C + c] / M - mu * mu;
+      } else {
+        const double dm = part.total(N, Cb, c / kLanes, 0, c % kLanes) / M;
+        mu = shift[c] + dm;
+        var = part.total(N, Cb, c / kLanes, 1, c % kLanes) / M - dm * dm;
+      }
+      const double is = 1.0 / std::sqrt(std::max(var, 0.0) + eps);
+      mean[c] = static_cast<float>(mu);
+      invstd[c] = static_cast<float>(is);
+      const double ac = gamma[c] * is;
+      a[c] = static_cast<float>(ac);
+      b[c] = static_cast<float>(beta[c] - mu * ac);
+    }
+    blocked::apply(k, x, ax, residual, ar, y, ay, T, a.data(), b.data(), relu);
+  }
+}
+
+void batchnorm_blocked_fwd_eval(const float* x, const float* gamma, const float* beta,
+                                const float* running_mean, const float* running_var, float eps, float* y,
+                                int64_t N, int64_t C, int64_t H, int64_t W, bool relu,
+                                const float* residual, int64_t hx, int64_t hy, int64_t hr) {
+  const int64_t Cb = blocked::blocks(C);
+  std::vector<float> a(Cb * kLanes, 0.f), b(Cb * kLanes, 0.f);
+  for (int64_t c = 0; c < C; ++c) {
+    const double ac = gamma[c] / std::sqrt(static_cast<double>(running_var[c]) + eps);
+    a[c] = static_cast<float>(ac);
+    b[c] = static_cast<float>(beta[c] - running_mean[c] * ac);
+  }
+  const blocked::Isa& k = blocked::isa();
+#pragma omp parallel num_threads(num_threads())
+  blocked::apply(k, x, {Cb, H, W, hx}, residual, {Cb, H, W, hr}, y, {Cb, H, W, hy}, N * Cb, a.data(),
+                 b.data(), relu);
+}
+
+void batchnorm_blocked_bwd(const float* x, const float* dy, const float* gamma, const float* mean,
+                           const float* invstd, float* dx, float* dgamma, float* dbeta, int64_t N,
+                           int64_t C, int64_t H, int64_t W, const float* y, float* dres, int64_t hx,
+                           int64_t hy, int64_t hdx) {
+  const blocked::Isa& k = blocked::isa();
+  const int64_t Cb = blocked::blocks(C), T = N * Cb;
+  const Arr ax{Cb, H, W, hx}, ay{Cb, H, W, hy}, adx{Cb, H, W, hdx}, a0{Cb, H, W, 0};
+  const double M = static_cast<double>(N) * H * W;
+  std::vector<float> mu(Cb * kLanes, 0.f), kk(Cb * kLanes, 0.f), m1(Cb * kLanes, 0.f), m2(Cb * kLanes, 0.f);
+  std::copy(mean, mean + C, mu.begin());
+  blocked::Partials part(T, 2);
+#pragma omp parallel num_threads(num_threads())
+  {
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < T; ++t)
+      k.bn_bwd_sums(ax.in(x, t), a0.in(dy, t), ay.in(y, t), H, W, mu.data() + (t % Cb) * kLanes,
+                    part.at(t, 0), part.at(t, 1));
+#pragma omp single
+    for (int64_t c = 0; c < C; ++c) {
+      const double sdy = part.total(N, Cb, c / kLanes, 0, c % kLanes);
+      const double sdyxhat = part.total(N, Cb, c / kLanes, 1, c % kLanes) * invstd[c];
+      dbeta[c] += static_cast<float>(sdy);
+      dgamma[c] += static_cast<float>(sdyxhat);
+      kk[c] = static_cast<float>(gamma[c] * static_cast<double>(invstd[c]));
+      m1[c] = static_cast<float>(sdy / M);
+      m2[c] = static_cast<float>(sdyxhat / M * invstd[c]);
+    }
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t o = (t % Cb) * kLanes;
+      k.bn_bwd_dx(ax.in(x, t), a0.in(dy, t), ay.in(y, t), adx.out(dx, t), a0.out(dres, t), H, W,
+                  mu.data() + o, kk.data() + o, m1.data() + o, m2.data() + o);
+      blocked::zero_halo(adx, dx, t);
+    }
+  }
+}
+
+void blocked_repad(const float* x, float* y, int64_t N, int64_t C, int64_t H, int64_t W, int64_t hin,
+                   int64_t hout) {
+  const int64_t Cb = blocked::blocks(C);
+  const Arr ax{Cb, H, W, hin}, ay{Cb, H, W, hout};
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t t = 0; t < N * Cb; ++t) {
+    for (int64_t h = 0; h < H; ++h)
+      std::memcpy(y + ay.interior(t) + h * ay.row(), x + ax.interior(t) + h * ax.row(), sizeof(float) * W * kLanes);
+    blocked::zero_halo(ay, y, t);
+  }
+}
+
+void global_avgpool_blocked_fwd(const float* x, float* y, int64_t N, int64_t C, int64_t H, int64_t W,
+                                int64_t hx) {
+  const blocked::Isa& k = blocked::isa();
+  const int64_t Cb = blocked::blocks(C);
+  const Arr ax{Cb, H, W, hx};
+  const double inv = 1.0 / (static_cast<double>(H) * W);
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t t = 0; t < N * Cb; ++t) {
+    double s[kLanes] = {};
+    k.plane_sum(ax.in(x, t), H, W, s);
+    const int64_t n = t / Cb, c0 = (t % Cb) * kLanes;
+    for (int64_t l = 0; l < kLanes && c0 + l < C; ++l) y[n * C + c0 + l] = static_cast<float>(s[l] * inv);
+  }
+}
+
+void global_avgpool_blocked_bwd(const float* dy, float* dx, int64_t N, int64_t C, int64_t H, int64_t W,
+                                int64_t hdx) {
+  const blocked::Isa& k = blocked::isa();
+  const int64_t Cb = blocked::blocks(C);
+  const Arr adx{Cb, H, W, hdx};
+  const float inv = static_cast<float>(1.0 / (static_cast<double>(H) * W));
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t t = 0; t < N * Cb; ++t) {
+    float v[kLanes] = {};
+    const int64_t n = t / Cb, c0 = (t % Cb) * kLanes;
+    for (int64_t l = 0; l < kLanes && c0 + l < C; ++l) v[l] = dy[n * C + c0 + l] * inv;
+    k.plane_fill(adx.out(dx, t), H, W, v);
+    blocked::zero_halo(adx, dx, t);
+  }
+}
+
+void maxpool2d_blocked_fwd(const float* x, float* y, int64_t* argmax, int64_t N, int64_t C, int64_t H,
+                           int64_t W, int64_t P, int64_t Q, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                           int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t hx, int64_t hy) {
+  const blocked::Isa& k = blocked::isa();
+  const int64_t Cb = blocked::blocks(C);
+  const Arr ax{Cb, H, W, hx}, ay{Cb, P, Q, hy};
+  const blocked::PoolGeom g{H, W, P, Q, kh, kw, sh, sw, ph, pw, dh, dw, true};
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t t = 0; t < N * Cb; ++t) {
+    k.maxpool_fwd(ax.in(x, t), ay.out(y, t), argmax + t * P * Q * kLanes, g);
+    blocked::zero_halo(ay, y, t);
+  }
+}
+
+void maxpool2d_blocked_bwd(const float* dy, const int64_t* argmax, float* dx, int64_t N, int64_t C,
+                           int64_t P, int64_t Q, int64_t H, int64_t W, int64_t hdx) {
+  const blocked::Isa& k = blocked::isa();
+  const int64_t Cb = blocked::blocks(C);
+  const Arr adx{Cb, H, W, hdx}, ady{Cb, P, Q, 0};
+  std::vector<int64_t> offset(H * W);  // interior pixel index -> floats from the plane's interior origin
+  for (int64_t i = 0; i < H * W; ++i) offset[i] = (i / W) * adx.row() + (i % W) * kLanes;
+  int64_t bad = -1;  // the first plane holding an index outside [0, H*W)
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t t = 0; t < N * Cb; ++t) {
+    std::memset(dx + t * adx.plane(), 0, sizeof(float) * adx.plane());
+    if (!k.maxpool_bwd(ady.in(dy, t), argmax + t * P * Q * kLanes, dx + adx.interior(t), offset.data(),
+                       P * Q, H * W)) {
+#pragma omp critical(ft_maxpool_blocked_bad)
+      if (bad < 0 || t < bad) bad = t;
+    }
+  }
+  FT_CHECK(bad < 0, "maxpool2d_blocked_bwd(argmax): expected indices in [0, " << H * W
+                        << ") (the forward's), got one outside in plane (n=" << bad / Cb
+                        << ", channel block " << bad % Cb << ")");
+}
+
+void avgpool2d_blocked_fwd(const float* x, float* y, int64_t N, int64_t C, int64_t H, int64_t W, int64_t P,
+                           int64_t Q, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                           bool count_include_pad, int64_t hx, int64_t hy) {
+  const blocked::Isa& k = blocked::isa();
+  const int64_t Cb = blocked::blocks(C);
+  const Arr ax{Cb, H, W, hx}, ay{Cb, P, Q, hy};
+  const blocked::PoolGeom g{H, W, P, Q, kh, kw, sh, sw, ph, pw, 1, 1, count_include_pad};
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t t = 0; t < N * Cb; ++t) {
+    k.avgpool_fwd(ax.in(x, t), ay.out(y, t), g);
+    blocked::zero_halo(ay, y, t);
+  }
+}
+
+void avgpool2d_blocked_bwd(const float* dy, float* dx, int64_t N, int64_t C, int64_t H, int64_t W, int64_t P,
+                           int64_t Q, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                           bool count_include_pad, int64_t hdx) {
+  const blocked::Isa& k = blocked::isa();
+  const int64_t Cb = blocked::blocks(C);
+  const Arr adx{Cb, H, W, hdx}, ady{Cb, P, Q, 0};
+  const blocked::PoolGeom g{H, W, P, Q, kh, kw, sh, sw, ph, pw, 1, 1, count_include_pad};
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t t = 0; t < N * Cb; ++t) {
+    std::memset(dx + t * adx.plane(), 0, sizeof(float) * adx.plane());
+    k.avgpool_bwd(ady.in(dy, t), adx.out(dx, t), g);
+  }
+}
+
+}  // namespace ft::cpu

@@ -1,0 +1,247 @@
+// The per-plane kernels of blocked.h, written once over a 16-float vector (GCC/Clang vector
+// extensions: one zmm with AVX-512, two ymm with AVX2, whatever the target has otherwise) and
+// compiled by each blocked_<isa>.cpp with its own flags. Everything here is in an anonymous
+// namespace on purpose: each including file gets its own internal copy, so the linker can never
+// hand the AVX-512 instantiation to the AVX2 or portable path.
+//
+// Sums over a plane are float within one image row (16 lanes of vector adds) and double across
+// rows, so the float part never adds more than a row's W values.
+#pragma once
+#include <algorithm>
+#include <cstring>
+#include <limits>
+
+#include "blocked.h"
+
+namespace ft::cpu::blocked {
+namespace {
+
+using vf = float __attribute__((vector_size(64)));
+using vi = int32_t __attribute__((vector_size(64)));
+using vl = int64_t __attribute__((vector_size(128)));
+
+inline vf ld(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof v);  // unaligned: NumPy aligns arrays to 16 bytes, not 64
+  return v;
+}
+inline void st(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+inline vf splat(float s) { return vf{} + s; }
+inline void add_to(double* acc, vf v) {
+  for (int l = 0; l < kLanes; ++l) acc[l] += v[l];
+}
+
+void bn_sums(In x, int64_t H, int64_t W, const float* shift, double* s, double* s2) {
+  const vf k = ld(shift);
+  for (int64_t h = 0; h < H; ++h) {
+    const float* r = x.p + h * x.row;
+    vf a = {}, a2 = {};
+    for (int64_t w = 0; w < W; ++w) {
+      const vf d = ld(r + w * kLanes) - k;
+      a += d;
+      a2 += d * d;
+    }
+    add_to(s, a);
+    add_to(s2, a2);
+  }
+}
+
+template <bool kRelu, bool kRes>
+void bn_apply_t(In x, In res, Out y, int64_t H, int64_t W, const float* a_, const float* b_) {
+  const vf a = ld(a_), b = ld(b_), zero = {};
+  for (int64_t h = 0; h < H; ++h) {
+    const float* xr = x.p + h * x.row;
+    const float* rr = kRes ? res.p + h * res.row : nullptr;
+    float* yr = y.p + h * y.row;
+    for (int64_t w = 0; w < W; ++w) {
+      vf v = ld(xr + w * kLanes) * a + b;
+      if constexpr (kRes) v += ld(rr + w * kLanes);
+      if constexpr (kRelu) v = v < zero ? zero : v;  // NaN kept, like relu_fwd
+      st(yr + w * kLanes, v);
+    }
+  }
+}
+
+void bn_apply(In x, In res, Out y, int64_t H, int64_t W, const float* a, const float* b, bool relu) {
+  if (relu && res.p)
+    bn_apply_t<true, true>(x, res, y, H, W, a, b);
+  else if (relu)
+    bn_apply_t<true, false>(x, res, y, H, W, a, b);
+  else if (res.p)
+    bn_apply_t<false, true>(x, res, y, H, W, a, b);
+  else
+    bn_apply_t<false, false>(x, res, y, H, W, a, b);
+}
+
+// The gradient reaching the normalization: dy, or with the fused ReLU dy where its output y > 0.
+template <bool kRelu>
+inline vf grad_in(const float* dy, const float* y) {
+  const vf d = ld(dy);
+  if constexpr (kRelu) {
+    const vf zero = {};
+    return ld(y) > zero ? d : zero;
+  }
+  return d;
+}
+
+template <bool kRelu>
+void bn_bwd_sums_t(In x, In dy, In y, int64_t H, int64_t W, const float* mu_, double* sdy, double* sdyx) {
+  const vf mu = ld(mu_);
+  for (int64_t h = 0; h < H; ++h) {
+    const float *xr = x.p + h * x.row, *dr = dy.p + h * dy.row, *yr = kRelu ? y.p + h * y.row : nullptr;
+    vf a = {}, a2 = {};
+    for (int64_t w = 0; w < W; ++w) {
+      const vf g = grad_in<kRelu>(dr + w * kLanes, kRelu ? yr + w * kLanes : nullptr);
+      a += g;
+      a2 += g * (ld(xr + w * kLanes) - mu);
+    }
+    add_to(sdy, a);
+    add_to(sdyx, a2);
+  }
+}
+
+void bn_bwd_sums(In x, In dy, In y, int64_t H, int64_t W, const float* mu, double* sdy, double* sdyx) {
+  if (y.p)
+    bn_bwd_sums_t<true>(x, dy, y, H, W, mu, sdy, sdyx);
+  else
+    bn_bwd_sums_t<false>(x, dy, y, H, W, mu, sdy, sdyx);
+}
+
+template <bool kRelu, bool kRes>
+void bn_bwd_dx_t(In x, In dy, In y, Out dx, Out dres, int64_t H, int64_t W, const float* mu_,
+                 const float* k_, const float* m1_, const float* m2_) {
+  const vf mu = ld(mu_), k = ld(k_), m1 = ld(m1_), m2 = ld(m2_);
+  for (int64_t h = 0; h < H; ++h) {
+    const float *xr = x.p + h * x.row, *dr = dy.p + h * dy.row, *yr = kRelu ? y.p + h * y.row : nullptr;
+    float* dxr = dx.p + h * dx.row;
+    float* drr = kRes ? dres.p + h * dres.row : nullptr;
+    for (int64_t w = 0; w < W; ++w) {
+      const vf g = grad_in<kRelu>(dr + w * kLanes, kRelu ? yr + w * kLanes : nullptr);
+      if constexpr (kRes) st(drr + w * kLanes, g);
+      st(dxr + w * kLanes, k * (g - m1 - (ld(xr + w * kLanes) - mu) * m2));
+    }
+  }
+}
+
+void bn_bwd_dx(In x, In dy, In y, Out dx, Out dres, int64_t H, int64_t W, const float* mu,
+               const float* k, const float* m1, const float* m2) {
+  if (y.p && dres.p)
+    bn_bwd_dx_t<true, true>(x, dy, y, dx, dres, H, W, mu, k, m1, m2);
+  else if (y.p)
+    bn_bwd_dx_t<true, false>(x, dy, y, dx, dres, H, W, mu, k, m1, m2);
+  else if (dres.p)
+    bn_bwd_dx_t<false, true>(x, dy, y, dx, dres, H, W, mu, k, m1, m2);
+  else
+    bn_bwd_dx_t<false, false>(x, dy, y, dx, dres, H, W, mu, k, m1, m2);
+}
+
+void plane_sum(In x, int64_t H, int64_t W, double* s) {
+  for (int64_t h = 0; h < H; ++h) {
+    const float* r = x.p + h * x.row;
+    vf a = {};
+    for (int64_t w = 0; w < W; ++w) a += ld(r + w * kLanes);
+    add_to(s, a);
+  }
+}
+
+void plane_fill(Out y, int64_t H, int64_t W, const float* v_) {
+  const vf v = ld(v_);
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t w = 0; w < W; ++w) st(y.p + h * y.row + w * kLanes, v);
+}
+
+// The taps i of a window starting at `start` (tap i at start + i*d) that lie in [0, n): [lo, hi).
+inline void real_taps(int64_t start, int64_t k, int64_t d, int64_t n, int64_t& lo, int64_t& hi) {
+  lo = start >= 0 ? 0 : (-start + d - 1) / d;
+  hi = start >= n ? 0 : std::min(k, (n - 1 - start) / d + 1);
+  if (hi < lo) hi = lo;
+}
+
+// Strict >: the first maximum in row-major tap order wins, and the index starts at the first real
+// tap, so a window of -inf (or NaN) still names a real element, as in the NCHW kernel.
+void maxpool_fwd(In x, Out y, int64_t* argmax, const PoolGeom& g) {
+  for (int64_t p = 0; p < g.P; ++p) {
+    const int64_t h0 = p * g.sh - g.ph;
+    int64_t r0, r1;
+    real_taps(h0, g.kh, g.dh, g.H, r0, r1);
+    for (int64_t q = 0; q < g.Q; ++q) {
+      const int64_t w0 = q * g.sw - g.pw;
+      int64_t s0, s1;
+      real_taps(w0, g.kw, g.dw, g.W, s0, s1);
+      vf best = splat(-std::numeric_limits<float>::infinity());
+      vi at = vi{} + static_cast<int32_t>((h0 + r0 * g.dh) * g.W + w0 + s0 * g.dw);
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t h = h0 + r * g.dh;
+        for (int64_t s = s0; s < s1; ++s) {
+          const int64_t w = w0 + s * g.dw;
+          const vf v = ld(x.p + h * x.row + w * kLanes);
+          const vi gt = v > best;
+          best = gt ? v : best;
+          at = gt ? vi{} + static_cast<int32_t>(h * g.W + w) : at;
+        }
+      }
+      st(y.p + p * y.row + q * kLanes, best);
+      const vl at64 = __builtin_convertvector(at, vl);
+      std::memcpy(argmax + (p * g.Q + q) * kLanes, &at64, sizeof at64);
+    }
+  }
+}
+
+bool maxpool_bwd(In dy, const int64_t* argmax, float* dx, const int64_t* offset, int64_t PQ, int64_t HW) {
+  const int64_t Q = dy.row / kLanes;  // dy has no halo: a row is Q pixels
+  for (int64_t i = 0; i < PQ; ++i) {
+    const int64_t* at = argmax + i * kLanes;
+    const float* d = dy.p + (i / Q) * dy.row + (i % Q) * kLanes;
+    bool ok = true;
+    for (int l = 0; l < kLanes; ++l) ok &= static_cast<uint64_t>(at[l]) < static_cast<uint64_t>(HW);
+    if (!ok) return false;
+    // lanes never collide (each writes its own channel), so the scatter is safe to vectorize
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) dx[offset[at[l]] + l] += d[l];
+  }
+  return true;
+}
+
+// The divisor of the average over the window at (h0, w0) (the NCHW kernel's rule).
+inline float avg_divisor(int64_t h0, int64_t w0, const PoolGeom& g) {
+  if (g.count_include_pad)
+    return static_cast<float>((std::min(h0 + g.kh, g.H + g.ph) - h0) * (std::min(w0 + g.kw, g.W + g.pw) - w0));
+  return static_cast<float>((std::min(h0 + g.kh, g.H) - std::max<int64_t>(h0, 0)) *
+                            (std::min(w0 + g.kw, g.W) - std::max<int64_t>(w0, 0)));
+}
+
+void avgpool_fwd(In x, Out y, const PoolGeom& g) {
+  for (int64_t p = 0; p < g.P; ++p) {
+    const int64_t hs = p * g.sh - g.ph, h0 = std::max<int64_t>(hs, 0), h1 = std::min(hs + g.kh, g.H);
+    for (int64_t q = 0; q < g.Q; ++q) {
+      const int64_t ws = q * g.sw - g.pw, w0 = std::max<int64_t>(ws, 0), w1 = std::min(ws + g.kw, g.W);
+      vf s = {};
+      for (int64_t h = h0; h < h1; ++h)
+        for (int64_t w = w0; w < w1; ++w) s += ld(x.p + h * x.row + w * kLanes);
+      st(y.p + p * y.row + q * kLanes, s / splat(avg_divisor(hs, ws, g)));
+    }
+  }
+}
+
+void avgpool_bwd(In dy, Out dx, const PoolGeom& g) {
+  for (int64_t p = 0; p < g.P; ++p) {
+    const int64_t hs = p * g.sh - g.ph, h0 = std::max<int64_t>(hs, 0), h1 = std::min(hs + g.kh, g.H);
+    for (int64_t q = 0; q < g.Q; ++q) {
+      const int64_t ws = q * g.sw - g.pw, w0 = std::max<int64_t>(ws, 0), w1 = std::min(ws + g.kw, g.W);
+      const vf d = ld(dy.p + p * dy.row + q * kLanes) / splat(avg_divisor(hs, ws, g));
+      for (int64_t h = h0; h < h1; ++h)
+        for (int64_t w = w0; w < w1; ++w) {
+          float* o = dx.p + h * dx.row + w * kLanes;
+          st(o, ld(o) + d);
+        }
+    }
+  }
+}
+
+constexpr Isa make_isa(const char* name) {
+  return Isa{name, &bn_sums, &bn_apply, &bn_bwd_sums, &bn_bwd_dx, &plane_sum, &plane_fill,
+             &maxpool_fwd, &maxpool_bwd, &avgpool_fwd, &avgpool_bwd};
+}
+
+}  // namespace
+}  // namespace ft::cpu::blocked

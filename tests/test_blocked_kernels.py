@@ -1,0 +1,368 @@
+"""Batch norm and pooling on the blocked layout (csrc/cpu/blocked*.cpp) held to their reference
+(fasttrain/kernels/blocked.py: to NCHW -> the NCHW reference -> back to blocked).
+
+Every instruction-set path is forced in turn (set_conv2d_isa also picks these kernels), on channel
+counts around the 16-lane block (1, 3, 5, 16, 17, 33), images from 1x1 to 33x33, halos 0/1/2 on
+each array independently, batch 1 and 3, and every option (fused ReLU, residual, precomputed
+statistics, pooling's ceil mode / padding / dilation / divisor rule). Inputs carry NaN in their
+halos (a kernel must never read them) and outputs start as NaN (a kernel must write every element,
+its halo's zeros included); the layout's invariants, zero halo and zero pad lanes, are checked
+exactly. Results must be bit-identical for 1, 2 and 3 threads.
+"""
+import itertools
+
+import numpy as np
+import pytest
+
+C = pytest.importorskip("fasttrain._C", reason="C++ module not built")
+
+from fasttrain import backend  # noqa: E402
+from fasttrain.kernels import blocked as ref  # noqa: E402
+
+f32 = np.float32
+
+
+def _isa_available(name):
+    try:
+        C.set_conv2d_isa(name)
+    except ValueError:
+        return False
+    finally:
+        C.set_conv2d_isa("auto")
+    return True
+
+
+ISAS = [pytest.param(n, marks=pytest.mark.skipif(not _isa_available(n), reason=f"no {n} on this CPU/build"))
+        for n in ("avx512", "avx2", "portable")]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    C.set_conv2d_isa(request.param)
+    yield request.param
+    C.set_conv2d_isa("auto")
+
+
+@pytest.fixture
+def threads():
+    before = C.num_threads()
+    yield C.set_num_threads
+    C.set_num_threads(before)
+
+
+# (N, C, H, W) over C in {1, 3, 5, 16, 17, 33} x (H, W) from {1, 2, 7, 33}, batch 1 and 3 alternating
+HWS = [(1, 1), (2, 7), (7, 33), (33, 2)]
+SHAPES = [(1 + 2 * (i % 2), c, h, w) for i, (c, (h, w)) in enumerate(itertools.product((1, 3, 5, 16, 17, 33), HWS))]
+# halos of (input, output, third array), cycled over the shapes
+HALOS = [(0, 0, 0), (1, 0, 2), (2, 1, 0), (0, 2, 1), (1, 1, 1)]
+
+
+def _ids(cases):
+    return ["x".join(map(str, c)) for c in cases]
+
+
+def blocked_input(x, halo):
+    """x (N, C, H, W) in the blocked layout, pad lanes zero, halo NaN (never to be read)."""
+    xb = ref.to_blocked(x.astype(f32), halo)
+    if halo:
+        border = np.ones(xb.shape[2:4], bool)
+        border[halo:-halo, halo:-halo] = False
+        xb[:, :, border, :] = np.nan
+    return xb
+
+
+def nan_like(shape):
+    return np.full(shape, np.nan, f32)
+
+
+def blocked_shape(n, c, h, w, halo):
+    return (n, -(-c // 16), h + 2 * halo, w + 2 * halo, 16)
+
+
+def assert_invariants(ab, c, halo, what):
+    """The halo and the pad lanes of an output are exactly zero."""
+    inner = np.zeros(ab.shape[2:4], bool)
+    inner[halo:ab.shape[2] - halo, halo:ab.shape[3] - halo] = True
+    assert np.all(ab[:, :, ~inner, :] == 0), f"{what}: halo not zero"
+    assert np.all(ab[:, -1, ..., c % 16:] == 0) if c % 16 else True, f"{what}: pad lanes not zero"
+
+
+def assert_close(got, want, what, rtol=2e-5, scale=0.0):
+    """|got - want| <= rtol * max(|want|, scale) elementwise at worst (scale: the size of the terms
+    float32 rounds when they are larger than the result)."""
+    want = np.asarray(want, np.float64)
+    scale = max(float(np.abs(want).max()) if want.size else 0.0, scale, 1e-30)
+    err = np.abs(got.astype(np.float64) - want)
+    worst = np.unravel_index(np.argmax(err), err.shape) if err.size else ()
+    assert not np.isnan(got).any(), f"{what}: NaN in the output"
+    assert err.max(initial=0.0) <= rtol * scale, (
+        f"{what}: max error {err.max():.3g} at {worst} (got {got[worst]}, want {want[worst]}), scale {scale:.3g}")
+
+
+def bn_arrays(n, c, h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, c, h, w)) * 2 + 0.5).astype(f32)
+    return dict(x=x, res=rng.standard_normal((n, c, h, w)).astype(f32),
+                dy=rng.standard_normal((n, c, h, w)).astype(f32),
+                gamma=rng.uniform(0.5, 1.5, c).astype(f32), beta=rng.standard_normal(c).astype(f32),
+                rmean=rng.standard_normal(c).astype(f32), rvar=rng.uniform(0.5, 2.0, c).astype(f32))
+
+
+def x_stats(x):
+    x64 = x.astype(np.float64)
+    return np.stack([x64.sum(axis=(0, 2, 3)), (x64 * x64).sum(axis=(0, 2, 3))])
+
+
+# ---- batch norm -----------------------------------------------------------------------------------
+
+BN_FWD_OPTIONS = [(False, False, False), (True, False, False), (True, True, False), (False, True, True),
+                  (True, True, True)]  # (relu, residual, stats)
+
+
+def run_bn_fwd_train(fn, a, relu, residual, stats, halos):
+    n, c, h, w = a["x"].shape
+    hx, hy, hr = halos
+    yb = nan_like(blocked_shape(n, c, h, w, hy))
+    mean, invstd = nan_like(c), nan_like(c)
+    fn(blocked_input(a["x"], hx), a["gamma"], a["beta"], 1e-5, yb, mean, invstd, relu,
+       blocked_input(a["res"], hr) if residual else None, x_stats(a["x"]) if stats else None,
+       halo_x=hx, halo_y=hy, halo_res=hr)
+    return yb, mean, invstd
+
+
+@pytest.mark.parametrize("options", BN_FWD_OPTIONS, ids=lambda o: "relu%d-res%d-stats%d" % o)
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids(SHAPES))
+def test_batchnorm_fwd_train(isa, shape, options):
+    a = bn_arrays(*shape)
+    halos = HALOS[SHAPES.index(shape) % len(HALOS)]
+    got = run_bn_fwd_train(C.batchnorm_blocked_fwd_train, a, *options, halos)
+    want = run_bn_fwd_train(ref.batchnorm_blocked_fwd_train_ref, a, *options, halos)
+    # y = x * (gamma * invstd) + (beta - mean * gamma * invstd) rounds terms of that size (large
+    # when the variance is ~0, as for one value per channel)
+    terms = float(np.abs(a["x"]).max() * np.abs(a["gamma"] * want[2]).max())
+    for name, g, w in zip(("yb", "mean", "invstd"), got, want):
+        assert_close(g, w, f"{isa} {name}", rtol=1e-4 if name == "invstd" else 2e-5, scale=terms if name == "yb" else 0)
+    assert_invariants(got[0], shape[1], halos[1], "yb")
+
+
+@pytest.mark.parametrize("options", [(False, False), (True, True)], ids=["plain", "relu-res"])
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids(SHAPES))
+def test_batchnorm_fwd_eval(isa, shape, options):
+    relu, residual = options
+    a = bn_arrays(*shape)
+    hx, hy, hr = HALOS[SHAPES.index(shape) % len(HALOS)]
+    outs = []
+    for fn in (C.batchnorm_blocked_fwd_eval, ref.batchnorm_blocked_fwd_eval_ref):
+        yb = nan_like(blocked_shape(*shape, hy))
+        fn(blocked_input(a["x"], hx), a["gamma"], a["beta"], a["rmean"], a["rvar"], 1e-5, yb, relu,
+           blocked_input(a["res"], hr) if residual else None, halo_x=hx, halo_y=hy, halo_res=hr)
+        outs.append(yb)
+    assert_close(outs[0], outs[1], f"{isa} yb")
+    assert_invariants(outs[0], shape[1], hy, "yb")
+
+
+def run_bn_bwd(fn, a, relu, residual, halos):
+    n, c, h, w = a["x"].shape
+    hx, hy, hdx = halos
+    xb = blocked_input(a["x"], hx)
+    yb = np.zeros(blocked_shape(n, c, h, w, hy), f32)
+    mean, invstd = np.empty(c, f32), np.empty(c, f32)
+    ref.batchnorm_blocked_fwd_train_ref(xb, a["gamma"], a["beta"], 1e-5, yb, mean, invstd, relu, halo_x=hx, halo_y=hy)
+    dxb = nan_like(blocked_shape(n, c, h, w, hdx))
+    dres = nan_like(blocked_shape(n, c, h, w, 0)) if residual else None
+    dgamma, dbeta = np.full(c, 0.25, f32), np.full(c, -0.5, f32)  # accumulated into
+    fn(xb, ref.to_blocked(a["dy"]), a["gamma"], mean, invstd, dxb, dgamma, dbeta, yb if relu else None, dres,
+       halo_x=hx, halo_y=hy, halo_dx=hdx)
+    return dxb, dgamma, dbeta, dres
+
+
+@pytest.mark.parametrize("options", [(False, False), (True, False), (True, True)], ids=["plain", "relu", "relu-dres"])
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids(SHAPES))
+def test_batchnorm_bwd(isa, shape, options):
+    a = bn_arrays(*shape)
+    halos = HALOS[SHAPES.index(shape) % len(HALOS)]
+    got = run_bn_bwd(C.batchnorm_blocked_bwd, a, *options, halos)
+    want = run_bn_bwd(ref.batchnorm_blocked_bwd_ref, a, *options, halos)
+    for name, g, w in zip(("dxb", "dgamma", "dbeta", "dres"), got, want):
+        if w is not None:
+            assert_close(g, w, f"{isa} {name}", rtol=1e-4)
+    assert_invariants(got[0], shape[1], halos[2], "dxb")
+    if options[1]:
+        assert_invariants(got[3], shape[1], 0, "dres")
+
+
+def test_batchnorm_shifted_statistics_do_not_cancel(isa):
+    """|mean| / std = 1e4: the naive E[x^2] - E[x]^2 in float loses every digit of the variance."""
+    rng = np.random.default_rng(3)
+    x = (1e4 + rng.standard_normal((3, 17, 7, 7))).astype(f32)
+    mean, invstd = np.empty(17, f32), np.empty(17, f32)
+    yb = np.empty(blocked_shape(3, 17, 7, 7, 0), f32)
+    C.batchnorm_blocked_fwd_train(ref.to_blocked(x), np.ones(17, f32), np.zeros(17, f32), 1e-5, yb, mean, invstd)
+    x64 = x.astype(np.float64)
+    want = 1.0 / np.sqrt(x64.var(axis=(0, 2, 3)) + 1e-5)
+    np.testing.assert_allclose(invstd, want, rtol=1e-5)
+
+
+# ---- pooling, repad, global average -------------------------------------------------------------
+
+# (kh, kw, sh, sw, ph, pw, ceil_mode, dil_h, dil_w, count_include_pad)
+POOLS = [(2, 2, 2, 2, 0, 0, False, 1, 1, True), (3, 3, 2, 2, 1, 1, True, 1, 1, False),
+         (3, 2, 1, 2, 1, 0, False, 2, 1, True), (1, 1, 1, 1, 0, 0, False, 1, 1, True),
+         (2, 3, 3, 1, 1, 1, True, 1, 2, True)]
+POOL_SHAPES = [s for s in SHAPES if s[2] >= 2 and s[3] >= 2] + [(1, 3, 1, 1)]
+
+
+def _fits(shape, pool):
+    kh, kw, sh, sw, ph, pw, ceil_mode, dh, dw, _ = pool
+    return shape[2] + 2 * ph >= dh * (kh - 1) + 1 and shape[3] + 2 * pw >= dw * (kw - 1) + 1
+
+
+POOL_CASES = [(s, p) for s, p in itertools.product(POOL_SHAPES, POOLS) if _fits(s, p)][::2]
+
+
+def pool_out(shape, pool, avg):
+    kh, kw, sh, sw, ph, pw, ceil_mode, dh, dw, _ = pool
+    if avg:
+        dh = dw = 1
+    from fasttrain.kernels.pooling import out_size
+    return out_size(shape[2], kh, sh, ph, dh, ceil_mode), out_size(shape[3], kw, sw, pw, dw, ceil_mode)
+
+
+@pytest.mark.parametrize("shape,pool", POOL_CASES, ids=[_ids([s])[0] + "-" + _ids([p])[0] for s, p in POOL_CASES])
+def test_maxpool(isa, shape, pool):
+    n, c, h, w = shape
+    kh, kw, sh, sw, ph, pw, ceil_mode, dh, dw, _ = pool
+    hx, hy, hdx = HALOS[POOL_CASES.index((shape, pool)) % len(HALOS)]
+    p, q = pool_out(shape, pool, avg=False)
+    x = np.random.default_rng(1).standard_normal(shape).astype(f32)
+    dy = np.random.default_rng(2).standard_normal((n, c, p, q)).astype(f32)
+    outs = []
+    for fwd, bwd in ((C.maxpool2d_blocked_fwd, C.maxpool2d_blocked_bwd),
+                     (ref.maxpool2d_blocked_fwd_ref, ref.maxpool2d_blocked_bwd_ref)):
+        yb = nan_like(blocked_shape(n, c, p, q, hy))
+        argmax = np.full(blocked_shape(n, c, p, q, 0), -7, np.int64)
+        fwd(blocked_input(x, hx), yb, argmax, kh, kw, sh, sw, ph, pw, ceil_mode, dh, dw, halo_x=hx, halo_y=hy)
+        dxb = nan_like(blocked_shape(n, c, h, w, hdx))
+        bwd(ref.to_blocked(dy), argmax, dxb, halo_dx=hdx)
+        outs.append((yb, argmax, dxb))
+    (yb, argmax, dxb), (yr, ar, dxr) = outs
+    np.testing.assert_array_equal(yb, yr)
+    np.testing.assert_array_equal(argmax, ar)
+    assert_close(dxb, dxr, f"{isa} dxb")
+    assert_invariants(yb, c, hy, "yb")
+    assert_invariants(dxb, c, hdx, "dxb")
+
+
+@pytest.mark.parametrize("shape,pool", POOL_CASES, ids=[_ids([s])[0] + "-" + _ids([p])[0] for s, p in POOL_CASES])
+def test_avgpool(isa, shape, pool):
+    n, c, h, w = shape
+    kh, kw, sh, sw, ph, pw, ceil_mode, _, _, cip = pool
+    if not _fits(shape, pool[:7] + (1, 1, cip)):
+        pytest.skip("window does not fit without dilation")
+    hx, hy, hdx = HALOS[(POOL_CASES.index((shape, pool)) + 1) % len(HALOS)]
+    p, q = pool_out(shape, pool, avg=True)
+    x = np.random.default_rng(1).standard_normal(shape).astype(f32)
+    dy = np.random.default_rng(2).standard_normal((n, c, p, q)).astype(f32)
+    outs = []
+    for fwd, bwd in ((C.avgpool2d_blocked_fwd, C.avgpool2d_blocked_bwd),
+                     (ref.avgpool2d_blocked_fwd_ref, ref.avgpool2d_blocked_bwd_ref)):
+        yb = nan_like(blocked_shape(n, c, p, q, hy))
+        fwd(blocked_input(x, hx), yb, kh, kw, sh, sw, ph, pw, ceil_mode, cip, halo_x=hx, halo_y=hy)
+        dxb = nan_like(blocked_shape(n, c, h, w, hdx))
+        bwd(ref.to_blocked(dy), dxb, kh, kw, sh, sw, ph, pw, ceil_mode, cip, halo_dx=hdx)
+        outs.append((yb, dxb))
+    for name, g, want, halo in zip(("yb", "dxb"), outs[0], outs[1], (hy, hdx)):
+        assert_close(g, want, f"{isa} {name}")
+        assert_invariants(g, c, halo, name)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids(SHAPES))
+def test_global_avgpool_and_repad(isa, shape):
+    n, c, h, w = shape
+    hx, hy, _ = HALOS[SHAPES.index(shape) % len(HALOS)]
+    x = np.random.default_rng(4).standard_normal(shape).astype(f32)
+    dy = np.random.default_rng(5).standard_normal((n, c)).astype(f32)
+    y, y_ref = nan_like((n, c)), nan_like((n, c))
+    C.global_avgpool_blocked_fwd(blocked_input(x, hx), y, c, halo_x=hx)
+    ref.global_avgpool_blocked_fwd_ref(blocked_input(x, hx), y_ref, c, halo_x=hx)
+    assert_close(y, y_ref, f"{isa} global y")
+    dxb, dx_ref = nan_like(blocked_shape(n, c, h, w, hy)), nan_like(blocked_shape(n, c, h, w, hy))
+    C.global_avgpool_blocked_bwd(dy, dxb, halo_dx=hy)
+    ref.global_avgpool_blocked_bwd_ref(dy, dx_ref, halo_dx=hy)
+    assert_close(dxb, dx_ref, f"{isa} global dxb", rtol=1e-6)
+    assert_invariants(dxb, c, hy, "global dxb")
+    yb = nan_like(blocked_shape(n, c, h, w, hy))
+    C.blocked_repad(blocked_input(x, hx), c, hx, yb, hy)
+    np.testing.assert_array_equal(yb, ref.to_blocked(x, hy))
+
+
+# ---- determinism, registry, argument errors -------------------------------------------------------
+
+def _all_outputs(shape=(3, 33, 7, 33)):
+    """Every blocked kernel once on one shape with halos: the arrays they wrote."""
+    a = bn_arrays(*shape)
+    n, c, h, w = shape
+    out = list(run_bn_fwd_train(C.batchnorm_blocked_fwd_train, a, True, True, False, (1, 2, 1)))
+    out += [o for o in run_bn_bwd(C.batchnorm_blocked_bwd, a, True, True, (2, 1, 1)) if o is not None]
+    xb = blocked_input(a["x"], 1)
+    y = np.empty((n, c), f32)
+    C.global_avgpool_blocked_fwd(xb, y, c, halo_x=1)
+    p, q = 4, 17
+    yb, am = np.empty(blocked_shape(n, c, p, q, 1), f32), np.empty(blocked_shape(n, c, p, q, 0), np.int64)
+    C.maxpool2d_blocked_fwd(xb, yb, am, 3, 3, 2, 2, 1, 1, halo_x=1, halo_y=1)
+    dxb = np.empty(blocked_shape(n, c, h, w, 1), f32)
+    C.maxpool2d_blocked_bwd(ref.to_blocked(np.ones((n, c, p, q), f32)), am, dxb, halo_dx=1)
+    return out + [y, yb, am, dxb]
+
+
+def test_results_do_not_depend_on_the_thread_count(isa, threads):
+    results = []
+    for t in (1, 2, 3):
+        threads(t)
+        results.append(_all_outputs())
+    for t, res in zip((2, 3), results[1:]):
+        for i, (a, b) in enumerate(zip(results[0], res)):
+            np.testing.assert_array_equal(a, b, err_msg=f"output {i} differs between 1 and {t} threads")
+
+
+def test_registry_serves_the_blocked_ops():
+    for op in ref.OPS:
+        assert backend.available_backends_for(op)[0] == "cpp", op
+        assert "numpy" in backend.available_backends_for(op)
+
+
+def test_argument_errors_name_argument_value_and_expectation():
+    xb = np.zeros(blocked_shape(2, 17, 4, 4, 1), f32)
+    g = np.ones(17, f32)
+    stat = np.empty(17, f32)
+    with pytest.raises(ValueError, match=r"batchnorm_blocked_fwd_train\(xb\): expected shape \(N, 3, H \+ 0, W \+ 0, 16\) "
+                       r"with H, W >= 1 \(33 channels, halo_x=0\), got \(2, 2, 6, 6, 16\)"):
+        C.batchnorm_blocked_fwd_train(xb, np.ones(33, f32), np.ones(33, f32), 1e-5, xb.copy(), np.empty(33, f32),
+                                      np.empty(33, f32))
+    with pytest.raises(ValueError, match=r"\(yb\): expected shape \(2, 2, 8, 8, 16\) \(interior 4 x 4, halo_y=2\), got \(2, 2, 6, 6, 16\)"):
+        C.batchnorm_blocked_fwd_train(xb, g, g, 1e-5, xb.copy(), stat, stat.copy(), halo_x=1, halo_y=2)
+    with pytest.raises(ValueError, match=r"\(halo_x\): expected a halo >= 0, got -1"):
+        C.batchnorm_blocked_fwd_eval(xb, g, g, g, g, 1e-5, xb.copy(), halo_x=-1)
+    with pytest.raises(ValueError, match=r"\(stats\): expected shape \(2, 17\), got \(17,\)"):
+        C.batchnorm_blocked_fwd_train(xb, g, g, 1e-5, xb.copy(), stat, stat.copy(), stats=np.zeros(17),
+                                      halo_x=1, halo_y=1)
+    with pytest.raises(ValueError, match=r"\(stats\): expected a C-contiguous float64 array, got dtype float32"):
+        C.batchnorm_blocked_fwd_train(xb, g, g, 1e-5, xb.copy(), stat, stat.copy(), stats=np.zeros((2, 17), f32),
+                                      halo_x=1, halo_y=1)
+    with pytest.raises(ValueError, match=r"residual: expected an array distinct from yb"):
+        C.batchnorm_blocked_fwd_train(xb, g, g, 1e-5, yb := xb.copy(), stat, stat.copy(), True, yb,
+                                      halo_x=1, halo_y=1, halo_res=1)
+    with pytest.raises(ValueError, match=r"\(dxb\): expected an array distinct from xb and dyb"):
+        dy = np.zeros(blocked_shape(2, 17, 4, 4, 0), f32)
+        C.batchnorm_blocked_bwd(dy, dy, g, g, g, dy, stat, stat.copy())
+    am = np.zeros(blocked_shape(2, 17, 2, 2, 0), np.int64)
+    with pytest.raises(ValueError, match=r"maxpool2d_blocked_fwd\(argmax\): expected shape \(2, 2, 2, 2, 16\)"):
+        C.maxpool2d_blocked_fwd(xb, np.empty(blocked_shape(2, 17, 2, 2, 0), f32), am[:, :, :1].copy(), 2, 2, 2, 2,
+                                0, 0, halo_x=1)
+    am[0, 1, 1, 0, 3] = 16
+    with pytest.raises(ValueError, match=r"maxpool2d_blocked_bwd\(argmax\): expected indices in \[0, 16\).*n=0, channel block 1"):
+        C.maxpool2d_blocked_bwd(np.zeros(blocked_shape(2, 17, 2, 2, 0), f32), am, xb.copy(), halo_dx=1)
+    with pytest.raises(ValueError, match=r"global_avgpool_blocked_fwd\(y\): expected shape \(2, 17\), got \(2, 16\)"):
+        C.global_avgpool_blocked_fwd(xb, np.empty((2, 16), f32), 17, halo_x=1)
+    with pytest.raises(ValueError, match=r"blocked_repad\(yb\): expected shape \(2, 2, 4, 4, 16\) \(interior 4 x 4, halo_out=0\)"):
+        C.blocked_repad(xb, 17, 1, xb.copy(), 0)
