@@ -1,6 +1,7 @@
 """Pipeline (model) parallelism: the bubble, activation memory, and pipeline vs data parallelism.
 
     python bench/pipeline.py [--quick] [--repeat 7] [--width 512] [--depth 8] [--batch 256]
+    python bench/pipeline.py --cluster [--rates 1gbit,100mbit]     # part 3 across emulated hosts
 
 1. bubble: an MLP of `depth` Linear(width, width)+ReLU blocks under `mpiexec -n S`, S = 1, 2;
    for M = 1, 2, 4, 8 micro-batches (1F1B and GPipe): the step time and the share of it the
@@ -14,6 +15,10 @@
    all-reduce of the whole gradient), on the local link and through bench/netem.py's in-process
    throttle (every rank's outgoing link at G Gbit/s). Data parallelism sends ~the gradient
    (4 bytes per parameter) per step, the pipeline 2 x batch x boundary width x 4 bytes.
+   --cluster: part 3 alone, the 2 ranks on 2 emulated hosts (fasttrain.parallel.cluster: network
+   namespaces joined by a bridge, TCP forced, each host's link shaped by `tc htb` in both
+   directions at each rate): the real network stack and MPI's own transport instead of the
+   in-process throttle. Needs root; says why and stops elsewhere.
 Medians of `repeat` steps after warm-up, slowest rank. Each rank runs one thread; on a 2-core
 machine S > 2 would oversubscribe the cores, so timings stop at S = 2. Prints tables and JSON
 lines (suite="pipeline"). Re-launches itself under mpiexec for parts 1 and 3.
@@ -96,7 +101,7 @@ def child_versus(args):
 
     base = get_comm()
     loss = ft.losses.SoftmaxCrossEntropy()
-    for gbits in [None] + [float(g) for g in args.gbits.split(",")]:
+    for gbits in [None] + [float(g) for g in args.gbits.split(",") if g]:
         comm = base if gbits is None else ThrottledComm(base, gbits * 1e9 / 8)
         if gbits is not None:  # the pipeline's per-step loss broadcast (a few bytes) skips the throttle
             comm.bcast = base.bcast
@@ -150,6 +155,31 @@ def memory(args) -> list[dict]:
     return out
 
 
+def cluster_versus(args, forward: list[str]) -> list[dict]:
+    """Part 3 on 2 emulated hosts x 1 rank, once per link rate; records carry the rate."""
+    import os
+
+    from fasttrain.parallel import cluster as cl
+
+    why = cl.unavailable() or (None if cl.mpiexec_path().exists() else f"no mpiexec beside {sys.executable}")
+    if why:
+        sys.exit(f"pipeline.py --cluster: no emulated cluster here: {why}")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = []
+    for rate in args.rates.split(","):
+        with cl.Cluster(2, 1, rate=rate) as c:
+            before = [c.link_bytes(h) for h in range(c.hosts)]
+            proc = c.run([sys.executable, "-m", "mpi4py", __file__, "--child=versus", *forward, "--gbits="],
+                         timeout=1800, env=env, cwd=ROOT)
+            moved = sum(c.link_bytes(h) - b for h, b in zip(range(c.hosts), before))
+        if proc.returncode != 0:
+            sys.exit(f"pipeline.py --cluster: the run at {rate} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        for line in proc.stdout.splitlines():
+            if line.startswith("{"):
+                out.append({**json.loads(line), "link": f"cluster {rate}", "link_bytes": moved})
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", choices=["bubble", "versus"], default=None, help=argparse.SUPPRESS)
@@ -159,6 +189,8 @@ def main(argv=None) -> int:
     ap.add_argument("--depth", type=int, default=8)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--gbits", default="1,0.1", help="throttled link rates for part 3 (Gbit/s)")
+    ap.add_argument("--cluster", action="store_true", help="part 3 only, on 2 emulated hosts (needs root)")
+    ap.add_argument("--rates", default="1gbit,100mbit", help="--cluster: the hosts' link rates (tc htb)")
     args = ap.parse_args(argv)
     if args.quick:
         args.repeat, args.width, args.depth, args.batch = 2, 64, 4, 32
@@ -171,6 +203,19 @@ def main(argv=None) -> int:
         return 0
     forward = [f"--repeat={args.repeat}", f"--width={args.width}", f"--depth={args.depth}", f"--batch={args.batch}",
                f"--gbits={args.gbits}"]
+    if args.cluster:
+        records = cluster_versus(args, forward)
+        params = records[0]["params"] if records else 0
+        print(f"3. pipeline (S = 2, M = 8, 1F1B) vs data parallelism, 2 emulated hosts x 1 rank (TCP over veth, "
+              f"tc htb), global batch {args.batch}, {params} parameters")
+        print(f"{'link':>10} {'data parallel ex/s':>19} {'pipeline ex/s':>14} {'pipeline / dp':>14}")
+        for rate in args.rates.split(","):
+            row = {r["how"]: r for r in records if r["link"] == f"cluster {rate}"}
+            dp, pp = row["data_parallel"]["examples_per_s"], row["pipeline_m8"]["examples_per_s"]
+            print(f"{rate:>10} {dp:19.0f} {pp:14.0f} {pp / dp:13.2f}x")
+        for r in records:
+            print(json.dumps(r))
+        return 0
     records = []
     for S in (1, 2):
         records += mpiexec_records(S, __file__, ["--child=bubble", *forward])

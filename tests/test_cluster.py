@@ -114,6 +114,21 @@ def test_training_across_hosts_ends_identical(cluster, flags, tmp_path):
     assert out["allreduce_algorithm"] == expected, out
 
 
+@pytest.mark.parametrize("schedule", ["1f1b", "gpipe"])
+def test_pipeline_across_hosts_equals_one_process(schedule):
+    # stage 0 on h0, stage 1 on h1: activations and their gradients cross the link by MPI
+    # point-to-point over TCP, and the parameters are those of one process accumulating over the
+    # same micro-batches, bit for bit
+    with cl.Cluster(2, 1) as c:
+        before = [c.link_bytes(h) for h in range(c.hosts)]
+        out = run_json(c, "pipeline_check.py", "2", "4", schedule)
+        moved = [c.link_bytes(h) - b for h, b in enumerate(before)]
+    assert out["hosts"] == 2 and out["stages"] == 2 and out["replicas"] == 1, out
+    assert out["identical_to_accumulation"] and out["max_diff_whole"] <= 1e-6 * out["scale"], out
+    # 3 steps x 12 rows x 16 floats forward and back, at least, on each host's link
+    assert min(moved) > 2 * 3 * 12 * 16 * 4, moved
+
+
 # ---- faults: every waiting rank names the missing ones, and the job ends -----------------------
 
 TIMEOUT_S = 4

@@ -7,7 +7,7 @@ import pytest
 from fasttrain import backend
 from fasttrain.check import gradcheck
 from fasttrain.kernels import dropout as ref
-from fasttrain.nn.dropout import Dropout
+from fasttrain.nn.dropout import Dropout, layer_key
 
 M32 = 0xFFFFFFFF
 
@@ -184,14 +184,37 @@ def test_layer_train_mask_matches_kernel_and_backward_regenerates_it():
     assert (d.forward(x) != 0).tolist() != keep.tolist()
 
 
-def test_layer_ids_are_auto_assigned_and_distinct():
-    a, b = Dropout(0.5), Dropout(0.5)
-    assert a.layer_id != b.layer_id
+def test_default_keys_are_the_layers_paths():
+    """Without layer_id a layer's masks are keyed by its path in its model: two layers of one model
+    differ, the same position in two models (built in any order, after any other models) agrees."""
+    from fasttrain.nn import Linear, ReLU, Residual, Sequential, StochasticDepth
+    from fasttrain.nn import DropConnectLinear
+
+    def build():
+        return Sequential(Linear(8, 8), Dropout(0.5), ReLU(), Dropout(0.5),
+                          StochasticDepth(Residual(Sequential(Linear(8, 8), Dropout(0.5))), 0.5),
+                          DropConnectLinear(8, 4, p=0.5))
+
+    first = build()
+    Sequential(Dropout(0.5), Dropout(0.5), build())       # other models built in between
+    second = build()
+    mods = lambda m: [(path, mod) for path, mod in m.named_modules() if mod.stochastic]   # noqa: E731
+    assert [p for p, _ in mods(first)] == ["1", "3", "4", "4.block.body.1", "5"]
     x = np.ones((64, 64), np.float32)
-    assert not np.array_equal(a.forward(x), b.forward(x))
-    c = Dropout(0.5, layer_id=a.layer_id)
-    a.set_step(0)                        # the same (seed, step, layer): the same mask
-    np.testing.assert_array_equal(c.forward(x), a.forward(x))
+    for (path, a), (_, b) in zip(mods(first), mods(second)):
+        assert layer_key(a) == layer_key(b), path
+        if isinstance(a, Dropout):
+            a.set_step(3), b.set_step(3)
+            np.testing.assert_array_equal(a.forward(x), b.forward(x), err_msg=path)
+        elif isinstance(a, StochasticDepth):
+            assert [a.keeps(s) for s in range(64)] == [b.keeps(s) for s in range(64)]
+    assert len({layer_key(m) for _, m in mods(first)}) == 5
+    d1, d3 = first[1], first[3]
+    d1.set_step(0), d3.set_step(0)
+    assert not np.array_equal(d1.forward(x), d3.forward(x))      # two layers of one model differ
+    c = Dropout(0.5, layer_id=layer_key(d1))                      # an explicit id of the same value agrees
+    d1.set_step(0)
+    np.testing.assert_array_equal(c.forward(x), d1.forward(x))
 
 
 def test_layer_expectation_is_preserved():

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ..backend import kernel
 from ._util import array_module, check_grad, check_input, check_params
-from .dropout import _U32, Dropout
+from .dropout import check_layer_id, layer_key
 from .linear import Linear
 
 
@@ -29,17 +29,13 @@ class DropConnectLinear(Linear):
             raise ValueError(f"DropConnectLinear(p): expected a probability in [0, 1), got {p!r}")
         if not isinstance(seed, int) or not 0 <= seed < 2 ** 64:
             raise ValueError(f"DropConnectLinear(seed): expected an int in [0, 2**64), got {seed!r}")
-        if layer_id is None:
-            layer_id = next(Dropout._ids)   # one id sequence with Dropout: auto ids never collide
-        if not isinstance(layer_id, int) or not 0 <= layer_id < _U32:
-            raise ValueError(f"DropConnectLinear(layer_id): expected an int in [0, 2**32) or None, got {layer_id!r}")
-        self.p, self.seed, self.layer_id = float(p), seed, layer_id
+        self.p, self.seed, self.layer_id = float(p), seed, check_layer_id("DropConnectLinear", layer_id)
 
     def extra_repr(self):
         return super().extra_repr() + f", p={self.p}, seed={self.seed}, layer_id={self.layer_id}"
 
     def _key(self):
-        return self.p, self.seed, self.draw_step(), self.layer_id
+        return self.p, self.seed, self.draw_step(), layer_key(self)
 
     def masked_weight(self, key):
         """M * W / (1 - p) for the mask keyed by (p, seed, step, layer)."""

@@ -6,7 +6,10 @@ regenerates it: the layer stores nothing but the input shape and the mask's key.
 by one at every training forward (`Module.draw_step`), so a plain training loop draws a fresh
 mask each step; the trainer sets it to its own step (`Module.set_step`), and checkpoints keep it;
 `layer_id` tells layers apart, so two Dropout layers in one model draw different masks at the
-same step.
+same step. Without an explicit layer_id it is a hash of the layer's path in its model ('3',
+'5.body.2': `layer_key`), so a layer draws the same masks in every model built the same way,
+whatever was built before it in the process, and in a pipeline stage (which holds the layers under
+their paths in the whole model) as in the whole model.
 
 `rows = (start, total)` says the next forward sees rows [start, start + n) of a batch of `total`
 rows (a pipeline's micro-batch): the layer then applies those rows of the whole batch's mask, so
@@ -14,7 +17,7 @@ a micro-batch's examples are dropped exactly as in the whole batch, whatever the
 """
 from __future__ import annotations
 
-import itertools
+import zlib
 
 import numpy as np
 
@@ -24,8 +27,23 @@ from .module import Module
 _U32 = 2 ** 32
 
 
+def check_layer_id(where: str, layer_id):
+    """layer_id as an int, or None (the layer's path keys its draws: `layer_key`)."""
+    if layer_id is not None and (isinstance(layer_id, bool) or not isinstance(layer_id, (int, np.integer))
+                                 or not 0 <= layer_id < _U32):
+        raise ValueError(f"{where}(layer_id): expected an int in [0, 2**32) or None, got {layer_id!r}")
+    return None if layer_id is None else int(layer_id)
+
+
+def layer_key(module) -> int:
+    """The layer word of a stochastic module's Philox key: its explicit layer_id, else a CRC-32 of
+    its path in its model (stable across processes and runs, unlike Python's hash of a str)."""
+    if module.layer_id is not None:
+        return module.layer_id
+    return zlib.crc32(f"fasttrain.layer:{module._path}".encode())
+
+
 class Dropout(Module):
-    _ids = itertools.count()   # auto layer ids, in construction order
     stochastic = True
 
     def __init__(self, p: float = 0.5, seed: int = 0, layer_id: int | None = None):
@@ -34,13 +52,9 @@ class Dropout(Module):
             raise ValueError(f"Dropout(p): expected a probability in [0, 1), got {p!r}")
         if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 64:
             raise ValueError(f"Dropout(seed): expected an int in [0, 2**64), got {seed!r}")
-        if layer_id is None:
-            layer_id = next(Dropout._ids)
-        if not isinstance(layer_id, (int, np.integer)) or not 0 <= layer_id < _U32:
-            raise ValueError(f"Dropout(layer_id): expected an int in [0, 2**32) or None, got {layer_id!r}")
         self.p = float(p)
         self.seed = int(seed)
-        self.layer_id = int(layer_id)
+        self.layer_id = check_layer_id("Dropout", layer_id)
         self.rows = None      # (start, total): the next forward's rows within the whole batch
         self._keep = None     # ((key, total, per-row size), the whole batch's uint8 keep mask)
 
@@ -48,7 +62,7 @@ class Dropout(Module):
         return f"p={self.p}, seed={self.seed}, layer_id={self.layer_id}"
 
     def _key(self):
-        return self.p, self.seed, self.draw_step(), self.layer_id
+        return self.p, self.seed, self.draw_step(), layer_key(self)
 
     def forward(self, x):
         if getattr(x, "dtype", None) not in (np.float32, np.float64):

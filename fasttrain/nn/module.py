@@ -23,6 +23,9 @@ class Module:
         self.cache = None
         self.step = 0
         self.name = type(self).__name__
+        #: this module's path in the outermost model holding it (named_modules' path there): what
+        #: keys the random draws of a stochastic layer built without an explicit layer_id
+        self._path = ""
 
     # -- construction ---------------------------------------------------------------------------
     def add_param(self, name: str, shape, init, decay: bool = True) -> Parameter:
@@ -34,6 +37,10 @@ class Module:
         if not isinstance(module, Module):
             raise TypeError(f"{self.name}: child {name!r} must be a Module, got {type(module).__name__}")
         self._children.append((name, module))
+        # the child's subtree now sits under this module: its paths follow this module's (they
+        # are updated again when this module is itself added to a parent)
+        for path, m in module.named_modules(f"{self._path}.{name}" if self._path else name):
+            m._path = path
         return module
 
     # -- traversal ------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ resumed run repeats the same drops.
 from __future__ import annotations
 
 from ..kernels.dropout import keep_ref
-from .dropout import _U32, Dropout
+from .dropout import _U32, check_layer_id, layer_key
 from .module import Module, Residual
 
 
@@ -38,12 +38,8 @@ class StochasticDepth(Module):
             raise ValueError(f"StochasticDepth(p_drop): expected a probability in [0, 1), got {p_drop!r}")
         if not isinstance(seed, int) or not 0 <= seed < 2 ** 64:
             raise ValueError(f"StochasticDepth(seed): expected an int in [0, 2**64), got {seed!r}")
-        if layer_id is None:
-            layer_id = next(Dropout._ids)   # shares Dropout's id sequence so auto ids never collide
-        if not isinstance(layer_id, int) or not 0 <= layer_id < _U32:
-            raise ValueError(f"StochasticDepth(layer_id): expected an int in [0, 2**32) or None, got {layer_id!r}")
         self.block = self.add_child("block", block)
-        self.p_drop, self.seed, self.layer_id = float(p_drop), seed, layer_id
+        self.p_drop, self.seed, self.layer_id = float(p_drop), seed, check_layer_id("StochasticDepth", layer_id)
 
     def extra_repr(self):
         return f"p_drop={self.p_drop}, seed={self.seed}, layer_id={self.layer_id}"
@@ -52,7 +48,7 @@ class StochasticDepth(Module):
         """Whether the body runs at training step `step`."""
         if not 0 <= step < _U32:
             raise ValueError(f"StochasticDepth: step must be in [0, 2**32) (a Philox counter word), got {step}")
-        return bool(keep_ref(1, self.p_drop, self.seed, step, self.layer_id)[0])
+        return bool(keep_ref(1, self.p_drop, self.seed, step, layer_key(self))[0])
 
     def forward(self, x):
         blk = self.block

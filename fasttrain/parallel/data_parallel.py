@@ -281,19 +281,31 @@ class DataParallel:
         """model.backward(dy), then the gradient average (`after_backward`). With buckets, the
         layers' backward runs one by one and each bucket's all-reduce starts as soon as its
         gradients are complete; after_backward then waits for the last of them."""
-        if self._buckets is None:
+        start = self.bucket_starter(step)
+        if start is None:
             model.backward(dy)
-            self.after_backward(step)
-            return
+        else:
+            for li in reversed(range(len(model._children))):
+                dy = model._children[li][1].backward(dy)
+                start(li)
+        self.after_backward(step)
+
+    def bucket_starter(self, step: int):
+        """None without buckets; else a function of a top-level layer's index, to call right after
+        that layer's last backward of the step: it starts the all-reduce of every bucket the layer
+        completed (a pipeline stage calls it during its last micro-batch's backward, when its
+        gradients become final). after_backward waits for them."""
+        if self._buckets is None:
+            return None
         g = self.arena.grad
         self.fingerprint.check("allreduce_grad_buckets", g.size, g.dtype,
                                f"{self.backend}/{self.compress}/{self.compress_schedule}/{len(self._buckets)}", step=step)
         self._buckets.rng = self.rng(step)
-        for li in reversed(range(len(model._children))):
-            dy = model._children[li][1].backward(dy)
+
+        def start(li: int) -> None:
             for b in self._bucket_plan[li]:
                 self._buckets.start(b)
-        self.after_backward(step)
+        return start
 
     def after_backward(self, step: int) -> None:
         """Average the gradient arena (synchronous mode); with buckets, wait for them."""

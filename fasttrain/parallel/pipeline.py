@@ -24,7 +24,8 @@ is the same arithmetic, bit for bit).
 
 Semantics: BatchNorm normalizes each micro-batch with its own statistics and updates its running
 averages once per micro-batch (as GPipe does); dropout masks are the whole batch's rows
-(`nn.Dropout.rows`), so they depend on neither the stage split nor M.
+(`nn.Dropout.rows`), keyed by the layer's path in the whole model (the stage's module holds its
+layers under those paths), so they depend on neither the stage split nor M.
 
 Communication: activations and gradients go by non-blocking point-to-point (Communicator.isend /
 irecv, so ThreadComm runs the same code without MPI). The receive an op needs is posted one op
@@ -89,19 +90,6 @@ def check_split(layers: int, stages: int, micro_batches: int, batch_size: int | 
 #: the pipeline's config keys and their defaults (a resumed run takes them from its launch)
 PIPELINE_DEFAULTS = {"pipeline_stages": 1, "micro_batches": 1, "pipeline_schedule": "1f1b"}
 
-#: config keys a pipelined run cannot honour yet, with their defaults, and why
-PIPELINE_EXCLUDES = {
-    "ema_decay": (None, "the EMA would cover one stage's arena, not the model the checkpoint holds"),
-    "early_stopping": (None, "the best epoch's weights would be one stage's"),
-    "mixup": (None, "mixed targets are not cut into micro-batches"),
-    "init_from": (None, "transfer learning loads a whole model into one arena; start with --resume instead"),
-    "freeze_except": (None, "freezing counts layers of the whole model's arena"),
-    "bucket_kb": (0, "a stage's gradients are complete only after its last micro-batch; one all-reduce follows"),
-    "error_feedback": (None, "error-feedback residuals are per stage and do not fit the single checkpoint"),
-    "snapshots": (0, "a snapshot ensemble would hold and validate one stage's weights"),
-}
-
-
 def check_config(cfg) -> None:
     """The pipeline keys of a run config (fasttrain.config.Config), as one-line ValueErrors."""
     pipelined = cfg.pipeline_stages != 1 or cfg.micro_batches != 1
@@ -118,13 +106,6 @@ def check_config(cfg) -> None:
     if cfg.micro_batches > cfg.batch_size:
         raise ValueError(f"micro_batches={cfg.micro_batches}: a batch of {cfg.batch_size} examples cannot be cut into "
                          f"{cfg.micro_batches} non-empty micro-batches; expected micro_batches <= batch_size")
-    for key, (default, why) in PIPELINE_EXCLUDES.items():
-        if getattr(cfg, key) != default:
-            raise ValueError(f"{key}={getattr(cfg, key)!r} with pipeline_stages={cfg.pipeline_stages}: {why}")
-    if cfg.compress in ("sign", "int4"):
-        raise ValueError(f"compress={cfg.compress!r} with pipeline_stages={cfg.pipeline_stages}: this codec needs "
-                         f"error feedback, whose residuals do not fit the pipeline's single checkpoint; use fp16, "
-                         "bf16 or int8")
     if cfg.device != "cpu":
         raise ValueError(f"device={cfg.device!r} with pipeline_stages={cfg.pipeline_stages}: stages exchange host "
                          "arrays; expected device='cpu'")
@@ -308,7 +289,11 @@ class Pipeline:
         self.bounds = [(int(starts[s]), int(starts[s + 1])) for s in range(S)]
         first, stop = self.bounds[self.stage]
         self.layers = layers[first:stop]
-        self.module = Sequential(*self.layers)   # paths inside it are local; names stay global
+        # the stage's layers under their names in the whole model, so every path inside the stage
+        # (parameter names, buffer keys, dropout keys) is the whole model's path
+        self.module = Sequential()
+        for name, layer in model._children[first:stop]:
+            self.module.add_child(name, layer)
         self._counters = None   # the draw counters at train_step's start, while it runs
         mine = {id(p) for layer in self.layers for p in _own_params(layer)}
         self.params = [p for p in all_params if id(p) in mine]
@@ -320,6 +305,9 @@ class Pipeline:
         if values is not None:
             for p, v in zip(self.params, values):
                 p.data[...] = v
+            for p in all_params:   # other stages' parameters: unbound, so the whole arena can go
+                if id(p) not in mine:
+                    p.data = p.grad = p.arena = None
         else:
             # the draws of ParamArena.initialize over the whole model, in forward order, so every
             # parameter gets the value a single process gives it; other stages' values are dropped
@@ -453,11 +441,16 @@ class Pipeline:
         self._sends = []
         self._wait_s += time.perf_counter() - t0
 
-    def train_step(self, x, y, loss_fn, step: int | None = None, n: int | None = None) -> tuple[float, int]:
+    def train_step(self, x, y, loss_fn, step: int | None = None, n: int | None = None, mixed=None,
+                   layer_done=None) -> tuple[float, int]:
         """Forward and backward of the batch (x, y), micro-batch by micro-batch under the
         schedule; gradients accumulate into `arena.grad` (zero it before, step the optimizer
         after). The first stage reads x, the last y; the others may pass None for both and the
-        batch size n instead. Returns (mean loss over the batch, correct predictions) on every stage."""
+        batch size n instead. Returns (mean loss over the batch, correct predictions) on every stage.
+        mixed: (y_b, lam) of a mixup batch (x already mixed): the last stage's loss is then
+        lam * loss(y) + (1 - lam) * loss(y_b), micro-batch by micro-batch. layer_done: called with a
+        stage layer's index right after its backward of the last micro-batch, when that layer's
+        gradients are final (DataParallel.bucket_starter: their all-reduce overlaps the rest)."""
         n = self._begin(x, y, n)
         if self.last:
             _check_mean_loss(loss_fn, y)
@@ -481,7 +474,12 @@ class Pipeline:
                     start, rows = self._rows[m]
                     target = y[start:start + rows]
                     try:
-                        value, d = loss_fn(h, target)
+                        if mixed is None:
+                            value, d = loss_fn(h, target)
+                        else:
+                            from ..data.augment import mixup_loss
+
+                            value, d = mixup_loss(loss_fn, h, target, mixed[0][start:start + rows], mixed[1])
                     except FloatingPointError:  # reported as a NaN loss on every stage (the trainer stops)
                         value, d = float("nan"), np.zeros_like(h)
                     if rows != n:  # the loss is the batch mean: micro-batch m weighs rows / n
@@ -497,8 +495,11 @@ class Pipeline:
             else:
                 dy = self._dlogits.pop(m) if self.last else self._take(_GRAD, m)
                 self.module.restore_cache(self._stash.pop(m))
-                for layer in reversed(self.layers):
-                    dy = layer.backward(dy)
+                final = layer_done is not None and m == self.micro_batches - 1
+                for li in reversed(range(len(self.layers))):
+                    dy = self.layers[li].backward(dy)
+                    if final:
+                        layer_done(li)
                 self.module.stash_cache(clear=True)   # drop this micro-batch's activations now
                 if not self.first:
                     self._send(_GRAD, dy)
@@ -608,15 +609,65 @@ class Pipeline:
                 at += size
         return out
 
-    def save_checkpoint(self, path, optimizer, meta: dict, extra: dict | None = None) -> None:
+    def _stage_layout(self, stage: int) -> tuple[list, list[int], int]:
+        """(parameters, offsets, size) of stage `stage`'s arena, computed on any rank."""
+        first, stop = self.bounds[stage]
+        mine = {id(p) for _, layer in self.model._children[first:stop] for p in _own_params(layer)}
+        return ParamArena.layout([p for p in self.model.parameters() if id(p) in mine])
+
+    def from_whole(self, value, what: str = "array"):
+        """This stage's part, in its arena's layout, of an array (..., n) laid out along its last
+        axis like a single process's arena of the whole model (n its size)."""
+        value = np.asarray(value)
+        whole = _Layout(self.model.parameters(), None)
+        if value.ndim == 0 or value.shape[-1] != whole.size:
+            raise ValueError(f"{what}: expected a last axis of {whole.size} (the whole model's arena), got shape "
+                             f"{value.shape}")
+        own = self._own_names
+        out = np.zeros(value.shape[:-1] + (self.arena.size,), value.dtype)
+        for p, off in zip(whole.order, whole.offsets):
+            if p.name in own:
+                out[..., self.arena.slice_of(own[p.name])] = value[..., off:off + p.size]
+        return out
+
+    def _gather_extra(self, extra: dict | None, arena_extra: dict | None, optimizer) -> tuple[dict, dict] | None:
+        """Every stage's checkpoint extras and optimizer groups on stage 0 (None elsewhere): `extra`
+        as they are (keys differ per stage, e.g. a stage's buffers), `arena_extra` (arrays (...,
+        stage arena size): error-feedback residuals, EMA, snapshots) laid out in the whole model's
+        arena along the last axis; the groups' hyperparameters by name (stages may hold different
+        groups: a frozen part). Collective over the stages (an allgather: once per checkpoint)."""
+        mine = ({k: np.asarray(v) for k, v in (extra or {}).items()},
+                {k: np.asarray(v) for k, v in (arena_extra or {}).items()}, optimizer.state_dict()["groups"])
+        parts = self.comm.allgather(mine) if self.stages > 1 else [mine]
+        if not self.first:
+            return None
+        whole = _Layout(self.model.parameters(), None)
+        at = {p.name: off for p, off in zip(whole.order, whole.offsets)}
+        out: dict = {}
+        groups: dict = {}
+        for s, (plain, arena_arrays, stage_groups) in enumerate(parts):
+            out.update(plain)
+            groups.update(stage_groups)
+            order, offsets, _ = self._stage_layout(s)
+            for k, v in arena_arrays.items():
+                merged = out.setdefault(k, np.zeros(v.shape[:-1] + (whole.size,), v.dtype))
+                for p, off in zip(order, offsets):
+                    merged[..., at[p.name]:at[p.name] + p.size] = v[..., off:off + p.size]
+        return out, groups
+
+    def save_checkpoint(self, path, optimizer, meta: dict, extra: dict | None = None,
+                        arena_extra: dict | None = None) -> None:
         """One checkpoint of the whole model, as a single process would write it (parameters by
         name, optimizer state in the whole model's arena layout, buffers by path), gathered on
-        stage 0, which writes it when `path` is not None. Collective over the stages."""
+        stage 0, which writes it when `path` is not None. extra / arena_extra: each stage's own
+        extra arrays (see _gather_extra). Collective over the stages."""
         from ..train.checkpoint import save_checkpoint
 
         state = self.gather_state(optimizer)
+        gathered = self._gather_extra(extra, arena_extra, optimizer)
         if state is None or path is None:
             return
+        extra, groups = gathered
         params = self.model.parameters()
         whole = _Layout(params, self.dtype)
         for p in params:
@@ -627,6 +678,7 @@ class Pipeline:
             if m.stochastic:
                 m.step = int(state[f"draw_step/{where}"])
         sd = optimizer.state_dict()
+        sd["groups"] = groups
         sd["state"] = {}
         for k in optimizer.state:
             flat = np.zeros(whole.size, self.dtype)
@@ -655,17 +707,8 @@ class Pipeline:
         if optimizer is None:
             return
         sd = _unflatten("opt", arrays)
-        whole = _Layout(self.model.parameters(), None)
-        state = {}
-        for k, flat in (sd.get("state") or {}).items():
-            if np.shape(flat) != (whole.size,):
-                raise ValueError(f"{path}: optimizer state {k!r} has shape {np.shape(flat)}, expected ({whole.size},)")
-            mine = np.zeros(self.arena.size, self.dtype)
-            for p, off in zip(whole.order, whole.offsets):
-                if p.name in self._own_names:
-                    mine[self.arena.slice_of(self._own_names[p.name])] = flat[off:off + p.size]
-            state[k] = mine
-        sd["state"] = state
+        sd["state"] = {k: self.from_whole(np.asarray(flat, self.dtype), f"{path}: optimizer state {k!r}")
+                       for k, flat in (sd.get("state") or {}).items()}
         sd["groups"] = {g: v for g, v in (sd.get("groups") or {}).items() if g in optimizer.group_hyper}
         optimizer.load_state_dict(sd)
 

@@ -81,10 +81,13 @@ def _softmax(z):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def ensemble_predict(model, arena, snapshots, x, batch_size: int | None = None):
+def ensemble_predict(model, arena, snapshots, x, batch_size: int | None = None, predict=None):
     """Mean softmax probabilities (N, K) of `model` over the parameter snapshots (flat arrays
     laid out like arena.data, or a SnapshotEnsemble), in eval mode. The arena's parameters and
-    the model's train/eval mode are restored afterwards."""
+    the model's train/eval mode are restored afterwards. predict: batch -> logits instead of
+    model.forward, or None where no logits come out (a pipeline stage's `Pipeline.predict`,
+    collective: every stage swaps in its own part of each snapshot); the result is then None."""
+    forward = model.forward if predict is None else predict
     snapshots = list(snapshots)
     if not snapshots:
         raise ValueError("ensemble_predict(snapshots): expected at least one snapshot, got none")
@@ -103,11 +106,13 @@ def ensemble_predict(model, arena, snapshots, x, batch_size: int | None = None):
         model.eval()
         for s in snapshots:
             arena.data[...] = s
-            probs = np.concatenate([_softmax(np.asarray(model.forward(x[i:i + step]), dtype=np.float64))
-                                    for i in range(0, n, max(step, 1))])
+            logits = [forward(x[i:i + step]) for i in range(0, n, max(step, 1))]
+            if any(z is None for z in logits):
+                continue
+            probs = np.concatenate([_softmax(np.asarray(z, dtype=np.float64)) for z in logits])
             total = probs if total is None else total + probs
     finally:
         arena.data[...] = backup
         for m, mode in modes:
             m.training = mode
-    return total / len(snapshots)
+    return None if total is None else total / len(snapshots)

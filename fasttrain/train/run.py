@@ -155,6 +155,10 @@ def run(cfg: Config, progress: bool | None = None, checkpoints: dict | None = No
 
         from ..parallel.pipeline import Pipeline
 
+        if cfg.init_from:  # the whole model loads the file (a new head keeps its seeded init); each stage keeps its part
+            from .transfer import load_pretrained
+
+            load_pretrained(model, ft.ParamArena.for_model(model, seed=cfg.seed), cfg.init_from)
         pipe = Pipeline(model, grid.pipe, cfg.micro_batches, cfg.pipeline_schedule, data.input_shape, seed=cfg.seed)
         # checkpoints hold the whole model: checked against its parameters, not the stage's
         check_model(cfg, model, SimpleNamespace(named=lambda: {p.name: p for p in model.parameters()}), checkpoints)
@@ -181,14 +185,15 @@ def run(cfg: Config, progress: bool | None = None, checkpoints: dict | None = No
         run_cfg = dataclasses.replace(cfg, lr=lr, warmup_steps=warmup)
         val_loader = val_loader if comm.rank == 0 else None   # validated by replica 0 (all its stages)
 
-    if cfg.init_from:  # transfer learning: a head of another size keeps its fresh initialization
+    if cfg.init_from and pipe is None:  # transfer learning: a head of another size keeps its fresh initialization
         from .transfer import load_pretrained
 
         load_pretrained(model, arena, cfg.init_from)
     if cfg.freeze_except:  # before the optimizer: it copies the arena groups' hyperparameters
         from .transfer import freeze_except
 
-        freeze_except(model, arena, cfg.freeze_except)
+        # a stage freezes its part of the whole model's last-N split
+        freeze_except(model, arena, cfg.freeze_except, whole=pipe.model if pipe is not None else None)
     opt = make_optimizer(cfg.optimizer, arena, run_cfg.lr, cfg.weight_decay)
     from .augmentation import build_augment
 
@@ -240,9 +245,12 @@ def run(cfg: Config, progress: bool | None = None, checkpoints: dict | None = No
     if trainer.snapshots is not None and len(trainer.snapshots) and val_loader is not None:
         from .ensemble import ensemble_predict
 
-        probs = ensemble_predict(model, arena, trainer.snapshots, val_loader.x, batch_size=256)
-        summary.update(snapshot_val_acc=float((probs.argmax(axis=1) == val_loader.y).mean()),
-                       snapshot_steps=list(trainer.snapshots.steps))
+        predict = None if pipe is None else lambda xb: pipe.predict(xb if pipe.first else None, n=len(xb))
+        probs = ensemble_predict(model, arena, trainer.snapshots, val_loader.x, batch_size=256, predict=predict)
+        acc = None if probs is None else float((probs.argmax(axis=1) == val_loader.y).mean())
+        if pipe is not None and pipe.stages > 1:  # the last stage has the logits, rank 0 writes the summary
+            acc = pipe.comm.bcast(acc, root=pipe.stages - 1)
+        summary.update(snapshot_val_acc=acc, snapshot_steps=list(trainer.snapshots.steps))
     if dp is not None:  # every rank must end with rank 0's parameters (checked by hash)
         summary.update(rank=world.rank, ranks=world.size, param_hash=dp.finish(broadcast=bool(cfg.early_stopping)),
                        bytes_sent_per_rank=dp.bytes_sent, allreduces=dp.allreduces, lr_run=run_cfg.lr,

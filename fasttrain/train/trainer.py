@@ -18,6 +18,11 @@ from .monitor import Monitor
 log = get_logger(__name__)
 
 
+def _on_arena(key: str) -> bool:
+    """Whether checkpoint extra `key` is laid out like the parameter arena along its last axis."""
+    return key in ("ef_residual", "ema/shadow", "best/weights") or key.startswith("snapshot/")
+
+
 class TrainingDiverged(RuntimeError):
     """Raised by Trainer.fit when the loss explodes; `history` holds what was recorded."""
 
@@ -120,26 +125,29 @@ class Trainer:
     def save(self, path) -> None:
         meta = {"step": self.step, "epoch": self.epoch, "history": self.history.to_dict(),
                 "config": self.config}
-        extra = dict(self.dist.state_dict()) if self.dist is not None else {}  # dist: error-feedback residuals
+        # arrays laid out like the arena along their last axis (a pipeline maps each stage's into
+        # the whole model's layout), then the others
+        on_arena = dict(self.dist.state_dict()) if self.dist is not None else {}  # dist: error-feedback residuals
+        extra = {}
         if self.ema is not None:
             state = self.ema.state_dict()
-            extra["ema/shadow"] = state.pop("shadow")
+            on_arena["ema/shadow"] = state.pop("shadow")
             meta["ema"] = state
         if self.snapshots is not None:
             state = self.snapshots.state_dict()
             meta["snapshot_steps"] = state["steps"]
-            extra.update({f"snapshot/{i}": a for i, a in enumerate(state["snapshots"])})
+            on_arena.update({f"snapshot/{i}": a for i, a in enumerate(state["snapshots"])})
         if self.early_stopping is not None:
             meta["best"] = {"record": self.best_record, "bad_epochs": self._bad_epochs}
             if self._best_state is not None:
                 weights, buffers = self._best_state
-                extra["best/weights"] = weights
+                on_arena["best/weights"] = weights
                 for key, (m, name) in module_buffers(self.model).items():
                     extra[f"best/buffer/{key}"] = buffers[id(m)][name]
         if self.pipeline is not None:  # collective: every stage's share, written by the first (path None: not written)
-            self.pipeline.save_checkpoint(path, self.optimizer, meta, extra=extra)
+            self.pipeline.save_checkpoint(path, self.optimizer, meta, extra=extra, arena_extra=on_arena)
             return
-        save_checkpoint(path, self.model, self.arena, self.optimizer, meta, extra=extra)
+        save_checkpoint(path, self.model, self.arena, self.optimizer, meta, extra={**on_arena, **extra})
 
     def resume(self, path) -> None:
         """Continue from a checkpoint: parameters, buffers, optimizer state, step, epoch, history,
@@ -152,6 +160,9 @@ class Trainer:
         self.step, self.epoch = int(meta["step"]), int(meta["epoch"])
         self.history = History.from_dict(meta["history"])
         extra = {k[6:]: v for k, v in arrays.items() if k.startswith("extra/")}
+        if self.pipeline is not None:  # this stage's part of the arrays laid out like the whole model's arena
+            extra = {k: self.pipeline.from_whole(v, f"{path}: extra/{k}") if _on_arena(k) else v
+                     for k, v in extra.items()}
         if self.dist is not None:  # a compressed all-reduce's error-feedback residual, this rank's
             self.dist.load_state_dict(extra)
         if self.ema is not None:
@@ -203,15 +214,19 @@ class Trainer:
         if sample:
             self.monitor.begin()
         if self.pipeline is not None:  # this rank's stage: forward, loss and backward of every micro-batch
+            # with gradient buckets, each one's all-reduce across the stage's replicas starts as the
+            # last micro-batch's backward completes it
+            start = self.dist.bucket_starter(self.step) if self.dist is not None else None
             try:
-                loss, correct = self.pipeline.train_step(xb, yb, self.loss_fn, self.step)
+                loss, correct = self.pipeline.train_step(xb, yb, self.loss_fn, self.step, mixed=mixed,
+                                                         layer_done=start)
             finally:
                 if sample:
                     self.monitor.unhook()
+            if self.dist is not None:  # the stage's gradients averaged over its data-parallel replicas; even
+                self.dist.after_backward(self.step)   # after a non-finite loss: buckets may be in flight
             if not math.isfinite(loss):
                 return loss, 0
-            if self.dist is not None:  # the stage's gradients averaged over its data-parallel replicas
-                self.dist.after_backward(self.step)
         else:
             loss, correct = self._forward_backward(xb, yb, mixed, sample)
             if not math.isfinite(loss):
@@ -352,7 +367,8 @@ class Trainer:
                     break
             if self._best_state is not None:
                 self._restore_best()
-                if self.checkpoint and self.run_dir is not None:  # the checkpoint stays the last step's, to resume
+                if self.checkpoint and (self.run_dir is not None or self.pipeline is not None):
+                    # the checkpoint stays the last step's, to resume; a pipeline's save is collective
                     root, ext = os.path.splitext(self.checkpoint_name)
                     self.save(self._path(f"{root}_best{ext}"))
             self._report_monitor()

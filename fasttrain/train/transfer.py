@@ -99,14 +99,15 @@ def load_pretrained(model, arena, path, skip_mismatched: bool = True) -> dict:
     return {"loaded": loaded, "skipped": skipped}
 
 
-def freeze_except(model, arena, n: int, freeze_bn_stats: bool = True) -> list[str]:
+def freeze_except(model, arena, n: int, freeze_bn_stats: bool = True, whole=None) -> list[str]:
     """Freeze every parameter except those of the last `n` parameterized layers (forward order):
     splits the arena's groups into trainable and frozen parts (see the module docstring) and
     marks Parameter.frozen. freeze_bn_stats: a frozen batchnorm layer normalizes with its running
     statistics in training too and stops updating them (use_running_stats), so the frozen part of
     the network computes what it was trained to compute. Call it BEFORE building the optimizer
-    (it copies the groups' hypers). Returns the names of the frozen parameters."""
-    layers = parameterized_layers(model)
+    (it copies the groups' hypers). Returns the names of the frozen parameters. whole: the model
+    whose layers are counted when `model` and `arena` are a part of it (a pipeline stage's)."""
+    layers = parameterized_layers(whole if whole is not None else model)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(layers):
         raise ValueError(f"freeze_except(n): expected an int in [1, {len(layers)}] (the model's parameterized "
                          f"layers), got {n!r}")

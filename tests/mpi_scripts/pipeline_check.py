@@ -6,6 +6,7 @@ stage raises in step 1; 'kill': it is killed (SIGKILL) there; either must end th
 import json
 import os
 import signal
+import socket
 import sys
 
 import numpy as np
@@ -52,6 +53,7 @@ for s in range(STEPS):
         dp.after_backward(s)
     opt.step()
 peaks = grid.pipe.allgather(pipe.peak_in_flight)
+hosts = len(set(grid.world.allgather(socket.gethostname())))
 state = pipe.gather_state(opt) if grid.replica == 0 else None
 if grid.world.rank == 0:
     def reference(micro_batches):
@@ -73,4 +75,4 @@ if grid.world.rank == 0:
     print(json.dumps({"identical_to_accumulation": all(np.array_equal(got[k], acc[k]) for k in acc),
                       "max_diff_whole": max(float(np.abs(got[k] - whole[k]).max()) for k in whole),
                       "scale": max(float(np.abs(v).max()) for v in whole.values()),
-                      "peak_in_flight": peaks, "stages": S, "replicas": grid.replicas}))
+                      "peak_in_flight": peaks, "stages": S, "replicas": grid.replicas, "hosts": hosts}))
