@@ -2,14 +2,21 @@
 with tc, TCP forced), our algorithms against MPICH's Allreduce. Needs root.
 
     python bench/cluster_allreduce.py [--layouts 2x2,3x1] [--rates 1gbit,10gbit]
-                                      [--sizes 65536,...] [--json out.jsonl]
+                                      [--sizes 65536,...] [--rounds N] [--json out.jsonl]
 
 For every layout (hosts x ranks per host) and link rate, one cluster is made and this script
 re-runs itself on it under mpiexec. Checks first (ours == MPICH within float32 rounding, ranks
-bit-identical), then times, interleaved in rounds (bench/collectives.py's sampling: the slowest
-rank's time per call, median over rounds): MPICH's Allreduce, ours as ring_allreduce picks it
-('auto'), and each way forced: hierarchical with every rank on its slice across hosts
-('hier_slices') or one leader per host ('hier_leader'), flat halving-doubling and flat ring.
+bit-identical), then times. A sample is the slowest rank's time for one call between barriers;
+every round takes one sample of each implementation, in an order that rotates from round to
+round, so MPICH and ours see the same machine within milliseconds of each other (this shared
+2-core VM's speed drifts by 2x within seconds). Reported per implementation: the median and the
+20th percentile (a low quantile: what the call costs when the ranks are not kept waiting for a
+core), and the load average (1 min) before and after each cluster's run.
+Implementations: MPICH's Allreduce ('mpi', at its defaults unless --mpich-algorithm names one of
+MPICH's MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM choices), ours as ring_allreduce picks it ('auto'),
+and the other ways forced: hierarchical with every rank on its slice across hosts ('hier_slices')
+or one leader per host ('hier_leader'); one rank per host: one round to every peer ('oneshot'),
+reduce-scatter + all-gather with every peer at once ('direct'); and the flat ring ('flat_ring').
 The machine has 2 cores for all the ranks: absolute times include waiting for a core.
 """
 from __future__ import annotations
@@ -17,8 +24,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,32 +35,66 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.collectives import _samples  # noqa: E402
 from fasttrain.parallel import allreduce_algorithm, get_comm, launched_world_size, ring_allreduce  # noqa: E402
 
 SIZES = [64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20]
-FLAT_HD = {"small_bytes": 0, "shared_bytes": 0, "mid_bytes": 1 << 62}
 FLAT_RING = {"small_bytes": 0, "shared_bytes": 0, "mid_bytes": 0}
+NAMES = ["auto", "hier_slices", "hier_leader", "oneshot", "direct", "flat_ring"]
+
+
+def load1() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def rounds_for(nbytes: int, base: int) -> int:
+    """More rounds for the short calls: they are cheap and the noisiest."""
+    return base if nbytes <= (1 << 20) else max(5, base * 2 // 3) if nbytes <= (4 << 20) else max(5, base // 3)
+
+
+def quantile(xs, q: float) -> float:
+    return float(np.quantile(np.asarray(xs), q))
+
+
+def sample(comm, fns: dict, reset, rounds: int) -> dict:
+    """Per implementation, the slowest rank's time of one call, one sample per round each, the
+    order rotating by one every round (two warm-up rounds first)."""
+    out = {name: [] for name in fns}
+    order = list(fns)
+    for i in range(rounds + 2):
+        k = i % len(order)
+        for name in order[k:] + order[:k]:
+            reset()
+            comm.barrier()
+            t0 = time.perf_counter()
+            fns[name]()
+            dt = time.perf_counter() - t0
+            slowest = max(comm.allgather(dt))
+            if i >= 2:
+                out[name].append(slowest)
+    return out
 
 
 def child(args):
-    from fasttrain.parallel.ring import hierarchical_allreduce
+    from fasttrain.parallel.ring import direct_allreduce, hierarchical_allreduce, oneshot_allreduce
     from fasttrain.parallel.shm import hierarchy
 
     comm = get_comm()
     p, r = comm.size, comm.rank
     h = hierarchy(comm)
+    load_before = load1()
     for size in [int(s) for s in args.sizes.split(",")]:
         n = size // 4
         src = np.random.default_rng([r, n]).standard_normal(n).astype(np.float32)
         buf = src.copy()
-        fns = {"mpi": lambda: comm.allreduce_mpi(buf), "auto": lambda: ring_allreduce(comm, buf),
-               "flat_hd": lambda: ring_allreduce(comm, buf, **FLAT_HD),
-               "flat_ring": lambda: ring_allreduce(comm, buf, **FLAT_RING)}
+        fns = {"mpi": lambda: comm.allreduce_mpi(buf), "auto": lambda: ring_allreduce(comm, buf)}
         if h is not None:
             if h.equal:
                 fns["hier_slices"] = lambda: hierarchical_allreduce(comm, buf, mode="slices")
             fns["hier_leader"] = lambda: hierarchical_allreduce(comm, buf, mode="leader")
+        else:
+            fns["oneshot"] = lambda: oneshot_allreduce(comm, buf)
+            fns["direct"] = lambda: direct_allreduce(comm, buf)
+        fns["flat_ring"] = lambda: ring_allreduce(comm, buf, **FLAT_RING)
         want = src.copy()
         comm.allreduce_mpi(want)
         for name, fn in fns.items():
@@ -61,13 +104,43 @@ def child(args):
                 raise AssertionError(f"size={size} {name}: differs from MPICH's Allreduce by {np.max(np.abs(buf - want))}")
             if len(set(comm.allgather(hashlib.sha256(buf.tobytes()).hexdigest()))) != 1:
                 raise AssertionError(f"size={size} {name}: results differ between ranks")
-        samples = _samples(comm, fns, lambda: np.copyto(buf, src), size)
+        samples = sample(comm, fns, lambda: np.copyto(buf, src), rounds_for(size, args.rounds))
         if r == 0:
             for name, s in samples.items():
                 print(json.dumps({"suite": "cluster_allreduce", "layout": args.layout, "rate": args.rate, "ranks": p,
-                                  "size": size, "backend": name, "median_s": statistics.median(s), "min_s": min(s),
-                                  "max_s": max(s), "algorithm": allreduce_algorithm(comm, size) if name == "auto" else name}),
+                                  "size": size, "backend": name, "median_s": statistics.median(s),
+                                  "p20_s": quantile(s, 0.2), "min_s": min(s), "max_s": max(s), "rounds": len(s),
+                                  "load_before": load_before, "load_after": load1(),
+                                  "mpich_algorithm": os.environ.get("MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM", "default"),
+                                  "algorithm": allreduce_algorithm(comm, size) if name == "auto" else name}),
                       flush=True)
+
+
+def label(size: int) -> str:
+    return f"{size >> 20} MB" if size >= 1 << 20 else f"{size >> 10} KB"
+
+
+def table(records: list[dict]) -> str:
+    """The results as a Markdown table: per layout, link and size, MPICH and ours (median and
+    20th percentile), their ratios, and the forced alternatives' medians."""
+    by = {(x["layout"], x["rate"], x["size"], x["backend"]): x for x in records}
+    names = [n for n in NAMES[1:] if any(k[3] == n for k in by)]
+    lines = ["| hosts x ranks | link | size | load | MPICH ms (median / p20) | ours ms (median / p20) | MPICH / ours: "
+             "median | p20 | ours picks | " + " | ".join(f"{n} ms" for n in names) + " |",
+             "|" + "---|" * (9 + len(names))]
+    from fasttrain.parallel.cluster import _rate_bits
+    keys = sorted({k[:3] for k in by}, key=lambda k: (k[0], -_rate_bits(k[1]), k[2]))
+    for layout, rate, size in keys:
+        m, a = by.get((layout, rate, size, "mpi")), by.get((layout, rate, size, "auto"))
+        if m is None or a is None:
+            continue
+        cells = [f"{by[(layout, rate, size, n)]['median_s'] * 1e3:.2f}" if (layout, rate, size, n) in by else "-"
+                 for n in names]
+        lines.append(f"| {layout} | {rate} | {label(size)} | {a['load_before']:.1f}-{a['load_after']:.1f} | "
+                     f"{m['median_s'] * 1e3:.2f} / {m['p20_s'] * 1e3:.2f} | {a['median_s'] * 1e3:.2f} / {a['p20_s'] * 1e3:.2f} | "
+                     f"**{m['median_s'] / a['median_s']:.2f}x** | {m['p20_s'] / a['p20_s']:.2f}x | {a['algorithm']} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def parent(args):
@@ -77,31 +150,21 @@ def parent(args):
     if why:
         sys.exit(f"cluster_allreduce: no emulated cluster here: {why}")
     records = []
+    t0, load0 = time.perf_counter(), load1()
     for layout in args.layouts.split(","):
         hosts, per = (int(x) for x in layout.split("x"))
         for rate in args.rates.split(","):
             with Cluster(hosts, per, rate=rate) as c:
+                launcher = ["-genv", "MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM", args.mpich_algorithm] if args.mpich_algorithm else []
                 proc = c.run([sys.executable, "-m", "mpi4py", str(Path(__file__).resolve()), "--child",
-                              "--layout", layout, "--rate", rate, "--sizes", args.sizes], timeout=1800, cwd=ROOT)
+                              "--layout", layout, "--rate", rate, "--sizes", args.sizes, "--rounds", str(args.rounds)],
+                             timeout=1800, cwd=ROOT, launcher=launcher)
                 if proc.returncode != 0:
                     sys.exit(f"cluster_allreduce {layout} {rate}: failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
                 records += [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    by = {(x["layout"], x["rate"], x["size"], x["backend"]): x for x in records}
-    names = ["auto", "hier_slices", "hier_leader", "flat_hd", "flat_ring"]
-    print(f"{'layout':>6} {'link':>7} {'size':>6} {'MPICH ms':>9} " + " ".join(f"{n:>11}" for n in names)
-          + "  (ms; MPICH/auto: x) auto picks")
-    for (layout, rate, size, backend), x in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
-        if backend != "mpi":
-            continue
-        mpi = x["median_s"]
-        cells = []
-        for n in names:
-            y = by.get((layout, rate, size, n))
-            cells.append(f"{y['median_s'] * 1e3:11.3f}" if y else f"{'-':>11}")
-        auto = by[(layout, rate, size, "auto")]
-        label = f"{size >> 20}M" if size >= 1 << 20 else f"{size >> 10}K"
-        print(f"{layout:>6} {rate:>7} {label:>6} {mpi * 1e3:9.3f} " + " ".join(cells)
-              + f"  {mpi / auto['median_s']:.2f}x {auto['algorithm']}")
+    print(f"cluster_allreduce: {time.perf_counter() - t0:.0f} s, load average (1 min) {load0:.1f} at the start, "
+          f"{load1():.1f} at the end; {os.cpu_count()} cores; MPICH Allreduce: {args.mpich_algorithm or 'default'}")
+    print(table(records))
     if args.json:
         Path(args.json).write_text("".join(json.dumps(x) + "\n" for x in records))
 
@@ -111,6 +174,9 @@ def main(argv=None):
     ap.add_argument("--layouts", default="2x2,3x1", help="hosts x ranks per host, comma-separated")
     ap.add_argument("--rates", default="1gbit,10gbit", help="per-host link rates (tc htb), comma-separated")
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="bytes, comma-separated")
+    ap.add_argument("--rounds", type=int, default=21, help="timed rounds up to 1 MB (fewer above)")
+    ap.add_argument("--mpich-algorithm", default=None,
+                    help="run MPICH's Allreduce with this MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM (default: its own choice)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--layout", default="", help=argparse.SUPPRESS)

@@ -12,6 +12,7 @@ import pytest
 
 pytest.importorskip("mpi4py")
 from fasttrain.parallel import cluster as cl  # noqa: E402
+from fasttrain.parallel.ring import DEFAULT_ONESHOT_BYTES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).parent / "mpi_scripts"
@@ -33,9 +34,12 @@ def run_json(cluster, script, *args, timeout=180):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def across_hosts(cluster):
-    """The algorithm for mid sizes (64 KB .. 8 MB) when ranks span hosts."""
-    return "hierarchical" if max(cluster.ranks_per_host) > 1 else "halving_doubling"
+def across_hosts(cluster, nbytes):
+    """The algorithm for mid sizes (64 KB .. 32 MB) when ranks span hosts: one rank per host
+    sends to every peer at once, in one round for two hosts or short buffers."""
+    if max(cluster.ranks_per_host) > 1:
+        return "hierarchical"
+    return "oneshot" if cluster.hosts == 2 or nbytes < DEFAULT_ONESHOT_BYTES else "direct"
 
 
 @pytest.fixture(scope="module", params=LAYOUTS, ids=lambda hr: f"{hr[0]}hostsx{hr[1]}")
@@ -84,7 +88,7 @@ def check_every_algorithm(cluster):
     # every rank's 300007 floats reach the other hosts: over TCP on the veth, not shared memory
     assert min(moved) > 4 * 300007, moved
     for c in out["cases"]:
-        for name in ("auto", "recursive_doubling", "ring", "shared_memory", "halving_doubling"):
+        for name in ("auto", "recursive_doubling", "ring", "shared_memory", "halving_doubling", "oneshot", "direct"):
             assert c["exact_" + name], (name, c)
         shared = max(cluster.ranks_per_host) > 1
         modes = (["slices"] if shared and len(set(cluster.ranks_per_host)) == 1 else []) + (["leader"] if shared else [])
@@ -95,11 +99,10 @@ def check_every_algorithm(cluster):
             assert c[key + "_identical"] and c[key + "_relerr"] <= 1e-5, (key, c)
         assert c["shm_repeat_ok"] and c["int8_identical"] and c["int8_err"] <= 1 / 127 * 1.0001, c
     # across hosts the shared-memory window alone cannot reduce: ranks on other hosts are not in it
-    assert out["algorithms"]["262144"] == across_hosts(cluster)
+    assert out["algorithms"]["262144"] == across_hosts(cluster, 1 << 18)
     assert out["algorithms"]["1024"] == "recursive_doubling"
-    # 4 MB: over 3 hosts halving-doubling would send whole buffers to and from the third
-    assert out["algorithms"]["4194304"] == {(2, 2): "hierarchical", (3, 1): "ring"}.get(
-        (cluster.hosts, max(cluster.ranks_per_host)), out["algorithms"]["4194304"])
+    assert out["algorithms"]["4194304"] == across_hosts(cluster, 1 << 22)
+    assert out["algorithms"]["67108864"] == "ring"  # above the shared window's range and mid_bytes
 
 
 @pytest.mark.parametrize("flags", [["--compress", "int8"], ["--local-sgd", "4"]], ids=["int8", "local-sgd-4"])
@@ -108,7 +111,7 @@ def test_training_across_hosts_ends_identical(cluster, flags, tmp_path):
                    "--run-dir", str(tmp_path))
     assert len(out["hashes"]) == cluster.size and len(set(out["hashes"])) == 1, out["hashes"]
     assert out["hosts"] == cluster.hosts
-    expected = across_hosts(cluster)  # 86 KB of gradients
+    expected = across_hosts(cluster, 86 << 10)  # 86 KB of gradients
     if flags[0] == "--compress":  # compressed across hosts only: the ring there, or inside the hierarchy
         expected = "hierarchical+int8" if expected == "hierarchical" else "ring+int8"
     assert out["allreduce_algorithm"] == expected, out

@@ -1,12 +1,14 @@
-"""The three all-reduce paths of fasttrain.parallel.ring over threads standing in for ranks: recursive
-doubling (short buffers), halving-doubling (mid sizes) and the pipelined ring (forced with
-small_bytes=0, mid_bytes=0), against the float64
+"""The all-reduce paths of fasttrain.parallel.ring over threads standing in for ranks: recursive
+doubling (short buffers), halving-doubling (mid sizes), the pipelined ring (forced with
+small_bytes=0, mid_bytes=0), and the all-peers-at-once ones of hosts with one rank each (one-shot,
+direct reduce-scatter + all-gather, segmented), against the float64
 sum, ranks bit-identical, K = 1..6 (powers of two and not)."""
 import numpy as np
 import pytest
 
 from fasttrain.parallel import ThreadWorld, ring_allreduce
-from fasttrain.parallel.ring import halving_doubling_allreduce, recursive_doubling_allreduce
+from fasttrain.parallel.ring import (direct_allreduce, halving_doubling_allreduce, oneshot_allreduce,
+                                     recursive_doubling_allreduce)
 
 
 def _data(rank, n):
@@ -15,7 +17,7 @@ def _data(rank, n):
 
 @pytest.mark.parametrize("K", [2, 3, 4, 5, 6])
 @pytest.mark.parametrize("n", [1, 2, 7, 1031])
-@pytest.mark.parametrize("path", ["doubling", "halving", "ring", "auto"])
+@pytest.mark.parametrize("path", ["doubling", "halving", "ring", "oneshot", "direct", "auto"])
 @pytest.mark.parametrize("op", ["sum", "mean"])
 def test_paths_match_float64_sum_and_ranks_identical(K, n, path, op):
     ref = np.sum([_data(k, n).astype(np.float64) for k in range(K)], axis=0) / (K if op == "mean" else 1)
@@ -26,6 +28,10 @@ def test_paths_match_float64_sum_and_ranks_identical(K, n, path, op):
             return recursive_doubling_allreduce(comm, buf, op)
         if path == "halving":
             return halving_doubling_allreduce(comm, buf, op)
+        if path == "oneshot":
+            return oneshot_allreduce(comm, buf, op)
+        if path == "direct":  # 8-byte segments: several per chunk at n = 1031
+            return direct_allreduce(comm, buf, op, segment_bytes=8)
         if path == "ring":
             return ring_allreduce(comm, buf, op=op, segment_bytes=64, small_bytes=0, mid_bytes=0)
         return ring_allreduce(comm, buf, op=op, segment_bytes=64, small_bytes=16, mid_bytes=1 << 12)

@@ -52,11 +52,24 @@ DEFAULT_MID_BYTES = 1 << 23
 #: at 32 MB and above halving-doubling or the ring were as fast or faster.
 DEFAULT_SHARED_BYTES = 1 << 25
 #: from this many bytes, a flat all-reduce across hosts over a rank count that is not a power of
-#: two takes the ring instead of halving-doubling, whose extra ranks send their whole buffer to a
+#: two (and not served by `direct_allreduce`: above shared_bytes or DIRECT_MAX_RANKS) takes the
+#: ring instead of halving-doubling, whose extra ranks send their whole buffer to a
 #: partner and get the whole result back: twice the bytes on those links. Measured on the
 #: emulated cluster (bench/cluster_allreduce.py, 3 hosts x 1 rank): the ring took 0.67x of
 #: halving-doubling's time at 1 MB over 1 Gbit/s links and 0.6x at 4 MB over 10 Gbit/s links.
 DEFAULT_CROSS_RING_BYTES = 1 << 20
+#: ranks on separate hosts (one each, no hierarchy), at most this many: below shared_bytes the
+#: all-reduce goes to every peer at once (`oneshot_allreduce`, `direct_allreduce`): 1 or 2 message
+#: rounds where recursive doubling, halving-doubling and the ring take 3, 4 and 2 (p - 1) for p = 3.
+#: Each rank then has p - 1 messages in flight per round; measured up to 4 hosts.
+DIRECT_MAX_RANKS = 4
+#: across hosts, one rank each: below this many bytes (and at any size up to shared_bytes for two
+#: ranks, where both send the same bytes) the one-round all-reduce runs, above it the two-round
+#: direct one, whose ranks send 2 (p - 1) / p of the buffer instead of p - 1 buffers. Measured on
+#: the emulated cluster (bench/cluster_allreduce.py, 3 hosts x 1 rank, 2 shared cores): at 64 KB
+#: one-shot took 0.6-1.8x direct's time (faster the busier the cores: one round less to wait
+#: for), at 256 KB both were within 5% under load, and direct was faster when the cores were free.
+DEFAULT_ONESHOT_BYTES = 1 << 17
 _TAG = 77
 _TAG_SMALL = 78
 
@@ -262,6 +275,85 @@ def halving_doubling_allreduce(comm: Communicator, buf: np.ndarray, op: str = "s
     return buf
 
 
+_TAG_RS = 79
+_TAG_AG = 80
+
+
+def _peers(p: int, r: int) -> list[int]:
+    """The other ranks from r + 1 on, wrapping: each rank starts with a different peer, so the
+    first messages of a call spread over every link instead of all heading for rank 0."""
+    return [(r + k) % p for k in range(1, p)]
+
+
+def oneshot_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum") -> np.ndarray:
+    """All-reduce buf in place in one round: every rank sends its whole buffer to every other and
+    sums all p buffers itself, in rank order. (p - 1) n values out per rank, but a single message
+    round: for short buffers over a few hosts the round (a peer's turn on a loaded core, a
+    network round trip) is what costs, not the bytes. For p = 2 this is recursive doubling.
+    Ranks end bit-identical: every rank adds the same p arrays in the same order."""
+    p, r = comm.size, comm.rank
+    if p == 1 or buf.size == 0:
+        return buf
+    others = _scratch("oneshot", (p - 1) * buf.size, buf.dtype).reshape(p - 1, buf.size)
+    slot = {j: others[k] for k, j in enumerate(j for j in range(p) if j != r)}
+    recvs = [comm.irecv(slot[j], j, _TAG_RS) for j in _peers(p, r)]
+    sends = [comm.isend(buf, j, _TAG_RS) for j in _peers(p, r)]
+    comm.waitall(recvs)
+    rows = [buf if j == r else slot[j] for j in range(p)]
+    # the sum accumulates in buf once this rank's own values have been added (r < 2), else aside
+    acc = buf if r < 2 else _scratch("oneshot_acc", buf.size, buf.dtype)
+    comm.waitall(sends)  # buf is overwritten by the sum below
+    np.add(rows[0], rows[1], out=acc)
+    for j in range(2, p):
+        np.add(acc, rows[j], out=acc)
+    if acc is not buf:
+        buf[...] = acc
+    if op == "mean":
+        buf /= p
+    return buf
+
+
+def direct_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
+                     segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> np.ndarray:
+    """All-reduce buf in place by a reduce-scatter and an all-gather with every peer at once:
+    rank r owns chunk r; it sends chunk j to rank j and receives its own chunk from every peer
+    (all messages in flight together), sums it, and sends the sum to every peer. Each rank moves
+    2 (p - 1) / p of the buffer, as in the ring, but in 2 rounds instead of 2 (p - 1): with a few
+    ranks on separate hosts (each with its own link, full duplex) the p - 1 messages of a round
+    share nothing but the sender's link. Pipelined in segments: a segment of the own chunk is
+    summed and sent on while the next ones arrive. The all-gather lands in a scratch buffer (buf's
+    chunks may still be on their way out) and is copied in at the end. Ranks end bit-identical:
+    each chunk is summed by its owner and copied to the others."""
+    p, r = comm.size, comm.rank
+    if p == 1 or buf.size == 0:
+        return buf
+    off = chunk_offsets(buf.size, p)
+    seg = max(1, int(segment_bytes) // buf.itemsize)
+    a, b = int(off[r]), int(off[r + 1])
+    mine = segment_bounds(a, b, seg)
+    peers = _peers(p, r)
+    maxc = int(np.diff(off).max())
+    inbox = _scratch("direct_rs", p * maxc, buf.dtype).reshape(p, maxc)     # row j: rank j's copy of my chunk
+    gather = _scratch("direct_ag", buf.size, buf.dtype)                      # chunk j of the result, from rank j
+    ag_recvs = [comm.irecv(gather[x:y], j, _TAG_AG) for j in peers for x, y in segment_bounds(*_chunk(off, j), seg)]
+    rs_recvs = {j: [comm.irecv(inbox[j, x - a:y - a], j, _TAG_RS) for x, y in mine] for j in peers}
+    sends = [comm.isend(buf[x:y], j, _TAG_RS) for j in peers for x, y in segment_bounds(*_chunk(off, j), seg)]
+    for i, (x, y) in enumerate(mine):
+        acc = buf[x:y]
+        for j in sorted(peers):  # own values, then the peers' in rank order: one fixed chain
+            comm.wait(rs_recvs[j][i])
+            np.add(acc, inbox[j, x - a:y - a], out=acc)
+        if op == "mean":
+            acc /= p
+        sends += [comm.isend(acc, j, _TAG_AG) for j in peers]
+    comm.waitall(ag_recvs)
+    comm.waitall(sends)
+    for j in peers:
+        x, y = _chunk(off, j)
+        buf[x:y] = gather[x:y]
+    return buf
+
+
 def _chunk(off: np.ndarray, c: int) -> tuple[int, int]:
     p = off.size - 1
     return int(off[c % p]), int(off[c % p + 1])
@@ -320,7 +412,9 @@ def allreduce_algorithm(comm: Communicator, nbytes: int, small_bytes: int = DEFA
         return "shared_memory"
     if nbytes < shared_bytes and hierarchy(comm) is not None:
         return "hierarchical"
-    p = comm.size  # (a mid_bytes above the default forces halving-doubling, as in the tests)
+    p = comm.size
+    if nbytes < shared_bytes and p <= DIRECT_MAX_RANKS and host_count(comm) == p:
+        return "oneshot" if p == 2 or nbytes < DEFAULT_ONESHOT_BYTES else "direct"  # (a mid_bytes above the default forces halving-doubling, as in the tests)
     if nbytes < mid_bytes and not (nbytes >= DEFAULT_CROSS_RING_BYTES and p & (p - 1) and mid_bytes <= DEFAULT_MID_BYTES
                                    and host_count(comm) > 1):
         return "halving_doubling"
@@ -348,8 +442,10 @@ def ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
     small_bytes: uncompressed buffers below this size take `recursive_doubling_allreduce`;
     those from small_bytes up to shared_bytes take the shared-memory window (`shm.NodeWindow`)
     when all ranks are on one MPI node, or `hierarchical_allreduce` when they span several nodes
-    and some node runs more than one (then with the codec too, across hosts only); otherwise
-    those up to mid_bytes take `halving_doubling_allreduce`. small_bytes=0, shared_bytes=0, mid_bytes=0
+    and some node runs more than one (then with the codec too, across hosts only), or, with one
+    rank on each of at most DIRECT_MAX_RANKS hosts, `oneshot_allreduce` (two ranks, or below
+    DEFAULT_ONESHOT_BYTES) or `direct_allreduce`; otherwise those up to mid_bytes take
+    `halving_doubling_allreduce`. small_bytes=0, shared_bytes=0, mid_bytes=0
     force the ring at every size."""
     if op not in ("sum", "mean"):
         raise ValueError(f"op: expected 'sum' or 'mean', got {op!r}")
@@ -374,6 +470,10 @@ def ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
             return halving_doubling_allreduce(comm, buf, op)
         if algorithm == "hierarchical":
             return hierarchical_allreduce(comm, buf, op, segment_bytes=segment_bytes)
+        if algorithm == "oneshot":
+            return oneshot_allreduce(comm, buf, op)
+        if algorithm == "direct":
+            return direct_allreduce(comm, buf, op, segment_bytes)
     elif small_bytes <= buf.nbytes < shared_bytes and hierarchy(comm) is not None:
         return hierarchical_allreduce(comm, buf, op, segment_bytes, codec, rng, offset, schedule)
     off = chunk_offsets(buf.size, p)

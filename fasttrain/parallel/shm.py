@@ -189,16 +189,19 @@ def node_window(comm: Communicator) -> NodeWindow | None:
         pass
     window = None
     # a communicator that sleeps in its waits (a communication thread's) keeps off MPI_Barrier,
-    # which spins: it takes the point-to-point algorithms
-    if type(comm) is MPIComm and comm.size > 1 and not comm.poll_interval_s:
+    # which spins: it takes the point-to-point algorithms (which still ask how many hosts there are)
+    if type(comm) is MPIComm and comm.size > 1:
         from mpi4py import MPI
         node = comm.comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
-        if node.Get_size() == comm.size:
+        sleeps = bool(comm.poll_interval_s)
+        if node.Get_size() == comm.size and not sleeps:
             window = NodeWindow(node)
+        elif node.Get_size() == comm.size:
+            node.Free()
         else:
             placement = comm.allgather((node.Get_rank(), node.Get_size()))
             comm._hosts = sum(1 for r, _ in placement if r == 0)
-            if max(size for _, size in placement) > 1:
+            if max(size for _, size in placement) > 1 and not sleeps:
                 comm._hierarchy = Hierarchy(comm, node, placement)
             else:
                 node.Free()
