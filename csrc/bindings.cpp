@@ -319,8 +319,7 @@ void bind(py::module_& m) {
     FT_CHECK(dh >= 1 && dw >= 1, op << "(dil_h, dil_w): expected dilations >= 1, got (" << dh << ", " << dw << ")");
     FT_CHECK(hx >= 0, op << ": expected halos >= 0, got " << hx);
     Conv g{xb.shape(0), w.shape(0), xb.shape(2) - 2 * hx, xb.shape(3) - 2 * hx, w.shape(0), w.shape(2), w.shape(3), 0, 0};
-    FT_CHECK(w.shape(1) == 1 && g.R <= 32 && g.S <= 32,
-             op << "(w): expected shape (C, 1, R, S) with R, S <= 32, got " << shape_str(w));
+    FT_CHECK(w.shape(1) == 1, op << "(w): expected shape (C, 1, R, S), got " << shape_str(w));
     FT_CHECK(xb.shape(1) == (g.C + 15) / 16 && xb.shape(4) == 16 && g.H >= 1 && g.W >= 1,
              op << "(" << xname << "): expected shape (N, " << (g.C + 15) / 16 << ", H + 2*halo, W + 2*halo, 16) "
                 << "with halo " << hx << " for w " << shape_str(w) << ", got " << shape_str(xb));

@@ -68,8 +68,8 @@ void correlate_planes(const Isa& isa, const Corr& g, int64_t N, int64_t Cb, cons
 
 Corr forward_corr(int64_t H, int64_t W, int64_t hx, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph,
                   int64_t pw, int64_t dh, int64_t dw) {
-  return Corr{H, W, hx, (H + 2 * ph - dh * (R - 1) - 1) / sh + 1, (W + 2 * pw - dw * (S - 1) - 1) / sw + 1,
-              R, S, sh, sw, ph, pw, dh, dw};
+  return interior_cols(Corr{H, W, hx, (H + 2 * ph - dh * (R - 1) - 1) / sh + 1,
+                            (W + 2 * pw - dw * (S - 1) - 1) / sw + 1, R, S, sh, sw, ph, pw, dh, dw});
 }
 
 }  // namespace
@@ -95,19 +95,32 @@ void depthwise_blocked_bwd_data(const float* dyb, const float* w, float* dxb, in
   const Corr f = forward_corr(H, W, 0, R, S, sh, sw, ph, pw, dh, dw);
   if (sh == 1 && sw == 1) {
     // dx = dy correlated with the flipped filter, dy padded by the filter span minus the padding
-    const Corr g{f.P, f.Q, halo_dy, H, W, R, S, 1, 1, dh * (R - 1) - ph, dw * (S - 1) - pw, dh, dw};
+    const Corr g = interior_cols(Corr{f.P, f.Q, halo_dy, H, W, R, S, 1, 1, dh * (R - 1) - ph, dw * (S - 1) - pw, dh, dw});
     const std::vector<float> wf = pack_weights(w, C, RS, true);
     correlate_planes(isa, g, N, Cb, dyb, wf.data(), nullptr, dxb, halo_dx, false);
     return;
   }
   const std::vector<float> wb = pack_weights(w, C, RS, false);
+  std::vector<int64_t> row_taps(H * (2 * R + 1));
+  for (int64_t h = 0; h < H; ++h) {
+    int64_t* t = row_taps.data() + h * (2 * R + 1);
+    t[0] = 0;
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t v = h + ph - r * dh;
+      if (v < 0 || v % sh || v / sh >= f.P) continue;
+      t[1 + 2 * t[0]] = r;
+      t[2 + 2 * t[0]++] = v / sh;
+    }
+  }
+  Corr g = f;
+  g.row_taps = row_taps.data();
   const int64_t ldy = (f.Q + 2 * halo_dy) * kBlock, plane_y = (f.P + 2 * halo_dy) * ldy;
   const int64_t ldx = (W + 2 * halo_dx) * kBlock, plane_x = (H + 2 * halo_dx) * ldx;
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
   for (int64_t task = 0; task < N * Cb * H; ++task) {
     const int64_t nc = task / H, h = task % H, cb = nc % Cb;
     float* px = dxb + nc * plane_x;
-    isa.bwd_data_row(f, dyb + nc * plane_y + halo_dy * ldy + halo_dy * kBlock, ldy, wb.data() + cb * RS * kBlock,
+    isa.bwd_data_row(g, dyb + nc * plane_y + halo_dy * ldy + halo_dy * kBlock, ldy, wb.data() + cb * RS * kBlock,
                      px + (halo_dx + h) * ldx + halo_dx * kBlock, h);
     zero_halo(px, H, W, halo_dx, h);
   }
@@ -130,16 +143,23 @@ void depthwise_blocked_bwd_weight(const float* xb, const float* dyb, float* dwt,
   for (int64_t task = 0; task < Cb * chunks; ++task) {
     const int64_t cb = task / chunks, k = task % chunks;
     thread_local std::vector<float> acc;
-    acc.resize(A);
+    acc.assign(A, 0.f);
     double* out = part.data() + task * A;
-    // float sums over one image's plane, double across images
-    for (int64_t n = N * k / chunks; n < N * (k + 1) / chunks; ++n) {
-      std::fill(acc.begin(), acc.end(), 0.f);
+    // float sums over at least kFlushPixels output pixels (whole planes), then added in double:
+    // small maps would otherwise spend more on the flushes than on the sums
+    constexpr int64_t kFlushPixels = 1024;
+    int64_t pending = 0;
+    const int64_t n1 = N * (k + 1) / chunks;
+    for (int64_t n = N * k / chunks; n < n1; ++n) {
       const int64_t nc = n * Cb + cb;
-      const float* x = xb + nc * plane_x + halo_x * ldx + halo_x * kBlock;
-      const float* d = dyb + nc * plane_y + halo_dy * ldy + halo_dy * kBlock;
-      for (int64_t p = 0; p < g.P; ++p) isa.wgrad_row(g, x, ldx, d + p * ldy, acc.data(), p);
-      for (int64_t i = 0; i < A; ++i) out[i] += acc[i];
+      isa.wgrad_plane(g, xb + nc * plane_x + halo_x * ldx + halo_x * kBlock, ldx,
+                      dyb + nc * plane_y + halo_dy * ldy + halo_dy * kBlock, ldy, acc.data());
+      pending += g.P * g.Q;
+      if (pending >= kFlushPixels || n + 1 == n1) {
+        for (int64_t i = 0; i < A; ++i) out[i] += acc[i];
+        std::fill(acc.begin(), acc.end(), 0.f);
+        pending = 0;
+      }
     }
   }
   for (int64_t c = 0; c < C; ++c) {

@@ -20,7 +20,22 @@ struct Corr {
   int64_t hin;     // input halo
   int64_t P, Q;    // output interior
   int64_t R, S, sh, sw, ph, pw, dh, dw;
+  int64_t qlo = 0, qhi = 0;  // output columns whose S taps all lie inside the input array (interior_cols)
+  // strided data gradient only: per input row h, at h * (2R + 1): the count n of taps reaching it,
+  // then n pairs (r, p) of filter row and dy row (built once per call: the divisions stay out of the rows)
+  const int64_t* row_taps = nullptr;
 };
+
+inline int64_t floordiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+inline int64_t ceildiv(int64_t a, int64_t b) { return -floordiv(-a, b); }
+
+// Sets g.qlo, g.qhi: once per call, since the divisions cost more than a short row's taps.
+inline Corr interior_cols(Corr g) {
+  const auto clamp = [](int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; };
+  g.qlo = clamp(ceildiv(g.pw - g.hin, g.sw), 0, g.Q);
+  g.qhi = clamp(floordiv(g.W + g.hin - 1 - (g.S - 1) * g.dw + g.pw, g.sw) + 1, g.qlo, g.Q);
+  return g;
+}
 
 // One output row p of one channel block: `in` points at the input's interior pixel (0, 0), `ld`
 // floats per input row; `w` is [R*S][16], `bias` 16 floats or null; `out` at output pixel (p, 0).
@@ -31,15 +46,16 @@ using FwdRowFn = void (*)(const Corr& g, const float* in, int64_t ld, const floa
 // q*sw, 0 <= p < P, 0 <= q < Q, of w[r, s] * dy[p, q]. `dy` at its interior (0, 0), `dx` at (h, 0).
 using BwdDataRowFn = void (*)(const Corr& g, const float* dy, int64_t dy_ld, const float* w, float* dx,
                               int64_t h);
-// The weight gradient of output row p of one image: acc[t][16] += sum_q dy[p, q] * x[tap t of (p, q)],
-// acc[R*S][16] += sum_q dy[p, q] (the bias gradient). `x` at its interior (0, 0), `dy` at (p, 0).
-using WgradRowFn = void (*)(const Corr& g, const float* x, int64_t ld, const float* dy, float* acc, int64_t p);
+// The weight gradient of one image's plane of one channel block: acc[t][16] += sum_pq dy[p, q] *
+// x[tap t of (p, q)], and acc[R*S][16] += sum_pq dy[p, q] (the bias gradient). `x` and `dy` at
+// their interiors' pixel (0, 0), `ld` / `dy_ld` floats per row.
+using WgradPlaneFn = void (*)(const Corr& g, const float* x, int64_t ld, const float* dy, int64_t dy_ld, float* acc);
 
 struct Isa {
   const char* name;
   FwdRowFn fwd_row;
   BwdDataRowFn bwd_data_row;
-  WgradRowFn wgrad_row;
+  WgradPlaneFn wgrad_plane;
 };
 
 // Null where the compiler could not build that instruction set (non-x86 hosts).

@@ -19,19 +19,16 @@
 
 namespace ft::cpu::dwb {
 
-inline int64_t floordiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
-inline int64_t ceildiv(int64_t a, int64_t b) { return -floordiv(-a, b); }
-
-// Taps k in [k0, k1) with -halo <= i0 + k*d < n + halo (a contiguous range: the coordinate grows with k).
+// Taps k in [k0, k1) with -halo <= i0 + k*d < n + halo (a contiguous range: the coordinate grows
+// with k); all K without a division in the common case.
 inline void tap_range(int64_t i0, int64_t d, int64_t K, int64_t n, int64_t halo, int64_t& k0, int64_t& k1) {
+  if (i0 >= -halo && i0 + (K - 1) * d < n + halo) {
+    k0 = 0;
+    k1 = K;
+    return;
+  }
   k0 = std::max<int64_t>(0, ceildiv(-halo - i0, d));
   k1 = std::max(k0, std::min<int64_t>(K, floordiv(n + halo - 1 - i0, d) + 1));
-}
-
-// Output columns [qlo, qhi) whose S taps all lie inside the input array.
-inline void interior_cols(const Corr& g, int64_t& qlo, int64_t& qhi) {
-  qlo = std::clamp<int64_t>(ceildiv(g.pw - g.hin, g.sw), 0, g.Q);
-  qhi = std::clamp<int64_t>(floordiv(g.W + g.hin - 1 - (g.S - 1) * g.dw + g.pw, g.sw) + 1, qlo, g.Q);
 }
 
 template <class V, int SW, int QT>
@@ -69,9 +66,9 @@ void fwd_row(const Corr& g, const float* in, int64_t ld, const float* w, const f
              bool relu) {
   using T = typename V::T;
   const int64_t ih0 = p * g.sh - g.ph;
-  int64_t r0, r1, qlo, qhi;
+  int64_t r0, r1;
+  const int64_t qlo = g.qlo, qhi = g.qhi;
   tap_range(ih0, g.dh, g.R, g.H, g.hin, r0, r1);
-  interior_cols(g, qlo, qhi);
   const bool fast = g.R == 3 && g.S == 3 && g.dh == 1 && g.dw == 1 && (g.sw == 1 || g.sw == 2) && r0 == 0 && r1 == 3;
   for (int l = 0; l < kBlock; l += V::kW) {
     const T b = bias ? V::load(bias + l) : V::zero();
@@ -107,23 +104,15 @@ void fwd_row(const Corr& g, const float* in, int64_t ld, const float* w, const f
 template <class V>
 void bwd_data_row(const Corr& g, const float* dy, int64_t dy_ld, const float* w, float* dx, int64_t h) {
   using T = typename V::T;
-  constexpr int kMaxR = 32;
-  int64_t rr[kMaxR], pp[kMaxR];
-  int nr = 0;
-  for (int64_t r = 0; r < g.R && nr < kMaxR; ++r) {
-    const int64_t t = h + g.ph - r * g.dh;
-    if (t < 0 || t % g.sh) continue;
-    if (t / g.sh >= g.P) continue;
-    rr[nr] = r;
-    pp[nr++] = t / g.sh;
-  }
+  const int64_t* taps = g.row_taps + h * (2 * g.R + 1);
+  const int64_t nr = taps[0];
   for (int l = 0; l < kBlock; l += V::kW) {
     int64_t phase = g.pw % g.sw, qbase = g.pw / g.sw;  // v + pw = qbase*sw + phase
     for (int64_t v = 0; v < g.W; ++v) {
       T acc = V::zero();
-      for (int i = 0; i < nr; ++i) {
-        const float* drow = dy + pp[i] * dy_ld + l;
-        const float* wr = w + rr[i] * g.S * kBlock + l;
+      for (int64_t i = 0; i < nr; ++i) {
+        const float* drow = dy + taps[2 + 2 * i] * dy_ld + l;
+        const float* wr = w + taps[1 + 2 * i] * g.S * kBlock + l;
         if (g.dw == 1) {
           // taps s = phase + k*sw read dy column qbase - k
           for (int64_t s = phase, q = qbase; s < g.S; s += g.sw, --q)
@@ -145,67 +134,81 @@ void bwd_data_row(const Corr& g, const float* dy, int64_t dy_ld, const float* w,
   }
 }
 
+// Interior rows [p0, p1) x columns [qlo, qhi) of a 3x3 filter without dilation: the nine tap sums
+// and the bias sum stay in registers over the whole block of rows, added into acc once.
 template <class V, int SW>
-void wgrad_row_3x3(const float* x, int64_t ld, const float* dy, float* acc, int64_t q0, int64_t q1, int64_t ih0,
-                   int64_t pw, int l, typename V::T& bsum) {
+void wgrad_3x3_block(const Corr& g, const float* x, int64_t ld, const float* dy, int64_t dy_ld, float* acc,
+                     int64_t p0, int64_t p1, int l) {
   using T = typename V::T;
-  T a[9];
+  T a[9], bs = V::zero();
 #pragma GCC unroll 9
-  for (int t = 0; t < 9; ++t) a[t] = V::load(acc + t * kBlock + l);
-  const float* base = x + ih0 * ld + (q0 * SW - pw) * kBlock + l;
-  for (int64_t q = q0; q < q1; ++q, base += SW * kBlock) {
-    const T d = V::load(dy + q * kBlock + l);
-    bsum = V::add(bsum, d);
+  for (int t = 0; t < 9; ++t) a[t] = V::zero();
+  for (int64_t p = p0; p < p1; ++p) {
+    const float* base = x + (p * g.sh - g.ph) * ld + (g.qlo * SW - g.pw) * kBlock + l;
+    const float* d = dy + p * dy_ld + l;
+    for (int64_t q = g.qlo; q < g.qhi; ++q, base += SW * kBlock) {
+      const T dv = V::load(d + q * kBlock);
+      bs = V::add(bs, dv);
 #pragma GCC unroll 3
-    for (int r = 0; r < 3; ++r)
+      for (int r = 0; r < 3; ++r)
 #pragma GCC unroll 3
-      for (int s = 0; s < 3; ++s) a[r * 3 + s] = V::fma(a[r * 3 + s], d, V::load(base + r * ld + s * kBlock));
+        for (int s = 0; s < 3; ++s) a[r * 3 + s] = V::fma(a[r * 3 + s], dv, V::load(base + r * ld + s * kBlock));
+    }
   }
 #pragma GCC unroll 9
-  for (int t = 0; t < 9; ++t) V::store(acc + t * kBlock + l, a[t]);
+  for (int t = 0; t < 9; ++t) V::store(acc + t * kBlock + l, V::add(V::load(acc + t * kBlock + l), a[t]));
+  V::store(acc + 9 * kBlock + l, V::add(V::load(acc + 9 * kBlock + l), bs));
 }
 
 template <class V>
-void wgrad_row(const Corr& g, const float* x, int64_t ld, const float* dy, float* acc, int64_t p) {
+void wgrad_plane(const Corr& g, const float* x, int64_t ld, const float* dy, int64_t dy_ld, float* acc) {
   using T = typename V::T;
-  const int64_t ih0 = p * g.sh - g.ph, RS = g.R * g.S;
-  int64_t r0, r1, qlo, qhi;
-  tap_range(ih0, g.dh, g.R, g.H, g.hin, r0, r1);
-  interior_cols(g, qlo, qhi);
-  const bool fast = g.R == 3 && g.S == 3 && g.dh == 1 && g.dw == 1 && (g.sw == 1 || g.sw == 2) && r0 == 0 && r1 == 3;
+  const int64_t RS = g.R * g.S;
+  const bool fast_shape = g.R == 3 && g.S == 3 && g.dh == 1 && g.dw == 1 && (g.sw == 1 || g.sw == 2);
+  // rows whose R taps all lie inside the input array
+  const int64_t pa = std::clamp<int64_t>(ceildiv(g.ph - g.hin, g.sh), 0, g.P);
+  const int64_t pb = fast_shape ? std::clamp<int64_t>(floordiv(g.H + g.hin - 1 - 2 + g.ph, g.sh) + 1, pa, g.P) : pa;
   for (int l = 0; l < kBlock; l += V::kW) {
-    T bsum = V::load(acc + RS * kBlock + l);
-    auto one = [&](int64_t q) {
-      const int64_t iw0 = q * g.sw - g.pw;
-      int64_t s0, s1;
-      tap_range(iw0, g.dw, g.S, g.W, g.hin, s0, s1);
-      const T d = V::load(dy + q * kBlock + l);
-      bsum = V::add(bsum, d);
-      for (int64_t r = r0; r < r1; ++r) {
-        const float* row = x + (ih0 + r * g.dh) * ld + l;
-        for (int64_t s = s0; s < s1; ++s) {
-          float* a = acc + (r * g.S + s) * kBlock + l;
-          V::store(a, V::fma(V::load(a), d, V::load(row + (iw0 + s * g.dw) * kBlock)));
+    for (int64_t p = 0; p < g.P; ++p) {
+      const int64_t ih0 = p * g.sh - g.ph;
+      int64_t r0, r1;
+      tap_range(ih0, g.dh, g.R, g.H, g.hin, r0, r1);
+      const float* d = dy + p * dy_ld + l;
+      T bsum = V::zero();
+      auto one = [&](int64_t q) {
+        const int64_t iw0 = q * g.sw - g.pw;
+        int64_t s0, s1;
+        tap_range(iw0, g.dw, g.S, g.W, g.hin, s0, s1);
+        const T dv = V::load(d + q * kBlock);
+        bsum = V::add(bsum, dv);
+        for (int64_t r = r0; r < r1; ++r) {
+          const float* row = x + (ih0 + r * g.dh) * ld + l;
+          for (int64_t s = s0; s < s1; ++s) {
+            float* a = acc + (r * g.S + s) * kBlock + l;
+            V::store(a, V::fma(V::load(a), dv, V::load(row + (iw0 + s * g.dw) * kBlock)));
+          }
         }
+      };
+      if (p >= pa && p < pb) {  // the interior columns go to wgrad_3x3_block
+        for (int64_t q = 0; q < g.qlo; ++q) one(q);
+        for (int64_t q = g.qhi; q < g.Q; ++q) one(q);
+      } else {
+        for (int64_t q = 0; q < g.Q; ++q) one(q);
       }
-    };
-    if (!fast) {
-      for (int64_t q = 0; q < g.Q; ++q) one(q);
-    } else {
-      for (int64_t q = 0; q < qlo; ++q) one(q);
-      if (g.sw == 1)
-        wgrad_row_3x3<V, 1>(x, ld, dy, acc, qlo, qhi, ih0, g.pw, l, bsum);
-      else
-        wgrad_row_3x3<V, 2>(x, ld, dy, acc, qlo, qhi, ih0, g.pw, l, bsum);
-      for (int64_t q = qhi; q < g.Q; ++q) one(q);
+      V::store(acc + RS * kBlock + l, V::add(V::load(acc + RS * kBlock + l), bsum));
     }
-    V::store(acc + RS * kBlock + l, bsum);
+    if (pb > pa) {
+      if (g.sw == 1)
+        wgrad_3x3_block<V, 1>(g, x, ld, dy, dy_ld, acc, pa, pb, l);
+      else
+        wgrad_3x3_block<V, 2>(g, x, ld, dy, dy_ld, acc, pa, pb, l);
+    }
   }
 }
 
 template <class V>
 Isa make_isa(const char* name) {
-  return Isa{name, &fwd_row<V>, &bwd_data_row<V>, &wgrad_row<V>};
+  return Isa{name, &fwd_row<V>, &bwd_data_row<V>, &wgrad_plane<V>};
 }
 
 }  // namespace ft::cpu::dwb
