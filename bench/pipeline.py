@@ -1,7 +1,7 @@
 """Pipeline (model) parallelism: the bubble, activation memory, and pipeline vs data parallelism.
 
     python bench/pipeline.py [--quick] [--repeat 7] [--width 512] [--depth 8] [--batch 256]
-    python bench/pipeline.py --cluster [--rates 1gbit,100mbit]     # part 3 across emulated hosts
+    python bench/pipeline.py --cluster [--rates none,1gbit,100mbit]   # part 3 across emulated hosts
 
 1. bubble: an MLP of `depth` Linear(width, width)+ReLU blocks under `mpiexec -n S`, S = 1, 2;
    for M = 1, 2, 4, 8 micro-batches (1F1B and GPipe): the step time and the share of it the
@@ -167,7 +167,7 @@ def cluster_versus(args, forward: list[str]) -> list[dict]:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = []
     for rate in args.rates.split(","):
-        with cl.Cluster(2, 1, rate=rate) as c:
+        with cl.Cluster(2, 1, rate=None if rate == "none" else rate) as c:
             before = [c.link_bytes(h) for h in range(c.hosts)]
             proc = c.run([sys.executable, "-m", "mpi4py", __file__, "--child=versus", *forward, "--gbits="],
                          timeout=1800, env=env, cwd=ROOT)
@@ -190,7 +190,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--gbits", default="1,0.1", help="throttled link rates for part 3 (Gbit/s)")
     ap.add_argument("--cluster", action="store_true", help="part 3 only, on 2 emulated hosts (needs root)")
-    ap.add_argument("--rates", default="1gbit,100mbit", help="--cluster: the hosts' link rates (tc htb)")
+    ap.add_argument("--rates", default="none,1gbit,100mbit",
+                    help="--cluster: the hosts' link rates (tc htb; none: the veth unshaped)")
     args = ap.parse_args(argv)
     if args.quick:
         args.repeat, args.width, args.depth, args.batch = 2, 64, 4, 32

@@ -132,6 +132,18 @@ def test_pipeline_across_hosts_equals_one_process(schedule):
     assert min(moved) > 2 * 3 * 12 * 16 * 4, moved
 
 
+def test_bench_pipeline_cluster_mode_runs():
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "bench/pipeline.py", "--cluster", "--quick", "--rates", "none,1gbit"],
+                          capture_output=True, text=True, timeout=300, env=env(), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert sorted((r["link"], r["how"]) for r in records) == sorted(
+        (f"cluster {rate}", how) for rate in ("none", "1gbit") for how in ("data_parallel", "pipeline_m8"))
+    assert all(r["examples_per_s"] > 0 for r in records)
+
+
 # ---- faults: every waiting rank names the missing ones, and the job ends -----------------------
 
 TIMEOUT_S = 4
