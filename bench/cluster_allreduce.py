@@ -2,7 +2,7 @@
 with tc, TCP forced), our algorithms against MPICH's Allreduce. Needs root.
 
     python bench/cluster_allreduce.py [--layouts 2x2,3x1] [--rates 1gbit,10gbit]
-                                      [--sizes 65536,...] [--rounds N] [--json out.jsonl]
+                                      [--sizes 65536,...] [--rounds N] [--loss P] [--json out.jsonl]
 
 For every layout (hosts x ranks per host) and link rate, one cluster is made and this script
 re-runs itself on it under mpiexec. Checks first (ours == MPICH within float32 rounding, ranks
@@ -108,7 +108,7 @@ def child(args):
         if r == 0:
             for name, s in samples.items():
                 print(json.dumps({"suite": "cluster_allreduce", "layout": args.layout, "rate": args.rate, "ranks": p,
-                                  "size": size, "backend": name, "median_s": statistics.median(s),
+                                  "loss": args.loss, "size": size, "backend": name, "median_s": statistics.median(s),
                                   "p20_s": quantile(s, 0.2), "min_s": min(s), "max_s": max(s), "rounds": len(s),
                                   "load_before": load_before, "load_after": load1(),
                                   "mpich_algorithm": os.environ.get("MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM", "default"),
@@ -154,16 +154,18 @@ def parent(args):
     for layout in args.layouts.split(","):
         hosts, per = (int(x) for x in layout.split("x"))
         for rate in args.rates.split(","):
-            with Cluster(hosts, per, rate=rate) as c:
+            with Cluster(hosts, per, rate=rate, loss=args.loss) as c:
                 launcher = ["-genv", "MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM", args.mpich_algorithm] if args.mpich_algorithm else []
                 proc = c.run([sys.executable, "-m", "mpi4py", str(Path(__file__).resolve()), "--child",
-                              "--layout", layout, "--rate", rate, "--sizes", args.sizes, "--rounds", str(args.rounds)],
+                              "--layout", layout, "--rate", rate, "--sizes", args.sizes, "--rounds", str(args.rounds),
+                              "--loss", str(args.loss or 0)],
                              timeout=1800, cwd=ROOT, launcher=launcher)
                 if proc.returncode != 0:
                     sys.exit(f"cluster_allreduce {layout} {rate}: failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
                 records += [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
     print(f"cluster_allreduce: {time.perf_counter() - t0:.0f} s, load average (1 min) {load0:.1f} at the start, "
-          f"{load1():.1f} at the end; {os.cpu_count()} cores; MPICH Allreduce: {args.mpich_algorithm or 'default'}")
+          f"{load1():.1f} at the end; {os.cpu_count()} cores; MPICH Allreduce: {args.mpich_algorithm or 'default'}; "
+          f"packet loss {args.loss or 0} per direction")
     print(table(records))
     if args.json:
         Path(args.json).write_text("".join(json.dumps(x) + "\n" for x in records))
@@ -177,6 +179,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=21, help="timed rounds up to 1 MB (fewer above)")
     ap.add_argument("--mpich-algorithm", default=None,
                     help="run MPICH's Allreduce with this MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM (default: its own choice)")
+    ap.add_argument("--loss", type=float, default=None,
+                    help="drop this fraction of the packets in each direction of every link (Cluster(loss=...))")
     ap.add_argument("--json", default=None)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--layout", default="", help=argparse.SUPPRESS)

@@ -64,6 +64,20 @@ def test_cluster_set_up_and_torn_down():
     assert c.id not in names and not Path(f"/sys/class/net/{c.bridge}").exists()
 
 
+@pytest.mark.skipif(cl.loss_unavailable() is not None, reason=f"no loss emulation: {cl.loss_unavailable()}")
+def test_lossy_links_retransmit_and_every_algorithm_stays_exact():
+    """5% of the packets dropped in each direction of each link: TCP resends them (so the filter
+    drops), and the all-reduces still return the exact sums."""
+    with cl.Cluster(2, 1, loss=0.05) as c:
+        assert "bpf" in cl._sh("tc", "filter", "show", "dev", c.veth(0), "egress").stdout
+        out = run_json(c, "ring_check.py", "4099,300007", "65536", timeout=300)
+        assert sum(c.retransmits(h) for h in range(c.hosts)) > 0
+    for case in out["cases"]:
+        assert all(v for k, v in case.items() if k.startswith("exact_")), case
+    with pytest.raises(ValueError, match="loss"):
+        cl.Cluster(2, 1, loss=1.5)
+
+
 def test_rate_parsing():
     assert cl._rate_bits("1gbit") == 10 ** 9 and cl._rate_bits("100mbit") == 10 ** 8 and cl._rate_bits(5e6) == 5 * 10 ** 6
     with pytest.raises(ValueError, match="rate"):
@@ -217,3 +231,17 @@ def test_cut_link_ends_the_job_naming_the_unreachable_host(cluster2x2, tmp_path)
     lines = watchdog_lines(err)
     assert lines, err[-3000:]
     assert any("(host h1; no answer" in ln for ln in lines), lines
+
+
+def test_cluster_allreduce_bench_runs_and_reports_load(tmp_path):
+    import subprocess
+
+    out = tmp_path / "b.jsonl"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "cluster_allreduce.py"), "--layouts", "3x1",
+                           "--rates", "1gbit", "--sizes", "65536", "--rounds", "3", "--json", str(out)],
+                          capture_output=True, text=True, timeout=180, cwd=ROOT, env=env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "load average" in proc.stdout and "| 3x1 | 1gbit | 64 KB |" in proc.stdout, proc.stdout
+    records = [json.loads(ln) for ln in out.read_text().splitlines()]
+    assert {r["backend"] for r in records} == {"mpi", "auto", "oneshot", "direct", "flat_ring"}
+    assert all(r["rounds"] == 3 and r["p20_s"] <= r["median_s"] and "load_before" in r for r in records)

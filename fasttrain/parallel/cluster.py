@@ -13,8 +13,13 @@ Two traps, both handled here:
 - the mpich wheel's default transport (UCX) moves data between namespaces of one kernel through
   shared memory, so nothing would cross the links: TCP is forced (`UCX_TLS=tcp,self` over the
   namespace's eth0); `link_bytes()` reads what crossed a host's link.
-- this kernel has no `netem`: the emulation gives bandwidth only. Latency, jitter and loss are
-  not emulated (the veth round trip is tens of microseconds, far below a real network's).
+- this kernel has no `netem` (nor `fq`, `etf` or any other qdisc that holds a packet until a
+  departure time: only htb, tbf, fifo and the clsact hook are built in), so latency and jitter
+  cannot be emulated (a veth round trip is tens of microseconds, far below a real network's).
+  Loss can: `loss=` attaches a tc BPF classifier to both ends of each host's link that drops
+  each packet with that probability (compiled at start-up from a few lines of LLVM IR with
+  `llc`, the BPF backend of LLVM). Packets there are the kernel's send units before
+  segmentation (TCP hands the veth up to 64 KB at a time), so a drop loses a burst of segments.
 
     python -m fasttrain.parallel.cluster run --hosts 2 --ranks-per-host 2 --rate 1gbit -- \\
         python -m mpi4py script.py
@@ -65,6 +70,42 @@ def unavailable() -> str | None:
         return f"`ip netns add` failed: {proc.stderr.strip()}"
     _sh("ip", "netns", "del", name, check=False)
     return None
+
+
+def loss_unavailable() -> str | None:
+    """Why packet loss cannot be emulated here (None when it can)."""
+    if shutil.which("llc") is None:
+        return "no `llc` (LLVM's compiler, which builds the BPF loss filter; e.g. apt-get install llvm)"
+    if "bpf" not in _sh("llc", "--version", check=False).stdout:
+        return "`llc` has no BPF target"
+    return None
+
+
+def _loss_filter(loss: float, path: Path) -> Path:
+    """A tc classifier (BPF, direct-action) that drops a packet with probability `loss`: a random
+    u32 from the kernel below loss * 2^32 -> TC_ACT_SHOT (2), else TC_ACT_OK (0). Written as LLVM
+    IR (no C compiler with a BPF target needed), compiled by llc."""
+    why = loss_unavailable()
+    if why:
+        raise RuntimeError(f"cluster: cannot emulate loss={loss}: {why}")
+    threshold = min(int(round(loss * 2 ** 32)), 2 ** 32 - 1)
+    ir = path.with_suffix(".ll")
+    ir.write_text(f"""target datalayout = "e-m:e-p:64:64-i64:64-i128:128-n32:64-S128"
+target triple = "bpf"
+@_license = global [4 x i8] c"GPL\00", section "license", align 1
+@llvm.used = appending global [2 x ptr] [ptr @_license, ptr @drop], section "llvm.metadata"
+define i32 @drop(ptr %skb) section "classifier" {{
+  %r = call i64 inttoptr (i64 7 to ptr)()    ; bpf_get_prandom_u32
+  %u = and i64 %r, 4294967295
+  %lost = icmp ult i64 %u, {threshold}
+  %act = select i1 %lost, i32 2, i32 0
+  ret i32 %act
+}}
+""")
+    proc = _sh("llc", "-march=bpf", "-filetype=obj", "-o", str(path), str(ir), check=False)
+    if proc.returncode != 0:  # LLVM 14 wants typed-pointer IR unless told otherwise
+        _sh("llc", "-opaque-pointers", "-march=bpf", "-filetype=obj", "-o", str(path), str(ir))
+    return path
 
 
 def mpiexec_path() -> Path:
@@ -132,7 +173,8 @@ class Cluster:
     Host names are h0, h1, ...; rank r runs on the host hydra places it on (blocks of
     ranks_per_host, in host order)."""
 
-    def __init__(self, hosts: int = 2, ranks_per_host: int | list[int] = 1, rate: str | float | None = None):
+    def __init__(self, hosts: int = 2, ranks_per_host: int | list[int] = 1, rate: str | float | None = None,
+                 loss: float | None = None):
         if int(hosts) < 1:
             raise ValueError(f"Cluster(hosts={hosts}): expected at least 1 host")
         self.hosts = int(hosts)
@@ -142,6 +184,9 @@ class Cluster:
                              f"({self.hosts} hosts)")
         self.ranks_per_host = [int(k) for k in per]
         self.rate_bits = _rate_bits(rate)
+        if loss is not None and not 0 <= float(loss) < 1:
+            raise ValueError(f"Cluster(loss={loss!r}): expected a drop probability in [0, 1)")
+        self.loss = float(loss) if loss else None
         self.id = f"ft{random.getrandbits(28):07x}"
         self.names = [f"h{h}" for h in range(self.hosts)]
         self.up = False
@@ -212,6 +257,12 @@ class Cluster:
                     _sh(*prefix, "tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "1")
                     _sh(*prefix, "tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:1", "htb",
                         "rate", str(self.rate_bits), "ceil", str(self.rate_bits))
+        if self.loss:  # both directions, as the rate: the host's sends (eth0) and its receives (bridge port)
+            obj = _loss_filter(self.loss, self._dir / "loss.o")
+            for h in range(self.hosts):
+                for prefix, dev in ((["ip", "netns", "exec", _ns(self.id, h)], "eth0"), ([], self.veth(h))):
+                    _sh(*prefix, "tc", "qdisc", "add", "dev", dev, "clsact")
+                    _sh(*prefix, "tc", "filter", "add", "dev", dev, "egress", "bpf", "da", "obj", str(obj), "sec", "classifier")
         self.wrapper = self._dir / "enter-host"
         # hydra runs WRAPPER [ssh options] HOST COMMAND...: the options are dropped, the host is
         # entered (network namespace, then a UTS namespace named after it) and the command run
@@ -294,6 +345,12 @@ class Cluster:
         stats = Path("/sys/class/net") / self.veth(h) / "statistics"
         return int((stats / "rx_bytes").read_text()) + int((stats / "tx_bytes").read_text())
 
+    def retransmits(self, h: int) -> int:
+        """TCP segments host h has sent again so far (its namespace's RetransSegs counter)."""
+        snmp = _sh("ip", "netns", "exec", _ns(self.id, h), "cat", "/proc/net/snmp").stdout.splitlines()
+        names, values = [ln.split()[1:] for ln in snmp if ln.startswith("Tcp:")][:2]
+        return int(values[names.index("RetransSegs")])
+
     def cut(self, h: int) -> None:
         """Take host h's link down (its ranks keep running, unreachable)."""
         _sh("ip", "link", "set", self.veth(h), "down")
@@ -306,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--hosts", type=int, default=2)
     run.add_argument("--ranks-per-host", default="1", help="a count, or one per host: 2,1,1")
     run.add_argument("--rate", default=None, help="per-host link rate in both directions, e.g. 1gbit, 100mbit")
+    run.add_argument("--loss", type=float, default=None, help="drop probability per packet in each direction, e.g. 0.001")
     run.add_argument("--timeout", type=float, default=600, help="seconds before the launch is killed")
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- PROGRAM ARGS...")
     sub.add_parser("cleanup", help="remove namespaces and bridges of clusters whose owner died")
@@ -317,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     if not command:
         parser.error("run: expected a command after --")
     per = [int(k) for k in args.ranks_per_host.split(",")]
-    cluster = Cluster(args.hosts, per[0] if len(per) == 1 else per, args.rate)
+    cluster = Cluster(args.hosts, per[0] if len(per) == 1 else per, args.rate, args.loss)
 
     def terminate(signum, frame):
         raise SystemExit(128 + signum)
@@ -326,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even where the shell ignored it
     with cluster:
         print(f"cluster {cluster.id}: {cluster.hosts} hosts ({args.ranks_per_host} ranks each) on {cluster.bridge}, "
-              f"rate {args.rate or 'unlimited'}; set up in {cluster.setup_s:.2f} s", file=sys.stderr)
+              f"rate {args.rate or 'unlimited'}, loss {args.loss or 0}; set up in {cluster.setup_s:.2f} s", file=sys.stderr)
         proc = cluster.popen(command, stdout=None, stderr=None)
         try:
             return proc.wait(timeout=args.timeout)
