@@ -191,7 +191,10 @@ void bind(py::module_& m) {
   m.def("conv2d_choice", &ft::cpu::conv2d_choice, py::arg("op"), py::arg("N"), py::arg("C"),
         py::arg("H"), py::arg("W"), py::arg("K"), py::arg("R"), py::arg("S"), py::arg("sh"),
         py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("dil_h") = 1, py::arg("dil_w") = 1,
-        py::arg("groups") = 1, "the algorithm conv2d_<op> runs for this shape under the current setting");
+        py::arg("groups") = 1, py::arg("blocked") = false,
+        "the algorithm conv2d_<op> runs for this shape under the current setting; blocked=True: for "
+        "activations kept in the blocked layout ('direct': the conv2d_blocked_* entry points, or "
+        "conv2d_stem_* for the network's NCHW input)");
   m.def("set_conv2d_isa", &ft::cpu::set_conv2d_isa, py::arg("name"),
         "direct conv2d instruction set: 'auto', 'avx512', 'avx2' or 'portable'");
   m.def("conv2d_isa", &ft::cpu::conv2d_isa);
@@ -257,6 +260,16 @@ void bind(py::module_& m) {
                 << "), got " << halo_x);
     return halo_x == -1 ? std::pair<int64_t, int64_t>{ph, pw} : std::pair<int64_t, int64_t>{halo_x, halo_x};
   };
+  // The batchnorm statistics the forwards fill: None or a (2, K) float64 array.
+  auto stats_ptr = [](const char* op, const py::object& stats, int64_t K) -> double* {
+    if (stats.is_none()) return nullptr;
+    auto st = stats.cast<py::array>();
+    expect_shape(op, "stats", st, {2, K});
+    FT_CHECK(st.dtype().is(py::dtype::of<double>()) && (st.flags() & py::array::c_style) && st.writeable(),
+             op << "(stats): expected a writeable C-contiguous float64 array, got dtype "
+                << std::string(py::str(st.dtype())));
+    return static_cast<double*>(st.mutable_data());
+  };
   m.def("conv2d_blocked_fwd", [=](py::array xb, py::array w, py::array b, py::array yb, int64_t sh,
                                   int64_t sw, int64_t ph, int64_t pw, bool relu, py::object stats,
                                   int64_t halo_x) {
@@ -265,15 +278,7 @@ void bind(py::module_& m) {
     Conv g = blocked_geom(op, xb, w, sh, sw, ph, pw, hx.first, hx.second);
     expect_shape(op, "b", b, {g.K});
     expect_shape(op, "yb", yb, {g.N, (g.K + 15) / 16, g.P, g.Q, 16});
-    double* pst = nullptr;
-    if (!stats.is_none()) {
-      auto st = stats.cast<py::array>();
-      expect_shape(op, "stats", st, {2, g.K});
-      FT_CHECK(st.dtype().is(py::dtype::of<double>()) && (st.flags() & py::array::c_style) && st.writeable(),
-               op << "(stats): expected a writeable C-contiguous float64 array, got dtype "
-                  << std::string(py::str(st.dtype())));
-      pst = static_cast<double*>(st.mutable_data());
-    }
+    double* pst = stats_ptr(op, stats, g.K);
     const float *px = ptr_of(xb, "xb"), *pw_ = ptr_of(w, "w"), *pb = ptr_of(b, "b");
     float* py_ = ptr_of(yb, "yb");
     py::gil_scoped_release nogil;
@@ -372,6 +377,34 @@ void bind(py::module_& m) {
   }, py::arg("xb"), py::arg("dyb"), py::arg("dw"), py::arg("db"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
      py::arg("pw"), py::arg("dil_h") = 1, py::arg("dil_w") = 1, py::kw_only(), py::arg("halo_x") = 0,
      py::arg("halo_dy") = 0);
+
+  // The stem: NCHW x (few channels) in, blocked y out; its weight gradient from x and the blocked dy.
+  m.def("conv2d_stem_fwd", [=](py::array x, py::array w, py::array b, py::array yb, int64_t sh,
+                               int64_t sw, int64_t ph, int64_t pw, bool relu, py::object stats) {
+    const char* op = "conv2d_stem_fwd";
+    Conv g = conv_geom(op, x, w, sh, sw, ph, pw, 1, 1, 1, "x");
+    expect_shape(op, "b", b, {g.K});
+    expect_shape(op, "yb", yb, {g.N, (g.K + 15) / 16, g.P, g.Q, 16});
+    double* pst = stats_ptr(op, stats, g.K);
+    const float *px = ptr_of(x, "x"), *pw_ = ptr_of(w, "w"), *pb = ptr_of(b, "b");
+    float* py_ = ptr_of(yb, "yb");
+    py::gil_scoped_release nogil;
+    ft::cpu::conv2d_stem_fwd(px, pw_, pb, py_, g.N, g.C, g.H, g.W, g.K, g.R, g.S, sh, sw, ph, pw, relu, pst);
+  }, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("yb"), py::arg("sh"), py::arg("sw"),
+     py::arg("ph"), py::arg("pw"), py::arg("relu"), py::arg("stats") = py::none(),
+     "conv2d_blocked_fwd for an NCHW x of few channels (the network's input): y blocked, halo 0");
+  m.def("conv2d_stem_bwd_weight", [=](py::array x, py::array dyb, py::array dw, py::array db,
+                                      int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+    const char* op = "conv2d_stem_bwd_weight";
+    Conv g = conv_geom(op, x, dw, sh, sw, ph, pw, 1, 1, 1, "x");
+    expect_dyp(op, dyb, g, sh, sw, ph, pw);
+    expect_shape(op, "db", db, {g.K});
+    const float *px = ptr_of(x, "x"), *pdy = ptr_of(dyb, "dyb");
+    float *pdw = ptr_of(dw, "dw"), *pdb = ptr_of(db, "db");
+    py::gil_scoped_release nogil;
+    ft::cpu::conv2d_stem_bwd_weight(px, pdy, pdw, pdb, g.N, g.C, g.H, g.W, g.K, g.R, g.S, sh, sw, ph, pw);
+  }, py::arg("x"), py::arg("dyb"), py::arg("dw"), py::arg("db"), py::arg("sh"), py::arg("sw"),
+     py::arg("ph"), py::arg("pw"));
 
   m.def("linear_fwd", [](py::array x, py::array w, py::array b, py::array y) {
     const char* op = "linear_fwd";

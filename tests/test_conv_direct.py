@@ -319,3 +319,67 @@ def test_blocked_halo_x_weight_gradient_and_errors():
         C.conv2d_blocked_fwd(xb, p["w"], p["b"], yb, sh, sw, ph, pw, False, np.zeros((17, 2)), halo_x=1)
     with pytest.raises(ValueError, match=r"conv2d_blocked_fwd\(stats\): expected a writeable C-contiguous float64 array, got dtype float32"):
         C.conv2d_blocked_fwd(xb, p["w"], p["b"], yb, sh, sw, ph, pw, False, np.zeros((2, 17), f32), halo_x=1)
+
+
+STEM_CASES = [  # (N, C, H, W, K, R, S, sh, sw, ph, pw): few input channels, NCHW input
+    (1, 3, 1, 1, 5, 1, 1, 1, 1, 0, 0),
+    (2, 3, 9, 9, 16, 3, 3, 1, 1, 1, 1),
+    (1, 3, 33, 33, 17, 3, 3, 2, 2, 1, 1),
+    (1, 1, 7, 5, 33, 5, 5, 1, 1, 2, 2),
+    (2, 5, 10, 11, 3, 3, 3, 3, 3, 1, 1),
+    (1, 5, 12, 9, 16, 5, 5, 2, 1, 0, 2),
+    (1, 17, 6, 6, 16, 3, 3, 1, 1, 1, 1),  # more channels than one tap group holds, on any ISA
+]
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("case", STEM_CASES, ids=lambda c: "N{}C{}_{}x{}K{}_{}x{}s{}{}p{}{}".format(*c))
+def test_stem_matches_reference(isa, case):
+    """The stem (NCHW input of few channels, blocked output): forward with the fused ReLU and the
+    statistics epilogue, and the weight gradient from the blocked dy the other kernels read."""
+    p = _problem(case, seed=8)
+    sh, sw, ph, pw = p["geom"]
+    K, Cc, R, S = p["w"].shape
+    N, _, H, W = p["x"].shape
+    for relu in (False, True):
+        y_ref, _, dw_ref, db_ref = _references(p, relu)
+        yb = np.full((N, (K + 15) // 16, p["P"], p["Q"], 16), np.nan, f32)
+        stats = np.full((2, K), np.nan)
+        C.conv2d_stem_fwd(p["x"], p["w"], p["b"], yb, sh, sw, ph, pw, relu, stats)
+        _close(C.from_blocked(yb, K), y_ref, f"{isa} stem fwd relu={relu}")
+        assert not yb[:, -1, ..., K % 16 or 16:].any(), "channels past K must stay zero"
+        want = _stats_ref(y_ref)
+        np.testing.assert_allclose(stats, want, rtol=2e-5, atol=1e-5 * max(1.0, np.abs(want).max()))
+    dyb = C.to_blocked(p["dy"], *C.conv2d_blocked_dy_pads(H, W, R, S, sh, sw, ph, pw))
+    dw, db = p["dw0"].copy(), p["db0"].copy()
+    C.conv2d_stem_bwd_weight(p["x"], dyb, dw, db, sh, sw, ph, pw)
+    _close(dw, dw_ref, f"{isa} stem dw")
+    _close(db, db_ref, f"{isa} stem db")
+
+
+def test_stem_errors_name_the_argument():
+    x, w, b = np.zeros((1, 3, 8, 8), f32), np.zeros((16, 3, 3, 3), f32), np.zeros(16, f32)
+    with pytest.raises(ValueError, match=r"conv2d_stem_fwd\(yb\): expected shape \(1, 1, 8, 8, 16\), got \(1, 1, 6, 6, 16\)"):
+        C.conv2d_stem_fwd(x, w, b, np.zeros((1, 1, 6, 6, 16), f32), 1, 1, 1, 1, False)
+    with pytest.raises(ValueError, match=r"conv2d_stem_bwd_weight\(dyb\): expected shape \(1, 1, 10, 10, 16\)"):
+        C.conv2d_stem_bwd_weight(x, np.zeros((1, 1, 8, 8, 16), f32), w.copy(), b.copy(), 1, 1, 1, 1)
+
+
+def test_choice_for_blocked_activations():
+    """blocked=True: with no conversion to pay, 1x1 shortcuts and the 3-channel stem go direct
+    wherever intrinsics kernels run; the NCHW rule keeps them on im2col."""
+    shortcut = ("fwd", 128, 16, 32, 32, 32, 1, 1, 2, 2, 0, 0)
+    stem = ("bwd_weight", 128, 3, 32, 32, 16, 3, 3, 1, 1, 1, 1)
+    grouped = ("fwd", 8, 16, 8, 8, 16, 3, 3, 1, 1, 1, 1)
+    try:
+        for isa in ("avx512", "avx2", "portable"):
+            if not _isa_available(isa):
+                continue
+            C.set_conv2d_isa(isa)
+            want = "im2col" if isa == "portable" else "direct"
+            assert C.conv2d_choice(*shortcut, blocked=True) == want, isa
+            assert C.conv2d_choice(*stem, blocked=True) == want, isa
+            assert C.conv2d_choice(*grouped, groups=2, blocked=True) != "direct"
+            assert C.conv2d_choice(*shortcut) == "im2col" and C.conv2d_choice(*stem) == "im2col"
+    finally:
+        C.set_conv2d_isa("auto")

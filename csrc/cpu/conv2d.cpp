@@ -23,7 +23,9 @@
 // padding (a 3-channel input uses 3 of 16 lanes). 1x1 kernels stay on im2col: with one tap per
 // output the NCHW <-> NCHW16c conversions around the direct kernels cost more than the GEMM
 // itself (ResNet's strided 1x1 shortcuts: 0.36-0.75x torch channels_last through the direct
-// engine vs 0.71-0.82x through im2col, bench/conv_algos.py). With the AVX2 or portable kernels the older
+// engine vs 0.71-0.82x through im2col, bench/conv_algos.py); a caller whose activations are
+// already blocked asks with conv2d_choice(..., blocked=true), which picks the direct engine for
+// every ungrouped undilated shape where AVX-512 or AVX2 kernels run. With the AVX2 or portable kernels the older
 // rule stands (Winograd for 3x3 stride 1 with >= 16 channels, else im2col). The rule is fixed,
 // not measured at run time, so results do not change from run to run with the machine's load.
 #include <algorithm>
@@ -260,8 +262,12 @@ constexpr int64_t kDirectMinChannels = 8;
 
 // Whether op runs through the direct engine (conv2d_direct.cpp), which handles groups 1 without
 // dilation, any kernel size, stride and padding.
-bool use_direct(const char* op, const Geom& g) {
+// blocked: the caller keeps its activations in the blocked layout (conv2d_choice's `blocked`), so
+// no conversion is paid around the kernels: every kernel size runs direct where the intrinsics
+// kernels run, 1x1 shortcuts and the few-channel stem (its own kernel) included.
+bool use_direct(const char* op, const Geom& g, bool blocked = false) {
   const bool fits = g.G == 1 && g.dilh == 1 && g.dilw == 1;
+  if (g_algo == Algo::Auto && blocked) return fits && conv2d_isa() != "portable";
   if (g_algo == Algo::Auto)
     return fits && conv2d_isa() == "avx512" && std::min(g.C, g.K) >= kDirectMinChannels &&
            g.R * g.S > 1;
@@ -271,8 +277,8 @@ bool use_direct(const char* op, const Geom& g) {
   return true;
 }
 
-Algo choose(const char* op, const Geom& g, bool data_grad) {
-  if (use_direct(op, g)) return Algo::Direct;
+Algo choose(const char* op, const Geom& g, bool data_grad, bool blocked) {
+  if (use_direct(op, g, blocked)) return Algo::Direct;
   if (use_depthwise(op, g)) return Algo::Depthwise;
   const int64_t cin = data_grad ? g.K : g.C, cout = data_grad ? g.C : g.K;
   return use_winograd(op, g, data_grad, cin, cout) ? Algo::Winograd : Algo::Im2col;
@@ -296,11 +302,11 @@ std::string conv2d_algo() { return kAlgoNames[static_cast<int>(g_algo)]; }
 
 std::string conv2d_choice(const std::string& op, int64_t N, int64_t C, int64_t H, int64_t W,
                           int64_t K, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph,
-                          int64_t pw, int64_t dilh, int64_t dilw, int64_t groups) {
+                          int64_t pw, int64_t dilh, int64_t dilw, int64_t groups, bool blocked) {
   FT_CHECK(op == "fwd" || op == "bwd_data" || op == "bwd_weight",
            "conv2d_choice(op): expected 'fwd', 'bwd_data' or 'bwd_weight', got '" << op << "'");
   const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw, dilh, dilw, groups);
-  return kAlgoNames[static_cast<int>(choose(op.c_str(), g, op == "bwd_data"))];
+  return kAlgoNames[static_cast<int>(choose(op.c_str(), g, op == "bwd_data", blocked))];
 }
 
 void conv2d_fwd(const float* x, const float* w, const float* b, float* y, int64_t N, int64_t C,

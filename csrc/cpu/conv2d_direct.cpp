@@ -164,7 +164,8 @@ struct TileSet {
 // stride phases the data gradient has): fill(tile, set, n, i, kb0, q0) sets a tile's pointers;
 // the micro-kernel is chosen for the tile's kv and width.
 template <class Fill>
-void run_tiles(const Isa& isa, const std::vector<TileSet>& sets, int64_t N, Fill fill) {
+void run_tiles(const Isa& isa, const std::vector<TileSet>& sets, int64_t N, Fill fill, bool stem = false) {
+  ConvTileFn (*pick)(int, int, int) = stem ? isa.conv_stem : isa.conv;
   std::vector<int64_t> first(sets.size() + 1, 0);
   for (size_t k = 0; k < sets.size(); ++k) first[k + 1] = first[k] + sets[k].items(N);
   // One set: each thread a contiguous share (neighbouring tiles read the same input rows). Several
@@ -187,7 +188,7 @@ void run_tiles(const Isa& isa, const std::vector<TileSet>& sets, int64_t N, Fill
     const int qt = static_cast<int>(std::min<int64_t>(t.qt, ts.Q - q0));
     ConvTile tile = ts.base;
     fill(tile, k, n, i, kb0, q0);
-    isa.conv(kv, qt, ts.sw)(tile);
+    pick(kv, qt, ts.sw)(tile);
   }
 }
 
@@ -222,11 +223,36 @@ void reduce_stats(const float* part, int64_t tiles, int64_t Kb, int64_t K, doubl
   }
 }
 
-// xp: [N][Cb][H+2hxh][W+2hxw][16] (hxh, hxw: the input's zero halo, >= ph and pw: the
-// convolution reads its padding from it); yb: [N][Kb][P][Q][16]; wf: forward weight blocks; bias: Kb*16.
+// The forward's tiles over yb ([N][Kb][P][Q][16]): `base` holds the input's geometry and taps,
+// in_at(n, p, q0) is the input of the tile at image n, output row p, first column q0; wf the
+// weights of output block 0 (blocks base.w_kb apart); bias Kb*16; stem: the CI = 1 kernels.
 // stats (or null): (2, K) float64, the sum and the sum of squares of each output channel (after
 // the ReLU), from the tiles' float32 partials added in double in a fixed order (tile order, per
 // channel block), so the result does not depend on the thread count.
+template <class InAt>
+void fwd_tiles(const Isa& isa, const Geom& g, ConvTile base, bool stem, InAt in_at, const float* wf,
+               const float* bias, float* yb, bool relu, double* stats) {
+  const Tiling t = tiling(isa, g.Kb, g.Q, g.sw);
+  base.out_px = kBlock;
+  base.out_kb = g.P * g.Q * kBlock;
+  base.relu = relu;
+  // the tiles' partial statistics: [n][p][pixel tile][Kb][sum 16, squares 16]
+  const int64_t row_tiles = g.N * g.P * t.qtiles;
+  float* part = stats ? buffer(kPartial, row_tiles * g.Kb * 2 * kBlock) : nullptr;
+  const std::vector<TileSet> sets{{t, base, g.P, g.Q, g.Kb, g.sw == 2 ? 2 : 1}};
+  run_tiles(isa, sets, g.N,
+            [&](ConvTile& a, size_t, int64_t n, int64_t p, int64_t kb0, int64_t q0) {
+              a.in = in_at(n, p, q0);
+              a.w = wf + kb0 * a.w_kb;
+              a.out = yb + ((n * g.Kb + kb0) * g.P + p) * g.Q * kBlock + q0 * kBlock;
+              a.bias = bias + kb0 * kBlock;
+              if (part) a.stats = part + (((n * g.P + p) * t.qtiles + q0 / t.qt) * g.Kb + kb0) * 2 * kBlock;
+            }, stem);
+  if (stats) reduce_stats(part, row_tiles, g.Kb, g.K, stats);
+}
+
+// xp: [N][Cb][H+2hxh][W+2hxw][16] (hxh, hxw: the input's zero halo, >= ph and pw: the
+// convolution reads its padding from it); wf: forward weight blocks.
 void fwd_blocked(const Isa& isa, const Geom& g, const float* xp, int64_t hxh, int64_t hxw,
                  const float* wf, const float* bias, float* yb, bool relu, double* stats) {
   const int64_t Hp = g.H + 2 * hxh, Wp = g.W + 2 * hxw;
@@ -237,7 +263,6 @@ void fwd_blocked(const Isa& isa, const Geom& g, const float* xp, int64_t hxh, in
       tap_in[r * g.S + s] = (r * Wp + s) * kBlock;
       tap_w[r * g.S + s] = (r * g.S + s) * kWBlock;
     }
-  const Tiling t = tiling(isa, g.Kb, g.Q, g.sw);
   ConvTile base{};
   base.in_cb = Hp * Wp * kBlock;
   base.tap_in = tap_in.data();
@@ -246,22 +271,9 @@ void fwd_blocked(const Isa& isa, const Geom& g, const float* xp, int64_t hxh, in
   base.Cb = static_cast<int>(g.Cb);
   base.w_cb = g.R * g.S * kWBlock;
   base.w_kb = g.Cb * base.w_cb;
-  base.out_px = kBlock;
-  base.out_kb = g.P * g.Q * kBlock;
-  base.relu = relu;
-  // the tiles' partial statistics: [n][p][pixel tile][Kb][sum 16, squares 16]
-  const int64_t row_tiles = g.N * g.P * t.qtiles;
-  float* part = stats ? buffer(kPartial, row_tiles * g.Kb * 2 * kBlock) : nullptr;
-  const std::vector<TileSet> sets{{t, base, g.P, g.Q, g.Kb, g.sw == 2 ? 2 : 1}};
-  run_tiles(isa, sets, g.N,
-            [&](ConvTile& a, size_t, int64_t n, int64_t p, int64_t kb0, int64_t q0) {
-              a.in = xp + ((n * g.Cb * Hp) + p * g.sh) * Wp * kBlock + q0 * g.sw * kBlock;
-              a.w = wf + kb0 * a.w_kb;
-              a.out = yb + ((n * g.Kb + kb0) * g.P + p) * g.Q * kBlock + q0 * kBlock;
-              a.bias = bias + kb0 * kBlock;
-              if (part) a.stats = part + (((n * g.P + p) * t.qtiles + q0 / t.qt) * g.Kb + kb0) * 2 * kBlock;
-            });
-  if (stats) reduce_stats(part, row_tiles, g.Kb, g.K, stats);
+  fwd_tiles(isa, g, base, false, [&](int64_t n, int64_t p, int64_t q0) {
+    return xp + ((n * g.Cb * Hp) + p * g.sh) * Wp * kBlock + q0 * g.sw * kBlock;
+  }, wf, bias, yb, relu, stats);
 }
 
 // The zero border dy needs for the data gradient's phases: rows p = i + dp with
@@ -330,6 +342,37 @@ void bwd_data_blocked(const Isa& isa, const Geom& g, const float* dyp, Pads ph_,
             });
 }
 
+// The end of a weight gradient, inside its parallel region: db (this thread's Kb*16 doubles) +=
+// the sums of its share of dy's (image, block) planes; dwb = the sum of the `parts` partials of
+// wsz floats (in partial order).
+void finish_wgrad(const Geom& g, const float* dyp, int64_t Pp, int64_t Qp, int64_t pt, int64_t pl,
+                  const float* part, int parts, int64_t wsz, float* dwb, double* db) {
+#pragma omp for schedule(static)
+  for (int64_t nk = 0; nk < g.N * g.Kb; ++nk) {
+    float s[kBlock] = {};
+    const float* d = dyp + (nk * Pp + pt) * Qp * kBlock + pl * kBlock;
+    for (int64_t p = 0; p < g.P; ++p)
+      for (int64_t q = 0; q < g.Q; ++q)
+        for (int c = 0; c < kBlock; ++c) s[c] += d[(p * Qp + q) * kBlock + c];
+    for (int c = 0; c < kBlock; ++c) db[(nk % g.Kb) * kBlock + c] += s[c];
+  }
+#pragma omp for schedule(static)
+  for (int64_t i = 0; i < wsz; ++i) {
+    float s = 0.f;
+    for (int u = 0; u < parts; ++u) s += part[u * wsz + i];
+    dwb[i] = s;
+  }
+}
+
+// out[i] = sum over the nt per-thread rows of `parts` (n doubles each), in thread order.
+void add_parts(const std::vector<double>& parts, int nt, int64_t n, double* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    double s = 0.0;
+    for (int u = 0; u < nt; ++u) s += parts[u * n + i];
+    out[i] = s;
+  }
+}
+
 // dwb [Kb][Cb][R][S][16 c][16 k] = sum over the batch (overwritten); dbd (Kb*16) = sums of dy.
 // xp, hxh, hxw as in the forward; dy's interior starts at row pt, column pl of dyp
 // ([N][Kb][Pp][Qp][16]).
@@ -383,28 +426,103 @@ void bwd_weight_blocked(const Isa& isa, const Geom& g, const float* xp, int64_t 
         for (int64_t s = 0; s < g.S; ++s)
           tile(0, g.N, it / (g.Cb * g.R), (it / g.R) % g.Cb, it % g.R, s, part);
     }
-    double* db = dbp.data() + th * g.Kb * kBlock;
-#pragma omp for schedule(static)
-    for (int64_t nk = 0; nk < g.N * g.Kb; ++nk) {
-      float s[kBlock] = {};
-      const float* d = dyp + (nk * Pp + pt) * Qp * kBlock + pl * kBlock;
+    finish_wgrad(g, dyp, Pp, Qp, pt, pl, part, parts, wsz, dwb, dbp.data() + th * g.Kb * kBlock);
+  }
+  add_parts(dbp, nt, g.Kb * kBlock, dbd);
+}
+
+
+// ---- the stem: a convolution of few input channels, from an NCHW input ----
+// Its input is the network's NCHW input, copied once into zero-bordered planes (xp); the taps
+// run over (channel, r, s), one channel per input pixel (CI = 1), so none of the multiplies is by
+// a padding lane. Weights: [Kb][C][R][S][16 k]; the output is blocked like every other layer's.
+
+// x (planes of H x W) -> xp (planes of (H + 2ph) x (W + 2pw), zero border).
+void pad_planes(const float* x, float* xp, int64_t planes, int64_t H, int64_t W, int64_t ph, int64_t pw) {
+  const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw;
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t i = 0; i < planes; ++i) {
+    float* o = xp + i * Hp * Wp;
+    std::memset(o, 0, sizeof(float) * ph * Wp);
+    for (int64_t h = 0; h < H; ++h) {
+      float* row = o + (ph + h) * Wp;
+      std::fill(row, row + pw, 0.f);
+      std::memcpy(row + pw, x + (i * H + h) * W, sizeof(float) * W);
+      std::fill(row + pw + W, row + Wp, 0.f);
+    }
+    std::memset(o + (ph + H) * Wp, 0, sizeof(float) * ph * Wp);
+  }
+}
+
+// The taps of the stem: offsets (channel, r, s) in the zero-bordered planes, padded with
+// `extra` zeros (wgrad_stem reads a whole group's entries).
+std::vector<int64_t> stem_taps(const Geom& g, int64_t extra) {
+  const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw;
+  std::vector<int64_t> taps(g.C * g.R * g.S + extra, 0);
+  for (int64_t c = 0; c < g.C; ++c)
+    for (int64_t r = 0; r < g.R; ++r)
+      for (int64_t s = 0; s < g.S; ++s) taps[(c * g.R + r) * g.S + s] = (c * Hp + r) * Wp + s;
+  return taps;
+}
+
+void stem_fwd(const Isa& isa, const Geom& g, const float* xp, const float* ws, const float* bias,
+              float* yb, bool relu, double* stats) {
+  const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, crs = g.C * g.R * g.S;
+  const std::vector<int64_t> tap_in = stem_taps(g, 0);
+  std::vector<int64_t> tap_w(crs);
+  for (int64_t i = 0; i < crs; ++i) tap_w[i] = i * kBlock;
+  ConvTile base{};
+  base.tap_in = tap_in.data();
+  base.tap_w = tap_w.data();
+  base.ntaps = static_cast<int>(crs);
+  base.Cb = 1;
+  base.w_kb = crs * kBlock;
+  fwd_tiles(isa, g, base, true, [&](int64_t n, int64_t p, int64_t q0) {
+    return xp + (n * g.C * Hp + p * g.sh) * Wp + q0 * g.sw;
+  }, ws, bias, yb, relu, stats);
+}
+
+// dwt [Kb][C*R*S][16 k] = sum over the batch (overwritten); dbd (Kb*16) = sums of dy; dy as in
+// bwd_weight_blocked. One output row at a time, every tap group in turn, so the row of dy is
+// read from memory once and from L1 by the other groups.
+void stem_bwd_weight(const Isa& isa, const Geom& g, const float* xp, const float* dyp, int64_t Pp,
+                     int64_t Qp, int64_t pt, int64_t pl, float* dwt, double* dbd) {
+  const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, crs = g.C * g.R * g.S;
+  const int G = isa.stem_taps;
+  const int64_t ngroups = (crs + G - 1) / G, wsz = g.Kb * crs * kBlock;
+  const std::vector<int64_t> taps = stem_taps(g, G);
+  const int nt = num_threads();
+  // images [n, n + images) of output block kb, tap groups [g0, g1), into dw
+  auto rows = [&](int64_t n, int64_t images, int64_t kb, int64_t g0, int64_t g1, float* dw) {
+    for (int64_t i = n; i < n + images; ++i)
       for (int64_t p = 0; p < g.P; ++p)
-        for (int64_t q = 0; q < g.Q; ++q)
-          for (int c = 0; c < kBlock; ++c) s[c] += d[(p * Qp + q) * kBlock + c];
-      for (int c = 0; c < kBlock; ++c) db[(nk % g.Kb) * kBlock + c] += s[c];
-    }
+        for (int64_t grp = g0; grp < g1; ++grp)
+          isa.wgrad_stem(xp + i * g.C * Hp * Wp + p * g.sh * Wp, taps.data() + grp * G,
+                         static_cast<int>(std::min<int64_t>(G, crs - grp * G)), g.sw,
+                         dyp + ((i * g.Kb + kb) * Pp + pt + p) * Qp * kBlock + pl * kBlock, g.Q,
+                         dw + (kb * crs + grp * G) * kBlock);
+  };
+  const bool by_image = g.N >= nt;
+  const int parts = by_image ? nt : 1;
+  float* part = buffer(kPartial, parts * wsz);
+  std::memset(part, 0, sizeof(float) * parts * wsz);
+  std::vector<double> dbp(static_cast<size_t>(nt) * g.Kb * kBlock, 0.0);
+#pragma omp parallel num_threads(nt)
+  {
+    const int th = omp_get_thread_num();
+    if (by_image) {
+      const int team = omp_get_num_threads();
+      const int64_t lo = g.N * th / team, hi = g.N * (th + 1) / team;
+      for (int64_t n = lo; n < hi; ++n)
+        for (int64_t kb = 0; kb < g.Kb; ++kb) rows(n, 1, kb, 0, ngroups, part + th * wsz);
+    } else {
 #pragma omp for schedule(static)
-    for (int64_t i = 0; i < wsz; ++i) {
-      float s = 0.f;
-      for (int u = 0; u < parts; ++u) s += part[u * wsz + i];
-      dwb[i] = s;
+      for (int64_t it = 0; it < g.Kb * ngroups; ++it)
+        rows(0, g.N, it / ngroups, it % ngroups, it % ngroups + 1, part);
     }
+    finish_wgrad(g, dyp, Pp, Qp, pt, pl, part, parts, wsz, dwt, dbp.data() + th * g.Kb * kBlock);
   }
-  for (int64_t k = 0; k < g.Kb * kBlock; ++k) {
-    double s = 0.0;
-    for (int u = 0; u < nt; ++u) s += dbp[u * g.Kb * kBlock + k];
-    dbd[k] = s;
-  }
+  add_parts(dbp, nt, g.Kb * kBlock, dbd);
 }
 
 }  // namespace
@@ -496,6 +614,43 @@ void conv2d_blocked_bwd_weight(const float* xp, const float* dyp, float* dw, flo
           dw[((k * C + c) * R + r) * S + s] +=
               dwb[((((k / kBlock) * g.Cb + c / kBlock) * R + r) * S + s) * kWBlock +
                   (c % kBlock) * kBlock + k % kBlock];
+  }
+}
+
+void conv2d_stem_fwd(const float* x, const float* w, const float* b, float* yb, int64_t N,
+                     int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
+                     int64_t sw, int64_t ph, int64_t pw, bool relu, double* stats) {
+  using namespace direct;
+  const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
+  const int64_t crs = C * R * S;
+  float* xp = buffer(kX, N * C * (H + 2 * ph) * (W + 2 * pw));
+  float* ws = buffer(kW, g.Kb * crs * kBlock);
+  float* bias = buffer(kBias, g.Kb * kBlock);
+  pad_planes(x, xp, N * C, H, W, ph, pw);
+  std::fill(ws, ws + g.Kb * crs * kBlock, 0.f);
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t i = 0; i < crs; ++i) ws[((k / kBlock) * crs + i) * kBlock + k % kBlock] = w[k * crs + i];
+  std::fill(bias, bias + g.Kb * kBlock, 0.f);
+  std::copy(b, b + K, bias);
+  stem_fwd(*current_isa(), g, xp, ws, bias, yb, relu, stats);
+}
+
+void conv2d_stem_bwd_weight(const float* x, const float* dyp, float* dw, float* db, int64_t N,
+                            int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
+                            int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+  using namespace direct;
+  const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
+  const Pads pv = dy_pads(H, R, sh, ph, g.P), pq = dy_pads(W, S, sw, pw, g.Q);
+  const int64_t crs = C * R * S;
+  float* xp = buffer(kX, N * C * (H + 2 * ph) * (W + 2 * pw));
+  float* dwt = buffer(kW, g.Kb * crs * kBlock);
+  pad_planes(x, xp, N * C, H, W, ph, pw);
+  std::vector<double> dbd(g.Kb * kBlock);
+  stem_bwd_weight(*current_isa(), g, xp, dyp, pv.top + g.P + pv.bottom, pq.top + g.Q + pq.bottom,
+                  pv.top, pq.top, dwt, dbd.data());
+  for (int64_t k = 0; k < K; ++k) {
+    db[k] += static_cast<float>(dbd[k]);
+    for (int64_t i = 0; i < crs; ++i) dw[k * crs + i] += dwt[((k / kBlock) * crs + i) * kBlock + k % kBlock];
   }
 }
 

@@ -52,6 +52,9 @@ struct WgradTile {
 
 using ConvTileFn = void (*)(const ConvTile&);
 using WgradTileFn = void (*)(const WgradTile&);
+// The stem's weight gradient over one output row (conv2d_direct_kernels.h, wgrad_stem).
+using WgradStemFn = void (*)(const float* x, const int64_t* tap_x, int ntaps, int64_t sw,
+                             const float* dy, int64_t Q, float* dw);
 // One image row between the layouts: `in` holds nc <= 16 channel rows of W floats, `plane` floats
 // apart; `out` holds W pixels of 16 channels (channels past nc zero), and back.
 using PackRowFn = void (*)(const float* in, int64_t plane, int nc, int64_t W, float* out);
@@ -59,13 +62,17 @@ using UnpackRowFn = void (*)(const float* in, int nc, int64_t W, float* out, int
 
 // What one instruction set offers. conv(kv, qt, sw) is the micro-kernel for kv output blocks
 // (1..max_kv) and qt pixels (1..max_qt(kv)) whose input pixels are sw*16 floats apart (sw 1 or 2;
-// any other stride runs qt = 1 tiles, where the stride does not matter).
+// any other stride runs qt = 1 tiles, where the stride does not matter). conv_stem: the same for
+// the stem's tiles, one channel per input pixel (zero-bordered NCHW input).
 struct Isa {
   const char* name;
   int max_kv;
   int max_qt[3];  // by kv (index 0 unused)
   ConvTileFn (*conv)(int kv, int qt, int sw);
+  ConvTileFn (*conv_stem)(int kv, int qt, int sw);
   WgradTileFn wgrad;
+  WgradStemFn wgrad_stem;
+  int stem_taps;  // taps one wgrad_stem call takes
   PackRowFn pack;
   UnpackRowFn unpack;
 };

@@ -18,7 +18,10 @@
 
 namespace ft::cpu::direct {
 
-template <class V, int KV, int QT, int SW>
+// CI: the input channels one pixel holds, 16 in the blocked layout; 1 for the stem, whose input
+// is a zero-bordered NCHW image and whose "taps" run over (channel, r, s): a 3-channel input then
+// multiplies no padding lanes (16-channel blocks would waste 13 of every 16 multiplies).
+template <class V, int KV, int QT, int SW, int CI>
 void conv_tile(const ConvTile& a) {
   using T = typename V::T;
   T acc[QT][KV];
@@ -35,14 +38,14 @@ void conv_tile(const ConvTile& a) {
       const float* xi = xin + a.tap_in[tap];
       const float* wi = win + a.tap_w[tap];
 #pragma GCC unroll 16
-      for (int c = 0; c < kBlock; ++c) {
+      for (int c = 0; c < CI; ++c) {
         T wv[KV];
 #pragma GCC unroll 16
         for (int j = 0; j < KV; ++j) wv[j] = V::load(wi + j * a.w_kb + c * kBlock);
 #pragma GCC unroll 32
         for (int t = 0; t < QT; ++t)
 #pragma GCC unroll 16
-          for (int j = 0; j < KV; ++j) acc[t][j] = V::fma(acc[t][j], wv[j], xi + t * SW * kBlock + c);
+          for (int j = 0; j < KV; ++j) acc[t][j] = V::fma(acc[t][j], wv[j], xi + t * SW * CI + c);
       }
     }
   }
@@ -119,21 +122,48 @@ void unpack_row(const float* in, int nc, int64_t W, float* out, int64_t plane) {
     for (int64_t w = 0; w < W; ++w) out[c * plane + w] = in[w * kBlock + c];
 }
 
-template <class V, int KV, int SW, int... Q>
+// The stem's weight gradient: `ntaps` (<= V::kStemTaps; (channel, r, s) triples of a
+// zero-bordered NCHW image) accumulators of 16 output channels over the pixels of one output row:
+//   dw[tap][k] += sum_q x[tap_x[tap] + q*sw] * dy[q*16 + k].
+// Missing taps up to kStemTaps repeat tap 0 and are dropped, so the loop is always fully unrolled.
+template <class V>
+void wgrad_stem(const float* x, const int64_t* tap_x, int ntaps, int64_t sw, const float* dy,
+                int64_t Q, float* dw) {
+  using T = typename V::T;
+  constexpr int G = V::kStemTaps;
+  T acc[G];
+  const float* xt[G];
+#pragma GCC unroll 32
+  for (int i = 0; i < G; ++i) {
+    acc[i] = i < ntaps ? V::load(dw + i * kBlock) : V::zero();
+    xt[i] = x + tap_x[i < ntaps ? i : 0];
+  }
+  for (int64_t q = 0; q < Q; ++q) {
+    const T d = V::load(dy + q * kBlock);
+#pragma GCC unroll 32
+    for (int i = 0; i < G; ++i) acc[i] = V::fma(acc[i], d, xt[i] + q * sw);
+  }
+#pragma GCC unroll 32
+  for (int i = 0; i < G; ++i)
+    if (i < ntaps) V::store(dw + i * kBlock, acc[i]);
+}
+
+template <class V, int KV, int SW, int CI, int... Q>
 ConvTileFn pick_qt(int qt, std::integer_sequence<int, Q...>) {
-  static constexpr ConvTileFn fns[] = {&conv_tile<V, KV, Q + 1, SW>...};
+  static constexpr ConvTileFn fns[] = {&conv_tile<V, KV, Q + 1, SW, CI>...};
   return fns[qt - 1];
 }
 
-// The table behind Isa::conv for micro-kernels up to MAXQ1 pixels (KV = 1) and MAXQ2 (KV = 2).
-template <class V, int MAXQ1, int MAXQ2>
+// The table behind Isa::conv (CI = 16) and Isa::conv_stem (CI = 1) for micro-kernels up to MAXQ1
+// pixels (KV = 1) and MAXQ2 (KV = 2).
+template <class V, int MAXQ1, int MAXQ2, int CI>
 ConvTileFn pick_conv(int kv, int qt, int sw) {
   if (kv == 1)
-    return sw == 2 ? pick_qt<V, 1, 2>(qt, std::make_integer_sequence<int, MAXQ1>{})
-                   : pick_qt<V, 1, 1>(qt, std::make_integer_sequence<int, MAXQ1>{});
+    return sw == 2 ? pick_qt<V, 1, 2, CI>(qt, std::make_integer_sequence<int, MAXQ1>{})
+                   : pick_qt<V, 1, 1, CI>(qt, std::make_integer_sequence<int, MAXQ1>{});
   if constexpr (MAXQ2 > 0) {
-    return sw == 2 ? pick_qt<V, 2, 2>(qt, std::make_integer_sequence<int, MAXQ2>{})
-                   : pick_qt<V, 2, 1>(qt, std::make_integer_sequence<int, MAXQ2>{});
+    return sw == 2 ? pick_qt<V, 2, 2, CI>(qt, std::make_integer_sequence<int, MAXQ2>{})
+                   : pick_qt<V, 2, 1, CI>(qt, std::make_integer_sequence<int, MAXQ2>{});
   }
   return nullptr;
 }

@@ -11,6 +11,7 @@ struct VScalar {
     float v[kBlock];
   };
   static constexpr int kWgradC = 4;
+  static constexpr int kStemTaps = 4;
   static T zero() { return T{}; }
   static T load(const float* p) {
     T r;
@@ -43,7 +44,8 @@ struct VScalar {
   }
 };
 
-const Isa kIsa{"portable", 1, {0, 4, 0}, &pick_conv<VScalar, 4, 0>, &wgrad_tile<VScalar>,
+const Isa kIsa{"portable", 1, {0, 4, 0}, &pick_conv<VScalar, 4, 0, kBlock>,
+               &pick_conv<VScalar, 4, 0, 1>, &wgrad_tile<VScalar>, &wgrad_stem<VScalar>, VScalar::kStemTaps,
                &pack_row<VScalar>, &unpack_row<VScalar>};
 
 }  // namespace

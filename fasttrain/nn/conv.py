@@ -145,14 +145,18 @@ class Conv2d(Module):
         if C is not None and self._direct_engine("conv2d_bwd_weight", dy, x.shape) is C:
             g = self._geometry()
             dyb = C.to_blocked(dy, *C.conv2d_blocked_dy_pads(h, w, *self.kernel_size, *g))
+            C.conv2d_blocked_bwd_weight(xb, dyb, self.weight.grad, db, *g)
+            if not self.needs_input_grad:
+                return None
             dxb = np.empty((n, xb.shape[1], h, w, 16), np.float32)
             C.conv2d_blocked_bwd_data(dyb, self.weight.data, dxb, *g)
             dx = C.from_blocked(dxb, c)
-            C.conv2d_blocked_bwd_weight(xb, dyb, self.weight.grad, db, *g)
         else:
+            kernel("conv2d_bwd_weight", like=dy)(x, dy, self.weight.grad, db, *self._geometry(), *self._options())
+            if not self.needs_input_grad:  # the network's first layer: no one reads dx
+                return None
             dx = xp.empty_like(x)
             kernel("conv2d_bwd_data", like=dy)(dy, self.weight.data, dx, *self._geometry(), *self._options())
-            kernel("conv2d_bwd_weight", like=dy)(x, dy, self.weight.grad, db, *self._geometry(), *self._options())
         if any(self._extra):  # the explicit bottom/right padding of 'same' gets no gradient
             dx = xp.ascontiguousarray(dx[:, :, :h - self._extra[0], :w - self._extra[1]])
         return dx

@@ -15,6 +15,10 @@ class Module:
     #: attributes a forward sets and the matching backward reads (the per-call state): a pipeline
     #: runs several micro-batches' forwards before their backwards and keeps each one's apart
     cache_attrs: tuple[str, ...] = ("cache",)
+    #: whether backward must return the gradient of the input. False only where nothing reads it
+    #: (the network's first layer: its input is the data), set through set_needs_input_grad; a
+    #: layer may then skip that work (a first convolution its whole data gradient) and return None
+    needs_input_grad: bool = True
 
     def __init__(self):
         self.training = True
@@ -124,6 +128,11 @@ class Module:
             for a, v in zip(m.cache_attrs, values):
                 setattr(m, a, v)
 
+    def set_needs_input_grad(self, flag: bool) -> None:
+        """Whether backward must return dx (see needs_input_grad); containers pass it to the
+        layer that reads their input."""
+        self.needs_input_grad = bool(flag)
+
     # -- computation ----------------------------------------------------------------------------
     def forward(self, x):
         raise NotImplementedError
@@ -155,6 +164,11 @@ class Sequential(Module):
 
     def __len__(self):
         return len(self._children)
+
+    def set_needs_input_grad(self, flag: bool) -> None:
+        super().set_needs_input_grad(flag)
+        if self._children:
+            self._children[0][1].set_needs_input_grad(flag)
 
     def forward(self, x):
         for _, layer in self._children:

@@ -244,6 +244,7 @@ class Trainer:
     def _forward_backward(self, xb, yb, mixed, sample: bool) -> tuple[float, int]:
         """Forward, loss and backward of the batch on this process; (loss, correct predictions),
         the loss NaN (nothing backpropagated) when it is not finite."""
+        self.model.set_needs_input_grad(False)  # the gradient of the data itself feeds nothing
         try:
             logits = self.model.forward(xb)
         finally:

@@ -97,10 +97,13 @@ void conv2d_bwd_weight(const float* x, const float* dy, float* dw, float* db, in
 // cannot do); process-wide, for tests and benchmarks.
 void set_conv2d_algo(const std::string& name);
 std::string conv2d_algo();
-// The algorithm conv2d_<op> (op: "fwd", "bwd_data", "bwd_weight") runs for this shape now.
+// The algorithm conv2d_<op> (op: "fwd", "bwd_data", "bwd_weight") runs for this shape now;
+// blocked: for a caller that keeps activations in the blocked layout (and gives the network's
+// first convolution its NCHW input through conv2d_stem_fwd): "direct" means the blocked entry
+// points (the stem's for an NCHW input), anything else NCHW through conv2d_<op>.
 std::string conv2d_choice(const std::string& op, int64_t N, int64_t C, int64_t H, int64_t W,
                           int64_t K, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph,
-                          int64_t pw, int64_t dilh, int64_t dilw, int64_t groups);
+                          int64_t pw, int64_t dilh, int64_t dilw, int64_t groups, bool blocked);
 // conv2d_direct.cpp: the same three convolutions by direct convolution on the NCHW16c layout
 // (register-blocked micro-kernels per instruction set), converting NCHW in and out inside the call.
 void conv2d_direct_fwd(const float* x, const float* w, const float* b, float* y, int64_t N,
@@ -134,6 +137,16 @@ void conv2d_blocked_bwd_weight(const float* xp, const float* dyp, float* dw, flo
                                int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
                                int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t hxh,
                                int64_t hxw);
+// The stem: a convolution of few input channels (C < 16, e.g. an RGB image) from an NCHW x to a
+// blocked y, with a kernel whose taps run over (channel, r, s) instead of 16-channel blocks;
+// stats as for conv2d_blocked_fwd. Its weight gradient reads the same NCHW x and the blocked dy
+// of conv2d_blocked_bwd_weight. No data gradient: the stem's input is the network's input.
+void conv2d_stem_fwd(const float* x, const float* w, const float* b, float* yb, int64_t N,
+                     int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
+                     int64_t sw, int64_t ph, int64_t pw, bool relu, double* stats);
+void conv2d_stem_bwd_weight(const float* x, const float* dyp, float* dw, float* db, int64_t N,
+                            int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
+                            int64_t sh, int64_t sw, int64_t ph, int64_t pw);
 // The direct convolution's instruction set: "auto" (the best this CPU runs), "avx512", "avx2" or
 // "portable" (an error if this build or CPU lacks it); process-wide, for tests and benchmarks.
 void set_conv2d_isa(const std::string& name);
