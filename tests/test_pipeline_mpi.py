@@ -152,6 +152,21 @@ def test_trainer_features_cross_between_pipelined_and_single_process(tmp_path, k
         assert summary["snapshot_val_acc"] == json.loads((tmp_path / "single2/summary.json").read_text())["snapshot_val_acc"]
 
 
+def test_trainer_features_on_the_grid_equal_data_parallelism(tmp_path):
+    # 2 stages x 2 replicas against 2 data-parallel ranks: replica 0's stages validate (EMA, early
+    # stopping, the snapshot ensemble), the decision and the best weights reach replica 1
+    flags = ("--epochs", "2", "--ema-decay", "0.9", "--early-stopping", "1", "--min-delta", "0.5", "--mixup", "0.2",
+             "--schedule", "cosine_restarts", "--decay-epochs", "1", "--snapshots", "2", "--dist", "ring")
+    train(4, tmp_path / "grid", *flags, "--pipeline-stages", "2")
+    train(2, tmp_path / "dp", *flags)
+    grid, dp = checkpoints(tmp_path / "grid"), checkpoints(tmp_path / "dp")
+    assert grid.keys() == dp.keys() == {"checkpoint.npz", "checkpoint_best.npz"}
+    for name in dp:
+        assert_same(grid[name], dp[name])
+    summaries = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("grid", "dp")]
+    assert summaries[0]["snapshot_val_acc"] == summaries[1]["snapshot_val_acc"] is not None
+
+
 def test_transfer_learning_on_the_grid(tmp_path):
     # --init-from loads the whole model on every rank before each stage keeps its part;
     # --freeze-except counts the whole model's layers: only the head trains, on stage 1 of 2

@@ -47,6 +47,7 @@ def replace_head(model, num_classes: int):
     parent, key = _parent_and_key(model, path)
     new = Linear(old.in_features, num_classes, bias=old.has_bias)
     parent._children = [(k, new if k == key else m) for k, m in parent._children]
+    new._path = old._path   # what add_child would have set: the path keys a stochastic layer's draws
     for attr, value in list(vars(parent).items()):  # containers that keep a named attribute too (Residual)
         if value is old:
             setattr(parent, attr, new)
