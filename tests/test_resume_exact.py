@@ -95,3 +95,44 @@ def test_resume_into_another_folder_says_so(tmp_path, monkeypatch, capsys):
     assert main(["train", "--resume", "a/checkpoint.npz", "--epochs", "2", "--run-dir", "b"]) == 0
     assert "the run continues in b" in capsys.readouterr().err
     assert json.load(open("b/summary.json"))["epochs"] == 2
+
+
+def test_plain_api_resume_after_other_models_is_bit_identical(tmp_path):
+    """Dropout, DropConnect and stochastic depth built without a layer_id: a model rebuilt in the
+    same process after other models were built resumes with the masks the first one drew."""
+    import fasttrain as ft
+    from fasttrain.train.checkpoint import load_checkpoint, save_checkpoint
+
+    nn = ft.nn
+
+    def build():
+        return nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Dropout(0.5),
+                             nn.StochasticDepth(nn.Residual(nn.Sequential(nn.Linear(16, 16), nn.Dropout(0.3)),
+                                                            post=nn.ReLU()), 0.5),
+                             nn.DropConnectLinear(16, 4, p=0.5))
+
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((4, 8, 12)).astype(np.float32), rng.integers(0, 4, (4, 8))
+    loss = ft.losses.SoftmaxCrossEntropy()
+
+    def steps(model, arena, opt, start, stop):
+        for s in range(start, stop):
+            model.set_step(s)
+            arena.zero_grad()
+            model.backward(loss(model.forward(X[s]), Y[s])[1])
+            opt.step()
+
+    model = build()
+    arena = ft.ParamArena.for_model(model, seed=1)
+    opt = ft.optim.Momentum(arena, lr=0.1)
+    steps(model, arena, opt, 0, 2)
+    save_checkpoint(tmp_path / "half.npz", model, arena, opt)
+    steps(model, arena, opt, 2, 4)
+    for _ in range(3):                       # other models, drawing from nothing process-wide
+        build()
+    again = build()
+    arena2 = ft.ParamArena.for_model(again, seed=5)
+    opt2 = ft.optim.Momentum(arena2, lr=0.1)
+    load_checkpoint(tmp_path / "half.npz", again, arena2, opt2)
+    steps(again, arena2, opt2, 2, 4)
+    assert np.array_equal(arena2.data, arena.data)
