@@ -7,7 +7,7 @@ import pytest
 
 import fasttrain as ft
 from fasttrain.parallel import ThreadWorld
-from fasttrain.parallel.pipeline import Pipeline, micro_rows, partition, schedule_ops
+from fasttrain.parallel.pipeline import Pipeline, _own_params, micro_rows, partition, schedule_ops
 
 nn = ft.nn
 STEPS = 3
@@ -263,3 +263,26 @@ def test_losses_that_are_not_a_plain_mean_are_refused(loss):
     pipe = Pipeline(build(), ft.parallel.LocalComm(), 2, input_shape=(1, 8, 8))
     with pytest.raises(ValueError, match="not a plain mean over the rows"):
         pipe.train_step(X[0], Y[0], loss)
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_layer_done_comes_once_per_layer_with_its_final_gradients(schedule):
+    # DataParallel's bucket all-reduce starts from this hook: a layer's gradients must be final
+    X, Y = data()
+
+    def rank(comm):
+        pipe = Pipeline(build(), comm, 4, schedule, input_shape=(1, 8, 8), seed=1)
+        calls, seen = [], {}
+
+        def done(li):
+            calls.append(li)
+            for p in _own_params(pipe.layers[li]):
+                seen[p.name] = p.grad.copy()
+
+        pipe.arena.zero_grad()
+        pipe.train_step(X[0] if pipe.first else None, Y[0] if pipe.last else None, ft.losses.SoftmaxCrossEntropy(),
+                        step=0, n=BATCH, layer_done=done)
+        assert calls == list(reversed(range(len(pipe.layers))))
+        assert seen and all(np.array_equal(seen[p.name], p.grad) for p in pipe.params)
+
+    ThreadWorld(3).run(rank)
