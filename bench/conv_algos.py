@@ -12,7 +12,9 @@ bench/kernels.py shapes.
 Rows: the C++ algorithms forced one by one with fasttrain._C.set_conv2d_algo (NCHW in and out, as
 the Conv2d layer calls them; "auto" is what fasttrain picks, and the algorithm it picks per op is
 printed beside it), "direct-blocked" (the direct kernels alone on activations already in their
-NCHW16c layout, as a network that keeps that layout runs them), PyTorch with channels_last tensors
+NCHW16c layout, as a network that keeps that layout runs them), "stem" for inputs of fewer than 16
+channels (the network's first convolution: NCHW input, blocked output, its own kernel; compared
+with torch on forward + weight gradient, as a first layer needs no data gradient), PyTorch with channels_last tensors
 (oneDNN's fast path, the comparator) and in its NCHW default, and the NumPy reference.
 All rows of one op are timed interleaved (bench.harness.time_interleaved: one call of each per
 round, the order rotating), so load from the other users of this shared machine hits them alike;
@@ -76,9 +78,15 @@ def _blocked_ops(C, a, st, pad):
     dyb = C.to_blocked(a["dy"], *C.conv2d_blocked_dy_pads(H, W, R, S, *g))
     yb = np.empty((N, (K + 15) // 16) + a["y"].shape[2:] + (16,), np.float32)
     dxb = np.empty((N, (Cc + 15) // 16, H, W, 16), np.float32)
-    return {"fwd": lambda: C.conv2d_blocked_fwd(xb, a["w"], a["b"], yb, *g, False),
-            "bwd_data": lambda: C.conv2d_blocked_bwd_data(dyb, a["w"], dxb, *g),
-            "bwd_weight": lambda: C.conv2d_blocked_bwd_weight(xb, dyb, a["dw"], a["db"], *g)}
+    ops = {"fwd": lambda: C.conv2d_blocked_fwd(xb, a["w"], a["b"], yb, *g, False),
+           "bwd_data": lambda: C.conv2d_blocked_bwd_data(dyb, a["w"], dxb, *g),
+           "bwd_weight": lambda: C.conv2d_blocked_bwd_weight(xb, dyb, a["dw"], a["db"], *g)}
+    # the network's first convolution: NCHW input straight into the stem kernel, blocked output,
+    # no data gradient (its bwd_data column repeats the blocked kernel's, only to fill the row)
+    stem = {"fwd": lambda: C.conv2d_stem_fwd(a["x"], a["w"], a["b"], yb, *g, False),
+            "bwd_data": ops["bwd_data"],
+            "bwd_weight": lambda: C.conv2d_stem_bwd_weight(a["x"], dyb, a["dw"], a["db"], *g)}
+    return ops, (stem if Cc < 16 else None)
 
 
 def _torch_ops(torch, a, st, pad, channels_last):
@@ -121,7 +129,9 @@ def run(shapes, repeat, rounds, numpy_too=True, peak_gflops=None, stat="median")
             return {op: (lambda f=f: (C.set_conv2d_algo(algo), f())) for op, f in ops.items()}
 
         rows = {algo: forced(algo, _ops(cpp, a, st, pad)) for algo in algos}
-        rows["direct-blocked"] = _blocked_ops(C, a, st, pad)
+        rows["direct-blocked"], stem = _blocked_ops(C, a, st, pad)
+        if stem is not None:
+            rows["stem"] = stem
         if torch is not None:
             rows["torch-cl"] = _torch_ops(torch, a, st, pad, True)
             rows["torch-nchw"] = _torch_ops(torch, a, st, pad, False)
@@ -136,6 +146,7 @@ def run(shapes, repeat, rounds, numpy_too=True, peak_gflops=None, stat="median")
         C.set_conv2d_algo("auto")
         for who in rows:
             med[who, "fwd+bwd"] = sum(med[who, op] for op in OPS)
+            med[who, "fwd+bw_w"] = med[who, "fwd"] + med[who, "bwd_weight"]  # a first layer's work
         print(f"(N, C, H, W, K) = {(N, Cc, H, W, K)}, {R}x{R} stride {st} pad {pad}, {ft.settings.num_threads} threads, "
               f"{flops / 1e9:.3f} GFLOP per op; auto runs {'/'.join(choice)} (fwd/bwd_data/bwd_weight); "
               f"ms, {stat}s of {repeat * rounds} interleaved samples")
@@ -151,16 +162,22 @@ def run(shapes, repeat, rounds, numpy_too=True, peak_gflops=None, stat="median")
             ratios.append(f"im2col/winograd {med['im2col', 'fwd+bwd'] / med['winograd', 'fwd+bwd']:.2f}x")
         ratios += [f"{who}/auto {med[who, 'fwd+bwd'] / med['auto', 'fwd+bwd']:.2f}x" for who in ("torch-cl", "numpy")
                    if (who, "fwd+bwd") in med]
+        if "stem" in rows and tcl:
+            ratios.append(f"first layer (fwd + bwd_weight, no data gradient): torch-cl/stem "
+                          f"{med['torch-cl', 'fwd+bw_w'] / med['stem', 'fwd+bw_w']:.2f}x, stem "
+                          f"{2 * flops / med['stem', 'fwd+bw_w'] / 1e6:.0f} GFLOP/s")
         print("  " + ", ".join(ratios), flush=True)
         summary.append((shape, choice, med))
     if torch is not None and len(summary) > 1:
         print("\nsummary: fwd+bwd, torch channels_last time / ours (> 1: ours faster)")
-        print(f"  {'shape N,C,H,W,K,R,stride,pad':34}{'auto picks':>28}{'auto':>8}{'direct':>8}{'blocked':>9}")
+        print("  (stem: the first layer's forward + weight gradient, torch-cl's same two ops / the stem kernel's)")
+        print(f"  {'shape N,C,H,W,K,R,stride,pad':34}{'auto picks':>28}{'auto':>8}{'direct':>8}{'blocked':>9}{'stem':>7}")
         for shape, choice, med in summary:
             t = med["torch-cl", "fwd+bwd"]
+            stem = (f"{med['torch-cl', 'fwd+bw_w'] / med['stem', 'fwd+bw_w']:7.2f}" if ("stem", "fwd") in med else "")
             print(f"  {','.join(map(str, shape)):34}{'/'.join(choice):>28}" +
                   "".join(f"{t / med[who, 'fwd+bwd']:8.2f}" for who in ("auto", "direct")) +
-                  f"{t / med['direct-blocked', 'fwd+bwd']:9.2f}")
+                  f"{t / med['direct-blocked', 'fwd+bwd']:9.2f}" + stem)
 
 
 def _shape(text):

@@ -124,10 +124,12 @@ def test_bench_gpu_quick_runs_or_says_why_not(tmp_path):
 def test_bench_conv_algos_runs_on_a_tiny_shape():
     pytest.importorskip("fasttrain._C", reason="C++ module not built")
     proc = subprocess.run([sys.executable, "-m", "bench.conv_algos", "--repeat", "1", "--rounds", "1",
-                           "--shapes", "2,16,6,5,17"], cwd=ROOT, capture_output=True, text=True, timeout=100)
+                           "--shapes", "2,16,6,5,17", "2,3,6,5,17"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=100)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for row in ("auto", "im2col", "winograd", "direct", "direct-blocked", "numpy"):
+    for row in ("auto", "im2col", "winograd", "direct", "direct-blocked", "stem", "numpy"):
         assert f"\n  {row} " in proc.stdout, proc.stdout
+    assert "torch-cl/stem" in proc.stdout or "torch" not in proc.stdout
     assert "im2col/winograd" in proc.stdout and "numpy/auto" in proc.stdout
 
 
