@@ -119,6 +119,9 @@ void weights_blocked(const float* w, float* wb, int64_t K, int64_t C, int64_t R,
   const int64_t Kb = blocks(K), Cb = blocks(C);
   const int64_t ob = transpose ? Cb : Kb, ib = transpose ? Kb : Cb;
   std::memset(wb, 0, sizeof(float) * ob * ib * R * S * kWBlock);
+  // in parallel (each k writes its own elements): serial, it idled the other core for a few
+  // percent of a small-map layer's forward
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
   for (int64_t k = 0; k < K; ++k)
     for (int64_t c = 0; c < C; ++c)
       for (int64_t r = 0; r < R; ++r)
@@ -606,6 +609,7 @@ void conv2d_blocked_bwd_weight(const float* xp, const float* dyp, float* dw, flo
   std::vector<double> dbd(g.Kb * kBlock);
   bwd_weight_blocked(*current_isa(), g, xp, hxh, hxw, dyp, pv.top + g.P + pv.bottom, pq.top + g.Q + pq.bottom,
                      pv.top, pq.top, dwb, dbd.data());
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
   for (int64_t k = 0; k < K; ++k) {
     db[k] += static_cast<float>(dbd[k]);
     for (int64_t c = 0; c < C; ++c)

@@ -85,17 +85,19 @@ void wgrad_channels(const WgradTile& a, int c0) {
   T acc[CN];
 #pragma GCC unroll 16
   for (int i = 0; i < CN; ++i) acc[i] = V::load(a.dw + (c0 + i) * kBlock);
-  for (int64_t ip = 0; ip < a.images * a.P; ++ip) {
-    const int64_t i = ip / a.P, p = ip % a.P;
-    const float* xr = a.x + i * a.x_img + p * a.sh * a.x_row + c0;
-    const float* dr = a.dy + i * a.dy_img + p * a.dy_row;
-    for (int64_t q = 0; q < a.Q; ++q) {
-      const T d = V::load(dr + q * kBlock);
-      const float* xq = xr + q * a.sw * kBlock;
+  // nested image and row loops: on 8 x 8 maps a division per row (8 pixels, 128 FMAs) cost
+  // about a third as much as the row's multiplies
+  for (int64_t i = 0; i < a.images; ++i)
+    for (int64_t p = 0; p < a.P; ++p) {
+      const float* xr = a.x + i * a.x_img + p * a.sh * a.x_row + c0;
+      const float* dr = a.dy + i * a.dy_img + p * a.dy_row;
+      for (int64_t q = 0; q < a.Q; ++q) {
+        const T d = V::load(dr + q * kBlock);
+        const float* xq = xr + q * a.sw * kBlock;
 #pragma GCC unroll 16
-      for (int i = 0; i < CN; ++i) acc[i] = V::fma(acc[i], d, xq + i);
+        for (int c = 0; c < CN; ++c) acc[c] = V::fma(acc[c], d, xq + c);
+      }
     }
-  }
 #pragma GCC unroll 16
   for (int i = 0; i < CN; ++i) V::store(a.dw + (c0 + i) * kBlock, acc[i]);
 }
