@@ -567,10 +567,12 @@ void bind(py::module_& m) {
   }, py::arg("dy"), py::arg("argmax"), py::arg("dx"));
 
   m.def("avgpool2d_fwd", [](py::array x, py::array y, int64_t kh, int64_t kw, int64_t sh,
-                            int64_t sw, int64_t ph, int64_t pw, bool ceil_mode, bool count_include_pad) {
+                            int64_t sw, int64_t ph, int64_t pw, bool ceil_mode, bool count_include_pad,
+                            int64_t divisor_override) {
     const char* op = "avgpool2d_fwd";
     expect_ndim(op, "x", x, 4);
     check_window(op, sh, sw, ph, pw);
+    FT_CHECK(divisor_override >= 0, op << "(divisor_override): expected 0 (none) or a positive divisor, got " << divisor_override);
     const int64_t N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
     const int64_t P = pool_extent(op, "height", H, kh, sh, ph, 1, ceil_mode),
                   Q = pool_extent(op, "width", W, kw, sw, pw, 1, ceil_mode);
@@ -578,15 +580,18 @@ void bind(py::module_& m) {
     const float* px = ptr_of(x, "x");
     float* py_ = ptr_of(y, "y");
     py::gil_scoped_release nogil;
-    ft::cpu::avgpool2d_fwd(px, py_, N * C, H, W, P, Q, kh, kw, sh, sw, ph, pw, count_include_pad);
+    ft::cpu::avgpool2d_fwd(px, py_, N * C, H, W, P, Q, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override);
   }, py::arg("x"), py::arg("y"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
-     py::arg("ph"), py::arg("pw"), py::arg("ceil_mode") = false, py::arg("count_include_pad") = true);
+     py::arg("ph"), py::arg("pw"), py::arg("ceil_mode") = false, py::arg("count_include_pad") = true,
+     py::arg("divisor_override") = 0);
 
   m.def("avgpool2d_bwd", [](py::array dy, py::array dx, int64_t kh, int64_t kw, int64_t sh,
-                            int64_t sw, int64_t ph, int64_t pw, bool ceil_mode, bool count_include_pad) {
+                            int64_t sw, int64_t ph, int64_t pw, bool ceil_mode, bool count_include_pad,
+                            int64_t divisor_override) {
     const char* op = "avgpool2d_bwd";
     expect_ndim(op, "dx", dx, 4);
     check_window(op, sh, sw, ph, pw);
+    FT_CHECK(divisor_override >= 0, op << "(divisor_override): expected 0 (none) or a positive divisor, got " << divisor_override);
     const int64_t N = dx.shape(0), C = dx.shape(1), H = dx.shape(2), W = dx.shape(3);
     const int64_t P = pool_extent(op, "height", H, kh, sh, ph, 1, ceil_mode),
                   Q = pool_extent(op, "width", W, kw, sw, pw, 1, ceil_mode);
@@ -594,9 +599,10 @@ void bind(py::module_& m) {
     const float* pdy = ptr_of(dy, "dy");
     float* pdx = ptr_of(dx, "dx");
     py::gil_scoped_release nogil;
-    ft::cpu::avgpool2d_bwd(pdy, pdx, N * C, H, W, P, Q, kh, kw, sh, sw, ph, pw, count_include_pad);
+    ft::cpu::avgpool2d_bwd(pdy, pdx, N * C, H, W, P, Q, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override);
   }, py::arg("dy"), py::arg("dx"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
-     py::arg("ph"), py::arg("pw"), py::arg("ceil_mode") = false, py::arg("count_include_pad") = true);
+     py::arg("ph"), py::arg("pw"), py::arg("ceil_mode") = false, py::arg("count_include_pad") = true,
+     py::arg("divisor_override") = 0);
 }
 
 }  // namespace layers

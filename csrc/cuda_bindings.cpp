@@ -389,33 +389,37 @@ PYBIND11_MODULE(_cuda, m) {
                             DX.shape[2] * DX.shape[3], DY.shape[2] * DY.shape[3], stream_of(st));
   }, py::arg("dy"), py::arg("argmax"), py::arg("dx"), py::arg("stream") = 0);
   m.def("avgpool2d_fwd", [](py::object x, py::object y, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
-                            int64_t pw, bool ceil_mode, bool count_include_pad, uintptr_t st) {
+                            int64_t pw, bool ceil_mode, bool count_include_pad, int64_t divisor_override, uintptr_t st) {
     const char* op = "avgpool2d_fwd";
     auto X = dev_array(x, "x"), Y = dev_array(y, "y");
     expect_4d(op, "x", X);
     check_window(op, sh, sw, ph, pw);
+    FT_CHECK(divisor_override >= 0, op << "(divisor_override): expected 0 (none) or a positive divisor, got " << divisor_override);
     int64_t N = X.shape[0], C = X.shape[1], H = X.shape[2], W = X.shape[3];
     int64_t P = pool_extent(op, "height", H, kh, sh, ph, 1, ceil_mode),
             Q = pool_extent(op, "width", W, kw, sw, pw, 1, ceil_mode);
     expect_dims(op, "y", Y, {N, C, P, Q});
     ft::cuda::avgpool2d_fwd(f32(X), f32(Y), N * C, H, W, P, Q, (int)kh, (int)kw, (int)sh, (int)sw, (int)ph, (int)pw,
-                            count_include_pad, stream_of(st));
+                            count_include_pad, divisor_override, stream_of(st));
   }, py::arg("x"), py::arg("y"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
-     py::arg("pw"), py::arg("ceil_mode") = false, py::arg("count_include_pad") = true, py::arg("stream") = 0);
+     py::arg("pw"), py::arg("ceil_mode") = false, py::arg("count_include_pad") = true,
+     py::arg("divisor_override") = 0, py::arg("stream") = 0);
   m.def("avgpool2d_bwd", [](py::object dy, py::object dx, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
-                            int64_t pw, bool ceil_mode, bool count_include_pad, uintptr_t st) {
+                            int64_t pw, bool ceil_mode, bool count_include_pad, int64_t divisor_override, uintptr_t st) {
     const char* op = "avgpool2d_bwd";
     auto DY = dev_array(dy, "dy"), DX = dev_array(dx, "dx");
     expect_4d(op, "dx", DX);
     check_window(op, sh, sw, ph, pw);
+    FT_CHECK(divisor_override >= 0, op << "(divisor_override): expected 0 (none) or a positive divisor, got " << divisor_override);
     int64_t N = DX.shape[0], C = DX.shape[1], H = DX.shape[2], W = DX.shape[3];
     int64_t P = pool_extent(op, "height", H, kh, sh, ph, 1, ceil_mode),
             Q = pool_extent(op, "width", W, kw, sw, pw, 1, ceil_mode);
     expect_dims(op, "dy", DY, {N, C, P, Q});
     ft::cuda::avgpool2d_bwd(f32(DY), f32(DX), N * C, H, W, P, Q, (int)kh, (int)kw, (int)sh, (int)sw, (int)ph,
-                            (int)pw, count_include_pad, stream_of(st));
+                            (int)pw, count_include_pad, divisor_override, stream_of(st));
   }, py::arg("dy"), py::arg("dx"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
-     py::arg("pw"), py::arg("ceil_mode") = false, py::arg("count_include_pad") = true, py::arg("stream") = 0);
+     py::arg("pw"), py::arg("ceil_mode") = false, py::arg("count_include_pad") = true,
+     py::arg("divisor_override") = 0, py::arg("stream") = 0);
 
   // ---- conv2d (NCHW): implicit-GEMM kernels ----
   m.def("conv2d_fwd", [](py::object x, py::object w, py::object b, py::object y, int64_t sh, int64_t sw, int64_t ph,

@@ -1,4 +1,4 @@
-"""Conv2d options (groups, dilation, padding='same'|'valid'): the reference against naive loops,
+"""Conv2d options (groups, dilation, padding='same'|'valid', padding_mode): the reference against naive loops,
 every backend (and every C++ algorithm that takes the shape) against the reference and against
 torch.nn.functional.conv2d, gradient checks of the layer, bad arguments."""
 import itertools
@@ -260,3 +260,74 @@ def test_cpp_binding_checks(op, args, match):
         dil = (0, 1)
     with pytest.raises(ValueError, match=match):
         C.conv2d_fwd(x, w, b, y, 1, 1, 0, 0, False, *dil, groups)
+
+
+# ---- padding_mode ------------------------------------------------------------------------------------
+
+PADDING_MODE_CASES = [  # (layer arguments, x shape): asymmetric padding, 'same' with an even kernel, strides
+    (dict(in_channels=3, out_channels=4, kernel_size=3, padding=1), (2, 3, 5, 6)),
+    (dict(in_channels=2, out_channels=3, kernel_size=(3, 2), padding=(2, 1), stride=2), (1, 2, 5, 4)),
+    (dict(in_channels=4, out_channels=4, kernel_size=3, padding=2, groups=4, dilation=2), (1, 4, 6, 5)),
+    (dict(in_channels=2, out_channels=2, kernel_size=4, padding="same"), (2, 2, 5, 7)),
+]
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+@pytest.mark.parametrize("args,xs", PADDING_MODE_CASES)
+def test_padding_mode_gradcheck(mode, args, xs):
+    layer = Conv2d(**args, padding_mode=mode)
+    ParamArena.for_model(layer, dtype=np.float64, seed=8)
+    x = np.random.default_rng(9).standard_normal(xs)
+    # 1e-5: some reflected pixels' gradients are ~1e-4 and central differences carry ~1e-10 of noise;
+    # a wrong fold of the padding errs by O(1)
+    for r in gradcheck(layer, x, tol=1e-5):
+        assert r.passed, str(r)
+
+
+@pytest.mark.parametrize("name", backend.available_backends_for("conv2d_fwd"))
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("args,xs", PADDING_MODE_CASES)
+def test_padding_mode_every_backend_matches_torch(name, mode, args, xs):
+    torch = pytest.importorskip("torch")
+    old = backend.get_backend()
+    backend.set_backend(name)
+    try:
+        layer = Conv2d(**args, padding_mode=mode)
+        ParamArena.for_model(layer, dtype=np.float32, seed=10)
+        layer.bias.data[...] = np.linspace(-1, 1, layer.out_channels)
+        rng = np.random.default_rng(11)
+        x = rng.standard_normal(xs).astype(np.float32)
+        y = layer.forward(x)
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        dx = layer.backward(dy)
+    finally:
+        backend.set_backend(old)
+    a = {k: v for k, v in args.items() if k not in ("in_channels", "out_channels", "kernel_size")}
+    tl = torch.nn.Conv2d(args["in_channels"], args["out_channels"], args["kernel_size"], padding_mode=mode,
+                         dtype=torch.float64, **a)
+    with torch.no_grad():
+        tl.weight.copy_(torch.from_numpy(layer.weight.data.astype(np.float64)))
+        tl.bias.copy_(torch.from_numpy(layer.bias.data.astype(np.float64)))
+    tx = torch.from_numpy(x.astype(np.float64)).requires_grad_(True)
+    ty = tl(tx)
+    ty.backward(torch.from_numpy(dy.astype(np.float64)))
+    for got, want in ((y, ty), (dx, tx.grad), (layer.weight.grad, tl.weight.grad), (layer.bias.grad, tl.bias.grad)):
+        want = want.detach().numpy()
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * max(1.0, np.abs(want).max()))
+
+
+def test_padding_mode_repr_and_errors():
+    layer = Conv2d(2, 2, 3, padding=1, padding_mode="circular")
+    assert "padding_mode='circular'" in repr(layer) and "padding_mode" not in repr(Conv2d(2, 2, 3))
+    with pytest.raises(ValueError, match=r"padding_mode must be one of 'zeros', 'reflect', 'replicate', 'circular', "
+                                         r"got 'mirror'"):
+        Conv2d(2, 2, 3, padding_mode="mirror")
+    layer = Conv2d(1, 1, 3, padding=2, padding_mode="reflect")
+    ParamArena.for_model(layer)
+    with pytest.raises(ValueError, match=r"padding_mode='reflect' needs padding < the input height 2, got padding "
+                                         r"\(2, 2\)"):
+        layer.forward(np.zeros((1, 1, 2, 5), np.float32))
+    layer = Conv2d(1, 1, 3, padding=(0, 3), padding_mode="circular")
+    ParamArena.for_model(layer)
+    with pytest.raises(ValueError, match=r"padding_mode='circular' needs padding <= the input width 2"):
+        layer.forward(np.zeros((1, 1, 4, 2), np.float32))

@@ -202,3 +202,65 @@ def test_bad_pooling_arguments():
     with pytest.raises(ValueError, match=r"maxpool2d_fwd\(dil_h, dil_w\): expected dilations >= 1, got \(0, 1\)"):
         C.maxpool2d_fwd(x, np.zeros((1, 1, 3, 3), np.float32), np.zeros((1, 1, 3, 3), np.int64), 2, 2, 2, 2, 0, 0,
                         False, 0, 1)
+
+
+# ---- AvgPool2d divisor_override --------------------------------------------------------------------
+
+DIVISOR_CONFIGS = [((2, 3, 7, 6), (3, 3), (2, 2), (1, 1), True, 5), ((1, 5, 6, 6), (2, 3), (2, 1), (0, 1), False, 1),
+                   ((2, 1, 5, 7), (3, 2), (3, 2), (1, 1), True, 13)]
+
+
+def _avg_override(call, x, dy, k, s, p, ceil, divisor):
+    y = np.full(dy.shape, np.nan, x.dtype)
+    call("avgpool2d_fwd")(x, y, *k, *s, *p, ceil, True, divisor)
+    dx = np.full(x.shape, np.nan, x.dtype)
+    call("avgpool2d_bwd")(dy, dx, *k, *s, *p, ceil, True, divisor)
+    return y, dx
+
+
+@pytest.mark.parametrize("name", backend.available_backends_for("avgpool2d_fwd"))
+@pytest.mark.parametrize("shape,k,s,p,ceil,divisor", DIVISOR_CONFIGS)
+def test_divisor_override_every_backend_matches_naive_sums(name, shape, k, s, p, ceil, divisor):
+    call = lambda op: backend.kernel(op, backend=name)   # noqa: E731
+    x = _distinct(shape, 21).astype(np.float32)
+    n, c, h, w = shape
+    oshape = _out(shape, k, s, p, (1, 1), ceil)
+    dy = np.random.default_rng(22).standard_normal(oshape).astype(np.float32)
+    want_y, want_dx = np.empty(oshape), np.zeros(shape)
+    for b, ch, i, j in np.ndindex(*oshape):   # the window's real taps summed, divided by the override
+        real, _ = _taps(i, j, k, s, p, (1, 1), h, w)
+        want_y[b, ch, i, j] = sum(float(x[b, ch][t]) for t in real) / divisor
+        for t in real:
+            want_dx[b, ch][t] += dy[b, ch, i, j] / divisor
+    y, dx = _avg_override(call, x, dy, k, s, p, ceil, divisor)
+    np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,k,s,p,ceil,divisor", DIVISOR_CONFIGS)
+def test_divisor_override_layer_matches_torch_and_gradcheck(shape, k, s, p, ceil, divisor):
+    layer = AvgPool2d(k, s, p, ceil_mode=ceil, divisor_override=divisor)
+    assert f"divisor_override={divisor}" in repr(layer)
+    x = _distinct(shape, 23) / 10
+    for r in gradcheck(layer, x, tol=1e-6):
+        assert r.passed, str(r)
+    torch = pytest.importorskip("torch")
+    xf = x.astype(np.float32)
+    y = layer.forward(xf)
+    dy = np.random.default_rng(24).standard_normal(y.shape).astype(np.float32)
+    dx = layer.backward(dy)
+    tx = torch.from_numpy(xf.astype(np.float64)).requires_grad_(True)
+    ty = torch.nn.AvgPool2d(k, s, p, ceil_mode=ceil, divisor_override=divisor)(tx)
+    ty.backward(torch.from_numpy(dy.astype(np.float64)))
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_bad_divisor_override():
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match=r"AvgPool2d\(.*\): divisor_override must be None or a positive int, got"):
+            AvgPool2d(2, divisor_override=bad)
+    C = pytest.importorskip("fasttrain._C", reason="C++ module not built")
+    with pytest.raises(ValueError, match=r"avgpool2d_fwd\(divisor_override\): expected 0 \(none\) or a positive"):
+        C.avgpool2d_fwd(np.zeros((1, 1, 4, 4), np.float32), np.zeros((1, 1, 2, 2), np.float32), 2, 2, 2, 2, 0, 0,
+                        False, True, -1)

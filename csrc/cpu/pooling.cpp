@@ -22,7 +22,8 @@ inline void real_taps(int64_t start, int64_t k, int64_t d, int64_t n, int64_t& l
 
 // The divisor of the average over the window at (h0, w0), see the file comment.
 inline float avg_divisor(int64_t h0, int64_t w0, int64_t H, int64_t W, int64_t kh, int64_t kw,
-                         int64_t ph, int64_t pw, bool count_include_pad) {
+                         int64_t ph, int64_t pw, bool count_include_pad, int64_t divisor_override) {
+  if (divisor_override != 0) return static_cast<float>(divisor_override);
   if (count_include_pad)
     return static_cast<float>((std::min(h0 + kh, H + ph) - h0) * (std::min(w0 + kw, W + pw) - w0));
   return static_cast<float>((std::min(h0 + kh, H) - std::max<int64_t>(h0, 0)) *
@@ -75,7 +76,7 @@ void maxpool2d_bwd(const float* dy, const int64_t* argmax, float* dx, int64_t NC
 
 void avgpool2d_fwd(const float* x, float* y, int64_t NC, int64_t H, int64_t W, int64_t P, int64_t Q,
                    int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
-                   bool count_include_pad) {
+                   bool count_include_pad, int64_t divisor_override) {
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
   for (int64_t pl = 0; pl < NC; ++pl) {
     const float* xp = x + pl * H * W;
@@ -87,7 +88,7 @@ void avgpool2d_fwd(const float* x, float* y, int64_t NC, int64_t H, int64_t W, i
         for (int64_t h = h0; h < h1; ++h)
           for (int64_t w = w0; w < w1; ++w) s += xp[h * W + w];
         y[pl * P * Q + p * Q + q] =
-            s / avg_divisor(p * sh - ph, q * sw - pw, H, W, kh, kw, ph, pw, count_include_pad);
+            s / avg_divisor(p * sh - ph, q * sw - pw, H, W, kh, kw, ph, pw, count_include_pad, divisor_override);
       }
     }
   }
@@ -95,7 +96,7 @@ void avgpool2d_fwd(const float* x, float* y, int64_t NC, int64_t H, int64_t W, i
 
 void avgpool2d_bwd(const float* dy, float* dx, int64_t NC, int64_t H, int64_t W, int64_t P,
                    int64_t Q, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
-                   int64_t pw, bool count_include_pad) {
+                   int64_t pw, bool count_include_pad, int64_t divisor_override) {
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
   for (int64_t pl = 0; pl < NC; ++pl) {
     float* dxp = dx + pl * H * W;
@@ -105,7 +106,7 @@ void avgpool2d_bwd(const float* dy, float* dx, int64_t NC, int64_t H, int64_t W,
       for (int64_t q = 0; q < Q; ++q) {
         const int64_t w0 = std::max<int64_t>(q * sw - pw, 0), w1 = std::min(q * sw - pw + kw, W);
         const float g = dy[pl * P * Q + p * Q + q] /
-                        avg_divisor(p * sh - ph, q * sw - pw, H, W, kh, kw, ph, pw, count_include_pad);
+                        avg_divisor(p * sh - ph, q * sw - pw, H, W, kh, kw, ph, pw, count_include_pad, divisor_override);
         for (int64_t h = h0; h < h1; ++h)
           for (int64_t w = w0; w < w1; ++w) dxp[h * W + w] += g;
       }

@@ -6,7 +6,8 @@
 // - avgpool backward: one thread per input element gathers every window that covers it, so no
 //   atomics and a deterministic sum.
 // Output sizes come from the binding (ceil mode included). Max pooling's taps lie dh, dw apart;
-// the average's divisor follows count_include_pad (fasttrain/kernels/pooling.py).
+// the average's divisor follows count_include_pad, or is divisor_override when that is nonzero
+// (fasttrain/kernels/pooling.py).
 #include "fasttrain/cuda.h"
 
 #include <cfloat>
@@ -53,14 +54,15 @@ __global__ void maxpool_bwd_kernel(const float* __restrict__ dy, const int64_t* 
 }
 
 __device__ __forceinline__ float avg_divisor(int64_t h0, int64_t w0, int64_t H, int64_t W, int kh, int kw, int ph,
-                                             int pw, bool include_pad) {
+                                             int pw, bool include_pad, int64_t divisor_override) {
+  if (divisor_override != 0) return (float)divisor_override;
   if (include_pad) return (float)((min(h0 + kh, H + ph) - h0) * (min(w0 + kw, W + pw) - w0));
   return (float)((min(h0 + kh, H) - max(h0, (int64_t)0)) * (min(w0 + kw, W) - max(w0, (int64_t)0)));
 }
 
 __global__ void avgpool_fwd_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t total, int64_t H,
                                    int64_t W, int64_t P, int64_t Q, int kh, int kw, int sh, int sw, int ph, int pw,
-                                   bool include_pad) {
+                                   bool include_pad, int64_t divisor_override) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
     int64_t q = i % Q, p = (i / Q) % P, nc = i / (P * Q);
     const float* plane = x + nc * H * W;
@@ -74,7 +76,7 @@ __global__ void avgpool_fwd_kernel(const float* __restrict__ x, float* __restric
         if (w >= 0 && w < W) acc += plane[h * W + w];
       }
     }
-    y[i] = acc / avg_divisor(h0, w0, H, W, kh, kw, ph, pw, include_pad);
+    y[i] = acc / avg_divisor(h0, w0, H, W, kh, kw, ph, pw, include_pad, divisor_override);
   }
 }
 
@@ -88,7 +90,7 @@ __device__ __forceinline__ void covering(int64_t h, int k, int s, int pad, int64
 
 __global__ void avgpool_bwd_kernel(const float* __restrict__ dy, float* __restrict__ dx, int64_t total, int64_t H,
                                    int64_t W, int64_t P, int64_t Q, int kh, int kw, int sh, int sw, int ph, int pw,
-                                   bool include_pad) {
+                                   bool include_pad, int64_t divisor_override) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
     int64_t w = i % W, h = (i / W) % H, nc = i / (H * W);
     const float* g = dy + nc * P * Q;
@@ -98,7 +100,7 @@ __global__ void avgpool_bwd_kernel(const float* __restrict__ dy, float* __restri
     float acc = 0.f;
     for (int64_t p = p0; p <= p1; ++p)
       for (int64_t q = q0; q <= q1; ++q)
-        acc += g[p * Q + q] / avg_divisor(p * sh - ph, q * sw - pw, H, W, kh, kw, ph, pw, include_pad);
+        acc += g[p * Q + q] / avg_divisor(p * sh - ph, q * sw - pw, H, W, kh, kw, ph, pw, include_pad, divisor_override);
     dx[i] = acc;
   }
 }
@@ -123,19 +125,19 @@ void maxpool2d_bwd(const float* dy, const int64_t* argmax, float* dx, int64_t nc
 }
 
 void avgpool2d_fwd(const float* x, float* y, int64_t nc, int64_t H, int64_t W, int64_t P, int64_t Q, int kh, int kw,
-                   int sh, int sw, int ph, int pw, bool include_pad, cudaStream_t st) {
+                   int sh, int sw, int ph, int pw, bool include_pad, int64_t divisor_override, cudaStream_t st) {
   int64_t total = nc * P * Q;
   if (total == 0) return;
-  avgpool_fwd_kernel<<<grid_for(total), kBlock, 0, st>>>(x, y, total, H, W, P, Q, kh, kw, sh, sw, ph, pw, include_pad);
+  avgpool_fwd_kernel<<<grid_for(total), kBlock, 0, st>>>(x, y, total, H, W, P, Q, kh, kw, sh, sw, ph, pw, include_pad, divisor_override);
   CUDA_CHECK(cudaGetLastError());
 }
 
 void avgpool2d_bwd(const float* dy, float* dx, int64_t nc, int64_t H, int64_t W, int64_t P, int64_t Q, int kh, int kw,
-                   int sh, int sw, int ph, int pw, bool include_pad, cudaStream_t st) {
+                   int sh, int sw, int ph, int pw, bool include_pad, int64_t divisor_override, cudaStream_t st) {
   int64_t total = nc * H * W;
   if (total == 0) return;
   avgpool_bwd_kernel<<<grid_for(total), kBlock, 0, st>>>(dy, dx, total, H, W, P, Q, kh, kw, sh, sw, ph, pw,
-                                                         include_pad);
+                                                         include_pad, divisor_override);
   CUDA_CHECK(cudaGetLastError());
 }
 

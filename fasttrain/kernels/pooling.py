@@ -11,8 +11,9 @@ Max-pool tie rule: the first maximum in the window's row-major scan order wins (
 every backend picks the same index. Padding never wins: the layer guarantees padding <= kernel/2,
 so every window holds at least one real element.
 
-Average-pool divisor: with count_include_pad, the window's taps inside the padded input (kh*kw
-except for a ceil-mode window hanging over the bottom/right padding); without, its real taps.
+Average-pool divisor: divisor_override when nonzero (PyTorch's option: every window divides by it);
+else with count_include_pad, the window's taps inside the padded input (kh*kw except for a
+ceil-mode window hanging over the bottom/right padding); without, its real taps.
 """
 import numpy as np
 
@@ -81,11 +82,13 @@ def _counts(n, k, s, pad, out, count_include_pad):
     return np.minimum(start + k, n) - np.maximum(start, 0)
 
 
-def _divisor(h, w, kh, kw, sh, sw, ph, pw, p, q, count_include_pad):
+def _divisor(h, w, kh, kw, sh, sw, ph, pw, p, q, count_include_pad, divisor_override=0):
+    if divisor_override:
+        return np.full((p, q), float(divisor_override))
     return np.outer(_counts(h, kh, sh, ph, p, count_include_pad), _counts(w, kw, sw, pw, q, count_include_pad))
 
 
-def avgpool2d_fwd_ref(x, y, kh, kw, sh, sw, ph, pw, ceil_mode=False, count_include_pad=True):
+def avgpool2d_fwd_ref(x, y, kh, kw, sh, sw, ph, pw, ceil_mode=False, count_include_pad=True, divisor_override=0):
     # x: (N, C, H, W); y: (N, C, P, Q)
     n, c, h, w = x.shape
     p, q = y.shape[2], y.shape[3]
@@ -95,15 +98,15 @@ def avgpool2d_fwd_ref(x, y, kh, kw, sh, sw, ph, pw, ceil_mode=False, count_inclu
     for r in range(kh):
         for s in range(kw):
             acc += _window(xp, r, s, sh, sw, p, q)
-    y[...] = acc / _divisor(h, w, kh, kw, sh, sw, ph, pw, p, q, count_include_pad)
+    y[...] = acc / _divisor(h, w, kh, kw, sh, sw, ph, pw, p, q, count_include_pad, divisor_override)
 
 
-def avgpool2d_bwd_ref(dy, dx, kh, kw, sh, sw, ph, pw, ceil_mode=False, count_include_pad=True):
+def avgpool2d_bwd_ref(dy, dx, kh, kw, sh, sw, ph, pw, ceil_mode=False, count_include_pad=True, divisor_override=0):
     # dy: (N, C, P, Q); dx: (N, C, H, W), overwritten
     n, c, h, w = dx.shape
     p, q = dy.shape[2], dy.shape[3]
     dxp = np.zeros((n, c, _padded_extent(h, kh, sh, ph, p), _padded_extent(w, kw, sw, pw, q)), dtype=dx.dtype)
-    g = dy / _divisor(h, w, kh, kw, sh, sw, ph, pw, p, q, count_include_pad)
+    g = dy / _divisor(h, w, kh, kw, sh, sw, ph, pw, p, q, count_include_pad, divisor_override)
     for r in range(kh):
         for s in range(kw):
             _window(dxp, r, s, sh, sw, p, q)[...] += g

@@ -6,6 +6,9 @@ taps, and `padding` is an int, a pair, 'valid' (no padding) or 'same' (output si
 stride 1 only, as in PyTorch). When 'same' needs an odd total padding along an axis (an even
 kernel span), the extra row or column goes at the bottom or right, as PyTorch does: the input is
 padded explicitly by that one row/column, so the kernels only ever see symmetric padding.
+`padding_mode` 'reflect', 'replicate' or 'circular' (PyTorch's) pads the input explicitly in that
+mode (fasttrain/nn/padding.py, as PyTorch does) and convolves without padding; the padding's
+gradient folds back onto the input pixels it copied.
 
 When the C++ kernels run this layer through their direct engine (csrc/cpu/conv2d_direct.cpp, on a
 16-channel-blocked layout), the layer calls the engine's blocked entry points itself: x is
@@ -21,13 +24,14 @@ import numpy as np
 
 from .. import init as initializers
 from ..backend import kernel
+from . import padding as padmod
 from ._util import array_module, check_grad, check_input, check_params, pair
 from .module import Module
 
 
 class Conv2d(Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, init="he_normal", relu: bool = False):
+                 groups: int = 1, bias: bool = True, init="he_normal", relu: bool = False, padding_mode: str = "zeros"):
         super().__init__()
         where = f"Conv2d(in_channels={in_channels}, out_channels={out_channels})"
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
@@ -43,6 +47,17 @@ class Conv2d(Module):
         # (top, left) padding given to the kernels, and the extra (bottom, right) row/column the
         # layer adds itself (only 'same' with an even kernel span needs one)
         self.padding, self._extra = self._resolve_padding(padding, where)
+        if padding_mode not in padmod.MODES:
+            raise ValueError(f"{where}: padding_mode must be one of {', '.join(map(repr, padmod.MODES))}, "
+                             f"got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        # non-zero modes: the layer pads its input itself (top, bottom, left, right), 'same''s extra
+        # row/column included, and the kernels run without padding (_kpad)
+        self._explicit = None
+        if padding_mode != "zeros" and (any(self.padding) or any(self._extra)):
+            (ph, pw), (eh, ew) = self.padding, self._extra
+            self._explicit, self._extra = (ph, ph + eh, pw, pw + ew), (0, 0)
+        self._kpad = (0, 0) if self._explicit else self.padding
         self.relu = bool(relu)
         self.has_bias = bias
         # fans from (K, C/groups, R, S): each output sees C/groups * R * S inputs
@@ -65,14 +80,15 @@ class Conv2d(Module):
         return pair("padding", padding, where, 0), (0, 0)
 
     def extra_repr(self):
-        extra = "".join(f", {k}={v}" for k, v, default in (("dilation", self.dilation, (1, 1)),
-                                                            ("groups", self.groups, 1)) if v != default)
+        extra = "".join(f", {k}={v!r}" for k, v, default in (("dilation", self.dilation, (1, 1)),
+                                                             ("groups", self.groups, 1),
+                                                             ("padding_mode", self.padding_mode, "zeros")) if v != default)
         padding = self.padding_arg if isinstance(self.padding_arg, str) else self.padding
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={padding}{extra}, bias={self.has_bias}, relu={self.relu}")
 
     def _geometry(self):
-        return (*self.stride, *self.padding)
+        return (*self.stride, *self._kpad)
 
     def _b(self, x):
         if self.bias is not None:
@@ -82,7 +98,7 @@ class Conv2d(Module):
         return self._zero_bias
 
     def _out_shape(self, n, h, w):
-        (r, s), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        (r, s), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self._kpad, self.dilation
         return n, self.out_channels, (h + 2 * ph - dh * (r - 1) - 1) // sh + 1, (w + 2 * pw - dw * (s - 1) - 1) // sw + 1
 
     def _options(self):
@@ -103,7 +119,11 @@ class Conv2d(Module):
         where = f"Conv2d(in_channels={self.in_channels})"
         x = check_input(where, x, f"(N, {self.in_channels}, H, W)", 4, {1: self.in_channels})
         check_params(where, self, x)
-        if any(self._extra):
+        self._unpadded_shape = x.shape
+        if self._explicit:
+            padmod.check(self.padding_mode, x.shape[2], x.shape[3], self._explicit, where)
+            x = padmod.pad(x, self._explicit, self.padding_mode, array_module(x))
+        elif any(self._extra):
             xp = array_module(x)
             x = xp.pad(x, ((0, 0), (0, 0), (0, self._extra[0]), (0, self._extra[1])))
         n, _, h, w = x.shape
@@ -157,6 +177,8 @@ class Conv2d(Module):
                 return None
             dx = xp.empty_like(x)
             kernel("conv2d_bwd_data", like=dy)(dy, self.weight.data, dx, *self._geometry(), *self._options())
-        if any(self._extra):  # the explicit bottom/right padding of 'same' gets no gradient
+        if self._explicit:  # the padding copied input pixels: their gradients go back to them
+            dx = padmod.pad_grad(dx, self._unpadded_shape, self._explicit, self.padding_mode, xp)
+        elif any(self._extra):  # the explicit bottom/right padding of 'same' gets no gradient
             dx = xp.ascontiguousarray(dx[:, :, :h - self._extra[0], :w - self._extra[1]])
         return dx

@@ -99,21 +99,33 @@ class MaxPool2d(_Pool2d):
 
 class AvgPool2d(_Pool2d):
     """Mean over each window; the divisor counts the padding (kernel_h * kernel_w inside the padded
-    input) unless count_include_pad=False (then: the window's taps inside the input)."""
+    input) unless count_include_pad=False (then: the window's taps inside the input). With
+    divisor_override (PyTorch's option) every window's sum is divided by that number instead."""
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                 divisor_override=None):
         super().__init__(kernel_size, stride, padding, 1, ceil_mode)
         self.count_include_pad = bool(count_include_pad)
+        self.divisor_override = None
+        if divisor_override is not None and (isinstance(divisor_override, bool) or not isinstance(divisor_override, int)
+                                             or divisor_override < 1):
+            raise ValueError(f"{self._where()}: divisor_override must be None or a positive int, "
+                             f"got {divisor_override!r}")
+        self.divisor_override = divisor_override
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + ("" if self.count_include_pad else ", count_include_pad=False")
+        return (super().extra_repr() + ("" if self.count_include_pad else ", count_include_pad=False")
+                + ("" if self.divisor_override is None else f", divisor_override={self.divisor_override}"))
+
+    def _kernel_args(self):
+        return (*self._args(), self.count_include_pad, self.divisor_override or 0)
 
     def forward(self, x):
         shape = self._out_shape(x)
         xp = _array_module(x)
         x = xp.ascontiguousarray(x)
         y = xp.empty(shape, x.dtype)
-        backend.kernel("avgpool2d_fwd", like=x)(x, y, *self._args(), self.count_include_pad)
+        backend.kernel("avgpool2d_fwd", like=x)(x, y, *self._kernel_args())
         self.cache = (x.shape, y.shape, x.dtype)
         return y
 
@@ -121,7 +133,7 @@ class AvgPool2d(_Pool2d):
         x_shape, y_shape, dtype = self.cache or (None, None, None)
         dy = self._check_dy(dy, y_shape, dtype)
         dx = _array_module(dy).empty(x_shape, dy.dtype)
-        backend.kernel("avgpool2d_bwd", like=dy)(dy, dx, *self._args(), self.count_include_pad)
+        backend.kernel("avgpool2d_bwd", like=dy)(dy, dx, *self._kernel_args())
         return dx
 
 

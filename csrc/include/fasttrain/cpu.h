@@ -194,10 +194,10 @@ void maxpool2d_bwd(const float* dy, const int64_t* argmax, float* dx, int64_t NC
                    int64_t PQ);
 void avgpool2d_fwd(const float* x, float* y, int64_t NC, int64_t H, int64_t W, int64_t P, int64_t Q,
                    int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
-                   bool count_include_pad = true);
+                   bool count_include_pad = true, int64_t divisor_override = 0);
 void avgpool2d_bwd(const float* dy, float* dx, int64_t NC, int64_t H, int64_t W, int64_t P,
                    int64_t Q, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
-                   int64_t pw, bool count_include_pad = true);
+                   int64_t pw, bool count_include_pad = true, int64_t divisor_override = 0);
 
 // blocked.cpp: batch norm, pooling and the halo copy on the direct convolution's blocked layout
 // [N][ceil(C/16)][H + 2h][W + 2h][16] (h: each array's halo, a zero border; H, W: the interior).

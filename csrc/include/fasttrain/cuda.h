@@ -72,9 +72,9 @@ void maxpool2d_fwd(const float* x, float* y, int64_t* argmax, int64_t nc, int64_
 void maxpool2d_bwd(const float* dy, const int64_t* argmax, float* dx, int64_t nc, int64_t HW, int64_t PQ,
                    cudaStream_t st);
 void avgpool2d_fwd(const float* x, float* y, int64_t nc, int64_t H, int64_t W, int64_t P, int64_t Q, int kh, int kw,
-                   int sh, int sw, int ph, int pw, bool include_pad, cudaStream_t st);
+                   int sh, int sw, int ph, int pw, bool include_pad, int64_t divisor_override, cudaStream_t st);
 void avgpool2d_bwd(const float* dy, float* dx, int64_t nc, int64_t H, int64_t W, int64_t P, int64_t Q, int kh, int kw,
-                   int sh, int sw, int ph, int pw, bool include_pad, cudaStream_t st);
+                   int sh, int sw, int ph, int pw, bool include_pad, int64_t divisor_override, cudaStream_t st);
 
 // conv2d.cu (NCHW; x (N,C,H,W), w (K,C/G,R,S), y (N,K,P,Q); G groups, dilation dilh, dilw):
 // implicit-GEMM kernels

@@ -41,14 +41,16 @@ def _max_bwd(dy, argmax, dx):
 
 
 @nb.njit(inline="always")
-def _divisor(h0, w0, h, w, kh, kw, ph, pw, include_pad):
+def _divisor(h0, w0, h, w, kh, kw, ph, pw, include_pad, override):
+    if override != 0:
+        return override
     if include_pad:
         return (min(h0 + kh, h + ph) - h0) * (min(w0 + kw, w + pw) - w0)
     return (min(h0 + kh, h) - max(h0, 0)) * (min(w0 + kw, w) - max(w0, 0))
 
 
 @nb.njit(parallel=True, cache=True)
-def _avg_fwd(x, y, kh, kw, sh, sw, ph, pw, include_pad):
+def _avg_fwd(x, y, kh, kw, sh, sw, ph, pw, include_pad, override):
     nc, h, w = x.shape
     _, p, q = y.shape
     for plane in nb.prange(nc):
@@ -63,11 +65,11 @@ def _avg_fwd(x, y, kh, kw, sh, sw, ph, pw, include_pad):
                         wi = j * sw - pw + s
                         if 0 <= wi < w:
                             acc += x[plane, hi, wi]
-                y[plane, i, j] = acc / _divisor(i * sh - ph, j * sw - pw, h, w, kh, kw, ph, pw, include_pad)
+                y[plane, i, j] = acc / _divisor(i * sh - ph, j * sw - pw, h, w, kh, kw, ph, pw, include_pad, override)
 
 
 @nb.njit(parallel=True, cache=True)
-def _avg_bwd(dy, dx, kh, kw, sh, sw, ph, pw, include_pad):
+def _avg_bwd(dy, dx, kh, kw, sh, sw, ph, pw, include_pad, override):
     nc, h, w = dx.shape
     _, p, q = dy.shape
     for plane in nb.prange(nc):
@@ -76,7 +78,7 @@ def _avg_bwd(dy, dx, kh, kw, sh, sw, ph, pw, include_pad):
                 dx[plane, i, j] = 0
         for i in range(p):
             for j in range(q):
-                g = dy[plane, i, j] / _divisor(i * sh - ph, j * sw - pw, h, w, kh, kw, ph, pw, include_pad)
+                g = dy[plane, i, j] / _divisor(i * sh - ph, j * sw - pw, h, w, kh, kw, ph, pw, include_pad, override)
                 for r in range(kh):
                     hi = i * sh - ph + r
                     if hi < 0 or hi >= h:
@@ -100,9 +102,9 @@ def maxpool2d_bwd(dy, argmax, dx):
     _max_bwd(dy.reshape(nc, -1), argmax.reshape(nc, -1), dx.reshape(nc, -1))
 
 
-def avgpool2d_fwd(x, y, kh, kw, sh, sw, ph, pw, ceil_mode=False, count_include_pad=True):
-    _avg_fwd(_planes(x), _planes(y), kh, kw, sh, sw, ph, pw, bool(count_include_pad))
+def avgpool2d_fwd(x, y, kh, kw, sh, sw, ph, pw, ceil_mode=False, count_include_pad=True, divisor_override=0):
+    _avg_fwd(_planes(x), _planes(y), kh, kw, sh, sw, ph, pw, bool(count_include_pad), int(divisor_override))
 
 
-def avgpool2d_bwd(dy, dx, kh, kw, sh, sw, ph, pw, ceil_mode=False, count_include_pad=True):
-    _avg_bwd(_planes(dy), _planes(dx), kh, kw, sh, sw, ph, pw, bool(count_include_pad))
+def avgpool2d_bwd(dy, dx, kh, kw, sh, sw, ph, pw, ceil_mode=False, count_include_pad=True, divisor_override=0):
+    _avg_bwd(_planes(dy), _planes(dx), kh, kw, sh, sw, ph, pw, bool(count_include_pad), int(divisor_override))
