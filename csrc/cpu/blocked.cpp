@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -57,17 +58,20 @@ void zero_halo(const Arr& a, float* base, int64_t t) {
   }
 }
 
-// Per-plane partial sums: slot t holds `k` vectors of 16 doubles.
+// Per-plane partial sums: slot t holds `k` vectors of 16 doubles, each stored whole by one kernel
+// call (so not zeroed here).
 struct Partials {
-  std::vector<double> v;
+  std::unique_ptr<double[]> v;
   int k;
-  Partials(int64_t planes, int k_) : v(static_cast<size_t>(planes) * k_ * kLanes, 0.0), k(k_) {}
-  double* at(int64_t t, int j) { return v.data() + (t * k + j) * kLanes; }
-  // sum over the images, in image order, of channel block cb's vector j, lane l
-  double total(int64_t N, int64_t Cb, int64_t cb, int j, int l) {
-    double s = 0.0;
-    for (int64_t n = 0; n < N; ++n) s += at(n * Cb + cb, j)[l];
-    return s;
+  Partials(int64_t planes, int k_) : v(new double[static_cast<size_t>(planes) * k_ * kLanes]), k(k_) {}
+  double* at(int64_t t, int j) { return v.get() + (t * k + j) * kLanes; }
+  // out[l] = sum over the images, in image order, of channel block cb's vector j, lane l
+  void total(int64_t N, int64_t Cb, int64_t cb, int j, double* out) {
+    for (int l = 0; l < kLanes; ++l) out[l] = 0.0;
+    for (int64_t n = 0; n < N; ++n) {
+      const double* p = at(n * Cb + cb, j);
+      for (int l = 0; l < kLanes; ++l) out[l] += p[l];
+    }
   }
 };
 
@@ -107,23 +111,30 @@ void batchnorm_blocked_fwd_train(const float* x, const float* gamma, const float
       for (int64_t t = 0; t < T; ++t)
         k.bn_sums(ax.in(x, t), H, W, shift.data() + (t % Cb) * kLanes, part.at(t, 0), part.at(t, 1));
     }
-#pragma omp single
-    for (int64_t c = 0; c < C; ++c) {
-      double mu, var;
-      if (stats) {  // raw sums from the convolution's epilogue, accumulated in double there
-        mu = stats[c] / M;
-        var = stats[C + c] / M - mu * mu;
-      } else {
-        const double dm = part.total(N, Cb, c / kLanes, 0, c % kLanes) / M;
-        mu = shift[c] + dm;
-        var = part.total(N, Cb, c / kLanes, 1, c % kLanes) / M - dm * dm;
+#pragma omp for schedule(static)
+    for (int64_t cb = 0; cb < Cb; ++cb) {
+      double s[kLanes], s2[kLanes];
+      if (!stats) {
+        part.total(N, Cb, cb, 0, s);
+        part.total(N, Cb, cb, 1, s2);
       }
-      const double is = 1.0 / std::sqrt(std::max(var, 0.0) + eps);
-      mean[c] = static_cast<float>(mu);
-      invstd[c] = static_cast<float>(is);
-      const double ac = gamma[c] * is;
-      a[c] = static_cast<float>(ac);
-      b[c] = static_cast<float>(beta[c] - mu * ac);
+      for (int64_t c = cb * kLanes; c < std::min(C, (cb + 1) * kLanes); ++c) {
+        double mu, var;
+        if (stats) {  // raw sums from the convolution's epilogue, accumulated in double there
+          mu = stats[c] / M;
+          var = stats[C + c] / M - mu * mu;
+        } else {
+          const double dm = s[c % kLanes] / M;
+          mu = shift[c] + dm;
+          var = s2[c % kLanes] / M - dm * dm;
+        }
+        const double is = 1.0 / std::sqrt(std::max(var, 0.0) + eps);
+        mean[c] = static_cast<float>(mu);
+        invstd[c] = static_cast<float>(is);
+        const double ac = gamma[c] * is;
+        a[c] = static_cast<float>(ac);
+        b[c] = static_cast<float>(beta[c] - mu * ac);
+      }
     }
     blocked::apply(k, x, ax, residual, ar, y, ay, T, a.data(), b.data(), relu);
   }
@@ -163,15 +174,19 @@ void batchnorm_blocked_bwd(const float* x, const float* dy, const float* gamma, 
     for (int64_t t = 0; t < T; ++t)
       k.bn_bwd_sums(ax.in(x, t), a0.in(dy, t), ay.in(y, t), H, W, mu.data() + (t % Cb) * kLanes,
                     part.at(t, 0), part.at(t, 1));
-#pragma omp single
-    for (int64_t c = 0; c < C; ++c) {
-      const double sdy = part.total(N, Cb, c / kLanes, 0, c % kLanes);
-      const double sdyxhat = part.total(N, Cb, c / kLanes, 1, c % kLanes) * invstd[c];
-      dbeta[c] += static_cast<float>(sdy);
-      dgamma[c] += static_cast<float>(sdyxhat);
-      kk[c] = static_cast<float>(gamma[c] * static_cast<double>(invstd[c]));
-      m1[c] = static_cast<float>(sdy / M);
-      m2[c] = static_cast<float>(sdyxhat / M * invstd[c]);
+#pragma omp for schedule(static)
+    for (int64_t cb = 0; cb < Cb; ++cb) {
+      double s[kLanes], s2[kLanes];
+      part.total(N, Cb, cb, 0, s);
+      part.total(N, Cb, cb, 1, s2);
+      for (int64_t c = cb * kLanes; c < std::min(C, (cb + 1) * kLanes); ++c) {
+        const double sdy = s[c % kLanes], sdyxhat = s2[c % kLanes] * invstd[c];
+        dbeta[c] += static_cast<float>(sdy);
+        dgamma[c] += static_cast<float>(sdyxhat);
+        kk[c] = static_cast<float>(gamma[c] * static_cast<double>(invstd[c]));
+        m1[c] = static_cast<float>(sdy / M);
+        m2[c] = static_cast<float>(sdyxhat / M * invstd[c]);
+      }
     }
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < T; ++t) {
@@ -203,7 +218,7 @@ void global_avgpool_blocked_fwd(const float* x, float* y, int64_t N, int64_t C, 
   const double inv = 1.0 / (static_cast<double>(H) * W);
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
   for (int64_t t = 0; t < N * Cb; ++t) {
-    double s[kLanes] = {};
+    double s[kLanes];
     k.plane_sum(ax.in(x, t), H, W, s);
     const int64_t n = t / Cb, c0 = (t % Cb) * kLanes;
     for (int64_t l = 0; l < kLanes && c0 + l < C; ++l) y[n * C + c0 + l] = static_cast<float>(s[l] * inv);

@@ -5,7 +5,8 @@
 // hand the AVX-512 instantiation to the AVX2 or portable path.
 //
 // Sums over a plane are float within one image row (16 lanes of vector adds) and double across
-// rows, so the float part never adds more than a row's W values.
+// rows, so the float part never adds more than a row's W values; each plane's sums are stored
+// (not added) to its own slot.
 #pragma once
 #include <algorithm>
 #include <cstring>
@@ -27,12 +28,13 @@ inline vf ld(const float* p) {
 }
 inline void st(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 inline vf splat(float s) { return vf{} + s; }
-inline void add_to(double* acc, vf v) {
-  for (int l = 0; l < kLanes; ++l) acc[l] += v[l];
-}
+using vd = double __attribute__((vector_size(128)));
+inline vd wide(vf v) { return __builtin_convertvector(v, vd); }
+inline void store_sum(double* out, vd v) { std::memcpy(out, &v, sizeof v); }
 
 void bn_sums(In x, int64_t H, int64_t W, const float* shift, double* s, double* s2) {
   const vf k = ld(shift);
+  vd t = {}, t2 = {};
   for (int64_t h = 0; h < H; ++h) {
     const float* r = x.p + h * x.row;
     vf a = {}, a2 = {};
@@ -41,9 +43,11 @@ void bn_sums(In x, int64_t H, int64_t W, const float* shift, double* s, double* 
       a += d;
       a2 += d * d;
     }
-    add_to(s, a);
-    add_to(s2, a2);
+    t += wide(a);
+    t2 += wide(a2);
   }
+  store_sum(s, t);
+  store_sum(s2, t2);
 }
 
 template <bool kRelu, bool kRes>
@@ -87,6 +91,7 @@ inline vf grad_in(const float* dy, const float* y) {
 template <bool kRelu>
 void bn_bwd_sums_t(In x, In dy, In y, int64_t H, int64_t W, const float* mu_, double* sdy, double* sdyx) {
   const vf mu = ld(mu_);
+  vd t = {}, t2 = {};
   for (int64_t h = 0; h < H; ++h) {
     const float *xr = x.p + h * x.row, *dr = dy.p + h * dy.row, *yr = kRelu ? y.p + h * y.row : nullptr;
     vf a = {}, a2 = {};
@@ -95,9 +100,11 @@ void bn_bwd_sums_t(In x, In dy, In y, int64_t H, int64_t W, const float* mu_, do
       a += g;
       a2 += g * (ld(xr + w * kLanes) - mu);
     }
-    add_to(sdy, a);
-    add_to(sdyx, a2);
+    t += wide(a);
+    t2 += wide(a2);
   }
+  store_sum(sdy, t);
+  store_sum(sdyx, t2);
 }
 
 void bn_bwd_sums(In x, In dy, In y, int64_t H, int64_t W, const float* mu, double* sdy, double* sdyx) {
@@ -136,12 +143,14 @@ void bn_bwd_dx(In x, In dy, In y, Out dx, Out dres, int64_t H, int64_t W, const 
 }
 
 void plane_sum(In x, int64_t H, int64_t W, double* s) {
+  vd t = {};
   for (int64_t h = 0; h < H; ++h) {
     const float* r = x.p + h * x.row;
     vf a = {};
     for (int64_t w = 0; w < W; ++w) a += ld(r + w * kLanes);
-    add_to(s, a);
+    t += wide(a);
   }
+  store_sum(s, t);
 }
 
 void plane_fill(Out y, int64_t H, int64_t W, const float* v_) {
