@@ -59,18 +59,32 @@ def time_fn(fn, repeat: int = 7, warmup: int = 2, min_time: float = 0.0) -> list
     return samples
 
 
+def _low_quantile(times: list[float], q: float = 0.25) -> float:
+    """The q-quantile of `times` (linear interpolation between order statistics)."""
+    s = sorted(times)
+    pos = q * (len(s) - 1)
+    i = int(pos)
+    return s[i] if i + 1 >= len(s) else s[i] + (s[i + 1] - s[i]) * (pos - i)
+
+
 def time_interleaved(fns: dict, repeats: dict, warmup: int = 1, settle_s: float = 0.005,
-                     min_time_s: float = 0.02) -> dict:
-    """Samples of several implementations of one thing, one call of each per round with the order
+                     min_time_s: float = 0.02, min_calls: int = 3) -> dict:
+    """Samples of several implementations of one thing, one burst of each per round with the order
     rotating, so that every side of a ratio runs under the same machine state: this shared VM's
     memory bandwidth drifts by up to 2x within seconds, which timing one implementation after the
     other turned into 30 % swings of a ratio between runs. repeats[name]: that implementation's
     sample count (a slow reference needs fewer); it sits out the later rounds. settle_s: a pause
-    before each timed call, outside the timing, so that the thread pool of the previous
-    implementation (OpenMP workers spin for a while after a parallel region; torch, numba and our
-    kernels each have their own) is idle and does not take cores from the next. min_time_s: a
-    sample loops the call until this much time has passed (its time per call is reported), so a
-    sub-millisecond kernel is not charged the wake-up of its sleeping thread pool every call."""
+    before each burst, outside the timing, so that the thread pool of the previous implementation
+    (OpenMP workers spin for a while after a parallel region; torch, numba and our kernels each
+    have their own) is idle and does not take cores from the next.
+
+    A burst calls the implementation back to back until min_time_s has passed and it made
+    min_calls calls (a single call when one call takes min_time_s or more), timing each call; its
+    sample is the lower quartile of those calls. This VM sometimes adds ~4 ms to a call (a
+    scheduler tick: waking a sleeping thread pool, a neighbour's burst), and the first call of a
+    burst pays the wake-up of a pool that slept through the settle pause: a mean or a median of few
+    calls turned such hits into 20-100 % errors on sub-20 ms rows, while the lower quartile of a
+    burst is moved only when most of its calls are hit. Rows then report the median of the samples."""
     names = list(fns)
     for name in names:
         for _ in range(warmup):
@@ -81,14 +95,16 @@ def time_interleaved(fns: dict, repeats: dict, warmup: int = 1, settle_s: float 
         for name in names[k:] + names[:k]:
             if len(samples[name]) < repeats[name]:
                 time.sleep(settle_s)
-                calls, t0 = 0, time.perf_counter()
+                times = []
+                start = time.perf_counter()
                 while True:
+                    t0 = time.perf_counter()
                     fns[name]()
-                    calls += 1
-                    elapsed = time.perf_counter() - t0
-                    if elapsed >= min_time_s:
+                    t1 = time.perf_counter()
+                    times.append(t1 - t0)
+                    if t1 - start >= min_time_s and (len(times) >= min_calls or times[0] >= min_time_s):
                         break
-                samples[name].append(elapsed / calls)
+                samples[name].append(_low_quantile(times))
     return samples
 
 
@@ -239,7 +255,7 @@ def print_table(records: list[Record], file=None) -> None:
               file=file)
 
 
-OURS = ("cpp", "numba", "cuda", "numba-cuda", "ring")
+OURS = ("cpp", "cpp-nchw", "numba", "cuda", "numba-cuda", "ring")  # cpp-nchw: NCHW kernels beside a blocked row
 
 
 def is_torch_cpu(backend: str) -> bool:

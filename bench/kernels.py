@@ -27,6 +27,9 @@ class Entry:
     torch: Callable[[object, dict], Callable] | dict | None = None
     ops: tuple[str, ...] = ()
     rtol: float = 1e-4
+    # more of our implementations timed in the same interleaved group: name -> (arrays -> zero-arg
+    # callable), e.g. "cpp-nchw": the NCHW kernels beside a blocked-layout row
+    variants: dict | None = None
 
     def torch_variants(self) -> dict:
         if self.torch is None:
@@ -479,6 +482,12 @@ RESNET20_CONVS = [(128, 3, 32, 32, 16, 3, 1, 1), (128, 16, 32, 32, 16, 3, 1, 1),
 
 
 def entries(quick: bool) -> list[Entry]:
+    from . import blocked  # the blocked layout's rows (bench/blocked.py)
+
+    return _nchw_entries(quick) + blocked.entries(quick)
+
+
+def _nchw_entries(quick: bool) -> list[Entry]:
     if quick:
         return [_adam_entry(1 << 14, False), _rmsprop_entry(1 << 14), _dropout_entry(1 << 14),
                 _relu_entry(1 << 14), _exp_activation_entry("sigmoid_fwd", 1 << 14, "sigmoid"),
@@ -525,10 +534,13 @@ def _working_set(arrays: dict) -> int:
     return sum(a.nbytes for a in arrays.values() if isinstance(a, np.ndarray))
 
 
-def run(limits, quick: bool = False, repeat: int = 7, log=print) -> list:
+def run(limits, quick: bool = False, repeat: int = 7, log=print, only=None) -> list:
+    """only: substrings of row names; when given, the other rows (and the codecs) are skipped."""
     torch = torch_or_none()
     records = []
     for entry in entries(quick):
+        if only and not any(s in entry.name for s in only):
+            continue
         working_set = _working_set(entry.inputs())
         bandwidth = limits.bandwidth_at(working_set) if entry.nbytes else None
         fns, repeats = {}, {}
@@ -538,6 +550,9 @@ def run(limits, quick: bool = False, repeat: int = 7, log=print) -> list:
             kernels = {op: B.kernel(op, backend=backend) for op in entry.ops}  # lookups outside the timing
             fns[backend] = partial(entry.run, kernels.__getitem__, arrays)
             repeats[backend] = 3 if (quick or backend == "numpy") else repeat
+        for variant, make in (entry.variants or {}).items():
+            fns[variant] = make(entry.inputs())
+            repeats[variant] = 3 if quick else repeat
         if torch is not None:
             for variant, make in entry.torch_variants().items():
                 fns[variant] = make(torch, entry.inputs())
@@ -546,7 +561,7 @@ def run(limits, quick: bool = False, repeat: int = 7, log=print) -> list:
         if bandwidth is not None:  # bracket the drift: the limit is the better of before and after
             bandwidth = max(bandwidth, limits.bandwidth_at(working_set))
         for backend in fns:
-            if not backend.startswith("torch"):
+            if backend in B.CPU_ORDER:
                 _check(entry, backend)  # still correct after the timed runs (no state corruption)
             rec = make_record("kernels", entry.name, backend, entry.shape, samples[backend], entry.nbytes or None,
                               entry.flops or None, limits, bandwidth, working_set_bytes=working_set)
@@ -554,6 +569,8 @@ def run(limits, quick: bool = False, repeat: int = 7, log=print) -> list:
                 rec.extra["pct_of_peak"] = round(100.0 * entry.flops / rec.median_s / limits.peak, 1)
             records.append(rec)
             log(f"  {entry.name:<20} {backend:<6} {records[-1].median_s * 1e3:9.3f} ms")
+    if only:
+        return records
     from . import codecs  # the dist gradient codecs, per core (not registry kernels)
 
     records += codecs.run(limits, quick=quick, repeat=repeat, log=log)

@@ -34,6 +34,8 @@ def main(argv=None) -> int:
                     help="one or more suites (default: kernels)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds (used by the tests)")
     ap.add_argument("--repeat", type=int, default=7, help="timed runs per measurement (median reported)")
+    ap.add_argument("--only", nargs="*", default=None,
+                    help="kernels suite: only the rows whose name contains one of these strings")
     ap.add_argument("--json", default=None, help="write JSON lines here")
     ap.add_argument("--png", default=None, help="write the chart here")
     ap.add_argument("--results", default=None, help="write a Markdown report here (e.g. bench/RESULTS.md)")
@@ -61,7 +63,7 @@ def main(argv=None) -> int:
         if suite == "kernels":
             from . import kernels
 
-            records += kernels.run(limits, quick=args.quick, repeat=args.repeat)
+            records += kernels.run(limits, quick=args.quick, repeat=args.repeat, only=args.only)
         elif suite == "train":
             from . import train
 
@@ -154,7 +156,11 @@ def _write_results(path, records, rs, limits, args, elapsed) -> None:
         f"- load average (1 min) at the start and the end of the run: {args.load_start} and {_load()} "
         f"(above the core count, other processes shared the cores and the memory bus: every figure of such a run "
         f"is noisy, the limits included; ratios are interleaved so both sides see the same load)", "",
-        "Times are medians of several runs; % of limit = the time the declared bytes (or FLOPs) would take at "
+        "Times are medians of several samples, interleaved between the implementations of a row; a sample is a "
+        "burst of back-to-back calls lasting at least 20 ms and 3 calls (one call when it takes longer), "
+        "summarized by the lower quartile of its calls, so the ~4 ms stalls this VM adds to some calls (a "
+        "sleeping thread pool's wake-up, a neighbour) do not move sub-20 ms rows (bench.harness.time_interleaved); "
+        "% of limit = the time the declared bytes (or FLOPs) would take at "
         "the measured limit, divided by the measured time. A kernel's bandwidth limit is the better of two "
         "measurements just before and after it, by the "
         "same probes over the kernel's own working set (its arrays' bytes; `limit_gbps` in the JSON): a kernel "

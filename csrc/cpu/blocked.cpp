@@ -35,6 +35,11 @@ const Isa& isa() {
 
 int64_t blocks(int64_t c) { return (c + kLanes - 1) / kLanes; }
 
+// Threads for a pass over `floats` values: one below ~128 KiB, where waking a second thread and
+// meeting it at the barriers costs more than the work (a whole scheduler tick when the machine is
+// busy). The result does not depend on it (see the file comment).
+int threads_for(int64_t floats) { return floats < (int64_t{1} << 15) ? 1 : num_threads(); }
+
 // One blocked array: [N][Cb][H + 2h][W + 2h][16].
 struct Arr {
   int64_t Cb, H, W, h;
@@ -104,7 +109,7 @@ void batchnorm_blocked_fwd_train(const float* x, const float* gamma, const float
   if (!stats && N > 0)
     for (int64_t c = 0; c < C; ++c) shift[c] = x[ax.interior(c / kLanes) + c % kLanes];
   blocked::Partials part(stats ? 0 : T, 2);
-#pragma omp parallel num_threads(num_threads())
+#pragma omp parallel num_threads(blocked::threads_for(T * H * W * kLanes))
   {
     if (!stats) {
 #pragma omp for schedule(static)
@@ -152,7 +157,7 @@ void batchnorm_blocked_fwd_eval(const float* x, const float* gamma, const float*
     b[c] = static_cast<float>(beta[c] - running_mean[c] * ac);
   }
   const blocked::Isa& k = blocked::isa();
-#pragma omp parallel num_threads(num_threads())
+#pragma omp parallel num_threads(blocked::threads_for(N * Cb * H * W * kLanes))
   blocked::apply(k, x, {Cb, H, W, hx}, residual, {Cb, H, W, hr}, y, {Cb, H, W, hy}, N * Cb, a.data(),
                  b.data(), relu);
 }
@@ -168,7 +173,7 @@ void batchnorm_blocked_bwd(const float* x, const float* dy, const float* gamma, 
   std::vector<float> mu(Cb * kLanes, 0.f), kk(Cb * kLanes, 0.f), m1(Cb * kLanes, 0.f), m2(Cb * kLanes, 0.f);
   std::copy(mean, mean + C, mu.begin());
   blocked::Partials part(T, 2);
-#pragma omp parallel num_threads(num_threads())
+#pragma omp parallel num_threads(blocked::threads_for(T * H * W * kLanes))
   {
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < T; ++t)
@@ -202,7 +207,7 @@ void blocked_repad(const float* x, float* y, int64_t N, int64_t C, int64_t H, in
                    int64_t hout) {
   const int64_t Cb = blocked::blocks(C);
   const Arr ax{Cb, H, W, hin}, ay{Cb, H, W, hout};
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
+#pragma omp parallel for num_threads(blocked::threads_for(N * Cb * H * W * kLanes)) schedule(static)
   for (int64_t t = 0; t < N * Cb; ++t) {
     for (int64_t h = 0; h < H; ++h)
       std::memcpy(y + ay.interior(t) + h * ay.row(), x + ax.interior(t) + h * ax.row(), sizeof(float) * W * kLanes);
@@ -216,7 +221,7 @@ void global_avgpool_blocked_fwd(const float* x, float* y, int64_t N, int64_t C, 
   const int64_t Cb = blocked::blocks(C);
   const Arr ax{Cb, H, W, hx};
   const double inv = 1.0 / (static_cast<double>(H) * W);
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
+#pragma omp parallel for num_threads(blocked::threads_for(N * Cb * H * W * kLanes)) schedule(static)
   for (int64_t t = 0; t < N * Cb; ++t) {
     double s[kLanes];
     k.plane_sum(ax.in(x, t), H, W, s);
@@ -231,7 +236,7 @@ void global_avgpool_blocked_bwd(const float* dy, float* dx, int64_t N, int64_t C
   const int64_t Cb = blocked::blocks(C);
   const Arr adx{Cb, H, W, hdx};
   const float inv = static_cast<float>(1.0 / (static_cast<double>(H) * W));
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
+#pragma omp parallel for num_threads(blocked::threads_for(N * Cb * H * W * kLanes)) schedule(static)
   for (int64_t t = 0; t < N * Cb; ++t) {
     float v[kLanes] = {};
     const int64_t n = t / Cb, c0 = (t % Cb) * kLanes;
@@ -248,7 +253,7 @@ void maxpool2d_blocked_fwd(const float* x, float* y, int64_t* argmax, int64_t N,
   const int64_t Cb = blocked::blocks(C);
   const Arr ax{Cb, H, W, hx}, ay{Cb, P, Q, hy};
   const blocked::PoolGeom g{H, W, P, Q, kh, kw, sh, sw, ph, pw, dh, dw, true};
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
+#pragma omp parallel for num_threads(blocked::threads_for(N * Cb * H * W * kLanes)) schedule(static)
   for (int64_t t = 0; t < N * Cb; ++t) {
     k.maxpool_fwd(ax.in(x, t), ay.out(y, t), argmax + t * P * Q * kLanes, g);
     blocked::zero_halo(ay, y, t);
@@ -263,7 +268,7 @@ void maxpool2d_blocked_bwd(const float* dy, const int64_t* argmax, float* dx, in
   std::vector<int64_t> offset(H * W);  // interior pixel index -> floats from the plane's interior origin
   for (int64_t i = 0; i < H * W; ++i) offset[i] = (i / W) * adx.row() + (i % W) * kLanes;
   int64_t bad = -1;  // the first plane holding an index outside [0, H*W)
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
+#pragma omp parallel for num_threads(blocked::threads_for(N * Cb * H * W * kLanes)) schedule(static)
   for (int64_t t = 0; t < N * Cb; ++t) {
     std::memset(dx + t * adx.plane(), 0, sizeof(float) * adx.plane());
     if (!k.maxpool_bwd(ady.in(dy, t), argmax + t * P * Q * kLanes, dx + adx.interior(t), offset.data(),
@@ -284,7 +289,7 @@ void avgpool2d_blocked_fwd(const float* x, float* y, int64_t N, int64_t C, int64
   const int64_t Cb = blocked::blocks(C);
   const Arr ax{Cb, H, W, hx}, ay{Cb, P, Q, hy};
   const blocked::PoolGeom g{H, W, P, Q, kh, kw, sh, sw, ph, pw, 1, 1, count_include_pad};
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
+#pragma omp parallel for num_threads(blocked::threads_for(N * Cb * H * W * kLanes)) schedule(static)
   for (int64_t t = 0; t < N * Cb; ++t) {
     k.avgpool_fwd(ax.in(x, t), ay.out(y, t), g);
     blocked::zero_halo(ay, y, t);
@@ -298,7 +303,7 @@ void avgpool2d_blocked_bwd(const float* dy, float* dx, int64_t N, int64_t C, int
   const int64_t Cb = blocked::blocks(C);
   const Arr adx{Cb, H, W, hdx}, ady{Cb, P, Q, 0};
   const blocked::PoolGeom g{H, W, P, Q, kh, kw, sh, sw, ph, pw, 1, 1, count_include_pad};
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
+#pragma omp parallel for num_threads(blocked::threads_for(N * Cb * H * W * kLanes)) schedule(static)
   for (int64_t t = 0; t < N * Cb; ++t) {
     std::memset(dx + t * adx.plane(), 0, sizeof(float) * adx.plane());
     k.avgpool_bwd(ady.in(dy, t), adx.out(dx, t), g);
