@@ -475,6 +475,75 @@ def _depthwise_entry(N, C, H, W, R=3, stride=1, backward=True):
                  inputs, run, outputs, {"torch-cl": torch_fn}, ops, rtol=2e-4)
 
 
+def _depthwise_blocked_entry(N, C, H, W, stride=1, part="fwd_bwd", R=3):
+    """The depthwise kernels the models run: on the 16-channel-blocked layout that flows between
+    layers (x with a zero halo equal to the padding, read in place; dy and the outputs without one),
+    one part of the layer at a time or all three. Memory-bound: the limit is moving each operand
+    once (fwd: x in, y out; bwd_data: dy in, dx out; bwd_weight: x and dy in). PyTorch runs the same
+    part in channels_last (aten.convolution_backward with the one gradient asked for)."""
+    from fasttrain.kernels.blocked import to_blocked
+
+    pad = R // 2
+    P, Q = (H + 2 * pad - R) // stride + 1, (W + 2 * pad - R) // stride + 1
+    geo = (stride, stride, pad, pad)
+    cb = -(-C // 16)
+
+    def inputs():
+        a = _rng_inputs({"x": (N, C, H, W), "w": (C, 1, R, R), "b": (C,), "dy": (N, C, P, Q)})
+        a["w"] *= np.float32(np.sqrt(2.0 / (R * R)))
+        a.update(xb=to_blocked(a["x"], pad), dyb=to_blocked(a["dy"]), yb=np.empty((N, cb, P, Q, 16), np.float32),
+                 dxb=np.empty((N, cb, H, W, 16), np.float32), dw=np.zeros((C, 1, R, R), np.float32),
+                 db=np.zeros(C, np.float32))
+        return a
+
+    def run(k, a):
+        if part in ("fwd", "fwd_bwd"):
+            k("depthwise_blocked_fwd")(a["xb"], a["w"], a["b"], a["yb"], *geo, False, halo_x=pad)
+        if part in ("bwd_data", "fwd_bwd"):
+            k("depthwise_blocked_bwd_data")(a["dyb"], a["w"], a["dxb"], *geo)
+        if part in ("bwd_weight", "fwd_bwd"):
+            a["dw"][...] = 0
+            a["db"][...] = 0
+            k("depthwise_blocked_bwd_weight")(a["xb"], a["dyb"], a["dw"], a["db"], *geo, halo_x=pad)
+
+    def torch_fn(torch, a):
+        cl = torch.channels_last
+        conv = torch.nn.Conv2d(C, C, R, stride=stride, padding=pad, groups=C).to(memory_format=cl)
+        x = torch.from_numpy(a["x"]).contiguous(memory_format=cl).requires_grad_(part == "fwd_bwd")
+        dy = torch.from_numpy(a["dy"]).contiguous(memory_format=cl)
+        w = conv.weight.detach()
+        mask = {"bwd_data": [True, False, False], "bwd_weight": [False, True, True]}.get(part)
+
+        def step():
+            if part == "fwd":
+                with torch.no_grad():
+                    conv(x)
+            elif mask is not None:
+                torch.ops.aten.convolution_backward(dy, x, w, [C], [stride] * 2, [pad] * 2, [1, 1], False, [0, 0], C,
+                                                    mask)
+            else:
+                x.grad = None
+                conv.zero_grad()
+                conv(x).backward(dy)
+        return step
+
+    xb, yb = 4.0 * N * cb * 16 * H * W, 4.0 * N * cb * 16 * P * Q
+    nbytes = {"fwd": xb + yb, "bwd_data": yb + xb, "bwd_weight": xb + yb, "fwd_bwd": 3 * (xb + yb)}[part]
+    flops = (3 if part == "fwd_bwd" else 1) * 2.0 * N * C * R * R * P * Q
+    outputs = {"fwd": ("yb",), "bwd_data": ("dxb",), "bwd_weight": ("dw", "db"), "fwd_bwd": ("yb", "dxb", "dw", "db")}
+    ops = {"fwd": ("depthwise_blocked_fwd",), "bwd_data": ("depthwise_blocked_bwd_data",),
+           "bwd_weight": ("depthwise_blocked_bwd_weight",)}.get(part, ("depthwise_blocked_fwd", "depthwise_blocked_bwd_data",
+                                                                       "depthwise_blocked_bwd_weight"))
+    return Entry(f"dw_blocked_{part}", (N, C, H, W, R, stride), nbytes, flops, inputs, run, outputs[part],
+                 {"torch-cl": torch_fn}, ops, rtol=2e-4)
+
+
+# MobileNet's depthwise layers (models.mobilenet at width 0.5, batch 128 on 32 x 32 images) that the
+# blocked rows measure, plus the issue's 64 x 64 x 32 x 32 reference shape: (N, C, H, W, stride)
+DEPTHWISE_SHAPES = [(64, 64, 32, 32, 1), (128, 32, 32, 32, 2), (128, 64, 16, 16, 1), (128, 128, 8, 8, 1),
+                    (128, 256, 8, 8, 2), (128, 256, 4, 4, 1)]
+
+
 # Every distinct convolution of the CIFAR ResNet-20 at batch 128: (N, C, H, W, K, R, stride, pad)
 RESNET20_CONVS = [(128, 3, 32, 32, 16, 3, 1, 1), (128, 16, 32, 32, 16, 3, 1, 1), (128, 16, 32, 32, 32, 3, 2, 1),
                   (128, 16, 32, 32, 32, 1, 2, 0), (128, 32, 16, 16, 32, 3, 1, 1), (128, 32, 16, 16, 64, 3, 2, 1),
@@ -495,7 +564,8 @@ def _nchw_entries(quick: bool) -> list[Entry]:
                 _batchnorm_entry(2, 3, 5, 7), _batchnorm_relu_entry(2, 3, 5, 7, True),
                 _batchnorm_relu_entry(2, 3, 5, 7, False), _bn_add_relu_entry(2, 3, 5, 7), _maxpool_entry(2, 3, 6, 8),
                 _softmax_xent_entry(8, 10), _softmax_xent_weighted_entry(8, 10), _conv_entry(2, 3, 8, 8, 4),
-                _conv_entry(2, 5, 7, 7, 6, 1, 2, 0), _depthwise_entry(2, 5, 9, 8)]
+                _conv_entry(2, 5, 7, 7, 6, 1, 2, 0), _depthwise_entry(2, 5, 9, 8),
+                _depthwise_blocked_entry(2, 17, 9, 8, 2)]
     n_opt = 10_000_000
     return [_adam_entry(n_opt, False), _adam_entry(n_opt, True), _amsgrad_entry(n_opt), _rmsprop_entry(n_opt),
             _rmsprop_momentum_entry(n_opt), _momentum_entry(n_opt), _dropout_entry(4_194_304), _relu_entry(16_777_216),
@@ -509,7 +579,9 @@ def _nchw_entries(quick: bool) -> list[Entry]:
             _softmax_xent_entry(1024, 1000), _softmax_xent_weighted_entry(1024, 1000),
             *(_conv_entry(*shape) for shape in RESNET20_CONVS),
             _depthwise_entry(64, 64, 32, 32, backward=False), _depthwise_entry(64, 64, 32, 32),
-            _depthwise_entry(128, 128, 16, 16), _depthwise_entry(128, 256, 8, 8, stride=2)]
+            _depthwise_entry(128, 128, 16, 16), _depthwise_entry(128, 256, 8, 8, stride=2),
+            *(_depthwise_blocked_entry(*shape, part=part) for shape in DEPTHWISE_SHAPES
+              for part in ("fwd", "bwd_data", "bwd_weight", "fwd_bwd"))]
 
 
 def _backends_for(entry: Entry) -> list[str]:

@@ -175,3 +175,22 @@ def test_errors_name_the_argument():
         C.depthwise_blocked_fwd(np.zeros((1, 2, 4, 4, 16), f32), w, b, y, 1, 1, 1, 1)
     with pytest.raises(ValueError, match="halos >= 0"):
         C.depthwise_blocked_bwd_data(y, w, x, 1, 1, 1, 1, halo_dy=-1)
+
+
+def test_registry_reference_matches_the_kernels():
+    """fasttrain/kernels/blocked.py's references (what the bench checks against) agree with the kernels."""
+    from fasttrain import backend
+    pb = _problem((2, 17, 9, 8, 3, 2, 1, 1, 1, 2), seed=9)
+    outs = []
+    for name in ("numpy", "cpp"):
+        k = lambda op: backend.kernel(op, backend=name)   # noqa: E731
+        xb, dyb = to_blk(pb["x"], 1), to_blk(pb["dy"], 0)
+        yb = np.full((2, 2, dyb.shape[2] + 4, dyb.shape[3] + 4, 16), np.nan, f32)
+        k("depthwise_blocked_fwd")(xb, pb["w"], pb["b"], yb, *pb["geom"], True, halo_x=1, halo_y=2)
+        dxb = np.full((2, 2, 9, 8, 16), np.nan, f32)
+        k("depthwise_blocked_bwd_data")(dyb, pb["w"], dxb, *pb["geom"])
+        dw, db = np.zeros_like(pb["w"]), np.zeros_like(pb["b"])
+        k("depthwise_blocked_bwd_weight")(xb, dyb, dw, db, *pb["geom"], halo_x=1)
+        outs.append((yb, dxb, dw, db))
+    for want, got, what in zip(*outs, ("y", "dx", "dw", "db")):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=what)

@@ -1,4 +1,4 @@
-"""Batch norm and pooling on the direct convolution's channel-blocked layout (reference).
+"""Batch norm, pooling and depthwise convolution on the direct convolution's channel-blocked layout (reference).
 
 A blocked activation of logical shape (N, C, H, W) is an array (N, Cb, H + 2h, W + 2h, 16),
 Cb = ceil(C/16), channel c at [:, c // 16, ..., c % 16], with a zero border of h pixels (the halo)
@@ -11,11 +11,13 @@ kernels have none. See docs/KERNELS.md for the NCHW contracts.
 import numpy as np
 
 from . import batchnorm as _bn
+from . import conv2d as _conv
 from . import pooling as _pool
 
 OPS = ["batchnorm_blocked_fwd_train", "batchnorm_blocked_fwd_eval", "batchnorm_blocked_bwd", "blocked_repad",
        "global_avgpool_blocked_fwd", "global_avgpool_blocked_bwd", "maxpool2d_blocked_fwd",
-       "maxpool2d_blocked_bwd", "avgpool2d_blocked_fwd", "avgpool2d_blocked_bwd"]
+       "maxpool2d_blocked_bwd", "avgpool2d_blocked_fwd", "avgpool2d_blocked_bwd", "depthwise_blocked_fwd",
+       "depthwise_blocked_bwd_data", "depthwise_blocked_bwd_weight"]
 
 LANES = 16
 
@@ -147,3 +149,32 @@ def avgpool2d_blocked_bwd_ref(dyb, dxb, kh, kw, sh, sw, ph, pw, ceil_mode=False,
     _pool.avgpool2d_bwd_ref(from_blocked(dyb, c).astype(np.float64), dx, kh, kw, sh, sw, ph, pw, ceil_mode,
                             count_include_pad)
     _store(dxb, dx, halo_dx)
+
+
+# Depthwise convolution (groups == C == K, w (C, 1, R, S)): the input's halo is any zero border;
+# the padding (ph, pw) is the convolution's own, whatever the halo.
+def depthwise_blocked_fwd_ref(xb, w, b, yb, sh, sw, ph, pw, relu=False, dil_h=1, dil_w=1, *, halo_x=0, halo_y=0):
+    c = w.shape[0]
+    x = from_blocked(xb, c, halo_x).astype(np.float64)
+    p, q = _conv.out_size(x.shape[2], x.shape[3], w.shape[2], w.shape[3], sh, sw, ph, pw, dil_h, dil_w)
+    y = np.empty((x.shape[0], c, p, q))
+    _conv.conv2d_fwd_ref(x, w.astype(np.float64), b.astype(np.float64), y, sh, sw, ph, pw, relu, dil_h, dil_w, c)
+    _store(yb, y, halo_y)
+
+
+def depthwise_blocked_bwd_data_ref(dyb, w, dxb, sh, sw, ph, pw, dil_h=1, dil_w=1, *, halo_dy=0, halo_dx=0):
+    c = w.shape[0]
+    dy = from_blocked(dyb, c, halo_dy).astype(np.float64)
+    dx = np.empty((dy.shape[0], c, dxb.shape[2] - 2 * halo_dx, dxb.shape[3] - 2 * halo_dx))
+    _conv.conv2d_bwd_data_ref(dy, w.astype(np.float64), dx, sh, sw, ph, pw, dil_h, dil_w, c)
+    _store(dxb, dx, halo_dx)
+
+
+def depthwise_blocked_bwd_weight_ref(xb, dyb, dw, db, sh, sw, ph, pw, dil_h=1, dil_w=1, *, halo_x=0, halo_dy=0):
+    c = dw.shape[0]
+    gw, gb = np.zeros(dw.shape), np.zeros(db.shape)
+    _conv.conv2d_bwd_weight_ref(from_blocked(xb, c, halo_x).astype(np.float64),
+                                from_blocked(dyb, c, halo_dy).astype(np.float64), gw, gb, sh, sw, ph, pw, dil_h,
+                                dil_w, c)
+    dw += gw
+    db += gb
