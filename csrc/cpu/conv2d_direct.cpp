@@ -386,8 +386,12 @@ void bwd_weight_blocked(const Isa& isa, const Geom& g, const float* xp, int64_t 
   xp += ((hxh - g.ph) * Wp + (hxw - g.pw)) * kBlock;
   const int64_t wsz = g.Kb * g.Cb * g.R * g.S * kWBlock;
   const int nt = num_threads();
+  const int64_t kvw = std::min<int64_t>(isa.wgrad_kv, g.Kb), kgroups = (g.Kb + kvw - 1) / kvw;
   auto tile = [&](int64_t n, int64_t images, int64_t kb, int64_t cb, int64_t r, int64_t s, float* dw) {
     WgradTile a;
+    a.kv = static_cast<int>(std::min(kvw, g.Kb - kb));
+    a.dy_kb = Pp * Qp * kBlock;
+    a.dw_kb = g.Cb * g.R * g.S * kWBlock;
     a.x = xp + ((n * g.Cb + cb) * Hp + r) * Wp * kBlock + s * kBlock;
     a.x_row = Wp * kBlock;
     a.x_img = g.Cb * Hp * Wp * kBlock;
@@ -419,15 +423,15 @@ void bwd_weight_blocked(const Isa& isa, const Geom& g, const float* xp, int64_t 
       const int64_t lo = g.N * th / team, hi = g.N * (th + 1) / team;
       const int64_t group = std::max<int64_t>(1, 256 / std::max<int64_t>(1, g.P * g.Q));
       for (int64_t n = lo; n < hi; n += group)
-        for (int64_t kb = 0; kb < g.Kb; ++kb)
+        for (int64_t kb = 0; kb < g.Kb; kb += kvw)
           for (int64_t cb = 0; cb < g.Cb; ++cb)
             for (int64_t r = 0; r < g.R; ++r)
               for (int64_t s = 0; s < g.S; ++s) tile(n, std::min(group, hi - n), kb, cb, r, s, mine);
     } else {
 #pragma omp for schedule(static)
-      for (int64_t it = 0; it < g.Kb * g.Cb * g.R; ++it)
+      for (int64_t it = 0; it < kgroups * g.Cb * g.R; ++it)
         for (int64_t s = 0; s < g.S; ++s)
-          tile(0, g.N, it / (g.Cb * g.R), (it / g.R) % g.Cb, it % g.R, s, part);
+          tile(0, g.N, it / (g.Cb * g.R) * kvw, (it / g.R) % g.Cb, it % g.R, s, part);
     }
     finish_wgrad(g, dyp, Pp, Qp, pt, pl, part, parts, wsz, dwb, dbp.data() + th * g.Kb * kBlock);
   }

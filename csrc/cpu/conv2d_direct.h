@@ -48,6 +48,10 @@ struct WgradTile {
   int64_t images;
   int64_t P, Q, sh, sw;
   float* dw;  // 16 x 16 block, accumulated into
+  // kv (1 or up to Isa::wgrad_kv) output blocks at once, dy_kb and dw_kb floats apart: each input
+  // value broadcast then feeds kv FMAs, each dy vector 16 / kv fewer broadcasts
+  int kv;
+  int64_t dy_kb, dw_kb;
 };
 
 using ConvTileFn = void (*)(const ConvTile&);
@@ -73,6 +77,7 @@ struct Isa {
   WgradTileFn wgrad;
   WgradStemFn wgrad_stem;
   int stem_taps;  // taps one wgrad_stem call takes
+  int wgrad_kv;   // output blocks one wgrad call may take
   PackRowFn pack;
   UnpackRowFn unpack;
 };

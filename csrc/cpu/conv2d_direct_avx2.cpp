@@ -14,6 +14,7 @@ struct V256x2 {
     __m256 lo, hi;
   };
   static constexpr int kWgradC = 4;  // 8 accumulator ymm + 2 for dy + 1 broadcast, of 16
+  static constexpr int kWgradKV = 1;
   static constexpr int kStemTaps = 6;  // 12 accumulator ymm + 2 for dy + 1 broadcast
   static T zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
   static T load(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
@@ -37,6 +38,7 @@ struct V256x2 {
 // 16 ymm: 6 pixels x 2 halves = 12 accumulators, 2 for the weights, 1 broadcast.
 const Isa kIsa{"avx2", 1, {0, 6, 0}, &pick_conv<V256x2, 6, 0, kBlock>,
                &pick_conv<V256x2, 6, 0, 1>, &wgrad_tile<V256x2>, &wgrad_stem<V256x2>, V256x2::kStemTaps,
+               V256x2::kWgradKV,
                &pack_row<V256x2>, &unpack_row<V256x2>};
 
 }  // namespace

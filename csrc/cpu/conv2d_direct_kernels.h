@@ -77,35 +77,50 @@ void conv_tile(const ConvTile& a) {
     for (int j = 0; j < KV; ++j) V::store(a.out + t * a.out_px + j * a.out_kb, acc[t][j]);
 }
 
-// Input channels [c0, c0 + CN) of one weight-gradient block; the block's rows stay in registers
-// over the whole pixel sweep.
-template <class V, int CN>
+// Input channels [c0, c0 + CN) of KV weight-gradient blocks (output blocks KV apart by dw_kb);
+// the blocks' rows stay in registers over the whole pixel sweep.
+template <class V, int CN, int KV>
 void wgrad_channels(const WgradTile& a, int c0) {
   using T = typename V::T;
-  T acc[CN];
+  T acc[CN][KV];
 #pragma GCC unroll 16
-  for (int i = 0; i < CN; ++i) acc[i] = V::load(a.dw + (c0 + i) * kBlock);
+  for (int i = 0; i < CN; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < KV; ++j) acc[i][j] = V::load(a.dw + j * a.dw_kb + (c0 + i) * kBlock);
   // nested image and row loops: on 8 x 8 maps a division per row (8 pixels, 128 FMAs) cost
   // about a third as much as the row's multiplies
-  for (int64_t i = 0; i < a.images; ++i)
+  for (int64_t n = 0; n < a.images; ++n)
     for (int64_t p = 0; p < a.P; ++p) {
-      const float* xr = a.x + i * a.x_img + p * a.sh * a.x_row + c0;
-      const float* dr = a.dy + i * a.dy_img + p * a.dy_row;
+      const float* xr = a.x + n * a.x_img + p * a.sh * a.x_row + c0;
+      const float* dr = a.dy + n * a.dy_img + p * a.dy_row;
       for (int64_t q = 0; q < a.Q; ++q) {
-        const T d = V::load(dr + q * kBlock);
+        T d[KV];
+#pragma GCC unroll 4
+        for (int j = 0; j < KV; ++j) d[j] = V::load(dr + j * a.dy_kb + q * kBlock);
         const float* xq = xr + q * a.sw * kBlock;
 #pragma GCC unroll 16
-        for (int c = 0; c < CN; ++c) acc[c] = V::fma(acc[c], d, xq + c);
+        for (int c = 0; c < CN; ++c)
+#pragma GCC unroll 4
+          for (int j = 0; j < KV; ++j) acc[c][j] = V::fma(acc[c][j], d[j], xq + c);
       }
     }
 #pragma GCC unroll 16
-  for (int i = 0; i < CN; ++i) V::store(a.dw + (c0 + i) * kBlock, acc[i]);
+  for (int i = 0; i < CN; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < KV; ++j) V::store(a.dw + j * a.dw_kb + (c0 + i) * kBlock, acc[i][j]);
 }
 
 template <class V>
 void wgrad_tile(const WgradTile& a) {
   static_assert(kBlock % V::kWgradC == 0, "the weight-gradient pass must divide the block");
-  for (int c0 = 0; c0 < kBlock; c0 += V::kWgradC) wgrad_channels<V, V::kWgradC>(a, c0);
+  if constexpr (V::kWgradKV == 2) {
+    static_assert(kBlock % V::kWgradC2 == 0, "the two-block pass must divide the block");
+    if (a.kv == 2) {
+      for (int c0 = 0; c0 < kBlock; c0 += V::kWgradC2) wgrad_channels<V, V::kWgradC2, 2>(a, c0);
+      return;
+    }
+  }
+  for (int c0 = 0; c0 < kBlock; c0 += V::kWgradC) wgrad_channels<V, V::kWgradC, 1>(a, c0);
 }
 
 // The layout conversion of one row, written plainly (the AVX-512 build has its own, by 16 x 16

@@ -11,6 +11,7 @@ struct VScalar {
     float v[kBlock];
   };
   static constexpr int kWgradC = 4;
+  static constexpr int kWgradKV = 1;
   static constexpr int kStemTaps = 4;
   static T zero() { return T{}; }
   static T load(const float* p) {
@@ -46,6 +47,7 @@ struct VScalar {
 
 const Isa kIsa{"portable", 1, {0, 4, 0}, &pick_conv<VScalar, 4, 0, kBlock>,
                &pick_conv<VScalar, 4, 0, 1>, &wgrad_tile<VScalar>, &wgrad_stem<VScalar>, VScalar::kStemTaps,
+               VScalar::kWgradKV,
                &pack_row<VScalar>, &unpack_row<VScalar>};
 
 }  // namespace
