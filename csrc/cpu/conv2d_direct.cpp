@@ -376,6 +376,33 @@ void add_parts(const std::vector<double>& parts, int nt, int64_t n, double* out)
   }
 }
 
+// The threads of a weight gradient (wsz floats into dwb; dbd = the sums of dy): with at least as
+// many images as threads, images(lo, hi, mine) gives each thread a contiguous share of the images
+// and a private partial (the partials added in thread order); with fewer, every thread runs
+// items(part), which deals (output block, ...) items out with an omp for into the one partial.
+template <class Images, class Items>
+void run_wgrad(const Geom& g, const float* dyp, int64_t Pp, int64_t Qp, int64_t pt, int64_t pl,
+               int64_t wsz, float* dwb, double* dbd, Images images, Items items) {
+  const int nt = num_threads();
+  const bool by_image = g.N >= nt;
+  const int parts = by_image ? nt : 1;
+  float* part = buffer(kPartial, parts * wsz);
+  std::memset(part, 0, sizeof(float) * parts * wsz);
+  std::vector<double> dbp(static_cast<size_t>(nt) * g.Kb * kBlock, 0.0);
+#pragma omp parallel num_threads(nt)
+  {
+    const int th = omp_get_thread_num();
+    if (by_image) {
+      const int team = omp_get_num_threads();  // may be fewer than asked for
+      images(g.N * th / team, g.N * (th + 1) / team, part + th * wsz);
+    } else {
+      items(part);
+    }
+    finish_wgrad(g, dyp, Pp, Qp, pt, pl, part, parts, wsz, dwb, dbp.data() + th * g.Kb * kBlock);
+  }
+  add_parts(dbp, nt, g.Kb * kBlock, dbd);
+}
+
 // dwb [Kb][Cb][R][S][16 c][16 k] = sum over the batch (overwritten); dbd (Kb*16) = sums of dy.
 // xp, hxh, hxw as in the forward; dy's interior starts at row pt, column pl of dyp
 // ([N][Kb][Pp][Qp][16]).
@@ -385,7 +412,6 @@ void bwd_weight_blocked(const Isa& isa, const Geom& g, const float* xp, int64_t 
   const int64_t Hp = g.H + 2 * hxh, Wp = g.W + 2 * hxw;
   xp += ((hxh - g.ph) * Wp + (hxw - g.pw)) * kBlock;
   const int64_t wsz = g.Kb * g.Cb * g.R * g.S * kWBlock;
-  const int nt = num_threads();
   const int64_t kvw = std::min<int64_t>(isa.wgrad_kv, g.Kb), kgroups = (g.Kb + kvw - 1) / kvw;
   auto tile = [&](int64_t n, int64_t images, int64_t kb, int64_t cb, int64_t r, int64_t s, float* dw) {
     WgradTile a;
@@ -406,36 +432,22 @@ void bwd_weight_blocked(const Isa& isa, const Geom& g, const float* xp, int64_t 
     a.dw = dw + (((kb * g.Cb + cb) * g.R + r) * g.S + s) * kWBlock;
     isa.wgrad(a);
   };
-  const bool by_image = g.N >= nt;
-  const int parts = by_image ? nt : 1;
-  float* part = buffer(kPartial, parts * wsz);
-  std::memset(part, 0, sizeof(float) * parts * wsz);
-  std::vector<double> dbp(static_cast<size_t>(nt) * g.Kb * kBlock, 0.0);
-#pragma omp parallel num_threads(nt)
-  {
-    const int th = omp_get_thread_num();
-    if (by_image) {
-      // A thread's images in groups of about 256 output pixels per sweep, so that on small images
-      // the 16 accumulators are not loaded and stored (and the kernel called) for every 64 pixels:
-      // 8 x 8 images gained about 5% (single thread, 175-189 -> 191-200 GFLOP/s).
-      float* mine = part + th * wsz;
-      const int team = omp_get_num_threads();  // may be fewer than asked for
-      const int64_t lo = g.N * th / team, hi = g.N * (th + 1) / team;
-      const int64_t group = std::max<int64_t>(1, 256 / std::max<int64_t>(1, g.P * g.Q));
-      for (int64_t n = lo; n < hi; n += group)
-        for (int64_t kb = 0; kb < g.Kb; kb += kvw)
-          for (int64_t cb = 0; cb < g.Cb; ++cb)
-            for (int64_t r = 0; r < g.R; ++r)
-              for (int64_t s = 0; s < g.S; ++s) tile(n, std::min(group, hi - n), kb, cb, r, s, mine);
-    } else {
+  run_wgrad(g, dyp, Pp, Qp, pt, pl, wsz, dwb, dbd, [&](int64_t lo, int64_t hi, float* mine) {
+    // A thread's images in groups of about 256 output pixels per sweep, so that on small images
+    // the 16 accumulators are not loaded and stored (and the kernel called) for every 64 pixels:
+    // 8 x 8 images gained about 5% (single thread, 175-189 -> 191-200 GFLOP/s).
+    const int64_t group = std::max<int64_t>(1, 256 / std::max<int64_t>(1, g.P * g.Q));
+    for (int64_t n = lo; n < hi; n += group)
+      for (int64_t kb = 0; kb < g.Kb; kb += kvw)
+        for (int64_t cb = 0; cb < g.Cb; ++cb)
+          for (int64_t r = 0; r < g.R; ++r)
+            for (int64_t s = 0; s < g.S; ++s) tile(n, std::min(group, hi - n), kb, cb, r, s, mine);
+  }, [&](float* part) {
 #pragma omp for schedule(static)
-      for (int64_t it = 0; it < kgroups * g.Cb * g.R; ++it)
-        for (int64_t s = 0; s < g.S; ++s)
-          tile(0, g.N, it / (g.Cb * g.R) * kvw, (it / g.R) % g.Cb, it % g.R, s, part);
-    }
-    finish_wgrad(g, dyp, Pp, Qp, pt, pl, part, parts, wsz, dwb, dbp.data() + th * g.Kb * kBlock);
-  }
-  add_parts(dbp, nt, g.Kb * kBlock, dbd);
+    for (int64_t it = 0; it < kgroups * g.Cb * g.R; ++it)
+      for (int64_t s = 0; s < g.S; ++s)
+        tile(0, g.N, it / (g.Cb * g.R) * kvw, (it / g.R) % g.Cb, it % g.R, s, part);
+  });
 }
 
 
@@ -498,7 +510,6 @@ void stem_bwd_weight(const Isa& isa, const Geom& g, const float* xp, const float
   const int G = isa.stem_taps;
   const int64_t ngroups = (crs + G - 1) / G, wsz = g.Kb * crs * kBlock;
   const std::vector<int64_t> taps = stem_taps(g, G);
-  const int nt = num_threads();
   // images [n, n + images) of output block kb, tap groups [g0, g1), into dw
   auto rows = [&](int64_t n, int64_t images, int64_t kb, int64_t g0, int64_t g1, float* dw) {
     for (int64_t i = n; i < n + images; ++i)
@@ -509,27 +520,14 @@ void stem_bwd_weight(const Isa& isa, const Geom& g, const float* xp, const float
                          dyp + ((i * g.Kb + kb) * Pp + pt + p) * Qp * kBlock + pl * kBlock, g.Q,
                          dw + (kb * crs + grp * G) * kBlock);
   };
-  const bool by_image = g.N >= nt;
-  const int parts = by_image ? nt : 1;
-  float* part = buffer(kPartial, parts * wsz);
-  std::memset(part, 0, sizeof(float) * parts * wsz);
-  std::vector<double> dbp(static_cast<size_t>(nt) * g.Kb * kBlock, 0.0);
-#pragma omp parallel num_threads(nt)
-  {
-    const int th = omp_get_thread_num();
-    if (by_image) {
-      const int team = omp_get_num_threads();
-      const int64_t lo = g.N * th / team, hi = g.N * (th + 1) / team;
-      for (int64_t n = lo; n < hi; ++n)
-        for (int64_t kb = 0; kb < g.Kb; ++kb) rows(n, 1, kb, 0, ngroups, part + th * wsz);
-    } else {
+  run_wgrad(g, dyp, Pp, Qp, pt, pl, wsz, dwt, dbd, [&](int64_t lo, int64_t hi, float* mine) {
+    for (int64_t n = lo; n < hi; ++n)
+      for (int64_t kb = 0; kb < g.Kb; ++kb) rows(n, 1, kb, 0, ngroups, mine);
+  }, [&](float* part) {
 #pragma omp for schedule(static)
-      for (int64_t it = 0; it < g.Kb * ngroups; ++it)
-        rows(0, g.N, it / ngroups, it % ngroups, it % ngroups + 1, part);
-    }
-    finish_wgrad(g, dyp, Pp, Qp, pt, pl, part, parts, wsz, dwt, dbp.data() + th * g.Kb * kBlock);
-  }
-  add_parts(dbp, nt, g.Kb * kBlock, dbd);
+    for (int64_t it = 0; it < g.Kb * ngroups; ++it)
+      rows(0, g.N, it / ngroups, it % ngroups, it % ngroups + 1, part);
+  });
 }
 
 }  // namespace
