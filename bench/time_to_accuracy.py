@@ -1,14 +1,16 @@
 """Time-to-accuracy of data-parallel training: `mpiexec -n K fasttrain train` per strategy, same
 epochs and seed, against a single-process run measured in the same invocation.
 
-    python bench/time_to_accuracy.py [--ranks 2] [--dataset digits] [--epochs 15] [--json out.jsonl]
+    python bench/time_to_accuracy.py [--ranks 2] [--dataset digits] [--epochs 15] [--target-acc 0.9]
+                                     [--cluster-rate 100mbit] [--json out.jsonl]
 
 Strategies: sync (ring), sync (MPI Allreduce), int8, sign + error feedback, local SGD H=4 and
 H=16. Reported: final validation accuracy (rank 0's model), its gap to sync, wall time of the
 whole run (start-up and data loading included), bytes each rank sent (the ring's count:
 2(K-1)/K of the arena per all-reduce, less with a codec). Targets (issue 8): int8 within 0.5
-points of sync, sign+EF and local SGD within 1 point. Prints a table and JSON lines
-(suite="time_to_accuracy").
+points of sync, sign+EF and local SGD within 1 point. With --target-acc: the training time (the
+epochs' own times, start-up left out) and epochs until validation accuracy first reached it.
+Prints a table and JSON lines (suite="time_to_accuracy").
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ STRATEGIES = [
 TARGET = {"int8": 0.5, "sign+EF": 1.0, "local SGD H=4": 1.0, "local SGD H=16": 1.0}
 
 
-def run(name, dist, extra, ranks, common, timeout, cluster=None):
+def run(name, dist, extra, ranks, common, timeout, cluster=None, target_acc=None):
     with tempfile.TemporaryDirectory() as d:
         cmd = [sys.executable, "-m", "fasttrain", "train", *common, "--run-dir", d]
         if dist is not None:
@@ -46,7 +48,17 @@ def run(name, dist, extra, ranks, common, timeout, cluster=None):
         if proc.returncode != 0:
             raise RuntimeError(f"{name}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
         s = json.loads(Path(d, "summary.json").read_text())
-    return {"val_acc": s["val_acc"], "val_loss": s["val_loss"], "wall_s": s["wall_time_s"], "steps": s["steps"],
+        curve = [json.loads(ln) for ln in Path(d, "metrics.jsonl").read_text().splitlines() if '"val_acc"' in ln]
+    # time to the target: training time (epoch_time_s summed, start-up and data loading left out)
+    # up to the first epoch whose validation accuracy reaches it
+    elapsed, reached = 0.0, None
+    for e in curve:
+        elapsed += e["epoch_time_s"]
+        if target_acc is not None and e["val_acc"] >= target_acc:
+            reached = {"epochs_to_target": e["epoch"], "time_to_target_s": elapsed}
+            break
+    return {"curve": [round(e["val_acc"], 4) for e in curve], **(reached or {"epochs_to_target": None, "time_to_target_s": None}),
+            "val_acc": s["val_acc"], "val_loss": s["val_loss"], "wall_s": s["wall_time_s"], "steps": s["steps"],
             "bytes_sent_per_rank": s.get("bytes_sent_per_rank", 0), "ranks": s.get("ranks", 1),
             "allreduces": s.get("allreduces", 0), "params": s["params"]}
 
@@ -60,6 +72,8 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--only", default=None, help="comma-separated strategy names")
     ap.add_argument("--timeout", type=int, default=900)
+    ap.add_argument("--target-acc", type=float, default=None,
+                    help="also report the training time and epochs until validation accuracy first reaches this (0-1)")
     ap.add_argument("--json", help="also write the JSON lines here")
     ap.add_argument("--cluster-rate", default=None,
                     help="run the ranks on emulated hosts (one each) whose links carry this rate, e.g. 100mbit (root)")
@@ -78,7 +92,7 @@ def main(argv=None):
         cluster = Cluster(args.ranks, 1, rate=args.cluster_rate).start()
     try:
         for name, dist, extra in todo:
-            r = run(name, dist, extra, args.ranks, common, args.timeout, cluster)
+            r = run(name, dist, extra, args.ranks, common, args.timeout, cluster, args.target_acc)
             r.update(suite="time_to_accuracy", name=name, dataset=args.dataset, epochs=args.epochs,
                      link=args.cluster_rate)
             rows.append(r)
@@ -89,7 +103,9 @@ def main(argv=None):
     lines = []
     where = f", one emulated host per rank, {args.cluster_rate} links" if args.cluster_rate else ""
     print(f"\ntime to accuracy: {args.dataset}, {args.epochs} epochs, K={args.ranks} (single process: K=1){where}")
-    print(f"{'strategy':16s} {'val acc':>8s} {'vs sync':>8s} {'target':>7s} {'wall s':>7s} {'MB sent/rank':>13s} {'collectives':>11s}")
+    to = f"to {100 * args.target_acc:g}%" if args.target_acc is not None else ""
+    print(f"{'strategy':16s} {'val acc':>8s} {'vs sync':>8s} {'target':>7s} {'wall s':>7s} {'MB sent/rank':>13s} {'collectives':>11s}"
+          + (f" {to + ': epochs':>14s} {'train s':>8s}" if to else ""))
     for r in rows:
         gap = None if sync is None else 100 * (r["val_acc"] - sync)
         r["gap_points_vs_sync"] = gap
@@ -99,7 +115,9 @@ def main(argv=None):
         mark = "" if tgt is None else ("ok" if r["meets_target"] else "MISS")
         print(f"{r['name']:16s} {100 * r['val_acc']:8.2f} {'' if gap is None else f'{gap:+.2f}':>8s} "
               f"{'' if tgt is None else f'{tgt:.1f} {mark}':>7s} {r['wall_s']:7.1f} "
-              f"{r['bytes_sent_per_rank'] / 1e6:13.2f} {r['allreduces']:11d}")
+              f"{r['bytes_sent_per_rank'] / 1e6:13.2f} {r['allreduces']:11d}"
+              + ("" if not to else f" {r['epochs_to_target'] or '-':>14} "
+                 f"{'-' if r['time_to_target_s'] is None else format(r['time_to_target_s'], '.1f'):>8s}"))
         lines.append(json.dumps(r))
     print()
     for line in lines:

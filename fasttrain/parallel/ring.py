@@ -66,10 +66,11 @@ DIRECT_MAX_RANKS = 4
 #: across hosts, one rank each: below this many bytes (and at any size up to shared_bytes for two
 #: ranks, where both send the same bytes) the one-round all-reduce runs, above it the two-round
 #: direct one, whose ranks send 2 (p - 1) / p of the buffer instead of p - 1 buffers. Measured on
-#: the emulated cluster (bench/cluster_allreduce.py, 3 hosts x 1 rank, 2 shared cores): at 64 KB
-#: one-shot took 0.6-1.8x direct's time (faster the busier the cores: one round less to wait
-#: for), at 256 KB both were within 5% under load, and direct was faster when the cores were free.
-DEFAULT_ONESHOT_BYTES = 1 << 17
+#: the emulated cluster (bench/cluster_allreduce.py, 3 hosts x 1 rank, 2 shared cores, four runs):
+#: at 64-256 KB one-shot took 0.6-1.3x direct's time, mostly less (one round less to wait for
+#: on busy cores; over 10 Gbit/s, where TCP on the veth is CPU-bound, 0.6-1.04x at 256 KB); at
+#: 1 MB over 1 Gbit/s 1.2-1.5x (the bytes: 2n against 4n/3), over 10 Gbit/s 0.97-1.14x.
+DEFAULT_ONESHOT_BYTES = 1 << 19
 _TAG = 77
 _TAG_SMALL = 78
 
