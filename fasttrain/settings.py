@@ -5,6 +5,9 @@ FASTTRAIN_DEBUG     1: full Python tracebacks from the command line instead of o
 FASTTRAIN_THREADS   CPU threads for the C++ and Numba kernels (default: the cores this process may
                     run on; under an MPI launcher that did not bind ranks to cores, those cores
                     shared out among the ranks it started on this machine)
+FASTTRAIN_LAYOUT    "auto" (default): activations flow between layers in the direct convolution
+                    engine's channel-blocked layout wherever it runs (fasttrain/nn/layout.py);
+                    "nchw": every layer converts on its own (for A/B measurements)
 """
 from __future__ import annotations
 
@@ -18,6 +21,16 @@ def _env_backend() -> str:
     value = os.environ.get("FASTTRAIN_BACKEND", "auto").strip().lower()
     if value not in _BACKEND_NAMES:
         raise ValueError(f"FASTTRAIN_BACKEND: expected one of {', '.join(_BACKEND_NAMES)}, got {value!r}")
+    return value
+
+
+_LAYOUT_NAMES = ("auto", "nchw")
+
+
+def _env_layout() -> str:
+    value = os.environ.get("FASTTRAIN_LAYOUT", "auto").strip().lower()
+    if value not in _LAYOUT_NAMES:
+        raise ValueError(f"FASTTRAIN_LAYOUT: expected one of {', '.join(_LAYOUT_NAMES)}, got {value!r}")
     return value
 
 
@@ -76,7 +89,7 @@ def launcher_rank() -> int:
     return 0
 
 
-_FROM_ENV = {"backend": _env_backend, "num_threads": _env_threads}
+_FROM_ENV = {"backend": _env_backend, "num_threads": _env_threads, "layout": _env_layout}
 
 
 def __getattr__(name):

@@ -310,7 +310,7 @@ CROSS_CHECKS: list[Callable] = [_data_path, _image_size, _dist, _gpu, _early_sto
 
 
 def check_environment() -> None:
-    """FASTTRAIN_BACKEND / FASTTRAIN_THREADS, reported as ConfigErrors keyed by the variable."""
+    """FASTTRAIN_BACKEND / FASTTRAIN_THREADS / FASTTRAIN_LAYOUT, reported as ConfigErrors keyed by the variable."""
     from . import settings
 
     try:

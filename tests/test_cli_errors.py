@@ -57,6 +57,7 @@ CASES = [
     (["--augment", "flip,foo"], {}, "--augment: expected names from flip, "),
     (["--schedule", "foo"], {}, "--schedule: expected one of constant, "),
     ([], {"FASTTRAIN_BACKEND": "foo"}, "FASTTRAIN_BACKEND: expected one of auto, "),
+    ([], {"FASTTRAIN_LAYOUT": "nhwc"}, "FASTTRAIN_LAYOUT: expected one of auto, nchw, got 'nhwc'"),
     ([], {"FASTTRAIN_THREADS": "abc"}, "FASTTRAIN_THREADS: expected a positive integer, got 'abc'"),
     ([], {"FASTTRAIN_THREADS": "-3"}, "FASTTRAIN_THREADS: expected a positive integer, got -3"),
     (["--threads", "0"], {}, "--threads: expected an integer >= 1 (CPU threads), got 0"),

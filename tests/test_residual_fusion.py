@@ -142,7 +142,9 @@ def test_residual_block_fused_equals_unfused(cin, cout, stride, training):
         dx = block.backward(dy)
         outs.append((y, dx, arena.grad.copy()))
     for a, b in zip(*outs):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+        # float32 rounding at the arrays' scale: on the blocked layout the fused and unfused tails
+        # run different kernels (the add inside or after the normalize pass)
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * max(1.0, float(np.abs(b).max())))
     assert (outs[0][0] == 0).any() and (outs[0][0] > 0).any()  # the ReLU's mask mattered
 
 

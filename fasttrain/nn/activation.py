@@ -10,6 +10,7 @@ import numpy as np
 
 from ..backend import kernel
 from ._util import check_params
+from .layout import Blocked, with_halo
 from .module import Module
 
 _FLOATS = (np.float32, np.float64)
@@ -37,11 +38,24 @@ class _Elementwise(Module):
 
     op = ""
     uses_output = False
+    #: f(0) == 0: on a blocked array (fasttrain/nn/layout.py) the zero halo and pad lanes stay zero,
+    #: so the flat kernel runs on it as it is
+    keeps_zero = True
 
     def _args(self):
         return ()
 
+    def takes_blocked(self, x) -> bool:
+        return self.keeps_zero
+
     def forward(self, x):
+        if isinstance(x, Blocked):
+            y = x.like(self._forward(x.data))
+            self.cache = y if self.uses_output else x
+            return y
+        return self._forward(x)
+
+    def _forward(self, x):
         x = _check_input(self, x)
         y = np.empty_like(x)
         kernel(f"{self.op}_fwd", like=x)(x, y, *self._args())
@@ -50,6 +64,14 @@ class _Elementwise(Module):
 
     def backward(self, dy):
         saved = self.cache
+        if isinstance(saved, Blocked):
+            if not isinstance(dy, Blocked) or dy.shape != saved.shape:
+                raise ValueError(f"{self.name}.backward: expected dy {saved.shape} in the blocked layout (the "
+                                 f"forward output's), got {getattr(dy, 'shape', type(dy).__name__)}")
+            dy = with_halo(dy, saved.halo).data   # the product with a zero halo stays zero
+            dx = np.empty_like(dy)
+            kernel(f"{self.op}_bwd", like=dy)(saved.data, dy, dx, *self._args())
+            return saved.like(dx)
         dy = _check_grad(self, dy, getattr(saved, "shape", None))
         dx = np.empty_like(dy)
         kernel(f"{self.op}_bwd", like=dy)(saved, dy, dx, *self._args())
@@ -102,6 +124,7 @@ class ELU(_Elementwise):
 class Sigmoid(_Elementwise):
     op = "sigmoid"
     uses_output = True
+    keeps_zero = False   # sigmoid(0) = 1/2
 
 
 class Tanh(_Elementwise):

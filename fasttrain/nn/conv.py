@@ -14,7 +14,8 @@ When the C++ kernels run this layer through their direct engine (csrc/cpu/conv2d
 16-channel-blocked layout), the layer calls the engine's blocked entry points itself: x is
 converted to the blocked layout once in the forward and kept for the weight gradient, and dy once
 for both gradients, instead of once per kernel call (the NCHW entry points convert every input
-and output of every call).
+and output of every call). Inside a container the layer takes and returns the blocked layout itself
+(fasttrain/nn/layout.py), so a chain of such layers converts once at each end.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from .. import init as initializers
 from ..backend import kernel
 from . import padding as padmod
 from ._util import array_module, check_grad, check_input, check_params, pair
+from .layout import Blocked, cpp, empty, padded, to_nchw, with_halo
 from .module import Module
 
 
@@ -104,18 +106,129 @@ class Conv2d(Module):
     def _options(self):
         return (*self.dilation, self.groups)
 
-    def _direct_engine(self, op, arr, x_shape):
-        """fasttrain._C when the registry runs `op` for `arr` there and that runs the direct engine
-        for this shape (else None)."""
+    def _choice(self, op, arr, x_shape, blocked=False):
+        """The algorithm fasttrain._C runs conv2d_<op> with for this shape when the registry runs
+        `op` for `arr` there, else None; blocked: for activations kept in the blocked layout."""
         C = sys.modules.get("fasttrain._C")
         if C is None or kernel(op, like=arr) is not getattr(C, op, None):
             return None
         n, c, h, w = x_shape
-        choice = C.conv2d_choice(op[len("conv2d_"):], n, c, h, w, self.out_channels, *self.kernel_size,
-                                 *self._geometry(), *self._options())
-        return C if choice == "direct" else None
+        return C.conv2d_choice(op[len("conv2d_"):], n, c, h, w, self.out_channels, *self.kernel_size,
+                               *self._geometry(), *self._options(), blocked=blocked)
+
+    def _direct_engine(self, op, arr, x_shape):
+        """fasttrain._C when the registry runs `op` for `arr` there and that runs the direct engine
+        for this shape (else None)."""
+        return sys.modules.get("fasttrain._C") if self._choice(op, arr, x_shape) == "direct" else None
+
+    # -- the blocked layout (fasttrain/nn/layout.py) -----------------------------------------------
+    # Two engines take it: the direct convolution (groups 1, no dilation) and the blocked depthwise
+    # convolution (groups == in == out channels). The flow follows the engine's choice for
+    # activations kept blocked (conv2d_choice(blocked=True): no conversions to pay, so 1x1 kernels
+    # and few-channel stems run direct too), for all three ops.
+    @property
+    def in_halo(self):
+        ph, pw = self._kpad
+        return ph if ph == pw else 0
+
+    def _blocked_kind(self, arr, x_shape):
+        """'direct', 'depthwise' or None: which blocked engine runs this layer for `arr`."""
+        if any(self._extra) or self._explicit or arr.dtype != np.float32:
+            return None
+        if self.groups == 1 and self.dilation == (1, 1):
+            kind = "direct"
+        elif self.groups == self.in_channels == self.out_channels:
+            kind = "depthwise"
+        else:
+            return None
+        ops = ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_weight")
+        return kind if all(self._choice(op, arr, x_shape, blocked=True) == kind for op in ops) else None
+
+    def takes_blocked(self, x) -> bool:
+        return x.shape[1] == self.in_channels and self._blocked_kind(x.data, x.shape) is not None
+
+    def _stem(self, x) -> bool:
+        """Whether the stem kernel runs this layer: NCHW x of few channels (a network's input) in,
+        blocked y out (converting x would pad 3 channels to 16 lanes). Chosen by the shape alone,
+        not by x's layout (a blocked x is converted to NCHW first, exactly), so the result does not
+        depend on where a container's flow starts (a pipeline stage's first layer)."""
+        data = x.data if isinstance(x, Blocked) else x
+        return x.shape[1] == self.in_channels < 16 and self._blocked_kind(data, x.shape) == "direct"
+
+    def blocked_entry(self, x):
+        if x.shape[1] != self.in_channels or self._stem(x) or self._blocked_kind(x, x.shape) is None:
+            return None
+        return self.in_halo
+
+    def _forward_blocked(self, x):
+        """x Blocked, or NCHW for the stem; y Blocked."""
+        stem = self.groups == 1 and self._stem(x)
+        from_blocked = stem and isinstance(x, Blocked)   # then dx goes back blocked
+        if from_blocked:
+            x = to_nchw(x)
+        check_params(f"Conv2d(in_channels={self.in_channels})", self, x if stem else x.data)
+        n, _, h, w = x.shape
+        _, k, p, q = self._out_shape(n, h, w)
+        (sh, sw, ph, pw), C = self._geometry(), cpp()
+        if self.groups > 1:   # depthwise: reads any input halo as zeros, writes the output's halo
+            y = empty(n, k, p, q, self.out_halo)
+            C.depthwise_blocked_fwd(x.data, self.weight.data, self._b(x.data), y.data, sh, sw, ph, pw, self.relu,
+                                    *self.dilation, halo_x=x.halo, halo_y=y.halo)
+            self.cache = (x.shape, y if self.relu else None, x, "depthwise")
+            return y
+        # the batch statistics of y for a training batchnorm that reads it, from the epilogue
+        stats = np.empty((2, k), np.float64) if self.out_stats else None
+        y = empty(n, k, p, q)
+        if stem:
+            x = np.ascontiguousarray(x)
+            C.conv2d_stem_fwd(x, self.weight.data, self._b(x), y.data, sh, sw, ph, pw, self.relu, stats)
+            saved, kind = (x, from_blocked), "stem"
+        else:
+            if x.halo >= max(ph, pw):   # a wider zero halo than the padding is read in place
+                xb, hx = x.data, x.halo
+            else:
+                xb, hx = padded(x, ph, ph, pw, pw), -1
+            C.conv2d_blocked_fwd(xb, self.weight.data, self._b(xb), y.data, sh, sw, ph, pw, self.relu, stats,
+                                 halo_x=hx)
+            saved, kind = (xb, hx), "direct"
+        y.stats = stats
+        self.cache = (x.shape, y if self.relu else None, saved, kind)
+        return y
+
+    def _backward_blocked(self, dy):
+        x_shape, y, saved, kind = self.cache
+        n, c, h, w = x_shape
+        shape = self._out_shape(n, h, w)
+        if not isinstance(dy, Blocked) or dy.shape != shape:
+            raise ValueError(f"Conv2d.backward: expected dy {shape} in the blocked layout (the forward output's), "
+                             f"got {getattr(dy, 'shape', type(dy).__name__)}")
+        if y is not None:  # the fused ReLU's gradient: y > 0 exactly where the pre-activation was > 0
+            dy = with_halo(dy, y.halo)
+            masked = np.empty_like(dy.data)
+            kernel("relu_bwd", like=masked)(y.data, dy.data, masked)
+            dy = dy.like(masked)
+        C, g = cpp(), self._geometry()
+        db = self.bias.grad if self.bias is not None else np.zeros(self.out_channels, np.float32)
+        dx = empty(n, c, h, w) if self.needs_input_grad else None
+        if kind == "depthwise":
+            C.depthwise_blocked_bwd_weight(saved.data, dy.data, self.weight.grad, db, *g, *self.dilation,
+                                           halo_x=saved.halo, halo_dy=dy.halo)
+            if dx is not None:
+                C.depthwise_blocked_bwd_data(dy.data, self.weight.data, dx.data, *g, *self.dilation, halo_dy=dy.halo)
+            return dx
+        dyb = padded(dy, *C.conv2d_blocked_dy_pads(h, w, *self.kernel_size, *g))
+        if kind == "stem":
+            C.conv2d_stem_bwd_weight(saved[0], dyb, self.weight.grad, db, *g)
+        else:
+            C.conv2d_blocked_bwd_weight(saved[0], dyb, self.weight.grad, db, *g, halo_x=saved[1])
+        if dx is None:   # the network's first layer: no one reads dx
+            return None
+        C.conv2d_blocked_bwd_data(dyb, self.weight.data, dx.data, *g)
+        return to_nchw(dx) if kind == "stem" and not saved[1] else dx
 
     def forward(self, x):
+        if isinstance(x, Blocked) or (self.blocked_out and self._stem(x)):
+            return self._forward_blocked(x)
         where = f"Conv2d(in_channels={self.in_channels})"
         x = check_input(where, x, f"(N, {self.in_channels}, H, W)", 4, {1: self.in_channels})
         check_params(where, self, x)
@@ -145,13 +258,15 @@ class Conv2d(Module):
             y = array_module(x).empty(shape, x.dtype)
             kernel("conv2d_fwd", like=x)(x, self.weight.data, self._b(x), y, *self._geometry(), self.relu,
                                          *self._options())
-        self.cache = (x, y if self.relu else None, xb)
+        self.cache = (x, y if self.relu else None, xb, None)
         return y
 
     def backward(self, dy):
         if self.cache is None:
             raise RuntimeError("Conv2d.backward: backward called before forward")
-        x, y, xb = self.cache
+        x, y, xb, blocked_kind = self.cache
+        if blocked_kind is not None:
+            return self._backward_blocked(dy)
         n, c, h, w = x.shape
         dy = check_grad("Conv2d.backward", x, dy, self._out_shape(n, h, w), x.dtype)
         xp = array_module(dy)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..arena import Parameter
+from . import layout
 
 
 class Module:
@@ -133,6 +134,29 @@ class Module:
         layer that reads their input."""
         self.needs_input_grad = bool(flag)
 
+    # -- the blocked layout (fasttrain/nn/layout.py) ----------------------------------------------
+    #: the halo a Blocked input should carry for this layer to read it without a copy
+    in_halo = 0
+    #: set by the container: the halo this layer's consumer reads (a producer writes it when it can)
+    out_halo = 0
+    #: whether this layer would use its input's batch statistics (Blocked.stats) if they came along
+    wants_stats = False
+    #: set by the container: whether this layer's consumer wants its output's statistics
+    out_stats = False
+    #: set by the container around a forward of an NCHW input: a layer may then return its output
+    #: blocked (a convolution's stem kernel reads NCHW and writes blocked); its backward takes that
+    #: layout's dy and still returns an NCHW dx
+    blocked_out = False
+
+    def takes_blocked(self, x) -> bool:
+        """Whether forward takes the layout.Blocked value x as it is (else a container converts it)."""
+        return False
+
+    def blocked_entry(self, x):
+        """For an NCHW x: the halo to convert x to the blocked layout with before this layer (a
+        convolution the direct engine runs), or None to stay NCHW."""
+        return None
+
     # -- computation ----------------------------------------------------------------------------
     def forward(self, x):
         raise NotImplementedError
@@ -170,15 +194,27 @@ class Sequential(Module):
         if self._children:
             self._children[0][1].set_needs_input_grad(flag)
 
-    def forward(self, x):
-        for _, layer in self._children:
-            x = layer.forward(x)
-        return x
+    # the layers pass activations on in the blocked layout where they can; the container returns
+    # the layout it was given, and self.cache keeps the conversions for backward
+    @property
+    def in_halo(self):
+        return self._children[0][1].in_halo if self._children else 0
 
-    def backward(self, dy):
-        for _, layer in reversed(self._children):
-            dy = layer.backward(dy)
-        return dy
+    def takes_blocked(self, x) -> bool:
+        return True
+
+    def blocked_entry(self, x):
+        return self._children[0][1].blocked_entry(x) if self._children else None
+
+    def forward(self, x):
+        y, self.cache = layout.forward_chain(self.children(), x, self.out_halo, self.out_stats)
+        return y
+
+    def backward(self, dy, after_child=None):
+        """dx; `after_child(i)`, when given, runs once child i's backward is done."""
+        if self.cache is None:
+            raise RuntimeError(f"{self.name}.backward: backward called before forward")
+        return layout.backward_chain(self.children(), dy, self.cache, after_child)
 
 
 class Residual(Module):
@@ -208,20 +244,39 @@ class Residual(Module):
             return None
         return last
 
+    # On a Blocked x the body, the shortcut and the post each return the blocked layout (their
+    # containers convert where a layer cannot take it), so the add runs on blocked arrays too.
+    @property
+    def in_halo(self):
+        return self.body.in_halo
+
+    def takes_blocked(self, x) -> bool:
+        return True
+
+    def blocked_entry(self, x):
+        return self.body.blocked_entry(x)
+
     def forward(self, x):
         bn = self._fused_tail()  # structure only, so backward (and a restored cache) agrees
+        chain = layout.forward_chain
+        if self.shortcut is not None:
+            s, short = chain([self.shortcut], x)
+        else:
+            s, short = x, None
         if bn is not None:
-            z = x
-            for layer in self.body.children()[:-1]:
-                z = layer.forward(z)
-            s = self.shortcut.forward(x) if self.shortcut is not None else x
+            z, head = chain(self.body.children()[:-1], x, bn.in_halo, bn.wants_stats)
             self._check_shapes(z, s)
+            bn.out_halo = self.out_halo
+            self.cache = (head, short, None)
             return bn.forward_add(z, s, relu=self.post is not None)
-        y = self.body.forward(x)
-        s = self.shortcut.forward(x) if self.shortcut is not None else x
+        y, body = chain([self.body], x, self.out_halo)
         self._check_shapes(y, s)
-        out = y + s
-        return self.post.forward(out) if self.post is not None else out
+        out = layout.add(y, s)
+        post = None
+        if self.post is not None:
+            out, post = chain([self.post], out, self.out_halo)
+        self.cache = (body, short, post)
+        return out
 
     @staticmethod
     def _check_shapes(y, s):
@@ -230,18 +285,21 @@ class Residual(Module):
                              "give a shortcut module that maps the input to the body's output shape")
 
     def backward(self, dy):
+        if self.cache is None:
+            raise RuntimeError(f"{self.name}.backward: backward called before forward")
         bn = self._fused_tail()
+        body, short, post = self.cache
+        chain = layout.backward_chain
         if bn is not None:
             dz, g = bn.backward_add(dy)
-            for layer in reversed(self.body.children()[:-1]):
-                dz = layer.backward(dz)
-            ds = self.shortcut.backward(g) if self.shortcut is not None else g
-            if dz is ds or dz is dy:  # never write into an array a caller may still hold
-                return dz + ds
-            dz += ds  # dz is the body's fresh input gradient: no allocation for the sum
-            return dz
-        if self.post is not None:
-            dy = self.post.backward(dy)
-        dx = self.body.backward(dy)
-        ds = self.shortcut.backward(dy) if self.shortcut is not None else dy
-        return dx + ds
+            dz = chain(self.body.children()[:-1], dz, body)
+        else:
+            if self.post is not None:
+                dy = chain([self.post], dy, post)
+            dz, g = chain([self.body], dy, body), dy
+        ds = chain([self.shortcut], g, short) if self.shortcut is not None else g
+        fresh = layout.data_of(dz)
+        # dz is the body's fresh input gradient: the sum goes into it, unless a caller may still
+        # hold that array
+        inplace = fresh is not layout.data_of(ds) and fresh is not layout.data_of(dy)
+        return layout.add(dz, ds, inplace=inplace)

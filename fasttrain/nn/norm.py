@@ -25,12 +25,15 @@ ends with a batchnorm and its `post` is a ReLU (or absent).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import backend
 from .. import init as initializers
 from ._util import array_module as _array_module
 from ._util import check_params
+from .layout import Blocked, cpp, empty, lanes_of, with_halo
 from .module import Module
 
 
@@ -90,6 +93,13 @@ class _BatchNorm(Module):
                 self.buffers[k] = xp.asarray(v)
         return self.buffers["running_mean"], self.buffers["running_var"]
 
+    def takes_blocked(self, x) -> bool:
+        return True
+
+    @property
+    def wants_stats(self):
+        return self.training and not self.use_running_stats
+
     def forward(self, x):
         return self._forward(x, self.relu, None)
 
@@ -99,18 +109,29 @@ class _BatchNorm(Module):
         if getattr(residual, "shape", None) != x.shape or residual.dtype != x.dtype:
             raise ValueError(f"{self._where()}: expected a residual {x.shape} {x.dtype} (like the input), got "
                              f"{getattr(residual, 'shape', type(residual).__name__)} {getattr(residual, 'dtype', '')}")
-        xp = _array_module(x)
-        return self._forward(x, self.relu or bool(relu), xp.ascontiguousarray(residual))
+        if isinstance(residual, Blocked) != isinstance(x, Blocked):
+            raise ValueError(f"{self._where()}: expected the residual in the input's layout")
+        if not isinstance(x, Blocked):
+            residual = _array_module(residual).ascontiguousarray(residual)
+        return self._forward(x, self.relu or bool(relu), residual)
 
     def _forward(self, x, relu, residual):
-        self._check_input(x)
-        xp = _array_module(x)
-        x = xp.ascontiguousarray(x)
+        blocked = isinstance(x, Blocked)   # the layout that flows (fasttrain/nn/layout.py)
+        if blocked:
+            self._check_blocked(x)
+            xp = np
+        else:
+            self._check_input(x)
+            xp = _array_module(x)
+            x = xp.ascontiguousarray(x)
         n, c = x.shape[0], x.shape[1]
-        m = x.size // c                       # N*S values per channel
+        m = math.prod(x.shape) // c           # N*S values per channel
         gamma, beta = self.weight.data, self.bias.data
         rmean, rvar = self._buffers_on(xp)
-        y = xp.empty_like(x)
+        y = empty(n, c, *x.shape[2:], self.out_halo) if blocked else xp.empty_like(x)
+        kw = {} if residual is None else {"residual": residual.data if blocked else residual}
+        if blocked:
+            kw.update(halo_x=x.halo, halo_y=y.halo, halo_res=0 if residual is None else residual.halo)
         if self.training and not self.use_running_stats:
             if m <= 1:
                 raise ValueError(f"{self._where()}: training needs more than one value per channel to "
@@ -118,8 +139,11 @@ class _BatchNorm(Module):
                                  "or call .eval()")
             mean = xp.empty(c, x.dtype)
             invstd = xp.empty(c, x.dtype)
-            kw = {} if residual is None else {"residual": residual}
-            backend.kernel("batchnorm_fwd_train", like=x)(x, gamma, beta, self.eps, y, mean, invstd, relu, **kw)
+            if blocked:
+                cpp().batchnorm_blocked_fwd_train(x.data, gamma, beta, self.eps, y.data, mean, invstd, relu,
+                                                  stats=x.stats, **kw)
+            else:
+                backend.kernel("batchnorm_fwd_train", like=x)(x, gamma, beta, self.eps, y, mean, invstd, relu, **kw)
             # The kernel returns invstd = 1/sqrt(var + eps); recover the biased variance from it
             # (one pass fewer than recomputing), then make it unbiased with M/(M-1) as torch does.
             var = xp.maximum(1.0 / (invstd.astype(np.float64) ** 2) - self.eps, 0.0)
@@ -130,11 +154,19 @@ class _BatchNorm(Module):
         else:
             rm = rmean.astype(x.dtype, copy=False)
             rv = rvar.astype(x.dtype, copy=False)
-            kw = {} if residual is None else {"residual": residual}
-            backend.kernel("batchnorm_fwd_eval", like=x)(x, gamma, beta, rm, rv, self.eps, y, relu, **kw)
+            if blocked:
+                cpp().batchnorm_blocked_fwd_eval(x.data, gamma, beta, rm, rv, self.eps, y.data, relu, **kw)
+            else:
+                backend.kernel("batchnorm_fwd_eval", like=x)(x, gamma, beta, rm, rv, self.eps, y, relu, **kw)
             self.cache = (x, rm, 1.0 / xp.sqrt(rv + self.eps), False)
         self._relu_out = y if relu else None   # the fused ReLU's gradient mask (y > 0)
         return y
+
+    def _check_blocked(self, x):
+        if x.channels != self.num_features:
+            raise ValueError(f"{self._where()}: expected input {self._layout.format(C=self.num_features)}, "
+                             f"got a blocked {x.shape}")
+        check_params(self._where(), self, x.data)
 
     def backward(self, dy):
         return self._backward(dy, False)[0]
@@ -148,9 +180,12 @@ class _BatchNorm(Module):
             raise RuntimeError(f"{self._where()}: backward called before forward")
         x, mean, invstd, trained = self.cache
         y = self._relu_out
-        if dy.shape != x.shape or dy.dtype != x.dtype:
+        blocked = isinstance(x, Blocked)
+        if dy.shape != x.shape or dy.dtype != x.dtype or isinstance(dy, Blocked) != blocked:
             raise ValueError(f"{self._where()}: expected dy {x.shape} {x.dtype} (the forward output), "
-                             f"got {dy.shape} {dy.dtype}")
+                             f"got {dy.shape} {dy.dtype}" + (" in the other layout" if dy.shape == x.shape else ""))
+        if blocked:
+            return self._backward_blocked(x, with_halo(dy, 0), y, mean, invstd, trained, with_residual)
         xp = _array_module(dy)
         dy = xp.ascontiguousarray(dy)
         gamma = self.weight.data
@@ -170,6 +205,28 @@ class _BatchNorm(Module):
         self.weight.grad += (dys * xhat).sum(axis=(0, 2))
         self.bias.grad += dys.sum(axis=(0, 2))
         return dy * (gamma * invstd).reshape((1, c) + (1,) * (x.ndim - 2)), (dy if with_residual else None)
+
+    def _backward_blocked(self, x, dy, y, mean, invstd, trained, with_residual):
+        n, c, h, w = x.shape
+        if trained:
+            dx = empty(n, c, h, w)
+            dres = empty(n, c, h, w) if with_residual else None
+            cpp().batchnorm_blocked_bwd(x.data, dy.data, self.weight.data, mean, invstd, dx.data, self.weight.grad,
+                                        self.bias.grad, None if y is None else y.data,
+                                        dres=None if dres is None else dres.data, halo_x=x.halo,
+                                        halo_y=0 if y is None else y.halo)
+            return dx, dres
+        # Eval (the affine map above) on the interiors, per-channel vectors spread over the lanes
+        # (pad lanes: gamma 0, so their gradient stays 0)
+        g = dy.data
+        if y is not None:
+            g = g * (y.interior() > 0)
+        lanes = lambda v: lanes_of(v, x.data.shape[1])   # noqa: E731
+        xhat = (x.interior() - lanes(mean)) * lanes(invstd)
+        self.weight.grad += (g * xhat).sum(axis=(0, 2, 3)).reshape(-1)[:c]
+        self.bias.grad += g.sum(axis=(0, 2, 3)).reshape(-1)[:c]
+        dx = dy.like(np.ascontiguousarray(g * lanes(self.weight.data * invstd)))
+        return dx, (dy.like(np.ascontiguousarray(g)) if with_residual else None)
 
 
 class BatchNorm2d(_BatchNorm):

@@ -16,6 +16,7 @@ from .. import backend
 from ..kernels.pooling import out_size
 from ._util import array_module as _array_module
 from ._util import pair as _pair
+from .layout import Blocked, cpp, empty, with_halo
 from .module import Module
 
 
@@ -27,6 +28,30 @@ def _check_nchw(x, where):
 
 
 class _Pool2d(Module):
+    # on the blocked layout (fasttrain/nn/layout.py) the pools run their blocked kernels, with the
+    # same arguments; `_blocked` says which layout the last forward saw
+    cache_attrs = ("cache", "_blocked")
+    _blocked = False
+
+    def takes_blocked(self, x) -> bool:
+        return True
+
+    def forward(self, x):
+        self._blocked = isinstance(x, Blocked)
+        return self._forward_blocked(x) if self._blocked else self._forward(x)
+
+    def backward(self, dy):
+        if not self._blocked:
+            return self._backward(dy)
+        shape = (self.cache or (None,))[-1]
+        if not isinstance(dy, Blocked) or dy.shape != shape:
+            raise ValueError(f"{self._where()}: expected dy {shape} in the blocked layout (the forward output's), "
+                             f"got {getattr(dy, 'shape', type(dy).__name__)}")
+        return self._backward_blocked(with_halo(dy, 0))
+
+    def _blocked_out(self, x):
+        return empty(*self._out_shape(x), self.out_halo)
+
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
         super().__init__()
         where = f"{type(self).__name__}(kernel_size={kernel_size!r})"
@@ -48,7 +73,8 @@ class _Pool2d(Module):
         return f"{type(self).__name__}({self.extra_repr()})"
 
     def _out_shape(self, x):
-        _check_nchw(x, self._where())
+        if not isinstance(x, Blocked):
+            _check_nchw(x, self._where())
         n, c, h, w = x.shape
         p, q = (out_size(size, k, s, pad, d, self.ceil_mode)
                 for size, k, s, pad, d in zip((h, w), self.kernel_size, self.stride, self.padding, self.dilation))
@@ -79,7 +105,10 @@ class MaxPool2d(_Pool2d):
     def extra_repr(self) -> str:
         return super().extra_repr() + (", return_indices=True" if self.return_indices else "")
 
-    def forward(self, x):
+    def takes_blocked(self, x) -> bool:
+        return not self.return_indices   # the indices are positions in NCHW planes
+
+    def _forward(self, x):
         shape = self._out_shape(x)
         xp = _array_module(x)
         x = xp.ascontiguousarray(x)
@@ -89,11 +118,25 @@ class MaxPool2d(_Pool2d):
         self.cache = (argmax, x.shape, y.shape, x.dtype)
         return (y, argmax.copy()) if self.return_indices else y
 
-    def backward(self, dy):
+    def _backward(self, dy):
         argmax, x_shape, y_shape, dtype = self.cache or (None, None, None, None)
         dy = self._check_dy(dy, y_shape, dtype)
         dx = _array_module(dy).empty(x_shape, dy.dtype)
         backend.kernel("maxpool2d_bwd", like=dy)(dy, argmax, dx)
+        return dx
+
+    def _forward_blocked(self, x):
+        y = self._blocked_out(x)
+        argmax = np.empty(y.data.shape[:2] + y.shape[2:] + (16,), np.int64)
+        cpp().maxpool2d_blocked_fwd(x.data, y.data, argmax, *self._args(), *self.dilation, halo_x=x.halo,
+                                    halo_y=y.halo)
+        self.cache = (argmax, x.shape, y.shape)
+        return y
+
+    def _backward_blocked(self, dy):
+        argmax, (n, c, h, w), _ = self.cache
+        dx = empty(n, c, h, w)
+        cpp().maxpool2d_blocked_bwd(dy.data, argmax, dx.data)
         return dx
 
 
@@ -120,7 +163,7 @@ class AvgPool2d(_Pool2d):
     def _kernel_args(self):
         return (*self._args(), self.count_include_pad, self.divisor_override or 0)
 
-    def forward(self, x):
+    def _forward(self, x):
         shape = self._out_shape(x)
         xp = _array_module(x)
         x = xp.ascontiguousarray(x)
@@ -129,32 +172,59 @@ class AvgPool2d(_Pool2d):
         self.cache = (x.shape, y.shape, x.dtype)
         return y
 
-    def backward(self, dy):
+    def _backward(self, dy):
         x_shape, y_shape, dtype = self.cache or (None, None, None)
         dy = self._check_dy(dy, y_shape, dtype)
         dx = _array_module(dy).empty(x_shape, dy.dtype)
         backend.kernel("avgpool2d_bwd", like=dy)(dy, dx, *self._kernel_args())
         return dx
 
+    def _forward_blocked(self, x):
+        y = self._blocked_out(x)
+        cpp().avgpool2d_blocked_fwd(x.data, y.data, *self._args(), self.count_include_pad, halo_x=x.halo,
+                                    halo_y=y.halo)
+        self.cache = (x.shape, y.shape)
+        return y
+
+    def _backward_blocked(self, dy):
+        (n, c, h, w), _ = self.cache
+        dx = empty(n, c, h, w)
+        cpp().avgpool2d_blocked_bwd(dy.data, dx.data, *self._args(), self.count_include_pad)
+        return dx
+
 
 class GlobalAvgPool2d(Module):
     """(N, C, H, W) -> (N, C), the mean over each plane (Lin et al., "Network in Network", 2014).
-    A single contiguous reduction, which NumPy/CuPy already run at memory bandwidth, so no kernel."""
+    A single contiguous reduction, which NumPy/CuPy already run at memory bandwidth, so no kernel.
+    On the blocked layout (fasttrain/nn/layout.py) it is the exit to the classifier: a Blocked x
+    gives the plain (N, C) output, and backward the Blocked dx."""
+
+    def takes_blocked(self, x) -> bool:
+        return True
 
     def forward(self, x):
+        if isinstance(x, Blocked):
+            self.cache = (x.shape, x.dtype, True)
+            y = np.empty(x.shape[:2], np.float32)
+            cpp().global_avgpool_blocked_fwd(x.data, y, x.channels, halo_x=x.halo)
+            return y
         _check_nchw(x, "GlobalAvgPool2d()")
         if x.shape[2] < 1 or x.shape[3] < 1:
             raise ValueError(f"GlobalAvgPool2d(): expected H, W >= 1, got input {x.shape}")
-        self.cache = (x.shape, x.dtype)
+        self.cache = (x.shape, x.dtype, False)
         return x.mean(axis=(2, 3))
 
     def backward(self, dy):
         if self.cache is None:
             raise RuntimeError("GlobalAvgPool2d(): backward called before forward")
-        (n, c, h, w), dtype = self.cache
+        (n, c, h, w), dtype, blocked = self.cache
         if dy.shape != (n, c) or dy.dtype != dtype:
             raise ValueError(f"GlobalAvgPool2d(): expected dy {(n, c)} {dtype} (the forward output), "
                              f"got {dy.shape} {dy.dtype}")
+        if blocked:
+            dx = empty(n, c, h, w)
+            cpp().global_avgpool_blocked_bwd(np.ascontiguousarray(dy), dx.data)
+            return dx
         xp = _array_module(dy)
         dx = xp.empty((n, c, h, w), dtype)
         dx[...] = (dy / (h * w))[:, :, None, None]

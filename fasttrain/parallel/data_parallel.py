@@ -284,10 +284,8 @@ class DataParallel:
         start = self.bucket_starter(step)
         if start is None:
             model.backward(dy)
-        else:
-            for li in reversed(range(len(model._children))):
-                dy = model._children[li][1].backward(dy)
-                start(li)
+        else:   # through Sequential.backward, which also undoes the forward's layout conversions
+            model.backward(dy, after_child=start)
         self.after_backward(step)
 
     def bucket_starter(self, step: int):

@@ -429,8 +429,7 @@ class Pipeline:
             d.rows = (start, self._n)
         if self._counters is not None:   # in train_step: every micro-batch replays the batch's draws
             self.module.set_draw_counters(self._counters)
-        for layer in self.layers:
-            h = layer.forward(h)
+        h = self.module.forward(h)   # a chain: activations flow blocked between the stage's layers
         for d in self._dropouts:
             d.rows = None
         return h
@@ -496,10 +495,7 @@ class Pipeline:
                 dy = self._dlogits.pop(m) if self.last else self._take(_GRAD, m)
                 self.module.restore_cache(self._stash.pop(m))
                 final = layer_done is not None and m == self.micro_batches - 1
-                for li in reversed(range(len(self.layers))):
-                    dy = self.layers[li].backward(dy)
-                    if final:
-                        layer_done(li)
+                dy = self.module.backward(dy, after_child=layer_done if final else None)
                 self.module.stash_cache(clear=True)   # drop this micro-batch's activations now
                 if not self.first:
                     self._send(_GRAD, dy)

@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 
+from ..nn.layout import as_nchw
 from ..settings import get_logger
 
 log = get_logger(__name__)
@@ -83,7 +84,7 @@ class Monitor:
 
         def observed(x):
             y = original(x)
-            h = _host(y)
+            h = _host(as_nchw(y))   # a child inside the blocked flow returns that layout
             stats = {"mean": float(h.mean()), "std": float(h.std())}
             if is_relu and h.shape[0] > 0:
                 stats["dead"] = float(np.mean(~(h > 0).any(axis=0)))
