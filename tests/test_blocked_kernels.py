@@ -18,29 +18,14 @@ C = pytest.importorskip("fasttrain._C", reason="C++ module not built")
 
 from fasttrain import backend  # noqa: E402
 from fasttrain.kernels import blocked as ref  # noqa: E402
+from cpp_isas import forced_isa, isa_params  # noqa: E402
 
 f32 = np.float32
 
 
-def _isa_available(name):
-    try:
-        C.set_conv2d_isa(name)
-    except ValueError:
-        return False
-    finally:
-        C.set_conv2d_isa("auto")
-    return True
-
-
-ISAS = [pytest.param(n, marks=pytest.mark.skipif(not _isa_available(n), reason=f"no {n} on this CPU/build"))
-        for n in ("avx512", "avx2", "portable")]
-
-
-@pytest.fixture(params=ISAS)
+@pytest.fixture(params=isa_params(C))
 def isa(request):
-    C.set_conv2d_isa(request.param)
-    yield request.param
-    C.set_conv2d_isa("auto")
+    yield from forced_isa(C, request.param)
 
 
 @pytest.fixture
@@ -220,6 +205,14 @@ def _fits(shape, pool):
 POOL_CASES = [(s, p) for s, p in itertools.product(POOL_SHAPES, POOLS) if _fits(s, p)][::2]
 
 
+def pool_arrays(shape, pool, avg):
+    """(P, Q), x (N, C, H, W) and dy (N, C, P, Q) of one pooling case."""
+    p, q = pool_out(shape, pool, avg)
+    x = np.random.default_rng(1).standard_normal(shape).astype(f32)
+    dy = np.random.default_rng(2).standard_normal((shape[0], shape[1], p, q)).astype(f32)
+    return p, q, x, dy
+
+
 def pool_out(shape, pool, avg):
     kh, kw, sh, sw, ph, pw, ceil_mode, dh, dw, _ = pool
     if avg:
@@ -233,9 +226,7 @@ def test_maxpool(isa, shape, pool):
     n, c, h, w = shape
     kh, kw, sh, sw, ph, pw, ceil_mode, dh, dw, _ = pool
     hx, hy, hdx = HALOS[POOL_CASES.index((shape, pool)) % len(HALOS)]
-    p, q = pool_out(shape, pool, avg=False)
-    x = np.random.default_rng(1).standard_normal(shape).astype(f32)
-    dy = np.random.default_rng(2).standard_normal((n, c, p, q)).astype(f32)
+    p, q, x, dy = pool_arrays(shape, pool, avg=False)
     outs = []
     for fwd, bwd in ((C.maxpool2d_blocked_fwd, C.maxpool2d_blocked_bwd),
                      (ref.maxpool2d_blocked_fwd_ref, ref.maxpool2d_blocked_bwd_ref)):
@@ -260,9 +251,7 @@ def test_avgpool(isa, shape, pool):
     if not _fits(shape, pool[:7] + (1, 1, cip)):
         pytest.skip("window does not fit without dilation")
     hx, hy, hdx = HALOS[(POOL_CASES.index((shape, pool)) + 1) % len(HALOS)]
-    p, q = pool_out(shape, pool, avg=True)
-    x = np.random.default_rng(1).standard_normal(shape).astype(f32)
-    dy = np.random.default_rng(2).standard_normal((n, c, p, q)).astype(f32)
+    p, q, x, dy = pool_arrays(shape, pool, avg=True)
     outs = []
     for fwd, bwd in ((C.avgpool2d_blocked_fwd, C.avgpool2d_blocked_bwd),
                      (ref.avgpool2d_blocked_fwd_ref, ref.avgpool2d_blocked_bwd_ref)):
