@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 
 import numpy as np
 
@@ -103,7 +104,7 @@ def _fits_winograd(shape):
     return shape[5] == 3 and shape[6] == 1
 
 
-def run(shapes, repeat, rounds, numpy_too=True, peak_gflops=None, stat="median"):
+def run(shapes, repeat, rounds, numpy_too=True, peak_gflops=None, stat="median", clock=None):
     from fasttrain import _C as C
     C.set_num_threads(ft.settings.num_threads)  # the module may load after set_num_threads
     torch = torch_or_none()
@@ -140,7 +141,8 @@ def run(shapes, repeat, rounds, numpy_too=True, peak_gflops=None, stat="median")
         med: dict[tuple[str, str], float] = {}
         reps = {who: (1 if who == "numpy" else repeat * rounds) for who in rows}
         for op in OPS:
-            samples = time_interleaved({who: ops[op] for who, ops in rows.items()}, reps)
+            samples = time_interleaved({who: ops[op] for who, ops in rows.items()}, reps,
+                                       **({"clock": clock} if clock else {}))
             for who, s in samples.items():
                 med[who, op] = (statistics.median(s) if stat == "median" else min(s)) * 1e3
         C.set_conv2d_algo("auto")
@@ -199,11 +201,17 @@ def main(argv=None):
                     help="min: the least-disturbed sample, for a machine other jobs load heavily")
     ap.add_argument("--peak-gflops", type=float, default=None,
                     help="FMA peak at 2 threads for the %%peak column (default: measured at the start)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="one thread, timed by the thread's CPU time (time.thread_time): per-core figures that "
+                         "hold on a machine so loaded that wall time measures the scheduler (use with --peak-gflops)")
     args = ap.parse_args(argv)
-    if args.threads:
-        ft.set_num_threads(args.threads)
+    if args.cpu_time and args.threads not in (None, 1):
+        ap.error(f"--cpu-time: times one thread, got --threads {args.threads}")
+    if args.threads or args.cpu_time:
+        ft.set_num_threads(1 if args.cpu_time else args.threads)
     shapes = args.shapes or (RESNET20 if args.set == "resnet20" else DEFAULT)
-    run(shapes, args.repeat, args.rounds, not args.no_numpy, args.peak_gflops, args.stat)
+    run(shapes, args.repeat, args.rounds, not args.no_numpy, args.peak_gflops, args.stat,
+        time.thread_time if args.cpu_time else None)
 
 
 if __name__ == "__main__":

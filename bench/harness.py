@@ -68,7 +68,7 @@ def _low_quantile(times: list[float], q: float = 0.25) -> float:
 
 
 def time_interleaved(fns: dict, repeats: dict, warmup: int = 1, settle_s: float = 0.005,
-                     min_time_s: float = 0.02, min_calls: int = 3) -> dict:
+                     min_time_s: float = 0.02, min_calls: int = 3, clock=time.perf_counter) -> dict:
     """Samples of several implementations of one thing, one burst of each per round with the order
     rotating, so that every side of a ratio runs under the same machine state: this shared VM's
     memory bandwidth drifts by up to 2x within seconds, which timing one implementation after the
@@ -84,7 +84,9 @@ def time_interleaved(fns: dict, repeats: dict, warmup: int = 1, settle_s: float 
     scheduler tick: waking a sleeping thread pool, a neighbour's burst), and the first call of a
     burst pays the wake-up of a pool that slept through the settle pause: a mean or a median of few
     calls turned such hits into 20-100 % errors on sub-20 ms rows, while the lower quartile of a
-    burst is moved only when most of its calls are hit. Rows then report the median of the samples."""
+    burst is moved only when most of its calls are hit. Rows then report the median of the samples.
+    clock: time.perf_counter (wall time), or time.thread_time for single-threaded work on a machine so
+    overloaded that wall time measures the scheduler (the calling thread's CPU time only)."""
     names = list(fns)
     for name in names:
         for _ in range(warmup):
@@ -98,11 +100,11 @@ def time_interleaved(fns: dict, repeats: dict, warmup: int = 1, settle_s: float 
                 times = []
                 start = time.perf_counter()
                 while True:
-                    t0 = time.perf_counter()
+                    t0 = clock()
                     fns[name]()
-                    t1 = time.perf_counter()
+                    t1 = clock()
                     times.append(t1 - t0)
-                    if t1 - start >= min_time_s and (len(times) >= min_calls or times[0] >= min_time_s):
+                    if time.perf_counter() - start >= min_time_s and (len(times) >= min_calls or times[0] >= min_time_s):
                         break
                 samples[name].append(_low_quantile(times))
     return samples
