@@ -1,6 +1,6 @@
 // Depthwise convolution on the blocked layout (see depthwise_blocked.h): the driver. One OpenMP task
-// per output row of one (image, channel block) plane for the forward and the data gradient (rows
-// are independent, so the result does not depend on the thread count); the weight gradient runs
+// per few output rows of one (image, channel block) plane for the forward, one per row for the
+// strided data gradient (rows are independent, so the result does not depend on the thread count); the weight gradient runs
 // tasks of (channel block, fixed range of images) into private partial sums, added in a fixed order
 // afterwards, so its bits do not depend on the thread count either.
 //
@@ -56,13 +56,15 @@ void correlate_planes(const Isa& isa, const Corr& g, int64_t N, int64_t Cb, cons
                       const float* bias, float* out, int64_t hout, bool relu) {
   const int64_t ldi = (g.W + 2 * g.hin) * kBlock, plane_i = (g.H + 2 * g.hin) * ldi;
   const int64_t ldo = (g.Q + 2 * hout) * kBlock, plane_o = (g.P + 2 * hout) * ldo, RS = g.R * g.S;
+  // a task is a few rows of one plane: about 64 output pixels (whole planes of a 4 x 4 or 8 x 8 map)
+  const int64_t rows = std::clamp<int64_t>(64 / std::max<int64_t>(g.Q, 1), 1, g.P), chunks = (g.P + rows - 1) / rows;
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
-  for (int64_t task = 0; task < N * Cb * g.P; ++task) {
-    const int64_t nc = task / g.P, p = task % g.P, cb = nc % Cb;
+  for (int64_t task = 0; task < N * Cb * chunks; ++task) {
+    const int64_t nc = task / chunks, p0 = task % chunks * rows, p1 = std::min(g.P, p0 + rows), cb = nc % Cb;
     float* po = out + nc * plane_o;
-    isa.fwd_row(g, in + nc * plane_i + g.hin * ldi + g.hin * kBlock, ldi, wb + cb * RS * kBlock,
-                bias ? bias + cb * kBlock : nullptr, po + (hout + p) * ldo + hout * kBlock, p, relu);
-    zero_halo(po, g.P, g.Q, hout, p);
+    isa.fwd_rows(g, in + nc * plane_i + g.hin * ldi + g.hin * kBlock, ldi, wb + cb * RS * kBlock,
+                 bias ? bias + cb * kBlock : nullptr, po + (hout + p0) * ldo + hout * kBlock, ldo, p0, p1, relu);
+    for (int64_t p = p0; p < p1; ++p) zero_halo(po, g.P, g.Q, hout, p);
   }
 }
 

@@ -37,10 +37,11 @@ inline Corr interior_cols(Corr g) {
   return g;
 }
 
-// One output row p of one channel block: `in` points at the input's interior pixel (0, 0), `ld`
-// floats per input row; `w` is [R*S][16], `bias` 16 floats or null; `out` at output pixel (p, 0).
-using FwdRowFn = void (*)(const Corr& g, const float* in, int64_t ld, const float* w, const float* bias,
-                          float* out, int64_t p, bool relu);
+// Output rows [p0, p1) of one channel block: `in` points at the input's interior pixel (0, 0), `ld`
+// floats per input row; `w` is [R*S][16], `bias` 16 floats or null; `out` at output pixel (p0, 0),
+// `out_ld` floats per output row.
+using FwdRowsFn = void (*)(const Corr& g, const float* in, int64_t ld, const float* w, const float* bias,
+                           float* out, int64_t out_ld, int64_t p0, int64_t p1, bool relu);
 // One row h of the data gradient of a strided depthwise convolution (g describes the forward: in =
 // x, out = y), gathered: dx[h, v] = sum over taps with (h + ph - r*dh) = p*sh and (v + pw - s*dw) =
 // q*sw, 0 <= p < P, 0 <= q < Q, of w[r, s] * dy[p, q]. `dy` at its interior (0, 0), `dx` at (h, 0).
@@ -53,7 +54,7 @@ using WgradPlaneFn = void (*)(const Corr& g, const float* x, int64_t ld, const f
 
 struct Isa {
   const char* name;
-  FwdRowFn fwd_row;
+  FwdRowsFn fwd_rows;
   BwdDataRowFn bwd_data_row;
   WgradPlaneFn wgrad_plane;
 };

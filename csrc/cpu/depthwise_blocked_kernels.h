@@ -48,12 +48,8 @@ inline void fwd3x3(const float* base, int64_t ld, const typename V::T* wv, typen
 }
 
 template <class V, int SW>
-void fwd_row_3x3(const float* in, int64_t ld, const float* w, typename V::T b, float* out, int64_t q0, int64_t q1,
-                 int64_t ih0, int64_t pw, int l, bool relu) {
-  using T = typename V::T;
-  T wv[9];
-#pragma GCC unroll 9
-  for (int t = 0; t < 9; ++t) wv[t] = V::load(w + t * kBlock + l);
+void fwd_row_3x3(const float* in, int64_t ld, const typename V::T* wv, typename V::T b, float* out, int64_t q0,
+                 int64_t q1, int64_t ih0, int64_t pw, int l, bool relu) {
   const float* base = in + ih0 * ld + (q0 * SW - pw) * kBlock + l;
   float* o = out + q0 * kBlock + l;
   int64_t q = q0;
@@ -61,39 +57,48 @@ void fwd_row_3x3(const float* in, int64_t ld, const float* w, typename V::T b, f
   for (; q < q1; ++q, base += SW * kBlock, o += kBlock) fwd3x3<V, SW, 1>(base, ld, wv, b, o, relu);
 }
 
+// Rows [p0, p1) of one plane (a task takes several rows of a small map: the weights are loaded
+// once for all of them).
 template <class V>
-void fwd_row(const Corr& g, const float* in, int64_t ld, const float* w, const float* bias, float* out, int64_t p,
-             bool relu) {
+void fwd_rows(const Corr& g, const float* in, int64_t ld, const float* w, const float* bias, float* out,
+              int64_t out_ld, int64_t p0, int64_t p1, bool relu) {
   using T = typename V::T;
-  const int64_t ih0 = p * g.sh - g.ph;
-  int64_t r0, r1;
-  const int64_t qlo = g.qlo, qhi = g.qhi;
-  tap_range(ih0, g.dh, g.R, g.H, g.hin, r0, r1);
-  const bool fast = g.R == 3 && g.S == 3 && g.dh == 1 && g.dw == 1 && (g.sw == 1 || g.sw == 2) && r0 == 0 && r1 == 3;
+  const bool fast_shape = g.R == 3 && g.S == 3 && g.dh == 1 && g.dw == 1 && (g.sw == 1 || g.sw == 2);
   for (int l = 0; l < kBlock; l += V::kW) {
     const T b = bias ? V::load(bias + l) : V::zero();
-    auto one = [&](int64_t q) {
-      const int64_t iw0 = q * g.sw - g.pw;
-      int64_t s0, s1;
-      tap_range(iw0, g.dw, g.S, g.W, g.hin, s0, s1);
-      T acc = b;
-      for (int64_t r = r0; r < r1; ++r) {
-        const float* row = in + (ih0 + r * g.dh) * ld + l;
-        for (int64_t s = s0; s < s1; ++s)
-          acc = V::fma(acc, V::load(w + (r * g.S + s) * kBlock + l), V::load(row + (iw0 + s * g.dw) * kBlock));
-      }
-      V::store(out + q * kBlock + l, relu ? V::relu(acc) : acc);
-    };
-    if (!fast) {
-      for (int64_t q = 0; q < g.Q; ++q) one(q);
-      continue;
+    T wv[9];
+    if (fast_shape) {
+#pragma GCC unroll 9
+      for (int t = 0; t < 9; ++t) wv[t] = V::load(w + t * kBlock + l);
     }
-    for (int64_t q = 0; q < qlo; ++q) one(q);
-    if (g.sw == 1)
-      fwd_row_3x3<V, 1>(in, ld, w, b, out, qlo, qhi, ih0, g.pw, l, relu);
-    else
-      fwd_row_3x3<V, 2>(in, ld, w, b, out, qlo, qhi, ih0, g.pw, l, relu);
-    for (int64_t q = qhi; q < g.Q; ++q) one(q);
+    for (int64_t p = p0; p < p1; ++p) {
+      float* orow = out + (p - p0) * out_ld;
+      const int64_t ih0 = p * g.sh - g.ph;
+      int64_t r0, r1;
+      tap_range(ih0, g.dh, g.R, g.H, g.hin, r0, r1);
+      auto one = [&](int64_t q) {
+        const int64_t iw0 = q * g.sw - g.pw;
+        int64_t s0, s1;
+        tap_range(iw0, g.dw, g.S, g.W, g.hin, s0, s1);
+        T acc = b;
+        for (int64_t r = r0; r < r1; ++r) {
+          const float* row = in + (ih0 + r * g.dh) * ld + l;
+          for (int64_t s = s0; s < s1; ++s)
+            acc = V::fma(acc, V::load(w + (r * g.S + s) * kBlock + l), V::load(row + (iw0 + s * g.dw) * kBlock));
+        }
+        V::store(orow + q * kBlock + l, relu ? V::relu(acc) : acc);
+      };
+      if (!(fast_shape && r0 == 0 && r1 == 3)) {
+        for (int64_t q = 0; q < g.Q; ++q) one(q);
+        continue;
+      }
+      for (int64_t q = 0; q < g.qlo; ++q) one(q);
+      if (g.sw == 1)
+        fwd_row_3x3<V, 1>(in, ld, wv, b, orow, g.qlo, g.qhi, ih0, g.pw, l, relu);
+      else
+        fwd_row_3x3<V, 2>(in, ld, wv, b, orow, g.qlo, g.qhi, ih0, g.pw, l, relu);
+      for (int64_t q = g.qhi; q < g.Q; ++q) one(q);
+    }
   }
 }
 
@@ -208,7 +213,7 @@ void wgrad_plane(const Corr& g, const float* x, int64_t ld, const float* dy, int
 
 template <class V>
 Isa make_isa(const char* name) {
-  return Isa{name, &fwd_row<V>, &bwd_data_row<V>, &wgrad_plane<V>};
+  return Isa{name, &fwd_rows<V>, &bwd_data_row<V>, &wgrad_plane<V>};
 }
 
 }  // namespace ft::cpu::dwb
