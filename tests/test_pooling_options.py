@@ -264,3 +264,25 @@ def test_bad_divisor_override():
     with pytest.raises(ValueError, match=r"avgpool2d_fwd\(divisor_override\): expected 0 \(none\) or a positive"):
         C.avgpool2d_fwd(np.zeros((1, 1, 4, 4), np.float32), np.zeros((1, 1, 2, 2), np.float32), 2, 2, 2, 2, 0, 0,
                         False, True, -1)
+
+
+def test_divisor_override_inside_a_blocked_flow():
+    """Behind a convolution the flow hands pools the blocked layout; the blocked kernels have no
+    divisor_override, so such an AvgPool2d takes NCHW and the model's output is the NCHW path's."""
+    pytest.importorskip("fasttrain._C", reason="C++ module not built")
+    from fasttrain import ParamArena, settings
+    from fasttrain.nn import Conv2d, Sequential
+    model = Sequential(Conv2d(3, 16, 3, padding=1), AvgPool2d(2, divisor_override=3))
+    ParamArena.for_model(model, seed=1)
+    x = np.random.default_rng(2).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    outs = []
+    old = settings.layout
+    try:
+        for layout in ("auto", "nchw"):
+            settings.layout = layout
+            y = model.forward(x)
+            outs.append((y, model.backward(np.ones_like(y))))
+    finally:
+        settings.layout = old
+    np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=1e-5, atol=1e-5)

@@ -163,6 +163,9 @@ class AvgPool2d(_Pool2d):
     def _kernel_args(self):
         return (*self._args(), self.count_include_pad, self.divisor_override or 0)
 
+    def takes_blocked(self, x) -> bool:
+        return self.divisor_override is None   # the blocked kernels have no divisor_override: NCHW then
+
     def _forward(self, x):
         shape = self._out_shape(x)
         xp = _array_module(x)
