@@ -14,38 +14,19 @@ import pytest
 
 C = pytest.importorskip("fasttrain._C", reason="C++ module not built")
 
+from cpp_isas import forced_isa, isa_params  # noqa: E402
 from fasttrain.kernels import conv2d as ref  # noqa: E402
+from fasttrain.kernels.blocked import to_blocked as to_blk  # noqa: E402
 
 f32, f64 = np.float32, np.float64
 
 
-def _isa_available(name):
-    try:
-        C.set_conv2d_isa(name)
-    except ValueError:
-        return False
-    finally:
-        C.set_conv2d_isa("auto")
-    return True
-
-
-ISAS = [pytest.param(n, marks=pytest.mark.skipif(not _isa_available(n), reason=f"no {n} on this CPU/build"))
-        for n in ("avx512", "avx2", "portable")]
+ISAS = isa_params(C)
 
 
 @pytest.fixture
 def isa(request):
-    C.set_conv2d_isa(request.param)
-    yield request.param
-    C.set_conv2d_isa("auto")
-
-
-def to_blk(x, halo):
-    n, c, h, w = x.shape
-    cb = -(-c // 16)
-    full = np.zeros((n, cb * 16, h + 2 * halo, w + 2 * halo), f32)
-    full[:, :c, halo:halo + h, halo:halo + w] = x
-    return np.ascontiguousarray(full.reshape(n, cb, 16, h + 2 * halo, w + 2 * halo).transpose(0, 1, 3, 4, 2))
+    yield from forced_isa(C, request.param)
 
 
 def from_blk(xb, c, halo):
