@@ -144,14 +144,16 @@ def test_blocked_round_trip_and_padding():
     np.testing.assert_array_equal(C.from_blocked(C.to_blocked(x), 17), x)
 
 
-def test_thread_counts_agree(direct_algo):
+@pytest.mark.parametrize("case", [CASES[7], CASES[4]], ids=["batch3", "batch1"])
+def test_thread_counts_agree(direct_algo, case):
+    """Batch 3 splits the weight gradient's images between threads, batch 1 its output rows."""
     from fasttrain import settings
-    p = _problem(CASES[7], seed=3)
+    p = _problem(case, seed=3)
     out = []
     try:
         for nt in (1, 2, 3):
             C.set_num_threads(nt)
-            y = np.empty((3, 33, p["P"], p["Q"]), f32)
+            y = np.empty((case[0], case[4], p["P"], p["Q"]), f32)
             C.conv2d_fwd(p["x"], p["w"], p["b"], y, *p["geom"], False)
             dx = np.empty_like(p["x"])
             C.conv2d_bwd_data(p["dy"], p["w"], dx, *p["geom"])

@@ -376,28 +376,31 @@ void add_parts(const std::vector<double>& parts, int nt, int64_t n, double* out)
   }
 }
 
-// The threads of a weight gradient (wsz floats into dwb; dbd = the sums of dy): with at least as
-// many images as threads, images(lo, hi, mine) gives each thread a contiguous share of the images
-// and a private partial (the partials added in thread order); with fewer, every thread runs
-// items(part), which deals (output block, ...) items out with an omp for into the one partial.
-template <class Images, class Items>
+// The threads of a weight gradient (wsz floats into dwb; dbd = the sums of dy): each thread gets a
+// private partial (the partials added in thread order) and share(n0, n1, p0, p1, mine) of the
+// sweep: a contiguous run of images with all output rows when there are at least as many images
+// as threads, else every image with a contiguous run of rows, so batch 1 keeps both cores busy;
+// with fewer rows than threads too, every thread runs items(part), which deals (output block, ...)
+// items out with an omp for into the one partial.
+template <class Share, class Items>
 void run_wgrad(const Geom& g, const float* dyp, int64_t Pp, int64_t Qp, int64_t pt, int64_t pl,
-               int64_t wsz, float* dwb, double* dbd, Images images, Items items) {
+               int64_t wsz, float* dwb, double* dbd, Share share, Items items) {
   const int nt = num_threads();
-  const bool by_image = g.N >= nt;
-  const int parts = by_image ? nt : 1;
+  const bool by_image = g.N >= nt, by_rows = !by_image && g.P >= nt;
+  const int parts = by_image || by_rows ? nt : 1;
   float* part = buffer(kPartial, parts * wsz);
   std::memset(part, 0, sizeof(float) * parts * wsz);
   std::vector<double> dbp(static_cast<size_t>(nt) * g.Kb * kBlock, 0.0);
 #pragma omp parallel num_threads(nt)
   {
     const int th = omp_get_thread_num();
-    if (by_image) {
-      const int team = omp_get_num_threads();  // may be fewer than asked for
-      images(g.N * th / team, g.N * (th + 1) / team, part + th * wsz);
-    } else {
+    const int team = omp_get_num_threads();  // may be fewer than asked for
+    if (by_image)
+      share(g.N * th / team, g.N * (th + 1) / team, 0, g.P, part + th * wsz);
+    else if (by_rows)
+      share(0, g.N, g.P * th / team, g.P * (th + 1) / team, part + th * wsz);
+    else
       items(part);
-    }
     finish_wgrad(g, dyp, Pp, Qp, pt, pl, part, parts, wsz, dwb, dbp.data() + th * g.Kb * kBlock);
   }
   add_parts(dbp, nt, g.Kb * kBlock, dbd);
@@ -413,40 +416,43 @@ void bwd_weight_blocked(const Isa& isa, const Geom& g, const float* xp, int64_t 
   xp += ((hxh - g.ph) * Wp + (hxw - g.pw)) * kBlock;
   const int64_t wsz = g.Kb * g.Cb * g.R * g.S * kWBlock;
   const int64_t kvw = std::min<int64_t>(isa.wgrad_kv, g.Kb), kgroups = (g.Kb + kvw - 1) / kvw;
-  auto tile = [&](int64_t n, int64_t images, int64_t kb, int64_t cb, int64_t r, int64_t s, float* dw) {
+  // images [n, n + images), output rows [p0, p1)
+  auto tile = [&](int64_t n, int64_t images, int64_t p0, int64_t p1, int64_t kb, int64_t cb, int64_t r,
+                  int64_t s, float* dw) {
     WgradTile a;
     a.kv = static_cast<int>(std::min(kvw, g.Kb - kb));
     a.dy_kb = Pp * Qp * kBlock;
     a.dw_kb = g.Cb * g.R * g.S * kWBlock;
-    a.x = xp + ((n * g.Cb + cb) * Hp + r) * Wp * kBlock + s * kBlock;
+    a.x = xp + ((n * g.Cb + cb) * Hp + r + p0 * g.sh) * Wp * kBlock + s * kBlock;
     a.x_row = Wp * kBlock;
     a.x_img = g.Cb * Hp * Wp * kBlock;
-    a.dy = dyp + ((n * g.Kb + kb) * Pp + pt) * Qp * kBlock + pl * kBlock;
+    a.dy = dyp + ((n * g.Kb + kb) * Pp + pt + p0) * Qp * kBlock + pl * kBlock;
     a.dy_row = Qp * kBlock;
     a.dy_img = g.Kb * Pp * Qp * kBlock;
     a.images = images;
-    a.P = g.P;
+    a.P = p1 - p0;
     a.Q = g.Q;
     a.sh = g.sh;
     a.sw = g.sw;
     a.dw = dw + (((kb * g.Cb + cb) * g.R + r) * g.S + s) * kWBlock;
     isa.wgrad(a);
   };
-  run_wgrad(g, dyp, Pp, Qp, pt, pl, wsz, dwb, dbd, [&](int64_t lo, int64_t hi, float* mine) {
+  run_wgrad(g, dyp, Pp, Qp, pt, pl, wsz, dwb, dbd,
+            [&](int64_t lo, int64_t hi, int64_t p0, int64_t p1, float* mine) {
     // A thread's images in groups of about 256 output pixels per sweep, so that on small images
     // the 16 accumulators are not loaded and stored (and the kernel called) for every 64 pixels:
     // 8 x 8 images gained about 5% (single thread, 175-189 -> 191-200 GFLOP/s).
-    const int64_t group = std::max<int64_t>(1, 256 / std::max<int64_t>(1, g.P * g.Q));
+    const int64_t group = std::max<int64_t>(1, 256 / std::max<int64_t>(1, (p1 - p0) * g.Q));
     for (int64_t n = lo; n < hi; n += group)
       for (int64_t kb = 0; kb < g.Kb; kb += kvw)
         for (int64_t cb = 0; cb < g.Cb; ++cb)
           for (int64_t r = 0; r < g.R; ++r)
-            for (int64_t s = 0; s < g.S; ++s) tile(n, std::min(group, hi - n), kb, cb, r, s, mine);
+            for (int64_t s = 0; s < g.S; ++s) tile(n, std::min(group, hi - n), p0, p1, kb, cb, r, s, mine);
   }, [&](float* part) {
 #pragma omp for schedule(static)
     for (int64_t it = 0; it < kgroups * g.Cb * g.R; ++it)
       for (int64_t s = 0; s < g.S; ++s)
-        tile(0, g.N, it / (g.Cb * g.R) * kvw, (it / g.R) % g.Cb, it % g.R, s, part);
+        tile(0, g.N, 0, g.P, it / (g.Cb * g.R) * kvw, (it / g.R) % g.Cb, it % g.R, s, part);
   });
 }
 
@@ -510,23 +516,25 @@ void stem_bwd_weight(const Isa& isa, const Geom& g, const float* xp, const float
   const int G = isa.stem_taps;
   const int64_t ngroups = (crs + G - 1) / G, wsz = g.Kb * crs * kBlock;
   const std::vector<int64_t> taps = stem_taps(g, G);
-  // images [n, n + images) of output block kb, tap groups [g0, g1), into dw
-  auto rows = [&](int64_t n, int64_t images, int64_t kb, int64_t g0, int64_t g1, float* dw) {
+  // images [n, n + images), output rows [p0, p1) of output block kb, tap groups [g0, g1), into dw
+  auto rows = [&](int64_t n, int64_t images, int64_t p0, int64_t p1, int64_t kb, int64_t g0, int64_t g1,
+                  float* dw) {
     for (int64_t i = n; i < n + images; ++i)
-      for (int64_t p = 0; p < g.P; ++p)
+      for (int64_t p = p0; p < p1; ++p)
         for (int64_t grp = g0; grp < g1; ++grp)
           isa.wgrad_stem(xp + i * g.C * Hp * Wp + p * g.sh * Wp, taps.data() + grp * G,
                          static_cast<int>(std::min<int64_t>(G, crs - grp * G)), g.sw,
                          dyp + ((i * g.Kb + kb) * Pp + pt + p) * Qp * kBlock + pl * kBlock, g.Q,
                          dw + (kb * crs + grp * G) * kBlock);
   };
-  run_wgrad(g, dyp, Pp, Qp, pt, pl, wsz, dwt, dbd, [&](int64_t lo, int64_t hi, float* mine) {
+  run_wgrad(g, dyp, Pp, Qp, pt, pl, wsz, dwt, dbd,
+            [&](int64_t lo, int64_t hi, int64_t p0, int64_t p1, float* mine) {
     for (int64_t n = lo; n < hi; ++n)
-      for (int64_t kb = 0; kb < g.Kb; ++kb) rows(n, 1, kb, 0, ngroups, mine);
+      for (int64_t kb = 0; kb < g.Kb; ++kb) rows(n, 1, p0, p1, kb, 0, ngroups, mine);
   }, [&](float* part) {
 #pragma omp for schedule(static)
     for (int64_t it = 0; it < g.Kb * ngroups; ++it)
-      rows(0, g.N, it / ngroups, it % ngroups, it % ngroups + 1, part);
+      rows(0, g.N, 0, g.P, it / ngroups, it % ngroups, it % ngroups + 1, part);
   });
 }
 
