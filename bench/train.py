@@ -36,20 +36,23 @@ def build_ours(name):
 def useful_flops(model, input_shape) -> float:
     """FLOPs of one training step (forward + both backward products) of every Conv2d and Linear of
     `model` on a batch of `input_shape`, found by running one forward with each such layer's forward
-    wrapped to note its input and output shapes. The layer fed the model's input gets no
-    input-gradient product."""
+    wrapped to note its input and output shapes. The first such layer to run (the one fed the
+    model's input) gets no input-gradient product. Shapes are the logical NCHW ones: inside a model
+    activations may flow in the blocked layout (fasttrain/nn/layout.py)."""
     x = np.zeros(input_shape, np.float32)
-    total = [0.0]
+    total, first = [0.0], [True]
 
     def wrap(module, orig):
         def forward(inp):
             out = orig(inp)
+            size = float(np.prod(out.shape))
             if isinstance(module, nn.Conv2d):
                 r, s = module.kernel_size
-                fwd = 2.0 * out.size * (module.in_channels // module.groups) * r * s
+                fwd = 2.0 * size * (module.in_channels // module.groups) * r * s
             else:
-                fwd = 2.0 * out.size * module.in_features
-            total[0] += fwd * (2 if inp is x else 3)
+                fwd = 2.0 * size * module.in_features
+            total[0] += fwd * (2 if first[0] else 3)
+            first[0] = False
             return out
         return forward
 
