@@ -14,21 +14,12 @@ from fasttrain.nn import layout
 
 C = pytest.importorskip("fasttrain._C", reason="C++ module not built")
 
+from cpp_isas import isa_params  # noqa: E402
+
 f32 = np.float32
 
 
-def _isa_available(name):
-    try:
-        C.set_conv2d_isa(name)
-    except ValueError:
-        return False
-    finally:
-        C.set_conv2d_isa("auto")
-    return True
-
-
-ISAS = [pytest.param(n, marks=pytest.mark.skipif(not _isa_available(n), reason=f"no {n} on this CPU/build"))
-        for n in ("avx512", "avx2", "portable")]
+ISAS = isa_params(C)
 
 
 @pytest.fixture(autouse=True)
