@@ -142,7 +142,7 @@ def _conversions(model):
 
 @pytest.mark.parametrize("name", ["resnet8", "resnet20", "mobilenet", "convnet_classic"])
 @pytest.mark.parametrize("algo", ["direct", "auto"])
-def test_models_convert_once(name, algo):
+def test_models_convert_once(name, algo, monkeypatch):
     """Nothing converts: the stem convolution reads the NCHW images and writes the blocked layout,
     1x1 and depthwise convolutions, batchnorm, the residual add and pooling keep it, and the global
     pool is the exit (its (N, C) output needs no conversion); only a flatten converts back, once.
@@ -156,7 +156,13 @@ def test_models_convert_once(name, algo):
     build, chw = MODELS[name]
     model = build()
     ft.ParamArena.for_model(model, seed=0)
-    model.forward(np.random.default_rng(0).standard_normal((2, *chw)).astype(f32))
+    repads = []
+    real = C.blocked_repad
+    monkeypatch.setattr(C, "blocked_repad", lambda *a, **k: repads.append(a[2:]) or real(*a, **k))
+    y = model.forward(np.random.default_rng(0).standard_normal((2, *chw)).astype(f32))
+    model.backward(np.ones_like(y))
+    if name.startswith("resnet"):   # producers write the halos their consumers read, both ways
+        assert repads == []
     exit_ = ["to_nchw"] if name == "convnet_classic" else []
     assert _conversions(model) == exit_
     assert model[0].cache[3] == "stem"

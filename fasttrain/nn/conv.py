@@ -195,6 +195,16 @@ class Conv2d(Module):
         self.cache = (x.shape, y if self.relu else None, saved, kind)
         return y
 
+    @property
+    def dy_halo(self):
+        """The data gradient reads dy zero-bordered by conv2d_blocked_dy_pads: when that border is
+        symmetric, a producer writing dy with it as halo saves the copy."""
+        if self.cache is None or self.cache[3] not in ("direct", "stem"):
+            return 0
+        n, c, h, w = self.cache[0]
+        pads = cpp().conv2d_blocked_dy_pads(h, w, *self.kernel_size, *self._geometry())
+        return pads[0] if len(set(pads)) == 1 else 0
+
     def _backward_blocked(self, dy):
         x_shape, y, saved, kind = self.cache
         n, c, h, w = x_shape

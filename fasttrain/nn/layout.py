@@ -23,7 +23,9 @@ The rules (NCHW stays the public layout):
 - `out_halo`, set on a layer by its container, is the halo its consumer reads without a copy
   (a padded 3x3 convolution's padding): a producer that can write it directly does; `out_stats`
   says the consumer is a training batchnorm, whose batch statistics a convolution's epilogue then
-  computes (`Blocked.stats`) so the batchnorm skips its own statistics pass.
+  computes (`Blocked.stats`) so the batchnorm skips its own statistics pass. Backward likewise:
+  `dx_halo` is the halo the previous layer's backward reads its dy with (`dy_halo`: a
+  convolution's data gradient reads dy zero-bordered), so a batchnorm writes dx straight into it.
 
 FASTTRAIN_LAYOUT=nchw turns the flow off (every layer then converts on its own, as a single layer
 called by a user does), for A/B measurements; the default `auto` flows whenever the engine runs.
@@ -226,6 +228,8 @@ def backward_chain(layers, dy, trace, after=None):
         raise RuntimeError("backward called before forward")
     dy = _undo(trace[-1], dy)
     for i in reversed(range(len(layers))):
+        # the halo the previous layer's backward reads its dy with, for a dx written blocked
+        layers[i].dx_halo = layers[i - 1].dy_halo if i > 0 and trace[i] is None else 0
         dy = _undo(trace[i], layers[i].backward(dy))
         if after is not None:
             after(i)

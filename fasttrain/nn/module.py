@@ -143,6 +143,10 @@ class Module:
     wants_stats = False
     #: set by the container: whether this layer's consumer wants its output's statistics
     out_stats = False
+    #: the halo this layer's backward reads a blocked dy with without a copy (after its forward)
+    dy_halo = 0
+    #: set by the container before backward: the halo the previous layer's backward reads (dy_halo)
+    dx_halo = 0
     #: set by the container around a forward of an NCHW input: a layer may then return its output
     #: blocked (a convolution's stem kernel reads NCHW and writes blocked); its backward takes that
     #: layout's dy and still returns an NCHW dx
@@ -291,8 +295,10 @@ class Residual(Module):
         body, short, post = self.cache
         chain = layout.backward_chain
         if bn is not None:
+            head = self.body.children()[:-1]
+            bn.dx_halo = head[-1].dy_halo if head and body[-1] is None else 0
             dz, g = bn.backward_add(dy)
-            dz = chain(self.body.children()[:-1], dz, body)
+            dz = chain(head, dz, body)
         else:
             if self.post is not None:
                 dy = chain([self.post], dy, post)

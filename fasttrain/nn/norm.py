@@ -208,13 +208,13 @@ class _BatchNorm(Module):
 
     def _backward_blocked(self, x, dy, y, mean, invstd, trained, with_residual):
         n, c, h, w = x.shape
-        if trained:
-            dx = empty(n, c, h, w)
+        if trained:   # dx written with the halo its consumer reads (a convolution's backward)
+            dx = empty(n, c, h, w, self.dx_halo)
             dres = empty(n, c, h, w) if with_residual else None
             cpp().batchnorm_blocked_bwd(x.data, dy.data, self.weight.data, mean, invstd, dx.data, self.weight.grad,
                                         self.bias.grad, None if y is None else y.data,
                                         dres=None if dres is None else dres.data, halo_x=x.halo,
-                                        halo_y=0 if y is None else y.halo)
+                                        halo_y=0 if y is None else y.halo, halo_dx=dx.halo)
             return dx, dres
         # Eval (the affine map above) on the interiors, per-channel vectors spread over the lanes
         # (pad lanes: gamma 0, so their gradient stays 0)
