@@ -104,37 +104,56 @@ void fwd_rows(const Corr& g, const float* in, int64_t ld, const float* w, const 
 
 // Strided data gradient, gathered: each dx pixel sums the few (dy pixel, tap) pairs that reach it
 // (at stride 2 and 3x3: 1, 2 or 4), kept in a register, and is written once; no scatter into a
-// zeroed buffer. Along the row the tap phase (v + pw) mod sw advances by one per pixel, so no
-// division runs per pixel.
+// zeroed buffer. A 3x3 filter at column stride 2 runs its interior as pairs of dx columns: with
+// t = v + pw even, dx[v] = w0*dy[t/2] + w2*dy[t/2 - 1] and dx[v+1] = w1*dy[t/2] per filter row, the
+// weights in registers; the border columns (and other filters) find their taps one by one.
 template <class V>
 void bwd_data_row(const Corr& g, const float* dy, int64_t dy_ld, const float* w, float* dx, int64_t h) {
   using T = typename V::T;
   const int64_t* taps = g.row_taps + h * (2 * g.R + 1);
   const int64_t nr = taps[0];
+  const bool pairs = g.S == 3 && g.sw == 2 && g.dw == 1 && nr <= 3;
+  // the pairs: t = v + pw even with 2 <= t and t + 1 <= 2Q - 1, and v + 1 < W
+  int64_t v0 = std::max<int64_t>(0, 2 - g.pw), v1 = std::min<int64_t>(g.W - 1, 2 * g.Q - 2 - g.pw + 1);
+  if ((v0 + g.pw) % 2) ++v0;
+  if (!pairs || v1 <= v0) v0 = v1 = 0;
   for (int l = 0; l < kBlock; l += V::kW) {
-    int64_t phase = g.pw % g.sw, qbase = g.pw / g.sw;  // v + pw = qbase*sw + phase
-    for (int64_t v = 0; v < g.W; ++v) {
+    auto one = [&](int64_t v) {
       T acc = V::zero();
       for (int64_t i = 0; i < nr; ++i) {
         const float* drow = dy + taps[2 + 2 * i] * dy_ld + l;
         const float* wr = w + taps[1 + 2 * i] * g.S * kBlock + l;
-        if (g.dw == 1) {
-          // taps s = phase + k*sw read dy column qbase - k
-          for (int64_t s = phase, q = qbase; s < g.S; s += g.sw, --q)
-            if (q >= 0 && q < g.Q) acc = V::fma(acc, V::load(wr + s * kBlock), V::load(drow + q * kBlock));
-        } else {
-          for (int64_t s = 0; s < g.S; ++s) {
-            const int64_t t = v + g.pw - s * g.dw;
-            if (t < 0 || t % g.sw || t / g.sw >= g.Q) continue;
-            acc = V::fma(acc, V::load(wr + s * kBlock), V::load(drow + t / g.sw * kBlock));
-          }
+        for (int64_t s = 0; s < g.S; ++s) {
+          const int64_t t = v + g.pw - s * g.dw;
+          if (t < 0 || t % g.sw || t / g.sw >= g.Q) continue;
+          acc = V::fma(acc, V::load(wr + s * kBlock), V::load(drow + t / g.sw * kBlock));
         }
       }
       V::store(dx + v * kBlock + l, acc);
-      if (++phase == g.sw) {
-        phase = 0;
-        ++qbase;
+    };
+    for (int64_t v = 0; v < v0; ++v) one(v);
+    if (v1 > v0) {
+      T wv[3][3];
+      const float* drow[3];
+      for (int64_t i = 0; i < nr; ++i) {
+        drow[i] = dy + taps[2 + 2 * i] * dy_ld + l;
+        for (int s = 0; s < 3; ++s) wv[i][s] = V::load(w + (taps[1 + 2 * i] * 3 + s) * kBlock + l);
       }
+      int64_t v = v0;
+      for (; v + 1 <= v1; v += 2) {
+        const int64_t m = (v + g.pw) / 2;
+        T a0 = V::zero(), a1 = V::zero();
+        for (int64_t i = 0; i < nr; ++i) {
+          const T d = V::load(drow[i] + m * kBlock), dm = V::load(drow[i] + (m - 1) * kBlock);
+          a0 = V::fma(V::fma(a0, wv[i][0], d), wv[i][2], dm);
+          a1 = V::fma(a1, wv[i][1], d);
+        }
+        V::store(dx + v * kBlock + l, a0);
+        V::store(dx + (v + 1) * kBlock + l, a1);
+      }
+      for (; v < g.W; ++v) one(v);
+    } else {
+      for (int64_t v = v0; v < g.W; ++v) one(v);
     }
   }
 }
