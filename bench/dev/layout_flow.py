@@ -1,0 +1,69 @@
+"""A/B of the blocked layout that flows between layers (fasttrain/nn/layout.py): training-step time
+(forward, backward, Adam) with FASTTRAIN_LAYOUT=auto against nchw, interleaved in one process
+(medians), then where the flowing step's time goes, per C++ entry point (cProfile's own time).
+
+    python bench/dev/layout_flow.py resnet8 128 [--rounds 7] [--profile]
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+
+import numpy as np
+
+import fasttrain as ft
+from fasttrain import models, settings
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("net", choices=models.MODEL_NAMES)
+    ap.add_argument("batch", type=int)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--profile", action="store_true", help="then profile 5 flowing steps")
+    args = ap.parse_args()
+    ft.set_backend("cpp")
+    model = models.build(args.net, (3, 32, 32), 10)
+    arena = ft.ParamArena.for_model(model, seed=0)
+    model.set_needs_input_grad(False)   # as the trainer does: no gradient of the images
+    opt = ft.optim.Adam(arena, lr=1e-3)
+    loss_fn = ft.losses.SoftmaxCrossEntropy()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.batch, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, args.batch)
+
+    def step():
+        _, d = loss_fn(model.forward(x), y)
+        arena.zero_grad()
+        model.backward(d)
+        opt.step()
+
+    times = {"auto": [], "nchw": []}
+    for mode in times:   # warm-up: buffers, page faults
+        settings.layout = mode
+        step()
+        step()
+    for _ in range(args.rounds):
+        for mode in times:
+            settings.layout = mode
+            t = time.perf_counter()
+            step()
+            step()
+            times[mode].append((time.perf_counter() - t) / 2 * 1e3)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    print(f"{args.net} batch {args.batch}: auto {med['auto']:.1f} ms, nchw {med['nchw']:.1f} ms, "
+          f"nchw/auto {med['nchw'] / med['auto']:.2f}x (medians of {args.rounds}, interleaved)")
+    if args.profile:
+        settings.layout = "auto"
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(5):
+            step()
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(15)
+
+
+if __name__ == "__main__":
+    main()
