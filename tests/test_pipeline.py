@@ -172,6 +172,28 @@ def test_partition_is_optimal():
         assert all(required[a:b].any() for a, b in zip(np.cumsum([0] + counts[:-1]), np.cumsum(counts)))
 
 
+def test_partition_avoids_starting_a_stage_with_a_batchnorm():
+    # the best split among those whose stages start elsewhere; only with none left the constraint goes
+    rng = np.random.default_rng(7)
+    checked = 0
+    for _ in range(60):
+        L, S = int(rng.integers(2, 8)), int(rng.integers(2, 4))
+        if S > L:
+            continue
+        costs, avoid = rng.random(L), rng.random(L) < 0.4
+        counts = partition(costs, S, None, avoid)
+        starts = np.cumsum([0] + counts[:-1])
+        cuts = [cut for cut in itertools.combinations(range(1, L), S - 1) if not avoid[list(cut)].any()]
+        if not cuts:
+            assert counts == partition(costs, S)
+            continue
+        checked += 1
+        assert not avoid[starts[1:]].any(), (counts, avoid)
+        best = min(max(costs[a:b].sum() for a, b in zip((0,) + cut, cut + (L,))) for cut in cuts)
+        assert max(costs[a:b].sum() for a, b in zip(starts, np.cumsum(counts))) == pytest.approx(best)
+    assert checked > 10
+
+
 def test_each_stage_holds_only_its_parameters():
     model_size = ft.ParamArena.for_model(build(), seed=1).size
     _, pipes = pipelined(3, 2, "1f1b")

@@ -37,8 +37,12 @@ Stage balance ('cost'): each top-level layer (a residual block is one layer) cos
 6 x its multiply-adds per example (convolutions and linear layers: forward, backward-data and
 backward-weight) + 10 x its output values per example (element-wise layers, bandwidth-bound)
 + 4 x its parameters (the optimizer's pass); shapes come from a 2-example forward of each layer
-alone in eval mode. The cut minimizes the most expensive stage. A list of layer counts per stage
-overrides it.
+alone in eval mode. The cut minimizes the most expensive stage, and never puts a batchnorm at the
+start of a stage when another cut exists: a batchnorm after a convolution in the same stage takes
+its statistics from the convolution's epilogue on the blocked layout (nn/layout.py), while one
+that starts a stage computes them itself from the received NCHW array, which rounds differently
+(about 1 ulp), so only a cut elsewhere keeps a pipelined run bit-identical to one process.
+A list of layer counts per stage overrides it.
 """
 from __future__ import annotations
 
@@ -51,6 +55,7 @@ from ..nn.conv import Conv2d
 from ..nn.dropout import Dropout
 from ..nn.linear import Linear
 from ..nn.module import Module, Sequential
+from ..nn.norm import _BatchNorm
 from ..train.checkpoint import module_buffers
 from .comm import Communicator, _Done
 
@@ -141,13 +146,25 @@ def micro_rows(n: int, micro_batches: int) -> list[tuple[int, int]]:
     return out
 
 
-def partition(costs, stages: int, required=None) -> list[int]:
+def partition(costs, stages: int, required=None, avoid_start=None) -> list[int]:
     """Layer counts of `stages` contiguous, non-empty stages minimizing the largest stage cost
     (dynamic programming over cut points; ties go to the earlier cut). required: a bool per layer;
-    then every stage must hold at least one required layer (one with parameters)."""
+    then every stage must hold at least one required layer (one with parameters). avoid_start: a
+    bool per layer that should not begin a stage (a batchnorm: see the module docstring); the
+    best split without such a start wins, and only if there is none the constraint is dropped."""
     L = len(costs)
     required = np.ones(L, bool) if required is None else np.asarray(required, bool)
     check_split(L, stages, 1, parameterized=int(required.sum()))
+    if avoid_start is not None:
+        avoid = np.asarray(avoid_start, bool)
+        counts = _partition(costs, stages, required, avoid)
+        if counts is not None:
+            return counts
+    return _partition(costs, stages, required, np.zeros(L, bool))
+
+
+def _partition(costs, stages: int, required, avoid) -> list[int] | None:
+    L = len(costs)
     prefix = np.concatenate([[0.0], np.cumsum(np.asarray(costs, np.float64))])
     has = np.concatenate([[0], np.cumsum(required)])   # required layers in [i, j): has[j] - has[i]
     inf = float("inf")
@@ -157,11 +174,13 @@ def partition(costs, stages: int, required=None) -> list[int]:
     for s in range(1, stages + 1):
         for j in range(s, L + 1):
             for i in range(s - 1, j):
-                if has[j] == has[i]:
+                if has[j] == has[i] or (i > 0 and avoid[i]):
                     continue
                 v = max(best[s - 1, i], prefix[j] - prefix[i])
                 if v < best[s, j]:
                     best[s, j], cut[s, j] = v, i
+    if best[stages, L] == inf:
+        return None
     counts, j = [], L
     for s in range(stages, 0, -1):
         i = int(cut[s, j])
@@ -278,7 +297,8 @@ class Pipeline:
                 raise ValueError("Pipeline(input_shape): the 'cost' balance probes the layers; expected one "
                                  "example's shape, e.g. (3, 32, 32)")
             self.costs = layer_costs(layers, input_shape, self.dtype)
-            counts = partition(self.costs, S, [bool(_own_params(layer)) for layer in layers])
+            counts = partition(self.costs, S, [bool(_own_params(layer)) for layer in layers],
+                               [isinstance(layer, _BatchNorm) for layer in layers])
         else:
             counts = [int(c) for c in balance]
             if len(counts) != S or min(counts) < 1 or sum(counts) != len(layers):

@@ -63,14 +63,14 @@ DEFAULT_CROSS_RING_BYTES = 1 << 20
 #: rounds where recursive doubling, halving-doubling and the ring take 3, 4 and 2 (p - 1) for p = 3.
 #: Each rank then has p - 1 messages in flight per round; measured up to 4 hosts.
 DIRECT_MAX_RANKS = 4
-#: across hosts, one rank each: below this many bytes (and at any size up to shared_bytes for two
-#: ranks, where both send the same bytes) the one-round all-reduce runs, above it the two-round
-#: direct one, whose ranks send 2 (p - 1) / p of the buffer instead of p - 1 buffers. Measured on
-#: the emulated cluster (bench/cluster_allreduce.py, 3 hosts x 1 rank, 2 shared cores, four runs):
-#: at 64-256 KB one-shot took 0.6-1.3x direct's time, mostly less (one round less to wait for
-#: on busy cores; over 10 Gbit/s, where TCP on the veth is CPU-bound, 0.6-1.04x at 256 KB); at
-#: 1 MB over 1 Gbit/s 1.2-1.5x (the bytes: 2n against 4n/3), over 10 Gbit/s 0.97-1.14x.
-DEFAULT_ONESHOT_BYTES = 1 << 19
+#: across hosts, one rank each, three or more hosts: below this many bytes the one-round
+#: all-reduce runs, above it the two-round direct one, whose ranks send 2 (p - 1) / p of the buffer
+#: instead of p - 1 buffers (two hosts always take one-shot: both send the same bytes there).
+#: On a quiet machine (bench/cluster_allreduce.py, 3 hosts x 1 rank, load 1.5-3) direct beat one-shot
+#: at every size: 64 KB 0.37 vs 0.70 ms and 256 KB 0.94 vs 1.07 ms over 10 Gbit/s, 0.74 vs 1.35 and
+#: 3.10 vs 5.98 ms over 1 Gbit/s. One-shot won at 64-256 KB only when six ranks' worth of work
+#: shared the 2 cores (load 10-16: one round fewer to be descheduled in), which no real cluster does.
+DEFAULT_ONESHOT_BYTES = 0
 _TAG = 77
 _TAG_SMALL = 78
 
