@@ -13,22 +13,12 @@ import pytest
 C = pytest.importorskip("fasttrain._C", reason="C++ module not built")
 
 from fasttrain.kernels import conv2d as ref  # noqa: E402
+from cpp_isas import forced_isa, isa_available, isa_params  # noqa: E402
 
 f32, f64 = np.float32, np.float64
 
 
-def _isa_available(name):
-    try:
-        C.set_conv2d_isa(name)
-    except ValueError:
-        return False
-    finally:
-        C.set_conv2d_isa("auto")
-    return True
-
-
-ISAS = [pytest.param(n, marks=pytest.mark.skipif(not _isa_available(n), reason=f"no {n} on this CPU/build"))
-        for n in ("avx512", "avx2", "portable")]
+ISAS = isa_params(C)
 
 # (N, C, H, W, K, R, S, sh, sw, ph, pw)
 CASES = [
@@ -50,9 +40,7 @@ CASES = [
 
 @pytest.fixture
 def isa(request):
-    C.set_conv2d_isa(request.param)
-    yield request.param
-    C.set_conv2d_isa("auto")
+    yield from forced_isa(C, request.param)
 
 
 @pytest.fixture
@@ -375,7 +363,7 @@ def test_choice_for_blocked_activations():
     grouped = ("fwd", 8, 16, 8, 8, 16, 3, 3, 1, 1, 1, 1)
     try:
         for isa in ("avx512", "avx2", "portable"):
-            if not _isa_available(isa):
+            if not isa_available(C, isa):
                 continue
             C.set_conv2d_isa(isa)
             want = "im2col" if isa == "portable" else "direct"
