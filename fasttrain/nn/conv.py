@@ -242,7 +242,6 @@ class Conv2d(Module):
         where = f"Conv2d(in_channels={self.in_channels})"
         x = check_input(where, x, f"(N, {self.in_channels}, H, W)", 4, {1: self.in_channels})
         check_params(where, self, x)
-        self._unpadded_shape = x.shape
         if self._explicit:
             padmod.check(self.padding_mode, x.shape[2], x.shape[3], self._explicit, where)
             x = padmod.pad(x, self._explicit, self.padding_mode, array_module(x))
@@ -303,7 +302,8 @@ class Conv2d(Module):
             dx = xp.empty_like(x)
             kernel("conv2d_bwd_data", like=dy)(dy, self.weight.data, dx, *self._geometry(), *self._options())
         if self._explicit:  # the padding copied input pixels: their gradients go back to them
-            dx = padmod.pad_grad(dx, self._unpadded_shape, self._explicit, self.padding_mode, xp)
+            top, bottom, left, right = self._explicit
+            dx = padmod.pad_grad(dx, (n, c, h - top - bottom, w - left - right), self._explicit, self.padding_mode, xp)
         elif any(self._extra):  # the explicit bottom/right padding of 'same' gets no gradient
             dx = xp.ascontiguousarray(dx[:, :, :h - self._extra[0], :w - self._extra[1]])
         return dx
