@@ -130,6 +130,24 @@ def test_flow_follows_the_engine_on_every_isa(isa, algo):
     assert (n > 0) == expected, f"isa {isa}, algo {algo}: {n} convolutions took blocked inputs"
 
 
+def test_remembered_choice_follows_the_settings():
+    """Conv2d remembers the engine's choice per shape; a later set_conv2d_algo / set_conv2d_isa or a
+    backend switch must still change what the same layer runs."""
+    conv = nn.Conv2d(16, 16, 3, padding=1)
+    ft.ParamArena.for_model(conv)
+    x = np.zeros((2, 16, 9, 9), f32)
+    want = lambda op: C.conv2d_choice(op[len("conv2d_"):], 2, 16, 9, 9, 16, 3, 3, 1, 1, 1, 1)  # noqa: E731
+    for algo in ("direct", "im2col", "winograd", "auto"):
+        C.set_conv2d_algo(algo)
+        for isa in ("portable", "auto"):
+            C.set_conv2d_isa(isa)
+            for op in ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_weight"):
+                assert conv._choice(op, x, x.shape) == want(op), (algo, isa, op)
+    ft.set_backend("numpy")
+    assert conv._choice("conv2d_fwd", x, x.shape) is None   # the registry no longer runs fasttrain._C
+    assert conv._choice("conv2d_fwd", x.astype(np.float64), x.shape) is None
+
+
 def _conversions(model):
     """The layout conversions the containers made in the last forward, from their traces."""
     steps = []

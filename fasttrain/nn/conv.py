@@ -24,11 +24,16 @@ import sys
 import numpy as np
 
 from .. import init as initializers
+from .. import settings
 from ..backend import kernel
 from . import padding as padmod
 from ._util import array_module, check_grad, check_input, check_params, pair
 from .layout import Blocked, cpp, empty, padded, to_nchw, with_halo
 from .module import Module
+
+_CHOICES: dict = {}   # Conv2d._choice's answers
+_CHOICES_MAX = 4096
+_UNKNOWN = object()
 
 
 class Conv2d(Module):
@@ -110,11 +115,24 @@ class Conv2d(Module):
         """The algorithm fasttrain._C runs conv2d_<op> with for this shape when the registry runs
         `op` for `arr` there, else None; blocked: for activations kept in the blocked layout."""
         C = sys.modules.get("fasttrain._C")
-        if C is None or kernel(op, like=arr) is not getattr(C, op, None):
+        if C is None:
             return None
-        n, c, h, w = x_shape
-        return C.conv2d_choice(op[len("conv2d_"):], n, c, h, w, self.out_channels, *self.kernel_size,
-                               *self._geometry(), *self._options(), blocked=blocked)
+        # Asked several times per layer and step (three ops, forward and backward): remembered
+        # per shape. The key holds everything the answer depends on: the registry's pick (backend
+        # setting, array type and dtype) and the engine's settings (forced algorithm and ISA).
+        key = (op, tuple(x_shape), blocked, self.out_channels, self.kernel_size, self._geometry(), self._options(),
+               settings.backend, type(arr), arr.dtype, C.conv2d_algo(), C.conv2d_isa())
+        choice = _CHOICES.get(key, _UNKNOWN)
+        if choice is _UNKNOWN:
+            choice = None
+            if kernel(op, like=arr) is getattr(C, op, None):
+                n, c, h, w = x_shape
+                choice = C.conv2d_choice(op[len("conv2d_"):], n, c, h, w, self.out_channels, *self.kernel_size,
+                                         *self._geometry(), *self._options(), blocked=blocked)
+            if len(_CHOICES) >= _CHOICES_MAX:   # shapes change without end only in odd uses: stay bounded
+                _CHOICES.clear()
+            _CHOICES[key] = choice
+        return choice
 
     def _direct_engine(self, op, arr, x_shape):
         """fasttrain._C when the registry runs `op` for `arr` there and that runs the direct engine

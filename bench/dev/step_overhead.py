@@ -1,0 +1,125 @@
+"""How much of a training step (forward, backward, Adam) on the C++ backend is not C++ kernel time:
+the Python layers, NumPy glue, allocations and page faults around the kernels.
+
+    python bench/dev/step_overhead.py [--nets resnet8 resnet20 ...] [--batches 128 32] [--rounds 7]
+
+Per net and batch (medians over steps): the step's wall time, the time spent inside fasttrain._C
+calls, the non-kernel time (step minus kernels, per step: wall, and the main thread's CPU time,
+which a loaded machine inflates less: use --threads 1 there, so no kernel time hides in OpenMP
+waits), and the minor page faults per step. --top N lists the N entry points with the most time.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from collections import defaultdict
+
+import numpy as np
+
+import fasttrain as ft
+from fasttrain import models
+
+
+def make_step(net: str, batch: int):
+    model = models.build(net, (3, 32, 32), 10)
+    arena = ft.ParamArena.for_model(model, seed=0)
+    model.set_needs_input_grad(False)   # as the trainer does: no gradient of the images
+    opt = ft.optim.Adam(arena, lr=1e-3)
+    loss_fn = ft.losses.SoftmaxCrossEntropy()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, batch)
+
+    def step():
+        _, d = loss_fn(model.forward(x), y)
+        arena.zero_grad()
+        model.backward(d)
+        opt.step()
+    return step
+
+
+class KernelTimer:
+    """Wall and calling-thread CPU time spent inside fasttrain._C functions: every function of the
+    module is replaced by a timing wrapper (~0.3 us a call) before the model is built, and the
+    registry's cache is emptied so it hands out the wrappers."""
+
+    def __init__(self):
+        from fasttrain import _C, backend
+
+        self.wall = 0.0
+        self.cpu = 0.0
+        self.per = defaultdict(float)
+        self.calls = defaultdict(int)
+        for name in dir(_C):
+            fn = getattr(_C, name)
+            if not name.startswith("_") and callable(fn) and not isinstance(fn, type):
+                setattr(_C, name, self._wrap(name, fn))
+        backend._cache.clear()
+
+    def _wrap(self, name, fn):
+        clock, cpu = time.perf_counter, time.thread_time
+
+        def timed(*args, **kwargs):
+            t, c = clock(), cpu()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                dt = clock() - t
+                self.cpu += cpu() - c
+                self.wall += dt
+                self.per[name] += dt
+                self.calls[name] += 1
+        timed.__name__ = name
+        return timed
+
+    def reset(self):
+        self.wall = self.cpu = 0.0
+
+
+def measure(net: str, batch: int, rounds: int, top: int, kt: KernelTimer):
+    step = make_step(net, batch)
+    for _ in range(3):   # warm-up: buffers, first-touch page faults, caches
+        step()
+    wall, kern, cpu, kcpu, faults = [], [], [], [], []
+    kt.per.clear()
+    kt.calls.clear()
+    for _ in range(rounds):
+        kt.reset()
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        t, c = time.perf_counter(), time.thread_time()
+        step()
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.thread_time() - c)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+        kern.append(kt.wall)
+        kcpu.append(kt.cpu)
+    ms = lambda v: float(np.median(v)) * 1e3   # noqa: E731
+    nk = ms(np.subtract(wall, kern))
+    print(f"{net:16s} b{batch:<4d} step {ms(wall):7.2f} ms ({ms(cpu):7.2f} ms main-thread CPU)  kernels {ms(kern):7.2f} ms  non-kernel {nk:6.2f} ms wall "
+          f"({nk / ms(wall):3.0%}), {ms(np.subtract(cpu, kcpu)):6.2f} ms main-thread CPU  "
+          f"minor faults/step {int(np.median(faults))}", flush=True)
+    for name, v in sorted(kt.per.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"    {name:36s} {v / rounds * 1e3:7.2f} ms  {kt.calls[name] // rounds:4d} calls/step")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--nets", nargs="+", default=["resnet8", "resnet20", "convnet_classic", "mobilenet"],
+                    choices=models.MODEL_NAMES)
+    ap.add_argument("--batches", nargs="+", type=int, default=[128, 32])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--top", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2,
+                    help="1 on a loaded machine: the CPU times then hold without OpenMP's waits between threads")
+    args = ap.parse_args()
+    ft.set_backend("cpp")
+    ft.set_num_threads(args.threads)
+    kt = KernelTimer()
+    for net in args.nets:
+        for batch in args.batches:
+            measure(net, batch, args.rounds, args.top, kt)
+
+
+if __name__ == "__main__":
+    main()
