@@ -246,10 +246,17 @@ void bind(py::module_& m) {
     g.Q = out_extent(op, "width", g.W, g.S, sw, pw);
     return g;
   };
+  // halo_dy: -1, dyb padded by conv2d_blocked_dy_pads; else dyb's symmetric zero halo, which the
+  // data gradient (covers_pads) needs at least as wide as every one of those pads.
   auto expect_dyp = [](const char* op, const py::array& dyp, const Conv& g, int64_t sh, int64_t sw,
-                       int64_t ph, int64_t pw) {
+                       int64_t ph, int64_t pw, int64_t halo_dy = -1, bool covers_pads = false) {
     int64_t p[4];
     ft::cpu::conv2d_blocked_dy_pads(g.H, g.W, g.R, g.S, sh, sw, ph, pw, p);
+    const int64_t need = std::max(std::max(p[0], p[1]), std::max(p[2], p[3]));
+    FT_CHECK(halo_dy >= -1 && (!covers_pads || halo_dy == -1 || halo_dy >= need),
+             op << "(halo_dy): expected -1 (dyb padded by conv2d_blocked_dy_pads) or a halo >= "
+                << (covers_pads ? need : 0) << ", got " << halo_dy);
+    if (halo_dy >= 0) p[0] = p[1] = p[2] = p[3] = halo_dy;
     expect_shape(op, "dyb", dyp, {g.N, (g.K + 15) / 16, p[0] + g.P + p[1], p[2] + g.Q + p[3], 16});
   };
   // halo_x: the zero halo xb carries (-1: exactly the padding ph, pw); it may be wider than the
@@ -290,30 +297,32 @@ void bind(py::module_& m) {
      "y = conv(x) (+ ReLU); stats, if given: (2, K) float64 overwritten with the sum and the sum of "
      "squares of each output channel of y (after the ReLU), deterministic for any thread count");
   m.def("conv2d_blocked_bwd_data", [=](py::array dyb, py::array w, py::array dxb, int64_t sh,
-                                       int64_t sw, int64_t ph, int64_t pw) {
+                                       int64_t sw, int64_t ph, int64_t pw, int64_t halo_dy) {
     const char* op = "conv2d_blocked_bwd_data";
     Conv g = blocked_geom(op, dxb, w, sh, sw, ph, pw, 0, 0);
-    expect_dyp(op, dyb, g, sh, sw, ph, pw);
+    expect_dyp(op, dyb, g, sh, sw, ph, pw, halo_dy, true);
     const float *pdy = ptr_of(dyb, "dyb"), *pw_ = ptr_of(w, "w");
     float* pdx = ptr_of(dxb, "dxb");
     py::gil_scoped_release nogil;
-    ft::cpu::conv2d_blocked_bwd_data(pdy, pw_, pdx, g.N, g.C, g.H, g.W, g.K, g.R, g.S, sh, sw, ph, pw);
+    ft::cpu::conv2d_blocked_bwd_data(pdy, pw_, pdx, g.N, g.C, g.H, g.W, g.K, g.R, g.S, sh, sw, ph, pw,
+                                     halo_dy);
   }, py::arg("dyb"), py::arg("w"), py::arg("dxb"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
-     py::arg("pw"));
+     py::arg("pw"), py::kw_only(), py::arg("halo_dy") = -1);
   m.def("conv2d_blocked_bwd_weight", [=](py::array xb, py::array dyb, py::array dw, py::array db,
-                                         int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t halo_x) {
+                                         int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t halo_x,
+                                         int64_t halo_dy) {
     const char* op = "conv2d_blocked_bwd_weight";
     const auto hx = x_halo(op, halo_x, ph, pw);
     Conv g = blocked_geom(op, xb, dw, sh, sw, ph, pw, hx.first, hx.second);
-    expect_dyp(op, dyb, g, sh, sw, ph, pw);
+    expect_dyp(op, dyb, g, sh, sw, ph, pw, halo_dy);
     expect_shape(op, "db", db, {g.K});
     const float *px = ptr_of(xb, "xb"), *pdy = ptr_of(dyb, "dyb");
     float *pdw = ptr_of(dw, "dw"), *pdb = ptr_of(db, "db");
     py::gil_scoped_release nogil;
     ft::cpu::conv2d_blocked_bwd_weight(px, pdy, pdw, pdb, g.N, g.C, g.H, g.W, g.K, g.R, g.S, sh, sw, ph, pw,
-                                       hx.first, hx.second);
+                                       hx.first, hx.second, halo_dy);
   }, py::arg("xb"), py::arg("dyb"), py::arg("dw"), py::arg("db"), py::arg("sh"), py::arg("sw"),
-     py::arg("ph"), py::arg("pw"), py::kw_only(), py::arg("halo_x") = -1);
+     py::arg("ph"), py::arg("pw"), py::kw_only(), py::arg("halo_x") = -1, py::arg("halo_dy") = -1);
   // Depthwise on blocked arrays (groups == C == K): C from w (C, 1, R, S); `xname` (the forward
   // input, or dx) gives H and W through its halo; the other blocked array must match.
   auto dw_geom = [](const char* op, const char* xname, const py::array& xb, int64_t hx, const py::array& w,
@@ -394,17 +403,17 @@ void bind(py::module_& m) {
      py::arg("ph"), py::arg("pw"), py::arg("relu"), py::arg("stats") = py::none(),
      "conv2d_blocked_fwd for an NCHW x of few channels (the network's input): y blocked, halo 0");
   m.def("conv2d_stem_bwd_weight", [=](py::array x, py::array dyb, py::array dw, py::array db,
-                                      int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+                                      int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t halo_dy) {
     const char* op = "conv2d_stem_bwd_weight";
     Conv g = conv_geom(op, x, dw, sh, sw, ph, pw, 1, 1, 1, "x");
-    expect_dyp(op, dyb, g, sh, sw, ph, pw);
+    expect_dyp(op, dyb, g, sh, sw, ph, pw, halo_dy);
     expect_shape(op, "db", db, {g.K});
     const float *px = ptr_of(x, "x"), *pdy = ptr_of(dyb, "dyb");
     float *pdw = ptr_of(dw, "dw"), *pdb = ptr_of(db, "db");
     py::gil_scoped_release nogil;
-    ft::cpu::conv2d_stem_bwd_weight(px, pdy, pdw, pdb, g.N, g.C, g.H, g.W, g.K, g.R, g.S, sh, sw, ph, pw);
+    ft::cpu::conv2d_stem_bwd_weight(px, pdy, pdw, pdb, g.N, g.C, g.H, g.W, g.K, g.R, g.S, sh, sw, ph, pw, halo_dy);
   }, py::arg("x"), py::arg("dyb"), py::arg("dw"), py::arg("db"), py::arg("sh"), py::arg("sw"),
-     py::arg("ph"), py::arg("pw"));
+     py::arg("ph"), py::arg("pw"), py::kw_only(), py::arg("halo_dy") = -1);
 
   m.def("linear_fwd", [](py::array x, py::array w, py::array b, py::array y) {
     const char* op = "linear_fwd";

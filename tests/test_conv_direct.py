@@ -311,6 +311,46 @@ def test_blocked_halo_x_weight_gradient_and_errors():
         C.conv2d_blocked_fwd(xb, p["w"], p["b"], yb, sh, sw, ph, pw, False, np.zeros((2, 17), f32), halo_x=1)
 
 
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("case", [CASES[3], CASES[4], CASES[6], CASES[9], CASES[11], CASES[2]],
+                         ids=["5x5s2", "17_33x33s2", "1x1s2", "s21p01", "resnet_s2", "s1"])
+def test_blocked_halo_dy(isa, case):
+    """dy read with a symmetric zero halo (what a batchnorm's backward writes) instead of the
+    asymmetric pads of conv2d_blocked_dy_pads: the data gradient with any halo covering every pad,
+    the weight gradients (blocked and stem) with any halo at all; a narrower halo is an error."""
+    p = _problem(case, seed=9)
+    sh, sw, ph, pw = p["geom"]
+    K, Cc, R, S = p["w"].shape
+    N, _, H, W = p["x"].shape
+    _, dx_ref, dw_ref, db_ref = _references(p, False)
+    need = max(C.conv2d_blocked_dy_pads(H, W, R, S, sh, sw, ph, pw))
+    xb = C.to_blocked(p["x"], ph, ph, pw, pw)
+    for halo in (need, need + 1):
+        dyb = C.to_blocked(p["dy"], halo, halo, halo, halo)
+        dxb = np.full((N, (Cc + 15) // 16, H, W, 16), np.nan, f32)
+        C.conv2d_blocked_bwd_data(dyb, p["w"], dxb, sh, sw, ph, pw, halo_dy=halo)
+        _close(C.from_blocked(dxb, Cc), dx_ref, f"{isa} bwd_data halo_dy={halo}")
+        assert not dxb[:, -1, ..., Cc % 16 or 16:].any(), "channels past C must stay zero in dx"
+    for halo in (0, need + 2):
+        dyb = C.to_blocked(p["dy"], halo, halo, halo, halo)
+        dw, db = p["dw0"].copy(), p["db0"].copy()
+        C.conv2d_blocked_bwd_weight(xb, dyb, dw, db, sh, sw, ph, pw, halo_dy=halo)
+        _close(dw, dw_ref, f"{isa} dw halo_dy={halo}")
+        _close(db, db_ref, f"{isa} db halo_dy={halo}")
+        dw, db = p["dw0"].copy(), p["db0"].copy()
+        C.conv2d_stem_bwd_weight(p["x"], dyb, dw, db, sh, sw, ph, pw, halo_dy=halo)
+        _close(dw, dw_ref, f"{isa} stem dw halo_dy={halo}")
+    if need > 0:
+        dyb = C.to_blocked(p["dy"], need - 1, need - 1, need - 1, need - 1)
+        dxb = np.empty((N, (Cc + 15) // 16, H, W, 16), f32)
+        with pytest.raises(ValueError, match=rf"conv2d_blocked_bwd_data\(halo_dy\): expected -1 \(dyb padded by "
+                                             rf"conv2d_blocked_dy_pads\) or a halo >= {need}, got {need - 1}"):
+            C.conv2d_blocked_bwd_data(dyb, p["w"], dxb, sh, sw, ph, pw, halo_dy=need - 1)
+    with pytest.raises(ValueError, match=r"conv2d_blocked_bwd_weight\(dyb\): expected shape"):
+        C.conv2d_blocked_bwd_weight(xb, C.to_blocked(p["dy"], 1, 1, 1, 1), p["dw0"].copy(), p["db0"].copy(),
+                                    sh, sw, ph, pw, halo_dy=2)
+
+
 STEM_CASES = [  # (N, C, H, W, K, R, S, sh, sw, ph, pw): few input channels, NCHW input
     (1, 3, 1, 1, 5, 1, 1, 1, 1, 0, 0),
     (2, 3, 9, 9, 16, 3, 3, 1, 1, 1, 1),

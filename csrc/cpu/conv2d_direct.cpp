@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <omp.h>
@@ -299,7 +300,14 @@ Pads dy_pads(int64_t H, int64_t R, int64_t sh, int64_t ph, int64_t P) {
   return d;
 }
 
-// dyp: [N][Kb][pt+P+pb][pl+Q+pr][16] with the pads of dy_pads; dxb: [N][Cb][H][W][16];
+// The border dy is read with: the pads of dy_pads (hdy < 0), or a symmetric halo of hdy pixels
+// (the caller checked it covers them).
+std::pair<Pads, Pads> dy_frame(const Geom& g, int64_t hdy) {
+  if (hdy >= 0) return {Pads{hdy, hdy}, Pads{hdy, hdy}};
+  return {dy_pads(g.H, g.R, g.sh, g.ph, g.P), dy_pads(g.W, g.S, g.sw, g.pw, g.Q)};
+}
+
+// dyp: [N][Kb][pt+P+pb][pl+Q+pr][16] with the pads of dy_frame; dxb: [N][Cb][H][W][16];
 // wd: transposed weight blocks.
 void bwd_data_blocked(const Isa& isa, const Geom& g, const float* dyp, Pads ph_, Pads pw_,
                       const float* wd, float* dxb) {
@@ -599,10 +607,10 @@ void conv2d_blocked_fwd(const float* xp, const float* w, const float* b, float* 
 
 void conv2d_blocked_bwd_data(const float* dyp, const float* w, float* dxb, int64_t N, int64_t C,
                              int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
-                             int64_t sw, int64_t ph, int64_t pw) {
+                             int64_t sw, int64_t ph, int64_t pw, int64_t hdy) {
   using namespace direct;
   const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
-  const Pads pv = dy_pads(H, R, sh, ph, g.P), pq = dy_pads(W, S, sw, pw, g.Q);
+  const auto [pv, pq] = dy_frame(g, hdy);
   float* wd = buffer(kW, g.Kb * g.Cb * R * S * kWBlock);
   weights_blocked(w, wd, K, C, R, S, true);
   bwd_data_blocked(*current_isa(), g, dyp, pv, pq, wd, dxb);
@@ -611,10 +619,10 @@ void conv2d_blocked_bwd_data(const float* dyp, const float* w, float* dxb, int64
 void conv2d_blocked_bwd_weight(const float* xp, const float* dyp, float* dw, float* db, int64_t N,
                                int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
                                int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t hxh,
-                               int64_t hxw) {
+                               int64_t hxw, int64_t hdy) {
   using namespace direct;
   const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
-  const Pads pv = dy_pads(H, R, sh, ph, g.P), pq = dy_pads(W, S, sw, pw, g.Q);
+  const auto [pv, pq] = dy_frame(g, hdy);
   float* dwb = buffer(kW, g.Kb * g.Cb * R * S * kWBlock);
   std::vector<double> dbd(g.Kb * kBlock);
   bwd_weight_blocked(*current_isa(), g, xp, hxh, hxw, dyp, pv.top + g.P + pv.bottom, pq.top + g.Q + pq.bottom,
@@ -651,10 +659,10 @@ void conv2d_stem_fwd(const float* x, const float* w, const float* b, float* yb, 
 
 void conv2d_stem_bwd_weight(const float* x, const float* dyp, float* dw, float* db, int64_t N,
                             int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
-                            int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+                            int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t hdy) {
   using namespace direct;
   const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
-  const Pads pv = dy_pads(H, R, sh, ph, g.P), pq = dy_pads(W, S, sw, pw, g.Q);
+  const auto [pv, pq] = dy_frame(g, hdy);
   const int64_t crs = C * R * S;
   float* xp = buffer(kX, N * C * (H + 2 * ph) * (W + 2 * pw));
   float* dwt = buffer(kW, g.Kb * crs * kBlock);

@@ -215,13 +215,12 @@ class Conv2d(Module):
 
     @property
     def dy_halo(self):
-        """The data gradient reads dy zero-bordered by conv2d_blocked_dy_pads: when that border is
-        symmetric, a producer writing dy with it as halo saves the copy."""
+        """The data gradient reads dy zero-bordered by conv2d_blocked_dy_pads (asymmetric at stride 2):
+        a producer writing dy with the widest of those pads as its halo saves the copy."""
         if self.cache is None or self.cache[3] not in ("direct", "stem"):
             return 0
         n, c, h, w = self.cache[0]
-        pads = cpp().conv2d_blocked_dy_pads(h, w, *self.kernel_size, *self._geometry())
-        return pads[0] if len(set(pads)) == 1 else 0
+        return max(cpp().conv2d_blocked_dy_pads(h, w, *self.kernel_size, *self._geometry()))
 
     def _backward_blocked(self, dy):
         x_shape, y, saved, kind = self.cache
@@ -244,14 +243,19 @@ class Conv2d(Module):
             if dx is not None:
                 C.depthwise_blocked_bwd_data(dy.data, self.weight.data, dx.data, *g, *self.dilation, halo_dy=dy.halo)
             return dx
-        dyb = padded(dy, *C.conv2d_blocked_dy_pads(h, w, *self.kernel_size, *g))
+        # the data gradient reads dy with a zero halo as wide as its widest pad (the weight
+        # gradients read any halo)
+        need = max(C.conv2d_blocked_dy_pads(h, w, *self.kernel_size, *g)) if dx is not None else 0
+        if dy.halo < need:
+            dy = with_halo(dy, need)
         if kind == "stem":
-            C.conv2d_stem_bwd_weight(saved[0], dyb, self.weight.grad, db, *g)
+            C.conv2d_stem_bwd_weight(saved[0], dy.data, self.weight.grad, db, *g, halo_dy=dy.halo)
         else:
-            C.conv2d_blocked_bwd_weight(saved[0], dyb, self.weight.grad, db, *g, halo_x=saved[1])
+            C.conv2d_blocked_bwd_weight(saved[0], dy.data, self.weight.grad, db, *g, halo_x=saved[1],
+                                        halo_dy=dy.halo)
         if dx is None:   # the network's first layer: no one reads dx
             return None
-        C.conv2d_blocked_bwd_data(dyb, self.weight.data, dx.data, *g)
+        C.conv2d_blocked_bwd_data(dy.data, self.weight.data, dx.data, *g, halo_dy=dy.halo)
         return to_nchw(dx) if kind == "stem" and not saved[1] else dx
 
     def forward(self, x):

@@ -121,6 +121,9 @@ void conv2d_direct_bwd_weight(const float* x, const float* dy, float* dw, float*
 // outputs y and dx are unpadded. The forward input x may carry a wider zero halo (hxh rows,
 // hxw columns, >= ph and pw) than the convolution's padding, as a blocked activation shared with
 // a padded 3x3 convolution does. stats (or null): (2, K) float64 sum and sum of squares of y.
+// hdy >= 0: dy instead carries a symmetric zero halo of hdy pixels ([N][Kb][hdy+P+hdy][hdy+Q+hdy]
+// [16]), at least the largest of the pads for the data gradient (any for the weight gradients,
+// which read only the interior): the halo a producer can write, so no copy pads dy.
 void conv2d_to_blocked(const float* x, float* xb, int64_t N, int64_t C, int64_t H, int64_t W,
                        int64_t pt, int64_t pb, int64_t pl, int64_t pr);
 void conv2d_from_blocked(const float* xb, float* x, int64_t N, int64_t C, int64_t H, int64_t W);
@@ -132,11 +135,11 @@ void conv2d_blocked_fwd(const float* xp, const float* w, const float* b, float* 
                         int64_t hxw);
 void conv2d_blocked_bwd_data(const float* dyp, const float* w, float* dxb, int64_t N, int64_t C,
                              int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
-                             int64_t sw, int64_t ph, int64_t pw);
+                             int64_t sw, int64_t ph, int64_t pw, int64_t hdy = -1);
 void conv2d_blocked_bwd_weight(const float* xp, const float* dyp, float* dw, float* db, int64_t N,
                                int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
                                int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t hxh,
-                               int64_t hxw);
+                               int64_t hxw, int64_t hdy = -1);
 // The stem: a convolution of few input channels (C < 16, e.g. an RGB image) from an NCHW x to a
 // blocked y, with a kernel whose taps run over (channel, r, s) instead of 16-channel blocks;
 // stats as for conv2d_blocked_fwd. Its weight gradient reads the same NCHW x and the blocked dy
@@ -146,7 +149,7 @@ void conv2d_stem_fwd(const float* x, const float* w, const float* b, float* yb, 
                      int64_t sw, int64_t ph, int64_t pw, bool relu, double* stats);
 void conv2d_stem_bwd_weight(const float* x, const float* dyp, float* dw, float* db, int64_t N,
                             int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
-                            int64_t sh, int64_t sw, int64_t ph, int64_t pw);
+                            int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t hdy = -1);
 // The direct convolution's instruction set: "auto" (the best this CPU runs), "avx512", "avx2" or
 // "portable" (an error if this build or CPU lacks it); process-wide, for tests and benchmarks.
 void set_conv2d_isa(const std::string& name);
