@@ -132,9 +132,11 @@ def test_blocked_round_trip_and_padding():
     np.testing.assert_array_equal(C.from_blocked(C.to_blocked(x), 17), x)
 
 
-@pytest.mark.parametrize("case", [CASES[7], CASES[4]], ids=["batch3", "batch1"])
+@pytest.mark.parametrize("case", [CASES[7], CASES[4], CASES[6], CASES[9]],
+                         ids=["batch3", "batch1", "1x1s2", "s21p01"])
 def test_thread_counts_agree(direct_algo, case):
-    """Batch 3 splits the weight gradient's images between threads, batch 1 its output rows."""
+    """Batch 3 splits the weight gradient's images between threads, batch 1 its output rows; the
+    data gradient's stride phases (some without taps) share out row by row."""
     from fasttrain import settings
     p = _problem(case, seed=3)
     out = []

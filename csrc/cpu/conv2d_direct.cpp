@@ -161,38 +161,49 @@ struct TileSet {
   ConvTile base;
   int64_t rows, Q, out_blocks;
   int sw;  // input pixel stride of the micro-kernel (1 or 2)
-  int64_t items(int64_t N) const { return N * rows * t.groups * t.qtiles; }
 };
 
 // Runs every tile of every set in one parallel loop (one fork and one barrier, however many
-// stride phases the data gradient has): fill(tile, set, n, i, kb0, q0) sets a tile's pointers;
-// the micro-kernel is chosen for the tile's kv and width.
+// stride phases the data gradient has): fill(tile, set, n, i, kb0, q0) sets a tile's pointers.
+// Order: image by image, and in an image row index by row index with the sets (stride phases) of
+// one row index side by side. The phases of a data gradient read the same rows of dy and write
+// neighbouring pixels of dx: set after set, a stride-2 layer read dy from memory once per phase
+// and wrote dx in four sweeps each touching every cache line's neighbours (128 x 16 x 32 x 32,
+// 3x3 stride 2: 2.4 ms, ~125 GFLOP/s on one core). Each thread takes a contiguous share of that
+// order (neighbouring tiles read the same input rows); phases without taps (zeros, e.g. three of
+// the four of a 1x1 stride-2 layer) are spread over the rows, so no share holds only them.
 template <class Fill>
 void run_tiles(const Isa& isa, const std::vector<TileSet>& sets, int64_t N, Fill fill, bool stem = false) {
   ConvTileFn (*pick)(int, int, int) = stem ? isa.conv_stem : isa.conv;
-  std::vector<int64_t> first(sets.size() + 1, 0);
-  for (size_t k = 0; k < sets.size(); ++k) first[k + 1] = first[k] + sets[k].items(N);
-  // One set: each thread a contiguous share (neighbouring tiles read the same input rows). Several
-  // phases: small chunks dealt round-robin, so phases without taps (all zeros, e.g. three of the
-  // four of a 1x1 stride-2 layer) do not leave one thread with all the multiplies.
+  struct Item {
+    int32_t k;
+    int64_t i, kb0, q0;
+    ConvTileFn fn;  // the micro-kernel for the tile's kv and width
+  };
+  std::vector<Item> plan;  // one image's tiles in run order
+  int64_t rows = 0;
+  for (const TileSet& ts : sets) rows = std::max(rows, ts.rows);
+  for (int64_t i = 0; i < rows; ++i)
+    for (size_t k = 0; k < sets.size(); ++k) {
+      const TileSet& ts = sets[k];
+      if (i >= ts.rows) continue;
+      for (int64_t g = 0; g < ts.t.groups; ++g)
+        for (int64_t u = 0; u < ts.t.qtiles; ++u) {
+          const int64_t kb0 = g * ts.t.kv, q0 = u * ts.t.qt;
+          const int kv = static_cast<int>(std::min<int64_t>(ts.t.kv, ts.out_blocks - kb0));
+          const int qt = static_cast<int>(std::min<int64_t>(ts.t.qt, ts.Q - q0));
+          plan.push_back({static_cast<int32_t>(k), i, kb0, q0, pick(kv, qt, ts.sw)});
+        }
+    }
+  const int64_t per = static_cast<int64_t>(plan.size()), total = N * per;
   const int nt = num_threads();
-  const int64_t chunk = sets.size() == 1 ? std::max<int64_t>(1, (first.back() + nt - 1) / nt) : 4;
+  const int64_t chunk = std::max<int64_t>(1, (total + nt - 1) / nt);
 #pragma omp parallel for num_threads(nt) schedule(static, chunk)
-  for (int64_t it = 0; it < first.back(); ++it) {
-    size_t k = 0;
-    while (it >= first[k + 1]) ++k;
-    const TileSet& ts = sets[k];
-    const Tiling& t = ts.t;
-    const int64_t local = it - first[k];
-    const int64_t u = local % t.qtiles, g = (local / t.qtiles) % t.groups;
-    const int64_t i = (local / (t.qtiles * t.groups)) % ts.rows;
-    const int64_t n = local / (t.qtiles * t.groups * ts.rows);
-    const int64_t kb0 = g * t.kv, q0 = u * t.qt;
-    const int kv = static_cast<int>(std::min<int64_t>(t.kv, ts.out_blocks - kb0));
-    const int qt = static_cast<int>(std::min<int64_t>(t.qt, ts.Q - q0));
-    ConvTile tile = ts.base;
-    fill(tile, k, n, i, kb0, q0);
-    pick(kv, qt, ts.sw)(tile);
+  for (int64_t it = 0; it < total; ++it) {
+    const Item& m = plan[it % per];
+    ConvTile tile = sets[m.k].base;
+    fill(tile, static_cast<size_t>(m.k), it / per, m.i, m.kb0, m.q0);
+    m.fn(tile);
   }
 }
 
