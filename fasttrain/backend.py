@@ -34,6 +34,9 @@ def _load(backend: str):
         if backend == "cpp":
             module = importlib.import_module("fasttrain._C")
             module.set_num_threads(settings.num_threads)
+            from ._malloc import retain_freed_memory
+
+            retain_freed_memory()   # each step's arrays reuse the last step's pages (fasttrain/_malloc.py)
         elif backend == "cuda":
             module = importlib.import_module("fasttrain._cuda")
             if module.device_count() == 0:
