@@ -581,7 +581,6 @@ void bind(py::module_& m) {
     const char* op = "avgpool2d_fwd";
     expect_ndim(op, "x", x, 4);
     check_window(op, sh, sw, ph, pw);
-    FT_CHECK(divisor_override >= 0, op << "(divisor_override): expected 0 (none) or a positive divisor, got " << divisor_override);
     const int64_t N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
     const int64_t P = pool_extent(op, "height", H, kh, sh, ph, 1, ceil_mode),
                   Q = pool_extent(op, "width", W, kw, sw, pw, 1, ceil_mode);
@@ -600,7 +599,6 @@ void bind(py::module_& m) {
     const char* op = "avgpool2d_bwd";
     expect_ndim(op, "dx", dx, 4);
     check_window(op, sh, sw, ph, pw);
-    FT_CHECK(divisor_override >= 0, op << "(divisor_override): expected 0 (none) or a positive divisor, got " << divisor_override);
     const int64_t N = dx.shape(0), C = dx.shape(1), H = dx.shape(2), W = dx.shape(3);
     const int64_t P = pool_extent(op, "height", H, kh, sh, ph, 1, ceil_mode),
                   Q = pool_extent(op, "width", W, kw, sw, pw, 1, ceil_mode);

@@ -394,7 +394,6 @@ PYBIND11_MODULE(_cuda, m) {
     auto X = dev_array(x, "x"), Y = dev_array(y, "y");
     expect_4d(op, "x", X);
     check_window(op, sh, sw, ph, pw);
-    FT_CHECK(divisor_override >= 0, op << "(divisor_override): expected 0 (none) or a positive divisor, got " << divisor_override);
     int64_t N = X.shape[0], C = X.shape[1], H = X.shape[2], W = X.shape[3];
     int64_t P = pool_extent(op, "height", H, kh, sh, ph, 1, ceil_mode),
             Q = pool_extent(op, "width", W, kw, sw, pw, 1, ceil_mode);
@@ -410,7 +409,6 @@ PYBIND11_MODULE(_cuda, m) {
     auto DY = dev_array(dy, "dy"), DX = dev_array(dx, "dx");
     expect_4d(op, "dx", DX);
     check_window(op, sh, sw, ph, pw);
-    FT_CHECK(divisor_override >= 0, op << "(divisor_override): expected 0 (none) or a positive divisor, got " << divisor_override);
     int64_t N = DX.shape[0], C = DX.shape[1], H = DX.shape[2], W = DX.shape[3];
     int64_t P = pool_extent(op, "height", H, kh, sh, ph, 1, ceil_mode),
             Q = pool_extent(op, "width", W, kw, sw, pw, 1, ceil_mode);

@@ -207,7 +207,8 @@ def test_bad_pooling_arguments():
 # ---- AvgPool2d divisor_override --------------------------------------------------------------------
 
 DIVISOR_CONFIGS = [((2, 3, 7, 6), (3, 3), (2, 2), (1, 1), True, 5), ((1, 5, 6, 6), (2, 3), (2, 1), (0, 1), False, 1),
-                   ((2, 1, 5, 7), (3, 2), (3, 2), (1, 1), True, 13)]
+                   ((2, 1, 5, 7), (3, 2), (3, 2), (1, 1), True, 13),
+                   ((1, 2, 5, 5), (2, 2), (2, 2), (1, 0), True, -3)]   # PyTorch divides by a negative one too
 
 
 def _avg_override(call, x, dy, k, s, p, ceil, divisor):
@@ -257,13 +258,19 @@ def test_divisor_override_layer_matches_torch_and_gradcheck(shape, k, s, p, ceil
 
 
 def test_bad_divisor_override():
-    for bad in (0, -2, 1.5, True):
-        with pytest.raises(ValueError, match=r"AvgPool2d\(.*\): divisor_override must be None or a positive int, got"):
+    """PyTorch's rule: a nonzero int; 0 is an error, other types a TypeError."""
+    with pytest.raises(ValueError, match=r"AvgPool2d\(.*\): divisor_override must be None or a nonzero int, got 0"):
+        AvgPool2d(2, divisor_override=0)
+    for bad in (1.5, True):
+        with pytest.raises(TypeError, match=r"AvgPool2d\(.*\): divisor_override must be None or a nonzero int, got"):
             AvgPool2d(2, divisor_override=bad)
-    C = pytest.importorskip("fasttrain._C", reason="C++ module not built")
-    with pytest.raises(ValueError, match=r"avgpool2d_fwd\(divisor_override\): expected 0 \(none\) or a positive"):
-        C.avgpool2d_fwd(np.zeros((1, 1, 4, 4), np.float32), np.zeros((1, 1, 2, 2), np.float32), 2, 2, 2, 2, 0, 0,
-                        False, True, -1)
+    torch = pytest.importorskip("torch")
+    x = torch.zeros(1, 1, 4, 4)
+    with pytest.raises(RuntimeError, match="divisor must be not zero"):
+        torch.nn.AvgPool2d(2, divisor_override=0)(x)
+    for bad in (1.5, True):
+        with pytest.raises(TypeError):
+            torch.nn.AvgPool2d(2, divisor_override=bad)(x)
 
 
 def test_divisor_override_inside_a_blocked_flow():

@@ -143,17 +143,19 @@ class MaxPool2d(_Pool2d):
 class AvgPool2d(_Pool2d):
     """Mean over each window; the divisor counts the padding (kernel_h * kernel_w inside the padded
     input) unless count_include_pad=False (then: the window's taps inside the input). With
-    divisor_override (PyTorch's option) every window's sum is divided by that number instead."""
+    divisor_override (PyTorch's option: a nonzero int, negative allowed) every window's sum is divided by
+    that number instead."""
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                  divisor_override=None):
         super().__init__(kernel_size, stride, padding, 1, ceil_mode)
         self.count_include_pad = bool(count_include_pad)
         self.divisor_override = None
-        if divisor_override is not None and (isinstance(divisor_override, bool) or not isinstance(divisor_override, int)
-                                             or divisor_override < 1):
-            raise ValueError(f"{self._where()}: divisor_override must be None or a positive int, "
-                             f"got {divisor_override!r}")
+        # PyTorch's rule: any nonzero int (a negative one flips the sign), a TypeError for other types
+        if divisor_override is not None and (isinstance(divisor_override, bool) or not isinstance(divisor_override, int)):
+            raise TypeError(f"{self._where()}: divisor_override must be None or a nonzero int, got {divisor_override!r}")
+        if divisor_override == 0:
+            raise ValueError(f"{self._where()}: divisor_override must be None or a nonzero int, got 0")
         self.divisor_override = divisor_override
 
     def extra_repr(self) -> str:
