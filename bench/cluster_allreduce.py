@@ -18,7 +18,9 @@ MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM choices named, one run each; the table then 
 the MPICH algorithm that came closest to ours: the comparison is with MPICH at its best), ours
 as ring_allreduce picks it ('auto'), and (in the first run) the other ways forced: hierarchical with every rank on its slice across hosts ('hier_slices')
 or one leader per host ('hier_leader'); one rank per host: one round to every peer ('oneshot'),
-reduce-scatter + all-gather with every peer at once ('direct'); and the flat ring ('flat_ring').
+reduce-scatter + all-gather with every peer at once ('direct'), through rank 0 ('rooted'); and the flat
+ring ('flat_ring'). Below 1 MB on 3-4 hosts of one rank 'auto' is whichever of the last three measured
+fastest on its first call (fasttrain.parallel.ring.measured_choice).
 The machine has 2 cores for all the ranks: absolute times include waiting for a core.
 """
 from __future__ import annotations
@@ -41,7 +43,7 @@ from fasttrain.parallel import allreduce_algorithm, get_comm, launched_world_siz
 
 SIZES = [64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20]
 FLAT_RING = {"small_bytes": 0, "shared_bytes": 0, "mid_bytes": 0}
-NAMES = ["auto", "hier_slices", "hier_leader", "oneshot", "direct", "flat_ring"]
+NAMES = ["auto", "hier_slices", "hier_leader", "oneshot", "direct", "rooted", "flat_ring"]
 
 
 def load1() -> float:
@@ -77,7 +79,7 @@ def sample(comm, fns: dict, reset, rounds: int) -> dict:
 
 
 def child(args):
-    from fasttrain.parallel.ring import direct_allreduce, hierarchical_allreduce, oneshot_allreduce
+    from fasttrain.parallel.ring import direct_allreduce, hierarchical_allreduce, oneshot_allreduce, rooted_allreduce
     from fasttrain.parallel.shm import hierarchy
 
     comm = get_comm()
@@ -98,6 +100,7 @@ def child(args):
         else:
             fns["oneshot"] = lambda: oneshot_allreduce(comm, buf)
             fns["direct"] = lambda: direct_allreduce(comm, buf)
+            fns["rooted"] = lambda: rooted_allreduce(comm, buf)
         if args.alternatives:
             fns["flat_ring"] = lambda: ring_allreduce(comm, buf, **FLAT_RING)
         want = src.copy()

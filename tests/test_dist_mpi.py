@@ -39,7 +39,8 @@ def test_ring_allreduce_matches_float64_sum_and_ranks_identical(K):
         assert c["mpi_relerr"] <= 1e-5, c
         # integers: every algorithm (forced, or called directly) returns the exact sum on every rank
         exact = {k for k in c if k.startswith("exact_")}
-        assert {"exact_auto", "exact_ring", "exact_halving_doubling", "exact_oneshot", "exact_direct"} <= exact, c
+        assert {"exact_auto", "exact_ring", "exact_halving_doubling", "exact_oneshot", "exact_direct",
+                "exact_rooted"} <= exact, c
         assert all(c[k] for k in exact), c
         assert c["shm_repeat_ok"], c
         assert c["shm_f64_identical"] and c["shm_f64_relerr"] <= 1e-12, c

@@ -1,14 +1,18 @@
 """The all-reduce paths of fasttrain.parallel.ring over threads standing in for ranks: recursive
 doubling (short buffers), halving-doubling (mid sizes), the pipelined ring (forced with
-small_bytes=0, mid_bytes=0), and the all-peers-at-once ones of hosts with one rank each (one-shot,
-direct reduce-scatter + all-gather, segmented), against the float64
-sum, ranks bit-identical, K = 1..6 (powers of two and not)."""
+small_bytes=0, mid_bytes=0), and the ones of hosts with one rank each (one-shot, direct reduce-scatter +
+all-gather with every peer at once, segmented, and rooted: through rank 0), against the float64
+sum, ranks bit-identical, K = 1..6 (powers of two and not); those three return the same bits (so the
+measured choice between them never shows in a result), and the measured choice itself."""
+import time
+
 import numpy as np
 import pytest
 
 from fasttrain.parallel import ThreadWorld, ring_allreduce
-from fasttrain.parallel.ring import (direct_allreduce, halving_doubling_allreduce, oneshot_allreduce,
-                                     recursive_doubling_allreduce)
+from fasttrain.parallel import ring
+from fasttrain.parallel.ring import (MEASURED_CANDIDATES, direct_allreduce, halving_doubling_allreduce, measured_choice,
+                                     oneshot_allreduce, recursive_doubling_allreduce, rooted_allreduce)
 
 
 def _data(rank, n):
@@ -17,7 +21,7 @@ def _data(rank, n):
 
 @pytest.mark.parametrize("K", [2, 3, 4, 5, 6])
 @pytest.mark.parametrize("n", [1, 2, 7, 1031])
-@pytest.mark.parametrize("path", ["doubling", "halving", "ring", "oneshot", "direct", "auto"])
+@pytest.mark.parametrize("path", ["doubling", "halving", "ring", "oneshot", "direct", "rooted", "auto"])
 @pytest.mark.parametrize("op", ["sum", "mean"])
 def test_paths_match_float64_sum_and_ranks_identical(K, n, path, op):
     ref = np.sum([_data(k, n).astype(np.float64) for k in range(K)], axis=0) / (K if op == "mean" else 1)
@@ -30,6 +34,8 @@ def test_paths_match_float64_sum_and_ranks_identical(K, n, path, op):
             return halving_doubling_allreduce(comm, buf, op)
         if path == "oneshot":
             return oneshot_allreduce(comm, buf, op)
+        if path == "rooted":
+            return rooted_allreduce(comm, buf, op)
         if path == "direct":  # 8-byte segments: several per chunk at n = 1031
             return direct_allreduce(comm, buf, op, segment_bytes=8)
         if path == "ring":
@@ -50,3 +56,60 @@ def test_auto_switches_on_size():
     by_doubling = ThreadWorld(K).run(lambda c: recursive_doubling_allreduce(c, _data(c.rank, n)))[0]
     assert np.array_equal(runs[1 << 20], by_doubling)
     np.testing.assert_allclose(runs[0], by_doubling, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("K", [2, 3, 4, 5])
+@pytest.mark.parametrize("op", ["sum", "mean"])
+def test_one_rank_per_host_paths_return_the_same_bits(K, op):
+    """one-shot, direct (segments of 1, 2 and 600 values) and rooted add in rank order: bit for bit
+    the same result (values of mixed magnitudes, where a different order changes the low bits)."""
+    n = 1031
+
+    def data(rank):
+        return (_data(rank, n) * np.float32(10.0) ** np.random.default_rng([rank, 5]).integers(-6, 6, n)).astype(np.float32)
+
+    def body(comm):
+        outs = [fn(comm, data(comm.rank)) for fn in (
+            lambda c, b: oneshot_allreduce(c, b, op), lambda c, b: rooted_allreduce(c, b, op),
+            lambda c, b: direct_allreduce(c, b, op, segment_bytes=4), lambda c, b: direct_allreduce(c, b, op, segment_bytes=8),
+            lambda c, b: direct_allreduce(c, b, op, segment_bytes=2400))]
+        return np.stack(outs)
+
+    got = ThreadWorld(K).run(body)
+    for rank_out in got:
+        for other in rank_out:
+            assert np.array_equal(rank_out[0].view(np.uint32), other.view(np.uint32))
+    np.testing.assert_allclose(got[0][0], np.sum([data(k).astype(np.float64) for k in range(K)], axis=0)
+                               / (K if op == "mean" else 1), rtol=1e-5, atol=1e-5 * 10.0 ** 6)
+
+
+def test_measured_choice_agrees_across_ranks_and_is_kept(monkeypatch):
+    """Every rank picks the same candidate from the same gathered times, once per size class;
+    rigged timings show that the slowest rank's times decide."""
+    picks = ThreadWorld(3).run(lambda c: [measured_choice(c, 1 << 16), measured_choice(c, (1 << 17) - 4),
+                                          measured_choice(c, 1 << 12)])
+    assert all(p == picks[0] for p in picks) and picks[0][0] == picks[0][1] and picks[0][0] in MEASURED_CANDIDATES
+
+    calls = []
+
+    def slow(name, rank_delay):  # 'direct' is fast except on rank 2, where it is the slowest of all
+        def fn(comm, x):
+            calls.append((comm.rank, name))
+            time.sleep(rank_delay(comm.rank))
+        return fn
+
+    monkeypatch.setattr(ring, "_MEASURED_FNS", {
+        "direct": slow("direct", lambda r: 0.03 if r == 2 else 0.0),
+        "oneshot": slow("oneshot", lambda r: 0.01),
+        "rooted": slow("rooted", lambda r: 0.02)})
+
+    def body(comm):
+        first = measured_choice(comm, 5000)
+        n = len(calls)
+        again = measured_choice(comm, 6000)  # the same size class: kept, nothing runs
+        return first, again, n == len(calls), comm._ring_measured_ms
+
+    out = ThreadWorld(3).run(body)
+    assert all(o[:3] == ("oneshot", "oneshot", True) for o in out), out
+    assert len(calls) == 3 * 3 * (ring.MEASURED_ROUNDS + 1)
+    assert out[0][3][13]["direct"] >= 30 and out[0][3][13]["oneshot"] < out[0][3][13]["rooted"], out[0][3]

@@ -157,7 +157,12 @@ class MPIComm(Communicator):
         return self.comm.allgather(obj)
 
     def dup(self, poll_interval_s=None):
-        return MPIComm(self.comm.Dup(), self.poll_interval_s if poll_interval_s is None else poll_interval_s)
+        d = MPIComm(self.comm.Dup(), self.poll_interval_s if poll_interval_s is None else poll_interval_s)
+        # the same ranks on the same links: the all-reduce choices measured here hold there (a copy:
+        # each communicator adds its own in its own order, identical on every rank)
+        if hasattr(self, "_ring_measured"):
+            d._ring_measured = dict(self._ring_measured)
+        return d
 
     def abort(self, code=1):
         self.comm.Abort(code)

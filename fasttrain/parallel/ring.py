@@ -23,7 +23,9 @@ reaches the all-gather, whose bytes every rank decodes, so ranks stay bit-identi
 from __future__ import annotations
 
 import queue
+import statistics
 import threading
+import time
 
 import numpy as np
 
@@ -63,14 +65,19 @@ DEFAULT_CROSS_RING_BYTES = 1 << 20
 #: rounds where recursive doubling, halving-doubling and the ring take 3, 4 and 2 (p - 1) for p = 3.
 #: Each rank then has p - 1 messages in flight per round; measured up to 4 hosts.
 DIRECT_MAX_RANKS = 4
-#: across hosts, one rank each, three or more hosts: below this many bytes the one-round
-#: all-reduce runs, above it the two-round direct one, whose ranks send 2 (p - 1) / p of the buffer
-#: instead of p - 1 buffers (two hosts always take one-shot: both send the same bytes there).
-#: On a quiet machine (bench/cluster_allreduce.py, 3 hosts x 1 rank, load 1.5-3) direct beat one-shot
-#: at every size: 64 KB 0.37 vs 0.70 ms and 256 KB 0.94 vs 1.07 ms over 10 Gbit/s, 0.74 vs 1.35 and
-#: 3.10 vs 5.98 ms over 1 Gbit/s. One-shot won at 64-256 KB only when six ranks' worth of work
-#: shared the 2 cores (load 10-16: one round fewer to be descheduled in), which no real cluster does.
-DEFAULT_ONESHOT_BYTES = 0
+#: across hosts, one rank each, three or more hosts: below this many bytes ring_allreduce measures
+#: the candidates (MEASURED_CANDIDATES: one round, two rounds with every peer, two rounds through one
+#: rank) on the first call for each power-of-two size class and keeps the fastest (`measured_choice`);
+#: from it on, `direct` (the fewest bytes on the busiest link: 2 (p - 1) / p of the buffer).
+#: Which one wins below 1 MB depends on the link and on how busy the cores are, not on the bytes: on a
+#: quiet machine direct beat one-shot at every size on 3 hosts (bench/cluster_allreduce.py, 3 hosts x 1
+#: rank, load 1.5-3: 64 KB 0.37 vs 0.70 ms, 256 KB 0.94 vs 1.07 ms over 10 Gbit/s), at load 10-16 one-shot
+#: beat direct at 64-256 KB (one round fewer to be descheduled in). The candidates add every value in
+#: rank order, so they return the same bits and the measurement never shows in a result.
+MEASURED_MAX_BYTES = 1 << 20
+MEASURED_CANDIDATES = ("direct", "oneshot", "rooted")
+#: interleaved calls of each candidate timed on a first call; the median of the slowest rank's times decides
+MEASURED_ROUNDS = 5
 _TAG = 77
 _TAG_SMALL = 78
 
@@ -286,6 +293,23 @@ def _peers(p: int, r: int) -> list[int]:
     return [(r + k) % p for k in range(1, p)]
 
 
+def _sum_in_rank_order(row, p: int, r: int, tmp: np.ndarray) -> None:
+    """row(r) += every other row(j), added as ((row(0) + row(1)) + row(2)) + ...: the one order
+    `oneshot_allreduce`, `direct_allreduce` and `rooted_allreduce` all use, so whichever of them runs,
+    every value comes out with the same bits. row(j): rank j's values (asked for in rank order, so
+    a caller can wait for each peer's message just before its values are added); tmp: scratch of
+    the same length, for r >= 2 (whose own values join the chain later)."""
+    mine = row(r)
+    acc = mine if r < 2 else tmp
+    np.add(row(0), row(1), out=acc)
+    for j in range(2, p):
+        if j == r:
+            np.add(acc, mine, out=mine)
+            acc = mine
+        else:
+            np.add(acc, row(j), out=acc)
+
+
 def oneshot_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum") -> np.ndarray:
     """All-reduce buf in place in one round: every rank sends its whole buffer to every other and
     sums all p buffers itself, in rank order. (p - 1) n values out per rank, but a single message
@@ -300,17 +324,40 @@ def oneshot_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum") -> n
     recvs = [comm.irecv(slot[j], j, _TAG_RS) for j in _peers(p, r)]
     sends = [comm.isend(buf, j, _TAG_RS) for j in _peers(p, r)]
     comm.waitall(recvs)
-    rows = [buf if j == r else slot[j] for j in range(p)]
-    # the sum accumulates in buf once this rank's own values have been added (r < 2), else aside
-    acc = buf if r < 2 else _scratch("oneshot_acc", buf.size, buf.dtype)
     comm.waitall(sends)  # buf is overwritten by the sum below
-    np.add(rows[0], rows[1], out=acc)
-    for j in range(2, p):
-        np.add(acc, rows[j], out=acc)
-    if acc is not buf:
-        buf[...] = acc
+    _sum_in_rank_order(lambda j: buf if j == r else slot[j], p, r, _scratch("oneshot_acc", buf.size, buf.dtype))
     if op == "mean":
         buf /= p
+    return buf
+
+
+def rooted_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum") -> np.ndarray:
+    """All-reduce buf in place through rank 0: every other rank sends its buffer to rank 0, which
+    sums the p buffers in rank order and sends the sum back. 2 rounds and 2 (p - 1) messages (direct:
+    2 rounds, 2 p (p - 1) messages; one-shot: 1 round, p (p - 1) messages of the whole buffer), the
+    same 2 (p - 1) n values in all as direct, but rank 0 moves (p - 1) n of them each way: for short
+    buffers, where a message costs more than its bytes. Ranks end bit-identical (the sum is rank
+    0's, copied), and equal to one-shot's and direct's bits (the same order of additions)."""
+    p, r = comm.size, comm.rank
+    if p == 1 or buf.size == 0:
+        return buf
+    if r != 0:
+        comm.wait(comm.isend(buf, 0, _TAG_RS))
+        comm.wait(comm.irecv(buf, 0, _TAG_AG))
+        return buf
+    others = _scratch("oneshot", (p - 1) * buf.size, buf.dtype).reshape(p - 1, buf.size)
+    recvs = [comm.irecv(others[j - 1], j, _TAG_RS) for j in range(1, p)]
+
+    def row(j):
+        if j == 0:
+            return buf
+        comm.wait(recvs[j - 1])
+        return others[j - 1]
+
+    _sum_in_rank_order(row, p, 0, buf)  # rank 0 adds into its own buffer: no scratch needed
+    if op == "mean":
+        buf /= p
+    comm.waitall([comm.isend(buf, j, _TAG_AG) for j in range(1, p)])
     return buf
 
 
@@ -324,7 +371,8 @@ def direct_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
     share nothing but the sender's link. Pipelined in segments: a segment of the own chunk is
     summed and sent on while the next ones arrive. The all-gather lands in a scratch buffer (buf's
     chunks may still be on their way out) and is copied in at the end. Ranks end bit-identical:
-    each chunk is summed by its owner and copied to the others."""
+    each chunk is summed by its owner, in rank order (the bits of one-shot's sum), and copied to
+    the others."""
     p, r = comm.size, comm.rank
     if p == 1 or buf.size == 0:
         return buf
@@ -336,14 +384,19 @@ def direct_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
     maxc = int(np.diff(off).max())
     inbox = _scratch("direct_rs", p * maxc, buf.dtype).reshape(p, maxc)     # row j: rank j's copy of my chunk
     gather = _scratch("direct_ag", buf.size, buf.dtype)                      # chunk j of the result, from rank j
+    tmp = _scratch("direct_acc", min(seg, maxc), buf.dtype)
     ag_recvs = [comm.irecv(gather[x:y], j, _TAG_AG) for j in peers for x, y in segment_bounds(*_chunk(off, j), seg)]
     rs_recvs = {j: [comm.irecv(inbox[j, x - a:y - a], j, _TAG_RS) for x, y in mine] for j in peers}
     sends = [comm.isend(buf[x:y], j, _TAG_RS) for j in peers for x, y in segment_bounds(*_chunk(off, j), seg)]
     for i, (x, y) in enumerate(mine):
-        acc = buf[x:y]
-        for j in sorted(peers):  # own values, then the peers' in rank order: one fixed chain
+        def row(j, i=i, x=x, y=y):
+            if j == r:
+                return buf[x:y]
             comm.wait(rs_recvs[j][i])
-            np.add(acc, inbox[j, x - a:y - a], out=acc)
+            return inbox[j, x - a:y - a]
+
+        _sum_in_rank_order(row, p, r, tmp[:y - x])
+        acc = buf[x:y]
         if op == "mean":
             acc /= p
         sends += [comm.isend(acc, j, _TAG_AG) for j in peers]
@@ -403,6 +456,55 @@ def verify_layout(comm: Communicator, layout: tuple) -> None:
     seen.add(layout)
 
 
+_MEASURED_FNS = {"direct": lambda comm, x: direct_allreduce(comm, x),
+                 "oneshot": lambda comm, x: oneshot_allreduce(comm, x),
+                 "rooted": lambda comm, x: rooted_allreduce(comm, x)}
+
+
+def measured_choice(comm: Communicator, nbytes: int) -> str:
+    """The fastest of MEASURED_CANDIDATES for an all-reduce of nbytes over comm, measured on the
+    first ask for nbytes' power-of-two size class and kept on comm (`MPIComm.dup` passes it on).
+    Collective on that first ask: every candidate runs MEASURED_ROUNDS times on a scratch float32
+    buffer of nbytes (zeros: the data do not change the time), interleaved in an order rotating by
+    one per round, each call between barriers; every rank's times are gathered and the candidate
+    with the lowest median of the slowest rank's times wins (ties: the earlier candidate). Every
+    rank decides from the same numbers, so all pick the same; the candidates return the same bits,
+    so the pick is invisible in the results. The medians are kept in comm._ring_measured_ms."""
+    key = max(int(nbytes), 1).bit_length()
+    try:
+        cache = comm._ring_measured
+    except AttributeError:
+        cache = {}
+        try:
+            comm._ring_measured = cache
+        except AttributeError:  # a communicator with __slots__: measured every call
+            pass
+    pick = cache.get(key)
+    if pick is not None:
+        return pick
+    x = _scratch("measure", max(1, int(nbytes) // 4), np.dtype(np.float32))
+    x[...] = 0
+    names = list(MEASURED_CANDIDATES)
+    times = {c: [] for c in names}
+    for i in range(MEASURED_ROUNDS + 1):  # round 0 warms up (connections, scratch pages)
+        for c in names[i % len(names):] + names[:i % len(names)]:
+            comm.barrier()
+            t0 = time.perf_counter()
+            _MEASURED_FNS[c](comm, x)
+            if i:
+                times[c].append(time.perf_counter() - t0)
+    everyone = comm.allgather(times)
+    medians = {c: statistics.median(max(t[c][i] for t in everyone) for i in range(MEASURED_ROUNDS)) for c in names}
+    pick = min(names, key=lambda c: (medians[c], names.index(c)))
+    cache[key] = pick
+    try:
+        comm._ring_measured_ms = {**getattr(comm, "_ring_measured_ms", {}),
+                                  key: {c: round(m * 1e3, 4) for c, m in medians.items()}}
+    except AttributeError:
+        pass
+    return pick
+
+
 def allreduce_algorithm(comm: Communicator, nbytes: int, small_bytes: int = DEFAULT_SMALL_BYTES,
                         shared_bytes: int = DEFAULT_SHARED_BYTES, mid_bytes: int = DEFAULT_MID_BYTES) -> str:
     """Which algorithm `ring_allreduce` runs for an uncompressed buffer of nbytes (see there).
@@ -415,7 +517,9 @@ def allreduce_algorithm(comm: Communicator, nbytes: int, small_bytes: int = DEFA
         return "hierarchical"
     p = comm.size
     if nbytes < shared_bytes and p <= DIRECT_MAX_RANKS and host_count(comm) == p:
-        return "oneshot" if p == 2 or nbytes < DEFAULT_ONESHOT_BYTES else "direct"  # (a mid_bytes above the default forces halving-doubling, as in the tests)
+        if p == 2:  # every candidate is one exchange of the whole buffer here
+            return "oneshot"
+        return measured_choice(comm, nbytes) if nbytes < MEASURED_MAX_BYTES else "direct"
     if nbytes < mid_bytes and not (nbytes >= DEFAULT_CROSS_RING_BYTES and p & (p - 1) and mid_bytes <= DEFAULT_MID_BYTES
                                    and host_count(comm) > 1):
         return "halving_doubling"
@@ -444,8 +548,8 @@ def ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
     those from small_bytes up to shared_bytes take the shared-memory window (`shm.NodeWindow`)
     when all ranks are on one MPI node, or `hierarchical_allreduce` when they span several nodes
     and some node runs more than one (then with the codec too, across hosts only), or, with one
-    rank on each of at most DIRECT_MAX_RANKS hosts, `oneshot_allreduce` (two ranks, or below
-    DEFAULT_ONESHOT_BYTES) or `direct_allreduce`; otherwise those up to mid_bytes take
+    rank on each of at most DIRECT_MAX_RANKS hosts, `oneshot_allreduce` (two ranks), the fastest of
+    MEASURED_CANDIDATES (below MEASURED_MAX_BYTES, `measured_choice`) or `direct_allreduce`; otherwise those up to mid_bytes take
     `halving_doubling_allreduce`. small_bytes=0, shared_bytes=0, mid_bytes=0
     force the ring at every size."""
     if op not in ("sum", "mean"):
@@ -475,6 +579,8 @@ def ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
             return oneshot_allreduce(comm, buf, op)
         if algorithm == "direct":
             return direct_allreduce(comm, buf, op, segment_bytes)
+        if algorithm == "rooted":
+            return rooted_allreduce(comm, buf, op)
     elif small_bytes <= buf.nbytes < shared_bytes and hierarchy(comm) is not None:
         return hierarchical_allreduce(comm, buf, op, segment_bytes, codec, rng, offset, schedule)
     off = chunk_offsets(buf.size, p)

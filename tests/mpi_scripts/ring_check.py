@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 from fasttrain.parallel import BucketedAllreduce, ErrorFeedback, allreduce_algorithm, get_comm, ring_allreduce
-from fasttrain.parallel.ring import direct_allreduce, hierarchical_allreduce, oneshot_allreduce
+from fasttrain.parallel.ring import direct_allreduce, hierarchical_allreduce, oneshot_allreduce, rooted_allreduce
 from fasttrain.parallel.shm import hierarchy
 
 
@@ -63,10 +63,11 @@ for n in sizes:
         gathered = comm.allgather(digest(buf))
         if r == 0:
             case["exact_" + name] = bool(np.array_equal(buf, exact)) and len(set(gathered)) == 1
-    # the all-peers-at-once algorithms (one rank per host picks them), called directly so every
+    # the algorithms of one rank per host (measured_choice picks among them), called directly so every
     # placement runs them; segments of `seg` bytes cut the chunks of the larger sizes
     for name, fn in (("oneshot", lambda b: oneshot_allreduce(comm, b)),
-                     ("direct", lambda b: direct_allreduce(comm, b, segment_bytes=seg))):
+                     ("direct", lambda b: direct_allreduce(comm, b, segment_bytes=seg)),
+                     ("rooted", lambda b: rooted_allreduce(comm, b))):
         buf = ints(r)
         fn(buf)
         gathered = comm.allgather(digest(buf))
