@@ -67,12 +67,14 @@ def _torch_bn(c, residual):
 
 
 def _bn_entry(n, c, h, w, residual):
-    """relu(BN(x) [+ residual]) forward (statistics computed) and backward (ReLU mask, dres)."""
+    """relu(BN(x) [+ residual]) forward (statistics computed) and backward (ReLU mask, dres), called as
+    the layer calls them: without a residual the backward recomputes the mask from x (beta)."""
     def run(k, a):
         k("batchnorm_blocked_fwd_train")(a["xb"], a["gamma"], a["beta"], 1e-5, a["yb"], a["mean"], a["invstd"], True,
                                          a.get("res"), halo_y=1)
+        mask = {"y": a["yb"], "halo_y": 1} if residual else {"beta": a["beta"]}
         k("batchnorm_blocked_bwd")(a["xb"], a["dyb"], a["gamma"], a["mean"], a["invstd"], a["dxb"], a["dgamma"],
-                                   a["dbeta"], a["yb"], a.get("dres"), halo_y=1)
+                                   a["dbeta"], dres=a.get("dres"), **mask)
 
     def nchw(a):
         d = _nchw(a, c, ("xb", "dyb", "yb", "dxb") + (("res", "dres") if residual else ()), {"yb": 1})
@@ -85,9 +87,10 @@ def _bn_entry(n, c, h, w, residual):
         return step
 
     size = n * c * h * w
-    # fwd: statistics read x; apply reads x (+ res), writes y. bwd: sums read x, dy, y; dx pass reads
-    # x, dy, y, writes dx (+ dres). FLOPs: BN's 17 (+ the add) per element
-    arrays = 12 if residual else 10
+    # fwd: statistics read x; apply reads x (+ res), writes y. bwd: the sums pass reads x, dy (+ y,
+    # writing g to dres); the dx pass reads x and dy (or g from dres), writes dx. FLOPs: BN's 17
+    # (+ the add) per element
+    arrays = 11 if residual else 8
     return Entry("blocked_bn_add_relu" if residual else "blocked_bn_relu", (n, c, h, w), 4.0 * size * arrays,
                  (18.0 if residual else 17.0) * size, lambda: _bn_inputs(n, c, h, w, residual), run,
                  ("yb", "dxb", "mean", "invstd", "dgamma", "dbeta") + (("dres",) if residual else ()),

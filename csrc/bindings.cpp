@@ -729,7 +729,7 @@ void bind(py::module_& m) {
   m.def("batchnorm_blocked_bwd", [](py::array xb, py::array dyb, py::array gamma, py::array mean,
                                     py::array invstd, py::array dxb, py::array dgamma, py::array dbeta,
                                     py::object y, py::object dres, int64_t halo_x, int64_t halo_y,
-                                    int64_t halo_dx) {
+                                    int64_t halo_dx, py::object beta) {
     const char* op = "batchnorm_blocked_bwd";
     expect_ndim(op, "gamma", gamma, 1);
     const Geo g = blocked_geo(op, "xb", xb, gamma.shape(0), halo_x, "halo_x");
@@ -745,12 +745,21 @@ void bind(py::module_& m) {
     py::array ya, dr;
     const float* pyo = optional_blocked(op, "y", y, ya, g, halo_y, "halo_y", {{&dxb, "dxb"}});
     float* pdr = optional_blocked(op, "dres", dres, dr, g, 0, "dres's halo", {{&dxb, "dxb"}, {&dyb, "dyb"}});
+    // beta: the fused ReLU's mask recomputed from x through the forward's affine map, instead of y
+    py::array be;
+    const float* pbe = nullptr;
+    if (!beta.is_none()) {
+      FT_CHECK(y.is_none(), op << "(beta): expected y=None with beta (both name the ReLU mask's source), got both");
+      be = beta.cast<py::array>();
+      expect_channels(op, "beta", be, g.C);
+      pbe = ptr_of(be, "beta");
+    }
     py::gil_scoped_release nogil;
     ft::cpu::batchnorm_blocked_bwd(px, pdy, pg, pm, pi, pdx, pdg, pdb, g.N, g.C, g.H, g.W, pyo, pdr, halo_x,
-                                   halo_y, halo_dx);
+                                   halo_y, halo_dx, pbe);
   }, py::arg("xb"), py::arg("dyb"), py::arg("gamma"), py::arg("mean"), py::arg("invstd"), py::arg("dxb"),
      py::arg("dgamma"), py::arg("dbeta"), py::arg("y") = py::none(), py::arg("dres") = py::none(), py::kw_only(),
-     py::arg("halo_x") = 0, py::arg("halo_y") = 0, py::arg("halo_dx") = 0);
+     py::arg("halo_x") = 0, py::arg("halo_y") = 0, py::arg("halo_dx") = 0, py::arg("beta") = py::none());
 
   m.def("blocked_repad", [](py::array xb, int64_t channels, int64_t halo_in, py::array yb, int64_t halo_out) {
     const char* op = "blocked_repad";

@@ -146,34 +146,69 @@ def test_batchnorm_fwd_eval(isa, shape, options):
     assert_invariants(outs[0], shape[1], hy, "yb")
 
 
-def run_bn_bwd(fn, a, relu, residual, halos):
+def run_bn_bwd(fn, a, relu, residual, halos, mask_from_x=False, fwd=ref.batchnorm_blocked_fwd_train_ref):
+    """mask_from_x: the ReLU mask recomputed from x (beta given, no y); fwd: the forward whose mean,
+    invstd and y the backward gets."""
     n, c, h, w = a["x"].shape
     hx, hy, hdx = halos
     xb = blocked_input(a["x"], hx)
     yb = np.zeros(blocked_shape(n, c, h, w, hy), f32)
     mean, invstd = np.empty(c, f32), np.empty(c, f32)
-    ref.batchnorm_blocked_fwd_train_ref(xb, a["gamma"], a["beta"], 1e-5, yb, mean, invstd, relu, halo_x=hx, halo_y=hy)
+    fwd(xb, a["gamma"], a["beta"], 1e-5, yb, mean, invstd, relu, halo_x=hx, halo_y=hy)
     dxb = nan_like(blocked_shape(n, c, h, w, hdx))
     dres = nan_like(blocked_shape(n, c, h, w, 0)) if residual else None
     dgamma, dbeta = np.full(c, 0.25, f32), np.full(c, -0.5, f32)  # accumulated into
-    fn(xb, ref.to_blocked(a["dy"]), a["gamma"], mean, invstd, dxb, dgamma, dbeta, yb if relu else None, dres,
-       halo_x=hx, halo_y=hy, halo_dx=hdx)
+    mask = {"beta": a["beta"]} if mask_from_x else {}
+    fn(xb, ref.to_blocked(a["dy"]), a["gamma"], mean, invstd, dxb, dgamma, dbeta,
+       yb if relu and not mask_from_x else None, dres, halo_x=hx, halo_y=hy, halo_dx=hdx, **mask)
     return dxb, dgamma, dbeta, dres
 
 
-@pytest.mark.parametrize("options", [(False, False), (True, False), (True, True)], ids=["plain", "relu", "relu-dres"])
+BN_BWD_OPTIONS = [(False, False, False), (True, False, False), (True, True, False), (True, False, True),
+                  (True, True, True)]  # (relu, dres, mask from x)
+
+
+@pytest.mark.parametrize("options", BN_BWD_OPTIONS, ids=lambda o: "relu%d-dres%d-maskx%d" % o)
 @pytest.mark.parametrize("shape", SHAPES, ids=_ids(SHAPES))
 def test_batchnorm_bwd(isa, shape, options):
     a = bn_arrays(*shape)
     halos = HALOS[SHAPES.index(shape) % len(HALOS)]
-    got = run_bn_bwd(C.batchnorm_blocked_bwd, a, *options, halos)
-    want = run_bn_bwd(ref.batchnorm_blocked_bwd_ref, a, *options, halos)
+    got = run_bn_bwd(C.batchnorm_blocked_bwd, a, *options[:2], halos, options[2])
+    want = run_bn_bwd(ref.batchnorm_blocked_bwd_ref, a, *options[:2], halos, options[2])
     for name, g, w in zip(("dxb", "dgamma", "dbeta", "dres"), got, want):
         if w is not None:
             assert_close(g, w, f"{isa} {name}", rtol=1e-4)
     assert_invariants(got[0], shape[1], halos[2], "dxb")
     if options[1]:
         assert_invariants(got[3], shape[1], 0, "dres")
+
+
+@pytest.mark.parametrize("stats", [False, True], ids=["own-stats", "conv-stats"])
+def test_batchnorm_bwd_mask_from_x_is_the_forwards_mask(isa, stats):
+    """The mask recomputed from x through the forward's map is exactly the forward's y > 0: the same
+    bits as the backward given y. With the convolution's statistics (used as given) a third of x is
+    then moved onto the ReLU's kink: -b/a and its float neighbours, where x * a + b is within an ulp
+    of zero and only the same rounding gives the same sign."""
+    n, c, h, w = 3, 33, 7, 9
+    a = bn_arrays(n, c, h, w, seed=5)
+    st = x_stats(a["x"]) if stats else None
+    if stats:
+        mean, invstd = np.empty(c, f32), np.empty(c, f32)
+        C.batchnorm_blocked_fwd_train(ref.to_blocked(a["x"]), a["gamma"], a["beta"], 1e-5,
+                                      np.empty(blocked_shape(n, c, h, w, 0), f32), mean, invstd, True, None, st)
+        ma, mb = ref.batchnorm_affine_ref(a["gamma"], a["beta"], mean, invstd)
+        kink = (-mb / ma).astype(f32)[None, :, None, None]
+        ulps = np.random.default_rng(6).integers(-2, 3, a["x"].shape).astype(np.int32)
+        near = (kink.view(np.int32) + ulps).view(f32)
+        a["x"] = np.where(np.arange(h * w).reshape(h, w) % 3 == 0, near, a["x"]).astype(f32)
+
+    def fwd(xb, gamma, beta, eps, yb, mean, invstd, relu, halo_x, halo_y):
+        C.batchnorm_blocked_fwd_train(xb, gamma, beta, eps, yb, mean, invstd, relu, None, st,
+                                      halo_x=halo_x, halo_y=halo_y)
+    with_y = run_bn_bwd(C.batchnorm_blocked_bwd, a, True, False, (1, 1, 0), False, fwd)
+    from_x = run_bn_bwd(C.batchnorm_blocked_bwd, a, True, False, (1, 1, 0), True, fwd)
+    for name, g, w in zip(("dxb", "dgamma", "dbeta"), from_x, with_y):
+        np.testing.assert_array_equal(g, w, err_msg=f"{isa} {name}")
 
 
 def test_batchnorm_shifted_statistics_do_not_cancel(isa):
@@ -293,6 +328,7 @@ def _all_outputs(shape=(3, 33, 7, 33)):
     n, c, h, w = shape
     out = list(run_bn_fwd_train(C.batchnorm_blocked_fwd_train, a, True, True, False, (1, 2, 1)))
     out += [o for o in run_bn_bwd(C.batchnorm_blocked_bwd, a, True, True, (2, 1, 1)) if o is not None]
+    out += [o for o in run_bn_bwd(C.batchnorm_blocked_bwd, a, True, False, (1, 0, 2), True) if o is not None]
     xb = blocked_input(a["x"], 1)
     y = np.empty((n, c), f32)
     C.global_avgpool_blocked_fwd(xb, y, c, halo_x=1)
@@ -344,6 +380,9 @@ def test_argument_errors_name_argument_value_and_expectation():
     with pytest.raises(ValueError, match=r"\(dxb\): expected an array distinct from xb and dyb"):
         dy = np.zeros(blocked_shape(2, 17, 4, 4, 0), f32)
         C.batchnorm_blocked_bwd(dy, dy, g, g, g, dy, stat, stat.copy())
+    with pytest.raises(ValueError, match=r"batchnorm_blocked_bwd\(beta\): expected y=None with beta"):
+        dy = np.zeros(blocked_shape(2, 17, 4, 4, 0), f32)
+        C.batchnorm_blocked_bwd(dy, dy, g, g, g, dy.copy(), stat, stat.copy(), dy.copy(), beta=g)
     am = np.zeros(blocked_shape(2, 17, 2, 2, 0), np.int64)
     with pytest.raises(ValueError, match=r"maxpool2d_blocked_fwd\(argmax\): expected shape \(2, 2, 2, 2, 16\)"):
         C.maxpool2d_blocked_fwd(xb, np.empty(blocked_shape(2, 17, 2, 2, 0), f32), am[:, :, :1].copy(), 2, 2, 2, 2,

@@ -86,6 +86,15 @@ struct Partials {
   }
 };
 
+// The forward's per-channel map y = x * a + b, from the float mean and invstd it returns (not the
+// double values behind them), so that the backward recomputes the same a and b, and so the same
+// ReLU mask, from its arguments.
+inline void affine_of(float gamma, float beta, float mean, float invstd, float& a, float& b) {
+  const double ac = static_cast<double>(gamma) * invstd;
+  a = static_cast<float>(ac);
+  b = static_cast<float>(beta - static_cast<double>(mean) * ac);
+}
+
 // y = relu?(x * a + b + res?) over every plane, halo of y zeroed; a, b: Cb * 16 floats.
 void apply(const Isa& k, const float* x, const Arr& ax, const float* res, const Arr& ar, float* y,
            const Arr& ay, int64_t T, const float* a, const float* b, bool relu) {
@@ -115,36 +124,33 @@ void batchnorm_blocked_fwd_train(const float* x, const float* gamma, const float
   if (!stats && N > 0)
     for (int64_t c = 0; c < C; ++c) shift[c] = x[ax.interior(c / kLanes) + c % kLanes];
   blocked::Partials part(stats ? 0 : T, 2);
+  // channel c's mean and variance -> mean, invstd, a, b
+  auto constants = [&](int64_t c, double mu, double var) {
+    mean[c] = static_cast<float>(mu);
+    invstd[c] = static_cast<float>(1.0 / std::sqrt(std::max(var, 0.0) + eps));
+    blocked::affine_of(gamma[c], beta[c], mean[c], invstd[c], a[c], b[c]);
+  };
+  if (stats)  // raw sums from the convolution's epilogue, accumulated in double there: no pass of
+              // our own before the apply, so no barrier either
+    for (int64_t c = 0; c < C; ++c) {
+      const double mu = stats[c] / M;
+      constants(c, mu, stats[C + c] / M - mu * mu);
+    }
 #pragma omp parallel num_threads(blocked::threads_for(T * H * W * kLanes))
   {
     if (!stats) {
 #pragma omp for schedule(static)
       for (int64_t t = 0; t < T; ++t)
         k.bn_sums(ax.in(x, t), H, W, shift.data() + (t % Cb) * kLanes, part.at(t, 0), part.at(t, 1));
-    }
 #pragma omp for schedule(static)
-    for (int64_t cb = 0; cb < Cb; ++cb) {
-      double s[kLanes], s2[kLanes];
-      if (!stats) {
+      for (int64_t cb = 0; cb < Cb; ++cb) {
+        double s[kLanes], s2[kLanes];
         part.total(N, Cb, cb, 0, s);
         part.total(N, Cb, cb, 1, s2);
-      }
-      for (int64_t c = cb * kLanes; c < std::min(C, (cb + 1) * kLanes); ++c) {
-        double mu, var;
-        if (stats) {  // raw sums from the convolution's epilogue, accumulated in double there
-          mu = stats[c] / M;
-          var = stats[C + c] / M - mu * mu;
-        } else {
+        for (int64_t c = cb * kLanes; c < std::min(C, (cb + 1) * kLanes); ++c) {
           const double dm = s[c % kLanes] / M;
-          mu = shift[c] + dm;
-          var = s2[c % kLanes] / M - dm * dm;
+          constants(c, shift[c] + dm, s2[c % kLanes] / M - dm * dm);
         }
-        const double is = 1.0 / std::sqrt(std::max(var, 0.0) + eps);
-        mean[c] = static_cast<float>(mu);
-        invstd[c] = static_cast<float>(is);
-        const double ac = gamma[c] * is;
-        a[c] = static_cast<float>(ac);
-        b[c] = static_cast<float>(beta[c] - mu * ac);
       }
     }
     blocked::apply(k, x, ax, residual, ar, y, ay, T, a.data(), b.data(), relu);
@@ -168,23 +174,36 @@ void batchnorm_blocked_fwd_eval(const float* x, const float* gamma, const float*
                  b.data(), relu);
 }
 
+// Two passes: per-plane sums of g (dy after the ReLU mask) and g * (x - mu), then dx. With dres
+// (the residual's gradient, which is g) the first pass writes g there and the second reads it back
+// instead of dy and the mask's source.
 void batchnorm_blocked_bwd(const float* x, const float* dy, const float* gamma, const float* mean,
                            const float* invstd, float* dx, float* dgamma, float* dbeta, int64_t N,
                            int64_t C, int64_t H, int64_t W, const float* y, float* dres, int64_t hx,
-                           int64_t hy, int64_t hdx) {
+                           int64_t hy, int64_t hdx, const float* beta) {
   const blocked::Isa& k = blocked::isa();
   const int64_t Cb = blocked::blocks(C), T = N * Cb;
   const Arr ax{Cb, H, W, hx}, ay{Cb, H, W, hy}, adx{Cb, H, W, hdx}, a0{Cb, H, W, 0};
   const double M = static_cast<double>(N) * H * W;
   std::vector<float> mu(Cb * kLanes, 0.f), kk(Cb * kLanes, 0.f), m1(Cb * kLanes, 0.f), m2(Cb * kLanes, 0.f);
   std::copy(mean, mean + C, mu.begin());
+  // the ReLU mask from x: the forward's a and b (pad lanes 0 * x + 0: masked, and their g is 0 anyway)
+  std::vector<float> ma, mb;
+  if (beta && !y) {
+    ma.assign(Cb * kLanes, 0.f);
+    mb.assign(Cb * kLanes, 0.f);
+    for (int64_t c = 0; c < C; ++c) blocked::affine_of(gamma[c], beta[c], mean[c], invstd[c], ma[c], mb[c]);
+  }
+  auto lanes = [](const std::vector<float>& v, int64_t t, int64_t Cb) {
+    return v.empty() ? nullptr : v.data() + (t % Cb) * kLanes;
+  };
   blocked::Partials part(T, 2);
 #pragma omp parallel num_threads(blocked::threads_for(T * H * W * kLanes))
   {
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < T; ++t)
-      k.bn_bwd_sums(ax.in(x, t), a0.in(dy, t), ay.in(y, t), H, W, mu.data() + (t % Cb) * kLanes,
-                    part.at(t, 0), part.at(t, 1));
+      k.bn_bwd_sums(ax.in(x, t), a0.in(dy, t), ay.in(y, t), lanes(ma, t, Cb), lanes(mb, t, Cb), a0.out(dres, t),
+                    H, W, mu.data() + (t % Cb) * kLanes, part.at(t, 0), part.at(t, 1));
 #pragma omp for schedule(static)
     for (int64_t cb = 0; cb < Cb; ++cb) {
       double s[kLanes], s2[kLanes];
@@ -202,8 +221,12 @@ void batchnorm_blocked_bwd(const float* x, const float* dy, const float* gamma, 
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < T; ++t) {
       const int64_t o = (t % Cb) * kLanes;
-      k.bn_bwd_dx(ax.in(x, t), a0.in(dy, t), ay.in(y, t), adx.out(dx, t), a0.out(dres, t), H, W,
-                  mu.data() + o, kk.data() + o, m1.data() + o, m2.data() + o);
+      if (dres)  // g as the first pass stored it: already masked
+        k.bn_bwd_dx(ax.in(x, t), a0.in(dres, t), ay.in(nullptr, t), nullptr, nullptr, adx.out(dx, t), H, W,
+                    mu.data() + o, kk.data() + o, m1.data() + o, m2.data() + o);
+      else
+        k.bn_bwd_dx(ax.in(x, t), a0.in(dy, t), ay.in(y, t), lanes(ma, t, Cb), lanes(mb, t, Cb), adx.out(dx, t), H,
+                    W, mu.data() + o, kk.data() + o, m1.data() + o, m2.data() + o);
       blocked::zero_halo(adx, dx, t);
     }
   }

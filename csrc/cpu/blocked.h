@@ -39,11 +39,13 @@ struct Isa {
   void (*bn_sums)(In x, int64_t H, int64_t W, const float* shift, double* s, double* s2);
   // y = x * a + b (+ res when res.p) then max(0, .) when relu
   void (*bn_apply)(In x, In res, Out y, int64_t H, int64_t W, const float* a, const float* b, bool relu);
-  // g = dy, masked by y > 0 when y.p: sums of g and g * (x - mu), stored to sdy[16] and sdyx[16]
-  void (*bn_bwd_sums)(In x, In dy, In y, int64_t H, int64_t W, const float* mu, double* sdy, double* sdyx);
-  // dx = k * (g - m1 - (x - mu) * m2); dres = g when dres.p
-  void (*bn_bwd_dx)(In x, In dy, In y, Out dx, Out dres, int64_t H, int64_t W, const float* mu,
-                    const float* k, const float* m1, const float* m2);
+  // g = dy, masked by the fused ReLU when y.p (y > 0) or ma (x * ma + mb > 0, the forward's map):
+  // sums of g and g * (x - mu), stored to sdy[16] and sdyx[16]; g itself stored to gout when gout.p
+  void (*bn_bwd_sums)(In x, In dy, In y, const float* ma, const float* mb, Out gout, int64_t H, int64_t W,
+                      const float* mu, double* sdy, double* sdyx);
+  // dx = k * (g - m1 - (x - mu) * m2), g as in bn_bwd_sums
+  void (*bn_bwd_dx)(In x, In dy, In y, const float* ma, const float* mb, Out dx, int64_t H, int64_t W,
+                    const float* mu, const float* k, const float* m1, const float* m2);
   // sums of x over the plane, stored to s[16]
   void (*plane_sum)(In x, int64_t H, int64_t W, double* s);
   // every pixel of the interior = v

@@ -79,6 +79,10 @@ void bn_sums(In x, int64_t H, int64_t W, const float* shift, double* s, double* 
   store_sum(s2, t2);
 }
 
+// The normalization's per-channel affine map, one expression for the forward and for the backward
+// that recomputes the fused ReLU's mask from x (so both round it alike: one FMA where the target has it).
+inline vf affine(const vf& x, const vf& a, const vf& b) { return x * a + b; }
+
 template <bool kRelu, bool kRes>
 void bn_apply_t(In x, In res, Out y, int64_t H, int64_t W, const float* a_, const float* b_) {
   const vf a = ld(a_), b = ld(b_), zero = {};
@@ -87,7 +91,7 @@ void bn_apply_t(In x, In res, Out y, int64_t H, int64_t W, const float* a_, cons
     const float* rr = kRes ? res.p + h * res.row : nullptr;
     float* yr = y.p + h * y.row;
     for (int64_t w = 0; w < W; ++w) {
-      vf v = ld(xr + w * kLanes) * a + b;
+      vf v = affine(ld(xr + w * kLanes), a, b);
       if constexpr (kRes) v += ld(rr + w * kLanes);
       if constexpr (kRelu) v = v < zero ? zero : v;  // NaN kept, like relu_fwd
       st(yr + w * kLanes, v);
@@ -106,27 +110,34 @@ void bn_apply(In x, In res, Out y, int64_t H, int64_t W, const float* a, const f
     bn_apply_t<false, false>(x, res, y, H, W, a, b);
 }
 
-// The gradient reaching the normalization: dy, or with the fused ReLU dy where its output y > 0.
-template <bool kRelu>
-inline vf grad_in(const float* dy, const float* y) {
-  const vf d = ld(dy);
-  if constexpr (kRelu) {
-    const vf zero = {};
-    return ld(y) > zero ? d : zero;
-  }
+// Where the backward's gradient mask comes from: no fused ReLU, the forward's output y (> 0), or x
+// through the forward's affine map (x * a + b > 0: the same value y was computed from, so the same
+// mask, without reading y).
+enum Mask { kNoMask, kMaskY, kMaskX };
+
+// The gradient reaching the normalization at one pixel: dy, zero where the fused ReLU cut.
+template <int kMask>
+inline vf grad_in(const float* dy, const float* y, const vf& x, const vf& a, const vf& b) {
+  const vf d = ld(dy), zero = {};
+  if constexpr (kMask == kMaskY) return ld(y) > zero ? d : zero;
+  if constexpr (kMask == kMaskX) return affine(x, a, b) > zero ? d : zero;
   return d;
 }
 
-template <bool kRelu>
-void bn_bwd_sums_t(In x, In dy, In y, int64_t H, int64_t W, const float* mu_, double* sdy, double* sdyx) {
-  const vf mu = ld(mu_);
+template <int kMask, bool kStore>
+void bn_bwd_sums_t(In x, In dy, In y, const float* ma_, const float* mb_, Out g_out, int64_t H, int64_t W,
+                   const float* mu_, double* sdy, double* sdyx) {
+  const vf mu = ld(mu_), ma = kMask == kMaskX ? ld(ma_) : vf{}, mb = kMask == kMaskX ? ld(mb_) : vf{};
   vd t = {}, t2 = {};
   for (int64_t h = 0; h < H; ++h) {
-    const float *xr = x.p + h * x.row, *dr = dy.p + h * dy.row, *yr = kRelu ? y.p + h * y.row : nullptr;
+    const float *xr = x.p + h * x.row, *dr = dy.p + h * dy.row, *yr = kMask == kMaskY ? y.p + h * y.row : nullptr;
+    float* gr = kStore ? g_out.p + h * g_out.row : nullptr;
     vf a, a2;
     row_sums(W, [&](int64_t w, vf& g, vf& gx) {
-      g = grad_in<kRelu>(dr + w * kLanes, kRelu ? yr + w * kLanes : nullptr);
-      gx = g * (ld(xr + w * kLanes) - mu);
+      const vf xv = ld(xr + w * kLanes);
+      g = grad_in<kMask>(dr + w * kLanes, kMask == kMaskY ? yr + w * kLanes : nullptr, xv, ma, mb);
+      if constexpr (kStore) st(gr + w * kLanes, g);
+      gx = g * (xv - mu);
     }, a, a2);
     t += wide(a);
     t2 += wide(a2);
@@ -135,39 +146,41 @@ void bn_bwd_sums_t(In x, In dy, In y, int64_t H, int64_t W, const float* mu_, do
   store_sum(sdyx, t2);
 }
 
-void bn_bwd_sums(In x, In dy, In y, int64_t H, int64_t W, const float* mu, double* sdy, double* sdyx) {
-  if (y.p)
-    bn_bwd_sums_t<true>(x, dy, y, H, W, mu, sdy, sdyx);
+void bn_bwd_sums(In x, In dy, In y, const float* ma, const float* mb, Out g, int64_t H, int64_t W,
+                 const float* mu, double* sdy, double* sdyx) {
+  const int m = y.p ? kMaskY : ma ? kMaskX : kNoMask;
+#define FT_BN_SUMS(M, S) bn_bwd_sums_t<M, S>(x, dy, y, ma, mb, g, H, W, mu, sdy, sdyx)
+  if (g.p)
+    m == kMaskY ? FT_BN_SUMS(kMaskY, true) : m == kMaskX ? FT_BN_SUMS(kMaskX, true) : FT_BN_SUMS(kNoMask, true);
   else
-    bn_bwd_sums_t<false>(x, dy, y, H, W, mu, sdy, sdyx);
+    m == kMaskY ? FT_BN_SUMS(kMaskY, false) : m == kMaskX ? FT_BN_SUMS(kMaskX, false) : FT_BN_SUMS(kNoMask, false);
+#undef FT_BN_SUMS
 }
 
-template <bool kRelu, bool kRes>
-void bn_bwd_dx_t(In x, In dy, In y, Out dx, Out dres, int64_t H, int64_t W, const float* mu_,
-                 const float* k_, const float* m1_, const float* m2_) {
+template <int kMask>
+void bn_bwd_dx_t(In x, In dy, In y, const float* ma_, const float* mb_, Out dx, int64_t H, int64_t W,
+                 const float* mu_, const float* k_, const float* m1_, const float* m2_) {
   const vf mu = ld(mu_), k = ld(k_), m1 = ld(m1_), m2 = ld(m2_);
+  const vf ma = kMask == kMaskX ? ld(ma_) : vf{}, mb = kMask == kMaskX ? ld(mb_) : vf{};
   for (int64_t h = 0; h < H; ++h) {
-    const float *xr = x.p + h * x.row, *dr = dy.p + h * dy.row, *yr = kRelu ? y.p + h * y.row : nullptr;
+    const float *xr = x.p + h * x.row, *dr = dy.p + h * dy.row, *yr = kMask == kMaskY ? y.p + h * y.row : nullptr;
     float* dxr = dx.p + h * dx.row;
-    float* drr = kRes ? dres.p + h * dres.row : nullptr;
     for (int64_t w = 0; w < W; ++w) {
-      const vf g = grad_in<kRelu>(dr + w * kLanes, kRelu ? yr + w * kLanes : nullptr);
-      if constexpr (kRes) st(drr + w * kLanes, g);
-      st(dxr + w * kLanes, k * (g - m1 - (ld(xr + w * kLanes) - mu) * m2));
+      const vf xv = ld(xr + w * kLanes);
+      const vf g = grad_in<kMask>(dr + w * kLanes, kMask == kMaskY ? yr + w * kLanes : nullptr, xv, ma, mb);
+      st(dxr + w * kLanes, k * (g - m1 - (xv - mu) * m2));
     }
   }
 }
 
-void bn_bwd_dx(In x, In dy, In y, Out dx, Out dres, int64_t H, int64_t W, const float* mu,
-               const float* k, const float* m1, const float* m2) {
-  if (y.p && dres.p)
-    bn_bwd_dx_t<true, true>(x, dy, y, dx, dres, H, W, mu, k, m1, m2);
-  else if (y.p)
-    bn_bwd_dx_t<true, false>(x, dy, y, dx, dres, H, W, mu, k, m1, m2);
-  else if (dres.p)
-    bn_bwd_dx_t<false, true>(x, dy, y, dx, dres, H, W, mu, k, m1, m2);
+void bn_bwd_dx(In x, In dy, In y, const float* ma, const float* mb, Out dx, int64_t H, int64_t W,
+               const float* mu, const float* k, const float* m1, const float* m2) {
+  if (y.p)
+    bn_bwd_dx_t<kMaskY>(x, dy, y, ma, mb, dx, H, W, mu, k, m1, m2);
+  else if (ma)
+    bn_bwd_dx_t<kMaskX>(x, dy, y, ma, mb, dx, H, W, mu, k, m1, m2);
   else
-    bn_bwd_dx_t<false, false>(x, dy, y, dx, dres, H, W, mu, k, m1, m2);
+    bn_bwd_dx_t<kNoMask>(x, dy, y, ma, mb, dx, H, W, mu, k, m1, m2);
 }
 
 void plane_sum(In x, int64_t H, int64_t W, double* s) {

@@ -76,13 +76,29 @@ def batchnorm_blocked_fwd_eval_ref(xb, gamma, beta, running_mean, running_var, e
     _store(yb, y, halo_y)
 
 
+def batchnorm_affine_ref(gamma, beta, mean, invstd):
+    """The forward's per-channel map y = x * a + b (before the ReLU), float32 a and b from the float32
+    mean and invstd it returned: a = gamma * invstd, b = beta - mean * (gamma * invstd) in float64."""
+    ac = gamma.astype(np.float64) * invstd.astype(np.float64)
+    return ac.astype(np.float32), (beta.astype(np.float64) - mean.astype(np.float64) * ac).astype(np.float32)
+
+
 def batchnorm_blocked_bwd_ref(xb, dyb, gamma, mean, invstd, dxb, dgamma, dbeta, y=None, dres=None, *, halo_x=0,
-                              halo_y=0, halo_dx=0):
+                              halo_y=0, halo_dx=0, beta=None):
+    # beta (with y=None): the fused ReLU's mask is x * a + b > 0 with the forward's a and b
+    # (batchnorm_affine_ref), which is its y > 0 without reading y. Its sign is that of the exact
+    # value, which float64 keeps here (x * a is exact in it) and one fused multiply-add keeps too.
     c = gamma.shape[0]
+    if beta is not None and y is not None:
+        raise ValueError("batchnorm_blocked_bwd_ref(beta): expected y=None with beta, got both")
     x = from_blocked(xb, c, halo_x).astype(np.float64)
     dx = np.empty_like(x)
     r = None if dres is None else np.empty_like(x)
-    _bn.batchnorm_bwd_ref(x, from_blocked(dyb, c), gamma, mean, invstd, dx, dgamma, dbeta, _opt(y, c, halo_y), r)
+    mask = _opt(y, c, halo_y)
+    if beta is not None:
+        a, b = batchnorm_affine_ref(gamma, beta, mean, invstd)
+        mask = x * a.astype(np.float64)[:, None, None] + b.astype(np.float64)[:, None, None]
+    _bn.batchnorm_bwd_ref(x, from_blocked(dyb, c), gamma, mean, invstd, dx, dgamma, dbeta, mask, r)
     _store(dxb, dx, halo_dx)
     if dres is not None:
         _store(dres, r, 0)

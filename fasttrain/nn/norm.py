@@ -38,7 +38,7 @@ from .module import Module
 
 
 class _BatchNorm(Module):
-    cache_attrs = ("cache", "_relu_out")
+    cache_attrs = ("cache", "_relu_out", "_mask_beta")
     _ndims: tuple = ()          # accepted input ranks
     _layout: str = ""           # for error messages
 
@@ -58,6 +58,7 @@ class _BatchNorm(Module):
         self.relu = bool(relu)
         self.use_running_stats = False
         self._relu_out = None
+        self._mask_beta = None
         self.weight = self.add_param("weight", (self.num_features,), initializers.ones(), decay=False)
         self.bias = self.add_param("bias", (self.num_features,), initializers.zeros(), decay=False)
         self.buffers = {"running_mean": np.zeros(self.num_features, np.float32),
@@ -160,6 +161,9 @@ class _BatchNorm(Module):
                 backend.kernel("batchnorm_fwd_eval", like=x)(x, gamma, beta, rm, rv, self.eps, y, relu, **kw)
             self.cache = (x, rm, 1.0 / xp.sqrt(rv + self.eps), False)
         self._relu_out = y if relu else None   # the fused ReLU's gradient mask (y > 0)
+        # the blocked backward recomputes that mask from x without a residual (no pass over y); beta
+        # copied, as an optimizer step may come before a pipelined backward
+        self._mask_beta = beta.copy() if relu and blocked and residual is None else None
         return y
 
     def _check_blocked(self, x):
@@ -211,10 +215,11 @@ class _BatchNorm(Module):
         if trained:   # dx written with the halo its consumer reads (a convolution's backward)
             dx = empty(n, c, h, w, self.dx_halo)
             dres = empty(n, c, h, w) if with_residual else None
+            from_x = self._mask_beta is not None
             cpp().batchnorm_blocked_bwd(x.data, dy.data, self.weight.data, mean, invstd, dx.data, self.weight.grad,
-                                        self.bias.grad, None if y is None else y.data,
+                                        self.bias.grad, None if y is None or from_x else y.data,
                                         dres=None if dres is None else dres.data, halo_x=x.halo,
-                                        halo_y=0 if y is None else y.halo, halo_dx=dx.halo)
+                                        halo_y=0 if y is None else y.halo, halo_dx=dx.halo, beta=self._mask_beta)
             return dx, dres
         # Eval (the affine map above) on the interiors, per-channel vectors spread over the lanes
         # (pad lanes: gamma 0, so their gradient stays 0)

@@ -217,10 +217,13 @@ void batchnorm_blocked_fwd_eval(const float* x, const float* gamma, const float*
                                 const float* running_mean, const float* running_var, float eps, float* y,
                                 int64_t N, int64_t C, int64_t H, int64_t W, bool relu,
                                 const float* residual, int64_t hx, int64_t hy, int64_t hr);
+// beta (with y nullptr): the fused ReLU's mask recomputed from x through the forward's affine map
+// (the same bits as its y > 0, without reading y); dres written in the statistics pass, which the
+// dx pass then reads instead of dy and y.
 void batchnorm_blocked_bwd(const float* x, const float* dy, const float* gamma, const float* mean,
                            const float* invstd, float* dx, float* dgamma, float* dbeta, int64_t N,
                            int64_t C, int64_t H, int64_t W, const float* y, float* dres, int64_t hx,
-                           int64_t hy, int64_t hdx);
+                           int64_t hy, int64_t hdx, const float* beta = nullptr);
 void blocked_repad(const float* x, float* y, int64_t N, int64_t C, int64_t H, int64_t W, int64_t hin,
                    int64_t hout);
 void global_avgpool_blocked_fwd(const float* x, float* y, int64_t N, int64_t C, int64_t H, int64_t W,
