@@ -77,7 +77,7 @@ DIRECT_MAX_RANKS = 4
 MEASURED_MAX_BYTES = 1 << 20
 MEASURED_CANDIDATES = ("direct", "oneshot", "rooted")
 #: interleaved calls of each candidate timed on a first call; the median of the slowest rank's times decides
-MEASURED_ROUNDS = 5
+MEASURED_ROUNDS = 7
 _TAG = 77
 _TAG_SMALL = 78
 
@@ -508,7 +508,9 @@ def measured_choice(comm: Communicator, nbytes: int) -> str:
 def allreduce_algorithm(comm: Communicator, nbytes: int, small_bytes: int = DEFAULT_SMALL_BYTES,
                         shared_bytes: int = DEFAULT_SHARED_BYTES, mid_bytes: int = DEFAULT_MID_BYTES) -> str:
     """Which algorithm `ring_allreduce` runs for an uncompressed buffer of nbytes (see there).
-    Collective on a communicator's first call (it asks MPI which ranks share a node)."""
+    Collective on a communicator's first call (it asks MPI which ranks share a node) and, with one
+    rank on each of 3-4 hosts, on the first ask for each size class below MEASURED_MAX_BYTES
+    (`measured_choice` times the candidates there)."""
     if nbytes < small_bytes:
         return "recursive_doubling"
     if nbytes < shared_bytes and node_window(comm) is not None:
