@@ -238,15 +238,27 @@ void reduce_stats(const float* part, int64_t tiles, int64_t Kb, int64_t K, doubl
   }
 }
 
+// Asks the caches for `rows` rows of `px` pixels (a 64-byte line each) in each of `planes`
+// planes (planes `plane` floats apart, rows `row`): issued with the first tile of an output row
+// for the input rows and output lines the next row is the first to touch, they arrive while
+// this row's multiplies run.
+template <bool Write>
+void prefetch_rows(const float* p, int64_t planes, int64_t plane, int64_t rows, int64_t row, int64_t px) {
+  for (int64_t c = 0; c < planes; ++c)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t x = 0; x < px; ++x) __builtin_prefetch(p + c * plane + r * row + x * kBlock, Write ? 1 : 0, 3);
+}
+
 // The forward's tiles over yb ([N][Kb][P][Q][16]): `base` holds the input's geometry and taps,
 // in_at(n, p, q0) is the input of the tile at image n, output row p, first column q0; wf the
 // weights of output block 0 (blocks base.w_kb apart); bias Kb*16; stem: the CI = 1 kernels.
 // stats (or null): (2, K) float64, the sum and the sum of squares of each output channel (after
 // the ReLU), from the tiles' float32 partials added in double in a fixed order (tile order, per
-// channel block), so the result does not depend on the thread count.
-template <class InAt>
-void fwd_tiles(const Isa& isa, const Geom& g, ConvTile base, bool stem, InAt in_at, const float* wf,
-               const float* bias, float* yb, bool relu, double* stats) {
+// channel block), so the result does not depend on the thread count. ahead(n, p): called with
+// the first tile of output row p of image n (prefetches for the next row).
+template <class InAt, class Ahead>
+void fwd_tiles(const Isa& isa, const Geom& g, ConvTile base, bool stem, InAt in_at, Ahead ahead,
+               const float* wf, const float* bias, float* yb, bool relu, double* stats) {
   const Tiling t = tiling(isa, g.Kb, g.Q, g.sw);
   base.out_px = kBlock;
   base.out_kb = g.P * g.Q * kBlock;
@@ -262,6 +274,7 @@ void fwd_tiles(const Isa& isa, const Geom& g, ConvTile base, bool stem, InAt in_
               a.out = yb + ((n * g.Kb + kb0) * g.P + p) * g.Q * kBlock + q0 * kBlock;
               a.bias = bias + kb0 * kBlock;
               if (part) a.stats = part + (((n * g.P + p) * t.qtiles + q0 / t.qt) * g.Kb + kb0) * 2 * kBlock;
+              if (kb0 == 0 && q0 == 0) ahead(n, p);
             }, stem);
   if (stats) reduce_stats(part, row_tiles, g.Kb, g.K, stats);
 }
@@ -286,8 +299,18 @@ void fwd_blocked(const Isa& isa, const Geom& g, const float* xp, int64_t hxh, in
   base.Cb = static_cast<int>(g.Cb);
   base.w_cb = g.R * g.S * kWBlock;
   base.w_kb = g.Cb * base.w_cb;
+  const int64_t span = (g.Q - 1) * g.sw + g.S;  // input pixels an output row reads
   fwd_tiles(isa, g, base, false, [&](int64_t n, int64_t p, int64_t q0) {
     return xp + ((n * g.Cb * Hp) + p * g.sh) * Wp * kBlock + q0 * g.sw * kBlock;
+  }, [&](int64_t n, int64_t p) {
+    if (++p == g.P) ++n, p = 0;
+    if (n == g.N) return;
+    // the input rows row p reads and row p - 1 did not, and row p's output lines
+    const int64_t lo = p == 0 ? 0 : std::max(p * g.sh, (p - 1) * g.sh + g.R), hi = p * g.sh + g.R;
+    if (hi > lo)
+      prefetch_rows<false>(xp + (n * g.Cb * Hp + lo) * Wp * kBlock, g.Cb, Hp * Wp * kBlock, hi - lo,
+                           Wp * kBlock, span);
+    prefetch_rows<true>(yb + (n * g.Kb * g.P + p) * g.Q * kBlock, g.Kb, g.P * g.Q * kBlock, 1, 0, g.Q);
   }, wf, bias, yb, relu, stats);
 }
 
@@ -334,6 +357,7 @@ void bwd_data_blocked(const Isa& isa, const Geom& g, const float* dyp, Pads ph_,
   const int64_t na = std::min(g.sh, g.H), nb = std::min(g.sw, g.W);
   std::vector<std::vector<int64_t>> tap_in(na * nb), tap_w(na * nb);
   std::vector<TileSet> sets;
+  int64_t dp_lo = 0, dp_hi = 0;  // the dy rows (from row index i) a row index's tiles read
   for (int64_t a = 0; a < na; ++a)
     for (int64_t b = 0; b < nb; ++b) {
       auto& ti = tap_in[a * nb + b];
@@ -344,6 +368,8 @@ void bwd_data_blocked(const Isa& isa, const Geom& g, const float* dyp, Pads ph_,
           if ((((nr % g.sh) + g.sh) % g.sh) || (((ns % g.sw) + g.sw) % g.sw)) continue;
           const int64_t dp = nr >= 0 ? nr / g.sh : -((-nr) / g.sh);
           const int64_t dq = ns >= 0 ? ns / g.sw : -((-ns) / g.sw);
+          dp_lo = std::min(dp_lo, dp);
+          dp_hi = std::max(dp_hi, dp);
           ti.push_back(((dp + ph_.top) * Qp + dq + pw_.top) * kBlock);
           tw.push_back((r * g.S + s) * kWBlock);
         }
@@ -354,8 +380,23 @@ void bwd_data_blocked(const Isa& isa, const Geom& g, const float* dyp, Pads ph_,
       pb.ntaps = static_cast<int>(ti.size());
       sets.push_back({tiling(isa, g.Cb, cols, 1), pb, rows, cols, g.Cb, 1});
     }
+  const int64_t rows = (g.H + g.sh - 1) / g.sh;  // row indices (phase 0 has the most)
+  // with the first tile of row index i: the dy rows row index i + 1 reads and i did not, and its
+  // dx rows
+  auto ahead = [&](int64_t n, int64_t i) {
+    if (++i == rows) ++n, i = 0;
+    if (n == g.N) return;
+    const int64_t lo = std::max<int64_t>(0, i + (i == 0 ? dp_lo : dp_hi) + ph_.top);
+    const int64_t hi = std::min(Pp, i + dp_hi + ph_.top + 1);
+    if (hi > lo)
+      prefetch_rows<false>(dyp + (n * g.Kb * Pp + lo) * Qp * kBlock, g.Kb, Pp * Qp * kBlock, hi - lo,
+                           Qp * kBlock, Qp);
+    prefetch_rows<true>(dxb + (n * g.Cb * g.H + g.sh * i) * g.W * kBlock, g.Cb, g.H * g.W * kBlock,
+                        std::min(g.sh, g.H - g.sh * i), g.W * kBlock, g.W);
+  };
   run_tiles(isa, sets, g.N,
             [&](ConvTile& tl, size_t k, int64_t n, int64_t i, int64_t cb0, int64_t j0) {
+              if (k == 0 && cb0 == 0 && j0 == 0) ahead(n, i);
               const int64_t a = static_cast<int64_t>(k) / nb, b = static_cast<int64_t>(k) % nb;
               tl.in = dyp + (n * g.Kb * Pp + i) * Qp * kBlock + j0 * kBlock;
               tl.w = wd + cb0 * tl.w_kb;
@@ -523,7 +564,7 @@ void stem_fwd(const Isa& isa, const Geom& g, const float* xp, const float* ws, c
   base.w_kb = crs * kBlock;
   fwd_tiles(isa, g, base, true, [&](int64_t n, int64_t p, int64_t q0) {
     return xp + (n * g.C * Hp + p * g.sh) * Wp + q0 * g.sw;
-  }, ws, bias, yb, relu, stats);
+  }, [](int64_t, int64_t) {}, ws, bias, yb, relu, stats);
 }
 
 // dwt [Kb][C*R*S][16 k] = sum over the batch (overwritten); dbd (Kb*16) = sums of dy; dy as in
