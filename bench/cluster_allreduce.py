@@ -120,7 +120,10 @@ def child(args):
                                   "p20_s": quantile(s, 0.2), "min_s": min(s), "max_s": max(s), "rounds": len(s),
                                   "load_before": load_before, "load_after": load1(),
                                   "mpich_algorithm": os.environ.get("MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM", "default"),
-                                  "algorithm": allreduce_algorithm(comm, size) if name == "auto" else name}),
+                                  "algorithm": allreduce_algorithm(comm, size) if name == "auto" else name,
+                                  # what measured_choice timed on its first call (ms per candidate), if it ran
+                                  "measured_ms": getattr(comm, "_ring_measured_ms", {}).get(size.bit_length())
+                                  if name == "auto" else None}),
                       flush=True)
 
 
