@@ -238,12 +238,13 @@ class Residual(Module):
 
     def _fused_tail(self):
         """The body's closing batchnorm when the add and post can run inside it, else None."""
-        from .activation import ReLU
+        from .activation import ReLU   # cheap after the first call: both modules are loaded by then
         from .norm import _BatchNorm
 
-        if not isinstance(self.body, Sequential) or len(self.body) == 0:
+        children = self.body._children if isinstance(self.body, Sequential) else None
+        if not children:
             return None
-        last = self.body[len(self.body) - 1]
+        last = children[-1][1]
         if not isinstance(last, _BatchNorm) or last.relu or not (self.post is None or type(self.post) is ReLU):
             return None
         return last

@@ -147,10 +147,21 @@ class _BatchNorm(Module):
                 backend.kernel("batchnorm_fwd_train", like=x)(x, gamma, beta, self.eps, y, mean, invstd, relu, **kw)
             # The kernel returns invstd = 1/sqrt(var + eps); recover the biased variance from it
             # (one pass fewer than recomputing), then make it unbiased with M/(M-1) as torch does.
-            var = xp.maximum(1.0 / (invstd.astype(np.float64) ** 2) - self.eps, 0.0)
+            # In place, in the order (and so with the rounding) of
+            #   rmean = (1 - mom) * rmean + mom * mean
+            #   rvar = (1 - mom) * rvar + mom * (max(1 / invstd^2 - eps, 0) * M / (M - 1))
+            # with fewer temporaries: per layer and step, these tiny arrays' fixed costs add up.
             mom = self.momentum
-            rmean[...] = (1.0 - mom) * rmean + mom * mean
-            rvar[...] = (1.0 - mom) * rvar + mom * (var * (m / (m - 1)))
+            var = xp.square(invstd, dtype=np.float64)
+            xp.divide(1.0, var, out=var)
+            var -= self.eps
+            xp.maximum(var, 0.0, out=var)
+            var *= m / (m - 1)
+            var *= mom
+            var += (1.0 - mom) * rvar
+            rvar[...] = var
+            rmean *= 1.0 - mom
+            rmean += mom * mean
             self.cache = (x, mean, invstd, True)
         else:
             rm = rmean.astype(x.dtype, copy=False)
