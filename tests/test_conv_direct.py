@@ -389,6 +389,37 @@ def test_stem_matches_reference(isa, case):
     _close(db, db_ref, f"{isa} stem db")
 
 
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("case", [(3, 17, 7, 5, 33, 3, 3, 1, 1, 1, 1), (1, 5, 9, 6, 17, 3, 3, 2, 2, 1, 1),
+                                  (1, 33, 1, 3, 33, 1, 1, 1, 1, 0, 0), (2, 3, 33, 33, 17, 3, 3, 1, 1, 1, 1)],
+                         ids=["by_image", "by_rows_s2", "items_1row", "stem_rgb"])
+def test_bias_gradient_fused_into_weight_sweep(isa, case):
+    """The weight gradients sum db from the dy vectors of their first tap's sweep (no pass of their
+    own): every output block's db, in each thread split (images, rows, and the (block, block, row)
+    items of a 1-row map), for 1, 2 and 3 threads, blocked and stem kernels alike."""
+    from fasttrain import settings
+    p = _problem(case, seed=11)
+    sh, sw, ph, pw = p["geom"]
+    K, Cc, R, S = p["w"].shape
+    N, _, H, W = p["x"].shape
+    _, _, dw_ref, db_ref = _references(p, False)
+    xb = C.to_blocked(p["x"], ph, ph, pw, pw)
+    dyb = C.to_blocked(p["dy"], *C.conv2d_blocked_dy_pads(H, W, R, S, sh, sw, ph, pw))
+    try:
+        for nt in (1, 2, 3):
+            C.set_num_threads(nt)
+            for name, run in (("blocked", lambda dw, db: C.conv2d_blocked_bwd_weight(xb, dyb, dw, db, sh, sw, ph, pw)),
+                              ("stem", lambda dw, db: C.conv2d_stem_bwd_weight(p["x"], dyb, dw, db, sh, sw, ph, pw))):
+                if name == "stem" and Cc > 16:
+                    continue
+                dw, db = p["dw0"].copy(), p["db0"].copy()
+                run(dw, db)
+                _close(dw, dw_ref, f"{isa} {name} dw, {nt} threads")
+                _close(db, db_ref, f"{isa} {name} db, {nt} threads")
+    finally:
+        C.set_num_threads(settings.num_threads)
+
+
 def test_stem_errors_name_the_argument():
     x, w, b = np.zeros((1, 3, 8, 8), f32), np.zeros((16, 3, 3, 3), f32), np.zeros(16, f32)
     with pytest.raises(ValueError, match=r"conv2d_stem_fwd\(yb\): expected shape \(1, 1, 8, 8, 16\), got \(1, 1, 6, 6, 16\)"):

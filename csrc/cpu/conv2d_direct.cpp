@@ -405,78 +405,50 @@ void bwd_data_blocked(const Isa& isa, const Geom& g, const float* dyp, Pads ph_,
             });
 }
 
-// The end of a weight gradient, inside its parallel region: db (this thread's Kb*16 doubles) +=
-// the sums of its share of dy's (image, block) planes; dwb = the sum of the `parts` partials of
-// wsz floats (in partial order).
-void finish_wgrad(const Geom& g, const float* dyp, int64_t Pp, int64_t Qp, int64_t pt, int64_t pl,
-                  const float* part, int parts, int64_t wsz, float* dwb, double* db) {
-#pragma omp for schedule(static)
-  for (int64_t nk = 0; nk < g.N * g.Kb; ++nk) {
-    float s[kBlock] = {};
-    const float* d = dyp + (nk * Pp + pt) * Qp * kBlock + pl * kBlock;
-    for (int64_t p = 0; p < g.P; ++p)
-      for (int64_t q = 0; q < g.Q; ++q)
-        for (int c = 0; c < kBlock; ++c) s[c] += d[(p * Qp + q) * kBlock + c];
-    for (int c = 0; c < kBlock; ++c) db[(nk % g.Kb) * kBlock + c] += s[c];
-  }
-#pragma omp for schedule(static)
-  for (int64_t i = 0; i < wsz; ++i) {
-    float s = 0.f;
-    for (int u = 0; u < parts; ++u) s += part[u * wsz + i];
-    dwb[i] = s;
-  }
-}
-
-// out[i] = sum over the nt per-thread rows of `parts` (n doubles each), in thread order.
-void add_parts(const std::vector<double>& parts, int nt, int64_t n, double* out) {
-  for (int64_t i = 0; i < n; ++i) {
-    double s = 0.0;
-    for (int u = 0; u < nt; ++u) s += parts[u * n + i];
-    out[i] = s;
-  }
-}
-
-// The threads of a weight gradient (wsz floats into dwb; dbd = the sums of dy): each thread gets a
-// private partial (the partials added in thread order) and share(n0, n1, p0, p1, mine) of the
-// sweep: a contiguous run of images with all output rows when there are at least as many images
-// as threads, else every image with a contiguous run of rows, so batch 1 keeps both cores busy;
-// with fewer rows than threads too, every thread runs items(part), which deals (output block, ...)
-// items out with an omp for into the one partial.
+// The threads of a weight gradient: out (psz floats: the dw blocks, then the bias gradient's
+// sums of dy) = the sum of private partials, added in partial order. Each thread gets a partial
+// and share(n0, n1, p0, p1, mine) of the sweep: a contiguous run of images with all output rows
+// when there are at least as many images as threads, else every image with a contiguous run of
+// rows, so batch 1 keeps both cores busy; with fewer rows than threads too, every thread runs
+// items(part), which deals (output block, ...) items out with an omp for into the one partial.
 template <class Share, class Items>
-void run_wgrad(const Geom& g, const float* dyp, int64_t Pp, int64_t Qp, int64_t pt, int64_t pl,
-               int64_t wsz, float* dwb, double* dbd, Share share, Items items) {
+void run_wgrad(const Geom& g, int64_t psz, float* out, Share share, Items items) {
   const int nt = num_threads();
   const bool by_image = g.N >= nt, by_rows = !by_image && g.P >= nt;
   const int parts = by_image || by_rows ? nt : 1;
-  float* part = buffer(kPartial, parts * wsz);
-  std::memset(part, 0, sizeof(float) * parts * wsz);
-  std::vector<double> dbp(static_cast<size_t>(nt) * g.Kb * kBlock, 0.0);
+  float* part = buffer(kPartial, parts * psz);
+  std::memset(part, 0, sizeof(float) * parts * psz);
 #pragma omp parallel num_threads(nt)
   {
     const int th = omp_get_thread_num();
     const int team = omp_get_num_threads();  // may be fewer than asked for
     if (by_image)
-      share(g.N * th / team, g.N * (th + 1) / team, 0, g.P, part + th * wsz);
+      share(g.N * th / team, g.N * (th + 1) / team, 0, g.P, part + th * psz);
     else if (by_rows)
-      share(0, g.N, g.P * th / team, g.P * (th + 1) / team, part + th * wsz);
+      share(0, g.N, g.P * th / team, g.P * (th + 1) / team, part + th * psz);
     else
       items(part);
-    finish_wgrad(g, dyp, Pp, Qp, pt, pl, part, parts, wsz, dwb, dbp.data() + th * g.Kb * kBlock);
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < psz; ++i) {
+      float v = 0.f;
+      for (int u = 0; u < parts; ++u) v += part[u * psz + i];
+      out[i] = v;
+    }
   }
-  add_parts(dbp, nt, g.Kb * kBlock, dbd);
 }
 
-// dwb [Kb][Cb][R][S][16 c][16 k] = sum over the batch (overwritten); dbd (Kb*16) = sums of dy.
-// xp, hxh, hxw as in the forward; dy's interior starts at row pt, column pl of dyp
-// ([N][Kb][Pp][Qp][16]).
+// dwb [Kb][Cb][R][S][16 c][16 k] = sum over the batch (overwritten), then Kb*16 sums of dy (the
+// bias gradient). xp, hxh, hxw as in the forward; dy's interior starts at row pt, column pl of
+// dyp ([N][Kb][Pp][Qp][16]).
 void bwd_weight_blocked(const Isa& isa, const Geom& g, const float* xp, int64_t hxh, int64_t hxw,
-                        const float* dyp, int64_t Pp, int64_t Qp, int64_t pt, int64_t pl, float* dwb,
-                        double* dbd) {
+                        const float* dyp, int64_t Pp, int64_t Qp, int64_t pt, int64_t pl, float* dwb) {
   const int64_t Hp = g.H + 2 * hxh, Wp = g.W + 2 * hxw;
   xp += ((hxh - g.ph) * Wp + (hxw - g.pw)) * kBlock;
   const int64_t wsz = g.Kb * g.Cb * g.R * g.S * kWBlock;
   const int64_t kvw = std::min<int64_t>(isa.wgrad_kv, g.Kb), kgroups = (g.Kb + kvw - 1) / kvw;
-  // images [n, n + images), output rows [p0, p1)
+  // images [n, n + images), output rows [p0, p1); the first tap of input block 0 also sums the
+  // bias gradient (every tap's sweep reads all of the share's dy)
   auto tile = [&](int64_t n, int64_t images, int64_t p0, int64_t p1, int64_t kb, int64_t cb, int64_t r,
                   int64_t s, float* dw) {
     WgradTile a;
@@ -495,13 +467,15 @@ void bwd_weight_blocked(const Isa& isa, const Geom& g, const float* xp, int64_t 
     a.sh = g.sh;
     a.sw = g.sw;
     a.dw = dw + (((kb * g.Cb + cb) * g.R + r) * g.S + s) * kWBlock;
+    a.db = cb == 0 && r == 0 && s == 0 ? dw + wsz + kb * kBlock : nullptr;
     isa.wgrad(a);
   };
-  run_wgrad(g, dyp, Pp, Qp, pt, pl, wsz, dwb, dbd,
-            [&](int64_t lo, int64_t hi, int64_t p0, int64_t p1, float* mine) {
+  run_wgrad(g, wsz + g.Kb * kBlock, dwb, [&](int64_t lo, int64_t hi, int64_t p0, int64_t p1, float* mine) {
     // A thread's images in groups of about 256 output pixels per sweep, so that on small images
     // the 16 accumulators are not loaded and stored (and the kernel called) for every 64 pixels:
-    // 8 x 8 images gained about 5% (single thread, 175-189 -> 191-200 GFLOP/s).
+    // 8 x 8 images gained about 5% (single thread, 175-189 -> 191-200 GFLOP/s). Sweeps of 128 to
+    // 512 pixels within a 32 x 32 image (dy and x of a sweep in L1 for all taps) were 0-15% slower
+    // than whole images.
     const int64_t group = std::max<int64_t>(1, 256 / std::max<int64_t>(1, (p1 - p0) * g.Q));
     for (int64_t n = lo; n < hi; n += group)
       for (int64_t kb = 0; kb < g.Kb; kb += kvw)
@@ -567,11 +541,12 @@ void stem_fwd(const Isa& isa, const Geom& g, const float* xp, const float* ws, c
   }, [](int64_t, int64_t) {}, ws, bias, yb, relu, stats);
 }
 
-// dwt [Kb][C*R*S][16 k] = sum over the batch (overwritten); dbd (Kb*16) = sums of dy; dy as in
-// bwd_weight_blocked. One output row at a time, every tap group in turn, so the row of dy is
-// read from memory once and from L1 by the other groups.
+// dwt [Kb][C*R*S][16 k] = sum over the batch (overwritten), then Kb*16 sums of dy (the bias
+// gradient); dy as in bwd_weight_blocked. One output row at a time, every tap group in turn, so
+// the row of dy is read from memory once and from L1 by the other groups; the first group also
+// sums it for the bias.
 void stem_bwd_weight(const Isa& isa, const Geom& g, const float* xp, const float* dyp, int64_t Pp,
-                     int64_t Qp, int64_t pt, int64_t pl, float* dwt, double* dbd) {
+                     int64_t Qp, int64_t pt, int64_t pl, float* dwt) {
   const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, crs = g.C * g.R * g.S;
   const int G = isa.stem_taps;
   const int64_t ngroups = (crs + G - 1) / G, wsz = g.Kb * crs * kBlock;
@@ -585,10 +560,9 @@ void stem_bwd_weight(const Isa& isa, const Geom& g, const float* xp, const float
           isa.wgrad_stem(xp + i * g.C * Hp * Wp + p * g.sh * Wp, taps.data() + grp * G,
                          static_cast<int>(std::min<int64_t>(G, crs - grp * G)), g.sw,
                          dyp + ((i * g.Kb + kb) * Pp + pt + p) * Qp * kBlock + pl * kBlock, g.Q,
-                         dw + (kb * crs + grp * G) * kBlock);
+                         dw + (kb * crs + grp * G) * kBlock, grp == 0 ? dw + wsz + kb * kBlock : nullptr);
   };
-  run_wgrad(g, dyp, Pp, Qp, pt, pl, wsz, dwt, dbd,
-            [&](int64_t lo, int64_t hi, int64_t p0, int64_t p1, float* mine) {
+  run_wgrad(g, wsz + g.Kb * kBlock, dwt, [&](int64_t lo, int64_t hi, int64_t p0, int64_t p1, float* mine) {
     for (int64_t n = lo; n < hi; ++n)
       for (int64_t kb = 0; kb < g.Kb; ++kb) rows(n, 1, p0, p1, kb, 0, ngroups, mine);
   }, [&](float* part) {
@@ -675,13 +649,13 @@ void conv2d_blocked_bwd_weight(const float* xp, const float* dyp, float* dw, flo
   using namespace direct;
   const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
   const auto [pv, pq] = dy_frame(g, hdy);
-  float* dwb = buffer(kW, g.Kb * g.Cb * R * S * kWBlock);
-  std::vector<double> dbd(g.Kb * kBlock);
+  const int64_t wsz = g.Kb * g.Cb * R * S * kWBlock;
+  float* dwb = buffer(kW, wsz + g.Kb * kBlock);
   bwd_weight_blocked(*current_isa(), g, xp, hxh, hxw, dyp, pv.top + g.P + pv.bottom, pq.top + g.Q + pq.bottom,
-                     pv.top, pq.top, dwb, dbd.data());
+                     pv.top, pq.top, dwb);
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
   for (int64_t k = 0; k < K; ++k) {
-    db[k] += static_cast<float>(dbd[k]);
+    db[k] += dwb[wsz + k];
     for (int64_t c = 0; c < C; ++c)
       for (int64_t r = 0; r < R; ++r)
         for (int64_t s = 0; s < S; ++s)
@@ -717,13 +691,13 @@ void conv2d_stem_bwd_weight(const float* x, const float* dyp, float* dw, float* 
   const auto [pv, pq] = dy_frame(g, hdy);
   const int64_t crs = C * R * S;
   float* xp = buffer(kX, N * C * (H + 2 * ph) * (W + 2 * pw));
-  float* dwt = buffer(kW, g.Kb * crs * kBlock);
+  const int64_t wsz = g.Kb * crs * kBlock;
+  float* dwt = buffer(kW, wsz + g.Kb * kBlock);
   pad_planes(x, xp, N * C, H, W, ph, pw);
-  std::vector<double> dbd(g.Kb * kBlock);
   stem_bwd_weight(*current_isa(), g, xp, dyp, pv.top + g.P + pv.bottom, pq.top + g.Q + pq.bottom,
-                  pv.top, pq.top, dwt, dbd.data());
+                  pv.top, pq.top, dwt);
   for (int64_t k = 0; k < K; ++k) {
-    db[k] += static_cast<float>(dbd[k]);
+    db[k] += dwt[wsz + k];
     for (int64_t i = 0; i < crs; ++i) dw[k * crs + i] += dwt[((k / kBlock) * crs + i) * kBlock + k % kBlock];
   }
 }

@@ -52,13 +52,14 @@ struct WgradTile {
   // value broadcast then feeds kv FMAs, each dy vector 16 / kv fewer broadcasts
   int kv;
   int64_t dy_kb, dw_kb;
+  float* db;  // kv*16 bias-gradient sums of dy, accumulated into; nullptr: none
 };
 
 using ConvTileFn = void (*)(const ConvTile&);
 using WgradTileFn = void (*)(const WgradTile&);
 // The stem's weight gradient over one output row (conv2d_direct_kernels.h, wgrad_stem).
 using WgradStemFn = void (*)(const float* x, const int64_t* tap_x, int ntaps, int64_t sw,
-                             const float* dy, int64_t Q, float* dw);
+                             const float* dy, int64_t Q, float* dw, float* db);
 // One image row between the layouts: `in` holds nc <= 16 channel rows of W floats, `plane` floats
 // apart; `out` holds W pixels of 16 channels (channels past nc zero), and back.
 using PackRowFn = void (*)(const float* in, int64_t plane, int nc, int64_t W, float* out);

@@ -78,15 +78,20 @@ void conv_tile(const ConvTile& a) {
 }
 
 // Input channels [c0, c0 + CN) of KV weight-gradient blocks (output blocks KV apart by dw_kb);
-// the blocks' rows stay in registers over the whole pixel sweep.
-template <class V, int CN, int KV>
+// the blocks' rows stay in registers over the whole pixel sweep. DB: also the bias gradient
+// (a.db += the sums of the dy vectors), from the dy already in registers: no pass of its own.
+template <class V, int CN, int KV, bool DB>
 void wgrad_channels(const WgradTile& a, int c0) {
   using T = typename V::T;
-  T acc[CN][KV];
+  T acc[CN][KV], bsum[KV];
 #pragma GCC unroll 16
   for (int i = 0; i < CN; ++i)
 #pragma GCC unroll 4
     for (int j = 0; j < KV; ++j) acc[i][j] = V::load(a.dw + j * a.dw_kb + (c0 + i) * kBlock);
+  if constexpr (DB) {
+#pragma GCC unroll 4
+    for (int j = 0; j < KV; ++j) bsum[j] = V::load(a.db + j * kBlock);
+  }
   // nested image and row loops: on 8 x 8 maps a division per row (8 pixels, 128 FMAs) cost
   // about a third as much as the row's multiplies
   for (int64_t n = 0; n < a.images; ++n)
@@ -102,25 +107,38 @@ void wgrad_channels(const WgradTile& a, int c0) {
         for (int c = 0; c < CN; ++c)
 #pragma GCC unroll 4
           for (int j = 0; j < KV; ++j) acc[c][j] = V::fma(acc[c][j], d[j], xq + c);
+        if constexpr (DB) {
+#pragma GCC unroll 4
+          for (int j = 0; j < KV; ++j) bsum[j] = V::add(bsum[j], d[j]);
+        }
       }
     }
 #pragma GCC unroll 16
   for (int i = 0; i < CN; ++i)
 #pragma GCC unroll 4
     for (int j = 0; j < KV; ++j) V::store(a.dw + j * a.dw_kb + (c0 + i) * kBlock, acc[i][j]);
+  if constexpr (DB) {
+#pragma GCC unroll 4
+    for (int j = 0; j < KV; ++j) V::store(a.db + j * kBlock, bsum[j]);
+  }
+}
+
+// All 16 input channels of a.kv output blocks, CN channels per pass; the first pass also sums
+// the bias gradient when a.db is set.
+template <class V, int CN, int KV>
+void wgrad_passes(const WgradTile& a) {
+  static_assert(kBlock % CN == 0, "a weight-gradient pass must divide the block");
+  if (a.db) wgrad_channels<V, CN, KV, true>(a, 0);
+  else wgrad_channels<V, CN, KV, false>(a, 0);
+  for (int c0 = CN; c0 < kBlock; c0 += CN) wgrad_channels<V, CN, KV, false>(a, c0);
 }
 
 template <class V>
 void wgrad_tile(const WgradTile& a) {
-  static_assert(kBlock % V::kWgradC == 0, "the weight-gradient pass must divide the block");
   if constexpr (V::kWgradKV == 2) {
-    static_assert(kBlock % V::kWgradC2 == 0, "the two-block pass must divide the block");
-    if (a.kv == 2) {
-      for (int c0 = 0; c0 < kBlock; c0 += V::kWgradC2) wgrad_channels<V, V::kWgradC2, 2>(a, c0);
-      return;
-    }
+    if (a.kv == 2) return wgrad_passes<V, V::kWgradC2, 2>(a);
   }
-  for (int c0 = 0; c0 < kBlock; c0 += V::kWgradC) wgrad_channels<V, V::kWgradC, 1>(a, c0);
+  wgrad_passes<V, V::kWgradC, 1>(a);
 }
 
 // The layout conversion of one row, written plainly (the AVX-512 build has its own, by 16 x 16
@@ -141,28 +159,39 @@ void unpack_row(const float* in, int nc, int64_t W, float* out, int64_t plane) {
 
 // The stem's weight gradient: `ntaps` (<= V::kStemTaps; (channel, r, s) triples of a
 // zero-bordered NCHW image) accumulators of 16 output channels over the pixels of one output row:
-//   dw[tap][k] += sum_q x[tap_x[tap] + q*sw] * dy[q*16 + k].
+//   dw[tap][k] += sum_q x[tap_x[tap] + q*sw] * dy[q*16 + k]   (and db[k] += sum_q dy[q*16 + k] if DB).
 // Missing taps up to kStemTaps repeat tap 0 and are dropped, so the loop is always fully unrolled.
-template <class V>
-void wgrad_stem(const float* x, const int64_t* tap_x, int ntaps, int64_t sw, const float* dy,
-                int64_t Q, float* dw) {
+template <class V, bool DB>
+void wgrad_stem_row(const float* x, const int64_t* tap_x, int ntaps, int64_t sw, const float* dy,
+                    int64_t Q, float* dw, float* db) {
   using T = typename V::T;
   constexpr int G = V::kStemTaps;
-  T acc[G];
+  T acc[G], bsum = V::zero();
   const float* xt[G];
 #pragma GCC unroll 32
   for (int i = 0; i < G; ++i) {
     acc[i] = i < ntaps ? V::load(dw + i * kBlock) : V::zero();
     xt[i] = x + tap_x[i < ntaps ? i : 0];
   }
+  if constexpr (DB) bsum = V::load(db);
   for (int64_t q = 0; q < Q; ++q) {
     const T d = V::load(dy + q * kBlock);
 #pragma GCC unroll 32
     for (int i = 0; i < G; ++i) acc[i] = V::fma(acc[i], d, xt[i] + q * sw);
+    if constexpr (DB) bsum = V::add(bsum, d);
   }
 #pragma GCC unroll 32
   for (int i = 0; i < G; ++i)
     if (i < ntaps) V::store(dw + i * kBlock, acc[i]);
+  if constexpr (DB) V::store(db, bsum);
+}
+
+// db (or nullptr): the bias gradient's 16 sums, accumulated from the row's dy in registers.
+template <class V>
+void wgrad_stem(const float* x, const int64_t* tap_x, int ntaps, int64_t sw, const float* dy,
+                int64_t Q, float* dw, float* db) {
+  if (db) wgrad_stem_row<V, true>(x, tap_x, ntaps, sw, dy, Q, dw, db);
+  else wgrad_stem_row<V, false>(x, tap_x, ntaps, sw, dy, Q, dw, db);
 }
 
 template <class V, int KV, int SW, int CI, int... Q>
