@@ -297,7 +297,8 @@ void bind(py::module_& m) {
      "y = conv(x) (+ ReLU); stats, if given: (2, K) float64 overwritten with the sum and the sum of "
      "squares of each output channel of y (after the ReLU), deterministic for any thread count");
   m.def("conv2d_blocked_bwd_data", [=](py::array dyb, py::array w, py::array dxb, int64_t sh,
-                                       int64_t sw, int64_t ph, int64_t pw, int64_t halo_dy) {
+                                       int64_t sw, int64_t ph, int64_t pw, int64_t halo_dy,
+                                       bool accumulate) {
     const char* op = "conv2d_blocked_bwd_data";
     Conv g = blocked_geom(op, dxb, w, sh, sw, ph, pw, 0, 0);
     expect_dyp(op, dyb, g, sh, sw, ph, pw, halo_dy, true);
@@ -305,9 +306,11 @@ void bind(py::module_& m) {
     float* pdx = ptr_of(dxb, "dxb");
     py::gil_scoped_release nogil;
     ft::cpu::conv2d_blocked_bwd_data(pdy, pw_, pdx, g.N, g.C, g.H, g.W, g.K, g.R, g.S, sh, sw, ph, pw,
-                                     halo_dy);
+                                     halo_dy, accumulate);
   }, py::arg("dyb"), py::arg("w"), py::arg("dxb"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
-     py::arg("pw"), py::kw_only(), py::arg("halo_dy") = -1);
+     py::arg("pw"), py::kw_only(), py::arg("halo_dy") = -1, py::arg("accumulate") = false,
+     "dx = (or, accumulate=True, dx +=) the data gradient; halo_dy: dyb's symmetric zero halo (-1: the "
+     "pads of conv2d_blocked_dy_pads)");
   m.def("conv2d_blocked_bwd_weight", [=](py::array xb, py::array dyb, py::array dw, py::array db,
                                          int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t halo_x,
                                          int64_t halo_dy) {

@@ -353,6 +353,26 @@ def test_blocked_halo_dy(isa, case):
                                     sh, sw, ph, pw, halo_dy=2)
 
 
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("case", [CASES[6], CASES[11], CASES[9], CASES[10], CASES[2]],
+                         ids=["1x1s2", "resnet_s2", "s21p01", "s3", "s1"])
+def test_blocked_bwd_data_accumulates(isa, case):
+    """accumulate=True adds the data gradient into dx (pixels no tap reaches, e.g. the odd ones of a
+    1x1 stride-2 layer, keep their value); the channel tail stays zero."""
+    p = _problem(case, seed=10)
+    sh, sw, ph, pw = p["geom"]
+    K, Cc, R, S = p["w"].shape
+    N, _, H, W = p["x"].shape
+    _, dx_ref, _, _ = _references(p, False)
+    base = np.random.default_rng(11).standard_normal(p["x"].shape).astype(f32)
+    halo = max(C.conv2d_blocked_dy_pads(H, W, R, S, sh, sw, ph, pw))
+    dyb = C.to_blocked(p["dy"], halo, halo, halo, halo)
+    dxb = C.to_blocked(base)
+    C.conv2d_blocked_bwd_data(dyb, p["w"], dxb, sh, sw, ph, pw, halo_dy=halo, accumulate=True)
+    _close(C.from_blocked(dxb, Cc), dx_ref + base, f"{isa} bwd_data accumulate")
+    assert not dxb[:, -1, ..., Cc % 16 or 16:].any(), "channels past C must stay zero in dx"
+
+
 STEM_CASES = [  # (N, C, H, W, K, R, S, sh, sw, ph, pw): few input channels, NCHW input
     (1, 3, 1, 1, 5, 1, 1, 1, 1, 0, 0),
     (2, 3, 9, 9, 16, 3, 3, 1, 1, 1, 1),

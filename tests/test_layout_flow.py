@@ -277,3 +277,22 @@ def test_stash_and_restore_cache_keep_the_flow():
         dx = model.backward(np.ones((2, 10), f32))
         _close(dx, ref[i][0], "dx after restore_cache")
         _close(arena.grad, ref[i][1], "grads after restore_cache")
+
+
+def test_shortcut_adds_into_the_body_gradient(monkeypatch):
+    """A residual block's convolution shortcut (resnet8's 1x1 stride-2 ones, the mixed model's bare
+    1x1) adds its data gradient into the body's (conv2d_blocked_bwd_data accumulate=True) instead of
+    a separate sum; the gradients stay the NCHW path's (test_flow_equals_nchw_*)."""
+    calls = []
+    real = C.conv2d_blocked_bwd_data
+
+    def spy(*args, **kw):
+        calls.append(kw.get("accumulate", False))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(C, "conv2d_blocked_bwd_data", spy)
+    C.set_conv2d_algo("direct")
+    for name, want in (("resnet8", 2), ("mixed", 1)):
+        calls.clear()
+        _run(name, 2, True, True)
+        assert sum(calls) == 2 * want, f"{name}: {sum(calls)} accumulating data gradients in 2 steps, expected {2 * want}"

@@ -344,7 +344,7 @@ std::pair<Pads, Pads> dy_frame(const Geom& g, int64_t hdy) {
 // dyp: [N][Kb][pt+P+pb][pl+Q+pr][16] with the pads of dy_frame; dxb: [N][Cb][H][W][16];
 // wd: transposed weight blocks.
 void bwd_data_blocked(const Isa& isa, const Geom& g, const float* dyp, Pads ph_, Pads pw_,
-                      const float* wd, float* dxb) {
+                      const float* wd, float* dxb, bool accumulate) {
   const int64_t Pp = ph_.top + g.P + ph_.bottom, Qp = pw_.top + g.Q + pw_.bottom;
   ConvTile base{};
   base.in_cb = Pp * Qp * kBlock;
@@ -353,6 +353,7 @@ void bwd_data_blocked(const Isa& isa, const Geom& g, const float* dyp, Pads ph_,
   base.w_kb = g.Kb * base.w_cb;
   base.out_px = g.sw * kBlock;
   base.out_kb = g.H * g.W * kBlock;
+  base.accumulate = accumulate;
   // one tile set per stride phase (a, b), each with its own taps
   const int64_t na = std::min(g.sh, g.H), nb = std::min(g.sw, g.W);
   std::vector<std::vector<int64_t>> tap_in(na * nb), tap_w(na * nb);
@@ -378,7 +379,8 @@ void bwd_data_blocked(const Isa& isa, const Geom& g, const float* dyp, Pads ph_,
       pb.tap_in = ti.data();
       pb.tap_w = tw.data();
       pb.ntaps = static_cast<int>(ti.size());
-      sets.push_back({tiling(isa, g.Cb, cols, 1), pb, rows, cols, g.Cb, 1});
+      // accumulating, a phase no tap reaches adds nothing (its set keeps no tiles)
+      sets.push_back({tiling(isa, g.Cb, cols, 1), pb, accumulate && ti.empty() ? 0 : rows, cols, g.Cb, 1});
     }
   const int64_t rows = (g.H + g.sh - 1) / g.sh;  // row indices (phase 0 has the most)
   // with the first tile of row index i: the dy rows row index i + 1 reads and i did not, and its
@@ -633,13 +635,13 @@ void conv2d_blocked_fwd(const float* xp, const float* w, const float* b, float* 
 
 void conv2d_blocked_bwd_data(const float* dyp, const float* w, float* dxb, int64_t N, int64_t C,
                              int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
-                             int64_t sw, int64_t ph, int64_t pw, int64_t hdy) {
+                             int64_t sw, int64_t ph, int64_t pw, int64_t hdy, bool accumulate) {
   using namespace direct;
   const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
   const auto [pv, pq] = dy_frame(g, hdy);
   float* wd = buffer(kW, g.Kb * g.Cb * R * S * kWBlock);
   weights_blocked(w, wd, K, C, R, S, true);
-  bwd_data_blocked(*current_isa(), g, dyp, pv, pq, wd, dxb);
+  bwd_data_blocked(*current_isa(), g, dyp, pv, pq, wd, dxb, accumulate);
 }
 
 void conv2d_blocked_bwd_weight(const float* xp, const float* dyp, float* dw, float* db, int64_t N,

@@ -31,6 +31,7 @@ struct ConvTile {
   int64_t out_px, out_kb; // floats between tile pixels, between output blocks
   const float* bias;      // KV*16 values, or nullptr for zero
   bool relu;
+  bool accumulate;        // out += the convolution (bias null): the accumulators start from out
   // Per output block j: stats[j*32 + l] = sum over the tile's QT pixels of output lane l, and
   // stats[j*32 + 16 + l] its sum of squares (float32, QT <= 16 terms); nullptr: none.
   float* stats;

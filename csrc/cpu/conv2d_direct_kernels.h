@@ -29,7 +29,8 @@ void conv_tile(const ConvTile& a) {
   for (int j = 0; j < KV; ++j) {
     const T b = a.bias ? V::load(a.bias + j * kBlock) : V::zero();
 #pragma GCC unroll 32
-    for (int t = 0; t < QT; ++t) acc[t][j] = b;
+    for (int t = 0; t < QT; ++t)
+      acc[t][j] = a.accumulate ? V::load(a.out + t * a.out_px + j * a.out_kb) : b;
   }
   for (int cb = 0; cb < a.Cb; ++cb) {
     const float* xin = a.in + cb * a.in_cb;

@@ -222,7 +222,17 @@ class Conv2d(Module):
         n, c, h, w = self.cache[0]
         return max(cpp().conv2d_blocked_dy_pads(h, w, *self.kernel_size, *self._geometry()))
 
-    def _backward_blocked(self, dy):
+    def backward_into(self, dy, dx):
+        """backward(dy) added into dx (a Blocked of the input's shape, halo 0) instead of a fresh
+        array, returning dx: a residual block's shortcut adds its data gradient straight into the
+        body's, with no separate sum pass (and a 1x1 stride-2 shortcut touches only the pixels it
+        reads). Where this layer cannot, backward(dy) (the caller adds)."""
+        if (self.cache is None or self.cache[3] != "direct" or not self.needs_input_grad or not isinstance(dy, Blocked)
+                or not isinstance(dx, Blocked) or dx.halo or dx.shape != self.cache[0]):
+            return self.backward(dy)
+        return self._backward_blocked(dy, into=dx)
+
+    def _backward_blocked(self, dy, into=None):
         x_shape, y, saved, kind = self.cache
         n, c, h, w = x_shape
         shape = self._out_shape(n, h, w)
@@ -236,7 +246,7 @@ class Conv2d(Module):
             dy = dy.like(masked)
         C, g = cpp(), self._geometry()
         db = self.bias.grad if self.bias is not None else np.zeros(self.out_channels, np.float32)
-        dx = empty(n, c, h, w) if self.needs_input_grad else None
+        dx = into if into is not None else empty(n, c, h, w) if self.needs_input_grad else None
         if kind == "depthwise":
             C.depthwise_blocked_bwd_weight(saved.data, dy.data, self.weight.grad, db, *g, *self.dilation,
                                            halo_x=saved.halo, halo_dy=dy.halo)
@@ -255,7 +265,8 @@ class Conv2d(Module):
                                         halo_dy=dy.halo)
         if dx is None:   # the network's first layer: no one reads dx
             return None
-        C.conv2d_blocked_bwd_data(dy.data, self.weight.data, dx.data, *g, halo_dy=dy.halo)
+        C.conv2d_blocked_bwd_data(dy.data, self.weight.data, dx.data, *g, halo_dy=dy.halo,
+                                  accumulate=into is not None)
         return to_nchw(dx) if kind == "stem" and not saved[1] else dx
 
     def forward(self, x):

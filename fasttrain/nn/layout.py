@@ -222,16 +222,21 @@ def _undo(step, dy):
     return to_blocked(dy, halo) if kind == _TO_NCHW else to_nchw(dy)
 
 
-def backward_chain(layers, dy, trace, after=None):
+def backward_chain(layers, dy, trace, after=None, into=None):
     """Backward through the layers run by forward_chain (its trace); `after(i)` runs once layer i's
-    backward is done (bucketed all-reduce starts there)."""
+    backward is done (bucketed all-reduce starts there). into: the first layer's backward_into(dy,
+    into) instead of backward (it may add its dx into `into`), when it has one and no conversion
+    follows it."""
     if trace is None:
         raise RuntimeError("backward called before forward")
     dy = _undo(trace[-1], dy)
     for i in reversed(range(len(layers))):
         # the halo the previous layer's backward reads its dy with, for a dx written blocked
         layers[i].dx_halo = layers[i - 1].dy_halo if i > 0 and trace[i] is None else 0
-        dy = _undo(trace[i], layers[i].backward(dy))
+        if i == 0 and into is not None and trace[0] is None and hasattr(layers[0], "backward_into"):
+            dy = layers[0].backward_into(dy, into)
+        else:
+            dy = _undo(trace[i], layers[i].backward(dy))
         if after is not None:
             after(i)
     return dy

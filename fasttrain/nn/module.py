@@ -220,6 +220,13 @@ class Sequential(Module):
             raise RuntimeError(f"{self.name}.backward: backward called before forward")
         return layout.backward_chain(self.children(), dy, self.cache, after_child)
 
+    def backward_into(self, dy, dx):
+        """backward(dy) with the first child adding its input gradient into dx where it can
+        (Conv2d.backward_into): dx then, else the gradient (the caller adds)."""
+        if self.cache is None:
+            raise RuntimeError(f"{self.name}.backward: backward called before forward")
+        return layout.backward_chain(self.children(), dy, self.cache, into=dx)
+
 
 class Residual(Module):
     """y = post(body(x) + shortcut(x)); shortcut is the identity unless a module is given (e.g. a 1x1
@@ -304,8 +311,17 @@ class Residual(Module):
             if self.post is not None:
                 dy = chain([self.post], dy, post)
             dz, g = chain([self.body], dy, body), dy
-        ds = chain([self.shortcut], g, short) if self.shortcut is not None else g
         fresh = layout.data_of(dz)
+        if (hasattr(self.shortcut, "backward_into") and short[0] is None and short[-1] is None
+                and fresh is not layout.data_of(dy)):
+            # the shortcut (a convolution first) adds its data gradient into the body's fresh one
+            # where it can, else returns its own
+            self.shortcut.dx_halo = 0
+            ds = self.shortcut.backward_into(g, dz)
+            if ds is dz:
+                return dz
+        else:
+            ds = chain([self.shortcut], g, short) if self.shortcut is not None else g
         # dz is the body's fresh input gradient: the sum goes into it, unless a caller may still
         # hold that array
         inplace = fresh is not layout.data_of(ds) and fresh is not layout.data_of(dy)

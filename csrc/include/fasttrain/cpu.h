@@ -124,6 +124,8 @@ void conv2d_direct_bwd_weight(const float* x, const float* dy, float* dw, float*
 // hdy >= 0: dy instead carries a symmetric zero halo of hdy pixels ([N][Kb][hdy+P+hdy][hdy+Q+hdy]
 // [16]), at least the largest of the pads for the data gradient (any for the weight gradients,
 // which read only the interior): the halo a producer can write, so no copy pads dy.
+// accumulate: the data gradient adds into dxb (a residual block's two branches into one dx)
+// instead of overwriting it.
 void conv2d_to_blocked(const float* x, float* xb, int64_t N, int64_t C, int64_t H, int64_t W,
                        int64_t pt, int64_t pb, int64_t pl, int64_t pr);
 void conv2d_from_blocked(const float* xb, float* x, int64_t N, int64_t C, int64_t H, int64_t W);
@@ -135,7 +137,8 @@ void conv2d_blocked_fwd(const float* xp, const float* w, const float* b, float* 
                         int64_t hxw);
 void conv2d_blocked_bwd_data(const float* dyp, const float* w, float* dxb, int64_t N, int64_t C,
                              int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
-                             int64_t sw, int64_t ph, int64_t pw, int64_t hdy = -1);
+                             int64_t sw, int64_t ph, int64_t pw, int64_t hdy = -1,
+                             bool accumulate = false);
 void conv2d_blocked_bwd_weight(const float* xp, const float* dyp, float* dw, float* db, int64_t N,
                                int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
                                int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t hxh,
