@@ -228,7 +228,9 @@ def test_batchnorm_shifted_statistics_do_not_cancel(isa):
 # (kh, kw, sh, sw, ph, pw, ceil_mode, dil_h, dil_w, count_include_pad)
 POOLS = [(2, 2, 2, 2, 0, 0, False, 1, 1, True), (3, 3, 2, 2, 1, 1, True, 1, 1, False),
          (3, 2, 1, 2, 1, 0, False, 2, 1, True), (1, 1, 1, 1, 0, 0, False, 1, 1, True),
-         (2, 3, 3, 1, 1, 1, True, 1, 2, True)]
+         (2, 3, 3, 1, 1, 1, True, 1, 2, True),
+         # windows that share no pixel, with padding, gaps between windows and ceil mode's clipped last one
+         (3, 2, 3, 3, 1, 1, True, 1, 1, False), (2, 2, 2, 2, 1, 0, True, 1, 1, True)]
 POOL_SHAPES = [s for s in SHAPES if s[2] >= 2 and s[3] >= 2] + [(1, 3, 1, 1)]
 
 
