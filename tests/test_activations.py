@@ -286,3 +286,21 @@ def test_layers_reject_bad_dtype_and_backward_shapes():
 def test_layers_handle_non_contiguous_input():
     x = _x((6, 8), seed=4)[:, ::2]
     np.testing.assert_array_equal(ReLU().forward(x.astype(np.float32)), np.maximum(x, 0).astype(np.float32))
+
+
+@pytest.mark.parametrize("name", backend.available_backends_for("leaky_relu_fwd"))
+@pytest.mark.parametrize("slope", [0.2, -0.3, 0.01])
+def test_leaky_relu_negative_slope_matches_torch(name, slope):
+    """LeakyReLU(negative_slope=) (PyTorch's name) on each backend against torch.nn.LeakyReLU."""
+    torch = pytest.importorskip("torch")
+    x = _x((2, 3, 4, 5), seed=11).astype(np.float32)
+    dy = np.random.default_rng(12).standard_normal(x.shape).astype(np.float32)
+    layer = LeakyReLU(negative_slope=slope)
+    y, dx = np.full_like(x, np.nan), np.full_like(x, np.nan)
+    backend.kernel("leaky_relu_fwd", backend=name)(x, y, *layer._args())
+    backend.kernel("leaky_relu_bwd", backend=name)(x, dy, dx, *layer._args())
+    tx = torch.from_numpy(x.astype(np.float64)).requires_grad_(True)
+    ty = torch.nn.LeakyReLU(negative_slope=slope)(tx)
+    ty.backward(torch.from_numpy(dy.astype(np.float64)))
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-6, atol=1e-7, err_msg=name)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-6, atol=1e-7, err_msg=name)
