@@ -68,6 +68,12 @@ CASES = [
     (2, 1, 2, 2, 1, 1, 0, 1, 0, 1),      # 1x1
     (1, 3, 1, 1, 3, 2, 1, 1, 1, 2),
     (1, 33, 2, 2, 3, 2, 1, 1, 0, 0),
+    # strided data gradient: tasks of several rows of a narrow map (the last one partial), taps of
+    # border columns from the per-column table (5x5, dilation, padding beyond the halo)
+    (1, 5, 13, 5, 3, 2, 1, 1, 0, 1),
+    (2, 3, 9, 6, 5, 2, 2, 1, 1, 0),
+    (1, 17, 11, 9, 3, 2, 2, 2, 1, 1),
+    (1, 3, 10, 7, 3, 3, 2, 1, 0, 2),
 ]
 # the grid: C x H/W x stride x padding at 3x3, halo = padding (the layout that flows)
 GRID = [(1, c, hw, hw, 3, s, p, 1, p, p) for c, hw, s, p in itertools.product((1, 3, 5, 16, 17, 33), (1, 2, 7, 33),

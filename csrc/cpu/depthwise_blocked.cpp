@@ -1,6 +1,6 @@
 // Depthwise convolution on the blocked layout (see depthwise_blocked.h): the driver. One OpenMP task
-// per few output rows of one (image, channel block) plane for the forward, one per row for the
-// strided data gradient (rows are independent, so the result does not depend on the thread count); the weight gradient runs
+// per few output rows of one (image, channel block) plane for the forward and the strided data
+// gradient (rows are independent, so the result does not depend on the thread count); the weight gradient runs
 // tasks of (channel block, fixed range of images) into private partial sums, added in a fixed order
 // afterwards, so its bits do not depend on the thread count either.
 //
@@ -68,6 +68,24 @@ void correlate_planes(const Isa& isa, const Corr& g, int64_t N, int64_t Cb, cons
   }
 }
 
+// Per input coordinate i in [0, n): the taps k of a K-tap filter (stride st, padding pad, dilation d)
+// whose output coordinate o = (i + pad - k*d) / st is whole and in [0, m): [count, (k, o) pairs...] at
+// i * (2K + 1). Built once per call, so the rows and columns look their taps up without dividing.
+std::vector<int64_t> strided_taps(int64_t n, int64_t K, int64_t st, int64_t pad, int64_t d, int64_t m) {
+  std::vector<int64_t> taps(n * (2 * K + 1));
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t* t = taps.data() + i * (2 * K + 1);
+    t[0] = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t v = i + pad - k * d;
+      if (v < 0 || v % st || v / st >= m) continue;
+      t[1 + 2 * t[0]] = k;
+      t[2 + 2 * t[0]++] = v / st;
+    }
+  }
+  return taps;
+}
+
 Corr forward_corr(int64_t H, int64_t W, int64_t hx, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph,
                   int64_t pw, int64_t dh, int64_t dw) {
   return interior_cols(Corr{H, W, hx, (H + 2 * ph - dh * (R - 1) - 1) / sh + 1,
@@ -103,28 +121,23 @@ void depthwise_blocked_bwd_data(const float* dyb, const float* w, float* dxb, in
     return;
   }
   const std::vector<float> wb = pack_weights(w, C, RS, false);
-  std::vector<int64_t> row_taps(H * (2 * R + 1));
-  for (int64_t h = 0; h < H; ++h) {
-    int64_t* t = row_taps.data() + h * (2 * R + 1);
-    t[0] = 0;
-    for (int64_t r = 0; r < R; ++r) {
-      const int64_t v = h + ph - r * dh;
-      if (v < 0 || v % sh || v / sh >= f.P) continue;
-      t[1 + 2 * t[0]] = r;
-      t[2 + 2 * t[0]++] = v / sh;
-    }
-  }
+  const std::vector<int64_t> row_taps = strided_taps(H, R, sh, ph, dh, f.P), col_taps = strided_taps(W, S, sw, pw, dw, f.Q);
   Corr g = f;
   g.row_taps = row_taps.data();
+  g.col_taps = col_taps.data();
   const int64_t ldy = (f.Q + 2 * halo_dy) * kBlock, plane_y = (f.P + 2 * halo_dy) * ldy;
   const int64_t ldx = (W + 2 * halo_dx) * kBlock, plane_x = (H + 2 * halo_dx) * ldx;
+  // a task is a few rows of one small plane (about 32 dx pixels; a single row from 32 columns on)
+  const int64_t rows = std::clamp<int64_t>(32 / std::max<int64_t>(W, 1), 1, H), chunks = (H + rows - 1) / rows;
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
-  for (int64_t task = 0; task < N * Cb * H; ++task) {
-    const int64_t nc = task / H, h = task % H, cb = nc % Cb;
+  for (int64_t task = 0; task < N * Cb * chunks; ++task) {
+    const int64_t nc = task / chunks, h0 = task % chunks * rows, h1 = std::min(H, h0 + rows), cb = nc % Cb;
     float* px = dxb + nc * plane_x;
-    isa.bwd_data_row(g, dyb + nc * plane_y + halo_dy * ldy + halo_dy * kBlock, ldy, wb.data() + cb * RS * kBlock,
-                     px + (halo_dx + h) * ldx + halo_dx * kBlock, h);
-    zero_halo(px, H, W, halo_dx, h);
+    for (int64_t h = h0; h < h1; ++h) {
+      isa.bwd_data_row(g, dyb + nc * plane_y + halo_dy * ldy + halo_dy * kBlock, ldy, wb.data() + cb * RS * kBlock,
+                       px + (halo_dx + h) * ldx + halo_dx * kBlock, h);
+      zero_halo(px, H, W, halo_dx, h);
+    }
   }
 }
 

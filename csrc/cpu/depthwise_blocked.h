@@ -24,6 +24,9 @@ struct Corr {
   // strided data gradient only: per input row h, at h * (2R + 1): the count n of taps reaching it,
   // then n pairs (r, p) of filter row and dy row (built once per call: the divisions stay out of the rows)
   const int64_t* row_taps = nullptr;
+  // and per input column v, at v * (2S + 1): the count of taps reaching it, then pairs (s, q) of filter
+  // column and dy column (the border columns' taps without a division per tap)
+  const int64_t* col_taps = nullptr;
 };
 
 inline int64_t floordiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }

@@ -106,7 +106,7 @@ void fwd_rows(const Corr& g, const float* in, int64_t ld, const float* w, const 
 // (at stride 2 and 3x3: 1, 2 or 4), kept in a register, and is written once; no scatter into a
 // zeroed buffer. A 3x3 filter at column stride 2 runs its interior as pairs of dx columns: with
 // t = v + pw even, dx[v] = w0*dy[t/2] + w2*dy[t/2 - 1] and dx[v+1] = w1*dy[t/2] per filter row, the
-// weights in registers; the border columns (and other filters) find their taps one by one.
+// weights in registers; the border columns (and other filters) look their taps up in g.col_taps.
 template <class V>
 void bwd_data_row(const Corr& g, const float* dy, int64_t dy_ld, const float* w, float* dx, int64_t h) {
   using T = typename V::T;
@@ -119,15 +119,13 @@ void bwd_data_row(const Corr& g, const float* dy, int64_t dy_ld, const float* w,
   if (!pairs || v1 <= v0) v0 = v1 = 0;
   for (int l = 0; l < kBlock; l += V::kW) {
     auto one = [&](int64_t v) {
+      const int64_t* ct = g.col_taps + v * (2 * g.S + 1);
       T acc = V::zero();
       for (int64_t i = 0; i < nr; ++i) {
         const float* drow = dy + taps[2 + 2 * i] * dy_ld + l;
         const float* wr = w + taps[1 + 2 * i] * g.S * kBlock + l;
-        for (int64_t s = 0; s < g.S; ++s) {
-          const int64_t t = v + g.pw - s * g.dw;
-          if (t < 0 || t % g.sw || t / g.sw >= g.Q) continue;
-          acc = V::fma(acc, V::load(wr + s * kBlock), V::load(drow + t / g.sw * kBlock));
-        }
+        for (int64_t j = 0; j < ct[0]; ++j)
+          acc = V::fma(acc, V::load(wr + ct[1 + 2 * j] * kBlock), V::load(drow + ct[2 + 2 * j] * kBlock));
       }
       V::store(dx + v * kBlock + l, acc);
     };
