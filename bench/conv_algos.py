@@ -2,6 +2,7 @@
 
     python -m bench.conv_algos [--set resnet20|default] [--repeat 7] [--rounds 2] [--threads 2]
                                [--shapes N,C,H,W,K[,R,stride,pad] ...] [--peak-gflops G] [--no-numpy]
+                               [--isa auto|avx512|avx2|portable]
 
 Shapes are (N, C, H, W, K) with an R x R kernel, stride and padding (default 3, 1, 1). `--set
 resnet20` (the default) takes every distinct convolution of the CIFAR ResNet-20 at batch 128: the
@@ -204,14 +205,23 @@ def main(argv=None):
     ap.add_argument("--cpu-time", action="store_true",
                     help="one thread, timed by the thread's CPU time (time.thread_time): per-core figures that "
                          "hold on a machine so loaded that wall time measures the scheduler (use with --peak-gflops)")
+    ap.add_argument("--isa", choices=("auto", "avx512", "avx2", "portable"), default="auto",
+                    help="the direct engine's instruction set (fasttrain._C.set_conv2d_isa): e.g. avx2 measures "
+                         "the rule for AVX2-only machines on an AVX-512 one")
     args = ap.parse_args(argv)
     if args.cpu_time and args.threads not in (None, 1):
         ap.error(f"--cpu-time: times one thread, got --threads {args.threads}")
     if args.threads or args.cpu_time:
         ft.set_num_threads(1 if args.cpu_time else args.threads)
     shapes = args.shapes or (RESNET20 if args.set == "resnet20" else DEFAULT)
-    run(shapes, args.repeat, args.rounds, not args.no_numpy, args.peak_gflops, args.stat,
-        time.thread_time if args.cpu_time else None)
+    from fasttrain import _C
+
+    _C.set_conv2d_isa(args.isa)
+    try:
+        run(shapes, args.repeat, args.rounds, not args.no_numpy, args.peak_gflops, args.stat,
+            time.thread_time if args.cpu_time else None)
+    finally:
+        _C.set_conv2d_isa("auto")
 
 
 if __name__ == "__main__":

@@ -450,7 +450,8 @@ def test_stem_errors_name_the_argument():
 
 def test_choice_for_blocked_activations():
     """blocked=True: with no conversion to pay, 1x1 shortcuts and the 3-channel stem go direct
-    wherever intrinsics kernels run; the NCHW rule keeps them on im2col."""
+    wherever intrinsics kernels run (with AVX2 but for the wide 3x3 stride-1 layers, which Winograd
+    does faster); the NCHW rule keeps them on im2col."""
     shortcut = ("fwd", 128, 16, 32, 32, 32, 1, 1, 2, 2, 0, 0)
     stem = ("bwd_weight", 128, 3, 32, 32, 16, 3, 3, 1, 1, 1, 1)
     grouped = ("fwd", 8, 16, 8, 8, 16, 3, 3, 1, 1, 1, 1)
@@ -464,5 +465,12 @@ def test_choice_for_blocked_activations():
             assert C.conv2d_choice(*stem, blocked=True) == want, isa
             assert C.conv2d_choice(*grouped, groups=2, blocked=True) != "direct"
             assert C.conv2d_choice(*shortcut) == "im2col" and C.conv2d_choice(*stem) == "im2col"
+            # the wide 3x3 stride-1 layers: Winograd beats the AVX2 direct kernels (docs/KERNELS.md)
+            for op in ("fwd", "bwd_data", "bwd_weight"):
+                wide = (op, 128, 32, 32, 32, 32, 3, 3, 1, 1, 1, 1)   # C*K*P*Q = 2^20
+                narrow = (op, 128, 32, 16, 16, 32, 3, 3, 1, 1, 1, 1)  # 2^18
+                want_wide = {"avx512": "direct", "avx2": "winograd"}.get(isa, "winograd")
+                assert C.conv2d_choice(*wide, blocked=True) == want_wide, (isa, op)
+                assert C.conv2d_choice(*narrow, blocked=True) == ("winograd" if isa == "portable" else "direct")
     finally:
         C.set_conv2d_isa("auto")

@@ -2,7 +2,7 @@
 (forward, backward, Adam) with FASTTRAIN_LAYOUT=auto against nchw, interleaved in one process
 (medians), then where the flowing step's time goes, per C++ entry point (cProfile's own time).
 
-    python bench/dev/layout_flow.py resnet8 128 [--rounds 7] [--profile]
+    python bench/dev/layout_flow.py resnet8 128 [--rounds 7] [--profile] [--isa avx2] [--threads N]
 """
 from __future__ import annotations
 
@@ -23,8 +23,16 @@ def main():
     ap.add_argument("batch", type=int)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--profile", action="store_true", help="then profile 5 flowing steps")
+    ap.add_argument("--isa", choices=("auto", "avx512", "avx2", "portable"), default="auto",
+                    help="the direct engine's instruction set (both layouts)")
+    ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     ft.set_backend("cpp")
+    if args.threads:
+        ft.set_num_threads(args.threads)
+    from fasttrain import _C
+
+    _C.set_conv2d_isa(args.isa)
     model = models.build(args.net, (3, 32, 32), 10)
     arena = ft.ParamArena.for_model(model, seed=0)
     model.set_needs_input_grad(False)   # as the trainer does: no gradient of the images

@@ -2,6 +2,8 @@
 the Python layers, NumPy glue, allocations and page faults around the kernels.
 
     python bench/dev/step_overhead.py [--nets resnet8 resnet20 ...] [--batches 128 32] [--rounds 7]
+                                      [--threads 1] [--isa avx2] [--top N]
+    (FASTTRAIN_LAYOUT=nchw in the environment: the same without the blocked layout flowing)
 
 Per net and batch (medians over steps): the step's wall time, the time spent inside fasttrain._C
 calls, the non-kernel time (step minus kernels, per step: wall, and the main thread's CPU time,
@@ -79,7 +81,7 @@ class KernelTimer:
 
 def measure(net: str, batch: int, rounds: int, top: int, kt: KernelTimer):
     step = make_step(net, batch)
-    for _ in range(3):   # warm-up: buffers, first-touch page faults, caches
+    for _ in range(8):   # warm-up: the heap grows to its steady size over the first few steps
         step()
     wall, kern, cpu, kcpu, faults = [], [], [], [], []
     kt.per.clear()
@@ -112,9 +114,14 @@ def main():
     ap.add_argument("--top", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2,
                     help="1 on a loaded machine: the CPU times then hold without OpenMP's waits between threads")
+    ap.add_argument("--isa", choices=("auto", "avx512", "avx2", "portable"), default="auto",
+                    help="the direct engine's instruction set (fasttrain._C.set_conv2d_isa)")
     args = ap.parse_args()
     ft.set_backend("cpp")
     ft.set_num_threads(args.threads)
+    from fasttrain import _C
+
+    _C.set_conv2d_isa(args.isa)
     kt = KernelTimer()
     for net in args.nets:
         for batch in args.batches:

@@ -25,7 +25,8 @@
 // itself (ResNet's strided 1x1 shortcuts: 0.36-0.75x torch channels_last through the direct
 // engine vs 0.71-0.82x through im2col, bench/conv_algos.py); a caller whose activations are
 // already blocked asks with conv2d_choice(..., blocked=true), which picks the direct engine for
-// every ungrouped undilated shape where AVX-512 or AVX2 kernels run. With the AVX2 or portable kernels the older
+// every ungrouped undilated shape where AVX-512 or AVX2 kernels run, except, with AVX2, the wide
+// 3x3 stride-1 layers Winograd does faster (use_direct). With the AVX2 or portable kernels the older
 // rule stands (Winograd for 3x3 stride 1 with >= 16 channels, else im2col). The rule is fixed,
 // not measured at run time, so results do not change from run to run with the machine's load.
 #include <algorithm>
@@ -265,9 +266,25 @@ constexpr int64_t kDirectMinChannels = 8;
 // blocked: the caller keeps its activations in the blocked layout (conv2d_choice's `blocked`), so
 // no conversion is paid around the kernels: every kernel size runs direct where the intrinsics
 // kernels run, 1x1 shortcuts and the few-channel stem (its own kernel) included.
+// With the AVX2 kernels (half the vector width, half the FMA peak of AVX-512), Winograd F(2,3) over
+// OpenBLAS beats the direct kernels on the wide 3x3 stride-1 layers even with the layout conversions
+// left out (1 thread, CPU time: 32->32 ch at 32x32 1.07x, 64->64 at 16x16 1.12x; ties at
+// C*K*P*Q = 2^19-2^18: 32->64 at 16x16, 64->64 at 8x8), while on the narrower ones the direct
+// kernels win (16->16 at 32x32 1.37x, 32->32 at 16x16 1.17x, the stride-2 and 1x1 shapes
+// 1.3-1.7x). So under blocked=true an AVX2 3x3 stride-1 layer of C*K*P*Q >= 2^20 takes NCHW:
+// convnet_classic batch 128 220 -> 203 ms a step, the ResNets (all below) unchanged. See
+// docs/KERNELS.md for the measurements.
+constexpr int64_t kAvx2WinogradWork = int64_t{1} << 20;
+
 bool use_direct(const char* op, const Geom& g, bool blocked = false) {
   const bool fits = g.G == 1 && g.dilh == 1 && g.dilw == 1;
-  if (g_algo == Algo::Auto && blocked) return fits && conv2d_isa() != "portable";
+  if (g_algo == Algo::Auto && blocked) {
+    const std::string isa = conv2d_isa();
+    if (!fits || isa == "portable") return false;
+    const bool wide_3x3 = g.R == 3 && g.S == 3 && g.sh == 1 && g.sw == 1 &&
+                          g.C * g.K * g.pq() >= kAvx2WinogradWork;
+    return !(isa == "avx2" && wide_3x3);
+  }
   if (g_algo == Algo::Auto)
     return fits && conv2d_isa() == "avx512" && std::min(g.C, g.K) >= kDirectMinChannels &&
            g.R * g.S > 1;
