@@ -17,6 +17,26 @@ import fasttrain as ft
 from fasttrain import models, settings
 
 
+def make_step(net: str, batch: int):
+    """One training step (forward, backward, Adam) of `net` on a fixed random batch, as the trainer
+    runs it; the backend and thread settings are the caller's."""
+    model = models.build(net, (3, 32, 32), 10)
+    arena = ft.ParamArena.for_model(model, seed=0)
+    model.set_needs_input_grad(False)   # as the trainer does: no gradient of the images
+    opt = ft.optim.Adam(arena, lr=1e-3)
+    loss_fn = ft.losses.SoftmaxCrossEntropy()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, batch)
+
+    def step():
+        _, d = loss_fn(model.forward(x), y)
+        arena.zero_grad()
+        model.backward(d)
+        opt.step()
+    return step
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("net", choices=models.MODEL_NAMES)
@@ -33,20 +53,7 @@ def main():
     from fasttrain import _C
 
     _C.set_conv2d_isa(args.isa)
-    model = models.build(args.net, (3, 32, 32), 10)
-    arena = ft.ParamArena.for_model(model, seed=0)
-    model.set_needs_input_grad(False)   # as the trainer does: no gradient of the images
-    opt = ft.optim.Adam(arena, lr=1e-3)
-    loss_fn = ft.losses.SoftmaxCrossEntropy()
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((args.batch, 3, 32, 32)).astype(np.float32)
-    y = rng.integers(0, 10, args.batch)
-
-    def step():
-        _, d = loss_fn(model.forward(x), y)
-        arena.zero_grad()
-        model.backward(d)
-        opt.step()
+    step = make_step(args.net, args.batch)
 
     times = {"auto": [], "nchw": []}
     for mode in times:   # warm-up: buffers, page faults

@@ -21,24 +21,7 @@ import numpy as np
 
 import fasttrain as ft
 from fasttrain import models
-
-
-def make_step(net: str, batch: int):
-    model = models.build(net, (3, 32, 32), 10)
-    arena = ft.ParamArena.for_model(model, seed=0)
-    model.set_needs_input_grad(False)   # as the trainer does: no gradient of the images
-    opt = ft.optim.Adam(arena, lr=1e-3)
-    loss_fn = ft.losses.SoftmaxCrossEntropy()
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
-    y = rng.integers(0, 10, batch)
-
-    def step():
-        _, d = loss_fn(model.forward(x), y)
-        arena.zero_grad()
-        model.backward(d)
-        opt.step()
-    return step
+from layout_flow import make_step   # bench/dev is the script's directory, first on sys.path
 
 
 class KernelTimer:
