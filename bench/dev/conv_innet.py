@@ -20,6 +20,7 @@ import numpy as np
 
 import fasttrain as ft
 from fasttrain import _C, models
+from step_overhead import make_step  # bench/dev, the directory of this script
 
 OPS = ("conv2d_blocked_fwd", "conv2d_blocked_bwd_data", "conv2d_blocked_bwd_weight", "conv2d_stem_fwd",
        "conv2d_stem_bwd_weight")
@@ -66,21 +67,7 @@ def main():
         peak = max(fma_peaks([]).values()) / 1e9
     else:
         peak = args.peak_gflops
-    model = models.build(args.net, (3, 32, 32), 10)
-    arena = ft.ParamArena.for_model(model, seed=0)
-    model.set_needs_input_grad(False)
-    opt = ft.optim.Adam(arena, lr=1e-3)
-    loss_fn = ft.losses.SoftmaxCrossEntropy()
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((args.batch, 3, 32, 32)).astype(np.float32)
-    y = rng.integers(0, 10, args.batch)
-
-    def step():
-        _, d = loss_fn(model.forward(x), y)
-        arena.zero_grad()
-        model.backward(d)
-        opt.step()
-
+    step = make_step(args.net, args.batch)
     step()
     step()
     cold = defaultdict(list)
