@@ -68,6 +68,13 @@ def _close(got, want, what):
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * scale, err_msg=what)
 
 
+def _blocked_dy(p):
+    """p's dy in the blocked layout, with the border the data gradient's stride phases read."""
+    N, _, H, W = p["x"].shape
+    _, _, R, S = p["w"].shape
+    return C.to_blocked(p["dy"], *C.conv2d_blocked_dy_pads(H, W, R, S, *p["geom"]))
+
+
 def _references(p, relu):
     x, w, b, dy = (p[k].astype(f64) for k in ("x", "w", "b", "dy"))
     y = np.empty((x.shape[0], w.shape[0], p["P"], p["Q"]))
@@ -107,7 +114,7 @@ def test_blocked_api_matches_reference(isa, case):
     y_ref, dx_ref, dw_ref, db_ref = _references(p, False)
     xb = C.to_blocked(p["x"], ph, ph, pw, pw)
     assert xb.shape == (N, (Cc + 15) // 16, H + 2 * ph, W + 2 * pw, 16)
-    dyb = C.to_blocked(p["dy"], *C.conv2d_blocked_dy_pads(H, W, R, S, sh, sw, ph, pw))
+    dyb = _blocked_dy(p)
     yb = np.full((N, (K + 15) // 16, p["P"], p["Q"], 16), np.nan, f32)
     C.conv2d_blocked_fwd(xb, p["w"], p["b"], yb, sh, sw, ph, pw, False)
     _close(C.from_blocked(yb, K), y_ref, "blocked fwd")
@@ -298,7 +305,7 @@ def test_blocked_halo_x_weight_gradient_and_errors():
     N, _, H, W = p["x"].shape
     _, _, dw_ref, db_ref = _references(p, False)
     xb = C.to_blocked(p["x"], 1, 1, 1, 1)
-    dyb = C.to_blocked(p["dy"], *C.conv2d_blocked_dy_pads(H, W, R, S, sh, sw, ph, pw))
+    dyb = _blocked_dy(p)
     dw, db = p["dw0"].copy(), p["db0"].copy()
     C.conv2d_blocked_bwd_weight(xb, dyb, dw, db, sh, sw, ph, pw, halo_x=1)
     _close(dw, dw_ref, "dw with halo 1")
@@ -402,7 +409,7 @@ def test_stem_matches_reference(isa, case):
         assert not yb[:, -1, ..., K % 16 or 16:].any(), "channels past K must stay zero"
         want = _stats_ref(y_ref)
         np.testing.assert_allclose(stats, want, rtol=2e-5, atol=1e-5 * max(1.0, np.abs(want).max()))
-    dyb = C.to_blocked(p["dy"], *C.conv2d_blocked_dy_pads(H, W, R, S, sh, sw, ph, pw))
+    dyb = _blocked_dy(p)
     dw, db = p["dw0"].copy(), p["db0"].copy()
     C.conv2d_stem_bwd_weight(p["x"], dyb, dw, db, sh, sw, ph, pw)
     _close(dw, dw_ref, f"{isa} stem dw")
@@ -421,17 +428,14 @@ def test_bias_gradient_fused_into_weight_sweep(isa, case):
     from fasttrain import settings
     p = _problem(case, seed=11)
     sh, sw, ph, pw = p["geom"]
-    K, Cc, R, S = p["w"].shape
-    N, _, H, W = p["x"].shape
     _, _, dw_ref, db_ref = _references(p, False)
-    xb = C.to_blocked(p["x"], ph, ph, pw, pw)
-    dyb = C.to_blocked(p["dy"], *C.conv2d_blocked_dy_pads(H, W, R, S, sh, sw, ph, pw))
+    xb, dyb = C.to_blocked(p["x"], ph, ph, pw, pw), _blocked_dy(p)
     try:
         for nt in (1, 2, 3):
             C.set_num_threads(nt)
             for name, run in (("blocked", lambda dw, db: C.conv2d_blocked_bwd_weight(xb, dyb, dw, db, sh, sw, ph, pw)),
                               ("stem", lambda dw, db: C.conv2d_stem_bwd_weight(p["x"], dyb, dw, db, sh, sw, ph, pw))):
-                if name == "stem" and Cc > 16:
+                if name == "stem" and p["x"].shape[1] > 16:
                     continue
                 dw, db = p["dw0"].copy(), p["db0"].copy()
                 run(dw, db)

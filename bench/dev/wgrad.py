@@ -22,7 +22,7 @@ import numpy as np
 
 import fasttrain as ft
 
-from bench.conv_algos import RESNET20, _arrays, _geom, _shape
+from bench.conv_algos import RESNET20, _arrays, _blocked_ops, _geom, _shape
 from bench.harness import fma_peaks, time_interleaved, torch_or_none
 
 
@@ -34,21 +34,12 @@ def _load(path):
 
 
 def _rows(C, a, st, pad, tag=""):
-    N, Cc, H, W = a["x"].shape
-    K, _, R, S = a["w"].shape
-    g = (st, st, pad, pad)
-    xb = C.to_blocked(a["x"], pad, pad, pad, pad)
-    dyb = C.to_blocked(a["dy"], *C.conv2d_blocked_dy_pads(H, W, R, S, *g))
-    yb = np.empty((N, (K + 15) // 16) + a["y"].shape[2:] + (16,), np.float32)
-    dw, db = np.zeros_like(a["w"]), np.zeros_like(a["b"])
-    rows = {}
-    if not tag:
-        rows["fwd"] = ((lambda: C.conv2d_stem_fwd(a["x"], a["w"], a["b"], yb, *g, False)) if Cc < 16 else
-                      (lambda: C.conv2d_blocked_fwd(xb, a["w"], a["b"], yb, *g, False)))
-    if Cc < 16:
-        rows["stem_wgrad" + tag] = lambda: C.conv2d_stem_bwd_weight(a["x"], dyb, dw, db, *g)
-    else:
-        rows["wgrad" + tag] = lambda: C.conv2d_blocked_bwd_weight(xb, dyb, dw, db, *g)
+    """The forward (tag "" only) and the weight gradient on blocked inputs: the stem's kernels below
+    16 input channels, else the blocked ones."""
+    ops, stem = _blocked_ops(C, a, st, pad)
+    use = stem or ops
+    rows = {} if tag else {"fwd": use["fwd"]}
+    rows[("stem_wgrad" if stem else "wgrad") + tag] = use["bwd_weight"]
     return rows
 
 
