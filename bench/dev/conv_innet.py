@@ -20,7 +20,7 @@ import numpy as np
 
 import fasttrain as ft
 from fasttrain import _C, models
-from step_overhead import make_step  # bench/dev, the directory of this script
+from layout_flow import make_step  # bench/dev, the directory of this script
 
 OPS = ("conv2d_blocked_fwd", "conv2d_blocked_bwd_data", "conv2d_blocked_bwd_weight", "conv2d_stem_fwd",
        "conv2d_stem_bwd_weight")
