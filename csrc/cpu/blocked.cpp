@@ -11,6 +11,8 @@
 // Outputs: every kernel writes its output's halo (zeros), so callers may allocate with np.empty.
 // Pad lanes of outputs are zero when those of the inputs are (per-channel constants are zero
 // there: y = 0 * x + 0, dx = 0 * (...)); the kernels never read or write an input's halo.
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -124,36 +126,44 @@ void batchnorm_blocked_fwd_train(const float* x, const float* gamma, const float
   if (!stats && N > 0)
     for (int64_t c = 0; c < C; ++c) shift[c] = x[ax.interior(c / kLanes) + c % kLanes];
   blocked::Partials part(stats ? 0 : T, 2);
-  // channel c's mean and variance -> mean, invstd, a, b
-  auto constants = [&](int64_t c, double mu, double var) {
-    mean[c] = static_cast<float>(mu);
-    invstd[c] = static_cast<float>(1.0 / std::sqrt(std::max(var, 0.0) + eps));
-    blocked::affine_of(gamma[c], beta[c], mean[c], invstd[c], a[c], b[c]);
+  // channel c's mean and variance -> a, b (and mean, invstd when `out`)
+  auto constants = [&](int64_t c, double mu, double var, float* a_, float* b_, bool out) {
+    const float m = static_cast<float>(mu), is = static_cast<float>(1.0 / std::sqrt(std::max(var, 0.0) + eps));
+    if (out) {
+      mean[c] = m;
+      invstd[c] = is;
+    }
+    blocked::affine_of(gamma[c], beta[c], m, is, a_[c], b_[c]);
   };
   if (stats)  // raw sums from the convolution's epilogue, accumulated in double there: no pass of
               // our own before the apply, so no barrier either
     for (int64_t c = 0; c < C; ++c) {
       const double mu = stats[c] / M;
-      constants(c, mu, stats[C + c] / M - mu * mu);
+      constants(c, mu, stats[C + c] / M - mu * mu, a.data(), b.data(), true);
     }
 #pragma omp parallel num_threads(blocked::threads_for(T * H * W * kLanes))
   {
-    if (!stats) {
+    if (stats) {
+      blocked::apply(k, x, ax, residual, ar, y, ay, T, a.data(), b.data(), relu);
+    } else {
 #pragma omp for schedule(static)
       for (int64_t t = 0; t < T; ++t)
         k.bn_sums(ax.in(x, t), H, W, shift.data() + (t % Cb) * kLanes, part.at(t, 0), part.at(t, 1));
-#pragma omp for schedule(static)
+      // every thread forms every channel's constants itself (the same bits; no barrier before the
+      // apply, see batchnorm_blocked_bwd); mean and invstd: the master's
+      const bool master = omp_get_thread_num() == 0;
+      std::vector<float> ta(Cb * kLanes, 0.f), tb(Cb * kLanes, 0.f);
       for (int64_t cb = 0; cb < Cb; ++cb) {
         double s[kLanes], s2[kLanes];
         part.total(N, Cb, cb, 0, s);
         part.total(N, Cb, cb, 1, s2);
         for (int64_t c = cb * kLanes; c < std::min(C, (cb + 1) * kLanes); ++c) {
           const double dm = s[c % kLanes] / M;
-          constants(c, shift[c] + dm, s2[c % kLanes] / M - dm * dm);
+          constants(c, shift[c] + dm, s2[c % kLanes] / M - dm * dm, ta.data(), tb.data(), master);
         }
       }
+      blocked::apply(k, x, ax, residual, ar, y, ay, T, ta.data(), tb.data(), relu);
     }
-    blocked::apply(k, x, ax, residual, ar, y, ay, T, a.data(), b.data(), relu);
   }
 }
 
@@ -185,7 +195,7 @@ void batchnorm_blocked_bwd(const float* x, const float* dy, const float* gamma, 
   const int64_t Cb = blocked::blocks(C), T = N * Cb;
   const Arr ax{Cb, H, W, hx}, ay{Cb, H, W, hy}, adx{Cb, H, W, hdx}, a0{Cb, H, W, 0};
   const double M = static_cast<double>(N) * H * W;
-  std::vector<float> mu(Cb * kLanes, 0.f), kk(Cb * kLanes, 0.f), m1(Cb * kLanes, 0.f), m2(Cb * kLanes, 0.f);
+  std::vector<float> mu(Cb * kLanes, 0.f);
   std::copy(mean, mean + C, mu.begin());
   // the ReLU mask from x: the forward's a and b (pad lanes 0 * x + 0: masked, and their g is 0 anyway)
   std::vector<float> ma, mb;
@@ -204,15 +214,21 @@ void batchnorm_blocked_bwd(const float* x, const float* dy, const float* gamma, 
     for (int64_t t = 0; t < T; ++t)
       k.bn_bwd_sums(ax.in(x, t), a0.in(dy, t), ay.in(y, t), lanes(ma, t, Cb), lanes(mb, t, Cb), a0.out(dres, t),
                     H, W, mu.data() + (t % Cb) * kLanes, part.at(t, 0), part.at(t, 1));
-#pragma omp for schedule(static)
+    // Every thread forms every channel's constants itself (a few hundred channels over N partials,
+    // the same arithmetic, so the same bits): no barrier between them and the dx pass, where one
+    // thread would compute them while the other waited. dgamma and dbeta: the master's.
+    const bool master = omp_get_thread_num() == 0;
+    std::vector<float> kk(Cb * kLanes, 0.f), m1(Cb * kLanes, 0.f), m2(Cb * kLanes, 0.f);
     for (int64_t cb = 0; cb < Cb; ++cb) {
       double s[kLanes], s2[kLanes];
       part.total(N, Cb, cb, 0, s);
       part.total(N, Cb, cb, 1, s2);
       for (int64_t c = cb * kLanes; c < std::min(C, (cb + 1) * kLanes); ++c) {
         const double sdy = s[c % kLanes], sdyxhat = s2[c % kLanes] * invstd[c];
-        dbeta[c] += static_cast<float>(sdy);
-        dgamma[c] += static_cast<float>(sdyxhat);
+        if (master) {
+          dbeta[c] += static_cast<float>(sdy);
+          dgamma[c] += static_cast<float>(sdyxhat);
+        }
         kk[c] = static_cast<float>(gamma[c] * static_cast<double>(invstd[c]));
         m1[c] = static_cast<float>(sdy / M);
         m2[c] = static_cast<float>(sdyxhat / M * invstd[c]);
