@@ -159,8 +159,29 @@ class Conv2d(Module):
             kind = "depthwise"
         else:
             return None
-        ops = ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_weight")
-        return kind if all(self._choice(op, arr, x_shape, blocked=True) == kind for op in ops) else None
+        # asked by the container and the layer several times per step: remembered per layer, keyed
+        # like _choice's answers (the registry's pick and the engine's settings)
+        C = sys.modules.get("fasttrain._C")
+        key = (tuple(x_shape), settings.backend, type(arr), C and C.conv2d_algo(), C and C.conv2d_isa())
+        kinds = self.__dict__.setdefault("_kinds", {})
+        found = kinds.get(key, _UNKNOWN)
+        if found is _UNKNOWN:
+            ops = ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_weight")
+            found = kind if all(self._choice(op, arr, x_shape, blocked=True) == kind for op in ops) else None
+            if len(kinds) >= 64:   # shapes change without end only in odd uses: stay bounded
+                kinds.clear()
+            kinds[key] = found
+        return found
+
+    def _dy_pads(self, h, w):
+        """conv2d_blocked_dy_pads for an h x w input (asked in every backward: remembered)."""
+        pads = self.__dict__.setdefault("_dy_pads_of", {})
+        found = pads.get((h, w))
+        if found is None:
+            if len(pads) >= 64:
+                pads.clear()
+            found = pads[(h, w)] = cpp().conv2d_blocked_dy_pads(h, w, *self.kernel_size, *self._geometry())
+        return found
 
     def takes_blocked(self, x) -> bool:
         return x.shape[1] == self.in_channels and self._blocked_kind(x.data, x.shape) is not None
@@ -220,7 +241,7 @@ class Conv2d(Module):
         if self.cache is None or self.cache[3] not in ("direct", "stem"):
             return 0
         n, c, h, w = self.cache[0]
-        return max(cpp().conv2d_blocked_dy_pads(h, w, *self.kernel_size, *self._geometry()))
+        return max(self._dy_pads(h, w))
 
     def backward_into(self, dy, dx):
         """backward(dy) added into dx (a Blocked of the input's shape, halo 0) instead of a fresh
@@ -255,7 +276,7 @@ class Conv2d(Module):
             return dx
         # the data gradient reads dy with a zero halo as wide as its widest pad (the weight
         # gradients read any halo)
-        need = max(C.conv2d_blocked_dy_pads(h, w, *self.kernel_size, *g)) if dx is not None else 0
+        need = max(self._dy_pads(h, w)) if dx is not None else 0
         if dy.halo < need:
             dy = with_halo(dy, need)
         if kind == "stem":
