@@ -53,18 +53,16 @@ def cpp():
 class Blocked:
     """An activation in the channel-blocked layout (module docstring); `shape` is the logical NCHW shape."""
 
-    __slots__ = ("data", "channels", "halo", "stats")
+    __slots__ = ("data", "channels", "halo", "stats", "shape")
 
     def __init__(self, data, channels: int, halo: int = 0, stats=None):
         self.data, self.channels, self.halo = data, int(channels), int(halo)
         # optional (2, C) float64 [sum, sum of squares] of the interior, from its producer's epilogue
         # (a convolution feeding a training batchnorm): the batchnorm then skips its statistics pass
         self.stats = stats
-
-    @property
-    def shape(self):
-        n, _, hp, wp, _ = self.data.shape
-        return n, self.channels, hp - 2 * self.halo, wp - 2 * self.halo
+        # formed once: the layers and containers ask for it many times per step
+        n, _, hp, wp, _ = data.shape
+        self.shape = (n, self.channels, hp - 2 * self.halo, wp - 2 * self.halo)
 
     @property
     def dtype(self):

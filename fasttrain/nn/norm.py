@@ -89,6 +89,9 @@ class _BatchNorm(Module):
 
     def _buffers_on(self, xp):
         # Buffers follow the input's device (moved once, on the first GPU forward).
+        rmean, rvar = self.buffers["running_mean"], self.buffers["running_var"]
+        if xp is np and type(rmean) is np.ndarray and type(rvar) is np.ndarray:   # the usual case, per step
+            return rmean, rvar
         for k, v in self.buffers.items():
             if _array_module(v) is not xp:
                 self.buffers[k] = xp.asarray(v)
@@ -181,7 +184,11 @@ class _BatchNorm(Module):
         if x.channels != self.num_features:
             raise ValueError(f"{self._where()}: expected input {self._layout.format(C=self.num_features)}, "
                              f"got a blocked {x.shape}")
-        check_params(self._where(), self, x.data)
+        # the message only when a check fails (this runs for every layer and step)
+        dtype = x.data.dtype
+        for p in self._params.values():
+            if p.data is None or p.data.dtype != dtype:
+                check_params(self._where(), self, x.data)
 
     def backward(self, dy):
         return self._backward(dy, False)[0]
