@@ -479,3 +479,58 @@ def test_choice_for_blocked_activations():
                 assert C.conv2d_choice(*narrow, blocked=True) == ("winograd" if isa == "portable" else "direct")
     finally:
         C.set_conv2d_isa("auto")
+
+
+# (N, C, H, W, K): 1x1 stride-1 convolutions on maps narrower than 16 pixels, which the blocked
+# entry points run as one row of H*W pixels per image when no array carries a halo (and row by
+# row, as before, when one does)
+POINTWISE_CASES = [(1, 1, 2, 2, 1), (3, 3, 4, 4, 5), (1, 5, 3, 5, 17), (2, 17, 2, 2, 33), (1, 33, 8, 8, 17),
+                   (3, 33, 1, 7, 3), (2, 17, 5, 15, 40)]
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("case", POINTWISE_CASES, ids=lambda c: "N{}C{}_{}x{}K{}".format(*c))
+def test_pointwise_small_maps_flat_and_halo(isa, case):
+    """fwd (with the statistics epilogue), bwd_data (fresh and accumulating) and bwd_weight of a 1x1
+    convolution on small maps, halo 0 (the pixel-row path) and halo 1 (row by row), for 1, 2 and 3
+    threads: the reference's values, zero channel tails, and (forward, statistics, data gradient:
+    each output written by one thread) the same bits for every thread count."""
+    from fasttrain import settings
+    N, Cc, H, W, K = case
+    p = _problem((N, Cc, H, W, K, 1, 1, 1, 1, 0, 0), seed=12)
+    y_ref, dx_ref, dw_ref, db_ref = _references(p, True)
+    stats_want = _stats_ref(y_ref)
+    base = np.random.default_rng(13).standard_normal(p["x"].shape).astype(f32)
+    Kb = (K + 15) // 16
+    runs = {}
+    try:
+        for nt in (1, 2, 3):
+            C.set_num_threads(nt)
+            for halo in (0, 1):
+                what = f"{isa} {nt} threads halo {halo}"
+                xb = C.to_blocked(p["x"], halo, halo, halo, halo)
+                dyb = C.to_blocked(p["dy"], halo, halo, halo, halo)
+                yb = np.full((N, Kb, H, W, 16), np.nan, f32)
+                stats = np.full((2, K), np.nan)
+                C.conv2d_blocked_fwd(xb, p["w"], p["b"], yb, 1, 1, 0, 0, True, stats, halo_x=halo)
+                _close(C.from_blocked(yb, K), y_ref, what + " fwd")
+                assert not yb[:, -1, ..., K % 16 or 16:].any(), what + ": channels past K must stay zero"
+                bound = 16 * 2.0 ** -24 * np.stack([np.abs(y_ref).sum(axis=(0, 2, 3)), stats_want[1]]) + 1e-5
+                assert np.all(np.abs(stats - stats_want) <= bound + 2e-5 * np.abs(stats_want)), what + " stats"
+                dxb = np.full((N, (Cc + 15) // 16, H, W, 16), np.nan, f32)
+                C.conv2d_blocked_bwd_data(dyb, p["w"], dxb, 1, 1, 0, 0, halo_dy=halo)
+                _close(C.from_blocked(dxb, Cc), dx_ref, what + " bwd_data")
+                assert not dxb[:, -1, ..., Cc % 16 or 16:].any(), what + ": channels past C must stay zero"
+                acc = C.to_blocked(base)
+                C.conv2d_blocked_bwd_data(dyb, p["w"], acc, 1, 1, 0, 0, halo_dy=halo, accumulate=True)
+                _close(C.from_blocked(acc, Cc), dx_ref + base, what + " bwd_data accumulate")
+                dw, db = p["dw0"].copy(), p["db0"].copy()
+                C.conv2d_blocked_bwd_weight(xb, dyb, dw, db, 1, 1, 0, 0, halo_x=halo, halo_dy=halo)
+                _close(dw, dw_ref, what + " dw")
+                _close(db, db_ref, what + " db")
+                runs[nt, halo] = (yb, stats, dxb)
+    finally:
+        C.set_num_threads(settings.num_threads)
+    for (nt, halo), got in runs.items():
+        for a, b in zip(got, runs[1, halo]):
+            np.testing.assert_array_equal(a, b, err_msg=f"{isa} halo {halo}: {nt} threads vs 1")
