@@ -152,13 +152,13 @@ def _pool_entry(n, c, h, w, kind):
         a = {"xb": _blocked((n, c, h, w), 0), "dyb": _blocked((n, c, p, q), 1), "yb": _empty_blocked(n, c, p, q),
              "dxb": _empty_blocked(n, c, h, w)}
         if kind == "max":
-            a["argmax"] = np.empty(a["yb"].shape, np.int64)
+            a["argmax"] = np.empty(a["yb"].shape, np.uint8)
         return a
 
     def run(k, a):
         if kind == "max":
             k("maxpool2d_blocked_fwd")(a["xb"], a["yb"], a["argmax"], 2, 2, 2, 2, 0, 0)
-            k("maxpool2d_blocked_bwd")(a["dyb"], a["argmax"], a["dxb"])
+            k("maxpool2d_blocked_bwd")(a["dyb"], a["argmax"], a["dxb"], 2, 2, 2, 2, 0, 0)
         else:
             k("avgpool2d_blocked_fwd")(a["xb"], a["yb"], 2, 2, 2, 2, 0, 0)
             k("avgpool2d_blocked_bwd")(a["dyb"], a["dxb"], 2, 2, 2, 2, 0, 0)

@@ -80,6 +80,14 @@ const int64_t* i64_ptr(py::array& a, const char* name) {
   return static_cast<const int64_t*>(a.data());
 }
 
+uint8_t* u8_ptr(py::array& a, const char* name, bool write) {
+  FT_CHECK(a.dtype().is(py::dtype::of<uint8_t>()),
+           name << ": expected dtype uint8, got " << std::string(py::str(a.dtype())));
+  FT_CHECK(a.flags() & py::array::c_style, name << ": expected a C-contiguous array");
+  FT_CHECK(!write || a.writeable(), name << ": expected a writeable array");
+  return static_cast<uint8_t*>(write ? a.mutable_data() : const_cast<void*>(a.data()));
+}
+
 void check_window(const char* op, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
   FT_CHECK(sh >= 1 && sw >= 1, op << "(sh, sw): expected strides >= 1, got (" << sh << ", " << sw << ")");
   FT_CHECK(ph >= 0 && pw >= 0, op << "(ph, pw): expected paddings >= 0, got (" << ph << ", " << pw << ")");
@@ -798,41 +806,52 @@ void bind(py::module_& m) {
     ft::cpu::global_avgpool_blocked_bwd(pdy, pdx, g.N, g.C, g.H, g.W, halo_dx);
   }, py::arg("dy"), py::arg("dxb"), py::kw_only(), py::arg("halo_dx") = 0);
 
-  m.def("maxpool2d_blocked_fwd", [](py::array xb, py::array yb, py::array argmax, int64_t kh, int64_t kw,
-                                    int64_t sh, int64_t sw, int64_t ph, int64_t pw, bool ceil_mode, int64_t dh,
-                                    int64_t dw, int64_t halo_x, int64_t halo_y) {
-    const char* op = "maxpool2d_blocked_fwd";
-    const Geo g = blocked_geo(op, "xb", xb, 0, halo_x, "halo_x");
+  // The blocked max pool names each maximum by its window tap r * kw + s in one byte (see blocked.h).
+  auto max_pool_out = [](const char* op, const Geo& g, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                         int64_t pw, bool ceil_mode, int64_t dh, int64_t dw) {
     check_window(op, sh, sw, ph, pw);
     FT_CHECK(dh >= 1 && dw >= 1, op << "(dil_h, dil_w): expected dilations >= 1, got (" << dh << ", " << dw << ")");
-    const Geo go{g.N, g.C, pool_extent(op, "height", g.H, kh, sh, ph, dh, ceil_mode),
-                 pool_extent(op, "width", g.W, kw, sw, pw, dw, ceil_mode)};
+    FT_CHECK(kh * kw <= 256, op << "(kh, kw): expected a window of at most 256 taps (a tap is one byte), got "
+                                << kh << " x " << kw);
+    return Geo{g.N, g.C, pool_extent(op, "height", g.H, kh, sh, ph, dh, ceil_mode),
+               pool_extent(op, "width", g.W, kw, sw, pw, dw, ceil_mode)};
+  };
+
+  m.def("maxpool2d_blocked_fwd", [max_pool_out](py::array xb, py::array yb, py::array taps, int64_t kh, int64_t kw,
+                                                int64_t sh, int64_t sw, int64_t ph, int64_t pw, bool ceil_mode,
+                                                int64_t dh, int64_t dw, int64_t halo_x, int64_t halo_y) {
+    const char* op = "maxpool2d_blocked_fwd";
+    const Geo g = blocked_geo(op, "xb", xb, 0, halo_x, "halo_x");
+    const Geo go = max_pool_out(op, g, kh, kw, sh, sw, ph, pw, ceil_mode, dh, dw);
     expect_blocked(op, "yb", yb, go, halo_y, "halo_y");
-    expect_shape(op, "argmax", argmax, {go.N, go.C / 16, go.H, go.W, 16});
-    FT_CHECK(argmax.writeable(), op << "(argmax): expected a writeable array");
+    expect_shape(op, "taps", taps, {go.N, go.C / 16, go.H, go.W, 16});
     const float* px = ptr_of(xb, "xb");
     float* py_ = ptr_of(yb, "yb");
-    int64_t* pa = const_cast<int64_t*>(i64_ptr(argmax, "argmax"));
+    uint8_t* pt = u8_ptr(taps, "taps", true);
     py::gil_scoped_release nogil;
-    ft::cpu::maxpool2d_blocked_fwd(px, py_, pa, g.N, g.C, g.H, g.W, go.H, go.W, kh, kw, sh, sw, ph, pw, dh, dw,
+    ft::cpu::maxpool2d_blocked_fwd(px, py_, pt, g.N, g.C, g.H, g.W, go.H, go.W, kh, kw, sh, sw, ph, pw, dh, dw,
                                    halo_x, halo_y);
-  }, py::arg("xb"), py::arg("yb"), py::arg("argmax"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
+  }, py::arg("xb"), py::arg("yb"), py::arg("taps"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
      py::arg("ph"), py::arg("pw"), py::arg("ceil_mode") = false, py::arg("dil_h") = 1, py::arg("dil_w") = 1,
      py::kw_only(), py::arg("halo_x") = 0, py::arg("halo_y") = 0);
 
-  m.def("maxpool2d_blocked_bwd", [](py::array dyb, py::array argmax, py::array dxb, int64_t halo_dx) {
+  m.def("maxpool2d_blocked_bwd", [max_pool_out](py::array dyb, py::array taps, py::array dxb, int64_t kh, int64_t kw,
+                                                int64_t sh, int64_t sw, int64_t ph, int64_t pw, bool ceil_mode,
+                                                int64_t dh, int64_t dw, int64_t halo_dx) {
     const char* op = "maxpool2d_blocked_bwd";
-    const Geo go = blocked_geo(op, "dyb", dyb, 0, 0, "dy's halo");
     const Geo g = blocked_geo(op, "dxb", dxb, 0, halo_dx, "halo_dx");
-    FT_CHECK(g.N == go.N && g.C == go.C, op << "(dxb): expected " << go.N << " images of " << go.C / 16
-                                             << " channel blocks (like dyb), got " << shape_str(dxb));
-    expect_shape(op, "argmax", argmax, {go.N, go.C / 16, go.H, go.W, 16});
+    const Geo go = max_pool_out(op, g, kh, kw, sh, sw, ph, pw, ceil_mode, dh, dw);
+    expect_blocked(op, "dyb", dyb, go, 0, "dy's halo");
+    expect_shape(op, "taps", taps, {go.N, go.C / 16, go.H, go.W, 16});
     const float* pdy = ptr_of(dyb, "dyb");
-    const int64_t* pa = i64_ptr(argmax, "argmax");
+    const uint8_t* pt = u8_ptr(taps, "taps", false);
     float* pdx = ptr_of(dxb, "dxb");
     py::gil_scoped_release nogil;
-    ft::cpu::maxpool2d_blocked_bwd(pdy, pa, pdx, g.N, g.C, go.H, go.W, g.H, g.W, halo_dx);
-  }, py::arg("dyb"), py::arg("argmax"), py::arg("dxb"), py::kw_only(), py::arg("halo_dx") = 0);
+    ft::cpu::maxpool2d_blocked_bwd(pdy, pt, pdx, g.N, g.C, go.H, go.W, g.H, g.W, kh, kw, sh, sw, ph, pw, dh, dw,
+                                   halo_dx);
+  }, py::arg("dyb"), py::arg("taps"), py::arg("dxb"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
+     py::arg("ph"), py::arg("pw"), py::arg("ceil_mode") = false, py::arg("dil_h") = 1, py::arg("dil_w") = 1,
+     py::kw_only(), py::arg("halo_dx") = 0);
 
   m.def("avgpool2d_blocked_fwd", [](py::array xb, py::array yb, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
                                     int64_t ph, int64_t pw, bool ceil_mode, bool count_include_pad,

@@ -268,10 +268,10 @@ def test_maxpool(isa, shape, pool):
     for fwd, bwd in ((C.maxpool2d_blocked_fwd, C.maxpool2d_blocked_bwd),
                      (ref.maxpool2d_blocked_fwd_ref, ref.maxpool2d_blocked_bwd_ref)):
         yb = nan_like(blocked_shape(n, c, p, q, hy))
-        argmax = np.full(blocked_shape(n, c, p, q, 0), -7, np.int64)
+        argmax = np.full(blocked_shape(n, c, p, q, 0), 251, np.uint8)
         fwd(blocked_input(x, hx), yb, argmax, kh, kw, sh, sw, ph, pw, ceil_mode, dh, dw, halo_x=hx, halo_y=hy)
         dxb = nan_like(blocked_shape(n, c, h, w, hdx))
-        bwd(ref.to_blocked(dy), argmax, dxb, halo_dx=hdx)
+        bwd(ref.to_blocked(dy), argmax, dxb, kh, kw, sh, sw, ph, pw, ceil_mode, dh, dw, halo_dx=hdx)
         outs.append((yb, argmax, dxb))
     (yb, argmax, dxb), (yr, ar, dxr) = outs
     np.testing.assert_array_equal(yb, yr)
@@ -279,6 +279,11 @@ def test_maxpool(isa, shape, pool):
     assert_close(dxb, dxr, f"{isa} dxb")
     assert_invariants(yb, c, hy, "yb")
     assert_invariants(dxb, c, hdx, "dxb")
+    # the taps name the NCHW kernel's flat indices (what return_indices gives a user)
+    y_nchw, am = np.empty((n, c, p, q), f32), np.empty((n, c, p, q), np.int64)
+    C.maxpool2d_fwd(x, y_nchw, am, kh, kw, sh, sw, ph, pw, ceil_mode, dh, dw)
+    np.testing.assert_array_equal(ref.taps_to_flat(ref.from_blocked(argmax, c), h, w, kh, kw, sh, sw, ph, pw, dh, dw),
+                                  am)
 
 
 @pytest.mark.parametrize("shape,pool", POOL_CASES, ids=[_ids([s])[0] + "-" + _ids([p])[0] for s, p in POOL_CASES])
@@ -335,11 +340,17 @@ def _all_outputs(shape=(3, 33, 7, 33)):
     y = np.empty((n, c), f32)
     C.global_avgpool_blocked_fwd(xb, y, c, halo_x=1)
     p, q = 4, 17
-    yb, am = np.empty(blocked_shape(n, c, p, q, 1), f32), np.empty(blocked_shape(n, c, p, q, 0), np.int64)
+    yb, am = np.empty(blocked_shape(n, c, p, q, 1), f32), np.empty(blocked_shape(n, c, p, q, 0), np.uint8)
     C.maxpool2d_blocked_fwd(xb, yb, am, 3, 3, 2, 2, 1, 1, halo_x=1, halo_y=1)
     dxb = np.empty(blocked_shape(n, c, h, w, 1), f32)
-    C.maxpool2d_blocked_bwd(ref.to_blocked(np.ones((n, c, p, q), f32)), am, dxb, halo_dx=1)
-    return out + [y, yb, am, dxb]
+    C.maxpool2d_blocked_bwd(ref.to_blocked(np.ones((n, c, p, q), f32)), am, dxb, 3, 3, 2, 2, 1, 1, halo_dx=1)
+    # disjoint windows (2x2 stride 2) take the kernel's direct-store path
+    p2, q2 = h // 2, w // 2
+    yb2, am2 = np.empty(blocked_shape(n, c, p2, q2, 0), f32), np.empty(blocked_shape(n, c, p2, q2, 0), np.uint8)
+    C.maxpool2d_blocked_fwd(xb, yb2, am2, 2, 2, 2, 2, 0, 0, halo_x=1)
+    dxb2 = np.empty(blocked_shape(n, c, h, w, 2), f32)
+    C.maxpool2d_blocked_bwd(ref.to_blocked(np.ones((n, c, p2, q2), f32)), am2, dxb2, 2, 2, 2, 2, 0, 0, halo_dx=2)
+    return out + [y, yb, am, dxb, yb2, am2, dxb2]
 
 
 def test_results_do_not_depend_on_the_thread_count(isa, threads):
@@ -385,13 +396,26 @@ def test_argument_errors_name_argument_value_and_expectation():
     with pytest.raises(ValueError, match=r"batchnorm_blocked_bwd\(beta\): expected y=None with beta"):
         dy = np.zeros(blocked_shape(2, 17, 4, 4, 0), f32)
         C.batchnorm_blocked_bwd(dy, dy, g, g, g, dy.copy(), stat, stat.copy(), dy.copy(), beta=g)
-    am = np.zeros(blocked_shape(2, 17, 2, 2, 0), np.int64)
-    with pytest.raises(ValueError, match=r"maxpool2d_blocked_fwd\(argmax\): expected shape \(2, 2, 2, 2, 16\)"):
+    am = np.zeros(blocked_shape(2, 17, 2, 2, 0), np.uint8)
+    with pytest.raises(ValueError, match=r"maxpool2d_blocked_fwd\(taps\): expected shape \(2, 2, 2, 2, 16\)"):
         C.maxpool2d_blocked_fwd(xb, np.empty(blocked_shape(2, 17, 2, 2, 0), f32), am[:, :, :1].copy(), 2, 2, 2, 2,
                                 0, 0, halo_x=1)
-    am[0, 1, 1, 0, 3] = 16
-    with pytest.raises(ValueError, match=r"maxpool2d_blocked_bwd\(argmax\): expected indices in \[0, 16\).*n=0, channel block 1"):
-        C.maxpool2d_blocked_bwd(np.zeros(blocked_shape(2, 17, 2, 2, 0), f32), am, xb.copy(), halo_dx=1)
+    with pytest.raises(ValueError, match=r"taps: expected dtype uint8, got int64"):
+        C.maxpool2d_blocked_fwd(xb, np.empty(blocked_shape(2, 17, 2, 2, 0), f32), am.astype(np.int64), 2, 2, 2, 2,
+                                0, 0, halo_x=1)
+    with pytest.raises(ValueError, match=r"maxpool2d_blocked_fwd\(kh, kw\): expected a window of at most 256 taps.*17 x 16"):
+        C.maxpool2d_blocked_fwd(np.zeros(blocked_shape(1, 1, 17, 16, 0), f32), np.empty(blocked_shape(1, 1, 1, 1, 0), f32),
+                                np.empty(blocked_shape(1, 1, 1, 1, 0), np.uint8), 17, 16, 1, 1, 0, 0)
+    dy = np.zeros(blocked_shape(2, 17, 2, 2, 0), f32)
+    for pool, bad_tap in (((2, 2, 2, 2, 0, 0), 4),      # disjoint windows: the direct-store path
+                          ((3, 3, 1, 1, 0, 0), 9),      # overlapping windows: the scatter path
+                          ((3, 3, 2, 2, 1, 1), 0)):     # tap 0 of the first window lies in the padding
+        taps = np.zeros(blocked_shape(2, 17, 2, 2, 0), np.uint8) + np.uint8(4 if pool[0] == 3 else 0)
+        taps[0, 1, 0, 0, 3] = bad_tap
+        with pytest.raises(ValueError, match=r"maxpool2d_blocked_bwd\(taps\): expected window taps.*n=0, channel block 1"):
+            C.maxpool2d_blocked_bwd(dy, taps, xb.copy(), *pool, halo_dx=1)
+    with pytest.raises(ValueError, match=r"maxpool2d_blocked_bwd\(dyb\): expected shape \(2, 2, 2, 2, 16\)"):
+        C.maxpool2d_blocked_bwd(dy[:, :, :1].copy(), am, xb.copy(), 2, 2, 2, 2, 0, 0, halo_dx=1)
     with pytest.raises(ValueError, match=r"global_avgpool_blocked_fwd\(y\): expected shape \(2, 17\), got \(2, 16\)"):
         C.global_avgpool_blocked_fwd(xb, np.empty((2, 16), f32), 17, halo_x=1)
     with pytest.raises(ValueError, match=r"blocked_repad\(yb\): expected shape \(2, 2, 4, 4, 16\) \(interior 4 x 4, halo_out=0\)"):

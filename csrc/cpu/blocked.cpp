@@ -291,40 +291,47 @@ void global_avgpool_blocked_bwd(const float* dy, float* dx, int64_t N, int64_t C
   }
 }
 
-void maxpool2d_blocked_fwd(const float* x, float* y, int64_t* argmax, int64_t N, int64_t C, int64_t H,
-                           int64_t W, int64_t P, int64_t Q, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
-                           int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t hx, int64_t hy) {
+void maxpool2d_blocked_fwd(const float* x, float* y, uint8_t* tap, int64_t N, int64_t C, int64_t H, int64_t W,
+                           int64_t P, int64_t Q, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                           int64_t pw, int64_t dh, int64_t dw, int64_t hx, int64_t hy) {
   const blocked::Isa& k = blocked::isa();
   const int64_t Cb = blocked::blocks(C);
   const Arr ax{Cb, H, W, hx}, ay{Cb, P, Q, hy};
   const blocked::PoolGeom g{H, W, P, Q, kh, kw, sh, sw, ph, pw, dh, dw, true};
 #pragma omp parallel for num_threads(blocked::threads_for(N * Cb * H * W * kLanes)) schedule(static)
   for (int64_t t = 0; t < N * Cb; ++t) {
-    k.maxpool_fwd(ax.in(x, t), ay.out(y, t), argmax + t * P * Q * kLanes, g);
+    k.maxpool_fwd(ax.in(x, t), ay.out(y, t), tap + t * P * Q * kLanes, g);
     blocked::zero_halo(ay, y, t);
   }
 }
 
-void maxpool2d_blocked_bwd(const float* dy, const int64_t* argmax, float* dx, int64_t N, int64_t C,
-                           int64_t P, int64_t Q, int64_t H, int64_t W, int64_t hdx) {
+void maxpool2d_blocked_bwd(const float* dy, const uint8_t* tap, float* dx, int64_t N, int64_t C, int64_t P,
+                           int64_t Q, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                           int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t hdx) {
   const blocked::Isa& k = blocked::isa();
   const int64_t Cb = blocked::blocks(C);
   const Arr adx{Cb, H, W, hdx}, ady{Cb, P, Q, 0};
-  std::vector<int64_t> offset(H * W);  // interior pixel index -> floats from the plane's interior origin
-  for (int64_t i = 0; i < H * W; ++i) offset[i] = (i / W) * adx.row() + (i % W) * kLanes;
-  int64_t bad = -1;  // the first plane holding an index outside [0, H*W)
+  const blocked::PoolGeom g{H, W, P, Q, kh, kw, sh, sw, ph, pw, dh, dw, true};
+  // Disjoint windows (2x2 stride 2, the common case) store dx directly; when they also cover every
+  // interior pixel only the halo needs zeros, else the whole plane is zeroed first.
+  const bool tiled = sh >= (kh - 1) * dh + 1 && sw >= (kw - 1) * dw + 1;
+  const bool covers = tiled && dh == 1 && dw == 1 && sh == kh && sw == kw && P * sh - ph >= H && Q * sw - pw >= W;
+  int64_t bad = -1;  // the first plane holding a tap that is not a real tap of its window
 #pragma omp parallel for num_threads(blocked::threads_for(N * Cb * H * W * kLanes)) schedule(static)
   for (int64_t t = 0; t < N * Cb; ++t) {
-    std::memset(dx + t * adx.plane(), 0, sizeof(float) * adx.plane());
-    if (!k.maxpool_bwd(ady.in(dy, t), argmax + t * P * Q * kLanes, dx + adx.interior(t), offset.data(),
-                       P * Q, H * W)) {
+    if (covers)
+      blocked::zero_halo(adx, dx, t);
+    else
+      std::memset(dx + t * adx.plane(), 0, sizeof(float) * adx.plane());
+    const uint8_t* tp = tap + t * P * Q * kLanes;
+    if (!(tiled ? k.maxpool_bwd_tiled : k.maxpool_bwd)(ady.in(dy, t), tp, adx.out(dx, t), g)) {
 #pragma omp critical(ft_maxpool_blocked_bad)
       if (bad < 0 || t < bad) bad = t;
     }
   }
-  FT_CHECK(bad < 0, "maxpool2d_blocked_bwd(argmax): expected indices in [0, " << H * W
-                        << ") (the forward's), got one outside in plane (n=" << bad / Cb
-                        << ", channel block " << bad % Cb << ")");
+  FT_CHECK(bad < 0, "maxpool2d_blocked_bwd(taps): expected window taps the forward wrote (r * kw + s of a tap "
+                        "inside the image), got another in plane (n=" << bad / Cb << ", channel block " << bad % Cb
+                        << ")");
 }
 
 void avgpool2d_blocked_fwd(const float* x, float* y, int64_t N, int64_t C, int64_t H, int64_t W, int64_t P,

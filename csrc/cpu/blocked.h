@@ -50,10 +50,13 @@ struct Isa {
   void (*plane_sum)(In x, int64_t H, int64_t W, double* s);
   // every pixel of the interior = v
   void (*plane_fill)(Out y, int64_t H, int64_t W, const float* v);
-  void (*maxpool_fwd)(In x, Out y, int64_t* argmax, const PoolGeom& g);
-  // dx (zeroed by the caller) += dy at each argmax; offset[i]: floats from dx.p to interior pixel i.
-  // Returns false (and stops) at an index outside [0, H*W).
-  bool (*maxpool_bwd)(In dy, const int64_t* argmax, float* dx, const int64_t* offset, int64_t PQ, int64_t HW);
+  // tap[16] per output pixel: the window tap r * kw + s of each lane's maximum
+  void (*maxpool_fwd)(In x, Out y, uint8_t* tap, const PoolGeom& g);
+  // dx = dy at each window's tap, 0 at its other real taps (windows must not overlap; pixels of no
+  // window are left as they are). Returns false (and stops) at a tap that is not a real one.
+  bool (*maxpool_bwd_tiled)(In dy, const uint8_t* tap, Out dx, const PoolGeom& g);
+  // dx (zeroed by the caller) += dy at each window's tap; false (and stops) as above
+  bool (*maxpool_bwd)(In dy, const uint8_t* tap, Out dx, const PoolGeom& g);
   void (*avgpool_fwd)(In x, Out y, const PoolGeom& g);
   void (*avgpool_bwd)(In dy, Out dx, const PoolGeom& g);  // dx zeroed by the caller
 };

@@ -26,7 +26,7 @@ namespace {
 
 using vf = float __attribute__((vector_size(64)));
 using vi = int32_t __attribute__((vector_size(64)));
-using vl = int64_t __attribute__((vector_size(128)));
+using vb = uint8_t __attribute__((vector_size(16)));
 
 inline vf ld(const float* p) {
   vf v;
@@ -210,9 +210,11 @@ inline void real_taps(int64_t start, int64_t k, int64_t d, int64_t n, int64_t& l
   if (hi < lo) hi = lo;
 }
 
-// Strict >: the first maximum in row-major tap order wins, and the index starts at the first real
-// tap, so a window of -inf (or NaN) still names a real element, as in the NCHW kernel.
-void maxpool_fwd(In x, Out y, int64_t* argmax, const PoolGeom& g) {
+// Strict >: the first maximum in row-major tap order wins, and the tap starts at the first real
+// one, so a window of -inf (or NaN) still names a real element, as in the NCHW kernel. The tap is
+// the window's own index r * kw + s, one byte a lane: an int64 flat index per lane made the index
+// array 8x the pooled output, and writing it (then reading it back in backward) was most of the time.
+void maxpool_fwd(In x, Out y, uint8_t* tap, const PoolGeom& g) {
   for (int64_t p = 0; p < g.P; ++p) {
     const int64_t h0 = p * g.sh - g.ph;
     int64_t r0, r1;
@@ -222,35 +224,78 @@ void maxpool_fwd(In x, Out y, int64_t* argmax, const PoolGeom& g) {
       int64_t s0, s1;
       real_taps(w0, g.kw, g.dw, g.W, s0, s1);
       vf best = splat(-std::numeric_limits<float>::infinity());
-      vi at = vi{} + static_cast<int32_t>((h0 + r0 * g.dh) * g.W + w0 + s0 * g.dw);
+      vi at = vi{} + static_cast<int32_t>(r0 * g.kw + s0);
       for (int64_t r = r0; r < r1; ++r) {
-        const int64_t h = h0 + r * g.dh;
+        const float* row = x.p + (h0 + r * g.dh) * x.row;
         for (int64_t s = s0; s < s1; ++s) {
-          const int64_t w = w0 + s * g.dw;
-          const vf v = ld(x.p + h * x.row + w * kLanes);
+          const vf v = ld(row + (w0 + s * g.dw) * kLanes);
           const vi gt = v > best;
           best = gt ? v : best;
-          at = gt ? vi{} + static_cast<int32_t>(h * g.W + w) : at;
+          at = gt ? vi{} + static_cast<int32_t>(r * g.kw + s) : at;
         }
       }
       st(y.p + p * y.row + q * kLanes, best);
-      const vl at64 = __builtin_convertvector(at, vl);
-      std::memcpy(argmax + (p * g.Q + q) * kLanes, &at64, sizeof at64);
+      const vb at8 = __builtin_convertvector(at, vb);
+      std::memcpy(tap + (p * g.Q + q) * kLanes, &at8, sizeof at8);
     }
   }
 }
 
-bool maxpool_bwd(In dy, const int64_t* argmax, float* dx, const int64_t* offset, int64_t PQ, int64_t HW) {
-  const int64_t Q = dy.row / kLanes;  // dy has no halo: a row is Q pixels
-  for (int64_t i = 0; i < PQ; ++i) {
-    const int64_t* at = argmax + i * kLanes;
-    const float* d = dy.p + (i / Q) * dy.row + (i % Q) * kLanes;
-    bool ok = true;
-    for (int l = 0; l < kLanes; ++l) ok &= static_cast<uint64_t>(at[l]) < static_cast<uint64_t>(HW);
-    if (!ok) return false;
-    // lanes never collide (each writes its own channel), so the scatter is safe to vectorize
+// Windows that never share a pixel (stride >= the dilated window): each window writes its real taps
+// as dy where the tap won and 0 elsewhere, with no read-modify-write. Pixels of no window are the
+// caller's to zero. Returns false (and stops) at a tap that is not a real tap of its window.
+bool maxpool_bwd_tiled(In dy, const uint8_t* tap, Out dx, const PoolGeom& g) {
+  for (int64_t p = 0; p < g.P; ++p) {
+    const int64_t h0 = p * g.sh - g.ph;
+    int64_t r0, r1;
+    real_taps(h0, g.kh, g.dh, g.H, r0, r1);
+    for (int64_t q = 0; q < g.Q; ++q) {
+      const int64_t w0 = q * g.sw - g.pw;
+      int64_t s0, s1;
+      real_taps(w0, g.kw, g.dw, g.W, s0, s1);
+      vb t8;
+      std::memcpy(&t8, tap + (p * g.Q + q) * kLanes, sizeof t8);
+      const vi at = __builtin_convertvector(t8, vi);
+      const vf d = ld(dy.p + p * dy.row + q * kLanes);
+      vi hits = {};  // a lane whose tap is a real one of this window hits exactly once
+      for (int64_t r = r0; r < r1; ++r) {
+        float* row = dx.p + (h0 + r * g.dh) * dx.row;
+        for (int64_t s = s0; s < s1; ++s) {
+          const vi hit = at == static_cast<int32_t>(r * g.kw + s);
+          hits -= hit;  // a true comparison is -1
+          st(row + (w0 + s * g.dw) * kLanes, hit ? d : vf{});
+        }
+      }
+      const vi once = hits == 1;
+      for (int l = 0; l < kLanes; ++l)
+        if (!once[l]) return false;
+    }
+  }
+  return true;
+}
+
+// Overlapping windows: dx (zeroed by the caller) += dy at each window's tap; lanes never collide
+// (each writes its own channel), so the scatter is safe to vectorize.
+bool maxpool_bwd(In dy, const uint8_t* tap, Out dx, const PoolGeom& g) {
+  for (int64_t p = 0; p < g.P; ++p) {
+    const int64_t h0 = p * g.sh - g.ph;
+    int64_t r0, r1;
+    real_taps(h0, g.kh, g.dh, g.H, r0, r1);
+    for (int64_t q = 0; q < g.Q; ++q) {
+      const int64_t w0 = q * g.sw - g.pw;
+      int64_t s0, s1;
+      real_taps(w0, g.kw, g.dw, g.W, s0, s1);
+      const uint8_t* t = tap + (p * g.Q + q) * kLanes;
+      const float* d = dy.p + p * dy.row + q * kLanes;
+      int64_t off[kLanes];
+      for (int l = 0; l < kLanes; ++l) {
+        const int64_t r = t[l] / g.kw, s = t[l] % g.kw;
+        if (r < r0 || r >= r1 || s < s0 || s >= s1) return false;
+        off[l] = (h0 + r * g.dh) * dx.row + (w0 + s * g.dw) * kLanes + l;
+      }
 #pragma omp simd
-    for (int l = 0; l < kLanes; ++l) dx[offset[at[l]] + l] += d[l];
+      for (int l = 0; l < kLanes; ++l) dx.p[off[l]] += d[l];
+    }
   }
   return true;
 }
@@ -293,7 +338,7 @@ void avgpool_bwd(In dy, Out dx, const PoolGeom& g) {
 
 constexpr Isa make_isa(const char* name) {
   return Isa{name, &bn_sums, &bn_apply, &bn_bwd_sums, &bn_bwd_dx, &plane_sum, &plane_fill,
-             &maxpool_fwd, &maxpool_bwd, &avgpool_fwd, &avgpool_bwd};
+             &maxpool_fwd, &maxpool_bwd_tiled, &maxpool_bwd, &avgpool_fwd, &avgpool_bwd};
 }
 
 }  // namespace

@@ -106,7 +106,9 @@ class MaxPool2d(_Pool2d):
         return super().extra_repr() + (", return_indices=True" if self.return_indices else "")
 
     def takes_blocked(self, x) -> bool:
-        return not self.return_indices   # the indices are positions in NCHW planes
+        # the indices a user asks for are positions in NCHW planes; the blocked kernel records one
+        # byte per maximum (its window tap), so windows of more than 256 taps stay NCHW too
+        return not self.return_indices and self.kernel_size[0] * self.kernel_size[1] <= 256
 
     def _forward(self, x):
         shape = self._out_shape(x)
@@ -127,16 +129,16 @@ class MaxPool2d(_Pool2d):
 
     def _forward_blocked(self, x):
         y = self._blocked_out(x)
-        argmax = np.empty(y.data.shape[:2] + y.shape[2:] + (16,), np.int64)
-        cpp().maxpool2d_blocked_fwd(x.data, y.data, argmax, *self._args(), *self.dilation, halo_x=x.halo,
+        taps = np.empty(y.data.shape[:2] + y.shape[2:] + (16,), np.uint8)
+        cpp().maxpool2d_blocked_fwd(x.data, y.data, taps, *self._args(), *self.dilation, halo_x=x.halo,
                                     halo_y=y.halo)
-        self.cache = (argmax, x.shape, y.shape)
+        self.cache = (taps, x.shape, y.shape)
         return y
 
     def _backward_blocked(self, dy):
-        argmax, (n, c, h, w), _ = self.cache
+        taps, (n, c, h, w), _ = self.cache
         dx = empty(n, c, h, w)
-        cpp().maxpool2d_blocked_bwd(dy.data, argmax, dx.data)
+        cpp().maxpool2d_blocked_bwd(dy.data, taps, dx.data, *self._args(), *self.dilation)
         return dx
 
 

@@ -233,11 +233,13 @@ void global_avgpool_blocked_fwd(const float* x, float* y, int64_t N, int64_t C, 
                                 int64_t hx);
 void global_avgpool_blocked_bwd(const float* dy, float* dx, int64_t N, int64_t C, int64_t H, int64_t W,
                                 int64_t hdx);
-void maxpool2d_blocked_fwd(const float* x, float* y, int64_t* argmax, int64_t N, int64_t C, int64_t H,
-                           int64_t W, int64_t P, int64_t Q, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
-                           int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t hx, int64_t hy);
-void maxpool2d_blocked_bwd(const float* dy, const int64_t* argmax, float* dx, int64_t N, int64_t C,
-                           int64_t P, int64_t Q, int64_t H, int64_t W, int64_t hdx);
+// tap: (N, Cb, P, Q, 16) uint8, the window tap r * kw + s of each maximum (kh * kw <= 256)
+void maxpool2d_blocked_fwd(const float* x, float* y, uint8_t* tap, int64_t N, int64_t C, int64_t H, int64_t W,
+                           int64_t P, int64_t Q, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                           int64_t pw, int64_t dh, int64_t dw, int64_t hx, int64_t hy);
+void maxpool2d_blocked_bwd(const float* dy, const uint8_t* tap, float* dx, int64_t N, int64_t C, int64_t P,
+                           int64_t Q, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                           int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t hdx);
 void avgpool2d_blocked_fwd(const float* x, float* y, int64_t N, int64_t C, int64_t H, int64_t W, int64_t P,
                            int64_t Q, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
                            bool count_include_pad, int64_t hx, int64_t hy);
