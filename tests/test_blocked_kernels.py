@@ -286,6 +286,32 @@ def test_maxpool(isa, shape, pool):
                                   am)
 
 
+@pytest.mark.parametrize("pool", [(2, 2, 2, 2, 0, 0, False, 1, 1), (2, 2, 2, 2, 1, 1, True, 1, 1),
+                                  (2, 2, 3, 3, 0, 0, False, 2, 2), (3, 3, 2, 2, 1, 1, False, 1, 1)])
+def test_maxpool_ties_and_inf(isa, pool):
+    # values from {-inf, 0, 1}: ties pick the first tap in row-major order and a window of -inf
+    # names its first real tap (the 2x2 window's unrolled path and the loop alike). NaN is left out:
+    # the NumPy reference takes a NaN first tap, the NCHW C++ kernel skips NaN; the blocked kernel
+    # follows the C++ kernel.
+    n, c, h, w = 2, 17, 7, 9
+    kh, kw, sh, sw, ph, pw, ceil_mode, dh, dw = pool
+    x = np.random.default_rng(6).choice(np.array([-np.inf, 0, 1], f32), (n, c, h, w))
+    p, q = pool_out((n, c, h, w), pool + (True,), avg=False)
+    dy = np.random.default_rng(7).standard_normal((n, c, p, q)).astype(f32)
+    outs = []
+    for fwd, bwd in ((C.maxpool2d_blocked_fwd, C.maxpool2d_blocked_bwd),
+                     (ref.maxpool2d_blocked_fwd_ref, ref.maxpool2d_blocked_bwd_ref)):
+        yb, taps = nan_like(blocked_shape(n, c, p, q, 1)), np.zeros(blocked_shape(n, c, p, q, 0), np.uint8)
+        fwd(ref.to_blocked(x, 1), yb, taps, *pool, halo_x=1, halo_y=1)
+        dxb = nan_like(blocked_shape(n, c, h, w, 0))
+        bwd(ref.to_blocked(dy), taps, dxb, *pool)
+        outs.append((yb, taps, dxb))
+    (yb, taps, dxb), (yr, tr, dxr) = outs
+    np.testing.assert_array_equal(yb, yr)
+    np.testing.assert_array_equal(taps, tr)
+    assert_close(dxb, dxr, f"{isa} dxb")  # overlapping windows add in another order
+
+
 @pytest.mark.parametrize("shape,pool", POOL_CASES, ids=[_ids([s])[0] + "-" + _ids([p])[0] for s, p in POOL_CASES])
 def test_avgpool(isa, shape, pool):
     n, c, h, w = shape

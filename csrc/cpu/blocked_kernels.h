@@ -223,6 +223,31 @@ void maxpool_fwd(In x, Out y, uint8_t* tap, const PoolGeom& g) {
       const int64_t w0 = q * g.sw - g.pw;
       int64_t s0, s1;
       real_taps(w0, g.kw, g.dw, g.W, s0, s1);
+      float* out = y.p + p * y.row + q * kLanes;
+      uint8_t* out_tap = tap + (p * g.Q + q) * kLanes;
+      if (g.kh == 2 && g.kw == 2 && r0 == 0 && r1 == 2 && s0 == 0 && s1 == 2) {
+        // the usual 2x2 window, all four taps real: unrolled, as the loop below in the same order
+        const float* t0 = x.p + h0 * x.row + w0 * kLanes;
+        const float* t1 = t0 + g.dh * x.row;
+        const int64_t ds = g.dw * kLanes;
+        const vf v0 = ld(t0), v1 = ld(t0 + ds), v2 = ld(t1), v3 = ld(t1 + ds);
+        const vf ninf = splat(-std::numeric_limits<float>::infinity());
+        vf best = v0 > ninf ? v0 : ninf;  // a NaN tap never wins, as in the loop
+        vi at = {};
+        vi gt = v1 > best;
+        best = gt ? v1 : best;
+        at = gt ? vi{} + 1 : at;
+        gt = v2 > best;
+        best = gt ? v2 : best;
+        at = gt ? vi{} + 2 : at;
+        gt = v3 > best;
+        best = gt ? v3 : best;
+        at = gt ? vi{} + 3 : at;
+        st(out, best);
+        const vb at8 = __builtin_convertvector(at, vb);
+        std::memcpy(out_tap, &at8, sizeof at8);
+        continue;
+      }
       vf best = splat(-std::numeric_limits<float>::infinity());
       vi at = vi{} + static_cast<int32_t>(r0 * g.kw + s0);
       for (int64_t r = r0; r < r1; ++r) {
@@ -234,9 +259,9 @@ void maxpool_fwd(In x, Out y, uint8_t* tap, const PoolGeom& g) {
           at = gt ? vi{} + static_cast<int32_t>(r * g.kw + s) : at;
         }
       }
-      st(y.p + p * y.row + q * kLanes, best);
+      st(out, best);
       const vb at8 = __builtin_convertvector(at, vb);
-      std::memcpy(tap + (p * g.Q + q) * kLanes, &at8, sizeof at8);
+      std::memcpy(out_tap, &at8, sizeof at8);
     }
   }
 }
