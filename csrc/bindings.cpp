@@ -1313,6 +1313,17 @@ PYBIND11_MODULE(_C, m) {
     ft::cpu::set_num_threads(n);
   });
   m.def("num_threads", &ft::cpu::num_threads);
+  m.def("batchnorm_update_running", [](py::array running_mean, py::array running_var, py::array mean,
+                                       py::array invstd, double eps, double momentum, double unbias) {
+    const char* op = "batchnorm_update_running";
+    const int64_t C = running_mean.size();
+    for (auto [a, n] : {std::pair{&running_var, "running_var"}, {&mean, "mean"}, {&invstd, "invstd"}})
+      layers::expect_shape(op, n, *a, {C});
+    float *prm = ptr_of(running_mean, "running_mean"), *prv = ptr_of(running_var, "running_var");
+    ft::cpu::batchnorm_update_running(prm, prv, ptr_of(mean, "mean"), ptr_of(invstd, "invstd"), C, eps,
+                                      momentum, unbias);
+  }, py::arg("running_mean"), py::arg("running_var"), py::arg("mean"), py::arg("invstd"), py::arg("eps"),
+     py::arg("momentum"), py::arg("unbias"));
   m.def("stream_add", [](py::array a, py::array b, py::array c) {
     same_size(a, b, "a", "b"); same_size(a, c, "a", "c");
     const float *pa = ptr_of(a, "a"), *pb = ptr_of(b, "b");

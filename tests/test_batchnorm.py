@@ -544,3 +544,35 @@ def test_backend_conditioning_sweep_within_2x_of_pytorch_float32(name):
         got = _errors(_run_fwd_train(name, x, g, b), want)
         for what, e, limit in zip(("mean", "invstd", "y"), got, limits):
             assert e <= limit, f"{name}: {what} error {e:.2g} > 2x PyTorch's ({limit / 2:.2g}) at mean/std={ratio:g}"
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.1, 0.37, 1.0])
+@pytest.mark.parametrize("m", [2, 3, 1000])
+def test_update_running_matches_numpy_bits(momentum, m):
+    """The compiled running-statistics update rounds exactly as the NumPy formulation in
+    nn/norm.py (which other backends run): training is bit-identical either way."""
+    _C = pytest.importorskip("fasttrain._C", reason="the C++ module is not built")
+    rng = np.random.default_rng(m)
+    c, eps = 37, 1e-5
+    mean = (rng.standard_normal(c) * 3).astype(np.float32)
+    # some invstd near 1/sqrt(eps), so that 1/invstd^2 - eps rounds to <= 0 and is clamped
+    invstd = np.exp(rng.uniform(-4, 6, c)).astype(np.float32)
+    invstd[:3] = np.float32(1 / math.sqrt(eps)) * np.float32([1.0, 1.0001, 0.9999])
+    rmean = rng.standard_normal(c).astype(np.float32)
+    rvar = rng.uniform(0.1, 5, c).astype(np.float32)
+    want_mean, want_var = rmean.copy(), rvar.copy()
+    var = np.square(invstd, dtype=np.float64)
+    np.divide(1.0, var, out=var)
+    var -= eps
+    np.maximum(var, 0.0, out=var)
+    var *= m / (m - 1)
+    var *= momentum
+    var += (1.0 - momentum) * want_var
+    want_var[...] = var
+    want_mean *= 1.0 - momentum
+    want_mean += momentum * mean
+    _C.batchnorm_update_running(rmean, rvar, mean, invstd, eps, momentum, m / (m - 1))
+    np.testing.assert_array_equal(rmean.view(np.uint32), want_mean.view(np.uint32))
+    np.testing.assert_array_equal(rvar.view(np.uint32), want_var.view(np.uint32))
+    with pytest.raises(ValueError, match="invstd"):
+        _C.batchnorm_update_running(rmean, rvar, mean, invstd[:-1], eps, momentum, 2.0)

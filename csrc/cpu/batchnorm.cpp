@@ -169,4 +169,30 @@ void batchnorm_bwd(const float* x, const float* dy, const float* gamma, const fl
   }
 }
 
+// One call instead of a dozen NumPy operations on C-element arrays per layer and step. Each
+// operation rounds as NumPy's does (no fused multiply-adds: the build contracts by default), so
+// the running statistics are bit-identical to the NumPy formulation's.
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("fp-contract=off")))
+#endif
+void batchnorm_update_running(float* running_mean, float* running_var, const float* mean,
+                              const float* invstd, int64_t C, double eps, double momentum,
+                              double unbias) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+  const float keep = static_cast<float>(1.0 - momentum), mom = static_cast<float>(momentum);
+  for (int64_t c = 0; c < C; ++c) {
+    double v = static_cast<double>(invstd[c]);
+    v = 1.0 / (v * v) - eps;
+    v = v > 0.0 || std::isnan(v) ? v : 0.0;
+    v = v * unbias * momentum;
+    const float kept = keep * running_var[c];
+    running_var[c] = static_cast<float>(v + static_cast<double>(kept));
+    const float m = running_mean[c] * keep;
+    const float add = mom * mean[c];
+    running_mean[c] = m + add;
+  }
+}
+
 }  // namespace ft::cpu

@@ -190,6 +190,13 @@ void batchnorm_fwd_eval(const float* x, const float* gamma, const float* beta,
 void batchnorm_bwd(const float* x, const float* dy, const float* gamma, const float* mean,
                    const float* invstd, float* dx, float* dgamma, float* dbeta, int64_t N,
                    int64_t C, int64_t S, const float* y, float* dres = nullptr);
+// The running statistics' update after a training forward, from the batch's mean and
+// invstd = 1/sqrt(var + eps), in the operations (and so with the roundings) of the NumPy code in
+// fasttrain/nn/norm.py: rmean = (1-mom)*rmean + mom*mean in float, and
+// rvar = (1-mom)*rvar + mom*max(1/invstd^2 - eps, 0)*unbias in double (unbias = M/(M-1)).
+void batchnorm_update_running(float* running_mean, float* running_var, const float* mean,
+                              const float* invstd, int64_t C, double eps, double momentum,
+                              double unbias);
 
 // pooling.cpp (NC planes of H,W -> P,Q; P, Q from the binding, ceil mode included; dh, dw:
 // max pooling's dilation; count_include_pad: average pooling's divisor rule)
