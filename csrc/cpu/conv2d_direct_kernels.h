@@ -140,8 +140,10 @@ void wgrad_passes_q(const WgradTile& a) {
 // Rows of 8 and 16 pixels (ResNet's 8 x 8 and 16 x 16 maps) with the pixel loop unrolled at
 // compile time: with a run-time trip count the row's loop control and exit cost 12-15% of an
 // 8-pixel row (1 thread: 64 channels 8 x 8 181 -> 215 GFLOP/s, 3x3 stride 2 to 8 x 8 167 -> 204-223).
+// Rows of 4: a 2 x 2 map's pointwise layer, run as one 4-pixel row per image.
 template <class V, int CN, int KV>
 void wgrad_passes(const WgradTile& a) {
+  if (a.Q == 4) return wgrad_passes_q<V, CN, KV, 4>(a);
   if (a.Q == 8) return wgrad_passes_q<V, CN, KV, 8>(a);
   if (a.Q == 16) return wgrad_passes_q<V, CN, KV, 16>(a);
   wgrad_passes_q<V, CN, KV, 0>(a);
