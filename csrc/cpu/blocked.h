@@ -29,6 +29,7 @@ struct Out {
 struct PoolGeom {
   int64_t H, W, P, Q, kh, kw, sh, sw, ph, pw, dh, dw;
   bool count_include_pad;
+  bool disjoint = false;  // no pixel in two windows (average pooling's backward then stores)
 };
 
 // What one instruction set provides. Vectors of 16 floats (a, b, shift, mu, k, m1, m2) hold one
@@ -58,7 +59,8 @@ struct Isa {
   // dx (zeroed by the caller) += dy at each window's tap; false (and stops) as above
   bool (*maxpool_bwd)(In dy, const uint8_t* tap, Out dx, const PoolGeom& g);
   void (*avgpool_fwd)(In x, Out y, const PoolGeom& g);
-  void (*avgpool_bwd)(In dy, Out dx, const PoolGeom& g);  // dx zeroed by the caller
+  // dx zeroed by the caller, or only its pixels of no window when g.disjoint
+  void (*avgpool_bwd)(In dy, Out dx, const PoolGeom& g);
 };
 
 // Null where the compiler could not build that instruction set (as for the direct convolution).

@@ -339,13 +339,22 @@ void avgpool_fwd(In x, Out y, const PoolGeom& g) {
     for (int64_t q = 0; q < g.Q; ++q) {
       const int64_t ws = q * g.sw - g.pw, w0 = std::max<int64_t>(ws, 0), w1 = std::min(ws + g.kw, g.W);
       vf s = {};
-      for (int64_t h = h0; h < h1; ++h)
-        for (int64_t w = w0; w < w1; ++w) s += ld(x.p + h * x.row + w * kLanes);
+      if (g.kh == 2 && g.kw == 2 && h0 == hs && h1 == hs + 2 && w0 == ws && w1 == ws + 2) {
+        // the usual 2x2 window inside the image: unrolled, the loop's order of additions
+        const float* t = x.p + h0 * x.row + w0 * kLanes;
+        s = ((s + ld(t)) + ld(t + kLanes)) + ld(t + x.row);
+        s += ld(t + x.row + kLanes);
+      } else {
+        for (int64_t h = h0; h < h1; ++h)
+          for (int64_t w = w0; w < w1; ++w) s += ld(x.p + h * x.row + w * kLanes);
+      }
       st(y.p + p * y.row + q * kLanes, s / splat(avg_divisor(hs, ws, g)));
     }
   }
 }
 
+// dx += dy / divisor over each window's real taps (dx zeroed by the caller); with g.disjoint (no
+// pixel in two windows) dx is stored instead, so the caller zeroes only the pixels of no window.
 void avgpool_bwd(In dy, Out dx, const PoolGeom& g) {
   for (int64_t p = 0; p < g.P; ++p) {
     const int64_t hs = p * g.sh - g.ph, h0 = std::max<int64_t>(hs, 0), h1 = std::min(hs + g.kh, g.H);
@@ -355,7 +364,7 @@ void avgpool_bwd(In dy, Out dx, const PoolGeom& g) {
       for (int64_t h = h0; h < h1; ++h)
         for (int64_t w = w0; w < w1; ++w) {
           float* o = dx.p + h * dx.row + w * kLanes;
-          st(o, ld(o) + d);
+          st(o, g.disjoint ? d : ld(o) + d);
         }
     }
   }
