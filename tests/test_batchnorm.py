@@ -8,7 +8,7 @@ import pytest
 from fasttrain import ParamArena, backend
 from fasttrain.check import gradcheck
 from fasttrain.kernels import batchnorm as ref
-from fasttrain.nn.norm import BatchNorm1d, BatchNorm2d
+from fasttrain.nn.norm import BatchNorm1d, BatchNorm2d, update_running
 
 # (N, C, ...) shapes: batch 1 with S > 1, C = 1/3/7, H != W, odd sizes, S = 1 (1d), N*S = 2
 SHAPES = [(1, 3, 2, 5), (4, 1, 3, 3), (3, 7, 5, 4), (2, 3, 1, 1), (6, 7), (2, 3), (5, 2, 3), (2, 1, 1, 1)]
@@ -561,16 +561,7 @@ def test_update_running_matches_numpy_bits(momentum, m):
     rmean = rng.standard_normal(c).astype(np.float32)
     rvar = rng.uniform(0.1, 5, c).astype(np.float32)
     want_mean, want_var = rmean.copy(), rvar.copy()
-    var = np.square(invstd, dtype=np.float64)
-    np.divide(1.0, var, out=var)
-    var -= eps
-    np.maximum(var, 0.0, out=var)
-    var *= m / (m - 1)
-    var *= momentum
-    var += (1.0 - momentum) * want_var
-    want_var[...] = var
-    want_mean *= 1.0 - momentum
-    want_mean += momentum * mean
+    update_running(want_mean, want_var, mean, invstd, eps, momentum, m / (m - 1))
     _C.batchnorm_update_running(rmean, rvar, mean, invstd, eps, momentum, m / (m - 1))
     np.testing.assert_array_equal(rmean.view(np.uint32), want_mean.view(np.uint32))
     np.testing.assert_array_equal(rvar.view(np.uint32), want_var.view(np.uint32))

@@ -37,6 +37,21 @@ from .layout import Blocked, cpp, empty, lanes_of, with_halo
 from .module import Module
 
 
+def update_running(rmean, rvar, mean, invstd, eps: float, momentum: float, unbias: float, xp=np):
+    """The running statistics' update in place, from the batch's mean and invstd = 1/sqrt(var + eps):
+    the spec fasttrain._C.batchnorm_update_running rounds exactly as (see _BatchNorm._forward)."""
+    var = xp.square(invstd, dtype=np.float64)
+    xp.divide(1.0, var, out=var)
+    var -= eps
+    xp.maximum(var, 0.0, out=var)
+    var *= unbias
+    var *= momentum
+    var += (1.0 - momentum) * rvar
+    rvar[...] = var
+    rmean *= 1.0 - momentum
+    rmean += momentum * mean
+
+
 class _BatchNorm(Module):
     cache_attrs = ("cache", "_relu_out", "_mask_beta")
     _ndims: tuple = ()          # accepted input ranks
@@ -161,16 +176,7 @@ class _BatchNorm(Module):
                 # the same operations in one compiled call (a dozen NumPy calls' fixed costs per layer)
                 C.batchnorm_update_running(rmean, rvar, mean, invstd, self.eps, mom, m / (m - 1))
             else:
-                var = xp.square(invstd, dtype=np.float64)
-                xp.divide(1.0, var, out=var)
-                var -= self.eps
-                xp.maximum(var, 0.0, out=var)
-                var *= m / (m - 1)
-                var *= mom
-                var += (1.0 - mom) * rvar
-                rvar[...] = var
-                rmean *= 1.0 - mom
-                rmean += mom * mean
+                update_running(rmean, rvar, mean, invstd, self.eps, mom, m / (m - 1), xp)
             self.cache = (x, mean, invstd, True)
         else:
             rm = rmean.astype(x.dtype, copy=False)
