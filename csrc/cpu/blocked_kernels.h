@@ -213,14 +213,16 @@ inline void real_taps(int64_t start, int64_t k, int64_t d, int64_t n, int64_t& l
 // Where a 16-lane vector is two ymm (AVX2, or narrower), GCC lowers a compare and select on the
 // 64-byte type lane by lane in scalar code (3x slower than the NCHW kernel); on 8-lane halves it
 // emits vcmpps and vblendvps. With AVX-512 the whole vector is one zmm compare.
+// always_inline: left to GCC's heuristics the halves went through memory at each call (forced-AVX2
+// max pool forward 0.26 -> 0.9 ms at 128x16x32x32).
 #if defined(__AVX512F__)
-inline void take_greater(vf& best, vi& at, const vf& v, int32_t tap) {
+__attribute__((always_inline)) inline void take_greater(vf& best, vi& at, const vf& v, int32_t tap) {
   const vi gt = v > best;
   best = gt ? v : best;
   at = gt ? vi{} + tap : at;
 }
 // dy where the lane's tap is `tap`, else 0; hits counts the lanes that matched
-inline vf pick_tap(const vi& at, int32_t tap, const vf& d, vi& hits) {
+__attribute__((always_inline)) inline vf pick_tap(const vi& at, int32_t tap, const vf& d, vi& hits) {
   const vi hit = at == tap;
   hits -= hit;  // a true comparison is -1
   return hit ? d : vf{};
@@ -229,16 +231,16 @@ inline vf pick_tap(const vi& at, int32_t tap, const vf& d, vi& hits) {
 using hf = float __attribute__((vector_size(32)));
 using hi = int32_t __attribute__((vector_size(32)));
 template <class H, class V>
-inline void split(const V& v, H& lo, H& hi_) {
+__attribute__((always_inline)) inline void split(const V& v, H& lo, H& hi_) {
   std::memcpy(&lo, &v, sizeof lo);
   std::memcpy(&hi_, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi_);
 }
 template <class H, class V>
-inline void join(V& v, const H& lo, const H& hi_) {
+__attribute__((always_inline)) inline void join(V& v, const H& lo, const H& hi_) {
   std::memcpy(&v, &lo, sizeof lo);
   std::memcpy(reinterpret_cast<char*>(&v) + sizeof lo, &hi_, sizeof hi_);
 }
-inline void take_greater(vf& best, vi& at, const vf& v, int32_t tap) {
+__attribute__((always_inline)) inline void take_greater(vf& best, vi& at, const vf& v, int32_t tap) {
   hf b0, b1, v0, v1;
   hi a0, a1;
   split(best, b0, b1);
@@ -248,7 +250,7 @@ inline void take_greater(vf& best, vi& at, const vf& v, int32_t tap) {
   join(best, g0 ? v0 : b0, g1 ? v1 : b1);
   join(at, g0 ? hi{} + tap : a0, g1 ? hi{} + tap : a1);
 }
-inline vf pick_tap(const vi& at, int32_t tap, const vf& d, vi& hits) {
+__attribute__((always_inline)) inline vf pick_tap(const vi& at, int32_t tap, const vf& d, vi& hits) {
   hi a0, a1, n0, n1;
   hf d0, d1;
   split(at, a0, a1);
@@ -262,11 +264,10 @@ inline vf pick_tap(const vi& at, int32_t tap, const vf& d, vi& hits) {
 }
 #endif
 
-// Strict >: the first maximum in row-major tap order wins, and the tap starts at the first real
-// one, so a window of -inf (or NaN) still names a real element, as in the NCHW kernel. The tap is
-// the window's own index r * kw + s, one byte a lane: an int64 flat index per lane made the index
-// array 8x the pooled output, and writing it (then reading it back in backward) was most of the time.
-void maxpool_fwd(In x, Out y, uint8_t* tap, const PoolGeom& g) {
+// Every window of a max pool sweep, row-major: f(p, q, h0, w0, r0, r1, s0, s1), the window at
+// (h0, w0) with real taps rows [r0, r1) x columns [s0, s1); f returns false to stop (then so does this).
+template <class F>
+__attribute__((always_inline)) inline bool each_window(const PoolGeom& g, F f) {
   for (int64_t p = 0; p < g.P; ++p) {
     const int64_t h0 = p * g.sh - g.ph;
     int64_t r0, r1;
@@ -275,95 +276,94 @@ void maxpool_fwd(In x, Out y, uint8_t* tap, const PoolGeom& g) {
       const int64_t w0 = q * g.sw - g.pw;
       int64_t s0, s1;
       real_taps(w0, g.kw, g.dw, g.W, s0, s1);
-      float* out = y.p + p * y.row + q * kLanes;
-      uint8_t* out_tap = tap + (p * g.Q + q) * kLanes;
-      if (g.kh == 2 && g.kw == 2 && r0 == 0 && r1 == 2 && s0 == 0 && s1 == 2) {
-        // the usual 2x2 window, all four taps real: unrolled, as the loop below in the same order
-        const float* t0 = x.p + h0 * x.row + w0 * kLanes;
-        const float* t1 = t0 + g.dh * x.row;
-        const int64_t ds = g.dw * kLanes;
-        const vf v0 = ld(t0), v1 = ld(t0 + ds), v2 = ld(t1), v3 = ld(t1 + ds);
-        vf best = splat(-std::numeric_limits<float>::infinity());  // a NaN tap never wins, as in the loop
-        vi at = {};
-        take_greater(best, at, v0, 0);
-        take_greater(best, at, v1, 1);
-        take_greater(best, at, v2, 2);
-        take_greater(best, at, v3, 3);
-        st(out, best);
-        const vb at8 = __builtin_convertvector(at, vb);
-        std::memcpy(out_tap, &at8, sizeof at8);
-        continue;
-      }
-      vf best = splat(-std::numeric_limits<float>::infinity());
-      vi at = vi{} + static_cast<int32_t>(r0 * g.kw + s0);
-      for (int64_t r = r0; r < r1; ++r) {
-        const float* row = x.p + (h0 + r * g.dh) * x.row;
-        for (int64_t s = s0; s < s1; ++s) {
-          take_greater(best, at, ld(row + (w0 + s * g.dw) * kLanes), static_cast<int32_t>(r * g.kw + s));
-        }
-      }
+      if (!f(p, q, h0, w0, r0, r1, s0, s1)) return false;
+    }
+  }
+  return true;
+}
+
+// Strict >: the first maximum in row-major tap order wins, and the tap starts at the first real
+// one, so a window of -inf (or NaN) still names a real element, as in the NCHW kernel. The tap is
+// the window's own index r * kw + s, one byte a lane: an int64 flat index per lane made the index
+// array 8x the pooled output, and writing it (then reading it back in backward) was most of the time.
+void maxpool_fwd(In x, Out y, uint8_t* tap, const PoolGeom& g) {
+  each_window(g, [&](int64_t p, int64_t q, int64_t h0, int64_t w0, int64_t r0, int64_t r1, int64_t s0,
+                            int64_t s1) {
+    float* out = y.p + p * y.row + q * kLanes;
+    uint8_t* out_tap = tap + (p * g.Q + q) * kLanes;
+    if (g.kh == 2 && g.kw == 2 && r0 == 0 && r1 == 2 && s0 == 0 && s1 == 2) {
+      // the usual 2x2 window, all four taps real: unrolled, as the loop below in the same order
+      const float* t0 = x.p + h0 * x.row + w0 * kLanes;
+      const float* t1 = t0 + g.dh * x.row;
+      const int64_t ds = g.dw * kLanes;
+      const vf v0 = ld(t0), v1 = ld(t0 + ds), v2 = ld(t1), v3 = ld(t1 + ds);
+      vf best = splat(-std::numeric_limits<float>::infinity());  // a NaN tap never wins, as in the loop
+      vi at = {};
+      take_greater(best, at, v0, 0);
+      take_greater(best, at, v1, 1);
+      take_greater(best, at, v2, 2);
+      take_greater(best, at, v3, 3);
       st(out, best);
       const vb at8 = __builtin_convertvector(at, vb);
       std::memcpy(out_tap, &at8, sizeof at8);
+      return true;
     }
-  }
+    vf best = splat(-std::numeric_limits<float>::infinity());
+    vi at = vi{} + static_cast<int32_t>(r0 * g.kw + s0);
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* row = x.p + (h0 + r * g.dh) * x.row;
+      for (int64_t s = s0; s < s1; ++s) {
+        take_greater(best, at, ld(row + (w0 + s * g.dw) * kLanes), static_cast<int32_t>(r * g.kw + s));
+      }
+    }
+    st(out, best);
+    const vb at8 = __builtin_convertvector(at, vb);
+    std::memcpy(out_tap, &at8, sizeof at8);
+    return true;
+  });
 }
 
 // Windows that never share a pixel (stride >= the dilated window): each window writes its real taps
 // as dy where the tap won and 0 elsewhere, with no read-modify-write. Pixels of no window are the
 // caller's to zero. Returns false (and stops) at a tap that is not a real tap of its window.
 bool maxpool_bwd_tiled(In dy, const uint8_t* tap, Out dx, const PoolGeom& g) {
-  for (int64_t p = 0; p < g.P; ++p) {
-    const int64_t h0 = p * g.sh - g.ph;
-    int64_t r0, r1;
-    real_taps(h0, g.kh, g.dh, g.H, r0, r1);
-    for (int64_t q = 0; q < g.Q; ++q) {
-      const int64_t w0 = q * g.sw - g.pw;
-      int64_t s0, s1;
-      real_taps(w0, g.kw, g.dw, g.W, s0, s1);
-      vb t8;
-      std::memcpy(&t8, tap + (p * g.Q + q) * kLanes, sizeof t8);
-      const vi at = __builtin_convertvector(t8, vi);
-      const vf d = ld(dy.p + p * dy.row + q * kLanes);
-      vi hits = {};  // a lane whose tap is a real one of this window hits exactly once
-      for (int64_t r = r0; r < r1; ++r) {
-        float* row = dx.p + (h0 + r * g.dh) * dx.row;
-        for (int64_t s = s0; s < s1; ++s) {
-          st(row + (w0 + s * g.dw) * kLanes, pick_tap(at, static_cast<int32_t>(r * g.kw + s), d, hits));
-        }
+  return each_window(g, [&](int64_t p, int64_t q, int64_t h0, int64_t w0, int64_t r0, int64_t r1, int64_t s0,
+                            int64_t s1) {
+    vb t8;
+    std::memcpy(&t8, tap + (p * g.Q + q) * kLanes, sizeof t8);
+    const vi at = __builtin_convertvector(t8, vi);
+    const vf d = ld(dy.p + p * dy.row + q * kLanes);
+    vi hits = {};  // a lane whose tap is a real one of this window hits exactly once
+    for (int64_t r = r0; r < r1; ++r) {
+      float* row = dx.p + (h0 + r * g.dh) * dx.row;
+      for (int64_t s = s0; s < s1; ++s) {
+        st(row + (w0 + s * g.dw) * kLanes, pick_tap(at, static_cast<int32_t>(r * g.kw + s), d, hits));
       }
-      const vi once = hits == 1;
-      for (int l = 0; l < kLanes; ++l)
-        if (!once[l]) return false;
     }
-  }
-  return true;
+    const vi once = hits == 1;
+    for (int l = 0; l < kLanes; ++l)
+      if (!once[l]) return false;
+    return true;
+  });
 }
 
 // Overlapping windows: dx (zeroed by the caller) += dy at each window's tap; lanes never collide
 // (each writes its own channel), so the scatter is safe to vectorize.
 bool maxpool_bwd(In dy, const uint8_t* tap, Out dx, const PoolGeom& g) {
-  for (int64_t p = 0; p < g.P; ++p) {
-    const int64_t h0 = p * g.sh - g.ph;
-    int64_t r0, r1;
-    real_taps(h0, g.kh, g.dh, g.H, r0, r1);
-    for (int64_t q = 0; q < g.Q; ++q) {
-      const int64_t w0 = q * g.sw - g.pw;
-      int64_t s0, s1;
-      real_taps(w0, g.kw, g.dw, g.W, s0, s1);
-      const uint8_t* t = tap + (p * g.Q + q) * kLanes;
-      const float* d = dy.p + p * dy.row + q * kLanes;
-      int64_t off[kLanes];
-      for (int l = 0; l < kLanes; ++l) {
-        const int64_t r = t[l] / g.kw, s = t[l] % g.kw;
-        if (r < r0 || r >= r1 || s < s0 || s >= s1) return false;
-        off[l] = (h0 + r * g.dh) * dx.row + (w0 + s * g.dw) * kLanes + l;
-      }
-#pragma omp simd
-      for (int l = 0; l < kLanes; ++l) dx.p[off[l]] += d[l];
+  return each_window(g, [&](int64_t p, int64_t q, int64_t h0, int64_t w0, int64_t r0, int64_t r1, int64_t s0,
+                            int64_t s1) {
+    const uint8_t* t = tap + (p * g.Q + q) * kLanes;
+    const float* d = dy.p + p * dy.row + q * kLanes;
+    int64_t off[kLanes];
+    for (int l = 0; l < kLanes; ++l) {
+      const int64_t r = t[l] / g.kw, s = t[l] % g.kw;
+      if (r < r0 || r >= r1 || s < s0 || s >= s1) return false;
+      off[l] = (h0 + r * g.dh) * dx.row + (w0 + s * g.dw) * kLanes + l;
     }
-  }
-  return true;
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) dx.p[off[l]] += d[l];
+    return true;
+  });
 }
 
 // The divisor of the average over the window at (h0, w0) (the NCHW kernel's rule).
