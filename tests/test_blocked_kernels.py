@@ -19,6 +19,7 @@ C = pytest.importorskip("fasttrain._C", reason="C++ module not built")
 from fasttrain import backend  # noqa: E402
 from fasttrain.kernels import blocked as ref  # noqa: E402
 from cpp_isas import forced_isa, isa_params  # noqa: E402
+import pool_nans  # noqa: E402
 
 f32 = np.float32
 
@@ -286,16 +287,20 @@ def test_maxpool(isa, shape, pool):
                                   am)
 
 
-@pytest.mark.parametrize("pool", [(2, 2, 2, 2, 0, 0, False, 1, 1), (2, 2, 2, 2, 1, 1, True, 1, 1),
-                                  (2, 2, 3, 3, 0, 0, False, 2, 2), (3, 3, 2, 2, 1, 1, False, 1, 1)])
-def test_maxpool_ties_and_inf(isa, pool):
-    # values from {-inf, 0, 1}: ties pick the first tap in row-major order and a window of -inf
-    # names its first real tap (the 2x2 window's unrolled path and the loop alike). NaN is left out:
-    # the NumPy reference takes a NaN first tap, the NCHW C++ kernel skips NaN; the blocked kernel
-    # follows the C++ kernel.
-    n, c, h, w = 2, 17, 7, 9
+@pytest.mark.parametrize("pool", [(2, 2, 2, 2, 0, 0, False, 1, 1), (3, 3, 3, 3, 0, 0, False, 1, 1),
+                                  (2, 2, 2, 2, 1, 1, True, 1, 1), (2, 2, 3, 3, 0, 0, False, 2, 2),
+                                  (3, 3, 2, 2, 1, 1, False, 1, 1)])
+def test_maxpool_nan_ties_and_inf(isa, pool):
+    # PyTorch's rule (tests/pool_nans.py): NaN propagates and names the window's last NaN, ties pick
+    # the first tap in row-major order, a window of -inf names its first real tap; the 2x2 window's
+    # unrolled path and the loop alike, every lane its own pattern. Stride = kernel windows get one
+    # pattern each; the others draw from {-inf, 0, 1, NaN}.
     kh, kw, sh, sw, ph, pw, ceil_mode, dh, dw = pool
-    x = np.random.default_rng(6).choice(np.array([-np.inf, 0, 1], f32), (n, c, h, w))
+    if (sh, sw, ph, pw, dh, dw) == (kh, kw, 0, 0, 1, 1):
+        x = pool_nans.windows(2, 17, kh, kw)
+    else:
+        x = pool_nans.mixed((2, 17, 7, 9), 6)
+    n, c, h, w = x.shape
     p, q = pool_out((n, c, h, w), pool + (True,), avg=False)
     dy = np.random.default_rng(7).standard_normal((n, c, p, q)).astype(f32)
     outs = []
@@ -307,9 +312,20 @@ def test_maxpool_ties_and_inf(isa, pool):
         bwd(ref.to_blocked(dy), taps, dxb, *pool)
         outs.append((yb, taps, dxb))
     (yb, taps, dxb), (yr, tr, dxr) = outs
+    y = ref.from_blocked(yb, c, 1)
+    assert np.isnan(y).any() and not np.isnan(y).all(), "the case should mix NaN and real windows"
     np.testing.assert_array_equal(yb, yr)
     np.testing.assert_array_equal(taps, tr)
     assert_close(dxb, dxr, f"{isa} dxb")  # overlapping windows add in another order
+    torch = pytest.importorskip("torch")
+    tx = torch.from_numpy(x).requires_grad_(True)
+    ty, ti = torch.nn.functional.max_pool2d(tx, (kh, kw), (sh, sw), (ph, pw), (dh, dw), ceil_mode=ceil_mode,
+                                            return_indices=True)
+    ty.backward(torch.from_numpy(dy))
+    np.testing.assert_array_equal(y, ty.detach().numpy())
+    np.testing.assert_array_equal(ref.taps_to_flat(ref.from_blocked(taps, c), h, w, kh, kw, sh, sw, ph, pw, dh, dw),
+                                  ti.numpy())
+    assert_close(ref.from_blocked(dxb, c), tx.grad.numpy(), f"{isa} dx against torch")
 
 
 @pytest.mark.parametrize("shape,pool", POOL_CASES, ids=[_ids([s])[0] + "-" + _ids([p])[0] for s, p in POOL_CASES])

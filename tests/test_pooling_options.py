@@ -8,6 +8,7 @@ from fasttrain import backend
 from fasttrain.check import gradcheck
 from fasttrain.kernels import pooling as ref
 from fasttrain.nn.pooling import AvgPool2d, MaxPool2d
+from pool_nans import mixed, windows
 
 # (x shape, (kh, kw), (sh, sw), (ph, pw), (dh, dw), ceil_mode): ceil windows hanging over the
 # bottom/right padding, a ceil window dropped because it would start in the padding, dilation
@@ -49,7 +50,10 @@ def naive_max(x, dy, k, s, p, d, ceil):
     y, am, dx = np.empty(oshape), np.empty(oshape, np.int64), np.zeros_like(x)
     for b, ch, i, j in np.ndindex(*oshape):
         real, _ = _taps(i, j, k, s, p, d, h, w)
-        best = max(range(len(real)), key=lambda t: (x[b, ch][real[t]], -t))   # first maximum wins
+        vals = [x[b, ch][t] for t in real]
+        nans = [t for t, v in enumerate(vals) if np.isnan(v)]
+        # NaN propagates and the last NaN wins (PyTorch); else the first maximum wins
+        best = nans[-1] if nans else max(range(len(real)), key=lambda t: (vals[t], -t))
         y[b, ch, i, j], am[b, ch, i, j] = x[b, ch][real[best]], real[best][0] * w + real[best][1]
         dx[b, ch][real[best]] += dy[b, ch, i, j]
     return y, am, dx
@@ -151,6 +155,43 @@ def test_every_backend_matches_torch(name, shape, k, s, p, d, ceil, include_pad)
     y, dx = _avg(call, x, dy, k, s, p, ceil, include_pad)
     np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+# ---- NaN, -inf and ties: PyTorch's rule on every backend --------------------------------------------
+
+# (kind, k, s, p, d, ceil): "windows" gives every window one pattern of pool_nans.patterns (NaN at the
+# first / middle / last tap, several NaNs, NaN among -inf, ties, all -inf); "mixed" draws from
+# {-inf, 0, 1, NaN} under overlapping, padded, dilated and ceil-mode windows
+NAN_CASES = [("windows", (2, 2), (2, 2), (0, 0), (1, 1), False),
+             ("windows", (3, 3), (3, 3), (0, 0), (1, 1), False),
+             ("windows", (2, 3), (2, 3), (0, 0), (1, 1), False),
+             ("mixed", (3, 3), (1, 1), (1, 1), (1, 1), False),
+             ("mixed", (3, 3), (2, 2), (1, 1), (1, 1), True),
+             ("mixed", (2, 3), (2, 1), (1, 1), (2, 1), False)]
+NAN_IDS = ["{}-k{}-s{}-p{}-d{}-{}".format(*c[:5], "ceil" if c[5] else "floor") for c in NAN_CASES]
+
+
+@pytest.mark.parametrize("against", ["naive", "torch"])
+@pytest.mark.parametrize("name", backend.available_backends_for("maxpool2d_fwd"))
+@pytest.mark.parametrize("case", NAN_CASES, ids=NAN_IDS)
+def test_maxpool_nan_inf_ties_every_backend(name, case, against):
+    kind, k, s, p, d, ceil = case
+    x = windows(2, 3, *k) if kind == "windows" else mixed((2, 3, 7, 9), 11)
+    oshape = _out(x.shape, k, s, p, d, ceil)
+    dy = np.random.default_rng(12).standard_normal(oshape).astype(np.float32)
+    y, am, dx = _max(lambda op: backend.kernel(op, backend=name), x, dy, k, s, p, d, ceil)
+    assert np.isnan(y).any() and not np.isnan(y).all(), "the case should mix NaN and real windows"
+    if against == "naive":
+        wy, wam, wdx = naive_max(x.astype(np.float64), dy.astype(np.float64), k, s, p, d, ceil)
+    else:
+        torch = pytest.importorskip("torch")
+        tx = torch.from_numpy(x).requires_grad_(True)
+        ty, ti = torch.nn.functional.max_pool2d(tx, k, s, p, d, ceil_mode=ceil, return_indices=True)
+        ty.backward(torch.from_numpy(dy))
+        wy, wam, wdx = ty.detach().numpy(), ti.numpy(), tx.grad.numpy()
+    np.testing.assert_array_equal(y, wy.astype(np.float32), err_msg=f"{name} y")   # NaN where NaN
+    np.testing.assert_array_equal(am, wam, err_msg=f"{name} argmax")
+    np.testing.assert_allclose(dx, wdx, rtol=1e-6, atol=1e-6, err_msg=f"{name} dx")
 
 
 # ---- the layers -----------------------------------------------------------------------------------

@@ -217,7 +217,7 @@ inline void real_taps(int64_t start, int64_t k, int64_t d, int64_t n, int64_t& l
 // max pool forward 0.26 -> 0.9 ms at 128x16x32x32).
 #if defined(__AVX512F__)
 __attribute__((always_inline)) inline void take_greater(vf& best, vi& at, const vf& v, int32_t tap) {
-  const vi gt = v > best;
+  const vi gt = (v > best) | (v != v);  // a NaN is always taken: it propagates, the last one wins
   best = gt ? v : best;
   at = gt ? vi{} + tap : at;
 }
@@ -246,7 +246,7 @@ __attribute__((always_inline)) inline void take_greater(vf& best, vi& at, const 
   split(best, b0, b1);
   split(v, v0, v1);
   split(at, a0, a1);
-  const hi g0 = v0 > b0, g1 = v1 > b1;
+  const hi g0 = (v0 > b0) | (v0 != v0), g1 = (v1 > b1) | (v1 != v1);  // NaN taken, as above
   join(best, g0 ? v0 : b0, g1 ? v1 : b1);
   join(at, g0 ? hi{} + tap : a0, g1 ? hi{} + tap : a1);
 }
@@ -282,8 +282,9 @@ __attribute__((always_inline)) inline bool each_window(const PoolGeom& g, F f) {
   return true;
 }
 
-// Strict >: the first maximum in row-major tap order wins, and the tap starts at the first real
-// one, so a window of -inf (or NaN) still names a real element, as in the NCHW kernel. The tap is
+// Strict >: the first maximum in row-major tap order wins, a NaN tap is always taken (so NaN
+// propagates and the last NaN wins, as in PyTorch and the NCHW kernel), and the tap starts at the
+// first real one, so a window of -inf still names a real element. The tap is
 // the window's own index r * kw + s, one byte a lane: an int64 flat index per lane made the index
 // array 8x the pooled output, and writing it (then reading it back in backward) was most of the time.
 void maxpool_fwd(In x, Out y, uint8_t* tap, const PoolGeom& g) {
@@ -297,7 +298,7 @@ void maxpool_fwd(In x, Out y, uint8_t* tap, const PoolGeom& g) {
       const float* t1 = t0 + g.dh * x.row;
       const int64_t ds = g.dw * kLanes;
       const vf v0 = ld(t0), v1 = ld(t0 + ds), v2 = ld(t1), v3 = ld(t1 + ds);
-      vf best = splat(-std::numeric_limits<float>::infinity());  // a NaN tap never wins, as in the loop
+      vf best = splat(-std::numeric_limits<float>::infinity());
       vi at = {};
       take_greater(best, at, v0, 0);
       take_greater(best, at, v1, 1);

@@ -52,7 +52,9 @@ void maxpool2d_fwd(const float* x, float* y, int64_t* argmax, int64_t NC, int64_
         for (int64_t r = r0; r < r1; ++r)
           for (int64_t s = s0; s < s1; ++s) {
             const int64_t i = (h0 + r * dh) * W + w0 + s * dw;
-            if (xp[i] > best) {  // strict: the first maximum in row-major order wins
+            // strict: the first maximum in row-major order wins; a NaN is always taken, so it
+            // propagates and the last NaN wins, as in PyTorch
+            if (xp[i] > best || xp[i] != xp[i]) {
               best = xp[i];
               at = i;
             }

@@ -23,8 +23,9 @@ __global__ void maxpool_fwd_kernel(const float* __restrict__ x, float* __restric
     int64_t h0 = p * sh - ph, w0 = q * sw - pw;
     float best = -INFINITY;
     int64_t best_idx = -1;
-    // row-major window scan with strict >: the first maximum wins, as in the reference; the first
-    // real element is taken even if it is -inf so that argmax is always a valid index
+    // row-major window scan with strict >: the first maximum wins, as in the reference; a NaN is
+    // always taken (propagated, the last one wins, as in PyTorch); the first real element is taken
+    // even if it is -inf so that argmax is always a valid index
     for (int r = 0; r < kh; ++r) {
       int64_t h = h0 + (int64_t)r * dh;
       if (h < 0 || h >= H) continue;
@@ -32,7 +33,7 @@ __global__ void maxpool_fwd_kernel(const float* __restrict__ x, float* __restric
         int64_t w = w0 + (int64_t)s * dw;
         if (w < 0 || w >= W) continue;
         float v = plane[h * W + w];
-        if (v > best || best_idx < 0) {
+        if (v > best || isnan(v) || best_idx < 0) {
           best = v;
           best_idx = h * W + w;
         }

@@ -8,8 +8,11 @@ with a strided slice of the padded input (padded further at the bottom/right as 
 ceil-mode window reaches; those taps are never real).
 
 Max-pool tie rule: the first maximum in the window's row-major scan order wins (strict >), so
-every backend picks the same index. Padding never wins: the layer guarantees padding <= kernel/2,
-so every window holds at least one real element.
+every backend picks the same index. NaN propagates as in PyTorch: a tap is taken when it is greater
+or when it is NaN, so a window holding a NaN gives NaN and its index is the LAST NaN in scan order
+(every NaN replaces the one before; nothing compares greater than NaN), and backward sends the
+gradient there. Padding never wins: the layer guarantees padding <= kernel/2, so every window holds
+at least one real element.
 
 Average-pool divisor: divisor_override when nonzero (PyTorch's option: every window divides by it);
 else with count_include_pad, the window's taps inside the padded input (kh*kw except for a
@@ -57,8 +60,9 @@ def maxpool2d_fwd_ref(x, y, argmax, kh, kw, sh, sw, ph, pw, ceil_mode=False, dil
         for s in range(kw):
             v = _window(xp, r * dh, s * dw, sh, sw, p, q)
             ok = _window(real[None, None], r * dh, s * dw, sh, sw, p, q)
-            # strict >, or the first real element (so an all -inf window still gets an index)
-            take = ok & ((v > best) | (best_idx < 0))
+            # strict >, or NaN (propagated, the last one wins), or the first real element (so an
+            # all -inf window still gets an index)
+            take = ok & ((v > best) | np.isnan(v) | (best_idx < 0))
             best = np.where(take, v, best)
             best_idx = np.where(take, (rows + r * dh) * w + (cols + s * dw), best_idx)
     y[...] = best

@@ -23,7 +23,8 @@ def _max_fwd(x, y, argmax, kh, kw, sh, sw, ph, pw, dh, dw):
                         if wi < 0 or wi >= w:
                             continue
                         v = x[plane, hi, wi]
-                        if v > best or best_idx < 0:
+                        # NaN propagates and the last one wins, as in PyTorch (pooling.py)
+                        if v > best or v != v or best_idx < 0:
                             best = v
                             best_idx = hi * w + wi
                 y[plane, i, j] = best
