@@ -10,8 +10,9 @@ libraries name modules differently, so entries are paired module by module:
    PyTorch's num_batches_tracked counter is ignored).
 2. Modules with the same signature are paired in order: ours in forward order, theirs in the
    order of the state_dict (a .pt file or a dict keeps it) or, from a safetensors file (which
-   stores names sorted), in natural name order ('layer2.10' after 'layer2.9'), which is forward
-   order among modules of one kind and shape in the usual naming schemes.
+   stores names sorted), in natural name order ('layer2.10' after 'layer2.9'), with sibling
+   modules reordered where their shapes need it (timm's stem 'bn1' sorts after 'blocks.0.bn1' but
+   runs first); where shapes allow several orders, the first in natural order is taken.
 3. What is left (same entry names and ranks, other shapes: a classifier head with another number
    of classes) is paired in the same order; with skip_mismatched those pairs keep their fresh
    initialization, otherwise a shape mismatch is an error.
@@ -124,6 +125,60 @@ def _signature(entries: dict, shapes: bool = True):
     return tuple((k, tuple(np.shape(v)) if shapes else np.ndim(v)) for k, v in sorted(entries.items()))
 
 
+def _forward_order(names: list, sigs: list, want: list) -> list | None:
+    """`names` (in natural order, with their signatures `sigs`) reordered so that their signatures
+    run as `want` (ours, in forward order), or None where no such order exists. Sorted names need
+    not be forward order: timm's 'blocks.0.bn1' sorts before the stem's 'bn1', which runs first,
+    and two BNs of one width would swap. Only sibling modules move: numbered children (a
+    Sequential's) keep their order, named ones are tried in natural order first, so a file whose
+    natural order already fits keeps it."""
+    if len(names) != len(want):
+        return None
+    sig_of = dict(zip(names, sigs))
+    tree = {}  # name part -> subtree; the key None marks a module of its own at that node
+    for name in names:
+        node = tree
+        for part in name.split(".") if name else []:
+            node = node.setdefault(part, {})
+        node[None] = name
+    failed = set()
+
+    def place(node, k):
+        """The modules under `node` in an order that matches want[k:], or None."""
+        if (id(node), k) in failed:
+            return None
+        own = [node[None]] if None in node else []
+        if own and sig_of[own[0]] != want[k]:
+            failed.add((id(node), k))
+            return None
+        kids = [c for c in node if c is not None]
+        numbered = [c for c in kids if c.isdigit()]
+        found = arrange(node, kids, numbered, frozenset(), k + len(own), {})
+        if found is None:
+            failed.add((id(node), k))
+            return None
+        return own + found
+
+    def arrange(node, kids, numbered, used, k, seen):
+        if len(used) == len(kids):
+            return []
+        if used in seen:
+            return None
+        nxt = next((c for c in numbered if c not in used), None)
+        for c in kids:
+            if c in used or (c.isdigit() and c != nxt):
+                continue
+            head = place(node[c], k)
+            if head is not None:
+                rest = arrange(node, kids, numbered, used | {c}, k + len(head), seen)
+                if rest is not None:
+                    return head + rest
+        seen[used] = None
+        return None
+
+    return place(tree, 0)
+
+
 def _pair(ours: OrderedDict, theirs: OrderedDict, ordered: bool, mapping: dict | None):
     """[(their module, our module)] pairing every module of both sides, or a ValueError saying
     which are left over."""
@@ -138,6 +193,8 @@ def _pair(ours: OrderedDict, theirs: OrderedDict, ordered: bool, mapping: dict |
     left_t = [t for t in theirs if t not in mapping]
     if not ordered:
         left_t.sort(key=_natural_key)
+        left_t = _forward_order(left_t, [_signature(theirs[t]) for t in left_t],
+                                [_signature(ours[o]) for o in left_o]) or left_t
     for shapes in (True, False):  # exact signatures first, then same entries of other shapes
         classes_o, classes_t = {}, {}
         for o in left_o:

@@ -193,6 +193,24 @@ def test_safetensors_names_pair_in_natural_order():
     assert sorted(names, key=_natural_key) == ["layer.1.w", "layer.2.w", "layer.10.w"]
 
 
+def test_sorted_names_pair_in_the_forward_order_their_shapes_allow():
+    """Sorted (safetensors) names put timm's 'blocks.0.bn1' before the stem's 'bn1', which runs
+    first; both have 4 channels, so sorted order would swap them."""
+    nn = ft.nn
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4),
+                          *models._separable(4, 8, 1), nn.GlobalAvgPool2d(), nn.Flatten(), nn.Linear(8, 2))
+    ft.ParamArena.for_model(model)
+    bn = lambda name, c: {f"{name}.{e}": np.ones(c, np.float32)  # noqa: E731
+                          for e in ("weight", "bias", "running_mean", "running_var")}
+    sd = {"conv_stem.weight": np.ones((4, 3, 3, 3), np.float32), **bn("bn1", 4),
+          "blocks.0.conv_dw.weight": np.ones((4, 1, 3, 3), np.float32), **bn("blocks.0.bn1", 4),
+          "blocks.0.conv_pw.weight": np.ones((8, 4, 1, 1), np.float32), **bn("blocks.0.bn2", 8),
+          "head.weight": np.ones((2, 8), np.float32), "head.bias": np.ones(2, np.float32)}
+    got = interop.pairing(model, sd, ordered=False)
+    assert got == [("conv_stem", "0"), ("bn1", "1"), ("blocks.0.conv_dw", "2"), ("blocks.0.bn1", "3"),
+                   ("blocks.0.conv_pw", "4"), ("blocks.0.bn2", "5"), ("head", "8")]
+
+
 def test_cli_init_from_a_torch_safetensors_file(tmp_path):
     """--init-from takes a safetensors file with PyTorch names (no fasttrain metadata): the body
     is loaded, the head of another size keeps its initialization and trains."""

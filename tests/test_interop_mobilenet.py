@@ -3,8 +3,9 @@ PyTorch (its channels, strides and groups read from our model, under torchvision
 pair with ours only through the module signatures) takes our exported weights and gives the same
 logits in eval and train mode, the same running statistics after a training forward, and the same
 input and parameter gradients of a cross-entropy loss; and its weights load back into ours with the
-same logits. Depthwise weights (C, 1, 3, 3) and pointwise ones (K, C, 1, 1) are what ResNet-8's
-round trip does not cover. On the cpp backend (blocked layout flow on) and the numpy reference."""
+same logits, from timm-style names in a safetensors file too. Depthwise weights (C, 1, 3, 3) and
+pointwise ones (K, C, 1, 1) are what ResNet-8's round trip does not cover. On the cpp backend
+(blocked layout flow on) and the numpy reference."""
 import numpy as np
 import pytest
 
@@ -180,7 +181,10 @@ def test_torch_to_fasttrain_same_logits(backend, tmp_path, fmt, capsys):
     assert len(rows) == len(arena.params) + 2 * sum(isinstance(m, torch.nn.BatchNorm2d) for m in tmodel.modules())
     out = capsys.readouterr().out
     assert "features.11.depthwise.weight" in out and "(256, 1, 3, 3)" in out and "-> 42.weight" in out
-    x = _x(4)
+    _same_logits_both_modes(tmodel, model, _x(4))
+
+
+def _same_logits_both_modes(tmodel, model, x):
     for train in (False, True):
         tmodel.train(train)
         with torch.no_grad():
@@ -188,33 +192,23 @@ def test_torch_to_fasttrain_same_logits(backend, tmp_path, fmt, capsys):
         _close(model.train(train).forward(x), want, f"{'train' if train else 'eval'} logits", 2e-4)
 
 
-def _timm_style_safetensors(model, path):
+def test_timm_names_from_safetensors_pair_in_forward_order(backend, tmp_path):
+    """A safetensors file stores names sorted, and timm's 'blocks.0.bn1' sorts before the stem's
+    'bn1', which runs first: in sorted order the two 16-channel BNs would swap (and the eval logits
+    differ). The pairing reorders sibling modules to the forward order their shapes allow."""
+    model, arena = _ours()
     tmodel = _torch_twin(model, timm_names=True)
     _randomize_twin(tmodel, seed=1)
     from safetensors.torch import save_file
 
+    path = tmp_path / "timm.safetensors"
     save_file(tmodel.state_dict(), str(path))
-    return tmodel
-
-
-@pytest.mark.xfail(strict=True, reason="a safetensors file stores names sorted, and 'blocks.0.bn1' sorts before "
-                                       "the stem's 'bn1' although it runs after it: two 16-channel BNs swap")
-def test_timm_names_from_safetensors_pair_in_forward_order(tmp_path):
-    model, arena = _ours()
-    _timm_style_safetensors(model, tmp_path / "timm.safetensors")
-    pairs = dict(interop.pairing(model, tmp_path / "timm.safetensors"))
-    assert pairs["bn1"] == "1" and pairs["blocks.0.bn1"] == "3"
-
-
-def test_timm_names_from_safetensors_load_with_a_mapping(backend, tmp_path):
-    """What the printed table is for: the swapped pair, pinned by hand, gives the same logits."""
-    model, arena = _ours()
-    tmodel = _timm_style_safetensors(model, tmp_path / "timm.safetensors")
-    interop.load_torch(model, arena, tmp_path / "timm.safetensors", mapping={"bn1": "1", "blocks.0.bn1": "3"},
-                       verbose=False)
-    x = _x(5)
-    for train in (False, True):
-        tmodel.train(train)
-        with torch.no_grad():
-            want = tmodel(torch.from_numpy(x)).numpy()
-        _close(model.train(train).forward(x), want, f"{'train' if train else 'eval'} logits", 2e-4)
+    pairs = dict(interop.pairing(model, path))
+    assert pairs["conv_stem"] == "0" and pairs["bn1"] == "1" and pairs["blocks.0.bn1"] == "3"
+    assert pairs["blocks.10.depthwise"] == "42" and pairs["classifier"] == "56"
+    interop.load_torch(model, arena, path, verbose=False)
+    _same_logits_both_modes(tmodel, model, _x(5))
+    # a mapping pins a pair by hand (here the other way round, and the logits show it)
+    interop.load_torch(model, arena, path, mapping={"bn1": "3", "blocks.0.bn1": "1"}, verbose=False)
+    with pytest.raises(AssertionError, match="eval logits"):
+        _same_logits_both_modes(tmodel, model, _x(5))
