@@ -12,7 +12,8 @@ libraries name modules differently, so entries are paired module by module:
    order of the state_dict (a .pt file or a dict keeps it) or, from a safetensors file (which
    stores names sorted), in natural name order ('layer2.10' after 'layer2.9'), with sibling
    modules reordered where their shapes need it (timm's stem 'bn1' sorts after 'blocks.0.bn1' but
-   runs first); where shapes allow several orders, the first in natural order is taken.
+   runs first, a head of another size allowed); where shapes allow several orders, the first in
+   natural order is taken.
 3. What is left (same entry names and ranks, other shapes: a classifier head with another number
    of classes) is paired in the same order; with skip_mismatched those pairs keep their fresh
    initialization, otherwise a shape mismatch is an error.
@@ -125,16 +126,19 @@ def _signature(entries: dict, shapes: bool = True):
     return tuple((k, tuple(np.shape(v)) if shapes else np.ndim(v)) for k, v in sorted(entries.items()))
 
 
-def _forward_order(names: list, sigs: list, want: list) -> list | None:
-    """`names` (in natural order, with their signatures `sigs`) reordered so that their signatures
-    run as `want` (ours, in forward order), or None where no such order exists. Sorted names need
-    not be forward order: timm's 'blocks.0.bn1' sorts before the stem's 'bn1', which runs first,
-    and two BNs of one width would swap. Only sibling modules move: numbered children (a
-    Sequential's) keep their order, named ones are tried in natural order first, so a file whose
-    natural order already fits keeps it."""
+def _forward_order(names: list, entries: list, want: list) -> list | None:
+    """`names` (in natural order, with their `entries`) reordered so that their signatures run as
+    those of `want` (our modules' entries, in forward order), or None where no such order exists.
+    Sorted names need not be forward order: timm's 'blocks.0.bn1' sorts before the stem's 'bn1',
+    which runs first, and two BNs of one width would swap. Only sibling modules move: numbered
+    children (a Sequential's) keep their order, named ones are tried in natural order first, so a
+    file whose natural order already fits keeps it. Up to two modules may differ in shape only (a
+    classifier head of another number of classes); the order with the fewest such is taken."""
     if len(names) != len(want):
         return None
-    sig_of = dict(zip(names, sigs))
+    exact = [_signature(e) for e in want]
+    ranks = [_signature(e, shapes=False) for e in want]
+    sig_of = {n: (_signature(e), _signature(e, shapes=False)) for n, e in zip(names, entries)}
     tree = {}  # name part -> subtree; the key None marks a module of its own at that node
     for name in names:
         node = tree
@@ -143,40 +147,46 @@ def _forward_order(names: list, sigs: list, want: list) -> list | None:
         node[None] = name
     failed = set()
 
-    def place(node, k):
-        """The modules under `node` in an order that matches want[k:], or None."""
-        if (id(node), k) in failed:
+    def place(node, k, budget):
+        """(the modules under `node` in an order that matches want[k:], shape differences spent),
+        or None."""
+        if (id(node), k, budget) in failed:
             return None
-        own = [node[None]] if None in node else []
-        if own and sig_of[own[0]] != want[k]:
-            failed.add((id(node), k))
-            return None
+        own, spent = ([node[None]] if None in node else []), 0
+        if own:
+            sig, rank = sig_of[own[0]]
+            spent = 0 if sig == exact[k] else 1 if rank == ranks[k] else budget + 1
         kids = [c for c in node if c is not None]
-        numbered = [c for c in kids if c.isdigit()]
-        found = arrange(node, kids, numbered, frozenset(), k + len(own), {})
+        found = None
+        if spent <= budget:
+            found = arrange(node, kids, [c for c in kids if c.isdigit()], frozenset(), k + len(own), budget - spent, {})
         if found is None:
-            failed.add((id(node), k))
+            failed.add((id(node), k, budget))
             return None
-        return own + found
+        return own + found[0], spent + found[1]
 
-    def arrange(node, kids, numbered, used, k, seen):
+    def arrange(node, kids, numbered, used, k, budget, seen):
         if len(used) == len(kids):
-            return []
-        if used in seen:
+            return [], 0
+        if (used, budget) in seen:
             return None
         nxt = next((c for c in numbered if c not in used), None)
         for c in kids:
             if c in used or (c.isdigit() and c != nxt):
                 continue
-            head = place(node[c], k)
+            head = place(node[c], k, budget)
             if head is not None:
-                rest = arrange(node, kids, numbered, used | {c}, k + len(head), seen)
+                rest = arrange(node, kids, numbered, used | {c}, k + len(head[0]), budget - head[1], seen)
                 if rest is not None:
-                    return head + rest
-        seen[used] = None
+                    return head[0] + rest[0], head[1] + rest[1]
+        seen[(used, budget)] = None
         return None
 
-    return place(tree, 0)
+    for budget in range(3):
+        found = place(tree, 0, budget)
+        if found is not None:
+            return found[0]
+    return None
 
 
 def _pair(ours: OrderedDict, theirs: OrderedDict, ordered: bool, mapping: dict | None):
@@ -193,8 +203,7 @@ def _pair(ours: OrderedDict, theirs: OrderedDict, ordered: bool, mapping: dict |
     left_t = [t for t in theirs if t not in mapping]
     if not ordered:
         left_t.sort(key=_natural_key)
-        left_t = _forward_order(left_t, [_signature(theirs[t]) for t in left_t],
-                                [_signature(ours[o]) for o in left_o]) or left_t
+        left_t = _forward_order(left_t, [theirs[t] for t in left_t], [ours[o] for o in left_o]) or left_t
     for shapes in (True, False):  # exact signatures first, then same entries of other shapes
         classes_o, classes_t = {}, {}
         for o in left_o:

@@ -206,9 +206,12 @@ def test_sorted_names_pair_in_the_forward_order_their_shapes_allow():
           "blocks.0.conv_dw.weight": np.ones((4, 1, 3, 3), np.float32), **bn("blocks.0.bn1", 4),
           "blocks.0.conv_pw.weight": np.ones((8, 4, 1, 1), np.float32), **bn("blocks.0.bn2", 8),
           "head.weight": np.ones((2, 8), np.float32), "head.bias": np.ones(2, np.float32)}
-    got = interop.pairing(model, sd, ordered=False)
-    assert got == [("conv_stem", "0"), ("bn1", "1"), ("blocks.0.conv_dw", "2"), ("blocks.0.bn1", "3"),
-                   ("blocks.0.conv_pw", "4"), ("blocks.0.bn2", "5"), ("head", "8")]
+    want = [("conv_stem", "0"), ("bn1", "1"), ("blocks.0.conv_dw", "2"), ("blocks.0.bn1", "3"),
+            ("blocks.0.conv_pw", "4"), ("blocks.0.bn2", "5"), ("head", "8")]
+    assert interop.pairing(model, sd, ordered=False) == want
+    # and with a head of another number of classes (transfer learning): still in forward order
+    sd.update({"head.weight": np.ones((3, 8), np.float32), "head.bias": np.ones(3, np.float32)})
+    assert interop.pairing(model, sd, ordered=False) == want
 
 
 def test_cli_init_from_a_torch_safetensors_file(tmp_path):
