@@ -80,6 +80,8 @@ def _check_same_logits(torch, tmodel, model, x):
     with torch.no_grad():
         want = tmodel(torch.from_numpy(x)).numpy()
     got = model.forward(x)
+    # the images must give clearly different logits, or a swapped layer could pass unseen
+    assert np.ptp(want, axis=0).max() > 0.1 * np.abs(want).max(), np.ptp(want, axis=0)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
@@ -88,6 +90,9 @@ def test_torch_to_fasttrain_same_logits(tmp_path, fmt, capsys):
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     tmodel = _torch_resnet8(torch)
+    for m in tmodel.modules():  # He init: torch's default one flattens the logits across images
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
     _randomize_torch(torch, tmodel)
     path = tmp_path / f"resnet8{fmt}"
     if fmt == ".pt":
