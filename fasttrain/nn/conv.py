@@ -36,6 +36,17 @@ _CHOICES_MAX = 4096
 _UNKNOWN = object()
 
 
+def _remembered(cache: dict, key, compute, limit: int):
+    """cache[key], computed by compute() on the first ask. Shapes change without end only in odd
+    uses: the cache is emptied when it reaches `limit` entries, so it stays bounded."""
+    found = cache.get(key, _UNKNOWN)
+    if found is _UNKNOWN:
+        if len(cache) >= limit:
+            cache.clear()
+        found = cache[key] = compute()
+    return found
+
+
 class Conv2d(Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, init="he_normal", relu: bool = False, padding_mode: str = "zeros"):
@@ -122,17 +133,14 @@ class Conv2d(Module):
         # setting, array type and dtype) and the engine's settings (forced algorithm and ISA).
         key = (op, tuple(x_shape), blocked, self.out_channels, self.kernel_size, self._geometry(), self._options(),
                settings.backend, type(arr), arr.dtype, C.conv2d_algo(), C.conv2d_isa())
-        choice = _CHOICES.get(key, _UNKNOWN)
-        if choice is _UNKNOWN:
-            choice = None
-            if kernel(op, like=arr) is getattr(C, op, None):
-                n, c, h, w = x_shape
-                choice = C.conv2d_choice(op[len("conv2d_"):], n, c, h, w, self.out_channels, *self.kernel_size,
-                                         *self._geometry(), *self._options(), blocked=blocked)
-            if len(_CHOICES) >= _CHOICES_MAX:   # shapes change without end only in odd uses: stay bounded
-                _CHOICES.clear()
-            _CHOICES[key] = choice
-        return choice
+
+        def choose():
+            if kernel(op, like=arr) is not getattr(C, op, None):
+                return None
+            n, c, h, w = x_shape
+            return C.conv2d_choice(op[len("conv2d_"):], n, c, h, w, self.out_channels, *self.kernel_size,
+                                   *self._geometry(), *self._options(), blocked=blocked)
+        return _remembered(_CHOICES, key, choose, _CHOICES_MAX)
 
     def _direct_engine(self, op, arr, x_shape):
         """fasttrain._C when the registry runs `op` for `arr` there and that runs the direct engine
@@ -163,25 +171,15 @@ class Conv2d(Module):
         # like _choice's answers (the registry's pick and the engine's settings)
         C = sys.modules.get("fasttrain._C")
         key = (tuple(x_shape), settings.backend, type(arr), C and C.conv2d_algo(), C and C.conv2d_isa())
-        kinds = self.__dict__.setdefault("_kinds", {})
-        found = kinds.get(key, _UNKNOWN)
-        if found is _UNKNOWN:
-            ops = ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_weight")
-            found = kind if all(self._choice(op, arr, x_shape, blocked=True) == kind for op in ops) else None
-            if len(kinds) >= 64:   # shapes change without end only in odd uses: stay bounded
-                kinds.clear()
-            kinds[key] = found
-        return found
+        ops = ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_weight")
+        return _remembered(self.__dict__.setdefault("_kinds", {}), key,
+                           lambda: kind if all(self._choice(op, arr, x_shape, blocked=True) == kind for op in ops)
+                           else None, 64)
 
     def _dy_pads(self, h, w):
         """conv2d_blocked_dy_pads for an h x w input (asked in every backward: remembered)."""
-        pads = self.__dict__.setdefault("_dy_pads_of", {})
-        found = pads.get((h, w))
-        if found is None:
-            if len(pads) >= 64:
-                pads.clear()
-            found = pads[(h, w)] = cpp().conv2d_blocked_dy_pads(h, w, *self.kernel_size, *self._geometry())
-        return found
+        return _remembered(self.__dict__.setdefault("_dy_pads_of", {}), (h, w),
+                           lambda: cpp().conv2d_blocked_dy_pads(h, w, *self.kernel_size, *self._geometry()), 64)
 
     def takes_blocked(self, x) -> bool:
         return x.shape[1] == self.in_channels and self._blocked_kind(x.data, x.shape) is not None
