@@ -282,7 +282,9 @@ def test_stash_and_restore_cache_keep_the_flow():
 def test_shortcut_adds_into_the_body_gradient(monkeypatch):
     """A residual block's convolution shortcut (resnet8's 1x1 stride-2 ones, the mixed model's bare
     1x1) adds its data gradient into the body's (conv2d_blocked_bwd_data accumulate=True) instead of
-    a separate sum; the gradients stay the NCHW path's (test_flow_equals_nchw_*)."""
+    a separate sum; with an identity shortcut (resnet8's first block) the body's first convolution
+    adds its data gradient into the residual gradient its closing batchnorm wrote. The gradients
+    stay the NCHW path's (test_flow_equals_nchw_*)."""
     calls = []
     real = C.conv2d_blocked_bwd_data
 
@@ -292,7 +294,12 @@ def test_shortcut_adds_into_the_body_gradient(monkeypatch):
 
     monkeypatch.setattr(C, "conv2d_blocked_bwd_data", spy)
     C.set_conv2d_algo("direct")
-    for name, want in (("resnet8", 2), ("mixed", 1)):
+    for name, want in (("resnet8", 3), ("mixed", 1)):
         calls.clear()
         _run(name, 2, True, True)
         assert sum(calls) == 2 * want, f"{name}: {sum(calls)} accumulating data gradients in 2 steps, expected {2 * want}"
+    adds = []
+    real_add = C.stream_add
+    monkeypatch.setattr(C, "stream_add", lambda *a: adds.append(1) or real_add(*a))
+    _run("resnet20", 2, True, True)
+    assert adds == [], "a residual gradient was summed by a separate pass"

@@ -306,7 +306,14 @@ class Residual(Module):
             head = self.body.children()[:-1]
             bn.dx_halo = head[-1].dy_halo if head and body[-1] is None else 0
             dz, g = bn.backward_add(dy)
-            dz = chain(head, dz, body)
+            if self.shortcut is None and layout.data_of(g) is not layout.data_of(dy):
+                # identity shortcut: the body's first layer (a convolution) adds its data gradient
+                # into g, the batchnorm's fresh residual gradient, so no sum pass follows
+                dz = chain(head, dz, body, into=g)
+                if layout.data_of(dz) is layout.data_of(g):
+                    return dz
+            else:
+                dz = chain(head, dz, body)
         else:
             if self.post is not None:
                 dy = chain([self.post], dy, post)
