@@ -121,3 +121,22 @@ def test_raw_allreduce_with_mismatched_arguments_raises_on_every_rank(K):
     assert "rank 0: values=1048576; rank 1: values=1048577" in out["size"][0]
     assert "shared_bytes" in out["algorithm"][0] and "op='sum'" in out["op"][0]
     assert out["after"]
+
+
+@pytest.mark.parametrize("K", [2, 3, 4])
+def test_measured_choice_is_one_decision_on_every_rank(K):
+    """measured_choice under MPI with injected candidates: ranks whose own times disagree keep the
+    one pick the slowest rank's times give; an injected rule that answers differently per rank
+    still leaves every rank with rank 0's answer (decided there, broadcast); counted calls measure
+    again in step (after 3 calls, then every 4) and the pick follows the changed speeds."""
+    out = mpirun(K, "measured_check.py")
+    ranks = out["ranks"]
+    assert len(ranks) == K and all(x == ranks[0] for x in ranks[1:]), ranks
+    x = ranks[0]
+    assert x["disagreeing_ranks"] == "oneshot", x
+    assert x["injected_decision"] == "direct", x  # rank 0's answer: MEASURED_CANDIDATES[0]
+    picks, measured = zip(*x["sequence"])
+    # call 1 measures (nothing kept yet), call 3 and then calls 7 and 11 measure again
+    assert [i + 1 for i, m in enumerate(measured) if m] == [1, 3, 7, 11], x["sequence"]
+    assert list(picks) == ["oneshot"] * 2 + ["rooted"] * 4 + ["direct"] * 5, x["sequence"]
+    assert x["uncounted"] == ["direct"] * 5 and x["ran_by_peeks"] == 0, x

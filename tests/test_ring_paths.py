@@ -113,3 +113,22 @@ def test_measured_choice_agrees_across_ranks_and_is_kept(monkeypatch):
     assert all(o[:3] == ("oneshot", "oneshot", True) for o in out), out
     assert len(calls) == 3 * 3 * (ring.MEASURED_ROUNDS + 1)
     assert out[0][3][13]["direct"] >= 30 and out[0][3][13]["oneshot"] < out[0][3][13]["rooted"], out[0][3]
+
+
+def test_measured_pick_scores_a_low_quantile_of_the_slowest_rank_and_keeps_the_incumbent_within_margin():
+    names = ("direct", "oneshot", "rooted")
+    ms = lambda *v: [x * 1e-3 for x in v]  # noqa: E731
+    # 'oneshot' costs 1 ms when no rank is kept waiting but was descheduled in 6 of 9 rounds (its
+    # median, 5 ms, would lose to rooted's steady 2 ms); 'direct' is fast on rank 0 only
+    fast = {"direct": ms(*[0.5] * 9), "oneshot": ms(1, 1, 1, 5, 5, 5, 5, 5, 5), "rooted": ms(*[2] * 9)}
+    slow = {"direct": ms(*[3] * 9), "oneshot": ms(*[1] * 9), "rooted": ms(*[2] * 9)}
+    pick, scores = ring.measured_pick([fast, slow], None, names)
+    assert pick == "oneshot" and scores["direct"] == pytest.approx(3e-3) and scores["oneshot"] == pytest.approx(1e-3)
+    # within the margin of the incumbent: kept; beyond it: the fastest
+    close = {"direct": ms(*[1.0] * 5), "oneshot": ms(*[0.95] * 5), "rooted": ms(*[0.5] * 5)}
+    assert ring.measured_pick([close], "oneshot", names)[0] == "rooted"
+    assert ring.measured_pick([close], "direct", names, margin=0.6)[0] == "direct"
+    assert ring.measured_pick([{**close, "rooted": ms(*[2] * 5)}], None, names)[0] == "direct"  # 5 % < 10 %
+    assert ring.measured_pick([{**close, "rooted": ms(*[2] * 5)}], None, names, margin=0.0)[0] == "oneshot"
+    with pytest.raises(ValueError, match="at least one round"):
+        ring.measured_pick([{c: [] for c in names}], None, names)

@@ -22,6 +22,7 @@ reaches the all-gather, whose bytes every rank decodes, so ranks stay bit-identi
 """
 from __future__ import annotations
 
+import functools
 import queue
 import statistics
 import threading
@@ -66,18 +67,46 @@ DEFAULT_CROSS_RING_BYTES = 1 << 20
 #: Each rank then has p - 1 messages in flight per round; measured up to 4 hosts.
 DIRECT_MAX_RANKS = 4
 #: across hosts, one rank each, three or more hosts: below this many bytes ring_allreduce measures
-#: the candidates (MEASURED_CANDIDATES: one round, two rounds with every peer, two rounds through one
-#: rank) on the first call for each power-of-two size class and keeps the fastest (`measured_choice`);
-#: from it on, `direct` (the fewest bytes on the busiest link: 2 (p - 1) / p of the buffer).
-#: Which one wins below 1 MB depends on the link and on how busy the cores are, not on the bytes: on a
-#: quiet machine direct beat one-shot at every size on 3 hosts (bench/cluster_allreduce.py, 3 hosts x 1
-#: rank, load 1.5-3: 64 KB 0.37 vs 0.70 ms, 256 KB 0.94 vs 1.07 ms over 10 Gbit/s), at load 10-16 one-shot
-#: beat direct at 64-256 KB (one round fewer to be descheduled in). The candidates add every value in
-#: rank order, so they return the same bits and the measurement never shows in a result.
+#: the candidates (MEASURED_CANDIDATES: two rounds with every peer, one round, two rounds through one
+#: rank) for each power-of-two size class and keeps the fastest (`measured_choice`); from it on, `direct`
+#: (the fewest bytes on the busiest link: 2 (p - 1) / p of the buffer). Which one wins below 1 MB
+#: depends on the link and on how busy the cores are, not on the bytes: on a quiet machine direct beat
+#: one-shot at every size on 3 hosts (bench/cluster_allreduce.py, 3 hosts x 1 rank, load 1.5-3: 64 KB
+#: 0.37 vs 0.70 ms, 256 KB 0.94 vs 1.07 ms over 10 Gbit/s), at load 10-16 one-shot beat direct at
+#: 64-256 KB (one round fewer to be descheduled in). The candidates add every value in rank order, so
+#: they return the same bits and the measurement never shows in a result.
 MEASURED_MAX_BYTES = 1 << 20
 MEASURED_CANDIDATES = ("direct", "oneshot", "rooted")
-#: interleaved calls of each candidate timed on a first call; the median of the slowest rank's times decides
-MEASURED_ROUNDS = 7
+#: interleaved calls of each candidate per measurement (after one warm-up round)
+MEASURED_ROUNDS = 9
+#: a candidate's score: this quantile of its per-round times (each the slowest rank's). A low quantile
+#: is what the call costs when no rank waits for a core; on a shared machine the median and above
+#: measure which candidate happened to run while another process held the cores.
+MEASURED_QUANTILE = 0.25
+#: the kept pick (at first MEASURED_CANDIDATES[0], the quiet machine's winner) changes only to a
+#: candidate whose score is lower by more than this fraction: two candidates within noise of each
+#: other do not flip the choice from one measurement to the next.
+MEASURED_MARGIN = 0.1
+#: re-measure a size class after this many calls of it, then every MEASURED_EVERY calls: the first
+#: measurement runs on a job's first call (connections opening, pages faulting, ranks still
+#: starting), and the machine's load changes while a job runs.
+MEASURED_AGAIN_AFTER = 64
+MEASURED_EVERY = 4096
+#: the largest message the algorithms of hosts with one rank each (`oneshot_allreduce`,
+#: `direct_allreduce`, `rooted_allreduce`) put on a link in one piece: larger buffers go in pieces of
+#: at most this many bytes. The mpich wheel's TCP transport (UCX tcp) sends a message that fits its
+#: 64 KB segment at once; a larger one takes a rendezvous (a request, a reply, then the data): over the
+#: emulated cluster's veth a ping-pong took 21-24 us one way at 48-63 KB and 98-121 us at 64 KB over
+#: 10 Gbit/s links (600 us at 64 KB over 1 Gbit/s, where 63 KB took 24 us). Pieces also let the
+#: direct all-reduce sum and forward the first piece while the next ones arrive. Buffers from
+#: EAGER_MAX_BYTES on go in DEFAULT_SEGMENT_BYTES pieces instead: there the handshake is paid once per
+#: half megabyte, and every eager piece is one more copy on cores the veth's TCP already keeps busy
+#: (bench/cluster_allreduce.py-style interleaved runs, load 7: 3 hosts x 1 rank over 1 Gbit/s, direct
+#: at 64 KB / 256 KB / 1 MB took 6.7 / 8.1 / 16.0 ms in 60 KB pieces, 7.9 / 9.2 / 18.5 ms in one; at 4 MB
+#: 58.5 ms against 55.3 ms; 2 hosts x 2 ranks over 10 Gbit/s at 4 MB, whose cross-host one-shot moves
+#: 2 MB slices, 12.6 ms against 9.2 ms).
+EAGER_BYTES = 60 << 10
+EAGER_MAX_BYTES = 2 << 20
 _TAG = 77
 _TAG_SMALL = 78
 
@@ -287,6 +316,29 @@ _TAG_RS = 79
 _TAG_AG = 80
 
 
+def piece_bytes_for(nbytes: int, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> int:
+    """The largest message the algorithms of hosts with one rank each send for a buffer of nbytes:
+    EAGER_BYTES below EAGER_MAX_BYTES, else segment_bytes (never more than segment_bytes)."""
+    return min(int(segment_bytes), EAGER_BYTES) if nbytes < EAGER_MAX_BYTES else int(segment_bytes)
+
+
+def _pieces(n: int, itemsize: int, piece_bytes: int | None) -> list[tuple[int, int]]:
+    """[0, n) in pieces of at most piece_bytes (None: `piece_bytes_for`), at least one value each."""
+    if piece_bytes is None:
+        piece_bytes = piece_bytes_for(n * itemsize)
+    return segment_bounds(0, n, max(1, int(piece_bytes) // itemsize))
+
+
+@functools.lru_cache(maxsize=256)
+def _direct_plan(n: int, p: int, r: int, seg: int):
+    """What `direct_allreduce` of n values on rank r of p posts, as plain ints (a call is tens of
+    microseconds for short buffers, and the NumPy arithmetic of the offsets was a fifth of its Python
+    time): chunk boundaries, the segments of the own chunk, the (peer, segments of its chunk) pairs."""
+    off = tuple(int(v) for v in chunk_offsets(n, p))
+    peers = tuple((j, tuple(segment_bounds(off[j], off[j + 1], seg))) for j in _peers(p, r))
+    return off, tuple(segment_bounds(off[r], off[r + 1], seg)), peers, max(off[c + 1] - off[c] for c in range(p))
+
+
 def _peers(p: int, r: int) -> list[int]:
     """The other ranks from r + 1 on, wrapping: each rank starts with a different peer, so the
     first messages of a call spread over every link instead of all heading for rank 0."""
@@ -310,19 +362,22 @@ def _sum_in_rank_order(row, p: int, r: int, tmp: np.ndarray) -> None:
             np.add(acc, row(j), out=acc)
 
 
-def oneshot_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum") -> np.ndarray:
+def oneshot_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
+                      piece_bytes: int | None = None) -> np.ndarray:
     """All-reduce buf in place in one round: every rank sends its whole buffer to every other and
     sums all p buffers itself, in rank order. (p - 1) n values out per rank, but a single message
     round: for short buffers over a few hosts the round (a peer's turn on a loaded core, a
     network round trip) is what costs, not the bytes. For p = 2 this is recursive doubling.
+    Messages go in pieces of at most piece_bytes (None: `piece_bytes_for`, see EAGER_BYTES).
     Ranks end bit-identical: every rank adds the same p arrays in the same order."""
     p, r = comm.size, comm.rank
     if p == 1 or buf.size == 0:
         return buf
     others = _scratch("oneshot", (p - 1) * buf.size, buf.dtype).reshape(p - 1, buf.size)
     slot = {j: others[k] for k, j in enumerate(j for j in range(p) if j != r)}
-    recvs = [comm.irecv(slot[j], j, _TAG_RS) for j in _peers(p, r)]
-    sends = [comm.isend(buf, j, _TAG_RS) for j in _peers(p, r)]
+    pieces = _pieces(buf.size, buf.itemsize, piece_bytes)
+    recvs = [comm.irecv(slot[j][x:y], j, _TAG_RS) for j in _peers(p, r) for x, y in pieces]
+    sends = [comm.isend(buf[x:y], j, _TAG_RS) for x, y in pieces for j in _peers(p, r)]
     comm.waitall(recvs)
     comm.waitall(sends)  # buf is overwritten by the sum below
     _sum_in_rank_order(lambda j: buf if j == r else slot[j], p, r, _scratch("oneshot_acc", buf.size, buf.dtype))
@@ -331,63 +386,64 @@ def oneshot_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum") -> n
     return buf
 
 
-def rooted_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum") -> np.ndarray:
+def rooted_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
+                     piece_bytes: int | None = None) -> np.ndarray:
     """All-reduce buf in place through rank 0: every other rank sends its buffer to rank 0, which
     sums the p buffers in rank order and sends the sum back. 2 rounds and 2 (p - 1) messages (direct:
     2 rounds, 2 p (p - 1) messages; one-shot: 1 round, p (p - 1) messages of the whole buffer), the
     same 2 (p - 1) n values in all as direct, but rank 0 moves (p - 1) n of them each way: for short
-    buffers, where a message costs more than its bytes. Ranks end bit-identical (the sum is rank
-    0's, copied), and equal to one-shot's and direct's bits (the same order of additions)."""
+    buffers, where a message costs more than its bytes. Messages go in pieces of at most
+    piece_bytes (None: `piece_bytes_for`, see EAGER_BYTES). Ranks end bit-identical (the sum is
+    rank 0's, copied), and equal to one-shot's and direct's bits (the same order of additions)."""
     p, r = comm.size, comm.rank
     if p == 1 or buf.size == 0:
         return buf
+    pieces = _pieces(buf.size, buf.itemsize, piece_bytes)
     if r != 0:
-        comm.wait(comm.isend(buf, 0, _TAG_RS))
-        comm.wait(comm.irecv(buf, 0, _TAG_AG))
+        comm.waitall([comm.isend(buf[x:y], 0, _TAG_RS) for x, y in pieces])
+        comm.waitall([comm.irecv(buf[x:y], 0, _TAG_AG) for x, y in pieces])
         return buf
     others = _scratch("oneshot", (p - 1) * buf.size, buf.dtype).reshape(p - 1, buf.size)
-    recvs = [comm.irecv(others[j - 1], j, _TAG_RS) for j in range(1, p)]
+    recvs = [[comm.irecv(others[j - 1][x:y], j, _TAG_RS) for x, y in pieces] for j in range(1, p)]
 
     def row(j):
         if j == 0:
             return buf
-        comm.wait(recvs[j - 1])
+        comm.waitall(recvs[j - 1])
         return others[j - 1]
 
     _sum_in_rank_order(row, p, 0, buf)  # rank 0 adds into its own buffer: no scratch needed
     if op == "mean":
         buf /= p
-    comm.waitall([comm.isend(buf, j, _TAG_AG) for j in range(1, p)])
+    comm.waitall([comm.isend(buf[x:y], j, _TAG_AG) for j in range(1, p) for x, y in pieces])
     return buf
 
 
 def direct_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
-                     segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> np.ndarray:
+                     segment_bytes: int | None = None) -> np.ndarray:
     """All-reduce buf in place by a reduce-scatter and an all-gather with every peer at once:
     rank r owns chunk r; it sends chunk j to rank j and receives its own chunk from every peer
     (all messages in flight together), sums it, and sends the sum to every peer. Each rank moves
     2 (p - 1) / p of the buffer, as in the ring, but in 2 rounds instead of 2 (p - 1): with a few
     ranks on separate hosts (each with its own link, full duplex) the p - 1 messages of a round
-    share nothing but the sender's link. Pipelined in segments: a segment of the own chunk is
-    summed and sent on while the next ones arrive. The all-gather lands in a scratch buffer (buf's
-    chunks may still be on their way out) and is copied in at the end. Ranks end bit-identical:
-    each chunk is summed by its owner, in rank order (the bits of one-shot's sum), and copied to
-    the others."""
+    share nothing but the sender's link. Pipelined in segments (None: `piece_bytes_for`, see
+    EAGER_BYTES): a segment of the own chunk is summed and sent on while the next ones arrive. The
+    all-gather lands in a scratch buffer (buf's chunks may still be on their way out) and is
+    copied in at the end. Ranks end bit-identical: each chunk is summed by its owner, in rank
+    order (the bits of one-shot's sum), and copied to the others."""
     p, r = comm.size, comm.rank
     if p == 1 or buf.size == 0:
         return buf
-    off = chunk_offsets(buf.size, p)
-    seg = max(1, int(segment_bytes) // buf.itemsize)
-    a, b = int(off[r]), int(off[r + 1])
-    mine = segment_bounds(a, b, seg)
-    peers = _peers(p, r)
-    maxc = int(np.diff(off).max())
+    if segment_bytes is None:
+        segment_bytes = piece_bytes_for(buf.nbytes)
+    off, mine, peers, maxc = _direct_plan(buf.size, p, r, max(1, int(segment_bytes) // buf.itemsize))
+    a = off[r]
     inbox = _scratch("direct_rs", p * maxc, buf.dtype).reshape(p, maxc)     # row j: rank j's copy of my chunk
     gather = _scratch("direct_ag", buf.size, buf.dtype)                      # chunk j of the result, from rank j
-    tmp = _scratch("direct_acc", min(seg, maxc), buf.dtype)
-    ag_recvs = [comm.irecv(gather[x:y], j, _TAG_AG) for j in peers for x, y in segment_bounds(*_chunk(off, j), seg)]
-    rs_recvs = {j: [comm.irecv(inbox[j, x - a:y - a], j, _TAG_RS) for x, y in mine] for j in peers}
-    sends = [comm.isend(buf[x:y], j, _TAG_RS) for j in peers for x, y in segment_bounds(*_chunk(off, j), seg)]
+    tmp = _scratch("direct_acc", mine[0][1] - mine[0][0] if mine else 1, buf.dtype)
+    ag_recvs = [comm.irecv(gather[x:y], j, _TAG_AG) for j, segs in peers for x, y in segs]
+    rs_recvs = {j: [comm.irecv(inbox[j, x - a:y - a], j, _TAG_RS) for x, y in mine] for j, _ in peers}
+    sends = [comm.isend(buf[x:y], j, _TAG_RS) for j, segs in peers for x, y in segs]
     for i, (x, y) in enumerate(mine):
         def row(j, i=i, x=x, y=y):
             if j == r:
@@ -399,11 +455,11 @@ def direct_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
         acc = buf[x:y]
         if op == "mean":
             acc /= p
-        sends += [comm.isend(acc, j, _TAG_AG) for j in peers]
+        sends += [comm.isend(acc, j, _TAG_AG) for j, _ in peers]
     comm.waitall(ag_recvs)
     comm.waitall(sends)
-    for j in peers:
-        x, y = _chunk(off, j)
+    for j, _ in peers:
+        x, y = off[j], off[j + 1]
         buf[x:y] = gather[x:y]
     return buf
 
@@ -459,27 +515,60 @@ def verify_layout(comm: Communicator, layout: tuple) -> None:
 _MEASURED_FNS = {"direct": direct_allreduce, "oneshot": oneshot_allreduce, "rooted": rooted_allreduce}
 
 
-def measured_choice(comm: Communicator, nbytes: int) -> str:
-    """The fastest of MEASURED_CANDIDATES for an all-reduce of nbytes over comm, measured on the
-    first ask for nbytes' power-of-two size class and kept on comm (`MPIComm.dup` passes it on).
-    Collective on that first ask: every candidate runs MEASURED_ROUNDS times on a scratch float32
-    buffer of nbytes (zeros: the data do not change the time), interleaved in an order rotating by
-    one per round, each call between barriers; every rank's times are gathered and the candidate
-    with the lowest median of the slowest rank's times wins (ties: the earlier candidate). Every
-    rank decides from the same numbers, so all pick the same; the candidates return the same bits,
-    so the pick is invisible in the results. The medians are kept in comm._ring_measured_ms."""
-    key = max(int(nbytes), 1).bit_length()
+def _measured_state(comm: Communicator) -> tuple[dict, dict]:
+    """comm's kept picks and call counts per size class (fresh dicts, measured every call, for a
+    communicator with __slots__)."""
     try:
-        cache = comm._ring_measured
+        return comm._ring_measured, comm._ring_measured_calls
     except AttributeError:
-        cache = {}
-        try:
-            comm._ring_measured = cache
-        except AttributeError:  # a communicator with __slots__: measured every call
-            pass
+        pass
+    picks = getattr(comm, "_ring_measured", {})
+    try:
+        comm._ring_measured, comm._ring_measured_calls = picks, {}
+    except AttributeError:
+        return {}, {}
+    return comm._ring_measured, comm._ring_measured_calls
+
+
+def measured_pick(times: list[dict], incumbent: str | None = None, names=MEASURED_CANDIDATES,
+                  quantile: float = MEASURED_QUANTILE, margin: float = MEASURED_MARGIN) -> tuple[str, dict]:
+    """The candidate to keep from every rank's timings (times[rank][name]: that rank's seconds per
+    round, the rounds interleaved) and each candidate's score: the `quantile` of the per-round
+    slowest-rank times. The incumbent (None: names[0]) stays unless another scores lower by more
+    than `margin` of its score; then the lowest score wins (ties: the earlier name)."""
+    rounds = min(len(t[c]) for t in times for c in names)
+    if rounds < 1:
+        raise ValueError(f"measured_pick: expected at least one round per candidate, got {rounds}")
+    scores = {c: float(np.quantile([max(t[c][i] for t in times) for i in range(rounds)], quantile)) for c in names}
+    incumbent = names[0] if incumbent is None else incumbent
+    best = min(names, key=lambda c: (scores[c], names.index(c)))
+    keep = incumbent if scores[best] >= scores[incumbent] * (1 - margin) else best
+    return keep, scores
+
+
+def measured_choice(comm: Communicator, nbytes: int, count: bool = False) -> str:
+    """The fastest of MEASURED_CANDIDATES for an all-reduce of nbytes over comm, measured for nbytes'
+    power-of-two size class on its first ask and kept on comm (`MPIComm.dup` passes it on).
+    count=True (ring_allreduce's calls) counts the call: after MEASURED_AGAIN_AFTER calls of the
+    class and then every MEASURED_EVERY, the next call measures again. Ranks make the same calls
+    in the same order (verify_layout checks the layouts), so they count alike and measure together.
+    A measurement is collective: every candidate runs MEASURED_ROUNDS times on a scratch float32
+    buffer of nbytes (zeros: the data do not change the time), interleaved in an order rotating by
+    one per round, each call between barriers; rank 0 gathers every rank's times, picks with
+    `measured_pick` (the kept pick is the incumbent) and broadcasts its answer, so every rank keeps
+    the same one. The candidates return the same bits, so the pick is invisible in the results.
+    The scores are kept in comm._ring_measured_ms (ms per candidate, per size class)."""
+    key = max(int(nbytes), 1).bit_length()
+    cache, calls = _measured_state(comm)
+    if count:
+        calls[key] = k = calls.get(key, 0) + 1
+        if k == MEASURED_AGAIN_AFTER or (k > MEASURED_AGAIN_AFTER and (k - MEASURED_AGAIN_AFTER) % MEASURED_EVERY == 0):
+            return _measure(comm, nbytes, key, cache)
     pick = cache.get(key)
-    if pick is not None:
-        return pick
+    return pick if pick is not None else _measure(comm, nbytes, key, cache)
+
+
+def _measure(comm: Communicator, nbytes: int, key: int, cache: dict) -> str:
     x = _scratch("measure", max(1, int(nbytes) // 4), np.dtype(np.float32))
     x[...] = 0
     names = list(MEASURED_CANDIDATES)
@@ -492,23 +581,25 @@ def measured_choice(comm: Communicator, nbytes: int) -> str:
             if i:
                 times[c].append(time.perf_counter() - t0)
     everyone = comm.allgather(times)
-    medians = {c: statistics.median(max(t[c][i] for t in everyone) for i in range(MEASURED_ROUNDS)) for c in names}
-    pick = min(names, key=lambda c: (medians[c], names.index(c)))
+    decided = measured_pick(everyone, cache.get(key)) if comm.rank == 0 else None
+    pick, scores = comm.bcast(decided, root=0)
     cache[key] = pick
     try:
         comm._ring_measured_ms = {**getattr(comm, "_ring_measured_ms", {}),
-                                  key: {c: round(m * 1e3, 4) for c, m in medians.items()}}
+                                  key: {c: round(m * 1e3, 4) for c, m in scores.items()}}
     except AttributeError:
         pass
     return pick
 
 
 def allreduce_algorithm(comm: Communicator, nbytes: int, small_bytes: int = DEFAULT_SMALL_BYTES,
-                        shared_bytes: int = DEFAULT_SHARED_BYTES, mid_bytes: int = DEFAULT_MID_BYTES) -> str:
+                        shared_bytes: int = DEFAULT_SHARED_BYTES, mid_bytes: int = DEFAULT_MID_BYTES,
+                        count: bool = False) -> str:
     """Which algorithm `ring_allreduce` runs for an uncompressed buffer of nbytes (see there).
     Collective on a communicator's first call (it asks MPI which ranks share a node) and, with one
     rank on each of 3-4 hosts, on the first ask for each size class below MEASURED_MAX_BYTES
-    (`measured_choice` times the candidates there)."""
+    (`measured_choice` times the candidates there; count=True, as ring_allreduce asks, counts the
+    call towards measuring again)."""
     if nbytes < small_bytes:
         return "recursive_doubling"
     if nbytes < shared_bytes and node_window(comm) is not None:
@@ -519,7 +610,7 @@ def allreduce_algorithm(comm: Communicator, nbytes: int, small_bytes: int = DEFA
     if nbytes < shared_bytes and p <= DIRECT_MAX_RANKS and host_count(comm) == p:
         if p == 2:  # every candidate is one exchange of the whole buffer here
             return "oneshot"
-        return measured_choice(comm, nbytes) if nbytes < MEASURED_MAX_BYTES else "direct"
+        return measured_choice(comm, nbytes, count) if nbytes < MEASURED_MAX_BYTES else "direct"
     if nbytes < mid_bytes and not (nbytes >= DEFAULT_CROSS_RING_BYTES and p & (p - 1) and mid_bytes <= DEFAULT_MID_BYTES
                                    and host_count(comm) > 1):
         return "halving_doubling"
@@ -566,7 +657,7 @@ def ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
                          schedule if codec is not None else None, int(segment_bytes), int(small_bytes),
                          int(shared_bytes), int(mid_bytes)))
     if codec is None:
-        algorithm = allreduce_algorithm(comm, buf.nbytes, small_bytes, shared_bytes, mid_bytes)
+        algorithm = allreduce_algorithm(comm, buf.nbytes, small_bytes, shared_bytes, mid_bytes, count=True)
         if algorithm == "recursive_doubling":
             return recursive_doubling_allreduce(comm, buf, op)
         if algorithm == "shared_memory":
@@ -575,12 +666,13 @@ def ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
             return halving_doubling_allreduce(comm, buf, op)
         if algorithm == "hierarchical":
             return hierarchical_allreduce(comm, buf, op, segment_bytes=segment_bytes)
+        piece = piece_bytes_for(buf.nbytes, segment_bytes)
         if algorithm == "oneshot":
-            return oneshot_allreduce(comm, buf, op)
+            return oneshot_allreduce(comm, buf, op, piece)
         if algorithm == "direct":
-            return direct_allreduce(comm, buf, op, segment_bytes)
+            return direct_allreduce(comm, buf, op, piece)
         if algorithm == "rooted":
-            return rooted_allreduce(comm, buf, op)
+            return rooted_allreduce(comm, buf, op, piece)
     elif small_bytes <= buf.nbytes < shared_bytes and hierarchy(comm) is not None:
         return hierarchical_allreduce(comm, buf, op, segment_bytes, codec, rng, offset, schedule)
     off = chunk_offsets(buf.size, p)

@@ -65,9 +65,13 @@ for n in sizes:
             case["exact_" + name] = bool(np.array_equal(buf, exact)) and len(set(gathered)) == 1
     # the algorithms of one rank per host (measured_choice picks among them), called directly so every
     # placement runs them; segments of `seg` bytes cut the chunks of the larger sizes
+    # (by default in messages of at most ring.EAGER_BYTES; the *_pieces ones in pieces of `seg` bytes)
     for name, fn in (("oneshot", lambda b: oneshot_allreduce(comm, b)),
+                     ("oneshot_pieces", lambda b: oneshot_allreduce(comm, b, piece_bytes=seg)),
                      ("direct", lambda b: direct_allreduce(comm, b, segment_bytes=seg)),
-                     ("rooted", lambda b: rooted_allreduce(comm, b))):
+                     ("direct_default", lambda b: direct_allreduce(comm, b)),
+                     ("rooted", lambda b: rooted_allreduce(comm, b)),
+                     ("rooted_pieces", lambda b: rooted_allreduce(comm, b, piece_bytes=seg))):
         buf = ints(r)
         fn(buf)
         gathered = comm.allgather(digest(buf))
