@@ -282,31 +282,94 @@ __attribute__((always_inline)) inline bool each_window(const PoolGeom& g, F f) {
   return true;
 }
 
+// The usual pooling geometry (2x2 windows, stride 2, no padding or dilation, every window inside
+// the image) gets sweeps of its own that step pointers: the general sweep pays an integer division
+// per window (the real taps of a window that may cross the border) and, after every one-byte tap
+// store (a uint8_t store may alias anything), reloads the geometry from memory; with the taps
+// widened byte by byte as well, max pooling ran at a third of the bandwidth its data needs.
+inline bool pool_2x2_inside(const PoolGeom& g) {
+  return g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0 && g.dh == 1 && g.dw == 1 &&
+         2 * g.P <= g.H && 2 * g.Q <= g.W;
+}
+
+// 16 one-byte taps widened to 16 lanes of int32 in two doubling steps: GCC lowers the fourfold
+// widening in one __builtin_convertvector to 16 scalar byte extracts, the doubling steps to vpmovzx.
+__attribute__((always_inline)) inline vi widen_taps(const uint8_t* p) {
+  using vb16 = uint16_t __attribute__((vector_size(32)));
+  using vu = uint32_t __attribute__((vector_size(64)));
+  vb t8;
+  std::memcpy(&t8, p, sizeof t8);
+  return reinterpret_cast<vi>(__builtin_convertvector(__builtin_convertvector(t8, vb16), vu));
+}
+
+// The maximum of one full 2x2 window (taps a, a + 16, b, b + 16) and its tap, in row-major tap order.
+__attribute__((always_inline)) inline void max_2x2(const float* a, const float* b, int64_t ds, float* out,
+                                                   uint8_t* out_tap) {
+  const vf v0 = ld(a), v1 = ld(a + ds), v2 = ld(b), v3 = ld(b + ds);
+  vf best = splat(-std::numeric_limits<float>::infinity());
+  vi at = {};
+  take_greater(best, at, v0, 0);
+  take_greater(best, at, v1, 1);
+  take_greater(best, at, v2, 2);
+  take_greater(best, at, v3, 3);
+  st(out, best);
+  const vb at8 = __builtin_convertvector(at, vb);
+  std::memcpy(out_tap, &at8, sizeof at8);
+}
+
+void maxpool_fwd_2x2(In x, Out y, uint8_t* tap, int64_t P, int64_t Q) {
+  for (int64_t p = 0; p < P; ++p) {
+    const float* r0 = x.p + 2 * p * x.row;
+    const float* r1 = r0 + x.row;
+    float* out = y.p + p * y.row;
+    uint8_t* t = tap + p * Q * kLanes;
+    for (int64_t q = 0; q < Q; ++q)
+      max_2x2(r0 + 2 * q * kLanes, r1 + 2 * q * kLanes, kLanes, out + q * kLanes, t + q * kLanes);
+  }
+}
+
+// The taps are checked all at once: every one of a full 2x2 window is real, so a plane is valid
+// when no tap byte has a bit above 3 set in the OR of them all.
+bool maxpool_bwd_2x2(In dy, const uint8_t* tap, Out dx, int64_t P, int64_t Q) {
+  uint64_t seen = 0;
+  for (int64_t p = 0; p < P; ++p) {
+    const float* d = dy.p + p * dy.row;
+    const uint8_t* t = tap + p * Q * kLanes;
+    float* r0 = dx.p + 2 * p * dx.row;
+    float* r1 = r0 + dx.row;
+    for (int64_t q = 0; q < Q; ++q) {
+      uint64_t half[2];
+      std::memcpy(half, t + q * kLanes, sizeof half);
+      seen |= half[0] | half[1];
+      const vi at = widen_taps(t + q * kLanes);
+      const vf dv = ld(d + q * kLanes);
+      vi unused = {};  // pick_tap's count of hits: not needed when every tap is real
+      float* o0 = r0 + 2 * q * kLanes;
+      float* o1 = r1 + 2 * q * kLanes;
+      st(o0, pick_tap(at, 0, dv, unused));
+      st(o0 + kLanes, pick_tap(at, 1, dv, unused));
+      st(o1, pick_tap(at, 2, dv, unused));
+      st(o1 + kLanes, pick_tap(at, 3, dv, unused));
+    }
+  }
+  return (seen & 0xFCFCFCFCFCFCFCFCull) == 0;
+}
+
 // Strict >: the first maximum in row-major tap order wins, a NaN tap is always taken (so NaN
 // propagates and the last NaN wins, as in PyTorch and the NCHW kernel), and the tap starts at the
 // first real one, so a window of -inf still names a real element. The tap is
 // the window's own index r * kw + s, one byte a lane: an int64 flat index per lane made the index
 // array 8x the pooled output, and writing it (then reading it back in backward) was most of the time.
 void maxpool_fwd(In x, Out y, uint8_t* tap, const PoolGeom& g) {
+  if (pool_2x2_inside(g)) return maxpool_fwd_2x2(x, y, tap, g.P, g.Q);
   each_window(g, [&](int64_t p, int64_t q, int64_t h0, int64_t w0, int64_t r0, int64_t r1, int64_t s0,
                             int64_t s1) {
     float* out = y.p + p * y.row + q * kLanes;
     uint8_t* out_tap = tap + (p * g.Q + q) * kLanes;
     if (g.kh == 2 && g.kw == 2 && r0 == 0 && r1 == 2 && s0 == 0 && s1 == 2) {
-      // the usual 2x2 window, all four taps real: unrolled, as the loop below in the same order
+      // a 2x2 window with all four taps real (border windows of a padded sweep): the loop's order
       const float* t0 = x.p + h0 * x.row + w0 * kLanes;
-      const float* t1 = t0 + g.dh * x.row;
-      const int64_t ds = g.dw * kLanes;
-      const vf v0 = ld(t0), v1 = ld(t0 + ds), v2 = ld(t1), v3 = ld(t1 + ds);
-      vf best = splat(-std::numeric_limits<float>::infinity());
-      vi at = {};
-      take_greater(best, at, v0, 0);
-      take_greater(best, at, v1, 1);
-      take_greater(best, at, v2, 2);
-      take_greater(best, at, v3, 3);
-      st(out, best);
-      const vb at8 = __builtin_convertvector(at, vb);
-      std::memcpy(out_tap, &at8, sizeof at8);
+      max_2x2(t0, t0 + g.dh * x.row, g.dw * kLanes, out, out_tap);
       return true;
     }
     vf best = splat(-std::numeric_limits<float>::infinity());
@@ -328,11 +391,10 @@ void maxpool_fwd(In x, Out y, uint8_t* tap, const PoolGeom& g) {
 // as dy where the tap won and 0 elsewhere, with no read-modify-write. Pixels of no window are the
 // caller's to zero. Returns false (and stops) at a tap that is not a real tap of its window.
 bool maxpool_bwd_tiled(In dy, const uint8_t* tap, Out dx, const PoolGeom& g) {
+  if (pool_2x2_inside(g)) return maxpool_bwd_2x2(dy, tap, dx, g.P, g.Q);
   return each_window(g, [&](int64_t p, int64_t q, int64_t h0, int64_t w0, int64_t r0, int64_t r1, int64_t s0,
                             int64_t s1) {
-    vb t8;
-    std::memcpy(&t8, tap + (p * g.Q + q) * kLanes, sizeof t8);
-    const vi at = __builtin_convertvector(t8, vi);
+    const vi at = widen_taps(tap + (p * g.Q + q) * kLanes);
     const vf d = ld(dy.p + p * dy.row + q * kLanes);
     vi hits = {};  // a lane whose tap is a real one of this window hits exactly once
     for (int64_t r = r0; r < r1; ++r) {
@@ -375,7 +437,41 @@ inline float avg_divisor(int64_t h0, int64_t w0, const PoolGeom& g) {
                             (std::min(w0 + g.kw, g.W) - std::max<int64_t>(w0, 0)));
 }
 
+// Full 2x2 windows: the divisor is 4 under either rule, and * 0.25 rounds exactly as / 4 does.
+void avgpool_fwd_2x2(In x, Out y, int64_t P, int64_t Q) {
+  const vf quarter = splat(0.25f);
+  for (int64_t p = 0; p < P; ++p) {
+    const float* r0 = x.p + 2 * p * x.row;
+    const float* r1 = r0 + x.row;
+    float* out = y.p + p * y.row;
+    for (int64_t q = 0; q < Q; ++q) {
+      const float *a = r0 + 2 * q * kLanes, *b = r1 + 2 * q * kLanes;
+      vf s = ((vf{} + ld(a)) + ld(a + kLanes)) + ld(b);  // the general loop's order of additions
+      s += ld(b + kLanes);
+      st(out + q * kLanes, s * quarter);
+    }
+  }
+}
+
+void avgpool_bwd_2x2(In dy, Out dx, int64_t P, int64_t Q) {
+  const vf quarter = splat(0.25f);
+  for (int64_t p = 0; p < P; ++p) {
+    const float* d = dy.p + p * dy.row;
+    float* r0 = dx.p + 2 * p * dx.row;
+    float* r1 = r0 + dx.row;
+    for (int64_t q = 0; q < Q; ++q) {
+      const vf v = ld(d + q * kLanes) * quarter;
+      float *a = r0 + 2 * q * kLanes, *b = r1 + 2 * q * kLanes;
+      st(a, v);
+      st(a + kLanes, v);
+      st(b, v);
+      st(b + kLanes, v);
+    }
+  }
+}
+
 void avgpool_fwd(In x, Out y, const PoolGeom& g) {
+  if (pool_2x2_inside(g)) return avgpool_fwd_2x2(x, y, g.P, g.Q);
   for (int64_t p = 0; p < g.P; ++p) {
     const int64_t hs = p * g.sh - g.ph, h0 = std::max<int64_t>(hs, 0), h1 = std::min(hs + g.kh, g.H);
     for (int64_t q = 0; q < g.Q; ++q) {
@@ -398,6 +494,7 @@ void avgpool_fwd(In x, Out y, const PoolGeom& g) {
 // dx += dy / divisor over each window's real taps (dx zeroed by the caller); with g.disjoint (no
 // pixel in two windows) dx is stored instead, so the caller zeroes only the pixels of no window.
 void avgpool_bwd(In dy, Out dx, const PoolGeom& g) {
+  if (g.disjoint && pool_2x2_inside(g)) return avgpool_bwd_2x2(dy, dx, g.P, g.Q);
   for (int64_t p = 0; p < g.P; ++p) {
     const int64_t hs = p * g.sh - g.ph, h0 = std::max<int64_t>(hs, 0), h1 = std::min(hs + g.kh, g.H);
     for (int64_t q = 0; q < g.Q; ++q) {
