@@ -3,7 +3,7 @@ with tc, TCP forced), our algorithms against MPICH's Allreduce. Needs root.
 
     python bench/cluster_allreduce.py [--layouts 2x2,3x1] [--rates 1gbit,10gbit]
                                       [--sizes 65536,...] [--rounds N] [--loss P] [--json out.jsonl]
-                                      [--mpich-algorithms default,ring,reduce_scatter_allgather]
+                                      [--mpich-algorithms default,ring,reduce_scatter_allgather] [--floor]
 
 For every layout (hosts x ranks per host) and link rate, one cluster is made and this script
 re-runs itself on it under mpiexec. Checks first (ours == MPICH within float32 rounding, ranks
@@ -21,6 +21,10 @@ or one leader per host ('hier_leader'); one rank per host: one round to every pe
 reduce-scatter + all-gather with every peer at once ('direct'), through rank 0 ('rooted'); and the flat
 ring ('flat_ring'). Below 1 MB on 3-4 hosts of one rank 'auto' is whichever of the last three measured
 fastest on its first call (fasttrain.parallel.ring.measured_choice).
+--floor: first a ping-pong between two ranks on different hosts (one way: the 20th percentile of 15
+round trips, halved, at 0 B and 0.25-4 MB) fits the link's t = alpha + S beta; the table then shows
+each cell's wire floor, 2 (H - 1) / H of the buffer through every host's link at beta (the fewest bytes any exact
+all-reduce over H hosts moves out of the busiest host), and MPICH's and our time as multiples of it.
 The machine has 2 cores for all the ranks: absolute times include waiting for a core.
 """
 from __future__ import annotations
@@ -78,6 +82,42 @@ def sample(comm, fns: dict, reset, rounds: int) -> dict:
     return out
 
 
+PINGPONG_SIZES = [0, 256 << 10, 1 << 20, 4 << 20]
+
+
+def pingpong(comm, reps: int = 15) -> dict | None:
+    """One-way seconds per size between rank 0 and the first rank on another host (the 20th
+    percentile of `reps` round trips, halved), fitted to t = alpha + S beta by least squares over the
+    sizes from 256 KB (below them a message can pass the shaper whole, in one burst). None on one
+    host."""
+    import socket
+
+    raw = comm.comm
+    hosts = comm.allgather(socket.gethostname())
+    peer = next((k for k, h in enumerate(hosts) if h != hosts[0]), None)
+    if peer is None:
+        return None
+    one_way = {}
+    for size in PINGPONG_SIZES:
+        a, b = np.zeros(size // 4, np.float32), np.empty(size // 4, np.float32)
+        ts = []
+        for _ in range(reps + 1):
+            comm.barrier()
+            t0 = time.perf_counter()
+            if comm.rank == 0:
+                raw.Send(a, peer, 91)
+                raw.Recv(b, peer, 91)
+            elif comm.rank == peer:
+                raw.Recv(b, 0, 91)
+                raw.Send(a, 0, 91)
+            ts.append(time.perf_counter() - t0)
+        one_way[size] = quantile(ts[1:], 0.2) / 2
+    big = [x for x in PINGPONG_SIZES if x >= 256 << 10]
+    beta, alpha_fit = np.polyfit(big, [one_way[x] for x in big], 1)
+    return {"alpha_s": one_way[0], "alpha_fit_s": float(alpha_fit), "beta_s_per_byte": float(beta),
+            "one_way_s": {str(k): v for k, v in one_way.items()}}
+
+
 def child(args):
     from fasttrain.parallel.ring import direct_allreduce, hierarchical_allreduce, oneshot_allreduce, rooted_allreduce
     from fasttrain.parallel.shm import hierarchy
@@ -86,6 +126,11 @@ def child(args):
     p, r = comm.size, comm.rank
     h = hierarchy(comm)
     load_before = load1()
+    if args.floor:
+        fit = pingpong(comm)
+        if r == 0 and fit is not None:
+            print(json.dumps({"suite": "cluster_allreduce", "layout": args.layout, "rate": args.rate, "ranks": p,
+                              "backend": "pingpong", "load_before": load_before, **fit}), flush=True)
     for size in [int(s) for s in args.sizes.split(",")]:
         n = size // 4
         src = np.random.default_rng([r, n]).standard_normal(n).astype(np.float32)
@@ -139,22 +184,32 @@ def table(records: list[dict]) -> str:
     from fasttrain.parallel.cluster import _rate_bits
 
     runs: dict = {}
+    fits = {(x["layout"], x["rate"]): x for x in records if x["backend"] == "pingpong"}
+    records = [x for x in records if x["backend"] != "pingpong"]
     for x in records:
         runs.setdefault((x["layout"], x["rate"], x["size"]), {}).setdefault(x["mpich_algorithm"], {})[x["backend"]] = x
     names = [n for n in NAMES[1:] if any(n in by for cell in runs.values() for by in cell.values())]
     several = len({x["mpich_algorithm"] for x in records}) > 1
     lines = ["| hosts x ranks | link | size | load | MPICH ms (median / p20) | ours ms (median / p20) | MPICH / ours: "
-             "median | p20 | " + ("MPICH algorithm (lowest ratio) | " if several else "") + "ours picks | "
+             "median | p20 | " + ("wire floor ms | MPICH / floor | ours / floor | " if fits else "")
+             + ("MPICH algorithm (lowest ratio) | " if several else "") + "ours picks | "
              + " | ".join(f"{n} ms" for n in names) + " |",
-             "|" + "---|" * (9 + several + len(names))]
+             "|" + "---|" * (9 + 3 * bool(fits) + several + len(names))]
     for (layout, rate, size), cell in sorted(runs.items(), key=lambda kv: (kv[0][0], -_rate_bits(kv[0][1]), kv[0][2])):
         worst = min(cell, key=lambda alg: cell[alg]["mpi"]["median_s"] / cell[alg]["auto"]["median_s"])
         m, a = cell[worst]["mpi"], cell[worst]["auto"]
         first = next(iter(cell.values()))
         cells = [f"{first[n]['median_s'] * 1e3:.2f}" if n in first else "-" for n in names]
+        floor = ""
+        if fits:
+            hosts = int(layout.split("x")[0])
+            fit = fits.get((layout, rate))
+            f = 2 * (hosts - 1) / hosts * size * fit["beta_s_per_byte"] if fit else None
+            floor = (f"{f * 1e3:.2f} | {m['median_s'] / f:.2f} | {a['median_s'] / f:.2f} | " if f
+                     else "- | - | - | ")
         lines.append(f"| {layout} | {rate} | {label(size)} | {a['load_before']:.1f}-{a['load_after']:.1f} | "
                      f"{m['median_s'] * 1e3:.2f} / {m['p20_s'] * 1e3:.2f} | {a['median_s'] * 1e3:.2f} / {a['p20_s'] * 1e3:.2f} | "
-                     f"**{m['median_s'] / a['median_s']:.2f}x** | {m['p20_s'] / a['p20_s']:.2f}x | "
+                     f"**{m['median_s'] / a['median_s']:.2f}x** | {m['p20_s'] / a['p20_s']:.2f}x | " + floor
                      + (f"{worst} | " if several else "") + f"{a['algorithm']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -176,7 +231,8 @@ def parent(args):
                     launcher = [] if algorithm == "default" else ["-genv", "MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM", algorithm]
                     proc = c.run([sys.executable, "-m", "mpi4py", str(Path(__file__).resolve()), "--child",
                                   "--layout", layout, "--rate", rate, "--sizes", args.sizes, "--rounds", str(args.rounds),
-                                  "--loss", str(args.loss or 0)] + (["--alternatives"] if i == 0 else []),
+                                  "--loss", str(args.loss or 0)] + (["--alternatives"] if i == 0 else [])
+                                 + (["--floor"] if i == 0 and args.floor else []),
                                  timeout=1800, cwd=ROOT, launcher=launcher)
                     if proc.returncode != 0:
                         sys.exit(f"cluster_allreduce {layout} {rate} (MPICH {algorithm}): failed ({proc.returncode}):\n"
@@ -185,6 +241,11 @@ def parent(args):
     print(f"cluster_allreduce: {time.perf_counter() - t0:.0f} s, load average (1 min) {load0:.1f} at the start, "
           f"{load1():.1f} at the end; {os.cpu_count()} cores; MPICH Allreduce algorithms: {args.mpich_algorithms}; "
           f"packet loss {args.loss or 0} per direction")
+    for x in records:
+        if x["backend"] == "pingpong":
+            print(f"{x['layout']} {x['rate']}: ping-pong one way {x['alpha_s'] * 1e6:.1f} us at 0 B; fit from 256 KB: "
+                  f"alpha {x['alpha_fit_s'] * 1e6:.0f} us, beta {x['beta_s_per_byte'] * 1e9:.2f} ns/B "
+                  f"({8 / x['beta_s_per_byte'] / 1e9:.2f} Gbit/s)")
     print(table(records))
     if args.json:
         Path(args.json).write_text("".join(json.dumps(x) + "\n" for x in records))
@@ -200,6 +261,8 @@ def main(argv=None):
                     help="MPICH's Allreduce algorithms (MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM values; 'default': its own "
                          "choice), comma-separated: one run each, the forced alternatives of ours in the first only")
     ap.add_argument("--alternatives", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--floor", action="store_true",
+                    help="fit the link's alpha-beta by a ping-pong first; the table adds each cell's wire floor")
     ap.add_argument("--loss", type=float, default=None,
                     help="drop this fraction of the packets in each direction of every link (Cluster(loss=...))")
     ap.add_argument("--json", default=None)

@@ -246,10 +246,16 @@ def test_cluster_allreduce_bench_runs_and_reports_load(tmp_path):
 
     out = tmp_path / "b.jsonl"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "cluster_allreduce.py"), "--layouts", "3x1",
-                           "--rates", "1gbit", "--sizes", "65536", "--rounds", "3", "--json", str(out)],
+                           "--rates", "1gbit", "--sizes", "65536", "--rounds", "3", "--floor", "--json", str(out)],
                           capture_output=True, text=True, timeout=180, cwd=ROOT, env=env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "load average" in proc.stdout and "| 3x1 | 1gbit | 64 KB |" in proc.stdout, proc.stdout
+    assert "wire floor ms" in proc.stdout and "3x1 1gbit: ping-pong one way" in proc.stdout, proc.stdout
     records = [json.loads(ln) for ln in out.read_text().splitlines()]
-    assert {r["backend"] for r in records} == {"mpi", "auto", "oneshot", "direct", "rooted", "flat_ring"}
-    assert all(r["rounds"] == 3 and r["p20_s"] <= r["median_s"] and "load_before" in r for r in records)
+    assert {r["backend"] for r in records} == {"mpi", "auto", "oneshot", "direct", "rooted", "flat_ring", "pingpong"}
+    timed = [r for r in records if r["backend"] != "pingpong"]
+    assert all(r["rounds"] == 3 and r["p20_s"] <= r["median_s"] and "load_before" in r for r in timed)
+    # the link's fit: a 1 Gbit/s shaper passes at most 1 Gbit/s (beta >= 8 ns/B, less a little for noise),
+    # TCP through it at least a third of that
+    fit = next(r for r in records if r["backend"] == "pingpong")
+    assert 7.5e-9 <= fit["beta_s_per_byte"] <= 24e-9, fit

@@ -132,3 +132,15 @@ def test_measured_pick_scores_a_low_quantile_of_the_slowest_rank_and_keeps_the_i
     assert ring.measured_pick([{**close, "rooted": ms(*[2] * 5)}], None, names, margin=0.0)[0] == "oneshot"
     with pytest.raises(ValueError, match="at least one round"):
         ring.measured_pick([{c: [] for c in names}], None, names)
+
+
+@pytest.mark.parametrize("start,stop,most", [(0, 0, 5), (3, 4, 1), (0, 16384, 15360), (7, 1031, 100), (0, 10, 10),
+                                             (0, 11, 10), (5, 5 + 3 * 7, 7)])
+def test_even_bounds_cover_the_range_in_the_fewest_near_equal_pieces(start, stop, most):
+    b = ring.even_bounds(start, stop, most)
+    assert len(b) == -(-(stop - start) // most)
+    assert all(x[1] == y[0] for x, y in zip(b, b[1:])) and (not b or (b[0][0], b[-1][1]) == (start, stop))
+    lengths = [y - x for x, y in b]
+    assert all(0 < n <= most for n in lengths) and (not b or max(lengths) - min(lengths) <= 1)
+    with pytest.raises(ValueError, match="piece size"):
+        ring.even_bounds(0, 4, 0)

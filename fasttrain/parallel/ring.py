@@ -322,21 +322,38 @@ def piece_bytes_for(nbytes: int, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> 
     return min(int(segment_bytes), EAGER_BYTES) if nbytes < EAGER_MAX_BYTES else int(segment_bytes)
 
 
+def even_bounds(start: int, stop: int, most: int) -> list[tuple[int, int]]:
+    """[start, stop) cut into the fewest pieces of at most `most` values, of equal length (the
+    first ones one longer where it does not divide): 64 KB in pieces of at most 60 KB is two of
+    32 KB, not 60 + 4, so no piece waits behind a full-size one. Empty range -> no pieces."""
+    if most < 1:
+        raise ValueError(f"piece size: expected >= 1 value, got {most}")
+    k = -(-(stop - start) // most)
+    base, extra = divmod(stop - start, max(k, 1))
+    bounds, a = [], start
+    for i in range(k):
+        b = a + base + (i < extra)
+        bounds.append((a, b))
+        a = b
+    return bounds
+
+
 def _pieces(n: int, itemsize: int, piece_bytes: int | None) -> list[tuple[int, int]]:
-    """[0, n) in pieces of at most piece_bytes (None: `piece_bytes_for`), at least one value each."""
+    """[0, n) in even pieces of at most piece_bytes (None: `piece_bytes_for`), at least one value each."""
     if piece_bytes is None:
         piece_bytes = piece_bytes_for(n * itemsize)
-    return segment_bounds(0, n, max(1, int(piece_bytes) // itemsize))
+    return even_bounds(0, n, max(1, int(piece_bytes) // itemsize))
 
 
 @functools.lru_cache(maxsize=256)
 def _direct_plan(n: int, p: int, r: int, seg: int):
     """What `direct_allreduce` of n values on rank r of p posts, as plain ints (a call is tens of
     microseconds for short buffers, and the NumPy arithmetic of the offsets was a fifth of its Python
-    time): chunk boundaries, the segments of the own chunk, the (peer, segments of its chunk) pairs."""
+    time): chunk boundaries, the (even) segments of the own chunk, the (peer, segments of its chunk)
+    pairs."""
     off = tuple(int(v) for v in chunk_offsets(n, p))
-    peers = tuple((j, tuple(segment_bounds(off[j], off[j + 1], seg))) for j in _peers(p, r))
-    return off, tuple(segment_bounds(off[r], off[r + 1], seg)), peers, max(off[c + 1] - off[c] for c in range(p))
+    peers = tuple((j, tuple(even_bounds(off[j], off[j + 1], seg))) for j in _peers(p, r))
+    return off, tuple(even_bounds(off[r], off[r + 1], seg)), peers, max(off[c + 1] - off[c] for c in range(p))
 
 
 def _peers(p: int, r: int) -> list[int]:
