@@ -20,7 +20,8 @@ as ring_allreduce picks it ('auto'), and (in the first run) the other ways force
 or one leader per host ('hier_leader'); one rank per host: one round to every peer ('oneshot'),
 reduce-scatter + all-gather with every peer at once ('direct'), through rank 0 ('rooted'); and the flat
 ring ('flat_ring'). Below 1 MB on 3-4 hosts of one rank 'auto' is whichever of the last three measured
-fastest on its first call (fasttrain.parallel.ring.measured_choice).
+fastest (fasttrain.parallel.ring.measured_choice, on its first call here: a job of this bench makes
+fewer calls per size than it takes to measure again).
 --floor: first a ping-pong between two ranks on different hosts (one way: the 20th percentile of 15
 round trips, halved, at 0 B and 0.25-4 MB) fits the link's t = alpha + S beta; the table then shows
 each cell's wire floor, 2 (H - 1) / H of the buffer through every host's link at beta (the fewest bytes any exact
@@ -243,9 +244,9 @@ def parent(args):
           f"packet loss {args.loss or 0} per direction")
     for x in records:
         if x["backend"] == "pingpong":
-            print(f"{x['layout']} {x['rate']}: ping-pong one way {x['alpha_s'] * 1e6:.1f} us at 0 B; fit from 256 KB: "
-                  f"alpha {x['alpha_fit_s'] * 1e6:.0f} us, beta {x['beta_s_per_byte'] * 1e9:.2f} ns/B "
-                  f"({8 / x['beta_s_per_byte'] / 1e9:.2f} Gbit/s)")
+            print(f"{x['layout']} {x['rate']}: ping-pong one way {x['alpha_s'] * 1e6:.1f} us at 0 B (alpha); "
+                  f"beta {x['beta_s_per_byte'] * 1e9:.2f} ns/B ({8 / x['beta_s_per_byte'] / 1e9:.2f} Gbit/s), the slope "
+                  f"from 256 KB to 4 MB")
     print(table(records))
     if args.json:
         Path(args.json).write_text("".join(json.dumps(x) + "\n" for x in records))
