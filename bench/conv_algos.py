@@ -13,7 +13,9 @@ bench/kernels.py shapes.
 Rows: the C++ algorithms forced one by one with fasttrain._C.set_conv2d_algo (NCHW in and out, as
 the Conv2d layer calls them; "auto" is what fasttrain picks, and the algorithm it picks per op is
 printed beside it), "direct-blocked" (the direct kernels alone on activations already in their
-NCHW16c layout, as a network that keeps that layout runs them), "stem" for inputs of fewer than 16
+NCHW16c layout, as a network that keeps that layout runs them), "wino-blocked" (3x3 stride-1
+padding-1 shapes: the same entry points forced to Winograd F(2x2, 3x3) on the blocked layout for
+the forward and data gradient; the weight gradient stays direct), "stem" for inputs of fewer than 16
 channels (the network's first convolution: NCHW input, blocked output, its own kernel; compared
 with torch on forward + weight gradient, as a first layer needs no data gradient), PyTorch with channels_last tensors
 (oneDNN's fast path, the comparator) and in its NCHW default, and the NumPy reference.
@@ -125,13 +127,17 @@ def run(shapes, repeat, rounds, numpy_too=True, peak_gflops=None, stat="median",
         flops = 2.0 * N * K * Cc * R * R * P * Q
         algos = ["auto", "im2col"] + (["winograd"] if _fits_winograd(shape) else []) + ["direct"]
         choice = [C.conv2d_choice(op, N, Cc, H, W, K, R, R, st, st, pad, pad) for op in OPS]
+        choice_blocked = [C.conv2d_choice(op, N, Cc, H, W, K, R, R, st, st, pad, pad, blocked=True) for op in OPS]
 
         def forced(algo, ops):
             # each call runs under its own algorithm, whatever the previous call set
             return {op: (lambda f=f: (C.set_conv2d_algo(algo), f())) for op, f in ops.items()}
 
         rows = {algo: forced(algo, _ops(cpp, a, st, pad)) for algo in algos}
-        rows["direct-blocked"], stem = _blocked_ops(C, a, st, pad)
+        blocked, stem = _blocked_ops(C, a, st, pad)
+        rows["direct-blocked"] = forced("direct", blocked)
+        if R == 3 and st == 1 and pad == 1:
+            rows["wino-blocked"] = forced("winograd-blocked", blocked)
         if stem is not None:
             rows["stem"] = stem
         if torch is not None:
@@ -151,7 +157,8 @@ def run(shapes, repeat, rounds, numpy_too=True, peak_gflops=None, stat="median",
             med[who, "fwd+bwd"] = sum(med[who, op] for op in OPS)
             med[who, "fwd+bw_w"] = med[who, "fwd"] + med[who, "bwd_weight"]  # a first layer's work
         print(f"(N, C, H, W, K) = {(N, Cc, H, W, K)}, {R}x{R} stride {st} pad {pad}, {ft.settings.num_threads} threads, "
-              f"{flops / 1e9:.3f} GFLOP per op; auto runs {'/'.join(choice)} (fwd/bwd_data/bwd_weight); "
+              f"{flops / 1e9:.3f} GFLOP per op; auto runs {'/'.join(choice)} (fwd/bwd_data/bwd_weight), on blocked "
+              f"activations {'/'.join(choice_blocked)}; "
               f"ms, {stat}s of {repeat * rounds} interleaved samples")
         print(f"  {'':15}" + "".join(f"{c:>11}" for c in COLS) + f"{'GFLOP/s':>9}{'%peak':>7}{'torch-cl/x':>11}")
         tcl = med.get(("torch-cl", "fwd+bwd"))
@@ -174,13 +181,15 @@ def run(shapes, repeat, rounds, numpy_too=True, peak_gflops=None, stat="median",
     if torch is not None and len(summary) > 1:
         print("\nsummary: fwd+bwd, torch channels_last time / ours (> 1: ours faster)")
         print("  (stem: the first layer's forward + weight gradient, torch-cl's same two ops / the stem kernel's)")
-        print(f"  {'shape N,C,H,W,K,R,stride,pad':34}{'auto picks':>28}{'auto':>8}{'direct':>8}{'blocked':>9}{'stem':>7}")
+        print(f"  {'shape N,C,H,W,K,R,stride,pad':34}{'auto picks':>28}{'auto':>8}{'direct':>8}{'blocked':>9}"
+              f"{'wino-bl':>9}{'stem':>7}")
         for shape, choice, med in summary:
             t = med["torch-cl", "fwd+bwd"]
             stem = (f"{med['torch-cl', 'fwd+bw_w'] / med['stem', 'fwd+bw_w']:7.2f}" if ("stem", "fwd") in med else "")
+            wino = f"{t / med['wino-blocked', 'fwd+bwd']:9.2f}" if ("wino-blocked", "fwd") in med else f"{'':9}"
             print(f"  {','.join(map(str, shape)):34}{'/'.join(choice):>28}" +
                   "".join(f"{t / med[who, 'fwd+bwd']:8.2f}" for who in ("auto", "direct")) +
-                  f"{t / med['direct-blocked', 'fwd+bwd']:9.2f}" + stem)
+                  f"{t / med['direct-blocked', 'fwd+bwd']:9.2f}" + wino + stem)
 
 
 def _shape(text):

@@ -128,7 +128,7 @@ def test_bench_conv_algos_runs_on_a_tiny_shape():
                            "--shapes", "2,16,6,5,17", "2,3,6,5,17"], cwd=ROOT, capture_output=True, text=True,
                           timeout=100)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for row in ("auto", "im2col", "winograd", "direct", "direct-blocked", "stem", "numpy"):
+    for row in ("auto", "im2col", "winograd", "direct", "direct-blocked", "wino-blocked", "stem", "numpy"):
         assert f"\n  {row} " in proc.stdout, proc.stdout
     # with PyTorch installed the stem row gets its first-layer ratio (the header always names torch-cl)
     has_torch = importlib.util.find_spec("torch") is not None

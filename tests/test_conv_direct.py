@@ -175,7 +175,7 @@ def test_isa_switch_names_and_errors():
         C.set_conv2d_isa("auto")
     with pytest.raises(ValueError, match=r"set_conv2d_isa\(name\): expected 'auto', 'avx512', 'avx2' or 'portable', got 'sse'"):
         C.set_conv2d_isa("sse")
-    with pytest.raises(ValueError, match=r"'depthwise' or 'direct', got 'fft'"):
+    with pytest.raises(ValueError, match=r"'depthwise', 'direct' or 'winograd-blocked', got 'fft'"):
         C.set_conv2d_algo("fft")
 
 
@@ -474,9 +474,12 @@ def test_choice_for_blocked_activations():
             for op in ("fwd", "bwd_data", "bwd_weight"):
                 wide = (op, 128, 32, 32, 32, 32, 3, 3, 1, 1, 1, 1)   # C*K*P*Q = 2^20
                 narrow = (op, 128, 32, 16, 16, 32, 3, 3, 1, 1, 1, 1)  # 2^18
-                want_wide = {"avx512": "direct", "avx2": "winograd"}.get(isa, "winograd")
+                # AVX-512: the direct engine's entry points, their forward and data gradient by
+                # Winograd on the blocked layout (tests/test_conv_winograd_blocked.py)
+                wino = "winograd-blocked" if op != "bwd_weight" else "direct"
+                want_wide = {"avx512": wino, "avx2": "winograd"}.get(isa, "winograd")
                 assert C.conv2d_choice(*wide, blocked=True) == want_wide, (isa, op)
-                assert C.conv2d_choice(*narrow, blocked=True) == ("winograd" if isa == "portable" else "direct")
+                assert C.conv2d_choice(*narrow, blocked=True) == {"avx512": wino, "avx2": "direct"}.get(isa, "winograd")
     finally:
         C.set_conv2d_isa("auto")
 

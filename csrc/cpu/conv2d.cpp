@@ -41,6 +41,7 @@
 #include "fasttrain/cpu.h"
 #include "depthwise.h"
 #include "winograd.h"
+#include "conv2d_wino_blocked.h"
 
 namespace ft::cpu {
 namespace {
@@ -212,7 +213,7 @@ void over_images(int64_t N, Body body) {
   }
 }
 
-enum class Algo { Auto, Im2col, Winograd, Depthwise, Direct };
+enum class Algo { Auto, Im2col, Winograd, Depthwise, Direct, WinogradBlocked };
 Algo g_algo = Algo::Auto;
 
 // Whether op runs through Winograd. Forcing it on a convolution it cannot do is an error, not a
@@ -225,6 +226,7 @@ bool use_winograd(const char* op, const Geom& g, bool data_grad, int64_t cin, in
     case Algo::Im2col:
     case Algo::Depthwise:
     case Algo::Direct:
+    case Algo::WinogradBlocked:
       return false;
     case Algo::Winograd:
       FT_CHECK(fits, op << ": conv2d algorithm 'winograd' needs a 3x3 kernel with stride 1"
@@ -248,6 +250,7 @@ bool use_depthwise(const char* op, const Geom& g) {
     case Algo::Im2col:
     case Algo::Winograd:
     case Algo::Direct:
+    case Algo::WinogradBlocked:
       return false;
     case Algo::Depthwise:
       FT_CHECK(fits, op << ": conv2d algorithm 'depthwise' needs groups == in_channels > 1, got groups "
@@ -288,14 +291,44 @@ bool use_direct(const char* op, const Geom& g, bool blocked = false) {
   if (g_algo == Algo::Auto)
     return fits && conv2d_isa() == "avx512" && std::min(g.C, g.K) >= kDirectMinChannels &&
            g.R * g.S > 1;
-  if (g_algo != Algo::Direct) return false;
-  FT_CHECK(fits, op << ": conv2d algorithm 'direct' needs groups 1 and no dilation, got groups "
+  if (g_algo != Algo::Direct && g_algo != Algo::WinogradBlocked) return false;
+  FT_CHECK(fits, op << ": conv2d algorithm '" << (g_algo == Algo::Direct ? "direct" : "winograd-blocked") << "' needs groups 1 and no dilation, got groups "
                     << g.G << " dilation (" << g.dilh << ", " << g.dilw << ")");
   return true;
 }
 
+// Winograd F(2x2, 3x3) on the blocked layout (conv2d_wino_blocked_avx512.cpp) runs the forward and
+// the data gradient of a 3x3 stride-1 padding-1 ungrouped undilated layer inside the direct
+// engine's blocked entry points (the weight gradient stays direct). Under 'auto' only where its
+// AVX-512 kernels run and both channel counts are at least kWinoBlockedMinChannels (see
+// docs/KERNELS.md for the measurements behind the rule).
+constexpr int64_t kWinoBlockedMinChannels = 32;
+
+bool wino_blocked_fits(const Geom& g) {
+  return g.R == 3 && g.S == 3 && g.sh == 1 && g.sw == 1 && g.ph == 1 && g.pw == 1 && g.dilh == 1 &&
+         g.dilw == 1 && g.G == 1;
+}
+
+bool pick_wino_blocked(const char* op, const Geom& g) {
+  const bool fits = wino_blocked_fits(g);
+  if (g_algo == Algo::WinogradBlocked) {
+    FT_CHECK(fits, op << ": conv2d algorithm 'winograd-blocked' needs a 3x3 kernel with stride 1, padding 1, "
+                      << "no dilation and groups 1, got " << g.R << "x" << g.S << " stride (" << g.sh << ", "
+                      << g.sw << ") padding (" << g.ph << ", " << g.pw << ") dilation (" << g.dilh << ", "
+                      << g.dilw << ") groups " << g.G);
+    FT_CHECK(wino_blocked::available() && conv2d_isa() == "avx512",
+             op << ": conv2d algorithm 'winograd-blocked' needs the AVX-512 kernels, but the direct engine "
+                << "runs '" << conv2d_isa() << "'");
+    return true;
+  }
+  return g_algo == Algo::Auto && fits && wino_blocked::available() && conv2d_isa() == "avx512" &&
+         std::min(g.C, g.K) >= kWinoBlockedMinChannels;
+}
+
 Algo choose(const char* op, const Geom& g, bool data_grad, bool blocked) {
-  if (use_direct(op, g, blocked)) return Algo::Direct;
+  if (use_direct(op, g, blocked))
+    return std::string(op).find("bwd_weight") == std::string::npos && pick_wino_blocked(op, g) ? Algo::WinogradBlocked
+                                                                                           : Algo::Direct;
   if (use_depthwise(op, g)) return Algo::Depthwise;
   const int64_t cin = data_grad ? g.K : g.C, cout = data_grad ? g.C : g.K;
   return use_winograd(op, g, data_grad, cin, cout) ? Algo::Winograd : Algo::Im2col;
@@ -303,16 +336,16 @@ Algo choose(const char* op, const Geom& g, bool data_grad, bool blocked) {
 
 }  // namespace
 
-const char* const kAlgoNames[] = {"auto", "im2col", "winograd", "depthwise", "direct"};
+const char* const kAlgoNames[] = {"auto", "im2col", "winograd", "depthwise", "direct", "winograd-blocked"};
 
 void set_conv2d_algo(const std::string& name) {
-  for (int i = 0; i < 5; ++i)
+  for (int i = 0; i < 6; ++i)
     if (name == kAlgoNames[i]) {
       g_algo = static_cast<Algo>(i);
       return;
     }
-  FT_CHECK(false, "set_conv2d_algo(name): expected 'auto', 'im2col', 'winograd', 'depthwise' or "
-                  "'direct', got '" << name << "'");
+  FT_CHECK(false, "set_conv2d_algo(name): expected 'auto', 'im2col', 'winograd', 'depthwise', "
+                  "'direct' or 'winograd-blocked', got '" << name << "'");
 }
 
 std::string conv2d_algo() { return kAlgoNames[static_cast<int>(g_algo)]; }
@@ -324,6 +357,11 @@ std::string conv2d_choice(const std::string& op, int64_t N, int64_t C, int64_t H
            "conv2d_choice(op): expected 'fwd', 'bwd_data' or 'bwd_weight', got '" << op << "'");
   const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw, dilh, dilw, groups);
   return kAlgoNames[static_cast<int>(choose(op.c_str(), g, op == "bwd_data", blocked))];
+}
+
+bool use_winograd_blocked(const char* op, int64_t N, int64_t C, int64_t H, int64_t W, int64_t K,
+                          int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+  return pick_wino_blocked(op, geom(N, C, H, W, K, R, S, sh, sw, ph, pw, 1, 1, 1));
 }
 
 void conv2d_fwd(const float* x, const float* w, const float* b, float* y, int64_t N, int64_t C,

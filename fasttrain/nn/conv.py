@@ -142,10 +142,16 @@ class Conv2d(Module):
                                    *self._geometry(), *self._options(), blocked=blocked)
         return _remembered(_CHOICES, key, choose, _CHOICES_MAX)
 
+    def _engine(self, op, arr, x_shape, blocked=False):
+        """_choice with 'winograd-blocked' read as 'direct': that Winograd runs inside the direct
+        engine's blocked entry points (same arguments, same layouts), which pick it themselves."""
+        found = self._choice(op, arr, x_shape, blocked)
+        return "direct" if found == "winograd-blocked" else found
+
     def _direct_engine(self, op, arr, x_shape):
         """fasttrain._C when the registry runs `op` for `arr` there and that runs the direct engine
         for this shape (else None)."""
-        return sys.modules.get("fasttrain._C") if self._choice(op, arr, x_shape) == "direct" else None
+        return sys.modules.get("fasttrain._C") if self._engine(op, arr, x_shape) == "direct" else None
 
     # -- the blocked layout (fasttrain/nn/layout.py) -----------------------------------------------
     # Two engines take it: the direct convolution (groups 1, no dilation) and the blocked depthwise
@@ -173,7 +179,7 @@ class Conv2d(Module):
         key = (tuple(x_shape), settings.backend, type(arr), C and C.conv2d_algo(), C and C.conv2d_isa())
         ops = ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_weight")
         return _remembered(self.__dict__.setdefault("_kinds", {}), key,
-                           lambda: kind if all(self._choice(op, arr, x_shape, blocked=True) == kind for op in ops)
+                           lambda: kind if all(self._engine(op, arr, x_shape, blocked=True) == kind for op in ops)
                            else None, 64)
 
     def _dy_pads(self, h, w):

@@ -1,0 +1,39 @@
+// Winograd F(2x2, 3x3) on the NCHW16c blocked layout (conv2d_wino_blocked_avx512.cpp): the 3x3
+// stride-1 padding-1 convolutions of the direct engine's blocked entry points with 2.25x fewer
+// multiplies. conv2d_blocked_fwd / conv2d_blocked_bwd_data run it when use_winograd_blocked
+// (conv2d.cpp: the algorithm setting and the rule) says so.
+#pragma once
+#include <cstdint>
+
+namespace ft::cpu::wino_blocked {
+
+// One 3x3 stride-1 padding-1 convolution, blocked in and out:
+//   out[n, o, h, w] (+)= bias[o] + sum_{i, r, s} in[n, i, h - 1 + r, w - 1 + s] * g(o, i, r, s)
+// with g(o, i, r, s) = w[o, i, r, s] (w: (Cout, Cin, 3, 3), the forward), or, transpose (the data
+// gradient: in = dy, out = dx), g(o, i, r, s) = w[i, o, 2 - r, 2 - s] (w: (Cin, Cout, 3, 3)).
+struct Args {
+  const float* in;     // [N][ceil(Cin/16)][H + 2 halo][W + 2 halo][16], zero halo and channel tail
+  int64_t halo;        // >= 1: the padding is read from it
+  int64_t N, Cin, H, W, Cout;
+  const float* w;
+  bool transpose;
+  const float* bias;   // Cout values, or nullptr
+  float* out;          // [N][ceil(Cout/16)][H][W][16], no halo
+  bool relu;
+  bool accumulate;     // out += the convolution
+  double* stats;       // (2, Cout) sum and sum of squares of out (after the ReLU), or nullptr
+};
+
+// Whether this build holds the AVX-512 kernels (the CPU check is the caller's).
+bool available();
+void run(const Args& a);
+
+}  // namespace ft::cpu::wino_blocked
+
+namespace ft::cpu {
+// conv2d.cpp: whether the blocked entry point `op` ("conv2d_fwd" or "conv2d_bwd_data") runs this
+// shape through Winograd on the blocked layout; an error when the algorithm is forced to
+// "winograd-blocked" on a shape it cannot do.
+bool use_winograd_blocked(const char* op, int64_t N, int64_t C, int64_t H, int64_t W, int64_t K,
+                          int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph, int64_t pw);
+}  // namespace ft::cpu

@@ -1,0 +1,274 @@
+// Winograd F(2x2, 3x3) (Lavin & Gray 2016) on the NCHW16c blocked layout, with AVX-512: one zmm
+// is the 16 channels of one pixel, so the transforms are plain vector adds over whole blocks.
+//
+// Output tiles are 2 x 2 pixels (the last row/column of tiles is partial on odd maps); each needs
+// the 4 x 4 input patch around it. Per chunk of tiles (sized so a chunk's transformed data stay in
+// the thread's L2):
+//   1. input transform  V[e][t][c] = (B^T d B)[e] for the 16 positions e of each tile t, channel c;
+//   2. 16 independent channel products M[e][t][o] = sum_c V[e][t][c] U[e][c][o], each a
+//      register-blocked micro-kernel (TR tiles x KV blocks of 16 output channels in zmm
+//      accumulators over all input channels; V broadcast, U one vector load): the shape of the
+//      direct engine's 1x1 kernel;
+//   3. output transform y = A^T M A (+ bias, + the old output when accumulating, ReLU, and the
+//      batchnorm statistics' per-tile partials) straight into the blocked output.
+// The weights U = G g G^T are transformed once per call. A tile costs 16 products per channel
+// pair instead of the 36 of four direct outputs; the transforms are O(C + K) per tile.
+// Threads share out the chunks (a batch-1 call still gives every thread chunks). The statistics
+// are per-tile float32 partials (<= 4 pixels) added in double in tile order, so their bits do not
+// depend on the thread count or chunk size; every output element's sum runs over the input
+// channels in order, so the outputs do not either.
+#include "conv2d_wino_blocked.h"
+
+#if defined(__AVX512F__) && defined(__FMA__)
+#include <immintrin.h>
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#include <omp.h>
+
+#include "fasttrain/cpu.h"
+
+namespace ft::cpu::wino_blocked {
+namespace {
+
+constexpr int kB = 16;
+using V = __m512;
+
+inline int64_t blocks(int64_t c) { return (c + kB - 1) / kB; }
+
+// The channel product of one position for TR tiles x KV output blocks:
+//   m[t * ldm + j * 16 + l] = sum_{c < C} v[t * ldv + c] * u[j * u_kb + c * 16 + l]
+template <int TR, int KV>
+void product(const float* v, int64_t ldv, const float* u, int64_t u_kb, int64_t C, float* m, int64_t ldm) {
+  V acc[TR][KV];
+#pragma GCC unroll 16
+  for (int t = 0; t < TR; ++t)
+#pragma GCC unroll 4
+    for (int j = 0; j < KV; ++j) acc[t][j] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < C; ++c) {
+    V w[KV];
+#pragma GCC unroll 4
+    for (int j = 0; j < KV; ++j) w[j] = _mm512_loadu_ps(u + j * u_kb + c * kB);
+#pragma GCC unroll 16
+    for (int t = 0; t < TR; ++t) {
+      const V x = _mm512_set1_ps(v[t * ldv + c]);
+#pragma GCC unroll 4
+      for (int j = 0; j < KV; ++j) acc[t][j] = _mm512_fmadd_ps(w[j], x, acc[t][j]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int t = 0; t < TR; ++t)
+#pragma GCC unroll 4
+    for (int j = 0; j < KV; ++j) _mm512_storeu_ps(m + t * ldm + j * kB, acc[t][j]);
+}
+
+using ProductFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t);
+
+template <int KV, int... T>
+ProductFn pick(int tr, std::integer_sequence<int, T...>) {
+  static constexpr ProductFn fns[] = {&product<T + 1, KV>...};
+  return fns[tr - 1];
+}
+
+// Register tiles: 2 blocks x 12 tiles (24 accumulators, 2 loads + 12 broadcasts per 24 FMAs),
+// 1 block x 16 tiles for an odd block count's last block.
+constexpr int kKV = 2, kTR2 = 12, kTR1 = 16;
+
+ProductFn product_fn(int kv, int tr) {
+  return kv == 2 ? pick<2>(tr, std::make_integer_sequence<int, kTR2>{})
+                 : pick<1>(tr, std::make_integer_sequence<int, kTR1>{});
+}
+
+// U[e][ob][c][16]: G g G^T for each (output, input) channel pair, zero past Cout and Cin.
+void transform_weights(const Args& a, float* U, int64_t Cinp, int64_t Kbo) {
+  const int64_t plane = Kbo * Cinp * kB;
+  std::fill(U, U + 16 * plane, 0.f);
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t o = 0; o < a.Cout; ++o)
+    for (int64_t i = 0; i < a.Cin; ++i) {
+      float g[3][3];
+      for (int r = 0; r < 3; ++r)
+        for (int s = 0; s < 3; ++s)
+          g[r][s] = a.transpose ? a.w[(i * a.Cout + o) * 9 + (2 - r) * 3 + (2 - s)] : a.w[(o * a.Cin + i) * 9 + r * 3 + s];
+      float t[4][3];  // G g
+      for (int s = 0; s < 3; ++s) {
+        t[0][s] = g[0][s];
+        t[1][s] = 0.5f * (g[0][s] + g[1][s] + g[2][s]);
+        t[2][s] = 0.5f * (g[0][s] - g[1][s] + g[2][s]);
+        t[3][s] = g[2][s];
+      }
+      float* u = U + ((o / kB) * Cinp + i) * kB + o % kB;
+      for (int r = 0; r < 4; ++r) {
+        const float e0 = t[r][0], e1 = 0.5f * (t[r][0] + t[r][1] + t[r][2]),
+                    e2 = 0.5f * (t[r][0] - t[r][1] + t[r][2]), e3 = t[r][2];
+        u[(r * 4 + 0) * plane] = e0;
+        u[(r * 4 + 1) * plane] = e1;
+        u[(r * 4 + 2) * plane] = e2;
+        u[(r * 4 + 3) * plane] = e3;
+      }
+    }
+}
+
+float* thread_buffer(int which, int64_t n) {
+  thread_local std::vector<float> bufs[2];
+  auto& b = bufs[which];
+  if (static_cast<int64_t>(b.size()) < n) b.resize(n);
+  return b.data();
+}
+
+float* shared_buffer(int64_t n) {
+  static std::vector<float> b;
+  if (static_cast<int64_t>(b.size()) < n) b.resize(n);
+  return b.data();
+}
+
+}  // namespace
+
+bool available() { return true; }
+
+void run(const Args& a) {
+  const int64_t Cbi = blocks(a.Cin), Kbo = blocks(a.Cout), Cinp = Cbi * kB, Kp = Kbo * kB;
+  const int64_t Hp = a.H + 2 * a.halo, Wp = a.W + 2 * a.halo;
+  const int64_t TH = (a.H + 1) / 2, TW = (a.W + 1) / 2, per_img = TH * TW, tiles = a.N * per_img;
+  std::vector<float> Uv(16 * Kbo * Cinp * kB);
+  float* U = Uv.data();
+  transform_weights(a, U, Cinp, Kbo);
+  std::vector<float> biasv(Kp, 0.f);
+  if (a.bias) std::copy(a.bias, a.bias + a.Cout, biasv.begin());
+  const float* bias = biasv.data();
+  float* part = a.stats ? shared_buffer(tiles * Kbo * 2 * kB) : nullptr;
+
+  // chunk: V and M of a chunk (16 positions x (Cinp + Kp) floats per tile) in about 512 KiB of L2
+  const int nt = num_threads();
+  const int64_t cap = std::max<int64_t>(kTR2, (512 * 1024 / 4) / (16 * (Cinp + Kp)) / kTR2 * kTR2);
+  int64_t nchunks = std::max<int64_t>((tiles + cap - 1) / cap, 1);
+  nchunks = (nchunks + nt - 1) / nt * nt;
+  const int64_t T = std::max<int64_t>(1, (tiles + nchunks - 1) / nchunks);
+  nchunks = (tiles + T - 1) / T;
+
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t ch = 0; ch < nchunks; ++ch) {
+    const int64_t t0 = ch * T, nT = std::min(T, tiles - t0);
+    float* Vb = thread_buffer(0, 16 * T * Cinp);
+    float* Mb = thread_buffer(1, 16 * T * Kp);
+    const int64_t vplane = T * Cinp, mplane = T * Kp;
+    // 1. input transform
+    for (int64_t tl = 0; tl < nT; ++tl) {
+      const int64_t tg = t0 + tl, n = tg / per_img, ti = (tg % per_img) / TW, tj = tg % TW;
+      const int64_t h0 = 2 * ti - 1 + a.halo, w0 = 2 * tj - 1 + a.halo;  // padded coordinates
+      const bool full = h0 + 3 < Hp && w0 + 3 < Wp;
+      for (int64_t cb = 0; cb < Cbi; ++cb) {
+        const float* base = a.in + ((n * Cbi + cb) * Hp * Wp + h0 * Wp + w0) * kB;
+        V d[4][4];
+        if (full) {
+#pragma GCC unroll 4
+          for (int i = 0; i < 4; ++i)
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; ++j) d[i][j] = _mm512_loadu_ps(base + (i * Wp + j) * kB);
+        } else {
+          for (int i = 0; i < 4; ++i)
+            for (int j = 0; j < 4; ++j)
+              d[i][j] = h0 + i < Hp && w0 + j < Wp ? _mm512_loadu_ps(base + (i * Wp + j) * kB) : _mm512_setzero_ps();
+        }
+        V t[4][4];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+          t[0][j] = _mm512_sub_ps(d[0][j], d[2][j]);
+          t[1][j] = _mm512_add_ps(d[1][j], d[2][j]);
+          t[2][j] = _mm512_sub_ps(d[2][j], d[1][j]);
+          t[3][j] = _mm512_sub_ps(d[1][j], d[3][j]);
+        }
+        float* out = Vb + tl * Cinp + cb * kB;
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) {
+          _mm512_storeu_ps(out + (i * 4 + 0) * vplane, _mm512_sub_ps(t[i][0], t[i][2]));
+          _mm512_storeu_ps(out + (i * 4 + 1) * vplane, _mm512_add_ps(t[i][1], t[i][2]));
+          _mm512_storeu_ps(out + (i * 4 + 2) * vplane, _mm512_sub_ps(t[i][2], t[i][1]));
+          _mm512_storeu_ps(out + (i * 4 + 3) * vplane, _mm512_sub_ps(t[i][1], t[i][3]));
+        }
+      }
+    }
+    // 2. the 16 channel products
+    for (int e = 0; e < 16; ++e) {
+      const float* v = Vb + e * vplane;
+      const float* u = U + e * Kbo * Cinp * kB;
+      float* m = Mb + e * mplane;
+      for (int64_t kb = 0; kb < Kbo; kb += kKV) {
+        const int kv = static_cast<int>(std::min<int64_t>(kKV, Kbo - kb));
+        const int maxtr = kv == 2 ? kTR2 : kTR1;
+        for (int64_t tt = 0; tt < nT; tt += maxtr) {
+          const int tr = static_cast<int>(std::min<int64_t>(maxtr, nT - tt));
+          product_fn(kv, tr)(v + tt * Cinp, Cinp, u + kb * Cinp * kB, Cinp * kB, a.Cin, m + tt * Kp + kb * kB, Kp);
+        }
+      }
+    }
+    // 3. output transform
+    for (int64_t tl = 0; tl < nT; ++tl) {
+      const int64_t tg = t0 + tl, n = tg / per_img, ti = (tg % per_img) / TW, tj = tg % TW;
+      const int64_t h = 2 * ti, w = 2 * tj;
+      const bool two_rows = h + 1 < a.H, two_cols = w + 1 < a.W;
+      for (int64_t kb = 0; kb < Kbo; ++kb) {
+        const float* mp = Mb + tl * Kp + kb * kB;
+        V s[2][4];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+          const V m0 = _mm512_loadu_ps(mp + (0 * 4 + j) * mplane), m1 = _mm512_loadu_ps(mp + (1 * 4 + j) * mplane),
+                  m2 = _mm512_loadu_ps(mp + (2 * 4 + j) * mplane), m3 = _mm512_loadu_ps(mp + (3 * 4 + j) * mplane);
+          s[0][j] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+          s[1][j] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+        }
+        const V b = _mm512_loadu_ps(bias + kb * kB);
+        V y[2][2];
+#pragma GCC unroll 2
+        for (int i = 0; i < 2; ++i) {
+          y[i][0] = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s[i][0], s[i][1]), s[i][2]), b);
+          y[i][1] = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s[i][1], s[i][2]), s[i][3]), b);
+        }
+        float* o = a.out + ((n * Kbo + kb) * a.H + h) * a.W * kB + w * kB;
+        const int rows = two_rows ? 2 : 1, cols = two_cols ? 2 : 1;
+        V sum = _mm512_setzero_ps(), sq = _mm512_setzero_ps();
+        for (int i = 0; i < rows; ++i)
+          for (int j = 0; j < cols; ++j) {
+            float* p = o + (i * a.W + j) * kB;
+            V r = y[i][j];
+            if (a.accumulate) r = _mm512_add_ps(r, _mm512_loadu_ps(p));
+            if (a.relu) r = _mm512_max_ps(r, _mm512_setzero_ps());
+            sum = _mm512_add_ps(sum, r);
+            sq = _mm512_fmadd_ps(r, r, sq);
+            _mm512_storeu_ps(p, r);
+          }
+        if (part) {
+          float* pp = part + (tg * Kbo + kb) * 2 * kB;
+          _mm512_storeu_ps(pp, sum);
+          _mm512_storeu_ps(pp + kB, sq);
+        }
+      }
+    }
+  }
+  if (part) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t kh = 0; kh < Kbo * 2; ++kh) {
+      double s[kB] = {};
+      const float* p = part + kh * kB;
+      for (int64_t i = 0; i < tiles; ++i, p += Kbo * 2 * kB)
+        for (int l = 0; l < kB; ++l) s[l] += p[l];
+      const int64_t kb = kh / 2, which = kh % 2;
+      for (int l = 0; l < kB && kb * kB + l < a.Cout; ++l) a.stats[which * a.Cout + kb * kB + l] = s[l];
+    }
+  }
+}
+
+}  // namespace ft::cpu::wino_blocked
+
+#else
+
+#include "fasttrain/check.h"
+
+namespace ft::cpu::wino_blocked {
+bool available() { return false; }
+void run(const Args&) { FT_CHECK(false, "conv2d: 'winograd-blocked' was not compiled into this build (no AVX-512)"); }
+}  // namespace ft::cpu::wino_blocked
+
+#endif
