@@ -2,7 +2,7 @@
 // per-plane kernels of blocked_kernels.h.
 //
 // Threads: every pass is a loop over planes (image n, channel block cb), shared out statically.
-// Per-channel sums are computed per plane (float within a row, double across rows) into their own
+// Per-channel sums are computed per plane (float within a run of rows, double across runs) into their own
 // slot, then added over the images in image order, so results are bit-identical for every thread
 // count. Batch-norm statistics follow batchnorm.cpp: sums of d = x - K and d^2 with the shift
 // K = the channel's first value ("shifted data", Chan, Golub & LeVeque 1983), so the variance
