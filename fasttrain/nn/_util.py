@@ -48,6 +48,15 @@ def check_params(where: str, module, x) -> None:
                             f"bind the arena with dtype={x.dtype} or pass {p.data.dtype} input")
 
 
+def params_match(module, dtype) -> bool:
+    """Whether every parameter is bound and of `dtype`: the per-step test, with check_params's
+    messages formed only when it fails."""
+    for p in module._params.values():
+        if p.data is None or p.data.dtype != dtype:
+            return False
+    return True
+
+
 def check_grad(where: str, cache, dy, shape, dtype):
     if cache is None:
         raise RuntimeError(f"{where}: backward called before forward")

@@ -27,7 +27,7 @@ from .. import init as initializers
 from .. import settings
 from ..backend import kernel
 from . import padding as padmod
-from ._util import array_module, check_grad, check_input, check_params, pair
+from ._util import array_module, check_grad, check_input, check_params, pair, params_match
 from .layout import Blocked, cpp, empty, padded, to_nchw, with_halo
 from .module import Module
 
@@ -209,7 +209,9 @@ class Conv2d(Module):
         from_blocked = stem and isinstance(x, Blocked)   # then dx goes back blocked
         if from_blocked:
             x = to_nchw(x)
-        check_params(f"Conv2d(in_channels={self.in_channels})", self, x if stem else x.data)
+        data = x if stem else x.data
+        if not params_match(self, data.dtype):   # the message only when the check fails (every step)
+            check_params(f"Conv2d(in_channels={self.in_channels})", self, data)
         n, _, h, w = x.shape
         _, k, p, q = self._out_shape(n, h, w)
         (sh, sw, ph, pw), C = self._geometry(), cpp()

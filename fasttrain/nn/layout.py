@@ -53,7 +53,7 @@ def cpp():
 class Blocked:
     """An activation in the channel-blocked layout (module docstring); `shape` is the logical NCHW shape."""
 
-    __slots__ = ("data", "channels", "halo", "stats", "shape")
+    __slots__ = ("data", "channels", "halo", "stats", "shape", "dtype")
 
     def __init__(self, data, channels: int, halo: int = 0, stats=None):
         self.data, self.channels, self.halo = data, int(channels), int(halo)
@@ -63,10 +63,7 @@ class Blocked:
         # formed once: the layers and containers ask for it many times per step
         n, _, hp, wp, _ = data.shape
         self.shape = (n, self.channels, hp - 2 * self.halo, wp - 2 * self.halo)
-
-    @property
-    def dtype(self):
-        return self.data.dtype
+        self.dtype = data.dtype
 
     def interior(self):
         """The H x W interior (a view; strided when halo > 0)."""
@@ -89,7 +86,7 @@ def blocked_shape(n: int, c: int, h: int, w: int, halo: int = 0) -> tuple:
 
 def empty(n: int, c: int, h: int, w: int, halo: int = 0) -> Blocked:
     """An output buffer for a blocked kernel (they write the halo's and pad lanes' zeros themselves)."""
-    return Blocked(np.empty(blocked_shape(n, c, h, w, halo), np.float32), c, halo)
+    return Blocked(np.empty((n, -(-c // BLOCK), h + 2 * halo, w + 2 * halo, BLOCK), np.float32), c, halo)
 
 
 def lanes_of(v, blocks: int):

@@ -228,6 +228,19 @@ class Sequential(Module):
         return layout.backward_chain(self.children(), dy, self.cache, into=dx)
 
 
+def _tail_types():
+    """(ReLU, _BatchNorm), imported on first use (their modules import this one)."""
+    global _TAIL_TYPES
+    if _TAIL_TYPES is None:
+        from .activation import ReLU
+        from .norm import _BatchNorm
+        _TAIL_TYPES = ReLU, _BatchNorm
+    return _TAIL_TYPES
+
+
+_TAIL_TYPES = None
+
+
 class Residual(Module):
     """y = post(body(x) + shortcut(x)); shortcut is the identity unless a module is given (e.g. a 1x1
     strided conv when shapes change), post (e.g. a ReLU) is optional. He et al., "Deep Residual
@@ -245,9 +258,7 @@ class Residual(Module):
 
     def _fused_tail(self):
         """The body's closing batchnorm when the add and post can run inside it, else None."""
-        from .activation import ReLU   # cheap after the first call: both modules are loaded by then
-        from .norm import _BatchNorm
-
+        ReLU, _BatchNorm = _tail_types()
         children = self.body._children if isinstance(self.body, Sequential) else None
         if not children:
             return None
