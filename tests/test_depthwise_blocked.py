@@ -76,8 +76,15 @@ CASES = [
     (1, 3, 10, 7, 3, 3, 2, 1, 0, 2),
 ]
 # the grid: C x H/W x stride x padding at 3x3, halo = padding (the layout that flows)
-GRID = [(1, c, hw, hw, 3, s, p, 1, p, p) for c, hw, s, p in itertools.product((1, 3, 5, 16, 17, 33), (1, 2, 7, 33),
+GRID = [(1, c, hw, hw, 3, s, p, 1, p, p) for c, hw, s, p in itertools.product((1, 3, 5, 16, 17, 33),
+                                                                              (1, 2, 3, 4, 5, 7, 8, 9, 33),
                                                                               (1, 2), (0, 1, 2)) if hw + 2 * p >= 3]
+# maps of at most 8 output columns (the kernels that hold a whole row in registers): halos below, at
+# and above the padding on either side, non-square maps, two images of three channel blocks
+SMALL = [(2, c, h, w, 3, s, p, 1, hi, ho)
+         for c, (h, w), s, p, hi, ho in itertools.product((3, 33), ((1, 1), (2, 3), (4, 4), (5, 9), (8, 8), (9, 6), (16, 9)),
+                                                          (1, 2), (0, 1), (0, 1, 2), (0, 1))
+         if min(h, w) + 2 * p >= 3]
 
 
 def _problem(case, seed=0):
@@ -128,6 +135,12 @@ def test_matches_reference(isa, case):
 def test_grid_matches_reference(isa):
     for i, case in enumerate(GRID):
         _check(_problem(case, seed=i))
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+def test_small_maps_match_reference(isa):
+    for i, case in enumerate(SMALL):
+        _check(_problem(case, seed=100 + i))
 
 
 @pytest.mark.parametrize("isa", ISAS, indirect=True)

@@ -14,7 +14,9 @@ struct V256 {
   using T = __m256;
   static constexpr int kW = 8;
   static T zero() { return _mm256_setzero_ps(); }
+  static constexpr bool kSmallRows = true;
   static T load(const float* p) { return _mm256_loadu_ps(p); }
+  static T load_if(const float* p, bool ok) { return ok ? load(p) : zero(); }
   static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
   static T fma(T acc, T a, T b) { return _mm256_fmadd_ps(a, b, acc); }
   static T add(T a, T b) { return _mm256_add_ps(a, b); }

@@ -14,7 +14,10 @@ struct V512 {
   using T = __m512;
   static constexpr int kW = 16;
   static T zero() { return _mm512_setzero_ps(); }
+  static constexpr bool kSmallRows = true;
   static T load(const float* p) { return _mm512_loadu_ps(p); }
+  // a masked-off load never faults, so p may lie past the array
+  static T load_if(const float* p, bool ok) { return _mm512_maskz_loadu_ps(static_cast<__mmask16>(-int(ok)), p); }
   static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
   static T fma(T acc, T a, T b) { return _mm512_fmadd_ps(a, b, acc); }
   static T add(T a, T b) { return _mm512_add_ps(a, b); }

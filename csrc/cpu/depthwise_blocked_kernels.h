@@ -4,7 +4,9 @@
 // picked by the linker for another path).
 //
 // V provides: T (V::kW floats, kW dividing 16), zero(), load(p), store(p, v), fma(acc, a, b) =
-// acc + a*b lane by lane, add(a, b), relu(v) (NaN stays NaN, as std::max(v, 0.f)). A 16-channel
+// acc + a*b lane by lane, add(a, b), relu(v) (NaN stays NaN, as std::max(v, 0.f)), load_if(p, ok)
+// (load(p) if ok, else zeros without touching p), kSmallRows (whether the small-map kernels that
+// keep a whole output row in registers pay off: not with AVX2's 16 registers). A 16-channel
 // pixel is 16 / kW vectors; the kernels sweep a row once per vector slice (lane offset l), so the
 // AVX2 build keeps 3x3 weights + accumulators inside its 16 registers.
 //
@@ -57,6 +59,57 @@ void fwd_row_3x3(const float* in, int64_t ld, const typename V::T* wv, typename 
   for (; q < q1; ++q, base += SW * kBlock, o += kBlock) fwd3x3<V, SW, 1>(base, ld, wv, b, o, relu);
 }
 
+// Rows [p0, p1) of a plane whose output rows are at most 8 pixels (small maps: 8 x 8, 4 x 4, 7 x 7):
+// 3x3 taps, no dilation, column padding 0 or 1, any row padding and halo. A row's Q accumulators
+// stay in registers over its three filter rows (at column stride 1 each input pixel is loaded once
+// per filter row, not three times), so a row costs its FMAs and nothing else: no per-pixel tap
+// search, no border pass. Taps on the input's halo are skipped (it is zero), not read: on a 4 x 4 map
+// with a halo of 1 that is 20 of every 36 pixels' traffic. Of the columns only the first (column
+// -pw) and the last can lie outside the interior (pw <= 1, and Q spans the row).
+template <class V, int Q, int SW>
+void fwd_rows_small(const Corr& g, const float* in, int64_t ld, const typename V::T* wv, typename V::T b,
+                    float* out, int64_t out_ld, int64_t p0, int64_t p1, int l, bool relu) {
+  using T = typename V::T;
+  constexpr int NK = (Q - 1) * SW + 3;  // input columns a row of outputs reads
+  const bool first_ok = g.pw == 0, last_ok = NK - 1 - g.pw < g.W;
+  for (int64_t p = p0; p < p1; ++p) {
+    T acc[Q];
+#pragma GCC unroll 8
+    for (int q = 0; q < Q; ++q) acc[q] = b;
+#pragma GCC unroll 3
+    for (int r = 0; r < 3; ++r) {
+      const int64_t ih = p * g.sh - g.ph + r;
+      if (ih < 0 || ih >= g.H) continue;
+      const float* row = in + ih * ld - g.pw * kBlock + l;
+      T x[NK];
+      x[0] = V::load_if(row, first_ok);
+#pragma GCC unroll 16
+      for (int k = 1; k < NK - 1; ++k) x[k] = V::load(row + k * kBlock);
+      x[NK - 1] = V::load_if(row + (NK - 1) * kBlock, last_ok);
+#pragma GCC unroll 3
+      for (int s = 0; s < 3; ++s)
+#pragma GCC unroll 8
+        for (int q = 0; q < Q; ++q) acc[q] = V::fma(acc[q], wv[r * 3 + s], x[q * SW + s]);
+    }
+    float* o = out + (p - p0) * out_ld + l;
+#pragma GCC unroll 8
+    for (int q = 0; q < Q; ++q) V::store(o + q * kBlock, relu ? V::relu(acc[q]) : acc[q]);
+  }
+}
+
+template <class V, int SW>
+bool fwd_small_dispatch(const Corr& g, const float* in, int64_t ld, const typename V::T* wv, typename V::T b,
+                        float* out, int64_t out_ld, int64_t p0, int64_t p1, int l, bool relu) {
+  switch (g.Q) {
+#define FT_DWB_SMALL(q) \
+  case q: fwd_rows_small<V, q, SW>(g, in, ld, wv, b, out, out_ld, p0, p1, l, relu); return true;
+    FT_DWB_SMALL(1) FT_DWB_SMALL(2) FT_DWB_SMALL(3) FT_DWB_SMALL(4)
+    FT_DWB_SMALL(5) FT_DWB_SMALL(6) FT_DWB_SMALL(7) FT_DWB_SMALL(8)
+#undef FT_DWB_SMALL
+    default: return false;
+  }
+}
+
 // Rows [p0, p1) of one plane (a task takes several rows of a small map: the weights are loaded
 // once for all of them).
 template <class V>
@@ -70,6 +123,12 @@ void fwd_rows(const Corr& g, const float* in, int64_t ld, const float* w, const 
     if (fast_shape) {
 #pragma GCC unroll 9
       for (int t = 0; t < 9; ++t) wv[t] = V::load(w + t * kBlock + l);
+      if constexpr (V::kSmallRows) {
+        if ((g.pw == 0 || g.pw == 1) &&
+            (g.sw == 1 ? fwd_small_dispatch<V, 1>(g, in, ld, wv, b, out, out_ld, p0, p1, l, relu)
+                       : fwd_small_dispatch<V, 2>(g, in, ld, wv, b, out, out_ld, p0, p1, l, relu)))
+          continue;
+      }
     }
     for (int64_t p = p0; p < p1; ++p) {
       float* orow = out + (p - p0) * out_ld;

@@ -11,12 +11,14 @@ struct VScalar {
     float v[kBlock];
   };
   static constexpr int kW = kBlock;
+  static constexpr bool kSmallRows = true;
   static T zero() { return T{}; }
   static T load(const float* p) {
     T r;
     for (int i = 0; i < kBlock; ++i) r.v[i] = p[i];
     return r;
   }
+  static T load_if(const float* p, bool ok) { return ok ? load(p) : zero(); }
   static void store(float* p, const T& v) {
     for (int i = 0; i < kBlock; ++i) p[i] = v.v[i];
   }
