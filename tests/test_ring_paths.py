@@ -60,10 +60,11 @@ def test_auto_switches_on_size():
 
 @pytest.mark.parametrize("K", [2, 3, 4, 5])
 @pytest.mark.parametrize("op", ["sum", "mean"])
-def test_one_rank_per_host_paths_return_the_same_bits(K, op):
-    """one-shot, direct (segments of 1, 2 and 600 values) and rooted add in rank order: bit for bit
-    the same result (values of mixed magnitudes, where a different order changes the low bits)."""
-    n = 1031
+@pytest.mark.parametrize("n", [1, 2, 7, 1031])
+def test_one_rank_per_host_paths_return_the_same_bits(K, op, n):
+    """one-shot and rooted (whole, and in pieces of 1 and 3 values), direct (segments of 1, 2 and 600
+    values) add in rank order: bit for bit the same result (values of mixed magnitudes, where a
+    different order changes the low bits), for one value, fewer values than ranks and odd counts."""
 
     def data(rank):
         return (_data(rank, n) * np.float32(10.0) ** np.random.default_rng([rank, 5]).integers(-6, 6, n)).astype(np.float32)
@@ -71,6 +72,8 @@ def test_one_rank_per_host_paths_return_the_same_bits(K, op):
     def body(comm):
         outs = [fn(comm, data(comm.rank)) for fn in (
             lambda c, b: oneshot_allreduce(c, b, op), lambda c, b: rooted_allreduce(c, b, op),
+            lambda c, b: oneshot_allreduce(c, b, op, piece_bytes=4), lambda c, b: rooted_allreduce(c, b, op, piece_bytes=4),
+            lambda c, b: oneshot_allreduce(c, b, op, piece_bytes=12), lambda c, b: rooted_allreduce(c, b, op, piece_bytes=12),
             lambda c, b: direct_allreduce(c, b, op, segment_bytes=4), lambda c, b: direct_allreduce(c, b, op, segment_bytes=8),
             lambda c, b: direct_allreduce(c, b, op, segment_bytes=2400))]
         return np.stack(outs)
