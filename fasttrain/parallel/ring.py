@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import queue
-import statistics
 import threading
 import time
 
