@@ -1,6 +1,7 @@
 """Batch normalization: reference kernels vs a naive per-element loop (float64), every backend vs
 the reference (float32), gradient checks of the layers, running statistics, bad inputs."""
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -266,6 +267,11 @@ def test_single_value_per_channel_raises_in_training_only():
     ParamArena.for_model(layer2)
     with pytest.raises(ValueError, match="more than one value per channel"):
         layer2.forward(np.ones((1, 2, 1, 1), np.float32))
+    C = sys.modules.get("fasttrain._C")
+    if C is not None:   # the blocked layout's training forward (inside a flowing model) checks it too
+        from fasttrain.nn import layout
+        with pytest.raises(ValueError, match=r"BatchNorm2d\(num_features=2\).*N\*S = 1"):
+            layer2.forward(layout.to_blocked(np.ones((1, 2, 1, 1), np.float32)))
     layer.eval()
     assert layer.forward(x).shape == (1, 4)
 

@@ -154,10 +154,7 @@ class _BatchNorm(Module):
         if blocked:
             kw.update(halo_x=x.halo, halo_y=y.halo, halo_res=0 if residual is None else residual.halo)
         if self.training and not self.use_running_stats:
-            if m <= 1:
-                raise ValueError(f"{self._where()}: training needs more than one value per channel to "
-                                 f"compute a variance, got input {x.shape} (N*S = {m}); use a larger batch "
-                                 "or call .eval()")
+            self._check_count(x, m)
             mean = xp.empty(c, x.dtype)
             invstd = xp.empty(c, x.dtype)
             if blocked:
@@ -194,6 +191,12 @@ class _BatchNorm(Module):
         self._mask_beta = beta.copy() if relu and blocked and residual is None else None
         return y
 
+    def _check_count(self, x, m):
+        if m <= 1:
+            raise ValueError(f"{self._where()}: training needs more than one value per channel to "
+                             f"compute a variance, got input {x.shape} (N*S = {m}); use a larger batch "
+                             "or call .eval()")
+
     def _forward_blocked_train(self, x, relu, residual):
         """_forward's training case on the blocked layout, the one every step of a flowing model
         runs (21 times a ResNet-20 step): the same calls with no per-call generality, since the
@@ -201,10 +204,7 @@ class _BatchNorm(Module):
         self._check_blocked(x)
         n, c, h, w = x.shape
         m = n * h * w
-        if m <= 1:
-            raise ValueError(f"{self._where()}: training needs more than one value per channel to "
-                             f"compute a variance, got input {x.shape} (N*S = {m}); use a larger batch "
-                             "or call .eval()")
+        self._check_count(x, m)
         beta = self.bias.data
         y = empty(n, c, h, w, self.out_halo)
         mean = np.empty(c, np.float32)
