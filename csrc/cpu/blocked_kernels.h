@@ -38,31 +38,114 @@ inline vf ld(const float* p) {
 }
 inline void st(float* p, const vf& v) { std::memcpy(p, &v, sizeof v); }
 inline vf splat(float s) { return vf{} + s; }
-using vd = double __attribute__((vector_size(128)));
-inline vd wide(const vf& v) { return __builtin_convertvector(v, vd); }
-inline void store_sum(double* out, const vd& v) { std::memcpy(out, &v, sizeof v); }
+// The batch-norm sweeps work on a pixel's 16 lanes as `Px`: one register-sized vector per piece
+// (one zmm with AVX-512, two ymm with AVX2). A 64-byte vector type where registers are 32 bytes
+// made GCC lower compares and selects lane by lane in scalar code and keep values carried across a
+// loop on the stack, moved 8 bytes at a time through general registers (forced-AVX2 batch norm ran
+// 6-9x slower than AVX-512 at 128x32x16x16).
+#if defined(__AVX512F__)
+using pv = vf;
+#else
+using pv = float __attribute__((vector_size(32)));
+#endif
+constexpr int kSub = sizeof(vf) / sizeof(pv);
+constexpr int kPvLanes = kLanes / kSub;
+struct Px {
+  pv v[kSub];
+};
+#define FT_PX_OP(op)                                                                  \
+  __attribute__((always_inline)) inline Px operator op(const Px& a, const Px& b) { \
+    Px r;                                                                             \
+    for (int u = 0; u < kSub; ++u) r.v[u] = a.v[u] op b.v[u];                         \
+    return r;                                                                         \
+  }
+FT_PX_OP(+)
+FT_PX_OP(-)
+FT_PX_OP(*)
+#undef FT_PX_OP
+__attribute__((always_inline)) inline Px& operator+=(Px& a, const Px& b) {
+  for (int u = 0; u < kSub; ++u) a.v[u] += b.v[u];
+  return a;
+}
+__attribute__((always_inline)) inline Px ldx(const float* p) {
+  Px r;
+  for (int u = 0; u < kSub; ++u) std::memcpy(&r.v[u], p + u * kPvLanes, sizeof(pv));
+  return r;
+}
+__attribute__((always_inline)) inline void stx(float* p, const Px& x) {
+  for (int u = 0; u < kSub; ++u) std::memcpy(p + u * kPvLanes, &x.v[u], sizeof(pv));
+}
+__attribute__((always_inline)) inline Px relu(const Px& x) {  // NaN kept, like relu_fwd
+  Px r;
+  const pv zero = {};
+  for (int u = 0; u < kSub; ++u) r.v[u] = x.v[u] < zero ? zero : x.v[u];
+  return r;
+}
+// d where c > 0, else 0
+__attribute__((always_inline)) inline Px where_positive(const Px& c, const Px& d) {
+  Px r;
+  const pv zero = {};
+  for (int u = 0; u < kSub; ++u) r.v[u] = c.v[u] > zero ? d.v[u] : zero;
+  return r;
+}
 
-// Sums over one row of W pixels of f(w) and g(w) (vectors), on four independent accumulator pairs:
-// one chain of dependent adds would cap a core at a vector per add latency, below the cache's rate.
+// 16 lanes of double sums, stored to out[16]; in 4-lane pieces where a vector is 32 bytes (the
+// same carried-value trap as above)
+#if defined(__AVX512F__)
+struct DAcc {
+  using vd = double __attribute__((vector_size(128)));
+  vd v = {};
+  __attribute__((always_inline)) void add(const Px& x) { v += __builtin_convertvector(x.v[0], vd); }
+  __attribute__((always_inline)) void store(double* out) const { std::memcpy(out, &v, sizeof v); }
+};
+#else
+struct DAcc {
+  using qf = float __attribute__((vector_size(16)));
+  using qd = double __attribute__((vector_size(32)));
+  static constexpr int kQ = kLanes / 4;
+  qd q[kQ] = {};
+  __attribute__((always_inline)) void add(const Px& x) {
+    for (int i = 0; i < kQ; ++i) {
+      qf f;
+      std::memcpy(&f, reinterpret_cast<const char*>(&x.v[i * 4 / kPvLanes]) + (i * 4 % kPvLanes) * sizeof(float),
+                  sizeof f);
+      q[i] += __builtin_convertvector(f, qd);
+    }
+  }
+  __attribute__((always_inline)) void store(double* out) const {
+    for (int i = 0; i < kQ; ++i) std::memcpy(out + 4 * i, &q[i], sizeof q[i]);
+  }
+};
+#endif
+
+// Sums over a run of W pixels of f(w) and g(w), on independent accumulator pairs: one chain of
+// dependent adds would cap a core at a vector per add latency, below the cache's rate. Four per
+// sum with one vector a pixel; two Px (so again four vectors) where a pixel is two.
+constexpr int kAcc = 4 / kSub;
 template <class F>
-inline void row_sums(int64_t W, F f, vf& sa, vf& sb) {
-  vf a[4] = {}, b[4] = {};
+__attribute__((always_inline)) inline void row_sums(int64_t W, F f, Px& sa, Px& sb) {
+  Px a[kAcc] = {}, b[kAcc] = {};
   int64_t w = 0;
-  for (; w + 4 <= W; w += 4)
-    for (int u = 0; u < 4; ++u) {
-      vf v, v2;
+  for (; w + kAcc <= W; w += kAcc)
+    for (int u = 0; u < kAcc; ++u) {
+      Px v, v2;
       f(w + u, v, v2);
       a[u] += v;
       b[u] += v2;
     }
   for (; w < W; ++w) {
-    vf v, v2;
+    Px v, v2;
     f(w, v, v2);
     a[0] += v;
     b[0] += v2;
   }
-  sa = (a[0] + a[1]) + (a[2] + a[3]);
-  sb = (b[0] + b[1]) + (b[2] + b[3]);
+  if constexpr (kAcc == 4) {
+    sa = (a[0] + a[1]) + (a[2] + a[3]);
+    sb = (b[0] + b[1]) + (b[2] + b[3]);
+  } else {
+    sa = a[0] + a[1];
+    sb = b[0] + b[1];
+  }
 }
 
 // Rows per run of pixels summed in float (see the file comment): rows are back to back in every
@@ -70,39 +153,39 @@ inline void row_sums(int64_t W, F f, vf& sa, vf& sb) {
 inline int64_t run_rows(int64_t W, bool packed) { return packed ? std::max<int64_t>(1, 64 / W) : 1; }
 
 void bn_sums(In x, int64_t H, int64_t W, const float* shift, double* s, double* s2) {
-  const vf k = ld(shift);
-  vd t = {}, t2 = {};
+  const Px k = ldx(shift);
+  DAcc t, t2;
   const int64_t rr = run_rows(W, x.row == W * kLanes);
   for (int64_t h = 0; h < H; h += rr) {
     const float* r = x.p + h * x.row;
-    vf a, a2;
-    row_sums(std::min(rr, H - h) * W, [&](int64_t w, vf& v, vf& v2) {
-      v = ld(r + w * kLanes) - k;
+    Px a, a2;
+    row_sums(std::min(rr, H - h) * W, [&](int64_t w, Px& v, Px& v2) {
+      v = ldx(r + w * kLanes) - k;
       v2 = v * v;
     }, a, a2);
-    t += wide(a);
-    t2 += wide(a2);
+    t.add(a);
+    t2.add(a2);
   }
-  store_sum(s, t);
-  store_sum(s2, t2);
+  t.store(s);
+  t2.store(s2);
 }
 
 // The normalization's per-channel affine map, one expression for the forward and for the backward
 // that recomputes the fused ReLU's mask from x (so both round it alike: one FMA where the target has it).
-inline vf affine(const vf& x, const vf& a, const vf& b) { return x * a + b; }
+__attribute__((always_inline)) inline Px affine(const Px& x, const Px& a, const Px& b) { return x * a + b; }
 
 template <bool kRelu, bool kRes>
 void bn_apply_t(In x, In res, Out y, int64_t H, int64_t W, const float* a_, const float* b_) {
-  const vf a = ld(a_), b = ld(b_), zero = {};
+  const Px a = ldx(a_), b = ldx(b_);
   for (int64_t h = 0; h < H; ++h) {
     const float* xr = x.p + h * x.row;
     const float* rr = kRes ? res.p + h * res.row : nullptr;
     float* yr = y.p + h * y.row;
     for (int64_t w = 0; w < W; ++w) {
-      vf v = affine(ld(xr + w * kLanes), a, b);
-      if constexpr (kRes) v += ld(rr + w * kLanes);
-      if constexpr (kRelu) v = v < zero ? zero : v;  // NaN kept, like relu_fwd
-      st(yr + w * kLanes, v);
+      Px v = affine(ldx(xr + w * kLanes), a, b);
+      if constexpr (kRes) v += ldx(rr + w * kLanes);
+      if constexpr (kRelu) v = relu(v);
+      stx(yr + w * kLanes, v);
     }
   }
 }
@@ -125,36 +208,37 @@ enum Mask { kNoMask, kMaskY, kMaskX };
 
 // The gradient reaching the normalization at one pixel: dy, zero where the fused ReLU cut.
 template <int kMask>
-inline vf grad_in(const float* dy, const float* y, const vf& x, const vf& a, const vf& b) {
-  const vf d = ld(dy), zero = {};
-  if constexpr (kMask == kMaskY) return ld(y) > zero ? d : zero;
-  if constexpr (kMask == kMaskX) return affine(x, a, b) > zero ? d : zero;
+__attribute__((always_inline)) inline Px grad_in(const float* dy, const float* y, const Px& x, const Px& a,
+                                                const Px& b) {
+  const Px d = ldx(dy);
+  if constexpr (kMask == kMaskY) return where_positive(ldx(y), d);
+  if constexpr (kMask == kMaskX) return where_positive(affine(x, a, b), d);
   return d;
 }
 
 template <int kMask, bool kStore>
 void bn_bwd_sums_t(In x, In dy, In y, const float* ma_, const float* mb_, Out g_out, int64_t H, int64_t W,
                    const float* mu_, double* sdy, double* sdyx) {
-  const vf mu = ld(mu_), ma = kMask == kMaskX ? ld(ma_) : vf{}, mb = kMask == kMaskX ? ld(mb_) : vf{};
-  vd t = {}, t2 = {};
+  const Px mu = ldx(mu_), ma = kMask == kMaskX ? ldx(ma_) : Px{}, mb = kMask == kMaskX ? ldx(mb_) : Px{};
+  DAcc t, t2;
   const int64_t packed = W * kLanes;
   const int64_t rr = run_rows(W, x.row == packed && dy.row == packed && (kMask != kMaskY || y.row == packed) &&
                                      (!kStore || g_out.row == packed));
   for (int64_t h = 0; h < H; h += rr) {
     const float *xr = x.p + h * x.row, *dr = dy.p + h * dy.row, *yr = kMask == kMaskY ? y.p + h * y.row : nullptr;
     float* gr = kStore ? g_out.p + h * g_out.row : nullptr;
-    vf a, a2;
-    row_sums(std::min(rr, H - h) * W, [&](int64_t w, vf& g, vf& gx) {
-      const vf xv = ld(xr + w * kLanes);
+    Px a, a2;
+    row_sums(std::min(rr, H - h) * W, [&](int64_t w, Px& g, Px& gx) {
+      const Px xv = ldx(xr + w * kLanes);
       g = grad_in<kMask>(dr + w * kLanes, kMask == kMaskY ? yr + w * kLanes : nullptr, xv, ma, mb);
-      if constexpr (kStore) st(gr + w * kLanes, g);
+      if constexpr (kStore) stx(gr + w * kLanes, g);
       gx = g * (xv - mu);
     }, a, a2);
-    t += wide(a);
-    t2 += wide(a2);
+    t.add(a);
+    t2.add(a2);
   }
-  store_sum(sdy, t);
-  store_sum(sdyx, t2);
+  t.store(sdy);
+  t2.store(sdyx);
 }
 
 void bn_bwd_sums(In x, In dy, In y, const float* ma, const float* mb, Out g, int64_t H, int64_t W,
@@ -171,15 +255,15 @@ void bn_bwd_sums(In x, In dy, In y, const float* ma, const float* mb, Out g, int
 template <int kMask>
 void bn_bwd_dx_t(In x, In dy, In y, const float* ma_, const float* mb_, Out dx, int64_t H, int64_t W,
                  const float* mu_, const float* k_, const float* m1_, const float* m2_) {
-  const vf mu = ld(mu_), k = ld(k_), m1 = ld(m1_), m2 = ld(m2_);
-  const vf ma = kMask == kMaskX ? ld(ma_) : vf{}, mb = kMask == kMaskX ? ld(mb_) : vf{};
+  const Px mu = ldx(mu_), k = ldx(k_), m1 = ldx(m1_), m2 = ldx(m2_);
+  const Px ma = kMask == kMaskX ? ldx(ma_) : Px{}, mb = kMask == kMaskX ? ldx(mb_) : Px{};
   for (int64_t h = 0; h < H; ++h) {
     const float *xr = x.p + h * x.row, *dr = dy.p + h * dy.row, *yr = kMask == kMaskY ? y.p + h * y.row : nullptr;
     float* dxr = dx.p + h * dx.row;
     for (int64_t w = 0; w < W; ++w) {
-      const vf xv = ld(xr + w * kLanes);
-      const vf g = grad_in<kMask>(dr + w * kLanes, kMask == kMaskY ? yr + w * kLanes : nullptr, xv, ma, mb);
-      st(dxr + w * kLanes, k * (g - m1 - (xv - mu) * m2));
+      const Px xv = ldx(xr + w * kLanes);
+      const Px g = grad_in<kMask>(dr + w * kLanes, kMask == kMaskY ? yr + w * kLanes : nullptr, xv, ma, mb);
+      stx(dxr + w * kLanes, k * (g - m1 - (xv - mu) * m2));
     }
   }
 }
@@ -195,18 +279,18 @@ void bn_bwd_dx(In x, In dy, In y, const float* ma, const float* mb, Out dx, int6
 }
 
 void plane_sum(In x, int64_t H, int64_t W, double* s) {
-  vd t = {};
+  DAcc t;
   const int64_t rr = run_rows(W, x.row == W * kLanes);
   for (int64_t h = 0; h < H; h += rr) {
     const float* r = x.p + h * x.row;
-    vf a, unused;
-    row_sums(std::min(rr, H - h) * W, [&](int64_t w, vf& v, vf& v2) {
-      v = ld(r + w * kLanes);
-      v2 = vf{};
+    Px a, unused;
+    row_sums(std::min(rr, H - h) * W, [&](int64_t w, Px& v, Px& v2) {
+      v = ldx(r + w * kLanes);
+      v2 = Px{};
     }, a, unused);
-    t += wide(a);
+    t.add(a);
   }
-  store_sum(s, t);
+  t.store(s);
 }
 
 void plane_fill(Out y, int64_t H, int64_t W, const float* v_) {
