@@ -27,7 +27,7 @@ CASES = [
     (3, 16, 13, 13, 64), (1, 33, 33, 33, 16), (3, 64, 8, 13, 33), (1, 17, 1, 7, 64), (3, 1, 8, 8, 17),
 ]
 IDS = ["N{}C{}_{}x{}K{}".format(*c) for c in CASES]
-# F(2x2, 3x3) adds, subtracts and halves: observed errors stay below 1e-6 of sum |w||x| (see
+# F(2x2, 3x3) adds, subtracts and halves: observed errors stay below 2e-7 of sum |w||x| (see
 # docs/KERNELS.md); the bound leaves an order of magnitude
 BOUND = 1e-5
 
