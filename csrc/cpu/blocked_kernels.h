@@ -398,6 +398,18 @@ __attribute__((always_inline)) inline vi widen_taps(const uint8_t* p) {
   return reinterpret_cast<vi>(__builtin_convertvector(__builtin_convertvector(t8, vb16), vu));
 }
 
+// The inverse: 16 lanes of taps (each < 256) stored as bytes. AVX-512 narrows in one vpmovdb;
+// elsewhere GCC lowers the fourfold narrowing byte by byte, the doubling steps to packs.
+__attribute__((always_inline)) inline void store_taps(uint8_t* p, const vi& at) {
+#if defined(__AVX512F__)
+  const vb t8 = __builtin_convertvector(at, vb);
+#else
+  using vs = int16_t __attribute__((vector_size(32)));
+  const vb t8 = __builtin_convertvector(__builtin_convertvector(at, vs), vb);
+#endif
+  std::memcpy(p, &t8, sizeof t8);
+}
+
 // The maximum of one full 2x2 window (taps a, a + 16, b, b + 16) and its tap, in row-major tap order.
 __attribute__((always_inline)) inline void max_2x2(const float* a, const float* b, int64_t ds, float* out,
                                                    uint8_t* out_tap) {
@@ -409,8 +421,7 @@ __attribute__((always_inline)) inline void max_2x2(const float* a, const float* 
   take_greater(best, at, v2, 2);
   take_greater(best, at, v3, 3);
   st(out, best);
-  const vb at8 = __builtin_convertvector(at, vb);
-  std::memcpy(out_tap, &at8, sizeof at8);
+  store_taps(out_tap, at);
 }
 
 void maxpool_fwd_2x2(In x, Out y, uint8_t* tap, int64_t P, int64_t Q) {
@@ -477,8 +488,7 @@ void maxpool_fwd(In x, Out y, uint8_t* tap, const PoolGeom& g) {
       }
     }
     st(out, best);
-    const vb at8 = __builtin_convertvector(at, vb);
-    std::memcpy(out_tap, &at8, sizeof at8);
+    store_taps(out_tap, at);
     return true;
   });
 }
