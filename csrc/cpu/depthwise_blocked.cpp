@@ -160,21 +160,18 @@ void depthwise_blocked_bwd_weight(const float* xb, const float* dyb, float* dwt,
     thread_local std::vector<float> acc;
     acc.assign(A, 0.f);
     double* out = part.data() + task * A;
-    // float sums over at least kFlushPixels output pixels (whole planes), then added in double:
-    // small maps would otherwise spend more on the flushes than on the sums
+    // float sums over groups of whole planes of at least kFlushPixels output pixels, then added in
+    // double: small maps would otherwise spend more on the flushes than on the sums
     constexpr int64_t kFlushPixels = 1024;
-    int64_t pending = 0;
+    const int64_t group = std::max<int64_t>(1, kFlushPixels / std::max<int64_t>(g.P * g.Q, 1));
     const int64_t n1 = N * (k + 1) / chunks;
-    for (int64_t n = N * k / chunks; n < n1; ++n) {
+    for (int64_t n = N * k / chunks; n < n1; n += group) {
       const int64_t nc = n * Cb + cb;
-      isa.wgrad_plane(g, xb + nc * plane_x + halo_x * ldx + halo_x * kBlock, ldx,
-                      dyb + nc * plane_y + halo_dy * ldy + halo_dy * kBlock, ldy, acc.data());
-      pending += g.P * g.Q;
-      if (pending >= kFlushPixels || n + 1 == n1) {
-        for (int64_t i = 0; i < A; ++i) out[i] += acc[i];
-        std::fill(acc.begin(), acc.end(), 0.f);
-        pending = 0;
-      }
+      isa.wgrad_planes(g, xb + nc * plane_x + halo_x * ldx + halo_x * kBlock, ldx, Cb * plane_x,
+                       dyb + nc * plane_y + halo_dy * ldy + halo_dy * kBlock, ldy, Cb * plane_y,
+                       std::min(group, n1 - n), acc.data());
+      for (int64_t i = 0; i < A; ++i) out[i] += acc[i];
+      std::fill(acc.begin(), acc.end(), 0.f);
     }
   }
   for (int64_t c = 0; c < C; ++c) {

@@ -50,16 +50,18 @@ using FwdRowsFn = void (*)(const Corr& g, const float* in, int64_t ld, const flo
 // q*sw, 0 <= p < P, 0 <= q < Q, of w[r, s] * dy[p, q]. `dy` at its interior (0, 0), `dx` at (h, 0).
 using BwdDataRowFn = void (*)(const Corr& g, const float* dy, int64_t dy_ld, const float* w, float* dx,
                               int64_t h);
-// The weight gradient of one image's plane of one channel block: acc[t][16] += sum_pq dy[p, q] *
+// The weight gradient of `count` images' planes of one channel block: acc[t][16] += sum_pq dy[p, q] *
 // x[tap t of (p, q)], and acc[R*S][16] += sum_pq dy[p, q] (the bias gradient). `x` and `dy` at
-// their interiors' pixel (0, 0), `ld` / `dy_ld` floats per row.
-using WgradPlaneFn = void (*)(const Corr& g, const float* x, int64_t ld, const float* dy, int64_t dy_ld, float* acc);
+// their first plane's interior pixel (0, 0), `ld` / `dy_ld` floats per row, the next image's plane
+// `x_step` / `dy_step` floats on.
+using WgradPlanesFn = void (*)(const Corr& g, const float* x, int64_t ld, int64_t x_step, const float* dy,
+                               int64_t dy_ld, int64_t dy_step, int64_t count, float* acc);
 
 struct Isa {
   const char* name;
   FwdRowsFn fwd_rows;
   BwdDataRowFn bwd_data_row;
-  WgradPlaneFn wgrad_plane;
+  WgradPlanesFn wgrad_planes;
 };
 
 // Null where the compiler could not build that instruction set (non-x86 hosts).

@@ -59,55 +59,88 @@ void fwd_row_3x3(const float* in, int64_t ld, const typename V::T* wv, typename 
   for (; q < q1; ++q, base += SW * kBlock, o += kBlock) fwd3x3<V, SW, 1>(base, ld, wv, b, o, relu);
 }
 
-// Rows [p0, p1) of a plane whose output rows are at most 8 pixels (small maps: 8 x 8, 4 x 4, 7 x 7):
-// 3x3 taps, no dilation, column padding 0 or 1, any row padding and halo. A row's Q accumulators
-// stay in registers over its three filter rows (at column stride 1 each input pixel is loaded once
-// per filter row, not three times), so a row costs its FMAs and nothing else: no per-pixel tap
-// search, no border pass. Taps on the input's halo are skipped (it is zero), not read: on a 4 x 4 map
-// with a halo of 1 that is 20 of every 36 pixels' traffic. Of the columns only the first (column
-// -pw) and the last can lie outside the interior (pw <= 1, and Q spans the row).
-template <class V, int Q, int SW>
-void fwd_rows_small(const Corr& g, const float* in, int64_t ld, const typename V::T* wv, typename V::T b,
-                    float* out, int64_t out_ld, int64_t p0, int64_t p1, int l, bool relu) {
-  using T = typename V::T;
-  constexpr int NK = (Q - 1) * SW + 3;  // input columns a row of outputs reads
-  const bool first_ok = g.pw == 0, last_ok = NK - 1 - g.pw < g.W;
-  for (int64_t p = p0; p < p1; ++p) {
-    T acc[Q];
-#pragma GCC unroll 8
-    for (int q = 0; q < Q; ++q) acc[q] = b;
-#pragma GCC unroll 3
-    for (int r = 0; r < 3; ++r) {
-      const int64_t ih = p * g.sh - g.ph + r;
-      if (ih < 0 || ih >= g.H) continue;
-      const float* row = in + ih * ld - g.pw * kBlock + l;
-      T x[NK];
-      x[0] = V::load_if(row, first_ok);
+// The small-map kernels below (3x3 taps, no dilation, column padding 0 or 1, any row padding)
+// take a row's outputs in blocks of QB <= 8 columns, the whole block's accumulators in registers
+// over the three filter rows, so a row costs its FMAs and little else: no per-pixel tap search, no
+// border pass. Taps on the input's halo are skipped (it is zero), not read: on a 4 x 4 map with a
+// halo of 1 that is 20 of every 36 pixels' traffic. Of a block's NK input columns only the first
+// and the last can lie outside the interior (pw <= 1), and those are read as zero there.
+constexpr int64_t kSmallMapCols = 1 << 30;
+
+template <int QB, int SW>
+constexpr int kBlockCols = (QB - 1) * SW + 3;  // input columns QB outputs read
+
+// Input columns [q0*SW - pw, ... + NK) of one row into registers (the outside ones as zeros).
+template <class V, int NK, int SW>
+inline void load_block_cols(const Corr& g, const float* in_row, int64_t q0, typename V::T (&x)[NK]) {
+  const int64_t c0 = q0 * SW - g.pw;
+  const float* row = in_row + c0 * kBlock;
+  x[0] = V::load_if(row, c0 >= 0);
 #pragma GCC unroll 16
-      for (int k = 1; k < NK - 1; ++k) x[k] = V::load(row + k * kBlock);
-      x[NK - 1] = V::load_if(row + (NK - 1) * kBlock, last_ok);
+  for (int k = 1; k < NK - 1; ++k) x[k] = V::load(row + k * kBlock);
+  x[NK - 1] = V::load_if(row + (NK - 1) * kBlock, c0 + NK - 1 < g.W);
+}
+
+// Forward rows [p0, p1), columns [q0, q1) in blocks of QB (q1 - q0 a multiple of QB). `in` and
+// `out` (at row p0) point at lane l of pixel (0, 0).
+template <class V, int QB, int SW>
+void fwd_cols(const Corr& g, const float* in, int64_t ld, const typename V::T* wv, typename V::T b, float* out,
+              int64_t out_ld, int64_t p0, int64_t p1, int64_t q0, int64_t q1, bool relu) {
+  using T = typename V::T;
+  constexpr int NK = kBlockCols<QB, SW>;
+  for (int64_t p = p0; p < p1; ++p)
+    for (int64_t qb = q0; qb < q1; qb += QB) {
+      T acc[QB];
+#pragma GCC unroll 8
+      for (int q = 0; q < QB; ++q) acc[q] = b;
 #pragma GCC unroll 3
-      for (int s = 0; s < 3; ++s)
+      for (int r = 0; r < 3; ++r) {
+        const int64_t ih = p * g.sh - g.ph + r;
+        if (ih < 0 || ih >= g.H) continue;
+        T x[NK];
+        load_block_cols<V, NK, SW>(g, in + ih * ld, qb, x);
+#pragma GCC unroll 3
+        for (int s = 0; s < 3; ++s)
 #pragma GCC unroll 8
-        for (int q = 0; q < Q; ++q) acc[q] = V::fma(acc[q], wv[r * 3 + s], x[q * SW + s]);
+          for (int q = 0; q < QB; ++q) acc[q] = V::fma(acc[q], wv[r * 3 + s], x[q * SW + s]);
+      }
+      float* o = out + (p - p0) * out_ld + qb * kBlock;
+#pragma GCC unroll 8
+      for (int q = 0; q < QB; ++q) V::store(o + q * kBlock, relu ? V::relu(acc[q]) : acc[q]);
     }
-    float* o = out + (p - p0) * out_ld + l;
-#pragma GCC unroll 8
-    for (int q = 0; q < Q; ++q) V::store(o + q * kBlock, relu ? V::relu(acc[q]) : acc[q]);
+}
+
+// Calls F<QB>(q0, q1) for the columns [0, Q): blocks of 8, then one block of the rest.
+template <template <int> class F, class... A>
+inline void by_column_blocks(int64_t Q, A&&... a) {
+  const int64_t full = Q / 8 * 8;
+  if (full) F<8>::run(0, full, a...);
+  switch (Q - full) {
+    case 1: F<1>::run(full, Q, a...); break;
+    case 2: F<2>::run(full, Q, a...); break;
+    case 3: F<3>::run(full, Q, a...); break;
+    case 4: F<4>::run(full, Q, a...); break;
+    case 5: F<5>::run(full, Q, a...); break;
+    case 6: F<6>::run(full, Q, a...); break;
+    case 7: F<7>::run(full, Q, a...); break;
+    default: break;
   }
 }
 
 template <class V, int SW>
-bool fwd_small_dispatch(const Corr& g, const float* in, int64_t ld, const typename V::T* wv, typename V::T b,
-                        float* out, int64_t out_ld, int64_t p0, int64_t p1, int l, bool relu) {
-  switch (g.Q) {
-#define FT_DWB_SMALL(q) \
-  case q: fwd_rows_small<V, q, SW>(g, in, ld, wv, b, out, out_ld, p0, p1, l, relu); return true;
-    FT_DWB_SMALL(1) FT_DWB_SMALL(2) FT_DWB_SMALL(3) FT_DWB_SMALL(4)
-    FT_DWB_SMALL(5) FT_DWB_SMALL(6) FT_DWB_SMALL(7) FT_DWB_SMALL(8)
-#undef FT_DWB_SMALL
-    default: return false;
-  }
+struct FwdCols {
+  template <int QB>
+  struct F {
+    static void run(int64_t q0, int64_t q1, const Corr& g, const float* in, int64_t ld, const typename V::T* wv,
+                    typename V::T b, float* out, int64_t out_ld, int64_t p0, int64_t p1, bool relu) {
+      fwd_cols<V, QB, SW>(g, in, ld, wv, b, out, out_ld, p0, p1, q0, q1, relu);
+    }
+  };
+};
+
+inline bool small_map_shape(const Corr& g, int64_t max_q) {
+  return g.R == 3 && g.S == 3 && g.dh == 1 && g.dw == 1 && (g.sw == 1 || g.sw == 2) && (g.pw == 0 || g.pw == 1) &&
+         g.Q <= max_q;
 }
 
 // Rows [p0, p1) of one plane (a task takes several rows of a small map: the weights are loaded
@@ -124,10 +157,13 @@ void fwd_rows(const Corr& g, const float* in, int64_t ld, const float* w, const 
 #pragma GCC unroll 9
       for (int t = 0; t < 9; ++t) wv[t] = V::load(w + t * kBlock + l);
       if constexpr (V::kSmallRows) {
-        if ((g.pw == 0 || g.pw == 1) &&
-            (g.sw == 1 ? fwd_small_dispatch<V, 1>(g, in, ld, wv, b, out, out_ld, p0, p1, l, relu)
-                       : fwd_small_dispatch<V, 2>(g, in, ld, wv, b, out, out_ld, p0, p1, l, relu)))
+        if (small_map_shape(g, kSmallMapCols)) {
+          if (g.sw == 1)
+            by_column_blocks<FwdCols<V, 1>::template F>(g.Q, g, in + l, ld, wv, b, out + l, out_ld, p0, p1, relu);
+          else
+            by_column_blocks<FwdCols<V, 2>::template F>(g.Q, g, in + l, ld, wv, b, out + l, out_ld, p0, p1, relu);
           continue;
+        }
       }
     }
     for (int64_t p = p0; p < p1; ++p) {
@@ -241,6 +277,57 @@ void wgrad_3x3_block(const Corr& g, const float* x, int64_t ld, const float* dy,
   V::store(acc + 9 * kBlock + l, V::add(V::load(acc + 9 * kBlock + l), bs));
 }
 
+// Weight gradient over `count` planes of one channel block (x_step / dy_step floats apart), columns
+// [q0, q1) in blocks of QB: the nine tap sums and the bias sum stay in registers over all of them,
+// each block's dy pixels loaded once for its three filter rows; added into acc at the end. `x` and
+// `dy` point at lane l of their interiors' pixel (0, 0). Same shapes as fwd_cols.
+template <class V, int QB, int SW>
+void wgrad_cols(const Corr& g, const float* x, int64_t ld, int64_t x_step, const float* dy, int64_t dy_ld,
+                int64_t dy_step, int64_t count, int64_t q0, int64_t q1, float* acc) {
+  using T = typename V::T;
+  constexpr int NK = kBlockCols<QB, SW>;
+  T a[9], bs = V::zero();
+#pragma GCC unroll 9
+  for (int t = 0; t < 9; ++t) a[t] = V::zero();
+  for (int64_t n = 0; n < count; ++n)
+    for (int64_t p = 0; p < g.P; ++p)
+      for (int64_t qb = q0; qb < q1; qb += QB) {
+        T d[QB];
+        const float* drow = dy + n * dy_step + p * dy_ld + qb * kBlock;
+#pragma GCC unroll 8
+        for (int q = 0; q < QB; ++q) d[q] = V::load(drow + q * kBlock);
+        T dsum = d[0];
+#pragma GCC unroll 8
+        for (int q = 1; q < QB; ++q) dsum = V::add(dsum, d[q]);
+        bs = V::add(bs, dsum);
+#pragma GCC unroll 3
+        for (int r = 0; r < 3; ++r) {
+          const int64_t ih = p * g.sh - g.ph + r;
+          if (ih < 0 || ih >= g.H) continue;
+          T xv[NK];
+          load_block_cols<V, NK, SW>(g, x + n * x_step + ih * ld, qb, xv);
+#pragma GCC unroll 3
+          for (int s = 0; s < 3; ++s)
+#pragma GCC unroll 8
+            for (int q = 0; q < QB; ++q) a[r * 3 + s] = V::fma(a[r * 3 + s], d[q], xv[q * SW + s]);
+        }
+      }
+#pragma GCC unroll 9
+  for (int t = 0; t < 9; ++t) V::store(acc + t * kBlock, V::add(V::load(acc + t * kBlock), a[t]));
+  V::store(acc + 9 * kBlock, V::add(V::load(acc + 9 * kBlock), bs));
+}
+
+template <class V, int SW>
+struct WgradCols {
+  template <int QB>
+  struct F {
+    static void run(int64_t q0, int64_t q1, const Corr& g, const float* x, int64_t ld, int64_t x_step,
+                    const float* dy, int64_t dy_ld, int64_t dy_step, int64_t count, float* acc) {
+      wgrad_cols<V, QB, SW>(g, x, ld, x_step, dy, dy_ld, dy_step, count, q0, q1, acc);
+    }
+  };
+};
+
 template <class V>
 void wgrad_plane(const Corr& g, const float* x, int64_t ld, const float* dy, int64_t dy_ld, float* acc) {
   using T = typename V::T;
@@ -288,8 +375,25 @@ void wgrad_plane(const Corr& g, const float* x, int64_t ld, const float* dy, int
 }
 
 template <class V>
+void wgrad_planes(const Corr& g, const float* x, int64_t ld, int64_t x_step, const float* dy, int64_t dy_ld,
+                  int64_t dy_step, int64_t count, float* acc) {
+  if constexpr (V::kSmallRows) {
+    if (small_map_shape(g, kSmallMapCols)) {
+      for (int l = 0; l < kBlock; l += V::kW) {
+        if (g.sw == 1)
+          by_column_blocks<WgradCols<V, 1>::template F>(g.Q, g, x + l, ld, x_step, dy + l, dy_ld, dy_step, count, acc + l);
+        else
+          by_column_blocks<WgradCols<V, 2>::template F>(g.Q, g, x + l, ld, x_step, dy + l, dy_ld, dy_step, count, acc + l);
+      }
+      return;
+    }
+  }
+  for (int64_t n = 0; n < count; ++n) wgrad_plane<V>(g, x + n * x_step, ld, dy + n * dy_step, dy_ld, acc);
+}
+
+template <class V>
 Isa make_isa(const char* name) {
-  return Isa{name, &fwd_rows<V>, &bwd_data_row<V>, &wgrad_plane<V>};
+  return Isa{name, &fwd_rows<V>, &bwd_data_row<V>, &wgrad_planes<V>};
 }
 
 }  // namespace ft::cpu::dwb
