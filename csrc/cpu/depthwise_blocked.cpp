@@ -127,17 +127,15 @@ void depthwise_blocked_bwd_data(const float* dyb, const float* w, float* dxb, in
   g.col_taps = col_taps.data();
   const int64_t ldy = (f.Q + 2 * halo_dy) * kBlock, plane_y = (f.P + 2 * halo_dy) * ldy;
   const int64_t ldx = (W + 2 * halo_dx) * kBlock, plane_x = (H + 2 * halo_dx) * ldx;
-  // a task is a few rows of one small plane (about 32 dx pixels; a single row from 32 columns on)
-  const int64_t rows = std::clamp<int64_t>(32 / std::max<int64_t>(W, 1), 1, H), chunks = (H + rows - 1) / rows;
+  // a task is a few rows of one small plane (about 64 dx pixels: a whole 8 x 8 plane; a single row from 64 columns on)
+  const int64_t rows = std::clamp<int64_t>(64 / std::max<int64_t>(W, 1), 1, H), chunks = (H + rows - 1) / rows;
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
   for (int64_t task = 0; task < N * Cb * chunks; ++task) {
     const int64_t nc = task / chunks, h0 = task % chunks * rows, h1 = std::min(H, h0 + rows), cb = nc % Cb;
     float* px = dxb + nc * plane_x;
-    for (int64_t h = h0; h < h1; ++h) {
-      isa.bwd_data_row(g, dyb + nc * plane_y + halo_dy * ldy + halo_dy * kBlock, ldy, wb.data() + cb * RS * kBlock,
-                       px + (halo_dx + h) * ldx + halo_dx * kBlock, h);
-      zero_halo(px, H, W, halo_dx, h);
-    }
+    isa.bwd_data_rows(g, dyb + nc * plane_y + halo_dy * ldy + halo_dy * kBlock, ldy, wb.data() + cb * RS * kBlock,
+                      px + (halo_dx + h0) * ldx + halo_dx * kBlock, ldx, h0, h1);
+    for (int64_t h = h0; h < h1; ++h) zero_halo(px, H, W, halo_dx, h);
   }
 }
 

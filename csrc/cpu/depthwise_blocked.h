@@ -45,11 +45,12 @@ inline Corr interior_cols(Corr g) {
 // `out_ld` floats per output row.
 using FwdRowsFn = void (*)(const Corr& g, const float* in, int64_t ld, const float* w, const float* bias,
                            float* out, int64_t out_ld, int64_t p0, int64_t p1, bool relu);
-// One row h of the data gradient of a strided depthwise convolution (g describes the forward: in =
-// x, out = y), gathered: dx[h, v] = sum over taps with (h + ph - r*dh) = p*sh and (v + pw - s*dw) =
-// q*sw, 0 <= p < P, 0 <= q < Q, of w[r, s] * dy[p, q]. `dy` at its interior (0, 0), `dx` at (h, 0).
-using BwdDataRowFn = void (*)(const Corr& g, const float* dy, int64_t dy_ld, const float* w, float* dx,
-                              int64_t h);
+// Rows [h0, h1) of the data gradient of a strided depthwise convolution (g describes the forward:
+// in = x, out = y), gathered: dx[h, v] = sum over taps with (h + ph - r*dh) = p*sh and (v + pw - s*dw)
+// = q*sw, 0 <= p < P, 0 <= q < Q, of w[r, s] * dy[p, q]. `dy` at its interior (0, 0), `dx` at
+// (h0, 0), `dx_ld` floats per dx row.
+using BwdDataRowsFn = void (*)(const Corr& g, const float* dy, int64_t dy_ld, const float* w, float* dx,
+                               int64_t dx_ld, int64_t h0, int64_t h1);
 // The weight gradient of `count` images' planes of one channel block: acc[t][16] += sum_pq dy[p, q] *
 // x[tap t of (p, q)], and acc[R*S][16] += sum_pq dy[p, q] (the bias gradient). `x` and `dy` at
 // their first plane's interior pixel (0, 0), `ld` / `dy_ld` floats per row, the next image's plane
@@ -60,7 +61,7 @@ using WgradPlanesFn = void (*)(const Corr& g, const float* x, int64_t ld, int64_
 struct Isa {
   const char* name;
   FwdRowsFn fwd_rows;
-  BwdDataRowFn bwd_data_row;
+  BwdDataRowsFn bwd_data_rows;
   WgradPlanesFn wgrad_planes;
 };
 

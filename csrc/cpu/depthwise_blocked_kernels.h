@@ -110,19 +110,20 @@ void fwd_cols(const Corr& g, const float* in, int64_t ld, const typename V::T* w
     }
 }
 
-// Calls F<QB>(q0, q1) for the columns [0, Q): blocks of 8, then one block of the rest.
-template <template <int> class F, class... A>
+// Calls F<QB>::run(q0, q1, a...) for the columns [0, Q): blocks of B (8 or 4), then one block of the rest.
+template <int B, template <int> class F, class... A>
 inline void by_column_blocks(int64_t Q, A&&... a) {
-  const int64_t full = Q / 8 * 8;
-  if (full) F<8>::run(0, full, a...);
+  static_assert(B == 4 || B == 8);
+  const int64_t full = Q / B * B;
+  if (full) F<B>::run(0, full, a...);
   switch (Q - full) {
     case 1: F<1>::run(full, Q, a...); break;
     case 2: F<2>::run(full, Q, a...); break;
     case 3: F<3>::run(full, Q, a...); break;
     case 4: F<4>::run(full, Q, a...); break;
-    case 5: F<5>::run(full, Q, a...); break;
-    case 6: F<6>::run(full, Q, a...); break;
-    case 7: F<7>::run(full, Q, a...); break;
+    case 5: if constexpr (B > 5) F<5>::run(full, Q, a...); break;
+    case 6: if constexpr (B > 6) F<6>::run(full, Q, a...); break;
+    case 7: if constexpr (B > 7) F<7>::run(full, Q, a...); break;
     default: break;
   }
 }
@@ -159,9 +160,9 @@ void fwd_rows(const Corr& g, const float* in, int64_t ld, const float* w, const 
       if constexpr (V::kSmallRows) {
         if (small_map_shape(g, kSmallMapCols)) {
           if (g.sw == 1)
-            by_column_blocks<FwdCols<V, 1>::template F>(g.Q, g, in + l, ld, wv, b, out + l, out_ld, p0, p1, relu);
+            by_column_blocks<8, FwdCols<V, 1>::template F>(g.Q, g, in + l, ld, wv, b, out + l, out_ld, p0, p1, relu);
           else
-            by_column_blocks<FwdCols<V, 2>::template F>(g.Q, g, in + l, ld, wv, b, out + l, out_ld, p0, p1, relu);
+            by_column_blocks<8, FwdCols<V, 2>::template F>(g.Q, g, in + l, ld, wv, b, out + l, out_ld, p0, p1, relu);
           continue;
         }
       }
@@ -196,6 +197,68 @@ void fwd_rows(const Corr& g, const float* in, int64_t ld, const float* w, const 
     }
   }
 }
+
+// The strided data gradient of a 3x3 filter at column stride 2 (padding 0 or 1, any row stride),
+// one dx row, in blocks of QB column pairs: with t = v + pw, dx[t = 2m] = w0*dy[m] + w2*dy[m - 1] and
+// dx[t = 2m + 1] = w1*dy[m] per filter row reaching the row (g.row_taps), the block's QB + 1 dy
+// pixels loaded once per filter row and its 2 QB sums in registers. Pairs [m0, m1) (a multiple of QB);
+// only the block's first and last dy pixel can lie outside dy (read as zero), and only the first and
+// last dx column outside dx (not stored).
+template <class V, int QB>
+void dgrad_s2_cols(const Corr& g, const float* dy, int64_t dy_ld, const float* w, float* dx, int64_t dx_ld,
+                   int64_t h0, int64_t h1, int64_t m0, int64_t m1) {
+  using T = typename V::T;
+  for (int64_t h = h0; h < h1; ++h) {
+    const int64_t* taps = g.row_taps + h * (2 * g.R + 1);
+    const int64_t nr = taps[0];
+    for (int64_t mb = m0; mb < m1; mb += QB) {
+      T ae[QB], ao[QB];
+#pragma GCC unroll 8
+      for (int j = 0; j < QB; ++j) ae[j] = ao[j] = V::zero();
+      for (int64_t i = 0; i < nr; ++i) {
+        const float* drow = dy + taps[2 + 2 * i] * dy_ld + (mb - 1) * kBlock;
+        const float* wr = w + taps[1 + 2 * i] * 3 * kBlock;
+        const T w0 = V::load(wr), w1 = V::load(wr + kBlock), w2 = V::load(wr + 2 * kBlock);
+        T d[QB + 1];
+        d[0] = V::load_if(drow, mb >= 1);
+#pragma GCC unroll 8
+        for (int j = 1; j < QB; ++j) d[j] = V::load(drow + j * kBlock);
+        d[QB] = V::load_if(drow + QB * kBlock, mb + QB - 1 < g.Q);
+#pragma GCC unroll 8
+        for (int j = 0; j < QB; ++j) {
+          ae[j] = V::fma(V::fma(ae[j], w0, d[j + 1]), w2, d[j]);
+          ao[j] = V::fma(ao[j], w1, d[j + 1]);
+        }
+      }
+      const int64_t v0 = 2 * mb - g.pw;
+      float* o = dx + (h - h0) * dx_ld + v0 * kBlock;
+      if (v0 >= 0 && v0 + 2 * QB <= g.W) {
+#pragma GCC unroll 8
+        for (int j = 0; j < QB; ++j) {
+          V::store(o + 2 * j * kBlock, ae[j]);
+          V::store(o + (2 * j + 1) * kBlock, ao[j]);
+        }
+      } else {
+#pragma GCC unroll 8
+        for (int j = 0; j < QB; ++j) {
+          if (v0 + 2 * j >= 0 && v0 + 2 * j < g.W) V::store(o + 2 * j * kBlock, ae[j]);
+          if (v0 + 2 * j + 1 < g.W) V::store(o + (2 * j + 1) * kBlock, ao[j]);
+        }
+      }
+    }
+  }
+}
+
+template <class V>
+struct DgradS2Cols {
+  template <int QB>
+  struct F {
+    static void run(int64_t m0, int64_t m1, const Corr& g, const float* dy, int64_t dy_ld, const float* w, float* dx,
+                    int64_t dx_ld, int64_t h0, int64_t h1) {
+      dgrad_s2_cols<V, QB>(g, dy, dy_ld, w, dx, dx_ld, h0, h1, m0, m1);
+    }
+  };
+};
 
 // Strided data gradient, gathered: each dx pixel sums the few (dy pixel, tap) pairs that reach it
 // (at stride 2 and 3x3: 1, 2 or 4), kept in a register, and is written once; no scatter into a
@@ -249,6 +312,20 @@ void bwd_data_row(const Corr& g, const float* dy, int64_t dy_ld, const float* w,
       for (int64_t v = v0; v < g.W; ++v) one(v);
     }
   }
+}
+
+template <class V>
+void bwd_data_rows(const Corr& g, const float* dy, int64_t dy_ld, const float* w, float* dx, int64_t dx_ld,
+                   int64_t h0, int64_t h1) {
+  if constexpr (V::kSmallRows) {
+    if (g.R == 3 && g.S == 3 && g.dh == 1 && g.dw == 1 && g.sw == 2 && (g.pw == 0 || g.pw == 1)) {
+      const int64_t pairs = (g.W - 1 + g.pw) / 2 + 1;  // m of the dx columns t = v + pw in [pw, W + pw)
+      for (int l = 0; l < kBlock; l += V::kW)
+        by_column_blocks<8, DgradS2Cols<V>::template F>(pairs, g, dy + l, dy_ld, w + l, dx + l, dx_ld, h0, h1);
+      return;
+    }
+  }
+  for (int64_t h = h0; h < h1; ++h) bwd_data_row<V>(g, dy, dy_ld, w, dx + (h - h0) * dx_ld, h);
 }
 
 // Interior rows [p0, p1) x columns [qlo, qhi) of a 3x3 filter without dilation: the nine tap sums
@@ -381,9 +458,9 @@ void wgrad_planes(const Corr& g, const float* x, int64_t ld, int64_t x_step, con
     if (small_map_shape(g, kSmallMapCols)) {
       for (int l = 0; l < kBlock; l += V::kW) {
         if (g.sw == 1)
-          by_column_blocks<WgradCols<V, 1>::template F>(g.Q, g, x + l, ld, x_step, dy + l, dy_ld, dy_step, count, acc + l);
+          by_column_blocks<8, WgradCols<V, 1>::template F>(g.Q, g, x + l, ld, x_step, dy + l, dy_ld, dy_step, count, acc + l);
         else
-          by_column_blocks<WgradCols<V, 2>::template F>(g.Q, g, x + l, ld, x_step, dy + l, dy_ld, dy_step, count, acc + l);
+          by_column_blocks<8, WgradCols<V, 2>::template F>(g.Q, g, x + l, ld, x_step, dy + l, dy_ld, dy_step, count, acc + l);
       }
       return;
     }
@@ -393,7 +470,7 @@ void wgrad_planes(const Corr& g, const float* x, int64_t ld, int64_t x_step, con
 
 template <class V>
 Isa make_isa(const char* name) {
-  return Isa{name, &fwd_rows<V>, &bwd_data_row<V>, &wgrad_planes<V>};
+  return Isa{name, &fwd_rows<V>, &bwd_data_rows<V>, &wgrad_planes<V>};
 }
 
 }  // namespace ft::cpu::dwb
