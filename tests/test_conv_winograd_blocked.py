@@ -2,7 +2,7 @@
 direct engine's blocked entry points for 3x3 stride-1 padding-1 layers: forced with
 set_conv2d_algo("winograd-blocked") and held to the NumPy reference on odd shapes (channels not a
 multiple of 16, maps with a partial last tile, 1x1 maps, batch 1), forward (bias, ReLU, halos, the
-batchnorm statistics) and data gradient (dy halos, accumulate), within the error bound
+batchnorm statistics), data gradient (dy halos, accumulate) and weight gradient, within the error bound
 docs/KERNELS.md states (relative to sum |w||x| per output); the choice, its errors, thread-count
 independence, a float32 finite-difference check through the layer, and a ResNet-20 training step
 under the engine's own choice against the direct kernels forced."""
@@ -110,9 +110,37 @@ def test_data_gradient_matches_reference(wino, case):
     _within(C.from_blocked(dxb, Cc), want + base, scale + np.abs(base), "bwd_data accumulate")
 
 
+def _bwd_weight(x, dy, K):
+    dw, db = np.zeros((K, x.shape[1], 3, 3)), np.zeros(K)
+    ref.conv2d_bwd_weight_ref(x.astype(f64), dy.astype(f64), dw, db, 1, 1, 1, 1)
+    return dw, db
+
+
+@needs_avx512
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_weight_gradient_matches_reference(wino, case):
+    """dw and db accumulate; x read through halos 1, 2 (or exactly the padding), dy through halos
+    0, 1, 2 (or conv2d_blocked_dy_pads'). Bound: 2e-5 of sum |dy||x| per weight (float32 sums over
+    up to N*H*W/4 tiles)."""
+    p = _problem(case, seed=4)
+    N, Cc, H, W, K = case
+    rng = np.random.default_rng(7)
+    dw0, db0 = rng.standard_normal((K, Cc, 3, 3)).astype(f32), rng.standard_normal(K).astype(f32)
+    dw_ref, db_ref = _bwd_weight(p["x"], p["dy"], K)
+    sw, sb = _bwd_weight(np.abs(p["x"]), np.abs(p["dy"]), K)
+    for hx, hdy in ((1, -1), (2, 0), (-1, 1), (1, 2)):
+        xb = C.to_blocked(p["x"], *(4 * (max(hx, 1),)))
+        dyb = C.to_blocked(p["dy"], *(4 * (max(hdy, 1) if hdy else 0,)))
+        dw, db = dw0.copy(), db0.copy()
+        C.conv2d_blocked_bwd_weight(xb, dyb, dw, db, 1, 1, 1, 1, halo_x=hx, halo_dy=hdy)
+        err = np.abs(dw - (dw_ref + dw0))
+        assert np.all(err <= 2e-5 * sw + 1e-6), f"dw halo_x={hx} halo_dy={hdy}: worst {(err / (sw + 1e-30)).max():.2e}"
+        np.testing.assert_allclose(db, db_ref + db0, rtol=1e-5, atol=1e-5 * (sb.max() + 1), err_msg=f"db {hx} {hdy}")
+
+
 @needs_avx512
 def test_nchw_entry_points_and_weight_gradient(wino):
-    """The NCHW entry points convert and run the blocked Winograd; the weight gradient stays direct."""
+    """The NCHW entry points convert and run the blocked Winograd, all three ops."""
     p = _problem((2, 20, 9, 6, 24), seed=3)
     y = np.empty((2, 24, 9, 6), f32)
     C.conv2d_fwd(p["x"], p["w"], p["b"], y, 1, 1, 1, 1, False)
@@ -120,8 +148,13 @@ def test_nchw_entry_points_and_weight_gradient(wino):
     dx = np.empty_like(p["x"])
     C.conv2d_bwd_data(p["dy"], p["w"], dx, 1, 1, 1, 1)
     _within(dx, _bwd_data(p["dy"], p["w"], dx.shape), _bwd_data(np.abs(p["dy"]), np.abs(p["w"]), dx.shape), "NCHW dx")
-    assert C.conv2d_choice("bwd_weight", 2, 20, 9, 6, 24, 3, 3, 1, 1, 1, 1) == "direct"
-    assert C.conv2d_choice("fwd", 2, 20, 9, 6, 24, 3, 3, 1, 1, 1, 1, blocked=True) == "winograd-blocked"
+    dw, db = np.zeros((24, 20, 3, 3), f32), np.zeros(24, f32)
+    C.conv2d_bwd_weight(p["x"], p["dy"], dw, db, 1, 1, 1, 1)
+    dw_ref, db_ref = _bwd_weight(p["x"], p["dy"], 24)
+    assert np.all(np.abs(dw - dw_ref) <= 2e-5 * _bwd_weight(np.abs(p["x"]), np.abs(p["dy"]), 24)[0] + 1e-6), "NCHW dw"
+    np.testing.assert_allclose(db, db_ref, rtol=1e-5, atol=1e-5)
+    for op in ("fwd", "bwd_data", "bwd_weight"):
+        assert C.conv2d_choice(op, 2, 20, 9, 6, 24, 3, 3, 1, 1, 1, 1, blocked=True) == "winograd-blocked"
 
 
 @needs_avx512
@@ -174,7 +207,7 @@ def test_forcing_refuses_what_it_cannot_do():
 
 
 def test_auto_choice_rule():
-    """Under 'auto': Winograd on the blocked layout for the forward and data gradient of 3x3
+    """Under 'auto': Winograd on the blocked layout for all three ops of 3x3
     stride-1 padding-1 layers with >= 32 channels in and out, where the AVX-512 kernels run; never
     with the AVX2 or portable kernels (those paths keep what they ran before)."""
     wide = (128, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1)
@@ -186,7 +219,7 @@ def test_auto_choice_rule():
             C.set_conv2d_isa(isa)
             for op in ("fwd", "bwd_data", "bwd_weight"):
                 got = C.conv2d_choice(op, *wide, blocked=True)
-                want = "winograd-blocked" if isa == "avx512" and op != "bwd_weight" else None
+                want = "winograd-blocked" if isa == "avx512" else None
                 assert got == want if want else got != "winograd-blocked", (isa, op, got)
                 assert C.conv2d_choice(op, *narrow, blocked=True) != "winograd-blocked", (isa, op)
         finally:

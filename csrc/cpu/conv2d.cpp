@@ -298,8 +298,8 @@ bool use_direct(const char* op, const Geom& g, bool blocked = false) {
 }
 
 // Winograd F(2x2, 3x3) on the blocked layout (conv2d_wino_blocked_avx512.cpp) runs the forward and
-// the data gradient of a 3x3 stride-1 padding-1 ungrouped undilated layer inside the direct
-// engine's blocked entry points (the weight gradient stays direct). Under 'auto' only where its
+// both gradients of a 3x3 stride-1 padding-1 ungrouped undilated layer inside the direct
+// engine's blocked entry points. Under 'auto' only where its
 // AVX-512 kernels run and both channel counts are at least kWinoBlockedMinChannels (see
 // docs/KERNELS.md for the measurements behind the rule).
 constexpr int64_t kWinoBlockedMinChannels = 32;
@@ -327,8 +327,7 @@ bool pick_wino_blocked(const char* op, const Geom& g) {
 
 Algo choose(const char* op, const Geom& g, bool data_grad, bool blocked) {
   if (use_direct(op, g, blocked))
-    return std::string(op).find("bwd_weight") == std::string::npos && pick_wino_blocked(op, g) ? Algo::WinogradBlocked
-                                                                                           : Algo::Direct;
+    return pick_wino_blocked(op, g) ? Algo::WinogradBlocked : Algo::Direct;
   if (use_depthwise(op, g)) return Algo::Depthwise;
   const int64_t cin = data_grad ? g.K : g.C, cout = data_grad ? g.C : g.K;
   return use_winograd(op, g, data_grad, cin, cout) ? Algo::Winograd : Algo::Im2col;

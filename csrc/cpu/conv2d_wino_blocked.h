@@ -24,14 +24,27 @@ struct Args {
   double* stats;       // (2, Cout) sum and sum of squares of out (after the ReLU), or nullptr
 };
 
+// The weight gradient of the forward above (transpose false):
+//   dw[k, c, r, s] += sum_{n, h, w} dy[n, k, h, w] x[n, c, h - 1 + r, w - 1 + s],  db[k] += sum dy[n, k, ., .]
+struct WgradArgs {
+  const float* x;      // blocked, zero halo halo_x >= 1 (as Args::in)
+  int64_t halo_x;
+  const float* dy;     // [N][ceil(K/16)][H + 2 halo_dy][W + 2 halo_dy][16]
+  int64_t halo_dy;
+  int64_t N, C, H, W, K;
+  float* dw;           // (K, C, 3, 3), accumulated into
+  float* db;           // K, accumulated into
+};
+
 // Whether this build holds the AVX-512 kernels (the CPU check is the caller's).
 bool available();
 void run(const Args& a);
+void run_wgrad(const WgradArgs& a);
 
 }  // namespace ft::cpu::wino_blocked
 
 namespace ft::cpu {
-// conv2d.cpp: whether the blocked entry point `op` ("conv2d_fwd" or "conv2d_bwd_data") runs this
+// conv2d.cpp: whether the blocked entry point `op` (forward, data or weight gradient) runs this
 // shape through Winograd on the blocked layout; an error when the algorithm is forced to
 // "winograd-blocked" on a shape it cannot do.
 bool use_winograd_blocked(const char* op, int64_t N, int64_t C, int64_t H, int64_t W, int64_t K,

@@ -113,7 +113,7 @@ void transform_weights(const Args& a, float* U, int64_t Cinp, int64_t Kbo) {
 }
 
 float* thread_buffer(int which, int64_t n) {
-  thread_local std::vector<float> bufs[2];
+  thread_local std::vector<float> bufs[3];
   auto& b = bufs[which];
   if (static_cast<int64_t>(b.size()) < n) b.resize(n);
   return b.data();
@@ -123,6 +123,109 @@ double* shared_buffer(int64_t n) {
   static std::vector<double> b;
   if (static_cast<int64_t>(b.size()) < n) b.resize(n);
   return b.data();
+}
+
+// The tiles of a map and the input transform V = B^T d B of tiles [t0, t0 + nT) into
+// V[e * vplane + t * Cinp + c] (e: the 16 positions); d: the 4 x 4 patch (one row and column of
+// it in the input's halo), zeros past the halo (the last tile row/column of an odd map).
+struct Tiles {
+  const float* in;
+  int64_t halo, Cbi, Cinp, Hp, Wp, TW, per_img;
+};
+
+void input_transform(const Tiles& a, int64_t t0, int64_t nT, float* Vb, int64_t vplane) {
+  const int64_t Cbi = a.Cbi, Cinp = a.Cinp, Hp = a.Hp, Wp = a.Wp, TW = a.TW, per_img = a.per_img;
+  for (int64_t tl = 0; tl < nT; ++tl) {
+    const int64_t tg = t0 + tl, n = tg / per_img, ti = (tg % per_img) / TW, tj = tg % TW;
+    const int64_t h0 = 2 * ti - 1 + a.halo, w0 = 2 * tj - 1 + a.halo;  // padded coordinates
+    const bool full = h0 + 3 < Hp && w0 + 3 < Wp;
+    for (int64_t cb = 0; cb < Cbi; ++cb) {
+      const float* base = a.in + ((n * Cbi + cb) * Hp * Wp + h0 * Wp + w0) * kB;
+      // the two columns (one line each per row) the tile after next is the first to read
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) {
+        _mm_prefetch(reinterpret_cast<const char*>(base + (i * Wp + 6) * kB), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(base + (i * Wp + 7) * kB), _MM_HINT_T0);
+      }
+      V d[4][4];
+      if (full) {
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i)
+#pragma GCC unroll 4
+          for (int j = 0; j < 4; ++j) d[i][j] = _mm512_loadu_ps(base + (i * Wp + j) * kB);
+      } else {
+        for (int i = 0; i < 4; ++i)
+          for (int j = 0; j < 4; ++j)
+            d[i][j] = h0 + i < Hp && w0 + j < Wp ? _mm512_loadu_ps(base + (i * Wp + j) * kB) : _mm512_setzero_ps();
+      }
+      V t[4][4];
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        t[0][j] = _mm512_sub_ps(d[0][j], d[2][j]);
+        t[1][j] = _mm512_add_ps(d[1][j], d[2][j]);
+        t[2][j] = _mm512_sub_ps(d[2][j], d[1][j]);
+        t[3][j] = _mm512_sub_ps(d[1][j], d[3][j]);
+      }
+      float* out = Vb + tl * Cinp + cb * kB;
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) {
+        _mm512_storeu_ps(out + (i * 4 + 0) * vplane, _mm512_sub_ps(t[i][0], t[i][2]));
+        _mm512_storeu_ps(out + (i * 4 + 1) * vplane, _mm512_add_ps(t[i][1], t[i][2]));
+        _mm512_storeu_ps(out + (i * 4 + 2) * vplane, _mm512_sub_ps(t[i][2], t[i][1]));
+        _mm512_storeu_ps(out + (i * 4 + 3) * vplane, _mm512_sub_ps(t[i][1], t[i][3]));
+      }
+    }
+  }
+}
+
+// Tiles per chunk and chunks: a chunk's V and M (16 positions x (Cinp + Kp) floats per tile) in
+// about 256 KiB of L2 (512 KiB and 1 MiB measured 0-10% slower, 128 KiB 5-20% slower); a
+// multiple of 8 chunks, so 2, 4 or 8 threads get equal shares.
+std::pair<int64_t, int64_t> chunking(int64_t tiles, int64_t Cinp, int64_t Kp) {
+  const int64_t cap = std::max<int64_t>(kTR2, (256 * 1024 / 4) / (16 * (Cinp + Kp)) / kTR2 * kTR2);
+  const int64_t want = ((tiles + cap - 1) / cap + 7) / 8 * 8;
+  const int64_t T = std::max<int64_t>(1, (tiles + want - 1) / want);
+  return {T, (tiles + T - 1) / T};
+}
+
+// The weight gradient's product of one position for CN input channels x KV output blocks, summed
+// over nT tiles into du (CN rows of KV blocks, ldu floats apart), which stays in registers:
+//   du[i * ldu + j * 16 + l] += sum_t v[t * ldv + i] * y[t * ldy + j * 16 + l]
+template <int CN, int KV>
+void wproduct(const float* v, int64_t ldv, const float* y, int64_t ldy, int64_t nT, float* du, int64_t ldu) {
+  V acc[CN][KV];
+#pragma GCC unroll 16
+  for (int i = 0; i < CN; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < KV; ++j) acc[i][j] = _mm512_loadu_ps(du + i * ldu + j * kB);
+  for (int64_t t = 0; t < nT; ++t) {
+    V yv[KV];
+#pragma GCC unroll 4
+    for (int j = 0; j < KV; ++j) yv[j] = _mm512_loadu_ps(y + t * ldy + j * kB);
+#pragma GCC unroll 16
+    for (int i = 0; i < CN; ++i) {
+      const V x = _mm512_set1_ps(v[t * ldv + i]);
+#pragma GCC unroll 4
+      for (int j = 0; j < KV; ++j) acc[i][j] = _mm512_fmadd_ps(yv[j], x, acc[i][j]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < CN; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < KV; ++j) _mm512_storeu_ps(du + i * ldu + j * kB, acc[i][j]);
+}
+
+using WProductFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t);
+
+template <int KV, int... N>
+WProductFn wpick(int cn, std::integer_sequence<int, N...>) {
+  static constexpr WProductFn fns[] = {&wproduct<N + 1, KV>...};
+  return fns[cn - 1];
+}
+
+WProductFn wproduct_fn(int kv, int cn) {
+  return kv == 2 ? wpick<2>(cn, std::make_integer_sequence<int, kTR2>{})
+                 : wpick<1>(cn, std::make_integer_sequence<int, kTR1>{});
 }
 
 }  // namespace
@@ -139,17 +242,13 @@ void run(const Args& a) {
   std::vector<float> biasv(Kp, 0.f);
   if (a.bias) std::copy(a.bias, a.bias + a.Cout, biasv.begin());
   const float* bias = biasv.data();
-  // chunk: V and M of a chunk (16 positions x (Cinp + Kp) floats per tile) in about 256 KiB of L2
-  // (512 KiB and 1 MiB measured 0-10% slower, 128 KiB 5-20% slower).
-  // The chunks follow from the shape alone (a multiple of 8 of them, so 2, 4 or 8 threads get
-  // equal shares), not from the thread count: the statistics are summed per chunk.
+  // the chunks follow from the shape alone, not from the thread count: the statistics are summed
+  // per chunk
   const int nt = num_threads();
-  const int64_t cap = std::max<int64_t>(kTR2, (256 * 1024 / 4) / (16 * (Cinp + Kp)) / kTR2 * kTR2);
-  int64_t nchunks = ((tiles + cap - 1) / cap + 7) / 8 * 8;
-  const int64_t T = std::max<int64_t>(1, (tiles + nchunks - 1) / nchunks);
-  nchunks = (tiles + T - 1) / T;
+  const auto [T, nchunks] = chunking(tiles, Cinp, Kp);
   // per chunk: [Kbo][sum 16, squares 16] in double
   double* part = a.stats ? shared_buffer(nchunks * Kbo * 2 * kB) : nullptr;
+  const Tiles x{a.in, a.halo, Cbi, Cinp, Hp, Wp, TW, per_img};
 
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t ch = 0; ch < nchunks; ++ch) {
@@ -158,47 +257,7 @@ void run(const Args& a) {
     float* Mb = thread_buffer(1, 16 * T * Kp);
     const int64_t vplane = T * Cinp, mplane = T * Kp;
     // 1. input transform
-    for (int64_t tl = 0; tl < nT; ++tl) {
-      const int64_t tg = t0 + tl, n = tg / per_img, ti = (tg % per_img) / TW, tj = tg % TW;
-      const int64_t h0 = 2 * ti - 1 + a.halo, w0 = 2 * tj - 1 + a.halo;  // padded coordinates
-      const bool full = h0 + 3 < Hp && w0 + 3 < Wp;
-      for (int64_t cb = 0; cb < Cbi; ++cb) {
-        const float* base = a.in + ((n * Cbi + cb) * Hp * Wp + h0 * Wp + w0) * kB;
-        // the two columns (one line each per row) the tile after next is the first to read
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; ++i) {
-          _mm_prefetch(reinterpret_cast<const char*>(base + (i * Wp + 6) * kB), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(base + (i * Wp + 7) * kB), _MM_HINT_T0);
-        }
-        V d[4][4];
-        if (full) {
-#pragma GCC unroll 4
-          for (int i = 0; i < 4; ++i)
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; ++j) d[i][j] = _mm512_loadu_ps(base + (i * Wp + j) * kB);
-        } else {
-          for (int i = 0; i < 4; ++i)
-            for (int j = 0; j < 4; ++j)
-              d[i][j] = h0 + i < Hp && w0 + j < Wp ? _mm512_loadu_ps(base + (i * Wp + j) * kB) : _mm512_setzero_ps();
-        }
-        V t[4][4];
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; ++j) {
-          t[0][j] = _mm512_sub_ps(d[0][j], d[2][j]);
-          t[1][j] = _mm512_add_ps(d[1][j], d[2][j]);
-          t[2][j] = _mm512_sub_ps(d[2][j], d[1][j]);
-          t[3][j] = _mm512_sub_ps(d[1][j], d[3][j]);
-        }
-        float* out = Vb + tl * Cinp + cb * kB;
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; ++i) {
-          _mm512_storeu_ps(out + (i * 4 + 0) * vplane, _mm512_sub_ps(t[i][0], t[i][2]));
-          _mm512_storeu_ps(out + (i * 4 + 1) * vplane, _mm512_add_ps(t[i][1], t[i][2]));
-          _mm512_storeu_ps(out + (i * 4 + 2) * vplane, _mm512_sub_ps(t[i][2], t[i][1]));
-          _mm512_storeu_ps(out + (i * 4 + 3) * vplane, _mm512_sub_ps(t[i][1], t[i][3]));
-        }
-      }
-    }
+    input_transform(x, t0, nT, Vb, vplane);
     // 2. the 16 channel products
     for (int e = 0; e < 16; ++e) {
       const float* v = Vb + e * vplane;
@@ -275,6 +334,93 @@ void run(const Args& a) {
   }
 }
 
+
+// The weight gradient: per chunk, V = B^T x B (the forward's input transform) and Y = A dy A^T
+// (the adjoint of the output transform), then per position dU[e] += V[e]^T Y[e] (input channels
+// x output channels, reduced over the chunk's tiles in registers) into the thread's partial;
+// finally dw += G^T dU G (the adjoint of the weight transform) and db += the sums of dy.
+void run_wgrad(const WgradArgs& a) {
+  const int64_t Cbi = blocks(a.C), Kbo = blocks(a.K), Cinp = Cbi * kB, Kp = Kbo * kB;
+  const int64_t Hp = a.H + 2 * a.halo_x, Wp = a.W + 2 * a.halo_x;
+  const int64_t Pp = a.H + 2 * a.halo_dy, Qp = a.W + 2 * a.halo_dy;
+  const int64_t TH = (a.H + 1) / 2, TW = (a.W + 1) / 2, per_img = TH * TW, tiles = a.N * per_img;
+  const auto [T, nchunks] = chunking(tiles, Cinp, Kp);
+  const int nt = num_threads();
+  const int64_t usz = 16 * Cinp * Kp, psz = usz + Kp;  // a partial: dU [e][c][Kp], then db
+  float* part = thread_buffer(2, nt * psz);
+  std::fill(part, part + nt * psz, 0.f);
+  const Tiles x{a.x, a.halo_x, Cbi, Cinp, Hp, Wp, TW, per_img};
+#pragma omp parallel num_threads(nt)
+  {
+    float* du = part + omp_get_thread_num() * psz;
+#pragma omp for schedule(static)
+    for (int64_t ch = 0; ch < nchunks; ++ch) {
+      const int64_t t0 = ch * T, nT = std::min(T, tiles - t0);
+      float* Vb = thread_buffer(0, 16 * T * Cinp);
+      float* Yb = thread_buffer(1, 16 * T * Kp);
+      const int64_t vplane = T * Cinp, yplane = T * Kp;
+      input_transform(x, t0, nT, Vb, vplane);
+      for (int64_t tl = 0; tl < nT; ++tl) {
+        const int64_t tg = t0 + tl, n = tg / per_img, ti = (tg % per_img) / TW, tj = tg % TW;
+        const int64_t h = 2 * ti, w = 2 * tj;
+        const bool r1 = h + 1 < a.H, c1 = w + 1 < a.W;
+        for (int64_t kb = 0; kb < Kbo; ++kb) {
+          const float* g = a.dy + (((n * Kbo + kb) * Pp + a.halo_dy + h) * Qp + a.halo_dy + w) * kB;
+          const V z = _mm512_setzero_ps();
+          const V g00 = _mm512_loadu_ps(g), g01 = c1 ? _mm512_loadu_ps(g + kB) : z;
+          const V g10 = r1 ? _mm512_loadu_ps(g + Qp * kB) : z, g11 = r1 && c1 ? _mm512_loadu_ps(g + (Qp + 1) * kB) : z;
+          float* db = du + usz + kb * kB;
+          _mm512_storeu_ps(db, _mm512_add_ps(_mm512_loadu_ps(db), _mm512_add_ps(_mm512_add_ps(g00, g01), _mm512_add_ps(g10, g11))));
+          const V r[4][2] = {{g00, g01}, {_mm512_add_ps(g00, g10), _mm512_add_ps(g01, g11)},
+                             {_mm512_sub_ps(g00, g10), _mm512_sub_ps(g01, g11)}, {_mm512_sub_ps(z, g10), _mm512_sub_ps(z, g11)}};
+          float* out = Yb + tl * Kp + kb * kB;
+#pragma GCC unroll 4
+          for (int i = 0; i < 4; ++i) {
+            _mm512_storeu_ps(out + (i * 4 + 0) * yplane, r[i][0]);
+            _mm512_storeu_ps(out + (i * 4 + 1) * yplane, _mm512_add_ps(r[i][0], r[i][1]));
+            _mm512_storeu_ps(out + (i * 4 + 2) * yplane, _mm512_sub_ps(r[i][0], r[i][1]));
+            _mm512_storeu_ps(out + (i * 4 + 3) * yplane, _mm512_sub_ps(z, r[i][1]));
+          }
+        }
+      }
+      for (int e = 0; e < 16; ++e)
+        for (int64_t kb = 0; kb < Kbo; kb += kKV) {
+          const int kv = static_cast<int>(std::min<int64_t>(kKV, Kbo - kb));
+          const int maxcn = kv == 2 ? kTR2 : kTR1;
+          for (int64_t c0 = 0; c0 < a.C; c0 += maxcn) {
+            const int cn = static_cast<int>(std::min<int64_t>(maxcn, a.C - c0));
+            wproduct_fn(kv, cn)(Vb + e * vplane + c0, Cinp, Yb + e * yplane + kb * kB, Kp, nT,
+                                du + (e * Cinp + c0) * Kp + kb * kB, Kp);
+          }
+        }
+    }
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < psz; ++i) {
+      float v = part[i];
+      for (int u = 1; u < nt; ++u) v += part[u * psz + i];
+      part[i] = v;
+    }
+  }
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t k = 0; k < a.K; ++k) {
+    a.db[k] += part[usz + k];
+    for (int64_t c = 0; c < a.C; ++c) {
+      float u[4][4], t[3][4];
+      for (int e = 0; e < 16; ++e) u[e / 4][e % 4] = part[(e * Cinp + c) * Kp + k];
+      for (int b = 0; b < 4; ++b) {  // G^T dU
+        t[0][b] = u[0][b] + 0.5f * (u[1][b] + u[2][b]);
+        t[1][b] = 0.5f * (u[1][b] - u[2][b]);
+        t[2][b] = 0.5f * (u[1][b] + u[2][b]) + u[3][b];
+      }
+      float* dw = a.dw + (k * a.C + c) * 9;
+      for (int r = 0; r < 3; ++r) {  // (G^T dU) G
+        dw[r * 3 + 0] += t[r][0] + 0.5f * (t[r][1] + t[r][2]);
+        dw[r * 3 + 1] += 0.5f * (t[r][1] - t[r][2]);
+        dw[r * 3 + 2] += 0.5f * (t[r][1] + t[r][2]) + t[r][3];
+      }
+    }
+  }
+}
 }  // namespace ft::cpu::wino_blocked
 
 #else
@@ -284,6 +430,9 @@ void run(const Args& a) {
 namespace ft::cpu::wino_blocked {
 bool available() { return false; }
 void run(const Args&) { FT_CHECK(false, "conv2d: 'winograd-blocked' was not compiled into this build (no AVX-512)"); }
+void run_wgrad(const WgradArgs&) {
+  FT_CHECK(false, "conv2d: 'winograd-blocked' was not compiled into this build (no AVX-512)");
+}
 }  // namespace ft::cpu::wino_blocked
 
 #endif
