@@ -359,18 +359,22 @@ void bind(py::module_& m) {
   };
   m.def("depthwise_blocked_fwd", [=](py::array xb, py::array w, py::array b, py::array yb, int64_t sh, int64_t sw,
                                      int64_t ph, int64_t pw, bool relu, int64_t dh, int64_t dw, int64_t hx,
-                                     int64_t hy) {
+                                     int64_t hy, py::object stats) {
     const char* op = "depthwise_blocked_fwd";
     Conv g = dw_geom(op, "xb", xb, hx, w, sh, sw, ph, pw, dh, dw);
     expect_shape(op, "b", b, {g.C});
     dw_other(op, "yb", yb, g, g.P, g.Q, hy);
     const float *px = ptr_of(xb, "xb"), *pw_ = ptr_of(w, "w"), *pb = ptr_of(b, "b");
     float* py_ = ptr_of(yb, "yb");
+    double* pst = stats_ptr(op, stats, g.C);
     py::gil_scoped_release nogil;
-    ft::cpu::depthwise_blocked_fwd(px, pw_, pb, py_, g.N, g.C, g.H, g.W, g.R, g.S, sh, sw, ph, pw, dh, dw, relu, hx, hy);
+    ft::cpu::depthwise_blocked_fwd(px, pw_, pb, py_, g.N, g.C, g.H, g.W, g.R, g.S, sh, sw, ph, pw, dh, dw, relu, hx, hy,
+                                   pst);
   }, py::arg("xb"), py::arg("w"), py::arg("b"), py::arg("yb"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
      py::arg("pw"), py::arg("relu") = false, py::arg("dil_h") = 1, py::arg("dil_w") = 1, py::kw_only(),
-     py::arg("halo_x") = 0, py::arg("halo_y") = 0);
+     py::arg("halo_x") = 0, py::arg("halo_y") = 0, py::arg("stats") = py::none(),
+     "y = depthwise conv(x) (+ ReLU); stats, if given: (2, C) float64 overwritten with the sum and the sum of "
+     "squares of each channel of y's interior (the same bits for any thread count)");
   m.def("depthwise_blocked_bwd_data", [=](py::array dyb, py::array w, py::array dxb, int64_t sh, int64_t sw,
                                           int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t hdy, int64_t hdx) {
     const char* op = "depthwise_blocked_bwd_data";

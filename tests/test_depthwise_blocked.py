@@ -148,6 +148,45 @@ def test_fused_relu(isa):
     _check(_problem((2, 17, 7, 7, 3, 1, 1, 1, 1, 0), seed=5), relu=True)
 
 
+# (N, C, H, W, R, stride, pad, dil, halo_in, halo_out): small maps (one task per plane), wide ones
+# (several tasks per plane, rows past 16 pixels), the generic path (5x5, dilation)
+STATS_CASES = [(2, 17, 8, 8, 3, 1, 1, 1, 1, 0), (1, 3, 4, 4, 3, 2, 1, 1, 0, 1), (2, 33, 33, 33, 3, 1, 1, 1, 1, 2),
+               (1, 5, 9, 40, 3, 2, 1, 1, 1, 0), (1, 17, 7, 7, 5, 1, 2, 1, 2, 0), (1, 1, 1, 1, 3, 1, 1, 1, 1, 1)]
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("case", STATS_CASES, ids=str)
+def test_forward_stats_epilogue(isa, case):
+    """The batchnorm statistics from the forward's epilogue: the float64 sum and sum of squares of
+    each channel of y (after the fused ReLU), held to float64 sums of the reference output; outputs
+    with a halo (not counted) and pad lanes (not reported)."""
+    pb = _problem(case, seed=11)
+    x, w, b = (pb[k].astype(f64) for k in ("x", "w", "b"))
+    c, hi, ho = pb["c"], pb["hi"], pb["ho"]
+    xb = to_blk(pb["x"], hi)
+    for relu in (False, True):
+        y_ref = np.empty(pb["dy"].shape)
+        ref.conv2d_fwd_ref(x, w, b, y_ref, *pb["geom"], relu, *pb["dil"], c)
+        yb = np.full((pb["n"], xb.shape[1], y_ref.shape[2] + 2 * ho, y_ref.shape[3] + 2 * ho, 16), np.nan, f32)
+        stats = np.full((2, c), np.nan)
+        C.depthwise_blocked_fwd(xb, pb["w"], pb["b"], yb, *pb["geom"], relu, *pb["dil"], halo_x=hi, halo_y=ho,
+                                stats=stats)
+        _close(from_blk(yb, c, ho), y_ref, "y")
+        want = np.stack([y_ref.sum(axis=(0, 2, 3)), (y_ref * y_ref).sum(axis=(0, 2, 3))])
+        # float partials of <= 16 pixels added in double: within 16 roundings of the sums of |y|, y^2
+        bound = 16 * 2.0 ** -24 * np.stack([np.abs(y_ref).sum(axis=(0, 2, 3)), want[1]]) + 1e-6
+        assert np.all(np.abs(stats - want) <= bound + 2e-6 * np.abs(want)), f"relu={relu}: {stats} vs {want}"
+
+
+def test_forward_stats_errors():
+    xb = np.zeros((1, 1, 4, 4, 16), f32)
+    w, b, yb = np.zeros((3, 1, 3, 3), f32), np.zeros(3, f32), np.zeros((1, 1, 2, 2, 16), f32)
+    with pytest.raises(ValueError, match=r"depthwise_blocked_fwd\(stats\): expected shape \(2, 3\)"):
+        C.depthwise_blocked_fwd(xb, w, b, yb, 1, 1, 0, 0, stats=np.zeros((2, 4)))
+    with pytest.raises(ValueError, match=r"depthwise_blocked_fwd\(stats\).*float64"):
+        C.depthwise_blocked_fwd(xb, w, b, yb, 1, 1, 0, 0, stats=np.zeros((2, 3), f32))
+
+
 def test_thread_counts_give_the_same_bits():
     from fasttrain import settings
     pb = _problem((5, 33, 9, 9, 3, 2, 1, 1, 1, 1), seed=7)
@@ -155,7 +194,10 @@ def test_thread_counts_give_the_same_bits():
     try:
         for nt in (1, 2, 3):
             C.set_num_threads(nt)
-            outs.append(_run_blocked(pb))
+            stats = np.zeros((2, 33))
+            C.depthwise_blocked_fwd(to_blk(pb["x"], 1), pb["w"], pb["b"], np.empty((5, 3, 5, 5, 16), f32),
+                                    *pb["geom"], halo_x=1, stats=stats)
+            outs.append(_run_blocked(pb) + (stats,))
     finally:
         C.set_num_threads(settings.num_threads)
     for other in outs[1:]:

@@ -51,20 +51,59 @@ void zero_halo(float* plane, int64_t rows, int64_t cols, int64_t halo, int64_t r
   if (row == rows - 1) std::memset(plane + (halo + rows) * ld, 0, sizeof(float) * halo * ld);
 }
 
-// out rows (one task each) = the correlation g of every (image, block) plane of `in`.
+// The sums and sums of squares of the 16 lanes of rows [p0, p1) of an output plane (`o` at row p0's
+// interior pixel 0) added into part[0..15] / part[16..31]: float over at most 16 pixels of a row,
+// then double (the error stays within 16 float roundings of the sums of |y| and y^2).
+void add_row_stats(const float* o, int64_t ld, int64_t rows, int64_t Q, double* part) {
+  for (int64_t p = 0; p < rows; ++p)
+    for (int64_t q0 = 0; q0 < Q; q0 += 16) {
+      float s[kBlock] = {}, ss[kBlock] = {};
+      for (int64_t q = q0; q < std::min(Q, q0 + 16); ++q) {
+        const float* v = o + p * ld + q * kBlock;
+        for (int i = 0; i < kBlock; ++i) {
+          s[i] += v[i];
+          ss[i] += v[i] * v[i];
+        }
+      }
+      for (int i = 0; i < kBlock; ++i) {
+        part[i] += s[i];
+        part[kBlock + i] += ss[i];
+      }
+    }
+}
+
+// out rows (one task each) = the correlation g of every (image, block) plane of `in`. stats, if not
+// null: per channel c < C the sum and sum of squares of out's interior, from per-task partials added
+// in task order (so the same bits for any thread count), while the task's rows are still in cache.
 void correlate_planes(const Isa& isa, const Corr& g, int64_t N, int64_t Cb, const float* in, const float* wb,
-                      const float* bias, float* out, int64_t hout, bool relu) {
+                      const float* bias, float* out, int64_t hout, bool relu, int64_t C = 0,
+                      double* stats = nullptr) {
   const int64_t ldi = (g.W + 2 * g.hin) * kBlock, plane_i = (g.H + 2 * g.hin) * ldi;
   const int64_t ldo = (g.Q + 2 * hout) * kBlock, plane_o = (g.P + 2 * hout) * ldo, RS = g.R * g.S;
   // a task is a few rows of one plane: about 64 output pixels (whole planes of a 4 x 4 or 8 x 8 map)
   const int64_t rows = std::clamp<int64_t>(64 / std::max<int64_t>(g.Q, 1), 1, g.P), chunks = (g.P + rows - 1) / rows;
+  std::vector<double> part(stats ? N * Cb * chunks * 2 * kBlock : 0, 0.0);
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
   for (int64_t task = 0; task < N * Cb * chunks; ++task) {
     const int64_t nc = task / chunks, p0 = task % chunks * rows, p1 = std::min(g.P, p0 + rows), cb = nc % Cb;
     float* po = out + nc * plane_o;
+    float* rows_out = po + (hout + p0) * ldo + hout * kBlock;
     isa.fwd_rows(g, in + nc * plane_i + g.hin * ldi + g.hin * kBlock, ldi, wb + cb * RS * kBlock,
-                 bias ? bias + cb * kBlock : nullptr, po + (hout + p0) * ldo + hout * kBlock, ldo, p0, p1, relu);
+                 bias ? bias + cb * kBlock : nullptr, rows_out, ldo, p0, p1, relu);
+    if (stats) add_row_stats(rows_out, ldo, p1 - p0, g.Q, part.data() + task * 2 * kBlock);
     for (int64_t p = p0; p < p1; ++p) zero_halo(po, g.P, g.Q, hout, p);
+  }
+  if (!stats) return;
+  for (int64_t c = 0; c < C; ++c) {
+    double s = 0.0, ss = 0.0;
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < chunks; ++k) {
+        const double* pt = part.data() + ((n * Cb + c / kBlock) * chunks + k) * 2 * kBlock + c % kBlock;
+        s += pt[0];
+        ss += pt[kBlock];
+      }
+    stats[c] = s;
+    stats[C + c] = ss;
   }
 }
 
@@ -97,13 +136,14 @@ Corr forward_corr(int64_t H, int64_t W, int64_t hx, int64_t R, int64_t S, int64_
 
 void depthwise_blocked_fwd(const float* xb, const float* w, const float* b, float* yb, int64_t N, int64_t C,
                            int64_t H, int64_t W, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph,
-                           int64_t pw, int64_t dh, int64_t dw, bool relu, int64_t halo_x, int64_t halo_y) {
+                           int64_t pw, int64_t dh, int64_t dw, bool relu, int64_t halo_x, int64_t halo_y,
+                           double* stats) {
   using namespace dwb;
   const Corr g = forward_corr(H, W, halo_x, R, S, sh, sw, ph, pw, dh, dw);
   const std::vector<float> wb = pack_weights(w, C, R * S, false);
   std::vector<float> bias(blocks(C) * kBlock, 0.f);
   std::copy(b, b + C, bias.begin());
-  correlate_planes(current_isa(), g, N, blocks(C), xb, wb.data(), bias.data(), yb, halo_y, relu);
+  correlate_planes(current_isa(), g, N, blocks(C), xb, wb.data(), bias.data(), yb, halo_y, relu, C, stats);
 }
 
 void depthwise_blocked_bwd_data(const float* dyb, const float* w, float* dxb, int64_t N, int64_t C, int64_t H,

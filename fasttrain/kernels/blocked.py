@@ -191,13 +191,18 @@ def avgpool2d_blocked_bwd_ref(dyb, dxb, kh, kw, sh, sw, ph, pw, ceil_mode=False,
 
 # Depthwise convolution (groups == C == K, w (C, 1, R, S)): the input's halo is any zero border;
 # the padding (ph, pw) is the convolution's own, whatever the halo.
-def depthwise_blocked_fwd_ref(xb, w, b, yb, sh, sw, ph, pw, relu=False, dil_h=1, dil_w=1, *, halo_x=0, halo_y=0):
+def depthwise_blocked_fwd_ref(xb, w, b, yb, sh, sw, ph, pw, relu=False, dil_h=1, dil_w=1, *, halo_x=0, halo_y=0,
+                              stats=None):
+    # stats: None, or a (2, C) float64 array overwritten with each channel's sum and sum of squares of y
     c = w.shape[0]
     x = from_blocked(xb, c, halo_x).astype(np.float64)
     p, q = _conv.out_size(x.shape[2], x.shape[3], w.shape[2], w.shape[3], sh, sw, ph, pw, dil_h, dil_w)
     y = np.empty((x.shape[0], c, p, q))
     _conv.conv2d_fwd_ref(x, w.astype(np.float64), b.astype(np.float64), y, sh, sw, ph, pw, relu, dil_h, dil_w, c)
     _store(yb, y, halo_y)
+    if stats is not None:
+        stats[0] = y.sum(axis=(0, 2, 3))
+        stats[1] = (y * y).sum(axis=(0, 2, 3))
 
 
 def depthwise_blocked_bwd_data_ref(dyb, w, dxb, sh, sw, ph, pw, dil_h=1, dil_w=1, *, halo_dy=0, halo_dx=0):

@@ -215,14 +215,15 @@ class Conv2d(Module):
         n, _, h, w = x.shape
         _, k, p, q = self._out_shape(n, h, w)
         (sh, sw, ph, pw), C = self._geometry(), cpp()
+        # the batch statistics of y for a training batchnorm that reads it, from the epilogue
+        stats = np.empty((2, k), np.float64) if self.out_stats else None
         if self.groups > 1:   # depthwise: reads any input halo as zeros, writes the output's halo
             y = empty(n, k, p, q, self.out_halo)
             C.depthwise_blocked_fwd(x.data, self.weight.data, self._b(x.data), y.data, sh, sw, ph, pw, self.relu,
-                                    *self.dilation, halo_x=x.halo, halo_y=y.halo)
+                                    *self.dilation, halo_x=x.halo, halo_y=y.halo, stats=stats)
+            y.stats = stats
             self.cache = (x.shape, y if self.relu else None, x, "depthwise")
             return y
-        # the batch statistics of y for a training batchnorm that reads it, from the epilogue
-        stats = np.empty((2, k), np.float64) if self.out_stats else None
         y = empty(n, k, p, q)
         if stem:
             x = np.ascontiguousarray(x)

@@ -160,10 +160,13 @@ std::string conv2d_isa();
 // depthwise_blocked.cpp: depthwise convolution (groups == C == K, w (C, 1, R, S)) on blocked arrays
 // with symmetric zero halos: x/dy are the inputs (halo_x / halo_dy), y/dx the outputs (halo_y /
 // halo_dx, written zero by the kernel); padding needs no halo (taps past the halo read zero). The
-// instruction set follows set_conv2d_isa. bwd_weight accumulates into dw and db.
+// instruction set follows set_conv2d_isa. bwd_weight accumulates into dw and db. fwd's stats, if not
+// null: (2, C) doubles overwritten with the sum and the sum of squares of each channel of y's
+// interior (after the ReLU), for a training batchnorm that reads y; the same bits for any thread count.
 void depthwise_blocked_fwd(const float* xb, const float* w, const float* b, float* yb, int64_t N, int64_t C,
                            int64_t H, int64_t W, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph,
-                           int64_t pw, int64_t dh, int64_t dw, bool relu, int64_t halo_x, int64_t halo_y);
+                           int64_t pw, int64_t dh, int64_t dw, bool relu, int64_t halo_x, int64_t halo_y,
+                           double* stats = nullptr);
 void depthwise_blocked_bwd_data(const float* dyb, const float* w, float* dxb, int64_t N, int64_t C, int64_t H,
                                 int64_t W, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
                                 int64_t dh, int64_t dw, int64_t halo_dy, int64_t halo_dx);
