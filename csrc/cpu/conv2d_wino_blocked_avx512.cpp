@@ -39,47 +39,55 @@ using V = __m512;
 
 inline int64_t blocks(int64_t c) { return (c + kB - 1) / kB; }
 
-// The channel product of one position for TR tiles x KV output blocks:
-//   m[t * ldm + j * 16 + l] = sum_{c < C} v[t * ldv + c] * u[j * u_kb + c * 16 + l]
-template <int TR, int KV>
-void product(const float* v, int64_t ldv, const float* u, int64_t u_kb, int64_t C, float* m, int64_t ldm) {
-  V acc[TR][KV];
+// The products of one position, both shapes of one register-blocked kernel: R rows x KV blocks of
+// 16 columns in zmm accumulators over a reduction of L steps; per step KV vectors of b (one load
+// each) and R scalars of a (broadcast), R * KV FMAs:
+//   out[i * ldo + j * 16 + l] (+)= sum_{s < L} a[i * ai + s * as] * b[s * bs + j * bj + l]
+// with the a stride of unit length fixed at compile time (UNIT_ROWS: ai == 1, else as == 1).
+// Forward / data gradient: rows = tiles, steps = input channels (M = V U); weight gradient:
+// rows = input channels, steps = tiles, accumulating into dU (dU += V^T Y).
+template <int R, int KV, bool UNIT_ROWS>
+void rank_update(const float* a, int64_t a_stride, const float* b, int64_t bs, int64_t bj, int64_t L, float* out,
+                 int64_t ldo, bool accumulate) {
+  const int64_t ai = UNIT_ROWS ? 1 : a_stride, as = UNIT_ROWS ? a_stride : 1;
+  V acc[R][KV];
 #pragma GCC unroll 16
-  for (int t = 0; t < TR; ++t)
+  for (int i = 0; i < R; ++i)
 #pragma GCC unroll 4
-    for (int j = 0; j < KV; ++j) acc[t][j] = _mm512_setzero_ps();
-  for (int64_t c = 0; c < C; ++c) {
+    for (int j = 0; j < KV; ++j) acc[i][j] = accumulate ? _mm512_loadu_ps(out + i * ldo + j * kB) : _mm512_setzero_ps();
+  for (int64_t s = 0; s < L; ++s) {
     V w[KV];
 #pragma GCC unroll 4
-    for (int j = 0; j < KV; ++j) w[j] = _mm512_loadu_ps(u + j * u_kb + c * kB);
+    for (int j = 0; j < KV; ++j) w[j] = _mm512_loadu_ps(b + s * bs + j * bj);
 #pragma GCC unroll 16
-    for (int t = 0; t < TR; ++t) {
-      const V x = _mm512_set1_ps(v[t * ldv + c]);
+    for (int i = 0; i < R; ++i) {
+      const V x = _mm512_set1_ps(a[i * ai + s * as]);
 #pragma GCC unroll 4
-      for (int j = 0; j < KV; ++j) acc[t][j] = _mm512_fmadd_ps(w[j], x, acc[t][j]);
+      for (int j = 0; j < KV; ++j) acc[i][j] = _mm512_fmadd_ps(w[j], x, acc[i][j]);
     }
   }
 #pragma GCC unroll 16
-  for (int t = 0; t < TR; ++t)
+  for (int i = 0; i < R; ++i)
 #pragma GCC unroll 4
-    for (int j = 0; j < KV; ++j) _mm512_storeu_ps(m + t * ldm + j * kB, acc[t][j]);
+    for (int j = 0; j < KV; ++j) _mm512_storeu_ps(out + i * ldo + j * kB, acc[i][j]);
 }
 
-using ProductFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t);
+using RankUpdateFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, int64_t, float*, int64_t, bool);
 
-template <int KV, int... T>
-ProductFn pick(int tr, std::integer_sequence<int, T...>) {
-  static constexpr ProductFn fns[] = {&product<T + 1, KV>...};
-  return fns[tr - 1];
+template <int KV, bool UNIT_ROWS, int... I>
+RankUpdateFn pick(int rows, std::integer_sequence<int, I...>) {
+  static constexpr RankUpdateFn fns[] = {&rank_update<I + 1, KV, UNIT_ROWS>...};
+  return fns[rows - 1];
 }
 
 // Register tiles: 2 blocks x 12 tiles (24 accumulators, 2 loads + 12 broadcasts per 24 FMAs),
 // 1 block x 16 tiles for an odd block count's last block.
 constexpr int kKV = 2, kTR2 = 12, kTR1 = 16;
 
-ProductFn product_fn(int kv, int tr) {
-  return kv == 2 ? pick<2>(tr, std::make_integer_sequence<int, kTR2>{})
-                 : pick<1>(tr, std::make_integer_sequence<int, kTR1>{});
+template <bool UNIT_ROWS>
+RankUpdateFn rank_update_fn(int kv, int rows) {
+  return kv == 2 ? pick<2, UNIT_ROWS>(rows, std::make_integer_sequence<int, kTR2>{})
+                 : pick<1, UNIT_ROWS>(rows, std::make_integer_sequence<int, kTR1>{});
 }
 
 // U[e][ob][c][16]: G g G^T for each (output, input) channel pair, zero past Cout and Cin.
@@ -188,46 +196,6 @@ std::pair<int64_t, int64_t> chunking(int64_t tiles, int64_t Cinp, int64_t Kp) {
   return {T, (tiles + T - 1) / T};
 }
 
-// The weight gradient's product of one position for CN input channels x KV output blocks, summed
-// over nT tiles into du (CN rows of KV blocks, ldu floats apart), which stays in registers:
-//   du[i * ldu + j * 16 + l] += sum_t v[t * ldv + i] * y[t * ldy + j * 16 + l]
-template <int CN, int KV>
-void wproduct(const float* v, int64_t ldv, const float* y, int64_t ldy, int64_t nT, float* du, int64_t ldu) {
-  V acc[CN][KV];
-#pragma GCC unroll 16
-  for (int i = 0; i < CN; ++i)
-#pragma GCC unroll 4
-    for (int j = 0; j < KV; ++j) acc[i][j] = _mm512_loadu_ps(du + i * ldu + j * kB);
-  for (int64_t t = 0; t < nT; ++t) {
-    V yv[KV];
-#pragma GCC unroll 4
-    for (int j = 0; j < KV; ++j) yv[j] = _mm512_loadu_ps(y + t * ldy + j * kB);
-#pragma GCC unroll 16
-    for (int i = 0; i < CN; ++i) {
-      const V x = _mm512_set1_ps(v[t * ldv + i]);
-#pragma GCC unroll 4
-      for (int j = 0; j < KV; ++j) acc[i][j] = _mm512_fmadd_ps(yv[j], x, acc[i][j]);
-    }
-  }
-#pragma GCC unroll 16
-  for (int i = 0; i < CN; ++i)
-#pragma GCC unroll 4
-    for (int j = 0; j < KV; ++j) _mm512_storeu_ps(du + i * ldu + j * kB, acc[i][j]);
-}
-
-using WProductFn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t);
-
-template <int KV, int... N>
-WProductFn wpick(int cn, std::integer_sequence<int, N...>) {
-  static constexpr WProductFn fns[] = {&wproduct<N + 1, KV>...};
-  return fns[cn - 1];
-}
-
-WProductFn wproduct_fn(int kv, int cn) {
-  return kv == 2 ? wpick<2>(cn, std::make_integer_sequence<int, kTR2>{})
-                 : wpick<1>(cn, std::make_integer_sequence<int, kTR1>{});
-}
-
 }  // namespace
 
 bool available() { return true; }
@@ -268,7 +236,8 @@ void run(const Args& a) {
         const int maxtr = kv == 2 ? kTR2 : kTR1;
         for (int64_t tt = 0; tt < nT; tt += maxtr) {
           const int tr = static_cast<int>(std::min<int64_t>(maxtr, nT - tt));
-          product_fn(kv, tr)(v + tt * Cinp, Cinp, u + kb * Cinp * kB, Cinp * kB, a.Cin, m + tt * Kp + kb * kB, Kp);
+          rank_update_fn<false>(kv, tr)(v + tt * Cinp, Cinp, u + kb * Cinp * kB, kB, Cinp * kB, a.Cin,
+                                        m + tt * Kp + kb * kB, Kp, false);
         }
       }
     }
@@ -389,8 +358,8 @@ void run_wgrad(const WgradArgs& a) {
           const int maxcn = kv == 2 ? kTR2 : kTR1;
           for (int64_t c0 = 0; c0 < a.C; c0 += maxcn) {
             const int cn = static_cast<int>(std::min<int64_t>(maxcn, a.C - c0));
-            wproduct_fn(kv, cn)(Vb + e * vplane + c0, Cinp, Yb + e * yplane + kb * kB, Kp, nT,
-                                du + (e * Cinp + c0) * Kp + kb * kB, Kp);
+            rank_update_fn<true>(kv, cn)(Vb + e * vplane + c0, Cinp, Yb + e * yplane + kb * kB, Kp, kB, nT,
+                                         du + (e * Cinp + c0) * Kp + kb * kB, Kp, true);
           }
         }
     }
