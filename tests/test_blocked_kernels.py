@@ -184,6 +184,33 @@ def test_batchnorm_bwd(isa, shape, options):
         assert_invariants(got[3], shape[1], 0, "dres")
 
 
+# Rows that lie back to back (no halo on the arrays a sweep reads) are summed in float over runs of
+# whole rows up to 64 pixels: runs that do not divide H (W = 3: 21 + 12 rows; W = 8: 8 + 1), a
+# single row per run (W = 64), and a whole plane in one run (W = 2, H = 5).
+RUN_SHAPES = [(2, 17, 33, 3), (3, 5, 9, 8), (1, 33, 2, 64), (3, 3, 5, 2)]
+
+
+@pytest.mark.parametrize("shape", RUN_SHAPES, ids=_ids(RUN_SHAPES))
+def test_batchnorm_sums_over_runs_of_packed_rows(isa, shape):
+    a = bn_arrays(*shape)
+    a["x"] += np.float32(300.0)  # a mean far above the spread: the float runs sum shifted values
+    got = run_bn_fwd_train(C.batchnorm_blocked_fwd_train, a, True, False, False, (0, 0, 0))
+    want = run_bn_fwd_train(ref.batchnorm_blocked_fwd_train_ref, a, True, False, False, (0, 0, 0))
+    terms = float(np.abs(a["x"]).max() * np.abs(a["gamma"] * want[2]).max())
+    for name, g, w in zip(("yb", "mean", "invstd"), got, want):
+        assert_close(g, w, f"{isa} {name}", rtol=1e-4 if name == "invstd" else 2e-5, scale=terms if name == "yb" else 0)
+    for options in ((False, False, False), (True, True, True)):  # no mask; mask from x, g stored to dres
+        got = run_bn_bwd(C.batchnorm_blocked_bwd, a, *options[:2], (0, 0, 0), options[2])
+        want = run_bn_bwd(ref.batchnorm_blocked_bwd_ref, a, *options[:2], (0, 0, 0), options[2])
+        for name, g, w in zip(("dxb", "dgamma", "dbeta", "dres"), got, want):
+            if w is not None:
+                assert_close(g, w, f"{isa} {name} {options}", rtol=1e-4)
+    y, y_ref = nan_like(shape[:2]), nan_like(shape[:2])
+    C.global_avgpool_blocked_fwd(blocked_input(a["x"], 0), y, shape[1])
+    ref.global_avgpool_blocked_fwd_ref(blocked_input(a["x"], 0), y_ref, shape[1])
+    assert_close(y, y_ref, f"{isa} global y")
+
+
 @pytest.mark.parametrize("stats", [False, True], ids=["own-stats", "conv-stats"])
 def test_batchnorm_bwd_mask_from_x_is_the_forwards_mask(isa, stats):
     """The mask recomputed from x through the forward's map is exactly the forward's y > 0: the same
