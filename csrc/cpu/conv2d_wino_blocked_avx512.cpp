@@ -127,6 +127,9 @@ void transform_weights(const Args& a, float* U, int64_t Cinp, int64_t Kbo) {
 // slower per image than at one image more or less.
 inline int64_t plane(int64_t T, int64_t ld) { return T * ld + kB; }
 
+// Grow-only per-thread buffers (a chunk's V and M in the workers; the calling thread's weight-
+// gradient partials and chunk statistics, which its team shares): per thread, so calls from
+// several Python threads (the GIL is released) never share one.
 float* thread_buffer(int which, int64_t n) {
   thread_local std::vector<float> bufs[3];
   auto& b = bufs[which];
@@ -134,8 +137,8 @@ float* thread_buffer(int which, int64_t n) {
   return b.data();
 }
 
-double* shared_buffer(int64_t n) {
-  static std::vector<double> b;
+double* stats_buffer(int64_t n) {
+  thread_local std::vector<double> b;
   if (static_cast<int64_t>(b.size()) < n) b.resize(n);
   return b.data();
 }
@@ -222,7 +225,7 @@ void run(const Args& a) {
   const int nt = num_threads();
   const auto [T, nchunks] = chunking(tiles, Cinp, Kp);
   // per chunk: [Kbo][sum 16, squares 16] in double
-  double* part = a.stats ? shared_buffer(nchunks * Kbo * 2 * kB) : nullptr;
+  double* part = a.stats ? stats_buffer(nchunks * Kbo * 2 * kB) : nullptr;
   const Tiles x{a.in, a.halo, Cbi, Cinp, Hp, Wp, TW, per_img};
 
 #pragma omp parallel for num_threads(nt) schedule(static)
