@@ -15,6 +15,7 @@ struct V256 {
   static constexpr int kW = 8;
   static T zero() { return _mm256_setzero_ps(); }
   static constexpr bool kSmallRows = true;
+  static constexpr int kCols = 4;
   static T load(const float* p) { return _mm256_loadu_ps(p); }
   static T load_if(const float* p, bool ok) { return ok ? load(p) : zero(); }
   static void store(float* p, T v) { _mm256_storeu_ps(p, v); }

@@ -15,6 +15,7 @@ struct V512 {
   static constexpr int kW = 16;
   static T zero() { return _mm512_setzero_ps(); }
   static constexpr bool kSmallRows = true;
+  static constexpr int kCols = 8;
   static T load(const float* p) { return _mm512_loadu_ps(p); }
   // a masked-off load never faults, so p may lie past the array
   static T load_if(const float* p, bool ok) { return _mm512_maskz_loadu_ps(static_cast<__mmask16>(-int(ok)), p); }

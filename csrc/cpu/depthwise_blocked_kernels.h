@@ -5,8 +5,8 @@
 //
 // V provides: T (V::kW floats, kW dividing 16), zero(), load(p), store(p, v), fma(acc, a, b) =
 // acc + a*b lane by lane, add(a, b), relu(v) (NaN stays NaN, as std::max(v, 0.f)), load_if(p, ok)
-// (load(p) if ok, else zeros without touching p), kSmallRows (whether the small-map kernels that
-// keep a whole output row in registers pay off: not with AVX2's 16 registers). A 16-channel
+// (load(p) if ok, else zeros without touching p), kSmallRows (whether the register-block kernels
+// run) and kCols (their widest block, in output columns: 8, or 4 for AVX2's 16 registers). A 16-channel
 // pixel is 16 / kW vectors; the kernels sweep a row once per vector slice (lane offset l), so the
 // AVX2 build keeps 3x3 weights + accumulators inside its 16 registers.
 //
@@ -110,20 +110,23 @@ void fwd_cols(const Corr& g, const float* in, int64_t ld, const typename V::T* w
     }
 }
 
-// Calls F<QB>::run(q0, q1, a...) for the columns [0, Q): blocks of B (8 or 4), then one block of the rest.
+// Calls F<QB>::run(q0, q1, a...) for the columns [0, Q): a row of at most 8 as one block (a row
+// split in two would load its overlapping input columns twice), wider ones in blocks of B (8, or 4
+// where 8 blocks overflow the registers), then one block of the rest.
 template <int B, template <int> class F, class... A>
 inline void by_column_blocks(int64_t Q, A&&... a) {
   static_assert(B == 4 || B == 8);
-  const int64_t full = Q / B * B;
+  const int64_t full = Q <= 8 ? 0 : Q / B * B;
   if (full) F<B>::run(0, full, a...);
   switch (Q - full) {
     case 1: F<1>::run(full, Q, a...); break;
     case 2: F<2>::run(full, Q, a...); break;
     case 3: F<3>::run(full, Q, a...); break;
     case 4: F<4>::run(full, Q, a...); break;
-    case 5: if constexpr (B > 5) F<5>::run(full, Q, a...); break;
-    case 6: if constexpr (B > 6) F<6>::run(full, Q, a...); break;
-    case 7: if constexpr (B > 7) F<7>::run(full, Q, a...); break;
+    case 5: F<5>::run(full, Q, a...); break;
+    case 6: F<6>::run(full, Q, a...); break;
+    case 7: F<7>::run(full, Q, a...); break;
+    case 8: F<8>::run(full, Q, a...); break;
     default: break;
   }
 }
@@ -160,9 +163,11 @@ void fwd_rows(const Corr& g, const float* in, int64_t ld, const float* w, const 
       if constexpr (V::kSmallRows) {
         if (small_map_shape(g, kSmallMapCols)) {
           if (g.sw == 1)
-            by_column_blocks<8, FwdCols<V, 1>::template F>(g.Q, g, in + l, ld, wv, b, out + l, out_ld, p0, p1, relu);
+            by_column_blocks<V::kCols, FwdCols<V, 1>::template F>(g.Q, g, in + l, ld, wv, b, out + l, out_ld, p0, p1,
+                                                                  relu);
           else
-            by_column_blocks<8, FwdCols<V, 2>::template F>(g.Q, g, in + l, ld, wv, b, out + l, out_ld, p0, p1, relu);
+            by_column_blocks<V::kCols, FwdCols<V, 2>::template F>(g.Q, g, in + l, ld, wv, b, out + l, out_ld, p0, p1,
+                                                                  relu);
           continue;
         }
       }
@@ -321,7 +326,7 @@ void bwd_data_rows(const Corr& g, const float* dy, int64_t dy_ld, const float* w
     if (g.R == 3 && g.S == 3 && g.dh == 1 && g.dw == 1 && g.sw == 2 && (g.pw == 0 || g.pw == 1)) {
       const int64_t pairs = (g.W - 1 + g.pw) / 2 + 1;  // m of the dx columns t = v + pw in [pw, W + pw)
       for (int l = 0; l < kBlock; l += V::kW)
-        by_column_blocks<8, DgradS2Cols<V>::template F>(pairs, g, dy + l, dy_ld, w + l, dx + l, dx_ld, h0, h1);
+        by_column_blocks<V::kCols, DgradS2Cols<V>::template F>(pairs, g, dy + l, dy_ld, w + l, dx + l, dx_ld, h0, h1);
       return;
     }
   }
@@ -458,9 +463,11 @@ void wgrad_planes(const Corr& g, const float* x, int64_t ld, int64_t x_step, con
     if (small_map_shape(g, kSmallMapCols)) {
       for (int l = 0; l < kBlock; l += V::kW) {
         if (g.sw == 1)
-          by_column_blocks<8, WgradCols<V, 1>::template F>(g.Q, g, x + l, ld, x_step, dy + l, dy_ld, dy_step, count, acc + l);
+          by_column_blocks<V::kCols, WgradCols<V, 1>::template F>(g.Q, g, x + l, ld, x_step, dy + l, dy_ld,
+                                                                    dy_step, count, acc + l);
         else
-          by_column_blocks<8, WgradCols<V, 2>::template F>(g.Q, g, x + l, ld, x_step, dy + l, dy_ld, dy_step, count, acc + l);
+          by_column_blocks<V::kCols, WgradCols<V, 2>::template F>(g.Q, g, x + l, ld, x_step, dy + l, dy_ld,
+                                                                    dy_step, count, acc + l);
       }
       return;
     }

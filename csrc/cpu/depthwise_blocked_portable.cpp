@@ -12,6 +12,7 @@ struct VScalar {
   };
   static constexpr int kW = kBlock;
   static constexpr bool kSmallRows = true;
+  static constexpr int kCols = 8;
   static T zero() { return T{}; }
   static T load(const float* p) {
     T r;
