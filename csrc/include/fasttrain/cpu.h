@@ -93,8 +93,10 @@ void conv2d_bwd_weight(const float* x, const float* dy, float* dw, float* db, in
                        int64_t sw, int64_t ph, int64_t pw, int64_t dilh = 1, int64_t dilw = 1,
                        int64_t groups = 1);
 // "auto" (depthwise kernel when groups == C; Winograd for 3x3 stride-1 layers with enough
-// channels; else im2col), "im2col", "winograd" or "depthwise" (an error on a convolution it
-// cannot do); process-wide, for tests and benchmarks.
+// channels; else im2col), "im2col", "winograd", "depthwise", "direct" or "winograd-blocked" (the
+// direct engine with its 3x3 stride-1 padding-1 layers by Winograd on the blocked layout,
+// conv2d_wino_blocked.h) (an error on a convolution it cannot do); process-wide, for tests and
+// benchmarks.
 void set_conv2d_algo(const std::string& name);
 std::string conv2d_algo();
 // The algorithm conv2d_<op> (op: "fwd", "bwd_data", "bwd_weight") runs for this shape now;
