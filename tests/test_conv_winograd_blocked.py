@@ -208,10 +208,12 @@ def test_forcing_refuses_what_it_cannot_do():
 
 def test_auto_choice_rule():
     """Under 'auto': Winograd on the blocked layout for all three ops of 3x3
-    stride-1 padding-1 layers with >= 32 channels in and out, where the AVX-512 kernels run; never
-    with the AVX2 or portable kernels (those paths keep what they ran before)."""
+    stride-1 padding-1 layers with >= 32 channels in and out, and for the weight gradient from 16,
+    where the AVX-512 kernels run; never with the AVX2 or portable kernels (those paths keep what
+    they ran before)."""
     wide = (128, 64, 8, 8, 64, 3, 3, 1, 1, 1, 1)
-    narrow = (128, 16, 32, 32, 16, 3, 3, 1, 1, 1, 1)
+    sixteen = (128, 16, 32, 32, 16, 3, 3, 1, 1, 1, 1)
+    narrow = (128, 8, 32, 32, 16, 3, 3, 1, 1, 1, 1)
     for isa in ("avx512", "avx2", "portable"):
         if not isa_available(C, isa):
             continue
@@ -222,6 +224,9 @@ def test_auto_choice_rule():
                 want = "winograd-blocked" if isa == "avx512" else None
                 assert got == want if want else got != "winograd-blocked", (isa, op, got)
                 assert C.conv2d_choice(op, *narrow, blocked=True) != "winograd-blocked", (isa, op)
+                got = C.conv2d_choice(op, *sixteen, blocked=True)
+                want_wino = isa == "avx512" and op == "bwd_weight"
+                assert (got == "winograd-blocked") == want_wino, (isa, op, got)
         finally:
             C.set_conv2d_isa("auto")
 
