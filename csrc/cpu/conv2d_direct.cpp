@@ -235,11 +235,12 @@ Geom geom(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int6
 // add (tiles)u_64; so the variance sumsq/n - mean^2 the batchnorm forms (in double) is off by at
 // most about 15u (E[y^2] + 2|mean| E|y|), a relative 1e-6 of the variance unless
 // mean^2 >> variance, which per-pixel float32 sums over the whole batch (error ~ n u) were not.
-void reduce_stats(const float* part, int64_t tiles, int64_t Kb, int64_t K, double* stats) {
+template <class P>
+void reduce_stats(const P* part, int64_t tiles, int64_t Kb, int64_t K, double* stats) {
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
   for (int64_t kh = 0; kh < Kb * 2; ++kh) {
     double s[kBlock] = {};
-    const float* p = part + kh * kBlock;
+    const P* p = part + kh * kBlock;
     for (int64_t i = 0; i < tiles; ++i, p += Kb * 2 * kBlock)
       for (int l = 0; l < kBlock; ++l) s[l] += p[l];
     const int64_t kb = kh / 2, which = kh % 2;
@@ -588,6 +589,13 @@ void stem_bwd_weight(const Isa& isa, const Geom& g, const float* xp, const float
 
 }  // namespace
 }  // namespace direct
+
+void reduce_block_stats(const float* part, int64_t parts, int64_t Kb, int64_t K, double* stats) {
+  direct::reduce_stats(part, parts, Kb, K, stats);
+}
+void reduce_block_stats(const double* part, int64_t parts, int64_t Kb, int64_t K, double* stats) {
+  direct::reduce_stats(part, parts, Kb, K, stats);
+}
 
 using direct::kBlock;
 

@@ -44,6 +44,12 @@ void run_wgrad(const WgradArgs& a);
 }  // namespace ft::cpu::wino_blocked
 
 namespace ft::cpu {
+// conv2d_direct.cpp: stats (2, K) = the per-channel sums over `parts` batchnorm-statistics partials
+// laid out [part][ceil(K/16)][sum 16, squares 16], added in double in part order (the same bits for
+// any thread count); the direct kernels' per-tile partials are float, Winograd's per-chunk double.
+void reduce_block_stats(const float* part, int64_t parts, int64_t Kb, int64_t K, double* stats);
+void reduce_block_stats(const double* part, int64_t parts, int64_t Kb, int64_t K, double* stats);
+
 // conv2d.cpp: whether the blocked entry point `op` (forward, data or weight gradient) runs this
 // shape through Winograd on the blocked layout; an error when the algorithm is forced to
 // "winograd-blocked" on a shape it cannot do.

@@ -130,15 +130,10 @@ inline int64_t plane(int64_t T, int64_t ld) { return T * ld + kB; }
 // Grow-only per-thread buffers (a chunk's V and M in the workers; the calling thread's weight-
 // gradient partials and chunk statistics, which its team shares): per thread, so calls from
 // several Python threads (the GIL is released) never share one.
-float* thread_buffer(int which, int64_t n) {
-  thread_local std::vector<float> bufs[3];
+template <class T = float>
+T* thread_buffer(int which, int64_t n) {
+  thread_local std::vector<T> bufs[3];
   auto& b = bufs[which];
-  if (static_cast<int64_t>(b.size()) < n) b.resize(n);
-  return b.data();
-}
-
-double* stats_buffer(int64_t n) {
-  thread_local std::vector<double> b;
   if (static_cast<int64_t>(b.size()) < n) b.resize(n);
   return b.data();
 }
@@ -149,13 +144,21 @@ double* stats_buffer(int64_t n) {
 struct Tiles {
   const float* in;
   int64_t halo, Cbi, Cinp, Hp, Wp, TW, per_img;
+
+  struct At {
+    int64_t n, h, w;  // the image and the output pixel at the tile's top left
+  };
+  At at(int64_t tg) const {
+    const int64_t i = tg % per_img;
+    return {tg / per_img, 2 * (i / TW), 2 * (i % TW)};
+  }
 };
 
 void input_transform(const Tiles& a, int64_t t0, int64_t nT, float* Vb, int64_t vplane) {
-  const int64_t Cbi = a.Cbi, Cinp = a.Cinp, Hp = a.Hp, Wp = a.Wp, TW = a.TW, per_img = a.per_img;
+  const int64_t Cbi = a.Cbi, Cinp = a.Cinp, Hp = a.Hp, Wp = a.Wp;
   for (int64_t tl = 0; tl < nT; ++tl) {
-    const int64_t tg = t0 + tl, n = tg / per_img, ti = (tg % per_img) / TW, tj = tg % TW;
-    const int64_t h0 = 2 * ti - 1 + a.halo, w0 = 2 * tj - 1 + a.halo;  // padded coordinates
+    const auto [n, h, w] = a.at(t0 + tl);
+    const int64_t h0 = h - 1 + a.halo, w0 = w - 1 + a.halo;  // padded coordinates
     const bool full = h0 + 3 < Hp && w0 + 3 < Wp;
     for (int64_t cb = 0; cb < Cbi; ++cb) {
       const float* base = a.in + ((n * Cbi + cb) * Hp * Wp + h0 * Wp + w0) * kB;
@@ -229,7 +232,7 @@ void run(const Args& a) {
   const int nt = num_threads();
   const auto [T, nchunks] = chunking(tiles, Cinp, Kp);
   // per chunk: [Kbo][sum 16, squares 16] in double
-  double* part = a.stats ? stats_buffer(nchunks * Kbo * 2 * kB) : nullptr;
+  double* part = a.stats ? thread_buffer<double>(0, nchunks * Kbo * 2 * kB) : nullptr;
   const Tiles x{a.in, a.halo, Cbi, Cinp, Hp, Wp, TW, per_img};
 
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -259,8 +262,7 @@ void run(const Args& a) {
     double* cs = part ? part + ch * Kbo * 2 * kB : nullptr;
     if (cs) std::fill(cs, cs + Kbo * 2 * kB, 0.0);
     for (int64_t tl = 0; tl < nT; ++tl) {
-      const int64_t tg = t0 + tl, n = tg / per_img, ti = (tg % per_img) / TW, tj = tg % TW;
-      const int64_t h = 2 * ti, w = 2 * tj;
+      const auto [n, h, w] = x.at(t0 + tl);
       const bool two_rows = h + 1 < a.H, two_cols = w + 1 < a.W;
       for (int64_t kb = 0; kb < Kbo; ++kb) {
         const float* mp = Mb + tl * Kp + kb * kB;
@@ -304,17 +306,7 @@ void run(const Args& a) {
       }
     }
   }
-  if (part) {
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t kh = 0; kh < Kbo * 2; ++kh) {
-      double s[kB] = {};
-      const double* p = part + kh * kB;
-      for (int64_t i = 0; i < nchunks; ++i, p += Kbo * 2 * kB)
-        for (int l = 0; l < kB; ++l) s[l] += p[l];
-      const int64_t kb = kh / 2, which = kh % 2;
-      for (int l = 0; l < kB && kb * kB + l < a.Cout; ++l) a.stats[which * a.Cout + kb * kB + l] = s[l];
-    }
-  }
+  if (part) reduce_block_stats(part, nchunks, Kbo, a.Cout, a.stats);
 }
 
 
@@ -349,8 +341,7 @@ void run_wgrad(const WgradArgs& a) {
       float* Yb = thread_buffer(1, 16 * yplane);
       input_transform(x, t0, nT, Vb, vplane);
       for (int64_t tl = 0; tl < nT; ++tl) {
-        const int64_t tg = t0 + tl, n = tg / per_img, ti = (tg % per_img) / TW, tj = tg % TW;
-        const int64_t h = 2 * ti, w = 2 * tj;
+        const auto [n, h, w] = x.at(t0 + tl);
         const bool r1 = h + 1 < a.H, c1 = w + 1 < a.W;
         for (int64_t kb = 0; kb < Kbo; ++kb) {
           const float* g = a.dy + (((n * Kbo + kb) * Pp + a.halo_dy + h) * Qp + a.halo_dy + w) * kB;
