@@ -86,7 +86,7 @@ def blocked_shape(n: int, c: int, h: int, w: int, halo: int = 0) -> tuple:
 
 def empty(n: int, c: int, h: int, w: int, halo: int = 0) -> Blocked:
     """An output buffer for a blocked kernel (they write the halo's and pad lanes' zeros themselves)."""
-    return Blocked(np.empty((n, -(-c // BLOCK), h + 2 * halo, w + 2 * halo, BLOCK), np.float32), c, halo)
+    return Blocked(np.empty(blocked_shape(n, c, h, w, halo), np.float32), c, halo)
 
 
 def lanes_of(v, blocks: int):

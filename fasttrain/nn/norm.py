@@ -39,7 +39,7 @@ from .module import Module
 
 def update_running(rmean, rvar, mean, invstd, eps: float, momentum: float, unbias: float, xp=np):
     """The running statistics' update in place, from the batch's mean and invstd = 1/sqrt(var + eps):
-    the spec fasttrain._C.batchnorm_update_running rounds exactly as (see _BatchNorm._forward)."""
+    the spec fasttrain._C.batchnorm_update_running rounds exactly as (see _BatchNorm._update_running)."""
     var = xp.square(invstd, dtype=np.float64)
     xp.divide(1.0, var, out=var)
     var -= eps
@@ -148,7 +148,6 @@ class _BatchNorm(Module):
         n, c = x.shape[0], x.shape[1]
         m = math.prod(x.shape) // c           # N*S values per channel
         gamma, beta = self.weight.data, self.bias.data
-        rmean, rvar = self._buffers_on(xp)
         y = empty(n, c, *x.shape[2:], self.out_halo) if blocked else xp.empty_like(x)
         kw = {} if residual is None else {"residual": residual.data if blocked else residual}
         if blocked:
@@ -157,27 +156,11 @@ class _BatchNorm(Module):
             self._check_count(x, m)
             mean = xp.empty(c, x.dtype)
             invstd = xp.empty(c, x.dtype)
-            if blocked:
-                cpp().batchnorm_blocked_fwd_train(x.data, gamma, beta, self.eps, y.data, mean, invstd, relu,
-                                                  stats=x.stats, **kw)
-            else:
-                backend.kernel("batchnorm_fwd_train", like=x)(x, gamma, beta, self.eps, y, mean, invstd, relu, **kw)
-            # The kernel returns invstd = 1/sqrt(var + eps); recover the biased variance from it
-            # (one pass fewer than recomputing), then make it unbiased with M/(M-1) as torch does.
-            # In place, in the order (and so with the rounding) of
-            #   rmean = (1 - mom) * rmean + mom * mean
-            #   rvar = (1 - mom) * rvar + mom * (max(1 / invstd^2 - eps, 0) * M / (M - 1))
-            # with fewer temporaries: per layer and step, these tiny arrays' fixed costs add up.
-            mom = self.momentum
-            C = cpp() if xp is np else None
-            if (C is not None and mean.dtype == rmean.dtype == rvar.dtype == np.float32
-                    and rmean.flags.c_contiguous and rvar.flags.c_contiguous):
-                # the same operations in one compiled call (a dozen NumPy calls' fixed costs per layer)
-                C.batchnorm_update_running(rmean, rvar, mean, invstd, self.eps, mom, m / (m - 1))
-            else:
-                update_running(rmean, rvar, mean, invstd, self.eps, mom, m / (m - 1), xp)
+            backend.kernel("batchnorm_fwd_train", like=x)(x, gamma, beta, self.eps, y, mean, invstd, relu, **kw)
+            self._update_running(mean, invstd, m, xp)
             self.cache = (x, mean, invstd, True)
         else:
+            rmean, rvar = self._buffers_on(xp)
             rm = rmean.astype(x.dtype, copy=False)
             rv = rvar.astype(x.dtype, copy=False)
             if blocked:
@@ -190,6 +173,23 @@ class _BatchNorm(Module):
         # copied, as an optimizer step may come before a pipelined backward
         self._mask_beta = beta.copy() if relu and blocked and residual is None else None
         return y
+
+    def _update_running(self, mean, invstd, m, xp):
+        """The running statistics after a training batch of m values per channel. The kernel returns
+        invstd = 1/sqrt(var + eps); recover the biased variance from it (one pass fewer than
+        recomputing), then make it unbiased with M/(M-1) as torch does. In place, in the order (and
+        so with the rounding) of
+          rmean = (1 - mom) * rmean + mom * mean
+          rvar = (1 - mom) * rvar + mom * (max(1 / invstd^2 - eps, 0) * M / (M - 1))
+        with fewer temporaries: per layer and step, these tiny arrays' fixed costs add up."""
+        rmean, rvar = self._buffers_on(xp)
+        C = cpp() if xp is np else None
+        if (C is not None and mean.dtype == rmean.dtype == rvar.dtype == np.float32
+                and rmean.flags.c_contiguous and rvar.flags.c_contiguous):
+            # the same operations in one compiled call (a dozen NumPy calls' fixed costs per layer)
+            C.batchnorm_update_running(rmean, rvar, mean, invstd, self.eps, self.momentum, m / (m - 1))
+        else:
+            update_running(rmean, rvar, mean, invstd, self.eps, self.momentum, m / (m - 1), xp)
 
     def _check_count(self, x, m):
         if m <= 1:
@@ -213,13 +213,7 @@ class _BatchNorm(Module):
         C.batchnorm_blocked_fwd_train(x.data, self.weight.data, beta, self.eps, y.data, mean, invstd, relu,
                                       stats=x.stats, residual=None if residual is None else residual.data,
                                       halo_x=x.halo, halo_y=y.halo, halo_res=0 if residual is None else residual.halo)
-        rmean, rvar = self.buffers["running_mean"], self.buffers["running_var"]
-        if (type(rmean) is np.ndarray and type(rvar) is np.ndarray and rmean.dtype == rvar.dtype == np.float32
-                and rmean.flags.c_contiguous and rvar.flags.c_contiguous):
-            C.batchnorm_update_running(rmean, rvar, mean, invstd, self.eps, self.momentum, m / (m - 1))
-        else:   # buffers a user replaced (another dtype or device): the NumPy spec, which moves them
-            rmean, rvar = self._buffers_on(np)
-            update_running(rmean, rvar, mean, invstd, self.eps, self.momentum, m / (m - 1))
+        self._update_running(mean, invstd, m, np)
         self.cache = (x, mean, invstd, True)
         self._relu_out = y if relu else None
         self._mask_beta = beta.copy() if relu and residual is None else None
