@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("mpi4py")
 from fasttrain.parallel import cluster as cl  # noqa: E402
-from fasttrain.parallel.ring import MEASURED_CANDIDATES, MEASURED_MAX_BYTES  # noqa: E402
+from fasttrain.parallel.ring import measured_candidates  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).parent / "mpi_scripts"
@@ -36,14 +36,13 @@ def run_json(cluster, script, *args, timeout=180):
 
 def across_hosts(cluster, nbytes):
     """The algorithms possible for mid sizes (64 KB .. 32 MB) when ranks span hosts: one rank per
-    host: one round to every peer for two hosts; for more, below MEASURED_MAX_BYTES whichever
-    candidate measured fastest on the first call, above it reduce-scatter + all-gather with every
-    peer at once."""
+    host: one round to every peer for two hosts; for more, whichever of the size's candidates
+    measured fastest on the first call."""
     if max(cluster.ranks_per_host) > 1:
         return {"hierarchical"}
     if cluster.hosts == 2:
         return {"oneshot"}
-    return set(MEASURED_CANDIDATES) if nbytes < MEASURED_MAX_BYTES else {"direct"}
+    return set(measured_candidates(nbytes))
 
 
 @pytest.fixture(scope="module", params=LAYOUTS, ids=lambda hr: f"{hr[0]}hostsx{hr[1]}")

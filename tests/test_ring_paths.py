@@ -11,8 +11,9 @@ import pytest
 
 from fasttrain.parallel import ThreadWorld, ring_allreduce
 from fasttrain.parallel import ring
-from fasttrain.parallel.ring import (MEASURED_CANDIDATES, direct_allreduce, halving_doubling_allreduce, measured_choice,
-                                     oneshot_allreduce, recursive_doubling_allreduce, rooted_allreduce)
+from fasttrain.parallel.ring import (MEASURED_CANDIDATES, MEASURED_LARGE_CANDIDATES, direct_allreduce,
+                                     halving_doubling_allreduce, measured_candidates, measured_choice, oneshot_allreduce,
+                                     plain_ring_allreduce, recursive_doubling_allreduce, rooted_allreduce)
 
 
 def _data(rank, n):
@@ -116,6 +117,70 @@ def test_measured_choice_agrees_across_ranks_and_is_kept(monkeypatch):
     assert all(o[:3] == ("oneshot", "oneshot", True) for o in out), out
     assert len(calls) == 3 * 3 * (ring.MEASURED_ROUNDS + 1)
     assert out[0][3][13]["direct"] >= 30 and out[0][3][13]["oneshot"] < out[0][3][13]["rooted"], out[0][3]
+
+
+@pytest.mark.parametrize("K", [2, 3, 4, 5])
+@pytest.mark.parametrize("op", ["sum", "mean"])
+@pytest.mark.parametrize("n", [1, 2, 7, 1031])
+def test_direct_in_ring_order_returns_the_ring_bits(K, op, n):
+    """direct_allreduce with order='ring' (its default from MEASURED_MAX_BYTES on, where it is measured
+    against the ring) adds each chunk as the pipelined ring's chain does: bit for bit the ring's result
+    on values of mixed magnitudes, whatever the segments; in rank order the bits differ."""
+
+    def data(rank):
+        return (_data(rank, n) * np.float32(10.0) ** np.random.default_rng([rank, 7]).integers(-6, 6, n)).astype(np.float32)
+
+    def body(comm):
+        return np.stack([plain_ring_allreduce(comm, data(comm.rank), op, segment_bytes=8),
+                         plain_ring_allreduce(comm, data(comm.rank), op),
+                         direct_allreduce(comm, data(comm.rank), op, segment_bytes=4, order="ring"),
+                         direct_allreduce(comm, data(comm.rank), op, segment_bytes=2400, order="ring"),
+                         direct_allreduce(comm, data(comm.rank), op, segment_bytes=8, order="rank")])
+
+    got = ThreadWorld(K).run(body)
+    ref = np.sum([data(k).astype(np.float64) for k in range(K)], axis=0) / (K if op == "mean" else 1)
+    for rank_out in got:
+        assert all(np.array_equal(rank_out[0].view(np.uint32), o.view(np.uint32)) for o in rank_out[1:4])
+        assert all(np.array_equal(got[0][0].view(np.uint32), o.view(np.uint32)) for o in rank_out[:4])
+        np.testing.assert_allclose(rank_out[4], ref, rtol=1e-5, atol=1e-5 * 10.0 ** 6)
+    if K >= 3 and n == 1031:  # rank order differs somewhere: the test above can fail
+        assert not np.array_equal(got[0][0], got[0][4])
+    with pytest.raises(ValueError, match="order"):
+        ThreadWorld(2).run(lambda c: direct_allreduce(c, np.ones(4, np.float32), order="tree"))
+
+
+def test_measured_choice_from_a_megabyte_times_direct_against_the_ring(monkeypatch):
+    """From MEASURED_MAX_BYTES the candidates are direct and the ring, timed MEASURED_LARGE_ROUNDS
+    times each and picked with MEASURED_LARGE_MARGIN (a ring 5 % faster than direct replaces it, 1 %
+    does not); unrigged, the pick is one of the two and the same on every rank."""
+    assert measured_candidates(1 << 20) == MEASURED_LARGE_CANDIDATES == ("direct", "ring")
+    assert measured_candidates((1 << 20) - 4) == MEASURED_CANDIDATES
+    picks = ThreadWorld(3).run(lambda c: measured_choice(c, 1 << 20))
+    assert len(set(picks)) == 1 and picks[0] in MEASURED_LARGE_CANDIDATES
+    names = MEASURED_LARGE_CANDIDATES
+    ms = lambda v: [v * 1e-3] * 3  # noqa: E731
+    assert ring.measured_pick([{"direct": ms(10), "ring": ms(9.5)}], None, names, margin=ring.MEASURED_LARGE_MARGIN)[0] == "ring"
+    assert ring.measured_pick([{"direct": ms(10), "ring": ms(9.9)}], None, names, margin=ring.MEASURED_LARGE_MARGIN)[0] == "direct"
+    calls, margins = [], []
+    real_pick = ring.measured_pick
+
+    def pick(times, incumbent=None, names=MEASURED_CANDIDATES, **kw):
+        margins.append(kw.get("margin"))
+        return real_pick(times, incumbent, names, **kw)
+
+    def rigged(name, seconds):
+        def fn(comm, x):
+            calls.append(name)
+            time.sleep(seconds[name])
+        return fn
+
+    monkeypatch.setattr(ring, "measured_pick", pick)
+    for seconds, want in (({"direct": 0.02, "ring": 0.0}, "ring"), ({"direct": 0.0, "ring": 0.02}, "direct")):
+        monkeypatch.setattr(ring, "_MEASURED_FNS", {c: rigged(c, seconds) for c in names})
+        calls.clear()
+        assert ThreadWorld(3).run(lambda c: measured_choice(c, 3 << 20)) == [want] * 3, seconds
+        assert sorted(set(calls)) == ["direct", "ring"] and len(calls) == 3 * 2 * (ring.MEASURED_LARGE_ROUNDS + 1)
+    assert margins == [ring.MEASURED_LARGE_MARGIN] * 2
 
 
 def test_measured_pick_scores_a_low_quantile_of_the_slowest_rank_and_keeps_the_incumbent_within_margin():

@@ -67,8 +67,9 @@ DEFAULT_CROSS_RING_BYTES = 1 << 20
 DIRECT_MAX_RANKS = 4
 #: across hosts, one rank each, three or more hosts: below this many bytes ring_allreduce measures
 #: the candidates (MEASURED_CANDIDATES: two rounds with every peer, one round, two rounds through one
-#: rank) for each power-of-two size class and keeps the fastest (`measured_choice`); from it on, `direct`
-#: (the fewest bytes on the busiest link: 2 (p - 1) / p of the buffer). Which one wins below 1 MB
+#: rank) for each power-of-two size class and keeps the fastest (`measured_choice`); from it on, the
+#: same between MEASURED_LARGE_CANDIDATES (the fewest bytes on the busiest link: 2 (p - 1) / p of the
+#: buffer). Which one wins below 1 MB
 #: depends on the link and on how busy the cores are, not on the bytes: on a quiet machine direct beat
 #: one-shot at every size on 3 hosts (bench/cluster_allreduce.py, 3 hosts x 1 rank, load 1.5-3: 64 KB
 #: 0.37 vs 0.70 ms, 256 KB 0.94 vs 1.07 ms over 10 Gbit/s), at load 10-16 one-shot beat direct at
@@ -76,8 +77,18 @@ DIRECT_MAX_RANKS = 4
 #: they return the same bits and the measurement never shows in a result.
 MEASURED_MAX_BYTES = 1 << 20
 MEASURED_CANDIDATES = ("direct", "oneshot", "rooted")
+#: from MEASURED_MAX_BYTES up to shared_bytes, the same hosts measure these instead: `direct` and the
+#: pipelined ring (`plain_ring_allreduce`). Both move the fewest bytes (2 (p - 1) / p of the buffer
+#: per link); which is faster depends on the link. On the emulated cluster (3 hosts x 1 rank, quiet)
+#: over 1 Gbit/s, where both run at the wire, the ring's one TCP flow per direction took 0.98-1.0x of
+#: direct's two (1 MB 12.86 vs 13.11 ms, 4 MB 50.72 vs 52.28 ms); over 10 Gbit/s, where the veth's
+#: TCP is CPU-bound, direct's 2 rounds took 0.75-0.9x of the ring's 2 (p - 1) steps.
+MEASURED_LARGE_CANDIDATES = ("direct", "ring")
 #: interleaved calls of each candidate per measurement (after one warm-up round)
 MEASURED_ROUNDS = 9
+#: the same from MEASURED_MAX_BYTES on: a call there is milliseconds to hundreds of them (16 MB over
+#: 1 Gbit/s: 0.2 s), and its time varies less from call to call than a short one's
+MEASURED_LARGE_ROUNDS = 3
 #: a candidate's score: this quantile of its per-round times (each the slowest rank's). A low quantile
 #: is what the call costs when no rank waits for a core; on a shared machine the median and above
 #: measure which candidate happened to run while another process held the cores.
@@ -86,6 +97,9 @@ MEASURED_QUANTILE = 0.25
 #: candidate whose score is lower by more than this fraction: two candidates within noise of each
 #: other do not flip the choice from one measurement to the next.
 MEASURED_MARGIN = 0.1
+#: the margin from MEASURED_MAX_BYTES on: where both candidates run at the wire they differ by a few
+#: percent, and a long call's time is steady enough to tell that apart
+MEASURED_LARGE_MARGIN = 0.02
 #: re-measure a size class after this many calls of it, then every MEASURED_EVERY calls: the first
 #: measurement runs on a job's first call (connections opening, pages faulting, ranks still
 #: starting), and the machine's load changes while a job runs.
@@ -435,7 +449,7 @@ def rooted_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
 
 
 def direct_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
-                     segment_bytes: int | None = None) -> np.ndarray:
+                     segment_bytes: int | None = None, order: str | None = None) -> np.ndarray:
     """All-reduce buf in place by a reduce-scatter and an all-gather with every peer at once:
     rank r owns chunk r; it sends chunk j to rank j and receives its own chunk from every peer
     (all messages in flight together), sums it, and sends the sum to every peer. Each rank moves
@@ -444,9 +458,16 @@ def direct_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
     share nothing but the sender's link. Pipelined in segments (None: `piece_bytes_for`, see
     EAGER_BYTES): a segment of the own chunk is summed and sent on while the next ones arrive. The
     all-gather lands in a scratch buffer (buf's chunks may still be on their way out) and is
-    copied in at the end. Ranks end bit-identical: each chunk is summed by its owner, in rank
-    order (the bits of one-shot's sum), and copied to the others."""
+    copied in at the end. Ranks end bit-identical: each chunk is summed by its owner and copied to
+    the others. order: how the owner adds a chunk's p values: 'rank' (((x0 + x1) + x2) + ..., the
+    bits of one-shot's and rooted's sums) or 'ring' (from the owner's own values on, x_r + x_(r+1)
+    + ...: the association of `plain_ring_allreduce`'s chain for that chunk, so the two return the
+    same bits); None: whichever its rivals in `measured_candidates` use for this size."""
     p, r = comm.size, comm.rank
+    if order is None:
+        order = "rank" if buf.nbytes < MEASURED_MAX_BYTES else "ring"
+    if order not in ("rank", "ring"):
+        raise ValueError(f"order: expected 'rank' or 'ring', got {order!r}")
     if p == 1 or buf.size == 0:
         return buf
     if segment_bytes is None:
@@ -466,8 +487,12 @@ def direct_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
             comm.wait(rs_recvs[j][i])
             return inbox[j, x - a:y - a]
 
-        _sum_in_rank_order(row, p, r, tmp[:y - x])
         acc = buf[x:y]
+        if order == "rank":
+            _sum_in_rank_order(row, p, r, tmp[:y - x])
+        else:
+            for j in _peers(p, r):
+                np.add(acc, row(j), out=acc)
         if op == "mean":
             acc /= p
         sends += [comm.isend(acc, j, _TAG_AG) for j, _ in peers]
@@ -527,7 +552,25 @@ def verify_layout(comm: Communicator, layout: tuple) -> None:
     seen.add(layout)
 
 
-_MEASURED_FNS = {"direct": direct_allreduce, "oneshot": oneshot_allreduce, "rooted": rooted_allreduce}
+def plain_ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
+                         segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> np.ndarray:
+    """The pipelined ring of `ring_allreduce` in full precision (its 'ring' algorithm), with no
+    dispatch: the reduce-scatter, the owner's 'mean' division, the all-gather."""
+    p = comm.size
+    if p == 1:
+        return buf
+    off = chunk_offsets(buf.size, p)
+    seg = max(1, int(segment_bytes) // buf.itemsize)
+    _reduce_scatter(comm, buf, off, seg)
+    oa, ob = _chunk(off, comm.rank + 1)
+    if op == "mean":
+        buf[oa:ob] /= p  # by the owner only, then copied: ranks stay bit-identical
+    _allgather(comm, buf, off, seg)
+    return buf
+
+
+_MEASURED_FNS = {"direct": direct_allreduce, "oneshot": oneshot_allreduce, "rooted": rooted_allreduce,
+                 "ring": plain_ring_allreduce}
 
 
 def _measured_state(comm: Communicator) -> tuple[dict, dict]:
@@ -561,13 +604,19 @@ def measured_pick(times: list[dict], incumbent: str | None = None, names=MEASURE
     return keep, scores
 
 
+def measured_candidates(nbytes: int) -> tuple[str, ...]:
+    """The algorithms `measured_choice` times for a buffer of nbytes."""
+    return MEASURED_CANDIDATES if nbytes < MEASURED_MAX_BYTES else MEASURED_LARGE_CANDIDATES
+
+
 def measured_choice(comm: Communicator, nbytes: int, count: bool = False) -> str:
-    """The fastest of MEASURED_CANDIDATES for an all-reduce of nbytes over comm, measured for nbytes'
+    """The fastest of `measured_candidates(nbytes)` for an all-reduce of nbytes over comm, measured for nbytes'
     power-of-two size class on its first ask and kept on comm (`MPIComm.dup` passes it on).
     count=True (ring_allreduce's calls) counts the call: after MEASURED_AGAIN_AFTER calls of the
     class and then every MEASURED_EVERY, the next call measures again. Ranks make the same calls
     in the same order (verify_layout checks the layouts), so they count alike and measure together.
-    A measurement is collective: every candidate runs MEASURED_ROUNDS times on a scratch float32
+    A measurement is collective: every candidate runs MEASURED_ROUNDS times (MEASURED_LARGE_ROUNDS
+    from MEASURED_MAX_BYTES on, with MEASURED_LARGE_MARGIN) on a scratch float32
     buffer of nbytes (zeros: the data do not change the time), interleaved in an order rotating by
     one per round, each call between barriers; rank 0 gathers every rank's times, picks with
     `measured_pick` (the kept pick is the incumbent) and broadcasts its answer, so every rank keeps
@@ -586,9 +635,10 @@ def measured_choice(comm: Communicator, nbytes: int, count: bool = False) -> str
 def _measure(comm: Communicator, nbytes: int, key: int, cache: dict) -> str:
     x = _scratch("measure", max(1, int(nbytes) // 4), np.dtype(np.float32))
     x[...] = 0
-    names = list(MEASURED_CANDIDATES)
+    large = nbytes >= MEASURED_MAX_BYTES
+    names = list(measured_candidates(nbytes))
     times = {c: [] for c in names}
-    for i in range(MEASURED_ROUNDS + 1):  # round 0 warms up (connections, scratch pages)
+    for i in range((MEASURED_LARGE_ROUNDS if large else MEASURED_ROUNDS) + 1):  # round 0 warms up (connections, scratch pages)
         for c in names[i % len(names):] + names[:i % len(names)]:
             comm.barrier()
             t0 = time.perf_counter()
@@ -596,7 +646,8 @@ def _measure(comm: Communicator, nbytes: int, key: int, cache: dict) -> str:
             if i:
                 times[c].append(time.perf_counter() - t0)
     everyone = comm.allgather(times)
-    decided = measured_pick(everyone, cache.get(key)) if comm.rank == 0 else None
+    decided = (measured_pick(everyone, cache.get(key), tuple(names), margin=MEASURED_LARGE_MARGIN if large else MEASURED_MARGIN)
+               if comm.rank == 0 else None)
     pick, scores = comm.bcast(decided, root=0)
     cache[key] = pick
     try:
@@ -612,7 +663,7 @@ def allreduce_algorithm(comm: Communicator, nbytes: int, small_bytes: int = DEFA
                         count: bool = False) -> str:
     """Which algorithm `ring_allreduce` runs for an uncompressed buffer of nbytes (see there).
     Collective on a communicator's first call (it asks MPI which ranks share a node) and, with one
-    rank on each of 3-4 hosts, on the first ask for each size class below MEASURED_MAX_BYTES
+    rank on each of 3-4 hosts, on the first ask for each size class below shared_bytes
     (`measured_choice` times the candidates there; count=True, as ring_allreduce asks, counts the
     call towards measuring again)."""
     if nbytes < small_bytes:
@@ -625,7 +676,7 @@ def allreduce_algorithm(comm: Communicator, nbytes: int, small_bytes: int = DEFA
     if nbytes < shared_bytes and p <= DIRECT_MAX_RANKS and host_count(comm) == p:
         if p == 2:  # every candidate is one exchange of the whole buffer here
             return "oneshot"
-        return measured_choice(comm, nbytes, count) if nbytes < MEASURED_MAX_BYTES else "direct"
+        return measured_choice(comm, nbytes, count)
     if nbytes < mid_bytes and not (nbytes >= DEFAULT_CROSS_RING_BYTES and p & (p - 1) and mid_bytes <= DEFAULT_MID_BYTES
                                    and host_count(comm) > 1):
         return "halving_doubling"
@@ -654,8 +705,8 @@ def ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
     those from small_bytes up to shared_bytes take the shared-memory window (`shm.NodeWindow`)
     when all ranks are on one MPI node, or `hierarchical_allreduce` when they span several nodes
     and some node runs more than one (then with the codec too, across hosts only), or, with one
-    rank on each of at most DIRECT_MAX_RANKS hosts, `oneshot_allreduce` (two ranks), the fastest of
-    MEASURED_CANDIDATES (below MEASURED_MAX_BYTES, `measured_choice`) or `direct_allreduce`; otherwise those up to mid_bytes take
+    rank on each of at most DIRECT_MAX_RANKS hosts, `oneshot_allreduce` (two ranks) or the fastest of
+    `measured_candidates` (`measured_choice`); otherwise those up to mid_bytes take
     `halving_doubling_allreduce`. small_bytes=0, shared_bytes=0, mid_bytes=0
     force the ring at every size."""
     if op not in ("sum", "mean"):
@@ -681,6 +732,8 @@ def ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
             return halving_doubling_allreduce(comm, buf, op)
         if algorithm == "hierarchical":
             return hierarchical_allreduce(comm, buf, op, segment_bytes=segment_bytes)
+        if algorithm == "ring":
+            return plain_ring_allreduce(comm, buf, op, segment_bytes)
         piece = piece_bytes_for(buf.nbytes, segment_bytes)
         if algorithm == "oneshot":
             return oneshot_allreduce(comm, buf, op, piece)
@@ -731,6 +784,9 @@ def hierarchical_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
     if mode == "slices" and not h.equal:
         raise ValueError("mode='slices': expected the same number of ranks on every host")
 
+    if mode == "slices" and codec is None and h.slices.size == 2:
+        return _hierarchical_two_hosts(h, buf, op, comm.size, segment_bytes)
+
     def across(x, start):
         ring_allreduce(h.slices if mode == "slices" else h.leaders, x, "sum", segment_bytes, codec, rng, offset + start,
                        schedule=schedule)
@@ -738,6 +794,37 @@ def hierarchical_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
     if mode == "slices":
         return h.window.allreduce(buf, op, across, divisor=comm.size)
     return h.window.allreduce_via_leader(buf, op, across, divisor=comm.size)
+
+
+def _hierarchical_two_hosts(h, buf: np.ndarray, op: str, divisor: int, segment_bytes: int) -> np.ndarray:
+    """The 'slices' hierarchical all-reduce over two hosts, pipelined: each rank sums its chunk over
+    its host in pieces and sends each piece to its counterpart on the other host as soon as it is
+    summed, then adds the counterpart's pieces as they arrive, so the host's adds overlap the link
+    instead of preceding and following it. Pieces as `piece_bytes_for` cuts the chunk (below the
+    wheel's TCP rendezvous size for chunks under EAGER_MAX_BYTES). The same bits as the unpipelined
+    form (node sum own values first then rank order, then host 0's sum + host 1's), ranks identical."""
+    w, other = h.window, h.slices
+    if buf.size == 0:
+        return buf
+    plan = w.share(buf)
+    _, a, b = plan[:3]
+    chunk = plan[0][a:b]
+    peer = 1 - other.rank
+    pieces = _pieces(b - a, buf.itemsize, piece_bytes_for((b - a) * buf.itemsize, segment_bytes))
+    inbox = _scratch("hier_inbox", b - a, buf.dtype)
+    recvs = [other.irecv(inbox[x:y], peer, _TAG_RS) for x, y in pieces]
+    sends = [other.isend(w.reduce_piece(buf, plan, x, y), peer, _TAG_RS) for x, y in pieces]
+    for (x, y), rq, sq in zip(pieces, recvs, sends):
+        other.wait(rq)
+        other.wait(sq)  # the piece is summed in place below
+        mine, theirs = chunk[x:y], inbox[x:y]
+        if other.rank == 0:
+            np.add(mine, theirs, out=mine)
+        else:
+            np.add(theirs, mine, out=mine)
+        if op == "mean":
+            mine /= divisor
+    return w.finish(buf, plan)
 
 
 def _reduce_scatter(comm, buf, off, seg):

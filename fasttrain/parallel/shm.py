@@ -80,27 +80,51 @@ class NodeWindow:
         self.node.Barrier()
         self.win.Sync()
 
-    def _reduce_own_chunk(self, buf: np.ndarray):
-        """The reduce-scatter half: every rank's buffer into its slot, then this rank's chunk summed
-        over all slots into its own. Returns (this rank's slot, its reduced chunk, the chunk's start,
-        every chunk's (start, stop, slot view))."""
+    def share(self, buf: np.ndarray):
+        """The first half of the reduce-scatter: every rank's buffer into its slot, then a fence.
+        Returns the plan (this rank's slot, its chunk's start and stop, the peers' views of that
+        chunk, every chunk's (start, stop, slot view)) for `reduce_piece` and `finish`."""
         if buf.nbytes > self.half:
             self._grow(max(buf.nbytes, 2 * self.half))
-        mine_slot, a, b, peers, results = self._plan(buf.size, buf.dtype, self.parity * self.half)
+        plan = self._plan(buf.size, buf.dtype, self.parity * self.half)
         self.parity ^= 1
+        mine_slot, a, b = plan[:3]
         # only the chunks other ranks sum go through the slot: writing shared lines a peer has
         # read costs a cross-core invalidation each, the copy-in is the most expensive step
         mine_slot[:a] = buf[:a]
         mine_slot[b:] = buf[b:]
         self._fence()
-        mine = mine_slot[a:b]
-        src = buf[a:b]  # own values first, then the other ranks' in rank order
+        return plan
+
+    @staticmethod
+    def reduce_piece(buf: np.ndarray, plan, x: int, y: int) -> np.ndarray:
+        """Values x:y of this rank's chunk (offsets within the chunk) summed over the node into its
+        slot, own values first, then the other ranks' in rank order (a fixed order per value, so
+        summing the chunk whole or piece by piece gives the same bits). Returns the summed view."""
+        mine_slot, a, _, peers, _ = plan
+        mine = mine_slot[a + x:a + y]
+        src = buf[a + x:a + y]
         for peer in peers:
-            np.add(src, peer, out=mine)
+            np.add(src, peer[x:y], out=mine)
             src = mine
         if not peers:
             mine[...] = src
-        return mine_slot, mine, a, results
+        return mine
+
+    def finish(self, buf: np.ndarray, plan) -> np.ndarray:
+        """The all-gather half: a fence, then every chunk copied out of its owner's slot."""
+        self._fence()
+        for x, y, result in plan[4]:
+            buf[x:y] = result
+        return buf
+
+    def _reduce_own_chunk(self, buf: np.ndarray):
+        """The reduce-scatter half: every rank's buffer into its slot, then this rank's chunk summed
+        over all slots into its own. Returns (this rank's slot, its reduced chunk, the chunk's start,
+        every chunk's (start, stop, slot view))."""
+        plan = self.share(buf)
+        mine_slot, a, b, _, results = plan
+        return mine_slot, self.reduce_piece(buf, plan, 0, b - a), a, results
 
     def allreduce(self, buf: np.ndarray, op: str = "sum", cross=None, divisor: int | None = None) -> np.ndarray:
         """All-reduce buf over the node in place. cross(chunk, start): run on this rank's reduced

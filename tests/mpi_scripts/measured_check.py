@@ -35,7 +35,7 @@ out["disagreeing_ranks"] = ring.measured_choice(comm, 5000)
 # 2. the decision is rank 0's, broadcast: a pick rule answering differently on every rank (as a
 # non-deterministic one might) still leaves every rank with rank 0's answer
 real_pick = ring.measured_pick
-ring.measured_pick = lambda times, incumbent=None: (ring.MEASURED_CANDIDATES[r % 3], {c: 0.0 for c in ring.MEASURED_CANDIDATES})
+ring.measured_pick = lambda times, incumbent=None, *args, **kw: (ring.MEASURED_CANDIDATES[r % 3], {c: 0.0 for c in ring.MEASURED_CANDIDATES})
 out["injected_decision"] = ring.measured_choice(comm, 1 << 14)
 ring.measured_pick = real_pick
 
