@@ -478,8 +478,9 @@ def _depthwise_entry(N, C, H, W, R=3, stride=1, backward=True):
 def _depthwise_blocked_entry(N, C, H, W, stride=1, part="fwd_bwd", R=3):
     """The depthwise kernels the models run: on the 16-channel-blocked layout that flows between
     layers (x with a zero halo equal to the padding, read in place; dy and the outputs without one),
-    one part of the layer at a time or all three. Memory-bound: the limit is moving each operand
-    once (fwd: x in, y out; bwd_data: dy in, dx out; bwd_weight: x and dy in). PyTorch runs the same
+    one part of the layer at a time or all of it (the forward, then the fused backward Conv2d runs).
+    Memory-bound: the limit is moving each operand once per kernel (fwd: x in, y out; bwd_data: dy
+    in, dx out; bwd_weight: x and dy in; fused backward: x and dy in, dx out). PyTorch runs the same
     part in channels_last (aten.convolution_backward with the one gradient asked for)."""
     from fasttrain.kernels.blocked import to_blocked
 
@@ -499,12 +500,15 @@ def _depthwise_blocked_entry(N, C, H, W, stride=1, part="fwd_bwd", R=3):
     def run(k, a):
         if part in ("fwd", "fwd_bwd"):
             k("depthwise_blocked_fwd")(a["xb"], a["w"], a["b"], a["yb"], *geo, False, halo_x=pad)
-        if part in ("bwd_data", "fwd_bwd"):
+        if part == "bwd_data":
             k("depthwise_blocked_bwd_data")(a["dyb"], a["w"], a["dxb"], *geo)
         if part in ("bwd_weight", "fwd_bwd"):
             a["dw"][...] = 0
             a["db"][...] = 0
+        if part == "bwd_weight":
             k("depthwise_blocked_bwd_weight")(a["xb"], a["dyb"], a["dw"], a["db"], *geo, halo_x=pad)
+        if part == "fwd_bwd":   # as Conv2d runs it: both gradients in one pass over dy
+            k("depthwise_blocked_bwd")(a["xb"], a["dyb"], a["w"], a["dxb"], a["dw"], a["db"], *geo, halo_x=pad)
 
     def torch_fn(torch, a):
         cl = torch.channels_last
@@ -528,12 +532,13 @@ def _depthwise_blocked_entry(N, C, H, W, stride=1, part="fwd_bwd", R=3):
         return step
 
     xb, yb = 4.0 * N * cb * 16 * H * W, 4.0 * N * cb * 16 * P * Q
-    nbytes = {"fwd": xb + yb, "bwd_data": yb + xb, "bwd_weight": xb + yb, "fwd_bwd": 3 * (xb + yb)}[part]
+    # fwd_bwd: the forward (x in, y out) and the fused backward (x and dy in, dx out); dy is read
+    # once for both gradients, so it is counted once
+    nbytes = {"fwd": xb + yb, "bwd_data": yb + xb, "bwd_weight": xb + yb, "fwd_bwd": 3 * xb + 2 * yb}[part]
     flops = (3 if part == "fwd_bwd" else 1) * 2.0 * N * C * R * R * P * Q
     outputs = {"fwd": ("yb",), "bwd_data": ("dxb",), "bwd_weight": ("dw", "db"), "fwd_bwd": ("yb", "dxb", "dw", "db")}
     ops = {"fwd": ("depthwise_blocked_fwd",), "bwd_data": ("depthwise_blocked_bwd_data",),
-           "bwd_weight": ("depthwise_blocked_bwd_weight",)}.get(part, ("depthwise_blocked_fwd", "depthwise_blocked_bwd_data",
-                                                                       "depthwise_blocked_bwd_weight"))
+           "bwd_weight": ("depthwise_blocked_bwd_weight",)}.get(part, ("depthwise_blocked_fwd", "depthwise_blocked_bwd"))
     return Entry(f"dw_blocked_{part}", (N, C, H, W, R, stride), nbytes, flops, inputs, run, outputs[part],
                  {"torch-cl": torch_fn}, ops, rtol=2e-4)
 

@@ -405,6 +405,27 @@ void bind(py::module_& m) {
      py::arg("pw"), py::arg("dil_h") = 1, py::arg("dil_w") = 1, py::kw_only(), py::arg("halo_x") = 0,
      py::arg("halo_dy") = 0);
 
+  m.def("depthwise_blocked_bwd", [=](py::array xb, py::array dyb, py::array w, py::array dxb, py::array dwt,
+                                     py::array db, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
+                                     int64_t dw, int64_t hx, int64_t hdy, int64_t hdx) {
+    const char* op = "depthwise_blocked_bwd";
+    Conv g = dw_geom(op, "xb", xb, hx, w, sh, sw, ph, pw, dh, dw);
+    dw_other(op, "dyb", dyb, g, g.P, g.Q, hdy);
+    dw_other(op, "dxb", dxb, g, g.H, g.W, hdx);
+    expect_shape(op, "dw", dwt, {g.C, 1, g.R, g.S});
+    expect_shape(op, "db", db, {g.C});
+    const float *px = ptr_of(xb, "xb"), *pdy = ptr_of(dyb, "dyb"), *pw_ = ptr_of(w, "w");
+    float *pdx = ptr_of(dxb, "dxb"), *pdw = ptr_of(dwt, "dw"), *pdb = ptr_of(db, "db");
+    // dx is written while x and dy are still read for the weight gradient: no aliasing
+    FT_CHECK(pdx != px && pdx != pdy, op << "(dxb): expected an array distinct from xb and dyb, got the same one");
+    py::gil_scoped_release nogil;
+    ft::cpu::depthwise_blocked_bwd(px, pdy, pw_, pdx, pdw, pdb, g.N, g.C, g.H, g.W, g.R, g.S, sh, sw, ph, pw, dh, dw,
+                                   hx, hdy, hdx);
+  }, py::arg("xb"), py::arg("dyb"), py::arg("w"), py::arg("dxb"), py::arg("dw"), py::arg("db"), py::arg("sh"),
+     py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("dil_h") = 1, py::arg("dil_w") = 1, py::kw_only(),
+     py::arg("halo_x") = 0, py::arg("halo_dy") = 0, py::arg("halo_dx") = 0,
+     "bwd_data's dx and bwd_weight's dw, db (accumulated) in one pass over dy: the same bits as the two calls");
+
   // The stem: NCHW x (few channels) in, blocked y out; its weight gradient from x and the blocked dy.
   m.def("conv2d_stem_fwd", [=](py::array x, py::array w, py::array b, py::array yb, int64_t sh,
                                int64_t sw, int64_t ph, int64_t pw, bool relu, py::object stats) {

@@ -105,6 +105,14 @@ def _run_blocked(pb, relu=False):
     C.depthwise_blocked_bwd_data(dyb, pb["w"], dxb, *g, *d, halo_dy=hi, halo_dx=ho)
     dw, db = np.zeros_like(pb["w"]), np.zeros_like(pb["b"])
     C.depthwise_blocked_bwd_weight(xb, dyb, dw, db, *g, *d, halo_x=hi, halo_dy=hi)
+    # the fused backward: both gradients in one pass over dy, the same bits as the two calls (dw and
+    # db accumulated onto what they held)
+    dxf = np.full_like(dxb, np.nan)
+    dwf, dbf = np.ones_like(dw), np.ones_like(db)
+    C.depthwise_blocked_bwd(xb, dyb, pb["w"], dxf, dwf, dbf, *g, *d, halo_x=hi, halo_dy=hi, halo_dx=ho)
+    np.testing.assert_array_equal(dxf, dxb, err_msg="fused backward: dx")
+    np.testing.assert_array_equal(dwf, dw + f32(1), err_msg="fused backward: dw")
+    np.testing.assert_array_equal(dbf, db + f32(1), err_msg="fused backward: db")
     return from_blk(yb, c, ho), from_blk(dxb, c, ho), dw, db
 
 
@@ -217,6 +225,14 @@ def test_errors_name_the_argument():
         C.depthwise_blocked_fwd(np.zeros((1, 2, 4, 4, 16), f32), w, b, y, 1, 1, 1, 1)
     with pytest.raises(ValueError, match="halos >= 0"):
         C.depthwise_blocked_bwd_data(y, w, x, 1, 1, 1, 1, halo_dy=-1)
+    dw = np.zeros((3, 1, 3, 3), f32)
+    with pytest.raises(ValueError, match=r"depthwise_blocked_bwd\(dxb\): expected an array distinct from xb"):
+        C.depthwise_blocked_bwd(x, np.zeros((1, 1, 4, 4, 16), f32), w, x, dw, b, 1, 1, 1, 1)
+    with pytest.raises(ValueError, match=r"depthwise_blocked_bwd\(dxb\): expected shape \(1, 1, 4, 4, 16\)"):
+        C.depthwise_blocked_bwd(x, np.zeros((1, 1, 4, 4, 16), f32), w, y, dw, b, 1, 1, 1, 1)
+    with pytest.raises(ValueError, match=r"depthwise_blocked_bwd\(dw\): expected shape \(3, 1, 3, 3\)"):
+        C.depthwise_blocked_bwd(x, np.zeros((1, 1, 4, 4, 16), f32), w, x.copy(), np.zeros((3, 1, 2, 3), f32), b,
+                                1, 1, 1, 1)
 
 
 def test_registry_reference_matches_the_kernels():
@@ -233,6 +249,8 @@ def test_registry_reference_matches_the_kernels():
         k("depthwise_blocked_bwd_data")(dyb, pb["w"], dxb, *pb["geom"])
         dw, db = np.zeros_like(pb["w"]), np.zeros_like(pb["b"])
         k("depthwise_blocked_bwd_weight")(xb, dyb, dw, db, *pb["geom"], halo_x=1)
-        outs.append((yb, dxb, dw, db))
-    for want, got, what in zip(*outs, ("y", "dx", "dw", "db")):
+        dxf, dwf, dbf = np.full((2, 2, 11, 10, 16), np.nan, f32), np.zeros_like(pb["w"]), np.zeros_like(pb["b"])
+        k("depthwise_blocked_bwd")(xb, dyb, pb["w"], dxf, dwf, dbf, *pb["geom"], halo_x=1, halo_dx=1)
+        outs.append((yb, dxb, dw, db, dxf, dwf, dbf))
+    for want, got, what in zip(*outs, ("y", "dx", "dw", "db", "fused dx", "fused dw", "fused db")):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=what)

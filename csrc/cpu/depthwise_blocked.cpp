@@ -131,6 +131,105 @@ Corr forward_corr(int64_t H, int64_t W, int64_t hx, int64_t R, int64_t S, int64_
                             (W + 2 * pw - dw * (S - 1) - 1) / sw + 1, R, S, sh, sw, ph, pw, dh, dw});
 }
 
+
+// The data gradient of one call, set up once (packed weights, tap tables) for bwd_data and the fused
+// backward: at stride 1 dy correlated with the flipped filter, dy padded by the filter span minus
+// the padding; strided, gathered per dx pixel from the taps that reach it.
+class DataGrad {
+ public:
+  DataGrad(const Isa& isa, const float* w, int64_t C, int64_t H, int64_t W, int64_t R, int64_t S, int64_t sh,
+           int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t halo_dy, int64_t halo_dx)
+      : isa_(isa), unit_(sh == 1 && sw == 1), H_(H), W_(W), RS_(R * S), hdy_(halo_dy), hdx_(halo_dx) {
+    const Corr f = forward_corr(H, W, 0, R, S, sh, sw, ph, pw, dh, dw);
+    wb_ = pack_weights(w, C, RS_, unit_);
+    if (unit_) {
+      g_ = interior_cols(Corr{f.P, f.Q, halo_dy, H, W, R, S, 1, 1, dh * (R - 1) - ph, dw * (S - 1) - pw, dh, dw});
+    } else {
+      row_taps_ = strided_taps(H, R, sh, ph, dh, f.P);
+      col_taps_ = strided_taps(W, S, sw, pw, dw, f.Q);
+      g_ = f;
+      g_.row_taps = row_taps_.data();
+      g_.col_taps = col_taps_.data();
+    }
+    ldy_ = (f.Q + 2 * halo_dy) * kBlock;
+    plane_y_ = (f.P + 2 * halo_dy) * ldy_;
+    ldx_ = (W + 2 * halo_dx) * kBlock;
+    plane_x_ = (H + 2 * halo_dx) * ldx_;
+  }
+  DataGrad(const DataGrad&) = delete;  // g_ points into the tap tables
+  DataGrad& operator=(const DataGrad&) = delete;
+
+  // dx rows [h0, h1) of plane nc (block cb), and those rows' halo zeros
+  void rows(const float* dyb, float* dxb, int64_t nc, int64_t cb, int64_t h0, int64_t h1) const {
+    const float* dy = dyb + nc * plane_y_ + hdy_ * ldy_ + hdy_ * kBlock;
+    const float* w = wb_.data() + cb * RS_ * kBlock;
+    float* px = dxb + nc * plane_x_;
+    float* out = px + (hdx_ + h0) * ldx_ + hdx_ * kBlock;
+    if (unit_)
+      isa_.fwd_rows(g_, dy, ldy_, w, nullptr, out, ldx_, h0, h1, false);
+    else
+      isa_.bwd_data_rows(g_, dy, ldy_, w, out, ldx_, h0, h1);
+    for (int64_t h = h0; h < h1; ++h) zero_halo(px, H_, W_, hdx_, h);
+  }
+  int64_t height() const { return H_; }
+  // a task is a few rows of one plane: about 64 dx pixels (a whole 8 x 8 plane; one row from 64 columns on)
+  int64_t task_rows() const { return std::clamp<int64_t>(64 / std::max<int64_t>(W_, 1), 1, H_); }
+
+ private:
+  const Isa& isa_;
+  bool unit_;
+  int64_t H_, W_, RS_, hdy_, hdx_, ldy_ = 0, plane_y_ = 0, ldx_ = 0, plane_x_ = 0;
+  Corr g_{};
+  std::vector<float> wb_;
+  std::vector<int64_t> row_taps_, col_taps_;
+};
+
+// The weight gradient (accumulated into dwt, db) of tasks (channel block, fixed range of images)
+// into private partial sums added in a fixed order afterwards. data, if not null: each group of
+// planes' data gradient into dxb first, so the weight gradient reads that group's dy from cache.
+void weight_grad(const Isa& isa, const Corr& g, const float* xb, const float* dyb, float* dwt, float* db,
+                 int64_t N, int64_t C, int64_t halo_dy, const DataGrad* data, float* dxb) {
+  const int64_t Cb = blocks(C), RS = g.R * g.S, A = (RS + 1) * kBlock;  // per block: taps + bias sums
+  // Image ranges per block chosen from the shape alone (about 64 tasks in all), never from the
+  // thread count: the partial sums and the order they are added in are the same for any thread count.
+  const int64_t chunks = std::min<int64_t>(N, std::max<int64_t>(1, (64 + Cb - 1) / Cb));
+  const int64_t ldx = (g.W + 2 * g.hin) * kBlock, plane_x = (g.H + 2 * g.hin) * ldx;
+  const int64_t ldy = (g.Q + 2 * halo_dy) * kBlock, plane_y = (g.P + 2 * halo_dy) * ldy;
+  std::vector<double> part(Cb * chunks * A, 0.0);
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t task = 0; task < Cb * chunks; ++task) {
+    const int64_t cb = task / chunks, k = task % chunks;
+    thread_local std::vector<float> acc;
+    acc.assign(A, 0.f);
+    double* out = part.data() + task * A;
+    // float sums over groups of whole planes of at least kFlushPixels output pixels, then added in
+    // double: small maps would otherwise spend more on the flushes than on the sums
+    constexpr int64_t kFlushPixels = 1024;
+    const int64_t group = std::max<int64_t>(1, kFlushPixels / std::max<int64_t>(g.P * g.Q, 1));
+    const int64_t n1 = N * (k + 1) / chunks;
+    for (int64_t n = N * k / chunks; n < n1; n += group) {
+      const int64_t nc = n * Cb + cb, count = std::min(group, n1 - n);
+      if (data)
+        for (int64_t i = 0; i < count; ++i) data->rows(dyb, dxb, nc + i * Cb, cb, 0, data->height());
+      isa.wgrad_planes(g, xb + nc * plane_x + g.hin * ldx + g.hin * kBlock, ldx, Cb * plane_x,
+                       dyb + nc * plane_y + halo_dy * ldy + halo_dy * kBlock, ldy, Cb * plane_y, count, acc.data());
+      for (int64_t i = 0; i < A; ++i) out[i] += acc[i];
+      std::fill(acc.begin(), acc.end(), 0.f);
+    }
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    const int64_t cb = c / kBlock, lane = c % kBlock;
+    for (int64_t t = 0; t <= RS; ++t) {
+      double s = 0.0;
+      for (int64_t k = 0; k < chunks; ++k) s += part[(cb * chunks + k) * A + t * kBlock + lane];
+      if (t < RS)
+        dwt[c * RS + t] += static_cast<float>(s);
+      else
+        db[c] += static_cast<float>(s);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace dwb
 
@@ -150,32 +249,13 @@ void depthwise_blocked_bwd_data(const float* dyb, const float* w, float* dxb, in
                                 int64_t W, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
                                 int64_t dh, int64_t dw, int64_t halo_dy, int64_t halo_dx) {
   using namespace dwb;
-  const Isa& isa = current_isa();
-  const int64_t Cb = blocks(C), RS = R * S;
-  const Corr f = forward_corr(H, W, 0, R, S, sh, sw, ph, pw, dh, dw);
-  if (sh == 1 && sw == 1) {
-    // dx = dy correlated with the flipped filter, dy padded by the filter span minus the padding
-    const Corr g = interior_cols(Corr{f.P, f.Q, halo_dy, H, W, R, S, 1, 1, dh * (R - 1) - ph, dw * (S - 1) - pw, dh, dw});
-    const std::vector<float> wf = pack_weights(w, C, RS, true);
-    correlate_planes(isa, g, N, Cb, dyb, wf.data(), nullptr, dxb, halo_dx, false);
-    return;
-  }
-  const std::vector<float> wb = pack_weights(w, C, RS, false);
-  const std::vector<int64_t> row_taps = strided_taps(H, R, sh, ph, dh, f.P), col_taps = strided_taps(W, S, sw, pw, dw, f.Q);
-  Corr g = f;
-  g.row_taps = row_taps.data();
-  g.col_taps = col_taps.data();
-  const int64_t ldy = (f.Q + 2 * halo_dy) * kBlock, plane_y = (f.P + 2 * halo_dy) * ldy;
-  const int64_t ldx = (W + 2 * halo_dx) * kBlock, plane_x = (H + 2 * halo_dx) * ldx;
-  // a task is a few rows of one small plane (about 64 dx pixels: a whole 8 x 8 plane; a single row from 64 columns on)
-  const int64_t rows = std::clamp<int64_t>(64 / std::max<int64_t>(W, 1), 1, H), chunks = (H + rows - 1) / rows;
+  const int64_t Cb = blocks(C);
+  const DataGrad data(current_isa(), w, C, H, W, R, S, sh, sw, ph, pw, dh, dw, halo_dy, halo_dx);
+  const int64_t rows = data.task_rows(), chunks = (H + rows - 1) / rows;
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
   for (int64_t task = 0; task < N * Cb * chunks; ++task) {
-    const int64_t nc = task / chunks, h0 = task % chunks * rows, h1 = std::min(H, h0 + rows), cb = nc % Cb;
-    float* px = dxb + nc * plane_x;
-    isa.bwd_data_rows(g, dyb + nc * plane_y + halo_dy * ldy + halo_dy * kBlock, ldy, wb.data() + cb * RS * kBlock,
-                      px + (halo_dx + h0) * ldx + halo_dx * kBlock, ldx, h0, h1);
-    for (int64_t h = h0; h < h1; ++h) zero_halo(px, H, W, halo_dx, h);
+    const int64_t nc = task / chunks, h0 = task % chunks * rows;
+    data.rows(dyb, dxb, nc, nc % Cb, h0, std::min(H, h0 + rows));
   }
 }
 
@@ -183,46 +263,19 @@ void depthwise_blocked_bwd_weight(const float* xb, const float* dyb, float* dwt,
                                   int64_t H, int64_t W, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph,
                                   int64_t pw, int64_t dh, int64_t dw, int64_t halo_x, int64_t halo_dy) {
   using namespace dwb;
+  weight_grad(current_isa(), forward_corr(H, W, halo_x, R, S, sh, sw, ph, pw, dh, dw), xb, dyb, dwt, db, N, C,
+              halo_dy, nullptr, nullptr);
+}
+
+void depthwise_blocked_bwd(const float* xb, const float* dyb, const float* w, float* dxb, float* dwt, float* db,
+                           int64_t N, int64_t C, int64_t H, int64_t W, int64_t R, int64_t S, int64_t sh, int64_t sw,
+                           int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t halo_x, int64_t halo_dy,
+                           int64_t halo_dx) {
+  using namespace dwb;
   const Isa& isa = current_isa();
-  const Corr g = forward_corr(H, W, halo_x, R, S, sh, sw, ph, pw, dh, dw);
-  const int64_t Cb = blocks(C), RS = R * S, A = (RS + 1) * kBlock;  // per block: taps + bias sums
-  // Image ranges per block chosen from the shape alone (about 64 tasks in all), never from the
-  // thread count: the partial sums and the order they are added in are the same for any thread count.
-  const int64_t chunks = std::min<int64_t>(N, std::max<int64_t>(1, (64 + Cb - 1) / Cb));
-  const int64_t ldx = (W + 2 * halo_x) * kBlock, plane_x = (H + 2 * halo_x) * ldx;
-  const int64_t ldy = (g.Q + 2 * halo_dy) * kBlock, plane_y = (g.P + 2 * halo_dy) * ldy;
-  std::vector<double> part(Cb * chunks * A, 0.0);
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
-  for (int64_t task = 0; task < Cb * chunks; ++task) {
-    const int64_t cb = task / chunks, k = task % chunks;
-    thread_local std::vector<float> acc;
-    acc.assign(A, 0.f);
-    double* out = part.data() + task * A;
-    // float sums over groups of whole planes of at least kFlushPixels output pixels, then added in
-    // double: small maps would otherwise spend more on the flushes than on the sums
-    constexpr int64_t kFlushPixels = 1024;
-    const int64_t group = std::max<int64_t>(1, kFlushPixels / std::max<int64_t>(g.P * g.Q, 1));
-    const int64_t n1 = N * (k + 1) / chunks;
-    for (int64_t n = N * k / chunks; n < n1; n += group) {
-      const int64_t nc = n * Cb + cb;
-      isa.wgrad_planes(g, xb + nc * plane_x + halo_x * ldx + halo_x * kBlock, ldx, Cb * plane_x,
-                       dyb + nc * plane_y + halo_dy * ldy + halo_dy * kBlock, ldy, Cb * plane_y,
-                       std::min(group, n1 - n), acc.data());
-      for (int64_t i = 0; i < A; ++i) out[i] += acc[i];
-      std::fill(acc.begin(), acc.end(), 0.f);
-    }
-  }
-  for (int64_t c = 0; c < C; ++c) {
-    const int64_t cb = c / kBlock, lane = c % kBlock;
-    for (int64_t t = 0; t <= RS; ++t) {
-      double s = 0.0;
-      for (int64_t k = 0; k < chunks; ++k) s += part[(cb * chunks + k) * A + t * kBlock + lane];
-      if (t < RS)
-        dwt[c * RS + t] += static_cast<float>(s);
-      else
-        db[c] += static_cast<float>(s);
-    }
-  }
+  const DataGrad data(isa, w, C, H, W, R, S, sh, sw, ph, pw, dh, dw, halo_dy, halo_dx);
+  weight_grad(isa, forward_corr(H, W, halo_x, R, S, sh, sw, ph, pw, dh, dw), xb, dyb, dwt, db, N, C, halo_dy,
+              &data, dxb);
 }
 
 }  // namespace ft::cpu

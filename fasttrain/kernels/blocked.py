@@ -17,7 +17,7 @@ from . import pooling as _pool
 OPS = ["batchnorm_blocked_fwd_train", "batchnorm_blocked_fwd_eval", "batchnorm_blocked_bwd", "blocked_repad",
        "global_avgpool_blocked_fwd", "global_avgpool_blocked_bwd", "maxpool2d_blocked_fwd",
        "maxpool2d_blocked_bwd", "avgpool2d_blocked_fwd", "avgpool2d_blocked_bwd", "depthwise_blocked_fwd",
-       "depthwise_blocked_bwd_data", "depthwise_blocked_bwd_weight"]
+       "depthwise_blocked_bwd_data", "depthwise_blocked_bwd_weight", "depthwise_blocked_bwd"]
 
 LANES = 16
 
@@ -221,3 +221,10 @@ def depthwise_blocked_bwd_weight_ref(xb, dyb, dw, db, sh, sw, ph, pw, dil_h=1, d
                                 dil_w, c)
     dw += gw
     db += gb
+
+
+def depthwise_blocked_bwd_ref(xb, dyb, w, dxb, dw, db, sh, sw, ph, pw, dil_h=1, dil_w=1, *, halo_x=0, halo_dy=0,
+                              halo_dx=0):
+    # both gradients of one call: bwd_data's dx (overwritten) and bwd_weight's dw, db (accumulated)
+    depthwise_blocked_bwd_data_ref(dyb, w, dxb, sh, sw, ph, pw, dil_h, dil_w, halo_dy=halo_dy, halo_dx=halo_dx)
+    depthwise_blocked_bwd_weight_ref(xb, dyb, dw, db, sh, sw, ph, pw, dil_h, dil_w, halo_x=halo_x, halo_dy=halo_dy)

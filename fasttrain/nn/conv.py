@@ -275,11 +275,13 @@ class Conv2d(Module):
         C, g = cpp(), self._geometry()
         db = self.bias.grad if self.bias is not None else np.zeros(self.out_channels, np.float32)
         dx = into if into is not None else empty(n, c, h, w) if self.needs_input_grad else None
-        if kind == "depthwise":
-            C.depthwise_blocked_bwd_weight(saved.data, dy.data, self.weight.grad, db, *g, *self.dilation,
-                                           halo_x=saved.halo, halo_dy=dy.halo)
-            if dx is not None:
-                C.depthwise_blocked_bwd_data(dy.data, self.weight.data, dx.data, *g, *self.dilation, halo_dy=dy.halo)
+        if kind == "depthwise":   # both gradients in one pass over dy where dx is wanted
+            if dx is None:
+                C.depthwise_blocked_bwd_weight(saved.data, dy.data, self.weight.grad, db, *g, *self.dilation,
+                                               halo_x=saved.halo, halo_dy=dy.halo)
+            else:
+                C.depthwise_blocked_bwd(saved.data, dy.data, self.weight.data, dx.data, self.weight.grad, db, *g,
+                                        *self.dilation, halo_x=saved.halo, halo_dy=dy.halo)
             return dx
         # the data gradient reads dy with a zero halo as wide as its widest pad (the weight
         # gradients read any halo)

@@ -175,6 +175,13 @@ void depthwise_blocked_bwd_data(const float* dyb, const float* w, float* dxb, in
 void depthwise_blocked_bwd_weight(const float* xb, const float* dyb, float* dwt, float* db, int64_t N, int64_t C,
                                   int64_t H, int64_t W, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph,
                                   int64_t pw, int64_t dh, int64_t dw, int64_t halo_x, int64_t halo_dy);
+// Both gradients in one pass: bwd_data's dx and bwd_weight's dw / db (accumulated), each group of
+// dy planes read from memory once (the weight gradient re-reads it from cache right after the data
+// gradient wrote that group's dx); the same bits as the two kernels called one after the other.
+void depthwise_blocked_bwd(const float* xb, const float* dyb, const float* w, float* dxb, float* dwt, float* db,
+                           int64_t N, int64_t C, int64_t H, int64_t W, int64_t R, int64_t S, int64_t sh, int64_t sw,
+                           int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t halo_x, int64_t halo_dy,
+                           int64_t halo_dx);
 
 // linear.cpp (x N,I; w O,I; y N,O)
 void linear_fwd(const float* x, const float* w, const float* b, float* y, int64_t N, int64_t I,
