@@ -19,9 +19,11 @@ the MPICH algorithm that came closest to ours: the comparison is with MPICH at i
 as ring_allreduce picks it ('auto'), and (in the first run) the other ways forced: hierarchical with every rank on its slice across hosts ('hier_slices')
 or one leader per host ('hier_leader'); one rank per host: one round to every peer ('oneshot'),
 reduce-scatter + all-gather with every peer at once ('direct'), through rank 0 ('rooted'); and the flat
-ring ('flat_ring'). Below 1 MB on 3-4 hosts of one rank 'auto' is whichever of the last three measured
-fastest (fasttrain.parallel.ring.measured_choice, on its first call here: a job of this bench makes
-fewer calls per size than it takes to measure again).
+ring ('flat_ring'). On 3-4 hosts of one rank 'auto' is whichever candidate measured fastest
+(fasttrain.parallel.ring.measured_choice: below 1 MB the last three, from 1 MB direct or the ring). Below
+1 MB 'auto' is timed in its steady state: after MEASURED_AGAIN_AFTER calls of its size, i.e. after the
+re-measurement a training job gets from its 64th call on (the first measurement runs on the job's first
+calls, while connections open); the record keeps the first pick too ('first_pick').
 --floor: first a ping-pong between two ranks on different hosts (one way: the 20th percentile of 15
 round trips, halved, at 0 B and 0.25-4 MB) fits the link's t = alpha + S beta; the table then shows
 each cell's wire floor, 2 (H - 1) / H of the buffer through every host's link at beta (the fewest bytes any exact
@@ -120,7 +122,8 @@ def pingpong(comm, reps: int = 15) -> dict | None:
 
 
 def child(args):
-    from fasttrain.parallel.ring import direct_allreduce, hierarchical_allreduce, oneshot_allreduce, rooted_allreduce
+    from fasttrain.parallel.ring import (MEASURED_AGAIN_AFTER, MEASURED_MAX_BYTES, direct_allreduce, hierarchical_allreduce,
+                                         oneshot_allreduce, rooted_allreduce)
     from fasttrain.parallel.shm import hierarchy
 
     comm = get_comm()
@@ -149,6 +152,10 @@ def child(args):
             fns["rooted"] = lambda: rooted_allreduce(comm, buf)
         if args.alternatives:
             fns["flat_ring"] = lambda: ring_allreduce(comm, buf, **FLAT_RING)
+        first_pick = allreduce_algorithm(comm, size)
+        if size < MEASURED_MAX_BYTES and getattr(comm, "_ring_measured", {}).get(size.bit_length()):
+            for _ in range(MEASURED_AGAIN_AFTER):  # the counted calls that trigger the re-measurement
+                ring_allreduce(comm, buf)
         want = src.copy()
         comm.allreduce_mpi(want)
         for name, fn in fns.items():
@@ -167,6 +174,7 @@ def child(args):
                                   "load_before": load_before, "load_after": load1(),
                                   "mpich_algorithm": os.environ.get("MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM", "default"),
                                   "algorithm": allreduce_algorithm(comm, size) if name == "auto" else name,
+                                  "first_pick": first_pick if name == "auto" else None,
                                   # what measured_choice timed on its first call (ms per candidate), if it ran
                                   "measured_ms": getattr(comm, "_ring_measured_ms", {}).get(size.bit_length())
                                   if name == "auto" else None}),

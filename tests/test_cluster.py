@@ -254,6 +254,9 @@ def test_cluster_allreduce_bench_runs_and_reports_load(tmp_path):
     assert {r["backend"] for r in records} == {"mpi", "auto", "oneshot", "direct", "rooted", "flat_ring", "pingpong"}
     timed = [r for r in records if r["backend"] != "pingpong"]
     assert all(r["rounds"] == 3 and r["p20_s"] <= r["median_s"] and "load_before" in r for r in timed)
+    # 'auto' is timed after the re-measurement (its steady pick); the job's first pick is kept beside it
+    auto = next(r for r in timed if r["backend"] == "auto")
+    assert {auto["first_pick"], auto["algorithm"]} <= set(measured_candidates(65536)), auto
     # the link's fit: a 1 Gbit/s shaper passes at most 1 Gbit/s (beta >= 8 ns/B, less a little for noise),
     # TCP through it at least a third of that
     fit = next(r for r in records if r["backend"] == "pingpong")

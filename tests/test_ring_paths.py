@@ -151,7 +151,7 @@ def test_direct_in_ring_order_returns_the_ring_bits(K, op, n):
 
 def test_measured_choice_from_a_megabyte_times_direct_against_the_ring(monkeypatch):
     """From MEASURED_MAX_BYTES the candidates are direct and the ring, timed MEASURED_LARGE_ROUNDS
-    times each and picked with MEASURED_LARGE_MARGIN (a ring 5 % faster than direct replaces it, 1 %
+    times each and picked with MEASURED_LARGE_MARGIN (a ring 8 % faster than direct replaces it, 3 %
     does not); unrigged, the pick is one of the two and the same on every rank."""
     assert measured_candidates(1 << 20) == MEASURED_LARGE_CANDIDATES == ("direct", "ring")
     assert measured_candidates((1 << 20) - 4) == MEASURED_CANDIDATES
@@ -159,8 +159,8 @@ def test_measured_choice_from_a_megabyte_times_direct_against_the_ring(monkeypat
     assert len(set(picks)) == 1 and picks[0] in MEASURED_LARGE_CANDIDATES
     names = MEASURED_LARGE_CANDIDATES
     ms = lambda v: [v * 1e-3] * 3  # noqa: E731
-    assert ring.measured_pick([{"direct": ms(10), "ring": ms(9.5)}], None, names, margin=ring.MEASURED_LARGE_MARGIN)[0] == "ring"
-    assert ring.measured_pick([{"direct": ms(10), "ring": ms(9.9)}], None, names, margin=ring.MEASURED_LARGE_MARGIN)[0] == "direct"
+    assert ring.measured_pick([{"direct": ms(10), "ring": ms(9.2)}], None, names, margin=ring.MEASURED_LARGE_MARGIN)[0] == "ring"
+    assert ring.measured_pick([{"direct": ms(10), "ring": ms(9.7)}], None, names, margin=ring.MEASURED_LARGE_MARGIN)[0] == "direct"
     calls, margins = [], []
     real_pick = ring.measured_pick
 
