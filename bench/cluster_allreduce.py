@@ -17,7 +17,8 @@ Implementations: MPICH's Allreduce ('mpi': at its defaults, or with --mpich-algo
 MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM choices named, one run each; the table then shows, per size,
 the MPICH algorithm that came closest to ours: the comparison is with MPICH at its best), ours
 as ring_allreduce picks it ('auto'), and (in the first run) the other ways forced: hierarchical with every rank on its slice across hosts ('hier_slices')
-or one leader per host ('hier_leader'); one rank per host: one round to every peer ('oneshot'),
+or one leader per host ('hier_leader'), and below 256 KB over two hosts one fence in the host with the
+whole host sum across ('onefence'; 'auto' measures it against the hierarchical one); one rank per host: one round to every peer ('oneshot'),
 reduce-scatter + all-gather with every peer at once ('direct'), through rank 0 ('rooted'); and the flat
 ring ('flat_ring'). On 3-4 hosts of one rank 'auto' is whichever candidate measured fastest
 (fasttrain.parallel.ring.measured_choice: below 1 MB the last three, from 1 MB direct or the ring). Below
@@ -50,7 +51,7 @@ from fasttrain.parallel import allreduce_algorithm, get_comm, launched_world_siz
 
 SIZES = [64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20]
 FLAT_RING = {"small_bytes": 0, "shared_bytes": 0, "mid_bytes": 0}
-NAMES = ["auto", "hier_slices", "hier_leader", "oneshot", "direct", "rooted", "flat_ring"]
+NAMES = ["auto", "hier_slices", "hier_leader", "onefence", "oneshot", "direct", "rooted", "flat_ring"]
 
 
 def load1() -> float:
@@ -123,7 +124,7 @@ def pingpong(comm, reps: int = 15) -> dict | None:
 
 def child(args):
     from fasttrain.parallel.ring import (MEASURED_AGAIN_AFTER, MEASURED_MAX_BYTES, direct_allreduce, hierarchical_allreduce,
-                                         oneshot_allreduce, rooted_allreduce)
+                                         onefence_allreduce, onefence_fits, oneshot_allreduce, rooted_allreduce)
     from fasttrain.parallel.shm import hierarchy
 
     comm = get_comm()
@@ -146,6 +147,8 @@ def child(args):
             if h.equal:
                 fns["hier_slices"] = lambda: hierarchical_allreduce(comm, buf, mode="slices")
             fns["hier_leader"] = lambda: hierarchical_allreduce(comm, buf, mode="leader")
+            if onefence_fits(comm, size):
+                fns["onefence"] = lambda: onefence_allreduce(comm, buf)
         else:
             fns["oneshot"] = lambda: oneshot_allreduce(comm, buf)
             fns["direct"] = lambda: direct_allreduce(comm, buf)

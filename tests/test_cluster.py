@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("mpi4py")
 from fasttrain.parallel import cluster as cl  # noqa: E402
-from fasttrain.parallel.ring import measured_candidates  # noqa: E402
+from fasttrain.parallel.ring import HIER_MEASURED_MAX_BYTES, measured_candidates  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).parent / "mpi_scripts"
@@ -39,7 +39,8 @@ def across_hosts(cluster, nbytes):
     host: one round to every peer for two hosts; for more, whichever of the size's candidates
     measured fastest on the first call."""
     if max(cluster.ranks_per_host) > 1:
-        return {"hierarchical"}
+        two = cluster.hosts == 2 and len(set(cluster.ranks_per_host)) == 1 and nbytes < HIER_MEASURED_MAX_BYTES
+        return set(measured_candidates(nbytes, hierarchical=True)) if two else {"hierarchical"}
     if cluster.hosts == 2:
         return {"oneshot"}
     return set(measured_candidates(nbytes))
@@ -119,6 +120,12 @@ def check_every_algorithm(cluster):
         for key in ("sum", "mean", "ring_sum", "shm_sum", "hd_sum", "bucketed"):
             assert c[key + "_identical"] and c[key + "_relerr"] <= 1e-5, (key, c)
         assert c["shm_repeat_ok"] and c["int8_identical"] and c["int8_err"] <= 1 / 127 * 1.0001, c
+        # two hosts of equal rank counts, short buffers: the one-fence alternative, exact and with the
+        # hierarchical all-reduce's bits (so the measured pick between them never shows)
+        fits = cluster.hosts == 2 and min(cluster.ranks_per_host) > 1 and len(set(cluster.ranks_per_host)) == 1 \
+            and 0 < 4 * c["n"] < HIER_MEASURED_MAX_BYTES
+        assert ("exact_onefence" in c) == fits, c
+        assert not fits or (c["exact_onefence"] and c["onefence_same_bits"]), c
     # across hosts the shared-memory window alone cannot reduce: ranks on other hosts are not in it
     assert out["algorithms"]["262144"] in across_hosts(cluster, 1 << 18)
     assert out["algorithms"]["1024"] == "recursive_doubling"

@@ -84,6 +84,15 @@ MEASURED_CANDIDATES = ("direct", "oneshot", "rooted")
 #: direct's two (1 MB 12.86 vs 13.11 ms, 4 MB 50.72 vs 52.28 ms); over 10 Gbit/s, where the veth's
 #: TCP is CPU-bound, direct's 2 rounds took 0.75-0.9x of the ring's 2 (p - 1) steps.
 MEASURED_LARGE_CANDIDATES = ("direct", "ring")
+#: two hosts with the same number of ranks each, below this many bytes: ring_allreduce measures the
+#: hierarchical all-reduce (two fences in the host, half of the buffer per rank across) against
+#: `onefence_allreduce` (one fence, the whole host sum per rank across: twice the cross-host bytes).
+#: Which wins depends on what a synchronization costs against the link: interleaved on the emulated
+#: cluster, 2 hosts x 2 ranks at load 9 (where a fence is a wait for a descheduled peer), over
+#: 10 Gbit/s one fence took 0.75-0.85x of two at 64-128 KB (medians of 201 rounds, twice), over
+#: 1 Gbit/s it lost (20th percentiles 1.2-1.35x at 64-256 KB).
+HIER_MEASURED_MAX_BYTES = 1 << 18
+HIER_MEASURED_CANDIDATES = ("hierarchical", "onefence")
 #: interleaved calls of each candidate per measurement (after one warm-up round)
 MEASURED_ROUNDS = 9
 #: the same from MEASURED_MAX_BYTES on: a call there is milliseconds to hundreds of them (16 MB over
@@ -574,7 +583,8 @@ def plain_ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
 
 
 _MEASURED_FNS = {"direct": direct_allreduce, "oneshot": oneshot_allreduce, "rooted": rooted_allreduce,
-                 "ring": plain_ring_allreduce}
+                 "ring": plain_ring_allreduce, "hierarchical": lambda c, x: hierarchical_allreduce(c, x),
+                 "onefence": lambda c, x: onefence_allreduce(c, x)}
 
 
 def _measured_state(comm: Communicator) -> tuple[dict, dict]:
@@ -608,8 +618,11 @@ def measured_pick(times: list[dict], incumbent: str | None = None, names=MEASURE
     return keep, scores
 
 
-def measured_candidates(nbytes: int) -> tuple[str, ...]:
-    """The algorithms `measured_choice` times for a buffer of nbytes."""
+def measured_candidates(nbytes: int, hierarchical: bool = False) -> tuple[str, ...]:
+    """The algorithms `measured_choice` times for a buffer of nbytes (hierarchical: over hosts with
+    several ranks each, else over hosts of one rank each)."""
+    if hierarchical:
+        return HIER_MEASURED_CANDIDATES
     return MEASURED_CANDIDATES if nbytes < MEASURED_MAX_BYTES else MEASURED_LARGE_CANDIDATES
 
 
@@ -639,8 +652,9 @@ def measured_choice(comm: Communicator, nbytes: int, count: bool = False) -> str
 def _measure(comm: Communicator, nbytes: int, key: int, cache: dict) -> str:
     x = _scratch("measure", max(1, int(nbytes) // 4), np.dtype(np.float32))
     x[...] = 0
-    large = nbytes >= MEASURED_MAX_BYTES
-    names = list(measured_candidates(nbytes))
+    hier = hierarchy(comm) is not None
+    large = nbytes >= MEASURED_MAX_BYTES and not hier
+    names = list(measured_candidates(nbytes, hier))
     times = {c: [] for c in names}
     for i in range((MEASURED_LARGE_ROUNDS if large else MEASURED_ROUNDS) + 1):  # round 0 warms up (connections, scratch pages)
         for c in names[i % len(names):] + names[:i % len(names)]:
@@ -675,7 +689,7 @@ def allreduce_algorithm(comm: Communicator, nbytes: int, small_bytes: int = DEFA
     if nbytes < shared_bytes and node_window(comm) is not None:
         return "shared_memory"
     if nbytes < shared_bytes and hierarchy(comm) is not None:
-        return "hierarchical"
+        return measured_choice(comm, nbytes, count) if onefence_fits(comm, nbytes) else "hierarchical"
     p = comm.size
     if nbytes < shared_bytes and p <= DIRECT_MAX_RANKS and host_count(comm) == p:
         if p == 2:  # every candidate is one exchange of the whole buffer here
@@ -738,6 +752,8 @@ def ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
             return hierarchical_allreduce(comm, buf, op, segment_bytes=segment_bytes)
         if algorithm == "ring":
             return plain_ring_allreduce(comm, buf, op, segment_bytes)
+        if algorithm == "onefence":
+            return onefence_allreduce(comm, buf, op)
         piece = piece_bytes_for(buf.nbytes, segment_bytes)
         if algorithm == "oneshot":
             return oneshot_allreduce(comm, buf, op, piece)
@@ -829,6 +845,43 @@ def _hierarchical_two_hosts(h, buf: np.ndarray, op: str, divisor: int, segment_b
         if op == "mean":
             mine /= divisor
     return w.finish(buf, plan)
+
+
+def onefence_fits(comm: Communicator, nbytes: int) -> bool:
+    """Whether `onefence_allreduce` is a candidate for nbytes over comm: two hosts, the same rank
+    count on each (more than one), below HIER_MEASURED_MAX_BYTES."""
+    h = hierarchy(comm)
+    return h is not None and h.equal and h.slices.size == 2 and 0 < nbytes < HIER_MEASURED_MAX_BYTES
+
+
+def onefence_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum") -> np.ndarray:
+    """All-reduce buf in place over two hosts of k ranks each with one synchronization in the host:
+    every rank sums the host's whole buffers through the shared window (`NodeWindow.sum_whole`),
+    swaps that sum with its counterpart on the other host (the rank of its node rank there) and
+    adds the two, host 0's first. The hierarchical all-reduce fences twice and sends half as many
+    bytes across: for short buffers, where a fence (a wait for every rank of the host to be
+    scheduled) can cost more than the bytes, this is the other side of that trade; `measured_choice`
+    picks between them. The same bits as the hierarchical all-reduce: each chunk is summed over the
+    host in its order, then host 0's sum + host 1's."""
+    if not onefence_fits(comm, max(buf.nbytes, 1)):
+        raise ValueError(f"onefence_allreduce: expected two hosts with the same number (> 1) of ranks each and "
+                         f"fewer than {HIER_MEASURED_MAX_BYTES} bytes, got {comm!r} and {buf.nbytes} bytes")
+    if buf.size == 0:
+        return buf
+    h = hierarchy(comm)
+    other, peer = h.slices, 1 - h.slices.rank
+    node = h.window.sum_whole(buf, _scratch("onefence_node", buf.size, buf.dtype))
+    inbox = _scratch("onefence_in", buf.size, buf.dtype)
+    pieces = _pieces(buf.size, buf.itemsize, None)
+    recvs = [other.irecv(inbox[x:y], peer, _TAG_RS) for x, y in pieces]
+    sends = [other.isend(node[x:y], peer, _TAG_RS) for x, y in pieces]
+    other.waitall(recvs)
+    first, second = (node, inbox) if other.rank == 0 else (inbox, node)
+    np.add(first, second, out=buf)
+    if op == "mean":
+        buf /= comm.size
+    other.waitall(sends)
+    return buf
 
 
 def _reduce_scatter(comm, buf, off, seg):

@@ -118,6 +118,41 @@ class NodeWindow:
             buf[x:y] = result
         return buf
 
+    def sum_whole(self, buf: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """The node's sum of every rank's whole buffer into out (not buf), with one fence: every rank
+        copies its buffer into its slot and sums all of them. Each chunk is added in the order the
+        reduce-scatter gives it (`reduce_piece`: its owner's values first, then the other ranks' in
+        rank order), so the bits are those of the two-fence all-reduce's chunks. One fence is enough:
+        a rank rewrites this half of its slot two calls later, after the next call's fence, which
+        every rank passes only after its reads here."""
+        if buf.nbytes > self.half:
+            self._grow(max(buf.nbytes, 2 * self.half))
+        base = self.parity * self.half
+        self.parity ^= 1
+        key = ("whole", buf.size, buf.dtype, base)
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= 64:
+                self._plans.clear()
+            p = self.size
+            slots = [s[base:base + buf.nbytes].view(buf.dtype) for s in self.slots]
+            off = [int(x) for x in _ring.chunk_offsets(buf.size, p)]
+            order = [(off[c], off[c + 1], [c] + [j for j in range(p) if j != c]) for c in range(p) if off[c + 1] > off[c]]
+            plan = self._plans[key] = (slots, order)
+        slots, order = plan
+        slots[self.rank][...] = buf
+        self._fence()
+        for a, b, ranks in order:
+            rows = [buf[a:b] if j == self.rank else slots[j][a:b] for j in ranks]
+            acc = out[a:b]
+            if len(rows) == 1:
+                acc[...] = rows[0]
+                continue
+            np.add(rows[0], rows[1], out=acc)
+            for row in rows[2:]:
+                np.add(acc, row, out=acc)
+        return out
+
     def _reduce_own_chunk(self, buf: np.ndarray):
         """The reduce-scatter half: every rank's buffer into its slot, then this rank's chunk summed
         over all slots into its own. Returns (this rank's slot, its reduced chunk, the chunk's start,

@@ -8,7 +8,8 @@ import sys
 import numpy as np
 
 from fasttrain.parallel import BucketedAllreduce, ErrorFeedback, allreduce_algorithm, get_comm, ring_allreduce
-from fasttrain.parallel.ring import direct_allreduce, hierarchical_allreduce, oneshot_allreduce, rooted_allreduce
+from fasttrain.parallel.ring import (direct_allreduce, hierarchical_allreduce, onefence_allreduce, onefence_fits,
+                                     oneshot_allreduce, rooted_allreduce)
 from fasttrain.parallel.shm import hierarchy
 
 
@@ -85,6 +86,19 @@ for n in sizes:
         gathered = comm.allgather(digest(buf))
         if r == 0:
             case["exact_hierarchical_" + mode] = bool(np.array_equal(buf, exact)) and len(set(gathered)) == 1
+    # one fence in the host (the measured alternative to the hierarchical all-reduce for short buffers
+    # over two hosts): exact on integers, and the hierarchical all-reduce's bits on floats
+    if onefence_fits(comm, 4 * n):
+        buf = ints(r)
+        onefence_allreduce(comm, buf)
+        gathered = comm.allgather(digest(buf))
+        a, b = data(r, n), data(r, n)
+        onefence_allreduce(comm, a, "mean")
+        hierarchical_allreduce(comm, b, "mean", mode="slices")
+        same = comm.allgather(bool(np.array_equal(a.view(np.uint32), b.view(np.uint32))))
+        if r == 0:
+            case["exact_onefence"] = bool(np.array_equal(buf, exact)) and len(set(gathered)) == 1
+            case["onefence_same_bits"] = all(same)
     # float64 through the shared window (slots are bytes, viewed per call in the buffer's dtype)
     buf = data(r, n).astype(np.float64)
     ring_allreduce(comm, buf, small_bytes=0, shared_bytes=1 << 62)
