@@ -149,6 +149,14 @@ def test_direct_in_ring_order_returns_the_ring_bits(K, op, n):
         ThreadWorld(2).run(lambda c: direct_allreduce(c, np.ones(4, np.float32), order="tree"))
 
 
+def test_onefence_needs_two_hosts_of_equal_rank_counts():
+    """The one-fence all-reduce runs only where the ranks span two hosts with several ranks each (tested
+    under MPI on the emulated cluster, tests/test_cluster.py); threads are one host: a clear error."""
+    with pytest.raises(ValueError, match="two hosts with the same number"):
+        ThreadWorld(2).run(lambda c: ring.onefence_allreduce(c, np.ones(4, np.float32)))
+    assert ThreadWorld(2).run(lambda c: ring.onefence_fits(c, 1 << 16)) == [False, False]
+
+
 def test_measured_choice_from_a_megabyte_times_direct_against_the_ring(monkeypatch):
     """From MEASURED_MAX_BYTES the candidates are direct and the ring, timed MEASURED_LARGE_ROUNDS
     times each and picked with MEASURED_LARGE_MARGIN (a ring 8 % faster than direct replaces it, 3 %

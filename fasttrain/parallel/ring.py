@@ -847,11 +847,15 @@ def _hierarchical_two_hosts(h, buf: np.ndarray, op: str, divisor: int, segment_b
     return w.finish(buf, plan)
 
 
+def _two_equal_hosts(comm: Communicator) -> bool:
+    h = hierarchy(comm)
+    return h is not None and h.equal and h.slices.size == 2
+
+
 def onefence_fits(comm: Communicator, nbytes: int) -> bool:
     """Whether `onefence_allreduce` is a candidate for nbytes over comm: two hosts, the same rank
     count on each (more than one), below HIER_MEASURED_MAX_BYTES."""
-    h = hierarchy(comm)
-    return h is not None and h.equal and h.slices.size == 2 and 0 < nbytes < HIER_MEASURED_MAX_BYTES
+    return 0 < nbytes < HIER_MEASURED_MAX_BYTES and _two_equal_hosts(comm)
 
 
 def onefence_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum") -> np.ndarray:
@@ -863,9 +867,9 @@ def onefence_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum") -> 
     scheduled) can cost more than the bytes, this is the other side of that trade; `measured_choice`
     picks between them. The same bits as the hierarchical all-reduce: each chunk is summed over the
     host in its order, then host 0's sum + host 1's."""
-    if not onefence_fits(comm, max(buf.nbytes, 1)):
-        raise ValueError(f"onefence_allreduce: expected two hosts with the same number (> 1) of ranks each and "
-                         f"fewer than {HIER_MEASURED_MAX_BYTES} bytes, got {comm!r} and {buf.nbytes} bytes")
+    if not _two_equal_hosts(comm):
+        raise ValueError(f"onefence_allreduce: expected {comm!r} to span two hosts with the same number (> 1) of "
+                         "ranks each")
     if buf.size == 0:
         return buf
     h = hierarchy(comm)
