@@ -14,8 +14,9 @@ Rows: the C++ algorithms forced one by one with fasttrain._C.set_conv2d_algo (NC
 the Conv2d layer calls them; "auto" is what fasttrain picks, and the algorithm it picks per op is
 printed beside it), "direct-blocked" (the direct kernels alone on activations already in their
 NCHW16c layout, as a network that keeps that layout runs them), "wino-blocked" (3x3 stride-1
-padding-1 shapes: the same entry points forced to Winograd F(2x2, 3x3) on the blocked layout for
-the forward and data gradient; the weight gradient stays direct), "stem" for inputs of fewer than 16
+padding-1 shapes: the same entry points forced to Winograd F(2x2, 3x3) on the blocked layout),
+"wino43-blocked" (forced to F(4x4, 3x3) for the forward and data gradient, the weight gradient by
+F(2x2, 3x3)), "stem" for inputs of fewer than 16
 channels (the network's first convolution: NCHW input, blocked output, its own kernel; compared
 with torch on forward + weight gradient, as a first layer needs no data gradient), PyTorch with channels_last tensors
 (oneDNN's fast path, the comparator) and in its NCHW default, and the NumPy reference.
@@ -138,6 +139,7 @@ def run(shapes, repeat, rounds, numpy_too=True, peak_gflops=None, stat="median",
         rows["direct-blocked"] = forced("direct", blocked)
         if R == 3 and st == 1 and pad == 1:
             rows["wino-blocked"] = forced("winograd-blocked", blocked)
+            rows["wino43-blocked"] = forced("winograd43-blocked", blocked)
         if stem is not None:
             rows["stem"] = stem
         if torch is not None:
@@ -182,11 +184,12 @@ def run(shapes, repeat, rounds, numpy_too=True, peak_gflops=None, stat="median",
         print("\nsummary: fwd+bwd, torch channels_last time / ours (> 1: ours faster)")
         print("  (stem: the first layer's forward + weight gradient, torch-cl's same two ops / the stem kernel's)")
         print(f"  {'shape N,C,H,W,K,R,stride,pad':34}{'auto picks':>28}{'auto':>8}{'direct':>8}{'blocked':>9}"
-              f"{'wino-bl':>9}{'stem':>7}")
+              f"{'wino-bl':>9}{'wino43':>9}{'stem':>7}")
         for shape, choice, med in summary:
             t = med["torch-cl", "fwd+bwd"]
             stem = (f"{med['torch-cl', 'fwd+bw_w'] / med['stem', 'fwd+bw_w']:7.2f}" if ("stem", "fwd") in med else "")
-            wino = f"{t / med['wino-blocked', 'fwd+bwd']:9.2f}" if ("wino-blocked", "fwd") in med else f"{'':9}"
+            wino = "".join(f"{t / med[who, 'fwd+bwd']:9.2f}" if (who, "fwd") in med else f"{'':9}"
+                           for who in ("wino-blocked", "wino43-blocked"))
             print(f"  {','.join(map(str, shape)):34}{'/'.join(choice):>28}" +
                   "".join(f"{t / med[who, 'fwd+bwd']:8.2f}" for who in ("auto", "direct")) +
                   f"{t / med['direct-blocked', 'fwd+bwd']:9.2f}" + wino + stem)

@@ -196,7 +196,8 @@ void bind(py::module_& m) {
         "conv2d algorithm: 'auto', 'im2col', 'winograd' (3x3 stride-1 ungrouped only), 'depthwise' "
         "(groups == in_channels only; an error elsewhere), 'direct' (groups 1, no dilation) or "
         "'winograd-blocked' (the direct engine's entry points by Winograd F(2x2, 3x3) on the blocked "
-        "layout: 3x3 stride-1 padding-1 groups-1 undilated only, AVX-512 kernels only)");
+        "layout: 3x3 stride-1 padding-1 groups-1 undilated only, AVX-512 kernels only) or "
+        "'winograd43-blocked' (the same by F(4x4, 3x3) for the forward and data gradient)");
   m.def("conv2d_algo", &ft::cpu::conv2d_algo);
   m.def("conv2d_choice", &ft::cpu::conv2d_choice, py::arg("op"), py::arg("N"), py::arg("C"),
         py::arg("H"), py::arg("W"), py::arg("K"), py::arg("R"), py::arg("S"), py::arg("sh"),
@@ -204,8 +205,8 @@ void bind(py::module_& m) {
         py::arg("groups") = 1, py::arg("blocked") = false,
         "the algorithm conv2d_<op> runs for this shape under the current setting; blocked=True: for "
         "activations kept in the blocked layout ('direct': the conv2d_blocked_* entry points, or "
-        "conv2d_stem_* for the network's NCHW input; 'winograd-blocked': the same entry points, "
-        "which run Winograd on the blocked layout for this shape)");
+        "conv2d_stem_* for the network's NCHW input; 'winograd-blocked' / 'winograd43-blocked': the "
+        "same entry points, which run Winograd F(2x2, 3x3) / F(4x4, 3x3) on the blocked layout)");
   m.def("set_conv2d_isa", &ft::cpu::set_conv2d_isa, py::arg("name"),
         "direct conv2d instruction set: 'auto', 'avx512', 'avx2' or 'portable'");
   m.def("conv2d_isa", &ft::cpu::conv2d_isa);

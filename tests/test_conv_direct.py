@@ -175,7 +175,7 @@ def test_isa_switch_names_and_errors():
         C.set_conv2d_isa("auto")
     with pytest.raises(ValueError, match=r"set_conv2d_isa\(name\): expected 'auto', 'avx512', 'avx2' or 'portable', got 'sse'"):
         C.set_conv2d_isa("sse")
-    with pytest.raises(ValueError, match=r"'depthwise', 'direct' or 'winograd-blocked', got 'fft'"):
+    with pytest.raises(ValueError, match=r"'winograd-blocked' or 'winograd43-blocked', got 'fft'"):
         C.set_conv2d_algo("fft")
 
 
@@ -476,7 +476,7 @@ def test_choice_for_blocked_activations():
                 narrow = (op, 128, 32, 16, 16, 32, 3, 3, 1, 1, 1, 1)  # 2^18
                 # AVX-512: the direct engine's entry points, by Winograd on the blocked layout
                 # (tests/test_conv_winograd_blocked.py)
-                wino = "winograd-blocked"
+                wino = "winograd-blocked" if op == "bwd_weight" else "winograd43-blocked"
                 want_wide = {"avx512": wino, "avx2": "winograd"}.get(isa, "winograd")
                 assert C.conv2d_choice(*wide, blocked=True) == want_wide, (isa, op)
                 assert C.conv2d_choice(*narrow, blocked=True) == {"avx512": wino, "avx2": "direct"}.get(isa, "winograd")

@@ -214,8 +214,10 @@ void over_images(int64_t N, Body body) {
   }
 }
 
-enum class Algo { Auto, Im2col, Winograd, Depthwise, Direct, WinogradBlocked };
+enum class Algo { Auto, Im2col, Winograd, Depthwise, Direct, WinogradBlocked, Winograd43Blocked };
 Algo g_algo = Algo::Auto;
+const char* const kAlgoNames[] = {"auto", "im2col", "winograd", "depthwise", "direct", "winograd-blocked", "winograd43-blocked"};
+const char* algo_name(Algo a) { return kAlgoNames[static_cast<int>(a)]; }
 
 // Whether op runs through Winograd. Forcing it on a convolution it cannot do is an error, not a
 // quiet switch to im2col, so a test that forces it really tests it. `cin`, `cout`: the channels
@@ -228,6 +230,7 @@ bool use_winograd(const char* op, const Geom& g, bool data_grad, int64_t cin, in
     case Algo::Depthwise:
     case Algo::Direct:
     case Algo::WinogradBlocked:
+    case Algo::Winograd43Blocked:
       return false;
     case Algo::Winograd:
       FT_CHECK(fits, op << ": conv2d algorithm 'winograd' needs a 3x3 kernel with stride 1"
@@ -252,6 +255,7 @@ bool use_depthwise(const char* op, const Geom& g) {
     case Algo::Winograd:
     case Algo::Direct:
     case Algo::WinogradBlocked:
+    case Algo::Winograd43Blocked:
       return false;
     case Algo::Depthwise:
       FT_CHECK(fits, op << ": conv2d algorithm 'depthwise' needs groups == in_channels > 1, got groups "
@@ -292,21 +296,31 @@ bool use_direct(const char* op, const Geom& g, bool blocked = false) {
   if (g_algo == Algo::Auto)
     return fits && conv2d_isa() == "avx512" && std::min(g.C, g.K) >= kDirectMinChannels &&
            g.R * g.S > 1;
-  if (g_algo != Algo::Direct && g_algo != Algo::WinogradBlocked) return false;
-  FT_CHECK(fits, op << ": conv2d algorithm '" << (g_algo == Algo::Direct ? "direct" : "winograd-blocked") << "' needs groups 1 and no dilation, got groups "
+  if (g_algo != Algo::Direct && g_algo != Algo::WinogradBlocked && g_algo != Algo::Winograd43Blocked) return false;
+  FT_CHECK(fits, op << ": conv2d algorithm '" << algo_name(g_algo) << "' needs groups 1 and no dilation, got groups "
                     << g.G << " dilation (" << g.dilh << ", " << g.dilw << ")");
   return true;
 }
 
-// Winograd F(2x2, 3x3) on the blocked layout (conv2d_wino_blocked_avx512.cpp) runs the forward and
-// both gradients of a 3x3 stride-1 padding-1 ungrouped undilated layer inside the direct
-// engine's blocked entry points. Under 'auto' only where its
-// AVX-512 kernels run and both channel counts are at least kWinoBlockedMinChannels, or
-// kWinoBlockedMinChannelsWgrad for the weight gradient (see docs/KERNELS.md for the measurements
-// behind the rule: at 16 channels the forward and data gradient only tie with direct, while the
-// weight gradient, whose products reduce over every tile, is 1.13-1.22x faster at batch 32-128).
-constexpr int64_t kWinoBlockedMinChannels = 32;
-constexpr int64_t kWinoBlockedMinChannelsWgrad = 16;
+// Winograd on the blocked layout (conv2d_wino_blocked_avx512.cpp) runs the forward and both
+// gradients of a 3x3 stride-1 padding-1 ungrouped undilated layer inside the direct engine's
+// blocked entry points, under 'auto' where its AVX-512 kernels run (see docs/KERNELS.md for the
+// measurements):
+// - forward and data gradient by F(4x4, 3x3) where both channel counts are at least
+//   kWinoBlockedMinChannels and the call has at least kWinoBlockedMinTiles 4x4 tiles; else by
+//   F(2x2, 3x3) from kWino2BlockedMinChannels channels and kWinoBlockedMinTiles 2x2 tiles; else
+//   direct. 1 thread, CPU time, batch 128: 4x4 tiles ran 16->16 at 32x32 1.28x faster than direct
+//   (2x2 tiles only tied), 32->32 at 16x16 and 64->64 at 8x8 1.45-1.5x faster than 2x2 tiles (8x8
+//   maps hold 2x2 tiles of 4x4: the transforms cost what 2x2 tiles' do, the products 0.56x). With
+//   fewer tiles the weight transform and each chunk's full pass over U are paid for few tiles: at
+//   batch 8, 64->64 8x8 (32 tiles of 4x4) took 1.5x the 2x2 tiles' time, and at batch 1 both
+//   Winograds lost to direct (2x2 tiles 1.3-2.3x slower at 16 to 64 tiles).
+// - weight gradient by F(2x2, 3x3) (its only kernel) from kWinoBlockedMinChannels channels: 1.13-
+//   1.22x faster than direct at 16 channels, batch 32-128.
+// Below 16 channels the transforms (O(C + K) per tile) outweigh the products.
+constexpr int64_t kWinoBlockedMinChannels = 16;
+constexpr int64_t kWino2BlockedMinChannels = 32;
+constexpr int64_t kWinoBlockedMinTiles = 128;
 
 bool is_weight_grad(const char* op) {
   const std::string_view name(op);
@@ -319,25 +333,38 @@ bool wino_blocked_fits(const Geom& g) {
          g.dilw == 1 && g.G == 1;
 }
 
-bool pick_wino_blocked(const char* op, const Geom& g) {
+// The Winograd tile side (2 or 4) for op on this shape, 0 for the direct kernels.
+int pick_wino_blocked(const char* op, const Geom& g) {
   const bool fits = wino_blocked_fits(g);
-  if (g_algo == Algo::WinogradBlocked) {
-    FT_CHECK(fits, op << ": conv2d algorithm 'winograd-blocked' needs a 3x3 kernel with stride 1, padding 1, "
+  if (g_algo == Algo::WinogradBlocked || g_algo == Algo::Winograd43Blocked) {
+    FT_CHECK(fits, op << ": conv2d algorithm '" << algo_name(g_algo) << "' needs a 3x3 kernel with stride 1, padding 1, "
                       << "no dilation and groups 1, got " << g.R << "x" << g.S << " stride (" << g.sh << ", "
                       << g.sw << ") padding (" << g.ph << ", " << g.pw << ") dilation (" << g.dilh << ", "
                       << g.dilw << ") groups " << g.G);
     FT_CHECK(wino_blocked::available() && conv2d_isa() == "avx512",
-             op << ": conv2d algorithm 'winograd-blocked' needs the AVX-512 kernels, but the direct engine "
+             op << ": conv2d algorithm '" << algo_name(g_algo) << "' needs the AVX-512 kernels, but the direct engine "
                 << "runs '" << conv2d_isa() << "'");
-    return true;
+    // the weight gradient has 2x2 tiles only
+    return g_algo == Algo::Winograd43Blocked && !is_weight_grad(op) ? 4 : 2;
   }
-  return g_algo == Algo::Auto && fits && wino_blocked::available() && conv2d_isa() == "avx512" &&
-         std::min(g.C, g.K) >= (is_weight_grad(op) ? kWinoBlockedMinChannelsWgrad : kWinoBlockedMinChannels);
+  if (g_algo != Algo::Auto || !fits || !wino_blocked::available() || conv2d_isa() != "avx512") return 0;
+  const int64_t ch = std::min(g.C, g.K);
+  if (is_weight_grad(op)) return ch >= kWinoBlockedMinChannels ? 2 : 0;
+  const auto tiles = [&g](int64_t m) { return g.N * ((g.H + m - 1) / m) * ((g.W + m - 1) / m); };
+  if (ch >= kWinoBlockedMinChannels && tiles(4) >= kWinoBlockedMinTiles) return 4;
+  return ch >= kWino2BlockedMinChannels && tiles(2) >= kWinoBlockedMinTiles ? 2 : 0;
 }
 
 Algo choose(const char* op, const Geom& g, bool data_grad, bool blocked) {
   if (use_direct(op, g, blocked))
-    return pick_wino_blocked(op, g) ? Algo::WinogradBlocked : Algo::Direct;
+    switch (pick_wino_blocked(op, g)) {
+      case 2:
+        return Algo::WinogradBlocked;
+      case 4:
+        return Algo::Winograd43Blocked;
+      default:
+        return Algo::Direct;
+    }
   if (use_depthwise(op, g)) return Algo::Depthwise;
   const int64_t cin = data_grad ? g.K : g.C, cout = data_grad ? g.C : g.K;
   return use_winograd(op, g, data_grad, cin, cout) ? Algo::Winograd : Algo::Im2col;
@@ -345,19 +372,17 @@ Algo choose(const char* op, const Geom& g, bool data_grad, bool blocked) {
 
 }  // namespace
 
-const char* const kAlgoNames[] = {"auto", "im2col", "winograd", "depthwise", "direct", "winograd-blocked"};
-
 void set_conv2d_algo(const std::string& name) {
-  for (int i = 0; i < 6; ++i)
+  for (int i = 0; i < 7; ++i)
     if (name == kAlgoNames[i]) {
       g_algo = static_cast<Algo>(i);
       return;
     }
   FT_CHECK(false, "set_conv2d_algo(name): expected 'auto', 'im2col', 'winograd', 'depthwise', "
-                  "'direct' or 'winograd-blocked', got '" << name << "'");
+                  "'direct', 'winograd-blocked' or 'winograd43-blocked', got '" << name << "'");
 }
 
-std::string conv2d_algo() { return kAlgoNames[static_cast<int>(g_algo)]; }
+std::string conv2d_algo() { return algo_name(g_algo); }
 
 std::string conv2d_choice(const std::string& op, int64_t N, int64_t C, int64_t H, int64_t W,
                           int64_t K, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph,
@@ -365,10 +390,10 @@ std::string conv2d_choice(const std::string& op, int64_t N, int64_t C, int64_t H
   FT_CHECK(op == "fwd" || op == "bwd_data" || op == "bwd_weight",
            "conv2d_choice(op): expected 'fwd', 'bwd_data' or 'bwd_weight', got '" << op << "'");
   const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw, dilh, dilw, groups);
-  return kAlgoNames[static_cast<int>(choose(op.c_str(), g, op == "bwd_data", blocked))];
+  return algo_name(choose(op.c_str(), g, op == "bwd_data", blocked));
 }
 
-bool use_winograd_blocked(const char* op, int64_t N, int64_t C, int64_t H, int64_t W, int64_t K,
+int winograd_blocked_tile(const char* op, int64_t N, int64_t C, int64_t H, int64_t W, int64_t K,
                           int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
   return pick_wino_blocked(op, geom(N, C, H, W, K, R, S, sh, sw, ph, pw, 1, 1, 1));
 }

@@ -660,8 +660,8 @@ void conv2d_blocked_fwd(const float* xp, const float* w, const float* b, float* 
                         int64_t sw, int64_t ph, int64_t pw, bool relu, double* stats, int64_t hxh,
                         int64_t hxw) {
   using namespace direct;
-  if (hxh == hxw && use_winograd_blocked("conv2d_blocked_fwd", N, C, H, W, K, R, S, sh, sw, ph, pw))
-    return wino_blocked::run({xp, hxh, N, C, H, W, K, w, false, b, yb, relu, false, stats});
+  if (const int m = hxh == hxw ? winograd_blocked_tile("conv2d_blocked_fwd", N, C, H, W, K, R, S, sh, sw, ph, pw) : 0)
+    return wino_blocked::run({xp, hxh, N, C, H, W, K, w, false, b, yb, relu, false, stats, m});
   flat_pointwise(H, W, R, S, sh, sw, ph, pw, std::max(hxh, hxw));
   const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
   float* wf = buffer(kW, g.Kb * g.Cb * R * S * kWBlock);
@@ -678,8 +678,8 @@ void conv2d_blocked_bwd_data(const float* dyp, const float* w, float* dxb, int64
   using namespace direct;
   // a 3x3 stride-1 padding-1 data gradient reads dy with one pixel of zeros all round (its
   // conv2d_blocked_dy_pads), so hdy = -1 is a halo of 1
-  if (use_winograd_blocked("conv2d_blocked_bwd_data", N, C, H, W, K, R, S, sh, sw, ph, pw))
-    return wino_blocked::run({dyp, hdy < 0 ? 1 : hdy, N, K, H, W, C, w, true, nullptr, dxb, false, accumulate, nullptr});
+  if (const int m = winograd_blocked_tile("conv2d_blocked_bwd_data", N, C, H, W, K, R, S, sh, sw, ph, pw))
+    return wino_blocked::run({dyp, hdy < 0 ? 1 : hdy, N, K, H, W, C, w, true, nullptr, dxb, false, accumulate, nullptr, m});
   flat_pointwise(H, W, R, S, sh, sw, ph, pw, std::max<int64_t>(hdy, 0));
   const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
   const auto [pv, pq] = dy_frame(g, hdy);
@@ -693,7 +693,7 @@ void conv2d_blocked_bwd_weight(const float* xp, const float* dyp, float* dw, flo
                                int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t hxh,
                                int64_t hxw, int64_t hdy) {
   using namespace direct;
-  if (hxh == hxw && use_winograd_blocked("conv2d_blocked_bwd_weight", N, C, H, W, K, R, S, sh, sw, ph, pw))
+  if (hxh == hxw && winograd_blocked_tile("conv2d_blocked_bwd_weight", N, C, H, W, K, R, S, sh, sw, ph, pw))
     return wino_blocked::run_wgrad({xp, hxh, dyp, hdy < 0 ? 1 : hdy, N, C, H, W, K, dw, db});
   flat_pointwise(H, W, R, S, sh, sw, ph, pw, std::max({hxh, hxw, hdy}));
   const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);

@@ -1,7 +1,8 @@
-// Winograd F(2x2, 3x3) on the NCHW16c blocked layout (conv2d_wino_blocked_avx512.cpp): the 3x3
-// stride-1 padding-1 convolutions of the direct engine's blocked entry points with 2.25x fewer
-// multiplies. conv2d_blocked_fwd / conv2d_blocked_bwd_data run it when use_winograd_blocked
-// (conv2d.cpp: the algorithm setting and the rule) says so.
+// Winograd F(2x2, 3x3) and F(4x4, 3x3) on the NCHW16c blocked layout
+// (conv2d_wino_blocked_avx512.cpp): the 3x3 stride-1 padding-1 convolutions of the direct engine's
+// blocked entry points with 2.25x (2x2 tiles) or 4x (4x4 tiles) fewer multiplies.
+// conv2d_blocked_fwd / _bwd_data / _bwd_weight run it when winograd_blocked_tile (conv2d.cpp: the
+// algorithm setting and the rule) says so.
 #pragma once
 #include <cstdint>
 
@@ -22,9 +23,10 @@ struct Args {
   bool relu;
   bool accumulate;     // out += the convolution
   double* stats;       // (2, Cout) sum and sum of squares of out (after the ReLU), or nullptr
+  int tile = 2;        // output tile side: 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3))
 };
 
-// The weight gradient of the forward above (transpose false):
+// The weight gradient of the forward above (transpose false), by F(2x2, 3x3):
 //   dw[k, c, r, s] += sum_{n, h, w} dy[n, k, h, w] x[n, c, h - 1 + r, w - 1 + s],  db[k] += sum dy[n, k, ., .]
 struct WgradArgs {
   const float* x;      // blocked, zero halo halo_x >= 1 (as Args::in)
@@ -50,9 +52,9 @@ namespace ft::cpu {
 void reduce_block_stats(const float* part, int64_t parts, int64_t Kb, int64_t K, double* stats);
 void reduce_block_stats(const double* part, int64_t parts, int64_t Kb, int64_t K, double* stats);
 
-// conv2d.cpp: whether the blocked entry point `op` (forward, data or weight gradient) runs this
-// shape through Winograd on the blocked layout; an error when the algorithm is forced to
-// "winograd-blocked" on a shape it cannot do.
-bool use_winograd_blocked(const char* op, int64_t N, int64_t C, int64_t H, int64_t W, int64_t K,
+// conv2d.cpp: the Winograd output tile side (2 or 4) the blocked entry point `op` (forward, data or
+// weight gradient) runs this shape with on the blocked layout, 0 for the direct kernels; an error
+// when the algorithm is forced to "winograd-blocked" or "winograd43-blocked" on a shape it cannot do.
+int winograd_blocked_tile(const char* op, int64_t N, int64_t C, int64_t H, int64_t W, int64_t K,
                           int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph, int64_t pw);
 }  // namespace ft::cpu

@@ -1,23 +1,26 @@
-// Winograd F(2x2, 3x3) (Lavin & Gray 2016) on the NCHW16c blocked layout, with AVX-512: one zmm
-// is the 16 channels of one pixel, so the transforms are plain vector adds over whole blocks.
+// Winograd F(2x2, 3x3) and F(4x4, 3x3) (Lavin & Gray 2016) on the NCHW16c blocked layout, with
+// AVX-512: one zmm is the 16 channels of one pixel, so the transforms are plain vector adds over
+// whole blocks. One template over the output tile side M (2 or 4) runs both.
 //
-// Output tiles are 2 x 2 pixels (the last row/column of tiles is partial on odd maps); each needs
-// the 4 x 4 input patch around it. Per chunk of tiles (sized so a chunk's transformed data stay in
-// the thread's L2):
-//   1. input transform  V[e][t][c] = (B^T d B)[e] for the 16 positions e of each tile t, channel c;
-//   2. 16 independent channel products M[e][t][o] = sum_c V[e][t][c] U[e][c][o], each a
+// Output tiles are M x M pixels (the last row/column of tiles is partial when M does not divide
+// the map); each needs the (M + 2) x (M + 2) input patch around it. Per chunk of tiles (sized so a
+// chunk's transformed data stay in the thread's L2):
+//   1. input transform  V[e][t][c] = (B^T d B)[e] for the (M + 2)^2 positions e of each tile t;
+//   2. (M + 2)^2 independent channel products M[e][t][o] = sum_c V[e][t][c] U[e][c][o], each a
 //      register-blocked micro-kernel (TR tiles x KV blocks of 16 output channels in zmm
 //      accumulators over all input channels; V broadcast, U one vector load): the shape of the
 //      direct engine's 1x1 kernel;
 //   3. output transform y = A^T M A (+ bias, + the old output when accumulating, ReLU, and the
-//      batchnorm statistics' per-tile partials) straight into the blocked output.
-// The weights U = G g G^T are transformed once per call. A tile costs 16 products per channel
-// pair instead of the 36 of four direct outputs; the transforms are O(C + K) per tile.
+//      batchnorm statistics' per-tile partials: store_tile, shared by both tile sizes) straight
+//      into the blocked output.
+// The weights U = G g G^T are transformed once per call. An M x M tile costs (M + 2)^2 products per
+// channel pair instead of the 9 M^2 of direct outputs (16 for 4 outputs, 36 for 16); the
+// transforms are O(C + K) per tile.
 // Threads share out the chunks (a batch-1 call still gives every thread chunks). The statistics
-// are per-tile float32 sums (<= 4 pixels) added in double per chunk, the chunks' sums then in
+// are per-tile float32 sums (<= M^2 pixels) added in double per chunk, the chunks' sums then in
 // chunk order; the chunks follow from the shape, so the bits do not depend on the thread count,
 // and every output element's sum runs over the input channels in order, so the outputs do not
-// either.
+// either. The weight gradient has 2x2 tiles only.
 #include "conv2d_wino_blocked.h"
 
 #if defined(__AVX512F__) && defined(__FMA__)
@@ -29,6 +32,7 @@
 
 #include <omp.h>
 
+#include "fasttrain/check.h"
 #include "fasttrain/cpu.h"
 
 namespace ft::cpu::wino_blocked {
@@ -90,34 +94,63 @@ RankUpdateFn rank_update_fn(int kv, int rows) {
                  : pick<1, UNIT_ROWS>(rows, std::make_integer_sequence<int, kTR1>{});
 }
 
-// U[e][ob][c][16]: G g G^T for each (output, input) channel pair, zero past Cout and Cin.
+// F(M x M, 3 x 3): output tiles of M x M pixels, input patches of A x A, A^2 positions. M = 2
+// interpolates at 0, 1, -1 and infinity (the transforms only add, subtract and halve); M = 4 at
+// 0, 1, -1, 2, -2 and infinity (Lavin & Gray's matrices: B^T up to 5, A^T up to 8, G with 1/6 and
+// 1/24). Of the point sets for 4 x 4 tiles tried in float32 (0, +-1, +-2; 0, +-1, +-1/2; 0, +-1,
+// 2, -1/2) none was better than 1.1x in the mean error, and this one has the cheapest transforms
+// (paired sums and differences, see docs/KERNELS.md for the measured error).
+template <int M>
+struct Tile {
+  static constexpr int A = M + 2, P = A * A;
+};
+
+// The weight transform's rows for one column g0, g1, g2 of 16 channel pairs: out[r] = (G g)[r].
+template <int M>
+inline void g_rows(V g0, V g1, V g2, V* out) {
+  if constexpr (M == 2) {
+    out[0] = g0;
+    out[1] = 0.5f * (g0 + g1 + g2);
+    out[2] = 0.5f * (g0 - g1 + g2);
+    out[3] = g2;
+  } else {
+    constexpr float k6 = 1.f / 6, k12 = 1.f / 12, k24 = 1.f / 24;
+    out[0] = 0.25f * g0;
+    out[1] = -k6 * (g0 + g1 + g2);
+    out[2] = -k6 * (g0 - g1 + g2);
+    out[3] = k24 * g0 + k12 * g1 + k6 * g2;
+    out[4] = k24 * g0 - k12 * g1 + k6 * g2;
+    out[5] = g2;
+  }
+}
+
+// U[e][ob][c][16]: G g G^T for each (output, input) channel pair, zero past Cout and Cin; 16 output
+// channels (one block) per vector. Channel pair by channel pair in scalars, with single floats
+// stored across A^2 planes, it cost 0.1-0.5 ms a call at 64 -> 64 channels (4x4 tiles), more than
+// the products of a batch-8 8x8 layer.
+template <int M>
 void transform_weights(const Args& a, float* U, int64_t Cinp, int64_t Kbo) {
+  constexpr int A = Tile<M>::A;
   const int64_t plane = Kbo * Cinp * kB;
-  std::fill(U, U + 16 * plane, 0.f);
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
-  for (int64_t o = 0; o < a.Cout; ++o)
-    for (int64_t i = 0; i < a.Cin; ++i) {
-      float g[3][3];
-      for (int r = 0; r < 3; ++r)
-        for (int s = 0; s < 3; ++s)
-          g[r][s] = a.transpose ? a.w[(i * a.Cout + o) * 9 + (2 - r) * 3 + (2 - s)] : a.w[(o * a.Cin + i) * 9 + r * 3 + s];
-      float t[4][3];  // G g
-      for (int s = 0; s < 3; ++s) {
-        t[0][s] = g[0][s];
-        t[1][s] = 0.5f * (g[0][s] + g[1][s] + g[2][s]);
-        t[2][s] = 0.5f * (g[0][s] - g[1][s] + g[2][s]);
-        t[3][s] = g[2][s];
-      }
-      float* u = U + ((o / kB) * Cinp + i) * kB + o % kB;
-      for (int r = 0; r < 4; ++r) {
-        const float e0 = t[r][0], e1 = 0.5f * (t[r][0] + t[r][1] + t[r][2]),
-                    e2 = 0.5f * (t[r][0] - t[r][1] + t[r][2]), e3 = t[r][2];
-        u[(r * 4 + 0) * plane] = e0;
-        u[(r * 4 + 1) * plane] = e1;
-        u[(r * 4 + 2) * plane] = e2;
-        u[(r * 4 + 3) * plane] = e3;
-      }
+  for (int64_t oi = 0; oi < Kbo * Cinp; ++oi) {
+    const int64_t ob = oi / Cinp, i = oi % Cinp;
+    alignas(64) float gs[9][kB] = {};
+    for (int64_t l = 0; l < kB && i < a.Cin && ob * kB + l < a.Cout; ++l) {
+      const int64_t o = ob * kB + l;
+      for (int rs = 0; rs < 9; ++rs)
+        gs[rs][l] = a.transpose ? a.w[(i * a.Cout + o) * 9 + 8 - rs] : a.w[(o * a.Cin + i) * 9 + rs];
     }
+    V t[3][A];  // (G g)^T: t[s][r]
+    for (int s = 0; s < 3; ++s)
+      g_rows<M>(_mm512_load_ps(gs[s]), _mm512_load_ps(gs[3 + s]), _mm512_load_ps(gs[6 + s]), t[s]);
+    float* dst = U + oi * kB;
+    for (int r = 0; r < A; ++r) {
+      V e[A];
+      g_rows<M>(t[0][r], t[1][r], t[2][r], e);
+      for (int c = 0; c < A; ++c) _mm512_storeu_ps(dst + (r * A + c) * plane, e[c]);
+    }
+  }
 }
 
 // The floats between two of a chunk's 16 position planes (T tiles of ld channels each): one cache
@@ -132,119 +165,204 @@ inline int64_t plane(int64_t T, int64_t ld) { return T * ld + kB; }
 // several Python threads (the GIL is released) never share one.
 template <class T = float>
 T* thread_buffer(int which, int64_t n) {
-  thread_local std::vector<T> bufs[3];
+  thread_local std::vector<T> bufs[4];
   auto& b = bufs[which];
   if (static_cast<int64_t>(b.size()) < n) b.resize(n);
   return b.data();
 }
 
-// The tiles of a map and the input transform V = B^T d B of tiles [t0, t0 + nT) into
-// V[e * vplane + t * Cinp + c] (e: the 16 positions); d: the 4 x 4 patch (one row and column of
-// it in the input's halo), zeros past the halo (the last tile row/column of an odd map).
+// The tiles of a map (m x m output pixels each) and the input transform V = B^T d B of tiles
+// [t0, t0 + nT) into V[e * vplane + t * Cinp + c] (e: the (m + 2)^2 positions); d: the
+// (m + 2) x (m + 2) patch (one row and column of it in the input's halo), zeros past the halo (the
+// last tile row/column of a map that is not a multiple of m).
 struct Tiles {
   const float* in;
-  int64_t halo, Cbi, Cinp, Hp, Wp, TW, per_img;
+  int64_t halo, Cbi, Cinp, Hp, Wp, TW, per_img, m;
 
   struct At {
     int64_t n, h, w;  // the image and the output pixel at the tile's top left
   };
   At at(int64_t tg) const {
     const int64_t i = tg % per_img;
-    return {tg / per_img, 2 * (i / TW), 2 * (i % TW)};
+    return {tg / per_img, m * (i / TW), m * (i % TW)};
   }
 };
 
+// y = B^T x for one line of A values (x and y may not alias).
+template <int M>
+inline void bt_line(const V* x, V* y) {
+  if constexpr (M == 2) {
+    y[0] = _mm512_sub_ps(x[0], x[2]);
+    y[1] = _mm512_add_ps(x[1], x[2]);
+    y[2] = _mm512_sub_ps(x[2], x[1]);
+    y[3] = _mm512_sub_ps(x[1], x[3]);
+  } else {
+    const V four = _mm512_set1_ps(4.f), five = _mm512_set1_ps(5.f), two = _mm512_set1_ps(2.f);
+    const V a = _mm512_fnmadd_ps(four, x[2], x[4]), b = _mm512_fnmadd_ps(four, x[1], x[3]);  // x4 - 4 x2, x3 - 4 x1
+    const V c = _mm512_sub_ps(x[4], x[2]), d = _mm512_mul_ps(two, _mm512_sub_ps(x[3], x[1]));
+    y[0] = _mm512_fmadd_ps(four, x[0], _mm512_fnmadd_ps(five, x[2], x[4]));
+    y[1] = _mm512_add_ps(a, b);
+    y[2] = _mm512_sub_ps(a, b);
+    y[3] = _mm512_add_ps(c, d);
+    y[4] = _mm512_sub_ps(c, d);
+    y[5] = _mm512_fmadd_ps(four, x[1], _mm512_fnmadd_ps(five, x[3], x[5]));
+  }
+}
+
+template <int M>
 void input_transform(const Tiles& a, int64_t t0, int64_t nT, float* Vb, int64_t vplane) {
+  constexpr int A = Tile<M>::A;
   const int64_t Cbi = a.Cbi, Cinp = a.Cinp, Hp = a.Hp, Wp = a.Wp;
   for (int64_t tl = 0; tl < nT; ++tl) {
     const auto [n, h, w] = a.at(t0 + tl);
     const int64_t h0 = h - 1 + a.halo, w0 = w - 1 + a.halo;  // padded coordinates
-    const bool full = h0 + 3 < Hp && w0 + 3 < Wp;
+    const bool full = h0 + A - 1 < Hp && w0 + A - 1 < Wp;
     for (int64_t cb = 0; cb < Cbi; ++cb) {
       const float* base = a.in + ((n * Cbi + cb) * Hp * Wp + h0 * Wp + w0) * kB;
       // the two columns (one line each per row) the tile after next is the first to read
-#pragma GCC unroll 4
-      for (int i = 0; i < 4; ++i) {
-        _mm_prefetch(reinterpret_cast<const char*>(base + (i * Wp + 6) * kB), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(base + (i * Wp + 7) * kB), _MM_HINT_T0);
+#pragma GCC unroll 6
+      for (int i = 0; i < A; ++i) {
+        _mm_prefetch(reinterpret_cast<const char*>(base + (i * Wp + 2 * M + 2) * kB), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(base + (i * Wp + 2 * M + 3) * kB), _MM_HINT_T0);
       }
-      V d[4][4];
-      if (full) {
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; ++i)
-#pragma GCC unroll 4
-          for (int j = 0; j < 4; ++j) d[i][j] = _mm512_loadu_ps(base + (i * Wp + j) * kB);
-      } else {
-        for (int i = 0; i < 4; ++i)
-          for (int j = 0; j < 4; ++j)
-            d[i][j] = h0 + i < Hp && w0 + j < Wp ? _mm512_loadu_ps(base + (i * Wp + j) * kB) : _mm512_setzero_ps();
-      }
-      V t[4][4];
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
-        t[0][j] = _mm512_sub_ps(d[0][j], d[2][j]);
-        t[1][j] = _mm512_add_ps(d[1][j], d[2][j]);
-        t[2][j] = _mm512_sub_ps(d[2][j], d[1][j]);
-        t[3][j] = _mm512_sub_ps(d[1][j], d[3][j]);
+      V t[A][A];  // B^T d, column by column
+#pragma GCC unroll 6
+      for (int j = 0; j < A; ++j) {
+        V d[A], c[A];
+        if (full) {
+#pragma GCC unroll 6
+          for (int i = 0; i < A; ++i) d[i] = _mm512_loadu_ps(base + (i * Wp + j) * kB);
+        } else {
+          for (int i = 0; i < A; ++i)
+            d[i] = h0 + i < Hp && w0 + j < Wp ? _mm512_loadu_ps(base + (i * Wp + j) * kB) : _mm512_setzero_ps();
+        }
+        bt_line<M>(d, c);
+#pragma GCC unroll 6
+        for (int i = 0; i < A; ++i) t[i][j] = c[i];
       }
       float* out = Vb + tl * Cinp + cb * kB;
-#pragma GCC unroll 4
-      for (int i = 0; i < 4; ++i) {
-        _mm512_storeu_ps(out + (i * 4 + 0) * vplane, _mm512_sub_ps(t[i][0], t[i][2]));
-        _mm512_storeu_ps(out + (i * 4 + 1) * vplane, _mm512_add_ps(t[i][1], t[i][2]));
-        _mm512_storeu_ps(out + (i * 4 + 2) * vplane, _mm512_sub_ps(t[i][2], t[i][1]));
-        _mm512_storeu_ps(out + (i * 4 + 3) * vplane, _mm512_sub_ps(t[i][1], t[i][3]));
+#pragma GCC unroll 6
+      for (int i = 0; i < A; ++i) {
+        V r[A];
+        bt_line<M>(t[i], r);
+#pragma GCC unroll 6
+        for (int j = 0; j < A; ++j) _mm512_storeu_ps(out + (i * A + j) * vplane, r[j]);
       }
     }
   }
 }
 
-// Tiles per chunk and chunks: a chunk's V and M (16 positions x (Cinp + Kp) floats per tile) in
+// Tiles per chunk and chunks: a chunk's V and M (P positions x (Cinp + Kp) floats per tile) in
 // about 256 KiB of L2 (512 KiB and 1 MiB measured 0-10% slower, 128 KiB 5-20% slower); a
 // multiple of 8 chunks, so 2, 4 or 8 threads get equal shares.
-int64_t chunk_cap(int64_t Cinp, int64_t Kp) {
-  return std::max<int64_t>(kTR2, (256 * 1024 / 4) / (16 * (Cinp + Kp)) / kTR2 * kTR2);
+int64_t chunk_cap(int64_t Cinp, int64_t Kp, int64_t P = 16) {
+  return std::max<int64_t>(kTR2, (256 * 1024 / 4) / (P * (Cinp + Kp)) / kTR2 * kTR2);
 }
 
-std::pair<int64_t, int64_t> chunking(int64_t tiles, int64_t Cinp, int64_t Kp) {
-  const int64_t cap = chunk_cap(Cinp, Kp);
+std::pair<int64_t, int64_t> chunking(int64_t tiles, int64_t Cinp, int64_t Kp, int64_t P) {
+  const int64_t cap = chunk_cap(Cinp, Kp, P);
   const int64_t want = ((tiles + cap - 1) / cap + 7) / 8 * 8;
   const int64_t T = std::max<int64_t>(1, (tiles + want - 1) / want);
   return {T, (tiles + T - 1) / T};
 }
 
-}  // namespace
+// One tile's output transform y = A^T m A + b; m: the tile's P positions, mplane floats apart.
+template <int M>
+inline void output_transform(const float* mp, int64_t mplane, V b, V (&y)[M][M]) {
+  constexpr int A = Tile<M>::A;
+  V s[M][A];  // A^T m, column by column
+#pragma GCC unroll 6
+  for (int j = 0; j < A; ++j) {
+    V m[A];
+#pragma GCC unroll 6
+    for (int i = 0; i < A; ++i) m[i] = _mm512_loadu_ps(mp + (i * A + j) * mplane);
+    if constexpr (M == 2) {
+      s[0][j] = _mm512_add_ps(_mm512_add_ps(m[0], m[1]), m[2]);
+      s[1][j] = _mm512_sub_ps(_mm512_sub_ps(m[1], m[2]), m[3]);
+    } else {
+      const V p = _mm512_add_ps(m[1], m[2]), q = _mm512_sub_ps(m[1], m[2]);
+      const V r = _mm512_add_ps(m[3], m[4]), t = _mm512_sub_ps(m[3], m[4]);
+      s[0][j] = _mm512_add_ps(_mm512_add_ps(m[0], p), r);
+      s[1][j] = _mm512_fmadd_ps(_mm512_set1_ps(2.f), t, q);
+      s[2][j] = _mm512_fmadd_ps(_mm512_set1_ps(4.f), r, p);
+      s[3][j] = _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.f), t, q), m[5]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < M; ++i) {
+    const V* x = s[i];
+    if constexpr (M == 2) {
+      y[i][0] = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(x[0], x[1]), x[2]), b);
+      y[i][1] = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(x[1], x[2]), x[3]), b);
+    } else {
+      const V p = _mm512_add_ps(x[1], x[2]), q = _mm512_sub_ps(x[1], x[2]);
+      const V r = _mm512_add_ps(x[3], x[4]), t = _mm512_sub_ps(x[3], x[4]);
+      y[i][0] = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(x[0], p), r), b);
+      y[i][1] = _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(2.f), t, q), b);
+      y[i][2] = _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(4.f), r, p), b);
+      y[i][3] = _mm512_add_ps(_mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.f), t, q), x[5]), b);
+    }
+  }
+}
 
-bool available() { return true; }
+// The epilogue every tile size shares: the tile's rows x cols pixels that exist (+ the old output
+// when accumulating, ReLU) stored at o (the tile's top left in the blocked output, W pixels a
+// row), and their float32 sum and sum of squares added in double into the chunk's statistics cs
+// (nullptr: none).
+template <int M>
+inline void store_tile(const Args& a, const V (&y)[M][M], int rows, int cols, float* o, double* cs) {
+  V sum = _mm512_setzero_ps(), sq = _mm512_setzero_ps();
+  for (int i = 0; i < rows; ++i)
+    for (int j = 0; j < cols; ++j) {
+      float* p = o + (i * a.W + j) * kB;
+      V r = y[i][j];
+      if (a.accumulate) r = _mm512_add_ps(r, _mm512_loadu_ps(p));
+      if (a.relu) r = _mm512_max_ps(r, _mm512_setzero_ps());
+      sum = _mm512_add_ps(sum, r);
+      sq = _mm512_fmadd_ps(r, r, sq);
+      _mm512_storeu_ps(p, r);
+    }
+  if (cs) {  // the tile's float32 sums of <= M * M pixels, added in double
+    const auto add = [](double* at, V v) {
+      _mm512_storeu_pd(at, _mm512_add_pd(_mm512_loadu_pd(at), _mm512_cvtps_pd(_mm512_castps512_ps256(v))));
+      _mm512_storeu_pd(at + 8, _mm512_add_pd(_mm512_loadu_pd(at + 8), _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1))));
+    };
+    add(cs, sum);
+    add(cs + kB, sq);
+  }
+}
 
-void run(const Args& a) {
+template <int M>
+void run_tiles(const Args& a) {
+  constexpr int P = Tile<M>::P;
   const int64_t Cbi = blocks(a.Cin), Kbo = blocks(a.Cout), Cinp = Cbi * kB, Kp = Kbo * kB;
   const int64_t Hp = a.H + 2 * a.halo, Wp = a.W + 2 * a.halo;
-  const int64_t TH = (a.H + 1) / 2, TW = (a.W + 1) / 2, per_img = TH * TW, tiles = a.N * per_img;
-  std::vector<float> Uv(16 * Kbo * Cinp * kB);
-  float* U = Uv.data();
-  transform_weights(a, U, Cinp, Kbo);
+  const int64_t TH = (a.H + M - 1) / M, TW = (a.W + M - 1) / M, per_img = TH * TW, tiles = a.N * per_img;
+  // the calling thread's buffer 3 (its 0 to 2 are its V and M as worker 0, and the weight gradient's
+  // partials): a fresh vector each call paid its page faults (0.6 MiB at 64 channels)
+  float* U = thread_buffer(3, P * Kbo * Cinp * kB);
+  transform_weights<M>(a, U, Cinp, Kbo);
   std::vector<float> biasv(Kp, 0.f);
   if (a.bias) std::copy(a.bias, a.bias + a.Cout, biasv.begin());
   const float* bias = biasv.data();
   // the chunks follow from the shape alone, not from the thread count: the statistics are summed
   // per chunk
   const int nt = num_threads();
-  const auto [T, nchunks] = chunking(tiles, Cinp, Kp);
+  const auto [T, nchunks] = chunking(tiles, Cinp, Kp, P);
   // per chunk: [Kbo][sum 16, squares 16] in double
   double* part = a.stats ? thread_buffer<double>(0, nchunks * Kbo * 2 * kB) : nullptr;
-  const Tiles x{a.in, a.halo, Cbi, Cinp, Hp, Wp, TW, per_img};
+  const Tiles x{a.in, a.halo, Cbi, Cinp, Hp, Wp, TW, per_img, M};
 
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t ch = 0; ch < nchunks; ++ch) {
     const int64_t t0 = ch * T, nT = std::min(T, tiles - t0);
     const int64_t vplane = plane(T, Cinp), mplane = plane(T, Kp);
-    float* Vb = thread_buffer(0, 16 * vplane);
-    float* Mb = thread_buffer(1, 16 * mplane);
+    float* Vb = thread_buffer(0, P * vplane);
+    float* Mb = thread_buffer(1, P * mplane);
     // 1. input transform
-    input_transform(x, t0, nT, Vb, vplane);
-    // 2. the 16 channel products
-    for (int e = 0; e < 16; ++e) {
+    input_transform<M>(x, t0, nT, Vb, vplane);
+    // 2. the P channel products
+    for (int e = 0; e < P; ++e) {
       const float* v = Vb + e * vplane;
       const float* u = U + e * Kbo * Cinp * kB;
       float* m = Mb + e * mplane;
@@ -258,55 +376,30 @@ void run(const Args& a) {
         }
       }
     }
-    // 3. output transform
+    // 3. output transform and epilogue
     double* cs = part ? part + ch * Kbo * 2 * kB : nullptr;
     if (cs) std::fill(cs, cs + Kbo * 2 * kB, 0.0);
     for (int64_t tl = 0; tl < nT; ++tl) {
       const auto [n, h, w] = x.at(t0 + tl);
-      const bool two_rows = h + 1 < a.H, two_cols = w + 1 < a.W;
+      const int rows = static_cast<int>(std::min<int64_t>(M, a.H - h)), cols = static_cast<int>(std::min<int64_t>(M, a.W - w));
       for (int64_t kb = 0; kb < Kbo; ++kb) {
-        const float* mp = Mb + tl * Kp + kb * kB;
-        V s[2][4];
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; ++j) {
-          const V m0 = _mm512_loadu_ps(mp + (0 * 4 + j) * mplane), m1 = _mm512_loadu_ps(mp + (1 * 4 + j) * mplane),
-                  m2 = _mm512_loadu_ps(mp + (2 * 4 + j) * mplane), m3 = _mm512_loadu_ps(mp + (3 * 4 + j) * mplane);
-          s[0][j] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
-          s[1][j] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
-        }
-        const V b = _mm512_loadu_ps(bias + kb * kB);
-        V y[2][2];
-#pragma GCC unroll 2
-        for (int i = 0; i < 2; ++i) {
-          y[i][0] = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s[i][0], s[i][1]), s[i][2]), b);
-          y[i][1] = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s[i][1], s[i][2]), s[i][3]), b);
-        }
-        float* o = a.out + ((n * Kbo + kb) * a.H + h) * a.W * kB + w * kB;
-        const int rows = two_rows ? 2 : 1, cols = two_cols ? 2 : 1;
-        V sum = _mm512_setzero_ps(), sq = _mm512_setzero_ps();
-        for (int i = 0; i < rows; ++i)
-          for (int j = 0; j < cols; ++j) {
-            float* p = o + (i * a.W + j) * kB;
-            V r = y[i][j];
-            if (a.accumulate) r = _mm512_add_ps(r, _mm512_loadu_ps(p));
-            if (a.relu) r = _mm512_max_ps(r, _mm512_setzero_ps());
-            sum = _mm512_add_ps(sum, r);
-            sq = _mm512_fmadd_ps(r, r, sq);
-            _mm512_storeu_ps(p, r);
-          }
-        if (cs) {  // the tile's float32 sums of <= 4 pixels, added in double
-          double* c = cs + kb * 2 * kB;
-          const auto add = [](double* at, V v) {
-            _mm512_storeu_pd(at, _mm512_add_pd(_mm512_loadu_pd(at), _mm512_cvtps_pd(_mm512_castps512_ps256(v))));
-            _mm512_storeu_pd(at + 8, _mm512_add_pd(_mm512_loadu_pd(at + 8), _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1))));
-          };
-          add(c, sum);
-          add(c + kB, sq);
-        }
+        V y[M][M];
+        output_transform<M>(Mb + tl * Kp + kb * kB, mplane, _mm512_loadu_ps(bias + kb * kB), y);
+        store_tile<M>(a, y, rows, cols, a.out + ((n * Kbo + kb) * a.H + h) * a.W * kB + w * kB,
+                      cs ? cs + kb * 2 * kB : nullptr);
       }
     }
   }
   if (part) reduce_block_stats(part, nchunks, Kbo, a.Cout, a.stats);
+}
+
+}  // namespace
+
+bool available() { return true; }
+
+void run(const Args& a) {
+  FT_CHECK(a.tile == 2 || a.tile == 4, "winograd-blocked: tile must be 2 or 4, got " << a.tile);
+  return a.tile == 4 ? run_tiles<4>(a) : run_tiles<2>(a);
 }
 
 
@@ -329,7 +422,7 @@ void run_wgrad(const WgradArgs& a) {
   const int64_t usz = 16 * Cinp * Kp, psz = usz + Kp;  // a partial: dU [e][c][Kp], then db
   float* part = thread_buffer(2, nt * psz);
   std::fill(part, part + nt * psz, 0.f);
-  const Tiles x{a.x, a.halo_x, Cbi, Cinp, Hp, Wp, TW, per_img};
+  const Tiles x{a.x, a.halo_x, Cbi, Cinp, Hp, Wp, TW, per_img, 2};
 #pragma omp parallel num_threads(nt)
   {
     float* du = part + omp_get_thread_num() * psz;
@@ -339,7 +432,7 @@ void run_wgrad(const WgradArgs& a) {
       const int64_t vplane = plane(T, Cinp), yplane = plane(T, Kp);
       float* Vb = thread_buffer(0, 16 * vplane);
       float* Yb = thread_buffer(1, 16 * yplane);
-      input_transform(x, t0, nT, Vb, vplane);
+      input_transform<2>(x, t0, nT, Vb, vplane);
       for (int64_t tl = 0; tl < nT; ++tl) {
         const auto [n, h, w] = x.at(t0 + tl);
         const bool r1 = h + 1 < a.H, c1 = w + 1 < a.W;

@@ -143,10 +143,10 @@ class Conv2d(Module):
         return _remembered(_CHOICES, key, choose, _CHOICES_MAX)
 
     def _engine(self, op, arr, x_shape, blocked=False):
-        """_choice with 'winograd-blocked' read as 'direct': that Winograd runs inside the direct
+        """_choice with 'winograd-blocked' / 'winograd43-blocked' read as 'direct': that Winograd runs inside the direct
         engine's blocked entry points (same arguments, same layouts), which pick it themselves."""
         found = self._choice(op, arr, x_shape, blocked)
-        return "direct" if found == "winograd-blocked" else found
+        return "direct" if found in ("winograd-blocked", "winograd43-blocked") else found
 
     def _direct_engine(self, op, arr, x_shape):
         """fasttrain._C when the registry runs `op` for `arr` there and that runs the direct engine
