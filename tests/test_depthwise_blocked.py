@@ -74,6 +74,10 @@ CASES = [
     (2, 3, 9, 6, 5, 2, 2, 1, 1, 0),
     (1, 17, 11, 9, 3, 2, 2, 2, 1, 1),
     (1, 3, 10, 7, 3, 3, 2, 1, 0, 2),
+    # more images than the weight gradient's image ranges: several small planes per task, each read
+    # while the next one is prefetched (and the fused backward's data gradient over a group of planes)
+    (24, 33, 5, 5, 3, 1, 1, 1, 1, 0),
+    (24, 33, 6, 6, 3, 2, 1, 1, 1, 1),
 ]
 # the grid: C x H/W x stride x padding at 3x3, halo = padding (the layout that flows)
 GRID = [(1, c, hw, hw, 3, s, p, 1, p, p) for c, hw, s, p in itertools.product((1, 3, 5, 16, 17, 33),

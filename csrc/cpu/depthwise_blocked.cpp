@@ -171,6 +171,12 @@ class DataGrad {
       isa_.bwd_data_rows(g_, dy, ldy_, w, out, ldx_, h0, h1);
     for (int64_t h = h0; h < h1; ++h) zero_halo(px, H_, W_, hdx_, h);
   }
+  // asks for plane nc's dy lines ahead of rows(), where the plane is small (the planes a task visits
+  // lie a whole image apart: short streams the hardware prefetcher finds late)
+  void prefetch_dy(const float* dyb, int64_t nc) const {
+    if (plane_y_ > kPrefetchPlaneFloats) return;
+    for (int64_t i = 0; i < plane_y_; i += kBlock) __builtin_prefetch(dyb + nc * plane_y_ + i);
+  }
   int64_t height() const { return H_; }
   // a task is a few rows of one plane: about 64 dx pixels (a whole 8 x 8 plane; one row from 64 columns on)
   int64_t task_rows() const { return std::clamp<int64_t>(64 / std::max<int64_t>(W_, 1), 1, H_); }
@@ -210,7 +216,10 @@ void weight_grad(const Isa& isa, const Corr& g, const float* xb, const float* dy
     for (int64_t n = N * k / chunks; n < n1; n += group) {
       const int64_t nc = n * Cb + cb, count = std::min(group, n1 - n);
       if (data)
-        for (int64_t i = 0; i < count; ++i) data->rows(dyb, dxb, nc + i * Cb, cb, 0, data->height());
+        for (int64_t i = 0; i < count; ++i) {
+          if (i + 1 < count) data->prefetch_dy(dyb, nc + (i + 1) * Cb);
+          data->rows(dyb, dxb, nc + i * Cb, cb, 0, data->height());
+        }
       isa.wgrad_planes(g, xb + nc * plane_x + g.hin * ldx + g.hin * kBlock, ldx, Cb * plane_x,
                        dyb + nc * plane_y + halo_dy * ldy + halo_dy * kBlock, ldy, Cb * plane_y, count, acc.data());
       for (int64_t i = 0; i < A; ++i) out[i] += acc[i];

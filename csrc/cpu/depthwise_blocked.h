@@ -29,6 +29,10 @@ struct Corr {
   const int64_t* col_taps = nullptr;
 };
 
+// Planes up to this many floats (a 16 x 16 map with a halo of 1) are prefetched a plane ahead where a
+// kernel walks the planes of one block (a whole image apart).
+constexpr int64_t kPrefetchPlaneFloats = 18 * 18 * kBlock;
+
 inline int64_t floordiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 inline int64_t ceildiv(int64_t a, int64_t b) { return -floordiv(-a, b); }
 

@@ -371,11 +371,18 @@ void wgrad_cols(const Corr& g, const float* x, int64_t ld, int64_t x_step, const
   T a[9], bs = V::zero();
 #pragma GCC unroll 9
   for (int t = 0; t < 9; ++t) a[t] = V::zero();
-  for (int64_t n = 0; n < count; ++n)
+  // The planes of one block are a whole image apart: each small plane is a short stream the hardware
+  // prefetcher finds late, so the next plane's lines are asked for while this one is summed. Large
+  // planes stream well by themselves.
+  const bool small = (g.H + 2 * g.hin) * ld <= kPrefetchPlaneFloats;
+  for (int64_t n = 0; n < count; ++n) {
+    const bool ahead = small && n + 1 < count;
     for (int64_t p = 0; p < g.P; ++p)
       for (int64_t qb = q0; qb < q1; qb += QB) {
         T d[QB];
         const float* drow = dy + n * dy_step + p * dy_ld + qb * kBlock;
+        if (ahead)
+          for (int q = 0; q < QB; ++q) __builtin_prefetch(drow + dy_step + q * kBlock);
 #pragma GCC unroll 8
         for (int q = 0; q < QB; ++q) d[q] = V::load(drow + q * kBlock);
         T dsum = d[0];
@@ -388,12 +395,17 @@ void wgrad_cols(const Corr& g, const float* x, int64_t ld, int64_t x_step, const
           if (ih < 0 || ih >= g.H) continue;
           T xv[NK];
           load_block_cols<V, NK, SW>(g, x + n * x_step + ih * ld, qb, xv);
+          if (ahead) {
+            const float* next = x + (n + 1) * x_step + ih * ld + (qb * SW - g.pw) * kBlock;
+            for (int k = 0; k < NK; ++k) __builtin_prefetch(next + k * kBlock);
+          }
 #pragma GCC unroll 3
           for (int s = 0; s < 3; ++s)
 #pragma GCC unroll 8
             for (int q = 0; q < QB; ++q) a[r * 3 + s] = V::fma(a[r * 3 + s], d[q], xv[q * SW + s]);
         }
       }
+  }
 #pragma GCC unroll 9
   for (int t = 0; t < 9; ++t) V::store(acc + t * kBlock, V::add(V::load(acc + t * kBlock), a[t]));
   V::store(acc + 9 * kBlock, V::add(V::load(acc + 9 * kBlock), bs));
