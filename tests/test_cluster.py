@@ -141,7 +141,7 @@ def test_training_across_hosts_ends_identical(cluster, flags, tmp_path):
     assert out["hosts"] == cluster.hosts
     expected = across_hosts(cluster, 86 << 10)  # 86 KB of gradients
     if flags[0] == "--compress":  # compressed across hosts only: the ring there, or inside the hierarchy
-        expected = {"hierarchical+int8" if expected == {"hierarchical"} else "ring+int8"}
+        expected = {"hierarchical+int8" if "hierarchical" in expected else "ring+int8"}
     assert out["allreduce_algorithm"] in expected, out
 
 
