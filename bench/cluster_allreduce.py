@@ -8,9 +8,9 @@ with tc, TCP forced), our algorithms against MPICH's Allreduce. Needs root.
 For every layout (hosts x ranks per host) and link rate, one cluster is made and this script
 re-runs itself on it under mpiexec. Checks first (ours == MPICH within float32 rounding, ranks
 bit-identical), then times. A sample is the slowest rank's time for one call between barriers;
-every round takes one sample of each implementation, in an order that rotates from round to
-round, so MPICH and ours see the same machine within milliseconds of each other (this shared
-2-core VM's speed drifts by 2x within seconds). Reported per implementation: the median and the
+every round takes one sample of each implementation, in a fresh random order every round, so
+MPICH and ours see the same machine within milliseconds of each other (this shared 2-core VM's
+speed drifts by 2x within seconds) and none always runs right after the same other one. Reported per implementation: the median and the
 20th percentile (a low quantile: what the call costs when the ranks are not kept waiting for a
 core), and the load average (1 min) before and after each cluster's run.
 Implementations: MPICH's Allreduce ('mpi': at its defaults, or with --mpich-algorithms each of the
@@ -67,14 +67,18 @@ def quantile(xs, q: float) -> float:
     return float(np.quantile(np.asarray(xs), q))
 
 
-def sample(comm, fns: dict, reset, rounds: int) -> dict:
-    """Per implementation, the slowest rank's time of one call, one sample per round each, the
-    order rotating by one every round (two warm-up rounds first)."""
+def sample(comm, fns: dict, reset, rounds: int, seed: int = 0) -> dict:
+    """Per implementation, the slowest rank's time of one call, one sample per round each, in a
+    fresh random order every round, the same on every rank (seed); two warm-up rounds first. Not a
+    rotation: rotating a fixed list keeps each implementation right after the same neighbour in
+    nearly every round ('auto' after MPICH's Allreduce), and a call right after MPICH's Allreduce
+    ran 5-20 % slower in median than after one of ours (bench/dev/auto_ab.py, 3 hosts x 1 rank,
+    64 KB-1 MB, load 6)."""
     out = {name: [] for name in fns}
     order = list(fns)
+    rng = np.random.default_rng(seed)
     for i in range(rounds + 2):
-        k = i % len(order)
-        for name in order[k:] + order[:k]:
+        for name in [order[k] for k in rng.permutation(len(order))]:
             reset()
             comm.barrier()
             t0 = time.perf_counter()
@@ -168,7 +172,7 @@ def child(args):
                 raise AssertionError(f"size={size} {name}: differs from MPICH's Allreduce by {np.max(np.abs(buf - want))}")
             if len(set(comm.allgather(hashlib.sha256(buf.tobytes()).hexdigest()))) != 1:
                 raise AssertionError(f"size={size} {name}: results differ between ranks")
-        samples = sample(comm, fns, lambda: np.copyto(buf, src), rounds_for(size, args.rounds))
+        samples = sample(comm, fns, lambda: np.copyto(buf, src), rounds_for(size, args.rounds), seed=size)
         if r == 0:
             for name, s in samples.items():
                 print(json.dumps({"suite": "cluster_allreduce", "layout": args.layout, "rate": args.rate, "ranks": p,
@@ -202,15 +206,18 @@ def table(records: list[dict]) -> str:
         runs.setdefault((x["layout"], x["rate"], x["size"]), {}).setdefault(x["mpich_algorithm"], {})[x["backend"]] = x
     names = [n for n in NAMES[1:] if any(n in by for cell in runs.values() for by in cell.values())]
     several = len({x["mpich_algorithm"] for x in records}) > 1
+    if names:  # 'auto' of the run that timed the forced ways too: the same job, the same rounds
+        names = ["auto"] + names
     lines = ["| hosts x ranks | link | size | load | MPICH ms (median / p20) | ours ms (median / p20) | MPICH / ours: "
              "median | p20 | " + ("wire floor ms | MPICH / floor | ours / floor | " if fits else "")
-             + ("MPICH algorithm (lowest ratio) | " if several else "") + "ours picks | "
-             + " | ".join(f"{n} ms" for n in names) + " |",
-             "|" + "---|" * (9 + 3 * bool(fits) + several + len(names))]
+             + ("MPICH algorithm (lowest ratio) | ours ms over the runs (medians, min-max) | " if several else "")
+             + "ours picks | " + " | ".join("auto ms (run 1)" if n == "auto" else f"{n} ms" for n in names) + " |",
+             "|" + "---|" * (9 + 3 * bool(fits) + 2 * several + len(names))]
     for (layout, rate, size), cell in sorted(runs.items(), key=lambda kv: (kv[0][0], -_rate_bits(kv[0][1]), kv[0][2])):
         worst = min(cell, key=lambda alg: cell[alg]["mpi"]["median_s"] / cell[alg]["auto"]["median_s"])
         m, a = cell[worst]["mpi"], cell[worst]["auto"]
         first = next(iter(cell.values()))
+        ours = [by["auto"]["median_s"] for by in cell.values()]
         cells = [f"{first[n]['median_s'] * 1e3:.2f}" if n in first else "-" for n in names]
         floor = ""
         if fits:
@@ -222,7 +229,8 @@ def table(records: list[dict]) -> str:
         lines.append(f"| {layout} | {rate} | {label(size)} | {a['load_before']:.1f}-{a['load_after']:.1f} | "
                      f"{m['median_s'] * 1e3:.2f} / {m['p20_s'] * 1e3:.2f} | {a['median_s'] * 1e3:.2f} / {a['p20_s'] * 1e3:.2f} | "
                      f"**{m['median_s'] / a['median_s']:.2f}x** | {m['p20_s'] / a['p20_s']:.2f}x | " + floor
-                     + (f"{worst} | " if several else "") + f"{a['algorithm']} | " + " | ".join(cells) + " |")
+                     + (f"{worst} | {min(ours) * 1e3:.2f}-{max(ours) * 1e3:.2f} | " if several else "")
+                     + f"{a['algorithm']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

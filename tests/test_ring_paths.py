@@ -159,22 +159,14 @@ def test_onefence_needs_two_hosts_of_equal_rank_counts():
 
 def test_measured_choice_from_a_megabyte_times_direct_against_the_ring(monkeypatch):
     """From MEASURED_MAX_BYTES the candidates are direct and the ring, timed MEASURED_LARGE_ROUNDS
-    times each and picked with MEASURED_LARGE_MARGIN (a ring 8 % faster than direct replaces it, 3 %
-    does not); unrigged, the pick is one of the two and the same on every rank."""
+    times each beside a ping-pong of the ring's chunk (the wire floor) and picked with `large_pick`;
+    unrigged, the pick is one of the two and the same on every rank."""
     assert measured_candidates(1 << 20) == MEASURED_LARGE_CANDIDATES == ("direct", "ring")
     assert measured_candidates((1 << 20) - 4) == MEASURED_CANDIDATES
     picks = ThreadWorld(3).run(lambda c: measured_choice(c, 1 << 20))
     assert len(set(picks)) == 1 and picks[0] in MEASURED_LARGE_CANDIDATES
     names = MEASURED_LARGE_CANDIDATES
-    ms = lambda v: [v * 1e-3] * 3  # noqa: E731
-    assert ring.measured_pick([{"direct": ms(10), "ring": ms(9.2)}], None, names, margin=ring.MEASURED_LARGE_MARGIN)[0] == "ring"
-    assert ring.measured_pick([{"direct": ms(10), "ring": ms(9.7)}], None, names, margin=ring.MEASURED_LARGE_MARGIN)[0] == "direct"
-    calls, margins = [], []
-    real_pick = ring.measured_pick
-
-    def pick(times, incumbent=None, names=MEASURED_CANDIDATES, **kw):
-        margins.append(kw.get("margin"))
-        return real_pick(times, incumbent, names, **kw)
+    calls, probes = [], []
 
     def rigged(name, seconds):
         def fn(comm, x):
@@ -182,13 +174,57 @@ def test_measured_choice_from_a_megabyte_times_direct_against_the_ring(monkeypat
             time.sleep(seconds[name])
         return fn
 
-    monkeypatch.setattr(ring, "measured_pick", pick)
-    for seconds, want in (({"direct": 0.02, "ring": 0.0}, "ring"), ({"direct": 0.0, "ring": 0.02}, "direct")):
+    def probe(seconds):
+        def fn(comm, x):
+            probes.append(x.nbytes)
+            time.sleep(seconds["wire"])
+        return fn
+
+    nbytes = 3 << 20
+    # the wire floor of 3 MB over 3 ranks is 4/3 of 3 MB = 4 MB at the link's time per byte; the
+    # probe moves the ring's 1 MB chunk there and back, so a probe taking t makes a floor of 2 t
+    for seconds, want in (({"direct": 0.03, "ring": 0.0, "wire": 0.0}, "ring"),       # faster by more than the margin
+                          ({"direct": 0.0, "ring": 0.03, "wire": 0.03}, "direct"),    # the same, at the wire
+                          ({"direct": 0.04, "ring": 0.0405, "wire": 0.018}, "ring"),  # a tie at the wire (floor 36 ms)
+                          ({"direct": 0.04, "ring": 0.0395, "wire": 0.004}, "direct")):  # a tie off it (8 ms)
         monkeypatch.setattr(ring, "_MEASURED_FNS", {c: rigged(c, seconds) for c in names})
+        monkeypatch.setattr(ring, "_wire_probe", probe(seconds))
         calls.clear()
-        assert ThreadWorld(3).run(lambda c: measured_choice(c, 3 << 20)) == [want] * 3, seconds
+        probes.clear()
+
+        def body(c):
+            pick = measured_choice(c, nbytes)
+            return pick, c._ring_measured_ms[nbytes.bit_length()]
+
+        got = ThreadWorld(3).run(body)
+        assert [g[0] for g in got] == [want] * 3, (seconds, got[0])
         assert sorted(set(calls)) == ["direct", "ring"] and len(calls) == 3 * 2 * (ring.MEASURED_LARGE_ROUNDS + 1)
-    assert margins == [ring.MEASURED_LARGE_MARGIN] * 2
+        assert set(probes) == {1 << 20} and len(probes) == 3 * (ring.MEASURED_LARGE_ROUNDS + 1)
+        assert got[0][1]["floor"] == pytest.approx(2 * seconds["wire"] * 1e3, rel=0.2, abs=1.0), got[0][1]
+
+
+def test_large_pick_is_the_faster_beyond_the_margin_and_a_tie_goes_by_the_wire_fraction():
+    names = MEASURED_LARGE_CANDIDATES
+    ms = lambda v: [v * 1e-3] * 3  # noqa: E731
+    margin = ring.MEASURED_LARGE_MARGIN
+    # beyond the margin: the faster, wherever the floor is
+    for floor in (0.0, 9e-3, 20e-3):
+        assert ring.large_pick([{"direct": ms(10), "ring": ms(9.2)}], floor, names)[0] == "ring"
+        assert ring.large_pick([{"direct": ms(9.2), "ring": ms(10)}], floor, names)[0] == "direct"
+    # a tie (either way round): the ring at the wire (floor >= WIRE_BOUND of the faster), else direct
+    for d, r in ((10, 9.7), (9.7, 10), (10, 10)):
+        t = [{"direct": ms(d), "ring": ms(r)}]
+        at_bound = ring.WIRE_BOUND * min(d, r) * 1e-3
+        assert ring.large_pick(t, at_bound * 1.01, names)[0] == "ring"
+        assert ring.large_pick(t, at_bound * 0.99, names)[0] == "direct"
+    pick, scores = ring.large_pick([{"direct": ms(10), "ring": ms(9.7)}, {"direct": ms(12), "ring": ms(9.8)}], 9e-3, names)
+    assert pick == "ring" and scores["direct"] == pytest.approx(12e-3) and scores["floor"] == 9e-3  # 12 vs 9.8: not a tie
+    assert ring.large_pick([{"direct": ms(10), "ring": ms(9.7)}], 9e-3, names, margin=0.0)[0] == "ring"
+    with pytest.raises(ValueError, match="two candidates"):
+        ring.large_pick([{"direct": ms(1)}], 0.0, ("direct",))
+    with pytest.raises(ValueError, match="wire floor"):
+        ring.large_pick([{"direct": ms(1), "ring": ms(1)}], float("nan"), names)
+    assert margin < 0.1  # the tie band stays narrow: a wrong tie-break costs at most this
 
 
 def test_measured_pick_scores_a_low_quantile_of_the_slowest_rank_and_keeps_the_incumbent_within_margin():

@@ -82,7 +82,8 @@ MEASURED_CANDIDATES = ("direct", "oneshot", "rooted")
 #: per link); which is faster depends on the link. On the emulated cluster (3 hosts x 1 rank, quiet)
 #: over 1 Gbit/s, where both run at the wire, the ring's one TCP flow per direction took 0.98-1.0x of
 #: direct's two (1 MB 12.86 vs 13.11 ms, 4 MB 50.72 vs 52.28 ms); over 10 Gbit/s, where the veth's
-#: TCP is CPU-bound, direct's 2 rounds took 0.75-0.9x of the ring's 2 (p - 1) steps.
+#: TCP is CPU-bound, direct's 2 rounds took 0.75-0.9x of the ring's 2 (p - 1) steps. Picked by
+#: `large_pick` (a tie by the wire fraction, WIRE_BOUND).
 MEASURED_LARGE_CANDIDATES = ("direct", "ring")
 #: two hosts with the same number of ranks each, below this many bytes: ring_allreduce measures the
 #: hierarchical all-reduce (two fences in the host, half of the buffer per rank across) against
@@ -108,11 +109,24 @@ MEASURED_QUANTILE = 0.25
 #: candidate whose score is lower by more than this fraction: two candidates within noise of each
 #: other do not flip the choice from one measurement to the next.
 MEASURED_MARGIN = 0.1
-#: the margin from MEASURED_MAX_BYTES on. The stakes are lopsided: where both candidates run at the
-#: wire (1 Gbit/s on the emulated cluster) the ring gains at most a few percent, where the veth's TCP
-#: is CPU-bound (10 Gbit/s) it loses 10-30 %; so the ring replaces direct only when clearly faster (a
-#: link or switch that serves one flow per direction better than p - 1 of them).
+#: the margin from MEASURED_MAX_BYTES on: a candidate faster than the other by more than this fraction
+#: of the other's score is picked; within it the two are a tie, which the wire fraction decides
+#: (WIRE_BOUND). No incumbent here: the tie-breaker is a property of the link, so a tie does not flip
+#: from one measurement to the next, and a wrong tie-break costs at most this margin.
 MEASURED_LARGE_MARGIN = 0.05
+#: a tie from MEASURED_MAX_BYTES on goes to the ring when the link is the limit: when the wire floor
+#: (2 (p - 1) / p of the buffer at the link's time per byte, from a ping-pong between ranks 0 and 1
+#: timed in the same interleaved rounds as the candidates, `_wire_probe`) is at least this fraction of
+#: the faster candidate's score; else to direct (fewer rounds: where the cores, not the link, bound
+#: the call). Both move the same bytes per link; where the link is the limit the ring's single flow
+#: per direction of each link kept it busier than direct's p - 1 concurrent flows (3 hosts x 1 rank
+#: over 1 Gbit/s, quiet: ring 12.58 / 50.72 ms against direct 13.01 / 53.26 ms at 1 / 4 MB, within the
+#: 5 % margin, so the incumbent direct was kept at 1.11-1.14x of the floor where the ring ran at
+#: 1.04-1.07x). Over 10 Gbit/s, where the veth's TCP is CPU-bound, both run at 0.5-0.6 of the floor
+#: and direct wins by 10-25 % anyway; over 1 Gbit/s at 0.9-0.97.
+WIRE_BOUND = 0.8
+#: the ping-pong of `_wire_probe` moves the ring's chunk of the buffer, at most this many bytes
+WIRE_PROBE_MAX_BYTES = 1 << 20
 #: re-measure a size class after this many calls of it, then every MEASURED_EVERY calls: the first
 #: measurement runs on a job's first call (connections opening, pages faulting, ranks still
 #: starting), and the machine's load changes while a job runs.
@@ -340,6 +354,7 @@ def halving_doubling_allreduce(comm: Communicator, buf: np.ndarray, op: str = "s
 
 _TAG_RS = 79
 _TAG_AG = 80
+_TAG_PROBE = 81
 
 
 def piece_bytes_for(nbytes: int, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> int:
@@ -618,6 +633,37 @@ def measured_pick(times: list[dict], incumbent: str | None = None, names=MEASURE
     return keep, scores
 
 
+def large_pick(times: list[dict], floor_s: float, names=MEASURED_LARGE_CANDIDATES, quantile: float = MEASURED_QUANTILE,
+               margin: float = MEASURED_LARGE_MARGIN, wire_bound: float = WIRE_BOUND) -> tuple[str, dict]:
+    """The pick between names = (direct-like, ring-like) from every rank's timings (as `measured_pick`
+    scores them) and floor_s, the wire floor of the call (seconds): the faster one when its score
+    is lower than the other's by more than `margin` of it; else (a tie) names[1] when the link is
+    the limit (floor_s / the faster score >= wire_bound), names[0] when it is not. The scores come
+    back with 'floor' added."""
+    if len(names) != 2:
+        raise ValueError(f"large_pick: expected two candidates (direct-like, ring-like), got {names!r}")
+    if not floor_s >= 0:
+        raise ValueError(f"large_pick: expected a wire floor >= 0 s, got {floor_s!r}")
+    _, scores = measured_pick(times, None, names, quantile, margin=0.0)
+    fast, slow = sorted(names, key=lambda c: (scores[c], names.index(c)))
+    if scores[fast] < scores[slow] * (1 - margin):
+        pick = fast
+    else:
+        pick = names[1] if floor_s >= wire_bound * scores[fast] else names[0]
+    return pick, {**scores, "floor": float(floor_s)}
+
+
+def _wire_probe(comm: Communicator, x: np.ndarray) -> None:
+    """One ping-pong of x between ranks 0 and 1 (on different hosts where `measured_choice` runs the
+    large candidates: one rank per host); the other ranks return at once."""
+    if comm.rank == 0:
+        comm.wait(comm.isend(x, 1, _TAG_PROBE))
+        comm.wait(comm.irecv(x, 1, _TAG_PROBE))
+    elif comm.rank == 1:
+        comm.wait(comm.irecv(x, 0, _TAG_PROBE))
+        comm.wait(comm.isend(x, 0, _TAG_PROBE))
+
+
 def measured_candidates(nbytes: int, hierarchical: bool = False) -> tuple[str, ...]:
     """The algorithms `measured_choice` times for a buffer of nbytes (hierarchical: over hosts with
     several ranks each, else over hosts of one rank each)."""
@@ -633,12 +679,14 @@ def measured_choice(comm: Communicator, nbytes: int, count: bool = False) -> str
     class and then every MEASURED_EVERY, the next call measures again. Ranks make the same calls
     in the same order (verify_layout checks the layouts), so they count alike and measure together.
     A measurement is collective: every candidate runs MEASURED_ROUNDS times (MEASURED_LARGE_ROUNDS
-    from MEASURED_MAX_BYTES on, with MEASURED_LARGE_MARGIN) on a scratch float32
-    buffer of nbytes (zeros: the data do not change the time), interleaved in an order rotating by
-    one per round, each call between barriers; rank 0 gathers every rank's times, picks with
-    `measured_pick` (the kept pick is the incumbent) and broadcasts its answer, so every rank keeps
-    the same one. The candidates return the same bits, so the pick is invisible in the results.
-    The scores are kept in comm._ring_measured_ms (ms per candidate, per size class)."""
+    from MEASURED_MAX_BYTES on, with a ping-pong of `_wire_probe` in the same rounds) on a scratch
+    float32 buffer of nbytes (zeros: the data do not change the time), interleaved in an order
+    rotating by one per round, each call between barriers; rank 0 gathers every rank's times, picks
+    with `measured_pick` (the kept pick is the incumbent; from MEASURED_MAX_BYTES on `large_pick`:
+    the faster by more than MEASURED_LARGE_MARGIN, a tie by the wire fraction) and broadcasts its
+    answer, so every rank keeps the same one. The candidates return the same bits, so the pick is
+    invisible in the results. The scores are kept in comm._ring_measured_ms (ms per candidate, per
+    size class; from MEASURED_MAX_BYTES on with the wire floor as 'floor')."""
     key = max(int(nbytes), 1).bit_length()
     cache, calls = _measured_state(comm)
     if count:
@@ -655,17 +703,28 @@ def _measure(comm: Communicator, nbytes: int, key: int, cache: dict) -> str:
     hier = hierarchy(comm) is not None
     large = nbytes >= MEASURED_MAX_BYTES and not hier
     names = list(measured_candidates(nbytes, hier))
-    times = {c: [] for c in names}
+    fns = {c: _MEASURED_FNS[c] for c in names}
+    if large:  # the link's time per byte, for the tie-breaker (large_pick), in the same rounds
+        probe = x[:max(1, min(x.size // comm.size, WIRE_PROBE_MAX_BYTES // 4))]
+        fns["wire"] = lambda c, _: _wire_probe(c, probe)
+    times = {c: [] for c in fns}
+    order = list(fns)
     for i in range((MEASURED_LARGE_ROUNDS if large else MEASURED_ROUNDS) + 1):  # round 0 warms up (connections, scratch pages)
-        for c in names[i % len(names):] + names[:i % len(names)]:
+        for c in order[i % len(order):] + order[:i % len(order)]:
             comm.barrier()
             t0 = time.perf_counter()
-            _MEASURED_FNS[c](comm, x)
+            fns[c](comm, x)
             if i:
                 times[c].append(time.perf_counter() - t0)
     everyone = comm.allgather(times)
-    decided = (measured_pick(everyone, cache.get(key), tuple(names), margin=MEASURED_LARGE_MARGIN if large else MEASURED_MARGIN)
-               if comm.rank == 0 else None)
+    decided = None
+    if comm.rank == 0 and large:
+        # one way = half the round trip (the slowest rank's: rank 0's), its low quantile as the scores
+        one_way = np.quantile([max(t["wire"][i] for t in everyone) for i in range(len(times["wire"]))], MEASURED_QUANTILE) / 2
+        floor = 2 * (comm.size - 1) / comm.size * nbytes * one_way / probe.nbytes
+        decided = large_pick(everyone, floor, tuple(names))
+    elif comm.rank == 0:
+        decided = measured_pick(everyone, cache.get(key), tuple(names))
     pick, scores = comm.bcast(decided, root=0)
     cache[key] = pick
     try:
