@@ -16,15 +16,115 @@
 //                 per plane added in double across the images.
 #include <algorithm>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include <omp.h>
 
 #include "depthwise.h"
+#include "depthwise_nchw.h"
 #include "fasttrain/cpu.h"
 
-namespace ft::cpu::depthwise {
+namespace ft::cpu {
+namespace dwn {
+
 namespace {
+// lanes i < lim (and < lanes) with 0 <= start + i < len
+uint32_t span(int lanes, int64_t start, int64_t len, int64_t lim) {
+  uint32_t m = 0;
+  for (int64_t i = 0; i < std::min<int64_t>(lanes, lim); ++i)
+    if (start + i >= 0 && start + i < len) m |= 1u << i;
+  return m;
+}
+int64_t floordiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+}  // namespace
+
+bool make_plan(Plan& g, int lanes, int64_t Hi, int64_t Wi, int64_t Ho, int64_t Wo, int64_t R, int64_t S, int64_t sh,
+               int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw) {
+  if ((sw != 1 && sw != 2) || R * S > kMaxTaps || Ho <= 0 || Wo <= 0) return false;
+  g.Hi = Hi, g.Wi = Wi, g.Ho = Ho, g.Wo = Wo, g.R = R, g.S = S, g.sh = sh, g.sw = sw, g.ph = ph, g.pw = pw;
+  g.dh = dh, g.dw = dw, g.lanes = lanes;
+  // flat only for rows narrower than a vector (which would leave lanes idle): a flat chunk loads
+  // its nine taps and their masks itself, where rows mode shares them between output rows
+  g.flat = sh == 1 && sw == 1 && Wo == Wi && Wo < lanes;
+  g.masks.clear();
+  g.offs.clear();
+  if (g.flat) {
+    // output index o = p*Wo + q reads in[o + (r*dh - ph)*Wi + s*dw - pw] when that pixel is inside
+    const int64_t n = Ho * Wo;
+    g.chunks = (n + lanes - 1) / lanes;
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t s = 0; s < S; ++s) g.offs.push_back((r * dh - ph) * Wi + s * dw - pw);
+    g.masks.assign(g.chunks * R * S, 0u);
+    for (int64_t k = 0; k < g.chunks; ++k)
+      for (int64_t i = 0; i < lanes && k * lanes + i < n; ++i) {
+        const int64_t p = (k * lanes + i) / Wo, q = (k * lanes + i) % Wo;
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t s = 0; s < S; ++s) {
+            const int64_t h = p + r * dh - ph, v = q + s * dw - pw;
+            if (h >= 0 && h < Hi && v >= 0 && v < Wi) g.masks[k * R * S + r * S + s] |= 1u << i;
+          }
+      }
+    g.tail = span(lanes, 0, n - (g.chunks - 1) * lanes, lanes);
+    return true;
+  }
+  g.chunks = (Wo + lanes - 1) / lanes;
+  for (int64_t k = 0; k < g.chunks; ++k) {
+    const int64_t q0 = k * lanes, lim = std::min<int64_t>(lanes, Wo - q0);
+    for (int64_t s = 0; s < S; ++s) {
+      const int64_t col = q0 * sw + s * dw - pw;
+      if (sw == 1) {
+        g.masks.push_back(span(lanes, col, Wi, lim));
+      } else {  // two loads of `lanes` columns; the odd ones are dropped
+        g.masks.push_back(span(lanes, col, Wi, 2 * lim));
+        g.masks.push_back(span(lanes, col + lanes, Wi, 2 * lim - lanes));
+      }
+    }
+  }
+  g.tail = span(lanes, 0, Wo - (g.chunks - 1) * lanes, lanes);
+  return true;
+}
+
+bool make_gather_plan(GatherPlan& gp, const Plan& f) {
+  if (f.sw != 2) return false;
+  const int lanes = f.lanes;
+  gp.g = f;
+  gp.chunks = (f.Wi + lanes - 1) / lanes;
+  gp.masks.clear();
+  gp.base.clear();
+  for (int64_t k = 0; k < gp.chunks; ++k)
+    for (int64_t s = 0; s < f.S; ++s) {
+      // dx column v = k*lanes + i reads dy column (v + pw - s*dw) / 2 where that is whole
+      const int64_t j0 = k * lanes + f.pw - s * f.dw, base = floordiv(j0, 2);
+      gp.base.push_back(base);
+      gp.masks.push_back(span(lanes, base, f.Wo, lanes / 2 + 1));
+      gp.masks.push_back(static_cast<uint32_t>(j0 - 2 * base));
+    }
+  gp.tail = span(lanes, 0, f.Wi - (gp.chunks - 1) * lanes, lanes);
+  return true;
+}
+
+}  // namespace dwn
+
+namespace depthwise {
+namespace {
+
+// The vectorised plane kernels follow the direct convolution's instruction set (set_conv2d_isa);
+// null under "portable" (the plain C++ kernels below).
+// Asks for a plane's lines ahead of its kernel: the vector kernels issue few loads between many
+// FMAs, so without it a thread has few misses in flight and streams from memory below the rate
+// the plain kernels' copy into a scratch buffer reached.
+// Planes are asked for about 4 KiB ahead: the next plane, or several planes on for small maps
+// (a 4 x 4 plane is one line).
+inline void prefetch_plane(const float* p, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(p + i);
+}
+inline int64_t planes_ahead(int64_t floats) { return std::max<int64_t>(1, 1024 / std::max<int64_t>(floats, 1)); }
+
+const dwn::Isa* nchw_isa() {
+  const std::string name = conv2d_isa();
+  return name == "avx512" ? dwn::isa_avx512() : name == "avx2" ? dwn::isa_avx2() : nullptr;
+}
 
 float* scratch(int64_t n) {
   thread_local std::vector<float> buf;
@@ -343,8 +443,25 @@ void bwd_weight_narrow(const float* x, const float* dy, float* dw, float* db, co
 }  // namespace
 
 void fwd(const float* x, const float* w, const float* b, float* y, const Shape& g, bool relu) {
+  const int64_t HW = g.H * g.W, RS = g.R * g.S, PQ = g.P * g.Q, K = g.C * g.M;
+  dwn::Plan plan;
+  if (const dwn::Isa* isa = nchw_isa(); isa && dwn::make_plan(plan, isa->lanes, g.H, g.W, g.P, g.Q, g.R, g.S, g.sh, g.sw,
+                                                               g.ph, g.pw, g.dilh, g.dilw) &&
+                                        (plan.flat || !narrow(g))) {
+    const int64_t ahead = planes_ahead(HW);
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+    for (int64_t plane = 0; plane < g.N * g.C; ++plane) {
+      const int64_t n = plane / g.C, c = plane % g.C;
+      if (plane + ahead < g.N * g.C) prefetch_plane(x + (plane + ahead) * HW, HW);
+      for (int64_t j = 0; j < g.M; ++j) {
+        const int64_t k = c * g.M + j;
+        isa->corr(plan, x + plane * HW, w + k * RS, b[k], y + (n * K + k) * PQ, relu, false);
+      }
+    }
+    return;
+  }
   if (narrow(g)) return fwd_narrow(x, w, b, y, g, relu);
-  const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, RS = g.R * g.S, PQ = g.P * g.Q, K = g.C * g.M;
+  const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw;
   const CorrelateFn corr = pick(g.R, g.S, g.sw);
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
   for (int64_t plane = 0; plane < g.N * g.C; ++plane) {
@@ -360,8 +477,46 @@ void fwd(const float* x, const float* w, const float* b, float* y, const Shape& 
 }
 
 void bwd_data(const float* dy, const float* w, float* dx, const Shape& g) {
-  if (narrow(g)) return bwd_data_narrow(dy, w, dx, g);
   const int64_t RS = g.R * g.S, PQ = g.P * g.Q, K = g.C * g.M, HW = g.H * g.W;
+  if (const dwn::Isa* isa = nchw_isa()) {
+    dwn::Plan plan;
+    if (g.sh == 1 && g.sw == 1 &&
+        dwn::make_plan(plan, isa->lanes, g.P, g.Q, g.H, g.W, g.R, g.S, 1, 1, g.dilh * (g.R - 1) - g.ph,
+                       g.dilw * (g.S - 1) - g.pw, g.dilh, g.dilw) &&
+        (plan.flat || !narrow(g))) {
+      // the correlation of dy with the flipped filter (as the plain kernel below), read in place
+      const int64_t ahead = planes_ahead(g.M * PQ);
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+      for (int64_t plane = 0; plane < g.N * g.C; ++plane) {
+        const int64_t n = plane / g.C, c = plane % g.C;
+        if (plane + ahead < g.N * g.C) prefetch_plane(dy + (plane + ahead) * g.M * PQ, g.M * PQ);
+        float flipped[dwn::kMaxTaps];
+        for (int64_t j = 0; j < g.M; ++j) {
+          const int64_t k = c * g.M + j;
+          for (int64_t i = 0; i < RS; ++i) flipped[i] = w[k * RS + RS - 1 - i];
+          isa->corr(plan, dy + (n * K + k) * PQ, flipped, 0.f, dx + plane * HW, false, j > 0);
+        }
+      }
+      return;
+    }
+    dwn::GatherPlan gp;
+    if (g.sw == 2 && !narrow(g) &&
+        dwn::make_plan(plan, isa->lanes, g.H, g.W, g.P, g.Q, g.R, g.S, g.sh, g.sw, g.ph, g.pw, g.dilh, g.dilw) &&
+        dwn::make_gather_plan(gp, plan)) {
+      const int64_t ahead = planes_ahead(g.M * PQ);
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+      for (int64_t plane = 0; plane < g.N * g.C; ++plane) {
+        const int64_t n = plane / g.C, c = plane % g.C;
+        if (plane + ahead < g.N * g.C) prefetch_plane(dy + (plane + ahead) * g.M * PQ, g.M * PQ);
+        for (int64_t j = 0; j < g.M; ++j) {
+          const int64_t k = c * g.M + j;
+          isa->gather(gp, dy + (n * K + k) * PQ, w + k * RS, dx + plane * HW, j > 0);
+        }
+      }
+      return;
+    }
+  }
+  if (narrow(g)) return bwd_data_narrow(dy, w, dx, g);
   if (g.sh == 1 && g.sw == 1) {
     // dx[h, w] = sum_rs w[R-1-r, S-1-s] * dypad[h + r*dilh, w + s*dilw], dy placed at
     // (dilh*(R-1) - ph, dilw*(S-1) - pw) in dypad
@@ -404,10 +559,46 @@ void bwd_data(const float* dy, const float* w, float* dx, const Shape& g) {
 }
 
 void bwd_weight(const float* x, const float* dy, float* dw, float* db, const Shape& g) {
-  if (narrow(g)) return bwd_weight_narrow(x, dy, dw, db, g);
   const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, RS = g.R * g.S, PQ = g.P * g.Q, K = g.C * g.M;
-  const WeightSumsFn sums_of = pick_weight_sums(g.R, g.S, g.sw);
   const int nt = static_cast<int>(std::min<int64_t>(num_threads(), std::max<int64_t>(g.C, 1)));
+  dwn::Plan plan;
+  if (const dwn::Isa* isa = nchw_isa(); isa && dwn::make_plan(plan, isa->lanes, g.H, g.W, g.P, g.Q, g.R, g.S, g.sh, g.sw,
+                                                               g.ph, g.pw, g.dilh, g.dilw) &&
+                                        (plan.flat || !narrow(g))) {
+    // as below: each thread a contiguous range of channels over the images in order, a plane's
+    // float sums (the kernel's fixed order) added in double
+#pragma omp parallel num_threads(nt)
+    {
+      const int t = omp_get_thread_num(), T = omp_get_num_threads();
+      const int64_t c_lo = g.C * t / T, c_hi = g.C * (t + 1) / T, nc = c_hi - c_lo;
+      float sums[dwn::kMaxTaps + 1];
+      std::vector<double> acc_w(nc * g.M * RS, 0.0), acc_b(nc * g.M, 0.0);
+      // the planes this thread visits, in order: (n, c) for c in [c_lo, c_hi), image by image
+      const int64_t ahead = planes_ahead((g.H * g.W + g.M * PQ) / 2);
+      for (int64_t n = 0; n < g.N; ++n)
+        for (int64_t c = c_lo; c < c_hi; ++c) {
+          const int64_t i = (c - c_lo) + ahead, n2 = n + i / nc, c2 = c_lo + i % nc;
+          if (n2 < g.N) {
+            prefetch_plane(x + (n2 * g.C + c2) * g.H * g.W, g.H * g.W);
+            prefetch_plane(dy + (n2 * K + c2 * g.M) * PQ, g.M * PQ);
+          }
+          for (int64_t j = 0; j < g.M; ++j) {
+            const int64_t a = (c - c_lo) * g.M + j;
+            isa->wgrad(plan, x + (n * g.C + c) * g.H * g.W, dy + (n * K + c * g.M + j) * PQ, sums);
+            for (int64_t i = 0; i < RS; ++i) acc_w[a * RS + i] += sums[i];
+            acc_b[a] += sums[RS];
+          }
+        }
+      for (int64_t a = 0; a < nc * g.M; ++a) {
+        const int64_t k = c_lo * g.M + a;
+        for (int64_t i = 0; i < RS; ++i) dw[k * RS + i] += static_cast<float>(acc_w[a * RS + i]);
+        db[k] += static_cast<float>(acc_b[a]);
+      }
+    }
+    return;
+  }
+  if (narrow(g)) return bwd_weight_narrow(x, dy, dw, db, g);
+  const WeightSumsFn sums_of = pick_weight_sums(g.R, g.S, g.sw);
   // Each thread owns a contiguous range of channels and walks the images in order, reading its
   // channels' planes of each image as one contiguous stretch (a channel's planes alone sit
   // C*H*W apart: one page each, where the hardware prefetcher starts cold every time). The sums
@@ -442,4 +633,5 @@ void bwd_weight(const float* x, const float* dy, float* dw, float* db, const Sha
   }
 }
 
-}  // namespace ft::cpu::depthwise
+}  // namespace depthwise
+}  // namespace ft::cpu

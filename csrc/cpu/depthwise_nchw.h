@@ -1,0 +1,72 @@
+// Depthwise convolution on NCHW planes, vectorised along the row (conv2d_depthwise.cpp's fast path):
+// the interface between the driver (threads, plans, instruction-set choice) and the plane kernels,
+// compiled once per instruction set (depthwise_nchw_{avx512,avx2}.cpp from the template in
+// depthwise_nchw_kernels.h; CPUs without AVX2 and non-x86 hosts keep the plain C++ kernels of
+// conv2d_depthwise.cpp).
+//
+// Every load is a masked load straight from the caller's plane: lanes whose tap falls in the
+// padding (or past the row, or past the plane) are masked off, read as zero and never fault, so a
+// plane is not copied into a padded scratch buffer first (that copy was a third of the old
+// kernel's time) and odd widths need no scalar tails.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace ft::cpu::dwn {
+
+// One plane correlation: out[p, q] (Ho x Wo) = [out +] bias + sum_rs taps[r*S + s] *
+// in[p*sh + r*dh - ph, q*sw + s*dw - pw], with in (Hi x Wi) read as zero outside.
+struct Plan {
+  int64_t Hi, Wi, Ho, Wo, R, S, sh, sw, ph, pw, dh, dw;
+  int lanes;       // the vector width the masks below are for
+  bool flat;       // sh == sw == 1 and Wo == Wi: the plane is one flat row, chunks run across rows
+  int64_t chunks;  // flat: ceil(Ho*Wo / lanes) per plane; else: ceil(Wo / lanes) per output row
+  // flat: [chunk][tap] the lanes whose tap lies inside in; rows, sw 1: [chunk][s] the lanes whose
+  // column lies in the row; rows, sw 2: [chunk][s][2] the same for the two loads of 2*lanes columns
+  std::vector<uint32_t> masks;
+  std::vector<int64_t> offs;  // flat: per tap, the offset of its input from the output index
+  uint32_t tail;              // the lanes of the last chunk inside the output (plane or row)
+};
+
+// Builds the plan of a correlation (flat where it can be). Returns false for what the kernels do
+// not handle (column stride other than 1 or 2, more than kMaxTaps taps).
+constexpr int64_t kMaxTaps = 49;
+bool make_plan(Plan& g, int lanes, int64_t Hi, int64_t Wi, int64_t Ho, int64_t Wo, int64_t R, int64_t S, int64_t sh,
+               int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw);
+
+// The data gradient of a correlation with column stride 2 (g describes the forward: in = x, out =
+// y): dx[h, v] = sum over (r, s) with h + ph - r*dh = p*sh and v + pw - s*dw = 2q (0 <= p < Ho,
+// 0 <= q < Wo) of w[r, s] * dy[p, q]. Per [dx column chunk][s]: masks[2i] the lanes of the dy load
+// (lanes/2 + 1 dy columns from base[i]), masks[2i + 1] the parity of the chunk's first column's dy
+// coordinate (which lanes receive a value).
+struct GatherPlan {
+  Plan g;
+  int64_t chunks;  // ceil(Wi / lanes) per dx row
+  std::vector<uint32_t> masks;
+  std::vector<int64_t> base;
+  uint32_t tail;  // lanes of the last chunk inside the dx row
+};
+bool make_gather_plan(GatherPlan& gp, const Plan& fwd);
+
+// out = [out +] bias + the correlation g of in with taps (R*S floats), ReLU'd if relu.
+using CorrFn = void (*)(const Plan& g, const float* in, const float* taps, float bias, float* out, bool relu,
+                        bool accumulate);
+// sums[t] = sum_pq dy[p, q] * in[tap t of (p, q)] for t < R*S, sums[R*S] = sum_pq dy[p, q]: one
+// plane's weight and bias gradient, in a fixed order.
+using WgradFn = void (*)(const Plan& g, const float* in, const float* dy, float* sums);
+// dx [+]= the gathered data gradient of one plane (see GatherPlan).
+using GatherFn = void (*)(const GatherPlan& gp, const float* dy, const float* taps, float* dx, bool accumulate);
+
+struct Isa {
+  const char* name;
+  int lanes;
+  CorrFn corr;
+  WgradFn wgrad;
+  GatherFn gather;
+};
+
+// Null where the compiler could not build that instruction set (non-x86 hosts).
+const Isa* isa_avx512();
+const Isa* isa_avx2();
+
+}  // namespace ft::cpu::dwn
