@@ -135,16 +135,17 @@ def test_direct_in_ring_order_returns_the_ring_bits(K, op, n):
                          plain_ring_allreduce(comm, data(comm.rank), op),
                          direct_allreduce(comm, data(comm.rank), op, segment_bytes=4, order="ring"),
                          direct_allreduce(comm, data(comm.rank), op, segment_bytes=2400, order="ring"),
+                         ring._measured_ring(comm, data(comm.rank), op, segment_bytes=12),
                          direct_allreduce(comm, data(comm.rank), op, segment_bytes=8, order="rank")])
 
     got = ThreadWorld(K).run(body)
     ref = np.sum([data(k).astype(np.float64) for k in range(K)], axis=0) / (K if op == "mean" else 1)
     for rank_out in got:
-        assert all(np.array_equal(rank_out[0].view(np.uint32), o.view(np.uint32)) for o in rank_out[1:4])
-        assert all(np.array_equal(got[0][0].view(np.uint32), o.view(np.uint32)) for o in rank_out[:4])
-        np.testing.assert_allclose(rank_out[4], ref, rtol=1e-5, atol=1e-5 * 10.0 ** 6)
+        assert all(np.array_equal(rank_out[0].view(np.uint32), o.view(np.uint32)) for o in rank_out[1:5])
+        assert all(np.array_equal(got[0][0].view(np.uint32), o.view(np.uint32)) for o in rank_out[:5])
+        np.testing.assert_allclose(rank_out[5], ref, rtol=1e-5, atol=1e-5 * 10.0 ** 6)
     if K >= 3 and n == 1031:  # rank order differs somewhere: the test above can fail
-        assert not np.array_equal(got[0][0], got[0][4])
+        assert not np.array_equal(got[0][0], got[0][5])
     with pytest.raises(ValueError, match="order"):
         ThreadWorld(2).run(lambda c: direct_allreduce(c, np.ones(4, np.float32), order="tree"))
 
