@@ -315,17 +315,24 @@ WeightSumsFn pick_weight_sums(int64_t R, int64_t S, int64_t sw) {
 // channels are interleaved into [row][column][channel] buffers (the transposes run in L1), so
 // every tap is one full-vector FMA with a vector of the channels' weights, at any stride, with
 // no wasted lanes; the results are de-interleaved back into the planes.
-constexpr int64_t kLanes = 8;
-typedef float lanes __attribute__((vector_size(kLanes * sizeof(float))));
+constexpr int64_t kLanes = 16;  // an AVX-512 vector; the interleave is 16x16 register transposes there
+// A pixel's 16 channels; the arithmetic runs on its two halves of 8 (a 16-float GCC vector type
+// under AVX2 flags went through general registers, 2.5x slower than the 8-lane code).
+struct alignas(64) lanes {
+  float v[kLanes];
+};
+typedef float half8 __attribute__((vector_size(8 * sizeof(float))));
+constexpr int kHalves = kLanes / 8;
+inline half8* halves(lanes* p) { return reinterpret_cast<half8*>(p); }
 
 // dst (rows x cols x kLanes) = the planes src + j*plane_stride (j < nch; other lanes zero), each
 // src_rows x src_cols placed at (top, left), zero elsewhere.
-void interleave(const float* src, int64_t plane_stride, int64_t nch, int64_t src_rows, int64_t src_cols,
-                lanes* dst, int64_t rows, int64_t cols, int64_t top, int64_t left) {
-  // through a float view: a store to one lane of a vector value compiles to a read-modify-write
-  // of the whole vector
+void interleave(const dwn::Isa* isa, const float* src, int64_t plane_stride, int64_t nch, int64_t src_rows,
+                int64_t src_cols, lanes* dst, int64_t rows, int64_t cols, int64_t top, int64_t left) {
   float* f = reinterpret_cast<float*>(dst);
-  std::memset(f, 0, sizeof(lanes) * rows * cols);
+  if (rows * cols > src_rows * src_cols || !(isa && isa->to_lanes)) std::memset(f, 0, sizeof(lanes) * rows * cols);
+  // the transposes write whole pixel vectors (lanes past nch zero)
+  if (isa && isa->to_lanes) return isa->to_lanes(src, plane_stride, nch, src_rows, src_cols, f, cols, top, left);
   for (int64_t j = 0; j < nch; ++j)
     for (int64_t h = 0; h < src_rows; ++h)
       for (int64_t v = 0; v < src_cols; ++v)
@@ -333,19 +340,20 @@ void interleave(const float* src, int64_t plane_stride, int64_t nch, int64_t src
 }
 
 // The planes dst + j*plane_stride (j < nch), rows x cols each, from the (top, left) corner of src.
-void deinterleave(const lanes* src, int64_t src_cols, int64_t top, int64_t left, float* dst, int64_t plane_stride,
-                  int64_t nch, int64_t rows, int64_t cols) {
+void deinterleave(const dwn::Isa* isa, const lanes* src, int64_t src_cols, int64_t top, int64_t left, float* dst,
+                  int64_t plane_stride, int64_t nch, int64_t rows, int64_t cols) {
   const float* f = reinterpret_cast<const float*>(src);
+  if (isa && isa->from_lanes) return isa->from_lanes(f, src_cols, top, left, dst, plane_stride, nch, rows, cols);
   for (int64_t j = 0; j < nch; ++j)
     for (int64_t h = 0; h < rows; ++h)
       for (int64_t v = 0; v < cols; ++v) dst[j * plane_stride + h * cols + v] = f[((h + top) * src_cols + v + left) * kLanes + j];
 }
 
-// taps[t][j] = w[(c0 + j) * RS + t] (zero for j >= nch)
+// taps[t].v[j] = w[(c0 + j) * RS + t] (zero for j >= nch)
 void lane_taps(const float* w, int64_t c0, int64_t nch, int64_t RS, lanes* taps) {
   for (int64_t t = 0; t < RS; ++t) {
     taps[t] = lanes{};
-    for (int64_t j = 0; j < nch; ++j) taps[t][j] = w[(c0 + j) * RS + t];
+    for (int64_t j = 0; j < nch; ++j) taps[t].v[j] = w[(c0 + j) * RS + t];
   }
 }
 
@@ -356,9 +364,18 @@ lanes* lane_scratch(int64_t n) {
   return buf.data();
 }
 
-bool narrow(const Shape& g) { return g.M == 1 && g.Q < 8; }
+// Maps narrower than 8 run channel-interleaved; with the AVX-512 transposes (the interleave costs a
+// few shuffles per float) 8-wide maps too, where the flat plane kernels matched it on the forward
+// and the data gradient but reduced each plane's ten sums across lanes in the weight gradient
+// (1 thread, in cache, 128 planes of 8x8: bwd_weight 7.7-9.4 -> 6.9 us; 16x16 maps stay on the
+// row kernels: interleaved they ran 1.1-2x slower).
+bool narrow(const Shape& g) {
+  const dwn::Isa* isa = nchw_isa();
+  return g.M == 1 && (g.Q < 8 || (isa && isa->to_lanes && g.Q == 8));
+}
 
 void fwd_narrow(const float* x, const float* w, const float* b, float* y, const Shape& g, bool relu) {
+  const dwn::Isa* isa = nchw_isa();
   const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, RS = g.R * g.S, PQ = g.P * g.Q;
   const int64_t blocks = (g.C + kLanes - 1) / kLanes;
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
@@ -366,24 +383,35 @@ void fwd_narrow(const float* x, const float* w, const float* b, float* y, const 
     const int64_t n = task / blocks, c0 = task % blocks * kLanes, nch = std::min(kLanes, g.C - c0);
     lanes* buf = lane_scratch(Hp * Wp + PQ + RS + 1);
     lanes *out = buf + Hp * Wp, *taps = out + PQ, &bias = taps[RS];
-    interleave(x + (n * g.C + c0) * g.H * g.W, g.H * g.W, nch, g.H, g.W, buf, Hp, Wp, g.ph, g.pw);
+    if (task + 1 < g.N * blocks) prefetch_plane(x + (n * g.C + c0 + kLanes) * g.H * g.W, kLanes * g.H * g.W);
+    interleave(isa, x + (n * g.C + c0) * g.H * g.W, g.H * g.W, nch, g.H, g.W, buf, Hp, Wp, g.ph, g.pw);
     lane_taps(w, c0, nch, RS, taps);
     bias = lanes{};
-    for (int64_t j = 0; j < nch; ++j) bias[j] = b[c0 + j];
-    for (int64_t p = 0; p < g.P; ++p)
-      for (int64_t q = 0; q < g.Q; ++q) {
-        lanes acc = bias;
-        for (int64_t r = 0; r < g.R; ++r)
-          for (int64_t s = 0; s < g.S; ++s)
-            acc += taps[r * g.S + s] * buf[(p * g.sh + r * g.dilh) * Wp + q * g.sw + s * g.dilw];
-        if (relu) acc = acc < 0 ? lanes{} : acc;  // as std::max(acc, 0) in the row kernels: NaN stays
-        out[p * g.Q + q] = acc;
-      }
-    deinterleave(out, g.Q, 0, 0, y + (n * g.C + c0) * PQ, PQ, nch, g.P, g.Q);
+    for (int64_t j = 0; j < nch; ++j) bias.v[j] = b[c0 + j];
+    const half8 *X = halves(buf), *T = halves(taps);
+    half8* O = halves(out);
+    if (isa && isa->lanes_corr) {
+      isa->lanes_corr(dwn::LanesGeo{Wp, g.P, g.Q, g.R, g.S, g.sh, g.sw, g.dilh, g.dilw},
+                      reinterpret_cast<const float*>(buf), reinterpret_cast<const float*>(taps), bias.v,
+                      reinterpret_cast<float*>(out), relu);
+    } else
+    for (int u = 0; u < kHalves; ++u)
+      for (int64_t p = 0; p < g.P; ++p)
+        for (int64_t q = 0; q < g.Q; ++q) {
+          half8 acc = halves(&bias)[u];
+          for (int64_t r = 0; r < g.R; ++r)
+            for (int64_t s = 0; s < g.S; ++s)
+              acc += T[(r * g.S + s) * kHalves + u] *
+                     X[((p * g.sh + r * g.dilh) * Wp + q * g.sw + s * g.dilw) * kHalves + u];
+          if (relu) acc = acc < 0 ? half8{} : acc;  // as std::max(acc, 0) in the row kernels: NaN stays
+          O[(p * g.Q + q) * kHalves + u] = acc;
+        }
+    deinterleave(isa, out, g.Q, 0, 0, y + (n * g.C + c0) * PQ, PQ, nch, g.P, g.Q);
   }
 }
 
 void bwd_data_narrow(const float* dy, const float* w, float* dx, const Shape& g) {
+  const dwn::Isa* isa = nchw_isa();
   const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, RS = g.R * g.S, PQ = g.P * g.Q;
   const int64_t blocks = (g.C + kLanes - 1) / kLanes;
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
@@ -392,45 +420,68 @@ void bwd_data_narrow(const float* dy, const float* w, float* dx, const Shape& g)
     lanes* buf = lane_scratch(Hp * Wp + PQ + RS);
     lanes *d = buf + Hp * Wp, *taps = d + PQ;
     std::memset(static_cast<void*>(buf), 0, sizeof(lanes) * Hp * Wp);
-    interleave(dy + (n * g.C + c0) * PQ, PQ, nch, g.P, g.Q, d, g.P, g.Q, 0, 0);
+    if (task + 1 < g.N * blocks) prefetch_plane(dy + (n * g.C + c0 + kLanes) * PQ, kLanes * PQ);
+    interleave(isa, dy + (n * g.C + c0) * PQ, PQ, nch, g.P, g.Q, d, g.P, g.Q, 0, 0);
     lane_taps(w, c0, nch, RS, taps);
-    for (int64_t p = 0; p < g.P; ++p)
-      for (int64_t q = 0; q < g.Q; ++q) {
-        const lanes gv = d[p * g.Q + q];
-        for (int64_t r = 0; r < g.R; ++r)
-          for (int64_t s = 0; s < g.S; ++s)
-            buf[(p * g.sh + r * g.dilh) * Wp + q * g.sw + s * g.dilw] += taps[r * g.S + s] * gv;
-      }
-    deinterleave(buf, Wp, g.ph, g.pw, dx + (n * g.C + c0) * g.H * g.W, g.H * g.W, nch, g.H, g.W);
+    half8* B = halves(buf);
+    const half8 *D = halves(d), *T = halves(taps);
+    if (isa && isa->lanes_scatter) {
+      isa->lanes_scatter(dwn::LanesGeo{Wp, g.P, g.Q, g.R, g.S, g.sh, g.sw, g.dilh, g.dilw},
+                         reinterpret_cast<const float*>(d), reinterpret_cast<const float*>(taps),
+                         reinterpret_cast<float*>(buf));
+    } else
+    for (int u = 0; u < kHalves; ++u)
+      for (int64_t p = 0; p < g.P; ++p)
+        for (int64_t q = 0; q < g.Q; ++q) {
+          const half8 gv = D[(p * g.Q + q) * kHalves + u];
+          for (int64_t r = 0; r < g.R; ++r)
+            for (int64_t s = 0; s < g.S; ++s)
+              B[((p * g.sh + r * g.dilh) * Wp + q * g.sw + s * g.dilw) * kHalves + u] +=
+                  T[(r * g.S + s) * kHalves + u] * gv;
+        }
+    deinterleave(isa, buf, Wp, g.ph, g.pw, dx + (n * g.C + c0) * g.H * g.W, g.H * g.W, nch, g.H, g.W);
   }
 }
 
 void bwd_weight_narrow(const float* x, const float* dy, float* dw, float* db, const Shape& g) {
+  const dwn::Isa* isa = nchw_isa();
   const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, RS = g.R * g.S, PQ = g.P * g.Q;
   const int64_t blocks = (g.C + kLanes - 1) / kLanes;
   // one task per channel block over all images in order: as in bwd_weight, no partials to combine
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t c0 = blk * kLanes, nch = std::min(kLanes, g.C - c0);
-    lanes* buf = lane_scratch(Hp * Wp + PQ + RS);
-    lanes *d = buf + Hp * Wp, *sums = d + PQ;
+    lanes* buf = lane_scratch(Hp * Wp + PQ + RS + 1);
+    lanes *d = buf + Hp * Wp, *sums = d + PQ, *sb = sums + RS;
+    const half8 *X = halves(buf), *D = halves(d);
+    half8 *Sm = halves(sums), *Sb = halves(sb);
     std::vector<double> acc_w(RS * kLanes, 0.0), acc_b(kLanes, 0.0);
     for (int64_t n = 0; n < g.N; ++n) {
-      interleave(x + (n * g.C + c0) * g.H * g.W, g.H * g.W, nch, g.H, g.W, buf, Hp, Wp, g.ph, g.pw);
-      interleave(dy + (n * g.C + c0) * PQ, PQ, nch, g.P, g.Q, d, g.P, g.Q, 0, 0);
-      lanes sb{};
-      for (int64_t t = 0; t < RS; ++t) sums[t] = lanes{};
-      for (int64_t p = 0; p < g.P; ++p)
-        for (int64_t q = 0; q < g.Q; ++q) {
-          const lanes gv = d[p * g.Q + q];
-          sb += gv;
-          for (int64_t r = 0; r < g.R; ++r)
-            for (int64_t s = 0; s < g.S; ++s)
-              sums[r * g.S + s] += gv * buf[(p * g.sh + r * g.dilh) * Wp + q * g.sw + s * g.dilw];
-        }
+      if (n + 1 < g.N) {  // the next image's planes of this block: a whole image on
+        prefetch_plane(x + ((n + 1) * g.C + c0) * g.H * g.W, nch * g.H * g.W);
+        prefetch_plane(dy + ((n + 1) * g.C + c0) * PQ, nch * PQ);
+      }
+      interleave(isa, x + (n * g.C + c0) * g.H * g.W, g.H * g.W, nch, g.H, g.W, buf, Hp, Wp, g.ph, g.pw);
+      interleave(isa, dy + (n * g.C + c0) * PQ, PQ, nch, g.P, g.Q, d, g.P, g.Q, 0, 0);
+      for (int64_t t = 0; t <= RS; ++t) sums[t] = lanes{};
+      if (isa && isa->lanes_wgrad) {
+        isa->lanes_wgrad(dwn::LanesGeo{Wp, g.P, g.Q, g.R, g.S, g.sh, g.sw, g.dilh, g.dilw},
+                         reinterpret_cast<const float*>(buf), reinterpret_cast<const float*>(d),
+                         reinterpret_cast<float*>(sums));
+      } else
+      for (int u = 0; u < kHalves; ++u)
+        for (int64_t p = 0; p < g.P; ++p)
+          for (int64_t q = 0; q < g.Q; ++q) {
+            const half8 gv = D[(p * g.Q + q) * kHalves + u];
+            Sb[u] += gv;
+            for (int64_t r = 0; r < g.R; ++r)
+              for (int64_t s = 0; s < g.S; ++s)
+                Sm[(r * g.S + s) * kHalves + u] +=
+                    gv * X[((p * g.sh + r * g.dilh) * Wp + q * g.sw + s * g.dilw) * kHalves + u];
+          }
       for (int64_t j = 0; j < nch; ++j) {
-        for (int64_t t = 0; t < RS; ++t) acc_w[t * kLanes + j] += sums[t][j];
-        acc_b[j] += sb[j];
+        for (int64_t t = 0; t < RS; ++t) acc_w[t * kLanes + j] += sums[t].v[j];
+        acc_b[j] += sb->v[j];
       }
     }
     for (int64_t j = 0; j < nch; ++j) {
@@ -447,7 +498,7 @@ void fwd(const float* x, const float* w, const float* b, float* y, const Shape& 
   dwn::Plan plan;
   if (const dwn::Isa* isa = nchw_isa(); isa && dwn::make_plan(plan, isa->lanes, g.H, g.W, g.P, g.Q, g.R, g.S, g.sh, g.sw,
                                                                g.ph, g.pw, g.dilh, g.dilw) &&
-                                        (plan.flat || !narrow(g))) {
+                                        !narrow(g)) {
     const int64_t ahead = planes_ahead(HW);
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
     for (int64_t plane = 0; plane < g.N * g.C; ++plane) {
@@ -483,7 +534,7 @@ void bwd_data(const float* dy, const float* w, float* dx, const Shape& g) {
     if (g.sh == 1 && g.sw == 1 &&
         dwn::make_plan(plan, isa->lanes, g.P, g.Q, g.H, g.W, g.R, g.S, 1, 1, g.dilh * (g.R - 1) - g.ph,
                        g.dilw * (g.S - 1) - g.pw, g.dilh, g.dilw) &&
-        (plan.flat || !narrow(g))) {
+        !narrow(g)) {
       // the correlation of dy with the flipped filter (as the plain kernel below), read in place
       const int64_t ahead = planes_ahead(g.M * PQ);
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
@@ -564,7 +615,7 @@ void bwd_weight(const float* x, const float* dy, float* dw, float* db, const Sha
   dwn::Plan plan;
   if (const dwn::Isa* isa = nchw_isa(); isa && dwn::make_plan(plan, isa->lanes, g.H, g.W, g.P, g.Q, g.R, g.S, g.sh, g.sw,
                                                                g.ph, g.pw, g.dilh, g.dilw) &&
-                                        (plan.flat || !narrow(g))) {
+                                        !narrow(g)) {
     // as below: each thread a contiguous range of channels over the images in order, a plane's
     // float sums (the kernel's fixed order) added in double
 #pragma omp parallel num_threads(nt)

@@ -57,12 +57,38 @@ using WgradFn = void (*)(const Plan& g, const float* in, const float* dy, float*
 // dx [+]= the gathered data gradient of one plane (see GatherPlan).
 using GatherFn = void (*)(const GatherPlan& gp, const float* dy, const float* taps, float* dx, bool accumulate);
 
+// The narrow maps' channel interleave (conv2d_depthwise.cpp): dst[((h + top)*ld + v + left)*16 + j] =
+// src[j*plane_stride + h*cols + v] for the nch <= 16 planes j (dst's other lanes left alone), and
+// back: dst[j*plane_stride + h*cols + v] = src[((h + top)*ld + v + left)*16 + j].
+using ToLanesFn = void (*)(const float* src, int64_t plane_stride, int64_t nch, int64_t rows, int64_t cols, float* dst,
+                           int64_t ld, int64_t top, int64_t left);
+using FromLanesFn = void (*)(const float* src, int64_t ld, int64_t top, int64_t left, float* dst, int64_t plane_stride,
+                             int64_t nch, int64_t rows, int64_t cols);
+
+// On interleaved pixels of 16 channels (16 floats each): the geometry of the narrow maps' plane
+// group, x padded (Hp x Wp pixels, the padding already placed), y / dy P x Q pixels.
+struct LanesGeo {
+  int64_t Wp, P, Q, R, S, sh, sw, dh, dw;
+};
+// out[p, q] = bias + sum_rs taps[r*S + s] * x[p*sh + r*dh, q*sw + s*dw] (ReLU'd if relu)
+using LanesCorrFn = void (*)(const LanesGeo& g, const float* x, const float* taps, const float* bias, float* out,
+                             bool relu);
+// sums[t] += sum_pq dy[p, q] * x[tap t of (p, q)], sums[R*S] += sum_pq dy[p, q]
+using LanesWgradFn = void (*)(const LanesGeo& g, const float* x, const float* dy, float* sums);
+// dx[p*sh + r*dh, q*sw + s*dw] += taps[r*S + s] * dy[p, q] (dx padded as x, zeroed by the caller)
+using LanesScatterFn = void (*)(const LanesGeo& g, const float* dy, const float* taps, float* dx);
+
 struct Isa {
   const char* name;
   int lanes;
   CorrFn corr;
   WgradFn wgrad;
   GatherFn gather;
+  ToLanesFn to_lanes = nullptr;      // 16x16 register transposes; null: the scalar loops
+  FromLanesFn from_lanes = nullptr;
+  LanesCorrFn lanes_corr = nullptr;  // the narrow maps' arithmetic on 16-lane pixels; null: plain C++
+  LanesWgradFn lanes_wgrad = nullptr;
+  LanesScatterFn lanes_scatter = nullptr;
 };
 
 // Null where the compiler could not build that instruction set (non-x86 hosts).
