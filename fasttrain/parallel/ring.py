@@ -115,8 +115,8 @@ MEASURED_MARGIN = 0.1
 #: from one measurement to the next, and a wrong tie-break costs at most this margin.
 MEASURED_LARGE_MARGIN = 0.05
 #: a tie from MEASURED_MAX_BYTES on goes to the ring when the link is the limit: when the wire floor
-#: (2 (p - 1) / p of the buffer at the link's time per byte, from a ping-pong between ranks 0 and 1
-#: timed in the same interleaved rounds as the candidates, `_wire_probe`) is at least this fraction of
+#: (2 (p - 1) / p of the buffer at the link's time per byte, from the fastest of the ping-pongs between
+#: ranks 0 and 1 timed in the same interleaved rounds as the candidates, `_wire_probe`) is at least this fraction of
 #: the faster candidate's score; else to direct (fewer rounds: where the cores, not the link, bound
 #: the call). Both move the same bytes per link; where the link is the limit the ring's single flow
 #: per direction of each link kept it busier than direct's p - 1 concurrent flows (3 hosts x 1 rank
@@ -730,8 +730,10 @@ def _measure(comm: Communicator, nbytes: int, key: int, cache: dict) -> str:
     everyone = comm.allgather(times)
     decided = None
     if comm.rank == 0 and large:
-        # one way = half the round trip (the slowest rank's: rank 0's), its low quantile as the scores
-        one_way = np.quantile([max(t["wire"][i] for t in everyone) for i in range(len(times["wire"]))], MEASURED_QUANTILE) / 2
+        # one way = half the fastest round trip (the slowest rank's time: rank 0's): the wire's time is a
+        # lower bound that waits for a core only add to (on a loaded machine a low quantile still
+        # carried them, 2.5-4x the quiet floor over 10 Gbit/s at 1 MB, turning ties there into the ring)
+        one_way = min(max(t["wire"][i] for t in everyone) for i in range(len(times["wire"]))) / 2
         floor = 2 * (comm.size - 1) / comm.size * nbytes * one_way / probe.nbytes
         decided = large_pick(everyone, floor, tuple(names))
     elif comm.rank == 0:
