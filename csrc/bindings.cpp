@@ -310,19 +310,54 @@ void bind(py::module_& m) {
      "squares of each output channel of y (after the ReLU), deterministic for any thread count");
   m.def("conv2d_blocked_bwd_data", [=](py::array dyb, py::array w, py::array dxb, int64_t sh,
                                        int64_t sw, int64_t ph, int64_t pw, int64_t halo_dy,
-                                       bool accumulate) {
+                                       bool accumulate, py::object bn_sums, py::object bn_x,
+                                       py::object bn_mean, py::object bn_invstd, py::object bn_gamma,
+                                       py::object bn_beta, int64_t halo_bn_x) {
     const char* op = "conv2d_blocked_bwd_data";
     Conv g = blocked_geom(op, dxb, w, sh, sw, ph, pw, 0, 0);
     expect_dyp(op, dyb, g, sh, sw, ph, pw, halo_dy, true);
     const float *pdy = ptr_of(dyb, "dyb"), *pw_ = ptr_of(w, "w");
     float* pdx = ptr_of(dxb, "dxb");
+    // the consuming batchnorm's backward sums (BnGradSums): all of its arrays or none
+    ft::cpu::BnGradSums bn{};
+    py::array keep[6];
+    const bool with_bn = !bn_sums.is_none();
+    if (with_bn) {
+      FT_CHECK(!bn_x.is_none() && !bn_mean.is_none() && !bn_invstd.is_none() && !bn_gamma.is_none(),
+               op << "(bn_sums): expected bn_x, bn_mean, bn_invstd and bn_gamma with bn_sums, got None for one");
+      FT_CHECK(halo_bn_x >= 0, op << "(halo_bn_x): expected a halo >= 0, got " << halo_bn_x);
+      keep[0] = bn_x.cast<py::array>();
+      expect_shape(op, "bn_x", keep[0], {g.N, (g.C + 15) / 16, g.H + 2 * halo_bn_x, g.W + 2 * halo_bn_x, 16});
+      bn.x = ptr_of(keep[0], "bn_x");
+      FT_CHECK(bn.x != pdx, op << "(bn_x): expected an array distinct from dxb, got the same one");
+      bn.hx = halo_bn_x;
+      const std::pair<py::object*, const float**> vecs[] = {
+          {&bn_mean, &bn.mean}, {&bn_invstd, &bn.invstd}, {&bn_gamma, &bn.gamma}, {&bn_beta, &bn.beta}};
+      const char* names[] = {"bn_mean", "bn_invstd", "bn_gamma", "bn_beta"};
+      for (int i = 0; i < 4; ++i) {
+        if (vecs[i].first->is_none()) continue;  // only bn_beta may be (no ReLU mask)
+        keep[1 + i] = vecs[i].first->cast<py::array>();
+        expect_shape(op, names[i], keep[1 + i], {g.C});
+        *vecs[i].second = ptr_of(keep[1 + i], names[i]);
+      }
+      bn.sums = stats_ptr(op, bn_sums, g.C);
+    } else {
+      FT_CHECK(bn_x.is_none() && bn_mean.is_none() && bn_invstd.is_none() && bn_gamma.is_none() && bn_beta.is_none(),
+               op << "(bn_sums): expected bn_sums with the batchnorm's arrays (bn_x, ...), got None");
+    }
     py::gil_scoped_release nogil;
     ft::cpu::conv2d_blocked_bwd_data(pdy, pw_, pdx, g.N, g.C, g.H, g.W, g.K, g.R, g.S, sh, sw, ph, pw,
-                                     halo_dy, accumulate);
+                                     halo_dy, accumulate, with_bn ? &bn : nullptr);
   }, py::arg("dyb"), py::arg("w"), py::arg("dxb"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
      py::arg("pw"), py::kw_only(), py::arg("halo_dy") = -1, py::arg("accumulate") = false,
+     py::arg("bn_sums") = py::none(), py::arg("bn_x") = py::none(), py::arg("bn_mean") = py::none(),
+     py::arg("bn_invstd") = py::none(), py::arg("bn_gamma") = py::none(), py::arg("bn_beta") = py::none(),
+     py::arg("halo_bn_x") = 0,
      "dx = (or, accumulate=True, dx +=) the data gradient; halo_dy: dyb's symmetric zero halo (-1: the "
-     "pads of conv2d_blocked_dy_pads)");
+     "pads of conv2d_blocked_dy_pads). bn_sums ((2, C) float64, overwritten): the backward sums of the "
+     "training batchnorm whose output gradient dx is, [sum m*g, sum m*g*(x - mean)] over the final dx "
+     "g, with x = bn_x (its input, zero halo halo_bn_x) and m = (x*a + b > 0) (a = gamma*invstd, "
+     "b = beta - mean*a: its fused ReLU) when bn_beta is given, else 1");
   m.def("conv2d_blocked_bwd_weight", [=](py::array xb, py::array dyb, py::array dw, py::array db,
                                          int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t halo_x,
                                          int64_t halo_dy) {
@@ -769,7 +804,7 @@ void bind(py::module_& m) {
   m.def("batchnorm_blocked_bwd", [](py::array xb, py::array dyb, py::array gamma, py::array mean,
                                     py::array invstd, py::array dxb, py::array dgamma, py::array dbeta,
                                     py::object y, py::object dres, int64_t halo_x, int64_t halo_y,
-                                    int64_t halo_dx, py::object beta) {
+                                    int64_t halo_dx, py::object beta, py::object sums) {
     const char* op = "batchnorm_blocked_bwd";
     expect_ndim(op, "gamma", gamma, 1);
     const Geo g = blocked_geo(op, "xb", xb, gamma.shape(0), halo_x, "halo_x");
@@ -794,12 +829,24 @@ void bind(py::module_& m) {
       expect_channels(op, "beta", be, g.C);
       pbe = ptr_of(be, "beta");
     }
+    // sums: the two per-channel sums the first pass would form, precomputed (conv2d_blocked_bwd_data's bn_sums)
+    py::array su;
+    const double* psu = nullptr;
+    if (!sums.is_none()) {
+      FT_CHECK(dres.is_none(), op << "(sums): expected dres=None with sums (the sums pass writes dres), got both");
+      su = sums.cast<py::array>();
+      expect_shape(op, "sums", su, {2, g.C});
+      FT_CHECK(su.dtype().is(py::dtype::of<double>()) && (su.flags() & py::array::c_style),
+               op << "(sums): expected a C-contiguous float64 array, got dtype " << std::string(py::str(su.dtype())));
+      psu = static_cast<const double*>(su.data());
+    }
     py::gil_scoped_release nogil;
     ft::cpu::batchnorm_blocked_bwd(px, pdy, pg, pm, pi, pdx, pdg, pdb, g.N, g.C, g.H, g.W, pyo, pdr, halo_x,
-                                   halo_y, halo_dx, pbe);
+                                   halo_y, halo_dx, pbe, psu);
   }, py::arg("xb"), py::arg("dyb"), py::arg("gamma"), py::arg("mean"), py::arg("invstd"), py::arg("dxb"),
      py::arg("dgamma"), py::arg("dbeta"), py::arg("y") = py::none(), py::arg("dres") = py::none(), py::kw_only(),
-     py::arg("halo_x") = 0, py::arg("halo_y") = 0, py::arg("halo_dx") = 0, py::arg("beta") = py::none());
+     py::arg("halo_x") = 0, py::arg("halo_y") = 0, py::arg("halo_dx") = 0, py::arg("beta") = py::none(),
+     py::arg("sums") = py::none());
 
   m.def("blocked_repad", [](py::array xb, int64_t channels, int64_t halo_in, py::array yb, int64_t halo_out) {
     const char* op = "blocked_repad";

@@ -186,11 +186,14 @@ void batchnorm_blocked_fwd_eval(const float* x, const float* gamma, const float*
 
 // Two passes: per-plane sums of g (dy after the ReLU mask) and g * (x - mu), then dx. With dres
 // (the residual's gradient, which is g) the first pass writes g there and the second reads it back
-// instead of dy and the mask's source.
+// instead of dy and the mask's source. With sums ((2, C): those two sums, from the epilogue of the
+// data gradient that wrote dy, BnGradSums) only the dx pass runs.
 void batchnorm_blocked_bwd(const float* x, const float* dy, const float* gamma, const float* mean,
                            const float* invstd, float* dx, float* dgamma, float* dbeta, int64_t N,
                            int64_t C, int64_t H, int64_t W, const float* y, float* dres, int64_t hx,
-                           int64_t hy, int64_t hdx, const float* beta) {
+                           int64_t hy, int64_t hdx, const float* beta, const double* sums) {
+  FT_CHECK(!(sums && dres), "batchnorm_blocked_bwd(sums): expected dres=None with sums (dres is written by the "
+                            "sums pass), got both");
   const blocked::Isa& k = blocked::isa();
   const int64_t Cb = blocked::blocks(C), T = N * Cb;
   const Arr ax{Cb, H, W, hx}, ay{Cb, H, W, hy}, adx{Cb, H, W, hdx}, a0{Cb, H, W, 0};
@@ -207,13 +210,15 @@ void batchnorm_blocked_bwd(const float* x, const float* dy, const float* gamma, 
   auto lanes = [](const std::vector<float>& v, int64_t t, int64_t Cb) {
     return v.empty() ? nullptr : v.data() + (t % Cb) * kLanes;
   };
-  blocked::Partials part(T, 2);
+  blocked::Partials part(sums ? 0 : T, 2);
 #pragma omp parallel num_threads(blocked::threads_for(T * H * W * kLanes))
   {
+    if (!sums) {  // (a uniform condition: every thread of the team skips the loop or runs it)
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < T; ++t)
       k.bn_bwd_sums(ax.in(x, t), a0.in(dy, t), ay.in(y, t), lanes(ma, t, Cb), lanes(mb, t, Cb), a0.out(dres, t),
                     H, W, mu.data() + (t % Cb) * kLanes, part.at(t, 0), part.at(t, 1));
+    }
     // Every thread forms every channel's constants itself (a few hundred channels over N partials,
     // the same arithmetic, so the same bits): no barrier between them and the dx pass, where one
     // thread would compute them while the other waited. dgamma and dbeta: the master's.
@@ -221,8 +226,16 @@ void batchnorm_blocked_bwd(const float* x, const float* dy, const float* gamma, 
     std::vector<float> kk(Cb * kLanes, 0.f), m1(Cb * kLanes, 0.f), m2(Cb * kLanes, 0.f);
     for (int64_t cb = 0; cb < Cb; ++cb) {
       double s[kLanes], s2[kLanes];
-      part.total(N, Cb, cb, 0, s);
-      part.total(N, Cb, cb, 1, s2);
+      if (sums) {
+        for (int l = 0; l < kLanes; ++l) {
+          const int64_t c = std::min(C - 1, cb * kLanes + l);
+          s[l] = sums[c];
+          s2[l] = sums[C + c];
+        }
+      } else {
+        part.total(N, Cb, cb, 0, s);
+        part.total(N, Cb, cb, 1, s2);
+      }
       for (int64_t c = cb * kLanes; c < std::min(C, (cb + 1) * kLanes); ++c) {
         const double sdy = s[c % kLanes], sdyxhat = s2[c % kLanes] * invstd[c];
         if (master) {

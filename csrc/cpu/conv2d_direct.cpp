@@ -182,8 +182,9 @@ struct TileSet {
 // order (neighbouring tiles read the same input rows); phases without taps (zeros, e.g. three of
 // the four of a 1x1 stride-2 layer) are spread over the rows, so no share holds only them.
 template <class Fill>
-void run_tiles(const Isa& isa, const std::vector<TileSet>& sets, int64_t N, Fill fill, bool stem = false) {
-  ConvTileFn (*pick)(int, int, int) = stem ? isa.conv_stem : isa.conv;
+void run_tiles(const Isa& isa, const std::vector<TileSet>& sets, int64_t N, Fill fill, bool stem = false,
+               bool bn = false) {
+  ConvTileFn (*pick)(int, int, int) = stem ? isa.conv_stem : bn ? isa.conv_bn : isa.conv;
   struct Item {
     int32_t k;
     int64_t i, kb0, q0;
@@ -356,8 +357,10 @@ std::pair<Pads, Pads> dy_frame(const Geom& g, int64_t hdy) {
 
 // dyp: [N][Kb][pt+P+pb][pl+Q+pr][16] with the pads of dy_frame; dxb: [N][Cb][H][W][16];
 // wd: transposed weight blocks.
+// bn (or null): the consuming batchnorm's sums (BnGradSums), from the tiles' epilogues; bnc: its
+// per-block constants [Cb][mean 16][a 16][b 16].
 void bwd_data_blocked(const Isa& isa, const Geom& g, const float* dyp, Pads ph_, Pads pw_,
-                      const float* wd, float* dxb, bool accumulate) {
+                      const float* wd, float* dxb, bool accumulate, const BnGradSums* bn, const float* bnc) {
   const int64_t Pp = ph_.top + g.P + ph_.bottom, Qp = pw_.top + g.Q + pw_.bottom;
   ConvTile base{};
   base.in_cb = Pp * Qp * kBlock;
@@ -392,8 +395,9 @@ void bwd_data_blocked(const Isa& isa, const Geom& g, const float* dyp, Pads ph_,
       pb.tap_in = ti.data();
       pb.tap_w = tw.data();
       pb.ntaps = static_cast<int>(ti.size());
-      // accumulating, a phase no tap reaches adds nothing (its set keeps no tiles)
-      sets.push_back({tiling(isa, g.Cb, cols, 1), pb, accumulate && ti.empty() ? 0 : rows, cols, g.Cb, 1});
+      // accumulating, a phase no tap reaches adds nothing (its set keeps no tiles), unless its
+      // pixels' final values feed the batchnorm sums
+      sets.push_back({tiling(isa, g.Cb, cols, 1), pb, accumulate && ti.empty() && !bn ? 0 : rows, cols, g.Cb, 1});
     }
   const int64_t rows = (g.H + g.sh - 1) / g.sh;  // row indices (phase 0 has the most)
   // with the first tile of row index i: the dy rows row index i + 1 reads and i did not, and its
@@ -408,7 +412,20 @@ void bwd_data_blocked(const Isa& isa, const Geom& g, const float* dyp, Pads ph_,
                            Qp * kBlock, Qp);
     prefetch_rows<true>(dxb + (n * g.Cb * g.H + g.sh * i) * g.W * kBlock, g.Cb, g.H * g.W * kBlock,
                         std::min(g.sh, g.H - g.sh * i), g.W * kBlock, g.W);
+    if (bn) {  // the batchnorm input's rows the sums epilogue reads (the hardware's prefetch came late)
+      const int64_t Hx = g.H + 2 * bn->hx, Wx = g.W + 2 * bn->hx;
+      prefetch_rows<false>(bn->x + ((n * g.Cb * Hx) + g.sh * i + bn->hx) * Wx * kBlock + bn->hx * kBlock, g.Cb,
+                           Hx * Wx * kBlock, std::min(g.sh, g.H - g.sh * i), Wx * kBlock, g.W);
+    }
   };
+  // the batchnorm sums' tile partials: [n][row index][phase][pixel tile][Cb][sum 16, sum 16]
+  // (slots of a phase with fewer rows or tiles than the most stay zero)
+  int64_t maxq = 0;
+  for (const TileSet& ts : sets) maxq = std::max(maxq, ts.t.qtiles);
+  const int64_t nslots = g.N * rows * static_cast<int64_t>(sets.size()) * maxq;
+  float* part = bn ? buffer(kPartial, nslots * g.Cb * 2 * kBlock) : nullptr;
+  if (part && sets.size() > 1) std::fill(part, part + nslots * g.Cb * 2 * kBlock, 0.f);
+  const int64_t Hx = bn ? g.H + 2 * bn->hx : 0, Wx = bn ? g.W + 2 * bn->hx : 0;
   run_tiles(isa, sets, g.N,
             [&](ConvTile& tl, size_t k, int64_t n, int64_t i, int64_t cb0, int64_t j0) {
               if (k == 0 && cb0 == 0 && j0 == 0) ahead(n, i);
@@ -417,7 +434,34 @@ void bwd_data_blocked(const Isa& isa, const Geom& g, const float* dyp, Pads ph_,
               tl.w = wd + cb0 * tl.w_kb;
               tl.out = dxb + ((n * g.Cb + cb0) * g.H + a + g.sh * i) * g.W * kBlock +
                        (b + g.sw * j0) * kBlock;
-            });
+              if (part) {
+                const int64_t slot = ((n * rows + i) * static_cast<int64_t>(sets.size()) + static_cast<int64_t>(k)) *
+                                         maxq + j0 / sets[k].t.qt;
+                tl.bn_sums = part + (slot * g.Cb + cb0) * 2 * kBlock;
+                tl.bn_x = bn->x + ((n * g.Cb + cb0) * Hx + a + g.sh * i + bn->hx) * Wx * kBlock +
+                          (b + g.sw * j0 + bn->hx) * kBlock;
+                tl.bn_x_kb = Hx * Wx * kBlock;
+                tl.bn_c = bnc + cb0 * 3 * kBlock;
+                tl.bn_relu = bn->beta != nullptr;
+              }
+            }, false, bn != nullptr);
+  if (part) reduce_stats(part, nslots, g.Cb, g.C, bn->sums);
+}
+
+// The per-block constants of the batchnorm sums' epilogue, [Cb][mean 16][a 16][b 16] (pad lanes 0):
+// a and b as blocked.cpp's affine_of forms them from the float mean and invstd, so the ReLU mask is
+// the batchnorm's own bit for bit.
+void bn_constants(const BnGradSums& bn, int64_t C, float* out) {
+  std::fill(out, out + blocks(C) * 3 * kBlock, 0.f);
+  for (int64_t c = 0; c < C; ++c) {
+    float* o = out + (c / kBlock) * 3 * kBlock + c % kBlock;
+    o[0] = bn.mean[c];
+    if (bn.beta) {
+      const double ac = static_cast<double>(bn.gamma[c]) * bn.invstd[c];
+      o[kBlock] = static_cast<float>(ac);
+      o[2 * kBlock] = static_cast<float>(bn.beta[c] - static_cast<double>(bn.mean[c]) * ac);
+    }
+  }
 }
 
 // The threads of a weight gradient: out (psz floats: the dw blocks, then the bias gradient's
@@ -674,18 +718,34 @@ void conv2d_blocked_fwd(const float* xp, const float* w, const float* b, float* 
 
 void conv2d_blocked_bwd_data(const float* dyp, const float* w, float* dxb, int64_t N, int64_t C,
                              int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
-                             int64_t sw, int64_t ph, int64_t pw, int64_t hdy, bool accumulate) {
+                             int64_t sw, int64_t ph, int64_t pw, int64_t hdy, bool accumulate,
+                             const BnGradSums* bn) {
   using namespace direct;
+  std::vector<float> bnc;
+  if (bn) {
+    bnc.resize(blocks(C) * 3 * kBlock);
+    bn_constants(*bn, C, bnc.data());
+  }
   // a 3x3 stride-1 padding-1 data gradient reads dy with one pixel of zeros all round (its
   // conv2d_blocked_dy_pads), so hdy = -1 is a halo of 1
-  if (const int m = winograd_blocked_tile("conv2d_blocked_bwd_data", N, C, H, W, K, R, S, sh, sw, ph, pw))
-    return wino_blocked::run({dyp, hdy < 0 ? 1 : hdy, N, K, H, W, C, w, true, nullptr, dxb, false, accumulate, nullptr, m});
-  flat_pointwise(H, W, R, S, sh, sw, ph, pw, std::max<int64_t>(hdy, 0));
+  if (const int m = winograd_blocked_tile("conv2d_blocked_bwd_data", N, C, H, W, K, R, S, sh, sw, ph, pw)) {
+    wino_blocked::Args a{dyp, hdy < 0 ? 1 : hdy, N, K, H, W, C, w, true, nullptr, dxb, false, accumulate,
+                         bn ? bn->sums : nullptr, m};
+    if (bn) {
+      a.bn_x = bn->x;
+      a.bn_hx = bn->hx;
+      a.bn_c = bnc.data();
+      a.bn_relu = bn->beta != nullptr;
+    }
+    return wino_blocked::run(a);
+  }
+  // (the batchnorm input's halo counts: flattening the rows needs every array's rows back to back)
+  flat_pointwise(H, W, R, S, sh, sw, ph, pw, std::max<int64_t>({hdy, 0, bn ? bn->hx : 0}));
   const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
   const auto [pv, pq] = dy_frame(g, hdy);
   float* wd = buffer(kW, g.Kb * g.Cb * R * S * kWBlock);
   weights_blocked(w, wd, K, C, R, S, true);
-  bwd_data_blocked(*current_isa(), g, dyp, pv, pq, wd, dxb, accumulate);
+  bwd_data_blocked(*current_isa(), g, dyp, pv, pq, wd, dxb, accumulate, bn, bnc.data());
 }
 
 void conv2d_blocked_bwd_weight(const float* xp, const float* dyp, float* dw, float* db, int64_t N,

@@ -35,6 +35,17 @@ struct ConvTile {
   // Per output block j: stats[j*32 + l] = sum over the tile's QT pixels of output lane l, and
   // stats[j*32 + 16 + l] its sum of squares (float32, QT <= 16 terms); nullptr: none.
   float* stats;
+  // The data gradient feeding a training batchnorm (the batchnorm's backward then skips its sums
+  // pass): per output block j, bn_sums[j*32 + l] = sum over the tile's QT pixels of m * g of lane l,
+  // and bn_sums[j*32 + 16 + l] = sum of m * g * (x - mean), where g is the value stored, x the
+  // batchnorm's input at the same pixel (bn_x + t*out_px + j*bn_x_kb) and m = (x * ma + mb > 0)
+  // (the fused ReLU's mask, as the batchnorm forms it) when bn_relu, else 1. bn_c: per block j,
+  // [mean 16][ma 16][mb 16] at bn_c + j*48. Float32, QT <= 16 terms; nullptr bn_sums: none.
+  float* bn_sums;
+  const float* bn_x;
+  int64_t bn_x_kb;
+  const float* bn_c;
+  bool bn_relu;
 };
 
 // One kernel tap's weight gradient for one (output block, input block) pair, accumulated over a
@@ -82,6 +93,7 @@ struct Isa {
   int wgrad_kv;   // output blocks one wgrad call may take
   PackRowFn pack;
   UnpackRowFn unpack;
+  ConvTileFn (*conv_bn)(int kv, int qt, int sw);  // conv's tiles with the batchnorm sums epilogue
 };
 
 // Each is null where the compiler could not build that instruction set (non-x86 hosts).

@@ -33,13 +33,18 @@ struct V256x2 {
   static T madd(T acc, T a, T b) {
     return {_mm256_fmadd_ps(a.lo, b.lo, acc.lo), _mm256_fmadd_ps(a.hi, b.hi, acc.hi)};
   }
+  static T sub(T a, T b) { return {_mm256_sub_ps(a.lo, b.lo), _mm256_sub_ps(a.hi, b.hi)}; }
+  static T positive(T c, T d) {
+    const __m256 z = _mm256_setzero_ps();
+    return {_mm256_and_ps(_mm256_cmp_ps(c.lo, z, _CMP_GT_OQ), d.lo), _mm256_and_ps(_mm256_cmp_ps(c.hi, z, _CMP_GT_OQ), d.hi)};
+  }
 };
 
 // 16 ymm: 6 pixels x 2 halves = 12 accumulators, 2 for the weights, 1 broadcast.
 const Isa kIsa{"avx2", 1, {0, 6, 0}, &pick_conv<V256x2, 6, 0, kBlock>,
                &pick_conv<V256x2, 6, 0, 1>, &wgrad_tile<V256x2>, &wgrad_stem<V256x2>, V256x2::kStemTaps,
                V256x2::kWgradKV,
-               &pack_row<V256x2>, &unpack_row<V256x2>};
+               &pack_row<V256x2>, &unpack_row<V256x2>, &pick_conv<V256x2, 6, 0, kBlock, true>};
 
 }  // namespace
 

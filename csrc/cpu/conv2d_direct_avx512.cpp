@@ -27,6 +27,8 @@ struct V512 {
   static T relu(T v) { return _mm512_max_ps(v, _mm512_setzero_ps()); }
   static T add(T a, T b) { return _mm512_add_ps(a, b); }
   static T madd(T acc, T a, T b) { return _mm512_fmadd_ps(a, b, acc); }
+  static T sub(T a, T b) { return _mm512_sub_ps(a, b); }
+  static T positive(T c, T d) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(c, _mm512_setzero_ps(), _CMP_GT_OQ), d); }
 };
 
 // r[i] := column i of the 16 x 16 matrix whose rows were r[0..15]: unpack pairs of rows (32-bit),
@@ -82,7 +84,7 @@ void unpack_row512(const float* in, int nc, int64_t W, float* out, int64_t plane
 const Isa kIsa{"avx512", 2, {0, 16, 12}, &pick_conv<V512, 16, 12, kBlock>,
                &pick_conv<V512, 16, 12, 1>, &wgrad_tile<V512>, &wgrad_stem<V512>, V512::kStemTaps,
                V512::kWgradKV,
-               &pack_row512, &unpack_row512};
+               &pack_row512, &unpack_row512, &pick_conv<V512, 16, 12, kBlock, true>};
 
 }  // namespace
 

@@ -43,12 +43,22 @@ struct VScalar {
     for (int i = 0; i < kBlock; ++i) r.v[i] = acc.v[i] + a.v[i] * b.v[i];
     return r;
   }
+  static T sub(const T& a, const T& b) {
+    T r;
+    for (int i = 0; i < kBlock; ++i) r.v[i] = a.v[i] - b.v[i];
+    return r;
+  }
+  static T positive(const T& c, const T& d) {
+    T r;
+    for (int i = 0; i < kBlock; ++i) r.v[i] = c.v[i] > 0.f ? d.v[i] : 0.f;
+    return r;
+  }
 };
 
 const Isa kIsa{"portable", 1, {0, 4, 0}, &pick_conv<VScalar, 4, 0, kBlock>,
                &pick_conv<VScalar, 4, 0, 1>, &wgrad_tile<VScalar>, &wgrad_stem<VScalar>, VScalar::kStemTaps,
                VScalar::kWgradKV,
-               &pack_row<VScalar>, &unpack_row<VScalar>};
+               &pack_row<VScalar>, &unpack_row<VScalar>, &pick_conv<VScalar, 4, 0, kBlock, true>};
 
 }  // namespace
 

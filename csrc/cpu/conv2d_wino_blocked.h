@@ -22,8 +22,16 @@ struct Args {
   float* out;          // [N][ceil(Cout/16)][H][W][16], no halo
   bool relu;
   bool accumulate;     // out += the convolution
-  double* stats;       // (2, Cout) sum and sum of squares of out (after the ReLU), or nullptr
+  double* stats;       // (2, Cout) sum and sum of squares of out (after the ReLU), or nullptr;
+                       // with bn_x, the batchnorm sums below instead
   int tile = 2;        // output tile side: 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3))
+  // The data gradient feeding a training batchnorm (BnGradSums in fasttrain/cpu.h): stats gets
+  // [sum m * g, sum m * g * (x - mean)] with x the batchnorm's input (blocked like out, zero halo
+  // bn_hx) and m = (x * a + b > 0) when bn_relu; bn_c: per output block [mean 16][a 16][b 16].
+  const float* bn_x = nullptr;
+  int64_t bn_hx = 0;
+  const float* bn_c = nullptr;
+  bool bn_relu = false;
 };
 
 // The weight gradient of the forward above (transpose false), by F(2x2, 3x3):

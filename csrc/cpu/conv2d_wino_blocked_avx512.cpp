@@ -309,19 +309,39 @@ inline void output_transform(const float* mp, int64_t mplane, V b, V (&y)[M][M])
 // when accumulating, ReLU) stored at o (the tile's top left in the blocked output, W pixels a
 // row), and their float32 sum and sum of squares added in double into the chunk's statistics cs
 // (nullptr: none).
+// With a.bn_x, xb (the batchnorm input's pixel at the tile's top left, a.W + 2 a.bn_hx pixels a row)
+// and bc (the block's [mean][a][b]): the batchnorm sums of BnGradSums instead of the statistics.
 template <int M>
-inline void store_tile(const Args& a, const V (&y)[M][M], int rows, int cols, float* o, double* cs) {
+inline void store_tile(const Args& a, const V (&y)[M][M], int rows, int cols, float* o, double* cs,
+                       const float* xb = nullptr, const float* bc = nullptr) {
   V sum = _mm512_setzero_ps(), sq = _mm512_setzero_ps();
-  for (int i = 0; i < rows; ++i)
-    for (int j = 0; j < cols; ++j) {
-      float* p = o + (i * a.W + j) * kB;
-      V r = y[i][j];
-      if (a.accumulate) r = _mm512_add_ps(r, _mm512_loadu_ps(p));
-      if (a.relu) r = _mm512_max_ps(r, _mm512_setzero_ps());
-      sum = _mm512_add_ps(sum, r);
-      sq = _mm512_fmadd_ps(r, r, sq);
-      _mm512_storeu_ps(p, r);
-    }
+  if (xb) {
+    const int64_t wx = a.W + 2 * a.bn_hx;
+    const V mu = _mm512_loadu_ps(bc), ma = _mm512_loadu_ps(bc + kB), mb = _mm512_loadu_ps(bc + 2 * kB);
+    for (int i = 0; i < rows; ++i)
+      for (int j = 0; j < cols; ++j) {
+        float* p = o + (i * a.W + j) * kB;
+        V r = y[i][j];
+        if (a.accumulate) r = _mm512_add_ps(r, _mm512_loadu_ps(p));
+        _mm512_storeu_ps(p, r);
+        const V x = _mm512_loadu_ps(xb + (i * wx + j) * kB);
+        if (a.bn_relu)
+          r = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_fmadd_ps(x, ma, mb), _mm512_setzero_ps(), _CMP_GT_OQ), r);
+        sum = _mm512_add_ps(sum, r);
+        sq = _mm512_fmadd_ps(r, _mm512_sub_ps(x, mu), sq);
+      }
+  } else {
+    for (int i = 0; i < rows; ++i)
+      for (int j = 0; j < cols; ++j) {
+        float* p = o + (i * a.W + j) * kB;
+        V r = y[i][j];
+        if (a.accumulate) r = _mm512_add_ps(r, _mm512_loadu_ps(p));
+        if (a.relu) r = _mm512_max_ps(r, _mm512_setzero_ps());
+        sum = _mm512_add_ps(sum, r);
+        sq = _mm512_fmadd_ps(r, r, sq);
+        _mm512_storeu_ps(p, r);
+      }
+  }
   if (cs) {  // the tile's float32 sums of <= M * M pixels, added in double
     const auto add = [](double* at, V v) {
       _mm512_storeu_pd(at, _mm512_add_pd(_mm512_loadu_pd(at), _mm512_cvtps_pd(_mm512_castps512_ps256(v))));
@@ -379,14 +399,31 @@ void run_tiles(const Args& a) {
     // 3. output transform and epilogue
     double* cs = part ? part + ch * Kbo * 2 * kB : nullptr;
     if (cs) std::fill(cs, cs + Kbo * 2 * kB, 0.0);
+    // the batchnorm input's pixels of the tile after `tl` (M rows of M, every output block), asked
+    // for while `tl`'s transforms run: read as they come, they stalled the epilogue on each line
+    const auto ahead = [&](int64_t tl) {
+      if (!a.bn_x || tl + 1 >= nT) return;
+      const auto [n, h, w] = x.at(t0 + tl + 1);
+      const int64_t Hx = a.H + 2 * a.bn_hx, Wx = a.W + 2 * a.bn_hx;
+      const int rows = static_cast<int>(std::min<int64_t>(M, a.H - h)), cols = static_cast<int>(std::min<int64_t>(M, a.W - w));
+      for (int64_t kb = 0; kb < Kbo; ++kb)
+        for (int i = 0; i < rows; ++i) {
+          const float* p = a.bn_x + ((n * Kbo + kb) * Hx + h + a.bn_hx + i) * Wx * kB + (w + a.bn_hx) * kB;
+          for (int j = 0; j < cols; ++j) _mm_prefetch(reinterpret_cast<const char*>(p + j * kB), _MM_HINT_T0);
+        }
+    };
     for (int64_t tl = 0; tl < nT; ++tl) {
+      ahead(tl);
       const auto [n, h, w] = x.at(t0 + tl);
       const int rows = static_cast<int>(std::min<int64_t>(M, a.H - h)), cols = static_cast<int>(std::min<int64_t>(M, a.W - w));
       for (int64_t kb = 0; kb < Kbo; ++kb) {
         V y[M][M];
         output_transform<M>(Mb + tl * Kp + kb * kB, mplane, _mm512_loadu_ps(bias + kb * kB), y);
+        const float* xb = a.bn_x ? a.bn_x + ((n * Kbo + kb) * (a.H + 2 * a.bn_hx) + h + a.bn_hx) *
+                                           (a.W + 2 * a.bn_hx) * kB + (w + a.bn_hx) * kB
+                                 : nullptr;
         store_tile<M>(a, y, rows, cols, a.out + ((n * Kbo + kb) * a.H + h) * a.W * kB + w * kB,
-                      cs ? cs + kb * 2 * kB : nullptr);
+                      cs ? cs + kb * 2 * kB : nullptr, xb, a.bn_c ? a.bn_c + kb * 3 * kB : nullptr);
       }
     }
   }

@@ -104,6 +104,23 @@ def batchnorm_blocked_bwd_ref(xb, dyb, gamma, mean, invstd, dxb, dgamma, dbeta, 
         _store(dres, r, 0)
 
 
+def batchnorm_blocked_bwd_sums_ref(gb, xb, gamma, mean, invstd, beta=None, *, halo_x=0):
+    """The two per-channel sums of a training batchnorm's backward, (2, C) float64:
+    [sum m*g, sum m*g*(x - mean)] over the batch's pixels, with g the gradient of the batchnorm's
+    output (blocked, no halo), x its input (zero halo halo_x) and m the fused ReLU's mask from x
+    (x*a + b > 0 with the forward's a and b, batchnorm_affine_ref) when beta is given, else 1. What
+    conv2d_blocked_bwd_data(bn_sums=...) forms in its epilogue from the dx it writes, and what
+    batchnorm_blocked_bwd(sums=...) then takes instead of its own first pass."""
+    c = gamma.shape[0]
+    g = from_blocked(gb, c).astype(np.float64)
+    x = from_blocked(xb, c, halo_x).astype(np.float64)
+    if beta is not None:
+        a, b = batchnorm_affine_ref(gamma, beta, mean, invstd)
+        g = g * (x * a.astype(np.float64)[:, None, None] + b.astype(np.float64)[:, None, None] > 0)
+    centred = x - mean.astype(np.float64)[:, None, None]
+    return np.stack([g.sum(axis=(0, 2, 3)), (g * centred).sum(axis=(0, 2, 3))])
+
+
 def blocked_repad_ref(xb, channels, halo_in, yb, halo_out):
     _store(yb, from_blocked(xb, channels, halo_in), halo_out)
 

@@ -26,6 +26,7 @@ import numpy as np
 from .. import init as initializers
 from .. import settings
 from ..backend import kernel
+from . import norm
 from . import padding as padmod
 from ._util import array_module, check_grad, check_input, check_params, pair, params_match
 from .layout import Blocked, cpp, empty, padded, to_nchw, with_halo
@@ -236,7 +237,8 @@ class Conv2d(Module):
                 xb, hx = padded(x, ph, ph, pw, pw), -1
             C.conv2d_blocked_fwd(xb, self.weight.data, self._b(xb), y.data, sh, sw, ph, pw, self.relu, stats,
                                  halo_x=hx)
-            saved, kind = (xb, hx), "direct"
+            # x's producer, a training batchnorm, may want its backward sums from the data gradient
+            saved, kind = (xb, hx, x.bn_request), "direct"
         y.stats = stats
         self.cache = (x.shape, y if self.relu else None, saved, kind)
         return y
@@ -257,10 +259,28 @@ class Conv2d(Module):
         reads). Where this layer cannot, backward(dy) (the caller adds)."""
         if (self.cache is None or self.cache[3] != "direct" or not self.needs_input_grad or not isinstance(dy, Blocked)
                 or not isinstance(dx, Blocked) or dx.halo or dx.shape != self.cache[0]):
-            return self.backward(dy)
-        return self._backward_blocked(dy, into=dx)
+            complete, self.dx_complete = self.dx_complete, False   # the caller adds this dx to its own
+            try:
+                return self.backward(dy)
+            finally:
+                self.dx_complete = complete
+        return self._backward_blocked(dy, into=dx, complete=self.dx_complete)
 
-    def _backward_blocked(self, dy, into=None):
+    def _bn_sums_args(self, saved, complete):
+        """The keyword arguments by which conv2d_blocked_bwd_data forms the backward sums of the
+        training batchnorm whose output this layer read (norm.GradSums), and the sums' array; ({},
+        None) where there is none, or where dx is not the whole gradient of that output
+        (`complete`: else something adds to it after the epilogue saw it)."""
+        request = saved[2]
+        if request is None or not complete or not norm.FUSE_BWD_SUMS:
+            return {}, None
+        sums = np.empty((2, request.x.channels), np.float64)
+        return {"bn_sums": sums, "bn_x": request.x.data, "halo_bn_x": request.x.halo, "bn_mean": request.mean,
+                "bn_invstd": request.invstd, "bn_gamma": request.gamma, "bn_beta": request.beta}, sums
+
+    def _backward_blocked(self, dy, into=None, complete=None):
+        if complete is None:
+            complete = self.dx_complete
         x_shape, y, saved, kind = self.cache
         n, c, h, w = x_shape
         shape = self._out_shape(n, h, w)
@@ -295,8 +315,11 @@ class Conv2d(Module):
                                         halo_dy=dy.halo)
         if dx is None:   # the network's first layer: no one reads dx
             return None
+        kw, sums = self._bn_sums_args(saved, complete) if kind == "direct" else ({}, None)
         C.conv2d_blocked_bwd_data(dy.data, self.weight.data, dx.data, *g, halo_dy=dy.halo,
-                                  accumulate=into is not None)
+                                  accumulate=into is not None, **kw)
+        if sums is not None:
+            dx.bn_sums = (saved[2], sums)
         return to_nchw(dx) if kind == "stem" and not saved[1] else dx
 
     def forward(self, x):

@@ -53,13 +53,18 @@ def cpp():
 class Blocked:
     """An activation in the channel-blocked layout (module docstring); `shape` is the logical NCHW shape."""
 
-    __slots__ = ("data", "channels", "halo", "stats", "shape", "dtype")
+    __slots__ = ("data", "channels", "halo", "stats", "bn_request", "bn_sums", "shape", "dtype")
 
     def __init__(self, data, channels: int, halo: int = 0, stats=None):
         self.data, self.channels, self.halo = data, int(channels), int(halo)
         # optional (2, C) float64 [sum, sum of squares] of the interior, from its producer's epilogue
         # (a convolution feeding a training batchnorm): the batchnorm then skips its statistics pass
         self.stats = stats
+        # Backward likewise (fasttrain/nn/norm.py, GradSums): on a training batchnorm's output, what
+        # the data gradient of a convolution reading it needs to form the batchnorm's backward sums;
+        # on that gradient, (request, (2, C) sums) when the convolution's epilogue wrote its final value
+        self.bn_request = None
+        self.bn_sums = None
         # formed once: the layers and containers ask for it many times per step
         n, _, hp, wp, _ = data.shape
         self.shape = (n, self.channels, hp - 2 * self.halo, wp - 2 * self.halo)
@@ -153,6 +158,7 @@ def add(a, b, inplace: bool = False):
     # gradients are megabytes per block, the largest non-kernel cost of its step
     out = a if inplace else a.like(np.empty_like(a.data))
     cpp().stream_add(a.data, b.data, out.data)
+    out.bn_sums = None   # sums of a's old values (never attached where an add follows: a guard)
     return out
 
 
@@ -217,21 +223,35 @@ def _undo(step, dy):
     return to_blocked(dy, halo) if kind == _TO_NCHW else to_nchw(dy)
 
 
-def backward_chain(layers, dy, trace, after=None, into=None):
+def backward_chain(layers, dy, trace, after=None, into=None, complete=False):
     """Backward through the layers run by forward_chain (its trace); `after(i)` runs once layer i's
     backward is done (bucketed all-reduce starts there). into: the first layer's backward_into(dy,
     into) instead of backward (it may add its dx into `into`), when it has one and no conversion
-    follows it."""
+    follows it.
+
+    complete: the caller's promise that the chain's dx (with into: what backward_into leaves in
+    `into`) is the whole gradient of the chain's input, nothing added to it later. Each layer is
+    told the same of its own dx (`dx_complete`, for the duration of its backward): layer i > 0's
+    input is layer i - 1's output and nothing else reads it, so always; layer 0's when the caller
+    promised it. A convolution then forms a preceding batchnorm's backward sums in its epilogue
+    (norm.GradSums): sums of a gradient that something still adds to would be wrong."""
     if trace is None:
         raise RuntimeError("backward called before forward")
     dy = _undo(trace[-1], dy)
     for i in reversed(range(len(layers))):
+        layer = layers[i]
         # the halo the previous layer's backward reads its dy with, for a dx written blocked
-        layers[i].dx_halo = layers[i - 1].dy_halo if i > 0 and trace[i] is None else 0
-        if i == 0 and into is not None and trace[0] is None and hasattr(layers[0], "backward_into"):
-            dy = layers[0].backward_into(dy, into)
-        else:
-            dy = _undo(trace[i], layers[i].backward(dy))
+        layer.dx_halo = layers[i - 1].dy_halo if i > 0 and trace[i] is None else 0
+        use_into = i == 0 and into is not None and trace[0] is None and hasattr(layer, "backward_into")
+        # layer 0 with into but without backward_into: the caller adds its dx to into afterwards
+        layer.dx_complete = i > 0 or (complete and (into is None or use_into))
+        try:
+            if use_into:
+                dy = layer.backward_into(dy, into)
+            else:
+                dy = _undo(trace[i], layer.backward(dy))
+        finally:
+            layer.dx_complete = False
         if after is not None:
             after(i)
     return dy

@@ -145,8 +145,12 @@ class Module:
     out_stats = False
     #: the halo this layer's backward reads a blocked dy with without a copy (after its forward)
     dy_halo = 0
-    #: set by the container before backward: the halo the previous layer's backward reads (dy_halo)
+    #: set by the container during backward: the halo the previous layer's backward reads (dy_halo)
     dx_halo = 0
+    #: set by the container during backward: whether the dx this layer's backward returns (or
+    #: backward_into leaves in its `into`) is the whole gradient of its input, to which nothing is
+    #: added later (layout.backward_chain); a convolution then forms a preceding batchnorm's sums
+    dx_complete = False
     #: set by the container around a forward of an NCHW input: a layer may then return its output
     #: blocked (a convolution's stem kernel reads NCHW and writes blocked); its backward takes that
     #: layout's dy and still returns an NCHW dx
@@ -218,14 +222,14 @@ class Sequential(Module):
         """dx; `after_child(i)`, when given, runs once child i's backward is done."""
         if self.cache is None:
             raise RuntimeError(f"{self.name}.backward: backward called before forward")
-        return layout.backward_chain(self.children(), dy, self.cache, after_child)
+        return layout.backward_chain(self.children(), dy, self.cache, after_child, complete=self.dx_complete)
 
     def backward_into(self, dy, dx):
         """backward(dy) with the first child adding its input gradient into dx where it can
         (Conv2d.backward_into): dx then, else the gradient (the caller adds)."""
         if self.cache is None:
             raise RuntimeError(f"{self.name}.backward: backward called before forward")
-        return layout.backward_chain(self.children(), dy, self.cache, into=dx)
+        return layout.backward_chain(self.children(), dy, self.cache, into=dx, complete=self.dx_complete)
 
 
 def _tail_types():
@@ -319,8 +323,9 @@ class Residual(Module):
             dz, g = bn.backward_add(dy)
             if self.shortcut is None and layout.data_of(g) is not layout.data_of(dy):
                 # identity shortcut: the body's first layer (a convolution) adds its data gradient
-                # into g, the batchnorm's fresh residual gradient, so no sum pass follows
-                dz = chain(head, dz, body, into=g)
+                # into g, the batchnorm's fresh residual gradient, so no sum pass follows (and what
+                # it leaves there is the whole gradient of x when this block's is)
+                dz = chain(head, dz, body, into=g, complete=self.dx_complete)
                 if layout.data_of(dz) is layout.data_of(g):
                     return dz
             else:
@@ -333,9 +338,13 @@ class Residual(Module):
         if (hasattr(self.shortcut, "backward_into") and short[0] is None and short[-1] is None
                 and fresh is not layout.data_of(dy)):
             # the shortcut (a convolution first) adds its data gradient into the body's fresh one
-            # where it can, else returns its own
+            # where it can, else returns its own; what it leaves in dz is then the last word
             self.shortcut.dx_halo = 0
-            ds = self.shortcut.backward_into(g, dz)
+            self.shortcut.dx_complete = self.dx_complete
+            try:
+                ds = self.shortcut.backward_into(g, dz)
+            finally:
+                self.shortcut.dx_complete = False
             if ds is dz:
                 return dz
         else:

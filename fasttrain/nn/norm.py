@@ -22,6 +22,12 @@ the ReLU ride in the normalize pass, and the backward's dx pass also writes the 
 shortcut (dy masked by y > 0), so the block's add and ReLU (two passes forward, two backward, plus
 their allocations) cost one extra stream inside BN's passes. nn.Residual uses them when its body
 ends with a batchnorm and its `post` is a ReLU (or absent).
+
+With FUSE_BWD_SUMS on the blocked layout in training, the backward's two per-channel sums (of g =
+dy after the fused ReLU's mask, and of g * (x - mean)) come, where they can, from the epilogue of
+the convolution data gradient that writes dy (GradSums), as the forward's batch statistics come
+from the producing convolution's epilogue: the backward then runs its dx pass only. Off by default
+(measured no faster here, see FUSE_BWD_SUMS).
 """
 from __future__ import annotations
 
@@ -35,6 +41,28 @@ from ._util import array_module as _array_module
 from ._util import check_params, params_match
 from .layout import Blocked, cpp, empty, lanes_of, with_halo
 from .module import Module
+
+
+#: whether blocked training batchnorms ask the convolution reading their output for their backward
+#: sums (GradSums). Off: on this machine kind it did not pay (bench/dev/bn_sums_step.py, 1 thread,
+#: CPU time, interleaved, loaded machine: resnet8 b128 1.002-1.025x the unfused step, resnet20
+#: 0.985-1.005x): the epilogue's read of x inside the compute-bound data gradient costs about what
+#: the batchnorm's own pass over x and dy did (docs/KERNELS.md). True turns it on (tests, A/B).
+FUSE_BWD_SUMS = False
+
+
+class GradSums:
+    """A training batchnorm's request, on its output (Blocked.bn_request), for its backward sums
+    from the epilogue of the data gradient of a convolution that reads that output: what the
+    epilogue needs (the batchnorm's input x, mean, invstd, gamma, and beta for the fused ReLU's mask
+    x * a + b > 0, None without one). The convolution attaches (request, sums) to the dx it returns
+    (Blocked.bn_sums) only when its epilogue wrote the output's whole gradient (Module.dx_complete);
+    the batchnorm uses them only when the request is its current forward's (the same x and mean)."""
+
+    __slots__ = ("x", "mean", "invstd", "gamma", "beta")
+
+    def __init__(self, x, mean, invstd, gamma, beta):
+        self.x, self.mean, self.invstd, self.gamma, self.beta = x, mean, invstd, gamma, beta
 
 
 def update_running(rmean, rvar, mean, invstd, eps: float, momentum: float, unbias: float, xp=np):
@@ -217,6 +245,8 @@ class _BatchNorm(Module):
         self.cache = (x, mean, invstd, True)
         self._relu_out = y if relu else None
         self._mask_beta = beta.copy() if relu and residual is None else None
+        if FUSE_BWD_SUMS and residual is None:   # (with a residual the mask needs y: not asked)
+            y.bn_request = GradSums(x, mean, invstd, self.weight.data, self._mask_beta)
         return y
 
     def _check_blocked(self, x):
@@ -271,10 +301,15 @@ class _BatchNorm(Module):
             dx = empty(n, c, h, w, self.dx_halo)
             dres = empty(n, c, h, w) if with_residual else None
             from_x = self._mask_beta is not None
+            # the sums from the epilogue of the convolution data gradient that wrote dy, if it did,
+            # for this forward (else the kernel forms them)
+            got = dy.bn_sums
+            sums = got[1] if got is not None and got[0].x is x and got[0].mean is mean and not with_residual else None
             cpp().batchnorm_blocked_bwd(x.data, dy.data, self.weight.data, mean, invstd, dx.data, self.weight.grad,
                                         self.bias.grad, None if y is None or from_x else y.data,
                                         dres=None if dres is None else dres.data, halo_x=x.halo,
-                                        halo_y=0 if y is None else y.halo, halo_dx=dx.halo, beta=self._mask_beta)
+                                        halo_y=0 if y is None else y.halo, halo_dx=dx.halo, beta=self._mask_beta,
+                                        sums=sums)
             return dx, dres
         # Eval (the affine map above) on the interiors, per-channel vectors spread over the lanes
         # (pad lanes: gamma 0, so their gradient stays 0)

@@ -137,10 +137,25 @@ void conv2d_blocked_fwd(const float* xp, const float* w, const float* b, float* 
                         int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
                         int64_t sw, int64_t ph, int64_t pw, bool relu, double* stats, int64_t hxh,
                         int64_t hxw);
+// The backward sums of a training batchnorm whose output gradient a data gradient writes (its
+// epilogue computes them, so the batchnorm's backward skips its own pass over x and dy):
+//   sums[0][c] = sum m * g,  sums[1][c] = sum m * g * (x - mean[c])   over the batch's pixels,
+// g the data gradient as finally written (after accumulate's add), x the batchnorm's input (blocked
+// like dx, zero halo hx), m = (x * a + b > 0) with the forward's a = gamma * invstd and
+// b = beta - mean * a (the fused ReLU's mask, as batchnorm_blocked_bwd forms it) when beta is given,
+// else 1. Added in double per tile (direct) or per chunk (Winograd) in a fixed order: the same bits
+// for any thread count.
+struct BnGradSums {
+  const float* x;
+  int64_t hx;
+  const float *mean, *invstd, *gamma;
+  const float* beta;  // nullptr: no ReLU mask
+  double* sums;       // (2, C) out
+};
 void conv2d_blocked_bwd_data(const float* dyp, const float* w, float* dxb, int64_t N, int64_t C,
                              int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
                              int64_t sw, int64_t ph, int64_t pw, int64_t hdy = -1,
-                             bool accumulate = false);
+                             bool accumulate = false, const BnGradSums* bn = nullptr);
 void conv2d_blocked_bwd_weight(const float* xp, const float* dyp, float* dw, float* db, int64_t N,
                                int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
                                int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t hxh,
@@ -245,7 +260,8 @@ void batchnorm_blocked_fwd_eval(const float* x, const float* gamma, const float*
 void batchnorm_blocked_bwd(const float* x, const float* dy, const float* gamma, const float* mean,
                            const float* invstd, float* dx, float* dgamma, float* dbeta, int64_t N,
                            int64_t C, int64_t H, int64_t W, const float* y, float* dres, int64_t hx,
-                           int64_t hy, int64_t hdx, const float* beta = nullptr);
+                           int64_t hy, int64_t hdx, const float* beta = nullptr,
+                           const double* sums = nullptr);
 void blocked_repad(const float* x, float* y, int64_t N, int64_t C, int64_t H, int64_t W, int64_t hin,
                    int64_t hout);
 void global_avgpool_blocked_fwd(const float* x, float* y, int64_t N, int64_t C, int64_t H, int64_t W,
