@@ -330,9 +330,20 @@ inline half8* halves(lanes* p) { return reinterpret_cast<half8*>(p); }
 void interleave(const dwn::Isa* isa, const float* src, int64_t plane_stride, int64_t nch, int64_t src_rows,
                 int64_t src_cols, lanes* dst, int64_t rows, int64_t cols, int64_t top, int64_t left) {
   float* f = reinterpret_cast<float*>(dst);
-  if (rows * cols > src_rows * src_cols || !(isa && isa->to_lanes)) std::memset(f, 0, sizeof(lanes) * rows * cols);
-  // the transposes write whole pixel vectors (lanes past nch zero)
-  if (isa && isa->to_lanes) return isa->to_lanes(src, plane_stride, nch, src_rows, src_cols, f, cols, top, left);
+  if (isa && isa->to_lanes) {
+    // the transposes write whole pixel vectors (lanes past nch zero): only the border is zeroed
+    for (int64_t h = 0; h < rows; ++h) {
+      if (h < top || h >= top + src_rows) {
+        std::memset(f + h * cols * kLanes, 0, sizeof(lanes) * cols);
+        continue;
+      }
+      std::memset(f + h * cols * kLanes, 0, sizeof(lanes) * std::max<int64_t>(left, 0));
+      const int64_t r0 = left + src_cols;
+      if (r0 < cols) std::memset(f + (h * cols + r0) * kLanes, 0, sizeof(lanes) * (cols - r0));
+    }
+    return isa->to_lanes(src, plane_stride, nch, src_rows, src_cols, f, cols, top, left);
+  }
+  std::memset(f, 0, sizeof(lanes) * rows * cols);
   for (int64_t j = 0; j < nch; ++j)
     for (int64_t h = 0; h < src_rows; ++h)
       for (int64_t v = 0; v < src_cols; ++v)
@@ -357,6 +368,23 @@ void lane_taps(const float* w, int64_t c0, int64_t nch, int64_t RS, lanes* taps)
   }
 }
 
+// The taps of every block of kLanes channels, [block][tap] (RS + 1 with bias: the bias last), once
+// per call (per group they were 160 scalar stores beside a few hundred shuffles).
+std::vector<lanes> all_lane_taps(const float* w, const float* b, int64_t C, int64_t RS) {
+  const int64_t blocks = (C + kLanes - 1) / kLanes, T = RS + (b ? 1 : 0);
+  std::vector<lanes> taps(blocks * T);
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t c0 = blk * kLanes, nch = std::min(kLanes, C - c0);
+    lane_taps(w, c0, nch, RS, taps.data() + blk * T);
+    if (b) {
+      lanes& bias = taps[blk * T + RS];
+      bias = lanes{};
+      for (int64_t j = 0; j < nch; ++j) bias.v[j] = b[c0 + j];
+    }
+  }
+  return taps;
+}
+
 // Per-thread interleaved buffers (aligned for the vector type).
 lanes* lane_scratch(int64_t n) {
   thread_local std::vector<lanes> buf;
@@ -377,18 +405,17 @@ bool narrow(const Shape& g) {
 void fwd_narrow(const float* x, const float* w, const float* b, float* y, const Shape& g, bool relu) {
   const dwn::Isa* isa = nchw_isa();
   const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, RS = g.R * g.S, PQ = g.P * g.Q;
+  const std::vector<lanes> packed = all_lane_taps(w, b, g.C, RS);
   const int64_t blocks = (g.C + kLanes - 1) / kLanes;
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
   for (int64_t task = 0; task < g.N * blocks; ++task) {
     const int64_t n = task / blocks, c0 = task % blocks * kLanes, nch = std::min(kLanes, g.C - c0);
-    lanes* buf = lane_scratch(Hp * Wp + PQ + RS + 1);
-    lanes *out = buf + Hp * Wp, *taps = out + PQ, &bias = taps[RS];
+    lanes* buf = lane_scratch(Hp * Wp + PQ);
+    lanes* out = buf + Hp * Wp;
+    const lanes *taps = packed.data() + task % blocks * (RS + 1), &bias = taps[RS];
     if (task + 1 < g.N * blocks) prefetch_plane(x + (n * g.C + c0 + kLanes) * g.H * g.W, kLanes * g.H * g.W);
     interleave(isa, x + (n * g.C + c0) * g.H * g.W, g.H * g.W, nch, g.H, g.W, buf, Hp, Wp, g.ph, g.pw);
-    lane_taps(w, c0, nch, RS, taps);
-    bias = lanes{};
-    for (int64_t j = 0; j < nch; ++j) bias.v[j] = b[c0 + j];
-    const half8 *X = halves(buf), *T = halves(taps);
+    const half8 *X = halves(buf), *T = reinterpret_cast<const half8*>(taps);
     half8* O = halves(out);
     if (isa && isa->lanes_corr) {
       isa->lanes_corr(dwn::LanesGeo{Wp, g.P, g.Q, g.R, g.S, g.sh, g.sw, g.dilh, g.dilw},
@@ -398,7 +425,7 @@ void fwd_narrow(const float* x, const float* w, const float* b, float* y, const 
     for (int u = 0; u < kHalves; ++u)
       for (int64_t p = 0; p < g.P; ++p)
         for (int64_t q = 0; q < g.Q; ++q) {
-          half8 acc = halves(&bias)[u];
+          half8 acc = reinterpret_cast<const half8*>(&bias)[u];
           for (int64_t r = 0; r < g.R; ++r)
             for (int64_t s = 0; s < g.S; ++s)
               acc += T[(r * g.S + s) * kHalves + u] *
@@ -413,18 +440,19 @@ void fwd_narrow(const float* x, const float* w, const float* b, float* y, const 
 void bwd_data_narrow(const float* dy, const float* w, float* dx, const Shape& g) {
   const dwn::Isa* isa = nchw_isa();
   const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, RS = g.R * g.S, PQ = g.P * g.Q;
+  const std::vector<lanes> packed = all_lane_taps(w, nullptr, g.C, RS);
   const int64_t blocks = (g.C + kLanes - 1) / kLanes;
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
   for (int64_t task = 0; task < g.N * blocks; ++task) {
     const int64_t n = task / blocks, c0 = task % blocks * kLanes, nch = std::min(kLanes, g.C - c0);
-    lanes* buf = lane_scratch(Hp * Wp + PQ + RS);
-    lanes *d = buf + Hp * Wp, *taps = d + PQ;
+    lanes* buf = lane_scratch(Hp * Wp + PQ);
+    lanes* d = buf + Hp * Wp;
+    const lanes* taps = packed.data() + task % blocks * RS;
     std::memset(static_cast<void*>(buf), 0, sizeof(lanes) * Hp * Wp);
     if (task + 1 < g.N * blocks) prefetch_plane(dy + (n * g.C + c0 + kLanes) * PQ, kLanes * PQ);
     interleave(isa, dy + (n * g.C + c0) * PQ, PQ, nch, g.P, g.Q, d, g.P, g.Q, 0, 0);
-    lane_taps(w, c0, nch, RS, taps);
     half8* B = halves(buf);
-    const half8 *D = halves(d), *T = halves(taps);
+    const half8 *D = halves(d), *T = reinterpret_cast<const half8*>(taps);
     if (isa && isa->lanes_scatter) {
       isa->lanes_scatter(dwn::LanesGeo{Wp, g.P, g.Q, g.R, g.S, g.sh, g.sw, g.dilh, g.dilw},
                          reinterpret_cast<const float*>(d), reinterpret_cast<const float*>(taps),
