@@ -437,8 +437,50 @@ void fwd_narrow(const float* x, const float* w, const float* b, float* y, const 
   }
 }
 
+// Per input coordinate i in [0, n): the taps k of a K-tap filter (stride st, padding pad, dilation d)
+// whose output coordinate o = (i + pad - k*d) / st is whole and in [0, m): [count, (k, o) pairs...]
+// at i * (2K + 1).
+std::vector<int64_t> strided_taps(int64_t n, int64_t K, int64_t st, int64_t pad, int64_t d, int64_t m) {
+  std::vector<int64_t> taps(n * (2 * K + 1));
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t* t = taps.data() + i * (2 * K + 1);
+    t[0] = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t v = i + pad - k * d;
+      if (v < 0 || v % st || v / st >= m) continue;
+      t[1 + 2 * t[0]] = k;
+      t[2 + 2 * t[0]++] = v / st;
+    }
+  }
+  return taps;
+}
+
+// Strided, with the AVX-512 kernels: gathered per dx pixel (1, 2 or 4 taps at stride 2) from the
+// interleaved dy, written once into an unpadded buffer (the scatter below zeroes a padded buffer
+// and reads and writes each dx pixel once per tap: 2x slower at 8x8 stride 2).
+void bwd_data_narrow_gather(const dwn::Isa* isa, const float* dy, const float* w, float* dx, const Shape& g) {
+  const int64_t RS = g.R * g.S, PQ = g.P * g.Q, HW = g.H * g.W;
+  const std::vector<lanes> packed = all_lane_taps(w, nullptr, g.C, RS);
+  const std::vector<int64_t> rt = strided_taps(g.H, g.R, g.sh, g.ph, g.dilh, g.P);
+  const std::vector<int64_t> ct = strided_taps(g.W, g.S, g.sw, g.pw, g.dilw, g.Q);
+  const dwn::LanesGeo lg{g.W, g.P, g.Q, g.R, g.S, g.sh, g.sw, g.dilh, g.dilw};
+  const int64_t blocks = (g.C + kLanes - 1) / kLanes;
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t task = 0; task < g.N * blocks; ++task) {
+    const int64_t n = task / blocks, c0 = task % blocks * kLanes, nch = std::min(kLanes, g.C - c0);
+    lanes* buf = lane_scratch(HW + PQ);
+    lanes* d = buf + HW;
+    if (task + 1 < g.N * blocks) prefetch_plane(dy + (n * g.C + c0 + kLanes) * PQ, kLanes * PQ);
+    interleave(isa, dy + (n * g.C + c0) * PQ, PQ, nch, g.P, g.Q, d, g.P, g.Q, 0, 0);
+    isa->lanes_gather(lg, g.H, g.W, rt.data(), ct.data(), reinterpret_cast<const float*>(d),
+                      reinterpret_cast<const float*>(packed.data() + task % blocks * RS), reinterpret_cast<float*>(buf));
+    deinterleave(isa, buf, g.W, 0, 0, dx + (n * g.C + c0) * HW, HW, nch, g.H, g.W);
+  }
+}
+
 void bwd_data_narrow(const float* dy, const float* w, float* dx, const Shape& g) {
   const dwn::Isa* isa = nchw_isa();
+  if (isa && isa->lanes_gather && (g.sh > 1 || g.sw > 1)) return bwd_data_narrow_gather(isa, dy, w, dx, g);
   const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, RS = g.R * g.S, PQ = g.P * g.Q;
   const std::vector<lanes> packed = all_lane_taps(w, nullptr, g.C, RS);
   const int64_t blocks = (g.C + kLanes - 1) / kLanes;

@@ -78,6 +78,12 @@ using LanesWgradFn = void (*)(const LanesGeo& g, const float* x, const float* dy
 // dx[p*sh + r*dh, q*sw + s*dw] += taps[r*S + s] * dy[p, q] (dx padded as x, zeroed by the caller)
 using LanesScatterFn = void (*)(const LanesGeo& g, const float* dy, const float* taps, float* dx);
 
+// The strided data gradient gathered per dx pixel (H x W pixels, no padding): row_taps[h*(2R + 1)]
+// = n, then n pairs (r, p) of the filter rows and dy rows reaching dx row h; col_taps likewise per
+// column with (s, q). Each dx pixel is written once: no zeroed buffer, no read-modify-write.
+using LanesGatherFn = void (*)(const LanesGeo& g, int64_t H, int64_t W, const int64_t* row_taps,
+                               const int64_t* col_taps, const float* dy, const float* taps, float* dx);
+
 struct Isa {
   const char* name;
   int lanes;
@@ -89,6 +95,7 @@ struct Isa {
   LanesCorrFn lanes_corr = nullptr;  // the narrow maps' arithmetic on 16-lane pixels; null: plain C++
   LanesWgradFn lanes_wgrad = nullptr;
   LanesScatterFn lanes_scatter = nullptr;
+  LanesGatherFn lanes_gather = nullptr;
 };
 
 // Null where the compiler could not build that instruction set (non-x86 hosts).

@@ -169,7 +169,26 @@ __attribute__((noinline)) void lanes_scatter(const LanesGeo& g, const float* dy,
   (g.R == 3 && g.S == 3 ? lanes_scatter_impl<3, 3> : lanes_scatter_impl<0, 0>)(g, dy, taps, dx);
 }
 
+__attribute__((noinline)) void lanes_gather(const LanesGeo& g, int64_t H, int64_t W, const int64_t* row_taps,
+                                            const int64_t* col_taps, const float* dy, const float* taps, float* dx) {
+  for (int64_t h = 0; h < H; ++h) {
+    const int64_t* a = row_taps + h * (2 * g.R + 1);
+    for (int64_t v = 0; v < W; ++v) {
+      const int64_t* b = col_taps + v * (2 * g.S + 1);
+      __m512 acc = _mm512_setzero_ps();
+      for (int64_t i = 0; i < a[0]; ++i) {
+        const float* wr = taps + a[1 + 2 * i] * g.S * 16;
+        const float* dr = dy + a[2 + 2 * i] * g.Q * 16;
+        for (int64_t j = 0; j < b[0]; ++j)
+          acc = _mm512_fmadd_ps(_mm512_loadu_ps(wr + b[1 + 2 * j] * 16), _mm512_loadu_ps(dr + b[2 + 2 * j] * 16), acc);
+      }
+      _mm512_storeu_ps(dx + (h * W + v) * 16, acc);
+    }
+  }
+}
+
 Isa with_transposes(Isa isa) {
+  isa.lanes_gather = lanes_gather;
   isa.to_lanes = to_lanes;
   isa.from_lanes = from_lanes;
   isa.lanes_corr = lanes_corr;
