@@ -437,23 +437,6 @@ void fwd_narrow(const float* x, const float* w, const float* b, float* y, const 
   }
 }
 
-// Per input coordinate i in [0, n): the taps k of a K-tap filter (stride st, padding pad, dilation d)
-// whose output coordinate o = (i + pad - k*d) / st is whole and in [0, m): [count, (k, o) pairs...]
-// at i * (2K + 1).
-std::vector<int64_t> strided_taps(int64_t n, int64_t K, int64_t st, int64_t pad, int64_t d, int64_t m) {
-  std::vector<int64_t> taps(n * (2 * K + 1));
-  for (int64_t i = 0; i < n; ++i) {
-    int64_t* t = taps.data() + i * (2 * K + 1);
-    t[0] = 0;
-    for (int64_t k = 0; k < K; ++k) {
-      const int64_t v = i + pad - k * d;
-      if (v < 0 || v % st || v / st >= m) continue;
-      t[1 + 2 * t[0]] = k;
-      t[2 + 2 * t[0]++] = v / st;
-    }
-  }
-  return taps;
-}
 
 // Strided, with the AVX-512 kernels: gathered per dx pixel (1, 2 or 4 taps at stride 2) from the
 // interleaved dy, written once into an unpadded buffer (the scatter below zeroes a padded buffer
@@ -752,6 +735,21 @@ void bwd_weight(const float* x, const float* dy, float* dw, float* db, const Sha
       db[k] += static_cast<float>(acc_b[a]);
     }
   }
+}
+
+std::vector<int64_t> strided_taps(int64_t n, int64_t K, int64_t st, int64_t pad, int64_t d, int64_t m) {
+  std::vector<int64_t> taps(n * (2 * K + 1));
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t* t = taps.data() + i * (2 * K + 1);
+    t[0] = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t v = i + pad - k * d;
+      if (v < 0 || v % st || v / st >= m) continue;
+      t[1 + 2 * t[0]] = k;
+      t[2 + 2 * t[0]++] = v / st;
+    }
+  }
+  return taps;
 }
 
 }  // namespace depthwise

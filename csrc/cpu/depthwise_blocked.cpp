@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "depthwise.h"
 #include "depthwise_blocked.h"
 #include "fasttrain/cpu.h"
 
@@ -107,23 +108,7 @@ void correlate_planes(const Isa& isa, const Corr& g, int64_t N, int64_t Cb, cons
   }
 }
 
-// Per input coordinate i in [0, n): the taps k of a K-tap filter (stride st, padding pad, dilation d)
-// whose output coordinate o = (i + pad - k*d) / st is whole and in [0, m): [count, (k, o) pairs...] at
-// i * (2K + 1). Built once per call, so the rows and columns look their taps up without dividing.
-std::vector<int64_t> strided_taps(int64_t n, int64_t K, int64_t st, int64_t pad, int64_t d, int64_t m) {
-  std::vector<int64_t> taps(n * (2 * K + 1));
-  for (int64_t i = 0; i < n; ++i) {
-    int64_t* t = taps.data() + i * (2 * K + 1);
-    t[0] = 0;
-    for (int64_t k = 0; k < K; ++k) {
-      const int64_t v = i + pad - k * d;
-      if (v < 0 || v % st || v / st >= m) continue;
-      t[1 + 2 * t[0]] = k;
-      t[2 + 2 * t[0]++] = v / st;
-    }
-  }
-  return taps;
-}
+using depthwise::strided_taps;
 
 Corr forward_corr(int64_t H, int64_t W, int64_t hx, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph,
                   int64_t pw, int64_t dh, int64_t dw) {
