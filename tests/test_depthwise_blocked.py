@@ -78,6 +78,12 @@ CASES = [
     # while the next one is prefetched (and the fused backward's data gradient over a group of planes)
     (24, 33, 5, 5, 3, 1, 1, 1, 1, 0),
     (24, 33, 6, 6, 3, 2, 1, 1, 1, 1),
+    # the weight gradient's task grid (image ranges x channel-block ranges): several blocks per task,
+    # ranges of unequal length, and several float flushes per task (33 x 33 maps: one per image)
+    (2, 80, 9, 9, 3, 1, 1, 1, 1, 0),
+    (3, 65, 6, 6, 3, 2, 1, 1, 1, 1),
+    (9, 17, 4, 4, 3, 1, 0, 1, 0, 1),
+    (17, 3, 33, 33, 3, 1, 1, 1, 1, 0),
 ]
 # the grid: C x H/W x stride x padding at 3x3, halo = padding (the layout that flows)
 GRID = [(1, c, hw, hw, 3, s, p, 1, p, p) for c, hw, s, p in itertools.product((1, 3, 5, 16, 17, 33),

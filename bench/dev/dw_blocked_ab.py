@@ -1,0 +1,93 @@
+"""A/B of the blocked depthwise kernels (csrc/cpu/depthwise_blocked*.cpp) between two builds of
+fasttrain._C in one process: a saved copy of the baseline's extension module (--base PATH) against
+the installed one, interleaved (bench.harness.time_interleaved), on the bench rows' shapes and
+arrays (bench/kernels.py _depthwise_blocked_entry: x with a halo equal to the padding, dy and dx
+without). Also checks that the two builds agree (to float32 tolerance: a new summation order moves
+the weight gradient's last bits).
+python bench/dev/dw_blocked_ab.py --base /tmp/dw_base/_C.so [--threads 1] [--parts bwd_weight,fwd_bwd]"""
+import argparse
+import importlib.machinery
+import importlib.util
+import statistics
+import time
+
+import numpy as np
+
+import fasttrain as ft
+import fasttrain._C as C
+from bench.harness import time_interleaved
+from fasttrain.kernels.blocked import to_blocked
+
+SHAPES = [(64, 64, 32, 32, 1), (128, 32, 32, 32, 2), (128, 64, 16, 16, 1), (128, 128, 8, 8, 1),
+          (128, 256, 8, 8, 2), (128, 256, 4, 4, 1)]
+
+
+def load_base(path):
+    # the module's init function is PyInit__C: the spec's last name component must be "_C"
+    loader = importlib.machinery.ExtensionFileLoader("dwbase._C", path)
+    spec = importlib.util.spec_from_file_location("dwbase._C", path, loader=loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base", required=True)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--parts", default="bwd_weight,fwd_bwd")
+    ap.add_argument("--repeat", type=int, default=9)
+    ap.add_argument("--shapes", default="")
+    ap.add_argument("--isa", default="")
+    a = ap.parse_args()
+    B = load_base(a.base)
+    mods = {"base": B, "new": C}
+    if a.threads:
+        for m in mods.values():
+            m.set_num_threads(a.threads)
+        ft.set_num_threads(a.threads)
+    if a.isa:
+        for m in mods.values():
+            m.set_conv2d_isa(a.isa)
+    clock = time.thread_time if a.threads == 1 else time.perf_counter
+    shapes = [SHAPES[int(i)] for i in a.shapes.split(",")] if a.shapes else SHAPES
+    rng = np.random.default_rng(0)
+    for N, Cc, H, W, s in shapes:
+        P = Q = (H + 2 - 3) // s + 1
+        cb = -(-Cc // 16)
+        x = rng.standard_normal((N, Cc, H, W), dtype=np.float32)
+        w = rng.standard_normal((Cc, 1, 3, 3), dtype=np.float32)
+        b = rng.standard_normal(Cc, dtype=np.float32)
+        dy = rng.standard_normal((N, Cc, P, Q), dtype=np.float32)
+        xb, dyb = to_blocked(x, 1), to_blocked(dy)
+        geo = (s, s, 1, 1)
+        xbytes, ybytes = 4.0 * N * cb * 16 * H * W, 4.0 * N * cb * 16 * P * Q
+        for part in a.parts.split(","):
+            fns, outs = {}, {}
+            for name, m in mods.items():
+                o = dict(yb=np.empty((N, cb, P, Q, 16), np.float32), dxb=np.empty((N, cb, H, W, 16), np.float32),
+                         dw=np.zeros_like(w), db=np.zeros_like(b))
+                outs[name] = o
+
+                def f(m=m, o=o):
+                    o["dw"][...] = 0
+                    o["db"][...] = 0
+                    if part == "bwd_weight":
+                        m.depthwise_blocked_bwd_weight(xb, dyb, o["dw"], o["db"], *geo, halo_x=1)
+                    else:
+                        m.depthwise_blocked_fwd(xb, w, b, o["yb"], *geo, False, halo_x=1)
+                        m.depthwise_blocked_bwd(xb, dyb, w, o["dxb"], o["dw"], o["db"], *geo, halo_x=1)
+                fns[name] = f
+            res = time_interleaved(fns, {k: a.repeat for k in fns}, clock=clock)
+            for k in ("dw", "db") + (("yb", "dxb") if part == "fwd_bwd" else ()):
+                ref, got = outs["base"][k], outs["new"][k]
+                err = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
+                assert err < 1e-5, f"{part} {k}: builds differ by {err:.2e}"
+            nbytes = xbytes + ybytes if part == "bwd_weight" else 3 * xbytes + 2 * ybytes
+            med = {k: statistics.median(v) for k, v in res.items()}
+            row = "  ".join(f"{k} {1e3 * v:7.3f} ms ({nbytes / v / 1e9:5.1f} GB/s)" for k, v in med.items())
+            print(f"{(N, Cc, H, W, s)} {part:10s} {row}  new/base {med['new'] / med['base']:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
