@@ -27,6 +27,10 @@ struct Corr {
   // and per input column v, at v * (2S + 1): the count of taps reaching it, then pairs (s, q) of filter
   // column and dy column (the border columns' taps without a division per tap)
   const int64_t* col_taps = nullptr;
+  // weight gradient of planes larger than kPrefetchPlaneFloats: floats from a dy line to the line it
+  // prefetches (0: the line kAheadRows rows below; the fused backward: the next plane's, which its data
+  // gradient reads next, this plane's dy being in cache already)
+  int64_t dy_ahead = 0;
 };
 
 // Planes up to this many floats (a 16 x 16 map with a halo of 1) are prefetched a plane ahead where a

@@ -387,7 +387,8 @@ void wgrad_cols(const Corr& g, const float* x, int64_t ld, int64_t x_step, const
         if (ahead)
           for (int q = 0; q < QB; ++q) __builtin_prefetch(drow + dy_step + q * kBlock);
         if constexpr (!SMALL) {  // the sh input rows output row p + kAheadRows adds, and its dy row
-          for (int q = 0; q < QB; ++q) __builtin_prefetch(drow + kAheadRows * dy_ld + q * kBlock);
+          const float* dpf = drow + (g.dy_ahead ? g.dy_ahead : kAheadRows * dy_ld);
+          for (int q = 0; q < QB; ++q) __builtin_prefetch(dpf + q * kBlock);
           const float* xr = x + n * x_step + ((p + kAheadRows) * g.sh - g.ph + 2) * ld + (qb * SW - g.pw) * kBlock;
           for (int i = 0; i < g.sh; ++i)
             for (int k = 0; k < NK; ++k) __builtin_prefetch(xr - i * ld + k * kBlock);
