@@ -110,6 +110,18 @@ def _load() -> str:
         return "n/a"
 
 
+def _load_note(*loads: str) -> str:
+    """What the load averages around a run say about its figures: above the core count, other processes
+    shared the cores (the run's own threads count as load too, so up to the core count is a quiet run)."""
+    values = [float(v) for v in loads if v != "n/a"]
+    if not values:
+        return "(not available on this system)"
+    if max(values) > (os.cpu_count() or 1):
+        return ("(above the core count: other processes shared the cores and the memory bus, so every figure of "
+                "this run is noisy, the limits included; ratios are interleaved so both sides see the same load)")
+    return "(at most the core count, which the run's own threads account for)"
+
+
 def _collectives(quick: bool) -> list:
     """Collectives run under mpiexec in their own processes; their JSON lines are read back."""
     import tempfile
@@ -141,6 +153,7 @@ def _write_results(path, records, rs, limits, args, elapsed) -> None:
 
     table = io.StringIO()
     harness.print_table(records, file=table)
+    load_end = _load()
     lines = [
         "# fasttrain bench results", "",
         f"Regenerate with: `.venv/bin/python -m bench {' '.join(args.argv)}` (from the repository root, nothing "
@@ -153,9 +166,8 @@ def _write_results(path, records, rs, limits, args, elapsed) -> None:
         f"accumulators, every thread; `fma_peak_*` rows): "
         + (", ".join(f"{isa} {v / 1e9:.0f} GFLOP/s" for isa, v in limits.peaks.items()) or "not measured"),
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, wall time {elapsed:.0f} s",
-        f"- load average (1 min) at the start and the end of the run: {args.load_start} and {_load()} "
-        f"(above the core count, other processes shared the cores and the memory bus: every figure of such a run "
-        f"is noisy, the limits included; ratios are interleaved so both sides see the same load)", "",
+        f"- load average (1 min) at the start and the end of the run: {args.load_start} and {load_end} "
+        + _load_note(args.load_start, load_end), "",
         "Times are medians of several samples, interleaved between the implementations of a row; a sample is a "
         "burst of back-to-back calls lasting at least 20 ms and 3 calls (one call when it takes longer), "
         "summarized by the lower quartile of its calls, so the ~4 ms stalls this VM adds to some calls (a "

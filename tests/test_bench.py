@@ -152,3 +152,13 @@ def test_stream_probes_compute_what_they_count(n):
     np.testing.assert_array_equal(out, a + b)
     with pytest.raises(ValueError, match="distinct"):
         C.stream_update3(a, b, b, d)
+
+
+def test_results_header_says_a_run_was_loaded_only_above_the_core_count(monkeypatch):
+    from bench import run as bench_run
+
+    monkeypatch.setattr(bench_run.os, "cpu_count", lambda: 2)
+    assert bench_run._load_note("1.5", "2.0").startswith("(at most the core count")
+    assert bench_run._load_note("1.5", "2.1").startswith("(above the core count")
+    assert bench_run._load_note("7.0", "n/a").startswith("(above the core count")
+    assert bench_run._load_note("n/a", "n/a") == "(not available on this system)"
