@@ -18,7 +18,7 @@ import time
 
 import fasttrain as ft
 from fasttrain import models
-from layout_flow import make_step   # bench/dev is the script's directory, first on sys.path
+from layout_flow import make_step, time_settings   # bench/dev is the script's directory, first on sys.path
 
 
 def main():
@@ -35,20 +35,10 @@ def main():
     from fasttrain import _C
     clock = time.process_time if args.cpu_time else time.perf_counter
 
+    settings = {a: (lambda a=a: _C.set_conv2d_algo(a)) for a in args.algos}
     for net in args.nets:
         for batch in args.batches:
-            step = make_step(net, batch)
-            times = {a: [] for a in args.algos}
-            for a in args.algos:   # warm-up: buffers, remembered choices
-                _C.set_conv2d_algo(a)
-                step()
-            for r in range(args.rounds):
-                order = args.algos[r % len(args.algos):] + args.algos[:r % len(args.algos)]
-                for a in order:
-                    _C.set_conv2d_algo(a)
-                    t = clock()
-                    step()
-                    times[a].append(clock() - t)
+            times = time_settings(make_step(net, batch), settings, args.rounds, clock)
             _C.set_conv2d_algo("auto")
             med = {a: statistics.median(v) * 1e3 for a, v in times.items()}
             cols = "  ".join(f"{a} {med[a]:7.1f} (min {min(times[a]) * 1e3:7.1f})" for a in args.algos)

@@ -19,7 +19,7 @@ import time
 import fasttrain as ft
 from fasttrain import models
 from fasttrain.nn import norm
-from layout_flow import make_step   # bench/dev is the script's directory, first on sys.path
+from layout_flow import make_step, time_settings   # bench/dev is the script's directory, first on sys.path
 
 
 def main():
@@ -33,22 +33,13 @@ def main():
     ft.set_backend("cpp")
     ft.set_num_threads(args.threads)
     clock = time.process_time if args.cpu_time else time.perf_counter
-    settings = {"fused": True, "unfused": False}
     default = norm.FUSE_BWD_SUMS
+    settings = {"fused": lambda: setattr(norm, "FUSE_BWD_SUMS", True),
+                "unfused": lambda: setattr(norm, "FUSE_BWD_SUMS", False)}
+    names = list(settings)
     for net in args.nets:
         for batch in args.batches:
-            step = make_step(net, batch)
-            times = {k: [] for k in settings}
-            for flag in settings.values():   # warm-up: buffers, remembered choices
-                norm.FUSE_BWD_SUMS = flag
-                step()
-            names = list(settings)
-            for r in range(args.rounds):
-                for k in names[r % 2:] + names[:r % 2]:
-                    norm.FUSE_BWD_SUMS = settings[k]
-                    t = clock()
-                    step()
-                    times[k].append(clock() - t)
+            times = time_settings(make_step(net, batch), settings, args.rounds, clock)
             norm.FUSE_BWD_SUMS = default
             med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
             cols = "  ".join(f"{k} {med[k]:7.2f} (min {min(times[k]) * 1e3:7.2f})" for k in names)

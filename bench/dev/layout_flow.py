@@ -38,6 +38,25 @@ def make_step(net: str, batch: int, check_finite: bool = True):
     return step
 
 
+def time_settings(step, settings: dict, rounds: int, clock) -> dict:
+    """Whole steps under several settings, interleaved step by step with the order rotating, so each
+    setting meets the same machine state: {name: [seconds per step]}. settings: name -> a callable that
+    puts that setting in place before its step; one warm-up step each first (buffers, remembered
+    choices)."""
+    names = list(settings)
+    for name in names:
+        settings[name]()
+        step()
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            settings[name]()
+            t = clock()
+            step()
+            times[name].append(clock() - t)
+    return times
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("net", choices=models.MODEL_NAMES)
