@@ -683,6 +683,13 @@ def measured_candidates(nbytes: int, hierarchical: bool = False) -> tuple[str, .
     return MEASURED_CANDIDATES if nbytes < MEASURED_MAX_BYTES else MEASURED_LARGE_CANDIDATES
 
 
+def _measures_one_rank_hosts(comm: Communicator, nbytes: int, shared_bytes: int) -> bool:
+    """Whether `allreduce_algorithm` picks for this call among measured candidates on hosts of one rank
+    each (at most DIRECT_MAX_RANKS of them, below shared_bytes): the ring it then runs is
+    `_measured_ring`, the one `measured_choice` timed."""
+    return nbytes < shared_bytes and comm.size <= DIRECT_MAX_RANKS and host_count(comm) == comm.size
+
+
 def measured_choice(comm: Communicator, nbytes: int, count: bool = False) -> str:
     """The fastest of `measured_candidates(nbytes)` for an all-reduce of nbytes over comm, measured for nbytes'
     power-of-two size class on its first ask and kept on comm (`MPIComm.dup` passes it on).
@@ -763,7 +770,7 @@ def allreduce_algorithm(comm: Communicator, nbytes: int, small_bytes: int = DEFA
     if nbytes < shared_bytes and hierarchy(comm) is not None:
         return measured_choice(comm, nbytes, count) if onefence_fits(comm, nbytes) else "hierarchical"
     p = comm.size
-    if nbytes < shared_bytes and p <= DIRECT_MAX_RANKS and host_count(comm) == p:
+    if _measures_one_rank_hosts(comm, nbytes, shared_bytes):
         if p == 2:  # every candidate is one exchange of the whole buffer here
             return "oneshot"
         return measured_choice(comm, nbytes, count)
@@ -823,7 +830,7 @@ def ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
         if algorithm == "hierarchical":
             return hierarchical_allreduce(comm, buf, op, segment_bytes=segment_bytes)
         if algorithm == "ring":
-            if buf.nbytes < shared_bytes and p <= DIRECT_MAX_RANKS and host_count(comm) == p:  # measured_choice's
+            if _measures_one_rank_hosts(comm, buf.nbytes, shared_bytes):   # the ring measured_choice timed
                 return _measured_ring(comm, buf, op, segment_bytes)
             return plain_ring_allreduce(comm, buf, op, segment_bytes)
         if algorithm == "onefence":
