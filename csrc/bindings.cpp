@@ -635,19 +635,21 @@ void bind(py::module_& m) {
     const char* op = "maxpool2d_bwd";
     expect_ndim(op, "dy", dy, 4);
     expect_ndim(op, "dx", dx, 4);
-    const int64_t N = dy.shape(0), C = dy.shape(1), PQ = dy.shape(2) * dy.shape(3);
+    const int64_t N = dy.shape(0), C = dy.shape(1);
     expect_shape(op, "argmax", argmax, {N, C, dy.shape(2), dy.shape(3)});
     FT_CHECK(dx.shape(0) == N && dx.shape(1) == C,
              op << "(dx): expected shape (" << N << ", " << C << ", H, W), got " << shape_str(dx));
-    const int64_t HW = dx.shape(2) * dx.shape(3);
+    const int64_t H = dx.shape(2), W = dx.shape(3);
     const float* pdy = ptr_of(dy, "dy");
     const int64_t* pa = i64_ptr(argmax, "argmax");
-    for (int64_t i = 0; i < N * C * PQ; ++i)  // an index outside the plane would write out of bounds
-      FT_CHECK(pa[i] >= 0 && pa[i] < HW, op << "(argmax): expected indices in [0, " << HW
-                                             << "), got " << pa[i] << " at flat position " << i);
     float* pdx = ptr_of(dx, "dx");
-    py::gil_scoped_release nogil;
-    ft::cpu::maxpool2d_bwd(pdy, pa, pdx, N * C, HW, PQ);
+    int64_t bad;
+    {
+      py::gil_scoped_release nogil;
+      bad = ft::cpu::maxpool2d_bwd(pdy, pa, pdx, N * C, H, W, dy.shape(2), dy.shape(3));
+    }
+    FT_CHECK(bad < 0, op << "(argmax): expected indices in [0, " << H * W << "), got " << pa[bad]
+                         << " at flat position " << bad);
   }, py::arg("dy"), py::arg("argmax"), py::arg("dx"));
 
   m.def("avgpool2d_fwd", [](py::array x, py::array y, int64_t kh, int64_t kw, int64_t sh,

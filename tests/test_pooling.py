@@ -258,3 +258,46 @@ def test_bad_inputs_raise():
     g.forward(np.ones((2, 3, 4, 4), np.float32))
     with pytest.raises(ValueError, match="expected dy"):
         g.backward(np.ones((2, 4), np.float32))
+
+
+# -- the 2x2 stride-2 path and the cell-wise backward (cpp) ----------------------------------------
+@pytest.mark.parametrize("shape", [(1, 1, 2, 2), (2, 3, 35, 33), (1, 2, 34, 70), (3, 1, 5, 2)])
+@pytest.mark.parametrize("name", _cases("maxpool2d_fwd"))
+def test_backend_maxpool_2x2_wide_planes_with_ties(name, shape):
+    """2x2 stride 2 over rows wider than any SIMD width, odd heights and widths (a last row and
+    column no window covers), ties decided by the scan-order rule."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(-2, 3, shape).astype(np.float32)
+    oshape = _out(shape, (2, 2), (2, 2), (0, 0))
+    dy = rng.standard_normal(oshape).astype(np.float32)
+    ey, eam, edx = naive_maxpool(x.astype(np.float64), dy.astype(np.float64), (2, 2), (2, 2), (0, 0))
+    y, am = np.full(oshape, np.nan, np.float32), np.full(oshape, -7, np.int64)
+    backend.kernel("maxpool2d_fwd", backend=name)(x, y, am, 2, 2, 2, 2, 0, 0)
+    np.testing.assert_array_equal(y, ey)
+    np.testing.assert_array_equal(am, eam)
+    if name in backend.available_backends_for("maxpool2d_bwd"):
+        dx = np.full(shape, np.nan, np.float32)
+        backend.kernel("maxpool2d_bwd", backend=name)(dy, am, dx)
+        np.testing.assert_array_equal(dx, edx.astype(np.float32))
+
+
+@pytest.mark.parametrize("name", _cases("maxpool2d_bwd"))
+def test_backend_maxpool_bwd_maxima_outside_their_cells(name):
+    """Overlapping 3x3 stride-2 windows give half-size outputs as 2x2 cells would, but their maxima
+    can lie outside the cell: planes where some do and planes where none does, side by side,
+    including maxima that two windows share (their dy add up)."""
+    shape, k, s, p = (2, 3, 8, 10), (3, 3), (2, 2), (1, 1)
+    x = _distinct(shape, 8, 0.5).astype(np.float32)
+    rows, cols = np.indices((8, 10))
+    x[0, 1] = (rows % 2 == 0) & (cols % 2 == 0)   # each window's one maximum: its cell's top-left corner
+    oshape = _out(shape, k, s, p)
+    dy = np.random.default_rng(9).standard_normal(oshape).astype(np.float32)
+    y, am = np.empty(oshape, np.float32), np.empty(oshape, np.int64)
+    ref.maxpool2d_fwd_ref(x, y, am, *k, *s, *p)
+    cell = (am // 10) // 2 * 5 + (am % 10) // 2 == np.arange(20).reshape(4, 5)
+    assert cell[0, 1].all() and not cell.all(), "the case should mix planes inside and outside their cells"
+    edx = np.empty(shape, np.float64)
+    ref.maxpool2d_bwd_ref(dy.astype(np.float64), am, edx)
+    dx = np.full(shape, np.nan, np.float32)
+    backend.kernel("maxpool2d_bwd", backend=name)(dy, am, dx)
+    np.testing.assert_allclose(dx, edx, rtol=1e-6, atol=1e-6)

@@ -30,11 +30,48 @@ inline float avg_divisor(int64_t h0, int64_t w0, int64_t H, int64_t W, int64_t k
                             (std::min(w0 + kw, W) - std::max<int64_t>(w0, 0)));
 }
 
+// The 2x2 stride-2 window without padding or dilation (every classic CNN's pooling) in a
+// branch-free form the compiler vectorises: the general loop below works out each window's real
+// taps and ran at 4 ns an output. Same taps in the same order and the same rule as the general
+// loop: the first tap starts the running maximum, a later tap replaces it when larger or NaN.
+void maxpool2x2_plane(const float* xp, float* yp, int64_t* ap, int64_t W, int64_t P, int64_t Q) {
+  for (int64_t p = 0; p < P; ++p) {
+    const float* r0 = xp + 2 * p * W;
+    const float* r1 = r0 + W;
+    float* yr = yp + p * Q;
+    int64_t* ar = ap + p * Q;
+    for (int64_t q = 0; q < Q; ++q) {
+      const float a = r0[2 * q], b = r0[2 * q + 1], c = r1[2 * q], d = r1[2 * q + 1];
+      const int64_t first = 2 * p * W + 2 * q;
+      float best = a;
+      int64_t at = first;
+      const bool take_b = b > best || b != b;
+      best = take_b ? b : best;
+      at = take_b ? first + 1 : at;
+      const bool take_c = c > best || c != c;
+      best = take_c ? c : best;
+      at = take_c ? first + W : at;
+      const bool take_d = d > best || d != d;
+      best = take_d ? d : best;
+      at = take_d ? first + W + 1 : at;
+      yr[q] = best;
+      ar[q] = at;
+    }
+  }
+}
+
 }  // namespace
 
 void maxpool2d_fwd(const float* x, float* y, int64_t* argmax, int64_t NC, int64_t H, int64_t W,
                    int64_t P, int64_t Q, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
                    int64_t ph, int64_t pw, int64_t dh, int64_t dw) {
+  if (kh == 2 && kw == 2 && sh == 2 && sw == 2 && ph == 0 && pw == 0 && dh == 1 && dw == 1 &&
+      2 * P <= H && 2 * Q <= W) {
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+    for (int64_t pl = 0; pl < NC; ++pl)
+      maxpool2x2_plane(x + pl * H * W, y + pl * P * Q, argmax + pl * P * Q, W, P, Q);
+    return;
+  }
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
   for (int64_t pl = 0; pl < NC; ++pl) {
     const float* xp = x + pl * H * W;
@@ -66,14 +103,51 @@ void maxpool2d_fwd(const float* x, float* y, int64_t* argmax, int64_t NC, int64_
   }
 }
 
-void maxpool2d_bwd(const float* dy, const int64_t* argmax, float* dx, int64_t NC, int64_t HW,
-                   int64_t PQ) {
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
+int64_t maxpool2d_bwd(const float* dy, const int64_t* argmax, float* dx, int64_t NC, int64_t H,
+                      int64_t W, int64_t P, int64_t Q) {
+  const int64_t HW = H * W, PQ = P * Q;
+  // Windows that tile the plane in disjoint 2x2 cells (the 2x2 stride-2 pooling, or any window
+  // whose maximum fell in its own cell) write each cell in one pass, without clearing the plane
+  // and scattering into it: a plane with a maximum outside its cell is redone the general way.
+  const bool cells = 2 * P <= H && 2 * Q <= W;
+  int64_t bad = std::numeric_limits<int64_t>::max();   // the first bad position, whatever the thread count
+#pragma omp parallel for num_threads(num_threads()) schedule(static) reduction(min : bad)
   for (int64_t pl = 0; pl < NC; ++pl) {
     float* dxp = dx + pl * HW;
+    const float* dyp = dy + pl * PQ;
+    const int64_t* ap = argmax + pl * PQ;
+    bool in_cells = cells;
+    for (int64_t p = 0; p < P && in_cells; ++p) {
+      float* r0 = dxp + 2 * p * W;
+      float* r1 = r0 + W;
+      int64_t outside = 0;
+      for (int64_t q = 0; q < Q; ++q) {
+        const int64_t first = 2 * p * W + 2 * q, at = ap[p * Q + q];
+        const float g = dyp[p * Q + q];
+        r0[2 * q] = at == first ? g : 0.0f;
+        r0[2 * q + 1] = at == first + 1 ? g : 0.0f;
+        r1[2 * q] = at == first + W ? g : 0.0f;
+        r1[2 * q + 1] = at == first + W + 1 ? g : 0.0f;
+        outside += at != first && at != first + 1 && at != first + W && at != first + W + 1;
+      }
+      if (outside) in_cells = false;
+      else if (2 * Q < W) r0[2 * Q] = r1[2 * Q] = 0.0f;   // W odd: the column no window covers
+    }
+    if (in_cells) {
+      if (2 * P < H) std::memset(dxp + 2 * P * W, 0, sizeof(float) * W);   // H odd: the last row
+      continue;
+    }
     std::memset(dxp, 0, sizeof(float) * HW);
-    for (int64_t i = 0; i < PQ; ++i) dxp[argmax[pl * PQ + i]] += dy[pl * PQ + i];
+    for (int64_t i = 0; i < PQ; ++i) {
+      const int64_t at = ap[i];
+      if (at < 0 || at >= HW) {   // an index outside the plane would write out of bounds
+        bad = std::min(bad, pl * PQ + i);
+        break;
+      }
+      dxp[at] += dyp[i];
+    }
   }
+  return bad == std::numeric_limits<int64_t>::max() ? -1 : bad;
 }
 
 void avgpool2d_fwd(const float* x, float* y, int64_t NC, int64_t H, int64_t W, int64_t P, int64_t Q,
