@@ -44,6 +44,9 @@ EXTRA = [
     (1, 2, 6, 50, 1, (1, 1), (2, 2), (0, 0), (1, 1)),      # 1x1 filter, stride 2
     (1, 3, 7, 21, 1, (3, 3), (3, 3), (1, 1), (1, 1)),      # stride 3: the plain kernels
     (1, 2, 8, 8, 1, (8, 8), (1, 1), (4, 4), (1, 1)),       # 64 taps: more than the vector kernels take
+    (37, 19, 8, 8, 1, (3, 3), (2, 2), (1, 1), (1, 1)),     # 8x8 stride 2: whole-plane kernels, many images
+    (3, 4, 8, 8, 2, (3, 3), (2, 2), (1, 1), (1, 1)),       # the same with multiplier 2: not theirs
+    (2, 5, 8, 8, 1, (3, 3), (2, 2), (1, 1), (2, 2)),       # dilated: not theirs
 ]
 CASES = GRID + EXTRA
 IDS = ["n{}c{}-{}x{}-m{}-r{}-s{}-p{}-d{}".format(*c) for c in CASES]
@@ -86,11 +89,12 @@ def test_matches_reference(isa, case):
 
 @pytest.mark.parametrize("isa", ISAS, indirect=True)
 @pytest.mark.parametrize("nthreads", [1, 2, 3])
-def test_vector_kernels_do_not_depend_on_thread_count(isa, nthreads):
+@pytest.mark.parametrize("case", [(3, 7, 13, 21, 1, (3, 3), (1, 1), (1, 1), (1, 1)),
+                                  (5, 21, 8, 8, 1, (3, 3), (2, 2), (1, 1), (1, 1))], ids=["13x21", "8x8-s2"])
+def test_vector_kernels_do_not_depend_on_thread_count(isa, nthreads, case):
     import fasttrain as ft
     from fasttrain import settings
 
-    case = (3, 7, 13, 21, 1, (3, 3), (1, 1), (1, 1), (1, 1))
     x, w, b, dy = _inputs(case, seed=3)
     before = settings.num_threads
     try:

@@ -546,8 +546,29 @@ void bwd_weight_narrow(const float* x, const float* dy, float* dw, float* db, co
 
 }  // namespace
 
+// 8 x 8 planes, 3 x 3, stride 2, padding 1, multiplier 1, under AVX-512: the whole-plane kernels
+// (depthwise_nchw.h: S2P8FwdFn), null otherwise.
+const dwn::Isa* s2p8(const Shape& g) {
+  const dwn::Isa* isa = nchw_isa();
+  const bool fits = g.M == 1 && g.H == 8 && g.W == 8 && g.R == 3 && g.S == 3 && g.sh == 2 && g.sw == 2 &&
+                    g.ph == 1 && g.pw == 1 && g.dilh == 1 && g.dilw == 1;
+  return fits && isa && isa->s2p8_fwd ? isa : nullptr;
+}
+
+// The planes [lo, hi) of thread t of T over n planes (OpenMP's static schedule, whole planes).
+inline void plane_range(int64_t n, int t, int T, int64_t& lo, int64_t& hi) { lo = n * t / T, hi = n * (t + 1) / T; }
+
 void fwd(const float* x, const float* w, const float* b, float* y, const Shape& g, bool relu) {
   const int64_t HW = g.H * g.W, RS = g.R * g.S, PQ = g.P * g.Q, K = g.C * g.M;
+  if (const dwn::Isa* isa = s2p8(g)) {
+#pragma omp parallel num_threads(num_threads())
+    {
+      int64_t lo, hi;
+      plane_range(g.N * g.C, omp_get_thread_num(), omp_get_num_threads(), lo, hi);
+      isa->s2p8_fwd(x, w, b, y, lo, hi, g.C, relu);
+    }
+    return;
+  }
   dwn::Plan plan;
   if (const dwn::Isa* isa = nchw_isa(); isa && dwn::make_plan(plan, isa->lanes, g.H, g.W, g.P, g.Q, g.R, g.S, g.sh, g.sw,
                                                                g.ph, g.pw, g.dilh, g.dilw) &&
@@ -582,6 +603,15 @@ void fwd(const float* x, const float* w, const float* b, float* y, const Shape& 
 
 void bwd_data(const float* dy, const float* w, float* dx, const Shape& g) {
   const int64_t RS = g.R * g.S, PQ = g.P * g.Q, K = g.C * g.M, HW = g.H * g.W;
+  if (const dwn::Isa* isa = s2p8(g)) {
+#pragma omp parallel num_threads(num_threads())
+    {
+      int64_t lo, hi;
+      plane_range(g.N * g.C, omp_get_thread_num(), omp_get_num_threads(), lo, hi);
+      isa->s2p8_bwd_data(dy, w, dx, lo, hi, g.C);
+    }
+    return;
+  }
   if (const dwn::Isa* isa = nchw_isa()) {
     dwn::Plan plan;
     if (g.sh == 1 && g.sw == 1 &&
@@ -665,6 +695,16 @@ void bwd_data(const float* dy, const float* w, float* dx, const Shape& g) {
 void bwd_weight(const float* x, const float* dy, float* dw, float* db, const Shape& g) {
   const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw, RS = g.R * g.S, PQ = g.P * g.Q, K = g.C * g.M;
   const int nt = static_cast<int>(std::min<int64_t>(num_threads(), std::max<int64_t>(g.C, 1)));
+  if (const dwn::Isa* isa = s2p8(g)) {
+    // each thread a contiguous range of channels over the images in order (as below)
+#pragma omp parallel num_threads(nt)
+    {
+      int64_t lo, hi;
+      plane_range(g.C, omp_get_thread_num(), omp_get_num_threads(), lo, hi);
+      isa->s2p8_wgrad(x, dy, dw, db, g.N, g.C, lo, hi);
+    }
+    return;
+  }
   dwn::Plan plan;
   if (const dwn::Isa* isa = nchw_isa(); isa && dwn::make_plan(plan, isa->lanes, g.H, g.W, g.P, g.Q, g.R, g.S, g.sh, g.sw,
                                                                g.ph, g.pw, g.dilh, g.dilw) &&

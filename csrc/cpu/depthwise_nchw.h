@@ -84,6 +84,19 @@ using LanesScatterFn = void (*)(const LanesGeo& g, const float* dy, const float*
 using LanesGatherFn = void (*)(const LanesGeo& g, int64_t H, int64_t W, const int64_t* row_taps,
                                const int64_t* col_taps, const float* dy, const float* taps, float* dx);
 
+// 8 x 8 planes, 3 x 3 filter, stride 2, padding 1, multiplier 1 (MobileNet's last downsampling):
+// a plane is 64 floats, so one plane is four vectors of two rows each and its 4 x 4 output one
+// vector; every tap is one lane permute of the plane's even/odd columns, no interleave. Planes are
+// taken in NCHW order, plane i of channel i % C.
+// y[i] = b + conv(x[i]) (ReLU'd if relu) for planes i in [lo, hi); b may be null.
+using S2P8FwdFn = void (*)(const float* x, const float* w, const float* b, float* y, int64_t lo, int64_t hi, int64_t C,
+                           bool relu);
+// dx[i] = the data gradient of dy[i] for planes i in [lo, hi), overwritten.
+using S2P8BwdDataFn = void (*)(const float* dy, const float* w, float* dx, int64_t lo, int64_t hi, int64_t C);
+// dw[c] += sum over the N images in order of the plane's tap sums, db[c] += sum of dy, c in [c_lo, c_hi).
+using S2P8WgradFn = void (*)(const float* x, const float* dy, float* dw, float* db, int64_t N, int64_t C, int64_t c_lo,
+                             int64_t c_hi);
+
 struct Isa {
   const char* name;
   int lanes;
@@ -96,6 +109,9 @@ struct Isa {
   LanesWgradFn lanes_wgrad = nullptr;
   LanesScatterFn lanes_scatter = nullptr;
   LanesGatherFn lanes_gather = nullptr;
+  S2P8FwdFn s2p8_fwd = nullptr;  // the 8 x 8 stride-2 planes (AVX-512 only); null: the narrow path
+  S2P8BwdDataFn s2p8_bwd_data = nullptr;
+  S2P8WgradFn s2p8_wgrad = nullptr;
 };
 
 // Null where the compiler could not build that instruction set (non-x86 hosts).

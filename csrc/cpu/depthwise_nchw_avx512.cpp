@@ -187,6 +187,139 @@ __attribute__((noinline)) void lanes_gather(const LanesGeo& g, int64_t H, int64_
   }
 }
 
+// ---- 8 x 8 planes, 3 x 3, stride 2, padding 1 (depthwise_nchw.h: S2P8FwdFn) -------------------
+// A plane is four zmm, Z[k] = rows 2k and 2k + 1. Two permutes gather its even columns, two its odd
+// ones, as lane 4*row + j of a pair of zmm (rows 0-3 | rows 4-7: index 4*row + j into the pair), and
+// the tap (r, s) of output lane 4p + q reads row 2p + r - 1, column 2q + s - 1: even column q for
+// s = 1, odd column q (s = 2) or q - 1 (s = 0) otherwise, so each tap is one masked two-source
+// permute of the even or the odd pair (lanes off the plane masked to zero). 13 permutes and 9 FMAs
+// per plane; the channel-interleaved narrow path spent 20 shuffles per plane in its transposes
+// plus a padded buffer's stores and reloads (1 thread, 128x256x8x8: fwd 0.36 ms, torch 0.18).
+struct S2P8Taps {
+  __m512i idx[9];
+  __mmask16 m[9];
+};
+
+inline S2P8Taps s2p8_taps() {
+  S2P8Taps t;
+  for (int k = 0; k < 9; ++k) {
+    const int r = k / 3, s = k % 3;
+    alignas(64) int32_t v[16];
+    uint32_t m = 0;
+    for (int l = 0; l < 16; ++l) {
+      const int p = l / 4, q = l % 4, row = 2 * p + r - 1, j = s == 0 ? q - 1 : q;
+      const bool in = row >= 0 && row < 8 && j >= 0;
+      v[l] = in ? 4 * row + j : 0;
+      m |= in ? 1u << l : 0u;
+    }
+    t.idx[k] = _mm512_load_si512(v);
+    t.m[k] = static_cast<__mmask16>(m);
+  }
+  return t;
+}
+
+// The plane at xp as even (e[0] rows 0-3, e[1] rows 4-7) and odd (o[]) columns.
+inline __attribute__((always_inline)) void s2p8_columns(const float* xp, __m512* e, __m512* o) {
+  const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const __m512 z0 = _mm512_loadu_ps(xp), z1 = _mm512_loadu_ps(xp + 16);
+  const __m512 z2 = _mm512_loadu_ps(xp + 32), z3 = _mm512_loadu_ps(xp + 48);
+  e[0] = _mm512_permutex2var_ps(z0, ev, z1);
+  e[1] = _mm512_permutex2var_ps(z2, ev, z3);
+  o[0] = _mm512_permutex2var_ps(z0, od, z1);
+  o[1] = _mm512_permutex2var_ps(z2, od, z3);
+}
+
+inline __attribute__((always_inline)) __m512 s2p8_tap(const S2P8Taps& t, int k, const __m512* e, const __m512* o) {
+  const __m512* src = k % 3 == 1 ? e : o;
+  return _mm512_maskz_permutex2var_ps(t.m[k], src[0], t.idx[k], src[1]);
+}
+
+inline void prefetch_lines(const float* p, int n) {
+  for (int i = 0; i < n; ++i) _mm_prefetch(reinterpret_cast<const char*>(p + 16 * i), _MM_HINT_T0);
+}
+
+constexpr int64_t kS2P8Ahead = 16;  // planes (4 KiB of x) ahead
+
+__attribute__((noinline)) void s2p8_fwd(const float* x, const float* w, const float* b, float* y, int64_t lo,
+                                        int64_t hi, int64_t C, bool relu) {
+  const S2P8Taps t = s2p8_taps();
+  for (int64_t i = lo; i < hi; ++i) {
+    const int64_t c = i % C;
+    if (i + kS2P8Ahead < hi) prefetch_lines(x + (i + kS2P8Ahead) * 64, 4);
+    __m512 e[2], o[2];
+    s2p8_columns(x + i * 64, e, o);
+    const float* wc = w + c * 9;
+    __m512 acc = _mm512_set1_ps(b ? b[c] : 0.f);
+#pragma GCC unroll 9
+    for (int k = 0; k < 9; ++k) acc = _mm512_fmadd_ps(_mm512_set1_ps(wc[k]), s2p8_tap(t, k, e, o), acc);
+    if (relu) acc = _mm512_max_ps(_mm512_setzero_ps(), acc);
+    _mm512_storeu_ps(y + i * 16, acc);
+  }
+}
+
+// dx row 2p (h even) takes filter row 1 of dy row p; dx row 2p + 1 rows 2 (dy row p) and 0 (dy row
+// p + 1); columns likewise. So with dy (lane 4p + q) shifted to q + 1, p + 1 and both (zero past the
+// edge) the four parity classes of dx are 1, 2, 2 and 4 FMAs, and two rounds of permutes interleave
+// them into rows: [row 2k | row 2k + 2] of the even (or odd) rows, then 128-bit blocks into row pairs.
+__attribute__((noinline)) void s2p8_bwd_data(const float* dy, const float* w, float* dx, int64_t lo, int64_t hi,
+                                             int64_t C) {
+  const __m512i up1 = _mm512_setr_epi32(1, 2, 3, 0, 5, 6, 7, 0, 9, 10, 11, 0, 13, 14, 15, 0);
+  const __m512i up4 = _mm512_setr_epi32(4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0, 0, 0, 0);
+  const __m512i up5 = _mm512_setr_epi32(5, 6, 7, 0, 9, 10, 11, 0, 13, 14, 15, 0, 0, 0, 0, 0);
+  const __mmask16 mq = 0x7777, mp = 0x0FFF, mpq = 0x0777;
+  // row 2k: column v from the even-column class (lane 4k + v/2) or the odd one (16 + 4k + v/2)
+  const __m512i rows01 = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i rows23 = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  for (int64_t i = lo; i < hi; ++i) {
+    const float* wc = w + i % C * 9;
+    if (i + 4 * kS2P8Ahead < hi) _mm_prefetch(reinterpret_cast<const char*>(dy + (i + 4 * kS2P8Ahead) * 16), _MM_HINT_T0);
+    const __m512 d = _mm512_loadu_ps(dy + i * 16);
+    const __m512 dq = _mm512_maskz_permutexvar_ps(mq, up1, d), dp = _mm512_maskz_permutexvar_ps(mp, up4, d);
+    const __m512 dpq = _mm512_maskz_permutexvar_ps(mpq, up5, d);
+    auto wv = [&](int k) { return _mm512_set1_ps(wc[k]); };
+    const __m512 ee = _mm512_mul_ps(wv(4), d);
+    const __m512 eo = _mm512_fmadd_ps(wv(3), dq, _mm512_mul_ps(wv(5), d));
+    const __m512 oe = _mm512_fmadd_ps(wv(1), dp, _mm512_mul_ps(wv(7), d));
+    const __m512 oo = _mm512_fmadd_ps(wv(0), dpq, _mm512_fmadd_ps(wv(2), dp,
+                                      _mm512_fmadd_ps(wv(6), dq, _mm512_mul_ps(wv(8), d))));
+    const __m512 e01 = _mm512_permutex2var_ps(ee, rows01, eo), e23 = _mm512_permutex2var_ps(ee, rows23, eo);
+    const __m512 o01 = _mm512_permutex2var_ps(oe, rows01, oo), o23 = _mm512_permutex2var_ps(oe, rows23, oo);
+    float* out = dx + i * 64;
+    _mm512_storeu_ps(out, _mm512_shuffle_f32x4(e01, o01, 0x44));
+    _mm512_storeu_ps(out + 16, _mm512_shuffle_f32x4(e01, o01, 0xEE));
+    _mm512_storeu_ps(out + 32, _mm512_shuffle_f32x4(e23, o23, 0x44));
+    _mm512_storeu_ps(out + 48, _mm512_shuffle_f32x4(e23, o23, 0xEE));
+  }
+}
+
+// One channel at a time over the images in order, its nine tap sums and the bias sum in registers
+// (lane 4p + q), reduced across lanes once per channel; the channel's planes sit C*64 floats apart,
+// so the next images' planes are prefetched.
+__attribute__((noinline)) void s2p8_wgrad(const float* x, const float* dy, float* dw, float* db, int64_t N, int64_t C,
+                                          int64_t c_lo, int64_t c_hi) {
+  const S2P8Taps t = s2p8_taps();
+  constexpr int64_t kAhead = 6;  // images
+  for (int64_t c = c_lo; c < c_hi; ++c) {
+    __m512 acc[9], sb = _mm512_setzero_ps();
+    for (int k = 0; k < 9; ++k) acc[k] = _mm512_setzero_ps();
+    for (int64_t n = 0; n < N; ++n) {
+      if (n + kAhead < N) {
+        prefetch_lines(x + ((n + kAhead) * C + c) * 64, 4);
+        prefetch_lines(dy + ((n + kAhead) * C + c) * 16, 1);
+      }
+      __m512 e[2], o[2];
+      s2p8_columns(x + (n * C + c) * 64, e, o);
+      const __m512 d = _mm512_loadu_ps(dy + (n * C + c) * 16);
+      sb = _mm512_add_ps(sb, d);
+#pragma GCC unroll 9
+      for (int k = 0; k < 9; ++k) acc[k] = _mm512_fmadd_ps(d, s2p8_tap(t, k, e, o), acc[k]);
+    }
+    for (int k = 0; k < 9; ++k) dw[c * 9 + k] += _mm512_reduce_add_ps(acc[k]);
+    db[c] += _mm512_reduce_add_ps(sb);
+  }
+}
+
 Isa with_transposes(Isa isa) {
   isa.lanes_gather = lanes_gather;
   isa.to_lanes = to_lanes;
@@ -194,6 +327,9 @@ Isa with_transposes(Isa isa) {
   isa.lanes_corr = lanes_corr;
   isa.lanes_wgrad = lanes_wgrad;
   isa.lanes_scatter = lanes_scatter;
+  isa.s2p8_fwd = s2p8_fwd;
+  isa.s2p8_bwd_data = s2p8_bwd_data;
+  isa.s2p8_wgrad = s2p8_wgrad;
   return isa;
 }
 
