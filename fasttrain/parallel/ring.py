@@ -898,34 +898,53 @@ def hierarchical_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
 
 
 def _hierarchical_two_hosts(h, buf: np.ndarray, op: str, divisor: int, segment_bytes: int) -> np.ndarray:
-    """The 'slices' hierarchical all-reduce over two hosts, pipelined: each rank sums its chunk over
-    its host in pieces and sends each piece to its counterpart on the other host as soon as it is
-    summed, then adds the counterpart's pieces as they arrive, so the host's adds overlap the link
-    instead of preceding and following it. Pieces as `piece_bytes_for` cuts the chunk (below the
-    wheel's TCP rendezvous size for chunks under EAGER_MAX_BYTES). The same bits as the unpipelined
-    form (node sum own values first then rank order, then host 0's sum + host 1's), ranks identical."""
+    """The 'slices' hierarchical all-reduce over two hosts, pipelined and with no barrier in the host
+    (`NodeWindow.stream`): in round i every rank copies piece i of its host peers' chunks into its
+    slot, sums piece i of its own chunk over the host once its peers have copied theirs, and sends it
+    to its counterpart on the other host at once; then it adds the counterpart's pieces as they
+    arrive, publishes each finished piece to its host peers and copies theirs as they are published.
+    Pieces as `piece_bytes_for` cuts the chunk (below the wheel's TCP rendezvous size for chunks under
+    EAGER_MAX_BYTES). The same bits as the fenced form (node sum own values first then rank order,
+    then host 0's sum + host 1's), ranks identical. Against the fenced form (two barriers in the host:
+    every rank waits for the slowest twice), interleaved on the emulated cluster, 2 hosts x 2 ranks,
+    151 rounds, load 11-13, median of the per-round ratios: 10 Gbit/s 0.83-0.85 / 0.86-0.94 /
+    0.83-0.95 at 256 KB / 1 MB / 4 MB, 1 Gbit/s 0.82-0.87 / 0.91-0.94 / 0.94-0.98."""
     w, other = h.window, h.slices
     if buf.size == 0:
         return buf
-    plan = w.share(buf)
-    _, a, b = plan[:3]
-    chunk = plan[0][a:b]
+    n = buf.size
+    chunk_values = -(-n // w.size)
+    s = w.stream(buf, max(1, piece_bytes_for(chunk_values * buf.itemsize, segment_bytes) // buf.itemsize))
     peer = 1 - other.rank
-    pieces = _pieces(b - a, buf.itemsize, piece_bytes_for((b - a) * buf.itemsize, segment_bytes))
-    inbox = _scratch("hier_inbox", b - a, buf.dtype)
+    pieces = s.pieces
+    inbox = _scratch("hier_inbox", pieces[-1][1] if pieces else 0, buf.dtype)
     recvs = [other.irecv(inbox[x:y], peer, _TAG_RS) for x, y in pieces]
-    sends = [other.isend(w.reduce_piece(buf, plan, x, y), peer, _TAG_RS) for x, y in pieces]
-    for (x, y), rq, sq in zip(pieces, recvs, sends):
+    sends = []
+    progress = functools.partial(_test_all, other, sends)
+    for i in range(s.rounds):  # all of it first: a peer waits at most for the piece it needs next
+        s.copy_in(i)
+    for i in range(len(pieces)):
+        sends.append(other.isend(s.reduce(i, progress), peer, _TAG_RS))
+    for i, ((x, y), rq, sq) in enumerate(zip(pieces, recvs, sends)):
         other.wait(rq)
         other.wait(sq)  # the piece is summed in place below
-        mine, theirs = chunk[x:y], inbox[x:y]
+        mine, theirs = s.result(i), inbox[x:y]
         if other.rank == 0:
             np.add(mine, theirs, out=mine)
         else:
             np.add(theirs, mine, out=mine)
         if op == "mean":
             mine /= divisor
-    return w.finish(buf, plan)
+        s.done(i)
+        s.collect(False)
+    s.collect(True)
+    return buf
+
+
+def _test_all(comm: Communicator, reqs: list) -> None:
+    """Let MPI move the posted messages (a test of each; completed ones become null requests)."""
+    if reqs and hasattr(comm, "_MPI"):
+        comm._MPI.Request.Testall(reqs)
 
 
 def _two_equal_hosts(comm: Communicator) -> bool:

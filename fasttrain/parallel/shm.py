@@ -14,8 +14,17 @@ wherever one rank reads what another wrote. Slots have two halves used on altern
 rank may start the next call (and overwrite its slot) while a slower rank still copies chunks of
 the previous result: by the time anyone reads the half it rewrites, every rank has passed the
 next call's first barrier, after its copy-out.
+
+`stream` is the same reduce-scatter and copy-out with no barrier: each rank publishes how far it
+has got (how many pieces it has copied in, how many result pieces it has finished) in progress
+counters at the end of its slot, and a reader waits for the counter of the piece it needs
+(Win_sync between the data and the counter on both sides: the polling pattern of MPI-3.1
+section 11.7). A piece is used as soon as it is there, so the host's copy-in, sums and copy-out
+overlap each other and whatever runs between them, and no rank waits for the slowest at a barrier.
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -23,6 +32,13 @@ from . import ring as _ring  # chunk_offsets; ring imports this module, so looke
 from .comm import Communicator, MPIComm
 
 _ALIGN = 64
+#: bytes after each rank's two slot halves holding its progress counters for `stream` (int64: [0]
+#: copy-in pieces written, [1] result pieces finished, each tagged with the call's number in the
+#: upper 32 bits, so a counter only grows and is never reset between calls); one cache line
+_COUNTERS = 64
+#: a `stream` reader polls a counter this many times before it yields its core at every further poll
+#: (on a node with more ranks than cores the writer may be waiting for that core)
+_SPINS = 32
 
 
 class NodeWindow:
@@ -33,6 +49,8 @@ class NodeWindow:
         self._MPI, self.node = MPI, node_comm
         self.rank, self.size = node_comm.Get_rank(), node_comm.Get_size()
         self.win, self.slots, self.half, self.parity = None, [], 0, 0
+        self.counters: list = []
+        self.calls = 0  # `stream` calls: the tag of their progress counters (the same on every rank)
         self._plans: dict = {}
 
     def _grow(self, nbytes: int) -> None:
@@ -47,7 +65,7 @@ class NodeWindow:
         info = self._MPI.Info.Create()
         info.Set("alloc_shared_noncontig", "true")  # each rank's slot on its own pages
         try:
-            self.win = self._MPI.Win.Allocate_shared(2 * half, 1, info=info, comm=self.node)
+            self.win = self._MPI.Win.Allocate_shared(2 * half + _COUNTERS, 1, info=info, comm=self.node)
         except self._MPI.Exception as e:
             raise RuntimeError(f"shared-memory all-reduce: MPI could not allocate a window of {2 * half} bytes per "
                                f"rank ({e}); raise the node's shared-memory limits or pass shared_bytes=0 to "
@@ -55,8 +73,11 @@ class NodeWindow:
         finally:
             info.Free()
         self.slots = [np.frombuffer(self.win.Shared_query(j)[0], np.uint8) for j in range(self.size)]
+        self.counters = [s[2 * half:2 * half + _COUNTERS].view(np.int64) for s in self.slots]
         self.half, self.parity = half, 0
         self.win.Lock_all()
+        self.counters[self.rank][...] = 0  # before any peer polls them: the fence below
+        self._fence()
 
     def _plan(self, n: int, dtype: np.dtype, base: int):
         """Views of the slots for a buffer of n values at offset base, made once per layout: a
@@ -153,6 +174,23 @@ class NodeWindow:
                 np.add(acc, row, out=acc)
         return out
 
+    def stream(self, buf: np.ndarray, piece_values: int) -> "Stream":
+        """Start a barrier-free reduce-scatter + copy-out of buf over the node, in pieces of at most
+        piece_values of every chunk (see `Stream`). Collective over the node, like `share`."""
+        if buf.nbytes > self.half:
+            self._grow(max(buf.nbytes, 2 * self.half))
+        base = self.parity * self.half
+        self.parity ^= 1
+        self.calls += 1
+        key = ("stream", buf.size, buf.dtype, base, int(piece_values))
+        layout = self._plans.get(key)
+        if layout is None:
+            if len(self._plans) >= 64:
+                self._plans.clear()
+            plan = self._plan(buf.size, buf.dtype, base)
+            layout = self._plans[key] = Stream.layout(plan, self.size, self.rank, int(piece_values))
+        return Stream(self, buf, layout, self.calls << 32)
+
     def _reduce_own_chunk(self, buf: np.ndarray):
         """The reduce-scatter half: every rank's buffer into its slot, then this rank's chunk summed
         over all slots into its own. Returns (this rank's slot, its reduced chunk, the chunk's start,
@@ -201,6 +239,119 @@ class NodeWindow:
     def _leader_slot(self, buf: np.ndarray) -> np.ndarray:
         base = (self.parity ^ 1) * self.half  # the half this call used (parity flipped at its start)
         return self.slots[0][base:base + buf.nbytes].view(buf.dtype)
+
+
+class Stream:
+    """One `NodeWindow.stream` call: the reduce-scatter and copy-out of `NodeWindow.allreduce` piece
+    by piece, synchronized by progress counters instead of barriers. Every chunk is cut into pieces
+    (`ring.even_bounds`); round i is piece i of every chunk. Per round a rank first copies piece i of
+    every other rank's chunk into its slot (`copy_in`), then sums piece i of its own chunk over the
+    node once every peer has copied it (`reduce`: the bits of `reduce_piece`); once it has finished a
+    piece of its chunk in its slot it publishes it (`done`, which also copies it into buf), and
+    `collect` copies the peers' finished pieces into buf as they are published. A rank never waits
+    inside copy_in, and a peer's piece i is published before that peer waits for anything of round
+    i, so the waits form no cycle. Reuse of the slot halves, as for the fenced calls: a rank writes a
+    half again two calls later, after it has collected the next call's results from every peer,
+    which each publishes only after its reads of this call."""
+
+    __slots__ = ("w", "buf", "tag", "mine", "a", "pieces", "rounds", "_layout", "_copied", "_count")
+
+    @staticmethod
+    def layout(plan, k: int, me: int, piece_values: int):
+        """Per layout, once: the pieces of every chunk (offsets in the chunk), this rank's copy-in
+        order (round, chunk) and, for each piece of its chunk, how many pieces each peer has copied
+        in once it has copied that one (the counter value to wait for)."""
+        from .ring import even_bounds
+
+        results = plan[4]
+        cut = [even_bounds(0, y - x, piece_values) for x, y, _ in results]
+        rounds = max(len(c) for c in cut)
+        present = [[j for j in range(k) if i < len(cut[j])] for i in range(rounds)]   # chunks with a piece i
+        writes = [[(j, results[j][0] + cut[j][i][0], results[j][0] + cut[j][i][1]) for j in present[i] if j != me]
+                  for i in range(rounds)]
+        need = [[] for _ in cut[me]]
+        for q in range(k):
+            if q == me:
+                continue
+            done = 0  # pieces q has copied in before round i (its own chunk's are never copied)
+            for i in range(len(cut[me])):
+                need[i].append((q, done + sum(1 for j in present[i] if j != q and j <= me)))
+                done += sum(1 for j in present[i] if j != q)
+        return plan, cut, rounds, writes, need
+
+    def __init__(self, w: NodeWindow, buf: np.ndarray, layout, tag: int):
+        plan, cut, rounds, _, _ = layout
+        self.w, self.buf, self.tag, self._layout = w, buf, tag, layout
+        self.mine, self.a = plan[0], plan[1]
+        self.pieces, self.rounds = cut[w.rank], rounds
+        self._copied = [0] * w.size
+        self._count = 0
+
+    def _wait(self, q: int, which: int, target: int, progress) -> None:
+        c = self.w.counters[q]
+        spins = 0
+        while c[which] < target:
+            spins += 1
+            if spins > _SPINS:
+                if progress is not None:
+                    progress()
+                os.sched_yield()
+        self.w.win.Sync()  # the data behind the counter
+
+    def copy_in(self, i: int) -> None:
+        """Round i's copy-in: piece i of every other rank's chunk into this rank's slot, published."""
+        mine, buf = self.mine, self.buf
+        writes = self._layout[3][i]
+        if not writes:
+            return
+        for _, x, y in writes:
+            mine[x:y] = buf[x:y]
+        self._count += len(writes)
+        self.w.win.Sync()
+        self.w.counters[self.w.rank][0] = self.tag | self._count
+
+    def reduce(self, i: int, progress=None) -> np.ndarray:
+        """Piece i of this rank's chunk summed over the node into its slot (own values first, then the
+        other ranks' in rank order), once every peer has copied it in; returns that view. progress:
+        called while waiting (e.g. to let MPI move messages already posted)."""
+        for q, n in self._layout[4][i]:
+            self._wait(q, 0, self.tag | n, progress)
+        x, y = self.pieces[i]
+        return NodeWindow.reduce_piece(self.buf, self._layout[0], x, y)
+
+    def result(self, i: int) -> np.ndarray:
+        """Piece i of this rank's chunk in its slot (where `reduce` summed it), for the caller to finish."""
+        x, y = self.pieces[i]
+        return self.mine[self.a + x:self.a + y]
+
+    def done(self, i: int) -> None:
+        """Piece i of this rank's chunk is final in its slot: into buf, and published to the peers."""
+        x, y = self.pieces[i]
+        self.buf[self.a + x:self.a + y] = self.mine[self.a + x:self.a + y]
+        self.w.win.Sync()
+        self.w.counters[self.w.rank][1] = self.tag | (i + 1)
+
+    def collect(self, block: bool, progress=None) -> None:
+        """The peers' finished pieces into buf: those published so far, or (block) all of them."""
+        w, tag, cut = self.w, self.tag, self._layout[1]
+        results = self._layout[0][4]
+        for q in range(w.size):
+            have, total = self._copied[q], len(cut[q])
+            if q == w.rank or have == total:
+                continue
+            if block:
+                self._wait(q, 1, tag | total, progress)
+                n = total
+            else:
+                v = int(w.counters[q][1])
+                n = v & 0xFFFFFFFF if v >> 32 == tag >> 32 else 0
+                if n <= have:
+                    continue
+                w.win.Sync()
+            x0, _, res = results[q]
+            for x, y in cut[q][have:n]:
+                self.buf[x0 + x:x0 + y] = res[x:y]
+            self._copied[q] = n
 
 
 class Hierarchy:

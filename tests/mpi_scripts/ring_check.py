@@ -86,6 +86,27 @@ for n in sizes:
         gathered = comm.allgather(digest(buf))
         if r == 0:
             case["exact_hierarchical_" + mode] = bool(np.array_equal(buf, exact)) and len(set(gathered)) == 1
+    # the two-host 'slices' hierarchy (barrier-free in the host: progress counters) in pieces of 3 and 5
+    # values (1000 and 5001 for the long buffers): chunks of uneven piece counts; then back to back with the fenced window calls and other
+    # sizes, so every call reuses slot halves and counters the previous ones left
+    if h and h.equal and h.slices.size == 2:
+        ok = True
+        for piece in ((12, 20) if n < 40000 else (4000, 20004)):  # values per piece: 3, 5 (1000, 5001)
+            buf = ints(r)
+            hierarchical_allreduce(comm, buf, segment_bytes=piece, mode="slices")
+            ok &= bool(np.array_equal(buf, exact)) if r == 0 else True
+            ok &= len(set(comm.allgather(digest(buf)))) == 1
+        for i in range(12):
+            m = max(1, n // (1 + i % 3))
+            buf = np.arange(m, dtype=np.float32) % 7 + r + i
+            if i % 4 == 3:
+                ring_allreduce(comm, buf, small_bytes=0, shared_bytes=1 << 62)  # the fenced node window
+            else:
+                hierarchical_allreduce(comm, buf, "mean" if i % 4 == 1 else "sum", segment_bytes=4 * (1 + i), mode="slices")
+            want = p * (np.arange(m) % 7 + i) + p * (p - 1) // 2
+            want = want.astype(np.float32)
+            ok &= bool(np.array_equal(buf, want / np.float32(p) if i % 4 == 1 else want))
+        case["exact_hierarchical_stream"] = all(comm.allgather(ok))
     # one fence in the host (the measured alternative to the hierarchical all-reduce for short buffers
     # over two hosts): exact on integers, and the hierarchical all-reduce's bits on floats
     if onefence_fits(comm, 4 * n):

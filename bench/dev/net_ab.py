@@ -1,0 +1,376 @@
+"""Interleaved A/B of all-reduce variants on the emulated cluster, in ONE job per layout and link:
+MPICH's Allreduce (one algorithm, --mpich), ring_allreduce ('auto') and the variants named, a fresh
+random order every round (the same on every rank), each sample the slowest rank's time between
+barriers. For iterating on one bench/cluster_allreduce.py cell at a time. Needs root.
+
+    python bench/dev/net_ab.py --layouts 2x2 --rates 10gbit --sizes 1048576 --names mpi,auto,hier \\
+        [--mpich recursive_doubling] [--rounds 61] [--phases]
+
+Variants ('names'): mpi, auto, hier (the 2-host pipelined hierarchy), hier_p<KB> (its pieces at KB),
+direct, direct_p<KB>, ring, ring_p<KB> (plain_ring_allreduce in pieces of KB), onefence.
+--phases: the 2-host hierarchy once more with its phases timed per rank (share+fence, pipeline, finish).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from fasttrain.parallel import get_comm, launched_world_size, ring_allreduce  # noqa: E402
+
+
+def load1() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def variant(comm, name: str, buf):
+    from fasttrain.parallel import ring as R
+
+    base, _, arg = name.partition("_p")
+    kb = int(arg) << 10 if arg else None
+    if name == "mpi":
+        return lambda: comm.allreduce_mpi(buf)
+    if name == "auto":
+        return lambda: ring_allreduce(comm, buf)
+    if base == "hier":
+        h = R.hierarchy(comm)
+        seg = kb or R.DEFAULT_SEGMENT_BYTES
+        if kb:
+            return lambda: _hier_pieces(h, buf, kb)
+        return lambda: R._hierarchical_two_hosts(h, buf, "sum", comm.size, seg)
+    if base == "hier2":
+        return lambda: R.hierarchical_allreduce(comm, buf, **({"segment_bytes": kb} if kb else {}))
+    if base == "direct":
+        return lambda: R.direct_allreduce(comm, buf, segment_bytes=kb)
+    if base == "ring":
+        return lambda: R.plain_ring_allreduce(comm, buf, segment_bytes=kb or R.piece_bytes_for(buf.nbytes))
+    if base == "onefence":
+        return lambda: R.onefence_allreduce(comm, buf)
+    if base == "oneshot":
+        return lambda: R.oneshot_allreduce(comm, buf, piece_bytes=kb)
+    if base == "rooted":
+        return lambda: R.rooted_allreduce(comm, buf, piece_bytes=kb)
+    extra = getattr(sys.modules[__name__], "V_" + base, None)
+    if extra is not None:
+        return lambda: extra(comm, buf, kb)
+    raise SystemExit(f"net_ab: unknown variant {name!r}")
+
+
+def _hier_pieces(h, buf, piece_bytes):
+    """_hierarchical_two_hosts with its pieces forced to piece_bytes."""
+    from fasttrain.parallel import ring as R
+
+    saved = R.piece_bytes_for
+    R.piece_bytes_for = lambda nbytes, seg=None: piece_bytes
+    try:
+        return R._hierarchical_two_hosts(h, buf, "sum", h.window.size * 2, piece_bytes)
+    finally:
+        R.piece_bytes_for = saved
+
+
+_FLAGS: dict = {}
+
+
+def _flags(h):
+    """A shared window of two int64 progress counters per rank of the host (own cache line each):
+    [0] how many copy-in pieces this rank has written in call seq, [1] how many result pieces."""
+    f = _FLAGS.get(id(h))
+    if f is None:
+        from mpi4py import MPI
+        node = h.window.node
+        win = MPI.Win.Allocate_shared(64, 8, comm=node)
+        views = [np.frombuffer(win.Shared_query(j)[0], np.int64)[:8] for j in range(node.Get_size())]
+        win.Lock_all()
+        views[node.Get_rank()][:] = 0
+        win.Sync()
+        node.Barrier()
+        win.Sync()
+        f = _FLAGS[id(h)] = [win, views, 0]
+    return f
+
+
+def _spin(v, i, target):
+    k = 0
+    while v[i] < target:
+        k += 1
+        if k > 50:
+            import os
+            os.sched_yield()
+
+
+def V_flag(comm, buf, kb, fence_in=False):
+    """2 hosts: the pipelined hierarchy with no fence: the copy-in and the result pieces published by
+    per-rank progress counters in a shared window, each piece used as soon as it is there."""
+    from fasttrain.parallel import ring as R
+
+    h = R.hierarchy(comm)
+    w, other = h.window, h.slices
+    f = _flags(h)
+    win, views = f[0], f[1]
+    f[2] += 1
+    seq = f[2] << 32
+    if buf.nbytes > w.half:
+        w._grow(max(buf.nbytes, 2 * w.half))
+    plan = w._plan(buf.size, buf.dtype, w.parity * w.half)
+    w.parity ^= 1
+    mine_slot, a, b, peers, results = plan
+    k, me = w.size, w.rank
+    piece_bytes = kb or R.piece_bytes_for((b - a) * buf.itemsize)
+    cut = [R._pieces(y - x, buf.itemsize, piece_bytes) for x, y, _ in results]   # per chunk, offsets in the chunk
+    order = sorted(((i, j) for j in range(k) for i in range(len(cut[j]))))       # every writer's copy-in order
+    where = {(j, i): n for n, (i, j) in enumerate(x for x in order if x[1] != me)}
+    mine_v = views[me]
+    if fence_in:
+        mine_slot[:a] = buf[:a]
+        mine_slot[b:] = buf[b:]
+        w._fence()
+    else:
+        n = 0
+        for i, j in order:
+            if j == me:
+                continue
+            x0 = results[j][0]
+            x, y = cut[j][i]
+            mine_slot[x0 + x:x0 + y] = buf[x0 + x:x0 + y]
+            n += 1
+            win.Sync()
+            mine_v[0] = seq | n
+    pieces = cut[me]
+    peer = 1 - other.rank
+    chunk = mine_slot[a:b]
+    inbox = R._scratch("hier_inbox", b - a, buf.dtype)
+    recvs = [other.irecv(inbox[x:y], peer, R._TAG_RS) for x, y in pieces]
+    sends = []
+    # the copy-in pieces of this rank's chunk, as its host peers publish them (their order: `order`)
+    others = [q for q in range(k) if q != me]
+    for i, (x, y) in enumerate(pieces):
+        if not fence_in:
+            for q in others:
+                # writer q's index of (chunk me, piece i) in its own order (q skips its own chunk)
+                idx = sum(1 for (ii, jj) in order if jj != q and (ii, jj) <= (i, me))
+                _spin(views[q], 0, seq | idx)
+            win.Sync()
+        sends.append(other.isend(w.reduce_piece(buf, plan, x, y), peer, R._TAG_RS))
+    copied = {q: 0 for q in others}
+
+    def copy_ready(block):
+        for q in others:
+            have = copied[q]
+            if block:
+                _spin(views[q], 1, seq | len(cut[q]))
+            ready = int(views[q][1])
+            n = ready & 0xFFFFFFFF if ready >> 32 == seq >> 32 else 0
+            if n > have:
+                win.Sync()
+                x0, _, res = results[q]
+                for x, y in cut[q][have:n]:
+                    buf[x0 + x:x0 + y] = res[x:y]
+                copied[q] = n
+
+    for i, ((x, y), rq, sq) in enumerate(zip(pieces, recvs, sends)):
+        other.wait(rq)
+        other.wait(sq)
+        m, theirs = chunk[x:y], inbox[x:y]
+        if other.rank == 0:
+            np.add(m, theirs, out=m)
+        else:
+            np.add(theirs, m, out=m)
+        buf[a + x:a + y] = m
+        win.Sync()
+        mine_v[1] = seq | (i + 1)
+        copy_ready(False)
+    copy_ready(True)
+    return buf
+
+
+def V_flagout(comm, buf, kb):
+    return V_flag(comm, buf, kb, fence_in=True)
+
+
+def V_fenced(comm, buf, kb):
+    """The 2-host pipelined hierarchy as it was before NodeWindow.stream (main ae56d9c): two fences."""
+    from fasttrain.parallel import ring as R
+
+    h = R.hierarchy(comm)
+    w, other = h.window, h.slices
+    plan = w.share(buf)
+    _, a, b = plan[:3]
+    chunk = plan[0][a:b]
+    peer = 1 - other.rank
+    pieces = R._pieces(b - a, buf.itemsize, kb or R.piece_bytes_for((b - a) * buf.itemsize))
+    inbox = R._scratch("hier_inbox", b - a, buf.dtype)
+    recvs = [other.irecv(inbox[x:y], peer, R._TAG_RS) for x, y in pieces]
+    sends = [other.isend(w.reduce_piece(buf, plan, x, y), peer, R._TAG_RS) for x, y in pieces]
+    for (x, y), rq, sq in zip(pieces, recvs, sends):
+        other.wait(rq)
+        other.wait(sq)
+        mine, theirs = chunk[x:y], inbox[x:y]
+        if other.rank == 0:
+            np.add(mine, theirs, out=mine)
+        else:
+            np.add(theirs, mine, out=mine)
+    return w.finish(buf, plan)
+
+
+def V_x(comm, buf, kb):
+    """Not an all-reduce: every rank swaps kb KB with its counterpart on the other host, one message."""
+    from fasttrain.parallel import ring as R
+    h = R.hierarchy(comm)
+    n = kb // 4
+    src, dst = R._scratch("xs", n, np.float32), R._scratch("xd", n, np.float32)
+    o = h.slices
+    rq = o.irecv(dst, 1 - o.rank, 5)
+    o.wait(o.isend(src, 1 - o.rank, 5))
+    o.wait(rq)
+
+
+def V_xp(comm, buf, kb):
+    """V_x in 60 KB pieces."""
+    from fasttrain.parallel import ring as R
+    h = R.hierarchy(comm)
+    n = kb // 4
+    src, dst = R._scratch("xs", n, np.float32), R._scratch("xd", n, np.float32)
+    o = h.slices
+    pieces = R._pieces(n, 4, 60 << 10)
+    rqs = [o.irecv(dst[x:y], 1 - o.rank, 5) for x, y in pieces]
+    o.waitall([o.isend(src[x:y], 1 - o.rank, 5) for x, y in pieces])
+    o.waitall(rqs)
+
+
+def phases(comm, buf, reps: int = 41):
+    """The 2-host hierarchy's phases, per rank, median ms: share (copy-in + fence), pipeline (reduce
+    pieces, send, receive, add), finish (fence + copy-out)."""
+    from fasttrain.parallel import ring as R
+
+    h = R.hierarchy(comm)
+    w, other = h.window, h.slices
+    out = {"share": [], "pipe": [], "finish": [], "fence2": []}
+    for _ in range(reps):
+        comm.barrier()
+        t0 = time.perf_counter()
+        plan = w.share(buf)
+        t1 = time.perf_counter()
+        _, a, b = plan[:3]
+        chunk = plan[0][a:b]
+        peer = 1 - other.rank
+        pieces = R._pieces(b - a, buf.itemsize, R.piece_bytes_for((b - a) * buf.itemsize))
+        inbox = R._scratch("hier_inbox", b - a, buf.dtype)
+        recvs = [other.irecv(inbox[x:y], peer, R._TAG_RS) for x, y in pieces]
+        sends = [other.isend(w.reduce_piece(buf, plan, x, y), peer, R._TAG_RS) for x, y in pieces]
+        for (x, y), rq, sq in zip(pieces, recvs, sends):
+            other.wait(rq)
+            other.wait(sq)
+            mine, theirs = chunk[x:y], inbox[x:y]
+            np.add(mine, theirs, out=mine) if other.rank == 0 else np.add(theirs, mine, out=mine)
+        t2 = time.perf_counter()
+        w._fence()
+        t3 = time.perf_counter()
+        for x, y, result in plan[4]:
+            buf[x:y] = result
+        t4 = time.perf_counter()
+        out["share"].append(t1 - t0)
+        out["pipe"].append(t2 - t1)
+        out["fence2"].append(t3 - t2)
+        out["finish"].append(t4 - t3)
+    return {k: round(statistics.median(v) * 1e3, 3) for k, v in out.items()}
+
+
+def child(args):
+    comm = get_comm()
+    r = comm.rank
+    rng = np.random.default_rng(12345)
+    for size in [int(s) for s in args.sizes.split(",")]:
+        n = size // 4
+        src = np.random.default_rng([r, n]).integers(-1000, 1000, n).astype(np.float32)
+        buf = src.copy()
+        names = args.names.split(",")
+        fns = {x: variant(comm, x, buf) for x in names}
+        for _ in range(70 if size < (1 << 20) else 2):  # past the measured picks' re-measurement at call 64
+            ring_allreduce(comm, buf)
+        want = src.copy()
+        comm.allreduce_mpi(want)
+        for name, fn in fns.items():  # exact on integers, on every rank
+            if name.startswith("x"):
+                continue
+            np.copyto(buf, src)
+            fn()
+            if not np.array_equal(buf, want):
+                raise AssertionError(f"size={size} {name}: not the exact sum (max err {np.max(np.abs(buf - want))})")
+        rounds = max(5, args.rounds if size <= (1 << 20) else args.rounds // 3)
+        samples = {x: [] for x in names}
+        for i in range(rounds + 2):
+            for name in rng.permutation(names):
+                np.copyto(buf, src)
+                comm.barrier()
+                t0 = time.perf_counter()
+                fns[name]()
+                dt = time.perf_counter() - t0
+                slowest = max(comm.allgather(dt))
+                if i >= 2:
+                    samples[name].append(slowest)
+        ph = phases(comm, buf) if args.phases else None
+        ph_all = comm.allgather(ph)
+        if r == 0:
+            from fasttrain.parallel.ring import allreduce_algorithm
+            print(json.dumps({"layout": args.layout, "rate": args.rate, "size": size, "load": load1(), "rounds": rounds,
+                              "pick": allreduce_algorithm(comm, size), "mpich": args.mpich,
+                              "ratio": {k: round(float(np.median(np.array(v) / np.array(samples[names[1]]))), 3)
+                                        for k, v in samples.items()},
+                              "ms": {k: [round(statistics.median(v) * 1e3, 3), round(float(np.quantile(v, 0.2)) * 1e3, 3)]
+                                     for k, v in samples.items()}, "phases": ph_all if args.phases else None}), flush=True)
+
+
+def parent(args):
+    from fasttrain.parallel.cluster import Cluster
+
+    for layout in args.layouts.split(","):
+        hosts, per = (int(x) for x in layout.split("x"))
+        for rate in args.rates.split(","):
+            with Cluster(hosts, per, rate=rate) as c:
+                load0 = load1()
+                proc = c.run([sys.executable, "-m", "mpi4py", str(Path(__file__).resolve()), "--child", "--layout", layout,
+                              "--rate", rate, "--sizes", args.sizes, "--rounds", str(args.rounds), "--names", args.names,
+                              "--mpich", args.mpich] + (["--phases"] if args.phases else []),
+                             timeout=1800, cwd=ROOT,
+                             launcher=[] if args.mpich == "default" else ["-genv", "MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM", args.mpich])
+                if proc.returncode != 0:
+                    sys.exit(f"net_ab {layout} {rate}: failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+                for ln in proc.stdout.splitlines():
+                    if ln.startswith("{"):
+                        rec = json.loads(ln)
+                        ms = "  ".join(f"{k} {v[0]:.3f}/{v[1]:.3f} ({rec['ratio'][k]:.2f})" for k, v in rec["ms"].items())
+                        print(f"{layout} {rate} {rec['size'] >> 10} KB load {load0:.1f}-{rec['load']:.1f} "
+                              f"pick {rec['pick']} (median/p20 ms, {rec['rounds']} rounds): {ms}", flush=True)
+                        if rec["phases"]:
+                            print("   phases per rank:", rec["phases"], flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layouts", default="2x2")
+    ap.add_argument("--rates", default="10gbit")
+    ap.add_argument("--sizes", default=str(1 << 20))
+    ap.add_argument("--rounds", type=int, default=61)
+    ap.add_argument("--names", default="mpi,auto,hier")
+    ap.add_argument("--mpich", default="default", help="MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM for 'mpi'")
+    ap.add_argument("--phases", action="store_true")
+    ap.add_argument("--child", action="store_true")
+    ap.add_argument("--layout", default="")
+    ap.add_argument("--rate", default="")
+    args = ap.parse_args()
+    if args.child or launched_world_size() > 1:
+        child(args)
+    else:
+        parent(args)
+
+
+if __name__ == "__main__":
+    main()
