@@ -15,8 +15,7 @@ the Conv2d layer calls them; "auto" is what fasttrain picks, and the algorithm i
 printed beside it), "direct-blocked" (the direct kernels alone on activations already in their
 NCHW16c layout, as a network that keeps that layout runs them), "wino-blocked" (3x3 stride-1
 padding-1 shapes: the same entry points forced to Winograd F(2x2, 3x3) on the blocked layout),
-"wino43-blocked" (forced to F(4x4, 3x3) for the forward and data gradient, the weight gradient by
-F(2x2, 3x3)), "stem" for inputs of fewer than 16
+"wino43-blocked" (forced to F(4x4, 3x3), all three ops), "stem" for inputs of fewer than 16
 channels (the network's first convolution: NCHW input, blocked output, its own kernel; compared
 with torch on forward + weight gradient, as a first layer needs no data gradient), PyTorch with channels_last tensors
 (oneDNN's fast path, the comparator) and in its NCHW default, and the NumPy reference.

@@ -476,7 +476,7 @@ def test_choice_for_blocked_activations():
                 narrow = (op, 128, 32, 16, 16, 32, 3, 3, 1, 1, 1, 1)  # 2^18
                 # AVX-512: the direct engine's entry points, by Winograd on the blocked layout
                 # (tests/test_conv_winograd_blocked.py)
-                wino = "winograd-blocked" if op == "bwd_weight" else "winograd43-blocked"
+                wino = "winograd43-blocked"
                 want_wide = {"avx512": wino, "avx2": "winograd"}.get(isa, "winograd")
                 assert C.conv2d_choice(*wide, blocked=True) == want_wide, (isa, op)
                 assert C.conv2d_choice(*narrow, blocked=True) == {"avx512": wino, "avx2": "direct"}.get(isa, "winograd")

@@ -1,8 +1,7 @@
 """Winograd F(2x2, 3x3) and F(4x4, 3x3) on the blocked layout (csrc/cpu/conv2d_wino_blocked_avx512.cpp),
 run by the direct engine's blocked entry points for 3x3 stride-1 padding-1 layers: forced with
-set_conv2d_algo("winograd-blocked") / ("winograd43-blocked": 4x4 tiles for the forward and data
-gradient) and held to the NumPy reference on odd shapes (channels not a multiple of 16, maps with a
-partial last tile, 1x1 maps, batch 1), forward (bias, ReLU, halos, the batchnorm statistics), data
+set_conv2d_algo("winograd-blocked") / ("winograd43-blocked": 4x4 tiles) and held to the NumPy
+reference on odd shapes (channels not a multiple of 16, maps with a partial last tile, 1x1 maps, batch 1), forward (bias, ReLU, halos, the batchnorm statistics), data
 gradient (dy halos, accumulate) and weight gradient, within the error bound docs/KERNELS.md states
 (relative to sum |w||x| per output); the choice, its errors, thread-count
 independence, a float32 finite-difference check through the layer, and a ResNet-20 training step
@@ -132,12 +131,17 @@ def _bwd_weight(x, dy, K):
     return dw, db
 
 
+# the weight gradient's bound per weight, relative to its sum |dy||x| (float32 sums over up to
+# N*H*W/4 tiles); 4x4 tiles: the transforms' factors (up to 5 in B^T, 8 in A^T, 1/24 in G) put
+# observed errors 3-10x those of 2x2 tiles (docs/KERNELS.md)
+WGRAD_BOUNDS = {"winograd-blocked": 2e-5, "winograd43-blocked": 6e-5}
+
+
 @needs_avx512
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_weight_gradient_matches_reference(wino, case):
+def test_weight_gradient_matches_reference(wino_fwd, case):
     """dw and db accumulate; x read through halos 1, 2 (or exactly the padding), dy through halos
-    0, 1, 2 (or conv2d_blocked_dy_pads'). Bound: 2e-5 of sum |dy||x| per weight (float32 sums over
-    up to N*H*W/4 tiles)."""
+    0, 1, 2 (or conv2d_blocked_dy_pads'), each tile size."""
     p = _problem(case, seed=4)
     N, Cc, H, W, K = case
     rng = np.random.default_rng(7)
@@ -150,14 +154,14 @@ def test_weight_gradient_matches_reference(wino, case):
         dw, db = dw0.copy(), db0.copy()
         C.conv2d_blocked_bwd_weight(xb, dyb, dw, db, 1, 1, 1, 1, halo_x=hx, halo_dy=hdy)
         err = np.abs(dw - (dw_ref + dw0))
-        assert np.all(err <= 2e-5 * sw + 1e-6), f"dw halo_x={hx} halo_dy={hdy}: worst {(err / (sw + 1e-30)).max():.2e}"
+        bound = WGRAD_BOUNDS[wino_fwd]
+        assert np.all(err <= bound * sw + 1e-6), f"dw halo_x={hx} halo_dy={hdy}: worst {(err / (sw + 1e-30)).max():.2e}"
         np.testing.assert_allclose(db, db_ref + db0, rtol=1e-5, atol=1e-5 * (sb.max() + 1), err_msg=f"db {hx} {hdy}")
 
 
 @needs_avx512
 def test_nchw_entry_points_and_weight_gradient(wino_fwd):
-    """The NCHW entry points convert and run the blocked Winograd, all three ops (the weight gradient
-    by 2x2 tiles under either forcing)."""
+    """The NCHW entry points convert and run the blocked Winograd, all three ops, each tile size."""
     bound = BOUNDS[wino_fwd]
     p = _problem((2, 20, 9, 6, 24), seed=3)
     y = np.empty((2, 24, 9, 6), f32)
@@ -169,11 +173,10 @@ def test_nchw_entry_points_and_weight_gradient(wino_fwd):
     dw, db = np.zeros((24, 20, 3, 3), f32), np.zeros(24, f32)
     C.conv2d_bwd_weight(p["x"], p["dy"], dw, db, 1, 1, 1, 1)
     dw_ref, db_ref = _bwd_weight(p["x"], p["dy"], 24)
-    assert np.all(np.abs(dw - dw_ref) <= 2e-5 * _bwd_weight(np.abs(p["x"]), np.abs(p["dy"]), 24)[0] + 1e-6), "NCHW dw"
+    assert np.all(np.abs(dw - dw_ref) <= WGRAD_BOUNDS[wino_fwd] * _bwd_weight(np.abs(p["x"]), np.abs(p["dy"]), 24)[0] + 1e-6), "NCHW dw"
     np.testing.assert_allclose(db, db_ref, rtol=1e-5, atol=1e-5)
     for op in ("fwd", "bwd_data", "bwd_weight"):
-        want = "winograd-blocked" if op == "bwd_weight" else wino_fwd
-        assert C.conv2d_choice(op, 2, 20, 9, 6, 24, 3, 3, 1, 1, 1, 1, blocked=True) == want
+        assert C.conv2d_choice(op, 2, 20, 9, 6, 24, 3, 3, 1, 1, 1, 1, blocked=True) == wino_fwd
 
 
 @needs_avx512
@@ -230,12 +233,12 @@ def test_forcing_refuses_what_it_cannot_do(algo):
 def test_auto_choice_rule():
     """Under 'auto', where the AVX-512 kernels run, 3x3 stride-1 padding-1 layers with >= 16 channels
     in and out: forward and data gradient by 4x4 tiles from 128 of them, else by 2x2 tiles from 32
-    channels and 128 tiles, else direct; the weight gradient by 2x2 tiles. Never with the AVX2 or
-    portable kernels (those paths keep what they ran before)."""
+    channels and 128 tiles, else direct; the weight gradient by 4x4 tiles from 128 of them, else by
+    2x2 tiles. Never with the AVX2 or portable kernels (those paths keep what they ran before)."""
     # (N, C, H, W, K) -> the forward / data gradient's choice and the weight gradient's with AVX-512
-    cases = {(128, 64, 8, 8, 64): ("winograd43-blocked", "winograd-blocked"),
-             (128, 16, 32, 32, 16): ("winograd43-blocked", "winograd-blocked"),
-             (2, 16, 32, 32, 16): ("winograd43-blocked", "winograd-blocked"),   # 128 tiles of 4x4
+    cases = {(128, 64, 8, 8, 64): ("winograd43-blocked", "winograd43-blocked"),
+             (128, 16, 32, 32, 16): ("winograd43-blocked", "winograd43-blocked"),
+             (2, 16, 32, 32, 16): ("winograd43-blocked", "winograd43-blocked"),  # 128 tiles of 4x4
              (1, 16, 32, 32, 16): ("direct", "winograd-blocked"),               # 64 tiles of 4x4
              (8, 64, 8, 8, 64): ("winograd-blocked", "winograd-blocked"),       # 32 of 4x4, 128 of 2x2
              (8, 16, 8, 8, 16): ("direct", "winograd-blocked"),                 # 2x2 tiles need 32 channels
@@ -288,7 +291,7 @@ def test_layer_finite_differences(wino):
 @needs_avx512
 def test_resnet20_step_matches_direct():
     """A ResNet-20 training step (batch 8, 32x32: 16 and 32 channels by 4x4 tiles, 64 channels by
-    2x2 tiles under 'auto', the weight gradients by 2x2 tiles) gives the loss, input and parameter
+    2x2 tiles under 'auto', each layer's weight gradient likewise) gives the loss, input and parameter
     gradients of the same step with the direct kernels forced."""
     ft.set_backend("cpp")
     out = {}
@@ -310,7 +313,8 @@ def test_resnet20_step_matches_direct():
             for shape, wino in (((8, 16, 32, 32, 16), "winograd43-blocked"), ((8, 32, 16, 16, 32), "winograd43-blocked"),
                                 ((8, 64, 8, 8, 64), "winograd-blocked")):
                 want = wino if algo == "auto" else "direct"
-                assert C.conv2d_choice("fwd", *shape, 3, 3, 1, 1, 1, 1, blocked=True) == want
+                for op in ("fwd", "bwd_weight"):
+                    assert C.conv2d_choice(op, *shape, 3, 3, 1, 1, 1, 1, blocked=True) == want, (shape, op)
     finally:
         C.set_conv2d_algo("auto")
         ft.set_backend("auto")

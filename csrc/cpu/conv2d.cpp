@@ -315,8 +315,11 @@ bool use_direct(const char* op, const Geom& g, bool blocked = false) {
 //   fewer tiles the weight transform and each chunk's full pass over U are paid for few tiles: at
 //   batch 8, 64->64 8x8 (32 tiles of 4x4) took 1.5x the 2x2 tiles' time, and at batch 1 both
 //   Winograds lost to direct (2x2 tiles 1.3-2.3x slower at 16 to 64 tiles).
-// - weight gradient by F(2x2, 3x3) (its only kernel) from kWinoBlockedMinChannels channels: 1.13-
-//   1.22x faster than direct at 16 channels, batch 32-128.
+// - weight gradient by F(4x4, 3x3) under the forward's F(4x4) rule, else by F(2x2, 3x3) from
+//   kWinoBlockedMinChannels channels (1.13-1.22x faster than direct at 16 channels, batch 32-128).
+//   1 thread, CPU time, batch 128: 4x4 tiles ran 32->32 16x16 1.3x and 64->64 8x8 1.6x faster
+//   than 2x2 tiles, 16->16 32x32 1.03x (1.45x at batch 32: at 128 the 18 MB of x and dy leave
+//   the cache); at batch 8, 64->64 8x8, the two tied, and at batch 1 4x4 tiles took 1.3x.
 // Below 16 channels the transforms (O(C + K) per tile) outweigh the products.
 constexpr int64_t kWinoBlockedMinChannels = 16;
 constexpr int64_t kWino2BlockedMinChannels = 32;
@@ -344,14 +347,13 @@ int pick_wino_blocked(const char* op, const Geom& g) {
     FT_CHECK(wino_blocked::available() && conv2d_isa() == "avx512",
              op << ": conv2d algorithm '" << algo_name(g_algo) << "' needs the AVX-512 kernels, but the direct engine "
                 << "runs '" << conv2d_isa() << "'");
-    // the weight gradient has 2x2 tiles only
-    return g_algo == Algo::Winograd43Blocked && !is_weight_grad(op) ? 4 : 2;
+    return g_algo == Algo::Winograd43Blocked ? 4 : 2;
   }
   if (g_algo != Algo::Auto || !fits || !wino_blocked::available() || conv2d_isa() != "avx512") return 0;
   const int64_t ch = std::min(g.C, g.K);
-  if (is_weight_grad(op)) return ch >= kWinoBlockedMinChannels ? 2 : 0;
   const auto tiles = [&g](int64_t m) { return g.N * ((g.H + m - 1) / m) * ((g.W + m - 1) / m); };
   if (ch >= kWinoBlockedMinChannels && tiles(4) >= kWinoBlockedMinTiles) return 4;
+  if (is_weight_grad(op)) return ch >= kWinoBlockedMinChannels ? 2 : 0;
   return ch >= kWino2BlockedMinChannels && tiles(2) >= kWinoBlockedMinTiles ? 2 : 0;
 }
 

@@ -753,8 +753,8 @@ void conv2d_blocked_bwd_weight(const float* xp, const float* dyp, float* dw, flo
                                int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t hxh,
                                int64_t hxw, int64_t hdy) {
   using namespace direct;
-  if (hxh == hxw && winograd_blocked_tile("conv2d_blocked_bwd_weight", N, C, H, W, K, R, S, sh, sw, ph, pw))
-    return wino_blocked::run_wgrad({xp, hxh, dyp, hdy < 0 ? 1 : hdy, N, C, H, W, K, dw, db});
+  if (const int m = hxh == hxw ? winograd_blocked_tile("conv2d_blocked_bwd_weight", N, C, H, W, K, R, S, sh, sw, ph, pw) : 0)
+    return wino_blocked::run_wgrad({xp, hxh, dyp, hdy < 0 ? 1 : hdy, N, C, H, W, K, dw, db, m});
   flat_pointwise(H, W, R, S, sh, sw, ph, pw, std::max({hxh, hxw, hdy}));
   const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
   const auto [pv, pq] = dy_frame(g, hdy);

@@ -34,7 +34,7 @@ struct Args {
   bool bn_relu = false;
 };
 
-// The weight gradient of the forward above (transpose false), by F(2x2, 3x3):
+// The weight gradient of the forward above (transpose false), by F(2x2, 3x3) or F(4x4, 3x3):
 //   dw[k, c, r, s] += sum_{n, h, w} dy[n, k, h, w] x[n, c, h - 1 + r, w - 1 + s],  db[k] += sum dy[n, k, ., .]
 struct WgradArgs {
   const float* x;      // blocked, zero halo halo_x >= 1 (as Args::in)
@@ -44,6 +44,7 @@ struct WgradArgs {
   int64_t N, C, H, W, K;
   float* dw;           // (K, C, 3, 3), accumulated into
   float* db;           // K, accumulated into
+  int tile = 2;        // output tile side: 2 or 4, as Args::tile
 };
 
 // Whether this build holds the AVX-512 kernels (the CPU check is the caller's).

@@ -20,7 +20,7 @@
 // are per-tile float32 sums (<= M^2 pixels) added in double per chunk, the chunks' sums then in
 // chunk order; the chunks follow from the shape, so the bits do not depend on the thread count,
 // and every output element's sum runs over the input channels in order, so the outputs do not
-// either. The weight gradient has 2x2 tiles only.
+// either. The weight gradient (run_wgrad) is the adjoint of the same algorithm, either tile size.
 #include "conv2d_wino_blocked.h"
 
 #if defined(__AVX512F__) && defined(__FMA__)
@@ -440,26 +440,69 @@ void run(const Args& a) {
 }
 
 
+namespace {
+
+// The adjoints of the output and weight transforms, for one line: out = A g (A: the transpose of
+// the forward's A^T; g: M values, out: M + 2) and t = G^T u (u: M + 2 values, t: 3).
+template <int M>
+inline void a_line(const V* g, V* out) {
+  const V z = _mm512_setzero_ps();
+  if constexpr (M == 2) {
+    out[0] = g[0];
+    out[1] = _mm512_add_ps(g[0], g[1]);
+    out[2] = _mm512_sub_ps(g[0], g[1]);
+    out[3] = _mm512_sub_ps(z, g[1]);
+  } else {
+    const V p = _mm512_add_ps(g[0], g[2]), q = _mm512_add_ps(g[1], g[3]);
+    const V r = _mm512_fmadd_ps(_mm512_set1_ps(4.f), g[2], g[0]), s = _mm512_fmadd_ps(_mm512_set1_ps(8.f), g[3], _mm512_add_ps(g[1], g[1]));
+    out[0] = g[0];
+    out[1] = _mm512_add_ps(p, q);
+    out[2] = _mm512_sub_ps(p, q);
+    out[3] = _mm512_add_ps(r, s);
+    out[4] = _mm512_sub_ps(r, s);
+    out[5] = g[3];
+  }
+}
+
+template <int M>
+inline void gt_line(const V* u, V* t) {
+  const auto k = [](float f) { return _mm512_set1_ps(f); };
+  if constexpr (M == 2) {
+    const V h = _mm512_mul_ps(_mm512_add_ps(u[1], u[2]), k(0.5f));
+    t[0] = _mm512_add_ps(u[0], h);
+    t[1] = _mm512_mul_ps(_mm512_sub_ps(u[1], u[2]), k(0.5f));
+    t[2] = _mm512_add_ps(h, u[3]);
+  } else {
+    const V a = _mm512_add_ps(u[1], u[2]), b = _mm512_sub_ps(u[1], u[2]);
+    const V c = _mm512_add_ps(u[3], u[4]), d = _mm512_sub_ps(u[3], u[4]);
+    t[0] = _mm512_fmadd_ps(k(0.25f), u[0], _mm512_fmadd_ps(k(-1.f / 6), a, _mm512_mul_ps(k(1.f / 24), c)));
+    t[1] = _mm512_fmadd_ps(k(-1.f / 6), b, _mm512_mul_ps(k(1.f / 12), d));
+    t[2] = _mm512_add_ps(_mm512_mul_ps(k(1.f / 6), _mm512_sub_ps(c, a)), u[5]);
+  }
+}
+
 // The weight gradient: per chunk, V = B^T x B (the forward's input transform) and Y = A dy A^T
 // (the adjoint of the output transform), then per position dU[e] += V[e]^T Y[e] (input channels
 // x output channels, reduced over the chunk's tiles in registers) into the thread's partial;
 // finally dw += G^T dU G (the adjoint of the weight transform) and db += the sums of dy.
-void run_wgrad(const WgradArgs& a) {
+template <int M>
+void run_wgrad_tiles(const WgradArgs& a) {
+  constexpr int A = Tile<M>::A, P = Tile<M>::P;
   const int64_t Cbi = blocks(a.C), Kbo = blocks(a.K), Cinp = Cbi * kB, Kp = Kbo * kB;
   const int64_t Hp = a.H + 2 * a.halo_x, Wp = a.W + 2 * a.halo_x;
   const int64_t Pp = a.H + 2 * a.halo_dy, Qp = a.W + 2 * a.halo_dy;
-  const int64_t TH = (a.H + 1) / 2, TW = (a.W + 1) / 2, per_img = TH * TW, tiles = a.N * per_img;
+  const int64_t TH = (a.H + M - 1) / M, TW = (a.W + M - 1) / M, per_img = TH * TW, tiles = a.N * per_img;
   const int nt = num_threads();
   // chunks as long as the forward's L2 cap allows, but no longer than a thread's share: the
   // products keep dU in registers over a chunk's tiles and load and store it once per chunk, so
   // the forward's multiple of 8 chunks (2 tiles each for one 8x8 image) would move the whole dU
   // per 2 tiles (batch 1, 64 channels 8x8: 2x the direct kernel's time)
-  const int64_t T = std::max<int64_t>(1, std::min<int64_t>(chunk_cap(Cinp, Kp), (tiles + nt - 1) / nt));
+  const int64_t T = std::max<int64_t>(1, std::min<int64_t>(chunk_cap(Cinp, Kp, P), (tiles + nt - 1) / nt));
   const int64_t nchunks = (tiles + T - 1) / T;
-  const int64_t usz = 16 * Cinp * Kp, psz = usz + Kp;  // a partial: dU [e][c][Kp], then db
+  const int64_t usz = P * Cinp * Kp, psz = usz + Kp;  // a partial: dU [e][c][Kp], then db
   float* part = thread_buffer(2, nt * psz);
   std::fill(part, part + nt * psz, 0.f);
-  const Tiles x{a.x, a.halo_x, Cbi, Cinp, Hp, Wp, TW, per_img, 2};
+  const Tiles x{a.x, a.halo_x, Cbi, Cinp, Hp, Wp, TW, per_img, M};
 #pragma omp parallel num_threads(nt)
   {
     float* du = part + omp_get_thread_num() * psz;
@@ -467,32 +510,52 @@ void run_wgrad(const WgradArgs& a) {
     for (int64_t ch = 0; ch < nchunks; ++ch) {
       const int64_t t0 = ch * T, nT = std::min(T, tiles - t0);
       const int64_t vplane = plane(T, Cinp), yplane = plane(T, Kp);
-      float* Vb = thread_buffer(0, 16 * vplane);
-      float* Yb = thread_buffer(1, 16 * yplane);
-      input_transform<2>(x, t0, nT, Vb, vplane);
+      float* Vb = thread_buffer(0, P * vplane);
+      float* Yb = thread_buffer(1, P * yplane);
+      input_transform<M>(x, t0, nT, Vb, vplane);
       for (int64_t tl = 0; tl < nT; ++tl) {
         const auto [n, h, w] = x.at(t0 + tl);
-        const bool r1 = h + 1 < a.H, c1 = w + 1 < a.W;
+        const int rows = static_cast<int>(std::min<int64_t>(M, a.H - h)), cols = static_cast<int>(std::min<int64_t>(M, a.W - w));
+        const bool full = rows == M && cols == M;
         for (int64_t kb = 0; kb < Kbo; ++kb) {
           const float* g = a.dy + (((n * Kbo + kb) * Pp + a.halo_dy + h) * Qp + a.halo_dy + w) * kB;
-          const V z = _mm512_setzero_ps();
-          const V g00 = _mm512_loadu_ps(g), g01 = c1 ? _mm512_loadu_ps(g + kB) : z;
-          const V g10 = r1 ? _mm512_loadu_ps(g + Qp * kB) : z, g11 = r1 && c1 ? _mm512_loadu_ps(g + (Qp + 1) * kB) : z;
-          float* db = du + usz + kb * kB;
-          _mm512_storeu_ps(db, _mm512_add_ps(_mm512_loadu_ps(db), _mm512_add_ps(_mm512_add_ps(g00, g01), _mm512_add_ps(g10, g11))));
-          const V r[4][2] = {{g00, g01}, {_mm512_add_ps(g00, g10), _mm512_add_ps(g01, g11)},
-                             {_mm512_sub_ps(g00, g10), _mm512_sub_ps(g01, g11)}, {_mm512_sub_ps(z, g10), _mm512_sub_ps(z, g11)}};
-          float* out = Yb + tl * Kp + kb * kB;
+          V d[M][M];  // the tile's dy, zeros past the map (dy's halo may be 0)
 #pragma GCC unroll 4
-          for (int i = 0; i < 4; ++i) {
-            _mm512_storeu_ps(out + (i * 4 + 0) * yplane, r[i][0]);
-            _mm512_storeu_ps(out + (i * 4 + 1) * yplane, _mm512_add_ps(r[i][0], r[i][1]));
-            _mm512_storeu_ps(out + (i * 4 + 2) * yplane, _mm512_sub_ps(r[i][0], r[i][1]));
-            _mm512_storeu_ps(out + (i * 4 + 3) * yplane, _mm512_sub_ps(z, r[i][1]));
+          for (int i = 0; i < M; ++i)
+#pragma GCC unroll 4
+            for (int j = 0; j < M; ++j)
+              d[i][j] = full || (i < rows && j < cols) ? _mm512_loadu_ps(g + (i * Qp + j) * kB) : _mm512_setzero_ps();
+          V sum = _mm512_setzero_ps();
+#pragma GCC unroll 4
+          for (int i = 0; i < M; ++i) {
+            V rs = d[i][0];
+#pragma GCC unroll 4
+            for (int j = 1; j < M; ++j) rs = _mm512_add_ps(rs, d[i][j]);
+            sum = i ? _mm512_add_ps(sum, rs) : rs;
+          }
+          float* db = du + usz + kb * kB;
+          _mm512_storeu_ps(db, _mm512_add_ps(_mm512_loadu_ps(db), sum));
+          V r[A][M];  // A dy, column by column
+#pragma GCC unroll 4
+          for (int j = 0; j < M; ++j) {
+            V col[M], o[A];
+#pragma GCC unroll 4
+            for (int i = 0; i < M; ++i) col[i] = d[i][j];
+            a_line<M>(col, o);
+#pragma GCC unroll 6
+            for (int i = 0; i < A; ++i) r[i][j] = o[i];
+          }
+          float* out = Yb + tl * Kp + kb * kB;
+#pragma GCC unroll 6
+          for (int i = 0; i < A; ++i) {
+            V o[A];
+            a_line<M>(r[i], o);
+#pragma GCC unroll 6
+            for (int j = 0; j < A; ++j) _mm512_storeu_ps(out + (i * A + j) * yplane, o[j]);
           }
         }
       }
-      for (int e = 0; e < 16; ++e)
+      for (int e = 0; e < P; ++e)
         for (int64_t kb = 0; kb < Kbo; kb += kKV) {
           const int kv = static_cast<int>(std::min<int64_t>(kKV, Kbo - kb));
           const int maxcn = kv == 2 ? kTR2 : kTR1;
@@ -512,30 +575,38 @@ void run_wgrad(const WgradArgs& a) {
   }
   for (int64_t k = 0; k < a.K; ++k) a.db[k] += part[usz + k];
   // dw += G^T dU G, 16 output channels at a time (dU's rows are [c][Kp]: one vector per position)
+  const int64_t eplane = Cinp * Kp;
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t ck = 0; ck < a.C * Kbo; ++ck) {
     const int64_t c = ck / Kbo, kb = ck % Kbo;
-    const auto half = [](V v) { return _mm512_mul_ps(v, _mm512_set1_ps(0.5f)); };
-    V t[3][4];
-    for (int b = 0; b < 4; ++b) {  // G^T dU
-      const float* u = part + (b * Cinp + c) * Kp + kb * kB;
-      const V u0 = _mm512_loadu_ps(u), u1 = _mm512_loadu_ps(u + 4 * Cinp * Kp),
-              u2 = _mm512_loadu_ps(u + 8 * Cinp * Kp), u3 = _mm512_loadu_ps(u + 12 * Cinp * Kp);
-      t[0][b] = _mm512_add_ps(u0, half(_mm512_add_ps(u1, u2)));
-      t[1][b] = half(_mm512_sub_ps(u1, u2));
-      t[2][b] = _mm512_add_ps(half(_mm512_add_ps(u1, u2)), u3);
+    const float* u = part + c * Kp + kb * kB;
+    V t[3][A];  // G^T dU, column by column
+#pragma GCC unroll 6
+    for (int b = 0; b < A; ++b) {
+      V col[A], o[3];
+#pragma GCC unroll 6
+      for (int r = 0; r < A; ++r) col[r] = _mm512_loadu_ps(u + (r * A + b) * eplane);
+      gt_line<M>(col, o);
+      for (int s = 0; s < 3; ++s) t[s][b] = o[s];
     }
     alignas(64) float g[9][kB];
     for (int r = 0; r < 3; ++r) {  // (G^T dU) G
-      _mm512_store_ps(g[r * 3 + 0], _mm512_add_ps(t[r][0], half(_mm512_add_ps(t[r][1], t[r][2]))));
-      _mm512_store_ps(g[r * 3 + 1], half(_mm512_sub_ps(t[r][1], t[r][2])));
-      _mm512_store_ps(g[r * 3 + 2], _mm512_add_ps(half(_mm512_add_ps(t[r][1], t[r][2])), t[r][3]));
+      V o[3];
+      gt_line<M>(t[r], o);
+      for (int s = 0; s < 3; ++s) _mm512_store_ps(g[r * 3 + s], o[s]);
     }
     for (int64_t l = 0; l < kB && kb * kB + l < a.K; ++l) {
       float* dw = a.dw + ((kb * kB + l) * a.C + c) * 9;
       for (int rs = 0; rs < 9; ++rs) dw[rs] += g[rs][l];
     }
   }
+}
+
+}  // namespace
+
+void run_wgrad(const WgradArgs& a) {
+  FT_CHECK(a.tile == 2 || a.tile == 4, "winograd-blocked weight gradient: tile must be 2 or 4, got " << a.tile);
+  return a.tile == 4 ? run_wgrad_tiles<4>(a) : run_wgrad_tiles<2>(a);
 }
 }  // namespace ft::cpu::wino_blocked
 
