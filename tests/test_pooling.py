@@ -281,6 +281,23 @@ def test_backend_maxpool_2x2_wide_planes_with_ties(name, shape):
         np.testing.assert_array_equal(dx, edx.astype(np.float32))
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 2, 2), (2, 3, 35, 33), (3, 1, 5, 2)])
+@pytest.mark.parametrize("name", _cases("avgpool2d_fwd"))
+def test_backend_avgpool_2x2_wide_planes(name, shape):
+    rng = np.random.default_rng(10)
+    x64 = rng.standard_normal(shape)
+    oshape = _out(shape, (2, 2), (2, 2), (0, 0))
+    dy64 = rng.standard_normal(oshape)
+    ey, edx = naive_avgpool(x64, dy64, (2, 2), (2, 2), (0, 0))
+    y = np.full(oshape, np.nan, np.float32)
+    backend.kernel("avgpool2d_fwd", backend=name)(x64.astype(np.float32), y, 2, 2, 2, 2, 0, 0)
+    np.testing.assert_allclose(y, ey, rtol=1e-6, atol=1e-6)
+    if name in backend.available_backends_for("avgpool2d_bwd"):
+        dx = np.full(shape, np.nan, np.float32)
+        backend.kernel("avgpool2d_bwd", backend=name)(dy64.astype(np.float32), dx, 2, 2, 2, 2, 0, 0)
+        np.testing.assert_allclose(dx, edx, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("name", _cases("maxpool2d_bwd"))
 def test_backend_maxpool_bwd_maxima_outside_their_cells(name):
     """Overlapping 3x3 stride-2 windows give half-size outputs as 2x2 cells would, but their maxima

@@ -249,7 +249,9 @@ def test_bad_pooling_arguments():
 
 DIVISOR_CONFIGS = [((2, 3, 7, 6), (3, 3), (2, 2), (1, 1), True, 5), ((1, 5, 6, 6), (2, 3), (2, 1), (0, 1), False, 1),
                    ((2, 1, 5, 7), (3, 2), (3, 2), (1, 1), True, 13),
-                   ((1, 2, 5, 5), (2, 2), (2, 2), (1, 0), True, -3)]   # PyTorch divides by a negative one too
+                   ((1, 2, 5, 5), (2, 2), (2, 2), (1, 0), True, -3),   # PyTorch divides by a negative one too
+                   ((2, 3, 9, 8), (2, 2), (2, 2), (0, 0), False, 3),   # disjoint 2x2 cells
+                   ((1, 2, 5, 5), (2, 2), (2, 2), (0, 0), True, 7)]   # 2x2 with ceil-mode windows over the edge
 
 
 def _avg_override(call, x, dy, k, s, p, ceil, divisor):

@@ -30,6 +30,13 @@ inline float avg_divisor(int64_t h0, int64_t w0, int64_t H, int64_t W, int64_t k
                             (std::min(w0 + kw, W) - std::max<int64_t>(w0, 0)));
 }
 
+// 2x2 windows, stride 2, no padding: disjoint cells, all inside the image (a ceil-mode window
+// hanging over the edge fails 2P <= H or 2Q <= W)
+inline bool is_2x2_cells(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                         int64_t H, int64_t W, int64_t P, int64_t Q) {
+  return kh == 2 && kw == 2 && sh == 2 && sw == 2 && ph == 0 && pw == 0 && 2 * P <= H && 2 * Q <= W;
+}
+
 // The 2x2 stride-2 window without padding or dilation (every classic CNN's pooling) in a
 // branch-free form the compiler vectorises: the general loop below works out each window's real
 // taps and ran at 4 ns an output. Same taps in the same order and the same rule as the general
@@ -65,8 +72,7 @@ void maxpool2x2_plane(const float* xp, float* yp, int64_t* ap, int64_t W, int64_
 void maxpool2d_fwd(const float* x, float* y, int64_t* argmax, int64_t NC, int64_t H, int64_t W,
                    int64_t P, int64_t Q, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
                    int64_t ph, int64_t pw, int64_t dh, int64_t dw) {
-  if (kh == 2 && kw == 2 && sh == 2 && sw == 2 && ph == 0 && pw == 0 && dh == 1 && dw == 1 &&
-      2 * P <= H && 2 * Q <= W) {
+  if (dh == 1 && dw == 1 && is_2x2_cells(kh, kw, sh, sw, ph, pw, H, W, P, Q)) {
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
     for (int64_t pl = 0; pl < NC; ++pl)
       maxpool2x2_plane(x + pl * H * W, y + pl * P * Q, argmax + pl * P * Q, W, P, Q);
@@ -153,6 +159,19 @@ int64_t maxpool2d_bwd(const float* dy, const int64_t* argmax, float* dx, int64_t
 void avgpool2d_fwd(const float* x, float* y, int64_t NC, int64_t H, int64_t W, int64_t P, int64_t Q,
                    int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
                    bool count_include_pad, int64_t divisor_override) {
+  if (is_2x2_cells(kh, kw, sh, sw, ph, pw, H, W, P, Q)) {
+    // same sum order (row by row, from 0) and divisor as the general loop, so the same bits
+    const float div = avg_divisor(0, 0, H, W, 2, 2, 0, 0, count_include_pad, divisor_override);
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+    for (int64_t pl = 0; pl < NC; ++pl)
+      for (int64_t p = 0; p < P; ++p) {
+        const float* r0 = x + pl * H * W + 2 * p * W;
+        const float* r1 = r0 + W;
+        float* yr = y + pl * P * Q + p * Q;
+        for (int64_t q = 0; q < Q; ++q) yr[q] = (0.f + r0[2 * q] + r0[2 * q + 1] + r1[2 * q] + r1[2 * q + 1]) / div;
+      }
+    return;
+  }
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
   for (int64_t pl = 0; pl < NC; ++pl) {
     const float* xp = x + pl * H * W;
@@ -173,6 +192,25 @@ void avgpool2d_fwd(const float* x, float* y, int64_t NC, int64_t H, int64_t W, i
 void avgpool2d_bwd(const float* dy, float* dx, int64_t NC, int64_t H, int64_t W, int64_t P,
                    int64_t Q, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
                    int64_t pw, bool count_include_pad, int64_t divisor_override) {
+  if (is_2x2_cells(kh, kw, sh, sw, ph, pw, H, W, P, Q)) {   // each cell written once, no clearing pass
+    const float div = avg_divisor(0, 0, H, W, 2, 2, 0, 0, count_include_pad, divisor_override);
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+    for (int64_t pl = 0; pl < NC; ++pl) {
+      float* dxp = dx + pl * H * W;
+      for (int64_t p = 0; p < P; ++p) {
+        float* r0 = dxp + 2 * p * W;
+        float* r1 = r0 + W;
+        const float* gr = dy + pl * P * Q + p * Q;
+        for (int64_t q = 0; q < Q; ++q) {
+          const float g = 0.f + gr[q] / div;   // as added into the cleared plane: -0 becomes +0
+          r0[2 * q] = r0[2 * q + 1] = r1[2 * q] = r1[2 * q + 1] = g;
+        }
+        if (2 * Q < W) r0[2 * Q] = r1[2 * Q] = 0.0f;
+      }
+      if (2 * P < H) std::memset(dxp + 2 * P * W, 0, sizeof(float) * W);
+    }
+    return;
+  }
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
   for (int64_t pl = 0; pl < NC; ++pl) {
     float* dxp = dx + pl * H * W;
