@@ -220,6 +220,39 @@ def V_fenced(comm, buf, kb):
     return w.finish(buf, plan)
 
 
+def V_dpm(comm, buf, kb):
+    """direct_allreduce with its reduce-scatter sends piece-major (piece 0 to every peer, then piece 1),
+    its all-gather receives posted after the reduce-scatter ones."""
+    from fasttrain.parallel import ring as R
+
+    p, r = comm.size, comm.rank
+    seg = kb or R.piece_bytes_for(buf.nbytes)
+    off, mine, peers, maxc = R._direct_plan(buf.size, p, r, max(1, int(seg) // buf.itemsize))
+    a = off[r]
+    inbox = R._scratch("direct_rs", p * maxc, buf.dtype).reshape(p, maxc)
+    gather = R._scratch("direct_ag", buf.size, buf.dtype)
+    tmp = R._scratch("direct_acc", mine[0][1] - mine[0][0] if mine else 1, buf.dtype)
+    rs_recvs = {j: [comm.irecv(inbox[j, x - a:y - a], j, R._TAG_RS) for x, y in mine] for j, _ in peers}
+    ag_recvs = [comm.irecv(gather[x:y], j, R._TAG_AG) for j, segs in peers for x, y in segs]
+    most = max(len(segs) for _, segs in peers)
+    sends = [comm.isend(buf[segs[i][0]:segs[i][1]], j, R._TAG_RS) for i in range(most) for j, segs in peers
+             if i < len(segs)]
+    for i, (x, y) in enumerate(mine):
+        def row(j, i=i, x=x, y=y):
+            if j == r:
+                return buf[x:y]
+            comm.wait(rs_recvs[j][i])
+            return inbox[j, x - a:y - a]
+        R._sum_in_rank_order(row, p, r, tmp[:y - x])
+        sends += [comm.isend(buf[x:y], j, R._TAG_AG) for j, _ in peers]
+    comm.waitall(ag_recvs)
+    comm.waitall(sends)
+    for j, _ in peers:
+        x, y = off[j], off[j + 1]
+        buf[x:y] = gather[x:y]
+    return buf
+
+
 def V_x(comm, buf, kb):
     """Not an all-reduce: every rank swaps kb KB with its counterpart on the other host, one message."""
     from fasttrain.parallel import ring as R
@@ -324,7 +357,8 @@ def child(args):
                               "pick": allreduce_algorithm(comm, size), "mpich": args.mpich,
                               "ratio": {k: round(float(np.median(np.array(v) / np.array(samples[names[1]]))), 3)
                                         for k, v in samples.items()},
-                              "ms": {k: [round(statistics.median(v) * 1e3, 3), round(float(np.quantile(v, 0.2)) * 1e3, 3)]
+                              "ms": {k: [round(statistics.median(v) * 1e3, 3), round(float(np.quantile(v, 0.2)) * 1e3, 3),
+                                         round(min(v) * 1e3, 3)]
                                      for k, v in samples.items()}, "phases": ph_all if args.phases else None}), flush=True)
 
 
@@ -346,9 +380,9 @@ def parent(args):
                 for ln in proc.stdout.splitlines():
                     if ln.startswith("{"):
                         rec = json.loads(ln)
-                        ms = "  ".join(f"{k} {v[0]:.3f}/{v[1]:.3f} ({rec['ratio'][k]:.2f})" for k, v in rec["ms"].items())
+                        ms = "  ".join(f"{k} {v[0]:.3f}/{v[1]:.3f}/{v[2]:.3f} ({rec['ratio'][k]:.2f})" for k, v in rec["ms"].items())
                         print(f"{layout} {rate} {rec['size'] >> 10} KB load {load0:.1f}-{rec['load']:.1f} "
-                              f"pick {rec['pick']} (median/p20 ms, {rec['rounds']} rounds): {ms}", flush=True)
+                              f"pick {rec['pick']} (median/p20/min ms (median per-round ratio to the first after mpi), {rec['rounds']} rounds): {ms}", flush=True)
                         if rec["phases"]:
                             print("   phases per rank:", rec["phases"], flush=True)
 
