@@ -500,13 +500,17 @@ void run_wgrad_tiles(const WgradArgs& a) {
   const int64_t T = std::max<int64_t>(1, std::min<int64_t>(chunk_cap(Cinp, Kp, P), (tiles + nt - 1) / nt));
   const int64_t nchunks = (tiles + T - 1) / T;
   const int64_t usz = P * Cinp * Kp, psz = usz + Kp;  // a partial: dU [e][c][Kp], then db
+  // (not cleared: a thread's first chunk writes its dU, the others add to it; rows past C are
+  // never written nor read. Clearing all partials up front cost 5-10% of a 64-channel call.)
   float* part = thread_buffer(2, nt * psz);
-  std::fill(part, part + nt * psz, 0.f);
   const Tiles x{a.x, a.halo_x, Cbi, Cinp, Hp, Wp, TW, per_img, M};
+  const int64_t eplane = Cinp * Kp;
 #pragma omp parallel num_threads(nt)
   {
     float* du = part + omp_get_thread_num() * psz;
-#pragma omp for schedule(static)
+    std::fill(du + usz, du + psz, 0.f);
+    bool fresh = true;  // no chunk yet: dU holds an earlier call's values
+#pragma omp for schedule(static) nowait
     for (int64_t ch = 0; ch < nchunks; ++ch) {
       const int64_t t0 = ch * T, nT = std::min(T, tiles - t0);
       const int64_t vplane = plane(T, Cinp), yplane = plane(T, Kp);
@@ -555,50 +559,58 @@ void run_wgrad_tiles(const WgradArgs& a) {
           }
         }
       }
-      for (int e = 0; e < P; ++e)
+      for (int e = 0; e < P; ++e) {
         for (int64_t kb = 0; kb < Kbo; kb += kKV) {
           const int kv = static_cast<int>(std::min<int64_t>(kKV, Kbo - kb));
           const int maxcn = kv == 2 ? kTR2 : kTR1;
           for (int64_t c0 = 0; c0 < a.C; c0 += maxcn) {
             const int cn = static_cast<int>(std::min<int64_t>(maxcn, a.C - c0));
             rank_update_fn<true>(kv, cn)(Vb + e * vplane + c0, Cinp, Yb + e * yplane + kb * kB, Kp, kB, nT,
-                                         du + (e * Cinp + c0) * Kp + kb * kB, Kp, true);
+                                         du + (e * Cinp + c0) * Kp + kb * kB, Kp, !fresh);
           }
         }
+      }
+      fresh = false;
     }
+    if (fresh) std::fill(du, du + usz, 0.f);  // more threads than chunks
+#pragma omp barrier
+    // dw += G^T dU G, 16 output channels at a time (dU's rows are [c][Kp]: one vector per
+    // position), dU the partials' sum in thread order (read here, not first summed into one
+    // partial: that stored and reread all of dU)
 #pragma omp for schedule(static)
-    for (int64_t i = 0; i < psz; ++i) {
-      float v = part[i];
-      for (int u = 1; u < nt; ++u) v += part[u * psz + i];
-      part[i] = v;
+    for (int64_t ck = 0; ck < a.C * Kbo; ++ck) {
+      const int64_t c = ck / Kbo, kb = ck % Kbo;
+      const float* u = part + c * Kp + kb * kB;
+      V t[3][A];  // G^T dU, column by column
+#pragma GCC unroll 6
+      for (int b = 0; b < A; ++b) {
+        V col[A], o[3];
+#pragma GCC unroll 6
+        for (int r = 0; r < A; ++r) {
+          const float* ur = u + (r * A + b) * eplane;
+          V v = _mm512_loadu_ps(ur);
+          for (int th = 1; th < nt; ++th) v = _mm512_add_ps(v, _mm512_loadu_ps(ur + th * psz));
+          col[r] = v;
+        }
+        gt_line<M>(col, o);
+        for (int s = 0; s < 3; ++s) t[s][b] = o[s];
+      }
+      alignas(64) float g[9][kB];
+      for (int r = 0; r < 3; ++r) {  // (G^T dU) G
+        V o[3];
+        gt_line<M>(t[r], o);
+        for (int s = 0; s < 3; ++s) _mm512_store_ps(g[r * 3 + s], o[s]);
+      }
+      for (int64_t l = 0; l < kB && kb * kB + l < a.K; ++l) {
+        float* dw = a.dw + ((kb * kB + l) * a.C + c) * 9;
+        for (int rs = 0; rs < 9; ++rs) dw[rs] += g[rs][l];
+      }
     }
   }
-  for (int64_t k = 0; k < a.K; ++k) a.db[k] += part[usz + k];
-  // dw += G^T dU G, 16 output channels at a time (dU's rows are [c][Kp]: one vector per position)
-  const int64_t eplane = Cinp * Kp;
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t ck = 0; ck < a.C * Kbo; ++ck) {
-    const int64_t c = ck / Kbo, kb = ck % Kbo;
-    const float* u = part + c * Kp + kb * kB;
-    V t[3][A];  // G^T dU, column by column
-#pragma GCC unroll 6
-    for (int b = 0; b < A; ++b) {
-      V col[A], o[3];
-#pragma GCC unroll 6
-      for (int r = 0; r < A; ++r) col[r] = _mm512_loadu_ps(u + (r * A + b) * eplane);
-      gt_line<M>(col, o);
-      for (int s = 0; s < 3; ++s) t[s][b] = o[s];
-    }
-    alignas(64) float g[9][kB];
-    for (int r = 0; r < 3; ++r) {  // (G^T dU) G
-      V o[3];
-      gt_line<M>(t[r], o);
-      for (int s = 0; s < 3; ++s) _mm512_store_ps(g[r * 3 + s], o[s]);
-    }
-    for (int64_t l = 0; l < kB && kb * kB + l < a.K; ++l) {
-      float* dw = a.dw + ((kb * kB + l) * a.C + c) * 9;
-      for (int rs = 0; rs < 9; ++rs) dw[rs] += g[rs][l];
-    }
+  for (int64_t k = 0; k < a.K; ++k) {
+    float v = part[usz + k];
+    for (int th = 1; th < nt; ++th) v += part[th * psz + usz + k];
+    a.db[k] += v;
   }
 }
 
