@@ -959,13 +959,14 @@ def onefence_fits(comm: Communicator, nbytes: int) -> bool:
 
 
 def onefence_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum") -> np.ndarray:
-    """All-reduce buf in place over two hosts of k ranks each with one synchronization in the host:
+    """All-reduce buf in place over two hosts of k ranks each with one synchronization in the host
+    (since session 11 progress counters, not a fence):
     every rank sums the host's whole buffers through the shared window (`NodeWindow.sum_whole`),
     swaps that sum with its counterpart on the other host (the rank of its node rank there) and
-    adds the two, host 0's first. The hierarchical all-reduce fences twice and sends half as many
-    bytes across: for short buffers, where a fence (a wait for every rank of the host to be
-    scheduled) can cost more than the bytes, this is the other side of that trade; `measured_choice`
-    picks between them. The same bits as the hierarchical all-reduce: each chunk is summed over the
+    adds the two, host 0's first. The hierarchical all-reduce waits in the host twice per piece (for
+    the copy-in, for the results) and sends half as many bytes across: for short buffers, where a
+    wait for every rank of the host to be scheduled can cost more than the bytes, this is the other
+    side of that trade; `measured_choice` picks between them. The same bits as the hierarchical all-reduce: each chunk is summed over the
     host in its order, then host 0's sum + host 1's."""
     if not _two_equal_hosts(comm):
         raise ValueError(f"onefence_allreduce: expected {comm!r} to span two hosts with the same number (> 1) of "

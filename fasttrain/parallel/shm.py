@@ -140,12 +140,13 @@ class NodeWindow:
         return buf
 
     def sum_whole(self, buf: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """The node's sum of every rank's whole buffer into out (not buf), with one fence: every rank
-        copies its buffer into its slot and sums all of them. Each chunk is added in the order the
-        reduce-scatter gives it (`reduce_piece`: its owner's values first, then the other ranks' in
-        rank order), so the bits are those of the two-fence all-reduce's chunks. One fence is enough:
-        a rank rewrites this half of its slot two calls later, after the next call's fence, which
-        every rank passes only after its reads here."""
+        """The node's sum of every rank's whole buffer into out (not buf), with no barrier: every rank
+        copies its buffer into its slot, publishes it in its copy-in counter (as `stream` does) and sums
+        all of them, each peer's once its counter says it is there. Each chunk is added in the order
+        the reduce-scatter gives it (`reduce_piece`: its owner's values first, then the other ranks' in
+        rank order), so the bits are those of the hierarchical all-reduce's chunks. A rank rewrites this
+        half of its slot two calls later, once it has finished the next call, which needs every peer
+        to have begun it (its copy-in, or a fence), i.e. to have done its reads here."""
         if buf.nbytes > self.half:
             self._grow(max(buf.nbytes, 2 * self.half))
         base = self.parity * self.half
@@ -162,7 +163,13 @@ class NodeWindow:
             plan = self._plans[key] = (slots, order)
         slots, order = plan
         slots[self.rank][...] = buf
-        self._fence()
+        self.calls += 1
+        tag = self.calls << 32
+        self.win.Sync()
+        self.counters[self.rank][0] = tag | 1
+        for j in range(self.size):
+            if j != self.rank:
+                _await(self, j, 0, tag | 1, None)
         for a, b, ranks in order:
             rows = [buf[a:b] if j == self.rank else slots[j][a:b] for j in ranks]
             acc = out[a:b]
@@ -241,6 +248,20 @@ class NodeWindow:
         return self.slots[0][base:base + buf.nbytes].view(buf.dtype)
 
 
+def _await(w: NodeWindow, q: int, which: int, target: int, progress) -> None:
+    """Poll node rank q's progress counter `which` until it reaches target, then Win_sync (the data
+    behind the counter). After _SPINS polls every further one calls progress (if any) and yields."""
+    c = w.counters[q]
+    spins = 0
+    while c[which] < target:
+        spins += 1
+        if spins > _SPINS:
+            if progress is not None:
+                progress()
+            os.sched_yield()
+    w.win.Sync()
+
+
 class Stream:
     """One `NodeWindow.stream` call: the reduce-scatter and copy-out of `NodeWindow.allreduce` piece
     by piece, synchronized by progress counters instead of barriers. Every chunk is cut into pieces
@@ -288,15 +309,7 @@ class Stream:
         self._count = 0
 
     def _wait(self, q: int, which: int, target: int, progress) -> None:
-        c = self.w.counters[q]
-        spins = 0
-        while c[which] < target:
-            spins += 1
-            if spins > _SPINS:
-                if progress is not None:
-                    progress()
-                os.sched_yield()
-        self.w.win.Sync()  # the data behind the counter
+        _await(self.w, q, which, target, progress)
 
     def copy_in(self, i: int) -> None:
         """Round i's copy-in: piece i of every other rank's chunk into this rank's slot, published."""

@@ -101,6 +101,8 @@ for n in sizes:
             buf = np.arange(m, dtype=np.float32) % 7 + r + i
             if i % 4 == 3:
                 ring_allreduce(comm, buf, small_bytes=0, shared_bytes=1 << 62)  # the fenced node window
+            elif i % 4 == 2:
+                onefence_allreduce(comm, buf)
             else:
                 hierarchical_allreduce(comm, buf, "mean" if i % 4 == 1 else "sum", segment_bytes=4 * (1 + i), mode="slices")
             want = p * (np.arange(m) % 7 + i) + p * (p - 1) // 2
