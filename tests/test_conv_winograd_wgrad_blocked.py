@@ -17,9 +17,12 @@ from cpp_isas import isa_available  # noqa: E402
 f32, f64 = np.float32, np.float64
 
 # (N, C, H, W, K); (8, 32, 16, 16, 32) and (16, 64, 8, 8, 64): a chunk's position planes are a
-# multiple of 4 KiB of floats before the padding that keeps them out of each other's L1 sets
+# multiple of 4 KiB of floats before the padding that keeps them out of each other's L1 sets;
+# (64, 3, 31, 31, 5): x and dy over the 8 MiB from which each chunk prefetches the next one's rows
+# (chunks across images, partial last tiles)
 CASES = [(1, 16, 1, 1, 16), (3, 17, 2, 2, 33), (1, 33, 3, 3, 17), (3, 64, 7, 7, 64), (1, 17, 13, 13, 64),
-         (3, 33, 33, 33, 16), (3, 64, 8, 13, 33), (1, 16, 1, 7, 17), (8, 32, 16, 16, 32), (16, 64, 8, 8, 64)]
+         (3, 33, 33, 33, 16), (3, 64, 8, 13, 33), (1, 16, 1, 7, 17), (8, 32, 16, 16, 32), (16, 64, 8, 8, 64),
+         (64, 3, 31, 31, 5)]
 IDS = ["N{}C{}_{}x{}K{}".format(*c) for c in CASES]
 # the transforms mix a (k, c) pair's 9 taps, so a weight's error scales with the largest sum |dy||x|
 # among its pair's taps (2x2 tiles: observed <= 3.4e-7 of it, per tap's own sum up to 4.6e-6 on
