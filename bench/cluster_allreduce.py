@@ -17,7 +17,7 @@ Implementations: MPICH's Allreduce ('mpi': at its defaults, or with --mpich-algo
 MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM choices named, one run each; the table then shows, per size,
 the MPICH algorithm that came closest to ours: the comparison is with MPICH at its best), ours
 as ring_allreduce picks it ('auto'), and (in the first run) the other ways forced: hierarchical with every rank on its slice across hosts ('hier_slices')
-or one leader per host ('hier_leader'), and below 256 KB over two hosts one fence in the host with the
+or one leader per host ('hier_leader'), and below 256 KB over two hosts one synchronization in the host with the
 whole host sum across ('onefence'; 'auto' measures it against the hierarchical one); one rank per host: one round to every peer ('oneshot'),
 reduce-scatter + all-gather with every peer at once ('direct'), through rank 0 ('rooted'); and the flat
 ring ('flat_ring'). On 3-4 hosts of one rank 'auto' is whichever candidate measured fastest

@@ -86,12 +86,14 @@ MEASURED_CANDIDATES = ("direct", "oneshot", "rooted")
 #: `large_pick` (a tie by the wire fraction, WIRE_BOUND).
 MEASURED_LARGE_CANDIDATES = ("direct", "ring")
 #: two hosts with the same number of ranks each, below this many bytes: ring_allreduce measures the
-#: hierarchical all-reduce (two fences in the host, half of the buffer per rank across) against
-#: `onefence_allreduce` (one fence, the whole host sum per rank across: twice the cross-host bytes).
-#: Which wins depends on what a synchronization costs against the link: interleaved on the emulated
-#: cluster, 2 hosts x 2 ranks at load 9 (where a fence is a wait for a descheduled peer), over
-#: 10 Gbit/s one fence took 0.75-0.85x of two at 64-128 KB (medians of 201 rounds, twice), over
-#: 1 Gbit/s it lost (20th percentiles 1.2-1.35x at 64-256 KB).
+#: hierarchical all-reduce (two waits in the host: for the copy-in, for the results; half of the buffer
+#: per rank across) against `onefence_allreduce` (one wait, the whole host sum per rank across: twice
+#: the cross-host bytes). Which wins depends on what a synchronization costs against the link:
+#: interleaved on the emulated cluster, 2 hosts x 2 ranks at load 9 (where a wait is for a descheduled
+#: peer), with fences (before session 11) over 10 Gbit/s one took 0.75-0.85x of two at 64-128 KB
+#: (medians of 201 rounds, twice), over 1 Gbit/s it lost (20th percentiles 1.2-1.35x at 64-256 KB);
+#: with progress counters instead (`NodeWindow.stream`, `sum_whole`) each was within 0.84-1.1x of the
+#: other in the same rounds (load 7-9, 64-128 KB).
 HIER_MEASURED_MAX_BYTES = 1 << 18
 HIER_MEASURED_CANDIDATES = ("hierarchical", "onefence")
 #: interleaved calls of each candidate per measurement (after one warm-up round)
