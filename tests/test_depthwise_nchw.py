@@ -47,6 +47,8 @@ EXTRA = [
     (37, 19, 8, 8, 1, (3, 3), (2, 2), (1, 1), (1, 1)),     # 8x8 stride 2: whole-plane kernels, many images
     (3, 4, 8, 8, 2, (3, 3), (2, 2), (1, 1), (1, 1)),       # the same with multiplier 2: not theirs
     (2, 5, 8, 8, 1, (3, 3), (2, 2), (1, 1), (2, 2)),       # dilated: not theirs
+    (19, 3, 17, 21, 1, (3, 3), (1, 1), (1, 1), (1, 1)),    # weight gradient lane sums over > 8 images
+    (10, 5, 17, 35, 1, (3, 3), (2, 2), (1, 1), (1, 1)),    # the same at stride 2
 ]
 CASES = GRID + EXTRA
 IDS = ["n{}c{}-{}x{}-m{}-r{}-s{}-p{}-d{}".format(*c) for c in CASES]
@@ -90,7 +92,9 @@ def test_matches_reference(isa, case):
 @pytest.mark.parametrize("isa", ISAS, indirect=True)
 @pytest.mark.parametrize("nthreads", [1, 2, 3])
 @pytest.mark.parametrize("case", [(3, 7, 13, 21, 1, (3, 3), (1, 1), (1, 1), (1, 1)),
-                                  (5, 21, 8, 8, 1, (3, 3), (2, 2), (1, 1), (1, 1))], ids=["13x21", "8x8-s2"])
+                                  (5, 21, 8, 8, 1, (3, 3), (2, 2), (1, 1), (1, 1)),
+                                  (17, 5, 16, 20, 1, (3, 3), (1, 1), (1, 1), (1, 1))],
+                         ids=["13x21", "8x8-s2", "17-images"])
 def test_vector_kernels_do_not_depend_on_thread_count(isa, nthreads, case):
     import fasttrain as ft
     from fasttrain import settings

@@ -54,6 +54,10 @@ using CorrFn = void (*)(const Plan& g, const float* in, const float* taps, float
 // sums[t] = sum_pq dy[p, q] * in[tap t of (p, q)] for t < R*S, sums[R*S] = sum_pq dy[p, q]: one
 // plane's weight and bias gradient, in a fixed order.
 using WgradFn = void (*)(const Plan& g, const float* in, const float* dy, float* sums);
+// The same sums left as lane vectors: sums[t*lanes + l] += lane l's share of tap t (t < 9: the 3x3
+// taps, 9: dy), for 3x3 filters without row dilation at row stride 1 or 2 in rows mode; false, with
+// nothing done, for any other plan.
+using WgradVecFn = bool (*)(const Plan& g, const float* in, const float* dy, float* sums);
 // dx [+]= the gathered data gradient of one plane (see GatherPlan).
 using GatherFn = void (*)(const GatherPlan& gp, const float* dy, const float* taps, float* dx, bool accumulate);
 
@@ -103,6 +107,7 @@ struct Isa {
   CorrFn corr;
   WgradFn wgrad;
   GatherFn gather;
+  WgradVecFn wgrad_vec = nullptr;
   ToLanesFn to_lanes = nullptr;      // 16x16 register transposes; null: the scalar loops
   FromLanesFn from_lanes = nullptr;
   LanesCorrFn lanes_corr = nullptr;  // the narrow maps' arithmetic on 16-lane pixels; null: plain C++

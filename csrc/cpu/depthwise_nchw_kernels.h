@@ -139,7 +139,9 @@ inline __attribute__((always_inline)) void wgrad_block3(const Plan& g, const flo
   for (int t = 0; t < 9; ++t) acc[t] = a[t];
 }
 
-template <class V, int SH, int SW>
+// VEC: sums holds 10 vectors (kW floats each) that the lane sums are added into, not reduced (the
+// caller reduces them once for several planes).
+template <class V, int SH, int SW, bool VEC = false>
 __attribute__((noinline)) void wgrad_rows3(const Plan& g, const float* in, const float* dy, float* sums) {
   using T = typename V::T;
   constexpr int L = V::kW, PB = V::kRowBlock;
@@ -157,6 +159,11 @@ __attribute__((noinline)) void wgrad_rows3(const Plan& g, const float* in, const
     for (int64_t k = 0; k < g.chunks; ++k)
       wgrad_block3<V, SH, SW, 1>(g, in, dy, acc, accb, k * L, p, g.masks.data() + k * mstride,
                                  k + 1 == g.chunks ? g.tail : kFull);
+  if constexpr (VEC) {
+    for (int t = 0; t < 9; ++t) V::store(sums + t * L, V::add(V::loadm(sums + t * L, kFull), acc[t]));
+    V::store(sums + 9 * L, V::add(V::loadm(sums + 9 * L, kFull), accb));
+    return;
+  }
   for (int t = 0; t < 9; ++t) sums[t] = V::reduce(acc[t]);
   sums[9] = V::reduce(accb);
 }
@@ -335,9 +342,23 @@ void gather_any(const GatherPlan& gp, const float* dy, const float* taps, float*
   (gp.g.R == 3 && gp.g.S == 3 ? gather_impl<V, 3, 3> : gather_impl<V, 0, 0>)(gp, dy, taps, dx, accumulate);
 }
 
+// The 3x3 weight gradient without row dilation at row stride 1 or 2 (rows mode), lane sums added into
+// sums[10][kW]; false (nothing done) for any other plan.
+template <class V>
+bool wgrad_vec_any(const Plan& g, const float* in, const float* dy, float* sums) {
+  if (g.flat || g.R != 3 || g.S != 3 || g.dh != 1 || (g.sh != 1 && g.sh != 2)) return false;
+  if (g.sw == 1)
+    (g.sh == 1 ? wgrad_rows3<V, 1, 1, true> : wgrad_rows3<V, 2, 1, true>)(g, in, dy, sums);
+  else
+    (g.sh == 1 ? wgrad_rows3<V, 1, 2, true> : wgrad_rows3<V, 2, 2, true>)(g, in, dy, sums);
+  return true;
+}
+
 template <class V>
 Isa make_isa(const char* name) {
-  return Isa{name, V::kW, corr_any<V>, wgrad_any<V>, gather_any<V>};
+  Isa isa{name, V::kW, corr_any<V>, wgrad_any<V>, gather_any<V>};
+  isa.wgrad_vec = wgrad_vec_any<V>;
+  return isa;
 }
 
 }  // namespace ft::cpu::dwn
