@@ -100,6 +100,18 @@ def test_hosts_with_different_rank_counts_take_the_leader_hierarchy():
         check_every_algorithm(c)
 
 
+def test_three_ranks_per_host_stream_exact():
+    """Two hosts of three ranks: the barrier-free hierarchy and one-sync sum (NodeWindow.stream,
+    sum_whole) with three chunks per host, empty ones (1 and 2 values), 3-value pieces, exact."""
+    with cl.Cluster(2, 3) as c:
+        out = run_json(c, "ring_check.py", "1,2,4099", "12")
+    assert out["size"] == 6 and out["hosts"] == 2
+    for case in out["cases"]:
+        assert case["exact_hierarchical_stream"] and case["exact_hierarchical_slices"], case
+        assert case["exact_onefence"] and case["onefence_same_bits"], case
+        assert all(v for k, v in case.items() if k.startswith("exact_")), case
+
+
 def check_every_algorithm(cluster):
     sizes = [0, 1, 3, 4099, 30011, 300007]  # 30011: 120 KB, the measured choice on 3 hosts
     before = [cluster.link_bytes(h) for h in range(cluster.hosts)]
