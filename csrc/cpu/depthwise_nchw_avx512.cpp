@@ -188,72 +188,64 @@ __attribute__((noinline)) void lanes_gather(const LanesGeo& g, int64_t H, int64_
 }
 
 // ---- 8 x 8 planes, 3 x 3, stride 2, padding 1 (depthwise_nchw.h: S2P8FwdFn) -------------------
-// A plane is four zmm, Z[k] = rows 2k and 2k + 1. Two permutes gather its even columns, two its odd
-// ones, as lane 4*row + j of a pair of zmm (rows 0-3 | rows 4-7: index 4*row + j into the pair), and
-// the tap (r, s) of output lane 4p + q reads row 2p + r - 1, column 2q + s - 1: even column q for
-// s = 1, odd column q (s = 2) or q - 1 (s = 0) otherwise, so each tap is one masked two-source
-// permute of the even or the odd pair (lanes off the plane masked to zero). 13 permutes and 9 FMAs
-// per plane; the channel-interleaved narrow path spent 20 shuffles per plane in its transposes
-// plus a padded buffer's stores and reloads (1 thread, 128x256x8x8: fwd 0.36 ms, torch 0.18).
-struct S2P8Taps {
-  __m512i idx[9];
-  __mmask16 m[9];
-};
-
-inline S2P8Taps s2p8_taps() {
-  S2P8Taps t;
-  for (int k = 0; k < 9; ++k) {
-    const int r = k / 3, s = k % 3;
-    alignas(64) int32_t v[16];
-    uint32_t m = 0;
-    for (int l = 0; l < 16; ++l) {
-      const int p = l / 4, q = l % 4, row = 2 * p + r - 1, j = s == 0 ? q - 1 : q;
-      const bool in = row >= 0 && row < 8 && j >= 0;
-      v[l] = in ? 4 * row + j : 0;
-      m |= in ? 1u << l : 0u;
-    }
-    t.idx[k] = _mm512_load_si512(v);
-    t.m[k] = static_cast<__mmask16>(m);
-  }
-  return t;
-}
-
-// The plane at xp as even (e[0] rows 0-3, e[1] rows 4-7) and odd (o[]) columns.
-inline __attribute__((always_inline)) void s2p8_columns(const float* xp, __m512* e, __m512* o) {
-  const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-  const __m512 z0 = _mm512_loadu_ps(xp), z1 = _mm512_loadu_ps(xp + 16);
-  const __m512 z2 = _mm512_loadu_ps(xp + 32), z3 = _mm512_loadu_ps(xp + 48);
-  e[0] = _mm512_permutex2var_ps(z0, ev, z1);
-  e[1] = _mm512_permutex2var_ps(z2, ev, z3);
-  o[0] = _mm512_permutex2var_ps(z0, od, z1);
-  o[1] = _mm512_permutex2var_ps(z2, od, z3);
-}
-
-inline __attribute__((always_inline)) __m512 s2p8_tap(const S2P8Taps& t, int k, const __m512* e, const __m512* o) {
-  const __m512* src = k % 3 == 1 ? e : o;
-  return _mm512_maskz_permutex2var_ps(t.m[k], src[0], t.idx[k], src[1]);
-}
-
+// A plane is 64 floats; its 4 x 4 output one zmm (lane 4p + q). Output row p reads rows 2p - 1, 2p and
+// 2p + 1, output column q columns 2q - 1, 2q and 2q + 1; so the plane is split into its even and odd
+// rows and columns (s2p8_rows: 4 row-pair loads, 4 permutes, 2 lane shifts), where every tap of
+// filter rows 1 and 2 is one vector as it stands, and filter row 0 (odd row 2p - 1) is the odd rows'
+// sums moved up one output row (the weight gradient moves dy down instead). The channel-interleaved
+// narrow path spent 20 shuffles per plane in its transposes plus a padded buffer's stores and
+// reloads (1 thread, 128x256x8x8: fwd 0.36 ms, torch 0.18); a first version here took each of the 9
+// taps as one masked permute of the even/odd columns (13 permutes a plane; 1 thread, interleaved, min
+// of 41-61: fwd 1.11-1.19x and weight gradient 1.22-1.35x slower than this one at full size).
 inline void prefetch_lines(const float* p, int n) {
   for (int i = 0; i < n; ++i) _mm_prefetch(reinterpret_cast<const char*>(p + 16 * i), _MM_HINT_T0);
 }
 
 constexpr int64_t kS2P8Ahead = 16;  // planes (4 KiB of x) ahead
 
+// A plane's even and odd rows (256-bit row loads paired into zmm), then each one's even and odd
+// columns (4 permutes), and the column 2q - 1 of each as one lane shift: lane 4p + q of ee / eo / es is
+// row 2p's column 2q / 2q + 1 / 2q - 1, of oe / oo / os row 2p + 1's.
+struct S2P8Rows {
+  __m512 ee, eo, es, oe, oo, os;
+};
+inline __attribute__((always_inline)) S2P8Rows s2p8_rows(const float* xp) {
+  const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const __m512i zero = _mm512_setzero_si512();
+  const auto pair = [&](int a, int b) {
+    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(xp + 8 * a)), _mm256_loadu_ps(xp + 8 * b), 1);
+  };
+  const __m512 r02 = pair(0, 2), r46 = pair(4, 6), r13 = pair(1, 3), r57 = pair(5, 7);
+  S2P8Rows v;
+  v.ee = _mm512_permutex2var_ps(r02, ev, r46), v.eo = _mm512_permutex2var_ps(r02, od, r46);
+  v.oe = _mm512_permutex2var_ps(r13, ev, r57), v.oo = _mm512_permutex2var_ps(r13, od, r57);
+  v.es = _mm512_castsi512_ps(_mm512_maskz_alignr_epi32(0xEEEE, _mm512_castps_si512(v.eo), zero, 15));
+  v.os = _mm512_castsi512_ps(_mm512_maskz_alignr_epi32(0xEEEE, _mm512_castps_si512(v.oo), zero, 15));
+  return v;
+}
+
+// lane l of v moved to lane l + 4 (up one output row), zeros in row 0; and back (down one row)
+inline __m512 s2p8_row_up(__m512 v) {
+  return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(v), _mm512_setzero_si512(), 12));
+}
+inline __m512 s2p8_row_down(__m512 v) {
+  return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_setzero_si512(), _mm512_castps_si512(v), 4));
+}
+
 __attribute__((noinline)) void s2p8_fwd(const float* x, const float* w, const float* b, float* y, int64_t lo,
                                         int64_t hi, int64_t C, bool relu) {
-  const S2P8Taps t = s2p8_taps();
-  constexpr int64_t ahead = kS2P8Ahead;
   for (int64_t i = lo; i < hi; ++i) {
     const int64_t c = i % C;
-    if (ahead && i + ahead < hi) prefetch_lines(x + (i + ahead) * 64, 4);
-    __m512 e[2], o[2];
-    s2p8_columns(x + i * 64, e, o);
+    if (i + kS2P8Ahead < hi) prefetch_lines(x + (i + kS2P8Ahead) * 64, 4);
+    const S2P8Rows v = s2p8_rows(x + i * 64);
     const float* wc = w + c * 9;
-    __m512 acc = _mm512_set1_ps(b ? b[c] : 0.f);
-#pragma GCC unroll 9
-    for (int k = 0; k < 9; ++k) acc = _mm512_fmadd_ps(_mm512_set1_ps(wc[k]), s2p8_tap(t, k, e, o), acc);
+    const auto wv = [&](int k) { return _mm512_set1_ps(wc[k]); };
+    // filter row 0 reads odd row 2p - 1: the odd rows' row-0 sums moved up one output row
+    const __m512 top = s2p8_row_up(_mm512_fmadd_ps(wv(2), v.oo, _mm512_fmadd_ps(wv(1), v.oe, _mm512_mul_ps(wv(0), v.os))));
+    const __m512 mid = _mm512_fmadd_ps(wv(5), v.eo, _mm512_fmadd_ps(wv(4), v.ee,
+                                       _mm512_fmadd_ps(wv(3), v.es, _mm512_set1_ps(b ? b[c] : 0.f))));
+    __m512 acc = _mm512_add_ps(mid, _mm512_fmadd_ps(wv(8), v.oo, _mm512_fmadd_ps(wv(7), v.oe, _mm512_fmadd_ps(wv(6), v.os, top))));
     if (relu) acc = _mm512_max_ps(_mm512_setzero_ps(), acc);
     _mm512_storeu_ps(y + i * 16, acc);
   }
@@ -297,7 +289,6 @@ __attribute__((noinline)) void s2p8_bwd_data(const float* dy, const float* w, fl
 template <int G>
 void s2p8_wgrad_impl(const float* x, const float* dy, float* dw, float* db, int64_t N, int64_t C, int64_t c_lo,
                      int64_t c_hi) {
-  const S2P8Taps t = s2p8_taps();
   constexpr int64_t kAhead = 6;  // images
   int64_t c = c_lo;
   for (; c + G <= c_hi; c += G) {
@@ -313,12 +304,20 @@ void s2p8_wgrad_impl(const float* x, const float* dy, float* dw, float* db, int6
       }
 #pragma GCC unroll 2
       for (int j = 0; j < G; ++j) {
-        __m512 e[2], o[2];
-        s2p8_columns(x + (n * C + c + j) * 64, e, o);
         const __m512 d = _mm512_loadu_ps(dy + (n * C + c + j) * 16);
         sb[j] = _mm512_add_ps(sb[j], d);
-#pragma GCC unroll 9
-        for (int k = 0; k < 9; ++k) acc[j][k] = _mm512_fmadd_ps(d, s2p8_tap(t, k, e, o), acc[j][k]);
+        // filter row 0 pairs odd row 2p - 1 with dy row p: dy moved down one row instead
+        const S2P8Rows v = s2p8_rows(x + (n * C + c + j) * 64);
+        const __m512 dd = s2p8_row_down(d);
+        acc[j][0] = _mm512_fmadd_ps(dd, v.os, acc[j][0]);
+        acc[j][1] = _mm512_fmadd_ps(dd, v.oe, acc[j][1]);
+        acc[j][2] = _mm512_fmadd_ps(dd, v.oo, acc[j][2]);
+        acc[j][3] = _mm512_fmadd_ps(d, v.es, acc[j][3]);
+        acc[j][4] = _mm512_fmadd_ps(d, v.ee, acc[j][4]);
+        acc[j][5] = _mm512_fmadd_ps(d, v.eo, acc[j][5]);
+        acc[j][6] = _mm512_fmadd_ps(d, v.os, acc[j][6]);
+        acc[j][7] = _mm512_fmadd_ps(d, v.oe, acc[j][7]);
+        acc[j][8] = _mm512_fmadd_ps(d, v.oo, acc[j][8]);
       }
     }
     for (int j = 0; j < G; ++j) {
