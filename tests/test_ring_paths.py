@@ -64,8 +64,10 @@ def test_auto_switches_on_size():
 @pytest.mark.parametrize("n", [1, 2, 7, 1031])
 def test_one_rank_per_host_paths_return_the_same_bits(K, op, n):
     """one-shot and rooted (whole, and in pieces of 1 and 3 values), direct (segments of 1, 2 and 600
-    values) add in rank order: bit for bit the same result (values of mixed magnitudes, where a
-    different order changes the low bits), for one value, fewer values than ranks and odd counts."""
+    values) add each chunk in the pipelined ring's order: bit for bit the same result as each other and
+    as the ring (whole chunks, segments of 2 values, and as measured_choice runs it), the candidates
+    `measured_choice` picks among at every size (values of mixed magnitudes, where a different order
+    changes the low bits), for one value, fewer values than ranks and odd counts."""
 
     def data(rank):
         return (_data(rank, n) * np.float32(10.0) ** np.random.default_rng([rank, 5]).integers(-6, 6, n)).astype(np.float32)
@@ -76,7 +78,9 @@ def test_one_rank_per_host_paths_return_the_same_bits(K, op, n):
             lambda c, b: oneshot_allreduce(c, b, op, piece_bytes=4), lambda c, b: rooted_allreduce(c, b, op, piece_bytes=4),
             lambda c, b: oneshot_allreduce(c, b, op, piece_bytes=12), lambda c, b: rooted_allreduce(c, b, op, piece_bytes=12),
             lambda c, b: direct_allreduce(c, b, op, segment_bytes=4), lambda c, b: direct_allreduce(c, b, op, segment_bytes=8),
-            lambda c, b: direct_allreduce(c, b, op, segment_bytes=2400))]
+            lambda c, b: direct_allreduce(c, b, op, segment_bytes=2400),
+            lambda c, b: plain_ring_allreduce(c, b, op), lambda c, b: plain_ring_allreduce(c, b, op, segment_bytes=8),
+            lambda c, b: ring._measured_ring(c, b, op))]
         return np.stack(outs)
 
     got = ThreadWorld(K).run(body)
@@ -92,7 +96,7 @@ def test_measured_choice_agrees_across_ranks_and_is_kept(monkeypatch):
     rigged timings show that the slowest rank's times decide."""
     picks = ThreadWorld(3).run(lambda c: [measured_choice(c, 1 << 16), measured_choice(c, (1 << 17) - 4),
                                           measured_choice(c, 1 << 12)])
-    assert all(p == picks[0] for p in picks) and picks[0][0] == picks[0][1] and picks[0][0] in MEASURED_CANDIDATES
+    assert all(p == picks[0] for p in picks) and picks[0][0] == picks[0][1] and picks[0][0] in measured_candidates(1 << 16)
 
     calls = []
 
@@ -105,7 +109,7 @@ def test_measured_choice_agrees_across_ranks_and_is_kept(monkeypatch):
     monkeypatch.setattr(ring, "_MEASURED_FNS", {
         "direct": slow("direct", lambda r: 0.03 if r == 2 else 0.0),
         "oneshot": slow("oneshot", lambda r: 0.01),
-        "rooted": slow("rooted", lambda r: 0.02)})
+        "rooted": slow("rooted", lambda r: 0.02), "ring": slow("ring", lambda r: 0.04)})
 
     def body(comm):
         first = measured_choice(comm, 5000)
@@ -115,7 +119,7 @@ def test_measured_choice_agrees_across_ranks_and_is_kept(monkeypatch):
 
     out = ThreadWorld(3).run(body)
     assert all(o[:3] == ("oneshot", "oneshot", True) for o in out), out
-    assert len(calls) == 3 * 3 * (ring.MEASURED_ROUNDS + 1)
+    assert len(calls) == 3 * 4 * (ring.MEASURED_ROUNDS + 1)
     assert out[0][3][13]["direct"] >= 30 and out[0][3][13]["oneshot"] < out[0][3][13]["rooted"], out[0][3]
 
 
@@ -158,12 +162,41 @@ def test_onefence_needs_two_hosts_of_equal_rank_counts():
     assert ThreadWorld(2).run(lambda c: ring.onefence_fits(c, 1 << 16)) == [False, False]
 
 
+def test_measured_choice_below_a_megabyte_weighs_the_few_round_pick_against_the_ring(monkeypatch):
+    """Below MEASURED_MAX_BYTES the fastest of direct, one-shot and rooted (the kept pick as incumbent)
+    meets the ring as from 1 MB (`large_pick`): the ring when faster by the margin or in a tie at the
+    wire (the probe in the same rounds), the other one otherwise."""
+    names = measured_candidates(1 << 16)
+    assert names == ("direct", "oneshot", "rooted", "ring")
+    calls = []
+
+    def rigged(name, seconds):
+        def fn(comm, x):
+            calls.append(name)
+            time.sleep(seconds[name])
+        return fn
+
+    # 64 KB over 3 ranks: floor = 4/3 of 64 KB at the probe's time per byte; the probe moves the
+    # ring's 21.8 KB chunk both ways, so a probe taking t makes a floor of about 2 t
+    for seconds, want in (({"direct": 0.02, "oneshot": 0.03, "rooted": 0.03, "ring": 0.0, "wire": 0.0}, "ring"),
+                          ({"direct": 0.0, "oneshot": 0.03, "rooted": 0.03, "ring": 0.03, "wire": 0.03}, "direct"),
+                          ({"direct": 0.03, "oneshot": 0.02, "rooted": 0.03, "ring": 0.0202, "wire": 0.01}, "ring"),
+                          ({"direct": 0.03, "oneshot": 0.02, "rooted": 0.03, "ring": 0.0198, "wire": 0.001}, "oneshot")):
+        monkeypatch.setattr(ring, "_MEASURED_FNS", {c: rigged(c, seconds) for c in names})
+        monkeypatch.setattr(ring, "_wire_probe", lambda comm, x, s=seconds: time.sleep(s["wire"]))
+        calls.clear()
+        got = ThreadWorld(3).run(lambda c: (measured_choice(c, 1 << 16), c._ring_measured_ms[17]))
+        assert [g[0] for g in got] == [want] * 3, (seconds, got[0])
+        assert sorted(set(calls)) == sorted(names) and len(calls) == 3 * 4 * (ring.MEASURED_ROUNDS + 1)
+        assert set(got[0][1]) >= {"direct", "oneshot", "rooted", "ring", "floor"}, got[0][1]
+
+
 def test_measured_choice_from_a_megabyte_times_direct_against_the_ring(monkeypatch):
     """From MEASURED_MAX_BYTES the candidates are direct and the ring, timed MEASURED_LARGE_ROUNDS
     times each beside a ping-pong of the ring's chunk (the wire floor) and picked with `large_pick`;
     unrigged, the pick is one of the two and the same on every rank."""
     assert measured_candidates(1 << 20) == MEASURED_LARGE_CANDIDATES == ("direct", "ring")
-    assert measured_candidates((1 << 20) - 4) == MEASURED_CANDIDATES
+    assert measured_candidates((1 << 20) - 4) == MEASURED_CANDIDATES + ("ring",)
     picks = ThreadWorld(3).run(lambda c: measured_choice(c, 1 << 20))
     assert len(set(picks)) == 1 and picks[0] in MEASURED_LARGE_CANDIDATES
     names = MEASURED_LARGE_CANDIDATES

@@ -73,10 +73,19 @@ DIRECT_MAX_RANKS = 4
 #: depends on the link and on how busy the cores are, not on the bytes: on a quiet machine direct beat
 #: one-shot at every size on 3 hosts (bench/cluster_allreduce.py, 3 hosts x 1 rank, load 1.5-3: 64 KB
 #: 0.37 vs 0.70 ms, 256 KB 0.94 vs 1.07 ms over 10 Gbit/s), at load 10-16 one-shot beat direct at
-#: 64-256 KB (one round fewer to be descheduled in). The candidates add every value in rank order, so
+#: 64-256 KB (one round fewer to be descheduled in). The pipelined ring (MEASURED_RING) is timed beside
+#: them and replaces their pick as from 1 MB (`large_pick`: faster by the margin, or a tie at the wire):
+#: over 1 Gbit/s, where the call runs at the wire, its one TCP flow per link direction kept the link
+#: busier than direct's two (3 hosts x 1 rank, 256 KB, 301 interleaved rounds, in the least loaded of
+#: three runs, load 6-7, p20 / min ms: ring 3.07 / 2.90, in 32 KB pieces 3.02 / 2.70, MPICH's ring 3.00
+#: / 2.86, direct 3.25 / 2.87; the ring's minimum below direct's in 4 of 5 such runs, 2.86-2.92 vs 2.96-3.08
+#: ms). Under load direct's median was 0.82-0.87x the ring's there (the ring's 4 steps are 4 waits for a
+#: core), and a measurement under load 7-8 picked the ring in 2 of 6 cells over 1 Gbit/s, costing
+#: 1.11-1.16x until the next one. Every candidate adds each chunk in the ring's order (`_ring_order`), so
 #: they return the same bits and the measurement never shows in a result.
 MEASURED_MAX_BYTES = 1 << 20
 MEASURED_CANDIDATES = ("direct", "oneshot", "rooted")
+MEASURED_RING = "ring"
 #: from MEASURED_MAX_BYTES up to shared_bytes, the same hosts measure these instead: `direct` and the
 #: pipelined ring (`_measured_ring`: `plain_ring_allreduce` in eager pieces below EAGER_MAX_BYTES). Both move the fewest bytes (2 (p - 1) / p of the buffer
 #: per link); which is faster depends on the link. On the emulated cluster (3 hosts x 1 rank, quiet)
@@ -405,15 +414,28 @@ def _peers(p: int, r: int) -> list[int]:
 
 
 def _sum_in_rank_order(row, p: int, r: int, tmp: np.ndarray) -> None:
-    """row(r) += every other row(j), added as ((row(0) + row(1)) + row(2)) + ...: the one order
-    `oneshot_allreduce`, `direct_allreduce` and `rooted_allreduce` all use, so whichever of them runs,
-    every value comes out with the same bits. row(j): rank j's values (asked for in rank order, so
-    a caller can wait for each peer's message just before its values are added); tmp: scratch of
-    the same length, for r >= 2 (whose own values join the chain later)."""
+    """row(r) += every other row(j), added as ((row(0) + row(1)) + row(2)) + ... (`_sum_in_order`)."""
+    _sum_in_order(row, range(p), r, tmp)
+
+
+def _ring_order(c: int, p: int) -> list[int]:
+    """The ranks in the order the pipelined ring adds chunk c: c's values first, then c + 1's, ...
+    (the ring's step s adds rank c + s's values to the partial sum it received)."""
+    return [(c + k) % p for k in range(p)]
+
+
+def _sum_in_order(row, order, r: int, tmp: np.ndarray) -> None:
+    """row(r) += every other row(j), added as ((row(o0) + row(o1)) + row(o2)) + ... over order (every
+    rank once). `oneshot_allreduce`, `direct_allreduce` and `rooted_allreduce` add each chunk c in
+    `_ring_order(c)`, the pipelined ring's, so whichever of them runs every value comes out with the
+    same bits (IEEE addition is commutative: the ring's x_(c+1) + x_c is x_c + x_(c+1)). row(j): rank j's
+    values (asked for in `order`, so a caller can wait for each peer's message just before its
+    values are added); tmp: scratch of the same length, for when r is not among the first two."""
+    order = list(order)
     mine = row(r)
-    acc = mine if r < 2 else tmp
-    np.add(row(0), row(1), out=acc)
-    for j in range(2, p):
+    acc = mine if r in order[:2] else tmp
+    np.add(row(order[0]), row(order[1]), out=acc)
+    for j in order[2:]:
         if j == r:
             np.add(acc, mine, out=mine)
             acc = mine
@@ -424,7 +446,7 @@ def _sum_in_rank_order(row, p: int, r: int, tmp: np.ndarray) -> None:
 def oneshot_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
                       piece_bytes: int | None = None) -> np.ndarray:
     """All-reduce buf in place in one round: every rank sends its whole buffer to every other and
-    sums all p buffers itself, in rank order. (p - 1) n values out per rank, but a single message
+    sums all p buffers itself, each chunk in the ring's order (`_sum_in_order`). (p - 1) n values out per rank, but a single message
     round: for short buffers over a few hosts the round (a peer's turn on a loaded core, a
     network round trip) is what costs, not the bytes. For p = 2 this is recursive doubling.
     Messages go in pieces of at most piece_bytes (None: `piece_bytes_for`, see EAGER_BYTES).
@@ -439,7 +461,12 @@ def oneshot_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
     sends = [comm.isend(buf[x:y], j, _TAG_RS) for x, y in pieces for j in _peers(p, r)]
     comm.waitall(recvs)
     comm.waitall(sends)  # buf is overwritten by the sum below
-    _sum_in_rank_order(lambda j: buf if j == r else slot[j], p, r, _scratch("oneshot_acc", buf.size, buf.dtype))
+    off = _direct_plan(buf.size, p, r, buf.size)[0]
+    tmp = _scratch("oneshot_acc", off[1] - off[0], buf.dtype)
+    for c in range(p):  # each chunk in the ring's order: the bits of every candidate (`_sum_in_order`)
+        a, b = off[c], off[c + 1]
+        if b > a:
+            _sum_in_order(lambda j, a=a, b=b: (buf if j == r else slot[j])[a:b], _ring_order(c, p), r, tmp[:b - a])
     if op == "mean":
         buf /= p
     return buf
@@ -448,7 +475,7 @@ def oneshot_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
 def rooted_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
                      piece_bytes: int | None = None) -> np.ndarray:
     """All-reduce buf in place through rank 0: every other rank sends its buffer to rank 0, which
-    sums the p buffers in rank order and sends the sum back. 2 rounds and 2 (p - 1) messages (direct:
+    sums the p buffers (each chunk in the ring's order) and sends the sum back. 2 rounds and 2 (p - 1) messages (direct:
     2 rounds, 2 p (p - 1) messages; one-shot: 1 round, p (p - 1) messages of the whole buffer), the
     same 2 (p - 1) n values in all as direct, but rank 0 moves (p - 1) n of them each way: for short
     buffers, where a message costs more than its bytes. Messages go in pieces of at most
@@ -464,14 +491,21 @@ def rooted_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
         return buf
     others = _scratch("oneshot", (p - 1) * buf.size, buf.dtype).reshape(p - 1, buf.size)
     recvs = [[comm.irecv(others[j - 1][x:y], j, _TAG_RS) for x, y in pieces] for j in range(1, p)]
+    off = _direct_plan(buf.size, p, 0, buf.size)[0]
+    tmp = _scratch("rooted_acc", off[1] - off[0], buf.dtype)
+
+    arrived = [True] + [False] * (p - 1)
 
     def row(j):
-        if j == 0:
-            return buf
-        comm.waitall(recvs[j - 1])
-        return others[j - 1]
+        if not arrived[j]:  # rank j's message, waited for when its values are first added
+            comm.waitall(recvs[j - 1])
+            arrived[j] = True
+        return buf if j == 0 else others[j - 1]
 
-    _sum_in_rank_order(row, p, 0, buf)  # rank 0 adds into its own buffer: no scratch needed
+    for c in range(p):  # each chunk in the ring's order: the bits of every candidate (`_sum_in_order`)
+        a, b = off[c], off[c + 1]
+        if b > a:
+            _sum_in_order(lambda j, a=a, b=b: row(j)[a:b], _ring_order(c, p), 0, tmp[:b - a])
     if op == "mean":
         buf /= p
     comm.waitall([comm.isend(buf[x:y], j, _TAG_AG) for j in range(1, p) for x, y in pieces])
@@ -489,13 +523,13 @@ def direct_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
     EAGER_BYTES): a segment of the own chunk is summed and sent on while the next ones arrive. The
     all-gather lands in a scratch buffer (buf's chunks may still be on their way out) and is
     copied in at the end. Ranks end bit-identical: each chunk is summed by its owner and copied to
-    the others. order: how the owner adds a chunk's p values: 'rank' (((x0 + x1) + x2) + ..., the
-    bits of one-shot's and rooted's sums) or 'ring' (from the owner's own values on, x_r + x_(r+1)
-    + ...: the association of `plain_ring_allreduce`'s chain for that chunk, so the two return the
-    same bits); None: whichever its rivals in `measured_candidates` use for this size."""
+    the others. order: how the owner adds a chunk's p values: 'ring' (from the owner's own values on,
+    x_r + x_(r+1) + ...: the association of `plain_ring_allreduce`'s chain for that chunk, and of
+    one-shot's and rooted's sums, so all of `measured_candidates` return the same bits) or 'rank'
+    (((x0 + x1) + x2) + ...); None: 'ring'."""
     p, r = comm.size, comm.rank
     if order is None:
-        order = "rank" if buf.nbytes < MEASURED_MAX_BYTES else "ring"
+        order = "ring"
     if order not in ("rank", "ring"):
         raise ValueError(f"order: expected 'rank' or 'ring', got {order!r}")
     if p == 1 or buf.size == 0:
@@ -630,16 +664,21 @@ def _measured_state(comm: Communicator) -> tuple[dict, dict]:
     return comm._ring_measured, comm._ring_measured_calls
 
 
+def _scores(times: list[dict], names, quantile: float) -> dict:
+    """Each candidate's score: the `quantile` of its per-round slowest-rank times."""
+    rounds = min(len(t[c]) for t in times for c in names)
+    if rounds < 1:
+        raise ValueError(f"measured_pick: expected at least one round per candidate, got {rounds}")
+    return {c: float(np.quantile([max(t[c][i] for t in times) for i in range(rounds)], quantile)) for c in names}
+
+
 def measured_pick(times: list[dict], incumbent: str | None = None, names=MEASURED_CANDIDATES,
                   quantile: float = MEASURED_QUANTILE, margin: float = MEASURED_MARGIN) -> tuple[str, dict]:
     """The candidate to keep from every rank's timings (times[rank][name]: that rank's seconds per
     round, the rounds interleaved) and each candidate's score: the `quantile` of the per-round
     slowest-rank times. The incumbent (None: names[0]) stays unless another scores lower by more
     than `margin` of its score; then the lowest score wins (ties: the earlier name)."""
-    rounds = min(len(t[c]) for t in times for c in names)
-    if rounds < 1:
-        raise ValueError(f"measured_pick: expected at least one round per candidate, got {rounds}")
-    scores = {c: float(np.quantile([max(t[c][i] for t in times) for i in range(rounds)], quantile)) for c in names}
+    scores = _scores(times, names, quantile)
     incumbent = names[0] if incumbent is None else incumbent
     best = min(names, key=lambda c: (scores[c], names.index(c)))
     keep = incumbent if scores[best] >= scores[incumbent] * (1 - margin) else best
@@ -657,7 +696,7 @@ def large_pick(times: list[dict], floor_s: float, names=MEASURED_LARGE_CANDIDATE
         raise ValueError(f"large_pick: expected two candidates (direct-like, ring-like), got {names!r}")
     if not floor_s >= 0:
         raise ValueError(f"large_pick: expected a wire floor >= 0 s, got {floor_s!r}")
-    _, scores = measured_pick(times, None, names, quantile, margin=0.0)
+    scores = _scores(times, names, quantile)
     fast, slow = sorted(names, key=lambda c: (scores[c], names.index(c)))
     if scores[fast] < scores[slow] * (1 - margin):
         pick = fast
@@ -682,7 +721,7 @@ def measured_candidates(nbytes: int, hierarchical: bool = False) -> tuple[str, .
     several ranks each, else over hosts of one rank each)."""
     if hierarchical:
         return HIER_MEASURED_CANDIDATES
-    return MEASURED_CANDIDATES if nbytes < MEASURED_MAX_BYTES else MEASURED_LARGE_CANDIDATES
+    return MEASURED_CANDIDATES + (MEASURED_RING,) if nbytes < MEASURED_MAX_BYTES else MEASURED_LARGE_CANDIDATES
 
 
 def _measures_one_rank_hosts(comm: Communicator, nbytes: int, shared_bytes: int) -> bool:
@@ -724,7 +763,7 @@ def _measure(comm: Communicator, nbytes: int, key: int, cache: dict) -> str:
     large = nbytes >= MEASURED_MAX_BYTES and not hier
     names = list(measured_candidates(nbytes, hier))
     fns = {c: _MEASURED_FNS[c] for c in names}
-    if large:  # the link's time per byte, for the tie-breaker (large_pick), in the same rounds
+    if not hier:  # the link's time per byte, for the tie-breaker (large_pick), in the same rounds
         probe = x[:max(1, min(x.size // comm.size, WIRE_PROBE_MAX_BYTES // 4))]
         fns["wire"] = lambda c, _: _wire_probe(c, probe)
     times = {c: [] for c in fns}
@@ -738,13 +777,20 @@ def _measure(comm: Communicator, nbytes: int, key: int, cache: dict) -> str:
                 times[c].append(time.perf_counter() - t0)
     everyone = comm.allgather(times)
     decided = None
-    if comm.rank == 0 and large:
+    if comm.rank == 0 and not hier:
         # one way = half the fastest round trip (the slowest rank's time: rank 0's): the wire's time is a
         # lower bound that waits for a core only add to (on a loaded machine a low quantile still
         # carried them, 2.5-4x the quiet floor over 10 Gbit/s at 1 MB, turning ties there into the ring)
         one_way = min(max(t["wire"][i] for t in everyone) for i in range(len(times["wire"]))) / 2
         floor = 2 * (comm.size - 1) / comm.size * nbytes * one_way / probe.nbytes
-        decided = large_pick(everyone, floor, tuple(names))
+        if large:
+            decided = large_pick(everyone, floor, tuple(names))
+        else:  # the fastest of the few-round ones (the kept pick as incumbent), then it against the ring
+            few = tuple(c for c in names if c != MEASURED_RING)
+            kept = cache.get(key)
+            base, scores = measured_pick(everyone, kept if kept in few else None, few)
+            pick, pair = large_pick(everyone, floor, (base, MEASURED_RING))
+            decided = pick, {**scores, **pair}
     elif comm.rank == 0:
         decided = measured_pick(everyone, cache.get(key), tuple(names))
     pick, scores = comm.bcast(decided, root=0)

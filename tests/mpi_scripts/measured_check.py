@@ -22,7 +22,8 @@ def rigged(name):
     return fn
 
 
-ring._MEASURED_FNS = {c: rigged(c) for c in ring.MEASURED_CANDIDATES}
+ring._MEASURED_FNS = {c: rigged(c) for c in ring.measured_candidates(5000)}
+rig["ring"] = lambda k: 0.05  # the slowest by far throughout: never picked
 ring.MEASURED_ROUNDS = 3
 out = {}
 
@@ -35,7 +36,8 @@ out["disagreeing_ranks"] = ring.measured_choice(comm, 5000)
 # 2. the decision is rank 0's, broadcast: a pick rule answering differently on every rank (as a
 # non-deterministic one might) still leaves every rank with rank 0's answer
 real_pick = ring.measured_pick
-ring.measured_pick = lambda times, incumbent=None, *args, **kw: (ring.MEASURED_CANDIDATES[r % 3], {c: 0.0 for c in ring.MEASURED_CANDIDATES})
+ring.measured_pick = lambda times, incumbent=None, names=ring.MEASURED_CANDIDATES, *args, **kw: (
+    names[r % len(names)], {c: 0.0 for c in names})
 out["injected_decision"] = ring.measured_choice(comm, 1 << 14)
 ring.measured_pick = real_pick
 
