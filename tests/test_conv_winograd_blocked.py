@@ -26,6 +26,7 @@ CASES = [
     (1, 1, 1, 1, 1), (3, 16, 2, 2, 16), (1, 17, 3, 3, 33), (3, 33, 7, 7, 17), (1, 64, 8, 8, 64),
     (3, 16, 13, 13, 64), (1, 33, 33, 33, 16), (3, 64, 8, 13, 33), (1, 17, 1, 7, 64), (3, 1, 8, 8, 17),
     (1, 16, 4, 4, 16), (3, 17, 10, 11, 33), (3, 16, 5, 9, 16), (1, 33, 6, 12, 17),
+    (64, 3, 31, 31, 5),  # x and dy over the 8 MiB from which the weight gradient prefetches ahead
 ]
 IDS = ["N{}C{}_{}x{}K{}".format(*c) for c in CASES]
 # F(2x2, 3x3) adds, subtracts and halves: observed errors stay below 2e-7 of sum |w||x| (see
