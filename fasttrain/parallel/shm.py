@@ -165,8 +165,7 @@ class NodeWindow:
         slots[self.rank][...] = buf
         self.calls += 1
         tag = self.calls << 32
-        self.win.Sync()
-        self.counters[self.rank][0] = tag | 1
+        self._publish(0, tag | 1)
         for j in range(self.size):
             if j != self.rank:
                 _await(self, j, 0, tag | 1, None)
@@ -180,6 +179,12 @@ class NodeWindow:
             for row in rows[2:]:
                 np.add(acc, row, out=acc)
         return out
+
+    def _publish(self, which: int, value: int) -> None:
+        """Set this rank's progress counter `which` to value, after a Win_sync that makes the data it
+        announces visible first (the writer's half of the polling pattern; `_await` is the reader's)."""
+        self.win.Sync()
+        self.counters[self.rank][which] = value
 
     def stream(self, buf: np.ndarray, piece_values: int) -> "Stream":
         """Start a barrier-free reduce-scatter + copy-out of buf over the node, in pieces of at most
@@ -308,9 +313,6 @@ class Stream:
         self._copied = [0] * w.size
         self._count = 0
 
-    def _wait(self, q: int, which: int, target: int, progress) -> None:
-        _await(self.w, q, which, target, progress)
-
     def copy_in(self, i: int) -> None:
         """Round i's copy-in: piece i of every other rank's chunk into this rank's slot, published."""
         mine, buf = self.mine, self.buf
@@ -320,15 +322,14 @@ class Stream:
         for _, x, y in writes:
             mine[x:y] = buf[x:y]
         self._count += len(writes)
-        self.w.win.Sync()
-        self.w.counters[self.w.rank][0] = self.tag | self._count
+        self.w._publish(0, self.tag | self._count)
 
     def reduce(self, i: int, progress=None) -> np.ndarray:
         """Piece i of this rank's chunk summed over the node into its slot (own values first, then the
         other ranks' in rank order), once every peer has copied it in; returns that view. progress:
         called while waiting (e.g. to let MPI move messages already posted)."""
         for q, n in self._layout[4][i]:
-            self._wait(q, 0, self.tag | n, progress)
+            _await(self.w, q, 0, self.tag | n, progress)
         x, y = self.pieces[i]
         return NodeWindow.reduce_piece(self.buf, self._layout[0], x, y)
 
@@ -341,8 +342,7 @@ class Stream:
         """Piece i of this rank's chunk is final in its slot: into buf, and published to the peers."""
         x, y = self.pieces[i]
         self.buf[self.a + x:self.a + y] = self.mine[self.a + x:self.a + y]
-        self.w.win.Sync()
-        self.w.counters[self.w.rank][1] = self.tag | (i + 1)
+        self.w._publish(1, self.tag | (i + 1))
 
     def collect(self, block: bool, progress=None) -> None:
         """The peers' finished pieces into buf: those published so far, or (block) all of them."""
@@ -353,7 +353,7 @@ class Stream:
             if q == w.rank or have == total:
                 continue
             if block:
-                self._wait(q, 1, tag | total, progress)
+                _await(w, q, 1, tag | total, progress)
                 n = total
             else:
                 v = int(w.counters[q][1])
