@@ -318,3 +318,23 @@ def test_backend_maxpool_bwd_maxima_outside_their_cells(name):
     dx = np.full(shape, np.nan, np.float32)
     backend.kernel("maxpool2d_bwd", backend=name)(dy, am, dx)
     np.testing.assert_allclose(dx, edx, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,k,s,p", [((2, 3, 8, 8), (3, 3), (2, 2), (0, 0)), ((1, 2, 10, 12), (3, 3), (2, 2), (0, 0))])
+@pytest.mark.parametrize("name", _cases("maxpool2d_bwd"))
+def test_backend_maxpool_bwd_cells_leave_several_rows_and_columns(name, shape, k, s, p):
+    """3x3 stride-2 windows without padding halve the plane minus a border: every maximum in its
+    own 2x2 cell (each cell's top-left corner wins the tie), and the two or more last rows and
+    columns no cell covers get no gradient."""
+    rows, cols = np.indices(shape[2:])
+    x = np.broadcast_to((rows % 2 == 0) & (cols % 2 == 0), shape).astype(np.float32)
+    oshape = _out(shape, k, s, p)
+    assert shape[2] - 2 * oshape[2] >= 2 and shape[3] - 2 * oshape[3] >= 2
+    dy = np.random.default_rng(11).standard_normal(oshape).astype(np.float32)
+    y, am = np.empty(oshape, np.float32), np.empty(oshape, np.int64)
+    ref.maxpool2d_fwd_ref(x, y, am, *k, *s, *p)
+    edx = np.empty(shape, np.float64)
+    ref.maxpool2d_bwd_ref(dy.astype(np.float64), am, edx)
+    dx = np.full(shape, np.nan, np.float32)
+    backend.kernel("maxpool2d_bwd", backend=name)(dy, am, dx)
+    np.testing.assert_allclose(dx, edx, rtol=1e-6, atol=1e-6)

@@ -137,10 +137,11 @@ int64_t maxpool2d_bwd(const float* dy, const int64_t* argmax, float* dx, int64_t
         outside += at != first && at != first + 1 && at != first + W && at != first + W + 1;
       }
       if (outside) in_cells = false;
-      else if (2 * Q < W) r0[2 * Q] = r1[2 * Q] = 0.0f;   // W odd: the column no window covers
+      else
+        for (int64_t w = 2 * Q; w < W; ++w) r0[w] = r1[w] = 0.0f;   // the columns no cell covers
     }
-    if (in_cells) {
-      if (2 * P < H) std::memset(dxp + 2 * P * W, 0, sizeof(float) * W);   // H odd: the last row
+    if (in_cells) {   // the rows no cell covers (several when the windows are wider than 2, e.g. 3x3 stride 2)
+      std::memset(dxp + 2 * P * W, 0, sizeof(float) * (H - 2 * P) * W);
       continue;
     }
     std::memset(dxp, 0, sizeof(float) * HW);
@@ -205,9 +206,9 @@ void avgpool2d_bwd(const float* dy, float* dx, int64_t NC, int64_t H, int64_t W,
           const float g = 0.f + gr[q] / div;   // as added into the cleared plane: -0 becomes +0
           r0[2 * q] = r0[2 * q + 1] = r1[2 * q] = r1[2 * q + 1] = g;
         }
-        if (2 * Q < W) r0[2 * Q] = r1[2 * Q] = 0.0f;
+        for (int64_t w = 2 * Q; w < W; ++w) r0[w] = r1[w] = 0.0f;
       }
-      if (2 * P < H) std::memset(dxp + 2 * P * W, 0, sizeof(float) * W);
+      std::memset(dxp + 2 * P * W, 0, sizeof(float) * (H - 2 * P) * W);
     }
     return;
   }
