@@ -68,6 +68,21 @@ void expect_shape(const char* op, const char* name, const py::array& a,
   FT_CHECK(ok, op << "(" << name << "): expected shape " << dims_str(d) << ", got " << shape_str(a));
 }
 
+// A (2, C) float64 array of per-channel sums (a convolution's batchnorm statistics, a batchnorm's
+// backward sums), or nullptr for None; keep holds the array while the kernel runs (a list would be
+// converted into a temporary).
+double* sums_ptr(const char* op, const char* name, const py::object& obj, int64_t C, bool writeable,
+                 py::array& keep) {
+  if (obj.is_none()) return nullptr;
+  keep = obj.cast<py::array>();
+  expect_shape(op, name, keep, {2, C});
+  FT_CHECK(keep.dtype().is(py::dtype::of<double>()) && (keep.flags() & py::array::c_style) &&
+               (!writeable || keep.writeable()),
+           op << "(" << name << "): expected a " << (writeable ? "writeable " : "")
+              << "C-contiguous float64 array, got dtype " << std::string(py::str(keep.dtype())));
+  return static_cast<double*>(writeable ? keep.mutable_data() : const_cast<void*>(keep.data()));
+}
+
 void expect_ndim(const char* op, const char* name, const py::array& a, py::ssize_t nd) {
   FT_CHECK(a.ndim() == nd, op << "(" << name << "): expected a " << nd << "-D array, got shape "
                               << shape_str(a));
@@ -280,15 +295,6 @@ void bind(py::module_& m) {
     return halo_x == -1 ? std::pair<int64_t, int64_t>{ph, pw} : std::pair<int64_t, int64_t>{halo_x, halo_x};
   };
   // The batchnorm statistics the forwards fill: None or a (2, K) float64 array.
-  auto stats_ptr = [](const char* op, const py::object& stats, int64_t K) -> double* {
-    if (stats.is_none()) return nullptr;
-    auto st = stats.cast<py::array>();
-    expect_shape(op, "stats", st, {2, K});
-    FT_CHECK(st.dtype().is(py::dtype::of<double>()) && (st.flags() & py::array::c_style) && st.writeable(),
-             op << "(stats): expected a writeable C-contiguous float64 array, got dtype "
-                << std::string(py::str(st.dtype())));
-    return static_cast<double*>(st.mutable_data());
-  };
   m.def("conv2d_blocked_fwd", [=](py::array xb, py::array w, py::array b, py::array yb, int64_t sh,
                                   int64_t sw, int64_t ph, int64_t pw, bool relu, py::object stats,
                                   int64_t halo_x) {
@@ -297,7 +303,8 @@ void bind(py::module_& m) {
     Conv g = blocked_geom(op, xb, w, sh, sw, ph, pw, hx.first, hx.second);
     expect_shape(op, "b", b, {g.K});
     expect_shape(op, "yb", yb, {g.N, (g.K + 15) / 16, g.P, g.Q, 16});
-    double* pst = stats_ptr(op, stats, g.K);
+    py::array keep_stats;
+    double* pst = sums_ptr(op, "stats", stats, g.K, true, keep_stats);
     const float *px = ptr_of(xb, "xb"), *pw_ = ptr_of(w, "w"), *pb = ptr_of(b, "b");
     float* py_ = ptr_of(yb, "yb");
     py::gil_scoped_release nogil;
@@ -340,7 +347,7 @@ void bind(py::module_& m) {
         expect_shape(op, names[i], keep[1 + i], {g.C});
         *vecs[i].second = ptr_of(keep[1 + i], names[i]);
       }
-      bn.sums = stats_ptr(op, bn_sums, g.C);
+      bn.sums = sums_ptr(op, "bn_sums", bn_sums, g.C, true, keep[5]);
     } else {
       FT_CHECK(bn_x.is_none() && bn_mean.is_none() && bn_invstd.is_none() && bn_gamma.is_none() && bn_beta.is_none(),
                op << "(bn_sums): expected bn_sums with the batchnorm's arrays (bn_x, ...), got None");
@@ -405,7 +412,8 @@ void bind(py::module_& m) {
     dw_other(op, "yb", yb, g, g.P, g.Q, hy);
     const float *px = ptr_of(xb, "xb"), *pw_ = ptr_of(w, "w"), *pb = ptr_of(b, "b");
     float* py_ = ptr_of(yb, "yb");
-    double* pst = stats_ptr(op, stats, g.C);
+    py::array keep_stats;
+    double* pst = sums_ptr(op, "stats", stats, g.C, true, keep_stats);
     py::gil_scoped_release nogil;
     ft::cpu::depthwise_blocked_fwd(px, pw_, pb, py_, g.N, g.C, g.H, g.W, g.R, g.S, sh, sw, ph, pw, dh, dw, relu, hx, hy,
                                    pst);
@@ -469,7 +477,8 @@ void bind(py::module_& m) {
     Conv g = conv_geom(op, x, w, sh, sw, ph, pw, 1, 1, 1, "x");
     expect_shape(op, "b", b, {g.K});
     expect_shape(op, "yb", yb, {g.N, (g.K + 15) / 16, g.P, g.Q, 16});
-    double* pst = stats_ptr(op, stats, g.K);
+    py::array keep_stats;
+    double* pst = sums_ptr(op, "stats", stats, g.K, true, keep_stats);
     const float *px = ptr_of(x, "x"), *pw_ = ptr_of(w, "w"), *pb = ptr_of(b, "b");
     float* py_ = ptr_of(yb, "yb");
     py::gil_scoped_release nogil;
@@ -832,16 +841,10 @@ void bind(py::module_& m) {
       pbe = ptr_of(be, "beta");
     }
     // sums: the two per-channel sums the first pass would form, precomputed (conv2d_blocked_bwd_data's bn_sums)
+    FT_CHECK(sums.is_none() || dres.is_none(),
+             op << "(sums): expected dres=None with sums (the sums pass writes dres), got both");
     py::array su;
-    const double* psu = nullptr;
-    if (!sums.is_none()) {
-      FT_CHECK(dres.is_none(), op << "(sums): expected dres=None with sums (the sums pass writes dres), got both");
-      su = sums.cast<py::array>();
-      expect_shape(op, "sums", su, {2, g.C});
-      FT_CHECK(su.dtype().is(py::dtype::of<double>()) && (su.flags() & py::array::c_style),
-               op << "(sums): expected a C-contiguous float64 array, got dtype " << std::string(py::str(su.dtype())));
-      psu = static_cast<const double*>(su.data());
-    }
+    const double* psu = sums_ptr(op, "sums", sums, g.C, false, su);
     py::gil_scoped_release nogil;
     ft::cpu::batchnorm_blocked_bwd(px, pdy, pg, pm, pi, pdx, pdg, pdb, g.N, g.C, g.H, g.W, pyo, pdr, halo_x,
                                    halo_y, halo_dx, pbe, psu);
