@@ -7,7 +7,12 @@ barriers. For iterating on one bench/cluster_allreduce.py cell at a time. Needs 
         [--mpich recursive_doubling] [--rounds 61] [--phases]
 
 Variants ('names'): mpi, auto, hier (the 2-host pipelined hierarchy), hier_p<KB> (its pieces at KB),
-direct, direct_p<KB>, ring, ring_p<KB> (plain_ring_allreduce in pieces of KB), onefence.
+direct, direct_p<KB>, ring, ring_p<KB> (plain_ring_allreduce in pieces of KB), onefence, auto2 (auto again:
+the noise between two identical entries), and the V_* functions below by name (hold: the 2-host hierarchy
+as of session 11; disp / dv / da / dh: parts of ring_allreduce's dispatch before it; hy / ofy: yielding MPI
+waits; spin_p<N>: N polls before yielding; dnc: direct with the all-gather straight into buf).
+Prints median / p20 / p5 / min: with 1001 rounds the p5 is the nearest thing to a quiet machine's time
+on a loaded one (two identical entries read 0.417 / 0.418 ms at 64 KB, load 8).
 --phases: the 2-host hierarchy once more with its phases timed per rank (share+fence, pipeline, finish).
 """
 from __future__ import annotations
@@ -36,9 +41,11 @@ def variant(comm, name: str, buf):
 
     base, _, arg = name.partition("_p")
     kb = int(arg) << 10 if arg else None
+    if base in ("hy", "ofy", "spin"):  # _p<N>: N spins before yielding, not KB
+        kb = int(arg) if arg else None
     if name == "mpi":
         return lambda: comm.allreduce_mpi(buf)
-    if name == "auto":
+    if name in ("auto", "auto2"):  # auto2: the same call again, for the noise between two identical entries
         return lambda: ring_allreduce(comm, buf)
     if base == "hier":
         h = R.hierarchy(comm)
@@ -313,6 +320,199 @@ def V_xp(comm, buf, kb):
     o.waitall(rqs)
 
 
+def _yield_wait(req, spins=32):
+    """Test req until it completes; after `spins` tests yield the core at every further test."""
+    import os
+    k = 0
+    while not req.Test():
+        k += 1
+        if k > spins:
+            os.sched_yield()
+
+
+def V_hy(comm, buf, kb):
+    """The 2-host pipelined hierarchy with its MPI waits testing and yielding the core after 32 tests
+    (4 ranks on 2 cores: a rank spinning in MPI_Wait holds a core its host peer needs)."""
+    from fasttrain.parallel import ring as R
+    import functools
+
+    h = R.hierarchy(comm)
+    w, other = h.window, h.slices
+    n = buf.size
+    chunk_values = -(-n // w.size)
+    s = w.stream(buf, max(1, R.piece_bytes_for(chunk_values * buf.itemsize, R.DEFAULT_SEGMENT_BYTES) // buf.itemsize))
+    peer = 1 - other.rank
+    pieces = s.pieces
+    inbox = R._scratch("hier_inbox", pieces[-1][1] if pieces else 0, buf.dtype)
+    recvs = [other.irecv(inbox[x:y], peer, R._TAG_RS) for x, y in pieces]
+    sends = []
+    progress = functools.partial(R._test_all, other, sends)
+    for i in range(s.rounds):
+        s.copy_in(i)
+    for i in range(len(pieces)):
+        sends.append(other.isend(s.reduce(i, progress), peer, R._TAG_RS))
+    for i, ((x, y), rq, sq) in enumerate(zip(pieces, recvs, sends)):
+        _yield_wait(rq, kb or 32)
+        _yield_wait(sq, kb or 32)
+        mine, theirs = s.result(i), inbox[x:y]
+        if other.rank == 0:
+            np.add(mine, theirs, out=mine)
+        else:
+            np.add(theirs, mine, out=mine)
+        s.done(i)
+        s.collect(False)
+    s.collect(True)
+    return buf
+
+
+def V_ofy(comm, buf, kb):
+    """onefence_allreduce with yielding waits (see V_hy)."""
+    from fasttrain.parallel import ring as R
+
+    h = R.hierarchy(comm)
+    other, peer = h.slices, 1 - h.slices.rank
+    node = h.window.sum_whole(buf, R._scratch("onefence_node", buf.size, buf.dtype))
+    inbox = R._scratch("onefence_in", buf.size, buf.dtype)
+    pieces = R._pieces(buf.size, buf.itemsize, None)
+    recvs = [other.irecv(inbox[x:y], peer, R._TAG_RS) for x, y in pieces]
+    sends = [other.isend(node[x:y], peer, R._TAG_RS) for x, y in pieces]
+    for rq in recvs:
+        _yield_wait(rq, kb or 32)
+    first, second = (node, inbox) if other.rank == 0 else (inbox, node)
+    np.add(first, second, out=buf)
+    for sq in sends:
+        _yield_wait(sq, kb or 32)
+    return buf
+
+
+def V_disp(comm, buf, kb):
+    """ring_allreduce's dispatch (verify_layout, allreduce_algorithm with the call not counted), then the
+    picked way called directly: what 'auto' costs beyond its pick, split from the pick itself."""
+    from fasttrain.parallel import ring as R
+
+    R.verify_layout(comm, (buf.size, buf.dtype.str, "sum", None, None, R.DEFAULT_SEGMENT_BYTES, R.DEFAULT_SMALL_BYTES,
+                           R.DEFAULT_SHARED_BYTES, R.DEFAULT_MID_BYTES))
+    alg = R.allreduce_algorithm(comm, buf.nbytes)
+    if alg == "hierarchical":
+        return R._hierarchical_two_hosts(R.hierarchy(comm), buf, "sum", comm.size, R.DEFAULT_SEGMENT_BYTES)
+    return R._MEASURED_FNS[alg](comm, buf)
+
+
+def V_dv(comm, buf, kb):
+    """verify_layout, then the 2-host hierarchy called directly."""
+    from fasttrain.parallel import ring as R
+
+    R.verify_layout(comm, (buf.size, buf.dtype.str, "sum", None, None, R.DEFAULT_SEGMENT_BYTES, R.DEFAULT_SMALL_BYTES,
+                           R.DEFAULT_SHARED_BYTES, R.DEFAULT_MID_BYTES))
+    return R._hierarchical_two_hosts(R.hierarchy(comm), buf, "sum", comm.size, R.DEFAULT_SEGMENT_BYTES)
+
+
+def V_da(comm, buf, kb):
+    """allreduce_algorithm (not counted), then the 2-host hierarchy called directly."""
+    from fasttrain.parallel import ring as R
+
+    R.allreduce_algorithm(comm, buf.nbytes)
+    return R._hierarchical_two_hosts(R.hierarchy(comm), buf, "sum", comm.size, R.DEFAULT_SEGMENT_BYTES)
+
+
+def V_dh(comm, buf, kb):
+    """hierarchy(comm) looked up per call, then the 2-host hierarchy."""
+    from fasttrain.parallel import ring as R
+
+    return R._hierarchical_two_hosts(R.hierarchy(comm), buf, "sum", comm.size, R.DEFAULT_SEGMENT_BYTES)
+
+
+def V_spin(comm, buf, kb):
+    """The 2-host hierarchy with shm._SPINS (polls before each further poll yields) set to kb for the call."""
+    from fasttrain.parallel import ring as R
+    from fasttrain.parallel import shm as S
+
+    saved, S._SPINS = S._SPINS, kb
+    try:
+        return R._hierarchical_two_hosts(R.hierarchy(comm), buf, "sum", comm.size, R.DEFAULT_SEGMENT_BYTES)
+    finally:
+        S._SPINS = saved
+
+
+def V_hold(comm, buf, kb):
+    """_hierarchical_two_hosts as it was at main 74b8bc8 (session 11): the receives posted and the
+    pieces computed before the copy-in."""
+    from fasttrain.parallel import ring as R
+    import functools
+
+    h = R.hierarchy(comm)
+    w, other = h.window, h.slices
+    if buf.size == 0:
+        return buf
+    n = buf.size
+    chunk_values = -(-n // w.size)
+    s = w.stream(buf, max(1, R.piece_bytes_for(chunk_values * buf.itemsize, R.DEFAULT_SEGMENT_BYTES) // buf.itemsize))
+    peer = 1 - other.rank
+    pieces = s.pieces
+    inbox = R._scratch("hier_inbox", pieces[-1][1] if pieces else 0, buf.dtype)
+    recvs = [other.irecv(inbox[x:y], peer, R._TAG_RS) for x, y in pieces]
+    sends = []
+    progress = functools.partial(R._test_all, other, sends)
+    for i in range(s.rounds):
+        s.copy_in(i)
+    for i in range(len(pieces)):
+        sends.append(other.isend(s.reduce(i, progress), peer, R._TAG_RS))
+    for i, ((x, y), rq, sq) in enumerate(zip(pieces, recvs, sends)):
+        other.wait(rq)
+        other.wait(sq)
+        mine, theirs = s.result(i), inbox[x:y]
+        if other.rank == 0:
+            np.add(mine, theirs, out=mine)
+        else:
+            np.add(theirs, mine, out=mine)
+        s.done(i)
+        s.collect(False)
+    s.collect(True)
+    return buf
+
+
+def V_dnc(comm, buf, kb):
+    """direct_allreduce with the all-gather received straight into buf (no scratch, no copy at the end):
+    the receive of a segment of peer j's chunk is posted once this rank's reduce-scatter send of that
+    segment (from buf) has completed."""
+    from fasttrain.parallel import ring as R
+
+    p, r = comm.size, comm.rank
+    seg = kb or R.piece_bytes_for(buf.nbytes)
+    off, mine, peers, maxc = R._direct_plan(buf.size, p, r, max(1, int(seg) // buf.itemsize))
+    a = off[r]
+    inbox = R._scratch("direct_rs", p * maxc, buf.dtype).reshape(p, maxc)
+    rs_recvs = {j: [comm.irecv(inbox[j, x - a:y - a], j, R._TAG_RS) for x, y in mine] for j, _ in peers}
+    pending = [(comm.isend(buf[x:y], j, R._TAG_RS), j, x, y) for j, segs in peers for x, y in segs]
+    ag_recvs, done_sends = [], []
+    MPI = comm._MPI
+
+    def post_ready(block):
+        nonlocal pending
+        left = []
+        for rq, j, x, y in pending:
+            if block:
+                comm.wait(rq)
+            if block or rq.Test():
+                ag_recvs.append(comm.irecv(buf[x:y], j, R._TAG_AG))
+            else:
+                left.append((rq, j, x, y))
+        pending = left
+
+    sends = []
+    for i, (x, y) in enumerate(mine):
+        acc = buf[x:y]
+        for j in R._peers(p, r):
+            comm.wait(rs_recvs[j][i])
+            np.add(acc, inbox[j, x - a:y - a], out=acc)
+        sends += [comm.isend(acc, j, R._TAG_AG) for j, _ in peers]
+        post_ready(False)
+    post_ready(True)
+    comm.waitall(ag_recvs)
+    comm.waitall(sends)
+    return buf
+
+
 def phases(comm, buf, reps: int = 41):
     """The 2-host hierarchy's phases, per rank, median ms: share (copy-in + fence), pipeline (reduce
     pieces, send, receive, add), finish (fence + copy-out)."""
@@ -393,7 +593,7 @@ def child(args):
                               "ratio": {k: round(float(np.median(np.array(v) / np.array(samples[names[1]]))), 3)
                                         for k, v in samples.items()},
                               "ms": {k: [round(statistics.median(v) * 1e3, 3), round(float(np.quantile(v, 0.2)) * 1e3, 3),
-                                         round(min(v) * 1e3, 3)]
+                                         round(min(v) * 1e3, 3), round(float(np.quantile(v, 0.05)) * 1e3, 3)]
                                      for k, v in samples.items()}, "phases": ph_all if args.phases else None}), flush=True)
 
 
@@ -415,9 +615,9 @@ def parent(args):
                 for ln in proc.stdout.splitlines():
                     if ln.startswith("{"):
                         rec = json.loads(ln)
-                        ms = "  ".join(f"{k} {v[0]:.3f}/{v[1]:.3f}/{v[2]:.3f} ({rec['ratio'][k]:.2f})" for k, v in rec["ms"].items())
+                        ms = "  ".join(f"{k} {v[0]:.3f}/{v[1]:.3f}/{v[3]:.3f}/{v[2]:.3f} ({rec['ratio'][k]:.2f})" for k, v in rec["ms"].items())
                         print(f"{layout} {rate} {rec['size'] >> 10} KB load {load0:.1f}-{rec['load']:.1f} "
-                              f"pick {rec['pick']} (median/p20/min ms (median per-round ratio to the first after mpi), {rec['rounds']} rounds): {ms}", flush=True)
+                              f"pick {rec['pick']} (median/p20/p5/min ms (median per-round ratio to the first after mpi), {rec['rounds']} rounds): {ms}", flush=True)
                         if rec["phases"]:
                             print("   phases per rank:", rec["phases"], flush=True)
 

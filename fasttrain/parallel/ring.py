@@ -947,46 +947,56 @@ def hierarchical_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
 
 def _hierarchical_two_hosts(h, buf: np.ndarray, op: str, divisor: int, segment_bytes: int) -> np.ndarray:
     """The 'slices' hierarchical all-reduce over two hosts, pipelined and with no barrier in the host
-    (`NodeWindow.stream`): in round i every rank copies piece i of its host peers' chunks into its
-    slot, sums piece i of its own chunk over the host once its peers have copied theirs, and sends it
-    to its counterpart on the other host at once; then it adds the counterpart's pieces as they
-    arrive, publishes each finished piece to its host peers and copies theirs as they are published.
+    (`NodeWindow.stream`): every rank first copies its host peers' chunks of its buffer into its slot
+    and publishes them (before anything else: a host peer waits for exactly this), then sums each
+    piece of its own chunk over the host once its peers have copied theirs, and sends it to its
+    counterpart on the other host at once; then it adds the counterpart's pieces as they arrive,
+    publishes each finished piece to its host peers and copies theirs as they are published.
     Pieces as `piece_bytes_for` cuts the chunk (below the wheel's TCP rendezvous size for chunks under
     EAGER_MAX_BYTES). The same bits as the fenced form (node sum own values first then rank order,
     then host 0's sum + host 1's), ranks identical. Against the fenced form (two barriers in the host:
     every rank waits for the slowest twice), interleaved on the emulated cluster, 2 hosts x 2 ranks,
     151 rounds, load 11-13, median of the per-round ratios: 10 Gbit/s 0.83-0.85 / 0.86-0.94 /
-    0.83-0.95 at 256 KB / 1 MB / 4 MB, 1 Gbit/s 0.82-0.87 / 0.91-0.94 / 0.94-0.98."""
-    w, other = h.window, h.slices
+    0.83-0.95 at 256 KB / 1 MB / 4 MB, 1 Gbit/s 0.82-0.87 / 0.91-0.94 / 0.94-0.98.
+    The Python between a call's entry and its copy-in is kept to the stream's set-up (the pieces are
+    computed once per layout, `_two_host_piece`): a rank that publishes late keeps its host peer
+    polling, and on a node with more ranks than cores a poll that outlasts its spins yields the core."""
     if buf.size == 0:
         return buf
-    n = buf.size
-    chunk_values = -(-n // w.size)
-    s = w.stream(buf, max(1, piece_bytes_for(chunk_values * buf.itemsize, segment_bytes) // buf.itemsize))
+    w, other = h.window, h.slices
+    s = w.stream(buf, _two_host_piece(buf.size, buf.itemsize, w.size, segment_bytes))
+    for i in range(s.rounds):  # all of it first: a peer waits at most for the piece it needs next
+        s.copy_in(i)
     peer = 1 - other.rank
     pieces = s.pieces
     inbox = _scratch("hier_inbox", pieces[-1][1] if pieces else 0, buf.dtype)
     recvs = [other.irecv(inbox[x:y], peer, _TAG_RS) for x, y in pieces]
     sends = []
     progress = functools.partial(_test_all, other, sends)
-    for i in range(s.rounds):  # all of it first: a peer waits at most for the piece it needs next
-        s.copy_in(i)
     for i in range(len(pieces)):
         sends.append(other.isend(s.reduce(i, progress), peer, _TAG_RS))
+    first = other.rank == 0
     for i, ((x, y), rq, sq) in enumerate(zip(pieces, recvs, sends)):
         other.wait(rq)
         other.wait(sq)  # the piece is summed in place below
         mine, theirs = s.result(i), inbox[x:y]
-        if other.rank == 0:
+        if first:
             np.add(mine, theirs, out=mine)
         else:
             np.add(theirs, mine, out=mine)
         if op == "mean":
             mine /= divisor
         s.done(i)
-        s.collect(False)
+        if i + 1 < len(pieces):
+            s.collect(False)
     s.collect(True)
     return buf
+
+
+@functools.lru_cache(maxsize=256)
+def _two_host_piece(n: int, itemsize: int, k: int, segment_bytes: int) -> int:
+    """Values per piece of `_hierarchical_two_hosts` for n values over k ranks a host."""
+    return max(1, piece_bytes_for(-(-n // k) * itemsize, segment_bytes) // itemsize)
 
 
 def _test_all(comm: Communicator, reqs: list) -> None:
