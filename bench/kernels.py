@@ -30,6 +30,11 @@ class Entry:
     # more of our implementations timed in the same interleaved group: name -> (arrays -> zero-arg
     # callable), e.g. "cpp-nchw": the NCHW kernels beside a blocked-layout row
     variants: dict | None = None
+    # the arrays (names in inputs()) the timed kernels read or write: the working set the bandwidth
+    # limit is probed at. Default: all of inputs(); a row whose inputs() also holds arrays only the
+    # reference or PyTorch use names its own, or the limit is probed at a working set larger than
+    # the kernel's (one that spills from the last-level cache while the kernel runs from it)
+    touched: tuple[str, ...] | None = None
 
     def torch_variants(self) -> dict:
         if self.torch is None:
@@ -471,8 +476,10 @@ def _depthwise_entry(N, C, H, W, R=3, stride=1, backward=True):
     flops = (3 if backward else 1) * 2.0 * N * C * R * R * P * Q
     outputs = ("y", "dx", "dw", "db") if backward else ("y",)
     ops = ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_weight") if backward else ("conv2d_fwd",)
+    # the forward alone touches x, w, b and y (dy and dx are the backward's)
+    touched = None if backward else ("x", "w", "b", "y")
     return Entry("depthwise_fwd_bwd" if backward else "depthwise_fwd", (N, C, H, W, R, stride), nbytes, flops,
-                 inputs, run, outputs, {"torch-cl": torch_fn}, ops, rtol=2e-4)
+                 inputs, run, outputs, {"torch-cl": torch_fn}, ops, rtol=2e-4, touched=touched)
 
 
 def _depthwise_blocked_entry(N, C, H, W, stride=1, part="fwd_bwd", R=3):
@@ -539,8 +546,11 @@ def _depthwise_blocked_entry(N, C, H, W, stride=1, part="fwd_bwd", R=3):
     outputs = {"fwd": ("yb",), "bwd_data": ("dxb",), "bwd_weight": ("dw", "db"), "fwd_bwd": ("yb", "dxb", "dw", "db")}
     ops = {"fwd": ("depthwise_blocked_fwd",), "bwd_data": ("depthwise_blocked_bwd_data",),
            "bwd_weight": ("depthwise_blocked_bwd_weight",)}.get(part, ("depthwise_blocked_fwd", "depthwise_blocked_bwd"))
+    # the blocked arrays each part's kernels touch (x and dy in NCHW are PyTorch's inputs only)
+    touched = {"fwd": ("xb", "w", "b", "yb"), "bwd_data": ("dyb", "w", "dxb"), "bwd_weight": ("xb", "dyb", "dw", "db"),
+               "fwd_bwd": ("xb", "w", "b", "yb", "dyb", "dxb", "dw", "db")}[part]
     return Entry(f"dw_blocked_{part}", (N, C, H, W, R, stride), nbytes, flops, inputs, run, outputs[part],
-                 {"torch-cl": torch_fn}, ops, rtol=2e-4)
+                 {"torch-cl": torch_fn}, ops, rtol=2e-4, touched=touched)
 
 
 # MobileNet's depthwise layers (models.mobilenet at width 0.5, batch 128 on 32 x 32 images) that the
@@ -607,8 +617,8 @@ def _check(entry: Entry, backend: str) -> None:
                                  f"(max error {err:.2e} relative to max |ref|)")
 
 
-def _working_set(arrays: dict) -> int:
-    return sum(a.nbytes for a in arrays.values() if isinstance(a, np.ndarray))
+def _working_set(arrays: dict, touched=None) -> int:
+    return sum(a.nbytes for k, a in arrays.items() if isinstance(a, np.ndarray) and (touched is None or k in touched))
 
 
 def run(limits, quick: bool = False, repeat: int = 7, log=print, only=None) -> list:
@@ -618,7 +628,7 @@ def run(limits, quick: bool = False, repeat: int = 7, log=print, only=None) -> l
     for entry in entries(quick):
         if only and not any(s in entry.name for s in only):
             continue
-        working_set = _working_set(entry.inputs())
+        working_set = _working_set(entry.inputs(), entry.touched)
         bandwidth = limits.bandwidth_at(working_set) if entry.nbytes else None
         fns, repeats = {}, {}
         for backend in _backends_for(entry):
