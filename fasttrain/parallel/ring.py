@@ -108,10 +108,14 @@ HIER_MEASURED_CANDIDATES = ("hierarchical", "onefence")
 #: interleaved calls of each candidate per measurement (after one warm-up round)
 MEASURED_ROUNDS = 9
 #: the same from MEASURED_MAX_BYTES on: a call there is milliseconds to hundreds of them (16 MB over
-#: 1 Gbit/s: 0.2 s, so a measurement takes 2.4 s there), and its time varies less from call to call
-#: than a short one's. 3 rounds were too few on a loaded machine (load 8): 3 hosts over 10 Gbit/s
-#: at 16 MB picked the ring, which took 71 ms against direct's 57 ms in the same job.
-MEASURED_LARGE_ROUNDS = 5
+#: 1 Gbit/s: 0.2 s, so a measurement takes about 4.5 s there, the probes included), and its time
+#: varies less from call to call than a short one's. 3 rounds were too few on a loaded machine
+#: (load 8): 3 hosts over 10 Gbit/s at 16 MB picked the ring, which took 71 ms against direct's 57 ms
+#: in the same job; so were 5 (bench/dev/measure_rounds.py, 3 hosts x 1 rank over 10 Gbit/s at 4 MB,
+#: load 6.9-7.1, 22 measurements each: 5 rounds picked the ring twice, its score 7-9 % under direct's
+#: from a low quantile of 5 samples, 9 rounds never; in the same jobs direct took 0.84-0.86x of the
+#: ring's time (medians); over 1 Gbit/s both picked the ring, as they should, every time).
+MEASURED_LARGE_ROUNDS = 9
 #: a candidate's score: this quantile of its per-round times (each the slowest rank's). A low quantile
 #: is what the call costs when no rank waits for a core; on a shared machine the median and above
 #: measure which candidate happened to run while another process held the cores.
