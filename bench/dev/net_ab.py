@@ -10,7 +10,8 @@ Variants ('names'): mpi, auto, hier (the 2-host pipelined hierarchy), hier_p<KB>
 direct, direct_p<KB>, ring, ring_p<KB> (plain_ring_allreduce in pieces of KB), onefence, auto2 (auto again:
 the noise between two identical entries), and the V_* functions below by name (hold: the 2-host hierarchy
 as of session 11; disp / dv / da / dh: parts of ring_allreduce's dispatch before it; hy / ofy: yielding MPI
-waits; spin_p<N>: N polls before yielding; dnc: direct with the all-gather straight into buf).
+waits; spin_p<N>: N polls before yielding; dnc: direct with the all-gather straight into buf, as main has it
+from the rendezvous size on; dold: direct's all-gather through scratch at every size).
 Prints median / p20 / p5 / min: with 1001 rounds the p5 is the nearest thing to a quiet machine's time
 on a loaded one (two identical entries read 0.417 / 0.418 ms at 64 KB, load 8).
 --phases: the 2-host hierarchy once more with its phases timed per rank (share+fence, pipeline, finish).
@@ -511,6 +512,18 @@ def V_dnc(comm, buf, kb):
     comm.waitall(ag_recvs)
     comm.waitall(sends)
     return buf
+
+
+def V_dold(comm, buf, kb):
+    """direct_allreduce with its all-gather in a scratch buffer copied in at the end at every size (as
+    before main's in-place all-gather from the rendezvous size on)."""
+    from fasttrain.parallel import ring as R
+
+    saved, R.RENDEZVOUS_BYTES = R.RENDEZVOUS_BYTES, 1 << 62
+    try:
+        return R.direct_allreduce(comm, buf, segment_bytes=kb)
+    finally:
+        R.RENDEZVOUS_BYTES = saved
 
 
 def phases(comm, buf, reps: int = 41):

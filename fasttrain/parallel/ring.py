@@ -162,6 +162,9 @@ MEASURED_EVERY = 4096
 #: 2 MB slices, 12.6 ms against 9.2 ms).
 EAGER_BYTES = 60 << 10
 EAGER_MAX_BYTES = 2 << 20
+#: messages from this size take the wheel's TCP rendezvous (see EAGER_BYTES): one that arrives before
+#: its receive is posted waits as a request to send instead of being buffered and copied by MPI
+RENDEZVOUS_BYTES = 64 << 10
 _TAG = 77
 _TAG_SMALL = 78
 
@@ -525,8 +528,9 @@ def direct_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
     ranks on separate hosts (each with its own link, full duplex) the p - 1 messages of a round
     share nothing but the sender's link. Pipelined in segments (None: `piece_bytes_for`, see
     EAGER_BYTES): a segment of the own chunk is summed and sent on while the next ones arrive. The
-    all-gather lands in a scratch buffer (buf's chunks may still be on their way out) and is
-    copied in at the end. Ranks end bit-identical: each chunk is summed by its owner and copied to
+    all-gather lands in buf where its messages take the rendezvous (each segment's receive posted
+    once the reduce-scatter send of those values from buf has completed), else in a scratch buffer
+    copied in at the end (buf's chunks may still be on their way out). Ranks end bit-identical: each chunk is summed by its owner and copied to
     the others. order: how the owner adds a chunk's p values: 'ring' (from the owner's own values on,
     x_r + x_(r+1) + ...: the association of `plain_ring_allreduce`'s chain for that chunk, and of
     one-shot's and rooted's sums, so all of `measured_candidates` return the same bits) or 'rank'
@@ -543,11 +547,32 @@ def direct_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
     off, mine, peers, maxc = _direct_plan(buf.size, p, r, max(1, int(segment_bytes) // buf.itemsize))
     a = off[r]
     inbox = _scratch("direct_rs", p * maxc, buf.dtype).reshape(p, maxc)     # row j: rank j's copy of my chunk
-    gather = _scratch("direct_ag", buf.size, buf.dtype)                      # chunk j of the result, from rank j
     tmp = _scratch("direct_acc", mine[0][1] - mine[0][0] if mine else 1, buf.dtype)
-    ag_recvs = [comm.irecv(gather[x:y], j, _TAG_AG) for j, segs in peers for x, y in segs]
-    rs_recvs = {j: [comm.irecv(inbox[j, x - a:y - a], j, _TAG_RS) for x, y in mine] for j, _ in peers}
-    sends = [comm.isend(buf[x:y], j, _TAG_RS) for j, segs in peers for x, y in segs]
+    # the all-gather straight into buf where its messages take the rendezvous: a segment's receive is
+    # posted once this rank's reduce-scatter send of the same values (from buf) has completed, in order
+    # per peer (one peer's messages of one tag match the receives in the order posted); a message that
+    # comes first waits as a request to send, not as data. Eager messages would be buffered and copied
+    # by MPI instead, so below that size they land in a scratch buffer copied in at the end.
+    inplace = int(segment_bytes) >= RENDEZVOUS_BYTES and hasattr(comm, "_MPI")
+    if inplace:
+        ag_recvs, gather = [], None
+        rs_recvs = {j: [comm.irecv(inbox[j, x - a:y - a], j, _TAG_RS) for x, y in mine] for j, _ in peers}
+        queued = [[(comm.isend(buf[x:y], j, _TAG_RS), j, x, y) for x, y in segs] for j, segs in peers]
+        sends = []
+    else:
+        gather = _scratch("direct_ag", buf.size, buf.dtype)                  # chunk j of the result, from rank j
+        ag_recvs = [comm.irecv(gather[x:y], j, _TAG_AG) for j, segs in peers for x, y in segs]
+        rs_recvs = {j: [comm.irecv(inbox[j, x - a:y - a], j, _TAG_RS) for x, y in mine] for j, _ in peers}
+        sends = [comm.isend(buf[x:y], j, _TAG_RS) for j, segs in peers for x, y in segs]
+
+    def post_ready(block: bool) -> None:
+        for q in queued:
+            while q and (block or q[0][0].Test()):
+                rq, j, x, y = q.pop(0)
+                if block:
+                    comm.wait(rq)
+                ag_recvs.append(comm.irecv(buf[x:y], j, _TAG_AG))
+
     for i, (x, y) in enumerate(mine):
         def row(j, i=i, x=x, y=y):
             if j == r:
@@ -564,11 +589,16 @@ def direct_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
         if op == "mean":
             acc /= p
         sends += [comm.isend(acc, j, _TAG_AG) for j, _ in peers]
+        if inplace:
+            post_ready(False)
+    if inplace:
+        post_ready(True)
     comm.waitall(ag_recvs)
     comm.waitall(sends)
-    for j, _ in peers:
-        x, y = off[j], off[j + 1]
-        buf[x:y] = gather[x:y]
+    if not inplace:
+        for j, _ in peers:
+            x, y = off[j], off[j + 1]
+            buf[x:y] = gather[x:y]
     return buf
 
 
