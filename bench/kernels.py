@@ -490,6 +490,12 @@ def _depthwise_blocked_entry(N, C, H, W, stride=1, part="fwd_bwd", R=3):
     in, dx out; bwd_weight: x and dy in; fused backward: x and dy in, dx out). PyTorch runs the same
     part in channels_last (aten.convolution_backward with the one gradient asked for)."""
     from fasttrain.kernels.blocked import to_blocked
+    from fasttrain.nn.layout import aligned_empty
+
+    def _line_aligned(a):
+        out = aligned_empty(a.shape, a.dtype)
+        out[...] = a
+        return out
 
     pad = R // 2
     P, Q = (H + 2 * pad - R) // stride + 1, (W + 2 * pad - R) // stride + 1
@@ -499,9 +505,10 @@ def _depthwise_blocked_entry(N, C, H, W, stride=1, part="fwd_bwd", R=3):
     def inputs():
         a = _rng_inputs({"x": (N, C, H, W), "w": (C, 1, R, R), "b": (C,), "dy": (N, C, P, Q)})
         a["w"] *= np.float32(np.sqrt(2.0 / (R * R)))
-        a.update(xb=to_blocked(a["x"], pad), dyb=to_blocked(a["dy"]), yb=np.empty((N, cb, P, Q, 16), np.float32),
-                 dxb=np.empty((N, cb, H, W, 16), np.float32), dw=np.zeros((C, 1, R, R), np.float32),
-                 db=np.zeros(C, np.float32))
+        # the blocked arrays line-aligned, as the layers allocate them (fasttrain.nn.layout.empty)
+        a.update(xb=_line_aligned(to_blocked(a["x"], pad)), dyb=_line_aligned(to_blocked(a["dy"])),
+                 yb=aligned_empty((N, cb, P, Q, 16)), dxb=aligned_empty((N, cb, H, W, 16)),
+                 dw=np.zeros((C, 1, R, R), np.float32), db=np.zeros(C, np.float32))
         return a
 
     def run(k, a):

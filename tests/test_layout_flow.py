@@ -303,3 +303,45 @@ def test_shortcut_adds_into_the_body_gradient(monkeypatch):
     monkeypatch.setattr(C, "stream_add", lambda *a: adds.append(1) or real_add(*a))
     _run("resnet20", 2, True, True)
     assert adds == [], "a residual gradient was summed by a separate pass"
+
+
+def _on_a_line(a) -> bool:
+    return a.ctypes.data % 64 == 0
+
+
+def test_blocked_buffers_start_on_a_line():
+    """Every buffer the flow allocates starts on a 64-byte line, so each 16-float pixel is one line
+    (NumPy's allocator aligns to 16 bytes: without this, every pixel load would straddle two)."""
+    for shape in [(1, 1, 1, 1, 0), (3, 17, 5, 7, 1), (2, 33, 31, 29, 2), (64, 64, 32, 32, 1)]:
+        b = layout.empty(*shape)
+        assert _on_a_line(b.data) and b.data.flags.c_contiguous and b.data.shape == layout.blocked_shape(*shape)
+    for dtype, shape in [(np.float64, (3, 5)), (np.uint8, (7, 3)), (f32, (0, 16))]:
+        a = layout.aligned_empty(shape, dtype)
+        assert a.dtype == dtype and a.shape == shape and (_on_a_line(a) or a.size == 0)
+    z = layout.aligned_zeros((5, 3, 7, 16))
+    assert _on_a_line(z) and not z.any()
+    rng = np.random.default_rng(0)
+    b = layout.to_blocked(rng.standard_normal((3, 17, 9, 11)).astype(f32), 1)
+    for border in [(2, 2, 2, 2), (0, 0, 0, 0), (1, 2, 0, 1)]:   # the repad copy and the asymmetric one
+        p = layout.padded(b, *border)
+        assert _on_a_line(p)
+        np.testing.assert_array_equal(p[:, :, border[0]:border[0] + 9, border[2]:border[2] + 11], b.interior())
+    s = layout.add(b, b)
+    assert _on_a_line(s.data)
+    np.testing.assert_array_equal(s.data, 2 * b.data)
+
+
+def test_mobilenet_activations_start_on_a_line():
+    """The depthwise convolutions' inputs (written by the batchnorm before them) and outputs in the
+    flow are line-aligned, forward and backward."""
+    settings.layout = "auto"
+    build, chw = MODELS["mobilenet"]
+    model = build()
+    ft.ParamArena.for_model(model, seed=0)
+    y = model.forward(np.random.default_rng(0).standard_normal((2, *chw)).astype(f32))
+    model.backward(np.ones_like(y))
+    depthwise = [m for _, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.cache[3] == "depthwise"]
+    if not depthwise:
+        pytest.skip("the engine runs no depthwise convolution on the flow here")
+    for conv in depthwise:
+        assert _on_a_line(conv.cache[2].data)

@@ -29,7 +29,7 @@ from ..backend import kernel
 from . import norm
 from . import padding as padmod
 from ._util import array_module, check_grad, check_input, check_params, pair, params_match
-from .layout import Blocked, cpp, empty, padded, to_nchw, with_halo
+from .layout import Blocked, aligned_empty, cpp, empty, padded, to_nchw, with_halo
 from .module import Module
 
 _CHOICES: dict = {}   # Conv2d._choice's answers
@@ -289,7 +289,7 @@ class Conv2d(Module):
                              f"got {getattr(dy, 'shape', type(dy).__name__)}")
         if y is not None:  # the fused ReLU's gradient: y > 0 exactly where the pre-activation was > 0
             dy = with_halo(dy, y.halo)
-            masked = np.empty_like(dy.data)
+            masked = aligned_empty(dy.data.shape)
             kernel("relu_bwd", like=masked)(y.data, dy.data, masked)
             dy = dy.like(masked)
         C, g = cpp(), self._geometry()

@@ -89,9 +89,35 @@ def blocked_shape(n: int, c: int, h: int, w: int, halo: int = 0) -> tuple:
     return n, -(-c // BLOCK), h + 2 * halo, w + 2 * halo, BLOCK
 
 
+# A blocked pixel (16 float32) is one 64-byte cache line only when the array starts on a line.
+# NumPy's allocator aligns to 16 bytes, which puts every pixel vector the kernels load or store
+# across two lines (two cache accesses per load or store). Measured on the depthwise kernels (1
+# thread, CPU time, loaded machine, medians of interleaved runs, aligned vs NumPy's arrays): maps
+# that stay in cache 1.05-1.45x (128x256x8x8 stride 2 forward 1.2-1.4x, its fused backward
+# 1.2-1.5x, 4x4 maps 1.05-1.2x), the data gradient 1.05-1.4x; the passes that stream from memory
+# (64x64x32x32, 128x32x32x32 stride 2: forward + fused backward) 0.9-1.06x.
+LINE = 64
+
+
+def aligned_empty(shape, dtype=np.float32) -> np.ndarray:
+    """np.empty(shape, dtype) starting on a 64-byte line (a view into a slightly larger buffer)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buf = np.empty(nbytes + LINE, np.uint8)
+    off = -buf.ctypes.data % LINE
+    return buf[off:off + nbytes].view(dtype).reshape(shape)
+
+
+def aligned_zeros(shape, dtype=np.float32) -> np.ndarray:
+    out = aligned_empty(shape, dtype)
+    out.fill(0)
+    return out
+
+
 def empty(n: int, c: int, h: int, w: int, halo: int = 0) -> Blocked:
-    """An output buffer for a blocked kernel (they write the halo's and pad lanes' zeros themselves)."""
-    return Blocked(np.empty(blocked_shape(n, c, h, w, halo), np.float32), c, halo)
+    """An output buffer for a blocked kernel (they write the halo's and pad lanes' zeros themselves),
+    line-aligned."""
+    return Blocked(aligned_empty(blocked_shape(n, c, h, w, halo)), c, halo)
 
 
 def lanes_of(v, blocks: int):
@@ -122,10 +148,10 @@ def padded(b: Blocked, top: int, bottom: int, left: int, right: int):
     n, cb, hp, wp, _ = b.data.shape
     hh, ww = hp - 2 * h, wp - 2 * h
     if top == bottom == left == right:
-        out = np.empty((n, cb, hh + 2 * top, ww + 2 * top, BLOCK), np.float32)
+        out = aligned_empty((n, cb, hh + 2 * top, ww + 2 * top, BLOCK))
         cpp().blocked_repad(b.data, b.channels, h, out, top)
         return out
-    out = np.zeros((n, cb, top + hh + bottom, left + ww + right, BLOCK), np.float32)
+    out = aligned_zeros((n, cb, top + hh + bottom, left + ww + right, BLOCK))
     out[:, :, top:top + hh, left:left + ww] = b.interior()
     return out
 
@@ -156,7 +182,7 @@ def add(a, b, inplace: bool = False):
         return a.__iadd__(b) if inplace else a + b
     # the compiled add runs on all the kernels' threads (NumPy's on one): a ResNet's residual
     # gradients are megabytes per block, the largest non-kernel cost of its step
-    out = a if inplace else a.like(np.empty_like(a.data))
+    out = a if inplace else a.like(aligned_empty(a.data.shape))
     cpp().stream_add(a.data, b.data, out.data)
     out.bn_sums = None   # sums of a's old values (never attached where an add follows: a guard)
     return out
