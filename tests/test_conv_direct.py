@@ -64,7 +64,7 @@ def _problem(case, seed=0):
 
 def _close(got, want, what):
     # float32 accumulation over up to C*R*S (fwd), K*R*S (bwd data) or N*P*Q (bwd weight) terms
-    scale = max(1.0, float(np.abs(want).max()))
+    scale = max(1.0, float(np.abs(want).max(initial=0)))
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * scale, err_msg=what)
 
 
@@ -175,7 +175,7 @@ def test_isa_switch_names_and_errors():
         C.set_conv2d_isa("auto")
     with pytest.raises(ValueError, match=r"set_conv2d_isa\(name\): expected 'auto', 'avx512', 'avx2' or 'portable', got 'sse'"):
         C.set_conv2d_isa("sse")
-    with pytest.raises(ValueError, match=r"'winograd-blocked' or 'winograd43-blocked', got 'fft'"):
+    with pytest.raises(ValueError, match=r"'winograd43-blocked' or 'pointwise', got 'fft'"):
         C.set_conv2d_algo("fft")
 
 
@@ -456,7 +456,7 @@ def test_stem_errors_name_the_argument():
 def test_choice_for_blocked_activations():
     """blocked=True: with no conversion to pay, 1x1 shortcuts and the 3-channel stem go direct
     wherever intrinsics kernels run (with AVX2 but for the wide 3x3 stride-1 layers, which Winograd
-    does faster); the NCHW rule keeps them on im2col."""
+    does faster); the NCHW rule keeps the stem on im2col."""
     shortcut = ("fwd", 128, 16, 32, 32, 32, 1, 1, 2, 2, 0, 0)
     stem = ("bwd_weight", 128, 3, 32, 32, 16, 3, 3, 1, 1, 1, 1)
     grouped = ("fwd", 8, 16, 8, 8, 16, 3, 3, 1, 1, 1, 1)
@@ -469,7 +469,9 @@ def test_choice_for_blocked_activations():
             assert C.conv2d_choice(*shortcut, blocked=True) == want, isa
             assert C.conv2d_choice(*stem, blocked=True) == want, isa
             assert C.conv2d_choice(*grouped, groups=2, blocked=True) != "direct"
-            assert C.conv2d_choice(*shortcut) == "im2col" and C.conv2d_choice(*stem) == "im2col"
+            # the NCHW rule: the strided 1x1 shortcut on the NCHW arrays (AVX-512), the stem on im2col
+            assert C.conv2d_choice(*shortcut) == ("pointwise" if isa == "avx512" else "im2col"), isa
+            assert C.conv2d_choice(*stem) == "im2col"
             # the wide 3x3 stride-1 layers: Winograd beats the AVX2 direct kernels (docs/KERNELS.md)
             for op in ("fwd", "bwd_data", "bwd_weight"):
                 wide = (op, 128, 32, 32, 32, 32, 3, 3, 1, 1, 1, 1)   # C*K*P*Q = 2^20
@@ -537,3 +539,101 @@ def test_pointwise_small_maps_flat_and_halo(isa, case):
     for (nt, halo), got in runs.items():
         for a, b in zip(got, runs[1, halo]):
             np.testing.assert_array_equal(a, b, err_msg=f"{isa} halo {halo}: {nt} threads vs 1")
+
+
+# ---- 1x1 convolutions on the NCHW arrays themselves (algorithm 'pointwise') ----
+# (N, C, H, W, K, sh, sw): channels off the 16-block (1, 3, 5, 17, 33), strides 1 to 3 and mixed per
+# axis, batch 1, images 1x1 to 33x33; P*Q a multiple of 16 (rows written in place: 4x4, 8x8 outputs)
+# and not (rows through a zero-tailed buffer), and more images than one weight-gradient call takes
+PW_CASES = [
+    (1, 1, 1, 1, 1, 2, 2),
+    (1, 3, 5, 5, 5, 2, 2),
+    (2, 17, 33, 33, 33, 2, 2),
+    (3, 33, 7, 9, 17, 3, 2),
+    (1, 5, 1, 1, 3, 1, 1),
+    (2, 5, 8, 8, 3, 1, 1),
+    (1, 17, 6, 11, 33, 1, 2),
+    (9, 32, 16, 16, 64, 2, 2),
+    (21, 16, 8, 8, 5, 2, 2),
+    (0, 3, 4, 4, 5, 2, 2),
+]
+
+
+@pytest.fixture
+def pointwise_algo():
+    before = C.conv2d_algo()
+    C.set_conv2d_algo("pointwise")
+    yield
+    C.set_conv2d_algo(before)
+
+
+def _pw_problem(case, seed=0):
+    N, Cc, H, W, K, sh, sw = case
+    return _problem((N, Cc, H, W, K, 1, 1, sh, sw, 0, 0), seed)
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("case", PW_CASES, ids=lambda c: "N{}C{}_{}x{}K{}s{}{}".format(*c))
+@pytest.mark.parametrize("relu", [False, True])
+def test_pointwise_nchw_matches_reference(isa, pointwise_algo, case, relu):
+    p = _pw_problem(case)
+    y_ref, dx_ref, dw_ref, db_ref = _references(p, relu)
+    y = np.full(y_ref.shape, np.nan, f32)
+    C.conv2d_fwd(p["x"], p["w"], p["b"], y, *p["geom"], relu)
+    _close(y, y_ref, f"{isa} fwd")
+    dx = np.full(p["x"].shape, np.nan, f32)   # every pixel written, the ones no tap reads with zero
+    C.conv2d_bwd_data(p["dy"], p["w"], dx, *p["geom"])
+    _close(dx, dx_ref, f"{isa} bwd_data")
+    dw, db = p["dw0"].copy(), p["db0"].copy()  # the weight gradient accumulates
+    C.conv2d_bwd_weight(p["x"], p["dy"], dw, db, *p["geom"])
+    _close(dw, dw_ref, f"{isa} bwd_weight dw")
+    _close(db, db_ref, f"{isa} bwd_weight db")
+
+
+@pytest.mark.parametrize("case", [PW_CASES[3], PW_CASES[8], PW_CASES[0]], ids=["batch3", "batch21", "batch1"])
+def test_pointwise_nchw_thread_counts_agree(pointwise_algo, case):
+    from fasttrain import settings
+    p = _pw_problem(case, seed=5)
+    out = []
+    try:
+        for nt in (1, 2, 3):
+            C.set_num_threads(nt)
+            y = np.empty((case[0], case[4], p["P"], p["Q"]), f32)
+            C.conv2d_fwd(p["x"], p["w"], p["b"], y, *p["geom"], False)
+            dx = np.empty_like(p["x"])
+            C.conv2d_bwd_data(p["dy"], p["w"], dx, *p["geom"])
+            dw, db = np.zeros_like(p["w"]), np.zeros_like(p["b"])
+            C.conv2d_bwd_weight(p["x"], p["dy"], dw, db, *p["geom"])
+            out.append((y, dx, dw, db))
+    finally:
+        C.set_num_threads(settings.num_threads)
+    for y, dx, dw, db in out[1:]:
+        np.testing.assert_array_equal(y, out[0][0])  # images are independent: bit for bit
+        np.testing.assert_array_equal(dx, out[0][1])
+        _close(dw, out[0][2], "dw across thread counts")  # per-thread partials
+        _close(db, out[0][3], "db across thread counts")
+
+
+def test_pointwise_nchw_choice_and_errors(pointwise_algo):
+    x, w, b = np.zeros((1, 2, 7, 7), f32), np.zeros((3, 2, 3, 3), f32), np.zeros(3, f32)
+    with pytest.raises(ValueError, match=r"conv2d_fwd: conv2d algorithm 'pointwise' needs a 1x1 kernel with padding 0, "
+                                         r"no dilation and groups 1, got 3x3 padding \(1, 1\)"):
+        C.conv2d_fwd(x, w, b, np.zeros((1, 3, 7, 7), f32), 1, 1, 1, 1, False)
+    with pytest.raises(ValueError, match=r"got 1x1 padding \(1, 1\)"):
+        C.conv2d_fwd(x, w[:, :, :1, :1].copy(), b, np.zeros((1, 3, 5, 5), f32), 2, 2, 1, 1, False)
+    C.set_conv2d_algo("auto")
+    try:
+        C.set_conv2d_isa("avx512")
+    except ValueError:
+        pytest.skip("no AVX-512 on this CPU/build")
+    try:
+        # under 'auto' with the AVX-512 kernels: the strided unpadded 1x1 layers (ResNet's shortcuts)
+        for op in ("fwd", "bwd_data", "bwd_weight"):
+            assert C.conv2d_choice(op, 128, 32, 16, 16, 64, 1, 1, 2, 2, 0, 0) == "pointwise"
+            assert C.conv2d_choice(op, 128, 32, 16, 16, 64, 1, 1, 1, 1, 0, 0) == "im2col"
+            assert C.conv2d_choice(op, 128, 32, 16, 16, 64, 1, 1, 2, 2, 1, 1) == "im2col"
+            assert C.conv2d_choice(op, 128, 32, 16, 16, 64, 1, 1, 2, 2, 0, 0, blocked=True) == "direct"
+        C.set_conv2d_isa("avx2")
+        assert C.conv2d_choice("fwd", 128, 32, 16, 16, 64, 1, 1, 2, 2, 0, 0) == "im2col"
+    finally:
+        C.set_conv2d_isa("auto")

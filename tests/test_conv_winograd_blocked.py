@@ -227,7 +227,7 @@ def test_forcing_refuses_what_it_cannot_do(algo):
     finally:
         C.set_conv2d_algo("auto")
         C.set_conv2d_isa("auto")
-    with pytest.raises(ValueError, match="'winograd-blocked' or 'winograd43-blocked', got 'winograd_blocked'"):
+    with pytest.raises(ValueError, match="'winograd-blocked', 'winograd43-blocked' or 'pointwise', got 'winograd_blocked'"):
         C.set_conv2d_algo("winograd_blocked")
 
 

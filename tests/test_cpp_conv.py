@@ -226,7 +226,7 @@ def test_conv2d_algorithms_match_reference(algo, n, c, h, wd, k, p, relu, restor
 def test_conv2d_algorithm_choice_errors(restore_algo):
     with pytest.raises(ValueError,
                        match=r"set_conv2d_algo\(name\): expected 'auto', 'im2col', 'winograd', 'depthwise', "
-                             r"'direct', 'winograd-blocked' or 'winograd43-blocked', got 'fft'"):
+                             r"'direct', 'winograd-blocked', 'winograd43-blocked' or 'pointwise', got 'fft'"):
         C.set_conv2d_algo("fft")
     C.set_conv2d_algo("winograd")
     x, w, b = np.zeros((1, 2, 7, 7), f32), np.zeros((3, 2, 3, 3), f32), np.zeros(3, f32)

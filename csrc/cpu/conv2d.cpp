@@ -20,10 +20,12 @@
 // AVX-512 kernels run and both channel counts fill at least half a 16-channel block: on the
 // ResNet shapes it beats im2col and Winograd over OpenBLAS (whose kernel here is AVX2, see
 // bench/conv_algos.py), and below 8 channels most of its block's multiplies would be by zero
-// padding (a 3-channel input uses 3 of 16 lanes). 1x1 kernels stay on im2col: with one tap per
-// output the NCHW <-> NCHW16c conversions around the direct kernels cost more than the GEMM
-// itself (ResNet's strided 1x1 shortcuts: 0.36-0.75x torch channels_last through the direct
-// engine vs 0.71-0.82x through im2col, bench/conv_algos.py); a caller whose activations are
+// padding (a 3-channel input uses 3 of 16 lanes). 1x1 kernels do not take the direct engine: with
+// one tap per output the NCHW <-> NCHW16c conversions around the direct kernels cost more than
+// the GEMM itself (ResNet's strided 1x1 shortcuts: 0.36-0.75x torch channels_last through the
+// direct engine vs 0.71-0.82x through im2col, bench/conv_algos.py); the strided unpadded ones run
+// the pointwise kernels on the NCHW arrays themselves (conv2d_pointwise_*, use_pointwise), the
+// others im2col; a caller whose activations are
 // already blocked asks with conv2d_choice(..., blocked=true), which picks the direct engine for
 // every ungrouped undilated shape where AVX-512 or AVX2 kernels run, except, with AVX2, the wide
 // 3x3 stride-1 layers Winograd does faster (use_direct). With the AVX2 or portable kernels the older
@@ -214,9 +216,11 @@ void over_images(int64_t N, Body body) {
   }
 }
 
-enum class Algo { Auto, Im2col, Winograd, Depthwise, Direct, WinogradBlocked, Winograd43Blocked };
+enum class Algo { Auto, Im2col, Winograd, Depthwise, Direct, WinogradBlocked, Winograd43Blocked, Pointwise };
 Algo g_algo = Algo::Auto;
-const char* const kAlgoNames[] = {"auto", "im2col", "winograd", "depthwise", "direct", "winograd-blocked", "winograd43-blocked"};
+constexpr int kNumAlgos = 8;
+const char* const kAlgoNames[kNumAlgos] = {"auto",   "im2col",           "winograd",           "depthwise",
+                                           "direct", "winograd-blocked", "winograd43-blocked", "pointwise"};
 const char* algo_name(Algo a) { return kAlgoNames[static_cast<int>(a)]; }
 
 // Whether op runs through Winograd. Forcing it on a convolution it cannot do is an error, not a
@@ -231,6 +235,7 @@ bool use_winograd(const char* op, const Geom& g, bool data_grad, int64_t cin, in
     case Algo::Direct:
     case Algo::WinogradBlocked:
     case Algo::Winograd43Blocked:
+    case Algo::Pointwise:
       return false;
     case Algo::Winograd:
       FT_CHECK(fits, op << ": conv2d algorithm 'winograd' needs a 3x3 kernel with stride 1"
@@ -256,6 +261,7 @@ bool use_depthwise(const char* op, const Geom& g) {
     case Algo::Direct:
     case Algo::WinogradBlocked:
     case Algo::Winograd43Blocked:
+    case Algo::Pointwise:
       return false;
     case Algo::Depthwise:
       FT_CHECK(fits, op << ": conv2d algorithm 'depthwise' needs groups == in_channels > 1, got groups "
@@ -265,6 +271,21 @@ bool use_depthwise(const char* op, const Geom& g) {
       break;
   }
   return fits;
+}
+
+// Whether op runs through the NCHW pointwise kernels (conv2d_pointwise_*: a 1x1 kernel, padding 0,
+// groups 1, no dilation). Under 'auto' for strided such layers (ResNet's shortcuts) where the
+// AVX-512 kernels run: im2col gathers the strided pixels and calls OpenBLAS (AVX2 kernel here)
+// on one small product per image (64 x 64 x 32 for 32->64 at 16x16, ~65 GFLOP/s on one core).
+bool use_pointwise(const char* op, const Geom& g) {
+  const bool fits = g.R == 1 && g.S == 1 && g.ph == 0 && g.pw == 0 && g.G == 1 && g.dilh == 1 && g.dilw == 1;
+  if (g_algo == Algo::Pointwise) {
+    FT_CHECK(fits, op << ": conv2d algorithm 'pointwise' needs a 1x1 kernel with padding 0, no dilation and "
+                      << "groups 1, got " << g.R << "x" << g.S << " padding (" << g.ph << ", " << g.pw
+                      << ") dilation (" << g.dilh << ", " << g.dilw << ") groups " << g.G);
+    return true;
+  }
+  return g_algo == Algo::Auto && fits && (g.sh > 1 || g.sw > 1) && conv2d_isa() == "avx512";
 }
 
 constexpr int64_t kDirectMinChannels = 8;
@@ -368,6 +389,7 @@ Algo choose(const char* op, const Geom& g, bool data_grad, bool blocked) {
         return Algo::Direct;
     }
   if (use_depthwise(op, g)) return Algo::Depthwise;
+  if (use_pointwise(op, g)) return Algo::Pointwise;
   const int64_t cin = data_grad ? g.K : g.C, cout = data_grad ? g.C : g.K;
   return use_winograd(op, g, data_grad, cin, cout) ? Algo::Winograd : Algo::Im2col;
 }
@@ -375,13 +397,13 @@ Algo choose(const char* op, const Geom& g, bool data_grad, bool blocked) {
 }  // namespace
 
 void set_conv2d_algo(const std::string& name) {
-  for (int i = 0; i < 7; ++i)
+  for (int i = 0; i < kNumAlgos; ++i)
     if (name == kAlgoNames[i]) {
       g_algo = static_cast<Algo>(i);
       return;
     }
   FT_CHECK(false, "set_conv2d_algo(name): expected 'auto', 'im2col', 'winograd', 'depthwise', "
-                  "'direct', 'winograd-blocked' or 'winograd43-blocked', got '" << name << "'");
+                  "'direct', 'winograd-blocked', 'winograd43-blocked' or 'pointwise', got '" << name << "'");
 }
 
 std::string conv2d_algo() { return algo_name(g_algo); }
@@ -408,6 +430,8 @@ void conv2d_fwd(const float* x, const float* w, const float* b, float* y, int64_
     return conv2d_direct_fwd(x, w, b, y, N, C, H, W, K, R, S, sh, sw, ph, pw, relu);
   if (use_depthwise("conv2d_fwd", g))
     return depthwise::fwd(x, w, b, y, dw_shape(g), relu);
+  if (use_pointwise("conv2d_fwd", g))
+    return conv2d_pointwise_fwd(x, w, b, y, N, C, H, W, K, sh, sw, relu);
   if (use_winograd("conv2d_fwd", g, false, C, K))
     return winograd::fwd(x, w, b, y, N, C, H, W, K, ph, pw, relu);
   const int64_t xs = C * H * W, ys = K * g.pq();
@@ -422,6 +446,8 @@ void conv2d_bwd_data(const float* dy, const float* w, float* dx, int64_t N, int6
     return conv2d_direct_bwd_data(dy, w, dx, N, C, H, W, K, R, S, sh, sw, ph, pw);
   if (use_depthwise("conv2d_bwd_data", g))
     return depthwise::bwd_data(dy, w, dx, dw_shape(g));
+  if (use_pointwise("conv2d_bwd_data", g))
+    return conv2d_pointwise_bwd_data(dy, w, dx, N, C, H, W, K, sh, sw);
   if (use_winograd("conv2d_bwd_data", g, true, K, C))
     return winograd::bwd_data(dy, w, dx, N, C, H, W, K, ph, pw);
   const int64_t xs = C * H * W, ys = K * g.pq();
@@ -437,6 +463,8 @@ void conv2d_bwd_weight(const float* x, const float* dy, float* dw, float* db, in
     return conv2d_direct_bwd_weight(x, dy, dw, db, N, C, H, W, K, R, S, sh, sw, ph, pw);
   if (use_depthwise("conv2d_bwd_weight", g))
     return depthwise::bwd_weight(x, dy, dw, db, dw_shape(g));
+  if (use_pointwise("conv2d_bwd_weight", g))
+    return conv2d_pointwise_bwd_weight(x, dy, dw, db, N, C, H, W, K, sh, sw);
   if (use_winograd("conv2d_bwd_weight", g, false, C, K))
     return winograd::bwd_weight(x, dy, dw, db, N, C, H, W, K, ph, pw);
   const int nt = num_threads();

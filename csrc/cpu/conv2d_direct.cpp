@@ -811,6 +811,180 @@ void conv2d_stem_bwd_weight(const float* x, const float* dyp, float* dw, float* 
   }
 }
 
+// ---- 1x1 convolutions with padding 0 on NCHW arrays (any stride), no layout conversion ----
+// A 1x1 layer does one multiply-add per input value and output channel, so converting NCHW to the
+// blocked layout and back costs as much as its product (0.36-0.75x torch channels_last through the
+// direct engine, docs/KERNELS.md). Here each image's pixels run along the vectors instead: the
+// forward is y[n] (K x PQ) = w (K x C) * xs (C x PQ), xs the pixels the stride picks (gathered into
+// a zero-tailed buffer of whole vectors), the data gradient dxs (C x PQ) = w^T dy[n] scattered back
+// into dx (zero elsewhere), the weight gradient lane-wise dot products of dy's and xs's rows over
+// the images, summed across the 16 lanes once at the end. Threads take whole images.
+namespace {
+using namespace direct;
+
+struct PwGeom {
+  int64_t P, Q, PQ, L, Lp;  // output rows, columns, pixels; vectors per padded row, its floats
+};
+PwGeom pw_geom(int64_t H, int64_t W, int64_t sh, int64_t sw) {
+  const int64_t P = (H - 1) / sh + 1, Q = (W - 1) / sw + 1, L = (P * Q + kBlock - 1) / kBlock;
+  return {P, Q, P * Q, L, L * kBlock};
+}
+
+// xs[c*ld + p*Q + q] = x[c][p*sh][q*sw] for nc planes of H x W, the tail [PQ, ld) zero.
+void pw_gather(const float* x, int64_t nc, int64_t H, int64_t W, int64_t sh, int64_t sw, const PwGeom& g, float* xs,
+               int64_t ld) {
+  for (int64_t c = 0; c < nc; ++c) {
+    float* o = xs + c * ld;
+    const float* plane = x + c * H * W;
+    for (int64_t p = 0; p < g.P; ++p) {
+      const float* row = plane + p * sh * W;
+      float* out = o + p * g.Q;
+      if (sw == 1) {
+        std::memcpy(out, row, sizeof(float) * g.Q);
+      } else {
+#pragma omp simd
+        for (int64_t q = 0; q < g.Q; ++q) out[q] = row[q * sw];
+      }
+    }
+    std::fill(o + g.PQ, o + ld, 0.f);
+  }
+}
+}  // namespace
+
+void conv2d_pointwise_fwd(const float* x, const float* w, const float* b, float* y, int64_t N, int64_t C, int64_t H,
+                          int64_t W, int64_t K, int64_t sh, int64_t sw, bool relu) {
+  const Isa& isa = *current_isa();
+  const PwGeom g = pw_geom(H, W, sh, sw);
+  // rows of whole vectors are written in place; otherwise through a buffer, then copied
+  const bool in_place = g.PQ % kBlock == 0;
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    float* xs = buffer(kX, C * g.Lp);
+    pw_gather(x + n * C * H * W, C, H, W, sh, sw, g, xs, g.Lp);
+    float* yn = y + n * K * g.PQ;
+    float* out = in_place ? yn : buffer(kY, K * g.Lp);
+    const int64_t ldo = in_place ? g.PQ : g.Lp;
+    isa.pw_rows(w, C, K, C, xs, g.Lp, g.L, out, ldo);
+    for (int64_t k = 0; k < K; ++k) {  // the bias (and ReLU) while the image's rows are in L1
+      const float* src = out + k * ldo;
+      float* yk = yn + k * g.PQ;
+      const float bk = b[k];
+      if (relu) {
+#pragma omp simd
+        for (int64_t i = 0; i < g.PQ; ++i) yk[i] = std::max(src[i] + bk, 0.f);
+      } else {
+#pragma omp simd
+        for (int64_t i = 0; i < g.PQ; ++i) yk[i] = src[i] + bk;
+      }
+    }
+  }
+}
+
+void conv2d_pointwise_bwd_data(const float* dy, const float* w, float* dx, int64_t N, int64_t C, int64_t H, int64_t W,
+                               int64_t K, int64_t sh, int64_t sw) {
+  const Isa& isa = *current_isa();
+  const PwGeom g = pw_geom(H, W, sh, sw);
+  std::vector<float> wt(C * K);  // w^T: C x K
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t c = 0; c < C; ++c) wt[c * K + k] = w[k * C + c];
+  const bool whole = g.PQ % kBlock == 0;  // dy's rows are whole vectors: read in place
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* d = dy + n * K * g.PQ;
+    int64_t ldd = g.PQ;
+    if (!whole) {
+      float* dp = buffer(kX, K * g.Lp);
+      for (int64_t k = 0; k < K; ++k) {
+        std::copy(d + k * g.PQ, d + (k + 1) * g.PQ, dp + k * g.Lp);
+        std::fill(dp + k * g.Lp + g.PQ, dp + (k + 1) * g.Lp, 0.f);
+      }
+      d = dp;
+      ldd = g.Lp;
+    }
+    float* dxs = buffer(kY, C * g.Lp);
+    isa.pw_rows(wt.data(), K, C, K, d, ldd, g.L, dxs, g.Lp);
+    for (int64_t c = 0; c < C; ++c) {  // scattered back: the pixels no tap reads get zero
+      float* plane = dx + (n * C + c) * H * W;
+      const float* src = dxs + c * g.Lp;
+      if (sh == 1 && sw == 1) {
+        std::memcpy(plane, src, sizeof(float) * H * W);
+        continue;
+      }
+      // row by row, each written while in L1 (a whole-plane clear first, then the scatter, read a
+      // 32 x 32 plane back from L2: 128 x 16 x 32 x 32 0.67 -> 0.49 ms on one core)
+      for (int64_t h = 0; h < H; ++h) {
+        float* row = plane + h * W;
+        std::memset(row, 0, sizeof(float) * W);
+        if (h % sh || h / sh >= g.P) continue;
+        const float* s = src + (h / sh) * g.Q;
+        for (int64_t q = 0; q < g.Q; ++q) row[q * sw] = s[q];
+      }
+    }
+  }
+}
+
+void conv2d_pointwise_bwd_weight(const float* x, const float* dy, float* dw, float* db, int64_t N, int64_t C,
+                                 int64_t H, int64_t W, int64_t K, int64_t sh, int64_t sw) {
+  const Isa& isa = *current_isa();
+  const PwGeom g = pw_geom(H, W, sh, sw);
+  const int nt = num_threads();
+  const int64_t asz = K * C * kBlock;
+  // per thread: the lane sums [K][C][16] (float), then K bias sums (double)
+  std::vector<float> acc(static_cast<size_t>(nt) * asz, 0.f);
+  std::vector<double> bsum(static_cast<size_t>(nt) * K, 0.0);
+  const bool whole = g.PQ % kBlock == 0;
+  // images per call: about 256 pixels, so the accumulators are loaded and stored once per 16
+  // vectors of each row rather than per image on small maps
+  const int64_t group = std::max<int64_t>(1, std::min<int64_t>(16, 256 / g.Lp));
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num(), team = omp_get_num_threads();
+    float* mine = acc.data() + t * asz;
+    double* bmine = bsum.data() + t * K;
+    const int64_t lo = N * t / team, hi = N * (t + 1) / team;
+    float* xs = buffer(kX, group * C * g.Lp);
+    float* dp = whole ? nullptr : buffer(kY, group * K * g.Lp);
+    for (int64_t n0 = lo; n0 < hi; n0 += group) {
+      const int64_t images = std::min(group, hi - n0);
+      for (int64_t i = 0; i < images; ++i) {
+        pw_gather(x + (n0 + i) * C * H * W, C, H, W, sh, sw, g, xs + i * C * g.Lp, g.Lp);
+        const float* d = dy + (n0 + i) * K * g.PQ;
+        for (int64_t k = 0; k < K; ++k) {
+          // a row's sum in float (vectorized; a double chain of P*Q dependent adds cost as much
+          // as the products), the rows added in double
+          float s = 0.f;
+          const float* dk = d + k * g.PQ;
+#pragma omp simd reduction(+ : s)
+          for (int64_t j = 0; j < g.PQ; ++j) s += dk[j];
+          bmine[k] += s;
+          if (dp) {
+            float* o = dp + (i * K + k) * g.Lp;
+            std::copy(dk, dk + g.PQ, o);
+            std::fill(o + g.PQ, o + g.Lp, 0.f);
+          }
+        }
+      }
+      if (dp)
+        isa.pw_dots(dp, g.Lp, K * g.Lp, K, xs, g.Lp, C * g.Lp, C, g.L, images, mine);
+      else
+        isa.pw_dots(dy + n0 * K * g.PQ, g.PQ, K * g.PQ, K, xs, g.Lp, C * g.Lp, C, g.L, images, mine);
+    }
+  }
+  // the partials in thread order: the same bits for a given thread count
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t kc = 0; kc < K * C; ++kc) {
+    double s = 0.0;
+    for (int u = 0; u < nt; ++u)
+      for (int l = 0; l < kBlock; ++l) s += acc[u * asz + kc * kBlock + l];
+    dw[kc] += static_cast<float>(s);
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    double s = 0.0;
+    for (int u = 0; u < nt; ++u) s += bsum[u * K + k];
+    db[k] += static_cast<float>(s);
+  }
+}
+
 // The NCHW entry points: convert in, run on the blocked layout, convert out. The data and weight
 // gradients share one blocked dy format (padded for the data gradient's phases).
 void conv2d_direct_fwd(const float* x, const float* w, const float* b, float* y, int64_t N,

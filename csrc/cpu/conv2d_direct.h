@@ -77,6 +77,19 @@ using WgradStemFn = void (*)(const float* x, const int64_t* tap_x, int ntaps, in
 using PackRowFn = void (*)(const float* in, int64_t plane, int nc, int64_t W, float* out);
 using UnpackRowFn = void (*)(const float* in, int nc, int64_t W, float* out, int64_t plane);
 
+// 1x1 convolutions on NCHW planes (conv2d_direct_kernels.h, pw_rows / pw_dots): L counts vectors of
+// 16 pixels (the caller pads rows to whole vectors).
+//   rows: c[m*ldc + p] = sum_{j<J} a[m*lda + j] * b[j*ldb + p], m < M, p < 16 L
+//   dots: acc[(k*CI + i)*16 + l] += sum_{n<images, v<L} d[n*dimg + k*ldd + 16v + l] * x[n*ximg + i*ldx + 16v + l]
+using PwRowsFn = void (*)(const float* a, int64_t lda, int64_t M, int64_t J, const float* b, int64_t ldb, int64_t L,
+                          float* c, int64_t ldc);
+using PwDotsFn = void (*)(const float* d, int64_t ldd, int64_t dimg, int64_t K, const float* x, int64_t ldx,
+                          int64_t ximg, int64_t CI, int64_t L, int64_t images, float* acc);
+using PwRowsTileFn = void (*)(const float* a, int64_t lda, int64_t J, const float* b, int64_t ldb, float* c,
+                              int64_t ldc);
+using PwDotsTileFn = void (*)(const float* d, int64_t ldd, int64_t dimg, const float* x, int64_t ldx, int64_t ximg,
+                              int64_t L, int64_t images, float* acc, int64_t ldacc);
+
 // What one instruction set offers. conv(kv, qt, sw) is the micro-kernel for kv output blocks
 // (1..max_kv) and qt pixels (1..max_qt(kv)) whose input pixels are sw*16 floats apart (sw 1 or 2;
 // any other stride runs qt = 1 tiles, where the stride does not matter). conv_stem: the same for
@@ -94,6 +107,8 @@ struct Isa {
   PackRowFn pack;
   UnpackRowFn unpack;
   ConvTileFn (*conv_bn)(int kv, int qt, int sw);  // conv's tiles with the batchnorm sums epilogue
+  PwRowsFn pw_rows;
+  PwDotsFn pw_dots;
 };
 
 // Each is null where the compiler could not build that instruction set (non-x86 hosts).

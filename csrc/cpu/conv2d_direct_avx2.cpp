@@ -44,7 +44,8 @@ struct V256x2 {
 const Isa kIsa{"avx2", 1, {0, 6, 0}, &pick_conv<V256x2, 6, 0, kBlock>,
                &pick_conv<V256x2, 6, 0, 1>, &wgrad_tile<V256x2>, &wgrad_stem<V256x2>, V256x2::kStemTaps,
                V256x2::kWgradKV,
-               &pack_row<V256x2>, &unpack_row<V256x2>, &pick_conv<V256x2, 6, 0, kBlock, true>};
+               &pack_row<V256x2>, &unpack_row<V256x2>, &pick_conv<V256x2, 6, 0, kBlock, true>,
+               &pw_rows<V256x2, 6, 1>, &pw_dots<V256x2, 2, 2>};
 
 }  // namespace
 

@@ -84,7 +84,8 @@ void unpack_row512(const float* in, int nc, int64_t W, float* out, int64_t plane
 const Isa kIsa{"avx512", 2, {0, 16, 12}, &pick_conv<V512, 16, 12, kBlock>,
                &pick_conv<V512, 16, 12, 1>, &wgrad_tile<V512>, &wgrad_stem<V512>, V512::kStemTaps,
                V512::kWgradKV,
-               &pack_row512, &unpack_row512, &pick_conv<V512, 16, 12, kBlock, true>};
+               &pack_row512, &unpack_row512, &pick_conv<V512, 16, 12, kBlock, true>,
+               &pw_rows<V512, 6, 4>, &pw_dots<V512, 4, 6>};
 
 }  // namespace
 

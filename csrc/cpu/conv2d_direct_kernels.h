@@ -13,6 +13,7 @@
 // x kernel taps x 16 channels); each weight vector loaded is used QT times, each input value once
 // per output vector, from a broadcast.
 #pragma once
+#include <algorithm>
 #include <utility>
 
 #include "conv2d_direct.h"
@@ -232,6 +233,106 @@ void wgrad_stem(const float* x, const int64_t* tap_x, int ntaps, int64_t sw, con
                 int64_t Q, float* dw, float* db) {
   if (db) wgrad_stem_row<V, true>(x, tap_x, ntaps, sw, dy, Q, dw, db);
   else wgrad_stem_row<V, false>(x, tap_x, ntaps, sw, dy, Q, dw, db);
+}
+
+// ---- 1x1 convolutions in the NCHW layout (conv2d.cpp's strided pointwise path) ----
+// A 1x1 convolution on NCHW planes is a product over the pixels of one image, pixels along the
+// vectors: no layout conversion, whose cost outweighs a 1x1 layer's multiplies (docs/KERNELS.md).
+
+// c[m*ldc + 16v + l] = sum_{j<J} a[m*lda + j] * b[j*ldb + 16v + l], m < MR, v < NV: MR rows of a
+// broadcast against NV vectors of each row of b, the MR x NV accumulators held over all of J.
+template <class V, int MR, int NV>
+void pw_rows_tile(const float* a, int64_t lda, int64_t J, const float* b, int64_t ldb, float* c, int64_t ldc) {
+  using T = typename V::T;
+  T acc[MR][NV];
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[m][v] = V::zero();
+  for (int64_t j = 0; j < J; ++j) {
+    T bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = V::load(b + j * ldb + v * kBlock);
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[m][v] = V::fma(acc[m][v], bv[v], a + m * lda + j);
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) V::store(c + m * ldc + v * kBlock, acc[m][v]);
+}
+
+template <class V, int MR, int NV, int... I>
+PwRowsTileFn pw_rows_pick(int mr, int nv, std::integer_sequence<int, I...>) {
+  static constexpr PwRowsTileFn fns[] = {&pw_rows_tile<V, I / NV + 1, I % NV + 1>...};
+  return fns[(mr - 1) * NV + (nv - 1)];
+}
+
+// The whole product, M rows by L vectors, in tiles of up to MR x NV: for each column panel (NV
+// vectors of every row of b, J * NV * 64 bytes, stays in L1) every row tile of a in turn.
+template <class V, int MR, int NV>
+void pw_rows(const float* a, int64_t lda, int64_t M, int64_t J, const float* b, int64_t ldb, int64_t L, float* c,
+             int64_t ldc) {
+  for (int64_t v0 = 0; v0 < L; v0 += NV) {
+    const int nv = static_cast<int>(std::min<int64_t>(NV, L - v0));
+    for (int64_t m0 = 0; m0 < M; m0 += MR) {
+      const int mr = static_cast<int>(std::min<int64_t>(MR, M - m0));
+      pw_rows_pick<V, MR, NV>(mr, nv, std::make_integer_sequence<int, MR * NV>{})(
+          a + m0 * lda, lda, J, b + v0 * kBlock, ldb, c + m0 * ldc + v0 * kBlock, ldc);
+    }
+  }
+}
+
+// acc[(k*ldacc + i)*16 + l] += sum_{n<images, v<L} d[n*dimg + k*ldd + 16v + l] * x[n*ximg + i*ldx + 16v + l]
+// for k < KR, i < CR: lane-wise dot products (the weight gradient of a 1x1 convolution, pixels
+// along the lanes; the caller sums the 16 lanes once at the end).
+template <class V, int KR, int CR>
+void pw_dots_tile(const float* d, int64_t ldd, int64_t dimg, const float* x, int64_t ldx, int64_t ximg, int64_t L,
+                  int64_t images, float* acc, int64_t ldacc) {
+  using T = typename V::T;
+  T s[KR][CR];
+#pragma GCC unroll 8
+  for (int k = 0; k < KR; ++k)
+#pragma GCC unroll 8
+    for (int i = 0; i < CR; ++i) s[k][i] = V::load(acc + (k * ldacc + i) * kBlock);
+  for (int64_t n = 0; n < images; ++n)
+    for (int64_t v = 0; v < L; ++v) {
+      T dv[KR];
+#pragma GCC unroll 8
+      for (int k = 0; k < KR; ++k) dv[k] = V::load(d + n * dimg + k * ldd + v * kBlock);
+#pragma GCC unroll 8
+      for (int i = 0; i < CR; ++i) {
+        const T xv = V::load(x + n * ximg + i * ldx + v * kBlock);
+#pragma GCC unroll 8
+        for (int k = 0; k < KR; ++k) s[k][i] = V::madd(s[k][i], dv[k], xv);
+      }
+    }
+#pragma GCC unroll 8
+  for (int k = 0; k < KR; ++k)
+#pragma GCC unroll 8
+    for (int i = 0; i < CR; ++i) V::store(acc + (k * ldacc + i) * kBlock, s[k][i]);
+}
+
+template <class V, int KR, int CR, int... I>
+PwDotsTileFn pw_dots_pick(int kr, int cr, std::integer_sequence<int, I...>) {
+  static constexpr PwDotsTileFn fns[] = {&pw_dots_tile<V, I / CR + 1, I % CR + 1>...};
+  return fns[(kr - 1) * CR + (cr - 1)];
+}
+
+// Every (k, i) pair of K x CI, in tiles of up to KR x CR.
+template <class V, int KR, int CR>
+void pw_dots(const float* d, int64_t ldd, int64_t dimg, int64_t K, const float* x, int64_t ldx, int64_t ximg,
+             int64_t CI, int64_t L, int64_t images, float* acc) {
+  for (int64_t k0 = 0; k0 < K; k0 += KR) {
+    const int kr = static_cast<int>(std::min<int64_t>(KR, K - k0));
+    for (int64_t i0 = 0; i0 < CI; i0 += CR) {
+      const int cr = static_cast<int>(std::min<int64_t>(CR, CI - i0));
+      pw_dots_pick<V, KR, CR>(kr, cr, std::make_integer_sequence<int, KR * CR>{})(
+          d + k0 * ldd, ldd, dimg, x + i0 * ldx, ldx, ximg, L, images, acc + (k0 * CI + i0) * kBlock, CI);
+    }
+  }
 }
 
 template <class V, int KV, int SW, int CI, bool BN, int... Q>

@@ -58,7 +58,8 @@ struct VScalar {
 const Isa kIsa{"portable", 1, {0, 4, 0}, &pick_conv<VScalar, 4, 0, kBlock>,
                &pick_conv<VScalar, 4, 0, 1>, &wgrad_tile<VScalar>, &wgrad_stem<VScalar>, VScalar::kStemTaps,
                VScalar::kWgradKV,
-               &pack_row<VScalar>, &unpack_row<VScalar>, &pick_conv<VScalar, 4, 0, kBlock, true>};
+               &pack_row<VScalar>, &unpack_row<VScalar>, &pick_conv<VScalar, 4, 0, kBlock, true>,
+               &pw_rows<VScalar, 4, 1>, &pw_dots<VScalar, 2, 2>};
 
 }  // namespace
 

@@ -93,10 +93,10 @@ void conv2d_bwd_weight(const float* x, const float* dy, float* dw, float* db, in
                        int64_t sw, int64_t ph, int64_t pw, int64_t dilh = 1, int64_t dilw = 1,
                        int64_t groups = 1);
 // "auto" (depthwise kernel when groups == C; Winograd for 3x3 stride-1 layers with enough
-// channels; else im2col), "im2col", "winograd", "depthwise", "direct" or "winograd-blocked" (the
+// channels; else im2col), "im2col", "winograd", "depthwise", "direct", "winograd-blocked" (the
 // direct engine with its 3x3 stride-1 padding-1 layers by Winograd on the blocked layout,
-// conv2d_wino_blocked.h) (an error on a convolution it cannot do); process-wide, for tests and
-// benchmarks.
+// conv2d_wino_blocked.h), "winograd43-blocked" or "pointwise" (conv2d_pointwise_*) (an error on a
+// convolution it cannot do); process-wide, for tests and benchmarks.
 void set_conv2d_algo(const std::string& name);
 std::string conv2d_algo();
 // The algorithm conv2d_<op> (op: "fwd", "bwd_data", "bwd_weight") runs for this shape now;
@@ -117,6 +117,14 @@ void conv2d_direct_bwd_data(const float* dy, const float* w, float* dx, int64_t 
 void conv2d_direct_bwd_weight(const float* x, const float* dy, float* dw, float* db, int64_t N,
                               int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
                               int64_t sh, int64_t sw, int64_t ph, int64_t pw);
+// The same three convolutions for a 1x1 kernel with padding 0 and any stride, on the NCHW arrays
+// themselves (pixels along the vectors, the current instruction set's kernels, no conversion).
+void conv2d_pointwise_fwd(const float* x, const float* w, const float* b, float* y, int64_t N, int64_t C, int64_t H,
+                          int64_t W, int64_t K, int64_t sh, int64_t sw, bool relu);
+void conv2d_pointwise_bwd_data(const float* dy, const float* w, float* dx, int64_t N, int64_t C, int64_t H, int64_t W,
+                               int64_t K, int64_t sh, int64_t sw);
+void conv2d_pointwise_bwd_weight(const float* x, const float* dy, float* dw, float* db, int64_t N, int64_t C,
+                                 int64_t H, int64_t W, int64_t K, int64_t sh, int64_t sw);
 // The blocked layout itself ([N][ceil(C/16)][pt+H+pb][pl+W+pr][16], zero border and channel
 // tail), for callers that keep activations blocked: x is the forward input padded by (ph, pw);
 // dy (the gradients' input) is padded by conv2d_blocked_dy_pads (top, bottom, left, right);
