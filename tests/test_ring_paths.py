@@ -290,3 +290,29 @@ def test_even_bounds_cover_the_range_in_the_fewest_near_equal_pieces(start, stop
     assert all(0 < n <= most for n in lengths) and (not b or max(lengths) - min(lengths) <= 1)
     with pytest.raises(ValueError, match="piece size"):
         ring.even_bounds(0, 4, 0)
+
+
+def test_layout_plan_counts_every_call_of_a_measured_class(monkeypatch):
+    """From a layout's second call ring_allreduce runs its kept plan (`_layout_plan`), which asks
+    measured_choice with the call counted: the re-measurement still comes at call MEASURED_AGAIN_AFTER,
+    and every call returns the sum. Three 'hosts' of one rank each (host_count patched), so 80 KB is a
+    measured size class."""
+    monkeypatch.setattr(ring, "host_count", lambda comm: comm.size)
+    monkeypatch.setattr(ring, "MEASURED_AGAIN_AFTER", 5)
+    measured = []
+    real = ring._measure
+    monkeypatch.setattr(ring, "_measure", lambda comm, nbytes, key, cache:
+                        measured.append(comm.rank) or real(comm, nbytes, key, cache))
+
+    def body(comm):
+        sums = []
+        for i in range(7):
+            buf = np.full(20000, comm.rank + i, np.float32)
+            ring.ring_allreduce(comm, buf)
+            sums.append(bool(np.all(buf == 3 * i + 3)))
+        return sums, len(comm._ring_plans), comm._ring_measured_calls
+
+    out = ThreadWorld(3).run(body)
+    assert all(all(s) for s, _, _ in out), out
+    assert all(plans == 1 for _, plans, _ in out), out        # one layout, one plan
+    assert sorted(measured) == [0, 0, 1, 1, 2, 2], measured    # call 1 and call 5 (MEASURED_AGAIN_AFTER)

@@ -11,7 +11,8 @@ direct, direct_p<KB>, ring, ring_p<KB> (plain_ring_allreduce in pieces of KB), o
 the noise between two identical entries), and the V_* functions below by name (hold: the 2-host hierarchy
 as of session 11; disp / dv / da / dh: parts of ring_allreduce's dispatch before it; hy / ofy: yielding MPI
 waits; spin_p<N>: N polls before yielding; dnc: direct with the all-gather straight into buf, as main has it
-from the rendezvous size on; dold: direct's all-gather through scratch at every size).
+from the rendezvous size on; dold: direct's all-gather through scratch at every size;
+oldauto: ring_allreduce's dispatch before the per-layout plans).
 Prints median / p20 / p5 / min: with 1001 rounds the p5 is the nearest thing to a quiet machine's time
 on a loaded one (two identical entries read 0.417 / 0.418 ms at 64 KB, load 8).
 --phases: the 2-host hierarchy once more with its phases timed per rank (share+fence, pipeline, finish).
@@ -524,6 +525,21 @@ def V_dold(comm, buf, kb):
         return R.direct_allreduce(comm, buf, segment_bytes=kb)
     finally:
         R.RENDEZVOUS_BYTES = saved
+
+
+def V_oldauto(comm, buf, kb):
+    """ring_allreduce as it dispatched before the per-layout plans: the checks, verify_layout,
+    allreduce_algorithm with the call counted, then the pick through hierarchical_allreduce & co."""
+    from fasttrain.parallel import ring as R
+
+    R._check_buf(buf)
+    R._check_schedule("once")
+    R.get_codec(None)
+    R.verify_layout(comm, (buf.size, buf.dtype.str, "sum", None, None, R.DEFAULT_SEGMENT_BYTES, R.DEFAULT_SMALL_BYTES,
+                           R.DEFAULT_SHARED_BYTES, R.DEFAULT_MID_BYTES))
+    alg = R.allreduce_algorithm(comm, buf.nbytes, R.DEFAULT_SMALL_BYTES, R.DEFAULT_SHARED_BYTES, R.DEFAULT_MID_BYTES,
+                                count=True)
+    return R._run_algorithm(comm, buf, "sum", alg, R.DEFAULT_SEGMENT_BYTES, R.DEFAULT_SHARED_BYTES)
 
 
 def phases(comm, buf, reps: int = 41):
