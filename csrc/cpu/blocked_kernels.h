@@ -14,6 +14,10 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define FT_BLOCKED_AVX512_MASKS 1
+#endif
 
 #include "blocked.h"
 
@@ -424,6 +428,63 @@ __attribute__((always_inline)) inline void max_2x2(const float* a, const float* 
   store_taps(out_tap, at);
 }
 
+#if defined(FT_BLOCKED_AVX512_MASKS)
+// The sweeps of full 2x2 windows with AVX-512's compare masks: a window's taps are kept as 16 bytes
+// (one masked byte move per tap) instead of 16 int32 lanes narrowed at the end, and each selection
+// is one masked move on the compare's mask. Through the vector extensions GCC turned every compare
+// into a vector of -1/0 lanes and back into a mask for the blend, and max pooling's forward ran 1.5x
+// as long as average pooling's over the same bytes. The same rule as take_greater: strictly greater,
+// or a NaN (the last NaN wins); the first tap is taken as it stands (it beats -inf, or is -inf and
+// then the maximum so far is -inf at tap 0 either way).
+__attribute__((always_inline)) inline void take_greater_m(__m512& best, __m128i& at, __m512 v, char tap) {
+  const __mmask16 m = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  best = _mm512_mask_mov_ps(best, m, v);
+  at = _mm_mask_mov_epi8(at, m, _mm_set1_epi8(tap));
+}
+
+void maxpool_fwd_2x2(In x, Out y, uint8_t* tap, int64_t P, int64_t Q) {
+  for (int64_t p = 0; p < P; ++p) {
+    const float* r0 = x.p + 2 * p * x.row;
+    const float* r1 = r0 + x.row;
+    float* out = y.p + p * y.row;
+    uint8_t* t = tap + p * Q * kLanes;
+    for (int64_t q = 0; q < Q; ++q) {
+      const float *a = r0 + 2 * q * kLanes, *b = r1 + 2 * q * kLanes;
+      __m512 best = _mm512_loadu_ps(a);
+      __m128i at = _mm_setzero_si128();
+      take_greater_m(best, at, _mm512_loadu_ps(a + kLanes), 1);
+      take_greater_m(best, at, _mm512_loadu_ps(b), 2);
+      take_greater_m(best, at, _mm512_loadu_ps(b + kLanes), 3);
+      _mm512_storeu_ps(out + q * kLanes, best);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(t + q * kLanes), at);
+    }
+  }
+}
+
+// dy to each window's tap, zeros to its other three pixels: one byte compare per tap gives the mask
+// of a zero-masked move. A plane is valid when no tap byte has a bit above 3 set (see below).
+bool maxpool_bwd_2x2(In dy, const uint8_t* tap, Out dx, int64_t P, int64_t Q) {
+  __m128i seen = _mm_setzero_si128();
+  for (int64_t p = 0; p < P; ++p) {
+    const float* d = dy.p + p * dy.row;
+    const uint8_t* t = tap + p * Q * kLanes;
+    float* r0 = dx.p + 2 * p * dx.row;
+    float* r1 = r0 + dx.row;
+    for (int64_t q = 0; q < Q; ++q) {
+      const __m128i at = _mm_loadu_si128(reinterpret_cast<const __m128i*>(t + q * kLanes));
+      seen = _mm_or_si128(seen, at);
+      const __m512 dv = _mm512_loadu_ps(d + q * kLanes);
+      float* o0 = r0 + 2 * q * kLanes;
+      float* o1 = r1 + 2 * q * kLanes;
+      _mm512_storeu_ps(o0, _mm512_maskz_mov_ps(_mm_cmpeq_epi8_mask(at, _mm_setzero_si128()), dv));
+      _mm512_storeu_ps(o0 + kLanes, _mm512_maskz_mov_ps(_mm_cmpeq_epi8_mask(at, _mm_set1_epi8(1)), dv));
+      _mm512_storeu_ps(o1, _mm512_maskz_mov_ps(_mm_cmpeq_epi8_mask(at, _mm_set1_epi8(2)), dv));
+      _mm512_storeu_ps(o1 + kLanes, _mm512_maskz_mov_ps(_mm_cmpeq_epi8_mask(at, _mm_set1_epi8(3)), dv));
+    }
+  }
+  return _mm_test_all_zeros(seen, _mm_set1_epi8(static_cast<char>(0xFC))) != 0;
+}
+#else
 void maxpool_fwd_2x2(In x, Out y, uint8_t* tap, int64_t P, int64_t Q) {
   for (int64_t p = 0; p < P; ++p) {
     const float* r0 = x.p + 2 * p * x.row;
@@ -461,6 +522,7 @@ bool maxpool_bwd_2x2(In dy, const uint8_t* tap, Out dx, int64_t P, int64_t Q) {
   }
   return (seen & 0xFCFCFCFCFCFCFCFCull) == 0;
 }
+#endif
 
 // Strict >: the first maximum in row-major tap order wins, a NaN tap is always taken (so NaN
 // propagates and the last NaN wins, as in PyTorch and the NCHW kernel), and the tap starts at the
