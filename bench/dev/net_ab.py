@@ -12,7 +12,7 @@ the noise between two identical entries), and the V_* functions below by name (h
 as of session 11; disp / dv / da / dh: parts of ring_allreduce's dispatch before it; hy / ofy: yielding MPI
 waits; spin_p<N>: N polls before yielding; dnc: direct with the all-gather straight into buf, as main has it
 from the rendezvous size on; dold: direct's all-gather through scratch at every size;
-oldauto: ring_allreduce's dispatch before the per-layout plans).
+oldauto: ring_allreduce's dispatch before the per-layout plans; before: main before session 12, near enough).
 Prints median / p20 / p5 / min: with 1001 rounds the p5 is the nearest thing to a quiet machine's time
 on a loaded one (two identical entries read 0.417 / 0.418 ms at 64 KB, load 8).
 --phases: the 2-host hierarchy once more with its phases timed per rank (share+fence, pipeline, finish).
@@ -540,6 +540,29 @@ def V_oldauto(comm, buf, kb):
     alg = R.allreduce_algorithm(comm, buf.nbytes, R.DEFAULT_SMALL_BYTES, R.DEFAULT_SHARED_BYTES, R.DEFAULT_MID_BYTES,
                                 count=True)
     return R._run_algorithm(comm, buf, "sum", alg, R.DEFAULT_SEGMENT_BYTES, R.DEFAULT_SHARED_BYTES)
+
+
+def V_before(comm, buf, kb):
+    """ring_allreduce as main had it before session 12 (74b8bc8), as near as one job allows: the old
+    dispatch (`V_oldauto`), the 2-host hierarchy's old form (`V_hold`), direct's all-gather through scratch."""
+    from fasttrain.parallel import ring as R
+
+    R._check_buf(buf)
+    R._check_schedule("once")
+    R.get_codec(None)
+    R.verify_layout(comm, (buf.size, buf.dtype.str, "sum", None, None, R.DEFAULT_SEGMENT_BYTES, R.DEFAULT_SMALL_BYTES,
+                           R.DEFAULT_SHARED_BYTES, R.DEFAULT_MID_BYTES))
+    alg = R.allreduce_algorithm(comm, buf.nbytes, R.DEFAULT_SMALL_BYTES, R.DEFAULT_SHARED_BYTES, R.DEFAULT_MID_BYTES,
+                                count=True)
+    if alg == "hierarchical":
+        h = R.hierarchy(comm)
+        if h.equal and h.slices.size == 2:
+            return V_hold(comm, buf, kb)
+    saved, R.RENDEZVOUS_BYTES = R.RENDEZVOUS_BYTES, 1 << 62
+    try:
+        return R._run_algorithm(comm, buf, "sum", alg, R.DEFAULT_SEGMENT_BYTES, R.DEFAULT_SHARED_BYTES)
+    finally:
+        R.RENDEZVOUS_BYTES = saved
 
 
 def phases(comm, buf, reps: int = 41):
