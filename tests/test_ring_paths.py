@@ -165,7 +165,9 @@ def test_onefence_needs_two_hosts_of_equal_rank_counts():
 def test_measured_choice_below_a_megabyte_weighs_the_few_round_pick_against_the_ring(monkeypatch):
     """Below MEASURED_MAX_BYTES the fastest of direct, one-shot and rooted (the kept pick as incumbent)
     meets the ring as from 1 MB (`large_pick`): the ring when faster by the margin or in a tie at the
-    wire (the probe in the same rounds), the other one otherwise."""
+    wire (the probe in the same rounds), the other one otherwise; a probe under WIRE_PROBE_MIN_BYTES
+    (the ring's chunk of 64 KB over 3 ranks: 21.8 KB) says nothing of the wire, so a tie there keeps
+    the few-round pick."""
     names = measured_candidates(1 << 16)
     assert names == ("direct", "oneshot", "rooted", "ring")
     calls = []
@@ -177,15 +179,18 @@ def test_measured_choice_below_a_megabyte_weighs_the_few_round_pick_against_the_
         return fn
 
     # 64 KB over 3 ranks: floor = 4/3 of 64 KB at the probe's time per byte; the probe moves the
-    # ring's 21.8 KB chunk both ways, so a probe taking t makes a floor of about 2 t
-    for seconds, want in (({"direct": 0.02, "oneshot": 0.03, "rooted": 0.03, "ring": 0.0, "wire": 0.0}, "ring"),
-                          ({"direct": 0.0, "oneshot": 0.03, "rooted": 0.03, "ring": 0.03, "wire": 0.03}, "direct"),
-                          ({"direct": 0.03, "oneshot": 0.02, "rooted": 0.03, "ring": 0.0202, "wire": 0.01}, "ring"),
-                          ({"direct": 0.03, "oneshot": 0.02, "rooted": 0.03, "ring": 0.0198, "wire": 0.001}, "oneshot")):
+    # ring's 21.8 KB chunk both ways, so a probe taking t makes a floor of about 2 t (as at 256 KB, whose
+    # 87 KB probe the tie-breaker believes)
+    for nbytes, seconds, want in (
+            (1 << 16, {"direct": 0.02, "oneshot": 0.03, "rooted": 0.03, "ring": 0.0, "wire": 0.0}, "ring"),
+            (1 << 16, {"direct": 0.0, "oneshot": 0.03, "rooted": 0.03, "ring": 0.03, "wire": 0.03}, "direct"),
+            (1 << 18, {"direct": 0.03, "oneshot": 0.02, "rooted": 0.03, "ring": 0.0202, "wire": 0.01}, "ring"),
+            (1 << 16, {"direct": 0.03, "oneshot": 0.02, "rooted": 0.03, "ring": 0.0202, "wire": 0.01}, "oneshot"),
+            (1 << 16, {"direct": 0.03, "oneshot": 0.02, "rooted": 0.03, "ring": 0.0198, "wire": 0.001}, "oneshot")):
         monkeypatch.setattr(ring, "_MEASURED_FNS", {c: rigged(c, seconds) for c in names})
         monkeypatch.setattr(ring, "_wire_probe", lambda comm, x, s=seconds: time.sleep(s["wire"]))
         calls.clear()
-        got = ThreadWorld(3).run(lambda c: (measured_choice(c, 1 << 16), c._ring_measured_ms[17]))
+        got = ThreadWorld(3).run(lambda c, n=nbytes: (measured_choice(c, n), c._ring_measured_ms[n.bit_length()]))
         assert [g[0] for g in got] == [want] * 3, (seconds, got[0])
         assert sorted(set(calls)) == sorted(names) and len(calls) == 3 * 4 * (ring.MEASURED_ROUNDS + 1)
         assert set(got[0][1]) >= {"direct", "oneshot", "rooted", "ring", "floor"}, got[0][1]

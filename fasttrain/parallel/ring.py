@@ -142,6 +142,13 @@ MEASURED_LARGE_MARGIN = 0.05
 WIRE_BOUND = 0.8
 #: the ping-pong of `_wire_probe` moves the ring's chunk of the buffer, at most this many bytes
 WIRE_PROBE_MAX_BYTES = 1 << 20
+#: below MEASURED_MAX_BYTES a probe shorter than this cannot see the link's rate: the htb shaper lets one
+#: TCP burst of up to 64 KB through whole, so the ping-pong times the CPU, not the wire, and under load its
+#: inflated time made ties go to the ring where it was slower (3 hosts x 1 rank over 1 Gbit/s at 64 KB,
+#: probe 21 KB, load 6-7, 1001 interleaved rounds: picked the ring, p5 1.88 ms against direct's 1.30; in the
+#: quiet window of the same session the ring took 1.03x direct's median). There a tie keeps the few-round
+#: pick; the ring still wins when faster by MEASURED_LARGE_MARGIN.
+WIRE_PROBE_MIN_BYTES = 64 << 10
 #: re-measure a size class after this many calls of it, then every MEASURED_EVERY calls: the first
 #: measurement runs on a job's first call (connections opening, pages faulting, ranks still
 #: starting), and the machine's load changes while a job runs.
@@ -823,8 +830,9 @@ def _measure(comm: Communicator, nbytes: int, key: int, cache: dict) -> str:
             few = tuple(c for c in names if c != MEASURED_RING)
             kept = cache.get(key)
             base, scores = measured_pick(everyone, kept if kept in few else None, few)
-            pick, pair = large_pick(everyone, floor, (base, MEASURED_RING))
-            decided = pick, {**scores, **pair}
+            seen = probe.nbytes >= WIRE_PROBE_MIN_BYTES  # else the probe passed the shaper in one burst
+            pick, pair = large_pick(everyone, floor if seen else 0.0, (base, MEASURED_RING))
+            decided = pick, {**scores, **pair, "floor": floor}
     elif comm.rank == 0:
         decided = measured_pick(everyone, cache.get(key), tuple(names))
     pick, scores = comm.bcast(decided, root=0)
