@@ -68,9 +68,11 @@ void affine_rows(const float* x, const float* res, float* y, int64_t N, int64_t 
 }
 
 // sums[2c], sums[2c + 1] = the channel's row partials part[2r], part[2r + 1] added in double, in
-// image order; inside a parallel region.
+// image order; inside a parallel region. No barrier after it: both callers go on with a
+// schedule(static) loop over the same C channels, which OpenMP deals to the same threads, so each
+// thread reads only the sums it wrote itself (the next loop's own barrier then covers both).
 inline void combine_rows(const float* part, double* sums, int64_t N, int64_t C) {
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
   for (int64_t c = 0; c < C; ++c) {
     double s = 0.0, s2 = 0.0;
     for (int64_t n = 0; n < N; ++n) {
