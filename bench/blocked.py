@@ -13,6 +13,7 @@ import numpy as np
 
 from fasttrain import backend as B
 from fasttrain.kernels import blocked as ref
+from fasttrain.nn.layout import aligned_empty, aligned_zeros
 
 from .kernels import Entry
 
@@ -20,17 +21,20 @@ RESNET20_STAGES = [(128, 16, 32, 32), (128, 32, 16, 16), (128, 64, 8, 8)]
 f32 = np.float32
 
 
+# Blocked arrays start on a 64-byte line, as the layers allocate them (fasttrain.nn.layout.aligned_empty).
 def _blocked(shape, seed, halo=0):
-    return ref.to_blocked(np.random.default_rng(seed).standard_normal(shape, dtype=f32), halo)
+    b = ref.to_blocked(np.random.default_rng(seed).standard_normal(shape, dtype=f32), halo)
+    out = aligned_empty(b.shape)
+    out[...] = b
+    return out
 
 
 def _empty_blocked(n, c, h, w, halo=0):
-    return np.empty((n, -(-c // 16), h + 2 * halo, w + 2 * halo, 16), f32)
+    return aligned_empty((n, -(-c // 16), h + 2 * halo, w + 2 * halo, 16))
 
 
 def _bn_inputs(n, c, h, w, residual):
-    a = {"xb": _blocked((n, c, h, w), 0), "dyb": _blocked((n, c, h, w), 1), "yb": np.zeros((n, -(-c // 16), h + 2,
-                                                                                          w + 2, 16), f32),
+    a = {"xb": _blocked((n, c, h, w), 0), "dyb": _blocked((n, c, h, w), 1), "yb": aligned_zeros((n, -(-c // 16), h + 2, w + 2, 16)),
          "dxb": _empty_blocked(n, c, h, w), "gamma": np.ones(c, f32), "beta": np.zeros(c, f32),
          "mean": np.empty(c, f32), "invstd": np.empty(c, f32), "dgamma": np.zeros(c, f32), "dbeta": np.zeros(c, f32)}
     if residual:

@@ -3,7 +3,9 @@
 #include <pybind11/pybind11.h>
 #include <omp.h>
 
+#include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "fasttrain/check.h"
 #include "fasttrain/cpu.h"
@@ -21,6 +23,20 @@ float* ptr_of(py::array& a, const char* name) {
   FT_CHECK(a.flags() & py::array::c_style, name << ": expected a C-contiguous array");
   FT_CHECK(a.writeable(), name << ": expected a writeable array");
   return static_cast<float*>(a.mutable_data());
+}
+
+// A C-contiguous float32 array starting on a 64-byte line, freed with its last reference. A
+// blocked pixel (16 floats) is then one cache line; NumPy's allocator aligns to 16 bytes, which
+// splits every pixel vector a kernel loads or stores over two lines (fasttrain/nn/layout.py's
+// aligned_empty does the same for the arrays Python allocates).
+f32arr line_aligned(std::vector<py::ssize_t> shape) {
+  py::ssize_t n = 1;
+  for (py::ssize_t d : shape) n *= d;
+  const size_t bytes = ((static_cast<size_t>(n) * sizeof(float) + 63) / 64) * 64;
+  void* p = std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
+  if (p == nullptr) throw std::bad_alloc();
+  py::capsule owner(p, [](void* q) { std::free(q); });
+  return f32arr(std::move(shape), static_cast<float*>(p), owner);
 }
 
 void same_size(const py::array& a, const py::array& b, const char* an, const char* bn) {
@@ -233,7 +249,7 @@ void bind(py::module_& m) {
     FT_CHECK(pt >= 0 && pb >= 0 && pl >= 0 && pr >= 0, "to_blocked(pads): expected pads >= 0");
     const float* px = ptr_of(x, "x");
     const int64_t N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
-    f32arr xb({N, (C + 15) / 16, pt + H + pb, pl + W + pr, int64_t{16}});
+    f32arr xb = line_aligned({N, (C + 15) / 16, pt + H + pb, pl + W + pr, int64_t{16}});
     float* pxb = xb.mutable_data();
     py::gil_scoped_release nogil;
     ft::cpu::conv2d_to_blocked(px, pxb, N, C, H, W, pt, pb, pl, pr);

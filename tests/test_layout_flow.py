@@ -321,7 +321,12 @@ def test_blocked_buffers_start_on_a_line():
     z = layout.aligned_zeros((5, 3, 7, 16))
     assert _on_a_line(z) and not z.any()
     rng = np.random.default_rng(0)
-    b = layout.to_blocked(rng.standard_normal((3, 17, 9, 11)).astype(f32), 1)
+    x = rng.standard_normal((3, 17, 9, 11)).astype(f32)
+    for halo in (0, 1, 2):   # the conversion allocates in C++ (its own aligned allocation)
+        bh = layout.to_blocked(x, halo)
+        assert _on_a_line(bh.data) and bh.data.flags.c_contiguous and bh.data.flags.writeable
+        np.testing.assert_array_equal(layout.to_nchw(bh), x)
+    b = layout.to_blocked(x, 1)
     for border in [(2, 2, 2, 2), (0, 0, 0, 0), (1, 2, 0, 1)]:   # the repad copy and the asymmetric one
         p = layout.padded(b, *border)
         assert _on_a_line(p)

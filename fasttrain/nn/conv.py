@@ -346,7 +346,7 @@ class Conv2d(Module):
         if C is not None:
             sh, sw, ph, pw = self._geometry()
             xb = C.to_blocked(x, ph, ph, pw, pw)
-            yb = np.empty((n, -(-self.out_channels // 16), *shape[2:], 16), np.float32)
+            yb = aligned_empty((n, -(-self.out_channels // 16), *shape[2:], 16))
             C.conv2d_blocked_fwd(xb, self.weight.data, self._b(x), yb, sh, sw, ph, pw, self.relu)
             y = C.from_blocked(yb, self.out_channels)
         else:
@@ -378,7 +378,7 @@ class Conv2d(Module):
             C.conv2d_blocked_bwd_weight(xb, dyb, self.weight.grad, db, *g)
             if not self.needs_input_grad:
                 return None
-            dxb = np.empty((n, xb.shape[1], h, w, 16), np.float32)
+            dxb = aligned_empty((n, xb.shape[1], h, w, 16))
             C.conv2d_blocked_bwd_data(dyb, self.weight.data, dxb, *g)
             dx = C.from_blocked(dxb, c)
         else:
