@@ -7,6 +7,7 @@ threads, median_s, min_s, max_s, bytes, flops, pct_of_limit.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -317,6 +318,8 @@ def annotate_vs_torch(records: list[Record]) -> None:
 
 
 def write_jsonl(path, records: list[Record]) -> None:
+    """One JSON record per line; the folder is made if missing (bench/out/ is not in the repository)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         for r in records:
             f.write(r.to_json() + "\n")
