@@ -139,13 +139,10 @@ def test_blocked_round_trip_and_padding():
     np.testing.assert_array_equal(C.from_blocked(C.to_blocked(x), 17), x)
 
 
-@pytest.mark.parametrize("case", [CASES[7], CASES[4], CASES[6], CASES[9]],
-                         ids=["batch3", "batch1", "1x1s2", "s21p01"])
-def test_thread_counts_agree(direct_algo, case):
-    """Batch 3 splits the weight gradient's images between threads, batch 1 its output rows; the
-    data gradient's stride phases (some without taps) share out row by row."""
+def _assert_thread_counts_agree(p, case):
+    """The three ops at 1, 2 and 3 threads: y and dx bit for bit (images and tiles are independent),
+    dw and db to float32 rounding (per-thread partial sums combine in another order)."""
     from fasttrain import settings
-    p = _problem(case, seed=3)
     out = []
     try:
         for nt in (1, 2, 3):
@@ -160,10 +157,18 @@ def test_thread_counts_agree(direct_algo, case):
     finally:
         C.set_num_threads(settings.num_threads)
     for y, dx, dw, db in out[1:]:
-        np.testing.assert_array_equal(y, out[0][0])  # tiles are independent: bit for bit
+        np.testing.assert_array_equal(y, out[0][0])
         np.testing.assert_array_equal(dx, out[0][1])
-        _close(dw, out[0][2], "dw across thread counts")  # partial sums combine per thread
+        _close(dw, out[0][2], "dw across thread counts")
         _close(db, out[0][3], "db across thread counts")
+
+
+@pytest.mark.parametrize("case", [CASES[7], CASES[4], CASES[6], CASES[9]],
+                         ids=["batch3", "batch1", "1x1s2", "s21p01"])
+def test_thread_counts_agree(direct_algo, case):
+    """Batch 3 splits the weight gradient's images between threads, batch 1 its output rows; the
+    data gradient's stride phases (some without taps) share out row by row."""
+    _assert_thread_counts_agree(_problem(case, seed=3), case)
 
 
 def test_isa_switch_names_and_errors():
@@ -592,26 +597,7 @@ def test_pointwise_nchw_matches_reference(isa, pointwise_algo, case, relu):
 
 @pytest.mark.parametrize("case", [PW_CASES[3], PW_CASES[8], PW_CASES[0]], ids=["batch3", "batch21", "batch1"])
 def test_pointwise_nchw_thread_counts_agree(pointwise_algo, case):
-    from fasttrain import settings
-    p = _pw_problem(case, seed=5)
-    out = []
-    try:
-        for nt in (1, 2, 3):
-            C.set_num_threads(nt)
-            y = np.empty((case[0], case[4], p["P"], p["Q"]), f32)
-            C.conv2d_fwd(p["x"], p["w"], p["b"], y, *p["geom"], False)
-            dx = np.empty_like(p["x"])
-            C.conv2d_bwd_data(p["dy"], p["w"], dx, *p["geom"])
-            dw, db = np.zeros_like(p["w"]), np.zeros_like(p["b"])
-            C.conv2d_bwd_weight(p["x"], p["dy"], dw, db, *p["geom"])
-            out.append((y, dx, dw, db))
-    finally:
-        C.set_num_threads(settings.num_threads)
-    for y, dx, dw, db in out[1:]:
-        np.testing.assert_array_equal(y, out[0][0])  # images are independent: bit for bit
-        np.testing.assert_array_equal(dx, out[0][1])
-        _close(dw, out[0][2], "dw across thread counts")  # per-thread partials
-        _close(db, out[0][3], "db across thread counts")
+    _assert_thread_counts_agree(_pw_problem(case, seed=5), case)
 
 
 def test_pointwise_nchw_choice_and_errors(pointwise_algo):
