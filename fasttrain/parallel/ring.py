@@ -853,17 +853,27 @@ def allreduce_algorithm(comm: Communicator, nbytes: int, small_bytes: int = DEFA
     rank on each of 3-4 hosts, on the first ask for each size class below shared_bytes
     (`measured_choice` times the candidates there; count=True, as ring_allreduce asks, counts the
     call towards measuring again)."""
+    algorithm = _algorithm_rule(comm, nbytes, small_bytes, shared_bytes, mid_bytes)
+    return measured_choice(comm, nbytes, count) if algorithm == _MEASURED else algorithm
+
+
+#: `_algorithm_rule`'s answer where the pick is `measured_choice`'s and may change between calls
+_MEASURED = "measured"
+
+
+def _algorithm_rule(comm: Communicator, nbytes: int, small_bytes: int, shared_bytes: int, mid_bytes: int) -> str:
+    """`allreduce_algorithm`'s rule: the algorithm the size and the placement fix, or _MEASURED."""
     if nbytes < small_bytes:
         return "recursive_doubling"
     if nbytes < shared_bytes and node_window(comm) is not None:
         return "shared_memory"
     if nbytes < shared_bytes and hierarchy(comm) is not None:
-        return measured_choice(comm, nbytes, count) if onefence_fits(comm, nbytes) else "hierarchical"
+        return _MEASURED if onefence_fits(comm, nbytes) else "hierarchical"
     p = comm.size
     if _measures_one_rank_hosts(comm, nbytes, shared_bytes):
         if p == 2:  # every candidate is one exchange of the whole buffer here
             return "oneshot"
-        return measured_choice(comm, nbytes, count)
+        return _MEASURED
     if nbytes < mid_bytes and not (nbytes >= DEFAULT_CROSS_RING_BYTES and p & (p - 1) and mid_bytes <= DEFAULT_MID_BYTES
                                    and host_count(comm) > 1):
         return "halving_doubling"
@@ -898,16 +908,6 @@ def _run_algorithm(comm: Communicator, buf: np.ndarray, op: str, algorithm: str,
 
 
 _NO_PLANS: dict = {}
-
-
-def _measured_here(comm: Communicator, nbytes: int, small_bytes: int, shared_bytes: int) -> bool:
-    """Whether `allreduce_algorithm` answers for nbytes with `measured_choice` (its pick may change
-    between calls), not with a choice fixed by the size and the placement."""
-    if nbytes < small_bytes or nbytes >= shared_bytes or node_window(comm) is not None:
-        return False
-    if hierarchy(comm) is not None:
-        return onefence_fits(comm, nbytes)
-    return _measures_one_rank_hosts(comm, nbytes, shared_bytes) and comm.size != 2
 
 
 def _keep_plan(comm: Communicator, buf: np.ndarray, op: str, segment_bytes, small_bytes, shared_bytes,
@@ -948,9 +948,9 @@ def _layout_plan(comm: Communicator, nbytes: int, op: str, segment_bytes: int, s
             return _hierarchical_two_hosts(h, buf, op, p, segment_bytes)
         return _run_algorithm(comm, buf, op, algorithm, segment_bytes, shared_bytes)
 
-    if _measured_here(comm, nbytes, small_bytes, shared_bytes):
+    algorithm = _algorithm_rule(comm, nbytes, small_bytes, shared_bytes, mid_bytes)
+    if algorithm == _MEASURED:
         return lambda buf: run(measured_choice(comm, nbytes, True), buf)
-    algorithm = allreduce_algorithm(comm, nbytes, small_bytes, shared_bytes, mid_bytes)
     if algorithm == "hierarchical" and two_hosts:
         return lambda buf: _hierarchical_two_hosts(h, buf, op, p, segment_bytes)
     return lambda buf: _run_algorithm(comm, buf, op, algorithm, segment_bytes, shared_bytes)
