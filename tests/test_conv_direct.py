@@ -43,12 +43,16 @@ def isa(request):
     yield from forced_isa(C, request.param)
 
 
-@pytest.fixture
-def direct_algo():
+def _forced_algo(name):
     before = C.conv2d_algo()
-    C.set_conv2d_algo("direct")
+    C.set_conv2d_algo(name)
     yield
     C.set_conv2d_algo(before)
+
+
+@pytest.fixture
+def direct_algo():
+    yield from _forced_algo("direct")
 
 
 def _problem(case, seed=0):
@@ -566,10 +570,7 @@ PW_CASES = [
 
 @pytest.fixture
 def pointwise_algo():
-    before = C.conv2d_algo()
-    C.set_conv2d_algo("pointwise")
-    yield
-    C.set_conv2d_algo(before)
+    yield from _forced_algo("pointwise")
 
 
 def _pw_problem(case, seed=0):
