@@ -228,7 +228,7 @@ void bind(py::module_& m) {
         "(groups == in_channels only; an error elsewhere), 'direct' (groups 1, no dilation) or "
         "'winograd-blocked' (the direct engine's entry points by Winograd F(2x2, 3x3) on the blocked "
         "layout: 3x3 stride-1 padding-1 groups-1 undilated only, AVX-512 kernels only) or "
-        "'winograd43-blocked' (the same by F(4x4, 3x3) for the forward and data gradient) or "
+        "'winograd43-blocked' (the same by F(4x4, 3x3), forward and both gradients) or "
         "'pointwise' (1x1 kernels with padding 0, any stride, groups 1, no dilation: products on the "
         "NCHW arrays themselves)");
   m.def("conv2d_algo", &ft::cpu::conv2d_algo);
