@@ -14,8 +14,13 @@ speed drifts by 2x within seconds) and none always runs right after the same oth
 20th percentile (a low quantile: what the call costs when the ranks are not kept waiting for a
 core), and the load average (1 min) before and after each cluster's run.
 Implementations: MPICH's Allreduce ('mpi': at its defaults, or with --mpich-algorithms each of the
-MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM choices named, one run each; the table then shows, per size,
-the MPICH algorithm that came closest to ours: the comparison is with MPICH at its best), ours
+MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM choices named, all in one job: switched at run time through MPI_T
+(bench/mpich_algorithms.py), written before each sample's barrier, outside its timed window, each
+algorithm one more entry of the interleaved rounds; the table then shows, per size, MPICH's fastest
+algorithm over ours from the same rounds: the comparison is with MPICH at its best. Where MPI_T
+cannot switch them (another MPI), one job per algorithm, said so on the output, and per size the
+job whose MPICH came closest to ours; such jobs run minutes apart on a shared machine and our own
+medians spread 2x between them, so they compare the moments more than the algorithms), ours
 as ring_allreduce picks it ('auto'), and (in the first run) the other ways forced: hierarchical with every rank on its slice across hosts ('hier_slices')
 or one leader per host ('hier_leader'), and below 256 KB over two hosts one synchronization in the host with the
 whole host sum across ('onefence'; 'auto' measures it against the hierarchical one); one rank per host: one round to every peer ('oneshot'),
@@ -67,18 +72,21 @@ def quantile(xs, q: float) -> float:
     return float(np.quantile(np.asarray(xs), q))
 
 
-def sample(comm, fns: dict, reset, rounds: int, seed: int = 0) -> dict:
+def sample(comm, fns: dict, reset, rounds: int, seed: int = 0, setup: dict | None = None) -> dict:
     """Per implementation, the slowest rank's time of one call, one sample per round each, in a
     fresh random order every round, the same on every rank (seed); two warm-up rounds first. Not a
     rotation: rotating a fixed list keeps each implementation right after the same neighbour in
     nearly every round ('auto' after MPICH's Allreduce), and a call right after MPICH's Allreduce
     ran 5-20 % slower in median than after one of ours (bench/dev/auto_ab.py, 3 hosts x 1 rank,
-    64 KB-1 MB, load 6)."""
+    64 KB-1 MB, load 6). setup: per name, what to do before its barrier, outside the timed window
+    (MPICH's algorithm written through MPI_T)."""
     out = {name: [] for name in fns}
     order = list(fns)
     rng = np.random.default_rng(seed)
     for i in range(rounds + 2):
         for name in [order[k] for k in rng.permutation(len(order))]:
+            if setup and name in setup:
+                setup[name]()
             reset()
             comm.barrier()
             t0 = time.perf_counter()
@@ -135,6 +143,23 @@ def child(args):
     p, r = comm.size, comm.rank
     h = hierarchy(comm)
     load_before = load1()
+    algs, runtime = None, [a for a in (args.mpich_runtime or "").split(",") if a]
+    if runtime:  # MPICH's algorithms switched through MPI_T, all in this job (else: the environment's)
+        from bench.mpich_algorithms import MpichAllreduce, MpiTUnavailable
+        try:
+            algs = MpichAllreduce()
+        except MpiTUnavailable as e:
+            why = str(e)
+        else:
+            why = None
+            for a in runtime:
+                algs.set(a)  # an unknown name fails here, with the list of known ones
+            algs.set("auto")
+        if r == 0:
+            print(json.dumps({"suite": "cluster_allreduce", "layout": args.layout, "rate": args.rate, "backend": "mpit",
+                              "available": algs is not None, "reason": why, "names": algs.names if algs else None}),
+                  flush=True)
+    env_algorithm = os.environ.get("MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM", "default")
     if args.floor:
         fit = pingpong(comm)
         if r == 0 and fit is not None:
@@ -144,7 +169,11 @@ def child(args):
         n = size // 4
         src = np.random.default_rng([r, n]).standard_normal(n).astype(np.float32)
         buf = src.copy()
-        fns = {"mpi": lambda: comm.allreduce_mpi(buf), "auto": lambda: ring_allreduce(comm, buf)}
+        if algs is not None:  # one entry per MPICH algorithm, its cvar written before its barrier
+            fns = {f"mpi:{a}": lambda: comm.allreduce_mpi(buf) for a in runtime}
+        else:
+            fns = {f"mpi:{env_algorithm}": lambda: comm.allreduce_mpi(buf)}
+        fns["auto"] = lambda: ring_allreduce(comm, buf)
         if not args.alternatives:
             pass
         elif h is not None:
@@ -163,23 +192,34 @@ def child(args):
         if size < MEASURED_MAX_BYTES and getattr(comm, "_ring_measured", {}).get(size.bit_length()):
             for _ in range(MEASURED_AGAIN_AFTER):  # the counted calls that trigger the re-measurement
                 ring_allreduce(comm, buf)
+        # before each call: MPICH's algorithm for its entries, MPICH's own choice for ours (any
+        # MPI-internal all-reduce, e.g. in a communicator's creation, then runs as in a training job)
+        setup = {} if algs is None else {
+            name: (lambda a=name[4:]: algs.set(a)) if name.startswith("mpi:") else (lambda: algs.set("auto"))
+            for name in fns}
         want = src.copy()
         comm.allreduce_mpi(want)
         for name, fn in fns.items():
+            if name in setup:
+                setup[name]()
             np.copyto(buf, src)
             fn()
             if not np.allclose(buf, want, rtol=1e-5, atol=1e-5 * p):
                 raise AssertionError(f"size={size} {name}: differs from MPICH's Allreduce by {np.max(np.abs(buf - want))}")
             if len(set(comm.allgather(hashlib.sha256(buf.tobytes()).hexdigest()))) != 1:
                 raise AssertionError(f"size={size} {name}: results differ between ranks")
-        samples = sample(comm, fns, lambda: np.copyto(buf, src), rounds_for(size, args.rounds), seed=size)
+        samples = sample(comm, fns, lambda: np.copyto(buf, src), rounds_for(size, args.rounds), seed=size, setup=setup)
+        if algs is not None:
+            algs.set("auto")
         if r == 0:
             for name, s in samples.items():
+                mpich = name[4:] if name.startswith("mpi:") else None
                 print(json.dumps({"suite": "cluster_allreduce", "layout": args.layout, "rate": args.rate, "ranks": p,
-                                  "loss": args.loss, "size": size, "backend": name, "median_s": statistics.median(s),
+                                  "loss": args.loss, "size": size, "backend": "mpi" if mpich else name,
+                                  "median_s": statistics.median(s),
                                   "p20_s": quantile(s, 0.2), "min_s": min(s), "max_s": max(s), "rounds": len(s),
-                                  "load_before": load_before, "load_after": load1(),
-                                  "mpich_algorithm": os.environ.get("MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM", "default"),
+                                  "load_before": load_before, "load_after": load1(), "job": args.job,
+                                  "mpich_algorithm": mpich, "mpich_set_by": None if not mpich else "mpi_t" if algs else "env",
                                   "algorithm": allreduce_algorithm(comm, size) if name == "auto" else name,
                                   "first_pick": first_pick if name == "auto" else None,
                                   # what measured_choice timed on its first call (ms per candidate), if it ran
@@ -194,30 +234,40 @@ def label(size: int) -> str:
 
 def table(records: list[dict]) -> str:
     """The results as a Markdown table: per layout, link and size, ours against MPICH (median and
-    20th percentile) and their ratio, where MPICH ran several algorithms (one run each, each
-    interleaved with ours) the one whose ratio to ours was lowest; then the forced alternatives'
-    medians (from the first run)."""
+    20th percentile) and their ratio, with MPICH at its best: of the MPICH algorithms timed, the one
+    whose median over ours was lowest, ours from the same job (in one job, with MPI_T: MPICH's fastest
+    algorithm, interleaved with ours round by round; without it: one job per algorithm, each
+    interleaved with ours); then the forced alternatives' medians (from the first job)."""
     from fasttrain.parallel.cluster import _rate_bits
 
-    runs: dict = {}
     fits = {(x["layout"], x["rate"]): x for x in records if x["backend"] == "pingpong"}
-    records = [x for x in records if x["backend"] != "pingpong"]
+    records = [x for x in records if x["backend"] not in ("pingpong", "mpit")]
+    runs: dict = {}  # (layout, rate, size) -> job -> {"mpi": {algorithm: record}, backend: record}
     for x in records:
-        runs.setdefault((x["layout"], x["rate"], x["size"]), {}).setdefault(x["mpich_algorithm"], {})[x["backend"]] = x
-    names = [n for n in NAMES[1:] if any(n in by for cell in runs.values() for by in cell.values())]
-    several = len({x["mpich_algorithm"] for x in records}) > 1
-    if names:  # 'auto' of the run that timed the forced ways too: the same job, the same rounds
+        job = runs.setdefault((x["layout"], x["rate"], x["size"]), {}).setdefault(x.get("job", x["mpich_algorithm"]), {"mpi": {}})
+        if x["backend"] == "mpi":
+            job["mpi"][x["mpich_algorithm"] or "default"] = x
+        else:
+            job[x["backend"]] = x
+    names = [n for n in NAMES[1:] if any(n in job for cell in runs.values() for job in cell.values())]
+    algorithms = {alg for cell in runs.values() for job in cell.values() for alg in job["mpi"]}
+    several_algorithms, several_jobs = len(algorithms) > 1, any(len(cell) > 1 for cell in runs.values())
+    if names:  # 'auto' of the job that timed the forced ways too: the same job, the same rounds
         names = ["auto"] + names
     lines = ["| hosts x ranks | link | size | load | MPICH ms (median / p20) | ours ms (median / p20) | MPICH / ours: "
              "median | p20 | " + ("wire floor ms | MPICH / floor | ours / floor | " if fits else "")
-             + ("MPICH algorithm (lowest ratio) | ours ms over the runs (medians, min-max) | " if several else "")
-             + "ours picks | " + " | ".join("auto ms (run 1)" if n == "auto" else f"{n} ms" for n in names) + " |",
-             "|" + "---|" * (9 + 3 * bool(fits) + 2 * several + len(names))]
+             + ("MPICH algorithm (lowest ratio) | " if several_algorithms else "")
+             + ("MPICH ms by algorithm (medians) | " if several_algorithms and not several_jobs else "")
+             + ("ours ms over the jobs (medians, min-max) | " if several_jobs else "")
+             + "ours picks | " + " | ".join("auto ms (job 1)" if n == "auto" else f"{n} ms" for n in names) + " |",
+             "|" + "---|" * (9 + 3 * bool(fits) + several_algorithms + (several_algorithms and not several_jobs)
+                             + several_jobs + len(names))]
     for (layout, rate, size), cell in sorted(runs.items(), key=lambda kv: (kv[0][0], -_rate_bits(kv[0][1]), kv[0][2])):
-        worst = min(cell, key=lambda alg: cell[alg]["mpi"]["median_s"] / cell[alg]["auto"]["median_s"])
-        m, a = cell[worst]["mpi"], cell[worst]["auto"]
-        first = next(iter(cell.values()))
-        ours = [by["auto"]["median_s"] for by in cell.values()]
+        ratio, worst, job = min((m["median_s"] / j["auto"]["median_s"], alg, j) for j in cell.values()
+                                for alg, m in j["mpi"].items())
+        m, a = job["mpi"][worst], job["auto"]
+        first = cell[min(cell)]
+        ours = [j["auto"]["median_s"] for j in cell.values()]
         cells = [f"{first[n]['median_s'] * 1e3:.2f}" if n in first else "-" for n in names]
         floor = ""
         if fits:
@@ -226,10 +276,13 @@ def table(records: list[dict]) -> str:
             f = 2 * (hosts - 1) / hosts * size * fit["beta_s_per_byte"] if fit else None
             floor = (f"{f * 1e3:.2f} | {m['median_s'] / f:.2f} | {a['median_s'] / f:.2f} | " if f
                      else "- | - | - | ")
+        by_alg = ", ".join(f"{alg} {x['median_s'] * 1e3:.2f}" for alg, x in job["mpi"].items())
         lines.append(f"| {layout} | {rate} | {label(size)} | {a['load_before']:.1f}-{a['load_after']:.1f} | "
                      f"{m['median_s'] * 1e3:.2f} / {m['p20_s'] * 1e3:.2f} | {a['median_s'] * 1e3:.2f} / {a['p20_s'] * 1e3:.2f} | "
-                     f"**{m['median_s'] / a['median_s']:.2f}x** | {m['p20_s'] / a['p20_s']:.2f}x | " + floor
-                     + (f"{worst} | {min(ours) * 1e3:.2f}-{max(ours) * 1e3:.2f} | " if several else "")
+                     f"**{ratio:.2f}x** | {m['p20_s'] / a['p20_s']:.2f}x | " + floor
+                     + (f"{worst} | " if several_algorithms else "")
+                     + (f"{by_alg} | " if several_algorithms and not several_jobs else "")
+                     + (f"{min(ours) * 1e3:.2f}-{max(ours) * 1e3:.2f} | " if several_jobs else "")
                      + f"{a['algorithm']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -247,17 +300,31 @@ def parent(args):
         hosts, per = (int(x) for x in layout.split("x"))
         for rate in args.rates.split(","):
             with Cluster(hosts, per, rate=rate, loss=args.loss) as c:
-                for i, algorithm in enumerate(algorithms):
+                # the first job times every MPICH algorithm, switched through MPI_T (it starts with the
+                # first one in the environment); where MPI_T cannot switch them, one job per algorithm
+                i, pending = 0, list(algorithms)
+                while pending:
+                    algorithm = pending.pop(0)
                     launcher = [] if algorithm == "default" else ["-genv", "MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM", algorithm]
                     proc = c.run([sys.executable, "-m", "mpi4py", str(Path(__file__).resolve()), "--child",
                                   "--layout", layout, "--rate", rate, "--sizes", args.sizes, "--rounds", str(args.rounds),
-                                  "--loss", str(args.loss or 0)] + (["--alternatives"] if i == 0 else [])
+                                  "--loss", str(args.loss or 0), "--job", str(i)]
+                                 + (["--alternatives", "--mpich-runtime", ",".join(algorithms)] if i == 0 else [])
                                  + (["--floor"] if i == 0 and args.floor else []),
                                  timeout=1800, cwd=ROOT, launcher=launcher)
                     if proc.returncode != 0:
                         sys.exit(f"cluster_allreduce {layout} {rate} (MPICH {algorithm}): failed ({proc.returncode}):\n"
                                  f"{proc.stderr[-3000:]}")
-                    records += [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
+                    new = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
+                    records += new
+                    mpit = next((x for x in new if x["backend"] == "mpit"), None)
+                    if mpit is not None and mpit["available"]:
+                        pending = []
+                    elif mpit is not None and len(algorithms) > 1:
+                        print(f"cluster_allreduce: MPICH's algorithms cannot be switched in one job ({mpit['reason']}): "
+                              f"one job per algorithm instead ({', '.join(algorithms)}); each cell then compares "
+                              f"jobs run minutes apart", flush=True)
+                    i += 1
     print(f"cluster_allreduce: {time.perf_counter() - t0:.0f} s, load average (1 min) {load0:.1f} at the start, "
           f"{load1():.1f} at the end; {os.cpu_count()} cores; MPICH Allreduce algorithms: {args.mpich_algorithms}; "
           f"packet loss {args.loss or 0} per direction")
@@ -279,8 +346,11 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=21, help="timed rounds up to 1 MB (fewer above)")
     ap.add_argument("--mpich-algorithms", default="default",
                     help="MPICH's Allreduce algorithms (MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM values; 'default': its own "
-                         "choice), comma-separated: one run each, the forced alternatives of ours in the first only")
+                         "choice), comma-separated: all in one job, switched through MPI_T and interleaved with ours "
+                         "(where MPI_T cannot: one job each, the forced alternatives of ours in the first only)")
     ap.add_argument("--alternatives", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--mpich-runtime", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--job", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--floor", action="store_true",
                     help="fit the link's alpha-beta by a ping-pong first; the table adds each cell's wire floor")
     ap.add_argument("--loss", type=float, default=None,

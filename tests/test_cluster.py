@@ -266,14 +266,21 @@ def test_cluster_allreduce_bench_runs_and_reports_load(tmp_path):
 
     out = tmp_path / "b.jsonl"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "cluster_allreduce.py"), "--layouts", "3x1",
-                           "--rates", "1gbit", "--sizes", "65536", "--rounds", "3", "--floor", "--json", str(out)],
+                           "--rates", "1gbit", "--sizes", "65536", "--rounds", "3", "--floor", "--json", str(out),
+                           "--mpich-algorithms", "default,ring"],
                           capture_output=True, text=True, timeout=180, cwd=ROOT, env=env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "load average" in proc.stdout and "| 3x1 | 1gbit | 64 KB |" in proc.stdout, proc.stdout
     assert "wire floor ms" in proc.stdout and "3x1 1gbit: ping-pong one way" in proc.stdout, proc.stdout
     records = [json.loads(ln) for ln in out.read_text().splitlines()]
-    assert {r["backend"] for r in records} == {"mpi", "auto", "oneshot", "direct", "rooted", "flat_ring", "pingpong"}
-    timed = [r for r in records if r["backend"] != "pingpong"]
+    assert {r["backend"] for r in records} == {"mpi", "auto", "oneshot", "direct", "rooted", "flat_ring", "pingpong", "mpit"}
+    timed = [r for r in records if r["backend"] not in ("pingpong", "mpit")]
+    # both MPICH algorithms in the one job, switched through MPI_T, interleaved with ours
+    assert next(r for r in records if r["backend"] == "mpit")["available"], records
+    mpi = [r for r in timed if r["backend"] == "mpi"]
+    assert sorted((r["mpich_algorithm"], r["mpich_set_by"], r["job"]) for r in mpi) == [
+        ("default", "mpi_t", 0), ("ring", "mpi_t", 0)], mpi
+    assert {r["job"] for r in timed} == {0} and "MPICH ms by algorithm" in proc.stdout, proc.stdout
     assert all(r["rounds"] == 3 and r["p20_s"] <= r["median_s"] and "load_before" in r for r in timed)
     # 'auto' is timed after the re-measurement (its steady pick); the job's first pick is kept beside it
     auto = next(r for r in timed if r["backend"] == "auto")

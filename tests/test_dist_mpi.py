@@ -140,3 +140,28 @@ def test_measured_choice_is_one_decision_on_every_rank(K):
     assert [i + 1 for i, m in enumerate(measured) if m] == [1, 3, 7, 11], x["sequence"]
     assert list(picks) == ["oneshot"] * 2 + ["rooted"] * 4 + ["direct"] * 5, x["sequence"]
     assert x["uncounted"] == ["direct"] * 5 and x["ran_by_peeks"] == 0, x
+
+
+def test_mpich_allreduce_algorithm_set_through_mpi_t_equals_set_by_environment():
+    """bench/mpich_algorithms.py (the cluster bench's one-job comparison): an algorithm written through
+    MPI_T reads back as its name and sums in the same order (the same float32 bits) as a job launched
+    with it in the environment, on COMM_WORLD (no choice cached per communicator) and on a duplicate;
+    switching back and forth in one job follows each write. At 3 ranks ring, tree and
+    recursive_doubling each add in a different order."""
+    names = ["ring", "tree", "recursive_doubling"]
+    env_digest = {}
+    for name in names:
+        os.environ["MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM"] = name
+        try:
+            out = mpirun(3, "mpich_algorithms_check.py")
+        finally:
+            del os.environ["MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM"]
+        assert out["read"] == name, out
+        env_digest[name] = out["digest"]
+    assert len(set(env_digest.values())) == 3, f"the algorithms should round differently at 3 ranks: {env_digest}"
+    order = names + ["ring", "recursive_doubling"]
+    out = mpirun(3, "mpich_algorithms_check.py", ",".join(order))
+    assert out["names"][:4] == ["auto", "nb", "smp", "recursive_doubling"], out["names"]
+    for run in out["runs"]:
+        assert run["read"] == run["set"] and run["world"] == run["dup"] == env_digest[run["set"]], (run, env_digest)
+    assert "no_such_algorithm" in out["unknown"] and "recursive_doubling" in out["unknown"], out["unknown"]
