@@ -3,9 +3,13 @@ sets of CIFAR ResNet-20 at batch 128 (its three stages: 16 x 32 x 32, 32 x 16 x 
 
 Each row times, interleaved: our blocked kernel ("cpp"), the NCHW kernel doing the same work on
 the same data ("cpp-nchw", where one exists) and PyTorch channels_last ("torch-cl", where it has a
-counterpart). Bytes are the compulsory traffic of our passes over the logical (unpadded) tensors;
-the working set (and so the bandwidth limit probed for the row) is that of the blocked arrays only.
-A batch norm's output carries a 1-pixel halo, as when it feeds a 3x3 convolution.
+counterpart). Bytes are the traffic of our passes over the blocked arrays: every pass reads and
+writes 16-channel blocks (pad lanes included), and an output with a halo is written whole, its zero
+halo included (the kernels write it so that callers may allocate with np.empty): a batch norm's
+output carries a 1-pixel halo, as when it feeds a 3x3 convolution, 1.13x / 1.27x / 1.56x the
+interior at 32x32 / 16x16 / 8x8. The working set (and so the bandwidth limit probed for the row) is
+that of the blocked arrays only. Every row writes fresh arrays (Entry.writes_fresh): it is held to
+the best out-of-place probe at its working set.
 """
 from __future__ import annotations
 
@@ -31,6 +35,11 @@ def _blocked(shape, seed, halo=0):
 
 def _empty_blocked(n, c, h, w, halo=0):
     return aligned_empty((n, -(-c // 16), h + 2 * halo, w + 2 * halo, 16))
+
+
+def _bytes(n, c, h, w, halo=0):
+    """Bytes of one blocked float32 array: what a pass reading or writing it whole moves."""
+    return 4.0 * n * -(-c // 16) * 16 * (h + 2 * halo) * (w + 2 * halo)
 
 
 def _bn_inputs(n, c, h, w, residual):
@@ -91,15 +100,16 @@ def _bn_entry(n, c, h, w, residual):
         return step
 
     size = n * c * h * w
-    # fwd: statistics read x; apply reads x (+ res), writes y. bwd: the sums pass reads x, dy (+ y,
-    # writing g to dres); the dx pass reads x and dy (or g from dres), writes dx. FLOPs: BN's 17
-    # (+ the add) per element
-    arrays = 11 if residual else 8
-    return Entry("blocked_bn_add_relu" if residual else "blocked_bn_relu", (n, c, h, w), 4.0 * size * arrays,
+    # fwd: statistics read x; apply reads x (+ res), writes y with its halo. bwd: the sums pass reads
+    # x, dy (+ y's interior, writing g to dres); the dx pass reads x and dy (or g from dres), writes dx.
+    # FLOPs: BN's 17 (+ the add) per element
+    arrays = 10 if residual else 7
+    return Entry("blocked_bn_add_relu" if residual else "blocked_bn_relu", (n, c, h, w),
+                 arrays * _bytes(n, c, h, w) + _bytes(n, c, h, w, 1),
                  (18.0 if residual else 17.0) * size, lambda: _bn_inputs(n, c, h, w, residual), run,
                  ("yb", "dxb", "mean", "invstd", "dgamma", "dbeta") + (("dres",) if residual else ()),
                  {"torch-cl": _torch_bn(c, residual)}, ("batchnorm_blocked_fwd_train", "batchnorm_blocked_bwd"),
-                 rtol=1e-3, variants={"cpp-nchw": nchw})
+                 rtol=1e-3, variants={"cpp-nchw": nchw}, writes_fresh=True)
 
 
 def _bn_stats_entry(n, c, h, w):
@@ -115,8 +125,9 @@ def _bn_stats_entry(n, c, h, w):
                                          None, a["stats"], halo_y=1)
 
     size = n * c * h * w
-    return Entry("blocked_bn_relu_fwd_stats", (n, c, h, w), 8.0 * size, 3.0 * size, inputs, run,
-                 ("yb", "mean", "invstd"), None, ("batchnorm_blocked_fwd_train",), rtol=1e-4)
+    return Entry("blocked_bn_relu_fwd_stats", (n, c, h, w), _bytes(n, c, h, w) + _bytes(n, c, h, w, 1), 3.0 * size,
+                 inputs, run, ("yb", "mean", "invstd"), None, ("batchnorm_blocked_fwd_train",), rtol=1e-4,
+                 writes_fresh=True)
 
 
 def _bn_eval_entry(n, c, h, w):
@@ -144,8 +155,9 @@ def _bn_eval_entry(n, c, h, w):
         return step
 
     size = n * c * h * w
-    return Entry("blocked_bn_relu_eval", (n, c, h, w), 8.0 * size, 3.0 * size, inputs, run, ("yb",),
-                 {"torch-cl": torch_fn}, ("batchnorm_blocked_fwd_eval",), rtol=1e-5, variants={"cpp-nchw": nchw})
+    return Entry("blocked_bn_relu_eval", (n, c, h, w), _bytes(n, c, h, w) + _bytes(n, c, h, w, 1), 3.0 * size,
+                 inputs, run, ("yb",), {"torch-cl": torch_fn}, ("batchnorm_blocked_fwd_eval",), rtol=1e-5,
+                 variants={"cpp-nchw": nchw}, writes_fresh=True)
 
 
 def _pool_entry(n, c, h, w, kind):
@@ -187,15 +199,15 @@ def _pool_entry(n, c, h, w, kind):
             f(x, 2).backward(dy)
         return step
 
-    xs, ys = n * c * h * w, n * c * p * q
+    xs, xb, yb = n * c * h * w, _bytes(n, c, h, w), _bytes(n, c, p, q)
     # fwd reads x, writes y; bwd reads dy, writes dx; max pooling also writes its one-byte taps (the
     # window's tap per output element) in the forward and reads them in the backward. (The taps were
     # once counted as an int64 argmax, 2 floats' worth each way: 25 % more bytes than the blocked
     # kernel moves, which inflated its % of the limit.)
-    nbytes = 4.0 * (2 * xs + 2 * ys) + (2.0 * ys if kind == "max" else 0.0)
+    nbytes = 2 * xb + 2 * yb + (2 * yb / 4 if kind == "max" else 0.0)
     ops = (f"{kind}pool2d_blocked_fwd", f"{kind}pool2d_blocked_bwd")
     return Entry(f"blocked_{kind}pool2x2", (n, c, h, w), nbytes, 1.0 * xs, inputs, run, ("yb", "dxb"),
-                 {"torch-cl": torch_fn}, ops, rtol=1e-6, variants={"cpp-nchw": nchw})
+                 {"torch-cl": torch_fn}, ops, rtol=1e-6, variants={"cpp-nchw": nchw}, writes_fresh=True)
 
 
 def _global_avgpool_entry(n, c, h, w):
@@ -218,18 +230,20 @@ def _global_avgpool_entry(n, c, h, w):
         return step
 
     size = n * c * h * w
-    return Entry("blocked_global_avgpool", (n, c, h, w), 8.0 * size, 1.0 * size, inputs, run, ("y", "dxb"),
-                 {"torch-cl": torch_fn}, ("global_avgpool_blocked_fwd", "global_avgpool_blocked_bwd"), rtol=1e-5)
+    # fwd reads x, bwd writes dx (y and dy: n x c floats)
+    return Entry("blocked_global_avgpool", (n, c, h, w), 2 * _bytes(n, c, h, w), 1.0 * size, inputs, run, ("y", "dxb"),
+                 {"torch-cl": torch_fn}, ("global_avgpool_blocked_fwd", "global_avgpool_blocked_bwd"), rtol=1e-5,
+                 writes_fresh=True)
 
 
 def _repad_entry(n, c, h, w):
     def inputs():
         return {"xb": _blocked((n, c, h, w), 0), "yb": _empty_blocked(n, c, h, w, 1)}
 
-    size = n * c * h * w
-    return Entry("blocked_repad_0to1", (n, c, h, w), 8.0 * size, 0.0, inputs,
+    # reads x, writes y with its zero halo
+    return Entry("blocked_repad_0to1", (n, c, h, w), _bytes(n, c, h, w) + _bytes(n, c, h, w, 1), 0.0, inputs,
                  lambda k, a: k("blocked_repad")(a["xb"], c, 0, a["yb"], 1), ("yb",), None, ("blocked_repad",),
-                 rtol=0)
+                 rtol=0, writes_fresh=True)
 
 
 def entries(quick: bool) -> list[Entry]:

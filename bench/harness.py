@@ -11,6 +11,7 @@ import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -112,9 +113,12 @@ def time_interleaved(fns: dict, repeats: dict, warmup: int = 1, settle_s: float 
 
 
 def make_record(suite, name, backend, shape, samples, nbytes=None, flops=None, limits=None, bandwidth=None,
-                **extra) -> Record:
+                inplace_bandwidth=None, **extra) -> Record:
     """bandwidth: the limit in bytes/s for this record (from Limits.bandwidth_at, probed at the kernel's
-    working set); default: the main-memory figure of `limits`."""
+    working set); default: the main-memory figure of `limits`. inplace_bandwidth: the best of all probes
+    there (Probed.best), for extra["pct_of_inplace_limit"], the % against it (default: bandwidth, the
+    same figure as pct_of_limit), kept beside pct_of_limit so the figure a fresh-output kernel was held
+    to before the out-of-place limit stays visible."""
     med = statistics.median(samples)
     rec = Record(suite, name, backend, str(shape), settings.num_threads, med, min(samples), max(samples),
                  bytes=nbytes, flops=flops, extra=extra)
@@ -132,7 +136,27 @@ def make_record(suite, name, backend, shape, samples, nbytes=None, flops=None, l
             rec.pct_of_limit = 100.0 * max(t_mem, t_flop) / med
         if nbytes:
             rec.extra["limit_gbps"] = round(bandwidth / 1e9, 2)
+            rec.extra["pct_of_inplace_limit"] = round(
+                100.0 * max(nbytes / (inplace_bandwidth or bandwidth), t_flop) / med, 1)
     return rec
+
+
+class Probed(NamedTuple):
+    """The probes' bandwidths at one working set, bytes/s. out_of_place: the best of the probes that write
+    a distinct array (c = a + b, b = s * a), the limit for a kernel whose outputs are fresh arrays: a core
+    writing a line it does not own first reads it (read for ownership), which an in-place update never
+    pays, so the in-place figure is one no fresh-output kernel can reach (non-temporal stores, which skip
+    that read, lost 2x in cache). best: the best of all probes, in-place ones included, the limit for a
+    kernel that updates its arrays in place (optimizer steps). As STREAM, each probe counts the logical
+    bytes of its arrays (a write is one write, its read for ownership is not counted)."""
+    out_of_place: float
+    best: float
+
+    def max(self, other: "Probed") -> "Probed":
+        return Probed(max(self.out_of_place, other.out_of_place), max(self.best, other.best))
+
+    def limit(self, writes_fresh: bool) -> float:
+        return self.out_of_place if writes_fresh else self.best
 
 
 @dataclass
@@ -141,65 +165,91 @@ class Limits:
     flops: float       # FLOP/s of sgemm through the BLAS in use
     bandwidth_source: str
     flops_source: str
-    probe_bandwidth: object = None  # working-set bytes -> bytes/s, measured when called (None: no probe)
+    probe_bandwidth: object = None  # working-set bytes -> Probed, measured when called (None: no probe)
     peaks: dict = field(default_factory=dict)  # instruction set ("avx512", "avx2") -> FMA-loop FLOP/s
+    bandwidth_out_of_place: float | None = None  # main memory, the best out-of-place probe (None: = bandwidth)
 
     @property
     def peak(self) -> float | None:
         """The widest instruction set's FMA peak: the ceiling for model-FLOP utilization."""
         return self.peaks.get("avx512") or self.peaks.get("avx2")
 
-    def bandwidth_at(self, working_set: int | None) -> float:
-        """The bandwidth limit for a kernel touching working_set bytes, measured now by the probes at
+    def bandwidths_at(self, working_set: int | None) -> Probed:
+        """The bandwidth limits for a kernel touching working_set bytes, measured now by the probes at
         that working set: the cache level the kernel streams from and the memory system's current
         state (on a shared VM it drifts by 2x within minutes) are both those of the kernel's own
         run. Without a working set or a probe: main-memory bandwidth from the start of the run."""
         if not working_set or self.probe_bandwidth is None:
-            return self.bandwidth
+            return Probed(self.bandwidth_out_of_place or self.bandwidth, self.bandwidth)
         return self.probe_bandwidth(int(working_set))
+
+    def bandwidth_at(self, working_set: int | None, writes_fresh: bool = False) -> float:
+        """The limit for a kernel at working_set bytes: the out-of-place probes' best when its outputs
+        are fresh arrays (writes_fresh), else the best of all probes (Probed)."""
+        return self.bandwidths_at(working_set).limit(writes_fresh)
 
 
 def stream_add_numpy(a, b, c):
     np.add(a, b, out=c)
 
 
+def stream_scale_numpy(a, b, s):
+    np.multiply(a, s, out=b)
+
+
 def _probes():
+    """(add, scale, update3, source): c = a + b and b = s * a (out of place, c may also be a for the
+    in-place add), and the 3-array in-place update (None without the C++ module)."""
     try:
         from fasttrain import _C
 
-        return _C.stream_add, _C.stream_update3, "cpp stream probes"
+        return _C.stream_add, _C.stream_scale, _C.stream_update3, "cpp stream probes"
     except (ImportError, AttributeError):
-        return stream_add_numpy, None, "numpy add (1 thread)"
+        return stream_add_numpy, stream_scale_numpy, None, "numpy add (1 thread)"
+
+
+def stream_bandwidths(working_set: int, repeat: int = 7, records: list | None = None) -> Probed:
+    """Best bytes/s of our STREAM-style probes over `working_set` bytes in total, each counting the bytes
+    it moves. Out of place (a fresh output array, whose lines cost a read for ownership on most CPUs):
+    c = a + b (2 reads + 1 write) and b = s * a (1 read + 1 write, STREAM's scale). In place: a = a + b
+    (the optimizer updates' pattern), and three arrays updated in place from a fourth (4 reads + 3
+    writes: an Adam step's traffic; more streams in flight can get more of the memory system). The
+    best sample of each approximates its sustainable peak; Probed holds the best out-of-place one and
+    the best of all."""
+    add, scale, update3, source = _probes()
+    n2, n3, n4 = (max(working_set // (4 * k), 1024) for k in (2, 3, 4))
+    two, three = [np.ones(n2, np.float32) for _ in range(2)], [np.ones(n3, np.float32) for _ in range(3)]
+    scaled = [np.ones(n2, np.float32) for _ in range(2)]
+    out_of_place = [("stream_add", lambda: add(*three), 12 * n3),
+                    ("stream_scale", lambda: scale(scaled[0], scaled[1], 3.0), 8 * n2)]
+    in_place = [("stream_add_inplace", lambda: add(two[0], two[1], two[0]), 12 * n2)]
+    if update3 is not None:
+        four = [np.ones(n4, np.float32) for _ in range(4)]
+        in_place.append(("stream_update3", lambda: update3(*four), 28 * n4))
+    best = {}
+    for kind, probes in (("out_of_place", out_of_place), ("in_place", in_place)):
+        for name, probe, nbytes in probes:
+            samples = time_fn(probe, repeat=repeat, warmup=2)
+            if records is not None:
+                records.append(make_record("limits", name, source.split()[0], f"{working_set >> 20} MiB", samples,
+                                           nbytes=nbytes, out_of_place=kind == "out_of_place"))
+            best[kind] = max(best.get(kind, 0.0), nbytes / min(samples))
+    return Probed(best["out_of_place"], max(best.values()))
 
 
 def stream_bandwidth(working_set: int, repeat: int = 7, records: list | None = None) -> float:
-    """Best bytes/s of our STREAM-style probes over `working_set` bytes in total, each counting the bytes
-    it moves: c = a + b (2 reads + 1 write; the write costs an extra read for ownership on most CPUs),
-    a = a + b in place (the optimizer updates' pattern), and three arrays updated in place from a
-    fourth (4 reads + 3 writes: an Adam step's traffic; more streams in flight can get more of the
-    memory system). The best sample approximates the sustainable peak."""
-    add, update3, source = _probes()
-    n2, n3, n4 = (max(working_set // (4 * k), 1024) for k in (2, 3, 4))
-    two, three = [np.ones(n2, np.float32) for _ in range(2)], [np.ones(n3, np.float32) for _ in range(3)]
-    probes = [("stream_add", lambda: add(*three), 12 * n3), ("stream_add_inplace", lambda: add(two[0], two[1], two[0]), 12 * n2)]
-    if update3 is not None:
-        four = [np.ones(n4, np.float32) for _ in range(4)]
-        probes.append(("stream_update3", lambda: update3(*four), 28 * n4))
-    best = 0.0
-    for name, probe, nbytes in probes:
-        samples = time_fn(probe, repeat=repeat, warmup=2)
-        if records is not None:
-            records.append(make_record("limits", name, source.split()[0], f"{working_set >> 20} MiB", samples, nbytes=nbytes))
-        best = max(best, nbytes / min(samples))
-    return best
+    """The best of all probes at working_set (stream_bandwidths(...).best)."""
+    return stream_bandwidths(working_set, repeat, records).best
 
 
 def _check_probes() -> None:
-    add, update3, _ = _probes()
+    add, scale, update3, _ = _probes()
     a, b, c, d = (np.full(1000003, v, np.float32) for v in (2.0, 0.0, 1.0, 1.0))
     out = np.empty_like(a)
     add(a, b, out)
     assert np.all(out == a), "stream_add gave a wrong result"
+    scale(a, out, 1.5)
+    assert np.all(out == 3.0), "stream_scale gave a wrong result"
     if update3 is not None:
         update3(a, b, c, d)
         assert np.all(b == 2.0) and np.all(c == 3.0) and np.all(d == 3.0), "stream_update3 gave a wrong result"
@@ -232,8 +282,8 @@ def measure_limits(quick: bool = False) -> tuple[Limits, list[Record]]:
     set (Limits.bandwidth_at). Uses our C++ probes (threads = the package setting) when built."""
     _check_probes()
     records = []
-    main_memory = stream_bandwidth((16 << 20) if quick else (1 << 30), repeat=5 if quick else 9, records=records)
-    source = _probes()[2]
+    main_memory = stream_bandwidths((16 << 20) if quick else (1 << 30), repeat=5 if quick else 9, records=records)
+    source = _probes()[3]
 
     m = 512 if quick else 2048
     x = np.random.default_rng(0).standard_normal((m, m), dtype=np.float32)
@@ -241,9 +291,10 @@ def measure_limits(quick: bool = False) -> tuple[Limits, list[Record]]:
     samples = time_fn(lambda: np.matmul(x, x, out=y), repeat=3 if quick else 7)
     flops = 2.0 * m ** 3
     records.append(make_record("limits", "sgemm", "numpy-blas", f"{m}x{m}x{m}", samples, flops=flops))
-    probe = (lambda ws: stream_bandwidth(ws, repeat=3)) if quick else stream_bandwidth
+    probe = (lambda ws: stream_bandwidths(ws, repeat=3)) if quick else stream_bandwidths
     peaks = fma_peaks(records, repeat=5 if quick else 60, iters=1_000_000)
-    return Limits(main_memory, flops / min(samples), source, "numpy matmul (OpenBLAS)", probe, peaks), records
+    return (Limits(main_memory.best, flops / min(samples), source, "numpy matmul (OpenBLAS)", probe, peaks,
+                   main_memory.out_of_place), records)
 
 
 def print_table(records: list[Record], file=None) -> None:
@@ -334,7 +385,7 @@ def torch_or_none():
     return torch
 
 
-__all__ = ["Record", "Limits", "time_fn", "time_interleaved", "make_record", "measure_limits", "print_table", "ratios",
+__all__ = ["Record", "Limits", "Probed", "stream_bandwidths", "time_fn", "time_interleaved", "make_record", "measure_limits", "print_table", "ratios",
            "annotate_vs_torch", "fastest_torch", "write_jsonl", "torch_or_none", "ft"]
 
 

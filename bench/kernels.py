@@ -35,6 +35,12 @@ class Entry:
     # reference or PyTorch use names its own, or the limit is probed at a working set larger than
     # the kernel's (one that spills from the last-level cache while the kernel runs from it)
     touched: tuple[str, ...] | None = None
+    # True: every array the timed kernels write is distinct from the arrays they read (a fresh output:
+    # BN, ReLU, pooling), so each written line costs a read for ownership that an in-place update
+    # never pays, and the row is held to the best out-of-place probe at its working set
+    # (harness.Probed). False (the default, for rows nobody reviewed and for in-place updates such as
+    # the optimizer steps): the best of all probes, in-place ones included
+    writes_fresh: bool = False
 
     def torch_variants(self) -> dict:
         if self.torch is None:
@@ -175,7 +181,7 @@ def _relu_entry(n):
         return lambda: torch.clamp_min(x, 0, out=y)
 
     return Entry("relu_fwd", (n,), 8.0 * n, 1.0 * n, inputs, lambda k, a: k("relu_fwd")(a["x"], a["y"]),
-                 ("y",), torch_fn, ("relu_fwd",), rtol=0)
+                 ("y",), torch_fn, ("relu_fwd",), rtol=0, writes_fresh=True)
 
 
 def _exp_activation_entry(op, n, torch_op):
@@ -239,7 +245,7 @@ def _batchnorm_entry(N, C, H, W):
     # FLOPs (roofline): statistics 4, normalize 2, backward sums 4, dx 5 per element
     return Entry("batchnorm_fwd_bwd", (N, C, H, W), 4.0 * n * 8, 15.0 * n, inputs, run, ("y", "dx"),
                  _batchnorm_torch(C, relu=False),
-                 ("batchnorm_fwd_train", "batchnorm_bwd"), rtol=1e-3)
+                 ("batchnorm_fwd_train", "batchnorm_bwd"), rtol=1e-3, writes_fresh=True)
 
 
 def _batchnorm_relu_entry(N, C, H, W, fused):
@@ -268,7 +274,7 @@ def _batchnorm_relu_entry(N, C, H, W, fused):
     ops = ("batchnorm_fwd_train", "batchnorm_bwd") + (() if fused else ("relu_fwd", "relu_bwd"))
     return Entry(name, (N, C, H, W), 4.0 * n * (10 if fused else 13), (17.0 if fused else 18.0) * n, inputs, run,
                  ("y", "dx"),
-                 _batchnorm_torch(C, relu=True) if fused else None, ops, rtol=1e-3)
+                 _batchnorm_torch(C, relu=True) if fused else None, ops, rtol=1e-3, writes_fresh=True)
 
 
 def _bn_add_relu_entry(N, C, H, W):
@@ -306,7 +312,7 @@ def _bn_add_relu_entry(N, C, H, W):
     # writes dx, dres: 12 arrays. FLOPs: BN's 15 + the add 1 per element
     return Entry("bn_add_relu_fused", (N, C, H, W), 4.0 * n * 12, 16.0 * n, inputs, run, ("y", "dx", "dres"),
                  {"torch": torch_variant(False), "torch-cl": torch_variant(True)},
-                 ("batchnorm_fwd_train", "batchnorm_bwd"), rtol=1e-3)
+                 ("batchnorm_fwd_train", "batchnorm_bwd"), rtol=1e-3, writes_fresh=True)
 
 
 def _maxpool_entry(N, C, H, W):
@@ -338,7 +344,7 @@ def _maxpool_entry(N, C, H, W):
     q = N * C * P * Q
     return Entry("maxpool2x2_fwd_bwd", (N, C, H, W), 4.0 * (2 * N * C * H * W + 6 * q), 1.0 * N * C * H * W, inputs,
                  run, ("y", "dx"), {"torch": torch_variant(False), "torch-cl": torch_variant(True)},
-                 ("maxpool2d_fwd", "maxpool2d_bwd"), rtol=0)
+                 ("maxpool2d_fwd", "maxpool2d_bwd"), rtol=0, writes_fresh=True)
 
 
 def _softmax_xent_entry(N, C):
@@ -636,7 +642,7 @@ def run(limits, quick: bool = False, repeat: int = 7, log=print, only=None) -> l
         if only and not any(s in entry.name for s in only):
             continue
         working_set = _working_set(entry.inputs(), entry.touched)
-        bandwidth = limits.bandwidth_at(working_set) if entry.nbytes else None
+        probed = limits.bandwidths_at(working_set) if entry.nbytes else None
         fns, repeats = {}, {}
         for backend in _backends_for(entry):
             _check(entry, backend)
@@ -652,13 +658,16 @@ def run(limits, quick: bool = False, repeat: int = 7, log=print, only=None) -> l
                 fns[variant] = make(torch, entry.inputs())
                 repeats[variant] = 3 if quick else repeat
         samples = time_interleaved(fns, repeats, warmup=1)
-        if bandwidth is not None:  # bracket the drift: the limit is the better of before and after
-            bandwidth = max(bandwidth, limits.bandwidth_at(working_set))
+        bandwidth = inplace = None
+        if probed is not None:  # bracket the drift: the limit is the better of before and after
+            probed = probed.max(limits.bandwidths_at(working_set))
+            bandwidth, inplace = probed.limit(entry.writes_fresh), probed.best
         for backend in fns:
             if backend in B.CPU_ORDER:
                 _check(entry, backend)  # still correct after the timed runs (no state corruption)
             rec = make_record("kernels", entry.name, backend, entry.shape, samples[backend], entry.nbytes or None,
-                              entry.flops or None, limits, bandwidth, working_set_bytes=working_set)
+                              entry.flops or None, limits, bandwidth, inplace, working_set_bytes=working_set,
+                              limit_probes="out-of-place" if entry.writes_fresh else "all")
             if entry.name.startswith("conv2d") and limits.peak:  # the FMA-bound kernels
                 rec.extra["pct_of_peak"] = round(100.0 * entry.flops / rec.median_s / limits.peak, 1)
             records.append(rec)

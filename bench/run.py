@@ -54,7 +54,8 @@ def main(argv=None) -> int:
     print(f"machine: {_machine()}")
     print(f"build: {json.dumps(ft.build_info(), default=str)}")
     limits, records = harness.measure_limits(args.quick)
-    print(f"limits: bandwidth {limits.bandwidth / 1e9:.1f} GB/s from main memory ({limits.bandwidth_source}), "
+    print(f"limits: bandwidth {limits.bandwidth / 1e9:.1f} GB/s from main memory ({limits.bandwidth_source}; "
+          f"{(limits.bandwidth_out_of_place or limits.bandwidth) / 1e9:.1f} GB/s out of place), "
           f"sgemm {limits.flops / 1e9:.1f} GFLOP/s ({limits.flops_source}), FMA peak "
           + (", ".join(f"{isa} {v / 1e9:.0f} GFLOP/s" for isa, v in limits.peaks.items()) or "not measured"))
     suites = ["kernels", "collectives", "train", "gpu"] if "all" in args.suite else list(dict.fromkeys(args.suite))
@@ -161,7 +162,8 @@ def _write_results(path, records, rs, limits, args, elapsed) -> None:
         f"- machine: {_machine()}",
         f"- threads: {ft.settings.num_threads}",
         f"- measured limits: memory bandwidth {limits.bandwidth / 1e9:.1f} GB/s from main memory (best of the STREAM "
-        f"probes: add, in-place add, 3-array in-place update; {limits.bandwidth_source}), "
+        f"probes: add, scale, in-place add, 3-array in-place update; {limits.bandwidth_source}; "
+        f"{(limits.bandwidth_out_of_place or limits.bandwidth) / 1e9:.1f} GB/s the best out-of-place one), "
         f"sgemm {limits.flops / 1e9:.1f} GFLOP/s ({limits.flops_source}); FMA peak (register-only FMA loop, 12 "
         f"accumulators, every thread; `fma_peak_*` rows): "
         + (", ".join(f"{isa} {v / 1e9:.0f} GFLOP/s" for isa, v in limits.peaks.items()) or "not measured"),
@@ -177,7 +179,12 @@ def _write_results(path, records, rs, limits, args, elapsed) -> None:
         "measurements just before and after it, by the "
         "same probes over the kernel's own working set (its arrays' bytes; `limit_gbps` in the JSON): a kernel "
         "whose arrays sit in a cache level is held to that level, and the drift of a shared machine's memory "
-        "system over the run (2x within minutes here) does not show up as a kernel above 100 %. conv2d declares the FLOPs of direct convolution "
+        "system over the run (2x within minutes here) does not show up as a kernel above 100 %. "
+        "A row whose kernels write fresh arrays (`writes_fresh` in bench/kernels.py: BN, ReLU, pooling, the "
+        "blocked rows; `limit_probes` in the JSON) is held to the best out-of-place probe (c = a + b, b = s·a, "
+        "which pay the read for ownership of each written line, as it does), every other row to the best of "
+        "all probes (the in-place add and 3-array update included), and `% in-place limit` "
+        "(`pct_of_inplace_limit`) holds every row to that best of all. conv2d declares the FLOPs of direct convolution "
         "(2·N·K·C·R·S·P·Q per pass); a Winograd or FFT algorithm does fewer multiplies, so its % of the sgemm "
         "limit is an effective figure and can pass 100 %.", "",
     ]
@@ -249,10 +256,11 @@ def _kernel_table(records) -> list[str]:
         return []
     out = ["## Kernels against PyTorch (fastest variant; default kept as a column)", "",
            "torch = PyTorch's default call; torch-fused = `fused=True` optimizer; torch-cl = channels_last tensors "
-           "and module. % limit: of the bandwidth probed at the kernel's working set, or of sgemm for conv; "
+           "and module. % limit: of the bandwidth probed at the kernel's working set (out-of-place probes for "
+           "fresh-output rows), or of sgemm for conv; % in-pl.: of the best of all probes there; "
            "% peak: of the AVX-512 FMA peak (FLOP-bound rows).", "",
-           "| kernel | shape | ours | ms | GB/s | GFLOP/s | % limit | % peak | fastest torch ms | ours / fastest "
-           "| torch default ms | ours / default |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| kernel | shape | ours | ms | GB/s | GFLOP/s | % limit | % in-pl. | % peak | fastest torch ms | ours / fastest "
+           "| torch default ms | ours / default |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (suite, name, shape), by in harness._groups(kernels).items():
         best = harness.fastest_torch(by)
         for b in harness.OURS:
@@ -261,9 +269,10 @@ def _kernel_table(records) -> list[str]:
             r = by[b]
             pct = f"{r.pct_of_limit:.0f}%" if r.pct_of_limit is not None else "-"
             ppk = f"{r.extra['pct_of_peak']:.0f}%" if "pct_of_peak" in r.extra else "-"
+            pip = f"{r.extra['pct_of_inplace_limit']:.0f}%" if "pct_of_inplace_limit" in r.extra else "-"
             vs_best = f"{r.extra['vs_torch_best']:.2f}x" if "vs_torch_best" in r.extra else "-"
             vs_def = f"{r.extra['vs_torch_default']:.2f}x" if "vs_torch_default" in r.extra else "-"
-            out.append(f"| {name} | {shape} | {b} | {_ms(r)} | {r.gbps or 0:.1f} | {r.gflops or 0:.1f} | {pct} | {ppk} "
+            out.append(f"| {name} | {shape} | {b} | {_ms(r)} | {r.gbps or 0:.1f} | {r.gflops or 0:.1f} | {pct} | {pip} | {ppk} "
                        f"| {_ms(best)}{' (' + best.backend + ')' if best else ''} | {vs_best} | {_ms(by.get('torch'))} "
                        f"| {vs_def} |")
     return out + [""]

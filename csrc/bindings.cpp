@@ -1430,6 +1430,14 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release nogil;
     ft::cpu::stream_add(pa, pb, pc, a.size());
   }, py::arg("a"), py::arg("b"), py::arg("c"));
+  m.def("stream_scale", [](py::array a, py::array b, float s) {
+    same_size(a, b, "a", "b");
+    const float* pa = ptr_of(a, "a");
+    float* pb = ptr_of(b, "b");
+    FT_CHECK(pa != pb, "stream_scale: expected distinct arrays a and b (the out-of-place probe), got one array twice");
+    py::gil_scoped_release nogil;
+    ft::cpu::stream_scale(pa, pb, s, a.size());
+  }, py::arg("a"), py::arg("b"), py::arg("s"));
   m.def("stream_update3", [](py::array a, py::array b, py::array c, py::array d) {
     same_size(a, b, "a", "b"); same_size(a, c, "a", "c"); same_size(a, d, "a", "d");
     const float* pa = ptr_of(a, "a");

@@ -162,3 +162,57 @@ def test_results_header_says_a_run_was_loaded_only_above_the_core_count(monkeypa
     assert bench_run._load_note("1.5", "2.1").startswith("(above the core count")
     assert bench_run._load_note("7.0", "n/a").startswith("(above the core count")
     assert bench_run._load_note("n/a", "n/a") == "(not available on this system)"
+
+
+def test_fresh_output_rows_are_held_to_the_out_of_place_probes(monkeypatch):
+    """A row whose kernels write fresh arrays (writes_fresh) gets the best out-of-place probe at its working
+    set as its limit; an in-place row (the default) the best of all probes; both keep the % against the
+    best of all in extra["pct_of_inplace_limit"]."""
+    from bench import harness, kernels
+
+    seen = []
+
+    def probe(ws):
+        seen.append(ws)
+        return harness.Probed(out_of_place=1e6, best=4e6)  # slow, so every % is large (extra rounds to 0.1)
+
+    def entry(name, fresh):
+        def inputs():
+            return {"x": np.ones(1000, np.float32), "y": np.empty(1000, np.float32)}
+        return kernels.Entry(name, (1000,), 8000.0, 0.0, inputs, lambda k, a: k("relu_fwd")(a["x"], a["y"]), ("y",),
+                             None, ("relu_fwd",), rtol=0, writes_fresh=fresh)
+
+    monkeypatch.setattr(kernels, "entries", lambda quick: [entry("fresh_row", True), entry("inplace_row", False)])
+    limits = harness.Limits(2e9, 1e12, "test", "test", probe)
+    records = kernels.run(limits, quick=True, log=lambda *a: None, only=["_row"])
+    assert seen and all(ws == 8000 for ws in seen)  # probed at the row's working set (x and y)
+    by = {}
+    for r in records:
+        by.setdefault(r.name, []).append(r)
+    assert set(by) == {"fresh_row", "inplace_row"}
+    for r in by["fresh_row"]:
+        assert r.extra["limit_probes"] == "out-of-place"
+        assert r.pct_of_limit == pytest.approx(100.0 * 8000 / 1e6 / r.median_s)
+        assert r.extra["pct_of_inplace_limit"] == pytest.approx(100.0 * 8000 / 4e6 / r.median_s, abs=0.051)
+    for r in by["inplace_row"]:
+        assert r.extra["limit_probes"] == "all"
+        assert r.pct_of_limit == pytest.approx(100.0 * 8000 / 4e6 / r.median_s)
+        assert r.extra["pct_of_inplace_limit"] == pytest.approx(r.pct_of_limit, abs=0.051)
+    # without a probe (no working set), main memory: the out-of-place figure for fresh rows
+    assert harness.Limits(2e9, 1e12, "t", "t", None, bandwidth_out_of_place=1.5e9).bandwidth_at(None, True) == 1.5e9
+    assert harness.Limits(2e9, 1e12, "t", "t", None, bandwidth_out_of_place=1.5e9).bandwidth_at(None) == 2e9
+
+
+def test_stream_probes_split_out_of_place_from_in_place():
+    """stream_bandwidths: the out-of-place figure is the best of c = a + b and b = s * a only, so it can
+    never exceed the best of all probes; the records name all four probes."""
+    from bench import harness
+
+    records = []
+    probed = harness.stream_bandwidths(1 << 20, repeat=2, records=records)
+    names = {r.name: r for r in records}
+    assert {"stream_add", "stream_scale", "stream_add_inplace"} <= set(names)
+    oop = max(names[n].bytes / names[n].min_s for n in ("stream_add", "stream_scale"))
+    assert probed.out_of_place == pytest.approx(oop)
+    assert probed.best == pytest.approx(max(r.bytes / r.min_s for r in records)) and probed.best >= probed.out_of_place
+    assert names["stream_scale"].extra["out_of_place"] and not names["stream_add_inplace"].extra["out_of_place"]

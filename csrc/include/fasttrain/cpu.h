@@ -14,6 +14,8 @@ int num_threads();
 // stream.cpp: c = a + b, the bench's memory-bandwidth probe
 void stream_add(const float* a, const float* b, float* c, int64_t n);
 // b += a, c += a, d += a: the many-stream probe (4 reads + 3 writes per element)
+// b = s * a (a, b distinct): the 1-read 1-write out-of-place probe
+void stream_scale(const float* a, float* b, float s, int64_t n);
 void stream_update3(const float* a, float* b, float* c, float* d, int64_t n);
 // peak.cpp: FLOP/s of a register-only FMA loop on every thread ("avx512" or "avx2"; call only
 // where fma_isa_supported says the CPU has it)
