@@ -6,7 +6,8 @@ barriers. For iterating on one bench/cluster_allreduce.py cell at a time. Needs 
     python bench/dev/net_ab.py --layouts 2x2 --rates 10gbit --sizes 1048576 --names mpi,auto,hier \\
         [--mpich recursive_doubling] [--rounds 61] [--phases]
 
-Variants ('names'): mpi, auto, hier (the 2-host pipelined hierarchy), hier_p<KB> (its pieces at KB),
+Variants ('names'): mpi, mpi:<algorithm> (MPICH's Allreduce with that algorithm, switched through MPI_T
+before its barrier: several in one job, see bench/mpich_algorithms.py), auto, hier (the 2-host pipelined hierarchy), hier_p<KB> (its pieces at KB),
 direct, direct_p<KB>, ring, ring_p<KB> (plain_ring_allreduce in pieces of KB), onefence, auto2 (auto again:
 the noise between two identical entries), and the V_* functions below by name (hold: the 2-host hierarchy
 as of session 11; disp / dv / da / dh: parts of ring_allreduce's dispatch before it; hy / ofy: yielding MPI
@@ -45,7 +46,7 @@ def variant(comm, name: str, buf):
     kb = int(arg) << 10 if arg else None
     if base in ("hy", "ofy", "spin"):  # _p<N>: N spins before yielding, not KB
         kb = int(arg) if arg else None
-    if name == "mpi":
+    if name == "mpi" or name.startswith("mpi:"):  # mpi:<algorithm>: set through MPI_T before its barrier (child)
         return lambda: comm.allreduce_mpi(buf)
     if name in ("auto", "auto2"):  # auto2: the same call again, for the noise between two identical entries
         return lambda: ring_allreduce(comm, buf)
@@ -613,6 +614,12 @@ def child(args):
         buf = src.copy()
         names = args.names.split(",")
         fns = {x: variant(comm, x, buf) for x in names}
+        setup = {}
+        if any(x.startswith("mpi:") for x in names):  # MPICH's algorithms in this job, written outside the timed window
+            from bench.mpich_algorithms import MpichAllreduce
+            algs = MpichAllreduce()
+            setup = {x: (lambda a=x[4:]: algs.set(a)) if x.startswith("mpi:") else (lambda: algs.set("auto"))
+                     for x in names}
         for _ in range(70 if size < (1 << 20) else 2):  # past the measured picks' re-measurement at call 64
             ring_allreduce(comm, buf)
         want = src.copy()
@@ -620,6 +627,8 @@ def child(args):
         for name, fn in fns.items():  # exact on integers, on every rank
             if name.startswith("x"):
                 continue
+            if name in setup:
+                setup[name]()
             np.copyto(buf, src)
             fn()
             if not np.array_equal(buf, want):
@@ -628,6 +637,8 @@ def child(args):
         samples = {x: [] for x in names}
         for i in range(rounds + 2):
             for name in rng.permutation(names):
+                if name in setup:
+                    setup[name]()
                 np.copyto(buf, src)
                 comm.barrier()
                 t0 = time.perf_counter()
