@@ -217,6 +217,9 @@ def child(args):
                 print(json.dumps({"suite": "cluster_allreduce", "layout": args.layout, "rate": args.rate, "ranks": p,
                                   "loss": args.loss, "size": size, "backend": "mpi" if mpich else name,
                                   "median_s": statistics.median(s),
+                                  # the median over rounds of this sample / ours of the same round (ms apart):
+                                  # the drift of the machine's speed over seconds cancels in each quotient
+                                  "paired_vs_auto": float(np.median(np.asarray(s) / np.asarray(samples["auto"]))),
                                   "p20_s": quantile(s, 0.2), "min_s": min(s), "max_s": max(s), "rounds": len(s),
                                   "load_before": load_before, "load_after": load1(), "job": args.job,
                                   "mpich_algorithm": mpich, "mpich_set_by": None if not mpich else "mpi_t" if algs else "env",
@@ -234,8 +237,10 @@ def label(size: int) -> str:
 
 def table(records: list[dict]) -> str:
     """The results as a Markdown table: per layout, link and size, ours against MPICH (median and
-    20th percentile) and their ratio, with MPICH at its best: of the MPICH algorithms timed, the one
-    whose median over ours was lowest, ours from the same job (in one job, with MPI_T: MPICH's fastest
+    20th percentile) and their ratio (of the medians; 'paired': the median over rounds of MPICH's
+    sample over ours of the same round, which the machine's drift over seconds does not move), with
+    MPICH at its best: of the MPICH algorithms timed, the one whose median over ours was lowest,
+    ours from the same job (in one job, with MPI_T: MPICH's fastest
     algorithm, interleaved with ours round by round; without it: one job per algorithm, each
     interleaved with ours); then the forced alternatives' medians (from the first job)."""
     from fasttrain.parallel.cluster import _rate_bits
@@ -255,12 +260,12 @@ def table(records: list[dict]) -> str:
     if names:  # 'auto' of the job that timed the forced ways too: the same job, the same rounds
         names = ["auto"] + names
     lines = ["| hosts x ranks | link | size | load | MPICH ms (median / p20) | ours ms (median / p20) | MPICH / ours: "
-             "median | p20 | " + ("wire floor ms | MPICH / floor | ours / floor | " if fits else "")
+             "median | paired | p20 | " + ("wire floor ms | MPICH / floor | ours / floor | " if fits else "")
              + ("MPICH algorithm (lowest ratio) | " if several_algorithms else "")
              + ("MPICH ms by algorithm (medians) | " if several_algorithms and not several_jobs else "")
              + ("ours ms over the jobs (medians, min-max) | " if several_jobs else "")
              + "ours picks | " + " | ".join("auto ms (job 1)" if n == "auto" else f"{n} ms" for n in names) + " |",
-             "|" + "---|" * (9 + 3 * bool(fits) + several_algorithms + (several_algorithms and not several_jobs)
+             "|" + "---|" * (10 + 3 * bool(fits) + several_algorithms + (several_algorithms and not several_jobs)
                              + several_jobs + len(names))]
     for (layout, rate, size), cell in sorted(runs.items(), key=lambda kv: (kv[0][0], -_rate_bits(kv[0][1]), kv[0][2])):
         ratio, worst, job = min((m["median_s"] / j["auto"]["median_s"], alg, j) for j in cell.values()
@@ -276,10 +281,12 @@ def table(records: list[dict]) -> str:
             f = 2 * (hosts - 1) / hosts * size * fit["beta_s_per_byte"] if fit else None
             floor = (f"{f * 1e3:.2f} | {m['median_s'] / f:.2f} | {a['median_s'] / f:.2f} | " if f
                      else "- | - | - | ")
+        # MPICH's fastest algorithm (by median) over ours round by round, median of the quotients
+        paired = f"{m['paired_vs_auto']:.2f}x" if "paired_vs_auto" in m else "-"
         by_alg = ", ".join(f"{alg} {x['median_s'] * 1e3:.2f}" for alg, x in job["mpi"].items())
         lines.append(f"| {layout} | {rate} | {label(size)} | {a['load_before']:.1f}-{a['load_after']:.1f} | "
                      f"{m['median_s'] * 1e3:.2f} / {m['p20_s'] * 1e3:.2f} | {a['median_s'] * 1e3:.2f} / {a['p20_s'] * 1e3:.2f} | "
-                     f"**{ratio:.2f}x** | {m['p20_s'] / a['p20_s']:.2f}x | " + floor
+                     f"**{ratio:.2f}x** | {paired} | {m['p20_s'] / a['p20_s']:.2f}x | " + floor
                      + (f"{worst} | " if several_algorithms else "")
                      + (f"{by_alg} | " if several_algorithms and not several_jobs else "")
                      + (f"{min(ours) * 1e3:.2f}-{max(ours) * 1e3:.2f} | " if several_jobs else "")

@@ -281,6 +281,9 @@ def test_cluster_allreduce_bench_runs_and_reports_load(tmp_path):
     assert sorted((r["mpich_algorithm"], r["mpich_set_by"], r["job"]) for r in mpi) == [
         ("default", "mpi_t", 0), ("ring", "mpi_t", 0)], mpi
     assert {r["job"] for r in timed} == {0} and "MPICH ms by algorithm" in proc.stdout, proc.stdout
+    # per entry, the median over rounds of its sample over ours of the same round (ours over ours: 1)
+    assert all(r["paired_vs_auto"] > 0 for r in timed) and "| paired |" in proc.stdout, proc.stdout
+    assert next(r for r in timed if r["backend"] == "auto")["paired_vs_auto"] == 1.0
     assert all(r["rounds"] == 3 and r["p20_s"] <= r["median_s"] and "load_before" in r for r in timed)
     # 'auto' is timed after the re-measurement (its steady pick); the job's first pick is kept beside it
     auto = next(r for r in timed if r["backend"] == "auto")
