@@ -316,7 +316,8 @@ def parent(args):
                     proc = c.run([sys.executable, "-m", "mpi4py", str(Path(__file__).resolve()), "--child",
                                   "--layout", layout, "--rate", rate, "--sizes", args.sizes, "--rounds", str(args.rounds),
                                   "--loss", str(args.loss or 0), "--job", str(i)]
-                                 + (["--alternatives", "--mpich-runtime", ",".join(algorithms)] if i == 0 else [])
+                                 + (["--alternatives"] if i == 0 else [])
+                                 + (["--mpich-runtime", ",".join(algorithms)] if i == 0 and not args.mpich_per_job else [])
                                  + (["--floor"] if i == 0 and args.floor else []),
                                  timeout=1800, cwd=ROOT, launcher=launcher)
                     if proc.returncode != 0:
@@ -355,6 +356,8 @@ def main(argv=None):
                     help="MPICH's Allreduce algorithms (MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM values; 'default': its own "
                          "choice), comma-separated: all in one job, switched through MPI_T and interleaved with ours "
                          "(where MPI_T cannot: one job each, the forced alternatives of ours in the first only)")
+    ap.add_argument("--mpich-per-job", action="store_true",
+                    help="one job per MPICH algorithm, set in the environment (as before MPI_T switching; for A/Bs)")
     ap.add_argument("--alternatives", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mpich-runtime", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--job", type=int, default=0, help=argparse.SUPPRESS)

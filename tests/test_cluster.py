@@ -292,3 +292,21 @@ def test_cluster_allreduce_bench_runs_and_reports_load(tmp_path):
     # TCP through it at least a third of that
     fit = next(r for r in records if r["backend"] == "pingpong")
     assert 7.5e-9 <= fit["beta_s_per_byte"] <= 24e-9, fit
+
+
+def test_cluster_allreduce_bench_one_job_per_mpich_algorithm(tmp_path):
+    """--mpich-per-job (the way where MPI_T cannot switch): each algorithm in its own job, set in the
+    environment, ours timed in each; the table says which algorithm and how ours spread over the jobs."""
+    import subprocess
+
+    out = tmp_path / "b.jsonl"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "cluster_allreduce.py"), "--layouts", "3x1",
+                           "--rates", "1gbit", "--sizes", "65536", "--rounds", "3", "--json", str(out),
+                           "--mpich-algorithms", "default,ring", "--mpich-per-job"],
+                          capture_output=True, text=True, timeout=180, cwd=ROOT, env=env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(ln) for ln in out.read_text().splitlines()]
+    mpi = sorted((r["mpich_algorithm"], r["mpich_set_by"], r["job"]) for r in records if r["backend"] == "mpi")
+    assert mpi == [("default", "env", 0), ("ring", "env", 1)], mpi
+    assert sorted(r["job"] for r in records if r["backend"] == "auto") == [0, 1]
+    assert "ours ms over the jobs" in proc.stdout and "MPICH algorithm (lowest ratio)" in proc.stdout, proc.stdout
