@@ -4,7 +4,9 @@ the installed one, interleaved (bench.harness.time_interleaved), on the bench ro
 arrays (bench/kernels.py _depthwise_blocked_entry: x with a halo equal to the padding, dy and dx
 without). Also checks that the two builds agree (to float32 tolerance: a new summation order moves
 the weight gradient's last bits).
-python bench/dev/dw_blocked_ab.py --base /tmp/dw_base/_C.so [--threads 1] [--parts bwd_weight,fwd_bwd]"""
+--stream adds the out-of-place stream probe (c = a + b) over the part's bytes, x with its halo, as a
+third contender: new/stream is then the fraction of that probe's bandwidth the new build reaches.
+python bench/dev/dw_blocked_ab.py --base /tmp/dw_base/_C.so [--threads 1] [--parts fwd,bwd_data,bwd_weight,fwd_bwd] [--stream]"""
 import argparse
 import importlib.machinery
 import importlib.util
@@ -39,6 +41,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--shapes", default="")
     ap.add_argument("--isa", default="")
+    ap.add_argument("--stream", action="store_true", help="also time the out-of-place stream probe over the part's bytes")
     a = ap.parse_args()
     B = load_base(a.base)
     mods = {"base": B, "new": C}
@@ -61,7 +64,11 @@ def main():
         dy = rng.standard_normal((N, Cc, P, Q), dtype=np.float32)
         xb, dyb = to_blocked(x, 1), to_blocked(dy)
         geo = (s, s, 1, 1)
-        xbytes, ybytes = 4.0 * N * cb * 16 * H * W, 4.0 * N * cb * 16 * P * Q
+        # x counted with its halo (the bytes the kernels read)
+        xbytes, ybytes = 4.0 * N * cb * 16 * (H + 2) * (W + 2), 4.0 * N * cb * 16 * P * Q
+
+        def nbytes_of(part):
+            return 3 * xbytes + 2 * ybytes if part == "fwd_bwd" else xbytes + ybytes
         for part in a.parts.split(","):
             fns, outs = {}, {}
             for name, m in mods.items():
@@ -72,20 +79,31 @@ def main():
                 def f(m=m, o=o):
                     o["dw"][...] = 0
                     o["db"][...] = 0
-                    if part == "bwd_weight":
+                    if part == "fwd":
+                        m.depthwise_blocked_fwd(xb, w, b, o["yb"], *geo, False, halo_x=1)
+                    elif part == "bwd_data":
+                        m.depthwise_blocked_bwd_data(dyb, w, o["dxb"], *geo)
+                    elif part == "bwd_weight":
                         m.depthwise_blocked_bwd_weight(xb, dyb, o["dw"], o["db"], *geo, halo_x=1)
                     else:
                         m.depthwise_blocked_fwd(xb, w, b, o["yb"], *geo, False, halo_x=1)
                         m.depthwise_blocked_bwd(xb, dyb, w, o["dxb"], o["dw"], o["db"], *geo, halo_x=1)
                 fns[name] = f
+            if a.stream:  # the out-of-place stream probe over the part's bytes (c = a + b: 2 reads, 1 write)
+                n3 = max(int(nbytes_of(part)) // 12, 1024)
+                s3 = [np.ones(n3, np.float32) for _ in range(3)]
+                fns["stream"] = lambda s3=s3: C.stream_add(*s3)
             res = time_interleaved(fns, {k: a.repeat for k in fns}, clock=clock)
-            for k in ("dw", "db") + (("yb", "dxb") if part == "fwd_bwd" else ()):
+            keys = {"fwd": ("yb",), "bwd_data": ("dxb",), "bwd_weight": ("dw", "db")}.get(part, ("yb", "dxb", "dw", "db"))
+            for k in keys:
                 ref, got = outs["base"][k], outs["new"][k]
                 err = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
                 assert err < 1e-5, f"{part} {k}: builds differ by {err:.2e}"
-            nbytes = xbytes + ybytes if part == "bwd_weight" else 3 * xbytes + 2 * ybytes
+            nbytes = nbytes_of(part)
             med = {k: statistics.median(v) for k, v in res.items()}
             row = "  ".join(f"{k} {1e3 * v:7.3f} ms ({nbytes / v / 1e9:5.1f} GB/s)" for k, v in med.items())
+            if a.stream:
+                row += f"  new/stream {med['stream'] / med['new']:.0%}"
             print(f"{(N, Cc, H, W, s)} {part:10s} {row}  new/base {med['new'] / med['base']:.3f}", flush=True)
 
 

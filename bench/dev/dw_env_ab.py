@@ -21,6 +21,7 @@ def main():
     ap.add_argument("--torch", action="store_true")
     a = ap.parse_args()
     ft.set_num_threads(a.threads)
+    C.set_num_threads(a.threads)  # the raw module has its own setting (ft.set_num_threads does not reach it)
     clock = time.thread_time if a.threads == 1 else time.perf_counter
     settings = [dict(kv.split("=") for kv in s.split(",") if kv) for s in a.settings.split(";")]
     names = {v for s in settings for v in s}

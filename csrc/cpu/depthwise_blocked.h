@@ -31,6 +31,11 @@ struct Corr {
   // prefetches (0: the line kAheadRows rows below; the fused backward: the next plane's, which its data
   // gradient reads next, this plane's dy being in cache already)
   int64_t dy_ahead = 0;
+  // the register-block forward rows (fwd_cols) of a large plane: each block asks for its lines of the
+  // input rows that output row p + fwd_ahead adds (0: none; past the plane's end, the next plane in
+  // memory: the next task's). Set for the stride-1 data gradient of large planes, whose dy nothing
+  // else prefetches
+  int64_t fwd_ahead = 0;
 };
 
 // Planes up to this many floats (a 16 x 16 map with a halo of 1) are prefetched a plane ahead where a

@@ -91,6 +91,12 @@ void fwd_cols(const Corr& g, const float* in, int64_t ld, const typename V::T* w
   for (int64_t p = p0; p < p1; ++p)
     for (int64_t qb = q0; qb < q1; qb += QB) {
       T acc[QB];
+      if (g.fwd_ahead) {  // this block's lines of the sh input rows output row p + fwd_ahead adds
+        const float* pf = in + ((p + g.fwd_ahead) * g.sh - g.ph + 3 - g.sh) * ld + (qb * SW - g.pw + 1) * kBlock;
+        for (int64_t i = 0; i < g.sh; ++i)
+#pragma GCC unroll 16
+          for (int k = 0; k < QB * SW; ++k) __builtin_prefetch(pf + i * ld + k * kBlock);
+      }
 #pragma GCC unroll 8
       for (int q = 0; q < QB; ++q) acc[q] = b;
 #pragma GCC unroll 3
