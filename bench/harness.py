@@ -208,33 +208,38 @@ def _probes():
         return stream_add_numpy, stream_scale_numpy, None, "numpy add (1 thread)"
 
 
-def stream_bandwidths(working_set: int, repeat: int = 7, records: list | None = None) -> Probed:
-    """Best bytes/s of our STREAM-style probes over `working_set` bytes in total, each counting the bytes
-    it moves. Out of place (a fresh output array, whose lines cost a read for ownership on most CPUs):
-    c = a + b (2 reads + 1 write) and b = s * a (1 read + 1 write, STREAM's scale). In place: a = a + b
-    (the optimizer updates' pattern), and three arrays updated in place from a fourth (4 reads + 3
-    writes: an Adam step's traffic; more streams in flight can get more of the memory system). The
-    best sample of each approximates its sustainable peak; Probed holds the best out-of-place one and
-    the best of all."""
-    add, scale, update3, source = _probes()
+def stream_probes(working_set: int) -> list:
+    """Our STREAM-style probes over `working_set` bytes in total, as (name, zero-arg call, bytes it moves,
+    out_of_place). Out of place (a fresh output array, whose lines cost a read for ownership on most
+    CPUs): c = a + b (2 reads + 1 write) and b = s * a (1 read + 1 write, STREAM's scale). In place:
+    a = a + b (the optimizer updates' pattern), and three arrays updated in place from a fourth (4 reads
+    + 3 writes: an Adam step's traffic; more streams in flight can get more of the memory system)."""
+    add, scale, update3, _ = _probes()
     n2, n3, n4 = (max(working_set // (4 * k), 1024) for k in (2, 3, 4))
     two, three = [np.ones(n2, np.float32) for _ in range(2)], [np.ones(n3, np.float32) for _ in range(3)]
     scaled = [np.ones(n2, np.float32) for _ in range(2)]
-    out_of_place = [("stream_add", lambda: add(*three), 12 * n3),
-                    ("stream_scale", lambda: scale(scaled[0], scaled[1], 3.0), 8 * n2)]
-    in_place = [("stream_add_inplace", lambda: add(two[0], two[1], two[0]), 12 * n2)]
+    probes = [("stream_add", lambda: add(*three), 12 * n3, True),
+              ("stream_scale", lambda: scale(scaled[0], scaled[1], 3.0), 8 * n2, True),
+              ("stream_add_inplace", lambda: add(two[0], two[1], two[0]), 12 * n2, False)]
     if update3 is not None:
         four = [np.ones(n4, np.float32) for _ in range(4)]
-        in_place.append(("stream_update3", lambda: update3(*four), 28 * n4))
+        probes.append(("stream_update3", lambda: update3(*four), 28 * n4, False))
+    return probes
+
+
+def stream_bandwidths(working_set: int, repeat: int = 7, records: list | None = None) -> Probed:
+    """Best bytes/s of the probes (stream_probes) over `working_set` bytes, each counting the bytes it
+    moves. The best sample of each approximates its sustainable peak; Probed holds the best
+    out-of-place one and the best of all."""
+    source = _probes()[3]
     best = {}
-    for kind, probes in (("out_of_place", out_of_place), ("in_place", in_place)):
-        for name, probe, nbytes in probes:
-            samples = time_fn(probe, repeat=repeat, warmup=2)
-            if records is not None:
-                records.append(make_record("limits", name, source.split()[0], f"{working_set >> 20} MiB", samples,
-                                           nbytes=nbytes, out_of_place=kind == "out_of_place"))
-            best[kind] = max(best.get(kind, 0.0), nbytes / min(samples))
-    return Probed(best["out_of_place"], max(best.values()))
+    for name, probe, nbytes, out_of_place in stream_probes(working_set):
+        samples = time_fn(probe, repeat=repeat, warmup=2)
+        if records is not None:
+            records.append(make_record("limits", name, source.split()[0], f"{working_set >> 20} MiB", samples,
+                                       nbytes=nbytes, out_of_place=out_of_place))
+        best[out_of_place] = max(best.get(out_of_place, 0.0), nbytes / min(samples))
+    return Probed(best[True], max(best.values()))
 
 
 def stream_bandwidth(working_set: int, repeat: int = 7, records: list | None = None) -> float:
@@ -385,7 +390,7 @@ def torch_or_none():
     return torch
 
 
-__all__ = ["Record", "Limits", "Probed", "stream_bandwidths", "time_fn", "time_interleaved", "make_record", "measure_limits", "print_table", "ratios",
+__all__ = ["Record", "Limits", "Probed", "stream_bandwidths", "stream_probes", "time_fn", "time_interleaved", "make_record", "measure_limits", "print_table", "ratios",
            "annotate_vs_torch", "fastest_torch", "write_jsonl", "torch_or_none", "ft"]
 
 

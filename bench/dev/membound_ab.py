@@ -2,9 +2,13 @@
 rows of bench/kernels.py): another build of fasttrain._C (e.g. main's, copied aside before a change)
 against this tree's, in one process, alternating call by call in rounds so machine load hits both
 alike. Prints per row: median and min per-call wall time of each build, the median of per-round
-ratios (old / new), and the row's % of a bandwidth limit when --probe is given.
+ratios (old / new), and with --probe the new build's % of the bench's two bandwidth limits at the row's
+working set: the STREAM probes (bench.harness.stream_probes) run in the same rounds as the kernels, so
+on a loaded machine limit and kernel see the same load (the bench's own probes run before and after a
+row, and swing 2-100x against it under load); "% fresh" against the best out-of-place probe (the
+bench's limit for a writes_fresh row), "% in-place" against the best of all.
 
-    python bench/dev/membound_ab.py --base /tmp/base_C.so [--only blocked_bn_relu] [--rounds 41] [--threads 2]
+    python bench/dev/membound_ab.py --base /tmp/base_C.so [--only blocked_bn_relu] [--rounds 41] [--threads 2] [--probe]
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import numpy as np
 import fasttrain as ft
 from fasttrain import _C
 from bench import blocked, kernels
-from bench.harness import load_extension_build
+from bench.harness import load_extension_build, stream_probes
 
 
 CLOCK = time.perf_counter
@@ -43,6 +47,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=41)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cpu", action="store_true", help="time the calling thread's CPU time (use with --threads 1)")
+    ap.add_argument("--probe", action="store_true", help="also time the STREAM probes at each row's working set")
     args = ap.parse_args()
     global CLOCK
     if args.cpu:
@@ -76,6 +81,13 @@ def main():
             if not np.array_equal(a, b):
                 err = float(np.abs(a.astype(np.float64) - b).max() / max(np.abs(a).max(), 1e-30))
                 print(f"  {e.name} {e.shape}: output {name} differs between builds (rel {err:.1e})")
+        probes = {}
+        if args.probe:
+            probes = {name: (fn, nbytes, oop) for name, fn, nbytes, oop in stream_probes(
+                kernels._working_set(arrs["new"], e.touched))}
+            for name, (fn, _, _) in probes.items():
+                fn()
+                fns[name] = fn
         t1 = per_call(fns["new"], 3)
         calls = max(5, min(200, int(0.01 / max(t1, 1e-6))))
         s = {k: [] for k in fns}
@@ -89,9 +101,16 @@ def main():
                 s[k].append(got[k])
             ratios.append(got["old"] / got["new"])
         mb = e.nbytes / 1e6
+        pct = ""
+        if probes:
+            rate = {name: nbytes / statistics.median(s[name]) for name, (_, nbytes, _) in probes.items()}
+            fresh = max(r for name, r in rate.items() if probes[name][2])
+            t_new = statistics.median(s["new"])
+            pct = (f"  new: {100 * e.nbytes / t_new / fresh:4.0f} % fresh, {100 * e.nbytes / t_new / max(rate.values()):4.0f} %"
+                   f" in-place ({' '.join(f'{n[7:]} {r / 1e9:.0f}' for n, r in rate.items())} GB/s)")
         print(f"{e.name:<26} {str(e.shape):<18} old {statistics.median(s['old'])*1e3:7.3f} (min {min(s['old'])*1e3:7.3f})"
               f"  new {statistics.median(s['new'])*1e3:7.3f} (min {min(s['new'])*1e3:7.3f}) ms"
-              f"  old/new median {statistics.median(ratios):5.3f}  [{mb:.1f} MB declared]", flush=True)
+              f"  old/new median {statistics.median(ratios):5.3f}  [{mb:.1f} MB declared]{pct}", flush=True)
 
 
 if __name__ == "__main__":
