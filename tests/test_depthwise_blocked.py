@@ -8,6 +8,7 @@ on either side smaller than, equal to and larger than the padding, dilation and 
 Outputs start as NaN, so any element the kernel fails to write (halo included) shows.
 """
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ C = pytest.importorskip("fasttrain._C", reason="C++ module not built")
 from cpp_isas import forced_isa, isa_params  # noqa: E402
 from fasttrain.kernels import conv2d as ref  # noqa: E402
 from fasttrain.kernels.blocked import to_blocked as to_blk  # noqa: E402
+from fasttrain.nn.layout import aligned_empty  # noqa: E402
 
 f32, f64 = np.float32, np.float64
 
@@ -264,3 +266,49 @@ def test_registry_reference_matches_the_kernels():
         outs.append((yb, dxb, dw, db, dxf, dwf, dbf))
     for want, got, what in zip(*outs, ("y", "dx", "dw", "db", "fused dx", "fused dw", "fused db")):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=what)
+
+
+def _llc_bytes():
+    """The kernels' figure (llc_bytes in depthwise_blocked.cpp): cpu0's index3 in sysfs, else 32 MB."""
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index3/size") as f:
+            v = f.read().strip()
+        return int(v[:-1]) << {"K": 10, "M": 20}[v[-1]] if v[-1] in "KM" else int(v)
+    except (OSError, ValueError):
+        return 32 << 20
+
+
+def _line_offset(shape, floats):
+    """A NaN-filled float32 array of `shape` starting `floats` floats past a 64-byte line."""
+    buf = aligned_empty((int(np.prod(shape)) + 16,), f32)
+    out = buf[floats:floats + int(np.prod(shape))].reshape(shape)
+    out.fill(np.nan)
+    return out
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+def test_streamed_outputs_match(isa):
+    """Operands larger than the last-level cache: the stride-1 forward and data gradient write an
+    output that starts on a 64-byte line with non-temporal stores (stream_output in
+    depthwise_blocked.cpp), one that does not with plain stores. Both must hold the same bits (halo
+    and pad lanes included), and match the reference."""
+    hw = int(np.ceil(np.sqrt(1.25 * _llc_bytes() / 256)))  # x and y of 2 blocks: 256 bytes a pixel
+    pb = _problem((1, 17, hw, hw, 3, 1, 1, 1, 1, 1), seed=3)
+    c, g = pb["c"], pb["geom"]
+    xb, dyb = to_blk(pb["x"], 1), to_blk(pb["dy"], 1)
+    got = {}
+    for off in (0, 4):  # on a line (streamed), 16 bytes past one (plain stores)
+        yb, dxb, dxf = (_line_offset(xb.shape, off) for _ in range(3))
+        dw, db = np.zeros_like(pb["w"]), np.zeros_like(pb["b"])
+        C.depthwise_blocked_fwd(xb, pb["w"], pb["b"], yb, *g, False, halo_x=1, halo_y=1)
+        C.depthwise_blocked_bwd_data(dyb, pb["w"], dxb, *g, halo_dy=1, halo_dx=1)
+        C.depthwise_blocked_bwd(xb, dyb, pb["w"], dxf, dw, db, *g, halo_x=1, halo_dy=1, halo_dx=1)
+        got[off] = (yb, dxb, dxf)
+    for name, a, b in zip(("y", "dx", "fused dx"), got[0], got[4]):
+        np.testing.assert_array_equal(a, b, err_msg=f"{name}: streamed and plain stores differ")
+    x, w, b, dy = (pb[k].astype(f64) for k in ("x", "w", "b", "dy"))
+    y_ref, dx_ref = np.empty(dy.shape), np.empty(x.shape)
+    ref.conv2d_fwd_ref(x, w, b, y_ref, *g, False, 1, 1, c)
+    ref.conv2d_bwd_data_ref(dy, w, dx_ref, *g, 1, 1, c)
+    _close(from_blk(got[0][0], c, 1), y_ref, "y")
+    _close(from_blk(got[0][1], c, 1), dx_ref, "dx")

@@ -19,6 +19,7 @@ import fasttrain as ft
 import fasttrain._C as C
 from bench.harness import time_interleaved
 from fasttrain.kernels.blocked import to_blocked
+from fasttrain.nn.layout import aligned_empty
 
 SHAPES = [(64, 64, 32, 32, 1), (128, 32, 32, 32, 2), (128, 64, 16, 16, 1), (128, 128, 8, 8, 1),
           (128, 256, 8, 8, 2), (128, 256, 4, 4, 1)]
@@ -72,7 +73,8 @@ def main():
         for part in a.parts.split(","):
             fns, outs = {}, {}
             for name, m in mods.items():
-                o = dict(yb=np.empty((N, cb, P, Q, 16), np.float32), dxb=np.empty((N, cb, H, W, 16), np.float32),
+                # outputs on a 64-byte line, as the layers (and the bench rows) allocate them
+                o = dict(yb=aligned_empty((N, cb, P, Q, 16)), dxb=aligned_empty((N, cb, H, W, 16)),
                          dw=np.zeros_like(w), db=np.zeros_like(b))
                 outs[name] = o
 

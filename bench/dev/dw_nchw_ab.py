@@ -46,6 +46,7 @@ def main():
     a = ap.parse_args()
     if a.threads:
         ft.set_num_threads(a.threads)
+        C.set_num_threads(a.threads)  # the raw module has its own setting (ft.set_num_threads does not reach it)
     clock = time.thread_time if a.threads == 1 else time.perf_counter
     shapes = [SHAPES[int(i)] for i in a.shapes.split(",")] if a.shapes else SHAPES
     rng = np.random.default_rng(0)

@@ -36,6 +36,9 @@ struct Corr {
   // memory: the next task's). Set for the stride-1 data gradient of large planes, whose dy nothing
   // else prefetches
   int64_t fwd_ahead = 0;
+  // fwd_cols writes its outputs with non-temporal stores (output on a 64-byte line; see
+  // stream_output in depthwise_blocked.cpp for when)
+  bool nt = false;
 };
 
 // Planes up to this many floats (a 16 x 16 map with a halo of 1) are prefetched a plane ahead where a

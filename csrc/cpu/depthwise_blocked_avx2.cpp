@@ -19,6 +19,8 @@ struct V256 {
   static T load(const float* p) { return _mm256_loadu_ps(p); }
   static T load_if(const float* p, bool ok) { return ok ? load(p) : zero(); }
   static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
+  static void stream(float* p, T v) { _mm256_stream_ps(p, v); }  // p on a 32-byte boundary
+  static void fence() { _mm_sfence(); }
   static T fma(T acc, T a, T b) { return _mm256_fmadd_ps(a, b, acc); }
   static T add(T a, T b) { return _mm256_add_ps(a, b); }
   static T relu(T v) { return _mm256_max_ps(_mm256_setzero_ps(), v); }  // max(0, NaN) = NaN

@@ -20,6 +20,8 @@ struct V512 {
   // a masked-off load never faults, so p may lie past the array
   static T load_if(const float* p, bool ok) { return _mm512_maskz_loadu_ps(static_cast<__mmask16>(-int(ok)), p); }
   static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
+  static void stream(float* p, T v) { _mm512_stream_ps(p, v); }  // p on a 64-byte line
+  static void fence() { _mm_sfence(); }
   static T fma(T acc, T a, T b) { return _mm512_fmadd_ps(a, b, acc); }
   static T add(T a, T b) { return _mm512_add_ps(a, b); }
   static T relu(T v) { return _mm512_max_ps(_mm512_setzero_ps(), v); }  // max(0, NaN) = NaN

@@ -3,7 +3,9 @@
 // an anonymous namespace, so every instantiation has internal linkage (the AVX-512 code can never be
 // picked by the linker for another path).
 //
-// V provides: T (V::kW floats, kW dividing 16), zero(), load(p), store(p, v), fma(acc, a, b) =
+// V provides: T (V::kW floats, kW dividing 16), zero(), load(p), store(p, v), stream(p, v) (a
+// non-temporal store, p aligned to the vector; a plain store where there is none), fence() (orders
+// the streamed stores before the task ends), fma(acc, a, b) =
 // acc + a*b lane by lane, add(a, b), relu(v) (NaN stays NaN, as std::max(v, 0.f)), load_if(p, ok)
 // (load(p) if ok, else zeros without touching p), kSmallRows (whether the register-block kernels
 // run) and kCols (their widest block, in output columns: 8, or 4 for AVX2's 16 registers). A 16-channel
@@ -111,9 +113,15 @@ void fwd_cols(const Corr& g, const float* in, int64_t ld, const typename V::T* w
           for (int q = 0; q < QB; ++q) acc[q] = V::fma(acc[q], wv[r * 3 + s], x[q * SW + s]);
       }
       float* o = out + (p - p0) * out_ld + qb * kBlock;
+      if (g.nt) {
 #pragma GCC unroll 8
-      for (int q = 0; q < QB; ++q) V::store(o + q * kBlock, relu ? V::relu(acc[q]) : acc[q]);
+        for (int q = 0; q < QB; ++q) V::stream(o + q * kBlock, relu ? V::relu(acc[q]) : acc[q]);
+      } else {
+#pragma GCC unroll 8
+        for (int q = 0; q < QB; ++q) V::store(o + q * kBlock, relu ? V::relu(acc[q]) : acc[q]);
+      }
     }
+  if (g.nt) V::fence();
 }
 
 // Calls F<QB>::run(q0, q1, a...) for the columns [0, Q): a row of at most 8 as one block (a row

@@ -23,6 +23,8 @@ struct VScalar {
   static void store(float* p, const T& v) {
     for (int i = 0; i < kBlock; ++i) p[i] = v.v[i];
   }
+  static void stream(float* p, const T& v) { store(p, v); }
+  static void fence() {}
   static T fma(const T& acc, const T& a, const T& b) {
     T r;
     for (int i = 0; i < kBlock; ++i) r.v[i] = acc.v[i] + a.v[i] * b.v[i];
