@@ -573,3 +573,43 @@ def test_update_running_matches_numpy_bits(momentum, m):
     np.testing.assert_array_equal(rvar.view(np.uint32), want_var.view(np.uint32))
     with pytest.raises(ValueError, match="invstd"):
         _C.batchnorm_update_running(rmean, rvar, mean, invstd[:-1], eps, momentum, 2.0)
+
+
+# -- the row sums of the C++ passes: rows of every length around their 8- and 32-value steps ------
+ROW_SHAPES = [(1, 1, 1, 7), (1, 3, 2, 4), (2, 17, 1, 9), (1, 3, 31, 1), (1, 1, 4, 8), (2, 3, 3, 11),
+              (1, 17, 7, 7), (1, 3, 8, 8), (1, 1, 5, 13), (1, 17, 33, 33)]   # S = 7, 8, 9, 31, 32, 33, 49, 64, 65, 1089
+
+
+@pytest.mark.parametrize("mode", ["plain", "relu", "add-relu"])
+@pytest.mark.parametrize("shape", ROW_SHAPES, ids=lambda s: f"S{s[2] * s[3]}-C{s[1]}")
+@pytest.mark.parametrize("name", _cases("batchnorm_bwd"))
+def test_backend_row_lengths_match_reference(name, shape, mode):
+    """Batch 1-2, C = 1/3/17, row lengths below, at and past the kernels' 8- and 32-value steps:
+    statistics, y, dx, dgamma, dbeta (and the residual's gradient) against the reference."""
+    x64, dy64, g64, b64 = _data(shape, seed=sum(shape))
+    c, relu = shape[1], mode != "plain"
+    r64 = np.random.default_rng(1).standard_normal(shape) if mode == "add-relu" else None
+    ey, em, ei = np.empty_like(x64), np.empty(c), np.empty(c)
+    ref.batchnorm_fwd_train_ref(x64, g64, b64, 1e-5, ey, em, ei, relu, residual=r64)
+    x, dy, g, b = (a.astype(np.float32) for a in (x64, dy64, g64, b64))
+    r = None if r64 is None else r64.astype(np.float32)
+    k = lambda op: backend.kernel(op, backend=name)  # noqa: E731
+    y, m, i = np.full_like(x, np.nan), np.full(c, np.nan, np.float32), np.full(c, np.nan, np.float32)
+    k("batchnorm_fwd_train")(x, g, b, 1e-5, y, m, i, relu, residual=r)
+    np.testing.assert_allclose(m, em, **TOL32)
+    np.testing.assert_allclose(i, ei, rtol=1e-4)
+    np.testing.assert_allclose(y, ey, rtol=1e-4, atol=1e-4)
+    # the backward from the backend's own forward (its y is the ReLU mask)
+    edx, edg, edb = np.empty_like(x64), np.zeros(c), np.zeros(c)
+    edres = np.empty_like(x64) if r is not None else None
+    ref.batchnorm_bwd_ref(x64, dy64, g64, m.astype(np.float64), i.astype(np.float64), edx, edg, edb,
+                          y.astype(np.float64) if relu else None, dres=edres)
+    dx, dg, db = np.full_like(x, np.nan), np.zeros(c, np.float32), np.zeros(c, np.float32)
+    dres = np.full_like(x, np.nan) if r is not None else None
+    k("batchnorm_bwd")(x, dy, g, m, i, dx, dg, db, y if relu else None, dres=dres)
+    scale = np.abs(g64).max() * np.abs(dy64).max() * float(i.max())
+    np.testing.assert_allclose(dx, edx, rtol=1e-4, atol=1e-5 * scale)
+    np.testing.assert_allclose(dg, edg, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(db, edb, rtol=1e-4, atol=1e-4)
+    if r is not None:
+        np.testing.assert_array_equal(dres, edres.astype(np.float32))
