@@ -92,7 +92,10 @@ inline int64_t llc_bytes() {
 // its operands do not fit the last-level cache, the output leaves the cache before anything reads
 // it, and a plain store first reads each fresh line in (a third of the traffic of an output
 // written once). 64x64x32x32 (36 MB against a 32 MB L3), 1 thread, CPU time, loaded 5.5, medians
-// of 15 interleaved calls: fwd 1.21x, bwd_data 1.15x, fwd + fused backward 1.21x. Arrays that fit
+// of 15 interleaved calls, streamed against plain: fwd 1.21x, bwd_data 1.15x, fwd + fused backward
+// 1.21x; but in three later A/Bs (loaded 3.3, 1 and 2 threads) against the build before both this
+// and the dy prefetch the forward read 0.97-1.03x (bwd_data 1.40-1.45x, fwd_bwd 1.09-1.17x with the
+// prefetch), so the forward's gain is not established. Arrays that fit
 // keep plain stores: streamed, an output the next layer reads from cache would come from memory
 // (NT stores in cache ran 0.43-0.59x in an earlier session).
 inline bool stream_output(int64_t bytes, const float* out) {
