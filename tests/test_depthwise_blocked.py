@@ -288,10 +288,10 @@ def _line_offset(shape, floats):
 
 @pytest.mark.parametrize("isa", ISAS, indirect=True)
 def test_streamed_outputs_match(isa):
-    """Operands larger than the last-level cache: the stride-1 forward and data gradient write an
-    output that starts on a 64-byte line with non-temporal stores (stream_output in
+    """Operands larger than the last-level cache: the stride-1 data gradient (alone and fused)
+    writes a dx that starts on a 64-byte line with non-temporal stores (stream_output in
     depthwise_blocked.cpp), one that does not with plain stores. Both must hold the same bits (halo
-    and pad lanes included), and match the reference."""
+    and pad lanes included), and match the reference (y too: the forward runs beside them)."""
     hw = int(np.ceil(np.sqrt(1.25 * _llc_bytes() / 256)))  # x and y of 2 blocks: 256 bytes a pixel
     pb = _problem((1, 17, hw, hw, 3, 1, 1, 1, 1, 1), seed=3)
     c, g = pb["c"], pb["geom"]

@@ -90,14 +90,13 @@ inline int64_t llc_bytes() {
 
 // Whether a call moving `bytes` in all writes its output (at `out`) with non-temporal stores: when
 // its operands do not fit the last-level cache, the output leaves the cache before anything reads
-// it, and a plain store first reads each fresh line in (a third of the traffic of an output
-// written once). 64x64x32x32 (36 MB against a 32 MB L3), 1 thread, CPU time, loaded 5.5, medians
-// of 15 interleaved calls, streamed against plain: fwd 1.21x, bwd_data 1.15x, fwd + fused backward
-// 1.21x; but in three later A/Bs (loaded 3.3, 1 and 2 threads) against the build before both this
-// and the dy prefetch the forward read 0.97-1.03x (bwd_data 1.40-1.45x, fwd_bwd 1.09-1.17x with the
-// prefetch), so the forward's gain is not established. Arrays that fit
-// keep plain stores: streamed, an output the next layer reads from cache would come from memory
-// (NT stores in cache ran 0.43-0.59x in an earlier session).
+// it, and a plain store first reads each fresh line in. Used for the stride-1 data gradient's dx:
+// 64x64x32x32 (36 MB against a 32 MB L3), the bench rows' line-aligned arrays, interleaved medians
+// of 21 (dw_env_ab.py, load 1.7), streamed against plain: fused backward 1.16-1.23x (1 and 2
+// threads), bwd_data alone 0.99-1.00x (its gain is the dy prefetch). Not for the forward's y: 1.25x
+// and 1.27x at 1 thread (CPU time), but 0.89x, 1.00x, 1.01x and 1.10x at 2 threads, the bench's
+// setting. Arrays that fit keep plain stores (NT stores in cache ran 0.43-0.59x in an earlier
+// session).
 inline bool stream_output(int64_t bytes, const float* out) {
   return bytes > llc_bytes() && reinterpret_cast<uintptr_t>(out) % 64 == 0;
 }
@@ -117,10 +116,9 @@ inline void fwd_in_rows(const Corr& g, int64_t p0, int64_t p1, int64_t& lo, int6
 // out rows (one task each) = the correlation g of every (image, block) plane of `in`. stats, if not
 // null: per channel c < C the sum and sum of squares of out's interior, from per-task partials added
 // in task order (so the same bits for any thread count), while the task's rows are still in cache.
-void correlate_planes(const Isa& isa, const Corr& g0, int64_t N, int64_t Cb, const float* in, const float* wb,
+void correlate_planes(const Isa& isa, const Corr& g, int64_t N, int64_t Cb, const float* in, const float* wb,
                       const float* bias, float* out, int64_t hout, bool relu, int64_t C = 0,
                       double* stats = nullptr) {
-  Corr g = g0;
   const int64_t ldi = (g.W + 2 * g.hin) * kBlock, plane_i = (g.H + 2 * g.hin) * ldi;
   const int64_t ldo = (g.Q + 2 * hout) * kBlock, plane_o = (g.P + 2 * hout) * ldo, RS = g.R * g.S;
   // a task is a few rows of one plane: about 64 output pixels (whole planes of a 4 x 4 or 8 x 8 map)
@@ -131,8 +129,6 @@ void correlate_planes(const Isa& isa, const Corr& g0, int64_t N, int64_t Cb, con
   // task's rows are twice as many lines for the same work, and 128x32x32x32 s2 ran 0.74-0.93x; the
   // small planes 0.88-0.95x, where a task is a whole plane and the stream the hardware's)
   const int64_t rows_i = g.H + 2 * g.hin;
-  // (not with the statistics epilogue, which reads the rows back at once)
-  g.nt = !stats && stream_output(4 * (N * Cb * (plane_i + plane_o)), out);
   const bool ahead = rows_i * ldi > kPrefetchPlaneFloats && g.sh == 1;
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
   for (int64_t task = 0; task < N * Cb * chunks; ++task) {
