@@ -136,6 +136,9 @@ def make_record(suite, name, backend, shape, samples, nbytes=None, flops=None, l
             rec.pct_of_limit = 100.0 * max(t_mem, t_flop) / med
         if nbytes:
             rec.extra["limit_gbps"] = round(bandwidth / 1e9, 2)
+            # the bandwidth share alone, also where the FLOPs (at the sgemm rate) set the limit: a
+            # depthwise kernel in cache outruns sgemm's rate, so pct_of_limit there is not a bandwidth figure
+            rec.extra["pct_of_bandwidth"] = round(100.0 * t_mem / med, 1)
             rec.extra["pct_of_inplace_limit"] = round(
                 100.0 * max(nbytes / (inplace_bandwidth or bandwidth), t_flop) / med, 1)
     return rec

@@ -203,6 +203,16 @@ def test_fresh_output_rows_are_held_to_the_out_of_place_probes(monkeypatch):
     assert harness.Limits(2e9, 1e12, "t", "t", None, bandwidth_out_of_place=1.5e9).bandwidth_at(None) == 2e9
 
 
+def test_records_keep_the_bandwidth_share_where_flops_set_the_limit():
+    """pct_of_bandwidth is bytes / limit / time even where the FLOPs at the sgemm rate bind (limit 'flops')."""
+    from bench import harness
+
+    limits = harness.Limits(1e9, 1e9, "t", "t")
+    rec = harness.make_record("kernels", "k", "cpp", (1,), [0.5, 0.5, 0.5], nbytes=1e8, flops=4e8, limits=limits)
+    assert rec.limit == "flops" and rec.pct_of_limit == pytest.approx(80.0)
+    assert rec.extra["pct_of_bandwidth"] == pytest.approx(20.0)
+
+
 def test_stream_probes_split_out_of_place_from_in_place():
     """stream_bandwidths: the out-of-place figure is the best of c = a + b and b = s * a only, so it can
     never exceed the best of all probes; the records name all four probes."""
