@@ -113,12 +113,13 @@ def time_interleaved(fns: dict, repeats: dict, warmup: int = 1, settle_s: float 
 
 
 def make_record(suite, name, backend, shape, samples, nbytes=None, flops=None, limits=None, bandwidth=None,
-                inplace_bandwidth=None, **extra) -> Record:
+                inplace_bandwidth=None, flops_limit=None, **extra) -> Record:
     """bandwidth: the limit in bytes/s for this record (from Limits.bandwidth_at, probed at the kernel's
     working set); default: the main-memory figure of `limits`. inplace_bandwidth: the best of all probes
     there (Probed.best), for extra["pct_of_inplace_limit"], the % against it (default: bandwidth, the
     same figure as pct_of_limit), kept beside pct_of_limit so the figure a fresh-output kernel was held
-    to before the out-of-place limit stays visible."""
+    to before the out-of-place limit stays visible. flops_limit: the FLOP/s roof for this record
+    (default: limits.flops, the sgemm rate)."""
     med = statistics.median(samples)
     rec = Record(suite, name, backend, str(shape), settings.num_threads, med, min(samples), max(samples),
                  bytes=nbytes, flops=flops, extra=extra)
@@ -130,7 +131,7 @@ def make_record(suite, name, backend, shape, samples, nbytes=None, flops=None, l
         # A kernel is limited by whichever resource it would saturate first at the machine's peak.
         bandwidth = bandwidth or limits.bandwidth
         t_mem = nbytes / bandwidth if nbytes else 0.0
-        t_flop = flops / limits.flops if flops else 0.0
+        t_flop = flops / (flops_limit or limits.flops) if flops else 0.0
         if t_mem or t_flop:
             rec.limit = "bandwidth" if t_mem >= t_flop else "flops"
             rec.pct_of_limit = 100.0 * max(t_mem, t_flop) / med

@@ -184,7 +184,9 @@ def _write_results(path, records, rs, limits, args, elapsed) -> None:
         "blocked rows; `limit_probes` in the JSON) is held to the best out-of-place probe (c = a + b, b = s·a, "
         "which pay the read for ownership of each written line, as it does), every other row to the best of "
         "all probes (the in-place add and 3-array update included), and `% in-place limit` "
-        "(`pct_of_inplace_limit`) holds every row to that best of all. conv2d declares the FLOPs of direct convolution "
+        "(`pct_of_inplace_limit`) holds every row to that best of all; `pct_of_bandwidth` is the bandwidth share "
+        "alone. A row's FLOPs are held to the sgemm rate for conv2d rows and to the FMA peak for every other row "
+        "(`flop_roof`: our depthwise kernels in cache outrun the sgemm rate). conv2d declares the FLOPs of direct convolution "
         "(2·N·K·C·R·S·P·Q per pass); a Winograd or FFT algorithm does fewer multiplies, so its % of the sgemm "
         "limit is an effective figure and can pass 100 %.", "",
     ]

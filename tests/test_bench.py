@@ -213,6 +213,26 @@ def test_records_keep_the_bandwidth_share_where_flops_set_the_limit():
     assert rec.extra["pct_of_bandwidth"] == pytest.approx(20.0)
 
 
+def test_flop_roof_is_the_fma_peak_except_for_convolutions(monkeypatch):
+    """kernels.run holds a non-conv row's FLOPs to the FMA peak and a conv2d row's to the sgemm rate."""
+    from bench import harness, kernels
+
+    def entry(name):
+        def inputs():
+            return {"x": np.ones(1000, np.float32), "y": np.empty(1000, np.float32)}
+        # 1e6 FLOPs on 8000 bytes: FLOP-bound at either roof with a 1 TB/s probe
+        return kernels.Entry(name, (1000,), 8000.0, 1e6, inputs, lambda k, a: k("relu_fwd")(a["x"], a["y"]), ("y",),
+                             None, ("relu_fwd",), rtol=0)
+
+    monkeypatch.setattr(kernels, "entries", lambda quick: [entry("dw_row"), entry("conv2d_row")])
+    limits = harness.Limits(1e12, 1e9, "t", "t", lambda ws: harness.Probed(1e12, 1e12), {"avx512": 4e9})
+    records = kernels.run(limits, quick=True, log=lambda *a: None, only=["_row"])
+    for r in records:
+        roof = 1e9 if r.name == "conv2d_row" else 4e9
+        assert r.limit == "flops" and r.pct_of_limit == pytest.approx(100.0 * 1e6 / roof / r.median_s)
+        assert r.extra["flop_roof"] == ("sgemm" if r.name == "conv2d_row" else "fma_peak")
+
+
 def test_stream_probes_split_out_of_place_from_in_place():
     """stream_bandwidths: the out-of-place figure is the best of c = a + b and b = s * a only, so it can
     never exceed the best of all probes; the records name all four probes."""
