@@ -582,19 +582,12 @@ def V_oldauto(comm, buf, kb):
     allreduce_algorithm with the call counted, then the pick through hierarchical_allreduce & co."""
     from fasttrain.parallel import ring as R
 
-    R._check_buf(buf)
-    R._check_schedule("once")
-    R.get_codec(None)
-    R.verify_layout(comm, (buf.size, buf.dtype.str, "sum", None, None, R.DEFAULT_SEGMENT_BYTES, R.DEFAULT_SMALL_BYTES,
-                           R.DEFAULT_SHARED_BYTES, R.DEFAULT_MID_BYTES))
-    alg = R.allreduce_algorithm(comm, buf.nbytes, R.DEFAULT_SMALL_BYTES, R.DEFAULT_SHARED_BYTES, R.DEFAULT_MID_BYTES,
-                                count=True)
-    return R._run_algorithm(comm, buf, "sum", alg, R.DEFAULT_SEGMENT_BYTES, R.DEFAULT_SHARED_BYTES)
+    return R._run_algorithm(comm, buf, "sum", _old_dispatch(comm, buf), R.DEFAULT_SEGMENT_BYTES, R.DEFAULT_SHARED_BYTES)
 
 
-def V_before(comm, buf, kb):
-    """ring_allreduce as main had it before session 12 (74b8bc8), as near as one job allows: the old
-    dispatch (`V_oldauto`), the 2-host hierarchy's old form (`V_hold`), direct's all-gather through scratch."""
+def _old_dispatch(comm, buf) -> str:
+    """The algorithm ring_allreduce picked before the per-layout plans, by the same steps: the checks,
+    verify_layout, allreduce_algorithm with the call counted."""
     from fasttrain.parallel import ring as R
 
     R._check_buf(buf)
@@ -602,8 +595,16 @@ def V_before(comm, buf, kb):
     R.get_codec(None)
     R.verify_layout(comm, (buf.size, buf.dtype.str, "sum", None, None, R.DEFAULT_SEGMENT_BYTES, R.DEFAULT_SMALL_BYTES,
                            R.DEFAULT_SHARED_BYTES, R.DEFAULT_MID_BYTES))
-    alg = R.allreduce_algorithm(comm, buf.nbytes, R.DEFAULT_SMALL_BYTES, R.DEFAULT_SHARED_BYTES, R.DEFAULT_MID_BYTES,
-                                count=True)
+    return R.allreduce_algorithm(comm, buf.nbytes, R.DEFAULT_SMALL_BYTES, R.DEFAULT_SHARED_BYTES, R.DEFAULT_MID_BYTES,
+                                 count=True)
+
+
+def V_before(comm, buf, kb):
+    """ring_allreduce as main had it before session 12 (74b8bc8), as near as one job allows: the old
+    dispatch (`V_oldauto`), the 2-host hierarchy's old form (`V_hold`), direct's all-gather through scratch."""
+    from fasttrain.parallel import ring as R
+
+    alg = _old_dispatch(comm, buf)
     if alg == "hierarchical":
         h = R.hierarchy(comm)
         if h.equal and h.slices.size == 2:
