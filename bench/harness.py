@@ -246,11 +246,6 @@ def stream_bandwidths(working_set: int, repeat: int = 7, records: list | None = 
     return Probed(best[True], max(best.values()))
 
 
-def stream_bandwidth(working_set: int, repeat: int = 7, records: list | None = None) -> float:
-    """The best of all probes at working_set (stream_bandwidths(...).best)."""
-    return stream_bandwidths(working_set, repeat, records).best
-
-
 def _check_probes() -> None:
     add, scale, update3, _ = _probes()
     a, b, c, d = (np.full(1000003, v, np.float32) for v in (2.0, 0.0, 1.0, 1.0))
