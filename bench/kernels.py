@@ -677,7 +677,7 @@ def run(limits, quick: bool = False, repeat: int = 7, log=print, only=None) -> l
                               entry.flops or None, limits, bandwidth, inplace, flops_limit=flop_roof,
                               working_set_bytes=working_set, limit_probes="out-of-place" if entry.writes_fresh else "all",
                               flop_roof="fma_peak" if flop_roof else "sgemm")
-            if entry.name.startswith("conv2d") and limits.peak:  # the FMA-bound kernels
+            if gemm and limits.peak:  # the FMA-bound kernels
                 rec.extra["pct_of_peak"] = round(100.0 * entry.flops / rec.median_s / limits.peak, 1)
             records.append(rec)
             log(f"  {entry.name:<20} {backend:<6} {records[-1].median_s * 1e3:9.3f} ms")
