@@ -88,6 +88,19 @@ def test_collectives_bench_quick_writes_records(tmp_path):
 
 
 @pytest.mark.parametrize("K", [2, 3, 4])
+def test_ring_from_persistent_requests_equals_the_per_call_ring(K):
+    """plain_ring_allreduce over MPI below PERSISTENT_MAX_BYTES runs from persistent requests kept per
+    buffer: the per-call ring's bits on float data and the exact sum on integers, every rank identical,
+    for sizes below the rank count, odd sizes, pieces of 1 to 15000 values, 'mean', a buffer called again
+    with new data, more buffers than plans kept, and waits that poll."""
+    out = mpirun(K, "persistent_check.py")
+    assert out["size"] == K and out["checked"] >= 100, out
+    assert out["failures"] == [], out["failures"][:5]
+    assert out["kept_after_sizes"] == out["kept_after_eviction"] == out["plans_max"], out
+    assert out["polled_ok"] and out["polled_plans"] == 1, out
+
+
+@pytest.mark.parametrize("K", [2, 3, 4])
 def test_ring_hop_schedule_under_mpi(K):
     """'hop' schedule (tests/hop_bounds.py derives the bound: the chain of p encodes, so the
     error may grow linearly with p); odd and prime sizes, n < p; segments of 300 values rounded

@@ -347,6 +347,172 @@ def V_pring(comm, buf, kb):
     comm._MPI.Request.Waitall(sends)
 
 
+_PERS: dict = {}
+
+
+def _pers_plan(comm, buf, k):
+    """Persistent requests (MPI_Send_init / MPI_Recv_init) for the ring of V_lring's chain on this buffer, each
+    chunk in k even pieces, with every view the steps add through made once: per call only Start, Wait and
+    np.add remain on each step. Keyed by the buffer's address (the plan keeps the buffer alive)."""
+    from fasttrain.parallel import ring as R
+
+    key = (id(comm), buf.ctypes.data, buf.size, buf.dtype.str, k)
+    plan = _PERS.get(key)
+    if plan is not None:
+        return plan
+    raw, MPI, p, r = comm.comm, comm._MPI, comm.size, comm.rank
+    right, left = (r + 1) % p, (r - 1) % p
+    off = [int(v) for v in R.chunk_offsets(buf.size, p)]
+    chunk = lambda c: (off[c % p], off[c % p + 1])  # noqa: E731
+    cut = lambda a, b: R.even_bounds(a, b, max(1, -(-(b - a) // k))) if b > a else []  # noqa: E731
+    maxc = max(off[c + 1] - off[c] for c in range(p))
+    tmp = np.empty((p - 1, max(maxc, 1)), buf.dtype)
+    rs = []  # per step: [(send request, recv request, acc view, tmp view)] per piece
+    for s in range(p - 1):
+        sa, sb = chunk(r - s)
+        ra, rb = chunk(r - s - 1)
+        sends = [raw.Send_init(buf[x:y], right, 79) for x, y in cut(sa, sb)]
+        recvs = [(raw.Recv_init(tmp[s, x - ra:y - ra], left, 79), buf[x:y], tmp[s, x - ra:y - ra]) for x, y in cut(ra, rb)]
+        rs.append((sends, recvs))
+    ag = []
+    for s in range(p - 1):
+        sa, sb = chunk(r + 1 - s)
+        ra, rb = chunk(r - s)
+        ag.append(([raw.Send_init(buf[x:y], right, 80) for x, y in cut(sa, sb)],
+                   [raw.Recv_init(buf[x:y], left, 80) for x, y in cut(ra, rb)]))
+    rs_recvs = [q for _, recvs in rs for q, _, _ in recvs]
+    ag_recvs = [q for _, recvs in ag for q in recvs]
+    plan = _PERS[key] = (buf, tmp, rs, ag, rs_recvs, ag_recvs, MPI.Prequest.Startall, MPI.Request.Waitall)
+    return plan
+
+
+def V_pers(comm, buf, kb, k=1):
+    """The ring with persistent requests built once per buffer (`_pers_plan`), each chunk in k pieces: piece i
+    of a reduce-scatter step is added and its send of the next step started while piece i + 1 arrives. All
+    reduce-scatter receives start at once; the all-gather's once the reduce-scatter's sends are done."""
+    buf_, tmp, rs, ag, rs_recvs, ag_recvs, startall, waitall = _pers_plan(comm, buf, k)
+    startall(rs_recvs)
+    add = np.add
+    sent = []
+    first = rs[0][0]
+    startall(first)
+    sent += first
+    last = len(rs) - 1
+    for s, (_, recvs) in enumerate(rs):
+        nxt = rs[s + 1][0] if s < last else None
+        for i, (q, acc, t) in enumerate(recvs):
+            q.Wait()
+            add(acc, t, out=acc)
+            if nxt is not None:
+                nxt[i].Start()
+        if nxt is not None:
+            sent += nxt
+    waitall(sent)
+    startall(ag_recvs)
+    sent = []
+    first = ag[0][0]
+    startall(first)
+    sent += first
+    last = len(ag) - 1
+    for s, (_, recvs) in enumerate(ag):
+        nxt = ag[s + 1][0] if s < last else None
+        for i, q in enumerate(recvs):
+            q.Wait()
+            if nxt is not None:
+                nxt[i].Start()
+        if nxt is not None:
+            sent += nxt
+    waitall(sent)
+    return buf
+
+
+def V_perse(comm, buf, kb):
+    """V_pers in the pieces plain_ring_allreduce takes where ring_allreduce runs it (`piece_bytes_for`: even
+    pieces below the wheel's rendezvous size up to 2 MB)."""
+    from fasttrain.parallel import ring as R
+
+    chunk = -(-buf.size // comm.size) * buf.itemsize
+    return V_pers(comm, buf, kb, max(1, -(-chunk // (kb or R.piece_bytes_for(buf.nbytes)))))
+
+
+_DPERS: dict = {}
+
+
+def V_dpers(comm, buf, kb):
+    """direct_allreduce (its eager form: the all-gather through scratch, copied in at the end) from persistent
+    requests built once per buffer: every receive and the reduce-scatter sends start at once, then per own
+    piece: wait for the peers' pieces, add in the ring's order, start its all-gather sends."""
+    from fasttrain.parallel import ring as R
+
+    p, r = comm.size, comm.rank
+    seg = kb or R.piece_bytes_for(buf.nbytes)
+    key = (id(comm), buf.ctypes.data, buf.size, buf.dtype.str, seg)
+    plan = _DPERS.get(key)
+    if plan is None:
+        raw, MPI = comm.comm, comm._MPI
+        off, mine, peers, maxc = R._direct_plan(buf.size, p, r, max(1, int(seg) // buf.itemsize))
+        a = off[r]
+        inbox = np.empty((p, maxc), buf.dtype)
+        gather = np.empty(buf.size, buf.dtype)
+        order = R._peers(p, r)
+        rs_recv = {j: [raw.Recv_init(inbox[j, x - a:y - a], j, R._TAG_RS) for x, y in mine] for j in order}
+        starts = [q for j in order for q in rs_recv[j]]
+        starts += [raw.Recv_init(gather[x:y], j, R._TAG_AG) for j, segs in peers for x, y in segs]
+        starts += [raw.Send_init(buf[x:y], j, R._TAG_RS) for j, segs in peers for x, y in segs]
+        steps = [([rs_recv[j][i] for j in order], buf[x:y], [inbox[j, x - a:y - a] for j in order],
+                  [raw.Send_init(buf[x:y], j, R._TAG_AG) for j, _ in peers]) for i, (x, y) in enumerate(mine)]
+        copies = [(buf[off[j]:off[j + 1]], gather[off[j]:off[j + 1]]) for j, _ in peers]
+        plan = _DPERS[key] = (buf, inbox, gather, starts, steps, [q for st in steps for q in st[3]], copies,
+                              MPI.Prequest.Startall, MPI.Request.Waitall, MPI.Request.Wait)
+    _, _, _, starts, steps, ag_sends, copies, startall, waitall, wait = plan
+    add = np.add
+    startall(starts)
+    for recvs, acc, rows, sends in steps:
+        for q, row in zip(recvs, rows):
+            wait(q)
+            add(acc, row, out=acc)
+        startall(sends)
+    waitall(starts)
+    waitall(ag_sends)
+    for dst, src in copies:
+        dst[...] = src
+    return buf
+
+
+def _per_call(fn):
+    from fasttrain.parallel import ring as R
+
+    saved, R.PERSISTENT_MAX_BYTES = R.PERSISTENT_MAX_BYTES, 0
+    try:
+        return fn()
+    finally:
+        R.PERSISTENT_MAX_BYTES = saved
+
+
+def V_ringold(comm, buf, kb):
+    """plain_ring_allreduce in ring_allreduce's pieces with its per-call requests (main before the persistent ring)."""
+    from fasttrain.parallel import ring as R
+
+    return _per_call(lambda: R.plain_ring_allreduce(comm, buf, segment_bytes=kb or R.piece_bytes_for(buf.nbytes)))
+
+
+def V_autoold(comm, buf, kb):
+    """ring_allreduce with the ring's per-call requests (main before the persistent ring)."""
+    return _per_call(lambda: ring_allreduce(comm, buf))
+
+
+def V_pers2(comm, buf, kb):
+    return V_pers(comm, buf, kb, 2)
+
+
+def V_pers3(comm, buf, kb):
+    return V_pers(comm, buf, kb, 3)
+
+
+def V_pers4(comm, buf, kb):
+    return V_pers(comm, buf, kb, 4)
+
+
 def V_x(comm, buf, kb):
     """Not an all-reduce: every rank swaps kb KB with its counterpart on the other host, one message."""
     from fasttrain.parallel import ring as R

@@ -660,10 +660,13 @@ def verify_layout(comm: Communicator, layout: tuple) -> None:
 def plain_ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
                          segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> np.ndarray:
     """The pipelined ring of `ring_allreduce` in full precision (its 'ring' algorithm), with no
-    dispatch: the reduce-scatter, the owner's 'mean' division, the all-gather."""
+    dispatch: the reduce-scatter, the owner's 'mean' division, the all-gather. Over MPI below
+    PERSISTENT_MAX_BYTES it runs from persistent requests kept per buffer (`_persistent_ring`)."""
     p = comm.size
     if p == 1:
         return buf
+    if buf.nbytes < PERSISTENT_MAX_BYTES and hasattr(comm, "_MPI") and buf.size:
+        return _persistent_ring(comm, buf, op, max(1, int(segment_bytes) // buf.itemsize))
     off = chunk_offsets(buf.size, p)
     seg = max(1, int(segment_bytes) // buf.itemsize)
     _reduce_scatter(comm, buf, off, seg)
@@ -672,6 +675,133 @@ def plain_ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
         buf[oa:ob] /= p  # by the owner only, then copied: ranks stay bit-identical
     _allgather(comm, buf, off, seg)
     return buf
+
+
+#: below this many bytes the ring over MPI (`plain_ring_allreduce`) runs from persistent requests
+#: (MPI_Send_init / MPI_Recv_init, MPI-3.1 section 3.9) built once per buffer, its pieces' views
+#: made once (`_RingPlan`): a call then only starts, waits and adds, where the plain form computes the
+#: chunk boundaries and pieces with NumPy, slices views and builds a request per piece on every call,
+#: all on the steps' critical path (a ring of p ranks has 2 (p - 1) steps in a row). Interleaved on the
+#: emulated cluster, 3 hosts x 1 rank over 1 Gbit/s, 301 rounds (bench/dev/net_ab.py 'ring' against
+#: 'ringold', the per-call form, in ring_allreduce's pieces; loaded 10-11), median / p5 ms: 64 KB 5.62 /
+#: 2.62 vs 7.09 / 3.83, 256 KB 8.21 / 5.20 vs 9.60 / 6.68, 1 MB 16.86 / 13.57 vs 16.90 / 14.43; the
+#: prototype ('perse' against 'ring' at load 6) 256 KB paired 0.95, p5 2.73 vs 2.90 ms. From 2 MB the
+#: pieces are half a megabyte (`piece_bytes_for`) and the per-call Python is noise.
+PERSISTENT_MAX_BYTES = EAGER_MAX_BYTES
+#: persistent plans kept per communicator (least recently used dropped, its requests freed): the
+#: data-parallel layer all-reduces a few fixed buckets of the gradient arena
+PERSISTENT_PLANS = 16
+
+
+class _RingPlan:
+    """`plain_ring_allreduce`'s messages for one buffer as persistent requests. Chunk c is cut into
+    the same even pieces (`even_bounds`) by every rank, so a step's received pieces are the next
+    step's sent ones. Reduce-scatter step s receives into row s % 2 of its own scratch (never the
+    shared scratch pool: the requests hold addresses). The plan keeps the buffer alive, so its
+    address cannot be reused by another array while the requests point at it."""
+
+    def __init__(self, comm, buf: np.ndarray, seg: int):
+        raw, p, r = comm.comm, comm.size, comm.rank
+        right, left = (r + 1) % p, (r - 1) % p
+        off = [int(v) for v in chunk_offsets(buf.size, p)]
+
+        def cut(c):
+            a, b = off[c % p], off[c % p + 1]
+            return even_bounds(a, b, seg)
+
+        self.buf = buf
+        self.tmp = np.empty((2, max(1, max(off[c + 1] - off[c] for c in range(p)))), buf.dtype)
+        self.rs = []  # step s: (sends, [(recv, partial sum in buf, received piece)])
+        for s in range(p - 1):
+            a = off[(r - s - 1) % p]
+            row = self.tmp[s % 2]
+            self.rs.append(([raw.Send_init(buf[x:y], right, _TAG) for x, y in cut(r - s)],
+                            [(raw.Recv_init(row[x - a:y - a], left, _TAG), buf[x:y], row[x - a:y - a])
+                             for x, y in cut(r - s - 1)]))
+        self.rs_recvs = [[q for q, _, _ in recvs] for _, recvs in self.rs]
+        self.rs_sends = [q for sends, _ in self.rs for q in sends]
+        self.ag = [([raw.Send_init(buf[x:y], right, _TAG_AG) for x, y in cut(r + 1 - s)],
+                    [raw.Recv_init(buf[x:y], left, _TAG_AG) for x, y in cut(r - s)]) for s in range(p - 1)]
+        self.ag_recvs = [q for _, recvs in self.ag for q in recvs]
+        self.ag_sends = [q for sends, _ in self.ag for q in sends]
+        self.owned = buf[off[(r + 1) % p]:off[(r + 1) % p + 1]]
+
+    def free(self) -> None:
+        for q in self.rs_sends + self.ag_sends + self.ag_recvs + [q for qs in self.rs_recvs for q in qs]:
+            q.Free()
+
+
+def _persistent_ring(comm, buf: np.ndarray, op: str, seg: int) -> np.ndarray:
+    """`plain_ring_allreduce` from buf's `_RingPlan` (made on the first call for buf's address, size,
+    dtype and pieces): the same messages, pieces and additions as `_reduce_scatter` + `_allgather`,
+    so the same bits. The all-gather's receives (into buf) start once the reduce-scatter's sends are
+    done (a receive must not land in a region a pending send still reads)."""
+    key = (buf.ctypes.data, buf.size, buf.dtype.str, seg)
+    try:
+        plans = comm._ring_persistent
+    except AttributeError:
+        plans = comm._ring_persistent = {}
+        _free_at_exit(comm)
+    plan = plans.pop(key, None)
+    if plan is None:
+        if len(plans) >= PERSISTENT_PLANS:
+            plans.pop(next(iter(plans))).free()
+        plan = _RingPlan(comm, buf, seg)
+    plans[key] = plan  # the most recently used last
+    MPI = comm._MPI
+    startall = MPI.Prequest.Startall
+    if comm.poll_interval_s:
+        wait, waitall = comm.wait, comm.waitall
+    else:
+        wait, waitall = MPI.Request.Wait, MPI.Request.Waitall
+    add = np.add
+    rs, rs_recvs = plan.rs, plan.rs_recvs
+    steps = len(rs)
+    startall(rs_recvs[0])
+    if steps > 1:
+        startall(rs_recvs[1])
+    startall(rs[0][0])
+    for s in range(steps):
+        nxt = rs[s + 1][0] if s + 1 < steps else None
+        for i, (q, acc, piece) in enumerate(rs[s][1]):
+            wait(q)
+            add(acc, piece, out=acc)
+            if nxt is not None:
+                nxt[i].Start()
+        if s + 2 < steps:  # row s % 2 is free again
+            startall(rs_recvs[s + 2])
+    if op == "mean":
+        plan.owned /= comm.size  # by the owner only, then copied: ranks stay bit-identical
+    waitall(plan.rs_sends)
+    ag = plan.ag
+    startall(plan.ag_recvs)
+    startall(ag[0][0])
+    for s in range(steps):
+        nxt = ag[s + 1][0] if s + 1 < steps else None
+        for i, q in enumerate(ag[s][1]):
+            wait(q)
+            if nxt is not None:
+                nxt[i].Start()
+    waitall(plan.ag_sends)
+    return buf
+
+
+def _free_at_exit(comm) -> None:
+    """Free comm's persistent plans before MPI_Finalize (mpi4py's own exit hook, registered when
+    mpi4py was imported, runs after this later one): MPICH warns about every request it frees there."""
+    import atexit
+    import weakref
+
+    ref = weakref.ref(comm)
+
+    def free():
+        c = ref()
+        if c is None or c._MPI.Is_finalized():
+            return
+        for plan in c.__dict__.pop("_ring_persistent", {}).values():
+            plan.free()
+
+    atexit.register(free)
 
 
 def _measured_ring(comm: Communicator, buf: np.ndarray, op: str = "sum",
