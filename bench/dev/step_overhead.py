@@ -43,6 +43,7 @@ class KernelTimer:
         self.wall = 0.0
         self.cpu = 0.0
         self.per = defaultdict(float)
+        self.per_cpu = defaultdict(float)
         self.calls = defaultdict(int)
         for name in dir(_C):
             fn = getattr(_C, name)
@@ -58,10 +59,11 @@ class KernelTimer:
             try:
                 return fn(*args, **kwargs)
             finally:
-                dt = clock() - t
-                self.cpu += cpu() - c
+                dt, dc = clock() - t, cpu() - c
+                self.cpu += dc
                 self.wall += dt
                 self.per[name] += dt
+                self.per_cpu[name] += dc
                 self.calls[name] += 1
         timed.__name__ = name
         return timed
@@ -76,6 +78,7 @@ def measure(net: str, batch: int, rounds: int, top: int, kt: KernelTimer):
         step()
     wall, kern, cpu, kcpu, faults = [], [], [], [], []
     kt.per.clear()
+    kt.per_cpu.clear()
     kt.calls.clear()
     for _ in range(rounds):
         kt.reset()
@@ -93,7 +96,8 @@ def measure(net: str, batch: int, rounds: int, top: int, kt: KernelTimer):
           f"({nk / ms(wall):3.0%}), {ms(np.subtract(cpu, kcpu)):6.2f} ms main-thread CPU  "
           f"minor faults/step {int(np.median(faults))}", flush=True)
     for name, v in sorted(kt.per.items(), key=lambda kv: -kv[1])[:top]:
-        print(f"    {name:36s} {v / rounds * 1e3:7.2f} ms  {kt.calls[name] // rounds:4d} calls/step")
+        print(f"    {name:36s} {v / rounds * 1e3:7.2f} ms wall {kt.per_cpu[name] / rounds * 1e3:7.2f} ms calling-thread CPU "
+              f"({kt.per_cpu[name] / sum(kt.per_cpu.values()):4.0%} of kernel CPU)  {kt.calls[name] // rounds:4d} calls/step")
 
 
 # the entry points that compute into given arrays (stubbed by --python-only); the rest answer questions the
