@@ -151,15 +151,24 @@ class Probed(NamedTuple):
     writing a line it does not own first reads it (read for ownership), which an in-place update never
     pays, so the in-place figure is one no fresh-output kernel can reach (non-temporal stores, which skip
     that read, lost 2x in cache). best: the best of all probes, in-place ones included, the limit for a
-    kernel that updates its arrays in place (optimizer steps). As STREAM, each probe counts the logical
-    bytes of its arrays (a write is one write, its read for ownership is not counted)."""
+    kernel that updates its arrays in place (optimizer steps). read_only: the read-only probe (a sum: every
+    byte read, none written), the limit for a kernel that only reads (a weight gradient writes a few
+    floats): the in-place probes' counted bytes are 1/3 writes, which go out on the caches' write path
+    beside the reads, so they count a bandwidth no read-only kernel can use (1 thread, 7-10 MB working
+    set: sum 107-120 GB/s, in-place add 180-192 GB/s); 0.0 where it was not measured (then `best`). As
+    STREAM, each probe counts the logical bytes of its arrays (a write is one write, its read for
+    ownership is not counted)."""
     out_of_place: float
     best: float
+    read_only: float = 0.0
 
     def max(self, other: "Probed") -> "Probed":
-        return Probed(max(self.out_of_place, other.out_of_place), max(self.best, other.best))
+        return Probed(max(self.out_of_place, other.out_of_place), max(self.best, other.best),
+                      max(self.read_only, other.read_only))
 
-    def limit(self, writes_fresh: bool) -> float:
+    def limit(self, writes_fresh: bool, reads_only: bool = False) -> float:
+        if reads_only and self.read_only:
+            return self.read_only
         return self.out_of_place if writes_fresh else self.best
 
 
@@ -191,6 +200,21 @@ class Limits:
         """The limit for a kernel at working_set bytes: the out-of-place probes' best when its outputs
         are fresh arrays (writes_fresh), else the best of all probes (Probed)."""
         return self.bandwidths_at(working_set).limit(writes_fresh)
+
+
+def stream_sum_numpy(a, b):
+    return float(np.add.reduce(a)) + float(np.add.reduce(b))
+
+
+def _read_probe():
+    """The read-only probe: the sum of two arrays (two input streams, as a weight gradient's x and dy; our
+    C++ loop when built)."""
+    try:
+        from fasttrain import _C
+
+        return _C.stream_sum
+    except (ImportError, AttributeError):
+        return stream_sum_numpy
 
 
 def stream_add_numpy(a, b, c):
@@ -234,7 +258,7 @@ def stream_probes(working_set: int) -> list:
 def stream_bandwidths(working_set: int, repeat: int = 7, records: list | None = None) -> Probed:
     """Best bytes/s of the probes (stream_probes) over `working_set` bytes, each counting the bytes it
     moves. The best sample of each approximates its sustainable peak; Probed holds the best
-    out-of-place one and the best of all."""
+    out-of-place one, the best of all and the read-only one (the sum of two arrays of working_set bytes in all)."""
     source = _probes()[3]
     best = {}
     for name, probe, nbytes, out_of_place in stream_probes(working_set):
@@ -243,7 +267,14 @@ def stream_bandwidths(working_set: int, repeat: int = 7, records: list | None = 
             records.append(make_record("limits", name, source.split()[0], f"{working_set >> 20} MiB", samples,
                                        nbytes=nbytes, out_of_place=out_of_place))
         best[out_of_place] = max(best.get(out_of_place, 0.0), nbytes / min(samples))
-    return Probed(best[True], max(best.values()))
+    read, two = _read_probe(), [np.ones(max(working_set // 8, 1024), np.float32) for _ in range(2)]
+    samples = time_fn(lambda: read(*two), repeat=repeat, warmup=2)
+    nbytes = 2 * two[0].nbytes
+    if records is not None:
+        records.append(make_record("limits", "stream_sum", source.split()[0], f"{working_set >> 20} MiB", samples,
+                                   nbytes=nbytes, out_of_place=False, read_only=True))
+    read_only = nbytes / min(samples)
+    return Probed(best[True], max(max(best.values()), read_only), read_only)
 
 
 def _check_probes() -> None:
@@ -254,6 +285,7 @@ def _check_probes() -> None:
     assert np.all(out == a), "stream_add gave a wrong result"
     scale(a, out, 1.5)
     assert np.all(out == 3.0), "stream_scale gave a wrong result"
+    assert _read_probe()(a, c) == 3.0 * a.size, "stream_sum gave a wrong result"
     if update3 is not None:
         update3(a, b, c, d)
         assert np.all(b == 2.0) and np.all(c == 3.0) and np.all(d == 3.0), "stream_update3 gave a wrong result"

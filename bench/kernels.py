@@ -42,6 +42,10 @@ class Entry:
     # write next to nothing such as a weight gradient, and the FLOP-bound conv rows): the best of all
     # probes, in-place ones included
     writes_fresh: bool = False
+    # True: the timed kernels only read (they write a few floats, as a depthwise weight gradient), so the
+    # row is held to the read-only probe (a sum) at its working set: the in-place probes count write
+    # bytes, which travel beside the reads and which such a kernel has none of (harness.Probed)
+    reads_only: bool = False
 
     def torch_variants(self) -> dict:
         if self.torch is None:
@@ -564,9 +568,11 @@ def _depthwise_blocked_entry(N, C, H, W, stride=1, part="fwd_bwd", R=3):
     # the blocked arrays each part's kernels touch (x and dy in NCHW are PyTorch's inputs only)
     touched = {"fwd": ("xb", "w", "b", "yb"), "bwd_data": ("dyb", "w", "dxb"), "bwd_weight": ("xb", "dyb", "dw", "db"),
                "fwd_bwd": ("xb", "w", "b", "yb", "dyb", "dxb", "dw", "db")}[part]
-    # every part but the weight gradient (which reads x and dy and writes C x 10 floats) writes a fresh array
+    # every part but the weight gradient writes a fresh array; that one reads x and dy and writes C x 10
+    # floats, so it is held to the read-only probe
     return Entry(f"dw_blocked_{part}", (N, C, H, W, R, stride), nbytes, flops, inputs, run, outputs[part],
-                 {"torch-cl": torch_fn}, ops, rtol=2e-4, touched=touched, writes_fresh=part != "bwd_weight")
+                 {"torch-cl": torch_fn}, ops, rtol=2e-4, touched=touched, writes_fresh=part != "bwd_weight",
+                 reads_only=part == "bwd_weight")
 
 
 # MobileNet's depthwise layers (models.mobilenet at width 0.5, batch 128 on 32 x 32 images) that the
@@ -637,6 +643,10 @@ def _working_set(arrays: dict, touched=None) -> int:
     return sum(a.nbytes for k, a in arrays.items() if isinstance(a, np.ndarray) and (touched is None or k in touched))
 
 
+def _limit_probes(entry) -> str:
+    return "out-of-place" if entry.writes_fresh else "read-only" if entry.reads_only else "all"
+
+
 def run(limits, quick: bool = False, repeat: int = 7, log=print, only=None) -> list:
     """only: substrings of row names; when given, the other rows (and the codecs) are skipped."""
     torch = torch_or_none()
@@ -664,7 +674,7 @@ def run(limits, quick: bool = False, repeat: int = 7, log=print, only=None) -> l
         bandwidth = inplace = None
         if probed is not None:  # bracket the drift: the limit is the better of before and after
             probed = probed.max(limits.bandwidths_at(working_set))
-            bandwidth, inplace = probed.limit(entry.writes_fresh), probed.best
+            bandwidth, inplace = probed.limit(entry.writes_fresh, entry.reads_only), probed.best
         # The FLOP roof: the sgemm rate for the convolutions (their % of sgemm is the issue's figure; pct_of_peak
         # beside it), the FMA peak for every other kernel: ours are our own AVX-512 loops, and a depthwise
         # kernel in cache outran the sgemm rate (104-131 % of a "flops" limit that was not its roof)
@@ -675,7 +685,7 @@ def run(limits, quick: bool = False, repeat: int = 7, log=print, only=None) -> l
                 _check(entry, backend)  # still correct after the timed runs (no state corruption)
             rec = make_record("kernels", entry.name, backend, entry.shape, samples[backend], entry.nbytes or None,
                               entry.flops or None, limits, bandwidth, inplace, flops_limit=flop_roof,
-                              working_set_bytes=working_set, limit_probes="out-of-place" if entry.writes_fresh else "all",
+                              working_set_bytes=working_set, limit_probes=_limit_probes(entry),
                               flop_roof="fma_peak" if flop_roof else "sgemm")
             if gemm and limits.peak:  # the FMA-bound kernels
                 rec.extra["pct_of_peak"] = round(100.0 * entry.flops / rec.median_s / limits.peak, 1)

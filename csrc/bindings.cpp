@@ -1447,6 +1447,12 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release nogil;
     ft::cpu::stream_update3(pa, pb, pc, pd, a.size());
   }, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("d"));
+  m.def("stream_sum", [](py::array a, py::array b) {
+    same_size(a, b, "a", "b");
+    const float *pa = ptr_of(a, "a"), *pb = ptr_of(b, "b");
+    py::gil_scoped_release nogil;
+    return ft::cpu::stream_sum(pa, pb, a.size());
+  }, py::arg("a"), py::arg("b"));
   m.def("fma_isa_supported", &ft::cpu::fma_isa_supported, py::arg("isa"));
   m.def("fma_peak_flops", [](const std::string& isa, int64_t iters) {
     FT_CHECK(isa == "avx512" || isa == "avx2", "fma_peak_flops(isa): expected 'avx512' or 'avx2', got '" << isa << "'");

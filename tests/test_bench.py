@@ -150,6 +150,11 @@ def test_stream_probes_compute_what_they_count(n):
     out = np.empty_like(a)
     C.stream_add(a, b, out)
     np.testing.assert_array_equal(out, a + b)
+    # the read-only probe: the sum of every element of both (float32 partials summed in double, a float32 result)
+    want = float(a.astype(np.float64).sum() + out.astype(np.float64).sum())
+    assert C.stream_sum(a, out) == pytest.approx(want, rel=1e-5, abs=1e-4 * np.sqrt(n))
+    with pytest.raises(ValueError):
+        C.stream_sum(a, a[:-1])
     with pytest.raises(ValueError, match="distinct"):
         C.stream_update3(a, b, b, d)
 
@@ -203,6 +208,28 @@ def test_fresh_output_rows_are_held_to_the_out_of_place_probes(monkeypatch):
     assert harness.Limits(2e9, 1e12, "t", "t", None, bandwidth_out_of_place=1.5e9).bandwidth_at(None) == 2e9
 
 
+def test_read_only_rows_are_held_to_the_read_only_probe(monkeypatch):
+    """A row whose kernels only read (reads_only, the depthwise weight gradient) gets the read-only probe at
+    its working set as its limit, not the best of all probes (whose in-place figures count write bytes); a
+    Probed without a read-only figure (0.0) falls back to the best of all."""
+    from bench import harness, kernels
+
+    def inputs():
+        return {"x": np.ones(1000, np.float32), "y": np.empty(1000, np.float32)}
+    row = kernels.Entry("read_row", (1000,), 8000.0, 0.0, inputs, lambda k, a: k("relu_fwd")(a["x"], a["y"]), ("y",),
+                        None, ("relu_fwd",), rtol=0, reads_only=True)
+    monkeypatch.setattr(kernels, "entries", lambda quick: [row])
+    limits = harness.Limits(2e9, 1e12, "test", "test", lambda ws: harness.Probed(1e6, 4e6, 2e6))
+    records = kernels.run(limits, quick=True, log=lambda *a: None, only=["_row"])
+    assert records
+    for r in records:
+        assert r.extra["limit_probes"] == "read-only"
+        assert r.pct_of_limit == pytest.approx(100.0 * 8000 / 2e6 / r.median_s)
+        assert r.extra["pct_of_inplace_limit"] == pytest.approx(100.0 * 8000 / 4e6 / r.median_s, abs=0.051)
+    assert harness.Probed(1e6, 4e6).limit(False, reads_only=True) == 4e6
+    assert harness.Probed(1e6, 4e6, 2e6).max(harness.Probed(3e6, 1e6, 1e6)) == harness.Probed(3e6, 4e6, 2e6)
+
+
 def test_records_keep_the_bandwidth_share_where_flops_set_the_limit():
     """pct_of_bandwidth is bytes / limit / time even where the FLOPs at the sgemm rate bind (limit 'flops')."""
     from bench import harness
@@ -235,7 +262,7 @@ def test_flop_roof_is_the_fma_peak_except_for_convolutions(monkeypatch):
 
 def test_stream_probes_split_out_of_place_from_in_place():
     """stream_bandwidths: the out-of-place figure is the best of c = a + b and b = s * a only, so it can
-    never exceed the best of all probes; the records name all four probes."""
+    never exceed the best of all probes; the records name every probe (the read-only sum too)."""
     from bench import harness
 
     records = []
@@ -245,4 +272,5 @@ def test_stream_probes_split_out_of_place_from_in_place():
     oop = max(names[n].bytes / names[n].min_s for n in ("stream_add", "stream_scale"))
     assert probed.out_of_place == pytest.approx(oop)
     assert probed.best == pytest.approx(max(r.bytes / r.min_s for r in records)) and probed.best >= probed.out_of_place
+    assert probed.read_only == pytest.approx(names["stream_sum"].bytes / names["stream_sum"].min_s)
     assert names["stream_scale"].extra["out_of_place"] and not names["stream_add_inplace"].extra["out_of_place"]

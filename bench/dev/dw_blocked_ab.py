@@ -5,7 +5,8 @@ arrays (bench/kernels.py _depthwise_blocked_entry: x with a halo equal to the pa
 without). Also checks that the two builds agree (to float32 tolerance: a new summation order moves
 the weight gradient's last bits).
 --stream adds the out-of-place stream probe (c = a + b) over the part's bytes, x with its halo, as a
-third contender: new/stream is then the fraction of that probe's bandwidth the new build reaches.
+third contender (for bwd_weight, which only reads, the read-only probe stream_sum, as the bench): new/stream
+is then the fraction of that probe's bandwidth the new build reaches.
 python bench/dev/dw_blocked_ab.py --base /tmp/dw_base/_C.so [--threads 1] [--parts fwd,bwd_data,bwd_weight,fwd_bwd] [--stream]"""
 import argparse
 import importlib.machinery
@@ -96,7 +97,11 @@ def main():
                         m.depthwise_blocked_fwd(xb, w, b, o["yb"], *geo, False, halo_x=1)
                         m.depthwise_blocked_bwd(xb, dyb, w, o["dxb"], o["dw"], o["db"], *geo, halo_x=1)
                 fns[name] = f
-            if a.stream:  # the out-of-place stream probe over the part's bytes (c = a + b: 2 reads, 1 write)
+            if a.stream and part == "bwd_weight":  # it only reads: the read-only probe (the bench's limit)
+                n2 = max(int(nbytes_of(part)) // 8, 1024)
+                s2 = [np.ones(n2, np.float32) for _ in range(2)]
+                fns["stream"] = lambda s2=s2: C.stream_sum(*s2)
+            elif a.stream:  # the out-of-place stream probe over the part's bytes (c = a + b: 2 reads, 1 write)
                 n3 = max(int(nbytes_of(part)) // 12, 1024)
                 s3 = [np.ones(n3, np.float32) for _ in range(3)]
                 fns["stream"] = lambda s3=s3: C.stream_add(*s3)

@@ -17,6 +17,8 @@ void stream_add(const float* a, const float* b, float* c, int64_t n);
 // b = s * a (a, b distinct): the 1-read 1-write out-of-place probe
 void stream_scale(const float* a, float* b, float s, int64_t n);
 void stream_update3(const float* a, float* b, float* c, float* d, int64_t n);
+// the sum of a's and b's n elements each: the read-only probe (every byte read, none written)
+float stream_sum(const float* a, const float* b, int64_t n);
 // peak.cpp: FLOP/s of a register-only FMA loop on every thread ("avx512" or "avx2"; call only
 // where fma_isa_supported says the CPU has it)
 bool fma_isa_supported(const std::string& isa);
