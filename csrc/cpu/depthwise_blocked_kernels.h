@@ -419,7 +419,7 @@ void wgrad_cols(const Corr& g, const float* x, int64_t ld, int64_t x_step, const
           if (ih < 0 || ih >= g.H) continue;
           T xv[NK];
           load_block_cols<V, NK, SW>(g, x + n * x_step + ih * ld, qb, xv);
-          if (ahead) {
+          if (ahead && (p == 0 || r >= 3 - g.sh)) {  // each of the next plane's rows once: where it is new
             const float* next = x + (n + 1) * x_step + ih * ld + (qb * SW - g.pw) * kBlock;
             for (int k = 0; k < NK; ++k) __builtin_prefetch(next + k * kBlock);
           }
