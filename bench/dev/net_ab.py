@@ -867,7 +867,9 @@ def child(args):
         ph_all = comm.allgather(ph)
         if r == 0:
             from fasttrain.parallel.ring import allreduce_algorithm
+            from mpi4py import MPI
             print(json.dumps({"layout": args.layout, "rate": args.rate, "size": size, "load": load1(), "rounds": rounds,
+                              "thread_level": MPI.Query_thread(),
                               "pick": allreduce_algorithm(comm, size), "mpich": args.mpich,
                               "ratio": {k: round(float(np.median(np.array(v) / np.array(samples[names[1]]))), 3)
                                         for k, v in samples.items()},
@@ -896,6 +898,7 @@ def parent(args):
                         rec = json.loads(ln)
                         ms = "  ".join(f"{k} {v[0]:.3f}/{v[1]:.3f}/{v[3]:.3f}/{v[2]:.3f} ({rec['ratio'][k]:.2f})" for k, v in rec["ms"].items())
                         print(f"{layout} {rate} {rec['size'] >> 10} KB load {load0:.1f}-{rec['load']:.1f} "
+                              f"MPI thread level {rec['thread_level']} "
                               f"pick {rec['pick']} (median/p20/p5/min ms (median per-round ratio to the first after mpi), {rec['rounds']} rounds): {ms}", flush=True)
                         if rec["phases"]:
                             print("   phases per rank:", rec["phases"], flush=True)
