@@ -275,19 +275,21 @@ void weight_grad(const Isa& isa, const Corr& g0, const float* xb, const float* d
     acc.assign((c1 - c0) * A, 0.f);
     double* out = part.data() + (kn * Cb + c0) * A;
     // `count` planes of one block from plane nc on (an image apart), summed into a
-    const auto planes = [&](int64_t nc, int64_t count, float* a) {
-      isa.wgrad_planes(g, xb + nc * plane_x + g.hin * ldx + g.hin * kBlock, ldx, Cb * plane_x,
+    const auto planes = [&](const Corr& gc, int64_t nc, int64_t count, float* a) {
+      isa.wgrad_planes(gc, xb + nc * plane_x + g.hin * ldx + g.hin * kBlock, ldx, Cb * plane_x,
                        dyb + nc * plane_y + halo_dy * ldy + halo_dy * kBlock, ldy, Cb * plane_y, count, a);
     };
+    Corr gnext = g;  // a group that is not the task's last: its last plane prefetches the next group's first
+    gnext.next_plane = true;
     for (int64_t n = n0; n < n1; n += group) {
       const int64_t count = std::min(group, n1 - n);
       if (by_block) {  // one block (c1 = c0 + 1): the group's planes in one call
-        planes(n * Cb + c0, count, acc.data());
+        planes(n + count < n1 ? gnext : g, n * Cb + c0, count, acc.data());
       } else {
         for (int64_t i = n; i < n + count; ++i)
           for (int64_t cb = c0; cb < c1; ++cb) {
             if (data) data->rows(dyb, dxb, i * Cb + cb, cb, 0, data->height());
-            planes(i * Cb + cb, 1, acc.data() + (cb - c0) * A);
+            planes(g, i * Cb + cb, 1, acc.data() + (cb - c0) * A);
           }
       }
       for (int64_t i = 0; i < (c1 - c0) * A; ++i) out[i] += acc[i];

@@ -31,6 +31,9 @@ struct Corr {
   // prefetches (0: the line kAheadRows rows below; the fused backward: the next plane's, which its data
   // gradient reads next, this plane's dy being in cache already)
   int64_t dy_ahead = 0;
+  // weight gradient of planes up to kPrefetchPlaneFloats: the plane after the call's last one (an image
+  // on) is read next, so the last plane prefetches it too (else only the call's own planes are)
+  bool next_plane = false;
   // the register-block forward rows (fwd_cols) of a large plane: each block asks for its lines of the
   // input rows that output row p + fwd_ahead adds (0: none; past the plane's end, the next plane in
   // memory: the next task's). Set for the stride-1 data gradient of large planes, whose dy nothing

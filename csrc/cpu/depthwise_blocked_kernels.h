@@ -393,7 +393,7 @@ void wgrad_cols(const Corr& g, const float* x, int64_t ld, int64_t x_step, const
 #pragma GCC unroll 9
   for (int t = 0; t < 9; ++t) a[t] = V::zero();
   for (int64_t n = 0; n < count; ++n) {
-    const bool ahead = SMALL && n + 1 < count;
+    const bool ahead = SMALL && (n + 1 < count || g.next_plane);
     for (int64_t p = 0; p < g.P; ++p)
       for (int64_t qb = q0; qb < q1; qb += QB) {
         T d[QB];
