@@ -181,10 +181,10 @@ def _pool_entry(n, c, h, w, kind):
 
     def nchw(a):
         d = _nchw(a, c, ("xb", "dyb", "yb", "dxb"))
-        if kind == "max":
-            am = np.empty(d["yb"].shape, np.int64)
-            fwd, bwd = B.kernel("maxpool2d_fwd", backend="cpp"), B.kernel("maxpool2d_bwd", backend="cpp")
-            return lambda: (fwd(d["xb"], d["yb"], am, 2, 2, 2, 2, 0, 0), bwd(d["dyb"], am, d["dxb"]))
+        if kind == "max":   # the tap form, as MaxPool2d runs on NCHW arrays
+            taps = np.empty(d["yb"].shape, np.uint8)
+            fwd, bwd = B.kernel("maxpool2d_taps_fwd", backend="cpp"), B.kernel("maxpool2d_taps_bwd", backend="cpp")
+            return lambda: (fwd(d["xb"], d["yb"], taps, 2, 2, 2, 2, 0, 0), bwd(d["dyb"], taps, d["dxb"], 2, 2, 2, 2, 0, 0))
         fwd, bwd = B.kernel("avgpool2d_fwd", backend="cpp"), B.kernel("avgpool2d_bwd", backend="cpp")
         return lambda: (fwd(d["xb"], d["yb"], 2, 2, 2, 2, 0, 0), bwd(d["dyb"], d["dxb"], 2, 2, 2, 2, 0, 0))
 

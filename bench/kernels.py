@@ -320,18 +320,26 @@ def _bn_add_relu_entry(N, C, H, W):
                  ("batchnorm_fwd_train", "batchnorm_bwd"), rtol=1e-3, writes_fresh=True)
 
 
-def _maxpool_entry(N, C, H, W):
+def _maxpool_entry(N, C, H, W, indices=False):
+    """2x2 stride-2 max pooling, forward and backward: by default in tap form (one byte per output
+    names the window's maximum: what MaxPool2d keeps), with indices=True the int64 flat argmax
+    (MaxPool2d(return_indices=True))."""
     P, Q = H // 2, W // 2
+    index = np.int64 if indices else np.uint8
+    fwd, bwd = ("maxpool2d_fwd", "maxpool2d_bwd") if indices else ("maxpool2d_taps_fwd", "maxpool2d_taps_bwd")
 
     def inputs():
         a = _rng_inputs({"x": (N, C, H, W), "dy": (N, C, P, Q)})
-        a.update(y=np.empty((N, C, P, Q), np.float32), argmax=np.empty((N, C, P, Q), np.int64),
+        a.update(y=np.empty((N, C, P, Q), np.float32), index=np.empty((N, C, P, Q), index),
                  dx=np.empty((N, C, H, W), np.float32))
         return a
 
     def run(k, a):
-        k("maxpool2d_fwd")(a["x"], a["y"], a["argmax"], 2, 2, 2, 2, 0, 0)
-        k("maxpool2d_bwd")(a["dy"], a["argmax"], a["dx"])
+        k(fwd)(a["x"], a["y"], a["index"], 2, 2, 2, 2, 0, 0)
+        if indices:
+            k(bwd)(a["dy"], a["index"], a["dx"])
+        else:
+            k(bwd)(a["dy"], a["index"], a["dx"], 2, 2, 2, 2, 0, 0)
 
     def torch_variant(channels_last):
         def torch_fn(torch, a):
@@ -345,11 +353,14 @@ def _maxpool_entry(N, C, H, W):
             return step
         return torch_fn
 
-    # fwd reads x, writes y and the int64 argmax (2 floats' worth); bwd reads dy, argmax, writes dx
+    # fwd reads x, writes y and the index; bwd reads dy and the index, writes dx. The index is one
+    # byte per output in tap form, 8 (2 floats' worth) as an int64 argmax.
     q = N * C * P * Q
-    return Entry("maxpool2x2_fwd_bwd", (N, C, H, W), 4.0 * (2 * N * C * H * W + 6 * q), 1.0 * N * C * H * W, inputs,
-                 run, ("y", "dx"), {"torch": torch_variant(False), "torch-cl": torch_variant(True)},
-                 ("maxpool2d_fwd", "maxpool2d_bwd"), rtol=0, writes_fresh=True)
+    nbytes = 4.0 * (2 * N * C * H * W + 2 * q) + 2 * q * np.dtype(index).itemsize
+    return Entry("maxpool2x2_argmax_fwd_bwd" if indices else "maxpool2x2_fwd_bwd", (N, C, H, W), nbytes,
+                 1.0 * N * C * H * W, inputs, run, ("y", "dx"),
+                 {"torch": torch_variant(False), "torch-cl": torch_variant(True)}, (fwd, bwd), rtol=0,
+                 writes_fresh=True)
 
 
 def _softmax_xent_entry(N, C):
@@ -600,6 +611,7 @@ def _nchw_entries(quick: bool) -> list[Entry]:
                 _exp_activation_entry("tanh_fwd", 1 << 14, "tanh"),
                 _batchnorm_entry(2, 3, 5, 7), _batchnorm_relu_entry(2, 3, 5, 7, True),
                 _batchnorm_relu_entry(2, 3, 5, 7, False), _bn_add_relu_entry(2, 3, 5, 7), _maxpool_entry(2, 3, 6, 8),
+                _maxpool_entry(2, 3, 7, 9, indices=True),
                 _softmax_xent_entry(8, 10), _softmax_xent_weighted_entry(8, 10), _conv_entry(2, 3, 8, 8, 4),
                 _conv_entry(2, 5, 7, 7, 6, 1, 2, 0), _depthwise_entry(2, 5, 9, 8),
                 _depthwise_blocked_entry(2, 17, 9, 8, 2)]
@@ -612,7 +624,7 @@ def _nchw_entries(quick: bool) -> list[Entry]:
             _batchnorm_relu_entry(64, 64, 32, 32, False),
             # ResNet-20's activations at batch 128 (stage 1: 16 x 32 x 32; stage 3: 64 x 8 x 8)
             _batchnorm_relu_entry(128, 16, 32, 32, True), _bn_add_relu_entry(128, 16, 32, 32),
-            _bn_add_relu_entry(128, 64, 8, 8), _maxpool_entry(128, 32, 32, 32),
+            _bn_add_relu_entry(128, 64, 8, 8), _maxpool_entry(128, 32, 32, 32), _maxpool_entry(128, 32, 32, 32, indices=True),
             _softmax_xent_entry(1024, 1000), _softmax_xent_weighted_entry(1024, 1000),
             *(_conv_entry(*shape) for shape in RESNET20_CONVS),
             _depthwise_entry(64, 64, 32, 32, backward=False), _depthwise_entry(64, 64, 32, 32),

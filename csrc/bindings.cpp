@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "fasttrain/check.h"
@@ -143,6 +144,18 @@ int64_t pool_extent(const char* op, const char* what, int64_t in, int64_t k, int
   int64_t out = (in + 2 * p - dil * (k - 1) - 1 + s - 1) / s + 1;
   if ((out - 1) * s >= in + p) --out;
   return out;
+}
+
+// The output extents (P, Q) of a max pool that names each maximum by its window tap (one byte, so
+// at most 256 taps), after checking the window's arguments.
+std::pair<int64_t, int64_t> tap_pool_extents(const char* op, int64_t H, int64_t W, int64_t kh, int64_t kw,
+                                             int64_t sh, int64_t sw, int64_t ph, int64_t pw, bool ceil_mode,
+                                             int64_t dh, int64_t dw) {
+  check_window(op, sh, sw, ph, pw);
+  FT_CHECK(dh >= 1 && dw >= 1, op << "(dil_h, dil_w): expected dilations >= 1, got (" << dh << ", " << dw << ")");
+  FT_CHECK(kh * kw <= 256, op << "(kh, kw): expected a window of at most 256 taps (a tap is one byte), got "
+                              << kh << " x " << kw);
+  return {pool_extent(op, "height", H, kh, sh, ph, dh, ceil_mode), pool_extent(op, "width", W, kw, sw, pw, dw, ceil_mode)};
 }
 
 struct Conv {
@@ -679,6 +692,44 @@ void bind(py::module_& m) {
                          << " at flat position " << bad);
   }, py::arg("dy"), py::arg("argmax"), py::arg("dx"));
 
+  // The tap form (see cpu.h): each maximum named by its window tap r * kw + s in one byte
+  m.def("maxpool2d_taps_fwd", [](py::array x, py::array y, py::array taps, int64_t kh, int64_t kw, int64_t sh,
+                                 int64_t sw, int64_t ph, int64_t pw, bool ceil_mode, int64_t dh, int64_t dw) {
+    const char* op = "maxpool2d_taps_fwd";
+    expect_ndim(op, "x", x, 4);
+    const int64_t N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
+    const auto [P, Q] = tap_pool_extents(op, H, W, kh, kw, sh, sw, ph, pw, ceil_mode, dh, dw);
+    expect_shape(op, "y", y, {N, C, P, Q});
+    expect_shape(op, "taps", taps, {N, C, P, Q});
+    const float* px = ptr_of(x, "x");
+    float* py_ = ptr_of(y, "y");
+    uint8_t* pt = u8_ptr(taps, "taps", true);
+    py::gil_scoped_release nogil;
+    ft::cpu::maxpool2d_taps_fwd(px, py_, pt, N * C, H, W, P, Q, kh, kw, sh, sw, ph, pw, dh, dw);
+  }, py::arg("x"), py::arg("y"), py::arg("taps"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
+     py::arg("ph"), py::arg("pw"), py::arg("ceil_mode") = false, py::arg("dil_h") = 1, py::arg("dil_w") = 1);
+
+  m.def("maxpool2d_taps_bwd", [](py::array dy, py::array taps, py::array dx, int64_t kh, int64_t kw, int64_t sh,
+                                 int64_t sw, int64_t ph, int64_t pw, bool ceil_mode, int64_t dh, int64_t dw) {
+    const char* op = "maxpool2d_taps_bwd";
+    expect_ndim(op, "dx", dx, 4);
+    const int64_t N = dx.shape(0), C = dx.shape(1), H = dx.shape(2), W = dx.shape(3);
+    const auto [P, Q] = tap_pool_extents(op, H, W, kh, kw, sh, sw, ph, pw, ceil_mode, dh, dw);
+    expect_shape(op, "dy", dy, {N, C, P, Q});
+    expect_shape(op, "taps", taps, {N, C, P, Q});
+    const float* pdy = ptr_of(dy, "dy");
+    const uint8_t* pt = u8_ptr(taps, "taps", false);
+    float* pdx = ptr_of(dx, "dx");
+    int64_t bad;
+    {
+      py::gil_scoped_release nogil;
+      bad = ft::cpu::maxpool2d_taps_bwd(pdy, pt, pdx, N * C, H, W, P, Q, kh, kw, sh, sw, ph, pw, dh, dw);
+    }
+    FT_CHECK(bad < 0, op << "(taps): expected window taps r*kw + s of a tap inside the image (kh=" << kh << ", kw="
+                         << kw << "), got " << int(pt[bad]) << " at flat position " << bad);
+  }, py::arg("dy"), py::arg("taps"), py::arg("dx"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
+     py::arg("ph"), py::arg("pw"), py::arg("ceil_mode") = false, py::arg("dil_h") = 1, py::arg("dil_w") = 1);
+
   m.def("avgpool2d_fwd", [](py::array x, py::array y, int64_t kh, int64_t kw, int64_t sh,
                             int64_t sw, int64_t ph, int64_t pw, bool ceil_mode, bool count_include_pad,
                             int64_t divisor_override) {
@@ -908,12 +959,8 @@ void bind(py::module_& m) {
   // The blocked max pool names each maximum by its window tap r * kw + s in one byte (see blocked.h).
   auto max_pool_out = [](const char* op, const Geo& g, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
                          int64_t pw, bool ceil_mode, int64_t dh, int64_t dw) {
-    check_window(op, sh, sw, ph, pw);
-    FT_CHECK(dh >= 1 && dw >= 1, op << "(dil_h, dil_w): expected dilations >= 1, got (" << dh << ", " << dw << ")");
-    FT_CHECK(kh * kw <= 256, op << "(kh, kw): expected a window of at most 256 taps (a tap is one byte), got "
-                                << kh << " x " << kw);
-    return Geo{g.N, g.C, pool_extent(op, "height", g.H, kh, sh, ph, dh, ceil_mode),
-               pool_extent(op, "width", g.W, kw, sw, pw, dw, ceil_mode)};
+    const auto [P, Q] = tap_pool_extents(op, g.H, g.W, kh, kw, sh, sw, ph, pw, ceil_mode, dh, dw);
+    return Geo{g.N, g.C, P, Q};
   };
 
   m.def("maxpool2d_blocked_fwd", [max_pool_out](py::array xb, py::array yb, py::array taps, int64_t kh, int64_t kw,

@@ -18,6 +18,7 @@ C = pytest.importorskip("fasttrain._C", reason="C++ module not built")
 
 from fasttrain import backend  # noqa: E402
 from fasttrain.kernels import blocked as ref  # noqa: E402
+from fasttrain.kernels import pooling as pool_ref  # noqa: E402
 from cpp_isas import forced_isa, isa_params  # noqa: E402
 import pool_nans  # noqa: E402
 
@@ -310,7 +311,7 @@ def test_maxpool(isa, shape, pool):
     # the taps name the NCHW kernel's flat indices (what return_indices gives a user)
     y_nchw, am = np.empty((n, c, p, q), f32), np.empty((n, c, p, q), np.int64)
     C.maxpool2d_fwd(x, y_nchw, am, kh, kw, sh, sw, ph, pw, ceil_mode, dh, dw)
-    np.testing.assert_array_equal(ref.taps_to_flat(ref.from_blocked(argmax, c), h, w, kh, kw, sh, sw, ph, pw, dh, dw),
+    np.testing.assert_array_equal(pool_ref.taps_to_flat(ref.from_blocked(argmax, c), h, w, kh, kw, sh, sw, ph, pw, dh, dw),
                                   am)
 
 
@@ -350,7 +351,7 @@ def test_maxpool_nan_ties_and_inf(isa, pool):
                                             return_indices=True)
     ty.backward(torch.from_numpy(dy))
     np.testing.assert_array_equal(y, ty.detach().numpy())
-    np.testing.assert_array_equal(ref.taps_to_flat(ref.from_blocked(taps, c), h, w, kh, kw, sh, sw, ph, pw, dh, dw),
+    np.testing.assert_array_equal(pool_ref.taps_to_flat(ref.from_blocked(taps, c), h, w, kh, kw, sh, sw, ph, pw, dh, dw),
                                   ti.numpy())
     assert_close(ref.from_blocked(dxb, c), tx.grad.numpy(), f"{isa} dx against torch")
 

@@ -67,7 +67,7 @@ def main():
         new.set_num_threads(args.threads)
     entries = blocked.entries(False) + [e for e in kernels.entries(False)
                                         if e.name in ("batchnorm_fwd_bwd", "bn_relu_fused", "bn_add_relu_fused",
-                                                      "maxpool2x2_fwd_bwd")]
+                                                      "maxpool2x2_fwd_bwd", "maxpool2x2_argmax_fwd_bwd")]
     for e in entries:
         if args.only and not any(s in e.name for s in args.only):
             continue

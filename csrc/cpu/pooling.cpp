@@ -1,12 +1,13 @@
-// 2-D max and average pooling over NCHW, one (n, c) plane per task (planes are independent, so
-// results do not depend on the thread count). Windows start at p*sh - ph; taps outside the
-// image are skipped by max pooling and count as zeros for average pooling. Max pooling's taps
-// lie dh, dw apart (dilation). The average's divisor is the window's taps inside the padded
-// input (count_include_pad; fewer than kh*kw only for a ceil-mode window hanging over the
-// bottom/right padding) or its taps inside the image.
+// 2-D max and average pooling over NCHW, one (n, c) plane per task, or one output row for the tap
+// form's 2x2 windows (tasks are independent, so results do not depend on the thread count).
+// Windows start at p*sh - ph; taps outside the image are skipped by max pooling and count as
+// zeros for average pooling. Max pooling's taps lie dh, dw apart (dilation). The average's divisor
+// is the window's taps inside the padded input (count_include_pad; fewer than kh*kw only for a
+// ceil-mode window hanging over the bottom/right padding) or its taps inside the image.
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "fasttrain/cpu.h"
 
@@ -37,32 +38,98 @@ inline bool is_2x2_cells(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t
   return kh == 2 && kw == 2 && sh == 2 && sw == 2 && ph == 0 && pw == 0 && 2 * P <= H && 2 * Q <= W;
 }
 
+// Max pooling names each maximum in one of two forms: T = int64_t, its flat position h*W + w in the
+// plane (what return_indices hands a user), or T = uint8_t, its window tap r*kw + s (the tap form:
+// an eighth of the bytes, for layers that keep the index only for their backward).
+template <class T>
+constexpr bool kTapForm = std::is_same_v<T, uint8_t>;
+
+template <class T>
+inline T max_index(int64_t h, int64_t w, int64_t W, int64_t r, int64_t s, int64_t kw) {
+  if constexpr (kTapForm<T>) return static_cast<T>(r * kw + s);
+  else return h * W + w;
+}
+
+// Threads for a pass over `floats` values: one below 2^15 (see blocked::threads_for)
+inline int threads_for(int64_t floats) { return floats < (int64_t{1} << 15) ? 1 : num_threads(); }
+
 // The 2x2 stride-2 window without padding or dilation (every classic CNN's pooling) in a
 // branch-free form the compiler vectorises: the general loop below works out each window's real
 // taps and ran at 4 ns an output. Same taps in the same order and the same rule as the general
 // loop: the first tap starts the running maximum, a later tap replaces it when larger or NaN.
-void maxpool2x2_plane(const float* xp, float* yp, int64_t* ap, int64_t W, int64_t P, int64_t Q) {
-  for (int64_t p = 0; p < P; ++p) {
-    const float* r0 = xp + 2 * p * W;
-    const float* r1 = r0 + W;
-    float* yr = yp + p * Q;
-    int64_t* ar = ap + p * Q;
-    for (int64_t q = 0; q < Q; ++q) {
-      const float a = r0[2 * q], b = r0[2 * q + 1], c = r1[2 * q], d = r1[2 * q + 1];
-      const int64_t first = 2 * p * W + 2 * q;
-      float best = a;
-      int64_t at = first;
-      const bool take_b = b > best || b != b;
-      best = take_b ? b : best;
-      at = take_b ? first + 1 : at;
-      const bool take_c = c > best || c != c;
-      best = take_c ? c : best;
-      at = take_c ? first + W : at;
-      const bool take_d = d > best || d != d;
-      best = take_d ? d : best;
-      at = take_d ? first + W + 1 : at;
-      yr[q] = best;
-      ar[q] = at;
+// One output row: r0, r1 the two input rows, h the row index of r0 (W its width).
+template <class T>
+void maxpool2x2_row(const float* r0, const float* r1, float* yr, T* ar, int64_t Q, int64_t h, int64_t W) {
+  for (int64_t q = 0; q < Q; ++q) {
+    const float a = r0[2 * q], b = r0[2 * q + 1], c = r1[2 * q], d = r1[2 * q + 1];
+    const int64_t w = 2 * q;
+    float best = a;
+    T at = max_index<T>(h, w, W, 0, 0, 2);
+    const bool take_b = b > best || b != b;
+    best = take_b ? b : best;
+    at = take_b ? max_index<T>(h, w + 1, W, 0, 1, 2) : at;
+    const bool take_c = c > best || c != c;
+    best = take_c ? c : best;
+    at = take_c ? max_index<T>(h + 1, w, W, 1, 0, 2) : at;
+    const bool take_d = d > best || d != d;
+    best = take_d ? d : best;
+    at = take_d ? max_index<T>(h + 1, w + 1, W, 1, 1, 2) : at;
+    yr[q] = best;
+    ar[q] = at;
+  }
+}
+
+// The tap form's backward over one output row of 2x2 cells: r0[2q + s] = (taps[q] == s ? dy[q] : 0),
+// r1[2q + s] = (taps[q] == 2 + s ? dy[q] : 0); returns the OR of the taps (a bit above the lowest two
+// set: a tap no 2x2 window has). dy's bits are masked rather than selected: written as
+// `at == 0 ? g : 0.0f`, GCC kept a branch per pixel, mispredicted on random taps (7 ns an output, 9x
+// this form).
+uint8_t maxpool2x2_taps_bwd_row(const float* dy, const uint8_t* t, float* r0, float* r1, int64_t Q) {
+  uint32_t seen = 0;
+  for (int64_t q = 0; q < Q; ++q) {
+    const uint32_t at = t[q];
+    uint32_t g;
+    std::memcpy(&g, dy + q, sizeof g);
+    seen |= at;
+    const uint32_t v[4] = {g & (0u - (at == 0)), g & (0u - (at == 1)), g & (0u - (at == 2)), g & (0u - (at == 3))};
+    std::memcpy(r0 + 2 * q, v, 2 * sizeof(float));
+    std::memcpy(r1 + 2 * q, v + 2, 2 * sizeof(float));
+  }
+  return static_cast<uint8_t>(seen);
+}
+
+// Any window shape: each window works out its real taps. Strict >: the first maximum in row-major
+// order wins; a NaN is always taken, so it propagates and the last NaN wins, as in PyTorch; the index
+// starts at the first real tap, so a window of -inf still names a real tap.
+template <class T>
+void maxpool_general(const float* x, float* y, T* idx, int64_t NC, int64_t H, int64_t W, int64_t P, int64_t Q,
+                     int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
+                     int64_t dw) {
+#pragma omp parallel for num_threads(threads_for(NC * H * W)) schedule(static)
+  for (int64_t pl = 0; pl < NC; ++pl) {
+    const float* xp = x + pl * H * W;
+    for (int64_t p = 0; p < P; ++p) {
+      const int64_t h0 = p * sh - ph;
+      int64_t r0, r1;
+      real_taps(h0, kh, dh, H, r0, r1);
+      for (int64_t q = 0; q < Q; ++q) {
+        const int64_t w0 = q * sw - pw;
+        int64_t s0, s1;
+        real_taps(w0, kw, dw, W, s0, s1);
+        float best = -std::numeric_limits<float>::infinity();
+        int64_t br = r0, bs = s0;
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t s = s0; s < s1; ++s) {
+            const float v = xp[(h0 + r * dh) * W + w0 + s * dw];
+            if (v > best || v != v) {
+              best = v;
+              br = r;
+              bs = s;
+            }
+          }
+        y[pl * P * Q + p * Q + q] = best;
+        idx[pl * P * Q + p * Q + q] = max_index<T>(h0 + br * dh, w0 + bs * dw, W, br, bs, kw);
+      }
     }
   }
 }
@@ -75,38 +142,28 @@ void maxpool2d_fwd(const float* x, float* y, int64_t* argmax, int64_t NC, int64_
   if (dh == 1 && dw == 1 && is_2x2_cells(kh, kw, sh, sw, ph, pw, H, W, P, Q)) {
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
     for (int64_t pl = 0; pl < NC; ++pl)
-      maxpool2x2_plane(x + pl * H * W, y + pl * P * Q, argmax + pl * P * Q, W, P, Q);
+      for (int64_t p = 0; p < P; ++p) {
+        const float* r0 = x + pl * H * W + 2 * p * W;
+        maxpool2x2_row<int64_t>(r0, r0 + W, y + (pl * P + p) * Q, argmax + (pl * P + p) * Q, Q, 2 * p, W);
+      }
     return;
   }
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
-  for (int64_t pl = 0; pl < NC; ++pl) {
-    const float* xp = x + pl * H * W;
-    for (int64_t p = 0; p < P; ++p) {
-      const int64_t h0 = p * sh - ph;
-      int64_t r0, r1;
-      real_taps(h0, kh, dh, H, r0, r1);
-      for (int64_t q = 0; q < Q; ++q) {
-        const int64_t w0 = q * sw - pw;
-        int64_t s0, s1;
-        real_taps(w0, kw, dw, W, s0, s1);
-        float best = -std::numeric_limits<float>::infinity();
-        // the first real tap, so a window of -inf still names a real tap
-        int64_t at = (h0 + r0 * dh) * W + w0 + s0 * dw;
-        for (int64_t r = r0; r < r1; ++r)
-          for (int64_t s = s0; s < s1; ++s) {
-            const int64_t i = (h0 + r * dh) * W + w0 + s * dw;
-            // strict: the first maximum in row-major order wins; a NaN is always taken, so it
-            // propagates and the last NaN wins, as in PyTorch
-            if (xp[i] > best || xp[i] != xp[i]) {
-              best = xp[i];
-              at = i;
-            }
-          }
-        y[pl * P * Q + p * Q + q] = best;
-        argmax[pl * P * Q + p * Q + q] = at;
-      }
+  maxpool_general<int64_t>(x, y, argmax, NC, H, W, P, Q, kh, kw, sh, sw, ph, pw, dh, dw);
+}
+
+void maxpool2d_taps_fwd(const float* x, float* y, uint8_t* taps, int64_t NC, int64_t H, int64_t W, int64_t P,
+                        int64_t Q, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                        int64_t dh, int64_t dw) {
+  if (dh == 1 && dw == 1 && is_2x2_cells(kh, kw, sh, sw, ph, pw, H, W, P, Q)) {
+    // one task per output row, so a batch of a few large planes still fills both cores
+#pragma omp parallel for num_threads(threads_for(NC * H * W)) schedule(static)
+    for (int64_t i = 0; i < NC * P; ++i) {
+      const float* r0 = x + (i / P) * H * W + 2 * (i % P) * W;
+      maxpool2x2_row<uint8_t>(r0, r0 + W, y + i * Q, taps + i * Q, Q, 0, 0);
     }
+    return;
   }
+  maxpool_general<uint8_t>(x, y, taps, NC, H, W, P, Q, kh, kw, sh, sw, ph, pw, dh, dw);
 }
 
 int64_t maxpool2d_bwd(const float* dy, const int64_t* argmax, float* dx, int64_t NC, int64_t H,
@@ -153,6 +210,50 @@ int64_t maxpool2d_bwd(const float* dy, const int64_t* argmax, float* dx, int64_t
       }
       dxp[at] += dyp[i];
     }
+  }
+  return bad == std::numeric_limits<int64_t>::max() ? -1 : bad;
+}
+
+int64_t maxpool2d_taps_bwd(const float* dy, const uint8_t* taps, float* dx, int64_t NC, int64_t H, int64_t W,
+                           int64_t P, int64_t Q, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                           int64_t pw, int64_t dh, int64_t dw) {
+  const int64_t HW = H * W, PQ = P * Q;
+  if (dh == 1 && dw == 1 && is_2x2_cells(kh, kw, sh, sw, ph, pw, H, W, P, Q)) {
+    // every cell written once, no clearing pass; the pixels no cell covers (a last odd row or
+    // column) get zeros. Taps are checked all at once: all four of a 2x2 window are real, so only a
+    // byte above 3 is wrong, and then the search for the first one is the rare path.
+    uint8_t seen = 0;
+#pragma omp parallel for num_threads(threads_for(NC * HW)) schedule(static) reduction(| : seen)
+    for (int64_t i = 0; i < NC * P; ++i) {
+      const int64_t pl = i / P, p = i % P;
+      float* r0 = dx + pl * HW + 2 * p * W;
+      float* r1 = r0 + W;
+      seen |= maxpool2x2_taps_bwd_row(dy + i * Q, taps + i * Q, r0, r1, Q);
+      for (int64_t w = 2 * Q; w < W; ++w) r0[w] = r1[w] = 0.0f;
+      if (p == P - 1) std::memset(dx + pl * HW + 2 * P * W, 0, sizeof(float) * (H - 2 * P) * W);
+    }
+    if (seen & 0xFC)
+      for (int64_t i = 0; i < NC * PQ; ++i)
+        if (taps[i] > 3) return i;
+    return -1;
+  }
+  // any window shape: clear the plane, then add each dy at its tap's position (windows may overlap)
+  int64_t bad = std::numeric_limits<int64_t>::max();
+#pragma omp parallel for num_threads(threads_for(NC * HW)) schedule(static) reduction(min : bad)
+  for (int64_t pl = 0; pl < NC; ++pl) {
+    float* dxp = dx + pl * HW;
+    std::memset(dxp, 0, sizeof(float) * HW);
+    for (int64_t p = 0; p < P; ++p)
+      for (int64_t q = 0; q < Q; ++q) {
+        const int64_t i = pl * PQ + p * Q + q, r = taps[i] / kw, s = taps[i] % kw;
+        const int64_t h = p * sh - ph + r * dh, w = q * sw - pw + s * dw;
+        if (r >= kh || h < 0 || h >= H || w < 0 || w >= W) {   // not a real tap of its window
+          bad = std::min(bad, i);
+          p = P;
+          break;
+        }
+        dxp[h * W + w] += dy[i];
+      }
   }
   return bad == std::numeric_limits<int64_t>::max() ? -1 : bad;
 }

@@ -144,37 +144,17 @@ def _pool_shape(xb, halo, k, s, p, d, ceil_mode):
             _pool.out_size(w, k[1], s[1], p[1], d[1], ceil_mode))
 
 
-def _window_origins(p, q, sh, sw, ph, pw):
-    # (P, 1) and (1, Q): the top row and left column of each window
-    return (np.arange(p) * sh - ph)[:, None], (np.arange(q) * sw - pw)[None, :]
-
-
-def flat_to_taps(am, h, w, kh, kw, sh, sw, ph, pw, dil_h=1, dil_w=1):
-    """(N, C, P, Q) flat interior indices h*W + w of each window's maximum -> the window tap r*kw + s
-    (uint8), the blocked max pool's record of them."""
-    h0, w0 = _window_origins(am.shape[2], am.shape[3], sh, sw, ph, pw)
-    r, s = (am // w - h0) // dil_h, (am % w - w0) // dil_w
-    return (r * kw + s).astype(np.uint8)
-
-
-def taps_to_flat(taps, h, w, kh, kw, sh, sw, ph, pw, dil_h=1, dil_w=1):
-    """The inverse of flat_to_taps: PyTorch's flat indices h*W + w (int64)."""
-    h0, w0 = _window_origins(taps.shape[2], taps.shape[3], sh, sw, ph, pw)
-    t = taps.astype(np.int64)
-    return (h0 + (t // kw) * dil_h) * w + w0 + (t % kw) * dil_w
-
-
 def maxpool2d_blocked_fwd_ref(xb, yb, taps, kh, kw, sh, sw, ph, pw, ceil_mode=False, dil_h=1, dil_w=1, *,
                               halo_x=0, halo_y=0):
-    # taps: (N, Cb, P, Q, 16) uint8, the window tap r*kw + s of each maximum (the NCHW kernel's
-    # choice among ties); pad lanes pool zeros and name the window's first real tap
+    # taps: (N, Cb, P, Q, 16) uint8, the NCHW tap form's window tap r*kw + s of each maximum;
+    # pad lanes pool zeros and name tap 0
     c, h, w, p, q = _pool_shape(xb, halo_x, (kh, kw), (sh, sw), (ph, pw), (dil_h, dil_w), ceil_mode)
     n = xb.shape[0]
     y = np.empty((n, c, p, q), xb.dtype)
-    am = np.empty((n, c, p, q), np.int64)
-    _pool.maxpool2d_fwd_ref(from_blocked(xb, c, halo_x), y, am, kh, kw, sh, sw, ph, pw, ceil_mode, dil_h, dil_w)
+    t = np.empty((n, c, p, q), np.uint8)
+    _pool.maxpool2d_taps_fwd_ref(from_blocked(xb, c, halo_x), y, t, kh, kw, sh, sw, ph, pw, ceil_mode, dil_h, dil_w)
     _store(yb, y, halo_y)
-    taps[...] = to_blocked(flat_to_taps(am, h, w, kh, kw, sh, sw, ph, pw, dil_h, dil_w))
+    taps[...] = to_blocked(t)
 
 
 def maxpool2d_blocked_bwd_ref(dyb, taps, dxb, kh, kw, sh, sw, ph, pw, ceil_mode=False, dil_h=1, dil_w=1, *,
@@ -182,8 +162,8 @@ def maxpool2d_blocked_bwd_ref(dyb, taps, dxb, kh, kw, sh, sw, ph, pw, ceil_mode=
     c = dyb.shape[1] * LANES
     n, h, w = dxb.shape[0], dxb.shape[2] - 2 * halo_dx, dxb.shape[3] - 2 * halo_dx
     dx = np.empty((n, c, h, w), dxb.dtype)
-    am = taps_to_flat(from_blocked(taps, c), h, w, kh, kw, sh, sw, ph, pw, dil_h, dil_w)
-    _pool.maxpool2d_bwd_ref(from_blocked(dyb, c), am, dx)
+    _pool.maxpool2d_taps_bwd_ref(from_blocked(dyb, c), from_blocked(taps, c), dx, kh, kw, sh, sw, ph, pw, ceil_mode,
+                                 dil_h, dil_w)
     _store(dxb, dx, halo_dx)
 
 

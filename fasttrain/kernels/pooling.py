@@ -14,13 +14,20 @@ or when it is NaN, so a window holding a NaN gives NaN and its index is the LAST
 gradient there. Padding never wins: the layer guarantees padding <= kernel/2, so every window holds
 at least one real element.
 
+Tap form (`maxpool2d_taps_*`): the same choice of maximum, named by its place in its own window,
+tap = r*kw + s (row r, column s of the kh x kw window), one uint8 per output instead of an int64
+flat index (windows of at most 256 taps). A layer that does not hand the indices to its user
+(MaxPool2d(return_indices=False)) stores these: the index array is then a quarter of the pooled
+output rather than twice it (2x2 pooling's forward + backward: 42 bytes an output instead of 56).
+The backward needs the window geometry to turn a tap back into a position.
+
 Average-pool divisor: divisor_override when nonzero (PyTorch's option: every window divides by it);
 else with count_include_pad, the window's taps inside the padded input (kh*kw except for a
 ceil-mode window hanging over the bottom/right padding); without, its real taps.
 """
 import numpy as np
 
-OPS = ["maxpool2d_fwd", "maxpool2d_bwd", "avgpool2d_fwd", "avgpool2d_bwd"]
+OPS = ["maxpool2d_fwd", "maxpool2d_bwd", "maxpool2d_taps_fwd", "maxpool2d_taps_bwd", "avgpool2d_fwd", "avgpool2d_bwd"]
 
 
 def out_size(n, k, s, p, d=1, ceil_mode=False):
@@ -76,6 +83,47 @@ def maxpool2d_bwd_ref(dy, argmax, dx):
     plane = np.arange(n * c, dtype=np.int64).reshape(n, c, 1, 1) * (h * w)
     flat = np.bincount((plane + argmax).ravel(), weights=dy.ravel().astype(np.float64), minlength=dx.size)
     dx[...] = flat.reshape(dx.shape)
+
+
+def _window_origins(p, q, sh, sw, ph, pw):
+    # (P, 1) and (1, Q): the top row and left column of each window
+    return (np.arange(p) * sh - ph)[:, None], (np.arange(q) * sw - pw)[None, :]
+
+
+def flat_to_taps(am, h, w, kh, kw, sh, sw, ph, pw, dil_h=1, dil_w=1):
+    """(..., P, Q) flat indices h*W + w of each window's maximum -> the window tap r*kw + s (uint8)."""
+    h0, w0 = _window_origins(am.shape[-2], am.shape[-1], sh, sw, ph, pw)
+    r, s = (am // w - h0) // dil_h, (am % w - w0) // dil_w
+    return (r * kw + s).astype(np.uint8)
+
+
+def taps_to_flat(taps, h, w, kh, kw, sh, sw, ph, pw, dil_h=1, dil_w=1):
+    """The inverse of flat_to_taps: PyTorch's flat indices h*W + w (int64)."""
+    h0, w0 = _window_origins(taps.shape[-2], taps.shape[-1], sh, sw, ph, pw)
+    t = taps.astype(np.int64)
+    return (h0 + (t // kw) * dil_h) * w + w0 + (t % kw) * dil_w
+
+
+def maxpool2d_taps_fwd_ref(x, y, taps, kh, kw, sh, sw, ph, pw, ceil_mode=False, dil_h=1, dil_w=1):
+    # x: (N, C, H, W); y, taps: (N, C, P, Q); taps uint8 = r*kw + s of the maximum maxpool2d_fwd_ref picks
+    am = np.empty(y.shape, np.int64)
+    maxpool2d_fwd_ref(x, y, am, kh, kw, sh, sw, ph, pw, ceil_mode, dil_h, dil_w)
+    taps[...] = flat_to_taps(am, x.shape[2], x.shape[3], kh, kw, sh, sw, ph, pw, dil_h, dil_w)
+
+
+def maxpool2d_taps_bwd_ref(dy, taps, dx, kh, kw, sh, sw, ph, pw, ceil_mode=False, dil_h=1, dil_w=1):
+    # dy, taps: (N, C, P, Q); dx: (N, C, H, W), zeroed then each dy added at its tap's position.
+    # A tap that is not a real tap of its window (r >= kh, or in the padding) raises, naming the
+    # first such flat position, as an argmax outside its plane does for maxpool2d_bwd.
+    h, w = dx.shape[2], dx.shape[3]
+    h0, w0 = _window_origins(taps.shape[2], taps.shape[3], sh, sw, ph, pw)
+    t = taps.astype(np.int64)
+    rows, cols = h0 + (t // kw) * dil_h, w0 + (t % kw) * dil_w
+    bad = np.flatnonzero((t >= kh * kw) | (rows < 0) | (rows >= h) | (cols < 0) | (cols >= w))
+    if bad.size:
+        raise ValueError(f"maxpool2d_taps_bwd(taps): expected window taps r*kw + s of a tap inside the image "
+                         f"(kh={kh}, kw={kw}), got {int(taps.flat[bad[0]])} at flat position {int(bad[0])}")
+    maxpool2d_bwd_ref(dy, rows * w + cols, dx)
 
 
 def _counts(n, k, s, pad, out, count_include_pad):

@@ -6,7 +6,9 @@ with ceil_mode (a last window starting beyond the input and its top/left padding
 in torch). Padding is limited to half the kernel (as in torch), so every window holds at least
 one real element. AvgPool2d counts the padding in the divisor unless count_include_pad=False;
 MaxPool2d(return_indices=True) returns (y, indices), indices the flat position h*W + w of each
-maximum in its input plane, as torch's.
+maximum in its input plane, as torch's. Without return_indices the layer keeps, for its backward,
+each maximum's window tap (one byte, `maxpool2d_taps_*`) instead: the same maximum, an eighth of
+the index bytes (windows of more than 256 taps, and CuPy arrays, keep the flat int64 index).
 """
 from __future__ import annotations
 
@@ -115,16 +117,25 @@ class MaxPool2d(_Pool2d):
         xp = _array_module(x)
         x = xp.ascontiguousarray(x)
         y = xp.empty(shape, x.dtype)
-        argmax = xp.empty(shape, np.int64)
-        backend.kernel("maxpool2d_fwd", like=x)(x, y, argmax, *self._args(), *self.dilation)
-        self.cache = (argmax, x.shape, y.shape, x.dtype)
-        return (y, argmax.copy()) if self.return_indices else y
+        # the tap form where the indices stay inside the layer (CUDA has only the flat form)
+        taps = not self.return_indices and xp is np and self.kernel_size[0] * self.kernel_size[1] <= 256
+        if taps:
+            index = np.empty(shape, np.uint8)
+            backend.kernel("maxpool2d_taps_fwd", like=x)(x, y, index, *self._args(), *self.dilation)
+        else:
+            index = xp.empty(shape, np.int64)
+            backend.kernel("maxpool2d_fwd", like=x)(x, y, index, *self._args(), *self.dilation)
+        self.cache = (index, taps, x.shape, y.shape, x.dtype)
+        return (y, index.copy()) if self.return_indices else y
 
     def _backward(self, dy):
-        argmax, x_shape, y_shape, dtype = self.cache or (None, None, None, None)
+        index, taps, x_shape, y_shape, dtype = self.cache or (None,) * 5
         dy = self._check_dy(dy, y_shape, dtype)
         dx = _array_module(dy).empty(x_shape, dy.dtype)
-        backend.kernel("maxpool2d_bwd", like=dy)(dy, argmax, dx)
+        if taps:
+            backend.kernel("maxpool2d_taps_bwd", like=dy)(dy, index, dx, *self._args(), *self.dilation)
+        else:
+            backend.kernel("maxpool2d_bwd", like=dy)(dy, index, dx)
         return dx
 
     def _forward_blocked(self, x):

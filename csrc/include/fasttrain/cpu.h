@@ -245,6 +245,15 @@ void maxpool2d_fwd(const float* x, float* y, int64_t* argmax, int64_t NC, int64_
 // returns -1, or a flat position of argmax holding an index outside its plane (dx is then partly written)
 int64_t maxpool2d_bwd(const float* dy, const int64_t* argmax, float* dx, int64_t NC, int64_t H,
                       int64_t W, int64_t P, int64_t Q);
+// The tap form: taps (NC, P, Q) uint8, each maximum's window tap r * kw + s (kh * kw <= 256), the
+// same choice as maxpool2d_fwd.
+void maxpool2d_taps_fwd(const float* x, float* y, uint8_t* taps, int64_t NC, int64_t H, int64_t W, int64_t P,
+                        int64_t Q, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                        int64_t dh = 1, int64_t dw = 1);
+// returns -1, or the first flat position of taps holding no real tap of its window (dx is then partly written)
+int64_t maxpool2d_taps_bwd(const float* dy, const uint8_t* taps, float* dx, int64_t NC, int64_t H, int64_t W,
+                           int64_t P, int64_t Q, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                           int64_t pw, int64_t dh = 1, int64_t dw = 1);
 void avgpool2d_fwd(const float* x, float* y, int64_t NC, int64_t H, int64_t W, int64_t P, int64_t Q,
                    int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
                    bool count_include_pad = true, int64_t divisor_override = 0);
