@@ -384,7 +384,14 @@ void wgrad_3x3_block(const Corr& g, const float* x, int64_t ld, const float* dy,
 // pixel against 7.7 from L2; with these prefetches 2 threads went 0.75 -> 0.41 ms).
 constexpr int64_t kAheadRows = 4;
 
-template <class V, int QB, int SW, bool SMALL>
+// SMALL planes with more than kSmallAheadRows output rows (HALF: 16 x 16 maps at stride 1) prefetch
+// kSmallAheadRows output rows ahead, past the plane's end into the next one, rather than a whole plane
+// ahead: a 16 x 16 plane's x and dy are ~36 KB of lines, asked for into a 48 KB L1 beside the ~36 KB
+// being summed (128x64x16x16, 1 thread: 0.77-0.80x). On smaller planes the row-ahead form ran
+// 1.10-1.13x slower than this whole-plane one.
+constexpr int64_t kSmallAheadRows = 8;
+
+template <class V, int QB, int SW, bool SMALL, bool HALF = false>
 void wgrad_cols(const Corr& g, const float* x, int64_t ld, int64_t x_step, const float* dy, int64_t dy_ld,
                 int64_t dy_step, int64_t count, int64_t q0, int64_t q1, float* acc) {
   using T = typename V::T;
@@ -393,13 +400,28 @@ void wgrad_cols(const Corr& g, const float* x, int64_t ld, int64_t x_step, const
 #pragma GCC unroll 9
   for (int t = 0; t < 9; ++t) a[t] = V::zero();
   for (int64_t n = 0; n < count; ++n) {
-    const bool ahead = SMALL && (n + 1 < count || g.next_plane);
+    const bool more = n + 1 < count || g.next_plane;  // another plane of the block follows
+    const bool ahead = SMALL && !HALF && more;
     for (int64_t p = 0; p < g.P; ++p)
       for (int64_t qb = q0; qb < q1; qb += QB) {
         T d[QB];
         const float* drow = dy + n * dy_step + p * dy_ld + qb * kBlock;
         if (ahead)
           for (int q = 0; q < QB; ++q) __builtin_prefetch(drow + dy_step + q * kBlock);
+        if constexpr (HALF) {  // output row t of plane m: dy, and the input rows that row t is first to read
+          int64_t t = p + kSmallAheadRows, m = n;
+          if (t >= g.P) t -= g.P, ++m;
+          if (m == n || more) {
+            const float* dpf = dy + m * dy_step + t * dy_ld + qb * kBlock;
+            for (int q = 0; q < QB; ++q) __builtin_prefetch(dpf + q * kBlock);
+            for (int64_t r = t == 0 ? 0 : 3 - g.sh; r < 3; ++r) {
+              const int64_t it = t * g.sh - g.ph + r;
+              if (it < 0 || it >= g.H) continue;
+              const float* xr = x + m * x_step + it * ld + (qb * SW - g.pw) * kBlock;
+              for (int k = 0; k < NK; ++k) __builtin_prefetch(xr + k * kBlock);
+            }
+          }
+        }
         if constexpr (!SMALL) {  // the sh input rows output row p + kAheadRows adds, and its dy row
           const float* dpf = drow + (g.dy_ahead ? g.dy_ahead : kAheadRows * dy_ld);
           for (int q = 0; q < QB; ++q) __builtin_prefetch(dpf + q * kBlock);
@@ -441,7 +463,9 @@ struct WgradCols {
   struct F {
     static void run(int64_t q0, int64_t q1, const Corr& g, const float* x, int64_t ld, int64_t x_step,
                     const float* dy, int64_t dy_ld, int64_t dy_step, int64_t count, float* acc) {
-      if ((g.H + 2 * g.hin) * ld <= kPrefetchPlaneFloats)
+      if ((g.H + 2 * g.hin) * ld <= kPrefetchPlaneFloats && g.sh == 1 && g.P > kSmallAheadRows)
+        wgrad_cols<V, QB, SW, true, true>(g, x, ld, x_step, dy, dy_ld, dy_step, count, q0, q1, acc);
+      else if ((g.H + 2 * g.hin) * ld <= kPrefetchPlaneFloats)
         wgrad_cols<V, QB, SW, true>(g, x, ld, x_step, dy, dy_ld, dy_step, count, q0, q1, acc);
       else
         wgrad_cols<V, QB, SW, false>(g, x, ld, x_step, dy, dy_ld, dy_step, count, q0, q1, acc);
