@@ -184,7 +184,7 @@ def _write_results(path, records, rs, limits, args, elapsed) -> None:
         "blocked rows; `limit_probes` in the JSON) is held to the best out-of-place probe (c = a + b, b = s·a, "
         "which pay the read for ownership of each written line, as it does), a row whose kernels only read "
         "(`reads_only`: the depthwise weight gradient, which writes C x 10 floats) to the read-only probe "
-        "(`stream_sum`, the sum of one array: the in-place probes' counted bytes are one third writes, which "
+        "(`stream_sum`, the sum of two arrays: the in-place probes' counted bytes are one third writes, which "
         "travel beside the reads), every other row to the best of "
         "all probes (the in-place add and 3-array update included), and `% in-place limit` "
         "(`pct_of_inplace_limit`) holds every row to that best of all; `pct_of_bandwidth` is the bandwidth share "
