@@ -176,3 +176,40 @@ def test_layer_gradcheck_in_tap_form():
     x = np.random.default_rng(8).permutation(2 * 3 * 7 * 9).reshape(2, 3, 7, 9) * 0.01   # distinct values
     for r in gradcheck(MaxPool2d(3, 2, 1, ceil_mode=True), x, tol=1e-6):
         assert r.passed, str(r)
+
+
+# ---- the C++ 2x2 row on each instruction set (set_conv2d_isa: the AVX2 row, or the portable loop) ----
+
+def _cpp():
+    return pytest.importorskip("fasttrain._C")
+
+
+@pytest.fixture(params=["avx512", "avx2", "portable"])
+def cpp_isa(request):
+    from cpp_isas import forced_isa, isa_available
+    C = _cpp()
+    if not isa_available(C, request.param):
+        pytest.skip(f"no {request.param} on this CPU/build")
+    yield from forced_isa(C, request.param)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 2, 2), (1, 3, 2, 16), (2, 17, 5, 34), (1, 3, 33, 33), (2, 3, 4, 71),
+                                   (1, 1, 2, 32), (2, 5, 8, 50)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("kind", ["normal", "ties", "nan"])
+def test_cpp_2x2_row_on_each_isa(cpp_isa, shape, kind):
+    """Rows of 1, 8, 16, 17, 25 and 35 outputs: whole 8-output vector steps, their tails, and rows of
+    fewer than 8; ties and NaN/-inf (tests/pool_nans.py) decided as the reference decides."""
+    C = _cpp()
+    rng = np.random.default_rng(9)
+    if kind == "nan":
+        x = mixed(shape, 11)
+    else:
+        x = (rng.integers(-2, 3, shape) if kind == "ties" else rng.standard_normal(shape)).astype(np.float32)
+    oshape = _out(shape, (2, 2), (2, 2), (0, 0), (1, 1), False)
+    y, taps = np.full(oshape, 5.0, np.float32), np.full(oshape, 77, np.uint8)
+    C.maxpool2d_taps_fwd(x, y, taps, 2, 2, 2, 2, 0, 0)
+    ey, etaps = np.empty(oshape, np.float64), np.empty(oshape, np.uint8)
+    ref.maxpool2d_taps_fwd_ref(x.astype(np.float64), ey, etaps, 2, 2, 2, 2, 0, 0)
+    np.testing.assert_array_equal(y, ey.astype(np.float32))
+    np.testing.assert_array_equal(taps, etaps)
