@@ -213,3 +213,20 @@ def test_cpp_2x2_row_on_each_isa(cpp_isa, shape, kind):
     ref.maxpool2d_taps_fwd_ref(x.astype(np.float64), ey, etaps, 2, 2, 2, 2, 0, 0)
     np.testing.assert_array_equal(y, ey.astype(np.float32))
     np.testing.assert_array_equal(taps, etaps)
+    dy = rng.standard_normal(oshape).astype(np.float32)
+    dx, edx = np.full(shape, np.nan, np.float32), np.empty(shape, np.float64)
+    C.maxpool2d_taps_bwd(dy, taps, dx, 2, 2, 2, 2, 0, 0)
+    ref.maxpool2d_taps_bwd_ref(dy.astype(np.float64), etaps, edx, 2, 2, 2, 2, 0, 0)
+    np.testing.assert_array_equal(dx, edx.astype(np.float32))   # each dy moved unchanged, zeros elsewhere
+
+
+@pytest.mark.parametrize("where", [0, 9, 24, 34], ids=lambda w: f"at{w}")
+def test_cpp_2x2_bad_tap_found_on_each_isa(cpp_isa, where):
+    """A byte above 3 anywhere in a row (the vector steps or the tail) raises, naming the first."""
+    C = _cpp()
+    oshape = (1, 2, 2, 35)
+    taps = np.random.default_rng(12).integers(0, 4, oshape).astype(np.uint8)
+    taps.flat[where] = 4
+    taps.flat[-1] = 9
+    with pytest.raises(ValueError, match=f"got 4 at flat position {where}$"):
+        C.maxpool2d_taps_bwd(np.ones(oshape, np.float32), taps, np.empty((1, 2, 4, 71), np.float32), 2, 2, 2, 2, 0, 0)

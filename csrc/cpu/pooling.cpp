@@ -123,6 +123,38 @@ int64_t maxpool2x2_taps_row_avx2(const float* r0, const float* r1, float* yr, ui
 // set: a tap no 2x2 window has). dy's bits are masked rather than selected: written as
 // `at == 0 ? g : 0.0f`, GCC kept a branch per pixel, mispredicted on random taps (7 ns an output, 9x
 // this form).
+#if defined(__AVX2__)
+// maxpool2x2_taps_bwd_row with AVX2, 8 outputs a step: each tap's dy (dy where the tap is t, else
+// +0.0, by masking its bits), interleaved into the two input rows (tap 0 with tap 1 in r0, 2 with 3
+// in r1) by unpacks and a 128-bit-lane permute. Returns the outputs done; `seen` gathers the OR of
+// the taps, as the scalar row's return does.
+int64_t maxpool2x2_taps_bwd_row_avx2(const float* dy, const uint8_t* t, float* r0, float* r1, int64_t Q,
+                                     uint32_t& seen) {
+  __m256i any = _mm256_setzero_si256();
+  int64_t q = 0;
+  for (; q + 8 <= Q; q += 8) {
+    const __m256i at = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(t + q)));
+    any = _mm256_or_si256(any, at);
+    const __m256 g = _mm256_loadu_ps(dy + q);
+    const auto pick = [&](int tap) {
+      return _mm256_and_ps(g, _mm256_castsi256_ps(_mm256_cmpeq_epi32(at, _mm256_set1_epi32(tap))));
+    };
+    const __m256 v0 = pick(0), v1 = pick(1), v2 = pick(2), v3 = pick(3);
+    // unpacks pair windows 0 1 | 4 5 and 2 3 | 6 7 within 128-bit lanes; the permutes restore the order
+    const __m256 lo01 = _mm256_unpacklo_ps(v0, v1), hi01 = _mm256_unpackhi_ps(v0, v1);
+    const __m256 lo23 = _mm256_unpacklo_ps(v2, v3), hi23 = _mm256_unpackhi_ps(v2, v3);
+    _mm256_storeu_ps(r0 + 2 * q, _mm256_permute2f128_ps(lo01, hi01, 0x20));
+    _mm256_storeu_ps(r0 + 2 * q + 8, _mm256_permute2f128_ps(lo01, hi01, 0x31));
+    _mm256_storeu_ps(r1 + 2 * q, _mm256_permute2f128_ps(lo23, hi23, 0x20));
+    _mm256_storeu_ps(r1 + 2 * q + 8, _mm256_permute2f128_ps(lo23, hi23, 0x31));
+  }
+  alignas(32) uint32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), any);
+  for (uint32_t v : lanes) seen |= v;
+  return q;
+}
+#endif
+
 uint8_t maxpool2x2_taps_bwd_row(const float* dy, const uint8_t* t, float* r0, float* r1, int64_t Q) {
   uint32_t seen = 0;
   for (int64_t q = 0; q < Q; ++q) {
@@ -268,12 +300,21 @@ int64_t maxpool2d_taps_bwd(const float* dy, const uint8_t* taps, float* dx, int6
     // column) get zeros. Taps are checked all at once: all four of a 2x2 window are real, so only a
     // byte above 3 is wrong, and then the search for the first one is the rare path.
     uint8_t seen = 0;
+    [[maybe_unused]] const bool vector = conv2d_isa() != "portable";   // as the forward
 #pragma omp parallel for num_threads(threads_for(NC * HW)) schedule(static) reduction(| : seen)
     for (int64_t i = 0; i < NC * P; ++i) {
       const int64_t pl = i / P, p = i % P;
       float* r0 = dx + pl * HW + 2 * p * W;
       float* r1 = r0 + W;
-      seen |= maxpool2x2_taps_bwd_row(dy + i * Q, taps + i * Q, r0, r1, Q);
+      int64_t q = 0;
+#if defined(__AVX2__)
+      if (vector) {
+        uint32_t any = 0;
+        q = maxpool2x2_taps_bwd_row_avx2(dy + i * Q, taps + i * Q, r0, r1, Q, any);
+        seen |= static_cast<uint8_t>(any);   // an OR of bytes
+      }
+#endif
+      seen |= maxpool2x2_taps_bwd_row(dy + i * Q + q, taps + i * Q + q, r0 + 2 * q, r1 + 2 * q, Q - q);
       for (int64_t w = 2 * Q; w < W; ++w) r0[w] = r1[w] = 0.0f;
       if (p == P - 1) std::memset(dx + pl * HW + 2 * P * W, 0, sizeof(float) * (H - 2 * P) * W);
     }
