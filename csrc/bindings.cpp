@@ -158,6 +158,23 @@ std::pair<int64_t, int64_t> tap_pool_extents(const char* op, int64_t H, int64_t 
   return {pool_extent(op, "height", H, kh, sh, ph, dh, ceil_mode), pool_extent(op, "width", W, kw, sw, pw, dw, ceil_mode)};
 }
 
+// The NCHW tap form's planes (N * C), input plane (H, W) and output plane (P, Q), after checking the
+// window and the shapes: `image` the 4-d input-sized array (x, or dx), `pooled` and taps (N, C, P, Q).
+struct TapPoolDims {
+  int64_t NC, H, W, P, Q;
+};
+
+TapPoolDims tap_pool_dims(const char* op, const char* image_name, const py::array& image, const char* pooled_name,
+                          const py::array& pooled, const py::array& taps, int64_t kh, int64_t kw, int64_t sh,
+                          int64_t sw, int64_t ph, int64_t pw, bool ceil_mode, int64_t dh, int64_t dw) {
+  expect_ndim(op, image_name, image, 4);
+  const int64_t N = image.shape(0), C = image.shape(1), H = image.shape(2), W = image.shape(3);
+  const auto [P, Q] = tap_pool_extents(op, H, W, kh, kw, sh, sw, ph, pw, ceil_mode, dh, dw);
+  expect_shape(op, pooled_name, pooled, {N, C, P, Q});
+  expect_shape(op, "taps", taps, {N, C, P, Q});
+  return {N * C, H, W, P, Q};
+}
+
 struct Conv {
   int64_t N, C, H, W, K, R, S, P, Q;
 };
@@ -696,34 +713,26 @@ void bind(py::module_& m) {
   m.def("maxpool2d_taps_fwd", [](py::array x, py::array y, py::array taps, int64_t kh, int64_t kw, int64_t sh,
                                  int64_t sw, int64_t ph, int64_t pw, bool ceil_mode, int64_t dh, int64_t dw) {
     const char* op = "maxpool2d_taps_fwd";
-    expect_ndim(op, "x", x, 4);
-    const int64_t N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
-    const auto [P, Q] = tap_pool_extents(op, H, W, kh, kw, sh, sw, ph, pw, ceil_mode, dh, dw);
-    expect_shape(op, "y", y, {N, C, P, Q});
-    expect_shape(op, "taps", taps, {N, C, P, Q});
+    const auto d = tap_pool_dims(op, "x", x, "y", y, taps, kh, kw, sh, sw, ph, pw, ceil_mode, dh, dw);
     const float* px = ptr_of(x, "x");
     float* py_ = ptr_of(y, "y");
     uint8_t* pt = u8_ptr(taps, "taps", true);
     py::gil_scoped_release nogil;
-    ft::cpu::maxpool2d_taps_fwd(px, py_, pt, N * C, H, W, P, Q, kh, kw, sh, sw, ph, pw, dh, dw);
+    ft::cpu::maxpool2d_taps_fwd(px, py_, pt, d.NC, d.H, d.W, d.P, d.Q, kh, kw, sh, sw, ph, pw, dh, dw);
   }, py::arg("x"), py::arg("y"), py::arg("taps"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
      py::arg("ph"), py::arg("pw"), py::arg("ceil_mode") = false, py::arg("dil_h") = 1, py::arg("dil_w") = 1);
 
   m.def("maxpool2d_taps_bwd", [](py::array dy, py::array taps, py::array dx, int64_t kh, int64_t kw, int64_t sh,
                                  int64_t sw, int64_t ph, int64_t pw, bool ceil_mode, int64_t dh, int64_t dw) {
     const char* op = "maxpool2d_taps_bwd";
-    expect_ndim(op, "dx", dx, 4);
-    const int64_t N = dx.shape(0), C = dx.shape(1), H = dx.shape(2), W = dx.shape(3);
-    const auto [P, Q] = tap_pool_extents(op, H, W, kh, kw, sh, sw, ph, pw, ceil_mode, dh, dw);
-    expect_shape(op, "dy", dy, {N, C, P, Q});
-    expect_shape(op, "taps", taps, {N, C, P, Q});
+    const auto d = tap_pool_dims(op, "dx", dx, "dy", dy, taps, kh, kw, sh, sw, ph, pw, ceil_mode, dh, dw);
     const float* pdy = ptr_of(dy, "dy");
     const uint8_t* pt = u8_ptr(taps, "taps", false);
     float* pdx = ptr_of(dx, "dx");
     int64_t bad;
     {
       py::gil_scoped_release nogil;
-      bad = ft::cpu::maxpool2d_taps_bwd(pdy, pt, pdx, N * C, H, W, P, Q, kh, kw, sh, sw, ph, pw, dh, dw);
+      bad = ft::cpu::maxpool2d_taps_bwd(pdy, pt, pdx, d.NC, d.H, d.W, d.P, d.Q, kh, kw, sh, sw, ph, pw, dh, dw);
     }
     FT_CHECK(bad < 0, op << "(taps): expected window taps r*kw + s of a tap inside the image (kh=" << kh << ", kw="
                          << kw << "), got " << int(pt[bad]) << " at flat position " << bad);
