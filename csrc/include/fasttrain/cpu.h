@@ -246,7 +246,8 @@ void maxpool2d_fwd(const float* x, float* y, int64_t* argmax, int64_t NC, int64_
 int64_t maxpool2d_bwd(const float* dy, const int64_t* argmax, float* dx, int64_t NC, int64_t H,
                       int64_t W, int64_t P, int64_t Q);
 // The tap form: taps (NC, P, Q) uint8, each maximum's window tap r * kw + s (kh * kw <= 256), the
-// same choice as maxpool2d_fwd.
+// same choice as maxpool2d_fwd. The 2x2 stride-2 rows of both run 8 outputs a step with AVX2 unless
+// set_conv2d_isa("portable") forces the plain loops.
 void maxpool2d_taps_fwd(const float* x, float* y, uint8_t* taps, int64_t NC, int64_t H, int64_t W, int64_t P,
                         int64_t Q, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
                         int64_t dh = 1, int64_t dw = 1);
