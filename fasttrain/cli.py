@@ -109,8 +109,10 @@ def resolve_config(args: argparse.Namespace, notes: list | None = None) -> Confi
     except (KeyError, ValueError, OSError) as exc:
         from .validation import ConfigError
 
-        raise ConfigError("--config", args.config, "a TOML file of config keys",
-                          detail=f"got {exc.args[-1] if isinstance(exc, OSError) else exc.args[0]}") from None
+        # an OSError's own text omits the path; the user needs both the path and why it failed
+        why = (f"got {args.config!r} ({exc.strerror or exc})" if isinstance(exc, OSError)
+               else f"got {exc.args[0]}")
+        raise ConfigError("--config", args.config, "a TOML file of config keys", detail=why) from None
     if cfg.resume:  # the run's own config, from its checkpoint; what the user gave again overrides it
         from .train.run import resume_config
 

@@ -53,6 +53,13 @@ def test_config_errors(tmp_path):
     assert main(["train", "--config", str(p)]) == 2
 
 
+def test_missing_config_file_names_the_path(tmp_path, capsys):
+    missing = tmp_path / "nope.toml"
+    assert main(["train", "--config", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"--config: expected a TOML file of config keys, got '{missing}' (No such file or directory)" in err
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--compress", "int8"], "--compress: expected --dist ring or mpi with it .*got 'int8' with dist 'none'"),
     (["--bucket-kb", "64", "--local-sgd", "4"], "--bucket-kb: expected --dist ring or mpi"),
