@@ -103,6 +103,30 @@ def checkpoint_path(key, value) -> None:
         raise ConfigError(key, value, "an existing checkpoint file", detail=f"got {value!r} (no such file)")
 
 
+# what a run folder holds to resume from (the trainer's checkpoint_name in either format)
+RUN_CHECKPOINTS = ("checkpoint.npz", "checkpoint.safetensors")
+
+
+def resume_file(value: str, key: str = "resume") -> str:
+    """The checkpoint to resume from: `value` itself, or in a run folder its last-step checkpoint
+    (the newer one when the folder holds both formats). Raises ConfigError for a folder without one."""
+    if not os.path.isdir(value):
+        return value
+    found = [os.path.join(value, name) for name in RUN_CHECKPOINTS
+             if os.path.isfile(os.path.join(value, name))]
+    if not found:
+        raise ConfigError(key, value, "a checkpoint file, or a run folder holding "
+                          + " or ".join(RUN_CHECKPOINTS),
+                          detail=f"got the folder {value!r}, which holds neither")
+    return max(found, key=os.path.getmtime)
+
+
+def resume_path(key, value) -> None:
+    """A checkpoint file as checkpoint_path, or the run folder that holds one."""
+    if value is not None:
+        checkpoint_path(key, resume_file(value, key))
+
+
 def init_path(key, value) -> None:
     """A checkpoint file as checkpoint_path, or a PyTorch state_dict (.pt/.pth/.bin; a safetensors
     file without fasttrain's metadata is one too)."""
@@ -185,7 +209,7 @@ RULES: dict[str, Rule] = {
     "dropout": number(0, 1, hi_open=True, optional=True),
     "seed": integer(lo=0),
     "run_dir": run_folder,
-    "resume": checkpoint_path,
+    "resume": resume_path,
     "threads": integer(lo=1, optional=True, meaning="CPU threads"),
     "backend": one_of(("auto", "cpp", "numba", "numpy", "cuda"), optional=True),
     "device": one_of(("cpu", "cuda")),

@@ -97,11 +97,14 @@ def test_train_one_epoch_writes_run_folder(tmp_path, capsys):
     assert summary["val_acc"] > 0.3   # one epoch on 200 digits, far above chance (0.1)
 
 
-def test_train_resume_continues(tmp_path):
+@pytest.mark.parametrize("fmt, target", [("npz", "checkpoint.npz"), ("npz", ""), ("safetensors", "")])
+def test_train_resume_continues(tmp_path, fmt, target):
+    """From the checkpoint file, or from the run folder that holds it (either format)."""
     run = tmp_path / "run"
-    assert main(["train", "--epochs", "1", "--limit", "64", "--run-dir", str(run), "--quiet", "--no-plot"]) == 0
-    rc = main(["train", "--epochs", "2", "--limit", "64", "--run-dir", str(run), "--quiet", "--no-plot",
-               "--resume", str(run / "checkpoint.npz")])
+    assert main(["train", "--epochs", "1", "--limit", "64", "--run-dir", str(run), "--quiet", "--no-plot",
+                 "--checkpoint-format", fmt]) == 0
+    rc = main(["train", "--epochs", "2", "--limit", "64", "--quiet", "--no-plot",
+               "--resume", str(run / target) if target else str(run)])
     assert rc == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["epochs"] == 2 and summary["steps"] == 4

@@ -72,6 +72,8 @@ CASES = [
                                      "parameterized layers), got 100"),
     (["--resume", "{d}/missing.npz"], {}, "--resume: expected an existing checkpoint file, got '{d}/missing.npz' "
                                           "(no such file)"),
+    (["--resume", "{d}"], {}, "--resume: expected a checkpoint file, or a run folder holding checkpoint.npz or "
+                              "checkpoint.safetensors, got the folder '{d}', which holds neither"),
     (["--resume", "{d}/adam.npz", "--optimizer", "sgd"], {}, "--optimizer: expected 'adam', the optimizer whose state "
                                                              "the checkpoint '{d}/adam.npz' holds"),
     (["--init-from", "README.md"], {}, "--init-from: expected a fasttrain checkpoint (.npz or .safetensors) or a PyTorch state_dict "

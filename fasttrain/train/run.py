@@ -64,9 +64,10 @@ def resume_config(path: str, given: dict) -> tuple[Config, list]:
     folder, so the run continues where it was. Returns (config, [(key, run's value, new value)]
     for each given key that changes the run's value)."""
     from ..config import field_types, make_config
-    from ..validation import RULES, ConfigError, read_checkpoint_for
+    from ..validation import RULES, ConfigError, read_checkpoint_for, resume_file
 
     RULES["resume"]("resume", path)
+    path = resume_file(path)
     _, meta = read_checkpoint_for("resume", path)
     known = field_types()
     # keys of an older version that no longer exist are left out; their behaviour is gone too
@@ -93,11 +94,11 @@ def preflight(cfg: Config) -> dict:
     """Every check that needs neither the data nor the run folder: the config's keys
     (fasttrain.validation) and the checkpoint files it names, read once here: returns
     {'resume' | 'init_from': (arrays, meta)}. Raises ConfigError."""
-    from ..validation import check_model, read_checkpoint_for, validate
+    from ..validation import check_model, read_checkpoint_for, resume_file, validate
 
     validate(cfg)
-    checkpoints = {key: read_checkpoint_for(key, getattr(cfg, key)) for key in ("init_from", "resume")
-                   if getattr(cfg, key)}
+    files = {"init_from": cfg.init_from, "resume": cfg.resume and resume_file(cfg.resume)}
+    checkpoints = {key: read_checkpoint_for(key, path) for key, path in files.items() if path}
     from ..data.catalog import peek_dataset
 
     # known without reading the data (and not resized by image_size)
@@ -225,7 +226,9 @@ def run(cfg: Config, progress: bool | None = None, checkpoints: dict | None = No
                           collective_timeout=cfg.collective_timeout)
         trainer.dist = dp  # before resume: it restores this rank's error-feedback residual too
     if cfg.resume:
-        trainer.resume(cfg.resume)
+        from ..validation import resume_file
+
+        trainer.resume(resume_file(cfg.resume))
     if dp is not None:
         dp.setup()  # after resume / init: rank 0's parameters everywhere, verified by hash
         if rank0:
