@@ -199,8 +199,13 @@ def main(argv=None) -> int:
         if debug:
             raise
         return error(exc.render(_name(exc.key, sources)))
-    except KeyboardInterrupt:
-        return error("interrupted") + 128
+    except KeyboardInterrupt as exc:
+        from .train import TrainingInterrupted
+
+        if isinstance(exc, TrainingInterrupted) and exc.checkpoint:
+            folder = os.path.dirname(exc.checkpoint) or "."
+            return error(f"{exc}: `fasttrain train --resume {folder}` continues the run exactly") + 128
+        return error(str(exc) or "interrupted") + 128
     except Exception as exc:  # noqa: BLE001 - one line for the user; --debug shows the traceback
         from .data import DataError
         from .train import TrainingDiverged

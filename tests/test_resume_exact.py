@@ -136,3 +136,62 @@ def test_plain_api_resume_after_other_models_is_bit_identical(tmp_path):
     load_checkpoint(tmp_path / "half.npz", again, arena2, opt2)
     steps(again, arena2, opt2, 2, 4)
     assert np.array_equal(arena2.data, arena.data)
+
+
+@pytest.mark.parametrize("run, stop_after", [("cosine", 13), ("sgdr_snapshots", 20)])
+def test_ctrl_c_mid_epoch_saves_a_checkpoint_that_resumes_exactly(run, stop_after, tmp_path, monkeypatch, capsys):
+    """The first Ctrl-C lets the step finish and writes the checkpoint, mid-epoch (step 13: epoch 2,
+    batch 5 of 8) or at an epoch's last batch (step 20 is SGDR's first snapshot too); resuming it
+    gives the uninterrupted run's bits."""
+    import signal
+
+    FLAGS = RUNS[run]
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *FLAGS, "--run-dir", "whole"]) == 0
+
+    step = Trainer.train_step
+
+    def ctrl_c_at(self, xb, yb):
+        out = step(self, xb, yb)
+        if self.step == stop_after:
+            signal.raise_signal(signal.SIGINT)   # the handler only sets the flag: the loop stops after this step
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", ctrl_c_at)
+    assert main(["train", *FLAGS, "--run-dir", "cut"]) == 130
+    monkeypatch.setattr(Trainer, "train_step", step)
+    err = capsys.readouterr().err
+    assert f"interrupted at step {stop_after} (epoch" in err
+    assert "the state is saved in cut/checkpoint.npz: `fasttrain train --resume cut` continues the run exactly" in err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # the CLI's handler is gone again
+    _, meta = read_checkpoint("cut/checkpoint.npz")
+    assert meta["step"] == stop_after and meta["history"]["steps"][-1] == stop_after
+    assert main(["train", "--resume", "cut", "--quiet"]) == 0
+    _same_checkpoint("whole/checkpoint.npz", "cut/checkpoint.npz")
+    _same_checkpoint("whole/checkpoint_best.npz", "cut/checkpoint_best.npz")
+    whole, cut = (json.load(open(f"{d}/summary.json")) for d in ("whole", "cut"))
+    assert whole["val_acc"] == cut["val_acc"] and whole["steps"] == cut["steps"]
+    # every step's metrics line is written once: the interrupted run's, then the resumed run's
+    steps = [json.loads(line)["step"] for line in open("cut/metrics.jsonl") if '"loss"' in line and '"epoch"' in line
+             and "train_loss" not in line]
+    assert steps == list(range(1, whole["steps"] + 1))
+
+
+def test_second_ctrl_c_aborts_at_once(tmp_path, monkeypatch, capsys):
+    import signal
+
+    monkeypatch.chdir(tmp_path)
+    step = Trainer.train_step
+
+    def two_presses(self, xb, yb):
+        out = step(self, xb, yb)
+        if self.step == 3:
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)   # raises KeyboardInterrupt here, inside the step
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", two_presses)
+    assert main(["train", "--epochs", "2", "--limit", "300", "--quiet", "--no-plot", "--run-dir", "r"]) == 130
+    err = capsys.readouterr().err
+    assert "fasttrain: error: interrupted" in err and "saved" not in err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -1,5 +1,5 @@
 """The training loop: forward, loss, backward, one fused optimizer step; validation each epoch;
-metrics as JSON lines; a checkpoint per epoch; a learning-curve PNG; and the cs231n-style
+metrics as JSON lines; a checkpoint per epoch (and on Ctrl-C, mid-epoch); a learning-curve PNG; and the cs231n-style
 'command center' safety stop when the loss explodes (> 3x its initial value, or NaN)."""
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import numpy as np
 
 from ..settings import get_logger
 from .checkpoint import apply_checkpoint, module_buffers, read_checkpoint, save_checkpoint
+from .interrupt import StopRequest, TrainingInterrupted, graceful_sigint
 from .monitor import Monitor
 
 log = get_logger(__name__)
@@ -79,6 +80,11 @@ class Trainer:
         self.checkpoint = checkpoint
         self.step = 0
         self.epoch = 0
+        # mid-epoch state of an interrupted run: batches of `epoch` done, and their (examples,
+        # correct, loss sum, seconds) for the epoch's record
+        self.batch_in_epoch = 0
+        self._epoch_partial: tuple | None = None
+        self._stop = StopRequest()
         self.history = History()
         self._metrics = None   # metrics.jsonl, open (append, line-buffered) during fit
         # the optimizer's lr before any schedule step is the run's peak: the monitor's reference
@@ -125,6 +131,8 @@ class Trainer:
     def save(self, path) -> None:
         meta = {"step": self.step, "epoch": self.epoch, "history": self.history.to_dict(),
                 "config": self.config}
+        if self.batch_in_epoch:
+            meta["batch_in_epoch"], meta["epoch_partial"] = self.batch_in_epoch, list(self._epoch_partial)
         # arrays laid out like the arena along their last axis (a pipeline maps each stage's into
         # the whole model's layout), then the others
         on_arena = dict(self.dist.state_dict()) if self.dist is not None else {}  # dist: error-feedback residuals
@@ -158,6 +166,8 @@ class Trainer:
         else:
             apply_checkpoint(path, arrays, self.model, self.arena, self.optimizer)
         self.step, self.epoch = int(meta["step"]), int(meta["epoch"])
+        self.batch_in_epoch = int(meta.get("batch_in_epoch", 0))
+        self._epoch_partial = tuple(meta["epoch_partial"]) if self.batch_in_epoch else None
         self.history = History.from_dict(meta["history"])
         extra = {k[6:]: v for k, v in arrays.items() if k.startswith("extra/")}
         if self.pipeline is not None:  # this stage's part of the arrays laid out like the whole model's arena
@@ -300,25 +310,48 @@ class Trainer:
                 f"(lr={self.optimizer.lr:g}) is probably too high: try a 3-10x smaller --lr")
 
     # -- the loop -------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Stop fit after the step in flight, as the first Ctrl-C does: the checkpoint is written
+        (mid-epoch too) and fit raises TrainingInterrupted."""
+        self._stop.requested = True
+
+    def _interrupt(self, batch_in_epoch: int):
+        path = None
+        if self.checkpoint and (self.run_dir is not None or self.pipeline is not None):
+            path = self._path(self.checkpoint_name)
+            self.save(path)
+        return TrainingInterrupted(path, self.step, self.epoch, batch_in_epoch)
+
     def fit(self, train_loader, val_loader=None, epochs: int = 1) -> History:
         """Train until `epochs` epochs in total are done (a resumed trainer continues from its
-        epoch). Raises TrainingDiverged when the loss explodes."""
-        from tqdm.auto import tqdm
-
+        epoch, and batch). Raises TrainingDiverged when the loss explodes, TrainingInterrupted
+        after Ctrl-C (one process) or request_stop(), once the checkpoint is written."""
         steps_per_epoch = len(train_loader)
         if steps_per_epoch == 0:
             raise ValueError("Trainer.fit(train_loader): the loader yields no batches")
+        if self.batch_in_epoch > steps_per_epoch:
+            raise ValueError(f"Trainer.fit(train_loader): the run stopped after batch {self.batch_in_epoch} of epoch "
+                             f"{self.epoch + 1} but this loader has {steps_per_epoch} batches per epoch "
+                             "(resume with the run's batch size and data)")
+        self._stop.requested = False
+        with graceful_sigint(self._stop, enabled=self.dist is None and self.pipeline is None):
+            return self._fit(train_loader, val_loader, epochs, steps_per_epoch)
+
+    def _fit(self, train_loader, val_loader, epochs: int, steps_per_epoch: int) -> History:
+        from tqdm.auto import tqdm
+
         self.model.train()
-        total = max(epochs - self.epoch, 0) * steps_per_epoch
+        total = max(epochs - self.epoch, 0) * steps_per_epoch - (self.batch_in_epoch if epochs > self.epoch else 0)
         bar = tqdm(total=total, disable=self.progress_disable, unit="step", dynamic_ncols=True)
         if self.run_dir is not None:
             self._metrics = open(self._path("metrics.jsonl"), "a", buffering=1)
         try:
             while self.epoch < epochs:
-                t0 = time.perf_counter()
-                seen, correct, loss_sum = 0, 0, 0.0
+                start = self.batch_in_epoch
+                seen, correct, loss_sum, done_s = self._epoch_partial or (0, 0, 0.0, 0.0)
+                t0 = time.perf_counter() - done_s
                 bar.set_description(f"epoch {self.epoch + 1}/{epochs}")
-                for xb, yb in train_loader.batches(self.epoch):
+                for batch, (xb, yb) in enumerate(train_loader.batches(self.epoch, start=start), start=start + 1):
                     loss, ok = self.train_step(xb, yb)
                     if self.snapshots is not None:
                         self.snapshots(self.step, self.snapshot_steps)
@@ -340,6 +373,11 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4f}", acc=f"{correct / seen:.3f}",
                                     lr=f"{self.optimizer.lr:.2e}", img_s=f"{rate:.0f}", refresh=False)
+                    if self._stop.requested:
+                        self.batch_in_epoch = batch
+                        self._epoch_partial = (seen, correct, loss_sum, time.perf_counter() - t0)
+                        raise self._interrupt(batch)
+                self.batch_in_epoch, self._epoch_partial = 0, None
                 train_time = time.perf_counter() - t0
                 record = {"epoch": self.epoch + 1, "step": self.step, "train_loss": loss_sum / seen,
                           "train_acc": correct / seen, "images_per_s": seen / train_time,
@@ -366,6 +404,8 @@ class Trainer:
                     self.save(self._path(self.checkpoint_name))
                 if stop:
                     break
+                if self._stop.requested and self.epoch < epochs:   # pressed during validation
+                    raise self._interrupt(0)
             if self._best_state is not None:
                 self._restore_best()
                 if self.checkpoint and (self.run_dir is not None or self.pipeline is not None):
