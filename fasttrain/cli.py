@@ -124,7 +124,21 @@ def resolve_config(args: argparse.Namespace, notes: list | None = None) -> Confi
     from .validation import validate
 
     validate(cfg)
+    _note_oversubscription(cfg, config_sources(args), notes)
     return cfg
+
+
+def _note_oversubscription(cfg, sources: dict, notes: list | None) -> None:
+    """Allowed, but said: more threads than this process's share of the cores makes every parallel
+    region wait for threads that are not scheduled (several times slower, not faster)."""
+    from .settings import default_threads, local_ranks
+
+    share = default_threads()
+    if notes is not None and cfg.threads is not None and cfg.threads > share:
+        ranks = local_ranks()
+        whose = f"its share with {ranks} ranks on this machine" if ranks > 1 else "the cores this process may use"
+        notes.append(f"{_name('threads', sources)} {cfg.threads} is more than {share}, {whose}: the extra "
+                     "threads wait for a core and slow every kernel down")
 
 
 def _name(key: str, sources: dict) -> str:

@@ -175,3 +175,15 @@ def test_every_command_takes_the_config_flags():
     for command in ("train", "check", "tune"):
         args = parser.parse_args([command, "--config", "c.toml", "--lr", "0.1", "--debug"])
         assert (args.config, args.lr, args.debug) == ("c.toml", 0.1, True), command
+
+
+def test_more_threads_than_cores_is_allowed_but_said(tmp_path, monkeypatch, capsys):
+    from fasttrain import settings
+
+    monkeypatch.setattr(settings, "default_threads", lambda: 2)
+    flags = ["train", "--epochs", "1", "--limit", "32", "--quiet", "--no-plot"]
+    assert main([*flags, "--threads", "3", "--run-dir", str(tmp_path / "a")]) == 0
+    assert ("fasttrain: note: --threads 3 is more than 2, the cores this process may use: the extra threads wait "
+            "for a core") in capsys.readouterr().err
+    assert main([*flags, "--threads", "2", "--run-dir", str(tmp_path / "b")]) == 0
+    assert "is more than" not in capsys.readouterr().err
