@@ -92,12 +92,14 @@ def test_ring_from_persistent_requests_equals_the_per_call_ring(K):
     """plain_ring_allreduce over MPI below PERSISTENT_MAX_BYTES runs from persistent requests kept per
     buffer: the per-call ring's bits on float data and the exact sum on integers, every rank identical,
     for sizes below the rank count, odd sizes, pieces of 1 to 15000 values, 'mean', a buffer called again
-    with new data, more buffers than plans kept, and waits that poll."""
+    with new data, more buffers than plans kept, and waits that poll; the same for direct_allreduce's
+    eager form from persistent requests, against its per-call form and the ring."""
     out = mpirun(K, "persistent_check.py")
-    assert out["size"] == K and out["checked"] >= 100, out
+    assert out["size"] == K and out["checked"] >= 100 and out["checked_direct"] >= 60, out
     assert out["failures"] == [], out["failures"][:5]
     assert out["kept_after_sizes"] == out["kept_after_eviction"] == out["plans_max"], out
-    assert out["polled_ok"] and out["polled_plans"] == 1, out
+    assert out["direct_plans"] >= 1, out
+    assert out["polled_ok"] and out["polled_plans"] == 2, out
 
 
 @pytest.mark.parametrize("K", [2, 3, 4])

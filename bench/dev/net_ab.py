@@ -496,8 +496,15 @@ def V_ringold(comm, buf, kb):
     return _per_call(lambda: R.plain_ring_allreduce(comm, buf, segment_bytes=kb or R.piece_bytes_for(buf.nbytes)))
 
 
+def V_directold(comm, buf, kb):
+    """direct_allreduce with its per-call requests (main before the persistent direct, session 15)."""
+    from fasttrain.parallel import ring as R
+
+    return _per_call(lambda: R.direct_allreduce(comm, buf, segment_bytes=kb))
+
+
 def V_autoold(comm, buf, kb):
-    """ring_allreduce with the ring's per-call requests (main before the persistent ring)."""
+    """ring_allreduce with per-call requests for the ring and direct (main before the persistent ring)."""
     return _per_call(lambda: ring_allreduce(comm, buf))
 
 
@@ -780,6 +787,110 @@ def V_before(comm, buf, kb):
         return R._run_algorithm(comm, buf, "sum", alg, R.DEFAULT_SEGMENT_BYTES, R.DEFAULT_SHARED_BYTES)
     finally:
         R.RENDEZVOUS_BYTES = saved
+
+
+def _poke_all(comm, sends, recvs):
+    """Let MPI move every posted message: a Testall of the sends, and of the receives (which completes
+    none of them unless all have arrived: it only drains the sockets into the posted buffers)."""
+    T = comm._MPI.Request.Testall
+    if sends:
+        T(sends)
+    T(recvs)
+
+
+def V_hprog(comm, buf, kb):
+    """The 2-host pipelined hierarchy with its waits in the host (`_await`'s progress) testing the
+    cross-host receives too, not only the sends: data the other host sent early drains into the
+    posted buffers while this rank waits for its host peer (the main form's progress is a no-op
+    before its first send)."""
+    import functools
+    from fasttrain.parallel import ring as R
+
+    h = R.hierarchy(comm)
+    w, other = h.window, h.slices
+    s = w.stream(buf, R._two_host_piece(buf.size, buf.itemsize, w.size, kb or R.DEFAULT_SEGMENT_BYTES))
+    for i in range(s.rounds):
+        s.copy_in(i)
+    peer = 1 - other.rank
+    pieces = s.pieces
+    inbox = R._scratch("hier_inbox", pieces[-1][1] if pieces else 0, buf.dtype)
+    recvs = [other.irecv(inbox[x:y], peer, R._TAG_RS) for x, y in pieces]
+    sends = []
+    progress = functools.partial(_poke_all, other, sends, recvs)
+    for i in range(len(pieces)):
+        sends.append(other.isend(s.reduce(i, progress), peer, R._TAG_RS))
+    first = other.rank == 0
+    for i, ((x, y), rq, sq) in enumerate(zip(pieces, recvs, sends)):
+        other.wait(rq)
+        other.wait(sq)
+        mine, theirs = s.result(i), inbox[x:y]
+        if first:
+            np.add(mine, theirs, out=mine)
+        else:
+            np.add(theirs, mine, out=mine)
+        s.done(i)
+        if i + 1 < len(pieces):
+            s.collect(False)
+    s.collect(True, progress)
+    return buf
+
+
+_HPERS: dict = {}
+
+
+def V_hpers(comm, buf, kb, yielding=False, poke=False):
+    """The 2-host pipelined hierarchy with its cross-host messages from persistent requests, one set per
+    buffer and slot half (the stream alternates halves, so each half's result pieces get their own
+    sends); yielding: its MPI waits yield the core after 32 tests (V_hy); poke: its waits in the host
+    test the receives too (V_hprog)."""
+    import functools
+    from fasttrain.parallel import ring as R
+
+    h = R.hierarchy(comm)
+    w, other = h.window, h.slices
+    s = w.stream(buf, R._two_host_piece(buf.size, buf.itemsize, w.size, kb or R.DEFAULT_SEGMENT_BYTES))
+    for i in range(s.rounds):
+        s.copy_in(i)
+    pieces = s.pieces
+    key = (id(other), buf.ctypes.data, buf.size, s.mine.ctypes.data, len(pieces))
+    plan = _HPERS.get(key)
+    if plan is None:
+        raw, peer = other.comm, 1 - other.rank
+        inbox = np.empty(pieces[-1][1] if pieces else 0, buf.dtype)
+        plan = _HPERS[key] = (buf, inbox, [raw.Recv_init(inbox[x:y], peer, R._TAG_RS) for x, y in pieces],
+                              [raw.Send_init(s.result(i), peer, R._TAG_RS) for i in range(len(pieces))])
+    _, inbox, recvs, sends = plan
+    MPI = other._MPI
+    MPI.Prequest.Startall(recvs)
+    started = []
+    progress = functools.partial(_poke_all, other, started, recvs) if poke else functools.partial(R._test_all, other, started)
+    for i in range(len(pieces)):
+        s.reduce(i, progress)
+        sends[i].Start()
+        started.append(sends[i])
+    first = other.rank == 0
+    wait = (lambda q: _yield_wait(q, 32)) if yielding else MPI.Request.Wait
+    for i, ((x, y), rq, sq) in enumerate(zip(pieces, recvs, sends)):
+        wait(rq)
+        wait(sq)
+        mine, theirs = s.result(i), inbox[x:y]
+        if first:
+            np.add(mine, theirs, out=mine)
+        else:
+            np.add(theirs, mine, out=mine)
+        s.done(i)
+        if i + 1 < len(pieces):
+            s.collect(False)
+    s.collect(True)
+    return buf
+
+
+def V_hpy(comm, buf, kb):
+    return V_hpers(comm, buf, kb, yielding=True)
+
+
+def V_hpp(comm, buf, kb):
+    return V_hpers(comm, buf, kb, poke=True)
 
 
 def phases(comm, buf, reps: int = 41):

@@ -541,7 +541,8 @@ def direct_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
     the others. order: how the owner adds a chunk's p values: 'ring' (from the owner's own values on,
     x_r + x_(r+1) + ...: the association of `plain_ring_allreduce`'s chain for that chunk, and of
     one-shot's and rooted's sums, so all of `measured_candidates` return the same bits) or 'rank'
-    (((x0 + x1) + x2) + ...); None: 'ring'."""
+    (((x0 + x1) + x2) + ...); None: 'ring'. Over MPI below PERSISTENT_MAX_BYTES, in eager pieces and
+    order 'ring', it runs from persistent requests kept per buffer (`_persistent_direct`)."""
     p, r = comm.size, comm.rank
     if order is None:
         order = "ring"
@@ -561,6 +562,8 @@ def direct_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
     # comes first waits as a request to send, not as data. Eager messages would be buffered and copied
     # by MPI instead, so below that size they land in a scratch buffer copied in at the end.
     inplace = int(segment_bytes) >= RENDEZVOUS_BYTES and hasattr(comm, "_MPI")
+    if not inplace and order == "ring" and buf.nbytes < PERSISTENT_MAX_BYTES and hasattr(comm, "_MPI"):
+        return _persistent_direct(comm, buf, op, max(1, int(segment_bytes) // buf.itemsize))
     if inplace:
         ag_recvs, gather = [], None
         rs_recvs = {j: [comm.irecv(inbox[j, x - a:y - a], j, _TAG_RS) for x, y in mine] for j, _ in peers}
@@ -686,7 +689,10 @@ def plain_ring_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
 #: 'ringold', the per-call form, in ring_allreduce's pieces; loaded 10-11), median / p5 ms: 64 KB 5.62 /
 #: 2.62 vs 7.09 / 3.83, 256 KB 8.21 / 5.20 vs 9.60 / 6.68, 1 MB 16.86 / 13.57 vs 16.90 / 14.43; the
 #: prototype ('perse' against 'ring' at load 6) 256 KB paired 0.95, p5 2.73 vs 2.90 ms. From 2 MB the
-#: pieces are half a megabyte (`piece_bytes_for`) and the per-call Python is noise.
+#: pieces are half a megabyte (`piece_bytes_for`) and the per-call Python is noise. The same for
+#: direct_allreduce's eager form (`_persistent_direct`, 4 (p - 1) requests per own piece per call): 3
+#: hosts x 1 rank over 10 Gbit/s, 401 interleaved rounds, loaded 9-10, per-call / persistent paired
+#: 1.07 at 1 MB (p5 3.35 vs 3.10 ms), 1.05 at 256 KB, 1.00 at 64 KB.
 PERSISTENT_MAX_BYTES = EAGER_MAX_BYTES
 #: persistent plans kept per communicator (least recently used dropped, its requests freed): the
 #: data-parallel layer all-reduces a few fixed buckets of the gradient arena
@@ -731,12 +737,9 @@ class _RingPlan:
             q.Free()
 
 
-def _persistent_ring(comm, buf: np.ndarray, op: str, seg: int) -> np.ndarray:
-    """`plain_ring_allreduce` from buf's `_RingPlan` (made on the first call for buf's address, size,
-    dtype and pieces): the same messages, pieces and additions as `_reduce_scatter` + `_allgather`,
-    so the same bits. The all-gather's receives (into buf) start once the reduce-scatter's sends are
-    done (a receive must not land in a region a pending send still reads)."""
-    key = (buf.ctypes.data, buf.size, buf.dtype.str, seg)
+def _kept_plan(comm, key: tuple, make):
+    """comm's persistent plan for key (made by make() on first use), the most recently used kept last;
+    beyond PERSISTENT_PLANS the least recently used is dropped and its requests freed."""
     try:
         plans = comm._ring_persistent
     except AttributeError:
@@ -746,8 +749,17 @@ def _persistent_ring(comm, buf: np.ndarray, op: str, seg: int) -> np.ndarray:
     if plan is None:
         if len(plans) >= PERSISTENT_PLANS:
             plans.pop(next(iter(plans))).free()
-        plan = _RingPlan(comm, buf, seg)
-    plans[key] = plan  # the most recently used last
+        plan = make()
+    plans[key] = plan
+    return plan
+
+
+def _persistent_ring(comm, buf: np.ndarray, op: str, seg: int) -> np.ndarray:
+    """`plain_ring_allreduce` from buf's `_RingPlan` (made on the first call for buf's address, size,
+    dtype and pieces): the same messages, pieces and additions as `_reduce_scatter` + `_allgather`,
+    so the same bits. The all-gather's receives (into buf) start once the reduce-scatter's sends are
+    done (a receive must not land in a region a pending send still reads)."""
+    plan = _kept_plan(comm, (buf.ctypes.data, buf.size, buf.dtype.str, seg), lambda: _RingPlan(comm, buf, seg))
     MPI = comm._MPI
     startall = MPI.Prequest.Startall
     if comm.poll_interval_s:
@@ -783,6 +795,65 @@ def _persistent_ring(comm, buf: np.ndarray, op: str, seg: int) -> np.ndarray:
             if nxt is not None:
                 nxt[i].Start()
     waitall(plan.ag_sends)
+    return buf
+
+
+class _DirectPlan:
+    """`direct_allreduce`'s messages for one buffer (its eager form: the all-gather through scratch)
+    as persistent requests, every view made once. Its own receive buffers (never the shared scratch
+    pool: the requests hold addresses); the plan keeps buf alive, so its address is not reused."""
+
+    def __init__(self, comm, buf: np.ndarray, seg: int):
+        raw, p, r = comm.comm, comm.size, comm.rank
+        off, mine, peers, maxc = _direct_plan(buf.size, p, r, seg)
+        a = off[r]
+        self.buf = buf
+        self.inbox = np.empty((p, maxc), buf.dtype)   # row j: rank j's copy of this rank's chunk
+        self.gather = np.empty(buf.size, buf.dtype)   # chunk j of the result, from rank j
+        order = _peers(p, r)
+        rs_recv = {j: [raw.Recv_init(self.inbox[j, x - a:y - a], j, _TAG_RS) for x, y in mine] for j in order}
+        # one Startall: the receives first (no message arrives unexpected), then the reduce-scatter sends
+        self.starts = [q for j in order for q in rs_recv[j]]
+        self.starts += [raw.Recv_init(self.gather[x:y], j, _TAG_AG) for j, segs in peers for x, y in segs]
+        self.starts += [raw.Send_init(buf[x:y], j, _TAG_RS) for j, segs in peers for x, y in segs]
+        # per own piece: the peers' receives (in the order added), the sum in buf, its rows, its all-gather sends
+        self.steps = [([rs_recv[j][i] for j in order], buf[x:y], [self.inbox[j, x - a:y - a] for j in order],
+                       [raw.Send_init(buf[x:y], j, _TAG_AG) for j, _ in peers]) for i, (x, y) in enumerate(mine)]
+        self.ag_sends = [q for st in self.steps for q in st[3]]
+        self.copies = [(buf[off[j]:off[j + 1]], self.gather[off[j]:off[j + 1]]) for j, _ in peers]
+
+    def free(self) -> None:
+        for q in self.starts + self.ag_sends:
+            q.Free()
+
+
+def _persistent_direct(comm, buf: np.ndarray, op: str, seg: int) -> np.ndarray:
+    """`direct_allreduce` (eager pieces, order 'ring') from buf's `_DirectPlan`: every receive and the
+    reduce-scatter sends start at once; per own piece, wait for each peer's copy and add it in the
+    ring's order (`_peers`: the same additions as the per-call form, so the same bits), then start
+    its all-gather sends; the peers' chunks are copied in from scratch at the end. The per-call form
+    builds 4 (p - 1) requests per piece and their views on every call (3 hosts x 1 rank, 1 MB: 48)."""
+    plan = _kept_plan(comm, ("direct", buf.ctypes.data, buf.size, buf.dtype.str, seg),
+                      lambda: _DirectPlan(comm, buf, seg))
+    MPI = comm._MPI
+    startall = MPI.Prequest.Startall
+    if comm.poll_interval_s:
+        wait, waitall = comm.wait, comm.waitall
+    else:
+        wait, waitall = MPI.Request.Wait, MPI.Request.Waitall
+    add, p = np.add, comm.size
+    startall(plan.starts)
+    for recvs, acc, rows, sends in plan.steps:
+        for q, row in zip(recvs, rows):
+            wait(q)
+            add(acc, row, out=acc)
+        if op == "mean":
+            acc /= p  # by the owner only, then copied: ranks stay bit-identical
+        startall(sends)
+    waitall(plan.starts)
+    waitall(plan.ag_sends)
+    for dst, src in plan.copies:
+        dst[...] = src
     return buf
 
 

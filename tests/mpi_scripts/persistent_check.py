@@ -3,7 +3,8 @@ MPI below PERSISTENT_MAX_BYTES) against the per-call ring (`_reduce_scatter` + `
 PERSISTENT_MAX_BYTES = 0): the same bits on float data, the exact sum on integers, on every rank; the same
 buffer called again with new data (a kept plan), more buffers than PERSISTENT_PLANS (plans dropped and
 freed), sizes below the rank count (empty chunks), odd sizes, pieces of 1, 3, 1000 and 15000 values, 'mean', and
-a communicator whose waits poll. Rank 0 prints one JSON line."""
+a communicator whose waits poll. The same for direct_allreduce's eager form from persistent requests
+(`ring._persistent_direct`) against its per-call form and the ring. Rank 0 prints one JSON line."""
 import hashlib
 import json
 
@@ -74,7 +75,50 @@ polled = comm.dup(poll_interval_s=1e-5)
 b = ints(r, 4099, 7)
 R.plain_ring_allreduce(polled, b, "sum", 400)
 polled_ok = bool(np.array_equal(b, np.sum([ints(k, 4099, 7) for k in range(p)], axis=0, dtype=np.float32)))
+kept_after_eviction = len(comm._ring_persistent)
+
+
+def per_call(fn, *args):
+    saved, R.PERSISTENT_MAX_BYTES = R.PERSISTENT_MAX_BYTES, 0
+    try:
+        return fn(*args)
+    finally:
+        R.PERSISTENT_MAX_BYTES = saved
+
+
+# direct_allreduce's eager form from persistent requests (`_persistent_direct`): the per-call form's bits
+# and the ring's (the same order of additions), the exact sum on integers, plans kept and reused
+checked_direct = 0
+for n in (1, p - 1, p, 7, 1025, 4099, 65537, 131071):
+    if n == 0:
+        continue
+    for seg_bytes in ((4, 12, 60000) if n <= 4099 else (4000, 60000)):
+        for op in ("sum", "mean"):
+            buf = np.empty(n, np.float32)
+            for call in range(2):
+                buf[...] = ints(r, n, call)
+                R.direct_allreduce(comm, buf, op, seg_bytes)
+                want = np.sum([ints(k, n, call) for k in range(p)], axis=0, dtype=np.float32)
+                if op == "mean":
+                    want /= np.float32(p)
+                ok_exact = bool(np.array_equal(buf, want)) and same_everywhere(buf)
+                buf[...] = floats(r, n, call)
+                R.direct_allreduce(comm, buf, op, seg_bytes)
+                ref = floats(r, n, call)
+                per_call(R.direct_allreduce, comm, ref, op, seg_bytes)
+                ring = floats(r, n, call)
+                per_call_ring(ring, op, seg_bytes)
+                ok_bits = bool(np.array_equal(buf, ref)) and bool(np.array_equal(buf, ring)) and same_everywhere(buf)
+                checked_direct += 1
+                if not (ok_exact and ok_bits):
+                    failures.append({"direct": n, "seg_bytes": seg_bytes, "op": op, "call": call, "exact": ok_exact,
+                                     "bits": ok_bits})
+direct_plans = sum(1 for k in comm._ring_persistent if k[0] == "direct")
+b = ints(r, 4099, 8)
+R.direct_allreduce(polled, b, "sum", 400)
+polled_ok = polled_ok and bool(np.array_equal(b, np.sum([ints(k, 4099, 8) for k in range(p)], axis=0, dtype=np.float32)))
 if r == 0:
-    print(json.dumps({"size": p, "checked": checked, "failures": failures, "kept_after_sizes": kept,
-                      "kept_after_eviction": len(comm._ring_persistent), "plans_max": R.PERSISTENT_PLANS,
+    print(json.dumps({"size": p, "checked": checked, "checked_direct": checked_direct, "failures": failures,
+                      "kept_after_sizes": kept, "kept_after_eviction": kept_after_eviction,
+                      "plans_max": R.PERSISTENT_PLANS, "direct_plans": direct_plans,
                       "polled_ok": polled_ok, "polled_plans": len(polled._ring_persistent)}))
