@@ -240,6 +240,23 @@ def test_layer_dilated_window_too_large():
         layer.forward(np.zeros((1, 2, 6, 6), np.float32))
 
 
+@pytest.mark.parametrize("kwargs", [dict(), dict(stride=2), dict(groups=3)])
+def test_window_too_large_in_a_network_names_the_layer(kwargs):
+    """Inside a model the blocked-layout paths (the stem, strided, depthwise) say the same as a
+    lone layer, not the kernel's or NumPy's words."""
+    from fasttrain.nn import ReLU, Sequential
+
+    model = Sequential(Conv2d(3, 3, 5, **kwargs), ReLU(), Conv2d(3, 4, 3))
+    ParamArena.for_model(model)
+    from fasttrain.backend import backend_status
+
+    if backend_status("cpp") != "available":
+        pytest.skip("no C++ backend: the NCHW path's check is test_layer_dilated_window_too_large's")
+    with pytest.raises(ValueError, match=r"Conv2d\(in_channels=3\): input \(1, 3, 4, 4\) is too small for kernel "
+                                         r"\(5, 5\)"):
+        model.forward(np.zeros((1, 3, 4, 4), np.float32))
+
+
 @pytest.mark.parametrize("op,args,match", [
     ("conv2d_fwd", "groups", r"conv2d_fwd\(groups\): expected a positive divisor of the input channels 4 and of "
                              r"the output channels 6, got 4"),

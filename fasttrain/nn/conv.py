@@ -215,6 +215,8 @@ class Conv2d(Module):
             check_params(f"Conv2d(in_channels={self.in_channels})", self, data)
         n, _, h, w = x.shape
         _, k, p, q = self._out_shape(n, h, w)
+        if p < 1 or q < 1:
+            self._check_fits(f"Conv2d(in_channels={self.in_channels})", x.shape, (n, k, p, q))
         (sh, sw, ph, pw), C = self._geometry(), cpp()
         # the batch statistics of y for a training batchnorm that reads it, from the epilogue
         stats = np.empty((2, k), np.float64) if self.out_stats else None
@@ -322,6 +324,13 @@ class Conv2d(Module):
             dx.bn_sums = (saved[2], sums)
         return to_nchw(dx) if kind == "stem" and not saved[1] else dx
 
+    def _check_fits(self, where: str, in_shape, out_shape) -> None:
+        if out_shape[2] < 1 or out_shape[3] < 1:
+            span = tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_size))
+            raise ValueError(f"{where}: input {tuple(in_shape)} is too small for kernel {self.kernel_size} "
+                             f"(span {span} with dilation {self.dilation}) with padding {self.padding}; expected "
+                             f"H + 2*padding >= {span[0]} and W + 2*padding >= {span[1]}")
+
     def forward(self, x):
         if isinstance(x, Blocked) or (self.blocked_out and self._stem(x)):
             return self._forward_blocked(x)
@@ -336,11 +345,7 @@ class Conv2d(Module):
             x = xp.pad(x, ((0, 0), (0, 0), (0, self._extra[0]), (0, self._extra[1])))
         n, _, h, w = x.shape
         shape = self._out_shape(n, h, w)
-        if shape[2] < 1 or shape[3] < 1:
-            span = tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_size))
-            raise ValueError(f"{where}: input {tuple(x.shape)} is too small for kernel {self.kernel_size} "
-                             f"(span {span} with dilation {self.dilation}) with padding {self.padding}; expected "
-                             f"H + 2*padding >= {span[0]} and W + 2*padding >= {span[1]}")
+        self._check_fits(where, x.shape, shape)
         C = self._direct_engine("conv2d_fwd", x, x.shape)
         xb = None
         if C is not None:
