@@ -893,6 +893,40 @@ def V_hpp(comm, buf, kb):
     return V_hpers(comm, buf, kb, poke=True)
 
 
+def _spinning(fn):
+    """fn() with the MPI waits of ring.py spinning in MPI_Wait (WAIT_SPINS = None: main before session 15)."""
+    from fasttrain.parallel import ring as R
+
+    saved, R.WAIT_SPINS = R.WAIT_SPINS, None
+    try:
+        return fn()
+    finally:
+        R.WAIT_SPINS = saved
+
+
+def V_hierny(comm, buf, kb):
+    from fasttrain.parallel import ring as R
+
+    h = R.hierarchy(comm)
+    return _spinning(lambda: R._hierarchical_two_hosts(h, buf, "sum", comm.size, R.DEFAULT_SEGMENT_BYTES))
+
+
+def V_directny(comm, buf, kb):
+    from fasttrain.parallel import ring as R
+
+    return _spinning(lambda: R.direct_allreduce(comm, buf, segment_bytes=kb))
+
+
+def V_ringny(comm, buf, kb):
+    from fasttrain.parallel import ring as R
+
+    return _spinning(lambda: R.plain_ring_allreduce(comm, buf, segment_bytes=kb or R.piece_bytes_for(buf.nbytes)))
+
+
+def V_autony(comm, buf, kb):
+    return _spinning(lambda: ring_allreduce(comm, buf))
+
+
 def phases(comm, buf, reps: int = 41):
     """The 2-host hierarchy's phases, per rank, median ms: share (copy-in + fence), pipeline (reduce
     pieces, send, receive, add), finish (fence + copy-out)."""
