@@ -927,6 +927,26 @@ def V_autony(comm, buf, kb):
     return _spinning(lambda: ring_allreduce(comm, buf))
 
 
+def V_leader(comm, buf, kb):
+    """The hierarchy in 'leader' mode: one rank a host sums the host's buffer (fenced window), all-reduces it
+    across hosts (one TCP flow a direction, the host's other ranks waiting in the fence), shares the result."""
+    from fasttrain.parallel import ring as R
+
+    return R.hierarchical_allreduce(comm, buf, mode="leader")
+
+
+def V_oneshotny(comm, buf, kb):
+    from fasttrain.parallel import ring as R
+
+    return _spinning(lambda: R.oneshot_allreduce(comm, buf, piece_bytes=kb))
+
+
+def V_rootedny(comm, buf, kb):
+    from fasttrain.parallel import ring as R
+
+    return _spinning(lambda: R.rooted_allreduce(comm, buf, piece_bytes=kb))
+
+
 def phases(comm, buf, reps: int = 41):
     """The 2-host hierarchy's phases, per rank, median ms: share (copy-in + fence), pipeline (reduce
     pieces, send, receive, add), finish (fence + copy-out)."""

@@ -213,7 +213,7 @@ def _yield_waitall(reqs) -> None:
 def _waits(comm, nbytes: int):
     """(wait, waitall) for comm's MPI requests of a call on nbytes: comm's own where it polls with
     sleeps, MPI's where WAIT_SPINS is None or below YIELD_MIN_BYTES, else the yielding ones."""
-    if comm.poll_interval_s:
+    if getattr(comm, "poll_interval_s", None) or not hasattr(comm, "_MPI"):
         return comm.wait, comm.waitall
     if WAIT_SPINS is None or nbytes < YIELD_MIN_BYTES:
         return comm._MPI.Request.Wait, comm._MPI.Request.Waitall
@@ -517,8 +517,9 @@ def oneshot_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
     pieces = _pieces(buf.size, buf.itemsize, piece_bytes)
     recvs = [comm.irecv(slot[j][x:y], j, _TAG_RS) for j in _peers(p, r) for x, y in pieces]
     sends = [comm.isend(buf[x:y], j, _TAG_RS) for x, y in pieces for j in _peers(p, r)]
-    comm.waitall(recvs)
-    comm.waitall(sends)  # buf is overwritten by the sum below
+    waitall = _waits(comm, buf.nbytes)[1]
+    waitall(recvs)
+    waitall(sends)  # buf is overwritten by the sum below
     off = _direct_plan(buf.size, p, r, buf.size)[0]
     tmp = _scratch("oneshot_acc", off[1] - off[0], buf.dtype)
     for c in range(p):  # each chunk in the ring's order: the bits of every candidate (`_sum_in_order`)
@@ -543,9 +544,10 @@ def rooted_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
     if p == 1 or buf.size == 0:
         return buf
     pieces = _pieces(buf.size, buf.itemsize, piece_bytes)
+    waitall = _waits(comm, buf.nbytes)[1]
     if r != 0:
-        comm.waitall([comm.isend(buf[x:y], 0, _TAG_RS) for x, y in pieces])
-        comm.waitall([comm.irecv(buf[x:y], 0, _TAG_AG) for x, y in pieces])
+        waitall([comm.isend(buf[x:y], 0, _TAG_RS) for x, y in pieces])
+        waitall([comm.irecv(buf[x:y], 0, _TAG_AG) for x, y in pieces])
         return buf
     others = _scratch("oneshot", (p - 1) * buf.size, buf.dtype).reshape(p - 1, buf.size)
     recvs = [[comm.irecv(others[j - 1][x:y], j, _TAG_RS) for x, y in pieces] for j in range(1, p)]
@@ -556,7 +558,7 @@ def rooted_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
 
     def row(j):
         if not arrived[j]:  # rank j's message, waited for when its values are first added
-            comm.waitall(recvs[j - 1])
+            waitall(recvs[j - 1])
             arrived[j] = True
         return buf if j == 0 else others[j - 1]
 
@@ -566,7 +568,7 @@ def rooted_allreduce(comm: Communicator, buf: np.ndarray, op: str = "sum",
             _sum_in_order(lambda j, a=a, b=b: row(j)[a:b], _ring_order(c, p), 0, tmp[:b - a])
     if op == "mean":
         buf /= p
-    comm.waitall([comm.isend(buf[x:y], j, _TAG_AG) for j in range(1, p) for x, y in pieces])
+    waitall([comm.isend(buf[x:y], j, _TAG_AG) for j in range(1, p) for x, y in pieces])
     return buf
 
 
