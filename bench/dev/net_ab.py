@@ -947,6 +947,23 @@ def V_rootedny(comm, buf, kb):
     return _spinning(lambda: R.rooted_allreduce(comm, buf, piece_bytes=kb))
 
 
+def V_auto14(comm, buf, kb):
+    """ring_allreduce as main had it at the end of session 14 (ba3546f): per-call direct, waits spinning in MPI_Wait."""
+    return _spinning(lambda: _per_call_direct(lambda: ring_allreduce(comm, buf)))
+
+
+def _per_call_direct(fn):
+    """fn() with direct_allreduce's per-call requests (the ring keeps its persistent ones, as in session 14)."""
+    from fasttrain.parallel import ring as R
+
+    saved = R._persistent_direct
+    R._persistent_direct = lambda comm, buf, op, seg: _per_call(lambda: R.direct_allreduce(comm, buf, op, seg * buf.itemsize))
+    try:
+        return fn()
+    finally:
+        R._persistent_direct = saved
+
+
 def phases(comm, buf, reps: int = 41):
     """The 2-host hierarchy's phases, per rank, median ms: share (copy-in + fence), pipeline (reduce
     pieces, send, receive, add), finish (fence + copy-out)."""
