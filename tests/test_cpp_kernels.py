@@ -17,6 +17,7 @@ _C = pytest.importorskip("fasttrain._C", reason="the C++ module is not built")
 
 # Random123 known answers, shared with the reference's test
 from test_dropout import KAT, M32  # noqa: E402
+from cpp_isas import forced_isa, isa_params  # noqa: E402
 
 
 @pytest.fixture
@@ -59,6 +60,26 @@ def test_dropout_mask_bits_equal_reference(n, seed):
         _C.dropout_mask(mask, p, seed, 2 ** 32 - 1, 5)
         drop_ref.dropout_mask_ref(expect, p, seed, 2 ** 32 - 1, 5)
         np.testing.assert_array_equal(mask, expect)
+
+
+@pytest.fixture(params=isa_params(_C))
+def isa(request):
+    yield from forced_isa(_C, request.param)
+
+
+# sizes around the AVX-512 pass (16 blocks = 64 elements) and the 2048-block chunks; a block index
+# whose high word changes inside a pass is only reachable with n > 2^34, so that branch is untested
+@pytest.mark.parametrize("n", [1, 3, 63, 64, 65, 127, 4 * 2048 + 61, 8192 * 3 + 2, 100003])
+@pytest.mark.parametrize("p", [0.3, 0.5, 0.999])
+def test_dropout_fwd_bits_equal_reference_on_every_isa(isa, n, p):
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal(n).astype(np.float32)
+    y, expect = np.full_like(x, np.nan), np.empty_like(x)
+    _C.dropout_fwd(x, y, p, 2 ** 40 + 17, 2 ** 32 - 1, 5)
+    drop_ref.dropout_fwd_ref(x, expect, p, 2 ** 40 + 17, 2 ** 32 - 1, 5)
+    np.testing.assert_array_equal(y.view(np.uint32), expect.view(np.uint32))   # -0.0 and +0.0 apart too
+    _C.dropout_bwd(x, y, p, 2 ** 40 + 17, 2 ** 32 - 1, 5)   # the same mask and scale
+    np.testing.assert_array_equal(y.view(np.uint32), expect.view(np.uint32))
 
 
 def test_dropout_drops_nan_and_inf_to_zero_like_reference():

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "dropout.h"
 #include "fasttrain/cpu.h"
 #include "fasttrain/philox.h"
 
@@ -133,9 +134,13 @@ void dropout_fwd(const float* x, float* y, int64_t n, double p, uint64_t seed, u
   }
   const Key k = make_key(p, seed, step, layer);
   const float scale = static_cast<float>(1.0 / (1.0 - p));  // rounded once, like the reference
+  const bool avx512 = conv2d_isa() == "avx512";  // the run-time choice the conv engine uses, forced alike
   over_blocks(
       n, k,
-      [&](int64_t b0, int64_t b1) { scale_blocks(x, y, b0, b1, scale, k.k0, k.k1, k.step, k.layer, k.t); },
+      [&](int64_t b0, int64_t b1) {
+        if (avx512) b0 += dropout::scale_blocks_avx512(x, y, b0, b1, scale, k.k0, k.k1, k.step, k.layer, k.t);
+        scale_blocks(x, y, b0, b1, scale, k.k0, k.k1, k.step, k.layer, k.t);
+      },
       [&](int64_t i, uint32_t word) { y[i] = keep_or_zero(x[i] * scale, word, k.t); });
 }
 
