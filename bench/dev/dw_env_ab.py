@@ -1,6 +1,6 @@
 """Interleaved A/B of bench kernel rows under settings of environment variables the C++ kernels read
 per call (a dev knob compiled in for one experiment): each setting a burst of the row, rotating.
-python bench/dev/dw_env_ab.py "FT_X=0;FT_X=2" dw_blocked_fwd:64,64,32 [--threads 1] [--torch]"""
+python bench/dev/dw_env_ab.py "FT_X=0;FT_X=2" dw_blocked_fwd:64,64,32 [--threads 1] [--torch] [--cpu-time]"""
 import argparse
 import os
 import statistics
@@ -19,10 +19,13 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--torch", action="store_true")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time every thread's CPU time (process_time) at any thread count: less hurt by a loaded "
+                         "machine's preemption than wall time, though it counts OpenMP's spin at the barriers")
     a = ap.parse_args()
     ft.set_num_threads(a.threads)
     C.set_num_threads(a.threads)  # the raw module has its own setting (ft.set_num_threads does not reach it)
-    clock = time.thread_time if a.threads == 1 else time.perf_counter
+    clock = time.process_time if a.cpu_time else time.thread_time if a.threads == 1 else time.perf_counter
     settings = [dict(kv.split("=") for kv in s.split(",") if kv) for s in a.settings.split(";")]
     names = {v for s in settings for v in s}
     for e in K.entries(quick=False):

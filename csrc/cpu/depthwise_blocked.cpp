@@ -220,9 +220,11 @@ class DataGrad {
       isa_.bwd_data_rows(g_, dy, ldy_, w, out, ldx_, h0, h1);
     for (int64_t h = h0; h < h1; ++h) zero_halo(px, H_, W_, hdx_, h);
   }
-  // dx written with non-temporal stores (stride 1: the correlation's register-block rows) when the
-  // call moves `bytes` in all and dx starts on a line (stream_output)
-  void stream_to(const float* dxb, int64_t bytes) { g_.nt = unit_ && stream_output(bytes, dxb); }
+  // dx written with non-temporal stores (stride 1: the correlation's register-block rows; stride 2:
+  // dgrad_s2_cols's whole blocks of column pairs) when the call moves `bytes` in all and dx starts on
+  // a line (stream_output). Stride 2, fused backward of 128x32x32x32 s2 with the forward, 1 thread,
+  // CPU time, loaded: 0.97-1.12x in five runs (dx is 4x dy there); bwd_data alone (21 MB) stays plain
+  void stream_to(const float* dxb, int64_t bytes) { g_.nt = stream_output(bytes, dxb); }
   int64_t dx_bytes() const { return 4 * plane_x_; }
   int64_t dy_bytes() const { return 4 * plane_y_; }
   int64_t height() const { return H_; }
@@ -239,12 +241,13 @@ class DataGrad {
 };
 
 // The weight gradient (accumulated into dwt, db) of tasks (range of images, range of channel
-// blocks) into private partial sums added in a fixed order afterwards. data, if not null (planes
-// larger than kPrefetchPlaneFloats only): each plane's data gradient into dxb first, so the weight
-// gradient reads that plane's dy from cache.
-// Planes of a 16 x 16 map or smaller: a task is one channel block over a range of images, its
-// planes (a whole image apart) summed in registers a group at a time, each plane's lines prefetched
-// while the one before is summed. Larger planes: a task walks its images in memory order, each
+// blocks) into private partial sums added in a fixed order afterwards. data, if not null (the fused
+// backward): each plane's data gradient into dxb first, so the weight gradient reads that plane's dy
+// from cache.
+// Planes of a 16 x 16 map or smaller, weight gradient alone: a task is one channel block over a range
+// of images, its planes (a whole image apart) summed in registers a group at a time, each plane's
+// lines prefetched while the one before is summed. Fused (data) or larger planes: a task walks its
+// images in memory order, each
 // image's planes of the task's blocks one after the other (one long stream of x and of dy; a task
 // per block jumped a whole image between planes: 64x64x32x32, 2 threads, 0.75 -> 0.72 ms, the fused
 // backward with the forward 2.31 -> 2.08 ms).
@@ -253,7 +256,7 @@ void weight_grad(const Isa& isa, const Corr& g0, const float* xb, const float* d
   const int64_t Cb = blocks(C), RS = g0.R * g0.S, A = (RS + 1) * kBlock;  // per block: taps + bias sums
   const int64_t ldx = (g0.W + 2 * g0.hin) * kBlock, plane_x = (g0.H + 2 * g0.hin) * ldx;
   const int64_t ldy = (g0.Q + 2 * halo_dy) * kBlock, plane_y = (g0.P + 2 * halo_dy) * ldy;
-  const bool by_block = plane_x <= kPrefetchPlaneFloats;
+  const bool small = plane_x <= kPrefetchPlaneFloats, by_block = small && !data;
   Corr g = g0;
   if (data && !by_block) g.dy_ahead = plane_y;  // the plane after in memory: the next one of the task
   // The task grid (ng image ranges x cg block ranges) is chosen from the shape alone, never from the
@@ -289,7 +292,16 @@ void weight_grad(const Isa& isa, const Corr& g0, const float* xb, const float* d
         for (int64_t i = n; i < n + count; ++i)
           for (int64_t cb = c0; cb < c1; ++cb) {
             if (data) data->rows(dyb, dxb, i * Cb + cb, cb, 0, data->height());
-            planes(g, i * Cb + cb, 1, acc.data() + (cb - c0) * A);
+            if (small) {  // the plane after this one in memory is the task's next (all blocks): prefetch it
+              Corr gm = g;
+              gm.next_plane = c1 - c0 == Cb && (i + 1 < n1 || cb + 1 < c1);
+              const int64_t nc = i * Cb + cb;
+              isa.wgrad_planes(gm, xb + nc * plane_x + g.hin * ldx + g.hin * kBlock, ldx, plane_x,
+                               dyb + nc * plane_y + halo_dy * ldy + halo_dy * kBlock, ldy, plane_y, 1,
+                               acc.data() + (cb - c0) * A);
+            } else {
+              planes(g, i * Cb + cb, 1, acc.data() + (cb - c0) * A);
+            }
           }
       }
       for (int64_t i = 0; i < (c1 - c0) * A; ++i) out[i] += acc[i];
@@ -321,7 +333,13 @@ void depthwise_blocked_fwd(const float* xb, const float* w, const float* b, floa
                            int64_t pw, int64_t dh, int64_t dw, bool relu, int64_t halo_x, int64_t halo_y,
                            double* stats) {
   using namespace dwb;
-  const Corr g = forward_corr(H, W, halo_x, R, S, sh, sw, ph, pw, dh, dw);
+  Corr g = forward_corr(H, W, halo_x, R, S, sh, sw, ph, pw, dh, dw);
+  // y streamed (register-block rows only) when x and y do not fit the last-level cache, unless the
+  // statistics epilogue reads each task's rows right back: 64x64x32x32 (36 MB), 1 thread, CPU time,
+  // loaded, interleaved medians of 15: 1.07-1.15x in three runs; 2 threads (CPU time of both) 1.05-1.18x
+  const int64_t fwd_bytes = 4 * N * blocks(C) * kBlock *
+                            ((H + 2 * halo_x) * (W + 2 * halo_x) + (g.P + 2 * halo_y) * (g.Q + 2 * halo_y));
+  g.nt = !stats && stream_output(fwd_bytes, yb);
   const std::vector<float> wb = pack_weights(w, C, R * S, false);
   std::vector<float> bias(blocks(C) * kBlock, 0.f);
   std::copy(b, b + C, bias.begin());
@@ -357,21 +375,27 @@ void depthwise_blocked_bwd(const float* xb, const float* dyb, const float* w, fl
                            int64_t halo_dx) {
   using namespace dwb;
   const Isa& isa = current_isa();
-  // Planes of a 16 x 16 map or smaller: the two passes one after the other. Fused, the weight
-  // gradient's walk (one block's planes, a whole image apart) took the data gradient's dx writes
-  // out of memory order too, short streams the hardware prefetcher finds late; the passes each in
-  // their own order, dy read twice, ran 1.04-1.17x faster (1 thread, CPU time, loaded, medians of
-  // 13 interleaved calls: 128x64x16x16, 128x256x8x8 s2, 128x256x4x4; 128x128x8x8 even). Larger
-  // planes stay fused: the passes apart were 0.78-0.93x (64x64x32x32, 128x32x32x32 s2).
-  if ((H + 2 * halo_x) * (W + 2 * halo_x) * kBlock <= kPrefetchPlaneFloats) {
+  // Planes of a 16 x 16 map or smaller fuse in memory order (each plane's dx, then its weight sums
+  // from the dy the data gradient just read, the next plane in memory prefetched while this one is
+  // summed) where a plane has more than 64 output pixels at row stride 1: 128x64x16x16 with the
+  // forward 1.14-1.26x against the two passes (1 thread, CPU time, loaded, interleaved medians of 15,
+  // one module; 1.10-1.19x against the old build). 128x128x8x8 read 1.06-1.14x in one module but
+  // 0.77-0.84x against the old build, so 8 x 8 maps keep the two passes.
+  // The same walk without the next-plane prefetch was 0.82-0.89x on
+  // 16 x 16, as was the earlier fused walk (one block's planes, a whole image apart, dx out of memory
+  // order; the passes apart were 1.04-1.17x faster than it). Smaller planes keep the two passes,
+  // each in its own order, dy read twice: fused they ran 0.74-0.78x (128x256x8x8 s2) and 0.84x
+  // (128x256x4x4), a call per 16-pixel plane.
+  const Corr f = forward_corr(H, W, halo_x, R, S, sh, sw, ph, pw, dh, dw);
+  const bool small = (H + 2 * halo_x) * (W + 2 * halo_x) * kBlock <= kPrefetchPlaneFloats;
+  if (small && !(sh == 1 && f.P * f.Q > 64)) {
     depthwise_blocked_bwd_data(dyb, w, dxb, N, C, H, W, R, S, sh, sw, ph, pw, dh, dw, halo_dy, halo_dx);
     depthwise_blocked_bwd_weight(xb, dyb, dwt, db, N, C, H, W, R, S, sh, sw, ph, pw, dh, dw, halo_x, halo_dy);
     return;
   }
   DataGrad data(isa, w, C, H, W, R, S, sh, sw, ph, pw, dh, dw, halo_dy, halo_dx, false);
   data.stream_to(dxb, blocks(C) * N * (data.dy_bytes() + 2 * data.dx_bytes()));  // x about dx's size
-  weight_grad(isa, forward_corr(H, W, halo_x, R, S, sh, sw, ph, pw, dh, dw), xb, dyb, dwt, db, N, C, halo_dy,
-              &data, dxb);
+  weight_grad(isa, f, xb, dyb, dwt, db, N, C, halo_dy, &data, dxb);
 }
 
 }  // namespace ft::cpu

@@ -217,6 +217,12 @@ void fwd_rows(const Corr& g, const float* in, int64_t ld, const float* w, const 
   }
 }
 
+// Whether a kernel sweeping a row once per vector slice may stream its stores: only where one vector
+// is a whole 16-channel pixel, a whole 64-byte line (with narrower vectors a line's halves are written
+// in different sweeps, and a write-combining buffer flushed half full costs a read of the line anyway).
+template <class V>
+constexpr bool kStreamWhole = V::kW == kBlock;
+
 // The strided data gradient of a 3x3 filter at column stride 2 (padding 0 or 1, any row stride),
 // one dx row, in blocks of QB column pairs: with t = v + pw, dx[t = 2m] = w0*dy[m] + w2*dy[m - 1] and
 // dx[t = 2m + 1] = w1*dy[m] per filter row reaching the row (g.row_taps), the block's QB + 1 dy
@@ -251,7 +257,13 @@ void dgrad_s2_cols(const Corr& g, const float* dy, int64_t dy_ld, const float* w
       }
       const int64_t v0 = 2 * mb - g.pw;
       float* o = dx + (h - h0) * dx_ld + v0 * kBlock;
-      if (v0 >= 0 && v0 + 2 * QB <= g.W) {
+      if (kStreamWhole<V> && g.nt && v0 >= 0 && v0 + 2 * QB <= g.W) {
+#pragma GCC unroll 8
+        for (int j = 0; j < QB; ++j) {
+          V::stream(o + 2 * j * kBlock, ae[j]);
+          V::stream(o + (2 * j + 1) * kBlock, ao[j]);
+        }
+      } else if (v0 >= 0 && v0 + 2 * QB <= g.W) {
 #pragma GCC unroll 8
         for (int j = 0; j < QB; ++j) {
           V::store(o + 2 * j * kBlock, ae[j]);
@@ -266,6 +278,7 @@ void dgrad_s2_cols(const Corr& g, const float* dy, int64_t dy_ld, const float* w
       }
     }
   }
+  if (kStreamWhole<V> && g.nt) V::fence();
 }
 
 template <class V>
