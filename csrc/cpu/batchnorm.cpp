@@ -172,8 +172,11 @@ inline float grad_in(const float* dy, const float* y, int64_t i) {
     return d;
 }
 
-// The backward (the two passes of the header comment); with kRes the second pass also writes the
-// gradient reaching the sum (the residual's) to dres.
+// The backward (the two passes of the header comment); with kRes the first pass also writes the
+// gradient reaching the sum (the residual's, dy masked by y > 0) to dres, and the second reads it back
+// instead of dy and y: the residual's gradient has to be written anyway, and reading one stream in its
+// place saves one of the backward's ten moved arrays (x, dy, y; x, dy, y, dx and dres with their reads for
+// ownership), the layout the blocked backward has (bn_bwd_sums' g).
 template <bool kRelu, bool kRes>
 void bwd_rows(const float* x, const float* dy, const float* y, const float* gamma, const float* mean,
               const float* invstd, float* dx, float* dres, float* dgamma, float* dbeta, int64_t N,
@@ -191,6 +194,11 @@ void bwd_rows(const float* x, const float* dy, const float* y, const float* gamm
       const float mu = mean[r % C];
       const float *xs = x + r * S, *dys = dy + r * S, *ys = kRelu ? y + r * S : nullptr;
       row_sums<true, kRelu>(xs, dys, ys, S, mu, pp[2 * r], pp[2 * r + 1]);
+      if constexpr (kRes) {   // the residual's gradient, written here so that the dx pass reads it alone
+        float* __restrict drs = dres + r * S;
+#pragma omp simd
+        for (int64_t i = 0; i < S; ++i) drs[i] = grad_in<kRelu>(dys, ys, i);
+      }
     }
     combine_rows(pp, ps, N, C);
 #pragma omp for schedule(static)
@@ -209,12 +217,13 @@ void bwd_rows(const float* x, const float* dy, const float* y, const float* gamm
       const float mu = mean[c], k = pc[3 * c], m1 = pc[3 * c + 1], m2 = pc[3 * c + 2];
       const float *xs = x + r * S, *dys = dy + r * S, *ys = kRelu ? y + r * S : nullptr;
       float* __restrict dxs = dx + r * S;
-      float* __restrict drs = kRes ? dres + r * S : nullptr;
+      if constexpr (kRes) {   // the gradient reaching the sum is dres (the sums pass wrote it): one stream, not dy and y
+        const float* drs = dres + r * S;
 #pragma omp simd
-      for (int64_t i = 0; i < S; ++i) {
-        const float g = grad_in<kRelu>(dys, ys, i);
-        if constexpr (kRes) drs[i] = g;
-        dxs[i] = k * (g - m1 - (xs[i] - mu) * m2);
+        for (int64_t i = 0; i < S; ++i) dxs[i] = k * (drs[i] - m1 - (xs[i] - mu) * m2);
+      } else {
+#pragma omp simd
+        for (int64_t i = 0; i < S; ++i) dxs[i] = k * (grad_in<kRelu>(dys, ys, i) - m1 - (xs[i] - mu) * m2);
       }
     }
   }
