@@ -181,6 +181,9 @@ class Limits:
     probe_bandwidth: object = None  # working-set bytes -> Probed, measured when called (None: no probe)
     peaks: dict = field(default_factory=dict)  # instruction set ("avx512", "avx2") -> FMA-loop FLOP/s
     bandwidth_out_of_place: float | None = None  # main memory, the best out-of-place probe (None: = bandwidth)
+    # working-set bytes -> the probes as calls (probe_calls), for a caller that times them in its own rounds,
+    # interleaved with the kernel they limit (bench/kernels.py); None: it uses probe_bandwidth
+    probe_calls: object = None
 
     @property
     def peak(self) -> float | None:
@@ -277,6 +280,55 @@ def stream_bandwidths(working_set: int, repeat: int = 7, records: list | None = 
     return Probed(best[True], max(max(best.values()), read_only), read_only)
 
 
+def probe_calls(working_set: int) -> list:
+    """Every probe at `working_set` bytes as (name, zero-arg call, bytes it moves, kind), kind one of
+    "out_of_place", "in_place", "read_only": the probes of stream_probes plus the read-only sum, for a
+    caller that times them itself (interleaved with a kernel: Probed.from_samples)."""
+    calls = [(name, fn, nbytes, "out_of_place" if oop else "in_place")
+             for name, fn, nbytes, oop in stream_probes(working_set)]
+    read, two = _read_probe(), [np.ones(max(working_set // 8, 1024), np.float32) for _ in range(2)]
+    calls.append(("stream_sum", lambda: read(*two), 2 * two[0].nbytes, "read_only"))
+    return calls
+
+
+def call_time(fn, calls: int = 3) -> float:
+    """The best of `calls` timed calls of fn after one untimed call (seconds)."""
+    fn()
+    best = float("inf")
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def matched_probe_calls(calls: list, seconds: float) -> list:
+    """probe_calls' probes, each repeated back to back so that one call lasts about `seconds` (the kernel's
+    call time): timed calls of different lengths are not hit alike on a loaded machine (a call longer than
+    the scheduler's slice is nearly always preempted, a short one often not, and a burst's lower quartile
+    then keeps clean probe calls beside hit kernel calls: 1 thread, load 9-10, a 3 ms BN row read 36-60 %
+    against 0.5 ms probe calls). The declared bytes grow with the repeats."""
+    out = []
+    for name, fn, nbytes, kind in calls:
+        reps = max(1, round(seconds / max(call_time(fn), 1e-9)))
+        call = fn if reps == 1 else (lambda fn=fn, reps=reps: [fn() for _ in range(reps)])
+        out.append((name, call, nbytes * reps, kind))
+    return out
+
+
+def probed_from_samples(calls: list, samples: dict) -> Probed:
+    """The limits (Probed) from per-round samples of probe_calls' probes (samples[name]: seconds per call),
+    each probe's rate taken from the MEDIAN of its samples: the statistic the kernel it limits is
+    reported by, over the same rounds. (The best of a few samples, taken before and after the kernel,
+    put a lucky quiet moment of the probe beside the kernel's typical one: on this shared VM that
+    swung a row's % of limit by up to 2x between runs.)"""
+    rate = {name: nbytes / statistics.median(samples[name]) for name, _, nbytes, _ in calls}
+    kinds = {name: kind for name, _, _, kind in calls}
+    oop = max(r for n, r in rate.items() if kinds[n] == "out_of_place")
+    read_only = max((r for n, r in rate.items() if kinds[n] == "read_only"), default=0.0)
+    return Probed(oop, max(rate.values()), read_only)
+
+
 def _check_probes() -> None:
     add, scale, update3, _ = _probes()
     a, b, c, d = (np.full(1000003, v, np.float32) for v in (2.0, 0.0, 1.0, 1.0))
@@ -330,7 +382,7 @@ def measure_limits(quick: bool = False) -> tuple[Limits, list[Record]]:
     probe = (lambda ws: stream_bandwidths(ws, repeat=3)) if quick else stream_bandwidths
     peaks = fma_peaks(records, repeat=5 if quick else 60, iters=1_000_000)
     return (Limits(main_memory.best, flops / min(samples), source, "numpy matmul (OpenBLAS)", probe, peaks,
-                   main_memory.out_of_place), records)
+                   main_memory.out_of_place, probe_calls), records)
 
 
 def print_table(records: list[Record], file=None) -> None:
@@ -421,7 +473,7 @@ def torch_or_none():
     return torch
 
 
-__all__ = ["Record", "Limits", "Probed", "stream_bandwidths", "stream_probes", "time_fn", "time_interleaved", "make_record", "measure_limits", "print_table", "ratios",
+__all__ = ["Record", "Limits", "Probed", "stream_bandwidths", "stream_probes", "probe_calls", "matched_probe_calls", "call_time", "probed_from_samples", "time_fn", "time_interleaved", "make_record", "measure_limits", "print_table", "ratios",
            "annotate_vs_torch", "fastest_torch", "write_jsonl", "torch_or_none", "ft"]
 
 

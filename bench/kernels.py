@@ -10,7 +10,9 @@ import numpy as np
 
 from fasttrain import backend as B
 
-from .harness import make_record, time_interleaved, torch_or_none
+from .harness import call_time, make_record, matched_probe_calls, probed_from_samples, time_interleaved, torch_or_none
+
+PROBE = "probe:"  # the names of the bandwidth probes among a row's interleaved implementations
 
 
 @dataclass
@@ -667,7 +669,13 @@ def run(limits, quick: bool = False, repeat: int = 7, log=print, only=None) -> l
         if only and not any(s in entry.name for s in only):
             continue
         working_set = _working_set(entry.inputs(), entry.touched)
-        probed = limits.bandwidths_at(working_set) if entry.nbytes else None
+        # The probes at the row's working set are timed IN the row's rounds, as more implementations, so
+        # limit and kernel see the same machine state and are summarized alike (medians; see
+        # harness.probed_from_samples). A Limits without probe_calls: its probe_bandwidth before and after
+        # the row (the better of the two), or without that the main-memory figure
+        probes = (limits.probe_calls(working_set) if entry.nbytes and working_set and limits.probe_calls is not None
+                  else [])
+        before = limits.bandwidths_at(working_set) if entry.nbytes and not probes else None
         fns, repeats = {}, {}
         for backend in _backends_for(entry):
             _check(entry, backend)
@@ -682,11 +690,25 @@ def run(limits, quick: bool = False, repeat: int = 7, log=print, only=None) -> l
             for variant, make in entry.torch_variants().items():
                 fns[variant] = make(torch, entry.inputs())
                 repeats[variant] = 3 if quick else repeat
+        if probes and fns:  # probe calls as long as the kernel's (harness.matched_probe_calls)
+            ours = next((b for b in ("cpp", "cpp-nchw", "numba") if b in fns), next(iter(fns)))
+            probes = matched_probe_calls(probes, call_time(fns[ours]))
+        for name, fn, _, _ in probes:
+            fns[PROBE + name] = fn
+            repeats[PROBE + name] = 3 if quick else repeat
         samples = time_interleaved(fns, repeats, warmup=1)
         bandwidth = inplace = None
-        if probed is not None:  # bracket the drift: the limit is the better of before and after
-            probed = probed.max(limits.bandwidths_at(working_set))
+        timing = ("probes in the same rounds, medians" if probes else "probes before and after, best"
+                  if limits.probe_bandwidth is not None and working_set else "main memory")
+        if probes:
+            probed = probed_from_samples(probes, {name: samples.pop(PROBE + name) for name, _, _, _ in probes})
             bandwidth, inplace = probed.limit(entry.writes_fresh, entry.reads_only), probed.best
+        elif entry.nbytes:  # probes timed on their own (a Limits without probe_calls): the better of before and after
+            probed = limits.bandwidths_at(working_set).max(before)
+            bandwidth, inplace = probed.limit(entry.writes_fresh, entry.reads_only), probed.best
+        for name in list(fns):
+            if name.startswith(PROBE):
+                del fns[name]
         # The FLOP roof: the sgemm rate for the convolutions (their % of sgemm is the figure; pct_of_peak
         # beside it), the FMA peak for every other kernel: ours are our own AVX-512 loops, and a depthwise
         # kernel in cache outran the sgemm rate (104-131 % of a "flops" limit that was not its roof)
@@ -698,6 +720,7 @@ def run(limits, quick: bool = False, repeat: int = 7, log=print, only=None) -> l
             rec = make_record("kernels", entry.name, backend, entry.shape, samples[backend], entry.nbytes or None,
                               entry.flops or None, limits, bandwidth, inplace, flops_limit=flop_roof,
                               working_set_bytes=working_set, limit_probes=_limit_probes(entry),
+                              limit_timing=timing,
                               flop_roof="fma_peak" if flop_roof else "sgemm")
             if gemm and limits.peak:  # the FMA-bound kernels
                 rec.extra["pct_of_peak"] = round(100.0 * entry.flops / rec.median_s / limits.peak, 1)

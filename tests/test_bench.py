@@ -274,3 +274,95 @@ def test_stream_probes_split_out_of_place_from_in_place():
     assert probed.best == pytest.approx(max(r.bytes / r.min_s for r in records)) and probed.best >= probed.out_of_place
     assert probed.read_only == pytest.approx(names["stream_sum"].bytes / names["stream_sum"].min_s)
     assert names["stream_scale"].extra["out_of_place"] and not names["stream_add_inplace"].extra["out_of_place"]
+
+
+def test_probes_run_in_the_rows_rounds_and_count_by_medians(monkeypatch):
+    """With Limits.probe_calls, each probe at the row's working set is one more implementation in the row's
+    interleaved rounds (so limit and kernel see the same load), and the limit is each probe's MEDIAN rate,
+    the statistic the kernel is reported by: not its best sample, which put a lucky quiet moment of the probe
+    beside the kernel's typical one. Fresh rows take the best out-of-place probe, and the probes are not
+    reported as rows of their own."""
+    from bench import harness, kernels
+
+    calls = []
+
+    def probe(name):
+        return lambda: calls.append(name)
+
+    seen_ws = []
+
+    def probe_calls(ws):
+        seen_ws.append(ws)
+        return [("stream_add", probe("add"), 3000, "out_of_place"), ("stream_scale", probe("scale"), 2000, "out_of_place"),
+                ("stream_add_inplace", probe("inplace"), 6000, "in_place"), ("stream_sum", probe("sum"), 5000, "read_only")]
+
+    # samples (s) the fake timing hands back: medians add 3e-6 (1e9 B/s; best 3e9), scale 1e-6 (2e9 B/s; best 1e10),
+    # in-place 2e-6 (3e9 B/s), kernel 4e-6
+    fixed = {"probe:stream_add": [1e-6, 3e-6, 9e-6], "probe:stream_scale": [2e-7, 1e-6, 5e-6],
+             "probe:stream_add_inplace": [2e-6, 2e-6, 2e-6], "probe:stream_sum": [1e-6, 1e-6, 1e-6]}
+
+    def fake_interleaved(fns, repeats, warmup=1):
+        for fn in fns.values():
+            fn()
+        return {k: list(fixed.get(k, [1e-6, 4e-6, 8e-6])) for k in fns}
+
+    def inputs():
+        return {"x": np.ones(1000, np.float32), "y": np.empty(1000, np.float32)}
+    row = kernels.Entry("fresh_row", (1000,), 8000.0, 0.0, inputs, lambda k, a: k("relu_fwd")(a["x"], a["y"]), ("y",),
+                        None, ("relu_fwd",), rtol=0, writes_fresh=True)
+    monkeypatch.setattr(kernels, "entries", lambda quick: [row])
+    monkeypatch.setattr(kernels, "time_interleaved", fake_interleaved)
+    matched = []
+    monkeypatch.setattr(kernels, "matched_probe_calls", lambda calls, seconds: matched.append(seconds) or calls)
+    limits = harness.Limits(2e9, 1e12, "test", "test", None, probe_calls=probe_calls)
+    records = kernels.run(limits, quick=True, log=lambda *a: None, only=["_row"])
+    assert seen_ws == [8000] and sorted(set(calls)) == ["add", "inplace", "scale", "sum"]
+    assert len(matched) == 1 and matched[0] > 0  # matched to the kernel's call time
+    assert records and all(r.backend in ("cpp", "numba", "numpy") for r in records)
+    for r in records:
+        assert r.median_s == 4e-6
+        assert r.extra["limit_gbps"] == 2.0  # the best out-of-place median rate (scale's), not its best sample
+        assert r.pct_of_limit == pytest.approx(100.0 * 8000 / 2e9 / 4e-6)
+        assert r.extra["pct_of_inplace_limit"] == pytest.approx(100.0 * 8000 / 5e9 / 4e-6, abs=0.051)  # best of all
+        assert r.extra["limit_timing"].startswith("probes in the same rounds")
+    probed = harness.probed_from_samples(probe_calls(1), {k[6:]: v for k, v in fixed.items()})
+    assert probed == harness.Probed(2e9, 5e9, 5e9)
+
+
+def test_probe_calls_cover_every_kind_at_the_working_set():
+    """probe_calls: the out-of-place, in-place and read-only probes over the given working set. A probe that
+    writes fresh arrays or only reads counts each of its arrays' bytes once, so it declares the working set;
+    an in-place one reads and writes its updated arrays, so it declares more (1.5x for a = a + b)."""
+    from bench import harness
+
+    ws = 3 << 20
+    calls = harness.probe_calls(ws)
+    assert {kind for _, _, _, kind in calls} == {"out_of_place", "in_place", "read_only"}
+    for name, fn, nbytes, kind in calls:
+        fn()
+        if kind == "in_place":
+            assert 1.4 * ws <= nbytes <= 1.8 * ws, name
+        else:
+            assert 0.99 * ws <= nbytes <= 1.01 * ws, name
+
+
+def test_matched_probe_calls_last_as_long_as_the_kernel(monkeypatch):
+    """A probe call shorter than the kernel's is repeated back to back until it lasts about as long (so a loaded
+    machine's preemptions hit both alike), and its declared bytes grow with the repeats; a longer one runs once."""
+    from bench import harness
+
+    count = {"short": 0, "long": 0}
+
+    def short():
+        count["short"] += 1
+
+    def long():
+        count["long"] += 1
+
+    monkeypatch.setattr(harness, "call_time", lambda fn: 0.0026 if fn is short else 0.03)
+    calls = harness.matched_probe_calls([("short", short, 100, "out_of_place"), ("long", long, 100, "in_place")], 0.02)
+    by = {name: (fn, nbytes, kind) for name, fn, nbytes, kind in calls}
+    assert by["short"][1] == 800 and by["long"][1] == 100 and by["short"][2] == "out_of_place"  # round(0.02 / 0.0026)
+    by["short"][0]()
+    by["long"][0]()
+    assert count == {"short": 8, "long": 1}
