@@ -35,6 +35,10 @@ CASES = [
     (1, 5, 10, 10, 33, 3, 3, 3, 3, 1, 1),
     (2, 16, 8, 8, 32, 3, 3, 2, 2, 1, 1),
     (1, 32, 8, 8, 64, 1, 1, 2, 2, 0, 0),
+    # batch 3, stride 2 on 2 output rows: the strided forward's per-tile prefetch of the next row
+    # and the weight gradient's of the next images cross image boundaries (and pass the last
+    # image); three output blocks in two groups
+    (3, 17, 4, 13, 33, 3, 3, 2, 2, 1, 1),
 ]
 
 

@@ -254,6 +254,11 @@ void reduce_stats(const P* part, int64_t tiles, int64_t Kb, int64_t K, double* s
 // for the input rows and output lines the next row is the first to touch, they arrive while
 // this row's multiplies run.
 // `step`: pixels between the lines asked for (a 1x1 stride-2 layer reads every other one).
+// The empty volatile asm keeps the calls: GCC counts a prefetch as no side effect, so a function
+// made only of prefetches is "const" to its interprocedural analysis and every call to it is
+// deleted as dead code. Until December 2026 none of these prefetches ran (a disassembly of the
+// forward's tile loop showed no call; gdb counted no prefetch executed), which is why switching
+// them off never changed a timing.
 template <bool Write>
 void prefetch_rows(const float* p, int64_t planes, int64_t plane, int64_t rows, int64_t row, int64_t px,
                    int64_t step = 1) {
@@ -261,6 +266,7 @@ void prefetch_rows(const float* p, int64_t planes, int64_t plane, int64_t rows, 
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t x = 0; x < px; x += step)
         __builtin_prefetch(p + c * plane + r * row + x * kBlock, Write ? 1 : 0, 3);
+  asm volatile("");
 }
 
 // The forward's tiles over yb ([N][Kb][P][Q][16]): `base` holds the input's geometry and taps,
@@ -288,7 +294,7 @@ void fwd_tiles(const Isa& isa, const Geom& g, ConvTile base, bool stem, InAt in_
               a.out = yb + ((n * g.Kb + kb0) * g.P + p) * g.Q * kBlock + q0 * kBlock;
               a.bias = bias + kb0 * kBlock;
               if (part) a.stats = part + (((n * g.P + p) * t.qtiles + q0 / t.qt) * g.Kb + kb0) * 2 * kBlock;
-              if (kb0 == 0 && q0 == 0) ahead(n, p);
+              if (kb0 == 0) ahead(n, p, q0, t.qt);
             }, stem);
   if (stats) reduce_stats(part, row_tiles, g.Kb, g.K, stats);
 }
@@ -314,18 +320,44 @@ void fwd_blocked(const Isa& isa, const Geom& g, const float* xp, int64_t hxh, in
   base.w_cb = g.R * g.S * kWBlock;
   base.w_kb = g.Cb * base.w_cb;
   const int64_t span = (g.Q - 1) * g.sw + g.S;  // input pixels an output row reads
-  fwd_tiles(isa, g, base, false, [&](int64_t n, int64_t p, int64_t q0) {
+  auto in_at = [&](int64_t n, int64_t p, int64_t q0) {
     return xp + ((n * g.Cb * Hp) + p * g.sh) * Wp * kBlock + q0 * g.sw * kBlock;
-  }, [&](int64_t n, int64_t p) {
-    if (++p == g.P) ++n, p = 0;
-    if (n == g.N) return;
-    // the input rows row p reads and row p - 1 did not, and row p's output lines
-    const int64_t lo = p == 0 ? 0 : std::max(p * g.sh, (p - 1) * g.sh + g.R), hi = p * g.sh + g.R;
+  };
+  auto ahead = [&](int64_t n, int64_t p, int64_t q0, int64_t qt) {
+    // the input rows output row p + d reads and row p + d - 1 did not (image n, or a later one)
+    auto rows_ahead = [&](int64_t d, int64_t& n1, int64_t& p1, int64_t& lo, int64_t& hi) {
+      n1 = n + (p + d) / g.P;
+      p1 = (p + d) % g.P;
+      lo = p1 == 0 ? 0 : std::max(p1 * g.sh, (p1 - 1) * g.sh + g.R);
+      hi = p1 * g.sh + g.R;
+      return n1 < g.N;
+    };
+    int64_t n1, p1, lo, hi;
+    if (g.sh == 1 || g.S == 1) {
+      // with the first tile of row p: the input rows row p + 1 reads first, and its output lines
+      // (a 1x1 strided layer reads a quarter of the lines: asked for per tile it ran 0.7x)
+      if (q0 != 0 || !rows_ahead(1, n1, p1, lo, hi)) return;
+      if (hi > lo)
+        prefetch_rows<false>(xp + (n1 * g.Cb * Hp + lo) * Wp * kBlock, g.Cb, Hp * Wp * kBlock, hi - lo,
+                             Wp * kBlock, span, g.S == 1 ? g.sw : 1);
+      prefetch_rows<true>(yb + (n1 * g.Kb * g.P + p1) * g.Q * kBlock, g.Kb, g.P * g.Q * kBlock, 1, 0, g.Q);
+      return;
+    }
+    // Strided: each tile asks for its own columns of the input rows the next output row reads
+    // first, and for its output lines there. A stride-2 row reads two fresh input rows (the
+    // stride-1 row one, about half as wide): ~68 lines per 8 x 32 tile pair at 16 -> 32 channels,
+    // which the caches do not bring in time unasked (docs/KERNELS.md, the stride-2 layers).
+    if (!rows_ahead(1, n1, p1, lo, hi)) return;
+    const int64_t c0 = q0 * g.sw, step = g.S == 1 ? g.sw : 1;
+    const int64_t c1 = std::min(Wp, (q0 + qt - 1) * g.sw + g.S);
     if (hi > lo)
-      prefetch_rows<false>(xp + (n * g.Cb * Hp + lo) * Wp * kBlock, g.Cb, Hp * Wp * kBlock, hi - lo,
-                           Wp * kBlock, span, g.S == 1 ? g.sw : 1);
-    prefetch_rows<true>(yb + (n * g.Kb * g.P + p) * g.Q * kBlock, g.Kb, g.P * g.Q * kBlock, 1, 0, g.Q);
-  }, wf, bias, yb, relu, stats);
+      for (int64_t cb = 0; cb < g.Cb; ++cb)
+        prefetch_rows<false>(xp + ((n1 * g.Cb + cb) * Hp + lo) * Wp * kBlock + c0 * kBlock, 1, 0, hi - lo,
+                             Wp * kBlock, c1 - c0, step);
+    prefetch_rows<true>(yb + (n1 * g.Kb * g.P + p1) * g.Q * kBlock + q0 * kBlock, g.Kb, g.P * g.Q * kBlock, 1, 0,
+                        std::min(qt, g.Q - q0));
+  };
+  fwd_tiles(isa, g, base, false, in_at, ahead, wf, bias, yb, relu, stats);
 }
 
 // The zero border dy needs for the data gradient's phases: rows p = i + dp with
@@ -503,6 +535,7 @@ void run_wgrad(const Geom& g, int64_t psz, float* out, Share share, Items items)
 void bwd_weight_blocked(const Isa& isa, const Geom& g, const float* xp, int64_t hxh, int64_t hxw,
                         const float* dyp, int64_t Pp, int64_t Qp, int64_t pt, int64_t pl, float* dwb) {
   const int64_t Hp = g.H + 2 * hxh, Wp = g.W + 2 * hxw;
+  const float* x0 = xp;  // image 0's first line (the halo included)
   xp += ((hxh - g.ph) * Wp + (hxw - g.pw)) * kBlock;
   const int64_t wsz = g.Kb * g.Cb * g.R * g.S * kWBlock;
   const int64_t kvw = std::min<int64_t>(isa.wgrad_kv, g.Kb), kgroups = (g.Kb + kvw - 1) / kvw;
@@ -536,11 +569,29 @@ void bwd_weight_blocked(const Isa& isa, const Geom& g, const float* xp, int64_t 
     // 512 pixels within a 32 x 32 image (dy and x of a sweep in L1 for all taps) were 0-15% slower
     // than whole images.
     const int64_t group = std::max<int64_t>(1, 256 / std::max<int64_t>(1, (p1 - p0) * g.Q));
-    for (int64_t n = lo; n < hi; n += group)
+    // While a group of images runs, each of its tiles asks for an equal slice of the next group's
+    // x and dy lines (whole images: the thread's share holds all rows); the hardware alone left
+    // a stride-2 sweep, which reads every other pixel, waiting on memory at each image's first taps.
+    const int64_t per_group = kgroups * g.Cb * g.R * g.S;
+    const int64_t ximg = g.Cb * Hp * Wp, dyimg = g.Kb * Pp * Qp;  // lines (pixels) per image
+    // (not where the taps skip pixels, as a 1x1 stride-2 layer's do: asking for every line of its
+    // images ran it 0.76x)
+    const bool pf = p0 == 0 && p1 == g.P && (g.R > 1 || g.sh == 1) && (g.S > 1 || g.sw == 1);
+    for (int64_t n = lo; n < hi; n += group) {
+      const int64_t nn = n + group, ng = std::max<int64_t>(0, std::min(group, hi - nn));
+      const int64_t xl = ng * ximg, total = xl + ng * dyimg, slice = (total + per_group - 1) / per_group;
+      int64_t it = 0;
       for (int64_t kb = 0; kb < g.Kb; kb += kvw)
         for (int64_t cb = 0; cb < g.Cb; ++cb)
           for (int64_t r = 0; r < g.R; ++r)
-            for (int64_t s = 0; s < g.S; ++s) tile(n, std::min(group, hi - n), p0, p1, kb, cb, r, s, mine);
+            for (int64_t s = 0; s < g.S; ++s, ++it) {
+              if (pf)
+                for (int64_t l = it * slice; l < std::min(total, (it + 1) * slice); ++l)
+                  __builtin_prefetch(l < xl ? x0 + (nn * ximg + l) * kBlock
+                                            : dyp + (nn * dyimg + l - xl) * kBlock, 0, 3);
+              tile(n, std::min(group, hi - n), p0, p1, kb, cb, r, s, mine);
+            }
+    }
   }, [&](float* part) {
 #pragma omp for schedule(static)
     for (int64_t it = 0; it < kgroups * g.Cb * g.R; ++it)
@@ -597,7 +648,7 @@ void stem_fwd(const Isa& isa, const Geom& g, const float* xp, const float* ws, c
   base.w_kb = crs * kBlock;
   fwd_tiles(isa, g, base, true, [&](int64_t n, int64_t p, int64_t q0) {
     return xp + (n * g.C * Hp + p * g.sh) * Wp + q0 * g.sw;
-  }, [](int64_t, int64_t) {}, ws, bias, yb, relu, stats);
+  }, [](int64_t, int64_t, int64_t, int64_t) {}, ws, bias, yb, relu, stats);
 }
 
 // dwt [Kb][C*R*S][16 k] = sum over the batch (overwritten), then Kb*16 sums of dy (the bias
