@@ -118,6 +118,7 @@ namespace {
 // (a 4 x 4 plane is one line).
 inline void prefetch_plane(const float* p, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(p + i);
+  asm volatile("");  // a body of prefetches alone is "const" to GCC, which may delete the call (conv2d_direct.cpp)
 }
 inline int64_t planes_ahead(int64_t floats) { return std::max<int64_t>(1, 1024 / std::max<int64_t>(floats, 1)); }
 

@@ -106,6 +106,7 @@ inline void prefetch_plane_rows(const float* plane, int64_t ld, int64_t rows, in
   lo = std::max<int64_t>(lo, 0), hi = std::min(hi, rows);
   for (int64_t r = lo; r < hi; ++r)
     for (int64_t i = 0; i < ld; i += kBlock) __builtin_prefetch(plane + r * ld + i);
+  asm volatile("");  // a body of prefetches alone is "const" to GCC, which may delete the call (conv2d_direct.cpp)
 }
 
 // The input rows (padded coordinates: interior row + hin) that output rows [p0, p1) of g read: [lo, hi).

@@ -199,6 +199,7 @@ __attribute__((noinline)) void lanes_gather(const LanesGeo& g, int64_t H, int64_
 // of 41-61: fwd 1.11-1.19x and weight gradient 1.22-1.35x slower than this one at full size).
 inline void prefetch_lines(const float* p, int n) {
   for (int i = 0; i < n; ++i) _mm_prefetch(reinterpret_cast<const char*>(p + 16 * i), _MM_HINT_T0);
+  asm volatile("");  // a body of prefetches alone is "const" to GCC, which may delete the call (conv2d_direct.cpp)
 }
 
 constexpr int64_t kS2P8Ahead = 16;  // planes (4 KiB of x) ahead
