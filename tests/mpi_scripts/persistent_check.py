@@ -37,30 +37,47 @@ def per_call_ring(x, op, seg_bytes):
         R.PERSISTENT_MAX_BYTES = saved
 
 
+SIZES = (1, p - 1, p, 7, 1025, 4099, 65537, 131071)
+
+
+def exact_sum(n, call, op):
+    want = np.sum([ints(k, n, call) for k in range(p)], axis=0, dtype=np.float32)
+    return want / np.float32(p) if op == "mean" else want
+
+
+def check_buffers(allreduce, calls, references, key):
+    """allreduce(comm, buf, op, seg_bytes) on each size, piece size and op, one buffer called `calls` times
+    (the plan made by the first call is reused): the exact sum on integers, and on floats the bits of each
+    reference form (ref(x, op, seg_bytes) in place), the same on every rank. Failures go to `failures`
+    under `key`; returns the number of cases checked."""
+    checked = 0
+    for n in SIZES:
+        if n == 0:
+            continue
+        for seg_bytes in ((4, 12, 60000) if n <= 4099 else (4000, 60000)):  # pieces of 1 / 3 values: small n only
+            for op in ("sum", "mean"):
+                buf = np.empty(n, np.float32)
+                for call in range(calls):
+                    buf[...] = ints(r, n, call)
+                    allreduce(comm, buf, op, seg_bytes)
+                    everywhere = same_everywhere(buf)   # collective: every rank calls it, whatever it found
+                    ok_exact = bool(np.array_equal(buf, exact_sum(n, call, op))) and everywhere
+                    buf[...] = floats(r, n, call)
+                    allreduce(comm, buf, op, seg_bytes)
+                    ok_bits = same_everywhere(buf)
+                    for reference in references:
+                        ref = floats(r, n, call)
+                        reference(ref, op, seg_bytes)
+                        ok_bits = ok_bits and bool(np.array_equal(buf, ref))
+                    checked += 1
+                    if not (ok_exact and ok_bits):
+                        failures.append({key: n, "seg_bytes": seg_bytes, "op": op, "call": call, "exact": ok_exact,
+                                         "bits": ok_bits})
+    return checked
+
+
 failures = []
-checked = 0
-for n in (1, p - 1, p, 7, 1025, 4099, 65537, 131071):
-    if n == 0:
-        continue
-    for seg_bytes in ((4, 12, 60000) if n <= 4099 else (4000, 60000)):  # pieces of 1 / 3 values: small n only
-        for op in ("sum", "mean"):
-            buf = np.empty(n, np.float32)  # one buffer, three calls: the plan made by the first is reused
-            for call in range(3):
-                buf[...] = ints(r, n, call)
-                R.plain_ring_allreduce(comm, buf, op, seg_bytes)
-                want = np.sum([ints(k, n, call) for k in range(p)], axis=0, dtype=np.float32)
-                if op == "mean":
-                    want /= np.float32(p)
-                ok_exact = bool(np.array_equal(buf, want)) and same_everywhere(buf)
-                buf[...] = floats(r, n, call)
-                R.plain_ring_allreduce(comm, buf, op, seg_bytes)
-                ref = floats(r, n, call)
-                per_call_ring(ref, op, seg_bytes)
-                ok_bits = bool(np.array_equal(buf, ref)) and same_everywhere(buf)
-                checked += 1
-                if not (ok_exact and ok_bits):
-                    failures.append({"n": n, "seg_bytes": seg_bytes, "op": op, "call": call, "exact": ok_exact,
-                                     "bits": ok_bits})
+checked = check_buffers(R.plain_ring_allreduce, 3, [per_call_ring], "n")
 kept = len(comm._ring_persistent)
 # more buffers than plans: the oldest are dropped (their requests freed); then the first buffers again
 bufs = [np.empty(1000 + i, np.float32) for i in range(R.PERSISTENT_PLANS + 3)]
@@ -68,13 +85,13 @@ for round_ in range(2):
     for i, b in enumerate(bufs):
         b[...] = ints(r, b.size, round_)
         R.plain_ring_allreduce(comm, b, "sum", 400)
-        if not np.array_equal(b, np.sum([ints(k, b.size, round_) for k in range(p)], axis=0, dtype=np.float32)):
+        if not np.array_equal(b, exact_sum(b.size, round_, "sum")):
             failures.append({"evict": i, "round": round_})
 # waits that poll (as BucketedAllreduce's thread runs them)
 polled = comm.dup(poll_interval_s=1e-5)
 b = ints(r, 4099, 7)
 R.plain_ring_allreduce(polled, b, "sum", 400)
-polled_ok = bool(np.array_equal(b, np.sum([ints(k, 4099, 7) for k in range(p)], axis=0, dtype=np.float32)))
+polled_ok = bool(np.array_equal(b, exact_sum(4099, 7, "sum")))
 kept_after_eviction = len(comm._ring_persistent)
 
 
@@ -88,35 +105,13 @@ def per_call(fn, *args):
 
 # direct_allreduce's eager form from persistent requests (`_persistent_direct`): the per-call form's bits
 # and the ring's (the same order of additions), the exact sum on integers, plans kept and reused
-checked_direct = 0
-for n in (1, p - 1, p, 7, 1025, 4099, 65537, 131071):
-    if n == 0:
-        continue
-    for seg_bytes in ((4, 12, 60000) if n <= 4099 else (4000, 60000)):
-        for op in ("sum", "mean"):
-            buf = np.empty(n, np.float32)
-            for call in range(2):
-                buf[...] = ints(r, n, call)
-                R.direct_allreduce(comm, buf, op, seg_bytes)
-                want = np.sum([ints(k, n, call) for k in range(p)], axis=0, dtype=np.float32)
-                if op == "mean":
-                    want /= np.float32(p)
-                ok_exact = bool(np.array_equal(buf, want)) and same_everywhere(buf)
-                buf[...] = floats(r, n, call)
-                R.direct_allreduce(comm, buf, op, seg_bytes)
-                ref = floats(r, n, call)
-                per_call(R.direct_allreduce, comm, ref, op, seg_bytes)
-                ring = floats(r, n, call)
-                per_call_ring(ring, op, seg_bytes)
-                ok_bits = bool(np.array_equal(buf, ref)) and bool(np.array_equal(buf, ring)) and same_everywhere(buf)
-                checked_direct += 1
-                if not (ok_exact and ok_bits):
-                    failures.append({"direct": n, "seg_bytes": seg_bytes, "op": op, "call": call, "exact": ok_exact,
-                                     "bits": ok_bits})
+checked_direct = check_buffers(
+    R.direct_allreduce, 2,
+    [lambda x, op, seg: per_call(R.direct_allreduce, comm, x, op, seg), per_call_ring], "direct")
 direct_plans = sum(1 for k in comm._ring_persistent if k[0] == "direct")
 b = ints(r, 4099, 8)
 R.direct_allreduce(polled, b, "sum", 400)
-polled_ok = polled_ok and bool(np.array_equal(b, np.sum([ints(k, 4099, 8) for k in range(p)], axis=0, dtype=np.float32)))
+polled_ok = polled_ok and bool(np.array_equal(b, exact_sum(4099, 8, "sum")))
 if r == 0:
     print(json.dumps({"size": p, "checked": checked, "checked_direct": checked_direct, "failures": failures,
                       "kept_after_sizes": kept, "kept_after_eviction": kept_after_eviction,
