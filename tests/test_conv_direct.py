@@ -469,7 +469,7 @@ def test_stem_errors_name_the_argument():
 def test_choice_for_blocked_activations():
     """blocked=True: with no conversion to pay, 1x1 shortcuts and the 3-channel stem go direct
     wherever intrinsics kernels run (with AVX2 but for the wide 3x3 stride-1 layers, which Winograd
-    does faster); the NCHW rule keeps the stem on im2col."""
+    does faster); the NCHW rule runs the stem's forward and weight gradient on the stem kernels (AVX-512)."""
     shortcut = ("fwd", 128, 16, 32, 32, 32, 1, 1, 2, 2, 0, 0)
     stem = ("bwd_weight", 128, 3, 32, 32, 16, 3, 3, 1, 1, 1, 1)
     grouped = ("fwd", 8, 16, 8, 8, 16, 3, 3, 1, 1, 1, 1)
@@ -482,9 +482,12 @@ def test_choice_for_blocked_activations():
             assert C.conv2d_choice(*shortcut, blocked=True) == want, isa
             assert C.conv2d_choice(*stem, blocked=True) == want, isa
             assert C.conv2d_choice(*grouped, groups=2, blocked=True) != "direct"
-            # the NCHW rule: the strided 1x1 shortcut on the NCHW arrays (AVX-512), the stem on im2col
+            # the NCHW rule: the strided 1x1 shortcut on the NCHW arrays (AVX-512); the stem's forward and
+            # weight gradient on its own kernels (AVX-512), its data gradient (3 channels out) on im2col
             assert C.conv2d_choice(*shortcut) == ("pointwise" if isa == "avx512" else "im2col"), isa
-            assert C.conv2d_choice(*stem) == "im2col"
+            assert C.conv2d_choice(*stem) == ("direct" if isa == "avx512" else "im2col"), isa
+            assert C.conv2d_choice("fwd", *stem[1:]) == ("direct" if isa == "avx512" else "im2col"), isa
+            assert C.conv2d_choice("bwd_data", *stem[1:]) == "im2col"
             # the wide 3x3 stride-1 layers: Winograd beats the AVX2 direct kernels (docs/KERNELS.md)
             for op in ("fwd", "bwd_data", "bwd_weight"):
                 wide = (op, 128, 32, 32, 32, 32, 3, 3, 1, 1, 1, 1)   # C*K*P*Q = 2^20

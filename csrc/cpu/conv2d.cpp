@@ -314,9 +314,13 @@ bool use_direct(const char* op, const Geom& g, bool blocked = false) {
                           g.C * g.K * g.pq() >= kAvx2WinogradWork;
     return !(isa == "avx2" && wide_3x3);
   }
-  if (g_algo == Algo::Auto)
-    return fits && conv2d_isa() == "avx512" && std::min(g.C, g.K) >= kDirectMinChannels &&
+  if (g_algo == Algo::Auto) {
+    // few input channels (a network's input): the forward and weight gradient run the stem kernels
+    // inside the direct entry points; the data gradient (C outputs of 16 lanes) does not pay there
+    const bool stem = g.C < kDirectMinChannels && std::strstr(op, "bwd_data") == nullptr;
+    return fits && conv2d_isa() == "avx512" && g.K >= kDirectMinChannels && (g.C >= kDirectMinChannels || stem) &&
            g.R * g.S > 1;
+  }
   if (g_algo != Algo::Direct && g_algo != Algo::WinogradBlocked && g_algo != Algo::Winograd43Blocked) return false;
   FT_CHECK(fits, op << ": conv2d algorithm '" << algo_name(g_algo) << "' needs groups 1 and no dilation, got groups "
                     << g.G << " dilation (" << g.dilh << ", " << g.dilw << ")");

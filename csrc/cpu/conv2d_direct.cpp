@@ -1038,13 +1038,25 @@ void conv2d_pointwise_bwd_weight(const float* x, const float* dy, float* dw, flo
 
 // The NCHW entry points: convert in, run on the blocked layout, convert out. The data and weight
 // gradients share one blocked dy format (padded for the data gradient's phases).
+// Whether an NCHW call of C input channels runs the stem kernels: below one block of channels, unless a
+// Winograd algorithm on the blocked layout was forced (it then runs as asked, on padded channels).
+static bool stem_nchw(int64_t C) {
+  if (C >= direct::kStemMaxChannels) return false;
+  const std::string algo = conv2d_algo();
+  return algo == "auto" || algo == "direct";
+}
+
 void conv2d_direct_fwd(const float* x, const float* w, const float* b, float* y, int64_t N,
                        int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S, int64_t sh,
                        int64_t sw, int64_t ph, int64_t pw, bool relu) {
   using namespace direct;
   const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
-  float* xp = buffer(kX, N * g.Cb * (H + 2 * ph) * (W + 2 * pw) * kBlock);
   float* yb = buffer(kY, N * g.Kb * g.P * g.Q * kBlock);
+  if (stem_nchw(C)) {  // the network's stem kernels: no padding of C to 16 lanes (their buffers are kX, kW)
+    conv2d_stem_fwd(x, w, b, yb, N, C, H, W, K, R, S, sh, sw, ph, pw, relu, nullptr);
+    return from_blocked(yb, y, N, K, g.P, g.Q);
+  }
+  float* xp = buffer(kX, N * g.Cb * (H + 2 * ph) * (W + 2 * pw) * kBlock);
   to_blocked(x, xp, N, C, H, W, ph, ph, pw, pw);
   conv2d_blocked_fwd(xp, w, b, yb, N, C, H, W, K, R, S, sh, sw, ph, pw, relu, nullptr, ph, pw);
   from_blocked(yb, y, N, K, g.P, g.Q);
@@ -1069,6 +1081,11 @@ void conv2d_direct_bwd_weight(const float* x, const float* dy, float* dw, float*
                               int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
   using namespace direct;
   const Geom g = geom(N, C, H, W, K, R, S, sh, sw, ph, pw);
+  if (stem_nchw(C)) {  // the stem's weight gradient reads dy's interior only: no halo
+    float* dyb = buffer(kY, N * g.Kb * g.P * g.Q * kBlock);
+    to_blocked(dy, dyb, N, K, g.P, g.Q, 0, 0, 0, 0);
+    return conv2d_stem_bwd_weight(x, dyb, dw, db, N, C, H, W, K, R, S, sh, sw, ph, pw, 0);
+  }
   int64_t pads[4];
   conv2d_blocked_dy_pads(H, W, R, S, sh, sw, ph, pw, pads);
   float* xp = buffer(kX, N * g.Cb * (H + 2 * ph) * (W + 2 * pw) * kBlock);

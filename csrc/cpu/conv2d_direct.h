@@ -13,6 +13,9 @@ namespace ft::cpu::direct {
 
 constexpr int kBlock = 16;
 constexpr int64_t kWBlock = kBlock * kBlock;  // floats in one 16 x 16 weight block
+// Below one block of input channels an NCHW call's forward and weight gradient run the stem kernels
+// (one channel per tap, as the network's first layer does) rather than padding C to 16 lanes.
+constexpr int64_t kStemMaxChannels = kBlock;
 
 // One output tile: QT pixels of one output row x KV blocks of 16 output channels, accumulated in
 // registers over every input channel block and every kernel tap, then stored once.
