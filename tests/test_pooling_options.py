@@ -8,6 +8,7 @@ from fasttrain import backend
 from fasttrain.check import gradcheck
 from fasttrain.kernels import pooling as ref
 from fasttrain.nn.pooling import AvgPool2d, MaxPool2d
+from pool_configs import config_ids, out_shape
 from pool_nans import mixed, windows
 
 # (x shape, (kh, kw), (sh, sw), (ph, pw), (dh, dw), ceil_mode): ceil windows hanging over the
@@ -23,12 +24,7 @@ CONFIGS = [
     ((1, 5, 4, 4), (4, 4), (3, 3), (2, 2), (1, 1), True),
     ((2, 1, 5, 5), (1, 1), (2, 2), (0, 0), (1, 1), True),
 ]
-IDS = ["{}-k{}-s{}-p{}-d{}-{}".format(*c[:5], "ceil" if c[5] else "floor") for c in CONFIGS]
-
-
-def _out(shape, k, s, p, d, ceil):
-    n, c, h, w = shape
-    return n, c, ref.out_size(h, k[0], s[0], p[0], d[0], ceil), ref.out_size(w, k[1], s[1], p[1], d[1], ceil)
+IDS = config_ids(CONFIGS)
 
 
 def _taps(i, j, k, s, p, d, h, w):
@@ -46,7 +42,7 @@ def _taps(i, j, k, s, p, d, h, w):
 
 def naive_max(x, dy, k, s, p, d, ceil):
     n, c, h, w = x.shape
-    oshape = _out(x.shape, k, s, p, d, ceil)
+    oshape = out_shape(x.shape, k, s, p, d, ceil)
     y, am, dx = np.empty(oshape), np.empty(oshape, np.int64), np.zeros_like(x)
     for b, ch, i, j in np.ndindex(*oshape):
         real, _ = _taps(i, j, k, s, p, d, h, w)
@@ -61,7 +57,7 @@ def naive_max(x, dy, k, s, p, d, ceil):
 
 def naive_avg(x, dy, k, s, p, ceil, include_pad):
     n, c, h, w = x.shape
-    oshape = _out(x.shape, k, s, p, (1, 1), ceil)
+    oshape = out_shape(x.shape, k, s, p, (1, 1), ceil)
     y, dx = np.empty(oshape), np.zeros_like(x)
     for b, ch, i, j in np.ndindex(*oshape):
         real, padded = _taps(i, j, k, s, p, (1, 1), h, w)
@@ -100,7 +96,7 @@ def _numpy(op):
 @pytest.mark.parametrize("shape,k,s,p,d,ceil", CONFIGS, ids=IDS)
 def test_reference_maxpool_matches_naive_loops(shape, k, s, p, d, ceil):
     x = _distinct(shape, 1)
-    dy = np.random.default_rng(2).standard_normal(_out(shape, k, s, p, d, ceil))
+    dy = np.random.default_rng(2).standard_normal(out_shape(shape, k, s, p, d, ceil))
     for got, want, what in zip(_max(_numpy, x, dy, k, s, p, d, ceil), naive_max(x, dy, k, s, p, d, ceil),
                                ("y", "argmax", "dx")):
         np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-14, err_msg=what)
@@ -110,7 +106,7 @@ def test_reference_maxpool_matches_naive_loops(shape, k, s, p, d, ceil):
 @pytest.mark.parametrize("include_pad", [True, False])
 def test_reference_avgpool_matches_naive_loops(shape, k, s, p, d, ceil, include_pad):
     x = np.random.default_rng(3).standard_normal(shape)
-    dy = np.random.default_rng(4).standard_normal(_out(shape, k, s, p, (1, 1), ceil))
+    dy = np.random.default_rng(4).standard_normal(out_shape(shape, k, s, p, (1, 1), ceil))
     for got, want, what in zip(_avg(_numpy, x, dy, k, s, p, ceil, include_pad),
                                naive_avg(x, dy, k, s, p, ceil, include_pad), ("y", "dx")):
         np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-14, err_msg=what)
@@ -122,11 +118,11 @@ def test_reference_avgpool_matches_naive_loops(shape, k, s, p, d, ceil, include_
 def test_every_backend_matches_reference(name, shape, k, s, p, d, ceil, include_pad):
     call = lambda op: backend.kernel(op, backend=name)   # noqa: E731
     x = _distinct(shape, 5).astype(np.float32)
-    dy = np.random.default_rng(6).standard_normal(_out(shape, k, s, p, d, ceil)).astype(np.float32)
+    dy = np.random.default_rng(6).standard_normal(out_shape(shape, k, s, p, d, ceil)).astype(np.float32)
     want = _max(_numpy, x.astype(np.float64), dy.astype(np.float64), k, s, p, d, ceil)
     for got, w, what in zip(_max(call, x, dy, k, s, p, d, ceil), want, ("y", "argmax", "dx")):
         np.testing.assert_allclose(got, w, rtol=1e-6, atol=1e-6, err_msg=f"{name} max {what}")
-    dy = np.random.default_rng(7).standard_normal(_out(shape, k, s, p, (1, 1), ceil)).astype(np.float32)
+    dy = np.random.default_rng(7).standard_normal(out_shape(shape, k, s, p, (1, 1), ceil)).astype(np.float32)
     want = _avg(_numpy, x.astype(np.float64), dy.astype(np.float64), k, s, p, ceil, include_pad)
     for got, w, what in zip(_avg(call, x, dy, k, s, p, ceil, include_pad), want, ("y", "dx")):
         np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-5, err_msg=f"{name} avg {what}")
@@ -177,7 +173,7 @@ NAN_IDS = ["{}-k{}-s{}-p{}-d{}-{}".format(*c[:5], "ceil" if c[5] else "floor") f
 def test_maxpool_nan_inf_ties_every_backend(name, case, against):
     kind, k, s, p, d, ceil = case
     x = windows(2, 3, *k) if kind == "windows" else mixed((2, 3, 7, 9), 11)
-    oshape = _out(x.shape, k, s, p, d, ceil)
+    oshape = out_shape(x.shape, k, s, p, d, ceil)
     dy = np.random.default_rng(12).standard_normal(oshape).astype(np.float32)
     y, am, dx = _max(lambda op: backend.kernel(op, backend=name), x, dy, k, s, p, d, ceil)
     assert np.isnan(y).any() and not np.isnan(y).all(), "the case should mix NaN and real windows"
@@ -268,7 +264,7 @@ def test_divisor_override_every_backend_matches_naive_sums(name, shape, k, s, p,
     call = lambda op: backend.kernel(op, backend=name)   # noqa: E731
     x = _distinct(shape, 21).astype(np.float32)
     n, c, h, w = shape
-    oshape = _out(shape, k, s, p, (1, 1), ceil)
+    oshape = out_shape(shape, k, s, p, (1, 1), ceil)
     dy = np.random.default_rng(22).standard_normal(oshape).astype(np.float32)
     want_y, want_dx = np.empty(oshape), np.zeros(shape)
     for b, ch, i, j in np.ndindex(*oshape):   # the window's real taps summed, divided by the override

@@ -9,6 +9,7 @@ from fasttrain import backend
 from fasttrain.check import gradcheck
 from fasttrain.kernels import pooling as ref
 from fasttrain.nn.pooling import MaxPool2d
+from pool_configs import config_ids, out_shape
 from pool_nans import mixed, windows
 
 # (x shape, (kh, kw), (sh, sw), (ph, pw), (dh, dw), ceil_mode): batch 1, C = 1/3/17, 1x1 and 33x33
@@ -30,12 +31,7 @@ CONFIGS = [
     ((1, 3, 9, 8), (3, 2), (2, 1), (1, 1), (2, 1), False),
     ((1, 1, 17, 16), (16, 16), (1, 1), (0, 0), (1, 1), False),
 ]
-IDS = ["{}-k{}-s{}-p{}-d{}-{}".format(*c[:5], "ceil" if c[5] else "floor") for c in CONFIGS]
-
-
-def _out(shape, k, s, p, d, ceil):
-    n, c, h, w = shape
-    return n, c, ref.out_size(h, k[0], s[0], p[0], d[0], ceil), ref.out_size(w, k[1], s[1], p[1], d[1], ceil)
+IDS = config_ids(CONFIGS)
 
 
 def _cases():
@@ -69,7 +65,7 @@ def _flat_run(x, dy, k, s, p, d, ceil):
 def test_reference_names_the_flat_reference_maximum(shape, k, s, p, d, ceil, ties):
     rng = np.random.default_rng(1)
     x = rng.integers(-2, 3, shape).astype(np.float64) if ties else rng.standard_normal(shape)
-    dy = rng.standard_normal(_out(shape, k, s, p, d, ceil))
+    dy = rng.standard_normal(out_shape(shape, k, s, p, d, ceil))
     y, taps, dx = _taps_run(lambda op: backend.kernel(op, backend="numpy"), x, dy, k, s, p, d, ceil)
     fy, am, fdx = _flat_run(x, dy, k, s, p, d, ceil)
     np.testing.assert_array_equal(y, fy)
@@ -85,7 +81,7 @@ def test_backend_matches_reference(call, shape, k, s, p, d, ceil, ties):
     rng = np.random.default_rng(3)
     # with ties: small integers, so windows share maxima and the first-maximum rule decides
     x = (rng.integers(-2, 3, shape) if ties else rng.standard_normal(shape)).astype(np.float32)
-    dy = rng.standard_normal(_out(shape, k, s, p, d, ceil)).astype(np.float32)
+    dy = rng.standard_normal(out_shape(shape, k, s, p, d, ceil)).astype(np.float32)
     y, taps, dx = _taps_run(call, x, dy, k, s, p, d, ceil)
     ey, etaps, edx = _taps_run(lambda op: backend.kernel(op, backend="numpy"), x.astype(np.float64),
                                dy.astype(np.float64), k, s, p, d, ceil)
@@ -107,7 +103,7 @@ def test_nan_inf_and_ties_follow_the_flat_op_and_torch(call, case):
     maximum; a window of -inf names its first real tap. The taps must name what the flat op names."""
     kind, k, s, p, d, ceil = case
     x = windows(2, 17, *k, cols=20) if kind == "windows" else mixed((2, 17, 9, 37), 5)
-    oshape = _out(x.shape, k, s, p, d, ceil)
+    oshape = out_shape(x.shape, k, s, p, d, ceil)
     dy = np.random.default_rng(4).standard_normal(oshape).astype(np.float32)
     y, taps, dx = _taps_run(call, x, dy, k, s, p, d, ceil)
     assert np.isnan(y).any() and not np.isnan(y).all(), "the case should mix NaN and real windows"
@@ -129,7 +125,7 @@ def test_nan_inf_and_ties_follow_the_flat_op_and_torch(call, case):
     ((2, 1, 5, 5), (3, 3), (2, 2), (1, 1), 9, 11),      # beyond a 3x3 window
 ], ids=["2x2-tap4", "2x2-tap200-first", "3x3-padding", "3x3-beyond"])
 def test_invalid_taps_raise_naming_the_first(call, shape, k, s, p, bad, where):
-    oshape = _out(shape, k, s, p, (1, 1), False)
+    oshape = out_shape(shape, k, s, p, (1, 1), False)
     x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
     y, taps = np.empty(oshape, np.float32), np.empty(oshape, np.uint8)
     call("maxpool2d_taps_fwd")(x, y, taps, *k, *s, *p)
@@ -206,7 +202,7 @@ def test_cpp_2x2_row_on_each_isa(cpp_isa, shape, kind):
         x = mixed(shape, 11)
     else:
         x = (rng.integers(-2, 3, shape) if kind == "ties" else rng.standard_normal(shape)).astype(np.float32)
-    oshape = _out(shape, (2, 2), (2, 2), (0, 0), (1, 1), False)
+    oshape = out_shape(shape, (2, 2), (2, 2), (0, 0), (1, 1), False)
     y, taps = np.full(oshape, 5.0, np.float32), np.full(oshape, 77, np.uint8)
     C.maxpool2d_taps_fwd(x, y, taps, 2, 2, 2, 2, 0, 0)
     ey, etaps = np.empty(oshape, np.float64), np.empty(oshape, np.uint8)
