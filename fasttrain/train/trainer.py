@@ -315,12 +315,13 @@ class Trainer:
         (mid-epoch too) and fit raises TrainingInterrupted."""
         self._stop.requested = True
 
-    def _interrupt(self, batch_in_epoch: int):
-        path = None
-        if self.checkpoint and (self.run_dir is not None or self.pipeline is not None):
-            path = self._path(self.checkpoint_name)
-            self.save(path)
-        return TrainingInterrupted(path, self.step, self.epoch, batch_in_epoch)
+    def _save_last(self) -> str | None:
+        """Writes the last-step checkpoint where this trainer keeps one; returns its path (or None)."""
+        if not (self.checkpoint and (self.run_dir is not None or self.pipeline is not None)):
+            return None
+        path = self._path(self.checkpoint_name)
+        self.save(path)
+        return path
 
     def fit(self, train_loader, val_loader=None, epochs: int = 1) -> History:
         """Train until `epochs` epochs in total are done (a resumed trainer continues from its
@@ -376,7 +377,7 @@ class Trainer:
                     if self._stop.requested:
                         self.batch_in_epoch = batch
                         self._epoch_partial = (seen, correct, loss_sum, time.perf_counter() - t0)
-                        raise self._interrupt(batch)
+                        raise TrainingInterrupted(self._save_last(), self.step, self.epoch, batch)
                 self.batch_in_epoch, self._epoch_partial = 0, None
                 train_time = time.perf_counter() - t0
                 record = {"epoch": self.epoch + 1, "step": self.step, "train_loss": loss_sum / seen,
@@ -400,12 +401,11 @@ class Trainer:
                 stop = self._early_stopping_step(record) if val_loader is not None else False
                 if self.dist is not None:  # rank 0 validated: its early-stopping decision goes to all
                     stop = self.dist.agree(stop)
-                if self.checkpoint and (self.run_dir is not None or self.pipeline is not None):
-                    self.save(self._path(self.checkpoint_name))
+                saved = self._save_last()
                 if stop:
                     break
-                if self._stop.requested and self.epoch < epochs:   # pressed during validation
-                    raise self._interrupt(0)
+                if self._stop.requested and self.epoch < epochs:   # pressed during validation: saved above
+                    raise TrainingInterrupted(saved, self.step, self.epoch, 0)
             if self._best_state is not None:
                 self._restore_best()
                 if self.checkpoint and (self.run_dir is not None or self.pipeline is not None):
